@@ -1,0 +1,23 @@
+"""Combine a doc's layers by concatenating them, in the order they were selected."""
+from typing import Callable, List, Tuple
+
+from thinc.api import Model
+
+from ..types import CombinerModel, DocLayers, DocVectors
+
+
+def concat_layers() -> CombinerModel:
+    return Model("concat_layers", forward)
+
+
+def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[List[DocVectors], Callable]:
+    # (n_layers, n_tokens, width) -> (n_tokens, n_layers * width)
+    Y = [x.transpose(1, 0, 2).reshape(x.shape[1], -1) for x in X]
+
+    def backprop(dY: List[DocVectors]) -> List[DocLayers]:
+        return [
+            dy.reshape(x.shape[1], x.shape[0], x.shape[2]).transpose(1, 0, 2).copy()
+            for dy, x in zip(dY, X)
+        ]
+
+    return Y, backprop

