@@ -9,6 +9,7 @@ docs -> wordpieces of each doc's raw text (the model's own fast tokenizer)
 The encoder is frozen: the model only ever runs under `torch.inference_mode`.
 """
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -28,6 +29,34 @@ from ..windows import Window, plan_windows
 from .hf_loading import COMPONENT, HFEncoder, load_encoder, resolve_model_dir
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+_TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"
+_set_for_fork = False
+
+
+def _before_fork() -> None:
+    # The tokenizers library disables its threads in a forked child and warns
+    # about it in every worker unless this is set when the fork happens.
+    global _set_for_fork
+    _set_for_fork = _TOKENIZERS_PARALLELISM not in os.environ
+    if _set_for_fork:
+        os.environ[_TOKENIZERS_PARALLELISM] = "false"
+
+
+def _after_fork_in_parent() -> None:
+    if _set_for_fork:
+        del os.environ[_TOKENIZERS_PARALLELISM]
+
+
+def _after_fork_in_child() -> None:
+    # `nlp.pipe(n_process=...)` forks. torch's intra-op (OpenMP) thread pool
+    # does not survive a fork, and a child that uses it deadlocks; with one
+    # thread no pool is used. The worker processes are the parallelism.
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 @registry.architectures("spacy-ctxembed.BertEmbedder.v1")

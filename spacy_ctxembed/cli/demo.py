@@ -1,0 +1,68 @@
+"""`demo`: the seed example, 'ran' in three sentences, contextual vs static."""
+from typing import List, Optional, Tuple
+
+import numpy
+import typer
+
+from .pipelines import build_pipeline
+
+SENTENCES = {
+    "A": ("It was nice out this morning when I ran to the park", "running"),
+    "B": ("Yesterday afternoon I ran some more significance tests", "conducting"),
+    "C": ("After breakfast she ran to the station to catch her train", "running (control)"),
+}
+PAIRS = [("A", "B", "different senses"), ("A", "C", "same sense"), ("B", "C", "different senses")]
+WORD = "ran"
+
+
+def demo(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A saved pipeline with a ctxembed component"),
+) -> None:
+    """Show that 'ran' gets a different vector in each context."""
+    nlp = build_pipeline(model=model)
+    contextual = {key: _word_vector(nlp(text)) for key, (text, _) in SENTENCES.items()}
+    static = _static_vector(nlp)
+    typer.echo(f"Cosine similarity of '{WORD}' across sentences\n")
+    for key, (text, sense) in SENTENCES.items():
+        typer.echo(f"  {key}: {text}  [{sense}]")
+    typer.echo("")
+    rows = [("pair", "relation", "contextual", "static")]
+    for a, b, relation in PAIRS:
+        static_sim = "n/a" if static is None else f"{_cosine(static, static):.3f}"
+        rows.append((f"{a}-{b}", relation, f"{_cosine(contextual[a], contextual[b]):.3f}", static_sim))
+    typer.echo(_table(rows))
+    typer.echo(
+        "\ncontextual: ctxembed vectors (doc._.ctx_vectors); static: the model's input embedding "
+        f"of '{WORD}', the same in every sentence."
+    )
+
+
+def _word_vector(doc) -> numpy.ndarray:
+    token = next(t for t in doc if t.text == WORD)
+    from thinc.api import get_current_ops
+
+    return get_current_ops().to_numpy(token.vector).astype("float64")
+
+
+def _static_vector(nlp) -> Optional[numpy.ndarray]:
+    """The context-independent input embedding of the word, where the model has one."""
+    from ..models.bert import get_encoder
+
+    for _, pipe in nlp.pipeline:
+        if getattr(pipe, "factory", None) == "ctxembed_bert":
+            encoder = get_encoder(pipe.model)
+            ids = encoder.tokenizer(WORD, add_special_tokens=False)["input_ids"]
+            table = encoder.module.get_input_embeddings().weight.detach()
+            return table[ids].mean(dim=0).double().cpu().numpy()
+    return None
+
+
+def _cosine(u: numpy.ndarray, v: numpy.ndarray) -> float:
+    return float(u @ v / (numpy.linalg.norm(u) * numpy.linalg.norm(v)))
+
+
+def _table(rows: List[Tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

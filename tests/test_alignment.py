@@ -1,0 +1,64 @@
+import numpy
+import spacy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spacy_ctxembed.alignment import align_pieces, token_char_spans
+
+from .reference import token_pieces
+
+NLP = spacy.blank("en")
+
+# Characters from many scripts and classes: letters, digits, punctuation,
+# whitespace of several kinds, emoji, CJK, RTL, combining marks, controls,
+# zero-width characters.
+ALPHABET = st.sampled_from(
+    list("abcXYZ019.,;'\"-()?!") + [" ", "  ", "\n", "\t", "\u00a0", "\u3000"]
+    + ["é", "ß", "😀", "👩‍🔬", "中", "文", "한", "ש", "ل", "\u0301", "\u0000", "\u0007", "\u200b", "\u200d", "\ufeff"]
+)
+TEXTS = st.lists(ALPHABET, min_size=0, max_size=60).map("".join)
+
+
+def _pieces(tokenizer, text):
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return numpy.asarray(enc["offset_mapping"], dtype="int64").reshape(-1, 2)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=TEXTS)
+def test_alignment_on_generated_text(hf_reference, text):
+    tokenizer, _ = hf_reference
+    doc = NLP(text)
+    offsets = _pieces(tokenizer, text)
+    alignment = align_pieces(offsets[:, 0], offsets[:, 1], *token_char_spans(doc))
+    # Same pairs as the plain-loop reference.
+    expected = sorted((t, p) for t, ps in enumerate(token_pieces(doc, offsets.tolist())) for p in ps)
+    assert sorted(zip(alignment.token_index.tolist(), alignment.piece_index.tolist())) == expected
+    # Every piece with characters is assigned to a token.
+    has_chars = offsets[:, 1] > offsets[:, 0]
+    assert alignment.assigned_pieces()[has_chars].all()
+    # Every non-space token with characters the tokenizer keeps is covered.
+    covered = alignment.covered_tokens()
+    for token in doc:
+        if not token.is_space and tokenizer(token.text, add_special_tokens=False)["input_ids"]:
+            assert covered[token.i], (text, token.text)
+
+
+def test_piece_straddling_two_tokens_feeds_both():
+    # tokens "ab" [0,2) and "cd" [2,4); piece [1,3) overlaps both
+    alignment = align_pieces([0, 1, 3], [1, 3, 4], [0, 2], [2, 4])
+    pairs = list(zip(alignment.token_index.tolist(), alignment.piece_index.tolist()))
+    assert pairs == [(0, 0), (0, 1), (1, 1), (1, 2)]
+
+
+def test_empty_piece_and_uncovered_token():
+    # piece [5,5) is empty; token "x" at [7,8) has no piece
+    alignment = align_pieces([0, 5], [3, 5], [0, 7], [3, 8])
+    assert list(alignment.covered_tokens()) == [True, False]
+    assert list(alignment.assigned_pieces()) == [True, False]
+
+
+def test_cut_points_keep_tokens_whole():
+    # piece 1 straddles tokens 0 and 1: no cut before piece 1 or piece 2
+    alignment = align_pieces([0, 1, 3, 5], [1, 3, 4, 6], [0, 2, 5], [2, 4, 6])
+    assert list(alignment.piece_may_start_segment()) == [True, False, False, True]

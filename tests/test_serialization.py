@@ -1,0 +1,156 @@
+"""Docs keep their vectors through every round trip; pipelines save and load offline and safely."""
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+
+from spacy_ctxembed import restore_vectors
+
+from .conftest import make_nlp
+
+TEXTS = ["It was nice out this morning when I ran to the park.", "I ran  significance tests.\n\nDone", ""]
+
+
+def _check_same(doc, original):
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, original._.ctx_vectors)
+    for token, token0 in zip(doc, original):
+        numpy.testing.assert_array_equal(token.vector, token0.vector)
+        assert token.has_vector == token0.has_vector
+    if len(doc) > 2:
+        numpy.testing.assert_array_equal(doc[1:3].vector, original[1:3].vector)
+        assert doc[0].similarity(doc[1]) == pytest.approx(original[0].similarity(original[1]))
+    numpy.testing.assert_array_equal(doc.vector, original.vector)
+
+
+def test_hooks_follow_the_contract(nlp_default):
+    doc = nlp_default("I ran  significance tests.\n\nDone")
+    space = [t for t in doc if t.is_space]
+    assert space and all(not t.has_vector and not t.vector.any() for t in space)
+    covered = doc._.ctx_vectors[[t.i for t in doc if not t.is_space]]
+    numpy.testing.assert_allclose(doc.vector, covered.mean(axis=0), rtol=1e-6)
+    span = doc[1:4]  # "ran", " ", "significance": the whitespace token is left out of the mean
+    assert span[1].is_space
+    numpy.testing.assert_allclose(span.vector, doc._.ctx_vectors[[1, 3]].mean(axis=0), rtol=1e-6)
+    u, v = doc[0].vector, doc[1].vector
+    assert doc[0].similarity(doc[1]) == pytest.approx(float(u @ v / numpy.linalg.norm(u) / numpy.linalg.norm(v)))
+    assert doc[0].similarity(space[0]) == 0.0
+
+
+def test_pickle_keeps_hooks(nlp_default):
+    for original in nlp_default.pipe(TEXTS):
+        _check_same(pickle.loads(pickle.dumps(original)), original)
+
+
+def test_to_bytes_and_restore(nlp_default):
+    for original in nlp_default.pipe(TEXTS):
+        doc = Doc(nlp_default.vocab).from_bytes(original.to_bytes())
+        numpy.testing.assert_array_equal(doc.tensor, original.tensor)
+        _check_same(restore_vectors(doc), original)
+
+
+def test_docbin_and_restore(nlp_default, tmp_path):
+    originals = list(nlp_default.pipe(TEXTS))
+    DocBin(docs=originals, store_user_data=True).to_disk(tmp_path / "docs.spacy")
+    docs = [restore_vectors(d) for d in DocBin().from_disk(tmp_path / "docs.spacy").get_docs(nlp_default.vocab)]
+    for doc, original in zip(docs, originals):
+        assert doc._.ctx_layers.shape == original._.ctx_layers.shape
+        _check_same(doc, original)
+
+
+def test_multiprocess_pipe(nlp_default):
+    originals = list(nlp_default.pipe(TEXTS))
+    # Workers send docs back with Doc.to_bytes, which keeps user data but not hooks.
+    docs = list(nlp_default.pipe(TEXTS, n_process=2, batch_size=1))
+    assert len(docs) == len(originals)
+    for doc, original in zip(docs, originals):
+        assert doc.text == original.text
+        numpy.testing.assert_allclose(doc._.ctx_vectors, original._.ctx_vectors, atol=1e-5)
+        restore_vectors(doc)
+        for token, token0 in zip(doc, original):
+            numpy.testing.assert_allclose(token.vector, token0.vector, atol=1e-5)
+            assert token.has_vector == token0.has_vector
+
+
+def test_to_disk_loads_offline_after_model_dir_is_deleted(minilm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    model_copy = tmp_path / "my-model"
+    shutil.copytree(minilm_dir, model_copy)
+    nlp = make_nlp(model_copy, layers=[1, -1], combine="scalar_mix", store_layers=True)
+    original = nlp(TEXTS[0])
+    nlp.to_disk(tmp_path / "pipeline")
+    shutil.rmtree(model_copy)
+    saved = tmp_path / "pipeline" / "ctxembed_bert" / "model"
+    assert (saved / "model.safetensors").is_file()
+    component_files = {f.name for f in (tmp_path / "pipeline" / "ctxembed_bert").rglob("*") if f.is_file()}
+    assert not {f for f in component_files if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))}
+    loaded = spacy.load(tmp_path / "pipeline")
+    doc = loaded(TEXTS[0])
+    numpy.testing.assert_allclose(doc._.ctx_layers, original._.ctx_layers, atol=1e-6)
+    numpy.testing.assert_allclose(doc._.ctx_vectors, original._.ctx_vectors, atol=1e-6)
+
+
+def test_nlp_to_bytes_round_trip(tiny_bert_dir):
+    nlp = make_nlp(tiny_bert_dir, layers=[0, 2], combine="concat")
+    original = nlp(TEXTS[0])
+    copy = spacy.blank("en")
+    copy.add_pipe("ctxembed_bert", config={"layers": [0, 2], "combine": "concat", "model": {"name": "/nowhere/at/all"}})
+    copy.from_bytes(nlp.to_bytes())
+    numpy.testing.assert_allclose(copy(TEXTS[0])._.ctx_vectors, original._.ctx_vectors, atol=1e-6)
+
+
+def test_loading_never_runs_code_from_the_pipeline_dir(tiny_bert_dir, tmp_path):
+    nlp = make_nlp(tiny_bert_dir)
+    nlp.to_disk(tmp_path / "pipeline")
+    model_dir = tmp_path / "pipeline" / "ctxembed_bert" / "model"
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(Exploit()))
+    (model_dir / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w')\n")
+    config = (model_dir / "config.json").read_text()
+    (model_dir / "config.json").write_text(
+        config.replace('"model_type"', '"auto_map": {"AutoModel": "modeling_evil.EvilModel"}, "model_type"', 1)
+    )
+    loaded = spacy.load(tmp_path / "pipeline")
+    loaded(TEXTS[0])
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_spacy_package_builds_an_installable_pipeline(tiny_bert_dir, tmp_path):
+    nlp = make_nlp(tiny_bert_dir)
+    original = nlp(TEXTS[0])
+    nlp.to_disk(tmp_path / "pipeline")
+    (tmp_path / "packages").mkdir()
+    subprocess.run(
+        [sys.executable, "-m", "spacy", "package", str(tmp_path / "pipeline"), str(tmp_path / "packages"),
+         "--name", "ctxembed_test", "--version", "0.0.1", "--build", "sdist", "--force"],
+        check=True, capture_output=True,
+    )
+    sdist = next((tmp_path / "packages").rglob("*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("ctxembed_bert/model/model.safetensors") for n in names)
+    meta = next((tmp_path / "packages").rglob("meta.json")).read_text()
+    assert "spacy-ctxembed" in meta
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(tmp_path / "site"), str(sdist)],
+        check=True, capture_output=True,
+    )
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); import spacy, numpy; "
+        f"doc = spacy.load('en_ctxembed_test')({TEXTS[0]!r}); numpy.save({str(tmp_path / 'v.npy')!r}, doc._.ctx_vectors)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    numpy.testing.assert_allclose(numpy.load(tmp_path / "v.npy"), original._.ctx_vectors, atol=1e-6)
