@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import numpy
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_ctxembed import restore_vectors
+
+from .reference import hf_hidden_states, pool, token_pieces
+
+LINES = ["It was nice out this morning when I ran to the park.", "", "Yesterday afternoon I ran some tests."]
+
+
+def _run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "spacy_ctxembed", *args], input=stdin, check=True,
+                          capture_output=True, text=True)
+
+
+def test_embed_text_file_to_docbin(tmp_path, hf_reference):
+    (tmp_path / "in.txt").write_text("\n".join(LINES) + "\n", encoding="utf8")
+    result = _run("embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.spacy"))
+    assert "embedding" in result.stderr and "100%" in result.stderr  # the progress bar
+    nlp = spacy.blank("en")
+    docs = [restore_vectors(d) for d in DocBin().from_disk(tmp_path / "out.spacy").get_docs(nlp.vocab)]
+    assert [d.text for d in docs] == LINES
+    tokenizer, model = hf_reference
+    states, offsets = hf_hidden_states(tokenizer, model, LINES[0])
+    expected = pool(states[-1], token_pieces(docs[0], offsets), "mean")
+    numpy.testing.assert_allclose(docs[0]._.ctx_vectors, expected, atol=1e-4)
+    assert docs[0][8].has_vector and docs[1]._.ctx_vectors.shape == (0, 384)
+
+
+def test_embed_stdin_to_npy_and_docbin_input(tmp_path):
+    _run("embed", "-", "-o", str(tmp_path / "npy"), "-f", "npy", stdin="\n".join(LINES))
+    vectors = numpy.load(tmp_path / "npy" / "vectors.npy")
+    records = [json.loads(line) for line in (tmp_path / "npy" / "docs.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in records] == LINES
+    assert vectors.shape == (records[-1]["end"], 384)
+    # A DocBin as input gives the same vectors.
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp(t) for t in LINES]).to_disk(tmp_path / "in.spacy")
+    _run("embed", str(tmp_path / "in.spacy"), "-o", str(tmp_path / "npy2"), "-f", "npy")
+    numpy.testing.assert_allclose(numpy.load(tmp_path / "npy2" / "vectors.npy"), vectors, atol=1e-6)
+
+
+def test_demo_prints_table():
+    out = _run("demo").stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:3] in ("A-B", "A-C", "B-C")}
+    assert set(rows) == {"A-B", "A-C", "B-C"}
+    contextual = {k: float(v[-2]) for k, v in rows.items()}
+    static = {k: float(v[-1]) for k, v in rows.items()}
+    assert contextual["A-C"] > contextual["A-B"]  # same sense closer than different senses
+    assert all(v == 1.0 for v in static.values())  # a static vector cannot tell the senses apart

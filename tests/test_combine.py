@@ -1,0 +1,68 @@
+"""The combiners against NumPy, and the scalar mix's gradients against finite differences."""
+import numpy
+import pytest
+
+from spacy_ctxembed.layers import build_combiner
+
+RNG = numpy.random.default_rng(0)
+X = [RNG.normal(size=(3, 5, 4)).astype("float32"), RNG.normal(size=(3, 0, 4)).astype("float32")]
+
+
+def test_mean_and_concat():
+    mean = build_combiner("t", "mean", 3)
+    concat = build_combiner("t", "concat", 3)
+    numpy.testing.assert_allclose(mean.predict(X)[0], X[0].mean(axis=0), rtol=1e-6)
+    numpy.testing.assert_array_equal(concat.predict(X)[0], numpy.concatenate(list(X[0]), axis=1))
+    assert concat.predict(X)[1].shape == (0, 12)
+
+
+def _mix(x, s, gamma):
+    w = numpy.exp(s) / numpy.exp(s).sum()
+    return gamma * numpy.einsum("l,lnh->nh", w, x)
+
+
+def test_scalar_mix_starts_as_mean_and_follows_eq1():
+    mix = build_combiner("t", "scalar_mix", 3)
+    mix.initialize()
+    numpy.testing.assert_allclose(mix.predict(X)[0], X[0].mean(axis=0), rtol=1e-5)
+    s, gamma = numpy.array([0.5, -1.0, 2.0], dtype="f"), 1.7
+    mix.set_param("s", s)
+    mix.set_param("gamma", numpy.array([gamma], dtype="f"))
+    numpy.testing.assert_allclose(mix.predict(X)[0], _mix(X[0].astype("f8"), s, gamma), rtol=1e-5)
+
+
+@pytest.mark.parametrize("combine", ["mean", "concat", "scalar_mix"])
+def test_gradients_match_finite_differences(combine):
+    model = build_combiner("t", combine, 3)
+    model.initialize()
+    if combine == "scalar_mix":
+        model.set_param("s", numpy.array([0.3, -0.2, 0.1], dtype="f"))
+        model.set_param("gamma", numpy.array([1.3], dtype="f"))
+    x = [X[0].astype("float32")]
+    Y, backprop = model.begin_update(x)
+    dY = [RNG.normal(size=Y[0].shape).astype("float32")]
+    dX = backprop(dY)[0]
+
+    def loss_of_input(x0):
+        return float((model.predict([x0.astype("f")])[0].astype("f8") * dY[0]).sum())
+
+    eps = 1e-2
+    for idx in [(0, 0, 0), (1, 2, 3), (2, 4, 1)]:
+        plus, minus = x[0].copy(), x[0].copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric = (loss_of_input(plus) - loss_of_input(minus)) / (2 * eps)
+        assert dX[idx] == pytest.approx(numeric, rel=1e-2, abs=1e-3)
+    if combine == "scalar_mix":
+        for name in ("s", "gamma"):
+            grad = model.get_grad(name)
+            value = model.get_param(name).copy()
+            for i in range(len(value)):
+                numeric = []
+                for sign in (1, -1):
+                    shifted = value.copy()
+                    shifted[i] += sign * eps
+                    model.set_param(name, shifted)
+                    numeric.append(loss_of_input(x[0]))
+                model.set_param(name, value)
+                assert grad[i] == pytest.approx((numeric[0] - numeric[1]) / (2 * eps), rel=1e-2, abs=1e-3)

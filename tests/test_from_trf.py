@@ -1,0 +1,54 @@
+"""`ctxembed_from_trf` pools spacy-transformers' own output into the same contract."""
+import numpy
+import pytest
+import spacy
+
+from .reference import hf_hidden_states, pool, token_pieces
+
+TEXT = "It was nice out this morning when I ran to the park."
+
+
+def _trf_nlp(model_dir, hidden_states: bool, **settings):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3",
+        "name": str(model_dir),
+        "tokenizer_config": {"use_fast": True},
+        "transformer_config": {"output_hidden_states": hidden_states},
+    }})
+    nlp.add_pipe("ctxembed_from_trf", config=settings)
+    nlp.initialize()
+    return nlp
+
+
+@pytest.mark.parametrize("pooling", ["mean", "first", "max"])
+def test_from_trf_matches_transformers(minilm_dir, hf_reference, pooling):
+    tokenizer, model = hf_reference
+    nlp = _trf_nlp(minilm_dir, True, pooling=pooling, layers=[0, -1], store_layers=True)
+    doc = nlp(TEXT)
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    pieces = token_pieces(doc, offsets)
+    expected = numpy.stack([pool(states[0], pieces, pooling), pool(states[-1], pieces, pooling)])
+    numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)
+    numpy.testing.assert_allclose(doc.tensor, expected.mean(axis=0), atol=1e-4, rtol=0)
+    assert doc[8].has_vector and doc[8].vector.shape == (384,)
+
+
+def test_from_trf_last_layer_without_hidden_states(minilm_dir, hf_reference):
+    tokenizer, model = hf_reference
+    doc = _trf_nlp(minilm_dir, False)(TEXT)
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    numpy.testing.assert_allclose(doc._.ctx_vectors, pool(states[-1], token_pieces(doc, offsets), "mean"), atol=1e-4)
+
+
+def test_from_trf_asks_for_hidden_states(minilm_dir):
+    nlp = _trf_nlp(minilm_dir, False, layers=[0, -1])
+    with pytest.raises(ValueError, match=r"layers = \[0, -1\].*output_hidden_states"):
+        nlp(TEXT)
+
+
+def test_from_trf_without_transformer():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_from_trf")
+    with pytest.raises(ValueError, match="trf_data is missing"):
+        nlp(TEXT)

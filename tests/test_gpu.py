@@ -1,0 +1,62 @@
+"""GPU path: the model on CUDA, outputs as cupy arrays with no host round trip."""
+import numpy
+import pytest
+import spacy
+
+from .reference import hf_hidden_states, pool, token_pieces
+
+pytestmark = pytest.mark.gpu
+TEXT = "It was nice out this morning when I ran to the park."
+
+
+@pytest.fixture
+def gpu_nlp():
+    cupy = pytest.importorskip("cupy")
+    spacy.require_gpu()
+    try:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert", config={"layers": [0, -1], "store_layers": True})
+        nlp.initialize()
+        yield nlp, cupy
+    finally:
+        from thinc.api import NumpyOps, set_current_ops
+
+        set_current_ops(NumpyOps())
+
+
+def test_outputs_stay_on_device(gpu_nlp, hf_reference):
+    nlp, cupy = gpu_nlp
+    doc = nlp(TEXT)
+    assert isinstance(doc._.ctx_vectors, cupy.ndarray)
+    assert isinstance(doc.tensor, cupy.ndarray)
+    assert isinstance(doc._.ctx_layers, cupy.ndarray)
+    assert isinstance(doc[8].vector, cupy.ndarray)
+    tokenizer, model = hf_reference
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    pieces = token_pieces(doc, offsets)
+    expected = numpy.stack([pool(states[0], pieces, "mean"), pool(states[-1], pieces, "mean")])
+    numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-4)
+
+
+def test_mixed_precision_is_close(gpu_nlp):
+    nlp, cupy = gpu_nlp
+    exact = cupy.asnumpy(nlp(TEXT)._.ctx_vectors)
+    half = spacy.blank("en")
+    half.add_pipe("ctxembed_bert", config={"model": {"precision": "fp16"}})
+    half.initialize()
+    approx = cupy.asnumpy(half(TEXT)._.ctx_vectors)
+    assert numpy.abs(approx - exact).max() < 5e-2
+
+
+def test_pooling_runs_on_device(gpu_nlp):
+    torch = pytest.importorskip("torch")
+    from spacy_ctxembed.alignment import PieceAlignment
+    from spacy_ctxembed.pooling import pool_pieces
+
+    states = torch.arange(24, dtype=torch.float32, device="cuda").reshape(4, 2, 3)
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1, 3]), numpy.array([2, 1]), n_pieces=4)
+    for mode in ("mean", "first", "last", "max"):
+        out = pool_pieces(states, alignment, mode)
+        assert out.device.type == "cuda"
+        reference = pool_pieces(states.cpu(), alignment, mode)
+        numpy.testing.assert_allclose(out.cpu().numpy(), reference.numpy())

@@ -1,0 +1,47 @@
+"""Every advertised name resolves, through the entry points as spaCy finds them."""
+import configparser
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from spacy.util import registry
+
+SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
+
+
+def _advertised():
+    parser = configparser.ConfigParser()
+    parser.read(SETUP_CFG)
+    groups = parser["options.entry_points"]
+    return {
+        group: [line.split("=")[0].strip() for line in groups[group].strip().splitlines()]
+        for group in groups
+    }
+
+
+ADVERTISED = _advertised()
+REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "spacy_layers": "layers"}
+
+
+@pytest.mark.parametrize("group", sorted(ADVERTISED))
+def test_entry_points_installed(group):
+    installed = {ep.name for ep in entry_points(group=group)}
+    assert set(ADVERTISED[group]) <= installed
+
+
+@pytest.mark.parametrize("group, name", [(g, n) for g, names in ADVERTISED.items() for n in names])
+def test_name_resolves(group, name):
+    assert callable(registry.get(REGISTRIES[group], name))
+
+
+def test_factories_work_without_importing_the_package():
+    code = (
+        "import sys, spacy; nlp = spacy.blank('en'); "
+        "assert 'spacy_ctxembed' not in sys.modules; "
+        "[nlp.add_pipe(f) for f in ('ctxembed_bert', 'ctxembed_from_trf')]; "
+        "print(nlp.pipe_names)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "ctxembed_bert" in out
