@@ -6,6 +6,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import spacy
 from spacy.util import registry
 
 SETUP_CFG = Path(__file__).resolve().parents[1] / "setup.cfg"
@@ -33,6 +34,9 @@ def test_entry_points_installed(group):
 
 @pytest.mark.parametrize("group, name", [(g, n) for g, names in ADVERTISED.items() for n in names])
 def test_name_resolves(group, name):
+    if group == "spacy_factories":
+        # spaCy reads the factory entry points when a Language is created.
+        assert spacy.blank("en").has_factory(name)
     assert callable(registry.get(REGISTRIES[group], name))
 
 
