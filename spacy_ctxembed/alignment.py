@@ -6,10 +6,14 @@ Special tokens and pieces with an empty span belong to none. Everything here
 is index arithmetic over whole arrays: there is no per-token Python loop.
 """
 from dataclasses import dataclass
+from typing import Tuple
 
 import numpy
+from numpy.typing import ArrayLike
 from spacy.tokens import Doc
-from thinc.types import Ints1d
+
+#: A 1-d int64 index array on the host.
+IndexArray = numpy.ndarray
 
 
 @dataclass(frozen=True)
@@ -21,19 +25,19 @@ class PieceAlignment:
     from run boundaries.
     """
 
-    token_index: Ints1d
-    piece_index: Ints1d
+    token_index: IndexArray
+    piece_index: IndexArray
     n_tokens: int
     n_pieces: int
 
     @classmethod
-    def from_lengths(cls, piece_index: Ints1d, lengths: Ints1d, n_pieces: int) -> "PieceAlignment":
+    def from_lengths(cls, piece_index: ArrayLike, lengths: ArrayLike, n_pieces: int) -> "PieceAlignment":
         """Build from a ragged token -> pieces table (spacy-transformers' `align`)."""
-        lengths = numpy.asarray(lengths, dtype="int64")
-        piece_index = numpy.asarray(piece_index, dtype="int64")
-        token_index = numpy.repeat(numpy.arange(len(lengths), dtype="int64"), lengths)
-        order = numpy.lexsort((piece_index, token_index))
-        return cls(token_index[order], piece_index[order], len(lengths), n_pieces)
+        counts = numpy.asarray(lengths, dtype="int64")
+        pieces = numpy.asarray(piece_index, dtype="int64")
+        tokens = numpy.repeat(numpy.arange(len(counts), dtype="int64"), counts)
+        order = numpy.lexsort((pieces, tokens))
+        return cls(tokens[order], pieces[order], len(counts), n_pieces)
 
     def covered_tokens(self) -> numpy.ndarray:
         """Boolean mask over tokens: True where at least one piece feeds the token."""
@@ -63,7 +67,7 @@ class PieceAlignment:
         return ok
 
 
-def token_char_spans(doc: Doc) -> tuple:
+def token_char_spans(doc: Doc) -> Tuple[IndexArray, IndexArray]:
     """(starts, ends) character offsets of the doc's tokens, as int64 arrays."""
     starts = numpy.fromiter((t.idx for t in doc), dtype="int64", count=len(doc))
     lengths = numpy.fromiter((len(t) for t in doc), dtype="int64", count=len(doc))
@@ -71,10 +75,10 @@ def token_char_spans(doc: Doc) -> tuple:
 
 
 def align_pieces(
-    piece_starts: Ints1d,
-    piece_ends: Ints1d,
-    token_starts: Ints1d,
-    token_ends: Ints1d,
+    piece_starts: ArrayLike,
+    piece_ends: ArrayLike,
+    token_starts: ArrayLike,
+    token_ends: ArrayLike,
 ) -> PieceAlignment:
     """Align pieces to tokens by character overlap.
 
@@ -82,19 +86,19 @@ def align_pieces(
     token_starts, token_ends: character span of each token, [start, end);
         tokens are sorted and do not overlap, as in a spaCy Doc.
     """
-    piece_starts = numpy.asarray(piece_starts, dtype="int64")
-    piece_ends = numpy.asarray(piece_ends, dtype="int64")
-    token_starts = numpy.asarray(token_starts, dtype="int64")
-    token_ends = numpy.asarray(token_ends, dtype="int64")
-    n_pieces = len(piece_starts)
+    p_start = numpy.asarray(piece_starts, dtype="int64")
+    p_end = numpy.asarray(piece_ends, dtype="int64")
+    t_start = numpy.asarray(token_starts, dtype="int64")
+    t_end = numpy.asarray(token_ends, dtype="int64")
+    n_pieces = len(p_start)
     # Overlap of [ps, pe) and [ts, te) means ts < pe and ps < te. Because the
     # tokens are sorted, the overlapped tokens form the run [lo, hi).
-    lo = numpy.searchsorted(token_ends, piece_starts, side="right")
-    hi = numpy.searchsorted(token_starts, piece_ends, side="left")
-    counts = numpy.where(piece_ends > piece_starts, numpy.maximum(hi - lo, 0), 0)
+    lo = numpy.searchsorted(t_end, p_start, side="right")
+    hi = numpy.searchsorted(t_start, p_end, side="left")
+    counts = numpy.where(p_end > p_start, numpy.maximum(hi - lo, 0), 0)
     total = int(counts.sum())
     piece_index = numpy.repeat(numpy.arange(n_pieces, dtype="int64"), counts)
     run_start = numpy.repeat(numpy.cumsum(counts) - counts, counts)
     token_index = numpy.repeat(lo, counts) + (numpy.arange(total, dtype="int64") - run_start)
     order = numpy.lexsort((piece_index, token_index))
-    return PieceAlignment(token_index[order], piece_index[order], len(token_starts), n_pieces)
+    return PieceAlignment(token_index[order], piece_index[order], len(t_start), n_pieces)

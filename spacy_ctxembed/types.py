@@ -1,5 +1,6 @@
 """Named type aliases shared by the models, layers and pipeline components."""
-from typing import List, Literal, Tuple
+from pathlib import Path
+from typing import List, Literal, Protocol, Tuple
 
 from spacy.tokens import Doc
 from thinc.api import Model
@@ -26,3 +27,12 @@ DocVectors = Floats2d
 EmbedderModel = Model[List[Doc], List[DocLayers]]
 #: A combiner: per-doc layer stacks in, per-doc token vectors out.
 CombinerModel = Model[List[DocLayers], List[DocVectors]]
+
+
+class SavableShim(Protocol):
+    """The shim of an embedder with weights writes them as plain files.
+
+    The model's `init` reads them back when `model.attrs["source_dir"]` is set.
+    """
+
+    def save(self, directory: Path) -> None: ...

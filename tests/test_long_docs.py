@@ -66,7 +66,9 @@ def test_20000_word_doc_in_bounded_batches(tiny_bert_dir):
     nlp = make_nlp(tiny_bert_dir, max_batch_items=budget)
     module = get_encoder(nlp.get_pipe("ctxembed_bert").model).module
     seen = []
-    hook = module.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+    hook = module.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
     try:
         doc = nlp(_text(20_000, seed=2))
     finally:

@@ -150,7 +150,8 @@ def test_spacy_package_builds_an_installable_pipeline(tiny_bert_dir, tmp_path):
     )
     code = (
         f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); import spacy, numpy; "
-        f"doc = spacy.load('en_ctxembed_test')({TEXTS[0]!r}); numpy.save({str(tmp_path / 'v.npy')!r}, doc._.ctx_vectors)"
+        f"doc = spacy.load('en_ctxembed_test')({TEXTS[0]!r}); "
+        f"numpy.save({str(tmp_path / 'v.npy')!r}, doc._.ctx_vectors)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     numpy.testing.assert_allclose(numpy.load(tmp_path / "v.npy"), original._.ctx_vectors, atol=1e-6)

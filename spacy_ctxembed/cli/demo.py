@@ -1,5 +1,5 @@
 """`demo`: the seed example, 'ran' in three sentences, contextual vs static."""
-from typing import List, Optional, Tuple
+from typing import Optional, Sequence
 
 import numpy
 import typer
@@ -61,7 +61,7 @@ def _cosine(u: numpy.ndarray, v: numpy.ndarray) -> float:
     return float(u @ v / (numpy.linalg.norm(u) * numpy.linalg.norm(v)))
 
 
-def _table(rows: List[Tuple[str, ...]]) -> str:
+def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

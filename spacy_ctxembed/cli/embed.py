@@ -15,11 +15,19 @@ from .pipelines import build_pipeline
 FORMATS = ("docbin", "npy")
 
 
+HELP = {
+    "input": "Text file (one doc per line), '-' for stdin, or a .spacy DocBin",
+    "output": "A .spacy file (docbin), or a directory for vectors.npy + docs.jsonl (npy)",
+    "format": "docbin: DocBin with the vectors in user data; npy: vectors.npy + docs.jsonl",
+    "model": "A saved pipeline (path or package) with a ctxembed component",
+}
+
+
 def embed(
-    input_path: str = typer.Argument(..., metavar="INPUT", help="Text file (one doc per line), '-' for stdin, or a .spacy DocBin"),
-    output: Path = typer.Option(..., "--output", "-o", help="A .spacy file (docbin), or a directory for vectors.npy + docs.jsonl (npy)"),
-    output_format: str = typer.Option("docbin", "--format", "-f", help="docbin: DocBin with vectors in user data; npy: vectors.npy + docs.jsonl"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="A saved pipeline (path or package) with a ctxembed component"),
+    input_path: str = typer.Argument(..., metavar="INPUT", help=HELP["input"]),
+    output: Path = typer.Option(..., "--output", "-o", help=HELP["output"]),
+    output_format: str = typer.Option("docbin", "--format", "-f", help=HELP["format"]),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=HELP["model"]),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A config.cfg to build the pipeline from"),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Docs per nlp.pipe batch"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU to use; -1 for CPU"),

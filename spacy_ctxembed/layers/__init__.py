@@ -1,9 +1,9 @@
 """Thinc layers that turn per-doc layer stacks (n_layers, n_tokens, width) into vectors."""
+from ..errors import check_choice
+from ..types import COMBINE_MODES, CombinerModel
 from .concat_layers import concat_layers
 from .mean_layers import mean_layers
 from .scalar_mix import ScalarMix
-from ..errors import check_choice
-from ..types import COMBINE_MODES, CombinerModel
 
 
 def build_combiner(component: str, combine: str, n_layers: int) -> CombinerModel:

@@ -12,12 +12,13 @@ def concat_layers() -> CombinerModel:
 
 def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[List[DocVectors], Callable]:
     # (n_layers, n_tokens, width) -> (n_tokens, n_layers * width)
+    xp = model.ops.xp
     # Explicit widths: reshape(0, -1) is ambiguous for empty docs.
-    Y = [x.transpose(1, 0, 2).reshape(x.shape[1], x.shape[0] * x.shape[2]) for x in X]
+    Y = [xp.transpose(x, (1, 0, 2)).reshape((x.shape[1], x.shape[0] * x.shape[2])) for x in X]
 
     def backprop(dY: List[DocVectors]) -> List[DocLayers]:
         return [
-            dy.reshape(x.shape[1], x.shape[0], x.shape[2]).transpose(1, 0, 2).copy()
+            xp.ascontiguousarray(xp.transpose(dy.reshape((x.shape[1], x.shape[0], x.shape[2])), (1, 0, 2)))
             for dy, x in zip(dY, X)
         ]
 

@@ -11,11 +11,10 @@ def mean_layers() -> CombinerModel:
 
 
 def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[List[DocVectors], Callable]:
-    Y = [x.mean(axis=0) for x in X]
+    xp = model.ops.xp
+    Y = [xp.mean(x, axis=0) for x in X]
 
     def backprop(dY: List[DocVectors]) -> List[DocLayers]:
-        return [
-            model.ops.xp.broadcast_to(dy / x.shape[0], x.shape).copy() for dy, x in zip(dY, X)
-        ]
+        return [xp.broadcast_to(dy / x.shape[0], x.shape).copy() for dy, x in zip(dY, X)]
 
     return Y, backprop

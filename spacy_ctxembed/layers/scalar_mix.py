@@ -41,7 +41,7 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
             d_gamma += (dy * mix).sum()
             # d(loss)/d(weight_j) = gamma * <dy, layer_j>
             d_weights += gamma * xp.tensordot(x, dy, axes=([1, 2], [0, 1]))
-            dX.append(gamma * weights[:, None, None] * dy[None])
+            dX.append(gamma * xp.reshape(weights, (-1, 1, 1)) * xp.expand_dims(dy, 0))
         # Jacobian of softmax: d s_i = w_i * (g_i - sum_j w_j g_j)
         d_s = weights * (d_weights - (weights * d_weights).sum())
         model.inc_grad("gamma", d_gamma.astype("f"))

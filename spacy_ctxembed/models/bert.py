@@ -12,7 +12,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy
 import torch
@@ -24,7 +24,7 @@ from ..alignment import PieceAlignment, align_pieces, token_char_spans
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
 from ..settings import normalize_layers
-from ..types import PRECISIONS, DocLayers, EmbedderModel
+from ..types import PRECISIONS, EmbedderModel
 from ..windows import Window, plan_windows
 from .hf_loading import COMPONENT, HFEncoder, load_encoder, resolve_model_dir
 
@@ -105,8 +105,7 @@ def BertEmbedder(
 
 
 def forward(model: EmbedderModel, docs: List[Doc], is_train: bool):
-    runner = _get_runner(model)
-    outputs = runner(docs, pooling=model.attrs["pooling"])
+    outputs = _get_runner(model).embed(docs, pooling=model.attrs["pooling"])
     return [torch2xp(layers, ops=model.ops) for layers in outputs], lambda d_outputs: []
 
 
@@ -137,7 +136,7 @@ def get_encoder(model: EmbedderModel) -> HFEncoder:
 def _get_runner(model: EmbedderModel) -> "EncoderShim":
     if not model.shims:
         raise ValueError(f"[{COMPONENT}] the model is not loaded: call nlp.initialize() first")
-    return model.shims[0]
+    return cast(EncoderShim, model.shims[0])
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,8 @@ class EncoderShim(PyTorchShim):
     def device(self) -> torch.device:
         return next(self.encoder.module.parameters()).device
 
-    def __call__(self, docs: Sequence[Doc], *, pooling: str) -> List[torch.Tensor]:
+    def embed(self, docs: Sequence[Doc], *, pooling: str) -> List[torch.Tensor]:
+        """Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width)."""
         plans = self.plan(docs)
         states = self.piece_states(plans)
         return [pool_pieces(s, plan.alignment, pooling) for s, plan in zip(states, plans)]

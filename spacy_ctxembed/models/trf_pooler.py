@@ -4,7 +4,7 @@ Reads `doc._.trf_data` (written by spacy-transformers' `transformer`
 component) and pools its wordpiece states to tokens through its own
 alignment, `trf_data.align`, without running the transformer again.
 """
-from typing import List, Optional
+from typing import List, Optional, cast
 
 import torch
 from spacy.tokens import Doc
@@ -50,7 +50,7 @@ def _pool_doc(model: EmbedderModel, doc: Doc) -> DocLayers:
         model.ops.to_numpy(trf_data.align.dataXd), model.ops.to_numpy(trf_data.align.lengths), flat.shape[0]
     )
     pooled = pool_pieces(_as_torch(flat), alignment, model.attrs["pooling"])
-    return torch2xp(pooled, ops=model.ops)
+    return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
 def _select_layers(layers, output) -> list:

@@ -6,7 +6,7 @@ the component combines them (`combine`), and writes `doc._.ctx_vectors`,
 frozen: `update` leaves it alone, so it serves as pure features.
 """
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import srsly
 from spacy.language import Language
@@ -18,7 +18,7 @@ from spacy.vocab import Vocab
 
 from ..layers import build_combiner
 from ..settings import check_component_settings
-from ..types import DocLayers, DocVectors, EmbedderModel
+from ..types import DocLayers, DocVectors, EmbedderModel, SavableShim
 from .extensions import LAYERS, VECTORS, install_extensions, set_vector_hooks
 
 #: Subfolder of the component's directory where a model with weights saves them.
@@ -81,16 +81,24 @@ class ContextualEmbedder(TrainablePipe):
         for doc, layers, vectors in zip(docs, *predictions):
             doc._.set(VECTORS, vectors)
             if self.cfg["set_doc_tensor"]:
-                doc.tensor = vectors
+                # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
+                doc.tensor = vectors  # type: ignore[assignment]
             if self.cfg["store_layers"]:
                 doc._.set(LAYERS, layers)
             set_vector_hooks(doc)
 
-    def update(self, examples: Iterable[Example], *, drop: float = 0.0, sgd=None, losses: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd=None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
         """The embedder is frozen: nothing to learn from annotations."""
-        losses = {} if losses is None else losses
-        losses.setdefault(self.name, 0.0)
-        return losses
+        result: Dict[str, float] = {} if losses is None else losses
+        result.setdefault(self.name, 0.0)
+        return result
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Write cfg, the combiner's weights and the model's own files (safetensors, no pickles)."""
@@ -102,13 +110,13 @@ class ContextualEmbedder(TrainablePipe):
             "combiner": lambda p: p.open("wb").write(self.combiner.to_bytes()),
         }
         if self.model.shims:
-            serializers[MODEL_DIR] = lambda p: self.model.shims[0].save(p)
+            serializers[MODEL_DIR] = lambda p: cast(SavableShim, self.model.shims[0]).save(p)
         to_disk(path, serializers, exclude)
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         path = ensure_path(path)
-        deserializers = {
-            "combiner": lambda p: self.combiner.from_bytes(p.open("rb").read()),
+        deserializers: Dict[str, Callable[[Path], None]] = {
+            "combiner": self._load_combiner,
             MODEL_DIR: self._load_model_dir,
         }
         from_disk(path, deserializers, exclude)
@@ -139,6 +147,9 @@ class ContextualEmbedder(TrainablePipe):
                 target.write_bytes(data)
             self.from_disk(root, exclude=exclude)
         return self
+
+    def _load_combiner(self, path: Path) -> None:
+        self.combiner.from_bytes(path.read_bytes())
 
     def _load_model_dir(self, path: Path) -> None:
         if path.exists():
