@@ -1,7 +1,8 @@
 """The embedder models: each maps docs to per-doc stacks of token layers."""
 from .bert import BertEmbedder
+from .elmo import ElmoEmbedder
 
-__all__ = ["BertEmbedder"]
+__all__ = ["BertEmbedder", "ElmoEmbedder"]
 from .trf_pooler import TrfPooler
 
 __all__ += ["TrfPooler"]

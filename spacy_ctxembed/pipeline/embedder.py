@@ -35,7 +35,7 @@ class ContextualEmbedder(TrainablePipe):
         name: str,
         *,
         factory: str,
-        pooling: str = "mean",
+        pooling: Optional[str] = "mean",
         layers: Sequence[int] = (-1,),
         combine: str = "mean",
         store_layers: bool = False,
@@ -46,7 +46,7 @@ class ContextualEmbedder(TrainablePipe):
         self.model = model
         self.name = name
         self.factory = factory
-        self.cfg = {
+        self.cfg: Dict[str, object] = {
             "pooling": pooling,
             "layers": list(layers),
             "combine": combine,

@@ -1,0 +1,40 @@
+"""ELMo's character ids: 50 per token, from the token's UTF-8 bytes.
+
+`[258] + bytes[:48] + [259]`, padded with 260, then +1 everywhere so that 0 is
+free for padding tokens. `<S>` and `</S>` are the sentence-boundary "words".
+"""
+from typing import Iterable
+
+import numpy
+
+MAX_CHARS = 50
+BOW, EOW, PAD = 258, 259, 260
+BOS_CHAR, EOS_CHAR = 256, 257
+
+
+def _word_ids(payload: Iterable[int]) -> numpy.ndarray:
+    ids = numpy.full(MAX_CHARS, PAD, dtype="int64")
+    body = list(payload)
+    ids[0] = BOW
+    ids[1 : 1 + len(body)] = body
+    ids[1 + len(body)] = EOW
+    return ids + 1
+
+
+BOS_IDS = _word_ids([BOS_CHAR])
+EOS_IDS = _word_ids([EOS_CHAR])
+
+
+def char_ids(word: str) -> numpy.ndarray:
+    """The 50 character ids of one token."""
+    if word == "<S>":
+        return BOS_IDS
+    if word == "</S>":
+        return EOS_IDS
+    # May cut a multi-byte character: the released models were trained so.
+    return _word_ids(word.encode("utf-8", "ignore")[: MAX_CHARS - 2])
+
+
+def sentence_char_ids(words: Iterable[str]) -> numpy.ndarray:
+    """(n_words + 2, 50): the sentence wrapped as `<S> words </S>`."""
+    return numpy.stack([BOS_IDS, *(char_ids(w) for w in words), EOS_IDS])

@@ -1,0 +1,147 @@
+"""ELMo's biLM in plain PyTorch: character CNN token layer + 2-layer biLSTM.
+
+Stateless: every sentence starts from zero states, so a sentence's vectors
+never depend on the batch or on what ran before. Frozen: the weights are
+buffers. Built from the released weight arrays (see elmo_weights.py).
+
+Speed, compared with a per-timestep loop over everything:
+- each layer's input projection for a chunk of timesteps is one matmul;
+- both directions run in the same batched step (bmm over a direction axis);
+- only `h @ W_h` and the gates stay in the Python loop.
+"""
+from typing import Dict, List
+
+import numpy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .elmo_weights import ElmoOptions, lstm_prefix
+
+#: Timesteps whose input projection is computed in one matmul; bounds memory
+#: on very long sentences.
+TIME_CHUNK = 256
+
+
+def _buffer(array: numpy.ndarray) -> torch.Tensor:
+    return torch.from_numpy(numpy.ascontiguousarray(array, dtype="float32"))
+
+
+class CharCNN(nn.Module):
+    """Token layer: character embeddings -> convolutions -> highway -> projection."""
+
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
+        super().__init__()
+        self.activation = torch.tanh if options.activation == "tanh" else torch.relu
+        self.register_buffer("char_embed", _buffer(weights["char_embed"]))
+        for i in range(len(options.filters)):
+            # TF conv kernel (1, width, char_dim, n) -> torch Conv1d (n, char_dim, width)
+            kernel = weights[f"CNN/W_cnn_{i}"][0].transpose(2, 1, 0)
+            self.register_buffer(f"conv_w_{i}", _buffer(kernel))
+            self.register_buffer(f"conv_b_{i}", _buffer(weights[f"CNN/b_cnn_{i}"]))
+        for k in range(options.n_highway):
+            for name in ("W_transform", "b_transform", "W_carry", "b_carry"):
+                self.register_buffer(f"high_{k}_{name}", _buffer(weights[f"CNN_high_{k}/{name}"]))
+        self.register_buffer("proj_w", _buffer(weights["CNN_proj/W_proj"]))
+        self.register_buffer("proj_b", _buffer(weights["CNN_proj/b_proj"]))
+        self.n_filters = len(options.filters)
+        self.n_highway = options.n_highway
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """(n_words, 50) character ids -> (n_words, projection_dim)."""
+        embedded = F.embedding(char_ids, self.char_embed).transpose(1, 2)  # (n, char_dim, 50)
+        pooled = []
+        for i in range(self.n_filters):
+            conv = F.conv1d(embedded, getattr(self, f"conv_w_{i}"), getattr(self, f"conv_b_{i}"))
+            # The activation comes after the max over positions, as in the reference.
+            pooled.append(self.activation(conv.max(dim=2).values))
+        x = torch.cat(pooled, dim=1)
+        for k in range(self.n_highway):
+            gate = torch.sigmoid(x @ getattr(self, f"high_{k}_W_carry") + getattr(self, f"high_{k}_b_carry"))
+            transform = torch.relu(x @ getattr(self, f"high_{k}_W_transform") + getattr(self, f"high_{k}_b_transform"))
+            # The file's "carry" gate multiplies the transform branch.
+            x = gate * transform + (1 - gate) * x
+        return x @ self.proj_w + self.proj_b
+
+
+class BiLstm(nn.Module):
+    """The forward and backward LSTM stacks with cell/projection clipping and skips."""
+
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
+        super().__init__()
+        P = options.projection_dim
+        self.n_layers = options.n_layers
+        self.cell_clip = options.cell_clip
+        self.proj_clip = options.proj_clip
+        self.skip = options.use_skip_connections
+        for layer in range(self.n_layers):
+            w = [weights[f"{lstm_prefix(d, layer)}/W_0"] for d in range(2)]
+            # W_0 rows are [layer input; previous projected output].
+            self.register_buffer(f"w_x_{layer}", _buffer(numpy.stack([m[:P] for m in w])))
+            self.register_buffer(f"w_h_{layer}", _buffer(numpy.stack([m[P:] for m in w])))
+            self.register_buffer(f"b_{layer}", _buffer(numpy.stack(
+                [weights[f"{lstm_prefix(d, layer)}/B"] for d in range(2)]))[:, None, :])
+            self.register_buffer(f"w_p_{layer}", _buffer(numpy.stack(
+                [weights[f"{lstm_prefix(d, layer)}/W_P_0"] for d in range(2)])))
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        """tokens: (batch, time, P), each sequence padded at the end.
+
+        RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs.
+        """
+        batch, time, _ = tokens.shape
+        # The backward LM reads each sequence from its own last word: reverse
+        # within each length, leaving the padding at the end.
+        steps = torch.arange(time, device=tokens.device).expand(batch, time)
+        reverse = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+        gather = reverse[:, :, None].expand(-1, -1, tokens.shape[2])
+        inputs = torch.stack([tokens, tokens.gather(1, gather)])  # (2, batch, time, P)
+        outputs = []
+        for layer in range(self.n_layers):
+            states = self._run_layer(layer, inputs)
+            if layer > 0 and self.skip:
+                states = states + inputs
+            outputs.append(torch.cat([states[0], states[1].gather(1, gather)], dim=-1))
+            inputs = states
+        return outputs
+
+    def _run_layer(self, layer: int, inputs: torch.Tensor) -> torch.Tensor:
+        w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
+        bias, w_p = getattr(self, f"b_{layer}"), getattr(self, f"w_p_{layer}")
+        _, batch, time, P = inputs.shape
+        dim = w_p.shape[1]
+        h = inputs.new_zeros((2, batch, P))
+        c = inputs.new_zeros((2, batch, dim))
+        out = inputs.new_empty((2, batch, time, P))
+        for start in range(0, time, TIME_CHUNK):
+            chunk = inputs[:, :, start : start + TIME_CHUNK]
+            # Input projections of the whole chunk, both directions, one matmul.
+            projected = torch.matmul(chunk, w_x[:, None]) + bias[:, None]  # (2, batch, chunk, 4 dim)
+            for t in range(chunk.shape[2]):
+                z = projected[:, :, t] + torch.bmm(h, w_h)
+                i, j, f, o = z.chunk(4, dim=-1)
+                c = torch.clamp(torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(j),
+                                -self.cell_clip, self.cell_clip)
+                h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -self.proj_clip, self.proj_clip)
+                out[:, :, start + t] = h
+        return out
+
+
+class ElmoBiLm(nn.Module):
+    """Character ids of `<S> words </S>` -> ELMo's layers, boundaries included."""
+
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
+        super().__init__()
+        self.char_cnn = CharCNN(options, weights)
+        self.bilstm = BiLstm(options, weights)
+
+    def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        """char_ids: (batch, time, 50), padded with 0; lengths include `<S>`/`</S>`.
+
+        RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.
+        """
+        batch, time, n_chars = char_ids.shape
+        # The token layer depends only on the word: run the CNN once per distinct word.
+        words, inverse = torch.unique(char_ids.reshape(-1, n_chars), dim=0, return_inverse=True)
+        tokens = self.char_cnn(words)[inverse].reshape(batch, time, -1)
+        return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths)]

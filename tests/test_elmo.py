@@ -1,0 +1,224 @@
+"""ctxembed_elmo against the float64 NumPy reference, and its contract."""
+import pickle
+import shutil
+
+import h5py
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+
+from spacy_ctxembed import restore_vectors
+from spacy_ctxembed.models.elmo_chars import char_ids, sentence_char_ids
+from spacy_ctxembed.models.elmo_weights import ElmoFileError
+
+from .elmo_fixture import write_elmo_fixture
+from .elmo_reference import ReferenceElmo
+from .elmo_reference import char_ids as reference_char_ids
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def elmo_files(tmp_path_factory):
+    return write_elmo_fixture(tmp_path_factory.mktemp("elmo"))
+
+
+@pytest.fixture(scope="module")
+def reference(elmo_files):
+    return ReferenceElmo(*elmo_files)
+
+
+def elmo_nlp(files, sentencizer=False, **settings):
+    nlp = spacy.blank("en")
+    if sentencizer:
+        nlp.add_pipe("sentencizer")
+    config = {"store_layers": True, **settings,
+              "model": {"options_file": str(files[0]), "weight_file": str(files[1])}}
+    nlp.add_pipe("ctxembed_elmo", config=config)
+    nlp.initialize()
+    return nlp
+
+
+@pytest.fixture(scope="module")
+def nlp_elmo(elmo_files):
+    return elmo_nlp(elmo_files)
+
+
+def _words(doc_or_span):
+    return [t.text for t in doc_or_span if not t.is_space]
+
+
+def test_every_layer_matches_reference(nlp_elmo, reference):
+    doc = nlp_elmo("The cat sat on the mat with naïve café owners 😀 .")
+    expected = reference(_words(doc))
+    assert doc._.ctx_layers.shape == (3, len(doc), 16)
+    numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=ATOL, rtol=0)
+    numpy.testing.assert_allclose(doc._.ctx_vectors, expected.mean(axis=0), atol=ATOL, rtol=0)
+    numpy.testing.assert_array_equal(doc.tensor, doc._.ctx_vectors)
+
+
+def test_fixture_makes_clipping_happen(nlp_elmo, reference):
+    reference.clipped = {"cell": 0, "proj": 0}
+    reference("a fairly long sentence so that the cell state has time to grow past its clip".split())
+    assert reference.clipped["cell"] > 0 and reference.clipped["proj"] > 0
+
+
+def test_layer_selection_and_scalar_mix(elmo_files, reference):
+    doc = elmo_nlp(elmo_files, layers=[2, 0], combine="concat")("Two words here")
+    expected = reference(_words(doc))
+    numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.concatenate([expected[2], expected[0]], axis=1), atol=ATOL)
+    mixed = elmo_nlp(elmo_files, combine="scalar_mix")("Two words here")
+    numpy.testing.assert_allclose(mixed._.ctx_vectors, expected.mean(axis=0), atol=ATOL)
+
+
+def test_sentences_are_embedded_on_their_own(elmo_files, reference):
+    nlp = elmo_nlp(elmo_files, sentencizer=True)
+    doc = nlp("I ran to the park. Then I ran significance tests!  Done.")
+    sents = list(doc.sents)
+    assert len(sents) == 3
+    for sent in sents:
+        words = [t for t in sent if not t.is_space]
+        expected = reference([t.text for t in words])
+        numpy.testing.assert_allclose(doc._.ctx_layers[:, [t.i for t in words]], expected, atol=ATOL)
+    # Without boundaries the whole doc is one sequence.
+    whole = elmo_nlp(elmo_files)(doc.text)
+    numpy.testing.assert_allclose(whole._.ctx_layers[:, [t.i for t in whole if not t.is_space]],
+                                  reference(_words(whole)), atol=ATOL)
+
+
+def test_whitespace_tokens_stay_out(nlp_elmo, reference):
+    doc = nlp_elmo("Hello   world\n\nagain")
+    spaces = [t for t in doc if t.is_space]
+    assert spaces and all(not t.has_vector and not t.vector.any() for t in spaces)
+    numpy.testing.assert_allclose(doc._.ctx_layers[:, [t.i for t in doc if not t.is_space]],
+                                  reference(["Hello", "world", "again"]), atol=ATOL)
+
+
+def test_batch_independence_and_determinism(elmo_files):
+    nlp = elmo_nlp(elmo_files)
+    texts = ["short one", "a much longer sentence with quite a few more words in it than the others",
+             "x", "medium length sentence here", ""]
+    alone = [nlp(t)._.ctx_layers for t in texts]
+    together = [d._.ctx_layers for d in nlp.pipe(texts, batch_size=5)]
+    reversed_order = [d._.ctx_layers for d in nlp.pipe(texts[::-1], batch_size=5)][::-1]
+    again = [nlp(t)._.ctx_layers for t in texts]
+    for a, b, c, d in zip(alone, together, reversed_order, again):
+        numpy.testing.assert_allclose(b, a, atol=ATOL, rtol=0)
+        numpy.testing.assert_allclose(c, a, atol=ATOL, rtol=0)
+        numpy.testing.assert_array_equal(d, a)
+
+
+def test_char_ids():
+    assert list(char_ids("a")[:4]) == [259, 98, 260, 261]
+    assert list(char_ids("<S>")[:4]) == [259, 257, 260, 261]
+    assert list(char_ids("</S>")[:4]) == [259, 258, 260, 261]
+    long_word = "é" * 30  # 60 bytes: cut at 48, and the last é is not cut in half
+    ids = char_ids(long_word)
+    assert len(ids) == 50 and ids[0] == 259 and ids[49] == 260 and ids[48] == 0xA9 + 1
+    emoji = "😀" * 13  # 52 bytes: the 13th emoji is cut after 0 of its 4 bytes, the 12th whole
+    assert list(char_ids(emoji)) == reference_char_ids(emoji)
+    cut = "ab" + "😀" * 12  # 50 bytes: cut at 48 keeps the first 2 of the last emoji's 4 bytes (F0 9F)
+    assert list(char_ids(cut)) == reference_char_ids(cut)
+    assert list(char_ids(cut)[47:50]) == [0xF0 + 1, 0x9F + 1, 259 + 1]
+    for word in ["", "ü", "中文", "<S>", "</S>", "x" * 100, "\u0000"]:
+        assert list(char_ids(word)) == reference_char_ids(word)
+    wrapped = sentence_char_ids(["hi"])
+    assert wrapped.shape == (3, 50)
+    assert list(wrapped[0]) == reference_char_ids("<S>") and list(wrapped[2]) == reference_char_ids("</S>")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "Word", "<S> and </S> as words", "x" * 80 + " ok",
+                                  "中文 😀😀😀😀😀😀😀😀😀😀😀😀😀 émoji", "\u0000\u0007 control"])
+def test_odd_input(nlp_elmo, reference, text):
+    doc = nlp_elmo(text)
+    assert doc._.ctx_vectors.shape == (len(doc), 16)
+    words = _words(doc)
+    if words:
+        numpy.testing.assert_allclose(doc._.ctx_layers[:, [t.i for t in doc if not t.is_space]],
+                                      reference(words), atol=ATOL)
+
+
+def test_5000_token_sentence(nlp_elmo):
+    doc = nlp_elmo(" ".join(["word", "other", "thing"] * 1667))
+    assert doc._.ctx_vectors.shape == (5001, 16)
+    assert numpy.isfinite(doc._.ctx_vectors).all() and doc._.ctx_vectors.any(axis=1).all()
+
+
+def test_round_trips(elmo_files, tmp_path):
+    options_copy, weights_copy = tmp_path / "o.json", tmp_path / "w.hdf5"
+    shutil.copy(elmo_files[0], options_copy)
+    shutil.copy(elmo_files[1], weights_copy)
+    nlp = elmo_nlp((options_copy, weights_copy), combine="scalar_mix")
+    original = nlp("It was nice out when I ran to the park")
+    nlp.to_disk(tmp_path / "pipeline")
+    options_copy.unlink()
+    weights_copy.unlink()
+    assert (tmp_path / "pipeline" / "ctxembed_elmo" / "model" / "weights.hdf5").is_file()
+    loaded = spacy.load(tmp_path / "pipeline")
+    doc = loaded(original.text)
+    numpy.testing.assert_allclose(doc._.ctx_layers, original._.ctx_layers, atol=1e-6)
+    numpy.testing.assert_array_equal(pickle.loads(pickle.dumps(doc))[3].vector, doc[3].vector)
+    copy = Doc(loaded.vocab).from_bytes(doc.to_bytes())
+    numpy.testing.assert_array_equal(restore_vectors(copy)[3].vector, doc[3].vector)
+    DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "d.spacy")
+    back = restore_vectors(next(DocBin().from_disk(tmp_path / "d.spacy").get_docs(loaded.vocab)))
+    numpy.testing.assert_array_equal(back[3].vector, doc[3].vector)
+    from_bytes = spacy.blank("en")
+    from_bytes.add_pipe("ctxembed_elmo", config={"combine": "scalar_mix", "store_layers": True})
+    from_bytes.from_bytes(nlp.to_bytes())
+    numpy.testing.assert_allclose(from_bytes(original.text)._.ctx_layers, original._.ctx_layers, atol=1e-6)
+
+
+def _broken(tmp_path, elmo_files, edit):
+    options, weights = tmp_path / "options.json", tmp_path / "weights.hdf5"
+    shutil.copy(elmo_files[0], options)
+    shutil.copy(elmo_files[1], weights)
+    edit(options, weights)
+    return options, weights
+
+
+def _rewrite_dataset(name, shape):
+    def edit(options, weights):
+        with h5py.File(weights, "a") as f:
+            del f[name]
+            if shape is not None:
+                f[name] = numpy.zeros(shape, dtype="float32")
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (lambda o, w: w.unlink(), r"weight_file = .*weights.hdf5': no such file"),
+        (lambda o, w: o.unlink(), r"options_file = .*options.json': no such file"),
+        (lambda o, w: w.write_bytes(w.read_bytes()[:2000]), r"cannot be read as HDF5"),
+        (lambda o, w: w.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 500), r"cannot be read as HDF5"),
+        (lambda o, w: w.write_bytes(b"not hdf5 at all"), r"cannot be read as HDF5"),
+        (_rewrite_dataset("char_embed", None), r"not an ELMo weight file \(dataset 'char_embed' is missing\)"),
+        (_rewrite_dataset("CNN_proj/W_proj", None),
+         r"dataset 'CNN_proj/W_proj' is missing \(expected shape \(16, 8\)\)"),
+        (_rewrite_dataset("RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_0", (16, 32)),
+         r"dataset 'RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_0' has shape \(16, 32\), expected \(16, 64\)"),
+        (lambda o, w: o.write_text(o.read_text().replace('"projection_dim": 8', '"projection_dim": 10')),
+         r"dataset 'CNN/W_cnn_0'|has shape .* expected .*from the options"),
+        (lambda o, w: o.write_text("{not json"), r"not ELMo options"),
+    ],
+    ids=["no-weights", "no-options", "truncated", "corrupt-header", "not-hdf5", "no-char-embed",
+         "missing-dataset", "wrong-shape", "options-disagree", "bad-options"],
+)
+def test_file_errors(tmp_path, elmo_files, edit, pattern):
+    options, weights = _broken(tmp_path, elmo_files, edit)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config={"model": {"options_file": str(options), "weight_file": str(weights)}})
+    with pytest.raises(ElmoFileError, match=pattern):
+        nlp.initialize()
+
+
+def test_settings_errors(elmo_files):
+    with pytest.raises(Exception, match=r"layers = \[0, 3\].*index 3 is out of range"):
+        elmo_nlp(elmo_files, layers=[0, 3])
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo")
+    with pytest.raises(Exception, match=r"options_file = None: set it to the path"):
+        nlp.initialize()
