@@ -15,6 +15,7 @@ from spacy_ctxembed.models.elmo_weights import ElmoFileError
 from .elmo_fixture import write_elmo_fixture
 from .elmo_reference import ReferenceElmo
 from .elmo_reference import char_ids as reference_char_ids
+from .packaging import assert_packages_and_loads
 
 ATOL = 1e-5
 
@@ -168,6 +169,11 @@ def test_round_trips(elmo_files, tmp_path):
     from_bytes.add_pipe("ctxembed_elmo", config={"combine": "scalar_mix", "store_layers": True})
     from_bytes.from_bytes(nlp.to_bytes())
     numpy.testing.assert_allclose(from_bytes(original.text)._.ctx_layers, original._.ctx_layers, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_spacy_package(elmo_files, tmp_path):
+    assert_packages_and_loads(elmo_nlp(elmo_files), "ctxembed_elmo/model/weights.hdf5", "I ran to the park", tmp_path)
 
 
 def _broken(tmp_path, elmo_files, edit):

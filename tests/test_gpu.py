@@ -48,6 +48,22 @@ def test_mixed_precision_is_close(gpu_nlp):
     assert numpy.abs(approx - exact).max() < 5e-2
 
 
+def test_elmo_on_device(gpu_nlp, tmp_path):
+    _, cupy = gpu_nlp
+    from .elmo_fixture import write_elmo_fixture
+    from .elmo_reference import ReferenceElmo
+
+    options, weights = write_elmo_fixture(tmp_path)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {
+        "options_file": str(options), "weight_file": str(weights)}})
+    nlp.initialize()
+    doc = nlp("The cat sat on the mat")
+    assert isinstance(doc._.ctx_layers, cupy.ndarray) and isinstance(doc.tensor, cupy.ndarray)
+    expected = ReferenceElmo(options, weights)([t.text for t in doc])
+    numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-4)
+
+
 def test_pooling_runs_on_device(gpu_nlp):
     torch = pytest.importorskip("torch")
     from spacy_ctxembed.alignment import PieceAlignment

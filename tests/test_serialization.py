@@ -1,9 +1,6 @@
 """Docs keep their vectors through every round trip; pipelines save and load offline and safely."""
 import pickle
 import shutil
-import subprocess
-import sys
-import tarfile
 
 import numpy
 import pytest
@@ -13,6 +10,7 @@ from spacy.tokens import Doc, DocBin
 from spacy_ctxembed import restore_vectors
 
 from .conftest import make_nlp
+from .packaging import assert_packages_and_loads
 
 TEXTS = ["It was nice out this morning when I ran to the park.", "I ran  significance tests.\n\nDone", ""]
 
@@ -129,29 +127,4 @@ def test_loading_never_runs_code_from_the_pipeline_dir(tiny_bert_dir, tmp_path):
 @pytest.mark.slow
 def test_spacy_package_builds_an_installable_pipeline(tiny_bert_dir, tmp_path):
     nlp = make_nlp(tiny_bert_dir)
-    original = nlp(TEXTS[0])
-    nlp.to_disk(tmp_path / "pipeline")
-    (tmp_path / "packages").mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "spacy", "package", str(tmp_path / "pipeline"), str(tmp_path / "packages"),
-         "--name", "ctxembed_test", "--version", "0.0.1", "--build", "sdist", "--force"],
-        check=True, capture_output=True,
-    )
-    sdist = next((tmp_path / "packages").rglob("*.tar.gz"))
-    with tarfile.open(sdist) as tar:
-        names = tar.getnames()
-    assert any(n.endswith("ctxembed_bert/model/model.safetensors") for n in names)
-    meta = next((tmp_path / "packages").rglob("meta.json")).read_text()
-    assert "spacy-ctxembed" in meta
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(tmp_path / "site"), str(sdist)],
-        check=True, capture_output=True,
-    )
-    code = (
-        f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); import spacy, numpy; "
-        f"doc = spacy.load('en_ctxembed_test')({TEXTS[0]!r}); "
-        f"numpy.save({str(tmp_path / 'v.npy')!r}, doc._.ctx_vectors)"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    numpy.testing.assert_allclose(numpy.load(tmp_path / "v.npy"), original._.ctx_vectors, atol=1e-6)
+    assert_packages_and_loads(nlp, "ctxembed_bert/model/model.safetensors", TEXTS[0], tmp_path)

@@ -93,18 +93,18 @@ class _Sentence:
 
 
 class ElmoShim(PyTorchShim):
-    """Holds the biLM (moved to the current device) and its weight arrays for saving."""
+    """Holds the biLM, moved to the current device."""
 
     def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], *,
                  layers: Tuple[int, ...], max_batch_items: int):
+        # The biLM takes the arrays over (and empties `weights`): held once.
         super().__init__(ElmoBiLm(options, weights).eval())
         self.options = options
-        self.weights = weights
         self.layers = layers
         self.max_batch_items = max_batch_items
 
     def save(self, directory: Path) -> None:
-        write_files(Path(directory), self.options, self.weights)
+        write_files(Path(directory), self.options, self._model.export_weights())
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,9 @@
 
 Stateless: every sentence starts from zero states, so a sentence's vectors
 never depend on the batch or on what ran before. Frozen: the weights are
-buffers. Built from the released weight arrays (see elmo_weights.py).
+buffers. Built from the released weight arrays (see elmo_weights.py), which the
+modules take over: each array is dropped once converted, so the weights are
+held once, and `export_weights` gives them back in the released layout.
 
 Speed, compared with a per-timestep loop over everything:
 - each layer's input projection for a chunk of timesteps is one matmul;
@@ -18,34 +20,58 @@ from torch import nn
 
 from .elmo_weights import ElmoOptions, lstm_prefix
 
-#: Timesteps whose input projection is computed in one matmul; bounds memory
-#: on very long sentences.
-TIME_CHUNK = 256
+#: (batch x time) rows whose input projections are computed in one matmul:
+#: bounds the projection buffer (rows x 4 dim floats per direction) whatever
+#: the batch size or sentence length.
+PROJECTION_ROWS = 512
+#: Distinct words per character-CNN call: bounds the convolution outputs.
+CNN_WORDS = 1024
+HIGHWAY_NAMES = ("W_transform", "b_transform", "W_carry", "b_carry")
 
 
 def _buffer(array: numpy.ndarray) -> torch.Tensor:
     return torch.from_numpy(numpy.ascontiguousarray(array, dtype="float32"))
 
 
+def _numpy(tensor: torch.Tensor) -> numpy.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
 class CharCNN(nn.Module):
     """Token layer: character embeddings -> convolutions -> highway -> projection."""
+
+    char_embed: torch.Tensor
+    proj_w: torch.Tensor
+    proj_b: torch.Tensor
 
     def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
         super().__init__()
         self.activation = torch.tanh if options.activation == "tanh" else torch.relu
-        self.register_buffer("char_embed", _buffer(weights["char_embed"]))
+        self.register_buffer("char_embed", _buffer(weights.pop("char_embed")))
         for i in range(len(options.filters)):
             # TF conv kernel (1, width, char_dim, n) -> torch Conv1d (n, char_dim, width)
-            kernel = weights[f"CNN/W_cnn_{i}"][0].transpose(2, 1, 0)
+            kernel = weights.pop(f"CNN/W_cnn_{i}")[0].transpose(2, 1, 0)
             self.register_buffer(f"conv_w_{i}", _buffer(kernel))
-            self.register_buffer(f"conv_b_{i}", _buffer(weights[f"CNN/b_cnn_{i}"]))
+            self.register_buffer(f"conv_b_{i}", _buffer(weights.pop(f"CNN/b_cnn_{i}")))
         for k in range(options.n_highway):
-            for name in ("W_transform", "b_transform", "W_carry", "b_carry"):
-                self.register_buffer(f"high_{k}_{name}", _buffer(weights[f"CNN_high_{k}/{name}"]))
-        self.register_buffer("proj_w", _buffer(weights["CNN_proj/W_proj"]))
-        self.register_buffer("proj_b", _buffer(weights["CNN_proj/b_proj"]))
+            for name in HIGHWAY_NAMES:
+                self.register_buffer(f"high_{k}_{name}", _buffer(weights.pop(f"CNN_high_{k}/{name}")))
+        self.register_buffer("proj_w", _buffer(weights.pop("CNN_proj/W_proj")))
+        self.register_buffer("proj_b", _buffer(weights.pop("CNN_proj/b_proj")))
         self.n_filters = len(options.filters)
         self.n_highway = options.n_highway
+
+    def export_weights(self) -> Dict[str, numpy.ndarray]:
+        weights = {"char_embed": _numpy(self.char_embed)}
+        for i in range(self.n_filters):
+            weights[f"CNN/W_cnn_{i}"] = _numpy(getattr(self, f"conv_w_{i}").permute(2, 1, 0))[None]
+            weights[f"CNN/b_cnn_{i}"] = _numpy(getattr(self, f"conv_b_{i}"))
+        for k in range(self.n_highway):
+            for name in HIGHWAY_NAMES:
+                weights[f"CNN_high_{k}/{name}"] = _numpy(getattr(self, f"high_{k}_{name}"))
+        weights["CNN_proj/W_proj"] = _numpy(self.proj_w)
+        weights["CNN_proj/b_proj"] = _numpy(self.proj_b)
+        return weights
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """(n_words, 50) character ids -> (n_words, projection_dim)."""
@@ -75,20 +101,38 @@ class BiLstm(nn.Module):
         self.proj_clip = options.proj_clip
         self.skip = options.use_skip_connections
         for layer in range(self.n_layers):
-            w = [weights[f"{lstm_prefix(d, layer)}/W_0"] for d in range(2)]
+            # Both directions stacked on a leading axis, so one bmm serves both.
+            w = [weights.pop(f"{lstm_prefix(d, layer)}/W_0") for d in range(2)]
             # W_0 rows are [layer input; previous projected output].
             self.register_buffer(f"w_x_{layer}", _buffer(numpy.stack([m[:P] for m in w])))
             self.register_buffer(f"w_h_{layer}", _buffer(numpy.stack([m[P:] for m in w])))
+            del w
             self.register_buffer(f"b_{layer}", _buffer(numpy.stack(
-                [weights[f"{lstm_prefix(d, layer)}/B"] for d in range(2)]))[:, None, :])
+                [weights.pop(f"{lstm_prefix(d, layer)}/B") for d in range(2)]))[:, None, :])
             self.register_buffer(f"w_p_{layer}", _buffer(numpy.stack(
-                [weights[f"{lstm_prefix(d, layer)}/W_P_0"] for d in range(2)])))
+                [weights.pop(f"{lstm_prefix(d, layer)}/W_P_0") for d in range(2)])))
+
+    def export_weights(self) -> Dict[str, numpy.ndarray]:
+        weights = {}
+        for layer in range(self.n_layers):
+            w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
+            for d in range(2):
+                prefix = lstm_prefix(d, layer)
+                weights[f"{prefix}/W_0"] = _numpy(torch.cat([w_x[d], w_h[d]]))
+                weights[f"{prefix}/B"] = _numpy(getattr(self, f"b_{layer}")[d, 0])
+                weights[f"{prefix}/W_P_0"] = _numpy(getattr(self, f"w_p_{layer}")[d])
+        return weights
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
 
-        RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs.
+        RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs;
+        padded positions are left unspecified.
         """
+        # Longest first, so the rows still running at step t are a prefix:
+        # finished sequences drop out instead of computing padding.
+        order = torch.argsort(lengths, descending=True)
+        tokens, lengths = tokens[order], lengths[order]
         batch, time, _ = tokens.shape
         # The backward LM reads each sequence from its own last word: reverse
         # within each length, leaving the padding at the end.
@@ -96,34 +140,44 @@ class BiLstm(nn.Module):
         reverse = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
         gather = reverse[:, :, None].expand(-1, -1, tokens.shape[2])
         inputs = torch.stack([tokens, tokens.gather(1, gather)])  # (2, batch, time, P)
+        active = (lengths[:, None] > torch.arange(time, device=lengths.device)).sum(dim=0).tolist()
         outputs = []
         for layer in range(self.n_layers):
-            states = self._run_layer(layer, inputs)
+            states = self._run_layer(layer, inputs, active)
             if layer > 0 and self.skip:
                 states = states + inputs
             outputs.append(torch.cat([states[0], states[1].gather(1, gather)], dim=-1))
             inputs = states
-        return outputs
+        unsort = torch.argsort(order)
+        return [output[unsort] for output in outputs]
 
-    def _run_layer(self, layer: int, inputs: torch.Tensor) -> torch.Tensor:
+    def _run_layer(self, layer: int, inputs: torch.Tensor, active: List[int]) -> torch.Tensor:
+        """One LSTM layer, both directions; `active[t]` rows are still running at step t."""
         w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
         bias, w_p = getattr(self, f"b_{layer}"), getattr(self, f"w_p_{layer}")
         _, batch, time, P = inputs.shape
         dim = w_p.shape[1]
         h = inputs.new_zeros((2, batch, P))
         c = inputs.new_zeros((2, batch, dim))
-        out = inputs.new_empty((2, batch, time, P))
-        for start in range(0, time, TIME_CHUNK):
-            chunk = inputs[:, :, start : start + TIME_CHUNK]
-            # Input projections of the whole chunk, both directions, one matmul.
-            projected = torch.matmul(chunk, w_x[:, None]) + bias[:, None]  # (2, batch, chunk, 4 dim)
-            for t in range(chunk.shape[2]):
-                z = projected[:, :, t] + torch.bmm(h, w_h)
+        out = inputs.new_zeros((2, batch, time, P))
+        time_chunk = max(1, PROJECTION_ROWS // batch)
+        for start in range(0, time, time_chunk):
+            rows = active[start]
+            chunk = inputs[:, :rows, start : start + time_chunk]
+            steps = chunk.shape[2]
+            # Input projections of the whole chunk, both directions, one bmm
+            # over (rows x time); a broadcast matmul would copy w_x per row.
+            projected = torch.baddbmm(bias, chunk.reshape(2, rows * steps, P), w_x).view(2, rows, steps, -1)
+            for t in range(steps):
+                n = active[start + t]
+                z = projected[:, :n, t] + torch.bmm(h[:, :n], w_h)
                 i, j, f, o = z.chunk(4, dim=-1)
-                c = torch.clamp(torch.sigmoid(f + 1.0) * c + torch.sigmoid(i) * torch.tanh(j),
-                                -self.cell_clip, self.cell_clip)
-                h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -self.proj_clip, self.proj_clip)
-                out[:, :, start + t] = h
+                c_t = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j),
+                                  -self.cell_clip, self.cell_clip)
+                h_t = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c_t), w_p), -self.proj_clip, self.proj_clip)
+                c[:, :n] = c_t
+                h[:, :n] = h_t
+                out[:, :n, start + t] = h_t
         return out
 
 
@@ -135,6 +189,10 @@ class ElmoBiLm(nn.Module):
         self.char_cnn = CharCNN(options, weights)
         self.bilstm = BiLstm(options, weights)
 
+    def export_weights(self) -> Dict[str, numpy.ndarray]:
+        """All weights in the released layout (as `read_weights` returns them)."""
+        return {**self.char_cnn.export_weights(), **self.bilstm.export_weights()}
+
     def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
         """char_ids: (batch, time, 50), padded with 0; lengths include `<S>`/`</S>`.
 
@@ -143,5 +201,7 @@ class ElmoBiLm(nn.Module):
         batch, time, n_chars = char_ids.shape
         # The token layer depends only on the word: run the CNN once per distinct word.
         words, inverse = torch.unique(char_ids.reshape(-1, n_chars), dim=0, return_inverse=True)
-        tokens = self.char_cnn(words)[inverse].reshape(batch, time, -1)
+        # In chunks: the convolution outputs are (words x filters x 50) floats.
+        embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])
+        tokens = embedded[inverse].reshape(batch, time, -1)
         return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths)]
