@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy
 import spacy
@@ -53,3 +54,15 @@ def test_demo_prints_table():
     static = {k: float(v[-1]) for k, v in rows.items()}
     assert contextual["A-C"] > contextual["A-B"]  # same sense closer than different senses
     assert all(v == 1.0 for v in static.values())  # a static vector cannot tell the senses apart
+
+
+def test_embed_with_config(tmp_path, hf_reference):
+    config = Path(__file__).resolve().parents[1] / "configs" / "ctxembed_bert.cfg"
+    _run("embed", "-", "-o", str(tmp_path / "npy"), "-f", "npy", "--config", str(config), stdin=LINES[0])
+    vectors = numpy.load(tmp_path / "npy" / "vectors.npy")
+    tokenizer, model = hf_reference
+    states, offsets = hf_hidden_states(tokenizer, model, LINES[0])
+    pieces = token_pieces(spacy.blank("en")(LINES[0]), offsets)
+    # layers [-4 .. -1] under an untrained scalar mix: their mean
+    expected = numpy.mean([pool(states[i], pieces, "mean") for i in (-4, -3, -2, -1)], axis=0)
+    numpy.testing.assert_allclose(vectors, expected, atol=1e-4)
