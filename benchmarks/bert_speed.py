@@ -100,6 +100,10 @@ def run_ctxembed(texts, model_path, settings, gpu=False):
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config={**settings, "model": {"name": model_path, **settings.pop("model", {})}})
     nlp.initialize()
+    return _timed_pipe(nlp, texts, gpu)
+
+
+def _timed_pipe(nlp, texts, gpu: bool) -> float:
     start = time.perf_counter()
     for doc in nlp.pipe(texts):
         assert doc._.ctx_vectors.shape[0] == len(doc)
@@ -117,11 +121,7 @@ def run_spacy_transformers(texts, model_path, gpu=False):
         "@architectures": "spacy-transformers.TransformerModel.v3", "name": model_path}})
     nlp.add_pipe("ctxembed_from_trf")
     nlp.initialize()
-    start = time.perf_counter()
-    for doc in nlp.pipe(texts):
-        assert doc._.ctx_vectors.shape[0] == len(doc)
-    _synchronize(gpu)
-    return time.perf_counter() - start
+    return _timed_pipe(nlp, texts, gpu)
 
 
 def _peak_gpu_mb() -> float:

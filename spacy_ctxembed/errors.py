@@ -11,6 +11,12 @@ def bad_setting(component: str, setting: str, value: Any, expected: str) -> Sett
     return SettingError(f"[{component}] {setting} = {value!r}: {expected}")
 
 
+def check_positive(component: str, setting: str, value: Any, unit: str = "number") -> None:
+    """Raise a `SettingError` unless `value` is None or a positive integer."""
+    if value is not None and value < 1:
+        raise bad_setting(component, setting, value, f"expected a positive {unit}")
+
+
 def check_choice(component: str, setting: str, value: Any, choices: Iterable[str]) -> None:
     """Raise a `SettingError` unless `value` is one of `choices`."""
     choices = tuple(choices)

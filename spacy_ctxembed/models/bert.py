@@ -21,7 +21,8 @@ from spacy.util import registry
 from thinc.api import Model, PyTorchShim, torch2xp
 
 from ..alignment import PieceAlignment, align_pieces, token_char_spans
-from ..errors import bad_setting, check_choice
+from ..batching import batches_by_budget
+from ..errors import bad_setting, check_choice, check_positive
 from ..pooling import pool_pieces
 from ..settings import normalize_layers
 from ..types import PRECISIONS, EmbedderModel
@@ -80,11 +81,9 @@ def BertEmbedder(
         GPU); "int8": dynamic quantization of the linear layers (CPU only).
     """
     check_choice(COMPONENT, "precision", precision, PRECISIONS)
-    for setting, value in (("window", window), ("stride", stride)):
-        if value is not None and value < 1:
-            raise bad_setting(COMPONENT, setting, value, "expected a positive number of wordpieces")
-    if max_batch_items < 1:
-        raise bad_setting(COMPONENT, "max_batch_items", max_batch_items, "expected a positive number")
+    check_positive(COMPONENT, "window", window, "number of wordpieces")
+    check_positive(COMPONENT, "stride", stride, "number of wordpieces")
+    check_positive(COMPONENT, "max_batch_items", max_batch_items)
     return Model(
         "ctxembed-bert",
         forward,
@@ -220,7 +219,8 @@ class EncoderShim(PyTorchShim):
         # hidden_states[i] needs only the first i layers: skip the ones above.
         top = max(self.layers)
         with torch.inference_mode(), self._autocast(device), _only_layers(self.runner, top):
-            for batch in _batches_by_budget(items, self.max_batch_items, n_prefix + len(self.suffix_ids)):
+            n_special = n_prefix + len(self.suffix_ids)
+            for batch in batches_by_budget(items, self.max_batch_items, lambda it: it[1].end - it[1].start + n_special):
                 input_ids, attention_mask = self._pad(
                     [plans[d].piece_ids[w.start : w.end] for d, w in batch], device
                 )
@@ -292,21 +292,6 @@ def _layer_stack(module: torch.nn.Module) -> Optional[Tuple[torch.nn.Module, str
             if isinstance(getattr(owner, name, None), torch.nn.ModuleList):
                 return owner, name
     return None
-
-
-def _batches_by_budget(items: List, budget: int, n_special: int) -> Iterator[List]:
-    """Cut a longest-first list of windows into batches of at most `budget` padded pieces."""
-    batch: List = []
-    for item in items:
-        length = item[1].end - item[1].start + n_special
-        # Items arrive longest first, so the batch's padded length is its first item's.
-        padded = (batch[0][1].end - batch[0][1].start + n_special) if batch else length
-        if batch and (len(batch) + 1) * padded > budget:
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
 
 
 def _special_token_frame(tokenizer) -> Tuple[List[int], List[int]]:

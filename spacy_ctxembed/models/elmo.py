@@ -17,7 +17,8 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, PyTorchShim, torch2xp
 
-from ..errors import bad_setting
+from ..batching import batches_by_budget
+from ..errors import bad_setting, check_positive
 from ..settings import normalize_layers
 from ..types import EmbedderModel
 from .elmo_chars import MAX_CHARS, sentence_char_ids
@@ -44,8 +45,7 @@ def ElmoEmbedder(
 
     max_batch_items: padded tokens per biLM batch.
     """
-    if max_batch_items < 1:
-        raise bad_setting(COMPONENT, "max_batch_items", max_batch_items, "expected a positive number")
+    check_positive(COMPONENT, "max_batch_items", max_batch_items)
     return Model(
         "ctxembed-elmo",
         forward,
@@ -118,7 +118,7 @@ class ElmoShim(PyTorchShim):
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
         with torch.inference_mode():
-            for batch in _batches(sentences, self.max_batch_items):
+            for batch in batches_by_budget(sentences, self.max_batch_items, lambda s: len(s.char_ids)):
                 lengths = torch.tensor([len(s.char_ids) for s in batch], device=device)
                 char_ids = numpy.zeros((len(batch), int(lengths.max()), MAX_CHARS), dtype="int64")
                 for row, sentence in enumerate(batch):
@@ -144,16 +144,3 @@ def _sentences(doc_index: int, doc: Doc) -> Iterator[_Sentence]:
                 numpy.array([t.i for t in tokens], dtype="int64"),
                 sentence_char_ids(t.text for t in tokens),
             )
-
-
-def _batches(sentences: List[_Sentence], budget: int) -> Iterator[List[_Sentence]]:
-    """Cut a longest-first list into batches of at most `budget` padded tokens."""
-    batch: List[_Sentence] = []
-    for sentence in sentences:
-        padded = len(batch[0].char_ids) if batch else len(sentence.char_ids)
-        if batch and (len(batch) + 1) * padded > budget:
-            yield batch
-            batch = []
-        batch.append(sentence)
-    if batch:
-        yield batch
