@@ -5,7 +5,7 @@
 With s = 0 and gamma = 1, as initialised, the mix is the plain mean of the
 layers, so an untrained mix changes nothing; training moves s and gamma.
 """
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from spacy.util import registry
 from thinc.api import Model
@@ -14,8 +14,11 @@ from ..types import CombinerModel, DocLayers, DocVectors
 
 
 @registry.layers("spacy-ctxembed.ScalarMix.v1")
-def ScalarMix(*, n_layers: int) -> CombinerModel:
-    """Learned softmax-normalised layer weights `s` and scale `gamma`."""
+def ScalarMix(*, n_layers: Optional[int] = None) -> CombinerModel:
+    """Learned softmax-normalised layer weights `s` and scale `gamma`.
+
+    n_layers: None to infer it in `init` from the first doc of the sample.
+    """
     return Model(
         "scalar_mix",
         forward,
@@ -51,7 +54,9 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
     return Y, backprop
 
 
-def init(model: CombinerModel, X=None, Y=None) -> None:
+def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> None:
+    if X is not None and X:
+        model.set_dim("nL", X[0].shape[0])
     n_layers = model.get_dim("nL")
     model.set_param("s", model.ops.alloc1f(n_layers))
     model.set_param("gamma", model.ops.asarray1f([1.0]))

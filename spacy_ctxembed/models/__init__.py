@@ -3,6 +3,7 @@ from .bert import BertEmbedder
 from .elmo import ElmoEmbedder
 
 __all__ = ["BertEmbedder", "ElmoEmbedder"]
+from .listener import ContextualListener
 from .trf_pooler import TrfPooler
 
-__all__ += ["TrfPooler"]
+__all__ += ["ContextualListener", "TrfPooler"]

@@ -1,0 +1,99 @@
+"""ContextualListener: shapes, gradients into its own mix, training, save and load."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+import spacy
+from spacy.training import Example
+from spacy.util import registry
+
+from .conftest import SHARED_DATA
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagger_bert_listener.cfg"
+
+
+def _listener(embed=False, width=16):
+    kwargs = {"width": width, "n_layers": 2, "upstream_width": 32}
+    if embed:
+        kwargs["embed"] = registry.resolve({"x": {
+            "@architectures": "spacy.MultiHashEmbed.v2", "width": 8, "attrs": ["NORM", "SHAPE"],
+            "rows": [100, 50], "include_static_vectors": False}})["x"]
+    return registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(**kwargs)
+
+
+def _upstream_nlp(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"layers": [1, 2], "store_layers": True,
+                                          "model": {"name": str(tiny_bert_dir)}})
+    nlp.initialize()
+    return nlp
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_shapes_and_mix_gradients(tiny_bert_dir, embed):
+    docs = list(_upstream_nlp(tiny_bert_dir).pipe(["I ran to the park .", "Tests ran"]))
+    model = _listener(embed)
+    model.initialize()
+    Y, backprop = model.begin_update(docs)
+    assert [y.shape for y in Y] == [(len(d), 16) for d in docs]
+    backprop([numpy.ones_like(y) for y in Y])
+    mix = next(node for node in model.walk() if node.name == "scalar_mix")
+    assert numpy.abs(mix.get_grad("gamma")).sum() > 0
+    assert numpy.abs(mix.get_grad("s")).sum() > 0
+    # The untrained mix is the mean of the layers: the projection sees exactly that.
+    mixed = mix.predict([d._.ctx_layers for d in docs])
+    numpy.testing.assert_allclose(mixed[0], docs[0]._.ctx_layers.mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_listener_without_upstream_layers():
+    model = _listener()
+    model.initialize()
+    doc = spacy.blank("en")("no layers here")
+    with pytest.raises(ValueError, match="store_layers = true"):
+        model.begin_update([doc])  # training: a misconfiguration, say why
+    # Outside training (spaCy's initialisation sample), zeros of the configured shape.
+    assert model.predict([doc])[0].shape == (3, 16)
+
+
+def test_tagger_trains_saves_and_loads(tiny_bert_dir, tmp_path):
+    nlp = _upstream_nlp(tiny_bert_dir)
+    tagger = nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v1",
+                    "width": 16, "n_layers": 2, "upstream_width": 32}}})
+    words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
+    tagger.initialize(lambda: examples, nlp=nlp)
+    optimizer = nlp.resume_training()
+    for _ in range(30):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+    assert [t.tag_ for t in nlp(" ".join(words))] == tags
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    doc = loaded(" ".join(words))
+    assert [t.tag_ for t in doc] == tags
+    numpy.testing.assert_allclose(doc._.ctx_vectors, nlp(" ".join(words))._.ctx_vectors, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "ud_english_ewt").is_dir(), reason="needs ../shared/data")
+def test_spacy_train_with_shipped_config(tmp_path):
+    conllu = (SHARED_DATA / "ud_english_ewt" / "en_ewt-ud-dev.conllu").read_text(encoding="utf8")
+    sentences = conllu.split("\n\n")
+    for name, chunk in (("train", sentences[:40]), ("dev", sentences[40:60])):
+        (tmp_path / f"{name}.conllu").write_text("\n\n".join(chunk) + "\n\n", encoding="utf8")
+        subprocess.run([sys.executable, "-m", "spacy", "convert", str(tmp_path / f"{name}.conllu"), str(tmp_path),
+                        "--converter", "conllu", "-n", "10"], check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "spacy", "train", str(CONFIG), "--output", str(tmp_path / "out"),
+         "--paths.train", str(tmp_path / "train.spacy"), "--paths.dev", str(tmp_path / "dev.spacy"),
+         "--training.max_steps", "30", "--training.eval_frequency", "15"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    nlp = spacy.load(tmp_path / "out" / "model-last")
+    doc = nlp("I ran to the park yesterday .")
+    assert nlp.pipe_names == ["ctxembed_bert", "tagger"]
+    assert all(t.tag_ for t in doc) and doc._.ctx_vectors.shape == (len(doc), 384)
