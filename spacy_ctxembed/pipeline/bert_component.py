@@ -14,6 +14,7 @@ layers = [-1]
 combine = "mean"
 store_layers = false
 set_doc_tensor = true
+cache_mb = 0
 
 [ctxembed_bert.model]
 @architectures = "spacy-ctxembed.BertEmbedder.v1"
@@ -36,6 +37,7 @@ def make_bert_embedder(
     combine: str,
     store_layers: bool,
     set_doc_tensor: bool,
+    cache_mb: int,
 ) -> ContextualEmbedder:
     return ContextualEmbedder(
         nlp.vocab,
@@ -47,4 +49,5 @@ def make_bert_embedder(
         combine=combine,
         store_layers=store_layers,
         set_doc_tensor=set_doc_tensor,
+        cache_mb=cache_mb,
     )

@@ -13,6 +13,7 @@ layers = [0, 1, 2]
 combine = "mean"
 store_layers = false
 set_doc_tensor = true
+cache_mb = 0
 
 [ctxembed_elmo.model]
 @architectures = "spacy-ctxembed.ElmoEmbedder.v1"
@@ -32,6 +33,7 @@ def make_elmo_embedder(
     combine: str,
     store_layers: bool,
     set_doc_tensor: bool,
+    cache_mb: int,
 ) -> ContextualEmbedder:
     # ELMo's vectors are per word already: there is no pooling setting.
     return ContextualEmbedder(
@@ -44,4 +46,5 @@ def make_elmo_embedder(
         combine=combine,
         store_layers=store_layers,
         set_doc_tensor=set_doc_tensor,
+        cache_mb=cache_mb,
     )

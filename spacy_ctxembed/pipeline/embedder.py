@@ -16,10 +16,12 @@ from spacy.training import Example
 from spacy.util import ensure_path, from_disk, to_disk
 from spacy.vocab import Vocab
 
+from ..errors import check_positive
 from ..layers import build_combiner
 from ..settings import check_component_settings
 from ..types import DocLayers, DocVectors, EmbedderModel, SavableShim
 from .extensions import LAYERS, VECTORS, install_extensions, set_vector_hooks
+from .feature_cache import FeatureCache, doc_key, model_identity
 
 #: Subfolder of the component's directory where a model with weights saves them.
 MODEL_DIR = "model"
@@ -40,8 +42,11 @@ class ContextualEmbedder(TrainablePipe):
         combine: str = "mean",
         store_layers: bool = False,
         set_doc_tensor: bool = True,
+        cache_mb: int = 0,
     ) -> None:
         check_component_settings(factory, pooling=pooling, combine=combine, layers=layers)
+        if cache_mb:
+            check_positive(factory, "cache_mb", cache_mb, "number of megabytes (0: no cache)")
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -52,11 +57,15 @@ class ContextualEmbedder(TrainablePipe):
             "combine": combine,
             "store_layers": store_layers,
             "set_doc_tensor": set_doc_tensor,
+            "cache_mb": cache_mb,
         }
         # The model runs only the layers and pooling the component asks for.
         model.attrs["layers"] = tuple(layers)
         model.attrs["pooling"] = pooling
         self.combiner = build_combiner(factory, combine, n_layers=len(layers))
+        # Layers of docs already seen, for training on a frozen embedder.
+        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
+        self._identity = ""
         self._loaded = False
         install_extensions()
 
@@ -66,7 +75,15 @@ class ContextualEmbedder(TrainablePipe):
         """Load the pretrained weights and check the settings against the model."""
         self.model.initialize()
         self.combiner.initialize()
+        self._model_loaded()
+
+    def _model_loaded(self) -> None:
         self._loaded = True
+        if self.cache is not None:
+            identity = model_identity(self.model)
+            if identity != self._identity:
+                self.cache.clear()  # entries of another model: free the memory
+            self._identity = identity
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
@@ -74,8 +91,21 @@ class ContextualEmbedder(TrainablePipe):
             # A pretrained embedder needs no data to initialise, so plain
             # `nlp.add_pipe(...)` followed by `nlp(text)` just works.
             self.initialize()
-        layers = self.model.predict(docs)
+        layers = self._layers(docs)
         return layers, self.combiner.predict(layers)
+
+    def _layers(self, docs: List[Doc]) -> List[DocLayers]:
+        if self.cache is None:
+            return self.model.predict(docs)
+        keys = [(self._identity, doc_key(doc)) for doc in docs]
+        cached = [self.cache.get(key) for key in keys]
+        missing = [i for i, layers in enumerate(cached) if layers is None]
+        if missing:
+            fresh = self.model.predict([docs[i] for i in missing])
+            for i, layers in zip(missing, fresh):
+                self.cache.put(keys[i], layers)
+                cached[i] = layers
+        return cast(List[DocLayers], cached)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Tuple[List[DocLayers], List[DocVectors]]) -> None:
         for doc, layers, vectors in zip(docs, *predictions):
@@ -120,7 +150,7 @@ class ContextualEmbedder(TrainablePipe):
             MODEL_DIR: self._load_model_dir,
         }
         from_disk(path, deserializers, exclude)
-        self._loaded = True
+        self._model_loaded()
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:

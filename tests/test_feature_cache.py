@@ -1,0 +1,85 @@
+"""The training feature cache: identical features, bounded size, no stale entries."""
+import numpy
+import pytest
+import spacy
+import torch
+
+from spacy_ctxembed.models.bert import get_encoder
+from spacy_ctxembed.pipeline.feature_cache import FeatureCache, doc_key
+
+TEXTS = ["I ran to the park .", "I ran significance tests .", "Nothing else ran ."]
+
+
+def _nlp(model_dir, cache_mb=64, **settings):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"store_layers": True, "cache_mb": cache_mb, **settings,
+                                          "model": {"name": str(model_dir)}})
+    nlp.initialize()
+    return nlp
+
+
+def _count_forwards(nlp):
+    calls = []
+    get_encoder(nlp.get_pipe("ctxembed_bert").model).module.register_forward_hook(
+        lambda mod, args, out: calls.append(1))
+    return calls
+
+
+def test_second_epoch_hits_and_gives_identical_features(tiny_bert_dir):
+    nlp = _nlp(tiny_bert_dir)
+    fresh = [d._.ctx_layers for d in _nlp(tiny_bert_dir, cache_mb=0).pipe(TEXTS)]
+    calls = _count_forwards(nlp)
+    first = [d._.ctx_layers for d in nlp.pipe(TEXTS)]
+    n_first = len(calls)
+    second = [d._.ctx_layers for d in nlp.pipe(TEXTS)]
+    assert n_first > 0 and len(calls) == n_first  # the second epoch never runs the model
+    for a, b, c in zip(first, second, fresh):
+        numpy.testing.assert_array_equal(a, b)
+        numpy.testing.assert_allclose(b, c, atol=1e-6)
+    second[0][:] = 0  # a caller modifying its copy does not touch the cache
+    numpy.testing.assert_array_equal(nlp(TEXTS[0])._.ctx_layers, first[0])
+    assert len(nlp.get_pipe("ctxembed_bert").cache) == len(TEXTS)
+
+
+def test_changed_tokens_or_text_miss(tiny_bert_dir):
+    nlp = _nlp(tiny_bert_dir)
+    a = nlp.make_doc("New York is big")
+    b = spacy.tokens.Doc(nlp.vocab, words=["New York", "is", "big"])
+    c = nlp.make_doc("New York is bigger")
+    assert len({doc_key(a), doc_key(b), doc_key(c)}) == 3
+
+
+def test_cache_is_bounded():
+    cache = FeatureCache(max_bytes=1000)
+    for i in range(50):
+        cache.put(i, numpy.zeros((1, 2, 50), dtype="float32"))  # 400 bytes each
+        assert cache.nbytes <= 1000
+    assert len(cache) == 2 and 49 in cache and 48 in cache and 0 not in cache
+    cache.put("huge", numpy.zeros((1, 1, 1000), dtype="float32"))  # larger than the budget
+    assert "huge" not in cache and cache.nbytes <= 1000
+
+
+def test_changed_settings_or_weights_never_hit(tiny_bert_dir, tmp_path):
+    base = _nlp(tiny_bert_dir).get_pipe("ctxembed_bert")
+    other_layers = _nlp(tiny_bert_dir, layers=[0, -1]).get_pipe("ctxembed_bert")
+    other_pooling = _nlp(tiny_bert_dir, pooling="max").get_pipe("ctxembed_bert")
+    assert len({base._identity, other_layers._identity, other_pooling._identity}) == 3
+    # Same settings, other weights: a reload from disk must not hit old entries.
+    nlp = _nlp(tiny_bert_dir)
+    before = nlp(TEXTS[0])._.ctx_layers
+    pipe = nlp.get_pipe("ctxembed_bert")
+    identity = pipe._identity
+    with torch.no_grad():
+        for p in get_encoder(pipe.model).module.parameters():
+            p.mul_(1.5)
+    nlp.to_disk(tmp_path / "changed")
+    pipe.from_disk(tmp_path / "changed" / "ctxembed_bert")
+    assert pipe._identity != identity and len(pipe.cache) == 0
+    after = nlp(TEXTS[0])._.ctx_layers
+    assert not numpy.allclose(after, before)
+
+
+def test_bad_cache_size():
+    nlp = spacy.blank("en")
+    with pytest.raises(Exception, match=r"cache_mb = -1"):
+        nlp.add_pipe("ctxembed_bert", config={"cache_mb": -1})
