@@ -1,22 +1,20 @@
 """Named type aliases shared by the models, layers and pipeline components."""
 from pathlib import Path
-from typing import List, Literal, Protocol, Tuple
+from typing import List, Protocol, Tuple
 
 from spacy.tokens import Doc
 from thinc.api import Model
 from thinc.types import Floats2d, Floats3d
 
+# The settings are typed `str` in the factories and checked against these
+# tuples, so that an error names the setting and the bad value.
+
 #: How the wordpieces of one token become one vector per layer.
-Pooling = Literal["mean", "first", "last", "max"]
 POOLING_MODES: Tuple[str, ...] = ("mean", "first", "last", "max")
-
 #: How the selected layers become one vector per token.
-Combine = Literal["mean", "concat", "scalar_mix"]
 COMBINE_MODES: Tuple[str, ...] = ("mean", "concat", "scalar_mix")
-
 #: Numeric precision of the encoder's forward pass: exact fp32 (the default),
 #: fp16/bf16 autocast (GPU), or int8 dynamic quantization (CPU).
-Precision = Literal["fp32", "fp16", "bf16", "int8"]
 PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 #: Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width).

@@ -125,10 +125,6 @@ def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     model.set_dim("nO", encoder.width, force=True)
 
 
-def is_loaded(model: EmbedderModel) -> bool:
-    return bool(model.shims)
-
-
 def get_encoder(model: EmbedderModel) -> HFEncoder:
     return _get_runner(model).encoder
 
