@@ -23,23 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from corpora import conllu_sentences
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_sentences(data_dir: Path, n: int):
-    sentences, words = [], []
-    for line in (data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu").open(encoding="utf8"):
-        if not line.strip():
-            if words:
-                sentences.append(words)
-                words = []
-                if len(sentences) == n:
-                    break
-        elif not line.startswith("#"):
-            cols = line.split("\t")
-            if cols[0].isdigit():
-                words.append(cols[1])
-    return sentences
+    return conllu_sentences(data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu", n)
 
 
 def run_ctxembed(weights_dir: Path, sentences, threads: int, max_batch_items: int = 4096):

@@ -14,21 +14,8 @@ from pathlib import Path
 
 import spacy
 import torch
+from corpora import conllu_sentences
 from spacy.tokens import Doc
-
-
-def train_sentences(data_dir: Path, n: int):
-    sentences, words = [], []
-    for line in (data_dir / "ud_english_ewt" / "en_ewt-ud-train.conllu").open(encoding="utf8"):
-        if not line.strip():
-            if words:
-                sentences.append(words)
-                words = []
-                if len(sentences) == n:
-                    break
-        elif not line.startswith("#") and line.split("\t")[0].isdigit():
-            words.append(line.split("\t")[1])
-    return sentences
 
 
 def main(args):
@@ -37,7 +24,7 @@ def main(args):
     nlp.add_pipe("ctxembed_bert", config={"layers": [-4, -3, -2, -1], "store_layers": True,
                                           "cache_mb": args.cache_mb})
     nlp.initialize()
-    sentences = train_sentences(args.data_dir, args.n)
+    sentences = conllu_sentences(args.data_dir / "ud_english_ewt" / "en_ewt-ud-train.conllu", args.n)
     times = []
     for epoch in range(1, args.epochs + 1):
         docs = [Doc(nlp.vocab, words=words) for words in sentences]  # fresh docs, as training makes
