@@ -6,7 +6,6 @@ alignment, `trf_data.align`, without running the transformer again.
 """
 from typing import List, Optional, cast
 
-import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
@@ -49,7 +48,7 @@ def _pool_doc(model: EmbedderModel, doc: Doc) -> DocLayers:
     alignment = PieceAlignment.from_lengths(
         model.ops.to_numpy(trf_data.align.dataXd), model.ops.to_numpy(trf_data.align.lengths), flat.shape[0]
     )
-    pooled = pool_pieces(_as_torch(flat), alignment, model.attrs["pooling"])
+    pooled = pool_pieces(xp2torch(flat), alignment, model.attrs["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
@@ -67,6 +66,3 @@ def _select_layers(layers, output) -> list:
         )
     return [output.last_hidden_state]
 
-
-def _as_torch(array) -> torch.Tensor:
-    return xp2torch(array) if not hasattr(array, "__array_interface__") else torch.from_numpy(array)
