@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from corpora import conllu_documents
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("bare", "ctxembed", "spacy_transformers")
 #: Extra arms: ctxembed with another precision (opt-in fast modes).
@@ -36,16 +38,7 @@ PRECISION_ARMS = {"ctxembed_int8": "int8"}
 
 def ewt_documents(data_dir: Path):
     """The texts of the dev set's documents (`# newdoc` boundaries), sentences joined by spaces."""
-    docs, current = [], []
-    for line in (data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu").open(encoding="utf8"):
-        if line.startswith("# newdoc") and current:
-            docs.append(" ".join(current))
-            current = []
-        elif line.startswith("# text = "):
-            current.append(line[len("# text = "):].rstrip("\n"))
-    if current:
-        docs.append(" ".join(current))
-    return docs
+    return [" ".join(doc) for doc in conllu_documents(data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu")]
 
 
 def model_dir(arg):

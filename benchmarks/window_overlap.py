@@ -14,18 +14,18 @@ from pathlib import Path
 
 import numpy
 import spacy
+from corpora import conllu_documents
 
 
 def ewt_texts(data_dir: Path, n_docs: int, n_words: int):
     words, texts = [], []
-    for line in (data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu").open(encoding="utf8"):
-        if line.startswith("# text = "):
-            words.extend(line[len("# text = "):].split())
-            if len(words) >= n_words:
-                texts.append(" ".join(words))
-                words = []
-                if len(texts) == n_docs:
-                    break
+    for sentence in (s for doc in conllu_documents(data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu") for s in doc):
+        words.extend(sentence.split())
+        if len(words) >= n_words:
+            texts.append(" ".join(words))
+            words = []
+            if len(texts) == n_docs:
+                break
     return texts
 
 
