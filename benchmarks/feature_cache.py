@@ -21,8 +21,8 @@ from spacy.tokens import Doc
 def main(args):
     torch.set_num_threads(2)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={"layers": [-4, -3, -2, -1], "store_layers": True,
-                                          "cache_mb": args.cache_mb})
+    nlp.add_pipe("ctxembed_bert", config={"store_layers": True, "cache_mb": args.cache_mb,
+                                          "model": {"encoder": {"layers": [-4, -3, -2, -1]}}})
     nlp.initialize()
     sentences = conllu_sentences(args.data_dir / "ud_english_ewt" / "en_ewt-ud-train.conllu", args.n)
     times = []

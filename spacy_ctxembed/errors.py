@@ -1,5 +1,12 @@
-"""Errors that name the setting and the value that caused them."""
-from typing import Any, Iterable
+"""Errors that name the component, the setting and the value that caused them."""
+import contextlib
+import math
+import re
+from typing import Any, Iterable, Iterator, Optional
+
+#: The prefix a layer uses before it knows the component instance it serves:
+#: the factory name, or a registered architecture name.
+_PREFIX = re.compile(r"^\[(ctxembed_bert|ctxembed_elmo|ctxembed_from_trf|spacy-ctxembed\.[^\]]*)\]")
 
 
 class SettingError(ValueError):
@@ -11,10 +18,53 @@ def bad_setting(component: str, setting: str, value: Any, expected: str) -> Sett
     return SettingError(f"[{component}] {setting} = {value!r}: {expected}")
 
 
-def check_positive(component: str, setting: str, value: Any, unit: str = "number") -> None:
-    """Raise a `SettingError` unless `value` is None or a positive integer."""
-    if value is not None and value < 1:
-        raise bad_setting(component, setting, value, f"expected a positive {unit}")
+@contextlib.contextmanager
+def named_errors(name: str) -> Iterator[None]:
+    """Re-raise errors of the layers inside a component with the instance's name.
+
+    Models are built from the registry before the component that owns them
+    exists, so their errors carry the factory's name; the component wraps its
+    entry points (initialize, loading, the first call) in this, so that
+    `name="bert_a"` reads `[bert_a] ...`.
+    """
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        if not _PREFIX.match(message):
+            raise
+        renamed = type(err)(_PREFIX.sub(f"[{name}]", message, count=1))
+        raise renamed.with_traceback(err.__traceback__) from None
+
+
+def check_int(
+    component: str, setting: str, value: Any, *, minimum: int = 1, optional: bool = False, unit: str = "an integer"
+) -> None:
+    """Raise a `SettingError` unless `value` is an int >= `minimum` (or None if `optional`).
+
+    Config files are text: `cache_mb = "10"` arrives as a string, and bools are
+    ints to Python; both are refused by name rather than failing later.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        allowed = f"{unit} >= {minimum}" + (" or null" if optional else "")
+        raise bad_setting(component, setting, value, f"expected {allowed}, got {type(value).__name__}")
+    if value < minimum:
+        raise bad_setting(component, setting, value, f"expected {unit} >= {minimum}")
+
+
+def check_number(component: str, setting: str, value: Any, *, minimum: Optional[float] = None) -> None:
+    """Raise a `SettingError` unless `value` is a finite real number (>= `minimum`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad_setting(component, setting, value, "expected a finite number")
+    if minimum is not None and value < minimum:
+        raise bad_setting(component, setting, value, f"expected a number >= {minimum}")
+
+
+def check_bool(component: str, setting: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise bad_setting(component, setting, value, "expected true or false")
 
 
 def check_choice(component: str, setting: str, value: Any, choices: Iterable[str]) -> None:

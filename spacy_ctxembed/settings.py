@@ -1,22 +1,14 @@
-"""Validation of the settings that every embedder component shares."""
-from typing import Iterable, Optional, Tuple
+"""Validation of the settings that every embedder shares."""
+from typing import Any, Iterable, Tuple
 
-from .errors import bad_setting, check_choice
-from .types import COMBINE_MODES, POOLING_MODES
+from .errors import bad_setting
 
 
-def check_component_settings(
-    component: str, *, pooling: Optional[str], combine: str, layers: Iterable[int]
-) -> None:
-    """Checks that need no model: run when the component is created (`add_pipe`).
-
-    pooling: None for models whose vectors are per word already (ELMo).
-    """
-    if pooling is not None:
-        check_choice(component, "pooling", pooling, POOLING_MODES)
-    check_choice(component, "combine", combine, COMBINE_MODES)
-    layers = list(layers)
-    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+def check_layers(component: str, layers: Any) -> None:
+    """`layers` must be a non-empty list of integers (negative = from the top)."""
+    if not isinstance(layers, (list, tuple)) or not layers or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in layers
+    ):
         raise bad_setting(component, "layers", layers, "expected a non-empty list of integers")
 
 

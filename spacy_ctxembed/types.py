@@ -1,17 +1,16 @@
 """Named type aliases shared by the models, layers and pipeline components."""
-from pathlib import Path
-from typing import List, Protocol, Tuple
+from typing import List, Tuple
 
 from spacy.tokens import Doc
 from thinc.api import Model
 from thinc.types import Floats2d, Floats3d
 
-# The settings are typed `str` in the factories and checked against these
+# The settings are typed `str` in the architectures and checked against these
 # tuples, so that an error names the setting and the bad value.
 
 #: How the wordpieces of one token become one vector per layer.
 POOLING_MODES: Tuple[str, ...] = ("mean", "first", "last", "max")
-#: How the selected layers become one vector per token.
+#: How the selected layers become one vector per token (the v1 `combine` setting).
 COMBINE_MODES: Tuple[str, ...] = ("mean", "concat", "scalar_mix")
 #: Numeric precision of the encoder's forward pass: exact fp32 (the default),
 #: fp16/bf16 autocast (GPU), or int8 dynamic quantization (CPU).
@@ -22,16 +21,9 @@ DocLayers = Floats3d
 #: Per doc, one combined vector per token: (n_tokens, width).
 DocVectors = Floats2d
 
-#: A contextual embedder: docs in, per-doc layer stacks out.
-EmbedderModel = Model[List[Doc], List[DocLayers]]
+#: An encoder: docs in, per-doc layer stacks out.
+EncoderModel = Model[List[Doc], List[DocLayers]]
 #: A combiner: per-doc layer stacks in, per-doc token vectors out.
 CombinerModel = Model[List[DocLayers], List[DocVectors]]
-
-
-class SavableShim(Protocol):
-    """The shim of an embedder with weights writes them as plain files.
-
-    The model's `init` reads them back when `model.attrs["source_dir"]` is set.
-    """
-
-    def save(self, directory: Path) -> None: ...
+#: A component's whole model, chain(encoder, combiner): docs in, vectors out.
+EmbedderModel = Model[List[Doc], List[DocVectors]]

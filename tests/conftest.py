@@ -59,14 +59,31 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 @pytest.fixture(scope="session")
 def nlp_default():
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={"store_layers": True, "layers": [0, 3, -1]})
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(store_layers=True, layers=[0, 3, -1]))
     nlp.initialize()
     return nlp
 
 
-def make_nlp(model_dir, **settings):
-    model_cfg = {k: settings.pop(k) for k in ("window", "stride", "max_batch_items", "precision") if k in settings}
+ENCODER_SETTINGS = ("name", "layers", "pooling", "window", "stride", "max_batch_items", "precision", "trainable",
+                    "options_file", "weight_file")
+COMBINERS = {"mean": "spacy-ctxembed.MeanLayers.v1", "concat": "spacy-ctxembed.ConcatLayers.v1",
+             "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}
+
+
+def ctx_config(combine=None, **settings):
+    """A ctxembed component config from flat settings: encoder settings go to
+    [model.encoder], `combine` picks the [model.combiner], the rest stay."""
+    encoder = {k: settings.pop(k) for k in ENCODER_SETTINGS if k in settings}
+    if "name" in encoder and encoder["name"] is not None:
+        encoder["name"] = str(encoder["name"])
+    model = {"encoder": encoder} if encoder else {}
+    if combine is not None:
+        model["combiner"] = {"@layers": COMBINERS[combine]}
+    return {**settings, **({"model": model} if model else {})}
+
+
+def make_nlp(model_dir, factory="ctxembed_bert", **settings):
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={**settings, "model": {"name": str(model_dir), **model_cfg}})
+    nlp.add_pipe(factory, config=ctx_config(name=model_dir, **settings))
     nlp.initialize()
     return nlp

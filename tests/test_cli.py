@@ -7,7 +7,7 @@ import numpy
 import spacy
 from spacy.tokens import DocBin
 
-from spacy_ctxembed import restore_vectors
+from spacy_ctxembed.cli.output import iter_docs, load_npy
 
 from .reference import hf_hidden_states, pool, token_pieces
 
@@ -23,21 +23,21 @@ def test_embed_text_file_to_docbin(tmp_path, hf_reference):
     (tmp_path / "in.txt").write_text("\n".join(LINES) + "\n", encoding="utf8")
     result = _run("embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.spacy"))
     assert "embedding" in result.stderr and "100%" in result.stderr  # the progress bar
-    nlp = spacy.blank("en")
-    docs = [restore_vectors(d) for d in DocBin().from_disk(tmp_path / "out.spacy").get_docs(nlp.vocab)]
-    assert [d.text for d in docs] == LINES
+    assert result.stderr.splitlines()[-1].endswith(f"1 blank line skipped (docbin, 1 shard) to {tmp_path / 'out.spacy'}")
+    docs = list(iter_docs(tmp_path / "out.spacy"))  # a directory of DocBin shards + manifest.json
+    assert [(d.user_data["line"], d.text) for d in docs] == [(1, LINES[0]), (3, LINES[2])]  # blank line 2 skipped
     tokenizer, model = hf_reference
     states, offsets = hf_hidden_states(tokenizer, model, LINES[0])
     expected = pool(states[-1], token_pieces(docs[0], offsets), "mean")
     numpy.testing.assert_allclose(docs[0]._.ctx_vectors, expected, atol=1e-4)
-    assert docs[0][8].has_vector and docs[1]._.ctx_vectors.shape == (0, 384)
+    assert docs[0][8].has_vector
 
 
 def test_embed_stdin_to_npy_and_docbin_input(tmp_path):
     _run("embed", "-", "-o", str(tmp_path / "npy"), "-f", "npy", stdin="\n".join(LINES))
-    vectors = numpy.load(tmp_path / "npy" / "vectors.npy")
-    records = [json.loads(line) for line in (tmp_path / "npy" / "docs.jsonl").read_text().splitlines()]
-    assert [r["text"] for r in records] == LINES
+    vectors, records = load_npy(tmp_path / "npy")
+    assert [(r["line"], r["text"]) for r in records] == [(1, LINES[0]), (3, LINES[2])]
+    assert records == [json.loads(line) for line in (tmp_path / "npy" / "docs.jsonl").read_text().splitlines()]
     assert vectors.shape == (records[-1]["end"], 384)
     # A DocBin as input gives the same vectors.
     nlp = spacy.blank("en")

@@ -12,6 +12,7 @@ from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.models.elmo_chars import char_ids, sentence_char_ids
 from spacy_ctxembed.models.elmo_weights import ElmoFileError
 
+from .conftest import ctx_config
 from .elmo_fixture import write_elmo_fixture
 from .elmo_reference import ReferenceElmo
 from .elmo_reference import char_ids as reference_char_ids
@@ -34,8 +35,7 @@ def elmo_nlp(files, sentencizer=False, **settings):
     nlp = spacy.blank("en")
     if sentencizer:
         nlp.add_pipe("sentencizer")
-    config = {"store_layers": True, **settings,
-              "model": {"options_file": str(files[0]), "weight_file": str(files[1])}}
+    config = ctx_config(store_layers=True, options_file=str(files[0]), weight_file=str(files[1]), **settings)
     nlp.add_pipe("ctxembed_elmo", config=config)
     nlp.initialize()
     return nlp
@@ -166,7 +166,7 @@ def test_round_trips(elmo_files, tmp_path):
     back = restore_vectors(next(DocBin().from_disk(tmp_path / "d.spacy").get_docs(loaded.vocab)))
     numpy.testing.assert_array_equal(back[3].vector, doc[3].vector)
     from_bytes = spacy.blank("en")
-    from_bytes.add_pipe("ctxembed_elmo", config={"combine": "scalar_mix", "store_layers": True})
+    from_bytes.add_pipe("ctxembed_elmo", config=ctx_config(store_layers=True, combine="scalar_mix"))
     from_bytes.from_bytes(nlp.to_bytes())
     numpy.testing.assert_allclose(from_bytes(original.text)._.ctx_layers, original._.ctx_layers, atol=1e-6)
 
@@ -216,7 +216,7 @@ def _rewrite_dataset(name, shape):
 def test_file_errors(tmp_path, elmo_files, edit, pattern):
     options, weights = _broken(tmp_path, elmo_files, edit)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_elmo", config={"model": {"options_file": str(options), "weight_file": str(weights)}})
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights)))
     with pytest.raises(ElmoFileError, match=pattern):
         nlp.initialize()
 

@@ -6,45 +6,57 @@ import spacy
 
 from spacy_ctxembed.errors import SettingError
 
-from .conftest import make_nlp
+from .conftest import ctx_config, make_nlp
 
 
-def _add(config):
+def _add(config, name="ctxembed_bert"):
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=config)
+    nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(**config))
     return nlp
 
 
 @pytest.mark.parametrize(
     "config, pattern",
     [
-        ({"pooling": "avg"}, r"pooling = 'avg'.*'mean'"),
-        ({"combine": "sum"}, r"combine = 'sum'.*'scalar_mix'"),
-        ({"layers": []}, r"layers = \[\]"),
-        ({"model": {"precision": "fp8"}}, r"precision = 'fp8'"),
-        ({"model": {"window": 0}}, r"window = 0"),
+        ({"pooling": "avg"}, r"^\[bert_a\] pooling = 'avg'.*'mean'"),
+        ({"layers": []}, r"^\[bert_a\] layers = \[\]"),
+        ({"layers": [0, "1"]}, r"^\[bert_a\] layers = \[0, '1'\]"),
+        ({"precision": "fp8"}, r"^\[bert_a\] precision = 'fp8'"),
+        ({"window": 0}, r"^\[bert_a\] window = 0: expected an integer number of wordpieces >= 1"),
+        ({"max_batch_items": "10"}, r"^\[bert_a\] max_batch_items = '10': expected an integer >= 1, got str"),
+        ({"cache_mb": "10"}, r"^\[bert_a\] cache_mb = '10': expected an integer number of megabytes"),
+        ({"cache_mb": -1}, r"^\[bert_a\] cache_mb = -1: expected an integer number of megabytes.* >= 0"),
     ],
 )
-def test_errors_at_add_pipe(config, pattern):
+def test_errors_at_add_pipe_name_the_component(config, pattern):
+    with pytest.raises(SettingError, match=pattern):
+        _add(config, name="bert_a")
+
+
+@pytest.mark.parametrize(
+    "config, pattern",
+    [({"store_layers": "yes"}, r"store_layers.*'yes' is not"), ({"trainable": 1}, r"trainable.*1 is not")],
+)
+def test_wrong_types_are_caught_by_spacys_config_validation(config, pattern):
     with pytest.raises(Exception, match=pattern):
-        _add(config)
+        _add(config, name="bert_a")
 
 
 def test_layer_out_of_range_at_initialize(minilm_dir):
-    nlp = _add({"layers": [0, 7], "model": {"name": str(minilm_dir)}})
+    nlp = _add({"layers": [0, 7], "name": minilm_dir})
     with pytest.raises(SettingError, match=r"layers = \[0, 7\].*index 7 is out of range.*-7 \.\. 6"):
         nlp.initialize()
 
 
 def test_window_larger_than_model(minilm_dir):
-    nlp = _add({"model": {"name": str(minilm_dir), "window": 600}})
-    with pytest.raises(SettingError, match=r"window = 600.*at most 510"):
+    nlp = _add({"name": minilm_dir, "window": 600}, name="bert_a")
+    with pytest.raises(SettingError, match=r"^\[bert_a\] window = 600.*at most 510"):
         nlp.initialize()
 
 
 def test_missing_model_directory(tmp_path):
     missing = str(tmp_path / "no-such-model")
-    nlp = _add({"model": {"name": missing}})
+    nlp = _add({"name": missing})
     with pytest.raises(SettingError, match=r"name = '.*no-such-model': no such model directory"):
         nlp.initialize()
 
@@ -52,7 +64,7 @@ def test_missing_model_directory(tmp_path):
 def test_hub_name_not_in_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    nlp = _add({"model": {"name": "some-org/never-downloaded"}})
+    nlp = _add({"name": "some-org/never-downloaded"})
     with pytest.raises(SettingError, match=r"name = 'some-org/never-downloaded'.*never downloaded at run time"):
         nlp.initialize()
 
@@ -62,7 +74,7 @@ def test_model_that_is_not_an_encoder(tmp_path, minilm_dir):
 
     GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30522)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
-    nlp = _add({"model": {"name": str(tmp_path)}})
+    nlp = _add({"name": tmp_path})
     with pytest.raises(SettingError, match=r"name = .*model_type 'gpt2' is not an encoder"):
         nlp.initialize()
 
@@ -76,7 +88,7 @@ def test_tokenizer_that_is_not_fast(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, "UNK": 3}))
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CTRLTokenizer"}))
-    nlp = _add({"model": {"name": str(tmp_path)}})
+    nlp = _add({"name": tmp_path})
     with pytest.raises(SettingError, match=r"name = .*CTRLTokenizer\) is not a fast tokenizer"):
         nlp.initialize()
 

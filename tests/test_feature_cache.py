@@ -7,13 +7,14 @@ import torch
 from spacy_ctxembed.models.bert import get_encoder
 from spacy_ctxembed.pipeline.feature_cache import FeatureCache, doc_key
 
+from .conftest import ctx_config
+
 TEXTS = ["I ran to the park .", "I ran significance tests .", "Nothing else ran ."]
 
 
 def _nlp(model_dir, cache_mb=64, **settings):
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={"store_layers": True, "cache_mb": cache_mb, **settings,
-                                          "model": {"name": str(model_dir)}})
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(store_layers=True, cache_mb=cache_mb, name=model_dir, **settings))
     nlp.initialize()
     return nlp
 

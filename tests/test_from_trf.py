@@ -3,6 +3,7 @@ import numpy
 import pytest
 import spacy
 
+from .conftest import ctx_config
 from .reference import hf_hidden_states, pool, token_pieces
 
 TEXT = "It was nice out this morning when I ran to the park."
@@ -16,7 +17,7 @@ def _trf_nlp(model_dir, hidden_states: bool, **settings):
         "tokenizer_config": {"use_fast": True},
         "transformer_config": {"output_hidden_states": hidden_states},
     }})
-    nlp.add_pipe("ctxembed_from_trf", config=settings)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(**settings))
     nlp.initialize()
     return nlp
 

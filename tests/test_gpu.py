@@ -15,7 +15,7 @@ def gpu_nlp():
     spacy.require_gpu()
     try:
         nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_bert", config={"layers": [0, -1], "store_layers": True})
+        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1]}}, "store_layers": True})
         nlp.initialize()
         yield nlp, cupy
     finally:

@@ -9,7 +9,7 @@ import spacy
 from spacy.training import Example
 from spacy.util import registry
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, ctx_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagger_bert_listener.cfg"
 
@@ -25,8 +25,7 @@ def _listener(embed=False, width=16):
 
 def _upstream_nlp(tiny_bert_dir):
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={"layers": [1, 2], "store_layers": True,
-                                          "model": {"name": str(tiny_bert_dir)}})
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], store_layers=True, name=tiny_bert_dir))
     nlp.initialize()
     return nlp
 

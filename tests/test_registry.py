@@ -23,6 +23,25 @@ def _advertised():
 
 
 ADVERTISED = _advertised()
+
+#: Every public name, listed by hand: a released name must never disappear.
+NAMES = {
+    "spacy_factories": ["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"],
+    "spacy_architectures": [
+        "spacy-ctxembed.Embedder.v2", "spacy-ctxembed.BertEncoder.v2", "spacy-ctxembed.ElmoEncoder.v2",
+        "spacy-ctxembed.TrfEncoder.v2", "spacy-ctxembed.ContextualListener.v2", "spacy-ctxembed.ContextualTok2Vec.v2",
+        # released in 0.1
+        "spacy-ctxembed.BertEmbedder.v1", "spacy-ctxembed.ElmoEmbedder.v1", "spacy-ctxembed.TrfPooler.v1",
+        "spacy-ctxembed.ContextualListener.v1",
+    ],
+    "spacy_layers": ["spacy-ctxembed.MeanLayers.v1", "spacy-ctxembed.ConcatLayers.v1", "spacy-ctxembed.ScalarMix.v1"],
+}
+
+
+def test_advertised_names_are_the_listed_ones():
+    assert {group: sorted(names) for group, names in ADVERTISED.items()} == {
+        group: sorted(names) for group, names in NAMES.items()
+    }
 REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "spacy_layers": "layers"}
 
 

@@ -9,7 +9,7 @@ from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
 
-from .conftest import make_nlp
+from .conftest import ctx_config, make_nlp
 from .packaging import assert_packages_and_loads
 
 TEXTS = ["It was nice out this morning when I ran to the park.", "I ran  significance tests.\n\nDone", ""]
@@ -98,7 +98,7 @@ def test_nlp_to_bytes_round_trip(tiny_bert_dir):
     nlp = make_nlp(tiny_bert_dir, layers=[0, 2], combine="concat")
     original = nlp(TEXTS[0])
     copy = spacy.blank("en")
-    copy.add_pipe("ctxembed_bert", config={"layers": [0, 2], "combine": "concat", "model": {"name": "/nowhere/at/all"}})
+    copy.add_pipe("ctxembed_bert", config=ctx_config(layers=[0, 2], combine="concat", name="/nowhere/at/all"))
     copy.from_bytes(nlp.to_bytes())
     numpy.testing.assert_allclose(copy(TEXTS[0])._.ctx_vectors, original._.ctx_vectors, atol=1e-6)
 

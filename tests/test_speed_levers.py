@@ -46,5 +46,6 @@ def test_int8_is_close_and_saves_exact_weights(minilm_dir, hf_reference, tmp_pat
     assert numpy.abs(approx - exact).max() > 1e-4  # it really is quantized
     # A saved int8 pipeline holds the fp32 weights: loaded as fp32 it is exact.
     nlp.to_disk(tmp_path / "pipeline")
-    fp32 = spacy.load(tmp_path / "pipeline", config={"components": {"ctxembed_bert": {"model": {"precision": "fp32"}}}})
+    fp32_config = {"components": {"ctxembed_bert": {"model": {"encoder": {"precision": "fp32"}}}}}
+    fp32 = spacy.load(tmp_path / "pipeline", config=fp32_config)
     numpy.testing.assert_allclose(fp32(TEXT)._.ctx_vectors, exact, atol=1e-5)

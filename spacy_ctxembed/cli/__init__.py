@@ -1,16 +1,24 @@
-"""Command-line interface: `python -m spacy_ctxembed {embed,demo}`."""
+"""Command-line interface: `python -m spacy_ctxembed {embed,demo}`.
+
+Errors print one line (``error: ...``) and exit non-zero; ``--verbose`` shows
+the traceback (see `errors`). typer's rich tracebacks and rich error panels
+are off.
+"""
 import typer
 
 from .demo import demo
 from .embed import embed
+from .errors import guarded
 
 app = typer.Typer(
     name="spacy_ctxembed",
     help="Contextual token vectors for spaCy pipelines.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-app.command("embed")(embed)
-app.command("demo")(demo)
+app.command("embed")(guarded(embed))
+app.command("demo")(guarded(demo))
 
 __all__ = ["app"]

@@ -1,25 +1,37 @@
-"""`embed`: run a pipeline over a corpus and write the token vectors."""
-import json
+"""`embed`: run a pipeline over a corpus and write the token vectors, streaming.
+
+Memory stays bounded whatever the corpus size: docs are written as they come
+out of the pipeline, a shard (``--shard-size`` docs) at a time. The output
+layout, atomicity and ``--resume`` are described in `output` and docs/cli.md.
+"""
+import hashlib
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Any, Dict, Optional
 
-import numpy
 import typer
-from spacy.tokens import Doc, DocBin
-from thinc.api import get_current_ops
+from spacy.util import load_config
 from tqdm import tqdm
 
+from .errors import PipelineError, UsageError, short_message
+from .inputs import Input, open_input
+from .output import WRITERS, AlreadyComplete, Run, ShardWriter
 from .pipelines import build_pipeline
 
-FORMATS = ("docbin", "npy")
-
+FORMATS = tuple(WRITERS)
 
 HELP = {
-    "input": "Text file (one doc per line), '-' for stdin, or a .spacy DocBin",
-    "output": "A .spacy file (docbin), or a directory for vectors.npy + docs.jsonl (npy)",
-    "format": "docbin: DocBin with the vectors in user data; npy: vectors.npy + docs.jsonl",
+    "input": "Text file (one doc per line, UTF-8), '-' for stdin, or a .spacy DocBin",
+    "output": "Output directory (created when complete; see docs/cli.md for the layout)",
+    "format": "docbin: DocBin shards, vectors in user data; npy: vectors.npy + docs.jsonl",
     "model": "A saved pipeline (path or package) with a ctxembed component",
+    "config": "A config.cfg to build the pipeline from (instead of --model)",
+    "batch_size": "Docs per nlp.pipe batch (>= 1)",
+    "shard_size": "Docs per shard (docbin) or per commit (npy): what --resume keeps, and what is held in memory",
+    "gpu_id": "GPU to use; -1 for CPU",
+    "overwrite": "Replace a complete OUTPUT (kept until the new one is complete) or discard an interrupted run",
+    "resume": "Continue an interrupted run into OUTPUT, keeping its committed shards (same input, model, format)",
+    "verbose": "On error, show the full traceback",
 }
 
 
@@ -28,79 +40,149 @@ def embed(
     output: Path = typer.Option(..., "--output", "-o", help=HELP["output"]),
     output_format: str = typer.Option("docbin", "--format", "-f", help=HELP["format"]),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=HELP["model"]),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A config.cfg to build the pipeline from"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Docs per nlp.pipe batch"),
-    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU to use; -1 for CPU"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=HELP["config"]),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help=HELP["batch_size"]),
+    shard_size: int = typer.Option(1000, "--shard-size", "-s", help=HELP["shard_size"]),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help=HELP["gpu_id"]),
+    overwrite: bool = typer.Option(False, "--overwrite", help=HELP["overwrite"]),
+    resume: bool = typer.Option(False, "--resume", help=HELP["resume"]),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=HELP["verbose"]),
 ) -> None:
     """Embed a corpus: every token gets a contextual vector."""
+    # Everything that can be checked without the model is checked first.
+    _check_settings(output, output_format, model, config, batch_size, shard_size, gpu_id, overwrite, resume)
+    loaded_config = _read_config(config)
+    inp = open_input(input_path)
+    try:
+        identity = _identity(inp, output_format, model, config)
+        try:
+            run = Run.plan(output, identity, overwrite=overwrite, resume=resume)
+        except AlreadyComplete as done:
+            typer.echo(f"nothing to do: {output} is already complete ({_totals(done.manifest)})", err=True)
+            return
+        kept = run.committed.docs
+        manifest = _run(run, inp, output_format, model, loaded_config, batch_size, shard_size, gpu_id)
+    finally:
+        inp.close()
+    note = f"resumed: {kept} docs kept from the interrupted run; " if run.resumed else ""
+    typer.echo(f"{note}wrote {_totals(manifest)} to {output}", err=True)
+
+
+def _check_settings(
+    output: Path,
+    output_format: str,
+    model: Optional[str],
+    config: Optional[Path],
+    batch_size: int,
+    shard_size: int,
+    gpu_id: int,
+    overwrite: bool,
+    resume: bool,
+) -> None:
     if output_format not in FORMATS:
-        raise typer.BadParameter(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
-    nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
-    inputs, total = _read_inputs(input_path, nlp)
-    docs = tqdm(nlp.pipe(inputs, batch_size=batch_size), total=total, unit="doc", desc="embedding", file=sys.stderr)
-    if output_format == "docbin":
-        n_docs = _write_docbin(docs, output)
-    else:
-        n_docs = _write_npy(docs, output)
-    typer.echo(f"wrote {n_docs} docs to {output}", err=True)
+        raise UsageError(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size}: expected a positive number of docs")
+    if shard_size < 1:
+        raise UsageError(f"--shard-size {shard_size}: expected a positive number of docs")
+    if gpu_id < -1:
+        raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
+    if model is not None and config is not None:
+        raise UsageError("give either --model or --config, not both")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    if str(output) in ("-", ""):
+        raise UsageError("--output: expected a directory path (embed does not write to stdout)")
 
 
-def _read_inputs(input_path: str, nlp):
-    if input_path == "-":
-        lines = sys.stdin.read().splitlines()
-        return iter(lines), len(lines)
-    path = Path(input_path)
-    if not path.exists():
-        raise typer.BadParameter(f"INPUT {input_path!r}: no such file")
-    if path.suffix == ".spacy":
-        doc_bin = DocBin().from_disk(path)
-        return doc_bin.get_docs(nlp.vocab), len(doc_bin)
-    with path.open(encoding="utf8") as f:
-        total = sum(1 for _ in f)
-    return _lines(path), total
+def _read_config(config: Optional[Path]):
+    if config is None:
+        return None
+    if not config.is_file():
+        what = "is a directory" if config.is_dir() else "no such file"
+        raise UsageError(f"--config {config}: {what}")
+    try:
+        return load_config(config)
+    except Exception as e:  # configparser / confection: a config that does not parse
+        raise UsageError(f"--config {config}: {short_message(e)}") from e
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf8") as f:
-        for line in f:
-            yield line.rstrip("\n")
+def _identity(inp: Input, output_format: str, model: Optional[str], config: Optional[Path]) -> Dict[str, Any]:
+    """What makes two runs the same run (for --resume), and what the manifest records."""
+    if model is not None and Path(model).exists():
+        model = str(Path(model).resolve())
+    return {
+        "format": output_format,
+        "input": inp.label if inp.path is None else str(inp.path),
+        "input_kind": inp.kind,
+        "input_sha256": inp.sha256,
+        "input_lines": inp.n_records,
+        "model": model,
+        "config": None if config is None else str(config.resolve()),
+        "config_sha256": None if config is None else hashlib.sha256(config.read_bytes()).hexdigest(),
+    }
 
 
-def _write_docbin(docs, output: Path) -> int:
-    doc_bin = DocBin(store_user_data=True)
-    for doc in docs:
-        _vectors_to_host(doc)
-        doc_bin.add(doc)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    doc_bin.to_disk(output)
-    return len(doc_bin)
+def _run(
+    run: Run,
+    inp: Input,
+    output_format: str,
+    model: Optional[str],
+    config,
+    batch_size: int,
+    shard_size: int,
+    gpu_id: int,
+) -> Dict[str, Any]:
+    writer: Optional[ShardWriter] = None
+    try:
+        if run.finished:  # interrupted after the manifest was written: only the rename is left
+            return run.finish({})
+        try:
+            nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
+        except UsageError:
+            raise
+        except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
+            raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
+        writer = WRITERS[output_format](run)
+        records = inp.records(nlp.vocab, after=run.committed.last_line)
+        progress = tqdm(total=inp.n_docs, initial=run.committed.docs, unit="doc", desc="embedding", file=sys.stderr)
+        with progress:
+            for doc, line in nlp.pipe(records, as_tuples=True, batch_size=batch_size):
+                writer.add(doc, line)
+                progress.update(1)
+                if writer.pending_docs >= shard_size:
+                    writer.commit()
+        writer.commit()
+        if run.committed.docs != inp.n_docs:
+            raise RuntimeError(f"wrote {run.committed.docs} docs, expected {inp.n_docs}")
+        manifest = {
+            "format": output_format,
+            "input": {"path": run.identity["input"], "kind": inp.kind, "lines": inp.n_records, "sha256": inp.sha256},
+            "model": model,
+            "config": run.identity["config"],
+            "blank_lines": inp.n_blank,
+            **writer.manifest(),
+        }
+        writer.close()
+        return run.finish(manifest)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if run.committed.shards:
+            typer.echo(
+                f"note: {run.committed.docs} docs (input lines 1-{run.committed.last_line}) are kept in {run.dir}; "
+                "rerun with --resume to continue, or --overwrite to start over",
+                err=True,
+            )
+        run.abandon()
+        raise
 
 
-def _write_npy(docs, output: Path) -> int:
-    """vectors.npy: all token vectors, docs one after another; docs.jsonl: where each doc's rows are."""
-    output.mkdir(parents=True, exist_ok=True)
-    blocks: List[numpy.ndarray] = []
-    row = 0
-    with (output / "docs.jsonl").open("w", encoding="utf8") as f:
-        for doc in docs:
-            vectors = _vectors_to_host(doc)
-            blocks.append(vectors)
-            record = {"text": doc.text, "tokens": [t.text for t in doc], "start": row, "end": row + len(doc)}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            row += len(doc)
-    width = blocks[0].shape[1] if blocks else 0
-    vectors = numpy.concatenate(blocks) if blocks else numpy.zeros((0, width), dtype="float32")
-    numpy.save(output / "vectors.npy", vectors)
-    return len(blocks)
-
-
-def _vectors_to_host(doc: Doc) -> numpy.ndarray:
-    """Files hold numpy arrays: copy GPU vectors to the host (the one place we do)."""
-    ops = get_current_ops()
-    vectors = ops.to_numpy(doc._.ctx_vectors)
-    doc._.ctx_vectors = vectors
-    if doc._.ctx_layers is not None:
-        doc._.ctx_layers = ops.to_numpy(doc._.ctx_layers)
-    if doc.tensor is not None and doc.tensor.size:
-        doc.tensor = ops.to_numpy(doc.tensor)
-    return vectors
+def _totals(manifest: Dict[str, Any]) -> str:
+    blank = manifest.get("blank_lines", 0)
+    n_shards = len(manifest.get("shards", ()))
+    shards = f", {n_shards} shard{'' if n_shards == 1 else 's'}" if "shards" in manifest else ""
+    return (
+        f"{manifest.get('docs', 0)} docs, {manifest.get('tokens', 0)} tokens, "
+        f"{blank} blank line{'' if blank == 1 else 's'} skipped ({manifest.get('format')}{shards})"
+    )

@@ -1,13 +1,15 @@
-"""Combine a doc's layers by concatenating them, in the order they were selected."""
+"""`spacy-ctxembed.ConcatLayers.v1`: concatenate a doc's layers, in the order they were selected."""
 from typing import Callable, List, Tuple
 
+from spacy.util import registry
 from thinc.api import Model
 
 from ..types import CombinerModel, DocLayers, DocVectors
 
 
-def concat_layers() -> CombinerModel:
-    return Model("concat_layers", forward)
+@registry.layers("spacy-ctxembed.ConcatLayers.v1")
+def ConcatLayers() -> CombinerModel:
+    return Model("concat_layers", forward, dims={"nL": None, "nI": None, "nO": None}, init=init)
 
 
 def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[List[DocVectors], Callable]:
@@ -23,3 +25,8 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
         ]
 
     return Y, backprop
+
+
+def init(model: CombinerModel, X=None, Y=None) -> None:
+    if model.has_dim("nI") and model.has_dim("nL"):
+        model.set_dim("nO", model.get_dim("nL") * model.get_dim("nI"), force=True)

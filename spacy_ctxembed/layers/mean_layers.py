@@ -1,13 +1,15 @@
-"""Combine a doc's layers by their plain mean."""
+"""`spacy-ctxembed.MeanLayers.v1`: combine a doc's layers by their plain mean."""
 from typing import Callable, List, Tuple
 
+from spacy.util import registry
 from thinc.api import Model
 
 from ..types import CombinerModel, DocLayers, DocVectors
 
 
-def mean_layers() -> CombinerModel:
-    return Model("mean_layers", forward)
+@registry.layers("spacy-ctxembed.MeanLayers.v1")
+def MeanLayers() -> CombinerModel:
+    return Model("mean_layers", forward, dims={"nL": None, "nI": None, "nO": None}, init=init)
 
 
 def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[List[DocVectors], Callable]:
@@ -18,3 +20,8 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
         return [xp.broadcast_to(dy / x.shape[0], x.shape).copy() for dy, x in zip(dY, X)]
 
     return Y, backprop
+
+
+def init(model: CombinerModel, X=None, Y=None) -> None:
+    if model.has_dim("nI"):
+        model.set_dim("nO", model.get_dim("nI"), force=True)

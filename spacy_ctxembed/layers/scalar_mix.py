@@ -23,7 +23,7 @@ def ScalarMix(*, n_layers: Optional[int] = None) -> CombinerModel:
         "scalar_mix",
         forward,
         init=init,
-        dims={"nL": n_layers},
+        dims={"nL": n_layers, "nI": None, "nO": None},
         params={"s": None, "gamma": None},
     )
 
@@ -56,8 +56,10 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
 
 def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> None:
     if X is not None and X:
-        model.set_dim("nL", X[0].shape[0])
+        model.set_dim("nL", X[0].shape[0], force=True)
     n_layers = model.get_dim("nL")
+    if model.has_dim("nI"):
+        model.set_dim("nO", model.get_dim("nI"), force=True)
     model.set_param("s", model.ops.alloc1f(n_layers))
     model.set_param("gamma", model.ops.asarray1f([1.0]))
 

@@ -1,9 +1,20 @@
-"""The embedder models: each maps docs to per-doc stacks of token layers."""
-from .bert import BertEmbedder
-from .elmo import ElmoEmbedder
+"""The models: encoders (docs -> per-doc layer stacks), the embedder chain, the listeners."""
+from .bert import BertEncoder
+from .elmo import ElmoEncoder
+from .embedder import Embedder
+from .legacy import BertEmbedder, ElmoEmbedder, TrfPooler
+from .listener import ContextualListener, ContextualListenerV1, ContextualTok2Vec
+from .trf_pooler import TrfEncoder
 
-__all__ = ["BertEmbedder", "ElmoEmbedder"]
-from .listener import ContextualListener
-from .trf_pooler import TrfPooler
-
-__all__ += ["ContextualListener", "TrfPooler"]
+__all__ = [
+    "BertEmbedder",
+    "BertEncoder",
+    "ContextualListener",
+    "ContextualListenerV1",
+    "ContextualTok2Vec",
+    "ElmoEmbedder",
+    "ElmoEncoder",
+    "Embedder",
+    "TrfEncoder",
+    "TrfPooler",
+]

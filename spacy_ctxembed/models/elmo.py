@@ -1,4 +1,4 @@
-"""`spacy-ctxembed.ElmoEmbedder.v1`: ELMo on the released weight files, as a Thinc model.
+"""`spacy-ctxembed.ElmoEncoder.v2`: ELMo on the released weight files, as a Thinc layer.
 
 docs -> sentences (the doc's own boundaries, else the whole doc), whitespace
 tokens left out -> length-sorted batches across docs -> character CNN (once per
@@ -6,83 +6,103 @@ distinct word in a batch) + biLSTM -> per doc, an array
 (n_layers, n_tokens, 2 * projection_dim) on the current device, with zero rows
 for whitespace tokens. Layer 0 is the token layer duplicated; 1 and 2 are the
 biLSTM layers, [forward; backward].
+
+The biLM is frozen unless `trainable = true`; either way a scalar mix on top
+of it trains with its component.
 """
+import itertools
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy
+import srsly
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, PyTorchShim, torch2xp
+from thinc.api import Model, PyTorchShim, get_torch_default_device
 
 from ..batching import batches_by_budget
-from ..errors import bad_setting, check_positive
-from ..settings import normalize_layers
-from ..types import EmbedderModel
+from ..errors import bad_setting, check_bool, check_int
+from ..settings import check_layers, normalize_layers
+from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, sentence_char_ids
 from .elmo_net import ElmoBiLm
-from .elmo_weights import (
-    COMPONENT,
-    OPTIONS_FILE,
-    WEIGHTS_FILE,
-    ElmoOptions,
-    read_options,
-    read_weights,
-    write_files,
-)
+from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
+from .torch_bridge import run_encoder
+
+COMPONENT = "ctxembed_elmo"
 
 
-@registry.architectures("spacy-ctxembed.ElmoEmbedder.v1")
-def ElmoEmbedder(
+@registry.architectures("spacy-ctxembed.ElmoEncoder.v2")
+def ElmoEncoder(
     *,
     options_file: Optional[str] = None,
     weight_file: Optional[str] = None,
+    layers: Sequence[int] = (0, 1, 2),
     max_batch_items: int = 4096,
-) -> EmbedderModel:
-    """ELMo's three layers per token from `*_options.json` + `*_weights.hdf5`.
+    trainable: bool = False,
+) -> EncoderModel:
+    """ELMo's layers per token from `*_options.json` + `*_weights.hdf5`.
 
+    layers: 0 is the character-CNN token layer, 1.. the biLSTM layers.
     max_batch_items: padded tokens per biLM batch.
+    trainable: also fine-tune the biLM when its component is trained.
     """
-    check_positive(COMPONENT, "max_batch_items", max_batch_items)
+    settings = {
+        "options_file": options_file,
+        "weight_file": weight_file,
+        "layers": list(layers),
+        "max_batch_items": max_batch_items,
+        "trainable": trainable,
+    }
     return Model(
-        "ctxembed-elmo",
+        "ctxembed-elmo-encoder",
         forward,
         init=init,
-        dims={"nO": None},
-        attrs={
-            "options_file": options_file,
-            "weight_file": weight_file,
-            "max_batch_items": max_batch_items,
-            "layers": (0, 1, 2),
-            "pooling": None,
-            "source_dir": None,
-        },
+        dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
+        attrs={"validate": lambda: check_settings(settings)},
+        shims=[ElmoShim(settings)],
     )
 
 
-def forward(model: EmbedderModel, docs: List[Doc], is_train: bool):
-    shim = cast(ElmoShim, model.shims[0])
-    outputs = shim.embed(docs)
-    return [torch2xp(layers, ops=model.ops) for layers in outputs], lambda d_outputs: []
+def check_settings(settings: dict) -> None:
+    check_layers(COMPONENT, settings["layers"])
+    check_int(COMPONENT, "max_batch_items", settings["max_batch_items"])
+    check_bool(COMPONENT, "trainable", settings["trainable"])
 
 
-def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    source_dir = model.attrs["source_dir"]
-    if source_dir is not None:
-        options_path, weights_path = Path(source_dir) / OPTIONS_FILE, Path(source_dir) / WEIGHTS_FILE
-    else:
+def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
+    shim = get_shim(model)
+    shim.get_net()  # a clear error when no weights are loaded
+    train_weights = is_train and bool(shim.settings["trainable"])
+    return run_encoder(model, shim, shim.embed, docs, train_weights=train_weights)
+
+
+def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
+    """Read the released files, unless weights are loaded already."""
+    shim = get_shim(model)
+    if not shim.loaded:
+        check_settings(shim.settings)
+        paths = []
         for setting in ("options_file", "weight_file"):
-            if not model.attrs[setting]:
-                raise bad_setting(COMPONENT, setting, model.attrs[setting],
-                                  "set it to the path of the released ELMo file")
-        options_path, weights_path = Path(model.attrs["options_file"]), Path(model.attrs["weight_file"])
-    options = read_options(options_path)
-    weights = read_weights(weights_path, options)
-    layers = normalize_layers(COMPONENT, model.attrs["layers"], 1 + options.n_layers)
-    model.shims[:] = [ElmoShim(options, weights, layers=layers, max_batch_items=model.attrs["max_batch_items"])]
-    model.set_dim("nO", options.output_width, force=True)
+            value = shim.settings[setting]
+            if not value or not isinstance(value, str):
+                raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
+            paths.append(Path(value))
+        shim.load_files(paths[0], paths[1])
+    set_dims(model)
+
+
+def set_dims(model: EncoderModel) -> None:
+    shim = get_shim(model)
+    model.set_dim("nO", shim.get_options().output_width, force=True)
+    model.set_dim("nL", len(shim.layers), force=True)
+
+
+def get_shim(model: EncoderModel) -> "ElmoShim":
+    return cast(ElmoShim, model.shims[0])
 
 
 @dataclass(frozen=True)
@@ -93,43 +113,94 @@ class _Sentence:
 
 
 class ElmoShim(PyTorchShim):
-    """Holds the biLM, moved to the current device."""
+    """Holds the biLM (moved to the current device) for Thinc: files in and out."""
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], *,
-                 layers: Tuple[int, ...], max_batch_items: int):
-        # The biLM takes the arrays over (and empties `weights`): held once.
-        super().__init__(ElmoBiLm(options, weights).eval())
-        self.options = options
-        self.layers = layers
-        self.max_batch_items = max_batch_items
+    def __init__(self, settings: Dict[str, Any]) -> None:
+        super().__init__(None)
+        self.settings = settings
+        self.options: Optional[ElmoOptions] = None
+        self.layers: Tuple[int, ...] = ()
 
-    def save(self, directory: Path) -> None:
-        write_files(Path(directory), self.options, self._model.export_weights())
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     @property
     def device(self) -> torch.device:
-        return next(self._model.buffers()).device
+        if self._model is None:
+            return get_torch_default_device()
+        return next(itertools.chain(self._model.parameters(), self._model.buffers())).device
 
-    def embed(self, docs: Sequence[Doc]) -> List[torch.Tensor]:
+    def get_net(self) -> ElmoBiLm:
+        if self._model is None:
+            raise ValueError(f"[{COMPONENT}] the biLM has no weights yet: call nlp.initialize() first")
+        return cast(ElmoBiLm, self._model)
+
+    def get_options(self) -> ElmoOptions:
+        self.get_net()
+        return cast(ElmoOptions, self.options)
+
+    def load_files(self, options_path: Path, weights_path: Path) -> None:
+        options = read_options(options_path, component=COMPONENT)
+        weights = read_weights(weights_path, options, component=COMPONENT)
+        layers = normalize_layers(COMPONENT, self.settings["layers"], 1 + options.n_layers)
+        # The biLM takes the arrays over (and empties `weights`): held once.
+        net = ElmoBiLm(options, weights, trainable=bool(self.settings["trainable"])).eval()
+        self._model = net.to(get_torch_default_device())
+        self.options, self.layers = options, layers
+
+    def save_dir(self, directory: Path) -> None:
+        write_files(Path(directory), self.get_options(), self.get_net().export_weights())
+
+    def load_dir(self, directory: Path) -> None:
+        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE)
+
+    def to_bytes(self) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_dir(Path(tmp))
+            files = {name: (Path(tmp) / name).read_bytes() for name in (OPTIONS_FILE, WEIGHTS_FILE)}
+        return srsly.msgpack_dumps({"elmo_files": files})
+
+    def from_bytes(self, bytes_data: bytes) -> "ElmoShim":
+        msg = srsly.msgpack_loads(bytes_data)
+        files = msg.get("elmo_files") if isinstance(msg, dict) else None
+        if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
+            raise ValueError(f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            self.load_dir(Path(tmp))
+        return self
+
+    def embed(self, docs: Sequence[Doc], grad: bool) -> List[torch.Tensor]:
+        net = self.get_net()
         device = self.device
-        width = self.options.output_width
-        outputs = [torch.zeros((len(self.layers), len(doc), width), device=device) for doc in docs]
+        width = cast(ElmoOptions, self.options).output_width
         sentences = [s for d, doc in enumerate(docs) for s in _sentences(d, doc)]
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
-        with torch.inference_mode():
-            for batch in batches_by_budget(sentences, self.max_batch_items, lambda s: len(s.char_ids)):
-                lengths = torch.tensor([len(s.char_ids) for s in batch], device=device)
-                char_ids = numpy.zeros((len(batch), int(lengths.max()), MAX_CHARS), dtype="int64")
+        # Rows of each doc, filled by scatter (whitespace tokens stay zero).
+        rows: List[List[torch.Tensor]] = [[] for _ in docs]
+        targets: List[List[numpy.ndarray]] = [[] for _ in docs]
+        with torch.enable_grad() if grad else torch.inference_mode():
+            for batch in batches_by_budget(sentences, self.settings["max_batch_items"], lambda s: len(s.char_ids)):
+                lengths = [len(s.char_ids) for s in batch]
+                char_ids = numpy.zeros((len(batch), max(lengths), MAX_CHARS), dtype="int64")
                 for row, sentence in enumerate(batch):
                     char_ids[row, : len(sentence.char_ids)] = sentence.char_ids
-                layers = self._model(torch.from_numpy(char_ids).to(device), lengths)
+                layers = net(torch.from_numpy(char_ids).to(device), torch.tensor(lengths, device=device))
                 selected = torch.stack([layers[i] for i in self.layers])  # (n_layers, batch, time, width)
                 for row, sentence in enumerate(batch):
-                    n = len(sentence.token_ids)
-                    target = torch.as_tensor(sentence.token_ids, device=device)
                     # Positions 1..n: the words, without <S> and </S>.
-                    outputs[sentence.doc][:, target] = selected[:, row, 1 : n + 1]
+                    rows[sentence.doc].append(selected[:, row, 1 : len(sentence.token_ids) + 1])
+                    targets[sentence.doc].append(sentence.token_ids)
+            outputs = []
+            for doc, doc_rows, doc_targets in zip(docs, rows, targets):
+                out = torch.zeros((len(self.layers), len(doc), width), device=device)
+                if doc_rows:
+                    index = torch.as_tensor(numpy.concatenate(doc_targets), device=device)
+                    out = out.index_copy(1, index, torch.cat(doc_rows, dim=1))
+                outputs.append(out)
         return outputs
 
 

@@ -1,8 +1,10 @@
 """ELMo's biLM in plain PyTorch: character CNN token layer + 2-layer biLSTM.
 
 Stateless: every sentence starts from zero states, so a sentence's vectors
-never depend on the batch or on what ran before. Frozen: the weights are
-buffers. Built from the released weight arrays (see elmo_weights.py), which the
+never depend on the batch or on what ran before. Frozen by default: the
+weights are buffers; with `trainable=True` they are parameters, and the
+forward pass is written without in-place updates so autograd can run through
+it. Built from the released weight arrays (see elmo_weights.py), which the
 modules take over: each array is dropped once converted, so the weights are
 held once, and `export_weights` gives them back in the released layout.
 
@@ -33,31 +35,45 @@ def _buffer(array: numpy.ndarray) -> torch.Tensor:
     return torch.from_numpy(numpy.ascontiguousarray(array, dtype="float32"))
 
 
+class _WeightsModule(nn.Module):
+    """A module whose weights are buffers (frozen) or parameters (trainable)."""
+
+    def __init__(self, trainable: bool) -> None:
+        super().__init__()
+        self.trainable = trainable
+
+    def add_weight(self, name: str, tensor: torch.Tensor) -> None:
+        if self.trainable:
+            self.register_parameter(name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor)
+
+
 def _numpy(tensor: torch.Tensor) -> numpy.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-class CharCNN(nn.Module):
+class CharCNN(_WeightsModule):
     """Token layer: character embeddings -> convolutions -> highway -> projection."""
 
     char_embed: torch.Tensor
     proj_w: torch.Tensor
     proj_b: torch.Tensor
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
-        super().__init__()
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
+        super().__init__(trainable)
         self.activation = torch.tanh if options.activation == "tanh" else torch.relu
-        self.register_buffer("char_embed", _buffer(weights.pop("char_embed")))
+        self.add_weight("char_embed", _buffer(weights.pop("char_embed")))
         for i in range(len(options.filters)):
             # TF conv kernel (1, width, char_dim, n) -> torch Conv1d (n, char_dim, width)
             kernel = weights.pop(f"CNN/W_cnn_{i}")[0].transpose(2, 1, 0)
-            self.register_buffer(f"conv_w_{i}", _buffer(kernel))
-            self.register_buffer(f"conv_b_{i}", _buffer(weights.pop(f"CNN/b_cnn_{i}")))
+            self.add_weight(f"conv_w_{i}", _buffer(kernel))
+            self.add_weight(f"conv_b_{i}", _buffer(weights.pop(f"CNN/b_cnn_{i}")))
         for k in range(options.n_highway):
             for name in HIGHWAY_NAMES:
-                self.register_buffer(f"high_{k}_{name}", _buffer(weights.pop(f"CNN_high_{k}/{name}")))
-        self.register_buffer("proj_w", _buffer(weights.pop("CNN_proj/W_proj")))
-        self.register_buffer("proj_b", _buffer(weights.pop("CNN_proj/b_proj")))
+                self.add_weight(f"high_{k}_{name}", _buffer(weights.pop(f"CNN_high_{k}/{name}")))
+        self.add_weight("proj_w", _buffer(weights.pop("CNN_proj/W_proj")))
+        self.add_weight("proj_b", _buffer(weights.pop("CNN_proj/b_proj")))
         self.n_filters = len(options.filters)
         self.n_highway = options.n_highway
 
@@ -90,11 +106,11 @@ class CharCNN(nn.Module):
         return x @ self.proj_w + self.proj_b
 
 
-class BiLstm(nn.Module):
+class BiLstm(_WeightsModule):
     """The forward and backward LSTM stacks with cell/projection clipping and skips."""
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
-        super().__init__()
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
+        super().__init__(trainable)
         P = options.projection_dim
         self.n_layers = options.n_layers
         self.cell_clip = options.cell_clip
@@ -104,12 +120,12 @@ class BiLstm(nn.Module):
             # Both directions stacked on a leading axis, so one bmm serves both.
             w = [weights.pop(f"{lstm_prefix(d, layer)}/W_0") for d in range(2)]
             # W_0 rows are [layer input; previous projected output].
-            self.register_buffer(f"w_x_{layer}", _buffer(numpy.stack([m[:P] for m in w])))
-            self.register_buffer(f"w_h_{layer}", _buffer(numpy.stack([m[P:] for m in w])))
+            self.add_weight(f"w_x_{layer}", _buffer(numpy.stack([m[:P] for m in w])))
+            self.add_weight(f"w_h_{layer}", _buffer(numpy.stack([m[P:] for m in w])))
             del w
-            self.register_buffer(f"b_{layer}", _buffer(numpy.stack(
+            self.add_weight(f"b_{layer}", _buffer(numpy.stack(
                 [weights.pop(f"{lstm_prefix(d, layer)}/B") for d in range(2)]))[:, None, :])
-            self.register_buffer(f"w_p_{layer}", _buffer(numpy.stack(
+            self.add_weight(f"w_p_{layer}", _buffer(numpy.stack(
                 [weights.pop(f"{lstm_prefix(d, layer)}/W_P_0") for d in range(2)])))
 
     def export_weights(self) -> Dict[str, numpy.ndarray]:
@@ -152,14 +168,19 @@ class BiLstm(nn.Module):
         return [output[unsort] for output in outputs]
 
     def _run_layer(self, layer: int, inputs: torch.Tensor, active: List[int]) -> torch.Tensor:
-        """One LSTM layer, both directions; `active[t]` rows are still running at step t."""
+        """One LSTM layer, both directions; `active[t]` rows are still running at step t.
+
+        Rows are sorted longest first, so the rows running at step t+1 are a
+        prefix of those at step t: the states of finished rows are simply
+        dropped. Nothing is updated in place, so autograd can run through it.
+        """
         w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
         bias, w_p = getattr(self, f"b_{layer}"), getattr(self, f"w_p_{layer}")
         _, batch, time, P = inputs.shape
         dim = w_p.shape[1]
         h = inputs.new_zeros((2, batch, P))
         c = inputs.new_zeros((2, batch, dim))
-        out = inputs.new_zeros((2, batch, time, P))
+        steps_out: List[torch.Tensor] = []
         time_chunk = max(1, PROJECTION_ROWS // batch)
         for start in range(0, time, time_chunk):
             rows = active[start]
@@ -172,22 +193,20 @@ class BiLstm(nn.Module):
                 n = active[start + t]
                 z = projected[:, :n, t] + torch.bmm(h[:, :n], w_h)
                 i, j, f, o = z.chunk(4, dim=-1)
-                c_t = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j),
-                                  -self.cell_clip, self.cell_clip)
-                h_t = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c_t), w_p), -self.proj_clip, self.proj_clip)
-                c[:, :n] = c_t
-                h[:, :n] = h_t
-                out[:, :n, start + t] = h_t
-        return out
+                c = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j),
+                                -self.cell_clip, self.cell_clip)
+                h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -self.proj_clip, self.proj_clip)
+                steps_out.append(F.pad(h, (0, 0, 0, batch - n)))
+        return torch.stack(steps_out, dim=2)
 
 
 class ElmoBiLm(nn.Module):
     """Character ids of `<S> words </S>` -> ELMo's layers, boundaries included."""
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray]):
+    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
         super().__init__()
-        self.char_cnn = CharCNN(options, weights)
-        self.bilstm = BiLstm(options, weights)
+        self.char_cnn = CharCNN(options, weights, trainable)
+        self.bilstm = BiLstm(options, weights, trainable)
 
     def export_weights(self) -> Dict[str, numpy.ndarray]:
         """All weights in the released layout (as `read_weights` returns them)."""

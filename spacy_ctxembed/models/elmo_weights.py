@@ -1,20 +1,36 @@
 """Reading and writing ELMo's released files: `*_options.json` + `*_weights.hdf5`.
 
 The layout (TensorFlow convention, y = x @ W) is described in
-`docs/elmo-weights-format.md`. Every dataset is checked against the shape the
-options imply before anything is built, and each problem is reported by
-dataset name with the expected and found shapes.
+`docs/elmo-weights-format.md`. Everything is checked when the files are read
+(at initialize/load), never later: every options setting for presence, type and
+range, then every dataset for presence and the shape the options imply, then
+every dataset's values for finiteness. Each problem is an `ElmoFileError` of the
+form ``[component] options_file = '/p/options.json': lstm.n_layers = 0: expected
+an integer >= 1``, naming the component instance, the file, the setting or
+dataset, the value found and what is allowed.
 """
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple, Union
 
 import numpy
 
-COMPONENT = "ctxembed_elmo"
+from .elmo_chars import BOW, EOW, MAX_CHARS, PAD
+
+COMPONENT = "ctxembed_elmo"  # default name for callers that have no component instance name
 OPTIONS_FILE = "options.json"
 WEIGHTS_FILE = "weights.hdf5"
+
+# Character ids run from 1 to max(BOW, EOW, PAD) + 1 = 261 after the +1 shift (elmo_chars.py),
+# and 0 is the padding token: 262 rows in all, the value of `n_characters` in the released files.
+N_CHARACTERS = max(BOW, EOW, PAD) + 2
+# The released `char_embed` has no row for the padding id 0; `read_weights` prepends it.
+CHAR_EMBED_ROWS = N_CHARACTERS - 1
+ACTIVATIONS = ("relu", "tanh")
+
+PathLike = Union[str, Path]
 
 
 class ElmoFileError(ValueError):
@@ -45,39 +61,167 @@ class ElmoOptions:
         return 2 * self.projection_dim
 
 
-def read_options(path: Path) -> ElmoOptions:
-    if not Path(path).is_file():
-        raise ElmoFileError(f"[{COMPONENT}] options_file = {str(path)!r}: no such file")
+class _Source:
+    """One file of one component instance: builds errors that name both."""
+
+    def __init__(self, component: str, setting: str, path: Path):
+        self.component, self.setting, self.path = component, setting, path
+
+    def error(self, detail: str) -> ElmoFileError:
+        return ElmoFileError(f"[{self.component}] {self.setting} = {str(self.path)!r}: {detail}")
+
+    def check_is_file(self) -> None:
+        if not self.path.exists():
+            raise self.error("no such file")
+        if not self.path.is_file():
+            raise self.error("not a file (expected the path of the released ELMo file)")
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Options:
+    """Typed, range-checked access to the parsed JSON of one options file."""
+
+    def __init__(self, source: _Source, raw: Any):
+        self.source, self.raw = source, raw
+        if not isinstance(raw, dict):
+            raise source.error(f"not ELMo options (found {_type_name(raw)}, "
+                               "expected a JSON object with 'lstm' and 'char_cnn')")
+
+    def lookup(self, key: str, expected: str) -> Any:
+        node: Any = self.raw
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict):
+                parent = ".".join(parts[:i])
+                raise self.source.error(f"{parent} = {_show(node)}: expected a JSON object, "
+                                        f"found {_type_name(node)}")
+            if part not in node:
+                raise self.source.error(f"{key} is missing: expected {expected}")
+            node = node[part]
+        return node
+
+    def bad(self, key: str, value: Any, expected: str) -> ElmoFileError:
+        return self.source.error(f"{key} = {_show(value)}: expected {expected}")
+
+    def integer(self, key: str, minimum: int) -> int:
+        expected = f"an integer >= {minimum}"
+        value = self.lookup(key, expected)
+        if not _is_int(value):
+            raise self.bad(key, value, f"{expected}, found {_type_name(value)}")
+        if value < minimum:
+            raise self.bad(key, value, expected)
+        return int(value)
+
+    def number(self, key: str, minimum: float) -> float:
+        expected = f"a finite number >= {minimum:g}"
+        value = self.lookup(key, expected)
+        if not _is_number(value):
+            raise self.bad(key, value, f"{expected}, found {_type_name(value)}")
+        if not math.isfinite(value) or value < minimum:
+            raise self.bad(key, value, expected)
+        return float(value)
+
+    def boolean(self, key: str) -> bool:
+        value = self.lookup(key, "true or false")
+        if not isinstance(value, bool):
+            raise self.bad(key, value, f"true or false, found {_type_name(value)}")
+        return value
+
+    def choice(self, key: str, choices: Tuple[str, ...]) -> str:
+        expected = "one of " + ", ".join(repr(c) for c in choices)
+        value = self.lookup(key, expected)
+        if not isinstance(value, str) or value not in choices:
+            raise self.bad(key, value, expected)
+        return value
+
+    def released(self, key: str, required: int, why: str) -> int:
+        """An integer setting that must have the one value the released models use."""
+        expected = f"{required}, the value of the released models ({why})"
+        value = self.lookup(key, expected)
+        if not _is_int(value) or value != required:
+            raise self.bad(key, value, expected)
+        return int(value)
+
+    def filters(self, key: str, max_width: int) -> List[Tuple[int, int]]:
+        pair = f"a [width, n] pair of integers with 1 <= width <= {max_width} and n >= 1"
+        expected = f"a non-empty list of [width, n] pairs, each {pair}"
+        value = self.lookup(key, expected)
+        if not isinstance(value, list) or not value:
+            raise self.bad(key, value, expected)
+        filters = []
+        for i, spec in enumerate(value):
+            ok = (isinstance(spec, list) and len(spec) == 2 and all(_is_int(v) for v in spec)
+                  and 1 <= spec[0] <= max_width and spec[1] >= 1)
+            if not ok:
+                raise self.bad(f"{key}[{i}]", spec, pair)
+            filters.append((int(spec[0]), int(spec[1])))
+        return filters
+
+
+def read_options(path: PathLike, *, component: str) -> ElmoOptions:
+    """Parse and check an ELMo options file; every error names `component` and the file."""
+    path = Path(path)
+    source = _Source(component, "options_file", path)
+    source.check_is_file()
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf8"))
-        lstm, cnn = raw["lstm"], raw["char_cnn"]
-        options = ElmoOptions(
-            lstm_dim=int(lstm["dim"]),
-            projection_dim=int(lstm["projection_dim"]),
-            n_layers=int(lstm["n_layers"]),
-            cell_clip=float(lstm["cell_clip"]),
-            proj_clip=float(lstm["proj_clip"]),
-            use_skip_connections=bool(lstm["use_skip_connections"]),
-            activation=str(cnn["activation"]),
-            char_dim=int(cnn["embedding"]["dim"]),
-            n_highway=int(cnn["n_highway"]),
-            filters=[(int(w), int(n)) for w, n in cnn["filters"]],
-            max_characters_per_token=int(cnn["max_characters_per_token"]),
-            raw=raw,
-        )
-    except (ValueError, KeyError, TypeError) as err:
-        raise ElmoFileError(f"[{COMPONENT}] options_file = {str(path)!r}: not ELMo options ({err!r})") from None
-    if options.activation not in ("relu", "tanh"):
-        raise ElmoFileError(f"[{COMPONENT}] options_file: char_cnn.activation = {options.activation!r}: "
-                            "expected 'relu' or 'tanh'")
-    if options.max_characters_per_token != 50:
-        raise ElmoFileError(f"[{COMPONENT}] options_file: max_characters_per_token = "
-                            f"{options.max_characters_per_token}: the released models use 50")
+        text = path.read_text(encoding="utf8")
+    except UnicodeDecodeError as err:
+        raise source.error(f"not ELMo options (not UTF-8 text: {err})") from None
+    except OSError as err:
+        raise source.error(f"cannot be read ({type(err).__name__}: {err})") from None
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise source.error(f"not ELMo options (not valid JSON: {err})") from None
+    opts = _Options(source, raw)
+    options = ElmoOptions(
+        lstm_dim=opts.integer("lstm.dim", 1),
+        projection_dim=opts.integer("lstm.projection_dim", 1),
+        n_layers=opts.integer("lstm.n_layers", 1),
+        cell_clip=opts.number("lstm.cell_clip", 0),
+        proj_clip=opts.number("lstm.proj_clip", 0),
+        use_skip_connections=opts.boolean("lstm.use_skip_connections"),
+        activation=opts.choice("char_cnn.activation", ACTIVATIONS),
+        char_dim=opts.integer("char_cnn.embedding.dim", 1),
+        n_highway=opts.integer("char_cnn.n_highway", 0),
+        # A "valid" convolution over the MAX_CHARS positions: wider filters have no output.
+        filters=opts.filters("char_cnn.filters", MAX_CHARS),
+        max_characters_per_token=opts.released("char_cnn.max_characters_per_token", MAX_CHARS,
+                                               "character ids are always 50 long"),
+        raw=raw,
+    )
+    # `n_characters` is optional (informational in the released files); when given it must agree
+    # with the character ids this package produces.
+    if "n_characters" in raw["char_cnn"]:
+        opts.released("char_cnn.n_characters", N_CHARACTERS,
+                      f"character ids 1..{N_CHARACTERS - 1} plus the padding id 0; "
+                      f"the weight file's char_embed has n_characters - 1 = {CHAR_EMBED_ROWS} rows")
     return options
 
 
 def expected_shapes(options: ElmoOptions) -> Dict[str, Tuple[int, ...]]:
-    """Every dataset the weight file must hold, with the shape the options imply."""
+    """Every dataset the weight file must hold (but `char_embed`), with the shape the options imply."""
     P, F, dim = options.projection_dim, options.n_filters, options.lstm_dim
     shapes: Dict[str, Tuple[int, ...]] = {}
     for i, (width, n) in enumerate(options.filters):
@@ -101,47 +245,76 @@ def lstm_prefix(direction: int, layer: int) -> str:
     return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
 
 
-def read_weights(path: Path, options: ElmoOptions) -> Dict[str, numpy.ndarray]:
-    """All datasets as float32 arrays, `char_embed` with its zero padding row prepended."""
+def read_weights(path: PathLike, options: ElmoOptions, *, component: str) -> Dict[str, numpy.ndarray]:
+    """All datasets as float32 arrays, `char_embed` with its zero padding row prepended.
+
+    Checks, in this order, reporting the first problem: the file opens as HDF5; every dataset
+    is present with the shape the options imply (`char_embed`: exactly
+    (n_characters - 1, char_dim)) and a real numeric type; every value is finite (in float32).
+    Datasets the options do not ask for are ignored: released files may carry extras.
+    """
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise ElmoFileError(f"[{COMPONENT}] weight_file = {str(path)!r}: no such file")
+    source = _Source(component, "weight_file", path)
+    source.check_is_file()
+    shapes: Dict[str, Tuple[int, ...]] = {"char_embed": (CHAR_EMBED_ROWS, options.char_dim)}
+    shapes.update(expected_shapes(options))
+    weights: Dict[str, numpy.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
             if "char_embed" not in f:
-                raise ElmoFileError(
-                    f"[{COMPONENT}] weight_file = {str(path)!r}: not an ELMo weight file "
-                    "(dataset 'char_embed' is missing)"
-                )
-            weights = {"char_embed": _read(f, "char_embed", None, options.char_dim)}
-            for name, shape in expected_shapes(options).items():
-                weights[name] = _read(f, name, shape)
+                raise source.error("not an ELMo weight file (dataset 'char_embed' is missing)")
+            # Structure first (metadata only, cheap), then the values.
+            for name, shape in shapes.items():
+                _check_dataset(source, f, name, shape)
+            for name in shapes:
+                weights[name] = _read_finite(source, f[name], name)
     except ElmoFileError:
         raise
     except Exception as err:  # h5py raises OSError/KeyError/... for damaged files
-        raise ElmoFileError(
-            f"[{COMPONENT}] weight_file = {str(path)!r}: cannot be read as HDF5 ({type(err).__name__}: {err})"
-        ) from None
+        raise source.error(f"cannot be read as HDF5 ({type(err).__name__}: {err})") from None
     padding_row = numpy.zeros((1, options.char_dim), dtype="float32")
     weights["char_embed"] = numpy.concatenate([padding_row, weights["char_embed"]])
     return weights
 
 
-def _read(f, name: str, shape, char_dim: int = 0) -> numpy.ndarray:
+def _check_dataset(source: _Source, f: Any, name: str, shape: Tuple[int, ...]) -> None:
+    import h5py
+
     if name not in f:
-        raise ElmoFileError(f"[{COMPONENT}] weight_file: dataset {name!r} is missing (expected shape {shape})")
-    found = tuple(f[name].shape)
-    if shape is None:  # char_embed: any number of rows, char_dim columns
-        if len(found) != 2 or found[1] != char_dim:
-            raise ElmoFileError(f"[{COMPONENT}] weight_file: dataset 'char_embed' has shape {found}, "
-                                f"expected (n_chars, {char_dim}) from the options")
-    elif found != shape:
-        raise ElmoFileError(
-            f"[{COMPONENT}] weight_file: dataset {name!r} has shape {found}, expected {shape} from the options"
-        )
-    return numpy.asarray(f[name][...], dtype="float32")
+        raise source.error(f"dataset {name!r} is missing (expected shape {shape})")
+    item = f[name]
+    if not isinstance(item, h5py.Dataset):
+        raise source.error(f"{name!r} is a {type(item).__name__}, expected a dataset of shape {shape}")
+    found = tuple(item.shape) if item.shape is not None else None
+    if found != shape:
+        detail = f"dataset {name!r} has shape {found}, expected {shape} from the options"
+        if name == "char_embed":
+            detail += (f" ({CHAR_EMBED_ROWS} = n_characters - 1 rows, one per character id 1..{CHAR_EMBED_ROWS}; "
+                       "the padding row 0 is added on load; char_cnn.embedding.dim columns)")
+        raise source.error(detail)
+    if item.dtype.kind not in "fiu":
+        raise source.error(f"dataset {name!r} has dtype {item.dtype}, "
+                           "expected real numbers (float32 in the released files)")
+
+
+def _read_finite(source: _Source, dataset: Any, name: str) -> numpy.ndarray:
+    try:
+        stored = dataset[...]
+    except Exception as err:
+        raise source.error(f"dataset {name!r} cannot be read as HDF5, the file may be truncated or damaged "
+                           f"({type(err).__name__}: {err})") from None
+    with numpy.errstate(over="ignore"):  # float64 values beyond float32 become inf: reported below
+        array = numpy.asarray(stored, dtype="float32")
+    bad = ~numpy.isfinite(array)
+    if bad.any():
+        first = tuple(int(i) for i in numpy.argwhere(bad)[0])
+        value = stored[first]
+        overflow = " (does not fit in float32)" if numpy.isfinite(value) else ""
+        raise source.error(f"dataset {name!r} holds {int(bad.sum())} non-finite value(s), the first "
+                           f"{float(value)!r}{overflow} at index {first}: expected finite numbers")
+    return array
 
 
 def write_files(directory: Path, options: ElmoOptions, weights: Dict[str, numpy.ndarray]) -> None:

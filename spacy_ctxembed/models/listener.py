@@ -1,17 +1,30 @@
-"""`spacy-ctxembed.ContextualListener.v1`: contextual features for any spaCy component.
+"""Contextual features for any spaCy component (tagger, parser, ner, textcat, ...).
 
-A tok2vec-compatible architecture (docs in, one vector per token out) for
-`tagger`, `parser`, `ner`, `morphologizer`, `textcat`, ... It reads the layers
-that an upstream `ctxembed_bert` / `ctxembed_elmo` / `ctxembed_from_trf`
-component stored on the docs (`store_layers = true`), learns its own scalar mix
-of them (ELMo eq. 1: each task gets its own weights and gamma), optionally
-concatenates spaCy's `MultiHashEmbed` features, and projects to `width`.
+`spacy-ctxembed.ContextualListener.v2` listens to an upstream ctxembed
+component through spaCy's listener mechanism, as `Tok2VecListener` and
+spacy-transformers' `TransformerListener` do:
 
-The upstream embedder is frozen: in training it is listed in both
-`frozen_components` and `annotating_components`, so it annotates the docs and is
-never updated.
+- when the upstream is trained, its `update` sends this batch's outputs and a
+  backprop callback (`receive`); the gradient flows back into the upstream
+  (scaled by `grad_factor`), and through it into the encoder;
+- when the upstream is frozen (listed in `frozen_components` and
+  `annotating_components`), or outside training, the listener reads the
+  outputs the upstream stored on each doc (`doc._.ctx_outputs[upstream]`).
+
+By default the listener mixes the upstream's layers with its own scalar mix
+(ELMo eq. 1: each task its own weights and gamma); with `mix_layers = false`
+it takes the upstream's combined vectors instead. It then optionally
+concatenates static features (`embed`, e.g. MultiHashEmbed) and projects to
+`width`. Layer counts and widths come from the upstream at `initialize`.
+
+`spacy-ctxembed.ContextualTok2Vec.v2` is the same head over a private copy
+of an embedder: what `nlp.replace_listeners` puts in a listener's place.
+
+`spacy-ctxembed.ContextualListener.v1` (released) reads `doc._.ctx_layers`
+with its widths given in the config, and never trains the upstream.
 """
-from typing import List, Optional
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -20,21 +33,197 @@ from thinc.types import Floats2d
 
 from ..layers.read_ctx_layers import read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
+from ..outputs import get_outputs
+from ..types import EmbedderModel
+
+LISTENER = "ctxembed-listener"
+
+
+class ContextualListenerNode(Model):
+    """The layer that gets its input from an upstream ctxembed component."""
+
+    name = LISTENER
+
+    def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
+        Model.__init__(self, name=LISTENER, forward=listener_forward, dims={"nL": None, "nO": None})
+        self.upstream_name = upstream_name
+        self.mix_layers = mix_layers
+        self.grad_factor = grad_factor
+        self._batch_id: Optional[int] = None
+        self._outputs: Optional[list] = None
+        self._backprop: Optional[Callable] = None
+        self._upstream: Optional[str] = None
+        # Components that added this listener: name -> the component (weakly).
+        self._claims: Dict[str, Any] = {}
+
+    @property
+    def kind(self) -> str:
+        return "layers" if self.mix_layers else "vectors"
+
+    @classmethod
+    def get_batch_id(cls, docs: List[Doc]) -> int:
+        return sum(sum(token.orth for token in doc) for doc in docs)
+
+    def claim(self, component: Any) -> None:
+        self._claims[component.name] = weakref.ref(component)
+
+    def source_name(self) -> Optional[str]:
+        """The upstream component's name: the one named, or the one "*" matched."""
+        if self.upstream_name != "*":
+            return self.upstream_name
+        live = sorted(
+            name for name, ref in self._claims.items()
+            if ref() is not None and ref().name == name and self in ref().listeners
+        )
+        if len(live) > 1:
+            raise ValueError(
+                f"ContextualListener upstream = '*' matches several ctxembed components ({', '.join(live)}): "
+                "set upstream to the name of one of them"
+            )
+        return live[0] if live else None
+
+    def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
+        if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
+            raise ValueError(
+                f"ContextualListener upstream = {self.upstream_name!r} receives from both "
+                f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
+            )
+        self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
+
+    def verify_inputs(self, docs: List[Doc]) -> None:
+        batch_id = self.get_batch_id(docs)
+        if batch_id != self._batch_id:
+            raise ValueError(f"ContextualListener: mismatched batch ({batch_id} vs {self._batch_id}): the "
+                             f"upstream {self._upstream!r} ran on other docs than this component")
+
+    def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
+        backprop = self._backprop
+        self._batch_id, self._outputs, self._backprop = None, None, None
+        if backprop is None:
+            return []
+        if self.grad_factor != 1.0:
+            d_outputs = [d * self.grad_factor for d in d_outputs]
+        return backprop(d_outputs)
+
+
+def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: bool) -> Tuple[list, Callable]:
+    if is_train and model._batch_id is not None:
+        model.verify_inputs(docs)
+        return list(model._outputs or []), model.backprop_and_clear
+    # The upstream is frozen (and annotating), or this is prediction: the
+    # outputs are on the docs, and the gradient stops here.
+    name = model.source_name()
+    outputs = []
+    for doc in docs:
+        found = _doc_outputs(doc, name)
+        value = None if found is None else found.get(model.kind)
+        if value is None:
+            if is_train:
+                raise ValueError(
+                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}. "
+                    "In training, a frozen ctxembed component must also be listed in "
+                    "[training] annotating_components"
+                )
+            # Outside training, as spaCy's Tok2VecListener does: zeros of the
+            # right shape (spaCy initialises downstream components on docs the
+            # upstream has not annotated).
+            value = _zeros(model, len(doc))
+        outputs.append(model.ops.asarray(value))
+    return outputs, lambda d_outputs: []
+
+
+def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
+    outputs = get_outputs(doc) if Doc.has_extension("ctx_outputs") else {}
+    if name is not None:
+        return outputs.get(name)
+    return next(iter(outputs.values())) if len(outputs) == 1 else None
+
+
+def _zeros(model: ContextualListenerNode, n_tokens: int):
+    if model.mix_layers:
+        return model.ops.alloc3f(model.get_dim("nL"), n_tokens, model.get_dim("nO"))
+    return model.ops.alloc2f(n_tokens, model.get_dim("nO"))
+
+
+@registry.architectures("spacy-ctxembed.ContextualListener.v2")
+def ContextualListener(
+    *,
+    width: int,
+    upstream: str = "*",
+    mix_layers: bool = True,
+    grad_factor: float = 1.0,
+    embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
+) -> Model[List[Doc], List[Floats2d]]:
+    """Listen to a ctxembed component: own scalar mix (+ static features) -> `width`.
+
+    upstream: the ctxembed component's name; "*" for the only one.
+    mix_layers: learn a scalar mix of the upstream's layers (true), or take
+        its combined vectors (false; trains the upstream's own combiner).
+    grad_factor: scales the gradient sent to the upstream (0: do not train it
+        from this task).
+    embed: e.g. `spacy.MultiHashEmbed.v2`, concatenated before the projection.
+    """
+    node = ContextualListenerNode(upstream, mix_layers=mix_layers, grad_factor=grad_factor)
+    return _head(node, width=width, mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
+
+
+@registry.architectures("spacy-ctxembed.ContextualTok2Vec.v2")
+def ContextualTok2Vec(
+    *,
+    embedder: EmbedderModel,
+    width: int,
+    mix_layers: bool = True,
+    grad_factor: float = 1.0,
+    embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
+) -> Model[List[Doc], List[Floats2d]]:
+    """The listener's head over a private embedder (what `replace_listeners` makes)."""
+    source = embedder.layers[0] if mix_layers else embedder  # the encoder
+    return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
+                 name="contextual_listener_v2")
+
+
+def scale_gradient(layer: Model, factor: float) -> Model:
+    """`layer`, with the gradient it passes back scaled by `factor`."""
+
+    def forward(model: Model, X, is_train: bool):
+        Y, backprop = layer(X, is_train)
+
+        def scaled(dY):
+            return backprop([d * factor for d in dY] if factor != 1.0 else dY)
+
+        return Y, scaled
+
+    return Model("ctxembed-grad-factor", forward, layers=[layer], attrs={"grad_factor": factor},
+                 init=lambda model, X=None, Y=None: layer.initialize(X=X))
+
+
+def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model], name: str) -> Model:
+    mixed: Model = chain(source, ScalarMix()) if mix_layers else source
+    features = mixed if embed is None else concatenate(mixed, embed)
+    inner: Model = chain(features, with_array(Linear(nO=width)))
+    return Model(name, _delegate, init=_init_inner, layers=[inner], dims={"nO": width})
+
+
+def _delegate(model: Model, docs: List[Doc], is_train: bool):
+    return model.layers[0](docs, is_train)
+
+
+def _init_inner(model: Model, X=None, Y=None) -> None:
+    model.layers[0].initialize(X=X)
 
 
 @registry.architectures("spacy-ctxembed.ContextualListener.v1")
-def ContextualListener(
+def ContextualListenerV1(
     *,
     width: int,
     n_layers: int,
     upstream_width: int,
     embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
 ) -> Model[List[Doc], List[Floats2d]]:
-    """Learned layer mix (+ optional static features) -> projection to `width`.
+    """Learned layer mix (+ optional static features) -> projection to `width` (released v1).
 
     n_layers: how many layers the upstream stores (len of its `layers` setting).
-    upstream_width: the width of each upstream layer (384 for all-MiniLM-L6-v2,
-        1024 for the full-size ELMo).
+    upstream_width: the width of each upstream layer.
     embed: e.g. `spacy.MultiHashEmbed.v2`, concatenated to the mix.
     """
     mix: Model[List[Doc], List[Floats2d]] = chain(
@@ -43,11 +232,7 @@ def ContextualListener(
     features = mix if embed is None else concatenate(mix, embed)
     n_in = upstream_width + (_output_width(embed) if embed is not None else 0)
     inner: Model[List[Doc], List[Floats2d]] = chain(features, with_array(Linear(nO=width, nI=n_in)))
-    return Model("contextual_listener", forward, init=init, layers=[inner], dims={"nO": width})
-
-
-def forward(model: Model, docs: List[Doc], is_train: bool):
-    return model.layers[0](docs, is_train)
+    return Model("contextual_listener", _delegate, init=_init_v1, layers=[inner], dims={"nO": width})
 
 
 def _output_width(model: Model) -> int:
@@ -63,7 +248,7 @@ def _output_width(model: Model) -> int:
     raise ValueError(f"cannot tell the output width of {model.name!r}: give it an nO")
 
 
-def init(model: Model, X=None, Y=None) -> None:
+def _init_v1(model: Model, X=None, Y=None) -> None:
     # spaCy initialises downstream components on docs the upstream has not
     # annotated yet, so every dim comes from the config, not from X.
     model.layers[0].initialize()

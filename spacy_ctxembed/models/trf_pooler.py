@@ -1,58 +1,89 @@
-"""`spacy-ctxembed.TrfPooler.v1`: pool an upstream spacy-transformers output.
+"""`spacy-ctxembed.TrfEncoder.v2`: pool an upstream spacy-transformers output.
 
 Reads `doc._.trf_data` (written by spacy-transformers' `transformer`
 component) and pools its wordpiece states to tokens through its own
-alignment, `trf_data.align`, without running the transformer again.
+alignment, `trf_data.align`, without running the transformer again. The
+transformer belongs to the upstream component, so the gradient stops here.
 """
-from typing import List, Optional, cast
+from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
 
 from ..alignment import PieceAlignment
-from ..errors import bad_setting
+from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
-from ..settings import normalize_layers
-from ..types import DocLayers, EmbedderModel
+from ..settings import check_layers, normalize_layers
+from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
+MISSING_TRF = (
+    "ctxembed_from_trf needs spacy-transformers: pip install 'spacy-ctxembed[trf]' "
+    "(or pip install spacy-transformers)"
+)
 
 
-@registry.architectures("spacy-ctxembed.TrfPooler.v1")
-def TrfPooler() -> EmbedderModel:
-    return Model("ctxembed-trf-pooler", forward, attrs={"layers": (-1,), "pooling": "mean", "source_dir": None})
+@registry.architectures("spacy-ctxembed.TrfEncoder.v2")
+def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> EncoderModel:
+    """The upstream transformer's selected layers, pooled to tokens."""
+    settings = {"layers": list(layers), "pooling": pooling}
+    return Model(
+        "ctxembed-trf-encoder",
+        forward,
+        init=init,
+        dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
+        attrs={"validate": lambda: check_settings(settings), "settings": settings},
+    )
 
 
-def forward(model: EmbedderModel, docs: List[Doc], is_train: bool):
-    outputs = [_pool_doc(model, doc) for doc in docs]
+def check_settings(settings: dict) -> None:
+    check_layers(COMPONENT, settings["layers"])
+    check_choice(COMPONENT, "pooling", settings["pooling"], POOLING_MODES)
+
+
+def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
+    check_settings(model.attrs["settings"])
+
+
+def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
+    # Empty docs carry no transformer output: they need only the width,
+    # taken from the batch's other docs or from what the upstream said.
+    pooled = [None if len(doc) == 0 else _pool_doc(model, doc) for doc in docs]
+    widths = {p.shape[2] for p in pooled if p is not None}
+    width = widths.pop() if widths else (model.get_dim("nO") if model.has_dim("nO") else 0)
+    n_layers = len(model.attrs["settings"]["layers"])
+    outputs = [model.ops.alloc3f(n_layers, 0, width) if p is None else p for p in pooled]
     return outputs, lambda d_outputs: []
 
 
-def _pool_doc(model: EmbedderModel, doc: Doc) -> DocLayers:
-    if not Doc.has_extension("trf_data") or doc._.trf_data is None:
+def _pool_doc(model: EncoderModel, doc: Doc) -> DocLayers:
+    trf_data = doc._.get("trf_data") if Doc.has_extension("trf_data") else None
+    if trf_data is None:
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data is missing: add a spacy-transformers "
             "'transformer' component before this one in the pipeline"
         )
-    trf_data = doc._.trf_data
-    output = trf_data.model_output
-    states = _select_layers(model.attrs["layers"], output)
-    n_layers = len(states)
-    if states[0].size == 0:
-        width = states[0].shape[-1] if states[0].ndim == 3 else 0
-        return model.ops.alloc3f(n_layers, len(doc), width)
+    settings = model.attrs["settings"]
+    states = _select_layers(settings["layers"], trf_data.model_output)
     width = states[0].shape[-1]
+    if states[0].size == 0:
+        return model.ops.alloc3f(len(states), len(doc), width)
     # (n_spans, span_len, width) per layer -> (n_pieces, n_layers, width)
     flat = model.ops.xp.stack([s.reshape(-1, width) for s in states], axis=1)
     alignment = PieceAlignment.from_lengths(
         model.ops.to_numpy(trf_data.align.dataXd), model.ops.to_numpy(trf_data.align.lengths), flat.shape[0]
     )
-    pooled = pool_pieces(xp2torch(flat), alignment, model.attrs["pooling"])
+    if alignment.n_tokens != len(doc):
+        raise ValueError(
+            f"[{COMPONENT}] doc._.trf_data aligns {alignment.n_tokens} tokens but the doc has {len(doc)}: "
+            "the doc was retokenized after the transformer ran; run ctxembed_from_trf before any retokenizer"
+        )
+    pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _select_layers(layers, output) -> list:
+def _select_layers(layers: List[int], output) -> list:
     hidden_states: Optional[tuple] = output.get("hidden_states") if hasattr(output, "get") else None
     if hidden_states:
         return [hidden_states[i] for i in normalize_layers(COMPONENT, layers, len(hidden_states))]
@@ -65,4 +96,3 @@ def _select_layers(layers, output) -> list:
             "output_hidden_states = true in its [model.transformer_config] block",
         )
     return [output.last_hidden_state]
-

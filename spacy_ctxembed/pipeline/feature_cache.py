@@ -1,18 +1,24 @@
-"""A bounded cache of per-doc layer stacks, for training on a frozen embedder.
+"""A bounded cache of per-doc layer stacks, for training on a frozen encoder.
 
 Every epoch a frozen, annotating embedder would recompute the same layers for
 the same training docs. With `cache_mb > 0` the component keeps them in an
-in-memory LRU bounded in bytes. Entries are keyed by the doc's content (text
-and token boundaries) and the embedder's identity (its settings and a
-fingerprint of its weights), so a changed model or changed settings can never
-hit a stale entry.
+in-memory LRU bounded in bytes. The cache holds host (numpy) arrays, counted
+by their host bytes; a hit is moved to the current device when used, so a
+GPU cache never holds GPU memory.
+
+Entries are keyed by everything the output depends on: the doc's text, its
+token boundaries and its sentence boundaries (ELMo embeds each sentence on
+its own), and the encoder's identity (every setting and a fingerprint of its
+weights), so a changed model or setting can never hit a stale entry.
 """
 import hashlib
 import json
+import threading
 from collections import OrderedDict
-from typing import Hashable, Optional
+from typing import Hashable, Optional, cast
 
 import numpy
+from spacy.attrs import IDX, LENGTH, SENT_START
 from spacy.tokens import Doc
 from thinc.api import Model
 
@@ -20,12 +26,13 @@ from ..types import DocLayers
 
 
 class FeatureCache:
-    """LRU map from keys to arrays, holding at most `max_bytes` of array data."""
+    """LRU map from keys to host arrays, holding at most `max_bytes` of array data."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._entries: OrderedDict[Hashable, DocLayers] = OrderedDict()
+        self._entries: OrderedDict[Hashable, numpy.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -33,42 +40,63 @@ class FeatureCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
-    def get(self, key: Hashable) -> Optional[DocLayers]:
-        """A copy of the cached array (callers may modify it), or None."""
-        value = self._entries.get(key)
-        if value is None:
-            return None
-        self._entries.move_to_end(key)
-        return value.copy()
+    def get(self, key: Hashable) -> Optional[numpy.ndarray]:
+        """A copy of the cached host array (callers may modify it), or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                return None
+            self._entries.move_to_end(key)
+            return value.copy()
 
-    def put(self, key: Hashable, value: DocLayers) -> None:
-        if value.nbytes > self.max_bytes or key in self._entries:
-            return
-        self._entries[key] = value.copy()
-        self.nbytes += value.nbytes
-        while self.nbytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.nbytes -= evicted.nbytes
+    def put(self, key: Hashable, value: numpy.ndarray) -> None:
+        """Keep a host copy of `value` (numpy)."""
+        if not isinstance(value, numpy.ndarray):
+            raise TypeError(f"the feature cache holds host arrays, got {type(value).__name__}")
+        with self._lock:
+            if value.nbytes > self.max_bytes or key in self._entries:
+                return
+            self._entries[key] = value.copy()
+            self.nbytes += value.nbytes
+            while self.nbytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self.nbytes -= evicted.nbytes
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
+        with self._lock:
+            self._entries.clear()
+            self.nbytes = 0
 
 
 def doc_key(doc: Doc) -> bytes:
-    """What the embedder sees of a doc: its text and where its tokens are."""
+    """What an encoder sees of a doc: its text, its tokens and its sentence boundaries."""
     digest = hashlib.blake2b(doc.text.encode("utf8"), digest_size=16)
-    bounds = numpy.fromiter((i for t in doc for i in (t.idx, len(t))), dtype="int64", count=2 * len(doc))
-    digest.update(bounds.tobytes())
+    if len(doc):
+        digest.update(numpy.ascontiguousarray(doc.to_array([IDX, LENGTH, SENT_START]), dtype="int64").tobytes())
     return digest.digest()
 
 
-def model_identity(model: Model) -> str:
-    """The embedder's settings plus a fingerprint of its weights."""
-    settings = {k: v for k, v in model.attrs.items() if k != "source_dir"}
-    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True, default=str).encode("utf8"), digest_size=16)
-    for shim in model.shims:
-        for name, tensor in sorted(shim._model.state_dict().items()):
-            digest.update(name.encode("utf8"))
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+def encoder_identity(encoder: Model) -> str:
+    """Every setting of the encoder plus a fingerprint of its weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    for node in encoder.walk():
+        digest.update(node.name.encode("utf8"))
+        for shim in node.shims:
+            settings = getattr(shim, "settings", {})
+            digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf8"))
+            module = shim._model
+            if module is None:
+                continue
+            for name, tensor in sorted(module.state_dict().items()):
+                digest.update(name.encode("utf8"))
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        settings = node.attrs.get("settings")
+        if settings is not None:
+            digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf8"))
     return digest.hexdigest()
+
+
+def to_host(layers: DocLayers) -> numpy.ndarray:
+    if isinstance(layers, numpy.ndarray):
+        return layers
+    return cast(numpy.ndarray, layers.get())  # cupy

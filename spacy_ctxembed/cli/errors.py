@@ -1,0 +1,127 @@
+"""How CLI commands fail: one short line on stderr, a traceback only with --verbose.
+
+This is the CLI boundary: the library raises what it raises (`ValueError`s whose
+message starts with ``[component]``, spaCy's ``OSError`` for a missing pipeline,
+config validation errors from confection/thinc); only here are they turned into
+``error: <what is wrong>`` and an exit code:
+
+* 2: a usage or input error (bad option, unreadable input, output in the way,
+  a pipeline or config that cannot be built),
+* 1: a failure while running,
+* 130: interrupted (Ctrl-C).
+"""
+import functools
+import inspect
+import re
+import sys
+import traceback
+from typing import Any, Callable, Optional
+
+import typer
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+EXIT_INTERRUPTED = 130
+MAX_MESSAGE = 400
+#: "[ctxembed_bert] pooling = ...", "[E050] Can't find model ...": not "[Errno 28] ..."
+TAGGED = re.compile(r"\[[A-Za-z_][\w.\-]*\]")
+
+
+class CliError(Exception):
+    """An error the CLI reports as one line, with its exit code."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class UsageError(CliError):
+    """A bad option value, input or output path: nothing was run."""
+
+    exit_code = EXIT_USAGE
+
+
+class PipelineError(CliError):
+    """The pipeline (--model, --config, the default) could not be built."""
+
+    exit_code = EXIT_USAGE
+
+
+def short_message(exc: BaseException) -> str:
+    """The first line of what `exc` says, config validation errors condensed to one line."""
+    errors = getattr(exc, "errors", None)
+    title = getattr(exc, "title", None)
+    if isinstance(errors, (list, tuple)) and errors and all(isinstance(e, dict) for e in errors):
+        parts = []
+        for err in errors[:3]:
+            loc = " -> ".join(str(part) for part in err.get("loc", ()))
+            parts.append(f"{loc}: {err.get('msg', '')}" if loc else str(err.get("msg", "")))
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        message = f"{title}: " if title else ""
+        message += "; ".join(parts) + more
+    else:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        message = lines[0] if lines else ""
+        if not isinstance(exc, CliError):
+            message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return message
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, CliError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    # Library setting errors ("[component] setting = value: expected ...") and
+    # spaCy's coded errors ("[E050] Can't find model ...") are about what the user asked for.
+    if isinstance(exc, (ValueError, OSError)) and TAGGED.match(str(exc).lstrip()):
+        return EXIT_USAGE
+    if isinstance(getattr(exc, "errors", None), (list, tuple)) and isinstance(exc, ValueError):
+        return EXIT_USAGE
+    return EXIT_RUNTIME
+
+
+def report(exc: BaseException, verbose: bool) -> int:
+    """Print `exc` for the user (a traceback first if `verbose`); return the exit code."""
+    code = exit_code(exc)
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        message = "interrupted"
+    else:
+        message = short_message(exc)
+    hint = "" if verbose or isinstance(exc, (CliError, KeyboardInterrupt)) else " (--verbose shows the traceback)"
+    typer.echo(f"error: {message}{hint}", err=True)
+    return code
+
+
+VERBOSE = inspect.Parameter(
+    "verbose",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=typer.Option(False, "--verbose", "-v", help="On error, show the full traceback"),
+    annotation=bool,
+)
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a typer command so that errors print one line (see module docstring).
+
+    A command without a `verbose` parameter gets a `--verbose` option.
+    """
+    signature = inspect.signature(command)
+    own_verbose = "verbose" in signature.parameters
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose: Optional[bool] = kwargs.get("verbose") if own_verbose else kwargs.pop("verbose", False)
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own: usage errors, explicit exits
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: B902 - the CLI boundary
+            raise typer.Exit(report(exc, bool(verbose))) from None
+
+    if not own_verbose:
+        params = list(signature.parameters.values()) + [VERBOSE]
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper

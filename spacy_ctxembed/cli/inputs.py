@@ -1,0 +1,184 @@
+"""`embed`'s input, opened and checked before the model loads.
+
+A text input (a path, or '-' for stdin) is split into lines on "\\n" only; a
+trailing "\\r" (CRLF files) is dropped and a UTF-8 byte order mark at the very
+start is dropped. Every other character, form feed, "\\x85" and "\\u2028"
+included, stays inside its line. Lines are numbered from 1; a line that is
+empty after `str.strip()` is blank: it is skipped, but still counted, so every
+doc keeps the number of the line it came from. stdin is copied to an anonymous
+temporary file first, so that it is checked (and counted for the progress bar)
+exactly like a path.
+
+A ``.spacy`` DocBin input is loaded whole (it holds token data, not vectors: a
+small fraction of the output); its docs are numbered from 1 in the same way
+and docs whose text is blank are skipped.
+"""
+import hashlib
+import os
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator, Optional, Tuple, Union
+
+from spacy.tokens import Doc, DocBin
+from spacy.vocab import Vocab
+
+from .errors import CliError, UsageError
+
+BOM = b"\xef\xbb\xbf"
+CHUNK = 1 << 20
+
+
+@dataclass
+class Input:
+    """What `embed` reads: checked, counted and hashed (to recognise it on --resume)."""
+
+    label: str  # the path as given, or "<stdin>"
+    kind: str  # "text" or "docbin"
+    sha256: str
+    n_records: int  # lines (text) or docs (DocBin)
+    n_docs: int  # the records that are not blank
+    path: Optional[Path] = None  # the resolved path (None for stdin)
+    spool: Optional[IO[bytes]] = None  # stdin's copy
+    doc_bin: Optional[DocBin] = field(default=None, repr=False)
+
+    @property
+    def n_blank(self) -> int:
+        return self.n_records - self.n_docs
+
+    def records(self, vocab: Vocab, after: int = 0) -> Iterator[Tuple[Union[str, Doc], int]]:
+        """(text or doc, line number) for each non-blank record numbered above `after`."""
+        if self.kind == "docbin":
+            assert self.doc_bin is not None
+            for number, doc in enumerate(self.doc_bin.get_docs(vocab), start=1):
+                if number > after and doc.text.strip():
+                    yield doc, number
+            return
+        digest = hashlib.sha256()
+        offset = 0
+        with self._open() as f:
+            for number, raw in enumerate(f, start=1):
+                digest.update(raw)
+                if number > after:
+                    text = _decode(raw, number, offset, self.label)
+                    if text.strip():
+                        yield text, number
+                offset += len(raw)
+        if digest.hexdigest() != self.sha256:
+            raise CliError(f"INPUT {self.label} changed while it was being embedded; the output was not finished")
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+    def _open(self) -> IO[bytes]:
+        if self.spool is not None:
+            self.spool.seek(0)
+            return _Unclosing(self.spool)  # type: ignore[return-value]
+        assert self.path is not None
+        return self.path.open("rb")
+
+
+class _Unclosing:
+    """Iterate a file in a `with` block without closing it (stdin's spool is reread on --resume)."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+
+    def __enter__(self) -> IO[bytes]:
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def open_input(input_path: str) -> Input:
+    """Check and scan INPUT; raise `UsageError` with one line saying what is wrong."""
+    if input_path == "-":
+        return _scan_text(_spool_stdin(), "<stdin>", path=None)
+    path = Path(input_path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"INPUT {input_path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"INPUT {input_path}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"INPUT {input_path} is a directory; expected a text file (one doc per line) or a .spacy DocBin")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"INPUT {input_path} is not a regular file; to read a pipe or a device, use '-' (stdin)")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"INPUT {input_path}: permission denied")
+    if path.suffix == ".spacy":
+        return _scan_docbin(path, input_path)
+    with path.open("rb") as f:
+        return _scan_text(f, input_path, path=path.resolve())
+
+
+def _spool_stdin() -> IO[bytes]:
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    spool = tempfile.TemporaryFile(prefix="ctxembed-stdin-")
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            break
+        if isinstance(chunk, str):  # a text-only stdin (some test harnesses)
+            chunk = chunk.encode("utf8")
+        spool.write(chunk)
+    spool.seek(0)
+    return spool
+
+
+def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
+    digest = hashlib.sha256()
+    n_lines = n_docs = offset = 0
+    for n_lines, raw in enumerate(f, start=1):  # noqa: B007 - n_lines is the count afterwards
+        digest.update(raw)
+        if _decode(raw, n_lines, offset, label).strip():
+            n_docs += 1
+        offset += len(raw)
+    spool = f if path is None else None
+    if n_docs == 0:
+        if spool is not None:
+            spool.close()
+        what = "is empty" if n_lines == 0 else f"has only blank lines ({n_lines})"
+        raise UsageError(f"INPUT {label} {what}: nothing to embed")
+    return Input(label, "text", digest.hexdigest(), n_lines, n_docs, path=path, spool=spool)
+
+
+def _decode(raw: bytes, number: int, offset: int, label: str) -> str:
+    """The text of one raw line (without "\\n", a final "\\r" and, on line 1, a BOM)."""
+    start = 0
+    if number == 1 and raw.startswith(BOM):
+        start = len(BOM)
+    end = len(raw)
+    if raw.endswith(b"\n"):
+        end -= 1
+    if end > start and raw[end - 1 : end] == b"\r":
+        end -= 1
+    try:
+        return raw[start:end].decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = offset + start + e.start
+        raise UsageError(
+            f"INPUT {label} is not UTF-8: line {number}, byte offset {bad} (0x{raw[start + e.start]:02x}); "
+            "re-encode it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def _scan_docbin(path: Path, label: str) -> Input:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+        doc_bin = DocBin(store_user_data=True).from_disk(path)
+        n_docs = sum(1 for doc in doc_bin.get_docs(Vocab()) if doc.text.strip())
+    except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
+        what = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"INPUT {label} is not a readable .spacy DocBin ({type(e).__name__}: {what})") from None
+    if n_docs == 0:
+        raise UsageError(f"INPUT {label} has no docs with text ({len(doc_bin)} docs): nothing to embed")
+    return Input(label, "docbin", digest.hexdigest(), len(doc_bin), n_docs, path=path.resolve(), doc_bin=doc_bin)

@@ -1,0 +1,580 @@
+"""`embed`'s output directory: written as it goes, complete only when it appears.
+
+OUTPUT is always a directory. While a run works, everything goes into a hidden
+sibling, ``.<name>.partial/`` next to OUTPUT; when the last doc is written, a
+``manifest.json`` is added and the directory is renamed to OUTPUT
+(`os.replace`). So OUTPUT exists only when complete, and a directory with a
+``manifest.json`` is a finished run.
+
+``--format docbin``::
+
+    OUTPUT/manifest.json
+    OUTPUT/shard-000000.spacy     # DocBin, --shard-size docs, vectors in user data,
+    OUTPUT/shard-000001.spacy     # doc.user_data["line"]: the input line number
+    ...
+
+``--format npy``::
+
+    OUTPUT/manifest.json
+    OUTPUT/vectors.npy            # float32 (n_tokens, width), docs one after another
+    OUTPUT/docs.jsonl             # per doc: line, text, tokens, start, end (rows)
+
+While running, the partial directory also holds ``run.json`` (what the run is:
+input checksum, model, format) and ``ledger.jsonl`` (one line per committed
+shard: the input lines it covers). A shard is committed when its file is
+complete under its final name (written to a temporary name, then renamed) and
+its ledger line is written; `--resume` keeps the committed shards and carries
+on after the last committed input line.
+"""
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy
+from spacy.tokens import Doc, DocBin
+from spacy.vocab import Vocab
+
+from .errors import CliError, UsageError
+
+LAYOUT = "spacy-ctxembed/embed"
+LAYOUT_VERSION = 1
+MANIFEST = "manifest.json"
+RUN = "run.json"
+LEDGER = "ledger.jsonl"
+LOCK = ".lock"
+VECTORS = "vectors.npy"
+DOCS = "docs.jsonl"
+SHARD = "shard-{:06d}.spacy"
+NPY_HEADER_SIZE = 128  # a fixed-size .npy v1.0 header, rewritten in place when the shape is known
+LINE_KEY = "line"  # doc.user_data[LINE_KEY]: the doc's 1-based input line number
+
+
+# ---------------------------------------------------------------------------
+# Moving arrays to the host
+
+
+def to_host(value: Any) -> Any:
+    """`value` with every GPU array in it (dicts, lists, tuples, nested) copied to numpy.
+
+    Dicts are updated in place. An array on the GPU is anything with a
+    ``__cuda_array_interface__`` (cupy: ``.get()``; torch: ``.cpu()``).
+    """
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = to_host(value[key])
+        return value
+    if isinstance(value, list):
+        return [to_host(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(to_host(v) for v in value)
+    if isinstance(value, numpy.ndarray) or not hasattr(value, "__cuda_array_interface__"):
+        return value
+    if callable(getattr(value, "get", None)):  # cupy
+        return value.get()
+    if callable(getattr(value, "cpu", None)):  # torch
+        return value.detach().cpu().numpy()
+    import cupy
+
+    return cupy.asnumpy(value)
+
+
+def doc_to_host(doc: Doc) -> None:
+    """Make `doc` serializable with numpy only: its user data (vectors included) and tensor."""
+    to_host(doc.user_data)
+    tensor = doc.tensor
+    if tensor is not None and hasattr(tensor, "__cuda_array_interface__"):
+        doc.tensor = to_host(tensor)
+
+
+# ---------------------------------------------------------------------------
+# Small file helpers
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name next to `path`, then rename it to `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    _write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf8"))
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def npy_header(rows: int, width: int) -> bytes:
+    """A .npy (v1.0) header for float32 (rows, width), padded to `NPY_HEADER_SIZE` bytes."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {width}), }}"
+    size = NPY_HEADER_SIZE - 10  # magic (6) + version (2) + header length (2)
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", size) + (text.ljust(size - 1) + "\n").encode("latin1")
+
+
+def read_manifest(path: Path) -> Optional[Dict[str, Any]]:
+    """The manifest of a complete output at `path`, or None."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("layout") == LAYOUT else None
+
+
+# ---------------------------------------------------------------------------
+# Reading a finished output
+
+
+def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
+    """The docs of a complete ``--format docbin`` output, in input order, vectors restored.
+
+    Each doc has ``doc.user_data["line"]`` (its input line) and ``doc._.ctx_vectors``.
+    """
+    from .. import restore_vectors
+
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("format") != "docbin":
+        raise ValueError(f"{path} is not a complete spacy-ctxembed docbin output (no {MANIFEST})")
+    vocab = vocab if vocab is not None else Vocab()
+    for shard in manifest["shards"]:
+        for doc in DocBin().from_disk(Path(path) / shard["file"]).get_docs(vocab):
+            yield restore_vectors(doc)
+
+
+def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[str, Any]]]:
+    """(vectors, records) of a complete ``--format npy`` output; rows ``start:end`` are a doc's."""
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("format") != "npy":
+        raise ValueError(f"{path} is not a complete spacy-ctxembed npy output (no {MANIFEST})")
+    vectors = numpy.load(Path(path) / VECTORS, mmap_mode="r" if mmap else None)
+    with (Path(path) / DOCS).open(encoding="utf8") as f:
+        records = [json.loads(line) for line in f]
+    return vectors, records
+
+
+# ---------------------------------------------------------------------------
+# Where a run writes, and what is in the way
+
+
+def partial_path(output: Path) -> Path:
+    return output.parent / f".{output.name}.partial"
+
+
+@dataclass
+class Committed:
+    """What the ledger says is done."""
+
+    shards: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_line(self) -> int:
+        return self.shards[-1]["last_line"] if self.shards else 0
+
+    @property
+    def docs(self) -> int:
+        return sum(s["docs"] for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.shards)
+
+    @property
+    def width(self) -> Optional[int]:
+        return self.shards[-1]["width"] if self.shards else None
+
+
+class Run:
+    """The partial directory of one run: locked, ledgered, renamed to OUTPUT when finished."""
+
+    def __init__(self, output: Path, identity: Dict[str, Any], resumed: bool):
+        self.output = output
+        self.dir = partial_path(output)
+        self.identity = identity
+        self.resumed = resumed
+        self.committed = Committed()
+        self._lock: Optional[IO[str]] = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    @classmethod
+    def plan(cls, output: Path, identity: Dict[str, Any], overwrite: bool, resume: bool) -> "Run":
+        """Check OUTPUT and its partial directory (before the model loads); lock and prepare.
+
+        Raises `UsageError` if something is in the way, and `AlreadyComplete`
+        if `resume` finds OUTPUT complete with the same identity.
+        """
+        if overwrite and resume:
+            raise UsageError("--overwrite and --resume exclude each other")
+        state = _output_state(output)
+        partial = partial_path(output)
+        if state == "file":
+            raise UsageError(f"--output {output} is a file; embed writes a directory (see docs/cli.md)")
+        if state == "foreign":
+            raise UsageError(
+                f"--output {output} is a non-empty directory that is not a spacy-ctxembed output; "
+                "choose another path (it is never replaced)"
+            )
+        if partial.exists() or partial.is_symlink():
+            if not (partial.is_dir() and not partial.is_symlink() and (partial / RUN).is_file()):
+                raise UsageError(f"{partial} is in the way and is not a spacy-ctxembed partial run; remove it")
+            if resume:
+                run = cls(output, identity, resumed=True)
+                run._acquire()
+                run._check_identity(_read_json(partial / RUN), partial)
+                run._recover()
+                return run
+            if not overwrite:
+                raise UsageError(
+                    f"an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
+                )
+            stale = cls(output, identity, resumed=False)
+            stale._acquire()
+            shutil.rmtree(partial)
+            stale._release()
+        if state == "complete":
+            manifest = read_manifest(output) or {}
+            if resume:
+                if _same_run(manifest.get("run", {}), identity):
+                    raise AlreadyComplete(manifest)
+                raise UsageError(
+                    f"--output {output} holds a complete output of a different run "
+                    f"({_difference(manifest.get('run', {}), identity)}); pass --overwrite to replace it"
+                )
+            if not overwrite:
+                raise UsageError(
+                    f"--output {output} already holds a complete output ({manifest.get('docs', '?')} docs); "
+                    "pass --overwrite to replace it, or choose another path"
+                )
+        run = cls(output, identity, resumed=False)
+        run._create()
+        return run
+
+    def _create(self) -> None:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.new-"))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir would
+            _write_json(tmp / RUN, {"layout": LAYOUT, "layout_version": LAYOUT_VERSION, "run": self.identity})
+            (tmp / LEDGER).touch()
+            os.rename(tmp, self.dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._acquire()
+
+    def _acquire(self) -> None:
+        f = (self.dir / LOCK).open("a")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise UsageError(f"another embed run is writing {self.dir}") from None
+        self._lock = f
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _check_identity(self, run_json: Dict[str, Any], partial: Path) -> None:
+        recorded = run_json.get("run", {})
+        if run_json.get("layout_version") != LAYOUT_VERSION or not _same_run(recorded, self.identity):
+            self._release()
+            raise UsageError(
+                f"the interrupted run in {partial} was started with other settings "
+                f"({_difference(recorded, self.identity)}); pass --overwrite to start over"
+            )
+
+    def _recover(self) -> None:
+        """Keep the shards the ledger lists (and whose files are intact); drop the rest."""
+        shards: List[Dict[str, Any]] = []
+        fmt = self.identity["format"]
+        with contextlib.suppress(OSError), (self.dir / LEDGER).open(encoding="utf8") as f:
+            for line in f:
+                try:
+                    shard = json.loads(line)
+                except ValueError:
+                    break  # a torn last line: not committed
+                if not _intact(self.dir, fmt, shard):
+                    break
+                shards.append(shard)
+        self.committed = Committed(shards)
+        _write_atomic(self.dir / LEDGER, "".join(json.dumps(s) + "\n" for s in shards).encode("utf8"))
+        keep = {RUN, LEDGER, LOCK, MANIFEST} | {s["file"] for s in shards if "file" in s}
+        if fmt == "npy":
+            keep |= {VECTORS, DOCS}
+        for child in self.dir.iterdir():
+            if child.name not in keep:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+
+    @property
+    def finished(self) -> bool:
+        """Finished but not yet renamed into place (interrupted at the very end)."""
+        return read_manifest(self.dir) is not None
+
+    def commit(self, shard: Dict[str, Any]) -> None:
+        """Record a shard whose files are complete: from now on --resume keeps it."""
+        with (self.dir / LEDGER).open("a", encoding="utf8") as f:
+            f.write(json.dumps(shard) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.committed.shards.append(shard)
+
+    def finish(self, manifest: Dict[str, Any]) -> Dict[str, Any]:
+        """Write the manifest and move the directory to OUTPUT (replacing an old output)."""
+        if not self.finished:
+            manifest = {
+                "layout": LAYOUT,
+                "layout_version": LAYOUT_VERSION,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **manifest,
+                "run": self.identity,
+            }
+            _write_json(self.dir / MANIFEST, manifest)
+        manifest = read_manifest(self.dir) or manifest
+        for name in (RUN, LEDGER):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+        _fsync_dir(self.dir)
+        old: Optional[Path] = None
+        state = _output_state(self.output)
+        if state == "complete":
+            old = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.old-"))
+            os.replace(self.output, old)
+        elif state == "empty":
+            self.output.rmdir()
+        elif state != "absent":
+            raise CliError(f"--output {self.output} appeared during the run; the result is left in {self.dir}")
+        os.rename(self.dir, self.output)
+        (self.output / LOCK).unlink()
+        self._release()
+        _fsync_dir(self.output.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+    def abandon(self) -> None:
+        """After a failure: keep the partial directory if it has committed shards, else remove it."""
+        if not self.committed.shards and self.dir.is_dir() and not self.finished:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._release()
+
+
+class AlreadyComplete(Exception):
+    """--resume found OUTPUT already complete, from the same run."""
+
+    def __init__(self, manifest: Dict[str, Any]):
+        super().__init__("already complete")
+        self.manifest = manifest
+
+
+def _output_state(output: Path) -> str:
+    if output.is_symlink() and not output.exists():
+        return "file"  # a dangling link: not ours to replace
+    if not output.exists():
+        return "absent"
+    if not output.is_dir():
+        return "file"
+    if read_manifest(output) is not None:
+        return "complete"
+    if not any(output.iterdir()):
+        return "empty"
+    return "foreign"
+
+
+def _read_json(path: Path) -> Dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+IDENTITY_KEYS = ("format", "input_sha256", "input_lines", "model", "config_sha256")
+
+
+def _same_run(recorded: Dict[str, Any], identity: Dict[str, Any]) -> bool:
+    return all(recorded.get(k) == identity.get(k) for k in IDENTITY_KEYS)
+
+
+def _difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
+    names = {"input_sha256": "input", "input_lines": "input", "config_sha256": "config"}
+    differ = sorted({names.get(k, k) for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)})
+    return "different " + ", ".join(differ) if differ else "unreadable run record"
+
+
+def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:
+    try:
+        if fmt == "docbin":
+            return (directory / shard["file"]).stat().st_size == shard["bytes"]
+        width = shard["width"]
+        vectors_size = (directory / VECTORS).stat().st_size
+        docs_size = (directory / DOCS).stat().st_size
+        return vectors_size >= NPY_HEADER_SIZE + shard["rows_end"] * width * 4 and docs_size >= shard["docs_end"]
+    except (OSError, KeyError, TypeError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Writers: add docs, commit a shard, finish
+
+
+class ShardWriter:
+    """Common bookkeeping: the docs added since the last commit."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.pending_docs = 0
+        self.pending_tokens = 0
+        self.first_line = run.committed.last_line + 1
+        self.last_line = run.committed.last_line
+        self.width: Optional[int] = run.committed.width
+
+    def add(self, doc: Doc, line: int) -> None:
+        vectors = doc._.get("ctx_vectors")
+        if vectors is None:
+            raise CliError(f"line {line}: the pipeline set no doc._.ctx_vectors")
+        width = int(vectors.shape[1])
+        if self.width is None:
+            self.width = width
+        elif width != self.width:
+            raise CliError(f"line {line}: vectors are {width} wide, earlier ones {self.width}")
+        self.pending_docs += 1
+        self.pending_tokens += len(doc)
+        self.last_line = line
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def _shard_record(self, **extra: Any) -> Dict[str, Any]:
+        record = {
+            "shard": len(self.run.committed.shards),
+            "first_line": self.first_line,
+            "last_line": self.last_line,
+            "docs": self.pending_docs,
+            "tokens": self.pending_tokens,
+            "width": self.width,
+            **extra,
+        }
+        self.first_line = self.last_line + 1
+        self.pending_docs = self.pending_tokens = 0
+        return record
+
+    def manifest(self) -> Dict[str, Any]:
+        committed = self.run.committed
+        return {"docs": committed.docs, "tokens": committed.tokens, "width": self.width}
+
+    def close(self) -> None:
+        return None
+
+
+class DocBinWriter(ShardWriter):
+    """One DocBin per shard; vectors (numpy) in user data, the line number in user_data["line"]."""
+
+    def __init__(self, run: Run):
+        super().__init__(run)
+        self.doc_bin = DocBin(store_user_data=True)
+
+    def add(self, doc: Doc, line: int) -> None:
+        doc_to_host(doc)
+        super().add(doc, line)
+        doc.user_data[LINE_KEY] = line
+        self.doc_bin.add(doc)
+
+    def commit(self) -> None:
+        if not self.pending_docs:
+            return
+        name = SHARD.format(len(self.run.committed.shards))
+        data = self.doc_bin.to_bytes()
+        _write_atomic(self.run.dir / name, data)
+        self.run.commit(self._shard_record(file=name, bytes=len(data)))
+        self.doc_bin = DocBin(store_user_data=True)
+
+    def manifest(self) -> Dict[str, Any]:
+        shards = [
+            {k: s[k] for k in ("file", "first_line", "last_line", "docs", "tokens")} for s in self.run.committed.shards
+        ]
+        return {**super().manifest(), "shards": shards}
+
+
+class NpyWriter(ShardWriter):
+    """Rows appended to vectors.npy (behind a fixed-size header), one JSON line per doc in docs.jsonl."""
+
+    def __init__(self, run: Run):
+        super().__init__(run)
+        last = run.committed.shards[-1] if run.committed.shards else {"rows_end": 0, "docs_end": 0}
+        self.rows = last["rows_end"]
+        vectors_path, docs_path = run.dir / VECTORS, run.dir / DOCS
+        if not vectors_path.exists():
+            vectors_path.write_bytes(npy_header(0, 0))
+        docs_path.touch()
+        self.vectors = vectors_path.open("r+b")
+        self.docs = docs_path.open("r+b")
+        # Drop whatever an interrupted run wrote after its last commit.
+        self.vectors.truncate(NPY_HEADER_SIZE + self.rows * (self.width or 0) * 4)
+        self.docs.truncate(last["docs_end"])
+        self.vectors.seek(0, os.SEEK_END)
+        self.docs.seek(0, os.SEEK_END)
+
+    def add(self, doc: Doc, line: int) -> None:
+        super().add(doc, line)
+        vectors = numpy.ascontiguousarray(to_host(doc._.get("ctx_vectors")), dtype="float32")
+        self.vectors.write(vectors.tobytes())
+        record = {"line": line, "text": doc.text, "tokens": [t.text for t in doc], "start": self.rows}
+        self.rows += len(vectors)
+        record["end"] = self.rows
+        self.docs.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf8"))
+
+    def commit(self) -> None:
+        if not self.pending_docs:
+            return
+        for f in (self.vectors, self.docs):
+            f.flush()
+            os.fsync(f.fileno())
+        self.run.commit(self._shard_record(rows_end=self.rows, docs_end=self.docs.tell()))
+
+    def manifest(self) -> Dict[str, Any]:
+        """Called when all docs are committed: the header gets the final shape."""
+        self.vectors.seek(0)
+        self.vectors.write(npy_header(self.rows, self.width or 0))
+        self.vectors.flush()
+        os.fsync(self.vectors.fileno())
+        return {**super().manifest(), "rows": self.rows, "files": {"vectors": VECTORS, "docs": DOCS}}
+
+    def close(self) -> None:
+        self.vectors.close()
+        self.docs.close()
+
+
+WRITERS = {"docbin": DocBinWriter, "npy": NpyWriter}

@@ -1,0 +1,83 @@
+"""`spacy-ctxembed.Embedder.v2`: a component's whole model, chain(encoder, combiner).
+
+docs -> encoder -> per-doc layer stacks (n_layers, n_tokens, width)
+     -> combiner -> per-doc vectors (n_tokens, width'), width' = width except
+        for concatenation.
+
+`init` passes the encoder's dims on to the combiner, so neither repeats the
+other's settings. The attrs `replace_listener` and `replace_listener_cfg` are
+spaCy's hooks for `nlp.replace_listeners`: a listener is replaced by a copy
+of the encoder (a listener that mixes layers) or of the whole chain (one that
+reads the vectors).
+"""
+from typing import Any, Dict, List, Optional
+
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import Model
+from thinc.layers.chain import forward as chain_forward
+
+from ..types import CombinerModel, EmbedderModel, EncoderModel
+
+
+@registry.architectures("spacy-ctxembed.Embedder.v2")
+def Embedder(*, encoder: EncoderModel, combiner: CombinerModel) -> EmbedderModel:
+    """chain(encoder, combiner), with the encoder's dims passed to the combiner."""
+    model: EmbedderModel = Model(
+        ">>",
+        chain_forward,
+        init=init,
+        dims={"nO": None},
+        layers=[encoder, combiner],
+        refs={"encoder": encoder, "combiner": combiner},
+        attrs={"replace_listener": replace_listener, "replace_listener_cfg": replace_listener_cfg},
+    )
+    if encoder.has_dim("nL") and combiner.has_dim("nL") is None:
+        combiner.set_dim("nL", encoder.get_dim("nL"))
+    return model
+
+
+def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
+    model.get_ref("encoder").initialize()
+    pass_dims(model)
+    model.get_ref("combiner").initialize()
+
+
+def pass_dims(model: EmbedderModel) -> None:
+    """Give the combiner the encoder's layer count and width (after loading)."""
+    encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
+    if encoder.has_dim("nO") is not True:  # ctxembed_from_trf before it has seen its upstream
+        combiner.set_dim("nL", encoder.get_dim("nL"), force=True)
+        return
+    n_layers, width = encoder.get_dim("nL"), encoder.get_dim("nO")
+    for dim, value in (("nL", n_layers), ("nI", width), ("nO", combined_width(combiner, n_layers, width))):
+        if combiner.has_dim(dim) is not False:
+            combiner.set_dim(dim, value, force=True)
+    model.set_dim("nO", combined_width(combiner, n_layers, width), force=True)
+
+
+def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
+    """Concatenation is n_layers times as wide; every mix keeps the width."""
+    return n_layers * width if combiner.name == "concat_layers" else width
+
+
+def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:
+    """What replaces `listener` in `nlp.replace_listeners`: a copy of what it listens to."""
+    from .listener import scale_gradient
+
+    source = model.layers[0] if getattr(listener, "mix_layers", True) else model  # copies keep no refs
+    return scale_gradient(source, getattr(listener, "grad_factor", 1.0))
+
+
+def replace_listener_cfg(embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The config of the replacement: `ContextualTok2Vec.v2` around a copy of the embedder."""
+    if "spacy-ctxembed.ContextualListener" not in str(listener_cfg.get("@architectures", "")):
+        raise ValueError(
+            "replace_listeners: the listener config at model.tok2vec is not a spacy-ctxembed "
+            f"ContextualListener ({listener_cfg.get('@architectures')!r})"
+        )
+    result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v2", "embedder": embedder_cfg}
+    for key, value in listener_cfg.items():
+        if key not in ("@architectures", "upstream"):
+            result[key] = value
+    return result

@@ -1,0 +1,85 @@
+"""The released v1 architectures, so that pipelines saved by version 0.1 keep loading.
+
+In v1 the layers, pooling and combiner were component settings and the model
+was only the encoder. A v1 architecture now returns a placeholder holding its
+own settings; the factory upgrades it with the component's v1 settings into
+the v2 chain (`upgrade`), which gives identical vectors. v1 embedders were
+frozen, and stay so.
+"""
+from typing import Any, Dict, List, Optional
+
+from spacy.util import registry
+from thinc.api import Model
+
+from ..errors import bad_setting
+from ..layers import build_combiner
+from ..types import EmbedderModel
+from .bert import BertEncoder
+from .elmo import ElmoEncoder
+from .embedder import Embedder
+from .trf_pooler import TrfEncoder
+
+V1_PLACEHOLDER = "ctxembed-v1-embedder"
+#: The component-level defaults of v1, per model family.
+V1_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "bert": {"layers": [-1], "pooling": "mean", "combine": "mean"},
+    "elmo": {"layers": [0, 1, 2], "pooling": None, "combine": "mean"},
+    "trf": {"layers": [-1], "pooling": "mean", "combine": "mean"},
+}
+
+
+def _placeholder(family: str, settings: Dict[str, Any]) -> Model:
+    return Model(V1_PLACEHOLDER, _not_upgraded, attrs={"family": family, "settings": settings})
+
+
+def _not_upgraded(model: Model, X, is_train: bool):
+    raise ValueError("a v1 embedder architecture is only usable as the model of a ctxembed component")
+
+
+@registry.architectures("spacy-ctxembed.BertEmbedder.v1")
+def BertEmbedder(
+    *,
+    name: Optional[str] = None,
+    window: Optional[int] = None,
+    stride: Optional[int] = None,
+    max_batch_items: int = 4096,
+    precision: str = "fp32",
+) -> Model:
+    return _placeholder("bert", {"name": name, "window": window, "stride": stride,
+                                 "max_batch_items": max_batch_items, "precision": precision})
+
+
+@registry.architectures("spacy-ctxembed.ElmoEmbedder.v1")
+def ElmoEmbedder(
+    *, options_file: Optional[str] = None, weight_file: Optional[str] = None, max_batch_items: int = 4096
+) -> Model:
+    return _placeholder("elmo", {"options_file": options_file, "weight_file": weight_file,
+                                 "max_batch_items": max_batch_items})
+
+
+@registry.architectures("spacy-ctxembed.TrfPooler.v1")
+def TrfPooler() -> Model:
+    return _placeholder("trf", {})
+
+
+def is_v1(model: Model) -> bool:
+    return model.name == V1_PLACEHOLDER
+
+
+def upgrade(
+    component: str, model: Model, *, layers: Optional[List[int]], pooling: Optional[str], combine: Optional[str]
+) -> EmbedderModel:
+    """The v2 chain equal to a v1 model plus its component's v1 settings."""
+    family = model.attrs["family"]
+    given = {"layers": layers, "pooling": pooling, "combine": combine}
+    v1 = {key: V1_DEFAULTS[family][key] if value is None else value for key, value in given.items()}
+    if not isinstance(v1["layers"], list) or not v1["layers"]:
+        raise bad_setting(component, "layers", v1["layers"], "expected a non-empty list of integers")
+    settings = model.attrs["settings"]
+    if family == "bert":
+        encoder = BertEncoder(**settings, layers=v1["layers"], pooling=v1["pooling"], trainable=False)
+    elif family == "elmo":
+        encoder = ElmoEncoder(**settings, layers=v1["layers"], trainable=False)
+    else:
+        encoder = TrfEncoder(layers=v1["layers"], pooling=v1["pooling"])
+    return Embedder(encoder=encoder, combiner=build_combiner(component, str(v1["combine"]), len(v1["layers"])))

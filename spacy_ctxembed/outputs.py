@@ -1,0 +1,399 @@
+"""Where the components keep their outputs on a doc, and how they follow its tokens.
+
+Storage. Each component's output is kept with the character spans of the
+tokens it was computed for, in one dict under the user-data key
+``("._.", "ctxembed", start_char, end_char)``: the key spaCy uses for a span
+extension of the whole doc. spaCy shifts such keys itself in
+`Span.as_doc(copy_user_data=True)` and `Doc.from_docs`, and `doc.copy()`,
+pickling, `Doc.to_bytes` and `DocBin(store_user_data=True)` keep them, so the
+outputs always know which characters their rows belong to.
+
+Reading. `doc._.ctx_outputs`, `doc._.ctx_vectors`, `doc._.ctx_layers` and the
+vector hooks are computed from the store for the doc's tokens *now*, by
+character overlap with the tokens the output was computed for:
+
+- a token with the same span as an embedded token gets exactly its row;
+- a token made by merging gets the mean of the rows of the embedded tokens
+  it covers (of those that have a vector);
+- a token made by splitting gets the row of the token it came from;
+- a token that covers no embedded token with a vector gets zeros and
+  `has_vector == False`.
+
+So retokenizing never shifts a vector onto another token, and every output
+has one row per token. `doc.tensor` is spaCy's own: its retokenizer resizes
+it by its own rule (a merge keeps the last row of the merged tokens).
+
+`Span.as_doc()` without `copy_user_data` shares the source's hooks but not
+its user data; the hooks then find the source's store through the hooks
+dict, and place the new doc's text in it.
+"""
+import threading
+import weakref
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
+
+import numpy
+from spacy.attrs import IDX, LENGTH
+from spacy.tokens import Doc, Span, Token
+from thinc.api import get_array_module
+
+from .alignment import align_pieces
+
+STORE = "ctxembed"
+#: The user-hooks entry that points to the store of the doc the hooks were set on.
+SOURCE_HOOK = "spacy_ctxembed.source"
+OUTPUTS, VECTORS, LAYERS = "ctx_outputs", "ctx_vectors", "ctx_layers"
+#: The v1 user-data keys, read by `restore_vectors` for old DocBin files.
+_V1_VECTORS = ("._.", VECTORS, None, None)
+_V1_LAYERS = ("._.", LAYERS, None, None)
+
+
+class MissingOutputs(ValueError):
+    """A doc has the ctxembed hooks but no outputs that can be placed."""
+
+
+def install_extensions() -> None:
+    """Register `doc._.ctx_outputs`, `doc._.ctx_vectors` and `doc._.ctx_layers` (once)."""
+    getters = {OUTPUTS: get_outputs, VECTORS: get_vectors, LAYERS: get_layers}
+    for name, getter in getters.items():
+        if not Doc.has_extension(name):
+            Doc.set_extension(name, getter=getter)
+
+
+def write_outputs(
+    doc: Doc, name: str, vectors, layers, *, primary: bool, set_doc_tensor: bool
+) -> None:
+    """Store one component's outputs on `doc`, computed for its current tokens."""
+    key = _whole_doc_key(doc)
+    old = _data(doc).get(key)
+    outputs = dict(old["outputs"]) if isinstance(old, dict) else {}
+    starts, ends = _token_spans(doc)
+    outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers}
+    current = old.get("primary") if isinstance(old, dict) else None
+    # A new dict, never an update in place: spaCy's as_doc and from_docs copy
+    # the store shallowly, so other docs may share the old one.
+    _data(doc)[key] = {"primary": name if primary else current, "outputs": outputs}
+    if primary:
+        if set_doc_tensor:
+            # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
+            doc.tensor = vectors
+        set_vector_hooks(doc)
+    elif SOURCE_HOOK in doc.user_hooks:
+        set_vector_hooks(doc)  # the as_doc pointer must see this output too
+
+
+def restore_vectors(doc: Doc) -> Doc:
+    """Re-attach `Token.vector` & co. to a doc whose hooks were not serialized.
+
+    `Doc.to_bytes`, `DocBin`, `Doc.from_docs` and `nlp.pipe(n_process=...)`
+    keep the outputs (in user data) but drop user hooks. After
+    `docs = [restore_vectors(d) for d in doc_bin.get_docs(nlp.vocab)]`
+    the docs behave as when they left the pipeline. Docs written by version
+    0.1 (`doc._.ctx_vectors` in user data) are converted.
+    """
+    install_extensions()
+    if not _stores(doc) and _V1_VECTORS in _data(doc):
+        vectors = _data(doc).pop(_V1_VECTORS)
+        layers = _data(doc).pop(_V1_LAYERS, None)
+        if vectors is None or len(vectors) != len(doc):
+            raise MissingOutputs(f"restore_vectors: the doc's stored vectors do not have one row per token "
+                                 f"({None if vectors is None else len(vectors)} rows, {len(doc)} tokens)")
+        write_outputs(doc, "ctxembed_v1", vectors, layers, primary=True, set_doc_tensor=False)
+        return doc
+    if get_vectors(doc) is None:
+        raise MissingOutputs(
+            "restore_vectors: the doc holds no ctxembed outputs (it did not go through a ctxembed "
+            "component, or its user data was dropped: use DocBin(store_user_data=True))"
+        )
+    set_vector_hooks(doc)
+    return doc
+
+
+def outputs_to_host(doc: Doc) -> Doc:
+    """Move every stored output to numpy (for files); a no-op on CPU."""
+    for key, store in _stores(doc):
+        outputs = {
+            name: {k: _to_numpy(v) for k, v in out.items()} for name, out in store["outputs"].items()
+        }
+        _data(doc)[key] = {"primary": store["primary"], "outputs": outputs}
+    return doc
+
+
+# Getters ------------------------------------------------------------------
+
+
+def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
+    """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent}."""
+    view = _view(doc)
+    return {} if view is None else view.outputs
+
+
+def get_vectors(doc: Doc):
+    view = _view(doc)
+    return None if view is None or view.primary is None else view.outputs[view.primary]["vectors"]
+
+
+def get_layers(doc: Doc):
+    view = _view(doc)
+    if view is None or view.primary is None:
+        return None
+    return view.outputs[view.primary].get("layers")
+
+
+# Hooks --------------------------------------------------------------------
+
+
+def set_vector_hooks(doc: Doc) -> None:
+    # Fresh dicts: span.as_doc() shares the hook dicts of the doc it came
+    # from, and must not see this doc's hooks change under it.
+    doc.user_hooks = dict(doc.user_hooks)
+    doc.user_span_hooks = dict(doc.user_span_hooks)
+    doc.user_token_hooks = dict(doc.user_token_hooks)
+    for hooks in (doc.user_hooks, doc.user_span_hooks, doc.user_token_hooks):
+        hooks["similarity"] = similarity
+    doc.user_hooks["vector"] = doc_vector
+    doc.user_hooks["has_vector"] = doc_has_vector
+    doc.user_span_hooks["vector"] = span_vector
+    doc.user_span_hooks["has_vector"] = span_has_vector
+    doc.user_token_hooks["vector"] = token_vector
+    doc.user_token_hooks["has_vector"] = token_has_vector
+    # For docs made by span.as_doc(), which share these hooks but not the user data.
+    store = _data(doc).get(_whole_doc_key(doc))
+    if isinstance(store, dict):
+        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = _Source(doc.text, store)
+    else:  # several stores (Doc.from_docs): no single source to point to
+        doc.user_hooks.pop(SOURCE_HOOK, None)
+
+
+def token_vector(token: Token):
+    return _primary_vectors(token.doc, token.i)[token.i]
+
+
+def token_has_vector(token: Token) -> bool:
+    return bool(token_vector(token).any())
+
+
+def span_vector(span: Span):
+    return _mean_of_covered(_primary_vectors(span.doc, span.start, span.end)[span.start : span.end])
+
+
+def span_has_vector(span: Span) -> bool:
+    return bool(_primary_vectors(span.doc, span.start, span.end)[span.start : span.end].any())
+
+
+def doc_vector(doc: Doc):
+    return _mean_of_covered(_primary_vectors(doc, 0, len(doc)))
+
+
+def doc_has_vector(doc: Doc) -> bool:
+    return bool(_primary_vectors(doc, 0, len(doc)).any())
+
+
+def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
+    """Cosine similarity of the two vectors; 0.0 where either has none."""
+    u, v = a.vector, b.vector
+    xp = get_array_module(u)
+    norms = float(xp.linalg.norm(u)) * float(xp.linalg.norm(v))
+    if norms == 0.0:
+        return 0.0
+    return float(xp.dot(u, xp.asarray(v))) / norms
+
+
+# Internals ----------------------------------------------------------------
+
+
+class _Source:
+    """The text and store of the doc that hooks were set on (for `as_doc`)."""
+
+    def __init__(self, text: str, store: Dict[str, Any]) -> None:
+        self.text = text
+        self.store = store
+
+
+class _View:
+    """A doc's outputs aligned to its tokens at one moment."""
+
+    def __init__(self, starts, ends, primary: Optional[str], outputs: Dict[str, Dict[str, Any]]) -> None:
+        self.starts, self.ends = starts, ends
+        self.primary = primary
+        self.outputs = outputs
+
+    def fits(self, doc: Doc, start: int, end: int) -> bool:
+        """Whether rows start..end are for tokens with the spans they have now.
+
+        A row depends only on its own token's span (overlap rule), so rows
+        whose spans still match are valid whatever happened elsewhere.
+        """
+        if len(self.starts) != len(doc):
+            return False
+        if end - start > 8:
+            starts, ends = _token_spans(doc)
+            return bool(numpy.array_equal(starts[start:end], self.starts[start:end])
+                        and numpy.array_equal(ends[start:end], self.ends[start:end]))
+        for i in range(start, end):
+            token = doc[i]
+            if self.starts[i] != token.idx or self.ends[i] != token.idx + len(token):
+                return False
+        return True
+
+
+# Memo of aligned views, so token-by-token hooks after a retokenization
+# realign once, not once per token. Weak: it never keeps a doc alive.
+_VIEWS: "weakref.WeakKeyDictionary[Doc, Tuple[List[Any], _View]]" = weakref.WeakKeyDictionary()
+_VIEWS_LOCK = threading.Lock()
+
+
+def _primary_vectors(doc: Doc, start: int, end: Optional[int] = None):
+    """The primary vectors of `doc`, valid at least for rows start..end."""
+    end = start + 1 if end is None else end
+    view = _view(doc, start, end)
+    if view is None or view.primary is None:
+        raise MissingOutputs(
+            "this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
+            "span.as_doc() from a doc whose text it cannot be placed in, or whose user data "
+            "was dropped. Use span.as_doc(copy_user_data=True), or run the pipeline on it again."
+        )
+    return view.outputs[view.primary]["vectors"]
+
+
+def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View]:
+    end = len(doc) if end is None else end
+    stores = _stores(doc) or _source_store(doc)
+    if not stores:
+        return None
+    # The stores themselves, compared by identity (a write replaces the store).
+    identity = [store for _, store in stores]
+    with _VIEWS_LOCK:
+        memo = _VIEWS.get(doc)
+    if (
+        memo is not None
+        and len(memo[0]) == len(identity)
+        and all(a is b for a, b in zip(memo[0], identity))
+        and memo[1].fits(doc, start, end)
+    ):
+        return memo[1]
+    view = _align(doc, stores)
+    with _VIEWS_LOCK:
+        _VIEWS[doc] = (identity, view)
+    return view
+
+
+def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
+    """The stores in `doc`'s user data, in character order."""
+    key = _whole_doc_key(doc)
+    store = _data(doc).get(key)
+    if isinstance(store, dict):
+        return [(key, store)]
+    found = [
+        (k, v) for k, v in _data(doc).items()
+        if isinstance(k, tuple) and len(k) == 4 and k[:2] == ("._.", STORE) and isinstance(v, dict)
+    ]
+    return sorted(found, key=lambda item: item[0][2])
+
+
+def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
+    """For a doc from `span.as_doc()`: the source's store, placed by the text."""
+    source = doc.user_hooks.get(SOURCE_HOOK)
+    if not isinstance(source, _Source):
+        return []
+    text = doc.text
+    at = source.text.find(text)
+    if at < 0 or (text and source.text.find(text, at + 1) >= 0):
+        return []  # not there, or there more than once: cannot be placed
+    return [(("._.", STORE, -at, len(source.text) - at), source.store)]
+
+
+def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
+    starts, ends = _token_spans(doc)
+    names: List[str] = []
+    for _, store in stores:
+        names.extend(n for n in store["outputs"] if n not in names)
+    outputs = {}
+    for name in names:
+        parts = [(key[2], store["outputs"][name]) for key, store in stores if name in store["outputs"]]
+        outputs[name] = _align_output(parts, starts, ends)
+    primaries = [store.get("primary") for _, store in stores if store.get("primary")]
+    return _View(starts, ends, primaries[-1] if primaries else None, outputs)
+
+
+def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict[str, Any]:
+    """One component's rows for the tokens with character spans [starts, ends)."""
+    old_starts = numpy.concatenate([numpy.asarray(p["starts"], dtype="int64") + origin for origin, p in parts])
+    old_ends = numpy.concatenate([numpy.asarray(p["ends"], dtype="int64") + origin for origin, p in parts])
+    vectors = _concat([p["vectors"] for _, p in parts], axis=0)
+    has_layers = all(p.get("layers") is not None for _, p in parts)
+    layers = _concat([p["layers"] for _, p in parts], axis=1) if has_layers else None
+    if len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends):
+        return {"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}
+    xp = get_array_module(vectors)
+    alignment = align_pieces(old_starts, old_ends, starts, ends)
+    covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
+    keep = covered[alignment.piece_index]
+    tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]
+    counts = numpy.bincount(tokens, minlength=len(starts)).astype("float32")
+    result = {"vectors": _segment_mean(xp, vectors, tokens, rows, counts)}
+    if has_layers:
+        moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
+        result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
+    return result
+
+
+def _segment_mean(xp, values, tokens: numpy.ndarray, rows: numpy.ndarray, counts: numpy.ndarray):
+    """out[t] = mean of values[rows[k]] over k with tokens[k] == t; zeros where none."""
+    out = xp.zeros((len(counts),) + tuple(values.shape[1:]), dtype=values.dtype)
+    if len(rows):
+        gathered = values[xp.asarray(rows)]
+        if xp is numpy:
+            numpy.add.at(out, tokens, gathered)
+        else:  # pragma: no cover - GPU only
+            import cupyx
+
+            cupyx.scatter_add(out, xp.asarray(tokens), gathered)
+        divisor = xp.asarray(numpy.maximum(counts, 1.0)).reshape((-1,) + (1,) * (values.ndim - 1))
+        out /= divisor.astype(values.dtype)
+    return out
+
+
+def _concat(arrays: List[Any], axis: int):
+    if len(arrays) == 1:
+        return arrays[0]
+    xp = get_array_module(arrays[0])
+    return xp.concatenate([xp.asarray(a) for a in arrays], axis=axis)
+
+
+def _token_spans(doc: Doc) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    if len(doc) == 0:
+        empty = numpy.zeros(0, dtype="int64")
+        return empty, empty.copy()
+    array = doc.to_array([IDX, LENGTH]).astype("int64")
+    return array[:, 0], array[:, 0] + array[:, 1]
+
+
+def _data(doc: Doc) -> Dict[Any, Any]:
+    # spaCy's stub types user_data by str; its keys are tuples too (extensions).
+    return cast(Dict[Any, Any], doc.user_data)
+
+
+def _whole_doc_key(doc: Doc) -> tuple:
+    # The end of the text without building doc.text (that is O(n) per call).
+    end = 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
+    return ("._.", STORE, 0, end)
+
+
+def _to_numpy(array):
+    if array is None or isinstance(array, numpy.ndarray):
+        return array
+    return array.get() if hasattr(array, "get") else numpy.asarray(array)
+
+
+def _mean_of_covered(vectors):
+    xp = get_array_module(vectors)
+    covered = vectors.any(axis=1)
+    if not int(covered.sum()):
+        return xp.zeros((vectors.shape[1],), dtype=vectors.dtype)
+    return vectors[covered].mean(axis=0)
+
+
+def iter_outputs(docs: Iterable[Doc], name: str, key: str) -> Iterable[Optional[Any]]:
+    """Each doc's output `key` ("vectors" or "layers") of component `name`, or None."""
+    for doc in docs:
+        yield get_outputs(doc).get(name, {}).get(key)

@@ -1,0 +1,358 @@
+"""The pipeline component behind every ctxembed factory.
+
+Its model is the whole computation, `Embedder.v2` = chain(encoder, combiner).
+In prediction it writes each doc's outputs (`doc._.ctx_outputs[name]`, and as
+the primary component `doc._.ctx_vectors`, `doc._.ctx_layers`, `doc.tensor`
+and the vector hooks). In training it is a listened-to component, like spaCy's
+`Tok2Vec`: `update` runs the model and sends each listener its input (the
+layers, or the combined vectors) with a callback that, once every listener
+has answered, backpropagates into the combiner and the encoder and applies
+the optimizer. Frozen (in `frozen_components`), it only annotates, and the
+feature cache spares recomputing the same training docs.
+"""
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
+
+import srsly
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples
+from spacy.util import ensure_path, from_disk, to_disk
+from spacy.vocab import Vocab
+from thinc.api import Model, Optimizer, set_dropout_rate
+
+from ..errors import bad_setting, check_bool, check_int, named_errors
+from ..models.embedder import pass_dims
+from ..models.listener import ContextualListenerNode
+from ..outputs import install_extensions, write_outputs
+from ..types import DocLayers, DocVectors, EmbedderModel
+from .feature_cache import FeatureCache, doc_key, encoder_identity, to_host
+
+#: Subfolder of the component's directory where the encoder writes its files.
+MODEL_DIR = "model"
+#: Version of the component's on-disk layout (v1 wrote none; same layout).
+FORMAT = 2
+
+
+class ContextualEmbedder(TrainablePipe):
+    """Attach contextual token vectors computed by `model` to each doc."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: EmbedderModel,
+        name: str,
+        *,
+        store_layers: bool = False,
+        set_doc_tensor: bool = True,
+        primary: bool = True,
+        cache_mb: int = 0,
+    ) -> None:
+        with named_errors(name):
+            for setting, value in (("store_layers", store_layers), ("set_doc_tensor", set_doc_tensor),
+                                   ("primary", primary)):
+                check_bool(name, setting, value)
+            check_int(name, "cache_mb", cache_mb, minimum=0, unit="an integer number of megabytes (0: no cache)")
+            for node in model.walk():
+                validate = node.attrs.get("validate")
+                if callable(validate):
+                    validate()
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.cfg: Dict[str, Any] = {
+            "store_layers": store_layers,
+            "set_doc_tensor": set_doc_tensor,
+            "primary": primary,
+            "cache_mb": cache_mb,
+        }
+        self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
+        # Layers of docs already seen, for training on a frozen encoder.
+        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
+        self._identity = ""
+        self._loaded = False
+        self._load_lock = threading.Lock()
+        self._pid = os.getpid()
+        install_extensions()
+
+    @property
+    def encoder(self) -> Model:
+        return self.model.get_ref("encoder")
+
+    @property
+    def combiner(self) -> Model:
+        return self.model.get_ref("combiner")
+
+    # Listeners (spaCy's ListenedToComponent protocol) ---------------------
+
+    @property
+    def listeners(self) -> List[ContextualListenerNode]:
+        return [m for c in self.listening_components for m in self.listener_map[c]]
+
+    @property
+    def listening_components(self) -> List[str]:
+        return list(self.listener_map.keys())
+
+    def add_listener(self, listener: ContextualListenerNode, component_name: str) -> None:
+        self.listener_map.setdefault(component_name, [])
+        if listener not in self.listener_map[component_name]:
+            self.listener_map[component_name].append(listener)
+        listener.claim(self)
+        if self._loaded:
+            self._size_listener(listener)
+
+    def remove_listener(self, listener: ContextualListenerNode, component_name: str) -> bool:
+        if listener in self.listener_map.get(component_name, []):
+            self.listener_map[component_name].remove(listener)
+            if not self.listener_map[component_name]:
+                del self.listener_map[component_name]
+            return True
+        return False
+
+    def find_listeners(self, component) -> None:
+        """Find the listeners in `component`'s model whose upstream is this one (or "*")."""
+        names = ("*", self.name)
+        if isinstance(getattr(component, "model", None), Model):
+            for node in component.model.walk():
+                if isinstance(node, ContextualListenerNode) and node.upstream_name in names:
+                    self.add_listener(node, component.name)
+
+    def _size_listener(self, listener: ContextualListenerNode) -> None:
+        encoder = self.encoder
+        listener.set_dim("nL", encoder.get_dim("nL"), force=True)
+        width = encoder.get_dim("nO") if listener.mix_layers else self.model.get_dim("nO")
+        listener.set_dim("nO", width, force=True)
+
+    # Loading ---------------------------------------------------------------
+
+    def initialize(
+        self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *, nlp: Optional[Language] = None
+    ) -> None:
+        """Load the pretrained weights and check the settings against the model."""
+        with named_errors(self.name):
+            if self.encoder.name == "ctxembed-trf-encoder" and nlp is not None:
+                _upstream_width(self.encoder, nlp)
+            self.model.initialize()
+        self._model_loaded()
+
+    def _ensure_loaded(self) -> None:
+        # A pretrained embedder needs no data to initialise, so plain
+        # `nlp.add_pipe(...)` then `nlp(text)` works. One load, even when
+        # several threads make the first call at once.
+        if self._loaded:
+            return
+        with self._load_lock:
+            if not self._loaded:
+                self.initialize()
+
+    def _after_fork(self) -> None:
+        """In a process forked by `nlp.pipe(n_process > 1)`: one torch thread.
+
+        torch's intra-op (OpenMP) thread pool does not survive a fork, and a
+        child that uses it deadlocks; with one thread no pool is used, and the
+        worker processes are the parallelism. Nothing is installed globally:
+        only a ctxembed component that finds itself in a new process does this.
+        """
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            import torch
+
+            torch.set_num_threads(1)
+
+    def _model_loaded(self) -> None:
+        if self.encoder.has_dim("nO") is True:
+            pass_dims(self.model)
+        for listener in self.listeners:
+            self._size_listener(listener)
+        if self.cache is not None:
+            identity = encoder_identity(self.encoder)
+            if identity != self._identity:
+                self.cache.clear()  # entries of another model: free the memory
+            self._identity = identity
+        self._loaded = True
+
+    # Prediction ------------------------------------------------------------
+
+    def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
+        docs = list(docs)
+        self._after_fork()
+        self._ensure_loaded()
+        with named_errors(self.name):
+            layers = self._frozen_layers(docs)
+            return layers, self.combiner.predict(layers)
+
+    def _frozen_layers(self, docs: List[Doc]) -> List[DocLayers]:
+        """The encoder's output without training it, through the cache if there is one."""
+        if self.cache is None:
+            return self.encoder.predict(docs)
+        keys = [(self._identity, doc_key(doc)) for doc in docs]
+        cached: List[Any] = [self.cache.get(key) for key in keys]
+        missing = [i for i, layers in enumerate(cached) if layers is None]
+        fresh = self.encoder.predict([docs[i] for i in missing]) if missing else []
+        for i, layers in zip(missing, fresh):
+            self.cache.put(keys[i], to_host(layers))
+            cached[i] = layers
+        ops = self.model.ops
+        return [ops.asarray3f(layers) for layers in cached]
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: Tuple[List[DocLayers], List[DocVectors]]) -> None:
+        keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
+        for doc, layers, vectors in zip(docs, *predictions):
+            write_outputs(doc, self.name, vectors, layers if keep_layers else None,
+                          primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"])
+
+    # Training --------------------------------------------------------------
+
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd: Optional[Optimizer] = None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        """Run the model and send each listener its input and a backprop callback.
+
+        The last listener to backpropagate runs the backward pass and, with
+        `sgd`, the optimizer step (as spaCy's Tok2Vec does).
+        """
+        validate_examples(examples, "ContextualEmbedder.update")
+        losses = {} if losses is None else losses
+        losses.setdefault(self.name, 0.0)
+        listeners = self.listeners
+        docs = [eg.predicted for eg in examples]
+        if not listeners or not docs:
+            return losses
+        self._ensure_loaded()
+        set_dropout_rate(self.model, drop)
+        with named_errors(self.name):
+            if self._encoder_trains():
+                layers, bp_layers = self.encoder.begin_update(docs)
+            else:  # the encoder is frozen: no graph, and the cache may serve
+                layers, bp_layers = self._frozen_layers(docs), None
+            vectors, bp_vectors = self.combiner.begin_update(layers)
+        ops = self.model.ops
+        grads = {"layers": [ops.alloc(x.shape) for x in layers], "vectors": [ops.alloc(x.shape) for x in vectors]}
+        waiting = len(listeners)
+
+        def backprop(kind: str, d_outputs: List[Any]) -> List[Doc]:
+            nonlocal waiting
+            for total, d in zip(grads[kind], d_outputs):
+                total += d
+                losses[self.name] += float((d**2).sum())
+            waiting -= 1
+            if waiting > 0:
+                return []
+            d_layers = bp_vectors(grads["vectors"])
+            for total, d in zip(d_layers, grads["layers"]):
+                total += d
+            if bp_layers is not None:
+                bp_layers(d_layers)
+            if sgd is not None:
+                self.finish_update(sgd)
+            return []
+
+        batch_id = ContextualListenerNode.get_batch_id(docs)
+        for listener in listeners:
+            kind = listener.kind
+            outputs = layers if kind == "layers" else vectors
+            listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
+        return losses
+
+    def _encoder_trains(self) -> bool:
+        return any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
+
+    def get_loss(self, examples, scores) -> Tuple[float, Any]:
+        return 0.0, None
+
+    def add_label(self, label: str) -> int:
+        raise NotImplementedError(f"[{self.name}] a contextual embedder has no labels")
+
+    # Serialization ---------------------------------------------------------
+
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
+        path = ensure_path(path)
+        self._ensure_loaded()
+        serializers: Dict[str, Callable[[Path], Any]] = {
+            "cfg": lambda p: srsly.write_json(p, {"format": FORMAT, **self.cfg}),
+            "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
+        }
+        for shim in self.encoder.shims:
+            serializers[MODEL_DIR] = cast(Any, shim).save_dir
+        to_disk(path, serializers, exclude)
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
+        path = Path(path)
+        with named_errors(self.name):
+            from_disk(path, {"cfg": self._read_cfg}, exclude)
+            for shim in self.encoder.shims:
+                if MODEL_DIR in exclude:
+                    break
+                if not (path / MODEL_DIR).is_dir():
+                    # Never fall back to the config's `name`: that would be another model.
+                    raise bad_setting(self.name, "model", str(path / MODEL_DIR),
+                                      "the saved pipeline has no model folder here; it cannot load without it")
+                cast(Any, shim).load_dir(path / MODEL_DIR)
+            if "combiner" not in exclude and (path / "combiner").is_file():
+                self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"))
+            elif "combiner" not in exclude and self.combiner.param_names:
+                raise bad_setting(self.name, "combiner", str(path / "combiner"), "the combiner's weights are missing")
+            self.encoder.initialize()  # loaded already: only sets its dims
+        self._model_loaded()
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
+        """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
+        self._ensure_loaded()
+        return srsly.msgpack_dumps({"cfg": {"format": FORMAT, **self.cfg}, "model": self.model.to_bytes()})
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
+        with named_errors(self.name):
+            try:
+                msg = srsly.msgpack_loads(bytes_data)
+            except Exception as err:  # noqa: BLE001 - any decoding failure means "not ours"
+                raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
+                                  f"not a serialized ctxembed component ({type(err).__name__})") from None
+            if not isinstance(msg, dict) or "model" not in msg:
+                raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes", "not a serialized ctxembed component")
+            self._check_format(msg.get("cfg", {}), "bytes")
+            self.model.from_bytes(msg["model"])
+            self.encoder.initialize()  # loaded already: only sets its dims
+        self._model_loaded()
+        return self
+
+    def _read_cfg(self, path: Path) -> None:
+        try:
+            cfg = srsly.read_json(path)
+        except Exception as err:  # noqa: BLE001
+            raise bad_setting(self.name, "cfg", str(path), f"not valid JSON ({type(err).__name__})") from None
+        self._check_format(cfg, str(path))
+
+    def _check_format(self, cfg: Any, source: str) -> None:
+        """The saved layout must be one this version reads. The settings come from
+        the config (a user may edit a saved pipeline's config.cfg), not from cfg."""
+        version = cfg.get("format", 1) if isinstance(cfg, dict) else None
+        if version not in (1, FORMAT):
+            raise bad_setting(self.name, "cfg", source, f"format {version!r} was written by a newer "
+                              f"spacy-ctxembed; this one reads 1 and {FORMAT}")
+
+    def _load_combiner(self, data: bytes, source: str) -> None:
+        try:
+            self.combiner.from_bytes(data)
+        except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
+            raise bad_setting(self.name, "combiner", source,
+                              f"not a combiner saved by spacy-ctxembed ({type(err).__name__}: {err})") from None
+
+
+def _upstream_width(encoder: Model, nlp: Language) -> None:
+    """ctxembed_from_trf: the width of the spacy-transformers output it pools."""
+    for _, pipe in nlp.pipeline:
+        model = getattr(pipe, "model", None)
+        if type(pipe).__name__ == "Transformer" and isinstance(model, Model) and model.has_dim("nO") is True:
+            encoder.set_dim("nO", model.get_dim("nO"), force=True)
+            return

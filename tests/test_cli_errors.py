@@ -1,0 +1,170 @@
+"""`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
+import importlib
+
+import pytest
+import spacy
+
+from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
+
+embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # the package exports the command as `embed`
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_bert_dir, tmp_path_factory):
+    return tiny_pipeline(tiny_bert_dir, tmp_path_factory)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the CLI gets as far as building a pipeline."""
+
+    def build_pipeline(**kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(embed_module, "build_pipeline", build_pipeline)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("One line.\nTwo lines.\n", encoding="utf8")
+    return path
+
+
+def _one_error(result, code=2) -> str:
+    assert result.exit_code == code, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_latin1_input_is_one_line_with_the_line_number_and_the_model_never_loads(tmp_path, no_model):
+    (tmp_path / "latin1.txt").write_bytes("First line.\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    result = invoke("embed", tmp_path / "latin1.txt", "-o", tmp_path / "out", "-m", tmp_path / "no-such-model")
+    assert _one_error(result) == (
+        f"error: INPUT {tmp_path / 'latin1.txt'} is not UTF-8: line 2, byte offset 15 (0xe9); "
+        "re-encode it, e.g. iconv -f latin1 -t utf-8"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.txt"]
+
+
+def test_latin1_input_in_a_subprocess_names_the_input_not_the_missing_model(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9\n")
+    result = run_subprocess("embed", tmp_path / "latin1.txt", "-o", tmp_path / "out", "-m", tmp_path / "nope")
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        f"error: INPUT {tmp_path / 'latin1.txt'} is not UTF-8: line 1, byte offset 3 (0xe9); "
+        "re-encode it, e.g. iconv -f latin1 -t utf-8"
+    ]
+
+
+def test_a_directory_or_a_missing_file_as_input(tmp_path, no_model):
+    (tmp_path / "corpus").mkdir()
+    assert _one_error(invoke("embed", tmp_path / "corpus", "-o", tmp_path / "out")) == (
+        f"error: INPUT {tmp_path / 'corpus'} is a directory; expected a text file (one doc per line) or a .spacy DocBin"
+    )
+    assert _one_error(invoke("embed", tmp_path / "missing.txt", "-o", tmp_path / "out")) == (
+        f"error: INPUT {tmp_path / 'missing.txt'}: no such file"
+    )
+    (tmp_path / "broken.spacy").write_bytes(b"not a docbin")
+    assert "is not a readable .spacy DocBin" in _one_error(invoke("embed", tmp_path / "broken.spacy", "-o", tmp_path / "out"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"])
+def test_an_input_with_nothing_to_embed_is_refused(tmp_path, no_model, content):
+    (tmp_path / "in.txt").write_bytes(content)
+    assert "nothing to embed" in _one_error(invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["-b", "0"], "--batch-size 0: expected a positive number of docs"),
+        (["--batch-size", "-4"], "--batch-size -4: expected a positive number of docs"),
+        (["--shard-size", "0"], "--shard-size 0: expected a positive number of docs"),
+        (["-g", "-2"], "--gpu-id -2: expected a GPU number, or -1 for CPU"),
+        (["-f", "csv"], "--format 'csv': expected one of docbin, npy"),
+        (["--overwrite", "--resume"], "--overwrite and --resume exclude each other"),
+        (["-m", "x", "-c", "y.cfg"], "give either --model or --config, not both"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(tmp_path, text_file, no_model, option, message):
+    result = invoke("embed", text_file, "-o", tmp_path / "out", *option)
+    assert _one_error(result) == f"error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_of_the_wrong_kind_is_refused_before_embedding(tmp_path, text_file, no_model):
+    existing = tmp_path / "existing.spacy"
+    existing.write_bytes(b"precious")
+    assert _one_error(invoke("embed", text_file, "-o", existing, "--overwrite")) == (
+        f"error: --output {existing} is a file; embed writes a directory (see docs/cli.md)"
+    )
+    assert existing.read_bytes() == b"precious"
+    folder = tmp_path / "folder.spacy"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert _one_error(invoke("embed", text_file, "-o", folder, "--overwrite")) == (
+        f"error: --output {folder} is a non-empty directory that is not a spacy-ctxembed output; "
+        "choose another path (it is never replaced)"
+    )
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_an_empty_directory_is_a_fine_output(tmp_path, text_file, pipeline):
+    (tmp_path / "out").mkdir()
+    result = invoke("embed", text_file, "-o", tmp_path / "out", "-m", pipeline)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def _config_with(pipeline, tmp_path, extra: str):
+    path = tmp_path / "config.cfg"
+    text = spacy.load(pipeline).config.to_str()
+    path.write_text(text.replace("[components.ctxembed_bert]\n", "[components.ctxembed_bert]\n" + extra, 1))
+    return path
+
+
+def test_a_bad_config_setting_is_a_short_error(tmp_path, text_file, pipeline):
+    config = _config_with(pipeline, tmp_path, "not_a_setting = 3\n")
+    line = _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", config))
+    assert line.startswith("error: could not build the pipeline: ") and "not_a_setting" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_a_config_that_does_not_parse_or_is_missing(tmp_path, text_file, no_model):
+    (tmp_path / "broken.cfg").write_text("[nlp\nlang = \n")
+    assert _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", tmp_path / "broken.cfg")).startswith(
+        f"error: --config {tmp_path / 'broken.cfg'}: "
+    )
+    assert _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", tmp_path / "missing.cfg")) == (
+        f"error: --config {tmp_path / 'missing.cfg'}: no such file"
+    )
+
+
+def test_a_missing_pipeline_is_a_short_error(tmp_path, text_file):
+    line = _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-m", tmp_path / "no-such-pipeline"))
+    assert line.startswith("error: could not build the pipeline: OSError: [E050]")
+
+
+def test_default_is_one_line_and_verbose_shows_the_traceback(tmp_path, text_file, pipeline):
+    config = _config_with(pipeline, tmp_path, "not_a_setting = 3\n")
+    args = ["embed", text_file, "-o", tmp_path / "out", "-c", config]
+    plain = run_subprocess(*args)
+    assert plain.returncode == 2
+    lines = plain.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not build the pipeline: "), lines
+    verbose = run_subprocess(*args, "--verbose")
+    assert verbose.returncode == 2
+    text = verbose.stderr.decode()
+    assert "Traceback (most recent call last)" in text and "not_a_setting" in text
+    assert text.splitlines()[-1] == lines[0]
+    assert "╭" not in text  # no rich panels
+
+
+def test_demo_errors_are_one_line_too(tmp_path):
+    result = invoke("demo", "-m", tmp_path / "no-such-pipeline")
+    line = _one_error(result)
+    assert "[E050]" in line and line.endswith("(--verbose shows the traceback)")
+    verbose = invoke("demo", "-m", tmp_path / "no-such-pipeline", "--verbose")
+    assert verbose.exit_code == 2 and "Traceback (most recent call last)" in verbose.stderr

@@ -1,0 +1,289 @@
+"""`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_ctxembed.cli import output as output_module
+from spacy_ctxembed.cli.output import Run, doc_to_host, read_manifest, to_host
+
+from .test_cli_support import (
+    assert_same_docs,
+    expected,
+    invoke,
+    last_line,
+    manifest_of,
+    read_output,
+    run_subprocess,
+    tiny_pipeline,
+)
+
+LINES = [
+    "It was nice out this morning when I ran to the park.",
+    "",
+    "Yesterday afternoon I ran some more significance tests.",
+    "   ",
+    "After breakfast she ran to the station.",
+    "The dog barked.",
+    "\t",
+    "A fourth sentence, with a comma.",
+    "Short.",
+    "The last line has no newline",
+]
+N_DOCS, N_BLANK = 7, 3
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_bert_dir, tmp_path_factory):
+    return tiny_pipeline(tiny_bert_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def want(pipeline):
+    return expected(pipeline, LINES)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(LINES), encoding="utf8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["docbin", "npy"])
+def test_shards_hold_every_doc_once_in_order_with_line_numbers(tmp_path, corpus, pipeline, want, fmt):
+    out = tmp_path / "out"
+    result = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "--shard-size", "2", "-b", "3")
+    assert result.exit_code == 0, result.stderr
+    assert "embedding" in result.stderr and "100%" in result.stderr  # the progress bar
+    manifest = manifest_of(out)
+    assert (manifest["format"], manifest["docs"], manifest["blank_lines"]) == (fmt, N_DOCS, N_BLANK)
+    if fmt == "docbin":
+        shards = manifest["shards"]
+        assert [s["file"] for s in shards] == [f"shard-00000{i}.spacy" for i in range(4)]
+        assert [(s["first_line"], s["last_line"], s["docs"]) for s in shards] == [
+            (1, 3, 2), (4, 6, 2), (7, 9, 2), (10, 10, 1)
+        ]
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [s["file"] for s in shards]
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ["docs.jsonl", "manifest.json", "vectors.npy"]
+        assert numpy.load(out / "vectors.npy").shape == (manifest["tokens"], manifest["width"])
+    got = read_output(out)
+    assert [line for line, _, _ in got] == [1, 3, 5, 6, 8, 9, 10]
+    assert_same_docs(got, want)
+    assert manifest["tokens"] == sum(len(v) for _, _, v in got)
+    assert last_line(result.stderr) == (
+        f"wrote {N_DOCS} docs, {manifest['tokens']} tokens, {N_BLANK} blank lines skipped "
+        f"({fmt}{', 4 shards' if fmt == 'docbin' else ''}) to {out}"
+    )
+    assert not (tmp_path / ".out.partial").exists()
+
+
+def test_blank_lines_are_skipped_and_counted(tmp_path, pipeline):
+    (tmp_path / "in.txt").write_bytes(b"\n \n\t\r\nOne doc.\r\n\x0c\n\xe2\x80\xa8\nTwo docs.\n\n")
+    result = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline, "-f", "npy")
+    assert result.exit_code == 0, result.stderr
+    assert [(line, text) for line, text, _ in read_output(tmp_path / "out")] == [(4, "One doc."), (7, "Two docs.")]
+    assert manifest_of(tmp_path / "out")["blank_lines"] == 6  # lines 1-3, 5, 6 and 8
+    assert "2 docs" in last_line(result.stderr) and "6 blank lines skipped" in last_line(result.stderr)
+
+
+def test_path_and_stdin_split_lines_the_same_way(tmp_path, pipeline):
+    text = "form\x0cfeed inside a line\nnext\x85line\u2028still the same line\r\n\n  last\u2028line \u2029end"
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    (tmp_path / "in.txt").write_bytes(text.encode("utf8"))
+    from_path = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "a", "-m", pipeline, "-f", "npy")
+    assert from_path.exit_code == 0, from_path.stderr
+    from_stdin = run_subprocess("embed", "-", "-o", tmp_path / "b", "-m", pipeline, "-f", "npy", stdin=text.encode())
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    a, b = read_output(tmp_path / "a"), read_output(tmp_path / "b")
+    assert [(line, t) for line, t, _ in a] == [(1, lines[0]), (2, lines[1]), (4, lines[3])]
+    assert_same_docs(a, b)
+    assert_same_docs(a, expected(pipeline, lines))
+    assert manifest_of(tmp_path / "a")["input"]["sha256"] == manifest_of(tmp_path / "b")["input"]["sha256"]
+
+
+def test_a_byte_order_mark_is_stripped(tmp_path, pipeline):
+    (tmp_path / "in.txt").write_bytes("\ufeffHello there.\nSecond line.\n".encode("utf8"))
+    result = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline)
+    assert result.exit_code == 0, result.stderr
+    docs = list(output_module.iter_docs(tmp_path / "out"))
+    assert [d.text for d in docs] == ["Hello there.", "Second line."]
+    assert docs[0][0].text == "Hello"
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, ["Hello there.", "Second line."]))
+
+
+def test_docbin_input_keeps_doc_numbers(tmp_path, pipeline):
+    nlp = spacy.blank("en")
+    texts = ["First doc here.", "", "Third doc, after an empty one."]
+    DocBin(docs=[nlp(t) for t in texts]).to_disk(tmp_path / "in.spacy")
+    result = invoke("embed", tmp_path / "in.spacy", "-o", tmp_path / "out", "-m", pipeline, "-f", "npy")
+    assert result.exit_code == 0, result.stderr
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, texts))
+    assert manifest_of(tmp_path / "out")["input"]["kind"] == "docbin"
+
+
+def _interrupt_at_second_commit(monkeypatch, exc):
+    """The second shard's files get written, but its ledger line never does (a kill at the worst moment)."""
+    commit = Run.commit
+
+    def interrupted(self, shard):
+        if self.committed.shards:
+            raise exc
+        commit(self, shard)
+
+    monkeypatch.setattr(Run, "commit", interrupted)
+
+
+@pytest.mark.parametrize("fmt", ["docbin", "npy"])
+def test_interrupted_run_is_not_complete_and_resume_finishes_it(tmp_path, corpus, pipeline, monkeypatch, fmt):
+    args = ["embed", corpus, "-m", pipeline, "-f", fmt, "-s", "2"]
+    reference = invoke(*args, "-o", tmp_path / "ref")
+    assert reference.exit_code == 0, reference.stderr
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        result = invoke(*args, "-o", out)
+    assert result.exit_code == 130
+    assert last_line(result.stderr) == "error: interrupted"
+    assert f"2 docs (input lines 1-3) are kept in {partial}; rerun with --resume" in result.stderr
+    assert not out.exists() and partial.is_dir() and read_manifest(partial) is None
+    with (partial / "ledger.jsonl").open("a") as f:
+        f.write('{"shard": 1, "first_li')  # a torn ledger line is not a commit
+
+    refused = invoke(*args, "-o", out)
+    assert refused.exit_code == 2
+    assert last_line(refused.stderr) == (
+        f"error: an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
+    )
+    resumed = invoke(*args, "-o", out, "-b", "5", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run; wrote 7 docs")
+    assert not partial.exists()
+    assert_same_docs(read_output(out), read_output(tmp_path / "ref"))
+    got, ref = manifest_of(out), manifest_of(tmp_path / "ref")
+    for key in ("created", "run"):
+        got.pop(key), ref.pop(key)
+    assert got == ref
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+
+
+def test_failure_before_the_first_commit_leaves_nothing(tmp_path, corpus, pipeline, monkeypatch):
+    monkeypatch.setattr(Run, "commit", lambda self, shard: (_ for _ in ()).throw(OSError(28, "No space left")))
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2")
+    assert result.exit_code == 1
+    assert last_line(result.stderr) == (
+        "error: OSError: [Errno 28] No space left (--verbose shows the traceback)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_complete_output_is_refused_kept_until_overwritten_and_resume_is_a_no_op(
+    tmp_path, corpus, pipeline, monkeypatch
+):
+    out = tmp_path / "out"
+    first = invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2")
+    assert first.exit_code == 0, first.stderr
+    before = read_output(out)
+    other = tmp_path / "other.txt"
+    other.write_text("A different corpus.\nWith two lines.\nAnd three.\n", encoding="utf8")
+
+    refused = invoke("embed", other, "-o", out, "-m", pipeline)
+    assert refused.exit_code == 2
+    assert last_line(refused.stderr) == (
+        f"error: --output {out} already holds a complete output (7 docs); "
+        "pass --overwrite to replace it, or choose another path"
+    )
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, "--resume")
+    assert again.exit_code == 0 and last_line(again.stderr).startswith(f"nothing to do: {out} is already complete")
+    different = invoke("embed", other, "-o", out, "-m", pipeline, "--resume")
+    assert different.exit_code == 2 and "a complete output of a different run (different input)" in different.stderr
+
+    # An interrupted --overwrite leaves the old output as it was...
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        interrupted = invoke("embed", other, "-o", out, "-m", pipeline, "-s", "1", "--overwrite")
+    assert interrupted.exit_code == 130
+    assert_same_docs(read_output(out), before)
+    # ... until the new run is complete.
+    resumed = invoke("embed", other, "-o", out, "-m", pipeline, "-s", "1", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_docs(read_output(out), expected(pipeline, other.read_text().split("\n")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "other.txt", "out"]
+
+
+def test_resume_refuses_an_interrupted_run_of_another_input(tmp_path, corpus, pipeline, monkeypatch):
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2").exit_code == 130
+    corpus.write_text("Changed text.\n", encoding="utf8")
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2", "--resume")
+    assert result.exit_code == 2
+    assert "was started with other settings (different input); pass --overwrite" in last_line(result.stderr)
+    restarted = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "--overwrite")
+    assert restarted.exit_code == 0, restarted.stderr
+    assert [text for _, text, _ in read_output(tmp_path / "out")] == ["Changed text."]
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_no_complete_output_and_resumes(tmp_path, pipeline):
+    words = "the a cat dog sat ran on under mat park station morning quickly tests yesterday".split()
+    rng = numpy.random.default_rng(0)
+    lines = [" ".join(rng.choice(words, size=rng.integers(3, 25))) + "." for _ in range(3000)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    args = ["embed", str(tmp_path / "in.txt"), "-o", str(out), "-m", str(pipeline), "-s", "100"]
+    process = subprocess.Popen([sys.executable, "-m", "spacy_ctxembed", *args], stderr=subprocess.DEVNULL)
+    ledger = partial / "ledger.jsonl"
+    while process.poll() is None and not (ledger.exists() and ledger.stat().st_size):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not out.exists() and read_manifest(partial) is None
+    kept = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert kept and kept[0]["first_line"] == 1
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert f"resumed: {sum(s['docs'] for s in kept)} docs kept" in last_line(resumed.stderr)
+    reference = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "ref", "-m", pipeline, "-s", "100")
+    assert reference.exit_code == 0, reference.stderr
+    got = read_output(out)
+    assert [line for line, _, _ in got] == list(range(1, 3001))
+    assert_same_docs(got, read_output(tmp_path / "ref"))
+
+
+class FakeGpuArray:
+    """Looks like a cupy array to `to_host`: a CUDA array interface and `.get()`."""
+
+    __cuda_array_interface__ = {"shape": (), "typestr": "<f4", "version": 3}
+
+    def __init__(self, array):
+        self.array = array
+
+    def get(self):
+        return self.array
+
+
+def test_gpu_arrays_in_user_data_go_to_the_host_wherever_they_are():
+    nlp = spacy.blank("en")
+    doc = nlp("two tokens")
+    a, b, c = (numpy.full((2, 3), i, dtype="float32") for i in range(3))
+    doc.user_data[("._.", "anything", 0, 10)] = {"outputs": {"x": {"vectors": FakeGpuArray(a), "n": 3}}}
+    doc.user_data["nested"] = [FakeGpuArray(b), (FakeGpuArray(c), "text", {"plain": c})]
+    doc_to_host(doc)
+    store = doc.user_data[("._.", "anything", 0, 10)]
+    assert type(store["outputs"]["x"]["vectors"]) is numpy.ndarray and store["outputs"]["x"]["n"] == 3
+    nested = doc.user_data["nested"]
+    assert type(nested[0]) is numpy.ndarray and type(nested[1][0]) is numpy.ndarray and nested[1][1] == "text"
+    restored = next(DocBin(store_user_data=True, docs=[doc]).get_docs(nlp.vocab))  # serializable now
+    numpy.testing.assert_array_equal(restored.user_data["nested"][1][0], c)
+    assert to_host({"get": "a dict is not an array"}) == {"get": "a dict is not an array"}

@@ -1,0 +1,262 @@
+"""ELMo options/weight file problems are reported when the files are read, naming the
+component instance, the file, the setting or dataset, the value found and what is allowed."""
+import copy
+import json
+
+import h5py
+import numpy
+import pytest
+
+from spacy_ctxembed.models.elmo_weights import (
+    ElmoFileError,
+    expected_shapes,
+    read_options,
+    read_weights,
+    write_files,
+)
+
+from .elmo_fixture import SMALL, write_elmo_fixture
+
+COMPONENT = "elmo_a"
+LSTM_W0 = "RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/W_0"
+
+
+@pytest.fixture
+def files(tmp_path):
+    return write_elmo_fixture(tmp_path / "elmo")
+
+
+def _options(**changes):
+    """SMALL with `changes` applied: {"lstm.dim": "16"}; the value `...` deletes the key."""
+    options = copy.deepcopy(SMALL)
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = options
+        for part in parents:
+            node = node[part]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return options
+
+
+def _read(options_path, weights_path):
+    options = read_options(options_path, component=COMPONENT)
+    return read_weights(weights_path, options, component=COMPONENT)
+
+
+def _assert_message(err, path, *parts):
+    message = str(err.value)
+    assert isinstance(err.value, ValueError)
+    assert message.startswith(f"[{COMPONENT}] ")
+    assert str(path) in message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def _edit_hdf5(path, name, value):
+    """Replace dataset `name` with `value`; None deletes it."""
+    with h5py.File(path, "a") as f:
+        del f[name]
+        if value is not None:
+            f[name] = value
+
+
+def test_default_fixture_reads_exactly(files):
+    options_path, weights_path = files
+    options = read_options(options_path, component=COMPONENT)
+    weights = read_weights(weights_path, options, component=COMPONENT)
+    assert options.n_layers == 2 and options.n_highway == 2 and options.filters == [(1, 4), (2, 4), (3, 8)]
+    assert options.raw == SMALL
+    with h5py.File(weights_path, "r") as f:
+        stored = {name: f[name][...] for name in ["char_embed", *expected_shapes(options)]}
+    assert set(weights) == set(stored)
+    padded = numpy.concatenate([numpy.zeros((1, 4), dtype="float32"), stored["char_embed"]])
+    assert weights["char_embed"].shape == (262, 4)
+    numpy.testing.assert_array_equal(weights["char_embed"], padded)
+    for name, array in stored.items():
+        if name != "char_embed":
+            assert weights[name].dtype == numpy.float32
+            numpy.testing.assert_array_equal(weights[name], array)
+
+
+def test_write_files_round_trip(files, tmp_path):
+    weights = _read(*files)
+    options = read_options(files[0], component=COMPONENT)
+    write_files(tmp_path / "copy", options, weights)
+    again = _read(tmp_path / "copy" / "options.json", tmp_path / "copy" / "weights.hdf5")
+    assert set(again) == set(weights)
+    for name in weights:
+        numpy.testing.assert_array_equal(again[name], weights[name])
+
+
+def test_component_is_required_keyword(files):
+    with pytest.raises(TypeError):
+        read_options(files[0])  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        read_options(files[0], COMPONENT)  # type: ignore[misc]
+
+
+def test_extra_dataset_and_no_n_characters_are_fine(tmp_path):
+    options_path, weights_path = write_elmo_fixture(tmp_path, options=_options(**{"char_cnn.n_characters": ...}))
+    with h5py.File(weights_path, "a") as f:
+        f["extra/something"] = numpy.zeros(3, dtype="float32")
+    weights = _read(options_path, weights_path)
+    assert "extra/something" not in weights
+
+
+@pytest.mark.parametrize(
+    "changes, parts",
+    [
+        ({"lstm.n_layers": 0}, ["lstm.n_layers = 0: expected an integer >= 1"]),
+        ({"lstm.n_layers": -1}, ["lstm.n_layers = -1: expected an integer >= 1"]),
+        ({"char_cnn.n_highway": -1}, ["char_cnn.n_highway = -1: expected an integer >= 0"]),
+        ({"lstm.cell_clip": -1}, ["lstm.cell_clip = -1: expected a finite number >= 0"]),
+        ({"lstm.proj_clip": -1}, ["lstm.proj_clip = -1: expected a finite number >= 0"]),
+        ({"lstm.cell_clip": float("nan")}, ["lstm.cell_clip = nan: expected a finite number >= 0"]),
+        ({"lstm.proj_clip": "3"}, ["lstm.proj_clip = '3': expected a finite number >= 0, found a string"]),
+        ({"lstm.dim": "16"}, ["lstm.dim = '16': expected an integer >= 1, found a string"]),
+        ({"lstm.dim": 0}, ["lstm.dim = 0: expected an integer >= 1"]),
+        ({"lstm.projection_dim": 8.0}, ["lstm.projection_dim = 8.0: expected an integer >= 1, found a number"]),
+        ({"lstm.n_layers": True}, ["lstm.n_layers = True: expected an integer >= 1, found a boolean"]),
+        ({"char_cnn.embedding.dim": False}, ["char_cnn.embedding.dim = False", "found a boolean"]),
+        ({"lstm.use_skip_connections": "yes"}, ["lstm.use_skip_connections = 'yes': expected true or false"]),
+        ({"lstm.dim": ...}, ["lstm.dim is missing: expected an integer >= 1"]),
+        ({"char_cnn.embedding": 4}, ["char_cnn.embedding = 4: expected a JSON object"]),
+        ({"char_cnn.filters": []}, ["char_cnn.filters = []: expected a non-empty list of [width, n] pairs"]),
+        ({"char_cnn.filters": [[1, 4], [0, 4]]}, ["char_cnn.filters[1] = [0, 4]", "1 <= width <= 50 and n >= 1"]),
+        ({"char_cnn.filters": [[51, 4]]}, ["char_cnn.filters[0] = [51, 4]", "1 <= width <= 50"]),
+        ({"char_cnn.filters": [[2, 0]]}, ["char_cnn.filters[0] = [2, 0]", "n >= 1"]),
+        ({"char_cnn.filters": [[2, "4"]]}, ["char_cnn.filters[0] = [2, '4']", "pair of integers"]),
+        ({"char_cnn.activation": "sigmoid"}, ["char_cnn.activation = 'sigmoid': expected one of 'relu', 'tanh'"]),
+        ({"char_cnn.max_characters_per_token": 40},
+         ["char_cnn.max_characters_per_token = 40: expected 50, the value of the released models"]),
+        ({"char_cnn.n_characters": 100},
+         ["char_cnn.n_characters = 100: expected 262, the value of the released models", "261 rows"]),
+        ({"char_cnn.n_characters": "262"}, ["char_cnn.n_characters = '262': expected 262"]),
+    ],
+    ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) else None,
+)
+def test_bad_options(tmp_path, files, changes, parts):
+    options_path = tmp_path / "options.json"
+    options_path.write_text(json.dumps(_options(**changes)))
+    with pytest.raises(ElmoFileError) as err:
+        _read(options_path, files[1])
+    _assert_message(err, options_path, "options_file = ", *parts)
+
+
+@pytest.mark.parametrize(
+    "text, parts",
+    [
+        ("{not json", ["not ELMo options (not valid JSON"]),
+        ("", ["not ELMo options (not valid JSON"]),
+        ("[1, 2]", ["not ELMo options (found a list"]),
+    ],
+    ids=["not-json", "empty", "list"],
+)
+def test_options_not_json(tmp_path, files, text, parts):
+    options_path = tmp_path / "options.json"
+    options_path.write_text(text)
+    with pytest.raises(ElmoFileError) as err:
+        read_options(options_path, component=COMPONENT)
+    _assert_message(err, options_path, "options_file = ", *parts)
+
+
+def test_missing_files(tmp_path, files):
+    options = read_options(files[0], component=COMPONENT)
+    with pytest.raises(ElmoFileError) as err:
+        read_options(tmp_path / "nope.json", component=COMPONENT)
+    _assert_message(err, tmp_path / "nope.json", "options_file = ", "no such file")
+    with pytest.raises(ElmoFileError) as err:
+        read_weights(tmp_path / "nope.hdf5", options, component=COMPONENT)
+    _assert_message(err, tmp_path / "nope.hdf5", "weight_file = ", "no such file")
+    with pytest.raises(ElmoFileError) as err:
+        read_weights(tmp_path, options, component=COMPONENT)
+    _assert_message(err, tmp_path, "weight_file = ", "not a file")
+
+
+@pytest.mark.parametrize(
+    "name, value, parts",
+    [
+        ("char_embed", numpy.zeros((100, 4), dtype="float32"),
+         ["dataset 'char_embed' has shape (100, 4), expected (261, 4)", "n_characters - 1"]),
+        ("char_embed", numpy.zeros((262, 4), dtype="float32"),
+         ["dataset 'char_embed' has shape (262, 4), expected (261, 4)"]),
+        ("char_embed", numpy.zeros((261, 5), dtype="float32"),
+         ["dataset 'char_embed' has shape (261, 5), expected (261, 4)"]),
+        ("char_embed", None, ["not an ELMo weight file (dataset 'char_embed' is missing)"]),
+        ("CNN_proj/W_proj", None, ["dataset 'CNN_proj/W_proj' is missing (expected shape (16, 8))"]),
+        (LSTM_W0, numpy.zeros((16, 32), dtype="float32"),
+         [f"dataset '{LSTM_W0}' has shape (16, 32), expected (16, 64) from the options"]),
+        ("CNN/b_cnn_1", numpy.array([b"a", b"b", b"c", b"d"]),
+         ["dataset 'CNN/b_cnn_1' has dtype |S1, expected real numbers"]),
+    ],
+    ids=["char-embed-100", "char-embed-262", "char-embed-width", "no-char-embed", "missing", "wrong-shape",
+         "strings"],
+)
+def test_bad_datasets(files, name, value, parts):
+    _edit_hdf5(files[1], name, value)
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "weight_file = ", *parts)
+
+
+def test_group_instead_of_dataset(files):
+    _edit_hdf5(files[1], "CNN_proj/b_proj", None)
+    with h5py.File(files[1], "a") as f:
+        f.create_group("CNN_proj/b_proj")
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "'CNN_proj/b_proj' is a Group, expected a dataset of shape (8,)")
+
+
+def test_nan_in_lstm_weight(files):
+    with h5py.File(files[1], "a") as f:
+        array = f[LSTM_W0][...]
+        array[3, 5] = numpy.nan
+        array[7, 1] = numpy.nan
+        f[LSTM_W0][...] = array
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], f"dataset '{LSTM_W0}' holds 2 non-finite value(s), the first nan at index (3, 5)",
+                    "expected finite numbers")
+
+
+def test_inf_in_char_embed_is_named_first(files):
+    with h5py.File(files[1], "a") as f:
+        f["char_embed"][10, 2] = -numpy.inf
+        f[LSTM_W0][0, 0] = numpy.nan
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "dataset 'char_embed' holds 1 non-finite value(s), the first -inf at index (10, 2)")
+
+
+def test_float64_overflow_is_non_finite(files):
+    _edit_hdf5(files[1], "CNN_proj/b_proj", numpy.full(8, 1e300, dtype="float64"))
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "dataset 'CNN_proj/b_proj' holds 8 non-finite value(s)", "does not fit in float32")
+
+
+def test_truncated_hdf5(files):
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "weight_file = ", "cannot be read as HDF5")
+
+
+def test_text_file_as_hdf5(files):
+    files[1].write_text("this is not an HDF5 file\n")
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "weight_file = ", "cannot be read as HDF5")
+
+
+def test_options_disagree_with_weights(tmp_path, files):
+    options_path = tmp_path / "options.json"
+    options_path.write_text(json.dumps(_options(**{"lstm.n_layers": 3})))
+    with pytest.raises(ElmoFileError) as err:
+        _read(options_path, files[1])
+    _assert_message(err, files[1], "dataset 'RNN_0/RNN/MultiRNNCell/Cell2/LSTMCell/W_0' is missing")

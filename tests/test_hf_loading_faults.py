@@ -1,0 +1,366 @@
+"""Weights load whole or not at all: damaged model directories give clear errors.
+
+Every case copies the tiny random BERT (`tiny_bert_dir`) into tmp_path,
+damages one thing, and checks that `load_encoder` raises a `SettingError`
+naming the component instance, the file and the offending key or setting.
+"""
+import json
+import pickle
+import resource
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spacy_ctxembed.errors import SettingError
+from spacy_ctxembed.models import hf_loading
+from spacy_ctxembed.models.hf_loading import (
+    WEIGHTS_FILE,
+    HFEncoder,
+    load_encoder,
+    resolve_model_dir,
+)
+
+COMPONENT = "bert_a"
+TEXT = "Weights load whole, or not at all: a short test sentence."
+
+
+def copy_model(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rewrite_weights(directory: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(directory / WEIGHTS_FILE))
+    edit(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE),
+              metadata={"format": "pt"})
+
+
+def load_error(directory: Path, **kwargs) -> str:
+    with pytest.raises(SettingError) as excinfo:
+        load_encoder(directory, component=COMPONENT, **kwargs)
+    message = str(excinfo.value)
+    assert message.startswith(f"[{COMPONENT}] "), message
+    return message
+
+
+def hidden_states(module, tokenizer):
+    inputs = tokenizer(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        out = module(**inputs, output_hidden_states=True)
+    return out.hidden_states
+
+
+def assert_same_hidden_states(encoder: HFEncoder, reference_module, atol: float = 1e-5) -> None:
+    ours = hidden_states(encoder.module, encoder.tokenizer)
+    theirs = hidden_states(reference_module, encoder.tokenizer)
+    assert len(ours) == len(theirs) == encoder.n_hidden_states
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def assert_materialised(module) -> None:
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        assert not t.is_meta, name
+        if t.is_floating_point():
+            assert torch.isfinite(t).all(), name
+
+
+# --- damaged weights -----------------------------------------------------------------
+
+
+def test_renamed_key(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    old = "encoder.layer.0.attention.self.query.weight"
+    new = "encoder.layer.0.attention.self.qry.weight"
+    rewrite_weights(d, lambda t: t.__setitem__(new, t.pop(old)))
+    message = load_error(d)
+    assert WEIGHTS_FILE in message
+    assert old in message and new in message
+    assert "2 problems" in message
+
+
+def test_missing_layer(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+
+    def drop_layer(tensors):
+        for key in [k for k in tensors if k.startswith("encoder.layer.1.")]:
+            del tensors[key]
+
+    rewrite_weights(d, drop_layer)
+    message = load_error(d)
+    assert WEIGHTS_FILE in message
+    assert "encoder.layer.1." in message and "is missing" in message
+    assert "16 problems" in message and "and 11 more" in message  # at most 5 listed
+
+
+def test_unexpected_tensor(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    rewrite_weights(d, lambda t: t.__setitem__("encoder.layer.0.adapter.weight", torch.ones(4, 32)))
+    message = load_error(d)
+    assert WEIGHTS_FILE in message
+    assert "encoder.layer.0.adapter.weight" in message and "[4, 32]" in message
+
+
+def test_wrong_shape(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    key = "encoder.layer.0.intermediate.dense.weight"
+    rewrite_weights(d, lambda t: t.__setitem__(key, torch.zeros(63, 32)))
+    message = load_error(d)
+    assert WEIGHTS_FILE in message and key in message
+    assert "[63, 32]" in message and "[64, 32]" in message
+
+
+def test_huge_hidden_size_fails_before_allocating(tiny_bert_dir, tmp_path, monkeypatch):
+    from transformers import AutoModel
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    config["hidden_size"] = 65536  # ~17 GB of float32 weights if it were allocated
+    (d / "config.json").write_text(json.dumps(config))
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("from_pretrained was called before the shapes were checked")
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", must_not_load)
+    peak_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    message = load_error(d)
+    elapsed = time.perf_counter() - start
+    peak_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
+    assert peak_growth_mb < 500, peak_growth_mb
+    assert elapsed < 60, elapsed
+    assert WEIGHTS_FILE in message and "config.json" in message
+    assert "hidden_size=65536" in message
+    assert "embeddings.word_embeddings.weight" in message and "[30522, 65536]" in message
+
+
+def test_nan_in_a_tensor(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    key = "encoder.layer.1.output.dense.bias"
+
+    def poison(tensors):
+        tensors[key] = tensors[key].clone()
+        tensors[key][3] = float("nan")
+
+    rewrite_weights(d, poison)
+    message = load_error(d)
+    assert WEIGHTS_FILE in message and key in message and "NaN" in message
+
+
+def test_unreadable_safetensors(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    data = (d / WEIGHTS_FILE).read_bytes()
+    (d / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    message = load_error(d)
+    assert WEIGHTS_FILE in message and "could not be read" in message
+
+
+# --- damaged config and tokenizer ----------------------------------------------------
+
+
+def test_truncated_config_json(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    text = (d / "config.json").read_text()
+    (d / "config.json").write_text(text[: len(text) // 2])
+    message = load_error(d)
+    assert "config.json is not valid JSON" in message and "JSONDecodeError" in message
+
+
+def test_missing_config_json(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    (d / "config.json").unlink()
+    message = load_error(d, setting="model")
+    assert "] model = " in message and "no config.json" in message
+
+
+def test_truncated_tokenizer_json(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    text = (d / "tokenizer.json").read_text()
+    (d / "tokenizer.json").write_text(text[: len(text) // 2])
+    message = load_error(d)
+    assert str(d) in message
+    assert "tokenizer.json is not valid JSON" in message and "JSONDecodeError" in message
+
+
+def test_garbage_tokenizer_config(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    (d / "tokenizer_config.json").write_text("{ this is not json")
+    message = load_error(d)
+    assert str(d) in message and "tokenizer_config.json" in message
+
+
+# --- only safetensors ----------------------------------------------------------------
+
+
+class _Boobytrap:
+    """Unpickling this creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_only_directory_is_never_unpickled(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    (d / WEIGHTS_FILE).unlink()
+    marker = tmp_path / "unpickled"
+    with open(d / "pytorch_model.bin", "wb") as f:
+        pickle.dump(_Boobytrap(marker), f)
+    message = load_error(d)
+    assert "only safetensors" in message and "pytorch_model.bin" in message
+    command = (
+        'python -c "from transformers import AutoModel; '
+        f"AutoModel.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\""
+    )
+    assert command in message
+    assert not marker.exists()
+
+
+def test_no_weights_at_all(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    (d / WEIGHTS_FILE).unlink()
+    message = load_error(d, setting="model")
+    assert f"no {WEIGHTS_FILE}" in message and "] model = " in message
+
+
+# --- good directories load, and equal transformers -----------------------------------
+
+
+def test_minilm_matches_transformers(minilm_dir, hf_reference):
+    _, reference = hf_reference
+    encoder = load_encoder(minilm_dir, component=COMPONENT)
+    assert not encoder.module.training
+    assert encoder.module.pooler is not None  # the file has a pooler: loaded whole
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, reference)
+
+
+def test_tiny_matches_transformers(tiny_bert_dir):
+    from transformers import AutoModel
+
+    encoder = load_encoder(tiny_bert_dir, component=COMPONENT)
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(tiny_bert_dir).eval())
+
+
+def test_missing_pooler_is_left_out(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+
+    def drop_pooler(tensors):
+        for key in [k for k in tensors if k.startswith("pooler.")]:
+            del tensors[key]
+
+    rewrite_weights(d, drop_pooler)
+    encoder = load_encoder(d, component=COMPONENT)
+    assert encoder.module.pooler is None  # not randomly initialised: absent
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(tiny_bert_dir).eval())
+
+
+def test_head_model_checkpoint_loads(tiny_bert_dir, tmp_path):
+    """A checkpoint saved from BertForMaskedLM ("bert." prefix, a "cls." head)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertForMaskedLM
+
+    d = tmp_path / "mlm"
+    torch.manual_seed(1)
+    BertForMaskedLM(AutoConfig.from_pretrained(tiny_bert_dir)).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(d)
+    encoder = load_encoder(d, component=COMPONENT)
+    assert encoder.module.pooler is None
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(d).eval())
+
+    # ... but a damaged encoder tensor under the prefix is still an error.
+    key = "bert.encoder.layer.0.output.dense.weight"
+    rewrite_weights(d, lambda t: t.pop(key))
+    message = load_error(d)
+    assert WEIGHTS_FILE in message and "encoder.layer.0.output.dense.weight" in message
+
+
+def test_save_writes_safetensors_that_load(tiny_bert_dir, tmp_path):
+    encoder = load_encoder(tiny_bert_dir, component=COMPONENT)
+    out = tmp_path / "saved"
+    encoder.save(out)
+    assert (out / WEIGHTS_FILE).is_file() and (out / "tokenizer.json").is_file()
+    assert not list(out.glob("*.bin"))
+    again = load_encoder(out, component=COMPONENT, setting="model")
+    assert_same_hidden_states(again, encoder.module, atol=0)
+
+
+def test_concurrent_first_loads(tiny_bert_dir, tmp_path):
+    n = 8
+    barrier = threading.Barrier(n)
+    results = [None] * n
+    errors = []
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = load_encoder(tiny_bert_dir, component=COMPONENT)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    outputs = []
+    for encoder in results:
+        assert encoder is not None
+        assert_materialised(encoder.module)
+        outputs.append(hidden_states(encoder.module, encoder.tokenizer))
+    for other in outputs[1:]:
+        for a, b in zip(outputs[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        ({"missing_keys": ["encoder.layer.0.output.dense.weight"]}, "encoder.layer.0.output.dense.weight"),
+        ({"unexpected_keys": ["encoder.layer.9.extra"]}, "encoder.layer.9.extra"),
+        ({"mismatched_keys": [("embeddings.LayerNorm.bias", (3,), (32,))]}, "embeddings.LayerNorm.bias"),
+        ({"meta": True}, "meta device"),
+    ],
+)
+def test_second_line_of_defence(tiny_bert_dir, monkeypatch, info, expected):
+    """What from_pretrained reports (or leaves on the meta device) is checked too."""
+    from transformers import AutoModel
+
+    real = AutoModel.from_pretrained
+
+    def reporting(*args, **kwargs):
+        module, _ = real(*args, **kwargs)
+        if info.get("meta"):
+            module.encoder.layer[1].output.dense.to("meta")
+        report = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        report.update({k: v for k, v in info.items() if k != "meta"})
+        return module, report
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", reporting)
+    message = load_error(tiny_bert_dir)
+    assert WEIGHTS_FILE in message and expected in message
+
+
+def test_load_lock_is_module_level():
+    assert isinstance(hf_loading._LOAD_LOCK, type(threading.Lock()))
+
+
+def test_resolve_model_dir_names_component(tmp_path):
+    with pytest.raises(SettingError, match=r"^\[bert_b\] name = .*no such model directory"):
+        resolve_model_dir(str(tmp_path / "nowhere" / "model"), component="bert_b")
+    assert resolve_model_dir(str(tmp_path), component="bert_b") == tmp_path

@@ -1,0 +1,179 @@
+"""Vectors follow their tokens: retokenization, as_doc, from_docs, copy (all three factories).
+
+The reference is the vectors from before the edit, looked up by character
+offsets, with the rule written here in NumPy: an untouched token keeps its own
+row exactly, a merged token gets the mean of its parts that have a vector, a
+piece of a split gets the row of the token it came from.
+"""
+import pickle
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+
+from spacy_ctxembed import restore_vectors
+from spacy_ctxembed.outputs import MissingOutputs
+
+from .conftest import ctx_config
+from .elmo_fixture import write_elmo_fixture
+
+TEXT = "Apple Inc. is looking at buying U.K. startup  for $1 billion in New York City."
+
+
+def _by_offsets(doc, name):
+    """(start, end) -> (vector, layers) as they are now."""
+    out = doc._.ctx_outputs[name]
+    layers = out.get("layers")
+    return {(t.idx, t.idx + len(t)): (out["vectors"][t.i].copy(), None if layers is None else layers[:, t.i].copy())
+            for t in doc}
+
+
+def _expected(before, start, end):
+    """The rule: mean of the embedded tokens overlapping [start, end) that have a vector."""
+    parts = [v for (s, e), v in before.items() if s < end and start < e and v[0].any()]
+    if not parts:
+        return numpy.zeros_like(next(iter(before.values()))[0]), None
+    vectors = numpy.mean([p[0] for p in parts], axis=0)
+    layers = None if parts[0][1] is None else numpy.mean([p[1] for p in parts], axis=0)
+    return vectors, layers
+
+
+def _check(doc, before, name, shift=0):
+    out = doc._.ctx_outputs[name]
+    assert out["vectors"].shape[0] == len(doc)
+    for token in doc:
+        start, end = token.idx + shift, token.idx + shift + len(token)
+        vector, layers = _expected(before, start, end)
+        if (start, end) in before:  # untouched: exactly its own row
+            numpy.testing.assert_array_equal(out["vectors"][token.i], before[(start, end)][0])
+        numpy.testing.assert_allclose(out["vectors"][token.i], vector, rtol=1e-6, atol=1e-7)
+        if layers is not None:
+            numpy.testing.assert_allclose(out["layers"][:, token.i], layers, rtol=1e-6, atol=1e-7)
+        if doc.user_token_hooks:
+            numpy.testing.assert_array_equal(token.vector, out["vectors"][token.i])
+            assert token.has_vector == bool(vector.any())
+    if doc.user_span_hooks and len(doc) > 3:
+        covered = [out["vectors"][i] for i in range(1, 4) if out["vectors"][i].any()]
+        numpy.testing.assert_allclose(doc[1:4].vector, numpy.mean(covered, axis=0), rtol=1e-6)
+        u, v = doc[0].vector, doc[2].vector
+        assert doc[0].similarity(doc[2]) == pytest.approx(float(u @ v / numpy.linalg.norm(u) / numpy.linalg.norm(v)))
+
+
+@pytest.fixture(scope="module", params=["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"])
+def nlp(request, tiny_bert_dir, tmp_path_factory):
+    nlp = spacy.blank("en")
+    factory = request.param
+    if factory == "ctxembed_bert":
+        config = ctx_config(name=tiny_bert_dir, layers=[0, 2], store_layers=True)
+    elif factory == "ctxembed_elmo":
+        options, weights = write_elmo_fixture(tmp_path_factory.mktemp("elmo"))
+        config = ctx_config(options_file=str(options), weight_file=str(weights), store_layers=True)
+    else:
+        nlp.add_pipe("transformer", config={"model": {
+            "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+            "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": True}}})
+        config = ctx_config(layers=[0, -1], store_layers=True)
+    nlp.add_pipe(factory, name="emb", config=config)
+    nlp.initialize()
+    return nlp
+
+
+def test_merge(nlp):
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])  # Apple Inc.
+        retokenizer.merge(doc[-4:-1])  # New York City
+    assert doc[1].text == "is"
+    _check(doc, before, "emb")
+
+
+def test_split(nlp):
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    token = next(t for t in doc if t.text == "startup")
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(token, ["start", "up"], heads=[(token, 1), token.head])
+    _check(doc, before, "emb")
+    last = doc[-1]
+    assert last.vector.shape == before[(last.idx, last.idx + 1)][0].shape  # never an IndexError
+
+
+def test_merge_then_split(nlp):
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    dollar = next(t.i for t in doc if t.text == "$")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[dollar : dollar + 2])  # "$1"
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[dollar], ["$", "1"], heads=[(doc[dollar], 1), doc[dollar]])
+    _check(doc, before, "emb")  # back to the embedded tokens: each its own row again
+
+
+def test_merge_entities_and_noun_chunks(nlp):
+    # merge_entities / merge_noun_chunks / merge_subtokens all go through doc.retokenize.
+    from spacy.pipeline.functions import merge_entities, merge_subtokens
+
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    city = TEXT.index("New York City")
+    doc.ents = [doc.char_span(0, 10, label="ORG"), doc.char_span(city, city + 13, label="GPE")]
+    merge_entities(doc)
+    _check(doc, before, "emb")
+    doc = nlp(TEXT)
+    for token in doc:
+        token.dep_ = "subtok" if token.text in ("New", "York") else "dep"
+        token.head = doc[token.i + 1] if token.text in ("New", "York") else token
+    merge_subtokens(doc)
+    _check(doc, before, "emb")
+
+
+def test_as_doc(nlp):
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    span = doc[3:9]
+    for copy_user_data in (False, True):
+        sub = span.as_doc(copy_user_data=copy_user_data)
+        assert sub[0].vector.shape[0] > 0
+        _check(sub, before, "emb", shift=span.start_char)
+
+
+def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
+    doc = nlp("the cat sat . the cat sat .")
+    sub = doc[4:7].as_doc()
+    with pytest.raises(MissingOutputs, match="copy_user_data=True"):
+        _ = sub[0].vector
+    numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
+
+
+def test_from_docs_and_copy(nlp):
+    docs = [nlp(TEXT), nlp("Another one ran .")]
+    befores = [_by_offsets(d, "emb") for d in docs]
+    joined = restore_vectors(Doc.from_docs(docs))
+    offset = len(docs[0].text) + 1  # from_docs adds a space between docs
+    first, second = joined[: len(docs[0])], joined[len(docs[0]):]
+    for token in first:
+        numpy.testing.assert_array_equal(token.vector, befores[0][(token.idx, token.idx + len(token))][0])
+    for token in second:
+        key = (token.idx - offset, token.idx - offset + len(token))
+        numpy.testing.assert_array_equal(token.vector, befores[1][key][0])
+    copied = docs[0].copy()
+    _check(copied, befores[0], "emb")
+
+
+def test_retokenized_doc_survives_serialization(nlp, tmp_path):
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])
+    _check(pickle.loads(pickle.dumps(doc)), before, "emb")
+    DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "d.spacy")
+    back = restore_vectors(next(DocBin().from_disk(tmp_path / "d.spacy").get_docs(nlp.vocab)))
+    _check(back, before, "emb")
+
+
+def test_restore_vectors_on_a_doc_without_outputs_is_an_error():
+    doc = spacy.blank("en")("nothing here")
+    with pytest.raises(MissingOutputs, match="no ctxembed outputs"):
+        restore_vectors(doc)

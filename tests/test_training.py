@@ -1,0 +1,180 @@
+"""v2 training: listeners through spaCy's mechanism, gradients into the mix and the encoder."""
+import numpy
+import pytest
+import spacy
+import torch
+from spacy.training import Example
+
+from .conftest import ctx_config
+
+WORDS = ["I", "ran", "to", "the", "park"]
+TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
+
+
+def _listener(width=16, **settings):
+    return {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": width, **settings}
+
+
+def _pipeline(tiny_bert_dir, *, combine="mean", tok2vec=None, trainable=True, **component):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2], combine=combine,
+                                                    trainable=trainable, **component))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                             "tok2vec": tok2vec or _listener()}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    return nlp, examples
+
+
+def _encoder_params(nlp):
+    return {k: v.detach().clone() for k, v in nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model.named_parameters()}
+
+
+def test_listener_is_linked_and_sized(tiny_bert_dir):
+    nlp, _ = _pipeline(tiny_bert_dir)
+    embedder = nlp.get_pipe("ctxembed_bert")
+    assert embedder.listening_components == ["tagger"]
+    (listener,) = embedder.listeners
+    assert (listener.get_dim("nL"), listener.get_dim("nO")) == (3, 32)  # from the encoder, not the config
+
+
+def test_scalar_mix_of_the_component_learns(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir, combine="scalar_mix", tok2vec=_listener(mix_layers=False))
+    mix = nlp.get_pipe("ctxembed_bert").combiner
+    s0, gamma0 = mix.get_param("s").copy(), mix.get_param("gamma").copy()
+    optimizer = nlp.resume_training()
+    losses = {}
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer, losses=losses)
+    assert not numpy.allclose(mix.get_param("s"), s0)
+    assert not numpy.allclose(mix.get_param("gamma"), gamma0)
+    assert losses["ctxembed_bert"] > 0
+
+
+def test_fine_tuning_moves_the_encoder_and_grad_factor_zero_does_not(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir)
+    before = _encoder_params(nlp)
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    after = _encoder_params(nlp)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    # Layers 0..2 and the embeddings train; the pooler is never run.
+    assert any(k.startswith("embeddings.") for k in changed) and any(".layer.1." in k for k in changed)
+    assert not any(k.startswith("pooler.") for k in changed)
+
+    frozen, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.0))
+    before = _encoder_params(frozen)
+    optimizer = frozen.resume_training()
+    frozen.update(examples, sgd=optimizer)
+    assert all(torch.equal(before[k], v) for k, v in _encoder_params(frozen).items())
+
+
+def test_fine_tuned_pipeline_saves_and_loads(tiny_bert_dir, tmp_path):
+    nlp, examples = _pipeline(tiny_bert_dir)
+    optimizer = nlp.resume_training()
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    text = " ".join(WORDS)
+    doc = nlp(text)
+    assert [t.tag_ for t in doc] == TAGS
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    again = loaded(text)
+    assert [t.tag_ for t in again] == TAGS
+    numpy.testing.assert_allclose(again._.ctx_vectors, doc._.ctx_vectors, atol=1e-5)
+
+
+def test_frozen_annotating_component_uses_the_cache_and_stays_put(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir, trainable=False, cache_mb=16)
+    before = _encoder_params(nlp)
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+    assert all(torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())
+    assert len(nlp.get_pipe("ctxembed_bert").cache) == 1
+
+
+def test_frozen_without_annotating_says_what_to_do(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir)
+    optimizer = nlp.resume_training()
+    with pytest.raises(ValueError, match="annotating_components"):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"])
+
+
+def test_replace_listeners(tiny_bert_dir, tmp_path):
+    nlp, examples = _pipeline(tiny_bert_dir)
+    text = " ".join(WORDS)
+    before = nlp(text)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    assert nlp.get_pipe("ctxembed_bert").listeners == []
+    tok2vec_cfg = nlp.config["components"]["tagger"]["model"]["tok2vec"]
+    assert tok2vec_cfg["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v2"
+    replaced = nlp(text)
+    assert [t.tag_ for t in replaced] == [t.tag_ for t in before]
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    assert [t.tag_ for t in loaded(text)] == [t.tag_ for t in before]
+    optimizer = loaded.resume_training()
+    loaded.update(examples, sgd=optimizer)  # the tagger trains its own copy of the encoder
+
+
+def test_elmo_and_bert_in_one_pipeline(tiny_bert_dir, tmp_path):
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", name="elmo", config=ctx_config(options_file=str(options),
+                                                                weight_file=str(weights), combine="scalar_mix"))
+    nlp.add_pipe("ctxembed_bert", name="bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@layers": "concatenate.v1",
+        "*": {"elmo": _listener(8, upstream="elmo"), "bert": _listener(8, upstream="bert")}}}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    assert nlp.get_pipe("elmo").listening_components == ["tagger"]
+    assert nlp.get_pipe("bert").listening_components == ["tagger"]
+    doc = nlp(" ".join(WORDS))
+    assert set(doc._.ctx_outputs) == {"elmo", "bert"}
+    assert doc._.ctx_outputs["elmo"]["vectors"].shape == (5, 16)
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, doc._.ctx_outputs["bert"]["vectors"])  # the last one
+    mix = nlp.get_pipe("elmo").combiner
+    s0 = mix.get_param("s").copy()
+    optimizer = nlp.resume_training()
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    assert [t.tag_ for t in nlp(" ".join(WORDS))] == TAGS
+    assert numpy.allclose(mix.get_param("s"), s0)  # the tagger mixes ELMo's layers itself
+    listener_mixes = [n for n in nlp.get_pipe("tagger").model.walk() if n.name == "scalar_mix"]
+    assert len(listener_mixes) == 2 and all(numpy.abs(m.get_param("s")).sum() > 0 for m in listener_mixes)
+
+
+def test_wildcard_listener_with_two_embedders_is_an_error(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="a", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", name="b", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": _listener()}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    with pytest.raises(ValueError, match=r"upstream = '\*' matches several ctxembed components \(a, b\)"):
+        nlp.initialize(lambda: examples)
+        nlp(" ".join(WORDS))
+
+
+def test_elmo_bilm_trains_when_trainable(tmp_path):
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                    trainable=True))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": _listener(8)}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    net = nlp.get_pipe("ctxembed_elmo").encoder.shims[0]._model
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    assert before  # trainable: the weights are parameters
+    optimizer = nlp.resume_training()
+    for _ in range(3):  # the tagger's output layer starts at zero: no gradient at step 1
+        nlp.update(examples, sgd=optimizer)
+    changed = [k for k, v in net.named_parameters() if not torch.equal(before[k], v)]
+    assert any(k.startswith("bilstm.w_h_") for k in changed) and any(k.startswith("char_cnn.") for k in changed)

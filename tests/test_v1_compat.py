@@ -1,0 +1,52 @@
+"""A pipeline saved by version 0.1 (the v1 names) loads and gives its recorded outputs."""
+import json
+from pathlib import Path
+
+import numpy
+import pytest
+import spacy
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v1_pipeline"
+
+
+@pytest.fixture(scope="module")
+def v1_nlp():
+    return spacy.load(FIXTURE)
+
+
+def test_config_is_v1(v1_nlp):
+    config = v1_nlp.config["components"]
+    assert config["ctxembed_bert"]["model"]["@architectures"] == "spacy-ctxembed.BertEmbedder.v1"
+    assert config["ctxembed_elmo"]["model"]["@architectures"] == "spacy-ctxembed.ElmoEmbedder.v1"
+    assert config["tagger"]["model"]["tok2vec"]["@architectures"] == "spacy-ctxembed.ContextualListener.v1"
+    assert config["ctxembed_bert"]["combine"] == "scalar_mix"
+
+
+def test_outputs_equal_the_recorded_ones(v1_nlp):
+    expected = numpy.load(FIXTURE / "expected.npz")
+    texts = json.loads((FIXTURE / "texts.json").read_text(encoding="utf8"))
+    for i, text in enumerate(texts):
+        doc = v1_nlp.make_doc(text)
+        v1_nlp.get_pipe("ctxembed_elmo")(doc)
+        numpy.testing.assert_array_equal(doc._.ctx_vectors, expected[f"elmo_vectors_{i}"])
+        v1_nlp.get_pipe("ctxembed_bert")(doc)
+        numpy.testing.assert_array_equal(doc._.ctx_vectors, expected[f"bert_vectors_{i}"])
+        numpy.testing.assert_array_equal(doc._.ctx_layers, expected[f"bert_layers_{i}"])
+        v1_nlp.get_pipe("tagger")(doc)
+        assert [t.tag_ for t in doc] == list(expected[f"tags_{i}"])
+        # v2 keeps each component's own outputs too.
+        numpy.testing.assert_array_equal(doc._.ctx_outputs["ctxembed_elmo"]["vectors"],
+                                         expected[f"elmo_vectors_{i}"])
+
+
+def test_resaved_v1_pipeline_loads_the_same(v1_nlp, tmp_path):
+    v1_nlp.to_disk(tmp_path / "again")
+    again = spacy.load(tmp_path / "again")
+    text = "I ran to the park this morning."
+    numpy.testing.assert_array_equal(again(text)._.ctx_vectors, v1_nlp(text)._.ctx_vectors)
+
+
+def test_v1_settings_are_refused_on_a_v2_model():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=r"\[bert_a\] layers = \[0, 1\]: a v1 component setting.*\[model.encoder\]"):
+        nlp.add_pipe("ctxembed_bert", name="bert_a", config={"layers": [0, 1]})
