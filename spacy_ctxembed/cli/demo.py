@@ -48,8 +48,8 @@ def _static_vector(nlp) -> Optional[numpy.ndarray]:
     """The context-independent input embedding of the word, where the model has one."""
     from ..models.bert import get_encoder
 
-    for _, pipe in nlp.pipeline:
-        if getattr(pipe, "factory", None) == "ctxembed_bert":
+    for name, pipe in nlp.pipeline:
+        if nlp.get_pipe_meta(name).factory == "ctxembed_bert":
             encoder = get_encoder(pipe.model)
             ids = encoder.tokenizer(WORD, add_special_tokens=False)["input_ids"]
             table = encoder.module.get_input_embeddings().weight.detach()
