@@ -23,7 +23,8 @@ def test_embed_text_file_to_docbin(tmp_path, hf_reference):
     (tmp_path / "in.txt").write_text("\n".join(LINES) + "\n", encoding="utf8")
     result = _run("embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.spacy"))
     assert "embedding" in result.stderr and "100%" in result.stderr  # the progress bar
-    assert result.stderr.splitlines()[-1].endswith(f"1 blank line skipped (docbin, 1 shard) to {tmp_path / 'out.spacy'}")
+    summary = result.stderr.splitlines()[-1]
+    assert summary.endswith(f"1 blank line skipped (docbin, 1 shard) to {tmp_path / 'out.spacy'}")
     docs = list(iter_docs(tmp_path / "out.spacy"))  # a directory of DocBin shards + manifest.json
     assert [(d.user_data["line"], d.text) for d in docs] == [(1, LINES[0]), (3, LINES[2])]  # blank line 2 skipped
     tokenizer, model = hf_reference

@@ -67,7 +67,8 @@ def test_a_directory_or_a_missing_file_as_input(tmp_path, no_model):
         f"error: INPUT {tmp_path / 'missing.txt'}: no such file"
     )
     (tmp_path / "broken.spacy").write_bytes(b"not a docbin")
-    assert "is not a readable .spacy DocBin" in _one_error(invoke("embed", tmp_path / "broken.spacy", "-o", tmp_path / "out"))
+    broken = invoke("embed", tmp_path / "broken.spacy", "-o", tmp_path / "out")
+    assert "is not a readable .spacy DocBin" in _one_error(broken)
 
 
 @pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"])

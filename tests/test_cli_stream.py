@@ -1,9 +1,11 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy
 import pytest
@@ -183,6 +185,65 @@ def test_failure_before_the_first_commit_leaves_nothing(tmp_path, corpus, pipeli
         "error: OSError: [Errno 28] No space left (--verbose shows the traceback)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
+
+
+def test_a_partial_run_with_nothing_committed_is_discarded_by_the_next_run(tmp_path, corpus, pipeline, monkeypatch):
+    with monkeypatch.context() as patch:  # as if killed before the first commit: nothing cleans up
+        patch.setattr(Run, "commit", lambda self, shard: (_ for _ in ()).throw(KeyboardInterrupt()))
+        patch.setattr(Run, "abandon", lambda self: self._release())
+        assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline).exit_code == 130
+    assert (tmp_path / ".out.partial").is_dir()
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline)
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out"]
+
+
+def test_interrupted_at_the_final_rename_resume_only_renames(tmp_path, corpus, pipeline, monkeypatch):
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    rename = os.rename
+
+    def failing_rename(src, dst):
+        if Path(src) == partial:
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", failing_rename)
+        assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy").exit_code == 130
+    assert not out.exists() and read_manifest(partial) is not None
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["spacy_ctxembed.cli.embed"], "build_pipeline", None)  # no model: only the rename
+        resumed = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_docs(read_output(out), expected(pipeline, LINES))
+
+
+def test_a_run_in_progress_is_never_touched_and_resume_without_anything_to_resume_runs(
+    tmp_path, corpus, pipeline, monkeypatch
+):
+    fcntl = pytest.importorskip("fcntl")
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2").exit_code == 130
+    partial = tmp_path / ".out.partial"
+    with (partial / ".lock").open("a") as lock:  # as if another embed were still writing it
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for flag in ("--resume", "--overwrite"):
+            result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, flag)
+            assert result.exit_code == 2
+            assert last_line(result.stderr) == f"error: another embed run is writing {partial}"
+    assert (partial / "ledger.jsonl").read_text().count("\n") == 1
+    fresh = invoke("embed", corpus, "-o", tmp_path / "new", "-m", pipeline, "--resume")
+    assert fresh.exit_code == 0 and last_line(fresh.stderr).startswith("wrote 7 docs")
+
+
+def test_a_symbolic_link_as_output_is_refused(tmp_path, corpus):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    result = invoke("embed", corpus, "-o", tmp_path / "link")
+    assert result.exit_code == 2
+    link = tmp_path / "link"
+    assert last_line(result.stderr) == f"error: --output {link} is a symbolic link; give the path it points to"
 
 
 def test_complete_output_is_refused_kept_until_overwritten_and_resume_is_a_no_op(

@@ -158,7 +158,7 @@ def _run(
         manifest = {
             "format": output_format,
             "input": {"path": run.identity["input"], "kind": inp.kind, "lines": inp.n_records, "sha256": inp.sha256},
-            "model": model,
+            "model": run.identity["model"],
             "config": run.identity["config"],
             "blank_lines": inp.n_blank,
             **writer.manifest(),

@@ -106,7 +106,9 @@ def open_input(input_path: str) -> Input:
     except OSError as e:
         raise UsageError(f"INPUT {input_path}: {e.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"INPUT {input_path} is a directory; expected a text file (one doc per line) or a .spacy DocBin")
+        raise UsageError(
+            f"INPUT {input_path} is a directory; expected a text file (one doc per line) or a .spacy DocBin"
+        )
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"INPUT {input_path} is not a regular file; to read a pipe or a device, use '-' (stdin)")
     if not os.access(path, os.R_OK):

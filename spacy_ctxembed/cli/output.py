@@ -28,7 +28,6 @@ on after the last committed input line.
 """
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import shutil
@@ -43,6 +42,11 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from .errors import CliError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: runs are not locked against each other
+    fcntl = None  # type: ignore[assignment]
 
 LAYOUT = "spacy-ctxembed/embed"
 LAYOUT_VERSION = 1
@@ -62,15 +66,15 @@ LINE_KEY = "line"  # doc.user_data[LINE_KEY]: the doc's 1-based input line numbe
 
 
 def to_host(value: Any) -> Any:
-    """`value` with every GPU array in it (dicts, lists, tuples, nested) copied to numpy.
+    """`value` with every GPU array in it (in dicts, lists, tuples, nested) copied to numpy.
 
-    Dicts are updated in place. An array on the GPU is anything with a
-    ``__cuda_array_interface__`` (cupy: ``.get()``; torch: ``.cpu()``).
+    Containers are rebuilt, not changed in place (another doc may share them);
+    other values, numpy arrays included, are returned as they are. An array on
+    the GPU is anything with a ``__cuda_array_interface__`` (cupy: ``.get()``;
+    torch: ``.cpu()``). No key names are assumed.
     """
     if isinstance(value, dict):
-        for key in list(value):
-            value[key] = to_host(value[key])
-        return value
+        return {key: to_host(item) for key, item in value.items()}
     if isinstance(value, list):
         return [to_host(v) for v in value]
     if isinstance(value, tuple):
@@ -87,8 +91,12 @@ def to_host(value: Any) -> Any:
 
 
 def doc_to_host(doc: Doc) -> None:
-    """Make `doc` serializable with numpy only: its user data (vectors included) and tensor."""
-    to_host(doc.user_data)
+    """Make `doc` serializable with numpy only: its user data (vectors included) and tensor.
+
+    The one place where `embed` moves arrays to the host.
+    """
+    for key in list(doc.user_data):
+        doc.user_data[key] = to_host(doc.user_data[key])
     tensor = doc.tensor
     if tensor is not None and hasattr(tensor, "__cuda_array_interface__"):
         doc.tensor = to_host(tensor)
@@ -108,7 +116,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to a temporary name next to `path`, then rename it to `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -235,6 +244,8 @@ class Run:
             raise UsageError("--overwrite and --resume exclude each other")
         state = _output_state(output)
         partial = partial_path(output)
+        if output.is_symlink():
+            raise UsageError(f"--output {output} is a symbolic link; give the path it points to")
         if state == "file":
             raise UsageError(f"--output {output} is a file; embed writes a directory (see docs/cli.md)")
         if state == "foreign":
@@ -243,21 +254,24 @@ class Run:
                 "choose another path (it is never replaced)"
             )
         if partial.exists() or partial.is_symlink():
-            if not (partial.is_dir() and not partial.is_symlink() and (partial / RUN).is_file()):
+            record = _partial_record(partial)
+            if record is None:
                 raise UsageError(f"{partial} is in the way and is not a spacy-ctxembed partial run; remove it")
             if resume:
                 run = cls(output, identity, resumed=True)
                 run._acquire()
-                run._check_identity(_read_json(partial / RUN), partial)
-                run._recover()
+                run._check_identity(record, partial)
+                if not run.finished:
+                    run._recover()
                 return run
-            if not overwrite:
+            stale = cls(output, identity, resumed=False)
+            stale._acquire()  # refuses if another run is writing it
+            if not overwrite and _has_commits(partial):
+                stale._release()
                 raise UsageError(
                     f"an interrupted run left {partial}; pass --resume to continue it or --overwrite to start over"
                 )
-            stale = cls(output, identity, resumed=False)
-            stale._acquire()
-            shutil.rmtree(partial)
+            shutil.rmtree(partial)  # --overwrite, or an interrupted run that had committed nothing
             stale._release()
         if state == "complete":
             manifest = read_manifest(output) or {}
@@ -278,20 +292,30 @@ class Run:
         return run
 
     def _create(self) -> None:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.new-"))
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.new-"))
+        except OSError as e:
+            raise UsageError(f"--output {self.output}: cannot write in {self.output.parent}: {e.strerror}") from None
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir would
             _write_json(tmp / RUN, {"layout": LAYOUT, "layout_version": LAYOUT_VERSION, "run": self.identity})
             (tmp / LEDGER).touch()
-            os.rename(tmp, self.dir)
+            self._acquire(tmp)  # locked before it has its name: no other run can take it
+            try:
+                os.rename(tmp, self.dir)
+            except OSError:
+                raise UsageError(f"another embed run has just created {self.dir}") from None
         except BaseException:
+            self._release()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._acquire()
 
-    def _acquire(self) -> None:
-        f = (self.dir / LOCK).open("a")
+    def _acquire(self, directory: Optional[Path] = None) -> None:
+        f = ((directory or self.dir) / LOCK).open("a")
+        if fcntl is None:
+            self._lock = f
+            return
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -411,6 +435,30 @@ def _output_state(output: Path) -> str:
     if not any(output.iterdir()):
         return "empty"
     return "foreign"
+
+
+def _partial_record(partial: Path) -> Optional[Dict[str, Any]]:
+    """What a partial directory says about its run: run.json, or the manifest once finished."""
+    if partial.is_symlink() or not partial.is_dir():
+        return None
+    if (partial / RUN).is_file():
+        return _read_json(partial / RUN)
+    manifest = read_manifest(partial)
+    if manifest is not None:
+        return {"layout_version": manifest.get("layout_version"), "run": manifest.get("run", {})}
+    return None
+
+
+def _has_commits(partial: Path) -> bool:
+    """Whether a partial run holds work: a committed shard in its ledger, or a manifest (finished)."""
+    if read_manifest(partial) is not None:
+        return True
+    try:
+        with (partial / LEDGER).open(encoding="utf8") as f:
+            first = f.readline()
+        return isinstance(json.loads(first), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
