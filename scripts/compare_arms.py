@@ -27,7 +27,10 @@ def main(metrics_dir: Path = Path("metrics")) -> None:
 
 
 def _chart(table, labels, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("compare: the chart needs matplotlib: pip install 'spacy-ctxembed[analysis]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -4,10 +4,10 @@
 
 TASK: ud (tagger + parser) or wnut17 (ner). ARM: cnn, bert or elmo. The elmo
 arm is skipped (exit 0) when no ELMo files are given. Writes
-training/TASK-ARM/model-best and metrics/TASK-ARM.json.
+training/TASK-ARM/model-best and metrics/TASK-ARM.json. The configs are
+complete as shipped: this only chooses one and passes the vars.
 """
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +15,10 @@ from pathlib import Path
 TASK_COMPONENTS = {"ud": ["tagger", "parser"], "wnut17": ["ner"]}
 
 
-def elmo_overrides(task: str, options: Path, weights: Path):
-    width = 2 * json.loads(options.read_text())["lstm"]["projection_dim"]
-    overrides = ["--components.ctxembed_elmo.model.options_file", str(options),
-                 "--components.ctxembed_elmo.model.weight_file", str(weights)]
-    for component in TASK_COMPONENTS[task]:
-        overrides += [f"--components.{component}.model.tok2vec.upstream_width", str(width)]
-    return overrides
+def elmo_overrides(options: Path, weights: Path):
+    # Only the files: the listeners take their widths from the upstream at initialize.
+    return ["--components.ctxembed_elmo.model.encoder.options_file", str(options),
+            "--components.ctxembed_elmo.model.encoder.weight_file", str(weights)]
 
 
 def main(args) -> None:
@@ -37,7 +34,7 @@ def main(args) -> None:
         "--gpu-id", str(args.gpu_id),
     ]
     if args.arm == "elmo":
-        command += elmo_overrides(args.task, Path(args.elmo_options), Path(args.elmo_weights))
+        command += elmo_overrides(Path(args.elmo_options), Path(args.elmo_weights))
     subprocess.run(command, check=True)
     Path("metrics").mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "spacy", "evaluate", str(output / "model-best"),

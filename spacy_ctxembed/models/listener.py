@@ -82,6 +82,18 @@ class ContextualListenerNode(Model):
             )
         return live[0] if live else None
 
+    def ensure_dims(self) -> None:
+        """Dims come from the upstream once it has its weights. spaCy does not
+        initialise frozen components in `spacy train`, so a listener that is
+        initialised before its upstream has run has the upstream load now."""
+        if self.has_dim("nO") is True and self.has_dim("nL") is True:
+            return
+        for name, ref in self._claims.items():
+            component = ref()
+            if component is not None and component.name == name and self in component.listeners:
+                component.ensure_loaded()
+                return
+
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
@@ -112,6 +124,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
         return list(model._outputs or []), model.backprop_and_clear
     # The upstream is frozen (and annotating), or this is prediction: the
     # outputs are on the docs, and the gradient stops here.
+    model.ensure_dims()
     name = model.source_name()
     outputs = []
     for doc in docs:

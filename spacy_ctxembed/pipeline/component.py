@@ -138,10 +138,13 @@ class ContextualEmbedder(TrainablePipe):
             self.model.initialize()
         self._model_loaded()
 
-    def _ensure_loaded(self) -> None:
-        # A pretrained embedder needs no data to initialise, so plain
-        # `nlp.add_pipe(...)` then `nlp(text)` works. One load, even when
-        # several threads make the first call at once.
+    def ensure_loaded(self) -> None:
+        """Load the weights unless they are loaded.
+
+        A pretrained embedder needs no data to initialise, so plain
+        `nlp.add_pipe(...)` then `nlp(text)` works. One load, even when
+        several threads make the first call at once.
+        """
         if self._loaded:
             return
         with self._load_lock:
@@ -180,7 +183,7 @@ class ContextualEmbedder(TrainablePipe):
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
         self._after_fork()
-        self._ensure_loaded()
+        self.ensure_loaded()
         with named_errors(self.name):
             layers = self._frozen_layers(docs)
             return layers, self.combiner.predict(layers)
@@ -227,7 +230,7 @@ class ContextualEmbedder(TrainablePipe):
         docs = [eg.predicted for eg in examples]
         if not listeners or not docs:
             return losses
-        self._ensure_loaded()
+        self.ensure_loaded()
         set_dropout_rate(self.model, drop)
         with named_errors(self.name):
             if self._encoder_trains():
@@ -277,7 +280,7 @@ class ContextualEmbedder(TrainablePipe):
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
         path = ensure_path(path)
-        self._ensure_loaded()
+        self.ensure_loaded()
         serializers: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, {"format": FORMAT, **self.cfg}),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
@@ -308,7 +311,7 @@ class ContextualEmbedder(TrainablePipe):
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
-        self._ensure_loaded()
+        self.ensure_loaded()
         return srsly.msgpack_dumps({"cfg": {"format": FORMAT, **self.cfg}, "model": self.model.to_bytes()})
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
