@@ -84,3 +84,50 @@ def test_bad_cache_size():
     nlp = spacy.blank("en")
     with pytest.raises(Exception, match=r"cache_mb = -1"):
         nlp.add_pipe("ctxembed_bert", config={"cache_mb": -1})
+
+
+@pytest.mark.parametrize(
+    "setting, value", [("layers", [0, -1]), ("pooling", "max"), ("window", 16), ("stride", 8), ("precision", "int8")]
+)
+def test_every_setting_that_changes_the_vectors_changes_the_identity(tiny_bert_dir, setting, value):
+    base = _nlp(tiny_bert_dir).get_pipe("ctxembed_bert")
+    other = _nlp(tiny_bert_dir, **{setting: value}).get_pipe("ctxembed_bert")
+    assert other._identity != base._identity
+
+
+def test_sentence_boundaries_are_part_of_the_key(tmp_path):
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path)
+
+    def elmo(cache_mb):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                        cache_mb=cache_mb))
+        nlp.initialize()
+        return nlp
+
+    cached, fresh = elmo(16), elmo(0)
+    words = ["I", "ran", "home", "then", "I", "slept"]
+
+    def doc(nlp, starts):
+        return spacy.tokens.Doc(nlp.vocab, words=words, sent_starts=starts)
+
+    one = [True, False, False, False, False, False]
+    two = [True, False, False, True, False, False]
+    assert doc_key(doc(cached, one)) != doc_key(doc(cached, two))
+    first = cached(doc(cached, one))._.ctx_vectors
+    second = cached(doc(cached, two))._.ctx_vectors  # same text and tokens, other sentences
+    numpy.testing.assert_allclose(first, fresh(doc(fresh, one))._.ctx_vectors, atol=1e-6)
+    numpy.testing.assert_allclose(second, fresh(doc(fresh, two))._.ctx_vectors, atol=1e-6)
+    assert not numpy.allclose(first, second)
+
+
+def test_the_cache_holds_host_arrays(tiny_bert_dir):
+    nlp = _nlp(tiny_bert_dir)
+    nlp(TEXTS[0])
+    cache = nlp.get_pipe("ctxembed_bert").cache
+    assert all(isinstance(v, numpy.ndarray) for v in cache._entries.values())
+    assert cache.nbytes == sum(v.nbytes for v in cache._entries.values())
+    with pytest.raises(TypeError, match="host arrays"):
+        cache.put("x", torch.zeros(2))

@@ -38,14 +38,35 @@ def test_outputs_stay_on_device(gpu_nlp, hf_reference):
     numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-4)
 
 
-def test_mixed_precision_is_close(gpu_nlp):
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_is_close(gpu_nlp, precision):
     nlp, cupy = gpu_nlp
     exact = cupy.asnumpy(nlp(TEXT)._.ctx_vectors)
     half = spacy.blank("en")
-    half.add_pipe("ctxembed_bert", config={"model": {"precision": "fp16"}})
+    # Like with like: the same layers as gpu_nlp, only the precision differs.
+    half.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1], "precision": precision}}})
     half.initialize()
     approx = cupy.asnumpy(half(TEXT)._.ctx_vectors)
-    assert numpy.abs(approx - exact).max() < 5e-2
+    cosine = (approx * exact).sum(1) / numpy.linalg.norm(approx, axis=1) / numpy.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.999 and numpy.abs(approx - exact).max() < 5e-2
+
+
+def test_mixed_precision_fine_tuning_step(gpu_nlp):
+    from spacy.training import Example
+
+    _, cupy = gpu_nlp
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [-1], "precision": "fp16"}}})
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}})
+    words, tags = ["I", "ran"], ["PRON", "VERB"]
+    examples = [Example.from_dict(nlp.make_doc("I ran"), {"words": words, "tags": tags})]
+    nlp.initialize(lambda: examples)
+    optimizer = nlp.resume_training()
+    losses = {}
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer, losses=losses)
+    assert numpy.isfinite(losses["tagger"])
 
 
 def test_elmo_on_device(gpu_nlp, tmp_path):
@@ -55,8 +76,8 @@ def test_elmo_on_device(gpu_nlp, tmp_path):
 
     options, weights = write_elmo_fixture(tmp_path)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {
-        "options_file": str(options), "weight_file": str(weights)}})
+    nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
+        "options_file": str(options), "weight_file": str(weights)}}})
     nlp.initialize()
     doc = nlp("The cat sat on the mat")
     assert isinstance(doc._.ctx_layers, cupy.ndarray) and isinstance(doc.tensor, cupy.ndarray)

@@ -1,0 +1,61 @@
+"""The component's contract with spaCy: assigns, cfg, the trf extra, named errors."""
+import json
+import sys
+
+import pytest
+import spacy
+
+from spacy_ctxembed.errors import SettingError
+
+from .conftest import ctx_config
+
+
+def test_analyze_pipes_shows_what_each_component_writes(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    analysis = nlp.analyze_pipes()
+    assigns = analysis["summary"]["ctxembed_bert"]["assigns"]
+    assert set(assigns) == {"doc._.ctx_outputs", "doc._.ctx_vectors", "doc._.ctx_layers", "doc.tensor"}
+
+
+def test_cfg_is_read_back_and_a_newer_format_is_refused(tiny_bert_dir, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a", config=ctx_config(name=tiny_bert_dir))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "p")
+    cfg_path = tmp_path / "p" / "bert_a" / "cfg"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["format"] == 2 and cfg["primary"] is True
+    cfg_path.write_text(json.dumps({**cfg, "format": 99}))
+    with pytest.raises(SettingError, match=r"^\[bert_a\] cfg = .*format 99 was written by a newer"):
+        spacy.load(tmp_path / "p")
+    cfg_path.write_text("{not json")
+    with pytest.raises(SettingError, match=r"^\[bert_a\] cfg = .*not valid JSON"):
+        spacy.load(tmp_path / "p")
+
+
+def test_from_trf_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy_transformers", None)  # as if not installed
+    nlp = spacy.blank("en")
+    with pytest.raises(ImportError, match=r"\[pooler\] .*pip install 'spacy-ctxembed\[trf\]'"):
+        nlp.add_pipe("ctxembed_from_trf", name="pooler")
+
+
+def test_initialize_errors_name_the_instance(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a", config=ctx_config(name=tiny_bert_dir, layers=[0, 9]))
+    with pytest.raises(SettingError, match=r"^\[bert_a\] layers = \[0, 9\]: index 9 is out of range"):
+        nlp.initialize()
+
+
+def test_primary_chooses_the_doc_vectors(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="a", config=ctx_config(name=tiny_bert_dir, layers=[0]))
+    nlp.add_pipe("ctxembed_bert", name="b", config=ctx_config(name=tiny_bert_dir, layers=[2], primary=False))
+    nlp.initialize()
+    doc = nlp("I ran to the park")
+    assert set(doc._.ctx_outputs) == {"a", "b"}
+    assert (doc._.ctx_vectors == doc._.ctx_outputs["a"]["vectors"]).all()
+    assert (doc.tensor == doc._.ctx_outputs["a"]["vectors"]).all()
+    assert not (doc._.ctx_outputs["b"]["vectors"] == doc._.ctx_outputs["a"]["vectors"]).all()
+    assert (doc[1].vector == doc._.ctx_outputs["a"]["vectors"][1]).all()
