@@ -91,7 +91,9 @@ def run_ctxembed(texts, model_path, settings, gpu=False):
     if gpu:
         spacy.require_gpu()
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={**settings, "model": {"name": model_path, **settings.pop("model", {})}})
+    encoder = {"name": model_path, **settings.get("encoder", {})}
+    component = {k: v for k, v in settings.items() if k != "encoder"}
+    nlp.add_pipe("ctxembed_bert", config={**component, "model": {"encoder": encoder}})
     nlp.initialize()
     return _timed_pipe(nlp, texts, gpu)
 
@@ -139,8 +141,8 @@ def child(args):
     elif args.arm == "spacy_transformers":
         seconds = run_spacy_transformers(texts, path, args.gpu)
     elif args.arm in PRECISION_ARMS:
-        precision = {"model": {"precision": PRECISION_ARMS[args.arm]}}
-        seconds = run_ctxembed(texts, path, {**settings, **precision}, args.gpu)
+        encoder = {**settings.get("encoder", {}), "precision": PRECISION_ARMS[args.arm]}
+        seconds = run_ctxembed(texts, path, {**settings, "encoder": encoder}, args.gpu)
     else:
         seconds = run_ctxembed(texts, path, settings, args.gpu)
     words = sum(len(t.split()) for t in texts)
@@ -193,7 +195,8 @@ if __name__ == "__main__":
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--settings", default="{}", help="JSON ctxembed_bert settings for the ctxembed arms")
+    parser.add_argument("--settings", default="{}",
+                        help="JSON ctxembed_bert settings for the ctxembed arms; encoder settings under \"encoder\"")
     parser.add_argument("--gpu", action="store_true", help="run every arm on CUDA")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--arm", default="ctxembed")

@@ -39,9 +39,9 @@ def run_ctxembed(weights_dir: Path, sentences, threads: int, max_batch_items: in
 
     torch.set_num_threads(threads)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_elmo", config={"model": {
+    nlp.add_pipe("ctxembed_elmo", config={"model": {"encoder": {
         "options_file": str(weights_dir / "options.json"), "weight_file": str(weights_dir / "weights.hdf5"),
-        "max_batch_items": max_batch_items}})
+        "max_batch_items": max_batch_items}}})
     nlp.initialize()
     docs = [Doc(nlp.vocab, words=words) for words in sentences]
     start = time.perf_counter()

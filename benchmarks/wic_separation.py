@@ -45,7 +45,7 @@ def main(args):
     results = {}
     for precision in ("fp32", "int8"):
         nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_bert", config={"model": {"precision": precision}})
+        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"precision": precision}}})
         nlp.initialize()
         docs1, docs2 = embed_pairs(nlp, pairs)
         cosines = [d1[i1].similarity(d2[i2]) for d1, d2, (_, i1, _, i2, _) in zip(docs1, docs2, pairs)]

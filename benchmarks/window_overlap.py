@@ -31,7 +31,7 @@ def ewt_texts(data_dir: Path, n_docs: int, n_words: int):
 
 def embed(text, window, stride):
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config={"model": {"window": window, "stride": stride}})
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"window": window, "stride": stride}}})
     nlp.initialize()
     return nlp(text)._.ctx_vectors
 
