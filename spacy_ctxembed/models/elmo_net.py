@@ -172,7 +172,8 @@ class BiLstm(_WeightsModule):
 
         Rows are sorted longest first, so the rows running at step t+1 are a
         prefix of those at step t: the states of finished rows are simply
-        dropped. Nothing is updated in place, so autograd can run through it.
+        dropped. `h` and `c` are replaced, never updated in place, so autograd
+        can run through the loop.
         """
         w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
         bias, w_p = getattr(self, f"b_{layer}"), getattr(self, f"w_p_{layer}")
@@ -180,7 +181,8 @@ class BiLstm(_WeightsModule):
         dim = w_p.shape[1]
         h = inputs.new_zeros((2, batch, P))
         c = inputs.new_zeros((2, batch, dim))
-        steps_out: List[torch.Tensor] = []
+        # Only written, never read back: in-place writes here are autograd-safe.
+        out = inputs.new_zeros((2, batch, time, P))
         time_chunk = max(1, PROJECTION_ROWS // batch)
         for start in range(0, time, time_chunk):
             rows = active[start]
@@ -196,8 +198,8 @@ class BiLstm(_WeightsModule):
                 c = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j),
                                 -self.cell_clip, self.cell_clip)
                 h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -self.proj_clip, self.proj_clip)
-                steps_out.append(F.pad(h, (0, 0, 0, batch - n)))
-        return torch.stack(steps_out, dim=2)
+                out[:, :n, start + t] = h
+        return out
 
 
 class ElmoBiLm(nn.Module):
