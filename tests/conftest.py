@@ -87,3 +87,26 @@ def make_nlp(model_dir, factory="ctxembed_bert", **settings):
     nlp.add_pipe(factory, config=ctx_config(name=model_dir, **settings))
     nlp.initialize()
     return nlp
+
+
+def run_in_threads(n, target):
+    """Call `target()` from `n` threads released together; return their results in order."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = target()
+        except BaseException as err:  # noqa: BLE001 - collected and re-raised below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results

@@ -24,6 +24,8 @@ from spacy_ctxembed.models.hf_loading import (
     resolve_model_dir,
 )
 
+from .conftest import run_in_threads
+
 COMPONENT = "bert_a"
 TEXT = "Weights load whole, or not at all: a short test sentence."
 
@@ -300,24 +302,7 @@ def test_save_writes_safetensors_that_load(tiny_bert_dir, tmp_path):
 
 
 def test_concurrent_first_loads(tiny_bert_dir, tmp_path):
-    n = 8
-    barrier = threading.Barrier(n)
-    results = [None] * n
-    errors = []
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait()
-            results[i] = load_encoder(tiny_bert_dir, component=COMPONENT)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_in_threads(8, lambda: load_encoder(tiny_bert_dir, component=COMPONENT))
     outputs = []
     for encoder in results:
         assert encoder is not None

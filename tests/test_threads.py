@@ -2,12 +2,11 @@
 import os
 import subprocess
 import sys
-import threading
 
 import numpy
 import spacy
 
-from .conftest import ctx_config
+from .conftest import ctx_config, run_in_threads
 
 TEXTS = ["I ran to the park .", "Yesterday I ran some significance tests on the data .", "Short", ""] * 4
 
@@ -20,30 +19,10 @@ def _nlp(model_dir, initialize=True, **settings):
     return nlp
 
 
-def _run_threads(n, target):
-    barrier = threading.Barrier(n)
-    results, errors = [None] * n, []
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = target()
-        except Exception as err:  # noqa: BLE001 - collected and re-raised below
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return results
-
-
 def test_two_threads_give_the_single_thread_vectors(tiny_bert_dir):
     nlp = _nlp(tiny_bert_dir)
     expected = [d._.ctx_layers.copy() for d in nlp.pipe(TEXTS)]
-    results = _run_threads(4, lambda: [d._.ctx_layers.copy() for d in nlp.pipe(TEXTS, batch_size=3)])
+    results = run_in_threads(4, lambda: [d._.ctx_layers.copy() for d in nlp.pipe(TEXTS, batch_size=3)])
     for result in results:
         for got, want in zip(result, expected):
             numpy.testing.assert_allclose(got, want, atol=1e-6)
@@ -60,7 +39,7 @@ def test_eight_threads_making_the_first_call_load_once(tiny_bert_dir):
         return original(*args, **kwargs)
 
     pipe.initialize = counting_initialize
-    results = _run_threads(8, lambda: nlp(TEXTS[1])._.ctx_vectors.copy())
+    results = run_in_threads(8, lambda: nlp(TEXTS[1])._.ctx_vectors.copy())
     assert len(loads) == 1
     module = pipe.encoder.shims[0]._model
     assert not any(p.is_meta for p in module.parameters())
