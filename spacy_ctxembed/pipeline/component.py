@@ -24,7 +24,7 @@ from spacy.util import ensure_path, from_disk, to_disk
 from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer, set_dropout_rate
 
-from ..errors import bad_setting, check_bool, check_int, named_errors
+from ..errors import SettingError, bad_setting, check_bool, check_int, named_errors
 from ..models.embedder import pass_dims
 from ..models.listener import ContextualListenerNode
 from ..outputs import install_extensions, write_outputs
@@ -305,7 +305,7 @@ class ContextualEmbedder(TrainablePipe):
                 self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"))
             elif "combiner" not in exclude and self.combiner.param_names:
                 raise bad_setting(self.name, "combiner", str(path / "combiner"), "the combiner's weights are missing")
-            self.encoder.initialize()  # loaded already: only sets its dims
+            self._after_loading(str(path / "combiner"))
         self._model_loaded()
         return self
 
@@ -324,8 +324,14 @@ class ContextualEmbedder(TrainablePipe):
             if not isinstance(msg, dict) or "model" not in msg:
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes", "not a serialized ctxembed component")
             self._check_format(msg.get("cfg", {}), "bytes")
-            self.model.from_bytes(msg["model"])
-            self.encoder.initialize()  # loaded already: only sets its dims
+            try:
+                self.model.from_bytes(msg["model"])
+            except SettingError:
+                raise
+            except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
+                raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
+                                  f"not a serialized ctxembed model ({type(err).__name__}: {err})") from None
+            self._after_loading("bytes")
         self._model_loaded()
         return self
 
@@ -343,6 +349,29 @@ class ContextualEmbedder(TrainablePipe):
         if version not in (1, FORMAT):
             raise bad_setting(self.name, "cfg", source, f"format {version!r} was written by a newer "
                               f"spacy-ctxembed; this one reads 1 and {FORMAT}")
+
+    def _after_loading(self, combiner_source: str) -> None:
+        self.encoder.initialize()  # loaded already: only sets its dims
+        # ctxembed_from_trf learns its width from the upstream at initialize;
+        # a loaded pipeline has it from the combiner that was saved with it.
+        if self.encoder.has_dim("nO") is not True and self.combiner.has_dim("nI") is True:
+            self.encoder.set_dim("nO", self.combiner.get_dim("nI"))
+        self._check_combiner(combiner_source)
+
+    def _check_combiner(self, source: str) -> None:
+        """The combiner's weights must fit the encoder and be finite, like the encoder's."""
+        xp = self.model.ops.xp
+        n_layers = self.encoder.get_dim("nL")
+        expected = {"s": (n_layers,), "gamma": (1,)} if self.combiner.name == "scalar_mix" else {}
+        for name in self.combiner.param_names:
+            if not self.combiner.has_param(name):
+                continue
+            value = self.combiner.get_param(name)
+            if name in expected and tuple(value.shape) != expected[name]:
+                raise bad_setting(self.name, "combiner", source, f"weight {name!r} has shape {tuple(value.shape)}, "
+                                  f"expected {expected[name]} for {n_layers} layers")
+            if not bool(xp.isfinite(value).all()):
+                raise bad_setting(self.name, "combiner", source, f"weight {name!r} has non-finite values")
 
     def _load_combiner(self, data: bytes, source: str) -> None:
         try:
