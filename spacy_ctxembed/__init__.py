@@ -1,7 +1,7 @@
 """spacy-ctxembed: contextual token vectors (BERT-family, ELMo) for spaCy v3."""
 from . import layers, models  # noqa: F401  (registers the architectures)
 from .about import __version__
-from .outputs import install_extensions, outputs_to_host, restore_vectors
+from .outputs import install_extensions, restore_vectors
 from .pipeline import ContextualEmbedder
 
-__all__ = ["ContextualEmbedder", "__version__", "install_extensions", "outputs_to_host", "restore_vectors"]
+__all__ = ["ContextualEmbedder", "__version__", "install_extensions", "restore_vectors"]

@@ -108,16 +108,6 @@ def restore_vectors(doc: Doc) -> Doc:
     return doc
 
 
-def outputs_to_host(doc: Doc) -> Doc:
-    """Move every stored output to numpy (for files); a no-op on CPU."""
-    for key, store in _stores(doc):
-        outputs = {
-            name: {k: _to_numpy(v) for k, v in out.items()} for name, out in store["outputs"].items()
-        }
-        _data(doc)[key] = {"primary": store["primary"], "outputs": outputs}
-    return doc
-
-
 # Getters ------------------------------------------------------------------
 
 
