@@ -50,3 +50,22 @@ def test_v1_settings_are_refused_on_a_v2_model():
     nlp = spacy.blank("en")
     with pytest.raises(ValueError, match=r"\[bert_a\] layers = \[0, 1\]: a v1 component setting.*\[model.encoder\]"):
         nlp.add_pipe("ctxembed_bert", name="bert_a", config={"layers": [0, 1]})
+
+
+def test_restore_vectors_reads_docs_written_by_v1(tmp_path):
+    from spacy.tokens import Doc, DocBin
+
+    from spacy_ctxembed import restore_vectors
+
+    nlp = spacy.blank("en")
+    doc = nlp("written by 0.1")
+    vectors = numpy.arange(9, dtype="float32").reshape(3, 3)
+    # What 0.1's embed wrote: the plain doc extension values in user data.
+    doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
+    doc.user_data[("._.", "ctx_layers", None, None)] = vectors[None]
+    DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "v1.spacy")
+    back = restore_vectors(next(DocBin().from_disk(tmp_path / "v1.spacy").get_docs(nlp.vocab)))
+    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
+    numpy.testing.assert_array_equal(back._.ctx_layers, vectors[None])
+    numpy.testing.assert_array_equal(back[1].vector, vectors[1])
+    assert isinstance(back, Doc)
