@@ -178,3 +178,16 @@ def test_elmo_bilm_trains_when_trainable(tmp_path):
         nlp.update(examples, sgd=optimizer)
     changed = [k for k, v in net.named_parameters() if not torch.equal(before[k], v)]
     assert any(k.startswith("bilstm.w_h_") for k in changed) and any(k.startswith("char_cnn.") for k in changed)
+
+
+def test_fine_tuning_never_serves_stale_cached_layers(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir, cache_mb=16, store_layers=True)
+    text = " ".join(WORDS)
+    nlp(text)  # fills the cache with the untrained encoder's layers
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    pipe = nlp.get_pipe("ctxembed_bert")
+    cached = nlp(text)._.ctx_layers
+    fresh = pipe.encoder.predict([nlp.make_doc(text)])[0]
+    numpy.testing.assert_allclose(cached, fresh, atol=1e-6)

@@ -73,6 +73,7 @@ class ContextualEmbedder(TrainablePipe):
         # Layers of docs already seen, for training on a frozen encoder.
         self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
         self._identity = ""
+        self._updates = 0
         self._loaded = False
         self._load_lock = threading.Lock()
         self._pid = os.getpid()
@@ -265,6 +266,16 @@ class ContextualEmbedder(TrainablePipe):
             outputs = layers if kind == "layers" else vectors
             listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
         return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        super().finish_update(sgd)
+        if self.cache is not None and self._encoder_trains():
+            # The weights moved: cached layers are of another model now. A step
+            # counter in the identity is enough (hashing the weights every step
+            # would cost more than the cache saves).
+            self.cache.clear()
+            self._updates += 1
+            self._identity = f"{self._identity.split(':')[0]}:{self._updates}"
 
     def _encoder_trains(self) -> bool:
         return any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
