@@ -1,8 +1,7 @@
 """Errors that name the component, the setting and the value that caused them."""
 import contextlib
-import math
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator
 
 #: The prefix a layer uses before it knows the component instance it serves:
 #: the factory name, or a registered architecture name.
@@ -52,14 +51,6 @@ def check_int(
         raise bad_setting(component, setting, value, f"expected {allowed}, got {type(value).__name__}")
     if value < minimum:
         raise bad_setting(component, setting, value, f"expected {unit} >= {minimum}")
-
-
-def check_number(component: str, setting: str, value: Any, *, minimum: Optional[float] = None) -> None:
-    """Raise a `SettingError` unless `value` is a finite real number (>= `minimum`)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad_setting(component, setting, value, "expected a finite number")
-    if minimum is not None and value < minimum:
-        raise bad_setting(component, setting, value, f"expected a number >= {minimum}")
 
 
 def check_bool(component: str, setting: str, value: Any) -> None:

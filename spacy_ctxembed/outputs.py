@@ -29,7 +29,7 @@ dict, and place the new doc's text in it.
 """
 import threading
 import weakref
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union, cast
+from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy
 from spacy.attrs import IDX, LENGTH
@@ -381,9 +381,3 @@ def _mean_of_covered(vectors):
     if not int(covered.sum()):
         return xp.zeros((vectors.shape[1],), dtype=vectors.dtype)
     return vectors[covered].mean(axis=0)
-
-
-def iter_outputs(docs: Iterable[Doc], name: str, key: str) -> Iterable[Optional[Any]]:
-    """Each doc's output `key` ("vectors" or "layers") of component `name`, or None."""
-    for doc in docs:
-        yield get_outputs(doc).get(name, {}).get(key)

@@ -67,14 +67,20 @@ class ContextualListenerNode(Model):
     def claim(self, component: Any) -> None:
         self._claims[component.name] = weakref.ref(component)
 
+    def _upstreams(self) -> Dict[str, Any]:
+        """The components that list this listener now (a rename or relink drops old claims)."""
+        live = {}
+        for name, ref in self._claims.items():
+            component = ref()
+            if component is not None and component.name == name and self in component.listeners:
+                live[name] = component
+        return live
+
     def source_name(self) -> Optional[str]:
         """The upstream component's name: the one named, or the one "*" matched."""
         if self.upstream_name != "*":
             return self.upstream_name
-        live = sorted(
-            name for name, ref in self._claims.items()
-            if ref() is not None and ref().name == name and self in ref().listeners
-        )
+        live = sorted(self._upstreams())
         if len(live) > 1:
             raise ValueError(
                 f"ContextualListener upstream = '*' matches several ctxembed components ({', '.join(live)}): "
@@ -88,11 +94,9 @@ class ContextualListenerNode(Model):
         initialised before its upstream has run has the upstream load now."""
         if self.has_dim("nO") is True and self.has_dim("nL") is True:
             return
-        for name, ref in self._claims.items():
-            component = ref()
-            if component is not None and component.name == name and self in component.listeners:
-                component.ensure_loaded()
-                return
+        for component in self._upstreams().values():
+            component.ensure_loaded()
+            return
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
