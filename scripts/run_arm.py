@@ -1,24 +1,59 @@
 """Train one arm on one task with `spacy train`, then evaluate model-best on dev.
 
-    python scripts/run_arm.py TASK ARM --max-steps N [--elmo-options P --elmo-weights W] [--gpu-id G]
+    python scripts/run_arm.py TASK ARM [--max-steps N] [--patience P] [--eval-frequency E]
+        [--bert-model DIR] [--gpu-id G] [--mixed-precision true|false]
+        [--elmo-options P --elmo-weights W]
 
-TASK: ud (tagger + parser) or wnut17 (ner). ARM: cnn, bert or elmo. The elmo
-arm is skipped (exit 0) when no ELMo files are given. Writes
-training/TASK-ARM/model-best and metrics/TASK-ARM.json. The configs are
-complete as shipped: this only chooses one and passes the vars.
+TASK: ud (tagger + parser) or wnut17 (ner).
+ARM: cnn, bert (frozen ctxembed), bert-ft (ctxembed fine-tuned), st
+(spacy-transformers fine-tuned) or elmo. The elmo arm is skipped (exit 0)
+when no ELMo files are given.
+
+Writes training/TASK-ARM/model-best and metrics/TASK-ARM.json: spaCy's dev
+scores (including `speed`, the words/s of `spacy evaluate`) plus
+`train_seconds` (the wall time of `spacy train`) and `disk_mb` (model-best on
+disk). The configs are complete as shipped: this only chooses one and passes
+the vars. All BERT-family arms get the same model: --bert-model, or the
+embedded all-MiniLM-L6-v2.
 """
 import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 TASK_COMPONENTS = {"ud": ["tagger", "parser"], "wnut17": ["ner"]}
+ARMS = ["cnn", "bert", "bert-ft", "st", "elmo"]
+BERT_ARMS = ("bert", "bert-ft", "st")
 
 
-def elmo_overrides(options: Path, weights: Path):
-    # Only the files: the listeners take their widths from the upstream at initialize.
-    return ["--components.ctxembed_elmo.model.encoder.options_file", str(options),
-            "--components.ctxembed_elmo.model.encoder.weight_file", str(weights)]
+def arm_overrides(args) -> list:
+    """The vars, as `spacy train` overrides, for this arm."""
+    if args.arm == "elmo":
+        # Only the files: the listeners take their widths from the upstream at initialize.
+        return ["--components.ctxembed_elmo.model.encoder.options_file", args.elmo_options,
+                "--components.ctxembed_elmo.model.encoder.weight_file", args.elmo_weights]
+    if args.arm not in BERT_ARMS:
+        return []
+    overrides = ["--paths.bert_model", bert_model_dir(args.bert_model)]
+    if args.mixed_precision and args.arm == "bert-ft":
+        overrides += ["--components.ctxembed_bert.model.encoder.precision", "fp16"]
+    elif args.mixed_precision and args.arm == "st":
+        overrides += ["--components.transformer.model.mixed_precision", "true"]
+    return overrides
+
+
+def bert_model_dir(name: str) -> str:
+    if name:
+        return name
+    from spacy_ctxembed.models.hf_loading import resolve_model_dir
+
+    return str(resolve_model_dir(None, component="run_arm"))
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def main(args) -> None:
@@ -26,6 +61,8 @@ def main(args) -> None:
     if args.arm == "elmo" and not (args.elmo_options and args.elmo_weights):
         print(f"{name}: skipped (no ELMo weights given: set vars elmo_options and elmo_weights)")
         return
+    if args.mixed_precision and args.gpu_id < 0:
+        raise SystemExit(f"{name}: --mixed-precision needs a GPU (--gpu-id)")
     output = Path("training") / name
     command = [
         sys.executable, "-m", "spacy", "train", f"configs/{name}.cfg", "--output", str(output),
@@ -33,22 +70,40 @@ def main(args) -> None:
         "--training.max_steps", str(args.max_steps), "--training.eval_frequency", str(args.eval_frequency),
         "--gpu-id", str(args.gpu_id),
     ]
-    if args.arm == "elmo":
-        command += elmo_overrides(Path(args.elmo_options), Path(args.elmo_weights))
+    if args.patience is not None:
+        command += ["--training.patience", str(args.patience)]
+    command += arm_overrides(args)
+    start = time.perf_counter()
     subprocess.run(command, check=True)
+    train_seconds = time.perf_counter() - start
     Path("metrics").mkdir(exist_ok=True)
+    metrics = Path("metrics") / f"{name}.json"
     subprocess.run([sys.executable, "-m", "spacy", "evaluate", str(output / "model-best"),
-                    f"corpus/{args.task}/dev.spacy", "--output", f"metrics/{name}.json",
+                    f"corpus/{args.task}/dev.spacy", "--output", str(metrics),
                     "--gpu-id", str(args.gpu_id)], check=True)
+    scores = json.loads(metrics.read_text())
+    scores.update(train_seconds=round(train_seconds, 1), disk_mb=round(disk_mb(output / "model-best"), 1),
+                  max_steps=args.max_steps, patience=args.patience)
+    metrics.write_text(json.dumps(scores, indent=2))
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("task", choices=sorted(TASK_COMPONENTS))
-    parser.add_argument("arm", choices=["cnn", "bert", "elmo"])
-    parser.add_argument("--max-steps", type=int, default=2000)
+    parser.add_argument("arm", choices=ARMS)
+    parser.add_argument("--max-steps", type=int, default=2000, help="0: until patience runs out")
+    parser.add_argument("--patience", type=int, default=None, help="steps without improvement (default: config's)")
     parser.add_argument("--eval-frequency", type=int, default=200)
+    parser.add_argument("--bert-model", default="", help="model directory for the BERT arms ('': embedded)")
     parser.add_argument("--gpu-id", type=int, default=-1)
+    parser.add_argument("--mixed-precision", type=_flag, default=False,
+                        help="true: fp16 autocast (GPU) in bert-ft and st")
     parser.add_argument("--elmo-options", default="")
     parser.add_argument("--elmo-weights", default="")
     main(parser.parse_args())

@@ -6,10 +6,11 @@ Special tokens and pieces with an empty span belong to none. Everything here
 is index arithmetic over whole arrays: there is no per-token Python loop.
 """
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import numpy
 from numpy.typing import ArrayLike
+from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc
 
 #: A 1-d int64 index array on the host.
@@ -69,9 +70,9 @@ class PieceAlignment:
 
 def token_char_spans(doc: Doc) -> Tuple[IndexArray, IndexArray]:
     """(starts, ends) character offsets of the doc's tokens, as int64 arrays."""
-    starts = numpy.fromiter((t.idx for t in doc), dtype="int64", count=len(doc))
-    lengths = numpy.fromiter((len(t) for t in doc), dtype="int64", count=len(doc))
-    return starts, starts + lengths
+    # One pass in Cython: iterating Token objects costs 10x as much.
+    spans = doc.to_array([IDX, LENGTH]).astype("int64", copy=False).reshape(-1, 2)
+    return spans[:, 0], spans[:, 0] + spans[:, 1]
 
 
 def align_pieces(
@@ -102,3 +103,47 @@ def align_pieces(
     token_index = numpy.repeat(lo, counts) + (numpy.arange(total, dtype="int64") - run_start)
     order = numpy.lexsort((piece_index, token_index))
     return PieceAlignment(token_index[order], piece_index[order], len(t_start), n_pieces)
+
+
+def align_docs(
+    piece_spans: Sequence[numpy.ndarray], token_spans: Sequence[Tuple[IndexArray, IndexArray]]
+) -> List[PieceAlignment]:
+    """`align_pieces` for many docs with one pass over all of them.
+
+    piece_spans: per doc, an (n_pieces, 2) array of [start, end) character spans.
+    token_spans: per doc, the (starts, ends) of its tokens (`token_char_spans`).
+
+    The docs are laid end to end on one character axis (each shifted past the
+    previous one's last character), so no piece can overlap another doc's
+    token, and one `align_pieces` call aligns them all; the result is cut back
+    into docs at the token boundaries. Equal to aligning each doc alone.
+    """
+    n_docs = len(piece_spans)
+    piece_counts = numpy.fromiter((len(s) for s in piece_spans), dtype="int64", count=n_docs)
+    token_counts = numpy.fromiter((len(s[0]) for s in token_spans), dtype="int64", count=n_docs)
+    # Each doc's extent: past its last token and its last piece.
+    extents = numpy.fromiter(
+        (max(int(t[1][-1]) if len(t[1]) else 0, int(p[:, 1].max()) if len(p) else 0)
+         for p, t in zip(piece_spans, token_spans)),
+        dtype="int64", count=n_docs,
+    )
+    shift = numpy.concatenate(([0], numpy.cumsum(extents + 1)[:-1]))
+    pieces = numpy.concatenate([*piece_spans, numpy.zeros((0, 2), dtype="int64")]).astype("int64", copy=False)
+    pieces = pieces + numpy.repeat(shift, piece_counts)[:, None]
+    token_shift = numpy.repeat(shift, token_counts)
+    starts = numpy.concatenate([*(s[0] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
+    ends = numpy.concatenate([*(s[1] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
+    whole = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
+    token_offsets = numpy.concatenate(([0], numpy.cumsum(token_counts)))
+    piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
+    # Pairs are sorted by token: each doc's pairs are one contiguous run.
+    cuts = numpy.searchsorted(whole.token_index, token_offsets)
+    return [
+        PieceAlignment(
+            whole.token_index[cuts[d] : cuts[d + 1]] - token_offsets[d],
+            whole.piece_index[cuts[d] : cuts[d + 1]] - piece_offsets[d],
+            int(token_counts[d]),
+            int(piece_counts[d]),
+        )
+        for d in range(n_docs)
+    ]

@@ -1,5 +1,6 @@
 """Errors that name the component, the setting and the value that caused them."""
 import contextlib
+import math
 import re
 from typing import Any, Iterable, Iterator
 
@@ -51,6 +52,14 @@ def check_int(
         raise bad_setting(component, setting, value, f"expected {allowed}, got {type(value).__name__}")
     if value < minimum:
         raise bad_setting(component, setting, value, f"expected {unit} >= {minimum}")
+
+
+def check_number(component: str, setting: str, value: Any, *, minimum: float, unit: str) -> None:
+    """Raise a `SettingError` unless `value` is a finite int or float >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad_setting(component, setting, value, f"expected {unit}, got {type(value).__name__}")
+    if value < minimum:
+        raise bad_setting(component, setting, value, f"expected {unit}")
 
 
 def check_bool(component: str, setting: str, value: Any) -> None:

@@ -32,7 +32,8 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy
-from spacy.attrs import IDX, LENGTH
+from spacy.attrs import IDX, LENGTH, ORTH, SPACY
+from spacy.strings import StringStore
 from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
 
@@ -149,7 +150,7 @@ def set_vector_hooks(doc: Doc) -> None:
     # For docs made by span.as_doc(), which share these hooks but not the user data.
     store = _data(doc).get(_whole_doc_key(doc))
     if isinstance(store, dict):
-        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = _Source(doc.text, store)
+        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = _Source(doc, store)
     else:  # several stores (Doc.from_docs): no single source to point to
         doc.user_hooks.pop(SOURCE_HOOK, None)
 
@@ -192,11 +193,33 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
 
 
 class _Source:
-    """The text and store of the doc that hooks were set on (for `as_doc`)."""
+    """The text and store of the doc that hooks were set on (for `as_doc`).
 
-    def __init__(self, text: str, store: Dict[str, Any]) -> None:
-        self.text = text
+    The text is built on first use: `doc.text` costs a Python call per token,
+    and most docs are never cut with `as_doc`. What is kept is the tokens'
+    ORTH and SPACY values (one Cython pass) and the string store, never the
+    doc itself: a doc holding a reference to itself through its hooks would be
+    freed only by the cyclic garbage collector.
+    """
+
+    def __init__(self, doc: Doc, store: Dict[str, Any]) -> None:
+        self._strings: Optional[StringStore] = doc.vocab.strings
+        self._tokens: Optional[numpy.ndarray] = doc.to_array([ORTH, SPACY])
+        self._text: Optional[str] = None
         self.store = store
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            strings, tokens = cast(StringStore, self._strings), cast(numpy.ndarray, self._tokens)
+            # Exactly doc.text: each token's text, then its trailing space.
+            self._text = "".join(strings[int(orth)] + (" " if space else "") for orth, space in tokens)
+            self._strings = self._tokens = None
+        return self._text
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Pickling a Doc pickles its hooks: keep the text, not the string store.
+        return {"_strings": None, "_tokens": None, "_text": self.text, "store": self.store}
 
 
 class _View:

@@ -7,7 +7,7 @@ import spacy
 
 from spacy_ctxembed.errors import SettingError
 
-from .conftest import ctx_config
+from .conftest import ctx_config, make_nlp
 
 
 def test_analyze_pipes_shows_what_each_component_writes(tiny_bert_dir):
@@ -59,3 +59,29 @@ def test_primary_chooses_the_doc_vectors(tiny_bert_dir):
     assert (doc.tensor == doc._.ctx_outputs["a"]["vectors"]).all()
     assert not (doc._.ctx_outputs["b"]["vectors"] == doc._.ctx_outputs["a"]["vectors"]).all()
     assert (doc[1].vector == doc._.ctx_outputs["a"]["vectors"][1]).all()
+
+
+def test_docs_are_freed_by_reference_counting(tiny_bert_dir):
+    # Nothing in a doc's hooks or user data may point back at the doc: a cycle
+    # would keep every doc (and its vectors) until the cyclic collector runs.
+    import collections
+    import gc
+
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.outputs import SOURCE_HOOK
+
+    nlp = make_nlp(tiny_bert_dir)
+    assert SOURCE_HOOK in nlp("I ran to the park.").user_hooks
+
+    def live_docs():
+        return sum(1 for o in gc.get_objects() if isinstance(o, Doc))
+
+    gc.collect()
+    before = live_docs()
+    gc.disable()
+    try:
+        collections.deque(nlp.pipe(["I ran to the park.", "Then I ran some tests."] * 20), maxlen=0)
+        assert live_docs() == before
+    finally:
+        gc.enable()

@@ -12,6 +12,8 @@ import spacy
 from spacy.tokens import DocBin
 from thinc.api import Config
 
+from spacy_ctxembed.models.hf_loading import resolve_model_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
@@ -69,8 +71,33 @@ def tiny_corpus(tmp_path_factory):
 def test_shipped_configs_pass_spacy_debug_config(config_path, tiny_corpus, capsys):
     from spacy.cli.debug_config import debug_config
 
-    debug_config(config_path, overrides={"paths.train": str(tiny_corpus), "paths.dev": str(tiny_corpus)})
+    overrides = {"paths.train": str(tiny_corpus), "paths.dev": str(tiny_corpus)}
+    if "bert_model" in Config().from_disk(config_path, interpolate=False)["paths"]:
+        # What run_arm.py passes: spacy-transformers needs a model directory, ctxembed takes null.
+        overrides["paths.bert_model"] = str(resolve_model_dir(None, component="test"))
+    debug_config(config_path, overrides=overrides)
     assert "Config is valid" in capsys.readouterr().out
+
+
+def _listeners(block, path=()):
+    """(path, settings) of every block with an `upstream` setting, however deeply nested."""
+    if isinstance(block, dict):
+        if "upstream" in block:
+            yield path, block
+        for key, value in block.items():
+            yield from _listeners(value, path + (key,))
+
+
+@pytest.mark.parametrize("config_path", [p for p in CONFIGS if "cnn" not in p.name], ids=lambda p: p.name)
+def test_shipped_configs_name_the_upstream(config_path):
+    config = Config().from_disk(config_path, interpolate=False)
+    pipeline = config["nlp"]["pipeline"]
+    for name, block in config["components"].items():
+        listeners = list(_listeners(block.get("model", {})))
+        if name in pipeline[1:]:  # every component after the embedder listens to it
+            assert listeners, (config_path.name, name)
+        for path, listener in listeners:
+            assert listener["upstream"] in pipeline[: pipeline.index(name)], (config_path.name, name, path)
 
 
 @pytest.mark.parametrize("config_path", [p for p in CONFIGS if "cnn" not in p.name], ids=lambda p: p.name)

@@ -23,7 +23,7 @@ def _add(config, name="ctxembed_bert"):
         ({"layers": [0, "1"]}, r"^\[bert_a\] layers = \[0, '1'\]"),
         ({"precision": "fp8"}, r"^\[bert_a\] precision = 'fp8'"),
         ({"window": 0}, r"^\[bert_a\] window = 0: expected an integer number of wordpieces >= 1"),
-        ({"max_batch_items": "10"}, r"^\[bert_a\] max_batch_items = '10': expected an integer >= 1, got str"),
+        ({"max_batch_items": "10"}, r"^\[bert_a\] max_batch_items = '10': expected an integer >= 1 or null, got str"),
         ({"cache_mb": "10"}, r"^\[bert_a\] cache_mb = '10': expected an integer number of megabytes"),
         ({"cache_mb": -1}, r"^\[bert_a\] cache_mb = -1: expected an integer number of megabytes.* >= 0"),
     ],

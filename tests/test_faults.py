@@ -714,7 +714,7 @@ COMPONENT_SETTINGS = {"cache_mb", "store_layers"}
 
 @pytest.mark.parametrize("factory, setting, literal, value, expected", [
     ("ctxembed_bert", "cache_mb", '"10"', "10", "expected an integer number of megabytes"),
-    ("ctxembed_bert", "max_batch_items", '"4096"', "4096", "expected an integer >= 1, got str"),
+    ("ctxembed_bert", "max_batch_items", '"4096"', "4096", "expected an integer >= 1 or null, got str"),
     ("ctxembed_bert", "window", "0", 0, "expected an integer number of wordpieces >= 1"),
     ("ctxembed_bert", "window", '"128"', "128", "expected an integer number of wordpieces >= 1 or null, got str"),
     ("ctxembed_bert", "stride", '"8"', "8", "expected an integer number of wordpieces >= 1 or null, got str"),

@@ -97,3 +97,37 @@ def test_pooling_runs_on_device(gpu_nlp):
         assert out.device.type == "cuda"
         reference = pool_pieces(states.cpu(), alignment, mode)
         numpy.testing.assert_allclose(out.cpu().numpy(), reference.numpy())
+
+
+def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
+    import gc
+
+    import torch
+
+    nlp, cupy = gpu_nlp
+    texts = [TEXT * n for n in range(1, 40)]
+    list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
+    gc.collect()
+    baseline = torch.cuda.memory_allocated()
+    docs = list(nlp.pipe(texts, batch_size=8))
+    assert torch.cuda.memory_allocated() > baseline  # the docs hold their vectors on the device
+    del docs
+    gc.collect()
+    assert torch.cuda.memory_allocated() == baseline
+
+
+def test_gpu_budget_comes_from_free_memory(gpu_nlp):
+    import torch
+
+    from spacy_ctxembed.models.bert import get_runner
+    from spacy_ctxembed.models.bert_runner import batch_items_for_memory
+
+    nlp, _ = gpu_nlp
+    auto = spacy.blank("en")
+    auto.add_pipe("ctxembed_bert", config={"model": {"encoder": {"max_batch_items": None}}})
+    auto.initialize()
+    runner = get_runner(auto.get_pipe("ctxembed_bert").encoder)
+    free, _ = torch.cuda.mem_get_info()
+    expected = batch_items_for_memory(free, runner.encoder.config, runner.window + runner.n_special)
+    assert 4096 <= runner.max_batch_items <= 65536
+    assert abs(runner.max_batch_items - expected) <= expected // 10  # free memory moves a little

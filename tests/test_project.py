@@ -14,31 +14,45 @@ from .elmo_fixture import write_elmo_fixture
 ROOT = Path(__file__).resolve().parents[1]
 
 
+ARMS = {"all": ("cnn", "bert", "elmo"), "all-finetune": ("bert-ft", "st")}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "wnut17").is_dir(), reason="needs ../shared/data")
 def test_workflow_smoke_run(tmp_path):
+    """Both workflows on tiny data: every arm trains, is evaluated, and reaches the comparison."""
     for item in ("project.yml", "configs", "scripts"):
         source = ROOT / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / item)
     options, weights = write_elmo_fixture(tmp_path / "elmo")
-    result = subprocess.run(
-        [sys.executable, "-m", "weasel", "run", "all", str(tmp_path),
-         "--vars.data_dir", str(SHARED_DATA), "--vars.n_sentences", "40", "--vars.max_steps", "10",
-         "--vars.eval_frequency", "5", "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights)],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for workflow in ARMS:
+        result = subprocess.run(
+            [sys.executable, "-m", "weasel", "run", workflow, str(tmp_path),
+             "--vars.data_dir", str(SHARED_DATA), "--vars.n_sentences", "40", "--vars.max_steps", "10",
+             "--vars.eval_frequency", "5", "--vars.ft_max_steps", "4", "--vars.ft_eval_frequency", "2",
+             "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights)],
+            cwd=tmp_path, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     comparison = json.loads((tmp_path / "metrics" / "comparison.json").read_text())
-    assert set(comparison) == {"cnn", "bert", "elmo"}
-    assert all({"UD LAS", "UD tag acc", "WNUT-17 NER F"} <= set(scores) for scores in comparison.values())
-    assert (tmp_path / "metrics" / "comparison.md").read_text().startswith("| arm |")
+    assert set(comparison) == {arm for arms in ARMS.values() for arm in arms}
+    for arm, row in comparison.items():
+        assert {"UD LAS", "UD tag acc", "WNUT-17 NER F"} <= set(row), arm
+        for task in ("UD", "WNUT-17"):
+            assert row[f"{task} train min"] > 0 and row[f"{task} words/s"] > 0 and row[f"{task} MB"] > 0, arm
+    assert comparison["bert-ft"]["UD max_steps"] == 4 and comparison["bert"]["UD max_steps"] == 10
+    table = (tmp_path / "metrics" / "comparison.md").read_text()
+    assert table.startswith("| arm |") and "| st |" in table and "UD train min" in table
     assert (tmp_path / "metrics" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     for task in ("ud", "wnut17"):
-        for arm in ("cnn", "bert", "elmo"):
+        for arm in comparison:
             assert (tmp_path / "training" / f"{task}-{arm}" / "model-best").is_dir()
     # WNUT-17 keeps its own label strings.
     ner = spacy.load(tmp_path / "training" / "wnut17-bert" / "model-best").get_pipe("ner")
     assert {"person", "creative-work"} <= set(ner.labels)
+    # The fine-tuned arm saved its own encoder; st is spacy-transformers' own component.
+    assert (tmp_path / "training" / "wnut17-bert-ft" / "model-best" / "ctxembed_bert" / "model").is_dir()
+    assert spacy.load(tmp_path / "training" / "wnut17-st" / "model-best").pipe_names == ["transformer", "ner"]
 
 
 @pytest.mark.slow

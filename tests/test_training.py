@@ -27,6 +27,15 @@ def _pipeline(tiny_bert_dir, *, combine="mean", tok2vec=None, trainable=True, **
     return nlp, examples
 
 
+def _train_step(nlp, examples, optimizer):
+    """One step as `spacy train` takes it: every backward pass first, then every component's update.
+    (`nlp.update(sgd=...)` steps each component right after its own update, before its listeners
+    have sent their gradients, so an embedder's gradient would land one call late.)"""
+    nlp.update(examples, sgd=False)
+    for _, proc in nlp.pipeline:
+        proc.finish_update(optimizer)
+
+
 def _encoder_params(nlp):
     return {k: v.detach().clone() for k, v in nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model.named_parameters()}
 
@@ -57,7 +66,7 @@ def test_fine_tuning_moves_the_encoder_and_grad_factor_zero_does_not(tiny_bert_d
     before = _encoder_params(nlp)
     optimizer = nlp.resume_training()
     for _ in range(3):
-        nlp.update(examples, sgd=optimizer)
+        _train_step(nlp, examples, optimizer)
     after = _encoder_params(nlp)
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     # Layers 0..2 and the embeddings train; the pooler is never run.
@@ -66,8 +75,9 @@ def test_fine_tuning_moves_the_encoder_and_grad_factor_zero_does_not(tiny_bert_d
 
     frozen, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.0))
     before = _encoder_params(frozen)
-    optimizer = frozen.resume_training()
-    frozen.update(examples, sgd=optimizer)
+    optimizer = frozen.resume_training()  # with weight decay: a zero gradient must not reach it either
+    for _ in range(3):
+        _train_step(frozen, examples, optimizer)
     assert all(torch.equal(before[k], v) for k, v in _encoder_params(frozen).items())
 
 
@@ -193,3 +203,52 @@ def test_fine_tuning_never_serves_stale_cached_layers(tiny_bert_dir):
     cached = nlp(text)._.ctx_layers
     fresh = pipe.encoder.predict([nlp.make_doc(text)])[0]
     numpy.testing.assert_allclose(cached, fresh, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.0])
+def test_encoder_lr_scale_slows_only_the_encoder(tiny_bert_dir, scale):
+    # Adam's first step moves every parameter with a gradient by lr * g / (|g| + eps), about lr:
+    # the largest move of each part is its learning rate, known without running ours twice.
+    from thinc.api import SGD, Adam
+
+    nlp, examples = _pipeline(tiny_bert_dir, encoder_lr_scale=scale)
+    tagger = nlp.get_pipe("tagger").model
+
+    # spaCy's tagger starts with a zero softmax, so nothing below it gets a gradient
+    # on the first update: take one plain step first, then Adam's first step.
+    _train_step(nlp, examples, SGD(0.1, L2=0.0, grad_clip=0.0))
+    before = _encoder_params(nlp)
+    tagger_before = {(node.id, name): node.get_param(name).copy() for node in tagger.walk()
+                     for name in node.param_names if node.has_param(name)}
+    learn_rate = 0.01
+    _train_step(nlp, examples, Adam(learn_rate, L2=0.0, grad_clip=0.0))
+    encoder_step = max(float((v - before[k]).abs().max()) for k, v in _encoder_params(nlp).items())
+    tagger_step = max(float(numpy.abs(node.get_param(name) - tagger_before[(node.id, name)]).max())
+                      for node in tagger.walk() for name in node.param_names if (node.id, name) in tagger_before)
+    assert tagger_step == pytest.approx(learn_rate, rel=1e-3)
+    assert encoder_step == pytest.approx(learn_rate * scale, rel=1e-3, abs=1e-9)
+
+
+def test_encoder_lr_scale_is_checked(tiny_bert_dir):
+    with pytest.raises(ValueError, match=r"\[ctxembed_bert\] encoder_lr_scale = -1"):
+        spacy.blank("en").add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, encoder_lr_scale=-1))
+
+
+def test_fine_tuning_runs_with_dropout_and_prediction_stays_deterministic(tiny_bert_dir):
+    from spacy_ctxembed.models.bert import get_runner
+
+    nlp, examples = _pipeline(tiny_bert_dir)
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    docs = [eg.predicted for eg in examples]
+    torch.manual_seed(0)
+    first, second = runner.embed(docs, grad=True)[0], runner.embed(docs, grad=True)[0]
+    assert not torch.equal(first, second)  # the model's dropout (0.1) is on in training
+    predicted = runner.embed(docs)[0]
+    assert torch.equal(predicted, runner.embed(docs)[0])
+    assert not runner.runner.training and not any(m.training for m in runner.runner.modules())
+    # One set of weights: a step on the training copy is a step on the model that predicts.
+    trained = dict(runner.train_runner.named_parameters())
+    assert all(trained[name] is param for name, param in runner.runner.named_parameters())
+    _train_step(nlp, examples, nlp.resume_training())
+    _train_step(nlp, examples, nlp.resume_training())
+    assert not torch.equal(runner.embed(docs)[0], predicted)

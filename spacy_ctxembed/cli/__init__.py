@@ -6,6 +6,7 @@ are off.
 """
 import typer
 
+from .analyze import analyze
 from .demo import demo
 from .embed import embed
 from .errors import guarded
@@ -20,5 +21,6 @@ app = typer.Typer(
 )
 app.command("embed")(guarded(embed))
 app.command("demo")(guarded(demo))
+app.command("analyze")(guarded(analyze))
 
 __all__ = ["app"]

@@ -31,7 +31,7 @@ def BertEncoder(
     pooling: str = "mean",
     window: Optional[int] = None,
     stride: Optional[int] = None,
-    max_batch_items: int = 4096,
+    max_batch_items: Optional[int] = 4096,
     precision: str = "fp32",
     trainable: bool = True,
 ) -> EncoderModel:
@@ -45,7 +45,9 @@ def BertEncoder(
     window: wordpieces per window, special tokens excluded; None for the most
         the model takes.
     stride: pieces between window starts; None for 3/4 of the window.
-    max_batch_items: padded wordpieces per forward batch.
+    max_batch_items: padded wordpieces per forward batch; None: 4096 on CPU,
+        and on GPU as many as a quarter of the free device memory holds
+        (bounded to 4096..65536).
     precision: "fp32" (exact); "fp16"/"bf16": autocast (mixed precision, for
         GPU); "int8": dynamic quantization of the linear layers (CPU only).
     trainable: fine-tune the encoder when its component is trained.
@@ -79,7 +81,7 @@ def check_settings(settings: dict) -> None:
     check_choice(COMPONENT, "precision", settings["precision"], PRECISIONS)
     check_int(COMPONENT, "window", settings["window"], optional=True, unit="an integer number of wordpieces")
     check_int(COMPONENT, "stride", settings["stride"], optional=True, unit="an integer number of wordpieces")
-    check_int(COMPONENT, "max_batch_items", settings["max_batch_items"])
+    check_int(COMPONENT, "max_batch_items", settings["max_batch_items"], optional=True)
     check_bool(COMPONENT, "trainable", settings["trainable"])
     if settings["name"] is not None and not isinstance(settings["name"], str):
         check_choice(COMPONENT, "name", settings["name"], ["a model directory or hub name (a string)", "null"])

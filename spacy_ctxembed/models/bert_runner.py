@@ -13,6 +13,7 @@ Face directory (safetensors, no pickles) and applies optimizer updates.
 """
 import contextlib
 import copy
+import itertools
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
-from ..alignment import PieceAlignment, align_pieces, token_char_spans
-from ..batching import batches_by_budget
+from ..alignment import PieceAlignment, align_docs, token_char_spans
+from ..batching import batches_by_budget, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..pooling import pool_pieces
 from ..settings import normalize_layers
@@ -40,8 +41,37 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 @dataclass(frozen=True)
 class _DocPlan:
     alignment: PieceAlignment
-    piece_ids: List[int]
+    piece_ids: numpy.ndarray
     windows: List[Window]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One forward batch, staged on the host (in pinned memory for a CUDA model)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    #: per row: (doc, own_start, own_end, the row position of piece own_start)
+    rows: List[Tuple[int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything the host does for a run of docs before the device can start."""
+
+    plans: List[_DocPlan]
+    batches: List[_Batch]
+
+
+#: Docs are prepared in runs of about this many forward batches: enough for
+#: sorting by length to keep padding low, few enough that the next run is
+#: prepared while the device computes this one.
+BATCHES_PER_RUN = 4
+#: Characters per wordpiece, to size a run of docs before tokenizing it.
+CHARS_PER_PIECE = 4
+#: With fp16/bf16 the padded length is rounded up to a multiple of this, so
+#: the device sees a few shapes (fused attention kernels plan per shape).
+SHAPE_BUCKET = 64
 
 
 class BertRunner:
@@ -56,18 +86,31 @@ class BertRunner:
         self.layers = normalize_layers(COMPONENT, settings["layers"], encoder.n_hidden_states)
         self.pooling: str = settings["pooling"]
         self.window, self.stride = _window_settings(settings, encoder)
-        self.max_batch_items: int = settings["max_batch_items"]
         self.precision: str = settings["precision"]
         self.prefix_ids, self.suffix_ids = _special_token_frame(encoder.tokenizer)
+        self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         # hidden_states[i] needs only the first i layers: the runner is a
         # shallow copy that runs those and shares their weights with the full
         # model (which is what is saved and trained).
         self.runner = _first_layers(encoder.module, max(self.layers))
+        # Fine-tuning runs with the model's dropout, as Hugging Face and
+        # spacy-transformers train it; prediction must stay deterministic,
+        # even in another thread at the same time. So training uses its own
+        # copy of the module tree, switched to training mode once, sharing
+        # every parameter and buffer with the one that predicts.
+        self.train_runner = _training_copy(self.runner)
         if self.precision == "int8" and self.device.type != "cpu":
             raise bad_setting(COMPONENT, "precision", "int8",
                               "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
+        self.max_batch_items: int = settings["max_batch_items"] or default_batch_items(
+            self.device, encoder, self.window + self.n_special
+        )
+        #: Pad to a few lengths only (half precision: see SHAPE_BUCKET).
+        self.bucket_shapes = self.precision in _AUTOCAST_DTYPES
+        #: Prepare the next run of docs in a worker thread while this one computes.
+        self.overlap = True
         self._int8: Optional[torch.nn.Module] = None
         self._int8_lock = threading.Lock()
 
@@ -88,13 +131,27 @@ class BertRunner:
         """Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width).
 
         grad: run under autograd (fine-tuning) instead of inference mode.
+
+        The docs go in runs (`BATCHES_PER_RUN`); while the device computes one
+        run, a worker thread tokenizes, aligns, plans and stages the next.
+        The device is never waited for here: outputs are handed over as they
+        are, on the model's device.
         """
-        plans = self.plan(docs)
-        module = self.runner if grad or self.precision != "int8" else self._quantized()
+        module = self.train_runner if grad else self.runner if self.precision != "int8" else self._quantized()
         context = contextlib.nullcontext() if grad else torch.inference_mode()
+        run_chars = self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE
+        runs = list(runs_by_size(docs, run_chars, _doc_chars))
+        outputs: List[torch.Tensor] = []
         with context:
-            states = self.piece_states(plans, module)
-            return [pool_pieces(s, plan.alignment, self.pooling) for s, plan in zip(states, plans)]
+            for prepared in prefetched(self.prepare, runs, overlap=self.overlap):
+                states = self.piece_states(prepared, module)
+                outputs.extend(pool_pieces(s, plan.alignment, self.pooling) for s, plan in zip(states, prepared.plans))
+        return outputs
+
+    def prepare(self, docs: Sequence[Doc]) -> _Prepared:
+        """The host's part for a run of docs: plans, and forward batches staged for the device."""
+        plans = self.plan(docs)
+        return _Prepared(plans, self.batches(plans))
 
     def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
@@ -106,43 +163,72 @@ class BertRunner:
             return_token_type_ids=False,
             verbose=False,  # long texts are windowed: no ">512 tokens" warning
         )
+        ids = [numpy.asarray(i, dtype="int64") for i in encodings["input_ids"]]
+        spans = [numpy.asarray(o, dtype="int64").reshape(-1, 2) for o in encodings["offset_mapping"]]
+        alignments = align_docs(spans, [token_char_spans(doc) for doc in docs])
         plans = []
-        for doc, ids, offsets in zip(docs, encodings["input_ids"], encodings["offset_mapping"]):
-            spans = numpy.asarray(offsets, dtype="int64").reshape(-1, 2)
-            alignment = align_pieces(spans[:, 0], spans[:, 1], *token_char_spans(doc))
-            windows = plan_windows(len(ids), self.window, self.stride, alignment.piece_may_start_segment())
-            plans.append(_DocPlan(alignment, ids, windows))
+        for piece_ids, alignment in zip(ids, alignments):
+            n = len(piece_ids)
+            # Only a doc longer than one window needs to know where tokens allow a cut.
+            may_cut = alignment.piece_may_start_segment() if n > self.window else None
+            plans.append(_DocPlan(alignment, piece_ids, plan_windows(n, self.window, self.stride, may_cut)))
         return plans
 
-    def piece_states(self, plans: Sequence[_DocPlan], module: torch.nn.Module) -> List[torch.Tensor]:
-        """Run every window of every doc; return (n_pieces, n_layers, width) per doc."""
-        device = self.device
-        # Every piece is owned by exactly one window, so every row gets written.
-        states = [torch.empty((len(p.piece_ids), len(self.layers), self.width), device=device) for p in plans]
+    def batches(self, plans: Sequence[_DocPlan]) -> List[_Batch]:
+        """Every window of every doc, longest first, cut by the piece budget and padded."""
         items = [(d, w) for d, plan in enumerate(plans) for w in plan.windows]
         # Longest first, so each batch holds windows of similar length.
         items.sort(key=lambda item: item[1].end - item[1].start, reverse=True)
+        pin = self.device.type == "cuda"
         n_prefix = len(self.prefix_ids)
-        n_special = n_prefix + len(self.suffix_ids)
+        batches = []
+        def padded(item: Tuple[int, Window]) -> int:
+            return item[1].end - item[1].start + self.n_special
+
+        for batch in batches_by_budget(items, self.max_batch_items, padded):
+            input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
+            ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(mask)
+            if pin:  # so that the copy to the device need not wait
+                ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+            rows = [(d, w.own_start, w.own_end, n_prefix + w.own_start - w.start) for d, w in batch]
+            batches.append(_Batch(ids_t, mask_t, rows))
+        return batches
+
+    def piece_states(self, prepared: _Prepared, module: torch.nn.Module) -> List[torch.Tensor]:
+        """Run the prepared batches; return (n_pieces, n_layers, width) per doc."""
+        device = self.device
+        non_blocking = device.type == "cuda"
+        # Every piece is owned by exactly one window, so every row gets written.
+        states = [torch.empty((len(p.piece_ids), len(self.layers), self.width), device=device) for p in prepared.plans]
         with self._autocast(device):
-            for batch in batches_by_budget(items, self.max_batch_items, lambda it: it[1].end - it[1].start + n_special):
-                input_ids, attention_mask = self._pad([plans[d].piece_ids[w.start : w.end] for d, w in batch], device)
+            for batch in prepared.batches:
+                input_ids = batch.input_ids.to(device, non_blocking=non_blocking)
+                attention_mask = batch.attention_mask.to(device, non_blocking=non_blocking)
                 output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
                 hidden = torch.stack([output.hidden_states[i] for i in self.layers], dim=2).float()
-                for row, (d, w) in enumerate(batch):
-                    lo = n_prefix + w.own_start - w.start
-                    states[d][w.own_start : w.own_end] = hidden[row, lo : lo + w.own_end - w.own_start]
+                for row, (d, own_start, own_end, lo) in enumerate(batch.rows):
+                    states[d][own_start:own_end] = hidden[row, lo : lo + own_end - own_start]
         return states
 
-    def _pad(self, pieces: List[List[int]], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.prefix_ids + ids + self.suffix_ids for ids in pieces]
-        length = max(len(r) for r in rows)
-        input_ids = numpy.full((len(rows), length), self.pad_id, dtype="int64")
-        mask = numpy.zeros((len(rows), length), dtype="int64")
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
+    def pad(self, pieces: Sequence[numpy.ndarray]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """(input_ids, attention_mask) for windows of piece ids: framed by the special
+        tokens, padded to the longest (rounded up to SHAPE_BUCKET with half precision)."""
+        lengths = numpy.fromiter((len(p) for p in pieces), dtype="int64", count=len(pieces))
+        framed = lengths + self.n_special
+        width = int(framed.max())
+        if self.bucket_shapes:
+            width = min(-(-width // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
+        input_ids = numpy.full((len(pieces), width), self.pad_id, dtype="int64")
+        n_prefix = len(self.prefix_ids)
+        input_ids[:, :n_prefix] = self.prefix_ids
+        # All rows' pieces at once: row r's pieces go to columns n_prefix.. .
+        rows = numpy.repeat(numpy.arange(len(pieces)), lengths)
+        cols = n_prefix + numpy.arange(int(lengths.sum())) - numpy.repeat(numpy.cumsum(lengths) - lengths, lengths)
+        input_ids[rows, cols] = numpy.concatenate([*pieces, numpy.zeros(0, dtype="int64")])
+        for k, suffix_id in enumerate(self.suffix_ids):
+            input_ids[numpy.arange(len(pieces)), n_prefix + lengths + k] = suffix_id
+        mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
+        return input_ids, mask
 
     def _autocast(self, device: torch.device):
         if self.precision not in _AUTOCAST_DTYPES:
@@ -233,6 +319,17 @@ class BertShim(PyTorchShim):
         return copied
 
 
+def _training_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """`module`'s structure in training mode (dropout on), sharing its tensors.
+
+    Deep-copying with every parameter and buffer already in the memo copies
+    the modules (and their `training` flags) but not one weight: an optimizer
+    step on either is a step on both.
+    """
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    return copy.deepcopy(module, shared).train()
+
+
 def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
     """A shallow copy of `module` that runs only its first `n_layers` transformer
     layers, where its layer stack can be found (`encoder.layer`,
@@ -306,3 +403,31 @@ def _max_positions(encoder: HFEncoder) -> int:
     # Tokenizers without a limit report a huge sentinel (int(1e30)).
     usable = [int(v) for v in candidates.values() if v is not None and v < 100_000]
     return min(usable) if usable else 512
+
+
+def _doc_chars(doc: Doc) -> int:
+    """The length of the doc's text, without building it (`doc.text` is O(n))."""
+    return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
+
+
+def default_batch_items(device: torch.device, encoder: HFEncoder, max_length: int) -> int:
+    """The padded-piece budget when `max_batch_items` is null.
+
+    CPU: 4096. CUDA: a quarter of the free device memory, divided by what one
+    padded piece of a full-length window costs in the forward pass (every
+    hidden state kept for output, the attention scores of every head, the
+    feed-forward activations, in fp32), bounded to [4096, 65536].
+    """
+    if device.type != "cuda":
+        return 4096
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_items_for_memory(free, encoder.config, max_length)
+
+
+def batch_items_for_memory(free_bytes: int, config: Any, max_length: int) -> int:
+    width = int(getattr(config, "hidden_size", 768))
+    heads = int(getattr(config, "num_attention_heads", 12))
+    layers = int(getattr(config, "num_hidden_layers", 12))
+    inner = int(getattr(config, "intermediate_size", 4 * width))
+    per_piece = 4 * ((layers + 1) * width + heads * max_length + inner + 4 * width)
+    return int(min(max(free_bytes // 4 // per_piece, 4096), 65536))

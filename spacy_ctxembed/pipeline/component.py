@@ -12,6 +12,7 @@ feature cache spares recomputing the same training docs.
 """
 import os
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
 
@@ -24,7 +25,7 @@ from spacy.util import ensure_path, from_disk, to_disk
 from spacy.vocab import Vocab
 from thinc.api import Model, Optimizer, set_dropout_rate
 
-from ..errors import SettingError, bad_setting, check_bool, check_int, named_errors
+from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..models.embedder import pass_dims
 from ..models.listener import ContextualListenerNode
 from ..outputs import install_extensions, write_outputs
@@ -50,12 +51,15 @@ class ContextualEmbedder(TrainablePipe):
         set_doc_tensor: bool = True,
         primary: bool = True,
         cache_mb: int = 0,
+        encoder_lr_scale: float = 1.0,
     ) -> None:
         with named_errors(name):
             for setting, value in (("store_layers", store_layers), ("set_doc_tensor", set_doc_tensor),
                                    ("primary", primary)):
                 check_bool(name, setting, value)
             check_int(name, "cache_mb", cache_mb, minimum=0, unit="an integer number of megabytes (0: no cache)")
+            check_number(name, "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
+                         unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
             for node in model.walk():
                 validate = node.attrs.get("validate")
                 if callable(validate):
@@ -68,6 +72,7 @@ class ContextualEmbedder(TrainablePipe):
             "set_doc_tensor": set_doc_tensor,
             "primary": primary,
             "cache_mb": cache_mb,
+            "encoder_lr_scale": encoder_lr_scale,
         }
         self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
         # Layers of docs already seen, for training on a frozen encoder.
@@ -268,7 +273,15 @@ class ContextualEmbedder(TrainablePipe):
         return losses
 
     def finish_update(self, sgd: Optimizer) -> None:
-        super().finish_update(sgd)
+        # Fine-tuning wants the pretrained encoder to move slower than the
+        # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
+        # optimizer takes a per-call `lr_scale`, so one optimizer (and one
+        # schedule) serves both.
+        scale = self.cfg["encoder_lr_scale"]
+        if self._encoder_trains():
+            # Only then: an optimizer with weight decay moves weights even on a zero gradient.
+            self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
+        self.combiner.finish_update(sgd)
         if self.cache is not None and self._encoder_trains():
             # The weights moved: cached layers are of another model now. A step
             # counter in the identity is enough (hashing the weights every step
@@ -278,7 +291,11 @@ class ContextualEmbedder(TrainablePipe):
             self._identity = f"{self._identity.split(':')[0]}:{self._updates}"
 
     def _encoder_trains(self) -> bool:
-        return any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
+        """Whether an update moves the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
+        some listener sends it a gradient. Otherwise it runs as frozen: no graph, and the cache serves."""
+        trainable = any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
+        return (trainable and self.cfg["encoder_lr_scale"] > 0
+                and any(listener.grad_factor != 0 for listener in self.listeners))
 
     def get_loss(self, examples, scores) -> Tuple[float, Any]:
         return 0.0, None

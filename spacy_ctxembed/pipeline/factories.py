@@ -24,6 +24,7 @@ store_layers = false
 set_doc_tensor = true
 primary = true
 cache_mb = 0
+encoder_lr_scale = 1.0
 
 [ctxembed_bert.model]
 @architectures = "spacy-ctxembed.Embedder.v2"
@@ -35,7 +36,7 @@ layers = [-1]
 pooling = "mean"
 window = null
 stride = null
-max_batch_items = 4096
+max_batch_items = null
 precision = "fp32"
 trainable = true
 
@@ -49,6 +50,7 @@ store_layers = false
 set_doc_tensor = true
 primary = true
 cache_mb = 0
+encoder_lr_scale = 1.0
 
 [ctxembed_elmo.model]
 @architectures = "spacy-ctxembed.Embedder.v2"
@@ -97,13 +99,14 @@ def make_bert_embedder(
     set_doc_tensor: bool,
     primary: bool,
     cache_mb: int,
+    encoder_lr_scale: float = 1.0,
     pooling: Optional[str] = None,
     layers: Optional[List[int]] = None,
     combine: Optional[str] = None,
 ) -> ContextualEmbedder:
     model = _v2_model(name, model, pooling=pooling, layers=layers, combine=combine)
     return ContextualEmbedder(nlp.vocab, model, name, store_layers=store_layers, set_doc_tensor=set_doc_tensor,
-                              primary=primary, cache_mb=cache_mb)
+                              primary=primary, cache_mb=cache_mb, encoder_lr_scale=encoder_lr_scale)
 
 
 @Language.factory("ctxembed_elmo", default_config=_default(ELMO_DEFAULT_CONFIG, "ctxembed_elmo"), assigns=ASSIGNS)
@@ -115,12 +118,13 @@ def make_elmo_embedder(
     set_doc_tensor: bool,
     primary: bool,
     cache_mb: int,
+    encoder_lr_scale: float = 1.0,
     layers: Optional[List[int]] = None,
     combine: Optional[str] = None,
 ) -> ContextualEmbedder:
     model = _v2_model(name, model, pooling=None, layers=layers, combine=combine)
     return ContextualEmbedder(nlp.vocab, model, name, store_layers=store_layers, set_doc_tensor=set_doc_tensor,
-                              primary=primary, cache_mb=cache_mb)
+                              primary=primary, cache_mb=cache_mb, encoder_lr_scale=encoder_lr_scale)
 
 
 @Language.factory(

@@ -1,0 +1,172 @@
+"""The corpus an analysis runs on: read and checked once, made into docs per pipeline.
+
+Three formats, chosen by the file name:
+
+* ``*.spacy``: a DocBin; its docs keep their tokens and sentence boundaries.
+* ``*.conllu``: Universal Dependencies. Documents follow ``# newdoc`` lines
+  (without any, every sentence is its own doc); tokens are the surface tokens
+  (a multiword token such as "don't" stays one token, its syntactic words are
+  skipped), spaces follow ``SpaceAfter=No``, and the sentences are the file's.
+* anything else: UTF-8 text, one doc per line; blank lines are skipped, and the
+  pipeline's tokenizer splits each line. A line has no sentence boundaries
+  unless the pipeline has a component that sets them (sentencizer, senter).
+
+Each pipeline tokenizes the records itself (``Corpus.docs``), so two pipelines
+with different tokenizers can be compared on the same corpus.
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+from spacy.vocab import Vocab
+
+from .errors import AnalysisInputError
+
+KINDS = ("text", "docbin", "conllu")
+
+
+@dataclass
+class _ConlluDoc:
+    words: List[str] = field(default_factory=list)
+    spaces: List[bool] = field(default_factory=list)
+    sent_starts: List[Optional[Union[bool, int]]] = field(default_factory=list)
+
+
+@dataclass
+class Corpus:
+    """The records of a corpus file, checked; `docs` turns them into docs."""
+
+    path: Path
+    kind: str
+    records: Union[List[str], List[_ConlluDoc], DocBin] = field(repr=False)
+    n_docs: int
+
+    def docs(self, nlp: Language, max_words: Optional[int] = None) -> Iterator[Doc]:
+        """The corpus as docs for `nlp` (tokenized, not yet processed), in file order.
+
+        max_words: stop once this many tokens have been given (the doc that
+            crosses the limit is given whole); None for all.
+        """
+        n_words = 0
+        for doc in self._all_docs(nlp):
+            if max_words is not None and n_words >= max_words:
+                return
+            n_words += len(doc)
+            yield doc
+
+    def _all_docs(self, nlp: Language) -> Iterator[Doc]:
+        if isinstance(self.records, DocBin):
+            for doc in self.records.get_docs(nlp.vocab):
+                if len(doc):
+                    yield doc
+        else:
+            for record in self.records:
+                if isinstance(record, str):
+                    yield nlp.make_doc(record)
+                else:
+                    yield Doc(nlp.vocab, words=record.words, spaces=record.spaces, sent_starts=record.sent_starts)
+
+
+def read_corpus(path: Union[str, Path]) -> Corpus:
+    """Read and check CORPUS (see the module doc for the formats)."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalysisInputError(f"CORPUS {path}: no such file")
+    if not path.is_file():
+        raise AnalysisInputError(f"CORPUS {path}: not a file (expected a text file, a .spacy DocBin or a .conllu file)")
+    records: Union[List[str], List[_ConlluDoc], DocBin]
+    if path.suffix == ".spacy":
+        kind, records = "docbin", _read_docbin(path)
+        n_docs = sum(1 for doc in records.get_docs(Vocab()) if len(doc))
+    elif path.suffix == ".conllu":
+        kind, records = "conllu", _read_conllu(path)
+        n_docs = len(records)
+    else:
+        kind, records = "text", _read_text(path)
+        n_docs = len(records)
+    if n_docs == 0:
+        raise AnalysisInputError(f"CORPUS {path}: no docs with text in this {kind} file")
+    return Corpus(path, kind, records, n_docs)
+
+
+def _read_text(path: Path) -> List[str]:
+    lines = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                # utf-8-sig drops a byte order mark, which only line 1 can have
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise AnalysisInputError(f"CORPUS {path}: line {number} is not UTF-8 (byte {e.start})") from None
+            if line.strip():
+                lines.append(line.rstrip("\r\n"))
+    return lines
+
+
+def _read_docbin(path: Path) -> DocBin:
+    try:
+        return DocBin().from_disk(path)
+    except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
+        raise AnalysisInputError(f"CORPUS {path}: not a readable .spacy DocBin ({type(e).__name__})") from None
+
+
+def _read_conllu(path: Path) -> List[_ConlluDoc]:
+    """Docs of surface tokens with spaces and sentence starts (module doc)."""
+    sentences: List[_ConlluDoc] = []
+    starts_doc: List[bool] = []  # per sentence: a "# newdoc" came before it
+    current = _ConlluDoc()
+    newdoc = False
+    skip_until = 0  # the last word id covered by the current multiword token
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnalysisInputError(f"CORPUS {path}: not UTF-8 (byte {e.start})") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("#"):
+            newdoc = newdoc or line.startswith("# newdoc")
+            continue
+        if not line.strip():
+            if current.words:
+                sentences.append(current)
+                starts_doc.append(newdoc)
+            current, newdoc, skip_until = _ConlluDoc(), False, 0
+            continue
+        columns = line.split("\t")
+        if len(columns) != 10:
+            raise AnalysisInputError(
+                f"CORPUS {path}: line {number}: expected 10 tab-separated CoNLL-U columns, got {len(columns)}"
+            )
+        token_id, form, misc = columns[0], columns[1], columns[9]
+        try:
+            if "." in token_id:  # an empty node: not in the text
+                continue
+            if "-" in token_id:  # a multiword token: its surface form stands for its words
+                skip_until = int(token_id.split("-")[1])
+            elif int(token_id) <= skip_until:
+                continue
+        except ValueError:
+            raise AnalysisInputError(f"CORPUS {path}: line {number}: bad token id {token_id!r}") from None
+        current.sent_starts.append(not current.words)
+        current.words.append(form)
+        current.spaces.append("SpaceAfter=No" not in misc.split("|"))
+    if current.words:
+        sentences.append(current)
+        starts_doc.append(newdoc)
+    return _group_docs(sentences, starts_doc)
+
+
+def _group_docs(sentences: List[_ConlluDoc], starts_doc: List[bool]) -> List[_ConlluDoc]:
+    # Without document structure each sentence stands alone: no invented context.
+    docs: List[_ConlluDoc] = [] if any(starts_doc) else sentences
+    if any(starts_doc):
+        for sentence, new in zip(sentences, starts_doc):
+            if new or not docs:
+                docs.append(_ConlluDoc())
+            docs[-1].words += sentence.words
+            docs[-1].spaces += sentence.spaces
+            docs[-1].sent_starts += sentence.sent_starts
+    for doc in docs:
+        doc.spaces[-1] = False  # no trailing space after a doc's last token
+    return docs

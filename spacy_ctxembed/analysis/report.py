@@ -1,0 +1,328 @@
+"""The analysis written out: ``analysis.json`` (every number), PNG plots and ``report.html``.
+
+Plots are drawn on matplotlib `Figure` objects with the Agg canvas, never
+through pyplot, so nothing global (backend, current figure) is touched.
+``report.html`` is one self-contained file: its CSS is inline and its
+images are the same PNGs as base64 data URIs.
+"""
+import base64
+import html
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import AnalysisInputError
+
+JSON_FILE, HTML_FILE = "analysis.json", "report.html"
+CONTEXTUALITY_PNG, WIC_PNG = "contextuality.png", "wic.png"
+#: Lines of example contexts under an explorer plot.
+MAX_TEXT_LINES = 30
+MEASURES = (("self_similarity", "self-similarity"), ("intra_sentence_similarity", "intra-sentence similarity"),
+            ("max_explainable_variance", "max explainable variance"))
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with numpy scalars as Python numbers and non-finite floats as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(result: dict, outdir: Path) -> List[Path]:
+    """Write analysis.json, the PNGs and report.html into `outdir` (created if need be)."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise AnalysisInputError(f"--output {outdir}: exists and is not a directory")
+    outdir.mkdir(parents=True, exist_ok=True)
+    images = plots(result)
+    written = []
+    for name, png in images.items():
+        (outdir / name).write_bytes(png)
+        written.append(outdir / name)
+    (outdir / JSON_FILE).write_text(json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    (outdir / HTML_FILE).write_text(render_html(result, images), encoding="utf-8")
+    return written + [outdir / JSON_FILE, outdir / HTML_FILE]
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _png(figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def explorer_png_name(pipeline: int, word_index: int, word: str) -> str:
+    return f"explorer-{pipeline + 1}-{word_index + 1}-{re.sub(r'[^A-Za-z0-9_-]+', '_', word)[:40]}.png"
+
+
+def plots(result: dict) -> Dict[str, bytes]:
+    """Every PNG of the report, by file name."""
+    images = {CONTEXTUALITY_PNG: plot_contextuality(result["pipelines"])}
+    if any(p.get("wic") for p in result["pipelines"]):
+        images[WIC_PNG] = plot_wic(result["pipelines"])
+    for p, pipeline in enumerate(result["pipelines"]):
+        for w, (word, explored) in enumerate(pipeline["explorer"].items()):
+            if explored.get("clusters"):
+                images[explorer_png_name(p, w, word)] = plot_explorer(explored, pipeline["label"])
+    return images
+
+
+def plot_contextuality(pipelines: Sequence[dict]) -> bytes:
+    """Anisotropy and the three measures (raw solid, anisotropy-adjusted dashed) per layer."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = figure.subplots(2, 2).ravel()
+    for p, pipeline in enumerate(pipelines):
+        colour, label = f"C{p}", _short(pipeline["label"])
+        x = [layer["layer"] for layer in pipeline["layers"]]
+        axes[0].plot(x, [_nan(layer["anisotropy"]) for layer in pipeline["layers"]], "o-", color=colour, label=label)
+        for ax, (key, _) in zip(axes[1:], MEASURES):
+            ax.plot(x, [_nan(layer[key]) for layer in pipeline["layers"]], "o-", color=colour, label=f"{label}: raw")
+            ax.plot(x, [_nan(layer[f"{key}_adjusted"]) for layer in pipeline["layers"]], "s--", color=colour,
+                    label=f"{label}: adjusted")
+    for ax, title in zip(axes, ["anisotropy (mean cosine of random token pairs)"] + [t for _, t in MEASURES]):
+        ax.set_title(title)
+        _layer_axis(ax)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(figure)
+
+
+def plot_wic(pipelines: Sequence[dict]) -> bytes:
+    """WiC accuracy per layer for each pooling mode; the mean of layers and the fitted scalar mix as lines."""
+    from matplotlib.figure import Figure
+
+    shown = [p for p in pipelines if p.get("wic")]
+    figure = Figure(figsize=(5.5 * len(shown) + 1, 4.5), layout="constrained")
+    axes = figure.subplots(1, len(shown), squeeze=False)[0]
+    for ax, pipeline in zip(axes, shown):
+        for m, (mode, scores) in enumerate(pipeline["wic"].items()):
+            x = [layer["layer"] for layer in scores["layers"]]
+            ax.plot(x, [layer["accuracy"] for layer in scores["layers"]], "o-", color=f"C{m}", label=f"pooling {mode}")
+        base = pipeline["wic"][pipeline["pooling"] or "none"]
+        ax.axhline(base["mean_of_layers"]["accuracy"], color="k", linestyle="--",
+                   label=f"mean of all layers ({pipeline['pooling']})")
+        ax.axhline(base["scalar_mix"]["accuracy"], color="k", linestyle=":",
+                   label=f"fitted scalar mix ({pipeline['pooling']})")
+        ax.set_title(_short(pipeline["label"]))
+        _layer_axis(ax)
+        ax.set_ylabel("WiC accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _png(figure)
+
+
+def plot_explorer(explored: dict, label: str) -> bytes:
+    """The occurrences in 2-D (PCA), coloured by cluster, with example contexts below."""
+    from matplotlib.figure import Figure
+
+    lines: List[Tuple[str, str]] = []
+    for cluster in explored["clusters"]:
+        near = ", ".join(n["word"] for n in cluster["neighbours"])
+        lines.append((f"C{cluster['cluster']}", f"sense {cluster['cluster'] + 1}; nearest other words: {near}"))
+        lines += [(f"C{cluster['cluster']}", f"    {_cut(example, 110)}") for example in cluster["examples"]]
+    lines = lines[:MAX_TEXT_LINES]
+    text_height = 0.17 * len(lines) + 0.2  # inches: one line of 8-point text, plus a margin
+    figure = Figure(figsize=(10, 5.5 + text_height), layout="constrained")
+    scatter, text = figure.subplots(2, 1, height_ratios=[5.5, text_height])
+    for cluster in explored["clusters"]:
+        points = [pt for pt in explored["points"] if pt["cluster"] == cluster["cluster"]]
+        scatter.scatter([pt["x"] for pt in points], [pt["y"] for pt in points], color=f"C{cluster['cluster']}",
+                        alpha=0.7, label=f"sense {cluster['cluster'] + 1} ({cluster['size']})")
+    ratios = explored["pca_explained_variance"]
+    scatter.set_xlabel(f"PC 1 ({ratios[0]:.0%} of variance)")
+    scatter.set_ylabel(f"PC 2 ({ratios[1]:.0%})")
+    scatter.set_title(f"{explored['word']!r}: {explored['n_occurrences']} occurrences, layers {explored['layers']} "
+                      f"- {_short(label)}")
+    scatter.legend(fontsize=8)
+    scatter.grid(alpha=0.3)
+    text.axis("off")
+    for row, (colour, line) in enumerate(lines):
+        text.text(0, 1 - row / len(lines), line, color=colour, fontsize=8, va="top", family="monospace",
+                  transform=text.transAxes)
+    return _png(figure)
+
+
+def _layer_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _nan(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _short(label: str, n: int = 48) -> str:
+    return label if len(label) <= n else "…" + label[-(n - 1):]
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# ---------------------------------------------------------------- html
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 90em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+td.text { text-align: left; }
+.side { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
+pre { background: #f4f4f4; padding: 0.8em; }
+img { max-width: 100%; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _number(value: Any) -> str:
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.3f}"
+
+
+def _image(images: Dict[str, bytes], name: str, alt: str) -> str:
+    data = base64.b64encode(images[name]).decode("ascii")
+    return f'<p><img src="data:image/png;base64,{data}" alt="{_e(alt)}" title="{_e(name)}"></p>'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="text">{_e(c)}</td>' if isinstance(c, str) else f"<td>{_number(c)}</td>"
+                         for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _layer_table(pipeline: dict) -> str:
+    keys = ["anisotropy"] + [k for key, _ in MEASURES for k in (key, f"{key}_adjusted")]
+    with_wic = any("wic_accuracy" in layer for layer in pipeline["layers"])
+    header = ["layer", "anisotropy", "self-sim", "adj.", "intra-sim", "adj.", "MEV", "adj."]
+    header += ["WiC"] if with_wic else []
+    rows = [[str(layer["layer"])] + [layer[k] for k in keys] + ([layer.get("wic_accuracy")] if with_wic else [])
+            for layer in pipeline["layers"]]
+    return _table(header, rows)
+
+
+def _wic_tables(pipeline: dict) -> str:
+    modes = list(pipeline["wic"])
+    rows = [[str(layer["layer"])] + [pipeline["wic"][m]["layers"][i]["accuracy"] for m in modes]
+            for i, layer in enumerate(pipeline["wic"][modes[0]]["layers"])]
+    rows.append(["mean of layers"] + [pipeline["wic"][m]["mean_of_layers"]["accuracy"] for m in modes])
+    rows.append(["fitted scalar mix"] + [pipeline["wic"][m]["scalar_mix"]["accuracy"] for m in modes])
+    rows.append(["logistic regression on layer cosines"]
+                + [pipeline["wic"][m]["logistic_regression"]["accuracy"] for m in modes])
+    return _table(["layer"] + [f"pooling {m}" for m in modes], rows)
+
+
+def _explorer_html(pipeline: dict, p: int, images: Dict[str, bytes]) -> str:
+    parts = []
+    for w, (word, explored) in enumerate(pipeline["explorer"].items()):
+        parts.append(f"<h3>{_e(word)} <small>({_e(_short(pipeline['label']))})</small></h3>")
+        if not explored.get("clusters"):
+            parts.append(f"<p>{_e(explored.get('note', 'no occurrences'))}</p>")
+            continue
+        parts.append(f"<p>{explored['n_occurrences']} occurrences, layers {_e(explored['layers'])}; "
+                     f"k = {explored['k']} by silhouette {_e(explored['silhouettes'])}</p>")
+        parts.append(_image(images, explorer_png_name(p, w, word), f"sense explorer for {word}"))
+        rows = [[f"sense {c['cluster'] + 1} ({c['size']})", " | ".join(c["examples"]),
+                 ", ".join(f"{n['word']} ({n['similarity']:.2f})" for n in c["neighbours"])]
+                for c in explored["clusters"]]
+        parts.append(_table(["cluster", "examples (nearest the centre)", "nearest tokens of other words"], rows))
+    return "".join(parts)
+
+
+def render_html(result: dict, images: Dict[str, bytes]) -> str:
+    """The whole report as one HTML page, images inline."""
+    pipelines = result["pipelines"]
+    corpus = result["corpus"]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>spacy-ctxembed analysis</title>", f"<style>{STYLE}</style></head><body>",
+        "<h1>What the contextual vectors capture, layer by layer</h1>",
+        f"<p>Corpus {_e(corpus['path'])} ({_e(corpus['kind'])}, {corpus['docs_in_file']} docs in the file). "
+        "Pipelines: "
+        + "; ".join(f"{_e(p['label'])} (component {_e(p['component'])}, {len(p['layer_ids'])} layers; analysed "
+                    f"{p['corpus_docs']} docs, {p['corpus_tokens']} tokens, {p['corpus_sentences']} sentences)"
+                    for p in pipelines) + ".</p>",
+        "<h2>Contextuality per layer</h2>",
+        "<p>Ethayarajh (2019): self-similarity (words with at least "
+        f"{result['settings']['min_count']} occurrences), intra-sentence similarity and maximum explainable "
+        "variance; adjusted = raw minus the layer's anisotropy baseline.</p>",
+        _image(images, CONTEXTUALITY_PNG, "contextuality per layer"),
+        '<div class="side">' + "".join(f"<section><h3>{_e(_short(p['label']))}</h3>{_layer_table(p)}</section>"
+                                       for p in pipelines) + "</div>",
+    ]
+    if result.get("wic"):
+        parts += [
+            "<h2>Sense separation (WiC)</h2>",
+            f"<p>{_e(result['wic']['protocol'])}; {result['wic']['train']['pairs']} training pairs.</p>",
+            _image(images, WIC_PNG, "WiC accuracy per layer"),
+            '<div class="side">' + "".join(f"<section><h3>{_e(_short(p['label']))}</h3>{_wic_tables(p)}</section>"
+                                           for p in pipelines if p.get("wic")) + "</div>",
+            "<h2>Recommended layers</h2>",
+        ]
+        for p in pipelines:
+            rec = p.get("recommendation")
+            if rec:
+                parts.append(f"<h3>{_e(_short(p['label']))}</h3><p>layers {_e(rec['layers'])}, pooling "
+                             f"{_e(rec['pooling'])}: {_e(rec['note'])}</p>"
+                             f"<pre>{_e(rec['config'])}</pre><pre>{_e(rec['python'])}</pre>")
+    if any(p["explorer"] for p in pipelines):
+        parts.append("<h2>Sense explorer</h2>")
+        parts += [_explorer_html(p, i, images) for i, p in enumerate(pipelines)]
+    notes = [f"{p['label']}: {note}" for p in pipelines for note in p["notes"]]
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- text
+
+
+def summary(result: dict) -> str:
+    """A plain-text digest for the terminal: per-layer numbers and the recommended config."""
+    out = []
+    for pipeline in result["pipelines"]:
+        out.append(f"== {pipeline['label']} (component {pipeline['component']}, layers {pipeline['layer_ids']})")
+        with_wic = "wic" in pipeline
+        out.append("layer  aniso  selfsim    adj  intra    adj    MEV    adj" + ("    WiC" if with_wic else ""))
+        for layer in pipeline["layers"]:
+            values = [layer["anisotropy"]] + [layer[k] for key, _ in MEASURES for k in (key, f"{key}_adjusted")]
+            if with_wic:
+                values.append(layer["wic_accuracy"])
+            out.append(f"{layer['layer']:>5}  " + " ".join(f"{_number(v):>6}" for v in values))
+        if with_wic:
+            for mode, scores in pipeline["wic"].items():
+                best = max(scores["layers"], key=lambda s: s["accuracy"])
+                mix = scores["scalar_mix"]
+                weights = ", ".join(f"{w:.2f}" for w in mix["weights"])
+                out.append(f"WiC pooling {mode}: best layer {best['layer']} {best['accuracy']:.3f}, mean of layers "
+                           f"{scores['mean_of_layers']['accuracy']:.3f}, fitted scalar mix {mix['accuracy']:.3f} "
+                           f"(weights {weights})")
+        rec = pipeline.get("recommendation")
+        if rec:
+            out += ["", rec["config"], "# or in Python:", rec["python"]]
+        out += [f"note: {note}" for note in pipeline["notes"]]
+        out.append("")
+    return "\n".join(out)

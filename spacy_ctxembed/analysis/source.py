@@ -1,0 +1,233 @@
+"""The pipelines an analysis runs, and how to load them with every layer stored.
+
+A pipeline comes from a saved pipeline (``--model``), a config (``--config``)
+or, with neither, the embedded all-MiniLM-L6-v2 (blank English plus
+``ctxembed_bert``, exactly what ``embed`` runs). To see every layer, the
+analysed component is rebuilt from its config with its encoder's ``layers``
+set to all of them, ``store_layers = true`` and, because a combiner with
+weights (``ScalarMix``) is shaped by the number of layers, a plain
+``MeanLayers`` combiner (the combined vectors are not used). A saved
+pipeline's weights still come from disk: everything but that combiner. A
+pipeline built from a config initializes only the analysed component and
+what it needs upstream (a tagger or parser in the config stays
+uninitialized: it would need training examples, and the analysis never runs it).
+"""
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple, cast
+
+import spacy
+from spacy.language import Language
+from spacy.util import load_config, load_model_from_config
+from thinc.api import Config
+
+from .errors import AnalysisInputError
+
+CONTEXTUAL_FACTORIES = ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf")
+#: Components that must run before the analysed one: the transformer that
+#: ctxembed_from_trf pools, and the components that set sentence boundaries
+#: (ELMo embeds each sentence on its own; intra-sentence similarity needs them).
+UPSTREAM_FACTORIES = ("transformer", "sentencizer", "senter")
+MEAN_COMBINER = {"@layers": "spacy-ctxembed.MeanLayers.v1"}
+
+#: One change to a pipeline's config: (component, path inside its block, new value).
+Edit = Tuple[str, Tuple[str, ...], Any]
+
+
+@dataclass
+class PipelineSource:
+    """Where a pipeline comes from: `model` (saved), `config`, or neither (the default)."""
+
+    model: Optional[str] = None
+    config: Optional[Config] = None
+    config_path: Optional[Path] = None
+    _saved_dir: Optional[Path] = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def from_argument(cls, value: str, option: str = "--compare") -> "PipelineSource":
+        """A saved pipeline (directory or package name) or a ``.cfg`` file."""
+        path = Path(value)
+        if path.suffix == ".cfg" or path.is_file():
+            return cls.from_config_file(path, option)
+        return cls(model=value)
+
+    @classmethod
+    def from_config_file(cls, path: Path, option: str = "--config") -> "PipelineSource":
+        if not path.is_file():
+            raise AnalysisInputError(f"{option} {path}: no such config file")
+        try:
+            return cls(config=load_config(path), config_path=path)
+        except Exception as e:  # confection: a config that does not parse
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise AnalysisInputError(f"{option} {path}: not a readable config ({first})") from None
+
+    @property
+    def label(self) -> str:
+        if self.model is not None:
+            return str(self.model)
+        if self.config_path is not None:
+            return str(self.config_path)
+        return "all-MiniLM-L6-v2 (embedded default)"
+
+    def describe(self) -> dict:
+        return {"label": self.label, "model": self.model,
+                "config": None if self.config_path is None else str(self.config_path)}
+
+    def load(self, edits: Sequence[Edit] = (), new_combiner: Optional[str] = None,
+             component: Optional[str] = None) -> Language:
+        """The pipeline, with `edits` made to its config before it is built.
+
+        new_combiner: the component whose combiner the edits replaced; a saved
+            pipeline's weights for it are not read (they fit the old combiner).
+        component: the contextual component analysed (None: the pipeline's only
+            one). A pipeline built from a config initializes only that component
+            and what it needs upstream (`needed_components`): the analysis runs
+            nothing else, and a tagger, parser or NER could not be initialized
+            without training examples. The other components stay uninitialized.
+        """
+        if self.model is not None:
+            if not edits:
+                nlp = spacy.load(self.model)
+                self._saved_dir = Path(nlp.path) if nlp.path is not None else None
+                return nlp
+            return self._load_saved_edited(edits, new_combiner)
+        config = self.config if self.config is not None else default_config()
+        nlp = load_model_from_config(edited_config(config, edits), auto_fill=True)
+        with nlp.select_pipes(enable=needed_components(nlp, choose_component(nlp, component, self.label))):
+            nlp.initialize()
+        return nlp
+
+    def _load_saved_edited(self, edits: Sequence[Edit], new_combiner: Optional[str]) -> Language:
+        if self._saved_dir is None:
+            self.load()  # finds where the pipeline lives
+        if self._saved_dir is None:
+            raise AnalysisInputError(f"--model {self.model}: the loaded pipeline does not say where it was read from")
+        path = self._saved_dir
+        nlp = load_model_from_config(edited_config(load_config(path / "config.cfg"), edits))
+        skipped = [] if new_combiner is None else [new_combiner]
+        nlp.from_disk(path, exclude=skipped)
+        for name in skipped:
+            cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner"])
+        return nlp
+
+
+def default_config() -> Config:
+    """The config of the embedded default: blank English plus ``ctxembed_bert``."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert")  # the model loads on initialize, not here
+    return nlp.config
+
+
+def edited_config(config: Config, edits: Sequence[Edit]) -> Config:
+    """A copy of `config` with each edit's value put at its place (replacing a whole block if need be)."""
+    edited = config.copy()
+    for component, section, value in edits:
+        block = edited["components"][component]
+        for key in section[:-1]:
+            block = block[key]
+        block[section[-1]] = value
+    return edited
+
+
+def contextual_components(nlp: Language) -> List[str]:
+    return [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES]
+
+
+def choose_component(nlp: Language, component: Optional[str], label: str) -> str:
+    """The component to analyse: `component`, or the pipeline's only contextual one."""
+    found = contextual_components(nlp)
+    if component is not None:
+        if component not in found:
+            raise AnalysisInputError(f"--component {component!r}: the pipeline {label} has no such contextual "
+                                     f"embedder; its contextual embedders are: {found}")
+        return component
+    if not found:
+        raise AnalysisInputError(f"the pipeline {label} has no contextual embedder "
+                                 f"({', '.join(CONTEXTUAL_FACTORIES)}); its components are: {nlp.pipe_names}")
+    if len(found) > 1:
+        raise AnalysisInputError(f"the pipeline {label} has several contextual embedders {found}: "
+                                 "choose one with --component")
+    return found[0]
+
+
+def factory_of(nlp: Language, name: str) -> str:
+    return str(nlp.get_pipe_meta(name).factory)
+
+
+def needed_components(nlp: Language, name: str) -> List[str]:
+    """The analysed component and the upstream components it needs, in pipeline order."""
+    upstream = nlp.pipe_names[: nlp.pipe_names.index(name)]
+    return [n for n in upstream if factory_of(nlp, n) in UPSTREAM_FACTORIES] + [name]
+
+
+def _is_v2(nlp: Language, name: str) -> bool:
+    model = nlp.config["components"][name].get("model", {})
+    return isinstance(model, dict) and "encoder" in model
+
+
+def encoder_settings(nlp: Language, name: str) -> dict:
+    """The encoder settings as configured (v2: the encoder block; v1: the component's own)."""
+    block = nlp.config["components"][name]
+    return dict(block["model"]["encoder"] if _is_v2(nlp, name) else block)
+
+
+def all_layer_edits(nlp: Language, name: str, layers: List[int], pooling: Optional[str] = None) -> List[Edit]:
+    """Edits that make `name` store `layers` (pooled by `pooling`, if given) under a plain mean."""
+    if _is_v2(nlp, name):
+        encoder: Tuple[str, ...] = ("model", "encoder")
+        edits: List[Edit] = [(name, ("model", "combiner"), dict(MEAN_COMBINER))]
+    else:  # v1 layout: the settings are the component's own
+        encoder = ()
+        edits = [(name, ("combine",), "mean")]
+    edits += [(name, ("store_layers",), True), (name, encoder + ("layers",), list(layers))]
+    if pooling is not None:
+        edits.append((name, encoder + ("pooling",), pooling))
+    return edits + upstream_edits(nlp, name)
+
+
+def upstream_edits(nlp: Language, name: str) -> List[Edit]:
+    """ctxembed_from_trf: make the upstream spacy-transformers component output every hidden state
+    (``output_hidden_states`` in its ``transformer_config``, where its architecture has one)."""
+    edits: List[Edit] = []
+    if factory_of(nlp, name) == "ctxembed_from_trf":
+        for upstream in needed_components(nlp, name)[:-1]:
+            model = nlp.config["components"][upstream].get("model", {})
+            if factory_of(nlp, upstream) == "transformer" and "transformer_config" in model:
+                edits.append((upstream, ("model", "transformer_config", "output_hidden_states"), True))
+    return edits
+
+
+def n_available_layers(nlp: Language, name: str) -> Optional[int]:
+    """How many layers the component's model has; None when only the last is available.
+
+    BERT: the hidden states (embeddings + one per transformer layer); ELMo:
+    the token layer + the biLSTM layers; from_trf: the hidden states the
+    upstream transformer outputs, seen on a probe doc.
+    """
+    factory, pipe = factory_of(nlp, name), cast(Any, nlp.get_pipe(name))
+    if factory == "ctxembed_bert":
+        from ..models.bert import get_encoder
+
+        return get_encoder(pipe.model).n_hidden_states
+    if factory == "ctxembed_elmo":
+        from ..models.elmo import get_shim
+
+        return 1 + get_shim(pipe.encoder).get_options().n_layers
+    doc = nlp.make_doc("probe")
+    for upstream in needed_components(nlp, name)[:-1]:
+        doc = nlp.get_pipe(upstream)(doc)
+    trf_data = doc._.trf_data if doc.has_extension("trf_data") else None
+    output = getattr(trf_data, "model_output", None)
+    hidden = output.get("hidden_states") if output is not None and hasattr(output, "get") else None
+    return len(hidden) if hidden else None
+
+
+def pooling_modes(nlp: Language, name: str, wanted: Optional[Sequence[str]]) -> List[Optional[str]]:
+    """The pooling modes to try on WiC: the configured one first. ELMo has none: [None]."""
+    from ..types import POOLING_MODES
+
+    if factory_of(nlp, name) == "ctxembed_elmo":
+        return [None]
+    configured = str(encoder_settings(nlp, name).get("pooling", "mean"))
+    modes = list(POOLING_MODES) if wanted is None else list(wanted)
+    return [configured, *(m for m in modes if m != configured)]

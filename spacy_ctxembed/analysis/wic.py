@@ -1,0 +1,511 @@
+"""Sense separation on WiC (Pilehvar & Camacho-Collados 2019), per layer.
+
+A WiC pair is one word in two sentences, labelled T (same sense) or F. A
+layer (or a mix of layers) separates senses if the cosine between the word's
+two vectors is higher for T pairs; its accuracy is that of the rule
+"T when the cosine >= a threshold", with the threshold fitted to maximise
+accuracy on the training pairs and scored on pairs it was not fitted on:
+the evaluation file when there is one, else k-fold cross-validation on the
+training file (stratified, shuffled with the seed; the accuracy is over all
+pairs, each predicted by the fold that left it out).
+
+Rules scored the same way (`held_out_accuracy`):
+
+* one layer, and the mean of all layers (the vectors averaged, as the
+  MeanLayers combiner does, then the cosine): `ThresholdRule`;
+* a fitted scalar mix (`ScalarMixRule`, `fit_scalar_mix`): layer weights
+  w = softmax(s), the vector sum_j w_j * layer_j (what a ScalarMix combiner
+  with logits s gives, up to its scale gamma, which no cosine sees), and a
+  threshold on that vector's cosine, fitted on the training pairs only: s (with
+  a scale a and bias b) minimises the logistic loss of a * cosine + b
+  (L-BFGS, from the mean of the layers and from the best single layer), then
+  the threshold is fitted on the mixed cosines as for one layer;
+* as an extra, logistic regression on the per-layer cosines
+  (`CosineLogisticRule`: standardised, L2, C = 1). Its coefficients can be
+  negative: it is not a mix of layers and no combiner can apply it.
+
+Cosines come from per-pair Gram matrices between the layers of the two
+target vectors (`WicGrams`), so the cosine of any mean of layers is exact
+and costs no pass over the vectors.
+"""
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, cast
+
+import numpy as np
+from numpy.typing import NDArray
+from spacy.language import Language
+from spacy.tokens import Doc
+from tqdm import tqdm
+
+from .errors import AnalysisInputError
+from .extract import doc_layers, run_docs
+
+LABELS = {"T": True, "F": False}
+
+
+@dataclass
+class WicData:
+    """WiC pairs, with their sentences deduplicated.
+
+    Rows 0..n-1 of `sentence_of`/`target_of` are the pairs' first sentences,
+    rows n..2n-1 their second ones: `sentences[sentence_of[r]]` holds the
+    target word at token `target_of[r]`.
+    """
+
+    source: str
+    lemmas: List[str]
+    labels: NDArray[np.bool_]
+    sentences: List[Tuple[str, ...]]
+    sentence_of: NDArray[np.int64]
+    target_of: NDArray[np.int64]
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.labels.shape[0])
+
+    def describe(self) -> dict:
+        return {"path": self.source, "pairs": self.n_pairs, "same_sense": int(self.labels.sum()),
+                "distinct_sentences": len(self.sentences)}
+
+
+def read_wic(directory: Path, option: str = "--wic-train") -> WicData:
+    """Read every ``*.data.txt`` of a WiC directory with its ``*.gold.txt``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "not a directory" if directory.exists() else "no such directory"
+        raise AnalysisInputError(f"{option} {directory}: {what} (expected a folder with *.data.txt and *.gold.txt)")
+    data_files = sorted(directory.glob("*.data.txt"))
+    if not data_files:
+        raise AnalysisInputError(f"{option} {directory}: no *.data.txt file in this directory")
+    rows: List[Pair] = []
+    for data_file in data_files:
+        gold_file = data_file.with_name(data_file.name[: -len(".data.txt")] + ".gold.txt")
+        if not gold_file.is_file():
+            raise AnalysisInputError(f"{option} {directory}: {data_file.name} has no {gold_file.name} next to it")
+        rows += _read_pairs(data_file, gold_file, option)
+    sentences: Dict[Tuple[str, ...], int] = {}
+    sides = [tuple(row[1]) for row in rows] + [tuple(row[3]) for row in rows]
+    sentence_of = [sentences.setdefault(words, len(sentences)) for words in sides]
+    targets = [row[2] for row in rows] + [row[4] for row in rows]
+    return WicData(
+        source=str(directory), lemmas=[row[0] for row in rows], labels=np.array([row[5] for row in rows], bool),
+        sentences=list(sentences), sentence_of=np.array(sentence_of, np.int64), target_of=np.array(targets, np.int64),
+    )
+
+
+Pair = Tuple[str, List[str], int, List[str], int, bool]  # lemma, sentence 1, index 1, sentence 2, index 2, label
+
+
+def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
+    lines = data_file.read_text(encoding="utf-8").splitlines()
+    gold = [g.strip() for g in gold_file.read_text(encoding="utf-8").splitlines() if g.strip()]
+    if len(gold) != len(lines):
+        raise AnalysisInputError(f"{option} {data_file.parent}: {data_file.name} has {len(lines)} lines but "
+                                 f"{gold_file.name} has {len(gold)} labels")
+    pairs = []
+    for number, (line, label) in enumerate(zip(lines, gold), start=1):
+        where = f"{option} {data_file.parent}: {data_file.name} line {number}"
+        fields = line.split("\t")
+        if len(fields) != 5:
+            raise AnalysisInputError(f"{where}: expected 5 tab-separated fields (lemma, POS, i-j, sentence 1, "
+                                     f"sentence 2), got {len(fields)}")
+        if label not in LABELS:
+            raise AnalysisInputError(f"{option} {data_file.parent}: {gold_file.name} line {number}: "
+                                     f"expected T or F, got {label!r}")
+        words1, words2 = fields[3].split(" "), fields[4].split(" ")
+        try:
+            index1, index2 = (int(i) for i in fields[2].split("-"))
+        except ValueError:
+            raise AnalysisInputError(f"{where}: token indices {fields[2]!r}: expected i-j") from None
+        if not (0 <= index1 < len(words1) and 0 <= index2 < len(words2)):
+            raise AnalysisInputError(f"{where}: token indices {fields[2]!r} are outside the sentences "
+                                     f"({len(words1)} and {len(words2)} tokens)")
+        pairs.append((fields[0], words1, index1, words2, index2, LABELS[label]))
+    return pairs
+
+
+# ---------------------------------------------------------------- vectors
+
+
+def multi_piece_sentences(nlp: Language, name: str, data: WicData) -> Optional[NDArray[np.bool_]]:
+    """Per distinct sentence: does a target token in it have more than one wordpiece?
+
+    A token fed by a single wordpiece gets that piece's state whatever the
+    pooling, so only these sentences need to be embedded again for another
+    pooling mode. None when that cannot be told (not ctxembed_bert): all do.
+    """
+    if nlp.get_pipe_meta(name).factory != "ctxembed_bert":
+        return None
+    from ..models.bert import get_runner
+
+    docs = [Doc(nlp.vocab, words=list(words)) for words in data.sentences]
+    plans = get_runner(cast(Any, nlp.get_pipe(name)).encoder).plan(docs)
+    pieces = [np.bincount(plan.alignment.token_index, minlength=len(doc)) for plan, doc in zip(plans, docs)]
+    many = np.array([pieces[s][t] > 1 for s, t in zip(data.sentence_of, data.target_of)], dtype=bool)
+    return np.bincount(data.sentence_of, weights=many, minlength=len(data.sentences)) > 0
+
+
+def target_vectors(
+    nlp: Language, name: str, data: WicData, *, batch_size: int = 64, desc: str = "WiC",
+    only: Optional[NDArray[np.bool_]] = None, base: Optional[NDArray[np.float32]] = None,
+) -> NDArray[np.float32]:
+    """(2n, n_layers, width): every layer of each pair's target token (rows as in `WicData`).
+
+    The sentences are whitespace-tokenized already: each becomes
+    ``Doc(words=sentence)`` and runs through the analysed component (and what
+    it needs upstream). only, base: embed only the sentences where `only` is
+    True and take the other rows from `base`.
+    """
+    chosen = np.arange(len(data.sentences)) if only is None else np.flatnonzero(only)
+    out = None if base is None else base.copy()
+    # the rows (pair sides) of each chosen sentence, grouped by one sort
+    order = np.argsort(data.sentence_of, kind="stable")
+    bounds = np.searchsorted(data.sentence_of[order], np.arange(len(data.sentences) + 1))
+    docs = (Doc(nlp.vocab, words=list(data.sentences[s])) for s in chosen)
+    with tqdm(total=len(chosen), unit="sentence", desc=desc, file=sys.stderr) as progress:
+        for s, doc in zip(chosen, run_docs(nlp, name, docs, batch_size)):
+            layers = doc_layers(doc, name)
+            if out is None:
+                out = np.zeros((data.sentence_of.shape[0], *layers[:, 0].shape), dtype=np.float32)
+            rows = order[bounds[s]:bounds[s + 1]]
+            out[rows] = layers[:, data.target_of[rows]].transpose(1, 0, 2)
+            progress.update(1)
+    if out is None:
+        raise ValueError("no WiC sentence was embedded")
+    return out
+
+
+@dataclass
+class WicGrams:
+    """Per pair, the dot products between the layers of its two target vectors.
+
+    cross[p, i, j] = u_i . v_j, first[p, i, j] = u_i . u_j, second[p, i, j] = v_i . v_j
+    for the pair's first (u) and second (v) target vector, layers i, j.
+    """
+
+    cross: NDArray[np.float64]
+    first: NDArray[np.float64]
+    second: NDArray[np.float64]
+
+    @classmethod
+    def from_targets(cls, targets: NDArray[np.float32]) -> "WicGrams":
+        n = targets.shape[0] // 2
+        u, v = targets[:n].astype(np.float64), targets[n:].astype(np.float64)
+        return cls(np.einsum("pid,pjd->pij", u, v), np.einsum("pid,pjd->pij", u, u), np.einsum("pid,pjd->pij", v, v))
+
+    @classmethod
+    def from_stacked(cls, stacked: NDArray[np.float64]) -> "WicGrams":
+        """The inverse of `stacked`."""
+        return cls(*(np.ascontiguousarray(stacked[:, k]) for k in range(3)))
+
+    def stacked(self) -> NDArray[np.float64]:
+        """(n_pairs, 3, n_layers, n_layers): cross, first, second; rows index pairs (for cross-validation)."""
+        return np.stack([self.cross, self.first, self.second], axis=1)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cross.shape[1])
+
+    def pairs_without_vector(self) -> int:
+        """Pairs where a side is the zero vector in some layer (their cosine there is 0)."""
+        first, second = np.diagonal(self.first, axis1=1, axis2=2), np.diagonal(self.second, axis1=1, axis2=2)
+        return int(((first == 0) | (second == 0)).any(axis=1).sum())
+
+    def cosines(self, weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        """(n_pairs, n_mixes): the cosine between w . layers of each side, for each row w of `weights`.
+
+        With w = one-hot this is one layer's cosine; with w = all ones, that of
+        the mean of all layers (the scale of w does not change a cosine).
+        A pair where either side is the zero vector gets 0, as spaCy's similarity does.
+        """
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+
+        def quadratic(gram: NDArray[np.float64]) -> NDArray[np.float64]:
+            return np.einsum("pij,mi,mj->pm", gram, w, w, optimize=True)
+
+        norms = np.sqrt(np.maximum(quadratic(self.first), 0) * np.maximum(quadratic(self.second), 0))
+        dots = quadratic(self.cross)
+        return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+    def layer_cosines(self) -> NDArray[np.float64]:
+        return self.cosines(np.eye(self.n_layers))
+
+    def mean_cosines(self) -> NDArray[np.float64]:
+        return self.cosines(np.ones((1, self.n_layers)))[:, 0]
+
+
+# ---------------------------------------------------------------- rules
+
+
+def fit_threshold(scores: NDArray[np.float64], labels: NDArray[np.bool_]) -> float:
+    """The threshold t for which "same sense iff score >= t" is most accurate on (scores, labels).
+
+    Every cut between two distinct sorted scores is tried (at their midpoint),
+    plus calling every pair T (t = -inf) or F (t = +inf); ties go to the
+    lowest threshold.
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if scores.size == 0:
+        raise ValueError("fit_threshold: no scores")
+    order = np.argsort(scores, kind="stable")
+    s, y = scores[order], labels[order]
+    # cut k calls the k lowest scores F: right are the Fs below it and the Ts above it
+    correct = np.concatenate(([0], np.cumsum(~y))) + (y.sum() - np.concatenate(([0], np.cumsum(y))))
+    possible = np.ones(s.size + 1, dtype=bool)
+    possible[1:-1] = s[1:] > s[:-1]  # no threshold falls between equal scores
+    k = int(np.flatnonzero(possible & (correct == correct[possible].max()))[0])
+    if k == 0:
+        return float("-inf")
+    if k == s.size:
+        return float("inf")
+    middle = s[k - 1] + (s[k] - s[k - 1]) / 2
+    return float(middle if middle > s[k - 1] else s[k])  # adjacent floats have no midpoint
+
+
+class Rule(Protocol):
+    def fit(self, x: NDArray[np.float64], y: NDArray[np.bool_]) -> Any: ...
+
+    def predict(self, fitted: Any, x: NDArray[np.float64]) -> NDArray[np.bool_]: ...
+
+
+class ThresholdRule:
+    """x: (n,) scores; same sense iff x >= the fitted threshold."""
+
+    def fit(self, x: NDArray[np.float64], y: NDArray[np.bool_]) -> float:
+        return fit_threshold(x, y)
+
+    def predict(self, fitted: float, x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        return np.asarray(x) >= fitted
+
+
+class CosineLogisticRule:
+    """x: (n, n_layers) per-layer cosines; logistic regression on the standardised cosines (not a mix)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, x: NDArray[np.float64], y: NDArray[np.bool_]) -> Any:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=self.seed)).fit(x, y)
+
+    def predict(self, fitted: Any, x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        return np.asarray(fitted.predict(x), dtype=bool)
+
+
+@dataclass
+class ScalarMixFit:
+    """A scalar mix fitted on WiC pairs: same sense iff cos(w . u, w . v) >= threshold.
+
+    weights: w = softmax(logits), one per layer, summing to 1.
+    logits: s, centred (a ScalarMix combiner's ``s`` parameter gives these weights).
+    scale, bias: a and b of the logistic model a * cosine + b the weights were fitted with.
+    loss: its objective at the fit (`scalar_mix_loss`).
+    threshold: fitted on the mixed cosines for accuracy, as `fit_threshold` does.
+    """
+
+    weights: NDArray[np.float64]
+    logits: NDArray[np.float64]
+    scale: float
+    bias: float
+    loss: float
+    threshold: float
+
+
+def _softmax(s: NDArray[np.float64]) -> NDArray[np.float64]:
+    e = np.exp(s - s.max())
+    return np.asarray(e / e.sum(), dtype=np.float64)
+
+
+def scalar_mix_loss(
+    params: NDArray[np.float64], grams: WicGrams, labels: NDArray[np.bool_], c: float = 1.0
+) -> Tuple[float, NDArray[np.float64]]:
+    """The objective `fit_scalar_mix` minimises, and its gradient.
+
+    params: (s_1..s_L, a, b). With w = softmax(s) and x_p the cosine of pair p
+    under w, it is the mean logistic loss of z_p = a * x_p + b plus
+    a**2 / (2 c n): sklearn's LogisticRegression(C=c) objective on the one
+    feature x, divided by c * n.
+    """
+    n_layers, n = grams.n_layers, labels.shape[0]
+    s, a, b = params[:n_layers], float(params[n_layers]), float(params[n_layers + 1])
+    y = labels.astype(np.float64)
+    w = _softmax(s)
+    cw, ctw = np.einsum("pij,j->pi", grams.cross, w), np.einsum("pij,i->pj", grams.cross, w)
+    fw, sw = np.einsum("pij,j->pi", grams.first, w), np.einsum("pij,j->pi", grams.second, w)
+    qc, qf, qs = cw @ w, fw @ w, sw @ w
+    norms = np.sqrt(np.maximum(qf, 0) * np.maximum(qs, 0))
+    ok = norms > 0  # a side without a vector: cosine 0, as in `WicGrams.cosines`
+    safe = np.where(ok, norms, 1.0)
+    x = np.where(ok, qc / safe, 0.0)
+    z = a * x + b
+    loss = float(np.mean(np.logaddexp(0.0, z) - y * z) + a * a / (2 * c * n))
+    from scipy.special import expit
+
+    r = (expit(z) - y) / n
+    # d cos / d w = (C + C^T) w / |u||v| - cos * (F w / |u|^2 + S w / |v|^2)
+    dx_dw = np.where(ok[:, None], (cw + ctw) / safe[:, None] - x[:, None] * (
+        fw / np.where(ok, qf, 1.0)[:, None] + sw / np.where(ok, qs, 1.0)[:, None]), 0.0)
+    grad_w = (a * r) @ dx_dw
+    grad_s = w * (grad_w - w @ grad_w)  # through the softmax
+    grad = np.concatenate([grad_s, [float(r @ x) + a / (c * n), float(r.sum())]])
+    return loss, grad
+
+
+def fit_scalar_mix(grams: WicGrams, labels: NDArray[np.bool_], c: float = 1.0) -> ScalarMixFit:
+    """Softmax layer weights and a threshold that separate the senses of (grams, labels).
+
+    The weights minimise `scalar_mix_loss` (L-BFGS-B, exact gradient), started
+    from the mean of the layers (s = 0) and from the layer whose own threshold
+    is most accurate; the lower loss wins. The threshold is then fitted on the
+    mixed cosines (`fit_threshold`).
+    """
+    from scipy.optimize import minimize
+
+    labels = np.asarray(labels, dtype=bool)
+    n_layers = grams.n_layers
+    singles = grams.layer_cosines()
+    train_accuracy = [np.mean((singles[:, j] >= fit_threshold(singles[:, j], labels)) == labels)
+                      for j in range(n_layers)]
+    starts = [np.zeros(n_layers)]
+    if n_layers > 1:
+        starts.append(3.0 * np.eye(n_layers)[int(np.argmax(train_accuracy))])
+    best = None
+    for start in starts:
+        found = minimize(scalar_mix_loss, np.concatenate([start, [1.0, 0.0]]), args=(grams, labels, c), jac=True,
+                         method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-8})
+        if best is None or found.fun < best.fun:
+            best = found
+    assert best is not None
+    s = best.x[:n_layers] - best.x[:n_layers].mean()
+    weights = _softmax(s)
+    return ScalarMixFit(weights=weights, logits=s, scale=float(best.x[n_layers]), bias=float(best.x[n_layers + 1]),
+                        loss=float(best.fun), threshold=fit_threshold(grams.cosines(weights)[:, 0], labels))
+
+
+class ScalarMixRule:
+    """x: (n, 3, n_layers, n_layers) stacked Gram matrices (`WicGrams.stacked`); a fitted scalar mix."""
+
+    def __init__(self, c: float = 1.0) -> None:
+        self.c = c
+
+    def fit(self, x: NDArray[np.float64], y: NDArray[np.bool_]) -> ScalarMixFit:
+        return fit_scalar_mix(WicGrams.from_stacked(x), y, self.c)
+
+    def predict(self, fitted: ScalarMixFit, x: NDArray[np.float64]) -> NDArray[np.bool_]:
+        return WicGrams.from_stacked(x).cosines(fitted.weights)[:, 0] >= fitted.threshold
+
+
+def folds(labels: NDArray[np.bool_], n_folds: int, seed: int) -> List[Tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """Stratified, shuffled (train, test) index splits of the training pairs."""
+    from sklearn.model_selection import StratifiedKFold
+
+    smaller = int(min(labels.sum(), (~labels).sum()))
+    if n_folds < 2 or n_folds > smaller:
+        raise AnalysisInputError(f"--folds {n_folds}: expected 2 .. {smaller} (the WiC training pairs have "
+                                 f"{int(labels.sum())} T and {int((~labels).sum())} F labels)")
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(labels.shape[0]), labels))
+
+
+def held_out_accuracy(
+    rule: Rule, x: NDArray[np.float64], y: NDArray[np.bool_], *,
+    splits: Optional[Sequence[Tuple[NDArray[np.int64], NDArray[np.int64]]]] = None,
+    x_eval: Optional[NDArray[np.float64]] = None, y_eval: Optional[NDArray[np.bool_]] = None,
+) -> float:
+    """Accuracy of `rule` on pairs it was not fitted on.
+
+    With `x_eval`: fitted on all of (x, y), scored on (x_eval, y_eval).
+    Otherwise: each split's rule, fitted on its train part, predicts its test
+    part; the accuracy is over all pairs.
+    """
+    if x_eval is not None and y_eval is not None:
+        return float(np.mean(rule.predict(rule.fit(x, y), x_eval) == y_eval))
+    if splits is None:
+        raise ValueError("held_out_accuracy: give splits or evaluation data")
+    right = np.zeros(y.shape[0], dtype=bool)
+    for train, test in splits:
+        right[test] = rule.predict(rule.fit(x[train], y[train]), x[test]) == y[test]
+    return float(right.mean())
+
+
+def _threshold_scores(
+    x: NDArray[np.float64], y: NDArray[np.bool_], splits, x_eval: Optional[NDArray[np.float64]],
+    y_eval: Optional[NDArray[np.bool_]],
+) -> dict:
+    rule = ThresholdRule()
+    threshold = rule.fit(x, y)
+    cv = held_out_accuracy(rule, x, y, splits=splits)
+    return {
+        "accuracy": cv if x_eval is None else held_out_accuracy(rule, x, y, x_eval=x_eval, y_eval=y_eval),
+        "cv_accuracy": cv, "threshold": threshold, "train_accuracy": float(np.mean(rule.predict(threshold, x) == y)),
+    }
+
+
+def evaluate_senses(
+    train: WicGrams, y_train: NDArray[np.bool_], layer_ids: Sequence[int], *, n_folds: int = 5, seed: int = 0,
+    evaluation: Optional[WicGrams] = None, y_eval: Optional[NDArray[np.bool_]] = None,
+) -> dict:
+    """WiC accuracy of every layer, of the mean of all layers, of the fitted scalar mix (and, as an
+    extra, of logistic regression on the per-layer cosines).
+
+    "accuracy" is on the evaluation pairs when given, else cross-validated;
+    "cv_accuracy" is always cross-validated on the training pairs (what
+    choices such as the recommended layers are made on). Thresholds, weights
+    and coefficients are fitted on all the training pairs; the evaluation
+    pairs only give "accuracy".
+    """
+    splits = folds(y_train, n_folds, seed)
+    per_layer, eval_layers = train.layer_cosines(), None if evaluation is None else evaluation.layer_cosines()
+    layers = []
+    for column, layer in enumerate(layer_ids):
+        scores = _threshold_scores(per_layer[:, column], y_train, splits,
+                                   None if eval_layers is None else eval_layers[:, column], y_eval)
+        layers.append({"layer": int(layer), **scores})
+    mean = _threshold_scores(train.mean_cosines(), y_train, splits,
+                             None if evaluation is None else evaluation.mean_cosines(), y_eval)
+    return {
+        "layers": layers, "mean_of_layers": mean,
+        "scalar_mix": _scalar_mix_scores(train, y_train, splits, evaluation, y_eval),
+        "logistic_regression": _logistic_scores(per_layer, y_train, splits, eval_layers, y_eval, seed),
+        "pairs_without_vector": {"train": train.pairs_without_vector(),
+                                 "eval": None if evaluation is None else evaluation.pairs_without_vector()},
+    }
+
+
+def _scalar_mix_scores(
+    train: WicGrams, y_train: NDArray[np.bool_], splits, evaluation: Optional[WicGrams],
+    y_eval: Optional[NDArray[np.bool_]],
+) -> dict:
+    rule, x = ScalarMixRule(), train.stacked()
+    fitted = rule.fit(x, y_train)
+    cv = held_out_accuracy(rule, x, y_train, splits=splits)
+    accuracy = cv
+    if evaluation is not None and y_eval is not None:
+        accuracy = float(np.mean(rule.predict(fitted, evaluation.stacked()) == y_eval))
+    return {
+        "accuracy": accuracy, "cv_accuracy": cv, "threshold": fitted.threshold,
+        "train_accuracy": float(np.mean(rule.predict(fitted, x) == y_train)),
+        "weights": [float(w) for w in fitted.weights], "logits": [float(s) for s in fitted.logits],
+    }
+
+
+def _logistic_scores(
+    per_layer: NDArray[np.float64], y_train: NDArray[np.bool_], splits, eval_layers: Optional[NDArray[np.float64]],
+    y_eval: Optional[NDArray[np.bool_]], seed: int,
+) -> dict:
+    rule = CosineLogisticRule(seed)
+    fitted = rule.fit(per_layer, y_train)
+    cv = held_out_accuracy(rule, per_layer, y_train, splits=splits)
+    return {
+        "accuracy": cv if eval_layers is None else held_out_accuracy(
+            rule, per_layer, y_train, x_eval=eval_layers, y_eval=y_eval),
+        "cv_accuracy": cv,
+        "train_accuracy": float(np.mean(rule.predict(fitted, per_layer) == y_train)),
+        "coefficients": [float(c) for c in fitted[-1].coef_[0]],
+        "intercept": float(fitted[-1].intercept_[0]),
+    }

@@ -1,0 +1,227 @@
+"""`python -m spacy_ctxembed analyze`: a run on a small corpus, the numbers and report it writes, the config
+it recommends (built and run), its errors."""
+import base64
+import json
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spacy
+import torch
+from spacy.util import load_config
+from thinc.api import Config
+
+from .analysis_support import (
+    CORPUS_LINES,
+    exact_anisotropy,
+    plain_intra_sentence,
+    plain_self_similarity,
+    saved_pipeline,
+    write_corpus,
+    write_wic,
+)
+from .conftest import make_nlp
+from .test_cli_support import error_lines, invoke
+
+LAYER_KEYS = {"layer", "anisotropy", "self_similarity", "intra_sentence_similarity", "max_explainable_variance",
+              "self_similarity_adjusted", "intra_sentence_similarity_adjusted",
+              "max_explainable_variance_adjusted", "wic_accuracy"}
+PNG = b"\x89PNG\r\n\x1a\n"
+ATOL = 1e-5
+
+
+class _Page(HTMLParser):
+    """Collects the images and checks that every opened tag is closed in order (void tags aside)."""
+
+    VOID = {"meta", "img", "br", "hr", "link"}
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.open, self.errors = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.open or self.open.pop() != tag:
+            self.errors.append(tag)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert_dir, tmp_path_factory):
+    """One analysis of two pipelines (a saved one and a config), with WiC train (two data files) and eval,
+    two words explored on the top layer (-1), exact anisotropy, one torch thread."""
+    tmp = tmp_path_factory.mktemp("analyze")
+    config = tmp / "tiny.cfg"
+    make_nlp(tiny_bert_dir).config.to_disk(config)
+    train = write_wic(write_wic(tmp / "wic-train", "a", slice(0, 13)), "b", slice(13, None))
+    out = tmp / "out"
+    threads_before = torch.get_num_threads()
+    result = invoke("analyze", write_corpus(tmp), "-o", out,
+                    "--model", saved_pipeline(tiny_bert_dir, tmp_path_factory), "--compare", config,
+                    "--wic-train", train, "--wic-eval", write_wic(tmp / "wic-dev", "dev"),
+                    "--word", "ran", "--word", "zebra", "--pooling", "mean", "--pooling", "first", "--folds", "3",
+                    "--explore-layers", "-1", "--anisotropy-pairs", "0", "--threads", "1")
+    assert torch.get_num_threads() == threads_before  # --threads holds only during the run
+    return result, out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_dir):
+    """The tiny model with every hidden state stored, by pooling mode: the independent reference."""
+    return {mode: make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True, pooling=mode)
+            for mode in ("mean", "first")}
+
+
+def test_analyze_writes_every_number(run, reference):
+    result, out = run
+    assert result.exit_code == 0, result.stderr
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["corpus"] == {"path": str(out.parent / "corpus.txt"), "kind": "text", "docs_in_file": 19}
+    assert "accuracy on" in analysis["wic"]["protocol"]
+    assert analysis["wic"]["train"]["pairs"] == 30 and analysis["wic"]["eval"]["pairs"] == 30
+    assert analysis["settings"]["n_pairs"] is None and analysis["settings"]["threads"] == 1
+    # the reference's tokens and layers; each text line is one sentence
+    docs = list(reference["mean"].pipe(CORPUS_LINES))
+    words = [t.lower_ for doc in docs for t in doc]
+    sentences = [i for i, doc in enumerate(docs) for _ in doc]
+    assert len(analysis["pipelines"]) == 2
+    for pipeline in analysis["pipelines"]:
+        assert (pipeline["corpus_docs"], pipeline["corpus_tokens"], pipeline["corpus_sentences"]) == (
+            19, len(words), 19)
+        assert [layer["layer"] for layer in pipeline["layers"]] == [0, 1, 2]
+        for layer in pipeline["layers"]:
+            assert LAYER_KEYS <= set(layer)
+            assert 0.0 <= layer["wic_accuracy"] <= 1.0
+            vectors = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+            anisotropy = exact_anisotropy(vectors)
+            self_sim = plain_self_similarity(vectors, words, min_count=5)
+            intra = plain_intra_sentence(vectors, sentences)
+            assert layer["anisotropy"] == pytest.approx(anisotropy, abs=ATOL)
+            assert layer["self_similarity"] == pytest.approx(self_sim, abs=ATOL)
+            assert layer["self_similarity_adjusted"] == pytest.approx(self_sim - anisotropy, abs=ATOL)
+            assert layer["intra_sentence_similarity_adjusted"] == pytest.approx(intra - anisotropy, abs=ATOL)
+        assert set(pipeline["wic"]) == {"mean", "first"}
+        for scores in pipeline["wic"].values():
+            assert set(scores) == {"layers", "mean_of_layers", "scalar_mix", "logistic_regression",
+                                   "pairs_without_vector"}
+            mix = scores["scalar_mix"]
+            assert len(mix["weights"]) == 3 and sum(mix["weights"]) == pytest.approx(1.0)
+            assert min(mix["weights"]) >= 0.0 and 0.0 <= mix["accuracy"] <= 1.0
+            assert len(scores["logistic_regression"]["coefficients"]) == 3
+            assert scores["pairs_without_vector"] == {"train": 0, "eval": 0}
+        recommendation = pipeline["recommendation"]
+        assert recommendation["accuracy"] is not None  # held out: --wic-eval was given
+        assert "selected on these folds" in recommendation["note"]
+        ran, zebra = pipeline["explorer"]["ran"], pipeline["explorer"]["zebra"]
+        assert ran["layers"] == [2]  # --explore-layers -1: the top layer
+        assert ran["n_occurrences"] == 18 and sum(c["size"] for c in ran["clusters"]) == 18
+        assert zebra["n_occurrences"] == 0 and any("'zebra' does not occur" in n for n in pipeline["notes"])
+    assert analysis["pipelines"][0]["configured_layers"] == [2]  # the saved pipeline's [-1]
+
+
+def _snippets(stdout):
+    """The first pipeline's printed config snippet and Python line."""
+    text = stdout[stdout.index("[components.ctxembed_bert]"):]
+    config, rest = text.split("# or in Python:\n", 1)
+    return config, rest.splitlines()[0]
+
+
+def test_printed_config_and_python_build_the_recommended_pipeline(run, reference, tiny_bert_dir, tmp_path_factory):
+    result, out = run
+    recommended = json.loads((out / "analysis.json").read_text())["pipelines"][0]["recommendation"]
+    config_text, python_line = _snippets(result.stdout)
+    block = Config().from_str("[components]\n" + config_text)["components"]["ctxembed_bert"]
+    from_config = spacy.blank("en")
+    from_config.add_pipe(block.pop("factory"), config=block)
+    namespace = {"nlp": spacy.blank("en")}
+    exec(python_line, namespace)  # the printed line, as a user would paste it
+    from_python = namespace["nlp"]
+    assert from_python.config["components"] == from_config.config["components"]
+    # every setting is the saved pipeline's own (its config file), but for layers, pooling and combiner
+    saved = load_config(saved_pipeline(tiny_bert_dir, tmp_path_factory) / "config.cfg").interpolate()
+    expected, built = saved["components"]["ctxembed_bert"], from_config.config["components"]["ctxembed_bert"]
+    assert expected["model"]["combiner"] == {"@layers": "spacy-ctxembed.ScalarMix.v1", "n_layers": None}
+    assert built["model"]["combiner"] == {"@layers": "spacy-ctxembed.MeanLayers.v1"}
+    assert (built["model"]["encoder"]["layers"], built["model"]["encoder"]["pooling"]) == (
+        recommended["layers"], recommended["pooling"])
+    for settings in (expected, built):
+        settings["model"]["encoder"] = {k: v for k, v in settings["model"]["encoder"].items()
+                                        if k not in ("layers", "pooling")}
+        settings["model"].pop("combiner")
+    assert built == expected and built["model"]["encoder"]["name"] == str(tiny_bert_dir)
+    # built and run, each gives the mean of the recommended layers under the recommended pooling
+    direct = reference[recommended["pooling"]]
+    for nlp in (from_config, from_python):
+        nlp.initialize()
+        for text in CORPUS_LINES[:6]:
+            doc, expected = nlp(text), direct(text)._.ctx_layers
+            np.testing.assert_allclose(doc._.ctx_vectors, expected[recommended["layers"]].mean(axis=0), atol=ATOL)
+    assert "analysis.json" in result.stderr.strip().splitlines()[-1]
+    assert "corpus [ctxembed_bert]" in result.stderr and "100%" in result.stderr  # progress bars on stderr
+
+
+def test_report_is_valid_html_with_its_images(run):
+    _, out = run
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf8"))
+    page.close()
+    assert not page.errors and not page.open
+    pngs = sorted(out.glob("*.png"))
+    # the contextuality and WiC plots, one explorer plot per pipeline ("zebra" has none)
+    assert {p.name for p in pngs} == {"contextuality.png", "wic.png", "explorer-1-1-ran.png", "explorer-2-1-ran.png"}
+    embedded = []
+    for image in page.images:
+        prefix, data = image["src"].split(",", 1)
+        assert prefix == "data:image/png;base64"
+        embedded.append(base64.b64decode(data, validate=True))
+        assert embedded[-1].startswith(PNG)
+    assert sorted(embedded) == sorted(p.read_bytes() for p in pngs)
+
+
+def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
+    corpus = write_corpus(tmp_path)
+    (tmp_path / "empty").mkdir()
+    wic = write_wic(tmp_path / "wic")
+    model = saved_pipeline(tiny_bert_dir, tmp_path_factory)
+    cases = [
+        (["--wic-train", tmp_path / "empty"], "--wic-train {}: no *.data.txt file in this directory".format(
+            tmp_path / "empty")),
+        (["--wic-eval", wic], "--wic-eval needs --wic-train"),
+        (["--model", "x", "--config", "y.cfg"], "give either --model or --config, not both"),
+        (["--folds", "1"], "--folds 1: expected at least 2"),
+        (["--pooling", "median"], "--pooling 'median': expected one of mean, first, last, max"),
+        (["--config", tmp_path / "none.cfg"], "--config {}: no such config file".format(tmp_path / "none.cfg")),
+        (["--anisotropy-pairs", "-5"], "--anisotropy-pairs -5: expected 0 (all) or at least 1"),
+        (["--max-occurrences", "1"], "--max-occurrences 1: expected 0 (all) or at least 2"),
+        (["--explore-max-occurrences", "2"], "--explore-max-occurrences 2: expected 0 (all) or at least 3"),
+        (["--examples", "0"], "--examples 0: expected at least 1"),
+        (["--threads", "-1"], "--threads -1: expected at least 0"),
+        # checked when the pipeline is planned, before anything is embedded
+        (["--model", model, "--explore-layers", "-4"],
+         "--explore-layers [-4]: index -4 is out of range: the model has 3 layers (valid: -3 .. 2)"),
+    ]
+    for options, message in cases:
+        result = invoke("analyze", corpus, "-o", tmp_path / "out", *options)
+        assert result.exit_code == 2, (options, result.stderr)
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (options, lines)
+        assert "corpus [" not in result.stderr  # nothing was embedded
+    result = invoke("analyze", tmp_path / "missing.txt", "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "CORPUS" in result.stderr and "no such file" in result.stderr
+    assert not Path(tmp_path / "out").exists()  # nothing is written before the inputs are checked
+
+
+@pytest.mark.parametrize("module, package", [("sklearn", "scikit-learn"), ("matplotlib", "matplotlib")])
+def test_missing_analysis_extra_is_named_up_front(tmp_path, monkeypatch, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    result = invoke("analyze", tmp_path / "missing.txt", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    lines = error_lines(result.stderr)
+    assert lines == [f"error: the analysis needs {package}, which is not installed: "
+                     "pip install 'spacy-ctxembed[analysis]'"]

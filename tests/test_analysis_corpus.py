@@ -1,0 +1,94 @@
+"""Reading an analysis corpus: text lines, a DocBin, CoNLL-U (documents, sentences, multiword tokens)."""
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+
+from spacy_ctxembed.analysis import AnalysisInputError, read_corpus
+
+CONLLU = """\
+# newdoc id = d1
+# sent_id = 1
+# text = I don't know.
+1\tI\tI\tPRON\t_\t_\t4\tnsubj\t_\t_
+2-3\tdon't\t_\t_\t_\t_\t_\t_\t_\t_
+2\tdo\tdo\tAUX\t_\t_\t4\taux\t_\t_
+3\tn't\tnot\tPART\t_\t_\t4\tadvmod\t_\t_
+4\tknow\tknow\tVERB\t_\t_\t0\troot\t_\tSpaceAfter=No
+4.1\tknew\t_\t_\t_\t_\t_\t_\t_\t_
+5\t.\t.\tPUNCT\t_\t_\t4\tpunct\t_\t_
+
+# sent_id = 2
+# text = It ran.
+1\tIt\tit\tPRON\t_\t_\t2\tnsubj\t_\t_
+2\tran\trun\tVERB\t_\t_\t0\troot\t_\tSpaceAfter=No
+3\t.\t.\tPUNCT\t_\t_\t2\tpunct\t_\t_
+
+# newdoc id = d2
+# sent_id = 3
+# text = Bye!
+1\tBye\tbye\tINTJ\t_\t_\t0\troot\t_\tSpaceAfter=No
+2\t!\t!\tPUNCT\t_\t_\t1\tpunct\t_\t_
+"""
+
+
+def test_conllu_documents_sentences_and_multiword_tokens(tmp_path):
+    path = tmp_path / "c.conllu"
+    path.write_text(CONLLU, encoding="utf8")
+    corpus = read_corpus(path)
+    assert corpus.kind == "conllu" and corpus.n_docs == 2
+    docs = list(corpus.docs(spacy.blank("en")))
+    # the texts are the "# text" lines of each document, joined by a space
+    assert [d.text for d in docs] == ["I don't know. It ran.", "Bye!"]
+    # surface tokens: the multiword token stays whole, its words and the empty node 4.1 are left out
+    assert [t.text for t in docs[0]] == ["I", "don't", "know", ".", "It", "ran", "."]
+    assert [s.text for s in docs[0].sents] == ["I don't know.", "It ran."]
+
+
+def test_conllu_without_documents_gives_a_doc_per_sentence(tmp_path):
+    path = tmp_path / "c.conllu"
+    path.write_text("1\tHi\t_\t_\t_\t_\t_\t_\t_\t_\n\n1\tYo\t_\t_\t_\t_\t_\t_\t_\t_\n", encoding="utf8")
+    assert [d.text for d in read_corpus(path).docs(spacy.blank("en"))] == ["Hi", "Yo"]
+
+
+def test_conllu_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.conllu"
+    path.write_text("# text = x\n1\tx\t_\n", encoding="utf8")
+    with pytest.raises(AnalysisInputError, match=r"CORPUS .*bad.conllu: line 2: expected 10 tab-separated"):
+        read_corpus(path)
+
+
+def test_text_lines_and_max_words(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes("\ufeffOne two three.\r\n\n  \nFour five.\nSix.\n".encode("utf8"))
+    corpus = read_corpus(path)
+    assert (corpus.kind, corpus.n_docs) == ("text", 3)
+    nlp = spacy.blank("en")
+    assert [d.text for d in corpus.docs(nlp)] == ["One two three.", "Four five.", "Six."]
+    # whole docs until the limit is reached
+    assert [d.text for d in corpus.docs(nlp, max_words=5)] == ["One two three.", "Four five."]
+
+
+def test_docbin(tmp_path):
+    nlp = spacy.blank("en")
+    doc = Doc(nlp.vocab, words=["A", "b", "C", "d"], sent_starts=[True, False, True, False])
+    DocBin(docs=[doc, nlp("")]).to_disk(tmp_path / "c.spacy")
+    corpus = read_corpus(tmp_path / "c.spacy")
+    docs = list(corpus.docs(nlp))
+    assert corpus.n_docs == 1 and [s.text for s in docs[0].sents] == ["A b", "C d"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), (b"\n \n", "no docs with text"), (b"ok\n\xff\n", "line 2 is not UTF-8"),
+])
+def test_corpus_errors(tmp_path, content, message):
+    path = tmp_path / "c.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(AnalysisInputError, match=f"CORPUS .*{message}"):
+        read_corpus(path)
+
+
+def test_unreadable_docbin(tmp_path):
+    (tmp_path / "x.spacy").write_bytes(b"nope")
+    with pytest.raises(AnalysisInputError, match=r"CORPUS .*x\.spacy: not a readable \.spacy DocBin"):
+        read_corpus(tmp_path / "x.spacy")

@@ -1,0 +1,132 @@
+"""The sense explorer: cluster choice, nearest neighbours and a word's senses on constructed vectors,
+against sklearn and brute force written here."""
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from spacy_ctxembed.analysis import CorpusLayers, choose_clusters, explore_word, nearest_neighbours, unit_rows
+
+
+def blobs(n_per, centres, spread, rng):
+    points = np.concatenate([c + spread * rng.normal(size=(n_per, len(c))) for c in centres])
+    truth = np.repeat(np.arange(len(centres)), n_per)
+    return points, truth
+
+
+def independent_choice(units, max_k, seed):
+    """k = 2..max_k by the best silhouette (first best on ties), as sklearn computes them."""
+    scores = {}
+    for k in range(2, max_k + 1):
+        scores[k] = silhouette_score(units, KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(units))
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return best, scores
+
+
+@pytest.mark.parametrize("n_senses", [2, 3, 4])
+def test_cluster_choice_matches_sklearn(n_senses):
+    rng = np.random.default_rng(n_senses)
+    centres = np.eye(8)[:n_senses] * 3
+    units = unit_rows(blobs(12, centres, 0.3, rng)[0])
+    labels, silhouettes = choose_clusters(units, max_clusters=6, seed=0)
+    best, expected = independent_choice(units, 6, 0)
+    assert int(labels.max()) + 1 == best == n_senses
+    assert silhouettes == pytest.approx(expected)
+    assert adjusted_rand_score(np.repeat(np.arange(n_senses), 12), labels) == 1.0
+
+
+def test_too_few_or_identical_rows_are_one_cluster():
+    for units in (np.eye(3)[:2], np.tile(np.eye(3)[:1], (5, 1))):
+        labels, silhouettes = choose_clusters(units)
+        assert labels.tolist() == [0] * len(units) and silhouettes == {}
+
+
+def test_unit_rows_keeps_zero_rows():
+    out = unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_nearest_neighbours_match_brute_force():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 6))
+    units = unit_rows(vectors)
+    exclude = np.zeros(50, bool)
+    exclude[[3, 7, 11]] = True
+    rows, sims = nearest_neighbours(units, units[3], 5, exclude)
+    cosines = [(float(vectors[3] @ vectors[i] / np.linalg.norm(vectors[3]) / np.linalg.norm(vectors[i])), i)
+               for i in range(50) if i not in (3, 7, 11)]
+    expected = sorted(cosines, reverse=True)[:5]
+    assert rows.tolist() == [i for _, i in expected]
+    np.testing.assert_allclose(sims, [c for c, _ in expected], atol=1e-12)
+
+
+def test_nearest_neighbours_with_fewer_rows_than_asked():
+    units = unit_rows(np.eye(3))
+    rows, _ = nearest_neighbours(units, units[0], 10, np.array([True, False, False]))
+    assert sorted(rows.tolist()) == [1, 2]
+
+
+def _corpus():
+    """Twenty sentences 'x ran y': 'ran' points one of two ways by sense; 'walked' sits near the first
+    sense and 'conducted' near the second."""
+    rng = np.random.default_rng(1)
+    words = ["ran", "walked", "conducted", "the"]
+    senses = np.array([0, 1] * 10)
+    sense_dirs = np.eye(6)[:2] * 4
+    rows, word_ids, sentence_ids, texts, starts, ends, doc_ids = [], [], [], [], [], [], []
+    for s, sense in enumerate(senses):
+        text = f"the ran {'walked' if sense == 0 else 'conducted'}"
+        texts.append(text)
+        for word, start in zip(text.split(), (0, 4, 8)):
+            direction = {"ran": sense_dirs[sense], "walked": sense_dirs[0], "conducted": sense_dirs[1],
+                         "the": np.eye(6)[5] * 4}[word]
+            rows.append(direction + 0.3 * rng.normal(size=6))
+            word_ids.append(words.index(word))
+            sentence_ids.append(s)
+            doc_ids.append(s)
+            starts.append(start)
+            ends.append(start + len(word))
+    vectors = np.array(rows, dtype=np.float32)
+    corpus = CorpusLayers(
+        layers=np.stack([vectors, -vectors]), layer_ids=[0, 1], word_ids=np.array(word_ids), words=words,
+        sentence_ids=np.array(sentence_ids), doc_ids=np.array(doc_ids), starts=np.array(starts),
+        ends=np.array(ends), texts=texts)
+    return corpus, senses
+
+
+def test_explore_word_finds_the_senses():
+    corpus, senses = _corpus()
+    units = unit_rows(corpus.combined([0]))
+    result = explore_word(corpus, units, "Ran", [0], n_neighbours=3, n_examples=2)
+    assert result["n_occurrences"] == 20 and result["k"] == 2
+    labels = np.array([p["cluster"] for p in result["points"]])
+    assert adjusted_rand_score(senses, labels) == 1.0
+    by_sense = {}
+    for cluster in result["clusters"]:
+        words = {n["word"] for n in cluster["neighbours"]}
+        assert "ran" not in words  # neighbours are other words
+        by_sense[cluster["size"], frozenset(words)] = cluster
+        assert all("[ran]" in example for example in cluster["examples"]) and len(cluster["examples"]) == 2
+    assert {frozenset({"walked"}), frozenset({"conducted"})} == {w for _, w in by_sense}
+    assert result["points"][0]["context"] == "the [ran] walked"
+    assert len(result["pca_explained_variance"]) == 2
+
+
+def test_explore_missing_word_is_a_note():
+    corpus, _ = _corpus()
+    result = explore_word(corpus, unit_rows(corpus.combined([0, 1])), "zebra", [0, 1])
+    assert result["n_occurrences"] == 0 and "does not occur" in result["note"] and "clusters" not in result
+
+
+def test_sampled_word_note_names_the_word():
+    corpus, _ = _corpus()
+    result = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0], max_occurrences=8, seed=3)
+    assert result["note"] == "'ran': 8 of its 20 occurrences, sampled"
+    assert result["n_occurrences"] == 20 and len(result["points"]) == 8
+    assert all("[ran]" in point["context"] for point in result["points"])
+
+
+def test_combined_layers_are_the_mean():
+    corpus, _ = _corpus()
+    np.testing.assert_allclose(corpus.combined([0, 1]), 0.0, atol=1e-7)  # layer 1 = -layer 0
+    np.testing.assert_allclose(corpus.combined([1]), corpus.layers[1])

@@ -1,0 +1,247 @@
+"""The analysis on real (tiny) pipelines: every layer is what the pipeline itself gives, for saved
+pipelines (whatever their combiner), configs (with a tagger and parser too), ELMo, CoNLL-U sentences, and
+each pooling mode on WiC."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import spacy
+from spacy.tokens import Doc
+from spacy.util import load_config
+
+from spacy_ctxembed.analysis import (
+    AnalysisInputError,
+    AnalysisSettings,
+    PipelineSource,
+    analyze,
+    anisotropy,
+    embed_corpus,
+    read_corpus,
+    read_wic,
+    target_vectors,
+)
+from spacy_ctxembed.analysis.source import all_layer_edits, n_available_layers
+from spacy_ctxembed.analysis.wic import multi_piece_sentences
+
+from .analysis_support import (
+    CONLLU_DOCS,
+    CORPUS_LINES,
+    exact_anisotropy,
+    plain_intra_sentence,
+    saved_pipeline,
+    write_conllu,
+    write_corpus,
+    write_wic,
+)
+from .conftest import ctx_config, make_nlp
+from .elmo_fixture import write_elmo_fixture
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_dir):
+    """The tiny model with every hidden state stored: the independent reference."""
+    return make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True)
+
+
+@pytest.fixture(scope="module")
+def wic_dir(tmp_path_factory):
+    return write_wic(tmp_path_factory.mktemp("wic"))
+
+
+def _all_layers(source):
+    first = source.load()
+    n = n_available_layers(first, "ctxembed_bert")
+    return source.load(all_layer_edits(first, "ctxembed_bert", list(range(n))), new_combiner="ctxembed_bert"), n
+
+
+def test_saved_pipeline_with_scalar_mix_gives_every_layer(tiny_bert_dir, tmp_path_factory, tmp_path, reference):
+    source = PipelineSource(model=str(saved_pipeline(tiny_bert_dir, tmp_path_factory)))
+    nlp, n = _all_layers(source)
+    assert n == 3
+    corpus = read_corpus(write_corpus(tmp_path))
+    layers = embed_corpus(nlp, "ctxembed_bert", corpus.docs(nlp), [0, 1, 2])
+    expected = np.concatenate([doc._.ctx_layers for doc in reference.pipe(CORPUS_LINES)], axis=1)
+    np.testing.assert_allclose(layers.layers, expected, atol=ATOL, rtol=0)
+    # word ids group tokens by lowercase form; each line is one sentence
+    tokens = [t for line in CORPUS_LINES for t in reference.make_doc(line)]
+    assert [layers.words[i] for i in layers.word_ids] == [t.lower_ for t in tokens]
+    assert layers.sentence_ids.tolist() == [i for i, line in enumerate(CORPUS_LINES)
+                                            for _ in reference.make_doc(line)]
+    assert layers.context(1) == "I [ran] to the park this morning."
+
+
+def test_wic_vectors_for_each_pooling_match_a_pipeline_built_with_it(tiny_bert_dir, wic_dir, reference):
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    nlp, _ = _all_layers(source)
+    data = read_wic(wic_dir)
+    _check_targets(target_vectors(nlp, "ctxembed_bert", data), data, reference)
+    # a target made of several wordpieces: only its sentence is embedded again for another pooling
+    data.sentences = [tuple(w if (w, s[1]) != ("ran", "dog") else "defenestrated" for w in s) for s in data.sentences]
+    base = target_vectors(nlp, "ctxembed_bert", data)
+    redo = multi_piece_sentences(nlp, "ctxembed_bert", data)
+    assert redo.tolist() == [s[1] == "dog" for s in data.sentences]
+    first = source.load(all_layer_edits(nlp, "ctxembed_bert", [0, 1, 2], "first"), new_combiner="ctxembed_bert")
+    got = target_vectors(first, "ctxembed_bert", data, only=redo, base=base)
+    _check_targets(got, data, make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True, pooling="first"))
+
+
+def _check_targets(targets, data, direct):
+    """Each row is the target token's layers when `direct` embeds its sentence."""
+    docs = list(direct.pipe(Doc(direct.vocab, words=list(words)) for words in data.sentences))
+    for row in range(2 * data.n_pairs):
+        expected = docs[data.sentence_of[row]]._.ctx_layers[:, data.target_of[row]]
+        np.testing.assert_allclose(targets[row], expected, atol=ATOL)
+
+
+def test_elmo_pipeline(tmp_path, wic_dir):
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                     layers=[2]))
+    reference = spacy.blank("en")
+    reference.add_pipe("sentencizer")
+    reference.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                           store_layers=True))
+    reference.initialize()
+    corpus = read_corpus(write_corpus(tmp_path))
+    result = analyze(corpus, [PipelineSource(config=nlp.config)], AnalysisSettings(n_folds=3, words=["ran"]),
+                     wic_train=read_wic(wic_dir))
+    pipeline = result["pipelines"][0]
+    assert pipeline["factory"] == "ctxembed_elmo" and pipeline["layer_ids"] == [0, 1, 2]
+    assert pipeline["configured_layers"] == [2] and list(pipeline["wic"]) == ["none"]  # no pooling in ELMo
+    assert pipeline["recommendation"]["pooling"] is None
+    assert "pooling" not in pipeline["recommendation"]["config"]
+    assert pipeline["explorer"]["ran"]["n_occurrences"] == 18
+    # the anisotropy of layer 0 is that of the reference's layer 0, on the same random pairs
+    stacked = np.concatenate([doc._.ctx_layers[0] for doc in reference.pipe(CORPUS_LINES)])
+    assert pipeline["layers"][0]["anisotropy"] == pytest.approx(anisotropy(stacked, n_pairs=1000, rng=0), abs=1e-6)
+
+
+def test_from_trf_pipeline_sees_every_layer_of_its_transformer(tiny_bert_dir, tmp_path, reference):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False}}})
+    nlp.add_pipe("ctxembed_from_trf")
+    corpus = read_corpus(write_corpus(tmp_path))
+    result = analyze(corpus, [PipelineSource(config=nlp.config)], AnalysisSettings(n_pairs=None))
+    pipeline = result["pipelines"][0]
+    # told to output its hidden states, the transformer gives all three
+    assert pipeline["layer_ids"] == [0, 1, 2] and pipeline["configured_layers"] == [2]
+    assert not any("last layer" in note for note in pipeline["notes"])
+    docs = list(reference.pipe(CORPUS_LINES))
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        assert layer["anisotropy"] == pytest.approx(anisotropy(stacked, n_pairs=None), abs=1e-4)
+
+
+def _tagger_config(tiny_bert_dir, path):
+    """blank English + ctxembed_bert + a tagger listening to it (ContextualListener.v2), as a config file."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2]))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert"}}})
+    nlp.config.to_disk(path)
+    return path
+
+
+def _ud_bert_config(tiny_bert_dir, path):
+    """The project's configs/ud-bert.cfg (ctxembed_bert, tagger, parser) on the tiny model."""
+    config = load_config(Path(__file__).parents[1] / "configs" / "ud-bert.cfg", overrides={
+        "paths.bert_model": str(tiny_bert_dir), "components.ctxembed_bert.model.encoder.layers": [0, 1, 2]})
+    config.to_disk(path)
+    return path
+
+
+@pytest.mark.parametrize("write_config", [_tagger_config, _ud_bert_config])
+def test_config_with_a_tagger_is_analysed(tiny_bert_dir, tmp_path, wic_dir, reference, write_config):
+    source = PipelineSource.from_config_file(write_config(tiny_bert_dir, tmp_path / "tagger.cfg"))
+    corpus = read_corpus(write_corpus(tmp_path))
+    # a tagger cannot be initialized without examples (E143): only the embedder is
+    result = analyze(corpus, [source], AnalysisSettings(n_pairs=None, n_folds=3, poolings=["mean"]),
+                     wic_train=read_wic(wic_dir))
+    pipeline = result["pipelines"][0]
+    assert pipeline["component"] == "ctxembed_bert" and pipeline["layer_ids"] == [0, 1, 2]
+    assert pipeline["configured_layers"] == [0, 1, 2] and pipeline["recommendation"] is not None
+    docs = list(reference.pipe(CORPUS_LINES))
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        assert layer["anisotropy"] == pytest.approx(exact_anisotropy(stacked), abs=1e-5)
+
+
+def test_conllu_sentences_reach_intra_sentence_similarity(tiny_bert_dir, tmp_path, reference):
+    corpus = read_corpus(write_conllu(tmp_path))
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    pipeline = analyze(corpus, [source], AnalysisSettings(n_pairs=None, min_count=2))["pipelines"][0]
+    n_sentences = sum(len(doc) for doc in CONLLU_DOCS)
+    assert (pipeline["corpus_docs"], pipeline["corpus_sentences"]) == (2, n_sentences)
+    # the reference embeds the same docs, built here; the sentences are the file's
+    docs, sentence_ids = [], []
+    for number, doc in enumerate(CONLLU_DOCS):
+        words = [w for sentence in doc for w in sentence]
+        spaces = [i + 2 != len(sentence) for sentence in doc for i in range(len(sentence))]
+        spaces[-1] = False
+        docs.append(reference(Doc(reference.vocab, words=words, spaces=spaces)))
+        first = sum(len(d) for d in CONLLU_DOCS[:number])
+        sentence_ids += [first + s for s, sentence in enumerate(doc) for _ in sentence]
+    assert docs[0].text.startswith("I ran to the park. The dog ran")
+    doc_ids = [d for d, doc in enumerate(docs) for _ in doc]
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        by_sentence = plain_intra_sentence(stacked, sentence_ids)
+        assert layer["intra_sentence_similarity"] == pytest.approx(by_sentence, abs=1e-5)
+        assert abs(by_sentence - plain_intra_sentence(stacked, doc_ids)) > 1e-3  # sentences, not docs, count
+
+
+def _count_loads(monkeypatch):
+    loads = []
+    original = PipelineSource.load
+
+    def counting(self, *args, **kwargs):
+        loads.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PipelineSource, "load", counting)
+    return loads
+
+
+def test_pooling_modes_load_the_model_only_when_a_target_needs_it(tiny_bert_dir, tmp_path, monkeypatch):
+    corpus = read_corpus(write_corpus(tmp_path))
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    settings = AnalysisSettings(n_folds=3)  # every pooling mode: mean, first, last, max
+    # every target ("ran") is one wordpiece: the pooling changes nothing, no mode is loaded again
+    loads = _count_loads(monkeypatch)
+    single = analyze(corpus, [source], settings, wic_train=read_wic(write_wic(tmp_path / "single")))
+    assert len(loads) == 2  # as configured (the plan), then with every layer stored
+    scores = single["pipelines"][0]["wic"]
+    assert list(scores) == ["mean", "first", "last", "max"]
+    assert all(scores[mode]["layers"] == scores["mean"]["layers"] for mode in scores)
+    # a target of several wordpieces: each other mode is loaded once
+    wic = write_wic(tmp_path / "multi")
+    data = (wic / "train.data.txt").read_text()
+    (wic / "train.data.txt").write_text(data.replace("The dog ran across", "The dog defenestrated across"))
+    loads.clear()
+    analyze(corpus, [source], settings, wic_train=read_wic(wic))
+    assert len(loads) == 2 + 3
+
+
+def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(tiny_bert_dir, tmp_path,
+                                                                               monkeypatch):
+    corpus = read_corpus(write_corpus(tmp_path))
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    explored = analyze(corpus, [source], AnalysisSettings(words=["ran"], explore_layers=[-1, 0, 2]))
+    assert explored["pipelines"][0]["explorer"]["ran"]["layers"] == [2, 0]  # model indices, each once
+    import spacy_ctxembed.analysis.run as run
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded before the settings were checked")
+
+    monkeypatch.setattr(run, "embed_corpus", no_embedding)
+    with pytest.raises(AnalysisInputError, match=r"--explore-layers \[3\]: index 3 is out of range: the model "
+                                                 r"has 3 layers \(valid: -3 \.\. 2\)"):
+        analyze(corpus, [source, source], AnalysisSettings(explore_layers=[3]))

@@ -1,0 +1,385 @@
+"""WiC sense separation: thresholds, cross-validation, the fitted scalar mix, the Gram cosines and the
+recommendation, each checked against an independent computation written here (brute force, sklearn's own
+helpers, plain NumPy); and that the evaluation labels decide nothing."""
+import math
+
+import numpy as np
+import pytest
+import spacy
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from thinc.api import Config
+
+from spacy_ctxembed.analysis import (
+    AnalysisInputError,
+    CosineLogisticRule,
+    ScalarMixRule,
+    ThresholdRule,
+    WicGrams,
+    config_snippet,
+    evaluate_senses,
+    fit_scalar_mix,
+    fit_threshold,
+    folds,
+    held_out_accuracy,
+    python_snippet,
+    read_wic,
+    recommend,
+)
+
+from .analysis_support import wic_pairs
+
+
+def brute_threshold(scores, labels):
+    """Every midpoint between distinct scores, and +-inf, tried in increasing order; the first best wins."""
+    values = sorted(set(float(s) for s in scores))
+    candidates = [-math.inf] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [math.inf]
+    best, best_right = None, -1
+    for t in candidates:
+        right = sum(bool(s >= t) == bool(y) for s, y in zip(scores, labels))
+        if right > best_right:
+            best, best_right = t, right
+    return best, best_right / len(scores)
+
+
+def accuracy(scores, labels, t):
+    return float(np.mean((np.asarray(scores) >= t) == np.asarray(labels)))
+
+
+def test_threshold_known_answers():
+    assert fit_threshold(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1], bool)) == pytest.approx(0.25)
+    assert fit_threshold(np.array([0.4, 0.1, 0.3, 0.2]), np.array([1, 0, 1, 0], bool)) == pytest.approx(0.25)
+    assert fit_threshold(np.array([0.3, 0.5]), np.array([1, 1], bool)) == -math.inf  # everything T
+    assert fit_threshold(np.array([0.3, 0.5]), np.array([0, 0], bool)) == math.inf  # everything F
+    # higher cosine for F pairs: the best a ">=" rule can do is call everything one label
+    assert accuracy([0.9, 0.8, 0.1], [0, 0, 1], fit_threshold(np.array([0.9, 0.8, 0.1]), np.array([0, 0, 1], bool))) \
+        == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_threshold_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(60) < 0.4
+    scores = np.round(rng.normal(labels * 0.3, 0.3), 1)  # rounding makes ties
+    expected, expected_accuracy = brute_threshold(scores, labels)
+    fitted = fit_threshold(scores, labels)
+    assert fitted == pytest.approx(expected, abs=1e-12)
+    assert accuracy(scores, labels, fitted) == pytest.approx(expected_accuracy)
+
+
+def test_threshold_between_adjacent_floats():
+    low = 0.5
+    high = np.nextafter(low, 1.0)  # no float lies strictly between
+    t = fit_threshold(np.array([low, high]), np.array([0, 1], bool))
+    assert accuracy([low, high], [0, 1], t) == 1.0
+
+
+def test_cross_validated_threshold_matches_independent_loop():
+    rng = np.random.default_rng(1)
+    labels = rng.random(101) < 0.5
+    scores = rng.normal(labels * 0.5, 0.6)
+    splits = folds(labels, 5, seed=3)
+    got = held_out_accuracy(ThresholdRule(), scores, labels, splits=splits)
+    right = 0
+    for train, test in StratifiedKFold(n_splits=5, shuffle=True, random_state=3).split(scores[:, None], labels):
+        t, _ = brute_threshold(scores[train], labels[train])
+        right += int(((scores[test] >= t) == labels[test]).sum())
+    assert got == pytest.approx(right / labels.size)
+
+
+def test_held_out_threshold_on_evaluation_pairs():
+    rng = np.random.default_rng(2)
+    y_train, y_eval = rng.random(80) < 0.5, rng.random(50) < 0.5
+    x_train, x_eval = rng.normal(y_train * 1.0, 0.7), rng.normal(y_eval * 1.0, 0.7)
+    t, _ = brute_threshold(x_train, y_train)
+    got = held_out_accuracy(ThresholdRule(), x_train, y_train, x_eval=x_eval, y_eval=y_eval)
+    assert got == pytest.approx(accuracy(x_eval, y_eval, t))
+
+
+def test_logistic_regression_cross_validation_matches_sklearn():
+    rng = np.random.default_rng(4)
+    labels = rng.random(120) < 0.5
+    x = rng.normal(0, 1, (120, 4)) + labels[:, None] * np.array([0.0, 0.3, 1.0, 0.1])
+    got = held_out_accuracy(CosineLogisticRule(seed=0), x, labels, splits=folds(labels, 4, seed=7))
+    estimator = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+    predicted = cross_val_predict(estimator, x, labels, cv=StratifiedKFold(4, shuffle=True, random_state=7))
+    assert got == pytest.approx(float(np.mean(predicted == labels)))
+
+
+def test_folds_refuse_too_few_pairs():
+    with pytest.raises(AnalysisInputError, match=r"--folds 5: expected 2 \.\. 3 .*3 T and 10 F"):
+        folds(np.array([1] * 3 + [0] * 10, bool), 5, seed=0)
+
+
+def _cos(a, b):
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return 0.0 if na == 0 or nb == 0 else float(a @ b / (na * nb))
+
+
+def test_gram_cosines_match_direct_cosines():
+    rng = np.random.default_rng(5)
+    n, n_layers, width = 7, 3, 5
+    targets = rng.normal(size=(2 * n, n_layers, width)).astype(np.float32)
+    targets[n + 2, 1] = 0  # a side without a vector in one layer
+    grams = WicGrams.from_targets(targets)
+    u, v = targets[:n].astype(np.float64), targets[n:].astype(np.float64)
+    per_layer = grams.layer_cosines()
+    for p in range(n):
+        for layer in range(n_layers):
+            assert per_layer[p, layer] == pytest.approx(_cos(u[p, layer], v[p, layer]), abs=1e-9)
+        assert grams.mean_cosines()[p] == pytest.approx(_cos(u[p].mean(0), v[p].mean(0)), abs=1e-9)
+        subset = grams.cosines(np.array([[0.0, 1.0, 1.0]]))[p, 0]
+        assert subset == pytest.approx(_cos(u[p, 1:].mean(0), v[p, 1:].mean(0)), abs=1e-9)
+    assert per_layer[2, 1] == 0.0
+
+
+def test_pairs_without_vector_are_counted_for_train_and_eval():
+    rng = np.random.default_rng(10)
+    train, y_train = rng.normal(size=(2 * 12, 3, 4)).astype(np.float32), np.arange(12) % 2 == 0
+    held, y_eval = rng.normal(size=(2 * 8, 3, 4)).astype(np.float32), np.arange(8) % 2 == 0
+    train[3, 2] = 0  # pair 3's first target, in layer 2
+    held[8 + 1, 0] = 0  # pair 1's second target, in layer 0
+    held[5, :] = 0  # pair 5's first target, in every layer
+    held[8 + 5, 1] = 0  # ... and its second one: still one pair
+    result = evaluate_senses(WicGrams.from_targets(train), y_train, [0, 1, 2], n_folds=2, seed=0,
+                             evaluation=WicGrams.from_targets(held), y_eval=y_eval)
+    assert result["pairs_without_vector"] == {"train": 1, "eval": 2}
+    alone = evaluate_senses(WicGrams.from_targets(train), y_train, [0, 1, 2], n_folds=2, seed=0)
+    assert alone["pairs_without_vector"] == {"train": 1, "eval": None}
+
+
+def _constructed_targets(n, n_layers, width, good_layer, rng):
+    """Pairs where only `good_layer` tells the senses apart: there the same-sense side repeats the first
+    vector and the other side is orthogonal to it; every other layer is noise."""
+    labels = np.arange(n) % 2 == 0
+    u = rng.normal(size=(n, n_layers, width))
+    v = rng.normal(size=(n, n_layers, width))
+    first = u[:, good_layer]
+    other = v[:, good_layer] - (np.einsum("pd,pd->p", v[:, good_layer], first) / np.einsum("pd,pd->p", first, first)
+                                )[:, None] * first
+    v[:, good_layer] = np.where(labels[:, None], first, other)
+    return np.concatenate([u, v]).astype(np.float32), labels
+
+
+def test_senses_and_recommendation_on_constructed_pairs():
+    rng = np.random.default_rng(6)
+    targets, labels = _constructed_targets(60, 4, 16, good_layer=2, rng=rng)
+    grams = WicGrams.from_targets(targets)
+    result = evaluate_senses(grams, labels, [0, 1, 2, 3], n_folds=3, seed=0)
+    by_layer = {entry["layer"]: entry for entry in result["layers"]}
+    assert by_layer[2]["accuracy"] == 1.0 and by_layer[2]["train_accuracy"] == 1.0
+    assert 0.0 < by_layer[2]["threshold"] < 1.0  # between the orthogonal (0) and identical (1) cosines
+    assert max(by_layer[i]["accuracy"] for i in (0, 1, 3)) < 0.85
+    assert result["scalar_mix"]["accuracy"] == 1.0 and result["scalar_mix"]["train_accuracy"] == 1.0
+    assert np.argmax(result["scalar_mix"]["weights"]) == 2 and result["scalar_mix"]["weights"][2] > 0.9
+    assert sum(result["scalar_mix"]["weights"]) == pytest.approx(1.0)
+    assert np.argmax(np.abs(result["logistic_regression"]["coefficients"])) == 2
+    # the other pooling mode is pure noise: the recommendation picks layer 2 of the first
+    noise = WicGrams.from_targets(rng.normal(size=targets.shape).astype(np.float32))
+    chosen = recommend({"mean": grams, "first": noise}, labels, [0, 1, 2, 3], n_folds=3, seed=0)
+    assert chosen["layers"] == [2] and chosen["pooling"] == "mean" and chosen["cv_accuracy"] == 1.0
+    assert chosen["ranking"][0]["layers"] == [2]
+    # without evaluation pairs there is no held-out accuracy, only the cross-validated one it was chosen on
+    assert chosen["accuracy"] is None and "selected on these folds" in chosen["note"]
+
+
+def test_recommendation_reports_evaluation_accuracy():
+    rng = np.random.default_rng(8)
+    train, y_train = _constructed_targets(40, 3, 8, good_layer=1, rng=rng)
+    held, y_eval = _constructed_targets(30, 3, 8, good_layer=0, rng=rng)  # a different layer works there
+    chosen = recommend({"mean": WicGrams.from_targets(train)}, y_train, [0, 1, 2], n_folds=2, seed=0,
+                       evaluation={"mean": WicGrams.from_targets(held)}, y_eval=y_eval)
+    assert chosen["layers"] == [1] and chosen["cv_accuracy"] == 1.0
+    # chosen on the training pairs, scored on the evaluation pairs, where layer 1 is noise
+    t, _ = brute_threshold(WicGrams.from_targets(train).layer_cosines()[:, 1], y_train)
+    assert chosen["accuracy"] == pytest.approx(accuracy(WicGrams.from_targets(held).layer_cosines()[:, 1], y_eval, t))
+
+
+def test_config_snippet_is_a_config():
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a", config={"model": {
+        "encoder": {"window": 128}, "combiner": {"@layers": "spacy-ctxembed.ScalarMix.v1"}}})
+    text = config_snippet("bert_a", nlp.config["components"]["bert_a"], [3, 4], "first", comment="best layers")
+    assert text.startswith("# best layers\n[components.bert_a]\n")
+    config = Config().from_str("[components]\n" + text)  # it goes under a config's [components]
+    component = config["components"]["bert_a"]
+    assert component["factory"] == "ctxembed_bert"
+    encoder = component["model"]["encoder"]
+    assert (encoder["layers"], encoder["pooling"], encoder["window"]) == ([3, 4], "first", 128)  # the rest is kept
+    assert component["model"]["combiner"] == {"@layers": "spacy-ctxembed.MeanLayers.v1"}
+    # and it builds
+    rebuilt = spacy.blank("en")
+    rebuilt.add_pipe("ctxembed_bert", name="bert_a", config={k: v for k, v in component.items() if k != "factory"})
+    assert rebuilt.config["components"]["bert_a"]["model"]["encoder"]["layers"] == [3, 4]
+    # the Python line builds the same component, every setting included
+    line = python_snippet("bert_a", nlp.config.interpolate()["components"]["bert_a"], [3, 4], "first")
+    namespace = {"nlp": spacy.blank("en")}
+    exec(line, namespace)
+    assert namespace["nlp"].pipe_names == ["bert_a"]
+    assert namespace["nlp"].config["components"] == rebuilt.config["components"]
+
+
+def _write_wic(directory, rows, gold, stem="train"):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{stem}.data.txt").write_text("\n".join(rows) + "\n", encoding="utf8")
+    (directory / f"{stem}.gold.txt").write_text("\n".join(gold) + "\n", encoding="utf8")
+    return directory
+
+
+def test_read_wic(tmp_path):
+    rows = ["run\tV\t1-2\tI ran home .\tShe has ran some tests .",
+            "bank\tN\t4-1\tWe sat by the bank .\tThe bank closed .",
+            "run\tV\t0-1\tRan fast !\tI ran home ."]
+    data = read_wic(_write_wic(tmp_path / "wic", rows, ["F", "T", "F"]))
+    assert data.n_pairs == 3 and data.labels.tolist() == [False, True, False]
+    assert data.lemmas == ["run", "bank", "run"]
+    assert len(data.sentences) == 5  # "I ran home ." is used twice, stored once
+    words = [data.sentences[s][t] for s, t in zip(data.sentence_of, data.target_of)]
+    assert words == ["ran", "bank", "Ran", "ran", "bank", "ran"]  # first sentences, then second ones
+
+
+@pytest.mark.parametrize("rows, gold, message", [
+    (["run\tV\t1-9\tI ran .\tYou ran ."], ["T"], r"line 1: token indices '1-9' are outside the sentences"),
+    (["run\tV\t1-1\tI ran ."], ["T"], r"line 1: expected 5 tab-separated fields"),
+    (["run\tV\tx\tI ran .\tYou ran ."], ["T"], r"token indices 'x': expected i-j"),
+    (["run\tV\t1-1\tI ran .\tYou ran ."], ["yes"], r"train.gold.txt line 1: expected T or F, got 'yes'"),
+    (["run\tV\t1-1\tI ran .\tYou ran ."], ["T", "F"], r"has 1 lines but train.gold.txt has 2 labels"),
+])
+def test_read_wic_errors_name_file_and_line(tmp_path, rows, gold, message):
+    with pytest.raises(AnalysisInputError, match=r"^--wic-train .*" + message):
+        read_wic(_write_wic(tmp_path / "wic", rows, gold))
+
+
+def test_read_wic_directory_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnalysisInputError, match=r"--wic-eval .*empty: no \*\.data\.txt file in this directory"):
+        read_wic(tmp_path / "empty", "--wic-eval")
+    with pytest.raises(AnalysisInputError, match="no such directory"):
+        read_wic(tmp_path / "missing")
+    (tmp_path / "nogold").mkdir()
+    (tmp_path / "nogold" / "dev.data.txt").write_text("run\tV\t0-0\tRan\tRan\n")
+    with pytest.raises(AnalysisInputError, match="dev.data.txt has no dev.gold.txt next to it"):
+        read_wic(tmp_path / "nogold")
+
+
+def test_read_wic_reads_every_data_file_of_the_folder(tmp_path):
+    rows = [row for row, _ in wic_pairs()]
+    gold = ["T" if same else "F" for _, same in wic_pairs()]
+    # three files, read in name order: b.data.txt's pairs come after a.data.txt's
+    _write_wic(tmp_path / "wic", rows[20:], gold[20:], stem="c")
+    _write_wic(tmp_path / "wic", rows[:8], gold[:8], stem="a")
+    _write_wic(tmp_path / "wic", rows[8:20], gold[8:20], stem="b")
+    data = read_wic(tmp_path / "wic")
+    assert data.n_pairs == 30 and data.labels.tolist() == [g == "T" for g in gold]
+    assert data.describe()["same_sense"] == 12
+    sides = [tuple(row.split("\t")[3].split(" ")) for row in rows] + [tuple(row.split("\t")[4].split(" "))
+                                                                      for row in rows]
+    assert [data.sentences[s] for s in data.sentence_of] == sides
+    assert len(data.sentences) == 6  # the six sentences, shared across the files, stored once
+    (tmp_path / "wic" / "b.gold.txt").unlink()
+    with pytest.raises(AnalysisInputError, match="b.data.txt has no b.gold.txt next to it"):
+        read_wic(tmp_path / "wic")
+
+
+# ---------------------------------------------------------------- the scalar mix
+
+
+def _layered_pairs(n, rng):
+    """Three layers sharing each pair's content with their own noise: layers 0 and 1 carry most of it,
+    so the best mix weighs both, and layer 2 a little (an optimum inside the simplex)."""
+    labels = np.arange(n) % 2 == 0
+    content_u = rng.normal(size=(n, 12))
+    content_v = np.where(labels[:, None], content_u, rng.normal(size=(n, 12)))
+    signal, noise = np.array([1.0, 1.0, 0.3]), np.array([1.2, 1.8, 1.0])
+    u = signal[None, :, None] * content_u[:, None] + noise[None, :, None] * rng.normal(size=(n, 3, 12))
+    v = signal[None, :, None] * content_v[:, None] + noise[None, :, None] * rng.normal(size=(n, 3, 12))
+    # float32 values, as the pipeline's vectors are
+    return u.astype(np.float32).astype(np.float64), v.astype(np.float32).astype(np.float64), labels
+
+
+def _mixed_cosines(u, v, w):
+    a, b = np.einsum("l,pld->pd", w, u), np.einsum("l,pld->pd", w, v)
+    return np.einsum("pd,pd->p", a, b) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _logistic_objective(x, labels):
+    """sklearn's LogisticRegression(C=1) fitted on the one feature x: its loss, per pair."""
+    model = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(x[:, None], labels)
+    return log_loss(labels, model.predict_proba(x[:, None])[:, 1]) + model.coef_[0, 0] ** 2 / (2 * len(x))
+
+
+def test_fitted_scalar_mix_matches_brute_force():
+    rng = np.random.default_rng(3)
+    u, v, labels = _layered_pairs(240, rng)
+    fitted = fit_scalar_mix(WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32)), labels)
+    # brute force: every weight vector on a grid of the simplex, the cosines computed from the vectors
+    steps, best_loss, best_weights = 20, math.inf, None
+    for i in range(steps + 1):
+        for j in range(steps + 1 - i):
+            weights = np.array([i, j, steps - i - j]) / steps
+            loss = _logistic_objective(_mixed_cosines(u, v, weights), labels)
+            if loss < best_loss:
+                best_loss, best_weights = loss, weights
+    assert 0.0 < best_weights.min()  # the optimum is inside the simplex
+    assert np.abs(fitted.weights - best_weights).max() <= 1.5 / steps
+    assert fitted.weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(fitted.weights, np.exp(fitted.logits) / np.exp(fitted.logits).sum(), rtol=1e-12)
+    cosines = _mixed_cosines(u, v, fitted.weights)
+    assert _logistic_objective(cosines, labels) == pytest.approx(fitted.loss, abs=1e-6)
+    assert fitted.loss <= best_loss + 1e-9  # at least as good as any grid point
+    assert fitted.threshold == pytest.approx(brute_threshold(cosines, labels)[0], abs=1e-7)
+
+
+def test_scalar_mix_cross_validation_matches_independent_loop():
+    rng = np.random.default_rng(4)
+    u, v, labels = _layered_pairs(90, rng)
+    grams = WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32))
+    got = held_out_accuracy(ScalarMixRule(), grams.stacked(), labels, splits=folds(labels, 3, seed=1))
+    right = 0
+    for train, test in StratifiedKFold(n_splits=3, shuffle=True, random_state=1).split(labels, labels):
+        part = np.concatenate([train, train + len(labels)])
+        fitted = fit_scalar_mix(WicGrams.from_targets(np.concatenate([u, v])[part].astype(np.float32)),
+                                labels[train])
+        right += int(((_mixed_cosines(u[test], v[test], fitted.weights) >= fitted.threshold) == labels[test]).sum())
+    assert got == pytest.approx(right / len(labels))
+
+
+# ---------------------------------------------------------------- no leakage
+
+
+def _without_accuracy(value):
+    """`value` with every "accuracy" (the only thing the evaluation labels may change) left out."""
+    if isinstance(value, dict):
+        return {k: _without_accuracy(v) for k, v in value.items() if k not in ("accuracy", "note")}
+    if isinstance(value, list):
+        return [_without_accuracy(v) for v in value]
+    return value
+
+
+def test_evaluation_labels_change_only_the_evaluation_accuracy():
+    rng = np.random.default_rng(9)
+    u, v, y_train = _layered_pairs(60, rng)
+    eu, ev, y_eval = _layered_pairs(40, rng)
+    train = {"mean": WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32)),
+             "first": WicGrams.from_targets(np.concatenate([u[:, ::-1], v[:, ::-1]]).astype(np.float32))}
+    held = {mode: WicGrams.from_targets(np.concatenate([eu, ev]).astype(np.float32)) for mode in train}
+    runs = []
+    for labels in (y_eval, ~y_eval, rng.permutation(y_eval)):
+        senses = evaluate_senses(train["mean"], y_train, [0, 1, 2], n_folds=3, seed=0, evaluation=held["mean"],
+                                 y_eval=labels)
+        chosen = recommend(train, y_train, [0, 1, 2], n_folds=3, seed=0, evaluation=held, y_eval=labels)
+        runs.append((senses, chosen))
+    (senses, chosen), (flipped_senses, flipped_chosen), (permuted_senses, permuted_chosen) = runs
+    for other_senses, other_chosen in runs[1:]:
+        # thresholds, cross-validated accuracies, the fitted mix and the recommendation: all the same
+        assert _without_accuracy(other_senses) == _without_accuracy(senses)
+        assert _without_accuracy(other_chosen) == _without_accuracy(chosen)
+    # ... and the evaluation labels are used: flipping them all turns every accuracy a into 1 - a
+    assert flipped_chosen["accuracy"] == pytest.approx(1 - chosen["accuracy"])
+    assert flipped_senses["scalar_mix"]["accuracy"] == pytest.approx(1 - senses["scalar_mix"]["accuracy"])
+    assert [layer["accuracy"] for layer in flipped_senses["layers"]] == pytest.approx(
+        [1 - layer["accuracy"] for layer in senses["layers"]])
+    assert senses["scalar_mix"]["cv_accuracy"] == permuted_senses["scalar_mix"]["cv_accuracy"]

@@ -1,0 +1,202 @@
+"""The BERT engine's host side: runs of docs prepared ahead, planned per run in numpy.
+
+Overlapping must change the timing only: the vectors are compared bit for bit
+with the serial path, and the vectorised helpers with plain per-item
+references written here.
+"""
+import contextlib
+import threading
+
+import numpy
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spacy_ctxembed.alignment import align_docs, align_pieces
+from spacy_ctxembed.batching import prefetched, runs_by_size
+from spacy_ctxembed.models.bert import get_runner
+from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, batch_items_for_memory
+
+from .conftest import make_nlp
+
+TEXTS = [
+    "I ran to the park.",
+    "She ran significance tests on the U.S. data, then ran home.",
+    "",
+    "A much longer text " * 40 + "ends here.",
+    "Emails like someone@example.com and URLs like https://example.org/a?b=c split into many pieces.",
+    " leading and  double  spaces ",
+] * 6
+
+
+def _runner(nlp):
+    return get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+
+
+@contextlib.contextmanager
+def _switched(runner, attribute, value):
+    """The runner with one of its engine switches set, restored afterwards."""
+    before = getattr(runner, attribute)
+    setattr(runner, attribute, value)
+    try:
+        yield runner
+    finally:
+        setattr(runner, attribute, before)
+
+
+@pytest.fixture(scope="module")
+def nlp(tiny_bert_dir):
+    # A small budget and window: many forward batches, runs and windows from few docs.
+    return make_nlp(tiny_bert_dir, layers=[0, 1, 2], max_batch_items=64, window=24, stride=16)
+
+
+def test_overlapped_runs_equal_serial_ones_exactly(nlp):
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    assert len(list(runs_by_size(docs, runner.max_batch_items * 4 * 4, lambda d: len(d.text)))) > 3
+    overlapped = runner.embed(docs)
+    with _switched(runner, "overlap", False):
+        serial = runner.embed(docs)
+    for a, b in zip(overlapped, serial):
+        assert torch.equal(a, b)
+
+
+def test_a_doc_gets_the_same_vectors_in_any_batch(nlp):
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    together = runner.embed(docs)
+    for doc, expected in zip(docs[:6], together):
+        torch.testing.assert_close(runner.embed([doc])[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_threads_share_a_runner_while_it_prefetches(nlp):
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    expected = runner.embed(docs)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(runner.embed(docs))
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for result in results:
+        assert all(torch.equal(a, b) for a, b in zip(result, expected))
+
+
+def _reference_pad(runner, pieces, width):
+    ids = numpy.full((len(pieces), width), runner.pad_id, dtype="int64")
+    mask = numpy.zeros((len(pieces), width), dtype="int64")
+    for i, p in enumerate(pieces):
+        row = list(runner.prefix_ids) + list(p) + list(runner.suffix_ids)
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("bucket", [False, True])
+def test_pad_frames_and_pads_like_the_tokenizer(nlp, bucket):
+    runner = _runner(nlp)
+    rng = numpy.random.default_rng(0)
+    pieces = [rng.integers(1000, 2000, size=n) for n in (5, 0, 17, 3)]
+    with _switched(runner, "bucket_shapes", bucket):
+        ids, mask = runner.pad(pieces)
+    longest = 17 + runner.n_special
+    width = min(-(-longest // SHAPE_BUCKET) * SHAPE_BUCKET, runner.window + runner.n_special) if bucket else longest
+    assert ids.shape == (4, width)
+    expected_ids, expected_mask = _reference_pad(runner, pieces, width)
+    numpy.testing.assert_array_equal(ids, expected_ids)
+    numpy.testing.assert_array_equal(mask, expected_mask)
+
+
+def test_shape_buckets_leave_fp32_vectors_unchanged(tiny_bert_dir):
+    nlp = make_nlp(tiny_bert_dir, layers=[0, 1, 2])
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(t) for t in TEXTS[:6]]
+    exact = runner.embed(docs)
+    with _switched(runner, "bucket_shapes", True):
+        padded = runner.embed(docs)
+    for a, b in zip(exact, padded):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):
+    assert _runner(make_nlp(tiny_bert_dir, precision="bf16")).bucket_shapes
+    assert not _runner(make_nlp(tiny_bert_dir)).bucket_shapes
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), max_size=10),
+                          st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=12)),
+                min_size=1, max_size=6))
+def test_align_docs_equals_aligning_each_doc(docs_spec):
+    piece_spans, token_spans = [], []
+    for tokens, pieces in docs_spec:
+        # Tokens: sorted, non-overlapping, with gaps; pieces: any spans inside the text, some empty.
+        starts, ends, at = [], [], 0
+        for gap, length in tokens:
+            at += gap
+            starts.append(at)
+            at += length + 1
+            ends.append(at)
+        end = max(at, 1)
+        piece_spans.append(numpy.array([(min(s, end), min(s + n, end)) for s, n in pieces],
+                                       dtype="int64").reshape(-1, 2))
+        token_spans.append((numpy.array(starts, dtype="int64"), numpy.array(ends, dtype="int64")))
+    together = align_docs(piece_spans, token_spans)
+    for pieces, (starts, ends), got in zip(piece_spans, token_spans, together):
+        alone = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
+        numpy.testing.assert_array_equal(got.token_index, alone.token_index)
+        numpy.testing.assert_array_equal(got.piece_index, alone.piece_index)
+        assert (got.n_tokens, got.n_pieces) == (alone.n_tokens, alone.n_pieces)
+
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.integers(1, 120))
+def test_runs_by_size_keep_order_and_close_at_the_budget(sizes, budget):
+    runs = list(runs_by_size(sizes, budget, lambda n: n))
+    assert [n for run in runs for n in run] == sizes
+    for run in runs[:-1]:
+        assert sum(run) >= budget and sum(run[:-1]) < budget
+
+
+def test_prefetched_keeps_order_and_raises_the_producers_error():
+    assert list(prefetched(lambda n: n * n, [1, 2, 3, 4])) == [1, 4, 9, 16]
+
+    def produce(n):
+        if n == 3:
+            raise ValueError("bad item 3")
+        return n
+
+    seen = []
+    with pytest.raises(ValueError, match="bad item 3"):
+        for value in prefetched(produce, [1, 2, 3, 4]):
+            seen.append(value)
+    assert seen == [1, 2]
+
+
+def test_batch_budget_from_free_memory():
+    from transformers import BertConfig
+
+    config = BertConfig()  # BERT-base: 12 layers, 768 wide, 12 heads, 3072 inner
+    per_piece = 4 * (13 * 768 + 12 * 512 + 3072 + 4 * 768)
+    assert batch_items_for_memory(40 * 2**30, config, 512) == min(40 * 2**30 // 4 // per_piece, 65536)
+    assert batch_items_for_memory(2**20, config, 512) == 4096  # never below the CPU default
+    assert batch_items_for_memory(10**13, config, 512) == 65536  # bounded above
+
+
+def test_null_budget_is_the_cpu_default(tiny_bert_dir):
+    assert _runner(make_nlp(tiny_bert_dir, max_batch_items=None)).max_batch_items == 4096
+
+
+def test_pipe_gives_the_same_vectors_as_single_docs(nlp):
+    docs = list(nlp.pipe(TEXTS[:6], batch_size=6))
+    for text, doc in zip(TEXTS[:6], docs):
+        numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, doc._.ctx_vectors, atol=1e-5)
