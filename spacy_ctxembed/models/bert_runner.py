@@ -182,6 +182,7 @@ class BertRunner:
         pin = self.device.type == "cuda"
         n_prefix = len(self.prefix_ids)
         batches = []
+
         def padded(item: Tuple[int, Window]) -> int:
             return item[1].end - item[1].start + self.n_special
 
