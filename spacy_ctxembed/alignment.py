@@ -75,6 +75,11 @@ def token_char_spans(doc: Doc) -> Tuple[IndexArray, IndexArray]:
     return spans[:, 0], spans[:, 0] + spans[:, 1]
 
 
+def text_length(doc: Doc) -> int:
+    """The length of the doc's text, read off its last token (`doc.text` is O(n))."""
+    return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
+
+
 def align_pieces(
     piece_starts: ArrayLike,
     piece_ends: ArrayLike,

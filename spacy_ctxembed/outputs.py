@@ -32,12 +32,12 @@ import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy
-from spacy.attrs import IDX, LENGTH, ORTH, SPACY
+from spacy.attrs import ORTH, SPACY
 from spacy.strings import StringStore
 from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
 
-from .alignment import align_pieces
+from .alignment import align_pieces, text_length, token_char_spans
 
 STORE = "ctxembed"
 #: The user-hooks entry that points to the store of the doc the hooks were set on.
@@ -67,7 +67,7 @@ def write_outputs(
     key = _whole_doc_key(doc)
     old = _data(doc).get(key)
     outputs = dict(old["outputs"]) if isinstance(old, dict) else {}
-    starts, ends = _token_spans(doc)
+    starts, ends = token_char_spans(doc)
     outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers}
     current = old.get("primary") if isinstance(old, dict) else None
     # A new dict, never an update in place: spaCy's as_doc and from_docs copy
@@ -239,7 +239,7 @@ class _View:
         if len(self.starts) != len(doc):
             return False
         if end - start > 8:
-            starts, ends = _token_spans(doc)
+            starts, ends = token_char_spans(doc)
             return bool(numpy.array_equal(starts[start:end], self.starts[start:end])
                         and numpy.array_equal(ends[start:end], self.ends[start:end]))
         for i in range(start, end):
@@ -316,7 +316,7 @@ def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
 
 
 def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
-    starts, ends = _token_spans(doc)
+    starts, ends = token_char_spans(doc)
     names: List[str] = []
     for _, store in stores:
         names.extend(n for n in store["outputs"] if n not in names)
@@ -373,23 +373,13 @@ def _concat(arrays: List[Any], axis: int):
     return xp.concatenate([xp.asarray(a) for a in arrays], axis=axis)
 
 
-def _token_spans(doc: Doc) -> Tuple[numpy.ndarray, numpy.ndarray]:
-    if len(doc) == 0:
-        empty = numpy.zeros(0, dtype="int64")
-        return empty, empty.copy()
-    array = doc.to_array([IDX, LENGTH]).astype("int64")
-    return array[:, 0], array[:, 0] + array[:, 1]
-
-
 def _data(doc: Doc) -> Dict[Any, Any]:
     # spaCy's stub types user_data by str; its keys are tuples too (extensions).
     return cast(Dict[Any, Any], doc.user_data)
 
 
 def _whole_doc_key(doc: Doc) -> tuple:
-    # The end of the text without building doc.text (that is O(n) per call).
-    end = 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
-    return ("._.", STORE, 0, end)
+    return ("._.", STORE, 0, text_length(doc))
 
 
 def _to_numpy(array):

@@ -21,9 +21,9 @@ from spacy.language import Language
 from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
+from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
-CONTEXTUAL_FACTORIES = ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf")
 #: Components that must run before the analysed one: the transformer that
 #: ctxembed_from_trf pools, and the components that set sentence boundaries
 #: (ELMo embeds each sentence on its own; intra-sentence similarity needs them).

@@ -7,9 +7,8 @@ from spacy.language import Language
 from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
+from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import UsageError
-
-CONTEXTUAL_FACTORIES = ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf")
 
 
 def build_pipeline(

@@ -26,7 +26,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
-from ..alignment import PieceAlignment, align_docs, token_char_spans
+from ..alignment import PieceAlignment, align_docs, text_length, token_char_spans
 from ..batching import batches_by_budget, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..pooling import pool_pieces
@@ -140,7 +140,7 @@ class BertRunner:
         module = self.train_runner if grad else self.runner if self.precision != "int8" else self._quantized()
         context = contextlib.nullcontext() if grad else torch.inference_mode()
         run_chars = self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE
-        runs = list(runs_by_size(docs, run_chars, _doc_chars))
+        runs = list(runs_by_size(docs, run_chars, text_length))
         outputs: List[torch.Tensor] = []
         with context:
             for prepared in prefetched(self.prepare, runs, overlap=self.overlap):
@@ -404,11 +404,6 @@ def _max_positions(encoder: HFEncoder) -> int:
     # Tokenizers without a limit report a huge sentinel (int(1e30)).
     usable = [int(v) for v in candidates.values() if v is not None and v < 100_000]
     return min(usable) if usable else 512
-
-
-def _doc_chars(doc: Doc) -> int:
-    """The length of the doc's text, without building it (`doc.text` is O(n))."""
-    return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
 
 
 def default_batch_items(device: torch.device, encoder: HFEncoder, max_length: int) -> int:

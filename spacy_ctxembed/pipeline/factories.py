@@ -15,6 +15,9 @@ from ..models.legacy import is_v1, upgrade
 from ..types import EmbedderModel
 from .component import ContextualEmbedder
 
+#: The factories of this package (each one a contextual embedder).
+CONTEXTUAL_FACTORIES = ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf")
+
 #: What every factory writes; `nlp.analyze_pipes()` shows it.
 ASSIGNS = ["doc._.ctx_outputs", "doc._.ctx_vectors", "doc._.ctx_layers", "doc.tensor"]
 
