@@ -11,13 +11,15 @@ when no ELMo files are given.
 
 Writes training/TASK-ARM/model-best and metrics/TASK-ARM.json: spaCy's dev
 scores (including `speed`, the words/s of `spacy evaluate`) plus
-`train_seconds` (the wall time of `spacy train`) and `disk_mb` (model-best on
+`train_seconds` (the wall time of `spacy train`), `train_cpu_seconds` (its
+CPU time, user + system) and `disk_mb` (model-best on
 disk). The configs are complete as shipped: this only chooses one and passes
 the vars. All BERT-family arms get the same model: --bert-model, or the
 embedded all-MiniLM-L6-v2.
 """
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -74,17 +76,29 @@ def main(args) -> None:
         command += ["--training.patience", str(args.patience)]
     command += arm_overrides(args)
     start = time.perf_counter()
+    cpu_start = _children_cpu_seconds()
     subprocess.run(command, check=True)
     train_seconds = time.perf_counter() - start
+    train_cpu_seconds = _children_cpu_seconds() - cpu_start
     Path("metrics").mkdir(exist_ok=True)
     metrics = Path("metrics") / f"{name}.json"
     subprocess.run([sys.executable, "-m", "spacy", "evaluate", str(output / "model-best"),
                     f"corpus/{args.task}/dev.spacy", "--output", str(metrics),
                     "--gpu-id", str(args.gpu_id)], check=True)
     scores = json.loads(metrics.read_text())
-    scores.update(train_seconds=round(train_seconds, 1), disk_mb=round(disk_mb(output / "model-best"), 1),
+    scores.update(train_seconds=round(train_seconds, 1), train_cpu_seconds=round(train_cpu_seconds, 1),
+                  disk_mb=round(disk_mb(output / "model-best"), 1),
                   max_steps=args.max_steps, patience=args.patience)
     metrics.write_text(json.dumps(scores, indent=2))
+
+
+def _children_cpu_seconds() -> float:
+    # CPU time (user + system) of finished child processes: less sensitive than
+    # wall time to other jobs sharing the cores, so arms trained on a busy
+    # machine can still be compared on cost (not exactly: threads that wait
+    # for a core they share may spin).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _flag(text: str) -> bool:

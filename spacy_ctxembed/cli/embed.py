@@ -3,6 +3,9 @@
 Memory stays bounded whatever the corpus size: docs are written as they come
 out of the pipeline, a shard (``--shard-size`` docs) at a time. The output
 layout, atomicity and ``--resume`` are described in `output` and docs/cli.md.
+
+With ``--ray`` the corpus is embedded by a pool of Ray actors instead, into
+Parquet shards (`spacy_ctxembed.distributed`, docs/scaling.md).
 """
 import hashlib
 import sys
@@ -13,7 +16,7 @@ import typer
 from spacy.util import load_config
 from tqdm import tqdm
 
-from .errors import PipelineError, UsageError, short_message
+from .errors import CliError, PipelineError, UsageError, short_message
 from .inputs import Input, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter
 from .pipelines import build_pipeline
@@ -32,13 +35,22 @@ HELP = {
     "overwrite": "Replace a complete OUTPUT (kept until the new one is complete) or discard an interrupted run",
     "resume": "Continue an interrupted run into OUTPUT, keeping its committed shards (same input, model, format)",
     "verbose": "On error, show the full traceback",
+    "ray": "Embed on Ray Data: a pool of actors writes Parquet shards to OUTPUT; rerunning resumes",
+    "address": "--ray: a running Ray cluster ('auto', 'ray://HOST:10001'); default: start a local Ray",
+    "actors": "--ray: actors in the pool, each loads the pipeline once [default: 2]",
+    "cpus_per_actor": "--ray: CPUs (torch threads) per actor [default: 1]",
+    "gpus_per_actor": "--ray: GPUs per actor (0: CPU; 0.5: two actors share a GPU) [default: 0]",
+    "input_format": "--ray: text, jsonl or parquet (default: from the file names)",
+    "text_key": "--ray: the text field of JSONL records, or the text column of Parquet files [default: text]",
+    "float16": "--ray: store the vectors as float16 (half the size)",
 }
+RAY_INPUT = "Text (one doc per line), JSONL or Parquet file, or a directory of them"
 
 
 def embed(
     input_path: str = typer.Argument(..., metavar="INPUT", help=HELP["input"]),
     output: Path = typer.Option(..., "--output", "-o", help=HELP["output"]),
-    output_format: str = typer.Option("docbin", "--format", "-f", help=HELP["format"]),
+    output_format: Optional[str] = typer.Option(None, "--format", "-f", help=HELP["format"]),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=HELP["model"]),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=HELP["config"]),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help=HELP["batch_size"]),
@@ -47,8 +59,35 @@ def embed(
     overwrite: bool = typer.Option(False, "--overwrite", help=HELP["overwrite"]),
     resume: bool = typer.Option(False, "--resume", help=HELP["resume"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=HELP["verbose"]),
+    ray: bool = typer.Option(False, "--ray", help=HELP["ray"]),
+    address: Optional[str] = typer.Option(None, "--address", help=HELP["address"]),
+    # Defaults of the --ray options are None, so that giving one without --ray is caught.
+    actors: Optional[int] = typer.Option(None, "--actors", help=HELP["actors"]),
+    cpus_per_actor: Optional[float] = typer.Option(None, "--cpus-per-actor", help=HELP["cpus_per_actor"]),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor", help=HELP["gpus_per_actor"]),
+    input_format: Optional[str] = typer.Option(None, "--input-format", help=HELP["input_format"]),
+    text_key: Optional[str] = typer.Option(None, "--text-key", help=HELP["text_key"]),
+    float16: Optional[bool] = typer.Option(None, "--float16", help=HELP["float16"]),
 ) -> None:
     """Embed a corpus: every token gets a contextual vector."""
+    if ray:
+        if output_format is not None:
+            raise UsageError(f"--format {output_format}: --ray always writes Parquet shards")
+        if gpu_id != -1:
+            raise UsageError(f"--gpu-id {gpu_id}: with --ray, use --gpus-per-actor")
+        _check_settings(output, "docbin", model, config, batch_size, shard_size, gpu_id, overwrite, resume)
+        _embed_ray(input_path, output, model, _read_config(config), batch_size, shard_size, overwrite, address,
+                   2 if actors is None else actors, 1.0 if cpus_per_actor is None else cpus_per_actor,
+                   0.0 if gpus_per_actor is None else gpus_per_actor, input_format, text_key or "text",
+                   bool(float16))
+        return
+    ray_only = {"--address": address, "--actors": actors, "--cpus-per-actor": cpus_per_actor,
+                "--gpus-per-actor": gpus_per_actor, "--input-format": input_format, "--text-key": text_key,
+                "--float16": float16}
+    given = [name for name, value in ray_only.items() if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)}: only with --ray")
+    output_format = output_format or "docbin"
     # Everything that can be checked without the model is checked first.
     _check_settings(output, output_format, model, config, batch_size, shard_size, gpu_id, overwrite, resume)
     loaded_config = _read_config(config)
@@ -66,6 +105,74 @@ def embed(
         inp.close()
     note = f"resumed: {kept} docs kept from the interrupted run; " if run.resumed else ""
     typer.echo(f"{note}wrote {_totals(manifest)} to {output}", err=True)
+
+
+def _embed_ray(
+    input_path: str, output: Path, model: Optional[str], config, batch_size: int, shard_size: int,
+    overwrite: bool, address: Optional[str], actors: int, cpus_per_actor: float, gpus_per_actor: float,
+    input_format: Optional[str], text_key: str, float16: bool,
+) -> None:
+    try:
+        from ..distributed import InputError, OutputInUse, embed_corpus
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({e})") from None
+    if actors < 1:
+        raise UsageError(f"--actors {actors}: expected a positive number of actors")
+    if not cpus_per_actor > 0:
+        raise UsageError(f"--cpus-per-actor {cpus_per_actor}: expected a positive number")
+    if gpus_per_actor < 0:
+        raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
+    if model is not None and not Path(model).exists() and not _is_package(model):
+        raise UsageError(f"--model {model}: no such directory or installed pipeline package")
+    from ..pipeline.build import NoContextualEmbedder
+
+    try:
+        manifest = embed_corpus(
+            input_path, output, model=model, config=config, input_format=input_format, text_key=text_key,
+            shard_size=shard_size, batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor, dtype="float16" if float16 else "float32", address=address,
+            overwrite=overwrite,
+        )
+    except (InputError, OutputInUse, FileExistsError, NoContextualEmbedder) as e:
+        raise UsageError(str(e)) from None
+    except ImportError as e:
+        raise UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({e})") from None
+    except Exception as e:  # noqa: B902 - Ray wraps what an actor raised: report that
+        cause = _actor_cause(e)
+        if isinstance(cause, InputError):
+            raise UsageError(str(cause)) from e
+        if cause is not e:
+            raise CliError(f"a Ray actor failed: {short_message(cause)}") from e
+        raise
+    if manifest.get("already_complete"):
+        typer.echo(f"nothing to do: {output} is already complete ({manifest['docs']} docs, "
+                   f"{manifest['rejected']} rows rejected)", err=True)
+        return
+    kept = manifest.get("resumed_shards", 0)
+    note = f"resumed: {kept} shard{'' if kept == 1 else 's'} kept; " if kept else ""
+    typer.echo(
+        f"{note}wrote {manifest['docs']} docs in {len(manifest['shards'])} Parquet shards to {output / 'shards'}; "
+        f"{manifest['rejected']} rows rejected (see {output / 'rejected.jsonl'})",
+        err=True,
+    )
+
+
+def _actor_cause(exc: BaseException) -> BaseException:
+    """The innermost error of a chain: Ray Data raises the actor's error wrapped
+    (a RayTaskError, a UserCodeException), with the original as the cause."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _is_package(name: str) -> bool:
+    from spacy.util import is_package
+
+    return is_package(name)
 
 
 def _check_settings(

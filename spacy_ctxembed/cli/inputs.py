@@ -25,9 +25,9 @@ from typing import IO, Iterator, Optional, Tuple, Union
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
+from ..textlines import line_bounds
 from .errors import CliError, UsageError
 
-BOM = b"\xef\xbb\xbf"
 CHUNK = 1 << 20
 
 
@@ -151,15 +151,8 @@ def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
 
 
 def _decode(raw: bytes, number: int, offset: int, label: str) -> str:
-    """The text of one raw line (without "\\n", a final "\\r" and, on line 1, a BOM)."""
-    start = 0
-    if number == 1 and raw.startswith(BOM):
-        start = len(BOM)
-    end = len(raw)
-    if raw.endswith(b"\n"):
-        end -= 1
-    if end > start and raw[end - 1 : end] == b"\r":
-        end -= 1
+    """The text of one raw line (see `textlines.line_bounds`)."""
+    start, end = line_bounds(raw, first=number == 1)
     try:
         return raw[start:end].decode("utf-8")
     except UnicodeDecodeError as e:

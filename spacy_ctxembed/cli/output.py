@@ -41,6 +41,7 @@ import numpy
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
+from ..fileio import fsync_dir, umask, write_atomic, write_json
 from .errors import CliError, UsageError
 
 try:
@@ -100,46 +101,6 @@ def doc_to_host(doc: Doc) -> None:
     tensor = doc.tensor
     if tensor is not None and hasattr(tensor, "__cuda_array_interface__"):
         doc.tensor = to_host(tensor)
-
-
-# ---------------------------------------------------------------------------
-# Small file helpers
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name next to `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
-    _write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf8"))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def npy_header(rows: int, width: int) -> bytes:
@@ -298,8 +259,8 @@ class Run:
         except OSError as e:
             raise UsageError(f"--output {self.output}: cannot write in {self.output.parent}: {e.strerror}") from None
         try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give what mkdir would
-            _write_json(tmp / RUN, {"layout": LAYOUT, "layout_version": LAYOUT_VERSION, "run": self.identity})
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; give what mkdir would
+            write_json(tmp / RUN, {"layout": LAYOUT, "layout_version": LAYOUT_VERSION, "run": self.identity})
             (tmp / LEDGER).touch()
             self._acquire(tmp)  # locked before it has its name: no other run can take it
             try:
@@ -351,7 +312,7 @@ class Run:
                     break
                 shards.append(shard)
         self.committed = Committed(shards)
-        _write_atomic(self.dir / LEDGER, "".join(json.dumps(s) + "\n" for s in shards).encode("utf8"))
+        write_atomic(self.dir / LEDGER, "".join(json.dumps(s) + "\n" for s in shards).encode("utf8"))
         keep = {RUN, LEDGER, LOCK, MANIFEST} | {s["file"] for s in shards if "file" in s}
         if fmt == "npy":
             keep |= {VECTORS, DOCS}
@@ -385,12 +346,12 @@ class Run:
                 **manifest,
                 "run": self.identity,
             }
-            _write_json(self.dir / MANIFEST, manifest)
+            write_json(self.dir / MANIFEST, manifest)
         manifest = read_manifest(self.dir) or manifest
         for name in (RUN, LEDGER):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / name).unlink()
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         old: Optional[Path] = None
         state = _output_state(self.output)
         if state == "complete":
@@ -403,7 +364,7 @@ class Run:
         os.rename(self.dir, self.output)
         (self.output / LOCK).unlink()
         self._release()
-        _fsync_dir(self.output.parent)
+        fsync_dir(self.output.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest
@@ -565,7 +526,7 @@ class DocBinWriter(ShardWriter):
             return
         name = SHARD.format(len(self.run.committed.shards))
         data = self.doc_bin.to_bytes()
-        _write_atomic(self.run.dir / name, data)
+        write_atomic(self.run.dir / name, data)
         self.run.commit(self._shard_record(file=name, bytes=len(data)))
         self.doc_bin = DocBin(store_user_data=True)
 

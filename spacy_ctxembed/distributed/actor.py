@@ -1,0 +1,88 @@
+"""The work of one Ray actor: load the pipeline once, then embed whole shards."""
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy
+from thinc.api import to_numpy
+
+from ..pipeline.build import load_pipeline
+from ..pipeline.factories import CONTEXTUAL_FACTORIES
+from .shards import build_table, write_shard
+from .sources import Shard, read_shard
+
+
+class ShardEmbedder:
+    """A Ray Data callable class: `map_batches(ShardEmbedder, compute=ActorPoolStrategy(...))`.
+
+    Each input row is one planned shard (its `Shard` as JSON, column
+    ``shard``). The actor reads the shard's rows itself, runs them through
+    `nlp.pipe`, and commits the shard's Parquet file; it returns one summary
+    row per shard. A shard is the unit that Ray retries: if the actor dies,
+    the restarted actor writes the same file again, and the rename makes the
+    second write replace the first whole.
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        model: Optional[str],
+        config: Optional[str],
+        use_gpu: bool,
+        batch_size: int,
+        dtype: str,
+        threads: int,
+    ) -> None:
+        import torch
+
+        # Ray gives the actor its CPUs through OMP_NUM_THREADS; torch reads that
+        # only at start-up, so say it again in case torch was imported earlier.
+        torch.set_num_threads(max(threads, 1))
+        self.nlp = load_pipeline(model=model, config=config, gpu_id=0 if use_gpu else -1)
+        self.out_dir = Path(out_dir)
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.component = _primary_component(self.nlp)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: Dict[str, numpy.ndarray]) -> Dict[str, numpy.ndarray]:
+        summaries: Dict[str, List[Any]] = {key: [] for key in SUMMARY}
+        for spec in batch["shard"]:
+            summary = self.embed_shard(Shard.from_dict(json.loads(str(spec))))
+            for key in SUMMARY:
+                summaries[key].append(summary[key])
+        return {key: numpy.asarray(values) for key, values in summaries.items()}
+
+    def embed_shard(self, shard: Shard) -> Dict[str, Any]:
+        start = time.perf_counter()
+        docs, rejected = read_shard(shard)
+        doc_ids = [doc_id for doc_id, _ in docs]
+        texts, tokens, idx, vectors = [], [], [], []
+        for doc in self.nlp.pipe((text for _, text in docs), batch_size=self.batch_size):
+            rows = doc._.ctx_vectors
+            if rows is None:
+                raise ValueError(f"[{self.component}] left no vectors on a doc of shard {shard.index}")
+            texts.append(doc.text)
+            tokens.append([t.text for t in doc])
+            idx.append(numpy.array([t.idx for t in doc], dtype=numpy.int32))
+            vectors.append(to_numpy(rows))  # cupy on GPU
+        table = build_table(doc_ids, texts, tokens, idx, vectors, dtype=self.dtype)
+        write_shard(self.out_dir, shard, table, rejected,
+                    {"component": self.component, "dtype": self.dtype, "worker": self.worker})
+        return {"shard": shard.index, "docs": len(docs), "rejected": len(rejected),
+                "tokens": sum(len(t) for t in tokens), "seconds": time.perf_counter() - start,
+                "pid": os.getpid(), "host": socket.gethostname()}
+
+
+SUMMARY = ("shard", "docs", "rejected", "tokens", "seconds", "pid", "host")
+
+
+def _primary_component(nlp) -> str:
+    """The component whose vectors `doc._.ctx_vectors` holds: the last primary contextual one."""
+    names = [name for name in nlp.pipe_names
+             if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES
+             and getattr(nlp.get_pipe(name), "cfg", {}).get("primary", True)]
+    return names[-1] if names else "ctxembed"

@@ -1,0 +1,301 @@
+"""`embed_corpus`: embed a corpus on Ray Data, exactly once and resumable.
+
+OUTDIR holds:
+
+- ``manifest.json``: what the run is (the inputs' identities, the pipeline,
+  the shard size, the dtype), its shards' row ranges, and, once complete, the
+  totals. A rerun with the same OUTDIR and the same run resumes; a rerun of a
+  different run is refused unless `overwrite`.
+- ``shards/part-NNNNNN.parquet``: one file per shard (`shards`).
+- ``rejected.jsonl``: every input row that is not in the output, with its
+  doc id, source, line or row, and reason, in doc-id order.
+
+The driver plans the shards and checks the result; Ray Data does the rest:
+the actor pool, scheduling, back-pressure, and retrying the shard of an
+actor that died (its actors are restarted, and their tasks retried, without
+limit). Resuming needs nothing from Ray: a shard whose file is in
+``shards/`` is done.
+"""
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+from thinc.api import Config
+
+from ..about import __version__
+from ..fileio import fsync_dir, write_atomic, write_json
+from ..pipeline.build import NoContextualEmbedder
+from ..pipeline.factories import CONTEXTUAL_FACTORIES
+from .actor import ShardEmbedder
+from .shards import DTYPES, check_complete, committed
+from .sources import InputError, Shard, input_files, plan_shards
+
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+REJECTED = "rejected.jsonl"
+LOCK = ".lock"
+OWN_FILES = (MANIFEST, SHARDS, REJECTED, LOCK, f".{MANIFEST}.tmp", f".{REJECTED}.tmp")
+# A shard whose actor keeps dying (out of memory on a huge doc, a crash in the
+# model) is retried this many times, then the run fails naming it.
+MAX_TASK_RETRIES = 4
+
+
+class OutputInUse(RuntimeError):
+    """Another run holds OUTDIR."""
+
+
+def embed_corpus(
+    inputs: Union[str, Path, Sequence[Union[str, Path]]],
+    out_dir: Union[str, Path],
+    *,
+    model: Optional[str] = None,
+    config: Optional[Union[Path, Config]] = None,
+    input_format: Optional[str] = None,
+    text_key: str = "text",
+    shard_size: int = 1000,
+    batch_size: int = 32,
+    actors: int = 2,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    dtype: str = "float32",
+    address: Optional[str] = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_shard: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> Dict[str, Any]:
+    """Embed `inputs` into Parquet shards in `out_dir` with a pool of Ray actors.
+
+    inputs: text files (one doc per line), JSONL files (`text_key` field), Parquet
+        files (`text_key` column), or directories of them.
+    model / config: the pipeline each actor loads (a saved pipeline, or a config to
+        build one); neither: blank English + `ctxembed_bert` with the embedded model.
+    shard_size: input rows per shard file: the unit of work, of retry and of resume.
+    batch_size: docs per `nlp.pipe` batch inside an actor.
+    actors, cpus_per_actor, gpus_per_actor: the actor pool (`gpus_per_actor > 0`
+        puts each actor's pipeline on its GPU; fractions share a GPU).
+    dtype: "float32" or "float16" vectors.
+    address: a running Ray cluster ("auto", "ray://host:10001", ...); None starts
+        a local Ray (and stops it at the end). If this process has already
+        called `ray.init`, that Ray is used and `address` must be None.
+    on_shard: called on the driver with each finished shard's summary.
+
+    Returns the manifest: the run's identity and totals (docs, rejected), with
+    ``already_complete: True`` when `out_dir` held this run complete already.
+    """
+    _check_settings(shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor, dtype)
+    if model is not None and config is not None:
+        raise ValueError("give either a model or a config, not both")
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files = input_files([str(p) for p in paths], input_format)
+    shards, identities = plan_shards(files, shard_size, text_key)
+    config_text = None if config is None else (
+        # Uninterpolated, as the CLI reads it: the same file gives the same hash either way.
+        config.to_str() if isinstance(config, Config) else Config().from_disk(config, interpolate=False).to_str())
+    _check_pipeline(model, config_text)
+    identity = {
+        "inputs": identities, "text_key": text_key, "shard_size": shard_size, "dtype": dtype,
+        "model": _model_identity(model),
+        "config_sha256": None if config_text is None else hashlib.sha256(config_text.encode("utf8")).hexdigest(),
+    }
+    # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).
+    out = Path(out_dir).resolve()
+    model = str(Path(model).resolve()) if model is not None and Path(model).exists() else model
+    with _locked(out):
+        manifest = _prepare(out, identity, shards, overwrite)
+        shard_dir = out / SHARDS
+        done = committed(shard_dir, shards)
+        if manifest.get("complete") and len(done) == len(shards):
+            return {**manifest, "already_complete": True}
+        pending = [s for s in shards if s.index not in done]
+        if pending:
+            _run_ray(pending, shard_dir, model, config_text, batch_size, actors, cpus_per_actor, gpus_per_actor,
+                     dtype, address, progress, on_shard)
+        n_docs, rejected = check_complete(shard_dir, shards)
+        fsync_dir(shard_dir)  # the shards' renames are durable before the manifest says complete
+        _write_lines(out / REJECTED, rejected)
+        manifest.update(complete=True, docs=n_docs, rejected=len(rejected), rows=n_docs + len(rejected),
+                        resumed_shards=len(done))
+        write_json(out / MANIFEST, manifest)
+        return manifest
+
+
+def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
+    """Fail on the driver, before Ray starts, when the pipeline cannot give vectors:
+    a model that is neither a directory nor an installed package, or a config
+    (the model's own or the given one) without a ctxembed component."""
+    if model is not None:
+        path = Path(model)
+        if not path.exists():
+            from spacy.util import is_package
+
+            if not is_package(model):
+                raise ValueError(f"embed_corpus: model = {model!r}: no such directory or installed pipeline package")
+            return
+        if not (path / "config.cfg").is_file():
+            raise ValueError(f"embed_corpus: model = {model!r}: not a saved spaCy pipeline (no config.cfg)")
+        config_text = (path / "config.cfg").read_text(encoding="utf8")
+    if config_text is None:
+        return  # the default pipeline
+    components = Config().from_str(config_text, interpolate=False).get("components", {})
+    factories = {name: block.get("factory") for name, block in components.items() if isinstance(block, dict)}
+    if not any(factory in CONTEXTUAL_FACTORIES for factory in factories.values()):
+        raise NoContextualEmbedder(
+            f"the pipeline has no contextual embedder ({', '.join(CONTEXTUAL_FACTORIES)}); "
+            f"its components are: {list(factories)}"
+        )
+
+
+def _model_identity(model: Optional[str]) -> Dict[str, Optional[str]]:
+    """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
+    weights), so a resumed run never mixes vectors of a pipeline edited in between."""
+    if model is None:
+        from ..models.hf_loading import resolve_model_dir
+
+        default_dir = resolve_model_dir(None, component="embed_corpus")
+        return {"name": None, "sha256": _tree_sha256(default_dir), "ctxembed": __version__}
+    path = Path(model)
+    if path.exists():
+        return {"name": str(path.resolve()), "sha256": _tree_sha256(path), "ctxembed": __version__}
+    from spacy.util import get_package_version
+
+    return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
+
+
+def _tree_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("actors", actors)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"embed_corpus: {name} = {value!r}; expected a positive integer")
+    if not cpus > 0:
+        raise ValueError(f"embed_corpus: cpus_per_actor = {cpus!r}; expected a positive number")
+    if not gpus >= 0:
+        raise ValueError(f"embed_corpus: gpus_per_actor = {gpus!r}; expected 0 (CPU) or a positive number")
+    if dtype not in DTYPES:
+        raise ValueError(f"embed_corpus: dtype = {dtype!r}; expected one of {', '.join(DTYPES)}")
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputInUse(f"{out} is in use by another embed run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite: bool) -> Dict[str, Any]:
+    """The run's manifest: the recorded one when this is the same run (resume), else a new one.
+
+    Only an embed run's own files are ever deleted (with `overwrite`): a
+    directory that holds anything else is refused.
+    """
+    path = out / MANIFEST
+    recorded = _read_json(path)
+    if recorded is not None and recorded.get("identity") == identity and not overwrite:
+        return recorded
+    others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+    if others:
+        raise FileExistsError(f"{out} holds files that are not an embed run's ({', '.join(others[:5])}); "
+                              "choose another output directory")
+    if recorded is not None and not overwrite:
+        known = recorded.get("identity")
+        if not isinstance(known, dict):
+            raise FileExistsError(f"{out / MANIFEST} is unreadable; use another output directory, or overwrite")
+        changed = sorted(k for k in identity if known.get(k) != identity[k])
+        raise FileExistsError(f"{out} holds a run of a different input or settings (differs in: "
+                              f"{', '.join(changed)}); use another output directory, or overwrite")
+    if (out / SHARDS).exists() and recorded is None and not overwrite:
+        raise FileExistsError(f"{out} holds shards but no {MANIFEST}; use another output directory, or overwrite")
+    for name in (MANIFEST, REJECTED):
+        (out / name).unlink(missing_ok=True)
+    if (out / SHARDS).is_dir():
+        shutil.rmtree(out / SHARDS)
+    (out / SHARDS).mkdir()
+    manifest = {"version": __version__, "identity": identity, "complete": False,
+                "shards": [s.to_dict() for s in shards]}
+    write_json(path, manifest)
+    return manifest
+
+
+def _run_ray(
+    pending: List[Shard], shard_dir: Path, model: Optional[str], config: Optional[str], batch_size: int,
+    actors: int, cpus: float, gpus: float, dtype: str, address: Optional[str], progress: bool,
+    on_shard: Optional[Callable[[Dict[str, Any]], None]],
+) -> None:
+    import ray
+    from tqdm import tqdm
+
+    for stale in shard_dir.glob(".part-*.tmp"):  # an interrupted write: the shard is redone
+        stale.unlink(missing_ok=True)
+    started = not ray.is_initialized()
+    if not started and address is not None:
+        raise ValueError(f"embed_corpus: address = {address!r}, but this process is already connected to Ray; "
+                         "leave address out to use that Ray")
+    if started:
+        # A local Ray gets the machine's CPUs, or as many as the pool asks for.
+        num_cpus = None if address else max(os.cpu_count() or 1, math.ceil(actors * cpus))
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    try:
+        items = [{"shard": json.dumps(s.to_dict())} for s in pending]
+        source = ray.data.from_items(items, override_num_blocks=len(items))
+        source.context.enable_progress_bars = False  # this dataset's copy of the context: one bar, ours
+        ds = source.map_batches(
+            ShardEmbedder,
+            fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,
+                                   "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
+                                   "threads": max(int(cpus), 1)},
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
+        )
+        total = sum(s.n_rows for s in pending)
+        bar = tqdm(total=total, unit="row", desc="embedding (ray)", disable=not progress, file=sys.stderr)
+        rejected = 0
+        with bar:
+            for row in ds.iter_rows():
+                summary = {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
+                bar.update(summary["docs"] + summary["rejected"])
+                rejected += summary["rejected"]
+                bar.set_postfix(rejected=rejected, refresh=False)
+                if on_shard is not None:
+                    on_shard(summary)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(path.read_text(encoding="utf8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}
+
+
+def _write_lines(path: Path, records: List[Dict[str, Any]]) -> None:
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf8"))
+
+
+__all__ = ["InputError", "OutputInUse", "embed_corpus"]

@@ -1,0 +1,50 @@
+"""Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
+from pathlib import Path
+from typing import Optional, Union
+
+import spacy
+from spacy.language import Language
+from spacy.util import load_config, load_model_from_config
+from thinc.api import Config
+
+from .factories import CONTEXTUAL_FACTORIES
+
+
+class NoContextualEmbedder(ValueError):
+    """The pipeline has none of the ctxembed components, so it would write no vectors."""
+
+
+def load_pipeline(
+    model: Optional[str] = None, config: Optional[Union[Path, str, Config]] = None, gpu_id: int = -1
+) -> Language:
+    """The pipeline to run: a saved one (`model`: a path or package), one built
+    from `config` (a path, a config string or a loaded `Config`), or blank
+    English plus `ctxembed_bert` with the embedded default model.
+
+    `gpu_id >= 0` puts it on that GPU (spaCy's `require_gpu`).
+    """
+    if model is not None and config is not None:
+        raise ValueError("give either a model or a config, not both")
+    if gpu_id >= 0:
+        spacy.require_gpu(gpu_id)
+    if model is not None:
+        nlp = spacy.load(model)
+    elif config is not None:
+        if isinstance(config, Config):
+            loaded = config
+        elif isinstance(config, Path):
+            loaded = load_config(config)
+        else:
+            loaded = Config().from_str(config)
+        nlp = load_model_from_config(loaded, auto_fill=True)
+        nlp.initialize()
+    else:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert")
+        nlp.initialize()
+    if not any(nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES for name in nlp.pipe_names):
+        raise NoContextualEmbedder(
+            f"the pipeline has no contextual embedder ({', '.join(CONTEXTUAL_FACTORIES)}); "
+            f"its components are: {nlp.pipe_names}"
+        )
+    return nlp

@@ -1,0 +1,20 @@
+"""Where a line's text starts and ends: one rule for every reader of line-based input.
+
+Lines are split on "\\n" only. A trailing "\\r" (CRLF files) is not part of the
+text, nor is a UTF-8 byte order mark at the very start of a file; every other
+character, form feed, "\\x85" and "\\u2028" included, stays inside its line.
+"""
+from typing import Tuple
+
+BOM = b"\xef\xbb\xbf"
+
+
+def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:
+    """(start, end) of the text in `raw`, one line with or without its "\\n"; `first`: the file's first line."""
+    start = len(BOM) if first and raw.startswith(BOM) else 0
+    end = len(raw)
+    if raw.endswith(b"\n"):
+        end -= 1
+    if end > start and raw[end - 1 : end] == b"\r":
+        end -= 1
+    return start, end

@@ -1,0 +1,299 @@
+"""The distributed run's files without Ray: planning and reading input shards,
+writing shard files, proving completeness, and rows back to docs.
+
+References are independent: Python's own `bytes.split(b"\\n")`, `json.loads`
+and pyarrow's reading of the whole file, never the planner read back by itself.
+"""
+import json
+import os
+
+import numpy
+import pytest
+import spacy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from spacy_ctxembed.distributed.shards import (  # noqa: E402
+    ShardMismatch,
+    build_table,
+    check_complete,
+    committed,
+    docs_from_table,
+    shard_name,
+    write_shard,
+)
+from spacy_ctxembed.distributed.sources import InputError, input_files, plan_shards, read_shard  # noqa: E402
+
+
+def _read_all(path, shard_size, kind=None, text_key="text"):
+    shards, identities = plan_shards(input_files([str(path)], kind), shard_size, text_key)
+    docs, rejected = [], []
+    for shard in shards:
+        d, r = read_shard(shard)
+        docs += d
+        rejected += r
+    return shards, identities, docs, rejected
+
+
+# Lines with the bytes that matter most often: a BOM, "\r", blanks, invalid UTF-8.
+PIECES = st.sampled_from([b"\xef\xbb\xbf", b"\r", b" ", b"\t", b"a", b"\xc3\xa9", b"\xff", b"\xc3", b"\x85"])
+LINE = st.one_of(st.binary(max_size=12), st.lists(PIECES, max_size=6).map(b"".join)).filter(lambda b: b"\n" not in b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(LINE, min_size=1, max_size=20), shard_size=st.integers(1, 7), trailing=st.booleans())
+def test_text_rows_match_a_plain_split(tmp_path_factory, lines, shard_size, trailing):
+    path = tmp_path_factory.mktemp("t") / "in.txt"
+    data = b"\n".join(lines) + (b"\n" if trailing else b"")
+    path.write_bytes(data)
+    # The reference: split on "\n" only (a final "\n" ends the last line), drop a
+    # final "\r" and a leading BOM, decode or reject; blank is rejected.
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()
+    if not parts:
+        with pytest.raises(InputError, match="no rows"):
+            _read_all(path, shard_size)
+        return
+    shards, _, docs, rejected = _read_all(path, shard_size)
+    expected_docs, expected_rejected = [], []
+    for i, raw in enumerate(parts):
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if i == 0 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            expected_rejected.append(i)
+            continue
+        (expected_docs.append((i, text)) if text.strip() else expected_rejected.append(i))
+    assert docs == expected_docs
+    assert [r.doc_id for r in rejected] == expected_rejected
+    assert [r.line for r in rejected] == [i + 1 for i in expected_rejected]
+    assert sum(s.n_rows for s in shards) == len(parts)
+    assert all(s.n_rows <= shard_size for s in shards)
+
+
+def test_text_rejections_say_why(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfone\r\n\n   \nbad \xff byte\ntwo")
+    _, identities, docs, rejected = _read_all(path, 2)
+    assert docs == [(0, "one"), (4, "two")]
+    assert [(r.doc_id, r.line, r.reason) for r in rejected] == [
+        (1, 2, "empty line"), (2, 3, "blank line (whitespace only)"),
+        (3, 4, "not UTF-8: byte 0xff at column 5"),
+    ]
+    assert identities[0]["rows"] == 5
+    path.write_bytes(b"\xef\xbb\xbfa\xffb\n")  # the column counts from after the BOM
+    assert _read_all(path, 2)[3][0].reason == "not UTF-8: byte 0xff at column 2"
+
+
+def test_jsonl_rows_and_rejections(tmp_path):
+    path = tmp_path / "in.jsonl"
+    records = [{"text": "first doc", "id": 1}, "not an object", None, {"text": None}, {"body": "x"},
+               {"text": 3}, {"text": "  "}, {"text": "last doc"}]
+    lines = [json.dumps(r) if r is not None else "{broken" for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    _, _, docs, rejected = _read_all(path, 3)
+    assert docs == [(0, "first doc"), (7, "last doc")]
+    reasons = {r.doc_id: r.reason for r in rejected}
+    assert reasons[1] == "not a JSON object: str"
+    assert reasons[2].startswith("not JSON: ")
+    assert reasons[3] == "field 'text' is null, not a string"
+    assert reasons[4] == "no field 'text'"
+    assert reasons[5] == "field 'text' is int, not a string"
+    assert reasons[6] == "blank text (whitespace only)"
+
+
+def test_jsonl_wrong_text_key_is_one_clear_error(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"body": "a", "id": 1}\n{"body": "b"}\n', encoding="utf8")
+    with pytest.raises(InputError, match=r"no field 'text' \(--text-key\); its fields: body, id"):
+        _read_all(path, 10)
+    assert [t for _, t in _read_all(path, 10, text_key="body")[2]] == ["a", "b"]
+
+
+def test_parquet_rows_across_row_groups(tmp_path):
+    path = tmp_path / "in.parquet"
+    texts = [f"doc number {i}" if i % 5 else None for i in range(23)]
+    texts[7] = ""
+    pq.write_table(pa.table({"id": list(range(23)), "body": texts}), path, row_group_size=4)
+    shards, _, docs, rejected = _read_all(path, 6, text_key="body")
+    reference = pq.read_table(path).column("body").to_pylist()
+    assert docs == [(i, t) for i, t in enumerate(reference) if t]
+    assert [(r.doc_id, r.row, r.reason) for r in rejected] == [
+        (i, i, "null text" if t is None else "empty text") for i, t in enumerate(reference) if not t
+    ]
+    assert [s.n_rows for s in shards] == [6, 6, 6, 5]
+
+
+def test_parquet_column_errors(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"body": ["a"], "n": [1]}), path)
+    with pytest.raises(InputError, match=r"no column 'text' \(--text-key\); its columns: body, n"):
+        _read_all(path, 10)
+    with pytest.raises(InputError, match="column 'n' holds int64, not strings"):
+        _read_all(path, 10, text_key="n")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="not a readable Parquet file"):
+        _read_all(broken, 10)
+
+
+def test_doc_ids_run_on_across_files_of_a_directory(tmp_path):
+    (tmp_path / "b.txt").write_text("three\nfour\n", encoding="utf8")
+    (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf8")
+    (tmp_path / ".hidden.txt").write_text("never\n", encoding="utf8")
+    _, identities, docs, _ = _read_all(tmp_path, 10)
+    assert docs == [(0, "one"), (1, "two"), (2, "three"), (3, "four")]
+    assert [os.path.basename(i["path"]) for i in identities] == ["a.txt", "b.txt"]
+
+
+def test_a_subdirectory_is_an_error_not_skipped(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n", encoding="utf8")
+    (tmp_path / "part=1").mkdir()
+    with pytest.raises(InputError, match=r"has subdirectories \(part=1\)"):
+        input_files([str(tmp_path)])
+
+
+def test_input_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="no such file or directory"):
+        input_files([str(tmp_path / "missing.txt")])
+    (tmp_path / "x.csv").write_text("a\n", encoding="utf8")
+    with pytest.raises(InputError, match="cannot tell its format"):
+        input_files([str(tmp_path / "x.csv")])
+    assert input_files([str(tmp_path / "x.csv")], "text")[0][1] == "text"
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="no rows"):
+        plan_shards(input_files([str(empty)]), 10)
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.txt"
+        locked.write_text("a\n", encoding="utf8")
+        locked.chmod(0)
+        with pytest.raises(InputError, match="permission denied"):
+            input_files([str(locked)])
+
+
+def test_a_file_changed_after_planning_is_refused(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 10)
+    path.write_text("one\ntwo\nthree\n", encoding="utf8")
+    with pytest.raises(InputError, match="changed since the run was planned"):
+        read_shard(shards[0])
+
+
+# Shard files -----------------------------------------------------------------
+
+
+def _docs(texts):
+    nlp = spacy.blank("en")
+    return [nlp(t) for t in texts]
+
+
+def _table_for(docs, doc_ids, seed=0, dtype="float32"):
+    rng = numpy.random.default_rng(seed)
+    vectors = [rng.normal(size=(len(d), 5)).astype(numpy.float32) for d in docs]
+    table = build_table(doc_ids, [d.text for d in docs], [[t.text for t in d] for d in docs],
+                        [numpy.array([t.idx for t in d], numpy.int32) for d in docs], vectors, dtype=dtype)
+    return table, vectors
+
+
+def test_rows_rebuild_docs_with_their_vectors(tmp_path):
+    docs = _docs(["I ran  to the park.\n", " Leading space", "Tabs\tand\u00a0odd   gaps!"])
+    table, vectors = _table_for(docs, [4, 5, 9])
+    pq.write_table(table, tmp_path / "s.parquet")
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.schema.field("vectors").type == pa.list_(pa.list_(pa.float32()))
+    assert table.schema.field("idx").type == pa.list_(pa.int32())
+    rebuilt = list(docs_from_table(table, spacy.blank("en").vocab))
+    for doc, new, rows, doc_id in zip(docs, rebuilt, vectors, [4, 5, 9]):
+        assert new.text == doc.text and [t.text for t in new] == [t.text for t in doc]
+        assert new.user_data["doc_id"] == doc_id
+        numpy.testing.assert_array_equal(numpy.stack([t.vector for t in new]), rows)
+        numpy.testing.assert_allclose(new[0:2].vector, rows[0:2].mean(axis=0), rtol=1e-6)
+        assert new[0].has_vector
+    # pandas rows work the same way
+    again = list(docs_from_table(table.to_pandas(), spacy.blank("en").vocab))
+    numpy.testing.assert_array_equal(again[2]._.ctx_vectors, vectors[2])
+
+
+def test_float16_rows(tmp_path):
+    docs = _docs(["a b c"])
+    table, vectors = _table_for(docs, [0], dtype="float16")
+    assert table.schema.field("vectors").type == pa.list_(pa.list_(pa.float16()))
+    pq.write_table(table, tmp_path / "h.parquet")
+    doc = next(docs_from_table(pq.read_table(tmp_path / "h.parquet"), spacy.blank("en").vocab))
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, vectors[0].astype(numpy.float16).astype(numpy.float32))
+
+
+def test_rows_whose_tokens_do_not_rebuild_the_text_are_refused():
+    table = pa.table({"doc_id": [0], "text": ["a b"], "tokens": [["a", "c"]], "idx": [[0, 2]],
+                      "vectors": [[[1.0], [2.0]]]})
+    with pytest.raises(ValueError, match="doc 0: its tokens and offsets do not rebuild its text"):
+        list(docs_from_table(table, spacy.blank("en").vocab))
+
+
+def _plan_and_write(tmp_path, lines, shard_size):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), shard_size)
+    out = tmp_path / "shards"
+    out.mkdir()
+    for shard in shards:
+        rows, rejected = read_shard(shard)
+        docs = _docs([t for _, t in rows])
+        table, _ = _table_for(docs, [i for i, _ in rows], seed=shard.index)
+        write_shard(out, shard, table, rejected, {"component": "x"})
+    return shards, out
+
+
+def test_check_complete_accepts_every_row_once(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "", "b", "c", "  ", "d", "e"], 3)
+    n_docs, rejected = check_complete(out, shards)
+    assert n_docs == 5 and [r["doc_id"] for r in rejected] == [1, 4]
+    assert set(committed(out, shards)) == {0, 1, 2}
+    assert not list(out.glob(".*"))  # no temporary files left
+
+
+def test_check_complete_finds_a_lost_doc(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
+    path = out / shard_name(1)
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, 1).replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(ShardMismatch, match=r"1 missing \(doc ids \[3\]\), 0 more than once"):
+        check_complete(out, shards)
+
+
+def test_check_complete_finds_a_duplicated_doc(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
+    path = out / shard_name(0)
+    table = pq.read_table(path)
+    doubled = pa.concat_tables([table, table.slice(1, 1)])
+    pq.write_table(doubled.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(ShardMismatch, match=r"0 missing \(doc ids \[\]\), 1 more than once \(doc ids \[1\]\)"):
+        check_complete(out, shards)
+
+
+def test_check_complete_finds_a_doc_in_the_wrong_shard_and_a_missing_shard(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
+    path = out / shard_name(0)
+    table = pq.read_table(path)
+    moved = table.set_column(0, "doc_id", pa.array([0, 2], pa.int64()))
+    pq.write_table(moved.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(ShardMismatch, match=r"shard 0 holds doc ids outside its rows: \[2\]"):
+        check_complete(out, shards)
+    path.unlink()
+    assert set(committed(out, shards)) == {1}
+    with pytest.raises(ShardMismatch, match="shard 0 .* is missing"):
+        check_complete(out, shards)
+
+
+def test_an_unreadable_shard_file_is_not_committed(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
+    (out / shard_name(1)).write_bytes(b"truncated")
+    assert set(committed(out, shards)) == {0}

@@ -1,0 +1,257 @@
+"""`embed_corpus` and `embed --ray` on a local Ray (2 CPUs): complete, exactly once,
+resumable, surviving a killed actor, and equal to a single-process `nlp.pipe`.
+"""
+import json
+import os
+import shutil
+import signal
+import threading
+
+import numpy
+import pytest
+import spacy
+from typer.testing import CliRunner
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from spacy_ctxembed.cli import app  # noqa: E402
+from spacy_ctxembed.distributed import embed_corpus, read_docs  # noqa: E402
+from spacy_ctxembed.distributed.shards import shard_name  # noqa: E402
+
+from .conftest import make_nlp  # noqa: E402
+
+SENTENCES = [
+    "I ran to the park this morning.", "She ran significance tests on the data.", "The bank raised its rates.",
+    "We sat on the river bank.", "Time flies like an arrow.", "Fruit flies like a banana.",
+    "He left the keys on the right.", "Turn left, then right at the light.",
+]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory, tiny_bert_dir):
+    path = tmp_path_factory.mktemp("pipeline") / "nlp"
+    make_nlp(tiny_bert_dir).to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """60 lines: sentences (some long, some repeated) and the rows that must be rejected."""
+    rng = numpy.random.default_rng(0)
+    lines = []
+    for i in range(60):
+        if i % 13 == 5:
+            lines.append(b"")
+        elif i % 17 == 3:
+            lines.append(b"bad \xff\xfe bytes")
+        elif i % 19 == 7:
+            lines.append(b"   \t ")
+        else:
+            picked = rng.choice(SENTENCES, size=1 + i % 4)
+            lines.append(" ".join(picked).encode("utf8"))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path, lines
+
+
+@pytest.fixture(scope="module")
+def reference(pipeline_dir, corpus):
+    """What one process gives: `nlp.pipe` over the good lines, by doc id."""
+    nlp = spacy.load(pipeline_dir)
+    _, lines = corpus
+    good = {i: raw.decode("utf8") for i, raw in enumerate(lines) if _is_good(raw)}
+    docs = nlp.pipe(good.values(), batch_size=7)
+    return {i: (doc.text, [t.text for t in doc], doc._.ctx_vectors) for i, doc in zip(good, docs)}
+
+
+def _is_good(raw):
+    try:
+        return bool(raw.decode("utf8").strip())
+    except UnicodeDecodeError:
+        return False
+
+
+def _assert_matches(out, reference, n_rows):
+    table = pq.read_table(out / "shards")
+    ids = table.column("doc_id").to_pylist()
+    assert ids == sorted(reference), "every good row once, in doc-id order"
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(ids + [r["doc_id"] for r in rejected]) == list(range(n_rows))
+    for doc_id, text, tokens, vectors in zip(ids, table.column("text").to_pylist(),
+                                             table.column("tokens").to_pylist(), table.column("vectors").to_pylist()):
+        ref_text, ref_tokens, ref_vectors = reference[doc_id]
+        assert (text, tokens) == (ref_text, ref_tokens)
+        numpy.testing.assert_allclose(numpy.asarray(vectors, numpy.float32), ref_vectors, atol=1e-5, rtol=0)
+    return rejected
+
+
+def test_embed_corpus_is_complete_and_equals_one_process(local_ray, pipeline_dir, corpus, reference, tmp_path):
+    path, lines = corpus
+    summaries = []
+    manifest = embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), shard_size=8, batch_size=3,
+                            actors=2, progress=False, on_shard=summaries.append)
+    rejected = _assert_matches(tmp_path / "out", reference, len(lines))
+    assert [r["reason"] for r in rejected if r["doc_id"] == 3] == ["not UTF-8: byte 0xff at column 5"]
+    assert {r["doc_id"] for r in rejected} == {i for i, raw in enumerate(lines) if not _is_good(raw)}
+    assert manifest["complete"] and manifest["docs"] == len(reference) and manifest["rejected"] == len(rejected)
+    assert sorted(s["shard"] for s in summaries) == list(range(8))
+    schema = pq.read_schema(tmp_path / "out" / "shards" / shard_name(0))
+    assert str(schema.field("vectors").type) == "list<element: list<element: float>>"
+    # Rows back to docs: the vectors and the hooks.
+    nlp = spacy.blank("en")
+    docs = list(read_docs(tmp_path / "out", nlp.vocab))
+    assert [d.user_data["doc_id"] for d in docs] == sorted(reference)
+    first = docs[0]
+    numpy.testing.assert_allclose(first[1].vector, reference[first.user_data["doc_id"]][2][1], atol=1e-5)
+    assert first[1].similarity(first[1]) == pytest.approx(1.0)
+
+
+def test_rerun_resumes_and_redoes_only_what_is_missing(local_ray, pipeline_dir, corpus, reference, tmp_path):
+    path, lines = corpus
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(pipeline_dir), shard_size=8, actors=2, progress=False)
+    shards = out / "shards"
+    kept_mtime = (shards / shard_name(0)).stat().st_mtime_ns
+    # An interrupted run: two shards not committed, one written half, a temporary file left over.
+    (shards / shard_name(2)).unlink()
+    (shards / shard_name(5)).write_bytes(b"PAR1 half a file")
+    (shards / f".{shard_name(6)}.abc.tmp").write_bytes(b"partial")
+    (out / "rejected.jsonl").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    redone = []
+    again = embed_corpus(path, out, model=str(pipeline_dir), shard_size=8, actors=2, progress=False,
+                         on_shard=redone.append)
+    assert sorted(s["shard"] for s in redone) == [2, 5]
+    assert again["resumed_shards"] == 6
+    assert (shards / shard_name(0)).stat().st_mtime_ns == kept_mtime
+    assert not list(shards.glob(".*"))
+    _assert_matches(out, reference, len(lines))
+    # Complete: a third run does nothing.
+    third = []
+    done = embed_corpus(path, out, model=str(pipeline_dir), shard_size=8, actors=2, progress=False,
+                        on_shard=third.append)
+    assert third == [] and done["already_complete"]
+
+
+def test_another_run_into_the_same_outdir_is_refused(local_ray, pipeline_dir, corpus, tmp_path):
+    path, _ = corpus
+    model = tmp_path / "nlp"
+    shutil.copytree(pipeline_dir, model)
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=30, actors=1, progress=False)
+    with pytest.raises(FileExistsError, match=r"differs in: shard_size"):
+        embed_corpus(path, out, model=str(model), shard_size=20, actors=1, progress=False)
+    # An edited saved pipeline is another pipeline: its vectors must not be mixed with the old ones.
+    meta = json.loads((model / "meta.json").read_text())
+    (model / "meta.json").write_text(json.dumps({**meta, "version": "0.0.2"}))
+    with pytest.raises(FileExistsError, match=r"differs in: model"):
+        embed_corpus(path, out, model=str(model), shard_size=30, actors=1, progress=False)
+    manifest = embed_corpus(path, out, model=str(model), shard_size=20, actors=1, progress=False,
+                            overwrite=True)
+    assert len(manifest["shards"]) == 3 and len(list((out / "shards").glob("*.parquet"))) == 3
+    # Overwriting only ever deletes an embed run's own files.
+    (out / "notes.txt").write_text("mine", encoding="utf8")
+    with pytest.raises(FileExistsError, match=r"holds files that are not an embed run's \(notes.txt\)"):
+        embed_corpus(path, out, model=str(model), shard_size=10, actors=1, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text(encoding="utf8") == "mine"
+    assert len(list((out / "shards").glob("*.parquet"))) == 3
+
+
+def test_a_killed_actor_is_retried_and_nothing_is_lost(local_ray, pipeline_dir, tmp_path):
+    """SIGKILL an actor as soon as its first shard is reported. Each shard takes a
+    while and Ray Data keeps several shards in flight per actor, so the killed
+    actor dies inside a shard with more queued: Ray must restart it and retry
+    them. The output must still hold every row once, equal to one process."""
+    lines = [" ".join([SENTENCES[(i + j) % len(SENTENCES)] for j in range(12)]) for i in range(24 * 15)]
+    for i in range(0, len(lines), 37):
+        lines[i] = ""  # rejected rows must survive the retry too
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    nlp = spacy.load(pipeline_dir)
+    good = {i: text for i, text in enumerate(lines) if text}
+    reference = {i: (doc.text, [t.text for t in doc], doc._.ctx_vectors)
+                 for i, doc in zip(good, nlp.pipe(good.values(), batch_size=32))}
+    out = tmp_path / "out"
+    killed = {}
+    summaries = []
+
+    def on_shard(summary):
+        summaries.append(summary)
+        if not killed:
+            killed["pid"] = summary["pid"]
+            killed["done_before"] = len(list((out / "shards").glob("*.parquet")))
+            os.kill(summary["pid"], signal.SIGKILL)
+
+    manifest = embed_corpus(path, out, model=str(pipeline_dir), shard_size=15, batch_size=32, actors=2,
+                            progress=False, on_shard=on_shard)
+    assert killed["done_before"] < 24 - 4, "the kill came while shards were still to do"
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)
+    _assert_matches(out, reference, len(lines))
+    assert manifest["docs"] == len(good) and manifest["rejected"] == len(lines) - len(good)
+    assert sorted(s["shard"] for s in summaries) == list(range(24)), "every shard reported exactly once"
+
+
+def test_concurrent_runs_into_one_outdir_are_refused(local_ray, pipeline_dir, corpus, tmp_path):
+    from spacy_ctxembed.distributed import OutputInUse
+    from spacy_ctxembed.distributed.run import _locked
+
+    out = tmp_path / "out"
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with _locked(out):
+            entered.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(10)
+    try:
+        with pytest.raises(OutputInUse, match="is in use by another embed run"):
+            embed_corpus(corpus[0], out, model=str(pipeline_dir), progress=False)
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_cli_ray_embeds_jsonl_and_parquet_float16(local_ray, pipeline_dir, reference, corpus, tmp_path):
+    _, lines = corpus
+    good = sorted(reference)
+    records = [json.dumps({"body": reference[i][0]}) if i in reference else '{"other": 1}' for i in range(len(lines))]
+    (tmp_path / "in.jsonl").write_text("\n".join(records) + "\n", encoding="utf8")
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out"), "--ray",
+                                 "--model", str(pipeline_dir), "--actors", "2", "--shard-size", "16",
+                                 "--batch-size", "4", "--text-key", "body"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "Parquet shards" in result.output
+    table = pq.read_table(tmp_path / "out" / "shards")
+    assert table.column("doc_id").to_pylist() == good
+    rejected = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in rejected} == {"no field 'body'"}
+
+    import pyarrow as pa
+
+    texts = [reference[i][0] if i in reference else None for i in range(len(lines))]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet", row_group_size=7)
+    result = runner.invoke(app, ["embed", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "pq"), "--ray",
+                                 "--model", str(pipeline_dir), "--actors", "1", "--shard-size", "25", "--float16"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "pq" / "shards")
+    assert str(table.schema.field("vectors").type) == "list<element: list<element: halffloat>>"
+    assert table.column("doc_id").to_pylist() == good
+    for doc_id, vectors in zip(good, table.column("vectors").to_pylist()):
+        expected = reference[doc_id][2]
+        numpy.testing.assert_allclose(numpy.asarray(vectors, numpy.float32), expected, rtol=1e-3, atol=1e-3)
