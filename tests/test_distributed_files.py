@@ -231,6 +231,13 @@ def test_float16_rows(tmp_path):
     numpy.testing.assert_array_equal(doc._.ctx_vectors, vectors[0].astype(numpy.float16).astype(numpy.float32))
 
 
+def test_a_shard_too_big_for_parquet_lists_is_refused_naming_the_setting():
+    n, width = 2**16, 2**15  # 2**31 values: one past what int32 list offsets can address
+    huge = numpy.broadcast_to(numpy.zeros(1, numpy.float32), (n, width))  # no memory behind it
+    with pytest.raises(ValueError, match=r"more values than a Parquet list can hold.*--shard-size"):
+        build_table([0], ["x"], [["x"] * n], [numpy.zeros(n, numpy.int32)], [huge])
+
+
 def test_rows_whose_tokens_do_not_rebuild_the_text_are_refused():
     table = pa.table({"doc_id": [0], "text": ["a b"], "tokens": [["a", "c"]], "idx": [[0, 2]],
                       "vectors": [[[1.0], [2.0]]]})
@@ -260,31 +267,31 @@ def test_check_complete_accepts_every_row_once(tmp_path):
     assert not list(out.glob(".*"))  # no temporary files left
 
 
+def _tamper(out, index, change):
+    """Rewrite shard `index`'s file with `change(table)`, keeping its metadata (what a buggy writer would do)."""
+    path = out / shard_name(index)
+    table = pq.read_table(path)
+    pq.write_table(change(table).replace_schema_metadata(table.schema.metadata), path)
+    return path
+
+
 def test_check_complete_finds_a_lost_doc(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
-    path = out / shard_name(1)
-    table = pq.read_table(path)
-    pq.write_table(table.slice(0, 1).replace_schema_metadata(table.schema.metadata), path)
+    _tamper(out, 1, lambda table: table.slice(0, 1))
     with pytest.raises(ShardMismatch, match=r"1 missing \(doc ids \[3\]\), 0 more than once"):
         check_complete(out, shards)
 
 
 def test_check_complete_finds_a_duplicated_doc(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
-    path = out / shard_name(0)
-    table = pq.read_table(path)
-    doubled = pa.concat_tables([table, table.slice(1, 1)])
-    pq.write_table(doubled.replace_schema_metadata(table.schema.metadata), path)
+    _tamper(out, 0, lambda table: pa.concat_tables([table, table.slice(1, 1)]))
     with pytest.raises(ShardMismatch, match=r"0 missing \(doc ids \[\]\), 1 more than once \(doc ids \[1\]\)"):
         check_complete(out, shards)
 
 
 def test_check_complete_finds_a_doc_in_the_wrong_shard_and_a_missing_shard(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
-    path = out / shard_name(0)
-    table = pq.read_table(path)
-    moved = table.set_column(0, "doc_id", pa.array([0, 2], pa.int64()))
-    pq.write_table(moved.replace_schema_metadata(table.schema.metadata), path)
+    path = _tamper(out, 0, lambda table: table.set_column(0, "doc_id", pa.array([0, 2], pa.int64())))
     with pytest.raises(ShardMismatch, match=r"shard 0 holds doc ids outside its rows: \[2\]"):
         check_complete(out, shards)
     path.unlink()

@@ -63,13 +63,13 @@ def build_table(
     for doc_id, rows, n in zip(doc_ids, vectors, counts):
         if rows.shape != (n, width):
             raise ValueError(f"doc {doc_id}: vectors of shape {rows.shape} for {n} tokens of width {width}")
-    flat = numpy.concatenate([v.reshape(-1) for v in vectors]) if len(vectors) else numpy.zeros(0)
-    flat = flat.astype(numpy.float16 if dtype == "float16" else numpy.float32, copy=False)
     total = int(counts.sum())
     if total * width >= 2**31:
         # Parquet lists carry int32 offsets: a shard holds fewer than 2**31 vector values.
         raise ValueError(f"a shard of {len(doc_ids)} docs holds {total} token vectors of width {width}, more "
                          "values than a Parquet list can hold (2**31); lower the shard size (--shard-size)")
+    flat = numpy.concatenate([v.reshape(-1) for v in vectors]) if len(vectors) else numpy.zeros(0)
+    flat = flat.astype(numpy.float16 if dtype == "float16" else numpy.float32, copy=False)
     inner = pa.ListArray.from_arrays(
         pa.array(numpy.arange(0, total * width + 1, max(width, 1), dtype=numpy.int32)[: total + 1]),
         pa.array(flat),
