@@ -56,3 +56,26 @@ def test_read_docs_refuses_an_unfinished_run(tmp_path):
         list(read_docs(tmp_path, spacy.blank("en").vocab))
     with pytest.raises(ValueError, match="no readable manifest.json"):
         list(read_docs(tmp_path / "nowhere", spacy.blank("en").vocab))
+
+
+def test_an_actor_error_is_reported_by_its_cause():
+    """Ray Data hands an actor's error over wrapped, once or twice; the CLI reports the original."""
+    from spacy_ctxembed.cli.embed import _actor_cause
+    from spacy_ctxembed.distributed import InputError
+
+    original = InputError("input corpus.txt changed since the run was planned (size or modification time)")
+
+    class Wrapped(Exception):  # like ray.exceptions.RayTaskError: the original in .cause
+        def __init__(self, cause):
+            super().__init__("task failed")
+            self.cause = cause
+
+    try:
+        try:
+            raise Wrapped(original)
+        except Wrapped as e:
+            raise RuntimeError("UserCodeException") from e
+    except RuntimeError as outer:
+        assert _actor_cause(outer) is original
+    plain = ValueError("no chain")
+    assert _actor_cause(plain) is plain

@@ -24,7 +24,8 @@ from .pipelines import build_pipeline
 FORMATS = tuple(WRITERS)
 
 HELP = {
-    "input": "Text file (one doc per line, UTF-8), '-' for stdin, or a .spacy DocBin",
+    "input": ("Text file (one doc per line, UTF-8), '-' for stdin, or a .spacy DocBin; "
+              "with --ray: a text, JSONL or Parquet file, or a directory of them"),
     "output": "Output directory (created when complete; see docs/cli.md for the layout)",
     "format": "docbin: DocBin shards, vectors in user data; npy: vectors.npy + docs.jsonl",
     "model": "A saved pipeline (path or package) with a ctxembed component",
@@ -44,7 +45,6 @@ HELP = {
     "text_key": "--ray: the text field of JSONL records, or the text column of Parquet files [default: text]",
     "float16": "--ray: store the vectors as float16 (half the size)",
 }
-RAY_INPUT = "Text (one doc per line), JSONL or Parquet file, or a directory of them"
 
 
 def embed(
