@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 import numpy
 from thinc.api import to_numpy
 
+from ..alignment import token_char_spans
 from ..pipeline.build import load_pipeline
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .shards import build_table, write_shard
@@ -67,7 +68,7 @@ class ShardEmbedder:
                 raise ValueError(f"[{self.component}] left no vectors on a doc of shard {shard.index}")
             texts.append(doc.text)
             tokens.append([t.text for t in doc])
-            idx.append(numpy.array([t.idx for t in doc], dtype=numpy.int32))
+            idx.append(token_char_spans(doc)[0].astype(numpy.int32))
             vectors.append(to_numpy(rows))  # cupy on GPU
         table = build_table(doc_ids, texts, tokens, idx, vectors, dtype=self.dtype)
         write_shard(self.out_dir, shard, table, rejected,

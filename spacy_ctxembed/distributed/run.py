@@ -34,11 +34,9 @@ from ..fileio import fsync_dir, write_atomic, write_json
 from ..pipeline.build import NoContextualEmbedder
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ShardEmbedder
-from .shards import DTYPES, check_complete, committed
+from .shards import DTYPES, MANIFEST, SHARDS, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
 
-MANIFEST = "manifest.json"
-SHARDS = "shards"
 REJECTED = "rejected.jsonl"
 LOCK = ".lock"
 OWN_FILES = (MANIFEST, SHARDS, REJECTED, LOCK, f".{MANIFEST}.tmp", f".{REJECTED}.tmp")
@@ -212,7 +210,7 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
     directory that holds anything else is refused.
     """
     path = out / MANIFEST
-    recorded = _read_json(path)
+    recorded = read_json(path)
     if recorded is not None and recorded.get("identity") == identity and not overwrite:
         return recorded
     others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
@@ -283,15 +281,6 @@ def _run_ray(
     finally:
         if started:
             ray.shutdown()
-
-
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(path.read_text(encoding="utf8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return {}
 
 
 def _write_lines(path: Path, records: List[Dict[str, Any]]) -> None:

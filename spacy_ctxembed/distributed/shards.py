@@ -27,6 +27,8 @@ from ..fileio import atomic_path
 from ..outputs import install_extensions, write_outputs
 from .sources import Rejected, Shard
 
+MANIFEST = "manifest.json"  # OUTDIR's files (run.py writes them)
+SHARDS = "shards"
 META_KEY = b"spacy_ctxembed"
 DTYPES = ("float32", "float16")
 DOC_ID_KEY = "doc_id"  # doc.user_data[DOC_ID_KEY] on docs rebuilt from rows
@@ -213,17 +215,27 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
     import pyarrow.parquet as pq
 
     out_dir = Path(out_dir)
-    try:
-        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf8"))
-    except (OSError, ValueError):
-        raise ValueError(f"{out_dir} holds no readable manifest.json: not the output of embed --ray") from None
+    manifest = read_json(out_dir / MANIFEST)
+    if not manifest:
+        raise ValueError(f"{out_dir} holds no readable {MANIFEST}: not the output of embed --ray")
     if not manifest.get("complete"):
         raise ValueError(f"the run in {out_dir} is not complete: run embed --ray again to finish it")
     for shard in manifest["shards"]:
-        path = out_dir / "shards" / shard_name(shard["index"])
+        path = out_dir / SHARDS / shard_name(shard["index"])
         component = (shard_meta(path) or {}).get("component", "ctxembed")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             yield from docs_from_table(batch, vocab, component=component)
+
+
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """A JSON object file: None if it is missing, {} if it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _rebuild_doc(vocab: Vocab, doc_id: int, text: str, tokens: List[str], idx: List[int]) -> Doc:
