@@ -1,9 +1,21 @@
 """Cutting work into forward batches, and overlapping host preparation with device compute."""
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, List, Sequence, TypeVar
+import contextvars
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+
+import numpy
 
 T = TypeVar("T")
 U = TypeVar("U")
+
+
+def concat_ranges(starts: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
+    """The ranges [starts[i], starts[i] + lengths[i]) laid end to end, as one int64 array."""
+    starts = numpy.asarray(starts, dtype="int64")
+    lengths = numpy.asarray(lengths, dtype="int64")
+    ends = numpy.cumsum(lengths)
+    # Position k of the result lies in range i: starts[i] + (k - where range i begins).
+    return numpy.repeat(starts - (ends - lengths), lengths) + numpy.arange(int(ends[-1]) if len(ends) else 0)
 
 
 def batches_by_budget(items: Sequence[T], budget: int, length: Callable[[T], int]) -> Iterator[List[T]]:
@@ -61,3 +73,43 @@ def prefetched(produce: Callable[[T], U], items: Sequence[T], *, overlap: bool =
             pending = pool.submit(produce, item)
             yield ready
         yield pending.result()
+
+
+def run_ahead(
+    produce: Callable[[T], U], items: Iterable[T]
+) -> Iterator[Tuple[T, Optional[U], Optional[Exception]]]:
+    """(item, produce(item), None) for each item of a stream, in order, or
+    (item, None, error) where `produce` raised.
+
+    `produce(item k+1)` runs in a worker thread while the caller works on item
+    k's result, and item k+1 is drawn from `items` (which may do work of its
+    own, like spaCy's tokenizer behind `nlp.pipe`) while the worker computes
+    item k. Errors are handed back, not raised, so that the caller decides
+    (spaCy's error handlers). The worker runs in a copy of the caller's
+    context, so context variables (Thinc's current ops) carry over. Closing
+    the generator early waits for the one item in flight and drops it.
+    """
+    iterator = iter(items)
+    sentinel = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run-ahead") as pool:
+
+        def submit(item: T) -> "Future[U]":
+            return pool.submit(contextvars.copy_context().run, produce, item)
+
+        current = next(iterator, sentinel)
+        if current is sentinel:
+            return
+        pending = submit(current)  # type: ignore[arg-type]
+        while True:
+            following = next(iterator, sentinel)
+            try:
+                result: Optional[U] = pending.result()
+                error: Optional[Exception] = None
+            except Exception as exc:  # handed to the caller with its item
+                result, error = None, exc
+            if following is not sentinel:
+                pending = submit(following)  # type: ignore[arg-type]
+            yield current, result, error  # type: ignore[misc]
+            if following is sentinel:
+                return
+            current = following

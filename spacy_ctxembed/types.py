@@ -14,7 +14,7 @@ POOLING_MODES: Tuple[str, ...] = ("mean", "first", "last", "max")
 COMBINE_MODES: Tuple[str, ...] = ("mean", "concat", "scalar_mix")
 #: Numeric precision of the encoder's forward pass: exact fp32 (the default),
 #: fp16/bf16 autocast (GPU), or int8 dynamic quantization (CPU).
-PRECISIONS: Tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS: Tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 #: Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width).
 DocLayers = Floats3d

@@ -65,7 +65,7 @@ def nlp_default():
 
 
 ENCODER_SETTINGS = ("name", "layers", "pooling", "window", "stride", "max_batch_items", "precision", "trainable",
-                    "options_file", "weight_file")
+                    "options_file", "weight_file", "compile")
 COMBINERS = {"mean": "spacy-ctxembed.MeanLayers.v1", "concat": "spacy-ctxembed.ConcatLayers.v1",
              "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}
 

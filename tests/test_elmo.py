@@ -110,6 +110,35 @@ def test_batch_independence_and_determinism(elmo_files):
         numpy.testing.assert_array_equal(d, a)
 
 
+def test_compiled_step_matches_the_reference_and_stays_deterministic(elmo_files, reference):
+    # torch.compile (inductor on CPU here) fuses the gates: the clipping and
+    # the projection must stay exact, against the float64 reference too.
+    eager = elmo_nlp(elmo_files)
+    nlp = elmo_nlp(elmo_files, compile=True)
+    texts = ["a fairly long sentence so that the cell state has time to grow past its clip and then some more",
+             "short one", "x", "The cat sat on the mat with naïve café owners 😀 .", "", "medium length sentence here"]
+    docs = list(nlp.pipe(texts, batch_size=6))
+    again = list(nlp.pipe(texts, batch_size=6))
+    for text, doc, repeat in zip(texts, docs, again):
+        numpy.testing.assert_allclose(doc._.ctx_layers, reference(_words(doc)), atol=ATOL, rtol=0)
+        numpy.testing.assert_allclose(doc._.ctx_layers, eager(text)._.ctx_layers, atol=ATOL, rtol=0)
+        numpy.testing.assert_array_equal(repeat._.ctx_layers, doc._.ctx_layers)
+        numpy.testing.assert_allclose(nlp(text)._.ctx_layers, doc._.ctx_layers, atol=ATOL, rtol=0)
+
+
+def test_v2_configs_still_load_and_run_eagerly(elmo_files, reference):
+    from spacy_ctxembed.models.elmo_net import lstm_step
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config={"model": {"encoder": {
+        "@architectures": "spacy-ctxembed.ElmoEncoder.v2",
+        "options_file": str(elmo_files[0]), "weight_file": str(elmo_files[1])}}, "store_layers": True})
+    nlp.initialize()
+    assert nlp.get_pipe("ctxembed_elmo").encoder.shims[0].step is lstm_step
+    doc = nlp("Two words here")
+    numpy.testing.assert_allclose(doc._.ctx_layers, reference(_words(doc)), atol=ATOL, rtol=0)
+
+
 def test_char_ids():
     assert list(char_ids("a")[:4]) == [259, 98, 260, 261]
     assert list(char_ids("<S>")[:4]) == [259, 257, 260, 261]
@@ -222,6 +251,8 @@ def test_file_errors(tmp_path, elmo_files, edit, pattern):
 
 
 def test_settings_errors(elmo_files):
+    with pytest.raises(Exception, match=r"ctxembed_elmo.model.encoder -> compile.*'yes' is not"):
+        elmo_nlp(elmo_files, compile="yes")
     with pytest.raises(Exception, match=r"layers = \[0, 3\].*index 3 is out of range"):
         elmo_nlp(elmo_files, layers=[0, 3])
     nlp = spacy.blank("en")

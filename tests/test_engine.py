@@ -1,4 +1,5 @@
-"""The BERT engine's host side: runs of docs prepared ahead, planned per run in numpy.
+"""The BERT engine's host side: runs of docs prepared ahead, planned per run in numpy,
+and `nlp.pipe` predicting the next batch while the last one is annotated.
 
 Overlapping must change the timing only: the vectors are compared bit for bit
 with the serial path, and the vectorised helpers with plain per-item
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spacy_ctxembed.alignment import align_docs, align_pieces
-from spacy_ctxembed.batching import prefetched, runs_by_size
+from spacy_ctxembed.batching import concat_ranges, prefetched, run_ahead, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, batch_items_for_memory
 
@@ -200,3 +201,101 @@ def test_pipe_gives_the_same_vectors_as_single_docs(nlp):
     docs = list(nlp.pipe(TEXTS[:6], batch_size=6))
     for text, doc in zip(TEXTS[:6], docs):
         numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, doc._.ctx_vectors, atol=1e-5)
+
+
+@given(st.lists(st.tuples(st.integers(-5, 50), st.integers(0, 6)), max_size=12))
+def test_concat_ranges_equals_a_loop(spec):
+    starts = numpy.array([s for s, _ in spec], dtype="int64")
+    lengths = numpy.array([n for _, n in spec], dtype="int64")
+    expected = [s + k for s, n in spec for k in range(n)]
+    assert concat_ranges(starts, lengths).tolist() == expected
+
+
+def test_each_docs_output_owns_its_memory(nlp):
+    # One pooling serves a whole run; a doc's output must not be a view into it,
+    # or keeping one doc would keep the whole run's memory alive.
+    outputs = _runner(nlp).embed([nlp.make_doc(t) for t in TEXTS[:6]])
+    for out in outputs:
+        assert out.is_contiguous()
+        assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+
+
+@pytest.fixture
+def run_ahead_on(nlp):
+    with _switched(nlp.get_pipe("ctxembed_bert"), "run_ahead", True) as component:
+        yield component
+
+
+def _serial_pipe(component, docs, batch_size):
+    from spacy.pipeline import TrainablePipe
+
+    return list(TrainablePipe.pipe(component, docs, batch_size=batch_size))
+
+
+def test_run_ahead_pipe_equals_the_serial_loop_exactly(nlp, run_ahead_on):
+    texts = TEXTS * 2
+    ahead = [(d.text, d.tensor.copy()) for d in run_ahead_on.pipe((nlp.make_doc(t) for t in texts), batch_size=5)]
+    serial = [(d.text, d.tensor.copy()) for d in _serial_pipe(run_ahead_on, [nlp.make_doc(t) for t in texts], 5)]
+    assert [t for t, _ in ahead] == texts == [t for t, _ in serial]
+    for (_, a), (_, b) in zip(ahead, serial):
+        numpy.testing.assert_array_equal(a, b)
+    # Through nlp.pipe too, where the stream is spaCy's tokenizer.
+    through_nlp = [d.tensor.copy() for d in nlp.pipe(texts, batch_size=5)]
+    for a, (_, b) in zip(through_nlp, serial):
+        numpy.testing.assert_array_equal(a, b)
+
+
+def test_run_ahead_pipe_sends_a_failed_batch_to_the_error_handler(nlp, run_ahead_on, monkeypatch):
+    predict = run_ahead_on.predict
+
+    def failing(docs):
+        if any(doc.text == "FAIL" for doc in docs):
+            raise ValueError("this batch fails")
+        return predict(docs)
+
+    monkeypatch.setattr(run_ahead_on, "predict", failing)
+    texts = ["one", "two", "FAIL", "three", "four", "five"]
+    with pytest.raises(ValueError, match="this batch fails"):
+        list(nlp.pipe(texts, batch_size=2))
+    handled = []
+    run_ahead_on.set_error_handler(lambda name, proc, docs, err: handled.append((name, [d.text for d in docs], err)))
+    try:
+        out = list(nlp.pipe(texts, batch_size=2))
+    finally:
+        run_ahead_on.set_error_handler(None)
+    assert [d.text for d in out] == ["one", "two", "four", "five"]
+    assert all(d.tensor.shape == (len(d), 32) for d in out)
+    assert [(name, texts_) for name, texts_, _ in handled] == [("ctxembed_bert", ["FAIL", "three"])]
+
+
+def test_run_ahead_pipe_stopped_early_leaves_no_thread(nlp, run_ahead_on):
+    stream = nlp.pipe(TEXTS * 3, batch_size=2)
+    assert next(stream).tensor.shape[0] > 0
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ctxembed-run-ahead")]
+
+
+def test_run_ahead_hands_back_errors_and_carries_context():
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="unset")
+    var.set("caller")
+
+    def produce(n):
+        if n == 2:
+            raise KeyError("two")
+        return (n, var.get())
+
+    out = list(run_ahead(produce, iter([1, 2, 3])))
+    assert [(item, result) for item, result, _ in out] == [(1, (1, "caller")), (2, None), (3, (3, "caller"))]
+    assert [type(error) for _, _, error in out] == [type(None), KeyError, type(None)]
+    assert list(run_ahead(produce, iter([]))) == []
+
+
+def test_run_ahead_raises_the_streams_own_error():
+    def stream():
+        yield 1
+        raise OSError("the input broke")
+
+    with pytest.raises(OSError, match="the input broke"):
+        list(run_ahead(lambda n: n, stream()))

@@ -51,6 +51,30 @@ def test_mixed_precision_is_close(gpu_nlp, precision):
     assert cosine.min() > 0.999 and numpy.abs(approx - exact).max() < 5e-2
 
 
+def test_tf32_is_close_and_leaves_the_process_setting_alone(gpu_nlp):
+    import torch
+
+    nlp, cupy = gpu_nlp
+    exact = cupy.asnumpy(nlp(TEXT)._.ctx_vectors)
+    before = torch.backends.cuda.matmul.fp32_precision
+    tf32 = spacy.blank("en")
+    tf32.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1], "precision": "tf32"}}})
+    tf32.initialize()
+    approx = cupy.asnumpy(tf32(TEXT)._.ctx_vectors)
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    cosine = (approx * exact).sum(1) / numpy.linalg.norm(approx, axis=1) / numpy.linalg.norm(exact, axis=1)
+    assert cosine.min() > 0.9999 and numpy.abs(approx - exact).max() < 1e-2
+
+
+def test_run_ahead_pipe_equals_single_docs_on_device(gpu_nlp):
+    nlp, cupy = gpu_nlp
+    assert nlp.get_pipe("ctxembed_bert").run_ahead is None  # on by default on GPU
+    texts = [TEXT, "I ran significance tests.", "", "A much longer text " * 30] * 4
+    piped = [cupy.asnumpy(doc._.ctx_vectors) for doc in nlp.pipe(texts, batch_size=3)]
+    for text, vectors in zip(texts, piped):
+        numpy.testing.assert_allclose(cupy.asnumpy(nlp(text)._.ctx_vectors), vectors, atol=1e-4)
+
+
 def test_mixed_precision_fine_tuning_step(gpu_nlp):
     from spacy.training import Example
 

@@ -28,8 +28,10 @@ ADVERTISED = _advertised()
 NAMES = {
     "spacy_factories": ["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"],
     "spacy_architectures": [
-        "spacy-ctxembed.Embedder.v2", "spacy-ctxembed.BertEncoder.v2", "spacy-ctxembed.ElmoEncoder.v2",
+        "spacy-ctxembed.Embedder.v2", "spacy-ctxembed.BertEncoder.v2", "spacy-ctxembed.ElmoEncoder.v3",
         "spacy-ctxembed.TrfEncoder.v2", "spacy-ctxembed.ContextualListener.v2", "spacy-ctxembed.ContextualTok2Vec.v2",
+        # released in 0.2
+        "spacy-ctxembed.ElmoEncoder.v2",
         # released in 0.1
         "spacy-ctxembed.BertEmbedder.v1", "spacy-ctxembed.ElmoEmbedder.v1", "spacy-ctxembed.TrfPooler.v1",
         "spacy-ctxembed.ContextualListener.v1",

@@ -1,8 +1,14 @@
-"""The throughput levers keep their promises: skipped layers are not run, int8 stays opt-in."""
+"""The throughput levers keep their promises: skipped layers are not run, int8 and
+tf32 stay opt-in, and tf32's process-wide switch is put back."""
+import threading
+
 import numpy
+import pytest
 import spacy
+import torch
 
 from spacy_ctxembed.models.bert import get_encoder
+from spacy_ctxembed.models.bert_runner import tf32_matmuls
 
 from .conftest import make_nlp
 from .reference import hf_hidden_states, pool, token_pieces
@@ -49,3 +55,35 @@ def test_int8_is_close_and_saves_exact_weights(minilm_dir, hf_reference, tmp_pat
     fp32_config = {"components": {"ctxembed_bert": {"model": {"encoder": {"precision": "fp32"}}}}}
     fp32 = spacy.load(tmp_path / "pipeline", config=fp32_config)
     numpy.testing.assert_allclose(fp32(TEXT)._.ctx_vectors, exact, atol=1e-5)
+
+
+def test_tf32_on_cpu_is_exact_fp32(minilm_dir):
+    exact = make_nlp(minilm_dir)(TEXT)._.ctx_vectors
+    numpy.testing.assert_array_equal(make_nlp(minilm_dir, precision="tf32")(TEXT)._.ctx_vectors, exact)
+
+
+def test_tf32_switch_is_restored_after_the_last_of_overlapping_users():
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    first_in, second_out = threading.Event(), threading.Event()
+    seen = []
+
+    def first():
+        with tf32_matmuls():
+            first_in.set()
+            second_out.wait(5)
+            seen.append(("first, after second left", matmul.fp32_precision))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(5)
+    with tf32_matmuls():
+        seen.append(("second", matmul.fp32_precision))
+    second_out.set()
+    thread.join()
+    assert seen == [("second", "tf32"), ("first, after second left", "tf32")]
+    assert matmul.fp32_precision == before
+    with pytest.raises(RuntimeError):
+        with tf32_matmuls():
+            raise RuntimeError("the forward pass failed")
+    assert matmul.fp32_precision == before

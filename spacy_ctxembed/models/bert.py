@@ -48,8 +48,9 @@ def BertEncoder(
     max_batch_items: padded wordpieces per forward batch; None: 4096 on CPU,
         and on GPU as many as a quarter of the free device memory holds
         (bounded to 4096..65536).
-    precision: "fp32" (exact); "fp16"/"bf16": autocast (mixed precision, for
-        GPU); "int8": dynamic quantization of the linear layers (CPU only).
+    precision: "fp32" (exact); "tf32": fp32 with CUDA matmuls on TF32 tensor
+        cores (exact fp32 on CPU); "fp16"/"bf16": autocast (mixed precision,
+        for GPU); "int8": dynamic quantization of the linear layers (CPU only).
     trainable: fine-tune the encoder when its component is trained.
     """
     settings = {

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 import srsly
@@ -27,9 +27,9 @@ from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
 from ..alignment import PieceAlignment, align_docs, text_length, token_char_spans
-from ..batching import batches_by_budget, prefetched, runs_by_size
+from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
-from ..pooling import pool_pieces
+from ..pooling import pool_indexed
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
@@ -51,8 +51,10 @@ class _Batch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    #: per row: (doc, own_start, own_end, the row position of piece own_start)
-    rows: List[Tuple[int, int, int, int]]
+    #: The pieces the batch's windows own: their rows in the run's piece
+    #: states, and their positions in the output flattened to (rows * length).
+    targets: torch.Tensor
+    sources: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ class _Prepared:
 
     plans: List[_DocPlan]
     batches: List[_Batch]
+    #: The run's (token, piece) pairs with its docs laid end to end, staged
+    #: like the batches, so that one pooling serves the whole run.
+    tokens: torch.Tensor
+    pieces: torch.Tensor
+    #: Where each doc's tokens start in the run, and (last) the run's total.
+    token_offsets: List[int]
+    n_pieces: int
 
 
 #: Docs are prepared in runs of about this many forward batches: enough for
@@ -142,16 +151,42 @@ class BertRunner:
         run_chars = self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE
         runs = list(runs_by_size(docs, run_chars, text_length))
         outputs: List[torch.Tensor] = []
+        device = self.device
+        non_blocking = device.type == "cuda"
         with context:
             for prepared in prefetched(self.prepare, runs, overlap=self.overlap):
                 states = self.piece_states(prepared, module)
-                outputs.extend(pool_pieces(s, plan.alignment, self.pooling) for s, plan in zip(states, prepared.plans))
+                tokens = prepared.tokens.to(device, non_blocking=non_blocking)
+                pieces = prepared.pieces.to(device, non_blocking=non_blocking)
+                offsets = prepared.token_offsets
+                pooled = pool_indexed(states, tokens, pieces, offsets[-1], self.pooling).permute(1, 0, 2)
+                # A copy per doc: a view would keep the whole run's memory alive
+                # for as long as any one of its docs is kept.
+                outputs.extend(
+                    pooled[:, start:end].clone(memory_format=torch.contiguous_format)
+                    for start, end in zip(offsets[:-1], offsets[1:])
+                )
         return outputs
 
     def prepare(self, docs: Sequence[Doc]) -> _Prepared:
-        """The host's part for a run of docs: plans, and forward batches staged for the device."""
+        """The host's part for a run of docs: plans, forward batches and the
+        pooling's indices, staged for the device."""
         plans = self.plan(docs)
-        return _Prepared(plans, self.batches(plans))
+        piece_counts = [len(plan.piece_ids) for plan in plans]
+        token_counts = [plan.alignment.n_tokens for plan in plans]
+        piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts, dtype="int64")))
+        token_offsets = numpy.concatenate(([0], numpy.cumsum(token_counts, dtype="int64")))
+        pairs = [plan.alignment for plan in plans]
+        pair_counts = [len(a.token_index) for a in pairs]
+        empty = numpy.zeros(0, dtype="int64")
+        tokens = numpy.concatenate([*(a.token_index for a in pairs), empty])
+        pieces = numpy.concatenate([*(a.piece_index for a in pairs), empty])
+        tokens += numpy.repeat(token_offsets[:-1], pair_counts)
+        pieces += numpy.repeat(piece_offsets[:-1], pair_counts)
+        return _Prepared(
+            plans, self.batches(plans, piece_offsets), self._staged(tokens), self._staged(pieces),
+            token_offsets.tolist(), int(piece_offsets[-1]),
+        )
 
     def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
@@ -174,12 +209,14 @@ class BertRunner:
             plans.append(_DocPlan(alignment, piece_ids, plan_windows(n, self.window, self.stride, may_cut)))
         return plans
 
-    def batches(self, plans: Sequence[_DocPlan]) -> List[_Batch]:
-        """Every window of every doc, longest first, cut by the piece budget and padded."""
+    def batches(self, plans: Sequence[_DocPlan], piece_offsets: numpy.ndarray) -> List[_Batch]:
+        """Every window of every doc, longest first, cut by the piece budget and padded.
+
+        piece_offsets: where each doc's pieces start in the run's piece states.
+        """
         items = [(d, w) for d, plan in enumerate(plans) for w in plan.windows]
         # Longest first, so each batch holds windows of similar length.
         items.sort(key=lambda item: item[1].end - item[1].start, reverse=True)
-        pin = self.device.type == "cuda"
         n_prefix = len(self.prefix_ids)
         batches = []
 
@@ -188,28 +225,39 @@ class BertRunner:
 
         for batch in batches_by_budget(items, self.max_batch_items, padded):
             input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
-            ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(mask)
-            if pin:  # so that the copy to the device need not wait
-                ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
-            rows = [(d, w.own_start, w.own_end, n_prefix + w.own_start - w.start) for d, w in batch]
-            batches.append(_Batch(ids_t, mask_t, rows))
+            docs, start, own_start, own_end = numpy.array(
+                [(d, w.start, w.own_start, w.own_end) for d, w in batch], dtype="int64"
+            ).T
+            owned = own_end - own_start
+            targets = concat_ranges(piece_offsets[docs] + own_start, owned)
+            # Row r's piece p sits at column n_prefix + p - start of the padded input.
+            rows = numpy.arange(len(batch), dtype="int64")
+            sources = concat_ranges(rows * input_ids.shape[1] + n_prefix + own_start - start, owned)
+            batches.append(_Batch(*(self._staged(a) for a in (input_ids, mask, targets, sources))))
         return batches
 
-    def piece_states(self, prepared: _Prepared, module: torch.nn.Module) -> List[torch.Tensor]:
-        """Run the prepared batches; return (n_pieces, n_layers, width) per doc."""
+    def piece_states(self, prepared: _Prepared, module: torch.nn.Module) -> torch.Tensor:
+        """Run the prepared batches; return the run's (n_pieces, n_layers, width)."""
         device = self.device
         non_blocking = device.type == "cuda"
         # Every piece is owned by exactly one window, so every row gets written.
-        states = [torch.empty((len(p.piece_ids), len(self.layers), self.width), device=device) for p in prepared.plans]
+        states = torch.empty((prepared.n_pieces, len(self.layers), self.width), device=device)
         with self._autocast(device):
             for batch in prepared.batches:
-                input_ids = batch.input_ids.to(device, non_blocking=non_blocking)
-                attention_mask = batch.attention_mask.to(device, non_blocking=non_blocking)
+                input_ids, attention_mask, targets, sources = (
+                    t.to(device, non_blocking=non_blocking)
+                    for t in (batch.input_ids, batch.attention_mask, batch.targets, batch.sources)
+                )
                 output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-                hidden = torch.stack([output.hidden_states[i] for i in self.layers], dim=2).float()
-                for row, (d, own_start, own_end, lo) in enumerate(batch.rows):
-                    states[d][own_start:own_end] = hidden[row, lo : lo + own_end - own_start]
+                # The owned pieces of each selected layer, without the padding.
+                owned = [output.hidden_states[i].reshape(-1, self.width).index_select(0, sources) for i in self.layers]
+                states[targets] = torch.stack(owned, dim=1).float()
         return states
+
+    def _staged(self, array: numpy.ndarray) -> torch.Tensor:
+        """A host array as a tensor, pinned for a CUDA model so that its copy need not wait."""
+        tensor = torch.from_numpy(array)
+        return tensor.pin_memory() if self.device.type == "cuda" else tensor
 
     def pad(self, pieces: Sequence[numpy.ndarray]) -> Tuple[numpy.ndarray, numpy.ndarray]:
         """(input_ids, attention_mask) for windows of piece ids: framed by the special
@@ -224,7 +272,7 @@ class BertRunner:
         input_ids[:, :n_prefix] = self.prefix_ids
         # All rows' pieces at once: row r's pieces go to columns n_prefix.. .
         rows = numpy.repeat(numpy.arange(len(pieces)), lengths)
-        cols = n_prefix + numpy.arange(int(lengths.sum())) - numpy.repeat(numpy.cumsum(lengths) - lengths, lengths)
+        cols = concat_ranges(numpy.full(len(pieces), n_prefix), lengths)
         input_ids[rows, cols] = numpy.concatenate([*pieces, numpy.zeros(0, dtype="int64")])
         for k, suffix_id in enumerate(self.suffix_ids):
             input_ids[numpy.arange(len(pieces)), n_prefix + lengths + k] = suffix_id
@@ -232,6 +280,8 @@ class BertRunner:
         return input_ids, mask
 
     def _autocast(self, device: torch.device):
+        if self.precision == "tf32" and device.type == "cuda":
+            return tf32_matmuls()
         if self.precision not in _AUTOCAST_DTYPES:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
@@ -241,6 +291,37 @@ class BertRunner:
             if self._int8 is None:
                 self._int8 = _quantized_int8(self.runner)
             return self._int8
+
+
+_TF32_LOCK = threading.Lock()
+_tf32_depth = 0
+_fp32_precision_before = "none"
+
+
+@contextlib.contextmanager
+def tf32_matmuls() -> Iterator[None]:
+    """CUDA fp32 matmuls on TF32 tensor cores while the block runs.
+
+    torch has no per-call switch for this, only the process-wide
+    `torch.backends.cuda.matmul.fp32_precision`: it is set on entry and put
+    back when the last block (of any thread) leaves, so concurrent forward
+    passes do not restore it under each other's feet. An fp32 matmul that
+    another thread runs meanwhile also gets TF32; that is why it is opt-in.
+    """
+    global _tf32_depth, _fp32_precision_before
+    matmul = torch.backends.cuda.matmul
+    with _TF32_LOCK:
+        if _tf32_depth == 0:
+            _fp32_precision_before = matmul.fp32_precision
+            matmul.fp32_precision = "tf32"
+        _tf32_depth += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _tf32_depth -= 1
+            if _tf32_depth == 0:
+                matmul.fp32_precision = _fp32_precision_before
 
 
 class BertShim(PyTorchShim):

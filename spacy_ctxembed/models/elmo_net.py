@@ -11,9 +11,12 @@ held once, and `export_weights` gives them back in the released layout.
 Speed, compared with a per-timestep loop over everything:
 - each layer's input projection for a chunk of timesteps is one matmul;
 - both directions run in the same batched step (bmm over a direction axis);
-- only `h @ W_h` and the gates stay in the Python loop.
+- only one step (`lstm_step`: `h @ W_h`, the gates, clipping, the projection)
+  stays in the Python loop. It is passed in as `step`, so that a compiled
+  copy (`torch.compile`, which fuses the gates' elementwise kernels) can stand
+  in for it without changing the module.
 """
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import numpy
 import torch
@@ -29,6 +32,29 @@ PROJECTION_ROWS = 512
 #: Distinct words per character-CNN call: bounds the convolution outputs.
 CNN_WORDS = 1024
 HIGHWAY_NAMES = ("W_transform", "b_transform", "W_carry", "b_carry")
+
+
+#: One LSTM step: (projected inputs, h, c, w_h, w_p, cell_clip, proj_clip) -> (h, c).
+LstmStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, float],
+                    Tuple[torch.Tensor, torch.Tensor]]
+
+
+def lstm_step(
+    projected: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_h: torch.Tensor, w_p: torch.Tensor,
+    cell_clip: float, proj_clip: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One step of both directions for the n rows still running.
+
+    projected: (2, n, 4 * dim), the step's input projections with the bias;
+    h: (2, >= n, P) and c: (2, >= n, dim), the previous step's states, of
+    which the first n rows are carried on. Returns the new (h, c) of n rows.
+    """
+    n = projected.shape[1]
+    z = projected + torch.bmm(h[:, :n], w_h)
+    i, j, f, o = z.chunk(4, dim=-1)
+    c = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j), -cell_clip, cell_clip)
+    h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -proj_clip, proj_clip)
+    return h, c
 
 
 def _buffer(array: numpy.ndarray) -> torch.Tensor:
@@ -139,8 +165,9 @@ class BiLstm(_WeightsModule):
                 weights[f"{prefix}/W_P_0"] = _numpy(getattr(self, f"w_p_{layer}")[d])
         return weights
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
+        step: the LSTM step, `lstm_step` or a compiled copy of it.
 
         RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs;
         padded positions are left unspecified.
@@ -159,7 +186,7 @@ class BiLstm(_WeightsModule):
         active = (lengths[:, None] > torch.arange(time, device=lengths.device)).sum(dim=0).tolist()
         outputs = []
         for layer in range(self.n_layers):
-            states = self._run_layer(layer, inputs, active)
+            states = self._run_layer(layer, inputs, active, step)
             if layer > 0 and self.skip:
                 states = states + inputs
             outputs.append(torch.cat([states[0], states[1].gather(1, gather)], dim=-1))
@@ -167,7 +194,7 @@ class BiLstm(_WeightsModule):
         unsort = torch.argsort(order)
         return [output[unsort] for output in outputs]
 
-    def _run_layer(self, layer: int, inputs: torch.Tensor, active: List[int]) -> torch.Tensor:
+    def _run_layer(self, layer: int, inputs: torch.Tensor, active: List[int], step: LstmStep) -> torch.Tensor:
         """One LSTM layer, both directions; `active[t]` rows are still running at step t.
 
         Rows are sorted longest first, so the rows running at step t+1 are a
@@ -193,11 +220,7 @@ class BiLstm(_WeightsModule):
             projected = torch.baddbmm(bias, chunk.reshape(2, rows * steps, P), w_x).view(2, rows, steps, -1)
             for t in range(steps):
                 n = active[start + t]
-                z = projected[:, :n, t] + torch.bmm(h[:, :n], w_h)
-                i, j, f, o = z.chunk(4, dim=-1)
-                c = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j),
-                                -self.cell_clip, self.cell_clip)
-                h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -self.proj_clip, self.proj_clip)
+                h, c = step(projected[:, :n, t], h, c, w_h, w_p, self.cell_clip, self.proj_clip)
                 out[:, :n, start + t] = h
         return out
 
@@ -214,8 +237,9 @@ class ElmoBiLm(nn.Module):
         """All weights in the released layout (as `read_weights` returns them)."""
         return {**self.char_cnn.export_weights(), **self.bilstm.export_weights()}
 
-    def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+    def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
         """char_ids: (batch, time, 50), padded with 0; lengths include `<S>`/`</S>`.
+        step: the LSTM step (see `BiLstm.forward`).
 
         RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.
         """
@@ -225,4 +249,4 @@ class ElmoBiLm(nn.Module):
         # In chunks: the convolution outputs are (words x filters x 50) floats.
         embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])
         tokens = embedded[inverse].reshape(batch, time, -1)
-        return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths)]
+        return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths, step)]

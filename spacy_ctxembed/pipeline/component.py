@@ -10,21 +10,23 @@ has answered, backpropagates into the combiner and the encoder and applies
 the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
+import contextlib
 import os
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, cast
 
 import srsly
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
-from spacy.util import ensure_path, from_disk, to_disk
+from spacy.util import ensure_path, from_disk, minibatch, to_disk
 from spacy.vocab import Vocab
-from thinc.api import Model, Optimizer, set_dropout_rate
+from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
+from ..batching import run_ahead
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..models.embedder import pass_dims
 from ..models.listener import ContextualListenerNode
@@ -185,6 +187,37 @@ class ContextualEmbedder(TrainablePipe):
         self._loaded = True
 
     # Prediction ------------------------------------------------------------
+
+    #: In `pipe`, predict the next batch in a worker thread while this one is
+    #: annotated and passed on. None: on GPU only. On CPU the worker's torch
+    #: work would compete for the same cores as spaCy's, and measured no faster.
+    run_ahead: Optional[bool] = None
+
+    def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
+        """Annotate a stream of docs in batches, as `TrainablePipe.pipe` does, but
+        with batch k+1 predicted in a worker thread while batch k is annotated and
+        handed to the next component, and while the stream makes the docs after it.
+
+        On GPU the device then always has the next batch queued while the host
+        tokenizes, annotates and runs the components downstream. The vectors
+        are those of the serial loop: the same batches, the same model. Errors
+        go to the component's error handler, as in `TrainablePipe.pipe`.
+        """
+        ahead = self.run_ahead if self.run_ahead is not None else isinstance(self.model.ops, CupyOps)
+        if not ahead:
+            yield from super().pipe(stream, batch_size=batch_size)
+            return
+        error_handler = self.get_error_handler()
+        predict = _on_caller_devices(self.predict)
+        for docs, predictions, error in run_ahead(predict, minibatch(stream, size=batch_size)):
+            try:
+                if error is not None:
+                    raise error
+                self.set_annotations(docs, cast(Tuple[List[DocLayers], List[DocVectors]], predictions))
+            except Exception as exc:
+                error_handler(self.name, self, docs, exc)
+                continue
+            yield from docs
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
@@ -416,3 +449,31 @@ def _upstream_width(encoder: Model, nlp: Language) -> None:
         if type(pipe).__name__ == "Transformer" and isinstance(model, Model) and model.has_dim("nO") is True:
             encoder.set_dim("nO", model.get_dim("nO"), force=True)
             return
+
+
+def _on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`function`, to run in another thread on the caller's current CUDA devices.
+
+    torch's and CuPy's current devices are per thread and a new thread starts
+    on device 0, so a pipeline on GPU 1 would otherwise allocate its outputs
+    on GPU 0.
+    """
+    import torch
+    from thinc.util import has_cupy_gpu
+
+    torch_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    cupy_device = None
+    if has_cupy_gpu:
+        import cupy
+
+        cupy_device = cupy.cuda.Device().id
+
+    def on_devices(item: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            if torch_device is not None:
+                stack.enter_context(torch.cuda.device(torch_device))
+            if cupy_device is not None:
+                stack.enter_context(cupy.cuda.Device(cupy_device))
+            return function(item)
+
+    return on_devices

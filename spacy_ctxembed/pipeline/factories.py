@@ -59,12 +59,13 @@ encoder_lr_scale = 1.0
 @architectures = "spacy-ctxembed.Embedder.v2"
 
 [ctxembed_elmo.model.encoder]
-@architectures = "spacy-ctxembed.ElmoEncoder.v2"
+@architectures = "spacy-ctxembed.ElmoEncoder.v3"
 options_file = null
 weight_file = null
 layers = [0, 1, 2]
 max_batch_items = 4096
 trainable = false
+compile = false
 
 [ctxembed_elmo.model.combiner]
 @layers = "spacy-ctxembed.MeanLayers.v1"
