@@ -10,7 +10,9 @@ Arms (each run a fresh process, arms interleaved, torch with 2 threads):
 - spacy_transformers: the `transformer` component with default settings
   (same model), pooled to tokens by `ctxembed_from_trf`.
 - long: ctxembed on one 20,000-word doc (EWT dev text, concatenated).
-- ctxembed_int8: ctxembed with `precision = "int8"` (opt-in, not exact).
+- ctxembed_65536: ctxembed with `max_batch_items = 65536`.
+- ctxembed_int8, ctxembed_tf32, ctxembed_fp16, ctxembed_bf16: ctxembed with that
+  `precision` (opt-in, not exact); fp16 and bf16 with `max_batch_items = 65536`.
 
 words/s counts whitespace-separated words of the raw texts, the same for every arm.
 With --gpu every arm runs on CUDA (spaCy's require_gpu for the spaCy arms), the
@@ -18,6 +20,13 @@ clock stops after a device synchronisation, and peak GPU memory is torch's
 max_memory_allocated plus cupy's pool.
 
     python benchmarks/bert_speed.py --data-dir ../shared/data [--model DIR] [--arms bare,ctxembed,...] [--gpu]
+
+The GPU engine's table (an H100, BERT-base size, UD EWT train documents x 3,
+bare batches of 64) is
+
+    python benchmarks/make_random_bert.py /tmp/bert-base-random
+    python benchmarks/bert_speed.py --gpu --model /tmp/bert-base-random --split train --times 3 \
+        --bare-batch 64 --arms bare,ctxembed,ctxembed_65536,spacy_transformers,ctxembed_bf16,long
 """
 import argparse
 import json
@@ -32,13 +41,20 @@ from corpora import conllu_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("bare", "ctxembed", "spacy_transformers")
-#: Extra arms: ctxembed with another precision (opt-in fast modes).
-PRECISION_ARMS = {"ctxembed_int8": "int8"}
+#: Extra arms: ctxembed with other encoder settings (opt-in fast modes).
+SETTINGS_ARMS = {
+    "ctxembed_65536": {"max_batch_items": 65536},
+    "ctxembed_int8": {"precision": "int8"},
+    "ctxembed_tf32": {"precision": "tf32"},
+    "ctxembed_fp16": {"precision": "fp16", "max_batch_items": 65536},
+    "ctxembed_bf16": {"precision": "bf16", "max_batch_items": 65536},
+}
 
 
-def ewt_documents(data_dir: Path):
-    """The texts of the dev set's documents (`# newdoc` boundaries), sentences joined by spaces."""
-    return [" ".join(doc) for doc in conllu_documents(data_dir / "ud_english_ewt" / "en_ewt-ud-dev.conllu")]
+def ewt_documents(data_dir: Path, split: str = "dev", times: int = 1):
+    """The texts of a split's documents (`# newdoc` boundaries), sentences joined by spaces, `times` over."""
+    path = data_dir / "ud_english_ewt" / f"en_ewt-ud-{split}.conllu"
+    return [" ".join(doc) for doc in conllu_documents(path)] * times
 
 
 def model_dir(arg):
@@ -62,7 +78,7 @@ def _synchronize(gpu: bool) -> None:
         cupy.cuda.Device().synchronize()
 
 
-def run_bare(texts, model_path, gpu=False):
+def run_bare(texts, model_path, gpu=False, batch_size=32):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -73,8 +89,8 @@ def run_bare(texts, model_path, gpu=False):
     windows = [doc[i : i + 510] for doc in ids for i in range(0, max(len(doc), 1), 510)]
     windows.sort(key=len, reverse=True)
     with torch.inference_mode():
-        for i in range(0, len(windows), 32):
-            batch = [[tokenizer.cls_token_id, *w, tokenizer.sep_token_id] for w in windows[i : i + 32]]
+        for i in range(0, len(windows), batch_size):
+            batch = [[tokenizer.cls_token_id, *w, tokenizer.sep_token_id] for w in windows[i : i + batch_size]]
             width = max(map(len, batch))
             input_ids = torch.tensor([b + [tokenizer.pad_token_id] * (width - len(b)) for b in batch])
             mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch])
@@ -130,18 +146,18 @@ def child(args):
     import torch
 
     torch.set_num_threads(args.threads)
-    texts = ewt_documents(args.data_dir)
+    texts = ewt_documents(args.data_dir, args.split, args.times)
     path = model_dir(args.model)
     settings = json.loads(args.settings)
     if args.arm == "long":
         all_words = " ".join(texts).split()
         texts = [" ".join(all_words[:20_000])]
     if args.arm == "bare":
-        seconds = run_bare(texts, path, args.gpu)
+        seconds = run_bare(texts, path, args.gpu, args.bare_batch)
     elif args.arm == "spacy_transformers":
         seconds = run_spacy_transformers(texts, path, args.gpu)
-    elif args.arm in PRECISION_ARMS:
-        encoder = {**settings.get("encoder", {}), "precision": PRECISION_ARMS[args.arm]}
+    elif args.arm in SETTINGS_ARMS:
+        encoder = {**settings.get("encoder", {}), **SETTINGS_ARMS[args.arm]}
         seconds = run_ctxembed(texts, path, {**settings, "encoder": encoder}, args.gpu)
     else:
         seconds = run_ctxembed(texts, path, settings, args.gpu)
@@ -155,7 +171,8 @@ def child(args):
 
 def run_child(args, arm):
     command = [sys.executable, __file__, "--child", "--arm", arm, "--data-dir", str(args.data_dir),
-               "--threads", str(args.threads), "--settings", args.settings]
+               "--threads", str(args.threads), "--settings", args.settings, "--split", args.split,
+               "--times", str(args.times), "--bare-batch", str(args.bare_batch)]
     if args.model:
         command += ["--model", str(args.model)]
     if args.gpu:
@@ -177,7 +194,8 @@ def main(args):
     first = results[arms[0]][0]
     print(f"\n{first['docs']} docs, {first['words']} words, {args.threads} threads, median of {args.repeats}")
     for arm, s in summary.items():
-        print(f"{arm:>20}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB")
+        gpu = f"  peak GPU {statistics.median(r['peak_gpu_mb'] for r in results[arm]):7.0f} MB" if args.gpu else ""
+        print(f"{arm:>20}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu}")
     if "bare" in summary:
         for arm in summary:
             if arm != "bare":
@@ -198,6 +216,10 @@ if __name__ == "__main__":
     parser.add_argument("--settings", default="{}",
                         help="JSON ctxembed_bert settings for the ctxembed arms; encoder settings under \"encoder\"")
     parser.add_argument("--gpu", action="store_true", help="run every arm on CUDA")
+    parser.add_argument("--split", default="dev", choices=["dev", "train"],
+                        help="UD EWT split whose documents to embed")
+    parser.add_argument("--times", type=int, default=1, help="embed the documents this many times over")
+    parser.add_argument("--bare-batch", type=int, default=32, help="windows per batch in the bare arm")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--arm", default="ctxembed")
     args = parser.parse_args()

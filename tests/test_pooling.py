@@ -1,7 +1,9 @@
-"""Each pooling mode against arrays worked out by hand."""
+"""Each pooling mode against arrays worked out by hand, and against a plain loop."""
 import numpy
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spacy_ctxembed.alignment import PieceAlignment
 from spacy_ctxembed.pooling import pool_pieces
@@ -43,3 +45,30 @@ def test_max_pooling_of_negative_states_is_not_clipped_at_zero():
     states = torch.full((2, 1, 3), -5.0)
     alignment = PieceAlignment.from_lengths(numpy.array([0, 1]), numpy.array([2]), n_pieces=2)
     assert pool_pieces(states, alignment, "max").flatten().tolist() == [-5.0, -5.0, -5.0]
+
+
+def _loop_reference(states, token_index, piece_index, n_tokens, mode):
+    """Each token's pieces gathered in a plain loop, pooled in float64."""
+    out = numpy.zeros((states.shape[1], n_tokens, states.shape[2]))
+    for token in range(n_tokens):
+        mine = sorted(p for t, p in zip(token_index, piece_index) if t == token)
+        if not mine:
+            continue
+        rows = states[mine].astype("float64")  # (k, n_layers, width)
+        pooled = {"mean": rows.mean(0), "max": rows.max(0), "first": rows[0], "last": rows[-1]}[mode]
+        out[:, token] = pooled
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 7), max_size=4), min_size=0, max_size=6), st.sampled_from(sorted(EXPECTED)))
+def test_pooling_equals_a_loop(pieces_per_token, mode):
+    # Any ragged token -> pieces table: tokens without pieces, pieces feeding several tokens.
+    rng = numpy.random.default_rng(len(pieces_per_token))
+    states = rng.standard_normal((8, 2, 3)).astype("float32")
+    flat = [p for pieces in pieces_per_token for p in sorted(set(pieces))]
+    lengths = [len(set(pieces)) for pieces in pieces_per_token]
+    alignment = PieceAlignment.from_lengths(numpy.array(flat, dtype="int64"), numpy.array(lengths, dtype="int64"), 8)
+    pooled = pool_pieces(torch.from_numpy(states), alignment, mode).numpy()
+    expected = _loop_reference(states, alignment.token_index, alignment.piece_index, len(pieces_per_token), mode)
+    numpy.testing.assert_allclose(pooled, expected, atol=1e-6)

@@ -29,7 +29,7 @@ from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 from ..alignment import PieceAlignment, align_docs, text_length, token_char_spans
 from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
-from ..pooling import pool_indexed
+from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
@@ -63,10 +63,9 @@ class _Prepared:
 
     plans: List[_DocPlan]
     batches: List[_Batch]
-    #: The run's (token, piece) pairs with its docs laid end to end, staged
-    #: like the batches, so that one pooling serves the whole run.
-    tokens: torch.Tensor
-    pieces: torch.Tensor
+    #: The pooling index of the run's docs laid end to end, staged like the
+    #: batches, so that one pooling serves the whole run.
+    pooling: Dict[str, torch.Tensor]
     #: Where each doc's tokens start in the run, and (last) the run's total.
     token_offsets: List[int]
     n_pieces: int
@@ -156,10 +155,9 @@ class BertRunner:
         with context:
             for prepared in prefetched(self.prepare, runs, overlap=self.overlap):
                 states = self.piece_states(prepared, module)
-                tokens = prepared.tokens.to(device, non_blocking=non_blocking)
-                pieces = prepared.pieces.to(device, non_blocking=non_blocking)
+                index = {k: t.to(device, non_blocking=non_blocking) for k, t in prepared.pooling.items()}
                 offsets = prepared.token_offsets
-                pooled = pool_indexed(states, tokens, pieces, offsets[-1], self.pooling).permute(1, 0, 2)
+                pooled = pool_indexed(states, index, offsets[-1], self.pooling).permute(1, 0, 2)
                 # A copy per doc: a view would keep the whole run's memory alive
                 # for as long as any one of its docs is kept.
                 outputs.extend(
@@ -183,8 +181,9 @@ class BertRunner:
         pieces = numpy.concatenate([*(a.piece_index for a in pairs), empty])
         tokens += numpy.repeat(token_offsets[:-1], pair_counts)
         pieces += numpy.repeat(piece_offsets[:-1], pair_counts)
+        index = pooling_index(tokens, pieces, int(token_offsets[-1]), self.pooling)
         return _Prepared(
-            plans, self.batches(plans, piece_offsets), self._staged(tokens), self._staged(pieces),
+            plans, self.batches(plans, piece_offsets), {k: self._staged(a) for k, a in index.items()},
             token_offsets.tolist(), int(piece_offsets[-1]),
         )
 

@@ -23,7 +23,7 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, PyTorchShim, get_torch_default_device
 
-from ..batching import batches_by_budget
+from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
 from ..settings import check_layers, normalize_layers
 from ..types import DocLayers, EncoderModel
@@ -198,35 +198,44 @@ class ElmoShim(PyTorchShim):
         return self
 
     def embed(self, docs: Sequence[Doc], grad: bool) -> List[torch.Tensor]:
+        """Per doc, (n_layers, n_tokens, width) on the biLM's device.
+
+        The sentences of all docs go in length-sorted batches; each batch's
+        word rows are written into one array of all the docs' tokens with one
+        indexed copy (whitespace tokens stay zero), which is cut into docs at
+        the end: no per-sentence or per-doc work on the device.
+        """
         net = self.get_net()
         device = self.device
+        cuda = device.type == "cuda"
         width = cast(ElmoOptions, self.options).output_width
         sentences = [s for d, doc in enumerate(docs) for s in _sentences(d, doc)]
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
-        # Rows of each doc, filled by scatter (whitespace tokens stay zero).
-        rows: List[List[torch.Tensor]] = [[] for _ in docs]
-        targets: List[List[numpy.ndarray]] = [[] for _ in docs]
+        offsets = numpy.concatenate(([0], numpy.cumsum([len(doc) for doc in docs], dtype="int64")))
+        tokens = torch.zeros((int(offsets[-1]), len(self.layers), width), device=device)
+
+        def staged(array: numpy.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(array)  # pinned on CUDA, so that the copy need not wait
+            return tensor.pin_memory().to(device, non_blocking=True) if cuda else tensor
+
         with torch.enable_grad() if grad else torch.inference_mode():
             for batch in batches_by_budget(sentences, self.settings["max_batch_items"], lambda s: len(s.char_ids)):
-                lengths = [len(s.char_ids) for s in batch]
-                char_ids = numpy.zeros((len(batch), max(lengths), MAX_CHARS), dtype="int64")
+                lengths = numpy.array([len(s.char_ids) for s in batch], dtype="int64")
+                time = int(lengths.max())
+                char_ids = numpy.zeros((len(batch), time, MAX_CHARS), dtype="int64")
                 for row, sentence in enumerate(batch):
                     char_ids[row, : len(sentence.char_ids)] = sentence.char_ids
-                layers = net(torch.from_numpy(char_ids).to(device), torch.tensor(lengths, device=device), self.step)
-                selected = torch.stack([layers[i] for i in self.layers])  # (n_layers, batch, time, width)
-                for row, sentence in enumerate(batch):
-                    # Positions 1..n: the words, without <S> and </S>.
-                    rows[sentence.doc].append(selected[:, row, 1 : len(sentence.token_ids) + 1])
-                    targets[sentence.doc].append(sentence.token_ids)
-            outputs = []
-            for doc, doc_rows, doc_targets in zip(docs, rows, targets):
-                out = torch.zeros((len(self.layers), len(doc), width), device=device)
-                if doc_rows:
-                    index = torch.as_tensor(numpy.concatenate(doc_targets), device=device)
-                    out = out.index_copy(1, index, torch.cat(doc_rows, dim=1))
-                outputs.append(out)
-        return outputs
+                # Row r's words sit at positions 1..n (after <S>, before </S>).
+                targets = numpy.concatenate([offsets[s.doc] + s.token_ids for s in batch])
+                sources = concat_ranges(numpy.arange(len(batch)) * time + 1, lengths - 2)
+                layers = net(staged(char_ids), torch.from_numpy(lengths), self.step)
+                rows = staged(sources)
+                tokens[staged(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers], 1)
+            by_layer = tokens.permute(1, 0, 2)
+            # A copy per doc: a view would keep every doc's memory alive with any one doc.
+            return [by_layer[:, start:end].clone(memory_format=torch.contiguous_format)
+                    for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
 def _sentences(doc_index: int, doc: Doc) -> Iterator[_Sentence]:

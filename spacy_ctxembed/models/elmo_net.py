@@ -167,6 +167,8 @@ class BiLstm(_WeightsModule):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
+        lengths: (batch,) on the host: the loop's bounds are read from them
+            without waiting for the device.
         step: the LSTM step, `lstm_step` or a compiled copy of it.
 
         RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs;
@@ -174,6 +176,9 @@ class BiLstm(_WeightsModule):
         """
         # Longest first, so the rows still running at step t are a prefix:
         # finished sequences drop out instead of computing padding.
+        lengths = lengths.cpu()
+        active = (lengths[:, None] > torch.arange(tokens.shape[1])).sum(dim=0).tolist()
+        lengths = lengths.to(tokens.device)
         order = torch.argsort(lengths, descending=True)
         tokens, lengths = tokens[order], lengths[order]
         batch, time, _ = tokens.shape
@@ -183,7 +188,6 @@ class BiLstm(_WeightsModule):
         reverse = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
         gather = reverse[:, :, None].expand(-1, -1, tokens.shape[2])
         inputs = torch.stack([tokens, tokens.gather(1, gather)])  # (2, batch, time, P)
-        active = (lengths[:, None] > torch.arange(time, device=lengths.device)).sum(dim=0).tolist()
         outputs = []
         for layer in range(self.n_layers):
             states = self._run_layer(layer, inputs, active, step)
@@ -238,7 +242,7 @@ class ElmoBiLm(nn.Module):
         return {**self.char_cnn.export_weights(), **self.bilstm.export_weights()}
 
     def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
-        """char_ids: (batch, time, 50), padded with 0; lengths include `<S>`/`</S>`.
+        """char_ids: (batch, time, 50), padded with 0; lengths (on the host) include `<S>`/`</S>`.
         step: the LSTM step (see `BiLstm.forward`).
 
         RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.

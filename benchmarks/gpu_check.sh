@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU engine's figures (issue 10) in one run on a lent GPU machine: the GPU
+# tests, then every arm of the BERT table (BERT-base size, random weights, UD
+# EWT train documents x 3) and the ELMo arms. Each step writes its own file
+# under $OUT and a failing step does not stop the next, so one run is enough.
+#
+# Here, once (../shared/gpu/README.md):
+#   bash ../shared/gpu/pack.sh
+#   cp -r ../shared/data/ud_english_ewt .gpu/
+#   bash benchmarks/setup_allennlp.sh /tmp/allennlp && cp -r /tmp/allennlp .gpu/allennlp
+# There (the device tool, carry [".gpu"]):
+#   source .gpu/device-env.sh && bash benchmarks/gpu_check.sh
+set -uo pipefail
+out=${OUT:-/tmp/gpu-check}
+python=${PYTHON:-python3}
+mkdir -p "$out"
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $out/NAME.txt
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(date -u +%T))"
+  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  echo "exit $?" >>"$out/$name.txt"
+  tail -n 12 "$out/$name.txt"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+step pytest 120 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_bert_exactness.py \
+  tests/test_engine.py
+"$python" benchmarks/make_random_bert.py /tmp/bert-base-random >/dev/null 2>&1
+step bert_speed 280 "$python" benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/bert-base-random \
+  --split train --times 3 --bare-batch 64 --repeats 1 \
+  --arms bare,ctxembed,ctxembed_65536,spacy_transformers,ctxembed_bf16,ctxembed_fp16,ctxembed_tf32,long
+step elmo_speed 130 "$python" benchmarks/elmo_speed.py --gpu --data-dir .gpu --allennlp .gpu/allennlp \
+  --arms ctxembed,ctxembed_compiled,allennlp --repeats 1 --n-sentences 2000 --no-long
