@@ -9,6 +9,7 @@ Trained when its component is trained (not frozen) and `trainable = true`:
 the gradient flows back through pooling into the encoder under torch
 autograd. Otherwise it runs under `torch.inference_mode`.
 """
+from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 from spacy.tokens import Doc
@@ -70,7 +71,7 @@ def BertEncoder(
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
         # The settings live in the shim only, so that bytes saved by another
         # version of the config can never override the config in use.
-        attrs={"validate": lambda: check_settings(settings)},
+        attrs={"validate": partial(check_settings, settings)},
         shims=[BertShim(settings)],
     )
 

@@ -33,6 +33,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
+from .torch_bridge import unpickle_shim
 
 COMPONENT = "ctxembed_bert"
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -388,6 +389,9 @@ class BertShim(PyTorchShim):
         super().finish_update(optimizer)
         if self.runner is not None:
             self.runner.weights_changed()
+
+    def __reduce__(self):
+        return unpickle_shim, (BertShim, self.settings, self.to_bytes() if self.loaded else None)
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "BertShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims. The int8

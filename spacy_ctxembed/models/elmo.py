@@ -14,6 +14,7 @@ import itertools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy
@@ -30,7 +31,7 @@ from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
-from .torch_bridge import run_encoder
+from .torch_bridge import run_encoder, unpickle_shim
 
 COMPONENT = "ctxembed_elmo"
 
@@ -69,7 +70,7 @@ def ElmoEncoder(
         forward,
         init=init,
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
-        attrs={"validate": lambda: check_settings(settings)},
+        attrs={"validate": partial(check_settings, settings)},
         shims=[ElmoShim(settings)],
     )
 
@@ -149,6 +150,9 @@ class ElmoShim(PyTorchShim):
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    def __reduce__(self):
+        return unpickle_shim, (ElmoShim, self.settings, self.to_bytes() if self.loaded else None)
 
     @property
     def device(self) -> torch.device:

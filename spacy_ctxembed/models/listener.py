@@ -112,6 +112,16 @@ class ContextualListenerNode(Model):
             raise ValueError(f"ContextualListener: mismatched batch ({batch_id} vs {self._batch_id}): the "
                              f"upstream {self._upstream!r} ran on other docs than this component")
 
+    def __getstate__(self) -> Any:
+        # A batch in flight (its outputs and backprop callback) and the weak
+        # references to the upstream components do not travel; the component
+        # claims its listeners again when it is unpickled. (Model keeps most
+        # of its state in slots: object's own state is (dict, slots).)
+        state = super().__getstate__()
+        own, slots = state if isinstance(state, tuple) else (state, None)
+        own = {**own, "_batch_id": None, "_outputs": None, "_backprop": None, "_upstream": None, "_claims": {}}
+        return (own, slots) if slots is not None else own
+
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
         backprop = self._backprop
         self._batch_id, self._outputs, self._backprop = None, None, None
@@ -200,18 +210,27 @@ def ContextualTok2Vec(
 
 
 def scale_gradient(layer: Model, factor: float) -> Model:
-    """`layer`, with the gradient it passes back scaled by `factor`."""
+    """`layer`, with the gradient it passes back scaled by `factor`.
 
-    def forward(model: Model, X, is_train: bool):
-        Y, backprop = layer(X, is_train)
+    The forward pass reads its layer and factor off the model (not a closure),
+    so that a copied, pickled or node-replaced model runs its own layer.
+    """
+    return Model("ctxembed-grad-factor", _scaled_forward, init=_scaled_init, layers=[layer],
+                 attrs={"grad_factor": factor})
 
-        def scaled(dY):
-            return backprop([d * factor for d in dY] if factor != 1.0 else dY)
 
-        return Y, scaled
+def _scaled_forward(model: Model, X, is_train: bool):
+    Y, backprop = model.layers[0](X, is_train)
+    factor = model.attrs["grad_factor"]
 
-    return Model("ctxembed-grad-factor", forward, layers=[layer], attrs={"grad_factor": factor},
-                 init=lambda model, X=None, Y=None: layer.initialize(X=X))
+    def scaled(dY):
+        return backprop([d * factor for d in dY] if factor != 1.0 else dY)
+
+    return Y, scaled
+
+
+def _scaled_init(model: Model, X=None, Y=None) -> None:
+    model.layers[0].initialize(X=X)
 
 
 def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model], name: str) -> Model:

@@ -5,7 +5,7 @@ arrays without a host copy (numpy shares CPU memory, cupy takes CUDA memory
 through DLPack), and in training the backward pass hands the gradients back to
 torch's autograd, with the shim's loss scaling for fp16.
 """
-from typing import Callable, List, Sequence, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
 import torch
 from spacy.tokens import Doc
@@ -49,3 +49,18 @@ def run_encoder(
 
 def _no_gradient(dY: List[DocLayers]) -> List[Doc]:
     return []
+
+
+ShimT = TypeVar("ShimT", bound=PyTorchShim)
+
+
+def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[bytes]) -> ShimT:
+    """Rebuild a pickled encoder shim from its settings and its `to_bytes` (None: no weights yet).
+
+    The shims pickle as what they serialize, not as their attributes: their
+    locks, compiled steps and quantized copies are rebuilt, not copied.
+    """
+    shim = cls(settings)  # type: ignore[call-arg]
+    if data is not None:
+        shim.from_bytes(data)
+    return shim

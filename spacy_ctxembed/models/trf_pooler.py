@@ -5,6 +5,7 @@ component) and pools its wordpiece states to tokens through its own
 alignment, `trf_data.align`, without running the transformer again. The
 transformer belongs to the upstream component, so the gradient stops here.
 """
+from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 from spacy.tokens import Doc
@@ -33,7 +34,7 @@ def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> Encod
         forward,
         init=init,
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
-        attrs={"validate": lambda: check_settings(settings), "settings": settings},
+        attrs={"validate": partial(check_settings, settings), "settings": settings},
     )
 
 

@@ -86,6 +86,15 @@ class ContextualEmbedder(TrainablePipe):
         self._pid = os.getpid()
         install_extensions()
 
+    def __reduce__(self):
+        # spaCy's pipelines pickle (and `nlp.pipe(n_process=...)` pickles them
+        # where processes are spawned). TrainablePipe's reducer, made by
+        # Cython, copies __dict__ as it is; this one leaves out the load lock
+        # and the feature cache's entries (a memory saving, not state).
+        state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
+                 "scorer": self.scorer, "_load_lock": None, "cache": None}
+        return _unpickled_component, (type(self), state)
+
     @property
     def encoder(self) -> Model:
         return self.model.get_ref("encoder")
@@ -449,6 +458,18 @@ def _upstream_width(encoder: Model, nlp: Language) -> None:
         if type(pipe).__name__ == "Transformer" and isinstance(model, Model) and model.has_dim("nO") is True:
             encoder.set_dim("nO", model.get_dim("nO"), force=True)
             return
+
+
+def _unpickled_component(cls: type, state: Dict[str, Any]) -> "ContextualEmbedder":
+    component = cls.__new__(cls)
+    for key, value in state.items():
+        setattr(component, key, value)
+    component._load_lock = threading.Lock()
+    cache_mb = component.cfg["cache_mb"]
+    component.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
+    for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
+        listener.claim(component)
+    return component
 
 
 def _on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:

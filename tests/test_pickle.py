@@ -1,0 +1,125 @@
+"""Pipelines pickle, as spaCy's own do: weights, settings, listeners and all.
+
+`nlp.pipe(n_process=...)` pickles the pipeline where worker processes are
+spawned (macOS, Windows); copies and pickles must run their own layers.
+"""
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy
+import spacy
+from spacy.training import Example
+from thinc.api import Linear, with_array
+
+from spacy_ctxembed.models.elmo_net import lstm_step
+from spacy_ctxembed.models.listener import scale_gradient
+
+from .conftest import ctx_config
+from .elmo_fixture import write_elmo_fixture
+
+TEXTS = ["I ran to the park.", "She ran significance tests on the data.", "", "A much longer text " * 20]
+WORDS, TAGS = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+
+
+def _round_trip(nlp):
+    return pickle.loads(pickle.dumps(nlp))
+
+
+def test_bert_pipeline_pickles_with_its_weights_and_settings(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 2], pooling="max",
+                                                    store_layers=True, cache_mb=4))
+    nlp.initialize()
+    expected = [nlp(t) for t in TEXTS]
+    copy = _round_trip(nlp)
+    component = copy.get_pipe("ctxembed_bert")
+    assert component.cfg == nlp.get_pipe("ctxembed_bert").cfg
+    assert component.cache is not None and len(component.cache) == 0  # a fresh cache, not the entries
+    for text, doc in zip(TEXTS, expected):
+        got = copy(text)
+        numpy.testing.assert_array_equal(got._.ctx_layers, doc._.ctx_layers)
+        numpy.testing.assert_array_equal(got.tensor, doc.tensor)
+
+
+def test_pipeline_pickled_before_initialize_initializes_later(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    copy = _round_trip(nlp)
+    nlp.initialize()
+    copy.initialize()
+    numpy.testing.assert_array_equal(copy(TEXTS[1]).tensor, nlp(TEXTS[1]).tensor)
+
+
+def test_elmo_pipeline_pickles_and_keeps_its_step(tmp_path):
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights)))
+    nlp.initialize()
+    numpy.testing.assert_array_equal(_round_trip(nlp)(TEXTS[1]).tensor, nlp(TEXTS[1]).tensor)
+    compiled = spacy.blank("en")
+    compiled.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                         compile=True))
+    compiled.initialize()
+    step = _round_trip(compiled).get_pipe("ctxembed_elmo").encoder.shims[0].step
+    assert step is not lstm_step and callable(step)  # compiled again, lazily
+
+
+def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    optimizer = nlp.resume_training()
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    nlp.update(examples, sgd=False)  # a batch left in flight: the listeners hold outputs and callbacks
+    copy = _round_trip(nlp)
+    listener = copy.get_pipe("ctxembed_bert").listeners[0]
+    assert listener.source_name() == "ctxembed_bert"  # the upstream is claimed again
+    text = " ".join(WORDS)
+    assert [t.tag_ for t in copy(text)] == [t.tag_ for t in nlp(text)]
+    copy.update(examples, sgd=copy.resume_training())  # and it trains on
+
+
+def test_a_copied_gradient_scaler_runs_its_own_layer():
+    X = [numpy.ones((3, 4), dtype="float32")]
+    model = scale_gradient(with_array(Linear(2, 4)), 0.5)
+    model.initialize(X=X)
+    copy = model.copy()
+    linear = copy.layers[0].layers[0]
+    linear.set_param("W", linear.get_param("W") * 0)
+    assert model.predict(X)[0].any()  # the original's own layer
+    assert not copy.predict(X)[0].any()  # the copy's zeroed one
+    # And the gradient it passes back is the layer's own, scaled.
+    _, backprop = model.begin_update(X)
+    _, plain_backprop = model.layers[0].begin_update(X)
+    dY = [numpy.ones((3, 2), dtype="float32")]
+    numpy.testing.assert_allclose(backprop(dY)[0], 0.5 * plain_backprop(dY)[0])
+
+
+def test_multiprocess_pipe_with_spawned_workers(tiny_bert_dir, tmp_path):
+    # Spawned workers (macOS and Windows start them so) get the pipeline pickled.
+    script = textwrap.dedent(f"""
+        import multiprocessing, numpy, spacy
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("spawn", force=True)
+            nlp = spacy.blank("en")
+            nlp.add_pipe("ctxembed_bert", config={{"model": {{"encoder": {{"name": {str(tiny_bert_dir)!r}}}}}}})
+            nlp.initialize()
+            texts = {TEXTS!r}
+            serial = [d._.ctx_vectors for d in nlp.pipe(texts)]
+            spawned = [d._.ctx_vectors for d in nlp.pipe(texts, n_process=2, batch_size=1)]
+            assert len(spawned) == len(texts)
+            for a, b in zip(serial, spawned):
+                numpy.testing.assert_allclose(a, b, atol=1e-5)
+            print("SPAWNED OK")
+    """)
+    path = tmp_path / "spawn_pipe.py"
+    path.write_text(script)
+    result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert "SPAWNED OK" in result.stdout, result.stderr[-3000:]
