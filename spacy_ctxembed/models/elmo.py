@@ -13,8 +13,8 @@ of it trains with its component.
 import itertools
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy

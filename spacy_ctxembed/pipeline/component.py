@@ -460,7 +460,7 @@ def _upstream_width(encoder: Model, nlp: Language) -> None:
             return
 
 
-def _unpickled_component(cls: type, state: Dict[str, Any]) -> "ContextualEmbedder":
+def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any]) -> "ContextualEmbedder":
     component = cls.__new__(cls)
     for key, value in state.items():
         setattr(component, key, value)
