@@ -29,7 +29,6 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import conllu_documents  # noqa: E402
 
-from spacy_ctxembed.batching import runs_by_size  # noqa: E402
 from spacy_ctxembed.models.bert import get_encoder, get_runner  # noqa: E402
 
 
@@ -83,8 +82,7 @@ def main(args) -> None:
             pass
 
     runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
-    prepared = [runner.prepare(run) for run in runs_by_size([nlp.make_doc(t) for t in texts],
-                                                            runner.max_batch_items * 4 * 4, len)]
+    prepared = [runner.prepare(run) for run in runner.runs([nlp.make_doc(t) for t in texts])]
 
     def forward_alone():  # the model's forward pass over the component's own batches
         with torch.inference_mode():

@@ -75,7 +75,7 @@ def prefetched(produce: Callable[[T], U], items: Sequence[T], *, overlap: bool =
         yield pending.result()
 
 
-def run_ahead(
+def computed_ahead(
     produce: Callable[[T], U], items: Iterable[T]
 ) -> Iterator[Tuple[T, Optional[U], Optional[Exception]]]:
     """(item, produce(item), None) for each item of a stream, in order, or
@@ -84,10 +84,12 @@ def run_ahead(
     `produce(item k+1)` runs in a worker thread while the caller works on item
     k's result, and item k+1 is drawn from `items` (which may do work of its
     own, like spaCy's tokenizer behind `nlp.pipe`) while the worker computes
-    item k. Errors are handed back, not raised, so that the caller decides
-    (spaCy's error handlers). The worker runs in a copy of the caller's
-    context, so context variables (Thinc's current ops) carry over. Closing
-    the generator early waits for the one item in flight and drops it.
+    item k. Errors of `produce` are handed back, not raised, so that the
+    caller decides (spaCy's error handlers); an error of the stream itself is
+    raised after the item before it has been handed over, as a serial loop
+    would. The worker runs in a copy of the caller's context, so context
+    variables (Thinc's current ops) carry over. Closing the generator early
+    waits for the one item in flight and drops it.
     """
     iterator = iter(items)
     sentinel = object()
@@ -101,7 +103,11 @@ def run_ahead(
             return
         pending = submit(current)  # type: ignore[arg-type]
         while True:
-            following = next(iterator, sentinel)
+            stream_error: Optional[Exception] = None
+            try:
+                following = next(iterator, sentinel)
+            except Exception as exc:  # raised once `current` is handed over
+                following, stream_error = sentinel, exc
             try:
                 result: Optional[U] = pending.result()
                 error: Optional[Exception] = None
@@ -110,6 +116,8 @@ def run_ahead(
             if following is not sentinel:
                 pending = submit(following)  # type: ignore[arg-type]
             yield current, result, error  # type: ignore[misc]
+            if stream_error is not None:
+                raise stream_error
             if following is sentinel:
                 return
             current = following

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spacy_ctxembed.alignment import align_docs, align_pieces
-from spacy_ctxembed.batching import concat_ranges, prefetched, run_ahead, runs_by_size
+from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, batch_items_for_memory
 
@@ -286,16 +286,38 @@ def test_run_ahead_hands_back_errors_and_carries_context():
             raise KeyError("two")
         return (n, var.get())
 
-    out = list(run_ahead(produce, iter([1, 2, 3])))
+    out = list(computed_ahead(produce, iter([1, 2, 3])))
     assert [(item, result) for item, result, _ in out] == [(1, (1, "caller")), (2, None), (3, (3, "caller"))]
     assert [type(error) for _, _, error in out] == [type(None), KeyError, type(None)]
-    assert list(run_ahead(produce, iter([]))) == []
+    assert list(computed_ahead(produce, iter([]))) == []
 
 
-def test_run_ahead_raises_the_streams_own_error():
+def test_run_ahead_raises_the_streams_own_error_after_the_item_before_it():
     def stream():
         yield 1
+        yield 2
         raise OSError("the input broke")
 
+    handed_over = []
     with pytest.raises(OSError, match="the input broke"):
-        list(run_ahead(lambda n: n, stream()))
+        for item, result, _ in computed_ahead(lambda n: n * 10, stream()):
+            handed_over.append((item, result))
+    assert handed_over == [(1, 10), (2, 20)]  # as a serial loop would have
+
+
+def test_run_ahead_setting_is_checked_and_tf32_keeps_it_off(nlp, tiny_bert_dir, monkeypatch):
+    from thinc.api import NumpyOps
+
+    from spacy_ctxembed.pipeline import component as component_module
+
+    component = nlp.get_pipe("ctxembed_bert")
+    with _switched(component, "run_ahead", "yes"):
+        with pytest.raises(ValueError, match=r"\[ctxembed_bert\] run_ahead = 'yes'"):
+            list(nlp.pipe(["a text"]))
+    tf32 = make_nlp(tiny_bert_dir, precision="tf32").get_pipe("ctxembed_bert")
+    assert not component._runs_ahead() and not tf32._runs_ahead()  # on CPU: off
+    monkeypatch.setattr(component_module, "CupyOps", NumpyOps)  # as if these ops were the GPU's
+    assert component._runs_ahead()  # on GPU: on by default
+    assert not tf32._runs_ahead()  # but not with tf32's process-wide switch
+    with _switched(tf32, "run_ahead", True):
+        assert tf32._runs_ahead()  # unless asked for

@@ -66,6 +66,43 @@ def test_elmo_pipeline_pickles_and_keeps_its_step(tmp_path):
     assert step is not lstm_step and callable(step)  # compiled again, lazily
 
 
+def test_elmo_model_copies_in_memory(tmp_path, monkeypatch):
+    from spacy_ctxembed.models.elmo import ElmoShim
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights)))
+    nlp.initialize()
+    model = nlp.get_pipe("ctxembed_elmo").model
+
+    def no_files(self):
+        raise AssertionError("Model.copy() went through the weight files")
+
+    monkeypatch.setattr(ElmoShim, "to_bytes", no_files)
+    copy = model.copy()
+    docs = [nlp.make_doc(TEXTS[1])]
+    numpy.testing.assert_array_equal(copy.predict(docs)[0], model.predict(docs)[0])
+    assert copy.layers[0].shims[0]._model is not model.layers[0].shims[0]._model
+
+
+def test_unpickled_in_a_fresh_process_it_registers_its_extensions(tiny_bert_dir, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    nlp.initialize()
+    (tmp_path / "nlp.pkl").write_bytes(pickle.dumps(nlp))
+    numpy.save(tmp_path / "expected.npy", nlp(TEXTS[1])._.ctx_vectors)
+    script = textwrap.dedent(f"""
+        import pickle, numpy
+        nlp = pickle.loads(open({str(tmp_path / "nlp.pkl")!r}, "rb").read())
+        got = nlp({TEXTS[1]!r})._.ctx_vectors
+        # (another process: BLAS may round differently, hence not bit for bit)
+        numpy.testing.assert_allclose(got, numpy.load({str(tmp_path / "expected.npy")!r}), atol=1e-5)
+        print("FRESH OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "FRESH OK" in result.stdout, result.stderr[-3000:]
+
+
 def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")

@@ -113,6 +113,10 @@ class BertRunner:
         if self.precision == "int8" and self.device.type != "cpu":
             raise bad_setting(COMPONENT, "precision", "int8",
                               "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
+        if self.precision == "tf32" and not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            raise bad_setting(COMPONENT, "precision", "tf32",
+                              "needs torch >= 2.9 (torch.backends.cuda.matmul.fp32_precision); "
+                              f"this is torch {torch.__version__}")
         self.max_batch_items: int = settings["max_batch_items"] or default_batch_items(
             self.device, encoder, self.window + self.n_special
         )
@@ -148,8 +152,7 @@ class BertRunner:
         """
         module = self.train_runner if grad else self.runner if self.precision != "int8" else self._quantized()
         context = contextlib.nullcontext() if grad else torch.inference_mode()
-        run_chars = self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE
-        runs = list(runs_by_size(docs, run_chars, text_length))
+        runs = self.runs(docs)
         outputs: List[torch.Tensor] = []
         device = self.device
         non_blocking = device.type == "cuda"
@@ -166,6 +169,10 @@ class BertRunner:
                     for start, end in zip(offsets[:-1], offsets[1:])
                 )
         return outputs
+
+    def runs(self, docs: Sequence[Doc]) -> List[List[Doc]]:
+        """The docs, in order, cut into runs of about `BATCHES_PER_RUN` forward batches."""
+        return list(runs_by_size(docs, self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE, text_length))
 
     def prepare(self, docs: Sequence[Doc]) -> _Prepared:
         """The host's part for a run of docs: plans, forward batches and the

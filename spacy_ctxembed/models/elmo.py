@@ -10,6 +10,7 @@ biLSTM layers, [forward; backward].
 The biLM is frozen unless `trainable = true`; either way a scalar mix on top
 of it trains with its component.
 """
+import copy
 import itertools
 import tempfile
 from dataclasses import dataclass
@@ -153,6 +154,15 @@ class ElmoShim(PyTorchShim):
 
     def __reduce__(self):
         return unpickle_shim, (ElmoShim, self.settings, self.to_bytes() if self.loaded else None)
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
+        # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,
+        # not through the pickled form's weight files.
+        copied = ElmoShim(self.settings)
+        if self._model is not None:
+            copied._model = copy.deepcopy(self._model, memo)
+            copied.options, copied.layers = self.options, self.layers
+        return copied
 
     @property
     def device(self) -> torch.device:

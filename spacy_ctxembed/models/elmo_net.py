@@ -167,8 +167,8 @@ class BiLstm(_WeightsModule):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
-        lengths: (batch,) on the host: the loop's bounds are read from them
-            without waiting for the device.
+        lengths: (batch,) on the host: the loop's bounds are read from them,
+            not from a device tensor (which would wait for the device).
         step: the LSTM step, `lstm_step` or a compiled copy of it.
 
         RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs;
@@ -178,7 +178,8 @@ class BiLstm(_WeightsModule):
         # finished sequences drop out instead of computing padding.
         lengths = lengths.cpu()
         active = (lengths[:, None] > torch.arange(tokens.shape[1])).sum(dim=0).tolist()
-        lengths = lengths.to(tokens.device)
+        if tokens.is_cuda:  # pinned, so that the copy need not wait
+            lengths = lengths.pin_memory().to(tokens.device, non_blocking=True)
         order = torch.argsort(lengths, descending=True)
         tokens, lengths = tokens[order], lengths[order]
         batch, time, _ = tokens.shape
@@ -248,7 +249,9 @@ class ElmoBiLm(nn.Module):
         RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.
         """
         batch, time, n_chars = char_ids.shape
-        # The token layer depends only on the word: run the CNN once per distinct word.
+        # The token layer depends only on the word: run the CNN once per distinct
+        # word. (On GPU `unique` waits for the device, once per batch: its size
+        # depends on the data. The CNN it spares costs more.)
         words, inverse = torch.unique(char_ids.reshape(-1, n_chars), dim=0, return_inverse=True)
         # In chunks: the convolution outputs are (words x filters x 50) floats.
         embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])

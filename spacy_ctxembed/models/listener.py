@@ -117,10 +117,10 @@ class ContextualListenerNode(Model):
         # references to the upstream components do not travel; the component
         # claims its listeners again when it is unpickled. (Model keeps most
         # of its state in slots: object's own state is (dict, slots).)
-        state = super().__getstate__()
-        own, slots = state if isinstance(state, tuple) else (state, None)
-        own = {**own, "_batch_id": None, "_outputs": None, "_backprop": None, "_upstream": None, "_claims": {}}
-        return (own, slots) if slots is not None else own
+        own = {**self.__dict__, "_batch_id": None, "_outputs": None, "_backprop": None, "_upstream": None,
+               "_claims": {}}
+        slots = {name: getattr(self, name) for name in Model.__slots__ if hasattr(self, name)}
+        return own, slots
 
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
         backprop = self._backprop

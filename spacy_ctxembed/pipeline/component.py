@@ -26,7 +26,7 @@ from spacy.util import ensure_path, from_disk, minibatch, to_disk
 from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
-from ..batching import run_ahead
+from ..batching import computed_ahead
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..models.embedder import pass_dims
 from ..models.listener import ContextualListenerNode
@@ -77,13 +77,19 @@ class ContextualEmbedder(TrainablePipe):
             "encoder_lr_scale": encoder_lr_scale,
         }
         self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
-        # Layers of docs already seen, for training on a frozen encoder.
-        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
         self._identity = ""
         self._updates = 0
         self._loaded = False
-        self._load_lock = threading.Lock()
         self._pid = os.getpid()
+        self._start_runtime()
+
+    def _start_runtime(self) -> None:
+        """What is made, never copied or pickled: the load lock, an empty feature
+        cache (layers of docs already seen, for training on a frozen encoder),
+        and the Doc extensions the outputs live in."""
+        self._load_lock = threading.Lock()
+        cache_mb = self.cfg["cache_mb"]
+        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
         install_extensions()
 
     def __reduce__(self):
@@ -198,8 +204,10 @@ class ContextualEmbedder(TrainablePipe):
     # Prediction ------------------------------------------------------------
 
     #: In `pipe`, predict the next batch in a worker thread while this one is
-    #: annotated and passed on. None: on GPU only. On CPU the worker's torch
-    #: work would compete for the same cores as spaCy's, and measured no faster.
+    #: annotated and passed on. None: on GPU only, and not with precision
+    #: "tf32" (its process-wide switch would then also hold while the other
+    #: components run). On CPU the worker's torch work would compete for the
+    #: same cores as spaCy's, and measured no faster.
     run_ahead: Optional[bool] = None
 
     def pipe(self, stream: Iterable[Doc], *, batch_size: int = 128) -> Iterator[Doc]:
@@ -212,13 +220,12 @@ class ContextualEmbedder(TrainablePipe):
         are those of the serial loop: the same batches, the same model. Errors
         go to the component's error handler, as in `TrainablePipe.pipe`.
         """
-        ahead = self.run_ahead if self.run_ahead is not None else isinstance(self.model.ops, CupyOps)
-        if not ahead:
+        if not self._runs_ahead():
             yield from super().pipe(stream, batch_size=batch_size)
             return
         error_handler = self.get_error_handler()
         predict = _on_caller_devices(self.predict)
-        for docs, predictions, error in run_ahead(predict, minibatch(stream, size=batch_size)):
+        for docs, predictions, error in computed_ahead(predict, minibatch(stream, size=batch_size)):
             try:
                 if error is not None:
                     raise error
@@ -227,6 +234,14 @@ class ContextualEmbedder(TrainablePipe):
                 error_handler(self.name, self, docs, exc)
                 continue
             yield from docs
+
+    def _runs_ahead(self) -> bool:
+        if self.run_ahead not in (None, True, False):
+            raise bad_setting(self.name, "run_ahead", self.run_ahead, "expected True, False or None (on GPU only)")
+        if self.run_ahead is not None:
+            return bool(self.run_ahead)
+        tf32 = any(getattr(shim, "settings", {}).get("precision") == "tf32" for shim in self.encoder.shims)
+        return isinstance(self.model.ops, CupyOps) and not tf32
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
@@ -464,9 +479,7 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     component = cls.__new__(cls)
     for key, value in state.items():
         setattr(component, key, value)
-    component._load_lock = threading.Lock()
-    cache_mb = component.cfg["cache_mb"]
-    component.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
+    component._start_runtime()
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component
