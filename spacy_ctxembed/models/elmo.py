@@ -217,7 +217,8 @@ class ElmoShim(PyTorchShim):
         The sentences of all docs go in length-sorted batches; each batch's
         word rows are written into one array of all the docs' tokens with one
         indexed copy (whitespace tokens stay zero), which is cut into docs at
-        the end: no per-sentence or per-doc work on the device.
+        the end: no per-sentence work on the device, and per doc only the copy
+        of its own output.
         """
         net = self.get_net()
         device = self.device
