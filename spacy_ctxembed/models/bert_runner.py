@@ -33,7 +33,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
-from .torch_bridge import unpickle_shim
+from .torch_bridge import staged, unpickle_shim
 
 COMPONENT = "ctxembed_bert"
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -62,7 +62,6 @@ class _Batch:
 class _Prepared:
     """Everything the host does for a run of docs before the device can start."""
 
-    plans: List[_DocPlan]
     batches: List[_Batch]
     #: The pooling index of the run's docs laid end to end, staged like the
     #: batches, so that one pooling serves the whole run.
@@ -191,7 +190,7 @@ class BertRunner:
         pieces += numpy.repeat(piece_offsets[:-1], pair_counts)
         index = pooling_index(tokens, pieces, int(token_offsets[-1]), self.pooling)
         return _Prepared(
-            plans, self.batches(plans, piece_offsets), {k: self._staged(a) for k, a in index.items()},
+            self.batches(plans, piece_offsets), {k: staged(a, self.device) for k, a in index.items()},
             token_offsets.tolist(), int(piece_offsets[-1]),
         )
 
@@ -225,6 +224,7 @@ class BertRunner:
         # Longest first, so each batch holds windows of similar length.
         items.sort(key=lambda item: item[1].end - item[1].start, reverse=True)
         n_prefix = len(self.prefix_ids)
+        device = self.device
         batches = []
 
         def padded(item: Tuple[int, Window]) -> int:
@@ -240,7 +240,7 @@ class BertRunner:
             # Row r's piece p sits at column n_prefix + p - start of the padded input.
             rows = numpy.arange(len(batch), dtype="int64")
             sources = concat_ranges(rows * input_ids.shape[1] + n_prefix + own_start - start, owned)
-            batches.append(_Batch(*(self._staged(a) for a in (input_ids, mask, targets, sources))))
+            batches.append(_Batch(*(staged(a, device) for a in (input_ids, mask, targets, sources))))
         return batches
 
     def piece_states(self, prepared: _Prepared, module: torch.nn.Module) -> torch.Tensor:
@@ -260,11 +260,6 @@ class BertRunner:
                 owned = [output.hidden_states[i].reshape(-1, self.width).index_select(0, sources) for i in self.layers]
                 states[targets] = torch.stack(owned, dim=1).float()
         return states
-
-    def _staged(self, array: numpy.ndarray) -> torch.Tensor:
-        """A host array as a tensor, pinned for a CUDA model so that its copy need not wait."""
-        tensor = torch.from_numpy(array)
-        return tensor.pin_memory() if self.device.type == "cuda" else tensor
 
     def pad(self, pieces: Sequence[numpy.ndarray]) -> Tuple[numpy.ndarray, numpy.ndarray]:
         """(input_ids, attention_mask) for windows of piece ids: framed by the special

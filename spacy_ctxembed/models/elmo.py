@@ -32,7 +32,7 @@ from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
-from .torch_bridge import run_encoder, unpickle_shim
+from .torch_bridge import run_encoder, staged, unpickle_shim
 
 COMPONENT = "ctxembed_elmo"
 
@@ -222,7 +222,6 @@ class ElmoShim(PyTorchShim):
         """
         net = self.get_net()
         device = self.device
-        cuda = device.type == "cuda"
         width = cast(ElmoOptions, self.options).output_width
         sentences = [s for d, doc in enumerate(docs) for s in _sentences(d, doc)]
         # Similar lengths together keep the padding small.
@@ -230,9 +229,8 @@ class ElmoShim(PyTorchShim):
         offsets = numpy.concatenate(([0], numpy.cumsum([len(doc) for doc in docs], dtype="int64")))
         tokens = torch.zeros((int(offsets[-1]), len(self.layers), width), device=device)
 
-        def staged(array: numpy.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(array)  # pinned on CUDA, so that the copy need not wait
-            return tensor.pin_memory().to(device, non_blocking=True) if cuda else tensor
+        def on_device(array: numpy.ndarray) -> torch.Tensor:
+            return staged(array, device).to(device, non_blocking=True)
 
         with torch.enable_grad() if grad else torch.inference_mode():
             for batch in batches_by_budget(sentences, self.settings["max_batch_items"], lambda s: len(s.char_ids)):
@@ -244,9 +242,9 @@ class ElmoShim(PyTorchShim):
                 # Row r's words sit at positions 1..n (after <S>, before </S>).
                 targets = numpy.concatenate([offsets[s.doc] + s.token_ids for s in batch])
                 sources = concat_ranges(numpy.arange(len(batch)) * time + 1, lengths - 2)
-                layers = net(staged(char_ids), torch.from_numpy(lengths), self.step)
-                rows = staged(sources)
-                tokens[staged(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers], 1)
+                layers = net(on_device(char_ids), torch.from_numpy(lengths), self.step)
+                rows = on_device(sources)
+                tokens[on_device(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers], 1)
             by_layer = tokens.permute(1, 0, 2)
             # A copy per doc: a view would keep every doc's memory alive with any one doc.
             return [by_layer[:, start:end].clone(memory_format=torch.contiguous_format)

@@ -7,6 +7,7 @@ torch's autograd, with the shim's loss scaling for fp16.
 """
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
+import numpy
 import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, torch2xp, xp2torch
@@ -64,3 +65,10 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
     if data is not None:
         shim.from_bytes(data)
     return shim
+
+
+def staged(array: numpy.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor, pinned when it is bound for a CUDA device, so
+    that its `.to(device, non_blocking=True)` need not wait for the device."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory() if device.type == "cuda" else tensor
