@@ -2,6 +2,8 @@
 import numpy
 import pytest
 
+from spacy_ctxembed.models.bert import get_runner
+
 from .conftest import make_nlp
 from .reference import hf_hidden_states, pool, token_pieces
 
@@ -46,6 +48,54 @@ def test_untrained_scalar_mix_equals_mean(minilm_dir, hf_reference):
     pieces = token_pieces(doc, offsets)
     expected = numpy.mean([pool(states[i], pieces, "mean") for i in (1, 2, 3)], axis=0)
     numpy.testing.assert_allclose(doc._.ctx_vectors, expected, atol=1e-4, rtol=0)
+
+
+def test_padded_batches_match_transformers_on_each_text(minilm_dir, hf_reference):
+    """The texts share one padded forward batch (masked in the (batch, 1, length)
+    form); each must still equal `transformers` on that text alone."""
+    tokenizer, model = hf_reference
+    nlp = _nlp_cache(minilm_dir, "mean", [0, 3, -1])
+    _assert_padded_batches_match(nlp, tokenizer, model, [0, 3, -1], broadcast=True)
+
+
+def _tiny_family_model(family: str):
+    from transformers import DistilBertConfig, ElectraConfig, RobertaConfig
+
+    small = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return {
+        "roberta": lambda: RobertaConfig(**small, pad_token_id=0),  # the BERT tokenizer's padding id
+        "electra": lambda: ElectraConfig(**small, embedding_size=16),
+        "distilbert": lambda: DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+    }[family]()
+
+
+@pytest.mark.parametrize("family,broadcast", [("roberta", True), ("electra", True), ("distilbert", False)])
+def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast):
+    """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's forward does not
+    and keeps the 2-D one. Either way each text equals `transformers` alone."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_tiny_family_model(family)).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    nlp = make_nlp(tmp_path, layers=[0, 1, 2], store_layers=True)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    _assert_padded_batches_match(nlp, AutoTokenizer.from_pretrained(tmp_path), model, [0, 1, 2], broadcast)
+
+
+def _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast):
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    assert runner.broadcast_mask is broadcast
+    (run,) = runner.runs([nlp.make_doc(t) for t in TEXTS])
+    (batch,) = runner.prepare(run).batches
+    assert batch.attention_mask.dim() == (3 if broadcast else 2)
+    assert not bool(batch.attention_mask.all())  # the texts' lengths differ: there is padding
+    for text, doc in zip(TEXTS, nlp.pipe(TEXTS)):
+        states, offsets = hf_hidden_states(tokenizer, model, text)
+        pieces = token_pieces(doc, offsets)
+        expected = numpy.stack([pool(states[i], pieces, "mean") for i in layers])
+        numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)
 
 
 def test_contextual_senses_differ(nlp_default):

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from spacy_ctxembed.alignment import align_docs, align_pieces
 from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
-from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, batch_items_for_memory
+from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, _takes_broadcast_mask, batch_items_for_memory
 
 from .conftest import make_nlp
 
@@ -127,6 +127,38 @@ def test_shape_buckets_leave_fp32_vectors_unchanged(tiny_bert_dir):
         padded = runner.embed(docs)
     for a, b in zip(exact, padded):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_broadcast_mask_gives_the_2d_masks_vectors(nlp):
+    runner = _runner(nlp)
+    assert runner.broadcast_mask
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    assert any(b.attention_mask.dim() == 3 for b in runner.prepare(docs).batches)
+    broadcast = runner.embed(docs)
+    with _switched(runner, "broadcast_mask", False):
+        assert all(b.attention_mask.dim() == 2 for b in runner.prepare(docs).batches)
+        two_d = runner.embed(docs)
+    for a, b in zip(broadcast, two_d):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_broadcast_mask_is_refused_where_the_model_would_ignore_it(tiny_bert_dir):
+    """A model that takes a 3-D mask without error but does not apply it
+    (here: drops it) must keep the 2-D mask."""
+    runner = _runner(make_nlp(tiny_bert_dir))
+
+    class DropsThreeD(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            return self.inner(input_ids=input_ids, attention_mask=None if attention_mask.dim() == 3 else attention_mask,
+                              **kwargs)
+
+    probe = runner.pad([numpy.arange(1, 4), numpy.arange(1, 2)])
+    assert _takes_broadcast_mask(runner.runner, *probe)
+    assert not _takes_broadcast_mask(DropsThreeD(runner.runner), *probe)
 
 
 def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):

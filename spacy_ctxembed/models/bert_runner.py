@@ -51,6 +51,8 @@ class _Batch:
     """One forward batch, staged on the host (in pinned memory for a CUDA model)."""
 
     input_ids: torch.Tensor
+    #: (batch, length); (batch, 1, length) where the batch has padding and the
+    #: model takes that form (`BertRunner.broadcast_mask`).
     attention_mask: torch.Tensor
     #: The pieces the batch's windows own: their rows in the run's piece
     #: states, and their positions in the output flattened to (rows * length).
@@ -121,6 +123,8 @@ class BertRunner:
         )
         #: Pad to a few lengths only (half precision: see SHAPE_BUCKET).
         self.bucket_shapes = self.precision in _AUTOCAST_DTYPES
+        #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
+        self.broadcast_mask = _takes_broadcast_mask(self.runner, *self.pad([numpy.arange(1, 4), numpy.arange(1, 2)]))
         #: Prepare the next run of docs in a worker thread while this one computes.
         self.overlap = True
         self._int8: Optional[torch.nn.Module] = None
@@ -232,6 +236,8 @@ class BertRunner:
 
         for batch in batches_by_budget(items, self.max_batch_items, padded):
             input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
+            if self.broadcast_mask and not mask.all():
+                mask = mask[:, None, :]
             docs, start, own_start, own_end = numpy.array(
                 [(d, w.start, w.own_start, w.own_end) for d, w in batch], dtype="int64"
             ).T
@@ -440,6 +446,33 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
                 setattr(module_copy, owner_name, owner_copy)
                 return module_copy
     return module
+
+
+def _takes_broadcast_mask(module: torch.nn.Module, input_ids: numpy.ndarray, mask: numpy.ndarray) -> bool:
+    """Whether `module` masks padding from a (batch, 1, length) attention mask
+    exactly as it does from its usual (batch, length) one.
+
+    Hugging Face's BERT and RoBERTa turn a 2-D mask into a (batch, 1, length,
+    length) float tensor before each forward pass; over windows of 512 pieces
+    that costs more than a small model's layers (the CPU proxy's forward pass
+    ran 2.4x faster without it), and on a GPU it is read again by every head.
+    A 3-D mask is used as it is and broadcast by attention. Not every model
+    (or transformers version) accepts one, so it is tried once, on a padded
+    probe (input_ids, mask), and used only where every hidden state of the
+    unpadded positions agrees with the 2-D mask's.
+    """
+    device = next(module.parameters()).device
+    ids = torch.from_numpy(input_ids).to(device)
+    real = torch.from_numpy(mask).to(device).bool()
+    with torch.inference_mode():
+        expected = module(input_ids=ids, attention_mask=real.long(), output_hidden_states=True).hidden_states
+        try:
+            got = module(input_ids=ids, attention_mask=real.long()[:, None, :], output_hidden_states=True).hidden_states
+        except Exception:  # a model that does not take the form fails in its own way: use the 2-D mask
+            return False
+    return len(got) == len(expected) and all(
+        g.shape == e.shape and torch.allclose(g[real], e[real], rtol=1e-4, atol=1e-5) for g, e in zip(got, expected)
+    )
 
 
 def _quantized_int8(module: torch.nn.Module) -> torch.nn.Module:
