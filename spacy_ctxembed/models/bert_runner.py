@@ -34,6 +34,7 @@ from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
 from .torch_bridge import staged, unpickle_shim
+from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -97,6 +98,7 @@ class BertRunner:
         self.pooling: str = settings["pooling"]
         self.window, self.stride = _window_settings(settings, encoder)
         self.precision: str = settings["precision"]
+        self.wordpieces = Wordpieces(encoder.tokenizer)
         self.prefix_ids, self.suffix_ids = _special_token_frame(encoder.tokenizer)
         self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
@@ -200,16 +202,7 @@ class BertRunner:
 
     def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
-        encodings = self.encoder.tokenizer(
-            [doc.text for doc in docs],
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,  # long texts are windowed: no ">512 tokens" warning
-        )
-        ids = [numpy.asarray(i, dtype="int64") for i in encodings["input_ids"]]
-        spans = [numpy.asarray(o, dtype="int64").reshape(-1, 2) for o in encodings["offset_mapping"]]
+        ids, spans = self.wordpieces([doc.text for doc in docs])
         alignments = align_docs(spans, [token_char_spans(doc) for doc in docs])
         plans = []
         for piece_ids, alignment in zip(ids, alignments):

@@ -1,0 +1,97 @@
+"""The runner's wordpieces equal what the `transformers` tokenizer itself returns.
+
+The runner calls the Rust tokenizer behind a fast tokenizer directly (a private
+copy, truncation and padding off); the reference is the `transformers` call
+`tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)`.
+"""
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spacy_ctxembed.models.wordpieces import Wordpieces
+
+TEXTS = [
+    "I ran to the park.",
+    "",
+    "   ",
+    "Naïve café owners   didn't\tlike   \"unbelievably\" long-winded résumés!\n\nNew paragraph.",
+    "[CLS] special [SEP] tokens [MASK] inside [PAD] the text [UNK]",
+    "Emoji 🙂🙃 and CJK 漢字かな and a control char \x07 and combining e\u0301.",
+    "word " * 300,  # past the saved tokenizer's truncation at 128 pieces
+]
+
+
+def _reference(tokenizer, texts):
+    encoding = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    return encoding["input_ids"], encoding["offset_mapping"]
+
+
+def _assert_equal_to_transformers(tokenizer, texts):
+    ids, spans = Wordpieces(tokenizer)(texts)
+    expected_ids, expected_spans = _reference(tokenizer, texts)
+    assert len(ids) == len(spans) == len(texts)
+    for got, expected in zip(ids, expected_ids):
+        assert got.dtype == numpy.int64
+        numpy.testing.assert_array_equal(got, numpy.asarray(expected, dtype="int64"))
+    for got, expected in zip(spans, expected_spans):
+        assert got.shape == (len(expected), 2)
+        numpy.testing.assert_array_equal(got, numpy.asarray(expected, dtype="int64").reshape(-1, 2))
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer(minilm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_dir)
+
+
+def test_equals_transformers_on_odd_texts(minilm_tokenizer):
+    from transformers import AutoTokenizer
+
+    fresh = AutoTokenizer.from_pretrained(minilm_tokenizer.name_or_path)
+    assert fresh.backend_tokenizer.truncation is not None  # what the private copy must undo
+    pieces = Wordpieces(fresh)
+    assert pieces._backend is not None
+    assert len(pieces(TEXTS)[0][-1]) == 300
+    assert fresh.backend_tokenizer.truncation is not None  # the tokenizer itself is left as it was
+    _assert_equal_to_transformers(fresh, TEXTS)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(max_size=60), min_size=1, max_size=5))
+def test_equals_transformers_on_any_text(minilm_tokenizer, texts):
+    _assert_equal_to_transformers(minilm_tokenizer, texts)
+
+
+def test_no_texts(minilm_tokenizer):
+    assert Wordpieces(minilm_tokenizer)([]) == ([], [])
+
+
+def test_byte_level_bpe_with_truncation_and_padding_saved():
+    """A RoBERTa-style byte-level BPE whose saved state truncates and pads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(TEXTS * 3, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"]))
+    backend.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0), trim_offsets=True)
+    backend.enable_truncation(8)
+    backend.enable_padding(length=8, pad_token="<pad>", pad_id=2)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    _assert_equal_to_transformers(tokenizer, TEXTS)
+    assert len(Wordpieces(tokenizer)(["word " * 50])[0][0]) > 8
+
+
+def test_a_tokenizer_that_changes_batch_encoding_goes_through_transformers(minilm_tokenizer):
+    from transformers import BertTokenizerFast
+
+    class Lowercasing(BertTokenizerFast):
+        def _batch_encode_plus(self, batch_text_or_text_pairs, *args, **kwargs):
+            return super()._batch_encode_plus([t.upper() for t in batch_text_or_text_pairs], *args, **kwargs)
+
+    tokenizer = Lowercasing.from_pretrained(minilm_tokenizer.name_or_path)
+    assert Wordpieces(tokenizer)._backend is None
+    _assert_equal_to_transformers(tokenizer, ["I ran to the PARK.", "Naïve café"])
