@@ -88,8 +88,7 @@ def main(args) -> None:
         with torch.inference_mode():
             for run in prepared:
                 for batch in run.batches:
-                    runner.runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  output_hidden_states=True)
+                    runner.selected_states(runner.runner, batch.input_ids, batch.attention_mask)
 
     pipeline()  # warm: vocab, string store, torch kernels
     pipeline_embeddings_only()

@@ -10,6 +10,7 @@ import threading
 
 import numpy
 import pytest
+import spacy
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,12 @@ from hypothesis import strategies as st
 from spacy_ctxembed.alignment import align_docs, align_pieces
 from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
-from spacy_ctxembed.models.bert_runner import SHAPE_BUCKET, _takes_broadcast_mask, batch_items_for_memory
+from spacy_ctxembed.models.bert_runner import (
+    SHAPE_BUCKET,
+    _takes_broadcast_mask,
+    _top_state_is_last,
+    batch_items_for_memory,
+)
 
 from .conftest import make_nlp
 
@@ -156,9 +162,42 @@ def test_broadcast_mask_is_refused_where_the_model_would_ignore_it(tiny_bert_dir
             return self.inner(input_ids=input_ids, attention_mask=None if attention_mask.dim() == 3 else attention_mask,
                               **kwargs)
 
-    probe = runner.pad([numpy.arange(1, 4), numpy.arange(1, 2)])
+    probe = runner.probe_batch()
     assert _takes_broadcast_mask(runner.runner, *probe)
     assert not _takes_broadcast_mask(DropsThreeD(runner.runner), *probe)
+
+
+@pytest.mark.parametrize("layers", [[-1], [0], [1]])
+def test_one_selected_layer_runs_without_keeping_every_state(tiny_bert_dir, layers):
+    """One layer: the forward pass returns only its state; the vectors equal
+    those read from `output_hidden_states` (the path for several layers)."""
+    runner = _runner(make_nlp(tiny_bert_dir, layers=layers, max_batch_items=64, window=24, stride=16))
+    assert runner.top_state_only
+    docs = [spacy.blank("en").make_doc(t) for t in TEXTS]
+    top_only = runner.embed(docs)
+    with _switched(runner, "top_state_only", False):
+        every_state = runner.embed(docs)
+    for a, b in zip(top_only, every_state):
+        assert torch.equal(a, b)
+    assert not _runner(make_nlp(tiny_bert_dir, layers=[0, -1])).top_state_only
+
+
+def test_top_state_only_is_refused_where_the_model_returns_another_tensor(tiny_bert_dir):
+    runner = _runner(make_nlp(tiny_bert_dir))
+
+    class NormsAtTheEnd(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kwargs):
+            output = self.inner(**kwargs)
+            output.last_hidden_state = torch.nn.functional.layer_norm(output.last_hidden_state, (32,))
+            return output
+
+    probe = runner.probe_batch()
+    assert _top_state_is_last(runner.runner, *probe)
+    assert not _top_state_is_last(NormsAtTheEnd(runner.runner), *probe)
 
 
 def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):
