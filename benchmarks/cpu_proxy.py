@@ -12,15 +12,17 @@ Two more lines say what bounds the ratio:
 - the pipeline with `layers = [0]`: the embedding layer only, no transformer
   layer runs, so nearly everything left is the pipeline's own work.
 
-    python benchmarks/cpu_proxy.py [--data ../shared/data] [--repeats 3] [--profile]
+    python benchmarks/cpu_proxy.py [--data ../shared/data] [--repeats 7] [--profile]
 """
 import argparse
 import cProfile
 import pstats
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import spacy
 import torch
@@ -29,7 +31,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import conllu_documents  # noqa: E402
 
-from spacy_ctxembed.models.bert import get_encoder, get_runner  # noqa: E402
+from spacy_ctxembed.models.bert import get_runner  # noqa: E402
 
 
 def tiny_bert(out: Path) -> Path:
@@ -42,13 +44,20 @@ def tiny_bert(out: Path) -> Path:
     return out
 
 
-def best_rate(run, n_words: int, repeats: int) -> float:
-    times = []
+def interleaved_times(runs: Dict[str, Callable[[], None]], repeats: int) -> Dict[str, List[float]]:
+    """Each run's wall times, the runs taken in turn `repeats` times over.
+
+    This machine's speed drifts by tens of percent within a minute, so ratios
+    are taken within a round (each round times every run once, back to back)
+    rather than between runs timed minutes apart.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return n_words / min(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main(args) -> None:
@@ -68,10 +77,10 @@ def main(args) -> None:
         for text in texts:
             nlp.make_doc(text)
 
-    tokenizer = get_encoder(nlp.get_pipe("ctxembed_bert").model).tokenizer
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
 
-    def wordpieces_alone():  # the floor inside the component: the HF fast tokenizer with offsets
-        tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    def wordpieces_alone():  # the floor inside the component
+        runner.wordpieces(texts)
 
     def pipeline():
         for _ in nlp.pipe(texts, batch_size=args.batch_size):
@@ -81,7 +90,6 @@ def main(args) -> None:
         for _ in embeddings_only.pipe(texts, batch_size=args.batch_size):
             pass
 
-    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
     prepared = [runner.prepare(run) for run in runner.runs([nlp.make_doc(t) for t in texts])]
 
     def forward_alone():  # the model's forward pass over the component's own batches
@@ -96,25 +104,26 @@ def main(args) -> None:
         profiler = cProfile.Profile()
         profiler.runcall(pipeline)
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
-    tokenizer_rate = best_rate(tokenizer_alone, n_words, args.repeats)
-    pieces_rate = best_rate(wordpieces_alone, n_words, args.repeats)
-    forward_rate = best_rate(forward_alone, n_words, args.repeats)
-    pipeline_rate = best_rate(pipeline, n_words, args.repeats)
-    embeddings_rate = best_rate(pipeline_embeddings_only, n_words, args.repeats)
-    print(f"{len(texts)} docs, {n_words} words, 1 thread, best of {args.repeats}")
-    print(f"spaCy tokenizer alone: {tokenizer_rate:,.0f} words/s")
-    print(f"HF fast tokenizer alone (wordpieces with offsets): {pieces_rate:,.0f} words/s")
-    print(f"the 1-layer model's forward pass alone, on the component's batches: {forward_rate:,.0f} words/s")
-    print(f"ctxembed_bert, 1-layer 32-wide BERT: {pipeline_rate:,.0f} words/s")
-    print(f"ratio: {pipeline_rate / tokenizer_rate:.2f} (goal >= 0.6)")
-    print(f"ctxembed_bert, layers = [0] (no transformer layer runs): {embeddings_rate:,.0f} words/s, "
-          f"ratio {embeddings_rate / tokenizer_rate:.2f}")
+    runs = {
+        "spaCy tokenizer alone": tokenizer_alone,
+        "the fast tokenizer alone (the component's wordpieces with spans)": wordpieces_alone,
+        "the 1-layer model's forward pass alone, on the component's batches": forward_alone,
+        "ctxembed_bert, 1-layer 32-wide BERT": pipeline,
+        "ctxembed_bert, layers = [0] (no transformer layer runs)": pipeline_embeddings_only,
+    }
+    times = interleaved_times(runs, args.repeats)
+    tokenizer_times = times["spaCy tokenizer alone"]
+    print(f"{len(texts)} docs, {n_words} words, 1 thread, {args.repeats} interleaved rounds")
+    print("words/s (best round) and the ratio to spaCy's tokenizer in the same round (median; goal >= 0.6):")
+    for name, run_times in times.items():
+        ratio = statistics.median(t / r for t, r in zip(tokenizer_times, run_times))
+        print(f"  {name}: {n_words / min(run_times):,.0f} words/s, ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--profile", action="store_true")
     main(parser.parse_args())

@@ -2,6 +2,8 @@
 
 Nothing here imports spacy_ctxembed: these are the yardsticks.
 """
+import inspect
+
 import numpy
 
 
@@ -41,9 +43,9 @@ def hf_hidden_states(tokenizer, model, text):
                          return_special_tokens_mask=True)
     offsets = encoding.pop("offset_mapping")[0].tolist()
     special = encoding.pop("special_tokens_mask")[0].bool()
-    with torch.no_grad():  # one sequence: token types are the default zeros, as in the component
-        output = model(input_ids=encoding["input_ids"], attention_mask=encoding["attention_mask"],
-                       output_hidden_states=True)
+    accepted = inspect.signature(model.forward).parameters  # DistilBERT takes no token types
+    with torch.no_grad():
+        output = model(**{k: v for k, v in encoding.items() if k in accepted}, output_hidden_states=True)
     keep = ~special
     states = numpy.stack([h[0][keep].double().numpy() for h in output.hidden_states])
     offsets = [o for o, s in zip(offsets, special.tolist()) if not s]

@@ -59,29 +59,37 @@ def test_padded_batches_match_transformers_on_each_text(minilm_dir, hf_reference
 
 
 def _tiny_family_model(family: str):
-    from transformers import DistilBertConfig, ElectraConfig, RobertaConfig
+    from transformers import AlbertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
 
-    small = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    small = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
     return {
         "roberta": lambda: RobertaConfig(**small, pad_token_id=0),  # the BERT tokenizer's padding id
         "electra": lambda: ElectraConfig(**small, embedding_size=16),
-        "distilbert": lambda: DistilBertConfig(vocab_size=30522, dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+        "distilbert": lambda: DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2, hidden_dim=64),
+        "albert": lambda: AlbertConfig(**small, embedding_size=16),
     }[family]()
 
 
-@pytest.mark.parametrize("family,broadcast", [("roberta", True), ("electra", True), ("distilbert", False)])
-def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast):
-    """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's forward does not
-    and keeps the 2-D one. Either way each text equals `transformers` alone."""
+@pytest.mark.parametrize("family,broadcast,cut", [
+    ("roberta", True, True), ("electra", True, True), ("distilbert", False, True), ("albert", False, False),
+])
+def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast, cut):
+    """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's and ALBERT's
+    forward passes do not, and keep the 2-D one. One selected layer is read as
+    the top state only where the layer stack was cut there (not ALBERT's layer
+    groups). Either way each text equals `transformers` alone."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
     AutoModel.from_config(_tiny_family_model(family)).save_pretrained(tmp_path, safe_serialization=True)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
-    nlp = make_nlp(tmp_path, layers=[0, 1, 2], store_layers=True)
     model = AutoModel.from_pretrained(tmp_path).eval()
-    _assert_padded_batches_match(nlp, AutoTokenizer.from_pretrained(tmp_path), model, [0, 1, 2], broadcast)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    for layers in ([0, 1, 3], [1]):
+        nlp = make_nlp(tmp_path, layers=layers, store_layers=True)
+        _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast)
+        assert get_runner(nlp.get_pipe("ctxembed_bert").encoder).top_state_only is (layers == [1] and cut)
 
 
 def _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast):

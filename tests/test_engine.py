@@ -174,7 +174,19 @@ def test_one_selected_layer_runs_without_keeping_every_state(tiny_bert_dir, laye
     runner = _runner(make_nlp(tiny_bert_dir, layers=layers, max_batch_items=64, window=24, stride=16))
     assert runner.top_state_only
     docs = [spacy.blank("en").make_doc(t) for t in TEXTS]
-    top_only = runner.embed(docs)
+    asked = []
+    forward = runner.runner.forward
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("output_hidden_states"))
+        return forward(*args, **kwargs)
+
+    runner.runner.forward = spy
+    try:
+        top_only = runner.embed(docs)
+    finally:
+        del runner.runner.forward
+    assert asked and not any(asked)  # no call kept every layer's states
     with _switched(runner, "top_state_only", False):
         every_state = runner.embed(docs)
     for a, b in zip(top_only, every_state):
@@ -196,8 +208,20 @@ def test_top_state_only_is_refused_where_the_model_returns_another_tensor(tiny_b
             return output
 
     probe = runner.probe_batch()
-    assert _top_state_is_last(runner.runner, *probe)
-    assert not _top_state_is_last(NormsAtTheEnd(runner.runner), *probe)
+    assert _top_state_is_last(runner.runner, *probe, 2)
+    assert not _top_state_is_last(NormsAtTheEnd(runner.runner), *probe, 2)
+    # A stack that was not cut at the selected layer (as ALBERT's cannot be).
+    assert not _top_state_is_last(runner.runner, *probe, 1)
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_tiny_windows_with_shape_buckets_load_and_match_fp32(tiny_bert_dir, window):
+    """The load-time probe fits any window (bf16 pads to buckets capped at the window)."""
+    docs = [spacy.blank("en").make_doc(t) for t in TEXTS[:3]]
+    bf16 = _runner(make_nlp(tiny_bert_dir, precision="bf16", window=window, stride=1))
+    fp32 = _runner(make_nlp(tiny_bert_dir, window=window, stride=1))
+    for a, b in zip(bf16.embed(docs), fp32.embed(docs)):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
 
 
 def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):

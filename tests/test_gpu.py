@@ -3,6 +3,8 @@ import numpy
 import pytest
 import spacy
 
+from spacy_ctxembed.models.bert import get_runner
+
 from .reference import hf_hidden_states, pool, token_pieces
 
 pytestmark = pytest.mark.gpu
@@ -58,10 +60,33 @@ def test_padded_half_precision_batches_are_close_to_fp32_single_docs(gpu_nlp, pr
     half.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1], "precision": precision}}})
     half.initialize()
     texts = [TEXT, "I ran significance tests.", "A much longer text " * 30]
+    runner = get_runner(half.get_pipe("ctxembed_bert").encoder)
+    assert runner.broadcast_mask
+    assert all(batch.attention_mask.dim() == 3 for batch in runner.prepare([half.make_doc(t) for t in texts]).batches)
     for text, doc in zip(texts, half.pipe(texts)):
         exact = cupy.asnumpy(nlp(text)._.ctx_vectors)
         approx = cupy.asnumpy(doc._.ctx_vectors)
         assert _min_cosine(approx, exact) > 0.999 and numpy.abs(approx - exact).max() < 5e-2
+
+
+def test_one_layer_on_device_reads_the_top_state_only(hf_reference):
+    cupy = pytest.importorskip("cupy")
+    spacy.require_gpu()
+    try:
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [-2]}}})
+        nlp.initialize()
+        assert get_runner(nlp.get_pipe("ctxembed_bert").encoder).top_state_only
+        texts = [TEXT, "I ran significance tests."]
+        tokenizer, model = hf_reference
+        for text, doc in zip(texts, nlp.pipe(texts)):
+            states, offsets = hf_hidden_states(tokenizer, model, text)
+            expected = pool(states[-2], token_pieces(doc, offsets), "mean")
+            numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_vectors), expected, atol=1e-4)
+    finally:
+        from thinc.api import NumpyOps, set_current_ops
+
+        set_current_ops(NumpyOps())
 
 
 def _min_cosine(a, b):

@@ -88,10 +88,41 @@ def test_byte_level_bpe_with_truncation_and_padding_saved():
 def test_a_tokenizer_that_changes_batch_encoding_goes_through_transformers(minilm_tokenizer):
     from transformers import BertTokenizerFast
 
-    class Lowercasing(BertTokenizerFast):
+    class AppendsAWord(BertTokenizerFast):
         def _batch_encode_plus(self, batch_text_or_text_pairs, *args, **kwargs):
-            return super()._batch_encode_plus([t.upper() for t in batch_text_or_text_pairs], *args, **kwargs)
+            return super()._batch_encode_plus([t + " park" for t in batch_text_or_text_pairs], *args, **kwargs)
 
-    tokenizer = Lowercasing.from_pretrained(minilm_tokenizer.name_or_path)
+    tokenizer = AppendsAWord.from_pretrained(minilm_tokenizer.name_or_path)
     assert Wordpieces(tokenizer)._backend is None
-    _assert_equal_to_transformers(tokenizer, ["I ran to the PARK.", "Naïve café"])
+    _assert_equal_to_transformers(tokenizer, ["I ran to the", "Naïve café"])
+    assert len(Wordpieces(tokenizer)(["I ran"])[0][0]) == 3  # the override ran
+
+
+def test_split_special_tokens_and_added_tokens(minilm_tokenizer):
+    from transformers import AutoTokenizer
+
+    texts = ["a [CLS] in the text, and [MASK] too", "ctxembed and newword are added words"]
+    splitting = AutoTokenizer.from_pretrained(minilm_tokenizer.name_or_path, split_special_tokens=True)
+    assert Wordpieces(splitting)._backend is not None
+    _assert_equal_to_transformers(splitting, texts)
+    added = AutoTokenizer.from_pretrained(minilm_tokenizer.name_or_path)
+    added.add_tokens(["ctxembed", "newword"])
+    _assert_equal_to_transformers(added, texts)
+    assert Wordpieces(added)(texts[1:])[0][0][0] == added.convert_tokens_to_ids("ctxembed")
+
+
+def test_roberta_tokenizer_is_read_directly(tmp_path):
+    """RoBERTa's tokenizer class overrides batch encoding only to refuse
+    pretokenized input: the direct path serves it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(TEXTS * 3, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.model.save(str(tmp_path))
+    tokenizer = RobertaTokenizerFast(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert Wordpieces(tokenizer)._backend is not None
+    _assert_equal_to_transformers(tokenizer, TEXTS)

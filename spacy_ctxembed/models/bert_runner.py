@@ -107,12 +107,6 @@ class BertRunner:
         # shallow copy that runs those and shares their weights with the full
         # model (which is what is saved and trained).
         self.runner = _first_layers(encoder.module, max(self.layers))
-        # Fine-tuning runs with the model's dropout, as Hugging Face and
-        # spacy-transformers train it; prediction must stay deterministic,
-        # even in another thread at the same time. So training uses its own
-        # copy of the module tree, switched to training mode once, sharing
-        # every parameter and buffer with the one that predicts.
-        self.train_runner = _training_copy(self.runner)
         if self.precision == "int8" and self.device.type != "cpu":
             raise bad_setting(COMPONENT, "precision", "int8",
                               "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
@@ -128,9 +122,17 @@ class BertRunner:
         probe = self.probe_batch()
         #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
         self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe)
-        #: One layer selected: the forward pass returns the top hidden state
+        #: One layer selected: the forward pass returns that layer's states
         #: only, instead of keeping every layer's until it ends (see `_top_state_is_last`).
-        self.top_state_only = len(self.layers) == 1 and _top_state_is_last(self.runner, *probe)
+        self.top_state_only = len(self.layers) == 1 and _top_state_is_last(self.runner, *probe, self.layers[0])
+        # Fine-tuning runs with the model's dropout, as Hugging Face and
+        # spacy-transformers train it; prediction must stay deterministic,
+        # even in another thread at the same time. So training uses its own
+        # copy of the module tree, switched to training mode once, sharing
+        # every parameter and buffer with the one that predicts. It is made
+        # after the probes, so that a model whose first call changes it (BigBird
+        # switches to full attention on short inputs) trains as it predicts.
+        self.train_runner = _training_copy(self.runner)
         #: Prepare the next run of docs in a worker thread while this one computes.
         self.overlap = True
         self._int8: Optional[torch.nn.Module] = None
@@ -266,15 +268,19 @@ class BertRunner:
 
     def probe_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """A small padded batch (input_ids, 2-D mask) on the model's device, to
-        try out what forms of input and output the model takes."""
-        input_ids, mask = self.pad([numpy.arange(1, 4), numpy.arange(1, 2)])
+        try out what forms of input and output the model takes: two rows of
+        real wordpieces, 3 and 1 long (fewer with a tinier window)."""
+        (pieces,), _ = self.wordpieces(["Contextual vectors for every token, probed."])
+        longer = pieces[: min(3, self.window)]
+        input_ids, mask = self.pad([longer, longer[:1]])
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     def selected_states(self, module: torch.nn.Module, input_ids: torch.Tensor,
                         attention_mask: torch.Tensor) -> List[torch.Tensor]:
         """The forward pass: the selected layers' hidden states, (batch, length, width) each."""
-        if self.top_state_only:
-            return [module(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state]
+        if self.top_state_only:  # (explicitly: a model's config may turn hidden states on)
+            output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False)
+            return [output.last_hidden_state]
         output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return [output.hidden_states[i] for i in self.layers]
 
@@ -461,16 +467,17 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
 
 def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
     """Whether `module` masks padding from a (batch, 1, length) attention mask
-    exactly as it does from its usual (batch, length) one.
+    as it does from its usual (batch, length) one.
 
-    Hugging Face's BERT and RoBERTa turn a 2-D mask into a (batch, 1, length,
-    length) float tensor before each forward pass; over windows of 512 pieces
-    that costs more than a small model's layers (the CPU proxy's forward pass
-    ran 2.4x faster without it), and on a GPU it is read again by every head.
-    A 3-D mask is used as it is and broadcast by attention. Not every model
-    (or transformers version) accepts one, so it is tried once, on a padded
-    probe (input_ids, mask), and used only where every hidden state of the
-    unpadded positions agrees with the 2-D mask's.
+    With SDPA attention (their default), Hugging Face's BERT and RoBERTa turn
+    a 2-D mask into a (batch, 1, length, length) float tensor before each
+    forward pass; over windows of 512 pieces that cost more than a small
+    model's layers (the CPU proxy's forward pass ran 1.7x faster without it),
+    and on a GPU every head reads it again. A 3-D mask is used as it is and
+    broadcast by attention. Not every model (or transformers version) accepts
+    one, so it is tried once, on a padded probe (input_ids, mask), and used
+    only where every hidden state of the unpadded positions agrees with the
+    2-D mask's (to float rounding: rtol 1e-4, atol 1e-5).
     """
     real = mask.bool()
     with torch.inference_mode():
@@ -484,19 +491,21 @@ def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask
     )
 
 
-def _top_state_is_last(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Whether `module`'s `last_hidden_state` is its last `hidden_states` entry.
+def _top_state_is_last(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, layer: int) -> bool:
+    """Whether `module`'s `last_hidden_state` is `hidden_states[layer]`.
 
     With `output_hidden_states` every layer's output is kept until the forward
     pass ends: for BERT-base at a GPU budget of 65,536 pieces that is 13
-    states of 200 MB where one is used. Where one layer is selected the runner
-    stops at it (`_first_layers`), so its top state is the one wanted, where
-    the model returns the same tensor as `last_hidden_state`.
+    states of 200 MB where one is used. Where one layer is selected and the
+    runner could be cut there (`_first_layers`), the top state is the one
+    wanted; not where the stack could not be cut (ALBERT's layer groups), nor
+    where the model returns something else as `last_hidden_state`.
     """
     with torch.inference_mode():
         output = module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
     top = getattr(output, "last_hidden_state", None)
-    return top is not None and torch.equal(top, output.hidden_states[-1])
+    states = output.hidden_states
+    return top is not None and len(states) == layer + 1 and torch.equal(top, states[layer])
 
 
 def _quantized_int8(module: torch.nn.Module) -> torch.nn.Module:

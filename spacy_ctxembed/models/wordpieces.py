@@ -3,17 +3,19 @@
 The BERT runner needs two things per text from the model's fast tokenizer:
 the piece ids and each piece's [start, end) characters. Calling the
 `transformers` tokenizer builds a Python dict of lists per text (ids,
-offsets, type ids, masks) that the runner then turns back into arrays. On UD EWT dev (MiniLM's tokenizer, one
-thread) that took 50 ms, of which the tokenization itself was 33 ms; the
-rest is Python holding the GIL. So the Rust tokenizer behind a fast tokenizer
-is called directly and its output read into arrays in one pass: 42 ms.
+offsets, type ids, masks) that the runner then turns back into arrays. On
+UD EWT dev (MiniLM's tokenizer, one thread) that took 50 ms, of which the
+tokenization itself was 33 ms; the rest is Python holding the GIL. So the
+Rust tokenizer behind a fast tokenizer is called directly and its output
+read into arrays in one pass: 42 ms.
 
 It is a private copy: its truncation and padding are switched off whatever
 the saved `tokenizer.json` sets (all-MiniLM-L6-v2's truncates and pads to
 128), as `transformers` switches them off for an untruncated call; and no
 call changes it, so threads can share it. A tokenizer whose class changes
-how a batch is encoded (an override of `__call__` or `_batch_encode_plus`)
-is called through `transformers` as before.
+how a batch is encoded (an override of `__call__` or `_batch_encode_plus`,
+other than the byte-level BPE encoders' check on pretokenized input), or
+whose Rust side cannot be copied, is called through `transformers`.
 """
 import itertools
 from typing import Any, List, Optional, Sequence, Tuple
@@ -59,6 +61,18 @@ class Wordpieces:
         return ids, spans
 
 
+def _checks_only_pretokenized_input() -> Tuple[Any, ...]:
+    """`_batch_encode_plus` overrides that only refuse pretokenized input
+    without `add_prefix_space` (the byte-level BPE encoders': RoBERTa,
+    Longformer, DeBERTa v1) and then encode as the base class does; the runner
+    never passes pretokenized input."""
+    import transformers
+
+    names = ("RobertaTokenizerFast", "LongformerTokenizerFast", "DebertaTokenizerFast")
+    classes = (getattr(transformers, name, None) for name in names)
+    return tuple(cls._batch_encode_plus for cls in classes if cls is not None)
+
+
 def _private_backend(tokenizer: Any) -> Optional[Any]:
     """A copy of the fast tokenizer's Rust tokenizer, set up as `transformers`
     would set it up for `tokenizer(texts, add_special_tokens=False)`; None where
@@ -67,15 +81,19 @@ def _private_backend(tokenizer: Any) -> Optional[Any]:
     plain_fast = (
         isinstance(tokenizer, PreTrainedTokenizerFast)
         and cls.__call__ is PreTrainedTokenizerBase.__call__
-        and cls._batch_encode_plus is PreTrainedTokenizerFast._batch_encode_plus
+        and (cls._batch_encode_plus is PreTrainedTokenizerFast._batch_encode_plus
+             or cls._batch_encode_plus in _checks_only_pretokenized_input())
     )
     if not plain_fast:
         return None
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    try:
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    except Exception:  # e.g. a custom Python pre-tokenizer cannot be serialized: go through transformers
+        return None
     backend.no_truncation()
     backend.no_padding()
-    if hasattr(backend, "encode_special_tokens"):
+    if hasattr(backend, "encode_special_tokens"):  # tokenizers < 0.15 has no such switch
         backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     return backend
