@@ -11,6 +11,8 @@ Arms (each run a fresh process, arms interleaved, torch with 2 threads):
   (same model), pooled to tokens by `ctxembed_from_trf`.
 - long: ctxembed on one 20,000-word doc (EWT dev text, concatenated).
 - ctxembed_65536: ctxembed with `max_batch_items = 65536`.
+- ctxembed_32768: ctxembed with `max_batch_items = 32768`, the padded size of
+  the bare arm's batches of 64 full windows: peak memory at the same batch size.
 - ctxembed_int8, ctxembed_tf32, ctxembed_fp16, ctxembed_bf16: ctxembed with that
   `precision` (opt-in, not exact); fp16 and bf16 with `max_batch_items = 65536`.
 
@@ -44,6 +46,7 @@ ARMS = ("bare", "ctxembed", "spacy_transformers")
 #: Extra arms: ctxembed with other encoder settings (opt-in fast modes).
 SETTINGS_ARMS = {
     "ctxembed_65536": {"max_batch_items": 65536},
+    "ctxembed_32768": {"max_batch_items": 32768},
     "ctxembed_int8": {"precision": "int8"},
     "ctxembed_tf32": {"precision": "tf32"},
     "ctxembed_fp16": {"precision": "fp16", "max_batch_items": 65536},
