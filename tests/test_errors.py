@@ -93,6 +93,18 @@ def test_tokenizer_that_is_not_fast(tmp_path):
         nlp.initialize()
 
 
+def test_tokenizer_with_more_pieces_than_the_embeddings(tmp_path, minilm_dir):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=1000)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    nlp = _add({"name": tmp_path})
+    with pytest.raises(SettingError, match=r"name = .*the tokenizer has 30522 pieces but the model's input "
+                                           r"embeddings have 1000 rows"):
+        nlp.initialize()
+
+
 def test_stride_larger_than_window(tiny_bert_dir):
     with pytest.raises(SettingError, match=r"stride = 40: must not exceed window \(30\)"):
         make_nlp(tiny_bert_dir, window=30, stride=40)

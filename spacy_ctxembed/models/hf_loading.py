@@ -159,6 +159,7 @@ def load_encoder(directory: Path, *, component: str, setting: str = "name") -> H
         plan = _plan_load(config, file_shapes, where)
         module = _from_pretrained(config, plan, where)
     _check_loaded(module, where)
+    _check_tokenizer_fits(tokenizer, module, where)
     module.eval()
     return HFEncoder(module=module, tokenizer=tokenizer, config=config)
 
@@ -448,6 +449,20 @@ def _check_loaded(module: Any, where: _Where) -> None:
                 bad.append(f"{name!r} holds NaN or infinite values")
     if bad:
         raise where.error(f"{WEIGHTS_FILE} is damaged: {_listing(bad)}")
+
+
+def _check_tokenizer_fits(tokenizer: Any, module: Any, where: _Where) -> None:
+    """Every id the tokenizer can give must have a row in the model's embeddings;
+    otherwise a text with such a piece fails deep inside the forward pass (or,
+    since the runner tries a batch when it loads, the load does, obscurely)."""
+    embeddings = module.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise where.error(
+            f"the tokenizer has {len(tokenizer)} pieces but the model's input embeddings have {rows} rows; "
+            "use the model's own tokenizer, or resize the embeddings after adding tokens "
+            "(model.resize_token_embeddings(len(tokenizer))) and save both again"
+        )
 
 
 # --- helpers -----------------------------------------------------------------
