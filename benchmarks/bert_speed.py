@@ -29,15 +29,23 @@ bare batches of 64) is
     python benchmarks/make_random_bert.py /tmp/bert-base-random
     python benchmarks/bert_speed.py --gpu --model /tmp/bert-base-random --split train --times 3 \
         --bare-batch 64 --arms bare,ctxembed,ctxembed_65536,spacy_transformers,ctxembed_bf16,long
+
+To see where a ctxembed arm's time goes: `--profile /tmp/prof.txt` writes a
+cProfile of its timed run per arm (`/tmp/prof_ctxembed.txt`, ...), and
+`--run-ahead off` keeps all the work in the calling thread, where the
+profile sees it.
 """
 import argparse
+import cProfile
 import json
+import pstats
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from corpora import conllu_documents
 
@@ -104,7 +112,7 @@ def run_bare(texts, model_path, gpu=False, batch_size=32):
     return time.perf_counter() - start
 
 
-def run_ctxembed(texts, model_path, settings, gpu=False):
+def run_ctxembed(texts, model_path, settings, gpu=False, run_ahead=None, profile=None):
     import spacy
 
     if gpu:
@@ -112,17 +120,29 @@ def run_ctxembed(texts, model_path, settings, gpu=False):
     nlp = spacy.blank("en")
     encoder = {"name": model_path, **settings.get("encoder", {})}
     component = {k: v for k, v in settings.items() if k != "encoder"}
-    nlp.add_pipe("ctxembed_bert", config={**component, "model": {"encoder": encoder}})
+    nlp.add_pipe("ctxembed_bert", config={**component, "model": {"encoder": encoder}}).run_ahead = run_ahead
     nlp.initialize()
-    return _timed_pipe(nlp, texts, gpu)
+    return _timed_pipe(nlp, texts, gpu, profile)
 
 
-def _timed_pipe(nlp, texts, gpu: bool) -> float:
+def _timed_pipe(nlp, texts, gpu: bool, profile: Optional[Path] = None) -> float:
+    """Seconds for `nlp.pipe` over the texts. profile: write a cProfile of the
+    calling thread's part to this file (with run-ahead, the worker's share shows
+    as waiting for it)."""
+    profiler = cProfile.Profile() if profile else None
     start = time.perf_counter()
+    if profiler:
+        profiler.enable()
     for doc in nlp.pipe(texts):
         assert doc._.ctx_vectors.shape[0] == len(doc)
     _synchronize(gpu)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if profiler:
+        profiler.disable()
+        with open(profile, "w") as out:
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    return seconds
 
 
 def run_spacy_transformers(texts, model_path, gpu=False):
@@ -159,11 +179,10 @@ def child(args):
         seconds = run_bare(texts, path, args.gpu, args.bare_batch)
     elif args.arm == "spacy_transformers":
         seconds = run_spacy_transformers(texts, path, args.gpu)
-    elif args.arm in SETTINGS_ARMS:
-        encoder = {**settings.get("encoder", {}), **SETTINGS_ARMS[args.arm]}
-        seconds = run_ctxembed(texts, path, {**settings, "encoder": encoder}, args.gpu)
     else:
-        seconds = run_ctxembed(texts, path, settings, args.gpu)
+        encoder = {**settings.get("encoder", {}), **SETTINGS_ARMS.get(args.arm, {})}
+        run_ahead = {"auto": None, "on": True, "off": False}[args.run_ahead]
+        seconds = run_ctxembed(texts, path, {**settings, "encoder": encoder}, args.gpu, run_ahead, args.profile)
     words = sum(len(t.split()) for t in texts)
     result = {"arm": args.arm, "docs": len(texts), "words": words, "seconds": seconds,
               "words_per_s": words / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -175,7 +194,9 @@ def child(args):
 def run_child(args, arm):
     command = [sys.executable, __file__, "--child", "--arm", arm, "--data-dir", str(args.data_dir),
                "--threads", str(args.threads), "--settings", args.settings, "--split", args.split,
-               "--times", str(args.times), "--bare-batch", str(args.bare_batch)]
+               "--times", str(args.times), "--bare-batch", str(args.bare_batch), "--run-ahead", args.run_ahead]
+    if args.profile:
+        command += ["--profile", str(args.profile.with_name(f"{args.profile.stem}_{arm}{args.profile.suffix}"))]
     if args.model:
         command += ["--model", str(args.model)]
     if args.gpu:
@@ -223,6 +244,10 @@ if __name__ == "__main__":
                         help="UD EWT split whose documents to embed")
     parser.add_argument("--times", type=int, default=1, help="embed the documents this many times over")
     parser.add_argument("--bare-batch", type=int, default=32, help="windows per batch in the bare arm")
+    parser.add_argument("--run-ahead", default="auto", choices=["auto", "on", "off"],
+                        help="the ctxembed arms' run_ahead (auto: on GPU only)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write a cProfile of each ctxembed arm's timed run to PROFILE_<arm>.txt")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--arm", default="ctxembed")
     args = parser.parse_args()

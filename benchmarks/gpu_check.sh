@@ -10,6 +10,11 @@
 #   bash benchmarks/setup_allennlp.sh /tmp/allennlp && cp -r /tmp/allennlp .gpu/allennlp
 # There (the device tool, carry [".gpu"]):
 #   source .gpu/device-env.sh && bash benchmarks/gpu_check.sh
+# If a BERT target is missed and device time is left, a short second run shows
+# where the host's time goes (once with run-ahead, once without):
+#   source .gpu/device-env.sh && python3 benchmarks/make_random_bert.py /tmp/b && for r in on off; do
+#     python3 benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/b --split train --times 3 \
+#       --repeats 1 --arms ctxembed --run-ahead $r --profile $OUT/prof_$r.txt; done
 set -uo pipefail
 out=${OUT:-/tmp/gpu-check}
 python=${PYTHON:-python3}
