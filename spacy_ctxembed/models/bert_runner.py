@@ -472,12 +472,15 @@ def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask
     With SDPA attention (their default), Hugging Face's BERT and RoBERTa turn
     a 2-D mask into a (batch, 1, length, length) float tensor before each
     forward pass; over windows of 512 pieces that cost more than a small
-    model's layers (the CPU proxy's forward pass ran 1.7x faster without it),
-    and on a GPU every head reads it again. A 3-D mask is used as it is and
-    broadcast by attention. Not every model (or transformers version) accepts
-    one, so it is tried once, on a padded probe (input_ids, mask), and used
-    only where every hidden state of the unpadded positions agrees with the
-    2-D mask's (to float rounding: rtol 1e-4, atol 1e-5).
+    model's layers (the CPU proxy's forward pass ran 1.7x faster without it).
+    A 3-D mask is used as it is and broadcast by attention. (On CUDA,
+    PyTorch's memory-efficient kernel makes either form contiguous per head
+    before it runs, so there only transformers' own expansion is saved.)
+
+    Not every model (or transformers version) accepts a 3-D mask, so it is
+    tried once, on a padded probe (input_ids, mask), and used only where
+    every hidden state of the unpadded positions agrees with the 2-D mask's
+    (to float rounding: rtol 1e-4, atol 1e-5).
     """
     real = mask.bool()
     with torch.inference_mode():
