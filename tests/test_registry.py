@@ -70,3 +70,10 @@ def test_factories_work_without_importing_the_package():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert "ctxembed_bert" in out
+
+
+def test_importing_the_package_leaves_transformers_unloaded():
+    """transformers takes a while to import; it loads when a model does."""
+    code = "import sys, spacy_ctxembed; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False"

@@ -21,7 +21,6 @@ import itertools
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 
 class Wordpieces:
@@ -77,6 +76,8 @@ def _private_backend(tokenizer: Any) -> Optional[Any]:
     """A copy of the fast tokenizer's Rust tokenizer, set up as `transformers`
     would set it up for `tokenizer(texts, add_special_tokens=False)`; None where
     the tokenizer is not a plain fast one."""
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast  # lazily: importing it takes a while
+
     cls = type(tokenizer)
     plain_fast = (
         isinstance(tokenizer, PreTrainedTokenizerFast)
