@@ -6,10 +6,12 @@ import h5py
 import numpy
 import pytest
 import spacy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
-from spacy_ctxembed.models.elmo_chars import char_ids, sentence_char_ids
+from spacy_ctxembed.models.elmo_chars import char_ids, distinct_words, sentence_char_ids
 from spacy_ctxembed.models.elmo_weights import ElmoFileError
 
 from .conftest import ctx_config
@@ -259,3 +261,20 @@ def test_settings_errors(elmo_files):
     nlp.add_pipe("ctxembed_elmo")
     with pytest.raises(Exception, match=r"options_file = None: set it to the path"):
         nlp.initialize()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "ran", "the", "park", "<S>", "</S>", "ünï", "x" * 60]), max_size=7),
+                min_size=1, max_size=5))
+def test_distinct_words_against_a_dict(sentences):
+    """Each position points at its own char ids; each distinct word (padding's zeros too) appears once."""
+    time = max(len(s) for s in sentences) + 1
+    batch = numpy.zeros((len(sentences), time, 50), dtype="int64")
+    for row, words in enumerate(sentences):
+        for t, word in enumerate(words):
+            batch[row, t] = char_ids(word)
+    words, positions = distinct_words(batch)
+    assert positions.shape == (len(sentences), time)
+    numpy.testing.assert_array_equal(words[positions], batch)
+    expected = {tuple(r) for r in batch.reshape(-1, 50).tolist()}
+    assert len(words) == len(expected) == len({tuple(r) for r in words.tolist()})

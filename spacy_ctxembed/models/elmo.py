@@ -29,7 +29,7 @@ from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
 from ..settings import check_layers, normalize_layers
 from ..types import DocLayers, EncoderModel
-from .elmo_chars import MAX_CHARS, sentence_char_ids
+from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
 from .torch_bridge import run_encoder, staged, unpickle_shim
@@ -242,7 +242,8 @@ class ElmoShim(PyTorchShim):
                 # Row r's words sit at positions 1..n (after <S>, before </S>).
                 targets = numpy.concatenate([offsets[s.doc] + s.token_ids for s in batch])
                 sources = concat_ranges(numpy.arange(len(batch)) * time + 1, lengths - 2)
-                layers = net(on_device(char_ids), torch.from_numpy(lengths), self.step)
+                words, positions = distinct_words(char_ids)
+                layers = net(on_device(words), on_device(positions), torch.from_numpy(lengths), self.step)
                 rows = on_device(sources)
                 tokens[on_device(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers], 1)
             by_layer = tokens.permute(1, 0, 2)

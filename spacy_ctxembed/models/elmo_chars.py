@@ -3,7 +3,7 @@
 `[258] + bytes[:48] + [259]`, padded with 260, then +1 everywhere so that 0 is
 free for padding tokens. `<S>` and `</S>` are the sentence-boundary "words".
 """
-from typing import Iterable
+from typing import Iterable, Tuple
 
 import numpy
 
@@ -38,3 +38,21 @@ def char_ids(word: str) -> numpy.ndarray:
 def sentence_char_ids(words: Iterable[str]) -> numpy.ndarray:
     """(n_words + 2, 50): the sentence wrapped as `<S> words </S>`."""
     return numpy.stack([BOS_IDS, *(char_ids(w) for w in words), EOS_IDS])
+
+
+def distinct_words(char_ids: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """(words, positions) for a padded batch of char ids (batch, time, 50):
+    the distinct rows (padding's all-zero row among them) and, per position,
+    its row in `words`, (batch, time).
+
+    The character CNN then runs once per distinct word. Done on the host, in
+    numpy, where the batch is built: on a GPU, `torch.unique` makes the host
+    wait for the device (its output's size depends on the data), and on CPU
+    it took 4x as long.
+    """
+    batch, time, n_chars = char_ids.shape
+    rows = numpy.ascontiguousarray(char_ids.reshape(-1, n_chars), dtype="int64")
+    # Each row as one opaque value: numpy.unique then sorts and compares whole rows.
+    as_values = rows.view(numpy.dtype((numpy.void, rows.itemsize * n_chars))).ravel()
+    _, first, positions = numpy.unique(as_values, return_index=True, return_inverse=True)
+    return rows[first], positions.reshape(batch, time).astype("int64", copy=False)

@@ -242,18 +242,19 @@ class ElmoBiLm(nn.Module):
         """All weights in the released layout (as `read_weights` returns them)."""
         return {**self.char_cnn.export_weights(), **self.bilstm.export_weights()}
 
-    def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
-        """char_ids: (batch, time, 50), padded with 0; lengths (on the host) include `<S>`/`</S>`.
+    def forward(
+        self, words: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step
+    ) -> List[torch.Tensor]:
+        """A padded batch of sentences, as `elmo_chars.distinct_words` gives it:
+        words: (n_words, 50), the char ids of each distinct word (the padding's
+        all-zero row among them); positions: (batch, time), each position's row
+        in `words`; lengths (on the host) include `<S>`/`</S>`.
         step: the LSTM step (see `BiLstm.forward`).
 
         RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.
         """
-        batch, time, n_chars = char_ids.shape
-        # The token layer depends only on the word: run the CNN once per distinct
-        # word. (On GPU `unique` waits for the device, once per batch: its size
-        # depends on the data. The CNN it spares costs more.)
-        words, inverse = torch.unique(char_ids.reshape(-1, n_chars), dim=0, return_inverse=True)
-        # In chunks: the convolution outputs are (words x filters x 50) floats.
+        # The token layer depends only on the word: the CNN runs once per
+        # distinct word, in chunks (its outputs are words x filters x 50 floats).
         embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])
-        tokens = embedded[inverse].reshape(batch, time, -1)
+        tokens = embedded[positions]
         return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths, step)]
