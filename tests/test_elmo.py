@@ -278,3 +278,5 @@ def test_distinct_words_against_a_dict(sentences):
     numpy.testing.assert_array_equal(words[positions], batch)
     expected = {tuple(r) for r in batch.reshape(-1, 50).tolist()}
     assert len(words) == len(expected) == len({tuple(r) for r in words.tolist()})
+    # In lexicographic order, as torch.unique(dim=0) gives them (the CNN's batches stay as they were).
+    assert [tuple(r) for r in words.tolist()] == sorted(expected)

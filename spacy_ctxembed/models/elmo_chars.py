@@ -48,11 +48,15 @@ def distinct_words(char_ids: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarra
     The character CNN then runs once per distinct word. Done on the host, in
     numpy, where the batch is built: on a GPU, `torch.unique` makes the host
     wait for the device (its output's size depends on the data), and on CPU
-    it took 4x as long.
+    it took 1.7x as long (3.4 against 2.0 ms for a 64-sentence batch).
     """
     batch, time, n_chars = char_ids.shape
     rows = numpy.ascontiguousarray(char_ids.reshape(-1, n_chars), dtype="int64")
-    # Each row as one opaque value: numpy.unique then sorts and compares whole rows.
-    as_values = rows.view(numpy.dtype((numpy.void, rows.itemsize * n_chars))).ravel()
+    # Each row as one opaque value, so that numpy.unique sorts and compares
+    # whole rows. Big-endian: byte order is then the ids' order (they are not
+    # negative), and the words come out in torch.unique(dim=0)'s lexicographic
+    # order: the CNN sees the very batches it saw before, bit for bit.
+    big_endian = rows.astype(">i8")
+    as_values = big_endian.view(numpy.dtype((numpy.void, 8 * n_chars))).ravel()
     _, first, positions = numpy.unique(as_values, return_index=True, return_inverse=True)
     return rows[first], positions.reshape(batch, time).astype("int64", copy=False)
