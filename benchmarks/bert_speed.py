@@ -188,6 +188,8 @@ def child(args):
               "words_per_s": words / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if args.gpu:
         result["peak_gpu_mb"] = _peak_gpu_mb()
+    if args.profile:
+        result["profiled"] = True
     print(json.dumps(result))
 
 
@@ -247,7 +249,8 @@ if __name__ == "__main__":
     parser.add_argument("--run-ahead", default="auto", choices=["auto", "on", "off"],
                         help="the ctxembed arms' run_ahead (auto: on GPU only)")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="write a cProfile of each ctxembed arm's timed run to PROFILE_<arm>.txt")
+                        help="write a cProfile of each ctxembed arm's timed run next to PROFILE, as "
+                             "<stem>_<arm><suffix> (its words/s then include the profiler's overhead)")
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--arm", default="ctxembed")
     args = parser.parse_args()

@@ -14,7 +14,7 @@
 # where the host's time goes (once with run-ahead, once without):
 #   source .gpu/device-env.sh && python3 benchmarks/make_random_bert.py /tmp/b && for r in on off; do
 #     python3 benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/b --split train --times 3 \
-#       --repeats 1 --arms ctxembed --run-ahead $r --profile $OUT/prof_$r.txt; done
+#       --repeats 1 --arms ctxembed --run-ahead $r --profile "${OUT:?}/prof_$r.txt"; done
 set -uo pipefail
 out=${OUT:-/tmp/gpu-check}
 python=${PYTHON:-python3}
@@ -32,7 +32,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
 cat "$out/gpu.txt"
 step pytest 120 "$python" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_bert_exactness.py \
   tests/test_engine.py
-"$python" benchmarks/make_random_bert.py /tmp/bert-base-random >/dev/null 2>&1
+step make_random_bert 30 "$python" benchmarks/make_random_bert.py /tmp/bert-base-random
 step bert_speed 300 "$python" benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/bert-base-random \
   --split train --times 3 --bare-batch 64 --repeats 1 \
   --arms bare,ctxembed,ctxembed_65536,ctxembed_32768,spacy_transformers,ctxembed_bf16,ctxembed_fp16,ctxembed_tf32,long

@@ -100,9 +100,21 @@ def test_tokenizer_with_more_pieces_than_the_embeddings(tmp_path, minilm_dir):
                          vocab_size=1000)).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
     nlp = _add({"name": tmp_path})
-    with pytest.raises(SettingError, match=r"name = .*the tokenizer has 30522 pieces but the model's input "
-                                           r"embeddings have 1000 rows"):
+    with pytest.raises(SettingError, match=r"name = .*the tokenizer gives ids up to 30521 but the model's input "
+                                           r"embeddings have 1000 rows \(29522 pieces beyond them"):
         nlp.initialize()
+
+
+def test_tokenizer_check_skips_a_model_without_input_embeddings(minilm_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from spacy_ctxembed.models.hf_loading import _check_tokenizer_fits, _Where
+
+    class Unsaid:
+        def get_input_embeddings(self):
+            raise NotImplementedError
+
+    _check_tokenizer_fits(AutoTokenizer.from_pretrained(minilm_dir), Unsaid(), _Where("c", "name", tmp_path))
 
 
 def test_stride_larger_than_window(tiny_bert_dir):

@@ -460,11 +460,15 @@ def _check_tokenizer_fits(tokenizer: Any, module: Any, where: _Where) -> None:
     except NotImplementedError:  # a model that does not say: nothing to check against
         return
     rows = getattr(embeddings, "num_embeddings", None)
-    if rows is not None and len(tokenizer) > rows:
+    vocabulary = tokenizer.get_vocab()  # every piece, added tokens included
+    highest = max(vocabulary.values(), default=-1)
+    if rows is not None and highest >= rows:
+        beyond = sorted((i, piece) for piece, i in vocabulary.items() if i >= rows)
         raise where.error(
-            f"the tokenizer has {len(tokenizer)} pieces but the model's input embeddings have {rows} rows; "
-            "use the model's own tokenizer, or resize the embeddings after adding tokens "
-            "(model.resize_token_embeddings(len(tokenizer))) and save both again"
+            f"the tokenizer gives ids up to {highest} but the model's input embeddings have {rows} rows "
+            f"({len(beyond)} pieces beyond them, from {beyond[0][1]!r}); use the model's own tokenizer, or "
+            "resize the embeddings after adding tokens (model.resize_token_embeddings(len(tokenizer))) "
+            "and save both again"
         )
 
 
