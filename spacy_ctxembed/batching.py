@@ -18,17 +18,20 @@ def concat_ranges(starts: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarra
     return numpy.repeat(starts - (ends - lengths), lengths) + numpy.arange(int(ends[-1]) if len(ends) else 0)
 
 
-def batches_by_budget(items: Sequence[T], budget: int, length: Callable[[T], int]) -> Iterator[List[T]]:
+def batches_by_budget(
+    items: Sequence[T], budget: int, length: Callable[[T], int], *, same_length: bool = False
+) -> Iterator[List[T]]:
     """Cut `items`, sorted longest first, into batches of at most `budget` padded items.
 
     A batch pads every row to its first (longest) item's length, so a batch of
     n rows costs n * length(first). An item longer than the budget gets a batch
-    of its own.
+    of its own. With `same_length`, a batch also ends where the length
+    changes, so that no row is padded.
     """
     batch: List[T] = []
     for item in items:
         padded = length(batch[0]) if batch else length(item)
-        if batch and (len(batch) + 1) * padded > budget:
+        if batch and ((len(batch) + 1) * padded > budget or (same_length and length(item) != padded)):
             yield batch
             batch = []
         batch.append(item)

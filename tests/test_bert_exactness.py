@@ -59,7 +59,14 @@ def test_padded_batches_match_transformers_on_each_text(minilm_dir, hf_reference
 
 
 def _tiny_family_model(family: str):
-    from transformers import AlbertConfig, DistilBertConfig, ElectraConfig, RobertaConfig
+    from transformers import (
+        AlbertConfig,
+        DistilBertConfig,
+        ElectraConfig,
+        MegatronBertConfig,
+        RobertaConfig,
+        XLMRobertaXLConfig,
+    )
 
     small = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64)
     return {
@@ -67,17 +74,24 @@ def _tiny_family_model(family: str):
         "electra": lambda: ElectraConfig(**small, embedding_size=16),
         "distilbert": lambda: DistilBertConfig(vocab_size=30522, dim=32, n_layers=3, n_heads=2, hidden_dim=64),
         "albert": lambda: AlbertConfig(**small, embedding_size=16),
+        # Both normalize after their last layer: cut below it, they would
+        # normalize the selected layer's states too.
+        "megatron-bert": lambda: MegatronBertConfig(**small),
+        "xlm-roberta-xl": lambda: XLMRobertaXLConfig(**small, pad_token_id=0),
     }[family]()
 
 
 @pytest.mark.parametrize("family,broadcast,cut", [
     ("roberta", True, True), ("electra", True, True), ("distilbert", False, True), ("albert", False, False),
+    ("megatron-bert", True, False), ("xlm-roberta-xl", True, False),
 ])
 def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast, cut):
     """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's and ALBERT's
     forward passes do not, and keep the 2-D one. One selected layer is read as
     the top state only where the layer stack was cut there (not ALBERT's layer
-    groups). Either way each text equals `transformers` alone."""
+    groups). Megatron-BERT and XLM-RoBERTa-XL run whole, since cutting their
+    stack would change the states below the top. Either way each text equals
+    `transformers` alone."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -86,10 +100,73 @@ def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_pat
     AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
     model = AutoModel.from_pretrained(tmp_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    for layers in ([0, 1, 3], [1]):
+    for layers in ([0, 1, 3], [1], [0, 2]):
         nlp = make_nlp(tmp_path, layers=layers, store_layers=True)
         _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast)
-        assert get_runner(nlp.get_pipe("ctxembed_bert").encoder).top_state_only is (layers == [1] and cut)
+        runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+        assert runner.top_state_only is (layers == [1] and cut)
+        assert (runner.runner is runner.encoder.module) is (not cut or max(layers) == 3)
+
+
+def test_padding_sensitive_model_gets_unpadded_batches(minilm_dir, tmp_path):
+    """ConvBERT's span convolutions read the padding, so `transformers` itself
+    gives a padded text other states than the text alone. Its windows are
+    batched by equal length, unpadded, and each text equals `transformers`
+    alone, as with any other model."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, ConvBertConfig
+
+    torch.manual_seed(0)
+    config = ConvBertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, embedding_size=32)
+    AutoModel.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    short, longer = tokenizer(TEXTS[:2], padding=True, return_tensors="pt").values().__iter__().__next__(), None
+    del longer
+    encoded = tokenizer(TEXTS[:2], padding=True, return_tensors="pt")
+    n = int(encoded["attention_mask"][0].sum())
+    with torch.no_grad():
+        padded = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).last_hidden_state
+        alone = model(input_ids=encoded["input_ids"][:1, :n]).last_hidden_state
+    assert (padded[0, :n] - alone[0]).abs().max() > 1e-3  # the premise: padding is not neutral here
+
+    nlp = make_nlp(tmp_path, layers=[0, 2], store_layers=True)
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    assert not runner.pads and get_runner(make_nlp(minilm_dir).get_pipe("ctxembed_bert").encoder).pads
+    (run,) = runner.runs([nlp.make_doc(t) for t in TEXTS])
+    assert all(bool(batch.attention_mask.all()) for batch in runner.prepare(run).batches)
+    for text, doc in zip(TEXTS, nlp.pipe(TEXTS)):
+        states, offsets = hf_hidden_states(tokenizer, model, text)
+        expected = numpy.stack([pool(states[i], token_pieces(doc, offsets), "mean") for i in [0, 2]])
+        numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)
+
+
+def test_default_window_of_a_model_numbering_positions_after_padding(minilm_dir, tmp_path):
+    """RoBERTa-style models number positions from padding_idx + 1, so they take
+    two pieces fewer than their position table has rows. With a tokenizer
+    saved without a length limit, the default window is still the longest
+    input `transformers` accepts, and a doc longer than it runs."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, RobertaConfig
+
+    torch.manual_seed(0)
+    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=24, pad_token_id=0)
+    AutoModel.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir, model_max_length=int(1e30)).save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    runner = get_runner(make_nlp(tmp_path).get_pipe("ctxembed_bert").encoder)
+    framed = runner.window + runner.n_special
+    with torch.no_grad():
+        model(input_ids=torch.full((1, framed), 5))  # the longest window fits ...
+        with pytest.raises(IndexError):
+            model(input_ids=torch.full((1, framed + 1), 5))  # ... and is the longest that does
+    nlp = make_nlp(tmp_path)
+    doc = nlp(" ".join(TEXTS))
+    assert len(AutoTokenizer.from_pretrained(tmp_path)(doc.text)["input_ids"]) > 2 * framed
+    assert numpy.isfinite(doc.tensor).all() and all(token.has_vector for token in doc if not token.is_space)
 
 
 def _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast):

@@ -117,6 +117,29 @@ def test_tokenizer_check_skips_a_model_without_input_embeddings(minilm_dir, tmp_
     _check_tokenizer_fits(AutoTokenizer.from_pretrained(minilm_dir), Unsaid(), _Where("c", "name", tmp_path))
 
 
+@pytest.mark.parametrize("family,pattern", [
+    # Funnel Transformer pools its sequence between blocks: some states are shorter than the input.
+    ("funnel", r"model_type 'funnel' does not give one hidden state per layer for every input piece: for 9 "
+               r"pieces it gives 5 states of lengths \[9, 9, 5, 9, 9\], where 3 \(num_hidden_layers \+ 1\)"),
+    # FNet mixes tokens by Fourier transforms and takes no mask.
+    ("fnet", r"model_type 'fnet' takes no attention_mask, so the padding of batched windows cannot be masked"),
+])
+def test_models_without_one_state_per_piece_are_refused(tmp_path, minilm_dir, family, pattern):
+    from transformers import AutoTokenizer, FNetConfig, FNetModel, FunnelConfig, FunnelModel
+
+    model = {
+        "funnel": lambda: FunnelModel(FunnelConfig(vocab_size=30522, block_sizes=[1, 1], num_decoder_layers=1,
+                                                   d_model=32, n_head=2, d_head=16, d_inner=64)),
+        "fnet": lambda: FNetModel(FNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                             intermediate_size=64)),
+    }[family]()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    nlp = _add({"name": tmp_path})
+    with pytest.raises(SettingError, match="name = .*" + pattern):
+        nlp.initialize()
+
+
 def test_stride_larger_than_window(tiny_bert_dir):
     with pytest.raises(SettingError, match=r"stride = 40: must not exceed window \(30\)"):
         make_nlp(tiny_bert_dir, window=30, stride=40)

@@ -103,10 +103,6 @@ class BertRunner:
         self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        # hidden_states[i] needs only the first i layers: the runner is a
-        # shallow copy that runs those and shares their weights with the full
-        # model (which is what is saved and trained).
-        self.runner = _first_layers(encoder.module, max(self.layers))
         if self.precision == "int8" and self.device.type != "cpu":
             raise bad_setting(COMPONENT, "precision", "int8",
                               "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
@@ -120,6 +116,17 @@ class BertRunner:
         #: Pad to a few lengths only (half precision: see SHAPE_BUCKET).
         self.bucket_shapes = self.precision in _AUTOCAST_DTYPES
         probe = self.probe_batch()
+        # hidden_states[i] needs only the first i layers: the runner is a
+        # shallow copy that runs those and shares their weights with the full
+        # model (which is what is saved and trained), where that gives the
+        # full model's states (see `_cut_keeps_states`).
+        cut = _first_layers(encoder.module, max(self.layers))
+        self.runner = cut if _cut_keeps_states(cut, encoder.module, *probe, self.layers) else encoder.module
+        #: Whether padding leaves the real pieces' states alone. Where it does
+        #: not (ConvBERT's span convolutions read it), a batch holds windows
+        #: of one length only, so that no window is padded (see `_padding_is_neutral`).
+        self.pads = _padding_is_neutral(self.runner, *probe)
+        self.bucket_shapes = self.bucket_shapes and self.pads
         #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
         self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe)
         #: One layer selected: the forward pass returns that layer's states
@@ -233,7 +240,7 @@ class BertRunner:
         def padded(item: Tuple[int, Window]) -> int:
             return item[1].end - item[1].start + self.n_special
 
-        for batch in batches_by_budget(items, self.max_batch_items, padded):
+        for batch in batches_by_budget(items, self.max_batch_items, padded, same_length=not self.pads):
             input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
             if self.broadcast_mask and not mask.all():
                 mask = mask[:, None, :]
@@ -465,6 +472,55 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
     return module
 
 
+def _cut_keeps_states(cut: torch.nn.Module, full: torch.nn.Module, input_ids: torch.Tensor,
+                      mask: torch.Tensor, layers: Sequence[int]) -> bool:
+    """Whether `cut` (`_first_layers` of `full`) gives the selected layers'
+    hidden states as `full` does, on a padded probe (input_ids, mask).
+
+    Most encoders return each layer's output as it is, so running fewer
+    layers changes nothing below them. Some normalize after their last layer
+    (Megatron-BERT, XLM-RoBERTa-XL: a final LayerNorm that transformers
+    applies to the top state only); cut, they would normalize the state of the
+    layer they were cut at, a silently different vector. Those run whole.
+    Compared on the unpadded positions, to float rounding (rtol 1e-4, atol 1e-5).
+    """
+    if cut is full:
+        return True
+    real = mask.bool()
+    with torch.inference_mode():
+        got = cut(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        expected = full(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    return all(
+        i < len(got) and got[i].shape == expected[i].shape
+        and torch.allclose(got[i][real], expected[i][real], rtol=1e-4, atol=1e-5)
+        for i in layers
+    )
+
+
+def _padding_is_neutral(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether the padded rows of a probe (input_ids, mask) get the states
+    each row gets alone, unpadded.
+
+    Attention masks padding out, and in most encoders nothing else reads it.
+    Some layers do: ConvBERT's span-based convolutions run over the padded
+    positions too, so a window's states would depend on the other windows in
+    its batch. Compared on the real positions, to float rounding (rtol 1e-4,
+    atol 1e-5).
+    """
+    lengths = mask.sum(dim=1).tolist()
+    with torch.inference_mode():
+        batched = module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        for row, n in enumerate(lengths):
+            if n == input_ids.shape[1]:
+                continue
+            alone_ids = input_ids[row : row + 1, :n]
+            alone = module(input_ids=alone_ids, attention_mask=torch.ones_like(alone_ids),
+                           output_hidden_states=True).hidden_states
+            if not all(torch.allclose(b[row, :n], a[0], rtol=1e-4, atol=1e-5) for b, a in zip(batched, alone)):
+                return False
+    return True
+
+
 def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
     """Whether `module` masks padding from a (batch, 1, length) attention mask
     as it does from its usual (batch, length) one.
@@ -552,13 +608,28 @@ def _window_settings(settings: Dict[str, Any], encoder: HFEncoder) -> Tuple[int,
 
 
 def _max_positions(encoder: HFEncoder) -> int:
+    positions = getattr(encoder.config, "max_position_embeddings", None)
     candidates: Dict[str, Optional[int]] = {
         "tokenizer": encoder.tokenizer.model_max_length,
-        "config": getattr(encoder.config, "max_position_embeddings", None),
+        "config": None if positions is None else int(positions) - _skipped_positions(encoder.module),
     }
     # Tokenizers without a limit report a huge sentinel (int(1e30)).
     usable = [int(v) for v in candidates.values() if v is not None and v < 100_000]
     return min(usable) if usable else 512
+
+
+def _skipped_positions(module: torch.nn.Module) -> int:
+    """How many rows of the position table a model never uses for a piece.
+
+    RoBERTa-style models (RoBERTa, XLM-R, CamemBERT, MPNet, Longformer, ...)
+    number positions from `padding_idx + 1`, the padding row of their position
+    embeddings, so they take `max_position_embeddings - padding_idx - 1`
+    pieces, not `max_position_embeddings`. Their released tokenizers say so
+    in `model_max_length`; a tokenizer saved without a limit does not.
+    """
+    table = getattr(getattr(module, "embeddings", None), "position_embeddings", None)
+    padding = getattr(table, "padding_idx", None) if isinstance(table, torch.nn.Embedding) else None
+    return 0 if padding is None else int(padding) + 1
 
 
 def default_batch_items(device: torch.device, encoder: HFEncoder, max_length: int) -> int:

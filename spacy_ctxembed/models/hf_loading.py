@@ -161,6 +161,7 @@ def load_encoder(directory: Path, *, component: str, setting: str = "name") -> H
     _check_loaded(module, where)
     _check_tokenizer_fits(tokenizer, module, where)
     module.eval()
+    _check_states_per_piece(module, tokenizer, config, where)
     return HFEncoder(module=module, tokenizer=tokenizer, config=config)
 
 
@@ -469,6 +470,38 @@ def _check_tokenizer_fits(tokenizer: Any, module: Any, where: _Where) -> None:
             f"({len(beyond)} pieces beyond them, from {beyond[0][1]!r}); use the model's own tokenizer, or "
             "resize the embeddings after adding tokens (model.resize_token_embeddings(len(tokenizer))) "
             "and save both again"
+        )
+
+
+def _check_states_per_piece(module: Any, tokenizer: Any, config: Any, where: _Where) -> None:
+    """The runner masks padding with `attention_mask` and reads
+    `num_hidden_layers + 1` hidden states, each with one row per input piece.
+    A model that does otherwise would fail deep inside a forward pass or,
+    worse, hand pieces the states of other positions: FNet takes no mask;
+    Funnel Transformer pools its sequence between blocks. Refused here, on
+    one short text."""
+    import torch
+
+    model_type = getattr(config, "model_type", None)
+    parameters = inspect.signature(module.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "attention_mask" not in parameters and not takes_any:
+        raise where.error(
+            f"model_type {model_type!r} takes no attention_mask, so the padding of batched windows cannot be "
+            "masked; use a BERT-family encoder (bert, roberta, deberta, electra, ...)"
+        )
+    input_ids = torch.as_tensor([tokenizer("Contextual vectors, probed.", verbose=False)["input_ids"]])
+    with torch.inference_mode():
+        output = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True)
+    states = getattr(output, "hidden_states", None) or ()
+    expected = int(config.num_hidden_layers) + 1
+    lengths = [int(h.shape[1]) if h.dim() == 3 else -1 for h in states]
+    if len(states) != expected or any(n != input_ids.shape[1] for n in lengths):
+        raise where.error(
+            f"model_type {model_type!r} does not give one hidden state per layer for every input piece: for "
+            f"{input_ids.shape[1]} pieces it gives {len(states)} states of lengths {lengths}, where "
+            f"{expected} (num_hidden_layers + 1) of length {input_ids.shape[1]} are needed; use a "
+            "BERT-family encoder (bert, roberta, deberta, electra, ...)"
         )
 
 
