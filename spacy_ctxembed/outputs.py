@@ -28,6 +28,7 @@ its user data; the hooks then find the source's store through the hooks
 dict, and place the new doc's text in it.
 """
 import threading
+import warnings
 import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
@@ -66,20 +67,60 @@ def write_outputs(
     """Store one component's outputs on `doc`, computed for its current tokens."""
     key = _whole_doc_key(doc)
     old = _data(doc).get(key)
+    if not isinstance(old, dict):
+        old = _gathered_store(doc)
     outputs = dict(old["outputs"]) if isinstance(old, dict) else {}
     starts, ends = token_char_spans(doc)
     outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers}
     current = old.get("primary") if isinstance(old, dict) else None
+    tensor_set = bool(old.get("tensor_set")) if isinstance(old, dict) else False
+    if primary and set_doc_tensor:
+        tensor_set = _set_doc_tensor(doc, name, vectors, ours=tensor_set)
     # A new dict, never an update in place: spaCy's as_doc and from_docs copy
     # the store shallowly, so other docs may share the old one.
-    _data(doc)[key] = {"primary": name if primary else current, "outputs": outputs}
-    if primary:
-        if set_doc_tensor:
-            # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
-            doc.tensor = vectors
+    _data(doc)[key] = {"primary": name if primary else current, "outputs": outputs, "tensor_set": tensor_set}
+    if primary or SOURCE_HOOK in doc.user_hooks:  # (the as_doc pointer must see the new output too)
         set_vector_hooks(doc)
-    elif SOURCE_HOOK in doc.user_hooks:
-        set_vector_hooks(doc)  # the as_doc pointer must see this output too
+
+
+def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
+    """Set `doc.tensor` to the vectors, unless another component set it:
+    spaCy's tok2vec does, and its listeners read it when they predict, so
+    replacing it under them would feed the tagger or parser other features.
+    Returns whether the doc's tensor is now a ctxembed component's."""
+    if doc.tensor.size and not ours:
+        warnings.warn(
+            f"[{name}] set_doc_tensor: doc.tensor already holds another component's output (spaCy's tok2vec "
+            "sets it, and its listeners read it), so it is left as it is; the vectors are in doc._.ctx_vectors "
+            "and token.vector. Put this component before that one, or set set_doc_tensor = false.",
+            stacklevel=3,
+        )
+        return False
+    # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
+    doc.tensor = vectors
+    return True
+
+
+def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
+    """A doc whose outputs are in shifted stores (`Doc.from_docs`,
+    `span.as_doc(copy_user_data=True)`) or in its source's (`span.as_doc()`):
+    those outputs, aligned to its tokens now, as one whole-doc store, so that
+    writing one more output keeps them. The shifted stores are then dropped:
+    the whole-doc store, read first, replaces them."""
+    view = _view(doc)
+    if view is None:
+        return None
+    starts, ends = token_char_spans(doc)
+    outputs = {
+        name: {"starts": starts, "ends": ends, "vectors": output["vectors"], "layers": output.get("layers")}
+        for name, output in view.outputs.items()
+    }
+    stores = _stores(doc) or _source_store(doc)
+    for key, _ in _stores(doc):
+        _data(doc).pop(key, None)
+    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
+    tensor_set = all(store.get("tensor_set") for _, store in stores)
+    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_set}
 
 
 def restore_vectors(doc: Doc) -> Doc:
@@ -119,15 +160,18 @@ def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
 
 
 def get_vectors(doc: Doc):
-    view = _view(doc)
-    return None if view is None or view.primary is None else view.outputs[view.primary]["vectors"]
+    output = _primary_output(doc)
+    return None if output is None else output["vectors"]
 
 
 def get_layers(doc: Doc):
+    output = _primary_output(doc)
+    return None if output is None else output.get("layers")
+
+
+def _primary_output(doc: Doc) -> Optional[Dict[str, Any]]:
     view = _view(doc)
-    if view is None or view.primary is None:
-        return None
-    return view.outputs[view.primary].get("layers")
+    return None if view is None else view.primary_output()
 
 
 # Hooks --------------------------------------------------------------------
@@ -143,6 +187,10 @@ def set_vector_hooks(doc: Doc) -> None:
         hooks["similarity"] = similarity
     doc.user_hooks["vector"] = doc_vector
     doc.user_hooks["has_vector"] = doc_has_vector
+    # spaCy caches a doc's norm on first use; retokenizing or a new output
+    # changes it. (Only the doc's: spaCy's Span.vector_norm would return a
+    # span hook's vector, and tokens compute theirs from the vector hook.)
+    doc.user_hooks["vector_norm"] = doc_vector_norm
     doc.user_span_hooks["vector"] = span_vector
     doc.user_span_hooks["has_vector"] = span_has_vector
     doc.user_token_hooks["vector"] = token_vector
@@ -175,6 +223,11 @@ def doc_vector(doc: Doc):
     return _mean_of_covered(_primary_vectors(doc, 0, len(doc)))
 
 
+def doc_vector_norm(doc: Doc) -> float:
+    vector = doc_vector(doc)
+    return float(get_array_module(vector).linalg.norm(vector))
+
+
 def doc_has_vector(doc: Doc) -> bool:
     return bool(_primary_vectors(doc, 0, len(doc)).any())
 
@@ -182,11 +235,22 @@ def doc_has_vector(doc: Doc) -> bool:
 def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     """Cosine similarity of the two vectors; 0.0 where either has none."""
     u, v = a.vector, b.vector
+    if u.shape != v.shape:
+        raise ValueError(
+            f"similarity: {_named(a)} and {_named(b)} have vectors of different widths ({u.shape[-1]} and "
+            f"{v.shape[-1]}), so they come from different models (a ctxembed component's and static "
+            "vectors, or two ctxembed models); compare vectors of one model"
+        )
     xp = get_array_module(u)
     norms = float(xp.linalg.norm(u)) * float(xp.linalg.norm(v))
     if norms == 0.0:
         return 0.0
     return float(xp.dot(u, xp.asarray(v))) / norms
+
+
+def _named(item: Any) -> str:
+    text = str(getattr(item, "text", item))
+    return f"{type(item).__name__} {text if len(text) <= 40 else text[:37] + '...'!r}"
 
 
 # Internals ----------------------------------------------------------------
@@ -225,10 +289,22 @@ class _Source:
 class _View:
     """A doc's outputs aligned to its tokens at one moment."""
 
-    def __init__(self, starts, ends, primary: Optional[str], outputs: Dict[str, Dict[str, Any]]) -> None:
+    def __init__(self, starts, ends, primary: Optional[str], outputs: Dict[str, Dict[str, Any]],
+                 conflict: Tuple[str, ...] = ()) -> None:
         self.starts, self.ends = starts, ends
         self.primary = primary
         self.outputs = outputs
+        #: The primaries of joined docs, where they differ (then there is no primary).
+        self.conflict = conflict
+
+    def primary_output(self) -> Optional[Dict[str, Any]]:
+        if self.conflict:
+            raise MissingOutputs(
+                f"this doc joins docs (Doc.from_docs) whose primary ctxembed outputs come from different "
+                f"components ({', '.join(self.conflict)}), whose vectors cannot be compared; run one ctxembed "
+                "component on the joined doc, or read doc._.ctx_outputs[name]"
+            )
+        return None if self.primary is None else self.outputs[self.primary]
 
     def fits(self, doc: Doc, start: int, end: int) -> bool:
         """Whether rows start..end are for tokens with the spans they have now.
@@ -259,13 +335,14 @@ def _primary_vectors(doc: Doc, start: int, end: Optional[int] = None):
     """The primary vectors of `doc`, valid at least for rows start..end."""
     end = start + 1 if end is None else end
     view = _view(doc, start, end)
-    if view is None or view.primary is None:
+    output = None if view is None else view.primary_output()
+    if output is None:
         raise MissingOutputs(
             "this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
             "span.as_doc() from a doc whose text it cannot be placed in, or whose user data "
             "was dropped. Use span.as_doc(copy_user_data=True), or run the pipeline on it again."
         )
-    return view.outputs[view.primary]["vectors"]
+    return output["vectors"]
 
 
 def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View]:
@@ -324,8 +401,10 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
     for name in names:
         parts = [(key[2], store["outputs"][name]) for key, store in stores if name in store["outputs"]]
         outputs[name] = _align_output(parts, starts, ends)
-    primaries = [store.get("primary") for _, store in stores if store.get("primary")]
-    return _View(starts, ends, primaries[-1] if primaries else None, outputs)
+    primaries = sorted({store["primary"] for _, store in stores if store.get("primary")})
+    if len(primaries) > 1:  # each joined doc's tokens would have vectors of the others' model only
+        return _View(starts, ends, None, outputs, conflict=tuple(primaries))
+    return _View(starts, ends, primaries[0] if primaries else None, outputs)
 
 
 def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict[str, Any]:

@@ -1,7 +1,9 @@
 """The component's contract with spaCy: assigns, cfg, the trf extra, named errors."""
 import json
 import sys
+import warnings
 
+import numpy
 import pytest
 import spacy
 
@@ -59,6 +61,37 @@ def test_primary_chooses_the_doc_vectors(tiny_bert_dir):
     assert (doc.tensor == doc._.ctx_outputs["a"]["vectors"]).all()
     assert not (doc._.ctx_outputs["b"]["vectors"] == doc._.ctx_outputs["a"]["vectors"]).all()
     assert (doc[1].vector == doc._.ctx_outputs["a"]["vectors"][1]).all()
+
+
+def test_doc_tensor_of_another_component_is_left_alone(tiny_bert_dir):
+    """spaCy's tok2vec sets doc.tensor, and its listeners read it when they
+    predict: a ctxembed component after it warns and leaves it."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tok2vec")
+    nlp.initialize()
+    expected = nlp("I ran to the park").tensor.copy()
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    nlp.get_pipe("ctxembed_bert").initialize(lambda: [], nlp=nlp)
+    with pytest.warns(UserWarning, match=r"\[ctxembed_bert\] set_doc_tensor: doc.tensor already holds another "):
+        doc = nlp("I ran to the park")
+    assert (doc.tensor == expected).all()
+    assert doc[1].has_vector and doc[1].vector.shape == (32,)
+    # Its own tensor it replaces: a doc run again, with other layers, gets the new vectors.
+    alone = make_nlp(tiny_bert_dir, layers=[0])
+    doc = make_nlp(tiny_bert_dir)("I ran to the park")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = alone.get_pipe("ctxembed_bert")(doc)
+    assert (again.tensor == again._.ctx_vectors).all()
+
+
+def test_similarity_of_vectors_from_different_models_is_a_clear_error(tiny_bert_dir):
+    nlp = make_nlp(tiny_bert_dir)
+    nlp.vocab.set_vector("dog", numpy.ones(5, dtype="float32"))
+    doc, static = nlp("a cat"), nlp.make_doc("a dog")
+    with pytest.raises(ValueError, match=r"Token 'cat' and Token 'dog' have vectors of different widths "
+                                         r"\(32 and 5\), so they come from different models"):
+        doc[1].similarity(static[1])
 
 
 def test_docs_are_freed_by_reference_counting(tiny_bert_dir):

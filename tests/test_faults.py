@@ -431,6 +431,19 @@ def test_combiner_file_with_damaged_weights(saved_bert, tmp_path, edit):
     _assert_error(excinfo, "bert_a", path / "bert_a" / "combiner")
 
 
+def test_config_edited_to_other_layers_than_the_combiner_was_saved_for(saved_bert, tmp_path):
+    def edit(d):
+        config = (d / "config.cfg").read_text()
+        saved = f"layers = {BERT_LAYERS}".replace(" ", "")
+        assert config.replace(" ", "").count(saved) == 1
+        lines = [("layers = [0, 1, 2]" if line.replace(" ", "") == saved else line) for line in config.splitlines()]
+        (d / "config.cfg").write_text("\n".join(lines) + "\n")
+
+    path = _damaged(saved_bert, tmp_path, edit)
+    _assert_error(_load_error(path), "bert_a", f"combiner = '{path / 'bert_a' / 'combiner'}'",
+                  f"it was saved for {len(BERT_LAYERS)} layer(s), but the config's layers select 3")
+
+
 @pytest.mark.parametrize("saved, component", [("saved_bert", "bert_a"), ("saved_elmo", "elmo_a")])
 def test_deleted_model_folder_never_falls_back_to_the_config(request, saved, component, tmp_path, tiny_bert_dir,
                                                               elmo_files):

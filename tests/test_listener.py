@@ -76,6 +76,28 @@ def test_tagger_trains_saves_and_loads(tiny_bert_dir, tmp_path):
     numpy.testing.assert_allclose(doc._.ctx_vectors, nlp(" ".join(words))._.ctx_vectors, atol=1e-6)
 
 
+@pytest.mark.parametrize("upstream", ["*", "ctxembed_bert"])
+def test_listener_after_its_upstream_is_renamed(tiny_bert_dir, upstream):
+    """upstream = "*" follows a renamed upstream; a listener that names it
+    says that the doc's outputs are under another name, rather than predicting
+    from zeros (which it still does for docs that no upstream annotated)."""
+    nlp = _upstream_nlp(tiny_bert_dir)
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": upstream}}})
+    nlp.get_pipe("tagger").add_label("X")
+    nlp.initialize()
+    nlp.rename_pipe("ctxembed_bert", "emb")
+    if upstream == "*":
+        assert [t.tag_ for t in nlp("I ran")] == ["X", "X"]
+        return
+    with pytest.raises(ValueError, match=r"no layers from upstream 'ctxembed_bert', but has outputs of 'emb'; "
+                                         r"if the upstream component was renamed"):
+        nlp("I ran")
+    with nlp.select_pipes(disable=["emb"]):
+        assert [t.tag_ for t in nlp("I ran")] == ["X", "X"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "ud_english_ewt").is_dir(), reason="needs ../shared/data")
 def test_spacy_train_with_shipped_config(tmp_path):

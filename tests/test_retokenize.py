@@ -162,6 +162,51 @@ def test_from_docs_and_copy(nlp):
     _check(copied, befores[0], "emb")
 
 
+def test_doc_vector_norm_follows_retokenization(nlp):
+    """spaCy caches a doc's norm on first use; it must follow the tokens."""
+    doc = nlp(TEXT)
+    first = doc.vector_norm
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:5])
+    assert doc.vector_norm == pytest.approx(float(numpy.linalg.norm(doc.vector)), rel=1e-6)
+    assert doc.vector_norm != pytest.approx(first, rel=1e-6)
+    assert doc[1:3].vector_norm == pytest.approx(float(numpy.linalg.norm(doc[1:3].vector)), rel=1e-6)
+
+
+def test_another_output_keeps_those_of_joined_and_cut_docs(nlp, tiny_bert_dir):
+    """A doc whose outputs came with Doc.from_docs or span.as_doc keeps them
+    when another component writes one more, primary or not."""
+    other = spacy.blank("en", vocab=nlp.vocab)
+    other.add_pipe("ctxembed_bert", name="more", config=ctx_config(name=tiny_bert_dir, layers=[1], primary=False))
+    other.initialize()
+    more = other.get_pipe("more")
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    for copy_user_data in (False, True):
+        sub = more(doc[3:9].as_doc(copy_user_data=copy_user_data))
+        assert set(sub._.ctx_outputs) == {"emb", "more"}
+        _check(sub, before, "emb", shift=doc[3].idx)  # still the primary: token.vector is emb's
+    joined = more(restore_vectors(Doc.from_docs([nlp(TEXT), nlp("Another one ran .")])))
+    assert set(joined._.ctx_outputs) == {"emb", "more"}
+    _check(joined[: len(doc)].as_doc(copy_user_data=True), before, "emb")
+    if "transformer" not in nlp.pipe_names:  # (ctxembed_from_trf needs the transformer's data on the doc)
+        again = nlp.get_pipe("emb")(joined)  # the primary again: "more" stays
+        assert set(again._.ctx_outputs) == {"emb", "more"}
+
+
+def test_joined_docs_of_different_primary_components_say_so(nlp, tiny_bert_dir):
+    """Doc.from_docs of docs whose vectors come from different components:
+    neither model's vectors can stand for the other's tokens."""
+    other = spacy.blank("en", vocab=nlp.vocab)
+    other.add_pipe("ctxembed_bert", name="other", config=ctx_config(name=tiny_bert_dir))
+    other.initialize()
+    # (Without the tensors: spaCy cannot join tensors of different widths.)
+    joined = Doc.from_docs([nlp(TEXT), other("Another one ran .")], exclude=["tensor"])
+    with pytest.raises(MissingOutputs, match=r"different components \(emb, other\)"):
+        restore_vectors(joined)
+    assert set(joined._.ctx_outputs) == {"emb", "other"}  # each component's own outputs still read
+
+
 def test_retokenized_doc_survives_serialization(nlp, tmp_path):
     doc = nlp(TEXT)
     before = _by_offsets(doc, "emb")

@@ -151,6 +151,16 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     "In training, a frozen ctxembed component must also be listed in "
                     "[training] annotating_components"
                 )
+            others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []
+            if others:
+                # The doc was annotated, under another name: the upstream was
+                # renamed (rename_pipe, add_pipe(source=..., name=...)) or
+                # another one ran. Zeros here would be silently wrong features.
+                raise ValueError(
+                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}, "
+                    f"but has outputs of {', '.join(map(repr, others))}; if the upstream component was renamed, "
+                    "set the listener's upstream to its new name"
+                )
             # Outside training, as spaCy's Tok2VecListener does: zeros of the
             # right shape (spaCy initialises downstream components on docs the
             # upstream has not annotated).

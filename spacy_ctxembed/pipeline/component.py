@@ -459,11 +459,27 @@ class ContextualEmbedder(TrainablePipe):
                 raise bad_setting(self.name, "combiner", source, f"weight {name!r} has non-finite values")
 
     def _load_combiner(self, data: bytes, source: str) -> None:
+        saved, current = _saved_dim(data, "nL"), self.combiner.maybe_get_dim("nL")
+        if saved is not None and current is not None and saved != current:
+            # A user edited `layers` in the saved pipeline's config.cfg.
+            raise bad_setting(self.name, "combiner", source,
+                              f"it was saved for {saved} layer(s), but the config's layers select {current}: "
+                              "put back the layers it was saved with, or train the pipeline again")
         try:
             self.combiner.from_bytes(data)
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
             raise bad_setting(self.name, "combiner", source,
                               f"not a combiner saved by spacy-ctxembed ({type(err).__name__}: {err})") from None
+
+
+def _saved_dim(data: bytes, name: str) -> Optional[int]:
+    """Dimension `name` of the top node of a Thinc model saved with `to_bytes`;
+    None where the bytes are not such a model or do not say."""
+    try:
+        value = srsly.msgpack_loads(data)["nodes"][0]["dims"].get(name)
+    except Exception:  # noqa: BLE001 - anything else is reported by from_bytes itself
+        return None
+    return value if isinstance(value, int) else None
 
 
 def _upstream_width(encoder: Model, nlp: Language) -> None:
