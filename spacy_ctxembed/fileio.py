@@ -1,10 +1,18 @@
-"""Writing files so that they are either absent or complete: a temporary name, then a rename."""
+"""Writing files so that they are either absent or complete: a temporary name, then a rename.
+
+And reading them back as what identifies a run: `model_identity`, the checksum
+of the pipeline whose vectors a run writes (both `embed` and `embed --ray`
+record it, and refuse to resume a run with other model files).
+"""
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
+
+from .about import __version__
 
 
 def umask() -> int:
@@ -52,3 +60,31 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def model_identity(model: Optional[str]) -> Dict[str, Optional[str]]:
+    """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
+    weights), so a resumed run never mixes vectors of a pipeline edited in between;
+    without a model, the default model's files are hashed; a package gives its version."""
+    if model is None:
+        from .models.hf_loading import default_model_dir
+
+        return {"name": None, "sha256": tree_sha256(default_model_dir()), "ctxembed": __version__}
+    path = Path(model)
+    if path.exists():
+        return {"name": str(path.resolve()), "sha256": tree_sha256(path), "ctxembed": __version__}
+    from spacy.util import get_package_version
+
+    return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
+
+
+def tree_sha256(path: Path) -> str:
+    """The SHA-256 of a file, or of a directory's files: their relative names and bytes, in name order."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

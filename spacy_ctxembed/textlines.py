@@ -3,10 +3,15 @@
 Lines are split on "\\n" only. A trailing "\\r" (CRLF files) is not part of the
 text, nor is a UTF-8 byte order mark at the very start of a file; every other
 character, form feed, "\\x85" and "\\u2028" included, stays inside its line.
+
+What kind of input a file name says is one rule too, `SUFFIXES`: for
+`embed --ray`, which reads every kind, and for `embed` without it, which
+reads text and refuses the other kinds.
 """
 from typing import Tuple
 
 BOM = b"\xef\xbb\xbf"
+SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
 def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:

@@ -71,6 +71,18 @@ def test_a_directory_or_a_missing_file_as_input(tmp_path, no_model):
     assert "is not a readable .spacy DocBin" in _one_error(broken)
 
 
+@pytest.mark.parametrize("name, kind", [("in.jsonl", "jsonl"), ("in.NDJSON", "jsonl"), ("in.parquet", "parquet")])
+def test_jsonl_and_parquet_inputs_need_ray(tmp_path, no_model, name, kind):
+    """Read as text, JSONL was embedded as JSON syntax, and Parquet failed as "not UTF-8"."""
+    (tmp_path / name).write_bytes(b'{"text": "The cat sat."}\n')
+    result = invoke("embed", tmp_path / name, "-o", tmp_path / "out")
+    assert _one_error(result) == (
+        f"error: INPUT {tmp_path / name}: a {kind} file (by its suffix {name[2:]}) needs --ray, "
+        "see docs/scaling.md; without --ray, INPUT is a text file (one doc per line) or a .spacy DocBin"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 @pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"])
 def test_an_input_with_nothing_to_embed_is_refused(tmp_path, no_model, content):
     (tmp_path / "in.txt").write_bytes(content)
@@ -141,6 +153,20 @@ def test_a_config_that_does_not_parse_or_is_missing(tmp_path, text_file, no_mode
     assert _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", tmp_path / "missing.cfg")) == (
         f"error: --config {tmp_path / 'missing.cfg'}: no such file"
     )
+
+
+def test_config_errors_keep_their_description(tmp_path, text_file, pipeline):
+    """confection's first line is only "Config validation error": the detail must stay."""
+    config = _config_with(pipeline, tmp_path, "extra = ${paths.nowhere}\n")
+    line = _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", config))
+    assert line.startswith("error: could not build the pipeline: ConfigValidationError: Config validation error: "
+                           "Bad value substitution: option 'extra' in section 'components.ctxembed_bert' "
+                           "contains an interpolation key 'paths.nowhere'"), line
+    (tmp_path / "nohdr.cfg").write_text("hello\n")
+    line = _one_error(invoke("embed", text_file, "-o", tmp_path / "out", "-c", tmp_path / "nohdr.cfg"))
+    assert line.startswith(f"error: --config {tmp_path / 'nohdr.cfg'}: ConfigValidationError: "
+                           "Config validation error: "), line
+    assert "File contains no section headers. file: '<string>', line: 1" in line
 
 
 def test_a_missing_pipeline_is_a_short_error(tmp_path, text_file):

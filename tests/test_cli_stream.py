@@ -1,6 +1,7 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from spacy.tokens import DocBin
 from spacy_ctxembed.cli import output as output_module
 from spacy_ctxembed.cli.output import Run, doc_to_host, read_manifest, to_host
 
+from .conftest import make_nlp
 from .test_cli_support import (
     assert_same_docs,
     expected,
@@ -237,6 +239,31 @@ def test_a_run_in_progress_is_never_touched_and_resume_without_anything_to_resum
     assert fresh.exit_code == 0 and last_line(fresh.stderr).startswith("wrote 7 docs")
 
 
+def test_output_dot_in_an_empty_directory_runs_and_resumes(tmp_path, corpus, pipeline, want, monkeypatch):
+    """`-o .`: the partial run is a sibling named after the directory. (It was `..partial`
+    inside OUTPUT: the whole corpus was embedded, then the run failed, unresumable.)"""
+    for name in ("fresh", "resumed"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "fresh")
+    result = invoke("embed", corpus, "-o", ".", "-m", pipeline, "-s", "2")
+    assert result.exit_code == 0, result.stderr
+    assert_same_docs(read_output(tmp_path / "fresh"), want)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "fresh", "resumed"]
+
+    monkeypatch.chdir(tmp_path / "resumed")
+    args = ["embed", corpus, "-o", ".", "-m", pipeline, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    partial = tmp_path / ".resumed.partial"
+    assert partial.is_dir() and not any((tmp_path / "resumed").iterdir())
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run; wrote 7 docs")
+    assert_same_docs(read_output(tmp_path / "resumed"), want)
+    assert not partial.exists()
+
+
 def test_a_symbolic_link_as_output_is_refused(tmp_path, corpus):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -291,6 +318,34 @@ def test_resume_refuses_an_interrupted_run_of_another_input(tmp_path, corpus, pi
     restarted = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "--overwrite")
     assert restarted.exit_code == 0, restarted.stderr
     assert [text for _, text, _ in read_output(tmp_path / "out")] == ["Changed text."]
+
+
+def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipeline, tiny_bert_dir, monkeypatch):
+    """The model is checksummed: the same --model path holding another pipeline is another
+    run (its vectors would be mixed with the first model's)."""
+    model, partial = tmp_path / "model", tmp_path / ".out.partial"
+    shutil.copytree(pipeline, model)
+    args = ["embed", corpus, "-o", tmp_path / "out", "-m", model, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    shutil.rmtree(model)
+    make_nlp(tiny_bert_dir, pooling="first").to_disk(model)
+    refused = invoke(*args, "--resume")
+    assert refused.exit_code == 2
+    assert last_line(refused.stderr) == (
+        f"error: the interrupted run in {partial} was started with other settings "
+        "(different model: same name, other files); pass --overwrite to start over"
+    )
+    # A run recorded before models were checksummed cannot be compared: refused the same way.
+    record = json.loads((partial / "run.json").read_text())
+    del record["run"]["pipeline"]
+    (partial / "run.json").write_text(json.dumps(record))
+    assert "(model not checksummed: started by an older spacy-ctxembed); pass --overwrite" in last_line(
+        invoke(*args, "--resume").stderr)
+    restarted = invoke(*args, "--overwrite")
+    assert restarted.exit_code == 0, restarted.stderr
+    assert_same_docs(read_output(tmp_path / "out"), expected(model, LINES))
 
 
 @pytest.mark.slow

@@ -24,6 +24,10 @@ def _ray_started() -> bool:
     (["--ray", "--gpu-id", "0"], "with --ray, use --gpus-per-actor"),
     (["--ray", "--actors", "0"], "--actors 0: expected a positive number"),
     (["--ray", "--gpus-per-actor", "-1"], "--gpus-per-actor -1.0: expected 0"),
+    (["--ray", "--gpus-per-actor", "nan"], "--gpus-per-actor nan: expected 0 (CPU) or a positive number"),
+    (["--ray", "--gpus-per-actor", "inf"], "--gpus-per-actor inf: expected 0 (CPU) or a positive number"),
+    (["--ray", "--cpus-per-actor", "nan"], "--cpus-per-actor nan: expected a positive number"),
+    (["--ray", "--cpus-per-actor", "inf"], "--cpus-per-actor inf: expected a positive number"),
     (["--text-key", "body"], "--text-key: only with --ray"),
     (["--actors", "2", "--float16"], "--actors, --float16: only with --ray"),
     (["--ray", "--model", "no/such/pipeline"], "--model no/such/pipeline: no such directory"),
@@ -59,23 +63,35 @@ def test_read_docs_refuses_an_unfinished_run(tmp_path):
 
 
 def test_an_actor_error_is_reported_by_its_cause():
-    """Ray Data hands an actor's error over wrapped, once or twice; the CLI reports the original."""
-    from spacy_ctxembed.cli.embed import _actor_cause
+    """Ray hands an actor's error to the driver as a RayTaskError that is also of the
+    original's type, with the original in `.cause` (`as_instanceof_cause`, as Ray's
+    own deserialization builds it; a real run: test_distributed_ray), and with lines
+    about its retries appended to the message. The CLI reports the original."""
+    RayTaskError = pytest.importorskip("ray.exceptions").RayTaskError
+
+    from spacy_ctxembed.cli.embed import _ray_failure
+    from spacy_ctxembed.cli.errors import CliError, UsageError
     from spacy_ctxembed.distributed import InputError
 
-    original = InputError("input corpus.txt changed since the run was planned (size or modification time)")
+    def from_actor(error):
+        return RayTaskError("MapWorker.submit", "Traceback ...", error).as_instanceof_cause()
 
-    class Wrapped(Exception):  # like ray.exceptions.RayTaskError: the original in .cause
-        def __init__(self, cause):
-            super().__init__("task failed")
-            self.cause = cause
-
+    changed = InputError("input corpus.txt changed since the run was planned (size or modification time)\n"
+                         "Failed to apply UDF transform after 1/1 attempts (total backoff 0.0s).")
+    reported = _ray_failure(from_actor(changed))
+    assert type(reported) is UsageError and reported.exit_code == 2
+    assert str(reported) == "input corpus.txt changed since the run was planned (size or modification time)"
+    nested = RayTaskError("outer", "Traceback ...", from_actor(changed))  # a remote call inside an actor
+    assert str(_ray_failure(nested)).startswith("input corpus.txt changed")
+    reported = _ray_failure(from_actor(ValueError("[ctxembed_bert] left no vectors on a doc of shard 3")))
+    assert type(reported) is CliError and reported.exit_code == 1
+    assert str(reported) == "a Ray actor failed: ValueError: [ctxembed_bert] left no vectors on a doc of shard 3"
+    # The driver's own errors are not an actor's, even when chained.
     try:
         try:
-            raise Wrapped(original)
-        except Wrapped as e:
-            raise RuntimeError("UserCodeException") from e
-    except RuntimeError as outer:
-        assert _actor_cause(outer) is original
-    plain = ValueError("no chain")
-    assert _actor_cause(plain) is plain
+            raise KeyError("x")
+        except KeyError as inner:
+            raise RuntimeError("on the driver") from inner
+    except RuntimeError as driver:
+        assert _ray_failure(driver) is driver
+    assert type(_ray_failure(InputError("input a.txt: no such file or directory"))) is UsageError

@@ -108,6 +108,32 @@ def test_jsonl_rows_and_rejections(tmp_path):
     assert reasons[6] == "blank text (whitespace only)"
 
 
+def test_text_that_is_not_unicode_is_rejected_in_every_format(tmp_path):
+    """A lone surrogate (JSON's "\\ud800", valid JSON) or bytes that are not UTF-8 (in a
+    line, or in a Parquet string value from a writer that does not check) are one
+    rejected row each: they used to stop the whole run in spaCy's tokenizer or in pyarrow."""
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "ok"}\n{"text": "lone \\ud800 surrogate"}\n{"text": "pair \\ud83d\\ude00 ok"}\n',
+                     encoding="utf8")
+    _, _, docs, rejected = _read_all(jsonl, 2)
+    assert docs == [(0, "ok"), (2, "pair \U0001f600 ok")]
+    assert [(r.doc_id, r.line, r.reason) for r in rejected] == [
+        (1, 2, "field 'text' is not valid Unicode: lone surrogate U+D800 at character 6")]
+
+    raw = [b"ok", b"lone \xed\xa0\x80 surrogate", b"bad \xff byte", None]
+    parquet = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": pa.array(raw, pa.binary()).view(pa.string())}), parquet, row_group_size=3)
+    _, _, docs, rejected = _read_all(parquet, 2)
+    assert docs == [(0, "ok")]
+    assert [(r.doc_id, r.row, r.reason) for r in rejected] == [
+        (1, 1, "not UTF-8: byte 0xed at column 6"), (2, 2, "not UTF-8: byte 0xff at column 5"), (3, 3, "null text")]
+
+    text = tmp_path / "in.txt"  # decoded strictly: UTF-8-encoded surrogates never become text
+    text.write_bytes(b"ok\nlone \xed\xa0\x80 surrogate\n")
+    _, _, docs, rejected = _read_all(text, 2)
+    assert docs == [(0, "ok")] and [r.reason for r in rejected] == ["not UTF-8: byte 0xed at column 6"]
+
+
 def test_jsonl_wrong_text_key_is_one_clear_error(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text('{"body": "a", "id": 1}\n{"body": "b"}\n', encoding="utf8")

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 
 import numpy
 import pytest
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
+import spacy_ctxembed.distributed as distributed  # noqa: E402
 from spacy_ctxembed.cli import app  # noqa: E402
 from spacy_ctxembed.distributed import embed_corpus, read_docs  # noqa: E402
 from spacy_ctxembed.distributed.shards import shard_name  # noqa: E402
@@ -255,3 +257,25 @@ def test_cli_ray_embeds_jsonl_and_parquet_float16(local_ray, pipeline_dir, refer
     for doc_id, vectors in zip(good, table.column("vectors").to_pylist()):
         expected = reference[doc_id][2]
         numpy.testing.assert_allclose(numpy.asarray(vectors, numpy.float32), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_cli_ray_an_actors_input_error_reaches_the_user(local_ray, pipeline_dir, tmp_path, monkeypatch):
+    """The input is touched once the first shard is done: the actors' next shards refuse it
+    (InputError). The user gets that error, naming the file, with exit 2, not Ray's
+    "UDF failed to process a data block" with exit 1."""
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"doc number {i}\n" for i in range(12)), encoding="utf8")
+
+    def touched_after_the_first_shard(*args, **kwargs):
+        def on_shard(summary):
+            later = time.time_ns() + 10**9
+            os.utime(path, ns=(later, later))
+
+        return embed_corpus(*args, on_shard=on_shard, **kwargs)
+
+    monkeypatch.setattr(distributed, "embed_corpus", touched_after_the_first_shard)
+    result = CliRunner().invoke(app, ["embed", str(path), "-o", str(tmp_path / "out"), "--ray", "--actors", "1",
+                                      "--model", str(pipeline_dir), "--shard-size", "1"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: input {path} changed since the run was planned (size or modification time)")

@@ -8,6 +8,7 @@ With ``--ray`` the corpus is embedded by a pool of Ray actors instead, into
 Parquet shards (`spacy_ctxembed.distributed`, docs/scaling.md).
 """
 import hashlib
+import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -16,6 +17,7 @@ import typer
 from spacy.util import load_config
 from tqdm import tqdm
 
+from ..fileio import model_identity
 from .errors import CliError, PipelineError, UsageError, short_message
 from .inputs import Input, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter
@@ -113,19 +115,18 @@ def _embed_ray(
     input_format: Optional[str], text_key: str, float16: bool,
 ) -> None:
     try:
-        from ..distributed import InputError, OutputInUse, embed_corpus
+        from ..distributed import embed_corpus
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({e})") from None
+        raise _needs_ray(e) from None
     if actors < 1:
         raise UsageError(f"--actors {actors}: expected a positive number of actors")
-    if not cpus_per_actor > 0:
+    # click parses "nan" and "inf" as floats; NaN passes any `x < 0` check, and Ray fails on both later.
+    if not (math.isfinite(cpus_per_actor) and cpus_per_actor > 0):
         raise UsageError(f"--cpus-per-actor {cpus_per_actor}: expected a positive number")
-    if gpus_per_actor < 0:
+    if not (math.isfinite(gpus_per_actor) and gpus_per_actor >= 0):
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
     if model is not None and not Path(model).exists() and not _is_package(model):
         raise UsageError(f"--model {model}: no such directory or installed pipeline package")
-    from ..pipeline.build import NoContextualEmbedder
-
     try:
         manifest = embed_corpus(
             input_path, output, model=model, config=config, input_format=input_format, text_key=text_key,
@@ -133,17 +134,11 @@ def _embed_ray(
             gpus_per_actor=gpus_per_actor, dtype="float16" if float16 else "float32", address=address,
             overwrite=overwrite,
         )
-    except (InputError, OutputInUse, FileExistsError, NoContextualEmbedder) as e:
-        raise UsageError(str(e)) from None
-    except ImportError as e:
-        raise UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({e})") from None
-    except Exception as e:  # noqa: B902 - Ray wraps what an actor raised: report that
-        cause = _actor_cause(e)
-        if isinstance(cause, InputError):
-            raise UsageError(str(cause)) from e
-        if cause is not e:
-            raise CliError(f"a Ray actor failed: {short_message(cause)}") from e
-        raise
+    except Exception as e:  # noqa: B902 - on the driver or in an actor: see _ray_failure
+        reported = _ray_failure(e)
+        if reported is e:
+            raise
+        raise reported from e
     if manifest.get("already_complete"):
         typer.echo(f"nothing to do: {output} is already complete ({manifest['docs']} docs, "
                    f"{manifest['rejected']} rows rejected)", err=True)
@@ -157,16 +152,48 @@ def _embed_ray(
     )
 
 
-def _actor_cause(exc: BaseException) -> BaseException:
-    """The innermost error of a chain: Ray Data raises the actor's error wrapped
-    (a RayTaskError, a UserCodeException), with the original as the cause."""
+def _ray_failure(exc: Exception) -> Exception:
+    """What the CLI reports for an error of a --ray run: a usage error for a bad input,
+    setting or output (found on the driver or by an actor), else the actor's own error."""
+    from ..distributed import InputError, OutputInUse
+    from ..pipeline.build import NoContextualEmbedder
+
+    actor_error = _actor_error(exc)
+    cause = exc if actor_error is None else actor_error
+    if isinstance(cause, (InputError, OutputInUse, FileExistsError, NoContextualEmbedder)):
+        # Ray appends lines about its retries to the message: the first line is the original's.
+        return UsageError(str(cause).strip().split("\n", 1)[0])
+    if actor_error is not None:
+        return CliError(f"a Ray actor failed: {short_message(actor_error)}")
+    if isinstance(exc, ImportError):  # on the driver: `import ray` (an actor's is an actor failure)
+        return _needs_ray(exc)
+    return exc
+
+
+def _needs_ray(exc: ImportError) -> UsageError:
+    return UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({exc})")
+
+
+def _actor_error(exc: BaseException) -> Optional[BaseException]:
+    """The error an actor raised, when `exc` is Ray handing it over; None for the driver's own.
+
+    An actor's error reaches the driver as a RayTaskError with the original in
+    `.cause` (`embed_corpus` has Ray Data raise the original, not a
+    UserCodeException whose own cause would be lost on the way); nested remote
+    calls nest RayTaskErrors.
+    """
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        return None
+    if not isinstance(exc, RayError):
+        return None
     seen = {id(exc)}
-    while True:
-        inner = getattr(exc, "cause", None) or exc.__cause__
-        if not isinstance(inner, BaseException) or id(inner) in seen:
-            return exc
+    inner = getattr(exc, "cause", None)
+    while isinstance(inner, BaseException) and id(inner) not in seen:
         seen.add(id(inner))
-        exc = inner
+        exc, inner = inner, getattr(inner, "cause", None)
+    return exc
 
 
 def _is_package(name: str) -> bool:
@@ -215,7 +242,11 @@ def _read_config(config: Optional[Path]):
 
 
 def _identity(inp: Input, output_format: str, model: Optional[str], config: Optional[Path]) -> Dict[str, Any]:
-    """What makes two runs the same run (for --resume), and what the manifest records."""
+    """What makes two runs the same run (for --resume), and what the manifest records.
+
+    The model is checksummed, as --ray does: the same --model path may hold
+    another pipeline on --resume, and the output would mix two models' vectors.
+    """
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
     return {
@@ -225,6 +256,7 @@ def _identity(inp: Input, output_format: str, model: Optional[str], config: Opti
         "input_sha256": inp.sha256,
         "input_lines": inp.n_records,
         "model": model,
+        "pipeline": model_identity(model),
         "config": None if config is None else str(config.resolve()),
         "config_sha256": None if config is None else hashlib.sha256(config.read_bytes()).hexdigest(),
     }

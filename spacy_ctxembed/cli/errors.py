@@ -59,12 +59,21 @@ def short_message(exc: BaseException) -> str:
         message += "; ".join(parts) + more
     else:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        message = lines[0] if lines else ""
+        message = _described(exc) or (lines[0] if lines else "")
         if not isinstance(exc, CliError):
             message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     if len(message) > MAX_MESSAGE:
         message = message[: MAX_MESSAGE - 3] + "..."
     return message
+
+
+def _described(exc: BaseException) -> Optional[str]:
+    """A config error without per-setting errors (a bad interpolation, a file that does not
+    parse), on one line: confection's first line is only its title, the detail is in `desc`."""
+    title, desc = getattr(exc, "title", None), getattr(exc, "desc", None)
+    if not (isinstance(title, str) and isinstance(desc, str) and desc.strip()):
+        return None
+    return f"{title}: " + " ".join(line.strip() for line in desc.splitlines() if line.strip())
 
 
 def exit_code(exc: BaseException) -> int:

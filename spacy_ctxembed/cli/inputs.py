@@ -9,6 +9,9 @@ doc keeps the number of the line it came from. stdin is copied to an anonymous
 temporary file first, so that it is checked (and counted for the progress bar)
 exactly like a path.
 
+A ``.jsonl``, ``.ndjson`` or ``.parquet`` input is refused: those are read by
+``embed --ray`` (read as text, JSONL would be embedded as JSON syntax).
+
 A ``.spacy`` DocBin input is loaded whole (it holds token data, not vectors: a
 small fraction of the output); its docs are numbered from 1 in the same way
 and docs whose text is blank are skipped.
@@ -25,7 +28,7 @@ from typing import IO, Iterator, Optional, Tuple, Union
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import line_bounds
+from ..textlines import SUFFIXES, line_bounds
 from .errors import CliError, UsageError
 
 CHUNK = 1 << 20
@@ -105,6 +108,7 @@ def open_input(input_path: str) -> Input:
         raise UsageError(f"INPUT {input_path}: no such file") from None
     except OSError as e:
         raise UsageError(f"INPUT {input_path}: {e.strerror}") from None
+    _refuse_ray_only_format(path, input_path)
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(
             f"INPUT {input_path} is a directory; expected a text file (one doc per line) or a .spacy DocBin"
@@ -117,6 +121,17 @@ def open_input(input_path: str) -> Input:
         return _scan_docbin(path, input_path)
     with path.open("rb") as f:
         return _scan_text(f, input_path, path=path.resolve())
+
+
+def _refuse_ray_only_format(path: Path, label: str) -> None:
+    """Refuse a JSONL or Parquet name: read as text, a JSONL file's docs would be its
+    JSON syntax (and get vectors), and Parquet would fail as "not UTF-8"."""
+    kind = SUFFIXES.get(path.suffix.lower(), "text")
+    if kind != "text":
+        raise UsageError(
+            f"INPUT {label}: a {kind} file (by its suffix {path.suffix}) needs --ray, see docs/scaling.md; "
+            "without --ray, INPUT is a text file (one doc per line) or a .spacy DocBin"
+        )
 
 
 def _spool_stdin() -> IO[bytes]:

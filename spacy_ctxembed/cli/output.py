@@ -154,7 +154,19 @@ def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[st
 # Where a run writes, and what is in the way
 
 
+def absolute_output(output: Path) -> Path:
+    """OUTPUT as an absolute path whose last part is its own name.
+
+    The partial directory, the lock and the final rename are named after that
+    part: "." or ".." would give a partial directory *inside* OUTPUT (``..partial``)
+    and a rename onto a path that the run itself filled. `os.path.abspath`
+    rather than `Path.resolve`: a symbolic link as OUTPUT stays one, to be refused.
+    """
+    return Path(os.path.abspath(output))
+
+
 def partial_path(output: Path) -> Path:
+    output = absolute_output(output)
     return output.parent / f".{output.name}.partial"
 
 
@@ -185,7 +197,7 @@ class Run:
     """The partial directory of one run: locked, ledgered, renamed to OUTPUT when finished."""
 
     def __init__(self, output: Path, identity: Dict[str, Any], resumed: bool):
-        self.output = output
+        self.output = absolute_output(output)
         self.dir = partial_path(output)
         self.identity = identity
         self.resumed = resumed
@@ -203,6 +215,7 @@ class Run:
         """
         if overwrite and resume:
             raise UsageError("--overwrite and --resume exclude each other")
+        output = absolute_output(output)
         state = _output_state(output)
         partial = partial_path(output)
         if output.is_symlink():
@@ -430,7 +443,10 @@ def _read_json(path: Path) -> Dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-IDENTITY_KEYS = ("format", "input_sha256", "input_lines", "model", "config_sha256")
+#: "pipeline": the model's checksum (`fileio.model_identity`). A run recorded before it was
+#: checksummed lacks it, and is never the same run: its model cannot be compared.
+IDENTITY_KEYS = ("format", "input_sha256", "input_lines", "model", "pipeline", "config_sha256")
+MODEL_KEYS = {"model", "pipeline"}
 
 
 def _same_run(recorded: Dict[str, Any], identity: Dict[str, Any]) -> bool:
@@ -439,8 +455,22 @@ def _same_run(recorded: Dict[str, Any], identity: Dict[str, Any]) -> bool:
 
 def _difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
     names = {"input_sha256": "input", "input_lines": "input", "config_sha256": "config"}
-    differ = sorted({names.get(k, k) for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)})
-    return "different " + ", ".join(differ) if differ else "unreadable run record"
+    differ = {k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)}
+    labels = sorted({f"different {names.get(k, k)}" for k in differ - MODEL_KEYS})
+    if differ & MODEL_KEYS:
+        labels.append(_model_difference(recorded, identity))
+    return ", ".join(labels) if labels else "unreadable run record"
+
+
+def _model_difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
+    old, new = recorded.get("pipeline"), identity.get("pipeline") or {}
+    if not isinstance(old, dict):
+        return "model not checksummed: started by an older spacy-ctxembed"
+    if recorded.get("model") != identity.get("model"):
+        return "different model"
+    if old.get("ctxembed") != new.get("ctxembed"):
+        return f"different spacy-ctxembed version ({old.get('ctxembed')}, now {new.get('ctxembed')})"
+    return "different model: same name, other files"
 
 
 def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 from thinc.api import Config
 
 from ..about import __version__
-from ..fileio import fsync_dir, write_atomic, write_json
+from ..fileio import fsync_dir, model_identity, write_atomic, write_json
 from ..pipeline.build import NoContextualEmbedder
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ShardEmbedder
@@ -99,7 +99,7 @@ def embed_corpus(
     _check_pipeline(model, config_text)
     identity = {
         "inputs": identities, "text_key": text_key, "shard_size": shard_size, "dtype": dtype,
-        "model": _model_identity(model),
+        "model": model_identity(model),
         "config_sha256": None if config_text is None else hashlib.sha256(config_text.encode("utf8")).hexdigest(),
     }
     # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).
@@ -150,40 +150,13 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
         )
 
 
-def _model_identity(model: Optional[str]) -> Dict[str, Optional[str]]:
-    """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
-    weights), so a resumed run never mixes vectors of a pipeline edited in between."""
-    if model is None:
-        from ..models.hf_loading import resolve_model_dir
-
-        default_dir = resolve_model_dir(None, component="embed_corpus")
-        return {"name": None, "sha256": _tree_sha256(default_dir), "ctxembed": __version__}
-    path = Path(model)
-    if path.exists():
-        return {"name": str(path.resolve()), "sha256": _tree_sha256(path), "ctxembed": __version__}
-    from spacy.util import get_package_version
-
-    return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
-
-
-def _tree_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("actors", actors)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"embed_corpus: {name} = {value!r}; expected a positive integer")
-    if not cpus > 0:
+    if not (math.isfinite(cpus) and cpus > 0):  # NaN and inf are floats too; Ray fails on them later
         raise ValueError(f"embed_corpus: cpus_per_actor = {cpus!r}; expected a positive number")
-    if not gpus >= 0:
+    if not (math.isfinite(gpus) and gpus >= 0):
         raise ValueError(f"embed_corpus: gpus_per_actor = {gpus!r}; expected 0 (CPU) or a positive number")
     if dtype not in DTYPES:
         raise ValueError(f"embed_corpus: dtype = {dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -259,6 +232,12 @@ def _run_ray(
         items = [{"shard": json.dumps(s.to_dict())} for s in pending]
         source = ray.data.from_items(items, override_num_blocks=len(items))
         source.context.enable_progress_bars = False  # this dataset's copy of the context: one bar, ours
+        # By default Ray Data wraps what an actor raised in a UserCodeException whose cause
+        # does not survive the trip to the driver: every failure would read "UDF failed to
+        # process a data block". Raised as it is, the driver gets a RayTaskError that is
+        # also the original (an InputError naming the file stays an InputError), with the
+        # original in `.cause`.
+        source.context.raise_original_map_exception = True
         ds = source.map_batches(
             ShardEmbedder,
             fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,

@@ -10,8 +10,10 @@ input is doc ``r``, whether it is embedded or rejected.
 Reading (on a worker) turns one shard back into rows: ``(doc_id, text)`` for
 each doc to embed, and a record with a reason for each row that cannot be
 one. A row is rejected, never dropped: a line that is empty or blank, bytes
-that are not UTF-8, a JSONL line that is not a JSON object or lacks the text
-field, a null or blank Parquet value. Errors that concern a whole input (a
+that are not UTF-8 (in a line or in a Parquet value), a JSONL line that is
+not a JSON object or lacks the text field, a JSON string with a lone
+surrogate escape ("\\ud800": valid JSON, but not text that UTF-8 or spaCy can
+hold), a null or blank Parquet value. Errors that concern a whole input (a
 file that cannot be read, a Parquet file without the text column, a file
 that changed since planning) raise `InputError`.
 """
@@ -22,10 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ..textlines import line_bounds
+from ..textlines import SUFFIXES, line_bounds
 
 KINDS = ("text", "jsonl", "parquet")
-SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
 class InputError(ValueError):
@@ -211,9 +212,21 @@ def _plan_parquet(path: Path, shard_size: int, text_key: str) -> Tuple[List[Piec
     n_rows = parquet.metadata.num_rows
     pieces = [(start, min(start + shard_size, n_rows), start, min(shard_size, n_rows - start))
               for start in range(0, n_rows, shard_size)]
-    # The footer describes every row group (sizes, statistics): its hash stands for the file.
-    footer = hashlib.sha256(repr(parquet.metadata.to_dict()).encode("utf8")).hexdigest()
-    return pieces, {"footer_sha256": footer}
+    return pieces, {"footer_sha256": _footer_sha256(parquet, path)}
+
+
+def _footer_sha256(parquet, path: Path) -> str:
+    """The footer describes every row group (sizes, statistics): its hash stands for the file."""
+    try:
+        return hashlib.sha256(repr(parquet.metadata.to_dict()).encode("utf8")).hexdigest()
+    except UnicodeDecodeError:
+        # A string column's min/max statistics that are not UTF-8 (its rows are rejected one
+        # by one when read): hash the footer's bytes. A file always takes the same branch,
+        # and files that did not fail keep the identity that earlier runs recorded.
+        size = parquet.metadata.serialized_size
+        with path.open("rb") as f:
+            f.seek(-8 - size, os.SEEK_END)  # the footer, then its length (4 bytes) and b"PAR1"
+            return hashlib.sha256(f.read(size)).hexdigest()
 
 
 # Reading a shard -----------------------------------------------------------
@@ -267,7 +280,7 @@ def _read_line_rows(shard: Shard) -> Iterator[RowResult]:
         try:
             text = _line_text(raw, number == 1)
         except UnicodeDecodeError as e:
-            yield doc_id, number, None, f"not UTF-8: byte 0x{e.object[e.start]:02x} at column {e.start + 1}"
+            yield doc_id, number, None, _not_utf8(e)
             continue
         if shard.kind == "text":
             yield doc_id, number, text, None
@@ -278,6 +291,11 @@ def _read_line_rows(shard: Shard) -> Iterator[RowResult]:
 def _line_text(raw: bytes, first: bool) -> str:
     start, end = line_bounds(raw, first)
     return raw[start:end].decode("utf-8")
+
+
+def _not_utf8(error: UnicodeDecodeError) -> str:
+    """The reason to reject bytes that do not decode; the column counts bytes, from 1."""
+    return f"not UTF-8: byte 0x{error.object[error.start]:02x} at column {error.start + 1}"
 
 
 def _blank_reason(text: str, what: str) -> str:
@@ -298,10 +316,25 @@ def _json_text(line: str, key: str) -> Tuple[Optional[str], Optional[str]]:
     value = record[key]
     if not isinstance(value, str):
         return None, f"field {key!r} is {'null' if value is None else type(value).__name__}, not a string"
+    surrogate = _lone_surrogate(value)
+    if surrogate is not None:
+        return None, f"field {key!r} is not valid Unicode: {surrogate}"
     return value, None
 
 
+def _lone_surrogate(text: str) -> Optional[str]:
+    """Where `text` has a lone surrogate, or None. JSON's "\\ud800" escapes decode
+    to one; it cannot be encoded to UTF-8, so spaCy's tokenizer (and the
+    shard's Parquet file) would fail on it and stop the whole run."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"lone surrogate U+{ord(text[e.start]):04X} at character {e.start + 1}"
+    return None
+
+
 def _read_parquet_rows(shard: Shard) -> Iterator[RowResult]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(shard.path)
@@ -311,8 +344,19 @@ def _read_parquet_rows(shard: Shard) -> Iterator[RowResult]:
         if row + n > shard.start and row < shard.stop:
             column = parquet.read_row_group(group, columns=[shard.text_key]).column(0)
             lo, hi = max(shard.start - row, 0), min(shard.stop - row, n)
-            for i, text in enumerate(column.slice(lo, hi - lo).to_pylist()):
+            # Read as bytes: a writer that does not validate UTF-8 can store any bytes in a
+            # string column, and pyarrow's own decoding would fail the whole shard on them.
+            for i, raw in enumerate(column.slice(lo, hi - lo).cast(pa.large_binary()).to_pylist()):
                 file_row = row + lo + i
                 doc_id = shard.first_id + file_row - shard.start
-                yield doc_id, file_row, text, None if text is not None else "null text"
+                yield (doc_id, file_row, *_parquet_text(raw))
         row += n
+
+
+def _parquet_text(raw: Optional[bytes]) -> Tuple[Optional[str], Optional[str]]:
+    if raw is None:
+        return None, "null text"
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, _not_utf8(e)
