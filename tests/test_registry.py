@@ -29,7 +29,9 @@ NAMES = {
     "spacy_factories": ["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"],
     "spacy_architectures": [
         "spacy-ctxembed.Embedder.v2", "spacy-ctxembed.BertEncoder.v2", "spacy-ctxembed.ElmoEncoder.v3",
-        "spacy-ctxembed.TrfEncoder.v2", "spacy-ctxembed.ContextualListener.v2", "spacy-ctxembed.ContextualTok2Vec.v2",
+        "spacy-ctxembed.TrfEncoder.v2", "spacy-ctxembed.ContextualListener.v2", "spacy-ctxembed.ContextualTok2Vec.v3",
+        # replaced by v3 (which keeps the component's encoder_lr_scale), still loading
+        "spacy-ctxembed.ContextualTok2Vec.v2",
         # released in 0.2
         "spacy-ctxembed.ElmoEncoder.v2",
         # released in 0.1

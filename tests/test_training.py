@@ -120,7 +120,7 @@ def test_replace_listeners(tiny_bert_dir, tmp_path):
     nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
     assert nlp.get_pipe("ctxembed_bert").listeners == []
     tok2vec_cfg = nlp.config["components"]["tagger"]["model"]["tok2vec"]
-    assert tok2vec_cfg["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v2"
+    assert tok2vec_cfg["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3"
     replaced = nlp(text)
     assert [t.tag_ for t in replaced] == [t.tag_ for t in before]
     nlp.to_disk(tmp_path / "p")
@@ -252,3 +252,126 @@ def test_fine_tuning_runs_with_dropout_and_prediction_stays_deterministic(tiny_b
     _train_step(nlp, examples, nlp.resume_training())
     _train_step(nlp, examples, nlp.resume_training())
     assert not torch.equal(runner.embed(docs)[0], predicted)
+
+
+def _ner_listener_pipeline(tiny_bert_dir, with_ner):
+    nlp, _ = _pipeline(tiny_bert_dir)  # the tagger is made (and seeded) first either way
+    if with_ner:
+        nlp.add_pipe("ner", config={"model": {
+            "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner", "hidden_width": 16,
+            "maxout_pieces": 2, "use_upper": False, "tok2vec": _listener()}})
+    words = WORDS
+    both = Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": TAGS,
+                                                             "entities": ["O", "O", "O", "O", "U-LOC"]})
+    spacy.util.fix_random_seed(0)
+    nlp.initialize(lambda: [both])
+    return nlp
+
+
+@pytest.mark.parametrize("how", ["ner without annotation", "ner excluded"])
+def test_a_listener_that_never_calls_back_does_not_hold_back_the_others(tiny_bert_dir, how):
+    """spaCy's NER skips a batch without entity annotation, and an excluded
+    component is not updated: their listeners never call back. The tagger's
+    gradient still reaches the encoder, exactly as without the NER."""
+    from thinc.api import SGD
+
+    tags_only = [Example.from_dict(spacy.blank("en").make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    moved = []
+    for with_ner in (False, True):
+        nlp = _ner_listener_pipeline(tiny_bert_dir, with_ner)
+        sgd = SGD(0.1, L2=0.0, grad_clip=0.0)
+        exclude = ["ner"] if with_ner and how == "ner excluded" else []
+        for _ in range(2):  # the tagger's softmax starts at zero: nothing below it learns on the first step
+            nlp.update(tags_only, sgd=False, exclude=exclude)
+            for name, proc in nlp.pipeline:
+                if name not in exclude:
+                    proc.finish_update(sgd)
+        moved.append(_encoder_params(nlp))
+    alone, with_ner = moved
+    assert any(not torch.equal(alone[k], _pipeline(tiny_bert_dir)[0].get_pipe("ctxembed_bert").encoder.shims[0]
+                               ._model.state_dict()[k]) for k in alone)
+    for k in alone:
+        torch.testing.assert_close(with_ner[k], alone[k], rtol=1e-5, atol=1e-7)
+
+
+def test_an_unread_combiner_keeps_its_weights(tiny_bert_dir):
+    """Every listener mixes the layers itself: the component's own ScalarMix
+    gets no gradient, so weight decay leaves it (and the doc vectors) alone."""
+    from thinc.api import Adam
+
+    nlp, examples = _pipeline(tiny_bert_dir, combine="scalar_mix", trainable=False)
+    mix = nlp.get_pipe("ctxembed_bert").combiner
+    gamma, vectors = mix.get_param("gamma").copy(), nlp(" ".join(WORDS))._.ctx_vectors.copy()
+    optimizer = Adam(0.01, L2=0.1, L2_is_weight_decay=True, grad_clip=1.0)
+    for _ in range(5):
+        _train_step(nlp, examples, optimizer)
+    assert (mix.get_param("gamma") == gamma).all()
+    assert (nlp(" ".join(WORDS))._.ctx_vectors == vectors).all()
+
+
+def test_loss_scaled_gradients_accumulate_as_unscaled_ones(tiny_bert_dir):
+    """fp16 training scales the loss (on GPU); with gradient accumulation each
+    batch's gradient is unscaled once, never again with a later batch's."""
+    from thinc.api import PyTorchGradScaler
+
+    class CpuScaler(PyTorchGradScaler):  # thinc's scaler, its arithmetic run on CPU too
+        def _scale_tensor(self, tensor, scale_per_device, inplace):
+            return tensor.mul_(self._scale) if inplace else tensor * self._scale
+
+    nlp, _ = _pipeline(tiny_bert_dir)
+    encoder = nlp.get_pipe("ctxembed_bert").encoder
+    shim, docs = encoder.shims[0], [nlp.make_doc("I ran to the park ."), nlp.make_doc("She sat .")]
+    module = shim._model
+
+    def accumulated(scaler):
+        shim._grad_scaler = scaler
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout in both runs
+        for doc in docs:
+            Y, backprop = encoder.begin_update([doc])
+            backprop([numpy.random.default_rng(len(doc)).standard_normal(y.shape).astype("f") for y in Y])
+        return {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+
+    plain = accumulated(PyTorchGradScaler(enabled=False))
+    scaled = accumulated(CpuScaler(enabled=True, init_scale=2.0**16))
+    assert plain.keys() == scaled.keys() and plain
+    for k in plain:
+        torch.testing.assert_close(scaled[k], plain[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("upstream, before", [("ctxembed_brt", False), ("ctxembed_bert", True)])
+def test_a_listener_no_upstream_claims_says_why(tiny_bert_dir, upstream, before):
+    """A misspelt upstream, or a listener before its upstream in the pipeline."""
+    nlp = spacy.blank("en")
+    tagger = {"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": _listener(upstream=upstream)}}
+    if before:
+        nlp.add_pipe("tagger", config=tagger)
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    if not before:
+        nlp.add_pipe("tagger", config=tagger)
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    with pytest.raises(ValueError, match=rf"ContextualListener upstream = '{upstream}': no ctxembed component of "
+                                         r"that name comes before this listener's component"):
+        nlp.initialize(lambda: examples)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.0])
+def test_replaced_listener_keeps_the_encoder_lr_scale(tiny_bert_dir, tmp_path, scale):
+    """After replace_listeners the tagger steps its own copy of the encoder: at
+    the component's encoder_lr_scale, also once saved and loaded."""
+    from thinc.api import SGD, Adam
+
+    nlp, examples = _pipeline(tiny_bert_dir, encoder_lr_scale=scale)
+    _train_step(nlp, examples, SGD(0.1, L2=0.0, grad_clip=0.0))  # past the tagger's zero softmax
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    assert nlp.config["components"]["tagger"]["model"]["tok2vec"]["encoder_lr_scale"] == scale
+    nlp.to_disk(tmp_path / "p")
+    for pipeline in (nlp, spacy.load(tmp_path / "p")):
+        copy = next(shim for node in pipeline.get_pipe("tagger").model.walk() for shim in node.shims)
+        before = {k: v.detach().clone() for k, v in copy._model.named_parameters()}
+        learn_rate = 0.01
+        pipeline.update(examples, sgd=False)
+        pipeline.get_pipe("tagger").finish_update(Adam(learn_rate, L2=0.01, L2_is_weight_decay=True, grad_clip=0.0))
+        step = max(float((v.detach() - before[k]).abs().max()) for k, v in copy._model.named_parameters())
+        # Adam's first step moves a parameter with a gradient by about lr (plus the decay)
+        assert step == pytest.approx(learn_rate * scale, rel=0.05, abs=1e-9)

@@ -33,7 +33,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
-from .torch_bridge import staged, unpickle_shim
+from .torch_bridge import scaled_optimizer, staged, unpickle_shim
 from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
@@ -418,7 +418,7 @@ class BertShim(PyTorchShim):
         return self
 
     def finish_update(self, optimizer) -> None:
-        super().finish_update(optimizer)
+        super().finish_update(scaled_optimizer(optimizer, self.settings))
         if self.runner is not None:
             self.runner.weights_changed()
 

@@ -32,7 +32,7 @@ from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
-from .torch_bridge import run_encoder, staged, unpickle_shim
+from .torch_bridge import run_encoder, scaled_optimizer, staged, unpickle_shim
 
 COMPONENT = "ctxembed_elmo"
 
@@ -154,6 +154,9 @@ class ElmoShim(PyTorchShim):
 
     def __reduce__(self):
         return unpickle_shim, (ElmoShim, self.settings, self.to_bytes() if self.loaded else None)
+
+    def finish_update(self, optimizer) -> None:
+        super().finish_update(scaled_optimizer(optimizer, self.settings))
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,

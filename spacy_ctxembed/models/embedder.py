@@ -62,22 +62,28 @@ def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
 
 
 def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:
-    """What replaces `listener` in `nlp.replace_listeners`: a copy of what it listens to."""
-    from .listener import scale_gradient
+    """What replaces `listener` in `nlp.replace_listeners`: a copy of what it
+    listens to, whose encoder keeps the component's `encoder_lr_scale`."""
+    from .listener import scale_gradient, with_lr_scale
 
     source = model.layers[0] if getattr(listener, "mix_layers", True) else model  # copies keep no refs
-    return scale_gradient(source, getattr(listener, "grad_factor", 1.0))
+    scale = getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0)
+    return scale_gradient(with_lr_scale(source, scale), getattr(listener, "grad_factor", 1.0))
 
 
-def replace_listener_cfg(embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The config of the replacement: `ContextualTok2Vec.v2` around a copy of the embedder."""
+def replace_listener_cfg(
+    embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any], *, encoder_lr_scale: float = 1.0
+) -> Dict[str, Any]:
+    """The config of the replacement: `ContextualTok2Vec.v3` around a copy of the
+    embedder. (The component binds its `encoder_lr_scale` to this hook.)"""
     if "spacy-ctxembed.ContextualListener" not in str(listener_cfg.get("@architectures", "")):
         raise ValueError(
             "replace_listeners: the listener config at model.tok2vec is not a spacy-ctxembed "
             f"ContextualListener ({listener_cfg.get('@architectures')!r})"
         )
-    result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v2", "embedder": embedder_cfg}
+    result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "embedder": embedder_cfg}
     for key, value in listener_cfg.items():
         if key not in ("@architectures", "upstream"):
             result[key] = value
+    result["encoder_lr_scale"] = encoder_lr_scale
     return result

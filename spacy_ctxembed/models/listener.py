@@ -35,6 +35,7 @@ from ..layers.read_ctx_layers import read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
 from ..types import EmbedderModel
+from .torch_bridge import LR_SCALE
 
 LISTENER = "ctxembed-listener"
 
@@ -177,6 +178,14 @@ def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
 
 
 def _zeros(model: ContextualListenerNode, n_tokens: int):
+    if model.has_dim("nO") is not True or model.has_dim("nL") is not True:
+        # No upstream ever claimed this listener: spaCy links a listener to a
+        # component of the name it gives, and only to one before it.
+        raise ValueError(
+            f"ContextualListener upstream = {model.upstream_name!r}: no ctxembed component of that name "
+            "comes before this listener's component in the pipeline; set upstream to the name of an "
+            "earlier ctxembed component (or \"*\" for the only one), or move that component before it"
+        )
     if model.mix_layers:
         return model.ops.alloc3f(model.get_dim("nL"), n_tokens, model.get_dim("nO"))
     return model.ops.alloc2f(n_tokens, model.get_dim("nO"))
@@ -204,7 +213,7 @@ def ContextualListener(
     return _head(node, width=width, mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
 
 
-@registry.architectures("spacy-ctxembed.ContextualTok2Vec.v2")
+@registry.architectures("spacy-ctxembed.ContextualTok2Vec.v3")
 def ContextualTok2Vec(
     *,
     embedder: EmbedderModel,
@@ -212,11 +221,42 @@ def ContextualTok2Vec(
     mix_layers: bool = True,
     grad_factor: float = 1.0,
     embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
+    encoder_lr_scale: float = 1.0,
 ) -> Model[List[Doc], List[Floats2d]]:
-    """The listener's head over a private embedder (what `replace_listeners` makes)."""
+    """The listener's head over a private embedder (what `replace_listeners` makes).
+
+    encoder_lr_scale: the learning-rate scale of the embedder's encoder, as its
+        component had it (`replace_listeners` fills it in).
+    """
     source = embedder.layers[0] if mix_layers else embedder  # the encoder
-    return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
-                 name="contextual_listener_v2")
+    return _head(scale_gradient(with_lr_scale(source, encoder_lr_scale), grad_factor), width=width,
+                 mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
+
+
+@registry.architectures("spacy-ctxembed.ContextualTok2Vec.v2")
+def ContextualTok2VecV2(
+    *,
+    embedder: EmbedderModel,
+    width: int,
+    mix_layers: bool = True,
+    grad_factor: float = 1.0,
+    embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
+) -> Model[List[Doc], List[Floats2d]]:
+    """v2, as released: v3 whose encoder trains at the downstream component's learning rate."""
+    return ContextualTok2Vec(embedder=embedder, width=width, mix_layers=mix_layers, grad_factor=grad_factor,
+                             embed=embed, encoder_lr_scale=1.0)
+
+
+def with_lr_scale(layer: Model, scale: float) -> Model:
+    """`layer`, with the learning rate of the encoder weights in it scaled by
+    `scale` wherever it is trained (see `torch_bridge.scaled_optimizer`)."""
+    for node in layer.walk():
+        for shim in node.shims:
+            settings = getattr(shim, "settings", None)
+            if isinstance(settings, dict):
+                # A new dict: a copied shim shares its original's.
+                shim.settings = {**settings, LR_SCALE: scale}  # type: ignore[attr-defined]
+    return layer
 
 
 def scale_gradient(layer: Model, factor: float) -> Model:
@@ -230,13 +270,22 @@ def scale_gradient(layer: Model, factor: float) -> Model:
 
 
 def _scaled_forward(model: Model, X, is_train: bool):
-    Y, backprop = model.layers[0](X, is_train)
     factor = model.attrs["grad_factor"]
+    if factor == 0:
+        # Nothing flows back: run it as the component runs a frozen encoder (no
+        # graph, no dropout), so that no gradient is recorded; a zero one would
+        # still let an optimizer with weight decay move the weights.
+        return model.layers[0].predict(X), _nothing_back
+    Y, backprop = model.layers[0](X, is_train)
 
     def scaled(dY):
         return backprop([d * factor for d in dY] if factor != 1.0 else dY)
 
     return Y, scaled
+
+
+def _nothing_back(dY) -> list:
+    return []
 
 
 def _scaled_init(model: Model, X=None, Y=None) -> None:

@@ -5,6 +5,7 @@ arrays without a host copy (numpy shares CPU memory, cupy takes CUDA memory
 through DLPack), and in training the backward pass hands the gradients back to
 torch's autograd, with the shim's loss scaling for fp16.
 """
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
 import numpy
@@ -16,6 +17,20 @@ from ..types import DocLayers
 
 #: Runs the encoder over docs; `grad` says whether to record autograd.
 EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
+#: The shim setting that scales an encoder's learning rate on its own (see `scaled_optimizer`).
+LR_SCALE = "lr_scale"
+
+
+def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
+    """The optimizer for an encoder's own weights.
+
+    A component scales its encoder's learning rate itself (`encoder_lr_scale`,
+    in its `finish_update`). A copy of the encoder that replaced a listener
+    (`nlp.replace_listeners`) is stepped by the downstream component's model,
+    which knows nothing of it: there the scale travels in the shim's settings.
+    """
+    scale = settings.get(LR_SCALE, 1.0)
+    return optimizer if scale == 1.0 else partial(optimizer, lr_scale=scale)
 
 
 def run_encoder(
@@ -35,14 +50,24 @@ def run_encoder(
 
     def backprop(dY: List[DocLayers]) -> List[Doc]:
         pairs = [(t, xp2torch(dy, device=t.device)) for t, dy in zip(tensors, dY) if t.requires_grad]
-        if pairs:
-            scaler = shim._grad_scaler
-            grads = scaler.scale([g for _, g in pairs], inplace=True)
-            torch.autograd.backward([t for t, _ in pairs], grad_tensors=grads)
-            params = [p.grad for p in shim._model.parameters() if p.grad is not None]
-            if scaler.unscale(params):  # overflow: this step is skipped by finish_update
-                for grad in params:
-                    grad.zero_()
+        if not pairs:
+            return []
+        scaler = shim._grad_scaler
+        if not scaler._enabled:  # (thinc has no public switch; disabled: no loss scaling, off GPU)
+            torch.autograd.backward([t for t, _ in pairs], grad_tensors=[g for _, g in pairs])
+            return []
+        # Loss scaling (fp16 on GPU): this batch's gradients are unscaled on
+        # their own before they join `.grad`. Unscaling `.grad` itself would
+        # divide the gradients that earlier batches left there (gradient
+        # accumulation) by the scale once more. On overflow finish_update skips
+        # the step and clears them all.
+        params = [p for p in shim._model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad([t for t, _ in pairs], params,
+                                    grad_outputs=scaler.scale([g for _, g in pairs], inplace=True), allow_unused=True)
+        found = [(p, g) for p, g in zip(params, grads) if g is not None]
+        if not scaler.unscale([g for _, g in found]):
+            for param, grad in found:
+                param.grad = grad if param.grad is None else param.grad.add_(grad)
         return []
 
     return Y, backprop

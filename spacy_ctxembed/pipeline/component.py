@@ -28,7 +28,7 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
-from ..models.embedder import pass_dims
+from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..outputs import install_extensions, write_outputs
 from ..types import DocLayers, DocVectors, EmbedderModel
@@ -69,6 +69,10 @@ class ContextualEmbedder(TrainablePipe):
         self.vocab = vocab
         self.model = model
         self.name = name
+        if "replace_listener_cfg" in model.attrs:
+            # spaCy's replace_listeners hook sees only the model's config: the
+            # replacement's encoder keeps this component's learning-rate scale.
+            model.attrs["replace_listener_cfg"] = partial(replace_listener_cfg, encoder_lr_scale=encoder_lr_scale)
         self.cfg: Dict[str, Any] = {
             "store_layers": store_layers,
             "set_doc_tensor": set_doc_tensor,
@@ -88,6 +92,8 @@ class ContextualEmbedder(TrainablePipe):
         cache (layers of docs already seen, for training on a frozen encoder),
         and the Doc extensions the outputs live in."""
         self._load_lock = threading.Lock()
+        #: The backward pass of an update whose listeners have not all called back yet.
+        self._pending_backward: Optional[Callable[..., bool]] = None
         cache_mb = self.cfg["cache_mb"]
         self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
         install_extensions()
@@ -98,7 +104,7 @@ class ContextualEmbedder(TrainablePipe):
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
-                 "scorer": self.scorer, "_load_lock": None, "cache": None}
+                 "scorer": self.scorer, "_load_lock": None, "cache": None, "_pending_backward": None}
         return _unpickled_component, (type(self), state)
 
     @property
@@ -283,12 +289,18 @@ class ContextualEmbedder(TrainablePipe):
     ) -> Dict[str, float]:
         """Run the model and send each listener its input and a backprop callback.
 
-        The last listener to backpropagate runs the backward pass and, with
-        `sgd`, the optimizer step (as spaCy's Tok2Vec does).
+        Once every listener has called back, the backward pass runs and, with
+        `sgd`, the optimizer step. A listener may never call back: spaCy's NER
+        skips a batch without entity annotation, and a frozen or excluded
+        component is not updated. The backward pass of what the others sent
+        then runs at `finish_update` (spaCy calls it once every component has
+        updated) or at the next `update`, whichever comes first, so that
+        their gradients are neither lost nor applied twice.
         """
         validate_examples(examples, "ContextualEmbedder.update")
         losses = {} if losses is None else losses
         losses.setdefault(self.name, 0.0)
+        self._flush_backward(at_update=True)
         listeners = self.listeners
         docs = [eg.predicted for eg in examples]
         if not listeners or not docs:
@@ -304,23 +316,49 @@ class ContextualEmbedder(TrainablePipe):
         ops = self.model.ops
         grads = {"layers": [ops.alloc(x.shape) for x in layers], "vectors": [ops.alloc(x.shape) for x in vectors]}
         waiting = len(listeners)
+        received: set = set()  # the kinds of output that got a gradient
+        done = False
+
+        def backward(*, at_update: bool) -> bool:
+            """Run the backward pass of what the listeners sent; whether it is done with."""
+            nonlocal done
+            if done:
+                return True
+            if not received:
+                # Nothing sent yet: at finish_update, keep waiting (`nlp.update(sgd=...)`
+                # steps each component right after its own update, before its
+                # listeners run); at the next update, no listener sent anything.
+                done = at_update
+                return done
+            done = True
+            d_layers = grads["layers"]
+            # The combiner gets a gradient only when its vectors were read:
+            # a zero gradient would still let weight decay shrink its weights.
+            if "vectors" in received:
+                d_layers = bp_vectors(grads["vectors"])
+                for total, d in zip(d_layers, grads["layers"]):
+                    total += d
+            if bp_layers is not None:
+                bp_layers(d_layers)
+            return True
 
         def backprop(kind: str, d_outputs: List[Any]) -> List[Doc]:
             nonlocal waiting
             for total, d in zip(grads[kind], d_outputs):
                 total += d
                 losses[self.name] += float((d**2).sum())
+            received.add(kind)
             waiting -= 1
             if waiting > 0:
                 return []
-            d_layers = bp_vectors(grads["vectors"])
-            for total, d in zip(d_layers, grads["layers"]):
-                total += d
-            if bp_layers is not None:
-                bp_layers(d_layers)
+            backward(at_update=True)
+            if self._pending_backward is backward:
+                self._pending_backward = None
             if sgd is not None:
                 self.finish_update(sgd)
             return []
+
+        self._pending_backward = backward
 
         batch_id = ContextualListenerNode.get_batch_id(docs)
         for listener in listeners:
@@ -329,7 +367,13 @@ class ContextualEmbedder(TrainablePipe):
             listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
         return losses
 
+    def _flush_backward(self, *, at_update: bool) -> None:
+        backward = self._pending_backward
+        if backward is not None and backward(at_update=at_update):
+            self._pending_backward = None
+
     def finish_update(self, sgd: Optimizer) -> None:
+        self._flush_backward(at_update=False)  # a batch that some listener did not call back for (see `update`)
         # Fine-tuning wants the pretrained encoder to move slower than the
         # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
         # optimizer takes a per-call `lr_scale`, so one optimizer (and one
