@@ -245,3 +245,34 @@ def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(t
     with pytest.raises(AnalysisInputError, match=r"--explore-layers \[3\]: index 3 is out of range: the model "
                                                  r"has 3 layers \(valid: -3 \.\. 2\)"):
         analyze(corpus, [source, source], AnalysisSettings(explore_layers=[3]))
+
+
+def test_tokens_without_a_vector_are_counted_and_the_explorer_names_its_pooling(tiny_bert_dir, tmp_path):
+    """A whitespace token (two spaces) and a zero-width space get no wordpiece,
+    so no vector: the contextuality measures leave them out, and say how many."""
+    path = tmp_path / "corpus.txt"
+    path.write_text("I ran  to the park this morning.\nWe ran \u200b some tests on the data.\n", encoding="utf8")
+    nlp = make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True)
+    expected = sum(int((~doc._.ctx_layers[0].any(axis=1)).sum()) for doc in nlp.pipe(path.read_text().splitlines()))
+    assert expected == 2
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    result = analyze(read_corpus(path), [source], AnalysisSettings(words=["ran"]))["pipelines"][0]
+    assert [layer["tokens_without_vector"] for layer in result["layers"]] == [expected] * len(result["layers"])
+    assert any(f"up to {expected} of the corpus's" in note for note in result["notes"])
+    assert result["explorer"]["ran"]["pooling"] == result["pooling"] == "mean"
+
+
+def test_summary_picks_the_best_wic_layer_by_cross_validation():
+    """With --wic-eval, `accuracy` is held out: the summary's "best layer" must
+    not be chosen by it."""
+    from spacy_ctxembed.analysis.report import summary
+
+    layers = [{"layer": 0, "accuracy": 0.9, "cv_accuracy": 0.55}, {"layer": 1, "accuracy": 0.6, "cv_accuracy": 0.7}]
+    mix = {"accuracy": 0.6, "weights": [0.5, 0.5]}
+    pipeline = {"label": "p", "component": "c", "layer_ids": [0, 1], "notes": [], "recommendation": None,
+                "layers": [{"layer": i, "anisotropy": 0.1, "self_similarity": 0.1, "self_similarity_adjusted": 0.0,
+                            "intra_sentence_similarity": 0.1, "intra_sentence_similarity_adjusted": 0.0,
+                            "max_explainable_variance": 0.1, "max_explainable_variance_adjusted": 0.0,
+                            "wic_accuracy": layers[i]["accuracy"]} for i in (0, 1)],
+                "wic": {"mean": {"layers": layers, "mean_of_layers": {"accuracy": 0.6}, "scalar_mix": mix}}}
+    assert "best layer (by cross-validation) 1 0.600" in summary({"pipelines": [pipeline]})

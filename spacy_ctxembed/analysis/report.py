@@ -147,7 +147,8 @@ def plot_explorer(explored: dict, label: str) -> bytes:
     ratios = explored["pca_explained_variance"]
     scatter.set_xlabel(f"PC 1 ({ratios[0]:.0%} of variance)")
     scatter.set_ylabel(f"PC 2 ({ratios[1]:.0%})")
-    scatter.set_title(f"{explored['word']!r}: {explored['n_occurrences']} occurrences, layers {explored['layers']} "
+    scatter.set_title(f"{explored['word']!r}: {explored['n_occurrences']} occurrences, layers {explored['layers']}, "
+                      f"pooling {explored.get('pooling')} "
                       f"- {_short(label)}")
     scatter.legend(fontsize=8)
     scatter.grid(alpha=0.3)
@@ -241,7 +242,8 @@ def _explorer_html(pipeline: dict, p: int, images: Dict[str, bytes]) -> str:
         if not explored.get("clusters"):
             parts.append(f"<p>{_e(explored.get('note', 'no occurrences'))}</p>")
             continue
-        parts.append(f"<p>{explored['n_occurrences']} occurrences, layers {_e(explored['layers'])}; "
+        parts.append(f"<p>{explored['n_occurrences']} occurrences, layers {_e(explored['layers'])}, pooling "
+                     f"{_e(explored.get('pooling'))}; "
                      f"k = {explored['k']} by silhouette {_e(explored['silhouettes'])}</p>")
         parts.append(_image(images, explorer_png_name(p, w, word), f"sense explorer for {word}"))
         rows = [[f"sense {c['cluster'] + 1} ({c['size']})", " | ".join(c["examples"]),
@@ -314,10 +316,12 @@ def summary(result: dict) -> str:
             out.append(f"{layer['layer']:>5}  " + " ".join(f"{_number(v):>6}" for v in values))
         if with_wic:
             for mode, scores in pipeline["wic"].items():
-                best = max(scores["layers"], key=lambda s: s["accuracy"])
+                # Chosen on the training folds: with --wic-eval, `accuracy` is held out and must not choose.
+                best = max(scores["layers"], key=lambda s: s["cv_accuracy"])
                 mix = scores["scalar_mix"]
                 weights = ", ".join(f"{w:.2f}" for w in mix["weights"])
-                out.append(f"WiC pooling {mode}: best layer {best['layer']} {best['accuracy']:.3f}, mean of layers "
+                out.append(f"WiC pooling {mode}: best layer (by cross-validation) {best['layer']} "
+                           f"{best['accuracy']:.3f}, mean of layers "
                            f"{scores['mean_of_layers']['accuracy']:.3f}, fitted scalar mix {mix['accuracy']:.3f} "
                            f"(weights {weights})")
         rec = pipeline.get("recommendation")

@@ -273,6 +273,11 @@ def analyze_pipeline(
         "layers": contextuality(corpus_layers, settings), "recommendation": None,
     }
     notes = list(plan.notes)
+    missing = max((layer["tokens_without_vector"] for layer in entry["layers"]), default=0)
+    if missing:
+        notes.append(f"up to {missing} of the corpus's {corpus_layers.n_tokens} tokens have no vector in a layer "
+                     "(no wordpiece fed them, e.g. whitespace tokens); the contextuality measures leave them out "
+                     "(tokens_without_vector, per layer)")
     if wic_train is not None:
         entry["wic"], entry["recommendation"] = _sense_separation(source, nlp, plan, settings, wic_train, wic_eval)
         configured = entry["wic"][plan.modes[0] or "none"]
@@ -289,6 +294,13 @@ def analyze_pipeline(
     recommended = entry["recommendation"]["layers"] if entry["recommendation"] else None
     entry["explorer"] = explore(corpus_layers, plan.explore_layers or recommended or plan.configured_layers,
                                 settings)
+    for explored in entry["explorer"].values():
+        explored["pooling"] = plan.modes[0]  # the corpus is embedded once, as configured
+    if entry["explorer"] and recommended and not plan.explore_layers and (
+            entry["recommendation"]["pooling"] != plan.modes[0]):
+        notes.append(f"the sense explorer uses the recommended layers {recommended} with the configured pooling "
+                     f"{plan.modes[0]!r} (the corpus is embedded once), not the recommended "
+                     f"{entry['recommendation']['pooling']!r}")
     entry["notes"] = notes + [e["note"] for e in entry["explorer"].values() if "note" in e]
     entry["seconds"] = round(time.perf_counter() - started, 2)
     return entry
@@ -331,7 +343,9 @@ def contextuality(corpus: CorpusLayers, settings: AnalysisSettings) -> List[dict
             entry = layer_report(corpus.layers[position:position + 1], corpus.word_ids, corpus.sentence_ids,
                                  min_count=settings.min_count, n_pairs=settings.n_pairs,
                                  max_occurrences=settings.max_occurrences, seed=settings.seed)[0]
-            report.append({**entry, "layer": corpus.layer_ids[position]})
+            # Left out of every measure above (a zero vector has no direction): counted, not dropped silently.
+            missing = int((~corpus.layers[position].any(axis=1)).sum())
+            report.append({**entry, "layer": corpus.layer_ids[position], "tokens_without_vector": missing})
     return report
 
 
