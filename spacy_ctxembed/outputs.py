@@ -235,6 +235,8 @@ def doc_has_vector(doc: Doc) -> bool:
 def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     """Cosine similarity of the two vectors; 0.0 where either has none."""
     u, v = a.vector, b.vector
+    if not u.size or not v.size:  # one side has no vector at all (as spaCy: 0.0)
+        return 0.0
     if u.shape != v.shape:
         raise ValueError(
             f"similarity: {_named(a)} and {_named(b)} have vectors of different widths ({u.shape[-1]} and "

@@ -92,6 +92,7 @@ def test_similarity_of_vectors_from_different_models_is_a_clear_error(tiny_bert_
     with pytest.raises(ValueError, match=r"Token 'cat' and Token 'dog' have vectors of different widths "
                                          r"\(32 and 5\), so they come from different models"):
         doc[1].similarity(static[1])
+    assert doc[1].similarity(spacy.blank("en")("no vectors")[0]) == 0.0  # one side has none at all: as spaCy
 
 
 def test_docs_are_freed_by_reference_counting(tiny_bert_dir):

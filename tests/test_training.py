@@ -375,3 +375,35 @@ def test_replaced_listener_keeps_the_encoder_lr_scale(tiny_bert_dir, tmp_path, s
         step = max(float((v.detach() - before[k]).abs().max()) for k, v in copy._model.named_parameters())
         # Adam's first step moves a parameter with a gradient by about lr (plus the decay)
         assert step == pytest.approx(learn_rate * scale, rel=0.05, abs=1e-9)
+
+
+def test_a_gradient_sent_after_the_backward_pass_says_it_is_lost(tiny_bert_dir):
+    """Not one of spaCy's update flows (each listener calls back in its own
+    update), but if a listener calls back after the batch's backward pass
+    ran, it says so rather than being dropped silently."""
+    from thinc.api import SGD
+
+    nlp, examples = _pipeline(tiny_bert_dir)
+    nlp.add_pipe("tagger", name="late", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                                          "tok2vec": _listener()}})
+    nlp.initialize(lambda: examples)
+    nlp.update(examples, sgd=False, exclude=["late"])  # "late" has its batch, but does not call back
+    nlp.get_pipe("ctxembed_bert").finish_update(SGD(0.1))  # the backward pass of what "tagger" sent
+    late = next(node for node in nlp.get_pipe("late").model.walk() if node.name == "ctxembed-listener")
+    with pytest.warns(UserWarning, match=r"\[ctxembed_bert\] a listener sent its gradient after this batch's "):
+        late.backprop_and_clear([numpy.zeros_like(x) for x in late._outputs])
+
+
+@pytest.mark.parametrize("version, frozen", [("v2", False), ("v3", True)])
+def test_tok2vec_with_grad_factor_zero_runs_frozen_from_v3_on(tiny_bert_dir, version, frozen):
+    """v3 runs an encoder that nothing trains as frozen (no dropout, no graph);
+    v2, as released, in training mode: two passes differ by their dropout."""
+    from spacy.util import registry
+
+    nlp, _ = _pipeline(tiny_bert_dir)
+    tok2vec = registry.get("architectures", f"spacy-ctxembed.ContextualTok2Vec.{version}")(
+        embedder=nlp.get_pipe("ctxembed_bert").model.copy(), width=8, grad_factor=0.0)
+    docs = [nlp.make_doc(" ".join(WORDS))]
+    tok2vec.initialize(X=docs)
+    first, second = (tok2vec.begin_update(docs)[0][0] for _ in range(2))
+    assert numpy.array_equal(first, second) is frozen

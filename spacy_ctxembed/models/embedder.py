@@ -64,11 +64,13 @@ def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
 def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:
     """What replaces `listener` in `nlp.replace_listeners`: a copy of what it
     listens to, whose encoder keeps the component's `encoder_lr_scale`."""
-    from .listener import scale_gradient, with_lr_scale
+    from .listener import replacement
 
-    source = model.layers[0] if getattr(listener, "mix_layers", True) else model  # copies keep no refs
-    scale = getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0)
-    return scale_gradient(with_lr_scale(source, scale), getattr(listener, "grad_factor", 1.0))
+    mix_layers = getattr(listener, "mix_layers", True)
+    source = model.layers[0] if mix_layers else model  # copies keep no refs
+    return replacement(source, grad_factor=getattr(listener, "grad_factor", 1.0),
+                       encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
+                       mix_layers=mix_layers)
 
 
 def replace_listener_cfg(

@@ -31,6 +31,7 @@ from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.types import Floats2d
 
+from ..errors import check_number
 from ..layers.read_ctx_layers import read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
@@ -228,9 +229,22 @@ def ContextualTok2Vec(
     encoder_lr_scale: the learning-rate scale of the embedder's encoder, as its
         component had it (`replace_listeners` fills it in).
     """
+    check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
+                 unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
     source = embedder.layers[0] if mix_layers else embedder  # the encoder
-    return _head(scale_gradient(with_lr_scale(source, encoder_lr_scale), grad_factor), width=width,
-                 mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
+    return _head(replacement(source, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
+                             mix_layers=mix_layers), width=width, mix_layers=mix_layers, embed=embed,
+                 name="contextual_listener_v2")
+
+
+def replacement(source: Model, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
+    """What stands in for a listener: `source` (the encoder, or the whole
+    embedder for a listener of its vectors) trained as its component would
+    train it: at its `encoder_lr_scale`, and run frozen (no dropout, no graph)
+    where nothing would move it: `grad_factor` 0, or a mixing listener's
+    encoder at scale 0."""
+    frozen = grad_factor == 0 or (encoder_lr_scale == 0 and mix_layers)
+    return scale_gradient(with_lr_scale(source, encoder_lr_scale), grad_factor, frozen=frozen)
 
 
 @registry.architectures("spacy-ctxembed.ContextualTok2Vec.v2")
@@ -242,9 +256,11 @@ def ContextualTok2VecV2(
     grad_factor: float = 1.0,
     embed: Optional[Model[List[Doc], List[Floats2d]]] = None,
 ) -> Model[List[Doc], List[Floats2d]]:
-    """v2, as released: v3 whose encoder trains at the downstream component's learning rate."""
-    return ContextualTok2Vec(embedder=embedder, width=width, mix_layers=mix_layers, grad_factor=grad_factor,
-                             embed=embed, encoder_lr_scale=1.0)
+    """v2, as released: the encoder trains at the downstream component's learning
+    rate, and with `grad_factor` 0 still runs in training mode."""
+    source = embedder.layers[0] if mix_layers else embedder
+    return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
+                 name="contextual_listener_v2")
 
 
 def with_lr_scale(layer: Model, scale: float) -> Model:
@@ -259,22 +275,24 @@ def with_lr_scale(layer: Model, scale: float) -> Model:
     return layer
 
 
-def scale_gradient(layer: Model, factor: float) -> Model:
+def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Model:
     """`layer`, with the gradient it passes back scaled by `factor`.
 
-    The forward pass reads its layer and factor off the model (not a closure),
-    so that a copied, pickled or node-replaced model runs its own layer.
+    frozen: run `layer` as the component runs a frozen encoder (no graph, no
+        dropout), so that no gradient is recorded at all: a zero one would
+        still let an optimizer with weight decay move the weights. (v2, as
+        released, always runs `layer` as asked.)
+
+    The forward pass reads its layer and settings off the model (not a
+    closure), so that a copied, pickled or node-replaced model runs its own layer.
     """
     return Model("ctxembed-grad-factor", _scaled_forward, init=_scaled_init, layers=[layer],
-                 attrs={"grad_factor": factor})
+                 attrs={"grad_factor": factor, "frozen": frozen})
 
 
 def _scaled_forward(model: Model, X, is_train: bool):
     factor = model.attrs["grad_factor"]
-    if factor == 0:
-        # Nothing flows back: run it as the component runs a frozen encoder (no
-        # graph, no dropout), so that no gradient is recorded; a zero one would
-        # still let an optimizer with weight decay move the weights.
+    if model.attrs.get("frozen", False):
         return model.layers[0].predict(X), _nothing_back
     Y, backprop = model.layers[0](X, is_train)
 

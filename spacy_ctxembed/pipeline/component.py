@@ -13,6 +13,7 @@ feature cache spares recomputing the same training docs.
 import contextlib
 import os
 import threading
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, cast
@@ -344,6 +345,11 @@ class ContextualEmbedder(TrainablePipe):
 
         def backprop(kind: str, d_outputs: List[Any]) -> List[Doc]:
             nonlocal waiting
+            if done:  # not in spaCy's update flows: every listener calls back in its own update
+                warnings.warn(f"[{self.name}] a listener sent its gradient after this batch's backward pass "
+                              "ran (at finish_update or the next update): it does not reach the encoder",
+                              stacklevel=2)
+                return []
             for total, d in zip(grads[kind], d_outputs):
                 total += d
                 losses[self.name] += float((d**2).sum())
