@@ -73,12 +73,15 @@ def write_outputs(
     starts, ends = token_char_spans(doc)
     outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers}
     current = old.get("primary") if isinstance(old, dict) else None
-    tensor_set = bool(old.get("tensor_set")) if isinstance(old, dict) else False
+    tensor_set = _tensor_is_ours(doc, old) if isinstance(old, dict) else False
     if primary and set_doc_tensor:
         tensor_set = _set_doc_tensor(doc, name, vectors, ours=tensor_set)
     # A new dict, never an update in place: spaCy's as_doc and from_docs copy
     # the store shallowly, so other docs may share the old one.
-    _data(doc)[key] = {"primary": name if primary else current, "outputs": outputs, "tensor_set": tensor_set}
+    store = {"primary": name if primary else current, "outputs": outputs, "tensor_set": tensor_set}
+    if not primary and isinstance(old, dict) and old.get("conflict"):
+        store["conflict"] = old["conflict"]  # still no single primary (see `_View.primary_output`)
+    _data(doc)[key] = store
     if primary or SOURCE_HOOK in doc.user_hooks:  # (the as_doc pointer must see the new output too)
         set_vector_hooks(doc)
 
@@ -101,6 +104,21 @@ def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
     return True
 
 
+def _tensor_is_ours(doc: Doc, store: Dict[str, Any]) -> bool:
+    """Whether `doc.tensor` was set by a ctxembed component (then it may be replaced).
+
+    Stores record it; those written by earlier versions do not, and there the
+    tensor is ours where it is the primary output's vectors.
+    """
+    if "tensor_set" in store:
+        return bool(store["tensor_set"])
+    output = store.get("outputs", {}).get(store.get("primary"))
+    vectors = None if output is None else output.get("vectors")
+    tensor = doc.tensor
+    return (vectors is not None and type(vectors) is type(tensor) and tuple(vectors.shape) == tuple(tensor.shape)
+            and bool((vectors == tensor).all()))
+
+
 def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     """A doc whose outputs are in shifted stores (`Doc.from_docs`,
     `span.as_doc(copy_user_data=True)`) or in its source's (`span.as_doc()`):
@@ -120,7 +138,7 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
         _data(doc).pop(key, None)
     # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
     tensor_set = all(store.get("tensor_set") for _, store in stores)
-    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_set}
+    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_set, "conflict": view.conflict}
 
 
 def restore_vectors(doc: Doc) -> Doc:
@@ -403,7 +421,8 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
     for name in names:
         parts = [(key[2], store["outputs"][name]) for key, store in stores if name in store["outputs"]]
         outputs[name] = _align_output(parts, starts, ends)
-    primaries = sorted({store["primary"] for _, store in stores if store.get("primary")})
+    primaries = sorted({store["primary"] for _, store in stores if store.get("primary")}
+                       | {name for _, store in stores for name in store.get("conflict", ())})
     if len(primaries) > 1:  # each joined doc's tokens would have vectors of the others' model only
         return _View(starts, ends, None, outputs, conflict=tuple(primaries))
     return _View(starts, ends, primaries[0] if primaries else None, outputs)

@@ -85,6 +85,30 @@ def test_doc_tensor_of_another_component_is_left_alone(tiny_bert_dir):
     assert (again.tensor == again._.ctx_vectors).all()
 
 
+def test_doc_tensor_of_a_doc_stored_by_an_earlier_version(tiny_bert_dir):
+    """Stores written before `tensor_set` was recorded: the tensor is the
+    component's own where it equals its primary vectors."""
+    from spacy_ctxembed.outputs import STORE
+
+    nlp, other_layers = make_nlp(tiny_bert_dir), make_nlp(tiny_bert_dir, layers=[0])
+
+    def as_earlier_version(doc):
+        key = next(k for k in doc.user_data if isinstance(k, tuple) and k[:2] == ("._.", STORE))
+        doc.user_data[key] = {k: v for k, v in doc.user_data[key].items() if k != "tensor_set"}
+        return doc
+
+    doc = as_earlier_version(nlp("I ran to the park"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = other_layers.get_pipe("ctxembed_bert")(doc)
+    assert (again.tensor == again._.ctx_vectors).all()
+    doc = as_earlier_version(nlp("I ran to the park"))
+    doc.tensor = numpy.ones((len(doc), 7), dtype="float32")  # another component's, set after it
+    with pytest.warns(UserWarning, match="set_doc_tensor: doc.tensor already holds another"):
+        again = other_layers.get_pipe("ctxembed_bert")(doc)
+    assert (again.tensor == 1).all()
+
+
 def test_similarity_of_vectors_from_different_models_is_a_clear_error(tiny_bert_dir):
     nlp = make_nlp(tiny_bert_dir)
     nlp.vocab.set_vector("dog", numpy.ones(5, dtype="float32"))

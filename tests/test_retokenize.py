@@ -205,6 +205,14 @@ def test_joined_docs_of_different_primary_components_say_so(nlp, tiny_bert_dir):
     with pytest.raises(MissingOutputs, match=r"different components \(emb, other\)"):
         restore_vectors(joined)
     assert set(joined._.ctx_outputs) == {"emb", "other"}  # each component's own outputs still read
+    # A non-primary output added to it leaves it so; a primary one settles it.
+    other.add_pipe("ctxembed_bert", name="more", config=ctx_config(name=tiny_bert_dir, primary=False))
+    other.get_pipe("more").initialize(lambda: [], nlp=other)
+    joined = other.get_pipe("more")(joined)
+    with pytest.raises(MissingOutputs, match=r"different components \(emb, other\)"):
+        restore_vectors(joined)
+    joined = other.get_pipe("other")(joined)
+    numpy.testing.assert_array_equal(joined[0].vector, joined._.ctx_outputs["other"]["vectors"][0])
 
 
 def test_retokenized_doc_survives_serialization(nlp, tmp_path):
