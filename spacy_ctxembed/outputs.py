@@ -134,7 +134,7 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
         for name, output in view.outputs.items()
     }
     stores = _stores(doc) or _source_store(doc)
-    for key, _ in _stores(doc):
+    for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
         _data(doc).pop(key, None)
     # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
     tensor_set = all(store.get("tensor_set") for _, store in stores)

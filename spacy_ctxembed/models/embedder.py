@@ -66,11 +66,9 @@ def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> M
     listens to, whose encoder keeps the component's `encoder_lr_scale`."""
     from .listener import replacement
 
-    mix_layers = getattr(listener, "mix_layers", True)
-    source = model.layers[0] if mix_layers else model  # copies keep no refs
-    return replacement(source, grad_factor=getattr(listener, "grad_factor", 1.0),
+    return replacement(model, grad_factor=getattr(listener, "grad_factor", 1.0),
                        encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
-                       mix_layers=mix_layers)
+                       mix_layers=getattr(listener, "mix_layers", True))
 
 
 def replace_listener_cfg(

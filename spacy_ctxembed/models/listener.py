@@ -231,18 +231,18 @@ def ContextualTok2Vec(
     """
     check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                  unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
-    source = embedder.layers[0] if mix_layers else embedder  # the encoder
-    return _head(replacement(source, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
+    return _head(replacement(embedder, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
                              mix_layers=mix_layers), width=width, mix_layers=mix_layers, embed=embed,
                  name="contextual_listener_v2")
 
 
-def replacement(source: Model, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
-    """What stands in for a listener: `source` (the encoder, or the whole
-    embedder for a listener of its vectors) trained as its component would
-    train it: at its `encoder_lr_scale`, and run frozen (no dropout, no graph)
-    where nothing would move it: `grad_factor` 0, or a mixing listener's
-    encoder at scale 0."""
+def replacement(embedder: EmbedderModel, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
+    """What stands in for a listener: what it listened to (the embedder's
+    encoder, or for a listener of the vectors the whole embedder), trained as
+    its component would train it: at its `encoder_lr_scale`, and run frozen
+    (no dropout, no graph) where nothing would move it: `grad_factor` 0, or a
+    mixing listener's encoder at scale 0."""
+    source = embedder.layers[0] if mix_layers else embedder  # (a copied embedder keeps no refs)
     frozen = grad_factor == 0 or (encoder_lr_scale == 0 and mix_layers)
     return scale_gradient(with_lr_scale(source, encoder_lr_scale), grad_factor, frozen=frozen)
 
