@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .about import __version__
 
@@ -62,20 +62,84 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def model_identity(model: Optional[str]) -> Dict[str, Optional[str]]:
+#: What errors call a shim's unpacked files: their temporary directory is gone when read.
+SERIALIZED = "<serialized encoder>"
+
+
+@contextlib.contextmanager
+def unpacked(files: Dict[str, bytes], component: str) -> Iterator[Path]:
+    """A serialized encoder's files in a temporary directory, to load from.
+
+    A loading error names `SERIALIZED` instead of the temporary path, and says
+    where such bytes come from: a ctxembed component's `model`, or the model
+    of a component that `replace_listeners` gave its own copy of the encoder
+    (a tagger's, say), whose loading spaCy does not name.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            if Path(name).name != name or name in (".", ".."):
+                raise ValueError(f"[{component}] model: refusing to unpack {name!r}")
+            (Path(tmp) / name).write_bytes(data)
+        try:
+            yield Path(tmp)
+        except ValueError as err:
+            message = str(err).replace(tmp, SERIALIZED)
+            raise type(err)(
+                f"{message} (the encoder saved in a {component} component's model, or in the model of "
+                "a component whose listener replace_listeners replaced with its own copy)"
+            ).with_traceback(err.__traceback__) from None
+
+
+def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
     weights), so a resumed run never mixes vectors of a pipeline edited in between;
-    without a model, the default model's files are hashed; a package gives its version."""
+    without a model, the default model's files are hashed, and with a pipeline
+    `config` the files it builds from too (`config_files`); a package gives its version."""
     if model is None:
         from .models.hf_loading import default_model_dir
 
-        return {"name": None, "sha256": tree_sha256(default_model_dir()), "ctxembed": __version__}
+        identity: Dict[str, Any] = {"name": None, "sha256": tree_sha256(default_model_dir()), "ctxembed": __version__}
+        if config is not None:
+            identity["files"] = {str(path): tree_sha256(path) for path in config_files(config)}
+        return identity
     path = Path(model)
     if path.exists():
         return {"name": str(path.resolve()), "sha256": tree_sha256(path), "ctxembed": __version__}
     from spacy.util import get_package_version
 
     return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
+
+
+#: Settings whose value, in a component's block, may name a file or directory it is
+#: built from: an encoder's `name` (a model directory), ELMo's `options_file` and
+#: `weight_file`, a sourced component's `source` (a pipeline directory).
+FILE_SETTINGS = frozenset({"name", "options_file", "weight_file", "source"})
+
+
+def config_files(config: Mapping[str, Any]) -> List[Path]:
+    """The existing files and directories that a pipeline config's components name
+    in `FILE_SETTINGS`, at any depth of their blocks, resolved (relative paths are
+    relative to the working directory, as spaCy reads them). The config is
+    interpolated first where it can be (``${paths.model}``)."""
+    from confection import Config
+
+    with contextlib.suppress(Exception):  # a variable it cannot fill: read it as it is
+        config = Config(dict(config)).interpolate()
+    found = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in FILE_SETTINGS and isinstance(value, str) and value and Path(value).exists():
+                    found.add(Path(value).resolve())
+                else:
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(config.get("components", {}))
+    return sorted(found)
 
 
 def tree_sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
+import torch
 from spacy.tokens import DocBin
 
 from spacy_ctxembed.cli import output as output_module
@@ -239,6 +240,75 @@ def test_a_run_in_progress_is_never_touched_and_resume_without_anything_to_resum
     assert fresh.exit_code == 0 and last_line(fresh.stderr).startswith("wrote 7 docs")
 
 
+def test_a_run_that_waited_for_a_lock_another_run_has_just_replaced_is_refused(tmp_path, corpus, pipeline, monkeypatch):
+    """Run C opens a stale partial's lock; before C's flock, run B takes it,
+    discards the stale partial and starts its own under the same name. C then
+    holds the lock of a deleted file: it must not take B's directory for stale
+    (it removed it, and both runs wrote into one directory)."""
+    fcntl = pytest.importorskip("fcntl")
+    with monkeypatch.context() as patch:  # a stale partial with nothing committed, as after kill -9
+        patch.setattr(Run, "commit", lambda self, shard: (_ for _ in ()).throw(KeyboardInterrupt()))
+        patch.setattr(Run, "abandon", lambda self: self._release())
+        assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline).exit_code == 130
+    partial = tmp_path / ".out.partial"
+    run_json = (partial / "run.json").read_bytes()
+    real_flock, held = fcntl.flock, []
+
+    def b_runs_first(fd, operation):
+        if not held:  # run B, between C's open and C's flock
+            shutil.rmtree(partial)
+            partial.mkdir()
+            (partial / "run.json").write_bytes(run_json)
+            (partial / "ledger.jsonl").touch()  # B has just started: nothing committed yet
+            (partial / "b-was-here").touch()
+            held.append((partial / ".lock").open("a"))
+            real_flock(held[0].fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_flock(fd, operation)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(output_module.fcntl, "flock", b_runs_first)
+            result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline)
+        assert result.exit_code == 2, result.stderr
+        assert last_line(result.stderr) == f"error: another embed run is writing {partial}"
+        assert (partial / "b-was-here").exists()  # B's run, untouched
+        assert not (tmp_path / "out").exists()
+    finally:
+        for f in held:
+            f.close()
+
+
+def test_a_reader_of_an_output_replaced_midway_gets_an_error_not_two_runs(tmp_path, corpus, pipeline, want):
+    """`iter_docs` opened each shard by path as it came to it: an `--overwrite`
+    run renamed into place meanwhile gave the reader the first run's first
+    shards and the second run's later ones (other shard sizes: docs lost and
+    repeated, silently)."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
+    reader = output_module.iter_docs(out)
+    first = [next(reader).user_data["line"] for _ in range(3)]  # into the second shard
+    replaced = invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "3", "--overwrite")
+    assert replaced.exit_code == 0, replaced.stderr
+    with pytest.raises(ValueError, match="was replaced or removed while it was being read"):
+        for doc in reader:
+            first.append(doc.user_data["line"])
+    assert first == [line for line, _, _ in want][: len(first)]  # what it did yield was the first run's, in order
+    assert_same_docs(read_output(out), want)  # and the new output reads whole
+
+
+def test_npy_records_keep_texts_with_unicode_line_separators(tmp_path, pipeline):
+    """docs.jsonl is split at its newlines only: JSON leaves U+2028, U+0085 and
+    the like unescaped inside a text."""
+    lines = ["one\u2028two three", "four\x85five", "six\x1cseven"]
+    (tmp_path / "in.txt").write_text("\n".join(lines), encoding="utf8")
+    result = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline, "-f", "npy")
+    assert result.exit_code == 0, result.stderr
+    vectors, records = output_module.load_npy(tmp_path / "out")
+    assert [r["text"] for r in records] == lines
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, lines))
+    assert isinstance(vectors, numpy.memmap) and not vectors.flags.writeable
+
+
 def test_output_dot_in_an_empty_directory_runs_and_resumes(tmp_path, corpus, pipeline, want, monkeypatch):
     """`-o .`: the partial run is a sibling named after the directory. (It was `..partial`
     inside OUTPUT: the whole corpus was embedded, then the run failed, unresumable.)"""
@@ -346,6 +416,60 @@ def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipelin
     restarted = invoke(*args, "--overwrite")
     assert restarted.exit_code == 0, restarted.stderr
     assert_same_docs(read_output(tmp_path / "out"), expected(model, LINES))
+
+
+def test_resume_refuses_other_model_files_named_by_the_config(tmp_path, corpus, tiny_bert_dir, monkeypatch):
+    """With --config, the checksum was of the config's text alone: the model
+    directory it names could hold other weights on --resume, and the output
+    would mix two models' vectors."""
+    from transformers import AutoModel
+
+    model, partial = tmp_path / "bert", tmp_path / ".out.partial"
+    shutil.copytree(tiny_bert_dir, model)
+    config = make_nlp(model).config.copy()
+    config["paths"]["bert"] = str(model)  # through a variable, as configs usually name it
+    config["components"]["ctxembed_bert"]["model"]["encoder"]["name"] = "${paths.bert}"
+    config.to_disk(tmp_path / "embed.cfg")
+    args = ["embed", corpus, "-o", tmp_path / "out", "-c", tmp_path / "embed.cfg", "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    recorded = json.loads((partial / "run.json").read_text())["run"]["pipeline"]["files"]
+    assert list(recorded) == [str(model.resolve())]
+    other = AutoModel.from_pretrained(model)
+    with torch.no_grad():
+        other.embeddings.word_embeddings.weight.mul_(2.0)
+    other.save_pretrained(model)
+    refused = invoke(*args, "--resume")
+    assert refused.exit_code == 2
+    assert "(different model: same name, other files); pass --overwrite" in last_line(refused.stderr)
+
+
+def test_config_files_are_the_paths_components_are_built_from(tmp_path, monkeypatch):
+    from thinc.api import Config
+
+    from spacy_ctxembed.fileio import config_files
+
+    for name in ("options.json", "weights.hdf5", "pipeline", "vocab"):
+        (tmp_path / name).touch() if "." in name else (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)  # relative paths are read from the working directory, as spaCy does
+    config = Config().from_str(f"""
+        [paths]
+        weights = "{tmp_path / 'weights.hdf5'}"
+        [components]
+        [components.elmo]
+        [components.elmo.model]
+        [components.elmo.model.encoder]
+        options_file = "options.json"
+        weight_file = ${{paths.weights}}
+        [components.tagger]
+        source = "pipeline"
+        [components.other]
+        [components.other.model]
+        name = "bert-base-uncased"
+        vocab_file = "vocab"
+        """, interpolate=False)
+    assert config_files(config) == sorted(tmp_path / n for n in ("options.json", "weights.hdf5", "pipeline"))
 
 
 @pytest.mark.slow

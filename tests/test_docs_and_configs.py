@@ -105,3 +105,49 @@ def test_shipped_configs_use_the_v2_names(config_path):
     text = config_path.read_text(encoding="utf8")
     for old in ("BertEmbedder.v1", "ElmoEmbedder.v1", "TrfPooler.v1", "ContextualListener.v1"):
         assert old not in text
+
+
+def _readme_block(tag: str) -> str:
+    """The ```bash block after the line "<!-- tag -->", as .ci/run reads it."""
+    text = (ROOT / "README.md").read_text(encoding="utf8")
+    match = re.search(rf"^<!-- {tag} -->\n```bash\n(.*?)```", text, flags=re.S | re.M)
+    assert match, tag
+    return match.group(1)
+
+
+def _readme_component_blocks(factory: str) -> Config:
+    """The README's ```ini block that starts with `[components.FACTORY]`."""
+    text = (ROOT / "README.md").read_text(encoding="utf8")
+    for match in re.finditer(r"```ini\n(.*?)```", text, flags=re.S):
+        if match.group(1).startswith(f"[components.{factory}]\n"):
+            return Config().from_str(_with_parents(match.group(1)), interpolate=False)
+    raise AssertionError(f"no [components.{factory}] block in the README")
+
+
+def _sections(block, path=()):
+    """(path, setting names) of every section of a config block."""
+    yield path, {key for key, value in block.items() if not isinstance(value, dict)}
+    for key, value in block.items():
+        if isinstance(value, dict):
+            yield from _sections(value, path + (key,))
+
+
+@pytest.mark.parametrize("factory", ["ctxembed_bert", "ctxembed_elmo"])
+def test_readme_component_blocks_have_every_setting(factory):
+    """The README's config blocks show every setting the component's config has, v1 ones included."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory)
+    actual = dict(_sections(nlp.config["components"][factory]))
+    shown = dict(_sections(_readme_component_blocks(factory)["components"][factory]))
+    assert shown == actual
+
+
+def test_setup_command_can_run_twice():
+    """One command line; its `embed` replaces an earlier output, whose directory git ignores."""
+    setup = _readme_block("setup-command").strip()
+    assert "\n" not in setup
+    embed = next(part for part in setup.split("&&") if " embed " in part).split()
+    assert "--overwrite" in embed
+    output = embed[embed.index("-o") + 1]
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf8").splitlines()
+    assert f"/{output}/" in ignored or f"/{output}" in ignored

@@ -53,3 +53,18 @@ def test_from_trf_without_transformer():
     nlp.add_pipe("ctxembed_from_trf")
     with pytest.raises(ValueError, match="trf_data is missing"):
         nlp(TEXT)
+
+
+def test_from_trf_settings_come_from_the_config_not_the_bytes(tiny_bert_dir, tmp_path):
+    """A component configured with pooling = "first" that loads the bytes of a "mean"
+    one pools by "first", as its config says (and as a load from disk does): the
+    settings saved with the bytes used to win."""
+    mean = _trf_nlp(tiny_bert_dir, False, pooling="mean")
+    first = _trf_nlp(tiny_bert_dir, False, pooling="first")
+    text = "Tokenization of unbelievably long words."
+    expected = first(text)._.ctx_vectors  # freshly configured "first", before any loading
+    assert not numpy.allclose(mean(text)._.ctx_vectors, expected)  # the two poolings differ on this text
+    first.get_pipe("ctxembed_from_trf").from_bytes(mean.get_pipe("ctxembed_from_trf").to_bytes())
+    numpy.testing.assert_allclose(first(text)._.ctx_vectors, expected, atol=1e-6)
+    first.to_disk(tmp_path / "p")
+    numpy.testing.assert_allclose(spacy.load(tmp_path / "p")(text)._.ctx_vectors, expected, atol=1e-6)

@@ -301,6 +301,28 @@ def test_save_writes_safetensors_that_load(tiny_bert_dir, tmp_path):
     assert_same_hidden_states(again, encoder.module, atol=0)
 
 
+def test_save_keeps_a_model_over_the_shard_size_in_one_file(tiny_bert_dir, tmp_path, monkeypatch):
+    """`save_pretrained` shards a model over 5 GB (xlm-roberta-xl, deberta-v2-xxlarge) by
+    default, and only a single model.safetensors loads: a pipeline saved such a model
+    and could not load it back. Here the default shard size is made tiny instead."""
+    from transformers import PreTrainedModel
+
+    save_pretrained = PreTrainedModel.save_pretrained
+
+    def small_shards(self, *args, **kwargs):
+        kwargs.setdefault("max_shard_size", "100KB")
+        return save_pretrained(self, *args, **kwargs)
+
+    encoder = load_encoder(tiny_bert_dir, component=COMPONENT)
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", small_shards)
+    small_shards(encoder.module, tmp_path / "sharded", safe_serialization=True)
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1  # the tiny model is over 100KB
+    encoder.save(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").glob("*.safetensors")) == [WEIGHTS_FILE]
+    assert_same_hidden_states(load_encoder(tmp_path / "saved", component=COMPONENT, setting="model"),
+                              encoder.module, atol=0)
+
+
 def test_concurrent_first_loads(tiny_bert_dir, tmp_path):
     results = run_in_threads(8, lambda: load_encoder(tiny_bert_dir, component=COMPONENT))
     outputs = []

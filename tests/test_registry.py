@@ -79,3 +79,23 @@ def test_importing_the_package_leaves_transformers_unloaded():
     code = "import sys, spacy_ctxembed; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("factory", ["ctxembed_bert", "ctxembed_elmo"])
+def test_encoder_defaults_are_the_factory_defaults(factory):
+    """A config block that leaves a setting out gets the registered function's
+    default; it must be the one the factory's DEFAULT_CONFIG documents
+    (BertEncoder.v2 had max_batch_items 4096 where the docs said null: a block
+    without it never sized its batches from free GPU memory)."""
+    import inspect
+
+    from spacy.util import load_config_from_str
+
+    from spacy_ctxembed.pipeline import factories
+
+    block = load_config_from_str(getattr(factories, f"{factory.split('_')[1].upper()}_DEFAULT_CONFIG"))
+    encoder = dict(block[factory]["model"]["encoder"])
+    function = registry.architectures.get(encoder.pop("@architectures"))
+    defaults = {name: p.default for name, p in inspect.signature(function).parameters.items()}
+    assert set(encoder) == set(defaults)
+    assert {name: list(v) if isinstance(v, tuple) else v for name, v in defaults.items()} == encoder

@@ -130,6 +130,33 @@ def test_replace_listeners(tiny_bert_dir, tmp_path):
     loaded.update(examples, sgd=optimizer)  # the tagger trains its own copy of the encoder
 
 
+def test_a_damaged_encoder_copy_after_replace_listeners_is_named_not_its_temporary_path(tiny_bert_dir, tmp_path):
+    """The tagger's own copy of the encoder is unpacked into a temporary directory
+    to load; spaCy names no component when a tagger fails to load, and the error
+    named only that directory, gone by the time it was read."""
+    import tempfile
+
+    import srsly
+
+    from spacy_ctxembed.errors import SettingError
+
+    nlp, _ = _pipeline(tiny_bert_dir)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.to_disk(tmp_path / "p")
+    model_file = tmp_path / "p" / "tagger" / "model"
+    msg = srsly.msgpack_loads(model_file.read_bytes())
+    (index,) = [i for i, shims in enumerate(msg["shims"]) if shims]
+    shim = srsly.msgpack_loads(msg["shims"][index][0])
+    del shim["hf_files"]["config.json"]
+    msg["shims"][index][0] = srsly.msgpack_dumps(shim)
+    model_file.write_bytes(srsly.msgpack_dumps(msg))
+    with pytest.raises(SettingError) as excinfo:
+        spacy.load(tmp_path / "p")
+    message = str(excinfo.value)
+    assert message.startswith("[ctxembed_bert] model = '<serialized encoder>': no config.json")
+    assert "replace_listeners" in message and tempfile.gettempdir() not in message
+
+
 def test_elmo_and_bert_in_one_pipeline(tiny_bert_dir, tmp_path):
     from .elmo_fixture import write_elmo_fixture
 

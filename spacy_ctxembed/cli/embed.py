@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 
 import typer
 from spacy.util import load_config
+from thinc.api import Config
 from tqdm import tqdm
 
 from ..fileio import model_identity
@@ -95,7 +96,7 @@ def embed(
     loaded_config = _read_config(config)
     inp = open_input(input_path)
     try:
-        identity = _identity(inp, output_format, model, config)
+        identity = _identity(inp, output_format, model, config, loaded_config)
         try:
             run = Run.plan(output, identity, overwrite=overwrite, resume=resume)
         except AlreadyComplete as done:
@@ -241,11 +242,13 @@ def _read_config(config: Optional[Path]):
         raise UsageError(f"--config {config}: {short_message(e)}") from e
 
 
-def _identity(inp: Input, output_format: str, model: Optional[str], config: Optional[Path]) -> Dict[str, Any]:
+def _identity(inp: Input, output_format: str, model: Optional[str], config: Optional[Path],
+              loaded_config: Optional[Config] = None) -> Dict[str, Any]:
     """What makes two runs the same run (for --resume), and what the manifest records.
 
     The model is checksummed, as --ray does: the same --model path may hold
     another pipeline on --resume, and the output would mix two models' vectors.
+    So are the model files a --config names (`fileio.config_files`).
     """
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())
@@ -256,7 +259,7 @@ def _identity(inp: Input, output_format: str, model: Optional[str], config: Opti
         "input_sha256": inp.sha256,
         "input_lines": inp.n_records,
         "model": model,
-        "pipeline": model_identity(model),
+        "pipeline": model_identity(model, loaded_config),
         "config": None if config is None else str(config.resolve()),
         "config_sha256": None if config is None else hashlib.sha256(config.read_bytes()).hexdigest(),
     }

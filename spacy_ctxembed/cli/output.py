@@ -127,27 +127,95 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
     """The docs of a complete ``--format docbin`` output, in input order, vectors restored.
 
     Each doc has ``doc.user_data["line"]`` (its input line) and ``doc._.ctx_vectors``.
+    Every shard is read from the directory the manifest was read from (see
+    `_OutputReader`): an output replaced while it is read gives an error, never
+    a mix of two runs.
     """
     from .. import restore_vectors
 
-    manifest = read_manifest(path)
-    if manifest is None or manifest.get("format") != "docbin":
-        raise ValueError(f"{path} is not a complete spacy-ctxembed docbin output (no {MANIFEST})")
     vocab = vocab if vocab is not None else Vocab()
-    for shard in manifest["shards"]:
-        for doc in DocBin().from_disk(Path(path) / shard["file"]).get_docs(vocab):
-            yield restore_vectors(doc)
+    with _OutputReader(path, "docbin") as reader:
+        for shard in reader.manifest["shards"]:
+            docs = DocBin().from_bytes(reader.read(shard["file"])).get_docs(vocab)
+            count = 0
+            for doc in docs:
+                count += 1
+                yield restore_vectors(doc)
+            if count != shard["docs"]:
+                raise ValueError(f"{path}: {shard['file']} holds {count} docs, its manifest says {shard['docs']}")
 
 
 def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[str, Any]]]:
-    """(vectors, records) of a complete ``--format npy`` output; rows ``start:end`` are a doc's."""
-    manifest = read_manifest(path)
-    if manifest is None or manifest.get("format") != "npy":
-        raise ValueError(f"{path} is not a complete spacy-ctxembed npy output (no {MANIFEST})")
-    vectors = numpy.load(Path(path) / VECTORS, mmap_mode="r" if mmap else None)
-    with (Path(path) / DOCS).open(encoding="utf8") as f:
-        records = [json.loads(line) for line in f]
+    """(vectors, records) of a complete ``--format npy`` output; rows ``start:end`` are a doc's.
+
+    Both files come from the directory the manifest was read from (see `_OutputReader`).
+    """
+    with _OutputReader(path, "npy") as reader:
+        with reader.open(VECTORS) as f:
+            version = numpy.lib.format.read_magic(f)
+            read_header = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                numpy.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            vectors: numpy.ndarray
+            if mmap:
+                vectors = numpy.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                       order="F" if fortran else "C")
+            else:
+                vectors = numpy.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        # (Not `splitlines`: a text may hold U+2028 and the like, which JSON leaves as they are.)
+        records = [json.loads(line) for line in reader.read(DOCS).split(b"\n") if line]
+    if shape[0] != reader.manifest.get("rows"):
+        raise ValueError(f"{path}: {VECTORS} holds {shape[0]} rows, its manifest says {reader.manifest.get('rows')}")
     return vectors, records
+
+
+class _OutputReader:
+    """A complete output's manifest and files, all read through one open handle
+    on its directory.
+
+    `embed --overwrite` renames a finished run into place and then removes the
+    old output. Files opened by path one after another could come from both
+    runs; opened relative to the directory the manifest came from, they come
+    from that run, or, once it is removed, not at all (an error).
+    """
+
+    def __init__(self, path: Path, fmt: str):
+        self.path = Path(path)
+        self.fmt = fmt
+        self._fd: Optional[int] = None
+        self.manifest: Dict[str, Any] = {}
+
+    def __enter__(self) -> "_OutputReader":
+        not_complete = ValueError(f"{self.path} is not a complete spacy-ctxembed {self.fmt} output (no {MANIFEST})")
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            manifest = json.loads(self.read(MANIFEST).decode("utf8"))
+        except (OSError, ValueError):
+            self.__exit__()
+            raise not_complete from None
+        if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT or manifest.get("format") != self.fmt:
+            self.__exit__()
+            raise not_complete
+        self.manifest = manifest
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def open(self, name: str) -> IO[bytes]:
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=self._fd)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{self.path} was replaced or removed while it was being read ({name} is gone); read it again"
+            ) from None
+        return os.fdopen(fd, "rb")
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
 
 
 # ---------------------------------------------------------------------------
@@ -286,12 +354,22 @@ class Run:
             raise
 
     def _acquire(self, directory: Optional[Path] = None) -> None:
-        f = ((directory or self.dir) / LOCK).open("a")
+        path = (directory or self.dir) / LOCK
+        try:
+            f = path.open("a")
+        except FileNotFoundError:  # another run has just removed the directory
+            raise UsageError(f"another embed run is writing {self.dir}") from None
         if fcntl is None:
             self._lock = f
             return
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Between our open and our flock, the run that held the lock may
+            # have removed this directory (a stale partial it discarded) and
+            # made a new one: then we hold the lock of a deleted file, and the
+            # path names another run's. Only the lock file the path names counts.
+            if not os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
+                raise FileNotFoundError(path)
         except OSError:
             f.close()
             raise UsageError(f"another embed run is writing {self.dir}") from None

@@ -97,9 +97,10 @@ def embed_corpus(
         # Uninterpolated, as the CLI reads it: the same file gives the same hash either way.
         config.to_str() if isinstance(config, Config) else Config().from_disk(config, interpolate=False).to_str())
     _check_pipeline(model, config_text)
+    parsed = None if config_text is None else Config().from_str(config_text, interpolate=False)
     identity = {
         "inputs": identities, "text_key": text_key, "shard_size": shard_size, "dtype": dtype,
-        "model": model_identity(model),
+        "model": model_identity(model, parsed),
         "config_sha256": None if config_text is None else hashlib.sha256(config_text.encode("utf8")).hexdigest(),
     }
     # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).

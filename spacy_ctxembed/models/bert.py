@@ -32,7 +32,7 @@ def BertEncoder(
     pooling: str = "mean",
     window: Optional[int] = None,
     stride: Optional[int] = None,
-    max_batch_items: Optional[int] = 4096,
+    max_batch_items: Optional[int] = None,
     precision: str = "fp32",
     trainable: bool = True,
 ) -> EncoderModel:

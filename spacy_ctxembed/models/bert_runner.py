@@ -29,6 +29,7 @@ from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 from ..alignment import PieceAlignment, align_docs, text_length, token_char_spans
 from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
+from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
@@ -379,6 +380,11 @@ class BertShim(PyTorchShim):
     def loaded(self) -> bool:
         return self.runner is not None
 
+    @property
+    def layers(self) -> List[int]:
+        """The selected hidden states, as indices into the loaded model's (empty until loaded)."""
+        return list(self.runner.layers) if self.runner is not None else []
+
     def load(self, encoder: HFEncoder) -> None:
         encoder.module.to(get_torch_default_device())
         runner = BertRunner(encoder, self.settings)
@@ -409,12 +415,8 @@ class BertShim(PyTorchShim):
         files = msg.get("hf_files") if isinstance(msg, dict) else None
         if not isinstance(files, dict) or not files:
             raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in files.items():
-                if Path(name).name != name or name in (".", ".."):
-                    raise ValueError(f"[{COMPONENT}] model: refusing to unpack {name!r}")
-                (Path(tmp) / name).write_bytes(data)
-            self.load_dir(Path(tmp))
+        with unpacked(files, COMPONENT) as directory:
+            self.load_dir(directory)
         return self
 
     def finish_update(self, optimizer) -> None:

@@ -27,6 +27,7 @@ from thinc.api import Model, PyTorchShim, get_torch_default_device
 
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
+from ..fileio import unpacked
 from ..settings import check_layers, normalize_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
@@ -208,10 +209,8 @@ class ElmoShim(PyTorchShim):
         files = msg.get("elmo_files") if isinstance(msg, dict) else None
         if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
             raise ValueError(f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in files.items():
-                (Path(tmp) / name).write_bytes(data)
-            self.load_dir(Path(tmp))
+        with unpacked(files, COMPONENT) as directory:
+            self.load_dir(directory)
         return self
 
     def embed(self, docs: Sequence[Doc], grad: bool) -> List[torch.Tensor]:

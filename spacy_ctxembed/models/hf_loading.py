@@ -39,6 +39,8 @@ from ..errors import SettingError, bad_setting
 # The default component name; kept for callers that have no instance name.
 COMPONENT = "ctxembed_bert"
 WEIGHTS_FILE = "model.safetensors"
+#: A `max_shard_size` no model reaches: the weights in a single WEIGHTS_FILE.
+ONE_FILE = "1000GB"
 CONFIG_FILE = "config.json"
 
 logger = logging.getLogger(__name__)
@@ -104,8 +106,12 @@ class HFEncoder:
         return int(self.config.hidden_size)
 
     def save(self, directory: Union[str, Path]) -> None:
-        """Write an ordinary Hugging Face directory, weights as safetensors."""
-        self.module.save_pretrained(directory, safe_serialization=True)
+        """Write an ordinary Hugging Face directory, weights as safetensors.
+
+        In one file whatever the model's size: `save_pretrained` shards models
+        over 5 GB by default, and only a single `model.safetensors` is read.
+        """
+        self.module.save_pretrained(directory, safe_serialization=True, max_shard_size=ONE_FILE)
         self.tokenizer.save_pretrained(directory)
 
 
@@ -293,7 +299,7 @@ def _weights_file(where: _Where) -> Path:
         raise where.error(
             f"no {WEIGHTS_FILE}, only {', '.join(shards[:_MAX_LISTED])}: only a single "
             f"{WEIGHTS_FILE} is read; merge the shards once with: "
-            + convert.replace("safe_serialization=True", "safe_serialization=True, max_shard_size='1000GB'")
+            + convert.replace("safe_serialization=True", f"safe_serialization=True, max_shard_size='{ONE_FILE}'")
         )
     raise where.error(f"no {WEIGHTS_FILE} in this directory")
 

@@ -17,8 +17,15 @@ it takes the upstream's combined vectors instead. It then optionally
 concatenates static features (`embed`, e.g. MultiHashEmbed) and projects to
 `width`. Layer counts and widths come from the upstream at `initialize`.
 
-`spacy-ctxembed.ContextualTok2Vec.v2` is the same head over a private copy
+`spacy-ctxembed.ContextualTok2Vec.v3` is the same head over a private copy
 of an embedder: what `nlp.replace_listeners` puts in a listener's place.
+`spacy-ctxembed.ContextualTok2Vec.v2` (released) is kept so that pipelines
+saved with it keep loading.
+
+Outside training, a doc that no upstream annotated gets zeros only where
+spaCy expects that: the sample docs it initialises the listening component
+on. Otherwise the listener says that its upstream is missing (excluded, or
+not before it) or did not run (disabled), rather than predict from zeros.
 
 `spacy-ctxembed.ContextualListener.v1` (released) reads `doc._.ctx_layers`
 with its widths given in the config, and never trains the upstream.
@@ -26,9 +33,11 @@ with its widths given in the config, and never trains the upstream.
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import srsly
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
+from thinc.model import deserialize_attr, serialize_attr
 from thinc.types import Floats2d
 
 from ..errors import check_number
@@ -47,7 +56,8 @@ class ContextualListenerNode(Model):
     name = LISTENER
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
-        Model.__init__(self, name=LISTENER, forward=listener_forward, dims={"nL": None, "nO": None})
+        Model.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
+                       dims={"nL": None, "nO": None})
         self.upstream_name = upstream_name
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
@@ -57,6 +67,8 @@ class ContextualListenerNode(Model):
         self._upstream: Optional[str] = None
         # Components that added this listener: name -> the component (weakly).
         self._claims: Dict[str, Any] = {}
+        # The docs this listener was initialised on: id -> the doc (weakly).
+        self._samples: Dict[int, Any] = {}
 
     @property
     def kind(self) -> str:
@@ -100,6 +112,17 @@ class ContextualListenerNode(Model):
             component.ensure_loaded()
             return
 
+    def remember_samples(self, docs: List[Doc]) -> None:
+        """spaCy initialises a listening component on sample docs that no
+        upstream has annotated (e.g. `Tagger.initialize` runs
+        `model.initialize(X=docs)`, which predicts on those docs to size the
+        layers after this one): these are the docs that get zeros."""
+        self._samples = {id(doc): weakref.ref(doc) for doc in docs if isinstance(doc, Doc)}
+
+    def is_sample(self, doc: Doc) -> bool:
+        ref = self._samples.get(id(doc))
+        return ref is not None and ref() is doc
+
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
@@ -116,11 +139,12 @@ class ContextualListenerNode(Model):
 
     def __getstate__(self) -> Any:
         # A batch in flight (its outputs and backprop callback) and the weak
-        # references to the upstream components do not travel; the component
-        # claims its listeners again when it is unpickled. (Model keeps most
-        # of its state in slots: object's own state is (dict, slots).)
+        # references to the upstream components and to the docs it was
+        # initialised on do not travel; the component claims its listeners
+        # again when it is unpickled. (Model keeps most of its state in
+        # slots: object's own state is (dict, slots).)
         own = {**self.__dict__, "_batch_id": None, "_outputs": None, "_backprop": None, "_upstream": None,
-               "_claims": {}}
+               "_claims": {}, "_samples": {}}
         slots = {name: getattr(self, name) for name in Model.__slots__ if hasattr(self, name)}
         return own, slots
 
@@ -163,12 +187,14 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     f"but has outputs of {', '.join(map(repr, others))}; if the upstream component was renamed, "
                     "set the listener's upstream to its new name"
                 )
-            # Outside training, as spaCy's Tok2VecListener does: zeros of the
-            # right shape (spaCy initialises downstream components on docs the
-            # upstream has not annotated).
-            value = _zeros(model, len(doc))
+            value = _zeros_for_sample(model, doc, name)
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
+    if X is not None:
+        model.remember_samples(X)
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -178,18 +204,32 @@ def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
     return next(iter(outputs.values())) if len(outputs) == 1 else None
 
 
-def _zeros(model: ContextualListenerNode, n_tokens: int):
-    if model.has_dim("nO") is not True or model.has_dim("nL") is not True:
-        # No upstream ever claimed this listener: spaCy links a listener to a
-        # component of the name it gives, and only to one before it.
+def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[str]):
+    """Zeros of the right shape for a doc no upstream annotated, where that is
+    expected: one of the docs spaCy initialises the listening component on
+    (as spaCy's Tok2VecListener gives zeros there). Anywhere else zeros would
+    be features from nothing: the upstream is missing (excluded, or not
+    before this component: no component claimed this listener; the dims a
+    loaded pipeline restores from its bytes say nothing about that) or did
+    not run on the doc (disabled)."""
+    if not model._upstreams() or model.has_dim("nO") is not True or model.has_dim("nL") is not True:
+        # spaCy links a listener to a component of the name it gives, and only to one before it.
         raise ValueError(
             f"ContextualListener upstream = {model.upstream_name!r}: no ctxembed component of that name "
             "comes before this listener's component in the pipeline; set upstream to the name of an "
-            "earlier ctxembed component (or \"*\" for the only one), or move that component before it"
+            "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
+            "(a pipeline loaded with exclude=[...] has no excluded component)"
+        )
+    if not model.is_sample(doc):
+        raise ValueError(
+            f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
+            f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
+            f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
+            "go through the pipeline (run nlp(text), not this component alone)"
         )
     if model.mix_layers:
-        return model.ops.alloc3f(model.get_dim("nL"), n_tokens, model.get_dim("nO"))
-    return model.ops.alloc2f(n_tokens, model.get_dim("nO"))
+        return model.ops.alloc3f(model.get_dim("nL"), len(doc), model.get_dim("nO"))
+    return model.ops.alloc2f(len(doc), model.get_dim("nO"))
 
 
 @registry.architectures("spacy-ctxembed.ContextualListener.v2")
@@ -284,15 +324,52 @@ def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Mode
         released, always runs `layer` as asked.)
 
     The forward pass reads its layer and settings off the model (not a
-    closure), so that a copied, pickled or node-replaced model runs its own layer.
+    closure), so that a copied, pickled or node-replaced model runs its own
+    layer. The settings are the config's (`FromConfig`): a saved pipeline
+    whose config was edited (say to `grad_factor = 0`) runs as edited.
     """
     return Model("ctxembed-grad-factor", _scaled_forward, init=_scaled_init, layers=[layer],
-                 attrs={"grad_factor": factor, "frozen": frozen})
+                 attrs={"grad_factor": FromConfig(factor), "frozen": FromConfig(frozen)})
+
+
+class FromConfig:
+    """A setting from the config, kept in `Model.attrs`, that saved bytes never override.
+
+    Thinc writes a model's attrs into its bytes and by default puts the saved
+    values back in `from_bytes`, over the ones the config just built the model
+    with: an edited config would be silently ignored. These are written as
+    the plain value (the layout earlier versions wrote and read), and on
+    loading the config's value stays (`_keep_config_value`), also for bytes
+    written by earlier versions.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"FromConfig({self.value!r})"
+
+
+@serialize_attr.register(FromConfig)
+def _write_config_value(setting: FromConfig, value: FromConfig, name: str, model: Model) -> bytes:
+    return srsly.msgpack_dumps(setting.value)
+
+
+@deserialize_attr.register(FromConfig)
+def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Model) -> FromConfig:
+    return current
+
+
+def _setting(model: Model, name: str, default: Any) -> Any:
+    value = model.attrs.get(name, default)
+    return value.value if isinstance(value, FromConfig) else value
 
 
 def _scaled_forward(model: Model, X, is_train: bool):
-    factor = model.attrs["grad_factor"]
-    if model.attrs.get("frozen", False):
+    factor = _setting(model, "grad_factor", 1.0)
+    if _setting(model, "frozen", False):
         return model.layers[0].predict(X), _nothing_back
     Y, backprop = model.layers[0](X, is_train)
 

@@ -4,6 +4,10 @@ Reads `doc._.trf_data` (written by spacy-transformers' `transformer`
 component) and pools its wordpiece states to tokens through its own
 alignment, `trf_data.align`, without running the transformer again. The
 transformer belongs to the upstream component, so the gradient stops here.
+
+Its settings come from the config in every path: thinc saves a model's attrs
+with its bytes and puts the saved values back on `from_bytes`, but not these
+(see `ConfigSettings`), as the BERT and ELMo encoders keep theirs in a shim.
 """
 from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
@@ -11,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, cast
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
+from thinc.model import deserialize_attr
 
 from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
@@ -28,7 +33,7 @@ MISSING_TRF = (
 @registry.architectures("spacy-ctxembed.TrfEncoder.v2")
 def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> EncoderModel:
     """The upstream transformer's selected layers, pooled to tokens."""
-    settings = {"layers": list(layers), "pooling": pooling}
+    settings = ConfigSettings(layers=list(layers), pooling=pooling)
     return Model(
         "ctxembed-trf-encoder",
         forward,
@@ -36,6 +41,25 @@ def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> Encod
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
         attrs={"validate": partial(check_settings, settings), "settings": settings},
     )
+
+
+class ConfigSettings(dict):
+    """An encoder's settings as its config gives them, in `Model.attrs`.
+
+    Thinc writes a model's attrs into its bytes and by default puts the saved
+    values back in `from_bytes`: the bytes of a component saved with
+    `pooling = "mean"` would then make one configured with "first" pool by
+    the mean, while its config (and a load from disk) said "first". These
+    are never put back (`_keep_config_settings`): the config in use wins.
+    They are still written, so bytes keep the layout earlier versions wrote,
+    and bytes written by earlier versions still load (the settings saved in
+    them are ignored).
+    """
+
+
+@deserialize_attr.register(ConfigSettings)
+def _keep_config_settings(current: ConfigSettings, saved: bytes, name: str, model: Model) -> ConfigSettings:
+    return current
 
 
 def check_settings(settings: dict) -> None:

@@ -12,6 +12,7 @@ feature cache spares recomputing the same training docs.
 """
 import contextlib
 import os
+import tempfile
 import threading
 import warnings
 from functools import partial
@@ -39,6 +40,9 @@ from .feature_cache import FeatureCache, doc_key, encoder_identity, to_host
 MODEL_DIR = "model"
 #: Version of the component's on-disk layout (v1 wrote none; same layout).
 FORMAT = 2
+#: Key in the saved cfg: the encoder layers (non-negative indices) the combiner
+#: was saved for. Not "layers": 0.1 wrote its `layers` setting, as given, there.
+LAYERS_KEY = "encoder_layers"
 
 
 class ContextualEmbedder(TrainablePipe):
@@ -417,7 +421,7 @@ class ContextualEmbedder(TrainablePipe):
         path = ensure_path(path)
         self.ensure_loaded()
         serializers: Dict[str, Callable[[Path], Any]] = {
-            "cfg": lambda p: srsly.write_json(p, {"format": FORMAT, **self.cfg}),
+            "cfg": lambda p: srsly.write_json(p, self._saved_cfg()),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         for shim in self.encoder.shims:
@@ -426,8 +430,9 @@ class ContextualEmbedder(TrainablePipe):
 
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         path = Path(path)
+        saved_cfg: Dict[str, Any] = {}
         with named_errors(self.name):
-            from_disk(path, {"cfg": self._read_cfg}, exclude)
+            from_disk(path, {"cfg": lambda p: saved_cfg.update(self._read_cfg(p))}, exclude)
             for shim in self.encoder.shims:
                 if MODEL_DIR in exclude:
                     break
@@ -437,7 +442,8 @@ class ContextualEmbedder(TrainablePipe):
                                       "the saved pipeline has no model folder here; it cannot load without it")
                 cast(Any, shim).load_dir(path / MODEL_DIR)
             if "combiner" not in exclude and (path / "combiner").is_file():
-                self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"))
+                self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"),
+                                    saved_cfg.get(LAYERS_KEY))
             elif "combiner" not in exclude and self.combiner.param_names:
                 raise bad_setting(self.name, "combiner", str(path / "combiner"), "the combiner's weights are missing")
             self._after_loading(str(path / "combiner"))
@@ -447,7 +453,7 @@ class ContextualEmbedder(TrainablePipe):
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
         self.ensure_loaded()
-        return srsly.msgpack_dumps({"cfg": {"format": FORMAT, **self.cfg}, "model": self.model.to_bytes()})
+        return srsly.msgpack_dumps({"cfg": self._saved_cfg(), "model": self.model.to_bytes()})
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         with named_errors(self.name):
@@ -456,9 +462,14 @@ class ContextualEmbedder(TrainablePipe):
             except Exception as err:  # noqa: BLE001 - any decoding failure means "not ours"
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                   f"not a serialized ctxembed component ({type(err).__name__})") from None
+            if _is_v1_bytes(msg):
+                # 0.1 packed the files of its to_disk into one msgpack dict; from_disk reads them.
+                return self._from_v1_bytes(msg, exclude)
             if not isinstance(msg, dict) or "model" not in msg:
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes", "not a serialized ctxembed component")
-            self._check_format(msg.get("cfg", {}), "bytes")
+            cfg = msg.get("cfg", {})
+            self._check_format(cfg, "bytes")
+            self._check_saved_combiner(self._saved_combiner_nodes(msg["model"]), "bytes")
             try:
                 self.model.from_bytes(msg["model"])
             except SettingError:
@@ -466,16 +477,54 @@ class ContextualEmbedder(TrainablePipe):
             except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                   f"not a serialized ctxembed model ({type(err).__name__}: {err})") from None
+            self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
             self._after_loading("bytes")
         self._model_loaded()
         return self
 
-    def _read_cfg(self, path: Path) -> None:
+    def _from_v1_bytes(self, files: Dict[str, bytes], exclude: Iterable[str]) -> "ContextualEmbedder":
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp).resolve()
+            for rel, data in files.items():
+                target = (root / rel).resolve()
+                if root not in target.parents:
+                    raise bad_setting(self.name, "bytes", rel, "a file outside the component: not loaded")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            # 0.1 read no cfg back, so a blob written with exclude=["cfg"] loaded; it still does.
+            exclude = [*exclude, *([] if "cfg" in files else ["cfg"])]
+            return self.from_disk(root, exclude=exclude)
+
+    def _saved_cfg(self) -> Dict[str, Any]:
+        """The cfg file: the layout's version, the settings (for reference only: the
+        config's are used) and the encoder layers that the combiner's weights are for."""
+        return {"format": FORMAT, **self.cfg, LAYERS_KEY: _selected_layers(self.encoder)}
+
+    def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
+        """The saved nodes of the combiner in the bytes of the whole model; None where
+        the bytes are not such a model (from_bytes reports that itself)."""
+        try:
+            saved = srsly.msgpack_loads(model_bytes)["nodes"]
+        except Exception:  # noqa: BLE001
+            return None
+        nodes = list(self.model.walk())
+        if not isinstance(saved, list) or len(saved) != len(nodes):
+            return None
+        combiner = [id(node) for node in self.combiner.walk()]
+        return [saved[i] for i, node in enumerate(nodes) if id(node) in combiner]
+
+    def _read_cfg(self, path: Path) -> Dict[str, Any]:
+        if not path.parent.is_dir():
+            raise bad_setting(self.name, "cfg", str(path), f"the component's folder {str(path.parent)!r} is missing "
+                              "(was the pipeline saved with this component in `exclude`?)")
+        if not path.is_file():
+            raise bad_setting(self.name, "cfg", str(path), "the file is missing")
         try:
             cfg = srsly.read_json(path)
         except Exception as err:  # noqa: BLE001
             raise bad_setting(self.name, "cfg", str(path), f"not valid JSON ({type(err).__name__})") from None
         self._check_format(cfg, str(path))
+        return cfg
 
     def _check_format(self, cfg: Any, source: str) -> None:
         """The saved layout must be one this version reads. The settings come from
@@ -508,13 +557,43 @@ class ContextualEmbedder(TrainablePipe):
             if not bool(xp.isfinite(value).all()):
                 raise bad_setting(self.name, "combiner", source, f"weight {name!r} has non-finite values")
 
-    def _load_combiner(self, data: bytes, source: str) -> None:
-        saved, current = _saved_dim(data, "nL"), self.combiner.maybe_get_dim("nL")
-        if saved is not None and current is not None and saved != current:
+    def _check_saved_combiner(self, saved: Optional[List[Dict[str, Any]]], source: str) -> None:
+        """The saved combiner must be the one the config builds, for as many layers.
+
+        A user may edit the saved pipeline's config.cfg: thinc would load the
+        weights into whatever combiner it names (and take the saved node name),
+        so a trained mix would be dropped silently, or fail at the first call.
+        """
+        if not saved:
+            return
+        names = [node.get("name") if isinstance(node, dict) else None for node in saved]
+        current_names = [node.name for node in self.combiner.walk()]
+        if names != current_names:
+            was, now = (names[0], current_names[0]) if names[0] != current_names[0] else (names, current_names)
+            raise bad_setting(self.name, "combiner", source,
+                              f"it was saved as {was}, but the config's [model.combiner] is {now}: put back "
+                              "the combiner it was saved with, or train the pipeline again")
+        n_saved, n_current = _saved_dim(saved[0], "nL"), self.combiner.maybe_get_dim("nL")
+        if n_saved is not None and n_current is not None and n_saved != n_current:
             # A user edited `layers` in the saved pipeline's config.cfg.
             raise bad_setting(self.name, "combiner", source,
-                              f"it was saved for {saved} layer(s), but the config's layers select {current}: "
+                              f"it was saved for {n_saved} layer(s), but the config's layers select {n_current}: "
                               "put back the layers it was saved with, or train the pipeline again")
+
+    def _check_saved_layers(self, saved: Any, source: str) -> None:
+        """The config's layers must be the ones the combiner was saved for, not just
+        as many: mixing weights trained for one layer apply to that layer only.
+        A cfg written before the layers were recorded has only the count check."""
+        current = _selected_layers(self.encoder)
+        if not isinstance(saved, list) or current is None or saved == current:
+            return
+        raise bad_setting(self.name, "combiner", source,
+                          f"it was saved for layers {saved}, but the config's layers select {current}: "
+                          "put back the layers it was saved with, or train the pipeline again")
+
+    def _load_combiner(self, data: bytes, source: str, saved_layers: Any = None) -> None:
+        self._check_saved_combiner(_saved_nodes(data), source)
+        self._check_saved_layers(saved_layers, source)
         try:
             self.combiner.from_bytes(data)
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
@@ -522,14 +601,43 @@ class ContextualEmbedder(TrainablePipe):
                               f"not a combiner saved by spacy-ctxembed ({type(err).__name__}: {err})") from None
 
 
-def _saved_dim(data: bytes, name: str) -> Optional[int]:
-    """Dimension `name` of the top node of a Thinc model saved with `to_bytes`;
-    None where the bytes are not such a model or do not say."""
+def _saved_nodes(data: bytes) -> Optional[List[Dict[str, Any]]]:
+    """The nodes (name, dims) of a Thinc model saved with `to_bytes`; None where
+    the bytes are not such a model (from_bytes reports that itself)."""
     try:
-        value = srsly.msgpack_loads(data)["nodes"][0]["dims"].get(name)
-    except Exception:  # noqa: BLE001 - anything else is reported by from_bytes itself
+        nodes = srsly.msgpack_loads(data)["nodes"]
+    except Exception:  # noqa: BLE001
         return None
-    return value if isinstance(value, int) else None
+    return nodes if isinstance(nodes, list) else None
+
+
+def _saved_dim(node: Any, name: str) -> Optional[int]:
+    """Dimension `name` of a saved node; None where it does not say."""
+    dims = node.get("dims") if isinstance(node, dict) else None
+    value = dims.get(name) if isinstance(dims, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _selected_layers(encoder: Model) -> Optional[List[int]]:
+    """The encoder layers the component combines, as non-negative indices; None
+    where that is not known (weights not loaded; negative indices into an
+    upstream transformer, whose depth is known only from its outputs)."""
+    for shim in encoder.shims:  # (BERT, ELMo: resolved against the loaded model)
+        layers = getattr(shim, "layers", None)
+        return [int(i) for i in layers] if layers else None
+    settings = encoder.attrs.get("settings")
+    layers = settings.get("layers") if isinstance(settings, dict) else None
+    if isinstance(layers, list) and layers and all(isinstance(i, int) and i >= 0 for i in layers):
+        return list(layers)
+    return None
+
+
+def _is_v1_bytes(msg: Any) -> bool:
+    """Whether `msg` is what spacy-ctxembed 0.1's `to_bytes` wrote: its `to_disk`
+    files, {"cfg": ..., "combiner": ..., "model/...": ...}, each as bytes."""
+    return (isinstance(msg, dict) and bool(msg) and "model" not in msg
+            and all(isinstance(k, str) and isinstance(v, bytes) for k, v in msg.items())
+            and all(k in ("cfg", "combiner") or k.startswith(MODEL_DIR + "/") for k in msg))
 
 
 def _upstream_width(encoder: Model, nlp: Language) -> None:

@@ -1,0 +1,137 @@
+"""A listener after loading: the config's settings win over the saved bytes, and an
+upstream that is excluded or disabled is named, never replaced by zero features."""
+import numpy
+import pytest
+import spacy
+import srsly
+import torch
+from spacy.training import Example
+from thinc.api import SGD, Adam, Linear, Model, with_array
+
+from spacy_ctxembed.models.listener import scale_gradient
+
+from .conftest import ctx_config
+
+WORDS = ["I", "ran", "to", "the", "park"]
+TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
+TEXT = " ".join(WORDS)
+NO_UPSTREAM = r"ContextualListener upstream = '\*': no ctxembed component of that name comes before"
+NOT_RUN = r"ContextualListener upstream = '\*': doc has no layers from upstream 'ctxembed_bert', which did not run"
+
+
+def _pipeline(tiny_bert_dir, *, disabled_at_initialize=False):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}})
+    examples = [Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS})]
+    if disabled_at_initialize:
+        # As `spacy train` initialises a pipeline with a frozen upstream: linked, then
+        # initialised with it disabled; the tagger is initialised on docs it never annotated.
+        with nlp.select_pipes(disable=["ctxembed_bert"]):
+            nlp.initialize(lambda: examples)
+    else:
+        nlp.initialize(lambda: examples)
+    return nlp, examples
+
+
+def _trained(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir)
+    optimizer = nlp.resume_training()
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    assert [t.tag_ for t in nlp(TEXT)] == TAGS
+    return nlp, examples
+
+
+# Settings from the config -------------------------------------------------------
+
+
+def _private_encoder(nlp):
+    return next(shim for node in nlp.get_pipe("tagger").model.walk() for shim in node.shims)._model
+
+
+def _step_moves_private_encoder(nlp, examples) -> bool:
+    encoder = _private_encoder(nlp)
+    before = {k: v.detach().clone() for k, v in encoder.named_parameters()}
+    nlp.update(examples, sgd=False, exclude=["ctxembed_bert"])
+    # Weight decay moves a weight even on a zero gradient: only no gradient at all leaves it.
+    nlp.get_pipe("tagger").finish_update(Adam(0.01, L2=0.01, L2_is_weight_decay=True, grad_clip=0.0))
+    return any(not torch.equal(before[k], v.detach()) for k, v in encoder.named_parameters())
+
+
+def test_an_edited_grad_factor_of_a_saved_replaced_listener_is_used(tiny_bert_dir, tmp_path):
+    """A saved pipeline after replace_listeners, its config edited to grad_factor = 0
+    (do not train the tagger's copy of the encoder): loaded, it is not trained, as one
+    built from that config is not. The bytes, saved with 1.0, used to win."""
+    nlp, examples = _pipeline(tiny_bert_dir)
+    nlp.update(examples, sgd=False)
+    for _, proc in nlp.pipeline:  # one step past the tagger's zero softmax, so the encoder gets a gradient
+        proc.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.to_disk(tmp_path / "p")
+    assert _step_moves_private_encoder(spacy.load(tmp_path / "p"), examples)  # as saved: it trains
+    config = (tmp_path / "p" / "config.cfg").read_text()
+    assert config.count("grad_factor = 1.0") == 1
+    (tmp_path / "p" / "config.cfg").write_text(config.replace("grad_factor = 1.0", "grad_factor = 0.0"))
+    edited = spacy.load(tmp_path / "p")
+    assert edited.config["components"]["tagger"]["model"]["tok2vec"]["grad_factor"] == 0.0
+    assert not _step_moves_private_encoder(edited, examples)
+
+
+def test_gradient_scaler_keeps_its_settings_over_saved_ones():
+    """Bytes of a gradient scaler saved with factor 1 (as every version wrote them:
+    its settings as plain attrs) load into one built with factor 0.5: it scales by 0.5."""
+    X = [numpy.ones((3, 4), dtype="float32")]
+    dY = [numpy.ones((3, 2), dtype="float32")]
+    layer = with_array(Linear(2, 4))
+    layer.initialize(X=X)
+    plain = layer.begin_update(X)[1](dY)[0]  # the layer's own gradient: the reference
+    saved = Model("ctxembed-grad-factor", lambda model, X, is_train: None, layers=[layer.copy()],
+                  attrs={"grad_factor": 1.0, "frozen": False})
+    assert srsly.msgpack_loads(saved.to_bytes())["attrs"][0] == {
+        "grad_factor": srsly.msgpack_dumps(1.0), "frozen": srsly.msgpack_dumps(False)}
+    model = scale_gradient(layer, 0.5)
+    model.from_bytes(saved.to_bytes())
+    numpy.testing.assert_allclose(model.begin_update(X)[1](dY)[0], 0.5 * plain)
+
+
+# An upstream that is not there ----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exclude", "disable"])
+def test_loaded_pipeline_without_its_upstream_says_so(tiny_bert_dir, tmp_path, how):
+    """Loaded without the embedder, the tagger used to tag every token from zero
+    features (the dims it restores from its bytes hid that nothing feeds it);
+    it says what is missing, as the same pipeline never saved does."""
+    nlp, _ = _trained(tiny_bert_dir)
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p", **{how: ["ctxembed_bert"]})
+    with pytest.raises(ValueError, match=NO_UPSTREAM if how == "exclude" else NOT_RUN):
+        loaded(TEXT)
+    if how == "disable":
+        loaded.enable_pipe("ctxembed_bert")
+        assert [t.tag_ for t in loaded(TEXT)] == TAGS
+
+
+def test_disabled_upstream_in_memory_says_so(tiny_bert_dir):
+    """select_pipes(disable=...) and disable_pipe: prediction says the upstream did
+    not run rather than tag from zeros; enabled again, the tags are as before.
+    Initialising with the upstream disabled (as `spacy train` does with a frozen
+    one) still works: spaCy initialises the tagger on docs nothing annotated."""
+    nlp, examples = _pipeline(tiny_bert_dir, disabled_at_initialize=True)
+    optimizer = nlp.resume_training()
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+    assert [t.tag_ for t in nlp(TEXT)] == TAGS
+    with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match=NOT_RUN):
+        nlp(TEXT)
+    assert [t.tag_ for t in nlp(TEXT)] == TAGS
+    nlp.disable_pipe("ctxembed_bert")
+    with pytest.raises(ValueError, match=NOT_RUN):
+        nlp(TEXT)
+    with pytest.raises(ValueError, match=NOT_RUN):  # nor the tagger called on a doc the pipeline did not make
+        nlp.get_pipe("tagger")(nlp.make_doc(TEXT))
+    nlp.enable_pipe("ctxembed_bert")
+    assert [t.tag_ for t in nlp(TEXT)] == TAGS
