@@ -53,18 +53,26 @@ class PieceAlignment:
         return mask
 
     def piece_may_start_segment(self) -> numpy.ndarray:
-        """Boolean mask over pieces: True where no token spans pieces p-1 and p.
+        """Boolean mask over pieces: True where no token has pieces on both sides
+        of a cut just before piece p.
 
-        Cutting the piece sequence just before such a piece keeps every token's
-        pieces on one side of the cut.
+        Cutting the piece sequence there keeps every token's pieces on one side
+        of the cut. Pieces that feed no token (a byte-level BPE's lone "Ġ"
+        between two spaces, with an empty character span) may sit inside a
+        token's run of pieces: comparing p-1 with p only would allow a cut next
+        to them, so the tokens on each side are compared as a whole.
         """
         first = numpy.full(self.n_pieces, numpy.iinfo("int64").max, dtype="int64")
         last = numpy.full(self.n_pieces, -1, dtype="int64")
         numpy.minimum.at(first, self.piece_index, self.token_index)
         numpy.maximum.at(last, self.piece_index, self.token_index)
         ok = numpy.ones(self.n_pieces, dtype=bool)
-        # A cut before p is safe unless the last token of p-1 reaches into p.
-        ok[1:] = last[:-1] < first[1:]
+        if self.n_pieces > 1:
+            # Tokens come in piece order: a cut before p is safe where every token
+            # before it is below every token from p on.
+            last_before = numpy.maximum.accumulate(last)[:-1]
+            first_after = numpy.minimum.accumulate(first[::-1])[::-1][1:]
+            ok[1:] = last_before < first_after
         return ok
 
 

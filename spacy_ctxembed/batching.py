@@ -1,7 +1,8 @@
 """Cutting work into forward batches, and overlapping host preparation with device compute."""
+import contextlib
 import contextvars
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy
 
@@ -69,6 +70,7 @@ def prefetched(produce: Callable[[T], U], items: Sequence[T], *, overlap: bool =
         for item in items:
             yield produce(item)
         return
+    produce = on_caller_devices(produce)  # (its staging, e.g. pinned memory, on the caller's GPU)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-prefetch") as pool:
         pending = pool.submit(produce, items[0])
         for item in items[1:]:
@@ -124,3 +126,32 @@ def computed_ahead(
             if following is sentinel:
                 return
             current = following
+
+
+def on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`function`, to run in another thread (`prefetched`, `computed_ahead`) on
+    the caller's current CUDA devices.
+
+    torch's and CuPy's current devices are per thread and a new thread starts
+    on device 0, so a pipeline on GPU 1 would otherwise allocate its outputs
+    on GPU 0.
+    """
+    import torch
+    from thinc.util import has_cupy_gpu
+
+    torch_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    cupy_device = None
+    if has_cupy_gpu:
+        import cupy
+
+        cupy_device = cupy.cuda.Device().id
+
+    def on_devices(item: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            if torch_device is not None:
+                stack.enter_context(torch.cuda.device(torch_device))
+            if cupy_device is not None:
+                stack.enter_context(cupy.cuda.Device(cupy_device))
+            return function(item)
+
+    return on_devices

@@ -261,11 +261,15 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
             f"{v.shape[-1]}), so they come from different models (a ctxembed component's and static "
             "vectors, or two ctxembed models); compare vectors of one model"
         )
+    if type(u) is not type(v):
+        # A host doc (from a DocBin, say) and a GPU doc: numpy refuses cupy
+        # arrays, so both go to the host (one vector each).
+        u, v = _to_numpy(u), _to_numpy(v)
     xp = get_array_module(u)
     norms = float(xp.linalg.norm(u)) * float(xp.linalg.norm(v))
     if norms == 0.0:
         return 0.0
-    return float(xp.dot(u, xp.asarray(v))) / norms
+    return float(xp.dot(u, v)) / norms
 
 
 def _named(item: Any) -> str:
@@ -432,9 +436,12 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict
     """One component's rows for the tokens with character spans [starts, ends)."""
     old_starts = numpy.concatenate([numpy.asarray(p["starts"], dtype="int64") + origin for origin, p in parts])
     old_ends = numpy.concatenate([numpy.asarray(p["ends"], dtype="int64") + origin for origin, p in parts])
-    vectors = _concat([p["vectors"] for _, p in parts], axis=0)
     has_layers = all(p.get("layers") is not None for _, p in parts)
-    layers = _concat([p["layers"] for _, p in parts], axis=1) if has_layers else None
+    arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
+    # Docs joined from the host and from the GPU (Doc.from_docs): all on the host.
+    on_host = len({type(a) for a in arrays}) > 1
+    vectors = _concat([p["vectors"] for _, p in parts], axis=0, on_host=on_host)
+    layers = _concat([p["layers"] for _, p in parts], axis=1, on_host=on_host) if has_layers else None
     if len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends):
         return {"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}
     xp = get_array_module(vectors)
@@ -466,11 +473,16 @@ def _segment_mean(xp, values, tokens: numpy.ndarray, rows: numpy.ndarray, counts
     return out
 
 
-def _concat(arrays: List[Any], axis: int):
+def _concat(arrays: List[Any], axis: int, on_host: bool = False):
+    """The arrays joined along `axis`; on the host if `on_host` or if they are
+    not all of one type (numpy cannot take cupy arrays, and a GPU doc joined
+    with a host doc is no reason to move the host's part to the GPU)."""
+    if on_host or len({type(a) for a in arrays}) > 1:
+        arrays = [_to_numpy(a) for a in arrays]
     if len(arrays) == 1:
         return arrays[0]
     xp = get_array_module(arrays[0])
-    return xp.concatenate([xp.asarray(a) for a in arrays], axis=axis)
+    return xp.concatenate(arrays, axis=axis)
 
 
 def _data(doc: Doc) -> Dict[Any, Any]:

@@ -3,7 +3,7 @@ import spacy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spacy_ctxembed.alignment import align_pieces, token_char_spans
+from spacy_ctxembed.alignment import PieceAlignment, align_pieces, token_char_spans
 
 from .reference import token_pieces
 
@@ -62,3 +62,34 @@ def test_cut_points_keep_tokens_whole():
     # piece 1 straddles tokens 0 and 1: no cut before piece 1 or piece 2
     alignment = align_pieces([0, 1, 3, 5], [1, 3, 4, 6], [0, 2, 5], [2, 4, 6])
     assert list(alignment.piece_may_start_segment()) == [True, False, False, True]
+
+
+def test_cut_points_keep_tokens_whole_across_pieces_that_feed_no_token():
+    """A byte-level BPE gives a lone "Ġ" between two spaces an empty span: inside
+    the token "New  York" (pieces 1-4, piece 2 feeds nothing), neither a cut
+    before piece 2 nor one before piece 3 keeps the token whole."""
+    alignment = PieceAlignment(numpy.array([0, 1, 1, 1, 2]), numpy.array([0, 1, 3, 4, 5]), 3, 6)
+    assert list(alignment.piece_may_start_segment()) == [True, True, False, False, False, True]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), max_size=12), st.integers(0, 3))
+def test_cut_points_equal_a_brute_force_reading_of_the_rule(tokens, trailing):
+    """Tokens of 0-3 pieces each, with 0-2 pieces that feed nothing after each
+    piece run: a cut before p is allowed exactly where no token has pieces on
+    both sides of it."""
+    token_index, piece_index, n_pieces = [], [], 0
+    for t, (n_own, n_loose) in enumerate(tokens):
+        for k in range(n_own):  # loose pieces may also sit inside the token's run
+            token_index.append(t)
+            piece_index.append(n_pieces)
+            n_pieces += 1 + (n_loose if k == 0 and n_own > 1 else 0)
+        n_pieces += n_loose
+    n_pieces += trailing
+    alignment = PieceAlignment(numpy.array(token_index, dtype="int64"), numpy.array(piece_index, dtype="int64"),
+                               len(tokens), n_pieces)
+    expected = [all(not (any(p < cut for p in pieces) and any(p >= cut for p in pieces))
+                    for pieces in ([p for t2, p in zip(token_index, piece_index) if t2 == t]
+                                   for t in range(len(tokens))))
+                for cut in range(n_pieces)]
+    assert list(alignment.piece_may_start_segment()) == expected

@@ -280,3 +280,74 @@ def test_distinct_words_against_a_dict(sentences):
     assert len(words) == len(expected) == len({tuple(r) for r in words.tolist()})
     # In lexicographic order, as torch.unique(dim=0) gives them (the CNN's batches stay as they were).
     assert [tuple(r) for r in words.tolist()] == sorted(expected)
+
+
+# The character convolutions of the full-size configuration (char_dim 16, filter
+# widths 1..7 with up to 1024 filters) and of the tiny fixture's (char_dim 4).
+CONV_SHAPES = [(16, width, n) for width, n in [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)]]
+CONV_SHAPES += [(4, 1, 4), (4, 2, 4), (4, 3, 8)]
+
+
+@pytest.mark.parametrize("char_dim, width, n_filters", CONV_SHAPES)
+def test_unfolded_convolution_equals_conv1d(char_dim, width, n_filters):
+    """The CUDA path's convolution (unfold + matmul, which follows the matmul
+    precision, not cuDNN's TF32 default) against F.conv1d, here on CPU tensors."""
+    import torch
+    import torch.nn.functional as F
+
+    from spacy_ctxembed.models.elmo_net import conv1d_unfolded
+
+    generator = torch.Generator().manual_seed(width * 1000 + n_filters)
+    # Scaled as the fixture's weights: embeddings ~N(0, 1), kernels ~N(0, 1/(width * char_dim)).
+    inputs = torch.randn((64, char_dim, 50), generator=generator)
+    weight = torch.randn((n_filters, char_dim, width), generator=generator) / (width * char_dim) ** 0.5
+    bias = torch.randn((n_filters,), generator=generator) * 0.1
+    out = conv1d_unfolded(inputs, weight, bias)
+    expected = F.conv1d(inputs.double(), weight.double(), bias.double())
+    assert out.shape == expected.shape == (64, n_filters, 50 - width + 1)
+    # To 1e-6 of the outputs' scale (|out| up to ~6): an absolute 1e-6 is a few
+    # float32 ulps there, which fp32 F.conv1d itself is off by (2.5e-6 at most
+    # here). A wrong layout would be off by O(1), TF32 by ~1e-3.
+    scale = float(expected.abs().max())
+    numpy.testing.assert_allclose(out.double().numpy(), expected.numpy(), atol=1e-6 * scale, rtol=0)
+
+
+def test_a_batch_outputs_are_freed_before_the_next_batch_runs(elmo_files, monkeypatch):
+    """Each biLM batch's outputs (every layer, padding included) are dropped once
+    copied out: alive while the next batch runs, they would add a batch's worth
+    to the peak memory."""
+    import weakref
+
+    nlp = elmo_nlp(elmo_files, max_batch_items=12)
+    net = nlp.get_pipe("ctxembed_elmo").encoder.shims[0].get_net()
+    run_batch = net.forward
+    outputs: list = []
+    alive_at_call = []
+
+    def forward(*args, **kwargs):
+        alive_at_call.append(sum(ref() is not None for ref in outputs))
+        layers = run_batch(*args, **kwargs)
+        outputs.extend(weakref.ref(layer) for layer in layers)
+        return layers
+
+    monkeypatch.setattr(net, "forward", forward)
+    texts = ["one two three", "four five six seven", "eight nine", "ten eleven twelve thirteen", "fourteen"]
+    docs = list(nlp.pipe(texts, batch_size=len(texts)))
+    assert len(alive_at_call) > 2  # several batches, or nothing was tested
+    assert alive_at_call == [0] * len(alive_at_call)
+    monkeypatch.undo()
+    for text, doc in zip(texts, docs):  # and the outputs are still each doc's own
+        numpy.testing.assert_allclose(doc._.ctx_layers, nlp(text)._.ctx_layers, atol=ATOL, rtol=0)
+
+
+def test_each_docs_output_owns_its_memory(nlp_elmo):
+    # One array serves all the docs of a call: a doc's output must not be a view
+    # into it, or keeping one doc would keep them all. A single doc's output is
+    # that array itself.
+    shim = nlp_elmo.get_pipe("ctxembed_elmo").encoder.shims[0]
+    texts = ["The cat sat on the mat", "", "Two words", "Hello   world\n\nagain"]
+    for docs in ([nlp_elmo.make_doc(t) for t in texts], [nlp_elmo.make_doc(texts[0])]):
+        outputs = shim.embed(docs, False)
+        for doc, out in zip(docs, outputs):
+            assert out.shape == (3, len(doc), 16) and out.is_contiguous()
+            assert out.untyped_storage().nbytes() == out.numel() * out.element_size()

@@ -20,6 +20,7 @@ from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, r
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import (
     SHAPE_BUCKET,
+    _needs_no_mask,
     _takes_broadcast_mask,
     _top_state_is_last,
     batch_items_for_memory,
@@ -135,14 +136,29 @@ def test_shape_buckets_leave_fp32_vectors_unchanged(tiny_bert_dir):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_shape_buckets_keep_every_batch_within_the_budget(tiny_bert_dir):
+    """The budget counted a batch at its longest window's length, and the rows were
+    then padded to the bucket: one-word docs (3 pieces framed, padded to 64) made
+    batches of ~21x `max_batch_items` with half precision."""
+    nlp = make_nlp(tiny_bert_dir, max_batch_items=256)
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(word) for word in ("cat", "a dog", "the mat here", "x") * 50]
+    with _switched(runner, "bucket_shapes", True):
+        batches = runner.prepare(docs).batches
+    shapes = [tuple(batch.input_ids.shape) for batch in batches]
+    assert all(width % SHAPE_BUCKET == 0 for _, width in shapes)
+    assert all(rows * width <= runner.max_batch_items for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == len(docs)
+
+
 def test_broadcast_mask_gives_the_2d_masks_vectors(nlp):
     runner = _runner(nlp)
     assert runner.broadcast_mask
     docs = [nlp.make_doc(t) for t in TEXTS]
-    assert any(b.attention_mask.dim() == 3 for b in runner.prepare(docs).batches)
+    assert any(b.attention_mask is not None and b.attention_mask.dim() == 3 for b in runner.prepare(docs).batches)
     broadcast = runner.embed(docs)
     with _switched(runner, "broadcast_mask", False):
-        assert all(b.attention_mask.dim() == 2 for b in runner.prepare(docs).batches)
+        assert all(b.attention_mask is None or b.attention_mask.dim() == 2 for b in runner.prepare(docs).batches)
         two_d = runner.embed(docs)
     for a, b in zip(broadcast, two_d):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -165,6 +181,47 @@ def test_broadcast_mask_is_refused_where_the_model_would_ignore_it(tiny_bert_dir
     probe = runner.probe_batch()
     assert _takes_broadcast_mask(runner.runner, *probe)
     assert not _takes_broadcast_mask(DropsThreeD(runner.runner), *probe)
+
+
+def test_unpadded_batches_go_without_a_mask_and_give_the_masks_vectors(nlp):
+    """transformers finds out that an all-ones mask can be dropped with a check on
+    the host (a wait for the GPU per batch); an unpadded batch goes without one."""
+    runner = _runner(nlp)
+    assert runner.unpadded_without_mask
+    docs = [nlp.make_doc(t) for t in TEXTS]
+    batches = runner.prepare(docs).batches
+    assert any(b.attention_mask is None for b in batches) and any(b.attention_mask is not None for b in batches)
+    assert all(b.attention_mask is None or not bool(b.attention_mask.all()) for b in batches)
+    without = runner.embed(docs)
+    with _switched(runner, "unpadded_without_mask", False):
+        assert all(b.attention_mask is not None for b in runner.prepare(docs).batches)
+        with_mask = runner.embed(docs)
+    for a, b in zip(without, with_mask):
+        assert torch.equal(a, b)
+
+
+def test_a_model_that_needs_its_mask_keeps_it(tiny_bert_dir):
+    """A model that fails without a mask, or reads no mask as another one (here:
+    only the first piece), keeps getting its all-ones mask."""
+    runner = _runner(make_nlp(tiny_bert_dir))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner, fails):
+            super().__init__()
+            self.inner, self.fails = inner, fails
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            if attention_mask is None:
+                if self.fails:
+                    raise TypeError("attention_mask is required")
+                attention_mask = torch.zeros_like(input_ids)
+                attention_mask[:, 0] = 1
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    probe = runner.probe_batch()
+    assert _needs_no_mask(runner.runner, *probe)
+    assert not _needs_no_mask(Wrapped(runner.runner, fails=True), *probe)
+    assert not _needs_no_mask(Wrapped(runner.runner, fails=False), *probe)
 
 
 @pytest.mark.parametrize("layers", [[-1], [0], [1]])

@@ -5,7 +5,7 @@ import spacy
 import torch
 
 from spacy_ctxembed.models.bert import get_encoder
-from spacy_ctxembed.pipeline.feature_cache import FeatureCache, doc_key
+from spacy_ctxembed.pipeline.feature_cache import ENTRY_OVERHEAD, FeatureCache, doc_key
 
 from .conftest import ctx_config
 
@@ -51,13 +51,124 @@ def test_changed_tokens_or_text_miss(tiny_bert_dir):
 
 
 def test_cache_is_bounded():
-    cache = FeatureCache(max_bytes=1000)
+    cache = FeatureCache(max_bytes=2000)
     for i in range(50):
-        cache.put(i, numpy.zeros((1, 2, 50), dtype="float32"))  # 400 bytes each
-        assert cache.nbytes <= 1000
+        cache.put(i, numpy.zeros((1, 2, 50), dtype="float32"))  # 400 bytes of data each
+        assert cache.nbytes <= 2000
     assert len(cache) == 2 and 49 in cache and 48 in cache and 0 not in cache
     cache.put("huge", numpy.zeros((1, 1, 1000), dtype="float32"))  # larger than the budget
-    assert "huge" not in cache and cache.nbytes <= 1000
+    assert "huge" not in cache and cache.nbytes <= 2000
+
+
+def test_many_small_entries_stay_within_the_budget():
+    """Only the arrays' data was counted: 8,192 one-token entries under a 1 MB
+    budget held 4 MB (the array objects, keys and the LRU's nodes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        cache = FeatureCache(max_bytes=2**20)
+        for i in range(20_000):
+            cache.put((f"model-{i}", bytes(16)), numpy.zeros((1, 1, 32), dtype="float32"))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) < 20_000 and held <= 1.1 * 2**20
+
+
+def _swapped(shim, factor=1.5):
+    """An optimizer's averages for `shim`'s weights, in thinc's key form for PyTorch shims."""
+    from thinc.api import torch2xp
+
+    return {f"pytorch_{shim.id}_{name}": torch2xp(value * factor) for name, value in shim._model.state_dict().items()}
+
+
+def test_use_params_never_serves_entries_of_other_weights(tiny_bert_dir):
+    """spaCy evaluates a fine-tuned model under `nlp.use_params(averages)`: inside the
+    block the cache served the vectors of the weights before it, and after it the
+    vectors of the averaged weights."""
+    cached, plain = _nlp(tiny_bert_dir), _nlp(tiny_bert_dir, cache_mb=0)
+    shims = [nlp.get_pipe("ctxembed_bert").encoder.shims[0] for nlp in (cached, plain)]
+    seen_before, seen_inside = TEXTS[0], TEXTS[1]
+    cached(seen_before)
+    with cached.use_params(_swapped(shims[0])), plain.use_params(_swapped(shims[1])):
+        for text in (seen_before, seen_inside):
+            expected = plain(text)._.ctx_layers
+            numpy.testing.assert_allclose(cached(text)._.ctx_layers, expected, atol=1e-6)
+    for text in (seen_before, seen_inside):
+        numpy.testing.assert_allclose(cached(text)._.ctx_layers, plain(text)._.ctx_layers, atol=1e-6)
+    assert not numpy.allclose(plain(seen_inside)._.ctx_layers, expected)  # the premise: the weights mattered
+    # Averages that do not name the encoder's weights (a frozen encoder's) keep the cache.
+    assert len(cached.get_pipe("ctxembed_bert").cache) > 0
+    with cached.use_params({("other", "W"): numpy.zeros(1)}):
+        assert len(cached.get_pipe("ctxembed_bert").cache) > 0
+
+
+def test_loading_another_tokenizer_or_elmo_options_never_hits(tiny_bert_dir, tmp_path):
+    """The same settings and weights with another tokenizer (here another
+    model_max_length: other windows), or ELMo weights with another options file
+    (clipping), loaded into a component: its cache served the old vectors."""
+    import copy
+    import json
+    import shutil
+
+    from .elmo_fixture import SMALL, write_elmo_fixture
+
+    text = " ".join(["I ran to the park and then I ran some significance tests ."] * 3)
+    short = tmp_path / "short"
+    shutil.copytree(tiny_bert_dir, short)
+    tokenizer_config = json.loads((short / "tokenizer_config.json").read_text())
+    tokenizer_config["model_max_length"] = 16
+    (short / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+
+    other = copy.deepcopy(SMALL)
+    other["lstm"]["cell_clip"] = other["lstm"]["proj_clip"] = 0.05
+
+    def elmo(directory, options=None):
+        options_file, weight_file = write_elmo_fixture(directory, options=options)  # one seed: the same weights
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options_file), weight_file=str(weight_file),
+                                                        cache_mb=16))
+        nlp.initialize()
+        return nlp
+
+    for nlp, source in ((_nlp(tiny_bert_dir), _nlp(short)), (elmo(tmp_path / "a"), elmo(tmp_path / "b", other))):
+        name = nlp.pipe_names[0]
+        before = nlp(text)._.ctx_vectors
+        expected = source(text)._.ctx_vectors
+        assert not numpy.allclose(before, expected, atol=1e-4)  # the premise: other outputs
+        nlp.get_pipe(name).from_bytes(source.get_pipe(name).to_bytes())
+        numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, expected, atol=1e-6)
+
+
+def test_sentences_from_a_user_hook_are_never_cached(tmp_path):
+    """ELMo embeds each of `doc.sents`, which a user hook may give; the key holds
+    the SENT_START array only, so such docs go past the cache."""
+    from spacy.tokens import Doc
+
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path)
+
+    def elmo(cache_mb):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                        cache_mb=cache_mb))
+        nlp.initialize()
+        return nlp
+
+    cached, fresh = elmo(16), elmo(0)
+    words = ["I", "ran", "home", "then", "I", "slept", "well"]
+
+    def hooked(nlp):
+        doc = Doc(nlp.vocab, words=words)
+        doc.user_hooks["sents"] = lambda d: iter([d[0:3], d[3:]])
+        return doc
+
+    cached(Doc(cached.vocab, words=words))  # the same doc without the hook: cached
+    numpy.testing.assert_allclose(cached(hooked(cached))._.ctx_vectors, fresh(hooked(fresh))._.ctx_vectors, atol=1e-6)
+    assert len(cached.get_pipe("ctxembed_elmo").cache) == 1
 
 
 def test_changed_settings_or_weights_never_hit(tiny_bert_dir, tmp_path):
@@ -128,6 +239,6 @@ def test_the_cache_holds_host_arrays(tiny_bert_dir):
     nlp(TEXTS[0])
     cache = nlp.get_pipe("ctxembed_bert").cache
     assert all(isinstance(v, numpy.ndarray) for v in cache._entries.values())
-    assert cache.nbytes == sum(v.nbytes for v in cache._entries.values())
+    assert cache.nbytes == sum(v.nbytes + ENTRY_OVERHEAD for v in cache._entries.values())
     with pytest.raises(TypeError, match="host arrays"):
         cache.put("x", torch.zeros(2))

@@ -12,18 +12,24 @@ TEXT = "It was nice out this morning when I ran to the park."
 
 
 @pytest.fixture
-def gpu_nlp():
+def on_gpu():
+    """spaCy's ops (and with them torch's default device) on the GPU, back on the CPU after."""
     cupy = pytest.importorskip("cupy")
     spacy.require_gpu()
     try:
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1]}}, "store_layers": True})
-        nlp.initialize()
-        yield nlp, cupy
+        yield cupy
     finally:
         from thinc.api import NumpyOps, set_current_ops
 
         set_current_ops(NumpyOps())
+
+
+@pytest.fixture
+def gpu_nlp(on_gpu):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1]}}, "store_layers": True})
+    nlp.initialize()
+    yield nlp, on_gpu
 
 
 def test_outputs_stay_on_device(gpu_nlp, hf_reference):
@@ -50,6 +56,7 @@ def test_mixed_precision_is_close(gpu_nlp, precision):
     half.initialize()
     approx = cupy.asnumpy(half(TEXT)._.ctx_vectors)
     assert _min_cosine(approx, exact) > 0.999 and numpy.abs(approx - exact).max() < 5e-2
+    assert not numpy.array_equal(approx, exact)  # autocast ran: half precision is not exact
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
@@ -62,7 +69,8 @@ def test_padded_half_precision_batches_are_close_to_fp32_single_docs(gpu_nlp, pr
     texts = [TEXT, "I ran significance tests.", "A much longer text " * 30]
     runner = get_runner(half.get_pipe("ctxembed_bert").encoder)
     assert runner.broadcast_mask
-    assert all(batch.attention_mask.dim() == 3 for batch in runner.prepare([half.make_doc(t) for t in texts]).batches)
+    masks = [batch.attention_mask for batch in runner.prepare([half.make_doc(t) for t in texts]).batches]
+    assert any(m is not None for m in masks) and all(m is None or m.dim() == 3 for m in masks)  # None: unpadded
     for text, doc in zip(texts, half.pipe(texts)):
         exact = cupy.asnumpy(nlp(text)._.ctx_vectors)
         approx = cupy.asnumpy(doc._.ctx_vectors)
@@ -96,15 +104,22 @@ def _min_cosine(a, b):
 def test_tf32_is_close_and_leaves_the_process_setting_alone(gpu_nlp):
     import torch
 
+    from spacy_ctxembed.models.bert_runner import tf32_matmuls
+
     nlp, cupy = gpu_nlp
     exact = cupy.asnumpy(nlp(TEXT)._.ctx_vectors)
-    before = torch.backends.cuda.matmul.fp32_precision
+    before = torch.get_float32_matmul_precision()
     tf32 = spacy.blank("en")
     tf32.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [0, -1], "precision": "tf32"}}})
     tf32.initialize()
     approx = cupy.asnumpy(tf32(TEXT)._.ctx_vectors)
-    assert torch.backends.cuda.matmul.fp32_precision == before
+    assert torch.get_float32_matmul_precision() == before
     assert _min_cosine(approx, exact) > 0.9999 and numpy.abs(approx - exact).max() < 1e-2
+    if torch.cuda.get_device_capability() >= (8, 0):  # TF32 tensor cores (Ampere and newer)
+        assert not numpy.array_equal(approx, exact)  # the switch took effect
+    with tf32_matmuls():
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
 
 
 def test_run_ahead_pipe_equals_single_docs_on_device(gpu_nlp):
@@ -117,6 +132,7 @@ def test_run_ahead_pipe_equals_single_docs_on_device(gpu_nlp):
 
 
 def test_mixed_precision_fine_tuning_step(gpu_nlp):
+    import torch
     from spacy.training import Example
 
     _, cupy = gpu_nlp
@@ -128,10 +144,22 @@ def test_mixed_precision_fine_tuning_step(gpu_nlp):
     examples = [Example.from_dict(nlp.make_doc("I ran"), {"words": words, "tags": tags})]
     nlp.initialize(lambda: examples)
     optimizer = nlp.resume_training()
+    encoder = get_runner(nlp.get_pipe("ctxembed_bert").encoder).encoder.module
+    before = {name: param.detach().clone() for name, param in encoder.named_parameters()}
+
+    def changed():
+        return [name for name, param in encoder.named_parameters() if not torch.equal(param.detach(), before[name])]
+
     losses = {}
-    for _ in range(3):
+    # A step whose scaled gradients overflow fp16 is skipped and the scale
+    # halved (it starts at 2**16): a few may be; if all were, nothing trains.
+    for _ in range(12):
         nlp.update(examples, sgd=optimizer, losses=losses)
+        if changed():
+            break
     assert numpy.isfinite(losses["tagger"])
+    assert changed(), "no step moved the encoder"
+    assert all(bool(torch.isfinite(param).all()) for param in encoder.parameters())
 
 
 def test_elmo_on_device(gpu_nlp, tmp_path):
@@ -170,15 +198,20 @@ def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
     import torch
 
     nlp, cupy = gpu_nlp
+    # Two allocators: torch's holds the encoder's outputs (doc._.ctx_layers),
+    # cupy's pool the combiner's vectors (doc._.ctx_vectors, doc.tensor).
+    pool = cupy.get_default_memory_pool()
     texts = [TEXT * n for n in range(1, 40)]
     list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
     gc.collect()
-    baseline = torch.cuda.memory_allocated()
+    baseline, pool_baseline = torch.cuda.memory_allocated(), pool.used_bytes()
     docs = list(nlp.pipe(texts, batch_size=8))
     assert torch.cuda.memory_allocated() > baseline  # the docs hold their vectors on the device
+    assert pool.used_bytes() > pool_baseline
     del docs
     gc.collect()
     assert torch.cuda.memory_allocated() == baseline
+    assert pool.used_bytes() == pool_baseline
 
 
 def test_gpu_budget_comes_from_free_memory(gpu_nlp):
@@ -196,3 +229,186 @@ def test_gpu_budget_comes_from_free_memory(gpu_nlp):
     expected = batch_items_for_memory(free, runner.encoder.config, runner.window + runner.n_special)
     assert 4096 <= runner.max_batch_items <= 65536
     assert abs(runner.max_batch_items - expected) <= expected // 10  # free memory moves a little
+
+
+def test_gpu_budget_below_the_clamp_follows_free_memory(gpu_nlp, monkeypatch):
+    """On a big GPU both the budget and the formula clamp to 65536, which shows
+    nothing: a small free amount (a busy or small GPU) is reported instead."""
+    import torch
+
+    from spacy_ctxembed.models.bert_runner import batch_items_for_memory
+
+    nlp, _ = gpu_nlp
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    config, max_length = runner.encoder.config, runner.window + runner.n_special
+    free = 2**20
+    while batch_items_for_memory(free, config, max_length) < 8192:
+        free *= 2
+    budgets = []
+    for reported in (free, 2 * free):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, _free=reported, **kwargs: (_free, 2**37))
+        auto = spacy.blank("en")
+        auto.add_pipe("ctxembed_bert", config={"model": {"encoder": {"max_batch_items": None}}})
+        auto.initialize()
+        budgets.append(get_runner(auto.get_pipe("ctxembed_bert").encoder).max_batch_items)
+    assert budgets[0] == batch_items_for_memory(free, config, max_length)
+    assert 4096 < budgets[0] and budgets[1] < 65536  # neither clamped
+    assert budgets[1] in (2 * budgets[0], 2 * budgets[0] + 1)  # in proportion to the free memory
+
+
+def test_elmo_token_layer_on_device_equals_the_cpu_path(tmp_path):
+    """The character convolutions must not run on TF32 (cuDNN's default for fp32
+    convolutions on Ampere and newer), which would be ~1e-3 off the CPU path."""
+    import copy
+
+    import torch
+
+    from spacy_ctxembed.models.elmo_chars import sentence_char_ids
+    from spacy_ctxembed.models.elmo_net import ElmoBiLm
+    from spacy_ctxembed.models.elmo_weights import read_options, read_weights
+
+    from .elmo_fixture import FULL_SIZE, SMALL, write_elmo_fixture
+
+    # The full-size character CNN (char_dim 16, widths 1..7, 2048 filters, 2
+    # highway layers); a small LSTM keeps the weight file small.
+    config = {"lstm": SMALL["lstm"], "char_cnn": FULL_SIZE["char_cnn"]}
+    options_path, weights_path = write_elmo_fixture(tmp_path, config)
+    options = read_options(options_path, component="test")
+    cpu_net = ElmoBiLm(options, read_weights(weights_path, options, component="test")).eval()
+    gpu_net = copy.deepcopy(cpu_net).to("cuda")
+    rng = numpy.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-'.,äöüéß中😀")
+    words = TEXT.split() + ["".join(rng.choice(letters, size=int(rng.integers(1, 40)))) for _ in range(600)]
+    char_ids = torch.from_numpy(sentence_char_ids(words))
+    with torch.inference_mode():
+        expected = cpu_net.char_cnn(char_ids).numpy()
+        on_device = gpu_net.char_cnn(char_ids.to("cuda")).cpu().numpy()
+    # To 1e-5 of the layer's scale (|x| up to ~5): the fp32 CPU path itself is
+    # 9e-6 off float64 here, and the device's fp32 sums run in another order.
+    # TF32 convolutions are 1.4e-3 off (emulated on CPU).
+    scale = float(numpy.abs(expected).max())
+    numpy.testing.assert_allclose(on_device, expected, atol=1e-5 * scale, rtol=0)
+
+
+def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
+    from .elmo_fixture import write_elmo_fixture
+
+    cupy = on_gpu
+    options, weights = write_elmo_fixture(tmp_path)
+
+    def elmo(compile):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
+            "options_file": str(options), "weight_file": str(weights), "compile": compile}}})
+        nlp.initialize()
+        return nlp
+
+    # Long enough for clipping to happen (tests/test_elmo.py). The two longest
+    # have one length, so that the rows still running never drop to one, a
+    # size torch.compile specialises on: on CPU that is 3 compilations, not 5.
+    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
+             "and here is one more sentence with sixteen words in it so two rows stay on",
+             "short one", "x y"]
+    assert len(texts[0].split()) == len(texts[1].split())
+    eager = [cupy.asnumpy(doc._.ctx_layers) for doc in elmo(False).pipe(texts, batch_size=len(texts))]
+    compiled = elmo(True)
+    docs = list(compiled.pipe(texts, batch_size=len(texts)))
+    again = list(compiled.pipe(texts, batch_size=len(texts)))
+    for doc, repeat, expected in zip(docs, again, eager):
+        assert isinstance(doc._.ctx_layers, cupy.ndarray)
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-5, rtol=0)
+        numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
+
+
+def test_retokenized_outputs_stay_on_device(gpu_nlp):
+    """A merge averages the merged tokens' rows, a split repeats its token's row
+    (outputs.py's cupyx branch), against float64 numpy on the rows before."""
+    nlp, cupy = gpu_nlp
+    doc = nlp(TEXT)
+    layers = cupy.asnumpy(doc._.ctx_layers).astype("float64")
+    vectors = cupy.asnumpy(doc._.ctx_vectors).astype("float64")
+    assert [t.text for t in doc[2:6]] == ["nice", "out", "this", "morning"]
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[4:6])  # "this morning"
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[2], ["ni", "ce"], heads=[(doc[2], 1), doc[1]])
+    assert [t.text for t in doc[2:6]] == ["ni", "ce", "out", "this morning"]
+
+    def expected(rows, axis):
+        columns = [numpy.take(rows, [0], axis), numpy.take(rows, [1, 2, 2, 3], axis),
+                   numpy.take(rows, [4, 5], axis).mean(axis=axis, keepdims=True), numpy.take(rows, range(6, 13), axis)]
+        return numpy.concatenate(columns, axis=axis)
+
+    assert isinstance(doc._.ctx_layers, cupy.ndarray) and isinstance(doc._.ctx_vectors, cupy.ndarray)
+    numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected(layers, 1), atol=1e-6, rtol=1e-6)
+    numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_vectors), expected(vectors, 0), atol=1e-6, rtol=1e-6)
+    assert isinstance(doc[5].vector, cupy.ndarray)
+
+
+def _device_arrays(value):
+    """The GPU arrays anywhere in `value` (dicts, lists, tuples)."""
+    if isinstance(value, dict):
+        return [a for item in value.values() for a in _device_arrays(item)]
+    if isinstance(value, (list, tuple)):
+        return [a for item in value for a in _device_arrays(item)]
+    return [value] if hasattr(value, "__cuda_array_interface__") else []
+
+
+def test_cli_writers_move_device_arrays_to_the_host(gpu_nlp):
+    import torch
+    from spacy.tokens import DocBin
+
+    from spacy_ctxembed import restore_vectors
+    from spacy_ctxembed.cli.output import doc_to_host, to_host
+
+    nlp, cupy = gpu_nlp
+    nested = {"a": [cupy.arange(3), (cupy.ones(2), "x")], "t": torch.arange(4, device="cuda"), "n": numpy.zeros(2)}
+    moved = to_host(nested)
+    assert not _device_arrays(moved) and len(_device_arrays(nested)) == 3  # rebuilt, not changed in place
+    numpy.testing.assert_array_equal(moved["a"][0], numpy.arange(3))
+    numpy.testing.assert_array_equal(moved["a"][1][0], numpy.ones(2))
+    assert moved["a"][1][1] == "x" and moved["n"] is nested["n"]
+    numpy.testing.assert_array_equal(moved["t"], numpy.arange(4))
+
+    doc = nlp(TEXT)
+    vectors, layers = cupy.asnumpy(doc._.ctx_vectors), cupy.asnumpy(doc._.ctx_layers)
+    assert _device_arrays(doc.user_data)
+    doc_to_host(doc)
+    assert not _device_arrays(doc.user_data) and isinstance(doc.tensor, numpy.ndarray)
+    data = DocBin(docs=[doc], store_user_data=True).to_bytes()
+    back = restore_vectors(next(DocBin().from_bytes(data).get_docs(nlp.vocab)))
+    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
+    numpy.testing.assert_array_equal(back._.ctx_layers, layers)
+
+
+def _cosine(u, v):
+    u, v = numpy.asarray(u, dtype="float64"), numpy.asarray(v, dtype="float64")
+    return float(u @ v / numpy.linalg.norm(u) / numpy.linalg.norm(v))
+
+
+def test_host_and_device_docs_compare_and_join(gpu_nlp):
+    """A doc read back from a DocBin (numpy) with a GPU doc (cupy): similarity
+    and Doc.from_docs work on the host."""
+    from spacy.tokens import Doc, DocBin
+
+    from spacy_ctxembed import restore_vectors
+    from spacy_ctxembed.cli.output import doc_to_host
+
+    nlp, cupy = gpu_nlp
+    device = nlp(TEXT)
+    stored = nlp("I ran significance tests.")
+    doc_to_host(stored)  # as the CLI writes docs
+    data = DocBin(docs=[stored], store_user_data=True).to_bytes()
+    host = restore_vectors(next(DocBin().from_bytes(data).get_docs(nlp.vocab)))
+    assert isinstance(host._.ctx_vectors, numpy.ndarray) and isinstance(device._.ctx_vectors, cupy.ndarray)
+    expected = _cosine(host.vector, cupy.asnumpy(device.vector))
+    assert host.similarity(device) == pytest.approx(expected, abs=1e-5)
+    assert device.similarity(host) == pytest.approx(expected, abs=1e-5)
+    assert host[1].similarity(device[8]) == pytest.approx(
+        _cosine(host._.ctx_vectors[1], cupy.asnumpy(device._.ctx_vectors[8])), abs=1e-5)
+    for docs in ([host, device], [device, host]):
+        joined = restore_vectors(Doc.from_docs(docs, exclude=["tensor"]))
+        parts = [d._.ctx_layers if isinstance(d._.ctx_layers, numpy.ndarray) else cupy.asnumpy(d._.ctx_layers)
+                 for d in docs]
+        numpy.testing.assert_array_equal(joined._.ctx_layers, numpy.concatenate(parts, axis=1))
+        assert len(joined._.ctx_vectors) == len(joined)

@@ -57,33 +57,58 @@ def test_int8_is_close_and_saves_exact_weights(minilm_dir, hf_reference, tmp_pat
     numpy.testing.assert_allclose(fp32(TEXT)._.ctx_vectors, exact, atol=1e-5)
 
 
+def test_int8_follows_weights_swapped_by_use_params(tiny_bert_dir):
+    """The int8 copy is made from the weights once and again after each update;
+    under `nlp.use_params(averages)` (spaCy's evaluation of a fine-tuned model)
+    it kept quantizing the weights from before the block."""
+    from thinc.api import torch2xp
+
+    def swapped(nlp):
+        shim = nlp.get_pipe("ctxembed_bert").encoder.shims[0]
+        return {f"pytorch_{shim.id}_{name}": torch2xp(value * 1.5) for name, value in shim._model.state_dict().items()}
+
+    int8, fp32 = make_nlp(tiny_bert_dir, precision="int8"), make_nlp(tiny_bert_dir)
+    before = int8(TEXT)._.ctx_vectors
+    with int8.use_params(swapped(int8)), fp32.use_params(swapped(fp32)):
+        inside, exact = int8(TEXT)._.ctx_vectors, fp32(TEXT)._.ctx_vectors
+    assert numpy.abs(exact - before).max() > 0.1  # the premise: the swapped weights give other vectors
+    assert numpy.abs(inside - exact).max() < 0.05  # int8's usual error, not the old weights'
+    numpy.testing.assert_array_equal(int8(TEXT)._.ctx_vectors, before)  # quantized from the weights put back
+
+
 def test_tf32_on_cpu_is_exact_fp32(minilm_dir):
     exact = make_nlp(minilm_dir)(TEXT)._.ctx_vectors
     numpy.testing.assert_array_equal(make_nlp(minilm_dir, precision="tf32")(TEXT)._.ctx_vectors, exact)
 
 
 def test_tf32_switch_is_restored_after_the_last_of_overlapping_users():
+    """Set and put back through torch's generic API, so that both of torch's APIs
+    read consistently meanwhile (setting only `matmul.fp32_precision` made every
+    read of `allow_tf32` or `get_float32_matmul_precision()` raise, in any thread)."""
     matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
+    before = torch.get_float32_matmul_precision()
     first_in, second_out = threading.Event(), threading.Event()
     seen = []
+
+    def state():
+        return torch.get_float32_matmul_precision(), matmul.allow_tf32, matmul.fp32_precision
 
     def first():
         with tf32_matmuls():
             first_in.set()
             second_out.wait(5)
-            seen.append(("first, after second left", matmul.fp32_precision))
+            seen.append(("first, after second left", state()))
 
     thread = threading.Thread(target=first)
     thread.start()
     first_in.wait(5)
     with tf32_matmuls():
-        seen.append(("second", matmul.fp32_precision))
+        seen.append(("second", state()))
     second_out.set()
     thread.join()
-    assert seen == [("second", "tf32"), ("first, after second left", "tf32")]
-    assert matmul.fp32_precision == before
+    assert seen == [("second", ("high", True, "tf32")), ("first, after second left", ("high", True, "tf32"))]
+    assert torch.get_float32_matmul_precision() == before and matmul.allow_tf32 is False
     with pytest.raises(RuntimeError):
         with tf32_matmuls():
             raise RuntimeError("the forward pass failed")
-    assert matmul.fp32_precision == before
+    assert torch.get_float32_matmul_precision() == before and matmul.allow_tf32 is False

@@ -366,6 +366,21 @@ def test_loss_scaled_gradients_accumulate_as_unscaled_ones(tiny_bert_dir):
         torch.testing.assert_close(scaled[k], plain[k], rtol=1e-4, atol=1e-6)
 
 
+def test_fp16_on_the_cpu_of_a_gpu_machine_trains_without_loss_scaling(tiny_bert_dir, monkeypatch):
+    """Loss scaling was switched on by whether the machine has a GPU, and thinc's
+    scaler takes CUDA tensors only: an fp16 pipeline kept on the CPU of a GPU
+    machine failed its first update. It follows where the weights are."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    nlp, examples = _pipeline(tiny_bert_dir, precision="fp16")
+    shim = nlp.get_pipe("ctxembed_bert").encoder.shims[0]
+    assert not shim._grad_scaler._enabled
+    before = {k: v.detach().clone() for k, v in _encoder_params(nlp).items()}
+    _train_step(nlp, examples, nlp.resume_training())
+    after = _encoder_params(nlp)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(bool(torch.isfinite(v).all()) for v in after.values())
+
+
 @pytest.mark.parametrize("upstream, before", [("ctxembed_brt", False), ("ctxembed_bert", True)])
 def test_a_listener_no_upstream_claims_says_why(tiny_bert_dir, upstream, before):
     """A misspelt upstream, or a listener before its upstream in the pipeline."""

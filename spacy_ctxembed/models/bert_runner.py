@@ -14,6 +14,7 @@ Face directory (safetensors, no pickles) and applies optimizer updates.
 import contextlib
 import copy
 import itertools
+import json
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
-from .torch_bridge import scaled_optimizer, staged, unpickle_shim
+from .torch_bridge import scaled_optimizer, staged, swaps_weights, unpickle_shim
 from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
@@ -54,8 +55,9 @@ class _Batch:
 
     input_ids: torch.Tensor
     #: (batch, length); (batch, 1, length) where the batch has padding and the
-    #: model takes that form (`BertRunner.broadcast_mask`).
-    attention_mask: torch.Tensor
+    #: model takes that form (`BertRunner.broadcast_mask`); None where it has
+    #: none and the model needs no mask then (`BertRunner.unpadded_without_mask`).
+    attention_mask: Optional[torch.Tensor]
     #: The pieces the batch's windows own: their rows in the run's piece
     #: states, and their positions in the output flattened to (rows * length).
     targets: torch.Tensor
@@ -130,6 +132,8 @@ class BertRunner:
         self.bucket_shapes = self.bucket_shapes and self.pads
         #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
         self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe)
+        #: Unpadded batches go in without a mask (see `_needs_no_mask`).
+        self.unpadded_without_mask = _needs_no_mask(self.runner, *probe)
         #: One layer selected: the forward pass returns that layer's states
         #: only, instead of keeping every layer's until it ends (see `_top_state_is_last`).
         self.top_state_only = len(self.layers) == 1 and _top_state_is_last(self.runner, *probe, self.layers[0])
@@ -181,6 +185,7 @@ class BertRunner:
                 index = {k: t.to(device, non_blocking=non_blocking) for k, t in prepared.pooling.items()}
                 offsets = prepared.token_offsets
                 pooled = pool_indexed(states, index, offsets[-1], self.pooling).permute(1, 0, 2)
+                del states  # the run's piece states: the per-doc copies below may reuse their memory
                 # A copy per doc: a view would keep the whole run's memory alive
                 # for as long as any one of its docs is kept.
                 outputs.extend(
@@ -238,13 +243,17 @@ class BertRunner:
         device = self.device
         batches = []
 
-        def padded(item: Tuple[int, Window]) -> int:
-            return item[1].end - item[1].start + self.n_special
+        def padded(item: Tuple[int, Window]) -> int:  # the width `pad` gives a batch it leads
+            return self.padded_width(item[1].end - item[1].start + self.n_special)
 
         for batch in batches_by_budget(items, self.max_batch_items, padded, same_length=not self.pads):
             input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
-            if self.broadcast_mask and not mask.all():
-                mask = mask[:, None, :]
+            padded_rows = not mask.all()
+            attention_mask: Optional[numpy.ndarray] = mask
+            if padded_rows and self.broadcast_mask:
+                attention_mask = mask[:, None, :]
+            elif not padded_rows and self.unpadded_without_mask:
+                attention_mask = None
             docs, start, own_start, own_end = numpy.array(
                 [(d, w.start, w.own_start, w.own_end) for d, w in batch], dtype="int64"
             ).T
@@ -253,7 +262,8 @@ class BertRunner:
             # Row r's piece p sits at column n_prefix + p - start of the padded input.
             rows = numpy.arange(len(batch), dtype="int64")
             sources = concat_ranges(rows * input_ids.shape[1] + n_prefix + own_start - start, owned)
-            batches.append(_Batch(*(staged(a, device) for a in (input_ids, mask, targets, sources))))
+            batches.append(_Batch(staged(input_ids, device), None if attention_mask is None else
+                                  staged(attention_mask, device), staged(targets, device), staged(sources, device)))
         return batches
 
     def piece_states(self, prepared: _Prepared, module: torch.nn.Module) -> torch.Tensor:
@@ -264,10 +274,11 @@ class BertRunner:
         states = torch.empty((prepared.n_pieces, len(self.layers), self.width), device=device)
         with self._autocast(device):
             for batch in prepared.batches:
-                input_ids, attention_mask, targets, sources = (
-                    t.to(device, non_blocking=non_blocking)
-                    for t in (batch.input_ids, batch.attention_mask, batch.targets, batch.sources)
+                input_ids, targets, sources = (
+                    t.to(device, non_blocking=non_blocking) for t in (batch.input_ids, batch.targets, batch.sources)
                 )
+                attention_mask = None if batch.attention_mask is None else \
+                    batch.attention_mask.to(device, non_blocking=non_blocking)
                 selected = self.selected_states(module, input_ids, attention_mask)
                 # The owned pieces of each selected layer, without the padding.
                 owned = [h.reshape(-1, self.width).index_select(0, sources) for h in selected]
@@ -284,7 +295,7 @@ class BertRunner:
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     def selected_states(self, module: torch.nn.Module, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor) -> List[torch.Tensor]:
+                        attention_mask: Optional[torch.Tensor]) -> List[torch.Tensor]:
         """The forward pass: the selected layers' hidden states, (batch, length, width) each."""
         if self.top_state_only:  # (explicitly: a model's config may turn hidden states on)
             output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=False)
@@ -297,9 +308,7 @@ class BertRunner:
         tokens, padded to the longest (rounded up to SHAPE_BUCKET with half precision)."""
         lengths = numpy.fromiter((len(p) for p in pieces), dtype="int64", count=len(pieces))
         framed = lengths + self.n_special
-        width = int(framed.max())
-        if self.bucket_shapes:
-            width = min(-(-width // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
+        width = self.padded_width(int(framed.max()))
         input_ids = numpy.full((len(pieces), width), self.pad_id, dtype="int64")
         n_prefix = len(self.prefix_ids)
         input_ids[:, :n_prefix] = self.prefix_ids
@@ -311,6 +320,14 @@ class BertRunner:
             input_ids[numpy.arange(len(pieces)), n_prefix + lengths + k] = suffix_id
         mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
         return input_ids, mask
+
+    def padded_width(self, length: int) -> int:
+        """The width of a batch whose longest framed window is `length` pieces: itself,
+        or with half precision rounded up to SHAPE_BUCKET (at most the longest window).
+        The batch budget counts this width, so that rounding never overruns it."""
+        if not self.bucket_shapes:
+            return length
+        return min(-(-length // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
 
     def _autocast(self, device: torch.device):
         if self.precision == "tf32" and device.type == "cuda":
@@ -328,25 +345,28 @@ class BertRunner:
 
 _TF32_LOCK = threading.Lock()
 _tf32_depth = 0
-_fp32_precision_before = "none"
+_precision_before = "highest"
 
 
 @contextlib.contextmanager
 def tf32_matmuls() -> Iterator[None]:
     """CUDA fp32 matmuls on TF32 tensor cores while the block runs.
 
-    torch has no per-call switch for this, only the process-wide
-    `torch.backends.cuda.matmul.fp32_precision`: it is set on entry and put
-    back when the last block (of any thread) leaves, so concurrent forward
-    passes do not restore it under each other's feet. An fp32 matmul that
-    another thread runs meanwhile also gets TF32; that is why it is opt-in.
+    torch has no per-call switch for this, only the process-wide matmul
+    precision: it is set on entry and put back when the last block (of any
+    thread) leaves, so concurrent forward passes do not restore it under each
+    other's feet. An fp32 matmul that another thread runs meanwhile also gets
+    TF32; that is why it is opt-in. It goes through
+    `torch.set_float32_matmul_precision`, which keeps torch's two APIs for it
+    consistent: setting only `torch.backends.cuda.matmul.fp32_precision` made
+    every read of `allow_tf32` or `get_float32_matmul_precision()` (dynamo's,
+    a trainer's, in any thread) raise while the block ran.
     """
-    global _tf32_depth, _fp32_precision_before
-    matmul = torch.backends.cuda.matmul
+    global _tf32_depth, _precision_before
     with _TF32_LOCK:
         if _tf32_depth == 0:
-            _fp32_precision_before = matmul.fp32_precision
-            matmul.fp32_precision = "tf32"
+            _precision_before = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("high")
         _tf32_depth += 1
     try:
         yield
@@ -354,7 +374,7 @@ def tf32_matmuls() -> Iterator[None]:
         with _TF32_LOCK:
             _tf32_depth -= 1
             if _tf32_depth == 0:
-                matmul.fp32_precision = _fp32_precision_before
+                torch.set_float32_matmul_precision(_precision_before)
 
 
 class BertShim(PyTorchShim):
@@ -366,9 +386,7 @@ class BertShim(PyTorchShim):
     """
 
     def __init__(self, settings: Dict[str, Any]) -> None:
-        # Loss scaling for fp16 training on GPU; bf16 and fp32 need none.
-        scaler = PyTorchGradScaler(enabled=settings["precision"] == "fp16" and torch.cuda.is_available())
-        super().__init__(None, grad_scaler=scaler)
+        super().__init__(None, grad_scaler=PyTorchGradScaler(enabled=False))
         self.settings = settings
         self.runner: Optional[BertRunner] = None
 
@@ -390,6 +408,21 @@ class BertShim(PyTorchShim):
         runner = BertRunner(encoder, self.settings)
         self._model = encoder.module
         self.runner = runner
+        self._scale_losses()
+
+    def to_device(self, device_type: str, device_id: int) -> None:
+        super().to_device(device_type, device_id)
+        self._scale_losses()
+
+    def _scale_losses(self) -> None:
+        """Loss scaling for fp16 training where the weights are on a GPU; bf16 and
+        fp32 need none, and thinc's scaler takes CUDA tensors only. So it is
+        decided by where the weights are, not by whether the machine has a GPU
+        (an fp16 pipeline kept on the CPU of a GPU machine failed its first update)."""
+        on_gpu = self._model is not None and next(self._model.parameters()).device.type == "cuda"
+        self._grad_scaler = PyTorchGradScaler(enabled=self.settings["precision"] == "fp16" and on_gpu)
+        if on_gpu:
+            self._grad_scaler.to_(next(self._model.parameters()).device)
 
     def get_runner(self) -> BertRunner:
         if self.runner is None:
@@ -423,6 +456,28 @@ class BertShim(PyTorchShim):
         super().finish_update(scaled_optimizer(optimizer, self.settings))
         if self.runner is not None:
             self.runner.weights_changed()
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        """As thinc's, and where the weights are swapped (and put back) the int8
+        copy is made again from the weights in force."""
+        swapped = self.runner is not None and swaps_weights(self, params)
+        try:
+            with super().use_params(params):
+                if swapped:
+                    self.get_runner().weights_changed()
+                yield
+        finally:
+            if swapped:
+                self.get_runner().weights_changed()
+
+    def cache_identity(self) -> str:
+        """What the output depends on besides the settings and the weights (the
+        feature cache's key): the windows, layers and tokenizer resolved at load."""
+        runner = self.get_runner()
+        backend = getattr(runner.encoder.tokenizer, "backend_tokenizer", None)
+        tokenizer = backend.to_str() if backend is not None else repr(runner.encoder.tokenizer)
+        return json.dumps([runner.window, runner.stride, list(runner.layers), tokenizer])
 
     def __reduce__(self):
         return unpickle_shim, (BertShim, self.settings, self.to_bytes() if self.loaded else None)
@@ -549,6 +604,29 @@ def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask
             return False
     return len(got) == len(expected) and all(
         g.shape == e.shape and torch.allclose(g[real], e[real], rtol=1e-4, atol=1e-5) for g, e in zip(got, expected)
+    )
+
+
+def _needs_no_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether `module` gives an unpadded batch the same states without an attention
+    mask as with an all-ones one.
+
+    With SDPA attention, transformers drops an all-ones mask so that SDPA can
+    run its mask-free kernels, but it finds out with `torch.all(mask == 1)` on
+    the host: on a GPU, a wait for all the queued work, once per forward
+    batch. Without a mask there is nothing to check. Tried once, on the
+    probe's longer (unpadded) row, and used only where every hidden state
+    agrees (to float rounding: rtol 1e-4, atol 1e-5).
+    """
+    row = input_ids[:1, : int(mask[0].sum())]
+    with torch.inference_mode():
+        expected = module(input_ids=row, attention_mask=torch.ones_like(row), output_hidden_states=True).hidden_states
+        try:
+            got = module(input_ids=row, attention_mask=None, output_hidden_states=True).hidden_states
+        except Exception:  # a model that needs its mask fails in its own way: always give one
+            return False
+    return len(got) == len(expected) and all(
+        g.shape == e.shape and torch.allclose(g, e, rtol=1e-4, atol=1e-5) for g, e in zip(got, expected)
     )
 
 

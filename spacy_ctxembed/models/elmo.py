@@ -12,6 +12,7 @@ of it trains with its component.
 """
 import copy
 import itertools
+import json
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -159,6 +160,11 @@ class ElmoShim(PyTorchShim):
     def finish_update(self, optimizer) -> None:
         super().finish_update(scaled_optimizer(optimizer, self.settings))
 
+    def cache_identity(self) -> str:
+        """What the output depends on besides the settings and the weights (the
+        feature cache's key): the options file (clipping, activation...) and the layers."""
+        return json.dumps([cast(ElmoOptions, self.options).raw, list(self.layers)], sort_keys=True, default=str)
+
     def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,
         # not through the pickled form's weight files.
@@ -220,7 +226,8 @@ class ElmoShim(PyTorchShim):
         word rows are written into one array of all the docs' tokens with one
         indexed copy (whitespace tokens stay zero), which is cut into docs at
         the end: no per-sentence work on the device, and per doc only the copy
-        of its own output.
+        of its own output. Memory: a batch's outputs are freed before the next
+        batch runs, and a single doc's output is that array itself (no copy).
         """
         net = self.get_net()
         device = self.device
@@ -229,7 +236,8 @@ class ElmoShim(PyTorchShim):
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
         offsets = numpy.concatenate(([0], numpy.cumsum([len(doc) for doc in docs], dtype="int64")))
-        tokens = torch.zeros((int(offsets[-1]), len(self.layers), width), device=device)
+        # Layer-major, so that a doc's rows are its output's layout.
+        tokens = torch.zeros((len(self.layers), int(offsets[-1]), width), device=device)
 
         def on_device(array: numpy.ndarray) -> torch.Tensor:
             return staged(array, device).to(device, non_blocking=True)
@@ -247,10 +255,14 @@ class ElmoShim(PyTorchShim):
                 words, positions = distinct_words(char_ids)
                 layers = net(on_device(words), on_device(positions), torch.from_numpy(lengths), self.step)
                 rows = on_device(sources)
-                tokens[on_device(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers], 1)
-            by_layer = tokens.permute(1, 0, 2)
+                tokens[:, on_device(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers])
+                # Every layer of the batch, padding included: dropped now, not
+                # when the next batch's outputs replace them (after it has run).
+                del layers, rows
+            if len(docs) == 1:  # the array is this doc's output as it is
+                return [tokens]
             # A copy per doc: a view would keep every doc's memory alive with any one doc.
-            return [by_layer[:, start:end].clone(memory_format=torch.contiguous_format)
+            return [tokens[:, start:end].clone(memory_format=torch.contiguous_format)
                     for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 

@@ -15,6 +15,10 @@ Speed, compared with a per-timestep loop over everything:
   stays in the Python loop. It is passed in as `step`, so that a compiled
   copy (`torch.compile`, which fuses the gates' elementwise kernels) can stand
   in for it without changing the module.
+
+Precision: on CUDA the character convolutions run as matmuls over unfolded
+windows (`conv1d_unfolded`), not through cuDNN (see there why); on CPU they
+stay `F.conv1d`, whose outputs saved pipelines record.
 """
 from typing import Callable, Dict, List, Tuple
 
@@ -55,6 +59,31 @@ def lstm_step(
     c = torch.clamp(torch.sigmoid(f + 1.0) * c[:, :n] + torch.sigmoid(i) * torch.tanh(j), -cell_clip, cell_clip)
     h = torch.clamp(torch.bmm(torch.sigmoid(o) * torch.tanh(c), w_p), -proj_clip, proj_clip)
     return h, c
+
+
+def conv1d_unfolded(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """`F.conv1d(inputs, weight, bias)` (stride 1, no padding) as one matmul over unfolded windows.
+
+    Why: torch lets cuDNN run fp32 convolutions on TF32 tensor cores by
+    default (`torch.backends.cudnn.allow_tf32`), unlike fp32 matmuls (full fp32
+    unless `torch.set_float32_matmul_precision` says otherwise). With F.conv1d
+    the token layer on an Ampere or newer GPU would be ~1e-3 (relative) off the
+    CPU path's; as a matmul it is fp32 like the rest of the biLM, and no
+    process-wide flag is touched.
+
+    inputs: (n, channels, length); weight: (filters, channels, width);
+    bias: (filters,). RETURNS: (n, filters, length - width + 1), as F.conv1d
+    (a transposed view of an (n, positions, filters) array).
+    """
+    n, channels, _ = inputs.shape
+    filters, _, width = weight.shape
+    windows = inputs.unfold(2, width, 1)  # (n, channels, positions, width)
+    positions = windows.shape[2]
+    # Row (word, position) holds the window's (channel, offset) values, in the
+    # order of weight.reshape(filters, channels * width)'s columns.
+    columns = windows.permute(0, 2, 1, 3).reshape(n * positions, channels * width)
+    out = torch.addmm(bias, columns, weight.reshape(filters, channels * width).t())
+    return out.view(n, positions, filters).transpose(1, 2)
 
 
 def _buffer(array: numpy.ndarray) -> torch.Tensor:
@@ -118,9 +147,12 @@ class CharCNN(_WeightsModule):
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """(n_words, 50) character ids -> (n_words, projection_dim)."""
         embedded = F.embedding(char_ids, self.char_embed).transpose(1, 2)  # (n, char_dim, 50)
+        # CUDA: not cuDNN, which may use TF32 (see `conv1d_unfolded`). CPU:
+        # F.conv1d, whose outputs saved pipelines record (tests/test_v1_compat.py).
+        convolve = conv1d_unfolded if embedded.is_cuda else F.conv1d
         pooled = []
         for i in range(self.n_filters):
-            conv = F.conv1d(embedded, getattr(self, f"conv_w_{i}"), getattr(self, f"conv_b_{i}"))
+            conv = convolve(embedded, getattr(self, f"conv_w_{i}"), getattr(self, f"conv_b_{i}"))
             # The activation comes after the max over positions, as in the reference.
             pooled.append(self.activation(conv.max(dim=2).values))
         x = torch.cat(pooled, dim=1)

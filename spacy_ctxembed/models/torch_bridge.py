@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, T
 import numpy
 import torch
 from spacy.tokens import Doc
-from thinc.api import Model, PyTorchShim, torch2xp, xp2torch
+from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
 from ..types import DocLayers
 
@@ -31,6 +31,14 @@ def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
     """
     scale = settings.get(LR_SCALE, 1.0)
     return optimizer if scale == 1.0 else partial(optimizer, lr_scale=scale)
+
+
+def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
+    """Whether `use_params(params)` swaps `shim`'s weights: thinc's PyTorchShim
+    takes its parameters from keys "pytorch_{shim.id}_{name}" (an optimizer's
+    averages hold them for weights it has stepped)."""
+    prefix = f"pytorch_{shim.id}_"
+    return any(isinstance(key, str) and key.startswith(prefix) for key in params)
 
 
 def run_encoder(
@@ -63,7 +71,7 @@ def run_encoder(
         # the step and clears them all.
         params = [p for p in shim._model.parameters() if p.requires_grad]
         grads = torch.autograd.grad([t for t, _ in pairs], params,
-                                    grad_outputs=scaler.scale([g for _, g in pairs], inplace=True), allow_unused=True)
+                                    grad_outputs=scaler.scale([g for _, g in pairs], inplace=False), allow_unused=True)
         found = [(p, g) for p, g in zip(params, grads) if g is not None]
         if not scaler.unscale([g for _, g in found]):
             for param, grad in found:

@@ -10,7 +10,6 @@ has answered, backpropagates into the combiner and the encoder and applies
 the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
-import contextlib
 import os
 import tempfile
 import threading
@@ -28,13 +27,14 @@ from spacy.util import ensure_path, from_disk, minibatch, to_disk
 from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
-from ..batching import computed_ahead
+from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
+from ..models.torch_bridge import swaps_weights
 from ..outputs import install_extensions, write_outputs
 from ..types import DocLayers, DocVectors, EmbedderModel
-from .feature_cache import FeatureCache, doc_key, encoder_identity, to_host
+from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 
 #: Subfolder of the component's directory where the encoder writes its files.
 MODEL_DIR = "model"
@@ -235,7 +235,7 @@ class ContextualEmbedder(TrainablePipe):
             yield from super().pipe(stream, batch_size=batch_size)
             return
         error_handler = self.get_error_handler()
-        predict = _on_caller_devices(self.predict)
+        predict = on_caller_devices(self.predict)
         for docs, predictions, error in computed_ahead(predict, minibatch(stream, size=batch_size)):
             try:
                 if error is not None:
@@ -266,12 +266,14 @@ class ContextualEmbedder(TrainablePipe):
         """The encoder's output without training it, through the cache if there is one."""
         if self.cache is None:
             return self.encoder.predict(docs)
-        keys = [(self._identity, doc_key(doc)) for doc in docs]
-        cached: List[Any] = [self.cache.get(key) for key in keys]
+        keys = [(self._identity, doc_key(doc)) if cacheable(doc) else None for doc in docs]
+        cached: List[Any] = [None if key is None else self.cache.get(key) for key in keys]
         missing = [i for i, layers in enumerate(cached) if layers is None]
         fresh = self.encoder.predict([docs[i] for i in missing]) if missing else []
         for i, layers in zip(missing, fresh):
-            self.cache.put(keys[i], to_host(layers))
+            key = keys[i]
+            if key is not None:
+                self.cache.put(key, to_host(layers))
             cached[i] = layers
         ops = self.model.ops
         return [ops.asarray3f(layers) for layers in cached]
@@ -393,13 +395,32 @@ class ContextualEmbedder(TrainablePipe):
             # Only then: an optimizer with weight decay moves weights even on a zero gradient.
             self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
         self.combiner.finish_update(sgd)
-        if self.cache is not None and self._encoder_trains():
-            # The weights moved: cached layers are of another model now. A step
-            # counter in the identity is enough (hashing the weights every step
-            # would cost more than the cache saves).
+        if self._encoder_trains():
+            self._weights_moved()
+
+    def _weights_moved(self) -> None:
+        """The encoder's weights changed: cached layers are of another model now.
+        A step counter in the identity is enough (hashing the weights every step
+        would cost more than the cache saves)."""
+        if self.cache is not None:
             self.cache.clear()
             self._updates += 1
             self._identity = f"{self._identity.split(':')[0]}:{self._updates}"
+
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        """As TrainablePipe's (a generator, which `Language.use_params` steps). Where
+        `params` swap the encoder's weights (an optimizer's averages of a fine-tuned
+        encoder), the cache's entries are of other weights both inside the block
+        and after it."""
+        swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
+        if swapped:
+            self._weights_moved()
+        try:
+            with self.model.use_params(params):
+                yield
+        finally:
+            if swapped:
+                self._weights_moved()
 
     def _encoder_trains(self) -> bool:
         """Whether an update moves the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
@@ -657,31 +678,3 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component
-
-
-def _on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`function`, to run in another thread on the caller's current CUDA devices.
-
-    torch's and CuPy's current devices are per thread and a new thread starts
-    on device 0, so a pipeline on GPU 1 would otherwise allocate its outputs
-    on GPU 0.
-    """
-    import torch
-    from thinc.util import has_cupy_gpu
-
-    torch_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-    cupy_device = None
-    if has_cupy_gpu:
-        import cupy
-
-        cupy_device = cupy.cuda.Device().id
-
-    def on_devices(item: Any) -> Any:
-        with contextlib.ExitStack() as stack:
-            if torch_device is not None:
-                stack.enter_context(torch.cuda.device(torch_device))
-            if cupy_device is not None:
-                stack.enter_context(cupy.cuda.Device(cupy_device))
-            return function(item)
-
-    return on_devices

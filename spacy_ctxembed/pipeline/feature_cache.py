@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Hashable, Optional, cast
+from typing import Any, Hashable, Optional, cast
 
 import numpy
 from spacy.attrs import IDX, LENGTH, SENT_START
@@ -24,9 +24,15 @@ from thinc.api import Model
 
 from ..types import DocLayers
 
+#: What an entry costs besides its array's data: the array object, the key and
+#: the LRU's node (measured: ~400 bytes). Counted, so that many small docs stay
+#: within `max_bytes` too.
+ENTRY_OVERHEAD = 512
+
 
 class FeatureCache:
-    """LRU map from keys to host arrays, holding at most `max_bytes` of array data."""
+    """LRU map from keys to host arrays, holding at most `max_bytes` (array data
+    plus `ENTRY_OVERHEAD` per entry)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -54,18 +60,24 @@ class FeatureCache:
         if not isinstance(value, numpy.ndarray):
             raise TypeError(f"the feature cache holds host arrays, got {type(value).__name__}")
         with self._lock:
-            if value.nbytes > self.max_bytes or key in self._entries:
+            if value.nbytes + ENTRY_OVERHEAD > self.max_bytes or key in self._entries:
                 return
             self._entries[key] = value.copy()
-            self.nbytes += value.nbytes
+            self.nbytes += value.nbytes + ENTRY_OVERHEAD
             while self.nbytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
-                self.nbytes -= evicted.nbytes
+                self.nbytes -= evicted.nbytes + ENTRY_OVERHEAD
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self.nbytes = 0
+
+
+def cacheable(doc: Doc) -> bool:
+    """Whether `doc_key` says all the encoder sees of `doc`: not where a user hook
+    gives `doc.sents` boundaries that its SENT_START array does not hold."""
+    return "sents" not in doc.user_hooks
 
 
 def doc_key(doc: Doc) -> bytes:
@@ -87,6 +99,9 @@ def encoder_identity(encoder: Model) -> str:
             module = shim._model
             if module is None:
                 continue
+            # The same settings and weights can still give other outputs: another
+            # tokenizer (another window), another ELMo options file (clipping).
+            digest.update(cast(Any, shim).cache_identity().encode("utf8"))
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode("utf8"))
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
