@@ -19,6 +19,14 @@ def _nlp(model_dir, cache_mb=64, **settings):
     return nlp
 
 
+def _elmo_nlp(options_file, weight_file, cache_mb):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options_file), weight_file=str(weight_file),
+                                                    cache_mb=cache_mb))
+    nlp.initialize()
+    return nlp
+
+
 def _count_forwards(nlp):
     calls = []
     get_encoder(nlp.get_pipe("ctxembed_bert").model).module.register_forward_hook(
@@ -126,12 +134,7 @@ def test_loading_another_tokenizer_or_elmo_options_never_hits(tiny_bert_dir, tmp
     other["lstm"]["cell_clip"] = other["lstm"]["proj_clip"] = 0.05
 
     def elmo(directory, options=None):
-        options_file, weight_file = write_elmo_fixture(directory, options=options)  # one seed: the same weights
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options_file), weight_file=str(weight_file),
-                                                        cache_mb=16))
-        nlp.initialize()
-        return nlp
+        return _elmo_nlp(*write_elmo_fixture(directory, options=options), 16)  # one seed: the same weights
 
     for nlp, source in ((_nlp(tiny_bert_dir), _nlp(short)), (elmo(tmp_path / "a"), elmo(tmp_path / "b", other))):
         name = nlp.pipe_names[0]
@@ -151,14 +154,7 @@ def test_sentences_from_a_user_hook_are_never_cached(tmp_path):
 
     options, weights = write_elmo_fixture(tmp_path)
 
-    def elmo(cache_mb):
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
-                                                        cache_mb=cache_mb))
-        nlp.initialize()
-        return nlp
-
-    cached, fresh = elmo(16), elmo(0)
+    cached, fresh = _elmo_nlp(options, weights, 16), _elmo_nlp(options, weights, 0)
     words = ["I", "ran", "home", "then", "I", "slept", "well"]
 
     def hooked(nlp):
@@ -211,14 +207,7 @@ def test_sentence_boundaries_are_part_of_the_key(tmp_path):
 
     options, weights = write_elmo_fixture(tmp_path)
 
-    def elmo(cache_mb):
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
-                                                        cache_mb=cache_mb))
-        nlp.initialize()
-        return nlp
-
-    cached, fresh = elmo(16), elmo(0)
+    cached, fresh = _elmo_nlp(options, weights, 16), _elmo_nlp(options, weights, 0)
     words = ["I", "ran", "home", "then", "I", "slept"]
 
     def doc(nlp, starts):
