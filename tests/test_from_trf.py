@@ -68,3 +68,23 @@ def test_from_trf_settings_come_from_the_config_not_the_bytes(tiny_bert_dir, tmp
     numpy.testing.assert_allclose(first(text)._.ctx_vectors, expected, atol=1e-6)
     first.to_disk(tmp_path / "p")
     numpy.testing.assert_allclose(spacy.load(tmp_path / "p")(text)._.ctx_vectors, expected, atol=1e-6)
+
+
+def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny_bert_dir):
+    """spacy-transformers cuts a span at the model's length: with doc_spans the
+    tail of a long doc got zero vectors without a word. And fp16 outputs of the
+    transformer gave fp16 vectors."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False},
+        "get_spans": {"@span_getters": "spacy-transformers.doc_spans.v1"}}})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    with pytest.warns(UserWarning, match=r"\[ctxembed_from_trf\] \d+ of \d+ tokens .* no wordpiece"):
+        doc = nlp(" ".join(["word"] * 700))
+    assert not doc[-1].has_vector and doc[0].has_vector
+    short = nlp.get_pipe("transformer")(nlp.make_doc(TEXT))
+    short._.trf_data.model_output["last_hidden_state"] = short._.trf_data.model_output["last_hidden_state"].astype(
+        "float16")
+    assert nlp.get_pipe("ctxembed_from_trf")(short)._.ctx_vectors.dtype == numpy.float32

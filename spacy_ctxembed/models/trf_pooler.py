@@ -9,6 +9,7 @@ Its settings come from the config in every path: thinc saves a model's attrs
 with its bytes and puts the saved values back on `from_bytes`, but not these
 (see `ConfigSettings`), as the BERT and ELMo encoders keep theirs in a shim.
 """
+import warnings
 from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
@@ -94,18 +95,34 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> DocLayers:
     width = states[0].shape[-1]
     if states[0].size == 0:
         return model.ops.alloc3f(len(states), len(doc), width)
-    # (n_spans, span_len, width) per layer -> (n_pieces, n_layers, width)
-    flat = model.ops.xp.stack([s.reshape(-1, width) for s in states], axis=1)
-    alignment = PieceAlignment.from_lengths(
-        model.ops.to_numpy(trf_data.align.dataXd), model.ops.to_numpy(trf_data.align.lengths), flat.shape[0]
-    )
+    # (n_spans, span_len, width) per layer -> (n_pieces, n_layers, width); float32 whatever
+    # the transformer ran in (fp16 outputs would give fp16 vectors).
+    flat = model.ops.xp.stack([s.reshape(-1, width) for s in states], axis=1).astype("float32", copy=False)
+    lengths = model.ops.to_numpy(trf_data.align.lengths)
+    alignment = PieceAlignment.from_lengths(model.ops.to_numpy(trf_data.align.dataXd), lengths, flat.shape[0])
     if alignment.n_tokens != len(doc):
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data aligns {alignment.n_tokens} tokens but the doc has {len(doc)}: "
             "the doc was retokenized after the transformer ran; run ctxembed_from_trf before any retokenizer"
         )
+    _warn_if_truncated(doc, lengths)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
+
+
+def _warn_if_truncated(doc: Doc, lengths) -> None:
+    """spacy-transformers truncates a span longer than the model takes (with
+    `doc_spans`, a long doc): the tokens past it have no wordpiece and get no
+    vector. Said, not silently left at zero."""
+    unaligned = [i for i, n in enumerate(lengths.tolist()) if n == 0 and not doc[i].is_space]
+    if unaligned:
+        warnings.warn(
+            f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[unaligned[0]].text!r} at "
+            f"{unaligned[0]}) have no wordpiece in doc._.trf_data, so no vector: the transformer's spans were "
+            "cut at the model's length, or the tokenizer dropped their characters "
+            "(for long docs: spacy-transformers' strided_spans, or ctxembed_bert)",
+            stacklevel=2,
+        )
 
 
 def _select_layers(layers: List[int], output) -> list:
