@@ -13,6 +13,7 @@ import warnings
 from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
+import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
@@ -114,7 +115,8 @@ def _warn_if_truncated(doc: Doc, lengths) -> None:
     """spacy-transformers truncates a span longer than the model takes (with
     `doc_spans`, a long doc): the tokens past it have no wordpiece and get no
     vector. Said, not silently left at zero."""
-    unaligned = [i for i, n in enumerate(lengths.tolist()) if n == 0 and not doc[i].is_space]
+    # Per token only where there is no piece (none, mostly): not a Python pass over every token.
+    unaligned = [int(i) for i in numpy.flatnonzero(numpy.asarray(lengths) == 0) if not doc[int(i)].is_space]
     if unaligned:
         warnings.warn(
             f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[unaligned[0]].text!r} at "
