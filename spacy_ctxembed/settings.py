@@ -1,5 +1,9 @@
-"""Validation of the settings that every embedder shares."""
+"""Validation of the settings that every embedder shares, and settings kept from the config."""
 from typing import Any, Iterable, Tuple
+
+import srsly
+from thinc.api import Model
+from thinc.model import deserialize_attr, serialize_attr
 
 from .errors import bad_setting
 
@@ -31,3 +35,39 @@ def normalize_layers(component: str, layers: Iterable[int], n_available: int) ->
             )
         resolved.append(index % n_available)
     return tuple(resolved)
+
+
+class FromConfig:
+    """A setting from the config, kept in `Model.attrs`, that saved bytes never override.
+
+    Thinc writes a model's attrs into its bytes and by default puts the saved
+    values back in `from_bytes`, over the ones the config just built the model
+    with: an edited config (`grad_factor = 0`, `pooling = "first"`) would be
+    silently ignored, while a load from disk followed it. These are written as
+    the plain value (the layout earlier versions wrote and read), and on
+    loading the config's value stays (`_keep_config_value`), also for bytes
+    written by earlier versions. Read them with `config_value`.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"FromConfig({self.value!r})"
+
+
+@serialize_attr.register(FromConfig)
+def _write_config_value(setting: FromConfig, value: FromConfig, name: str, model: Model) -> bytes:
+    return srsly.msgpack_dumps(setting.value)
+
+
+@deserialize_attr.register(FromConfig)
+def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Model) -> FromConfig:
+    return current
+
+
+def config_value(value: Any) -> Any:
+    """The value of a `Model.attrs` entry, unwrapped where it is a `FromConfig`."""
+    return value.value if isinstance(value, FromConfig) else value

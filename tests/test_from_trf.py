@@ -9,14 +9,22 @@ from .reference import hf_hidden_states, pool, token_pieces
 TEXT = "It was nice out this morning when I ran to the park."
 
 
-def _trf_nlp(model_dir, hidden_states: bool, **settings):
+def _with_transformer(model_dir, hidden_states: bool = False, **model):
+    """A blank pipeline with a spacy-transformers `transformer` of `model_dir`
+    (`model`: more settings of its model, e.g. `get_spans`)."""
     nlp = spacy.blank("en")
     nlp.add_pipe("transformer", config={"model": {
         "@architectures": "spacy-transformers.TransformerModel.v3",
         "name": str(model_dir),
         "tokenizer_config": {"use_fast": True},
         "transformer_config": {"output_hidden_states": hidden_states},
+        **model,
     }})
+    return nlp
+
+
+def _trf_nlp(model_dir, hidden_states: bool, **settings):
+    nlp = _with_transformer(model_dir, hidden_states)
     nlp.add_pipe("ctxembed_from_trf", config=ctx_config(**settings))
     nlp.initialize()
     return nlp
@@ -74,11 +82,7 @@ def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny
     """spacy-transformers cuts a span at the model's length: with doc_spans the
     tail of a long doc got zero vectors without a word. And fp16 outputs of the
     transformer gave fp16 vectors."""
-    nlp = spacy.blank("en")
-    nlp.add_pipe("transformer", config={"model": {
-        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
-        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False},
-        "get_spans": {"@span_getters": "spacy-transformers.doc_spans.v1"}}})
+    nlp = _with_transformer(tiny_bert_dir, get_spans={"@span_getters": "spacy-transformers.doc_spans.v1"})
     nlp.add_pipe("ctxembed_from_trf")
     nlp.initialize()
     with pytest.warns(UserWarning, match=r"\[ctxembed_from_trf\] \d+ of \d+ tokens .* no wordpiece"):
@@ -88,3 +92,55 @@ def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny
     short._.trf_data.model_output["last_hidden_state"] = short._.trf_data.model_output["last_hidden_state"].astype(
         "float16")
     assert nlp.get_pipe("ctxembed_from_trf")(short)._.ctx_vectors.dtype == numpy.float32
+
+
+def _no_spans_for(prefix: str):
+    """A span getter that gives the docs starting with `prefix` no span (and every other doc one)."""
+    def get_spans(docs):
+        return [[] if doc.text.startswith(prefix) else [doc[:]] for doc in docs]
+    return get_spans
+
+
+def test_docs_without_spans_get_zeros_said_and_the_others_stay_exact(minilm_dir, hf_reference):
+    """A span getter may give a non-empty doc no span; its trf_data is then empty and
+    pooling it crashed with an AttributeError. Its tokens have no piece: zero vectors,
+    with a warning, and the batch's other docs keep their exact vectors."""
+    from spacy_transformers.util import registry
+
+    registry.span_getters.register("test-no-spans-for-n.v1", func=lambda: _no_spans_for("n"))
+    nlp = _with_transformer(minilm_dir, get_spans={"@span_getters": "test-no-spans-for-n.v1"})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    with pytest.warns(UserWarning, match=r"\[ctxembed_from_trf\] 3 of 3 tokens .* no wordpiece"):
+        spanned, unspanned = nlp.pipe([TEXT, "no spans here"])
+    assert unspanned._.ctx_vectors.shape == (3, 384) and not unspanned._.ctx_vectors.any()
+    tokenizer, model = hf_reference
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    numpy.testing.assert_allclose(spanned._.ctx_vectors, pool(states[-1], token_pieces(spanned, offsets), "mean"),
+                                  atol=1e-4)
+
+
+def test_no_output_and_no_known_width_is_an_error():
+    """With no transformer output in the batch and the width never learned, the
+    vectors would be 0 wide: an error, not (n, 0) vectors."""
+    from spacy_transformers.data_classes import TransformerData
+
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("ctxembed_from_trf")
+    doc = nlp.make_doc("no spans here")
+    doc._.trf_data = TransformerData.empty()
+    with pytest.warns(UserWarning, match="no wordpiece"), pytest.raises(ValueError, match=r"width is unknown"):
+        component(doc)
+
+
+def test_added_to_a_loaded_transformer_without_initialize(tiny_bert_dir, tmp_path):
+    """Added to a loaded transformer pipeline and never initialized, the component
+    learns the width from the first output: empty docs after it got (0, 0) vectors."""
+    nlp = _with_transformer(tiny_bert_dir)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "trf")
+    loaded = spacy.load(tmp_path / "trf")
+    loaded.add_pipe("ctxembed_from_trf")
+    assert loaded(TEXT)._.ctx_vectors.shape == (len(loaded.make_doc(TEXT)), 32)
+    empty = loaded("")
+    assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)

@@ -116,6 +116,39 @@ def test_other_layers_of_the_same_count_are_refused_from_bytes(tiny_bert_dir):
     numpy.testing.assert_allclose(same(TEXT)._.ctx_vectors, source(TEXT)._.ctx_vectors, atol=1e-6)
 
 
+def test_a_refused_load_leaves_no_half_loaded_component_running(tiny_bert_dir, tmp_path):
+    """A load refused after the encoder's weights went in left that encoder beside
+    the old combiner; a caller who caught the error got vectors from the mix
+    (bytes), or, never initialized, from the config's base weights (disk)."""
+    source = _nlp(tiny_bert_dir, "scalar_mix", layers=[-1, 0])
+    expected = source(TEXT)._.ctx_vectors.copy()
+    data = source.get_pipe(NAME).to_bytes()
+    receiver = _nlp(tiny_bert_dir, "scalar_mix", layers=[0, 2])  # initialized: it ran before
+    receiver(TEXT)
+    component = receiver.get_pipe(NAME)
+    with pytest.raises(SettingError, match="saved for layers"):
+        component.from_bytes(data)
+    for use in (lambda: receiver(TEXT), lambda: component.to_bytes()):
+        with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = '.*bytes': loading it was refused"):
+            use()
+    # A load that fits, or initialize(), makes it whole again.
+    same = _nlp(tiny_bert_dir, "scalar_mix", layers=[2, 0], initialize=False)
+    with pytest.raises(SettingError, match="saved for layers"):
+        same.get_pipe(NAME).from_bytes(_nlp(tiny_bert_dir, "scalar_mix", layers=[0, 2]).get_pipe(NAME).to_bytes())
+    same.get_pipe(NAME).from_bytes(data)
+    numpy.testing.assert_allclose(same(TEXT)._.ctx_vectors, expected, atol=1e-6)
+    receiver.initialize()
+    assert receiver(TEXT)._.ctx_vectors.shape == expected.shape
+
+    # From disk, into a pipeline never initialized: it would have run the config's weights.
+    source.to_disk(tmp_path / "saved")
+    fresh = _nlp(tiny_bert_dir, "scalar_mix", layers=[0, 2], initialize=False)
+    with pytest.raises(SettingError, match="saved for layers"):
+        fresh.from_disk(tmp_path / "saved")
+    with pytest.raises(SettingError, match="loading it was refused"):
+        fresh(TEXT)
+
+
 def test_elmo_layers_edited_in_config_are_refused(tmp_path):
     options, weights = write_elmo_fixture(tmp_path / "elmo")
     nlp = spacy.blank("en")

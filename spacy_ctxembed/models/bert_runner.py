@@ -123,20 +123,27 @@ class BertRunner:
         # shallow copy that runs those and shares their weights with the full
         # model (which is what is saved and trained), where that gives the
         # full model's states (see `_cut_keeps_states`).
+        # The probes below compare other ways to run the model with its padded
+        # pass over the probe batch, run here once per module.
         cut = _first_layers(encoder.module, max(self.layers))
-        self.runner = cut if _cut_keeps_states(cut, encoder.module, *probe, self.layers) else encoder.module
+        cut_output = _padded_pass(cut, *probe)
+        full_output = cut_output if cut is encoder.module else _padded_pass(encoder.module, *probe)
+        keeps = _cut_keeps_states(cut, encoder.module, *probe, self.layers, outputs=(cut_output, full_output))
+        self.runner: torch.nn.Module = cut if keeps else encoder.module
+        output = cut_output if keeps else full_output
         #: Whether padding leaves the real pieces' states alone. Where it does
         #: not (ConvBERT's span convolutions read it), a batch holds windows
         #: of one length only, so that no window is padded (see `_padding_is_neutral`).
-        self.pads = _padding_is_neutral(self.runner, *probe)
+        self.pads = _padding_is_neutral(self.runner, *probe, expected=output)
         self.bucket_shapes = self.bucket_shapes and self.pads
         #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
-        self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe)
+        self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe, expected=output)
         #: Unpadded batches go in without a mask (see `_needs_no_mask`).
         self.unpadded_without_mask = _needs_no_mask(self.runner, *probe)
         #: One layer selected: the forward pass returns that layer's states
         #: only, instead of keeping every layer's until it ends (see `_top_state_is_last`).
-        self.top_state_only = len(self.layers) == 1 and _top_state_is_last(self.runner, *probe, self.layers[0])
+        self.top_state_only = len(self.layers) == 1 and _top_state_is_last(
+            self.runner, *probe, self.layers[0], expected=output)
         # Fine-tuning runs with the model's dropout, as Hugging Face and
         # spacy-transformers train it; prediction must stay deterministic,
         # even in another thread at the same time. So training uses its own
@@ -529,8 +536,15 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
     return module
 
 
+def _padded_pass(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> Any:
+    """`module`'s output, every hidden state included, on a padded probe (input_ids, mask):
+    what the probes below compare other ways of running it with."""
+    with torch.inference_mode():
+        return module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+
+
 def _cut_keeps_states(cut: torch.nn.Module, full: torch.nn.Module, input_ids: torch.Tensor,
-                      mask: torch.Tensor, layers: Sequence[int]) -> bool:
+                      mask: torch.Tensor, layers: Sequence[int], *, outputs: Optional[Tuple[Any, Any]] = None) -> bool:
     """Whether `cut` (`_first_layers` of `full`) gives the selected layers'
     hidden states as `full` does, on a padded probe (input_ids, mask).
 
@@ -540,13 +554,14 @@ def _cut_keeps_states(cut: torch.nn.Module, full: torch.nn.Module, input_ids: to
     applies to the top state only); cut, they would normalize the state of the
     layer they were cut at, a silently different vector. Those run whole.
     Compared on the unpadded positions, to float rounding (rtol 1e-4, atol 1e-5).
+    outputs: the two modules' `_padded_pass`, where already run.
     """
     if cut is full:
         return True
     real = mask.bool()
-    with torch.inference_mode():
-        got = cut(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        expected = full(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    cut_output, full_output = outputs if outputs is not None else (
+        _padded_pass(cut, input_ids, mask), _padded_pass(full, input_ids, mask))
+    got, expected = cut_output.hidden_states, full_output.hidden_states
     return all(
         i < len(got) and got[i].shape == expected[i].shape
         and torch.allclose(got[i][real], expected[i][real], rtol=1e-4, atol=1e-5)
@@ -554,7 +569,8 @@ def _cut_keeps_states(cut: torch.nn.Module, full: torch.nn.Module, input_ids: to
     )
 
 
-def _padding_is_neutral(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
+def _padding_is_neutral(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, *,
+                        expected: Any = None) -> bool:
     """Whether the padded rows of a probe (input_ids, mask) get the states
     each row gets alone, unpadded.
 
@@ -562,11 +578,11 @@ def _padding_is_neutral(module: torch.nn.Module, input_ids: torch.Tensor, mask: 
     Some layers do: ConvBERT's span-based convolutions run over the padded
     positions too, so a window's states would depend on the other windows in
     its batch. Compared on the real positions, to float rounding (rtol 1e-4,
-    atol 1e-5).
+    atol 1e-5). expected: the module's `_padded_pass`, where already run.
     """
     lengths = mask.sum(dim=1).tolist()
+    batched = (expected if expected is not None else _padded_pass(module, input_ids, mask)).hidden_states
     with torch.inference_mode():
-        batched = module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
         for row, n in enumerate(lengths):
             if n == input_ids.shape[1]:
                 continue
@@ -578,7 +594,8 @@ def _padding_is_neutral(module: torch.nn.Module, input_ids: torch.Tensor, mask: 
     return True
 
 
-def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> bool:
+def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, *,
+                          expected: Any = None) -> bool:
     """Whether `module` masks padding from a (batch, 1, length) attention mask
     as it does from its usual (batch, length) one.
 
@@ -593,17 +610,18 @@ def _takes_broadcast_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask
     Not every model (or transformers version) accepts a 3-D mask, so it is
     tried once, on a padded probe (input_ids, mask), and used only where
     every hidden state of the unpadded positions agrees with the 2-D mask's
-    (to float rounding: rtol 1e-4, atol 1e-5).
+    (to float rounding: rtol 1e-4, atol 1e-5). expected: the module's
+    `_padded_pass`, where already run.
     """
     real = mask.bool()
+    states = (expected if expected is not None else _padded_pass(module, input_ids, mask)).hidden_states
     with torch.inference_mode():
-        expected = module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
         try:
             got = module(input_ids=input_ids, attention_mask=mask[:, None, :], output_hidden_states=True).hidden_states
         except Exception:  # a model that does not take the form fails in its own way: use the 2-D mask
             return False
-    return len(got) == len(expected) and all(
-        g.shape == e.shape and torch.allclose(g[real], e[real], rtol=1e-4, atol=1e-5) for g, e in zip(got, expected)
+    return len(got) == len(states) and all(
+        g.shape == e.shape and torch.allclose(g[real], e[real], rtol=1e-4, atol=1e-5) for g, e in zip(got, states)
     )
 
 
@@ -630,7 +648,8 @@ def _needs_no_mask(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch
     )
 
 
-def _top_state_is_last(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, layer: int) -> bool:
+def _top_state_is_last(module: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, layer: int, *,
+                       expected: Any = None) -> bool:
     """Whether `module`'s `last_hidden_state` is `hidden_states[layer]`.
 
     With `output_hidden_states` every layer's output is kept until the forward
@@ -639,9 +658,9 @@ def _top_state_is_last(module: torch.nn.Module, input_ids: torch.Tensor, mask: t
     runner could be cut there (`_first_layers`), the top state is the one
     wanted; not where the stack could not be cut (ALBERT's layer groups), nor
     where the model returns something else as `last_hidden_state`.
+    expected: the module's `_padded_pass`, where already run.
     """
-    with torch.inference_mode():
-        output = module(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+    output = expected if expected is not None else _padded_pass(module, input_ids, mask)
     top = getattr(output, "last_hidden_state", None)
     states = output.hidden_states
     return top is not None and len(states) == layer + 1 and torch.equal(top, states[layer])

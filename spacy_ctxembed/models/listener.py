@@ -33,17 +33,16 @@ with its widths given in the config, and never trains the upstream.
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import srsly
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
-from thinc.model import deserialize_attr, serialize_attr
 from thinc.types import Floats2d
 
 from ..errors import check_number
 from ..layers.read_ctx_layers import read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
+from ..settings import FromConfig, config_value
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE
 
@@ -332,39 +331,8 @@ def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Mode
                  attrs={"grad_factor": FromConfig(factor), "frozen": FromConfig(frozen)})
 
 
-class FromConfig:
-    """A setting from the config, kept in `Model.attrs`, that saved bytes never override.
-
-    Thinc writes a model's attrs into its bytes and by default puts the saved
-    values back in `from_bytes`, over the ones the config just built the model
-    with: an edited config would be silently ignored. These are written as
-    the plain value (the layout earlier versions wrote and read), and on
-    loading the config's value stays (`_keep_config_value`), also for bytes
-    written by earlier versions.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"FromConfig({self.value!r})"
-
-
-@serialize_attr.register(FromConfig)
-def _write_config_value(setting: FromConfig, value: FromConfig, name: str, model: Model) -> bytes:
-    return srsly.msgpack_dumps(setting.value)
-
-
-@deserialize_attr.register(FromConfig)
-def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Model) -> FromConfig:
-    return current
-
-
 def _setting(model: Model, name: str, default: Any) -> Any:
-    value = model.attrs.get(name, default)
-    return value.value if isinstance(value, FromConfig) else value
+    return config_value(model.attrs.get(name, default))
 
 
 def _scaled_forward(model: Model, X, is_train: bool):

@@ -7,7 +7,7 @@ transformer belongs to the upstream component, so the gradient stops here.
 
 Its settings come from the config in every path: thinc saves a model's attrs
 with its bytes and puts the saved values back on `from_bytes`, but not these
-(see `ConfigSettings`), as the BERT and ELMo encoders keep theirs in a shim.
+(`settings.FromConfig`), as the BERT and ELMo encoders keep theirs in a shim.
 """
 import warnings
 from functools import partial
@@ -17,12 +17,11 @@ import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
-from thinc.model import deserialize_attr
 
 from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
-from ..settings import check_layers, normalize_layers
+from ..settings import FromConfig, check_layers, config_value, normalize_layers
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
@@ -35,33 +34,14 @@ MISSING_TRF = (
 @registry.architectures("spacy-ctxembed.TrfEncoder.v2")
 def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> EncoderModel:
     """The upstream transformer's selected layers, pooled to tokens."""
-    settings = ConfigSettings(layers=list(layers), pooling=pooling)
+    settings = {"layers": list(layers), "pooling": pooling}
     return Model(
         "ctxembed-trf-encoder",
         forward,
         init=init,
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
-        attrs={"validate": partial(check_settings, settings), "settings": settings},
+        attrs={"validate": partial(check_settings, settings), "settings": FromConfig(settings)},
     )
-
-
-class ConfigSettings(dict):
-    """An encoder's settings as its config gives them, in `Model.attrs`.
-
-    Thinc writes a model's attrs into its bytes and by default puts the saved
-    values back in `from_bytes`: the bytes of a component saved with
-    `pooling = "mean"` would then make one configured with "first" pool by
-    the mean, while its config (and a load from disk) said "first". These
-    are never put back (`_keep_config_settings`): the config in use wins.
-    They are still written, so bytes keep the layout earlier versions wrote,
-    and bytes written by earlier versions still load (the settings saved in
-    them are ignored).
-    """
-
-
-@deserialize_attr.register(ConfigSettings)
-def _keep_config_settings(current: ConfigSettings, saved: bytes, name: str, model: Model) -> ConfigSettings:
-    return current
 
 
 def check_settings(settings: dict) -> None:
@@ -69,29 +49,48 @@ def check_settings(settings: dict) -> None:
     check_choice(COMPONENT, "pooling", settings["pooling"], POOLING_MODES)
 
 
+def _settings(model: EncoderModel) -> dict:
+    return config_value(model.attrs["settings"])
+
+
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    check_settings(model.attrs["settings"])
+    check_settings(_settings(model))
 
 
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
-    # Empty docs carry no transformer output: they need only the width,
-    # taken from the batch's other docs or from what the upstream said.
+    # Empty docs, and docs the upstream's span getter gave no span, carry no
+    # transformer output: they need only the width, taken from the batch's
+    # other docs or from what the upstream said.
     pooled = [None if len(doc) == 0 else _pool_doc(model, doc) for doc in docs]
     widths = {p.shape[2] for p in pooled if p is not None}
-    width = widths.pop() if widths else (model.get_dim("nO") if model.has_dim("nO") else 0)
-    n_layers = len(model.attrs["settings"]["layers"])
-    outputs = [model.ops.alloc3f(n_layers, 0, width) if p is None else p for p in pooled]
+    if widths and model.has_dim("nO") is not True:
+        # Not initialized with the pipeline (added to a loaded one): the first
+        # output gives the width, so that later empty docs get (0, width) too.
+        model.set_dim("nO", next(iter(widths)))
+    width = widths.pop() if widths else (model.get_dim("nO") if model.has_dim("nO") is True else 0)
+    if not width and any(len(doc) for doc in docs):
+        raise ValueError(
+            f"[{COMPONENT}] no doc in this batch has a transformer output, so the vectors' width is "
+            "unknown: initialize the pipeline (nlp.initialize()), or give the transformer's span getter "
+            "spans for every non-empty doc"
+        )
+    n_layers = len(_settings(model)["layers"])
+    outputs = [model.ops.alloc3f(n_layers, len(doc), width) if p is None else p for doc, p in zip(docs, pooled)]
     return outputs, lambda d_outputs: []
 
 
-def _pool_doc(model: EncoderModel, doc: Doc) -> DocLayers:
+def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     trf_data = doc._.get("trf_data") if Doc.has_extension("trf_data") else None
     if trf_data is None:
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data is missing: add a spacy-transformers "
             "'transformer' component before this one in the pipeline"
         )
-    settings = model.attrs["settings"]
+    if not trf_data.model_output:
+        # The upstream's span getter gave this doc no span: no token has a piece.
+        _warn_if_truncated(doc, numpy.zeros(len(doc), dtype="int32"))
+        return None
+    settings = _settings(model)
     states = _select_layers(settings["layers"], trf_data.model_output)
     width = states[0].shape[-1]
     if states[0].size == 0:
@@ -121,7 +120,7 @@ def _warn_if_truncated(doc: Doc, lengths) -> None:
         warnings.warn(
             f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[unaligned[0]].text!r} at "
             f"{unaligned[0]}) have no wordpiece in doc._.trf_data, so no vector: the transformer's spans were "
-            "cut at the model's length, or the tokenizer dropped their characters "
+            "cut at the model's length or left them out, or the tokenizer dropped their characters "
             "(for long docs: spacy-transformers' strided_spans, or ctxembed_bert)",
             stacklevel=2,
         )

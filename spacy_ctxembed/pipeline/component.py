@@ -14,6 +14,7 @@ import os
 import tempfile
 import threading
 import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, cast
@@ -33,6 +34,7 @@ from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import swaps_weights
 from ..outputs import install_extensions, write_outputs
+from ..settings import config_value
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 
@@ -47,6 +49,9 @@ LAYERS_KEY = "encoder_layers"
 
 class ContextualEmbedder(TrainablePipe):
     """Attach contextual token vectors computed by `model` to each doc."""
+
+    #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`); None after a good load.
+    _load_refused: Optional[str] = None
 
     def __init__(
         self,
@@ -177,11 +182,16 @@ class ContextualEmbedder(TrainablePipe):
 
         A pretrained embedder needs no data to initialise, so plain
         `nlp.add_pipe(...)` then `nlp(text)` works. One load, even when
-        several threads make the first call at once.
+        several threads make the first call at once. Not after a refused
+        `from_disk`/`from_bytes` (see `_loading`).
         """
         if self._loaded:
             return
         with self._load_lock:
+            if self._load_refused is not None:
+                raise bad_setting(self.name, "model", self._load_refused,
+                                  "loading it was refused, so the component holds parts of two models; load a "
+                                  "pipeline that fits its config, or call initialize() to start from the config's")
             if not self._loaded:
                 self.initialize()
 
@@ -200,7 +210,24 @@ class ContextualEmbedder(TrainablePipe):
 
             torch.set_num_threads(1)
 
+    @contextmanager
+    def _loading(self, source: str) -> Iterator[None]:
+        """Loading saved weights, from the first write into the model on.
+
+        A load refused on the way (a combiner saved for other layers, a missing
+        file, bad bytes) leaves the encoder of one model beside the combiner of
+        another. The component then refuses to run until it is loaded or
+        initialized again: a caller that catches the error would otherwise get
+        vectors from the mix, or (never initialized) from the config's base
+        weights, silently.
+        """
+        self._loaded = False
+        self._load_refused = source
+        yield
+        self._load_refused = None
+
     def _model_loaded(self) -> None:
+        self._load_refused = None
         if self.encoder.has_dim("nO") is True:
             pass_dims(self.model)
         for listener in self.listeners:
@@ -454,20 +481,22 @@ class ContextualEmbedder(TrainablePipe):
         saved_cfg: Dict[str, Any] = {}
         with named_errors(self.name):
             from_disk(path, {"cfg": lambda p: saved_cfg.update(self._read_cfg(p))}, exclude)
-            for shim in self.encoder.shims:
-                if MODEL_DIR in exclude:
-                    break
-                if not (path / MODEL_DIR).is_dir():
-                    # Never fall back to the config's `name`: that would be another model.
-                    raise bad_setting(self.name, "model", str(path / MODEL_DIR),
-                                      "the saved pipeline has no model folder here; it cannot load without it")
-                cast(Any, shim).load_dir(path / MODEL_DIR)
-            if "combiner" not in exclude and (path / "combiner").is_file():
-                self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"),
-                                    saved_cfg.get(LAYERS_KEY))
-            elif "combiner" not in exclude and self.combiner.param_names:
-                raise bad_setting(self.name, "combiner", str(path / "combiner"), "the combiner's weights are missing")
-            self._after_loading(str(path / "combiner"))
+            with self._loading(str(path)):
+                for shim in self.encoder.shims:
+                    if MODEL_DIR in exclude:
+                        break
+                    if not (path / MODEL_DIR).is_dir():
+                        # Never fall back to the config's `name`: that would be another model.
+                        raise bad_setting(self.name, "model", str(path / MODEL_DIR),
+                                          "the saved pipeline has no model folder here; it cannot load without it")
+                    cast(Any, shim).load_dir(path / MODEL_DIR)
+                if "combiner" not in exclude and (path / "combiner").is_file():
+                    self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"),
+                                        saved_cfg.get(LAYERS_KEY))
+                elif "combiner" not in exclude and self.combiner.param_names:
+                    raise bad_setting(self.name, "combiner", str(path / "combiner"),
+                                      "the combiner's weights are missing")
+                self._after_loading(str(path / "combiner"))
         self._model_loaded()
         return self
 
@@ -491,15 +520,16 @@ class ContextualEmbedder(TrainablePipe):
             cfg = msg.get("cfg", {})
             self._check_format(cfg, "bytes")
             self._check_saved_combiner(self._saved_combiner_nodes(msg["model"]), "bytes")
-            try:
-                self.model.from_bytes(msg["model"])
-            except SettingError:
-                raise
-            except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
-                raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
-                                  f"not a serialized ctxembed model ({type(err).__name__}: {err})") from None
-            self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
-            self._after_loading("bytes")
+            with self._loading(f"{len(bytes_data)} bytes"):
+                try:
+                    self.model.from_bytes(msg["model"])
+                except SettingError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
+                    raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
+                                      f"not a serialized ctxembed model ({type(err).__name__}: {err})") from None
+                self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
+                self._after_loading("bytes")
         self._model_loaded()
         return self
 
@@ -646,7 +676,7 @@ def _selected_layers(encoder: Model) -> Optional[List[int]]:
     for shim in encoder.shims:  # (BERT, ELMo: resolved against the loaded model)
         layers = getattr(shim, "layers", None)
         return [int(i) for i in layers] if layers else None
-    settings = encoder.attrs.get("settings")
+    settings = config_value(encoder.attrs.get("settings"))
     layers = settings.get("layers") if isinstance(settings, dict) else None
     if isinstance(layers, list) and layers and all(isinstance(i, int) and i >= 0 for i in layers):
         return list(layers)

@@ -22,6 +22,7 @@ from spacy.attrs import IDX, LENGTH, SENT_START
 from spacy.tokens import Doc
 from thinc.api import Model
 
+from ..settings import config_value
 from ..types import DocLayers
 
 #: What an entry costs besides its array's data: the array object, the key and
@@ -105,7 +106,7 @@ def encoder_identity(encoder: Model) -> str:
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode("utf8"))
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        settings = node.attrs.get("settings")
+        settings = config_value(node.attrs.get("settings"))
         if settings is not None:
             digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf8"))
     return digest.hexdigest()
