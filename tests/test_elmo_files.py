@@ -98,8 +98,10 @@ def test_component_is_required_keyword(files):
         read_options(files[0], COMPONENT)  # type: ignore[misc]
 
 
-def test_extra_dataset_and_no_n_characters_are_fine(tmp_path):
-    options_path, weights_path = write_elmo_fixture(tmp_path, options=_options(**{"char_cnn.n_characters": ...}))
+@pytest.mark.parametrize("n_characters", [..., 261, 262])
+def test_extra_dataset_and_n_characters_left_out_or_either_bilm_value_are_fine(tmp_path, n_characters):
+    options_path, weights_path = write_elmo_fixture(tmp_path,
+                                                    options=_options(**{"char_cnn.n_characters": n_characters}))
     with h5py.File(weights_path, "a") as f:
         f["extra/something"] = numpy.zeros(3, dtype="float32")
     weights = _read(options_path, weights_path)
@@ -112,10 +114,13 @@ def test_extra_dataset_and_no_n_characters_are_fine(tmp_path):
         ({"lstm.n_layers": 0}, ["lstm.n_layers = 0: expected an integer >= 1"]),
         ({"lstm.n_layers": -1}, ["lstm.n_layers = -1: expected an integer >= 1"]),
         ({"char_cnn.n_highway": -1}, ["char_cnn.n_highway = -1: expected an integer >= 0"]),
-        ({"lstm.cell_clip": -1}, ["lstm.cell_clip = -1: expected a finite number >= 0"]),
-        ({"lstm.proj_clip": -1}, ["lstm.proj_clip = -1: expected a finite number >= 0"]),
-        ({"lstm.cell_clip": float("nan")}, ["lstm.cell_clip = nan: expected a finite number >= 0"]),
-        ({"lstm.proj_clip": "3"}, ["lstm.proj_clip = '3': expected a finite number >= 0, found a string"]),
+        ({"lstm.cell_clip": -1}, ["lstm.cell_clip = -1: expected a finite number > 0"]),
+        ({"lstm.proj_clip": -1}, ["lstm.proj_clip = -1: expected a finite number > 0"]),
+        # 0: no clipping to AllenNLP, every state clipped to 0 (all-zero vectors) to bilm-tf.
+        ({"lstm.cell_clip": 0}, ["lstm.cell_clip = 0: expected a finite number > 0 (0 means no clipping"]),
+        ({"lstm.proj_clip": 0.0}, ["lstm.proj_clip = 0.0: expected a finite number > 0", "bilm-tf"]),
+        ({"lstm.cell_clip": float("nan")}, ["lstm.cell_clip = nan: expected a finite number > 0"]),
+        ({"lstm.proj_clip": "3"}, ["lstm.proj_clip = '3': expected a finite number > 0, found a string"]),
         ({"lstm.dim": "16"}, ["lstm.dim = '16': expected an integer >= 1, found a string"]),
         ({"lstm.dim": 0}, ["lstm.dim = 0: expected an integer >= 1"]),
         ({"lstm.projection_dim": 8.0}, ["lstm.projection_dim = 8.0: expected an integer >= 1, found a number"]),
@@ -133,7 +138,7 @@ def test_extra_dataset_and_no_n_characters_are_fine(tmp_path):
         ({"char_cnn.max_characters_per_token": 40},
          ["char_cnn.max_characters_per_token = 40: expected 50, the value of the released models"]),
         ({"char_cnn.n_characters": 100},
-         ["char_cnn.n_characters = 100: expected 262, the value of the released models", "261 rows"]),
+         ["char_cnn.n_characters = 100: expected 262, the value of the released models, or 261", "261 rows"]),
         ({"char_cnn.n_characters": "262"}, ["char_cnn.n_characters = '262': expected 262"]),
     ],
     ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) else None,
@@ -254,9 +259,20 @@ def test_text_file_as_hdf5(files):
     _assert_message(err, files[1], "weight_file = ", "cannot be read as HDF5")
 
 
-def test_options_disagree_with_weights(tmp_path, files):
+@pytest.mark.parametrize("changes, part", [
+    ({"lstm.n_layers": 3}, "holds 2 LSTM layers (RNN_0/RNN/MultiRNNCell/Cell*), but the options file asks for 3"),
+    # Fewer than the file holds loaded its first layers silently: another model (every vector changed).
+    ({"lstm.n_layers": 1}, "holds 2 LSTM layers (RNN_0/RNN/MultiRNNCell/Cell*), but the options file asks for 1"),
+    ({"char_cnn.n_highway": 1}, "holds 2 highway layers (CNN_high_*), but the options file asks for 1"),
+    ({"char_cnn.n_highway": 0}, "holds 2 highway layers (CNN_high_*), but the options file asks for 0"),
+    ({"char_cnn.filters": [[1, 4], [2, 4]]},
+     "holds 3 convolution filters (CNN/W_cnn_*), but the options file asks for 2"),
+    # A mistyped huge count is refused at once (it used to build a name per layer first: 30 s, 1 GB at 10**6).
+    ({"char_cnn.n_highway": 10**5}, "holds 2 highway layers (CNN_high_*), but the options file asks for 100000"),
+], ids=["layers-3", "layers-1", "highway-1", "highway-0", "filters-2", "highway-huge"])
+def test_options_disagree_with_weights(tmp_path, files, changes, part):
     options_path = tmp_path / "options.json"
-    options_path.write_text(json.dumps(_options(**{"lstm.n_layers": 3})))
+    options_path.write_text(json.dumps(_options(**changes)))
     with pytest.raises(ElmoFileError) as err:
         _read(options_path, files[1])
-    _assert_message(err, files[1], "dataset 'RNN_0/RNN/MultiRNNCell/Cell2/LSTMCell/W_0' is missing")
+    _assert_message(err, files[1], "weight_file = ", part, "of different models")

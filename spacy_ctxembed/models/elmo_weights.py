@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import numpy
 
@@ -28,6 +28,10 @@ WEIGHTS_FILE = "weights.hdf5"
 N_CHARACTERS = max(BOW, EOW, PAD) + 2
 # The released `char_embed` has no row for the padding id 0; `read_weights` prepends it.
 CHAR_EMBED_ROWS = N_CHARACTERS - 1
+#: Why a clip of 0 is refused: AllenNLP reads it as "no clipping", bilm-tf would clip every
+#: state to 0 (and every vector above the character layer with it); which one a file meant
+#: cannot be told.
+CLIP_ZERO = "0 means no clipping to AllenNLP and clipping every state to 0 to bilm-tf; give the model's clip value"
 ACTIVATIONS = ("relu", "tanh")
 
 PathLike = Union[str, Path]
@@ -133,13 +137,14 @@ class _Options:
             raise self.bad(key, value, expected)
         return int(value)
 
-    def number(self, key: str, minimum: float) -> float:
-        expected = f"a finite number >= {minimum:g}"
+    def number(self, key: str, minimum: float, *, above: bool = False, why: str = "") -> float:
+        """A finite number >= minimum (> minimum where `above`); `why` is said when it is not."""
+        expected = f"a finite number {'>' if above else '>='} {minimum:g}"
         value = self.lookup(key, expected)
         if not _is_number(value):
             raise self.bad(key, value, f"{expected}, found {_type_name(value)}")
-        if not math.isfinite(value) or value < minimum:
-            raise self.bad(key, value, expected)
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise self.bad(key, value, expected + (f" ({why})" if why else ""))
         return float(value)
 
     def boolean(self, key: str) -> bool:
@@ -199,8 +204,8 @@ def read_options(path: PathLike, *, component: str) -> ElmoOptions:
         lstm_dim=opts.integer("lstm.dim", 1),
         projection_dim=opts.integer("lstm.projection_dim", 1),
         n_layers=opts.integer("lstm.n_layers", 1),
-        cell_clip=opts.number("lstm.cell_clip", 0),
-        proj_clip=opts.number("lstm.proj_clip", 0),
+        cell_clip=opts.number("lstm.cell_clip", 0, above=True, why=CLIP_ZERO),
+        proj_clip=opts.number("lstm.proj_clip", 0, above=True, why=CLIP_ZERO),
         use_skip_connections=opts.boolean("lstm.use_skip_connections"),
         activation=opts.choice("char_cnn.activation", ACTIVATIONS),
         char_dim=opts.integer("char_cnn.embedding.dim", 1),
@@ -211,12 +216,15 @@ def read_options(path: PathLike, *, component: str) -> ElmoOptions:
                                                "character ids are always 50 long"),
         raw=raw,
     )
-    # `n_characters` is optional (informational in the released files); when given it must agree
-    # with the character ids this package produces.
-    if "n_characters" in raw["char_cnn"]:
-        opts.released("char_cnn.n_characters", N_CHARACTERS,
-                      f"character ids 1..{N_CHARACTERS - 1} plus the padding id 0; "
-                      f"the weight file's char_embed has n_characters - 1 = {CHAR_EMBED_ROWS} rows")
+    # `n_characters` is optional (informational in the released files); when given it must be
+    # one of the values bilm-tf writes for the one character table: 262 (inference, the
+    # released files) or 261 (its training options). The table's size comes from the weight file.
+    n_characters = raw["char_cnn"].get("n_characters", N_CHARACTERS)
+    if not _is_int(n_characters) or n_characters not in (N_CHARACTERS, N_CHARACTERS - 1):
+        raise opts.bad("char_cnn.n_characters", n_characters,
+                       f"{N_CHARACTERS}, the value of the released models, or {N_CHARACTERS - 1}, bilm-tf's "
+                       f"training value (character ids 1..{N_CHARACTERS - 1} plus the padding id 0; "
+                       f"the weight file's char_embed has n_characters - 1 = {CHAR_EMBED_ROWS} rows)")
     return options
 
 
@@ -265,6 +273,7 @@ def read_weights(path: PathLike, options: ElmoOptions, *, component: str) -> Dic
         with h5py.File(path, "r") as f:
             if "char_embed" not in f:
                 raise source.error("not an ELMo weight file (dataset 'char_embed' is missing)")
+            _check_counts(source, options, f)
             # Structure first (metadata only, cheap), then the values.
             for name, shape in shapes.items():
                 _check_dataset(source, f, name, shape)
@@ -277,6 +286,32 @@ def read_weights(path: PathLike, options: ElmoOptions, *, component: str) -> Dic
     padding_row = numpy.zeros((1, options.char_dim), dtype="float32")
     weights["char_embed"] = numpy.concatenate([padding_row, weights["char_embed"]])
     return weights
+
+
+def _check_counts(source: _Source, options: ElmoOptions, f: Any) -> None:
+    """The options must ask for as many filters, highway layers and LSTM layers as
+    the weight file holds. Fewer would load the file's first layers and leave the
+    rest unused: another model, silently (a 2-highway file read with n_highway 1
+    changed every vector). Counted first, so that a mistyped huge count fails at
+    once, not after building a name for every layer it asks for."""
+    for setting, asked, held, what in (
+        ("char_cnn.filters", len(options.filters), _held(f, lambda k: f"CNN/W_cnn_{k}"),
+         "convolution filters (CNN/W_cnn_*)"),
+        ("char_cnn.n_highway", options.n_highway, _held(f, lambda k: f"CNN_high_{k}"), "highway layers (CNN_high_*)"),
+        ("lstm.n_layers", options.n_layers, _held(f, lambda k: lstm_prefix(0, k)),
+         "LSTM layers (RNN_0/RNN/MultiRNNCell/Cell*)"),
+    ):
+        if asked != held:
+            raise source.error(f"holds {held} {what}, but the options file asks for {asked} ({setting}): "
+                               "the options and the weight file are of different models")
+
+
+def _held(f: Any, name: Callable[[int], str]) -> int:
+    """How many of name(0), name(1), ... the file holds, in a row."""
+    k = 0
+    while name(k) in f:
+        k += 1
+    return k
 
 
 def _check_dataset(source: _Source, f: Any, name: str, shape: Tuple[int, ...]) -> None:
