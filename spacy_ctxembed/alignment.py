@@ -2,15 +2,16 @@
 
 A wordpiece belongs to every token whose character span it overlaps, so a
 piece that straddles two tokens (``"U.S"`` against ``"U."`` ``"S"``) feeds both.
-Special tokens and pieces with an empty span belong to none. Everything here
-is index arithmetic over whole arrays: there is no per-token Python loop.
+Special tokens and pieces with an empty span belong to none, and whitespace
+tokens take no piece (`align_docs`). Everything here is index arithmetic over
+whole arrays: there is no per-token Python loop.
 """
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy
 from numpy.typing import ArrayLike
-from spacy.attrs import IDX, LENGTH
+from spacy.attrs import IDX, IS_SPACE, LENGTH
 from spacy.tokens import Doc
 
 #: A 1-d int64 index array on the host.
@@ -83,6 +84,11 @@ def token_char_spans(doc: Doc) -> Tuple[IndexArray, IndexArray]:
     return spans[:, 0], spans[:, 0] + spans[:, 1]
 
 
+def space_tokens(doc: Doc) -> numpy.ndarray:
+    """Boolean mask over the doc's tokens: True for whitespace tokens."""
+    return doc.to_array([IS_SPACE]).reshape(-1).astype(bool, copy=False)
+
+
 def text_length(doc: Doc) -> int:
     """The length of the doc's text, read off its last token (`doc.text` is O(n))."""
     return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
@@ -119,12 +125,20 @@ def align_pieces(
 
 
 def align_docs(
-    piece_spans: Sequence[numpy.ndarray], token_spans: Sequence[Tuple[IndexArray, IndexArray]]
+    piece_spans: Sequence[numpy.ndarray],
+    token_spans: Sequence[Tuple[IndexArray, IndexArray]],
+    spaces: Optional[Sequence[numpy.ndarray]] = None,
 ) -> List[PieceAlignment]:
     """`align_pieces` for many docs with one pass over all of them.
 
     piece_spans: per doc, an (n_pieces, 2) array of [start, end) character spans.
     token_spans: per doc, the (starts, ends) of its tokens (`token_char_spans`).
+    spaces: per doc, a mask of its whitespace tokens (`space_tokens`), which
+        take no piece. A SentencePiece or byte-level BPE tokenizer gives the
+        piece after a run of spaces an offset that covers the last space
+        ("hello  world": "▁w" covers " w"), so the whitespace token " " would
+        get a copy of the next word's first piece; with WordPiece, and in
+        ELMo, whitespace tokens never have one.
 
     The docs are laid end to end on one character axis (each shifted past the
     previous one's last character), so no piece can overlap another doc's
@@ -147,6 +161,9 @@ def align_docs(
     starts = numpy.concatenate([*(s[0] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
     ends = numpy.concatenate([*(s[1] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
     whole = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
+    if spaces is not None:
+        keep = ~numpy.concatenate([*spaces, numpy.zeros(0, dtype=bool)])[whole.token_index]
+        whole = PieceAlignment(whole.token_index[keep], whole.piece_index[keep], whole.n_tokens, whole.n_pieces)
     token_offsets = numpy.concatenate(([0], numpy.cumsum(token_counts)))
     piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
     # Pairs are sorted by token: each doc's pairs are one contiguous run.

@@ -8,11 +8,13 @@ import numpy
 
 
 def token_pieces(doc, offsets):
-    """For each token, the indices of the pieces whose character span overlaps it."""
+    """For each token, the indices of the pieces whose character span overlaps it;
+    none for whitespace tokens (the documented contract: they have no vector)."""
     result = []
     for token in doc:
         start, end = token.idx, token.idx + len(token)
-        result.append([p for p, (ps, pe) in enumerate(offsets) if pe > ps and ps < end and start < pe])
+        overlapping = [p for p, (ps, pe) in enumerate(offsets) if pe > ps and ps < end and start < pe]
+        result.append([] if token.is_space else overlapping)
     return result
 
 

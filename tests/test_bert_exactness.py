@@ -200,3 +200,67 @@ def _nlp_cache(model_dir, pooling, layers):
     if key not in _CACHE:
         _CACHE[key] = make_nlp(model_dir, pooling=pooling, layers=layers, store_layers=True)
     return _CACHE[key]
+
+
+WHITESPACE_TEXTS = ["hello  world again", "hello world\n\nagain and\tagain", "  New York City is big  ", "a \u00a0 b"]
+PIECE_SENTENCES = ["It was nice out this morning when I ran to the park.", "New York City is big",
+                   "hello world again and again"] * 10
+
+
+def _sentencepiece_model(path):
+    """A tiny XLM-R with a SentencePiece-style (Metaspace, unigram) tokenizer."""
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+
+    backend = SentencePieceUnigramTokenizer()
+    backend.train_from_iterator(PIECE_SENTENCES, vocab_size=120, unk_token="<unk>",
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = XLMRobertaTokenizerFast(tokenizer_object=backend._tokenizer, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                        model_max_length=128)
+    return tokenizer, XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                       **_SMALL))
+
+
+def _byte_level_bpe_model(path):
+    """A tiny RoBERTa with a byte-level BPE tokenizer (roberta-base's offset settings)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(PIECE_SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir(parents=True, exist_ok=True)
+    backend.model.save(str(path))
+    tokenizer = RobertaTokenizerFast(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=128)
+    return tokenizer, RobertaModel(RobertaConfig(vocab_size=300, pad_token_id=1, **_SMALL))
+
+
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=130)
+
+
+@pytest.mark.parametrize("build", [_sentencepiece_model, _byte_level_bpe_model], ids=["sentencepiece", "bpe"])
+def test_whitespace_tokens_take_no_piece_with_any_tokenizer(tmp_path, build):
+    """A SentencePiece or byte-level BPE tokenizer gives the piece after a run of
+    spaces offsets that cover the last space ("▁w" covers " w"), so the whitespace
+    token took a copy of the next word's first piece (|v| 5.7): with WordPiece,
+    and in ELMo, whitespace tokens have no vector. Every other token stays exact."""
+    import torch
+
+    torch.manual_seed(0)
+    tokenizer, model = build(tmp_path / "vocab")
+    tokenizer.save_pretrained(tmp_path / "model")
+    model.eval().save_pretrained(tmp_path / "model")
+    nlp = make_nlp(tmp_path / "model", layers=[-1])
+    for text in WHITESPACE_TEXTS:
+        doc = nlp(text)
+        states, offsets = hf_hidden_states(tokenizer, model, text)
+        assert any(t.is_space for t in doc)
+        for token in doc:
+            if token.is_space:
+                assert not token.has_vector and not doc._.ctx_vectors[token.i].any(), (text, token.i)
+        numpy.testing.assert_allclose(doc._.ctx_vectors, pool(states[-1], token_pieces(doc, offsets), "mean"),
+                                      atol=1e-5, rtol=0)

@@ -287,15 +287,17 @@ def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4)), max_size=10),
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.booleans()), max_size=10),
                           st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=12)),
-                min_size=1, max_size=6))
-def test_align_docs_equals_aligning_each_doc(docs_spec):
-    piece_spans, token_spans = [], []
+                min_size=1, max_size=6), st.booleans())
+def test_align_docs_equals_aligning_each_doc(docs_spec, with_spaces):
+    """Equal to `align_pieces` per doc, less the pairs of whitespace tokens where
+    those are given."""
+    piece_spans, token_spans, spaces = [], [], []
     for tokens, pieces in docs_spec:
         # Tokens: sorted, non-overlapping, with gaps; pieces: any spans inside the text, some empty.
         starts, ends, at = [], [], 0
-        for gap, length in tokens:
+        for gap, length, _ in tokens:
             at += gap
             starts.append(at)
             at += length + 1
@@ -304,11 +306,13 @@ def test_align_docs_equals_aligning_each_doc(docs_spec):
         piece_spans.append(numpy.array([(min(s, end), min(s + n, end)) for s, n in pieces],
                                        dtype="int64").reshape(-1, 2))
         token_spans.append((numpy.array(starts, dtype="int64"), numpy.array(ends, dtype="int64")))
-    together = align_docs(piece_spans, token_spans)
-    for pieces, (starts, ends), got in zip(piece_spans, token_spans, together):
+        spaces.append(numpy.array([space for _, _, space in tokens], dtype=bool))
+    together = align_docs(piece_spans, token_spans, spaces if with_spaces else None)
+    for pieces, (starts, ends), space, got in zip(piece_spans, token_spans, spaces, together):
         alone = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
-        numpy.testing.assert_array_equal(got.token_index, alone.token_index)
-        numpy.testing.assert_array_equal(got.piece_index, alone.piece_index)
+        keep = [not (with_spaces and space[t]) for t in alone.token_index]
+        numpy.testing.assert_array_equal(got.token_index, alone.token_index[keep])
+        numpy.testing.assert_array_equal(got.piece_index, alone.piece_index[keep])
         assert (got.n_tokens, got.n_pieces) == (alone.n_tokens, alone.n_pieces)
 
 

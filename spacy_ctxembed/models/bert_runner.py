@@ -27,7 +27,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
-from ..alignment import PieceAlignment, align_docs, text_length, token_char_spans
+from ..alignment import PieceAlignment, align_docs, space_tokens, text_length, token_char_spans
 from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..fileio import unpacked
@@ -229,7 +229,7 @@ class BertRunner:
     def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
         ids, spans = self.wordpieces([doc.text for doc in docs])
-        alignments = align_docs(spans, [token_char_spans(doc) for doc in docs])
+        alignments = align_docs(spans, [token_char_spans(doc) for doc in docs], [space_tokens(doc) for doc in docs])
         plans = []
         for piece_ids, alignment in zip(ids, alignments):
             n = len(piece_ids)
