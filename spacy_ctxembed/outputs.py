@@ -16,16 +16,30 @@ character overlap with the tokens the output was computed for:
 - a token made by merging gets the mean of the rows of the embedded tokens
   it covers (of those that have a vector);
 - a token made by splitting gets the row of the token it came from;
-- a token that covers no embedded token with a vector gets zeros and
-  `has_vector == False`.
+- a token that covers embedded tokens, none with a vector, gets zeros and
+  `has_vector == False`;
+- a token that covers no embedded token at all (a part of a `Doc.from_docs`
+  doc whose outputs were not in its user data) has no output: reading the
+  primary vectors (and `doc._.ctx_outputs`, where no output covers it) is
+  an error, never a silent "no vector".
 
 So retokenizing never shifts a vector onto another token, and every output
-has one row per token. `doc.tensor` is spaCy's own: its retokenizer resizes
-it by its own rule (a merge keeps the last row of the merged tokens).
+has one row per token. Each output also records what made it (its
+`signature`: the model and settings, from the component): joined docs whose
+outputs of one name come from different models (or have different widths)
+cannot be read as one output, and `similarity` compares vectors of one
+space only.
+
+`doc.tensor` is spaCy's own: its retokenizer resizes it by its own rule (a
+merge keeps the last row of the merged tokens, a split zeros its pieces). A
+ctxembed component replaces it only while it is the array a ctxembed
+component set, or what spaCy made of that (`_tensor_source`): another
+component's (spaCy's tok2vec, whose listeners read it) is left alone.
 
 `Span.as_doc()` without `copy_user_data` shares the source's hooks but not
 its user data; the hooks then find the source's store through the hooks
-dict, and place the new doc's text in it.
+dict, and place the new doc's text in it. A non-primary component keeps
+that pointer up to date and leaves the other hooks alone.
 """
 import threading
 import warnings
@@ -62,28 +76,46 @@ def install_extensions() -> None:
 
 
 def write_outputs(
-    doc: Doc, name: str, vectors, layers, *, primary: bool, set_doc_tensor: bool
+    doc: Doc, name: str, vectors, layers, *, primary: bool, set_doc_tensor: bool, signature: Optional[str] = None
 ) -> None:
-    """Store one component's outputs on `doc`, computed for its current tokens."""
+    """Store one component's outputs on `doc`, computed for its current tokens.
+
+    signature: what made them (the component's model and settings, see
+        `ContextualEmbedder`); outputs of one name from different models are
+        then never mixed or compared. None: not known (older callers).
+    """
     key = _whole_doc_key(doc)
     old = _data(doc).get(key)
-    if not isinstance(old, dict):
+    if isinstance(old, dict):
+        tensor_from = _tensor_source(doc, [(key, old)])
+    else:
         old = _gathered_store(doc)
-    outputs = dict(old["outputs"]) if isinstance(old, dict) else {}
+        tensor_from = (old["tensor_set"] or None) if old is not None else None
+    outputs = dict(old["outputs"]) if old is not None else {}
     starts, ends = token_char_spans(doc)
-    outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers}
-    current = old.get("primary") if isinstance(old, dict) else None
-    tensor_set = _tensor_is_ours(doc, old) if isinstance(old, dict) else False
-    if primary and set_doc_tensor:
-        tensor_set = _set_doc_tensor(doc, name, vectors, ours=tensor_set)
+    outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers, "signature": signature}
+    current = old.get("primary") if old is not None else None
+    if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
+        tensor_from = name
     # A new dict, never an update in place: spaCy's as_doc and from_docs copy
-    # the store shallowly, so other docs may share the old one.
-    store = {"primary": name if primary else current, "outputs": outputs, "tensor_set": tensor_set}
-    if not primary and isinstance(old, dict) and old.get("conflict"):
+    # the store shallowly, so other docs may share the old one. `tensor_set`
+    # names the output whose vectors doc.tensor is (False: none).
+    store: Dict[str, Any] = {"primary": name if primary else current, "outputs": outputs,
+                             "tensor_set": tensor_from or False}
+    if not primary and old is not None and old.get("conflict"):
         store["conflict"] = old["conflict"]  # still no single primary (see `_View.primary_output`)
+    # Outputs of other names that joined docs had from different models stay unreadable.
+    clashes = {k: v for k, v in (old.get("clashes") or {}).items() if k != name} if old is not None else {}
+    if clashes:
+        store["clashes"] = clashes
     _data(doc)[key] = store
-    if primary or SOURCE_HOOK in doc.user_hooks:  # (the as_doc pointer must see the new output too)
+    if primary:
         set_vector_hooks(doc)
+    elif SOURCE_HOOK in doc.user_hooks:
+        # Only the as_doc pointer must see the new output: the vector and
+        # similarity hooks stay as they are (a later component may have set its own).
+        doc.user_hooks = dict(doc.user_hooks)
+        _point_to_store(doc)
 
 
 def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
@@ -104,19 +136,64 @@ def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
     return True
 
 
-def _tensor_is_ours(doc: Doc, store: Dict[str, Any]) -> bool:
-    """Whether `doc.tensor` was set by a ctxembed component (then it may be replaced).
+def _tensor_source(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Optional[str]:
+    """The name of the output whose vectors `doc.tensor` is, if a ctxembed
+    component set it (then it may be replaced); None where another component
+    did, or none.
 
-    Stores record it; those written by earlier versions do not, and there the
-    tensor is ours where it is the primary output's vectors.
+    A store names the output that set the tensor, but the tensor may have been
+    replaced since (spaCy's tok2vec, after the component): it counts only
+    while it is that array, or what spaCy made of it (`_tensor_follows`).
+    Stores written by earlier versions name none (or say True): there it is
+    the primary output's.
     """
-    if "tensor_set" in store:
-        return bool(store["tensor_set"])
-    output = store.get("outputs", {}).get(store.get("primary"))
-    vectors = None if output is None else output.get("vectors")
     tensor = doc.tensor
-    return (vectors is not None and type(vectors) is type(tensor) and tuple(vectors.shape) == tuple(tensor.shape)
-            and bool((vectors == tensor).all()))
+    if not tensor.size:
+        return None
+    names = {_tensor_output_name(store) for _, store in stores}
+    name = names.pop() if len(names) == 1 else None
+    if name is None:  # (parts of a joined doc whose tensors came from different outputs: not known)
+        return None
+    parts = [(key[2], store["outputs"].get(name)) for key, store in stores]
+    if any(output is None for _, output in parts):
+        return None
+    if len(parts) == 1 and parts[0][1]["vectors"] is tensor:  # the array it set: no copy, no comparison
+        return name
+    return name if _tensor_follows(doc, cast(List[Tuple[int, Dict[str, Any]]], parts)) else None
+
+
+def _tensor_output_name(store: Dict[str, Any]) -> Optional[str]:
+    flag = store.get("tensor_set", True)
+    if not flag:
+        return None
+    return flag if isinstance(flag, str) else store.get("primary")
+
+
+def _tensor_follows(doc: Doc, parts: List[Tuple[int, Dict[str, Any]]]) -> bool:
+    """Whether `doc.tensor` is what spaCy made of the stored vectors (placed at
+    their character origins) through as_doc, from_docs, copy, a DocBin or its
+    retokenizer: a merge keeps the last row of the merged tokens, a split
+    gives its pieces zero rows (and, on the host, appends zero rows it never
+    uses). So each token's row is the row of a stored token it overlaps (its
+    own, where its span is unchanged), or zeros where its span changed."""
+    tensor = _to_numpy(doc.tensor)
+    vectors = _to_numpy(_concat([p["vectors"] for _, p in parts], axis=0, on_host=True))
+    if tensor.ndim != 2 or tensor.shape[1:] != vectors.shape[1:] or len(tensor) < len(doc):
+        return False
+    if tensor[len(doc):].any():
+        return False
+    tensor = tensor[: len(doc)]
+    old_starts, old_ends = _placed_spans(parts)
+    starts, ends = token_char_spans(doc)
+    alignment = align_pieces(old_starts, old_ends, starts, ends)
+    tokens, rows = alignment.token_index, alignment.piece_index
+    same_row = (tensor[tokens] == vectors[rows]).all(axis=1)
+    own_span = (old_starts[rows] == starts[tokens]) & (old_ends[rows] == ends[tokens])
+    matched = numpy.zeros(len(doc), dtype=bool)
+    matched[tokens[same_row]] = True
+    unchanged = numpy.zeros(len(doc), dtype=bool)
+    unchanged[tokens[own_span]] = True
+    return bool((matched | (~unchanged & ~tensor.any(axis=1))).all())
 
 
 def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
@@ -124,21 +201,32 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     `span.as_doc(copy_user_data=True)`) or in its source's (`span.as_doc()`):
     those outputs, aligned to its tokens now, as one whole-doc store, so that
     writing one more output keeps them. The shifted stores are then dropped:
-    the whole-doc store, read first, replaces them."""
+    the whole-doc store, read first, replaces them. What the view could not
+    read stays so: an output keeps rows only for the tokens its stores
+    covered, and outputs joined from different models stay clashes."""
     view = _view(doc)
     if view is None:
         return None
     starts, ends = token_char_spans(doc)
-    outputs = {
-        name: {"starts": starts, "ends": ends, "vectors": output["vectors"], "layers": output.get("layers")}
-        for name, output in view.outputs.items()
-    }
+    outputs = {}
+    for name, output in view.outputs.items():
+        vectors, layers = output["vectors"], output.get("layers")
+        kept_starts, kept_ends = starts, ends
+        if name in view.missing:
+            kept = numpy.flatnonzero(~view.missing[name][0])
+            kept_starts, kept_ends = starts[kept], ends[kept]
+            index = get_array_module(vectors).asarray(kept)
+            vectors = vectors[index]
+            layers = None if layers is None else layers[:, index]
+        outputs[name] = {"starts": kept_starts, "ends": kept_ends, "vectors": vectors, "layers": layers,
+                         "signature": view.signatures.get(name)}
     stores = _stores(doc) or _source_store(doc)
+    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
+    tensor_from = _tensor_source(doc, stores)
     for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
         _data(doc).pop(key, None)
-    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
-    tensor_set = all(store.get("tensor_set") for _, store in stores)
-    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_set, "conflict": view.conflict}
+    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_from or False,
+            "conflict": view.conflict, "clashes": dict(view.clashes)}
 
 
 def restore_vectors(doc: Doc) -> Doc:
@@ -174,7 +262,7 @@ def restore_vectors(doc: Doc) -> Doc:
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
     """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent}."""
     view = _view(doc)
-    return {} if view is None else view.outputs
+    return {} if view is None else view.readable_outputs()
 
 
 def get_vectors(doc: Doc):
@@ -213,7 +301,13 @@ def set_vector_hooks(doc: Doc) -> None:
     doc.user_span_hooks["has_vector"] = span_has_vector
     doc.user_token_hooks["vector"] = token_vector
     doc.user_token_hooks["has_vector"] = token_has_vector
-    # For docs made by span.as_doc(), which share these hooks but not the user data.
+    _point_to_store(doc)
+
+
+def _point_to_store(doc: Doc) -> None:
+    """For docs made by span.as_doc(), which share the hooks but not the user
+    data: the hooks entry that leads them to this doc's store. (In place: the
+    caller gives the doc a fresh `user_hooks` dict first.)"""
     store = _data(doc).get(_whole_doc_key(doc))
     if isinstance(store, dict):
         cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = _Source(doc, store)
@@ -251,7 +345,12 @@ def doc_has_vector(doc: Doc) -> bool:
 
 
 def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
-    """Cosine similarity of the two vectors; 0.0 where either has none."""
+    """Cosine similarity of the two vectors; 0.0 where either has none.
+
+    Only vectors of one space are compared: two ctxembed vectors must come from
+    one model and settings (where both outputs say which), and a ctxembed
+    vector is never compared with another kind (static vectors).
+    """
     u, v = a.vector, b.vector
     if not u.size or not v.size:  # one side has no vector at all (as spaCy: 0.0)
         return 0.0
@@ -261,6 +360,7 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
             f"{v.shape[-1]}), so they come from different models (a ctxembed component's and static "
             "vectors, or two ctxembed models); compare vectors of one model"
         )
+    _check_one_space(a, b, u, v)
     if type(u) is not type(v):
         # A host doc (from a DocBin, say) and a GPU doc: numpy refuses cupy
         # arrays, so both go to the host (one vector each).
@@ -270,6 +370,54 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     if norms == 0.0:
         return 0.0
     return float(xp.dot(u, v)) / norms
+
+
+def _check_one_space(a: Any, b: Any, u, v) -> None:
+    """Vectors of the same width may still come from different spaces: a
+    ctxembed model's and static vectors, or two ctxembed models (other
+    layers, pooling, model). Their cosine would be a number without meaning."""
+    (ours_a, signature_a), (ours_b, signature_b) = _vector_source(a), _vector_source(b)
+    if ours_a != ours_b:
+        other, vector = (b, v) if ours_a else (a, u)
+        if bool(vector.any()):
+            ours = a if ours_a else b
+            raise ValueError(
+                f"similarity: {_named(ours)} has a ctxembed component's contextual vector, but {_named(other)} "
+                "has a vector from elsewhere (static vectors of the vocab, or another component's): they come "
+                "from different spaces; compare vectors of one model (restore_vectors re-attaches a stored "
+                "doc's ctxembed vectors)"
+            )
+    elif ours_a and signature_a and signature_b and signature_a != signature_b:
+        raise ValueError(
+            f"similarity: {_named(a)} and {_named(b)} have vectors of different ctxembed models "
+            f"({_signature_difference(signature_a, signature_b)}); compare vectors of one model"
+        )
+
+
+def _vector_source(item: Any) -> Tuple[bool, Optional[str]]:
+    """Whether `item.vector` comes from the ctxembed hooks, and the signature of
+    the output it is read from (None: not known)."""
+    doc = item if isinstance(item, Doc) else getattr(item, "doc", None)
+    if not isinstance(doc, Doc):  # a Lexeme: a static vector
+        return False, None
+    hooks, hook = ((doc.user_hooks, doc_vector) if isinstance(item, Doc)
+                   else (doc.user_span_hooks, span_vector) if isinstance(item, Span)
+                   else (doc.user_token_hooks, token_vector))
+    if hooks.get("vector") is not hook:
+        return False, None
+    view = _view(doc)
+    if view is None or view.primary is None:
+        return True, None
+    return True, view.signatures.get(view.primary)
+
+
+def _signature_difference(a: str, b: str) -> str:
+    """What differs between two signatures ("key=value; ..."), for messages."""
+    fields_a, fields_b = (dict(part.partition("=")[::2] for part in s.split("; ")) for s in (a, b))
+    keys = list(dict.fromkeys([*fields_a, *fields_b]))
+    differ = [f"{k} {fields_a.get(k, '-')} vs {fields_b.get(k, '-')}" for k in keys
+              if fields_a.get(k) != fields_b.get(k)]
+    return "; ".join(differ) if differ else f"{a!r} vs {b!r}"
 
 
 def _named(item: Any) -> str:
@@ -314,12 +462,23 @@ class _View:
     """A doc's outputs aligned to its tokens at one moment."""
 
     def __init__(self, starts, ends, primary: Optional[str], outputs: Dict[str, Dict[str, Any]],
-                 conflict: Tuple[str, ...] = ()) -> None:
+                 conflict: Tuple[str, ...] = (), *, signatures: Optional[Dict[str, Optional[str]]] = None,
+                 clashes: Optional[Dict[str, str]] = None,
+                 missing: Optional[Dict[str, Tuple[numpy.ndarray, str]]] = None,
+                 unplaced: Optional[str] = None) -> None:
         self.starts, self.ends = starts, ends
         self.primary = primary
         self.outputs = outputs
         #: The primaries of joined docs, where they differ (then there is no primary).
         self.conflict = conflict
+        #: Per output: what made it (None: not known).
+        self.signatures = signatures or {}
+        #: Outputs of one name that joined docs had from different models: unreadable (name -> what differs).
+        self.clashes = clashes or {}
+        #: Per output that does not cover every token: (mask of the tokens it does not cover, where they are).
+        self.missing = missing or {}
+        #: Where the tokens are that no output covers (None: there are none).
+        self.unplaced = unplaced
 
     def primary_output(self) -> Optional[Dict[str, Any]]:
         if self.conflict:
@@ -328,7 +487,24 @@ class _View:
                 f"components ({', '.join(self.conflict)}), whose vectors cannot be compared; run one ctxembed "
                 "component on the joined doc, or read doc._.ctx_outputs[name]"
             )
-        return None if self.primary is None else self.outputs[self.primary]
+        if self.primary is None:
+            return None
+        if self.primary in self.clashes:
+            raise _clash_error(self.primary, self.clashes[self.primary])
+        if self.primary in self.missing:
+            raise _missing_error(self.primary, self.missing[self.primary][1])
+        return self.outputs[self.primary]
+
+    def readable_outputs(self) -> Dict[str, Dict[str, Any]]:
+        """All outputs, unless one clashes or some tokens have none. (An output
+        that covers only some tokens, where others cover the rest, is read:
+        docs joined from different primaries have one per part.)"""
+        if self.clashes:
+            name = next(iter(self.clashes))
+            raise _clash_error(name, self.clashes[name])
+        if self.unplaced is not None:
+            raise _missing_error(None, self.unplaced)
+        return self.outputs
 
     def fits(self, doc: Doc, start: int, end: int) -> bool:
         """Whether rows start..end are for tokens with the spans they have now.
@@ -421,21 +597,90 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
     names: List[str] = []
     for _, store in stores:
         names.extend(n for n in store["outputs"] if n not in names)
-    outputs = {}
+    outputs, signatures, missing = {}, {}, {}
+    clashes: Dict[str, str] = {}
+    for _, store in stores:  # (kept from docs joined before)
+        clashes.update(store.get("clashes") or {})
     for name in names:
         parts = [(key[2], store["outputs"][name]) for key, store in stores if name in store["outputs"]]
-        outputs[name] = _align_output(parts, starts, ends)
+        # Parts of empty docs hold no rows: whatever made them, they mix with nothing.
+        parts = [part for part in parts if len(part[1]["vectors"])] or parts[:1]
+        known = sorted({p["signature"] for _, p in parts if p.get("signature")})
+        signatures[name] = known[0] if len(known) == 1 else None
+        clash = clashes.get(name) or _clash(parts, known)
+        if clash:  # one name, different models: no single output
+            clashes[name] = clash
+            continue
+        outputs[name], uncovered = _align_output(parts, starts, ends)
+        if uncovered is not None:
+            missing[name] = (uncovered, _where(doc, uncovered))
+    unplaced = None
+    if missing and len(missing) == len(outputs):
+        nowhere = numpy.logical_and.reduce([mask for mask, _ in missing.values()])
+        unplaced = _where(doc, nowhere) if nowhere.any() else None
     primaries = sorted({store["primary"] for _, store in stores if store.get("primary")}
                        | {name for _, store in stores for name in store.get("conflict", ())})
-    if len(primaries) > 1:  # each joined doc's tokens would have vectors of the others' model only
-        return _View(starts, ends, None, outputs, conflict=tuple(primaries))
-    return _View(starts, ends, primaries[0] if primaries else None, outputs)
+    # Several primaries: each joined doc's tokens would have vectors of the others' model only.
+    conflict = tuple(primaries) if len(primaries) > 1 else ()
+    primary = primaries[0] if len(primaries) == 1 else None
+    return _View(starts, ends, primary, outputs, conflict, signatures=signatures, clashes=clashes,
+                 missing=missing, unplaced=unplaced)
 
 
-def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict[str, Any]:
-    """One component's rows for the tokens with character spans [starts, ends)."""
-    old_starts = numpy.concatenate([numpy.asarray(p["starts"], dtype="int64") + origin for origin, p in parts])
-    old_ends = numpy.concatenate([numpy.asarray(p["ends"], dtype="int64") + origin for origin, p in parts])
+def _clash(parts: List[Tuple[int, Dict[str, Any]]], signatures: List[str]) -> Optional[str]:
+    """What differs between the joined parts of one output, where they cannot
+    be one output: other widths or layer counts, or other models (signatures;
+    parts whose signature is not known are taken as the same model)."""
+    differ = []
+    widths = sorted({int(p["vectors"].shape[1]) for _, p in parts})
+    if len(widths) > 1:
+        differ.append(f"vectors of widths {' and '.join(map(str, widths))}")
+    n_layers = sorted({int(p["layers"].shape[0]) for _, p in parts if p.get("layers") is not None})
+    if len(n_layers) > 1:
+        differ.append(f"{' and '.join(map(str, n_layers))} stored layers")
+    if len(signatures) > 1:
+        differ.append("signatures " + " and ".join(map(repr, signatures)))
+    return ", ".join(differ) or None
+
+
+def _clash_error(name: str, clash: str) -> MissingOutputs:
+    return MissingOutputs(
+        f"[{name}] this doc joins docs (Doc.from_docs) whose {name!r} outputs come from different models "
+        f"({clash}), so they cannot be read as one output; run the component {name!r} on the joined doc, "
+        "or join docs of one pipeline"
+    )
+
+
+def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
+    what = f"[{name}] no {name!r} output covers" if name else "no ctxembed output covers"
+    return MissingOutputs(
+        f"{what} {where}: they would read as having no vector. They come from a doc whose outputs were "
+        "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
+        "span.as_doc(copy_user_data=True)), or that did not go through this component; run the component "
+        "on this doc, or join docs that all have its outputs"
+    )
+
+
+def _where(doc: Doc, mask: numpy.ndarray) -> str:
+    """The tokens of `mask`, for messages: how many, and the first run of them."""
+    first = int(numpy.argmax(mask))
+    run = numpy.flatnonzero(~mask[first:])
+    end = first + (int(run[0]) if len(run) else len(mask) - first)
+    text = doc[first:end].text
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
+
+
+def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends
+                  ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
+    """One component's rows for the tokens with character spans [starts, ends),
+    and the mask of the tokens no stored token of it overlaps (None: none).
+
+    A token that overlaps stored tokens without a vector (whitespace) has no
+    vector; one that overlaps none has no output at all: its characters were
+    never embedded by this component, which the caller must not pass off as
+    "no vector"."""
+    old_starts, old_ends = _placed_spans(parts)
     has_layers = all(p.get("layers") is not None for _, p in parts)
     arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
     # Docs joined from the host and from the GPU (Doc.from_docs): all on the host.
@@ -443,9 +688,10 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict
     vectors = _concat([p["vectors"] for _, p in parts], axis=0, on_host=on_host)
     layers = _concat([p["layers"] for _, p in parts], axis=1, on_host=on_host) if has_layers else None
     if len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends):
-        return {"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}
+        return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
     xp = get_array_module(vectors)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
+    uncovered = ~alignment.covered_tokens()
     covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
     keep = covered[alignment.piece_index]
     tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]
@@ -454,7 +700,14 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends) -> Dict
     if has_layers:
         moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
         result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
-    return result
+    return result, (uncovered if uncovered.any() else None)
+
+
+def _placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """The stored tokens' character spans, each part shifted to its origin in this doc."""
+    starts = numpy.concatenate([numpy.asarray(p["starts"], dtype="int64") + origin for origin, p in parts])
+    ends = numpy.concatenate([numpy.asarray(p["ends"], dtype="int64") + origin for origin, p in parts])
+    return starts, ends
 
 
 def _segment_mean(xp, values, tokens: numpy.ndarray, rows: numpy.ndarray, counts: numpy.ndarray):

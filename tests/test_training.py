@@ -29,8 +29,9 @@ def _pipeline(tiny_bert_dir, *, combine="mean", tok2vec=None, trainable=True, **
 
 def _train_step(nlp, examples, optimizer):
     """One step as `spacy train` takes it: every backward pass first, then every component's update.
-    (`nlp.update(sgd=...)` steps each component right after its own update, before its listeners
-    have sent their gradients, so an embedder's gradient would land one call late.)"""
+    (`nlp.update(sgd=...)` asks each component to step right after its own update, before its
+    listeners have sent their gradients; the embedder then steps once they have: see
+    tests/test_training_steps.py.)"""
     nlp.update(examples, sgd=False)
     for _, proc in nlp.pipeline:
         proc.finish_update(optimizer)

@@ -35,7 +35,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
-from .torch_bridge import scaled_optimizer, staged, swaps_weights, unpickle_shim
+from .torch_bridge import averaged_weights, scaled_optimizer, staged, swaps_weights, unpickle_shim
 from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
@@ -466,11 +466,12 @@ class BertShim(PyTorchShim):
 
     @contextlib.contextmanager
     def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
-        """As thinc's, and where the weights are swapped (and put back) the int8
-        copy is made again from the weights in force."""
+        """As thinc's, with the averages under the keys its finish_update writes
+        (see `averaged_weights`), and where the weights are swapped (and put
+        back) the int8 copy is made again from the weights in force."""
         swapped = self.runner is not None and swaps_weights(self, params)
         try:
-            with super().use_params(params):
+            with averaged_weights(self, params):
                 if swapped:
                     self.get_runner().weights_changed()
                 yield

@@ -10,6 +10,7 @@ biLSTM layers, [forward; backward].
 The biLM is frozen unless `trainable = true`; either way a scalar mix on top
 of it trains with its component.
 """
+import contextlib
 import copy
 import itertools
 import json
@@ -34,7 +35,7 @@ from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
-from .torch_bridge import run_encoder, scaled_optimizer, staged, unpickle_shim
+from .torch_bridge import averaged_weights, run_encoder, scaled_optimizer, staged, unpickle_shim
 
 COMPONENT = "ctxembed_elmo"
 
@@ -159,6 +160,12 @@ class ElmoShim(PyTorchShim):
 
     def finish_update(self, optimizer) -> None:
         super().finish_update(scaled_optimizer(optimizer, self.settings))
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        """As thinc's, with the averages under the keys its finish_update writes (see `averaged_weights`)."""
+        with averaged_weights(self, params):
+            yield
 
     def cache_identity(self) -> str:
         """What the output depends on besides the settings and the weights (the

@@ -152,6 +152,10 @@ class ContextualListenerNode(Model):
         self._batch_id, self._outputs, self._backprop = None, None, None
         if backprop is None:
             return []
+        if self.grad_factor == 0:
+            # Only "answered": a zero gradient would still count as one, and an
+            # optimizer with weight decay would move the weights it reached.
+            return backprop(None)
         if self.grad_factor != 1.0:
             d_outputs = [d * self.grad_factor for d in d_outputs]
         return backprop(d_outputs)
@@ -218,6 +222,16 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             "comes before this listener's component in the pipeline; set upstream to the name of an "
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)"
+        )
+    if not model.is_sample(doc) and model._batch_id is not None:
+        # The upstream is being trained (its update sent this listener a batch),
+        # but this component predicts: it is frozen and annotating.
+        raise ValueError(
+            f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
+            f"{name!r}, which is being trained but does not annotate the training docs, while this listener's "
+            f"component predicts on them (it is in [training] annotating_components and not trained); add "
+            f"{name!r} to [training] annotating_components too, or give this component its own copy of the "
+            f"embedder with nlp.replace_listeners({name!r}, ...)"
         )
     if not model.is_sample(doc):
         raise ValueError(
@@ -320,7 +334,8 @@ def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Mode
     frozen: run `layer` as the component runs a frozen encoder (no graph, no
         dropout), so that no gradient is recorded at all: a zero one would
         still let an optimizer with weight decay move the weights. (v2, as
-        released, always runs `layer` as asked.)
+        released, always runs `layer` as asked; with `factor` 0 it sends
+        nothing back, for the same reason.)
 
     The forward pass reads its layer and settings off the model (not a
     closure), so that a copied, pickled or node-replaced model runs its own
@@ -340,6 +355,10 @@ def _scaled_forward(model: Model, X, is_train: bool):
     if _setting(model, "frozen", False):
         return model.layers[0].predict(X), _nothing_back
     Y, backprop = model.layers[0](X, is_train)
+    if factor == 0:
+        # (v2: run in training mode, as released.) No backward pass: a zero
+        # gradient would still let an optimizer with weight decay move the weights.
+        return Y, _nothing_back
 
     def scaled(dY):
         return backprop([d * factor for d in dY] if factor != 1.0 else dY)

@@ -5,8 +5,9 @@ arrays without a host copy (numpy shares CPU memory, cupy takes CUDA memory
 through DLPack), and in training the backward pass hands the gradients back to
 torch's autograd, with the shim's loss scaling for fp16.
 """
+import contextlib
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
 import numpy
 import torch
@@ -34,11 +35,62 @@ def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
 
 
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
-    """Whether `use_params(params)` swaps `shim`'s weights: thinc's PyTorchShim
-    takes its parameters from keys "pytorch_{shim.id}_{name}" (an optimizer's
-    averages hold them for weights it has stepped)."""
+    """Whether `use_params(params)` swaps `shim`'s weights (see `averaged_weights`)."""
+    return bool(_weights_in(shim, params))
+
+
+def _weights_in(shim: Shim, params: Dict[Any, Any]) -> Dict[str, Any]:
+    """The values `params` holds for `shim`'s weights, by state-dict name.
+
+    thinc's PyTorchShim.finish_update steps each weight under the key
+    `(shim.id, name)`, so an optimizer's averages hold it there; thinc's own
+    `use_params` reads only "pytorch_{shim.id}_{name}", which nothing fills,
+    so it kept a fine-tuned encoder's raw weights in `nlp.use_params(averages)`.
+    Both are read. Only the weights the optimizer has stepped are there (never
+    one without a gradient, such as BERT's unused pooler).
+    """
+    module = shim._model
+    if module is None or not params:
+        return {}
     prefix = f"pytorch_{shim.id}_"
-    return any(isinstance(key, str) and key.startswith(prefix) for key in params)
+    found = {}
+    for name in module.state_dict(keep_vars=True):
+        for key in ((shim.id, name), prefix + name):
+            if key in params:
+                found[name] = params[key]
+                break
+    return found
+
+
+@contextlib.contextmanager
+def averaged_weights(shim: Shim, params: Dict[Any, Any]) -> Iterator[None]:
+    """A PyTorch shim's `use_params`: its weights are the values `params` holds
+    for them inside the block, and exactly the ones before it after it.
+
+    The values are copied into the weights in place (never a partial
+    `load_state_dict`, which would refuse the weights the optimizer has not
+    stepped), so that a training copy of the module that shares the weights
+    sees them too, and the arrays in `params` are never written to.
+    """
+    values = _weights_in(shim, params)
+    if not values:
+        yield
+        return
+    weights = cast(torch.nn.Module, shim._model).state_dict()
+    for name, value in values.items():
+        if tuple(value.shape) != tuple(weights[name].shape):
+            raise ValueError(f"[{type(shim).__name__}] use_params: the value for weight {name!r} has shape "
+                             f"{tuple(value.shape)}, the weight {tuple(weights[name].shape)}")
+    backup = {name: weights[name].clone() for name in values}
+    try:
+        with torch.no_grad():
+            for name, value in values.items():
+                weights[name].copy_(xp2torch(value, device=weights[name].device))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, saved in backup.items():
+                weights[name].copy_(saved)
 
 
 def run_encoder(

@@ -52,6 +52,9 @@ class ContextualEmbedder(TrainablePipe):
 
     #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`); None after a good load.
     _load_refused: Optional[str] = None
+    #: What makes this component's outputs (`_output_signature`), stored with each; set once loaded.
+    #: (A class default too: components pickled by earlier versions have none.)
+    _signature: Optional[str] = None
 
     def __init__(
         self,
@@ -92,6 +95,7 @@ class ContextualEmbedder(TrainablePipe):
         }
         self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
         self._identity = ""
+        self._signature = None
         self._updates = 0
         self._loaded = False
         self._pid = os.getpid()
@@ -237,6 +241,7 @@ class ContextualEmbedder(TrainablePipe):
             if identity != self._identity:
                 self.cache.clear()  # entries of another model: free the memory
             self._identity = identity
+        self._signature = _output_signature(self.encoder, self.combiner)
         self._loaded = True
 
     # Prediction ------------------------------------------------------------
@@ -309,9 +314,14 @@ class ContextualEmbedder(TrainablePipe):
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
         for doc, layers, vectors in zip(docs, *predictions):
             write_outputs(doc, self.name, vectors, layers if keep_layers else None,
-                          primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"])
+                          primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"],
+                          signature=self._signature)
 
     # Training --------------------------------------------------------------
+
+    #: The parts ("combiner", "encoder") that a gradient from some listener
+    #: reached since their last step: only they are stepped (see `finish_update`).
+    _to_step: frozenset = frozenset()
 
     def update(
         self,
@@ -329,7 +339,10 @@ class ContextualEmbedder(TrainablePipe):
         component is not updated. The backward pass of what the others sent
         then runs at `finish_update` (spaCy calls it once every component has
         updated) or at the next `update`, whichever comes first, so that
-        their gradients are neither lost nor applied twice.
+        their gradients are neither lost nor applied twice. A `finish_update`
+        that comes before the backward pass (`nlp.update(examples, sgd=...)`
+        calls it right after this update) takes its step after it. A listener
+        at `grad_factor` 0 only answers: it sends no gradient.
         """
         validate_examples(examples, "ContextualEmbedder.update")
         losses = {} if losses is None else losses
@@ -350,20 +363,24 @@ class ContextualEmbedder(TrainablePipe):
         ops = self.model.ops
         grads = {"layers": [ops.alloc(x.shape) for x in layers], "vectors": [ops.alloc(x.shape) for x in vectors]}
         waiting = len(listeners)
-        received: set = set()  # the kinds of output that got a gradient
+        received: set = set()  # the kinds of output that got a gradient (none at grad_factor 0)
         done = False
+        step_with: Optional[Optimizer] = None  # a finish_update's, called before this backward pass
 
-        def backward(*, at_update: bool) -> bool:
-            """Run the backward pass of what the listeners sent; whether it is done with."""
-            nonlocal done
+        def backward(*, at_update: bool, sgd: Optional[Optimizer] = None) -> bool:
+            """Run the backward pass of what the listeners sent; whether it is done with.
+            sgd: the optimizer of the finish_update asking, whose step waits for it."""
+            nonlocal done, step_with
             if done:
                 return True
-            if not received:
+            if not received and waiting > 0 and not at_update:
                 # Nothing sent yet: at finish_update, keep waiting (`nlp.update(sgd=...)`
                 # steps each component right after its own update, before its
-                # listeners run); at the next update, no listener sent anything.
-                done = at_update
-                return done
+                # listeners run). A step now would move the weights that the
+                # graph reads in this backward pass: it is taken after it.
+                if sgd is not None:
+                    step_with = sgd
+                return False
             done = True
             d_layers = grads["layers"]
             # The combiner gets a gradient only when its vectors were read:
@@ -372,21 +389,28 @@ class ContextualEmbedder(TrainablePipe):
                 d_layers = bp_vectors(grads["vectors"])
                 for total, d in zip(d_layers, grads["layers"]):
                     total += d
-            if bp_layers is not None:
+                self._to_step |= {"combiner"}
+            if bp_layers is not None and received:
                 bp_layers(d_layers)
+                self._to_step |= {"encoder"}
+            if step_with is not None:
+                self.finish_update(step_with)
             return True
 
-        def backprop(kind: str, d_outputs: List[Any]) -> List[Doc]:
+        def backprop(kind: str, d_outputs: Optional[List[Any]]) -> List[Doc]:
+            """A listener's callback: its gradient, or None from a listener at grad_factor 0."""
             nonlocal waiting
             if done:  # not in spaCy's update flows: every listener calls back in its own update
-                warnings.warn(f"[{self.name}] a listener sent its gradient after this batch's backward pass "
-                              "ran (at finish_update or the next update): it does not reach the encoder",
-                              stacklevel=2)
+                if d_outputs is not None:
+                    warnings.warn(f"[{self.name}] a listener sent its gradient after this batch's backward pass "
+                                  "ran (at finish_update or the next update): it does not reach the encoder",
+                                  stacklevel=2)
                 return []
-            for total, d in zip(grads[kind], d_outputs):
-                total += d
-                losses[self.name] += float((d**2).sum())
-            received.add(kind)
+            if d_outputs is not None:
+                for total, d in zip(grads[kind], d_outputs):
+                    total += d
+                    losses[self.name] += float((d**2).sum())
+                received.add(kind)
             waiting -= 1
             if waiting > 0:
                 return []
@@ -406,24 +430,33 @@ class ContextualEmbedder(TrainablePipe):
             listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
         return losses
 
-    def _flush_backward(self, *, at_update: bool) -> None:
+    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> bool:
+        """Run the pending backward pass where it is due; whether none is pending now."""
         backward = self._pending_backward
-        if backward is not None and backward(at_update=at_update):
+        if backward is not None and backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
+        return self._pending_backward is None
 
     def finish_update(self, sgd: Optimizer) -> None:
-        self._flush_backward(at_update=False)  # a batch that some listener did not call back for (see `update`)
-        # Fine-tuning wants the pretrained encoder to move slower than the
-        # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
-        # optimizer takes a per-call `lr_scale`, so one optimizer (and one
-        # schedule) serves both.
-        scale = self.cfg["encoder_lr_scale"]
-        if self._encoder_trains():
-            # Only then: an optimizer with weight decay moves weights even on a zero gradient.
+        # A batch that some listener did not call back for runs its backward
+        # pass now (see `update`); one that no listener has called back for
+        # yet takes this step after its backward pass.
+        if not self._flush_backward(at_update=False, sgd=sgd):
+            return
+        # Only what a gradient reached since its last step: an optimizer with
+        # weight decay moves weights even on a zero gradient, and thinc keeps
+        # a zeroed gradient after each step.
+        to_step, self._to_step = self._to_step, frozenset()
+        if "encoder" in to_step:
+            # Fine-tuning wants the pretrained encoder to move slower than the
+            # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
+            # optimizer takes a per-call `lr_scale`, so one optimizer (and one
+            # schedule) serves both.
+            scale = self.cfg["encoder_lr_scale"]
             self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
-        self.combiner.finish_update(sgd)
-        if self._encoder_trains():
             self._weights_moved()
+        if "combiner" in to_step:
+            self.combiner.finish_update(sgd)
 
     def _weights_moved(self) -> None:
         """The encoder's weights changed: cached layers are of another model now.
@@ -450,8 +483,10 @@ class ContextualEmbedder(TrainablePipe):
                 self._weights_moved()
 
     def _encoder_trains(self) -> bool:
-        """Whether an update moves the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
-        some listener sends it a gradient. Otherwise it runs as frozen: no graph, and the cache serves."""
+        """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
+        some listener may send it a gradient. Otherwise it runs as frozen: no graph, and the cache serves.
+        (A listener whose component is frozen or excluded never calls back: `finish_update` steps
+        the encoder only where a gradient reached it.)"""
         trainable = any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
         return (trainable and self.cfg["encoder_lr_scale"] > 0
                 and any(listener.grad_factor != 0 for listener in self.listeners))
@@ -683,6 +718,29 @@ def _selected_layers(encoder: Model) -> Optional[List[int]]:
     return None
 
 
+def _output_signature(encoder: Model, combiner: Model) -> str:
+    """What makes a component's outputs, as "key=value; ...": the encoder's
+    kind, its model, the layers it selects, the pooling, the combiner.
+
+    Stored with each output, so that outputs of one name from different
+    models are never mixed (`Doc.from_docs`) or compared (`.similarity()`).
+    Settings only: a hash of the weights would cost a pass over them at every
+    load, and docs from the worker processes of one pipeline
+    (`nlp.pipe(n_process=2)`) must match, so nothing random either.
+    """
+    settings: Dict[str, Any] = {}
+    for shim in encoder.shims:  # BERT, ELMo
+        settings.update(getattr(shim, "settings", None) or {})
+    settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
+    fields: Dict[str, Any] = {"encoder": encoder.name}
+    fields.update((key, settings[key]) for key in ("name", "options_file", "weight_file") if key in settings)
+    fields["layers"] = _selected_layers(encoder) or settings.get("layers")
+    if "pooling" in settings:
+        fields["pooling"] = settings["pooling"]
+    fields["combiner"] = combiner.name
+    return "; ".join(f"{key}={value}" for key, value in fields.items())
+
+
 def _is_v1_bytes(msg: Any) -> bool:
     """Whether `msg` is what spacy-ctxembed 0.1's `to_bytes` wrote: its `to_disk`
     files, {"cfg": ..., "combiner": ..., "model/...": ...}, each as bytes."""
@@ -705,6 +763,8 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     for key, value in state.items():
         setattr(component, key, value)
     component._start_runtime()
+    if component._loaded and component._signature is None:  # pickled by a version that kept none
+        component._signature = _output_signature(component.encoder, component.combiner)
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component

@@ -1,0 +1,246 @@
+"""Where a doc's outputs, vectors and tensor came from, and what may be mixed.
+
+- `doc.tensor` set by another component (spaCy's tok2vec) after a ctxembed
+  component is left to it, also in docs joined with `Doc.from_docs`;
+- tokens that no stored output covers never read as "no vector";
+- a non-primary component leaves the hooks set after the primary one;
+- outputs of one name from different models (other layers, other widths) are
+  never joined into one output or compared by `.similarity()`.
+
+The references are what a fresh doc of the same text gets from the component
+(or from spaCy's tok2vec) alone, and cosines computed here with NumPy.
+"""
+import pickle
+import warnings
+
+import numpy
+import pytest
+import spacy
+from spacy.language import Language
+from spacy.tokens import Doc, DocBin
+
+from spacy_ctxembed import restore_vectors
+from spacy_ctxembed.outputs import STORE, MissingOutputs
+
+from .conftest import ctx_config
+
+TEXT = "Apple Inc. is looking at buying U.K. startup for $1 billion."
+OTHER = "Pears are fruit."
+TOK2VEC = {"model": {
+    "@architectures": "spacy.Tok2Vec.v2",
+    "embed": {"@architectures": "spacy.MultiHashEmbed.v2", "width": 32, "attrs": ["NORM"], "rows": [500],
+              "include_static_vectors": False},
+    "encode": {"@architectures": "spacy.MaxoutWindowEncoder.v2", "width": 32, "depth": 1, "window_size": 1,
+               "maxout_pieces": 2},
+}}
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return spacy.blank("en").vocab
+
+
+def _pipeline(vocab, model_dir, *components):
+    """A pipeline on `vocab` of (factory, name, config) components, initialized."""
+    nlp = spacy.blank("en", vocab=vocab)
+    for factory, name, config in components:
+        nlp.add_pipe(factory, name=name, config=config)
+    nlp.initialize()
+    return nlp
+
+
+def _bert(model_dir, **settings):
+    return ctx_config(name=model_dir, **settings)
+
+
+@pytest.fixture(scope="module")
+def last_layer(vocab, tiny_bert_dir):
+    return _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+
+
+@pytest.fixture(scope="module")
+def first_layer(vocab, tiny_bert_dir):
+    return _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1])))
+
+
+def _cosine(u, v) -> float:
+    u, v = numpy.asarray(u, dtype="float64"), numpy.asarray(v, dtype="float64")
+    return float(u @ v / numpy.linalg.norm(u) / numpy.linalg.norm(v))
+
+
+def _without_signatures(doc):
+    """The doc as an earlier version stored it: outputs that do not say what made them."""
+    for key, store in doc.user_data.items():
+        if isinstance(key, tuple) and key[:2] == ("._.", STORE):
+            outputs = {name: {k: v for k, v in out.items() if k != "signature"}
+                       for name, out in store["outputs"].items()}
+            doc.user_data[key] = {**store, "outputs": outputs}
+    return doc
+
+
+# doc.tensor -----------------------------------------------------------------
+
+
+def test_a_tensor_another_component_set_after_the_component_is_left_to_it(vocab, tiny_bert_dir):
+    """ctxembed -> tok2vec -> ctxembed: the second one must not replace the
+    tensor tok2vec's listeners read (same width: only its values tell)."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])),
+                    ("tok2vec", "tok2vec", TOK2VEC),
+                    ("ctxembed_bert", "emb2", _bert(tiny_bert_dir, layers=[1])))
+    emb, tok2vec, emb2 = (nlp.get_pipe(name) for name in ("emb", "tok2vec", "emb2"))
+    expected_tensor = tok2vec(emb(nlp.make_doc(TEXT))).tensor.copy()
+    expected_vectors = emb2(nlp.make_doc(TEXT))._.ctx_vectors
+    with pytest.warns(UserWarning, match=r"\[emb2\] set_doc_tensor: doc.tensor already holds another"):
+        doc = nlp(TEXT)
+    numpy.testing.assert_array_equal(doc.tensor, expected_tensor)
+    numpy.testing.assert_array_equal(doc[1].vector, expected_vectors[1])
+    # Joined with a doc whose tensor is the component's: the joined tensor is not all ctxembed's.
+    ours, theirs = emb(nlp.make_doc(OTHER)), tok2vec(emb(nlp.make_doc(TEXT)))
+    joined = Doc.from_docs([ours, theirs])
+    before = joined.tensor.copy()
+    with pytest.warns(UserWarning, match=r"\[emb2\] set_doc_tensor: doc.tensor already holds another"):
+        emb2(joined)
+    numpy.testing.assert_array_equal(joined.tensor, before)
+    # What spaCy made of the component's own tensor stays the component's: replaced, no warning.
+    stored = DocBin(docs=[emb(nlp.make_doc(TEXT))], store_user_data=True).to_bytes()
+    cut = emb(nlp.make_doc(TEXT))[2:8].as_doc(copy_user_data=True)
+    retokenized = emb(nlp.make_doc(TEXT))
+    with retokenized.retokenize() as retokenizer:
+        retokenizer.merge(retokenized[0:2])  # "Apple Inc."
+    with retokenized.retokenize() as retokenizer:
+        retokenizer.split(retokenized[5], ["U.", "K."], heads=[(retokenized[5], 1), retokenized[4]])
+    for doc in (next(DocBin().from_bytes(stored).get_docs(vocab)), cut, retokenized,
+                Doc.from_docs([emb(nlp.make_doc(TEXT)), emb(nlp.make_doc(OTHER))])):
+        fresh = Doc(vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            emb2(doc)
+        numpy.testing.assert_array_equal(doc.tensor, emb2(fresh)._.ctx_vectors)
+
+
+# Tokens no output covers ---------------------------------------------------------
+
+
+def test_tokens_no_stored_output_covers_never_read_as_having_no_vector(vocab, last_layer):
+    src = last_layer(TEXT)
+    other = last_layer(OTHER)
+    # span.as_doc() keeps its outputs only through its hooks, which Doc.from_docs drops.
+    joined = Doc.from_docs([src[0:5].as_doc(), other])
+    with pytest.raises(MissingOutputs, match=r"\[emb\] no 'emb' output covers 5 of its 9 tokens .*"
+                                             r"'Apple Inc\. is looking at'.*copy_user_data=True"):
+        restore_vectors(joined)
+    with pytest.raises(MissingOutputs, match="copy_user_data=True"):
+        _ = joined._.ctx_vectors
+    with pytest.raises(MissingOutputs, match="copy_user_data=True"):
+        _ = joined._.ctx_outputs
+    # A doc that never went through the component: the same.
+    plain = Doc.from_docs([last_layer.make_doc("Plain words here."), last_layer(OTHER)], exclude=["tensor"])
+    with pytest.raises(MissingOutputs, match="did not go through this component"):
+        restore_vectors(plain)
+    # Running the component on the joined doc gives it the outputs of a fresh doc of its text.
+    again = last_layer.get_pipe("emb")(joined)
+    fresh = last_layer(joined.text)
+    assert [t.text for t in fresh] == [t.text for t in again]
+    numpy.testing.assert_array_equal(again._.ctx_vectors, fresh._.ctx_vectors)
+    # Tokens covered by stored tokens that have no vector (whitespace) simply have none.
+    spaced = last_layer("Two  spaces.")
+    kept = restore_vectors(Doc.from_docs([src, spaced]))
+    space = next(t for t in kept if t.is_space)
+    assert not space.has_vector
+    n = len(src)
+    numpy.testing.assert_array_equal(kept._.ctx_vectors[:n], src._.ctx_vectors)
+    numpy.testing.assert_array_equal(kept._.ctx_vectors[n:], spaced._.ctx_vectors)
+
+
+# Hooks -----------------------------------------------------------------------------
+
+
+def _always_42(a, b):
+    return 42.0
+
+
+@Language.component("ctxembed_test_own_similarity")
+def _own_similarity(doc):
+    doc.user_hooks["similarity"] = _always_42
+    doc.user_span_hooks["similarity"] = _always_42
+    return doc
+
+
+def test_a_non_primary_component_keeps_the_hooks_set_after_the_primary_one(vocab, tiny_bert_dir, last_layer):
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])),
+                    ("ctxembed_test_own_similarity", "own", {}),
+                    ("ctxembed_bert", "more", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    doc = nlp(TEXT)
+    assert doc.user_hooks["similarity"] is _always_42
+    assert doc.similarity(doc[0:3]) == 42.0 and doc[0:3].similarity(doc) == 42.0
+    numpy.testing.assert_array_equal(doc[1].vector, last_layer(TEXT)[1].vector)  # still the primary's
+    # span.as_doc() still finds the non-primary output through the doc's hooks.
+    cut = doc[2:6].as_doc()
+    numpy.testing.assert_array_equal(cut._.ctx_outputs["more"]["vectors"], doc._.ctx_outputs["more"]["vectors"][2:6])
+    assert cut.user_hooks["similarity"] is _always_42
+
+
+# Outputs of different models ---------------------------------------------------------------
+
+
+def test_joined_outputs_of_one_name_from_different_models_are_an_error(vocab, last_layer, first_layer):
+    joined = Doc.from_docs([last_layer(TEXT), first_layer(OTHER)])
+    signatures = r"signatures '[^']*layers=\[1\][^']*' and '[^']*layers=\[2\][^']*'"
+    with pytest.raises(MissingOutputs, match=r"\[emb\] .*'emb' outputs come from different models \(" + signatures):
+        restore_vectors(joined)
+    with pytest.raises(MissingOutputs, match=signatures):
+        _ = joined._.ctx_outputs
+    # Another component run on it keeps the clash; the component itself settles it.
+    first_layer.get_pipe("emb")(joined)
+    numpy.testing.assert_array_equal(joined._.ctx_vectors, first_layer(joined.text)._.ctx_vectors)
+    # Docs of one pipeline, one of them from a pickled copy, sent back as bytes (nlp.pipe(n_process=2)), join.
+    copy = pickle.loads(pickle.dumps(last_layer))
+
+    def from_copy(text):
+        return Doc(vocab).from_bytes(copy(text).to_bytes())
+
+    both = restore_vectors(Doc.from_docs([last_layer(TEXT), from_copy(OTHER)]))
+    n = len(last_layer(TEXT))
+    numpy.testing.assert_array_equal(both._.ctx_vectors[:n], last_layer(TEXT)._.ctx_vectors)
+    numpy.testing.assert_array_equal(both._.ctx_vectors[n:], last_layer(OTHER)._.ctx_vectors)
+    # The copy's outputs still say what made them.
+    with pytest.raises(MissingOutputs, match=signatures):
+        restore_vectors(Doc.from_docs([from_copy(TEXT), first_layer(OTHER)]))
+
+
+def test_joined_outputs_of_different_widths_are_an_error(vocab, tiny_bert_dir, last_layer):
+    wide = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1, 2],
+                                                                          combine="concat")))
+    joined = Doc.from_docs([last_layer(TEXT), wide(OTHER)], exclude=["tensor"])
+    with pytest.raises(MissingOutputs, match=r"\[emb\] .*\(vectors of widths 32 and 64"):
+        restore_vectors(joined)
+    # Without signatures (docs stored by an earlier version) the widths still say so.
+    joined = Doc.from_docs([_without_signatures(last_layer(TEXT)), _without_signatures(wide(OTHER))],
+                           exclude=["tensor"])
+    with pytest.raises(MissingOutputs, match=r"\[emb\] .*\(vectors of widths 32 and 64\)"):
+        _ = joined._.ctx_outputs
+
+
+def test_similarity_compares_vectors_of_one_space_only(vocab, tiny_bert_dir, last_layer, first_layer):
+    a, b = last_layer(TEXT), first_layer(TEXT)
+    with pytest.raises(ValueError, match=r"Doc .* and Doc .* have vectors of different ctxembed models "
+                                         r"\(layers \[2\] vs \[1\]\)"):
+        a.similarity(b)
+    with pytest.raises(ValueError, match=r"layers \[2\] vs \[1\]"):
+        a[0].similarity(b[0])
+    # One model: the cosine; outputs that do not say what made them: compared as before.
+    again = last_layer(OTHER)
+    assert a[0].similarity(again[0]) == pytest.approx(_cosine(a[0].vector, again[0].vector), abs=1e-6)
+    old = _without_signatures(first_layer(TEXT))
+    assert a[0].similarity(old[0]) == pytest.approx(_cosine(a[0].vector, b[0].vector), abs=1e-6)
+    # Static vectors of the same width are another space.
+    static = _pipeline(spacy.blank("en").vocab, tiny_bert_dir,
+                       ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    static.vocab.set_vector("Apple", numpy.ones(32, dtype="float32"))
+    doc, plain = static(TEXT), static.make_doc(TEXT)
+    with pytest.raises(ValueError, match=r"Token 'Apple' has a ctxembed component's contextual vector, but "
+                                         r"Lexeme 'Apple' has a vector from elsewhere"):
+        doc[0].similarity(static.vocab["Apple"])
+    with pytest.raises(ValueError, match="different spaces"):
+        doc[0].similarity(plain[0])
+    assert doc[0].similarity(plain[1]) == 0.0  # no vector at all there: as spaCy

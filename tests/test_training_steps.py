@@ -1,0 +1,205 @@
+"""When the optimizer steps the component's weights, and with what: only what a
+gradient reached, after the backward pass of the batch, and under
+`nlp.use_params(averages)` the optimizer's averages of the encoder too."""
+import numpy
+import pytest
+import spacy
+import torch
+from spacy.training import Example
+from thinc.api import SGD, Adam
+
+from spacy_ctxembed.models.listener import ContextualListenerNode
+
+from .conftest import ctx_config
+from .test_training import TAGS, WORDS, _encoder_params, _listener, _pipeline, _train_step
+
+TEXT = " ".join(WORDS)
+
+
+def _decaying_adam():
+    """spaCy's default optimizer is Adam with weight decay: it moves weights on a zero gradient too."""
+    return Adam(0.01, L2=0.1, L2_is_weight_decay=True, grad_clip=1.0)
+
+
+def _sgd_flow(nlp, examples, optimizer):
+    nlp.update(examples, sgd=optimizer)
+
+
+@pytest.mark.parametrize("flow", [_train_step, _sgd_flow], ids=["spacy train", "nlp.update(sgd=...)"])
+def test_a_listener_at_grad_factor_zero_leaves_the_combiner_alone(tiny_bert_dir, flow):
+    """The combined vectors are read by a listener at grad_factor 0 only: the
+    combiner gets no gradient, so weight decay must leave it (and the doc
+    vectors) as initialised."""
+    nlp, examples = _pipeline(tiny_bert_dir, combine="scalar_mix",
+                              tok2vec=_listener(grad_factor=0.0, mix_layers=False))
+    mix = nlp.get_pipe("ctxembed_bert").combiner
+    s, gamma, vectors = mix.get_param("s").copy(), mix.get_param("gamma").copy(), nlp(TEXT)._.ctx_vectors.copy()
+    assert gamma.tolist() == [1.0]  # the premise: ScalarMix starts at gamma 1, where decay would shrink it
+    optimizer = _decaying_adam()
+    for _ in range(5):
+        flow(nlp, examples, optimizer)
+    numpy.testing.assert_array_equal(mix.get_param("gamma"), gamma)
+    numpy.testing.assert_array_equal(mix.get_param("s"), s)
+    numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, vectors)
+
+
+def _tagger_and_ner(model_dir, *, tagger, ner):
+    nlp, _ = _pipeline(model_dir, tok2vec=tagger)
+    nlp.add_pipe("ner", config={"model": {
+        "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner", "hidden_width": 16,
+        "maxout_pieces": 2, "use_upper": False, "tok2vec": ner}})
+    example = Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS,
+                                                     "entities": ["O", "O", "O", "O", "U-LOC"]})
+    spacy.util.fix_random_seed(0)
+    nlp.initialize(lambda: [example])
+    return nlp, [example]
+
+
+def test_no_gradient_from_the_trained_listeners_leaves_the_encoder_alone(tiny_bert_dir):
+    """The tagger's listener is at grad_factor 0; the NER's would train the
+    encoder, but the NER is frozen (excluded, as `spacy train` runs it): no
+    gradient reaches the encoder, so weight decay must not move it."""
+    nlp, examples = _tagger_and_ner(tiny_bert_dir, tagger=_listener(grad_factor=0.0), ner=_listener())
+    before = _encoder_params(nlp)
+    optimizer = _decaying_adam()
+    for _ in range(3):
+        nlp.update(examples, sgd=False, exclude=["ner"])
+        for name, proc in nlp.pipeline:
+            if name != "ner":
+                proc.finish_update(optimizer)
+    module = nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model
+    assert all(p.grad is None for p in module.parameters())
+    assert all(torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())
+
+
+def test_released_tok2vec_at_grad_factor_zero_leaves_its_encoder_alone(tiny_bert_dir):
+    """ContextualTok2Vec.v2 (what replace_listeners made before v3) runs its
+    encoder in training mode at grad_factor 0, as released, but sends it no
+    gradient: weight decay must not move the copy."""
+    from spacy.util import registry
+
+    nlp, _ = _pipeline(tiny_bert_dir)
+    tok2vec = registry.get("architectures", "spacy-ctxembed.ContextualTok2Vec.v2")(
+        embedder=nlp.get_pipe("ctxembed_bert").model.copy(), width=8, grad_factor=0.0)
+    docs = [nlp.make_doc(TEXT)]
+    tok2vec.initialize(X=docs)
+    module = next(shim for node in tok2vec.walk() for shim in node.shims)._model
+    before = {k: v.detach().clone() for k, v in module.named_parameters()}
+    optimizer = _decaying_adam()
+    for _ in range(3):
+        Y, backprop = tok2vec.begin_update(docs)
+        backprop([numpy.ones_like(y) for y in Y])
+        tok2vec.finish_update(optimizer)
+    assert all(torch.equal(before[k], v) for k, v in module.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def exact_bert_dir(tiny_bert_dir, tmp_path_factory):
+    """The tiny BERT without dropout: its training forward pass is a function of the weights."""
+    from transformers import AutoTokenizer, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+                              ).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
+    return path
+
+
+def test_a_step_asked_for_before_the_backward_pass_follows_it(exact_bert_dir):
+    """`nlp.update(examples, sgd=...)` calls the component's finish_update right
+    after its update, before its listeners call back. Each step must be plain
+    SGD on the gradient at the weights of its own forward pass, as a float64
+    copy of the model computes it with torch (every word is one word piece, so
+    the token vectors are the pieces' hidden states)."""
+    from transformers import AutoTokenizer, BertModel
+
+    nlp, examples = _pipeline(exact_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    listener = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    docs = [eg.predicted for eg in examples]
+    reference = BertModel.from_pretrained(exact_bert_dir, attn_implementation="eager").double()
+    inputs = AutoTokenizer.from_pretrained(exact_bert_dir)(TEXT, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] == len(WORDS) + 2  # [CLS] words [SEP]
+    learn_rate = 0.05
+    optimizer = SGD(learn_rate, L2=0.0, grad_clip=0.0)
+    start = {k: v.detach().clone() for k, v in reference.named_parameters()}
+    for seed in (1, 2):
+        d_layers = numpy.random.default_rng(seed).standard_normal((3, len(WORDS), 32))
+        component.update(examples)
+        component.finish_update(optimizer)  # as nlp.update(sgd=...) calls it
+        outputs, backprop = listener.begin_update(docs)
+        backprop([d_layers.astype("float32")])
+
+        states = reference(**inputs, output_hidden_states=True).hidden_states
+        loss = (torch.stack([states[i][0, 1:-1] for i in (0, 1, 2)]) * torch.from_numpy(d_layers)).sum()
+        params = dict(reference.named_parameters())
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(params.values(), grads):
+                if grad is not None:
+                    param -= learn_rate * grad
+        ours = _encoder_params(nlp)
+        for name, param in params.items():
+            torch.testing.assert_close(ours[name].double(), param.detach(), rtol=1e-5, atol=2e-6,
+                                       msg=lambda m, name=name, seed=seed: f"step {seed}, {name}: {m}")
+    # The premise: the steps are far larger than the tolerance.
+    assert max(float((v.detach() - start[k]).abs().max()) for k, v in reference.named_parameters()) > 1e-2
+
+
+def _elmo_pipeline(tmp_path):
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights),
+                                                    trainable=True, cache_mb=16, store_layers=True))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": _listener(8)}})
+    examples = [Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    return nlp, examples, "ctxembed_elmo"
+
+
+def _bert_pipeline(tiny_bert_dir):
+    nlp, examples = _pipeline(tiny_bert_dir, cache_mb=16, store_layers=True)
+    return nlp, examples, "ctxembed_bert"
+
+
+@pytest.mark.parametrize("encoder", ["bert", "elmo"])
+def test_use_params_puts_the_optimizers_averages_in_the_encoder(tiny_bert_dir, tmp_path, encoder):
+    """`spacy train` evaluates (and saves model-best) under
+    `nlp.use_params(optimizer.averages)`: the fine-tuned encoder's weights must
+    be its averages there (as the heads' are), exactly the trained ones after,
+    and the feature cache must serve neither's layers for the other's."""
+    nlp, examples, name = _bert_pipeline(tiny_bert_dir) if encoder == "bert" else _elmo_pipeline(tmp_path)
+    optimizer = Adam(0.01, L2=0.0, grad_clip=0.0, use_averages=True)
+    for _ in range(4):
+        _train_step(nlp, examples, optimizer)
+    shim = nlp.get_pipe(name).encoder.shims[0]
+    trained = {k: v.detach().clone() for k, v in shim._model.named_parameters()}
+    averaged = {k[1]: v for k, v in optimizer.averages.items() if k[0] == shim.id and k[1] in trained}
+    assert averaged and any(not numpy.array_equal(trained[k].numpy(), v) for k, v in averaged.items())
+    layers = nlp(TEXT)._.ctx_layers.copy()  # (and cached)
+    with nlp.use_params(optimizer.averages):
+        inside = dict(shim._model.named_parameters())
+        for k, v in averaged.items():
+            numpy.testing.assert_array_equal(inside[k].detach().numpy(), v, err_msg=k)
+        for k in trained.keys() - averaged.keys():  # never stepped: as trained
+            assert torch.equal(inside[k], trained[k])
+        assert not numpy.allclose(nlp(TEXT)._.ctx_layers, layers, atol=1e-6)
+    for k, v in shim._model.named_parameters():
+        assert torch.equal(v, trained[k]), k
+    numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_layers, layers)
+
+
+def test_frozen_annotating_listener_of_a_trained_upstream_says_what_to_do(tiny_bert_dir):
+    """The NER is frozen and annotating (it predicts on the training docs), its
+    upstream is trained but not annotating: the upstream is not disabled, it
+    ran its update; the error says what would work."""
+    nlp, examples = _tagger_and_ner(tiny_bert_dir, tagger=_listener(), ner=_listener())
+    with pytest.raises(ValueError) as error:
+        nlp.update(examples, sgd=False, exclude=["ner"], annotates=["ner"])
+    message = str(error.value)
+    assert "'ctxembed_bert' to [training] annotating_components" in message
+    assert "nlp.replace_listeners('ctxembed_bert'" in message
+    assert "disabled" not in message
