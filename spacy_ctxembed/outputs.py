@@ -48,11 +48,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union, cast
 
 import numpy
 from spacy.attrs import ORTH, SPACY
-from spacy.strings import StringStore
+from spacy.strings import StringStore, get_string_id
 from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
 
-from .alignment import align_pieces, text_length, token_char_spans
+from .alignment import PieceAlignment, align_pieces, text_length, token_char_spans
 
 STORE = "ctxembed"
 #: The user-hooks entry that points to the store of the doc the hooks were set on.
@@ -93,7 +93,8 @@ def write_outputs(
         tensor_from = (old["tensor_set"] or None) if old is not None else None
     outputs = dict(old["outputs"]) if old is not None else {}
     starts, ends = token_char_spans(doc)
-    outputs[name] = {"starts": starts, "ends": ends, "vectors": vectors, "layers": layers, "signature": signature}
+    outputs[name] = {"starts": starts, "ends": ends, "orths": doc.to_array(ORTH), "vectors": vectors,
+                     "layers": layers, "signature": signature}
     current = old.get("primary") if old is not None else None
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
         tensor_from = name
@@ -208,18 +209,19 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     if view is None:
         return None
     starts, ends = token_char_spans(doc)
+    orths = doc.to_array(ORTH)
     outputs = {}
     for name, output in view.outputs.items():
         vectors, layers = output["vectors"], output.get("layers")
-        kept_starts, kept_ends = starts, ends
+        kept_starts, kept_ends, kept_orths = starts, ends, orths
         if name in view.missing:
             kept = numpy.flatnonzero(~view.missing[name][0])
-            kept_starts, kept_ends = starts[kept], ends[kept]
+            kept_starts, kept_ends, kept_orths = starts[kept], ends[kept], orths[kept]
             index = get_array_module(vectors).asarray(kept)
             vectors = vectors[index]
             layers = None if layers is None else layers[:, index]
-        outputs[name] = {"starts": kept_starts, "ends": kept_ends, "vectors": vectors, "layers": layers,
-                         "signature": view.signatures.get(name)}
+        outputs[name] = {"starts": kept_starts, "ends": kept_ends, "orths": kept_orths, "vectors": vectors,
+                         "layers": layers, "signature": view.signatures.get(name)}
     stores = _stores(doc) or _source_store(doc)
     # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
     tensor_from = _tensor_source(doc, stores)
@@ -611,7 +613,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         if clash:  # one name, different models: no single output
             clashes[name] = clash
             continue
-        outputs[name], uncovered = _align_output(parts, starts, ends)
+        outputs[name], uncovered = _align_output(parts, starts, ends, doc)
         if uncovered is not None:
             missing[name] = (uncovered, _where(doc, uncovered))
     unplaced = None
@@ -671,15 +673,16 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
     return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
 
 
-def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends
+def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
                   ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
-    """One component's rows for the tokens with character spans [starts, ends),
+    """One component's rows for `doc`'s tokens, with character spans [starts, ends),
     and the mask of the tokens no stored token of it overlaps (None: none).
 
     A token that overlaps stored tokens without a vector (whitespace) has no
     vector; one that overlaps none has no output at all: its characters were
     never embedded by this component, which the caller must not pass off as
-    "no vector"."""
+    "no vector". Stored tokens whose text is not the doc's text where they are
+    placed are left out (`_placed_here`)."""
     old_starts, old_ends = _placed_spans(parts)
     has_layers = all(p.get("layers") is not None for _, p in parts)
     arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
@@ -690,7 +693,10 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends
     if len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends):
         return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
     xp = get_array_module(vectors)
+    here = _placed_here(parts, old_starts, old_ends, starts, ends, doc)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
+    alignment = PieceAlignment(alignment.token_index[here[alignment.piece_index]],
+                               alignment.piece_index[here[alignment.piece_index]], len(starts), len(old_starts))
     uncovered = ~alignment.covered_tokens()
     covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
     keep = covered[alignment.piece_index]
@@ -701,6 +707,40 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends
         moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
         result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
     return result, (uncovered if uncovered.any() else None)
+
+
+def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
+                 starts: numpy.ndarray, ends: numpy.ndarray, doc: Doc) -> numpy.ndarray:
+    """Boolean mask over the stored tokens: True where the doc has the stored
+    token's text at the characters it is placed on.
+
+    What spaCy does to a doc keeps the text under every stored token:
+    retokenizing, `as_doc`, `Doc.from_docs`. But `span.as_doc(copy_user_data=True)`
+    keeps the whole source's store (spaCy shifts its key, never trims it), so
+    once such a doc is joined with others (`Doc.from_docs`), the source's
+    tokens past the cut lie on the other docs' characters: their rows would
+    be mixed into those docs' tokens ("Two" got the mean of "buying" and
+    "Two"). Their text differs there, so they are left out. Stores written by
+    earlier versions record no text: all their tokens count as placed.
+    """
+    if not all(p.get("orths") is not None for _, p in parts):
+        return numpy.ones(len(old_starts), dtype=bool)
+    orths = numpy.concatenate([numpy.asarray(p["orths"], dtype="uint64") for _, p in parts])
+    # Tokens still where they were, with their spans: compared by ORTH (vectorised).
+    at = numpy.minimum(numpy.searchsorted(starts, old_starts), max(len(starts) - 1, 0))
+    same_span = (numpy.zeros(len(old_starts), dtype=bool) if not len(starts)
+                 else (starts[at] == old_starts) & (ends[at] == old_ends))
+    here = numpy.zeros(len(old_starts), dtype=bool)
+    if len(starts):
+        here[same_span] = doc.to_array(ORTH)[at[same_span]] == orths[same_span]
+    # The rest (merged or split since, or outside the doc): by the text under them.
+    rest = numpy.flatnonzero(~same_span)
+    if len(rest):
+        text = doc.text
+        for k in rest:
+            start, end = int(old_starts[k]), int(old_ends[k])
+            here[k] = 0 <= start <= end <= len(text) and get_string_id(text[start:end]) == int(orths[k])
+    return here
 
 
 def _placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarray, numpy.ndarray]:

@@ -244,3 +244,27 @@ def test_similarity_compares_vectors_of_one_space_only(vocab, tiny_bert_dir, las
     with pytest.raises(ValueError, match="different spaces"):
         doc[0].similarity(plain[0])
     assert doc[0].similarity(plain[1]) == 0.0  # no vector at all there: as spaCy
+
+
+def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_characters(last_layer):
+    """`span.as_doc(copy_user_data=True)` keeps the whole source's store (spaCy
+    shifts its key, never trims it): joined with other docs, the source's tokens
+    past the cut lay on the other docs' characters, and "Two" got the mean of
+    "buying" and "Two", a whitespace token a vector."""
+    nlp = last_layer
+    source = nlp(TEXT)
+    other = nlp("Two  spaces.")
+    before = nlp("Before it.")
+    cut = source[0:5].as_doc(copy_user_data=True)  # "Apple Inc. is looking at"
+    for parts in ([cut, other], [before, cut, other], [other, cut]):
+        joined = restore_vectors(Doc.from_docs(parts))
+        offset = 0
+        for part in parts:
+            expected = source._.ctx_vectors[:5] if part is cut else part._.ctx_vectors
+            numpy.testing.assert_allclose(joined._.ctx_vectors[offset:offset + len(part)], expected, atol=1e-6)
+            offset += len(part)
+        assert not any(token.has_vector for token in joined if token.is_space)
+    # Each sentence cut with its user data and joined again: the source's vectors.
+    rejoined = restore_vectors(Doc.from_docs([source[0:6].as_doc(copy_user_data=True),
+                                              source[6:].as_doc(copy_user_data=True)]))
+    numpy.testing.assert_allclose(rejoined._.ctx_vectors, source._.ctx_vectors, atol=1e-6)
