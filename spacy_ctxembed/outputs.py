@@ -67,6 +67,10 @@ class MissingOutputs(ValueError):
     """A doc has the ctxembed hooks but no outputs that can be placed."""
 
 
+class UnplacedOutputs(MissingOutputs):
+    """A joined doc's outputs cannot be placed on its characters (see `_own_regions`)."""
+
+
 def install_extensions() -> None:
     """Register `doc._.ctx_outputs`, `doc._.ctx_vectors` and `doc._.ctx_layers` (once)."""
     getters = {OUTPUTS: get_outputs, VECTORS: get_vectors, LAYERS: get_layers}
@@ -85,8 +89,9 @@ def write_outputs(
         then never mixed or compared. None: not known (older callers).
     """
     key = _whole_doc_key(doc)
-    old = _data(doc).get(key)
-    if isinstance(old, dict):
+    stores = _stores(doc)
+    old = stores[0][1] if len(stores) == 1 and stores[0][0] == key else None
+    if old is not None:
         tensor_from = _tensor_source(doc, [(key, old)])
     else:
         old = _gathered_store(doc)
@@ -204,8 +209,24 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     writing one more output keeps them. The shifted stores are then dropped:
     the whole-doc store, read first, replaces them. What the view could not
     read stays so: an output keeps rows only for the tokens its stores
-    covered, and outputs joined from different models stay clashes."""
-    view = _view(doc)
+    covered, and outputs joined from different models stay clashes.
+    Outputs that cannot be placed at all (`UnplacedOutputs`) are dropped,
+    with a warning: the output being written replaces its own."""
+    try:
+        view = _view(doc)
+    except UnplacedOutputs as err:
+        warnings.warn(f"{err} (their stored outputs are dropped from this doc)", stacklevel=4)
+        stores = _stores(doc)
+        for key, _ in stores:
+            _data(doc).pop(key, None)
+        # The tensor spaCy joined from the cuts' tensors is still ctxembed's where
+        # every cut says so and its width is theirs (the rows cannot be placed).
+        names = {_tensor_output_name(store) for _, store in stores}
+        name = names.pop() if len(names) == 1 else None
+        widths = {int(store["outputs"][name]["vectors"].shape[1]) for _, store in stores
+                  if name is not None and name in store["outputs"]}
+        ours = name is not None and len(widths) == 1 and doc.tensor.ndim == 2 and doc.tensor.shape[1] in widths
+        return {"primary": None, "outputs": {}, "tensor_set": name if ours else False}
     if view is None:
         return None
     starts, ends = token_char_spans(doc)
@@ -570,11 +591,9 @@ def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View
 
 
 def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
-    """The stores in `doc`'s user data, in character order."""
-    key = _whole_doc_key(doc)
-    store = _data(doc).get(key)
-    if isinstance(store, dict):
-        return [(key, store)]
+    """The stores in `doc`'s user data, in character order. (All of them: a
+    joined part's shifted key can equal the whole doc's key by chance, a part
+    cut from a source as long as the joined doc.)"""
     found = [
         (k, v) for k, v in _data(doc).items()
         if isinstance(k, tuple) and len(k) == 4 and k[:2] == ("._.", STORE) and isinstance(v, dict)
@@ -733,13 +752,51 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
     here = numpy.zeros(len(old_starts), dtype=bool)
     if len(starts):
         here[same_span] = doc.to_array(ORTH)[at[same_span]] == orths[same_span]
-    # The rest (merged or split since, or outside the doc): by the text under them.
-    rest = numpy.flatnonzero(~same_span)
+    # The rest (merged or split since): by the text under them; none outside the doc.
+    inside = (old_starts >= 0) & (old_ends <= text_length(doc))
+    rest = numpy.flatnonzero(~same_span & inside)
     if len(rest):
         text = doc.text
         for k in rest:
-            start, end = int(old_starts[k]), int(old_ends[k])
-            here[k] = 0 <= start <= end <= len(text) and get_string_id(text[start:end]) == int(orths[k])
+            here[k] = get_string_id(text[int(old_starts[k]):int(old_ends[k])]) == int(orths[k])
+    return _own_regions(parts, old_starts, old_ends, here)
+
+
+def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
+                 here: numpy.ndarray) -> numpy.ndarray:
+    """`here`, less the tokens of a cut part on another part's characters.
+
+    A part whose every stored token has its text in place is exact: it was
+    written for its own characters. A part with tokens out of place is a cut
+    with its source's store (`span.as_doc(copy_user_data=True)`): its source's
+    tokens past the cut may still match the text of the parts beside it where
+    a word repeats ("Hello" at the same place), so on the characters of an
+    exact part only that part's tokens count.
+    """
+    if len(parts) < 2:
+        return here
+    bounds = numpy.cumsum([0] + [len(p["starts"]) for _, p in parts])
+    exact = [bool(here[a:b].all()) for a, b in zip(bounds[:-1], bounds[1:])]
+    if all(exact):
+        return here
+    if exact.count(False) > 1:
+        # Several cuts, each carrying its source's tokens past its own: where
+        # words repeat, which part's tokens belong on which characters cannot
+        # be told from the text (one sentence's "item" on another's).
+        raise UnplacedOutputs(
+            f"this doc joins {exact.count(False)} docs made with span.as_doc(copy_user_data=True) (Doc.from_docs); "
+            "each carries its whole source's ctxembed outputs (spaCy does not trim them), so which outputs belong "
+            "to which characters cannot be told; run the ctxembed component on the joined doc (nlp(doc) embeds it "
+            "again), or join docs that went through the pipeline whole"
+        )
+    here = here.copy()
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if not exact[i] or a == b:
+            continue
+        low, high = int(old_starts[a:b].min()), int(old_ends[a:b].max())
+        for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if not exact[j]:
+                here[c:d] &= (old_ends[c:d] <= low) | (old_starts[c:d] >= high)
     return here
 
 

@@ -264,6 +264,32 @@ def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_charac
             numpy.testing.assert_allclose(joined._.ctx_vectors[offset:offset + len(part)], expected, atol=1e-6)
             offset += len(part)
         assert not any(token.has_vector for token in joined if token.is_space)
+    # A word that repeats at the same place ("Hello"): the source's token past the cut
+    # has the right text there, but the characters are the other part's. And a cut
+    # part whose shifted key is the joined doc's whole-doc key ("Hello again." is as
+    # long as the cut's rest): it was read as the only store.
+    repeated = nlp("Hello world. Hello there.")
+    for other_text in ("Hello again, friend.", "Hello again."):
+        other = nlp(other_text)
+        parts = [repeated[0:3].as_doc(copy_user_data=True), other]
+        joined = restore_vectors(Doc.from_docs(parts))
+        numpy.testing.assert_allclose(joined._.ctx_vectors[:3], repeated._.ctx_vectors[:3], atol=1e-6)
+        numpy.testing.assert_allclose(joined._.ctx_vectors[3:], other._.ctx_vectors, atol=1e-6)
+    # Several such cuts of one source, shifted differently: where words repeat, which
+    # cut's tokens belong on which characters cannot be told (700 of 900 tokens got
+    # other sentences' vectors). An error, and the component run again on the joined
+    # doc gives it its own vectors (with a warning that the stored ones are dropped).
+    numbered = nlp(" ".join(f"Sentence {i} talks about item {i} here ." for i in range(6)))
+    cuts = [numbered[start:start + 7].as_doc(copy_user_data=True) for start in (0, 14, 28)]
+    with pytest.raises(MissingOutputs, match="which outputs belong to which characters cannot be told"):
+        restore_vectors(Doc.from_docs(cuts))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = nlp(Doc.from_docs(cuts))
+    assert [str(w.message) for w in caught if "[emb]" in str(w.message) or "dropped" in str(w.message)] == [
+        next(str(w.message) for w in caught if "stored outputs are dropped" in str(w.message))]
+    numpy.testing.assert_allclose(again._.ctx_vectors, nlp(again.text)._.ctx_vectors, atol=1e-5)
+    numpy.testing.assert_allclose(again.tensor, again._.ctx_vectors)  # the joined tensor was ctxembed's
     # Each sentence cut with its user data and joined again: the source's vectors.
     rejoined = restore_vectors(Doc.from_docs([source[0:6].as_doc(copy_user_data=True),
                                               source[6:].as_doc(copy_user_data=True)]))

@@ -203,3 +203,54 @@ def test_frozen_annotating_listener_of_a_trained_upstream_says_what_to_do(tiny_b
     assert "'ctxembed_bert' to [training] annotating_components" in message
     assert "nlp.replace_listeners('ctxembed_bert'" in message
     assert "disabled" not in message
+
+
+def _ner_pipeline(model_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, layers=[0, 1, 2], combine="scalar_mix",
+                                                    trainable=True))
+    nlp.add_pipe("ner", config={"model": {
+        "@architectures": "spacy.TransitionBasedParser.v2", "state_type": "ner", "hidden_width": 16,
+        "maxout_pieces": 2, "use_upper": False, "tok2vec": _listener(mix_layers=False)}})
+    with_entities = Example.from_dict(nlp.make_doc(" ".join(WORDS)),
+                                      {"words": WORDS, "entities": ["O", "O", "O", "O", "U-LOC"]})
+    no_entities = Example.from_dict(nlp.make_doc("You walked to a park"), {"words": "You walked to a park".split()})
+    nlp.initialize(lambda: [with_entities])
+    return nlp, with_entities, no_entities
+
+
+def test_accumulated_gradients_are_stepped_when_the_last_batch_got_no_callback(tiny_bert_dir):
+    """`spacy train` with accumulate_gradient = 2: NER calls back for the first
+    batch and skips the second (no entity annotation). The first batch's
+    gradient must be stepped at finish_update, as with one batch: it was held
+    back until the next update (after evaluation and model-best)."""
+    spacy.util.fix_random_seed(0)
+    nlp, with_entities, no_entities = _ner_pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    optimizer = SGD(0.05, L2=0.0, grad_clip=0.0)
+    before, mix_before = _encoder_params(nlp), component.combiner.get_param("s").copy()
+    grads = {}
+    nlp.update([with_entities], sgd=False)
+    nlp.update([no_entities], sgd=False)
+    for name, param in component.encoder.shims[0]._model.named_parameters():
+        if param.grad is not None:
+            grads[name] = param.grad.detach().clone()
+    assert grads and any(float(g.abs().max()) > 0 for g in grads.values())
+    for _, proc in nlp.pipeline:
+        proc.finish_update(optimizer)
+    after = _encoder_params(nlp)
+    for name, grad in grads.items():  # plain SGD: exactly one step of the first batch's gradient
+        torch.testing.assert_close(after[name], before[name] - 0.05 * grad, rtol=0, atol=1e-6)
+    assert not numpy.array_equal(component.combiner.get_param("s"), mix_before)
+
+
+def test_a_listener_that_skipped_a_batch_is_not_taken_for_one_in_training(tiny_bert_dir):
+    """NER skips a batch without entity annotation: its listener keeps that batch
+    (a later callback cannot be ruled out), and an error on other docs later took
+    it for an upstream being trained ("add it to annotating_components") where
+    the upstream was disabled."""
+    spacy.util.fix_random_seed(0)
+    nlp, _, no_entities = _ner_pipeline(tiny_bert_dir)
+    nlp.update([no_entities], sgd=nlp.resume_training())
+    with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match="it is disabled"):
+        nlp("A new text")

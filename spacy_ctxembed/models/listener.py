@@ -190,7 +190,8 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     f"but has outputs of {', '.join(map(repr, others))}; if the upstream component was renamed, "
                     "set the listener's upstream to its new name"
                 )
-            value = _zeros_for_sample(model, doc, name)
+            value = _zeros_for_sample(model, doc, name, in_training_batch=(
+                model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
 
@@ -207,7 +208,7 @@ def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
     return next(iter(outputs.values())) if len(outputs) == 1 else None
 
 
-def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[str]):
+def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[str], *, in_training_batch: bool):
     """Zeros of the right shape for a doc no upstream annotated, where that is
     expected: one of the docs spaCy initialises the listening component on
     (as spaCy's Tok2VecListener gives zeros there). Anywhere else zeros would
@@ -223,9 +224,11 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)"
         )
-    if not model.is_sample(doc) and model._batch_id is not None:
-        # The upstream is being trained (its update sent this listener a batch),
-        # but this component predicts: it is frozen and annotating.
+    if not model.is_sample(doc) and in_training_batch:
+        # The upstream is being trained on these docs (its update sent this
+        # listener this batch), but this component predicts: it is frozen and
+        # annotating. (A batch id alone could be a stale one, of a batch that
+        # this listener's component skipped.)
         raise ValueError(
             f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
             f"{name!r}, which is being trained but does not annotate the training docs, while this listener's "

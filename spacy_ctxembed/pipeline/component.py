@@ -439,10 +439,12 @@ class ContextualEmbedder(TrainablePipe):
 
     def finish_update(self, sgd: Optimizer) -> None:
         # A batch that some listener did not call back for runs its backward
-        # pass now (see `update`); one that no listener has called back for
-        # yet takes this step after its backward pass.
-        if not self._flush_backward(at_update=False, sgd=sgd):
-            return
+        # pass now (see `update`). One that no listener has called back for
+        # yet (`nlp.update(sgd=...)` asks right after this component's update)
+        # takes this step after its backward pass; what the backward passes of
+        # earlier batches left (`spacy train` accumulating gradients over
+        # batches, the last of which no listener answered) is stepped now.
+        self._flush_backward(at_update=False, sgd=sgd)
         # Only what a gradient reached since its last step: an optimizer with
         # weight decay moves weights even on a zero gradient, and thinc keeps
         # a zeroed gradient after each step.
