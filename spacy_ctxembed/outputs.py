@@ -217,16 +217,11 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     except UnplacedOutputs as err:
         warnings.warn(f"{err} (their stored outputs are dropped from this doc)", stacklevel=4)
         stores = _stores(doc)
+        # (The tensor spaCy joined from the cuts' tensors: each cut's rows are its own tokens'.)
+        tensor_from = _tensor_source(doc, stores)
         for key, _ in stores:
             _data(doc).pop(key, None)
-        # The tensor spaCy joined from the cuts' tensors is still ctxembed's where
-        # every cut says so and its width is theirs (the rows cannot be placed).
-        names = {_tensor_output_name(store) for _, store in stores}
-        name = names.pop() if len(names) == 1 else None
-        widths = {int(store["outputs"][name]["vectors"].shape[1]) for _, store in stores
-                  if name is not None and name in store["outputs"]}
-        ours = name is not None and len(widths) == 1 and doc.tensor.ndim == 2 and doc.tensor.shape[1] in widths
-        return {"primary": None, "outputs": {}, "tensor_set": name if ours else False}
+        return {"primary": None, "outputs": {}, "tensor_set": tensor_from or False}
     if view is None:
         return None
     starts, ends = token_char_spans(doc)
@@ -570,13 +565,19 @@ def _primary_vectors(doc: Doc, start: int, end: Optional[int] = None):
 
 def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View]:
     end = len(doc) if end is None else end
+    with _VIEWS_LOCK:
+        memo = _VIEWS.get(doc)
+    # The common case, a doc with its one whole-doc store: found by key, where
+    # the view was made from that store alone (`_stores` scans all of the user
+    # data, once per token hook if done here: other extensions' values are there too).
+    whole = _data(doc).get(_whole_doc_key(doc))
+    if memo is not None and len(memo[0]) == 1 and memo[0][0] is whole and memo[1].fits(doc, start, end):
+        return memo[1]
     stores = _stores(doc) or _source_store(doc)
     if not stores:
         return None
     # The stores themselves, compared by identity (a write replaces the store).
     identity = [store for _, store in stores]
-    with _VIEWS_LOCK:
-        memo = _VIEWS.get(doc)
     if (
         memo is not None
         and len(memo[0]) == len(identity)
