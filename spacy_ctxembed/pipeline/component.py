@@ -430,12 +430,11 @@ class ContextualEmbedder(TrainablePipe):
             listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
         return losses
 
-    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> bool:
-        """Run the pending backward pass where it is due; whether none is pending now."""
+    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> None:
+        """Run the pending backward pass where it is due."""
         backward = self._pending_backward
         if backward is not None and backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
-        return self._pending_backward is None
 
     def finish_update(self, sgd: Optimizer) -> None:
         # A batch that some listener did not call back for runs its backward
