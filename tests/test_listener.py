@@ -57,6 +57,9 @@ def test_listener_without_upstream_layers():
 
 
 def test_tagger_trains_saves_and_loads(tiny_bert_dir, tmp_path):
+    # Seeded: 30 updates from whatever state earlier tests left the global RNG in
+    # tagged "park" as DET in one CI run (the same code passes 20 of 20 seeds).
+    spacy.util.fix_random_seed(0)
     nlp = _upstream_nlp(tiny_bert_dir)
     tagger = nlp.add_pipe("tagger", config={"model": {
         "@architectures": "spacy.Tagger.v2",
