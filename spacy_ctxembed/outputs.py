@@ -405,7 +405,7 @@ def _check_one_space(a: Any, b: Any, u, v) -> None:
                 "from different spaces; compare vectors of one model (restore_vectors re-attaches a stored "
                 "doc's ctxembed vectors)"
             )
-    elif ours_a and signature_a and signature_b and signature_a != signature_b:
+    elif ours_a and signature_a and signature_b and not _signatures_agree([signature_a, signature_b]):
         raise ValueError(
             f"similarity: {_named(a)} and {_named(b)} have vectors of different ctxembed models "
             f"({_signature_difference(signature_a, signature_b)}); compare vectors of one model"
@@ -429,9 +429,20 @@ def _vector_source(item: Any) -> Tuple[bool, Optional[str]]:
     return True, view.signatures.get(view.primary)
 
 
+def _signature_fields(signature: str) -> Dict[str, str]:
+    return dict(part.partition("=")[::2] for part in signature.split("; "))
+
+
+def _signatures_agree(signatures: List[str]) -> bool:
+    """Whether the signatures say one model made the outputs. Only the fields
+    that both of a pair have count: earlier versions wrote fewer (no weights)."""
+    fields = [_signature_fields(s) for s in dict.fromkeys(signatures)]
+    return all(a[key] == b[key] for i, a in enumerate(fields) for b in fields[i + 1:] for key in a.keys() & b.keys())
+
+
 def _signature_difference(a: str, b: str) -> str:
     """What differs between two signatures ("key=value; ..."), for messages."""
-    fields_a, fields_b = (dict(part.partition("=")[::2] for part in s.split("; ")) for s in (a, b))
+    fields_a, fields_b = _signature_fields(a), _signature_fields(b)
     keys = list(dict.fromkeys([*fields_a, *fields_b]))
     differ = [f"{k} {fields_a.get(k, '-')} vs {fields_b.get(k, '-')}" for k in keys
               if fields_a.get(k) != fields_b.get(k)]
@@ -628,7 +639,8 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         # Parts of empty docs hold no rows: whatever made them, they mix with nothing.
         parts = [part for part in parts if len(part[1]["vectors"])] or parts[:1]
         known = sorted({p["signature"] for _, p in parts if p.get("signature")})
-        signatures[name] = known[0] if len(known) == 1 else None
+        # (Of signatures that agree, the one that says the most.)
+        signatures[name] = max(known, key=len) if known and _signatures_agree(known) else None
         clash = clashes.get(name) or _clash(parts, known)
         if clash:  # one name, different models: no single output
             clashes[name] = clash
@@ -660,7 +672,7 @@ def _clash(parts: List[Tuple[int, Dict[str, Any]]], signatures: List[str]) -> Op
     n_layers = sorted({int(p["layers"].shape[0]) for _, p in parts if p.get("layers") is not None})
     if len(n_layers) > 1:
         differ.append(f"{' and '.join(map(str, n_layers))} stored layers")
-    if len(signatures) > 1:
+    if not _signatures_agree(signatures):
         differ.append("signatures " + " and ".join(map(repr, signatures)))
     return ", ".join(differ) or None
 

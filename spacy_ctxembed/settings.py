@@ -1,5 +1,5 @@
 """Validation of the settings that every embedder shares, and settings kept from the config."""
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import srsly
 from thinc.api import Model
@@ -30,8 +30,8 @@ def normalize_layers(component: str, layers: Iterable[int], n_available: int) ->
                 component,
                 "layers",
                 layers,
-                f"index {index} is out of range: the model has {n_available} layers "
-                f"(valid: {-n_available} .. {n_available - 1})",
+                f"index {index} is out of range: the model has {n_available} layers, counting its embedding "
+                f"(token) layer as 0 (valid: {-n_available} .. {n_available - 1})",
             )
         resolved.append(index % n_available)
     return tuple(resolved)
@@ -71,3 +71,21 @@ def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Mode
 def config_value(value: Any) -> Any:
     """The value of a `Model.attrs` entry, unwrapped where it is a `FromConfig`."""
     return value.value if isinstance(value, FromConfig) else value
+
+
+def selected_layers(encoder: Model) -> Optional[List[int]]:
+    """The encoder layers the component combines; None where that is not known
+    (weights not loaded). BERT and ELMo give non-negative indices, resolved
+    against the loaded model. An upstream transformer's depth is known only
+    from its outputs, so `ctxembed_from_trf` gives its setting as written:
+    `[-1]` and `[12]` then count as different layers (a load is refused
+    where they would be the same), but `[-1]` edited to `[-2]` is never
+    taken for it."""
+    for shim in encoder.shims:  # (BERT, ELMo: resolved against the loaded model)
+        layers = getattr(shim, "layers", None)
+        return [int(i) for i in layers] if layers else None
+    settings = config_value(encoder.attrs.get("settings"))
+    layers = settings.get("layers") if isinstance(settings, dict) else None
+    if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        return list(layers)
+    return None

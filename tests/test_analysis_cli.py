@@ -1,6 +1,7 @@
 """`python -m spacy_ctxembed analyze`: a run on a small corpus, the numbers and report it writes, the config
 it recommends (built and run), its errors."""
 import base64
+import errno
 import json
 import sys
 from html.parser import HTMLParser
@@ -13,12 +14,16 @@ import torch
 from spacy.util import load_config
 from thinc.api import Config
 
+from spacy_ctxembed.analysis import write_report
+from spacy_ctxembed.analysis.report import wic_figure
+
 from .analysis_support import (
     CORPUS_LINES,
     exact_anisotropy,
     plain_intra_sentence,
     plain_self_similarity,
     saved_pipeline,
+    wic_pairs,
     write_corpus,
     write_wic,
 )
@@ -30,6 +35,8 @@ LAYER_KEYS = {"layer", "anisotropy", "self_similarity", "intra_sentence_similari
               "max_explainable_variance_adjusted", "wic_accuracy"}
 PNG = b"\x89PNG\r\n\x1a\n"
 ATOL = 1e-5
+#: The labels of `wic_pairs()`, the pairs of both --wic-train and --wic-eval in `run`.
+WIC_LABELS = np.array([same for _, same in wic_pairs()])
 
 
 class _Page(HTMLParser):
@@ -86,6 +93,9 @@ def test_analyze_writes_every_number(run, reference):
     assert "accuracy on" in analysis["wic"]["protocol"]
     assert analysis["wic"]["train"]["pairs"] == 30 and analysis["wic"]["eval"]["pairs"] == 30
     assert analysis["settings"]["n_pairs"] is None and analysis["settings"]["threads"] == 1
+    # the baseline of the accuracies: always answering the commoner label of the --wic-eval pairs (F)
+    assert analysis["wic"]["majority_baseline"] == {"pairs": "eval", "majority_label": "F",
+                                                    "majority_rate": pytest.approx(np.mean(~WIC_LABELS))}
     # the reference's tokens and layers; each text line is one sentence
     docs = list(reference["mean"].pipe(CORPUS_LINES))
     words = [t.lower_ for doc in docs for t in doc]
@@ -115,6 +125,8 @@ def test_analyze_writes_every_number(run, reference):
             assert min(mix["weights"]) >= 0.0 and 0.0 <= mix["accuracy"] <= 1.0
             assert len(scores["logistic_regression"]["coefficients"]) == 3
             assert scores["pairs_without_vector"] == {"train": 0, "eval": 0}
+            for rule in scores["layers"] + [scores["mean_of_layers"], mix]:  # a number, or named: never null
+                assert isinstance(rule["threshold"], float) or rule["threshold"] in ("all_same", "all_different")
         recommendation = pipeline["recommendation"]
         assert recommendation["accuracy"] is not None  # held out: --wic-eval was given
         assert "selected on these folds" in recommendation["note"]
@@ -184,6 +196,68 @@ def test_report_is_valid_html_with_its_images(run):
     assert sorted(embedded) == sorted(p.read_bytes() for p in pngs)
 
 
+def test_report_and_plot_show_the_majority_baseline(run):
+    result, out = run
+    analysis = json.loads((out / "analysis.json").read_text())
+    rate = float(np.mean(~WIC_LABELS))
+    sentence = f"The majority class (always F) scores {rate:.3f} on the --wic-eval pairs"
+    assert sentence in result.stdout and sentence in (out / "report.html").read_text(encoding="utf8")
+    # one row per WiC table (one table per pipeline)
+    assert (out / "report.html").read_text(encoding="utf8").count(
+        f'<td class="text">majority class (always F)</td><td>{rate:.3f}</td>') == 2
+    figure = wic_figure(analysis["pipelines"], analysis["wic"])
+    assert f"WiC accuracy: {analysis['wic']['protocol']}" in [text.get_text() for text in figure.texts]
+    for ax in figure.axes:
+        lines = [line for line in ax.get_lines() if line.get_label().startswith("majority class (always F)")]
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == [rate, rate]
+
+
+def _without_wic_and_words(analysis, label):
+    """`analysis` as a run without --wic-train and --word would give it, its pipelines relabelled."""
+    pipelines = [{**{k: v for k, v in p.items() if k != "wic"}, "label": label, "explorer": {}, "recommendation": None,
+                  "layers": [{k: v for k, v in layer.items() if k != "wic_accuracy"} for layer in p["layers"]]}
+                 for p in analysis["pipelines"]]
+    return {**analysis, "wic": None, "pipelines": pipelines}
+
+
+def test_report_replaces_only_its_own_files_and_never_half(run, tmp_path, monkeypatch):
+    _, out = run
+    analysis = json.loads((out / "analysis.json").read_text())
+    target = tmp_path / "report"
+    first = write_report(analysis, target)
+    mine = {"notes.txt": b"mine", "explorer-notes.png": b"mine too"}  # not the report's own names
+    for name, data in mine.items():
+        (target / name).write_bytes(data)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    assert set(before) == {p.name for p in first} | set(mine) and "wic.png" in before
+    second = _without_wic_and_words(analysis, "second run")
+    # a write that fails after its first file (a full disk, say): the earlier report stays whole
+    written = []
+
+    def full_disk(original):
+        def write(path, data, *args, **kwargs):
+            if written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written.append(path)
+            return original(path, data, *args, **kwargs)
+        return write
+
+    for method in ("write_bytes", "write_text"):
+        monkeypatch.setattr(Path, method, full_disk(getattr(Path, method)))
+    with pytest.raises(OSError, match="No space left"):
+        write_report(second, target)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # nothing half-written, nothing left over
+    # the next run's report: the earlier run's WiC and explorer plots are gone, and the staging folder a
+    # killed run left behind; the user's files stay
+    (target / ".analysis-k1ll3d.tmp").mkdir()
+    (target / ".analysis-k1ll3d.tmp" / "analysis.json").write_text("{")
+    write_report(second, target)
+    assert {p.name for p in target.iterdir()} == {"analysis.json", "report.html", "contextuality.png"} | set(mine)
+    assert all((target / name).read_bytes() == data for name, data in mine.items())
+    assert json.loads((target / "analysis.json").read_text())["pipelines"][0]["label"] == "second run"
+
+
 def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
     corpus = write_corpus(tmp_path)
     (tmp_path / "empty").mkdir()
@@ -202,9 +276,17 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         (["--explore-max-occurrences", "2"], "--explore-max-occurrences 2: expected 0 (all) or at least 3"),
         (["--examples", "0"], "--examples 0: expected at least 1"),
         (["--threads", "-1"], "--threads -1: expected at least 0"),
+        (["--model", model, "--seed", "-1"], "--seed -1: expected 0 .. 4294967295"),
+        (["--model", model, "--seed", str(2**32)], f"--seed {2**32}: expected 0 .. 4294967295"),
+        # known from the WiC labels alone (12 T): before any model loads
+        (["--model", model, "--wic-train", wic, "--folds", "13"],
+         "--folds 13: expected 2 .. 12 (the WiC training pairs have 12 T and 18 F labels)"),
+        (["--model", model, "-o", tmp_path / "corpus.txt" / "out"],
+         "--output {}: {} exists and is not a directory".format(tmp_path / "corpus.txt" / "out", corpus)),
         # checked when the pipeline is planned, before anything is embedded
         (["--model", model, "--explore-layers", "-4"],
-         "--explore-layers [-4]: index -4 is out of range: the model has 3 layers (valid: -3 .. 2)"),
+         "--explore-layers [-4]: index -4 is out of range: the model has 3 layers, counting its embedding (token) "
+         "layer as 0 (valid: -3 .. 2)"),
     ]
     for options, message in cases:
         result = invoke("analyze", corpus, "-o", tmp_path / "out", *options)

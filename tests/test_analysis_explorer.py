@@ -6,6 +6,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from spacy_ctxembed.analysis import CorpusLayers, choose_clusters, explore_word, nearest_neighbours, unit_rows
+from spacy_ctxembed.analysis.report import _explorer_html, explorer_figure, explorer_png_name
 
 
 def blobs(n_per, centres, spread, rng):
@@ -124,6 +125,18 @@ def test_sampled_word_note_names_the_word():
     assert result["note"] == "'ran': 8 of its 20 occurrences, sampled"
     assert result["n_occurrences"] == 20 and len(result["points"]) == 8
     assert all("[ran]" in point["context"] for point in result["points"])
+
+
+@pytest.mark.parametrize("max_occurrences, shown", [(8, "8 of 20 occurrences (sampled)"), (None, "20 occurrences")])
+def test_plot_and_report_say_how_many_occurrences_they_show(max_occurrences, shown):
+    corpus, senses = _corpus()
+    explored = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0], max_occurrences=max_occurrences)
+    assert len(explored["points"]) == (max_occurrences or senses.size)  # 20 "ran" in the corpus, by construction
+    title = explorer_figure(explored, "tiny").axes[0].get_title()
+    assert title.startswith(f"'ran': {shown}, layers [0]")
+    pipeline = {"label": "tiny", "explorer": {"ran": explored}}
+    page = _explorer_html(pipeline, 0, {explorer_png_name(0, 0, "ran"): b"png"})
+    assert f"<p>{shown}, layers" in page
 
 
 def test_combined_layers_are_the_mean():

@@ -1,6 +1,8 @@
 """The analysis on real (tiny) pipelines: every layer is what the pipeline itself gives, for saved
 pipelines (whatever their combiner), configs (with a tagger and parser too), ELMo, CoNLL-U sentences, and
 each pooling mode on WiC."""
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from spacy.util import load_config
 from spacy_ctxembed.analysis import (
     AnalysisInputError,
     AnalysisSettings,
+    CorpusLayers,
     PipelineSource,
     analyze,
     anisotropy,
@@ -20,6 +23,7 @@ from spacy_ctxembed.analysis import (
     read_wic,
     target_vectors,
 )
+from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
 from spacy_ctxembed.analysis.source import all_layer_edits, n_available_layers
 from spacy_ctxembed.analysis.wic import multi_piece_sentences
 
@@ -28,6 +32,7 @@ from .analysis_support import (
     CORPUS_LINES,
     exact_anisotropy,
     plain_intra_sentence,
+    plain_self_similarity,
     saved_pipeline,
     write_conllu,
     write_corpus,
@@ -243,7 +248,8 @@ def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(t
 
     monkeypatch.setattr(run, "embed_corpus", no_embedding)
     with pytest.raises(AnalysisInputError, match=r"--explore-layers \[3\]: index 3 is out of range: the model "
-                                                 r"has 3 layers \(valid: -3 \.\. 2\)"):
+                                                 r"has 3 layers, counting its embedding \(token\) layer as 0 "
+                                                 r"\(valid: -3 \.\. 2\)"):
         analyze(corpus, [source, source], AnalysisSettings(explore_layers=[3]))
 
 
@@ -260,6 +266,38 @@ def test_tokens_without_a_vector_are_counted_and_the_explorer_names_its_pooling(
     assert [layer["tokens_without_vector"] for layer in result["layers"]] == [expected] * len(result["layers"])
     assert any(f"up to {expected} of the corpus's" in note for note in result["notes"])
     assert result["explorer"]["ran"]["pooling"] == result["pooling"] == "mean"
+    # no word occurs 5 times (--min-count's default) in these two lines: the nulls are explained
+    counts = Counter(t.lower_ for doc in nlp.pipe(path.read_text().splitlines()) for t in doc)
+    assert max(counts.values()) < 5
+    assert all(math.isnan(layer["self_similarity"]) for layer in result["layers"])
+    assert "every layer: no word has --min-count 5 occurrences with a vector: self-similarity and max " \
+           "explainable variance are null" in result["notes"]
+
+
+def test_empty_measures_get_a_note_naming_their_layers():
+    """Layer 0: one token per sentence, so no intra-sentence similarity; layer 1: a single token with a
+    vector, so nothing at all. The measures that can be computed match the plain references."""
+    rng = np.random.default_rng(0)
+    words = ["a", "b", "a", "b", "a", "b"]
+    layers = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    layers[1, 1:] = 0
+    n = len(words)
+    corpus = CorpusLayers(
+        layers=layers, layer_ids=[0, 1], word_ids=np.array([0, 1] * 3), words=["a", "b"],
+        sentence_ids=np.arange(n), doc_ids=np.arange(n), starts=np.zeros(n, np.int64), ends=np.ones(n, np.int64),
+        texts=["x"] * n)
+    report = contextuality(corpus, AnalysisSettings(min_count=2, n_pairs=None))
+    assert report[0]["anisotropy"] == pytest.approx(exact_anisotropy(layers[0]), abs=1e-6)
+    assert report[0]["self_similarity"] == pytest.approx(plain_self_similarity(layers[0], words, 2), abs=1e-6)
+    assert math.isnan(report[0]["intra_sentence_similarity"])
+    assert all(math.isnan(report[1][key]) for key in ("anisotropy", "self_similarity", "intra_sentence_similarity",
+                                                      "max_explainable_variance"))
+    assert empty_measure_notes(report, 2) == [
+        "layers [1]: fewer than two tokens have a vector: anisotropy and every adjusted value are null",
+        "layers [1]: no word has --min-count 2 occurrences with a vector: self-similarity and max explainable "
+        "variance are null",
+        "every layer: no sentence has two tokens with a vector: intra-sentence similarity is null",
+    ]
 
 
 def test_summary_picks_the_best_wic_layer_by_cross_validation():
@@ -275,4 +313,7 @@ def test_summary_picks_the_best_wic_layer_by_cross_validation():
                             "max_explainable_variance": 0.1, "max_explainable_variance_adjusted": 0.0,
                             "wic_accuracy": layers[i]["accuracy"]} for i in (0, 1)],
                 "wic": {"mean": {"layers": layers, "mean_of_layers": {"accuracy": 0.6}, "scalar_mix": mix}}}
-    assert "best layer (by cross-validation) 1 0.600" in summary({"pipelines": [pipeline]})
+    baseline = {"pairs": "train", "majority_label": "F", "majority_rate": 0.55}
+    text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline}})
+    assert "best layer (by cross-validation) 1 0.600" in text
+    assert "The majority class (always F) scores 0.550 on the --wic-train pairs" in text

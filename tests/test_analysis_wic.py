@@ -1,6 +1,7 @@
 """WiC sense separation: thresholds, cross-validation, the fitted scalar mix, the Gram cosines and the
 recommendation, each checked against an independent computation written here (brute force, sklearn's own
 helpers, plain NumPy); and that the evaluation labels decide nothing."""
+import json
 import math
 
 import numpy as np
@@ -29,6 +30,7 @@ from spacy_ctxembed.analysis import (
     read_wic,
     recommend,
 )
+from spacy_ctxembed.analysis.report import jsonable
 
 from .analysis_support import wic_pairs
 
@@ -112,6 +114,27 @@ def test_logistic_regression_cross_validation_matches_sklearn():
 def test_folds_refuse_too_few_pairs():
     with pytest.raises(AnalysisInputError, match=r"--folds 5: expected 2 \.\. 3 .*3 T and 10 F"):
         folds(np.array([1] * 3 + [0] * 10, bool), 5, seed=0)
+
+
+@pytest.mark.parametrize("share_same, named", [(1 / 3, "all_different"), (2 / 3, "all_same")])
+def test_thresholds_that_call_every_pair_one_label_are_named(share_same, named):
+    """A layer whose cosines are all equal can only call every pair the majority label: its threshold is
+    +-inf, which analysis.json names instead of writing null (JSON has no infinity)."""
+    rng = np.random.default_rng(11)
+    n = 18
+    labels = np.arange(n) < round(share_same * n)
+    targets = rng.normal(size=(2 * n, 2, 6)).astype(np.float32)
+    targets[n:, 0] = targets[:n, 0]  # layer 0: both sides the same vector, cosine 1 for every pair
+    result = evaluate_senses(WicGrams.from_targets(targets), labels, [0, 1], n_folds=3, seed=0)
+    expected, expected_accuracy = brute_threshold(np.ones(n), labels)
+    assert expected == (math.inf if named == "all_different" else -math.inf)
+    written = json.loads(json.dumps(jsonable(result), allow_nan=False))
+    layer = written["layers"][0]
+    assert layer["threshold"] == named
+    # the majority class, whichever fold left a pair out
+    assert layer["train_accuracy"] == layer["cv_accuracy"] == pytest.approx(expected_accuracy)
+    assert expected_accuracy == pytest.approx(max(np.mean(labels), np.mean(~labels)))
+    assert isinstance(written["layers"][1]["threshold"], float)
 
 
 def _cos(a, b):
@@ -247,6 +270,10 @@ def test_read_wic(tmp_path):
     (["run\tV\tx\tI ran .\tYou ran ."], ["T"], r"token indices 'x': expected i-j"),
     (["run\tV\t1-1\tI ran .\tYou ran ."], ["yes"], r"train.gold.txt line 1: expected T or F, got 'yes'"),
     (["run\tV\t1-1\tI ran .\tYou ran ."], ["T", "F"], r"has 1 lines but train.gold.txt has 2 labels"),
+    # an empty token would shift the indices (here "ran" would be token 2) and crash spaCy after embedding
+    (["run\tV\t2-1\tI  ran .\tYou ran ."], ["T"], r"line 1: sentence 1 'I  ran \.': an empty token"),
+    (["run\tV\t1-1\tI ran .\t You ran ."], ["T"], r"line 1: sentence 2 ' You ran \.': an empty token"),
+    (["run\tV\t1-1\tI ran .\tYou ran . "], ["T"], r"line 1: sentence 2 'You ran \. ': an empty token"),
 ])
 def test_read_wic_errors_name_file_and_line(tmp_path, rows, gold, message):
     with pytest.raises(AnalysisInputError, match=r"^--wic-train .*" + message):
@@ -274,7 +301,11 @@ def test_read_wic_reads_every_data_file_of_the_folder(tmp_path):
     _write_wic(tmp_path / "wic", rows[8:20], gold[8:20], stem="b")
     data = read_wic(tmp_path / "wic")
     assert data.n_pairs == 30 and data.labels.tolist() == [g == "T" for g in gold]
-    assert data.describe()["same_sense"] == 12
+    described, labels = data.describe(), np.array([g == "T" for g in gold])
+    assert described["same_sense"] == 12
+    # the majority-class baseline: always F is right on the share of F pairs
+    assert described["majority_label"] == "F"
+    assert described["majority_rate"] == pytest.approx(float(np.mean(~labels)))
     sides = [tuple(row.split("\t")[3].split(" ")) for row in rows] + [tuple(row.split("\t")[4].split(" "))
                                                                       for row in rows]
     assert [data.sentences[s] for s in data.sentence_of] == sides

@@ -143,3 +143,58 @@ def test_models_without_one_state_per_piece_are_refused(tmp_path, minilm_dir, fa
 def test_stride_larger_than_window(tiny_bert_dir):
     with pytest.raises(SettingError, match=r"stride = 40: must not exceed window \(30\)"):
         make_nlp(tiny_bert_dir, window=30, stride=40)
+
+
+def test_a_scalar_mix_n_layers_that_contradicts_the_layers_is_refused():
+    # It was accepted and then sized by the layers, and the saved pipeline
+    # failed to load with a message about the layers.
+    config = ctx_config(layers=[-1, -2, -3])
+    config["model"]["combiner"] = {"@layers": "spacy-ctxembed.ScalarMix.v1", "n_layers": 5}
+    with pytest.raises(SettingError, match=r"^\[Embedder.v2\] combiner.n_layers = 5: the encoder's layers select 3"):
+        spacy.blank("en").add_pipe("ctxembed_bert", config=config)
+    config["model"]["combiner"]["n_layers"] = 3
+    spacy.blank("en").add_pipe("ctxembed_bert", config=config)
+
+
+@pytest.mark.parametrize("architecture", ["ContextualListener.v2", "ContextualTok2Vec.v3", "ContextualTok2Vec.v2"])
+@pytest.mark.parametrize("settings, pattern", [
+    ({"width": 0}, r"width = 0: expected an integer width >= 1"),
+    ({"width": "16"}, r"width = '16': expected an integer width >= 1, got str"),
+    # A string from a config file: "0" counted as non-zero and failed at the first update.
+    ({"grad_factor": "0"}, r"grad_factor = '0': expected a number"),
+    ({"grad_factor": float("nan")}, r"grad_factor = nan: expected a number"),
+    ({"mix_layers": "false"}, r"mix_layers = 'false': expected true or false"),
+])
+def test_listener_settings_are_checked_by_name(architecture, settings, pattern):
+    from spacy.util import registry
+
+    build = registry.architectures.get(f"spacy-ctxembed.{architecture}")
+    arguments = {"width": 8, **settings}
+    if "Tok2Vec" in architecture:
+        arguments["embedder"] = None  # (checked before it is used)
+    with pytest.raises(SettingError, match=rf"^\[{architecture}\] {pattern}"):
+        build(**arguments)
+
+
+def test_v1_listener_sizes_are_checked_by_name():
+    from spacy.util import registry
+
+    build = registry.architectures.get("spacy-ctxembed.ContextualListener.v1")
+    with pytest.raises(SettingError, match=r"^\[ContextualListener.v1\] upstream_width = 0: expected an integer"):
+        build(width=8, n_layers=2, upstream_width=0)
+
+
+def test_weights_of_another_width_are_named_as_such(tiny_bert_dir, tmp_path, minilm_dir):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=64)
+    BertModel(config).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    narrow = make_nlp(tmp_path).get_pipe("ctxembed_bert").to_bytes()
+    nlp = make_nlp(tiny_bert_dir)
+    with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] bytes = '\d+ bytes': saved for a model of other "
+                                           r"dimensions than this component's config builds \(.*from 32 to 16"):
+        nlp.get_pipe("ctxembed_bert").from_bytes(narrow)

@@ -144,3 +144,24 @@ def test_added_to_a_loaded_transformer_without_initialize(tiny_bert_dir, tmp_pat
     assert loaded(TEXT)._.ctx_vectors.shape == (len(loaded.make_doc(TEXT)), 32)
     empty = loaded("")
     assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)
+
+
+def test_from_trf_layers_edited_in_a_saved_pipeline_are_refused(tiny_bert_dir, tmp_path):
+    """The upstream's depth is known only from its outputs, so negative layers
+    stay as written; an edit of them (here the default's kind, [-1, -3]) must
+    still be refused: the trained mix would apply to other layers."""
+    from spacy.util import load_config
+
+    from spacy_ctxembed.errors import SettingError
+
+    nlp = _trf_nlp(tiny_bert_dir, True, layers=[-1, -3], combine="scalar_mix")
+    nlp.get_pipe("ctxembed_from_trf").combiner.set_param("s", numpy.asarray([2.0, -1.0], dtype="f"))
+    expected = nlp(TEXT)._.ctx_vectors.copy()
+    nlp.to_disk(tmp_path / "p")
+    numpy.testing.assert_allclose(spacy.load(tmp_path / "p")(TEXT)._.ctx_vectors, expected, atol=1e-6)
+    config = load_config(tmp_path / "p" / "config.cfg")
+    config["components"]["ctxembed_from_trf"]["model"]["encoder"]["layers"] = [-3, -1]
+    config.to_disk(tmp_path / "p" / "config.cfg")
+    with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] combiner = .*it was saved for layers "
+                                           r"\[-1, -3\], but the config's layers select \[-3, -1\]"):
+        spacy.load(tmp_path / "p")

@@ -48,12 +48,14 @@ def test_shapes_and_mix_gradients(tiny_bert_dir, embed):
 
 def test_listener_without_upstream_layers():
     model = _listener()
-    model.initialize()
     doc = spacy.blank("en")("no layers here")
+    model.initialize(X=[doc])  # as spaCy initialises the listening component
     with pytest.raises(ValueError, match="store_layers = true"):
         model.begin_update([doc])  # training: a misconfiguration, say why
-    # Outside training (spaCy's initialisation sample), zeros of the configured shape.
+    # Outside training, zeros of the configured shape only for the docs it was initialised on.
     assert model.predict([doc])[0].shape == (3, 16)
+    with pytest.raises(ValueError, match="no upstream ctxembed component ran on this doc"):
+        model.predict([spacy.blank("en")("no layers here")])
 
 
 def test_tagger_trains_saves_and_loads(tiny_bert_dir, tmp_path):

@@ -294,3 +294,53 @@ def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_charac
     rejoined = restore_vectors(Doc.from_docs([source[0:6].as_doc(copy_user_data=True),
                                               source[6:].as_doc(copy_user_data=True)]))
     numpy.testing.assert_allclose(rejoined._.ctx_vectors, source._.ctx_vectors, atol=1e-6)
+
+
+def test_models_that_differ_only_in_their_weights_are_told_apart(vocab, tiny_bert_dir, last_layer, tmp_path):
+    """A fine-tuned pipeline names its base model in its config, as the base's
+    does: only the weights tell their vectors apart."""
+    import torch
+    from transformers import BertModel
+
+    last_layer.to_disk(tmp_path / "base")
+    model_dir = tmp_path / "base" / "emb" / "model"
+    torch.manual_seed(0)
+    model = BertModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)  # "fine-tuned"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tuned = spacy.load(tmp_path / "base", vocab=vocab)
+    a, b = last_layer(TEXT), tuned(TEXT)
+    with pytest.raises(ValueError, match=r"have vectors of different ctxembed models \(weights \w+ vs \w+\)"):
+        a[0].similarity(b[0])
+    with pytest.raises(MissingOutputs, match=r"'emb' outputs come from different models"):
+        restore_vectors(Doc.from_docs([last_layer(TEXT), tuned(OTHER)]))
+    # The same weights saved and loaded again are the same model; so are
+    # outputs stored by an earlier version, which did not record the weights.
+    again = spacy.load(tmp_path / "base", vocab=vocab)(OTHER)
+    assert b[0].similarity(again[0]) == pytest.approx(_cosine(b[0].vector, again[0].vector), abs=1e-6)
+    old = last_layer(OTHER)
+    for store in old.user_data.values():
+        if isinstance(store, dict) and "outputs" in store:
+            for output in store["outputs"].values():
+                output["signature"] = output["signature"].rsplit("; weights=", 1)[0]
+    assert a[0].similarity(old[0]) == pytest.approx(_cosine(a[0].vector, old[0].vector), abs=1e-6)
+    joined = restore_vectors(Doc.from_docs([last_layer(TEXT), old]))
+    numpy.testing.assert_array_equal(joined._.ctx_vectors[len(a):], old._.ctx_vectors)
+
+
+def test_outputs_made_with_other_combiner_weights_are_another_model(vocab, tiny_bert_dir):
+    """use_params (the optimizer's averages, in evaluation) and training steps
+    change the mix: docs annotated before and inside are not compared."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1, 2],
+                                                                          combine="scalar_mix")))
+    combiner = nlp.get_pipe("emb").combiner
+    before = nlp(TEXT)
+    with nlp.use_params({(combiner.id, "s"): numpy.asarray([2.0, -2.0], dtype="f")}):
+        inside = nlp(TEXT)
+    after = nlp(TEXT)
+    with pytest.raises(ValueError, match=r"different ctxembed models \(weights"):
+        before[0].similarity(inside[0])
+    assert before[0].similarity(after[0]) == pytest.approx(1.0, abs=1e-6)
+    assert not numpy.allclose(before._.ctx_vectors, inside._.ctx_vectors)

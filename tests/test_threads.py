@@ -65,3 +65,103 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
     env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["2", "None"]
+
+
+def _scalar_mix_nlp(model_dir, **settings):
+    """A pipeline whose combiner is a 'trained' scalar mix (not the initial mean),
+    so that a combiner initialised again would show in the vectors."""
+    nlp = _nlp(model_dir, combine="scalar_mix", **settings)
+    combiner = nlp.get_pipe("ctxembed_bert").combiner
+    combiner.set_param("s", numpy.asarray([3.0], dtype="f"))
+    combiner.set_param("gamma", numpy.asarray([2.0], dtype="f"))
+    return nlp
+
+
+def test_loads_in_one_thread_while_another_predicts(tiny_bert_dir):
+    # A server that reloads the component while serving: predictions wait
+    # for the load (no "refused" error, no mix of two models), and the
+    # component is never initialised again on top of the weights just loaded.
+    import threading
+
+    nlp = _scalar_mix_nlp(tiny_bert_dir, cache_mb=16)
+    component = nlp.get_pipe("ctxembed_bert")
+    data = component.to_bytes()
+    text = TEXTS[1]
+    reference = nlp(text)._.ctx_vectors.copy()
+    stop, failures, calls = threading.Event(), [], []
+
+    def predict_until_stopped():
+        while not stop.is_set():
+            try:
+                vectors = nlp(text)._.ctx_vectors
+                calls.append(1)
+                if not numpy.allclose(vectors, reference, atol=1e-6):
+                    failures.append("other vectors")
+            except Exception as err:  # noqa: BLE001 - collected for the assertion
+                failures.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=predict_until_stopped)
+    thread.start()
+    try:
+        for _ in range(12):
+            component.from_bytes(data)
+    finally:
+        stop.set()
+        thread.join()
+    assert calls and not failures, failures[:3]
+    numpy.testing.assert_allclose(component.combiner.get_param("s"), [3.0])
+    numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, reference, atol=1e-6)
+
+
+def test_run_ahead_batches_predicted_before_a_load_are_predicted_again(tiny_bert_dir, tmp_path):
+    # The worker predicts batch k+1 while the caller's loop works on batch k;
+    # if the caller loads other weights meanwhile, batch k+1 holds the old
+    # model's vectors and must be predicted again.
+    import torch
+    from transformers import BertModel
+
+    other_dir = tmp_path / "other"
+    torch.manual_seed(1)
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.save_pretrained(other_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_bert_dir / name).exists():
+            (other_dir / name).write_bytes((tiny_bert_dir / name).read_bytes())
+    texts = [f"Document number {i} is here ." for i in range(12)]
+    nlp_b = _nlp(other_dir)
+    expected_b = [d._.ctx_vectors.copy() for d in nlp_b.pipe(texts)]
+    nlp = _nlp(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    component.run_ahead = True
+    data_b = nlp_b.get_pipe("ctxembed_bert").to_bytes()
+    got = []
+    for i, doc in enumerate(nlp.pipe(texts, batch_size=2)):
+        got.append(doc._.ctx_vectors.copy())
+        if i == 3:  # the worker has predicted batch 3 (docs 4-5) with the first model by now
+            component.from_bytes(data_b)
+    for i in range(4, len(texts)):
+        numpy.testing.assert_allclose(got[i], expected_b[i], atol=1e-6, err_msg=f"doc {i}")
+
+
+def test_an_unpickled_component_leaves_torch_threads_alone(tiny_bert_dir):
+    # Unpickled in a process (spawned n_process workers, Ray, joblib) is not
+    # forked: torch's threads are the user's to set. (Forked n_process workers
+    # still get one thread: test_serialization's n_process test runs them.)
+    import pickle
+
+    import torch
+
+    nlp = _nlp(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    component._pid = -1  # as pickled in another process
+    copy = pickle.loads(pickle.dumps(component))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        copy.predict([nlp.make_doc(TEXTS[0])])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

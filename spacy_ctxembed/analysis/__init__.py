@@ -27,7 +27,7 @@ from .metrics import (
     self_similarity,
 )
 from .recommend import candidate_sets, config_snippet, python_snippet, recommend
-from .report import render_html, summary, write_report
+from .report import check_output, render_html, summary, write_report
 from .run import AnalysisSettings, analyze, analyze_pipeline, contextuality
 from .source import PipelineSource
 from .wic import (
@@ -64,6 +64,7 @@ __all__ = [
     "analyze_pipeline",
     "anisotropy",
     "candidate_sets",
+    "check_output",
     "choose_clusters",
     "config_snippet",
     "contextuality",

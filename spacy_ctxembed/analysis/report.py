@@ -10,11 +10,17 @@ import html
 import io
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import AnalysisInputError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 JSON_FILE, HTML_FILE = "analysis.json", "report.html"
 CONTEXTUALITY_PNG, WIC_PNG = "contextuality.png", "wic.png"
@@ -22,6 +28,14 @@ CONTEXTUALITY_PNG, WIC_PNG = "contextuality.png", "wic.png"
 MAX_TEXT_LINES = 30
 MEASURES = (("self_similarity", "self-similarity"), ("intra_sentence_similarity", "intra-sentence similarity"),
             ("max_explainable_variance", "max explainable variance"))
+#: The names of the files a report writes (`explorer_png_name` for the explorer's): those of an earlier
+#: run in --output are removed by the next report, so that no plot of another run sits beside its numbers.
+#: No other file in --output is touched.
+REPORT_FILES = re.compile(r"analysis\.json|report\.html|contextuality\.png|wic\.png|explorer-\d+-\d+-[\w-]*\.png",
+                          re.ASCII)
+#: The hidden folder a report is written into before its files move in (`write_report`).
+STAGING_PREFIX, STAGING_SUFFIX = ".analysis-", ".tmp"
+STAGING = re.compile(re.escape(STAGING_PREFIX) + r"\w+" + re.escape(STAGING_SUFFIX), re.ASCII)
 
 
 def jsonable(value: Any) -> Any:
@@ -37,20 +51,57 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(result: dict, outdir: Path) -> List[Path]:
-    """Write analysis.json, the PNGs and report.html into `outdir` (created if need be)."""
+def check_output(outdir: Path) -> None:
+    """Raise `AnalysisInputError` ("--output DIR: ...") unless a report can be written to `outdir`.
+
+    For a check before the analysis runs, so that a bad --output does not cost
+    a whole run. It creates nothing: a temporary file is made and removed in
+    the nearest folder on the path that exists (`outdir` itself, or where
+    `write_report` will create it).
+    """
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise AnalysisInputError(f"--output {outdir}: exists and is not a directory")
+    existing = outdir
+    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "exists" if existing == outdir else f"{existing} exists"
+        raise AnalysisInputError(f"--output {outdir}: {what} and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise AnalysisInputError(f"--output {outdir}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+def write_report(result: dict, outdir: Path) -> List[Path]:
+    """Write analysis.json, the PNGs and report.html into `outdir` (created if need be).
+
+    Every file is rendered, then written into a hidden temporary folder in
+    `outdir`; only then are the report files of an earlier run removed
+    (`REPORT_FILES`, no other file) and the new ones moved in, analysis.json
+    and report.html last. So an interrupted or failed write leaves no
+    truncated file, and no plot of one run sits beside another run's numbers.
+    """
+    outdir = Path(outdir)
+    check_output(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     images = plots(result)
-    written = []
-    for name, png in images.items():
-        (outdir / name).write_bytes(png)
-        written.append(outdir / name)
-    (outdir / JSON_FILE).write_text(json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    (outdir / HTML_FILE).write_text(render_html(result, images), encoding="utf-8")
-    return written + [outdir / JSON_FILE, outdir / HTML_FILE]
+    files = {**images, JSON_FILE: (json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n").encode("utf-8"),
+             HTML_FILE: render_html(result, images).encode("utf-8")}
+    staging = Path(tempfile.mkdtemp(dir=outdir, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        for earlier in list(outdir.iterdir()):
+            if REPORT_FILES.fullmatch(earlier.name) and not earlier.is_dir():
+                earlier.unlink()
+            elif earlier != staging and earlier.is_dir() and STAGING.fullmatch(earlier.name):
+                shutil.rmtree(earlier, ignore_errors=True)  # a killed run's staging folder
+        for name in files:  # in order: the PNGs, then analysis.json and report.html, which refer to them
+            os.replace(staging / name, outdir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [outdir / name for name in files]
 
 
 # ---------------------------------------------------------------- plots
@@ -73,7 +124,7 @@ def plots(result: dict) -> Dict[str, bytes]:
     """Every PNG of the report, by file name."""
     images = {CONTEXTUALITY_PNG: plot_contextuality(result["pipelines"])}
     if any(p.get("wic") for p in result["pipelines"]):
-        images[WIC_PNG] = plot_wic(result["pipelines"])
+        images[WIC_PNG] = plot_wic(result["pipelines"], result["wic"])
     for p, pipeline in enumerate(result["pipelines"]):
         for w, (word, explored) in enumerate(pipeline["explorer"].items()):
             if explored.get("clusters"):
@@ -103,14 +154,24 @@ def plot_contextuality(pipelines: Sequence[dict]) -> bytes:
     return _png(figure)
 
 
-def plot_wic(pipelines: Sequence[dict]) -> bytes:
-    """WiC accuracy per layer for each pooling mode; the mean of layers and the fitted scalar mix as lines."""
+def plot_wic(pipelines: Sequence[dict], wic: dict) -> bytes:
+    return _png(wic_figure(pipelines, wic))
+
+
+def wic_figure(pipelines: Sequence[dict], wic: dict) -> "Figure":
+    """WiC accuracy per layer for each pooling mode; the mean of layers, the fitted scalar mix and the
+    majority-class baseline as lines; how the accuracy was measured (`wic`'s protocol) in the title."""
     from matplotlib.figure import Figure
 
     shown = [p for p in pipelines if p.get("wic")]
-    figure = Figure(figsize=(5.5 * len(shown) + 1, 4.5), layout="constrained")
+    figure = Figure(figsize=(5.5 * len(shown) + 1, 4.8), layout="constrained")
+    figure.suptitle(f"WiC accuracy: {wic['protocol']}", fontsize=9)
+    baseline = wic["majority_baseline"]
     axes = figure.subplots(1, len(shown), squeeze=False)[0]
     for ax, pipeline in zip(axes, shown):
+        # in grey: what answering one label for every pair scores; a rule is worth its margin over it
+        ax.axhline(baseline["majority_rate"], color="0.5", linestyle="-.",
+                   label=f"{_majority(baseline)} ({baseline['majority_rate']:.3f})")
         for m, (mode, scores) in enumerate(pipeline["wic"].items()):
             x = [layer["layer"] for layer in scores["layers"]]
             ax.plot(x, [layer["accuracy"] for layer in scores["layers"]], "o-", color=f"C{m}", label=f"pooling {mode}")
@@ -124,10 +185,14 @@ def plot_wic(pipelines: Sequence[dict]) -> bytes:
         ax.set_ylabel("WiC accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _png(figure)
+    return figure
 
 
 def plot_explorer(explored: dict, label: str) -> bytes:
+    return _png(explorer_figure(explored, label))
+
+
+def explorer_figure(explored: dict, label: str) -> "Figure":
     """The occurrences in 2-D (PCA), coloured by cluster, with example contexts below."""
     from matplotlib.figure import Figure
 
@@ -147,16 +212,27 @@ def plot_explorer(explored: dict, label: str) -> bytes:
     ratios = explored["pca_explained_variance"]
     scatter.set_xlabel(f"PC 1 ({ratios[0]:.0%} of variance)")
     scatter.set_ylabel(f"PC 2 ({ratios[1]:.0%})")
-    scatter.set_title(f"{explored['word']!r}: {explored['n_occurrences']} occurrences, layers {explored['layers']}, "
-                      f"pooling {explored.get('pooling')} "
-                      f"- {_short(label)}")
+    scatter.set_title(f"{explored['word']!r}: {_occurrences(explored)}, layers {explored['layers']}, "
+                      f"pooling {explored.get('pooling')} - {_short(label)}")
     scatter.legend(fontsize=8)
     scatter.grid(alpha=0.3)
     text.axis("off")
     for row, (colour, line) in enumerate(lines):
         text.text(0, 1 - row / len(lines), line, color=colour, fontsize=8, va="top", family="monospace",
                   transform=text.transAxes)
-    return _png(figure)
+    return figure
+
+
+def _occurrences(explored: dict) -> str:
+    """How many occurrences the explorer shows: "10 of 183 occurrences (sampled)" when it sampled them."""
+    shown, total = len(explored["points"]), explored["n_occurrences"]
+    return f"{total} occurrences" if shown == total else f"{shown} of {total} occurrences (sampled)"
+
+
+def _majority(baseline: dict) -> str:
+    """The majority-class rule of `wic.majority_baseline`, in words."""
+    label = baseline["majority_label"]
+    return "majority class (T and F as common)" if label == "T/F" else f"majority class (always {label})"
 
 
 def _layer_axis(ax) -> None:
@@ -224,7 +300,7 @@ def _layer_table(pipeline: dict) -> str:
     return _table(header, rows)
 
 
-def _wic_tables(pipeline: dict) -> str:
+def _wic_tables(pipeline: dict, baseline: dict) -> str:
     modes = list(pipeline["wic"])
     rows = [[str(layer["layer"])] + [pipeline["wic"][m]["layers"][i]["accuracy"] for m in modes]
             for i, layer in enumerate(pipeline["wic"][modes[0]]["layers"])]
@@ -232,6 +308,7 @@ def _wic_tables(pipeline: dict) -> str:
     rows.append(["fitted scalar mix"] + [pipeline["wic"][m]["scalar_mix"]["accuracy"] for m in modes])
     rows.append(["logistic regression on layer cosines"]
                 + [pipeline["wic"][m]["logistic_regression"]["accuracy"] for m in modes])
+    rows.append([_majority(baseline)] + [baseline["majority_rate"]] * len(modes))
     return _table(["layer"] + [f"pooling {m}" for m in modes], rows)
 
 
@@ -242,7 +319,7 @@ def _explorer_html(pipeline: dict, p: int, images: Dict[str, bytes]) -> str:
         if not explored.get("clusters"):
             parts.append(f"<p>{_e(explored.get('note', 'no occurrences'))}</p>")
             continue
-        parts.append(f"<p>{explored['n_occurrences']} occurrences, layers {_e(explored['layers'])}, pooling "
+        parts.append(f"<p>{_e(_occurrences(explored))}, layers {_e(explored['layers'])}, pooling "
                      f"{_e(explored.get('pooling'))}; "
                      f"k = {explored['k']} by silhouette {_e(explored['silhouettes'])}</p>")
         parts.append(_image(images, explorer_png_name(p, w, word), f"sense explorer for {word}"))
@@ -275,12 +352,14 @@ def render_html(result: dict, images: Dict[str, bytes]) -> str:
                                        for p in pipelines) + "</div>",
     ]
     if result.get("wic"):
+        baseline = result["wic"]["majority_baseline"]
         parts += [
             "<h2>Sense separation (WiC)</h2>",
-            f"<p>{_e(result['wic']['protocol'])}; {result['wic']['train']['pairs']} training pairs.</p>",
+            f"<p>{_e(result['wic']['protocol'])}; {result['wic']['train']['pairs']} training pairs. "
+            f"{_e(_baseline_sentence(baseline))}</p>",
             _image(images, WIC_PNG, "WiC accuracy per layer"),
-            '<div class="side">' + "".join(f"<section><h3>{_e(_short(p['label']))}</h3>{_wic_tables(p)}</section>"
-                                           for p in pipelines if p.get("wic")) + "</div>",
+            '<div class="side">' + "".join(f"<section><h3>{_e(_short(p['label']))}</h3>{_wic_tables(p, baseline)}"
+                                           "</section>" for p in pipelines if p.get("wic")) + "</div>",
             "<h2>Recommended layers</h2>",
         ]
         for p in pipelines:
@@ -302,6 +381,12 @@ def render_html(result: dict, images: Dict[str, bytes]) -> str:
 # ---------------------------------------------------------------- text
 
 
+def _baseline_sentence(baseline: dict) -> str:
+    pairs = {"train": "--wic-train", "eval": "--wic-eval"}[baseline["pairs"]]
+    return (f"The {_majority(baseline)} scores {baseline['majority_rate']:.3f} on the {pairs} pairs the "
+            "accuracies are measured on: a rule is only worth its margin over that.")
+
+
 def summary(result: dict) -> str:
     """A plain-text digest for the terminal: per-layer numbers and the recommended config."""
     out = []
@@ -315,6 +400,7 @@ def summary(result: dict) -> str:
                 values.append(layer["wic_accuracy"])
             out.append(f"{layer['layer']:>5}  " + " ".join(f"{_number(v):>6}" for v in values))
         if with_wic:
+            out.append(f"WiC: {_baseline_sentence(result['wic']['majority_baseline'])}")
             for mode, scores in pipeline["wic"].items():
                 # Chosen on the training folds: with --wic-eval, `accuracy` is held out and must not choose.
                 best = max(scores["layers"], key=lambda s: s["cv_accuracy"])

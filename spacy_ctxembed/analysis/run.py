@@ -3,6 +3,7 @@ the recommended layers and the sense explorer, as one JSON-able dict (`report` w
 """
 import copy
 import importlib
+import math
 import re
 import sys
 import time
@@ -35,7 +36,15 @@ from .source import (
     pooling_modes,
     upstream_edits,
 )
-from .wic import WicData, WicGrams, evaluate_senses, multi_piece_sentences, target_vectors
+from .wic import (
+    WicData,
+    WicGrams,
+    check_folds,
+    evaluate_senses,
+    majority_class,
+    multi_piece_sentences,
+    target_vectors,
+)
 
 #: What the ``analysis`` extra installs, as the error messages say it.
 ANALYSIS_EXTRA = "pip install 'spacy-ctxembed[analysis]'"
@@ -65,7 +74,7 @@ class AnalysisSettings:
     n_pairs: random token pairs for the anisotropy baseline; None: all pairs, exactly (--anisotropy-pairs).
     max_occurrences: occurrences per word used by self-similarity and MEV,
         sampled with the seed; None: all (--max-occurrences).
-    seed: every random choice: pairs, samples, folds, k-means (--seed).
+    seed: every random choice: pairs, samples, folds, k-means; 0 .. 2**32 - 1 (--seed).
     batch_size: corpus docs per nlp.pipe batch (--batch-size).
     wic_batch_size: WiC sentences per nlp.pipe batch (--wic-batch-size): short
         sentences pad less in large batches, which the encoder sorts by length.
@@ -124,11 +133,15 @@ class AnalysisSettings:
             if value is not None and value < minimum:
                 expected = f"0 (all) or at least {minimum}" if option in ZERO_IS_ALL else f"at least {minimum}"
                 raise AnalysisInputError(f"{option} {value}: expected {expected}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise AnalysisInputError(f"--seed {self.seed}: expected 0 .. {MAX_SEED}")
         for mode in self.poolings or ():
             if mode not in POOLING_MODES:
                 raise AnalysisInputError(f"--pooling {mode!r}: expected one of {', '.join(POOLING_MODES)}")
 
 
+#: The largest seed numpy's legacy RandomState, which scikit-learn seeds its folds and k-means with, takes.
+MAX_SEED = 2**32 - 1
 #: The settings where 0 (or None) means "all", by CLI option.
 ZERO_IS_ALL = {"--anisotropy-pairs": "n_pairs", "--max-occurrences": "max_occurrences", "--max-words": "max_words",
                "--explore-max-occurrences": "explore_max_occurrences"}
@@ -141,31 +154,42 @@ def analyze(
     """Analyse each pipeline on `corpus` (and WiC); see docs/analysis.md for every key.
 
     Everything is checked before anything is embedded: the settings, the
-    WiC inputs, the analysis extra, and each pipeline's plan (its component,
-    its layers, --explore-layers against them).
+    WiC inputs (--folds against the training labels), the analysis extra,
+    and each pipeline's plan (its component, its layers, --explore-layers
+    against them).
     """
     settings.check()
     if wic_eval is not None and wic_train is None:
         raise AnalysisInputError("--wic-eval needs --wic-train: the thresholds are fitted on the training pairs")
+    if wic_train is not None:
+        check_folds(wic_train.labels, settings.n_folds)
     check_extra()
     started = time.perf_counter()
     with torch_threads(settings.threads):
         plans = [_plan(source, settings) for source in sources]
         pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan)
                      for source, plan in zip(sources, plans)]
-    wic: Optional[dict] = None
-    if wic_train is not None:
-        protocol = (f"threshold fitted on {wic_train.source}, accuracy on {wic_eval.source}" if wic_eval is not None
-                    else f"{settings.n_folds}-fold cross-validation on {wic_train.source}")
-        wic = {"train": wic_train.describe(), "eval": None if wic_eval is None else wic_eval.describe(),
-               "protocol": protocol}
     return {
-        "version": 1,
+        "version": 2,  # 2: thresholds may be "all_same"/"all_different"; majority baselines
         # the file; what each pipeline analysed (its tokens, sentences) is in its own corpus_* keys
         "corpus": {"path": str(corpus.path), "kind": corpus.kind, "docs_in_file": corpus.n_docs},
-        "settings": asdict(settings), "wic": wic, "pipelines": pipelines,
+        "settings": asdict(settings), "wic": _wic_inputs(settings, wic_train, wic_eval), "pipelines": pipelines,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _wic_inputs(settings: AnalysisSettings, train: Optional[WicData], evaluation: Optional[WicData]
+                ) -> Optional[dict]:
+    """The WiC pairs, how they are scored, and the majority-class baseline of the scored pairs."""
+    if train is None:
+        return None
+    protocol = (f"threshold fitted on {train.source}, accuracy on {evaluation.source}" if evaluation is not None
+                else f"{settings.n_folds}-fold cross-validation on {train.source}")
+    # "accuracy" is measured on the evaluation pairs when there are some: the baseline is theirs
+    scored = train if evaluation is None else evaluation
+    baseline = {"pairs": "train" if evaluation is None else "eval", **majority_class(scored.labels)}
+    return {"train": train.describe(), "eval": None if evaluation is None else evaluation.describe(),
+            "protocol": protocol, "majority_baseline": baseline}
 
 
 @contextmanager
@@ -272,7 +296,7 @@ def analyze_pipeline(
         "corpus_tokens": corpus_layers.n_tokens, "corpus_sentences": int(corpus_layers.sentence_ids[-1]) + 1,
         "layers": contextuality(corpus_layers, settings), "recommendation": None,
     }
-    notes = list(plan.notes)
+    notes = list(plan.notes) + empty_measure_notes(entry["layers"], settings.min_count)
     missing = max((layer["tokens_without_vector"] for layer in entry["layers"]), default=0)
     if missing:
         notes.append(f"up to {missing} of the corpus's {corpus_layers.n_tokens} tokens have no vector in a layer "
@@ -332,6 +356,27 @@ def _sense_separation(
     chosen["config"] = config_snippet(plan.name, plan.block, chosen["layers"], chosen["pooling"], comment=comment)
     chosen["python"] = python_snippet(plan.name, plan.python_block, chosen["layers"], chosen["pooling"])
     return scores, chosen
+
+
+#: Why a contextuality measure is NaN (null in analysis.json) in a layer, by the key that shows it.
+EMPTY_MEASURES = (
+    ("anisotropy", "fewer than two tokens have a vector: anisotropy and every adjusted value are null"),
+    ("self_similarity", "no word has --min-count {min_count} occurrences with a vector: self-similarity and "
+                        "max explainable variance are null"),
+    ("intra_sentence_similarity", "no sentence has two tokens with a vector: intra-sentence similarity is null"),
+)
+
+
+def empty_measure_notes(layers: Sequence[dict], min_count: int) -> List[str]:
+    """A note for each measure that is NaN in some layer (`contextuality`'s entries), saying why:
+    a null in analysis.json must not read as a failure or a missing number."""
+    notes = []
+    for key, reason in EMPTY_MEASURES:
+        empty = [layer["layer"] for layer in layers if not math.isfinite(layer[key])]
+        if empty:
+            where = "every layer" if len(empty) == len(layers) else f"layers {empty}"
+            notes.append(f"{where}: {reason.format(min_count=min_count)}")
+    return notes
 
 
 def contextuality(corpus: CorpusLayers, settings: AnalysisSettings) -> List[dict]:

@@ -7,7 +7,9 @@ two vectors is higher for T pairs; its accuracy is that of the rule
 accuracy on the training pairs and scored on pairs it was not fitted on:
 the evaluation file when there is one, else k-fold cross-validation on the
 training file (stratified, shuffled with the seed; the accuracy is over all
-pairs, each predicted by the fold that left it out).
+pairs, each predicted by the fold that left it out). Every accuracy is read
+against the majority-class rate of the scored pairs (`majority_class`): a
+fitted threshold can be "call every pair F", which scores exactly that.
 
 Rules scored the same way (`held_out_accuracy`):
 
@@ -31,7 +33,7 @@ and costs no pass over the vectors.
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, cast
+from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,7 +69,19 @@ class WicData:
 
     def describe(self) -> dict:
         return {"path": self.source, "pairs": self.n_pairs, "same_sense": int(self.labels.sum()),
-                "distinct_sentences": len(self.sentences)}
+                "distinct_sentences": len(self.sentences), **majority_class(self.labels)}
+
+
+def majority_class(labels: NDArray[np.bool_]) -> dict:
+    """The accuracy of always answering the commoner label: the baseline any WiC accuracy is read against.
+
+    RETURNS: ``majority_label`` ("T", "F", or "T/F" when they are as common)
+    and ``majority_rate`` (its share of the pairs).
+    """
+    same = int(np.count_nonzero(labels))
+    different = int(labels.shape[0]) - same
+    label = "T" if same > different else "F" if different > same else "T/F"
+    return {"majority_label": label, "majority_rate": max(same, different) / max(same + different, 1)}
 
 
 def read_wic(directory: Path, option: str = "--wic-train") -> WicData:
@@ -114,7 +128,7 @@ def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
         if label not in LABELS:
             raise AnalysisInputError(f"{option} {data_file.parent}: {gold_file.name} line {number}: "
                                      f"expected T or F, got {label!r}")
-        words1, words2 = fields[3].split(" "), fields[4].split(" ")
+        words1, words2 = (_words(fields[k], f"{where}: sentence {k - 2}") for k in (3, 4))
         try:
             index1, index2 = (int(i) for i in fields[2].split("-"))
         except ValueError:
@@ -124,6 +138,17 @@ def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
                                      f"({len(words1)} and {len(words2)} tokens)")
         pairs.append((fields[0], words1, index1, words2, index2, LABELS[label]))
     return pairs
+
+
+def _words(sentence: str, where: str) -> List[str]:
+    """The tokens of a WiC sentence (single spaces between them). An empty token (two spaces in a row,
+    a space at either end) would shift the `i-j` indices and spaCy refuses it (E031) only after
+    embedding, so it is refused here, with the file and line."""
+    words = sentence.split(" ")
+    if "" in words:
+        raise AnalysisInputError(f"{where} {sentence!r}: an empty token (two spaces in a row, or a space at "
+                                 "either end); expected tokens separated by single spaces")
+    return words
 
 
 # ---------------------------------------------------------------- vectors
@@ -262,6 +287,20 @@ def fit_threshold(scores: NDArray[np.float64], labels: NDArray[np.bool_]) -> flo
         return float("inf")
     middle = s[k - 1] + (s[k] - s[k - 1]) / 2
     return float(middle if middle > s[k - 1] else s[k])  # adjacent floats have no midpoint
+
+
+#: How `evaluate_senses` gives a threshold that calls every pair one label: JSON has no infinity, and
+#: null would read as "missing".
+ALL_SAME, ALL_DIFFERENT = "all_same", "all_different"
+
+
+def threshold_value(threshold: float) -> Union[float, str]:
+    """`threshold` as the results give it: -inf is `ALL_SAME` (every pair T), +inf `ALL_DIFFERENT`."""
+    if threshold == float("-inf"):
+        return ALL_SAME
+    if threshold == float("inf"):
+        return ALL_DIFFERENT
+    return threshold
 
 
 class Rule(Protocol):
@@ -404,12 +443,18 @@ def folds(labels: NDArray[np.bool_], n_folds: int, seed: int) -> List[Tuple[NDAr
     """Stratified, shuffled (train, test) index splits of the training pairs."""
     from sklearn.model_selection import StratifiedKFold
 
-    smaller = int(min(labels.sum(), (~labels).sum()))
-    if n_folds < 2 or n_folds > smaller:
-        raise AnalysisInputError(f"--folds {n_folds}: expected 2 .. {smaller} (the WiC training pairs have "
-                                 f"{int(labels.sum())} T and {int((~labels).sum())} F labels)")
+    check_folds(labels, n_folds)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(labels.shape[0]), labels))
+
+
+def check_folds(labels: NDArray[np.bool_], n_folds: int) -> None:
+    """Raise `AnalysisInputError` unless every fold can hold pairs of both labels (2 .. the smaller class)."""
+    same = int(np.count_nonzero(labels))
+    different = int(labels.shape[0]) - same
+    if n_folds < 2 or n_folds > min(same, different):
+        raise AnalysisInputError(f"--folds {n_folds}: expected 2 .. {min(same, different)} (the WiC training "
+                                 f"pairs have {same} T and {different} F labels)")
 
 
 def held_out_accuracy(
@@ -442,7 +487,8 @@ def _threshold_scores(
     cv = held_out_accuracy(rule, x, y, splits=splits)
     return {
         "accuracy": cv if x_eval is None else held_out_accuracy(rule, x, y, x_eval=x_eval, y_eval=y_eval),
-        "cv_accuracy": cv, "threshold": threshold, "train_accuracy": float(np.mean(rule.predict(threshold, x) == y)),
+        "cv_accuracy": cv, "threshold": threshold_value(threshold),
+        "train_accuracy": float(np.mean(rule.predict(threshold, x) == y)),
     }
 
 
@@ -457,7 +503,8 @@ def evaluate_senses(
     "cv_accuracy" is always cross-validated on the training pairs (what
     choices such as the recommended layers are made on). Thresholds, weights
     and coefficients are fitted on all the training pairs; the evaluation
-    pairs only give "accuracy".
+    pairs only give "accuracy". A threshold that calls every pair one label
+    is `ALL_SAME` or `ALL_DIFFERENT` (`threshold_value`).
     """
     splits = folds(y_train, n_folds, seed)
     per_layer, eval_layers = train.layer_cosines(), None if evaluation is None else evaluation.layer_cosines()
@@ -488,7 +535,7 @@ def _scalar_mix_scores(
     if evaluation is not None and y_eval is not None:
         accuracy = float(np.mean(rule.predict(fitted, evaluation.stacked()) == y_eval))
     return {
-        "accuracy": accuracy, "cv_accuracy": cv, "threshold": fitted.threshold,
+        "accuracy": accuracy, "cv_accuracy": cv, "threshold": threshold_value(fitted.threshold),
         "train_accuracy": float(np.mean(rule.predict(fitted, x) == y_train)),
         "weights": [float(w) for w in fitted.weights], "logits": [float(s) for s in fitted.logits],
     }

@@ -13,7 +13,8 @@ from .errors import UsageError
 
 HELP = {
     "corpus": "A text file (one doc per line), a .spacy DocBin or a .conllu file",
-    "output": "Directory for analysis.json, the PNG plots and report.html (created if need be)",
+    "output": "Directory for analysis.json, the PNG plots and report.html (created if need be; the report files "
+              "of an earlier run there are replaced, other files left alone)",
     "model": "A saved pipeline (path or package) with a ctxembed component",
     "config": "A config.cfg to build the pipeline from (instead of --model)",
     "compare": "A second pipeline (saved pipeline, or a .cfg file) to analyse side by side",
@@ -74,6 +75,7 @@ def analyze(
         AnalysisInputError,
         AnalysisSettings,
         PipelineSource,
+        check_output,
         read_corpus,
         read_wic,
         summary,
@@ -91,8 +93,6 @@ def analyze(
         raise UsageError("give either --model or --config, not both")
     if gpu_id < -1:
         raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output}: exists and is not a directory")
     # 0 is "all" where the settings allow it (AnalysisSettings turns it into None)
     settings = AnalysisSettings(
         min_count=min_count, n_pairs=anisotropy_pairs, max_occurrences=max_occurrences, seed=seed,
@@ -102,9 +102,11 @@ def analyze(
         explore_max_occurrences=explore_max_occurrences, words=list(word), threads=threads,
     )
     try:
-        # everything that needs no model is checked before one loads; `run_analysis` checks the
-        # rest (--wic-eval without --wic-train, each pipeline's component and layers) before embedding
+        # everything that needs no model is checked before one loads; `run_analysis` checks the rest
+        # (--wic-eval without --wic-train, --folds against the WiC labels, each pipeline's component and
+        # layers) before embedding
         settings.check()
+        check_output(output)  # here, not after the whole run; it creates nothing
         corpus_data = read_corpus(corpus)
         train = None if wic_train is None else read_wic(wic_train, "--wic-train")
         evaluation = None if wic_eval is None else read_wic(wic_eval, "--wic-eval")

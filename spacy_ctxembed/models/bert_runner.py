@@ -35,7 +35,15 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
 from ..windows import Window, plan_windows
 from .hf_loading import HFEncoder, load_encoder
-from .torch_bridge import averaged_weights, scaled_optimizer, staged, swaps_weights, unpickle_shim
+from .torch_bridge import (
+    SAVED_LAYERS,
+    averaged_weights,
+    check_saved_layers,
+    scaled_optimizer,
+    staged,
+    swaps_weights,
+    unpickle_shim,
+)
 from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
@@ -448,7 +456,7 @@ class BertShim(PyTorchShim):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_dir(Path(tmp))
             files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
-        return srsly.msgpack_dumps({"hf_files": files})
+        return srsly.msgpack_dumps({"hf_files": files, SAVED_LAYERS: self.layers})
 
     def from_bytes(self, bytes_data: bytes) -> "BertShim":
         msg = srsly.msgpack_loads(bytes_data)
@@ -457,6 +465,7 @@ class BertShim(PyTorchShim):
             raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
         with unpacked(files, COMPONENT) as directory:
             self.load_dir(directory)
+        check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         return self
 
     def finish_update(self, optimizer) -> None:

@@ -35,7 +35,15 @@ from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
-from .torch_bridge import averaged_weights, run_encoder, scaled_optimizer, staged, unpickle_shim
+from .torch_bridge import (
+    SAVED_LAYERS,
+    averaged_weights,
+    check_saved_layers,
+    run_encoder,
+    scaled_optimizer,
+    staged,
+    unpickle_shim,
+)
 
 COMPONENT = "ctxembed_elmo"
 
@@ -215,7 +223,7 @@ class ElmoShim(PyTorchShim):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_dir(Path(tmp))
             files = {name: (Path(tmp) / name).read_bytes() for name in (OPTIONS_FILE, WEIGHTS_FILE)}
-        return srsly.msgpack_dumps({"elmo_files": files})
+        return srsly.msgpack_dumps({"elmo_files": files, SAVED_LAYERS: list(self.layers)})
 
     def from_bytes(self, bytes_data: bytes) -> "ElmoShim":
         msg = srsly.msgpack_loads(bytes_data)
@@ -224,6 +232,7 @@ class ElmoShim(PyTorchShim):
             raise ValueError(f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
         with unpacked(files, COMPONENT) as directory:
             self.load_dir(directory)
+        check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         return self
 
     def embed(self, docs: Sequence[Doc], grad: bool) -> List[torch.Tensor]:

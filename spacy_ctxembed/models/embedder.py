@@ -17,6 +17,7 @@ from spacy.util import registry
 from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
+from ..errors import bad_setting
 from ..types import CombinerModel, EmbedderModel, EncoderModel
 
 
@@ -32,8 +33,17 @@ def Embedder(*, encoder: EncoderModel, combiner: CombinerModel) -> EmbedderModel
         refs={"encoder": encoder, "combiner": combiner},
         attrs={"replace_listener": replace_listener, "replace_listener_cfg": replace_listener_cfg},
     )
-    if encoder.has_dim("nL") and combiner.has_dim("nL") is None:
-        combiner.set_dim("nL", encoder.get_dim("nL"))
+    if encoder.has_dim("nL"):
+        n_layers = encoder.get_dim("nL")
+        if combiner.has_dim("nL") is None:
+            combiner.set_dim("nL", n_layers)
+        elif combiner.get_dim("nL") != n_layers:
+            # (ScalarMix's n_layers.) `init` would size the mix by the encoder
+            # anyway, and the saved pipeline would then not load: say so now.
+            raise bad_setting(
+                "Embedder.v2", "combiner.n_layers", combiner.get_dim("nL"),
+                f"the encoder's layers select {n_layers} layer(s); leave n_layers out (it comes from the layers)",
+            )
     return model
 
 

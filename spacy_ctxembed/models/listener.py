@@ -27,36 +27,51 @@ spaCy expects that: the sample docs it initialises the listening component
 on. Otherwise the listener says that its upstream is missing (excluded, or
 not before it) or did not run (disabled), rather than predict from zeros.
 
+A head whose weights were trained on other layers than its upstream now
+gives (a sourced component next to an embedder with other `layers`, an
+upstream replaced by a model of another width) says so at its forward pass.
+
 `spacy-ctxembed.ContextualListener.v1` (released) reads `doc._.ctx_layers`
-with its widths given in the config, and never trains the upstream.
+with its widths given in the config, and never trains the upstream. It too
+gives zeros only for the docs it is initialised on, and refuses layers of
+another shape than its config's.
 """
+import math
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
+from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.types import Floats2d
 
-from ..errors import check_number
-from ..layers.read_ctx_layers import read_ctx_layers
+from ..errors import check_bool, check_int, check_number
+from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
-from ..settings import FromConfig, config_value
+from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE
 
 LISTENER = "ctxembed-listener"
+#: The listener attr that records the upstream's layers its head was initialised
+#: for: the same number of other layers fits the weights' shapes, but not what
+#: they were trained on.
+TRAINED_ON = "upstream_layers"
 
 
-class ContextualListenerNode(Model):
-    """The layer that gets its input from an upstream ctxembed component."""
+class ContextualListenerNode(SampleDocsModel):
+    """The layer that gets its input from an upstream ctxembed component.
+
+    Zeros only for the docs it was initialised on: see `SampleDocsModel`
+    (`remember_samples`, `is_sample`) and `_zeros_for_sample`."""
 
     name = LISTENER
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
-        Model.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
-                       dims={"nL": None, "nO": None})
+        SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
+                                 dims={"nL": None, "nO": None}, attrs={TRAINED_ON: None})
         self.upstream_name = upstream_name
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
@@ -66,8 +81,6 @@ class ContextualListenerNode(Model):
         self._upstream: Optional[str] = None
         # Components that added this listener: name -> the component (weakly).
         self._claims: Dict[str, Any] = {}
-        # The docs this listener was initialised on: id -> the doc (weakly).
-        self._samples: Dict[int, Any] = {}
 
     @property
     def kind(self) -> str:
@@ -111,16 +124,13 @@ class ContextualListenerNode(Model):
             component.ensure_loaded()
             return
 
-    def remember_samples(self, docs: List[Doc]) -> None:
-        """spaCy initialises a listening component on sample docs that no
-        upstream has annotated (e.g. `Tagger.initialize` runs
-        `model.initialize(X=docs)`, which predicts on those docs to size the
-        layers after this one): these are the docs that get zeros."""
-        self._samples = {id(doc): weakref.ref(doc) for doc in docs if isinstance(doc, Doc)}
-
-    def is_sample(self, doc: Doc) -> bool:
-        ref = self._samples.get(id(doc))
-        return ref is not None and ref() is doc
+    def upstream_layers(self) -> Optional[List[int]]:
+        """The layers the upstream selects now (`selected_layers`); None where not known."""
+        try:
+            component = self._upstreams().get(self.source_name() or "")
+        except ValueError:  # "*" matches several: the forward pass says so
+            return None
+        return None if component is None else selected_layers(component.encoder)
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -138,13 +148,11 @@ class ContextualListenerNode(Model):
 
     def __getstate__(self) -> Any:
         # A batch in flight (its outputs and backprop callback) and the weak
-        # references to the upstream components and to the docs it was
-        # initialised on do not travel; the component claims its listeners
-        # again when it is unpickled. (Model keeps most of its state in
-        # slots: object's own state is (dict, slots).)
-        own = {**self.__dict__, "_batch_id": None, "_outputs": None, "_backprop": None, "_upstream": None,
-               "_claims": {}, "_samples": {}}
-        slots = {name: getattr(self, name) for name in Model.__slots__ if hasattr(self, name)}
+        # references to the upstream components do not travel (nor, as
+        # SampleDocsModel drops them, the docs it was initialised on); the
+        # component claims its listeners again when it is unpickled.
+        own, slots = super().__getstate__()
+        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={})
         return own, slots
 
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
@@ -199,6 +207,9 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
     if X is not None:
         model.remember_samples(X)
+    # The head is made for the upstream's layers now (saved with its weights).
+    model.ensure_dims()  # (has a frozen upstream load: its layers are known once loaded)
+    model.attrs[TRAINED_ON] = model.upstream_layers()
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -266,6 +277,7 @@ def ContextualListener(
         from this task).
     embed: e.g. `spacy.MultiHashEmbed.v2`, concatenated before the projection.
     """
+    _check_head("ContextualListener.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
     node = ContextualListenerNode(upstream, mix_layers=mix_layers, grad_factor=grad_factor)
     return _head(node, width=width, mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
 
@@ -285,11 +297,22 @@ def ContextualTok2Vec(
     encoder_lr_scale: the learning-rate scale of the embedder's encoder, as its
         component had it (`replace_listeners` fills it in).
     """
+    _check_head("ContextualTok2Vec.v3", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
     check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                  unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
     return _head(replacement(embedder, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
                              mix_layers=mix_layers), width=width, mix_layers=mix_layers, embed=embed,
                  name="contextual_listener_v2")
+
+
+def _check_head(architecture: str, *, width: Any, mix_layers: Any, grad_factor: Any) -> None:
+    """Settings every listener head shares. Config files are text: `grad_factor
+    = "0"` would arrive as a string, count as non-zero and fail at the first
+    update; `width = 0` would train on no features."""
+    check_int(architecture, "width", width, minimum=1, unit="an integer width")
+    check_bool(architecture, "mix_layers", mix_layers)
+    check_number(architecture, "grad_factor", grad_factor, minimum=-math.inf,
+                 unit="a number: the factor on the gradient sent to the upstream (0: none)")
 
 
 def replacement(embedder: EmbedderModel, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
@@ -314,6 +337,7 @@ def ContextualTok2VecV2(
 ) -> Model[List[Doc], List[Floats2d]]:
     """v2, as released: the encoder trains at the downstream component's learning
     rate, and with `grad_factor` 0 still runs in training mode."""
+    _check_head("ContextualTok2Vec.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
     source = embedder.layers[0] if mix_layers else embedder
     return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
                  name="contextual_listener_v2")
@@ -385,7 +409,89 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
+    _check_trained_dims(model)
     return model.layers[0](docs, is_train)
+
+
+def _check_trained_dims(head: Model) -> None:
+    """A listener's head whose weights were trained on other layers than its
+    upstream now gives says so, rather than fail in numpy ("shape-mismatch
+    for sum") or blis. The upstream sets the listener's dims to what it gives
+    (`_size_listener`, when it loads or a listening component is added next
+    to it): a sourced component, or an upstream replaced or reloaded with
+    other `layers` or another model, can give more or fewer layers, or
+    another width, than the scalar mix and the projection were trained on,
+    or other layers of the same count."""
+    parts = _listener_parts(head)
+    if parts is None:
+        return
+    node, mix, linear, embeds = parts
+    node.ensure_dims()  # (a frozen upstream may not have loaded yet)
+    if node.has_dim("nL") is not True or node.has_dim("nO") is not True:
+        return  # not sized yet: the node says what is missing
+    n_layers, width = node.get_dim("nL"), node.get_dim("nO")
+    if mix is not None and mix.has_param("s") is True:
+        trained = mix.get_param("s").shape[0]
+        if trained != n_layers:
+            raise ValueError(_dims_error(node, _layers(trained), _layers(n_layers)))
+    if linear.has_dim("nI") is True:
+        try:
+            trained = linear.get_dim("nI") - sum(_output_width(embed) for embed in embeds)
+        except ValueError:
+            trained = width  # an embed of unknown width: the projection's own check stands
+        if trained != width:
+            what = "layers" if node.mix_layers else "vectors"
+            raise ValueError(_dims_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
+    # As many layers of the same width, but others ([1, 2] for [2, 1]): the
+    # shapes fit, the features are not what the weights were trained on.
+    # (Heads saved before the layers were recorded say nothing.)
+    trained_on, now = node.attrs.get(TRAINED_ON), node.upstream_layers()
+    if trained_on is not None and now is not None and list(trained_on) != list(now):
+        raise ValueError(_dims_error(node, f"layers {list(trained_on)}", f"layers {now}"))
+
+
+def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]]]:
+    """The listener node of a head `_head` built, its scalar mix (None without
+    `mix_layers`), the projection, and the `embed` layers concatenated to the
+    mix; None for a head without a listener node (ContextualTok2Vec,
+    ContextualListener.v1). The node is the first layer of the first layer
+    ... of the head, so this looks at a few layers, not the whole model."""
+    inner = head.layers[0]  # chain(features, with_array(Linear))
+    parent, node = inner, inner.layers[0]
+    embeds: List[Model] = []
+    while not isinstance(node, ContextualListenerNode):
+        if not node.layers:
+            return None
+        if node._func is _concatenate_forward:
+            # concatenate(mixed, embed): thinc flattens a concatenated
+            # concatenate, so the embed may be several layers.
+            embeds = node.layers[1:]
+        parent, node = node, node.layers[0]
+    mix = parent.layers[1] if parent is not inner and len(parent.layers) > 1 else None
+    if mix is not None and mix.name != "scalar_mix":
+        mix = None  # concatenate(node, embed): no mix
+    return node, mix, inner.layers[-1].layers[0], embeds
+
+
+def _layers(n: int) -> str:
+    return f"{n} layer" if n == 1 else f"{n} layers"
+
+
+def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> str:
+    try:
+        upstream = node.source_name() or node.upstream_name
+    except ValueError:  # "*" matches several: that is its own error, not this one
+        upstream = node.upstream_name
+    components = [name for component in node._upstreams().values()
+                  for name, nodes in getattr(component, "listener_map", {}).items()
+                  if any(n is node for n in nodes)]
+    where = f" (in {components[0]!r})" if components else ""
+    return (
+        f"ContextualListener.v2{where}, upstream = {node.upstream_name!r}: its weights were trained on {trained} "
+        f"from {upstream!r}, which now gives {now}. Give {upstream!r} the settings this component was trained "
+        f"with (its model's encoder `layers`, `name` and combiner), or train a new one on what {upstream!r} now "
+        "gives (spacy train, or a component made from its config)"
+    )
 
 
 def _init_inner(model: Model, X=None, Y=None) -> None:
@@ -406,6 +512,8 @@ def ContextualListenerV1(
     upstream_width: the width of each upstream layer.
     embed: e.g. `spacy.MultiHashEmbed.v2`, concatenated to the mix.
     """
+    for setting, value in (("width", width), ("n_layers", n_layers), ("upstream_width", upstream_width)):
+        check_int("ContextualListener.v1", setting, value, minimum=1)
     mix: Model[List[Doc], List[Floats2d]] = chain(
         read_ctx_layers(n_layers, upstream_width), ScalarMix(n_layers=n_layers)
     )
@@ -430,5 +538,10 @@ def _output_width(model: Model) -> int:
 
 def _init_v1(model: Model, X=None, Y=None) -> None:
     # spaCy initialises downstream components on docs the upstream has not
-    # annotated yet, so every dim comes from the config, not from X.
+    # annotated yet, so every dim comes from the config, not from X. Those
+    # docs (and only those) get zeros from the read layer.
+    if X is not None:
+        for node in model.walk():
+            if isinstance(node, SampleDocsModel):
+                node.remember_samples(X)
     model.layers[0].initialize()

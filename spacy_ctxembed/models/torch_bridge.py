@@ -14,12 +14,15 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
+from ..errors import bad_setting
 from ..types import DocLayers
 
 #: Runs the encoder over docs; `grad` says whether to record autograd.
 EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
 #: The shim setting that scales an encoder's learning rate on its own (see `scaled_optimizer`).
 LR_SCALE = "lr_scale"
+#: The key of an encoder shim's bytes that records the layers it selected (resolved) when saved.
+SAVED_LAYERS = "layers"
 
 
 def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
@@ -150,6 +153,21 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
     if data is not None:
         shim.from_bytes(data)
     return shim
+
+
+def check_saved_layers(component: str, settings: Dict[str, Any], saved: Any, current: Sequence[int]) -> None:
+    """A shim's `from_bytes`, after loading: the layers it was saved for (`SAVED_LAYERS`) must
+    be the ones the config selects now, resolved against the loaded model (`-1` and the
+    top layer's index are the same). A copy that replaced a listener is loaded by the
+    downstream component, whose weights were trained on those layers, and which checks
+    nothing of them. Bytes of earlier versions record none: not checked."""
+    current = [int(i) for i in current]
+    if saved is None or saved == current:
+        return
+    raise bad_setting(component, "layers", settings["layers"],
+                      f"the encoder was saved for layers {saved} (the weights trained on top of this encoder "
+                      f"are for those), but the config's layers select {current}: put back the layers it was "
+                      "saved with, or train again")
 
 
 def staged(array: numpy.ndarray, device: torch.device) -> torch.Tensor:

@@ -12,12 +12,11 @@ feature cache spares recomputing the same training docs.
 """
 import os
 import tempfile
-import threading
 import warnings
 from contextlib import contextmanager
-from functools import partial
+from functools import partial, wraps
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
 import srsly
 from spacy.language import Language
@@ -34,9 +33,11 @@ from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import swaps_weights
 from ..outputs import install_extensions, write_outputs
-from ..settings import config_value
+from ..settings import selected_layers
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
+from .load_gate import LoadGate
+from .signature import output_signature
 
 #: Subfolder of the component's directory where the encoder writes its files.
 MODEL_DIR = "model"
@@ -46,15 +47,34 @@ FORMAT = 2
 #: was saved for. Not "layers": 0.1 wrote its `layers` setting, as given, there.
 LAYERS_KEY = "encoder_layers"
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _loads(method: F) -> F:
+    """A method that loads weights: alone, not while the component predicts
+    in another thread (see `load_gate`)."""
+
+    @wraps(method)
+    def loading(self: "ContextualEmbedder", *args: Any, **kwargs: Any) -> Any:
+        with self._gate.loading():
+            return method(self, *args, **kwargs)
+
+    return cast(F, loading)
+
 
 class ContextualEmbedder(TrainablePipe):
     """Attach contextual token vectors computed by `model` to each doc."""
 
     #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`); None after a good load.
     _load_refused: Optional[str] = None
-    #: What makes this component's outputs (`_output_signature`), stored with each; set once loaded.
+    #: What makes this component's outputs (`output_signature`), stored with each; set once loaded.
     #: (A class default too: components pickled by earlier versions have none.)
     _signature: Optional[str] = None
+    #: Whether the weights moved since `_signature` was taken.
+    _signature_stale = False
+    #: How many times the component has loaded weights (`_model_loaded`): a
+    #: prediction made before the last load is of other weights.
+    _generation = 0
 
     def __init__(
         self,
@@ -105,7 +125,7 @@ class ContextualEmbedder(TrainablePipe):
         """What is made, never copied or pickled: the load lock, an empty feature
         cache (layers of docs already seen, for training on a frozen encoder),
         and the Doc extensions the outputs live in."""
-        self._load_lock = threading.Lock()
+        self._gate = LoadGate()
         #: The backward pass of an update whose listeners have not all called back yet.
         self._pending_backward: Optional[Callable[..., bool]] = None
         cache_mb = self.cfg["cache_mb"]
@@ -118,7 +138,7 @@ class ContextualEmbedder(TrainablePipe):
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
-                 "scorer": self.scorer, "_load_lock": None, "cache": None, "_pending_backward": None}
+                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None}
         return _unpickled_component, (type(self), state)
 
     @property
@@ -171,6 +191,7 @@ class ContextualEmbedder(TrainablePipe):
 
     # Loading ---------------------------------------------------------------
 
+    @_loads
     def initialize(
         self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *, nlp: Optional[Language] = None
     ) -> None:
@@ -191,7 +212,7 @@ class ContextualEmbedder(TrainablePipe):
         """
         if self._loaded:
             return
-        with self._load_lock:
+        with self._gate.loading():  # (waits for a load under way in another thread)
             if self._load_refused is not None:
                 raise bad_setting(self.name, "model", self._load_refused,
                                   "loading it was refused, so the component holds parts of two models; load a "
@@ -241,7 +262,8 @@ class ContextualEmbedder(TrainablePipe):
             if identity != self._identity:
                 self.cache.clear()  # entries of another model: free the memory
             self._identity = identity
-        self._signature = _output_signature(self.encoder, self.combiner)
+        self._signature = output_signature(self.model)
+        self._generation += 1
         self._loaded = True
 
     # Prediction ------------------------------------------------------------
@@ -267,12 +289,18 @@ class ContextualEmbedder(TrainablePipe):
             yield from super().pipe(stream, batch_size=batch_size)
             return
         error_handler = self.get_error_handler()
-        predict = on_caller_devices(self.predict)
-        for docs, predictions, error in computed_ahead(predict, minibatch(stream, size=batch_size)):
+        predict = on_caller_devices(self._predict_ahead)
+        for docs, result, error in computed_ahead(predict, minibatch(stream, size=batch_size)):
             try:
                 if error is not None:
                     raise error
-                self.set_annotations(docs, cast(Tuple[List[DocLayers], List[DocVectors]], predictions))
+                generation, predictions = cast(Tuple[int, Tuple[List[DocLayers], List[DocVectors]]], result)
+                if generation != self._generation:
+                    # The component loaded other weights after the worker
+                    # predicted this batch (between batches, or in another
+                    # thread): those were the old model's vectors.
+                    predictions = self.predict(docs)
+                self.set_annotations(docs, predictions)
             except Exception as exc:
                 error_handler(self.name, self, docs, exc)
                 continue
@@ -289,10 +317,26 @@ class ContextualEmbedder(TrainablePipe):
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
         self._after_fork()
-        self.ensure_loaded()
-        with named_errors(self.name):
+        with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
             return layers, self.combiner.predict(layers)
+
+    def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
+        """`predict`, with the count of loads (`_generation`) taken before it: a
+        load that ends before the predictions are used makes them be predicted
+        again, never kept (at worst once too often)."""
+        generation = self._generation
+        return generation, self.predict(docs)
+
+    @contextmanager
+    def _ready(self) -> Iterator[None]:
+        """Loaded, and no load starts before the block ends (see `load_gate`)."""
+        while True:
+            self.ensure_loaded()
+            with self._gate.predicting():
+                if self._loaded:  # (else a load began after the check, and failed: ensure_loaded says so)
+                    yield
+                    return
 
     def _frozen_layers(self, docs: List[Doc]) -> List[DocLayers]:
         """The encoder's output without training it, through the cache if there is one."""
@@ -312,6 +356,9 @@ class ContextualEmbedder(TrainablePipe):
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Tuple[List[DocLayers], List[DocVectors]]) -> None:
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
+        if self._signature_stale:  # the weights moved (a training step, use_params) since it was taken
+            self._signature_stale = False
+            self._signature = output_signature(self.model)
         for doc, layers, vectors in zip(docs, *predictions):
             write_outputs(doc, self.name, vectors, layers if keep_layers else None,
                           primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"],
@@ -458,11 +505,14 @@ class ContextualEmbedder(TrainablePipe):
             self._weights_moved()
         if "combiner" in to_step:
             self.combiner.finish_update(sgd)
+            self._signature_stale = True
 
     def _weights_moved(self) -> None:
-        """The encoder's weights changed: cached layers are of another model now.
-        A step counter in the identity is enough (hashing the weights every step
-        would cost more than the cache saves)."""
+        """The encoder's weights changed: cached layers are of another model now,
+        and outputs get another signature (taken again at the next annotation).
+        For the cache a step counter in the identity is enough (hashing the
+        weights every step would cost more than the cache saves)."""
+        self._signature_stale = True
         if self.cache is not None:
             self.cache.clear()
             self._updates += 1
@@ -476,12 +526,14 @@ class ContextualEmbedder(TrainablePipe):
         swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
         if swapped:
             self._weights_moved()
+        self._signature_stale = True  # (the combiner's averages count too)
         try:
             with self.model.use_params(params):
                 yield
         finally:
             if swapped:
                 self._weights_moved()
+            self._signature_stale = True
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
@@ -503,15 +555,16 @@ class ContextualEmbedder(TrainablePipe):
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
         path = ensure_path(path)
-        self.ensure_loaded()
         serializers: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, self._saved_cfg()),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         for shim in self.encoder.shims:
             serializers[MODEL_DIR] = cast(Any, shim).save_dir
-        to_disk(path, serializers, exclude)
+        with self._ready():  # (one model's weights, not a load's half-swapped ones)
+            to_disk(path, serializers, exclude)
 
+    @_loads
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         path = Path(path)
         saved_cfg: Dict[str, Any] = {}
@@ -538,9 +591,10 @@ class ContextualEmbedder(TrainablePipe):
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
-        self.ensure_loaded()
-        return srsly.msgpack_dumps({"cfg": self._saved_cfg(), "model": self.model.to_bytes()})
+        with self._ready():
+            return srsly.msgpack_dumps({"cfg": self._saved_cfg(), "model": self.model.to_bytes()})
 
+    @_loads
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         with named_errors(self.name):
             try:
@@ -563,7 +617,7 @@ class ContextualEmbedder(TrainablePipe):
                     raise
                 except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
                     raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
-                                      f"not a serialized ctxembed model ({type(err).__name__}: {err})") from None
+                                      _load_failure("a serialized ctxembed model", err)) from None
                 self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
                 self._after_loading("bytes")
         self._model_loaded()
@@ -585,7 +639,7 @@ class ContextualEmbedder(TrainablePipe):
     def _saved_cfg(self) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
         config's are used) and the encoder layers that the combiner's weights are for."""
-        return {"format": FORMAT, **self.cfg, LAYERS_KEY: _selected_layers(self.encoder)}
+        return {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
 
     def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
         """The saved nodes of the combiner in the bytes of the whole model; None where
@@ -671,7 +725,7 @@ class ContextualEmbedder(TrainablePipe):
         """The config's layers must be the ones the combiner was saved for, not just
         as many: mixing weights trained for one layer apply to that layer only.
         A cfg written before the layers were recorded has only the count check."""
-        current = _selected_layers(self.encoder)
+        current = selected_layers(self.encoder)
         if not isinstance(saved, list) or current is None or saved == current:
             return
         raise bad_setting(self.name, "combiner", source,
@@ -685,7 +739,17 @@ class ContextualEmbedder(TrainablePipe):
             self.combiner.from_bytes(data)
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
             raise bad_setting(self.name, "combiner", source,
-                              f"not a combiner saved by spacy-ctxembed ({type(err).__name__}: {err})") from None
+                              _load_failure("a combiner saved by spacy-ctxembed", err)) from None
+
+
+def _load_failure(what: str, err: Exception) -> str:
+    """Why saved weights did not load, for the error. Thinc refuses weights of
+    other dimensions ("Attempt to change dimension 'nO' ... from 32 to 48"):
+    they are ctxembed's, of a model of another width or layer count."""
+    if "Attempt to change dimension" in str(err):
+        return (f"saved for a model of other dimensions than this component's config builds ({err}); load it "
+                "into a component with the config it was saved with")
+    return f"not {what} ({type(err).__name__}: {err})"
 
 
 def _saved_nodes(data: bytes) -> Optional[List[Dict[str, Any]]]:
@@ -703,43 +767,6 @@ def _saved_dim(node: Any, name: str) -> Optional[int]:
     dims = node.get("dims") if isinstance(node, dict) else None
     value = dims.get(name) if isinstance(dims, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _selected_layers(encoder: Model) -> Optional[List[int]]:
-    """The encoder layers the component combines, as non-negative indices; None
-    where that is not known (weights not loaded; negative indices into an
-    upstream transformer, whose depth is known only from its outputs)."""
-    for shim in encoder.shims:  # (BERT, ELMo: resolved against the loaded model)
-        layers = getattr(shim, "layers", None)
-        return [int(i) for i in layers] if layers else None
-    settings = config_value(encoder.attrs.get("settings"))
-    layers = settings.get("layers") if isinstance(settings, dict) else None
-    if isinstance(layers, list) and layers and all(isinstance(i, int) and i >= 0 for i in layers):
-        return list(layers)
-    return None
-
-
-def _output_signature(encoder: Model, combiner: Model) -> str:
-    """What makes a component's outputs, as "key=value; ...": the encoder's
-    kind, its model, the layers it selects, the pooling, the combiner.
-
-    Stored with each output, so that outputs of one name from different
-    models are never mixed (`Doc.from_docs`) or compared (`.similarity()`).
-    Settings only: a hash of the weights would cost a pass over them at every
-    load, and docs from the worker processes of one pipeline
-    (`nlp.pipe(n_process=2)`) must match, so nothing random either.
-    """
-    settings: Dict[str, Any] = {}
-    for shim in encoder.shims:  # BERT, ELMo
-        settings.update(getattr(shim, "settings", None) or {})
-    settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
-    fields: Dict[str, Any] = {"encoder": encoder.name}
-    fields.update((key, settings[key]) for key in ("name", "options_file", "weight_file") if key in settings)
-    fields["layers"] = _selected_layers(encoder) or settings.get("layers")
-    if "pooling" in settings:
-        fields["pooling"] = settings["pooling"]
-    fields["combiner"] = combiner.name
-    return "; ".join(f"{key}={value}" for key, value in fields.items())
 
 
 def _is_v1_bytes(msg: Any) -> bool:
@@ -764,8 +791,11 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     for key, value in state.items():
         setattr(component, key, value)
     component._start_runtime()
+    # Unpickled in this process (spawned `n_process` workers, Ray, joblib): not
+    # a fork, so torch's thread pool is sound and the user's thread setting stays.
+    component._pid = os.getpid()
     if component._loaded and component._signature is None:  # pickled by a version that kept none
-        component._signature = _output_signature(component.encoder, component.combiner)
+        component._signature = output_signature(component.model)
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component

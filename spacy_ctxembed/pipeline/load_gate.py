@@ -1,0 +1,60 @@
+"""Predictions and loads of one component, kept apart across threads.
+
+A component that is loading (`from_disk`, `from_bytes`, `initialize`) swaps
+its encoder's weights and its combiner's one after the other. A prediction
+in another thread meanwhile (a server that reloads a model while serving, or
+the component's own run-ahead worker in `nlp.pipe`) would read the encoder of
+one model and the combiner of the other, or see the component not loaded
+and initialise it again on top of the weights just loaded. So predictions
+share the gate (any number at once), and a load takes it alone: it waits
+for the predictions under way to end, and predictions wait for it.
+
+Re-entrant for the thread that loads (a load that predicts, or loads again
+inside: `from_bytes` of 0.1's bytes goes through `from_disk`). A thread that
+predicts and then loads would wait for itself: the component loads before it
+predicts (`ensure_loaded`), never inside a prediction.
+"""
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+
+class LoadGate:
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer: Optional[int] = None
+        self._depth = 0
+
+    @contextmanager
+    def predicting(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._condition:
+            while self._writer is not None and self._writer != me:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._condition:
+            if self._writer != me:
+                while self._writer is not None or self._readers:
+                    self._condition.wait()
+                self._writer = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._condition.notify_all()

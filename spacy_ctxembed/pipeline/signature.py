@@ -1,0 +1,73 @@
+"""What makes a component's outputs: the signature stored with each of them.
+
+Outputs of one component name made by different models must never be mixed
+(`Doc.from_docs`) or compared (`.similarity()`). The signature says what made
+them, as "key=value; ...": the encoder's kind, its model, the layers it
+selects, the pooling, the combiner, and a fingerprint of the weights. The
+settings alone would take a fine-tuned model for its base (both name the
+base in their config) and a reloaded component for the one before.
+"""
+import hashlib
+from typing import Any, Dict
+
+import numpy
+import torch
+from thinc.api import Model
+
+from ..settings import config_value, selected_layers
+
+#: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
+#: Training moves nearly every weight, so a sample tells trained weights from
+#: their start; reading them all would cost a pass over the model at every
+#: load and step (BERT-base: 440 MB).
+SAMPLES_PER_TENSOR = 64
+
+
+def output_signature(model: Model) -> str:
+    """The signature of what the component's model (`Embedder.v2`) makes.
+
+    Deterministic: docs from the worker processes of one pipeline
+    (`nlp.pipe(n_process=2)`) and from a pipeline saved and loaded again
+    match. `ctxembed_from_trf` owns no weights (its upstream transformer
+    does), so its signature has its settings only.
+    """
+    encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
+    settings: Dict[str, Any] = {}
+    for shim in encoder.shims:  # BERT, ELMo
+        settings.update(getattr(shim, "settings", None) or {})
+    settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
+    fields: Dict[str, Any] = {"encoder": encoder.name}
+    fields.update((key, settings[key]) for key in ("name", "options_file", "weight_file") if key in settings)
+    fields["layers"] = selected_layers(encoder) or settings.get("layers")
+    if "pooling" in settings:
+        fields["pooling"] = settings["pooling"]
+    fields["combiner"] = combiner.name
+    fields["weights"] = weights_fingerprint(model)
+    return "; ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def weights_fingerprint(model: Model) -> str:
+    """A digest of `model`'s weights: every thinc parameter (the combiner's
+    few), and an even sample of each tensor of its PyTorch modules."""
+    digest = hashlib.blake2b(digest_size=8)
+    for node in model.walk():
+        for shim in node.shims:
+            module = getattr(shim, "_model", None)
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for name, tensor in module.state_dict().items():
+                digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(_sampled(tensor).tobytes())
+        for name in node.param_names:
+            if node.has_param(name):
+                digest.update(name.encode())
+                digest.update(numpy.ascontiguousarray(node.ops.to_numpy(node.get_param(name))).tobytes())
+    return digest.hexdigest()
+
+
+def _sampled(tensor: torch.Tensor) -> numpy.ndarray:
+    flat = tensor.detach().reshape(-1)
+    if not flat.numel():
+        return numpy.zeros(0, dtype="float64")
+    index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), SAMPLES_PER_TENSOR), device=flat.device).long()
+    return flat[index].double().cpu().numpy()

@@ -1,0 +1,178 @@
+"""Listeners whose upstream does not give what they were trained on say so.
+
+ContextualListener.v1 gives zeros only for the docs its component is
+initialised on (as v2 does), and refuses layers of another shape; a
+ContextualListener.v2 head whose weights were trained on other layers or
+another width than its upstream now gives names both, rather than failing in
+numpy or blis.
+"""
+import copy
+import pickle
+
+import numpy
+import pytest
+import spacy
+from spacy.training import Example
+from spacy.util import registry
+
+from spacy_ctxembed import install_extensions
+
+from .conftest import ctx_config
+
+WORDS = ["I", "ran", "to", "the", "park"]
+TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
+TEXT = " ".join(WORDS)
+V1_NOT_RUN = r"ContextualListener\.v1: doc\._\.ctx_layers is missing: no upstream ctxembed component ran on this doc"
+
+
+@pytest.fixture(scope="module")
+def wide_bert_dir(tmp_path_factory, minilm_dir):
+    """A random 2-layer BERT of width 48 (the conftest's tiny one is 32 wide)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("wide-bert")
+    torch.manual_seed(1)
+    BertModel(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path
+
+
+def _examples(nlp):
+    return [Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS})]
+
+
+def _v1_pipeline(tiny_bert_dir, *, store_layers=True, layers=(1, 2), n_layers=2, upstream_width=32):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=list(layers),
+                                                    store_layers=store_layers))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v1", "width": 16, "n_layers": n_layers,
+        "upstream_width": upstream_width}}})
+    nlp.initialize(lambda: _examples(nlp))
+    return nlp
+
+
+def _v2_pipeline(model_dir, *, layers, mix_layers, name="ctxembed_bert", tagger=None):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=model_dir, layers=list(layers), combine="concat"))
+    if tagger is not None:
+        nlp.add_pipe("tagger", source=tagger)
+        return nlp
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": mix_layers,
+        "upstream": name}}})
+    nlp.initialize(lambda: _examples(nlp))
+    return nlp
+
+
+# ContextualListener.v1: zeros only for the docs it is initialised on --------------------
+
+
+def test_v1_head_gives_zeros_only_for_its_sample_docs():
+    install_extensions()  # as any ctxembed component does: docs without outputs read None
+    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
+        width=16, n_layers=2, upstream_width=32)
+    nlp = spacy.blank("en")
+    sample, other = nlp("no layers here"), nlp("no layers here")
+    model.initialize(X=[sample])
+    # Zero features: the mix of zeros is zero, so each row is the projection's bias.
+    linear = next(node for node in model.walk() if node.name == "linear")
+    numpy.testing.assert_array_equal(model.predict([sample])[0], numpy.tile(linear.get_param("b"), (3, 1)))
+    # The same text in another doc is not a sample: zeros there would be features from nothing.
+    with pytest.raises(ValueError, match=V1_NOT_RUN):
+        model.predict([other])
+    # The samples (held weakly) do not travel with a copy, which predicts on docs of its own.
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with pytest.raises(ValueError, match=V1_NOT_RUN):
+            copied.predict([sample])
+    assert model.predict([sample])[0].shape == (3, 16)
+
+
+def test_v1_tagger_refuses_docs_its_upstream_did_not_annotate(tiny_bert_dir, tmp_path):
+    nlp = _v1_pipeline(tiny_bert_dir)  # initialised on docs the upstream never saw: no error
+    tags = [t.tag_ for t in nlp(TEXT)]
+    with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match=V1_NOT_RUN):
+        nlp(TEXT)
+    nlp.to_disk(tmp_path / "pipeline")
+    with pytest.raises(ValueError, match=V1_NOT_RUN + r".*disable=\[\.\.\.\]"):
+        spacy.load(tmp_path / "pipeline", disable=["ctxembed_bert"])(TEXT)
+    # The same saved pipeline with its embedder runs as before.
+    assert [t.tag_ for t in spacy.load(tmp_path / "pipeline")(TEXT)] == tags
+
+
+def test_v1_tagger_refuses_an_upstream_that_stores_no_layers(tiny_bert_dir):
+    nlp = _v1_pipeline(tiny_bert_dir, store_layers=False)
+    with pytest.raises(ValueError, match=r"ContextualListener\.v1: doc\._\.ctx_layers is missing: the upstream "
+                                         r"ctxembed component 'ctxembed_bert' ran on this doc but stores no "
+                                         r"layers \(store_layers = false\): set store_layers = true in "
+                                         r"\[components\.ctxembed_bert\]"):
+        nlp(TEXT)
+
+
+@pytest.mark.parametrize("settings, stored", [
+    ({"n_layers": 3}, "2 layers of width 32"),
+    ({"upstream_width": 64}, "2 layers of width 32"),
+    ({"layers": (1, 2, 0)}, "3 layers of width 32"),
+])
+def test_v1_refuses_layers_of_another_shape(tiny_bert_dir, settings, stored):
+    nlp = _v1_pipeline(tiny_bert_dir, **settings)
+    expected = {"n_layers": 2, "upstream_width": 32, **settings}
+    # The stored shape is the upstream's own: an independent account of what it gives.
+    doc = nlp.get_pipe("ctxembed_bert")(nlp.make_doc(TEXT))
+    n_stored, _, width = doc._.ctx_layers.shape
+    assert stored == f"{n_stored} layers of width {width}"
+    with pytest.raises(ValueError, match=rf"ContextualListener\.v1: doc\._\.ctx_layers has {stored}, but this "
+                                         rf"component has n_layers = {expected['n_layers']} and upstream_width = "
+                                         rf"{expected['upstream_width']}"):
+        nlp(TEXT)
+
+
+# ContextualListener.v2: weights trained on other layers than the upstream gives -------------------
+
+
+@pytest.mark.parametrize("mix_layers, trained, now", [
+    (True, "2 layers", "1 layer"),  # its scalar mix has a weight per layer
+    (False, "vectors of width 64", "vectors of width 32"),  # two concatenated layers of 32
+])
+def test_v2_tagger_sourced_next_to_an_embedder_with_other_layers(tiny_bert_dir, mix_layers, trained, now):
+    trained_nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers)
+    tags = [t.tag_ for t in trained_nlp(TEXT)]
+    same = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers, tagger=trained_nlp)
+    assert [t.tag_ for t in same(TEXT)] == tags
+    other = _v2_pipeline(tiny_bert_dir, layers=(2,), mix_layers=mix_layers, tagger=trained_nlp)
+    with pytest.raises(ValueError, match=rf"ContextualListener\.v2 \(in 'tagger'\), upstream = 'ctxembed_bert': "
+                                         rf"its weights were trained on {trained} from 'ctxembed_bert', which now "
+                                         rf"gives {now}\. Give 'ctxembed_bert' the settings"):
+        other(TEXT)
+
+
+@pytest.mark.parametrize("mix_layers, what", [(True, "layers"), (False, "vectors")])
+def test_v2_tagger_after_its_embedder_is_replaced_by_a_wider_model(tiny_bert_dir, wide_bert_dir, mix_layers, what):
+    nlp = _v2_pipeline(tiny_bert_dir, layers=(1,), mix_layers=mix_layers, name="emb")
+    nlp.replace_pipe("emb", "ctxembed_bert", config=ctx_config(name=wide_bert_dir, layers=[1], combine="concat"))
+    doc = nlp.get_pipe("emb")(nlp.make_doc(TEXT))
+    assert doc._.ctx_vectors.shape == (len(WORDS), 48)  # what the upstream now gives
+    with pytest.raises(ValueError, match=rf"\(in 'tagger'\), upstream = 'emb': its weights were trained on "
+                                         rf"{what} of width 32 from 'emb', which now gives {what} of width 48"):
+        nlp(TEXT)
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_v2_tagger_sourced_next_to_other_layers_of_the_same_count(tiny_bert_dir, mix_layers, tmp_path):
+    # The shapes fit (two layers of 32), but the scalar mix's weights (or the
+    # projection of the concatenated layers) were trained on layers [1, 2].
+    trained_nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers)
+    tags = [t.tag_ for t in trained_nlp(TEXT)]
+    trained_nlp.to_disk(tmp_path / "trained")
+    loaded = spacy.load(tmp_path / "trained")
+    assert [t.tag_ for t in loaded(TEXT)] == tags
+    same = _v2_pipeline(tiny_bert_dir, layers=(-2, -1), mix_layers=mix_layers, tagger=loaded)  # = [1, 2]
+    assert [t.tag_ for t in same(TEXT)] == tags
+    other = _v2_pipeline(tiny_bert_dir, layers=(2, 1), mix_layers=mix_layers, tagger=loaded)
+    with pytest.raises(ValueError, match=r"\(in 'tagger'\), upstream = 'ctxembed_bert': its weights were trained "
+                                         r"on layers \[1, 2\] from 'ctxembed_bert', which now gives layers \[2, 1\]"):
+        other(TEXT)
