@@ -344,3 +344,19 @@ def test_outputs_made_with_other_combiner_weights_are_another_model(vocab, tiny_
         before[0].similarity(inside[0])
     assert before[0].similarity(after[0]) == pytest.approx(1.0, abs=1e-6)
     assert not numpy.allclose(before._.ctx_vectors, inside._.ctx_vectors)
+
+
+def test_the_weight_fingerprint_samples_evenly_to_the_last_element():
+    """Tensors beyond 2**24 elements (BERT-base's word embeddings have 23M):
+    positions in float32 would round past the end."""
+    import torch
+
+    from spacy_ctxembed.pipeline.signature import SAMPLES_PER_TENSOR, _sampled
+
+    n = 2**24 + 5
+    tensor = torch.arange(n, dtype=torch.int64) % 251  # values that tell positions apart
+    positions = numpy.floor(numpy.arange(SAMPLES_PER_TENSOR) * (n - 1) / (SAMPLES_PER_TENSOR - 1)).astype("int64")
+    numpy.testing.assert_array_equal(_sampled(tensor), (positions % 251).astype("float64"))
+    assert positions[-1] == n - 1
+    small = torch.tensor([1.5, -2.0, 3.0])
+    numpy.testing.assert_array_equal(_sampled(small), [1.5, -2.0, 3.0])

@@ -66,8 +66,13 @@ def weights_fingerprint(model: Model) -> str:
 
 
 def _sampled(tensor: torch.Tensor) -> numpy.ndarray:
+    """`SAMPLES_PER_TENSOR` values evenly spaced over the flattened tensor, first and last included."""
     flat = tensor.detach().reshape(-1)
-    if not flat.numel():
+    n = flat.numel()
+    if not n:
         return numpy.zeros(0, dtype="float64")
-    index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), SAMPLES_PER_TENSOR), device=flat.device).long()
+    k = min(n, SAMPLES_PER_TENSOR)
+    # In integers: float32 positions (torch.linspace) are not exact beyond 2**24
+    # elements, and BERT-base's word embeddings have 23M.
+    index = torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1) // max(k - 1, 1)
     return flat[index].double().cpu().numpy()
