@@ -176,3 +176,19 @@ def test_v2_tagger_sourced_next_to_other_layers_of_the_same_count(tiny_bert_dir,
     with pytest.raises(ValueError, match=r"\(in 'tagger'\), upstream = 'ctxembed_bert': its weights were trained "
                                          r"on layers \[1, 2\] from 'ctxembed_bert', which now gives layers \[2, 1\]"):
         other(TEXT)
+
+
+def test_a_tagger_initialised_before_its_new_upstream_loads_records_that_upstreams_layers(tiny_bert_dir):
+    # The upstream replaced by one not loaded yet, then the tagger initialised
+    # on its own (to train it anew): the upstream loads first, so the head is
+    # sized by it and records its layers, not none.
+    from spacy_ctxembed.models.listener import TRAINED_ON, ContextualListenerNode
+
+    nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True)
+    nlp.remove_pipe("ctxembed_bert")
+    nlp.add_pipe("ctxembed_bert", first=True, config=ctx_config(name=tiny_bert_dir, layers=[2, 1], combine="concat"))
+    assert not nlp.get_pipe("ctxembed_bert")._loaded
+    nlp.get_pipe("tagger").initialize(lambda: _examples(nlp), nlp=nlp)
+    node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    assert node.attrs[TRAINED_ON] == [2, 1]
+    assert len(nlp(TEXT)) == len(WORDS)

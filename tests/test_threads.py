@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy
+import pytest
 import spacy
 
 from .conftest import ctx_config, run_in_threads
@@ -77,16 +78,19 @@ def _scalar_mix_nlp(model_dir, **settings):
     return nlp
 
 
-def test_loads_in_one_thread_while_another_predicts(tiny_bert_dir):
+def test_loads_in_one_thread_while_others_predict(tiny_bert_dir):
     # A server that reloads the component while serving: predictions wait
-    # for the load (no "refused" error, no mix of two models), and the
-    # component is never initialised again on top of the weights just loaded.
+    # for the load (no "refused" error, no mix of two models), the component
+    # is never initialised again on top of the weights just loaded, and the
+    # load gets its turn although the threads' calls overlap without a pause
+    # (predictions that start after it asked wait for it: test_load_gate).
+    # The cache widens the window in which the re-initialisation struck.
     import threading
 
     nlp = _scalar_mix_nlp(tiny_bert_dir, cache_mb=16)
     component = nlp.get_pipe("ctxembed_bert")
     data = component.to_bytes()
-    text = TEXTS[1]
+    text = " ".join([TEXTS[1]] * 4)
     reference = nlp(text)._.ctx_vectors.copy()
     stop, failures, calls = threading.Event(), [], []
 
@@ -100,14 +104,19 @@ def test_loads_in_one_thread_while_another_predicts(tiny_bert_dir):
             except Exception as err:  # noqa: BLE001 - collected for the assertion
                 failures.append(f"{type(err).__name__}: {err}")
 
-    thread = threading.Thread(target=predict_until_stopped)
-    thread.start()
+    threads = [threading.Thread(target=predict_until_stopped) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    loader = threading.Thread(target=lambda: [component.from_bytes(data) for _ in range(8)])
     try:
-        for _ in range(12):
-            component.from_bytes(data)
+        loader.start()
+        loader.join(timeout=60)
+        assert not loader.is_alive(), "the loads never got the gate from the predicting threads"
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
+        loader.join()
     assert calls and not failures, failures[:3]
     numpy.testing.assert_allclose(component.combiner.get_param("s"), [3.0])
     numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, reference, atol=1e-6)
@@ -165,3 +174,25 @@ def test_an_unpickled_component_leaves_torch_threads_alone(tiny_bert_dir):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_outputs_say_which_weights_made_them_when_a_load_comes_between(tiny_bert_dir, tmp_path):
+    # predict, then another thread loads other weights, then set_annotations:
+    # the vectors are the first model's, and so must their signature be.
+    nlp = _scalar_mix_nlp(tiny_bert_dir)
+    other = _scalar_mix_nlp(tiny_bert_dir)
+    other.get_pipe("ctxembed_bert").combiner.set_param("s", numpy.asarray([-3.0], dtype="f"))
+    other.get_pipe("ctxembed_bert").combiner.set_param("gamma", numpy.asarray([0.5], dtype="f"))
+    other_data = other.get_pipe("ctxembed_bert").to_bytes()
+    first = nlp(TEXTS[0])  # made before the load, by the first weights
+    component = nlp.get_pipe("ctxembed_bert")
+    doc = nlp.make_doc(TEXTS[1])
+    predictions = component.predict([doc])
+    component.from_bytes(other_data)
+    component.set_annotations([doc], predictions)
+    numpy.testing.assert_allclose(doc._.ctx_vectors, predictions[1][0])
+    assert first[0].similarity(doc[0]) == pytest.approx(
+        float(first[0].vector @ doc[0].vector / numpy.linalg.norm(first[0].vector) / numpy.linalg.norm(doc[0].vector)),
+        abs=1e-6)
+    with pytest.raises(ValueError, match="different ctxembed models"):
+        nlp(TEXTS[1])[0].similarity(doc[0])

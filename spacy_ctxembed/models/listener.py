@@ -207,8 +207,12 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
     if X is not None:
         model.remember_samples(X)
-    # The head is made for the upstream's layers now (saved with its weights).
-    model.ensure_dims()  # (has a frozen upstream load: its layers are known once loaded)
+    # The head is made for the upstream's layers now (saved with its weights),
+    # and sized by them: an upstream not loaded yet (spaCy does not initialise
+    # frozen components; a component initialised on its own) loads first, and
+    # its load sizes this listener (`_size_listener`).
+    for component in model._upstreams().values():
+        component.ensure_loaded()
     model.attrs[TRAINED_ON] = model.upstream_layers()
 
 

@@ -50,6 +50,21 @@ LAYERS_KEY = "encoder_layers"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Predictions(tuple):
+    """What `predict` returns: (layers, vectors), one entry per doc, and the
+    signature of the weights that made them (`output_signature`)."""
+
+    signature: Optional[str]
+
+    def __new__(cls, layers: List[DocLayers], vectors: List[DocVectors], signature: Optional[str]) -> "Predictions":
+        predictions = super().__new__(cls, (layers, vectors))
+        predictions.signature = signature
+        return predictions
+
+    def __getnewargs__(self) -> Tuple[Any, Any, Optional[str]]:  # (pickle, copy)
+        return self[0], self[1], self.signature
+
+
 def _loads(method: F) -> F:
     """A method that loads weights: alone, not while the component predicts
     in another thread (see `load_gate`)."""
@@ -319,12 +334,21 @@ class ContextualEmbedder(TrainablePipe):
         self._after_fork()
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
-            return layers, self.combiner.predict(layers)
+            # The signature of these weights, taken now: a load in another
+            # thread before `set_annotations` must not stamp them as its model's.
+            return Predictions(layers, self.combiner.predict(layers), self._current_signature())
+
+    def _current_signature(self) -> Optional[str]:
+        if self._signature_stale:  # the weights moved (a training step, use_params) since it was taken
+            self._signature_stale = False
+            self._signature = output_signature(self.model)
+        return self._signature
 
     def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
         """`predict`, with the count of loads (`_generation`) taken before it: a
         load that ends before the predictions are used makes them be predicted
         again, never kept (at worst once too often)."""
+        self.ensure_loaded()  # (the first load is not one to predict again for)
         generation = self._generation
         return generation, self.predict(docs)
 
@@ -356,13 +380,11 @@ class ContextualEmbedder(TrainablePipe):
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Tuple[List[DocLayers], List[DocVectors]]) -> None:
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
-        if self._signature_stale:  # the weights moved (a training step, use_params) since it was taken
-            self._signature_stale = False
-            self._signature = output_signature(self.model)
+        signature = getattr(predictions, "signature", None) or self._current_signature()
         for doc, layers, vectors in zip(docs, *predictions):
             write_outputs(doc, self.name, vectors, layers if keep_layers else None,
                           primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"],
-                          signature=self._signature)
+                          signature=signature)
 
     # Training --------------------------------------------------------------
 
