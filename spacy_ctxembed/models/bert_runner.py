@@ -236,7 +236,7 @@ class BertRunner:
 
     def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
-        ids, spans = self.wordpieces([doc.text for doc in docs])
+        ids, spans = self.wordpieces.of_docs(docs)
         alignments = align_docs(spans, [token_char_spans(doc) for doc in docs], [space_tokens(doc) for doc in docs])
         plans = []
         for piece_ids, alignment in zip(ids, alignments):

@@ -16,11 +16,18 @@ call changes it, so threads can share it. A tokenizer whose class changes
 how a batch is encoded (an override of `__call__` or `_batch_encode_plus`,
 other than the byte-level BPE encoders' check on pretokenized input), or
 whose Rust side cannot be copied, is called through `transformers`.
+
+For docs (`of_docs`), a tokenizer whose pieces never cross a space goes
+through a cache of space-separated chunks (`piece_cache`): most chunks of a
+corpus are words seen before, and their pieces are gathered, not tokenized.
 """
 import itertools
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
+from spacy.tokens import Doc
+
+from .piece_cache import PieceCache, PiecesCrossSpaces, splits_at_spaces
 
 
 class Wordpieces:
@@ -29,12 +36,32 @@ class Wordpieces:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
         self._backend = _private_backend(tokenizer)
+        #: None where the tokenizer's pieces may depend on what lies across a space.
+        self.chunks = PieceCache() if self._backend is not None and splits_at_spaces(self._backend) else None
+
+    def of_docs(self, docs: Sequence[Doc]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+        """As `self([doc.text for doc in docs])`, through the chunk cache where there is one."""
+        chunks = self.chunks
+        if chunks is not None:
+            try:
+                return chunks(docs, self.flat)
+            except PiecesCrossSpaces:  # the description misled `splits_at_spaces`: whole texts from now on
+                self.chunks = None
+        return self([doc.text for doc in docs])
 
     def __call__(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
         if not texts:
             return [], []
         if self._backend is None:
             return self._through_transformers(texts)
+        ids, spans, counts = self.flat(texts)
+        cuts = numpy.cumsum(counts)[:-1]
+        return numpy.split(ids, cuts), numpy.split(spans, cuts)
+
+    def flat(self, texts: Sequence[str]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """The pieces of all texts laid end to end: ids (n,), spans (n, 2), and
+        the count per text. Through the Rust tokenizer (a plain fast one only)."""
+        assert self._backend is not None
         encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
         counts = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
         total = int(counts.sum())
@@ -43,8 +70,7 @@ class Wordpieces:
             itertools.chain.from_iterable(itertools.chain.from_iterable(e.offsets for e in encodings)),
             dtype="int64", count=2 * total,
         ).reshape(total, 2)
-        cuts = numpy.cumsum(counts)[:-1]
-        return numpy.split(ids, cuts), numpy.split(spans, cuts)
+        return ids, spans, counts
 
     def _through_transformers(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
         encodings = self.tokenizer(

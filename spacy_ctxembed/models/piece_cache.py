@@ -1,0 +1,362 @@
+"""Wordpieces of spaCy docs through a cache of their space-separated chunks.
+
+With a WordPiece tokenizer behind BERT's normalizer and pre-tokenizer (BERT,
+MiniLM, DistilBERT, ELECTRA, ...), a text's wordpieces are those of its
+space-separated chunks laid end to end: the normalizer works character by
+character, and the pre-tokenizer splits at every space, so nothing on one
+side of a space changes the pieces on the other (`splits_at_spaces` says
+which tokenizers are of this kind). spaCy marks where a space follows a token
+(`SPACY`), so a doc's chunks are runs of tokens read off one array, and a
+chunk is known by its tokens' `ORTH` hashes, spaCy's own identity of a string.
+
+The pieces of a chunk seen before are gathered from the cache, with their
+character spans moved to where the chunk starts; only new chunks go through
+the Rust tokenizer. On UD EWT the tokenizer took 1.7 times the CPU time of
+spaCy's tokenizer (`docs/benchmarks.md`), while most chunks of a corpus are
+words seen before. A hit is checked token by token against the ORTH hashes
+stored with the entry, so a clash of the 64-bit chunk keys tokenizes the
+chunk afresh instead of taking another chunk's pieces.
+
+The cache is shared by the threads that use one runner: a lookup reads one
+immutable snapshot of it, and a writer (under a lock) publishes a new one.
+Entries are only ever added, into the unused tail of buffers that earlier
+snapshots do not read.
+"""
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
+
+import numpy
+from spacy.attrs import IDX, LENGTH, ORTH, SPACY
+from spacy.tokens import Doc
+
+from ..batching import concat_ranges
+
+#: Chunks of more tokens than this are tokenized every time, not cached (a
+#: URL or a run of symbols that spaCy cuts up without spaces): their keys are
+#: folded one token position at a time.
+MAX_CHUNK_TOKENS = 16
+#: At most this many chunks are cached (14.5 MB allocated when full of random
+#: letter strings, 4.5 pieces each; less for words); later new chunks are
+#: tokenized every time. The first chunks a corpus shows hold its frequent words.
+MAX_ENTRIES = 1 << 17
+
+#: Normalizers and pre-tokenizers that act character by character or split
+#: at every space (see `splits_at_spaces`).
+_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents"}
+_PRE_TOKENIZERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace", "Punctuation", "Digits"}
+_SPACE_SPLITTERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace"}
+_ATTRS = [ORTH, SPACY, IDX, LENGTH]
+
+#: The tokenizer: texts -> their pieces laid end to end, ids (n,) and spans
+#: (n, 2), and the count per text (`Wordpieces.flat`).
+Encode = Callable[[List[str]], Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]
+
+
+def splits_at_spaces(backend: Any) -> bool:
+    """Whether the Rust tokenizer `backend` gives a text the pieces of its
+    space-separated chunks, each tokenized alone, with spans moved to the chunk.
+
+    True for WordPiece behind BERT-style normalizers (character by character:
+    control characters dropped, whitespace made a space, CJK characters set
+    apart, lowercasing, accents stripped by decomposition) and pre-tokenizers
+    of which one splits at every space (`Punctuation` or `Digits` alone
+    would leave "a b" one word); and added tokens that neither strip the
+    spaces next to them (`lstrip`, `rstrip`) nor contain one, as written or,
+    where they are matched in the normalized text, normalized (NFKD makes
+    "´" a space and a combining accent). Not for byte-level BPE or
+    SentencePiece, whose first piece after a space differs from the piece
+    that starts a text ("Ġword" against "word"), nor for composing normalizers
+    (NFC, NFKC), nor for anything else, which is left to the whole-text path.
+    """
+    try:
+        saved = json.loads(backend.to_str())
+    except Exception:  # a tokenizer that cannot describe itself is not one to reason about
+        return False
+    model = saved.get("model") or {}
+    normalizer = saved.get("normalizer")
+    pre_tokenizer = saved.get("pre_tokenizer")
+    return (
+        model.get("type") == "WordPiece"
+        and (normalizer is None or _all_of(normalizer, _NORMALIZERS, "normalizers"))
+        and pre_tokenizer is not None and _all_of(pre_tokenizer, _PRE_TOKENIZERS, "pretokenizers")
+        and _any_of(pre_tokenizer, _SPACE_SPLITTERS, "pretokenizers")
+        and all(_added_token_stays_in_a_chunk(backend, t) for t in saved.get("added_tokens") or [])
+    )
+
+
+def _all_of(part: Dict[str, Any], allowed: Set[str], members: str) -> bool:
+    if part.get("type") == "Sequence":
+        return bool(part.get(members)) and all(_all_of(p, allowed, members) for p in part[members])
+    return part.get("type") in allowed
+
+
+def _any_of(part: Dict[str, Any], wanted: Set[str], members: str) -> bool:
+    if part.get("type") == "Sequence":
+        return any(_any_of(p, wanted, members) for p in part.get(members) or [])
+    return part.get("type") in wanted
+
+
+def _added_token_stays_in_a_chunk(backend: Any, token: Dict[str, Any]) -> bool:
+    content = token.get("content", " ")
+    if token.get("lstrip") or token.get("rstrip") or any(c.isspace() for c in content):
+        return False
+    if token.get("normalized") and backend.normalizer is not None:
+        return not any(c.isspace() for c in backend.normalizer.normalize_str(content))
+    return True
+
+
+def _mix(keys: numpy.ndarray) -> numpy.ndarray:
+    """splitmix64's finalizer over uint64 keys (wrapping arithmetic)."""
+    keys = (keys ^ (keys >> numpy.uint64(30))) * numpy.uint64(0xBF58476D1CE4E5B9)
+    keys = (keys ^ (keys >> numpy.uint64(27))) * numpy.uint64(0x94D049BB133111EB)
+    return keys ^ (keys >> numpy.uint64(31))
+
+
+def chunk_keys(orths: numpy.ndarray, starts: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarray:
+    """A 64-bit key per chunk of tokens [start, start + length): the token's ORTH
+    for a one-token chunk, the ORTHs folded through `_mix` for a longer one.
+    Chunks longer than MAX_CHUNK_TOKENS get a key too, but are never cached."""
+    keys = orths[starts].copy()
+    longer = numpy.flatnonzero(lengths > 1)
+    folded = keys[longer]
+    for j in range(1, min(int(lengths.max(initial=0)), MAX_CHUNK_TOKENS)):
+        still = lengths[longer] > j
+        folded[still] = _mix(folded[still]) ^ orths[starts[longer[still]] + j]
+    keys[longer] = _mix(folded ^ lengths[longer].astype("uint64"))
+    return keys
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The cache as one lookup sees it: the first `n` entries of the buffers."""
+
+    keys: numpy.ndarray  # sorted uint64, one per entry
+    slots: numpy.ndarray  # the entry of each key
+    n: int
+    orth_start: numpy.ndarray  # per entry, its tokens' ORTHs in `orths`
+    orth_len: numpy.ndarray
+    piece_start: numpy.ndarray  # per entry, its pieces in `ids` and `spans`
+    piece_len: numpy.ndarray
+    orths: numpy.ndarray
+    ids: numpy.ndarray
+    spans: numpy.ndarray  # (n_pieces, 2), relative to the chunk's first character
+    n_orths: int
+    n_pieces: int
+
+    @classmethod
+    def empty(cls) -> "_Snapshot":
+        # One zero-length array may stand for several buffers: `_grown` never
+        # writes into a buffer too short for what it adds, it makes a new one.
+        # int32 where values are small (entry and piece counts, ids, spans within a chunk): half the memory
+        i4 = numpy.zeros(0, dtype="int32")
+        return cls(numpy.zeros(0, dtype="uint64"), i4, 0, i4, i4, i4, i4, numpy.zeros(0, dtype="uint64"), i4,
+                   numpy.zeros((0, 2), dtype="int32"), 0, 0)
+
+    def find(self, keys: numpy.ndarray, orths: numpy.ndarray, starts: numpy.ndarray,
+             lengths: numpy.ndarray) -> numpy.ndarray:
+        """The entry of each chunk, -1 where there is none (or only another chunk's
+        under the same key)."""
+        slots = numpy.full(len(keys), -1, dtype="int64")
+        if self.n == 0 or len(keys) == 0:
+            return slots
+        at = numpy.minimum(numpy.searchsorted(self.keys, keys), self.n - 1)
+        found = numpy.flatnonzero((self.keys[at] == keys) & (lengths <= MAX_CHUNK_TOKENS))
+        candidate = self.slots[at[found]]
+        same_length = self.orth_len[candidate] == lengths[found]
+        found, candidate = found[same_length], candidate[same_length]
+        counts = lengths[found]
+        stored = self.orths[concat_ranges(self.orth_start[candidate], counts)]
+        given = orths[concat_ranges(starts[found], counts)]
+        chunk = numpy.repeat(numpy.arange(len(found)), counts)
+        clashes = numpy.bincount(chunk[stored != given], minlength=len(found)) > 0
+        slots[found[~clashes]] = candidate[~clashes]
+        return slots
+
+
+class PiecesCrossSpaces(Exception):
+    """A piece of the joined chunks covered a space: the tokenizer does not
+    split at spaces, whatever its description said (see `_encode_joined`)."""
+
+
+#: Distinct new chunks are tokenized this many to a text (`_encode_joined`).
+CHUNKS_PER_TEXT = 1024
+
+
+def _encode_joined(strings: List[str], encode: Encode) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """`encode(strings)`, laid end to end, with each string's count: but
+    tokenized as a few texts of CHUNKS_PER_TEXT strings joined by spaces.
+
+    A tokenizer that `splits_at_spaces` gives the joined text the pieces of
+    each string in turn, and the Rust tokenizer's cost per text (an Encoding
+    object with its own arrays) is paid a few times instead of once per chunk:
+    on UD EWT dev, cold, 6,875 chunks one by one took longer than the whole
+    texts. Each piece goes back to the string its span starts in.
+    """
+    lengths = numpy.fromiter(map(len, strings), dtype="int64", count=len(strings)) + 1
+    starts = numpy.cumsum(lengths) - lengths  # each string's first character, all joined by spaces
+    firsts = numpy.arange(0, len(strings), CHUNKS_PER_TEXT)
+    texts = [" ".join(strings[i : i + CHUNKS_PER_TEXT]) for i in firsts.tolist()]
+    ids, spans, counts = encode(texts)
+    shift = numpy.repeat(starts[firsts], counts)
+    string = numpy.searchsorted(starts, spans[:, 0] + shift, side="right") - 1
+    spans = spans + (shift - starts[string])[:, None]
+    # A piece that is not inside its string (one that covers the space after
+    # it, or lies on it) means the tokenizer does not split at spaces after
+    # all: nothing is cached, and the caller tokenizes whole texts instead.
+    if not numpy.all((spans[:, 0] < lengths[string] - 1) & (spans[:, 1] < lengths[string])):
+        raise PiecesCrossSpaces
+    return ids, spans, numpy.bincount(string, minlength=len(strings))
+
+
+def _empty_cache(max_entries: int) -> "PieceCache":
+    return PieceCache(max_entries=max_entries)
+
+
+def _grown(buffer: numpy.ndarray, used: int, new: numpy.ndarray) -> numpy.ndarray:
+    """`buffer` with `new` written at [used, used + len(new)): in place where it
+    fits (no snapshot reads past its own `used`), else into a copy twice the size."""
+    need = used + len(new)
+    if need > len(buffer):
+        bigger = numpy.empty((max(need, 2 * len(buffer)),) + buffer.shape[1:], dtype=buffer.dtype)
+        bigger[:used] = buffer[:used]
+        buffer = bigger
+    buffer[used:need] = new
+    return buffer
+
+
+class PieceCache:
+    """`cache(docs, encode)` -> per doc, (piece ids (n,), character spans (n, 2)), int64:
+    what `encode([doc.text for doc in docs])` gives, for a tokenizer that
+    `splits_at_spaces`.
+
+    encode: the tokenizer (`Encode`), called with the chunks not in the cache.
+    max_entries: how many chunks to keep at most.
+    """
+
+    def __init__(self, *, max_entries: int = MAX_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._snapshot = _Snapshot.empty()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self._snapshot.n
+
+    def __reduce__(self):
+        # A copy (pickled, or deep-copied with its runner) starts empty: the
+        # entries are derived data, and a lock cannot be copied.
+        return _empty_cache, (self.max_entries,)
+
+    def __call__(self, docs: Sequence[Doc], encode: Encode) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+        if not docs:
+            return [], []
+        tables = [doc.to_array(_ATTRS).reshape(-1, len(_ATTRS)) for doc in docs]
+        token_counts = numpy.fromiter(map(len, tables), dtype="int64", count=len(docs))
+        table = numpy.concatenate([*tables, numpy.zeros((0, len(_ATTRS)), dtype="uint64")])
+        orths = table[:, 0].astype("uint64", copy=False)
+        idx, length = table[:, 2].astype("int64"), table[:, 3].astype("int64")
+        # A chunk ends at a token followed by a space, and at each doc's last token.
+        ends = table[:, 1].astype(bool)
+        doc_ends = numpy.cumsum(token_counts)
+        ends[doc_ends[token_counts > 0] - 1] = True
+        chunk_end = numpy.flatnonzero(ends) + 1
+        chunk_start = numpy.zeros_like(chunk_end)
+        chunk_start[1:] = chunk_end[:-1]
+        lengths = chunk_end - chunk_start
+        chunk_doc = numpy.searchsorted(doc_ends, chunk_start, side="right")
+        char_start = idx[chunk_start]
+
+        keys = chunk_keys(orths, chunk_start, lengths)
+        snapshot = self._snapshot
+        slots = snapshot.find(keys, orths, chunk_start, lengths)
+        missing = numpy.flatnonzero(slots < 0)
+        counts = numpy.zeros(len(keys), dtype="int64")
+        hit = numpy.flatnonzero(slots >= 0)
+        counts[hit] = snapshot.piece_len[slots[hit]]
+        if len(missing):
+            fresh_ids, fresh_spans, fresh_start, fresh_len, which = self._tokenize(
+                docs, missing, chunk_doc, char_start, idx[chunk_end - 1] + length[chunk_end - 1], encode)
+            counts[missing] = fresh_len[which]
+            self._add(keys[missing], orths, chunk_start[missing], lengths[missing], which,
+                      fresh_ids, fresh_spans, fresh_start, fresh_len)
+
+        at = numpy.cumsum(counts) - counts
+        total = int(counts.sum())
+        ids = numpy.empty(total, dtype="int64")
+        spans = numpy.empty((total, 2), dtype="int64")
+        into = concat_ranges(at[hit], counts[hit])
+        source = concat_ranges(snapshot.piece_start[slots[hit]], counts[hit])
+        ids[into] = snapshot.ids[source]
+        spans[into] = snapshot.spans[source]
+        if len(missing):
+            into = concat_ranges(at[missing], counts[missing])
+            source = concat_ranges(fresh_start[which], counts[missing])
+            ids[into] = fresh_ids[source]
+            spans[into] = fresh_spans[source]
+        spans += numpy.repeat(char_start, counts)[:, None]
+        doc_pieces = numpy.bincount(chunk_doc, weights=counts, minlength=len(docs)).astype("int64")
+        cuts = numpy.cumsum(doc_pieces)[:-1]
+        return numpy.split(ids, cuts), numpy.split(spans, cuts)
+
+    def _tokenize(self, docs: Sequence[Doc], missing: numpy.ndarray, chunk_doc: numpy.ndarray,
+                  char_start: numpy.ndarray, char_end: numpy.ndarray, encode: Encode):
+        """The pieces of the chunks not in the cache, each distinct string once:
+        (ids, spans, start, length) over the distinct strings, and which
+        string each missing chunk is."""
+        texts = {int(d): docs[d].text for d in numpy.unique(chunk_doc[missing])}
+        strings = [texts[d][s:e] for d, s, e in zip(chunk_doc[missing].tolist(), char_start[missing].tolist(),
+                                                     char_end[missing].tolist())]
+        distinct = {s: i for i, s in enumerate(dict.fromkeys(strings))}
+        which = numpy.fromiter(map(distinct.__getitem__, strings), dtype="int64", count=len(strings))
+        ids, spans, fresh_len = _encode_joined(list(distinct), encode)
+        return ids, spans, numpy.cumsum(fresh_len) - fresh_len, fresh_len, which
+
+    def _add(self, keys: numpy.ndarray, orths: numpy.ndarray, starts: numpy.ndarray, lengths: numpy.ndarray,
+             which: numpy.ndarray, ids: numpy.ndarray, spans: numpy.ndarray, fresh_start: numpy.ndarray,
+             fresh_len: numpy.ndarray) -> None:
+        """Cache the missing chunks that may be: short enough, one per key, and
+        only keys no entry holds yet (another thread may have added them, or
+        another chunk holds the key)."""
+        if os.getpid() != self._pid:  # forked while another thread may have held the lock
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        cacheable = numpy.flatnonzero(lengths <= MAX_CHUNK_TOKENS)
+        _, first = numpy.unique(keys[cacheable], return_index=True)
+        chosen = cacheable[first]
+        with self._lock:
+            old = self._snapshot
+            room = self.max_entries - old.n
+            if room <= 0 or len(chosen) == 0:
+                return
+            if old.n:
+                at = numpy.minimum(numpy.searchsorted(old.keys, keys[chosen]), old.n - 1)
+                chosen = chosen[old.keys[at] != keys[chosen]]
+            chosen = chosen[:room]
+            if len(chosen) == 0:
+                return
+            n_new = len(chosen)
+            counts, strings = lengths[chosen], which[chosen]
+            piece_counts = fresh_len[strings]
+            orth_start = old.n_orths + numpy.cumsum(counts) - counts
+            piece_start = old.n_pieces + numpy.cumsum(piece_counts) - piece_counts
+            source = concat_ranges(fresh_start[strings], piece_counts)
+            # Sorted in: one pass over the old keys, not a sort of them all.
+            order = numpy.argsort(keys[chosen])
+            new_keys = keys[chosen][order]
+            at = numpy.searchsorted(old.keys, new_keys)
+            self._snapshot = _Snapshot(
+                keys=numpy.insert(old.keys, at, new_keys),
+                slots=numpy.insert(old.slots, at, numpy.arange(old.n, old.n + n_new, dtype="int32")[order]),
+                n=old.n + n_new,
+                orth_start=_grown(old.orth_start, old.n, orth_start),
+                orth_len=_grown(old.orth_len, old.n, counts),
+                piece_start=_grown(old.piece_start, old.n, piece_start),
+                piece_len=_grown(old.piece_len, old.n, piece_counts),
+                orths=_grown(old.orths, old.n_orths, orths[concat_ranges(starts[chosen], counts)]),
+                ids=_grown(old.ids, old.n_pieces, ids[source]),
+                spans=_grown(old.spans, old.n_pieces, spans[source]),
+                n_orths=old.n_orths + int(counts.sum()),
+                n_pieces=old.n_pieces + int(piece_counts.sum()),
+            )
