@@ -99,6 +99,17 @@ def test_odd_docs_cold_and_warm(tokenizer, nlp):
     assert len(pieces.chunks) > 0
 
 
+@pytest.mark.parametrize("chars_per_text", [1, 7, 50])
+def test_new_chunks_in_texts_of_any_size(tokenizer, nlp, monkeypatch, chars_per_text):
+    """New chunks are tokenized joined into texts of about CHARS_PER_TEXT
+    characters: one chunk a text, a few, and a text that a long chunk overruns."""
+    monkeypatch.setattr(piece_cache, "CHARS_PER_TEXT", chars_per_text)
+    docs = _odd_docs(nlp)
+    pieces = Wordpieces(tokenizer)
+    for _ in range(2):
+        _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
+
+
 def test_no_docs_and_empty_docs(tokenizer, nlp):
     pieces = Wordpieces(tokenizer)
     assert pieces.of_docs([]) == ([], [])
