@@ -182,6 +182,55 @@ def test_clashing_keys_and_a_full_cache_stay_exact(tokenizer, nlp, monkeypatch):
     assert len(small.chunks) == 5
 
 
+def test_a_warm_pass_tokenizes_only_what_cannot_be_cached(tokenizer, nlp):
+    """The second pass over the same docs sends the tokenizer nothing but the
+    chunks of more than MAX_CHUNK_TOKENS spaCy tokens."""
+    docs = _odd_docs(nlp)
+    pieces = Wordpieces(tokenizer)
+    pieces.of_docs(docs)
+    sent = []
+    flat = pieces.flat
+
+    def counting(texts):
+        sent.extend(texts)
+        return flat(texts)
+
+    pieces.flat = counting  # what `of_docs` hands the cache as its tokenizer
+    _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
+    assert sent == ["a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-p-q-r-s-t-u-v-w-x-y-z-a-b-c-d"]
+    sent.clear()
+    # Words seen in other docs are hits too: of these, only "park," is new.
+    new = [nlp.make_doc("I ran to the park."), nlp.make_doc("the park, I ran to")]
+    _assert_as_transformers(tokenizer, new, pieces.of_docs(new))
+    assert sent == ["park,"]
+
+
+def test_memory_stays_within_its_limits(tokenizer, nlp):
+    """Entries, pieces and tokens each stop at their limit, buffers included:
+    long hex strings have many pieces each."""
+    import hashlib
+
+    cache = PieceCache(max_entries=64)
+    pieces = Wordpieces(tokenizer)
+    pieces.chunks = cache
+    words = [hashlib.sha1(str(i).encode()).hexdigest() + ("-x" * (i % 4)) for i in range(400)]
+    docs = [nlp.make_doc(" ".join(words[i : i + 5])) for i in range(0, 400, 5)]
+    for doc in docs:  # a few entries at a time: buffers grow by doubling, up to their limit
+        _assert_as_transformers(tokenizer, [doc], pieces.of_docs([doc]))
+    _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
+    snapshot = cache._snapshot
+    n, n_pieces, n_orths = len(cache), snapshot.n_pieces, snapshot.n_orths
+    assert 0 < n <= 64 and n_pieces <= piece_cache.PIECES_PER_ENTRY * 64
+    assert n_orths <= piece_cache.TOKENS_PER_ENTRY * 64
+    assert n_pieces > piece_cache.PIECES_PER_ENTRY * 64 - 40  # the pieces' limit is what stopped it
+    # The buffers themselves, not only what is used of them.
+    assert len(snapshot.keys) == len(snapshot.slots) == n
+    assert max(len(snapshot.orth_start), len(snapshot.orth_len), len(snapshot.piece_start),
+               len(snapshot.piece_len)) <= 64
+    assert len(snapshot.ids) == len(snapshot.spans) <= piece_cache.PIECES_PER_ENTRY * 64
+    assert len(snapshot.orths) <= piece_cache.TOKENS_PER_ENTRY * 64
+
+
 def test_threads_share_one_cache(tokenizer, nlp):
     docs = _odd_docs(nlp) + [nlp.make_doc(f"thread text number {i}, unseen{i} words") for i in range(40)]
     pieces = Wordpieces(tokenizer)

@@ -38,10 +38,13 @@ from ..batching import concat_ranges
 #: URL or a run of symbols that spaCy cuts up without spaces): their keys are
 #: folded one token position at a time.
 MAX_CHUNK_TOKENS = 16
-#: At most this many chunks are cached (14.5 MB allocated when full of random
-#: letter strings, 4.5 pieces each; less for words); later new chunks are
-#: tokenized every time. The first chunks a corpus shows hold its frequent words.
+#: At most this many chunks are cached, with at most 4 pieces and 2 spaCy
+#: tokens each on average: 12.1 MB at most, buffers included (28 bytes an
+#: entry, 12 a piece, 8 a token). New chunks past that are tokenized every
+#: time. The first chunks a corpus shows are kept: they hold its frequent words.
 MAX_ENTRIES = 1 << 17
+PIECES_PER_ENTRY = 4
+TOKENS_PER_ENTRY = 2
 
 #: Normalizers and pre-tokenizers that act character by character or split
 #: at every space (see `splits_at_spaces`).
@@ -223,12 +226,13 @@ def _empty_cache(max_entries: int) -> "PieceCache":
     return PieceCache(max_entries=max_entries)
 
 
-def _grown(buffer: numpy.ndarray, used: int, new: numpy.ndarray) -> numpy.ndarray:
+def _grown(buffer: numpy.ndarray, used: int, new: numpy.ndarray, limit: int) -> numpy.ndarray:
     """`buffer` with `new` written at [used, used + len(new)): in place where it
-    fits (no snapshot reads past its own `used`), else into a copy twice the size."""
+    fits (no snapshot reads past its own `used`), else into a copy twice the
+    size, but never longer than `limit` (the caller keeps `used + len(new)` within it)."""
     need = used + len(new)
     if need > len(buffer):
-        bigger = numpy.empty((max(need, 2 * len(buffer)),) + buffer.shape[1:], dtype=buffer.dtype)
+        bigger = numpy.empty((min(max(need, 2 * len(buffer)), limit),) + buffer.shape[1:], dtype=buffer.dtype)
         bigger[:used] = buffer[:used]
         buffer = bigger
     buffer[used:need] = new
@@ -241,14 +245,17 @@ class PieceCache:
     `splits_at_spaces`.
 
     encode: the tokenizer (`Encode`), called with the chunks not in the cache.
-    max_entries: how many chunks to keep at most.
+    max_entries: how many chunks to keep at most (and PIECES_PER_ENTRY and
+        TOKENS_PER_ENTRY times as many pieces and spaCy tokens).
     """
 
     def __init__(self, *, max_entries: int = MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self._snapshot = _Snapshot.empty()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+        #: One lock per process: a fork copies a lock that another thread may
+        #: hold, and that thread is not in the child. `setdefault` is atomic,
+        #: so the child's threads all take the same new one.
+        self._locks: Dict[int, threading.Lock] = {}
 
     def __len__(self) -> int:
         return self._snapshot.n
@@ -328,20 +335,20 @@ class PieceCache:
         """Cache the missing chunks that may be: short enough, one per key, and
         only keys no entry holds yet (another thread may have added them, or
         another chunk holds the key)."""
-        if os.getpid() != self._pid:  # forked while another thread may have held the lock
-            self._lock, self._pid = threading.Lock(), os.getpid()
         cacheable = numpy.flatnonzero(lengths <= MAX_CHUNK_TOKENS)
         _, first = numpy.unique(keys[cacheable], return_index=True)
-        chosen = cacheable[first]
-        with self._lock:
+        chosen = cacheable[numpy.sort(first)]  # in the order the chunks came
+        max_pieces, max_orths = PIECES_PER_ENTRY * self.max_entries, TOKENS_PER_ENTRY * self.max_entries
+        with self._locks.setdefault(os.getpid(), threading.Lock()):
             old = self._snapshot
-            room = self.max_entries - old.n
-            if room <= 0 or len(chosen) == 0:
-                return
             if old.n:
                 at = numpy.minimum(numpy.searchsorted(old.keys, keys[chosen]), old.n - 1)
                 chosen = chosen[old.keys[at] != keys[chosen]]
-            chosen = chosen[:room]
+            # As many as fit, in order: entries, pieces and tokens each within their limit.
+            fits = ((numpy.arange(1, len(chosen) + 1) <= self.max_entries - old.n)
+                    & (numpy.cumsum(fresh_len[which[chosen]]) <= max_pieces - old.n_pieces)
+                    & (numpy.cumsum(lengths[chosen]) <= max_orths - old.n_orths))
+            chosen = chosen[: int(numpy.argmin(fits)) if not fits.all() else len(chosen)]
             if len(chosen) == 0:
                 return
             n_new = len(chosen)
@@ -358,13 +365,13 @@ class PieceCache:
                 keys=numpy.insert(old.keys, at, new_keys),
                 slots=numpy.insert(old.slots, at, numpy.arange(old.n, old.n + n_new, dtype="int32")[order]),
                 n=old.n + n_new,
-                orth_start=_grown(old.orth_start, old.n, orth_start),
-                orth_len=_grown(old.orth_len, old.n, counts),
-                piece_start=_grown(old.piece_start, old.n, piece_start),
-                piece_len=_grown(old.piece_len, old.n, piece_counts),
-                orths=_grown(old.orths, old.n_orths, orths[concat_ranges(starts[chosen], counts)]),
-                ids=_grown(old.ids, old.n_pieces, ids[source]),
-                spans=_grown(old.spans, old.n_pieces, spans[source]),
+                orth_start=_grown(old.orth_start, old.n, orth_start, self.max_entries),
+                orth_len=_grown(old.orth_len, old.n, counts, self.max_entries),
+                piece_start=_grown(old.piece_start, old.n, piece_start, self.max_entries),
+                piece_len=_grown(old.piece_len, old.n, piece_counts, self.max_entries),
+                orths=_grown(old.orths, old.n_orths, orths[concat_ranges(starts[chosen], counts)], max_orths),
+                ids=_grown(old.ids, old.n_pieces, ids[source], max_pieces),
+                spans=_grown(old.spans, old.n_pieces, spans[source], max_pieces),
                 n_orths=old.n_orths + int(counts.sum()),
                 n_pieces=old.n_pieces + int(piece_counts.sum()),
             )
