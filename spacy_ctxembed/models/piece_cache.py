@@ -38,9 +38,9 @@ from ..batching import concat_ranges
 #: URL or a run of symbols that spaCy cuts up without spaces): their keys are
 #: folded one token position at a time.
 MAX_CHUNK_TOKENS = 16
-#: At most this many chunks are cached, with at most 4 pieces and 2 spaCy
-#: tokens each on average: 12.1 MB at most, buffers included (28 bytes an
-#: entry, 12 a piece, 8 a token). New chunks past that are tokenized every
+#: At most this many chunks are cached, and at most PIECES_PER_ENTRY pieces
+#: and TOKENS_PER_ENTRY spaCy tokens an entry on average: 12.1 MB at most,
+#: buffers included (28 bytes an entry, 12 a piece, 8 a token). New chunks past that are tokenized every
 #: time. The first chunks a corpus shows are kept: they hold its frequent words.
 MAX_ENTRIES = 1 << 17
 PIECES_PER_ENTRY = 4
@@ -197,8 +197,8 @@ def _encode_joined(strings: List[str], encode: Encode) -> Tuple[numpy.ndarray, n
     A tokenizer that `splits_at_spaces` gives the joined text the pieces of
     each string in turn, and the Rust tokenizer's cost per text (an Encoding
     object with its own arrays) is paid a few times instead of once per chunk:
-    on UD EWT dev, cold, 6,875 chunks one by one took 75 ms against 41 ms for
-    the whole texts. Each piece goes back to the string its span starts in.
+    on UD EWT dev, cold, 6,875 chunks one by one took 63-77 ms against 38-43 ms
+    for the whole texts. Each piece goes back to the string its span starts in.
     (One text for all would leave a core idle: Chinese docs, one chunk each,
     took 1.3 times as long as their whole texts.)
     """
