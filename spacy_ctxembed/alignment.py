@@ -3,15 +3,15 @@
 A wordpiece belongs to every token whose character span it overlaps, so a
 piece that straddles two tokens (``"U.S"`` against ``"U."`` ``"S"``) feeds both.
 Special tokens and pieces with an empty span belong to none, and whitespace
-tokens take no piece (`align_docs`). Everything here is index arithmetic over
+tokens take no piece (`align_run`). Everything here is index arithmetic over
 whole arrays: there is no per-token Python loop.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy
 from numpy.typing import ArrayLike
-from spacy.attrs import IDX, IS_SPACE, LENGTH
+from spacy.attrs import IDX, IS_SPACE, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc
 
 #: A 1-d int64 index array on the host.
@@ -84,11 +84,6 @@ def token_char_spans(doc: Doc) -> Tuple[IndexArray, IndexArray]:
     return spans[:, 0], spans[:, 0] + spans[:, 1]
 
 
-def space_tokens(doc: Doc) -> numpy.ndarray:
-    """Boolean mask over the doc's tokens: True for whitespace tokens."""
-    return doc.to_array([IS_SPACE]).reshape(-1).astype(bool, copy=False)
-
-
 def text_length(doc: Doc) -> int:
     """The length of the doc's text, read off its last token (`doc.text` is O(n))."""
     return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
@@ -124,56 +119,84 @@ def align_pieces(
     return PieceAlignment(token_index[order], piece_index[order], len(t_start), n_pieces)
 
 
-def align_docs(
-    piece_spans: Sequence[numpy.ndarray],
-    token_spans: Sequence[Tuple[IndexArray, IndexArray]],
-    spaces: Optional[Sequence[numpy.ndarray]] = None,
-) -> List[PieceAlignment]:
-    """`align_pieces` for many docs with one pass over all of them.
+@dataclass(frozen=True)
+class TokenTable:
+    """The tokens of a run of docs laid end to end: what planning needs of
+    them, read with one `to_array` call per doc (each call costs about as much
+    as reading one attribute more, so one call does for the wordpiece cache,
+    the alignment and the whitespace tokens).
 
-    piece_spans: per doc, an (n_pieces, 2) array of [start, end) character spans.
-    token_spans: per doc, the (starts, ends) of its tokens (`token_char_spans`).
-    spaces: per doc, a mask of its whitespace tokens (`space_tokens`), which
-        take no piece. A SentencePiece or byte-level BPE tokenizer gives the
-        piece after a run of spaces an offset that covers the last space
-        ("hello  world": "▁w" covers " w"), so the whitespace token " " would
-        get a copy of the next word's first piece; with WordPiece, and in
-        ELMo, whitespace tokens never have one.
+    Character offsets are within each token's own doc.
+    """
+
+    orths: numpy.ndarray  # uint64, spaCy's string hashes
+    space_after: numpy.ndarray  # bool: a space follows the token (`SPACY`)
+    starts: numpy.ndarray  # int64
+    ends: numpy.ndarray  # int64
+    is_space: numpy.ndarray  # bool: whitespace tokens
+    counts: numpy.ndarray  # int64, tokens per doc
+    text_lengths: numpy.ndarray  # int64, characters per doc
+
+    @classmethod
+    def of_docs(cls, docs: Sequence[Doc]) -> "TokenTable":
+        arrays = [doc.to_array(_TABLE_ATTRS).reshape(-1, len(_TABLE_ATTRS)) for doc in docs]
+        counts = numpy.fromiter(map(len, arrays), dtype="int64", count=len(arrays))
+        table = numpy.concatenate([*arrays, numpy.zeros((0, len(_TABLE_ATTRS)), dtype="uint64")])
+        space_after = table[:, 1].astype(bool)
+        starts = table[:, 2].astype("int64")
+        ends = starts + table[:, 3].astype("int64")
+        # A doc's text ends after its last token and the space that may follow it.
+        last = numpy.cumsum(counts) - 1
+        text_lengths = numpy.where(counts > 0, (ends + space_after)[last.clip(0)] if len(table) else 0, 0)
+        return cls(table[:, 0], space_after, starts, ends, table[:, 4].astype(bool), counts, text_lengths)
+
+    @property
+    def offsets(self) -> numpy.ndarray:
+        """Where each doc's tokens start in the table, and (last) their total."""
+        return numpy.concatenate(([0], numpy.cumsum(self.counts)))
+
+
+_TABLE_ATTRS = [ORTH, SPACY, IDX, LENGTH, IS_SPACE]
+
+
+def align_run(piece_spans: numpy.ndarray, piece_counts: numpy.ndarray, tokens: TokenTable) -> PieceAlignment:
+    """`align_pieces` for a run of docs at once, whitespace tokens left out:
+    tokens and pieces are numbered across the run, in doc order.
+
+    piece_spans: (n_pieces, 2), each piece's [start, end) within its doc, the
+        docs' pieces laid end to end; piece_counts: pieces per doc.
+    tokens: the docs' tokens.
+
+    Whitespace tokens take no piece. A SentencePiece or byte-level BPE
+    tokenizer gives the piece after a run of spaces an offset that covers the
+    last space ("hello  world": "▁w" covers " w"), so the whitespace token " "
+    would get a copy of the next word's first piece; with WordPiece, and in
+    ELMo, whitespace tokens never have one.
 
     The docs are laid end to end on one character axis (each shifted past the
-    previous one's last character), so no piece can overlap another doc's
-    token, and one `align_pieces` call aligns them all; the result is cut back
-    into docs at the token boundaries. Equal to aligning each doc alone.
+    previous one's text), so no piece can overlap another doc's token, and one
+    `align_pieces` call aligns them all. Equal to aligning each doc alone.
     """
-    n_docs = len(piece_spans)
-    piece_counts = numpy.fromiter((len(s) for s in piece_spans), dtype="int64", count=n_docs)
-    token_counts = numpy.fromiter((len(s[0]) for s in token_spans), dtype="int64", count=n_docs)
-    # Each doc's extent: past its last token and its last piece.
-    extents = numpy.fromiter(
-        (max(int(t[1][-1]) if len(t[1]) else 0, int(p[:, 1].max()) if len(p) else 0)
-         for p, t in zip(piece_spans, token_spans)),
-        dtype="int64", count=n_docs,
-    )
-    shift = numpy.concatenate(([0], numpy.cumsum(extents + 1)[:-1]))
-    pieces = numpy.concatenate([*piece_spans, numpy.zeros((0, 2), dtype="int64")]).astype("int64", copy=False)
-    pieces = pieces + numpy.repeat(shift, piece_counts)[:, None]
-    token_shift = numpy.repeat(shift, token_counts)
-    starts = numpy.concatenate([*(s[0] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
-    ends = numpy.concatenate([*(s[1] for s in token_spans), numpy.zeros(0, dtype="int64")]) + token_shift
-    whole = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
-    if spaces is not None:
-        keep = ~numpy.concatenate([*spaces, numpy.zeros(0, dtype=bool)])[whole.token_index]
-        whole = PieceAlignment(whole.token_index[keep], whole.piece_index[keep], whole.n_tokens, whole.n_pieces)
-    token_offsets = numpy.concatenate(([0], numpy.cumsum(token_counts)))
-    piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
+    piece_counts = numpy.asarray(piece_counts, dtype="int64")
+    spans = numpy.asarray(piece_spans, dtype="int64").reshape(-1, 2)
+    if len(spans) and numpy.any(spans[:, 1] > numpy.repeat(tokens.text_lengths, piece_counts)):
+        raise ValueError("a wordpiece ends past its doc's text")  # (pieces come from the text: a bug if seen)
+    shift = numpy.cumsum(tokens.text_lengths + 1) - (tokens.text_lengths + 1)
+    spans = spans + numpy.repeat(shift, piece_counts)[:, None]
+    token_shift = numpy.repeat(shift, tokens.counts)
+    whole = align_pieces(spans[:, 0], spans[:, 1], tokens.starts + token_shift, tokens.ends + token_shift)
+    keep = ~tokens.is_space[whole.token_index]
+    return PieceAlignment(whole.token_index[keep], whole.piece_index[keep], whole.n_tokens, whole.n_pieces)
+
+
+def doc_alignment(run: PieceAlignment, token_offsets: numpy.ndarray, piece_offsets: numpy.ndarray,
+                  doc: int) -> PieceAlignment:
+    """One doc's part of a run's alignment (`align_run`), numbered within the doc."""
     # Pairs are sorted by token: each doc's pairs are one contiguous run.
-    cuts = numpy.searchsorted(whole.token_index, token_offsets)
-    return [
-        PieceAlignment(
-            whole.token_index[cuts[d] : cuts[d + 1]] - token_offsets[d],
-            whole.piece_index[cuts[d] : cuts[d + 1]] - piece_offsets[d],
-            int(token_counts[d]),
-            int(piece_counts[d]),
-        )
-        for d in range(n_docs)
-    ]
+    low, high = numpy.searchsorted(run.token_index, token_offsets[doc : doc + 2])
+    return PieceAlignment(
+        run.token_index[low:high] - token_offsets[doc],
+        run.piece_index[low:high] - piece_offsets[doc],
+        int(token_offsets[doc + 1] - token_offsets[doc]),
+        int(piece_offsets[doc + 1] - piece_offsets[doc]),
+    )

@@ -44,10 +44,10 @@ that pointer up to date and leaves the other hooks alone.
 import threading
 import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
 
 import numpy
-from spacy.attrs import ORTH, SPACY
+from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.strings import StringStore, get_string_id
 from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
@@ -97,8 +97,11 @@ def write_outputs(
         old = _gathered_store(doc)
         tensor_from = (old["tensor_set"] or None) if old is not None else None
     outputs = dict(old["outputs"]) if old is not None else {}
-    starts, ends = token_char_spans(doc)
-    outputs[name] = {"starts": starts, "ends": ends, "orths": doc.to_array(ORTH), "vectors": vectors,
+    # One pass in Cython for what the output and the as_doc pointer keep of the tokens.
+    tokens = doc.to_array([IDX, LENGTH, ORTH, SPACY])
+    starts = tokens[:, 0].astype("int64")
+    outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
+                     "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": vectors,
                      "layers": layers, "signature": signature}
     current = old.get("primary") if old is not None else None
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
@@ -116,12 +119,12 @@ def write_outputs(
         store["clashes"] = clashes
     _data(doc)[key] = store
     if primary:
-        set_vector_hooks(doc)
+        set_vector_hooks(doc, _Source(doc, store, tokens[:, 2:]))
     elif SOURCE_HOOK in doc.user_hooks:
         # Only the as_doc pointer must see the new output: the vector and
         # similarity hooks stay as they are (a later component may have set its own).
-        doc.user_hooks = dict(doc.user_hooks)
-        _point_to_store(doc)
+        hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: _Source(doc, store, tokens[:, 2:])}
+        doc.user_hooks = hooks
 
 
 def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
@@ -301,35 +304,21 @@ def _primary_output(doc: Doc) -> Optional[Dict[str, Any]]:
 # Hooks --------------------------------------------------------------------
 
 
-def set_vector_hooks(doc: Doc) -> None:
+def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
+    """Set the vector and similarity hooks, and the pointer to the doc's store
+    for docs cut from it (`source`: that pointer, where the caller has made it)."""
     # Fresh dicts: span.as_doc() shares the hook dicts of the doc it came
     # from, and must not see this doc's hooks change under it.
-    doc.user_hooks = dict(doc.user_hooks)
-    doc.user_span_hooks = dict(doc.user_span_hooks)
-    doc.user_token_hooks = dict(doc.user_token_hooks)
-    for hooks in (doc.user_hooks, doc.user_span_hooks, doc.user_token_hooks):
-        hooks["similarity"] = similarity
-    doc.user_hooks["vector"] = doc_vector
-    doc.user_hooks["has_vector"] = doc_has_vector
-    # spaCy caches a doc's norm on first use; retokenizing or a new output
-    # changes it. (Only the doc's: spaCy's Span.vector_norm would return a
-    # span hook's vector, and tokens compute theirs from the vector hook.)
-    doc.user_hooks["vector_norm"] = doc_vector_norm
-    doc.user_span_hooks["vector"] = span_vector
-    doc.user_span_hooks["has_vector"] = span_has_vector
-    doc.user_token_hooks["vector"] = token_vector
-    doc.user_token_hooks["has_vector"] = token_has_vector
-    _point_to_store(doc)
-
-
-def _point_to_store(doc: Doc) -> None:
-    """For docs made by span.as_doc(), which share the hooks but not the user
-    data: the hooks entry that leads them to this doc's store. (In place: the
-    caller gives the doc a fresh `user_hooks` dict first.)"""
-    store = _data(doc).get(_whole_doc_key(doc))
-    if isinstance(store, dict):
-        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = _Source(doc, store)
-    else:  # several stores (Doc.from_docs): no single source to point to
+    doc.user_hooks = {**doc.user_hooks, **_DOC_HOOKS}
+    doc.user_span_hooks = {**doc.user_span_hooks, **_SPAN_HOOKS}
+    doc.user_token_hooks = {**doc.user_token_hooks, **_TOKEN_HOOKS}
+    if source is None:
+        store = _data(doc).get(_whole_doc_key(doc))
+        # (Several stores, from Doc.from_docs: no single source to point to.)
+        source = _Source(doc, store) if isinstance(store, dict) else None
+    if source is not None:
+        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
+    else:
         doc.user_hooks.pop(SOURCE_HOOK, None)
 
 
@@ -454,6 +443,17 @@ def _named(item: Any) -> str:
     return f"{type(item).__name__} {text if len(text) <= 40 else text[:37] + '...'!r}"
 
 
+# The hooks `set_vector_hooks` sets. spaCy caches a doc's norm on first use;
+# retokenizing or a new output changes it, so the doc's norm is a hook too.
+# (Only the doc's: spaCy's Span.vector_norm would return a span hook's
+# vector, and tokens compute theirs from the vector hook.)
+Hooks = Dict[str, Callable[..., Any]]
+_DOC_HOOKS: Hooks = {"similarity": similarity, "vector": doc_vector, "has_vector": doc_has_vector,
+                     "vector_norm": doc_vector_norm}
+_SPAN_HOOKS: Hooks = {"similarity": similarity, "vector": span_vector, "has_vector": span_has_vector}
+_TOKEN_HOOKS: Hooks = {"similarity": similarity, "vector": token_vector, "has_vector": token_has_vector}
+
+
 # Internals ----------------------------------------------------------------
 
 
@@ -467,9 +467,10 @@ class _Source:
     freed only by the cyclic garbage collector.
     """
 
-    def __init__(self, doc: Doc, store: Dict[str, Any]) -> None:
+    def __init__(self, doc: Doc, store: Dict[str, Any], tokens: Optional[numpy.ndarray] = None) -> None:
+        """tokens: the doc's `to_array([ORTH, SPACY])`, where the caller has read it."""
         self._strings: Optional[StringStore] = doc.vocab.strings
-        self._tokens: Optional[numpy.ndarray] = doc.to_array([ORTH, SPACY])
+        self._tokens: Optional[numpy.ndarray] = doc.to_array([ORTH, SPACY]) if tokens is None else tokens
         self._text: Optional[str] = None
         self.store = store
 

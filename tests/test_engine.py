@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spacy_ctxembed.alignment import align_docs, align_pieces
+from spacy_ctxembed.alignment import TokenTable, align_pieces, align_run, doc_alignment
 from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import (
@@ -115,8 +115,13 @@ def test_pad_frames_and_pads_like_the_tokenizer(nlp, bucket):
     runner = _runner(nlp)
     rng = numpy.random.default_rng(0)
     pieces = [rng.integers(1000, 2000, size=n) for n in (5, 0, 17, 3)]
+    # The windows lie in one array of pieces, not in order, with other pieces between them.
+    flat = rng.integers(2000, 3000, size=40)
+    starts = numpy.array([30, 2, 8, 0])
+    for start, p in zip(starts, pieces):
+        flat[start : start + len(p)] = p
     with _switched(runner, "bucket_shapes", bucket):
-        ids, mask = runner.pad(pieces)
+        ids, mask = runner.pad(flat, starts, numpy.array([len(p) for p in pieces]))
     longest = 17 + runner.n_special
     width = min(-(-longest // SHAPE_BUCKET) * SHAPE_BUCKET, runner.window + runner.n_special) if bucket else longest
     assert ids.shape == (4, width)
@@ -288,13 +293,14 @@ def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.booleans()), max_size=10),
-                          st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=12)),
+                          st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=12),
+                          st.integers(0, 2)),
                 min_size=1, max_size=6), st.booleans())
-def test_align_docs_equals_aligning_each_doc(docs_spec, with_spaces):
-    """Equal to `align_pieces` per doc, less the pairs of whitespace tokens where
-    those are given."""
-    piece_spans, token_spans, spaces = [], [], []
-    for tokens, pieces in docs_spec:
+def test_align_run_equals_aligning_each_doc(docs_spec, with_spaces):
+    """Equal to `align_pieces` per doc, less the pairs of whitespace tokens,
+    numbered across the run; `doc_alignment` gives each doc's part back."""
+    piece_spans, token_spans, spaces, text_lengths = [], [], [], []
+    for tokens, pieces, trailing in docs_spec:
         # Tokens: sorted, non-overlapping, with gaps; pieces: any spans inside the text, some empty.
         starts, ends, at = [], [], 0
         for gap, length, _ in tokens:
@@ -302,18 +308,64 @@ def test_align_docs_equals_aligning_each_doc(docs_spec, with_spaces):
             starts.append(at)
             at += length + 1
             ends.append(at)
-        end = max(at, 1)
+        end = at + trailing  # the text may go on past the last token
         piece_spans.append(numpy.array([(min(s, end), min(s + n, end)) for s, n in pieces],
                                        dtype="int64").reshape(-1, 2))
         token_spans.append((numpy.array(starts, dtype="int64"), numpy.array(ends, dtype="int64")))
-        spaces.append(numpy.array([space for _, _, space in tokens], dtype=bool))
-    together = align_docs(piece_spans, token_spans, spaces if with_spaces else None)
-    for pieces, (starts, ends), space, got in zip(piece_spans, token_spans, spaces, together):
+        spaces.append(numpy.array([space and with_spaces for _, _, space in tokens], dtype=bool))
+        text_lengths.append(end)
+    counts = numpy.array([len(s) for s, _ in token_spans])
+    table = TokenTable(
+        orths=numpy.zeros(counts.sum(), dtype="uint64"), space_after=numpy.zeros(counts.sum(), dtype=bool),
+        starts=numpy.concatenate([s for s, _ in token_spans]), ends=numpy.concatenate([e for _, e in token_spans]),
+        is_space=numpy.concatenate(spaces), counts=counts, text_lengths=numpy.array(text_lengths),
+    )
+    piece_counts = numpy.array([len(p) for p in piece_spans])
+    together = align_run(numpy.concatenate(piece_spans), piece_counts, table)
+    token_offsets = numpy.concatenate(([0], numpy.cumsum(counts)))
+    piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
+    pairs = []
+    for d, (pieces, (starts, ends), space) in enumerate(zip(piece_spans, token_spans, spaces)):
         alone = align_pieces(pieces[:, 0], pieces[:, 1], starts, ends)
-        keep = [not (with_spaces and space[t]) for t in alone.token_index]
+        keep = [not space[t] for t in alone.token_index]
+        got = doc_alignment(together, token_offsets, piece_offsets, d)
         numpy.testing.assert_array_equal(got.token_index, alone.token_index[keep])
         numpy.testing.assert_array_equal(got.piece_index, alone.piece_index[keep])
         assert (got.n_tokens, got.n_pieces) == (alone.n_tokens, alone.n_pieces)
+        pairs += [(t + token_offsets[d], p + piece_offsets[d])
+                  for t, p in zip(alone.token_index[keep], alone.piece_index[keep])]
+    assert list(zip(together.token_index, together.piece_index)) == pairs
+    assert (together.n_tokens, together.n_pieces) == (counts.sum(), piece_counts.sum())
+
+
+def test_align_run_refuses_a_piece_past_its_text():
+    table = TokenTable(orths=numpy.zeros(1, dtype="uint64"), space_after=numpy.zeros(1, dtype=bool),
+                       starts=numpy.array([0]), ends=numpy.array([3]), is_space=numpy.zeros(1, dtype=bool),
+                       counts=numpy.array([1, 0]), text_lengths=numpy.array([3, 0]))
+    align_run(numpy.array([[0, 3]]), numpy.array([1, 0]), table)
+    with pytest.raises(ValueError, match="past its doc's text"):
+        align_run(numpy.array([[0, 4]]), numpy.array([1, 0]), table)
+
+
+def test_token_table_reads_what_the_tokens_say(nlp):
+    """Against the tokens' own attributes, read one by one, with empty docs,
+    whitespace tokens and docs that end with and without a space."""
+    from spacy.tokens import Doc
+
+    docs = [nlp.make_doc("Hello  world, it's me.\n"), Doc(nlp.vocab, words=[]), nlp.make_doc(""),
+            Doc(nlp.vocab, words=["a", " ", "b"], spaces=[True, False, True]), nlp.make_doc("x")]
+    table = TokenTable.of_docs(docs)
+    tokens = [t for doc in docs for t in doc]
+    assert table.orths.tolist() == [t.orth for t in tokens]
+    assert table.space_after.tolist() == [bool(t.whitespace_) for t in tokens]
+    assert table.starts.tolist() == [t.idx for t in tokens]
+    assert table.ends.tolist() == [t.idx + len(t) for t in tokens]
+    assert table.is_space.tolist() == [t.is_space for t in tokens]
+    assert table.counts.tolist() == [len(doc) for doc in docs]
+    assert table.text_lengths.tolist() == [len(doc.text) for doc in docs]
+    assert table.offsets.tolist() == [0, *numpy.cumsum([len(doc) for doc in docs]).tolist()]
+    empty = TokenTable.of_docs([])
+    assert len(empty.orths) == len(empty.counts) == 0 and empty.offsets.tolist() == [0]
 
 
 @given(st.lists(st.integers(0, 50), max_size=40), st.integers(1, 120))

@@ -166,9 +166,9 @@ def multi_piece_sentences(nlp: Language, name: str, data: WicData) -> Optional[N
     from ..models.bert import get_runner
 
     docs = [Doc(nlp.vocab, words=list(words)) for words in data.sentences]
-    plans = get_runner(cast(Any, nlp.get_pipe(name)).encoder).plan(docs)
-    pieces = [np.bincount(plan.alignment.token_index, minlength=len(doc)) for plan, doc in zip(plans, docs)]
-    many = np.array([pieces[s][t] > 1 for s, t in zip(data.sentence_of, data.target_of)], dtype=bool)
+    plan = get_runner(cast(Any, nlp.get_pipe(name)).encoder).plan(docs)
+    pieces = np.bincount(plan.alignment.token_index, minlength=int(plan.token_offsets[-1]))
+    many = pieces[plan.token_offsets[data.sentence_of] + data.target_of] > 1
     return np.bincount(data.sentence_of, weights=many, minlength=len(data.sentences)) > 0
 
 

@@ -27,7 +27,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
-from ..alignment import PieceAlignment, align_docs, space_tokens, text_length, token_char_spans
+from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
 from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..fileio import unpacked
@@ -51,10 +51,17 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
-class _DocPlan:
-    alignment: PieceAlignment
+class _RunPlan:
+    """A run of docs laid end to end: their pieces, the pieces' alignment to
+    their tokens (both numbered across the run), and each doc's windows."""
+
     piece_ids: numpy.ndarray
-    windows: List[Window]
+    alignment: PieceAlignment
+    #: Where each doc's pieces and tokens start in the run, and (last) the totals.
+    piece_offsets: numpy.ndarray
+    token_offsets: numpy.ndarray
+    #: (doc, window over the doc's pieces), in doc order.
+    windows: List[Tuple[int, Window]]
 
 
 @dataclass(frozen=True)
@@ -214,46 +221,37 @@ class BertRunner:
         return list(runs_by_size(docs, self.max_batch_items * BATCHES_PER_RUN * CHARS_PER_PIECE, text_length))
 
     def prepare(self, docs: Sequence[Doc]) -> _Prepared:
-        """The host's part for a run of docs: plans, forward batches and the
+        """The host's part for a run of docs: the plan, forward batches and the
         pooling's indices, staged for the device."""
-        plans = self.plan(docs)
-        piece_counts = [len(plan.piece_ids) for plan in plans]
-        token_counts = [plan.alignment.n_tokens for plan in plans]
-        piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts, dtype="int64")))
-        token_offsets = numpy.concatenate(([0], numpy.cumsum(token_counts, dtype="int64")))
-        pairs = [plan.alignment for plan in plans]
-        pair_counts = [len(a.token_index) for a in pairs]
-        empty = numpy.zeros(0, dtype="int64")
-        tokens = numpy.concatenate([*(a.token_index for a in pairs), empty])
-        pieces = numpy.concatenate([*(a.piece_index for a in pairs), empty])
-        tokens += numpy.repeat(token_offsets[:-1], pair_counts)
-        pieces += numpy.repeat(piece_offsets[:-1], pair_counts)
-        index = pooling_index(tokens, pieces, int(token_offsets[-1]), self.pooling)
+        plan = self.plan(docs)
+        n_tokens = int(plan.token_offsets[-1])
+        index = pooling_index(plan.alignment.token_index, plan.alignment.piece_index, n_tokens, self.pooling)
         return _Prepared(
-            self.batches(plans, piece_offsets), {k: staged(a, self.device) for k, a in index.items()},
-            token_offsets.tolist(), int(piece_offsets[-1]),
+            self.batches(plan), {k: staged(a, self.device) for k, a in index.items()},
+            plan.token_offsets.tolist(), int(plan.piece_offsets[-1]),
         )
 
-    def plan(self, docs: Sequence[Doc]) -> List[_DocPlan]:
+    def plan(self, docs: Sequence[Doc]) -> _RunPlan:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
-        ids, spans = self.wordpieces.of_docs(docs)
-        alignments = align_docs(spans, [token_char_spans(doc) for doc in docs], [space_tokens(doc) for doc in docs])
-        plans = []
-        for piece_ids, alignment in zip(ids, alignments):
-            n = len(piece_ids)
-            # Only a doc longer than one window needs to know where tokens allow a cut.
-            may_cut = alignment.piece_may_start_segment() if n > self.window else None
-            plans.append(_DocPlan(alignment, piece_ids, plan_windows(n, self.window, self.stride, may_cut)))
-        return plans
+        tokens = TokenTable.of_docs(docs)
+        ids, spans, piece_counts = self.wordpieces.of_docs(docs, tokens)
+        alignment = align_run(spans, piece_counts, tokens)
+        piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
+        token_offsets = tokens.offsets
+        windows: List[Tuple[int, Window]] = []
+        for d, n in enumerate(piece_counts.tolist()):
+            if n > self.window:
+                # Only a doc longer than one window needs to know where tokens allow a cut.
+                may_cut = doc_alignment(alignment, token_offsets, piece_offsets, d).piece_may_start_segment()
+                windows.extend((d, w) for w in plan_windows(n, self.window, self.stride, may_cut))
+            elif n:
+                windows.append((d, Window(0, n, 0, n)))
+        return _RunPlan(ids, alignment, piece_offsets, token_offsets, windows)
 
-    def batches(self, plans: Sequence[_DocPlan], piece_offsets: numpy.ndarray) -> List[_Batch]:
-        """Every window of every doc, longest first, cut by the piece budget and padded.
-
-        piece_offsets: where each doc's pieces start in the run's piece states.
-        """
-        items = [(d, w) for d, plan in enumerate(plans) for w in plan.windows]
-        # Longest first, so each batch holds windows of similar length.
-        items.sort(key=lambda item: item[1].end - item[1].start, reverse=True)
+    def batches(self, plan: _RunPlan) -> List[_Batch]:
+        """Every window of every doc, longest first, cut by the piece budget and padded."""
+        # Longest first (stable: equal lengths keep doc order), so each batch holds windows of similar length.
+        items = sorted(plan.windows, key=lambda item: item[1].end - item[1].start, reverse=True)
         n_prefix = len(self.prefix_ids)
         device = self.device
         batches = []
@@ -262,18 +260,19 @@ class BertRunner:
             return self.padded_width(item[1].end - item[1].start + self.n_special)
 
         for batch in batches_by_budget(items, self.max_batch_items, padded, same_length=not self.pads):
-            input_ids, mask = self.pad([plans[d].piece_ids[w.start : w.end] for d, w in batch])
+            docs, start, end, own_start, own_end = numpy.array(
+                [(d, w.start, w.end, w.own_start, w.own_end) for d, w in batch], dtype="int64"
+            ).T
+            first = plan.piece_offsets[docs] + start
+            input_ids, mask = self.pad(plan.piece_ids, first, end - start)
             padded_rows = not mask.all()
             attention_mask: Optional[numpy.ndarray] = mask
             if padded_rows and self.broadcast_mask:
                 attention_mask = mask[:, None, :]
             elif not padded_rows and self.unpadded_without_mask:
                 attention_mask = None
-            docs, start, own_start, own_end = numpy.array(
-                [(d, w.start, w.own_start, w.own_end) for d, w in batch], dtype="int64"
-            ).T
             owned = own_end - own_start
-            targets = concat_ranges(piece_offsets[docs] + own_start, owned)
+            targets = concat_ranges(plan.piece_offsets[docs] + own_start, owned)
             # Row r's piece p sits at column n_prefix + p - start of the padded input.
             rows = numpy.arange(len(batch), dtype="int64")
             sources = concat_ranges(rows * input_ids.shape[1] + n_prefix + own_start - start, owned)
@@ -304,9 +303,9 @@ class BertRunner:
         """A small padded batch (input_ids, 2-D mask) on the model's device, to
         try out what forms of input and output the model takes: two rows of
         real wordpieces, 3 and 1 long (fewer with a tinier window)."""
-        (pieces,), _ = self.wordpieces(["Contextual vectors for every token, probed."])
-        longer = pieces[: min(3, self.window)]
-        input_ids, mask = self.pad([longer, longer[:1]])
+        pieces, _, _ = self.wordpieces.flat(["Contextual vectors for every token, probed."])
+        longer = min(3, self.window, len(pieces))
+        input_ids, mask = self.pad(pieces, numpy.zeros(2, dtype="int64"), numpy.array([longer, min(longer, 1)]))
         return torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device)
 
     def selected_states(self, module: torch.nn.Module, input_ids: torch.Tensor,
@@ -318,21 +317,24 @@ class BertRunner:
         output = module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return [output.hidden_states[i] for i in self.layers]
 
-    def pad(self, pieces: Sequence[numpy.ndarray]) -> Tuple[numpy.ndarray, numpy.ndarray]:
-        """(input_ids, attention_mask) for windows of piece ids: framed by the special
-        tokens, padded to the longest (rounded up to SHAPE_BUCKET with half precision)."""
-        lengths = numpy.fromiter((len(p) for p in pieces), dtype="int64", count=len(pieces))
+    def pad(self, piece_ids: numpy.ndarray, starts: numpy.ndarray,
+            lengths: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """(input_ids, attention_mask) for windows piece_ids[start : start + length]:
+        framed by the special tokens, padded to the longest (rounded up to
+        SHAPE_BUCKET with half precision)."""
+        lengths = numpy.asarray(lengths, dtype="int64")
+        n = len(lengths)
         framed = lengths + self.n_special
         width = self.padded_width(int(framed.max()))
-        input_ids = numpy.full((len(pieces), width), self.pad_id, dtype="int64")
+        input_ids = numpy.full((n, width), self.pad_id, dtype="int64")
         n_prefix = len(self.prefix_ids)
         input_ids[:, :n_prefix] = self.prefix_ids
         # All rows' pieces at once: row r's pieces go to columns n_prefix.. .
-        rows = numpy.repeat(numpy.arange(len(pieces)), lengths)
-        cols = concat_ranges(numpy.full(len(pieces), n_prefix), lengths)
-        input_ids[rows, cols] = numpy.concatenate([*pieces, numpy.zeros(0, dtype="int64")])
+        rows = numpy.repeat(numpy.arange(n), lengths)
+        cols = concat_ranges(numpy.full(n, n_prefix), lengths)
+        input_ids[rows, cols] = piece_ids[concat_ranges(starts, lengths)]
         for k, suffix_id in enumerate(self.suffix_ids):
-            input_ids[numpy.arange(len(pieces)), n_prefix + lengths + k] = suffix_id
+            input_ids[numpy.arange(n), n_prefix + lengths + k] = suffix_id
         mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
         return input_ids, mask
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
 
 import numpy
-from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc
 
+from ..alignment import TokenTable
 from ..batching import concat_ranges
 
 #: Chunks of more tokens than this are tokenized every time, not cached (a
@@ -51,7 +51,6 @@ TOKENS_PER_ENTRY = 2
 _NORMALIZERS = {"BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents"}
 _PRE_TOKENIZERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace", "Punctuation", "Digits"}
 _SPACE_SPLITTERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace"}
-_ATTRS = [ORTH, SPACY, IDX, LENGTH]
 
 #: The tokenizer: texts -> their pieces laid end to end, ids (n,) and spans
 #: (n, 2), and the count per text (`Wordpieces.flat`).
@@ -240,9 +239,9 @@ def _grown(buffer: numpy.ndarray, used: int, new: numpy.ndarray, limit: int) -> 
 
 
 class PieceCache:
-    """`cache(docs, encode)` -> per doc, (piece ids (n,), character spans (n, 2)), int64:
-    what `encode([doc.text for doc in docs])` gives, for a tokenizer that
-    `splits_at_spaces`.
+    """`cache(docs, tokens, encode)` -> the docs' piece ids (n,), character spans
+    (n, 2) and counts per doc, int64: what `encode([doc.text for doc in docs])`
+    gives, for a tokenizer that `splits_at_spaces`.
 
     encode: the tokenizer (`Encode`), called with the chunks not in the cache.
     max_entries: how many chunks to keep at most (and PIECES_PER_ENTRY and
@@ -265,24 +264,24 @@ class PieceCache:
         # entries are derived data, and a lock cannot be copied.
         return _empty_cache, (self.max_entries,)
 
-    def __call__(self, docs: Sequence[Doc], encode: Encode) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
-        if not docs:
-            return [], []
-        tables = [doc.to_array(_ATTRS).reshape(-1, len(_ATTRS)) for doc in docs]
-        token_counts = numpy.fromiter(map(len, tables), dtype="int64", count=len(docs))
-        table = numpy.concatenate([*tables, numpy.zeros((0, len(_ATTRS)), dtype="uint64")])
-        orths = table[:, 0].astype("uint64", copy=False)
-        idx, length = table[:, 2].astype("int64"), table[:, 3].astype("int64")
+    def __call__(self, docs: Sequence[Doc], tokens: TokenTable,
+                 encode: Encode) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """The docs' pieces laid end to end: ids (n,), spans (n, 2) within each
+        doc, and the count per doc, as `encode([doc.text for doc in docs])`.
+
+        tokens: the docs' tokens (`TokenTable.of_docs(docs)`).
+        """
+        orths = tokens.orths
         # A chunk ends at a token followed by a space, and at each doc's last token.
-        ends = table[:, 1].astype(bool)
-        doc_ends = numpy.cumsum(token_counts)
-        ends[doc_ends[token_counts > 0] - 1] = True
+        ends = tokens.space_after.copy()
+        doc_ends = numpy.cumsum(tokens.counts)
+        ends[doc_ends[tokens.counts > 0] - 1] = True
         chunk_end = numpy.flatnonzero(ends) + 1
         chunk_start = numpy.zeros_like(chunk_end)
         chunk_start[1:] = chunk_end[:-1]
         lengths = chunk_end - chunk_start
         chunk_doc = numpy.searchsorted(doc_ends, chunk_start, side="right")
-        char_start = idx[chunk_start]
+        char_start = tokens.starts[chunk_start]
 
         keys = chunk_keys(orths, chunk_start, lengths)
         snapshot = self._snapshot
@@ -293,7 +292,7 @@ class PieceCache:
         counts[hit] = snapshot.piece_len[slots[hit]]
         if len(missing):
             fresh_ids, fresh_spans, fresh_start, fresh_len, which = self._tokenize(
-                docs, missing, chunk_doc, char_start, idx[chunk_end - 1] + length[chunk_end - 1], encode)
+                docs, missing, chunk_doc, char_start, tokens.ends[chunk_end - 1], encode)
             counts[missing] = fresh_len[which]
             self._add(keys[missing], orths, chunk_start[missing], lengths[missing], which,
                       fresh_ids, fresh_spans, fresh_start, fresh_len)
@@ -313,8 +312,7 @@ class PieceCache:
             spans[into] = fresh_spans[source]
         spans += numpy.repeat(char_start, counts)[:, None]
         doc_pieces = numpy.bincount(chunk_doc, weights=counts, minlength=len(docs)).astype("int64")
-        cuts = numpy.cumsum(doc_pieces)[:-1]
-        return numpy.split(ids, cuts), numpy.split(spans, cuts)
+        return ids, spans, doc_pieces
 
     def _tokenize(self, docs: Sequence[Doc], missing: numpy.ndarray, chunk_doc: numpy.ndarray,
                   char_start: numpy.ndarray, char_end: numpy.ndarray, encode: Encode):

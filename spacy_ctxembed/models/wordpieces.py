@@ -27,7 +27,11 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy
 from spacy.tokens import Doc
 
+from ..alignment import TokenTable
 from .piece_cache import PieceCache, PiecesCrossSpaces, splits_at_spaces
+
+#: Pieces laid end to end: ids (n,), character spans (n, 2), and the count per text or doc; int64.
+Flat = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
 
 
 class Wordpieces:
@@ -39,29 +43,35 @@ class Wordpieces:
         #: None where the tokenizer's pieces may depend on what lies across a space.
         self.chunks = PieceCache() if self._backend is not None and splits_at_spaces(self._backend) else None
 
-    def of_docs(self, docs: Sequence[Doc]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
-        """As `self([doc.text for doc in docs])`, through the chunk cache where there is one."""
+    def of_docs(self, docs: Sequence[Doc], tokens: Optional[TokenTable] = None) -> Flat:
+        """As `self.flat([doc.text for doc in docs])`, through the chunk cache where there is one.
+
+        tokens: the docs' tokens, where the caller has read them already.
+        """
         chunks = self.chunks
         if chunks is not None:
             try:
-                return chunks(docs, self.flat)
+                return chunks(docs, TokenTable.of_docs(docs) if tokens is None else tokens, self.flat)
             except PiecesCrossSpaces:  # the description misled `splits_at_spaces`: whole texts from now on
                 self.chunks = None
-        return self([doc.text for doc in docs])
+        return self.flat([doc.text for doc in docs])
 
     def __call__(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+        """Per text, (piece ids (n,), character spans (n, 2))."""
         if not texts:
             return [], []
-        if self._backend is None:
-            return self._through_transformers(texts)
         ids, spans, counts = self.flat(texts)
         cuts = numpy.cumsum(counts)[:-1]
         return numpy.split(ids, cuts), numpy.split(spans, cuts)
 
-    def flat(self, texts: Sequence[str]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    def flat(self, texts: Sequence[str]) -> Flat:
         """The pieces of all texts laid end to end: ids (n,), spans (n, 2), and
-        the count per text. Through the Rust tokenizer (a plain fast one only)."""
-        assert self._backend is not None
+        the count per text."""
+        if self._backend is None:
+            per_text, spans_per_text = self._through_transformers(texts)
+            return (numpy.concatenate([*per_text, numpy.zeros(0, dtype="int64")]),
+                    numpy.concatenate([*spans_per_text, numpy.zeros((0, 2), dtype="int64")]),
+                    numpy.fromiter(map(len, per_text), dtype="int64", count=len(per_text)))
         encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
         counts = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
         total = int(counts.sum())
@@ -73,6 +83,8 @@ class Wordpieces:
         return ids, spans, counts
 
     def _through_transformers(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
+        if not texts:
+            return [], []
         encodings = self.tokenizer(
             list(texts),
             add_special_tokens=False,
