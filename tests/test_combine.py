@@ -16,6 +16,17 @@ def test_mean_and_concat():
     assert concat.predict(X)[1].shape == (0, 12)
 
 
+def test_mean_of_one_layer_is_a_copy_of_it():
+    one = [RNG.normal(size=(1, 5, 4)).astype("float32"), numpy.zeros((1, 0, 4), dtype="float32")]
+    one[0][0, 0, 0] = -0.0
+    got = build_combiner("t", "mean", 1).predict(one)
+    numpy.testing.assert_array_equal(got[0], one[0][0])
+    assert numpy.signbit(got[0][0, 0]) and got[0].dtype == numpy.float32 and got[1].shape == (0, 4)
+    got[0][1] += 1  # its own memory: the layers stay as they were
+    numpy.testing.assert_array_equal(got[0][2:], one[0][0, 2:])
+    assert not numpy.array_equal(got[0][1], one[0][0, 1])
+
+
 def _mix(x, s, gamma):
     w = numpy.exp(s) / numpy.exp(s).sum()
     return gamma * numpy.einsum("l,lnh->nh", w, x)
