@@ -16,12 +16,13 @@ More lines say what bounds the ratio:
   (attention over windows of up to 512 pieces is not free even at this width);
 - the pipeline with `layers = [0]`: the embedding layer only, no transformer
   layer runs, so nearly everything left is the pipeline's own work;
-- the pipeline with the model's forward pass left out (`ZeroEncoder` stands in
+- the pipeline without the model's forward pass (`ZeroEncoder` stands in
   for the model: states of the right shapes, all zero, at no cost): spaCy's
-  tokenizer and everything the pipeline does on the host. This is the host's
-  work per word on a GPU, where the forward pass runs on the device; the
-  issue's proxy assumed the 1-layer model's forward pass "nearly free", but
-  on a CPU core its attention over windows of up to 512 pieces is not.
+  tokenizer and everything else the pipeline does, on this CPU. The issue's
+  proxy took the 1-layer model's forward pass to be "nearly free"; on a CPU
+  core its attention over windows of up to 512 pieces is not. This line is
+  the closest to the host's work on a GPU, though there the pooling runs on
+  the device, and host-to-device copies and synchronisation are not counted.
 Each line also gives the CPU time per word over all threads: the Rust
 wordpiece tokenizer spreads a batch over every core, so its wall time alone
 hides what it costs a pipeline whose other work wants the same cores.
@@ -69,7 +70,7 @@ class ZeroEncoder(torch.nn.Module):
         self.width, self.n_states = width, n_states
 
     def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
-        states = torch.zeros(*input_ids.shape, self.width)
+        states = torch.zeros(*input_ids.shape, self.width, device=input_ids.device)
         return BaseModelOutput(last_hidden_state=states,
                                hidden_states=(states,) * self.n_states if output_hidden_states else None)
 
@@ -169,7 +170,7 @@ def main(args) -> None:
         "ctxembed_bert, 1-layer 32-wide BERT": pipeline,
         "the same, a first pass (the chunk cache empty)": pipeline_cold,
         "ctxembed_bert, layers = [0] (no transformer layer runs)": pipeline_embeddings_only,
-        "ctxembed_bert, the forward pass left out (the host's work on a GPU)": pipeline_host_only,
+        "ctxembed_bert without the forward pass (ZeroEncoder), on this CPU": pipeline_host_only,
     }
     times, cpu_times = interleaved_times(runs, args.repeats)
     tokenizer_times = times["spaCy tokenizer alone"]

@@ -179,8 +179,12 @@ def align_run(piece_spans: numpy.ndarray, piece_counts: numpy.ndarray, tokens: T
     """
     piece_counts = numpy.asarray(piece_counts, dtype="int64")
     spans = numpy.asarray(piece_spans, dtype="int64").reshape(-1, 2)
-    if len(spans) and numpy.any(spans[:, 1] > numpy.repeat(tokens.text_lengths, piece_counts)):
-        raise ValueError("a wordpiece ends past its doc's text")  # (pieces come from the text: a bug if seen)
+    past = spans[:, 1] > numpy.repeat(tokens.text_lengths, piece_counts)
+    if past.any():  # (pieces come from the text: the tokenizer's offsets are wrong, and nothing could be aligned)
+        p = int(numpy.argmax(past))
+        d = int(numpy.searchsorted(numpy.cumsum(piece_counts), p, side="right"))
+        raise ValueError(f"the wordpiece tokenizer gave doc {d} of the batch ({int(tokens.text_lengths[d])} "
+                         f"characters) a piece at characters {spans[p, 0]}-{spans[p, 1]}, past its text")
     shift = numpy.cumsum(tokens.text_lengths + 1) - (tokens.text_lengths + 1)
     spans = spans + numpy.repeat(shift, piece_counts)[:, None]
     token_shift = numpy.repeat(shift, tokens.counts)

@@ -119,11 +119,12 @@ def write_outputs(
         store["clashes"] = clashes
     _data(doc)[key] = store
     if primary:
-        set_vector_hooks(doc, _Source(doc, store, tokens[:, 2:]))
+        set_vector_hooks(doc, _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:])))
     elif SOURCE_HOOK in doc.user_hooks:
         # Only the as_doc pointer must see the new output: the vector and
         # similarity hooks stay as they are (a later component may have set its own).
-        hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: _Source(doc, store, tokens[:, 2:])}
+        source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
+        hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
 
 
@@ -447,11 +448,11 @@ def _named(item: Any) -> str:
 # retokenizing or a new output changes it, so the doc's norm is a hook too.
 # (Only the doc's: spaCy's Span.vector_norm would return a span hook's
 # vector, and tokens compute theirs from the vector hook.)
-Hooks = Dict[str, Callable[..., Any]]
-_DOC_HOOKS: Hooks = {"similarity": similarity, "vector": doc_vector, "has_vector": doc_has_vector,
+_Hooks = Dict[str, Callable[..., Any]]
+_DOC_HOOKS: _Hooks = {"similarity": similarity, "vector": doc_vector, "has_vector": doc_has_vector,
                      "vector_norm": doc_vector_norm}
-_SPAN_HOOKS: Hooks = {"similarity": similarity, "vector": span_vector, "has_vector": span_has_vector}
-_TOKEN_HOOKS: Hooks = {"similarity": similarity, "vector": token_vector, "has_vector": token_has_vector}
+_SPAN_HOOKS: _Hooks = {"similarity": similarity, "vector": span_vector, "has_vector": span_has_vector}
+_TOKEN_HOOKS: _Hooks = {"similarity": similarity, "vector": token_vector, "has_vector": token_has_vector}
 
 
 # Internals ----------------------------------------------------------------

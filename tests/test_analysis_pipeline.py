@@ -1,6 +1,7 @@
 """The analysis on real (tiny) pipelines: every layer is what the pipeline itself gives, for saved
 pipelines (whatever their combiner), configs (with a tagger and parser too), ELMo, CoNLL-U sentences, and
 each pooling mode on WiC."""
+import dataclasses
 import math
 from collections import Counter
 from pathlib import Path
@@ -87,6 +88,11 @@ def test_wic_vectors_for_each_pooling_match_a_pipeline_built_with_it(tiny_bert_d
     base = target_vectors(nlp, "ctxembed_bert", data)
     redo = multi_piece_sentences(nlp, "ctxembed_bert", data)
     assert redo.tolist() == [s[1] == "dog" for s in data.sentences]
+    # A target past its sentence's end (a WicData not made by read_wic) is refused, not read from the next one.
+    past = data.target_of.copy()
+    past[0] = len(data.sentences[data.sentence_of[0]])
+    with pytest.raises(AnalysisInputError, match="a target index lies outside its sentence"):
+        multi_piece_sentences(nlp, "ctxembed_bert", dataclasses.replace(data, target_of=past))
     first = source.load(all_layer_edits(nlp, "ctxembed_bert", [0, 1, 2], "first"), new_combiner="ctxembed_bert")
     got = target_vectors(first, "ctxembed_bert", data, only=redo, base=base)
     _check_targets(got, data, make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True, pooling="first"))

@@ -343,8 +343,10 @@ def test_align_run_refuses_a_piece_past_its_text():
                        starts=numpy.array([0]), ends=numpy.array([3]), is_space=numpy.zeros(1, dtype=bool),
                        counts=numpy.array([1, 0]), text_lengths=numpy.array([3, 0]))
     align_run(numpy.array([[0, 3]]), numpy.array([1, 0]), table)
-    with pytest.raises(ValueError, match="past its doc's text"):
+    with pytest.raises(ValueError, match="doc 0 of the batch .3 characters. a piece at characters 0-4, past its text"):
         align_run(numpy.array([[0, 4]]), numpy.array([1, 0]), table)
+    with pytest.raises(ValueError, match="doc 1 of the batch .0 characters. a piece at characters 0-1"):
+        align_run(numpy.array([[0, 3], [0, 1]]), numpy.array([1, 1]), table)
 
 
 def test_token_table_reads_what_the_tokens_say(nlp):

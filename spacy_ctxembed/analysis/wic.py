@@ -168,6 +168,9 @@ def multi_piece_sentences(nlp: Language, name: str, data: WicData) -> Optional[N
     docs = [Doc(nlp.vocab, words=list(words)) for words in data.sentences]
     plan = get_runner(cast(Any, nlp.get_pipe(name)).encoder).plan(docs)
     pieces = np.bincount(plan.alignment.token_index, minlength=int(plan.token_offsets[-1]))
+    lengths = np.diff(plan.token_offsets)[data.sentence_of]
+    if not ((data.target_of >= 0) & (data.target_of < lengths)).all():  # (else it would read another sentence's)
+        raise AnalysisInputError(f"{data.source}: a target index lies outside its sentence")
     many = pieces[plan.token_offsets[data.sentence_of] + data.target_of] > 1
     return np.bincount(data.sentence_of, weights=many, minlength=len(data.sentences)) > 0
 

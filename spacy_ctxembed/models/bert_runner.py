@@ -240,12 +240,10 @@ class BertRunner:
         token_offsets = tokens.offsets
         windows: List[Tuple[int, Window]] = []
         for d, n in enumerate(piece_counts.tolist()):
-            if n > self.window:
-                # Only a doc longer than one window needs to know where tokens allow a cut.
-                may_cut = doc_alignment(alignment, token_offsets, piece_offsets, d).piece_may_start_segment()
-                windows.extend((d, w) for w in plan_windows(n, self.window, self.stride, may_cut))
-            elif n:
-                windows.append((d, Window(0, n, 0, n)))
+            # Only a doc longer than one window needs to know where tokens allow a cut.
+            may_cut = (doc_alignment(alignment, token_offsets, piece_offsets, d).piece_may_start_segment()
+                       if n > self.window else None)
+            windows.extend((d, w) for w in plan_windows(n, self.window, self.stride, may_cut))
         return _RunPlan(ids, alignment, piece_offsets, token_offsets, windows)
 
     def batches(self, plan: _RunPlan) -> List[_Batch]:

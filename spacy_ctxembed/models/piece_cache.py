@@ -52,9 +52,10 @@ _NORMALIZERS = {"BertNormalizer", "Lowercase", "NFD", "NFKD", "StripAccents"}
 _PRE_TOKENIZERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace", "Punctuation", "Digits"}
 _SPACE_SPLITTERS = {"BertPreTokenizer", "WhitespaceSplit", "Whitespace"}
 
-#: The tokenizer: texts -> their pieces laid end to end, ids (n,) and spans
-#: (n, 2), and the count per text (`Wordpieces.flat`).
-Encode = Callable[[List[str]], Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]]
+#: Pieces laid end to end: ids (n,), character spans (n, 2), and the count per text or doc; int64.
+Flat = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
+#: The tokenizer: texts -> their pieces (`Wordpieces.flat`).
+Encode = Callable[[List[str]], Flat]
 
 
 def splits_at_spaces(backend: Any) -> bool:
@@ -189,7 +190,7 @@ class PiecesCrossSpaces(Exception):
 CHARS_PER_TEXT = 4096
 
 
-def _encode_joined(strings: List[str], encode: Encode) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+def _encode_joined(strings: List[str], encode: Encode) -> Flat:
     """`encode(strings)`, laid end to end, with each string's count: but
     tokenized as texts of about CHARS_PER_TEXT characters, strings joined by spaces.
 
@@ -264,8 +265,7 @@ class PieceCache:
         # entries are derived data, and a lock cannot be copied.
         return _empty_cache, (self.max_entries,)
 
-    def __call__(self, docs: Sequence[Doc], tokens: TokenTable,
-                 encode: Encode) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    def __call__(self, docs: Sequence[Doc], tokens: TokenTable, encode: Encode) -> Flat:
         """The docs' pieces laid end to end: ids (n,), spans (n, 2) within each
         doc, and the count per doc, as `encode([doc.text for doc in docs])`.
 

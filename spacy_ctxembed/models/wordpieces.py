@@ -28,10 +28,7 @@ import numpy
 from spacy.tokens import Doc
 
 from ..alignment import TokenTable
-from .piece_cache import PieceCache, PiecesCrossSpaces, splits_at_spaces
-
-#: Pieces laid end to end: ids (n,), character spans (n, 2), and the count per text or doc; int64.
-Flat = Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]
+from .piece_cache import Flat, PieceCache, PiecesCrossSpaces, splits_at_spaces
 
 
 class Wordpieces:
