@@ -247,7 +247,7 @@ def chunk_strings(docs: Sequence[Doc], tokens: TokenTable, chunk_doc: numpy.ndar
     A doc's text costs a Python call per token (spaCy makes a Token for
     each), so it is read only for docs whose tokens are mostly in these
     chunks (a first pass); elsewhere a chunk's text is its tokens' strings
-    joined, as no space lies inside a chunk. On UD EWT dev after UD EWT
+    joined, as no space follows a token inside a chunk. On UD EWT dev after UD EWT
     train, 3,160 new chunks in 296 docs, that took 1.7 ms against 5.9 ms
     through the docs' texts.
     """
