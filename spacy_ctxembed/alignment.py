@@ -143,12 +143,20 @@ class TokenTable:
         counts = numpy.fromiter(map(len, arrays), dtype="int64", count=len(arrays))
         table = numpy.concatenate([*arrays, numpy.zeros((0, len(_TABLE_ATTRS)), dtype="uint64")])
         space_after = table[:, 1].astype(bool)
-        starts = table[:, 2].astype("int64")
-        ends = starts + table[:, 3].astype("int64")
-        # A doc's text ends after its last token and the space that may follow it.
-        last = numpy.cumsum(counts) - 1
-        text_lengths = numpy.where(counts > 0, (ends + space_after)[last.clip(0)] if len(table) else 0, 0)
-        return cls(table[:, 0], space_after, starts, ends, table[:, 4].astype(bool), counts, text_lengths)
+        lengths = table[:, 2].astype("int64")
+        # Where each token starts in its doc's text, from the lengths and spaces
+        # before it: `doc.text` is the tokens' texts and spaces laid end to end.
+        # (Not IDX: `Doc.from_array` with SPACY leaves it as it was, and a
+        # chunk's characters must be the text's.)
+        taken = lengths + space_after
+        before = numpy.cumsum(taken) - taken  # characters before each token in the run
+        first = numpy.cumsum(counts) - counts  # each doc's first token (an empty doc's is never read)
+        base = before[numpy.minimum(first, len(before) - 1)] if len(before) else numpy.zeros_like(counts)
+        starts = before - numpy.repeat(base, counts)
+        ends = starts + lengths
+        text_lengths = numpy.bincount(numpy.repeat(numpy.arange(len(counts)), counts), weights=taken,
+                                      minlength=len(counts)).astype("int64")
+        return cls(table[:, 0], space_after, starts, ends, table[:, 3].astype(bool), counts, text_lengths)
 
     @property
     def offsets(self) -> numpy.ndarray:
@@ -156,7 +164,7 @@ class TokenTable:
         return numpy.concatenate(([0], numpy.cumsum(self.counts)))
 
 
-_TABLE_ATTRS = [ORTH, SPACY, IDX, LENGTH, IS_SPACE]
+_TABLE_ATTRS = [ORTH, SPACY, LENGTH, IS_SPACE]
 
 
 def align_run(piece_spans: numpy.ndarray, piece_counts: numpy.ndarray, tokens: TokenTable) -> PieceAlignment:

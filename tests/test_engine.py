@@ -366,6 +366,14 @@ def test_token_table_reads_what_the_tokens_say(nlp):
     assert table.counts.tolist() == [len(doc) for doc in docs]
     assert table.text_lengths.tolist() == [len(doc.text) for doc in docs]
     assert table.offsets.tolist() == [0, *numpy.cumsum([len(doc) for doc in docs]).tolist()]
+    # Spaces changed with from_array leave IDX stale: the table follows the text.
+    from spacy.attrs import SPACY
+
+    stale = nlp.make_doc("Hello world significance")
+    stale.from_array([SPACY], numpy.array([[0], [1], [0]], dtype="uint64"))
+    table = TokenTable.of_docs([nlp.make_doc("x "), stale])
+    assert table.starts.tolist() == [0, 0, 5, 11] and table.ends.tolist() == [1, 5, 10, 23]
+    assert table.text_lengths.tolist() == [2, len(stale.text)] == [2, 23]
     empty = TokenTable.of_docs([])
     assert len(empty.orths) == len(empty.counts) == 0 and empty.offsets.tolist() == [0]
 

@@ -36,3 +36,22 @@ def test_dropped_characters_give_no_vector(nlp_default):
     dropped = [t for t in doc if t.text == "\u200b\u0007"]
     assert dropped and not dropped[0].has_vector
     assert doc[0].has_vector and doc[-1].has_vector
+
+
+@pytest.mark.parametrize("spaces", [[0, 1, 0, 1, 0], [1, 0, 0, 0, 1]])
+def test_spaces_changed_by_from_array(nlp_default, spaces):
+    """`Doc.from_array` with SPACY changes the text but leaves the tokens' IDX as
+    it was: the vectors are those of the same words and spaces in a new doc,
+    whose offsets are right, and docs after it are not affected."""
+    from spacy.attrs import SPACY
+    from spacy.tokens import Doc
+
+    changed = nlp_default.make_doc("Hello world significance tests ran")
+    changed.from_array([SPACY], numpy.array([[s] for s in spaces], dtype="uint64"))
+    fresh = Doc(nlp_default.vocab, words=[t.text for t in changed], spaces=[bool(s) for s in spaces])
+    assert changed.text == fresh.text and [t.idx for t in changed] != [t.idx for t in fresh]
+    after = "significance tests ran to the Helloworld"
+    got = [doc._.ctx_vectors for doc in nlp_default.pipe([changed, nlp_default.make_doc(after)])]
+    expected = [doc._.ctx_vectors for doc in nlp_default.pipe([fresh, nlp_default.make_doc(after)])]
+    for g, e in zip(got, expected):
+        numpy.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)

@@ -232,6 +232,32 @@ def test_docs_seen_in_part_take_their_new_chunks_from_token_strings(tokenizer, n
         _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
 
 
+def _stale_offsets(nlp):
+    """Docs whose spaces were changed with `Doc.from_array`, which leaves the
+    tokens' IDX as it was: it no longer says where they are in `doc.text`."""
+    from spacy.attrs import SPACY
+
+    docs = []
+    for text, spaces in [("Hello world significance", [0, 1, 0]), ("a b c d", [1, 0, 0, 1])]:
+        doc = nlp.make_doc(text)
+        doc.from_array([SPACY], numpy.array([[s] for s in spaces], dtype="uint64"))
+        assert [t.idx for t in doc] != [len(doc[:i].text_with_ws) for i in range(len(doc))]  # (stale, as claimed)
+        docs.append(doc)
+    return docs
+
+
+def test_docs_with_stale_offsets_neither_go_wrong_nor_spoil_the_cache(tokenizer, nlp):
+    """A chunk's characters are found from the tokens' lengths and spaces, not
+    from IDX: such a doc gets its text's pieces, and a later doc sharing its
+    words gets its own (the cache once kept the stale doc's cut)."""
+    pieces = Wordpieces(tokenizer)
+    stale = _stale_offsets(nlp)
+    for _ in range(2):
+        _assert_as_transformers(tokenizer, stale, pieces.of_docs(stale))
+    later = [nlp.make_doc("a significance test"), nlp.make_doc("Helloworld a b")]
+    _assert_as_transformers(tokenizer, later, pieces.of_docs(later))
+
+
 def test_a_warm_pass_tokenizes_only_what_cannot_be_cached(tokenizer, nlp):
     """The second pass over the same docs sends the tokenizer nothing but the
     chunks of more than MAX_CHUNK_TOKENS spaCy tokens."""

@@ -245,9 +245,11 @@ def chunk_strings(docs: Sequence[Doc], tokens: TokenTable, chunk_doc: numpy.ndar
     doc `chunk_doc`, characters [char_start, char_end) of that doc.
 
     A doc's text costs a Python call per token (spaCy makes a Token for
-    each), so it is read only for docs whose tokens are mostly in these
-    chunks (a first pass); elsewhere a chunk's text is its tokens' strings
-    joined, as no space follows a token inside a chunk. On UD EWT dev after UD EWT
+    each), so it is read only for docs with at least half their tokens in
+    these chunks (as on a first pass); elsewhere a chunk's text is its
+    tokens' strings joined, as no space follows a token inside a chunk.
+    Both ways give the same string, as the characters come from the tokens'
+    lengths and spaces (`TokenTable`), never from a possibly stale IDX. On UD EWT dev after UD EWT
     train, 3,160 new chunks in 296 docs, that took 1.7 ms against 5.9 ms
     through the docs' texts.
     """
