@@ -129,7 +129,7 @@ def main(args) -> None:
     runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
 
     def wordpieces_alone():  # the Rust tokenizer over whole texts
-        runner.wordpieces(texts)
+        runner.wordpieces.flat(texts)
 
     docs = [nlp.make_doc(t) for t in texts]
 

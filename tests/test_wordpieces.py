@@ -27,8 +27,16 @@ def _reference(tokenizer, texts):
     return encoding["input_ids"], encoding["offset_mapping"]
 
 
+def _per_text(pieces, texts):
+    """`pieces.flat(texts)` cut back into texts: (ids, spans), one array each a text."""
+    ids, spans, counts = pieces.flat(texts)
+    assert len(counts) == len(texts) and len(ids) == len(spans) == counts.sum()
+    cuts = numpy.cumsum(counts)[:-1]
+    return numpy.split(ids, cuts), numpy.split(spans, cuts)
+
+
 def _assert_equal_to_transformers(tokenizer, texts):
-    ids, spans = Wordpieces(tokenizer)(texts)
+    ids, spans = _per_text(Wordpieces(tokenizer), texts)
     expected_ids, expected_spans = _reference(tokenizer, texts)
     assert len(ids) == len(spans) == len(texts)
     for got, expected in zip(ids, expected_ids):
@@ -53,7 +61,7 @@ def test_equals_transformers_on_odd_texts(minilm_tokenizer):
     assert fresh.backend_tokenizer.truncation is not None  # what the private copy must undo
     pieces = Wordpieces(fresh)
     assert pieces._backend is not None
-    assert len(pieces(TEXTS)[0][-1]) == 300
+    assert len(_per_text(pieces, TEXTS)[0][-1]) == 300
     assert fresh.backend_tokenizer.truncation is not None  # the tokenizer itself is left as it was
     _assert_equal_to_transformers(fresh, TEXTS)
 
@@ -65,7 +73,7 @@ def test_equals_transformers_on_any_text(minilm_tokenizer, texts):
 
 
 def test_no_texts(minilm_tokenizer):
-    assert Wordpieces(minilm_tokenizer)([]) == ([], [])
+    assert [len(a) for a in Wordpieces(minilm_tokenizer).flat([])] == [0, 0, 0]
 
 
 def test_byte_level_bpe_with_truncation_and_padding_saved():
@@ -82,7 +90,7 @@ def test_byte_level_bpe_with_truncation_and_padding_saved():
     backend.enable_padding(length=8, pad_token="<pad>", pad_id=2)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     _assert_equal_to_transformers(tokenizer, TEXTS)
-    assert len(Wordpieces(tokenizer)(["word " * 50])[0][0]) > 8
+    assert len(Wordpieces(tokenizer).flat(["word " * 50])[0]) > 8
 
 
 def test_a_tokenizer_that_changes_batch_encoding_goes_through_transformers(minilm_tokenizer):
@@ -95,7 +103,7 @@ def test_a_tokenizer_that_changes_batch_encoding_goes_through_transformers(minil
     tokenizer = AppendsAWord.from_pretrained(minilm_tokenizer.name_or_path)
     assert Wordpieces(tokenizer)._backend is None
     _assert_equal_to_transformers(tokenizer, ["I ran to the", "Naïve café"])
-    assert len(Wordpieces(tokenizer)(["I ran"])[0][0]) == 3  # the override ran
+    assert len(Wordpieces(tokenizer).flat(["I ran"])[0]) == 3  # the override ran
 
 
 def test_split_special_tokens_and_added_tokens(minilm_tokenizer):
@@ -108,7 +116,7 @@ def test_split_special_tokens_and_added_tokens(minilm_tokenizer):
     added = AutoTokenizer.from_pretrained(minilm_tokenizer.name_or_path)
     added.add_tokens(["ctxembed", "newword"])
     _assert_equal_to_transformers(added, texts)
-    assert Wordpieces(added)(texts[1:])[0][0][0] == added.convert_tokens_to_ids("ctxembed")
+    assert Wordpieces(added).flat(texts[1:])[0][0] == added.convert_tokens_to_ids("ctxembed")
 
 
 def test_roberta_tokenizer_is_read_directly(tmp_path):

@@ -32,7 +32,8 @@ from .piece_cache import Flat, PieceCache, PiecesCrossSpaces, splits_at_spaces
 
 
 class Wordpieces:
-    """`wordpieces(texts)` -> per text, (piece ids (n,), character spans (n, 2)), int64."""
+    """The pieces of texts (`flat`) or of docs (`of_docs`), laid end to end:
+    ids (n,), character spans (n, 2) and the count per text or doc, int64."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
@@ -52,14 +53,6 @@ class Wordpieces:
             except PiecesCrossSpaces:  # the description misled `splits_at_spaces`: whole texts from now on
                 self.chunks = None
         return self.flat([doc.text for doc in docs])
-
-    def __call__(self, texts: Sequence[str]) -> Tuple[List[numpy.ndarray], List[numpy.ndarray]]:
-        """Per text, (piece ids (n,), character spans (n, 2))."""
-        if not texts:
-            return [], []
-        ids, spans, counts = self.flat(texts)
-        cuts = numpy.cumsum(counts)[:-1]
-        return numpy.split(ids, cuts), numpy.split(spans, cuts)
 
     def flat(self, texts: Sequence[str]) -> Flat:
         """The pieces of all texts laid end to end: ids (n,), spans (n, 2), and
