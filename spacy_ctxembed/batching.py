@@ -22,22 +22,36 @@ def concat_ranges(starts: numpy.ndarray, lengths: numpy.ndarray) -> numpy.ndarra
 def batches_by_budget(
     items: Sequence[T], budget: int, length: Callable[[T], int], *, same_length: bool = False
 ) -> Iterator[List[T]]:
-    """Cut `items`, sorted longest first, into batches of at most `budget` padded items.
+    """Cut `items`, sorted longest first, into batches of at most `budget` padded
+    items (see `budget_bounds`; `length(item)`: its padded length)."""
+    lengths = numpy.fromiter(map(length, items), dtype="int64", count=len(items))
+    for start, end in budget_bounds(lengths, budget, same_length=same_length):
+        yield list(items[start:end])
+
+
+def budget_bounds(lengths: numpy.ndarray, budget: int, *, same_length: bool = False) -> List[Tuple[int, int]]:
+    """Where to cut items of these padded lengths, sorted longest first, into
+    batches of at most `budget` padded items: [start, end) per batch.
 
     A batch pads every row to its first (longest) item's length, so a batch of
     n rows costs n * length(first). An item longer than the budget gets a batch
     of its own. With `same_length`, a batch also ends where the length
-    changes, so that no row is padded.
+    changes, so that no row is padded. A Python step per batch, not per item.
     """
-    batch: List[T] = []
-    for item in items:
-        padded = length(batch[0]) if batch else length(item)
-        if batch and ((len(batch) + 1) * padded > budget or (same_length and length(item) != padded)):
-            yield batch
-            batch = []
-        batch.append(item)
-    if batch:
-        yield batch
+    lengths = numpy.asarray(lengths, dtype="int64")
+    n = len(lengths)
+    # Where each run of equal lengths ends, for `same_length`.
+    run_ends = numpy.append(numpy.flatnonzero(lengths[1:] != lengths[:-1]) + 1, n)
+    bounds = []
+    start = 0
+    while start < n:
+        first = int(lengths[start])
+        end = min(n, start + max(1, budget // first)) if first > 0 else n
+        if same_length:
+            end = min(end, int(run_ends[numpy.searchsorted(run_ends, start, side="right")]))
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def runs_by_size(items: Sequence[T], budget: int, size: Callable[[T], int]) -> Iterator[List[T]]:

@@ -88,18 +88,20 @@ def write_outputs(
         `ContextualEmbedder`); outputs of one name from different models are
         then never mixed or compared. None: not known (older callers).
     """
-    key = _whole_doc_key(doc)
-    stores = _stores(doc)
-    old = stores[0][1] if len(stores) == 1 and stores[0][0] == key else None
-    if old is not None:
-        tensor_from = _tensor_source(doc, [(key, old)])
-    else:
-        old = _gathered_store(doc)
-        tensor_from = (old["tensor_set"] or None) if old is not None else None
-    outputs = dict(old["outputs"]) if old is not None else {}
     # One pass in Cython for what the output and the as_doc pointer keep of the tokens.
     tokens = doc.to_array([IDX, LENGTH, ORTH, SPACY])
     starts = tokens[:, 0].astype("int64")
+    # The whole-doc key (`_whole_doc_key`), from the last token's row.
+    key = _store_key(int(tokens[-1, 0] + tokens[-1, 1] + tokens[-1, 3]) if len(tokens) else 0)
+    stores = _stores(doc)
+    old = stores[0][1] if len(stores) == 1 and stores[0][0] == key else None
+    tensor_from: Optional[str] = None
+    if old is not None:
+        tensor_from = _tensor_source(doc, [(key, old)])
+    elif stores or SOURCE_HOOK in doc.user_hooks:  # (else there are no outputs to keep: a doc's first)
+        old = _gathered_store(doc)
+        tensor_from = (old["tensor_set"] or None) if old is not None else None
+    outputs = dict(old["outputs"]) if old is not None else {}
     outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
                      "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": vectors,
                      "layers": layers, "signature": signature}
@@ -856,7 +858,12 @@ def _data(doc: Doc) -> Dict[Any, Any]:
 
 
 def _whole_doc_key(doc: Doc) -> tuple:
-    return ("._.", STORE, 0, text_length(doc))
+    return _store_key(text_length(doc))
+
+
+def _store_key(n_chars: int) -> tuple:
+    """The user-data key of a store for a whole doc of `n_chars` characters."""
+    return ("._.", STORE, 0, n_chars)
 
 
 def _to_numpy(array):

@@ -8,7 +8,7 @@ the cut is moved to the nearest token boundary so that all pieces of a token
 come from the same window.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy
 
@@ -32,8 +32,7 @@ def plan_windows(
         keeps tokens whole. Cuts are moved to such a piece when one lies inside
         the overlap.
     """
-    if window < 1 or not 1 <= stride <= window:
-        raise ValueError(f"need 1 <= stride <= window, got window={window}, stride={stride}")
+    _check(window, stride)
     if n_pieces == 0:
         return []
     if n_pieces <= window:
@@ -52,6 +51,33 @@ def plan_windows(
     return [
         Window(start, start + window, cuts[i], cuts[i + 1]) for i, start in enumerate(starts)
     ]
+
+
+def plan_run_windows(
+    piece_counts: numpy.ndarray, window: int, stride: int, may_cut: Callable[[int], numpy.ndarray]
+) -> numpy.ndarray:
+    """`plan_windows` for every doc of a run: rows (doc, start, end, own_start,
+    own_end), int64, in doc order and each doc's windows in order.
+
+    may_cut(d): doc d's mask for `plan_windows`, asked for docs longer than a
+    window only (their windows are planned one doc at a time; a doc of one
+    window has the window [0, n) and owns it all).
+    """
+    _check(window, stride)
+    counts = numpy.asarray(piece_counts, dtype="int64")
+    docs = numpy.flatnonzero((counts > 0) & (counts <= window))
+    zeros = numpy.zeros_like(docs)
+    parts = [numpy.stack([docs, zeros, counts[docs], zeros, counts[docs]], axis=1)]
+    for d in numpy.flatnonzero(counts > window).tolist():
+        planned = plan_windows(int(counts[d]), window, stride, may_cut(d))
+        parts.append(numpy.array([(d, w.start, w.end, w.own_start, w.own_end) for w in planned], dtype="int64"))
+    rows = numpy.concatenate(parts)
+    return rows[numpy.lexsort((rows[:, 1], rows[:, 0]))]
+
+
+def _check(window: int, stride: int) -> None:
+    if window < 1 or not 1 <= stride <= window:
+        raise ValueError(f"need 1 <= stride <= window, got window={window}, stride={stride}")
 
 
 def _nearest_allowed_cut(cut: int, low: int, high: int, may_cut: Optional[numpy.ndarray]) -> int:

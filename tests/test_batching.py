@@ -1,7 +1,8 @@
+import numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spacy_ctxembed.batching import batches_by_budget
+from spacy_ctxembed.batching import batches_by_budget, budget_bounds
 
 
 @given(lengths=st.lists(st.integers(1, 300), max_size=200), budget=st.integers(1, 2000))
@@ -13,3 +14,25 @@ def test_batches_respect_budget_and_keep_order(lengths, budget):
         assert batch
         # padded cost: every row as long as the first; only a lone item may exceed the budget
         assert len(batch) * batch[0] <= budget or len(batch) == 1
+
+
+def _greedy_batches(lengths, budget, same_length):
+    """The rule, item by item: a batch closes before an item that would take it
+    past the budget (every row padded to its first), or, with `same_length`,
+    that is of another length than its first."""
+    batches, batch = [], []
+    for n in lengths:
+        if batch and ((len(batch) + 1) * batch[0] > budget or (same_length and n != batch[0])):
+            batches.append(batch)
+            batch = []
+        batch.append(n)
+    return batches + ([batch] if batch else [])
+
+
+@given(lengths=st.lists(st.integers(0, 40), max_size=200), budget=st.integers(1, 300), same_length=st.booleans())
+def test_budget_bounds_cut_as_the_greedy_rule(lengths, budget, same_length):
+    items = sorted(lengths, reverse=True)
+    bounds = budget_bounds(numpy.array(items, dtype="int64"), budget, same_length=same_length)
+    assert [items[a:b] for a, b in bounds] == _greedy_batches(items, budget, same_length)
+    assert list(batches_by_budget(items, budget, lambda n: n, same_length=same_length)) == \
+        _greedy_batches(items, budget, same_length)

@@ -300,7 +300,10 @@ def test_memory_stays_within_its_limits(tokenizer, nlp):
     assert n_orths <= piece_cache.TOKENS_PER_ENTRY * 64
     assert n_pieces > piece_cache.PIECES_PER_ENTRY * 64 - 40  # the pieces' limit is what stopped it
     # The buffers themselves, not only what is used of them.
-    assert len(snapshot.keys) == len(snapshot.slots) == n
+    # The hash table: a power of two, at least twice the entries, at most twice the limit.
+    size = len(snapshot.table_keys)
+    assert size == len(snapshot.table_slots) and size & (size - 1) == 0 and 2 * n <= size <= 2 * 64
+    assert (snapshot.table_slots >= 0).sum() == n
     assert max(len(snapshot.orth_start), len(snapshot.orth_len), len(snapshot.piece_start),
                len(snapshot.piece_len)) <= 64
     assert len(snapshot.ids) == len(snapshot.spans) <= piece_cache.PIECES_PER_ENTRY * 64
@@ -474,3 +477,34 @@ def test_a_copy_starts_with_an_empty_cache(tokenizer, nlp):
     for copied in (copy.deepcopy(pieces), pickle.loads(pickle.dumps(pieces))):
         assert len(copied.chunks) == 0 and copied.chunks.max_entries == pieces.chunks.max_entries
         _assert_as_transformers(tokenizer, docs, copied.of_docs(docs))
+
+
+@settings(deadline=None)
+@given(batches=st.lists(st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 15)), max_size=50), max_size=6),
+       absent=st.lists(st.tuples(st.integers(0, 2**40), st.integers(0, 15)), max_size=20))
+def test_hash_table_finds_each_snapshots_keys_and_no_others(batches, absent):
+    """Keys added batch by batch (the table growing on the way), with low bits
+    from 16 values only, so that they pile up in long probe runs: every
+    snapshot, the earlier ones too, finds exactly the keys it was made with,
+    against a dict."""
+    from dataclasses import replace
+
+    def key(high, low):
+        return (high << 20) | low  # the table's slot comes from the low bits
+
+    snapshot, reference, seen = piece_cache._Snapshot.empty(), {}, []
+    for batch in batches:
+        keys = [k for k in dict.fromkeys(key(*pair) for pair in batch) if k not in reference]
+        n, keys = len(reference), numpy.array(keys, dtype="uint64")
+        table_keys, table_slots = piece_cache._grown_table(snapshot, n + len(keys))
+        piece_cache._table_insert(table_keys, table_slots, keys, numpy.arange(n, n + len(keys), dtype="int32"))
+        seen.append((snapshot, dict(reference)))
+        reference.update((k, n + i) for i, k in enumerate(keys.tolist()))
+        snapshot = replace(snapshot, table_keys=table_keys, table_slots=table_slots, n=len(reference))
+    seen.append((snapshot, reference))
+    queries = numpy.array(list(reference) + [key(*pair) for pair in absent], dtype="uint64")
+    for earlier, expected in seen:
+        found = piece_cache._table_find(earlier.table_keys, earlier.table_slots, queries)
+        assert found.tolist() == [expected.get(k, -1) for k in queries.tolist()]
+        size = len(earlier.table_keys)
+        assert size == 0 or (size & (size - 1) == 0 and size >= 2 * earlier.n)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spacy_ctxembed.windows import plan_windows
+from spacy_ctxembed.windows import plan_run_windows, plan_windows
 
 
 @given(n=st.integers(0, 3000), window=st.integers(1, 300), data=st.data())
@@ -37,3 +37,27 @@ def test_cuts_move_to_token_boundaries():
 def test_bad_stride():
     with pytest.raises(ValueError, match="stride"):
         plan_windows(10, 4, 5)
+
+
+@given(counts=st.lists(st.integers(0, 60), max_size=12), window=st.integers(1, 20), data=st.data())
+def test_run_windows_are_each_docs_windows_in_order(counts, window, data):
+    stride = data.draw(st.integers(1, window))
+    masks = {d: numpy.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+             for d, n in enumerate(counts)}
+    asked = []
+
+    def may_cut(d):
+        asked.append(d)
+        return masks[d]
+
+    rows = plan_run_windows(numpy.array(counts, dtype="int64"), window, stride, may_cut)
+    expected = [(d, w.start, w.end, w.own_start, w.own_end) for d, n in enumerate(counts)
+                for w in plan_windows(n, window, stride, masks[d] if n > window else None)]
+    assert rows.dtype == numpy.int64 and rows.shape == (len(expected), 5)
+    assert [tuple(r) for r in rows.tolist()] == expected
+    assert asked == [d for d, n in enumerate(counts) if n > window]  # (a mask costs an alignment cut)
+
+
+def test_run_windows_check_their_settings():
+    with pytest.raises(ValueError, match="stride"):
+        plan_run_windows(numpy.array([3]), 4, 5, lambda d: None)

@@ -28,12 +28,12 @@ from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
 
 from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
-from ..batching import batches_by_budget, concat_ranges, prefetched, runs_by_size
+from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
 from ..settings import normalize_layers
-from ..windows import Window, plan_windows
+from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
 from .torch_bridge import (
     SAVED_LAYERS,
@@ -60,8 +60,9 @@ class _RunPlan:
     #: Where each doc's pieces and tokens start in the run, and (last) the totals.
     piece_offsets: numpy.ndarray
     token_offsets: numpy.ndarray
-    #: (doc, window over the doc's pieces), in doc order.
-    windows: List[Tuple[int, Window]]
+    #: Each doc's windows over its pieces (`plan_run_windows`): rows (doc,
+    #: start, end, own_start, own_end), in doc order.
+    windows: numpy.ndarray
 
 
 @dataclass(frozen=True)
@@ -238,29 +239,24 @@ class BertRunner:
         alignment = align_run(spans, piece_counts, tokens)
         piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
         token_offsets = tokens.offsets
-        windows: List[Tuple[int, Window]] = []
-        for d, n in enumerate(piece_counts.tolist()):
-            # Only a doc longer than one window needs to know where tokens allow a cut.
-            may_cut = (doc_alignment(alignment, token_offsets, piece_offsets, d).piece_may_start_segment()
-                       if n > self.window else None)
-            windows.extend((d, w) for w in plan_windows(n, self.window, self.stride, may_cut))
+        # Only a doc longer than one window needs to know where tokens allow a cut.
+        windows = plan_run_windows(piece_counts, self.window, self.stride, lambda d: doc_alignment(
+            alignment, token_offsets, piece_offsets, d).piece_may_start_segment())
         return _RunPlan(ids, alignment, piece_offsets, token_offsets, windows)
 
     def batches(self, plan: _RunPlan) -> List[_Batch]:
         """Every window of every doc, longest first, cut by the piece budget and padded."""
         # Longest first (stable: equal lengths keep doc order), so each batch holds windows of similar length.
-        items = sorted(plan.windows, key=lambda item: item[1].end - item[1].start, reverse=True)
+        lengths = plan.windows[:, 2] - plan.windows[:, 1]
+        order = numpy.argsort(-lengths, kind="stable")
+        windows = plan.windows[order]
         n_prefix = len(self.prefix_ids)
         device = self.device
         batches = []
-
-        def padded(item: Tuple[int, Window]) -> int:  # the width `pad` gives a batch it leads
-            return self.padded_width(item[1].end - item[1].start + self.n_special)
-
-        for batch in batches_by_budget(items, self.max_batch_items, padded, same_length=not self.pads):
-            docs, start, end, own_start, own_end = numpy.array(
-                [(d, w.start, w.end, w.own_start, w.own_end) for d, w in batch], dtype="int64"
-            ).T
+        # A batch is as wide as `pad` makes its first (longest) window.
+        widths = self.padded_widths(lengths[order] + self.n_special)
+        for a, b in budget_bounds(widths, self.max_batch_items, same_length=not self.pads):
+            docs, start, end, own_start, own_end = windows[a:b].T
             first = plan.piece_offsets[docs] + start
             input_ids, mask = self.pad(plan.piece_ids, first, end - start)
             padded_rows = not mask.all()
@@ -272,7 +268,7 @@ class BertRunner:
             owned = own_end - own_start
             targets = concat_ranges(plan.piece_offsets[docs] + own_start, owned)
             # Row r's piece p sits at column n_prefix + p - start of the padded input.
-            rows = numpy.arange(len(batch), dtype="int64")
+            rows = numpy.arange(b - a, dtype="int64")
             sources = concat_ranges(rows * input_ids.shape[1] + n_prefix + own_start - start, owned)
             batches.append(_Batch(staged(input_ids, device), None if attention_mask is None else
                                   staged(attention_mask, device), staged(targets, device), staged(sources, device)))
@@ -292,9 +288,10 @@ class BertRunner:
                 attention_mask = None if batch.attention_mask is None else \
                     batch.attention_mask.to(device, non_blocking=non_blocking)
                 selected = self.selected_states(module, input_ids, attention_mask)
-                # The owned pieces of each selected layer, without the padding.
-                owned = [h.reshape(-1, self.width).index_select(0, sources) for h in selected]
-                states[targets] = torch.stack(owned, dim=1).float()
+                # The owned pieces of each selected layer, without the padding,
+                # written layer by layer (no stacked copy of them all first).
+                for layer, h in enumerate(selected):
+                    states[:, layer].index_copy_(0, targets, h.reshape(-1, self.width).index_select(0, sources).float())
         return states
 
     def probe_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +320,7 @@ class BertRunner:
         lengths = numpy.asarray(lengths, dtype="int64")
         n = len(lengths)
         framed = lengths + self.n_special
-        width = self.padded_width(int(framed.max()))
+        width = int(self.padded_widths(framed.max()))
         input_ids = numpy.full((n, width), self.pad_id, dtype="int64")
         n_prefix = len(self.prefix_ids)
         input_ids[:, :n_prefix] = self.prefix_ids
@@ -336,13 +333,15 @@ class BertRunner:
         mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
         return input_ids, mask
 
-    def padded_width(self, length: int) -> int:
-        """The width of a batch whose longest framed window is `length` pieces: itself,
-        or with half precision rounded up to SHAPE_BUCKET (at most the longest window).
-        The batch budget counts this width, so that rounding never overruns it."""
+    def padded_widths(self, lengths: numpy.ndarray) -> numpy.ndarray:
+        """The width of a batch whose longest framed window is `length` pieces, per
+        length: itself, or with half precision rounded up to SHAPE_BUCKET (at
+        most the longest window). The batch budget counts this width, so that
+        rounding never overruns it."""
+        lengths = numpy.asarray(lengths, dtype="int64")
         if not self.bucket_shapes:
-            return length
-        return min(-(-length // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
+            return lengths
+        return numpy.minimum(-(-lengths // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
 
     def _autocast(self, device: torch.device):
         if self.precision == "tf32" and device.type == "cuda":
