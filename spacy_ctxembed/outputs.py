@@ -41,6 +41,7 @@ its user data; the hooks then find the source's store through the hooks
 dict, and place the new doc's text in it. A non-primary component keeps
 that pointer up to date and leaves the other hooks alone.
 """
+import itertools
 import threading
 import warnings
 import weakref
@@ -316,9 +317,12 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
     doc.user_span_hooks = {**doc.user_span_hooks, **_SPAN_HOOKS}
     doc.user_token_hooks = {**doc.user_token_hooks, **_TOKEN_HOOKS}
     if source is None:
-        store = _data(doc).get(_whole_doc_key(doc))
-        # (Several stores, from Doc.from_docs: no single source to point to.)
-        source = _Source(doc, store) if isinstance(store, dict) else None
+        stores = _stores(doc)
+        # Several stores, from Doc.from_docs: no single source to point to. (A
+        # joined part's shifted key can be the whole doc's: a cut as long as the
+        # joined doc, whose store is its source's, not this doc's.)
+        if len(stores) == 1 and stores[0][0] == _whole_doc_key(doc):
+            source = _Source(doc, stores[0][1])
     if source is not None:
         cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
     else:
@@ -726,7 +730,8 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
     on_host = len({type(a) for a in arrays}) > 1
     vectors = _concat([p["vectors"] for _, p in parts], axis=0, on_host=on_host)
     layers = _concat([p["layers"] for _, p in parts], axis=1, on_host=on_host) if has_layers else None
-    if len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends):
+    if (len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends)
+            and _same_orths(parts[0][1], doc)):
         return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
     xp = get_array_module(vectors)
     here = _placed_here(parts, old_starts, old_ends, starts, ends, doc)
@@ -743,6 +748,16 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
         moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
         result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
     return result, (uncovered if uncovered.any() else None)
+
+
+def _same_orths(output: Dict[str, Any], doc: Doc) -> bool:
+    """Whether the stored tokens (as many as the doc's, with its spans) are the
+    doc's words: a cut's store (`span.as_doc(copy_user_data=True)`), joined
+    with a doc that never went through the component, can have the joined
+    doc's spans exactly but other words ("Pears" stored where "Beets" is).
+    Stores of earlier versions record no words: taken as the same."""
+    orths = output.get("orths")
+    return orths is None or bool(numpy.array_equal(doc.to_array(ORTH), numpy.asarray(orths, dtype="uint64")))
 
 
 def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
@@ -783,37 +798,60 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
                  here: numpy.ndarray) -> numpy.ndarray:
     """`here`, less the tokens of a cut part on another part's characters.
 
-    A part whose every stored token has its text in place is exact: it was
-    written for its own characters. A part with tokens out of place is a cut
-    with its source's store (`span.as_doc(copy_user_data=True)`): its source's
-    tokens past the cut may still match the text of the parts beside it where
-    a word repeats ("Hello" at the same place), so on the characters of an
-    exact part only that part's tokens count.
+    Docs that went through the pipeline whole, joined, never overlap: each
+    part's stored tokens lie on its own text. A part whose tokens reach onto
+    another's is a cut with its source's store (`span.as_doc(copy_user_data=True)`):
+    - one with tokens out of place (their text is not the doc's there) is a
+      cut. Its source's tokens past the cut may still match the text of the
+      parts beside it where a word repeats ("Hello" at the same place), so on
+      the characters of an exact part (every token in place) only that part's
+      tokens count;
+    - of two exact parts that overlap, one reaching over all of the other's
+      characters is a cut whose source's text is the other part's (a doc
+      joined with the rest of the sentence it was cut from): there, too, only
+      the other part's tokens count. Two that overlap otherwise are two cuts.
+    Two cuts cannot be placed: where words repeat, which part's tokens belong
+    on which characters cannot be told from the text.
     """
     if len(parts) < 2:
         return here
     bounds = numpy.cumsum([0] + [len(p["starts"]) for _, p in parts])
     exact = [bool(here[a:b].all()) for a, b in zip(bounds[:-1], bounds[1:])]
-    if all(exact):
-        return here
-    if exact.count(False) > 1:
-        # Several cuts, each carrying its source's tokens past its own: where
-        # words repeat, which part's tokens belong on which characters cannot
-        # be told from the text (one sentence's "item" on another's).
+    # Each part's characters, from its first stored token's start to its last's end (empty parts: none).
+    extents = {i: (int(old_starts[a:b].min()), int(old_ends[a:b].max()))
+               for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
+    # Of overlapping exact parts, the one reaching over the other's characters (the cut) and those it covers.
+    covers: Dict[int, List[int]] = {}
+    two_cuts = exact.count(False) > 1
+    for i, j in itertools.combinations([i for i in extents if exact[i]], 2):
+        (low_i, high_i), (low_j, high_j) = extents[i], extents[j]
+        if high_i <= low_j or high_j <= low_i or (low_i, high_i) == (low_j, high_j):
+            continue  # apart (or the same characters: one source's store twice, the same rows)
+        if low_i <= low_j and high_j <= high_i:
+            covers.setdefault(i, []).append(j)
+        elif low_j <= low_i and high_i <= high_j:
+            covers.setdefault(j, []).append(i)
+        else:
+            two_cuts = True
+    if two_cuts or (covers and (len(covers) > 1 or not all(exact))):
+        n_cuts = max(2, exact.count(False) + len(covers))
         raise UnplacedOutputs(
-            f"this doc joins {exact.count(False)} docs made with span.as_doc(copy_user_data=True) (Doc.from_docs); "
+            f"this doc joins {n_cuts} docs made with span.as_doc(copy_user_data=True) (Doc.from_docs); "
             "each carries its whole source's ctxembed outputs (spaCy does not trim them), so which outputs belong "
             "to which characters cannot be told; run the ctxembed component on the joined doc (nlp(doc) embeds it "
             "again), or join docs that went through the pipeline whole"
         )
     here = here.copy()
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if not exact[i] or a == b:
-            continue
-        low, high = int(old_starts[a:b].min()), int(old_ends[a:b].max())
-        for j, (c, d) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if not exact[j]:
-                here[c:d] &= (old_ends[c:d] <= low) | (old_starts[c:d] >= high)
+    for cut, covered in covers.items():
+        a, b = bounds[cut], bounds[cut + 1]
+        for low, high in (extents[j] for j in covered):
+            here[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
+    if all(exact):
+        return here
+    cut = exact.index(False)
+    a, b = bounds[cut], bounds[cut + 1]
+    for low, high in (extent for i, extent in extents.items() if exact[i]):
+        here[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
     return here
 
 

@@ -296,6 +296,39 @@ def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_charac
     numpy.testing.assert_allclose(rejoined._.ctx_vectors, source._.ctx_vectors, atol=1e-6)
 
 
+def test_a_cut_doc_joined_with_its_sources_own_text_or_words_keeps_to_its_own_characters(last_layer):
+    """A cut carries its whole source's store; joined with a doc whose text is
+    the rest of the source, every stored token has its text in place. Found by
+    a review helper, each read without an error:
+    - joined with the source's rest, embedded on its own: those tokens read the
+      mean of their own rows and the source's;
+    - joined with words that never went through the component, as long as the
+      source's rest: they read the source's rows ("Beets" read "Pears");
+    - the cut's store, at the joined doc's whole-doc key, was taken for the
+      joined doc's own by `as_doc()`, which read the source's rows."""
+    nlp = last_layer
+    source = nlp("Apple is great . Pears are fruit .")
+    cut = source[0:4].as_doc(copy_user_data=True)  # "Apple is great . "
+    rest, start = nlp("Pears are fruit ."), nlp("Apple is great .")
+    joined = restore_vectors(Doc.from_docs([cut, rest]))
+    numpy.testing.assert_allclose(joined._.ctx_vectors[:4], source._.ctx_vectors[:4], atol=1e-6)
+    numpy.testing.assert_allclose(joined._.ctx_vectors[4:], rest._.ctx_vectors, atol=1e-6)
+    joined = restore_vectors(Doc.from_docs([start, source[4:].as_doc(copy_user_data=True)]))
+    numpy.testing.assert_allclose(joined._.ctx_vectors[:4], start._.ctx_vectors, atol=1e-6)
+    numpy.testing.assert_allclose(joined._.ctx_vectors[4:], source._.ctx_vectors[4:], atol=1e-6)
+    assert numpy.abs(rest._.ctx_vectors - source._.ctx_vectors[4:]).max() > 1e-3  # (their mean differs from both)
+    with pytest.raises(MissingOutputs, match="from token 4: 'Beets'"):
+        restore_vectors(Doc.from_docs([cut, nlp.make_doc("Beets are fruit .")], exclude=["tensor"]))
+    other = nlp("Pears are fruit !")
+    joined = restore_vectors(Doc.from_docs([cut, other]))
+    numpy.testing.assert_allclose(joined._.ctx_vectors[4:], other._.ctx_vectors, atol=1e-6)
+    with pytest.raises(MissingOutputs):  # two stores: no one source for a cut of it
+        _ = joined[4:7].as_doc()[0].vector
+    # The source's rest and more: which part's tokens the overlap holds cannot be told.
+    with pytest.raises(MissingOutputs, match="cannot be told"):
+        restore_vectors(Doc.from_docs([cut, nlp("Pears are fruit . More")]))
+
+
 def test_models_that_differ_only_in_their_weights_are_told_apart(vocab, tiny_bert_dir, last_layer, tmp_path):
     """A fine-tuned pipeline names its base model in its config, as the base's
     does: only the weights tell their vectors apart."""
