@@ -180,6 +180,32 @@ def test_interrupted_run_is_not_complete_and_resume_finishes_it(tmp_path, corpus
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
 
 
+def test_an_interrupt_once_a_ledger_line_is_durable_keeps_its_shard(tmp_path, corpus, pipeline, monkeypatch):
+    """Ctrl-C arriving as `commit` returns from the ledger's fsync (the line
+    durable, not yet counted): the partial directory was removed, and the
+    committed shard with it (found by a review helper)."""
+    args = ["embed", corpus, "-m", pipeline, "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    commit = Run.commit
+
+    def interrupted(self, shard):
+        counted = list(self.committed.shards)
+        commit(self, shard)
+        self.committed.shards[:] = counted  # (what the run had counted when the signal came)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "commit", interrupted)
+        result = invoke(*args, "-o", out)
+    assert result.exit_code == 130
+    assert f"2 docs (input lines 1-3) are kept in {partial}; rerun with --resume" in result.stderr
+    resumed = invoke(*args, "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run")
+    assert_same_docs(read_output(out), read_output(tmp_path / "ref"))
+
+
 def test_failure_before_the_first_commit_leaves_nothing(tmp_path, corpus, pipeline, monkeypatch):
     monkeypatch.setattr(Run, "commit", lambda self, shard: (_ for _ in ()).throw(OSError(28, "No space left")))
     result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2")

@@ -4,6 +4,7 @@ writing shard files, proving completeness, and rows back to docs.
 References are independent: Python's own `bytes.split(b"\\n")`, `json.loads`
 and pyarrow's reading of the whole file, never the planner read back by itself.
 """
+import hashlib
 import json
 import os
 
@@ -211,6 +212,25 @@ def test_a_file_changed_after_planning_is_refused(tmp_path):
     path.write_text("one\ntwo\nthree\n", encoding="utf8")
     with pytest.raises(InputError, match="changed since the run was planned"):
         read_shard(shards[0])
+
+
+def test_a_parquet_file_edited_in_place_is_another_input(tmp_path):
+    """One letter changed, without statistics or compression: every size and
+    offset in the footer stays as it was (the footer was the identity once,
+    and a resumed run kept the old rows' shards). The bytes tell them apart."""
+    path = tmp_path / "in.parquet"
+    identities = []
+    for text in ("comme a", "comme z"):
+        pq.write_table(pa.table({"text": ["first row", text, "last row"]}), path,
+                       compression="NONE", write_statistics=False)
+        identities.append(plan_shards(input_files([str(path)]), 2)[1][0])
+        footers = pq.ParquetFile(path).metadata.to_dict()
+        identities[-1]["footer"] = footers
+    before, after = identities
+    assert before.pop("footer") == after.pop("footer")  # (what made the case)
+    assert before != after
+    assert before["size"] == after["size"] and before["sha256"] != after["sha256"]
+    assert after["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # Shard files -----------------------------------------------------------------

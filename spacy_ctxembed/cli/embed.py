@@ -310,13 +310,13 @@ def _run(
     except BaseException:
         if writer is not None:
             writer.close()
+        run.abandon()  # (which says what the ledger keeps)
         if run.committed.shards:
             typer.echo(
                 f"note: {run.committed.docs} docs (input lines 1-{run.committed.last_line}) are kept in {run.dir}; "
                 "rerun with --resume to continue, or --overwrite to start over",
                 err=True,
             )
-        run.abandon()
         raise
 
 

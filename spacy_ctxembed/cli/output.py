@@ -28,6 +28,7 @@ on after the last committed input line.
 """
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import shutil
@@ -389,19 +390,21 @@ class Run:
                 f"({_difference(recorded, self.identity)}); pass --overwrite to start over"
             )
 
-    def _recover(self) -> None:
-        """Keep the shards the ledger lists (and whose files are intact); drop the rest."""
+    def _ledger(self) -> List[Dict[str, Any]]:
+        """The shards the ledger lists, in order (a torn last line is not one)."""
         shards: List[Dict[str, Any]] = []
-        fmt = self.identity["format"]
         with contextlib.suppress(OSError), (self.dir / LEDGER).open(encoding="utf8") as f:
             for line in f:
                 try:
-                    shard = json.loads(line)
+                    shards.append(json.loads(line))
                 except ValueError:
                     break  # a torn last line: not committed
-                if not _intact(self.dir, fmt, shard):
-                    break
-                shards.append(shard)
+        return shards
+
+    def _recover(self) -> None:
+        """Keep the shards the ledger lists (and whose files are intact); drop the rest."""
+        fmt = self.identity["format"]
+        shards = list(itertools.takewhile(lambda shard: _intact(self.dir, fmt, shard), self._ledger()))
         self.committed = Committed(shards)
         write_atomic(self.dir / LEDGER, "".join(json.dumps(s) + "\n" for s in shards).encode("utf8"))
         keep = {RUN, LEDGER, LOCK, MANIFEST} | {s["file"] for s in shards if "file" in s}
@@ -461,9 +464,16 @@ class Run:
         return manifest
 
     def abandon(self) -> None:
-        """After a failure: keep the partial directory if it has committed shards, else remove it."""
-        if not self.committed.shards and self.dir.is_dir() and not self.finished:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        """After a failure: keep the partial directory if its ledger lists committed
+        shards (then `committed` says which), else remove it.
+
+        The ledger, not what this run counted: an interruption (Ctrl-C) that
+        ends `commit` after its line is durable, before the count, must not
+        cost that shard or the ones before it."""
+        if self.dir.is_dir() and not self.finished:
+            self.committed = Committed(self._ledger())
+            if not self.committed.shards:
+                shutil.rmtree(self.dir, ignore_errors=True)
         self._release()
 
 

@@ -118,8 +118,7 @@ def plan_shards(
     """Cut the input into shards of at most `shard_size` rows.
 
     Returns the shards and, per file, what identifies it (path, kind, rows,
-    size, and the SHA-256 of a text or JSONL file's bytes, or of a
-    Parquet file's footer).
+    size, and the SHA-256 of its bytes).
     """
     if shard_size < 1:
         raise InputError(f"shard_size {shard_size}: expected a positive number of rows")
@@ -212,21 +211,26 @@ def _plan_parquet(path: Path, shard_size: int, text_key: str) -> Tuple[List[Piec
     n_rows = parquet.metadata.num_rows
     pieces = [(start, min(start + shard_size, n_rows), start, min(shard_size, n_rows - start))
               for start in range(0, n_rows, shard_size)]
-    return pieces, {"footer_sha256": _footer_sha256(parquet, path)}
+    return pieces, {"sha256": _file_sha256(path)}
 
 
-def _footer_sha256(parquet, path: Path) -> str:
-    """The footer describes every row group (sizes, statistics): its hash stands for the file."""
+#: Bytes read at a time to hash a Parquet file.
+HASH_CHUNK = 1 << 23
+
+
+def _file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as a text or JSONL file's. (Not of the
+    Parquet footer alone: one letter changed in place can leave every size,
+    offset and statistic in it as it was, and a resumed run would then keep
+    shards of the old rows.)"""
+    digest = hashlib.sha256()
     try:
-        return hashlib.sha256(repr(parquet.metadata.to_dict()).encode("utf8")).hexdigest()
-    except UnicodeDecodeError:
-        # A string column's min/max statistics that are not UTF-8 (its rows are rejected one
-        # by one when read): hash the footer's bytes. A file always takes the same branch,
-        # and files that did not fail keep the identity that earlier runs recorded.
-        size = parquet.metadata.serialized_size
         with path.open("rb") as f:
-            f.seek(-8 - size, os.SEEK_END)  # the footer, then its length (4 bytes) and b"PAR1"
-            return hashlib.sha256(f.read(size)).hexdigest()
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as e:
+        raise InputError(f"input {path}: cannot be read ({e.strerror or e})") from None
+    return digest.hexdigest()
 
 
 # Reading a shard -----------------------------------------------------------
