@@ -535,7 +535,8 @@ class _View:
     def readable_outputs(self) -> Dict[str, Dict[str, Any]]:
         """All outputs, unless one clashes or some tokens have none. (An output
         that covers only some tokens, where others cover the rest, is read:
-        docs joined from different primaries have one per part.)"""
+        docs joined from different primaries have one per part. It says which
+        tokens it does not cover, in "missing".)"""
         if self.clashes:
             name = next(iter(self.clashes))
             raise _clash_error(name, self.clashes[name])
@@ -639,13 +640,16 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
     for _, store in stores:
         names.extend(n for n in store["outputs"] if n not in names)
     outputs, signatures, missing = {}, {}, {}
+    n_chars = text_length(doc)
     clashes: Dict[str, str] = {}
     for _, store in stores:  # (kept from docs joined before)
         clashes.update(store.get("clashes") or {})
     for name in names:
         parts = [(key[2], store["outputs"][name]) for key, store in stores if name in store["outputs"]]
-        # Parts of empty docs hold no rows: whatever made them, they mix with nothing.
-        parts = [part for part in parts if len(part[1]["vectors"])] or parts[:1]
+        # Parts of empty docs hold no rows, and parts wholly off the doc's text (a
+        # cut's source's, past the cut) none of its tokens: whatever made them,
+        # they mix with nothing (nor do they drop the others' stored layers).
+        parts = [part for part in parts if _reaches(part, n_chars)] or parts[:1]
         known = sorted({p["signature"] for _, p in parts if p.get("signature")})
         # (Of signatures that agree, the one that says the most.)
         signatures[name] = max(known, key=len) if known and _signatures_agree(known) else None
@@ -656,6 +660,8 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         outputs[name], uncovered = _align_output(parts, starts, ends, doc)
         if uncovered is not None:
             missing[name] = (uncovered, _where(doc, uncovered))
+            # Said with the output (`doc._.ctx_outputs`): its zero rows there are no vectors it made.
+            outputs[name]["missing"] = uncovered
     unplaced = None
     if missing and len(missing) == len(outputs):
         nowhere = numpy.logical_and.reduce([mask for mask, _ in missing.values()])
@@ -667,6 +673,15 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
     primary = primaries[0] if len(primaries) == 1 else None
     return _View(starts, ends, primary, outputs, conflict, signatures=signatures, clashes=clashes,
                  missing=missing, unplaced=unplaced)
+
+
+def _reaches(part: Tuple[int, Dict[str, Any]], n_chars: int) -> bool:
+    """Whether a stored part has a token on characters [0, n_chars) of the doc."""
+    origin, output = part
+    starts, ends = numpy.asarray(output["starts"]) + origin, numpy.asarray(output["ends"]) + origin
+    overlaps = (starts < n_chars) & (ends > 0)
+    empty_inside = (starts == ends) & (starts >= 0) & (starts <= n_chars)  # (a token of no characters)
+    return bool((overlaps | empty_inside).any())
 
 
 def _clash(parts: List[Tuple[int, Dict[str, Any]]], signatures: List[str]) -> Optional[str]:

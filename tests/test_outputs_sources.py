@@ -180,6 +180,36 @@ def test_a_non_primary_component_keeps_the_hooks_set_after_the_primary_one(vocab
     assert cut.user_hooks["similarity"] is _always_42
 
 
+def test_an_output_that_covers_part_of_a_joined_doc_says_which_tokens_it_misses(vocab, tiny_bert_dir):
+    """A doc with outputs "emb" and "more" joined with one that has "emb" only:
+    `ctx_outputs["more"]` has zero rows for the second part's tokens, which it
+    never embedded, and said nothing (found by a review helper)."""
+    both = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])),
+                     ("ctxembed_bert", "more", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    only = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    first, second = both(TEXT), only(OTHER)
+    outputs = restore_vectors(Doc.from_docs([first, second]))._.ctx_outputs
+    assert "missing" not in outputs["emb"]
+    assert outputs["more"]["missing"].tolist() == [False] * len(first) + [True] * len(second)
+    numpy.testing.assert_array_equal(outputs["more"]["vectors"][: len(first)], first._.ctx_outputs["more"]["vectors"])
+
+
+def test_a_cut_of_a_joined_doc_keeps_the_layers_its_own_part_stored(vocab, tiny_bert_dir):
+    """Joined from a doc with stored layers and one without, the doc has no
+    layers (not every token has them); but a cut of the first part alone has
+    its layers (the other part's store, off its text, dropped them: found by a
+    review helper)."""
+    stored = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2],
+                                                                            store_layers=True)))
+    plain = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    first = stored(TEXT)
+    joined = restore_vectors(Doc.from_docs([first, plain(OTHER)]))
+    assert joined._.ctx_layers is None
+    cut = joined[: len(first)].as_doc(copy_user_data=True)
+    numpy.testing.assert_array_equal(cut._.ctx_layers, first._.ctx_layers)
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, first._.ctx_vectors)
+
+
 # Outputs of different models ---------------------------------------------------------------
 
 
