@@ -122,11 +122,11 @@ def write_outputs(
         store["clashes"] = clashes
     _data(doc)[key] = store
     if primary:
-        set_vector_hooks(doc, _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:])))
+        set_vector_hooks(doc, _Source(doc, [(key, store)], numpy.ascontiguousarray(tokens[:, 2:])))
     elif SOURCE_HOOK in doc.user_hooks:
         # Only the as_doc pointer must see the new output: the vector and
         # similarity hooks stay as they are (a later component may have set its own).
-        source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
+        source = _Source(doc, [(key, store)], numpy.ascontiguousarray(tokens[:, 2:]))
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
 
@@ -317,12 +317,11 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
     doc.user_span_hooks = {**doc.user_span_hooks, **_SPAN_HOOKS}
     doc.user_token_hooks = {**doc.user_token_hooks, **_TOKEN_HOOKS}
     if source is None:
+        # The whole-doc store, or several from Doc.from_docs: all of them, as
+        # they lie (a joined part's shifted key can be the whole doc's, a cut
+        # as long as the joined doc: its store is its source's, not this doc's).
         stores = _stores(doc)
-        # Several stores, from Doc.from_docs: no single source to point to. (A
-        # joined part's shifted key can be the whole doc's: a cut as long as the
-        # joined doc, whose store is its source's, not this doc's.)
-        if len(stores) == 1 and stores[0][0] == _whole_doc_key(doc):
-            source = _Source(doc, stores[0][1])
+        source = _Source(doc, stores) if stores else None
     if source is not None:
         cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
     else:
@@ -465,7 +464,9 @@ _TOKEN_HOOKS: _Hooks = {"similarity": similarity, "vector": token_vector, "has_v
 
 
 class _Source:
-    """The text and store of the doc that hooks were set on (for `as_doc`).
+    """The text and stores of the doc that hooks were set on (for `as_doc`): its
+    whole-doc store, or the shifted stores of the docs it was joined from
+    (`Doc.from_docs`), keyed by where they lie in its text.
 
     The text is built on first use: `doc.text` costs a Python call per token,
     and most docs are never cut with `as_doc`. What is kept is the tokens'
@@ -474,12 +475,13 @@ class _Source:
     freed only by the cyclic garbage collector.
     """
 
-    def __init__(self, doc: Doc, store: Dict[str, Any], tokens: Optional[numpy.ndarray] = None) -> None:
+    def __init__(self, doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]],
+                 tokens: Optional[numpy.ndarray] = None) -> None:
         """tokens: the doc's `to_array([ORTH, SPACY])`, where the caller has read it."""
         self._strings: Optional[StringStore] = doc.vocab.strings
         self._tokens: Optional[numpy.ndarray] = doc.to_array([ORTH, SPACY]) if tokens is None else tokens
         self._text: Optional[str] = None
-        self.store = store
+        self.stores = stores
 
     @property
     def text(self) -> str:
@@ -492,7 +494,12 @@ class _Source:
 
     def __getstate__(self) -> Dict[str, Any]:
         # Pickling a Doc pickles its hooks: keep the text, not the string store.
-        return {"_strings": None, "_tokens": None, "_text": self.text, "store": self.store}
+        return {"_strings": None, "_tokens": None, "_text": self.text, "stores": self.stores}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        if "store" in state:  # pickled by earlier versions, which kept the whole doc's store only
+            state = {**state, "stores": [(_store_key(len(state["_text"])), state.pop("store"))]}
+        self.__dict__.update(state)
 
 
 class _View:
@@ -623,7 +630,7 @@ def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
 
 
 def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
-    """For a doc from `span.as_doc()`: the source's store, placed by the text."""
+    """For a doc from `span.as_doc()`: the source's stores, placed by the text."""
     source = doc.user_hooks.get(SOURCE_HOOK)
     if not isinstance(source, _Source):
         return []
@@ -631,7 +638,7 @@ def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
     at = source.text.find(text)
     if at < 0 or (text and source.text.find(text, at + 1) >= 0):
         return []  # not there, or there more than once: cannot be placed
-    return [(("._.", STORE, -at, len(source.text) - at), source.store)]
+    return [(("._.", STORE, key[2] - at, key[3] - at), store) for key, store in source.stores]
 
 
 def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
@@ -806,12 +813,14 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
         text = doc.text
         for k in rest:
             here[k] = get_string_id(text[int(old_starts[k]):int(old_ends[k])]) == int(orths[k])
-    return _own_regions(parts, old_starts, old_ends, here)
+    return _own_regions(parts, old_starts, old_ends, here, inside)
 
 
 def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
-                 here: numpy.ndarray) -> numpy.ndarray:
+                 here: numpy.ndarray, inside: numpy.ndarray) -> numpy.ndarray:
     """`here`, less the tokens of a cut part on another part's characters.
+    (`inside`: the stored tokens within the doc's text; those off it, a cut's
+    source's past the cut, neither count nor tell anything.)
 
     Docs that went through the pipeline whole, joined, never overlap: each
     part's stored tokens lie on its own text. A part whose tokens reach onto
@@ -831,7 +840,7 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
     if len(parts) < 2:
         return here
     bounds = numpy.cumsum([0] + [len(p["starts"]) for _, p in parts])
-    exact = [bool(here[a:b].all()) for a, b in zip(bounds[:-1], bounds[1:])]
+    exact = [bool((here[a:b] | ~inside[a:b]).all()) for a, b in zip(bounds[:-1], bounds[1:])]
     # Each part's characters, from its first stored token's start to its last's end (empty parts: none).
     extents = {i: (int(old_starts[a:b].min()), int(old_ends[a:b].max()))
                for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}

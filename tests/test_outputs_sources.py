@@ -180,6 +180,23 @@ def test_a_non_primary_component_keeps_the_hooks_set_after_the_primary_one(vocab
     assert cut.user_hooks["similarity"] is _always_42
 
 
+def test_cuts_of_a_joined_doc_read_its_own_vectors(last_layer):
+    """`span.as_doc()` of a doc joined with `Doc.from_docs`, across the join or
+    inside one part, with or without its user data: its tokens' vectors as the
+    joined doc has them. (Both ways were refused: the joined doc's stores gave
+    `as_doc()` no source, and a cut carrying parts that reach past it was taken
+    for several cuts of one source; found by a review helper.)"""
+    nlp = last_layer
+    first, second = nlp(TEXT), nlp("Pears are fruit, not vegetables.")
+    joined = restore_vectors(Doc.from_docs([first, second]))
+    n = len(first)
+    for start, end in ((n - 3, n + 2), (1, 4), (n + 1, n + 4), (0, n), (n, len(joined))):
+        for copy_user_data in (False, True):
+            cut = joined[start:end].as_doc(copy_user_data=copy_user_data)
+            numpy.testing.assert_allclose(cut._.ctx_vectors, joined._.ctx_vectors[start:end], atol=1e-6)
+            numpy.testing.assert_allclose(cut[0:2].vector, joined[start:start + 2].vector, atol=1e-6)
+
+
 def test_an_output_that_covers_part_of_a_joined_doc_says_which_tokens_it_misses(vocab, tiny_bert_dir):
     """A doc with outputs "emb" and "more" joined with one that has "emb" only:
     `ctx_outputs["more"]` has zero rows for the second part's tokens, which it
@@ -335,7 +352,8 @@ def test_a_cut_doc_joined_with_its_sources_own_text_or_words_keeps_to_its_own_ch
     - joined with words that never went through the component, as long as the
       source's rest: they read the source's rows ("Beets" read "Pears");
     - the cut's store, at the joined doc's whole-doc key, was taken for the
-      joined doc's own by `as_doc()`, which read the source's rows."""
+      joined doc's own by `as_doc()`, which read the source's rows (now a cut
+      of a joined doc reads all of its stores, as the joined doc does)."""
     nlp = last_layer
     source = nlp("Apple is great . Pears are fruit .")
     cut = source[0:4].as_doc(copy_user_data=True)  # "Apple is great . "
@@ -352,8 +370,9 @@ def test_a_cut_doc_joined_with_its_sources_own_text_or_words_keeps_to_its_own_ch
     other = nlp("Pears are fruit !")
     joined = restore_vectors(Doc.from_docs([cut, other]))
     numpy.testing.assert_allclose(joined._.ctx_vectors[4:], other._.ctx_vectors, atol=1e-6)
-    with pytest.raises(MissingOutputs):  # two stores: no one source for a cut of it
-        _ = joined[4:7].as_doc()[0].vector
+    for copy_user_data in (False, True):  # the joined doc's own rows, not the source's
+        cut_of_joined = joined[4:7].as_doc(copy_user_data=copy_user_data)
+        numpy.testing.assert_allclose(cut_of_joined._.ctx_vectors, other._.ctx_vectors[:3], atol=1e-6)
     # The source's rest and more: which part's tokens the overlap holds cannot be told.
     with pytest.raises(MissingOutputs, match="cannot be told"):
         restore_vectors(Doc.from_docs([cut, nlp("Pears are fruit . More")]))
