@@ -41,6 +41,7 @@ its user data; the hooks then find the source's store through the hooks
 dict, and place the new doc's text in it. A non-primary component keeps
 that pointer up to date and leaves the other hooks alone.
 """
+import contextlib
 import itertools
 import threading
 import warnings
@@ -122,11 +123,11 @@ def write_outputs(
         store["clashes"] = clashes
     _data(doc)[key] = store
     if primary:
-        set_vector_hooks(doc, _Source(doc, [(key, store)], numpy.ascontiguousarray(tokens[:, 2:])))
+        set_vector_hooks(doc, _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:])))
     elif SOURCE_HOOK in doc.user_hooks:
         # Only the as_doc pointer must see the new output: the vector and
         # similarity hooks stay as they are (a later component may have set its own).
-        source = _Source(doc, [(key, store)], numpy.ascontiguousarray(tokens[:, 2:]))
+        source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
 
@@ -212,11 +213,9 @@ def _tensor_follows(doc: Doc, parts: List[Tuple[int, Dict[str, Any]]]) -> bool:
 def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     """A doc whose outputs are in shifted stores (`Doc.from_docs`,
     `span.as_doc(copy_user_data=True)`) or in its source's (`span.as_doc()`):
-    those outputs, aligned to its tokens now, as one whole-doc store, so that
-    writing one more output keeps them. The shifted stores are then dropped:
-    the whole-doc store, read first, replaces them. What the view could not
-    read stays so: an output keeps rows only for the tokens its stores
-    covered, and outputs joined from different models stay clashes.
+    those outputs, aligned to its tokens now, as one whole-doc store
+    (`_view_store`), so that writing one more output keeps them. The shifted
+    stores are then dropped: the whole-doc store, read first, replaces them.
     Outputs that cannot be placed at all (`UnplacedOutputs`) are dropped,
     with a warning: the output being written replaces its own."""
     try:
@@ -231,6 +230,20 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
         return {"primary": None, "outputs": {}, "tensor_set": tensor_from or False}
     if view is None:
         return None
+    store = _view_store(doc, view)
+    stores = _stores(doc) or _source_store(doc)
+    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
+    tensor_from = _tensor_source(doc, stores)
+    for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
+        _data(doc).pop(key, None)
+    return {**store, "tensor_set": tensor_from or False}
+
+
+def _view_store(doc: Doc, view: "_View") -> Dict[str, Any]:
+    """The outputs as `doc` reads them now (`view`), as one store for its tokens.
+    What the view could not read stays so: an output keeps rows only for the
+    tokens its stores covered, and outputs joined from different models stay
+    clashes."""
     starts, ends = token_char_spans(doc)
     orths = doc.to_array(ORTH)
     outputs = {}
@@ -245,13 +258,7 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
             layers = None if layers is None else layers[:, index]
         outputs[name] = {"starts": kept_starts, "ends": kept_ends, "orths": kept_orths, "vectors": vectors,
                          "layers": layers, "signature": view.signatures.get(name)}
-    stores = _stores(doc) or _source_store(doc)
-    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
-    tensor_from = _tensor_source(doc, stores)
-    for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
-        _data(doc).pop(key, None)
-    return {"primary": view.primary, "outputs": outputs, "tensor_set": tensor_from or False,
-            "conflict": view.conflict, "clashes": dict(view.clashes)}
+    return {"primary": view.primary, "outputs": outputs, "conflict": view.conflict, "clashes": dict(view.clashes)}
 
 
 def restore_vectors(doc: Doc) -> Doc:
@@ -317,11 +324,20 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
     doc.user_span_hooks = {**doc.user_span_hooks, **_SPAN_HOOKS}
     doc.user_token_hooks = {**doc.user_token_hooks, **_TOKEN_HOOKS}
     if source is None:
-        # The whole-doc store, or several from Doc.from_docs: all of them, as
-        # they lie (a joined part's shifted key can be the whole doc's, a cut
-        # as long as the joined doc: its store is its source's, not this doc's).
         stores = _stores(doc)
-        source = _Source(doc, stores) if stores else None
+        if len(stores) == 1 and stores[0][0] == _whole_doc_key(doc):
+            source = _Source(doc, stores[0][1])
+        elif stores:
+            # Shifted stores (Doc.from_docs, or a cut with its user data; a
+            # joined part's key can even be the whole doc's): a span cut from
+            # this doc must read what this doc reads, which only the doc's own
+            # view says (which part's tokens count where). So the pointer gets
+            # the outputs as read now, as one store for these tokens.
+            with contextlib.suppress(MissingOutputs):
+                view = _view(doc)
+                if view is not None:
+                    tensor_from = _tensor_source(doc, stores)
+                    source = _Source(doc, {**_view_store(doc, view), "tensor_set": tensor_from or False})
     if source is not None:
         cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
     else:
@@ -464,9 +480,7 @@ _TOKEN_HOOKS: _Hooks = {"similarity": similarity, "vector": token_vector, "has_v
 
 
 class _Source:
-    """The text and stores of the doc that hooks were set on (for `as_doc`): its
-    whole-doc store, or the shifted stores of the docs it was joined from
-    (`Doc.from_docs`), keyed by where they lie in its text.
+    """The text and store of the doc that hooks were set on (for `as_doc`).
 
     The text is built on first use: `doc.text` costs a Python call per token,
     and most docs are never cut with `as_doc`. What is kept is the tokens'
@@ -475,13 +489,12 @@ class _Source:
     freed only by the cyclic garbage collector.
     """
 
-    def __init__(self, doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]],
-                 tokens: Optional[numpy.ndarray] = None) -> None:
+    def __init__(self, doc: Doc, store: Dict[str, Any], tokens: Optional[numpy.ndarray] = None) -> None:
         """tokens: the doc's `to_array([ORTH, SPACY])`, where the caller has read it."""
         self._strings: Optional[StringStore] = doc.vocab.strings
         self._tokens: Optional[numpy.ndarray] = doc.to_array([ORTH, SPACY]) if tokens is None else tokens
         self._text: Optional[str] = None
-        self.stores = stores
+        self.store = store
 
     @property
     def text(self) -> str:
@@ -494,12 +507,7 @@ class _Source:
 
     def __getstate__(self) -> Dict[str, Any]:
         # Pickling a Doc pickles its hooks: keep the text, not the string store.
-        return {"_strings": None, "_tokens": None, "_text": self.text, "stores": self.stores}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        if "store" in state:  # pickled by earlier versions, which kept the whole doc's store only
-            state = {**state, "stores": [(_store_key(len(state["_text"])), state.pop("store"))]}
-        self.__dict__.update(state)
+        return {"_strings": None, "_tokens": None, "_text": self.text, "store": self.store}
 
 
 class _View:
@@ -630,7 +638,7 @@ def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
 
 
 def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
-    """For a doc from `span.as_doc()`: the source's stores, placed by the text."""
+    """For a doc from `span.as_doc()`: the source's store, placed by the text."""
     source = doc.user_hooks.get(SOURCE_HOOK)
     if not isinstance(source, _Source):
         return []
@@ -638,7 +646,7 @@ def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
     at = source.text.find(text)
     if at < 0 or (text and source.text.find(text, at + 1) >= 0):
         return []  # not there, or there more than once: cannot be placed
-    return [(("._.", STORE, key[2] - at, key[3] - at), store) for key, store in source.stores]
+    return [(("._.", STORE, -at, len(source.text) - at), source.store)]
 
 
 def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
@@ -656,7 +664,10 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         # Parts of empty docs hold no rows, and parts wholly off the doc's text (a
         # cut's source's, past the cut) none of its tokens: whatever made them,
         # they mix with nothing (nor do they drop the others' stored layers).
-        parts = [part for part in parts if _reaches(part, n_chars)] or parts[:1]
+        reaches = [_reaches(part, n_chars) for part in parts]
+        # (Each part with tokens, all off the doc, is a cut's source's, so this doc holds a cut: `_own_regions`.)
+        off_doc = sum(1 for part, on in zip(parts, reaches) if len(part[1]["starts"]) and not on)
+        parts = [part for part, on in zip(parts, reaches) if on] or parts[:1]
         known = sorted({p["signature"] for _, p in parts if p.get("signature")})
         # (Of signatures that agree, the one that says the most.)
         signatures[name] = max(known, key=len) if known and _signatures_agree(known) else None
@@ -664,7 +675,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         if clash:  # one name, different models: no single output
             clashes[name] = clash
             continue
-        outputs[name], uncovered = _align_output(parts, starts, ends, doc)
+        outputs[name], uncovered = _align_output(parts, starts, ends, doc, off_doc)
         if uncovered is not None:
             missing[name] = (uncovered, _where(doc, uncovered))
             # Said with the output (`doc._.ctx_outputs`): its zero rows there are no vectors it made.
@@ -735,7 +746,7 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
     return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
 
 
-def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
+def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc, off_doc: int = 0
                   ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
     """One component's rows for `doc`'s tokens, with character spans [starts, ends),
     and the mask of the tokens no stored token of it overlaps (None: none).
@@ -756,12 +767,12 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
             and _same_orths(parts[0][1], doc)):
         return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
     xp = get_array_module(vectors)
-    here = _placed_here(parts, old_starts, old_ends, starts, ends, doc)
+    covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
+    here = _placed_here(parts, old_starts, old_ends, starts, ends, doc, covered, off_doc)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
     alignment = PieceAlignment(alignment.token_index[here[alignment.piece_index]],
                                alignment.piece_index[here[alignment.piece_index]], len(starts), len(old_starts))
     uncovered = ~alignment.covered_tokens()
-    covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
     keep = covered[alignment.piece_index]
     tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]
     counts = numpy.bincount(tokens, minlength=len(starts)).astype("float32")
@@ -783,7 +794,8 @@ def _same_orths(output: Dict[str, Any], doc: Doc) -> bool:
 
 
 def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
-                 starts: numpy.ndarray, ends: numpy.ndarray, doc: Doc) -> numpy.ndarray:
+                 starts: numpy.ndarray, ends: numpy.ndarray, doc: Doc, with_vector: numpy.ndarray,
+                 off_doc: int) -> numpy.ndarray:
     """Boolean mask over the stored tokens: True where the doc has the stored
     token's text at the characters it is placed on.
 
@@ -813,70 +825,85 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
         text = doc.text
         for k in rest:
             here[k] = get_string_id(text[int(old_starts[k]):int(old_ends[k])]) == int(orths[k])
-    return _own_regions(parts, old_starts, old_ends, here, inside)
+    return _own_regions(parts, old_starts, old_ends, here, with_vector, off_doc)
 
 
 def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
-                 here: numpy.ndarray, inside: numpy.ndarray) -> numpy.ndarray:
+                 here: numpy.ndarray, with_vector: numpy.ndarray, off_doc: int = 0) -> numpy.ndarray:
     """`here`, less the tokens of a cut part on another part's characters.
-    (`inside`: the stored tokens within the doc's text; those off it, a cut's
-    source's past the cut, neither count nor tell anything.)
+    (`with_vector`: the stored tokens with a vector; those without, whitespace,
+    give no row to mix up, so two parts meeting on them only do not overlap.
+    `off_doc`: how many parts were left out as lying wholly off the doc, each
+    a cut's source's.)
 
     Docs that went through the pipeline whole, joined, never overlap: each
     part's stored tokens lie on its own text. A part whose tokens reach onto
-    another's is a cut with its source's store (`span.as_doc(copy_user_data=True)`):
-    - one with tokens out of place (their text is not the doc's there) is a
-      cut. Its source's tokens past the cut may still match the text of the
-      parts beside it where a word repeats ("Hello" at the same place), so on
-      the characters of an exact part (every token in place) only that part's
-      tokens count;
-    - of two exact parts that overlap, one reaching over all of the other's
-      characters is a cut whose source's text is the other part's (a doc
-      joined with the rest of the sentence it was cut from): there, too, only
-      the other part's tokens count. Two that overlap otherwise are two cuts.
-    Two cuts cannot be placed: where words repeat, which part's tokens belong
-    on which characters cannot be told from the text.
+    another's carries a cut's source's store (`span.as_doc(copy_user_data=True)`,
+    which spaCy does not trim), and of two parts that overlap, one must:
+    - a part with tokens out of place (whose text is not the doc's there, or
+      that lie off the doc) is such a cut. Its source's tokens past the cut
+      may still match the text of a part beside it where a word repeats
+      ("Hello" at the same place), so on the characters of a part with every
+      token in place, only that part's tokens count;
+    - of two overlapping parts with every token in place, either may be the
+      cut: a doc joined with the rest of the sentence it was cut from, or a
+      cut of a joined doc whose other part's store lands, in place, on a
+      doc that went through the pipeline whole. Which rows are whose cannot
+      be told then, nor where two cuts overlap, nor, with several cuts,
+      whether a part in place is one of theirs: an error (`UnplacedOutputs`).
+    Parts apart are each their own (the cuts of a joined doc, each part's
+    store reaching past the cut), as are two parts on the same characters
+    with every token in place (one source's store twice: cuts of it joined back).
     """
     if len(parts) < 2:
         return here
     bounds = numpy.cumsum([0] + [len(p["starts"]) for _, p in parts])
-    exact = [bool((here[a:b] | ~inside[a:b]).all()) for a, b in zip(bounds[:-1], bounds[1:])]
-    # Each part's characters, from its first stored token's start to its last's end (empty parts: none).
-    extents = {i: (int(old_starts[a:b].min()), int(old_ends[a:b].max()))
-               for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])) if b > a}
-    # Of overlapping exact parts, the one reaching over the other's characters (the cut) and those it covers.
-    covers: Dict[int, List[int]] = {}
-    two_cuts = exact.count(False) > 1
-    for i, j in itertools.combinations([i for i in extents if exact[i]], 2):
+    in_place = [bool(here[a:b].all()) for a, b in zip(bounds[:-1], bounds[1:])]
+    # Each part's characters, from its first stored token with a vector to its last (none: no extent).
+    extents = {}
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        rows = numpy.flatnonzero(with_vector[a:b]) + a
+        if len(rows):
+            extents[i] = (int(old_starts[rows].min()), int(old_ends[rows].max()))
+    keep_off: List[Tuple[int, int]] = []  # (a cut, the part whose characters its tokens must keep off)
+    # With more than one cut, a part in place may itself be a cut's (a cut of
+    # a joined doc carries all of its parts' stores): none can be trusted where
+    # parts overlap. Apart (a cut of a joined doc, whose parts' stores reach
+    # past it), each cut's own tokens are one run in place: a source's token in
+    # place past one that is not is its word by chance on another part's text.
+    several_cuts = in_place.count(False) + off_doc > 1
+    if several_cuts and any(_runs_in_place(here[a:b][with_vector[a:b]]) > 1
+                            for (a, b), placed in zip(zip(bounds[:-1], bounds[1:]), in_place) if not placed):
+        raise _unplaceable()
+    for i, j in itertools.combinations(extents, 2):
         (low_i, high_i), (low_j, high_j) = extents[i], extents[j]
-        if high_i <= low_j or high_j <= low_i or (low_i, high_i) == (low_j, high_j):
-            continue  # apart (or the same characters: one source's store twice, the same rows)
-        if low_i <= low_j and high_j <= high_i:
-            covers.setdefault(i, []).append(j)
-        elif low_j <= low_i and high_i <= high_j:
-            covers.setdefault(j, []).append(i)
-        else:
-            two_cuts = True
-    if two_cuts or (covers and (len(covers) > 1 or not all(exact))):
-        n_cuts = max(2, exact.count(False) + len(covers))
-        raise UnplacedOutputs(
-            f"this doc joins {n_cuts} docs made with span.as_doc(copy_user_data=True) (Doc.from_docs); "
-            "each carries its whole source's ctxembed outputs (spaCy does not trim them), so which outputs belong "
-            "to which characters cannot be told; run the ctxembed component on the joined doc (nlp(doc) embeds it "
-            "again), or join docs that went through the pipeline whole"
-        )
+        if high_i <= low_j or high_j <= low_i:
+            continue  # apart
+        if in_place[i] and in_place[j] and (low_i, high_i) == (low_j, high_j):
+            continue  # one source's store twice: the same rows
+        if in_place[i] == in_place[j] or several_cuts:
+            raise _unplaceable()
+        keep_off.append((j, i) if in_place[i] else (i, j))
     here = here.copy()
-    for cut, covered in covers.items():
+    for cut, other in keep_off:
+        low, high = extents[other]
         a, b = bounds[cut], bounds[cut + 1]
-        for low, high in (extents[j] for j in covered):
-            here[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
-    if all(exact):
-        return here
-    cut = exact.index(False)
-    a, b = bounds[cut], bounds[cut + 1]
-    for low, high in (extent for i, extent in extents.items() if exact[i]):
         here[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
     return here
+
+
+def _runs_in_place(placed: numpy.ndarray) -> int:
+    """How many runs of True `placed` has."""
+    return int(placed[:1].sum()) + int(numpy.count_nonzero(placed[1:] & ~placed[:-1]))
+
+
+def _unplaceable() -> "UnplacedOutputs":
+    return UnplacedOutputs(
+        "this doc joins docs made with span.as_doc(copy_user_data=True) (Doc.from_docs) whose stored outputs "
+        "lie on the same characters; each carries its whole source's ctxembed outputs (spaCy does not trim "
+        "them), so which outputs belong to which characters cannot be told; run the ctxembed component on the "
+        "joined doc (nlp(doc) embeds it again), or join docs that went through the pipeline whole"
+    )
 
 
 def _placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarray, numpy.ndarray]:

@@ -160,22 +160,3 @@ def test_multiprocess_pipe_with_spawned_workers(tiny_bert_dir, tmp_path):
     path.write_text(script)
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
     assert "SPAWNED OK" in result.stdout, result.stderr[-3000:]
-
-
-def test_a_doc_pickled_with_an_older_as_doc_pointer_still_cuts(tiny_bert_dir):
-    """Docs pickle their hooks. The `as_doc` pointer of earlier versions kept one
-    store (`store`), now a list (`stores`): a doc pickled then, unpickled now,
-    still gives its cuts their vectors."""
-    from spacy_ctxembed.outputs import SOURCE_HOOK
-
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
-    nlp.initialize()
-    doc = nlp("Apple is looking at buying a startup.")
-    source = doc.user_hooks[SOURCE_HOOK]
-    (_, store), = source.stores
-    old = type(source).__new__(type(source))
-    old.__setstate__({"_strings": None, "_tokens": None, "_text": doc.text, "store": store})
-    doc.user_hooks = {**doc.user_hooks, SOURCE_HOOK: old}
-    again = pickle.loads(pickle.dumps(doc))
-    numpy.testing.assert_array_equal(again[2:5].as_doc()._.ctx_vectors, doc._.ctx_vectors[2:5])
