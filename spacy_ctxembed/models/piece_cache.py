@@ -46,7 +46,8 @@ MAX_CHUNK_TOKENS = 16
 #: At most this many chunks are cached, and at most PIECES_PER_ENTRY pieces
 #: and TOKENS_PER_ENTRY spaCy tokens an entry on average: 13.6 MB at most,
 #: buffers included (16 bytes an entry and 12 a hash table slot, of which
-#: there are at most twice as many; 12 a piece, 8 a token). New chunks past
+#: there are at most twice as many while max_entries is a power of two, as
+#: this is; 12 a piece, 8 a token). New chunks past
 #: that are tokenized every time. The first chunks a corpus shows are kept:
 #: they hold its frequent words.
 MAX_ENTRIES = 1 << 17
