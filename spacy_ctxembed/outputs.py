@@ -230,20 +230,19 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
         return {"primary": None, "outputs": {}, "tensor_set": tensor_from or False}
     if view is None:
         return None
-    store = _view_store(doc, view)
     stores = _stores(doc) or _source_store(doc)
-    # The tensor spaCy joined or cut from tensors that ctxembed set is one too.
-    tensor_from = _tensor_source(doc, stores)
+    store = _view_store(doc, view, stores)
     for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
         _data(doc).pop(key, None)
-    return {**store, "tensor_set": tensor_from or False}
+    return store
 
 
-def _view_store(doc: Doc, view: "_View") -> Dict[str, Any]:
-    """The outputs as `doc` reads them now (`view`), as one store for its tokens.
-    What the view could not read stays so: an output keeps rows only for the
-    tokens its stores covered, and outputs joined from different models stay
-    clashes."""
+def _view_store(doc: Doc, view: "_View", stores: List[Tuple[tuple, Dict[str, Any]]]) -> Dict[str, Any]:
+    """The outputs as `doc` reads them now (`view`, from `stores`), as one store
+    for its tokens. What the view could not read stays so: an output keeps
+    rows only for the tokens its stores covered, and outputs joined from
+    different models stay clashes. The tensor spaCy joined or cut from tensors
+    that ctxembed set is one too (`tensor_set`)."""
     starts, ends = token_char_spans(doc)
     orths = doc.to_array(ORTH)
     outputs = {}
@@ -258,7 +257,8 @@ def _view_store(doc: Doc, view: "_View") -> Dict[str, Any]:
             layers = None if layers is None else layers[:, index]
         outputs[name] = {"starts": kept_starts, "ends": kept_ends, "orths": kept_orths, "vectors": vectors,
                          "layers": layers, "signature": view.signatures.get(name)}
-    return {"primary": view.primary, "outputs": outputs, "conflict": view.conflict, "clashes": dict(view.clashes)}
+    return {"primary": view.primary, "outputs": outputs, "conflict": view.conflict, "clashes": dict(view.clashes),
+            "tensor_set": _tensor_source(doc, stores) or False}
 
 
 def restore_vectors(doc: Doc) -> Doc:
@@ -336,8 +336,7 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
             with contextlib.suppress(MissingOutputs):
                 view = _view(doc)
                 if view is not None:
-                    tensor_from = _tensor_source(doc, stores)
-                    source = _Source(doc, {**_view_store(doc, view), "tensor_set": tensor_from or False})
+                    source = _Source(doc, _view_store(doc, view, stores))
     if source is not None:
         cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
     else:
@@ -746,7 +745,7 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
     return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
 
 
-def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc, off_doc: int = 0
+def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc, off_doc: int
                   ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
     """One component's rows for `doc`'s tokens, with character spans [starts, ends),
     and the mask of the tokens no stored token of it overlaps (None: none).
@@ -829,7 +828,7 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
 
 
 def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
-                 here: numpy.ndarray, with_vector: numpy.ndarray, off_doc: int = 0) -> numpy.ndarray:
+                 here: numpy.ndarray, with_vector: numpy.ndarray, off_doc: int) -> numpy.ndarray:
     """`here`, less the tokens of a cut part on another part's characters.
     (`with_vector`: the stored tokens with a vector; those without, whitespace,
     give no row to mix up, so two parts meeting on them only do not overlap.

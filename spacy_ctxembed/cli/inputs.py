@@ -28,6 +28,7 @@ from typing import IO, Iterator, Optional, Tuple, Union
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
+from ..fileio import file_sha256
 from ..textlines import SUFFIXES, line_bounds
 from .errors import CliError, UsageError
 
@@ -179,11 +180,8 @@ def _decode(raw: bytes, number: int, offset: int, label: str) -> str:
 
 
 def _scan_docbin(path: Path, label: str) -> Input:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                digest.update(chunk)
+        sha256 = file_sha256(path)
         doc_bin = DocBin(store_user_data=True).from_disk(path)
         n_docs = sum(1 for doc in doc_bin.get_docs(Vocab()) if doc.text.strip())
     except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
@@ -191,4 +189,4 @@ def _scan_docbin(path: Path, label: str) -> Input:
         raise UsageError(f"INPUT {label} is not a readable .spacy DocBin ({type(e).__name__}: {what})") from None
     if n_docs == 0:
         raise UsageError(f"INPUT {label} has no docs with text ({len(doc_bin)} docs): nothing to embed")
-    return Input(label, "docbin", digest.hexdigest(), len(doc_bin), n_docs, path=path.resolve(), doc_bin=doc_bin)
+    return Input(label, "docbin", sha256, len(doc_bin), n_docs, path=path.resolve(), doc_bin=doc_bin)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..fileio import file_sha256
 from ..textlines import SUFFIXES, line_bounds
 
 KINDS = ("text", "jsonl", "parquet")
@@ -214,23 +215,15 @@ def _plan_parquet(path: Path, shard_size: int, text_key: str) -> Tuple[List[Piec
     return pieces, {"sha256": _file_sha256(path)}
 
 
-#: Bytes read at a time to hash a Parquet file.
-HASH_CHUNK = 1 << 23
-
-
 def _file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, as a text or JSONL file's. (Not of the
     Parquet footer alone: one letter changed in place can leave every size,
     offset and statistic in it as it was, and a resumed run would then keep
     shards of the old rows.)"""
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(HASH_CHUNK):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError as e:
         raise InputError(f"input {path}: cannot be read ({e.strerror or e})") from None
-    return digest.hexdigest()
 
 
 # Reading a shard -----------------------------------------------------------
