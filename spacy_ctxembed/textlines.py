@@ -8,7 +8,7 @@ What kind of input a file name says is one rule too, `SUFFIXES`: for
 `embed --ray`, which reads every kind, and for `embed` without it, which
 reads text and refuses the other kinds.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 BOM = b"\xef\xbb\xbf"
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -23,3 +23,12 @@ def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:
     if end > start and raw[end - 1 : end] == b"\r":
         end -= 1
     return start, end
+
+
+def split_lines(text: str) -> List[str]:
+    """A decoded file's lines by the same rule (`str.splitlines` would also
+    split at "\x85", "\u2028" and form feeds): no empty line after a final "\n"."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

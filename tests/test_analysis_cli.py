@@ -268,6 +268,7 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
             tmp_path / "empty")),
         (["--wic-eval", wic], "--wic-eval needs --wic-train"),
         (["--model", "x", "--config", "y.cfg"], "give either --model or --config, not both"),
+        (["--compare-component", "x"], "--compare-component 'x' needs --compare"),
         (["--folds", "1"], "--folds 1: expected at least 2"),
         (["--pooling", "median"], "--pooling 'median': expected one of mean, first, last, max"),
         (["--config", tmp_path / "none.cfg"], "--config {}: no such config file".format(tmp_path / "none.cfg")),

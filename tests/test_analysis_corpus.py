@@ -57,15 +57,26 @@ def test_conllu_errors_name_the_line(tmp_path):
         read_corpus(path)
 
 
+def test_conllu_lines_split_at_newlines_only(tmp_path):
+    """A form may hold U+2028 or U+0085 (str.splitlines would split there and report a bad line); CRLF and
+    a byte order mark are no text."""
+    path = tmp_path / "c.conllu"
+    text = "# text = a\u2028b c\x85d\n1\ta\u2028b\t_\t_\t_\t_\t_\t_\t_\t_\n2\tc\x85d\t_\t_\t_\t_\t_\t_\t_\t_\n"
+    path.write_bytes(("\ufeff" + text).replace("\n", "\r\n").encode("utf8"))
+    docs = list(read_corpus(path).docs(spacy.blank("en")))
+    assert [t.text for t in docs[0]] == ["a\u2028b", "c\x85d"]
+
+
 def test_text_lines_and_max_words(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_bytes("\ufeffOne two three.\r\n\n  \nFour five.\nSix.\n".encode("utf8"))
+    path.write_bytes("\ufeffOne two three.\r\n\n  \nFour five.\r\r\nSix.\n".encode("utf8"))
     corpus = read_corpus(path)
     assert (corpus.kind, corpus.n_docs) == ("text", 3)
     nlp = spacy.blank("en")
-    assert [d.text for d in corpus.docs(nlp)] == ["One two three.", "Four five.", "Six."]
+    # one "\r" before the "\n" is the line ending (as `embed` reads lines), another is text
+    assert [d.text for d in corpus.docs(nlp)] == ["One two three.", "Four five.\r", "Six."]
     # whole docs until the limit is reached
-    assert [d.text for d in corpus.docs(nlp, max_words=5)] == ["One two three.", "Four five."]
+    assert [d.text for d in corpus.docs(nlp, max_words=5)] == ["One two three.", "Four five.\r"]
 
 
 def test_docbin(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import spacy
 from spacy.tokens import Doc
+from spacy.training import Example
 from spacy.util import load_config
 
 from spacy_ctxembed.analysis import (
@@ -25,7 +26,7 @@ from spacy_ctxembed.analysis import (
     target_vectors,
 )
 from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
-from spacy_ctxembed.analysis.source import all_layer_edits, n_available_layers
+from spacy_ctxembed.analysis.source import all_layer_edits, n_available_layers, needed_components
 from spacy_ctxembed.analysis.wic import multi_piece_sentences
 
 from .analysis_support import (
@@ -207,6 +208,89 @@ def test_conllu_sentences_reach_intra_sentence_similarity(tiny_bert_dir, tmp_pat
         by_sentence = plain_intra_sentence(stacked, sentence_ids)
         assert layer["intra_sentence_similarity"] == pytest.approx(by_sentence, abs=1e-5)
         assert abs(by_sentence - plain_intra_sentence(stacked, doc_ids)) > 1e-3  # sentences, not docs, count
+
+
+def _senter_pipeline(tiny_bert_dir):
+    """tok2vec, a senter listening to it (briefly trained on CORPUS_LINES's sentences), then ctxembed_bert."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tok2vec")
+    nlp.add_pipe("senter", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy.Tok2VecListener.v1", "width": 96, "upstream": "*"}}})
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2]))
+    examples = []
+    for first in range(0, len(CORPUS_LINES) - 2, 2):
+        sentences = [nlp.make_doc(line) for line in CORPUS_LINES[first : first + 3]]
+        words = [t.text for doc in sentences for t in doc]
+        starts = [t.i == 0 for doc in sentences for t in doc]
+        examples.append(Example(nlp.make_doc(" ".join(CORPUS_LINES[first : first + 3])),
+                                Doc(nlp.vocab, words=words, sent_starts=starts)))
+    optimizer = nlp.initialize(lambda: examples)
+    with nlp.select_pipes(enable=["tok2vec", "senter"]):
+        for _ in range(30):
+            nlp.update(examples, sgd=optimizer)
+    return nlp
+
+
+def test_a_senter_reading_a_shared_tok2vec_runs_with_it(tiny_bert_dir, tmp_path, reference):
+    """The senter's boundaries are the ones the whole pipeline sets: its tok2vec runs too (without it the
+    listener gives zero features, and the senter boundaries from nothing)."""
+    nlp = _senter_pipeline(tiny_bert_dir)
+    nlp.to_disk(tmp_path / "senter")
+    lines = [" ".join(CORPUS_LINES[i : i + 2]) for i in range(0, len(CORPUS_LINES) - 1, 2)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    sentences = [s for doc in nlp.pipe(lines) for s in doc.sents]
+    assert len(lines) < len(sentences) < sum(len(nlp.make_doc(line)) for line in lines)  # (the senter has learnt)
+    assert needed_components(nlp, "ctxembed_bert") == ["tok2vec", "senter", "ctxembed_bert"]
+    pipeline = analyze(read_corpus(tmp_path / "corpus.txt"), [PipelineSource(model=str(tmp_path / "senter"))],
+                       AnalysisSettings(n_pairs=None))["pipelines"][0]
+    assert pipeline["corpus_sentences"] == len(sentences)
+    docs = list(reference.pipe(lines))
+    sentence_ids = [s for s, sentence in enumerate(sentences) for _ in sentence]
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        assert layer["intra_sentence_similarity"] == pytest.approx(plain_intra_sentence(stacked, sentence_ids),
+                                                                   abs=1e-5)
+
+
+def test_v1_config_without_layers_or_pooling_takes_v1_defaults(tiny_bert_dir, tmp_path, wic_dir, reference):
+    """A v1 config that leaves `layers` and `pooling` out (spaCy fills them in as null) is analysed with
+    v1's defaults, as the component itself runs it: the top layer, mean pooling."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"model": {"@architectures": "spacy-ctxembed.BertEmbedder.v1",
+                                                    "name": str(tiny_bert_dir)}})
+    assert nlp.config["components"]["ctxembed_bert"]["layers"] is None
+    assert nlp.config["components"]["ctxembed_bert"]["pooling"] is None
+    result = analyze(read_corpus(write_corpus(tmp_path)), [PipelineSource(config=nlp.config)],
+                     AnalysisSettings(n_pairs=None, n_folds=3), wic_train=read_wic(wic_dir))
+    pipeline = result["pipelines"][0]
+    assert pipeline["configured_layers"] == [2] and list(pipeline["wic"])[0] == "mean"
+    docs = list(reference.pipe(CORPUS_LINES))
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        assert layer["anisotropy"] == pytest.approx(exact_anisotropy(stacked), abs=1e-5)
+
+
+def test_each_pipeline_has_its_own_component(tiny_bert_dir, tmp_path):
+    """--component names the main pipeline's component, --compare-component the other's; a pipeline
+    that names none analyses its only one."""
+    two = spacy.blank("en")
+    two.add_pipe("ctxembed_bert", name="top", config=ctx_config(name=tiny_bert_dir, primary=False))
+    two.add_pipe("ctxembed_bert", name="low", config=ctx_config(name=tiny_bert_dir, layers=[1]))
+    one = spacy.blank("en")
+    one.add_pipe("ctxembed_bert", name="only", config=ctx_config(name=tiny_bert_dir, layers=[0]))
+    corpus = read_corpus(write_corpus(tmp_path))
+    settings = AnalysisSettings(n_pairs=None)
+    sources = [PipelineSource(config=two.config, component="low"), PipelineSource(config=one.config)]
+    pipelines = analyze(corpus, sources, settings)["pipelines"]
+    assert [(p["component"], p["configured_layers"]) for p in pipelines] == [("low", [1]), ("only", [0])]
+    other = PipelineSource(config=two.config, component="nope", component_option="--compare-component")
+    with pytest.raises(AnalysisInputError, match=r"^--compare-component 'nope': the pipeline .* has no such"):
+        analyze(corpus, [PipelineSource(config=one.config), other], settings)
+    with pytest.raises(AnalysisInputError, match=r"several contextual embedders \['top', 'low'\]: choose one "
+                                                 r"with --compare-component"):
+        analyze(corpus, [PipelineSource(config=one.config),
+                         PipelineSource(config=two.config, component_option="--compare-component")], settings)
 
 
 def _count_loads(monkeypatch):

@@ -264,6 +264,20 @@ def test_read_wic(tmp_path):
     assert words == ["ran", "bank", "Ran", "ran", "bank", "ran"]  # first sentences, then second ones
 
 
+def test_read_wic_takes_byte_order_marks_blank_last_lines_and_crlf(tmp_path):
+    rows = ["run\tV\t1-2\tI ran home .\tShe has ran some\u2028tests .", "run\tV\t0-1\tRan fast !\tI ran home ."]
+    directory = tmp_path / "wic"
+    directory.mkdir()
+    (directory / "train.data.txt").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n\r\n").encode("utf8"))
+    (directory / "train.gold.txt").write_bytes("\ufeffF\r\nT\r\n\n".encode("utf8"))
+    data = read_wic(directory)
+    assert data.labels.tolist() == [False, True] and data.lemmas == ["run", "run"]
+    assert data.sentences[2] == ("She", "has", "ran", "some\u2028tests", ".")
+    (directory / "train.data.txt").write_bytes(b"run\tV\t0-0\tRan\tRan\xff\n")
+    with pytest.raises(AnalysisInputError, match=r"^--wic-train .*wic: train.data.txt is not UTF-8 \(byte 17\)"):
+        read_wic(directory)
+
+
 @pytest.mark.parametrize("rows, gold, message", [
     (["run\tV\t1-9\tI ran .\tYou ran ."], ["T"], r"line 1: token indices '1-9' are outside the sentences"),
     (["run\tV\t1-1\tI ran ."], ["T"], r"line 1: expected 5 tab-separated fields"),

@@ -131,6 +131,18 @@ def test_an_empty_directory_is_a_fine_output(tmp_path, text_file, pipeline):
     assert (tmp_path / "out" / "manifest.json").is_file()
 
 
+def test_a_line_beyond_max_length_is_refused_before_anything_is_embedded(tmp_path, pipeline):
+    """spaCy's tokenizer refuses a text longer than nlp.max_length (E088): found when the run reached it,
+    after the lines before were committed, and again on every --resume, the run could never finish."""
+    long = "a " * 500_001
+    path = tmp_path / "in.txt"
+    path.write_text(f"Short.\n{long}\nb\n{long}\n", encoding="utf8")
+    assert _one_error(invoke("embed", path, "-o", tmp_path / "out", "-m", pipeline, "-s", "1")) == (
+        f"error: INPUT {path}: line 2 has 1,000,002 characters, more than the pipeline's nlp.max_length "
+        "(1,000,000); split it into shorter lines")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
 def _config_with(pipeline, tmp_path, extra: str):
     path = tmp_path / "config.cfg"
     text = spacy.load(pipeline).config.to_str()

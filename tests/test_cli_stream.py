@@ -180,6 +180,26 @@ def test_interrupted_run_is_not_complete_and_resume_finishes_it(tmp_path, corpus
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
 
 
+def test_a_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path, pipeline, monkeypatch):
+    """With shards of 3 docs in batches of 2, a run resumed at the second shard makes the batches an
+    uninterrupted run makes (each shard's own), so the same vectors to the last bit, and the same files."""
+    rng = numpy.random.default_rng(1)
+    words = "the dog ran to a park and some tests were run again on it".split()
+    lines = [" ".join(rng.choice(words, size=int(rng.integers(3, 30)))) for _ in range(11)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf8")
+    args = ["embed", corpus, "-m", pipeline, "-f", "npy", "-s", "3", "-b", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 3 docs kept from the interrupted run; wrote 11 docs")
+    for name in ("vectors.npy", "docs.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
 def test_an_interrupt_once_a_ledger_line_is_durable_keeps_its_shard(tmp_path, corpus, pipeline, monkeypatch):
     """Ctrl-C arriving as `commit` returns from the ledger's fsync (the line
     durable, not yet counted): the partial directory was removed, and the
@@ -244,6 +264,7 @@ def test_interrupted_at_the_final_rename_resume_only_renames(tmp_path, corpus, p
         patch.setattr(sys.modules["spacy_ctxembed.cli.embed"], "build_pipeline", None)  # no model: only the rename
         resumed = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy", "--resume")
     assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith(f"resumed: {N_DOCS} docs kept from the interrupted run")
     assert_same_docs(read_output(out), expected(pipeline, LINES))
 
 

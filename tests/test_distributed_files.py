@@ -305,6 +305,36 @@ def _plan_and_write(tmp_path, lines, shard_size):
     return shards, out
 
 
+def test_a_text_beyond_max_length_is_rejected_with_its_reason(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("short\n" + "x" * 11 + "\nten chars!\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    rows, rejected = read_shard(shard, max_length=10)
+    assert rows == [(0, "short"), (2, "ten chars!")]
+    assert [r.to_dict() for r in rejected] == [{"doc_id": 1, "source": str(path), "line": 2, "row": None,
+                                                "reason": "11 characters, more than the pipeline's nlp.max_length "
+                                                          "(10)"}]
+
+
+def test_the_actor_rejects_a_text_beyond_its_pipelines_max_length(tmp_path, tiny_bert_dir):
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+
+    from .conftest import make_nlp
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.txt"
+    path.write_text("A short line.\n" + "word " * 10 + "\nAnother.\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    (tmp_path / "shards").mkdir()
+    embedder = ShardEmbedder(str(tmp_path / "shards"), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
+    embedder.nlp.max_length = 40
+    summary = embedder.embed_shard(shard)
+    assert (summary["docs"], summary["rejected"]) == (2, 1)
+    n_docs, rejected = check_complete(tmp_path / "shards", [shard])
+    assert n_docs == 2 and [(r["doc_id"], r["line"]) for r in rejected] == [(1, 2)]
+    assert rejected[0]["reason"] == "50 characters, more than the pipeline's nlp.max_length (40)"
+
+
 def test_check_complete_accepts_every_row_once(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "", "b", "c", "  ", "d", "e"], 3)
     n_docs, rejected = check_complete(out, shards)

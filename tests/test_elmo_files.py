@@ -195,10 +195,12 @@ def test_missing_files(tmp_path, files):
         (LSTM_W0, numpy.zeros((16, 32), dtype="float32"),
          [f"dataset '{LSTM_W0}' has shape (16, 32), expected (16, 64) from the options"]),
         ("CNN/b_cnn_1", numpy.array([b"a", b"b", b"c", b"d"]),
-         ["dataset 'CNN/b_cnn_1' has dtype |S1, expected real numbers"]),
+         ["dataset 'CNN/b_cnn_1' has dtype |S1, expected floating-point numbers"]),
+        ("CNN_proj/W_proj", numpy.ones((16, 8), dtype="int8"),
+         ["dataset 'CNN_proj/W_proj' has dtype int8, expected floating-point numbers"]),
     ],
     ids=["char-embed-100", "char-embed-262", "char-embed-width", "no-char-embed", "missing", "wrong-shape",
-         "strings"],
+         "strings", "integers"],
 )
 def test_bad_datasets(files, name, value, parts):
     _edit_hdf5(files[1], name, value)

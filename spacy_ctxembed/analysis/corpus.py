@@ -22,6 +22,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
+from ..textlines import line_bounds, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -95,13 +96,14 @@ def _read_text(path: Path) -> List[str]:
     lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
+            start, end = line_bounds(raw, first=number == 1)
             try:
-                # utf-8-sig drops a byte order mark, which only line 1 can have
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                line = raw[start:end].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise AnalysisInputError(f"CORPUS {path}: line {number} is not UTF-8 (byte {e.start})") from None
+                raise AnalysisInputError(f"CORPUS {path}: line {number} is not UTF-8 "
+                                         f"(byte {start + e.start})") from None
             if line.strip():
-                lines.append(line.rstrip("\r\n"))
+                lines.append(line)
     return lines
 
 
@@ -123,7 +125,7 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise AnalysisInputError(f"CORPUS {path}: not UTF-8 (byte {e.start})") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if line.startswith("#"):
             newdoc = newdoc or line.startswith("# newdoc")
             continue

@@ -81,7 +81,9 @@ class AnalysisSettings:
     max_words: use the corpus up to this many tokens; None: all (--max-words).
     n_folds: cross-validation folds on the WiC training pairs (--folds).
     poolings: pooling modes for WiC; None: all the encoder has (--pooling).
-    component: the contextual component to analyse; None: the pipeline's only one (--component).
+    component: the contextual component to analyse in each pipeline that names
+        none of its own (`PipelineSource.component`: --component, --compare-component);
+        None: the pipeline's only one.
     explore_layers: layers the explorer uses (negative: from the top); None:
         the recommended ones, else the pipeline's configured ones (--explore-layers).
     max_clusters, n_examples, n_neighbours, explore_max_occurrences: the
@@ -234,8 +236,9 @@ class _Plan:
 
 def _plan(source: PipelineSource, settings: AnalysisSettings) -> _Plan:
     """Load the pipeline as configured (then drop it: one model at a time) and read the plan from it."""
-    as_configured = source.load(component=settings.component)
-    name = choose_component(as_configured, settings.component, source.label)
+    wanted = source.component if source.component is not None else settings.component
+    as_configured = source.load(component=wanted)
+    name = choose_component(as_configured, wanted, source.label, source.component_option)
     hidden_states = upstream_edits(as_configured, name)
     # from_trf: count the layers with the upstream transformer told to output them all
     n_layers = n_available_layers(source.load(hidden_states, component=name) if hidden_states else as_configured,

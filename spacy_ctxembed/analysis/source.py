@@ -21,6 +21,7 @@ from spacy.language import Language
 from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
+from ..models.legacy import V1_DEFAULTS
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
@@ -29,6 +30,8 @@ from .errors import AnalysisInputError
 #: (ELMo embeds each sentence on its own; intra-sentence similarity needs them).
 UPSTREAM_FACTORIES = ("transformer", "sentencizer", "senter")
 MEAN_COMBINER = {"@layers": "spacy-ctxembed.MeanLayers.v1"}
+#: The model family (`legacy.V1_DEFAULTS`) of each contextual factory, for v1 configs.
+_V1_FAMILIES = {"ctxembed_bert": "bert", "ctxembed_elmo": "elmo", "ctxembed_from_trf": "trf"}
 
 #: One change to a pipeline's config: (component, path inside its block, new value).
 Edit = Tuple[str, Tuple[str, ...], Any]
@@ -36,11 +39,16 @@ Edit = Tuple[str, Tuple[str, ...], Any]
 
 @dataclass
 class PipelineSource:
-    """Where a pipeline comes from: `model` (saved), `config`, or neither (the default)."""
+    """Where a pipeline comes from: `model` (saved), `config`, or neither (the
+    default); `component`: its contextual component to analyse (None: the
+    `AnalysisSettings.component`, else the pipeline's only one), set by the
+    option that errors name (`component_option`)."""
 
     model: Optional[str] = None
     config: Optional[Config] = None
     config_path: Optional[Path] = None
+    component: Optional[str] = None
+    component_option: str = "--component"
     _saved_dir: Optional[Path] = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -93,7 +101,8 @@ class PipelineSource:
             return self._load_saved_edited(edits, new_combiner)
         config = self.config if self.config is not None else default_config()
         nlp = load_model_from_config(edited_config(config, edits), auto_fill=True)
-        with nlp.select_pipes(enable=needed_components(nlp, choose_component(nlp, component, self.label))):
+        name = choose_component(nlp, component, self.label, self.component_option)
+        with nlp.select_pipes(enable=needed_components(nlp, name)):
             nlp.initialize()
         return nlp
 
@@ -133,12 +142,12 @@ def contextual_components(nlp: Language) -> List[str]:
     return [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES]
 
 
-def choose_component(nlp: Language, component: Optional[str], label: str) -> str:
-    """The component to analyse: `component`, or the pipeline's only contextual one."""
+def choose_component(nlp: Language, component: Optional[str], label: str, option: str = "--component") -> str:
+    """The component to analyse: `component` (given by `option`), or the pipeline's only contextual one."""
     found = contextual_components(nlp)
     if component is not None:
         if component not in found:
-            raise AnalysisInputError(f"--component {component!r}: the pipeline {label} has no such contextual "
+            raise AnalysisInputError(f"{option} {component!r}: the pipeline {label} has no such contextual "
                                      f"embedder; its contextual embedders are: {found}")
         return component
     if not found:
@@ -146,7 +155,7 @@ def choose_component(nlp: Language, component: Optional[str], label: str) -> str
                                  f"({', '.join(CONTEXTUAL_FACTORIES)}); its components are: {nlp.pipe_names}")
     if len(found) > 1:
         raise AnalysisInputError(f"the pipeline {label} has several contextual embedders {found}: "
-                                 "choose one with --component")
+                                 f"choose one with {option}")
     return found[0]
 
 
@@ -155,9 +164,19 @@ def factory_of(nlp: Language, name: str) -> str:
 
 
 def needed_components(nlp: Language, name: str) -> List[str]:
-    """The analysed component and the upstream components it needs, in pipeline order."""
+    """The analysed component and the upstream components it needs, in pipeline order.
+
+    Those are the `UPSTREAM_FACTORIES` before it and whatever they listen to
+    (a `tok2vec` or `transformer` shared with a `senter`): a listener whose
+    upstream did not run gives zero features, not an error, and the senter
+    would set its boundaries from nothing.
+    """
     upstream = nlp.pipe_names[: nlp.pipe_names.index(name)]
-    return [n for n in upstream if factory_of(nlp, n) in UPSTREAM_FACTORIES] + [name]
+    needed = {n for n in upstream if factory_of(nlp, n) in UPSTREAM_FACTORIES}
+    for n in reversed(upstream):  # (a component only listens to one before it)
+        if needed.intersection(getattr(nlp.get_pipe(n), "listening_components", None) or ()):
+            needed.add(n)
+    return [n for n in upstream if n in needed] + [name]
 
 
 def _is_v2(nlp: Language, name: str) -> bool:
@@ -166,9 +185,17 @@ def _is_v2(nlp: Language, name: str) -> bool:
 
 
 def encoder_settings(nlp: Language, name: str) -> dict:
-    """The encoder settings as configured (v2: the encoder block; v1: the component's own)."""
+    """The encoder settings as configured (v2: the encoder block; v1: the component's own).
+
+    A v1 config that leaves `layers` or `pooling` out has them filled in as
+    null, which the v1 component reads as v1's default (`legacy.upgrade`):
+    they are given here as that default.
+    """
     block = nlp.config["components"][name]
-    return dict(block["model"]["encoder"] if _is_v2(nlp, name) else block)
+    if _is_v2(nlp, name):
+        return dict(block["model"]["encoder"])
+    defaults = V1_DEFAULTS[_V1_FAMILIES[factory_of(nlp, name)]]
+    return {key: defaults[key] if value is None and key in defaults else value for key, value in block.items()}
 
 
 def all_layer_edits(nlp: Language, name: str, layers: List[int], pooling: Optional[str] = None) -> List[Edit]:

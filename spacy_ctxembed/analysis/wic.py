@@ -41,6 +41,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
+from ..textlines import split_lines
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
 
@@ -113,8 +114,11 @@ Pair = Tuple[str, List[str], int, List[str], int, bool]  # lemma, sentence 1, in
 
 
 def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
-    lines = data_file.read_text(encoding="utf-8").splitlines()
-    gold = [g.strip() for g in gold_file.read_text(encoding="utf-8").splitlines() if g.strip()]
+    # Blank lines at the end of either file are no pairs; a byte order mark is no text
+    lines = split_lines(_read_utf8(data_file, option))
+    while lines and not lines[-1].strip():
+        lines.pop()
+    gold = [g.strip() for g in split_lines(_read_utf8(gold_file, option)) if g.strip()]
     if len(gold) != len(lines):
         raise AnalysisInputError(f"{option} {data_file.parent}: {data_file.name} has {len(lines)} lines but "
                                  f"{gold_file.name} has {len(gold)} labels")
@@ -138,6 +142,13 @@ def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
                                      f"({len(words1)} and {len(words2)} tokens)")
         pairs.append((fields[0], words1, index1, words2, index2, LABELS[label]))
     return pairs
+
+
+def _read_utf8(path: Path, option: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")  # (utf-8-sig: a byte order mark is dropped)
+    except UnicodeDecodeError as e:
+        raise AnalysisInputError(f"{option} {path.parent}: {path.name} is not UTF-8 (byte {e.start})") from None
 
 
 def _words(sentence: str, where: str) -> List[str]:

@@ -19,6 +19,7 @@ HELP = {
     "config": "A config.cfg to build the pipeline from (instead of --model)",
     "compare": "A second pipeline (saved pipeline, or a .cfg file) to analyse side by side",
     "component": "The contextual component to analyse, when the pipeline has several",
+    "compare_component": "The contextual component of the --compare pipeline, when it has several",
     "wic_train": "A WiC folder (*.data.txt + *.gold.txt): thresholds and the mix are fitted on it",
     "wic_eval": "A WiC folder to report sense accuracy on (default: cross-validation on --wic-train)",
     "word": "A word to explore: its occurrences clustered by sense (repeatable)",
@@ -49,6 +50,7 @@ def analyze(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help=HELP["config"]),
     compare: Optional[str] = typer.Option(None, "--compare", help=HELP["compare"]),
     component: Optional[str] = typer.Option(None, "--component", help=HELP["component"]),
+    compare_component: Optional[str] = typer.Option(None, "--compare-component", help=HELP["compare_component"]),
     wic_train: Optional[Path] = typer.Option(None, "--wic-train", help=HELP["wic_train"]),
     wic_eval: Optional[Path] = typer.Option(None, "--wic-eval", help=HELP["wic_eval"]),
     word: List[str] = typer.Option([], "--word", "-w", help=HELP["word"]),
@@ -97,7 +99,7 @@ def analyze(
     settings = AnalysisSettings(
         min_count=min_count, n_pairs=anisotropy_pairs, max_occurrences=max_occurrences, seed=seed,
         batch_size=batch_size, wic_batch_size=wic_batch_size, max_words=max_words, n_folds=folds,
-        poolings=list(pooling) or None, component=component, explore_layers=list(explore_layers) or None,
+        poolings=list(pooling) or None, explore_layers=list(explore_layers) or None,
         max_clusters=max_clusters, n_examples=examples, n_neighbours=neighbours,
         explore_max_occurrences=explore_max_occurrences, words=list(word), threads=threads,
     )
@@ -110,8 +112,15 @@ def analyze(
         corpus_data = read_corpus(corpus)
         train = None if wic_train is None else read_wic(wic_train, "--wic-train")
         evaluation = None if wic_eval is None else read_wic(wic_eval, "--wic-eval")
+        if compare is None and compare_component is not None:
+            raise AnalysisInputError(f"--compare-component {compare_component!r} needs --compare")
         main = PipelineSource(model=model) if config is None else PipelineSource.from_config_file(config)
-        sources = [main] + ([] if compare is None else [PipelineSource.from_argument(compare)])
+        main.component = component
+        sources = [main]
+        if compare is not None:
+            other = PipelineSource.from_argument(compare)
+            other.component, other.component_option = compare_component, "--compare-component"
+            sources.append(other)
         if gpu_id >= 0:
             import spacy
 

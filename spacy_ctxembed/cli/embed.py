@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import typer
-from spacy.util import load_config
+from spacy.util import load_config, minibatch
 from thinc.api import Config
 from tqdm import tqdm
 
 from ..fileio import model_identity
 from .errors import CliError, PipelineError, UsageError, short_message
 from .inputs import Input, open_input
-from .output import WRITERS, AlreadyComplete, Run, ShardWriter
+from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
 from .pipelines import build_pipeline
 
 FORMATS = tuple(WRITERS)
@@ -102,7 +102,8 @@ def embed(
         except AlreadyComplete as done:
             typer.echo(f"nothing to do: {output} is already complete ({_totals(done.manifest)})", err=True)
             return
-        kept = run.committed.docs
+        # (a run interrupted after its manifest was written kept every doc: only the rename was left)
+        kept = run.committed.docs if not run.finished else int((read_manifest(run.dir) or {}).get("docs", 0))
         manifest = _run(run, inp, output_format, model, loaded_config, batch_size, shard_size, gpu_id)
     finally:
         inp.close()
@@ -265,6 +266,17 @@ def _identity(inp: Input, output_format: str, model: Optional[str], config: Opti
     }
 
 
+def _check_line_lengths(inp: Input, max_length: int) -> None:
+    """Refuse, before anything is embedded, a line the pipeline's tokenizer would
+    refuse (spaCy's E088) when the run reached it, and again on every --resume."""
+    chars, number = inp.longest
+    if chars > max_length:
+        raise UsageError(
+            f"INPUT {inp.label}: line {number} has {chars:,} characters, more than the pipeline's "
+            f"nlp.max_length ({max_length:,}); split it into shorter lines"
+        )
+
+
 def _run(
     run: Run,
     inp: Input,
@@ -286,15 +298,19 @@ def _run(
         except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
             raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
         writer = WRITERS[output_format](run)
+        _check_line_lengths(inp, nlp.max_length)
         records = inp.records(nlp.vocab, after=run.committed.last_line)
         progress = tqdm(total=inp.n_docs, initial=run.committed.docs, unit="doc", desc="embedding", file=sys.stderr)
         with progress:
-            for doc, line in nlp.pipe(records, as_tuples=True, batch_size=batch_size):
-                writer.add(doc, line)
-                progress.update(1)
-                if writer.pending_docs >= shard_size:
-                    writer.commit()
-        writer.commit()
+            # A shard's docs are piped on their own, so that its batches start with it: a
+            # resumed run (which starts at a shard) makes the same batches as an uninterrupted
+            # one, and so the same bytes (a doc's vectors may differ in the last float digits
+            # with the docs batched beside it).
+            for shard in minibatch(records, shard_size):
+                for doc, line in nlp.pipe(shard, as_tuples=True, batch_size=batch_size):
+                    writer.add(doc, line)
+                    progress.update(1)
+                writer.commit()
         if run.committed.docs != inp.n_docs:
             raise RuntimeError(f"wrote {run.committed.docs} docs, expected {inp.n_docs}")
         manifest = {

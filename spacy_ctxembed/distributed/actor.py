@@ -59,7 +59,7 @@ class ShardEmbedder:
 
     def embed_shard(self, shard: Shard) -> Dict[str, Any]:
         start = time.perf_counter()
-        docs, rejected = read_shard(shard)
+        docs, rejected = read_shard(shard, self.nlp.max_length)
         doc_ids = [doc_id for doc_id, _ in docs]
         texts, tokens, idx, vectors = [], [], [], []
         for doc in self.nlp.pipe((text for _, text in docs), batch_size=self.batch_size):

@@ -229,8 +229,12 @@ def _file_sha256(path: Path) -> str:
 # Reading a shard -----------------------------------------------------------
 
 
-def read_shard(shard: Shard) -> Tuple[List[Tuple[int, str]], List[Rejected]]:
-    """The shard's rows: ``[(doc_id, text)]`` to embed, and the rejected rows."""
+def read_shard(shard: Shard, max_length: Optional[int] = None) -> Tuple[List[Tuple[int, str]], List[Rejected]]:
+    """The shard's rows: ``[(doc_id, text)]`` to embed, and the rejected rows.
+
+    max_length: the pipeline's `nlp.max_length`; a longer text is rejected
+    (spaCy's tokenizer would refuse it, E088, and fail the whole run).
+    """
     _check_unchanged(shard)
     if shard.kind == "parquet":
         rows = _read_parquet_rows(shard)
@@ -241,6 +245,8 @@ def read_shard(shard: Shard) -> Tuple[List[Tuple[int, str]], List[Rejected]]:
     for doc_id, location, text, reason in rows:
         if reason is None and text is not None and not text.strip():
             reason = _blank_reason(text, "line" if shard.kind == "text" else "text")
+        if reason is None and text is not None and max_length is not None and len(text) > max_length:
+            reason = f"{len(text):,} characters, more than the pipeline's nlp.max_length ({max_length:,})"
         if reason is None and text is not None:
             docs.append((doc_id, text))
         else:

@@ -329,9 +329,9 @@ def _check_dataset(source: _Source, f: Any, name: str, shape: Tuple[int, ...]) -
             detail += (f" ({CHAR_EMBED_ROWS} = n_characters - 1 rows, one per character id 1..{CHAR_EMBED_ROWS}; "
                        "the padding row 0 is added on load; char_cnn.embedding.dim columns)")
         raise source.error(detail)
-    if item.dtype.kind not in "fiu":
+    if item.dtype.kind != "f":  # (integers would be quantised weights, whose scales are not in the file)
         raise source.error(f"dataset {name!r} has dtype {item.dtype}, "
-                           "expected real numbers (float32 in the released files)")
+                           "expected floating-point numbers (float32 in the released files)")
 
 
 def _read_finite(source: _Source, dataset: Any, name: str) -> numpy.ndarray:
