@@ -90,7 +90,11 @@ def run_ctxembed(weights_dir: Path, sentences, threads: int, max_batch_items: in
 
 
 def run_allennlp(weights_dir: Path, sentences, threads: int, allennlp_dir: Path, gpu: bool = False):
-    sys.path[:0] = [str(allennlp_dir / "site"), str(allennlp_dir / "stubs")]
+    # The stubs stand in for modules missing where setup_allennlp.sh ran; where a real
+    # one is installed (torchvision on the GPU image, which transformers then imports
+    # from), it must win over its stub.
+    sys.path[:0] = [str(allennlp_dir / "site")]
+    sys.path.append(str(allennlp_dir / "stubs"))
     import torch
 
     torch.set_num_threads(threads)

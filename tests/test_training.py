@@ -282,6 +282,27 @@ def test_fine_tuning_runs_with_dropout_and_prediction_stays_deterministic(tiny_b
     assert not torch.equal(runner.embed(docs)[0], predicted)
 
 
+def test_the_training_copy_shares_the_buffers_of_a_moved_model(tiny_bert_dir, monkeypatch):
+    """Moving the model (`.cuda()`: parameters moved in place, buffers replaced by new tensors, simulated
+    here by copies on the CPU) leaves the training copy on the moved buffers too (it kept the old ones:
+    position ids on the CPU under weights on the GPU)."""
+    from spacy_ctxembed.models.bert import get_runner
+
+    nlp, examples = _pipeline(tiny_bert_dir)
+    encoder = nlp.get_pipe("ctxembed_bert").encoder
+    monkeypatch.setattr(torch.nn.Module, "cpu", lambda module: module._apply(lambda t: t.clone()))
+    before = dict(get_runner(encoder).runner.named_buffers())
+    encoder.to_cpu()
+    runner = get_runner(encoder)
+    moved = dict(runner.runner.named_buffers())
+    assert moved and all(moved[name] is not tensor for name, tensor in before.items())  # (new tensors)
+    assert all(dict(runner.train_runner.named_buffers())[name] is tensor for name, tensor in moved.items())
+    trained = dict(runner.train_runner.named_parameters())
+    assert all(trained[name] is param for name, param in runner.runner.named_parameters())
+    assert runner.train_runner.training and not runner.runner.training
+    _train_step(nlp, examples, nlp.resume_training())
+
+
 def _ner_listener_pipeline(tiny_bert_dir, with_ner):
     nlp, _ = _pipeline(tiny_bert_dir)  # the tagger is made (and seeded) first either way
     if with_ner:

@@ -426,6 +426,11 @@ class BertShim(PyTorchShim):
 
     def to_device(self, device_type: str, device_id: int) -> None:
         super().to_device(device_type, device_id)
+        if self.runner is not None:
+            # `.cuda()` moves each parameter in place but puts new buffer tensors in
+            # its module's own table: the training copy, whose modules are other
+            # objects, would keep the old ones (position ids on the old device).
+            self.runner.train_runner = _training_copy(self.runner.runner)
         self._scale_losses()
 
     def _scale_losses(self) -> None:
