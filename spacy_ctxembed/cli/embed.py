@@ -19,7 +19,7 @@ from thinc.api import Config
 from tqdm import tqdm
 
 from ..fileio import model_identity
-from .errors import CliError, PipelineError, UsageError, short_message
+from .errors import CliError, UsageError, short_message
 from .inputs import Input, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
 from .pipelines import build_pipeline
@@ -291,12 +291,7 @@ def _run(
     try:
         if run.finished:  # interrupted after the manifest was written: only the rename is left
             return run.finish({})
-        try:
-            nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
-        except UsageError:
-            raise
-        except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
-            raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
+        nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
         writer = WRITERS[output_format](run)
         _check_line_lengths(inp, nlp.max_length)
         records = inp.records(nlp.vocab, after=run.committed.last_line)

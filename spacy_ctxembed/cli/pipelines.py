@@ -6,16 +6,18 @@ from spacy.language import Language
 from thinc.api import Config
 
 from ..pipeline.build import NoContextualEmbedder, load_pipeline
-from .errors import UsageError
+from .errors import PipelineError, UsageError, short_message
 
 
 def build_pipeline(
     model: Optional[str] = None, config: Optional[Union[Path, Config]] = None, gpu_id: int = -1
 ) -> Language:
-    """`load_pipeline`, with its usage errors as the CLI's."""
+    """`load_pipeline`, with its errors as the CLI's (`embed` and `demo` report them alike)."""
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
     try:
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
     except NoContextualEmbedder as e:
         raise UsageError(str(e)) from None
+    except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
+        raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
