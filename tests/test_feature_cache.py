@@ -193,6 +193,17 @@ def test_bad_cache_size():
         nlp.add_pipe("ctxembed_bert", config={"cache_mb": -1})
 
 
+def test_no_cache_for_an_encoder_that_reads_another_components_outputs():
+    """TrfEncoder pools a transformer's outputs from the doc's user data: a fine-tuned or reloaded
+    transformer would have been served its old pooled layers for the same text."""
+    config = {"cache_mb": 10, "model": {"encoder": {"@architectures": "spacy-ctxembed.TrfEncoder.v2"}}}
+    with pytest.raises(Exception, match=r"\[ctxembed_bert\] cache_mb = 10: expected 0: the encoder reads another "
+                                        r"component's outputs"):
+        spacy.blank("en").add_pipe("ctxembed_bert", config=config)
+    config["cache_mb"] = 0
+    spacy.blank("en").add_pipe("ctxembed_bert", config=config)  # (without the cache it may)
+
+
 @pytest.mark.parametrize(
     "setting, value", [("layers", [0, -1]), ("pooling", "max"), ("window", 16), ("stride", 8), ("precision", "int8")]
 )

@@ -105,6 +105,57 @@ def test_listener_after_its_upstream_is_renamed(tiny_bert_dir, upstream):
         nlp("I ran")
 
 
+def _tagged_nlp(tiny_bert_dir, layers=(1, 2)):
+    """ctxembed_bert (trainable) and a tagger mixing its layers, initialized on one example."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=list(layers), name=tiny_bert_dir))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert"}}})
+    words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
+    return nlp, examples, nlp.initialize(lambda: examples)
+
+
+def test_a_listener_reads_a_docs_outputs_only_where_its_upstream_made_them(tiny_bert_dir):
+    """A doc processed again with the upstream disabled: its outputs are read where the upstream's weights
+    made them, refused after training steps moved those weights, or where another model made them (the
+    tagger predicted from the old or other features, silently)."""
+    nlp, examples, optimizer = _tagged_nlp(tiny_bert_dir)
+    tagger = nlp.get_pipe("tagger")
+    old = nlp("I ran to the park")
+    with nlp.select_pipes(disable=["ctxembed_bert"]):
+        again = nlp(old)  # the same weights: read as they are
+    numpy.testing.assert_array_equal(tagger.model.predict([again])[0], tagger.model.predict([nlp(old.text)])[0])
+    other, _, _ = _tagged_nlp(tiny_bert_dir, layers=(0, 2))  # another layer choice, the same shapes
+    foreign = other("I ran to the park")
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer)
+    with nlp.select_pipes(disable=["ctxembed_bert"]):
+        with pytest.raises(ValueError, match=r"the layers of 'ctxembed_bert' on the doc were made by another model "
+                                             r"or other weights than 'ctxembed_bert' has now \(weights "):
+            nlp(old)
+        with pytest.raises(ValueError, match=r"made by another model or other weights .*\(layers \[0, 2\] vs "
+                                             r"\[1, 2\]"):
+            nlp(foreign)
+    assert [t.tag_ for t in nlp(old.text)] == [t.tag_ for t in nlp(old.text)]  # run again: fine
+
+
+def test_a_mixing_listener_enabled_after_loading_says_why_it_has_no_layers(tiny_bert_dir, tmp_path):
+    """spaCy links listeners when a pipeline is loaded, not on enable_pipe: the upstream then keeps no
+    layers for the tagger (store_layers = false), and the error said the upstream may have been renamed."""
+    nlp, _, _ = _tagged_nlp(tiny_bert_dir)
+    nlp.to_disk(tmp_path / "nlp")
+    loaded = spacy.load(tmp_path / "nlp", disable=["tagger"])
+    loaded.enable_pipe("tagger")
+    with pytest.raises(ValueError, match=r"upstream 'ctxembed_bert' stored no layers on the doc, only vectors: .*"
+                                         r"not on enable_pipe"):
+        loaded("I ran to the park")
+    assert [t.tag_ for t in spacy.load(tmp_path / "nlp")("I ran")] == [t.tag_ for t in nlp("I ran")]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "ud_english_ewt").is_dir(), reason="needs ../shared/data")
 def test_spacy_train_with_shipped_config(tmp_path):

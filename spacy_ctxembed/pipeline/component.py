@@ -114,6 +114,12 @@ class ContextualEmbedder(TrainablePipe):
                 validate = node.attrs.get("validate")
                 if callable(validate):
                     validate()
+            if cache_mb and not any(node.shims for node in model.walk()):
+                # An encoder with no model of its own (TrfEncoder) pools another
+                # component's outputs from the doc's user data, which neither the
+                # cache's key (text, tokens) nor its identity (settings, weights) sees.
+                raise bad_setting(name, "cache_mb", cache_mb, "expected 0: the encoder reads another component's "
+                                  "outputs (spacy-ctxembed.TrfEncoder), which the cache cannot tell apart")
         self.vocab = vocab
         self.model = model
         self.name = name
