@@ -2,9 +2,9 @@
 # Everything benchmarks/gpu_check.sh needs on the GPU machine, in .gpu/ (run here, from the
 # project root, after the README's set-up command; 3-6 minutes):
 #   - ../shared/gpu/pack.sh's wheels, less the [ray] extra's ray, pyarrow and pandas: nothing in
-#     the GPU check uses them (the image has pyarrow and pandas), and with them .gpu/ is about
+#     the GPU check imports them, and with them .gpu/ is about
 #     130 MiB, over the 64 MiB that a device call carries with the working tree;
-#   - UD EWT train (the BERT and ELMo arms' documents);
+#   - UD EWT train and dev (the BERT arms' documents and the ELMo arms' sentences);
 #   - AllenNLP for the ELMo comparison (benchmarks/setup_allennlp.sh).
 # It fails if the result would not fit.
 set -euo pipefail
@@ -17,7 +17,7 @@ rm -rf "$site"/ray "$site"/ray-*.dist-info "$site"/pyarrow "$site"/pyarrow-*.dis
   "$site"/pandas "$site"/pandas-*.dist-info
 tar cJf .gpu/site.txz -C "$site" .
 mkdir -p .gpu/ud_english_ewt
-cp "$data/ud_english_ewt/en_ewt-ud-train.conllu" .gpu/ud_english_ewt/
+cp "$data"/ud_english_ewt/en_ewt-ud-{train,dev}.conllu .gpu/ud_english_ewt/
 rm -rf .gpu/allennlp
 bash benchmarks/setup_allennlp.sh .gpu/allennlp >/dev/null
 rm -f .gpu/allennlp/*.whl  # (unpacked into site/)

@@ -25,6 +25,17 @@ def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:
     return start, end
 
 
+def decode_file(raw: bytes) -> str:
+    """A whole file's text for `split_lines`: a byte order mark at its start
+    dropped, and no newline translation (`Path.read_text` would make a lone
+    "\r" a line break). A UnicodeDecodeError's positions count from the file's first byte."""
+    start = len(BOM) if raw.startswith(BOM) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnicodeDecodeError(e.encoding, raw, start + e.start, start + e.end, e.reason) from None
+
+
 def split_lines(text: str) -> List[str]:
     """A decoded file's lines by the same rule (`str.splitlines` would also
     split at "\x85", "\u2028" and form feeds): no empty line after a final "\n"."""

@@ -65,6 +65,9 @@ def test_conllu_lines_split_at_newlines_only(tmp_path):
     path.write_bytes(("\ufeff" + text).replace("\n", "\r\n").encode("utf8"))
     docs = list(read_corpus(path).docs(spacy.blank("en")))
     assert [t.text for t in docs[0]] == ["a\u2028b", "c\x85d"]
+    # "\r\r\n": one "\r" is the line ending, the other text (no blank line, which would end the sentence)
+    path.write_bytes(text.replace("\n", "\r\r\n", 1).encode("utf8"))
+    assert len(list(read_corpus(path).docs(spacy.blank("en")))) == 1
 
 
 def test_text_lines_and_max_words(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spacy
+from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.util import load_config
@@ -210,6 +211,20 @@ def test_conllu_sentences_reach_intra_sentence_similarity(tiny_bert_dir, tmp_pat
         assert abs(by_sentence - plain_intra_sentence(stacked, doc_ids)) > 1e-3  # sentences, not docs, count
 
 
+class _RaisingListeners:
+    """A component whose `listening_components` raises."""
+
+    def __call__(self, doc):
+        return doc
+
+    @property
+    def listening_components(self):
+        raise RuntimeError("not linked")
+
+
+Language.factory("test_raising_listeners", func=lambda nlp, name: _RaisingListeners())
+
+
 def _senter_pipeline(tiny_bert_dir):
     """tok2vec, a senter listening to it (briefly trained on CORPUS_LINES's sentences), then ctxembed_bert."""
     spacy.util.fix_random_seed(0)
@@ -242,6 +257,10 @@ def test_a_senter_reading_a_shared_tok2vec_runs_with_it(tiny_bert_dir, tmp_path,
     sentences = [s for doc in nlp.pipe(lines) for s in doc.sents]
     assert len(lines) < len(sentences) < sum(len(nlp.make_doc(line)) for line in lines)  # (the senter has learnt)
     assert needed_components(nlp, "ctxembed_bert") == ["tok2vec", "senter", "ctxembed_bert"]
+
+    nlp.add_pipe("sentencizer", first=True)
+    nlp.add_pipe("test_raising_listeners", first=True)  # another library's: it adds nothing to run
+    assert needed_components(nlp, "ctxembed_bert") == ["sentencizer", "tok2vec", "senter", "ctxembed_bert"]
     pipeline = analyze(read_corpus(tmp_path / "corpus.txt"), [PipelineSource(model=str(tmp_path / "senter"))],
                        AnalysisSettings(n_pairs=None))["pipelines"][0]
     assert pipeline["corpus_sentences"] == len(sentences)
@@ -284,6 +303,7 @@ def test_each_pipeline_has_its_own_component(tiny_bert_dir, tmp_path):
     sources = [PipelineSource(config=two.config, component="low"), PipelineSource(config=one.config)]
     pipelines = analyze(corpus, sources, settings)["pipelines"]
     assert [(p["component"], p["configured_layers"]) for p in pipelines] == [("low", [1]), ("only", [0])]
+    assert [p["source"]["component"] for p in pipelines] == ["low", None]  # as asked for
     other = PipelineSource(config=two.config, component="nope", component_option="--compare-component")
     with pytest.raises(AnalysisInputError, match=r"^--compare-component 'nope': the pipeline .* has no such"):
         analyze(corpus, [PipelineSource(config=one.config), other], settings)

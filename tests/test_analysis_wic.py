@@ -273,9 +273,15 @@ def test_read_wic_takes_byte_order_marks_blank_last_lines_and_crlf(tmp_path):
     data = read_wic(directory)
     assert data.labels.tolist() == [False, True] and data.lemmas == ["run", "run"]
     assert data.sentences[2] == ("She", "has", "ran", "some\u2028tests", ".")
-    (directory / "train.data.txt").write_bytes(b"run\tV\t0-0\tRan\tRan\xff\n")
-    with pytest.raises(AnalysisInputError, match=r"^--wic-train .*wic: train.data.txt is not UTF-8 \(byte 17\)"):
-        read_wic(directory)
+    # a lone "\r" is text (Path.read_text made it a line break: 3 lines against 2 labels)
+    (directory / "train.data.txt").write_bytes(("\n".join(rows) + "\n").replace("some", "so\rme").encode("utf8"))
+    assert read_wic(directory).sentences[2] == ("She", "has", "ran", "so\rme\u2028tests", ".")
+    # byte offsets count from the file's first byte, a byte order mark too
+    for bom in (b"", b"\xef\xbb\xbf"):
+        (directory / "train.data.txt").write_bytes(bom + b"run\tV\t0-0\tRan\tRan\xff\n")
+        with pytest.raises(AnalysisInputError, match=rf"^--wic-train .*wic: train.data.txt is not UTF-8 "
+                                                     rf"\(byte {17 + len(bom)}\)"):
+            read_wic(directory)
 
 
 @pytest.mark.parametrize("rows, gold, message", [

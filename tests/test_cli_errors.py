@@ -136,11 +136,15 @@ def test_a_line_beyond_max_length_is_refused_before_anything_is_embedded(tmp_pat
     after the lines before were committed, and again on every --resume, the run could never finish."""
     long = "a " * 500_001
     path = tmp_path / "in.txt"
-    path.write_text(f"Short.\n{long}\nb\n{long}\n", encoding="utf8")
+    path.write_text(f"Short.\n{long}\nb\n{long}xyz\n", encoding="utf8")
     assert _one_error(invoke("embed", path, "-o", tmp_path / "out", "-m", pipeline, "-s", "1")) == (
         f"error: INPUT {path}: line 2 has 1,000,002 characters, more than the pipeline's nlp.max_length "
-        "(1,000,000); split it into shorter lines")
+        "(1,000,000), as does 1 more line; split them into shorter lines")  # (the first, not the longest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+    path.write_text(f"{long[:999_999]}\n{long}\n", encoding="utf8")
+    assert _one_error(invoke("embed", path, "-o", tmp_path / "out", "-m", pipeline)) == (
+        f"error: INPUT {path}: line 2 has 1,000,002 characters, more than the pipeline's nlp.max_length "
+        "(1,000,000); split it into shorter lines")
 
 
 def _config_with(pipeline, tmp_path, extra: str):

@@ -301,6 +301,8 @@ def test_the_training_copy_shares_the_buffers_of_a_moved_model(tiny_bert_dir, mo
     assert all(trained[name] is param for name, param in runner.runner.named_parameters())
     assert runner.train_runner.training and not runner.runner.training
     _train_step(nlp, examples, nlp.resume_training())
+    unloaded = spacy.blank("en").add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    unloaded.model.to_cpu()  # before its model loads: nothing to move (it raised an AttributeError)
 
 
 def _ner_listener_pipeline(tiny_bert_dir, with_ner):

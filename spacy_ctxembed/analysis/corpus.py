@@ -22,7 +22,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import line_bounds, split_lines
+from ..textlines import decode_file, line_bounds, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -122,7 +122,7 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
     newdoc = False
     skip_until = 0  # the last word id covered by the current multiword token
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = decode_file(path.read_bytes())
     except UnicodeDecodeError as e:
         raise AnalysisInputError(f"CORPUS {path}: not UTF-8 (byte {e.start})") from None
     for number, line in enumerate(split_lines(text), start=1):

@@ -79,7 +79,8 @@ class PipelineSource:
 
     def describe(self) -> dict:
         return {"label": self.label, "model": self.model,
-                "config": None if self.config_path is None else str(self.config_path)}
+                "config": None if self.config_path is None else str(self.config_path),
+                "component": self.component}  # (as asked for: None for the pipeline's only one)
 
     def load(self, edits: Sequence[Edit] = (), new_combiner: Optional[str] = None,
              component: Optional[str] = None) -> Language:
@@ -174,9 +175,18 @@ def needed_components(nlp: Language, name: str) -> List[str]:
     upstream = nlp.pipe_names[: nlp.pipe_names.index(name)]
     needed = {n for n in upstream if factory_of(nlp, n) in UPSTREAM_FACTORIES}
     for n in reversed(upstream):  # (a component only listens to one before it)
-        if needed.intersection(getattr(nlp.get_pipe(n), "listening_components", None) or ()):
+        if needed.intersection(_listening_components(nlp.get_pipe(n))):
             needed.add(n)
     return [n for n in upstream if n in needed] + [name]
+
+
+def _listening_components(component: Any) -> List[str]:
+    """The components that listen to `component` (spaCy's tok2vec and
+    transformer say so); none where it does not say (another library's)."""
+    try:
+        return list(getattr(component, "listening_components", None) or ())
+    except Exception:  # noqa: BLE001 - a third-party property; it only adds components to run
+        return []
 
 
 def _is_v2(nlp: Language, name: str) -> bool:

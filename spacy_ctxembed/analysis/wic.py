@@ -41,7 +41,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..textlines import split_lines
+from ..textlines import decode_file, split_lines
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
 
@@ -146,7 +146,7 @@ def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
 
 def _read_utf8(path: Path, option: str) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")  # (utf-8-sig: a byte order mark is dropped)
+        return decode_file(path.read_bytes())
     except UnicodeDecodeError as e:
         raise AnalysisInputError(f"{option} {path.parent}: {path.name} is not UTF-8 (byte {e.start})") from None
 

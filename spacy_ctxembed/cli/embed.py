@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import typer
+from spacy.language import Language
 from spacy.util import load_config, minibatch
 from thinc.api import Config
 from tqdm import tqdm
@@ -33,7 +34,7 @@ HELP = {
     "format": "docbin: DocBin shards, vectors in user data; npy: vectors.npy + docs.jsonl",
     "model": "A saved pipeline (path or package) with a ctxembed component",
     "config": "A config.cfg to build the pipeline from (instead of --model)",
-    "batch_size": "Docs per nlp.pipe batch (>= 1)",
+    "batch_size": "Docs per nlp.pipe batch (>= 1); a shard's docs are batched on their own, so at most --shard-size",
     "shard_size": "Docs per shard (docbin) or per commit (npy): what --resume keeps, and what is held in memory",
     "gpu_id": "GPU to use; -1 for CPU",
     "overwrite": "Replace a complete OUTPUT (kept until the new one is complete) or discard an interrupted run",
@@ -266,15 +267,18 @@ def _identity(inp: Input, output_format: str, model: Optional[str], config: Opti
     }
 
 
-def _check_line_lengths(inp: Input, max_length: int) -> None:
-    """Refuse, before anything is embedded, a line the pipeline's tokenizer would
-    refuse (spaCy's E088) when the run reached it, and again on every --resume."""
-    chars, number = inp.longest
-    if chars > max_length:
-        raise UsageError(
-            f"INPUT {inp.label}: line {number} has {chars:,} characters, more than the pipeline's "
-            f"nlp.max_length ({max_length:,}); split it into shorter lines"
-        )
+def _check_line_lengths(inp: Input, nlp: Language) -> None:
+    """Refuse, before anything is embedded, lines the pipeline's tokenizer would
+    refuse (spaCy's E088) when the run reached them, and again on every --resume."""
+    if inp.longest <= nlp.max_length:
+        return
+    over = [(number, len(text)) for text, number in inp.records(nlp.vocab) if len(text) > nlp.max_length]
+    (number, chars), more = over[0], len(over) - 1
+    others = "" if not more else ", as does 1 more line" if more == 1 else f", as do {more:,} more lines"
+    raise UsageError(
+        f"INPUT {inp.label}: line {number} has {chars:,} characters, more than the pipeline's nlp.max_length "
+        f"({nlp.max_length:,}){others}; split {'them' if more else 'it'} into shorter lines"
+    )
 
 
 def _run(
@@ -293,7 +297,7 @@ def _run(
             return run.finish({})
         nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
         writer = WRITERS[output_format](run)
-        _check_line_lengths(inp, nlp.max_length)
+        _check_line_lengths(inp, nlp)
         records = inp.records(nlp.vocab, after=run.committed.last_line)
         progress = tqdm(total=inp.n_docs, initial=run.committed.docs, unit="doc", desc="embedding", file=sys.stderr)
         with progress:

@@ -45,7 +45,7 @@ class Input:
     n_records: int  # lines (text) or docs (DocBin)
     n_docs: int  # the records that are not blank
     path: Optional[Path] = None  # the resolved path (None for stdin)
-    longest: Tuple[int, int] = (0, 0)  # text: the longest line's characters, and its number
+    longest: int = 0  # text: the longest line's characters
     spool: Optional[IO[bytes]] = None  # stdin's copy
     doc_bin: Optional[DocBin] = field(default=None, repr=False)
 
@@ -153,13 +153,13 @@ def _spool_stdin() -> IO[bytes]:
 def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
     digest = hashlib.sha256()
     n_lines = n_docs = offset = 0
-    longest = (0, 0)
+    longest = 0
     for n_lines, raw in enumerate(f, start=1):  # noqa: B007 - n_lines is the count afterwards
         digest.update(raw)
         text = _decode(raw, n_lines, offset, label)
         if text.strip():
             n_docs += 1
-            longest = max(longest, (len(text), -n_lines))
+            longest = max(longest, len(text))
         offset += len(raw)
     spool = f if path is None else None
     if n_docs == 0:
@@ -167,8 +167,7 @@ def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
             spool.close()
         what = "is empty" if n_lines == 0 else f"has only blank lines ({n_lines})"
         raise UsageError(f"INPUT {label} {what}: nothing to embed")
-    return Input(label, "text", digest.hexdigest(), n_lines, n_docs, path=path, spool=spool,
-                 longest=(longest[0], -longest[1]))
+    return Input(label, "text", digest.hexdigest(), n_lines, n_docs, path=path, spool=spool, longest=longest)
 
 
 def _decode(raw: bytes, number: int, offset: int, label: str) -> str:

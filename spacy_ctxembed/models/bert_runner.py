@@ -425,12 +425,16 @@ class BertShim(PyTorchShim):
         self._scale_losses()
 
     def to_device(self, device_type: str, device_id: int) -> None:
+        if self._model is None:  # not loaded yet: it loads onto the current device (`load`)
+            return
         super().to_device(device_type, device_id)
         if self.runner is not None:
             # `.cuda()` moves each parameter in place but puts new buffer tensors in
             # its module's own table: the training copy, whose modules are other
-            # objects, would keep the old ones (position ids on the old device).
+            # objects, would keep the old ones (position ids on the old device);
+            # the int8 copy is made again from the moved weights.
             self.runner.train_runner = _training_copy(self.runner.runner)
+            self.runner.weights_changed()
         self._scale_losses()
 
     def _scale_losses(self) -> None:
