@@ -297,19 +297,6 @@ def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
     return {} if view is None else view.readable_outputs()
 
 
-def stored_signature(doc: Doc, name: str) -> Optional[str]:
-    """What made `name`'s output on `doc` (see `write_outputs`); None where it
-    has none, or one stored by an earlier version, which did not say."""
-    view = _view(doc)
-    return None if view is None else view.signatures.get(name)
-
-
-def signatures_differ(stored: str, current: str) -> Optional[str]:
-    """How two signatures differ, for a message; None where they agree (only
-    the fields both have count: earlier versions wrote fewer)."""
-    return None if _signatures_agree([stored, current]) else _signature_difference(stored, current)
-
-
 def get_vectors(doc: Doc):
     output = _primary_output(doc)
     return None if output is None else output["vectors"]

@@ -38,7 +38,7 @@ another shape than its config's.
 """
 import math
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -49,7 +49,7 @@ from thinc.types import Floats2d
 from ..errors import check_bool, check_int, check_number
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
-from ..outputs import get_outputs, signatures_differ, stored_signature
+from ..outputs import get_outputs
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE
@@ -177,14 +177,10 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     # outputs are on the docs, and the gradient stops here.
     model.ensure_dims()
     name = model.source_name()
-    upstream = model._upstreams().get(name) if name is not None else None
-    current = upstream._current_signature() if upstream is not None else None
     outputs = []
     for doc in docs:
         found = _doc_outputs(doc, name)
         value = None if found is None else found.get(model.kind)
-        if value is not None and current is not None:
-            _check_made_by_upstream(doc, cast(str, name), current, model.kind)
         if value is None:
             if found is not None and model.kind == "layers":
                 # (the upstream keeps its layers for the listeners linked to it, and
@@ -227,20 +223,6 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
     for component in model._upstreams().values():
         component.ensure_loaded()
     model.attrs[TRAINED_ON] = model.upstream_layers()
-
-
-def _check_made_by_upstream(doc: Doc, name: str, current: str, kind: str) -> None:
-    """Outputs on a doc that the upstream did not make in this pass (it was
-    disabled, or the doc came annotated) are read only where they are its
-    model's, with the weights it has now: another model's, or older weights'
-    (before training steps), would be silently other features."""
-    stored = stored_signature(doc, name)
-    difference = None if stored is None else signatures_differ(stored, current)
-    if difference is not None:
-        raise ValueError(
-            f"ContextualListener: the {kind} of {name!r} on the doc were made by another model or other weights "
-            f"than {name!r} has now ({difference}); run {name!r} on the doc again"
-        )
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:

@@ -114,12 +114,10 @@ class ContextualEmbedder(TrainablePipe):
                 validate = node.attrs.get("validate")
                 if callable(validate):
                     validate()
-            if cache_mb and not any(node.shims for node in model.walk()):
-                # An encoder with no model of its own (TrfEncoder) pools another
-                # component's outputs from the doc's user data, which neither the
-                # cache's key (text, tokens) nor its identity (settings, weights) sees.
-                raise bad_setting(name, "cache_mb", cache_mb, "expected 0: the encoder reads another component's "
-                                  "outputs (spacy-ctxembed.TrfEncoder), which the cache cannot tell apart")
+            if cache_mb and not _cacheable_encoder(model):
+                # (a warning, not an error: pipelines saved so keep loading)
+                warnings.warn(f"[{name}] cache_mb = {cache_mb}: no cache, the encoder reads another component's "
+                              "outputs (spacy-ctxembed.TrfEncoder), which the cache cannot tell apart", stacklevel=2)
         self.vocab = vocab
         self.model = model
         self.name = name
@@ -150,7 +148,7 @@ class ContextualEmbedder(TrainablePipe):
         #: The backward pass of an update whose listeners have not all called back yet.
         self._pending_backward: Optional[Callable[..., bool]] = None
         cache_mb = self.cfg["cache_mb"]
-        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb else None
+        self.cache = FeatureCache(cache_mb * 2**20) if cache_mb and _cacheable_encoder(self.model) else None
         install_extensions()
 
     def __reduce__(self):
@@ -768,6 +766,14 @@ class ContextualEmbedder(TrainablePipe):
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
             raise bad_setting(self.name, "combiner", source,
                               _load_failure("a combiner saved by spacy-ctxembed", err)) from None
+
+
+def _cacheable_encoder(model: Model) -> bool:
+    """Whether the feature cache can key the encoder's outputs: not where it has
+    no model of its own (TrfEncoder pools another component's outputs from the
+    doc's user data, which neither the cache's key, text and tokens, nor its
+    identity, settings and weights, sees change)."""
+    return any(node.shims for node in model.walk())
 
 
 def _load_failure(what: str, err: Exception) -> str:
