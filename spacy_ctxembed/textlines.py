@@ -28,7 +28,7 @@ def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:
 def decode_file(raw: bytes) -> str:
     """A whole file's text for `split_lines`: a byte order mark at its start
     dropped, and no newline translation (`Path.read_text` would make a lone
-    "\r" a line break). A UnicodeDecodeError's positions count from the file's first byte."""
+    "\\r" a line break). A UnicodeDecodeError's positions count from the file's first byte."""
     start = len(BOM) if raw.startswith(BOM) else 0
     try:
         return raw[start:].decode("utf-8")
@@ -38,7 +38,7 @@ def decode_file(raw: bytes) -> str:
 
 def split_lines(text: str) -> List[str]:
     """A decoded file's lines by the same rule (`str.splitlines` would also
-    split at "\x85", "\u2028" and form feeds): no empty line after a final "\n"."""
+    split at "\\x85", "\\u2028" and form feeds): no empty line after a final "\\n"."""
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()

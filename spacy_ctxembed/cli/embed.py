@@ -296,8 +296,8 @@ def _run(
         if run.finished:  # interrupted after the manifest was written: only the rename is left
             return run.finish({})
         nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
-        writer = WRITERS[output_format](run)
         _check_line_lengths(inp, nlp)
+        writer = WRITERS[output_format](run)
         records = inp.records(nlp.vocab, after=run.committed.last_line)
         progress = tqdm(total=inp.n_docs, initial=run.committed.docs, unit="doc", desc="embedding", file=sys.stderr)
         with progress:
