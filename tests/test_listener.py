@@ -105,11 +105,11 @@ def test_listener_after_its_upstream_is_renamed(tiny_bert_dir, upstream):
         nlp("I ran")
 
 
-def _tagged_nlp(tiny_bert_dir, layers=(1, 2)):
+def _tagged_nlp(tiny_bert_dir):
     """ctxembed_bert (trainable) and a tagger mixing its layers, initialized on one example."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=list(layers), name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
     nlp.add_pipe("tagger", config={"model": {
         "@architectures": "spacy.Tagger.v2",
         "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
