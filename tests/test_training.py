@@ -305,6 +305,30 @@ def test_the_training_copy_shares_the_buffers_of_a_moved_model(tiny_bert_dir, mo
     unloaded.model.to_cpu()  # before its model loads: nothing to move (it raised an AttributeError)
 
 
+def test_a_batch_predicted_ahead_before_a_training_step_is_predicted_again(tiny_bert_dir):
+    """run_ahead (on by default on GPU) predicts batch k+1 in a worker while batch k is handed on: a
+    training step in between left batch k+1 with the old weights' vectors."""
+    import time
+
+    nlp, examples = _pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    component.run_ahead = True
+    texts = ["I ran to the park", "She ran some tests", "The dog ran home", "We ran again"]
+    stream = component.pipe((nlp.make_doc(t) for t in texts), batch_size=2)
+    first = [next(stream), next(stream)]
+    time.sleep(1.0)  # (the worker has predicted the second batch, with the weights before the step)
+    before = component.predict([nlp.make_doc(texts[2])])[1][0]
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        _train_step(nlp, examples, optimizer)
+    rest = list(stream)
+    after = component.predict([nlp.make_doc(t) for t in texts[2:]])[1]
+    assert [d.text for d in first + rest] == texts
+    assert not numpy.allclose(before, after[0], atol=1e-4)  # (the step moved the vectors)
+    for doc, expected in zip(rest, after):
+        numpy.testing.assert_array_equal(doc._.ctx_vectors, expected)
+
+
 def _ner_listener_pipeline(tiny_bert_dir, with_ner):
     nlp, _ = _pipeline(tiny_bert_dir)  # the tagger is made (and seeded) first either way
     if with_ner:

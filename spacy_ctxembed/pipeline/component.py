@@ -87,8 +87,8 @@ class ContextualEmbedder(TrainablePipe):
     _signature: Optional[str] = None
     #: Whether the weights moved since `_signature` was taken.
     _signature_stale = False
-    #: How many times the component has loaded weights (`_model_loaded`): a
-    #: prediction made before the last load is of other weights.
+    #: How many times the component's weights changed (loads, training steps,
+    #: `use_params`): a prediction made before the last change is of other weights.
     _generation = 0
 
     def __init__(
@@ -315,9 +315,9 @@ class ContextualEmbedder(TrainablePipe):
                     raise error
                 generation, predictions = cast(Tuple[int, Tuple[List[DocLayers], List[DocVectors]]], result)
                 if generation != self._generation:
-                    # The component loaded other weights after the worker
-                    # predicted this batch (between batches, or in another
-                    # thread): those were the old model's vectors.
+                    # The component's weights changed after the worker predicted
+                    # this batch (a load, a training step, use_params: between
+                    # batches, or in another thread): those were other weights' vectors.
                     predictions = self.predict(docs)
                 self.set_annotations(docs, predictions)
             except Exception as exc:
@@ -532,13 +532,16 @@ class ContextualEmbedder(TrainablePipe):
         if "combiner" in to_step:
             self.combiner.finish_update(sgd)
             self._signature_stale = True
+            self._generation += 1
 
     def _weights_moved(self) -> None:
         """The encoder's weights changed: cached layers are of another model now,
         and outputs get another signature (taken again at the next annotation).
         For the cache a step counter in the identity is enough (hashing the
-        weights every step would cost more than the cache saves)."""
+        weights every step would cost more than the cache saves). Batches
+        predicted ahead (`pipe` with run-ahead) before it are predicted again."""
         self._signature_stale = True
+        self._generation += 1
         if self.cache is not None:
             self.cache.clear()
             self._updates += 1
@@ -553,6 +556,7 @@ class ContextualEmbedder(TrainablePipe):
         if swapped:
             self._weights_moved()
         self._signature_stale = True  # (the combiner's averages count too)
+        self._generation += 1
         try:
             with self.model.use_params(params):
                 yield
@@ -560,6 +564,7 @@ class ContextualEmbedder(TrainablePipe):
             if swapped:
                 self._weights_moved()
             self._signature_stale = True
+            self._generation += 1
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
