@@ -85,11 +85,11 @@ class ContextualEmbedder(TrainablePipe):
     #: What makes this component's outputs (`output_signature`), stored with each; set once loaded.
     #: (A class default too: components pickled by earlier versions have none.)
     _signature: Optional[str] = None
-    #: Whether the weights moved since `_signature` was taken.
-    _signature_stale = False
     #: How many times the component's weights changed (loads, training steps,
     #: `use_params`): a prediction made before the last change is of other weights.
     _generation = 0
+    #: The `_generation` whose weights `_signature` is of (another: taken again when asked).
+    _signed_at = 0
 
     def __init__(
         self,
@@ -283,6 +283,7 @@ class ContextualEmbedder(TrainablePipe):
             self._identity = identity
         self._signature = output_signature(self.model)
         self._generation += 1
+        self._signed_at = self._generation
         self._loaded = True
 
     # Prediction ------------------------------------------------------------
@@ -343,15 +344,19 @@ class ContextualEmbedder(TrainablePipe):
             return Predictions(layers, self.combiner.predict(layers), self._current_signature())
 
     def _current_signature(self) -> Optional[str]:
-        if self._signature_stale:  # the weights moved (a training step, use_params) since it was taken
-            self._signature_stale = False
+        generation = self._generation
+        if self._signed_at != generation:  # the weights changed (a training step, use_params) since it was taken
+            # Taken first, then marked: a thread asking meanwhile takes it too,
+            # never the old one; a change meanwhile leaves it to be taken again.
             self._signature = output_signature(self.model)
+            self._signed_at = generation
         return self._signature
 
     def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
-        """`predict`, with the count of loads (`_generation`) taken before it: a
-        load that ends before the predictions are used makes them be predicted
-        again, never kept (at worst once too often)."""
+        """`predict`, with the count of weight changes (`_generation`) taken
+        before it: a load, training step or `use_params` that comes before the
+        predictions are used makes them be predicted again, never kept (at
+        worst once too often)."""
         self.ensure_loaded()  # (the first load is not one to predict again for)
         generation = self._generation
         return generation, self.predict(docs)
@@ -531,7 +536,6 @@ class ContextualEmbedder(TrainablePipe):
             self._weights_moved()
         if "combiner" in to_step:
             self.combiner.finish_update(sgd)
-            self._signature_stale = True
             self._generation += 1
 
     def _weights_moved(self) -> None:
@@ -540,7 +544,6 @@ class ContextualEmbedder(TrainablePipe):
         For the cache a step counter in the identity is enough (hashing the
         weights every step would cost more than the cache saves). Batches
         predicted ahead (`pipe` with run-ahead) before it are predicted again."""
-        self._signature_stale = True
         self._generation += 1
         if self.cache is not None:
             self.cache.clear()
@@ -555,15 +558,13 @@ class ContextualEmbedder(TrainablePipe):
         swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
         if swapped:
             self._weights_moved()
-        self._signature_stale = True  # (the combiner's averages count too)
-        self._generation += 1
+        self._generation += 1  # (the combiner's averages count too)
         try:
             with self.model.use_params(params):
                 yield
         finally:
             if swapped:
                 self._weights_moved()
-            self._signature_stale = True
             self._generation += 1
 
     def _encoder_trains(self) -> bool:
