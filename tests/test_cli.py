@@ -55,6 +55,7 @@ def test_demo_prints_table():
     static = {k: float(v[-1]) for k, v in rows.items()}
     assert contextual["A-C"] > contextual["A-B"]  # same sense closer than different senses
     assert all(v == 1.0 for v in static.values())  # a static vector cannot tell the senses apart
+    assert not [line for line in out.splitlines() if line != line.rstrip()]  # README shows it without trailing spaces
 
 
 def test_embed_with_config(tmp_path, hf_reference):

@@ -466,7 +466,7 @@ def test_truncated_elmo_weights(saved_elmo, tmp_path, cut):
     path = _damaged(saved_elmo, tmp_path, truncate)
     with pytest.raises(ElmoFileError) as excinfo:
         spacy.load(path)
-    _assert_error(excinfo, "elmo_a", f"weight_file = '{path / 'elmo_a' / 'model' / 'weights.hdf5'}'",
+    _assert_error(excinfo, "elmo_a", f"model = '{path / 'elmo_a' / 'model' / 'weights.hdf5'}'",
                   "cannot be read as HDF5")
 
 
@@ -493,7 +493,7 @@ def test_broken_elmo_options(saved_elmo, tmp_path, broken, parts):
     path = _damaged(saved_elmo, tmp_path, spoil)
     with pytest.raises(ElmoFileError) as excinfo:
         spacy.load(path)
-    _assert_error(excinfo, "elmo_a", f"options_file = '{path / 'elmo_a' / 'model' / 'options.json'}'", *parts)
+    _assert_error(excinfo, "elmo_a", f"model = '{path / 'elmo_a' / 'model' / 'options.json'}'", *parts)
 
 
 # ---------------------------------------------------------------------------

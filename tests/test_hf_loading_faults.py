@@ -371,3 +371,34 @@ def test_resolve_model_dir_names_component(tmp_path):
     with pytest.raises(SettingError, match=r"^\[bert_b\] name = .*no such model directory"):
         resolve_model_dir(str(tmp_path / "nowhere" / "model"), component="bert_b")
     assert resolve_model_dir(str(tmp_path), component="bert_b") == tmp_path
+
+
+def test_shards_and_a_renamed_weights_file_get_advice_that_works(tiny_bert_dir, tmp_path):
+    """Shards (with their index) get the merge command, which must work; a single
+    weights file under another name was taken for shards, and the merge command
+    given then failed (transformers finds no model.safetensors either)."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModel
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_bert_dir, sharded)
+    (sharded / WEIGHTS_FILE).unlink()
+    AutoModel.from_pretrained(tiny_bert_dir).save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / f"{WEIGHTS_FILE}.index.json").is_file()  # the premise: real shards
+    with pytest.raises(SettingError, match="merge the shards once with: ") as error:
+        load_encoder(sharded, component=COMPONENT)
+    command = str(error.value).split("merge the shards once with: ", 1)[1]
+    assert command.startswith('python -c "') and command.endswith('"')
+    subprocess.run([sys.executable, "-c", command[len('python -c "'):-1]], check=True, capture_output=True)
+    assert_same_hidden_states(load_encoder(sharded, component=COMPONENT),
+                              load_encoder(tiny_bert_dir, component=COMPONENT).module, atol=0)
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_bert_dir, renamed)
+    (renamed / WEIGHTS_FILE).rename(renamed / "pytorch_model.safetensors")
+    with pytest.raises(SettingError, match=r"only pytorch_model\.safetensors: only a file named model\.safetensors "
+                                           r"is read; if pytorch_model\.safetensors holds this model's weights, "
+                                           r"rename it to model\.safetensors"):
+        load_encoder(renamed, component=COMPONENT)

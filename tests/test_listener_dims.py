@@ -113,6 +113,22 @@ def test_v1_tagger_refuses_an_upstream_that_stores_no_layers(tiny_bert_dir):
         nlp(TEXT)
 
 
+def test_v1_tagger_names_no_one_of_several_upstreams_that_store_no_layers(tiny_bert_dir):
+    """Two embedders ran, neither stores layers: the error told the user to set
+    store_layers on the first by name, though the tagger may have been trained
+    on the other's layers, which it would then read silently (a saved v1
+    pipeline with its embedders reordered: both of the fixture's are 3 x 16)."""
+    nlp = _v1_pipeline(tiny_bert_dir, store_layers=False)
+    nlp.add_pipe("ctxembed_bert", name="bert_b", before="tagger",
+                 config=ctx_config(name=tiny_bert_dir, layers=[1, 2], store_layers=False))
+    nlp.get_pipe("bert_b").initialize()
+    with pytest.raises(ValueError, match=r"the upstream ctxembed components 'bert_b', 'ctxembed_bert' ran on this "
+                                         r"doc but store no layers .*: set store_layers = true in the one this "
+                                         r"component was trained on") as error:
+        nlp(TEXT)
+    assert "[components." not in str(error.value)
+
+
 @pytest.mark.parametrize("settings, stored", [
     ({"n_layers": 3}, "2 layers of width 32"),
     ({"upstream_width": 64}, "2 layers of width 32"),

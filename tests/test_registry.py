@@ -38,7 +38,8 @@ NAMES = {
         "spacy-ctxembed.BertEmbedder.v1", "spacy-ctxembed.ElmoEmbedder.v1", "spacy-ctxembed.TrfPooler.v1",
         "spacy-ctxembed.ContextualListener.v1",
     ],
-    "spacy_layers": ["spacy-ctxembed.MeanLayers.v1", "spacy-ctxembed.ConcatLayers.v1", "spacy-ctxembed.ScalarMix.v1"],
+    # thinc's registry of layers reads the group "thinc_layers" (spaCy's take "spacy_*")
+    "thinc_layers": ["spacy-ctxembed.MeanLayers.v1", "spacy-ctxembed.ConcatLayers.v1", "spacy-ctxembed.ScalarMix.v1"],
 }
 
 
@@ -46,7 +47,7 @@ def test_advertised_names_are_the_listed_ones():
     assert {group: sorted(names) for group, names in ADVERTISED.items()} == {
         group: sorted(names) for group, names in NAMES.items()
     }
-REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "spacy_layers": "layers"}
+REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "thinc_layers": "layers"}
 
 
 @pytest.mark.parametrize("group", sorted(ADVERTISED))
@@ -72,6 +73,19 @@ def test_factories_work_without_importing_the_package():
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert "ctxembed_bert" in out
+
+
+def test_layers_resolve_without_importing_the_package():
+    """A config that names only a combiner (`@layers`) resolves where nothing has
+    imported the package: thinc finds it by entry point. (The group was
+    "spacy_layers", which nothing reads: such a config failed with E893.)"""
+    code = (
+        "import sys; from thinc.api import Config, registry; "
+        "model = registry.resolve(Config().from_str('[m]\\n@layers = \"spacy-ctxembed.ScalarMix.v1\"'))['m']; "
+        "assert 'spacy_ctxembed' in sys.modules; print(model.name)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "scalar_mix"
 
 
 def test_importing_the_package_leaves_transformers_unloaded():

@@ -14,6 +14,7 @@ from spacy_ctxembed.errors import SettingError
 
 from .conftest import COMBINERS, assert_recorded, ctx_config
 from .elmo_fixture import write_elmo_fixture
+from .reference import hf_hidden_states, pool, token_pieces
 
 NAME = "bert_a"
 TEXT = "It was nice out this morning when I ran to the park."
@@ -197,3 +198,220 @@ def test_bytes_written_by_v1_load(component, expected):
         assert_recorded(doc._.ctx_vectors, recorded[f"{expected}_{i}"])
         reference = from_disk.get_pipe(component)(from_disk.make_doc(text))
         numpy.testing.assert_array_equal(doc._.ctx_vectors, reference._.ctx_vectors)
+
+
+def _hf_mean_of_layers(model_dir, layers, text=TEXT):
+    """`transformers` itself on `model_dir`: the selected layers pooled by mean, then
+    their plain mean (what a fresh ScalarMix gives: s = 0, gamma = 1)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    states, offsets = hf_hidden_states(AutoTokenizer.from_pretrained(model_dir),
+                                       AutoModel.from_pretrained(model_dir).eval(), text)
+    pieces = token_pieces(spacy.blank("en")(text), offsets)
+    return numpy.mean([pool(states[i], pieces, "mean") for i in layers], axis=0)
+
+
+def _other_bert(path, minilm_dir, *, width=32, depth=2):
+    """Other weights than the conftest's tiny BERT's; by default its shapes."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=width, num_hidden_layers=depth, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path
+
+
+def test_initialize_after_a_refused_load_starts_from_the_configs_model(tiny_bert_dir, minilm_dir, tmp_path):
+    """The refused load's error says "call initialize() to start from the config's":
+    initialize kept the encoder the refused load had put in (another model's),
+    beside a fresh mix, and said nothing."""
+    other = _other_bert(tmp_path / "other", minilm_dir)
+    source = spacy.blank("en")
+    source.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=other, layers=[2, 0], combine="scalar_mix"))
+    source.initialize()
+    source.to_disk(tmp_path / "saved")
+    expected = _hf_mean_of_layers(tiny_bert_dir, [0, 2])
+    assert not numpy.allclose(_hf_mean_of_layers(other, [0, 2]), expected, atol=1e-3)  # the premise
+    for load in (lambda c: c.from_disk(tmp_path / "saved" / NAME),
+                 lambda c: c.from_bytes(source.get_pipe(NAME).to_bytes())):
+        receiver = _nlp(tiny_bert_dir, "scalar_mix", layers=[0, 2], initialize=False)
+        with pytest.raises(SettingError, match="saved for layers"):
+            load(receiver.get_pipe(NAME))
+        receiver.initialize()
+        numpy.testing.assert_allclose(receiver(TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def test_initialize_on_a_loaded_pipeline_starts_from_the_config(tiny_bert_dir, tmp_path):
+    """nlp.initialize() on a loaded pipeline with fine-tuned weights and a trained
+    mix kept the encoder's weights and reset the mix: vectors of neither the
+    saved pipeline nor the config. It starts from the config, as spaCy's own
+    components do."""
+    import torch
+
+    nlp = _nlp(tiny_bert_dir, "scalar_mix", layers=[0, 2])  # trained mix
+    with torch.no_grad():  # as fine-tuning would leave them
+        for param in nlp.get_pipe(NAME).encoder.shims[0]._model.parameters():
+            param.add_(0.05)
+    nlp.to_disk(tmp_path / "tuned")
+    loaded = spacy.load(tmp_path / "tuned")
+    tuned = loaded(TEXT)._.ctx_vectors.copy()
+    expected = _hf_mean_of_layers(tiny_bert_dir, [0, 2])
+    assert not numpy.allclose(tuned, expected, atol=1e-3)  # the premise: the saved pipeline is its own
+    loaded.initialize()
+    numpy.testing.assert_allclose(loaded(TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def _swapped(saved_path, tmp_path, model_dir, *, component=NAME, forget_fingerprint=False):
+    """A copy of a saved pipeline whose component's model folder is another model's."""
+    path = tmp_path / "swapped"
+    shutil.copytree(saved_path, path)
+    shutil.rmtree(path / component / "model")
+    shutil.copytree(model_dir, path / component / "model")
+    if forget_fingerprint:  # as a pipeline saved before the fingerprint was recorded
+        cfg = srsly.read_json(path / component / "cfg")
+        del cfg["encoder_weights"]
+        srsly.write_json(path / component / "cfg", cfg)
+    return path
+
+
+@pytest.mark.parametrize("shape", [{}, {"width": 48}, {"depth": 3}], ids=["same shapes", "wider", "deeper"])
+def test_a_model_folder_swapped_for_another_models_is_refused(saved, minilm_dir, tmp_path, shape):
+    """Another model's folder in place of the saved one loaded under the mix
+    trained on the saved one: silently where the shapes were the same, else
+    with thinc's "Attempt to change dimension" or an error that the user's
+    `layers` had changed, where it was the model."""
+    other = _other_bert(tmp_path / "other", minilm_dir, **shape)
+    path = _swapped(saved["scalar_mix"][0], tmp_path, other)
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = '.*model': it holds other weights than this "
+                                           r"pipeline was saved with"):
+        spacy.load(path)
+
+
+def test_an_elmo_model_folder_swapped_for_another_models_is_refused(tmp_path):
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(
+        options_file=str(options), weight_file=str(weights), layers=[0, 1, 2], combine="scalar_mix"))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    write_elmo_fixture(tmp_path / "other", seed=1)  # the same shapes
+    path = _swapped(tmp_path / "saved", tmp_path, tmp_path / "other", component="elmo_a")
+    with pytest.raises(SettingError, match=r"^\[elmo_a\] model = '.*model': it holds other weights"):
+        spacy.load(path)
+
+
+def test_without_a_fingerprint_a_wider_model_under_a_mix_is_named(saved, minilm_dir, tmp_path):
+    """A cfg without the fingerprint (saved before it was recorded, or removed
+    on purpose): a wider model under a mix gets an error that names the
+    component and the widths, not thinc's; one of the same shapes loads, as
+    the error about the fingerprint says it will."""
+    path = _swapped(saved["scalar_mix"][0], tmp_path / "wider", _other_bert(tmp_path / "w", minilm_dir, width=48),
+                    forget_fingerprint=True)
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] combiner = .*: it was saved beside an encoder of width "
+                                           r"32, but the loaded model's is 48"):
+        spacy.load(path)
+    other = _other_bert(tmp_path / "same", minilm_dir)
+    path = _swapped(saved["scalar_mix"][0], tmp_path / "same-shapes", other, forget_fingerprint=True)
+    assert not numpy.allclose(spacy.load(path)(TEXT)._.ctx_vectors, saved["scalar_mix"][1], atol=1e-3)
+
+
+@pytest.mark.parametrize("file", ["options.json", "weights.hdf5"])
+def test_a_damaged_file_of_a_saved_elmo_pipeline_names_its_model_folder(tmp_path, file):
+    """A saved pipeline reads its own files, never the config's options_file and
+    weight_file: the error named those settings (and the saved file's path
+    under them), as BERT's names `model`."""
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(options_file=str(options),
+                                                                   weight_file=str(weights)))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    damaged = tmp_path / "saved" / "elmo_a" / "model" / file
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"^\[elmo_a\] model = '{damaged}': "):
+        spacy.load(tmp_path / "saved")
+
+
+def test_the_fingerprint_reads_values_not_names_or_integer_buffers(tiny_bert_dir, tmp_path):
+    """transformers 4.30 saved BERT's position ids (an integer buffer) with the
+    weights, 4.31 and later do not: a fingerprint of the state dict refused
+    every pipeline saved under the one and loaded under the other."""
+    nlp = _nlp(tiny_bert_dir, "scalar_mix")
+    module = nlp.get_pipe(NAME).encoder.shims[0]._model
+    module.embeddings._non_persistent_buffers_set.discard("position_ids")  # as transformers 4.30 had it
+    nlp.to_disk(tmp_path / "saved")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "saved" / NAME / "model" / "model.safetensors"), "pt") as f:
+        assert "embeddings.position_ids" in f.keys()  # the premise
+    numpy.testing.assert_array_equal(spacy.load(tmp_path / "saved")(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)
+
+
+def test_the_fingerprint_holds_when_an_elmo_pipeline_is_edited_to_train(tmp_path):
+    """ELMo keeps frozen weights as buffers and trainable ones as parameters:
+    `trainable` edited in config.cfg must not make the folder another model's."""
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(
+        options_file=str(options), weight_file=str(weights), trainable=False))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    config = load_config(tmp_path / "saved" / "config.cfg")
+    config["components"]["elmo_a"]["model"]["encoder"]["trainable"] = True
+    config.to_disk(tmp_path / "saved" / "config.cfg")
+    numpy.testing.assert_array_equal(spacy.load(tmp_path / "saved")(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)
+
+
+def test_excluding_the_model_folder_keeps_the_components_own(tiny_bert_dir, tmp_path):
+    """`from_disk(exclude=["model"])` into a component not loaded yet: its own
+    weights are the config's (loaded on first use), beside the saved combiner."""
+    source = _nlp(tiny_bert_dir, "scalar_mix")
+    source.to_disk(tmp_path / "saved")
+    receiver = _nlp(tiny_bert_dir, "scalar_mix", initialize=False)
+    receiver.get_pipe(NAME).from_disk(tmp_path / "saved" / NAME, exclude=["model"])
+    numpy.testing.assert_allclose(receiver(TEXT)._.ctx_vectors, source(TEXT)._.ctx_vectors, atol=1e-6)
+
+
+def test_initialize_without_the_configs_model_says_how_to_keep_the_loaded_one(tiny_bert_dir, tmp_path):
+    """A loaded pipeline works after its base model is gone; nlp.initialize()
+    then fails, and the error says why it looked for it and how to keep it."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert_dir, base)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=base))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    shutil.rmtree(base)
+    loaded = spacy.load(tmp_path / "saved")
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] name = .*nlp\.initialize\(\) starts the component from "
+                                           rf"its config.*nlp\.select_pipes\(disable=\['{NAME}'\]\)"):
+        loaded.initialize()
+    with loaded.select_pipes(disable=[NAME]):
+        loaded.initialize()
+    assert loaded(TEXT)._.ctx_vectors.shape[0] == len(loaded.make_doc(TEXT))
+
+
+def test_a_config_that_sources_a_saved_component_embeds_with_its_weights(tiny_bert_dir, tmp_path):
+    """`embed --config`, the Ray actors and `analyze --config` initialize what
+    the config builds: a sourced, fine-tuned component got its base model's
+    weights (and a fresh mix). Sourced components keep theirs, as in spacy train."""
+    import torch
+    from thinc.api import Config
+
+    from spacy_ctxembed.analysis.source import PipelineSource
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    nlp = _nlp(tiny_bert_dir, "scalar_mix")
+    with torch.no_grad():  # as fine-tuning would leave them
+        for param in nlp.get_pipe(NAME).encoder.shims[0]._model.parameters():
+            param.add_(0.05)
+    nlp.to_disk(tmp_path / "tuned")
+    expected = nlp(TEXT)._.ctx_vectors
+    assert not numpy.allclose(expected, _hf_mean_of_layers(tiny_bert_dir, [0, 1, 2]), atol=1e-3)  # the premise
+    config = (f'[nlp]\nlang = "en"\npipeline = ["{NAME}"]\n[components]\n'
+              f'[components.{NAME}]\nsource = "{tmp_path / "tuned"}"\n')
+    numpy.testing.assert_allclose(load_pipeline(config=config)(TEXT)._.ctx_vectors, expected, atol=1e-6)
+    source = PipelineSource(config=Config().from_str(config))
+    numpy.testing.assert_allclose(source.load()(TEXT)._.ctx_vectors, expected, atol=1e-6)

@@ -254,3 +254,51 @@ def test_a_listener_that_skipped_a_batch_is_not_taken_for_one_in_training(tiny_b
     nlp.update([no_entities], sgd=nlp.resume_training())
     with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match="it is disabled"):
         nlp("A new text")
+
+
+@pytest.mark.parametrize("mix_layers", [False, True])
+def test_a_copy_at_encoder_lr_scale_zero_runs_its_encoder_frozen(tiny_bert_dir, mix_layers):
+    """The component runs an encoder at `encoder_lr_scale = 0` frozen (no dropout,
+    no graph); the copy `replace_listeners` made of it, for a listener of the
+    vectors, ran it with dropout and a backward pass that moved nothing: the
+    tagger trained on noised features. (The tiny BERT has dropout 0.1.)"""
+    nlp, _ = _pipeline(tiny_bert_dir, combine="scalar_mix", encoder_lr_scale=0.0,
+                       tok2vec=_listener(mix_layers=mix_layers))
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    copy = next(node for node in nlp.get_pipe("tagger").model.walk() if node.name == "ctxembed-grad-factor")
+    shim = next(shim for node in copy.walk() for shim in node.shims)
+    docs = [nlp.make_doc(TEXT)]
+    first, backprop = copy.begin_update(docs)
+    second, _ = copy.begin_update(docs)
+    numpy.testing.assert_array_equal(first[0], second[0])  # no dropout
+    backprop([numpy.ones_like(y) for y in first])
+    assert all(param.grad is None for param in shim._model.parameters())  # no graph
+    # The mix of a listener of the vectors still trains: its gradient is there.
+    if not mix_layers:
+        mix = next(node for node in copy.walk() if node.name == "scalar_mix")
+        assert float(numpy.abs(mix.get_grad("s")).sum()) > 0
+
+
+def test_use_params_with_a_backward_pass_waiting_leaves_the_next_update_as_without(tiny_bert_dir):
+    """NER skips a batch (no entities), so the embedder's backward pass waits for
+    the next update; evaluating under `nlp.use_params(averages)` in between
+    swapped the encoder's weights in place under its graph, and the next update
+    failed (torch: "modified by an inplace operation"). It runs first now, and
+    the training is the same as without the evaluation."""
+    results = []
+    for evaluate in (False, True):
+        spacy.util.fix_random_seed(0)
+        nlp, examples = _tagger_and_ner(tiny_bert_dir, tagger=_listener(), ner=_listener())
+        tags_only = [Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS})]
+        optimizer = Adam(0.01, L2=0.0, grad_clip=0.0, use_averages=True)
+        nlp.update(examples, sgd=optimizer)
+        nlp.update(tags_only, sgd=optimizer)  # the tagger calls back, NER skips: the backward pass waits
+        assert nlp.get_pipe("ctxembed_bert")._pending_backward is not None  # the premise
+        if evaluate:
+            with nlp.use_params(optimizer.averages):
+                nlp(TEXT)
+        nlp.update(examples, sgd=optimizer)
+        results.append(_encoder_params(nlp))
+    without, with_evaluation = results
+    for name, value in without.items():
+        torch.testing.assert_close(with_evaluation[name], value, rtol=0, atol=1e-7, msg=name)

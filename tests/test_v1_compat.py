@@ -71,3 +71,29 @@ def test_restore_vectors_reads_docs_written_by_v1(tmp_path):
     numpy.testing.assert_array_equal(back._.ctx_layers, vectors[None])
     numpy.testing.assert_array_equal(back[1].vector, vectors[1])
     assert isinstance(back, Doc)
+
+
+@pytest.mark.parametrize("layers,refused", [([2, 1, 0], True), ([0, 2, 1], True), ([-3, -2, -1], False)])
+def test_a_v1_pipeline_with_its_layers_edited_is_refused(tmp_path, layers, refused):
+    """0.1's cfg recorded the `layers` setting as written; an edit of it in
+    config.cfg that keeps the count (the mix's weights, trained for layers 0, 1,
+    2, on others) loaded silently. The same layers written from the top load."""
+    import shutil
+
+    from spacy.util import load_config
+
+    from spacy_ctxembed.errors import SettingError
+
+    path = tmp_path / "edited"
+    shutil.copytree(FIXTURE, path)
+    config = load_config(path / "config.cfg", interpolate=False)
+    config["components"]["ctxembed_bert"]["layers"] = layers
+    config.to_disk(path / "config.cfg")
+    if refused:
+        with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] combiner = .*saved for layers \[0, 1, 2\]"):
+            spacy.load(path)
+        return
+    expected = numpy.load(FIXTURE / "expected.npz")
+    text = json.loads((FIXTURE / "texts.json").read_text(encoding="utf8"))[0]
+    nlp = spacy.load(path)
+    assert_recorded(nlp(text)._.ctx_outputs["ctxembed_bert"]["vectors"], expected["bert_vectors_0"])

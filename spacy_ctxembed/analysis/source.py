@@ -22,6 +22,7 @@ from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
 from ..models.legacy import V1_DEFAULTS
+from ..pipeline.build import initialize_built
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
@@ -101,10 +102,10 @@ class PipelineSource:
                 return nlp
             return self._load_saved_edited(edits, new_combiner)
         config = self.config if self.config is not None else default_config()
-        nlp = load_model_from_config(edited_config(config, edits), auto_fill=True)
+        built = edited_config(config, edits)
+        nlp = load_model_from_config(built, auto_fill=True)
         name = choose_component(nlp, component, self.label, self.component_option)
-        with nlp.select_pipes(enable=needed_components(nlp, name)):
-            nlp.initialize()
+        initialize_built(nlp, built, needed_components(nlp, name))
         return nlp
 
     def _load_saved_edited(self, edits: Sequence[Edit], new_combiner: Optional[str]) -> Language:

@@ -91,12 +91,21 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[DocLaye
 def _missing_error(doc: Doc) -> str:
     outputs = get_outputs(doc) if Doc.has_extension("ctx_outputs") else {}
     without = sorted(name for name, output in outputs.items() if output.get("layers") is None)
-    if without:
-        names = ", ".join(map(repr, without))
+    if len(without) == 1:
         return (
-            f"{ARCHITECTURE}: doc._.ctx_layers is missing: the upstream ctxembed component {names} ran on this doc "
-            f"but stores no layers (store_layers = false): set store_layers = true in [components.{without[0]}], "
-            f"as this component was trained with; {ADVICE}"
+            f"{ARCHITECTURE}: doc._.ctx_layers is missing: the upstream ctxembed component {without[0]!r} ran on "
+            f"this doc but stores no layers (store_layers = false): set store_layers = true in "
+            f"[components.{without[0]}], as this component was trained with; {ADVICE}"
+        )
+    if without:
+        # Which one this component was trained on is not recorded (v1 reads
+        # whichever stored layers): naming one could send the user to set it
+        # on the wrong model, whose layers would then be read silently.
+        return (
+            f"{ARCHITECTURE}: doc._.ctx_layers is missing: the upstream ctxembed components "
+            f"{', '.join(map(repr, without))} ran on this doc but store no layers (store_layers = false): set "
+            "store_layers = true in the one this component was trained on (the one that stored them when it was "
+            f"trained), and only in that one; {ADVICE}"
         )
     return (
         f"{ARCHITECTURE}: doc._.ctx_layers is missing: no upstream ctxembed component ran on this doc. It is "

@@ -21,7 +21,7 @@ from ..settings import check_layers
 from ..types import POOLING_MODES, PRECISIONS, DocLayers, EncoderModel
 from .bert_runner import COMPONENT, BertRunner, BertShim
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
-from .torch_bridge import run_encoder
+from .torch_bridge import run_encoder, set_loaded_dims, trains_weights
 
 
 @registry.architectures("spacy-ctxembed.BertEncoder.v2")
@@ -92,26 +92,23 @@ def check_settings(settings: dict) -> None:
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
     shim = get_shim(model)
     runner = shim.get_runner()
-    train_weights = is_train and bool(shim.settings["trainable"])
-    return run_encoder(model, shim, lambda d, grad: runner.embed(d, grad=grad), docs, train_weights=train_weights)
+    return run_encoder(model, shim, lambda d, grad: runner.embed(d, grad=grad), docs,
+                       train_weights=trains_weights(shim.settings, is_train))
 
 
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    """Load the pretrained weights from `name`, unless weights are loaded already
-    (a pipeline read from disk or bytes keeps its own, possibly fine-tuned, ones)."""
+    """Load the pretrained weights `name` names, whatever the shim holds.
+
+    Initializing starts from the config, as it does for spaCy's own
+    components: on a loaded or fine-tuned pipeline it replaces the weights
+    (and its combiner starts afresh beside them). A pipeline's own weights
+    are read by `from_disk`/`from_bytes`, which set the dims without this.
+    """
     shim = get_shim(model)
-    if not shim.loaded:
-        check_settings(shim.settings)
-        name = shim.settings["name"]
-        shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
-    set_dims(model)
-
-
-def set_dims(model: EncoderModel) -> None:
-    runner = get_shim(model).get_runner()
-    # force: from_bytes may bring a different model than the one first initialised.
-    model.set_dim("nO", runner.width, force=True)
-    model.set_dim("nL", len(runner.layers), force=True)
+    check_settings(shim.settings)
+    name = shim.settings["name"]
+    shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
+    set_loaded_dims(model)
 
 
 def get_shim(model: EncoderModel) -> BertShim:

@@ -417,6 +417,16 @@ class BertShim(PyTorchShim):
         """The selected hidden states, as indices into the loaded model's (empty until loaded)."""
         return list(self.runner.layers) if self.runner is not None else []
 
+    def dims(self) -> Dict[str, int]:
+        """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
+        runner = self.get_runner()
+        return {"nO": runner.width, "nL": len(runner.layers)}
+
+    @property
+    def n_states(self) -> int:
+        """How many hidden states the loaded model has (embeddings included): what `layers` index."""
+        return self.get_runner().encoder.n_hidden_states
+
     def load(self, encoder: HFEncoder) -> None:
         encoder.module.to(get_torch_default_device())
         runner = BertRunner(encoder, self.settings)

@@ -41,7 +41,9 @@ from .torch_bridge import (
     check_saved_layers,
     run_encoder,
     scaled_optimizer,
+    set_loaded_dims,
     staged,
+    trains_weights,
     unpickle_shim,
 )
 
@@ -111,29 +113,22 @@ def check_settings(settings: dict) -> None:
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
     shim = get_shim(model)
     shim.get_net()  # a clear error when no weights are loaded
-    train_weights = is_train and bool(shim.settings["trainable"])
-    return run_encoder(model, shim, shim.embed, docs, train_weights=train_weights)
+    return run_encoder(model, shim, shim.embed, docs, train_weights=trains_weights(shim.settings, is_train))
 
 
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    """Read the released files, unless weights are loaded already."""
+    """Read the released files the config names, whatever the shim holds
+    (initializing starts from the config; see `bert.init`)."""
     shim = get_shim(model)
-    if not shim.loaded:
-        check_settings(shim.settings)
-        paths = []
-        for setting in ("options_file", "weight_file"):
-            value = shim.settings[setting]
-            if not value or not isinstance(value, str):
-                raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
-            paths.append(Path(value))
-        shim.load_files(paths[0], paths[1])
-    set_dims(model)
-
-
-def set_dims(model: EncoderModel) -> None:
-    shim = get_shim(model)
-    model.set_dim("nO", shim.get_options().output_width, force=True)
-    model.set_dim("nL", len(shim.layers), force=True)
+    check_settings(shim.settings)
+    paths = []
+    for setting in ("options_file", "weight_file"):
+        value = shim.settings[setting]
+        if not value or not isinstance(value, str):
+            raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
+        paths.append(Path(value))
+    shim.load_files(paths[0], paths[1])
+    set_loaded_dims(model)
 
 
 def get_shim(model: EncoderModel) -> "ElmoShim":
@@ -200,13 +195,24 @@ class ElmoShim(PyTorchShim):
             raise ValueError(f"[{COMPONENT}] the biLM has no weights yet: call nlp.initialize() first")
         return cast(ElmoBiLm, self._model)
 
+    def dims(self) -> Dict[str, int]:
+        """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
+        return {"nO": self.get_options().output_width, "nL": len(self.layers)}
+
+    @property
+    def n_states(self) -> int:
+        """How many layers the loaded biLM gives (the token layer included): what `layers` index."""
+        return 1 + self.get_options().n_layers
+
     def get_options(self) -> ElmoOptions:
         self.get_net()
         return cast(ElmoOptions, self.options)
 
-    def load_files(self, options_path: Path, weights_path: Path) -> None:
-        options = read_options(options_path, component=COMPONENT)
-        weights = read_weights(weights_path, options, component=COMPONENT)
+    def load_files(self, options_path: Path, weights_path: Path,
+                   settings: Tuple[str, str] = ("options_file", "weight_file")) -> None:
+        """Load the released pair. settings: what errors name as each file's source."""
+        options = read_options(options_path, component=COMPONENT, setting=settings[0])
+        weights = read_weights(weights_path, options, component=COMPONENT, setting=settings[1])
         layers = normalize_layers(COMPONENT, self.settings["layers"], 1 + options.n_layers)
         # The biLM takes the arrays over (and empties `weights`): held once.
         net = ElmoBiLm(options, weights, trainable=bool(self.settings["trainable"])).eval()
@@ -217,7 +223,8 @@ class ElmoShim(PyTorchShim):
         write_files(Path(directory), self.get_options(), self.get_net().export_weights())
 
     def load_dir(self, directory: Path) -> None:
-        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE)
+        # A saved pipeline's files: its config's options_file/weight_file are not read.
+        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE, ("model", "model"))
 
     def to_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:

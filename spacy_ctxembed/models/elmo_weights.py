@@ -184,10 +184,11 @@ class _Options:
         return filters
 
 
-def read_options(path: PathLike, *, component: str) -> ElmoOptions:
-    """Parse and check an ELMo options file; every error names `component` and the file."""
+def read_options(path: PathLike, *, component: str, setting: str = "options_file") -> ElmoOptions:
+    """Parse and check an ELMo options file; every error names `component`, the
+    setting it came from (a saved pipeline's files: "model") and the file."""
     path = Path(path)
-    source = _Source(component, "options_file", path)
+    source = _Source(component, setting, path)
     source.check_is_file()
     try:
         text = path.read_text(encoding="utf8")
@@ -253,7 +254,9 @@ def lstm_prefix(direction: int, layer: int) -> str:
     return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
 
 
-def read_weights(path: PathLike, options: ElmoOptions, *, component: str) -> Dict[str, numpy.ndarray]:
+def read_weights(
+    path: PathLike, options: ElmoOptions, *, component: str, setting: str = "weight_file"
+) -> Dict[str, numpy.ndarray]:
     """All datasets as float32 arrays, `char_embed` with its zero padding row prepended.
 
     Checks, in this order, reporting the first problem: the file opens as HDF5; every dataset
@@ -264,7 +267,7 @@ def read_weights(path: PathLike, options: ElmoOptions, *, component: str) -> Dic
     import h5py
 
     path = Path(path)
-    source = _Source(component, "weight_file", path)
+    source = _Source(component, setting, path)
     source.check_is_file()
     shapes: Dict[str, Tuple[int, ...]] = {"char_embed": (CHAR_EMBED_ROWS, options.char_dim)}
     shapes.update(expected_shapes(options))

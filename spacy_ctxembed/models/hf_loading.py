@@ -295,6 +295,13 @@ def _weights_file(where: _Where) -> Path:
             f"checkpoint once with: {convert}"
         )
     shards = sorted(p.name for p in where.directory.glob("*.safetensors"))
+    if shards and not (where.directory / f"{WEIGHTS_FILE}.index.json").is_file():
+        # Not shards (transformers reads those through their index): a weights
+        # file under another name, which the merge below could not read either.
+        raise where.error(
+            f"no {WEIGHTS_FILE}, only {', '.join(shards[:_MAX_LISTED])}: only a file named {WEIGHTS_FILE} "
+            f"is read; if {shards[0]} holds this model's weights, rename it to {WEIGHTS_FILE}"
+        )
     if shards:
         raise where.error(
             f"no {WEIGHTS_FILE}, only {', '.join(shards[:_MAX_LISTED])}: only a single "

@@ -96,6 +96,16 @@ def averaged_weights(shim: Shim, params: Dict[Any, Any]) -> Iterator[None]:
                 weights[name].copy_(saved)
 
 
+def trains_weights(settings: Dict[str, Any], is_train: bool) -> bool:
+    """Whether a forward pass runs the encoder for training (graph, dropout):
+    in training, where its weights can move. Not where it is not `trainable`,
+    nor at a learning-rate scale of 0: a copy that replaced a listener of a
+    component with `encoder_lr_scale = 0` would otherwise train its heads on
+    dropout-noised features and pay for a backward pass that moves nothing,
+    where the component itself runs its encoder frozen."""
+    return is_train and bool(settings["trainable"]) and settings.get(LR_SCALE, 1.0) != 0
+
+
 def run_encoder(
     model: Model, shim: PyTorchShim, embed: EmbedFn, docs: List[Doc], *, train_weights: bool
 ) -> Tuple[List[DocLayers], Callable[[List[DocLayers]], List[Doc]]]:
@@ -153,6 +163,17 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
     if data is not None:
         shim.from_bytes(data)
     return shim
+
+
+def set_loaded_dims(model: Model) -> None:
+    """The encoder's width (`nO`) and layer count (`nL`), from the weights its
+    shims hold now (after `init` or a load; an encoder without shims has none to give).
+
+    force: a load may bring another model than the one first initialized.
+    """
+    for shim in model.shims:
+        for dim, value in cast(Any, shim).dims().items():
+            model.set_dim(dim, value, force=True)
 
 
 def check_saved_layers(component: str, settings: Dict[str, Any], saved: Any, current: Sequence[int]) -> None:

@@ -1,10 +1,10 @@
 """Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Optional, Union
 
 import spacy
 from spacy.language import Language
-from spacy.util import load_config, load_model_from_config
+from spacy.util import get_sourced_components, load_config, load_model_from_config
 from thinc.api import Config
 
 from .factories import CONTEXTUAL_FACTORIES
@@ -37,7 +37,7 @@ def load_pipeline(
         else:
             loaded = Config().from_str(config)
         nlp = load_model_from_config(loaded, auto_fill=True)
-        nlp.initialize()
+        initialize_built(nlp, loaded)
     else:
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert")
@@ -48,3 +48,17 @@ def load_pipeline(
             f"its components are: {nlp.pipe_names}"
         )
     return nlp
+
+
+def initialize_built(nlp: Language, config: Config, enable: Optional[Iterable[str]] = None) -> None:
+    """`nlp.initialize()` for a pipeline just built from `config`, as `spacy
+    train` does it: components the config sources (`source = ...`) keep the
+    weights they were loaded with. (Initializing starts a component from its
+    config: a sourced, fine-tuned embedder would get its base model's weights.)
+
+    enable: initialize only these (and not the sourced among them).
+    """
+    sourced = set(get_sourced_components(config))
+    names = [name for name in (nlp.pipe_names if enable is None else enable) if name not in sourced]
+    with nlp.select_pipes(enable=names):
+        nlp.initialize()

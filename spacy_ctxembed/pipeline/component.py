@@ -29,15 +29,16 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
+from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
-from ..models.torch_bridge import swaps_weights
+from ..models.torch_bridge import set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
 from ..settings import selected_layers
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
-from .signature import output_signature
+from .signature import output_signature, saved_weights_fingerprint
 
 #: Subfolder of the component's directory where the encoder writes its files.
 MODEL_DIR = "model"
@@ -46,6 +47,10 @@ FORMAT = 2
 #: Key in the saved cfg: the encoder layers (non-negative indices) the combiner
 #: was saved for. Not "layers": 0.1 wrote its `layers` setting, as given, there.
 LAYERS_KEY = "encoder_layers"
+#: Key in the saved cfg: a fingerprint of the encoder's weights as saved in the
+#: model folder (`saved_weights_fingerprint`; absent in older saves, and for an encoder
+#: without weights of its own).
+WEIGHTS_KEY = "encoder_weights"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,11 +219,23 @@ class ContextualEmbedder(TrainablePipe):
     def initialize(
         self, get_examples: Optional[Callable[[], Iterable[Example]]] = None, *, nlp: Optional[Language] = None
     ) -> None:
-        """Load the pretrained weights and check the settings against the model."""
+        """Load the pretrained weights the config names and check the settings
+        against the model. This starts the component from its config, as
+        spaCy's own components start afresh: weights loaded or fine-tuned
+        before (and a combiner's) are replaced."""
+        was_loaded = self._loaded
         with named_errors(self.name):
             if self.encoder.name == "ctxembed-trf-encoder" and nlp is not None:
                 _upstream_width(self.encoder, nlp)
-            self.model.initialize()
+            try:
+                self.model.initialize()
+            except (SettingError, ElmoFileError) as err:  # (a model or file the config names)
+                if not was_loaded:
+                    raise
+                raise type(err)(
+                    f"{err} (nlp.initialize() starts the component from its config, so it loads the weights the "
+                    f"config names again; to keep the ones it holds, leave it out: with nlp.select_pipes("
+                    f"disable=[{self.name!r}]): nlp.initialize())") from None
         self._model_loaded()
 
     def ensure_loaded(self) -> None:
@@ -555,6 +572,11 @@ class ContextualEmbedder(TrainablePipe):
         `params` swap the encoder's weights (an optimizer's averages of a fine-tuned
         encoder), the cache's entries are of other weights both inside the block
         and after it."""
+        # A backward pass still waiting for a listener (one that skipped its last
+        # batch) runs now: swapping the weights in place would invalidate its
+        # graph, and the next update would fail. (It is what that update would
+        # do first; the gradient waits for finish_update as before.)
+        self._flush_backward(at_update=True)
         swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
         if swapped:
             self._weights_moved()
@@ -611,9 +633,10 @@ class ContextualEmbedder(TrainablePipe):
                         raise bad_setting(self.name, "model", str(path / MODEL_DIR),
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
+                    self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
-                    self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"),
-                                        saved_cfg.get(LAYERS_KEY))
+                    saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
+                    self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
                 elif "combiner" not in exclude and self.combiner.param_names:
                     raise bad_setting(self.name, "combiner", str(path / "combiner"),
                                       "the combiner's weights are missing")
@@ -671,7 +694,10 @@ class ContextualEmbedder(TrainablePipe):
     def _saved_cfg(self) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
         config's are used) and the encoder layers that the combiner's weights are for."""
-        return {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
+        cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
+        if self.encoder.shims:
+            cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
+        return cfg
 
     def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
         """The saved nodes of the combiner in the bytes of the whole model; None where
@@ -708,7 +734,10 @@ class ContextualEmbedder(TrainablePipe):
                               f"spacy-ctxembed; this one reads 1 and {FORMAT}")
 
     def _after_loading(self, combiner_source: str) -> None:
-        self.encoder.initialize()  # loaded already: only sets its dims
+        if all(cast(Any, shim).loaded for shim in self.encoder.shims):
+            set_loaded_dims(self.encoder)  # (its `initialize` would load the config's weights over them)
+        else:  # `exclude=["model"]` into a component not loaded yet: its own are the config's, loaded now
+            self.encoder.initialize()
         # ctxembed_from_trf learns its width from the upstream at initialize;
         # a loaded pipeline has it from the combiner that was saved with it.
         if self.encoder.has_dim("nO") is not True and self.combiner.has_dim("nI") is True:
@@ -719,6 +748,13 @@ class ContextualEmbedder(TrainablePipe):
         """The combiner's weights must fit the encoder and be finite, like the encoder's."""
         xp = self.model.ops.xp
         n_layers = self.encoder.get_dim("nL")
+        n_in, width = self.combiner.maybe_get_dim("nI"), self.encoder.maybe_get_dim("nO")
+        if self.combiner.param_names and n_in is not None and width is not None and n_in != width:
+            # (A mix trained over another model's layers: thinc would refuse
+            # the new width later, naming neither the component nor the cause.)
+            raise bad_setting(self.name, "combiner", source,
+                              f"it was saved beside an encoder of width {n_in}, but the loaded model's is {width}: "
+                              "put back the model it was saved with, or train the pipeline again")
         expected = {"s": (n_layers,), "gamma": (1,)} if self.combiner.name == "scalar_mix" else {}
         for name in self.combiner.param_names:
             if not self.combiner.has_param(name):
@@ -753,6 +789,42 @@ class ContextualEmbedder(TrainablePipe):
                               f"it was saved for {n_saved} layer(s), but the config's layers select {n_current}: "
                               "put back the layers it was saved with, or train the pipeline again")
 
+    def _check_saved_weights(self, saved: Any, path: Path) -> None:
+        """The model folder must hold the weights the pipeline was saved with.
+
+        Another model's folder put in its place (of the same shapes, or wider,
+        or deeper) would otherwise run under the combiner and the downstream
+        weights trained on the saved one, silently, or fail with an error about
+        layers or dims that names neither. The fingerprint samples every
+        tensor: a swapped or retrained model differs, a few values edited by
+        hand may not.
+        """
+        if not isinstance(saved, str) or saved == saved_weights_fingerprint(self.encoder):
+            return
+        raise bad_setting(
+            self.name, "model", str(path / MODEL_DIR),
+            f"it holds other weights than this pipeline was saved with (the fingerprint in {str(path / 'cfg')!r}"
+            " differs): put back the model folder it was saved with. To embed with another model, make a "
+            "component on it (its `name`) and train what listens to it again; to keep these weights on "
+            f"purpose, remove {WEIGHTS_KEY!r} from that cfg file",
+        )
+
+    def _v1_saved_layers(self, cfg: Dict[str, Any]) -> Optional[List[int]]:
+        """The layers a 0.1 pipeline's combiner was saved for: its cfg kept the
+        `layers` setting as written (`-1` for the top), resolved here against
+        the model just loaded. None where the cfg is not 0.1's or says nothing."""
+        layers = cfg.get("layers") if cfg.get("format", 1) == 1 else None
+        if not isinstance(layers, list) or not layers or \
+                not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            return None
+        for shim in self.encoder.shims:
+            if not cast(Any, shim).loaded:  # (`exclude`d: nothing to check against)
+                return None
+            n_states = cast(Any, shim).n_states
+            # (Out of the model's range: not these layers, whatever they were.)
+            return [i + n_states if -n_states <= i < 0 else i for i in layers]
+        return None
+
     def _check_saved_layers(self, saved: Any, source: str) -> None:
         """The config's layers must be the ones the combiner was saved for, not just
         as many: mixing weights trained for one layer apply to that layer only.
@@ -761,8 +833,9 @@ class ContextualEmbedder(TrainablePipe):
         if not isinstance(saved, list) or current is None or saved == current:
             return
         raise bad_setting(self.name, "combiner", source,
-                          f"it was saved for layers {saved}, but the config's layers select {current}: "
-                          "put back the layers it was saved with, or train the pipeline again")
+                          f"it was saved for layers {saved}, but the config's layers select {current} of the "
+                          "loaded model: put back the layers (or the model) it was saved with, or train the "
+                          "pipeline again")
 
     def _load_combiner(self, data: bytes, source: str, saved_layers: Any = None) -> None:
         self._check_saved_combiner(_saved_nodes(data), source)

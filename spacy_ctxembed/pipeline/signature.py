@@ -8,6 +8,7 @@ settings alone would take a fine-tuned model for its base (both name the
 base in their config) and a reloaded component for the one before.
 """
 import hashlib
+import itertools
 from typing import Any, Dict
 
 import numpy
@@ -63,6 +64,31 @@ def weights_fingerprint(model: Model) -> str:
                 digest.update(name.encode())
                 digest.update(numpy.ascontiguousarray(node.ops.to_numpy(node.get_param(name))).tobytes())
     return digest.hexdigest()
+
+
+def saved_weights_fingerprint(model: Model) -> str:
+    """A digest of the weight values of `model`'s PyTorch modules, for a saved
+    pipeline to tell its own model folder from another's (its `cfg` records it).
+
+    Unlike `weights_fingerprint` it depends on the values only: not on the
+    tensors' names or order, nor on integer buffers (BERT's position ids) or on
+    whether a buffer is persistent, all of which change with the version of
+    transformers or of this package (a pipeline saved under one must load under
+    the next). Each floating-point tensor, parameter or buffer (ELMo keeps
+    frozen weights as buffers), gives its shape and an even sample of values.
+    """
+    digests = []
+    for node in model.walk():
+        for shim in node.shims:
+            module = getattr(shim, "_model", None)
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for tensor in itertools.chain(module.parameters(), module.buffers()):
+                if tensor.is_floating_point():
+                    digest = hashlib.blake2b(repr(tuple(tensor.shape)).encode(), digest_size=8)
+                    digest.update(_sampled(tensor).tobytes())
+                    digests.append(digest.digest())
+    return hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
 
 
 def _sampled(tensor: torch.Tensor) -> numpy.ndarray:
