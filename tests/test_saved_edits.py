@@ -415,3 +415,41 @@ def test_a_config_that_sources_a_saved_component_embeds_with_its_weights(tiny_be
     numpy.testing.assert_allclose(load_pipeline(config=config)(TEXT)._.ctx_vectors, expected, atol=1e-6)
     source = PipelineSource(config=Config().from_str(config))
     numpy.testing.assert_allclose(source.load()(TEXT)._.ctx_vectors, expected, atol=1e-6)
+
+
+def test_the_fingerprint_leaves_out_buffers_that_are_never_saved(tiny_bert_dir, tmp_path, monkeypatch):
+    """Buffers computed when a model is built (rotary `inv_freq`) are not in its
+    file, and newer transformers add or reshape them: a pipeline saved before
+    must still load. Simulated with a float buffer the embeddings gain."""
+    import torch
+    from transformers.models.bert import modeling_bert
+
+    nlp = _nlp(tiny_bert_dir, "scalar_mix")
+    nlp.to_disk(tmp_path / "saved")
+    built = modeling_bert.BertEmbeddings.__init__
+
+    def with_a_computed_buffer(self, config):
+        built(self, config)
+        self.register_buffer("inv_freq", torch.arange(4, dtype=torch.float32) + 1, persistent=False)
+
+    monkeypatch.setattr(modeling_bert.BertEmbeddings, "__init__", with_a_computed_buffer)
+    loaded = spacy.load(tmp_path / "saved")
+    assert hasattr(loaded.get_pipe(NAME).encoder.shims[0]._model.embeddings, "inv_freq")  # the premise
+    numpy.testing.assert_array_equal(loaded(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)
+
+
+def test_analysis_refuses_to_edit_a_sourced_component_and_names_the_command(tiny_bert_dir, tmp_path):
+    """`analyze --config` with the analysed component sourced failed with a
+    KeyError: the analysis writes its layers into the component's block, which
+    a sourced component does not have (spaCy would not read them)."""
+    from thinc.api import Config
+
+    from spacy_ctxembed.analysis.errors import AnalysisInputError
+    from spacy_ctxembed.analysis.source import PipelineSource
+
+    _nlp(tiny_bert_dir, "mean").to_disk(tmp_path / "saved")
+    config = (f'[nlp]\nlang = "en"\npipeline = ["{NAME}"]\n[components]\n'
+              f'[components.{NAME}]\nsource = "{tmp_path / "saved"}"\n')
+    source = PipelineSource(config=Config().from_str(config))
+    with pytest.raises(AnalysisInputError, match=rf"--model {tmp_path / 'saved'} --component {NAME}"):
+        source.load([(NAME, ("model", "encoder", "layers"), [0, 1, 2])], component=NAME)

@@ -134,6 +134,13 @@ def edited_config(config: Config, edits: Sequence[Edit]) -> Config:
     edited = config.copy()
     for component, section, value in edits:
         block = edited["components"][component]
+        if "source" in block:
+            # spaCy takes a sourced component as it was saved: settings written
+            # beside `source` are not read, and there are none to edit.
+            raise AnalysisInputError(
+                f"--config: [components.{component}] is sourced (source = {block['source']!r}), so the analysis "
+                "cannot change its settings (to read every layer): analyse that pipeline itself, with "
+                f"--model {block['source']} --component {block.get('component', component)}")
         for key in section[:-1]:
             block = block[key]
         block[section[-1]] = value

@@ -9,7 +9,7 @@ base in their config) and a reloaded component for the one before.
 """
 import hashlib
 import itertools
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import numpy
 import torch
@@ -70,12 +70,14 @@ def saved_weights_fingerprint(model: Model) -> str:
     """A digest of the weight values of `model`'s PyTorch modules, for a saved
     pipeline to tell its own model folder from another's (its `cfg` records it).
 
-    Unlike `weights_fingerprint` it depends on the values only: not on the
-    tensors' names or order, nor on integer buffers (BERT's position ids) or on
-    whether a buffer is persistent, all of which change with the version of
-    transformers or of this package (a pipeline saved under one must load under
-    the next). Each floating-point tensor, parameter or buffer (ELMo keeps
-    frozen weights as buffers), gives its shape and an even sample of values.
+    Unlike `weights_fingerprint` it reads what a save writes, by value only:
+    not the tensors' names or order, nor integer buffers (BERT's position ids,
+    saved by transformers 4.30 and not after), nor buffers that are never
+    saved but computed when the model is built (rotary `inv_freq`, whose
+    number and shape change with the version of transformers): a pipeline
+    saved under one version must load under the next. Each floating-point
+    parameter or saved buffer (ELMo keeps frozen weights as buffers) gives its
+    shape and an even sample of its values.
     """
     digests = []
     for node in model.walk():
@@ -83,12 +85,22 @@ def saved_weights_fingerprint(model: Model) -> str:
             module = getattr(shim, "_model", None)
             if not isinstance(module, torch.nn.Module):
                 continue
-            for tensor in itertools.chain(module.parameters(), module.buffers()):
+            for tensor in itertools.chain(module.parameters(), _saved_buffers(module)):
                 if tensor.is_floating_point():
                     digest = hashlib.blake2b(repr(tuple(tensor.shape)).encode(), digest_size=8)
                     digest.update(_sampled(tensor).tobytes())
                     digests.append(digest.digest())
     return hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
+
+
+def _saved_buffers(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    """The buffers `state_dict` holds (persistent ones), each once."""
+    seen = set()
+    for sub in module.modules():
+        for name, buffer in sub.named_buffers(recurse=False):
+            if name not in sub._non_persistent_buffers_set and id(buffer) not in seen:
+                seen.add(id(buffer))
+                yield buffer
 
 
 def _sampled(tensor: torch.Tensor) -> numpy.ndarray:
