@@ -693,7 +693,8 @@ class ContextualEmbedder(TrainablePipe):
 
     def _saved_cfg(self) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
-        config's are used) and the encoder layers that the combiner's weights are for."""
+        config's are used), the encoder layers that the combiner's weights are for,
+        and the fingerprint of the encoder's weights (`_check_saved_weights`)."""
         cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
         if self.encoder.shims:
             cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
