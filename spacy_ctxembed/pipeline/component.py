@@ -34,7 +34,7 @@ from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
-from ..settings import selected_layers
+from ..settings import normalize_layers, selected_layers
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
@@ -821,9 +821,10 @@ class ContextualEmbedder(TrainablePipe):
         for shim in self.encoder.shims:
             if not cast(Any, shim).loaded:  # (`exclude`d: nothing to check against)
                 return None
-            n_states = cast(Any, shim).n_states
-            # (Out of the model's range: not these layers, whatever they were.)
-            return [i + n_states if -n_states <= i < 0 else i for i in layers]
+            try:
+                return list(normalize_layers(self.name, layers, cast(Any, shim).n_states))
+            except SettingError:  # out of the model's range: not these layers, whatever they were
+                return list(layers)
         return None
 
     def _check_saved_layers(self, saved: Any, source: str) -> None:

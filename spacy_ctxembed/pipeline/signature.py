@@ -52,10 +52,7 @@ def weights_fingerprint(model: Model) -> str:
     few), and an even sample of each tensor of its PyTorch modules."""
     digest = hashlib.blake2b(digest_size=8)
     for node in model.walk():
-        for shim in node.shims:
-            module = getattr(shim, "_model", None)
-            if not isinstance(module, torch.nn.Module):
-                continue
+        for module in _torch_modules(node):
             for name, tensor in module.state_dict().items():
                 digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
                 digest.update(_sampled(tensor).tobytes())
@@ -81,16 +78,21 @@ def saved_weights_fingerprint(model: Model) -> str:
     """
     digests = []
     for node in model.walk():
-        for shim in node.shims:
-            module = getattr(shim, "_model", None)
-            if not isinstance(module, torch.nn.Module):
-                continue
+        for module in _torch_modules(node):
             for tensor in itertools.chain(module.parameters(), _saved_buffers(module)):
                 if tensor.is_floating_point():
                     digest = hashlib.blake2b(repr(tuple(tensor.shape)).encode(), digest_size=8)
                     digest.update(_sampled(tensor).tobytes())
                     digests.append(digest.digest())
     return hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
+
+
+def _torch_modules(node: Model) -> Iterator[torch.nn.Module]:
+    """The PyTorch modules of a thinc node's shims (none before weights are loaded)."""
+    for shim in node.shims:
+        module = getattr(shim, "_model", None)
+        if isinstance(module, torch.nn.Module):
+            yield module
 
 
 def _saved_buffers(module: torch.nn.Module) -> Iterator[torch.Tensor]:
