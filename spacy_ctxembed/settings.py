@@ -1,5 +1,6 @@
 """Validation of the settings that every embedder shares, and settings kept from the config."""
-from typing import Any, Iterable, List, Optional, Tuple
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import srsly
 from thinc.api import Model
@@ -89,3 +90,48 @@ def selected_layers(encoder: Model) -> Optional[List[int]]:
     if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
         return list(layers)
     return None
+
+
+
+def encoder_features(encoder: Model) -> Dict[str, Any]:
+    """The settings besides the layers that shape the vectors, as the loaded
+    encoder resolves them: BERT's pooling and windows (`window = null` is the
+    model's limit), `ctxembed_from_trf`'s pooling (its windows are its
+    upstream's). {} for ELMo, which has none, and for weights not loaded."""
+    for shim in encoder.shims:
+        return dict(getattr(shim, "features", {}))
+    settings = config_value(encoder.attrs.get("settings"))
+    if isinstance(settings, dict) and isinstance(settings.get("pooling"), str):
+        return {"pooling": settings["pooling"]}
+    return {}
+
+
+def check_saved_features(component: str, saved: Any, current: Dict[str, Any], *, trained: str,
+                         on_purpose: str = "") -> None:
+    """After a load, where weights trained on the vectors read them: the
+    features the encoder was saved with (`encoder_features`) against the
+    config's. Another `pooling` gives other vectors for every token, under
+    weights trained on the saved ones: refused, as other layers are. Other
+    windows change only the tokens of docs longer than the smaller window, and
+    are a speed setting a user may mean to change: said in a warning.
+
+    trained: what was trained on the vectors, for the messages.
+    on_purpose: how to load it with the config's pooling all the same, where there is a way.
+    Saves that record nothing (earlier versions, ELMo) are not checked.
+    """
+    if not isinstance(saved, dict) or not current:
+        return
+    if "pooling" in saved and "pooling" in current and saved["pooling"] != current["pooling"]:
+        raise bad_setting(component, "pooling", current["pooling"],
+                          f"the encoder was saved with pooling = {saved['pooling']!r}, and what was trained on those "
+                          f"vectors ({trained}) reads them: put back pooling = {saved['pooling']!r}, or train again"
+                          + (f"; {on_purpose}" if on_purpose else ""))
+    changed = [name for name in ("window", "stride") if name in saved and name in current
+               and saved[name] != current[name]]
+    if changed:
+        now = ", ".join(f"{name} = {current[name]}" for name in changed)
+        was = ", ".join(f"{name} = {saved[name]}" for name in changed)
+        shortest = min(current.get("window", 0), saved.get("window", 0)) or "the window"
+        warnings.warn(f"[{component}] {now}: the encoder was saved with {was} (resolved), and what was trained "
+                      f"on its vectors ({trained}) saw those; docs longer than {shortest} wordpieces get other "
+                      "vectors now", stacklevel=3)

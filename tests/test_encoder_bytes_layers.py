@@ -49,15 +49,15 @@ def saved(request, tiny_bert_dir, tmp_path_factory):
     return factory, path, tok2vec.predict([nlp(TEXT)])[0]
 
 
-def _edited(saved_path, tmp_path, layers):
-    """A copy of the saved pipeline, the `layers` of the tagger's encoder edited in config.cfg."""
+def _edited(saved_path, tmp_path, layers, **settings):
+    """A copy of the saved pipeline, the `layers` (and `settings`) of the tagger's encoder edited in config.cfg."""
     path = tmp_path / "edited"
     shutil.rmtree(path, ignore_errors=True)
     shutil.copytree(saved_path, path)
     config = load_config(path / "config.cfg")
     encoder = config["components"]["tagger"]["model"]["tok2vec"]["embedder"]["encoder"]
     assert encoder["layers"] == SAVED
-    encoder["layers"] = layers
+    encoder.update(layers=layers, **settings)
     config.to_disk(path / "config.cfg")
     return path
 
@@ -98,3 +98,17 @@ def test_bytes_without_the_layers_still_load(saved, tmp_path):
     config["components"]["tagger"]["model"]["tok2vec"]["embedder"]["encoder"]["layers"] = [2, 1]
     config.to_disk(path / "config.cfg")
     assert _tok2vec_output(spacy.load(path)).shape == original.shape
+
+
+@pytest.mark.parametrize("saved", ["ctxembed_bert"], indirect=True)  # (ELMo has no pooling)
+def test_edited_pooling_of_a_replaced_listeners_encoder_is_refused(saved, tmp_path):
+    """The bytes record the pooling too: the tagger was trained on mean-pooled vectors."""
+    factory, saved_path, original = saved
+    path = _edited(saved_path, tmp_path, SAVED, pooling="last")
+    with pytest.raises(SettingError, match=(
+            rf"^\[{factory}\] pooling = 'last': the encoder was saved with pooling = 'mean', and what was trained "
+            r"on those vectors \(the component this copy of the encoder is in\) reads them: put back "
+            r"pooling = 'mean', or train again$")):
+        spacy.load(path)
+    path = _edited(saved_path, tmp_path, SAVED, pooling="mean")
+    numpy.testing.assert_array_equal(_tok2vec_output(spacy.load(path)), original)

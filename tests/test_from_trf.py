@@ -165,3 +165,29 @@ def test_from_trf_layers_edited_in_a_saved_pipeline_are_refused(tiny_bert_dir, t
     with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] combiner = .*it was saved for layers "
                                            r"\[-1, -3\], but the config's layers select \[-3, -1\]"):
         spacy.load(tmp_path / "p")
+
+
+def test_from_trf_pooling_edited_under_a_trained_mix_is_refused(tiny_bert_dir, tmp_path):
+    """(Without weights trained on its vectors, the config's pooling is taken:
+    test_from_trf_settings_come_from_the_config_not_the_bytes.)"""
+    from spacy.util import load_config
+
+    from spacy_ctxembed.errors import SettingError
+
+    nlp = _trf_nlp(tiny_bert_dir, True, combine="scalar_mix")
+    nlp.to_disk(tmp_path / "p")
+    config = load_config(tmp_path / "p" / "config.cfg")
+    assert config["components"]["ctxembed_from_trf"]["model"]["encoder"]["pooling"] == "mean"
+    config["components"]["ctxembed_from_trf"]["model"]["encoder"]["pooling"] = "first"
+    config.to_disk(tmp_path / "p" / "config.cfg")
+    with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] pooling = 'first': the encoder was saved "
+                                           r"with pooling = 'mean', and what was trained on those vectors \(its "
+                                           r"scalar_mix\) reads them: put back .*; to load it"):
+        spacy.load(tmp_path / "p")
+    for load in (lambda receiver: receiver.from_bytes(nlp.to_bytes()),
+                 lambda receiver: receiver.get_pipe("ctxembed_from_trf").from_bytes(
+                     nlp.get_pipe("ctxembed_from_trf").to_bytes())):
+        receiver = _trf_nlp(tiny_bert_dir, True, pooling="max", combine="scalar_mix")
+        with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] pooling = 'max': the encoder was saved "
+                                               r"with pooling = 'mean'.*, or train again$"):
+            load(receiver)

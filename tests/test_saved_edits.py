@@ -2,6 +2,7 @@
 was saved is refused by name, never loaded into the wrong combiner or layers."""
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy
@@ -200,15 +201,106 @@ def test_bytes_written_by_v1_load(component, expected):
         numpy.testing.assert_array_equal(doc._.ctx_vectors, reference._.ctx_vectors)
 
 
-def _hf_mean_of_layers(model_dir, layers, text=TEXT):
-    """`transformers` itself on `model_dir`: the selected layers pooled by mean, then
-    their plain mean (what a fresh ScalarMix gives: s = 0, gamma = 1)."""
+def _hf_pooled_layers(model_dir, layers, text=TEXT, pooling="mean"):
+    """`transformers` itself on `model_dir`: the selected layers pooled by `pooling`."""
     from transformers import AutoModel, AutoTokenizer
 
     states, offsets = hf_hidden_states(AutoTokenizer.from_pretrained(model_dir),
                                        AutoModel.from_pretrained(model_dir).eval(), text)
     pieces = token_pieces(spacy.blank("en")(text), offsets)
-    return numpy.mean([pool(states[i], pieces, "mean") for i in layers], axis=0)
+    return numpy.stack([pool(states[i], pieces, pooling) for i in layers])
+
+
+def _hf_mean_of_layers(model_dir, layers, text=TEXT, pooling="mean"):
+    """The selected layers' plain mean (what a fresh ScalarMix gives: s = 0, gamma = 1)."""
+    return _hf_pooled_layers(model_dir, layers, text, pooling).mean(axis=0)
+
+
+def _encoder_edited(saved_path, tmp_path, **settings):
+    """A copy of a saved pipeline, settings of its [model.encoder] edited in config.cfg."""
+    path = tmp_path / "edited"
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(saved_path, path)
+    config = load_config(path / "config.cfg")
+    config["components"][NAME]["model"]["encoder"].update(settings)
+    config.to_disk(path / "config.cfg")
+    return path
+
+
+POOLING_TEXT = "Tokenization unbelievably outperformed embeddings"  # (words of several pieces)
+
+
+def test_pooling_edited_in_config_is_refused_where_trained_weights_read_the_vectors(saved, tiny_bert_dir, tmp_path):
+    """Another pooling loaded silently under a trained mix: every vector changed
+    (first pieces for the mean of pieces). A plain embedder takes the config's."""
+    first = _hf_pooled_layers(tiny_bert_dir, [0, 1, 2], POOLING_TEXT, pooling="first")
+    assert not numpy.allclose(_hf_mean_of_layers(tiny_bert_dir, [0, 1, 2], POOLING_TEXT), first.mean(axis=0),
+                              atol=1e-3)  # the premise: the pooling matters on this text
+    path = _encoder_edited(saved["mean"][0], tmp_path, pooling="first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        numpy.testing.assert_allclose(spacy.load(path)(POOLING_TEXT)._.ctx_vectors, first.mean(axis=0), atol=1e-5)
+
+    path = _encoder_edited(saved["scalar_mix"][0], tmp_path, pooling="first")
+    cfg_path = path / NAME / "cfg"
+    with pytest.raises(SettingError) as excinfo:
+        spacy.load(path)
+    assert str(excinfo.value) == (
+        f"[{NAME}] pooling = 'first': the encoder was saved with pooling = 'mean', and what was trained on those "
+        "vectors (its scalar_mix) reads them: put back pooling = 'mean', or train again; to load it with the "
+        f"config's on purpose, remove 'encoder_features' from '{cfg_path}'")
+    # As the error says (and as a cfg written before the key existed): the config's pooling under the saved mix.
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg.pop("encoder_features") == {"pooling": "mean", "window": 62, "stride": 46}
+    cfg_path.write_text(json.dumps(cfg))
+    weights = numpy.exp(TRAINED_S) / numpy.exp(TRAINED_S).sum()
+    expected = TRAINED_GAMMA[0] * numpy.einsum("l,lnd->nd", weights, first)
+    numpy.testing.assert_allclose(spacy.load(path)(POOLING_TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def test_pooling_of_other_bytes_is_refused_under_a_trained_mix(tiny_bert_dir):
+    for combine, refused in (("scalar_mix", True), ("mean", False)):
+        source = _nlp(tiny_bert_dir, combine)
+        receiver = spacy.blank("en")
+        receiver.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2],
+                                                                         combine=combine, pooling="max"))
+        if refused:
+            with pytest.raises(SettingError, match=(
+                    rf"^\[{NAME}\] pooling = 'max': the encoder was saved with pooling = 'mean', and what was "
+                    r"trained on those vectors \(its scalar_mix\) reads them: put back pooling = 'mean', or train "
+                    r"again$")):
+                receiver.from_bytes(source.to_bytes())
+        else:
+            receiver.from_bytes(source.to_bytes())
+            expected = _hf_mean_of_layers(tiny_bert_dir, [0, 1, 2], POOLING_TEXT, pooling="max")
+            numpy.testing.assert_allclose(receiver(POOLING_TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def test_listening_components_hold_the_pooling_and_are_warned_of_other_windows(tiny_bert_dir, tmp_path):
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=tiny_bert_dir, window=16, combine="mean"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": NAME}}})
+    words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})])
+    nlp.to_disk(tmp_path / "saved")
+    with pytest.raises(SettingError, match=(
+            rf"^\[{NAME}\] pooling = 'last': the encoder was saved with pooling = 'mean', and what was trained on "
+            r"those vectors \('tagger'\) reads them")):
+        spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, pooling="last"))
+    with pytest.warns(UserWarning, match=(
+            rf"^\[{NAME}\] window = 8, stride = 6: the encoder was saved with window = 16, stride = 12 "
+            r"\(resolved\), and what was trained on its vectors \('tagger'\) saw those; docs longer than 8 "
+            r"wordpieces get other vectors now$")):
+        spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, window=8))
+    # The same windows spelled out (stride = null resolved to 12) say nothing; without a listener, nor do others.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, window=16, stride=12))
+        numpy.testing.assert_array_equal(loaded(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)
+        spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, window=8), exclude=["tagger"])
 
 
 def _other_bert(path, minilm_dir, *, width=32, depth=2):

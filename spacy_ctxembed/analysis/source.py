@@ -118,7 +118,9 @@ class PipelineSource:
         skipped = [] if new_combiner is None else [new_combiner]
         nlp.from_disk(path, exclude=skipped)
         for name in skipped:
-            cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner"])
+            # Its weights only: the edits replace the combiner, and change on purpose the
+            # layers and pooling that its cfg records (and that a load would hold to).
+            cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner", "cfg"])
         return nlp
 
 

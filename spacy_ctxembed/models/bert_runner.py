@@ -32,13 +32,15 @@ from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting
 from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
-from ..settings import normalize_layers
+from ..settings import check_saved_features, normalize_layers
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
 from .torch_bridge import (
+    SAVED_FEATURES,
     SAVED_LAYERS,
     averaged_weights,
     check_saved_layers,
+    is_copy,
     scaled_optimizer,
     staged,
     swaps_weights,
@@ -417,6 +419,12 @@ class BertShim(PyTorchShim):
         """The selected hidden states, as indices into the loaded model's (empty until loaded)."""
         return list(self.runner.layers) if self.runner is not None else []
 
+    @property
+    def features(self) -> Dict[str, Any]:
+        """The settings besides the layers that shape the vectors, resolved ({} until loaded)."""
+        runner = self.runner
+        return {} if runner is None else {"pooling": runner.pooling, "window": runner.window, "stride": runner.stride}
+
     def dims(self) -> Dict[str, int]:
         """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
         runner = self.get_runner()
@@ -474,7 +482,7 @@ class BertShim(PyTorchShim):
         with tempfile.TemporaryDirectory() as tmp:
             self.save_dir(Path(tmp))
             files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
-        return srsly.msgpack_dumps({"hf_files": files, SAVED_LAYERS: self.layers})
+        return srsly.msgpack_dumps({"hf_files": files, SAVED_LAYERS: self.layers, SAVED_FEATURES: self.features})
 
     def from_bytes(self, bytes_data: bytes) -> "BertShim":
         msg = srsly.msgpack_loads(bytes_data)
@@ -484,6 +492,9 @@ class BertShim(PyTorchShim):
         with unpacked(files, COMPONENT) as directory:
             self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
+        if is_copy(self.settings):  # (a component checks its own, where something reads them)
+            check_saved_features(COMPONENT, msg.get(SAVED_FEATURES), self.features,
+                                 trained="the component this copy of the encoder is in")
         return self
 
     def finish_update(self, optimizer) -> None:

@@ -23,6 +23,8 @@ EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
 LR_SCALE = "lr_scale"
 #: The key of an encoder shim's bytes that records the layers it selected (resolved) when saved.
 SAVED_LAYERS = "layers"
+#: The key of an encoder shim's bytes that records its pooling and windows (`settings.encoder_features`).
+SAVED_FEATURES = "features"
 
 
 def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
@@ -35,6 +37,13 @@ def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
     """
     scale = settings.get(LR_SCALE, 1.0)
     return optimizer if scale == 1.0 else partial(optimizer, lr_scale=scale)
+
+
+def is_copy(settings: Dict[str, Any]) -> bool:
+    """Whether a shim with these settings is a copy of an encoder that replaced a
+    listener (`listener.with_lr_scale` gives every copy its scale): it lives under
+    the head of the component that listened, trained on its vectors."""
+    return LR_SCALE in settings
 
 
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:

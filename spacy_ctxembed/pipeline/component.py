@@ -34,7 +34,7 @@ from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
-from ..settings import normalize_layers, selected_layers
+from ..settings import check_saved_features, encoder_features, normalize_layers, selected_layers
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
@@ -51,6 +51,8 @@ LAYERS_KEY = "encoder_layers"
 #: model folder (`saved_weights_fingerprint`; absent in older saves, and for an encoder
 #: without weights of its own).
 WEIGHTS_KEY = "encoder_weights"
+#: The cfg key of the encoder's pooling and windows when saved (`settings.encoder_features`).
+FEATURES_KEY = "encoder_features"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -634,6 +636,9 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
                     self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
+                self._check_saved_features(saved_cfg.get(FEATURES_KEY), with_combiner="combiner" not in exclude,
+                                           on_purpose=f"to load it with the config's on purpose, remove "
+                                           f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 if "combiner" not in exclude and (path / "combiner").is_file():
                     saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
@@ -674,6 +679,7 @@ class ContextualEmbedder(TrainablePipe):
                     raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                       _load_failure("a serialized ctxembed model", err)) from None
                 self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
+                self._check_saved_features(cfg.get(FEATURES_KEY) if isinstance(cfg, dict) else None)
                 self._after_loading("bytes")
         self._model_loaded()
         return self
@@ -694,10 +700,14 @@ class ContextualEmbedder(TrainablePipe):
     def _saved_cfg(self) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
         config's are used), the encoder layers that the combiner's weights are for,
-        and the fingerprint of the encoder's weights (`_check_saved_weights`)."""
+        the fingerprint of the encoder's weights (`_check_saved_weights`), and
+        its pooling and windows (`check_saved_features`)."""
         cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
         if self.encoder.shims:
             cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
+        features = encoder_features(self.encoder)
+        if features:
+            cfg[FEATURES_KEY] = features
         return cfg
 
     def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
@@ -809,6 +819,18 @@ class ContextualEmbedder(TrainablePipe):
             "component on it (its `name`) and train what listens to it again; to keep these weights on "
             f"purpose, remove {WEIGHTS_KEY!r} from that cfg file",
         )
+
+    def _check_saved_features(self, saved: Any, *, with_combiner: bool = True, on_purpose: str = "") -> None:
+        """The pooling and windows the encoder was saved with, held to where weights
+        trained on the vectors read them: a combiner with weights (ScalarMix) loaded
+        with it, or listening components. A plain embedder takes the config's, as
+        it takes its other settings."""
+        trained = [repr(name) for name in self.listening_components]
+        if with_combiner and self.combiner.param_names:
+            trained.insert(0, f"its {self.combiner.name}")
+        if trained:
+            check_saved_features(self.name, saved, encoder_features(self.encoder), trained=", ".join(trained),
+                                 on_purpose=on_purpose)
 
     def _v1_saved_layers(self, cfg: Dict[str, Any]) -> Optional[List[int]]:
         """The layers a 0.1 pipeline's combiner was saved for: its cfg kept the
