@@ -92,7 +92,6 @@ def selected_layers(encoder: Model) -> Optional[List[int]]:
     return None
 
 
-
 def encoder_features(encoder: Model) -> Dict[str, Any]:
     """The settings besides the layers that shape the vectors, as the loaded
     encoder resolves them: BERT's pooling and windows (`window = null` is the
