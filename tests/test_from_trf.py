@@ -191,3 +191,27 @@ def test_from_trf_pooling_edited_under_a_trained_mix_is_refused(tiny_bert_dir, t
         with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] pooling = 'max': the encoder was saved "
                                                r"with pooling = 'mean'.*, or train again$"):
             load(receiver)
+
+
+def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotating(tiny_bert_dir):
+    """spacy-transformers' update puts no outputs on the docs: without annotating
+    the error named only a missing transformer, which was there."""
+    from spacy.training import Example
+
+    nlp = _with_transformer(tiny_bert_dir)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(combine="scalar_mix"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": False}}})
+    words, tags = ["I", "ran", "home"], ["PRON", "VERB", "ADV"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
+    nlp.initialize(lambda: examples)
+    optimizer = nlp.create_optimizer()
+    for exclude in ([], ["transformer"]):
+        with pytest.raises(ValueError, match=r"trf_data is missing: .*; in training, list it in \[training\] "
+                                             r"annotating_components, and in frozen_components"):
+            nlp.update(examples, sgd=optimizer, exclude=exclude)
+    mix = nlp.get_pipe("ctxembed_from_trf").combiner
+    gamma_before = mix.get_param("gamma").copy()  # (one layer: its weight s has no gradient)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer, exclude=["transformer"], annotates=["transformer"])
+    assert not numpy.array_equal(mix.get_param("gamma"), gamma_before)  # the mix trains through the listener

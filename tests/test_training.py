@@ -131,6 +131,64 @@ def test_replace_listeners(tiny_bert_dir, tmp_path):
     loaded.update(examples, sgd=optimizer)  # the tagger trains its own copy of the encoder
 
 
+def _tagger_scores(nlp, text=" ".join(WORDS)):
+    doc = nlp(text)
+    return nlp.get_pipe("tagger").model.predict([doc])[0]
+
+
+def test_replace_listeners_finds_a_listener_nested_in_the_tok2vec_block(tiny_bert_dir, tmp_path):
+    """spaCy hands the hook the whole model.tok2vec block whatever path it
+    replaces: a listener as a spacy.Tok2Vec.v2's `embed` (the layout of the
+    shipped configs) was refused as "not a ContextualListener"."""
+    encode = {"@architectures": "spacy.MaxoutWindowEncoder.v2", "width": 16, "window_size": 1, "maxout_pieces": 2,
+              "depth": 1}
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec={"@architectures": "spacy.Tok2Vec.v2",
+                                                      "embed": _listener(grad_factor=0.5), "encode": encode})
+    optimizer = nlp.resume_training()
+    for _ in range(2):
+        _train_step(nlp, examples, optimizer)
+    before = _tagger_scores(nlp)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.embed"])
+    embed_cfg = nlp.config["components"]["tagger"]["model"]["tok2vec"]["embed"]
+    assert embed_cfg["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3"
+    assert (embed_cfg["width"], embed_cfg["grad_factor"]) == (16, 0.5)
+    assert nlp.get_pipe("ctxembed_bert").listeners == []
+    numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
+    nlp.to_disk(tmp_path / "p")
+    numpy.testing.assert_array_equal(_tagger_scores(spacy.load(tmp_path / "p")), before)
+
+
+def test_replace_listeners_takes_the_listener_of_its_upstream_among_several(tiny_bert_dir):
+    """A concatenate of listeners to two embedders: each path gets its own
+    listener's settings (the block holds both)."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    for name in ("a", "b"):
+        nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=tiny_bert_dir, primary=name == "a"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@layers": "concatenate.v1", "*": {"a": _listener(8, upstream="a"), "b": _listener(12, upstream="b")}}}})
+    examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
+    nlp.initialize(lambda: examples)
+    before = _tagger_scores(nlp)
+    nlp.replace_listeners("b", "tagger", ["model.tok2vec.*.b"])
+    replaced = nlp.config["components"]["tagger"]["model"]["tok2vec"]["*"]
+    assert replaced["b"]["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3" and replaced["b"]["width"] == 12
+    assert replaced["a"]["@architectures"] == "spacy-ctxembed.ContextualListener.v2"
+    assert nlp.get_pipe("a").listening_components == ["tagger"] and nlp.get_pipe("b").listeners == []
+    numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
+
+
+def test_replace_listeners_refuses_what_it_cannot_tell_apart(tiny_bert_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@layers": "concatenate.v1", "*": {"a": _listener(8), "b": _listener(12)}}}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})])
+    with pytest.raises(ValueError, match=r"^replace_listeners: the listening component has 2 ContextualListeners "
+                                         r"of 'ctxembed_bert' with different settings"):
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.a", "model.tok2vec.*.b"])
+
+
 def test_a_damaged_encoder_copy_after_replace_listeners_is_named_not_its_temporary_path(tiny_bert_dir, tmp_path):
     """The tagger's own copy of the encoder is unpacked into a temporary directory
     to load; spaCy names no component when a tagger fails to load, and the error

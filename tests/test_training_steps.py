@@ -302,3 +302,37 @@ def test_use_params_with_a_backward_pass_waiting_leaves_the_next_update_as_witho
     without, with_evaluation = results
     for name, value in without.items():
         torch.testing.assert_close(with_evaluation[name], value, rtol=0, atol=1e-7, msg=name)
+
+
+def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny_bert_dir, tmp_path):
+    """spaCy's loop `with nlp.select_pipes(disable=[...]): nlp.update(batch, sgd=...)`
+    with another listening component disabled: each batch's backward pass (and
+    the step asked for it) waits for that listener, which never calls back, and
+    runs at the next update. The last batch's step was not in the saved
+    pipeline; it is, as the next update would have applied it."""
+    def trained(n_updates):
+        nlp, examples = _pipeline(tiny_bert_dir)
+        nlp.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                                                 "tok2vec": _listener()}})
+        nlp.get_pipe("tagger2").initialize(lambda: examples, nlp=nlp)
+        optimizer = Adam(0.01)
+        with nlp.select_pipes(disable=["tagger2"]):
+            for _ in range(n_updates):
+                nlp.update(examples, sgd=optimizer)
+        return nlp
+
+    nlp = trained(3)
+    in_memory = _encoder_params(nlp)
+    nlp.to_disk(tmp_path / "p")
+    saved = spacy.load(tmp_path / "p").get_pipe("ctxembed_bert").encoder.shims[0]._model.state_dict()
+    # What a 4th update applies before its own forward pass: the 3rd batch's step.
+    reference = _encoder_params(trained(4))
+    assert any(not torch.equal(in_memory[k], reference[k]) for k in reference)  # the premise: a step was waiting
+    for name, value in reference.items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=0)
+    # to_bytes alike.
+    nlp = trained(3)
+    loaded = spacy.blank("en").from_config(nlp.config).from_bytes(nlp.to_bytes())
+    for name, value in reference.items():
+        torch.testing.assert_close(loaded.get_pipe("ctxembed_bert").encoder.shims[0]._model.state_dict()[name],
+                                   value, rtol=0, atol=0)

@@ -10,7 +10,7 @@ spaCy's hooks for `nlp.replace_listeners`: a listener is replaced by a copy
 of the encoder (a listener that mixes layers) or of the whole chain (one that
 reads the vectors).
 """
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -82,18 +82,45 @@ def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> M
 
 
 def replace_listener_cfg(
-    embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any], *, encoder_lr_scale: float = 1.0
+    embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any], *, encoder_lr_scale: float = 1.0,
+    upstream: str = "*",
 ) -> Dict[str, Any]:
     """The config of the replacement: `ContextualTok2Vec.v3` around a copy of the
-    embedder. (The component binds its `encoder_lr_scale` to this hook.)"""
-    if "spacy-ctxembed.ContextualListener" not in str(listener_cfg.get("@architectures", "")):
+    embedder. (The component binds its `encoder_lr_scale` and name to this hook.)
+
+    spaCy hands the hook the listening component's whole `model.tok2vec` block,
+    whatever path it replaces (`model.tok2vec.embed` in a `spacy.Tok2Vec.v2`,
+    a listener inside `concatenate.v1`): the listener is looked for in it, the
+    one listening to `upstream` where there are several.
+    """
+    found = list(_listener_cfgs(listener_cfg))
+    if len(found) > 1:
+        found = [cfg for cfg in found if cfg.get("upstream", "*") in ("*", upstream)]
+    if not found:
         raise ValueError(
-            "replace_listeners: the listener config at model.tok2vec is not a spacy-ctxembed "
-            f"ContextualListener ({listener_cfg.get('@architectures')!r})"
+            "replace_listeners: the listening component's model.tok2vec block "
+            f"({listener_cfg.get('@architectures')!r}) holds no spacy-ctxembed ContextualListener of {upstream!r}"
+        )
+    if any(cfg != found[0] for cfg in found[1:]):
+        # spaCy calls the hook once per path with the same block: which listener a path holds is not said.
+        raise ValueError(
+            f"replace_listeners: the listening component has {len(found)} ContextualListeners of {upstream!r} with "
+            "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
+            "settings, or have the component listen once"
         )
     result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "embedder": embedder_cfg}
-    for key, value in listener_cfg.items():
+    for key, value in found[0].items():
         if key not in ("@architectures", "upstream"):
             result[key] = value
     result["encoder_lr_scale"] = encoder_lr_scale
     return result
+
+
+def _listener_cfgs(cfg: Any) -> Iterator[Dict[str, Any]]:
+    """The spacy-ctxembed ContextualListener blocks in a config block, at any depth."""
+    if isinstance(cfg, dict):
+        if "spacy-ctxembed.ContextualListener" in str(cfg.get("@architectures", "")):
+            yield cfg
+            return
+        for value in cfg.values():
+            yield from _listener_cfgs(value)

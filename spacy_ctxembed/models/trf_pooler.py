@@ -82,9 +82,12 @@ def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[
 def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     trf_data = doc._.get("trf_data") if Doc.has_extension("trf_data") else None
     if trf_data is None:
+        # (In training, spacy-transformers' update sends its outputs to its own
+        # listeners, not to the docs; and no gradient goes back to it from here.)
         raise ValueError(
-            f"[{COMPONENT}] doc._.trf_data is missing: add a spacy-transformers "
-            "'transformer' component before this one in the pipeline"
+            f"[{COMPONENT}] doc._.trf_data is missing: add a spacy-transformers 'transformer' component before "
+            "this one in the pipeline; in training, list it in [training] annotating_components, and in "
+            "frozen_components (it is not fine-tuned through this component)"
         )
     if not trf_data.model_output:
         # The upstream's span getter gave this doc no span: no token has a piece.

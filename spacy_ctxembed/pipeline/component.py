@@ -130,8 +130,10 @@ class ContextualEmbedder(TrainablePipe):
         self.name = name
         if "replace_listener_cfg" in model.attrs:
             # spaCy's replace_listeners hook sees only the model's config: the
-            # replacement's encoder keeps this component's learning-rate scale.
-            model.attrs["replace_listener_cfg"] = partial(replace_listener_cfg, encoder_lr_scale=encoder_lr_scale)
+            # replacement's encoder keeps this component's learning-rate scale,
+            # and the listener of this component is told from others.
+            model.attrs["replace_listener_cfg"] = partial(replace_listener_cfg, encoder_lr_scale=encoder_lr_scale,
+                                                          upstream=name)
         self.cfg: Dict[str, Any] = {
             "store_layers": store_layers,
             "set_doc_tensor": set_doc_tensor,
@@ -528,7 +530,12 @@ class ContextualEmbedder(TrainablePipe):
         return losses
 
     def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> None:
-        """Run the pending backward pass where it is due."""
+        """Run the pending backward pass where it is due: at an update, a
+        finish_update, `use_params`, and before the weights are saved (a loop
+        of `nlp.update(sgd=...)` with a listening component disabled leaves
+        its last batch's backward pass, and the step asked for it, waiting for
+        a listener that never calls back: the save has that step, as the next
+        update would)."""
         backward = self._pending_backward
         if backward is not None and backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
@@ -611,6 +618,7 @@ class ContextualEmbedder(TrainablePipe):
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
         """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
         path = ensure_path(path)
+        self._flush_backward(at_update=True)
         serializers: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, self._saved_cfg()),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
@@ -651,6 +659,7 @@ class ContextualEmbedder(TrainablePipe):
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
+        self._flush_backward(at_update=True)
         with self._ready():
             return srsly.msgpack_dumps({"cfg": self._saved_cfg(), "model": self.model.to_bytes()})
 
