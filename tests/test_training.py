@@ -555,3 +555,14 @@ def test_tok2vec_with_grad_factor_zero_runs_frozen_from_v3_on(tiny_bert_dir, ver
     tok2vec.initialize(X=docs)
     first, second = (tok2vec.begin_update(docs)[0][0] for _ in range(2))
     assert numpy.array_equal(first, second) is frozen
+
+
+def test_a_spacy_tok2vec_listener_naming_this_component_is_warned_of(tiny_bert_dir):
+    """spaCy links its Tok2VecListener to spaCy's tok2vec only: one naming a ctxembed
+    component reads doc.tensor in training and never trains it, silently."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] 'tagger' has a spacy.Tok2VecListener with upstream = "
+                                         r"'ctxembed_bert', which listens to spaCy's tok2vec only"):
+        nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+            "@architectures": "spacy.Tok2VecListener.v1", "width": 32, "upstream": "ctxembed_bert"}}})

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import srsly
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
+from spacy.pipeline.tok2vec import Tok2VecListener
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
 from spacy.util import ensure_path, from_disk, minibatch, to_disk
@@ -210,6 +211,13 @@ class ContextualEmbedder(TrainablePipe):
             for node in component.model.walk():
                 if isinstance(node, ContextualListenerNode) and node.upstream_name in names:
                     self.add_listener(node, component.name)
+                elif isinstance(node, Tok2VecListener) and node.upstream_name == self.name:
+                    # spaCy's listener is linked to spaCy's tok2vec only: it would read
+                    # doc.tensor where this component annotates, and never train it.
+                    warnings.warn(f"[{self.name}] {component.name!r} has a spacy.Tok2VecListener with upstream = "
+                                  f"{self.name!r}, which listens to spaCy's tok2vec only: in training it reads "
+                                  "doc.tensor and sends this component no gradient. Use "
+                                  "spacy-ctxembed.ContextualListener.v2", stacklevel=2)
 
     def _size_listener(self, listener: ContextualListenerNode) -> None:
         encoder = self.encoder
