@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
 import numpy
 from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.strings import StringStore, get_string_id
-from spacy.tokens import Doc, Span, Token
+from spacy.tokens import Doc, Span, Token, _retokenize
 from thinc.api import get_array_module
 
 from .alignment import PieceAlignment, align_pieces, text_length, token_char_spans
@@ -146,8 +146,16 @@ def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
         )
         return False
     # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
-    doc.tensor = vectors
+    doc.tensor = vectors if _retokenizer_copies(vectors) else vectors.copy()
     return True
+
+
+def _retokenizer_copies(tensor) -> bool:
+    """Whether spaCy's retokenizer makes a new array of a doc tensor like this one
+    when a merge drops rows (numpy), or shifts its rows in place (cupy): there
+    `doc.tensor` must not be the stored vectors, or a merge would move them
+    under their tokens. (Asked as the retokenizer asks, by its array module.)"""
+    return getattr(_retokenize, "get_array_module", get_array_module)(tensor) is numpy
 
 
 def _tensor_source(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Optional[str]:

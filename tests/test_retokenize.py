@@ -89,6 +89,31 @@ def test_merge(nlp):
     _check(doc, before, "emb")
 
 
+def test_merge_where_spacy_shifts_the_tensor_in_place(nlp, monkeypatch):
+    """On GPU spaCy's retokenizer shifts doc.tensor's rows in place (its cupy
+    branch), where on the host it makes a new array: doc.tensor was the stored
+    vectors, so a merge moved them under their tokens (off by up to 2.5). The
+    branch is taken here on host arrays, as spaCy takes it for a cupy tensor."""
+    import types
+
+    from spacy.tokens import _retokenize
+
+    device_like = types.SimpleNamespace(asarray=numpy.asarray)  # all the branch calls; `is numpy` is False
+    monkeypatch.setattr(_retokenize, "get_array_module", lambda array: device_like)
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])  # Apple Inc.
+        retokenizer.merge(doc[-4:-1])  # New York City
+    _check(doc, before, "emb")
+    source = nlp(TEXT)
+    before = _by_offsets(source, "emb")
+    part = source[2:9].as_doc()  # (its tensor is a view of the source's)
+    with part.retokenize() as retokenizer:
+        retokenizer.merge(part[0:2])
+    _check(source, before, "emb")
+
+
 def test_split(nlp):
     doc = nlp(TEXT)
     before = _by_offsets(doc, "emb")
