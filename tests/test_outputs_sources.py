@@ -437,6 +437,53 @@ def test_a_cut_of_a_joined_doc_never_lends_a_carried_word_to_a_part_without_outp
         restore_vectors(joined)
 
 
+def test_one_model_named_two_ways_is_one_model(vocab, tiny_bert_dir, minilm_dir, last_layer, tmp_path):
+    """The signature held the config's `name` (and ELMo's file paths): one model
+    given by another path, with a trailing slash, or as the embedded default
+    (`name = null`) against its folder, could not be compared or joined."""
+    same = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(str(tiny_bert_dir) + "/", layers=[2])))
+    a, b = last_layer(TEXT), same(OTHER)
+    assert a[0].similarity(b[0]) == pytest.approx(_cosine(a[0].vector, b[0].vector), abs=1e-6)
+    numpy.testing.assert_array_equal(restore_vectors(Doc.from_docs([a, b]))._.ctx_vectors[len(a):], b._.ctx_vectors)
+    default = _pipeline(vocab, None, ("ctxembed_bert", "emb", {}))
+    by_path = _pipeline(vocab, None, ("ctxembed_bert", "emb", _bert(minilm_dir)))
+    u, v = default(TEXT), by_path(OTHER)
+    assert u[0].similarity(v[0]) == pytest.approx(_cosine(u[0].vector, v[0].vector), abs=1e-6)
+    # ELMo files copied elsewhere.
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    (tmp_path / "copy").mkdir()
+    copies = [tmp_path / "copy" / f.name for f in (options, weights)]
+    for source, target in zip((options, weights), copies):
+        target.write_bytes(source.read_bytes())
+    elmos = [_pipeline(vocab, None, ("ctxembed_elmo", "elmo", ctx_config(options_file=str(o), weight_file=str(w))))
+             for o, w in ((options, weights), tuple(copies))]
+    x, y = elmos[0](TEXT), elmos[1](OTHER)
+    assert x[0].similarity(y[0]) == pytest.approx(_cosine(x[0].vector, y[0].vector), abs=1e-6)
+
+
+def test_what_shapes_the_outputs_besides_the_weights_tells_models_apart(vocab, tiny_bert_dir, last_layer, tmp_path):
+    """int8 vectors of the same weights are not fp32's (the same token across
+    them: cosine 0.88 on MiniLM), and another tokenizer cuts other pieces."""
+    from transformers import AutoTokenizer
+
+    a = last_layer(TEXT)
+    int8 = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2],
+                                                                          precision="int8")))(TEXT)
+    with pytest.raises(ValueError, match=r"different ctxembed models \(precision fp32 vs int8\)"):
+        a[0].similarity(int8[0])
+    cased = tmp_path / "cased"
+    for f in tiny_bert_dir.iterdir():
+        if f.is_file() and not f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            (cased / f.name).parent.mkdir(exist_ok=True)
+            (cased / f.name).write_bytes(f.read_bytes())
+    AutoTokenizer.from_pretrained(tiny_bert_dir, do_lower_case=False).save_pretrained(cased)
+    other = _pipeline(vocab, cased, ("ctxembed_bert", "emb", _bert(cased, layers=[2])))(TEXT)
+    with pytest.raises(ValueError, match=r"different ctxembed models \(tokenizer \w+ vs \w+\)"):
+        a[0].similarity(other[0])
+
+
 def test_models_that_differ_only_in_their_weights_are_told_apart(vocab, tiny_bert_dir, last_layer, tmp_path):
     """A fine-tuned pipeline names its base model in its config, as the base's
     does: only the weights tell their vectors apart."""

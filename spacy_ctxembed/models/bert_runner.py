@@ -13,6 +13,7 @@ Face directory (safetensors, no pickles) and applies optimizer updates.
 """
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
 import tempfile
@@ -120,6 +121,8 @@ class BertRunner:
         self.window, self.stride = _window_settings(settings, encoder)
         self.precision: str = settings["precision"]
         self.wordpieces = Wordpieces(encoder.tokenizer)
+        #: The tokenizer by content (`BertShim.signature_fields`, `cache_identity`).
+        self.tokenizer_digest = _tokenizer_digest(encoder.tokenizer)
         self.prefix_ids, self.suffix_ids = _special_token_frame(encoder.tokenizer)
         self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
@@ -521,9 +524,15 @@ class BertShim(PyTorchShim):
         """What the output depends on besides the settings and the weights (the
         feature cache's key): the windows, layers and tokenizer resolved at load."""
         runner = self.get_runner()
-        backend = getattr(runner.encoder.tokenizer, "backend_tokenizer", None)
-        tokenizer = backend.to_str() if backend is not None else repr(runner.encoder.tokenizer)
-        return json.dumps([runner.window, runner.stride, list(runner.layers), tokenizer])
+        return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest])
+
+    def signature_fields(self) -> Dict[str, str]:
+        """What the outputs' signature (`pipeline.signature`) takes from the encoder
+        besides its weights: its tokenizer, by content (not the config's `name`:
+        one model named two ways is one model), and its precision (int8 vectors
+        are not fp32's)."""
+        runner = self.get_runner()
+        return {"tokenizer": runner.tokenizer_digest, "precision": runner.precision}
 
     def __reduce__(self):
         return unpickle_shim, (BertShim, self.settings, self.to_bytes() if self.loaded else None)
@@ -736,6 +745,14 @@ def _special_token_frame(tokenizer) -> Tuple[List[int], List[int]]:
         if framed[at : at + len(bare)] == bare:
             return list(framed[:at]), list(framed[at + len(bare) :])
     raise ValueError(f"[{COMPONENT}] cannot locate the text between the special tokens")
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """A digest of what the tokenizer does: its whole definition (vocabulary,
+    normalizer, special tokens) where it is a fast one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(tokenizer)
+    return hashlib.blake2b(text.encode("utf8"), digest_size=8).hexdigest()
 
 
 def _window_settings(settings: Dict[str, Any], encoder: HFEncoder) -> Tuple[int, int]:

@@ -12,6 +12,7 @@ of it trains with its component.
 """
 import contextlib
 import copy
+import hashlib
 import itertools
 import json
 import tempfile
@@ -174,6 +175,13 @@ class ElmoShim(PyTorchShim):
         """What the output depends on besides the settings and the weights (the
         feature cache's key): the options file (clipping, activation...) and the layers."""
         return json.dumps([cast(ElmoOptions, self.options).raw, list(self.layers)], sort_keys=True, default=str)
+
+    def signature_fields(self) -> Dict[str, str]:
+        """What the outputs' signature (`pipeline.signature`) takes from the biLM
+        besides its weights: its options (clipping, activation...), by content,
+        not by the files' paths (copied elsewhere, they are the same model)."""
+        options = json.dumps(cast(ElmoOptions, self.options).raw, sort_keys=True, default=str)
+        return {"options": hashlib.blake2b(options.encode("utf8"), digest_size=8).hexdigest()}
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,

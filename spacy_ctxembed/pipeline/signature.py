@@ -2,10 +2,14 @@
 
 Outputs of one component name made by different models must never be mixed
 (`Doc.from_docs`) or compared (`.similarity()`). The signature says what made
-them, as "key=value; ...": the encoder's kind, its model, the layers it
-selects, the pooling, the combiner, and a fingerprint of the weights. The
-settings alone would take a fine-tuned model for its base (both name the
-base in their config) and a reloaded component for the one before.
+them, as "key=value; ...": the encoder's kind, what shapes its outputs
+besides its weights (BERT's tokenizer and precision, ELMo's options, by
+content), the layers it selects, the pooling, the combiner, and a
+fingerprint of the weights. Not the config's `name` or file paths: they
+would take a fine-tuned model for its base (both name the base in their
+config), a reloaded component for the one before, and one model named two
+ways (the embedded default and its folder) for two. Signatures written by
+earlier versions (with those paths) are compared on the fields both have.
 """
 import hashlib
 import itertools
@@ -34,11 +38,11 @@ def output_signature(model: Model) -> str:
     """
     encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
     settings: Dict[str, Any] = {}
+    fields: Dict[str, Any] = {"encoder": encoder.name}
     for shim in encoder.shims:  # BERT, ELMo
         settings.update(getattr(shim, "settings", None) or {})
+        fields.update(getattr(shim, "signature_fields", dict)())
     settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
-    fields: Dict[str, Any] = {"encoder": encoder.name}
-    fields.update((key, settings[key]) for key in ("name", "options_file", "weight_file") if key in settings)
     fields["layers"] = selected_layers(encoder) or settings.get("layers")
     if "pooling" in settings:
         fields["pooling"] = settings["pooling"]
