@@ -278,6 +278,8 @@ def restore_vectors(doc: Doc) -> Doc:
     the docs behave as when they left the pipeline. Docs written by version
     0.1 (`doc._.ctx_vectors` in user data) are converted.
     """
+    if not isinstance(doc, Doc):
+        raise TypeError(f"restore_vectors: expected a Doc, got {_named(doc)}")
     install_extensions()
     if not _stores(doc) and _V1_VECTORS in _data(doc):
         vectors = _data(doc).pop(_V1_VECTORS)
@@ -288,9 +290,12 @@ def restore_vectors(doc: Doc) -> Doc:
         write_outputs(doc, "ctxembed_v1", vectors, layers, primary=True, set_doc_tensor=False)
         return doc
     if get_vectors(doc) is None:
+        if _stores(doc):  # non-primary outputs only: they set no hooks in the pipeline either
+            return doc
         raise MissingOutputs(
-            "restore_vectors: the doc holds no ctxembed outputs (it did not go through a ctxembed "
-            "component, or its user data was dropped: use DocBin(store_user_data=True))"
+            "restore_vectors: the doc holds no ctxembed outputs: it did not go through a ctxembed component, "
+            "or its user data was dropped (use DocBin(store_user_data=True)), or it is a span.as_doc() that "
+            "read them from the doc it was cut from (save span.as_doc(copy_user_data=True))"
         )
     set_vector_hooks(doc)
     return doc

@@ -61,6 +61,34 @@ def test_docbin_and_restore(nlp_default, tmp_path):
         _check_same(doc, original)
 
 
+def test_restore_vectors_of_non_primary_outputs_cuts_and_other_input(tiny_bert_dir):
+    """A doc with non-primary outputs only was said to hold none (its user data
+    "dropped"); a plain span.as_doc() saved was told to do what it did; a
+    Span gave an AttributeError."""
+    from spacy_ctxembed.outputs import MissingOutputs
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="aux", config=ctx_config(name=tiny_bert_dir, primary=False))
+    nlp.initialize()
+    original = nlp(TEXTS[0])
+    back = next(DocBin(docs=[original], store_user_data=True).get_docs(nlp.vocab))
+    assert restore_vectors(back) is back
+    numpy.testing.assert_array_equal(back._.ctx_outputs["aux"]["vectors"], original._.ctx_outputs["aux"]["vectors"])
+    assert not back[0].has_vector  # as when it left the pipeline: no component's vectors are the doc's
+
+    primary = make_nlp(tiny_bert_dir)
+    cut = primary(TEXTS[0])[7:11].as_doc()
+    back = next(DocBin(docs=[cut], store_user_data=True).get_docs(primary.vocab))
+    with pytest.raises(MissingOutputs, match=r"or it is a span.as_doc\(\) that read them from the doc it was cut "
+                                             r"from \(save span.as_doc\(copy_user_data=True\)\)"):
+        restore_vectors(back)
+    kept = next(DocBin(docs=[primary(TEXTS[0])[7:11].as_doc(copy_user_data=True)],
+                       store_user_data=True).get_docs(primary.vocab))
+    numpy.testing.assert_array_equal(restore_vectors(kept)._.ctx_vectors, cut._.ctx_vectors)
+    with pytest.raises(TypeError, match=r"^restore_vectors: expected a Doc, got Span 'It was'$"):
+        restore_vectors(original[0:2])
+
+
 def test_multiprocess_pipe(nlp_default):
     originals = list(nlp_default.pipe(TEXTS))
     # Workers send docs back with Doc.to_bytes, which keeps user data but not hooks.
