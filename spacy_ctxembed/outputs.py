@@ -105,8 +105,8 @@ def write_outputs(
         tensor_from = (old["tensor_set"] or None) if old is not None else None
     outputs = dict(old["outputs"]) if old is not None else {}
     outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
-                     "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": vectors,
-                     "layers": layers, "signature": signature}
+                     "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": _read_only(vectors),
+                     "layers": _read_only(layers), "signature": signature}
     current = old.get("primary") if old is not None else None
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
         tensor_from = name
@@ -130,6 +130,16 @@ def write_outputs(
         source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
+
+
+def _read_only(array):
+    """A host array that is stored or read through the hooks, made read-only:
+    `token.vector` is a view of a stored row, and `v = token.vector; v /= norm`
+    would rewrite it for every later read (spans, similarity, listeners)
+    without a word. (cupy arrays have no such flag.)"""
+    if isinstance(array, numpy.ndarray):
+        array.flags.writeable = False
+    return array
 
 
 def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
@@ -532,6 +542,9 @@ class _View:
                  unplaced: Optional[str] = None) -> None:
         self.starts, self.ends = starts, ends
         self.primary = primary
+        for output in outputs.values():
+            for array in (output.get("vectors"), output.get("layers")):
+                _read_only(array)
         self.outputs = outputs
         #: The primaries of joined docs, where they differ (then there is no primary).
         self.conflict = conflict

@@ -89,6 +89,26 @@ def test_restore_vectors_of_non_primary_outputs_cuts_and_other_input(tiny_bert_d
         restore_vectors(original[0:2])
 
 
+def test_vectors_read_through_the_hooks_cannot_be_rewritten_in_place(nlp_default):
+    """`v = token.vector; v /= norm(v)` rewrote the stored row (by 1.97 on MiniLM)
+    for every later read: spans, similarity, doc._.ctx_vectors, doc.tensor."""
+    doc = nlp_default(TEXTS[0])
+    stored = doc._.ctx_vectors.copy()
+    merged = nlp_default(TEXTS[0])
+    with merged.retokenize() as retokenizer:
+        retokenizer.merge(merged[0:2])
+    for vector in (doc[1].vector, doc._.ctx_vectors, doc.tensor, doc._.ctx_layers, merged[0].vector,
+                   merged._.ctx_vectors, merged._.ctx_layers):
+        with pytest.raises(ValueError, match="read-only"):
+            vector /= 2.0
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, stored)
+    span = doc[1:3].vector  # (computed for the span: its own array)
+    span /= 2.0
+    numpy.testing.assert_allclose(doc[1:3].vector, 2 * span, rtol=1e-6)
+    normalized = doc[1].vector / numpy.linalg.norm(doc[1].vector)  # (a new array, as numpy gives)
+    assert normalized.flags.writeable
+
+
 def test_multiprocess_pipe(nlp_default):
     originals = list(nlp_default.pipe(TEXTS))
     # Workers send docs back with Doc.to_bytes, which keeps user data but not hooks.
