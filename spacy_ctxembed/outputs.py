@@ -473,12 +473,21 @@ def _signatures_agree(signatures: List[str]) -> bool:
     return all(a[key] == b[key] for i, a in enumerate(fields) for b in fields[i + 1:] for key in a.keys() & b.keys())
 
 
+def _merged_signature(signatures: List[str]) -> str:
+    """Signatures that agree, as one with every field any of them has: an
+    earlier version's (the config's paths, no precision) and a newer one's
+    say different things of one model, and neither may be dropped."""
+    fields: Dict[str, str] = {}
+    for signature in signatures:
+        fields.update(_signature_fields(signature))
+    return "; ".join(f"{key}={value}" for key, value in fields.items())
+
+
 def _signature_difference(a: str, b: str) -> str:
-    """What differs between two signatures ("key=value; ..."), for messages."""
+    """What differs between two signatures ("key=value; ..."), for messages: the
+    fields both have (`_signatures_agree`: a field only one has says nothing)."""
     fields_a, fields_b = _signature_fields(a), _signature_fields(b)
-    keys = list(dict.fromkeys([*fields_a, *fields_b]))
-    differ = [f"{k} {fields_a.get(k, '-')} vs {fields_b.get(k, '-')}" for k in keys
-              if fields_a.get(k) != fields_b.get(k)]
+    differ = [f"{k} {fields_a[k]} vs {fields_b[k]}" for k in fields_a if k in fields_b and fields_a[k] != fields_b[k]]
     return "; ".join(differ) if differ else f"{a!r} vs {b!r}"
 
 
@@ -694,8 +703,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:
         off_doc = sum(1 for part, on in zip(parts, reaches) if len(part[1]["starts"]) and not on)
         parts = [part for part, on in zip(parts, reaches) if on] or parts[:1]
         known = sorted({p["signature"] for _, p in parts if p.get("signature")})
-        # (Of signatures that agree, the one that says the most.)
-        signatures[name] = max(known, key=len) if known and _signatures_agree(known) else None
+        signatures[name] = _merged_signature(known) if known and _signatures_agree(known) else None
         clash = clashes.get(name) or _clash(parts, known)
         if clash:  # one name, different models: no single output
             clashes[name] = clash

@@ -107,7 +107,8 @@ def test_edited_pooling_of_a_replaced_listeners_encoder_is_refused(saved, tmp_pa
     path = _edited(saved_path, tmp_path, SAVED, pooling="last")
     with pytest.raises(SettingError, match=(
             rf"^\[{factory}\] pooling = 'last': the encoder was saved with pooling = 'mean', and what was trained "
-            r"on those vectors \(the component this copy of the encoder is in\) reads them: put back "
+            r"on those vectors \(the component that nlp.replace_listeners gave this copy of the encoder\) reads "
+            r"them: put back "
             r"pooling = 'mean', or train again$")):
         spacy.load(path)
     path = _edited(saved_path, tmp_path, SAVED, pooling="mean")

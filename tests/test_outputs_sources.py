@@ -473,6 +473,17 @@ def test_what_shapes_the_outputs_besides_the_weights_tells_models_apart(vocab, t
                                                                           precision="int8")))(TEXT)
     with pytest.raises(ValueError, match=r"different ctxembed models \(precision fp32 vs int8\)"):
         a[0].similarity(int8[0])
+    # A doc stored by an earlier version (its signature with the config's name, without the precision)
+    # joined with a new one: the joined output keeps what both say, and int8 is still told apart.
+    old = last_layer(OTHER)
+    for store in old.user_data.values():
+        if isinstance(store, dict) and "outputs" in store:
+            for output in store["outputs"].values():
+                fields = [f for f in output["signature"].split("; ") if not f.startswith(("precision=", "tokenizer="))]
+                output["signature"] = "; ".join([fields[0], f"name={tmp_path / ('long' * 20)}", *fields[1:]])
+    joined = restore_vectors(Doc.from_docs([old, last_layer(TEXT)]))
+    with pytest.raises(ValueError, match=r"different ctxembed models \(precision fp32 vs int8\)"):
+        joined[len(old)].similarity(int8[0])
     cased = tmp_path / "cased"
     for f in tiny_bert_dir.iterdir():
         if f.is_file() and not f.name.startswith(("tokenizer", "vocab", "special_tokens")):

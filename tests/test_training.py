@@ -178,6 +178,29 @@ def test_replace_listeners_takes_the_listener_of_its_upstream_among_several(tiny
     numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
 
 
+def test_replace_listeners_after_a_rename_and_beside_a_v1_listener(tiny_bert_dir):
+    """The hook told its listener by the name the component was made with (a
+    renamed one found none), and took a v1 listener (never linked) for one."""
+    nlp = spacy.blank("en")
+    for name in ("a", "b"):
+        nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=tiny_bert_dir, primary=name == "a",
+                                                                   store_layers=name == "a", layers=[1, 2]))
+    nlp.rename_pipe("b", "c")
+    v1 = {"@architectures": "spacy-ctxembed.ContextualListener.v1", "width": 8, "n_layers": 2, "upstream_width": 32}
+    listeners = {"a": v1, "b": _listener(8, upstream="a"), "c": _listener(12, upstream="c")}
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@layers": "concatenate.v1", "*": listeners}}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})])
+    before = _tagger_scores(nlp)
+    nlp.replace_listeners("c", "tagger", ["model.tok2vec.*.c"])
+    replaced = nlp.config["components"]["tagger"]["model"]["tok2vec"]["*"]
+    assert replaced["c"]["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3" and replaced["c"]["width"] == 12
+    nlp.replace_listeners("a", "tagger", ["model.tok2vec.*.b"])
+    assert replaced["b"]["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3" and replaced["b"]["width"] == 8
+    assert replaced["a"]["@architectures"] == "spacy-ctxembed.ContextualListener.v1"
+    numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
+
+
 def test_replace_listeners_refuses_what_it_cannot_tell_apart(tiny_bert_dir):
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))

@@ -497,7 +497,7 @@ class BertShim(PyTorchShim):
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         if is_copy(self.settings):  # (a component checks its own, where something reads them)
             check_saved_features(COMPONENT, msg.get(SAVED_FEATURES), self.features,
-                                 trained="the component this copy of the encoder is in")
+                                 trained="the component that nlp.replace_listeners gave this copy of the encoder")
         return self
 
     def finish_update(self, optimizer) -> None:

@@ -97,29 +97,27 @@ def replace_listener_cfg(
     if len(found) > 1:
         found = [cfg for cfg in found if cfg.get("upstream", "*") in ("*", upstream)]
     if not found:
-        raise ValueError(
-            "replace_listeners: the listening component's model.tok2vec block "
-            f"({listener_cfg.get('@architectures')!r}) holds no spacy-ctxembed ContextualListener of {upstream!r}"
-        )
-    if any(cfg != found[0] for cfg in found[1:]):
+        kind = listener_cfg.get("@architectures") or listener_cfg.get("@layers")
+        raise ValueError(f"replace_listeners: the listening component's model.tok2vec block ({kind!r}) holds no "
+                         f"spacy-ctxembed ContextualListener.v2 of {upstream!r}")
+    settings = [{k: v for k, v in cfg.items() if k not in ("@architectures", "upstream")} for cfg in found]
+    if any(other != settings[0] for other in settings[1:]):
         # spaCy calls the hook once per path with the same block: which listener a path holds is not said.
         raise ValueError(
             f"replace_listeners: the listening component has {len(found)} ContextualListeners of {upstream!r} with "
             "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
             "settings, or have the component listen once"
         )
-    result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "embedder": embedder_cfg}
-    for key, value in found[0].items():
-        if key not in ("@architectures", "upstream"):
-            result[key] = value
-    result["encoder_lr_scale"] = encoder_lr_scale
+    result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "embedder": embedder_cfg,
+                              **settings[0], "encoder_lr_scale": encoder_lr_scale}
     return result
 
 
 def _listener_cfgs(cfg: Any) -> Iterator[Dict[str, Any]]:
-    """The spacy-ctxembed ContextualListener blocks in a config block, at any depth."""
+    """The spacy-ctxembed ContextualListener.v2 blocks in a config block, at any
+    depth (v1 listeners read the docs, and are never linked or replaced)."""
     if isinstance(cfg, dict):
-        if "spacy-ctxembed.ContextualListener" in str(cfg.get("@architectures", "")):
+        if cfg.get("@architectures") == "spacy-ctxembed.ContextualListener.v2":
             yield cfg
             return
         for value in cfg.values():

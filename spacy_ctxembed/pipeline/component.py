@@ -129,12 +129,6 @@ class ContextualEmbedder(TrainablePipe):
         self.vocab = vocab
         self.model = model
         self.name = name
-        if "replace_listener_cfg" in model.attrs:
-            # spaCy's replace_listeners hook sees only the model's config: the
-            # replacement's encoder keeps this component's learning-rate scale,
-            # and the listener of this component is told from others.
-            model.attrs["replace_listener_cfg"] = partial(replace_listener_cfg, encoder_lr_scale=encoder_lr_scale,
-                                                          upstream=name)
         self.cfg: Dict[str, Any] = {
             "store_layers": store_layers,
             "set_doc_tensor": set_doc_tensor,
@@ -143,6 +137,7 @@ class ContextualEmbedder(TrainablePipe):
             "encoder_lr_scale": encoder_lr_scale,
         }
         self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
+        self._bind_replace_hook()
         self._identity = ""
         self._signature = None
         self._updates = 0
@@ -206,6 +201,7 @@ class ContextualEmbedder(TrainablePipe):
 
     def find_listeners(self, component) -> None:
         """Find the listeners in `component`'s model whose upstream is this one (or "*")."""
+        self._bind_replace_hook()  # (spaCy links components again after a rename)
         names = ("*", self.name)
         if isinstance(getattr(component, "model", None), Model):
             for node in component.model.walk():
@@ -218,6 +214,15 @@ class ContextualEmbedder(TrainablePipe):
                                   f"{self.name!r}, which listens to spaCy's tok2vec only: in training it reads "
                                   "doc.tensor and sends this component no gradient. Use "
                                   "spacy-ctxembed.ContextualListener.v2", stacklevel=2)
+
+    def _bind_replace_hook(self) -> None:
+        """spaCy's replace_listeners hook sees only the model's config: the
+        replacement's encoder keeps this component's learning-rate scale, and
+        the listener of this component is told from others by its name, the
+        name it has now (`rename_pipe`, `add_pipe(source=..., name=...)`)."""
+        if "replace_listener_cfg" in self.model.attrs:
+            self.model.attrs["replace_listener_cfg"] = partial(
+                replace_listener_cfg, encoder_lr_scale=self.cfg["encoder_lr_scale"], upstream=self.name)
 
     def _size_listener(self, listener: ContextualListenerNode) -> None:
         encoder = self.encoder
