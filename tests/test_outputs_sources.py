@@ -469,20 +469,24 @@ def test_what_shapes_the_outputs_besides_the_weights_tells_models_apart(vocab, t
     from transformers import AutoTokenizer
 
     a = last_layer(TEXT)
+    bf16 = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2],
+                                                                          precision="bf16")))(TEXT)
+    assert a[0].similarity(bf16[0]) == pytest.approx(_cosine(a[0].vector, bf16[0].vector), abs=1e-6)  # one model
     int8 = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2],
                                                                           precision="int8")))(TEXT)
-    with pytest.raises(ValueError, match=r"different ctxembed models \(precision fp32 vs int8\)"):
+    with pytest.raises(ValueError, match=r"different ctxembed models \(quantization none vs int8\)"):
         a[0].similarity(int8[0])
-    # A doc stored by an earlier version (its signature with the config's name, without the precision)
+    # A doc stored by an earlier version (its signature with the config's name, without the quantization)
     # joined with a new one: the joined output keeps what both say, and int8 is still told apart.
     old = last_layer(OTHER)
     for store in old.user_data.values():
         if isinstance(store, dict) and "outputs" in store:
             for output in store["outputs"].values():
-                fields = [f for f in output["signature"].split("; ") if not f.startswith(("precision=", "tokenizer="))]
+                fields = [f for f in output["signature"].split("; ")
+                          if not f.startswith(("quantization=", "tokenizer="))]
                 output["signature"] = "; ".join([fields[0], f"name={tmp_path / ('long' * 20)}", *fields[1:]])
     joined = restore_vectors(Doc.from_docs([old, last_layer(TEXT)]))
-    with pytest.raises(ValueError, match=r"different ctxembed models \(precision fp32 vs int8\)"):
+    with pytest.raises(ValueError, match=r"different ctxembed models \(quantization none vs int8\)"):
         joined[len(old)].similarity(int8[0])
     cased = tmp_path / "cased"
     for f in tiny_bert_dir.iterdir():
