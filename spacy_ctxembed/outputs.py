@@ -475,7 +475,7 @@ def _signatures_agree(signatures: List[str]) -> bool:
 
 def _merged_signature(signatures: List[str]) -> str:
     """Signatures that agree, as one with every field any of them has: an
-    earlier version's (the config's paths, no precision) and a newer one's
+    earlier version's (the config's paths, no tokenizer) and a newer one's
     say different things of one model, and neither may be dropped."""
     fields: Dict[str, str] = {}
     for signature in signatures:
