@@ -1,5 +1,6 @@
 """`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
 import importlib
+from pathlib import Path
 
 import pytest
 import spacy
@@ -81,6 +82,20 @@ def test_jsonl_and_parquet_inputs_need_ray(tmp_path, no_model, name, kind):
         "see docs/scaling.md; without --ray, INPUT is a text file (one doc per line) or a .spacy DocBin"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["dev.conllu", "train.CONLL", "ner.iob2"])
+def test_token_per_line_inputs_are_refused(tmp_path, no_model, name):
+    """Read as text, a CoNLL-U file's comment lines and token rows were embedded as docs (exit 0)."""
+    (tmp_path / name).write_bytes(b"# text = The cat sat.\n1\tThe\tthe\tDET\n")
+    result = invoke("embed", tmp_path / name, "-o", tmp_path / "out")
+    assert _one_error(result) == (
+        f"error: INPUT {tmp_path / name}: a token-per-line file (by its suffix {Path(name).suffix}), whose lines "
+        "would be embedded as text; write its sentences one per line first (for CoNLL-U: python "
+        f"scripts/conllu_to_text.py {tmp_path / name} sentences.txt), or analyse it with `analyze`, which reads "
+        "CoNLL-U"
+    )
+    assert result.exit_code == 2 and sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
 @pytest.mark.parametrize("content", [b"", b"\n  \n\t\n"])

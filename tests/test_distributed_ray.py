@@ -138,11 +138,20 @@ def test_rerun_resumes_and_redoes_only_what_is_missing(local_ray, pipeline_dir, 
     assert (shards / shard_name(0)).stat().st_mtime_ns == kept_mtime
     assert not list(shards.glob(".*"))
     _assert_matches(out, reference, len(lines))
-    # Complete: a third run does nothing.
+    # Complete: a third run does nothing, but puts back a deleted record of the rejected rows, and
+    # clears what a write killed before its rename left (which blocked --overwrite: "not an embed run's").
+    rejected = (out / "rejected.jsonl").read_bytes()
+    (out / "rejected.jsonl").unlink()
+    (out / ".rejected.jsonl.x1y2z3.tmp").write_bytes(b"partial")
+    (out / ".manifest.json.q9w8.tmp").write_bytes(b"{")
     third = []
     done = embed_corpus(path, out, model=str(pipeline_dir), shard_size=8, actors=2, progress=False,
                         on_shard=third.append)
     assert third == [] and done["already_complete"]
+    assert (out / "rejected.jsonl").read_bytes() == rejected and not list(out.glob(".*.tmp"))
+    (out / ".rejected.jsonl.x1y2z3.tmp").write_bytes(b"partial")
+    embed_corpus(path, out, model=str(pipeline_dir), shard_size=8, actors=2, progress=False, overwrite=True)
+    _assert_matches(out, reference, len(lines))
 
 
 def test_another_run_into_the_same_outdir_is_refused(local_ray, pipeline_dir, corpus, tmp_path):

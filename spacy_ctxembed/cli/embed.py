@@ -130,6 +130,10 @@ def _embed_ray(
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
     if model is not None and not Path(model).exists() and not _is_package(model):
         raise UsageError(f"--model {model}: no such directory or installed pipeline package")
+    if model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file():
+        # (A Hugging Face model's directory, say: the actors would each fail to load it.)
+        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
+                         "directory, pass a --config whose ctxembed component names it")
     try:
         manifest = embed_corpus(
             input_path, output, model=model, config=config, input_format=input_format, text_key=text_key,

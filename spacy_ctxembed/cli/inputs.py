@@ -125,9 +125,21 @@ def open_input(input_path: str) -> Input:
         return _scan_text(f, input_path, path=path.resolve())
 
 
+#: Token-per-line formats that `analyze` reads: read as text, their docs would be
+#: their markup (comment lines, tab-separated token rows), and get vectors.
+TOKEN_FORMATS = (".conllu", ".conll", ".iob", ".iob2")
+
+
 def _refuse_ray_only_format(path: Path, label: str) -> None:
     """Refuse a JSONL or Parquet name: read as text, a JSONL file's docs would be its
-    JSON syntax (and get vectors), and Parquet would fail as "not UTF-8"."""
+    JSON syntax (and get vectors), and Parquet would fail as "not UTF-8". A CoNLL
+    file too: its lines are markup, not docs."""
+    if path.suffix.lower() in TOKEN_FORMATS:
+        raise UsageError(
+            f"INPUT {label}: a token-per-line file (by its suffix {path.suffix}), whose lines would be embedded as "
+            "text; write its sentences one per line first (for CoNLL-U: python scripts/conllu_to_text.py "
+            f"{label} sentences.txt), or analyse it with `analyze`, which reads CoNLL-U"
+        )
     kind = SUFFIXES.get(path.suffix.lower(), "text")
     if kind != "text":
         raise UsageError(

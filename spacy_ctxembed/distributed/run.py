@@ -39,7 +39,7 @@ from .sources import InputError, Shard, input_files, plan_shards
 
 REJECTED = "rejected.jsonl"
 LOCK = ".lock"
-OWN_FILES = (MANIFEST, SHARDS, REJECTED, LOCK, f".{MANIFEST}.tmp", f".{REJECTED}.tmp")
+OWN_FILES = (MANIFEST, SHARDS, REJECTED, LOCK)
 # A shard whose actor keeps dying (out of memory on a huge doc, a crash in the
 # model) is retried this many times, then the run fails naming it.
 MAX_TASK_RETRIES = 4
@@ -111,6 +111,9 @@ def embed_corpus(
         shard_dir = out / SHARDS
         done = committed(shard_dir, shards)
         if manifest.get("complete") and len(done) == len(shards):
+            if _line_count(out / REJECTED) != manifest.get("rejected"):
+                # Deleted or cut since: the record of every row not embedded, from the shards' metadata.
+                _write_lines(out / REJECTED, check_complete(shard_dir, shards)[1])
             return {**manifest, "already_complete": True}
         pending = [s for s in shards if s.index not in done]
         if pending:
@@ -184,13 +187,19 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
     directory that holds anything else is refused.
     """
     path = out / MANIFEST
+    # What an atomic write killed before its rename left (`fileio.atomic_path`): the file is written again.
+    stale = [p for name in (MANIFEST, REJECTED) for p in out.glob(f".{name}*.tmp")]
     recorded = read_json(path)
     if recorded is not None and recorded.get("identity") == identity and not overwrite:
+        for leftover in stale:
+            leftover.unlink(missing_ok=True)
         return recorded
-    others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES)
+    others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and p not in stale)
     if others:
         raise FileExistsError(f"{out} holds files that are not an embed run's ({', '.join(others[:5])}); "
                               "choose another output directory")
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
     if recorded is not None and not overwrite:
         known = recorded.get("identity")
         if not isinstance(known, dict):
@@ -261,6 +270,15 @@ def _run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _line_count(path: Path) -> Optional[int]:
+    """How many lines `path` holds; None where it is not a readable file."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None
 
 
 def _write_lines(path: Path, records: List[Dict[str, Any]]) -> None:
