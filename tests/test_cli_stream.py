@@ -574,3 +574,27 @@ def test_gpu_arrays_in_user_data_go_to_the_host_wherever_they_are():
     restored = next(DocBin(store_user_data=True, docs=[doc]).get_docs(nlp.vocab))  # serializable now
     numpy.testing.assert_array_equal(restored.user_data["nested"][1][0], c)
     assert to_host({"get": "a dict is not an array"}) == {"get": "a dict is not an array"}
+
+
+def test_an_input_changed_mid_run_is_not_offered_a_plain_resume(tmp_path, corpus, pipeline, monkeypatch):
+    """The note said "rerun with --resume to continue", which --resume then refused (another input)."""
+    import importlib
+
+    from .test_cli_support import error_lines
+
+    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # (the package exports the command so)
+    opened = embed_module.open_input
+
+    def changed_while_read(*args, **kwargs):
+        inp = opened(*args, **kwargs)
+        with open(corpus, "ab") as f:  # after it was hashed: the read's hash differs at its end
+            f.write(b"\nOne more line.")
+        return inp
+
+    monkeypatch.setattr(embed_module, "open_input", changed_while_read)
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "--shard-size", "2", "-b", "2")
+    assert result.exit_code == 1
+    lines = error_lines(result.stderr)
+    assert lines[-2].endswith("are kept in " + str(tmp_path / ".out.partial") + "; --resume continues them only "
+                              "with the input as it was; or rerun with --overwrite to start over"), lines
+    assert lines[-1] == f"error: INPUT {corpus} changed while it was being embedded; the output was not finished"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..fileio import model_identity
 from .errors import CliError, UsageError, short_message
-from .inputs import Input, open_input
+from .inputs import Input, InputChanged, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
 from .pipelines import build_pipeline
 
@@ -326,16 +326,17 @@ def _run(
         }
         writer.close()
         return run.finish(manifest)
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.close()
         run.abandon()  # (which says what the ledger keeps)
         if run.committed.shards:
-            typer.echo(
-                f"note: {run.committed.docs} docs (input lines 1-{run.committed.last_line}) are kept in {run.dir}; "
-                "rerun with --resume to continue, or --overwrite to start over",
-                err=True,
-            )
+            # (--resume holds to the input's hash: after a change it is refused until the input is put back.)
+            then = ("--resume continues them only with the input as it was; or rerun with --overwrite to start over"
+                    if isinstance(exc, InputChanged)
+                    else "rerun with --resume to continue, or --overwrite to start over")
+            typer.echo(f"note: {run.committed.docs} docs (input lines 1-{run.committed.last_line}) are kept in "
+                       f"{run.dir}; {then}", err=True)
         raise
 
 

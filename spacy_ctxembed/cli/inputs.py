@@ -35,6 +35,10 @@ from .errors import CliError, UsageError
 CHUNK = 1 << 20
 
 
+class InputChanged(CliError):
+    """The input's bytes differ from what was planned and hashed: what was embedded is of the old input."""
+
+
 @dataclass
 class Input:
     """What `embed` reads: checked, counted and hashed (to recognise it on --resume)."""
@@ -72,7 +76,7 @@ class Input:
                         yield text, number
                 offset += len(raw)
         if digest.hexdigest() != self.sha256:
-            raise CliError(f"INPUT {self.label} changed while it was being embedded; the output was not finished")
+            raise InputChanged(f"INPUT {self.label} changed while it was being embedded; the output was not finished")
 
     def close(self) -> None:
         if self.spool is not None:
