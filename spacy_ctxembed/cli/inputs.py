@@ -114,7 +114,7 @@ def open_input(input_path: str) -> Input:
         raise UsageError(f"INPUT {input_path}: no such file") from None
     except OSError as e:
         raise UsageError(f"INPUT {input_path}: {e.strerror}") from None
-    _refuse_ray_only_format(path, input_path)
+    _refuse_other_formats(path, input_path)
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(
             f"INPUT {input_path} is a directory; expected a text file (one doc per line) or a .spacy DocBin"
@@ -134,10 +134,10 @@ def open_input(input_path: str) -> Input:
 TOKEN_FORMATS = (".conllu", ".conll", ".iob", ".iob2")
 
 
-def _refuse_ray_only_format(path: Path, label: str) -> None:
-    """Refuse a JSONL or Parquet name: read as text, a JSONL file's docs would be its
-    JSON syntax (and get vectors), and Parquet would fail as "not UTF-8". A CoNLL
-    file too: its lines are markup, not docs."""
+def _refuse_other_formats(path: Path, label: str) -> None:
+    """Refuse a name of another format than text: read as text, a JSONL file's docs
+    would be its JSON syntax (and get vectors), Parquet would fail as "not UTF-8"
+    (both are `embed --ray`'s), and a CoNLL file's lines are markup, not docs."""
     if path.suffix.lower() in TOKEN_FORMATS:
         raise UsageError(
             f"INPUT {label}: a token-per-line file (by its suffix {path.suffix}), whose lines would be embedded as "
