@@ -598,3 +598,17 @@ def test_an_input_changed_mid_run_is_not_offered_a_plain_resume(tmp_path, corpus
     assert lines[-2].endswith("are kept in " + str(tmp_path / ".out.partial") + "; --resume continues them only "
                               "with the input as it was; or rerun with --overwrite to start over"), lines
     assert lines[-1] == f"error: INPUT {corpus} changed while it was being embedded; the output was not finished"
+
+
+@pytest.mark.parametrize("fmt, lost", [("docbin", "shard-000001.spacy"), ("npy", "vectors.npy")])
+def test_resume_of_a_complete_output_with_a_file_deleted_says_it_is_damaged(tmp_path, corpus, pipeline, fmt, lost):
+    """It said "nothing to do: already complete", and reading it then failed as if it were being replaced."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "-s", "2").exit_code == 0
+    (out / lost).unlink()
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "-s", "2", "--resume")
+    assert again.exit_code == 2
+    assert last_line(again.stderr) == (
+        f"error: --output {out} is damaged: {lost} is missing; pass --overwrite to embed it again")
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "-s", "2", "--overwrite")
+    assert again.exit_code == 0 and (out / lost).is_file()

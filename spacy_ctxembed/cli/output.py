@@ -320,6 +320,11 @@ class Run:
             manifest = read_manifest(output) or {}
             if resume:
                 if _same_run(manifest.get("run", {}), identity):
+                    missing = _missing_files(output, manifest)
+                    if missing:  # (not complete any more: a reader would fail on it)
+                        raise UsageError(f"--output {output} is damaged: {missing[0]} is missing"
+                                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                                         "pass --overwrite to embed it again")
                     raise AlreadyComplete(manifest)
                 raise UsageError(
                     f"--output {output} holds a complete output of a different run "
@@ -475,6 +480,12 @@ class Run:
             if not self.committed.shards:
                 shutil.rmtree(self.dir, ignore_errors=True)
         self._release()
+
+
+def _missing_files(output: Path, manifest: Dict[str, Any]) -> List[str]:
+    """The files a complete output's manifest names that are not there (deleted since)."""
+    names = [s["file"] for s in manifest.get("shards", ()) if "file" in s] if "shards" in manifest else [VECTORS, DOCS]
+    return [name for name in names if not (output / name).is_file()]
 
 
 class AlreadyComplete(Exception):
