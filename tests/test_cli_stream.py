@@ -612,3 +612,20 @@ def test_resume_of_a_complete_output_with_a_file_deleted_says_it_is_damaged(tmp_
         f"error: --output {out} is damaged: {lost} is missing; pass --overwrite to embed it again")
     again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "-s", "2", "--overwrite")
     assert again.exit_code == 0 and (out / lost).is_file()
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+@pytest.mark.parametrize("cut", [-4, 8])
+def test_load_npy_of_a_cut_or_padded_vectors_file_names_it(tmp_path, corpus, pipeline, mmap, cut):
+    """A vectors.npy shorter than its header says gave numpy's "mmap length is
+    greater than file size" (or "cannot reshape"), naming neither file nor
+    cause; one with bytes beyond its rows was read without a word."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy").exit_code == 0
+    vectors = out / "vectors.npy"
+    nbytes, data = numpy.load(vectors).nbytes, vectors.read_bytes()
+    vectors.write_bytes(data[:cut] if cut < 0 else data + b"\0" * cut)
+    with pytest.raises(ValueError) as error:
+        output_module.load_npy(out, mmap=mmap)
+    assert str(error.value).startswith(f"{out}: vectors.npy holds {nbytes + cut:,} bytes of rows, its header says (")
+    assert str(error.value).endswith("the file is damaged; embed the input again")

@@ -157,6 +157,12 @@ def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[st
             read_header = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else \
                 numpy.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
+            # numpy's own errors for a cut file ("mmap length is greater than
+            # file size", "cannot reshape") name neither the file nor the cause.
+            stored, expected = os.fstat(f.fileno()).st_size - f.tell(), int(numpy.prod(shape)) * dtype.itemsize
+            if stored != expected:
+                raise ValueError(f"{path}: {VECTORS} holds {stored:,} bytes of rows, its header says {shape} "
+                                 f"{dtype} ({expected:,} bytes): the file is damaged; embed the input again")
             vectors: numpy.ndarray
             if mmap:
                 vectors = numpy.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
