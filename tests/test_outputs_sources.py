@@ -10,6 +10,7 @@
 The references are what a fresh doc of the same text gets from the component
 (or from spaCy's tok2vec) alone, and cosines computed here with NumPy.
 """
+import copy
 import pickle
 import warnings
 
@@ -497,6 +498,16 @@ def test_what_shapes_the_outputs_besides_the_weights_tells_models_apart(vocab, t
     other = _pipeline(vocab, cased, ("ctxembed_bert", "emb", _bert(cased, layers=[2])))(TEXT)
     with pytest.raises(ValueError, match=r"different ctxembed models \(tokenizer \w+ vs \w+\)"):
         a[0].similarity(other[0])
+    # ELMo: the same weights under other options (clipping) make other vectors.
+    from .elmo_fixture import SMALL, write_elmo_fixture
+
+    clipped = copy.deepcopy(SMALL)
+    clipped["lstm"]["cell_clip"] = clipped["lstm"]["proj_clip"] = 0.05
+    x, y = (_pipeline(vocab, None, ("ctxembed_elmo", "elmo", ctx_config(options_file=str(o), weight_file=str(w))))(TEXT)
+            for o, w in (write_elmo_fixture(tmp_path / "elmo"), write_elmo_fixture(tmp_path / "clip", clipped)))
+    assert not numpy.allclose(x._.ctx_vectors, y._.ctx_vectors, atol=1e-3)  # the premise
+    with pytest.raises(ValueError, match=r"different ctxembed models \(options \w+ vs \w+\)"):
+        x[0].similarity(y[0])
 
 
 def test_models_that_differ_only_in_their_weights_are_told_apart(vocab, tiny_bert_dir, last_layer, tmp_path):

@@ -12,7 +12,6 @@ of it trains with its component.
 """
 import contextlib
 import copy
-import hashlib
 import itertools
 import json
 import tempfile
@@ -180,8 +179,7 @@ class ElmoShim(PyTorchShim):
         """What the outputs' signature (`pipeline.signature`) takes from the biLM
         besides its weights: its options (clipping, activation...), by content,
         not by the files' paths (copied elsewhere, they are the same model)."""
-        options = json.dumps(cast(ElmoOptions, self.options).raw, sort_keys=True, default=str)
-        return {"options": hashlib.blake2b(options.encode("utf8"), digest_size=8).hexdigest()}
+        return {"options": cast(ElmoOptions, self.options).digest}
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,

@@ -9,9 +9,11 @@ form ``[component] options_file = '/p/options.json': lstm.n_layers = 0: expected
 an integer >= 1``, naming the component instance, the file, the setting or
 dataset, the value found and what is allowed.
 """
+import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple, Union
 
@@ -55,6 +57,13 @@ class ElmoOptions:
     filters: List[Tuple[int, int]]
     max_characters_per_token: int
     raw: Dict[str, Any]
+
+    @cached_property
+    def digest(self) -> str:
+        """The options by content (the outputs' signature): not by the file's
+        path, since a copy elsewhere is the same model. Taken once."""
+        options = json.dumps(self.raw, sort_keys=True, default=str)
+        return hashlib.blake2b(options.encode("utf8"), digest_size=8).hexdigest()
 
     @property
     def n_filters(self) -> int:
