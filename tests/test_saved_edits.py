@@ -276,6 +276,33 @@ def test_pooling_of_other_bytes_is_refused_under_a_trained_mix(tiny_bert_dir):
             numpy.testing.assert_allclose(receiver(POOLING_TEXT)._.ctx_vectors, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("s", [None, [0.7, 0.7, 0.7]])
+def test_another_pooling_under_an_untrained_mix_loads(tiny_bert_dir, tmp_path, s):
+    """A ScalarMix as initialised (or with all `s` equal, `gamma` 1) gives the
+    plain mean of the layers: nothing was trained on the vectors, and the
+    pooling check refused such a pipeline all the same."""
+    source = _nlp(tiny_bert_dir, "scalar_mix", initialize=False)
+    source.initialize()
+    if s is not None:
+        source.get_pipe(NAME).combiner.set_param("s", numpy.asarray(s, dtype="f"))
+    source.to_disk(tmp_path / "saved")
+    expected = _hf_mean_of_layers(tiny_bert_dir, [0, 1, 2], POOLING_TEXT, pooling="max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, pooling="max"))
+        numpy.testing.assert_allclose(loaded(POOLING_TEXT)._.ctx_vectors, expected, atol=1e-5)
+        receiver = spacy.blank("en")
+        receiver.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(
+            name=tiny_bert_dir, layers=[0, 1, 2], combine="scalar_mix", pooling="max"))
+        receiver.from_bytes(source.to_bytes())
+        numpy.testing.assert_allclose(receiver(POOLING_TEXT)._.ctx_vectors, expected, atol=1e-5)
+    # One step of training away from the plain mean is enough to refuse it.
+    source.get_pipe(NAME).combiner.set_param("gamma", numpy.asarray([1.01], dtype="f"))
+    source.to_disk(tmp_path / "saved")
+    with pytest.raises(SettingError, match=r"what was trained on those vectors \(its scalar_mix\) reads them"):
+        spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, pooling="max"))
+
+
 def test_listening_components_hold_the_pooling_and_are_warned_of_other_windows(tiny_bert_dir, tmp_path):
     from spacy.training import Example
 

@@ -64,6 +64,15 @@ def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> N
     model.set_param("gamma", model.ops.asarray1f([1.0]))
 
 
+def is_plain_mean(model: Model) -> bool:
+    """Whether a ScalarMix gives the plain mean of its layers, as initialised
+    (all `s` equal, `gamma` 1): nothing trained it, whatever the vectors were."""
+    if model.name != "scalar_mix" or not (model.has_param("s") and model.has_param("gamma")):
+        return False
+    s, gamma = model.ops.to_numpy(model.get_param("s")), model.ops.to_numpy(model.get_param("gamma"))
+    return bool((s == s[0]).all() and (gamma == 1.0).all())
+
+
 def _softmax(xp, s):
     e = xp.exp(s - s.max())
     return e / e.sum()

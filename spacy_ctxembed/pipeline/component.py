@@ -30,6 +30,7 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
+from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
@@ -657,15 +658,16 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
                     self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
-                self._check_saved_features(saved_cfg.get(FEATURES_KEY), with_combiner="combiner" not in exclude,
-                                           on_purpose=f"to load it with the config's on purpose, remove "
-                                           f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 if "combiner" not in exclude and (path / "combiner").is_file():
                     saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
                 elif "combiner" not in exclude and self.combiner.param_names:
                     raise bad_setting(self.name, "combiner", str(path / "combiner"),
                                       "the combiner's weights are missing")
+                # (After the combiner: whether its weights were trained decides.)
+                self._check_saved_features(saved_cfg.get(FEATURES_KEY), with_combiner="combiner" not in exclude,
+                                           on_purpose=f"to load it with the config's on purpose, remove "
+                                           f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 self._after_loading(str(path / "combiner"))
         self._model_loaded()
         return self
@@ -845,10 +847,10 @@ class ContextualEmbedder(TrainablePipe):
     def _check_saved_features(self, saved: Any, *, with_combiner: bool = True, on_purpose: str = "") -> None:
         """The pooling and windows the encoder was saved with, held to where weights
         trained on the vectors read them: a combiner with weights (ScalarMix) loaded
-        with it, or listening components. A plain embedder takes the config's, as
-        it takes its other settings."""
+        with it, unless they are as initialised, or listening components. A plain
+        embedder takes the config's, as it takes its other settings."""
         trained = [repr(name) for name in self.listening_components]
-        if with_combiner and self.combiner.param_names:
+        if with_combiner and self.combiner.param_names and not is_plain_mean(self.combiner):
             trained.insert(0, f"its {self.combiner.name}")
         if trained:
             check_saved_features(self.name, saved, encoder_features(self.encoder), trained=", ".join(trained),
