@@ -278,3 +278,20 @@ def test_options_disagree_with_weights(tmp_path, files, changes, part):
     with pytest.raises(ElmoFileError) as err:
         _read(options_path, files[1])
     _assert_message(err, files[1], "weight_file = ", part, "of different models")
+
+
+@pytest.mark.parametrize("edit", ["extra", "missing"])
+def test_a_backward_lstm_of_another_depth_is_refused(files, edit):
+    """Only the forward LM's layers were counted: a backward one with a layer
+    more than the options ask for loaded, that layer unused, without a word."""
+    prefix = "RNN_1/RNN/MultiRNNCell/Cell"
+    with h5py.File(files[1], "a") as f:
+        if edit == "extra":
+            f.copy(f[f"{prefix}1"], f"{prefix}2")
+        else:
+            del f[f"{prefix}1"]
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    held = 3 if edit == "extra" else 1
+    _assert_message(err, files[1], f"holds {held} LSTM layers (RNN_1/RNN/MultiRNNCell/Cell*), but the options file "
+                                   "asks for 2 (lstm.n_layers)", "of different models")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple, Union
 
@@ -310,8 +310,8 @@ def _check_counts(source: _Source, options: ElmoOptions, f: Any) -> None:
         ("char_cnn.filters", len(options.filters), _held(f, lambda k: f"CNN/W_cnn_{k}"),
          "convolution filters (CNN/W_cnn_*)"),
         ("char_cnn.n_highway", options.n_highway, _held(f, lambda k: f"CNN_high_{k}"), "highway layers (CNN_high_*)"),
-        ("lstm.n_layers", options.n_layers, _held(f, lambda k: lstm_prefix(0, k)),
-         "LSTM layers (RNN_0/RNN/MultiRNNCell/Cell*)"),
+        *(("lstm.n_layers", options.n_layers, _held(f, partial(lstm_prefix, direction)),
+           f"LSTM layers (RNN_{direction}/RNN/MultiRNNCell/Cell*)") for direction in (0, 1)),
     ):
         if asked != held:
             raise source.error(f"holds {held} {what}, but the options file asks for {asked} ({setting}): "
