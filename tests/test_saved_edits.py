@@ -453,6 +453,46 @@ def test_a_damaged_file_of_a_saved_elmo_pipeline_names_its_model_folder(tmp_path
         spacy.load(tmp_path / "saved")
 
 
+def test_an_edited_options_file_of_a_saved_elmo_pipeline_is_refused(tmp_path):
+    """The fingerprint reads the weights only: the saved model folder's
+    options.json edited (other clipping, no skip connections) loaded under the
+    mix trained on the vectors before, every vector changed, without a word."""
+    from .elmo_reference import ReferenceElmo
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(
+        options_file=str(options), weight_file=str(weights), layers=[0, 1, 2], combine="scalar_mix"))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    saved_options = tmp_path / "saved" / "elmo_a" / "model" / "options.json"
+    edited = json.loads(saved_options.read_text())
+    edited["lstm"]["cell_clip"], edited["lstm"]["use_skip_connections"] = 0.5, False
+    saved_options.write_text(json.dumps(edited))
+    words = "The cat sat on the mat with naive cafe owners .".split()
+    before, after = (ReferenceElmo(o, weights)(words).mean(axis=0) for o in (options, saved_options))
+    assert not numpy.allclose(before, after, atol=1e-3)  # the premise: every vector changes
+    cfg_path = tmp_path / "saved" / "elmo_a" / "cfg"
+    with pytest.raises(SettingError) as excinfo:
+        spacy.load(tmp_path / "saved")
+    assert str(excinfo.value) == (
+        f"[elmo_a] model = '{tmp_path / 'saved' / 'elmo_a' / 'model'}': its options.json differs from the one this "
+        f"pipeline was saved with (the digest in '{cfg_path}' differs), and every vector with it: put back the "
+        "options file it was saved with; to keep these options on purpose, remove 'encoder_options' from that "
+        "cfg file")
+    # As the error says (and as a cfg saved before the digest was recorded): the edited options.
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["encoder_options"]
+    cfg_path.write_text(json.dumps(cfg))
+    doc = spacy.load(tmp_path / "saved")(" ".join(words))
+    numpy.testing.assert_allclose(doc._.ctx_vectors, after, atol=2e-5)
+    # The same options written otherwise (keys reordered, indented) are the same options.
+    nlp.to_disk(tmp_path / "again")
+    (tmp_path / "again" / "elmo_a" / "model" / "options.json").write_text(
+        json.dumps(json.loads(options.read_text()), indent=2, sort_keys=True))
+    numpy.testing.assert_allclose(spacy.load(tmp_path / "again")(" ".join(words))._.ctx_vectors, before, atol=2e-5)
+
+
 def test_the_fingerprint_reads_values_not_names_or_integer_buffers(tiny_bert_dir, tmp_path):
     """transformers 4.30 saved BERT's position ids (an integer buffer) with the
     weights, 4.31 and later do not: a fingerprint of the state dict refused

@@ -31,7 +31,7 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..layers.scalar_mix import is_plain_mean
-from ..models.elmo_weights import ElmoFileError
+from ..models.elmo_weights import OPTIONS_FILE, ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import set_loaded_dims, swaps_weights
@@ -40,7 +40,7 @@ from ..settings import check_saved_features, encoder_features, normalize_layers,
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
-from .signature import output_signature, saved_weights_fingerprint
+from .signature import output_signature, saved_options_digest, saved_weights_fingerprint
 
 #: Subfolder of the component's directory where the encoder writes its files.
 MODEL_DIR = "model"
@@ -55,6 +55,9 @@ LAYERS_KEY = "encoder_layers"
 WEIGHTS_KEY = "encoder_weights"
 #: The cfg key of the encoder's pooling and windows when saved (`settings.encoder_features`).
 FEATURES_KEY = "encoder_features"
+#: The cfg key of ELMo's options when saved, by content (`saved_options_digest`;
+#: absent in older saves, and for BERT).
+OPTIONS_KEY = "encoder_options"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -658,6 +661,7 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
                     self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
+                    self._check_saved_options(saved_cfg.get(OPTIONS_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
                     saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
@@ -724,11 +728,15 @@ class ContextualEmbedder(TrainablePipe):
     def _saved_cfg(self) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
         config's are used), the encoder layers that the combiner's weights are for,
-        the fingerprint of the encoder's weights (`_check_saved_weights`), and
-        its pooling and windows (`check_saved_features`)."""
+        the fingerprint of the encoder's weights (`_check_saved_weights`), ELMo's
+        options (`_check_saved_options`), and its pooling and windows
+        (`check_saved_features`)."""
         cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
         if self.encoder.shims:
             cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
+            options = saved_options_digest(self.encoder)
+            if options is not None:
+                cfg[OPTIONS_KEY] = options
         features = encoder_features(self.encoder)
         if features:
             cfg[FEATURES_KEY] = features
@@ -842,6 +850,20 @@ class ContextualEmbedder(TrainablePipe):
             " differs): put back the model folder it was saved with. To embed with another model, make a "
             "component on it (its `name`) and train what listens to it again; to keep these weights on "
             f"purpose, remove {WEIGHTS_KEY!r} from that cfg file",
+        )
+
+    def _check_saved_options(self, saved: Any, path: Path) -> None:
+        """ELMo's options file in the model folder must be the one the pipeline was
+        saved with: other clipping, activation or skip connections change every
+        vector under the weights (its own and downstream) trained on them, as
+        other weights would (`_check_saved_weights`)."""
+        if not isinstance(saved, str) or saved == saved_options_digest(self.encoder):
+            return
+        raise bad_setting(
+            self.name, "model", str(path / MODEL_DIR),
+            f"its {OPTIONS_FILE} differs from the one this pipeline was saved with (the digest in "
+            f"{str(path / 'cfg')!r} differs), and every vector with it: put back the options file it was saved "
+            f"with; to keep these options on purpose, remove {OPTIONS_KEY!r} from that cfg file",
         )
 
     def _check_saved_features(self, saved: Any, *, with_combiner: bool = True, on_purpose: str = "") -> None:

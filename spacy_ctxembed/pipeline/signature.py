@@ -13,12 +13,13 @@ earlier versions (with those paths) are compared on the fields both have.
 """
 import hashlib
 import itertools
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import numpy
 import torch
 from thinc.api import Model
 
+from ..models.elmo_weights import ElmoOptions
 from ..settings import config_value, selected_layers
 
 #: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
@@ -89,6 +90,21 @@ def saved_weights_fingerprint(model: Model) -> str:
                     digest.update(_sampled(tensor).tobytes())
                     digests.append(digest.digest())
     return hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
+
+
+def saved_options_digest(model: Model) -> Optional[str]:
+    """What else the model folder holds that shapes every vector: ELMo's
+    options (clipping, activation, skip connections), by content
+    (`ElmoOptions.digest`), for a saved pipeline to tell its own options file
+    from an edited one. None for BERT: its tokenizer's definition, as the
+    tokenizers library writes it, changes with that library's version, and a
+    pipeline saved under one version must load under the next."""
+    for node in model.walk():
+        for shim in node.shims:
+            options = getattr(shim, "options", None)
+            if isinstance(options, ElmoOptions):
+                return options.digest
+    return None
 
 
 def _torch_modules(node: Model) -> Iterator[torch.nn.Module]:
