@@ -3,6 +3,7 @@ recommendation, each checked against an independent computation written here (br
 helpers, plain NumPy); and that the evaluation labels decide nothing."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -294,6 +295,13 @@ def test_read_wic_takes_byte_order_marks_blank_last_lines_and_crlf(tmp_path):
     (["run\tV\t2-1\tI  ran .\tYou ran ."], ["T"], r"line 1: sentence 1 'I  ran \.': an empty token"),
     (["run\tV\t1-1\tI ran .\t You ran ."], ["T"], r"line 1: sentence 2 ' You ran \.': an empty token"),
     (["run\tV\t1-1\tI ran .\tYou ran . "], ["T"], r"line 1: sentence 2 'You ran \. ': an empty token"),
+    # indices are plain ASCII digits: int() would take each of these
+    *((["run\tV\t" + indices + "\tI ran .\tYou ran ."], ["T"],
+       "line 1: token indices " + re.escape(repr(indices)) + ": expected i-j")
+      for indices in ("+1-1", " 1 - 1 ", "1_0-1", "\u0661-1")),
+    # a blank label inside the file is no label to skip: the labels after it would go to the wrong pairs
+    (["run\tV\t1-1\tI ran .\tYou ran ."] * 2, ["T", "", "F"],
+     r"train.gold.txt line 2: a blank line \(only blank lines at the end are ignored\)"),
 ])
 def test_read_wic_errors_name_file_and_line(tmp_path, rows, gold, message):
     with pytest.raises(AnalysisInputError, match=r"^--wic-train .*" + message):

@@ -30,6 +30,7 @@ Cosines come from per-pair Gram matrices between the layers of the two
 target vectors (`WicGrams`), so the cosine of any mean of layers is exact
 and costs no pass over the vectors.
 """
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,11 +115,12 @@ Pair = Tuple[str, List[str], int, List[str], int, bool]  # lemma, sentence 1, in
 
 
 def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
-    # Blank lines at the end of either file are no pairs; a byte order mark is no text
-    lines = split_lines(_read_utf8(data_file, option))
-    while lines and not lines[-1].strip():
-        lines.pop()
-    gold = [g.strip() for g in split_lines(_read_utf8(gold_file, option)) if g.strip()]
+    lines = _lines(data_file, option)
+    gold = [g.strip() for g in _lines(gold_file, option)]
+    if "" in gold:
+        # (dropping it would put the labels after it on the wrong pairs)
+        raise AnalysisInputError(f"{option} {data_file.parent}: {gold_file.name} line {gold.index('') + 1}: "
+                                 "a blank line (only blank lines at the end are ignored); expected T or F")
     if len(gold) != len(lines):
         raise AnalysisInputError(f"{option} {data_file.parent}: {data_file.name} has {len(lines)} lines but "
                                  f"{gold_file.name} has {len(gold)} labels")
@@ -133,15 +135,25 @@ def _read_pairs(data_file: Path, gold_file: Path, option: str) -> List[Pair]:
             raise AnalysisInputError(f"{option} {data_file.parent}: {gold_file.name} line {number}: "
                                      f"expected T or F, got {label!r}")
         words1, words2 = (_words(fields[k], f"{where}: sentence {k - 2}") for k in (3, 4))
-        try:
-            index1, index2 = (int(i) for i in fields[2].split("-"))
-        except ValueError:
-            raise AnalysisInputError(f"{where}: token indices {fields[2]!r}: expected i-j") from None
+        # ASCII digits only: int() would also take "+1", " 1 " and "1_0"
+        indices = re.fullmatch(r"([0-9]+)-([0-9]+)", fields[2])
+        if indices is None:
+            raise AnalysisInputError(f"{where}: token indices {fields[2]!r}: expected i-j")
+        index1, index2 = int(indices[1]), int(indices[2])
         if not (0 <= index1 < len(words1) and 0 <= index2 < len(words2)):
             raise AnalysisInputError(f"{where}: token indices {fields[2]!r} are outside the sentences "
                                      f"({len(words1)} and {len(words2)} tokens)")
         pairs.append((fields[0], words1, index1, words2, index2, LABELS[label]))
     return pairs
+
+
+def _lines(path: Path, option: str) -> List[str]:
+    """The file's lines (`split_lines`: a byte order mark is no text), without the blank lines at its end,
+    which are no pairs."""
+    lines = split_lines(_read_utf8(path, option))
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def _read_utf8(path: Path, option: str) -> str:
