@@ -57,6 +57,23 @@ def test_conllu_errors_name_the_line(tmp_path):
         read_corpus(path)
 
 
+@pytest.mark.parametrize("line, message", [
+    # spaCy would refuse the empty word (E031) only after the run began, naming neither file nor line
+    ("2\t\t_\t_\t_\t_\t_\t_\t_\t_", r"line 2: empty FORM \(column 2\)"),
+    # a reversed range would skip every word after it
+    ("3-2\txy\t_\t_\t_\t_\t_\t_\t_\t_", r"line 2: bad token id '3-2': a multiword token's range goes from a "
+                                              r"lower word id to a higher one"),
+    ("2-2\txy\t_\t_\t_\t_\t_\t_\t_\t_", r"line 2: bad token id '2-2': a multiword token's range"),
+    ("x-3\txy\t_\t_\t_\t_\t_\t_\t_\t_", r"line 2: bad token id 'x-3'$"),
+])
+def test_conllu_token_errors_name_the_line(tmp_path, line, message):
+    path = tmp_path / "bad.conllu"
+    words = "\n".join(f"{i}\t{w}\t_\t_\t_\t_\t_\t_\t_\t_" for i, w in [(2, "B"), (3, "C"), (4, "D")])
+    path.write_text(f"1\tA\t_\t_\t_\t_\t_\t_\t_\t_\n{line}\n{words}\n", encoding="utf8")
+    with pytest.raises(AnalysisInputError, match=r"^CORPUS .*bad.conllu: " + message):
+        read_corpus(path)
+
+
 def test_conllu_lines_split_at_newlines_only(tmp_path):
     """A form may hold U+2028 or U+0085 (str.splitlines would split there and report a bad line); CRLF and
     a byte order mark are no text."""

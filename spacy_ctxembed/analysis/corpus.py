@@ -16,7 +16,7 @@ with different tokenizers can be compared on the same corpus.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
@@ -141,15 +141,15 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
                 f"CORPUS {path}: line {number}: expected 10 tab-separated CoNLL-U columns, got {len(columns)}"
             )
         token_id, form, misc = columns[0], columns[1], columns[9]
-        try:
-            if "." in token_id:  # an empty node: not in the text
-                continue
-            if "-" in token_id:  # a multiword token: its surface form stands for its words
-                skip_until = int(token_id.split("-")[1])
-            elif int(token_id) <= skip_until:
-                continue
-        except ValueError:
-            raise AnalysisInputError(f"CORPUS {path}: line {number}: bad token id {token_id!r}") from None
+        if "." in token_id:  # an empty node: not in the text
+            continue
+        first, last = _word_ids(token_id, f"CORPUS {path}: line {number}")
+        if last > first:  # a multiword token: its surface form stands for its words
+            skip_until = last
+        elif first <= skip_until:
+            continue
+        if not form:  # spaCy refuses an empty word (E031) only when the doc is made, naming no file or line
+            raise AnalysisInputError(f"CORPUS {path}: line {number}: empty FORM (column 2)")
         current.sent_starts.append(not current.words)
         current.words.append(form)
         current.spaces.append("SpaceAfter=No" not in misc.split("|"))
@@ -157,6 +157,21 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
         sentences.append(current)
         starts_doc.append(newdoc)
     return _group_docs(sentences, starts_doc)
+
+
+def _word_ids(token_id: str, where: str) -> Tuple[int, int]:
+    """The first and last word id of a token line: (i, i) for word i, (i, j) for a multiword token i-j."""
+    try:
+        ids = [int(i) for i in token_id.split("-")]
+    except ValueError:
+        ids = []
+    if len(ids) not in (1, 2):
+        raise AnalysisInputError(f"{where}: bad token id {token_id!r}")
+    if len(ids) == 2 and ids[1] <= ids[0]:
+        # a reversed range would silently skip the words after it
+        raise AnalysisInputError(f"{where}: bad token id {token_id!r}: a multiword token's range goes from a lower "
+                                 "word id to a higher one")
+    return ids[0], ids[-1]
 
 
 def _group_docs(sentences: List[_ConlluDoc], starts_doc: List[bool]) -> List[_ConlluDoc]:
