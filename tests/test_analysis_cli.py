@@ -285,6 +285,9 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         (["--model", model, "-o", tmp_path / "corpus.txt" / "out"],
          "--output {}: {} exists and is not a directory".format(tmp_path / "corpus.txt" / "out", corpus)),
         # checked when the pipeline is planned, before anything is embedded
+        (["--model", "foo_not_a_model"], "--model foo_not_a_model: [E050] Can't find model 'foo_not_a_model'"),
+        (["--model", model, "--compare", "no_such_pipeline"],
+         "--compare no_such_pipeline: [E050] Can't find model 'no_such_pipeline'"),
         (["--model", model, "--explore-layers", "-4"],
          "--explore-layers [-4]: index -4 is out of range: the model has 3 layers, counting its embedding (token) "
          "layer as 0 (valid: -3 .. 2)"),

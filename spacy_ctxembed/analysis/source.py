@@ -41,15 +41,16 @@ Edit = Tuple[str, Tuple[str, ...], Any]
 @dataclass
 class PipelineSource:
     """Where a pipeline comes from: `model` (saved), `config`, or neither (the
-    default); `component`: its contextual component to analyse (None: the
-    `AnalysisSettings.component`, else the pipeline's only one), set by the
-    option that errors name (`component_option`)."""
+    default), given by the option that errors name (`option`); `component`: its
+    contextual component to analyse (None: the `AnalysisSettings.component`,
+    else the pipeline's only one), set by the option `component_option`."""
 
     model: Optional[str] = None
     config: Optional[Config] = None
     config_path: Optional[Path] = None
     component: Optional[str] = None
     component_option: str = "--component"
+    option: str = "--model"
     _saved_dir: Optional[Path] = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -58,17 +59,16 @@ class PipelineSource:
         path = Path(value)
         if path.suffix == ".cfg" or path.is_file():
             return cls.from_config_file(path, option)
-        return cls(model=value)
+        return cls(model=value, option=option)
 
     @classmethod
     def from_config_file(cls, path: Path, option: str = "--config") -> "PipelineSource":
         if not path.is_file():
             raise AnalysisInputError(f"{option} {path}: no such config file")
         try:
-            return cls(config=load_config(path), config_path=path)
+            return cls(config=load_config(path), config_path=path, option=option)
         except Exception as e:  # confection: a config that does not parse
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise AnalysisInputError(f"{option} {path}: not a readable config ({first})") from None
+            raise AnalysisInputError(f"{option} {path}: not a readable config ({_first_line(e)})") from None
 
     @property
     def label(self) -> str:
@@ -97,7 +97,7 @@ class PipelineSource:
         """
         if self.model is not None:
             if not edits:
-                nlp = spacy.load(self.model)
+                nlp = self._load_saved()
                 self._saved_dir = Path(nlp.path) if nlp.path is not None else None
                 return nlp
             return self._load_saved_edited(edits, new_combiner)
@@ -108,11 +108,18 @@ class PipelineSource:
         initialize_built(nlp, built, needed_components(nlp, name))
         return nlp
 
+    def _load_saved(self) -> Language:
+        try:
+            return spacy.load(cast(str, self.model))
+        except OSError as e:  # E050, no such package or directory: spaCy's message names no option
+            raise AnalysisInputError(f"{self.option} {self.model}: {_first_line(e)}") from None
+
     def _load_saved_edited(self, edits: Sequence[Edit], new_combiner: Optional[str]) -> Language:
         if self._saved_dir is None:
             self.load()  # finds where the pipeline lives
         if self._saved_dir is None:
-            raise AnalysisInputError(f"--model {self.model}: the loaded pipeline does not say where it was read from")
+            raise AnalysisInputError(f"{self.option} {self.model}: the loaded pipeline does not say where it was "
+                                     "read from")
         path = self._saved_dir
         nlp = load_model_from_config(edited_config(load_config(path / "config.cfg"), edits))
         skipped = [] if new_combiner is None else [new_combiner]
@@ -122,6 +129,11 @@ class PipelineSource:
             # layers and pooling that its cfg records (and that a load would hold to).
             cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner", "cfg"])
         return nlp
+
+
+def _first_line(error: Exception) -> str:
+    """An error's message for a one-line error: its first line (its type when it has none)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def default_config() -> Config:
