@@ -27,7 +27,12 @@ from spacy_ctxembed.analysis import (
     target_vectors,
 )
 from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
-from spacy_ctxembed.analysis.source import all_layer_edits, n_available_layers, needed_components
+from spacy_ctxembed.analysis.source import (
+    all_layer_edits,
+    n_available_layers,
+    needed_components,
+    pooling_modes,
+)
 from spacy_ctxembed.analysis.wic import multi_piece_sentences
 
 from .analysis_support import (
@@ -352,6 +357,14 @@ def test_pooling_modes_load_the_model_only_when_a_target_needs_it(tiny_bert_dir,
     loads.clear()
     analyze(corpus, [source], settings, wic_train=read_wic(wic))
     assert len(loads) == 2 + 3
+
+
+def test_each_pooling_mode_is_tried_once(tiny_bert_dir):
+    nlp = spacy.blank("en")  # (not initialized: the modes come from the config)
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, pooling="first"))
+    # the configured mode first, then the others in the order given, each once
+    assert pooling_modes(nlp, "ctxembed_bert", ["max", "first", "max", "mean", "first"]) == ["first", "max", "mean"]
+    assert pooling_modes(nlp, "ctxembed_bert", ["mean", "mean"]) == ["first", "mean"]
 
 
 def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(tiny_bert_dir, tmp_path,

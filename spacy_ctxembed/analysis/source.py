@@ -289,4 +289,4 @@ def pooling_modes(nlp: Language, name: str, wanted: Optional[Sequence[str]]) -> 
         return [None]
     configured = str(encoder_settings(nlp, name).get("pooling", "mean"))
     modes = list(POOLING_MODES) if wanted is None else list(wanted)
-    return [configured, *(m for m in modes if m != configured)]
+    return list(dict.fromkeys([configured, *modes]))  # each once (--pooling first --pooling first: one fit)
