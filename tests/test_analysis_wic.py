@@ -392,6 +392,34 @@ def test_fitted_scalar_mix_matches_brute_force():
     assert fitted.threshold == pytest.approx(brute_threshold(cosines, labels)[0], abs=1e-7)
 
 
+def _rotated_layers(seed, n=120, n_layers=5, width=6):
+    """Each layer a view of the pairs' content in its own rotation, with its own noise and a shared offset:
+    a loss with local minima at single layers (at seeds where a fit from the mean, or from the layer most
+    accurate alone, stops at a worse layer than the best one)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2 == 0
+    content_u = rng.normal(size=(n, width))
+    content_v = np.where(labels[:, None], content_u, rng.normal(size=(n, width)))
+    rotations = [np.linalg.qr(rng.normal(size=(width, width)))[0] for _ in range(n_layers)]
+    signal, noise, offset = (rng.uniform(low, high, n_layers) for low, high in ((0.5, 1.5), (0.5, 2.0), (0, 3)))
+    offsets = offset[:, None] * rng.normal(size=(n_layers, width))
+    u, v = (np.stack([signal[k] * content @ rotations[k] + noise[k] * rng.normal(size=(n, width)) + offsets[k]
+                      for k in range(n_layers)], axis=1) for content in (content_u, content_v))
+    return u.astype(np.float32).astype(np.float64), v.astype(np.float32).astype(np.float64), labels
+
+
+@pytest.mark.parametrize("seed", [16, 18, 111, 129, 157, 249])
+def test_fitted_scalar_mix_is_no_worse_than_any_single_layer_or_the_mean(seed):
+    u, v, labels = _rotated_layers(seed)
+    fitted = fit_scalar_mix(WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32)), labels)
+    n_layers = u.shape[1]
+    alone = [_logistic_objective(_mixed_cosines(u, v, np.eye(n_layers)[k]), labels) for k in range(n_layers)]
+    mean = _logistic_objective(_mixed_cosines(u, v, np.full(n_layers, 1 / n_layers)), labels)
+    assert _logistic_objective(_mixed_cosines(u, v, fitted.weights), labels) == pytest.approx(fitted.loss, abs=1e-6)
+    assert fitted.loss <= min(alone) + 1e-9
+    assert fitted.loss <= mean + 1e-9
+
+
 def test_scalar_mix_cross_validation_matches_independent_loop():
     rng = np.random.default_rng(4)
     u, v, labels = _layered_pairs(90, rng)

@@ -19,9 +19,10 @@ Rules scored the same way (`held_out_accuracy`):
   w = softmax(s), the vector sum_j w_j * layer_j (what a ScalarMix combiner
   with logits s gives, up to its scale gamma, which no cosine sees), and a
   threshold on that vector's cosine, fitted on the training pairs only: s (with
-  a scale a and bias b) minimises the logistic loss of a * cosine + b
-  (L-BFGS, from the mean of the layers and from the best single layer), then
-  the threshold is fitted on the mixed cosines as for one layer;
+  a scale a and bias b) is fitted to the logistic loss of a * cosine + b
+  (L-BFGS from a few starts, keeping the lowest loss: it has local minima at
+  single layers), then the threshold is fitted on the mixed cosines as for
+  one layer;
 * as an extra, logistic regression on the per-layer cosines
   (`CosineLogisticRule`: standardised, L2, C = 1). Its coefficients can be
   negative: it is not a mix of layers and no combiner can apply it.
@@ -389,14 +390,14 @@ def _softmax(s: NDArray[np.float64]) -> NDArray[np.float64]:
 def scalar_mix_loss(
     params: NDArray[np.float64], grams: WicGrams, labels: NDArray[np.bool_], c: float = 1.0
 ) -> Tuple[float, NDArray[np.float64]]:
-    """The objective `fit_scalar_mix` minimises, and its gradient.
+    """The objective `fit_scalar_mix` fits the weights to (a local minimum of it), and its gradient.
 
     params: (s_1..s_L, a, b). With w = softmax(s) and x_p the cosine of pair p
     under w, it is the mean logistic loss of z_p = a * x_p + b plus
     a**2 / (2 c n): sklearn's LogisticRegression(C=c) objective on the one
     feature x, divided by c * n.
     """
-    n_layers, n = grams.n_layers, labels.shape[0]
+    n_layers = grams.n_layers
     s, a, b = params[:n_layers], float(params[n_layers]), float(params[n_layers + 1])
     y = labels.astype(np.float64)
     w = _softmax(s)
@@ -407,41 +408,91 @@ def scalar_mix_loss(
     ok = norms > 0  # a side without a vector: cosine 0, as in `WicGrams.cosines`
     safe = np.where(ok, norms, 1.0)
     x = np.where(ok, qc / safe, 0.0)
-    z = a * x + b
-    loss = float(np.mean(np.logaddexp(0.0, z) - y * z) + a * a / (2 * c * n))
-    from scipy.special import expit
-
-    r = (expit(z) - y) / n
+    loss, r, grad_ab = _logistic_loss(x, y, a, b, c)
     # d cos / d w = (C + C^T) w / |u||v| - cos * (F w / |u|^2 + S w / |v|^2)
     dx_dw = np.where(ok[:, None], (cw + ctw) / safe[:, None] - x[:, None] * (
         fw / np.where(ok, qf, 1.0)[:, None] + sw / np.where(ok, qs, 1.0)[:, None]), 0.0)
     grad_w = (a * r) @ dx_dw
     grad_s = w * (grad_w - w @ grad_w)  # through the softmax
-    grad = np.concatenate([grad_s, [float(r @ x) + a / (c * n), float(r.sum())]])
-    return loss, grad
+    return loss, np.concatenate([grad_s, grad_ab])
+
+
+def _logistic_loss(
+    x: NDArray[np.float64], y: NDArray[np.float64], a: float, b: float, c: float
+) -> Tuple[float, NDArray[np.float64], NDArray[np.float64]]:
+    """The mean logistic loss of z = a * x + b plus a**2 / (2 c n); its derivative in each z_p, and in (a, b)."""
+    from scipy.special import expit
+
+    n = y.shape[0]
+    z = a * x + b
+    r = (expit(z) - y) / n
+    loss = float(np.mean(np.logaddexp(0.0, z) - y * z) + a * a / (2 * c * n))
+    return loss, r, np.array([float(r @ x) + a / (c * n), float(r.sum())])
+
+
+def _fit_scale(x: NDArray[np.float64], labels: NDArray[np.bool_], c: float) -> Tuple[float, float, float]:
+    """(a, b, loss): the scale and bias that minimise `_logistic_loss` on the fixed cosines x."""
+    from scipy.optimize import minimize
+
+    y = labels.astype(np.float64)
+
+    def objective(ab: NDArray[np.float64]) -> Tuple[float, NDArray[np.float64]]:
+        loss, _, grad = _logistic_loss(x, y, float(ab[0]), float(ab[1]), c)
+        return loss, grad
+
+    found = minimize(objective, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
+    return float(found.x[0]), float(found.x[1]), float(found.fun)
+
+
+#: The single layers `fit_scalar_mix` also starts near: those whose own cosine has the lowest loss.
+LAYER_STARTS = 3
+#: The weight a start near one layer gives it: close to that layer, but short of where the softmax
+#: saturates (its gradient vanishes there, and the fit could not leave).
+START_WEIGHT = 0.9
+#: A logit that leaves one layer alone: softmax(ALONE * one_hot) gives the others e**-40 (about 4e-18) each.
+ALONE = 40.0
+
+
+def _mix_starts(grams: WicGrams, labels: NDArray[np.bool_], c: float) -> List[NDArray[np.float64]]:
+    """The logits `fit_scalar_mix` starts from: the mean of the layers (s = 0), the layer best alone (lowest
+    loss, ties to the lower layer) as it is, then near each of the `LAYER_STARTS` layers best alone.
+
+    The loss has local minima at single layers, where the softmax saturates: a fit from the mean alone
+    stopped at one layer while another alone did better (WiC, MiniLM, mean pooling: layer 4 at 0.6523
+    against layer 6 at 0.6504), and a fit that heads for a layer only approaches its loss from above.
+    """
+    n_layers = grams.n_layers
+    if n_layers == 1:
+        return [np.zeros(1)]
+    singles = grams.layer_cosines()
+    best_alone = np.argsort([_fit_scale(singles[:, j], labels, c)[2] for j in range(n_layers)], kind="stable")
+    near = np.log(START_WEIGHT / (1 - START_WEIGHT) * (n_layers - 1))  # the logit that gives START_WEIGHT
+    one_hot = np.eye(n_layers)
+    return [np.zeros(n_layers), ALONE * one_hot[best_alone[0]]] + [near * one_hot[j]
+                                                                   for j in best_alone[:LAYER_STARTS]]
 
 
 def fit_scalar_mix(grams: WicGrams, labels: NDArray[np.bool_], c: float = 1.0) -> ScalarMixFit:
     """Softmax layer weights and a threshold that separate the senses of (grams, labels).
 
-    The weights minimise `scalar_mix_loss` (L-BFGS-B, exact gradient), started
-    from the mean of the layers (s = 0) and from the layer whose own threshold
-    is most accurate; the lower loss wins. The threshold is then fitted on the
-    mixed cosines (`fit_threshold`).
+    The weights are fitted to `scalar_mix_loss` (L-BFGS-B, exact gradient) from
+    a few starts (`_mix_starts`: the mean of the layers, the layer best alone,
+    and near each of the few layers best alone), each with the scale and bias
+    best for its start weights; the lowest loss found wins (ties: the earlier
+    start). The loss has local minima, so this is the best of these local fits,
+    not a proven global minimum; as a fit never raises the loss of its start, it
+    is no worse than the mean of the layers or any single layer. The threshold
+    is then fitted on the mixed cosines (`fit_threshold`).
     """
     from scipy.optimize import minimize
 
     labels = np.asarray(labels, dtype=bool)
     n_layers = grams.n_layers
-    singles = grams.layer_cosines()
-    train_accuracy = [np.mean((singles[:, j] >= fit_threshold(singles[:, j], labels)) == labels)
-                      for j in range(n_layers)]
-    starts = [np.zeros(n_layers)]
-    if n_layers > 1:
-        starts.append(3.0 * np.eye(n_layers)[int(np.argmax(train_accuracy))])
     best = None
-    for start in starts:
-        found = minimize(scalar_mix_loss, np.concatenate([start, [1.0, 0.0]]), args=(grams, labels, c), jac=True,
+    for start in _mix_starts(grams, labels, c):
+        # from the best scale and bias of the start's own weights: the fit can only lower that loss
+        a, b, _ = _fit_scale(grams.cosines(_softmax(start))[:, 0], labels, c)
+        found = minimize(scalar_mix_loss, np.concatenate([start, [a, b]]), args=(grams, labels, c), jac=True,
                          method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-8})
         if best is None or found.fun < best.fun:
             best = found
