@@ -25,6 +25,7 @@ from spacy_ctxembed.analysis import (
     read_corpus,
     read_wic,
     target_vectors,
+    write_report,
 )
 from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
 from spacy_ctxembed.analysis.source import (
@@ -365,6 +366,32 @@ def test_each_pooling_mode_is_tried_once(tiny_bert_dir):
     # the configured mode first, then the others in the order given, each once
     assert pooling_modes(nlp, "ctxembed_bert", ["max", "first", "max", "mean", "first"]) == ["first", "max", "mean"]
     assert pooling_modes(nlp, "ctxembed_bert", ["mean", "mean"]) == ["first", "mean"]
+
+
+def test_words_that_match_alike_are_explored_once(tiny_bert_dir, tmp_path, monkeypatch):
+    import spacy_ctxembed.analysis.run as run
+
+    explored = []
+    original = run.explore_word
+    monkeypatch.setattr(run, "explore_word", lambda corpus, units, word, *args, **kwargs: (
+        explored.append(word), original(corpus, units, word, *args, **kwargs))[1])
+    corpus = read_corpus(write_corpus(tmp_path))
+    source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
+    words = ["The", "the", "ran", "nope", "RAN", "ran"]
+    result = analyze(corpus, [source], AnalysisSettings(words=words))
+    # lowercase, as the explorer matches them, each once, in the order first given
+    assert explored == result["settings"]["words"] == ["the", "ran", "nope"]
+    pipeline = result["pipelines"][0]
+    assert list(pipeline["explorer"]) == ["the", "ran", "nope"]
+    counts = Counter(word.lower() for line in CORPUS_LINES for word in line.split())  # ("the"/"ran" never end one)
+    assert [pipeline["explorer"][word]["n_occurrences"] for word in ("the", "ran")] == [counts["the"], counts["ran"]]
+    assert "--word 'The', 'the': one word as the explorer matches words (lowercase), explored once as 'the'" \
+        in pipeline["notes"]
+    assert "--word 'ran', 'RAN', 'ran': one word as the explorer matches words (lowercase), explored once as 'ran'" \
+        in pipeline["notes"]
+    written = write_report(result, tmp_path / "out")
+    assert sorted(p.name for p in written if p.name.startswith("explorer")) == [
+        "explorer-1-1-the.png", "explorer-1-2-ran.png"]  # ("nope" does not occur: no plot)
 
 
 def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(tiny_bert_dir, tmp_path,

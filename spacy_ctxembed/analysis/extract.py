@@ -38,6 +38,11 @@ def run_docs(nlp: Language, name: str, docs: Iterable[Doc], batch_size: int) -> 
         yield from nlp.pipe(docs, batch_size=batch_size)
 
 
+def word_form(word: str) -> str:
+    """The form a word is matched on (`CorpusLayers.rows_of`): its lowercase, as spaCy's LOWER has it."""
+    return word.lower()
+
+
 @dataclass
 class CorpusLayers:
     """Every layer of every token of a corpus, with the tokens' words, sentences and places.
@@ -65,9 +70,9 @@ class CorpusLayers:
         return int(self.word_ids.shape[0])
 
     def rows_of(self, word: str) -> NDArray[np.int64]:
-        """The token rows whose lowercase form is `word` (lowercased)."""
+        """The token rows whose lowercase form is `word`'s (`word_form`)."""
         try:
-            index = self.words.index(word.lower())
+            index = self.words.index(word_form(word))
         except ValueError:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(self.word_ids == index)

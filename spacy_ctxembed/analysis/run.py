@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
@@ -22,7 +22,7 @@ from ..types import POOLING_MODES
 from .corpus import Corpus
 from .errors import AnalysisInputError, MissingExtraError
 from .explorer import explore_word, unit_rows
-from .extract import CorpusLayers, embed_corpus
+from .extract import CorpusLayers, embed_corpus, word_form
 from .metrics import layer_report
 from .recommend import config_snippet, python_snippet, recommend
 from .source import (
@@ -161,6 +161,8 @@ def analyze(
     against them).
     """
     settings.check()
+    words, input_notes = explorer_words(settings.words)
+    settings = replace(settings, words=words)  # as explored: analysis.json's settings say so too
     if wic_eval is not None and wic_train is None:
         raise AnalysisInputError("--wic-eval needs --wic-train: the thresholds are fitted on the training pairs")
     if wic_train is not None:
@@ -169,7 +171,8 @@ def analyze(
     started = time.perf_counter()
     with torch_threads(settings.threads):
         plans = [_plan(source, settings) for source in sources]
-        pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan)
+        pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan,
+                                      input_notes=input_notes)
                      for source, plan in zip(sources, plans)]
     return {
         "version": 2,  # 2: thresholds may be "all_same"/"all_different"; majority baselines
@@ -178,6 +181,17 @@ def analyze(
         "settings": asdict(settings), "wic": _wic_inputs(settings, wic_train, wic_eval), "pipelines": pipelines,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def explorer_words(words: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """The --word values as the explorer matches them (`word_form`), each once, in the order first given;
+    and a note for each that was given more than once (explored once, with one plot)."""
+    given: Dict[str, List[str]] = {}
+    for word in words:
+        given.setdefault(word_form(word), []).append(word)
+    notes = [f"--word {', '.join(map(repr, spellings))}: one word as the explorer matches words (lowercase), "
+             f"explored once as {form!r}" for form, spellings in given.items() if len(spellings) > 1]
+    return list(given), notes
 
 
 def _wic_inputs(settings: AnalysisSettings, train: Optional[WicData], evaluation: Optional[WicData]
@@ -281,10 +295,12 @@ def _explore_layers(wanted: Optional[List[int]], name: str, n_layers: Optional[i
 def analyze_pipeline(
     source: PipelineSource, corpus: Corpus, settings: AnalysisSettings, *,
     wic_train: Optional[WicData] = None, wic_eval: Optional[WicData] = None, plan: Optional[_Plan] = None,
+    input_notes: Sequence[str] = (),
 ) -> dict:
     """Everything about one pipeline (one entry of ``analysis.json``'s ``pipelines``).
 
     plan: what `analyze` planned for it already (else it is planned here).
+    input_notes: notes on the inputs that `analyze` changed (words merged), first in the pipeline's notes.
     """
     started = time.perf_counter()
     plan = plan if plan is not None else _plan(source, settings)
@@ -299,7 +315,7 @@ def analyze_pipeline(
         "corpus_tokens": corpus_layers.n_tokens, "corpus_sentences": int(corpus_layers.sentence_ids[-1]) + 1,
         "layers": contextuality(corpus_layers, settings), "recommendation": None,
     }
-    notes = list(plan.notes) + empty_measure_notes(entry["layers"], settings.min_count)
+    notes = list(input_notes) + plan.notes + empty_measure_notes(entry["layers"], settings.min_count)
     missing = max((layer["tokens_without_vector"] for layer in entry["layers"]), default=0)
     if missing:
         notes.append(f"up to {missing} of the corpus's {corpus_layers.n_tokens} tokens have no vector in a layer "
@@ -430,7 +446,7 @@ def _wic_grams(
 
 
 def explore(corpus: CorpusLayers, layer_ids: List[int], settings: AnalysisSettings) -> Dict[str, dict]:
-    """The sense explorer for each of `settings.words`, on the mean of `layer_ids`."""
+    """The sense explorer for each of `settings.words` (each once, `explorer_words`), on the mean of `layer_ids`."""
     missing = [i for i in layer_ids if i not in corpus.layer_ids]
     if missing:
         raise AnalysisInputError(f"--explore-layers {layer_ids}: the model has layers {corpus.layer_ids}")
@@ -442,5 +458,5 @@ def explore(corpus: CorpusLayers, layer_ids: List[int], settings: AnalysisSettin
             word: explore_word(corpus, units, word, layer_ids, max_clusters=settings.max_clusters,
                                n_examples=settings.n_examples, n_neighbours=settings.n_neighbours,
                                max_occurrences=settings.explore_max_occurrences, seed=settings.seed)
-            for word in tqdm(settings.words, desc="sense explorer", unit="word", file=sys.stderr)
+            for word in tqdm(explorer_words(settings.words)[0], desc="sense explorer", unit="word", file=sys.stderr)
         }
