@@ -42,10 +42,15 @@ def write_conllu(directory: Path) -> Path:
     return path
 
 
-def wic_pairs() -> List[Tuple[str, bool]]:
-    """30 pairs of 'ran' (12 T, 18 F) as WiC data lines: T when both sentences use the same sense."""
+def wic_pairs(held_out: bool = False) -> List[Tuple[str, bool]]:
+    """30 pairs of 'ran' (12 T, 18 F) as WiC data lines: T when both sentences use the same sense.
+
+    held_out: the same pairs (and labels) of other sentences ("again" before each final "."): none of
+    them is a pair of the others, as --wic-eval pairs must not be --wic-train pairs.
+    """
     pairs = []
-    sentences = [(s, "motion") for s in MOTION] + [(s, "operate") for s in OPERATE]
+    sentences = [(s.replace(" .", " again .") if held_out else s, sense)
+                 for group, sense in ((MOTION, "motion"), (OPERATE, "operate")) for s in group]
     for first, sense1 in sentences:
         for second, sense2 in sentences:
             if first == second:
@@ -55,10 +60,10 @@ def wic_pairs() -> List[Tuple[str, bool]]:
     return pairs
 
 
-def write_wic(directory: Path, stem: str = "train", part: Optional[slice] = None) -> Path:
-    """`wic_pairs()` (or the `part` of them) as STEM.data.txt + STEM.gold.txt in `directory`."""
+def write_wic(directory: Path, stem: str = "train", part: Optional[slice] = None, held_out: bool = False) -> Path:
+    """`wic_pairs(held_out)` (or the `part` of them) as STEM.data.txt + STEM.gold.txt in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    pairs = wic_pairs()[part or slice(None)]
+    pairs = wic_pairs(held_out)[part or slice(None)]
     (directory / f"{stem}.data.txt").write_text("\n".join(row for row, _ in pairs) + "\n", encoding="utf8")
     (directory / f"{stem}.gold.txt").write_text("\n".join("T" if same else "F" for _, same in pairs) + "\n",
                                                encoding="utf8")

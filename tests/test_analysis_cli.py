@@ -35,7 +35,7 @@ LAYER_KEYS = {"layer", "anisotropy", "self_similarity", "intra_sentence_similari
               "max_explainable_variance_adjusted", "wic_accuracy"}
 PNG = b"\x89PNG\r\n\x1a\n"
 ATOL = 1e-5
-#: The labels of `wic_pairs()`, the pairs of both --wic-train and --wic-eval in `run`.
+#: The labels of `wic_pairs()`, the pairs of --wic-train in `run`, and of its held-out --wic-eval pairs.
 WIC_LABELS = np.array([same for _, same in wic_pairs()])
 
 
@@ -61,17 +61,19 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def run(tiny_bert_dir, tmp_path_factory):
-    """One analysis of two pipelines (a saved one and a config), with WiC train (two data files) and eval,
-    two words explored on the top layer (-1), exact anisotropy, one torch thread."""
+    """One analysis of two pipelines (a saved one and a config), with WiC train (two data files) and eval
+    (held-out pairs, and 4 training pairs that it leaves out), two words explored on the top layer (-1),
+    exact anisotropy, one torch thread."""
     tmp = tmp_path_factory.mktemp("analyze")
     config = tmp / "tiny.cfg"
     make_nlp(tiny_bert_dir).config.to_disk(config)
     train = write_wic(write_wic(tmp / "wic-train", "a", slice(0, 13)), "b", slice(13, None))
+    evaluation = write_wic(write_wic(tmp / "wic-dev", "dev", held_out=True), "seen", slice(0, 4))
     out = tmp / "out"
     threads_before = torch.get_num_threads()
     result = invoke("analyze", write_corpus(tmp), "-o", out,
                     "--model", saved_pipeline(tiny_bert_dir, tmp_path_factory), "--compare", config,
-                    "--wic-train", train, "--wic-eval", write_wic(tmp / "wic-dev", "dev"),
+                    "--wic-train", train, "--wic-eval", evaluation,
                     "--word", "ran", "--word", "zebra", "--pooling", "mean", "--pooling", "first", "--folds", "3",
                     "--explore-layers", "-1", "--anisotropy-pairs", "0", "--threads", "1")
     assert torch.get_num_threads() == threads_before  # --threads holds only during the run
@@ -91,7 +93,12 @@ def test_analyze_writes_every_number(run, reference):
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["corpus"] == {"path": str(out.parent / "corpus.txt"), "kind": "text", "docs_in_file": 19}
     assert "accuracy on" in analysis["wic"]["protocol"]
+    # the 4 --wic-eval pairs that are also training pairs are left out, with a note
     assert analysis["wic"]["train"]["pairs"] == 30 and analysis["wic"]["eval"]["pairs"] == 30
+    overlap = ("--wic-eval: 4 of its 34 pairs are also in --wic-train (the same sentences and target tokens, in "
+               "either order): left out, the accuracy is on the other 30")
+    assert all(overlap in pipeline["notes"] for pipeline in analysis["pipelines"])
+    assert f"note: {overlap}" in result.stdout
     assert analysis["settings"]["n_pairs"] is None and analysis["settings"]["threads"] == 1
     # the baseline of the accuracies: always answering the commoner label of the --wic-eval pairs (F)
     assert analysis["wic"]["majority_baseline"] == {"pairs": "eval", "majority_label": "F",
@@ -279,7 +286,10 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         (["--threads", "-1"], "--threads -1: expected at least 0"),
         (["--model", model, "--seed", "-1"], "--seed -1: expected 0 .. 4294967295"),
         (["--model", model, "--seed", str(2**32)], f"--seed {2**32}: expected 0 .. 4294967295"),
-        # known from the WiC labels alone (12 T): before any model loads
+        # known from the WiC pairs and labels alone (12 T): before any model loads
+        (["--model", model, "--wic-train", wic, "--wic-eval", wic],
+         f"--wic-eval {wic}: all 30 of its pairs are also in --wic-train {wic} (the same sentences and target "
+         "tokens): none is held out"),
         (["--model", model, "--wic-train", wic, "--folds", "13"],
          "--folds 13: expected 2 .. 12 (the WiC training pairs have 12 T and 18 F labels)"),
         (["--model", model, "-o", tmp_path / "corpus.txt" / "out"],

@@ -26,6 +26,7 @@ from spacy_ctxembed.analysis import (
     fit_scalar_mix,
     fit_threshold,
     folds,
+    held_out,
     held_out_accuracy,
     python_snippet,
     read_wic,
@@ -341,6 +342,32 @@ def test_read_wic_reads_every_data_file_of_the_folder(tmp_path):
     (tmp_path / "wic" / "b.gold.txt").unlink()
     with pytest.raises(AnalysisInputError, match="b.data.txt has no b.gold.txt next to it"):
         read_wic(tmp_path / "wic")
+
+
+def test_evaluation_pairs_that_are_training_pairs_are_left_out(tmp_path):
+    train = read_wic(_write_wic(tmp_path / "train", ["run\tV\t1-2\tI ran home .\tShe has ran some tests .",
+                                                     "bank\tN\t4-1\tWe sat by the bank .\tThe bank closed ."],
+                                ["F", "T"]))
+    rows = [
+        ("run\tV\t2-1\tShe has ran some tests .\tI ran home .", "T"),   # the first pair, sentences swapped
+        ("banks\tV\t4-1\tWe sat by the bank .\tThe bank closed .", "F"),  # the second: lemma, POS, label aside
+        ("bank\tN\t3-1\tWe sat by the bank .\tThe bank closed .", "T"),   # the same sentences, another token
+        ("run\tV\t1-2\tI ran home !\tShe has ran some tests .", "F"),     # another sentence
+        ("run\tV\t1-2\tI ran home .\tShe has ran some tests .", "F"),     # the first pair again
+    ]
+    evaluation = read_wic(_write_wic(tmp_path / "eval", [r for r, _ in rows], [g for _, g in rows]), "--wic-eval")
+    kept, note = held_out(train, evaluation)
+    assert note == ("--wic-eval: 3 of its 5 pairs are also in --wic-train (the same sentences and target tokens, in "
+                    "either order): left out, the accuracy is on the other 2")
+    assert kept.n_pairs == 2 and kept.labels.tolist() == [True, False] and kept.lemmas == ["bank", "run"]
+    sides = [(kept.sentences[s], int(t)) for s, t in zip(kept.sentence_of, kept.target_of)]
+    assert sides == [(("We", "sat", "by", "the", "bank", "."), 3), (("I", "ran", "home", "!"), 1),
+                     (("The", "bank", "closed", "."), 1), (("She", "has", "ran", "some", "tests", "."), 2)]
+    assert len(kept.sentences) == 4  # only the kept pairs' sentences: no other is embedded
+    assert held_out(train, kept) == (kept, None)
+    with pytest.raises(AnalysisInputError, match=r"^--wic-eval .*train: all 2 of its pairs are also in --wic-train "
+                                                 r".*train \(the same sentences and target tokens\): none is held out"):
+        held_out(train, train)
 
 
 # ---------------------------------------------------------------- the scalar mix

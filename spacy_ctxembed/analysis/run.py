@@ -41,6 +41,7 @@ from .wic import (
     WicGrams,
     check_folds,
     evaluate_senses,
+    held_out,
     majority_class,
     multi_piece_sentences,
     target_vectors,
@@ -156,7 +157,8 @@ def analyze(
     """Analyse each pipeline on `corpus` (and WiC); see docs/analysis.md for every key.
 
     Everything is checked before anything is embedded: the settings, the
-    WiC inputs (--folds against the training labels), the analysis extra,
+    WiC inputs (--folds against the training labels; evaluation pairs that
+    are also training pairs are left out, `held_out`), the analysis extra,
     and each pipeline's plan (its component, its layers, --explore-layers
     against them).
     """
@@ -167,6 +169,10 @@ def analyze(
         raise AnalysisInputError("--wic-eval needs --wic-train: the thresholds are fitted on the training pairs")
     if wic_train is not None:
         check_folds(wic_train.labels, settings.n_folds)
+    if wic_train is not None and wic_eval is not None:
+        wic_eval, overlap = held_out(wic_train, wic_eval)
+        if overlap is not None:
+            input_notes.append(overlap)
     check_extra()
     started = time.perf_counter()
     with torch_threads(settings.threads):
@@ -300,7 +306,8 @@ def analyze_pipeline(
     """Everything about one pipeline (one entry of ``analysis.json``'s ``pipelines``).
 
     plan: what `analyze` planned for it already (else it is planned here).
-    input_notes: notes on the inputs that `analyze` changed (words merged), first in the pipeline's notes.
+    input_notes: notes on the inputs that `analyze` changed (words merged, evaluation pairs that are also
+        training pairs left out), first in the pipeline's notes.
     """
     started = time.perf_counter()
     plan = plan if plan is not None else _plan(source, settings)

@@ -35,7 +35,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Protocol, Sequence, Tuple, Union, cast
+from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple, Union, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -73,6 +73,38 @@ class WicData:
     def describe(self) -> dict:
         return {"path": self.source, "pairs": self.n_pairs, "same_sense": int(self.labels.sum()),
                 "distinct_sentences": len(self.sentences), **majority_class(self.labels)}
+
+    def pair_keys(self) -> List[FrozenSet[Tuple[Tuple[str, ...], int]]]:
+        """Each pair as the model sees it: its two sentences, each with its target index, in either order.
+        The lemma and POS are left out: they change no vector, so no cosine."""
+        sides = [(self.sentences[s], int(t)) for s, t in zip(self.sentence_of, self.target_of)]
+        return [frozenset((sides[p], sides[p + self.n_pairs])) for p in range(self.n_pairs)]
+
+    def subset(self, keep: NDArray[np.bool_]) -> "WicData":
+        """The pairs where `keep` is True, with only their sentences."""
+        pairs = np.flatnonzero(keep)
+        rows = np.concatenate([pairs, pairs + self.n_pairs])
+        used, sentence_of = np.unique(self.sentence_of[rows], return_inverse=True)
+        return WicData(source=self.source, lemmas=[self.lemmas[p] for p in pairs], labels=self.labels[pairs],
+                       sentences=[self.sentences[s] for s in used],
+                       sentence_of=sentence_of.reshape(-1).astype(np.int64), target_of=self.target_of[rows])
+
+
+def held_out(train: WicData, evaluation: WicData) -> Tuple[WicData, Optional[str]]:
+    """The evaluation pairs that are not also training pairs (`WicData.pair_keys`), and a note saying how
+    many were left out (None: none was). A pair in both would score its own fitted threshold: its
+    "held-out" accuracy would be a training accuracy. Raise `AnalysisInputError` when every one is."""
+    seen = set(train.pair_keys())
+    in_train = np.array([key in seen for key in evaluation.pair_keys()], dtype=bool)
+    count = int(in_train.sum())
+    if count == 0:
+        return evaluation, None
+    if count == evaluation.n_pairs:
+        raise AnalysisInputError(f"--wic-eval {evaluation.source}: all {count} of its pairs are also in --wic-train "
+                                 f"{train.source} (the same sentences and target tokens): none is held out")
+    return evaluation.subset(~in_train), (
+        f"--wic-eval: {count} of its {evaluation.n_pairs} pairs are also in --wic-train (the same sentences and "
+        f"target tokens, in either order): left out, the accuracy is on the other {evaluation.n_pairs - count}")
 
 
 def majority_class(labels: NDArray[np.bool_]) -> dict:
