@@ -486,6 +486,20 @@ def test_an_edited_options_file_of_a_saved_elmo_pipeline_is_refused(tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     doc = spacy.load(tmp_path / "saved")(" ".join(words))
     numpy.testing.assert_allclose(doc._.ctx_vectors, after, atol=2e-5)
+    # Another model's folder (other weights and options) is refused for its weights; kept on purpose, as that
+    # error says (`encoder_weights` removed), it loads with its own options, not refused a second time.
+    other_options, other_weights = write_elmo_fixture(tmp_path / "other", options=edited, seed=1)
+    swapped = tmp_path / "swapped"
+    nlp.to_disk(swapped)
+    for source in (other_options, other_weights):
+        shutil.copy(source, swapped / "elmo_a" / "model" / source.name)
+    with pytest.raises(SettingError, match=r"it holds other weights than this pipeline was saved with"):
+        spacy.load(swapped)
+    cfg = json.loads((swapped / "elmo_a" / "cfg").read_text())
+    del cfg["encoder_weights"]
+    (swapped / "elmo_a" / "cfg").write_text(json.dumps(cfg))
+    numpy.testing.assert_allclose(spacy.load(swapped)(" ".join(words))._.ctx_vectors,
+                                  ReferenceElmo(other_options, other_weights)(words).mean(axis=0), atol=2e-5)
     # The same options written otherwise (keys reordered, indented) are the same options.
     nlp.to_disk(tmp_path / "again")
     (tmp_path / "again" / "elmo_a" / "model" / "options.json").write_text(

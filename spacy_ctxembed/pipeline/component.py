@@ -661,7 +661,8 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
                     self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
-                    self._check_saved_options(saved_cfg.get(OPTIONS_KEY), path)
+                    if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own options)
+                        self._check_saved_options(saved_cfg.get(OPTIONS_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
                     saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
