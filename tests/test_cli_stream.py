@@ -629,3 +629,18 @@ def test_load_npy_of_a_cut_or_padded_vectors_file_names_it(tmp_path, corpus, pip
         output_module.load_npy(out, mmap=mmap)
     assert str(error.value).startswith(f"{out}: vectors.npy holds {nbytes + cut:,} bytes of rows, its header says (")
     assert str(error.value).endswith("the file is damaged; embed the input again")
+
+
+@pytest.mark.parametrize("cut", [-4, 8])
+def test_resume_of_a_complete_output_with_a_cut_vectors_file_says_it_is_damaged(tmp_path, corpus, pipeline, cut):
+    """It said "nothing to do: already complete" of an output that no reader could read."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy").exit_code == 0
+    vectors = out / "vectors.npy"
+    data, (rows, width) = vectors.read_bytes(), numpy.load(vectors).shape
+    vectors.write_bytes(data[:cut] if cut < 0 else data + b"\0" * cut)
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy", "--resume")
+    assert again.exit_code == 2
+    assert last_line(again.stderr) == (
+        f"error: --output {out} is damaged: vectors.npy holds {len(data) + cut:,} bytes, where its {rows:,} rows of "
+        f"{width} take {len(data):,}; pass --overwrite to embed it again")

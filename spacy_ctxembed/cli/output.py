@@ -326,11 +326,9 @@ class Run:
             manifest = read_manifest(output) or {}
             if resume:
                 if _same_run(manifest.get("run", {}), identity):
-                    missing = _missing_files(output, manifest)
-                    if missing:  # (not complete any more: a reader would fail on it)
-                        raise UsageError(f"--output {output} is damaged: {missing[0]} is missing"
-                                         f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
-                                         "pass --overwrite to embed it again")
+                    damage = _damage(output, manifest)
+                    if damage:  # (not complete any more: a reader would fail on it)
+                        raise UsageError(f"--output {output} is damaged: {damage}; pass --overwrite to embed it again")
                     raise AlreadyComplete(manifest)
                 raise UsageError(
                     f"--output {output} holds a complete output of a different run "
@@ -488,10 +486,20 @@ class Run:
         self._release()
 
 
-def _missing_files(output: Path, manifest: Dict[str, Any]) -> List[str]:
-    """The files a complete output's manifest names that are not there (deleted since)."""
+def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
+    """What makes a complete output unreadable since it was written, if anything:
+    files its manifest names that are gone, or a vectors.npy of another size than
+    its rows take (cut or padded; `load_npy` refuses it)."""
     names = [s["file"] for s in manifest.get("shards", ()) if "file" in s] if "shards" in manifest else [VECTORS, DOCS]
-    return [name for name in names if not (output / name).is_file()]
+    missing = [name for name in names if not (output / name).is_file()]
+    if missing:
+        return f"{missing[0]} is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
+    rows, width = manifest.get("rows"), manifest.get("width")
+    if "shards" not in manifest and isinstance(rows, int) and isinstance(width, int):
+        size, expected = (output / VECTORS).stat().st_size, NPY_HEADER_SIZE + rows * width * 4
+        if size != expected:
+            return f"{VECTORS} holds {size:,} bytes, where its {rows:,} rows of {width} take {expected:,}"
+    return None
 
 
 class AlreadyComplete(Exception):
