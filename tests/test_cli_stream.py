@@ -1,6 +1,7 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -644,3 +645,14 @@ def test_resume_of_a_complete_output_with_a_cut_vectors_file_says_it_is_damaged(
     assert last_line(again.stderr) == (
         f"error: --output {out} is damaged: vectors.npy holds {len(data) + cut:,} bytes, where its {rows:,} rows of "
         f"{width} take {len(data):,}; pass --overwrite to embed it again")
+
+
+def test_iter_docs_of_a_cut_shard_names_it(tmp_path, corpus, pipeline):
+    """spaCy's E1014 ("doesn't look like ... DocBin format ... convert it") named no file."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
+    shard = out / "shard-000001.spacy"
+    shard.write_bytes(shard.read_bytes()[:40])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000001.spacy cannot be read as a DocBin "
+                                         r"\(ValueError\): the file is damaged; embed the input again$"):
+        list(output_module.iter_docs(out))

@@ -137,7 +137,12 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
     vocab = vocab if vocab is not None else Vocab()
     with _OutputReader(path, "docbin") as reader:
         for shard in reader.manifest["shards"]:
-            docs = DocBin().from_bytes(reader.read(shard["file"])).get_docs(vocab)
+            data = reader.read(shard["file"])
+            try:
+                docs = DocBin().from_bytes(data).get_docs(vocab)
+            except Exception as e:  # noqa: BLE001 - spaCy's E1014 names no file and speaks of v2 JSON; zlib, msgpack
+                raise ValueError(f"{path}: {shard['file']} cannot be read as a DocBin ({type(e).__name__}): the file "
+                                 "is damaged; embed the input again") from e
             count = 0
             for doc in docs:
                 count += 1
