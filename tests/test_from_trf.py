@@ -175,6 +175,7 @@ def test_from_trf_pooling_edited_under_a_trained_mix_is_refused(tiny_bert_dir, t
     from spacy_ctxembed.errors import SettingError
 
     nlp = _trf_nlp(tiny_bert_dir, True, combine="scalar_mix")
+    nlp.get_pipe("ctxembed_from_trf").combiner.set_param("gamma", numpy.asarray([1.5], dtype="f"))  # trained
     nlp.to_disk(tmp_path / "p")
     config = load_config(tmp_path / "p" / "config.cfg")
     assert config["components"]["ctxembed_from_trf"]["model"]["encoder"]["pooling"] == "mean"
