@@ -42,6 +42,7 @@ dict, and place the new doc's text in it. A non-primary component keeps
 that pointer up to date and leaves the other hooks alone.
 """
 import contextlib
+import copy
 import itertools
 import threading
 import warnings
@@ -75,10 +76,65 @@ class UnplacedOutputs(MissingOutputs):
 
 def install_extensions() -> None:
     """Register `doc._.ctx_outputs`, `doc._.ctx_vectors` and `doc._.ctx_layers` (once)."""
-    getters = {OUTPUTS: get_outputs, VECTORS: get_vectors, LAYERS: get_layers}
-    for name, getter in getters.items():
+    accessors = {OUTPUTS: (get_outputs, drop_outputs), VECTORS: (get_vectors, _refuse_vectors),
+                 LAYERS: (get_layers, drop_layers)}
+    for name, (getter, setter) in accessors.items():
         if not Doc.has_extension(name):
-            Doc.set_extension(name, getter=getter)
+            Doc.set_extension(name, getter=getter, setter=setter)
+
+
+# Dropping outputs (spaCy's `doc_cleaner`, before docs are saved) -----------
+#
+# Without setters, `doc._.ctx_outputs = None` wrote a user-data key of its own
+# that nothing reads, and the outputs stayed: `doc_cleaner` did nothing, silently.
+
+
+def drop_outputs(doc: Doc, value: Any = None) -> None:
+    """`doc._.ctx_outputs = None`: drop every ctxembed output from `doc`: the
+    stores in its user data, the vector hooks, the pointer to the doc it was
+    cut from, and `doc.tensor` where a ctxembed component set it."""
+    _check_dropped(OUTPUTS, value)
+    stores = _stores(doc)
+    read = stores or _source_store(doc)  # (a cut reads its source's store, and has its tensor's rows)
+    if read and _tensor_source(doc, read) is not None:
+        doc.tensor = numpy.zeros((0,), dtype="float32")  # (as a new Doc has it)
+    for key, _ in stores:
+        del _data(doc)[key]
+    for name in (_V1_VECTORS, _V1_LAYERS):
+        _data(doc).pop(name, None)
+    # Fresh dicts, ours only removed: span.as_doc() shares the source's hook dicts.
+    doc.user_hooks = {k: v for k, v in doc.user_hooks.items() if k != SOURCE_HOOK and _DOC_HOOKS.get(k) is not v}
+    doc.user_span_hooks = {k: v for k, v in doc.user_span_hooks.items() if _SPAN_HOOKS.get(k) is not v}
+    doc.user_token_hooks = {k: v for k, v in doc.user_token_hooks.items() if _TOKEN_HOOKS.get(k) is not v}
+
+
+def drop_layers(doc: Doc, value: Any = None) -> None:
+    """`doc._.ctx_layers = None`: drop the stored layers of every output
+    (`store_layers = true`), keeping the vectors."""
+    _check_dropped(LAYERS, value)
+    for key, store in _stores(doc):  # new dicts: as_doc and from_docs share stores shallowly
+        _data(doc)[key] = _without_layers(store)
+    _data(doc).pop(_V1_LAYERS, None)
+    source = doc.user_hooks.get(SOURCE_HOOK)
+    if isinstance(source, _Source):  # a cut that reads its source's store
+        own = copy.copy(source)
+        own.store = _without_layers(source.store)
+        doc.user_hooks = {**doc.user_hooks, SOURCE_HOOK: own}
+
+
+def _without_layers(store: Dict[str, Any]) -> Dict[str, Any]:
+    return {**store, "outputs": {name: {**output, "layers": None} for name, output in store["outputs"].items()}}
+
+
+def _refuse_vectors(doc: Doc, value: Any) -> None:
+    raise ValueError(f"doc._.{VECTORS} is the primary ctxembed component's, and cannot be set or dropped alone: "
+                     f"set doc._.{OUTPUTS} = None to drop every output (doc._.{LAYERS} = None: the layers)")
+
+
+def _check_dropped(attribute: str, value: Any) -> None:
+    if value is not None:
+        raise ValueError(f"doc._.{attribute} is written by ctxembed components; it can only be set to None, which "
+                         f"drops it (spaCy's doc_cleaner), not to {type(value).__name__}")
 
 
 def write_outputs(
@@ -304,7 +360,8 @@ def restore_vectors(doc: Doc) -> Doc:
             return doc
         raise MissingOutputs(
             "restore_vectors: the doc holds no ctxembed outputs: it did not go through a ctxembed component, "
-            "or its user data was dropped (use DocBin(store_user_data=True)), or it is a span.as_doc() that "
+            "or its user data was dropped (use DocBin(store_user_data=True)), or they were (doc._.ctx_outputs = "
+                "None: spaCy's doc_cleaner), or it is a span.as_doc() that "
             "read them from the doc it was cut from (save span.as_doc(copy_user_data=True))"
         )
     set_vector_hooks(doc)

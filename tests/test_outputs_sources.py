@@ -578,3 +578,68 @@ def test_the_weight_fingerprint_samples_evenly_to_the_last_element():
     assert positions[-1] == n - 1
     small = torch.tensor([1.5, -2.0, 3.0])
     numpy.testing.assert_array_equal(_sampled(small), [1.5, -2.0, 3.0])
+
+
+def _store_keys(doc):
+    return [k for k in doc.user_data if isinstance(k, tuple) and k[:2] == ("._.", STORE)]
+
+
+def test_doc_cleaner_drops_the_layers_or_every_output(vocab, tiny_bert_dir):
+    """spaCy's `doc_cleaner` (how pipelines drop `_.trf_data` before saving)
+    set `doc._.ctx_outputs = None` as a user-data key of its own that nothing
+    read: the outputs stayed, and the DocBin grew, silently."""
+    config = _bert(tiny_bert_dir, layers=[1, 2], store_layers=True)
+    plain = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", config))
+    want = plain(TEXT)
+    assert want._.ctx_layers.shape == (2, len(want), 32)  # the premise
+
+    # (spaCy adds its own defaults to the attrs: "tensor" and "_.trf_data")
+    layers_dropped = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", config),
+                               ("doc_cleaner", "cleaner", {"attrs": {"_.ctx_layers": None}}))
+    doc = layers_dropped(TEXT)
+    assert doc._.ctx_layers is None and doc._.ctx_outputs["emb"].get("layers") is None
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, want._.ctx_vectors)
+    assert len(DocBin(store_user_data=True, docs=[doc]).to_bytes()) < \
+        len(DocBin(store_user_data=True, docs=[want]).to_bytes()) - len(want) * 32 * 4  # (half the layers' bytes)
+    again = restore_vectors(next(DocBin(store_user_data=True, docs=[doc]).get_docs(vocab)))
+    numpy.testing.assert_array_equal(again._.ctx_vectors, want._.ctx_vectors)
+    assert again._.ctx_layers is None
+
+    all_dropped = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", config), (
+        "doc_cleaner", "cleaner", {"attrs": {"_.ctx_outputs": None}}))
+    doc = all_dropped(TEXT)
+    assert doc._.ctx_outputs == {} and doc._.ctx_vectors is None and doc._.ctx_layers is None
+    assert not _store_keys(doc) and not [k for k in doc.user_data if "ctx" in str(k)]
+    with pytest.raises(MissingOutputs, match=r"the doc holds no ctxembed outputs: .*or they were "
+                                             r"\(doc\._\.ctx_outputs = None: spaCy's doc_cleaner\)"):
+        restore_vectors(next(DocBin(store_user_data=True, docs=[doc]).get_docs(vocab)))
+    # (doc_cleaner's own default sets doc.tensor to None, which spaCy's has_vector cannot read; by hand:)
+    doc = plain(TEXT)
+    doc._.ctx_outputs = None
+    assert doc._.ctx_outputs == {} and doc.tensor.size == 0  # the tensor was the component's
+    assert not doc.has_vector and not doc[0].has_vector and not doc[0:2].has_vector  # (a blank vocab: no vectors)
+
+
+def test_dropping_outputs_of_a_cut_leaves_its_source_and_other_hooks(vocab, tiny_bert_dir):
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1, 2],
+                                                                         store_layers=True)))
+    source = nlp(TEXT)
+    source.user_hooks["vector_norm"] = own_norm = lambda doc: 42.0  # a user's own hook stays
+    layers, vectors = source._.ctx_layers.copy(), source._.ctx_vectors.copy()
+    cut = source[2:6].as_doc()
+    cut._.ctx_layers = None
+    assert cut._.ctx_layers is None
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, vectors[2:6])
+    numpy.testing.assert_array_equal(source._.ctx_layers, layers)
+    cut._.ctx_outputs = None
+    assert cut._.ctx_outputs == {} and not cut[0].has_vector
+    assert cut.user_hooks.get("vector_norm") is own_norm
+    numpy.testing.assert_array_equal(source[3].vector, vectors[3])
+    assert source.user_hooks.get("vector_norm") is own_norm
+    for attribute, value in (("ctx_outputs", {}), ("ctx_layers", layers)):
+        with pytest.raises(ValueError, match=rf"^doc\._\.{attribute} is written by ctxembed components; it can "
+                                             r"only be set to None, which drops it \(spaCy's doc_cleaner\)"):
+            setattr(source._, attribute, value)
+    with pytest.raises(ValueError, match=r"set doc\._\.ctx_outputs = None to drop every output"):
+        source._.ctx_vectors = None
+    numpy.testing.assert_array_equal(source._.ctx_layers, layers)
