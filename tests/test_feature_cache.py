@@ -244,3 +244,17 @@ def test_the_cache_holds_host_arrays(tiny_bert_dir):
     assert cache.nbytes == sum(v.nbytes + ENTRY_OVERHEAD for v in cache._entries.values())
     with pytest.raises(TypeError, match="host arrays"):
         cache.put("x", torch.zeros(2))
+
+
+def test_a_saved_pipeline_keeps_its_cache_unless_loaded_without(tiny_bert_dir, tmp_path):
+    """`cache_mb` is saved with the pipeline (the shipped training configs set
+    it): repeated docs then skip the model at inference too, which a speed
+    benchmark over the same docs counts as speed. The README's way to load
+    it without, for serving or measuring."""
+    _nlp(tiny_bert_dir, cache_mb=16).to_disk(tmp_path / "p")
+    for config, forwards in (({}, 1), ({"components": {"ctxembed_bert": {"cache_mb": 0}}}, 2)):
+        nlp = spacy.load(tmp_path / "p", config=config)
+        calls = _count_forwards(nlp)
+        first, again = nlp(TEXTS[0]), nlp(TEXTS[0])
+        assert len(calls) == forwards
+        numpy.testing.assert_array_equal(first._.ctx_vectors, again._.ctx_vectors)

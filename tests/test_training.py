@@ -112,6 +112,9 @@ def test_frozen_without_annotating_says_what_to_do(tiny_bert_dir):
     optimizer = nlp.resume_training()
     with pytest.raises(ValueError, match="annotating_components"):
         nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"])
+    # The listening component updated alone (as `spacy debug model` does): the same error, which says so.
+    with pytest.raises(ValueError, match=r"has no upstream outputs to read$"):
+        nlp.get_pipe("tagger").update(examples, sgd=optimizer)
 
 
 def test_replace_listeners(tiny_bert_dir, tmp_path):

@@ -192,10 +192,14 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     f"disabling this component, or set store_layers = true on {name!r}"
                 )
             if is_train:
+                # (spaCy's `debug model` runs no upstream but its own tok2vec's
+                # and transformer's, so a listener's component debugged alone lands here too.)
                 raise ValueError(
-                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}. "
-                    "In training, a frozen ctxembed component must also be listed in "
-                    "[training] annotating_components"
+                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
+                    "it did not run on the training docs before this component's update. In training, a frozen "
+                    "ctxembed component must also be listed in [training] annotating_components, and a trained "
+                    "one updated in the same nlp.update; a listening component updated on its own (its "
+                    "update(), `spacy debug model`) has no upstream outputs to read"
                 )
             others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []
             if others:
