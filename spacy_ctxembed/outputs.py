@@ -95,8 +95,9 @@ def drop_outputs(doc: Doc, value: Any = None) -> None:
     cut from, and `doc.tensor` where a ctxembed component set it."""
     _check_dropped(OUTPUTS, value)
     stores = _stores(doc)
-    read = stores or _source_store(doc)  # (a cut reads its source's store, and has its tensor's rows)
-    if read and _tensor_source(doc, read) is not None:
+    # A cut reads its source's store, and has its tensor's rows: wherever its text is in the source.
+    placements = [stores] if stores else [[store] for store in _source_placements(doc)]
+    if any(_tensor_source(doc, placed) is not None for placed in placements):
         doc.tensor = numpy.zeros((0,), dtype="float32")  # (as a new Doc has it)
     for key, _ in stores:
         del _data(doc)[key]
@@ -133,8 +134,9 @@ def _refuse_vectors(doc: Doc, value: Any) -> None:
 
 def _check_dropped(attribute: str, value: Any) -> None:
     if value is not None:
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
         raise ValueError(f"doc._.{attribute} is written by ctxembed components; it can only be set to None, which "
-                         f"drops it (spaCy's doc_cleaner), not to {type(value).__name__}")
+                         f"drops it (spaCy's doc_cleaner), not to {shown}")
 
 
 def write_outputs(
@@ -203,7 +205,7 @@ def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
     spaCy's tok2vec does, and its listeners read it when they predict, so
     replacing it under them would feed the tagger or parser other features.
     Returns whether the doc's tensor is now a ctxembed component's."""
-    if doc.tensor.size and not ours:
+    if _has_tensor(doc) and not ours:
         warnings.warn(
             f"[{name}] set_doc_tensor: doc.tensor already holds another component's output (spaCy's tok2vec "
             "sets it, and its listeners read it), so it is left as it is; the vectors are in doc._.ctx_vectors "
@@ -214,6 +216,11 @@ def _set_doc_tensor(doc: Doc, name: str, vectors, *, ours: bool) -> bool:
     # spaCy's stub says numpy; on GPU this is cupy, as with spaCy's tok2vec.
     doc.tensor = vectors if _retokenizer_copies(vectors) else vectors.copy()
     return True
+
+
+def _has_tensor(doc: Doc) -> bool:
+    """Whether `doc.tensor` holds anything (spaCy's `doc_cleaner` sets it to None)."""
+    return doc.tensor is not None and bool(doc.tensor.size)
 
 
 def _retokenizer_copies(tensor) -> bool:
@@ -235,9 +242,9 @@ def _tensor_source(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Opti
     Stores written by earlier versions name none (or say True): there it is
     the primary output's.
     """
-    tensor = doc.tensor
-    if not tensor.size:
+    if not _has_tensor(doc):
         return None
+    tensor = doc.tensor
     names = {_tensor_output_name(store) for _, store in stores}
     name = names.pop() if len(names) == 1 else None
     if name is None:  # (parts of a joined doc whose tensors came from different outputs: not known)
@@ -730,14 +737,21 @@ def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
 
 def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
     """For a doc from `span.as_doc()`: the source's store, placed by the text."""
+    placements = _source_placements(doc)
+    return placements if len(placements) == 1 else []  # not there, or there more than once: cannot be placed
+
+
+def _source_placements(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
+    """For a doc from `span.as_doc()`: the source's store placed at each place its text occurs."""
     source = doc.user_hooks.get(SOURCE_HOOK)
     if not isinstance(source, _Source):
         return []
-    text = doc.text
+    text, placements = doc.text, []
     at = source.text.find(text)
-    if at < 0 or (text and source.text.find(text, at + 1) >= 0):
-        return []  # not there, or there more than once: cannot be placed
-    return [(("._.", STORE, -at, len(source.text) - at), source.store)]
+    while at >= 0:
+        placements.append((("._.", STORE, -at, len(source.text) - at), source.store))
+        at = source.text.find(text, at + 1) if text else -1  # ("" is at 0, once)
+    return placements
 
 
 def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> _View:

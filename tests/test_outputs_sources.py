@@ -12,6 +12,7 @@ The references are what a fresh doc of the same text gets from the component
 """
 import copy
 import pickle
+import re
 import warnings
 
 import numpy
@@ -613,7 +614,16 @@ def test_doc_cleaner_drops_the_layers_or_every_output(vocab, tiny_bert_dir):
     with pytest.raises(MissingOutputs, match=r"the doc holds no ctxembed outputs: .*or they were "
                                              r"\(doc\._\.ctx_outputs = None: spaCy's doc_cleaner\)"):
         restore_vectors(next(DocBin(store_user_data=True, docs=[doc]).get_docs(vocab)))
-    # (doc_cleaner's own default sets doc.tensor to None, which spaCy's has_vector cannot read; by hand:)
+    # The tensor cleared first (doc_cleaner's own default sets it to None), then the outputs; and the cleaned
+    # doc embedded again is a fresh doc's.
+    tensor_first = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", config), (
+        "doc_cleaner", "cleaner", {"attrs": {"tensor": None, "_.ctx_outputs": None}}))
+    doc = tensor_first(TEXT)
+    assert doc._.ctx_outputs == {} and doc.tensor is None
+    again = tensor_first.get_pipe("emb")(doc)
+    numpy.testing.assert_array_equal(again._.ctx_vectors, want._.ctx_vectors)
+    numpy.testing.assert_array_equal(again.tensor, want.tensor)
+    # (spaCy's has_vector cannot read a tensor of None; by hand:)
     doc = plain(TEXT)
     doc._.ctx_outputs = None
     assert doc._.ctx_outputs == {} and doc.tensor.size == 0  # the tensor was the component's
@@ -636,10 +646,43 @@ def test_dropping_outputs_of_a_cut_leaves_its_source_and_other_hooks(vocab, tiny
     assert cut.user_hooks.get("vector_norm") is own_norm
     numpy.testing.assert_array_equal(source[3].vector, vectors[3])
     assert source.user_hooks.get("vector_norm") is own_norm
-    for attribute, value in (("ctx_outputs", {}), ("ctx_layers", layers)):
+    for attribute, value, shown in (("ctx_outputs", {}, "{}"), ("ctx_outputs", "None", "'None'"),
+                                    ("ctx_layers", layers, "a ndarray")):
         with pytest.raises(ValueError, match=rf"^doc\._\.{attribute} is written by ctxembed components; it can "
-                                             r"only be set to None, which drops it \(spaCy's doc_cleaner\)"):
+                                             rf"only be set to None, which drops it \(spaCy's doc_cleaner\), not "
+                                             rf"to {re.escape(shown)}$"):
             setattr(source._, attribute, value)
     with pytest.raises(ValueError, match=r"set doc\._\.ctx_outputs = None to drop every output"):
         source._.ctx_vectors = None
     numpy.testing.assert_array_equal(source._.ctx_layers, layers)
+
+
+def test_dropping_the_outputs_of_a_cut_whose_text_is_twice_in_its_source_clears_its_tensor(vocab, tiny_bert_dir):
+    """Such a cut cannot be placed in its source, so its tensor (the source's
+    rows) was not known as a ctxembed component's: after the drop, spaCy still
+    read the contextual vectors from it, silently."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    source = nlp("Dogs bark. Dogs bark.")
+    cut = source[0:2].as_doc()
+    assert cut.tensor.shape == (2, 32)  # the premise: spaCy copied the source's rows
+    cut._.ctx_outputs = None
+    assert cut.tensor.size == 0 and not cut.has_vector and not cut[0].has_vector
+    numpy.testing.assert_array_equal(source[3].vector, source._.ctx_vectors[3])
+
+
+def test_a_listener_after_a_doc_cleaner_says_its_outputs_were_dropped(vocab, tiny_bert_dir):
+    from spacy.training import Example
+
+    for attrs, store_layers in (({"_.ctx_outputs": None}, False), ({"_.ctx_layers": None}, True)):
+        nlp = spacy.blank("en", vocab=vocab)
+        nlp.add_pipe("ctxembed_bert", name="emb", config=_bert(tiny_bert_dir, layers=[1, 2],
+                                                                 store_layers=store_layers))
+        nlp.add_pipe("doc_cleaner", config={"attrs": attrs})
+        nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+            "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "emb"}}})
+        examples = [Example.from_dict(nlp.make_doc("I ran"), {"words": ["I", "ran"], "tags": ["PRON", "VERB"]})]
+        nlp.initialize(lambda: examples)  # noqa: B023 - called here, in this iteration
+        key = "ctx_outputs" if "_.ctx_outputs" in attrs else "ctx_layers"
+        with pytest.raises(ValueError, match=rf"or (its outputs|they) were dropped before this component "
+                                             rf"\(doc\._\.{key} = None: a doc_cleaner before it, to move after it\)"):
+            nlp(TEXT)

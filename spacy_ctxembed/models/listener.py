@@ -189,7 +189,8 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     f"ContextualListener: upstream {name!r} stored no layers on the doc, only vectors: it keeps "
                     "them for the listeners linked to it (or with store_layers = true), and spaCy links "
                     "listeners when a pipeline is made or loaded, not on enable_pipe. Load the pipeline without "
-                    f"disabling this component, or set store_layers = true on {name!r}"
+                    f"disabling this component, or set store_layers = true on {name!r}; or they were dropped "
+                    "before this component (doc._.ctx_layers = None: a doc_cleaner before it, to move after it)"
                 )
             if is_train:
                 # (spaCy's `debug model` runs no upstream but its own tok2vec's
@@ -269,7 +270,8 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
             f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
             f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
-            "go through the pipeline (run nlp(text), not this component alone)"
+            "go through the pipeline (run nlp(text), not this component alone), or its outputs were dropped "
+            "before this component (doc._.ctx_outputs = None: a doc_cleaner before it, to move after it)"
         )
     if model.mix_layers:
         return model.ops.alloc3f(model.get_dim("nL"), len(doc), model.get_dim("nO"))
