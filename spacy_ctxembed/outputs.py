@@ -835,8 +835,9 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
     return MissingOutputs(
         f"{what} {where}: they would read as having no vector. They come from a doc whose outputs were "
         "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
-        "span.as_doc(copy_user_data=True)), or that did not go through this component; run the component "
-        "on this doc, or join docs that all have its outputs"
+        "span.as_doc(copy_user_data=True)), or that did not go through this component, or whose outputs "
+        "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner); run the component on this doc, or join "
+        "docs that all have its outputs"
     )
 
 

@@ -626,6 +626,8 @@ def test_doc_cleaner_drops_the_layers_or_every_output(vocab, tiny_bert_dir):
     # (spaCy's has_vector cannot read a tensor of None; by hand:)
     doc = plain(TEXT)
     doc._.ctx_outputs = None
+    with pytest.raises(MissingOutputs, match=r"or whose outputs were dropped \(doc\._\.ctx_outputs = None"):
+        restore_vectors(Doc.from_docs([doc, want], exclude=["tensor"]))
     assert doc._.ctx_outputs == {} and doc.tensor.size == 0  # the tensor was the component's
     assert not doc.has_vector and not doc[0].has_vector and not doc[0:2].has_vector  # (a blank vocab: no vectors)
 
