@@ -408,13 +408,20 @@ def test_a_model_folder_swapped_for_another_models_is_refused(saved, minilm_dir,
         spacy.load(path)
 
 
-def test_an_elmo_model_folder_swapped_for_another_models_is_refused(tmp_path):
+def _saved_elmo(tmp_path):
+    """An ELMo pipeline ("elmo_a", a scalar mix over its 3 layers) on fixture files, saved to tmp_path/saved;
+    (nlp, options path, weights path)."""
     options, weights = write_elmo_fixture(tmp_path / "elmo")
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(
         options_file=str(options), weight_file=str(weights), layers=[0, 1, 2], combine="scalar_mix"))
     nlp.initialize()
     nlp.to_disk(tmp_path / "saved")
+    return nlp, options, weights
+
+
+def test_an_elmo_model_folder_swapped_for_another_models_is_refused(tmp_path):
+    _saved_elmo(tmp_path)
     write_elmo_fixture(tmp_path / "other", seed=1)  # the same shapes
     path = _swapped(tmp_path / "saved", tmp_path, tmp_path / "other", component="elmo_a")
     with pytest.raises(SettingError, match=r"^\[elmo_a\] model = '.*model': it holds other weights"):
@@ -459,12 +466,7 @@ def test_an_edited_options_file_of_a_saved_elmo_pipeline_is_refused(tmp_path):
     mix trained on the vectors before, every vector changed, without a word."""
     from .elmo_reference import ReferenceElmo
 
-    options, weights = write_elmo_fixture(tmp_path / "elmo")
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_elmo", name="elmo_a", config=ctx_config(
-        options_file=str(options), weight_file=str(weights), layers=[0, 1, 2], combine="scalar_mix"))
-    nlp.initialize()
-    nlp.to_disk(tmp_path / "saved")
+    nlp, options, weights = _saved_elmo(tmp_path)
     saved_options = tmp_path / "saved" / "elmo_a" / "model" / "options.json"
     edited = json.loads(saved_options.read_text())
     edited["lstm"]["cell_clip"], edited["lstm"]["use_skip_connections"] = 0.5, False
