@@ -368,8 +368,8 @@ def restore_vectors(doc: Doc) -> Doc:
         raise MissingOutputs(
             "restore_vectors: the doc holds no ctxembed outputs: it did not go through a ctxembed component, "
             "or its user data was dropped (use DocBin(store_user_data=True)), or they were (doc._.ctx_outputs = "
-                "None: spaCy's doc_cleaner), or it is a span.as_doc() that "
-            "read them from the doc it was cut from (save span.as_doc(copy_user_data=True))"
+            "None: spaCy's doc_cleaner), or it is a span.as_doc() that read them from the doc it was cut from "
+            "(save span.as_doc(copy_user_data=True))"
         )
     set_vector_hooks(doc)
     return doc

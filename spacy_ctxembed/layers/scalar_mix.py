@@ -69,8 +69,8 @@ def is_plain_mean(model: Model) -> bool:
     (all `s` equal, `gamma` 1): nothing trained it, whatever the vectors were."""
     if model.name != "scalar_mix" or not (model.has_param("s") and model.has_param("gamma")):
         return False
-    s, gamma = model.ops.to_numpy(model.get_param("s")), model.ops.to_numpy(model.get_param("gamma"))
-    return bool((s == s[0]).all() and (gamma == 1.0).all())
+    s, gamma = model.ops.to_numpy(model.get_param("s")).ravel(), model.ops.to_numpy(model.get_param("gamma"))
+    return bool(s.size and (s == s[0]).all() and (gamma == 1.0).all())
 
 
 def _softmax(xp, s):
