@@ -187,8 +187,9 @@ def test_config_with_a_tagger_is_analysed(tiny_bert_dir, tmp_path, wic_dir, refe
     source = PipelineSource.from_config_file(write_config(tiny_bert_dir, tmp_path / "tagger.cfg"))
     corpus = read_corpus(write_corpus(tmp_path))
     # a tagger cannot be initialized without examples (E143): only the embedder is
-    result = analyze(corpus, [source], AnalysisSettings(n_pairs=None, n_folds=3, poolings=["mean"]),
+    result = analyze(corpus, [source], AnalysisSettings(n_pairs=None, n_folds=3, poolings=["mean", "mean"]),
                      wic_train=read_wic(wic_dir))
+    assert result["settings"]["poolings"] == ["mean"]  # (given twice, run once: said once)
     pipeline = result["pipelines"][0]
     assert pipeline["component"] == "ctxembed_bert" and pipeline["layer_ids"] == [0, 1, 2]
     assert pipeline["configured_layers"] == [0, 1, 2] and pipeline["recommendation"] is not None

@@ -164,7 +164,8 @@ def analyze(
     """
     settings.check()
     words, input_notes = explorer_words(settings.words)
-    settings = replace(settings, words=words)  # as explored: analysis.json's settings say so too
+    poolings = None if settings.poolings is None else list(dict.fromkeys(settings.poolings))
+    settings = replace(settings, words=words, poolings=poolings)  # as run: analysis.json's settings say so too
     if wic_eval is not None and wic_train is None:
         raise AnalysisInputError("--wic-eval needs --wic-train: the thresholds are fitted on the training pairs")
     if wic_train is not None:
