@@ -270,6 +270,11 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
     (tmp_path / "empty").mkdir()
     wic = write_wic(tmp_path / "wic")
     model = saved_pipeline(tiny_bert_dir, tmp_path_factory)
+    sourced = tmp_path / "sourced.cfg"  # a component taken from a saved pipeline: its settings cannot change
+    config = spacy.blank("en").config
+    config["nlp"]["pipeline"] = ["ctxembed_bert"]
+    config["components"]["ctxembed_bert"] = {"source": str(model)}
+    config.to_disk(sourced)
     cases = [
         (["--wic-train", tmp_path / "empty"], "--wic-train {}: no *.data.txt file in this directory".format(
             tmp_path / "empty")),
@@ -298,6 +303,8 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         (["--model", "foo_not_a_model"], "--model foo_not_a_model: [E050] Can't find model 'foo_not_a_model'"),
         (["--model", model, "--compare", "no_such_pipeline"],
          "--compare no_such_pipeline: [E050] Can't find model 'no_such_pipeline'"),
+        (["--config", sourced], "--config: [components.ctxembed_bert] is sourced"),
+        (["--model", model, "--compare", sourced], "--compare: [components.ctxembed_bert] is sourced"),
         (["--model", model, "--explore-layers", "-4"],
          "--explore-layers [-4]: index -4 is out of range: the model has 3 layers, counting its embedding (token) "
          "layer as 0 (valid: -3 .. 2)"),

@@ -30,6 +30,7 @@ from .source import (
     PipelineSource,
     all_layer_edits,
     choose_component,
+    edited_config,
     encoder_settings,
     factory_of,
     n_available_layers,
@@ -271,13 +272,16 @@ def _plan(source: PipelineSource, settings: AnalysisSettings) -> _Plan:
     layer_ids = list(range(n_layers)) if n_layers else [-1]
     configured = encoder_settings(as_configured, name).get("layers", [-1])
     modes = pooling_modes(as_configured, name, settings.poolings)
+    edits = all_layer_edits(as_configured, name, layer_ids, modes[0])
+    if source.config is not None:
+        edited_config(source.config, edits, source.option)  # (refused now, not after another pipeline's run)
     return _Plan(
         name=name, factory=factory_of(as_configured, name), layer_ids=layer_ids,
         configured_layers=list(normalize_layers(name, configured, n_layers)) if n_layers else [-1],
         explore_layers=_explore_layers(settings.explore_layers, name, n_layers, source.label), modes=modes,
         block=copy.deepcopy(dict(as_configured.config["components"][name])),
         python_block=copy.deepcopy(dict(as_configured.config.interpolate()["components"][name])),
-        edits=all_layer_edits(as_configured, name, layer_ids, modes[0]), notes=notes,
+        edits=edits, notes=notes,
     )
 
 

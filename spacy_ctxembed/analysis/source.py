@@ -102,7 +102,7 @@ class PipelineSource:
                 return nlp
             return self._load_saved_edited(edits, new_combiner)
         config = self.config if self.config is not None else default_config()
-        built = edited_config(config, edits)
+        built = edited_config(config, edits, self.option)
         nlp = load_model_from_config(built, auto_fill=True)
         name = choose_component(nlp, component, self.label, self.component_option)
         initialize_built(nlp, built, needed_components(nlp, name))
@@ -121,7 +121,7 @@ class PipelineSource:
             raise AnalysisInputError(f"{self.option} {self.model}: the loaded pipeline does not say where it was "
                                      "read from")
         path = self._saved_dir
-        nlp = load_model_from_config(edited_config(load_config(path / "config.cfg"), edits))
+        nlp = load_model_from_config(edited_config(load_config(path / "config.cfg"), edits, self.option))
         skipped = [] if new_combiner is None else [new_combiner]
         nlp.from_disk(path, exclude=skipped)
         for name in skipped:
@@ -143,8 +143,9 @@ def default_config() -> Config:
     return nlp.config
 
 
-def edited_config(config: Config, edits: Sequence[Edit]) -> Config:
-    """A copy of `config` with each edit's value put at its place (replacing a whole block if need be)."""
+def edited_config(config: Config, edits: Sequence[Edit], option: str = "--config") -> Config:
+    """A copy of `config` with each edit's value put at its place (replacing a whole block if need be);
+    `option`: where the config came from, for the error."""
     edited = config.copy()
     for component, section, value in edits:
         block = edited["components"][component]
@@ -152,7 +153,7 @@ def edited_config(config: Config, edits: Sequence[Edit]) -> Config:
             # spaCy takes a sourced component as it was saved: settings written
             # beside `source` are not read, and there are none to edit.
             raise AnalysisInputError(
-                f"--config: [components.{component}] is sourced (source = {block['source']!r}), so the analysis "
+                f"{option}: [components.{component}] is sourced (source = {block['source']!r}), so the analysis "
                 "cannot change its settings (to read every layer): analyse that pipeline itself, with "
                 f"--model {block['source']} --component {block.get('component', component)}")
         for key in section[:-1]:
