@@ -120,6 +120,22 @@ def test_docs_without_spans_get_zeros_said_and_the_others_stay_exact(minilm_dir,
                                   atol=1e-4)
 
 
+def test_a_span_getter_that_leaves_out_the_first_tokens_is_named(tiny_bert_dir):
+    """spacy-transformers aligns only the tokens from the first span to the last:
+    the error blamed a retokenization that never happened."""
+    from spacy_transformers.util import registry
+
+    registry.span_getters.register("test-skip-first-token.v1", func=lambda: lambda docs: [
+        [doc[1:] if len(doc) > 1 else doc[:]] for doc in docs])  # (the samples initialize runs on are 1 token)
+    nlp = _with_transformer(tiny_bert_dir, get_spans={"@span_getters": "test-skip-first-token.v1"})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    with pytest.raises(ValueError, match=r"aligns 12 tokens but the doc has 13: .*or the transformer's span getter "
+                                         r"left the doc's first or last tokens out of every span \(give them a "
+                                         r"span\)$"):
+        nlp(TEXT)
+
+
 def test_no_output_and_no_known_width_is_an_error():
     """With no transformer output in the batch and the width never learned, the
     vectors would be 0 wide: an error, not (n, 0) vectors."""

@@ -104,9 +104,13 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     lengths = model.ops.to_numpy(trf_data.align.lengths)
     alignment = PieceAlignment.from_lengths(model.ops.to_numpy(trf_data.align.dataXd), lengths, flat.shape[0])
     if alignment.n_tokens != len(doc):
+        # (spacy-transformers aligns the tokens from its first span's first to its last span's
+        # last: which of the doc's first or last tokens are missing, trf_data does not say.)
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data aligns {alignment.n_tokens} tokens but the doc has {len(doc)}: "
-            "the doc was retokenized after the transformer ran; run ctxembed_from_trf before any retokenizer"
+            "the doc was retokenized after the transformer ran (run ctxembed_from_trf before any retokenizer), "
+            "or the transformer's span getter left the doc's first or last tokens out of every span (give "
+            "them a span)"
         )
     _warn_if_truncated(doc, lengths)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
