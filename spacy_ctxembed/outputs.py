@@ -134,7 +134,8 @@ def _refuse_vectors(doc: Doc, value: Any) -> None:
 
 def _check_dropped(attribute: str, value: Any) -> None:
     if value is not None:
-        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else f"a {type(value).__name__}"
         raise ValueError(f"doc._.{attribute} is written by ctxembed components; it can only be set to None, which "
                          f"drops it (spaCy's doc_cleaner), not to {shown}")
 
@@ -737,18 +738,20 @@ def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
 
 def _source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
     """For a doc from `span.as_doc()`: the source's store, placed by the text."""
-    placements = _source_placements(doc)
+    # (A second place is enough to know: a short text may be in a long source many times, at every read.)
+    placements = _source_placements(doc, most=2)
     return placements if len(placements) == 1 else []  # not there, or there more than once: cannot be placed
 
 
-def _source_placements(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
-    """For a doc from `span.as_doc()`: the source's store placed at each place its text occurs."""
+def _source_placements(doc: Doc, most: Optional[int] = None) -> List[Tuple[tuple, Dict[str, Any]]]:
+    """For a doc from `span.as_doc()`: the source's store placed at each place its
+    text occurs (the first `most` of them)."""
     source = doc.user_hooks.get(SOURCE_HOOK)
     if not isinstance(source, _Source):
         return []
     text, placements = doc.text, []
     at = source.text.find(text)
-    while at >= 0:
+    while at >= 0 and (most is None or len(placements) < most):
         placements.append((("._.", STORE, -at, len(source.text) - at), source.store))
         at = source.text.find(text, at + 1) if text else -1  # ("" is at 0, once)
     return placements
