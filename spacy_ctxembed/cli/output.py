@@ -63,6 +63,11 @@ NPY_HEADER_SIZE = 128  # a fixed-size .npy v1.0 header, rewritten in place when 
 LINE_KEY = "line"  # doc.user_data[LINE_KEY]: the doc's 1-based input line number
 
 
+def npy_size(rows: int, width: int) -> int:
+    """The bytes of the vectors.npy this writes for float32 (rows, width): its header, then the rows."""
+    return NPY_HEADER_SIZE + rows * width * 4
+
+
 # ---------------------------------------------------------------------------
 # Moving arrays to the host
 
@@ -501,7 +506,7 @@ def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
         return f"{missing[0]} is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
     rows, width = manifest.get("rows"), manifest.get("width")
     if "shards" not in manifest and isinstance(rows, int) and isinstance(width, int):
-        size, expected = (output / VECTORS).stat().st_size, NPY_HEADER_SIZE + rows * width * 4
+        size, expected = (output / VECTORS).stat().st_size, npy_size(rows, width)
         if size != expected:
             return f"{VECTORS} holds {size:,} bytes, where its {rows:,} rows of {width} take {expected:,}"
     return None
@@ -598,7 +603,7 @@ def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:
         width = shard["width"]
         vectors_size = (directory / VECTORS).stat().st_size
         docs_size = (directory / DOCS).stat().st_size
-        return vectors_size >= NPY_HEADER_SIZE + shard["rows_end"] * width * 4 and docs_size >= shard["docs_end"]
+        return vectors_size >= npy_size(shard["rows_end"], width) and docs_size >= shard["docs_end"]
     except (OSError, KeyError, TypeError):
         return False
 
@@ -699,7 +704,7 @@ class NpyWriter(ShardWriter):
         self.vectors = vectors_path.open("r+b")
         self.docs = docs_path.open("r+b")
         # Drop whatever an interrupted run wrote after its last commit.
-        self.vectors.truncate(NPY_HEADER_SIZE + self.rows * (self.width or 0) * 4)
+        self.vectors.truncate(npy_size(self.rows, self.width or 0))
         self.docs.truncate(last["docs_end"])
         self.vectors.seek(0, os.SEEK_END)
         self.docs.seek(0, os.SEEK_END)

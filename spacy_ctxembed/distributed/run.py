@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
 
 from thinc.api import Config
 
@@ -190,16 +190,16 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
     # What an atomic write killed before its rename left (`fileio.atomic_path`): the file is written again.
     stale = [p for name in (MANIFEST, REJECTED) for p in out.glob(f".{name}*.tmp")]
     recorded = read_json(path)
-    if recorded is not None and recorded.get("identity") == identity and not overwrite:
-        for leftover in stale:
-            leftover.unlink(missing_ok=True)
-        return recorded
-    others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and p not in stale)
-    if others:
-        raise FileExistsError(f"{out} holds files that are not an embed run's ({', '.join(others[:5])}); "
-                              "choose another output directory")
+    same_run = recorded is not None and recorded.get("identity") == identity and not overwrite
+    if not same_run:
+        others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and p not in stale)
+        if others:
+            raise FileExistsError(f"{out} holds files that are not an embed run's ({', '.join(others[:5])}); "
+                                  "choose another output directory")
     for leftover in stale:
         leftover.unlink(missing_ok=True)
+    if same_run:
+        return cast(Dict[str, Any], recorded)
     if recorded is not None and not overwrite:
         known = recorded.get("identity")
         if not isinstance(known, dict):
