@@ -628,3 +628,107 @@ def test_analysis_refuses_to_edit_a_sourced_component_and_names_the_command(tiny
     source = PipelineSource(config=Config().from_str(config))
     with pytest.raises(AnalysisInputError, match=rf"--model {tmp_path / 'saved'} --component {NAME}"):
         source.load([(NAME, ("model", "encoder", "layers"), [0, 1, 2])], component=NAME)
+
+
+def _json_edited(path, file, edit):
+    data = json.loads((path / file).read_text(encoding="utf8"))
+    edit(data)
+    (path / file).write_text(json.dumps(data, indent=1), encoding="utf8")
+
+
+def _swap_vocab(tokenizer):
+    vocab = tokenizer["model"]["vocab"]
+    vocab["nice"], vocab["park"] = vocab["park"], vocab["nice"]
+
+
+FOLDER_EDITS = {
+    "activation": ("config.json", lambda c: c.update(hidden_act="relu"), "config"),
+    "cased": ("tokenizer_config.json", lambda t: t.update(do_lower_case=False), "tokenizer"),
+    "vocabulary": ("tokenizer.json", _swap_vocab, "tokenizer"),
+}
+
+
+@pytest.mark.parametrize("edit", FOLDER_EDITS)
+def test_an_edited_config_or_tokenizer_of_a_saved_bert_pipeline_is_refused(saved, tmp_path, edit):
+    """config.json or the tokenizer's files edited in a saved pipeline's model folder
+    (another activation, cased, two words' ids swapped) loaded
+    silently under the weights saved with them, every vector moved: the weights'
+    fingerprint cannot see them. The cfg records what the folder computes; as
+    the error says, it can be kept on purpose, and then gives the edited
+    folder's vectors (`transformers` itself on it)."""
+    file, change, kind = FOLDER_EDITS[edit]
+    path = tmp_path / "edited"
+    shutil.copytree(saved["mean"][0], path)
+    model_dir = path / NAME / "model"
+    _json_edited(model_dir, file, change)
+    expected = _hf_mean_of_layers(model_dir, [0, 1, 2])
+    assert not numpy.allclose(expected, saved["mean"][1], atol=1e-3)  # the premise: the edit moves the vectors
+    what = ("its tokenizer files differ from the ones this pipeline was saved with: they split a probe text "
+            "otherwise, or hold another vocabulary" if kind == "tokenizer" else
+            "its config.json differs from the one this pipeline was saved with: the model computes other hidden "
+            "states for a probe text")
+    with pytest.raises(SettingError) as caught:
+        spacy.load(path)
+    assert str(caught.value) == (
+        f"[{NAME}] model = '{model_dir}': {what} (the record in '{path / NAME / 'cfg'}'), and every vector "
+        "with it: put back the files it was saved with; to keep them on purpose, remove 'encoder_probe' from "
+        "that cfg file")
+    cfg = srsly.read_json(path / NAME / "cfg")
+    del cfg["encoder_probe"]  # (as the error says; and as a pipeline saved before the record was kept)
+    srsly.write_json(path / NAME / "cfg", cfg)
+    numpy.testing.assert_allclose(spacy.load(path)(TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def test_edits_that_change_nothing_computed_load(saved, tmp_path):
+    """What transformers and tokenizers write otherwise from one version to the
+    next (the version field, indentation, key order) and settings that do not
+    change a prediction (dropout) are not edits to refuse."""
+    path = tmp_path / "edited"
+    shutil.copytree(saved["scalar_mix"][0], path)
+    model_dir = path / NAME / "model"
+    _json_edited(model_dir, "config.json", lambda c: c.update(hidden_dropout_prob=0.5, transformers_version="4.0.0"))
+    _json_edited(model_dir, "tokenizer.json", lambda t: None)  # (rewritten, indented)
+    numpy.testing.assert_array_equal(spacy.load(path)(TEXT)._.ctx_vectors, saved["scalar_mix"][1])
+
+
+def test_the_probe_record_is_what_transformers_computes(tiny_bert_dir, tmp_path):
+    """The record's ids and states are those of `transformers` itself on the probe text."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from spacy_ctxembed.models.hf_probe import PROBE_TEXT
+
+    nlp = _nlp(tiny_bert_dir, "mean")
+    nlp.to_disk(tmp_path / "saved")
+    record = srsly.read_json(tmp_path / "saved" / NAME / "cfg")["encoder_probe"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    assert record["ids"] == tokenizer(PROBE_TEXT)["input_ids"]
+    states, _ = hf_hidden_states(tokenizer, AutoModel.from_pretrained(tiny_bert_dir).eval(), PROBE_TEXT)
+    assert len(record["states"]) == len(states) == 3
+    for got, state in zip(record["states"], states):
+        flat = state.reshape(-1)  # (special tokens removed: the record's first and last 32 values are theirs)
+        assert len(got) == 16 and any(numpy.isclose(v, flat, atol=1e-5).any() for v in got[1:-1])
+
+
+@pytest.mark.parametrize("family,positions,usable", [("roberta", 20, 19), ("distilbert", 512, None)])
+def test_the_probe_record_keeps_to_other_families_and_short_positions(minilm_dir, tmp_path, family, positions,
+                                                                      usable):
+    """RoBERTa numbers positions from its padding row and DistilBERT takes no token
+    types: each saves a record and loads against it; a model with fewer positions
+    than the probe's pieces records as many as it takes."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from .test_bert_exactness import _tiny_family_model
+
+    torch.manual_seed(0)
+    config = _tiny_family_model(family)
+    config.max_position_embeddings = positions
+    AutoModel.from_config(config).save_pretrained(tmp_path / "model", safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path / "model")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=str(tmp_path / "model")))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "saved")
+    record = srsly.read_json(tmp_path / "saved" / NAME / "cfg")["encoder_probe"]
+    assert len(record["ids"]) == (usable or 26) and len(record["states"]) == 4
+    numpy.testing.assert_array_equal(spacy.load(tmp_path / "saved")(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)

@@ -36,6 +36,7 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import check_saved_features, normalize_layers
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
+from .hf_probe import probe_record
 from .torch_bridge import (
     SAVED_FEATURES,
     SAVED_LAYERS,
@@ -525,6 +526,14 @@ class BertShim(PyTorchShim):
         feature cache's key): the windows, layers and tokenizer resolved at load."""
         runner = self.get_runner()
         return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest])
+
+    def probe_record(self) -> Dict[str, Any]:
+        """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
+        pipeline's cfg to tell its own config.json and tokenizer from edited ones."""
+        encoder = self.get_runner().encoder
+        positions = getattr(encoder.config, "max_position_embeddings", None)
+        limit = 512 if positions is None else int(positions) - _skipped_positions(encoder.module)
+        return probe_record(encoder, max_length=limit)
 
     def signature_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the encoder

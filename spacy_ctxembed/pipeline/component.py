@@ -33,6 +33,8 @@ from ..errors import SettingError, bad_setting, check_bool, check_int, check_num
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import OPTIONS_FILE, ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
+from ..models.hf_loading import CONFIG_FILE
+from ..models.hf_probe import probe_difference
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
@@ -40,7 +42,7 @@ from ..settings import check_saved_features, encoder_features, normalize_layers,
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
-from .signature import output_signature, saved_options_digest, saved_weights_fingerprint
+from .signature import output_signature, saved_options_digest, saved_probe, saved_weights_fingerprint
 
 #: Subfolder of the component's directory where the encoder writes its files.
 MODEL_DIR = "model"
@@ -58,6 +60,10 @@ FEATURES_KEY = "encoder_features"
 #: The cfg key of ELMo's options when saved, by content (`saved_options_digest`;
 #: absent in older saves, and for BERT).
 OPTIONS_KEY = "encoder_options"
+#: The cfg key of what a Hugging Face model folder computes when saved: its
+#: tokenizer's vocabulary, a probe text's wordpieces and hidden states
+#: (`saved_probe`; absent in older saves, and for ELMo).
+PROBE_KEY = "encoder_probe"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -661,8 +667,9 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
                     self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
-                    if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own options)
+                    if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own files)
                         self._check_saved_options(saved_cfg.get(OPTIONS_KEY), path)
+                        self._check_saved_probe(saved_cfg.get(PROBE_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
                     saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
@@ -738,6 +745,9 @@ class ContextualEmbedder(TrainablePipe):
             options = saved_options_digest(self.encoder)
             if options is not None:
                 cfg[OPTIONS_KEY] = options
+            probe = saved_probe(self.encoder)
+            if probe is not None:
+                cfg[PROBE_KEY] = probe
         features = encoder_features(self.encoder)
         if features:
             cfg[FEATURES_KEY] = features
@@ -865,6 +875,27 @@ class ContextualEmbedder(TrainablePipe):
             f"its {OPTIONS_FILE} differs from the one this pipeline was saved with (the digest in "
             f"{str(path / 'cfg')!r} differs), and every vector with it: put back the options file it was saved "
             f"with; to keep these options on purpose, remove {OPTIONS_KEY!r} from that cfg file",
+        )
+
+    def _check_saved_probe(self, saved: Any, path: Path) -> None:
+        """A Hugging Face model folder's config.json and tokenizer must do what they did
+        when the pipeline was saved (`hf_probe`): another number of attention heads,
+        activation, lowercasing or vocabulary changes every vector under the weights
+        (its own and downstream) trained on them, as other weights would."""
+        if saved is None:
+            return
+        current = saved_probe(self.encoder)
+        difference = None if current is None else probe_difference(saved, current)
+        if difference is None:
+            return
+        what = ("tokenizer files differ from the ones this pipeline was saved with: they split a probe text "
+                "otherwise, or hold another vocabulary" if difference == "tokenizer" else
+                f"{CONFIG_FILE} differs from the one this pipeline was saved with: the model computes other "
+                "hidden states for a probe text")
+        raise bad_setting(
+            self.name, "model", str(path / MODEL_DIR),
+            f"its {what} (the record in {str(path / 'cfg')!r}), and every vector with it: put back the files "
+            f"it was saved with; to keep them on purpose, remove {PROBE_KEY!r} from that cfg file",
         )
 
     def _check_saved_features(self, saved: Any, *, with_combiner: bool = True, on_purpose: str = "") -> None:

@@ -107,6 +107,20 @@ def saved_options_digest(model: Model) -> Optional[str]:
     return None
 
 
+def saved_probe(model: Model) -> Optional[Dict[str, Any]]:
+    """What a Hugging Face encoder's model folder computes (`hf_probe.probe_record`),
+    for a saved pipeline to tell its own config.json and tokenizer from edited
+    ones by what they do (their text changes with the library's version, see
+    `saved_options_digest`). None for ELMo (its options are digested) and for
+    an encoder without weights of its own."""
+    for node in model.walk():
+        for shim in node.shims:
+            record = getattr(shim, "probe_record", None)
+            if record is not None and getattr(shim, "loaded", False):
+                return record()
+    return None
+
+
 def _torch_modules(node: Model) -> Iterator[torch.nn.Module]:
     """The PyTorch modules of a thinc node's shims (none before weights are loaded)."""
     for shim in node.shims:

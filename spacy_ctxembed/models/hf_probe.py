@@ -1,0 +1,78 @@
+"""What a Hugging Face model folder computes, recorded small enough for a saved
+pipeline's cfg: the wordpieces of a probe text and a sample of every hidden
+state the model gives for them.
+
+A saved pipeline's weights are checked by fingerprint, but the folder's
+other files shape every vector too: config.json (the attention heads, the
+activation, the position embeddings) and the tokenizer's files (lowercasing,
+accents, the vocabulary). A user who edits them gets other vectors under the
+weights trained on the saved ones, with no error. Their text cannot be
+compared: transformers and tokenizers write them otherwise from one version
+to the next, and a pipeline saved under one version must load under the
+next. What they do can: the probe's ids exactly, the states to float
+rounding. Edits that change nothing the model computes (dropout rates, the
+`transformers_version` field) pass.
+"""
+import hashlib
+import json
+from typing import Any, Dict, List, Optional
+
+import numpy
+import torch
+
+from .hf_loading import HFEncoder
+
+#: Cased, accented and Chinese letters, digits, punctuation, a contraction:
+#: an edited normalizer (lowercasing, accent stripping, Chinese characters
+#: split apart) splits it otherwise.
+PROBE_TEXT = "Zoë's naïve Café paid $3.50, ÉLAN-ish; 東京 wasn't near."
+#: Values recorded per hidden state, evenly spaced over its (pieces x width) values.
+PROBE_SAMPLES = 16
+#: States agree to this, absolute and relative: far above the float32 rounding
+#: of one model on two devices or thread counts (1e-5), far below what an
+#: edited config gives (another activation or number of heads: 0.1 and more).
+PROBE_TOLERANCE = 1e-3
+
+
+def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
+    """{"vocab": a digest of the tokenizer's vocabulary, "ids": the probe text's
+    wordpieces (special tokens included, at most `max_length`: a tiny model's
+    positions), "states": PROBE_SAMPLES values of each hidden state}, from the
+    model as loaded (in float32: the precision setting is applied per call)."""
+    tokenizer = encoder.tokenizer
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
+    ids = list(tokenizer(PROBE_TEXT, add_special_tokens=True, verbose=False)["input_ids"])[:max_length]
+    module = encoder.module
+    device = next(module.parameters()).device
+    with torch.inference_mode():
+        output = module(input_ids=torch.tensor([ids], device=device), output_hidden_states=True)
+    return {
+        "vocab": hashlib.blake2b(json.dumps(vocab, ensure_ascii=False).encode("utf8"), digest_size=8).hexdigest(),
+        "ids": [int(i) for i in ids],
+        "states": [_sampled(state[0]) for state in output.hidden_states],
+    }
+
+
+def probe_difference(saved: Dict[str, Any], current: Dict[str, Any]) -> Optional[str]:
+    """What the folder now does otherwise than it did when `saved` was recorded:
+    "tokenizer", "model", or None where nothing differs (or `saved` is not a record)."""
+    if not isinstance(saved, dict):
+        return None
+    if saved.get("vocab") != current["vocab"] or saved.get("ids") != current["ids"]:
+        return "tokenizer"
+    try:
+        states = numpy.asarray(saved.get("states"), dtype="float64")
+    except (TypeError, ValueError):
+        return "model"
+    expected = numpy.asarray(current["states"], dtype="float64")
+    if states.shape != expected.shape or not numpy.allclose(
+            states, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
+        return "model"
+    return None
+
+
+def _sampled(state: torch.Tensor) -> List[float]:
+    """PROBE_SAMPLES values evenly spaced over the flattened state, first and last included."""
+    flat = state.detach().float().reshape(-1).cpu().numpy()
+    index = numpy.linspace(0, len(flat) - 1, num=min(PROBE_SAMPLES, len(flat))).round().astype("int64")
+    return [float(value) for value in flat[index]]
