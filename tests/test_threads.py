@@ -196,3 +196,84 @@ def test_outputs_say_which_weights_made_them_when_a_load_comes_between(tiny_bert
         abs=1e-6)
     with pytest.raises(ValueError, match="different ctxembed models"):
         nlp(TEXTS[1])[0].similarity(doc[0])
+
+
+def _tuned_pipeline(model_dir):
+    """A trainable tiny BERT with a tagger listening, a few steps in, and an
+    optimizer whose next step and averages differ from the weights it holds."""
+    from spacy.training import Example
+    from thinc.api import Adam
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, layers=[-1], trainable=True))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "ctxembed_bert"}}})
+    examples = [Example.from_dict(nlp.make_doc(text), {"tags": tags}) for text, tags in (
+        ("I ran to the park", ["PRP", "VBD", "IN", "DT", "NN"]), ("She ran some tests", ["PRP", "VBD", "DT", "NNS"]))]
+    optimizer = Adam(0.01)
+    optimizer.averages = {}
+    nlp.initialize(lambda: examples, sgd=optimizer)
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer)
+    nlp.update(examples, sgd=False)  # (a gradient waiting for its step, as with accumulate_gradient)
+    return nlp, optimizer
+
+
+@pytest.mark.parametrize("change", ["step", "averages"])
+def test_a_prediction_reads_one_set_of_weights_while_another_thread_trains(tiny_bert_dir, change):
+    """A training step (`finish_update`) or `use_params` in one thread while another
+    predicts: the step rewrote the weights between the prediction's first layer
+    and its second, which then matched neither weights and was stamped as the
+    new ones'. They wait for the prediction under way, as a load does."""
+    import threading
+
+    nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    text = "The committee met in Reykjavik yesterday ."
+    before, signature_before = nlp(text)._.ctx_vectors.copy(), component._current_signature()
+    reached, go = threading.Event(), threading.Event()
+
+    def pause(module, inputs, output):
+        if threading.current_thread().name == "predicting" and not reached.is_set():
+            reached.set()
+            go.wait(30)
+
+    runner = component.encoder.shims[0].runner.runner
+    hook = runner.encoder.layer[0].register_forward_hook(pause)
+    result = {}
+
+    predicted = threading.Event()
+
+    def predict():
+        try:
+            predictions = component.predict([nlp.make_doc(text)])
+            result["vectors"], result["signature"] = numpy.asarray(predictions[1][0]), predictions.signature
+        finally:
+            predicted.set()
+
+    def train():
+        if change == "step":
+            component.finish_update(optimizer)
+        else:
+            with nlp.use_params(optimizer.averages):
+                result["in_block"] = nlp(text)._.ctx_vectors.copy()
+                predicted.wait(30)  # (the averages stay in while the prediction goes on)
+
+    predicting = threading.Thread(target=predict, name="predicting")
+    predicting.start()
+    assert reached.wait(30)
+    training = threading.Thread(target=train)
+    training.start()
+    training.join(2)  # (long enough for the step to run, where nothing holds it back)
+    go.set()
+    predicting.join(30)
+    training.join(30)
+    hook.remove()
+    numpy.testing.assert_array_equal(result["vectors"], before)
+    assert result["signature"] == signature_before
+    after = nlp(text)._.ctx_vectors
+    if change == "step":
+        assert not numpy.allclose(after, before, atol=1e-4)  # (the premise: the step moved them)
+    else:
+        assert not numpy.allclose(result["in_block"], before, atol=1e-4)
+        numpy.testing.assert_array_equal(after, before)

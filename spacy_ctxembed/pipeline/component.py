@@ -575,17 +575,24 @@ class ContextualEmbedder(TrainablePipe):
         # weight decay moves weights even on a zero gradient, and thinc keeps
         # a zeroed gradient after each step.
         to_step, self._to_step = self._to_step, frozenset()
-        if "encoder" in to_step:
-            # Fine-tuning wants the pretrained encoder to move slower than the
-            # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
-            # optimizer takes a per-call `lr_scale`, so one optimizer (and one
-            # schedule) serves both.
-            scale = self.cfg["encoder_lr_scale"]
-            self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
-            self._weights_moved()
-        if "combiner" in to_step:
-            self.combiner.finish_update(sgd)
-            self._generation += 1
+        if not to_step:
+            return
+        # Alone, as a load is (`load_gate`): a step rewrites the weights in place,
+        # layer by layer, and a prediction in another thread meanwhile (a server
+        # fine-tuning as it serves) would read the lower layers before the step
+        # and the upper ones after it, and be stamped as the new weights'.
+        with self._gate.loading():
+            if "encoder" in to_step:
+                # Fine-tuning wants the pretrained encoder to move slower than the
+                # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
+                # optimizer takes a per-call `lr_scale`, so one optimizer (and one
+                # schedule) serves both.
+                scale = self.cfg["encoder_lr_scale"]
+                self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
+                self._weights_moved()
+            if "combiner" in to_step:
+                self.combiner.finish_update(sgd)
+                self._generation += 1
 
     def _weights_moved(self) -> None:
         """The encoder's weights changed: cached layers are of another model now,
@@ -610,16 +617,25 @@ class ContextualEmbedder(TrainablePipe):
         # do first; the gradient waits for finish_update as before.)
         self._flush_backward(at_update=True)
         swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
-        if swapped:
-            self._weights_moved()
-        self._generation += 1  # (the combiner's averages count too)
-        try:
-            with self.model.use_params(params):
-                yield
-        finally:
+        swap = self.model.use_params(params)
+        # Swapped in and back alone, as a training step is (`finish_update`);
+        # predictions in the block read the averages, in any thread.
+        with self._gate.loading():
+            swap.__enter__()
             if swapped:
                 self._weights_moved()
-            self._generation += 1
+            self._generation += 1  # (the combiner's averages count too)
+        try:
+            yield
+        finally:
+            with self._gate.loading():
+                # Ended as a plain exit whatever ended the block: thinc's own
+                # `use_params` puts a node's parameters back (the combiner's
+                # trained mix) on a plain exit only, not on an exception.
+                swap.__exit__(None, None, None)
+                if swapped:
+                    self._weights_moved()
+                self._generation += 1
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
