@@ -99,6 +99,10 @@ def drop_outputs(doc: Doc, value: Any = None) -> None:
     placements = [stores] if stores else [[store] for store in _source_placements(doc)]
     if any(_tensor_source(doc, placed) is not None for placed in placements):
         doc.tensor = numpy.zeros((0,), dtype="float32")  # (as a new Doc has it)
+    if SOURCE_HOOK in doc.user_hooks:
+        # spaCy's as_doc keeps the span's vector and norm (ours) as the cut's
+        # own: forgotten, so that the cut reads as a doc without outputs.
+        cast(Any, doc).vector = cast(Any, doc).vector_norm = None
     for key, _ in stores:
         del _data(doc)[key]
     for name in (_V1_VECTORS, _V1_LAYERS):
@@ -161,7 +165,11 @@ def write_outputs(
         tensor_from = _tensor_source(doc, [(key, old)])
     elif stores or SOURCE_HOOK in doc.user_hooks:  # (else there are no outputs to keep: a doc's first)
         old = _gathered_store(doc)
-        tensor_from = (old["tensor_set"] or None) if old is not None else None
+        if old is not None:
+            tensor_from = old["tensor_set"] or None
+        else:  # a cut that cannot be placed (its text is in its source twice): its tensor is still its rows
+            placed = _source_placements(doc, most=1)
+            tensor_from = _tensor_source(doc, placed) if placed else None
     outputs = dict(old["outputs"]) if old is not None else {}
     outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
                      "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": _read_only(vectors),
@@ -266,30 +274,24 @@ def _tensor_output_name(store: Dict[str, Any]) -> Optional[str]:
 
 
 def _tensor_follows(doc: Doc, parts: List[Tuple[int, Dict[str, Any]]]) -> bool:
-    """Whether `doc.tensor` is what spaCy made of the stored vectors (placed at
-    their character origins) through as_doc, from_docs, copy, a DocBin or its
-    retokenizer: a merge keeps the last row of the merged tokens, a split
-    gives its pieces zero rows (and, on the host, appends zero rows it never
-    uses). So each token's row is the row of a stored token it overlaps (its
-    own, where its span is unchanged), or zeros where its span changed."""
+    """Whether `doc.tensor` is what spaCy made of the stored vectors through
+    as_doc, from_docs, copy, a DocBin or its retokenizer: every row is one of
+    them, or zeros. (A merge keeps the last row of the merged tokens; a split
+    gives its pieces zero rows, also where a later split puts a token back on
+    its own span, and on the host appends zero rows it never uses, which
+    `Doc.from_docs` then joins in, shifting the next doc's rows: spaCy's rows
+    need not be in their tokens' places, so they are not looked for there.)
+    Another component's tensor (spaCy's tok2vec) has rows of its own."""
     tensor = _to_numpy(doc.tensor)
     vectors = _to_numpy(_concat([p["vectors"] for _, p in parts], axis=0, on_host=True))
-    if tensor.ndim != 2 or tensor.shape[1:] != vectors.shape[1:] or len(tensor) < len(doc):
+    if (tensor.ndim != 2 or tensor.shape[1:] != vectors.shape[1:] or tensor.dtype != vectors.dtype
+            or len(tensor) < len(doc)):
         return False
-    if tensor[len(doc):].any():
-        return False
-    tensor = tensor[: len(doc)]
-    old_starts, old_ends = _placed_spans(parts)
-    starts, ends = token_char_spans(doc)
-    alignment = align_pieces(old_starts, old_ends, starts, ends)
-    tokens, rows = alignment.token_index, alignment.piece_index
-    same_row = (tensor[tokens] == vectors[rows]).all(axis=1)
-    own_span = (old_starts[rows] == starts[tokens]) & (old_ends[rows] == ends[tokens])
-    matched = numpy.zeros(len(doc), dtype=bool)
-    matched[tokens[same_row]] = True
-    unchanged = numpy.zeros(len(doc), dtype=bool)
-    unchanged[tokens[own_span]] = True
-    return bool((matched | (~unchanged & ~tensor.any(axis=1))).all())
+    # Rows compared whole, as bytes (one value each).
+    row = numpy.dtype((numpy.void, vectors.dtype.itemsize * vectors.shape[1]))
+    stored = numpy.ascontiguousarray(vectors).view(row).ravel()
+    rows = numpy.ascontiguousarray(tensor).view(row).ravel()
+    return bool((~tensor.any(axis=1) | numpy.isin(rows, stored)).all())
 
 
 def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
@@ -689,12 +691,24 @@ def _primary_vectors(doc: Doc, start: int, end: Optional[int] = None):
     view = _view(doc, start, end)
     output = None if view is None else view.primary_output()
     if output is None:
-        raise MissingOutputs(
-            "this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
-            "span.as_doc() from a doc whose text it cannot be placed in, or whose user data "
-            "was dropped. Use span.as_doc(copy_user_data=True), or run the pipeline on it again."
-        )
+        raise _unread_cut_error(doc)
     return output["vectors"]
+
+
+def _unread_cut_error(doc: Doc) -> MissingOutputs:
+    """Why a doc with the vector hooks has no outputs to read: a cut (`span.as_doc()`)
+    that cannot be placed in the doc it was cut from, which is named where known."""
+    source = doc.user_hooks.get(SOURCE_HOOK)
+    name = source.store.get("primary") if isinstance(source, _Source) else None
+    prefix = f"[{name}] " if name else ""
+    shown = doc.text if len(doc.text) <= 40 else doc.text[:37] + "..."
+    if isinstance(source, _Source) and len(_source_placements(doc, most=2)) > 1:
+        why = (f"this doc was made with span.as_doc() from a doc in which its text ({shown!r}) occurs more "
+               "than once, so which tokens' vectors it has cannot be told (spaCy's as_doc reads them too)")
+    else:
+        why = ("this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
+               "span.as_doc() from a doc whose text it cannot be placed in, or whose user data was dropped")
+    return MissingOutputs(f"{prefix}{why}. Use span.as_doc(copy_user_data=True), or run the pipeline on it again.")
 
 
 def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View]:
@@ -926,13 +940,28 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
     here = numpy.zeros(len(old_starts), dtype=bool)
     if len(starts):
         here[same_span] = doc.to_array(ORTH)[at[same_span]] == orths[same_span]
-    # The rest (merged or split since): by the text under them; none outside the doc.
-    inside = (old_starts >= 0) & (old_ends <= text_length(doc))
-    rest = numpy.flatnonzero(~same_span & inside)
+    # The rest (merged or split since): by the text under them; none wholly outside the doc.
+    n_chars = text_length(doc)
+    inside = (old_starts >= 0) & (old_ends <= n_chars)
+    across = ~inside & (old_starts < n_chars) & (old_ends > 0)
+    rest = numpy.flatnonzero(~same_span & (inside | across))
     if len(rest):
-        text = doc.text
+        text, strings = doc.text, doc.vocab.strings
         for k in rest:
-            here[k] = get_string_id(text[int(old_starts[k]):int(old_ends[k])]) == int(orths[k])
+            start, end = int(old_starts[k]), int(old_ends[k])
+            if inside[k]:
+                here[k] = get_string_id(text[start:end]) == int(orths[k])
+            else:
+                # Across the doc's edge: a cut (`as_doc`) whose edge a split put inside
+                # a stored token ("New|York", cut after "New"); its pieces on the doc
+                # take its row, as they do in the doc it was cut from. Where its text
+                # is not in the string store, it cannot be checked: not placed.
+                try:
+                    stored = strings[int(orths[k])]
+                except KeyError:
+                    continue
+                low, high = max(start, 0), min(end, n_chars)
+                here[k] = stored[low - start : high - start] == text[low:high]
     return _own_regions(parts, old_starts, old_ends, here, with_vector, off_doc)
 
 

@@ -121,6 +121,60 @@ def test_a_tensor_another_component_set_after_the_component_is_left_to_it(vocab,
         numpy.testing.assert_array_equal(doc.tensor, emb2(fresh)._.ctx_vectors)
 
 
+def _split(doc, i, pieces):
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[i], pieces, heads=[(doc[i], 1)] * (len(pieces) - 1) + [doc[i].head])
+    return doc
+
+
+def test_what_spacy_made_of_the_components_tensor_stays_its_own_wherever_its_rows_went(vocab, tiny_bert_dir):
+    """A tensor spaCy made of the component's, whose rows are not where its tokens
+    are: a merge split back gives the tokens on their own spans zero rows; a split
+    leaves a zero row past the doc, which `Doc.from_docs` joins in, shifting the
+    next doc's rows; a cut whose text is twice in its source cannot be placed.
+    Each was taken for another component's tensor: the next run (what the read
+    errors advise) kept it, stale, warning of spaCy's tok2vec; a drop kept it too."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    emb = nlp.get_pipe("emb")
+    merged_back = nlp("Send me an e-mail in May.")
+    with merged_back.retokenize() as retokenizer:
+        retokenizer.merge(merged_back[3:6])  # "e-mail"
+    _split(merged_back, 3, ["e", "-", "mail"])
+    assert not merged_back.tensor[3:6].any()  # the premise: back on their spans, with zero rows
+    split = _split(nlp("I visited NewYork yesterday."), 2, ["New", "York"])
+    assert len(split.tensor) == len(split) + 1
+    joined = restore_vectors(Doc.from_docs([split, nlp(OTHER)]))
+    assert not numpy.array_equal(joined.tensor[len(split)], nlp(OTHER).tensor[0])  # (the rows shifted)
+    repeated = nlp("Dogs bark. Dogs bark.")[0:2].as_doc()
+    for doc in (merged_back, joined, repeated):
+        fresh = Doc(vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+        dropped = doc.copy()
+        dropped._.ctx_outputs = None
+        assert dropped.tensor.size == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            emb(doc)
+        numpy.testing.assert_array_equal(doc.tensor, emb(fresh)._.ctx_vectors)
+    # Another component's tensor is still its own (no row of it is one of the component's).
+    theirs = nlp(OTHER)
+    theirs.tensor = theirs.tensor + numpy.float32(1e-3)
+    with pytest.warns(UserWarning, match=r"\[emb\] set_doc_tensor: doc.tensor already holds another"):
+        emb(theirs)
+
+
+def test_dropping_the_outputs_of_a_cut_forgets_the_vector_spacy_copied_to_it(vocab, tiny_bert_dir):
+    """spaCy's as_doc keeps the span's vector and norm (the component's) as the
+    cut's own: after a drop, `cut.vector` and spaCy's similarity still read them."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    source = nlp(TEXT)
+    cut = source[0:5].as_doc()
+    numpy.testing.assert_array_equal(cut.vector, source[0:5].vector)  # the premise
+    cut._.ctx_outputs = None
+    plain = Doc(vocab, words=[t.text for t in cut], spaces=[bool(t.whitespace_) for t in cut])
+    assert not cut.has_vector and cut.vector_norm == plain.vector_norm == 0
+    numpy.testing.assert_array_equal(cut.vector, plain.vector)
+
+
 # Tokens no output covers ---------------------------------------------------------
 
 

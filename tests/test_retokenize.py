@@ -164,11 +164,38 @@ def test_as_doc(nlp):
         _check(sub, before, "emb", shift=span.start_char)
 
 
+def test_a_cut_whose_edge_a_split_put_inside_a_token_keeps_its_row(nlp):
+    """A cut (`as_doc`) after a split, its edge inside the stored token ("start|up",
+    cut after "start" or from "up"): the stored token lay across the cut's edge
+    and was left out, so "start" read as having no output (an error blaming
+    from_docs), and a token merged from "up" and "for" read the mean of "for"
+    alone, silently. Their rows are the rule's, as in the doc they were cut from."""
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    token = next(t for t in doc if t.text == "startup")
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(token, ["start", "up"], heads=[(token, 1), token.head])
+    start = next(t.i for t in doc if t.text == "start")
+    merged = doc.copy()
+    with merged.retokenize() as retokenizer:
+        retokenizer.merge(merged[start + 1 : start + 4])  # "up  for"
+    for source, span in ((doc, doc[start - 2 : start + 1]), (doc, doc[start + 1 : start + 5]),
+                         (merged, merged[start + 1 : start + 3])):
+        for copy_user_data in (False, True):
+            sub = span.as_doc(copy_user_data=copy_user_data)
+            _check(sub, before, "emb", shift=span.start_char)
+            numpy.testing.assert_array_equal(sub[0:2].vector, source[span.start : span.start + 2].vector)
+
+
 def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
     doc = nlp("the cat sat . the cat sat .")
     sub = doc[4:7].as_doc()
-    with pytest.raises(MissingOutputs, match="copy_user_data=True"):
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] this doc was made with span\.as_doc\(\) from a doc in "
+                                             r"which its text \('the cat sat '\) occurs more than once.*"
+                                             r"copy_user_data=True"):
         _ = sub[0].vector
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] .*occurs more than once"):  # (spaCy's as_doc reads it)
+        sub[0:1].as_doc()
     numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
 
 
