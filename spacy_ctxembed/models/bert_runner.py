@@ -202,6 +202,15 @@ class BertRunner:
         The device is never waited for here: outputs are handed over as they
         are, on the model's device.
         """
+        if grad and self.precision == "int8":
+            # (Quantized weights take no gradient: it would fine-tune in float32 and
+            # predict in int8, what listens to it trained on other vectors than it is served.)
+            raise bad_setting(
+                COMPONENT, "precision", "int8",
+                "a trainable encoder fine-tunes in float32 but predicts with int8 weights (cosine 0.88 to float32 "
+                "on MiniLM), so what listens to it would be trained on other vectors than it is evaluated and "
+                "served with: train with 'fp32' (and set 'int8' in the trained pipeline's config to serve it), "
+                "or set trainable = false to train on the int8 vectors")
         module = self.train_runner if grad else self.runner if self.precision != "int8" else self._quantized()
         context = contextlib.nullcontext() if grad else torch.inference_mode()
         runs = self.runs(docs)
