@@ -119,8 +119,11 @@ FILE_SETTINGS = frozenset({"name", "options_file", "weight_file", "source"})
 def config_files(config: Mapping[str, Any]) -> List[Path]:
     """The existing files and directories that a pipeline config's components name
     in `FILE_SETTINGS`, at any depth of their blocks, resolved (relative paths are
-    relative to the working directory, as spaCy reads them). The config is
-    interpolated first where it can be (``${paths.model}``)."""
+    relative to the working directory, as spaCy reads them), and for a `name` that
+    is a Hugging Face hub name, the snapshot of it in the local cache that loading
+    reads now (its folder is named by the revision: another revision cached since
+    is another model). The config is interpolated first where it can be
+    (``${paths.model}``)."""
     from confection import Config
 
     with contextlib.suppress(Exception):  # a variable it cannot fill: read it as it is
@@ -132,6 +135,10 @@ def config_files(config: Mapping[str, Any]) -> List[Path]:
             for key, value in node.items():
                 if key in FILE_SETTINGS and isinstance(value, str) and value and Path(value).exists():
                     found.add(Path(value).resolve())
+                elif key == "name" and isinstance(value, str) and value:
+                    cached = _cached_hub_model(value)
+                    if cached is not None:
+                        found.add(cached)
                 else:
                     walk(value)
         elif isinstance(node, (list, tuple)):
@@ -140,6 +147,18 @@ def config_files(config: Mapping[str, Any]) -> List[Path]:
 
     walk(config.get("components", {}))
     return sorted(found)
+
+
+def _cached_hub_model(name: str) -> Optional[Path]:
+    """A hub name's snapshot folder in the local Hugging Face cache, as the
+    encoder resolves it (`resolve_model_dir`); None where it is not one."""
+    from .errors import SettingError
+    from .models.hf_loading import resolve_model_dir
+
+    try:
+        return resolve_model_dir(name, component="").resolve()
+    except SettingError:
+        return None
 
 
 def tree_sha256(path: Path) -> str:

@@ -228,3 +228,26 @@ def test_demo_errors_are_one_line_too(tmp_path):
     assert "--verbose" not in line
     verbose = invoke("demo", "-m", tmp_path / "no-such-pipeline", "--verbose")
     assert verbose.exit_code == 2 and "Traceback (most recent call last)" in verbose.stderr
+
+
+def test_a_model_folder_that_is_not_a_pipeline_and_a_gpu_id_without_a_gpu_name_their_option(
+        tmp_path, text_file, tiny_bert_dir, no_model):
+    """Without --ray, a Hugging Face model folder as --model got spaCy's "[E053] Could
+    not read meta.json" (with --ray, a line that names --model and what to do), and
+    --gpu-id on a machine without CUDA "Cannot use GPU, CuPy is not installed"."""
+    result = invoke("embed", text_file, "-o", tmp_path / "out", "-m", tiny_bert_dir)
+    assert _one_error(result) == (
+        f"error: --model {tiny_bert_dir}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
+        "directory, pass a --config whose ctxembed component names it")
+    from spacy_ctxembed.cli.errors import UsageError
+    from spacy_ctxembed.cli.pipelines import build_pipeline
+
+    try:
+        spacy.require_gpu(0)
+    except Exception as err:  # noqa: BLE001 - what this machine says (no CuPy, or no device 0)
+        reason = str(err)
+    else:  # pragma: no cover - a GPU machine
+        pytest.skip("this machine has a GPU 0")
+    with pytest.raises(UsageError, match=r"^--gpu-id 0: ") as error:
+        build_pipeline(gpu_id=0)
+    assert reason.split(": ")[-1][:40] in str(error.value)

@@ -493,6 +493,83 @@ def test_resume_refuses_other_model_files_named_by_the_config(tmp_path, corpus, 
     assert "(different model: same name, other files); pass --overwrite" in last_line(refused.stderr)
 
 
+def test_resume_refuses_another_revision_of_a_hub_model_in_the_cache(tmp_path, corpus, tiny_bert_dir, monkeypatch):
+    """A `name` that is a hub name (read from the local Hugging Face cache) was not
+    checksummed: a newer revision cached between the interruption and --resume
+    (refs/main moved) gave one output of two models' vectors."""
+    from transformers import AutoModel
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny"
+    for revision in ("aaaa", "bbbb"):
+        shutil.copytree(tiny_bert_dir, repo / "snapshots" / revision)
+    other = AutoModel.from_pretrained(repo / "snapshots" / "bbbb")
+    with torch.no_grad():
+        other.embeddings.word_embeddings.weight.mul_(2.0)
+    other.save_pretrained(repo / "snapshots" / "bbbb")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("aaaa")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # (read at its import)
+    config = make_nlp(tiny_bert_dir).config.copy()
+    config["components"]["ctxembed_bert"]["model"]["encoder"]["name"] = "someone/tiny"
+    config.to_disk(tmp_path / "embed.cfg")
+    args = ["embed", corpus, "-o", tmp_path / "out", "-c", tmp_path / "embed.cfg", "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    recorded = json.loads((tmp_path / ".out.partial" / "run.json").read_text())["run"]["pipeline"]["files"]
+    assert list(recorded) == [str((repo / "snapshots" / "aaaa").resolve())]
+    (repo / "refs" / "main").write_text("bbbb")
+    refused = invoke(*args, "--resume")
+    assert refused.exit_code == 2
+    assert "was started with other settings (different model" in last_line(refused.stderr)
+    (repo / "refs" / "main").write_text("aaaa")  # the revision it was started with: it goes on
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    make_nlp(repo / "snapshots" / "aaaa").to_disk(tmp_path / "reference")
+    assert_same_docs(read_output(tmp_path / "out"), expected(tmp_path / "reference", LINES))
+
+
+@pytest.mark.parametrize("fmt", ["docbin", "npy"])
+def test_resume_refuses_docs_embedded_from_an_input_edited_mid_run_and_put_back(tmp_path, corpus, pipeline,
+                                                                                 monkeypatch, fmt):
+    """The input edited after it was hashed, while its first shards were embedded:
+    the run fails at its end, saying --resume continues with the input as it was.
+    Put back, --resume was accepted, and the output held the edited text's docs
+    under the original's checksum. The kept docs are checked against the lines
+    they were embedded from."""
+    import importlib
+
+    from .test_cli_support import error_lines
+
+    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")
+    opened, original = embed_module.open_input, corpus.read_bytes()
+
+    def edited_while_read(*args, **kwargs):
+        inp = opened(*args, **kwargs)
+        corpus.write_bytes(original.replace(b"nice out", b"cold out"))  # (same length: only the hash tells)
+        return inp
+
+    args = ["embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-f", fmt, "-s", "2"]
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "open_input", edited_while_read)
+        failed = invoke(*args)
+    assert failed.exit_code == 1
+    assert error_lines(failed.stderr)[-1].endswith("changed while it was being embedded; the output was not finished")
+    corpus.write_bytes(original)
+    refused = invoke(*args, "--resume")
+    assert refused.exit_code == 2
+    assert re.fullmatch(
+        rf"error: the \d+ docs kept in {re.escape(str(tmp_path / '.out.partial'))} were embedded from other text "
+        rf"than INPUT {re.escape(str(corpus))} has in lines 1-\d+ \(it was changed while they were embedded, and "
+        r"put back since\); pass --overwrite to start over", last_line(refused.stderr)), refused.stderr
+    restarted = invoke(*args, "--overwrite")
+    assert restarted.exit_code == 0, restarted.stderr
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, LINES))
+
+
 def test_config_files_are_the_paths_components_are_built_from(tmp_path, monkeypatch):
     from thinc.api import Config
 
@@ -613,6 +690,29 @@ def test_resume_of_a_complete_output_with_a_file_deleted_says_it_is_damaged(tmp_
         f"error: --output {out} is damaged: {lost} is missing; pass --overwrite to embed it again")
     again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", fmt, "-s", "2", "--overwrite")
     assert again.exit_code == 0 and (out / lost).is_file()
+
+
+@pytest.mark.parametrize("damage", ["last doc cut", "a doc lost", "a doc repeated"])
+def test_a_damaged_docs_file_of_an_npy_output_is_named(tmp_path, corpus, pipeline, damage):
+    """docs.jsonl was never checked: cut at a line's end, it loaded with fewer docs
+    (the rest of the rows read by no doc), and --resume called the output complete."""
+    out = tmp_path / "out"
+    args = ["embed", corpus, "-o", out, "-m", pipeline, "-f", "npy"]
+    assert invoke(*args).exit_code == 0
+    docs = out / "docs.jsonl"
+    lines = docs.read_bytes().splitlines(keepends=True)
+    docs.write_bytes(b"".join({"last doc cut": lines[:-1], "a doc lost": lines[:1] + lines[2:],
+                               "a doc repeated": lines + lines[-1:]}[damage]))
+    with pytest.raises(ValueError) as error:
+        output_module.load_npy(out)
+    n_docs = len(lines) + (1 if damage == "a doc repeated" else -1)
+    assert re.fullmatch(rf"{re.escape(str(out))}: docs\.jsonl holds {n_docs} docs whose rows do not make the "
+                        rf"manifest's {len(lines)} docs of \d+ rows: the file is damaged; embed the input again",
+                        str(error.value)), str(error.value)
+    again = invoke(*args, "--resume")
+    assert again.exit_code == 2
+    assert re.fullmatch(rf"error: --output {re.escape(str(out))} is damaged: docs\.jsonl holds [\d,]+ bytes, where "
+                        r"its manifest says [\d,]+; pass --overwrite to embed it again", last_line(again.stderr))
 
 
 @pytest.mark.parametrize("mmap", [True, False])

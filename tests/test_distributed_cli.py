@@ -32,7 +32,7 @@ def _ray_started() -> bool:
     (["--actors", "2", "--float16"], "--actors, --float16: only with --ray"),
     (["--ray", "--model", "no/such/pipeline"], "--model no/such/pipeline: no such directory"),
     (["--ray", "--model", "."], "--model .: not a saved spaCy pipeline (no config.cfg); to embed with a model's"),
-    (["--ray", "--input-format", "csv"], "input format 'csv': expected one of text, jsonl, parquet"),
+    (["--ray", "--input-format", "csv"], "--input-format csv: expected one of text, jsonl, parquet"),
 ])
 def test_cli_ray_usage_errors(tmp_path, args, message):
     """Refused before Ray starts: no local_ray fixture, and none is started."""

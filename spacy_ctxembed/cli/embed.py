@@ -105,6 +105,12 @@ def embed(
             return
         # (a run interrupted after its manifest was written kept every doc: only the rename was left)
         kept = run.committed.docs if not run.finished else int((read_manifest(run.dir) or {}).get("docs", 0))
+        if run.committed.shards and not run.finished:
+            try:
+                inp.check_kept(run.committed.shards[-1], f"the {kept} docs kept in {run.dir}")
+            except UsageError:
+                run.abandon()  # (unlocked, kept as it is: --overwrite starts over)
+                raise
         manifest = _run(run, inp, output_format, model, loaded_config, batch_size, shard_size, gpu_id)
     finally:
         inp.close()
@@ -130,10 +136,11 @@ def _embed_ray(
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
     if model is not None and not Path(model).exists() and not _is_package(model):
         raise UsageError(f"--model {model}: no such directory or installed pipeline package")
-    if model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file():
-        # (A Hugging Face model's directory, say: the actors would each fail to load it.)
-        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
-                         "directory, pass a --config whose ctxembed component names it")
+    if input_format is not None:
+        from ..distributed.sources import KINDS
+
+        if input_format not in KINDS:
+            raise UsageError(f"--input-format {input_format}: expected one of {', '.join(KINDS)}")
     try:
         manifest = embed_corpus(
             input_path, output, model=model, config=config, input_format=input_format, text_key=text_key,
@@ -230,6 +237,10 @@ def _check_settings(
         raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
+    if model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file():
+        # (A Hugging Face model's directory, say: spaCy's error names meta.json.)
+        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
+                         "directory, pass a --config whose ctxembed component names it")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     if str(output) in ("-", ""):
@@ -301,7 +312,7 @@ def _run(
             return run.finish({})
         nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
         _check_line_lengths(inp, nlp)
-        writer = WRITERS[output_format](run)
+        writer = WRITERS[output_format](run, inp.read_so_far)
         records = inp.records(nlp.vocab, after=run.committed.last_line)
         progress = tqdm(total=inp.n_docs, initial=run.committed.docs, unit="doc", desc="embedding", file=sys.stderr)
         with progress:

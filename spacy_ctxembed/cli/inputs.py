@@ -23,7 +23,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, Optional, Tuple, Union
+from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
 
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
@@ -52,6 +52,8 @@ class Input:
     longest: int = 0  # text: the longest line's characters
     spool: Optional[IO[bytes]] = None  # stdin's copy
     doc_bin: Optional[DocBin] = field(default=None, repr=False)
+    #: While `records` reads a text input: the lines read and their running SHA-256.
+    _reading: Optional[Tuple[int, Any]] = field(default=None, repr=False)
 
     @property
     def n_blank(self) -> int:
@@ -70,6 +72,7 @@ class Input:
         with self._open() as f:
             for number, raw in enumerate(f, start=1):
                 digest.update(raw)
+                self._reading = (number, digest)
                 if number > after:
                     text = _decode(raw, number, offset, self.label)
                     if text.strip():
@@ -77,6 +80,34 @@ class Input:
                 offset += len(raw)
         if digest.hexdigest() != self.sha256:
             raise InputChanged(f"INPUT {self.label} changed while it was being embedded; the output was not finished")
+
+    def read_so_far(self) -> Dict[str, Any]:
+        """What `records` has read of a text input: {"input_lines", "input_sha256"}
+        of the lines up to the last it yielded ({} for a DocBin, or before a read).
+        A shard committed now records what it was embedded from: an input edited
+        during a run, then put back, must not pass its edited docs off as its own
+        on --resume (`check_kept`)."""
+        if self._reading is None:
+            return {}
+        lines, digest = self._reading
+        return {"input_lines": lines, "input_sha256": digest.copy().hexdigest()}
+
+    def check_kept(self, shard: Dict[str, Any], kept: str) -> None:
+        """Refuse to continue from docs that were embedded from other lines than the
+        input's (`read_so_far`, recorded with `shard`, their last). kept: what they are."""
+        lines, recorded = shard.get("input_lines"), shard.get("input_sha256")
+        if self.kind != "text" or not isinstance(lines, int) or not isinstance(recorded, str):
+            return  # (a DocBin, or a run of an earlier version: not recorded)
+        digest = hashlib.sha256()
+        with self._open() as f:
+            for number, raw in enumerate(f, start=1):
+                if number > lines:
+                    break
+                digest.update(raw)
+        if digest.hexdigest() != recorded:
+            raise UsageError(
+                f"{kept} were embedded from other text than INPUT {self.label} has in lines 1-{lines} (it was "
+                "changed while they were embedded, and put back since); pass --overwrite to start over")
 
     def close(self) -> None:
         if self.spool is not None:

@@ -36,7 +36,7 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy
 from spacy.tokens import Doc, DocBin
@@ -183,7 +183,18 @@ def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[st
         records = [json.loads(line) for line in reader.read(DOCS).split(b"\n") if line]
     if shape[0] != reader.manifest.get("rows"):
         raise ValueError(f"{path}: {VECTORS} holds {shape[0]} rows, its manifest says {reader.manifest.get('rows')}")
+    _check_records(path, records, reader.manifest.get("docs"), shape[0])
     return vectors, records
+
+
+def _check_records(path: Path, records: List[Dict[str, Any]], docs: Any, rows: int) -> None:
+    """docs.jsonl must hold the manifest's docs, their rows laid end to end over all
+    of vectors.npy: one cut at a line's end (or a line lost) reads as fewer docs."""
+    bounds = [(record.get("start"), record.get("end")) for record in records]
+    chained = all(start == end for (_, end), (start, _) in zip([(0, 0), *bounds], bounds))
+    if len(records) != docs or not chained or (bounds[-1][1] if bounds else 0) != rows:
+        raise ValueError(f"{path}: {DOCS} holds {len(records)} docs whose rows do not make the manifest's {docs} "
+                         f"docs of {rows} rows: the file is damaged; embed the input again")
 
 
 class _OutputReader:
@@ -509,6 +520,11 @@ def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
         size, expected = (output / VECTORS).stat().st_size, npy_size(rows, width)
         if size != expected:
             return f"{VECTORS} holds {size:,} bytes, where its {rows:,} rows of {width} take {expected:,}"
+    docs_bytes = manifest.get("docs_bytes")  # (not recorded by earlier versions)
+    if "shards" not in manifest and isinstance(docs_bytes, int):
+        size = (output / DOCS).stat().st_size
+        if size != docs_bytes:
+            return f"{DOCS} holds {size:,} bytes, where its manifest says {docs_bytes:,}"
     return None
 
 
@@ -615,8 +631,10 @@ def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:
 class ShardWriter:
     """Common bookkeeping: the docs added since the last commit."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, source: Callable[[], Dict[str, Any]] = dict):
+        """source: what the input read so far is (`Input.read_so_far`), for each shard's record."""
         self.run = run
+        self.source = source
         self.pending_docs = 0
         self.pending_tokens = 0
         self.first_line = run.committed.last_line + 1
@@ -647,6 +665,7 @@ class ShardWriter:
             "docs": self.pending_docs,
             "tokens": self.pending_tokens,
             "width": self.width,
+            **self.source(),
             **extra,
         }
         self.first_line = self.last_line + 1
@@ -664,8 +683,8 @@ class ShardWriter:
 class DocBinWriter(ShardWriter):
     """One DocBin per shard; vectors (numpy) in user data, the line number in user_data["line"]."""
 
-    def __init__(self, run: Run):
-        super().__init__(run)
+    def __init__(self, run: Run, source: Callable[[], Dict[str, Any]] = dict):
+        super().__init__(run, source)
         self.doc_bin = DocBin(store_user_data=True)
 
     def add(self, doc: Doc, line: int) -> None:
@@ -693,8 +712,8 @@ class DocBinWriter(ShardWriter):
 class NpyWriter(ShardWriter):
     """Rows appended to vectors.npy (behind a fixed-size header), one JSON line per doc in docs.jsonl."""
 
-    def __init__(self, run: Run):
-        super().__init__(run)
+    def __init__(self, run: Run, source: Callable[[], Dict[str, Any]] = dict):
+        super().__init__(run, source)
         last = run.committed.shards[-1] if run.committed.shards else {"rows_end": 0, "docs_end": 0}
         self.rows = last["rows_end"]
         vectors_path, docs_path = run.dir / VECTORS, run.dir / DOCS
@@ -732,7 +751,8 @@ class NpyWriter(ShardWriter):
         self.vectors.write(npy_header(self.rows, self.width or 0))
         self.vectors.flush()
         os.fsync(self.vectors.fileno())
-        return {**super().manifest(), "rows": self.rows, "files": {"vectors": VECTORS, "docs": DOCS}}
+        return {**super().manifest(), "rows": self.rows, "docs_bytes": self.docs.tell(),
+                "files": {"vectors": VECTORS, "docs": DOCS}}
 
     def close(self) -> None:
         self.vectors.close()

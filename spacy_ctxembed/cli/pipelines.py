@@ -15,6 +15,13 @@ def build_pipeline(
     """`load_pipeline`, with its errors as the CLI's (`embed` and `demo` report them alike)."""
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
+    if gpu_id >= 0:
+        import spacy
+
+        try:
+            spacy.require_gpu(gpu_id)
+        except Exception as e:  # noqa: BLE001 - no CuPy, no such device, no CUDA
+            raise UsageError(f"--gpu-id {gpu_id}: {short_message(e)}") from None
     try:
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
     except NoContextualEmbedder as e:
