@@ -466,23 +466,29 @@ def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipelin
     assert_same_docs(read_output(tmp_path / "out"), expected(model, LINES))
 
 
+def _interrupted_config_run(tmp_path, corpus, config, monkeypatch):
+    """`embed -c` of `config`, interrupted at its second shard: (its arguments, the
+    model files its run recorded)."""
+    config.to_disk(tmp_path / "embed.cfg")
+    args = ["embed", corpus, "-o", tmp_path / "out", "-c", tmp_path / "embed.cfg", "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    return args, json.loads((tmp_path / ".out.partial" / "run.json").read_text())["run"]["pipeline"]["files"]
+
+
 def test_resume_refuses_other_model_files_named_by_the_config(tmp_path, corpus, tiny_bert_dir, monkeypatch):
     """With --config, the checksum was of the config's text alone: the model
     directory it names could hold other weights on --resume, and the output
     would mix two models' vectors."""
     from transformers import AutoModel
 
-    model, partial = tmp_path / "bert", tmp_path / ".out.partial"
+    model = tmp_path / "bert"
     shutil.copytree(tiny_bert_dir, model)
     config = make_nlp(model).config.copy()
     config["paths"]["bert"] = str(model)  # through a variable, as configs usually name it
     config["components"]["ctxembed_bert"]["model"]["encoder"]["name"] = "${paths.bert}"
-    config.to_disk(tmp_path / "embed.cfg")
-    args = ["embed", corpus, "-o", tmp_path / "out", "-c", tmp_path / "embed.cfg", "-s", "2"]
-    with monkeypatch.context() as patch:
-        _interrupt_at_second_commit(patch, KeyboardInterrupt())
-        assert invoke(*args).exit_code == 130
-    recorded = json.loads((partial / "run.json").read_text())["run"]["pipeline"]["files"]
+    args, recorded = _interrupted_config_run(tmp_path, corpus, config, monkeypatch)
     assert list(recorded) == [str(model.resolve())]
     other = AutoModel.from_pretrained(model)
     with torch.no_grad():
@@ -514,12 +520,7 @@ def test_resume_refuses_another_revision_of_a_hub_model_in_the_cache(tmp_path, c
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # (read at its import)
     config = make_nlp(tiny_bert_dir).config.copy()
     config["components"]["ctxembed_bert"]["model"]["encoder"]["name"] = "someone/tiny"
-    config.to_disk(tmp_path / "embed.cfg")
-    args = ["embed", corpus, "-o", tmp_path / "out", "-c", tmp_path / "embed.cfg", "-s", "2"]
-    with monkeypatch.context() as patch:
-        _interrupt_at_second_commit(patch, KeyboardInterrupt())
-        assert invoke(*args).exit_code == 130
-    recorded = json.loads((tmp_path / ".out.partial" / "run.json").read_text())["run"]["pipeline"]["files"]
+    args, recorded = _interrupted_config_run(tmp_path, corpus, config, monkeypatch)
     assert list(recorded) == [str((repo / "snapshots" / "aaaa").resolve())]
     (repo / "refs" / "main").write_text("bbbb")
     refused = invoke(*args, "--resume")
