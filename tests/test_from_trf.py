@@ -232,3 +232,33 @@ def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotatin
     for _ in range(3):
         nlp.update(examples, sgd=optimizer, exclude=["transformer"], annotates=["transformer"])
     assert not numpy.array_equal(mix.get_param("gamma"), gamma_before)  # the mix trains through the listener
+
+
+def test_whitespace_tokens_get_no_vector_with_a_byte_level_bpe(tmp_path):
+    """RoBERTa's byte-level BPE (en_core_web_trf's) has pieces of newlines ("Ċ"),
+    which spacy-transformers aligns to a "\\n\\n" token: it got their state as its
+    vector, and doc.vector and similarities took it in. Whitespace tokens have no
+    vector here, as with ctxembed_bert; the words keep their pieces (NumPy pooling
+    of trf_data here)."""
+    import torch
+
+    from .test_bert_exactness import _byte_level_bpe_model
+
+    torch.manual_seed(0)
+    tokenizer, model = _byte_level_bpe_model(tmp_path / "vocab")
+    tokenizer.save_pretrained(tmp_path / "model")
+    model.eval().save_pretrained(tmp_path / "model")
+    nlp = _trf_nlp(tmp_path / "model", False)
+    doc = nlp("the fox\n\nthe dog  ran")
+    data = doc._.trf_data
+    spaces = [t.i for t in doc if t.is_space]
+    assert spaces and any(data.align[i].lengths.sum() for i in spaces)  # the premise: pieces aligned to them
+    states = data.model_output.last_hidden_state.reshape(-1, 32)
+    for token in doc:
+        if token.is_space:
+            assert not token.has_vector and not token.vector.any()
+        else:
+            rows = data.align[token.i].dataXd.ravel()
+            numpy.testing.assert_allclose(token.vector, states[rows].astype("float64").mean(axis=0), atol=1e-6)
+    words = [t.vector for t in doc if not t.is_space]
+    numpy.testing.assert_allclose(doc.vector, numpy.mean(words, axis=0), atol=1e-6)

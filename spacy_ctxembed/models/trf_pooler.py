@@ -14,6 +14,7 @@ from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 import numpy
+from spacy.attrs import IS_SPACE
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
@@ -113,6 +114,13 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
             "them a span)"
         )
     _warn_if_truncated(doc, lengths)
+    # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
+    # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
+    # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
+    is_space = doc.to_array(IS_SPACE).astype(bool)
+    keep = ~is_space[alignment.token_index]
+    alignment = PieceAlignment(alignment.token_index[keep], alignment.piece_index[keep], alignment.n_tokens,
+                               alignment.n_pieces)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
