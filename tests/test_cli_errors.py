@@ -251,3 +251,21 @@ def test_a_model_folder_that_is_not_a_pipeline_and_a_gpu_id_without_a_gpu_name_t
     with pytest.raises(UsageError, match=r"^--gpu-id 0: ") as error:
         build_pipeline(gpu_id=0)
     assert reason.split(": ")[-1][:40] in str(error.value)
+
+
+def test_an_installed_package_beside_a_folder_of_its_name_is_not_refused(tmp_path, text_file, monkeypatch):
+    """spacy.load takes an installed package before a folder of its name (a package's
+    source folder, run from inside it): the folder has no config.cfg, which is no reason
+    to refuse the package. (The pipeline is built then: here, a stand-in says so.)"""
+    (tmp_path / "my_pipeline").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(embed_module, "_is_package", lambda name: name == "my_pipeline")
+
+    def build_pipeline(**kwargs):
+        raise RuntimeError(f"building {kwargs['model']}")
+
+    monkeypatch.setattr(embed_module, "build_pipeline", build_pipeline)
+    result = invoke("embed", text_file, "-o", tmp_path / "out", "-m", "my_pipeline")
+    assert "building my_pipeline" in result.stderr or "building my_pipeline" in repr(result.exception)
+    refused = invoke("embed", text_file, "-o", tmp_path / "out", "-m", tmp_path)  # (a folder, no package)
+    assert _one_error(refused).startswith(f"error: --model {tmp_path}: not a saved spaCy pipeline (no config.cfg)")

@@ -643,26 +643,38 @@ def _swap_vocab(tokenizer):
 
 FOLDER_EDITS = {
     "activation": ("config.json", lambda c: c.update(hidden_act="relu"), "config"),
+    "heads": ("config.json", lambda c: c.update(num_attention_heads=6), "config"),
     "cased": ("tokenizer_config.json", lambda t: t.update(do_lower_case=False), "tokenizer"),
     "vocabulary": ("tokenizer.json", _swap_vocab, "tokenizer"),
 }
 
 
+@pytest.fixture(scope="module")
+def saved_minilm(minilm_dir, tmp_path_factory):
+    """MiniLM (real weights: a random tiny model's states barely move under another
+    activation or number of heads), saved with layers [0, 3, 6], and its vectors of TEXT."""
+    nlp = _nlp(minilm_dir, "mean", layers=(0, 3, 6))
+    path = tmp_path_factory.mktemp("saved-minilm") / "pipeline"
+    nlp.to_disk(path)
+    return path, nlp(TEXT)._.ctx_vectors.copy()
+
+
 @pytest.mark.parametrize("edit", FOLDER_EDITS)
-def test_an_edited_config_or_tokenizer_of_a_saved_bert_pipeline_is_refused(saved, tmp_path, edit):
+def test_an_edited_config_or_tokenizer_of_a_saved_bert_pipeline_is_refused(saved, saved_minilm, tmp_path, edit):
     """config.json or the tokenizer's files edited in a saved pipeline's model folder
-    (another activation, cased, two words' ids swapped) loaded
+    (another activation or number of heads, cased, two words' ids swapped) loaded
     silently under the weights saved with them, every vector moved: the weights'
     fingerprint cannot see them. The cfg records what the folder computes; as
     the error says, it can be kept on purpose, and then gives the edited
     folder's vectors (`transformers` itself on it)."""
     file, change, kind = FOLDER_EDITS[edit]
+    (saved_path, vectors), layers = (saved_minilm, [0, 3, 6]) if kind == "config" else (saved["mean"], [0, 1, 2])
     path = tmp_path / "edited"
-    shutil.copytree(saved["mean"][0], path)
+    shutil.copytree(saved_path, path)
     model_dir = path / NAME / "model"
     _json_edited(model_dir, file, change)
-    expected = _hf_mean_of_layers(model_dir, [0, 1, 2])
-    assert not numpy.allclose(expected, saved["mean"][1], atol=1e-3)  # the premise: the edit moves the vectors
+    expected = _hf_mean_of_layers(model_dir, layers)
+    assert not numpy.allclose(expected, vectors, atol=1e-3)  # the premise: the edit moves the vectors
     what = ("its tokenizer files differ from the ones this pipeline was saved with: they split a probe text "
             "otherwise, or hold another vocabulary" if kind == "tokenizer" else
             "its config.json differs from the one this pipeline was saved with: the model computes other hidden "
@@ -732,3 +744,15 @@ def test_the_probe_record_keeps_to_other_families_and_short_positions(minilm_dir
     record = srsly.read_json(tmp_path / "saved" / NAME / "cfg")["encoder_probe"]
     assert len(record["ids"]) == (usable or 26) and len(record["states"]) == 4
     numpy.testing.assert_array_equal(spacy.load(tmp_path / "saved")(TEXT)._.ctx_vectors, nlp(TEXT)._.ctx_vectors)
+
+
+def test_an_edit_that_moves_the_states_as_little_as_rounding_loads(saved_minilm, tmp_path):
+    """GELU's tanh form for its exact one moves MiniLM's states by 1.5e-3 at most,
+    as TF32 matmuls on a GPU would (8e-4): not an edit to refuse; the vectors are
+    the edited folder's (`transformers` itself on it)."""
+    path = tmp_path / "edited"
+    shutil.copytree(saved_minilm[0], path)
+    _json_edited(path / NAME / "model", "config.json", lambda c: c.update(hidden_act="gelu_new"))
+    expected = _hf_mean_of_layers(path / NAME / "model", [0, 3, 6])
+    assert not numpy.allclose(expected, saved_minilm[1], atol=1e-5, rtol=0)  # the premise: they moved
+    numpy.testing.assert_allclose(spacy.load(path)(TEXT)._.ctx_vectors, expected, atol=1e-5)

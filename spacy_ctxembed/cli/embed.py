@@ -237,7 +237,8 @@ def _check_settings(
         raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
-    if model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file():
+    if (model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file()
+            and not _is_package(model)):  # (spacy.load takes an installed package before a folder of its name)
         # (A Hugging Face model's directory, say: spaCy's error names meta.json.)
         raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
                          "directory, pass a --config whose ctxembed component names it")

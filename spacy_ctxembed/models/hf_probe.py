@@ -10,8 +10,9 @@ weights trained on the saved ones, with no error. Their text cannot be
 compared: transformers and tokenizers write them otherwise from one version
 to the next, and a pipeline saved under one version must load under the
 next. What they do can: the probe's ids exactly, the states to float
-rounding. Edits that change nothing the model computes (dropout rates, the
-`transformers_version` field) pass.
+rounding (`PROBE_TOLERANCE`). Edits that change nothing the model computes
+(dropout rates, the `transformers_version` field) pass, as do those that
+change it as little as rounding does.
 """
 import hashlib
 import json
@@ -28,10 +29,14 @@ from .hf_loading import HFEncoder
 PROBE_TEXT = "Zoë's naïve Café paid $3.50, ÉLAN-ish; 東京 wasn't near."
 #: Values recorded per hidden state, evenly spaced over its (pieces x width) values.
 PROBE_SAMPLES = 16
-#: States agree to this, absolute and relative: far above the float32 rounding
-#: of one model on two devices or thread counts (1e-5), far below what an
-#: edited config gives (another activation or number of heads: 0.1 and more).
-PROBE_TOLERANCE = 1e-3
+#: States agree to this, |a - b| <= tolerance * (1 + |b|): far above the float32
+#: rounding of one model on two devices or thread counts (1e-5), and above what
+#: TF32 matmuls give (a GPU with them switched on, process-wide: 8e-4 on MiniLM,
+#: more on deeper models), or what approximations leave that change vectors by
+#: as little (GELU's tanh form, another LayerNorm epsilon: 1e-3); far below what
+#: an edited config gives (relu for GELU, other attention heads, relative
+#: positions: 0.38 to 1.6 on MiniLM).
+PROBE_TOLERANCE = 2e-2
 
 
 def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
@@ -66,7 +71,7 @@ def probe_difference(saved: Dict[str, Any], current: Dict[str, Any]) -> Optional
         return "model"
     expected = numpy.asarray(current["states"], dtype="float64")
     if states.shape != expected.shape or not numpy.allclose(
-            states, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE):
+            states, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE) or not numpy.isfinite(states).all():
         return "model"
     return None
 

@@ -659,7 +659,7 @@ class ContextualEmbedder(TrainablePipe):
         path = ensure_path(path)
         self._flush_backward(at_update=True)
         serializers: Dict[str, Callable[[Path], Any]] = {
-            "cfg": lambda p: srsly.write_json(p, self._saved_cfg()),
+            "cfg": lambda p: srsly.write_json(p, self._saved_cfg(probe=True)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         for shim in self.encoder.shims:
@@ -704,7 +704,7 @@ class ContextualEmbedder(TrainablePipe):
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
         self._flush_backward(at_update=True)
         with self._ready():
-            return srsly.msgpack_dumps({"cfg": self._saved_cfg(), "model": self.model.to_bytes()})
+            return srsly.msgpack_dumps({"cfg": self._saved_cfg(probe=False), "model": self.model.to_bytes()})
 
     @_loads
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
@@ -749,21 +749,22 @@ class ContextualEmbedder(TrainablePipe):
             exclude = [*exclude, *([] if "cfg" in files else ["cfg"])]
             return self.from_disk(root, exclude=exclude)
 
-    def _saved_cfg(self) -> Dict[str, Any]:
+    def _saved_cfg(self, *, probe: bool) -> Dict[str, Any]:
         """The cfg file: the layout's version, the settings (for reference only: the
         config's are used), the encoder layers that the combiner's weights are for,
         the fingerprint of the encoder's weights (`_check_saved_weights`), ELMo's
-        options (`_check_saved_options`), and its pooling and windows
-        (`check_saved_features`)."""
+        options (`_check_saved_options`), its pooling and windows
+        (`check_saved_features`), and with `probe`, what a Hugging Face model
+        folder computes (`_check_saved_probe`: files on disk may be edited)."""
         cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
         if self.encoder.shims:
             cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
             options = saved_options_digest(self.encoder)
             if options is not None:
                 cfg[OPTIONS_KEY] = options
-            probe = saved_probe(self.encoder)
-            if probe is not None:
-                cfg[PROBE_KEY] = probe
+            record = saved_probe(self.encoder) if probe else None
+            if record is not None:  # (to disk only: the files a user may edit, checked by from_disk)
+                cfg[PROBE_KEY] = record
         features = encoder_features(self.encoder)
         if features:
             cfg[FEATURES_KEY] = features
