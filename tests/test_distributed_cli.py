@@ -96,3 +96,59 @@ def test_an_actor_error_is_reported_by_its_cause():
     except RuntimeError as driver:
         assert _ray_failure(driver) is driver
     assert type(_ray_failure(InputError("input a.txt: no such file or directory"))) is UsageError
+
+
+def test_an_output_file_and_an_empty_text_key_name_their_option(tmp_path):
+    """`-o` an existing file gave "[Errno 17] File exists"; `--text-key ''` was taken as
+    'text' without a word, and then "has no field 'text' (--text-key)"."""
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    for args, message in ((["-o", str(tmp_path / "in.txt")], f"--output {tmp_path / 'in.txt'} is a file"),
+                          (["-o", str(tmp_path / "out"), "--text-key", ""], "--text-key '': expected the name")):
+        result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "--ray", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    assert not _ray_started()
+
+
+def test_a_different_run_in_the_output_names_the_options_and_values(tmp_path):
+    """A rerun with other settings said "(differs in: dtype)", in embed_corpus's
+    parameter names, without the values, the files, or --overwrite."""
+    from spacy_ctxembed.cli.embed import _ray_failure
+    from spacy_ctxembed.cli.errors import UsageError
+    from spacy_ctxembed.distributed import DifferentRun
+    from spacy_ctxembed.distributed.run import _described
+
+    recorded = {"inputs": [{"path": "a.txt", "sha256": "1"}, {"path": "b.txt", "sha256": "2"}],
+                "dtype": "float16", "model": {"name": "/m", "sha256": "abcdef0123456789"}}
+    now = {"inputs": [{"path": "a.txt", "sha256": "9"}, {"path": "c.txt", "sha256": "3"}],
+           "dtype": "float32", "model": {"name": "/m", "sha256": "0123456789abcdef"}}
+    error = DifferentRun(tmp_path / "out", {key: _described(key, recorded[key], now[key]) for key in recorded})
+    reported = _ray_failure(error)
+    assert isinstance(reported, UsageError)
+    assert str(reported) == (
+        f"--output {tmp_path / 'out'} holds a run of other inputs or settings (INPUT: changed a.txt; added "
+        "c.txt; removed b.txt; --float16: 'float16' then, 'float32' now; --model: /m (files abcdef012345) then, "
+        "/m (files 0123456789ab) now); use another --output, or --overwrite")
+
+
+def test_gpus_per_actor_without_a_gpu_is_refused_not_left_waiting(tmp_path, tiny_bert_dir):
+    """A local Ray without a GPU and --gpus-per-actor 1: Ray logged that no node could
+    take the actors, and the run waited forever."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():  # pragma: no cover - a GPU machine
+        pytest.skip("this machine has a GPU")
+    from .conftest import make_nlp
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    result = subprocess.run([sys.executable, "-m", "spacy_ctxembed", "embed", str(tmp_path / "in.txt"), "-o",
+                             str(tmp_path / "out"), "--ray", "--actors", "1", "--gpus-per-actor", "1", "-m",
+                             str(tmp_path / "nlp")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --gpus-per-actor 1: the local Ray found 0 GPUs, and its actors would wait for one forever; use "
+        "0 (CPU), or --address of a cluster with GPUs")

@@ -109,6 +109,21 @@ def test_jsonl_rows_and_rejections(tmp_path):
     assert reasons[6] == "blank text (whitespace only)"
 
 
+def test_a_json_record_nested_too_deeply_is_rejected_not_the_run_failed(tmp_path):
+    """Valid JSON nested 1,000 deep makes Python's decoder raise RecursionError,
+    which stopped the run (on the first line: the driver, while planning) naming
+    neither the file nor the line. It is a bad row like any other."""
+    deep = "[" * 5000 + "]" * 5000
+    for first in (True, False):
+        path = tmp_path / f"in-{first}.jsonl"
+        lines = [deep, json.dumps({"text": "a doc"})] if first else [json.dumps({"text": "a doc"}), deep]
+        path.write_text("\n".join(lines) + "\n", encoding="utf8")
+        _, _, docs, rejected = _read_all(path, 10)
+        assert docs == [(1 if first else 0, "a doc")]
+        assert [(r.doc_id, r.reason) for r in rejected] == [(0 if first else 1,
+                                                             "not JSON that can be read: nested too deeply")]
+
+
 def test_text_that_is_not_unicode_is_rejected_in_every_format(tmp_path):
     """A lone surrogate (JSON's "\\ud800", valid JSON) or bytes that are not UTF-8 (in a
     line, or in a Parquet string value from a writer that does not check) are one
@@ -333,6 +348,58 @@ def test_the_actor_rejects_a_text_beyond_its_pipelines_max_length(tmp_path, tiny
     n_docs, rejected = check_complete(tmp_path / "shards", [shard])
     assert n_docs == 2 and [(r["doc_id"], r["line"]) for r in rejected] == [(1, 2)]
     assert rejected[0]["reason"] == "50 characters, more than the pipeline's nlp.max_length (40)"
+
+
+def test_an_actor_refuses_a_model_that_changed_after_the_run_started(tmp_path, tiny_bert_dir):
+    """Actors load the model at their own start, later than the driver checksummed
+    it (one restarted after a crash, many shards on): a folder replaced meanwhile
+    gave one complete output of two models' vectors. What an actor loads must be
+    what the run recorded."""
+    from spacy_ctxembed.distributed.actor import ModelChanged, ShardEmbedder
+    from spacy_ctxembed.fileio import model_identity
+
+    from .conftest import make_nlp
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    recorded = model_identity(str(tmp_path / "nlp"))
+    (tmp_path / "shards").mkdir()
+    args = (str(tmp_path / "shards"), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
+    ShardEmbedder(*args, model_identity=recorded)  # the same files: loads
+    make_nlp(tiny_bert_dir, pooling="first").to_disk(tmp_path / "nlp")  # replaced, as model-best is saved
+    with pytest.raises(ModelChanged, match=r"^embed_corpus: model = '.*nlp': its files changed after this run "
+                                           r"started .* so its shards would mix two models' vectors"):
+        ShardEmbedder(*args, model_identity=recorded)
+
+
+def test_a_shard_whose_actor_died_each_time_is_named(tmp_path, tiny_bert_dir, monkeypatch):
+    """A shard that kills its actor every time (out of memory on one huge doc)
+    failed the run after Ray's retries naming only an actor id. Each start of a
+    shard is counted in a hidden file, removed once the shard is committed; a
+    shard started more than once and never committed is the one to name."""
+    from spacy_ctxembed.distributed.actor import ShardEmbedder, attempts_name
+    from spacy_ctxembed.distributed.run import failed_shards
+
+    from .conftest import make_nlp
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"Doc {i}.\n" for i in range(6)), encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 3)
+    out = tmp_path / "shards"
+    out.mkdir()
+    embedder = ShardEmbedder(str(out), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
+    embedder.embed_shard(shards[0])
+    assert not (out / attempts_name(0)).exists()  # committed: no count left
+    import spacy_ctxembed.distributed.actor as actor
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed")  # (as the actor's death: nothing after this runs)
+
+    monkeypatch.setattr(actor, "write_shard", killed)
+    for _ in range(3):  # the actor killed inside shard 1, three times (Ray restarts it and retries)
+        with pytest.raises(SystemExit):
+            embedder.embed_shard(shards[1])
+    assert failed_shards(out, shards) == [f"shard 1 (doc ids 3-5, {path} from line 4: started 3 times)"]
 
 
 def test_check_complete_accepts_every_row_once(tmp_path):

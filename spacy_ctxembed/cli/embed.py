@@ -82,7 +82,8 @@ def embed(
         _check_settings(output, "docbin", model, config, batch_size, shard_size, gpu_id, overwrite, resume)
         _embed_ray(input_path, output, model, _read_config(config), batch_size, shard_size, overwrite, address,
                    2 if actors is None else actors, 1.0 if cpus_per_actor is None else cpus_per_actor,
-                   0.0 if gpus_per_actor is None else gpus_per_actor, input_format, text_key or "text",
+                   0.0 if gpus_per_actor is None else gpus_per_actor, input_format,
+                   "text" if text_key is None else text_key,
                    bool(float16))
         return
     ray_only = {"--address": address, "--actors": actors, "--cpus-per-actor": cpus_per_actor,
@@ -136,6 +137,10 @@ def _embed_ray(
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
     if model is not None and not Path(model).exists() and not _is_package(model):
         raise UsageError(f"--model {model}: no such directory or installed pipeline package")
+    if not text_key:
+        raise UsageError("--text-key '': expected the name of the JSONL field or Parquet column of the text")
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file; embed writes a directory (see docs/scaling.md)")
     if input_format is not None:
         from ..distributed.sources import KINDS
 
@@ -169,11 +174,23 @@ def _embed_ray(
 def _ray_failure(exc: Exception) -> Exception:
     """What the CLI reports for an error of a --ray run: a usage error for a bad input,
     setting or output (found on the driver or by an actor), else the actor's own error."""
-    from ..distributed import InputError, OutputInUse
+    from ..distributed import DifferentRun, InputError, ModelChanged, NoGPUs, OutputInUse, ShardsFailed
     from ..pipeline.build import NoContextualEmbedder
 
     actor_error = _actor_error(exc)
     cause = exc if actor_error is None else actor_error
+    if isinstance(cause, NoGPUs):
+        return UsageError(f"--gpus-per-actor {cause.gpus:g}: the local Ray found {cause.found:g} GPUs, and its "
+                          "actors would wait for one forever; use 0 (CPU), or --address of a cluster with GPUs")
+    if isinstance(cause, DifferentRun):
+        shown = "; ".join(f"{_RUN_OPTIONS.get(key, key)}: {change}" for key, change in cause.changes.items())
+        return UsageError(f"--output {cause.out} holds a run of other inputs or settings ({shown}); use another "
+                          "--output, or --overwrite")
+    if isinstance(cause, ModelChanged):
+        what = f"--model {cause.model}" if cause.model else "the pipeline's model"
+        return CliError(f"{what}: {cause.REASON} (a model changed on purpose makes another run: --overwrite)")
+    if isinstance(cause, ShardsFailed):
+        return CliError(str(cause).replace("embed_corpus: ", "", 1))
     if isinstance(cause, (InputError, OutputInUse, FileExistsError, NoContextualEmbedder)):
         # Ray appends lines about its retries to the message: the first line is the original's.
         return UsageError(str(cause).strip().split("\n", 1)[0])
@@ -182,6 +199,11 @@ def _ray_failure(exc: Exception) -> Exception:
     if isinstance(exc, ImportError):  # on the driver: `import ray` (an actor's is an actor failure)
         return _needs_ray(exc)
     return exc
+
+
+#: The options of `embed --ray` that set each field of a run's identity (`DifferentRun`).
+_RUN_OPTIONS = {"inputs": "INPUT", "text_key": "--text-key", "shard_size": "--shard-size", "dtype": "--float16",
+                "model": "--model", "config_sha256": "--config"}
 
 
 def _needs_ray(exc: ImportError) -> UsageError:

@@ -7,8 +7,10 @@
 Ray is imported only when a run starts: install it with the `[ray]` extra.
 See docs/scaling.md.
 """
-from .run import OutputInUse, embed_corpus
+from .actor import ModelChanged
+from .run import DifferentRun, NoGPUs, OutputInUse, ShardsFailed, embed_corpus
 from .shards import ShardMismatch, docs_from_table, read_docs
 from .sources import InputError
 
-__all__ = ["InputError", "OutputInUse", "ShardMismatch", "docs_from_table", "embed_corpus", "read_docs"]
+__all__ = ["DifferentRun", "InputError", "ModelChanged", "NoGPUs", "OutputInUse", "ShardMismatch", "ShardsFailed",
+           "docs_from_table", "embed_corpus", "read_docs"]

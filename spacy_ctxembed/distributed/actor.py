@@ -10,6 +10,7 @@ import numpy
 from thinc.api import to_numpy
 
 from ..alignment import token_char_spans
+from ..fileio import model_identity
 from ..pipeline.build import load_pipeline
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .shards import build_table, write_shard
@@ -36,13 +37,16 @@ class ShardEmbedder:
         batch_size: int,
         dtype: str,
         threads: int,
+        model_identity: Optional[Dict[str, Any]] = None,
     ) -> None:
+        """model_identity: what the driver recorded of the model (`fileio.model_identity`)."""
         import torch
 
         # Ray gives the actor its CPUs through OMP_NUM_THREADS; torch reads that
         # only at start-up, so say it again in case torch was imported earlier.
         torch.set_num_threads(max(threads, 1))
         self.nlp = load_pipeline(model=model, config=config, gpu_id=0 if use_gpu else -1)
+        _check_model(model, config, model_identity)
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
         self.dtype = dtype
@@ -59,6 +63,9 @@ class ShardEmbedder:
 
     def embed_shard(self, shard: Shard) -> Dict[str, Any]:
         start = time.perf_counter()
+        attempts = self.out_dir / attempts_name(shard.index)
+        with open(attempts, "a", encoding="utf8") as f:  # (a line per start: see `failed_shards`)
+            f.write(f"{self.worker}\n")
         docs, rejected = read_shard(shard, self.nlp.max_length)
         doc_ids = [doc_id for doc_id, _ in docs]
         texts, tokens, idx, vectors = [], [], [], []
@@ -73,12 +80,48 @@ class ShardEmbedder:
         table = build_table(doc_ids, texts, tokens, idx, vectors, dtype=self.dtype)
         write_shard(self.out_dir, shard, table, rejected,
                     {"component": self.component, "dtype": self.dtype, "worker": self.worker})
+        attempts.unlink(missing_ok=True)
         return {"shard": shard.index, "docs": len(docs), "rejected": len(rejected),
                 "tokens": sum(len(t) for t in tokens), "seconds": time.perf_counter() - start,
                 "pid": os.getpid(), "host": socket.gethostname()}
 
 
 SUMMARY = ("shard", "docs", "rejected", "tokens", "seconds", "pid", "host")
+
+
+class ModelChanged(RuntimeError):
+    """The model an actor loaded is not the one the run recorded when it started."""
+
+    #: Why, for a message that names the model its own way.
+    REASON = ("its files changed after this run started (their checksum differs from the one the run "
+              "recorded), so its shards would mix two models' vectors; rerun once it stays put")
+
+    def __init__(self, model: Optional[str]) -> None:
+        super().__init__(f"embed_corpus: model = {model!r}: {self.REASON} (a model changed on purpose makes "
+                         "another run: overwrite)")
+        self.model = model
+
+
+def _check_model(model: Optional[str], config: Optional[str], recorded: Optional[Dict[str, Any]]) -> None:
+    """The files an actor loaded its pipeline from must be those the driver checksummed
+    when the run started. Actors load them later, each at its own start (one restarted
+    after a crash, many shards on): a model folder replaced meanwhile (`spacy train`
+    saving model-best there) would give one "complete" output of two models' vectors.
+    Checked after loading: a folder replaced before or during the load differs now."""
+    if recorded is None:
+        return
+    from thinc.api import Config
+
+    parsed = None if config is None else Config().from_str(config, interpolate=False)
+    now = model_identity(model, parsed)
+    if now != recorded:
+        raise ModelChanged(model)
+
+
+def attempts_name(index: int) -> str:
+    """The hidden file an actor appends a line to each time it starts shard `index`,
+    removed once the shard is committed."""
+    return f".attempts-{index:06d}"
 
 
 def _primary_component(nlp) -> str:

@@ -33,7 +33,7 @@ from ..about import __version__
 from ..fileio import fsync_dir, model_identity, write_atomic, write_json
 from ..pipeline.build import NoContextualEmbedder
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
-from .actor import ShardEmbedder
+from .actor import ModelChanged, ShardEmbedder, attempts_name
 from .shards import DTYPES, MANIFEST, SHARDS, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
 
@@ -47,6 +47,30 @@ MAX_TASK_RETRIES = 4
 
 class OutputInUse(RuntimeError):
     """Another run holds OUTDIR."""
+
+
+class NoGPUs(ValueError):
+    """`gpus_per_actor` asks for GPUs that the local Ray does not have."""
+
+    def __init__(self, gpus: float, found: float) -> None:
+        super().__init__(f"embed_corpus: gpus_per_actor = {gpus!r}, but the local Ray found {found:g} GPUs: "
+                         "its actors would wait for one forever; use 0 (CPU), or a cluster (address) with GPUs")
+        self.gpus, self.found = gpus, found
+
+
+class ShardsFailed(RuntimeError):
+    """Shards whose actor died each time it took them (Ray gave up retrying)."""
+
+
+class DifferentRun(FileExistsError):
+    """OUTDIR holds a run of other inputs or settings; `changes`: what differs, by `embed_corpus`
+    parameter ("inputs" for the input files), described."""
+
+    def __init__(self, out: Path, changes: Dict[str, str]) -> None:
+        shown = "; ".join(f"{key}: {change}" for key, change in changes.items())
+        super().__init__(f"{out} holds a run of a different input or settings ({shown}); use another output "
+                         "directory, or overwrite")
+        self.out, self.changes = out, changes
 
 
 def embed_corpus(
@@ -118,7 +142,7 @@ def embed_corpus(
         pending = [s for s in shards if s.index not in done]
         if pending:
             _run_ray(pending, shard_dir, model, config_text, batch_size, actors, cpus_per_actor, gpus_per_actor,
-                     dtype, address, progress, on_shard)
+                     dtype, address, progress, on_shard, cast(Dict[str, Any], identity["model"]))
         n_docs, rejected = check_complete(shard_dir, shards)
         fsync_dir(shard_dir)  # the shards' renames are durable before the manifest says complete
         _write_lines(out / REJECTED, rejected)
@@ -204,9 +228,8 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
         known = recorded.get("identity")
         if not isinstance(known, dict):
             raise FileExistsError(f"{out / MANIFEST} is unreadable; use another output directory, or overwrite")
-        changed = sorted(k for k in identity if known.get(k) != identity[k])
-        raise FileExistsError(f"{out} holds a run of a different input or settings (differs in: "
-                              f"{', '.join(changed)}); use another output directory, or overwrite")
+        raise DifferentRun(out, {key: _described(key, known.get(key), identity[key])
+                                 for key in sorted(identity) if known.get(key) != identity[key]})
     if (out / SHARDS).exists() and recorded is None and not overwrite:
         raise FileExistsError(f"{out} holds shards but no {MANIFEST}; use another output directory, or overwrite")
     for name in (MANIFEST, REJECTED):
@@ -220,15 +243,61 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
     return manifest
 
 
+def _described(key: str, was: Any, now: Any) -> str:
+    """What differs in identity field `key` between the recorded run (`was`) and this one."""
+    if key == "inputs":
+        old = {i.get("path"): i for i in was or () if isinstance(i, dict)}
+        new = {i.get("path"): i for i in now or () if isinstance(i, dict)}
+        parts = [f"{what} {', '.join(sorted(map(str, paths))[:3])}" for what, paths in (
+            ("changed", [p for p in new if p in old and old[p] != new[p]]),
+            ("added", [p for p in new if p not in old]), ("removed", [p for p in old if p not in new])) if paths]
+        return "; ".join(parts) or "the same files in another order"
+    if key == "model":
+        return f"{_model_label(was)} then, {_model_label(now)} now"
+    return f"{was!r} then, {now!r} now"
+
+
+def _model_label(identity: Any) -> str:
+    """A model's identity (`model_identity`) in a few words: its name and checksum or version."""
+    if not isinstance(identity, dict):
+        return "not recorded"
+    name = identity.get("name") or "the default model"
+    version = identity.get("package_version")
+    files = identity.get("sha256")
+    return f"{name} ({f'version {version}' if version else f'files {str(files)[:12]}'})"
+
+
+def failed_shards(shard_dir: Path, shards: Sequence[Shard]) -> List[str]:
+    """The shards an actor started more than once without committing them (their
+    actor died each time), described by their rows: what a run that failed after
+    Ray's retries names."""
+    by_index = {s.index: s for s in shards}
+    failed = []
+    for index, shard in by_index.items():
+        path = shard_dir / attempts_name(index)
+        with contextlib.suppress(OSError):
+            starts = len(path.read_text(encoding="utf8").splitlines())
+            if starts > 1:
+                failed.append(f"shard {index} ({_rows(shard)}: started {starts} times)")
+    return failed
+
+
+def _rows(shard: Shard) -> str:
+    """Which input rows a shard holds, for messages."""
+    where = f"line {shard.first_line}" if shard.kind != "parquet" else f"row {shard.first_line}"
+    return f"doc ids {shard.first_id}-{shard.first_id + shard.n_rows - 1}, {shard.path} from {where}"
+
+
 def _run_ray(
     pending: List[Shard], shard_dir: Path, model: Optional[str], config: Optional[str], batch_size: int,
     actors: int, cpus: float, gpus: float, dtype: str, address: Optional[str], progress: bool,
-    on_shard: Optional[Callable[[Dict[str, Any]], None]],
+    on_shard: Optional[Callable[[Dict[str, Any]], None]], model_id: Optional[Dict[str, Any]] = None,
 ) -> None:
     import ray
     from tqdm import tqdm
 
-    for stale in shard_dir.glob(".part-*.tmp"):  # an interrupted write: the shard is redone
+    # An interrupted write (the shard is redone), and the starts an earlier run counted.
+    for stale in [*shard_dir.glob(".part-*.tmp"), *shard_dir.glob(".attempts-*")]:
         stale.unlink(missing_ok=True)
     started = not ray.is_initialized()
     if not started and address is not None:
@@ -239,6 +308,9 @@ def _run_ray(
         num_cpus = None if address else max(os.cpu_count() or 1, math.ceil(actors * cpus))
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
     try:
+        found = ray.cluster_resources().get("GPU", 0)
+        if gpus > 0 and address is None and found < gpus:  # (a cluster may add GPU nodes as it scales)
+            raise NoGPUs(gpus, found)
         items = [{"shard": json.dumps(s.to_dict())} for s in pending]
         source = ray.data.from_items(items, override_num_blocks=len(items))
         source.context.enable_progress_bars = False  # this dataset's copy of the context: one bar, ours
@@ -252,7 +324,7 @@ def _run_ray(
             ShardEmbedder,
             fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,
                                    "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
-                                   "threads": max(int(cpus), 1)},
+                                   "threads": max(int(cpus), 1), "model_identity": model_id},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
         )
@@ -260,16 +332,35 @@ def _run_ray(
         bar = tqdm(total=total, unit="row", desc="embedding (ray)", disable=not progress, file=sys.stderr)
         rejected = 0
         with bar:
-            for row in ds.iter_rows():
-                summary = {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
-                bar.update(summary["docs"] + summary["rejected"])
-                rejected += summary["rejected"]
-                bar.set_postfix(rejected=rejected, refresh=False)
-                if on_shard is not None:
-                    on_shard(summary)
+            try:
+                for row in ds.iter_rows():
+                    summary = {key: (value.item() if hasattr(value, "item") else value) for key, value in row.items()}
+                    bar.update(summary["docs"] + summary["rejected"])
+                    rejected += summary["rejected"]
+                    bar.set_postfix(rejected=rejected, refresh=False)
+                    if on_shard is not None:
+                        on_shard(summary)
+            except Exception as err:
+                failed = failed_shards(shard_dir, pending)
+                if failed and not isinstance(_original(err), (InputError, ModelChanged)):
+                    raise ShardsFailed(
+                        f"embed_corpus: the actors died on {'; '.join(failed[:3])}: each was retried and its actor "
+                        f"died again (out of memory on a long doc, or a crash in the model: {_first_line(err)})"
+                    ) from err
+                raise
     finally:
         if started:
             ray.shutdown()
+
+
+def _original(err: BaseException) -> BaseException:
+    """The error an actor raised, where Ray hands it over (`RayTaskError.cause`)."""
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
 def _line_count(path: Path) -> Optional[int]:
@@ -285,4 +376,4 @@ def _write_lines(path: Path, records: List[Dict[str, Any]]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf8"))
 
 
-__all__ = ["InputError", "OutputInUse", "embed_corpus"]
+__all__ = ["DifferentRun", "InputError", "NoGPUs", "OutputInUse", "ShardsFailed", "embed_corpus"]

@@ -182,7 +182,7 @@ def _check_first_record(raw: bytes, number: int, path: Path, text_key: str) -> b
     field. A wrong --text-key is one error here, not every row rejected."""
     try:
         record = json.loads(_line_text(raw, number == 1))
-    except ValueError:  # not UTF-8 or not JSON: rejected when read; look at the next line
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON: rejected when read; look at the next line
         return False
     if not isinstance(record, dict):
         return False
@@ -312,6 +312,8 @@ def _json_text(line: str, key: str) -> Tuple[Optional[str], Optional[str]]:
         record = json.loads(line)
     except ValueError as e:
         return None, f"not JSON: {e}"
+    except RecursionError:  # (valid JSON nested about 1,000 deep: Python's decoder gives up)
+        return None, "not JSON that can be read: nested too deeply"
     if not isinstance(record, dict):
         return None, f"not a JSON object: {type(record).__name__}"
     if key not in record:
