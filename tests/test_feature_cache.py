@@ -146,6 +146,34 @@ def test_loading_another_tokenizer_or_elmo_options_never_hits(tiny_bert_dir, tmp
         numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("edit", ["activation", "special tokens"])
+def test_loading_the_same_weights_with_another_config_never_hits(minilm_dir, tmp_path, edit):
+    """The same weights and tokenizer definition with another config.json (relu for
+    GELU) or `split_special_tokens` (in tokenizer_config.json, not in the
+    tokenizer's definition): loaded into a component, its cache served the old
+    model's vectors (off by 1.6), and the two models' outputs counted as one
+    model's for similarity. References: each model alone, without a cache."""
+    import json
+    import shutil
+
+    text = "Fill in the [MASK] when I ran to the park ."
+    other = tmp_path / "other"
+    shutil.copytree(minilm_dir, other)
+    file, field, value = (("config.json", "hidden_act", "relu") if edit == "activation" else
+                          ("tokenizer_config.json", "split_special_tokens", True))
+    data = json.loads((other / file).read_text())
+    data[field] = value
+    (other / file).write_text(json.dumps(data))
+    nlp, source = _nlp(minilm_dir), _nlp(other, cache_mb=0)
+    before = nlp(text)
+    expected = source(text)._.ctx_vectors
+    assert not numpy.allclose(before._.ctx_vectors, expected, atol=1e-3)  # the premise: other outputs
+    with pytest.raises(ValueError, match="different ctxembed models"):
+        before[0].similarity(source(text)[0])
+    nlp.get_pipe("ctxembed_bert").from_bytes(source.get_pipe("ctxembed_bert").to_bytes())
+    numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, expected, atol=1e-6)
+
+
 def test_sentences_from_a_user_hook_are_never_cached(tmp_path):
     """ELMo embeds each of `doc.sents`, which a user hook may give; the key holds
     the SENT_START array only, so such docs go past the cache."""

@@ -122,8 +122,9 @@ class BertRunner:
         self.window, self.stride = _window_settings(settings, encoder)
         self.precision: str = settings["precision"]
         self.wordpieces = Wordpieces(encoder.tokenizer)
-        #: The tokenizer by content (`BertShim.signature_fields`, `cache_identity`).
+        #: The tokenizer and the model's config by content (`BertShim.signature_fields`, `cache_identity`).
         self.tokenizer_digest = _tokenizer_digest(encoder.tokenizer)
+        self.config_digest = _config_digest(encoder.config)
         self.prefix_ids, self.suffix_ids = _special_token_frame(encoder.tokenizer)
         self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
@@ -534,7 +535,8 @@ class BertShim(PyTorchShim):
         """What the output depends on besides the settings and the weights (the
         feature cache's key): the windows, layers and tokenizer resolved at load."""
         runner = self.get_runner()
-        return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest])
+        return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest,
+                           runner.config_digest])
 
     def probe_record(self) -> Dict[str, Any]:
         """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
@@ -546,13 +548,14 @@ class BertShim(PyTorchShim):
 
     def signature_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the encoder
-        besides its weights: its tokenizer, by content (not the config's `name`:
-        one model named two ways is one model), and whether it runs quantized
+        besides its weights: its tokenizer and its config.json, by content (not
+        the config's `name`: one model named two ways is one model; another
+        activation or number of heads is another model), and whether it runs quantized
         (int8 vectors of the same weights are not fp32's: cosine 0.88 for the
         same token on MiniLM; fp16, bf16 and tf32 ones are the same model's,
         to their precision)."""
         runner = self.get_runner()
-        return {"tokenizer": runner.tokenizer_digest,
+        return {"tokenizer": runner.tokenizer_digest, "config": runner.config_digest,
                 "quantization": "int8" if runner.precision == "int8" else "none"}
 
     def __reduce__(self):
@@ -770,9 +773,30 @@ def _special_token_frame(tokenizer) -> Tuple[List[int], List[int]]:
 
 def _tokenizer_digest(tokenizer: Any) -> str:
     """A digest of what the tokenizer does: its whole definition (vocabulary,
-    normalizer, special tokens) where it is a fast one."""
+    normalizer, special tokens) where it is a fast one, and whether special
+    tokens' text in a doc is split like other text (transformers'
+    `split_special_tokens`, which the definition does not hold)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(tokenizer)
+    text += f"\nsplit_special_tokens={bool(getattr(tokenizer, 'split_special_tokens', False))}"
+    return hashlib.blake2b(text.encode("utf8"), digest_size=8).hexdigest()
+
+
+#: Config fields that do not change what a model computes when it predicts:
+#: where it came from, how transformers runs or returns it, dropout.
+_CONFIG_NOT_COMPUTED = {"transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype",
+                        "_attn_implementation_autoset", "attn_implementation", "output_hidden_states",
+                        "output_attentions", "return_dict", "use_cache", "torchscript"}
+
+
+def _config_digest(config: Any) -> str:
+    """A digest of the model's config.json fields that shape its outputs (another
+    activation, number of heads or position embedding is another model, with the
+    same weights): those that differ from the class's defaults, dropout and
+    the fields of `_CONFIG_NOT_COMPUTED` left out."""
+    fields = config.to_diff_dict() if hasattr(config, "to_diff_dict") else {}
+    kept = {k: v for k, v in fields.items() if k not in _CONFIG_NOT_COMPUTED and "dropout" not in k}
+    text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode("utf8"), digest_size=8).hexdigest()
 
 

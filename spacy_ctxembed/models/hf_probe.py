@@ -41,12 +41,16 @@ PROBE_TOLERANCE = 2e-2
 
 def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
     """{"vocab": a digest of the tokenizer's vocabulary, "ids": the probe text's
-    wordpieces (special tokens included, at most `max_length`: a tiny model's
+    wordpieces (with a special token's text after it; the special tokens the
+    tokenizer adds included, at most `max_length`: a tiny model's
     positions), "states": PROBE_SAMPLES values of each hidden state}, from the
     model as loaded (in float32: the precision setting is applied per call)."""
     tokenizer = encoder.tokenizer
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
-    ids = list(tokenizer(PROBE_TEXT, add_special_tokens=True, verbose=False)["input_ids"])[:max_length]
+    # A special token's text too: whether it is split like other text (`split_special_tokens`).
+    special = getattr(tokenizer, "mask_token", None) or getattr(tokenizer, "unk_token", None) or ""
+    text = f"{PROBE_TEXT} {special}".strip()
+    ids = list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])[:max_length]
     module = encoder.module
     device = next(module.parameters()).device
     with torch.inference_mode():

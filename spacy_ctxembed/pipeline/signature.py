@@ -3,8 +3,8 @@
 Outputs of one component name made by different models must never be mixed
 (`Doc.from_docs`) or compared (`.similarity()`). The signature says what made
 them, as "key=value; ...": the encoder's kind, what shapes its outputs
-besides its weights (BERT's tokenizer, by content, and whether it runs
-quantized; ELMo's options, by content), the layers it selects, the pooling, the combiner, and a
+besides its weights (BERT's tokenizer and config, by content, and whether
+it runs quantized; ELMo's options, by content), the layers it selects, the pooling, the combiner, and a
 fingerprint of the weights. Not the config's `name` or file paths: they
 would take a fine-tuned model for its base (both name the base in their
 config), a reloaded component for the one before, and one model named two
