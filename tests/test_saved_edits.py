@@ -756,3 +756,14 @@ def test_an_edit_that_moves_the_states_as_little_as_rounding_loads(saved_minilm,
     expected = _hf_mean_of_layers(path / NAME / "model", [0, 3, 6])
     assert not numpy.allclose(expected, saved_minilm[1], atol=1e-5, rtol=0)  # the premise: they moved
     numpy.testing.assert_allclose(spacy.load(path)(TEXT)._.ctx_vectors, expected, atol=1e-5)
+
+
+def test_special_tokens_split_in_a_saved_tokenizer_are_refused(saved, tmp_path):
+    """`split_special_tokens` (tokenizer_config.json) splits "[MASK]" in a doc's text
+    like other text: not in the tokenizer's definition, and not in a probe text
+    without a special token's text, so it loaded silently."""
+    path = tmp_path / "edited"
+    shutil.copytree(saved["mean"][0], path)
+    _json_edited(path / NAME / "model", "tokenizer_config.json", lambda t: t.update(split_special_tokens=True))
+    with pytest.raises(SettingError, match=r"its tokenizer files differ from the ones this pipeline was saved with"):
+        spacy.load(path)
