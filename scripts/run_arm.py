@@ -38,7 +38,12 @@ def arm_overrides(args) -> list:
                 "--components.ctxembed_elmo.model.encoder.weight_file", args.elmo_weights]
     if args.arm not in BERT_ARMS:
         return []
-    overrides = ["--paths.bert_model", bert_model_dir(args.bert_model)]
+    model_dir = bert_model_dir(args.bert_model)
+    overrides = ["--paths.bert_model", model_dir]
+    if args.arm == "bert":
+        # The frozen arm mixes every hidden state: the configs list MiniLM's 7, which
+        # would be the bottom half of a 12-layer model, and out of range for a 4-layer one.
+        overrides += ["--components.ctxembed_bert.model.encoder.layers", json.dumps(all_layers(model_dir))]
     if args.mixed_precision and args.arm == "bert-ft":
         overrides += ["--components.ctxembed_bert.model.encoder.precision", "fp16"]
     elif args.mixed_precision and args.arm == "st":
@@ -52,6 +57,15 @@ def bert_model_dir(name: str) -> str:
     from spacy_ctxembed.models.hf_loading import resolve_model_dir
 
     return str(resolve_model_dir(None, component="run_arm"))
+
+
+def all_layers(model_dir: str) -> list:
+    """Every hidden state of the model (its embedding output and each layer's), by index."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf8"))
+    depth = config.get("num_hidden_layers", config.get("n_layers"))  # (DistilBERT's name)
+    if not isinstance(depth, int):
+        raise SystemExit(f"--bert-model {model_dir}: its config.json gives no number of layers")
+    return list(range(depth + 1))
 
 
 def disk_mb(path: Path) -> float:

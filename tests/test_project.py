@@ -62,3 +62,24 @@ def test_elmo_arm_is_skipped_without_weights(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_arm.py"), "ud", "elmo"],
                             cwd=tmp_path, capture_output=True, text=True, check=True)
     assert "skipped" in result.stdout and not (tmp_path / "training").exists()
+
+
+def test_the_frozen_bert_arm_mixes_every_layer_of_the_model_it_is_given(tmp_path):
+    """The configs list MiniLM's 7 hidden states: with another --bert-model the
+    frozen arm mixed the bottom half of a 12-layer model without a word (and a
+    4-layer one failed at initialize). run_arm.py passes the model's own layers."""
+    import argparse
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("run_arm", ROOT / "scripts" / "run_arm.py")
+    run_arm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_arm)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 12}))
+    for model, depth in ((str(tmp_path), 12), ("", 6)):
+        args = argparse.Namespace(arm="bert", bert_model=model, mixed_precision=False)
+        overrides = run_arm.arm_overrides(args)
+        at = overrides.index("--components.ctxembed_bert.model.encoder.layers")
+        assert json.loads(overrides[at + 1]) == list(range(depth + 1))
+    ft = run_arm.arm_overrides(argparse.Namespace(arm="bert-ft", bert_model=str(tmp_path), mixed_precision=False))
+    assert "--components.ctxembed_bert.model.encoder.layers" not in ft  # (the fine-tuned arm takes the top layer)
