@@ -412,3 +412,24 @@ def test_host_and_device_docs_compare_and_join(gpu_nlp):
                  for d in docs]
         numpy.testing.assert_array_equal(joined._.ctx_layers, numpy.concatenate(parts, axis=1))
         assert len(joined._.ctx_vectors) == len(joined)
+
+
+def test_a_pipeline_moved_to_the_gpu_takes_the_gpus_budget(gpu_nlp, monkeypatch):
+    """Initialized on the CPU (4,096 pieces a batch), then moved with to_gpu: the budget
+    stayed the CPU's; it is the GPU's free memory's, as for one initialized there."""
+    import torch
+    from thinc.api import NumpyOps, use_ops
+
+    from spacy_ctxembed.models.bert_runner import batch_items_for_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, **kwargs: (2**33, 2**37))
+    with use_ops(NumpyOps()):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"max_batch_items": None}}})
+        nlp.initialize()
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    assert runner.max_batch_items == 4096 and runner.device.type == "cpu"
+    nlp.get_pipe("ctxembed_bert").model.to_gpu(0)
+    assert runner.device.type == "cuda"
+    assert runner.max_batch_items == batch_items_for_memory(2**33, runner.encoder.config,
+                                                            runner.window + runner.n_special)

@@ -112,3 +112,22 @@ def test_tf32_switch_is_restored_after_the_last_of_overlapping_users():
         with tf32_matmuls():
             raise RuntimeError("the forward pass failed")
     assert torch.get_float32_matmul_precision() == before and matmul.allow_tf32 is False
+
+
+def test_moving_the_model_takes_the_new_devices_default_budget(tiny_bert_dir, monkeypatch):
+    """The default budget (`max_batch_items = null`) was taken once, on the device the
+    model loaded on: moved to a GPU after (`model.to_gpu`), a pipeline kept the CPU's
+    4,096 pieces a batch. A move takes the default again (a stand-in for the GPU's
+    free-memory budget here); a budget the config sets stays."""
+    import spacy_ctxembed.models.bert_runner as bert_runner
+    from spacy_ctxembed.models.bert import get_runner
+
+    from .conftest import make_nlp
+
+    for setting, expected in ((None, 12345), (777, 777)):
+        nlp = make_nlp(tiny_bert_dir, max_batch_items=setting)
+        component = nlp.get_pipe("ctxembed_bert")
+        with monkeypatch.context() as patch:
+            patch.setattr(bert_runner, "default_batch_items", lambda device, encoder, max_length: 12345)
+            component.model.to_cpu()
+        assert get_runner(component.encoder).max_batch_items == expected

@@ -461,12 +461,16 @@ class BertShim(PyTorchShim):
             return
         super().to_device(device_type, device_id)
         if self.runner is not None:
+            runner = self.runner
             # `.cuda()` moves each parameter in place but puts new buffer tensors in
             # its module's own table: the training copy, whose modules are other
             # objects, would keep the old ones (position ids on the old device);
             # the int8 copy is made again from the moved weights.
-            self.runner.train_runner = _training_copy(self.runner.runner)
-            self.runner.weights_changed()
+            runner.train_runner = _training_copy(runner.runner)
+            runner.weights_changed()
+            if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
+                runner.max_batch_items = default_batch_items(runner.device, runner.encoder,
+                                                             runner.window + runner.n_special)
         self._scale_losses()
 
     def _scale_losses(self) -> None:
