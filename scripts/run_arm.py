@@ -59,9 +59,16 @@ def bert_model_dir(name: str) -> str:
     return str(resolve_model_dir(None, component="run_arm"))
 
 
+def model_folder(name: str) -> Path:
+    """The folder a model directory or a hub name in the local cache is read from."""
+    from spacy_ctxembed.models.hf_loading import resolve_model_dir
+
+    return resolve_model_dir(name or None, component="run_arm --bert-model")
+
+
 def all_layers(model_dir: str) -> list:
     """Every hidden state of the model (its embedding output and each layer's), by index."""
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf8"))
+    config = json.loads((model_folder(model_dir) / "config.json").read_text(encoding="utf8"))
     depth = config.get("num_hidden_layers", config.get("n_layers"))  # (DistilBERT's name)
     if not isinstance(depth, int):
         raise SystemExit(f"--bert-model {model_dir}: its config.json gives no number of layers")

@@ -127,8 +127,8 @@ def test_a_different_run_in_the_output_names_the_options_and_values(tmp_path):
     assert isinstance(reported, UsageError)
     assert str(reported) == (
         f"--output {tmp_path / 'out'} holds a run of other inputs or settings (INPUT: changed a.txt; added "
-        "c.txt; removed b.txt; --float16: 'float16' then, 'float32' now; --model: /m (files abcdef012345) then, "
-        "/m (files 0123456789ab) now); use another --output, or --overwrite")
+        "c.txt; removed b.txt; --float16: 'float16' then, 'float32' now; the model: files abcdef0123456789 then, "
+        "0123456789abcdef now); use another --output, or --overwrite")
 
 
 def test_gpus_per_actor_without_a_gpu_is_refused_not_left_waiting(tmp_path, tiny_bert_dir):

@@ -364,11 +364,16 @@ def test_an_actor_refuses_a_model_that_changed_after_the_run_started(tmp_path, t
     recorded = model_identity(str(tmp_path / "nlp"))
     (tmp_path / "shards").mkdir()
     args = (str(tmp_path / "shards"), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
-    ShardEmbedder(*args, model_identity=recorded)  # the same files: loads
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    assert ShardEmbedder(*args, model_identity=recorded).embed_shard(shard)["docs"] == 1  # the same files
     make_nlp(tiny_bert_dir, pooling="first").to_disk(tmp_path / "nlp")  # replaced, as model-best is saved
+    # (At its first shard, not when the actor is made: Ray reports that as "the actor died", without the error.)
+    embedder = ShardEmbedder(*args, model_identity=recorded)
     with pytest.raises(ModelChanged, match=r"^embed_corpus: model = '.*nlp': its files changed after this run "
                                            r"started .* so its shards would mix two models' vectors"):
-        ShardEmbedder(*args, model_identity=recorded)
+        embedder.embed_shard(shard)
 
 
 def test_a_shard_whose_actor_died_each_time_is_named(tmp_path, tiny_bert_dir, monkeypatch):

@@ -3,7 +3,6 @@ resumable, surviving a killed actor, and equal to a single-process `nlp.pipe`.
 """
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -166,8 +165,7 @@ def test_another_run_into_the_same_outdir_is_refused(local_ray, pipeline_dir, co
     # An edited saved pipeline is another pipeline: its vectors must not be mixed with the old ones.
     meta = json.loads((model / "meta.json").read_text())
     (model / "meta.json").write_text(json.dumps({**meta, "version": "0.0.2"}))
-    with pytest.raises(FileExistsError, match=rf"settings \(model: {re.escape(str(model.resolve()))} \(files "
-                                               rf"[0-9a-f]{{12}}\) then, .* \(files [0-9a-f]{{12}}\) now\)"):
+    with pytest.raises(FileExistsError, match=r"settings \(model: files [0-9a-f]{12} then, [0-9a-f]{12} now\)"):
         embed_corpus(path, out, model=str(model), shard_size=30, actors=1, progress=False)
     manifest = embed_corpus(path, out, model=str(model), shard_size=20, actors=1, progress=False,
                             overwrite=True)
@@ -290,3 +288,24 @@ def test_cli_ray_an_actors_input_error_reaches_the_user(local_ray, pipeline_dir,
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
         f"error: input {path} changed since the run was planned (size or modification time)")
+
+
+def test_a_model_changed_after_the_run_started_reaches_the_user(local_ray, pipeline_dir, tmp_path):
+    """An actor that loads other model files than the run recorded refuses them, and
+    the user reads why (raised when the actor was made, Ray said only that it died)."""
+    from spacy_ctxembed.cli.embed import _ray_failure
+    from spacy_ctxembed.distributed.run import _run_ray
+    from spacy_ctxembed.distributed.sources import input_files, plan_shards
+
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\nAnother doc.\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 10)
+    (tmp_path / "shards").mkdir()
+    recorded = {"name": str(pipeline_dir), "sha256": "0" * 64}  # (what the run recorded: other files)
+    with pytest.raises(Exception) as caught:
+        _run_ray(shards, tmp_path / "shards", str(pipeline_dir), None, 8, 1, 1.0, 0.0, "float32", None, False,
+                 None, recorded)
+    assert str(_ray_failure(caught.value)) == (
+        f"--model {pipeline_dir}: its files changed after this run started (their checksum differs from the one "
+        "the run recorded), so its shards would mix two models' vectors; rerun once it stays put (a model "
+        "changed on purpose makes another run: --overwrite)")

@@ -203,7 +203,7 @@ def _ray_failure(exc: Exception) -> Exception:
 
 #: The options of `embed --ray` that set each field of a run's identity (`DifferentRun`).
 _RUN_OPTIONS = {"inputs": "INPUT", "text_key": "--text-key", "shard_size": "--shard-size", "dtype": "--float16",
-                "model": "--model", "config_sha256": "--config"}
+                "model": "the model", "config_sha256": "--config"}
 
 
 def _needs_ray(exc: ImportError) -> UsageError:

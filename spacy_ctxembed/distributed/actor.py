@@ -46,7 +46,9 @@ class ShardEmbedder:
         # only at start-up, so say it again in case torch was imported earlier.
         torch.set_num_threads(max(threads, 1))
         self.nlp = load_pipeline(model=model, config=config, gpu_id=0 if use_gpu else -1)
-        _check_model(model, config, model_identity)
+        # Checked at the first shard, not here: Ray reports an error raised while an
+        # actor is made as "the actor died", without the error itself.
+        self._unchecked: Optional[tuple] = (model, config, model_identity)
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
         self.dtype = dtype
@@ -62,6 +64,9 @@ class ShardEmbedder:
         return {key: numpy.asarray(values) for key, values in summaries.items()}
 
     def embed_shard(self, shard: Shard) -> Dict[str, Any]:
+        if self._unchecked is not None:
+            _check_model(*self._unchecked)
+            self._unchecked = None
         start = time.perf_counter()
         attempts = self.out_dir / attempts_name(shard.index)
         with open(attempts, "a", encoding="utf8") as f:  # (a line per start: see `failed_shards`)

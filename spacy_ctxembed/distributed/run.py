@@ -253,18 +253,31 @@ def _described(key: str, was: Any, now: Any) -> str:
             ("added", [p for p in new if p not in old]), ("removed", [p for p in old if p not in new])) if paths]
         return "; ".join(parts) or "the same files in another order"
     if key == "model":
-        return f"{_model_label(was)} then, {_model_label(now)} now"
+        return _model_change(was, now)
     return f"{was!r} then, {now!r} now"
 
 
-def _model_label(identity: Any) -> str:
-    """A model's identity (`model_identity`) in a few words: its name and checksum or version."""
-    if not isinstance(identity, dict):
-        return "not recorded"
-    name = identity.get("name") or "the default model"
-    version = identity.get("package_version")
-    files = identity.get("sha256")
-    return f"{name} ({f'version {version}' if version else f'files {str(files)[:12]}'})"
+def _model_change(was: Any, now: Any) -> str:
+    """What differs between two model identities (`model_identity`), in a few words."""
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return "not recorded then"
+    labels = {"name": "name", "sha256": "files", "package_version": "package version",
+              "ctxembed": "spacy-ctxembed version"}
+    parts = [f"{label} {_short(was.get(key))} then, {_short(now.get(key))} now"
+             for key, label in labels.items() if was.get(key) != now.get(key)]
+    old_files, new_files = was.get("files") or {}, now.get("files") or {}
+    changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
+    if changed:
+        parts.append(f"the files its config names ({', '.join(changed[:3])})")
+    return "; ".join(parts) or "other model files"
+
+
+def _short(value: Any) -> str:
+    """A value for a message: a checksum's first 12 characters, None as "none"."""
+    if value is None:
+        return "none"
+    text = str(value)
+    return text[:12] if len(text) == 64 else text
 
 
 def failed_shards(shard_dir: Path, shards: Sequence[Shard]) -> List[str]:
