@@ -41,6 +41,10 @@ class PieceAlignment:
         order = numpy.lexsort((pieces, tokens))
         return cls(tokens[order], pieces[order], len(counts), n_pieces)
 
+    def kept(self, pairs: numpy.ndarray) -> "PieceAlignment":
+        """The (token, piece) pairs where the boolean mask `pairs` is True; the same counts."""
+        return PieceAlignment(self.token_index[pairs], self.piece_index[pairs], self.n_tokens, self.n_pieces)
+
     def covered_tokens(self) -> numpy.ndarray:
         """Boolean mask over tokens: True where at least one piece feeds the token."""
         mask = numpy.zeros(self.n_tokens, dtype=bool)
@@ -198,7 +202,7 @@ def align_run(piece_spans: numpy.ndarray, piece_counts: numpy.ndarray, tokens: T
     token_shift = numpy.repeat(shift, tokens.counts)
     whole = align_pieces(spans[:, 0], spans[:, 1], tokens.starts + token_shift, tokens.ends + token_shift)
     keep = ~tokens.is_space[whole.token_index]
-    return PieceAlignment(whole.token_index[keep], whole.piece_index[keep], whole.n_tokens, whole.n_pieces)
+    return whole.kept(keep)
 
 
 def doc_alignment(run: PieceAlignment, token_offsets: numpy.ndarray, piece_offsets: numpy.ndarray,

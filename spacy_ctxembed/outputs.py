@@ -55,7 +55,7 @@ from spacy.strings import StringStore, get_string_id
 from spacy.tokens import Doc, Span, Token, _retokenize
 from thinc.api import get_array_module
 
-from .alignment import PieceAlignment, align_pieces, text_length, token_char_spans
+from .alignment import align_pieces, text_length, token_char_spans
 
 STORE = "ctxembed"
 #: The user-hooks entry that points to the store of the doc the hooks were set on.
@@ -892,8 +892,7 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
     covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
     here = _placed_here(parts, old_starts, old_ends, starts, ends, doc, covered, off_doc)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
-    alignment = PieceAlignment(alignment.token_index[here[alignment.piece_index]],
-                               alignment.piece_index[here[alignment.piece_index]], len(starts), len(old_starts))
+    alignment = alignment.kept(here[alignment.piece_index])
     uncovered = ~alignment.covered_tokens()
     keep = covered[alignment.piece_index]
     tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]

@@ -175,9 +175,10 @@ def _ray_failure(exc: Exception) -> Exception:
     """What the CLI reports for an error of a --ray run: a usage error for a bad input,
     setting or output (found on the driver or by an actor), else the actor's own error."""
     from ..distributed import DifferentRun, InputError, ModelChanged, NoGPUs, OutputInUse, ShardsFailed
+    from ..distributed.run import ray_actor_error
     from ..pipeline.build import NoContextualEmbedder
 
-    actor_error = _actor_error(exc)
+    actor_error = ray_actor_error(exc)
     cause = exc if actor_error is None else actor_error
     if isinstance(cause, NoGPUs):
         return UsageError(f"--gpus-per-actor {cause.gpus:g}: the local Ray found {cause.found:g} GPUs, and its "
@@ -208,28 +209,6 @@ _RUN_OPTIONS = {"inputs": "INPUT", "text_key": "--text-key", "shard_size": "--sh
 
 def _needs_ray(exc: ImportError) -> UsageError:
     return UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({exc})")
-
-
-def _actor_error(exc: BaseException) -> Optional[BaseException]:
-    """The error an actor raised, when `exc` is Ray handing it over; None for the driver's own.
-
-    An actor's error reaches the driver as a RayTaskError with the original in
-    `.cause` (`embed_corpus` has Ray Data raise the original, not a
-    UserCodeException whose own cause would be lost on the way); nested remote
-    calls nest RayTaskErrors.
-    """
-    try:
-        from ray.exceptions import RayError
-    except ImportError:
-        return None
-    if not isinstance(exc, RayError):
-        return None
-    seen = {id(exc)}
-    inner = getattr(exc, "cause", None)
-    while isinstance(inner, BaseException) and id(inner) not in seen:
-        seen.add(id(inner))
-        exc, inner = inner, getattr(inner, "cause", None)
-    return exc
 
 
 def _is_package(name: str) -> bool:

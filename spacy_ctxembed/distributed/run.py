@@ -355,7 +355,7 @@ def _run_ray(
                         on_shard(summary)
             except Exception as err:
                 failed = failed_shards(shard_dir, pending)
-                if failed and not isinstance(_original(err), (InputError, ModelChanged)):
+                if failed and not isinstance(ray_actor_error(err) or err, (InputError, ModelChanged)):
                     raise ShardsFailed(
                         f"embed_corpus: the actors died on {'; '.join(failed[:3])}: each was retried and its actor "
                         f"died again (out of memory on a long doc, or a crash in the model: {_first_line(err)})"
@@ -366,10 +366,26 @@ def _run_ray(
             ray.shutdown()
 
 
-def _original(err: BaseException) -> BaseException:
-    """The error an actor raised, where Ray hands it over (`RayTaskError.cause`)."""
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, BaseException) else err
+def ray_actor_error(exc: BaseException) -> Optional[BaseException]:
+    """The error an actor raised, when `exc` is Ray handing it over; None for the driver's own.
+
+    An actor's error reaches the driver as a RayTaskError with the original in
+    `.cause` (`embed_corpus` has Ray Data raise the original, not a
+    UserCodeException whose own cause would be lost on the way); nested remote
+    calls nest RayTaskErrors.
+    """
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        return None
+    if not isinstance(exc, RayError):
+        return None
+    seen = {id(exc)}
+    inner = getattr(exc, "cause", None)
+    while isinstance(inner, BaseException) and id(inner) not in seen:
+        seen.add(id(inner))
+        exc, inner = inner, getattr(inner, "cause", None)
+    return exc
 
 
 def _first_line(err: BaseException) -> str:

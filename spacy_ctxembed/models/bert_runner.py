@@ -136,9 +136,7 @@ class BertRunner:
             raise bad_setting(COMPONENT, "precision", "tf32",
                               "needs torch >= 2.9 (torch.backends.cuda.matmul.fp32_precision); "
                               f"this is torch {torch.__version__}")
-        self.max_batch_items: int = settings["max_batch_items"] or default_batch_items(
-            self.device, encoder, self.window + self.n_special
-        )
+        self.max_batch_items: int = settings["max_batch_items"] or self.default_budget()
         #: Pad to a few lengths only (half precision: see SHAPE_BUCKET).
         self.bucket_shapes = self.precision in _AUTOCAST_DTYPES
         probe = self.probe_batch()
@@ -310,6 +308,11 @@ class BertRunner:
                     states[:, layer].index_copy_(0, targets, h.reshape(-1, self.width).index_select(0, sources).float())
         return states
 
+    def default_budget(self) -> int:
+        """The padded-piece budget of a batch where `max_batch_items` is null, on the
+        model's device now (`default_batch_items`)."""
+        return default_batch_items(self.device, self.encoder, self.window + self.n_special)
+
     def probe_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """A small padded batch (input_ids, 2-D mask) on the model's device, to
         try out what forms of input and output the model takes: two rows of
@@ -469,8 +472,7 @@ class BertShim(PyTorchShim):
             runner.train_runner = _training_copy(runner.runner)
             runner.weights_changed()
             if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
-                runner.max_batch_items = default_batch_items(runner.device, runner.encoder,
-                                                             runner.window + runner.n_special)
+                runner.max_batch_items = runner.default_budget()
         self._scale_losses()
 
     def _scale_losses(self) -> None:
@@ -546,9 +548,7 @@ class BertShim(PyTorchShim):
         """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
         pipeline's cfg to tell its own config.json and tokenizer from edited ones."""
         encoder = self.get_runner().encoder
-        positions = getattr(encoder.config, "max_position_embeddings", None)
-        limit = 512 if positions is None else int(positions) - _skipped_positions(encoder.module)
-        return probe_record(encoder, max_length=limit)
+        return probe_record(encoder, max_length=_config_positions(encoder) or 512)
 
     def signature_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the encoder
@@ -819,14 +819,19 @@ def _window_settings(settings: Dict[str, Any], encoder: HFEncoder) -> Tuple[int,
 
 
 def _max_positions(encoder: HFEncoder) -> int:
-    positions = getattr(encoder.config, "max_position_embeddings", None)
     candidates: Dict[str, Optional[int]] = {
         "tokenizer": encoder.tokenizer.model_max_length,
-        "config": None if positions is None else int(positions) - _skipped_positions(encoder.module),
+        "config": _config_positions(encoder),
     }
     # Tokenizers without a limit report a huge sentinel (int(1e30)).
     usable = [int(v) for v in candidates.values() if v is not None and v < 100_000]
     return min(usable) if usable else 512
+
+
+def _config_positions(encoder: HFEncoder) -> Optional[int]:
+    """How many pieces the model's position table takes (None: its config does not say)."""
+    positions = getattr(encoder.config, "max_position_embeddings", None)
+    return None if positions is None else int(positions) - _skipped_positions(encoder.module)
 
 
 def _skipped_positions(module: torch.nn.Module) -> int:

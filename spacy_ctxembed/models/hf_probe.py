@@ -16,12 +16,13 @@ change it as little as rounding does.
 """
 import hashlib
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy
 import torch
 
 from .hf_loading import HFEncoder
+from .torch_bridge import evenly_sampled
 
 #: Cased, accented and Chinese letters, digits, punctuation, a contraction:
 #: an edited normalizer (lowercasing, accent stripping, Chinese characters
@@ -58,7 +59,7 @@ def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
     return {
         "vocab": hashlib.blake2b(json.dumps(vocab, ensure_ascii=False).encode("utf8"), digest_size=8).hexdigest(),
         "ids": [int(i) for i in ids],
-        "states": [_sampled(state[0]) for state in output.hidden_states],
+        "states": [evenly_sampled(state[0], PROBE_SAMPLES).tolist() for state in output.hidden_states],
     }
 
 
@@ -78,10 +79,3 @@ def probe_difference(saved: Dict[str, Any], current: Dict[str, Any]) -> Optional
             states, expected, rtol=PROBE_TOLERANCE, atol=PROBE_TOLERANCE) or not numpy.isfinite(states).all():
         return "model"
     return None
-
-
-def _sampled(state: torch.Tensor) -> List[float]:
-    """PROBE_SAMPLES values evenly spaced over the flattened state, first and last included."""
-    flat = state.detach().float().reshape(-1).cpu().numpy()
-    index = numpy.linspace(0, len(flat) - 1, num=min(PROBE_SAMPLES, len(flat))).round().astype("int64")
-    return [float(value) for value in flat[index]]

@@ -205,3 +205,17 @@ def staged(array: numpy.ndarray, device: torch.device) -> torch.Tensor:
     that its `.to(device, non_blocking=True)` need not wait for the device."""
     tensor = torch.from_numpy(array)
     return tensor.pin_memory() if device.type == "cuda" else tensor
+
+
+def evenly_sampled(tensor: torch.Tensor, k: int) -> numpy.ndarray:
+    """`k` values evenly spaced over the flattened tensor, first and last included, as float64
+    (all of them where it has fewer): what a weights fingerprint or a saved probe records."""
+    flat = tensor.detach().reshape(-1)
+    n = flat.numel()
+    if not n:
+        return numpy.zeros(0, dtype="float64")
+    k = min(n, k)
+    # In integers: float32 positions (torch.linspace) are not exact beyond 2**24
+    # elements, and BERT-base's word embeddings have 23M.
+    index = torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1) // max(k - 1, 1)
+    return flat[index].double().cpu().numpy()

@@ -117,10 +117,7 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
-    is_space = doc.to_array(IS_SPACE).astype(bool)
-    keep = ~is_space[alignment.token_index]
-    alignment = PieceAlignment(alignment.token_index[keep], alignment.piece_index[keep], alignment.n_tokens,
-                               alignment.n_pieces)
+    alignment = alignment.kept(~doc.to_array(IS_SPACE).astype(bool)[alignment.token_index])
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 

@@ -20,6 +20,7 @@ import torch
 from thinc.api import Model
 
 from ..models.elmo_weights import ElmoOptions
+from ..models.torch_bridge import evenly_sampled
 from ..settings import config_value, selected_layers
 
 #: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
@@ -140,13 +141,5 @@ def _saved_buffers(module: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 
 def _sampled(tensor: torch.Tensor) -> numpy.ndarray:
-    """`SAMPLES_PER_TENSOR` values evenly spaced over the flattened tensor, first and last included."""
-    flat = tensor.detach().reshape(-1)
-    n = flat.numel()
-    if not n:
-        return numpy.zeros(0, dtype="float64")
-    k = min(n, SAMPLES_PER_TENSOR)
-    # In integers: float32 positions (torch.linspace) are not exact beyond 2**24
-    # elements, and BERT-base's word embeddings have 23M.
-    index = torch.arange(k, dtype=torch.int64, device=flat.device) * (n - 1) // max(k - 1, 1)
-    return flat[index].double().cpu().numpy()
+    """`SAMPLES_PER_TENSOR` values evenly spaced over the flattened tensor (`evenly_sampled`)."""
+    return evenly_sampled(tensor, SAMPLES_PER_TENSOR)
