@@ -4,9 +4,8 @@ import math
 import re
 from typing import Any, Iterable, Iterator
 
-#: The prefix a layer uses before it knows the component instance it serves:
-#: the factory name, or a registered architecture name.
-_PREFIX = re.compile(r"^\[(ctxembed_bert|ctxembed_elmo|ctxembed_from_trf|spacy-ctxembed\.[^\]]*)\]")
+#: The prefix a layer uses before it knows the component instance it serves: the factory name.
+_PREFIX = re.compile(r"^\[(ctxembed_bert|ctxembed_elmo|ctxembed_from_trf)\]")
 
 
 class SettingError(ValueError):

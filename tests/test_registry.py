@@ -47,7 +47,23 @@ def test_advertised_names_are_the_listed_ones():
     assert {group: sorted(names) for group, names in ADVERTISED.items()} == {
         group: sorted(names) for group, names in NAMES.items()
     }
+
+
 REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "thinc_layers": "layers"}
+
+
+def test_registered_names_are_the_listed_ones():
+    """What the code registers is what is listed and advertised: a new
+    `@registry.architectures("spacy-ctxembed...")` left out of setup.cfg would
+    load only where something imported the package first."""
+    import spacy_ctxembed  # noqa: F401 - registers its names
+
+    for group in ("spacy_architectures", "thinc_layers"):
+        registered = {name for name in getattr(registry, REGISTRIES[group]).get_all()
+                      if name.startswith("spacy-ctxembed.")}
+        assert registered == set(NAMES[group]), group
+    assert {name for name in spacy.blank("en").factory_names if name.startswith("ctxembed_")} == set(
+        NAMES["spacy_factories"])
 
 
 @pytest.mark.parametrize("group", sorted(ADVERTISED))

@@ -151,6 +151,29 @@ def test_nlp_to_bytes_round_trip(tiny_bert_dir):
     numpy.testing.assert_allclose(copy(TEXTS[0])._.ctx_vectors, original._.ctx_vectors, atol=1e-6)
 
 
+def test_component_bytes_honour_exclude(tiny_bert_dir):
+    # As spaCy's own components: `exclude` leaves "cfg" or "model" out of the
+    # bytes, and out of what a load reads.
+    source = make_nlp(tiny_bert_dir, layers=[0, 2])
+    original = source(TEXTS[0])._.ctx_vectors
+    receiver = make_nlp(tiny_bert_dir, layers=[1])
+    before = receiver(TEXTS[0])._.ctx_vectors
+    assert not numpy.allclose(before, original, atol=1e-3)
+    component = source.get_pipe("ctxembed_bert")
+
+    no_model = component.to_bytes(exclude=["model"])
+    assert len(no_model) < len(component.to_bytes()) // 100
+    receiver.get_pipe("ctxembed_bert").from_bytes(no_model, exclude=["model"])
+    numpy.testing.assert_array_equal(receiver(TEXTS[0])._.ctx_vectors, before)
+    with pytest.raises(ValueError, match=r"\[ctxembed_bert\] bytes = .*hold no model.*exclude=\['model'\]"):
+        receiver.get_pipe("ctxembed_bert").from_bytes(no_model)
+
+    other = spacy.blank("en")
+    other.add_pipe("ctxembed_bert", config=ctx_config(layers=[0, 2], name="/nowhere/at/all"))
+    other.get_pipe("ctxembed_bert").from_bytes(component.to_bytes(exclude=["cfg"]), exclude=["cfg"])
+    numpy.testing.assert_allclose(other(TEXTS[0])._.ctx_vectors, original, atol=1e-6)
+
+
 def test_loading_never_runs_code_from_the_pipeline_dir(tiny_bert_dir, tmp_path):
     nlp = make_nlp(tiny_bert_dir)
     nlp.to_disk(tmp_path / "pipeline")

@@ -21,7 +21,6 @@ import numpy
 
 from .elmo_chars import BOW, EOW, MAX_CHARS, PAD
 
-COMPONENT = "ctxembed_elmo"  # default name for callers that have no component instance name
 OPTIONS_FILE = "options.json"
 WEIGHTS_FILE = "weights.hdf5"
 

@@ -36,8 +36,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Un
 
 from ..errors import SettingError, bad_setting
 
-# The default component name; kept for callers that have no instance name.
-COMPONENT = "ctxembed_bert"
 WEIGHTS_FILE = "model.safetensors"
 #: A `max_shard_size` no model reaches: the weights in a single WEIGHTS_FILE.
 ONE_FILE = "1000GB"

@@ -701,10 +701,13 @@ class ContextualEmbedder(TrainablePipe):
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
-        """cfg and the whole model (the encoder's files inside), msgpack: no pickles."""
+        """cfg and the whole model (the encoder's files inside), msgpack: no pickles.
+        `exclude` leaves out "cfg" or "model", as spaCy's own components do."""
         self._flush_backward(at_update=True)
+        parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: self._saved_cfg(probe=False),
+                                               "model": self.model.to_bytes}
         with self._ready():
-            return srsly.msgpack_dumps({"cfg": self._saved_cfg(probe=False), "model": self.model.to_bytes()})
+            return srsly.msgpack_dumps({key: part() for key, part in parts.items() if key not in exclude})
 
     @_loads
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
@@ -717,9 +720,15 @@ class ContextualEmbedder(TrainablePipe):
             if _is_v1_bytes(msg):
                 # 0.1 packed the files of its to_disk into one msgpack dict; from_disk reads them.
                 return self._from_v1_bytes(msg, exclude)
-            if not isinstance(msg, dict) or "model" not in msg:
+            if not isinstance(msg, dict) or not {"cfg", "model"} & set(msg):
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes", "not a serialized ctxembed component")
-            cfg = msg.get("cfg", {})
+            if "model" in exclude:
+                return self  # (the cfg only checks the model it was saved with)
+            if "model" not in msg:
+                raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
+                                  "they hold no model (saved with exclude=['model']?); load them with "
+                                  "exclude=['model'], or the bytes of the whole component")
+            cfg = {} if "cfg" in exclude else msg.get("cfg", {})
             self._check_format(cfg, "bytes")
             self._check_saved_combiner(self._saved_combiner_nodes(msg["model"]), "bytes")
             with self._loading(f"{len(bytes_data)} bytes"):
@@ -773,12 +782,9 @@ class ContextualEmbedder(TrainablePipe):
     def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
         """The saved nodes of the combiner in the bytes of the whole model; None where
         the bytes are not such a model (from_bytes reports that itself)."""
-        try:
-            saved = srsly.msgpack_loads(model_bytes)["nodes"]
-        except Exception:  # noqa: BLE001
-            return None
+        saved = _saved_nodes(model_bytes)
         nodes = list(self.model.walk())
-        if not isinstance(saved, list) or len(saved) != len(nodes):
+        if saved is None or len(saved) != len(nodes):
             return None
         combiner = [id(node) for node in self.combiner.walk()]
         return [saved[i] for i, node in enumerate(nodes) if id(node) in combiner]

@@ -19,7 +19,7 @@ from .component import ContextualEmbedder
 CONTEXTUAL_FACTORIES = ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf")
 
 #: What every factory writes; `nlp.analyze_pipes()` shows it.
-ASSIGNS = ["doc._.ctx_outputs", "doc._.ctx_vectors", "doc._.ctx_layers", "doc.tensor"]
+ASSIGNS = ("doc._.ctx_outputs", "doc._.ctx_vectors", "doc._.ctx_layers", "doc.tensor")
 
 BERT_DEFAULT_CONFIG = """
 [ctxembed_bert]
