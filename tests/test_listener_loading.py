@@ -16,7 +16,8 @@ WORDS = ["I", "ran", "to", "the", "park"]
 TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
 TEXT = " ".join(WORDS)
 NO_UPSTREAM = r"ContextualListener upstream = '\*': no ctxembed component of that name comes before"
-NOT_RUN = r"ContextualListener upstream = '\*': doc has no layers from upstream 'ctxembed_bert', which did not run"
+NOT_RUN = (r"\[tagger\] ContextualListener upstream = '\*': doc has no layers from upstream 'ctxembed_bert', "
+           "which did not run")
 
 
 def _pipeline(tiny_bert_dir, *, disabled_at_initialize=False):

@@ -109,7 +109,7 @@ class ContextualListenerNode(SampleDocsModel):
         live = sorted(self._upstreams())
         if len(live) > 1:
             raise ValueError(
-                f"ContextualListener upstream = '*' matches several ctxembed components ({', '.join(live)}): "
+                f"{_named(self)} matches several ctxembed components ({', '.join(live)}): "
                 "set upstream to the name of one of them"
             )
         return live[0] if live else None
@@ -135,7 +135,7 @@ class ContextualListenerNode(SampleDocsModel):
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
-                f"ContextualListener upstream = {self.upstream_name!r} receives from both "
+                f"{_named(self)} receives from both "
                 f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
@@ -143,7 +143,7 @@ class ContextualListenerNode(SampleDocsModel):
     def verify_inputs(self, docs: List[Doc]) -> None:
         batch_id = self.get_batch_id(docs)
         if batch_id != self._batch_id:
-            raise ValueError(f"ContextualListener: mismatched batch ({batch_id} vs {self._batch_id}): the "
+            raise ValueError(f"{_named(self)}: mismatched batch ({batch_id} vs {self._batch_id}): the "
                              f"upstream {self._upstream!r} ran on other docs than this component")
 
     def __getstate__(self) -> Any:
@@ -186,7 +186,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 # (the upstream keeps its layers for the listeners linked to it, and
                 # spaCy links them only when a pipeline is made or loaded)
                 raise ValueError(
-                    f"ContextualListener: upstream {name!r} stored no layers on the doc, only vectors: it keeps "
+                    f"{_named(model)}: upstream {name!r} stored no layers on the doc, only vectors: it keeps "
                     "them for the listeners linked to it (or with store_layers = true), and spaCy links "
                     "listeners when a pipeline is made or loaded, not on enable_pipe. Load the pipeline without "
                     f"disabling this component, or set store_layers = true on {name!r}; or they were dropped "
@@ -196,7 +196,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 # (spaCy's `debug model` runs no upstream but its own tok2vec's
                 # and transformer's, so a listener's component debugged alone lands here too.)
                 raise ValueError(
-                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
+                    f"{_named(model)}: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
                     "it did not run on the training docs before this component's update. In training, a frozen "
                     "ctxembed component must also be listed in [training] annotating_components, and a trained "
                     "one updated in the same nlp.update; a listening component updated on its own (its "
@@ -208,7 +208,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 # renamed (rename_pipe, add_pipe(source=..., name=...)) or
                 # another one ran. Zeros here would be silently wrong features.
                 raise ValueError(
-                    f"ContextualListener: doc has no {model.kind} from upstream {name or model.upstream_name!r}, "
+                    f"{_named(model)}: doc has no {model.kind} from upstream {name or model.upstream_name!r}, "
                     f"but has outputs of {', '.join(map(repr, others))}; if the upstream component was renamed, "
                     "set the listener's upstream to its new name"
                 )
@@ -248,7 +248,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
     if not model._upstreams() or model.has_dim("nO") is not True or model.has_dim("nL") is not True:
         # spaCy links a listener to a component of the name it gives, and only to one before it.
         raise ValueError(
-            f"ContextualListener upstream = {model.upstream_name!r}: no ctxembed component of that name "
+            f"{_named(model)}: no ctxembed component of that name "
             "comes before this listener's component in the pipeline; set upstream to the name of an "
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)"
@@ -259,7 +259,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         # annotating. (A batch id alone could be a stale one, of a batch that
         # this listener's component skipped.)
         raise ValueError(
-            f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
+            f"{_named(model)}: doc has no {model.kind} from upstream "
             f"{name!r}, which is being trained but does not annotate the training docs, while this listener's "
             f"component predicts on them (it is in [training] annotating_components and not trained); add "
             f"{name!r} to [training] annotating_components too, or give this component its own copy of the "
@@ -267,7 +267,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         )
     if not model.is_sample(doc):
         raise ValueError(
-            f"ContextualListener upstream = {model.upstream_name!r}: doc has no {model.kind} from upstream "
+            f"{_named(model)}: doc has no {model.kind} from upstream "
             f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
             f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
             "go through the pipeline (run nlp(text), not this component alone), or its outputs were dropped "
@@ -501,16 +501,22 @@ def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> str:
         upstream = node.source_name() or node.upstream_name
     except ValueError:  # "*" matches several: that is its own error, not this one
         upstream = node.upstream_name
-    components = [name for component in node._upstreams().values()
-                  for name, nodes in getattr(component, "listener_map", {}).items()
-                  if any(n is node for n in nodes)]
-    where = f" (in {components[0]!r})" if components else ""
     return (
-        f"ContextualListener.v2{where}, upstream = {node.upstream_name!r}: its weights were trained on {trained} "
+        f"{_named(node)}: its weights were trained on {trained} "
         f"from {upstream!r}, which now gives {now}. Give {upstream!r} the settings this component was trained "
         f"with (its model's encoder `layers`, `name` and combiner), or train a new one on what {upstream!r} now "
         "gives (spacy train, or a component made from its config)"
     )
+
+
+def _named(node: ContextualListenerNode) -> str:
+    """How errors name a listener: "[component] ContextualListener upstream = ...", with the
+    component that holds it where an upstream lists it (spaCy tells a listener nothing of
+    the component it serves)."""
+    holders = [name for component in node._upstreams().values()
+               for name, nodes in getattr(component, "listener_map", {}).items() if any(n is node for n in nodes)]
+    where = f"[{holders[0]}] " if holders else ""
+    return f"{where}ContextualListener upstream = {node.upstream_name!r}"
 
 
 def _init_inner(model: Model, X=None, Y=None) -> None:
