@@ -106,26 +106,29 @@ def computed_ahead(
     item k. Errors of `produce` are handed back, not raised, so that the
     caller decides (spaCy's error handlers); an error of the stream itself is
     raised after the item before it has been handed over, as a serial loop
-    would. The worker runs in a copy of the caller's context, so context
-    variables (Thinc's current ops) carry over. Closing the generator early
-    waits for the one item in flight and drops it.
+    would (an interrupt too: a caller that stops there still gets it). The worker runs in a
+    copy of the caller's context, so context variables (Thinc's current ops)
+    carry over. Closing the generator early drops the item in flight without
+    waiting for it: the worker finishes it and ends.
     """
     iterator = iter(items)
     sentinel = object()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run-ahead") as pool:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run-ahead")
+    stream_error: Optional[BaseException] = None
+    closed = False
 
-        def submit(item: T) -> "Future[U]":
-            return pool.submit(contextvars.copy_context().run, produce, item)
+    def submit(item: T) -> "Future[U]":
+        return pool.submit(contextvars.copy_context().run, produce, item)
 
+    try:
         current = next(iterator, sentinel)
         if current is sentinel:
             return
         pending = submit(current)  # type: ignore[arg-type]
         while True:
-            stream_error: Optional[Exception] = None
             try:
                 following = next(iterator, sentinel)
-            except Exception as exc:  # raised once `current` is handed over
+            except BaseException as exc:  # raised once `current` is handed over (KeyboardInterrupt too)
                 following, stream_error = sentinel, exc
             try:
                 result: Optional[U] = pending.result()
@@ -140,6 +143,17 @@ def computed_ahead(
             if following is sentinel:
                 return
             current = following
+    except GeneratorExit:
+        closed = True
+        if stream_error is not None and not isinstance(stream_error, Exception):
+            raise stream_error from None  # an interrupt of the stream is never lost
+        raise
+    finally:
+        # Closed early, the item in flight is not waited for. The close can
+        # come from the garbage collector, in whatever thread it runs, and in
+        # the middle of a load there that the worker's prediction waits for:
+        # waiting for the worker would then wait for ever.
+        pool.shutdown(wait=not closed, cancel_futures=closed)
 
 
 def on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:

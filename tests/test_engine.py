@@ -7,6 +7,7 @@ references written here.
 """
 import contextlib
 import threading
+import time
 
 import numpy
 import pytest
@@ -486,11 +487,72 @@ def test_run_ahead_pipe_sends_a_failed_batch_to_the_error_handler(nlp, run_ahead
     assert [(name, texts_) for name, texts_, _ in handled] == [("ctxembed_bert", ["FAIL", "three"])]
 
 
+def _run_ahead_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("ctxembed-run-ahead")]
+
+
 def test_run_ahead_pipe_stopped_early_leaves_no_thread(nlp, run_ahead_on):
     stream = nlp.pipe(TEXTS * 3, batch_size=2)
     assert next(stream).tensor.shape[0] > 0
     stream.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("ctxembed-run-ahead")]
+    for thread in _run_ahead_threads():  # (it ends once the batch in flight is done)
+        thread.join(timeout=30)
+    assert not _run_ahead_threads()
+
+
+def test_run_ahead_pipe_closed_during_a_load_does_not_wait_for_it(nlp, run_ahead_on, monkeypatch):
+    """A stream dropped while the component loads (the garbage collector can
+    close it inside the load, in the loading thread) must not wait for the
+    batch in flight, whose prediction waits for the load: that waited for ever."""
+    predict, go = run_ahead_on.predict, threading.Event()
+
+    def held(docs):
+        go.wait(timeout=60)
+        return predict(docs)
+
+    monkeypatch.setattr(run_ahead_on, "predict", held)
+    go.set()
+    stream = nlp.pipe(TEXTS * 3, batch_size=2)
+    first = next(stream)  # the next batch is now in flight
+    go.clear()
+    closed = threading.Event()
+
+    def load_and_close():
+        with run_ahead_on._gate.loading():
+            go.set()  # the worker's prediction now waits for this load
+            time.sleep(0.2)
+            stream.close()
+            closed.set()
+
+    loader = threading.Thread(target=load_and_close, daemon=True)
+    loader.start()
+    loader.join(timeout=30)
+    assert closed.is_set(), "closing the stream inside a load waited for the prediction that waits for the load"
+    for thread in _run_ahead_threads():
+        thread.join(timeout=30)
+    assert not _run_ahead_threads()
+    assert first.tensor.shape[0] > 0
+    numpy.testing.assert_allclose(nlp(first.text).tensor, first.tensor, atol=1e-6)  # and the pipeline goes on
+
+
+def test_run_ahead_keeps_an_interrupt_of_the_stream_for_after_the_item_before_it():
+    """A KeyboardInterrupt raised by the stream while the worker computes the
+    item before it: that item is handed over first, as a serial loop would
+    (it was lost), and the interrupt reaches a caller that stops there too."""
+    def stream():
+        yield 1
+        yield 2
+        raise KeyboardInterrupt
+
+    handed_over = []
+    with pytest.raises(KeyboardInterrupt):
+        for item, result, _ in computed_ahead(lambda n: n * 10, stream()):
+            handed_over.append((item, result))
+    assert handed_over == [(1, 10), (2, 20)]
+    ahead = computed_ahead(lambda n: n * 10, stream())
+    assert [next(ahead)[0], next(ahead)[0]] == [1, 2]
+    with pytest.raises(KeyboardInterrupt):
+        ahead.close()
 
 
 def test_run_ahead_hands_back_errors_and_carries_context():
