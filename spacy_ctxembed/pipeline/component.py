@@ -31,39 +31,38 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..layers.scalar_mix import is_plain_mean
-from ..models.elmo_weights import OPTIONS_FILE, ElmoFileError
+from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
-from ..models.hf_loading import CONFIG_FILE
-from ..models.hf_probe import probe_difference
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
-from ..settings import check_saved_features, encoder_features, normalize_layers, selected_layers
+from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate
-from .signature import output_signature, saved_options_digest, saved_probe, saved_weights_fingerprint
-
-#: Subfolder of the component's directory where the encoder writes its files.
-MODEL_DIR = "model"
-#: Version of the component's on-disk layout (v1 wrote none; same layout).
-FORMAT = 2
-#: Key in the saved cfg: the encoder layers (non-negative indices) the combiner
-#: was saved for. Not "layers": 0.1 wrote its `layers` setting, as given, there.
-LAYERS_KEY = "encoder_layers"
-#: Key in the saved cfg: a fingerprint of the encoder's weights as saved in the
-#: model folder (`saved_weights_fingerprint`; absent in older saves, and for an encoder
-#: without weights of its own).
-WEIGHTS_KEY = "encoder_weights"
-#: The cfg key of the encoder's pooling and windows when saved (`settings.encoder_features`).
-FEATURES_KEY = "encoder_features"
-#: The cfg key of ELMo's options when saved, by content (`saved_options_digest`;
-#: absent in older saves, and for BERT).
-OPTIONS_KEY = "encoder_options"
-#: The cfg key of what a Hugging Face model folder computes when saved: its
-#: tokenizer's vocabulary, a probe text's wordpieces and hidden states
-#: (`saved_probe`; absent in older saves, and for ELMo).
-PROBE_KEY = "encoder_probe"
+from .saved import (
+    FEATURES_KEY,
+    LAYERS_KEY,
+    MODEL_DIR,
+    OPTIONS_KEY,
+    PROBE_KEY,
+    WEIGHTS_KEY,
+    check_combiner,
+    check_format,
+    check_saved_combiner,
+    check_saved_layers,
+    check_saved_options,
+    check_saved_probe,
+    check_saved_weights,
+    combiner_nodes,
+    is_v1_bytes,
+    load_failure,
+    read_cfg,
+    saved_cfg,
+    saved_nodes,
+    v1_saved_layers,
+)
+from .signature import output_signature
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -659,7 +658,7 @@ class ContextualEmbedder(TrainablePipe):
         path = ensure_path(path)
         self._flush_backward(at_update=True)
         serializers: Dict[str, Callable[[Path], Any]] = {
-            "cfg": lambda p: srsly.write_json(p, self._saved_cfg(probe=True)),
+            "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         for shim in self.encoder.shims:
@@ -672,7 +671,7 @@ class ContextualEmbedder(TrainablePipe):
         path = Path(path)
         saved_cfg: Dict[str, Any] = {}
         with named_errors(self.name):
-            from_disk(path, {"cfg": lambda p: saved_cfg.update(self._read_cfg(p))}, exclude)
+            from_disk(path, {"cfg": lambda p: saved_cfg.update(read_cfg(self.name, p))}, exclude)
             with self._loading(str(path)):
                 for shim in self.encoder.shims:
                     if MODEL_DIR in exclude:
@@ -682,12 +681,12 @@ class ContextualEmbedder(TrainablePipe):
                         raise bad_setting(self.name, "model", str(path / MODEL_DIR),
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     cast(Any, shim).load_dir(path / MODEL_DIR)
-                    self._check_saved_weights(saved_cfg.get(WEIGHTS_KEY), path)
+                    check_saved_weights(self.name, self.encoder, saved_cfg.get(WEIGHTS_KEY), path)
                     if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own files)
-                        self._check_saved_options(saved_cfg.get(OPTIONS_KEY), path)
-                        self._check_saved_probe(saved_cfg.get(PROBE_KEY), path)
+                        check_saved_options(self.name, self.encoder, saved_cfg.get(OPTIONS_KEY), path)
+                        check_saved_probe(self.name, self.encoder, saved_cfg.get(PROBE_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
-                    saved_layers = saved_cfg.get(LAYERS_KEY, self._v1_saved_layers(saved_cfg))
+                    saved_layers = saved_cfg.get(LAYERS_KEY, v1_saved_layers(self.name, self.encoder, saved_cfg))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
                 elif "combiner" not in exclude and self.combiner.param_names:
                     raise bad_setting(self.name, "combiner", str(path / "combiner"),
@@ -704,7 +703,7 @@ class ContextualEmbedder(TrainablePipe):
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles.
         `exclude` leaves out "cfg" or "model", as spaCy's own components do."""
         self._flush_backward(at_update=True)
-        parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: self._saved_cfg(probe=False),
+        parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: saved_cfg(self.cfg, self.encoder, probe=False),
                                                "model": self.model.to_bytes}
         with self._ready():
             return srsly.msgpack_dumps({key: part() for key, part in parts.items() if key not in exclude})
@@ -717,7 +716,7 @@ class ContextualEmbedder(TrainablePipe):
             except Exception as err:  # noqa: BLE001 - any decoding failure means "not ours"
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                   f"not a serialized ctxembed component ({type(err).__name__})") from None
-            if _is_v1_bytes(msg):
+            if is_v1_bytes(msg):
                 # 0.1 packed the files of its to_disk into one msgpack dict; from_disk reads them.
                 return self._from_v1_bytes(msg, exclude)
             if not isinstance(msg, dict) or not {"cfg", "model"} & set(msg):
@@ -729,8 +728,9 @@ class ContextualEmbedder(TrainablePipe):
                                   "they hold no model (saved with exclude=['model']?); load them with "
                                   "exclude=['model'], or the bytes of the whole component")
             cfg = {} if "cfg" in exclude else msg.get("cfg", {})
-            self._check_format(cfg, "bytes")
-            self._check_saved_combiner(self._saved_combiner_nodes(msg["model"]), "bytes")
+            check_format(self.name, cfg, "bytes")
+            check_saved_combiner(self.name, self.combiner, combiner_nodes(self.model, self.combiner, msg["model"]),
+                                 "bytes")
             with self._loading(f"{len(bytes_data)} bytes"):
                 try:
                     self.model.from_bytes(msg["model"])
@@ -738,8 +738,9 @@ class ContextualEmbedder(TrainablePipe):
                     raise
                 except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
                     raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
-                                      _load_failure("a serialized ctxembed model", err)) from None
-                self._check_saved_layers(cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None, "bytes")
+                                      load_failure("a serialized ctxembed model", err)) from None
+                check_saved_layers(self.name, self.encoder, cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None,
+                                   "bytes")
                 self._check_saved_features(cfg.get(FEATURES_KEY) if isinstance(cfg, dict) else None)
                 self._after_loading("bytes")
         self._model_loaded()
@@ -758,58 +759,6 @@ class ContextualEmbedder(TrainablePipe):
             exclude = [*exclude, *([] if "cfg" in files else ["cfg"])]
             return self.from_disk(root, exclude=exclude)
 
-    def _saved_cfg(self, *, probe: bool) -> Dict[str, Any]:
-        """The cfg file: the layout's version, the settings (for reference only: the
-        config's are used), the encoder layers that the combiner's weights are for,
-        the fingerprint of the encoder's weights (`_check_saved_weights`), ELMo's
-        options (`_check_saved_options`), its pooling and windows
-        (`check_saved_features`), and with `probe`, what a Hugging Face model
-        folder computes (`_check_saved_probe`: files on disk may be edited)."""
-        cfg = {"format": FORMAT, **self.cfg, LAYERS_KEY: selected_layers(self.encoder)}
-        if self.encoder.shims:
-            cfg[WEIGHTS_KEY] = saved_weights_fingerprint(self.encoder)
-            options = saved_options_digest(self.encoder)
-            if options is not None:
-                cfg[OPTIONS_KEY] = options
-            record = saved_probe(self.encoder) if probe else None
-            if record is not None:  # (to disk only: the files a user may edit, checked by from_disk)
-                cfg[PROBE_KEY] = record
-        features = encoder_features(self.encoder)
-        if features:
-            cfg[FEATURES_KEY] = features
-        return cfg
-
-    def _saved_combiner_nodes(self, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
-        """The saved nodes of the combiner in the bytes of the whole model; None where
-        the bytes are not such a model (from_bytes reports that itself)."""
-        saved = _saved_nodes(model_bytes)
-        nodes = list(self.model.walk())
-        if saved is None or len(saved) != len(nodes):
-            return None
-        combiner = [id(node) for node in self.combiner.walk()]
-        return [saved[i] for i, node in enumerate(nodes) if id(node) in combiner]
-
-    def _read_cfg(self, path: Path) -> Dict[str, Any]:
-        if not path.parent.is_dir():
-            raise bad_setting(self.name, "cfg", str(path), f"the component's folder {str(path.parent)!r} is missing "
-                              "(was the pipeline saved with this component in `exclude`?)")
-        if not path.is_file():
-            raise bad_setting(self.name, "cfg", str(path), "the file is missing")
-        try:
-            cfg = srsly.read_json(path)
-        except Exception as err:  # noqa: BLE001
-            raise bad_setting(self.name, "cfg", str(path), f"not valid JSON ({type(err).__name__})") from None
-        self._check_format(cfg, str(path))
-        return cfg
-
-    def _check_format(self, cfg: Any, source: str) -> None:
-        """The saved layout must be one this version reads. The settings come from
-        the config (a user may edit a saved pipeline's config.cfg), not from cfg."""
-        version = cfg.get("format", 1) if isinstance(cfg, dict) else None
-        if version not in (1, FORMAT):
-            raise bad_setting(self.name, "cfg", source, f"format {version!r} was written by a newer "
-                              f"spacy-ctxembed; this one reads 1 and {FORMAT}")
-
     def _after_loading(self, combiner_source: str) -> None:
         if all(cast(Any, shim).loaded for shim in self.encoder.shims):
             set_loaded_dims(self.encoder)  # (its `initialize` would load the config's weights over them)
@@ -819,107 +768,7 @@ class ContextualEmbedder(TrainablePipe):
         # a loaded pipeline has it from the combiner that was saved with it.
         if self.encoder.has_dim("nO") is not True and self.combiner.has_dim("nI") is True:
             self.encoder.set_dim("nO", self.combiner.get_dim("nI"))
-        self._check_combiner(combiner_source)
-
-    def _check_combiner(self, source: str) -> None:
-        """The combiner's weights must fit the encoder and be finite, like the encoder's."""
-        xp = self.model.ops.xp
-        n_layers = self.encoder.get_dim("nL")
-        n_in, width = self.combiner.maybe_get_dim("nI"), self.encoder.maybe_get_dim("nO")
-        if self.combiner.param_names and n_in is not None and width is not None and n_in != width:
-            # (A mix trained over another model's layers: thinc would refuse
-            # the new width later, naming neither the component nor the cause.)
-            raise bad_setting(self.name, "combiner", source,
-                              f"it was saved beside an encoder of width {n_in}, but the loaded model's is {width}: "
-                              "put back the model it was saved with, or train the pipeline again")
-        expected = {"s": (n_layers,), "gamma": (1,)} if self.combiner.name == "scalar_mix" else {}
-        for name in self.combiner.param_names:
-            if not self.combiner.has_param(name):
-                continue
-            value = self.combiner.get_param(name)
-            if name in expected and tuple(value.shape) != expected[name]:
-                raise bad_setting(self.name, "combiner", source, f"weight {name!r} has shape {tuple(value.shape)}, "
-                                  f"expected {expected[name]} for {n_layers} layers")
-            if not bool(xp.isfinite(value).all()):
-                raise bad_setting(self.name, "combiner", source, f"weight {name!r} has non-finite values")
-
-    def _check_saved_combiner(self, saved: Optional[List[Dict[str, Any]]], source: str) -> None:
-        """The saved combiner must be the one the config builds, for as many layers.
-
-        A user may edit the saved pipeline's config.cfg: thinc would load the
-        weights into whatever combiner it names (and take the saved node name),
-        so a trained mix would be dropped silently, or fail at the first call.
-        """
-        if not saved:
-            return
-        names = [node.get("name") if isinstance(node, dict) else None for node in saved]
-        current_names = [node.name for node in self.combiner.walk()]
-        if names != current_names:
-            was, now = (names[0], current_names[0]) if names[0] != current_names[0] else (names, current_names)
-            raise bad_setting(self.name, "combiner", source,
-                              f"it was saved as {was}, but the config's [model.combiner] is {now}: put back "
-                              "the combiner it was saved with, or train the pipeline again")
-        n_saved, n_current = _saved_dim(saved[0], "nL"), self.combiner.maybe_get_dim("nL")
-        if n_saved is not None and n_current is not None and n_saved != n_current:
-            # A user edited `layers` in the saved pipeline's config.cfg.
-            raise bad_setting(self.name, "combiner", source,
-                              f"it was saved for {n_saved} layer(s), but the config's layers select {n_current}: "
-                              "put back the layers it was saved with, or train the pipeline again")
-
-    def _check_saved_weights(self, saved: Any, path: Path) -> None:
-        """The model folder must hold the weights the pipeline was saved with.
-
-        Another model's folder put in its place (of the same shapes, or wider,
-        or deeper) would otherwise run under the combiner and the downstream
-        weights trained on the saved one, silently, or fail with an error about
-        layers or dims that names neither. The fingerprint samples every
-        tensor: a swapped or retrained model differs, a few values edited by
-        hand may not.
-        """
-        if not isinstance(saved, str) or saved == saved_weights_fingerprint(self.encoder):
-            return
-        raise bad_setting(
-            self.name, "model", str(path / MODEL_DIR),
-            f"it holds other weights than this pipeline was saved with (the fingerprint in {str(path / 'cfg')!r}"
-            " differs): put back the model folder it was saved with. To embed with another model, make a "
-            "component on it (its `name`) and train what listens to it again; to keep these weights on "
-            f"purpose, remove {WEIGHTS_KEY!r} from that cfg file",
-        )
-
-    def _check_saved_options(self, saved: Any, path: Path) -> None:
-        """ELMo's options file in the model folder must be the one the pipeline was
-        saved with: other clipping, activation or skip connections change every
-        vector under the weights (its own and downstream) trained on them, as
-        other weights would (`_check_saved_weights`)."""
-        if not isinstance(saved, str) or saved == saved_options_digest(self.encoder):
-            return
-        raise bad_setting(
-            self.name, "model", str(path / MODEL_DIR),
-            f"its {OPTIONS_FILE} differs from the one this pipeline was saved with (the digest in "
-            f"{str(path / 'cfg')!r} differs), and every vector with it: put back the options file it was saved "
-            f"with; to keep these options on purpose, remove {OPTIONS_KEY!r} from that cfg file",
-        )
-
-    def _check_saved_probe(self, saved: Any, path: Path) -> None:
-        """A Hugging Face model folder's config.json and tokenizer must do what they did
-        when the pipeline was saved (`hf_probe`): another number of attention heads,
-        activation, lowercasing or vocabulary changes every vector under the weights
-        (its own and downstream) trained on them, as other weights would."""
-        if saved is None:
-            return
-        current = saved_probe(self.encoder)
-        difference = None if current is None else probe_difference(saved, current)
-        if difference is None:
-            return
-        what = ("tokenizer files differ from the ones this pipeline was saved with: they split a probe text "
-                "otherwise, or hold another vocabulary" if difference == "tokenizer" else
-                f"{CONFIG_FILE} differs from the one this pipeline was saved with: the model computes other "
-                "hidden states for a probe text")
-        raise bad_setting(
-            self.name, "model", str(path / MODEL_DIR),
-            f"its {what} (the record in {str(path / 'cfg')!r}), and every vector with it: put back the files "
-            f"it was saved with; to keep them on purpose, remove {PROBE_KEY!r} from that cfg file",
-        )
+        check_combiner(self.name, self.encoder, self.combiner, combiner_source)
 
     def _check_saved_features(self, saved: Any, *, with_combiner: bool = True, on_purpose: str = "") -> None:
         """The pooling and windows the encoder was saved with, held to where weights
@@ -933,43 +782,14 @@ class ContextualEmbedder(TrainablePipe):
             check_saved_features(self.name, saved, encoder_features(self.encoder), trained=", ".join(trained),
                                  on_purpose=on_purpose)
 
-    def _v1_saved_layers(self, cfg: Dict[str, Any]) -> Optional[List[int]]:
-        """The layers a 0.1 pipeline's combiner was saved for: its cfg kept the
-        `layers` setting as written (`-1` for the top), resolved here against
-        the model just loaded. None where the cfg is not 0.1's or says nothing."""
-        layers = cfg.get("layers") if cfg.get("format", 1) == 1 else None
-        if not isinstance(layers, list) or not layers or \
-                not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            return None
-        for shim in self.encoder.shims:
-            if not cast(Any, shim).loaded:  # (`exclude`d: nothing to check against)
-                return None
-            try:
-                return list(normalize_layers(self.name, layers, cast(Any, shim).n_states))
-            except SettingError:  # out of the model's range: not these layers, whatever they were
-                return list(layers)
-        return None
-
-    def _check_saved_layers(self, saved: Any, source: str) -> None:
-        """The config's layers must be the ones the combiner was saved for, not just
-        as many: mixing weights trained for one layer apply to that layer only.
-        A cfg written before the layers were recorded has only the count check."""
-        current = selected_layers(self.encoder)
-        if not isinstance(saved, list) or current is None or saved == current:
-            return
-        raise bad_setting(self.name, "combiner", source,
-                          f"it was saved for layers {saved}, but the config's layers select {current} of the "
-                          "loaded model: put back the layers (or the model) it was saved with, or train the "
-                          "pipeline again")
-
     def _load_combiner(self, data: bytes, source: str, saved_layers: Any = None) -> None:
-        self._check_saved_combiner(_saved_nodes(data), source)
-        self._check_saved_layers(saved_layers, source)
+        check_saved_combiner(self.name, self.combiner, saved_nodes(data), source)
+        check_saved_layers(self.name, self.encoder, saved_layers, source)
         try:
             self.combiner.from_bytes(data)
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
             raise bad_setting(self.name, "combiner", source,
-                              _load_failure("a combiner saved by spacy-ctxembed", err)) from None
+                              load_failure("a combiner saved by spacy-ctxembed", err)) from None
 
 
 def _cacheable_encoder(model: Model) -> bool:
@@ -978,41 +798,6 @@ def _cacheable_encoder(model: Model) -> bool:
     doc's user data, which neither the cache's key, text and tokens, nor its
     identity, settings and weights, sees change)."""
     return any(node.shims for node in model.walk())
-
-
-def _load_failure(what: str, err: Exception) -> str:
-    """Why saved weights did not load, for the error. Thinc refuses weights of
-    other dimensions ("Attempt to change dimension 'nO' ... from 32 to 48"):
-    they are ctxembed's, of a model of another width or layer count."""
-    if "Attempt to change dimension" in str(err):
-        return (f"saved for a model of other dimensions than this component's config builds ({err}); load it "
-                "into a component with the config it was saved with")
-    return f"not {what} ({type(err).__name__}: {err})"
-
-
-def _saved_nodes(data: bytes) -> Optional[List[Dict[str, Any]]]:
-    """The nodes (name, dims) of a Thinc model saved with `to_bytes`; None where
-    the bytes are not such a model (from_bytes reports that itself)."""
-    try:
-        nodes = srsly.msgpack_loads(data)["nodes"]
-    except Exception:  # noqa: BLE001
-        return None
-    return nodes if isinstance(nodes, list) else None
-
-
-def _saved_dim(node: Any, name: str) -> Optional[int]:
-    """Dimension `name` of a saved node; None where it does not say."""
-    dims = node.get("dims") if isinstance(node, dict) else None
-    value = dims.get(name) if isinstance(dims, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _is_v1_bytes(msg: Any) -> bool:
-    """Whether `msg` is what spacy-ctxembed 0.1's `to_bytes` wrote: its `to_disk`
-    files, {"cfg": ..., "combiner": ..., "model/...": ...}, each as bytes."""
-    return (isinstance(msg, dict) and bool(msg) and "model" not in msg
-            and all(isinstance(k, str) and isinstance(v, bytes) for k, v in msg.items())
-            and all(k in ("cfg", "combiner") or k.startswith(MODEL_DIR + "/") for k in msg))
 
 
 def _upstream_width(encoder: Model, nlp: Language) -> None:
