@@ -239,14 +239,18 @@ def test_a_model_folder_that_is_not_a_pipeline_and_a_gpu_id_without_a_gpu_name_t
     assert _one_error(result) == (
         f"error: --model {tiny_bert_dir}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
         "directory, pass a --config whose ctxembed component names it")
+    from thinc.api import get_current_ops, set_current_ops
+
     from spacy_ctxembed.cli.errors import UsageError
     from spacy_ctxembed.cli.pipelines import build_pipeline
 
+    ops = get_current_ops()
     try:
         spacy.require_gpu(0)
     except Exception as err:  # noqa: BLE001 - what this machine says (no CuPy, or no device 0)
         reason = str(err)
     else:  # pragma: no cover - a GPU machine
+        set_current_ops(ops)  # (require_gpu switched every later test to the GPU)
         pytest.skip("this machine has a GPU 0")
     with pytest.raises(UsageError, match=r"^--gpu-id 0: ") as error:
         build_pipeline(gpu_id=0)

@@ -69,6 +69,19 @@ def test_cache_is_bounded():
     assert "huge" not in cache and cache.nbytes <= 2000
 
 
+def test_what_goes_in_or_comes_out_is_a_copy():
+    # A caller writing into what it put or got (annotations are edited in
+    # place) must never change what the next hit serves.
+    cache = FeatureCache(max_bytes=2**20)
+    stored = numpy.arange(12, dtype="float32").reshape(3, 4)
+    cache.put("k", stored)
+    stored[:] = -1
+    served = cache.get("k")
+    numpy.testing.assert_array_equal(served, numpy.arange(12, dtype="float32").reshape(3, 4))
+    served[:] = -2
+    numpy.testing.assert_array_equal(cache.get("k"), numpy.arange(12, dtype="float32").reshape(3, 4))
+
+
 def test_many_small_entries_stay_within_the_budget():
     """Only the arrays' data was counted: 8,192 one-token entries under a 1 MB
     budget held 4 MB (the array objects, keys and the LRU's nodes)."""

@@ -9,7 +9,6 @@ import pickle
 import resource
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -133,12 +132,9 @@ def test_huge_hidden_size_fails_before_allocating(tiny_bert_dir, tmp_path, monke
 
     monkeypatch.setattr(AutoModel, "from_pretrained", must_not_load)
     peak_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     message = load_error(d)
-    elapsed = time.perf_counter() - start
     peak_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kb) / 1024
     assert peak_growth_mb < 500, peak_growth_mb
-    assert elapsed < 60, elapsed
     assert WEIGHTS_FILE in message and "config.json" in message
     assert "hidden_size=65536" in message
     assert "embeddings.word_embeddings.weight" in message and "[30522, 65536]" in message

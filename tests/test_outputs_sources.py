@@ -400,6 +400,22 @@ def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_charac
     numpy.testing.assert_allclose(rejoined._.ctx_vectors, source._.ctx_vectors, atol=1e-6)
 
 
+def test_a_cut_that_ends_without_a_space_joined_flush_with_another_keeps_its_last_token(last_layer):
+    """A cut whose last token ("$") touches the next part's first character, with
+    no space between (`ensure_whitespace=False`): the token ends where the next
+    part begins, and is still the cut's own."""
+    nlp = last_layer
+    source = nlp(TEXT)
+    dollar = next(token.i for token in source if token.text == "$")
+    assert not source[dollar].whitespace_
+    cut = source[dollar - 2:dollar + 1].as_doc(copy_user_data=True)  # "startup for $"
+    other = nlp("Pears are fruit.")
+    joined = restore_vectors(Doc.from_docs([cut, other], ensure_whitespace=False))
+    assert joined.text == "startup for $Pears are fruit."
+    numpy.testing.assert_allclose(joined._.ctx_vectors[:3], source._.ctx_vectors[dollar - 2:dollar + 1], atol=1e-6)
+    numpy.testing.assert_allclose(joined._.ctx_vectors[3:], other._.ctx_vectors, atol=1e-6)
+
+
 def test_a_cut_doc_joined_with_its_sources_own_text_or_words_is_never_read_as_another(last_layer):
     """A cut carries its whole source's store; joined with a doc whose text is
     the rest of the source, every stored token has its text in place. Found by

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 
 import numpy
 import pytest
@@ -122,7 +123,7 @@ def test_loads_in_one_thread_while_others_predict(tiny_bert_dir):
     numpy.testing.assert_allclose(nlp(text)._.ctx_vectors, reference, atol=1e-6)
 
 
-def test_run_ahead_batches_predicted_before_a_load_are_predicted_again(tiny_bert_dir, tmp_path):
+def test_run_ahead_batches_predicted_before_a_load_are_predicted_again(tiny_bert_dir, tmp_path, monkeypatch):
     # The worker predicts batch k+1 while the caller's loop works on batch k;
     # if the caller loads other weights meanwhile, batch k+1 holds the old
     # model's vectors and must be predicted again.
@@ -146,11 +147,24 @@ def test_run_ahead_batches_predicted_before_a_load_are_predicted_again(tiny_bert
     component = nlp.get_pipe("ctxembed_bert")
     component.run_ahead = True
     data_b = nlp_b.get_pipe("ctxembed_bert").to_bytes()
+    predicted_ahead, third_done = [], threading.Event()
+    predict_ahead = component._predict_ahead
+
+    def recorded(docs):
+        result = predict_ahead(docs)
+        predicted_ahead.append(result[0])  # (the weights' generation it was predicted with)
+        if len(predicted_ahead) == 3:
+            third_done.set()
+        return result
+
+    monkeypatch.setattr(component, "_predict_ahead", recorded)
     got = []
     for i, doc in enumerate(nlp.pipe(texts, batch_size=2)):
         got.append(doc._.ctx_vectors.copy())
-        if i == 3:  # the worker has predicted batch 3 (docs 4-5) with the first model by now
+        if i == 3:  # once the worker has predicted batch 3 (docs 4-5) with the first model
+            assert third_done.wait(timeout=60)
             component.from_bytes(data_b)
+    assert predicted_ahead[2] != component._generation  # (so it was one to predict again)
     for i in range(4, len(texts)):
         numpy.testing.assert_allclose(got[i], expected_b[i], atol=1e-6, err_msg=f"doc {i}")
 

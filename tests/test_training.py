@@ -139,6 +139,37 @@ def _tagger_scores(nlp, text=" ".join(WORDS)):
     return nlp.get_pipe("tagger").model.predict([doc])[0]
 
 
+@pytest.mark.parametrize("grad_factor", [0.5, 2.0])
+def test_the_listener_sends_its_gradient_scaled_by_grad_factor(tiny_bert_dir, monkeypatch, grad_factor):
+    """What reaches the embedder is grad_factor times what the tagger's head sent
+    into its listener (0 and 1 have their own paths)."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    into_listener, to_embedder = [], []
+    receive, backprop_and_clear = ContextualListenerNode.receive, ContextualListenerNode.backprop_and_clear
+
+    def receiving(self, batch_id, outputs, backprop, upstream):
+        def recorded(d_outputs):
+            to_embedder.extend(numpy.array(d, dtype="float64") for d in d_outputs)
+            return backprop(d_outputs)
+        return receive(self, batch_id, outputs, recorded, upstream)
+
+    def answering(self, d_outputs):
+        into_listener.extend(numpy.array(d, dtype="float64") for d in d_outputs)
+        return backprop_and_clear(self, d_outputs)
+
+    monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
+    monkeypatch.setattr(ContextualListenerNode, "backprop_and_clear", answering)
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=grad_factor))
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
+    into_listener.clear()
+    to_embedder.clear()
+    _train_step(nlp, examples, optimizer)
+    assert len(into_listener) == len(to_embedder) == 1 and numpy.abs(into_listener[0]).max() > 0
+    numpy.testing.assert_allclose(to_embedder[0], grad_factor * into_listener[0], rtol=1e-6, atol=1e-12)
+
+
 def test_replace_listeners_finds_a_listener_nested_in_the_tok2vec_block(tiny_bert_dir, tmp_path):
     """spaCy hands the hook the whole model.tok2vec block whatever path it
     replaces: a listener as a spacy.Tok2Vec.v2's `embed` (the layout of the
@@ -389,23 +420,35 @@ def test_the_training_copy_shares_the_buffers_of_a_moved_model(tiny_bert_dir, mo
     unloaded.model.to_cpu()  # before its model loads: nothing to move (it raised an AttributeError)
 
 
-def test_a_batch_predicted_ahead_before_a_training_step_is_predicted_again(tiny_bert_dir):
+def test_a_batch_predicted_ahead_before_a_training_step_is_predicted_again(tiny_bert_dir, monkeypatch):
     """run_ahead (on by default on GPU) predicts batch k+1 in a worker while batch k is handed on: a
     training step in between left batch k+1 with the old weights' vectors."""
-    import time
+    import threading
 
     nlp, examples = _pipeline(tiny_bert_dir)
     component = nlp.get_pipe("ctxembed_bert")
     component.run_ahead = True
+    predicted_ahead, second_done = [], threading.Event()
+    predict_ahead = component._predict_ahead
+
+    def recorded(docs):
+        result = predict_ahead(docs)
+        predicted_ahead.append(result[0])  # (the weights' generation it was predicted with)
+        if len(predicted_ahead) == 2:
+            second_done.set()
+        return result
+
+    monkeypatch.setattr(component, "_predict_ahead", recorded)
     texts = ["I ran to the park", "She ran some tests", "The dog ran home", "We ran again"]
     stream = component.pipe((nlp.make_doc(t) for t in texts), batch_size=2)
     first = [next(stream), next(stream)]
-    time.sleep(1.0)  # (the worker has predicted the second batch, with the weights before the step)
+    assert second_done.wait(timeout=60)  # the worker predicted the second batch, with the weights before the step
     before = component.predict([nlp.make_doc(texts[2])])[1][0]
     optimizer = nlp.resume_training()
     for _ in range(3):
         _train_step(nlp, examples, optimizer)
     rest = list(stream)
+    assert predicted_ahead[1] != component._generation  # (so it was one to predict again)
     after = component.predict([nlp.make_doc(t) for t in texts[2:]])[1]
     assert [d.text for d in first + rest] == texts
     assert not numpy.allclose(before, after[0], atol=1e-4)  # (the step moved the vectors)

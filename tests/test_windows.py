@@ -34,6 +34,36 @@ def test_cuts_move_to_token_boundaries():
         assert may_cut[w.own_start]
 
 
+def test_a_cut_may_move_to_the_end_of_the_overlap():
+    # The only token boundary in the first overlap, [5, 10), is the piece just
+    # past it (a cut before piece 10 leaves the first window whole): taken,
+    # rather than a cut inside a token.
+    may_cut = numpy.zeros(20, dtype=bool)
+    may_cut[[0, 10]] = True
+    windows = plan_windows(20, 10, 5, may_cut)
+    assert [(w.own_start, w.own_end) for w in windows] == [(0, 10), (10, 10), (10, 20)]
+
+
+@given(n=st.integers(2, 400), window=st.integers(1, 60), data=st.data())
+def test_cuts_keep_tokens_whole_wherever_an_overlap_allows_it(n, window, data):
+    """Where every overlap (its pieces and the piece just past it) holds a token
+    boundary, every cut is at one, the one nearest the overlap's middle."""
+    stride = data.draw(st.integers(1, window))
+    may_cut = numpy.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+    windows = plan_windows(n, window, stride, may_cut)
+    pairs = list(zip(windows, windows[1:]))
+    if not all(may_cut[right.start:left.start + window + 1].any() for left, right in pairs):
+        return
+    for _, right in pairs:
+        assert may_cut[right.own_start]
+    for left, right in pairs:
+        if right.own_start == left.own_start:
+            continue  # (overlaps that chain: a cut never moves back past the one before)
+        middle = (left.start + window - 1 + right.start) // 2 + 1
+        allowed = numpy.flatnonzero(may_cut[right.start:left.start + window + 1]) + right.start
+        assert abs(right.own_start - middle) == numpy.abs(allowed - middle).min()
+
+
 def test_bad_stride():
     with pytest.raises(ValueError, match="stride"):
         plan_windows(10, 4, 5)
