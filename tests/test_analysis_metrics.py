@@ -254,13 +254,13 @@ def test_subsampling():
 
 def test_bad_input():
     vectors, word_ids, _ = random_layer(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^word_ids: expected shape \(80,\), got \(79,\)"):
         self_similarity(vectors, word_ids[:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^min_count = 1: a word needs at least 2 occurrences"):
         self_similarity(vectors, word_ids, min_count=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^vectors: expected a \(n_tokens, dim\) array, got shape \(6,\)"):
         max_explainable_variance(vectors[0], word_ids)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^layers: expected a \(n_layers, n_tokens, dim\) array, got shape \(80, 6\)"):
         layer_report(vectors, word_ids, word_ids)
 
 

@@ -49,14 +49,27 @@ from .analysis_support import (
 )
 from .conftest import ctx_config, make_nlp
 from .elmo_fixture import write_elmo_fixture
+from .reference import hf_hidden_states, pool, token_pieces
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_bert_dir):
-    """The tiny model with every hidden state stored: the independent reference."""
-    return make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True)
+    """The tiny model with every hidden state stored, each layer checked here
+    against `transformers` itself (pooled in float64 by tests/reference.py)
+    on the corpus the tests analyse: the reference the analysis is held to."""
+    from transformers import AutoModel, AutoTokenizer
+
+    nlp = make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True)
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
+    for line in dict.fromkeys(CORPUS_LINES):
+        doc = nlp(line)
+        states, offsets = hf_hidden_states(tokenizer, model, line)
+        pieces = token_pieces(doc, offsets)
+        expected = np.stack([pool(states[layer], pieces, "mean") for layer in (0, 1, 2)])
+        np.testing.assert_allclose(doc._.ctx_layers, expected, atol=ATOL, rtol=0)
+    return nlp
 
 
 @pytest.fixture(scope="module")
