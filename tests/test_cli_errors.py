@@ -273,3 +273,21 @@ def test_an_installed_package_beside_a_folder_of_its_name_is_not_refused(tmp_pat
     assert "building my_pipeline" in result.stderr or "building my_pipeline" in repr(result.exception)
     refused = invoke("embed", text_file, "-o", tmp_path / "out", "-m", tmp_path)  # (a folder, no package)
     assert _one_error(refused).startswith(f"error: --model {tmp_path}: not a saved spaCy pipeline (no config.cfg)")
+
+
+def test_a_pipeline_whose_embedder_is_not_primary_is_refused_before_any_doc_runs(tiny_bert_dir, tmp_path,
+                                                                                    text_file):
+    """It set no doc._.ctx_vectors: embed failed at the first doc ("line 1: the pipeline
+    set no doc._.ctx_vectors", exit 1), naming neither the component nor the setting."""
+    from .conftest import ctx_config
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="emb", config=ctx_config(name=tiny_bert_dir, primary=False))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "not-primary")
+    result = invoke("embed", text_file, "-o", tmp_path / "out", "-m", tmp_path / "not-primary")
+    assert _one_error(result) == (
+        "error: [emb] primary = false: no component of the pipeline sets doc._.ctx_vectors, which a corpus job "
+        "writes (a component that is not primary keeps its outputs in doc._.ctx_outputs['emb'] only); set "
+        "primary = true on one ctxembed component")
+    assert not (tmp_path / "out").exists()

@@ -55,6 +55,19 @@ def test_a_pipeline_without_an_embedder_is_refused_before_ray_starts(tmp_path):
     assert not _ray_started()
 
 
+def test_a_pipeline_whose_embedder_is_not_primary_is_refused_before_ray_starts(tmp_path):
+    config = spacy.blank("en").config
+    config["nlp"]["pipeline"] = ["emb"]
+    config["components"]["emb"] = {"factory": "ctxembed_bert", "primary": False}
+    config.to_disk(tmp_path / "not-primary.cfg")
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out"), "--ray",
+                                      "--config", str(tmp_path / "not-primary.cfg")])
+    assert result.exit_code == 2, result.output
+    assert "[emb] primary = false: no component of the pipeline sets doc._.ctx_vectors" in result.output
+    assert not _ray_started()
+
+
 def test_read_docs_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"complete": False, "shards": []}), encoding="utf8")
     with pytest.raises(ValueError, match="is not complete: run embed --ray again"):

@@ -142,6 +142,22 @@ def test_readme_component_blocks_have_every_setting(factory):
     assert shown == actual
 
 
+@pytest.mark.parametrize("config_path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_give_every_setting_of_their_ctxembed_components(config_path):
+    """The README says the configs are complete: each ctxembed component block
+    writes out every setting its factory has (`spacy init fill-config` adds none)."""
+    config = Config().from_str(config_path.read_text(encoding="utf8"), interpolate=False)
+    for name, block in config["components"].items():
+        factory = block.get("factory")
+        if factory not in ("ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"):
+            continue
+        nlp = spacy.blank("en")
+        nlp.add_pipe(factory)
+        expected = {key for key, value in nlp.config["components"][factory].items() if not isinstance(value, dict)}
+        written = {key for key, value in block.items() if not isinstance(value, dict)}
+        assert expected - written == set(), (name, sorted(expected - written))
+
+
 def test_setup_command_can_run_twice():
     """One command line; its `embed` replaces an earlier output, whose directory git ignores."""
     setup = _readme_block("setup-command").strip()

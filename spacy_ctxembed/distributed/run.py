@@ -31,8 +31,7 @@ from thinc.api import Config
 
 from ..about import __version__
 from ..fileio import fsync_dir, model_identity, write_atomic, write_json
-from ..pipeline.build import NoContextualEmbedder
-from ..pipeline.factories import CONTEXTUAL_FACTORIES
+from ..pipeline.build import check_writes_vectors
 from .actor import ModelChanged, ShardEmbedder, attempts_name
 from .shards import DTYPES, MANIFEST, SHARDS, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
@@ -170,12 +169,9 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
     if config_text is None:
         return  # the default pipeline
     components = Config().from_str(config_text, interpolate=False).get("components", {})
-    factories = {name: block.get("factory") for name, block in components.items() if isinstance(block, dict)}
-    if not any(factory in CONTEXTUAL_FACTORIES for factory in factories.values()):
-        raise NoContextualEmbedder(
-            f"the pipeline has no contextual embedder ({', '.join(CONTEXTUAL_FACTORIES)}); "
-            f"its components are: {list(factories)}"
-        )
+    settings = {name: (block.get("factory"), block.get("primary", True))
+                for name, block in components.items() if isinstance(block, dict)}
+    check_writes_vectors(settings)
 
 
 def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:

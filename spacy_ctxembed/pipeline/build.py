@@ -1,6 +1,6 @@
 """Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import spacy
 from spacy.language import Language
@@ -42,12 +42,29 @@ def load_pipeline(
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert")
         nlp.initialize()
-    if not any(nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES for name in nlp.pipe_names):
+    check_writes_vectors({name: (nlp.get_pipe_meta(name).factory, getattr(nlp.get_pipe(name), "cfg", {}).get("primary"))
+                          for name in nlp.pipe_names})
+    return nlp
+
+
+def check_writes_vectors(components: Dict[str, Tuple[Optional[str], Any]]) -> None:
+    """A corpus job writes `doc._.ctx_vectors`: the primary ctxembed component's.
+    Refuse a pipeline where none would set them, before any doc runs.
+
+    components: each component's factory and `primary` setting, by name, in order.
+    """
+    embedders = [name for name, (factory, _) in components.items() if factory in CONTEXTUAL_FACTORIES]
+    if not embedders:
         raise NoContextualEmbedder(
             f"the pipeline has no contextual embedder ({', '.join(CONTEXTUAL_FACTORIES)}); "
-            f"its components are: {nlp.pipe_names}"
+            f"its components are: {list(components)}"
         )
-    return nlp
+    if not any(components[name][1] is not False for name in embedders):
+        raise NoContextualEmbedder(
+            f"[{embedders[0]}] primary = false: no component of the pipeline sets doc._.ctx_vectors, which a "
+            f"corpus job writes (a component that is not primary keeps its outputs in "
+            f"doc._.ctx_outputs[{embedders[0]!r}] only); set primary = true on one ctxembed component"
+        )
 
 
 def initialize_built(nlp: Language, config: Config, enable: Optional[Iterable[str]] = None) -> None:
