@@ -69,6 +69,53 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
     assert out.stdout.split() == ["2", "None"]
 
 
+_FORK_WITH_A_HELD_LOCK = """
+import os, sys, time, numpy, spacy
+nlp = spacy.blank("en")
+nlp.add_pipe("ctxembed_bert", config={{"cache_mb": 8, "model": {{"encoder": {{"name": sys.argv[1]}}}}}})
+nlp.initialize()
+component = nlp.get_pipe("ctxembed_bert")
+reference = nlp("A doc to embed.")._.ctx_vectors.copy()
+held = {held}
+with held:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            same = numpy.array_equal(nlp("A doc to embed.")._.ctx_vectors, reference)
+            os.write(w, ("same" if same else "different").encode())
+        except Exception as err:
+            os.write(w, str(err).encode())
+        os._exit(0)
+    for _ in range(600):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        print("the child hung")
+        sys.exit(0)
+print(os.read(r, 10000).decode())
+"""
+
+
+@pytest.mark.parametrize("held, expected", [
+    ("component.cache._lock", "same"),  # (a prediction in another thread, caching)
+    ("component._gate.predicting()", "same"),
+    ("component._gate.loading()", "[ctxembed_bert] model = '(forked while another thread was changing the weights)': "
+                                  "loading it was refused"),
+])
+def test_a_fork_while_a_lock_is_held_neither_hangs_nor_predicts_from_half_changed_weights(tiny_bert_dir, held,
+                                                                                           expected):
+    """A fork copies the component's locks as they were: held by a thread the
+    child does not have, they were held for ever (the child hung). Held to change
+    the weights, the child's may be half changed: it says so instead."""
+    code = _FORK_WITH_A_HELD_LOCK.format(held=held)
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_bert_dir)], check=True, capture_output=True,
+                         text=True, timeout=300)
+    assert out.stdout.strip().startswith(expected), out.stdout + out.stderr
+
+
 def _scalar_mix_nlp(model_dir, **settings):
     """A pipeline whose combiner is a 'trained' scalar mix (not the initial mean),
     so that a combiner initialised again would show in the vectors."""

@@ -283,12 +283,20 @@ class ContextualEmbedder(TrainablePipe):
                 self.initialize()
 
     def _after_fork(self) -> None:
-        """In a process forked by `nlp.pipe(n_process > 1)`: one torch thread.
+        """In a process forked by `nlp.pipe(n_process > 1)` (or any fork): one
+        torch thread, and the component's own locks made anew.
 
         torch's intra-op (OpenMP) thread pool does not survive a fork, and a
         child that uses it deadlocks; with one thread no pool is used, and the
         worker processes are the parallelism. Nothing is installed globally:
         only a ctxembed component that finds itself in a new process does this.
+
+        A fork copies the load gate and the feature cache's lock as they were,
+        held by threads the child does not have (a prediction or a load in
+        another thread, a run-ahead worker finishing a batch nobody waits for):
+        the child would wait for them for ever. If the weights were being
+        changed then (a load, a training step, `use_params`), the child's copy
+        may hold parts of two models: it refuses to run rather than predict.
         """
         pid = os.getpid()
         if pid != self._pid:
@@ -296,6 +304,12 @@ class ContextualEmbedder(TrainablePipe):
             import torch
 
             torch.set_num_threads(1)
+            if self._gate.changing:
+                self._loaded = False
+                self._load_refused = "(forked while another thread was changing the weights)"
+            self._gate = LoadGate()
+            if self.cache is not None:
+                self.cache.after_fork()
 
     @contextmanager
     def _loading(self, source: str) -> Iterator[None]:

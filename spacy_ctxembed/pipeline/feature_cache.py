@@ -41,6 +41,11 @@ class FeatureCache:
         self._entries: OrderedDict[Hashable, numpy.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked process: a lock of its own (the parent's may have been held
+        by a thread the child does not have). The entries stay: they are data."""
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -49,6 +49,11 @@ class LoadGate:
                     if not self._readers:
                         self._condition.notify_all()
 
+    @property
+    def changing(self) -> bool:
+        """Whether a thread holds the gate to change the weights now."""
+        return self._writer is not None
+
     @contextmanager
     def loading(self) -> Iterator[None]:
         me = threading.get_ident()
