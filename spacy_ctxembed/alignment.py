@@ -51,12 +51,6 @@ class PieceAlignment:
         mask[self.token_index] = True
         return mask
 
-    def assigned_pieces(self) -> numpy.ndarray:
-        """Boolean mask over pieces: True where the piece feeds at least one token."""
-        mask = numpy.zeros(self.n_pieces, dtype=bool)
-        mask[self.piece_index] = True
-        return mask
-
     def piece_may_start_segment(self) -> numpy.ndarray:
         """Boolean mask over pieces: True where no token has pieces on both sides
         of a cut just before piece p.
