@@ -82,9 +82,12 @@ def selected_layers(encoder: Model) -> Optional[List[int]]:
     `[-1]` and `[12]` then count as different layers (a load is refused
     where they would be the same), but `[-1]` edited to `[-2]` is never
     taken for it."""
-    for shim in encoder.shims:  # (BERT, ELMo: resolved against the loaded model)
-        layers = getattr(shim, "layers", None)
-        return [int(i) for i in layers] if layers else None
+    from .models.torch_bridge import encoder_shim  # (the models import this module)
+
+    shim = encoder_shim(encoder)
+    if shim is not None:  # (BERT, ELMo: resolved against the loaded model)
+        resolved = shim.layers
+        return [int(i) for i in resolved] if resolved else None
     settings = config_value(encoder.attrs.get("settings"))
     layers = settings.get("layers") if isinstance(settings, dict) else None
     if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
@@ -97,8 +100,11 @@ def encoder_features(encoder: Model) -> Dict[str, Any]:
     encoder resolves them: BERT's pooling and windows (`window = null` is the
     model's limit), `ctxembed_from_trf`'s pooling (its windows are its
     upstream's). {} for ELMo, which has none, and for weights not loaded."""
-    for shim in encoder.shims:
-        return dict(getattr(shim, "features", {}))
+    from .models.torch_bridge import encoder_shim  # (the models import this module)
+
+    shim = encoder_shim(encoder)
+    if shim is not None:
+        return dict(shim.features)
     settings = config_value(encoder.attrs.get("settings"))
     if isinstance(settings, dict) and isinstance(settings.get("pooling"), str):
         return {"pooling": settings["pooling"]}

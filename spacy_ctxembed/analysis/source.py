@@ -22,6 +22,7 @@ from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
 from ..models.legacy import V1_DEFAULTS
+from ..models.torch_bridge import encoder_shim
 from ..pipeline.build import initialize_built
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
@@ -264,15 +265,9 @@ def n_available_layers(nlp: Language, name: str) -> Optional[int]:
     the token layer + the biLSTM layers; from_trf: the hidden states the
     upstream transformer outputs, seen on a probe doc.
     """
-    factory, pipe = factory_of(nlp, name), cast(Any, nlp.get_pipe(name))
-    if factory == "ctxembed_bert":
-        from ..models.bert import get_encoder
-
-        return get_encoder(pipe.model).n_hidden_states
-    if factory == "ctxembed_elmo":
-        from ..models.elmo import get_shim
-
-        return 1 + get_shim(pipe.encoder).get_options().n_layers
+    shim = encoder_shim(cast(Any, nlp.get_pipe(name)).encoder)
+    if shim is not None:  # BERT, ELMo
+        return shim.n_states
     doc = nlp.make_doc("probe")
     for upstream in needed_components(nlp, name)[:-1]:
         doc = nlp.get_pipe(upstream)(doc)

@@ -9,17 +9,14 @@ Trained when its component is trained (not frozen) and `trainable = true`:
 the gradient flows back through pooling into the encoder under torch
 autograd. Otherwise it runs under `torch.inference_mode`.
 """
-from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 
-from ..errors import check_bool, check_choice, check_int
-from ..settings import check_layers
-from ..types import POOLING_MODES, PRECISIONS, DocLayers, EncoderModel
-from .bert_runner import COMPONENT, BertRunner, BertShim
+from ..types import DocLayers, EncoderModel
+from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
 from .torch_bridge import run_encoder, set_loaded_dims, trains_weights
 
@@ -71,22 +68,8 @@ def BertEncoder(
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
         # The settings live in the shim only, so that bytes saved by another
         # version of the config can never override the config in use.
-        attrs={"validate": partial(check_settings, settings)},
         shims=[BertShim(settings)],
     )
-
-
-def check_settings(settings: dict) -> None:
-    """The checks that need no model; the component runs them when it is created."""
-    check_layers(COMPONENT, settings["layers"])
-    check_choice(COMPONENT, "pooling", settings["pooling"], POOLING_MODES)
-    check_choice(COMPONENT, "precision", settings["precision"], PRECISIONS)
-    check_int(COMPONENT, "window", settings["window"], optional=True, unit="an integer number of wordpieces")
-    check_int(COMPONENT, "stride", settings["stride"], optional=True, unit="an integer number of wordpieces")
-    check_int(COMPONENT, "max_batch_items", settings["max_batch_items"], optional=True)
-    check_bool(COMPONENT, "trainable", settings["trainable"])
-    if settings["name"] is not None and not isinstance(settings["name"], str):
-        check_choice(COMPONENT, "name", settings["name"], ["a model directory or hub name (a string)", "null"])
 
 
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:

@@ -26,32 +26,46 @@ import numpy
 import srsly
 import torch
 from spacy.tokens import Doc
-from thinc.api import PyTorchGradScaler, PyTorchShim, get_torch_default_device
+from thinc.api import PyTorchGradScaler, get_torch_default_device
 
 from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
 from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
-from ..errors import bad_setting
+from ..errors import bad_setting, check_bool, check_choice, check_int
 from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
-from ..settings import check_saved_features, normalize_layers
+from ..settings import check_layers, check_saved_features, normalize_layers
+from ..types import POOLING_MODES, PRECISIONS
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
 from .hf_probe import probe_record
 from .torch_bridge import (
     SAVED_FEATURES,
     SAVED_LAYERS,
+    EncoderShim,
     averaged_weights,
     check_saved_layers,
     is_copy,
     scaled_optimizer,
     staged,
     swaps_weights,
-    unpickle_shim,
 )
 from .wordpieces import Wordpieces
 
 COMPONENT = "ctxembed_bert"
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_settings(settings: dict) -> None:
+    """The checks that need no model; the component runs them when it is created (`BertShim.check_settings`)."""
+    check_layers(COMPONENT, settings["layers"])
+    check_choice(COMPONENT, "pooling", settings["pooling"], POOLING_MODES)
+    check_choice(COMPONENT, "precision", settings["precision"], PRECISIONS)
+    check_int(COMPONENT, "window", settings["window"], optional=True, unit="an integer number of wordpieces")
+    check_int(COMPONENT, "stride", settings["stride"], optional=True, unit="an integer number of wordpieces")
+    check_int(COMPONENT, "max_batch_items", settings["max_batch_items"], optional=True)
+    check_bool(COMPONENT, "trainable", settings["trainable"])
+    if settings["name"] is not None and not isinstance(settings["name"], str):
+        check_choice(COMPONENT, "name", settings["name"], ["a model directory or hub name (a string)", "null"])
 
 
 @dataclass(frozen=True)
@@ -410,7 +424,7 @@ def tf32_matmuls() -> Iterator[None]:
                 torch.set_float32_matmul_precision(_precision_before)
 
 
-class BertShim(PyTorchShim):
+class BertShim(EncoderShim):
     """Holds a `BertRunner` for Thinc: weights in and out, optimizer updates.
 
     It exists before any weights are loaded (Thinc deserializes into the
@@ -419,9 +433,11 @@ class BertShim(PyTorchShim):
     """
 
     def __init__(self, settings: Dict[str, Any]) -> None:
-        super().__init__(None, grad_scaler=PyTorchGradScaler(enabled=False))
-        self.settings = settings
+        super().__init__(settings, grad_scaler=PyTorchGradScaler(enabled=False))
         self.runner: Optional[BertRunner] = None
+
+    def check_settings(self) -> None:
+        check_settings(self.settings)
 
     @property
     def device(self):
@@ -561,9 +577,6 @@ class BertShim(PyTorchShim):
         runner = self.get_runner()
         return {"tokenizer": runner.tokenizer_digest, "config": runner.config_digest,
                 "quantization": "int8" if runner.precision == "int8" else "none"}
-
-    def __reduce__(self):
-        return unpickle_shim, (BertShim, self.settings, self.to_bytes() if self.loaded else None)
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "BertShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims. The int8

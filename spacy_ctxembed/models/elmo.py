@@ -16,7 +16,6 @@ import itertools
 import json
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
@@ -25,7 +24,7 @@ import srsly
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, PyTorchShim, get_torch_default_device
+from thinc.api import Model, get_torch_default_device
 
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
@@ -37,6 +36,7 @@ from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
 from .torch_bridge import (
     SAVED_LAYERS,
+    EncoderShim,
     averaged_weights,
     check_saved_layers,
     run_encoder,
@@ -44,7 +44,6 @@ from .torch_bridge import (
     set_loaded_dims,
     staged,
     trains_weights,
-    unpickle_shim,
 )
 
 COMPONENT = "ctxembed_elmo"
@@ -84,7 +83,6 @@ def ElmoEncoder(
         forward,
         init=init,
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
-        attrs={"validate": partial(check_settings, settings)},
         shims=[ElmoShim(settings)],
     )
 
@@ -142,24 +140,28 @@ class _Sentence:
     char_ids: numpy.ndarray  # (len + 2, 50), wrapped in <S> ... </S>
 
 
-class ElmoShim(PyTorchShim):
+class ElmoShim(EncoderShim):
     """Holds the biLM (moved to the current device) for Thinc: files in and out."""
 
     def __init__(self, settings: Dict[str, Any]) -> None:
-        super().__init__(None)
-        self.settings = settings
+        super().__init__(settings)
         self.options: Optional[ElmoOptions] = None
-        self.layers: Tuple[int, ...] = ()
+        self._layers: Tuple[int, ...] = ()
         # torch.compile'd lazily (the first call compiles); dynamic, so that
         # the shrinking number of running rows does not recompile every step.
         self.step: LstmStep = torch.compile(lstm_step, dynamic=True) if settings["compile"] else lstm_step
+
+    def check_settings(self) -> None:
+        check_settings(self.settings)
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
 
-    def __reduce__(self):
-        return unpickle_shim, (ElmoShim, self.settings, self.to_bytes() if self.loaded else None)
+    @property
+    def layers(self) -> Tuple[int, ...]:
+        """The selected layers, as indices into the loaded biLM's (empty until loaded)."""
+        return self._layers
 
     def finish_update(self, optimizer) -> None:
         super().finish_update(scaled_optimizer(optimizer, self.settings))
@@ -187,7 +189,7 @@ class ElmoShim(PyTorchShim):
         copied = ElmoShim(self.settings)
         if self._model is not None:
             copied._model = copy.deepcopy(self._model, memo)
-            copied.options, copied.layers = self.options, self.layers
+            copied.options, copied._layers = self.options, self._layers
         return copied
 
     @property
@@ -223,7 +225,7 @@ class ElmoShim(PyTorchShim):
         # The biLM takes the arrays over (and empties `weights`): held once.
         net = ElmoBiLm(options, weights, trainable=bool(self.settings["trainable"])).eval()
         self._model = net.to(get_torch_default_device())
-        self.options, self.layers = options, layers
+        self.options, self._layers = options, layers
 
     def save_dir(self, directory: Path) -> None:
         write_files(Path(directory), self.get_options(), self.get_net().export_weights())

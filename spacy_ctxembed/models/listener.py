@@ -52,7 +52,7 @@ from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
-from .torch_bridge import LR_SCALE
+from .torch_bridge import LR_SCALE, encoder_shim
 
 LISTENER = "ctxembed-listener"
 #: The listener attr that records the upstream's layers its head was initialised
@@ -365,12 +365,10 @@ def ContextualTok2VecV2(
 def with_lr_scale(layer: Model, scale: float) -> Model:
     """`layer`, with the learning rate of the encoder weights in it scaled by
     `scale` wherever it is trained (see `torch_bridge.scaled_optimizer`)."""
-    for node in layer.walk():
-        for shim in node.shims:
-            settings = getattr(shim, "settings", None)
-            if isinstance(settings, dict):
-                # A new dict: a copied shim shares its original's.
-                shim.settings = {**settings, LR_SCALE: scale}  # type: ignore[attr-defined]
+    shim = encoder_shim(layer)
+    if shim is not None:
+        # A new dict: a copied shim shares its original's.
+        shim.settings = {**shim.settings, LR_SCALE: scale}
     return layer
 
 

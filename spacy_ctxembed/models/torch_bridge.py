@@ -4,10 +4,15 @@ Shared by the BERT and ELMo encoders: the outputs go to the current ops'
 arrays without a host copy (numpy shares CPU memory, cupy takes CUDA memory
 through DLPack), and in training the backward pass hands the gradients back to
 torch's autograd, with the shim's loss scaling for fp16.
+
+`EncoderShim` is what the component and its helpers may ask of an encoder's
+shim (BERT's, ELMo's); `encoder_shim` finds it in a model.
 """
 import contextlib
+from abc import ABCMeta, abstractmethod
 from functools import partial
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
 import numpy
 import torch
@@ -15,7 +20,12 @@ from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
 from ..errors import bad_setting
+from ..settings import config_value
 from ..types import DocLayers
+from . import trf_pooler
+
+if TYPE_CHECKING:
+    from .elmo_weights import ElmoOptions
 
 #: Runs the encoder over docs; `grad` says whether to record autograd.
 EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
@@ -159,7 +169,103 @@ def _no_gradient(dY: List[DocLayers]) -> List[Doc]:
     return []
 
 
-ShimT = TypeVar("ShimT", bound=PyTorchShim)
+class EncoderShim(PyTorchShim, metaclass=ABCMeta):
+    """What the component and its helpers ask of an encoder's shim (`BertShim`, `ElmoShim`).
+
+    It holds the encoder's settings (the config's; never its saved bytes') and,
+    once loaded (`initialize`, `from_bytes`, `load_dir`), its weights. It exists
+    before any weights are loaded, and whatever needs them raises until then,
+    except `loaded`, `layers` and `features`. Pickled as its settings and its
+    `to_bytes` (`unpickle_shim`); each shim deep-copies itself in memory.
+    """
+
+    #: ELMo's options file, once loaded; None for other encoders.
+    options: Optional["ElmoOptions"] = None
+
+    def __init__(self, settings: Dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(None, **kwargs)
+        #: The encoder's settings, as the config gives them (`listener.with_lr_scale`
+        #: adds a copy's `LR_SCALE`).
+        self.settings = settings
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return unpickle_shim, (type(self), self.settings, self.to_bytes() if self.loaded else None)
+
+    @abstractmethod
+    def check_settings(self) -> None:
+        """Raise for a setting that is wrong whatever the weights (a `SettingError`
+        naming the encoder's component, which `named_errors` renames)."""
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool:
+        """Whether weights are loaded."""
+
+    @property
+    @abstractmethod
+    def layers(self) -> Sequence[int]:
+        """The selected layers, as indices into the loaded model's (empty until loaded)."""
+
+    @property
+    @abstractmethod
+    def n_states(self) -> int:
+        """How many layers the loaded model gives (its token layer included): what `layers` index."""
+
+    @property
+    def features(self) -> Dict[str, Any]:
+        """The settings besides the layers that shape the vectors, resolved (`settings.encoder_features`);
+        {} until loaded, and for an encoder that has none."""
+        return {}
+
+    @abstractmethod
+    def dims(self) -> Dict[str, int]:
+        """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
+
+    @abstractmethod
+    def save_dir(self, directory: Path) -> None:
+        """Write the loaded model's files into `directory` (a saved pipeline's model folder)."""
+
+    @abstractmethod
+    def load_dir(self, directory: Path) -> None:
+        """Load the model files `save_dir` wrote."""
+
+    @abstractmethod
+    def cache_identity(self) -> str:
+        """What the output depends on besides the settings and the weights (the feature cache's key)."""
+
+    @abstractmethod
+    def signature_fields(self) -> Dict[str, str]:
+        """What the outputs' signature (`pipeline.signature`) takes from the loaded model besides its weights."""
+
+    def probe_record(self) -> Optional[Dict[str, Any]]:
+        """What the loaded model folder computes, for a saved pipeline's cfg
+        (`pipeline.saved.check_saved_probe`); None where the encoder records none."""
+        return None
+
+
+def encoder_shim(model: Model) -> Optional[EncoderShim]:
+    """The first encoder shim of `model`'s nodes; None for an encoder without
+    one (`TrfEncoder` pools another component's outputs)."""
+    for node in model.walk():
+        for shim in node.shims:
+            if isinstance(shim, EncoderShim):
+                return shim
+    return None
+
+
+def check_encoder_settings(model: Model) -> None:
+    """The checks of `model`'s encoder settings that need no weights: the component
+    runs them when it is created, so that a bad setting fails at `nlp.add_pipe`.
+    BERT's and ELMo's settings are in their shim; `TrfEncoder`'s in its attrs."""
+    shim = encoder_shim(model)
+    if shim is not None:
+        shim.check_settings()
+    for node in model.walk():
+        if node.name == trf_pooler.MODEL_NAME:
+            trf_pooler.check_settings(config_value(node.attrs["settings"]))
+
+
+ShimT = TypeVar("ShimT", bound=EncoderShim)
 
 
 def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[bytes]) -> ShimT:
@@ -168,7 +274,7 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
     The shims pickle as what they serialize, not as their attributes: their
     locks, compiled steps and quantized copies are rebuilt, not copied.
     """
-    shim = cls(settings)  # type: ignore[call-arg]
+    shim = cls(settings)
     if data is not None:
         shim.from_bytes(data)
     return shim
@@ -176,12 +282,13 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
 
 def set_loaded_dims(model: Model) -> None:
     """The encoder's width (`nO`) and layer count (`nL`), from the weights its
-    shims hold now (after `init` or a load; an encoder without shims has none to give).
+    shim holds now (after `init` or a load; an encoder without one has none to give).
 
     force: a load may bring another model than the one first initialized.
     """
-    for shim in model.shims:
-        for dim, value in cast(Any, shim).dims().items():
+    shim = encoder_shim(model)
+    if shim is not None:
+        for dim, value in shim.dims().items():
             model.set_dim(dim, value, force=True)
 
 

@@ -10,7 +10,6 @@ with its bytes and puts the saved values back on `from_bytes`, but not these
 (`settings.FromConfig`), as the BERT and ELMo encoders keep theirs in a shim.
 """
 import warnings
-from functools import partial
 from typing import Callable, List, Optional, Sequence, Tuple, cast
 
 import numpy
@@ -26,6 +25,8 @@ from ..settings import FromConfig, check_layers, config_value, normalize_layers
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
+#: The thinc model's name (`torch_bridge.check_encoder_settings` finds it by it).
+MODEL_NAME = "ctxembed-trf-encoder"
 MISSING_TRF = (
     "ctxembed_from_trf needs spacy-transformers: pip install 'spacy-ctxembed[trf]' "
     "(or pip install spacy-transformers)"
@@ -37,11 +38,11 @@ def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> Encod
     """The upstream transformer's selected layers, pooled to tokens."""
     settings = {"layers": list(layers), "pooling": pooling}
     return Model(
-        "ctxembed-trf-encoder",
+        MODEL_NAME,
         forward,
         init=init,
         dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
-        attrs={"validate": partial(check_settings, settings), "settings": FromConfig(settings)},
+        attrs={"settings": FromConfig(settings)},
     )
 
 

@@ -34,7 +34,7 @@ from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.listener import ContextualListenerNode
-from ..models.torch_bridge import set_loaded_dims, swaps_weights
+from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
 from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
@@ -127,10 +127,7 @@ class ContextualEmbedder(TrainablePipe):
             check_int(name, "cache_mb", cache_mb, minimum=0, unit="an integer number of megabytes (0: no cache)")
             check_number(name, "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                          unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
-            for node in model.walk():
-                validate = node.attrs.get("validate")
-                if callable(validate):
-                    validate()
+            check_encoder_settings(model)
             if cache_mb and not _cacheable_encoder(model):
                 # (a warning, not an error: pipelines saved so keep loading)
                 warnings.warn(f"[{name}] cache_mb = {cache_mb}: no cache, the encoder reads another component's "
@@ -388,7 +385,8 @@ class ContextualEmbedder(TrainablePipe):
             raise bad_setting(self.name, "run_ahead", self.run_ahead, "expected True, False or None (on GPU only)")
         if self.run_ahead is not None:
             return bool(self.run_ahead)
-        tf32 = any(getattr(shim, "settings", {}).get("precision") == "tf32" for shim in self.encoder.shims)
+        shim = encoder_shim(self.encoder)
+        tf32 = shim is not None and shim.settings.get("precision") == "tf32"
         return isinstance(self.model.ops, CupyOps) and not tf32
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
@@ -655,7 +653,8 @@ class ContextualEmbedder(TrainablePipe):
         some listener may send it a gradient. Otherwise it runs as frozen: no graph, and the cache serves.
         (A listener whose component is frozen or excluded never calls back: `finish_update` steps
         the encoder only where a gradient reached it.)"""
-        trainable = any(bool(getattr(shim, "settings", {}).get("trainable")) for shim in self.encoder.shims)
+        shim = encoder_shim(self.encoder)
+        trainable = shim is not None and bool(shim.settings.get("trainable"))
         return (trainable and self.cfg["encoder_lr_scale"] > 0
                 and any(listener.grad_factor != 0 for listener in self.listeners))
 
@@ -675,8 +674,9 @@ class ContextualEmbedder(TrainablePipe):
             "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
-        for shim in self.encoder.shims:
-            serializers[MODEL_DIR] = cast(Any, shim).save_dir
+        shim = encoder_shim(self.encoder)
+        if shim is not None:
+            serializers[MODEL_DIR] = shim.save_dir
         with self._ready():  # (one model's weights, not a load's half-swapped ones)
             to_disk(path, serializers, exclude)
 
@@ -687,14 +687,13 @@ class ContextualEmbedder(TrainablePipe):
         with named_errors(self.name):
             from_disk(path, {"cfg": lambda p: saved_cfg.update(read_cfg(self.name, p))}, exclude)
             with self._loading(str(path)):
-                for shim in self.encoder.shims:
-                    if MODEL_DIR in exclude:
-                        break
+                shim = encoder_shim(self.encoder)
+                if shim is not None and MODEL_DIR not in exclude:
                     if not (path / MODEL_DIR).is_dir():
                         # Never fall back to the config's `name`: that would be another model.
                         raise bad_setting(self.name, "model", str(path / MODEL_DIR),
                                           "the saved pipeline has no model folder here; it cannot load without it")
-                    cast(Any, shim).load_dir(path / MODEL_DIR)
+                    shim.load_dir(path / MODEL_DIR)
                     check_saved_weights(self.name, self.encoder, saved_cfg.get(WEIGHTS_KEY), path)
                     if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own files)
                         check_saved_options(self.name, self.encoder, saved_cfg.get(OPTIONS_KEY), path)
@@ -774,7 +773,8 @@ class ContextualEmbedder(TrainablePipe):
             return self.from_disk(root, exclude=exclude)
 
     def _after_loading(self, combiner_source: str) -> None:
-        if all(cast(Any, shim).loaded for shim in self.encoder.shims):
+        shim = encoder_shim(self.encoder)
+        if shim is None or shim.loaded:
             set_loaded_dims(self.encoder)  # (its `initialize` would load the config's weights over them)
         else:  # `exclude=["model"]` into a component not loaded yet: its own are the config's, loaded now
             self.encoder.initialize()

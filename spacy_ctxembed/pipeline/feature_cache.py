@@ -15,13 +15,14 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Any, Hashable, Optional, cast
+from typing import Hashable, Optional, cast
 
 import numpy
 from spacy.attrs import IDX, LENGTH, SENT_START
 from spacy.tokens import Doc
 from thinc.api import Model
 
+from ..models.torch_bridge import encoder_shim
 from ..settings import config_value
 from ..types import DocLayers
 
@@ -99,21 +100,20 @@ def encoder_identity(encoder: Model) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for node in encoder.walk():
         digest.update(node.name.encode("utf8"))
-        for shim in node.shims:
-            settings = getattr(shim, "settings", {})
+        settings = config_value(node.attrs.get("settings"))  # (TrfEncoder's)
+        if settings is not None:
             digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf8"))
-            module = shim._model
-            if module is None:
-                continue
+    shim = encoder_shim(encoder)
+    if shim is not None:  # (BERT's, ELMo's)
+        digest.update(json.dumps(shim.settings, sort_keys=True, default=str).encode("utf8"))
+        module = shim._model
+        if module is not None:
             # The same settings and weights can still give other outputs: another
             # tokenizer (another window), another ELMo options file (clipping).
-            digest.update(cast(Any, shim).cache_identity().encode("utf8"))
+            digest.update(shim.cache_identity().encode("utf8"))
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode("utf8"))
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        settings = config_value(node.attrs.get("settings"))
-        if settings is not None:
-            digest.update(json.dumps(settings, sort_keys=True, default=str).encode("utf8"))
     return digest.hexdigest()
 
 

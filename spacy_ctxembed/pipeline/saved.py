@@ -10,7 +10,7 @@ here refuse a load that does not, naming the component, the file and the way
 to keep the change on purpose.
 """
 from pathlib import Path
-from typing import Any, Dict, List, Optional, cast
+from typing import Any, Dict, List, Optional
 
 import srsly
 from thinc.api import Model
@@ -19,6 +19,7 @@ from ..errors import SettingError, bad_setting
 from ..models.elmo_weights import OPTIONS_FILE
 from ..models.hf_loading import CONFIG_FILE
 from ..models.hf_probe import probe_difference
+from ..models.torch_bridge import encoder_shim
 from ..settings import encoder_features, normalize_layers, selected_layers
 from .signature import saved_options_digest, saved_probe, saved_weights_fingerprint
 
@@ -213,14 +214,13 @@ def v1_saved_layers(name: str, encoder: Model, cfg: Dict[str, Any]) -> Optional[
     if not isinstance(layers, list) or not layers or \
             not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
         return None
-    for shim in encoder.shims:
-        if not cast(Any, shim).loaded:  # (`exclude`d: nothing to check against)
-            return None
-        try:
-            return list(normalize_layers(name, layers, cast(Any, shim).n_states))
-        except SettingError:  # out of the model's range: not these layers, whatever they were
-            return list(layers)
-    return None
+    shim = encoder_shim(encoder)
+    if shim is None or not shim.loaded:  # (`exclude`d: nothing to check against)
+        return None
+    try:
+        return list(normalize_layers(name, layers, shim.n_states))
+    except SettingError:  # out of the model's range: not these layers, whatever they were
+        return list(layers)
 
 
 def check_saved_layers(name: str, encoder: Model, saved: Any, source: str) -> None:

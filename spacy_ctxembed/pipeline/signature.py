@@ -19,8 +19,7 @@ import numpy
 import torch
 from thinc.api import Model
 
-from ..models.elmo_weights import ElmoOptions
-from ..models.torch_bridge import evenly_sampled
+from ..models.torch_bridge import encoder_shim, evenly_sampled
 from ..settings import config_value, selected_layers
 
 #: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
@@ -41,9 +40,10 @@ def output_signature(model: Model) -> str:
     encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
     settings: Dict[str, Any] = {}
     fields: Dict[str, Any] = {"encoder": encoder.name}
-    for shim in encoder.shims:  # BERT, ELMo
-        settings.update(getattr(shim, "settings", None) or {})
-        fields.update(getattr(shim, "signature_fields", dict)())
+    shim = encoder_shim(encoder)
+    if shim is not None:  # BERT, ELMo
+        settings.update(shim.settings)
+        fields.update(shim.signature_fields())
     settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
     fields["layers"] = selected_layers(encoder) or settings.get("layers")
     if "pooling" in settings:
@@ -100,12 +100,8 @@ def saved_options_digest(model: Model) -> Optional[str]:
     from an edited one. None for BERT: its tokenizer's definition, as the
     tokenizers library writes it, changes with that library's version, and a
     pipeline saved under one version must load under the next."""
-    for node in model.walk():
-        for shim in node.shims:
-            options = getattr(shim, "options", None)
-            if isinstance(options, ElmoOptions):
-                return options.digest
-    return None
+    shim = encoder_shim(model)
+    return shim.options.digest if shim is not None and shim.options is not None else None
 
 
 def saved_probe(model: Model) -> Optional[Dict[str, Any]]:
@@ -114,18 +110,14 @@ def saved_probe(model: Model) -> Optional[Dict[str, Any]]:
     ones by what they do (their text changes with the library's version, see
     `saved_options_digest`). None for ELMo (its options are digested) and for
     an encoder without weights of its own."""
-    for node in model.walk():
-        for shim in node.shims:
-            record = getattr(shim, "probe_record", None)
-            if record is not None and getattr(shim, "loaded", False):
-                return record()
-    return None
+    shim = encoder_shim(model)
+    return shim.probe_record() if shim is not None and shim.loaded else None
 
 
 def _torch_modules(node: Model) -> Iterator[torch.nn.Module]:
     """The PyTorch modules of a thinc node's shims (none before weights are loaded)."""
     for shim in node.shims:
-        module = getattr(shim, "_model", None)
+        module = shim._model
         if isinstance(module, torch.nn.Module):
             yield module
 
