@@ -106,16 +106,18 @@ def computed_ahead(
     item k. Errors of `produce` are handed back, not raised, so that the
     caller decides (spaCy's error handlers); an error of the stream itself is
     raised after the item before it has been handed over, as a serial loop
-    would (an interrupt too: a caller that stops there still gets it). The worker runs in a
-    copy of the caller's context, so context variables (Thinc's current ops)
-    carry over. Closing the generator early drops the item in flight without
-    waiting for it: the worker finishes it and ends.
+    would. An interrupt of the stream (KeyboardInterrupt, SystemExit) is raised
+    at once, dropping the item in flight: held back, it would be lost where
+    the caller stops after that item (a generator closed by the garbage
+    collector can only print what it raises). The worker runs in a copy of the
+    caller's context, so context variables (Thinc's current ops) carry over.
+    Closing the generator early drops the item in flight without waiting for
+    it: the worker finishes it and ends.
     """
     iterator = iter(items)
     sentinel = object()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run-ahead")
-    stream_error: Optional[BaseException] = None
-    closed = False
+    stopped = False
 
     def submit(item: T) -> "Future[U]":
         return pool.submit(contextvars.copy_context().run, produce, item)
@@ -126,9 +128,10 @@ def computed_ahead(
             return
         pending = submit(current)  # type: ignore[arg-type]
         while True:
+            stream_error: Optional[Exception] = None
             try:
                 following = next(iterator, sentinel)
-            except BaseException as exc:  # raised once `current` is handed over (KeyboardInterrupt too)
+            except Exception as exc:  # raised once `current` is handed over
                 following, stream_error = sentinel, exc
             try:
                 result: Optional[U] = pending.result()
@@ -143,17 +146,15 @@ def computed_ahead(
             if following is sentinel:
                 return
             current = following
-    except GeneratorExit:
-        closed = True
-        if stream_error is not None and not isinstance(stream_error, Exception):
-            raise stream_error from None  # an interrupt of the stream is never lost
+    except BaseException as exc:
+        # Closed early (GeneratorExit) or interrupted: the item in flight is
+        # not waited for. The close can come from the garbage collector, in
+        # whatever thread it runs, and in the middle of a load there that the
+        # worker's prediction waits for: waiting would then wait for ever.
+        stopped = not isinstance(exc, Exception)
         raise
     finally:
-        # Closed early, the item in flight is not waited for. The close can
-        # come from the garbage collector, in whatever thread it runs, and in
-        # the middle of a load there that the worker's prediction waits for:
-        # waiting for the worker would then wait for ever.
-        pool.shutdown(wait=not closed, cancel_futures=closed)
+        pool.shutdown(wait=not stopped, cancel_futures=stopped)
 
 
 def on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -291,3 +291,32 @@ def test_a_pipeline_whose_embedder_is_not_primary_is_refused_before_any_doc_runs
         "writes (a component that is not primary keeps its outputs in doc._.ctx_outputs['emb'] only); set "
         "primary = true on one ctxembed component")
     assert not (tmp_path / "out").exists()
+
+
+def test_load_pipeline_names_a_disabled_primary_and_reads_no_other_components_cfg(tiny_bert_dir):
+    from spacy.language import Language
+    from thinc.api import Config
+
+    from spacy_ctxembed.pipeline.build import NoContextualEmbedder, load_pipeline
+
+    class NoCfg:
+        cfg = None  # (what a component keeps there is its own affair)
+
+        def __call__(self, doc):
+            return doc
+
+    if not Language.has_factory("ctxembed_test_no_cfg"):
+        Language.factory("ctxembed_test_no_cfg", func=lambda nlp, name: NoCfg())
+    bert = {"factory": "ctxembed_bert", "model": {"encoder": {"name": str(tiny_bert_dir)}}}
+    config = spacy.blank("en").config
+    config["nlp"]["pipeline"] = ["emb", "emb2", "other"]
+    config["components"] = {"emb": bert, "emb2": {**bert, "primary": False},
+                            "other": {"factory": "ctxembed_test_no_cfg"}}
+    assert load_pipeline(config=Config(config)).pipe_names == ["emb", "emb2", "other"]
+    config["nlp"]["disabled"] = ["emb"]
+    with pytest.raises(NoContextualEmbedder) as error:
+        load_pipeline(config=Config(config))
+    assert str(error.value) == (
+        "[emb2] primary = false: no component of the pipeline sets doc._.ctx_vectors, which a corpus job writes (a "
+        "component that is not primary keeps its outputs in doc._.ctx_outputs['emb2'] only); set primary = true on "
+        "one ctxembed component; 'emb' is disabled: enable it")

@@ -68,6 +68,41 @@ def test_a_pipeline_whose_embedder_is_not_primary_is_refused_before_ray_starts(t
     assert not _ray_started()
 
 
+def _config(components, disabled=(), variables=None):
+    config = spacy.blank("en").config
+    config["nlp"]["pipeline"] = list(components)
+    config["nlp"]["disabled"] = list(disabled)
+    config["components"] = components
+    if variables:
+        config["vars"] = variables
+    return config.to_str()
+
+
+@pytest.mark.parametrize("components, disabled, variables, refused", [
+    # sourced blocks say what they are only when they load: not refused (the primary one was)
+    ({"emb": {"source": "some/pipeline"}, "emb2": {"factory": "ctxembed_bert", "primary": False}}, (), None, None),
+    ({"emb": {"source": "some/pipeline"}}, (), None, None),
+    ({"emb": {"factory": "ctxembed_bert", "primary": "${vars.primary}"}}, (), {"primary": False},
+     "[emb] primary = false: no component"),  # (it was taken for primary)
+    ({"emb": {"factory": "ctxembed_bert"}, "emb2": {"factory": "ctxembed_bert", "primary": False}}, ["emb"], None,
+     "[emb2] primary = false: no component of the pipeline sets doc._.ctx_vectors"),
+    ({"emb": {"factory": "ctxembed_bert"}}, ["emb"], None, "has no contextual embedder"),
+])
+def test_the_driver_reads_a_config_as_the_actors_will(components, disabled, variables, refused):
+    from spacy_ctxembed.distributed.run import _check_pipeline
+    from spacy_ctxembed.pipeline.build import NoContextualEmbedder
+
+    text = _config(components, disabled, variables)
+    if refused is None:
+        _check_pipeline(None, text)
+        return
+    with pytest.raises(NoContextualEmbedder) as error:
+        _check_pipeline(None, text)
+    assert refused in str(error.value)
+    if disabled:
+        assert str(error.value).endswith("; 'emb' is disabled: enable it")
+
+
 def test_read_docs_refuses_an_unfinished_run(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"complete": False, "shards": []}), encoding="utf8")
     with pytest.raises(ValueError, match="is not complete: run embed --ray again"):

@@ -504,17 +504,17 @@ def test_run_ahead_pipe_closed_during_a_load_does_not_wait_for_it(nlp, run_ahead
     """A stream dropped while the component loads (the garbage collector can
     close it inside the load, in the loading thread) must not wait for the
     batch in flight, whose prediction waits for the load: that waited for ever."""
-    predict, go = run_ahead_on.predict, threading.Event()
+    predict, go, calls = run_ahead_on.predict, threading.Event(), []
 
     def held(docs):
-        go.wait(timeout=60)
+        calls.append(len(docs))
+        if len(calls) > 1:  # (the batch in flight waits until the load has begun)
+            go.wait(timeout=60)
         return predict(docs)
 
     monkeypatch.setattr(run_ahead_on, "predict", held)
-    go.set()
     stream = nlp.pipe(TEXTS * 3, batch_size=2)
     first = next(stream)  # the next batch is now in flight
-    go.clear()
     closed = threading.Event()
 
     def load_and_close():
@@ -535,24 +535,37 @@ def test_run_ahead_pipe_closed_during_a_load_does_not_wait_for_it(nlp, run_ahead
     numpy.testing.assert_allclose(nlp(first.text).tensor, first.tensor, atol=1e-6)  # and the pipeline goes on
 
 
-def test_run_ahead_keeps_an_interrupt_of_the_stream_for_after_the_item_before_it():
-    """A KeyboardInterrupt raised by the stream while the worker computes the
-    item before it: that item is handed over first, as a serial loop would
-    (it was lost), and the interrupt reaches a caller that stops there too."""
+def test_run_ahead_raises_an_interrupt_of_the_stream_at_once_and_never_waits_for_the_worker():
+    """A KeyboardInterrupt of the stream while the worker computes the item
+    before it: raised at once (held back for after that item, it was lost where
+    the caller stopped there and the garbage collector closed the generator),
+    without waiting for the item in flight."""
+    started, release = threading.Event(), threading.Event()
+
+    def produce(n):
+        if n == 2:
+            started.set()
+            release.wait(timeout=60)
+        return n * 10
+
     def stream():
         yield 1
         yield 2
+        started.wait(timeout=60)
         raise KeyboardInterrupt
 
     handed_over = []
-    with pytest.raises(KeyboardInterrupt):
-        for item, result, _ in computed_ahead(lambda n: n * 10, stream()):
-            handed_over.append((item, result))
-    assert handed_over == [(1, 10), (2, 20)]
-    ahead = computed_ahead(lambda n: n * 10, stream())
-    assert [next(ahead)[0], next(ahead)[0]] == [1, 2]
-    with pytest.raises(KeyboardInterrupt):
-        ahead.close()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for item, result, _ in computed_ahead(produce, stream()):
+                handed_over.append((item, result))
+        assert _run_ahead_threads()  # the worker still computes item 2: nobody waited for it
+    finally:
+        release.set()
+    assert handed_over == [(1, 10)]
+    for thread in _run_ahead_threads():
+        thread.join(timeout=30)
+    assert not _run_ahead_threads()
 
 
 def test_run_ahead_hands_back_errors_and_carries_context():

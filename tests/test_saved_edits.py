@@ -201,6 +201,24 @@ def test_bytes_written_by_v1_load(component, expected):
         numpy.testing.assert_array_equal(doc._.ctx_vectors, reference._.ctx_vectors)
 
 
+def test_bytes_written_by_v1_load_nothing_of_the_model_with_model_excluded():
+    """exclude=["model"] leaves the component's whole model as it is, the combiner
+    too, as with the current bytes (whose "model" holds it): 0.1's bytes kept the
+    combiner apart from the encoder's folder, and it was loaded anyway."""
+    root = V1_FIXTURE / "ctxembed_bert"
+    data = srsly.msgpack_dumps({str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()})
+    nlp = spacy.load(V1_FIXTURE)
+    component = nlp.get_pipe("ctxembed_bert")
+    assert component.combiner.name == "scalar_mix" and numpy.abs(component.combiner.get_param("s")).max() > 0
+    mine = numpy.zeros_like(component.combiner.get_param("s"))
+    component.combiner.set_param("s", mine)
+    component.from_bytes(data, exclude=["model"])
+    numpy.testing.assert_array_equal(component.combiner.get_param("s"), mine)
+    current = component.to_bytes(exclude=["cfg", "model"])
+    assert component.from_bytes(current, exclude=["cfg", "model"]) is component
+    numpy.testing.assert_array_equal(component.combiner.get_param("s"), mine)
+
+
 def _hf_pooled_layers(model_dir, layers, text=TEXT, pooling="mean"):
     """`transformers` itself on `model_dir`: the selected layers pooled by `pooling`."""
     from transformers import AutoModel, AutoTokenizer

@@ -32,6 +32,7 @@ from thinc.api import Config
 from ..about import __version__
 from ..fileio import fsync_dir, model_identity, write_atomic, write_json
 from ..pipeline.build import check_writes_vectors
+from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
 from .shards import DTYPES, MANIFEST, SHARDS, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
@@ -168,10 +169,18 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
         config_text = (path / "config.cfg").read_text(encoding="utf8")
     if config_text is None:
         return  # the default pipeline
-    components = Config().from_str(config_text, interpolate=False).get("components", {})
-    settings = {name: (block.get("factory"), block.get("primary", True))
-                for name, block in components.items() if isinstance(block, dict)}
-    check_writes_vectors(settings)
+    try:  # (interpolated: `primary = ${vars.primary}` is then the value it names)
+        config = Config().from_str(config_text)
+    except Exception:  # noqa: BLE001 - variables only the actor's overrides give: read as written
+        config = Config().from_str(config_text, interpolate=False)
+    blocks = {name: block for name, block in config.get("components", {}).items() if isinstance(block, dict)}
+    disabled = config.get("nlp", {}).get("disabled") or []
+    disabled = [name for name in disabled if isinstance(name, str)] if isinstance(disabled, list) else []
+    check_writes_vectors(
+        # A sourced block has no factory here (None: not known until it loads).
+        {name: (block.get("factory"), block.get("primary")) for name, block in blocks.items()
+         if name not in disabled},
+        disabled=[name for name in disabled if blocks.get(name, {}).get("factory") in CONTEXTUAL_FACTORIES])
 
 
 def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:

@@ -1,6 +1,6 @@
 """Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import spacy
 from spacy.language import Language
@@ -42,28 +42,47 @@ def load_pipeline(
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert")
         nlp.initialize()
-    check_writes_vectors({name: (nlp.get_pipe_meta(name).factory, getattr(nlp.get_pipe(name), "cfg", {}).get("primary"))
-                          for name in nlp.pipe_names})
+    check_writes_vectors({name: (nlp.get_pipe_meta(name).factory, _primary(nlp, name)) for name in nlp.pipe_names},
+                         disabled=[name for name in nlp.disabled
+                                   if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES])
     return nlp
 
 
-def check_writes_vectors(components: Dict[str, Tuple[Optional[str], Any]]) -> None:
+def _primary(nlp: Language, name: str) -> Optional[bool]:
+    """A ctxembed component's `primary` setting; None for other components."""
+    if nlp.get_pipe_meta(name).factory not in CONTEXTUAL_FACTORIES:
+        return None
+    cfg = getattr(nlp.get_pipe(name), "cfg", None)
+    return cfg.get("primary") if isinstance(cfg, dict) else None
+
+
+def check_writes_vectors(components: Dict[str, Tuple[Optional[str], Any]], *, disabled: Sequence[str] = ()) -> None:
     """A corpus job writes `doc._.ctx_vectors`: the primary ctxembed component's.
     Refuse a pipeline where none would set them, before any doc runs.
 
-    components: each component's factory and `primary` setting, by name, in order.
+    components: the enabled components' factories and `primary` settings, by
+        name, in order; a factory of None is not known (a component that a
+        config sources shows what it is when it loads), and the pipeline is
+        then not refused; only a `primary` of False counts as not primary.
+    disabled: the disabled ctxembed components, for the message.
     """
+    factories = [factory for factory, _ in components.values()]
+    if None in factories:
+        return
     embedders = [name for name, (factory, _) in components.items() if factory in CONTEXTUAL_FACTORIES]
+    enable = (f"; {', '.join(map(repr, disabled))} {'is' if len(disabled) == 1 else 'are'} disabled: enable it"
+              if disabled else "")
     if not embedders:
         raise NoContextualEmbedder(
             f"the pipeline has no contextual embedder ({', '.join(CONTEXTUAL_FACTORIES)}); "
-            f"its components are: {list(components)}"
+            f"its components are: {list(components)}{enable}"
         )
-    if not any(components[name][1] is not False for name in embedders):
+    if all(components[name][1] is False for name in embedders):
+        settings = ", ".join(f"[{name}] primary = false" for name in embedders)
         raise NoContextualEmbedder(
-            f"[{embedders[0]}] primary = false: no component of the pipeline sets doc._.ctx_vectors, which a "
-            f"corpus job writes (a component that is not primary keeps its outputs in "
-            f"doc._.ctx_outputs[{embedders[0]!r}] only); set primary = true on one ctxembed component"
+            f"{settings}: no component of the pipeline sets doc._.ctx_vectors, which a corpus job writes (a "
+            f"component that is not primary keeps its outputs in doc._.ctx_outputs[{embedders[0]!r}] only); set "
+            f"primary = true on one ctxembed component{enable}"
         )
 
 

@@ -683,9 +683,9 @@ class ContextualEmbedder(TrainablePipe):
     @_loads
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         path = Path(path)
-        saved_cfg: Dict[str, Any] = {}
+        recorded: Dict[str, Any] = {}
         with named_errors(self.name):
-            from_disk(path, {"cfg": lambda p: saved_cfg.update(read_cfg(self.name, p))}, exclude)
+            from_disk(path, {"cfg": lambda p: recorded.update(read_cfg(self.name, p))}, exclude)
             with self._loading(str(path)):
                 shim = encoder_shim(self.encoder)
                 if shim is not None and MODEL_DIR not in exclude:
@@ -694,18 +694,18 @@ class ContextualEmbedder(TrainablePipe):
                         raise bad_setting(self.name, "model", str(path / MODEL_DIR),
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     shim.load_dir(path / MODEL_DIR)
-                    check_saved_weights(self.name, self.encoder, saved_cfg.get(WEIGHTS_KEY), path)
-                    if WEIGHTS_KEY in saved_cfg:  # (removed on purpose: another model, with its own files)
-                        check_saved_options(self.name, self.encoder, saved_cfg.get(OPTIONS_KEY), path)
-                        check_saved_probe(self.name, self.encoder, saved_cfg.get(PROBE_KEY), path)
+                    check_saved_weights(self.name, self.encoder, recorded.get(WEIGHTS_KEY), path)
+                    if WEIGHTS_KEY in recorded:  # (removed on purpose: another model, with its own files)
+                        check_saved_options(self.name, self.encoder, recorded.get(OPTIONS_KEY), path)
+                        check_saved_probe(self.name, self.encoder, recorded.get(PROBE_KEY), path)
                 if "combiner" not in exclude and (path / "combiner").is_file():
-                    saved_layers = saved_cfg.get(LAYERS_KEY, v1_saved_layers(self.name, self.encoder, saved_cfg))
+                    saved_layers = recorded.get(LAYERS_KEY, v1_saved_layers(self.name, self.encoder, recorded))
                     self._load_combiner((path / "combiner").read_bytes(), str(path / "combiner"), saved_layers)
                 elif "combiner" not in exclude and self.combiner.param_names:
                     raise bad_setting(self.name, "combiner", str(path / "combiner"),
                                       "the combiner's weights are missing")
                 # (After the combiner: whether its weights were trained decides.)
-                self._check_saved_features(saved_cfg.get(FEATURES_KEY), with_combiner="combiner" not in exclude,
+                self._check_saved_features(recorded.get(FEATURES_KEY), with_combiner="combiner" not in exclude,
                                            on_purpose=f"to load it with the config's on purpose, remove "
                                            f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 self._after_loading(str(path / "combiner"))
@@ -732,10 +732,10 @@ class ContextualEmbedder(TrainablePipe):
             if is_v1_bytes(msg):
                 # 0.1 packed the files of its to_disk into one msgpack dict; from_disk reads them.
                 return self._from_v1_bytes(msg, exclude)
+            if isinstance(msg, dict) and "model" in exclude and set(msg) <= {"cfg", "model"}:
+                return self  # (the cfg only checks the model it was saved with)
             if not isinstance(msg, dict) or not {"cfg", "model"} & set(msg):
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes", "not a serialized ctxembed component")
-            if "model" in exclude:
-                return self  # (the cfg only checks the model it was saved with)
             if "model" not in msg:
                 raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                   "they hold no model (saved with exclude=['model']?); load them with "
@@ -769,7 +769,9 @@ class ContextualEmbedder(TrainablePipe):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             # 0.1 read no cfg back, so a blob written with exclude=["cfg"] loaded; it still does.
-            exclude = [*exclude, *([] if "cfg" in files else ["cfg"])]
+            # Its "model" was the encoder's folder: excluded, the combiner is too, as
+            # the current bytes' "model" (the whole thinc model) holds it.
+            exclude = [*exclude, *([] if "cfg" in files else ["cfg"]), *(["combiner"] if "model" in exclude else [])]
             return self.from_disk(root, exclude=exclude)
 
     def _after_loading(self, combiner_source: str) -> None:
