@@ -119,3 +119,37 @@ def assert_recorded(got, recorded):
     products in another order (on an AVX-512 machine, ELMo's vectors differed
     from the recording by up to 4.8e-7)."""
     numpy.testing.assert_allclose(got, recorded, rtol=1e-5, atol=1e-6)
+
+
+class PredictedAhead:
+    """Records the run-ahead worker's predictions of a component (`_predict_ahead`):
+    the weights' generation each was made with, and an event per count reached,
+    for a test to wait on the worker instead of racing it."""
+
+    def __init__(self, component, monkeypatch):
+        import threading
+
+        self.generations = []
+        self._reached = {}
+        self._lock = threading.Lock()
+        predict_ahead = component._predict_ahead
+
+        def recorded(docs):
+            result = predict_ahead(docs)
+            with self._lock:
+                self.generations.append(result[0])
+                self._event(len(self.generations)).set()
+            return result
+
+        monkeypatch.setattr(component, "_predict_ahead", recorded)
+
+    def _event(self, count):
+        import threading
+
+        return self._reached.setdefault(count, threading.Event())
+
+    def wait(self, count, timeout=60):
+        """Whether the worker has made `count` predictions (within `timeout` seconds)."""
+        with self._lock:
+            event = self._event(count)
+        return event.wait(timeout=timeout)

@@ -8,7 +8,7 @@ import numpy
 import pytest
 import spacy
 
-from .conftest import ctx_config, run_in_threads
+from .conftest import PredictedAhead, ctx_config, run_in_threads
 
 TEXTS = ["I ran to the park .", "Yesterday I ran some significance tests on the data .", "Short", ""] * 4
 
@@ -133,7 +133,6 @@ def test_loads_in_one_thread_while_others_predict(tiny_bert_dir):
     # load gets its turn although the threads' calls overlap without a pause
     # (predictions that start after it asked wait for it: test_load_gate).
     # The cache widens the window in which the re-initialisation struck.
-    import threading
 
     nlp = _scalar_mix_nlp(tiny_bert_dir, cache_mb=16)
     component = nlp.get_pipe("ctxembed_bert")
@@ -194,24 +193,14 @@ def test_run_ahead_batches_predicted_before_a_load_are_predicted_again(tiny_bert
     component = nlp.get_pipe("ctxembed_bert")
     component.run_ahead = True
     data_b = nlp_b.get_pipe("ctxembed_bert").to_bytes()
-    predicted_ahead, third_done = [], threading.Event()
-    predict_ahead = component._predict_ahead
-
-    def recorded(docs):
-        result = predict_ahead(docs)
-        predicted_ahead.append(result[0])  # (the weights' generation it was predicted with)
-        if len(predicted_ahead) == 3:
-            third_done.set()
-        return result
-
-    monkeypatch.setattr(component, "_predict_ahead", recorded)
+    predicted_ahead = PredictedAhead(component, monkeypatch)
     got = []
     for i, doc in enumerate(nlp.pipe(texts, batch_size=2)):
         got.append(doc._.ctx_vectors.copy())
         if i == 3:  # once the worker has predicted batch 3 (docs 4-5) with the first model
-            assert third_done.wait(timeout=60)
+            assert predicted_ahead.wait(3)
             component.from_bytes(data_b)
-    assert predicted_ahead[2] != component._generation  # (so it was one to predict again)
+    assert predicted_ahead.generations[2] != component._generation  # (so it was one to predict again)
     for i in range(4, len(texts)):
         numpy.testing.assert_allclose(got[i], expected_b[i], atol=1e-6, err_msg=f"doc {i}")
 
@@ -286,7 +275,6 @@ def test_a_prediction_reads_one_set_of_weights_while_another_thread_trains(tiny_
     predicts: the step rewrote the weights between the prediction's first layer
     and its second, which then matched neither weights and was stamped as the
     new ones'. They wait for the prediction under way, as a load does."""
-    import threading
 
     nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
     component = nlp.get_pipe("ctxembed_bert")

@@ -5,7 +5,7 @@ import spacy
 import torch
 from spacy.training import Example
 
-from .conftest import ctx_config
+from .conftest import PredictedAhead, ctx_config
 
 WORDS = ["I", "ran", "to", "the", "park"]
 TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
@@ -423,32 +423,20 @@ def test_the_training_copy_shares_the_buffers_of_a_moved_model(tiny_bert_dir, mo
 def test_a_batch_predicted_ahead_before_a_training_step_is_predicted_again(tiny_bert_dir, monkeypatch):
     """run_ahead (on by default on GPU) predicts batch k+1 in a worker while batch k is handed on: a
     training step in between left batch k+1 with the old weights' vectors."""
-    import threading
-
     nlp, examples = _pipeline(tiny_bert_dir)
     component = nlp.get_pipe("ctxembed_bert")
     component.run_ahead = True
-    predicted_ahead, second_done = [], threading.Event()
-    predict_ahead = component._predict_ahead
-
-    def recorded(docs):
-        result = predict_ahead(docs)
-        predicted_ahead.append(result[0])  # (the weights' generation it was predicted with)
-        if len(predicted_ahead) == 2:
-            second_done.set()
-        return result
-
-    monkeypatch.setattr(component, "_predict_ahead", recorded)
+    predicted_ahead = PredictedAhead(component, monkeypatch)
     texts = ["I ran to the park", "She ran some tests", "The dog ran home", "We ran again"]
     stream = component.pipe((nlp.make_doc(t) for t in texts), batch_size=2)
     first = [next(stream), next(stream)]
-    assert second_done.wait(timeout=60)  # the worker predicted the second batch, with the weights before the step
+    assert predicted_ahead.wait(2)  # the worker predicted the second batch, with the weights before the step
     before = component.predict([nlp.make_doc(texts[2])])[1][0]
     optimizer = nlp.resume_training()
     for _ in range(3):
         _train_step(nlp, examples, optimizer)
     rest = list(stream)
-    assert predicted_ahead[1] != component._generation  # (so it was one to predict again)
+    assert predicted_ahead.generations[1] != component._generation  # (so it was one to predict again)
     after = component.predict([nlp.make_doc(t) for t in texts[2:]])[1]
     assert [d.text for d in first + rest] == texts
     assert not numpy.allclose(before, after[0], atol=1e-4)  # (the step moved the vectors)
