@@ -68,9 +68,9 @@ def test_a_pipeline_whose_embedder_is_not_primary_is_refused_before_ray_starts(t
     assert not _ray_started()
 
 
-def _config(components, disabled=(), variables=None):
+def _config(components, disabled=(), variables=None, pipeline=None):
     config = spacy.blank("en").config
-    config["nlp"]["pipeline"] = list(components)
+    config["nlp"]["pipeline"] = list(components) if pipeline is None else pipeline
     config["nlp"]["disabled"] = list(disabled)
     config["components"] = components
     if variables:
@@ -87,12 +87,15 @@ def _config(components, disabled=(), variables=None):
     ({"emb": {"factory": "ctxembed_bert"}, "emb2": {"factory": "ctxembed_bert", "primary": False}}, ["emb"], None,
      "[emb2] primary = false: no component of the pipeline sets doc._.ctx_vectors"),
     ({"emb": {"factory": "ctxembed_bert"}}, ["emb"], None, "has no contextual embedder"),
+    # a block [nlp] pipeline does not list is not built
+    ({"emb": {"factory": "ctxembed_bert", "primary": False}, "unlisted": {"factory": "ctxembed_bert"}}, (),
+     None, "[emb] primary = false: no component"),
 ])
 def test_the_driver_reads_a_config_as_the_actors_will(components, disabled, variables, refused):
     from spacy_ctxembed.distributed.run import _check_pipeline
     from spacy_ctxembed.pipeline.build import NoContextualEmbedder
 
-    text = _config(components, disabled, variables)
+    text = _config(components, disabled, variables, pipeline=[name for name in components if name != "unlisted"])
     if refused is None:
         _check_pipeline(None, text)
         return

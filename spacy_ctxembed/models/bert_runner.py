@@ -560,6 +560,10 @@ class BertShim(EncoderShim):
         return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest,
                            runner.config_digest])
 
+    def after_fork(self) -> None:
+        if self.runner is not None:  # (the int8 copy is made under a lock, on first use)
+            self.runner._int8_lock = threading.Lock()
+
     def probe_record(self) -> Dict[str, Any]:
         """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
         pipeline's cfg to tell its own config.json and tokenizer from edited ones."""

@@ -237,6 +237,10 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     def signature_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the loaded model besides its weights."""
 
+    def after_fork(self) -> None:
+        """In a forked process: make the shim's own locks anew (a fork copies
+        them as other threads of the parent held them)."""
+
     def probe_record(self) -> Optional[Dict[str, Any]]:
         """What the loaded model folder computes, for a saved pipeline's cfg
         (`pipeline.saved.check_saved_probe`); None where the encoder records none."""

@@ -66,6 +66,9 @@ from .signature import output_signature
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Why a component refuses to run in a process forked while its weights were being changed.
+_FORKED_MID_CHANGE = "(forked while another thread was changing the weights)"
+
 
 class Predictions(tuple):
     """What `predict` returns: (layers, vectors), one entry per doc, and the
@@ -88,6 +91,7 @@ def _loads(method: F) -> F:
 
     @wraps(method)
     def loading(self: "ContextualEmbedder", *args: Any, **kwargs: Any) -> Any:
+        self._after_fork()
         with self._gate.loading():
             return method(self, *args, **kwargs)
 
@@ -269,9 +273,16 @@ class ContextualEmbedder(TrainablePipe):
         several threads make the first call at once. Not after a refused
         `from_disk`/`from_bytes` (see `_loading`).
         """
+        self._after_fork()  # (every use of the component comes here, or to `_loads`, first)
         if self._loaded:
             return
         with self._gate.loading():  # (waits for a load under way in another thread)
+            if self._load_refused == _FORKED_MID_CHANGE:
+                raise ValueError(
+                    f"[{self.name}] this process was forked while another thread of its parent was changing the "
+                    "component's weights (a load, a training step, use_params): its copy may hold parts of "
+                    "two sets of weights, so it does not run. Fork (nlp.pipe(n_process=...)) once the change "
+                    "is done, or load the pipeline in the new process")
             if self._load_refused is not None:
                 raise bad_setting(self.name, "model", self._load_refused,
                                   "loading it was refused, so the component holds parts of two models; load a "
@@ -303,10 +314,13 @@ class ContextualEmbedder(TrainablePipe):
             torch.set_num_threads(1)
             if self._gate.changing:
                 self._loaded = False
-                self._load_refused = "(forked while another thread was changing the weights)"
+                self._load_refused = _FORKED_MID_CHANGE
             self._gate = LoadGate()
             if self.cache is not None:
                 self.cache.after_fork()
+            shim = encoder_shim(self.encoder)
+            if shim is not None:
+                shim.after_fork()
 
     @contextmanager
     def _loading(self, source: str) -> Iterator[None]:
@@ -391,7 +405,6 @@ class ContextualEmbedder(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
-        self._after_fork()
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
             # The signature of these weights, taken now: a load in another
@@ -581,6 +594,7 @@ class ContextualEmbedder(TrainablePipe):
         # takes this step after its backward pass; what the backward passes of
         # earlier batches left (`spacy train` accumulating gradients over
         # batches, the last of which no listener answered) is stepped now.
+        self._after_fork()
         self._flush_backward(at_update=False, sgd=sgd)
         # Only what a gradient reached since its last step: an optimizer with
         # weight decay moves weights even on a zero gradient, and thinc keeps
@@ -626,6 +640,7 @@ class ContextualEmbedder(TrainablePipe):
         # batch) runs now: swapping the weights in place would invalidate its
         # graph, and the next update would fail. (It is what that update would
         # do first; the gradient waits for finish_update as before.)
+        self._after_fork()
         self._flush_backward(at_update=True)
         swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
         swap = self.model.use_params(params)
