@@ -128,6 +128,44 @@ def test_compiled_step_matches_the_reference_and_stays_deterministic(elmo_files,
         numpy.testing.assert_allclose(nlp(text)._.ctx_layers, doc._.ctx_layers, atol=ATOL, rtol=0)
 
 
+def test_compiled_step_compiles_a_few_graphs_then_never_again(elmo_files):
+    # The step sees a different number of running rows at nearly every step,
+    # and new batch shapes with every batch: one dynamic graph must serve them
+    # all. Fed views of changing strides, dynamo compiled a graph per layout
+    # until its recompile limit, then ran the step uncompiled, silently.
+    import random
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    nlp = elmo_nlp(elmo_files, compile=True)
+    rng = random.Random(0)
+    vocab = "the cat sat on a mat and then ran off quickly".split()
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randint(1, 40))) for _ in range(120)]
+    list(nlp.pipe(texts[:16], batch_size=16))  # warm-up: the few graphs it needs
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch_size in (104, 7, 1):
+            list(nlp.pipe(texts[16:], batch_size=batch_size))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("projection_rows", [1, 3, 7])
+def test_rows_finishing_in_later_projection_chunks_match_the_reference(
+    elmo_files, reference, monkeypatch, projection_rows, compiled
+):
+    # The input projections run a chunk of time steps at a time
+    # (PROJECTION_ROWS // batch of them): chunks that start with fewer rows
+    # running, and rows that finish inside a later chunk, against the
+    # float64 reference (the default 512 gives these sentences one chunk).
+    from spacy_ctxembed.models import elmo_net
+
+    monkeypatch.setattr(elmo_net, "PROJECTION_ROWS", projection_rows)
+    nlp = elmo_nlp(elmo_files, compile=compiled)
+    texts = ["a b c d e f g h i j k l", "one two three", "x", "p q r s t u v", "m n o p q r s t u v w"]
+    for doc in nlp.pipe(texts, batch_size=len(texts)):
+        numpy.testing.assert_allclose(doc._.ctx_layers, reference(_words(doc)), atol=ATOL, rtol=0)
+
+
 def test_v2_configs_still_load_and_run_eagerly(elmo_files, reference):
     from spacy_ctxembed.models.elmo_net import lstm_step
 

@@ -248,6 +248,14 @@ class BiLstm(_WeightsModule):
         # Only written, never read back: in-place writes here are autograd-safe.
         out = inputs.new_zeros((2, batch, time, P))
         time_chunk = max(1, PROJECTION_ROWS // batch)
+        # A compiled step gets contiguous inputs of exactly its n rows. Views
+        # (a time step of `projected`, the first n of a longer `h`) have
+        # strides and offsets that change from step to step and chunk to
+        # chunk, and dynamo specialises on them: it compiled a new graph for
+        # them until it reached its recompile limit (8), then ran the step
+        # uncompiled. The eager step takes the views as they are: a copy per
+        # step would cost it more than the graph it does not have.
+        exact = step is not lstm_step
         for start in range(0, time, time_chunk):
             rows = active[start]
             chunk = inputs[:, :rows, start : start + time_chunk]
@@ -257,7 +265,10 @@ class BiLstm(_WeightsModule):
             projected = torch.baddbmm(bias, chunk.reshape(2, rows * steps, P), w_x).view(2, rows, steps, -1)
             for t in range(steps):
                 n = active[start + t]
-                h, c = step(projected[:, :n, t], h, c, w_h, w_p, self.cell_clip, self.proj_clip)
+                x = projected[:, :n, t]
+                if exact:
+                    x, h, c = x.contiguous(), h[:, :n].contiguous(), c[:, :n].contiguous()
+                h, c = step(x, h, c, w_h, w_p, self.cell_clip, self.proj_clip)
                 out[:, :n, start + t] = h
         return out
 
