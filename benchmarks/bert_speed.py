@@ -8,7 +8,10 @@ Arms (each run a fresh process, arms interleaved, torch with 2 threads):
 - ctxembed: `spacy.blank("en")` + `ctxembed_bert` with default settings:
   spaCy tokenization, alignment, pooling, combining, attaching vectors.
 - spacy_transformers: the `transformer` component with default settings
-  (same model), pooled to tokens by `ctxembed_from_trf`.
+  (same model) alone, its outputs in `doc._.trf_data` (no pooling to tokens:
+  the GPU engine's reference arm).
+- spacy_transformers_pooled: the same, pooled to tokens by `ctxembed_from_trf`
+  (what it takes spacy-transformers to give each token a vector).
 - long: ctxembed on one 20,000-word doc (EWT dev text, concatenated).
 - ctxembed_65536: ctxembed with `max_batch_items = 65536`.
 - ctxembed_32768: ctxembed with `max_batch_items = 32768`, the padded size of
@@ -53,6 +56,8 @@ from corpora import conllu_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("bare", "ctxembed", "spacy_transformers")
+#: The arms that give every token a vector (`doc._.ctx_vectors`); the others are checked otherwise.
+TRF_ARMS = ("spacy_transformers", "spacy_transformers_pooled")
 #: Extra arms: ctxembed with other encoder settings (opt-in fast modes).
 SETTINGS_ARMS = {
     "ctxembed_65536": {"max_batch_items": 65536},
@@ -131,7 +136,11 @@ def run_ctxembed(texts, model_path, settings, gpu=False, run_ahead=None, profile
     return _timed_pipe(nlp, texts, gpu, profile)
 
 
-def _timed_pipe(nlp, texts, gpu: bool, profile: Optional[Path] = None) -> float:
+def _has_token_vectors(doc) -> bool:
+    return doc._.ctx_vectors.shape[0] == len(doc)
+
+
+def _timed_pipe(nlp, texts, gpu: bool, profile: Optional[Path] = None, check=_has_token_vectors) -> float:
     """Seconds for `nlp.pipe` over the texts. profile: write a cProfile of the
     calling thread's part to this file (with run-ahead, the worker's share shows
     as waiting for it)."""
@@ -145,7 +154,7 @@ def _timed_pipe(nlp, texts, gpu: bool, profile: Optional[Path] = None) -> float:
     if profiler:
         profiler.enable()
     for doc in nlp.pipe(texts):
-        assert doc._.ctx_vectors.shape[0] == len(doc)
+        assert check(doc)
     _synchronize(gpu)
     seconds = time.perf_counter() - start
     if profiler:
@@ -156,7 +165,7 @@ def _timed_pipe(nlp, texts, gpu: bool, profile: Optional[Path] = None) -> float:
     return seconds
 
 
-def run_spacy_transformers(texts, model_path, gpu=False):
+def run_spacy_transformers(texts, model_path, gpu=False, pooled=False):
     import spacy
 
     if gpu:
@@ -164,9 +173,12 @@ def run_spacy_transformers(texts, model_path, gpu=False):
     nlp = spacy.blank("en")
     nlp.add_pipe("transformer", config={"model": {
         "@architectures": "spacy-transformers.TransformerModel.v3", "name": model_path}})
-    nlp.add_pipe("ctxembed_from_trf")
+    if pooled:
+        nlp.add_pipe("ctxembed_from_trf")
     nlp.initialize()
-    return _timed_pipe(nlp, texts, gpu)
+    if pooled:
+        return _timed_pipe(nlp, texts, gpu)
+    return _timed_pipe(nlp, texts, gpu, check=lambda doc: len(doc._.trf_data.tensors) > 0)
 
 
 def _peak_gpu_mb() -> float:
@@ -188,8 +200,8 @@ def child(args):
         texts = [" ".join(all_words[:20_000])]
     if args.arm == "bare":
         seconds = run_bare(texts, path, args.gpu, args.bare_batch)
-    elif args.arm == "spacy_transformers":
-        seconds = run_spacy_transformers(texts, path, args.gpu)
+    elif args.arm in TRF_ARMS:
+        seconds = run_spacy_transformers(texts, path, args.gpu, pooled=args.arm == "spacy_transformers_pooled")
     else:
         encoder = {**settings.get("encoder", {}), **SETTINGS_ARMS.get(args.arm, {})}
         run_ahead = {"auto": None, "on": True, "off": False}[args.run_ahead]
@@ -219,7 +231,7 @@ def run_child(args, arm):
 
 def main(args):
     arms = args.arms.split(",")
-    known = {*ARMS, *SETTINGS_ARMS, "long"}
+    known = {*ARMS, *TRF_ARMS, *SETTINGS_ARMS, "long"}
     unknown = [arm for arm in arms if arm not in known]
     if unknown:
         sys.exit(f"--arms: unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -240,15 +252,16 @@ def main(args):
     print(f"\n{first['docs']} docs, {first['words']} words, {args.threads} threads, median of {args.repeats}")
     for arm, s in summary.items():
         gpu = f"  peak GPU {statistics.median(r['peak_gpu_mb'] for r in results[arm]):7.0f} MB" if args.gpu else ""
-        print(f"{arm:>20}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu}")
+        print(f"{arm:>25}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu}")
     if "bare" in summary:
         for arm in summary:
             if arm != "bare":
                 print(f"{arm} / bare: {summary[arm]['words_per_s'] / summary['bare']['words_per_s']:.2f}x speed, "
                       f"{summary[arm]['peak_rss_mb'] / summary['bare']['peak_rss_mb']:.2f}x peak RSS")
-    if "spacy_transformers" in summary and "ctxembed" in summary:
-        ratio = summary["ctxembed"]["words_per_s"] / summary["spacy_transformers"]["words_per_s"]
-        print(f"ctxembed / spacy_transformers: {ratio:.2f}x speed")
+    for trf_arm in TRF_ARMS:
+        if trf_arm in summary and "ctxembed" in summary:
+            ratio = summary["ctxembed"]["words_per_s"] / summary[trf_arm]["words_per_s"]
+            print(f"ctxembed / {trf_arm}: {ratio:.2f}x speed")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ on CPU with 2 torch threads. Each run is a fresh process; arms alternate.
   length-sorted into batches by the component itself).
 - ctxembed_compiled: the same with `compile = true` (the LSTM step through
   torch.compile).
-- allennlp: `_ElmoBiLm` on `batch_to_ids` of 32-sentence batches, also
-  length-sorted, so the comparison does not credit our sorting.
+- allennlp: `_ElmoBiLm` on `batch_to_ids` of 64-sentence batches (the GPU
+  engine's reference arm; `--allennlp-batch`), also length-sorted, so the
+  comparison does not credit our sorting.
 
 Every arm first runs its first 16 sentences untimed (torch.compile compiles
 there). With --gpu every arm runs on CUDA, the clock stops after a device
@@ -89,7 +90,8 @@ def run_ctxembed(weights_dir: Path, sentences, threads: int, max_batch_items: in
     return time.perf_counter() - start
 
 
-def run_allennlp(weights_dir: Path, sentences, threads: int, allennlp_dir: Path, gpu: bool = False):
+def run_allennlp(weights_dir: Path, sentences, threads: int, allennlp_dir: Path, gpu: bool = False,
+                 batch_size: int = 64):
     # The stubs stand in for modules missing where setup_allennlp.sh ran; where a real
     # one is installed (torchvision on the GPU image, which transformers then imports
     # from), it must win over its stub.
@@ -115,8 +117,8 @@ def run_allennlp(weights_dir: Path, sentences, threads: int, allennlp_dir: Path,
         bilm._elmo_lstm.reset_states()
         _synchronize(gpu)
         start = time.perf_counter()
-        for i in range(0, len(ordered), 32):
-            bilm(elmo.batch_to_ids(ordered[i : i + 32]).to(device))
+        for i in range(0, len(ordered), batch_size):
+            bilm(elmo.batch_to_ids(ordered[i : i + batch_size]).to(device))
     _synchronize(gpu)
     return time.perf_counter() - start
 
@@ -133,7 +135,8 @@ def child(args):
         seconds = run_ctxembed(args.weights_dir, sentences, args.threads, compile=args.arm == "ctxembed_compiled",
                                gpu=args.gpu)
     elif args.arm == "allennlp":
-        seconds = run_allennlp(args.weights_dir, sentences, args.threads, args.allennlp, gpu=args.gpu)
+        seconds = run_allennlp(args.weights_dir, sentences, args.threads, args.allennlp, gpu=args.gpu,
+                               batch_size=args.allennlp_batch)
     else:
         seconds = run_long(args.weights_dir, args.threads, 5000, gpu=args.gpu)
         sentences = [["x"] * 5000]
@@ -162,7 +165,8 @@ def main(args):
                 result = run_arm(arm, [
                     sys.executable, __file__, "--child", "--arm", arm, "--weights-dir", str(weights_dir),
                     "--data-dir", str(args.data_dir), "--n-sentences", str(args.n_sentences),
-                    "--threads", str(args.threads), "--allennlp", str(args.allennlp), *gpu])
+                    "--threads", str(args.threads), "--allennlp", str(args.allennlp),
+                    "--allennlp-batch", str(args.allennlp_batch), *gpu])
                 if result is not None:  # a failed arm is reported, and left out
                     results[arm].append(result)
                     print(arm, result, flush=True)
@@ -182,7 +186,8 @@ def main(args):
             summary[arm]["peak_gpu_mb"] = statistics.median(r["peak_gpu_mb"] for r in runs)
     first = next(iter(results.values()))[0]
     print(f"\n{args.n_sentences} sentences, {first['words']} words, "
-          f"{args.threads} threads, {'GPU' if args.gpu else 'CPU'}, median of {args.repeats}")
+          f"{args.threads} threads, {'GPU' if args.gpu else 'CPU'}, median of {args.repeats}, "
+          f"AllenNLP batches of {args.allennlp_batch} sentences")
     for arm, s in summary.items():
         gpu_mb = f"  peak GPU {s['peak_gpu_mb']:7.0f} MB" if args.gpu else ""
         print(f"{arm:>17}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu_mb}")
@@ -201,6 +206,8 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--allennlp", type=Path, default=Path("/tmp/allennlp"))
     parser.add_argument("--n-sentences", type=int, default=200)
+    parser.add_argument("--allennlp-batch", type=int, default=64,
+                        help="sentences per AllenNLP batch (64: the GPU engine's reference arm)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arms", default="ctxembed,allennlp", help="of ctxembed, ctxembed_compiled, allennlp")

@@ -159,28 +159,33 @@ def computed_ahead(
 
 def on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """`function`, to run in another thread (`prefetched`, `computed_ahead`) on
-    the caller's current CUDA devices.
+    the caller's current CUDA devices and streams.
 
-    torch's and CuPy's current devices are per thread and a new thread starts
-    on device 0, so a pipeline on GPU 1 would otherwise allocate its outputs
-    on GPU 0.
+    torch's and CuPy's current devices and streams are per thread, and a new
+    thread starts on device 0's default stream. So a pipeline on GPU 1 would
+    otherwise allocate its outputs on GPU 0, and a caller working on a stream
+    of its own (`torch.cuda.stream(s)`) would read outputs written on another
+    stream, with nothing making it wait for them.
     """
     import torch
     from thinc.util import has_cupy_gpu
 
-    torch_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
-    cupy_device = None
+    torch_stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
+    cupy_current: Optional[Tuple[int, Any]] = None
     if has_cupy_gpu:
         import cupy
 
-        cupy_device = cupy.cuda.Device().id
+        cupy_current = (cupy.cuda.Device().id, cupy.cuda.get_current_stream())
 
     def on_devices(item: Any) -> Any:
         with contextlib.ExitStack() as stack:
-            if torch_device is not None:
-                stack.enter_context(torch.cuda.device(torch_device))
-            if cupy_device is not None:
-                stack.enter_context(cupy.cuda.Device(cupy_device))
+            if torch_stream is not None:
+                stack.enter_context(torch.cuda.device(torch_stream.device))
+                stack.enter_context(torch.cuda.stream(torch_stream))
+            if cupy_current is not None:
+                device_id, stream = cupy_current
+                stack.enter_context(cupy.cuda.Device(device_id))
+                stack.enter_context(stream)
             return function(item)
 
     return on_devices

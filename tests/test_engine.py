@@ -20,7 +20,6 @@ from spacy_ctxembed.alignment import TokenTable, align_pieces, align_run, doc_al
 from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import (
-    SHAPE_BUCKET,
     _needs_no_mask,
     _takes_broadcast_mask,
     _top_state_is_last,
@@ -111,8 +110,7 @@ def _reference_pad(runner, pieces, width):
     return ids, mask
 
 
-@pytest.mark.parametrize("bucket", [False, True])
-def test_pad_frames_and_pads_like_the_tokenizer(nlp, bucket):
+def test_pad_frames_and_pads_like_the_tokenizer(nlp):
     runner = _runner(nlp)
     rng = numpy.random.default_rng(0)
     pieces = [rng.integers(1000, 2000, size=n) for n in (5, 0, 17, 3)]
@@ -121,40 +119,12 @@ def test_pad_frames_and_pads_like_the_tokenizer(nlp, bucket):
     starts = numpy.array([30, 2, 8, 0])
     for start, p in zip(starts, pieces):
         flat[start : start + len(p)] = p
-    with _switched(runner, "bucket_shapes", bucket):
-        ids, mask = runner.pad(flat, starts, numpy.array([len(p) for p in pieces]))
-    longest = 17 + runner.n_special
-    width = min(-(-longest // SHAPE_BUCKET) * SHAPE_BUCKET, runner.window + runner.n_special) if bucket else longest
+    ids, mask = runner.pad(flat, starts, numpy.array([len(p) for p in pieces]))
+    width = 17 + runner.n_special
     assert ids.shape == (4, width)
     expected_ids, expected_mask = _reference_pad(runner, pieces, width)
     numpy.testing.assert_array_equal(ids, expected_ids)
     numpy.testing.assert_array_equal(mask, expected_mask)
-
-
-def test_shape_buckets_leave_fp32_vectors_unchanged(tiny_bert_dir):
-    nlp = make_nlp(tiny_bert_dir, layers=[0, 1, 2])
-    runner = _runner(nlp)
-    docs = [nlp.make_doc(t) for t in TEXTS[:6]]
-    exact = runner.embed(docs)
-    with _switched(runner, "bucket_shapes", True):
-        padded = runner.embed(docs)
-    for a, b in zip(exact, padded):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-def test_shape_buckets_keep_every_batch_within_the_budget(tiny_bert_dir):
-    """The budget counted a batch at its longest window's length, and the rows were
-    then padded to the bucket: one-word docs (3 pieces framed, padded to 64) made
-    batches of ~21x `max_batch_items` with half precision."""
-    nlp = make_nlp(tiny_bert_dir, max_batch_items=256)
-    runner = _runner(nlp)
-    docs = [nlp.make_doc(word) for word in ("cat", "a dog", "the mat here", "x") * 50]
-    with _switched(runner, "bucket_shapes", True):
-        batches = runner.prepare(docs).batches
-    shapes = [tuple(batch.input_ids.shape) for batch in batches]
-    assert all(width % SHAPE_BUCKET == 0 for _, width in shapes)
-    assert all(rows * width <= runner.max_batch_items for rows, width in shapes)
-    assert sum(rows for rows, _ in shapes) == len(docs)
 
 
 def test_broadcast_mask_gives_the_2d_masks_vectors(nlp):
@@ -278,8 +248,8 @@ def test_top_state_only_is_refused_where_the_model_returns_another_tensor(tiny_b
 
 
 @pytest.mark.parametrize("window", [1, 2])
-def test_tiny_windows_with_shape_buckets_load_and_match_fp32(tiny_bert_dir, window):
-    """The load-time probe fits any window (bf16 pads to buckets capped at the window)."""
+def test_tiny_windows_in_half_precision_load_and_match_fp32(tiny_bert_dir, window):
+    """The load-time probe fits any window, in half precision too."""
     docs = [spacy.blank("en").make_doc(t) for t in TEXTS[:3]]
     bf16 = _runner(make_nlp(tiny_bert_dir, precision="bf16", window=window, stride=1))
     fp32 = _runner(make_nlp(tiny_bert_dir, window=window, stride=1))
@@ -287,9 +257,31 @@ def test_tiny_windows_with_shape_buckets_load_and_match_fp32(tiny_bert_dir, wind
         torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
 
 
-def test_half_precision_turns_shape_buckets_on(tiny_bert_dir):
-    assert _runner(make_nlp(tiny_bert_dir, precision="bf16")).bucket_shapes
-    assert not _runner(make_nlp(tiny_bert_dir)).bucket_shapes
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # (torch's CUDA autocast on a CPU-only machine)
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_on_cuda_keeps_cudnn_attention_off_while_it_runs(tiny_bert_dir, precision):
+    """cuDNN plans its fused attention per (batch, length) shape, and a corpus's
+    windows come in many: half-precision forward passes on CUDA run without
+    it, and leave the process's setting as they found it. (Without a GPU
+    the CUDA autocast is off; the switch is what is tested here, the GPU
+    tests run the forward pass with it.)"""
+    runner = _runner(make_nlp(tiny_bert_dir, precision=precision))
+    cuda = torch.device("cuda")
+    for before in (True, False):
+        torch.backends.cuda.enable_cudnn_sdp(before)
+        try:
+            with runner._autocast(cuda):
+                assert not torch.backends.cuda.cudnn_sdp_enabled()
+                with runner._autocast(cuda):  # (nested: the run-ahead worker and the caller)
+                    pass
+                assert not torch.backends.cuda.cudnn_sdp_enabled()
+            assert torch.backends.cuda.cudnn_sdp_enabled() is before
+        finally:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+    with runner._autocast(torch.device("cpu")):  # (no cuDNN on CPU: nothing to switch)
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    with _runner(make_nlp(tiny_bert_dir))._autocast(cuda):  # fp32: cuDNN attention takes no fp32
+        assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 @settings(max_examples=60, deadline=None)

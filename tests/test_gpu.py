@@ -104,7 +104,7 @@ def _min_cosine(a, b):
 def test_tf32_is_close_and_leaves_the_process_setting_alone(gpu_nlp):
     import torch
 
-    from spacy_ctxembed.models.bert_runner import tf32_matmuls
+    from spacy_ctxembed.models.process_settings import tf32_matmuls
 
     nlp, cupy = gpu_nlp
     exact = cupy.asnumpy(nlp(TEXT)._.ctx_vectors)
@@ -129,6 +129,29 @@ def test_run_ahead_pipe_equals_single_docs_on_device(gpu_nlp):
     piped = [cupy.asnumpy(doc._.ctx_vectors) for doc in nlp.pipe(texts, batch_size=3)]
     for text, vectors in zip(texts, piped):
         numpy.testing.assert_allclose(cupy.asnumpy(nlp(text)._.ctx_vectors), vectors, atol=1e-4)
+
+
+def test_run_ahead_on_the_callers_stream(gpu_nlp):
+    """A caller on a stream of its own: the worker predicts on that stream too,
+    so the caller's reads wait for the worker's writes in stream order."""
+    import torch
+
+    nlp, cupy = gpu_nlp
+    texts = [TEXT, "I ran significance tests.", "A much longer text " * 30] * 3
+    alone = [cupy.asnumpy(nlp(text)._.ctx_vectors) for text in texts]
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    seen = []
+    hook = runner.runner.register_forward_pre_hook(lambda *_: seen.append(torch.cuda.current_stream()))
+    side = torch.cuda.Stream()
+    try:
+        with torch.cuda.stream(side), cupy.cuda.ExternalStream(side.cuda_stream):
+            piped = [doc._.ctx_vectors.copy() for doc in nlp.pipe(texts, batch_size=2)]
+            side.synchronize()
+    finally:
+        hook.remove()
+    assert seen and all(stream == side for stream in seen)
+    for expected, vectors in zip(alone, piped):
+        numpy.testing.assert_allclose(cupy.asnumpy(vectors), expected, atol=1e-4)
 
 
 def test_mixed_precision_fine_tuning_step(gpu_nlp):
@@ -290,36 +313,6 @@ def test_elmo_token_layer_on_device_equals_the_cpu_path(tmp_path):
     numpy.testing.assert_allclose(on_device, expected, atol=1e-5 * scale, rtol=0)
 
 
-def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
-    from .elmo_fixture import write_elmo_fixture
-
-    cupy = on_gpu
-    options, weights = write_elmo_fixture(tmp_path)
-
-    def elmo(compile):
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
-            "options_file": str(options), "weight_file": str(weights), "compile": compile}}})
-        nlp.initialize()
-        return nlp
-
-    # Long enough for clipping to happen (tests/test_elmo.py). The two longest
-    # have one length, so that the rows still running never drop to one, a
-    # size torch.compile specialises on: on CPU that is 3 compilations, not 5.
-    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
-             "and here is one more sentence with sixteen words in it so two rows stay on",
-             "short one", "x y"]
-    assert len(texts[0].split()) == len(texts[1].split())
-    eager = [cupy.asnumpy(doc._.ctx_layers) for doc in elmo(False).pipe(texts, batch_size=len(texts))]
-    compiled = elmo(True)
-    docs = list(compiled.pipe(texts, batch_size=len(texts)))
-    again = list(compiled.pipe(texts, batch_size=len(texts)))
-    for doc, repeat, expected in zip(docs, again, eager):
-        assert isinstance(doc._.ctx_layers, cupy.ndarray)
-        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-5, rtol=0)
-        numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
-
-
 def test_retokenized_outputs_stay_on_device(gpu_nlp):
     """A merge averages the merged tokens' rows, a split repeats its token's row
     (outputs.py's cupyx branch), against float64 numpy on the rows before."""
@@ -433,3 +426,110 @@ def test_a_pipeline_moved_to_the_gpu_takes_the_gpus_budget(gpu_nlp, monkeypatch)
     assert runner.device.type == "cuda"
     assert runner.max_batch_items == batch_items_for_memory(2**33, runner.encoder.config,
                                                             runner.window + runner.n_special)
+
+
+def test_half_precision_attention_runs_without_cudnn(on_gpu):
+    """bf16 over windows of many shapes: cuDNN's fused attention (an execution
+    plan per (batch, length) shape) is off while the forward passes run,
+    in the run-ahead worker too, and as it was after."""
+    import torch
+
+    half = spacy.blank("en")
+    half.add_pipe("ctxembed_bert", config={"model": {"encoder": {"precision": "bf16"}}})
+    half.initialize()
+    runner = get_runner(half.get_pipe("ctxembed_bert").encoder)
+    seen = []
+    hook = runner.runner.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        docs = list(half.pipe([TEXT, "I ran significance tests.", "A much longer text " * 30] * 3, batch_size=2))
+    finally:
+        hook.remove()
+    assert len(docs) == 9 and len(seen) >= 5 and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() is before
+
+
+def _elmo_on_device(tmp_path, **encoder):
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
+        "options_file": str(options), "weight_file": str(weights), **encoder}}})
+    nlp.initialize()
+    return nlp, options, weights
+
+
+def test_elmo_pipe_on_device_equals_the_reference_across_batches(on_gpu, tmp_path):
+    """Sentences of mixed lengths over several batches, the next predicted in
+    the run-ahead worker (on by default on GPU), against the float64 reference
+    and against each doc alone."""
+    from .elmo_reference import ReferenceElmo
+
+    cupy = on_gpu
+    nlp, options, weights = _elmo_on_device(tmp_path)
+    assert nlp.get_pipe("ctxembed_elmo")._runs_ahead()
+    reference = ReferenceElmo(options, weights)
+    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
+             "short one", "x", "medium length sentence here with a few more words"] * 3
+    for text, doc in zip(texts, nlp.pipe(texts, batch_size=2)):
+        layers = cupy.asnumpy(doc._.ctx_layers)
+        numpy.testing.assert_allclose(layers, reference([t.text for t in doc]), atol=1e-4, rtol=0)
+        numpy.testing.assert_allclose(layers, cupy.asnumpy(nlp(text)._.ctx_layers), atol=1e-5, rtol=0)
+
+
+def test_elmo_device_memory_returns_to_its_baseline_after_pipe(on_gpu, tmp_path):
+    import gc
+
+    import torch
+
+    cupy = on_gpu
+    nlp, _, _ = _elmo_on_device(tmp_path)
+    pool = cupy.get_default_memory_pool()
+    texts = ["The cat sat on the mat " * n for n in range(1, 30)]
+    list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
+    gc.collect()
+    baseline, pool_baseline = torch.cuda.memory_allocated(), pool.used_bytes()
+    docs = list(nlp.pipe(texts, batch_size=8))
+    assert torch.cuda.memory_allocated() > baseline  # the docs hold their layers on the device
+    del docs
+    gc.collect()
+    assert torch.cuda.memory_allocated() == baseline
+    assert pool.used_bytes() == pool_baseline
+
+
+def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
+    # Last in this file: its first torch.compile on the device (inductor,
+    # Triton) is the slowest test here, and a run cut short for time then
+    # loses only it.
+    from .elmo_fixture import write_elmo_fixture
+    from .elmo_reference import ReferenceElmo
+
+    cupy = on_gpu
+    options, weights = write_elmo_fixture(tmp_path)
+
+    def elmo(compile):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
+            "options_file": str(options), "weight_file": str(weights), "compile": compile}}})
+        nlp.initialize()
+        return nlp
+
+    # Long enough for clipping to happen (tests/test_elmo.py). The two longest
+    # have one length, so that the rows still running never drop to one, a
+    # size torch.compile specialises on: on CPU that is 3 compilations, not 5.
+    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
+             "and here is one more sentence with sixteen words in it so two rows stay on",
+             "short one", "x y"]
+    assert len(texts[0].split()) == len(texts[1].split())
+    eager = [cupy.asnumpy(doc._.ctx_layers) for doc in elmo(False).pipe(texts, batch_size=len(texts))]
+    compiled = elmo(True)
+    docs = list(compiled.pipe(texts, batch_size=len(texts)))
+    again = list(compiled.pipe(texts, batch_size=len(texts)))
+    reference = ReferenceElmo(options, weights)
+    for doc, repeat, expected in zip(docs, again, eager):
+        assert isinstance(doc._.ctx_layers, cupy.ndarray)
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-5, rtol=0)
+        numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
+        # (and not only like eager: a fault both share would pass that)
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), reference([t.text for t in doc]), atol=1e-4)

@@ -8,7 +8,7 @@ import spacy
 import torch
 
 from spacy_ctxembed.models.bert import get_encoder
-from spacy_ctxembed.models.bert_runner import tf32_matmuls
+from spacy_ctxembed.models.process_settings import tf32_matmuls
 
 from .conftest import make_nlp
 from .reference import hf_hidden_states, pool, token_pieces

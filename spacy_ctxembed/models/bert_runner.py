@@ -38,6 +38,7 @@ from ..types import POOLING_MODES, PRECISIONS
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
 from .hf_probe import probe_record
+from .process_settings import cudnn_attention_off, tf32_matmuls
 from .torch_bridge import (
     SAVED_FEATURES,
     SAVED_LAYERS,
@@ -117,9 +118,6 @@ class _Prepared:
 BATCHES_PER_RUN = 4
 #: Characters per wordpiece, to size a run of docs before tokenizing it.
 CHARS_PER_PIECE = 4
-#: With fp16/bf16 the padded length is rounded up to a multiple of this, so
-#: the device sees a few shapes (fused attention kernels plan per shape).
-SHAPE_BUCKET = 64
 
 
 class BertRunner:
@@ -151,8 +149,6 @@ class BertRunner:
                               "needs torch >= 2.9 (torch.backends.cuda.matmul.fp32_precision); "
                               f"this is torch {torch.__version__}")
         self.max_batch_items: int = settings["max_batch_items"] or self.default_budget()
-        #: Pad to a few lengths only (half precision: see SHAPE_BUCKET).
-        self.bucket_shapes = self.precision in _AUTOCAST_DTYPES
         probe = self.probe_batch()
         # hidden_states[i] needs only the first i layers: the runner is a
         # shallow copy that runs those and shares their weights with the full
@@ -170,7 +166,6 @@ class BertRunner:
         #: not (ConvBERT's span convolutions read it), a batch holds windows
         #: of one length only, so that no window is padded (see `_padding_is_neutral`).
         self.pads = _padding_is_neutral(self.runner, *probe, expected=output)
-        self.bucket_shapes = self.bucket_shapes and self.pads
         #: Padded batches go in with a (batch, 1, length) mask (see `_takes_broadcast_mask`).
         self.broadcast_mask = _takes_broadcast_mask(self.runner, *probe, expected=output)
         #: Unpadded batches go in without a mask (see `_needs_no_mask`).
@@ -281,8 +276,8 @@ class BertRunner:
         n_prefix = len(self.prefix_ids)
         device = self.device
         batches = []
-        # A batch is as wide as `pad` makes its first (longest) window.
-        widths = self.padded_widths(lengths[order] + self.n_special)
+        # A batch is as wide as its first (longest) window, framed.
+        widths = lengths[order] + self.n_special
         for a, b in budget_bounds(widths, self.max_batch_items, same_length=not self.pads):
             docs, start, end, own_start, own_end = windows[a:b].T
             first = plan.piece_offsets[docs] + start
@@ -348,12 +343,11 @@ class BertRunner:
     def pad(self, piece_ids: numpy.ndarray, starts: numpy.ndarray,
             lengths: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
         """(input_ids, attention_mask) for windows piece_ids[start : start + length]:
-        framed by the special tokens, padded to the longest (rounded up to
-        SHAPE_BUCKET with half precision)."""
+        framed by the special tokens, padded to the longest."""
         lengths = numpy.asarray(lengths, dtype="int64")
         n = len(lengths)
         framed = lengths + self.n_special
-        width = int(self.padded_widths(framed.max()))
+        width = int(framed.max())
         input_ids = numpy.full((n, width), self.pad_id, dtype="int64")
         n_prefix = len(self.prefix_ids)
         input_ids[:, :n_prefix] = self.prefix_ids
@@ -366,62 +360,27 @@ class BertRunner:
         mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
         return input_ids, mask
 
-    def padded_widths(self, lengths: numpy.ndarray) -> numpy.ndarray:
-        """The width of a batch whose longest framed window is `length` pieces, per
-        length: itself, or with half precision rounded up to SHAPE_BUCKET (at
-        most the longest window). The batch budget counts this width, so that
-        rounding never overruns it."""
-        lengths = numpy.asarray(lengths, dtype="int64")
-        if not self.bucket_shapes:
-            return lengths
-        return numpy.minimum(-(-lengths // SHAPE_BUCKET) * SHAPE_BUCKET, self.window + self.n_special)
-
-    def _autocast(self, device: torch.device):
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """What the forward passes run under for `precision` on `device`."""
         if self.precision == "tf32" and device.type == "cuda":
             return tf32_matmuls()
         if self.precision not in _AUTOCAST_DTYPES:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        autocast = torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        if device.type != "cuda":
+            return autocast
+        # Half precision on CUDA: the windows' varying shapes would make cuDNN
+        # plan its attention anew for each (see `CUDNN_ATTENTION_OFF`).
+        stack = contextlib.ExitStack()
+        stack.enter_context(cudnn_attention_off())
+        stack.enter_context(autocast)
+        return stack
 
     def _quantized(self) -> torch.nn.Module:
         with self._int8_lock:
             if self._int8 is None:
                 self._int8 = _quantized_int8(self.runner)
             return self._int8
-
-
-_TF32_LOCK = threading.Lock()
-_tf32_depth = 0
-_precision_before = "highest"
-
-
-@contextlib.contextmanager
-def tf32_matmuls() -> Iterator[None]:
-    """CUDA fp32 matmuls on TF32 tensor cores while the block runs.
-
-    torch has no per-call switch for this, only the process-wide matmul
-    precision: it is set on entry and put back when the last block (of any
-    thread) leaves, so concurrent forward passes do not restore it under each
-    other's feet. An fp32 matmul that another thread runs meanwhile also gets
-    TF32; that is why it is opt-in. It goes through
-    `torch.set_float32_matmul_precision`, which keeps torch's two APIs for it
-    consistent: setting only `torch.backends.cuda.matmul.fp32_precision` made
-    every read of `allow_tf32` or `get_float32_matmul_precision()` (dynamo's,
-    a trainer's, in any thread) raise while the block ran.
-    """
-    global _tf32_depth, _precision_before
-    with _TF32_LOCK:
-        if _tf32_depth == 0:
-            _precision_before = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision("high")
-        _tf32_depth += 1
-    try:
-        yield
-    finally:
-        with _TF32_LOCK:
-            _tf32_depth -= 1
-            if _tf32_depth == 0:
-                torch.set_float32_matmul_precision(_precision_before)
 
 
 class BertShim(EncoderShim):
