@@ -9,9 +9,9 @@ on CPU with 2 torch threads. Each run is a fresh process; arms alternate.
   length-sorted into batches by the component itself).
 - ctxembed_compiled: the same with `compile = true` (the LSTM step through
   torch.compile).
-- allennlp: `_ElmoBiLm` on `batch_to_ids` of 64-sentence batches (the GPU
-  engine's reference arm; `--allennlp-batch`), also length-sorted, so the
-  comparison does not credit our sorting.
+- allennlp: `_ElmoBiLm` on `batch_to_ids` of 32-sentence batches
+  (`--allennlp-batch`; the GPU engine's reference arm took 64), also
+  length-sorted, so the comparison does not credit our sorting.
 
 Every arm first runs its first 16 sentences untimed (torch.compile compiles
 there). With --gpu every arm runs on CUDA, the clock stops after a device
@@ -91,7 +91,7 @@ def run_ctxembed(weights_dir: Path, sentences, threads: int, max_batch_items: in
 
 
 def run_allennlp(weights_dir: Path, sentences, threads: int, allennlp_dir: Path, gpu: bool = False,
-                 batch_size: int = 64):
+                 batch_size: int = 32):
     # The stubs stand in for modules missing where setup_allennlp.sh ran; where a real
     # one is installed (torchvision on the GPU image, which transformers then imports
     # from), it must win over its stub.
@@ -206,8 +206,8 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--allennlp", type=Path, default=Path("/tmp/allennlp"))
     parser.add_argument("--n-sentences", type=int, default=200)
-    parser.add_argument("--allennlp-batch", type=int, default=64,
-                        help="sentences per AllenNLP batch (64: the GPU engine's reference arm)")
+    parser.add_argument("--allennlp-batch", type=int, default=32,
+                        help="sentences per AllenNLP batch (the GPU engine's reference arm took 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--arms", default="ctxembed,allennlp", help="of ctxembed, ctxembed_compiled, allennlp")

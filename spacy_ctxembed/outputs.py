@@ -1050,24 +1050,16 @@ def _placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarra
 
 
 def _segment_mean(xp, values, tokens: numpy.ndarray, rows: numpy.ndarray, counts: numpy.ndarray):
-    """out[t] = mean of values[rows[k]] over k with tokens[k] == t; zeros where none.
-
-    Summed slot by slot (each token's first row, then its second, ...), so
-    that each token's rows add up in their order, on numpy and cupy alike and
-    run after run: cupy's scatter_add adds with atomics, in whatever order the
-    device's threads come. Tokens take few rows each (a merge's), so the
-    slots are few."""
+    """out[t] = mean of values[rows[k]] over k with tokens[k] == t; zeros where none."""
     out = xp.zeros((len(counts),) + tuple(values.shape[1:]), dtype=values.dtype)
     if len(rows):
-        order = numpy.argsort(tokens, kind="stable")
-        sorted_tokens = tokens[order]
-        run_starts = numpy.flatnonzero(numpy.r_[True, sorted_tokens[1:] != sorted_tokens[:-1]])
-        slots = numpy.empty(len(tokens), dtype="int64")
-        run_lengths = numpy.diff(numpy.r_[run_starts, len(tokens)])
-        slots[order] = numpy.arange(len(tokens)) - numpy.repeat(run_starts, run_lengths)
-        for slot in range(int(slots.max()) + 1):
-            at = slots == slot  # (each token once: the in-place add is a plain scatter)
-            out[xp.asarray(tokens[at])] += values[xp.asarray(rows[at])]
+        gathered = values[xp.asarray(rows)]
+        if xp is numpy:
+            numpy.add.at(out, tokens, gathered)
+        else:  # pragma: no cover - GPU only
+            import cupyx
+
+            cupyx.scatter_add(out, xp.asarray(tokens), gathered)
         divisor = xp.asarray(numpy.maximum(counts, 1.0)).reshape((-1,) + (1,) * (values.ndim - 1))
         out /= divisor.astype(values.dtype)
     return out

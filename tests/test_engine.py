@@ -606,3 +606,80 @@ def test_run_ahead_setting_is_checked_and_tf32_keeps_it_off(nlp, tiny_bert_dir, 
     assert not tf32._runs_ahead()  # but not with tf32's process-wide switch
     with _switched(tf32, "run_ahead", True):
         assert tf32._runs_ahead()  # unless asked for
+
+
+#: The ops that make the host wait for a CUDA device (a tensor's value read on the host).
+_HOST_READS = {"aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default",
+               "aten.nonzero.default", "aten.equal.default", "aten.masked_select.default"}
+
+
+def test_embed_waits_for_the_device_only_inside_transformers_own_unpadded_forward(tiny_bert_dir):
+    """The device is to be waited for only where outputs are handed over. Counted
+    here on CPU, where the same ops run: none in planning, staging, pooling or
+    the per-doc copies, and none in a padded batch's forward pass (its
+    (batch, 1, length) mask needs no check). An unpadded batch's forward pass
+    reads two values on the host inside transformers' BERT (its check for
+    padding without a mask, its all-ones mask check): that is not ours to
+    remove, and with run-ahead it happens in the worker, not the caller."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    runner = _runner(make_nlp(tiny_bert_dir, layers=[0, 1, 2], max_batch_items=256))
+    docs = [spacy.blank("en").make_doc(t) for t in ["word " * 600, "word " * 600, "I ran to the park.",
+                                                     "Another short one.", "x " * 40]]
+    assert {b.attention_mask is None for b in runner.prepare(docs).batches} == {True, False}
+    where = ["host"]
+    seen = []
+
+    class HostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in _HOST_READS:
+                seen.append((where[0], str(func)))
+            return func(*args, **(kwargs or {}))
+
+    def enter(module, args, kwargs):
+        where[0] = "unpadded forward" if kwargs.get("attention_mask") is None else "padded forward"
+
+    def leave(module, args, output):
+        where[0] = "host"
+
+    hooks = [runner.runner.register_forward_pre_hook(enter, with_kwargs=True),
+             runner.runner.register_forward_hook(leave)]
+    try:
+        with HostReads():
+            runner.embed(docs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [s for s in seen if s[0] != "unpadded forward"] == []
+    assert seen  # (the spy sees host reads: transformers' own, in the unpadded forward)
+
+
+def test_everything_bound_for_a_cuda_device_is_staged_pinned(tiny_bert_dir, monkeypatch):
+    """A non-blocking copy from pageable memory is a blocking one: every tensor a
+    run stages for the device (the batches, the masks, the pooling index) must be
+    pinned (pin_memory faked here, and the runner's device taken for CUDA)."""
+    runner = _runner(make_nlp(tiny_bert_dir, max_batch_items=256))
+    pinned = set()
+
+    def fake_pin(tensor):
+        pinned.add(id(tensor))
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(type(runner), "device", property(lambda self: torch.device("cuda", 0)))
+    prepared = runner.prepare([spacy.blank("en").make_doc(t) for t in TEXTS[:6]])
+    tensors = [t for b in prepared.batches for t in (b.input_ids, b.attention_mask, b.targets, b.sources)
+               if t is not None] + list(prepared.pooling.values())
+    assert any(b.attention_mask is not None for b in prepared.batches)
+    assert tensors and all(id(t) in pinned for t in tensors)
+
+
+def test_default_budget_on_cuda_follows_free_memory(tiny_bert_dir, monkeypatch):
+    from spacy_ctxembed.models.bert_runner import default_batch_items
+
+    runner = _runner(make_nlp(tiny_bert_dir))
+    for free in (2**31, 2**33):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, _free=free, **kwargs: (_free, 2**37))
+        expected = batch_items_for_memory(free, runner.encoder.config, 512)
+        assert default_batch_items(torch.device("cuda", 0), runner.encoder, 512) == expected
+    assert default_batch_items(torch.device("cpu"), runner.encoder, 512) == 4096

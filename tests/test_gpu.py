@@ -215,6 +215,18 @@ def test_pooling_runs_on_device(gpu_nlp):
         numpy.testing.assert_allclose(out.cpu().numpy(), reference.numpy())
 
 
+def _allocated_bytes():
+    """torch's allocated device memory, less cuBLAS's workspaces: kept per
+    (thread's handle, stream), so a run-ahead worker that got another handle
+    than the last one would leave one allocated without any fault of ours."""
+    import torch
+
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # (a private helper of torch's CUDA builds)
+    if clear is not None:
+        clear()
+    return torch.cuda.memory_allocated()
+
+
 def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
     import gc
 
@@ -227,13 +239,13 @@ def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
     texts = [TEXT * n for n in range(1, 40)]
     list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
     gc.collect()
-    baseline, pool_baseline = torch.cuda.memory_allocated(), pool.used_bytes()
+    baseline, pool_baseline = _allocated_bytes(), pool.used_bytes()
     docs = list(nlp.pipe(texts, batch_size=8))
     assert torch.cuda.memory_allocated() > baseline  # the docs hold their vectors on the device
     assert pool.used_bytes() > pool_baseline
     del docs
     gc.collect()
-    assert torch.cuda.memory_allocated() == baseline
+    assert _allocated_bytes() == baseline
     assert pool.used_bytes() == pool_baseline
 
 
@@ -449,15 +461,18 @@ def test_half_precision_attention_runs_without_cudnn(on_gpu):
     assert torch.backends.cuda.cudnn_sdp_enabled() is before
 
 
-def _elmo_on_device(tmp_path, **encoder):
+def _elmo_files(tmp_path):
     from .elmo_fixture import write_elmo_fixture
 
-    options, weights = write_elmo_fixture(tmp_path)
+    return write_elmo_fixture(tmp_path)
+
+
+def _elmo_on_device(options, weights, **encoder):
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
         "options_file": str(options), "weight_file": str(weights), **encoder}}})
     nlp.initialize()
-    return nlp, options, weights
+    return nlp
 
 
 def test_elmo_pipe_on_device_equals_the_reference_across_batches(on_gpu, tmp_path):
@@ -467,7 +482,8 @@ def test_elmo_pipe_on_device_equals_the_reference_across_batches(on_gpu, tmp_pat
     from .elmo_reference import ReferenceElmo
 
     cupy = on_gpu
-    nlp, options, weights = _elmo_on_device(tmp_path)
+    options, weights = _elmo_files(tmp_path)
+    nlp = _elmo_on_device(options, weights)
     assert nlp.get_pipe("ctxembed_elmo")._runs_ahead()
     reference = ReferenceElmo(options, weights)
     texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
@@ -475,7 +491,8 @@ def test_elmo_pipe_on_device_equals_the_reference_across_batches(on_gpu, tmp_pat
     for text, doc in zip(texts, nlp.pipe(texts, batch_size=2)):
         layers = cupy.asnumpy(doc._.ctx_layers)
         numpy.testing.assert_allclose(layers, reference([t.text for t in doc]), atol=1e-4, rtol=0)
-        numpy.testing.assert_allclose(layers, cupy.asnumpy(nlp(text)._.ctx_layers), atol=1e-5, rtol=0)
+        # (each is within about 1e-5 of float64: two such, in batches of other shapes)
+        numpy.testing.assert_allclose(layers, cupy.asnumpy(nlp(text)._.ctx_layers), atol=2e-5, rtol=0)
 
 
 def test_elmo_device_memory_returns_to_its_baseline_after_pipe(on_gpu, tmp_path):
@@ -484,17 +501,17 @@ def test_elmo_device_memory_returns_to_its_baseline_after_pipe(on_gpu, tmp_path)
     import torch
 
     cupy = on_gpu
-    nlp, _, _ = _elmo_on_device(tmp_path)
+    nlp = _elmo_on_device(*_elmo_files(tmp_path))
     pool = cupy.get_default_memory_pool()
     texts = ["The cat sat on the mat " * n for n in range(1, 30)]
     list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
     gc.collect()
-    baseline, pool_baseline = torch.cuda.memory_allocated(), pool.used_bytes()
+    baseline, pool_baseline = _allocated_bytes(), pool.used_bytes()
     docs = list(nlp.pipe(texts, batch_size=8))
     assert torch.cuda.memory_allocated() > baseline  # the docs hold their layers on the device
     del docs
     gc.collect()
-    assert torch.cuda.memory_allocated() == baseline
+    assert _allocated_bytes() == baseline
     assert pool.used_bytes() == pool_baseline
 
 
@@ -502,22 +519,17 @@ def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
     # Last in this file: its first torch.compile on the device (inductor,
     # Triton) is the slowest test here, and a run cut short for time then
     # loses only it.
-    from .elmo_fixture import write_elmo_fixture
     from .elmo_reference import ReferenceElmo
 
     cupy = on_gpu
-    options, weights = write_elmo_fixture(tmp_path)
+    options, weights = _elmo_files(tmp_path)
 
     def elmo(compile):
-        nlp = spacy.blank("en")
-        nlp.add_pipe("ctxembed_elmo", config={"store_layers": True, "model": {"encoder": {
-            "options_file": str(options), "weight_file": str(weights), "compile": compile}}})
-        nlp.initialize()
-        return nlp
+        return _elmo_on_device(options, weights, compile=compile)
 
     # Long enough for clipping to happen (tests/test_elmo.py). The two longest
     # have one length, so that the rows still running never drop to one, a
-    # size torch.compile specialises on: on CPU that is 3 compilations, not 5.
+    # size torch.compile specialises on (on CPU that is one graph).
     texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
              "and here is one more sentence with sixteen words in it so two rows stay on",
              "short one", "x y"]

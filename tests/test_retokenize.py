@@ -10,8 +10,6 @@ import pickle
 import numpy
 import pytest
 import spacy
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
@@ -284,28 +282,3 @@ def test_restore_vectors_on_a_doc_without_outputs_is_an_error():
     doc = spacy.blank("en")("nothing here")
     with pytest.raises(MissingOutputs, match="no ctxembed outputs"):
         restore_vectors(doc)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_segment_mean_adds_each_tokens_rows_in_their_order(data):
-    """The merge's mean, summed slot by slot (a token's first row, then its
-    second, ...) so that cupy, whose scatter_add adds with atomics in no set
-    order, gives the same sums every time: equal to float64 means per token
-    here, and bit-equal to numpy.add.at, which adds in the pairs' order."""
-    from spacy_ctxembed.outputs import _segment_mean
-
-    n_tokens = data.draw(st.integers(1, 8))
-    values = numpy.random.default_rng(data.draw(st.integers(0, 2**16))).standard_normal((6, 2, 3)).astype("float32")
-    pairs = data.draw(st.lists(st.tuples(st.integers(0, n_tokens - 1), st.integers(0, 5)), max_size=20))
-    tokens = numpy.array([t for t, _ in pairs], dtype="int64")
-    rows = numpy.array([r for _, r in pairs], dtype="int64")
-    counts = numpy.bincount(tokens, minlength=n_tokens).astype("float32")
-    got = _segment_mean(numpy, values, tokens, rows, counts)
-    for token in range(n_tokens):
-        mine = values[rows[tokens == token]].astype("float64")
-        expected = mine.mean(axis=0) if len(mine) else numpy.zeros((2, 3))
-        numpy.testing.assert_allclose(got[token], expected, atol=1e-6, rtol=0)
-    in_order = numpy.zeros_like(got)
-    numpy.add.at(in_order, tokens, values[rows])
-    numpy.testing.assert_array_equal(got, in_order / numpy.maximum(counts, 1).reshape(-1, 1, 1))

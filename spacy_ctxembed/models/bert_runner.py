@@ -360,21 +360,19 @@ class BertRunner:
         mask = (numpy.arange(width)[None, :] < framed[:, None]).astype("int64")
         return input_ids, mask
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _autocast(self, device: torch.device) -> Iterator[None]:
         """What the forward passes run under for `precision` on `device`."""
-        if self.precision == "tf32" and device.type == "cuda":
-            return tf32_matmuls()
-        if self.precision not in _AUTOCAST_DTYPES:
-            return contextlib.nullcontext()
-        autocast = torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
-        if device.type != "cuda":
-            return autocast
-        # Half precision on CUDA: the windows' varying shapes would make cuDNN
-        # plan its attention anew for each (see `CUDNN_ATTENTION_OFF`).
-        stack = contextlib.ExitStack()
-        stack.enter_context(cudnn_attention_off())
-        stack.enter_context(autocast)
-        return stack
+        with contextlib.ExitStack() as stack:
+            if self.precision == "tf32" and device.type == "cuda":
+                stack.enter_context(tf32_matmuls())
+            elif self.precision in _AUTOCAST_DTYPES:
+                if device.type == "cuda":
+                    # The windows' varying shapes would make cuDNN plan its
+                    # attention anew for each (see `CUDNN_ATTENTION_OFF`).
+                    stack.enter_context(cudnn_attention_off())
+                stack.enter_context(torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision]))
+            yield
 
     def _quantized(self) -> torch.nn.Module:
         with self._int8_lock:

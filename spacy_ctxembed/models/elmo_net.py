@@ -255,7 +255,7 @@ class BiLstm(_WeightsModule):
         # them until it reached its recompile limit (8), then ran the step
         # uncompiled. The eager step takes the views as they are: a copy per
         # step would cost it more than the graph it does not have.
-        exact = step is not lstm_step
+        compiled = step is not lstm_step
         for start in range(0, time, time_chunk):
             rows = active[start]
             chunk = inputs[:, :rows, start : start + time_chunk]
@@ -266,7 +266,7 @@ class BiLstm(_WeightsModule):
             for t in range(steps):
                 n = active[start + t]
                 x = projected[:, :n, t]
-                if exact:
+                if compiled:
                     x, h, c = x.contiguous(), h[:, :n].contiguous(), c[:, :n].contiguous()
                 h, c = step(x, h, c, w_h, w_p, self.cell_clip, self.proj_clip)
                 out[:, :n, start + t] = h

@@ -6,11 +6,14 @@ that needs one sets it on entry, and it is put back when the last such block
 (of any thread) leaves, so that concurrent forward passes (the run-ahead
 worker and the caller, two pipelines in a server) do not restore it under
 each other's feet. What another thread runs meanwhile sees it too: each
-block says below why that is acceptable for what it changes.
+setting says below why that is acceptable for what it changes. (A process
+forked while a block runs in another thread inherits the count and the
+lock as they were; CUDA does not survive a fork, so nothing there holds
+these settings.)
 """
 import contextlib
 import threading
-from typing import Callable, Generic, Iterator, Optional, TypeVar
+from typing import Callable, Generic, Iterator, Optional, TypeVar, cast
 
 import torch
 
@@ -18,8 +21,8 @@ T = TypeVar("T")
 
 
 class ProcessWideSetting(Generic[T]):
-    """A process-wide setting, `read` and `write`n through torch, held at
-    `value` while any `held()` block runs."""
+    """A process-wide setting, read and written through torch's functions for
+    it, held at `value` while any `held()` block runs."""
 
     def __init__(self, read: Callable[[], T], write: Callable[[T], None], value: T) -> None:
         self._read, self._write, self._value = read, write, value
@@ -41,7 +44,7 @@ class ProcessWideSetting(Generic[T]):
                 self._depth -= 1
                 if self._depth == 0:
                     before, self._before = self._before, None
-                    self._write(before)  # type: ignore[arg-type]
+                    self._write(cast(T, before))
 
 
 #: CUDA fp32 matmuls on TF32 tensor cores (`precision = "tf32"`). An fp32
@@ -54,10 +57,11 @@ class ProcessWideSetting(Generic[T]):
 TF32_MATMULS = ProcessWideSetting(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "high")
 
 #: No cuDNN kernel for `scaled_dot_product_attention` (fp16/bf16 forward
-#: passes on CUDA). Since torch 2.9 SDPA tries cuDNN's fused attention first
-#: on Hopper and Blackwell, and cuDNN builds an execution plan for every new
-#: (batch, length) shape: on an H100 (BERT-base, torch 2.11), bf16 ran 2.0M
-#: pieces/s at one fixed shape and 141k over a corpus's varying windows. Padding the lengths
+#: passes on CUDA). Recent torch releases may pick cuDNN's fused attention
+#: first on Hopper and Blackwell GPUs, and cuDNN builds an execution plan for
+#: every new (batch, length) shape: on the H100 of issue 10's measurements
+#: (BERT-base, torch 2.11; docs/benchmarks.md), bf16 ran 2.0M pieces/s at one
+#: fixed shape and 141k over a corpus's varying windows. Padding the lengths
 #: to a few buckets leaves the batch sizes varying (budget // width rows,
 #: and any number in the last batch of a run); flash and memory-efficient
 #: attention need no plan at all. Another thread's attention meanwhile gets
