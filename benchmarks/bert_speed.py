@@ -18,6 +18,8 @@ Arms (each run a fresh process, arms interleaved, torch with 2 threads):
   the bare arm's batches of 64 full windows: peak memory at the same batch size.
 - ctxembed_int8, ctxembed_tf32, ctxembed_fp16, ctxembed_bf16: ctxembed with that
   `precision` (opt-in, not exact); fp16 and bf16 with `max_batch_items = 65536`.
+- ctxembed_bf16_cudnn: ctxembed_bf16 with cuDNN attention left as torch has it
+  (the component turns it off for half precision; this arm measures that choice).
 
 words/s counts whitespace-separated words of the raw texts, the same for every arm.
 With --gpu every arm runs on CUDA (spaCy's require_gpu for the spaCy arms), the
@@ -66,6 +68,7 @@ SETTINGS_ARMS = {
     "ctxembed_tf32": {"precision": "tf32"},
     "ctxembed_fp16": {"precision": "fp16", "max_batch_items": 65536},
     "ctxembed_bf16": {"precision": "bf16", "max_batch_items": 65536},
+    "ctxembed_bf16_cudnn": {"precision": "bf16", "max_batch_items": 65536},
 }
 
 
@@ -203,6 +206,10 @@ def child(args):
     elif args.arm in TRF_ARMS:
         seconds = run_spacy_transformers(texts, path, args.gpu, pooled=args.arm == "spacy_transformers")
     else:
+        if args.arm == "ctxembed_bf16_cudnn":  # (benchmark only: no switch to hold)
+            from spacy_ctxembed.models import process_settings
+
+            process_settings.CUDNN_ATTENTION_OFF = None
         encoder = {**settings.get("encoder", {}), **SETTINGS_ARMS.get(args.arm, {})}
         run_ahead = {"auto": None, "on": True, "off": False}[args.run_ahead]
         seconds = run_ctxembed(texts, path, {**settings, "encoder": encoder}, args.gpu, run_ahead, args.profile)
@@ -252,7 +259,7 @@ def main(args):
     print(f"\n{first['docs']} docs, {first['words']} words, {args.threads} threads, median of {args.repeats}")
     for arm, s in summary.items():
         gpu = f"  peak GPU {statistics.median(r['peak_gpu_mb'] for r in results[arm]):7.0f} MB" if args.gpu else ""
-        print(f"{arm:>25}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu}")
+        print(f"{arm:>28}: {s['words_per_s']:8.1f} words/s  peak RSS {s['peak_rss_mb']:7.0f} MB{gpu}")
     if "bare" in summary:
         for arm in summary:
             if arm != "bare":

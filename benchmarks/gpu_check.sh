@@ -35,7 +35,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
 {
   echo "cc: $(command -v cc gcc | head -1)"
   env | grep -i -E "tf32|cudnn|cuda_launch" || echo "no TF32/cuDNN/CUDA_LAUNCH settings in the environment"
-  timeout -k 5 30 "$python" - <<'PY' 2>&1 | tail -n 8
+  timeout -k 5 30 "$python" -u - <<'PY' 2>&1 | tail -n 8
 import os, sysconfig, torch
 print("Python.h:", os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
@@ -46,8 +46,8 @@ print("torch.compile on cuda:", bool(torch.allclose(torch.compile(lambda t: t.si
 PY
 } >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
-# Step limits: 35 (the checks above) + 140 + 25 + 210 + 110 = 520 s, and up to 10 s
-# more each for a step that ignores SIGINT: 560 s, which leaves the unpacking and
+# Step limits: 35 (the checks above) + 140 + 25 + 220 + 110 = 530 s, and up to 10 s
+# more each for a step that ignores SIGINT: 570 s, which leaves the unpacking and
 # nvidia-smi room under the device tool's 600 s per call.
 # The GPU tests only (the CPU ones run in CI); -rA: every failure's reason even if the step is cut short.
 step pytest 140 "$python" -m pytest -q -rA -p no:cacheprovider tests/test_gpu.py
@@ -57,9 +57,9 @@ step make_random_bert 25 "$python" benchmarks/make_random_bert.py /tmp/bert-base
 # arms run in --arms order and each writes its figures as it ends, so a timeout
 # loses the last: the issue's targets first (spacy-transformers, bound by its host
 # work, last of them), the other arms after them.
-step bert_speed 210 "$python" benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/bert-base-random \
+step bert_speed 220 "$python" benchmarks/bert_speed.py --gpu --data-dir .gpu --model /tmp/bert-base-random \
   --split train --times 3 --bare-batch 64 --repeats 1 \
-  --arms bare,ctxembed,ctxembed_bf16,long,spacy_transformers_unpooled,ctxembed_tf32,ctxembed_fp16,ctxembed_32768
+  --arms bare,ctxembed,ctxembed_bf16,ctxembed_bf16_cudnn,long,spacy_transformers_unpooled,ctxembed_tf32,ctxembed_fp16,ctxembed_32768
 # The arms run in --arms order: allennlp before ctxembed_compiled, so that a
 # timeout loses the compiled arm, not the comparison.
 step elmo_speed 110 "$python" benchmarks/elmo_speed.py --gpu --data-dir .gpu --allennlp .gpu/allennlp \

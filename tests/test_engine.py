@@ -620,7 +620,9 @@ def test_embed_waits_for_the_device_only_inside_transformers_own_unpadded_forwar
     (batch, 1, length) mask needs no check). An unpadded batch's forward pass
     reads two values on the host inside transformers' BERT (its check for
     padding without a mask, its all-ones mask check): that is not ours to
-    remove, and with run-ahead it happens in the worker, not the caller."""
+    remove, and with run-ahead it happens in the worker, not the caller.
+    (A dispatch mode sees its own thread only: the runs are prepared in this
+    thread here, `overlap` off; they are the same calls either way.)"""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     runner = _runner(make_nlp(tiny_bert_dir, layers=[0, 1, 2], max_batch_items=256))
@@ -645,13 +647,14 @@ def test_embed_waits_for_the_device_only_inside_transformers_own_unpadded_forwar
     hooks = [runner.runner.register_forward_pre_hook(enter, with_kwargs=True),
              runner.runner.register_forward_hook(leave)]
     try:
-        with HostReads():
+        with HostReads(), _switched(runner, "overlap", False):
             runner.embed(docs)
+            torch.ones(1).item()  # (the spy's control: a host read it must see)
     finally:
         for hook in hooks:
             hook.remove()
-    assert [s for s in seen if s[0] != "unpadded forward"] == []
-    assert seen  # (the spy sees host reads: transformers' own, in the unpadded forward)
+    assert seen[-1] == ("host", "aten._local_scalar_dense.default")
+    assert [s for s in seen[:-1] if s[0] != "unpadded forward"] == []
 
 
 def test_everything_bound_for_a_cuda_device_is_staged_pinned(tiny_bert_dir, monkeypatch):

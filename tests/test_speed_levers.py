@@ -131,3 +131,22 @@ def test_moving_the_model_takes_the_new_devices_default_budget(tiny_bert_dir, mo
             patch.setattr(bert_runner, "default_batch_items", lambda device, encoder, max_length: 12345)
             component.model.to_cpu()
         assert get_runner(component.encoder).max_batch_items == expected
+
+
+def test_a_torch_without_cudnn_attention_has_nothing_to_turn_off(monkeypatch):
+    """setup.cfg allows torch releases older than cuDNN attention: importing the
+    switches must not fail there, and half precision runs without the switch."""
+    import importlib
+
+    from spacy_ctxembed.models import process_settings
+
+    monkeypatch.delattr(torch.backends.cuda, "enable_cudnn_sdp")
+    try:
+        older = importlib.reload(process_settings)
+        assert older.CUDNN_ATTENTION_OFF is None
+        with older.cudnn_attention_off():
+            pass
+    finally:
+        monkeypatch.undo()
+        importlib.reload(process_settings)
+    assert process_settings.CUDNN_ATTENTION_OFF is not None

@@ -67,8 +67,11 @@ TF32_MATMULS = ProcessWideSetting(torch.get_float32_matmul_precision, torch.set_
 #: attention need no plan at all. Another thread's attention meanwhile gets
 #: those kernels too: the same results within rounding, never another
 #: precision.
-CUDNN_ATTENTION_OFF = ProcessWideSetting(
-    torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp, False)
+#: (None with a torch that has no cuDNN attention, and so nothing to turn off.)
+CUDNN_ATTENTION_OFF: Optional[ProcessWideSetting[bool]] = (
+    ProcessWideSetting(torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp, False)
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp") else None
+)
 
 
 def tf32_matmuls() -> "contextlib.AbstractContextManager[None]":
@@ -78,4 +81,4 @@ def tf32_matmuls() -> "contextlib.AbstractContextManager[None]":
 
 def cudnn_attention_off() -> "contextlib.AbstractContextManager[None]":
     """No cuDNN attention kernels while the block runs (`CUDNN_ATTENTION_OFF`)."""
-    return CUDNN_ATTENTION_OFF.held()
+    return contextlib.nullcontext() if CUDNN_ATTENTION_OFF is None else CUDNN_ATTENTION_OFF.held()

@@ -359,7 +359,9 @@ class ContextualEmbedder(TrainablePipe):
     #: In `pipe`, predict the next batch in a worker thread while this one is
     #: annotated and passed on. None: on GPU only, and not with precision
     #: "tf32" (its process-wide switch would then also hold while the other
-    #: components run). On CPU the worker's torch work would compete for the
+    #: components run, giving their fp32 matmuls TF32; fp16/bf16's switch,
+    #: cuDNN attention off, only changes which kernel their attention takes,
+    #: so it keeps run-ahead). On CPU the worker's torch work would compete for the
     #: same cores as spaCy's, and measured no faster.
     run_ahead: Optional[bool] = None
 
