@@ -227,26 +227,30 @@ def _allocated_bytes():
     return torch.cuda.memory_allocated()
 
 
-def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
+def _memory_returns_to_its_baseline_after_pipe(nlp, cupy, texts, *, pool_grows):
+    """Two allocators: torch's holds the encoder's outputs (doc._.ctx_layers),
+    cupy's pool the combiner's vectors (doc._.ctx_vectors, doc.tensor)."""
     import gc
 
     import torch
 
-    nlp, cupy = gpu_nlp
-    # Two allocators: torch's holds the encoder's outputs (doc._.ctx_layers),
-    # cupy's pool the combiner's vectors (doc._.ctx_vectors, doc.tensor).
     pool = cupy.get_default_memory_pool()
-    texts = [TEXT * n for n in range(1, 40)]
     list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
     gc.collect()
     baseline, pool_baseline = _allocated_bytes(), pool.used_bytes()
     docs = list(nlp.pipe(texts, batch_size=8))
-    assert torch.cuda.memory_allocated() > baseline  # the docs hold their vectors on the device
-    assert pool.used_bytes() > pool_baseline
+    assert torch.cuda.memory_allocated() > baseline  # the docs hold their outputs on the device
+    if pool_grows:
+        assert pool.used_bytes() > pool_baseline
     del docs
     gc.collect()
     assert _allocated_bytes() == baseline
     assert pool.used_bytes() == pool_baseline
+
+
+def test_device_memory_returns_to_its_baseline_after_pipe(gpu_nlp):
+    nlp, cupy = gpu_nlp
+    _memory_returns_to_its_baseline_after_pipe(nlp, cupy, [TEXT * n for n in range(1, 40)], pool_grows=True)
 
 
 def test_gpu_budget_comes_from_free_memory(gpu_nlp):
@@ -496,23 +500,9 @@ def test_elmo_pipe_on_device_equals_the_reference_across_batches(on_gpu, tmp_pat
 
 
 def test_elmo_device_memory_returns_to_its_baseline_after_pipe(on_gpu, tmp_path):
-    import gc
-
-    import torch
-
-    cupy = on_gpu
     nlp = _elmo_on_device(*_elmo_files(tmp_path))
-    pool = cupy.get_default_memory_pool()
     texts = ["The cat sat on the mat " * n for n in range(1, 30)]
-    list(nlp.pipe(texts[:2]))  # warm: kernels, the allocator's first blocks
-    gc.collect()
-    baseline, pool_baseline = _allocated_bytes(), pool.used_bytes()
-    docs = list(nlp.pipe(texts, batch_size=8))
-    assert torch.cuda.memory_allocated() > baseline  # the docs hold their layers on the device
-    del docs
-    gc.collect()
-    assert _allocated_bytes() == baseline
-    assert pool.used_bytes() == pool_baseline
+    _memory_returns_to_its_baseline_after_pipe(nlp, on_gpu, texts, pool_grows=False)
 
 
 def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
