@@ -270,17 +270,17 @@ def test_half_precision_on_cuda_keeps_cudnn_attention_off_while_it_runs(tiny_ber
     for before in (True, False):
         torch.backends.cuda.enable_cudnn_sdp(before)
         try:
-            with runner._autocast(cuda):
+            with runner._precision_context(cuda):
                 assert not torch.backends.cuda.cudnn_sdp_enabled()
-                with runner._autocast(cuda):  # (nested: the run-ahead worker and the caller)
+                with runner._precision_context(cuda):  # (nested: the run-ahead worker and the caller)
                     pass
                 assert not torch.backends.cuda.cudnn_sdp_enabled()
             assert torch.backends.cuda.cudnn_sdp_enabled() is before
         finally:
             torch.backends.cuda.enable_cudnn_sdp(True)
-    with runner._autocast(torch.device("cpu")):  # (no cuDNN on CPU: nothing to switch)
+    with runner._precision_context(torch.device("cpu")):  # (no cuDNN on CPU: nothing to switch)
         assert torch.backends.cuda.cudnn_sdp_enabled()
-    with _runner(make_nlp(tiny_bert_dir))._autocast(cuda):  # fp32: cuDNN attention takes no fp32
+    with _runner(make_nlp(tiny_bert_dir))._precision_context(cuda):  # fp32: cuDNN attention takes no fp32
         assert torch.backends.cuda.cudnn_sdp_enabled()
 
 

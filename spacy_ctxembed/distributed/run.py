@@ -173,18 +173,21 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
         config = Config().from_str(config_text)
     except Exception:  # noqa: BLE001 - variables only the actor's overrides give: read as written
         config = Config().from_str(config_text, interpolate=False)
-    def names(key: str) -> List[str]:
-        value = config.get("nlp", {}).get(key) or []
-        return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
-
     # spaCy builds the components [nlp] pipeline lists, and runs those not disabled.
     blocks = {name: block for name, block in config.get("components", {}).items() if isinstance(block, dict)}
-    pipeline, disabled = names("pipeline"), names("disabled")
+    pipeline, disabled = _names_in_nlp(config, "pipeline"), _names_in_nlp(config, "disabled")
     check_writes_vectors(
         # A sourced block has no factory here (None: not known until it loads).
         {name: (blocks.get(name, {}).get("factory"), blocks.get(name, {}).get("primary")) for name in pipeline
          if name not in disabled},
         disabled=[name for name in disabled if blocks.get(name, {}).get("factory") in CONTEXTUAL_FACTORIES])
+
+
+
+def _names_in_nlp(config: Config, key: str) -> List[str]:
+    """The component names a config's [nlp] block lists under `key` (as written: nothing else)."""
+    value = config.get("nlp", {}).get(key) or []
+    return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
 
 
 def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:

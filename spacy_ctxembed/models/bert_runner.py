@@ -303,7 +303,7 @@ class BertRunner:
         non_blocking = device.type == "cuda"
         # Every piece is owned by exactly one window, so every row gets written.
         states = torch.empty((prepared.n_pieces, len(self.layers), self.width), device=device)
-        with self._autocast(device):
+        with self._precision_context(device):
             for batch in prepared.batches:
                 input_ids, targets, sources = (
                     t.to(device, non_blocking=non_blocking) for t in (batch.input_ids, batch.targets, batch.sources)
@@ -361,7 +361,7 @@ class BertRunner:
         return input_ids, mask
 
     @contextlib.contextmanager
-    def _autocast(self, device: torch.device) -> Iterator[None]:
+    def _precision_context(self, device: torch.device) -> Iterator[None]:
         """What the forward passes run under for `precision` on `device`."""
         with contextlib.ExitStack() as stack:
             if self.precision == "tf32" and device.type == "cuda":
