@@ -9,6 +9,7 @@ import numpy
 import pytest
 import spacy
 import srsly
+from spacy.training import Example
 from spacy.util import load_config, load_model_from_config
 
 from spacy_ctxembed.errors import SettingError
@@ -790,3 +791,38 @@ def test_special_tokens_split_in_a_saved_tokenizer_are_refused(saved, tmp_path):
     _json_edited(path / NAME / "model", "tokenizer_config.json", lambda t: t.update(split_special_tokens=True))
     with pytest.raises(SettingError, match=r"its tokenizer files differ from the ones this pipeline was saved with"):
         spacy.load(path)
+
+
+@pytest.mark.parametrize("was, now, was_node, now_node", [
+    ("scalar_mix", "mean", "scalar_mix", "mean_layers"),  # the trained mix was dropped silently
+    ("mean", "concat", "mean_layers", "concat_layers"),  # failed in blis at the first call
+])
+def test_combiner_of_a_replaced_listener_edited_in_config_is_refused(tiny_bert_dir, tmp_path, was, now,
+                                                                    was_node, now_node):
+    """After replace_listeners, a listener of the combined vectors (`mix_layers =
+    false`) holds a copy of the whole embedder, combiner and all, which loads with
+    the tagger through thinc alone: an edit of its combiner block is refused at
+    its first call, and the unedited pipeline gives what it gave before saving."""
+    nlp = _nlp(tiny_bert_dir, was, initialize=False)
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": NAME,
+        "mix_layers": False}}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc("I like green eggs"),
+                                              {"tags": ["PRP", "VBP", "JJ", "NNS"]})])
+    if was == "scalar_mix":
+        nlp.get_pipe(NAME).combiner.set_param("s", numpy.asarray(TRAINED_S, dtype="f"))
+    nlp.replace_listeners(NAME, "tagger", ["model.tok2vec"])
+    nlp.remove_pipe(NAME)
+    nlp.to_disk(tmp_path / "p")
+    doc = nlp.make_doc(TEXT)
+    expected = nlp.get_pipe("tagger").model.get_ref("tok2vec").predict([doc])[0]
+    loaded = spacy.load(tmp_path / "p").get_pipe("tagger").model.get_ref("tok2vec")
+    numpy.testing.assert_allclose(loaded.predict([doc])[0], expected, atol=1e-6)
+    config = (tmp_path / "p" / "config.cfg").read_text()
+    block = f'@layers = "{COMBINERS[was]}"' + ("\nn_layers = null" if was == "scalar_mix" else "")
+    assert config.count(block) == 1
+    (tmp_path / "p" / "config.cfg").write_text(config.replace(block, f'@layers = "{COMBINERS[now]}"'))
+    edited = spacy.load(tmp_path / "p")
+    with pytest.raises(SettingError, match=rf"^\[ContextualTok2Vec\] embedder.combiner = '{now_node}': the copied "
+                                           rf"embedder's combiner was saved as {was_node}"):
+        edited(TEXT)

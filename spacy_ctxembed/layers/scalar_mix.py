@@ -67,7 +67,7 @@ def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> N
 def is_plain_mean(model: Model) -> bool:
     """Whether a ScalarMix gives the plain mean of its layers, as initialised
     (all `s` equal, `gamma` 1): nothing trained it, whatever the vectors were."""
-    if model.name != "scalar_mix" or not (model.has_param("s") and model.has_param("gamma")):
+    if model._func is not forward or not (model.has_param("s") and model.has_param("gamma")):
         return False
     s, gamma = model.ops.to_numpy(model.get_param("s")).ravel(), model.ops.to_numpy(model.get_param("gamma"))
     return bool(s.size and (s == s[0]).all() and (gamma == 1.0).all())

@@ -18,6 +18,7 @@ from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
 from ..errors import bad_setting
+from ..layers import built_as
 from ..types import CombinerModel, EmbedderModel, EncoderModel
 
 
@@ -68,7 +69,7 @@ def pass_dims(model: EmbedderModel) -> None:
 
 def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
     """Concatenation is n_layers times as wide; every mix keeps the width."""
-    return n_layers * width if combiner.name == "concat_layers" else width
+    return n_layers * width if built_as(combiner) == "concat_layers" else width
 
 
 def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:

@@ -46,7 +46,8 @@ from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.types import Floats2d
 
-from ..errors import check_bool, check_int, check_number
+from ..errors import bad_setting, check_bool, check_int, check_number
+from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
 from ..outputs import get_outputs
@@ -427,7 +428,26 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
     _check_trained_dims(model)
+    _check_saved_combiners(model)
     return model.layers[0](docs, is_train)
+
+
+def _check_saved_combiners(head: Model) -> None:
+    """A copied embedder's combiner (`ContextualTok2Vec`, in a pipeline saved
+    after `replace_listeners`) must be the one its weights were saved from.
+
+    The component checks its own combiner when it loads; a copy loads with
+    the component that holds it, through thinc alone, which renames each node
+    to its saved name and loads the saved weights into whatever the edited
+    config.cfg built there: a trained ScalarMix would run as MeanLayers,
+    silently, or ConcatLayers fail in blis. (A few nodes: cheap per batch.)"""
+    for node in head.walk():
+        built = built_as(node)
+        if built is not None and node.name != built:
+            raise bad_setting("ContextualTok2Vec", "embedder.combiner", built,
+                              f"the copied embedder's combiner was saved as {node.name}, and its weights are "
+                              "that one's: put back the combiner it was saved with in the saved pipeline's "
+                              "config.cfg, or train this component again")
 
 
 def _check_trained_dims(head: Model) -> None:
@@ -485,7 +505,7 @@ def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optio
             embeds = node.layers[1:]
         parent, node = node, node.layers[0]
     mix = parent.layers[1] if parent is not inner and len(parent.layers) > 1 else None
-    if mix is not None and mix.name != "scalar_mix":
+    if mix is not None and built_as(mix) != "scalar_mix":
         mix = None  # concatenate(node, embed): no mix
     return node, mix, inner.layers[-1].layers[0], embeds
 

@@ -16,6 +16,7 @@ import srsly
 from thinc.api import Model
 
 from ..errors import SettingError, bad_setting
+from ..layers import built_as
 from ..models.elmo_weights import OPTIONS_FILE
 from ..models.hf_loading import CONFIG_FILE
 from ..models.hf_probe import probe_difference
@@ -112,7 +113,7 @@ def check_combiner(name: str, encoder: Model, combiner: Model, source: str) -> N
         raise bad_setting(name, "combiner", source,
                           f"it was saved beside an encoder of width {n_in}, but the loaded model's is {width}: "
                           "put back the model it was saved with, or train the pipeline again")
-    expected = {"s": (n_layers,), "gamma": (1,)} if combiner.name == "scalar_mix" else {}
+    expected = {"s": (n_layers,), "gamma": (1,)} if built_as(combiner) == "scalar_mix" else {}
     for param in combiner.param_names:
         if not combiner.has_param(param):
             continue
