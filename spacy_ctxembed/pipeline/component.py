@@ -644,7 +644,8 @@ class ContextualEmbedder(TrainablePipe):
         # do first; the gradient waits for finish_update as before.)
         self._after_fork()
         self._flush_backward(at_update=True)
-        swapped = any(swaps_weights(shim, params) for node in self.encoder.walk() for shim in node.shims)
+        shim = encoder_shim(self.encoder)
+        swapped = shim is not None and swaps_weights(shim, params)
         swap = self.model.use_params(params)
         # Swapped in and back alone, as a training step is (`finish_update`);
         # predictions in the block read the averages, in any thread.
