@@ -94,6 +94,38 @@ def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny
     assert nlp.get_pipe("ctxembed_from_trf")(short)._.ctx_vectors.dtype == numpy.float32
 
 
+
+def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_dir):
+    """spacy-transformers cuts a long span inside a token: that token kept its
+    first pieces, was pooled from them (with "last" pooling, a middle piece's
+    state) and had a vector that looked whole, not counted in the warning."""
+    nlp = _with_transformer(tiny_bert_dir, get_spans={"@span_getters": "spacy-transformers.doc_spans.v1"})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling="last"))
+    nlp.initialize()
+    # Words of 3 wordpieces ("word", "##x", "##14") after [CLS] and "a": the cut at the
+    # model's length (64 for this model, 512 for MiniLM) falls inside one.
+    with pytest.warns(UserWarning) as record:
+        doc = nlp("a " + " ".join(f"wordx{i}" for i in range(10, 99)))
+    trf = doc._.trf_data
+    lengths = numpy.asarray(trf.align.lengths)
+    pieces = numpy.split(numpy.asarray(trf.align.dataXd).ravel(), numpy.cumsum(lengths)[:-1])
+    width = trf.model_output.last_hidden_state.shape[1]
+    cut = [i for i, p in enumerate(pieces) if len(p) and p.max() % width == width - 1]
+    assert len(cut) == 1
+    (t,) = cut
+    tokenizer = nlp.get_pipe("transformer").model.tokenizer
+    assert 0 < len(pieces[t]) < len(tokenizer.tokenize(doc[t].text))  # the cut is inside it
+    messages = [str(w.message) for w in record if "ctxembed_from_trf" in str(w.message)]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"[ctxembed_from_trf] {len(doc) - t} of {len(doc)} tokens (the first: "
+                                  f"'{doc[t].text}' at {t}) have no wordpiece, or only some of theirs")
+    assert not doc[t].has_vector and not doc._.ctx_vectors[t:].any()
+    # The tokens before it: their own last piece's state, read here from trf_data.
+    states = trf.model_output.last_hidden_state.reshape(-1, trf.model_output.last_hidden_state.shape[-1])
+    expected = numpy.stack([states[p.max()] for p in pieces[:t]])
+    numpy.testing.assert_allclose(doc._.ctx_vectors[:t], expected, atol=1e-6)
+
+
 def _no_spans_for(prefix: str):
     """A span getter that gives the docs starting with `prefix` no span (and every other doc one)."""
     def get_spans(docs):

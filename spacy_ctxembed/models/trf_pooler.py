@@ -93,7 +93,8 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
         )
     if not trf_data.model_output:
         # The upstream's span getter gave this doc no span: no token has a piece.
-        _warn_if_truncated(doc, numpy.zeros(len(doc), dtype="int32"))
+        _warn_if_unaligned(doc, PieceAlignment.from_lengths([], numpy.zeros(len(doc), dtype="int64"), 0),
+                           doc.to_array(IS_SPACE).astype(bool))
         return None
     settings = _settings(model)
     states = _select_layers(settings["layers"], trf_data.model_output)
@@ -114,27 +115,55 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
             "or the transformer's span getter left the doc's first or last tokens out of every span (give "
             "them a span)"
         )
-    _warn_if_truncated(doc, lengths)
     # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
-    alignment = alignment.kept(~doc.to_array(IS_SPACE).astype(bool)[alignment.token_index])
+    is_space = doc.to_array(IS_SPACE).astype(bool)
+    alignment = alignment.kept(~is_space[alignment.token_index] & ~_cut_at_length(alignment, states[0].shape[1]))
+    _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _warn_if_truncated(doc: Doc, lengths) -> None:
+def _cut_at_length(alignment: PieceAlignment, span_length: int) -> numpy.ndarray:
+    """Boolean mask over the (token, piece) pairs: True for the pieces a token
+    has in a span that spacy-transformers cut inside it.
+
+    It cuts a span longer than the model takes by dropping every piece past
+    the model's length (its `truncate_oversize_splits`): the token at the cut
+    keeps only its first pieces, and pooled from them would be a vector of
+    part of a word (with "last" pooling, a middle piece's) that looks whole.
+    That token's pieces in the cut span end at the span's last column; a span
+    that was not cut ends there with its closing special token (BERT's
+    [SEP], RoBERTa's </s>), never a token's piece. (A tokenizer with no
+    closing token would lose the vector of a token that ends its batch's
+    longest span: said, as a cut one is, not wrong.) Its pieces in another
+    span (strided_spans) are kept."""
+    tokens, pieces = alignment.token_index, alignment.piece_index
+    if not len(tokens):
+        return numpy.zeros(0, dtype=bool)
+    # Pairs sorted by (token, piece): a token's pieces in one span are a run,
+    # its last piece there at the run's end.
+    spans = pieces // span_length
+    ends = numpy.r_[(tokens[1:] != tokens[:-1]) | (spans[1:] != spans[:-1]), True]
+    cut_run = ends & (pieces % span_length == span_length - 1)
+    run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
+    return numpy.isin(run_ids, run_ids[cut_run])
+
+
+def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray) -> None:
     """spacy-transformers truncates a span longer than the model takes (with
-    `doc_spans`, a long doc): the tokens past it have no wordpiece and get no
-    vector. Said, not silently left at zero."""
-    # Per token only where there is no piece (none, mostly): not a Python pass over every token.
-    unaligned = [int(i) for i in numpy.flatnonzero(numpy.asarray(lengths) == 0) if not doc[int(i)].is_space]
-    if unaligned:
+    `doc_spans`, a long doc): the tokens past it have no wordpiece, and the
+    token at the cut has only some of its own (`_cut_at_length` drops those):
+    none of them gets a vector. Said, not silently left at zero."""
+    unaligned = numpy.flatnonzero(~alignment.covered_tokens() & ~is_space)
+    if len(unaligned):
+        first = int(unaligned[0])
         warnings.warn(
-            f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[unaligned[0]].text!r} at "
-            f"{unaligned[0]}) have no wordpiece in doc._.trf_data, so no vector: the transformer's spans were "
-            "cut at the model's length or left them out, or the tokenizer dropped their characters "
-            "(for long docs: spacy-transformers' strided_spans, or ctxembed_bert)",
+            f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[first].text!r} at "
+            f"{first}) have no wordpiece, or only some of theirs, in doc._.trf_data, so no vector: the "
+            "transformer's spans were cut at the model's length or left them out, or the tokenizer dropped "
+            "their characters (for long docs: spacy-transformers' strided_spans, or ctxembed_bert)",
             stacklevel=2,
         )
 
