@@ -4,14 +4,18 @@ Lines are split on "\\n" only. A trailing "\\r" (CRLF files) is not part of the
 text, nor is a UTF-8 byte order mark at the very start of a file; every other
 character, form feed, "\\x85" and "\\u2028" included, stays inside its line.
 
-What kind of input a file name says is one rule too, `SUFFIXES`: for
-`embed --ray`, which reads every kind, and for `embed` without it, which
-reads text and refuses the other kinds.
+What kind of input a file name says is one rule too, `SUFFIXES` (by the
+suffix in lower case): for `embed --ray`, which reads every kind, and for
+`embed` without it and `analyze`, which read text and refuse the other kinds,
+and `TOKEN_FORMATS`, whose lines are markup, not docs.
 """
 from typing import List, Tuple
 
 BOM = b"\xef\xbb\xbf"
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+#: Token-per-line formats: read as text, their docs would be their markup
+#: (comment lines, tab-separated token rows). `analyze` reads CoNLL-U itself.
+TOKEN_FORMATS = (".conllu", ".conll", ".iob", ".iob2")
 
 
 def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:

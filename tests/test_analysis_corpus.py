@@ -1,4 +1,6 @@
 """Reading an analysis corpus: text lines, a DocBin, CoNLL-U (documents, sentences, multiword tokens)."""
+import re
+
 import pytest
 import spacy
 from spacy.tokens import Doc, DocBin
@@ -117,6 +119,26 @@ def test_corpus_errors(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(AnalysisInputError, match=f"CORPUS .*{message}"):
         read_corpus(path)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("emerging.dev.conll", "a token-per-line file (by its suffix .conll)"), ("x.IOB", "a token-per-line file"),
+    ("x.jsonl", "a jsonl file (by its suffix .jsonl)"), ("x.Parquet", "a parquet file"),
+])
+def test_other_formats_are_refused_not_read_as_text(tmp_path, name, kind):
+    """A WNUT-17 .conll file was analysed as text, one "doc" per token row (exit 0,
+    a full report), as JSONL was as its JSON syntax."""
+    (tmp_path / name).write_bytes(b"@paulwalk\tO\nIt\tO\n")
+    expected = rf"^CORPUS .*{re.escape(name)}: {re.escape(kind)}.*, whose lines would be analysed as text"
+    with pytest.raises(AnalysisInputError, match=expected):
+        read_corpus(tmp_path / name)
+
+
+def test_suffixes_in_any_case(tmp_path):
+    (tmp_path / "c.CONLLU").write_text(CONLLU, encoding="utf8")
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp("A b.")]).to_disk(tmp_path / "c.Spacy")
+    assert read_corpus(tmp_path / "c.CONLLU").kind == "conllu" and read_corpus(tmp_path / "c.Spacy").kind == "docbin"
 
 
 def test_unreadable_docbin(tmp_path):

@@ -40,10 +40,10 @@ def test_embed_stdin_to_npy_and_docbin_input(tmp_path):
     assert [(r["line"], r["text"]) for r in records] == [(1, LINES[0]), (3, LINES[2])]
     assert records == [json.loads(line) for line in (tmp_path / "npy" / "docs.jsonl").read_text().splitlines()]
     assert vectors.shape == (records[-1]["end"], 384)
-    # A DocBin as input gives the same vectors.
+    # A DocBin as input gives the same vectors (its suffix in any case: "not UTF-8" before).
     nlp = spacy.blank("en")
-    DocBin(docs=[nlp(t) for t in LINES]).to_disk(tmp_path / "in.spacy")
-    _run("embed", str(tmp_path / "in.spacy"), "-o", str(tmp_path / "npy2"), "-f", "npy")
+    DocBin(docs=[nlp(t) for t in LINES]).to_disk(tmp_path / "in.SPACY")
+    _run("embed", str(tmp_path / "in.SPACY"), "-o", str(tmp_path / "npy2"), "-f", "npy")
     numpy.testing.assert_allclose(numpy.load(tmp_path / "npy2" / "vectors.npy"), vectors, atol=1e-6)
 
 

@@ -84,16 +84,20 @@ def test_jsonl_and_parquet_inputs_need_ray(tmp_path, no_model, name, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
-@pytest.mark.parametrize("name", ["dev.conllu", "train.CONLL", "ner.iob2"])
+@pytest.mark.parametrize("name", ["dev.conllu", "dev.CONLLU", "train.CONLL", "ner.iob2"])
 def test_token_per_line_inputs_are_refused(tmp_path, no_model, name):
-    """Read as text, a CoNLL-U file's comment lines and token rows were embedded as docs (exit 0)."""
+    """Read as text, a CoNLL-U file's comment lines and token rows were embedded as docs
+    (exit 0). Only CoNLL-U is sent to `analyze`, which reads no other token format."""
     (tmp_path / name).write_bytes(b"# text = The cat sat.\n1\tThe\tthe\tDET\n")
     result = invoke("embed", tmp_path / name, "-o", tmp_path / "out")
+    path, suffix = tmp_path / name, Path(name).suffix
+    instead = (f"write its sentences one per line first (python scripts/conllu_to_text.py {path} sentences.txt), "
+               "or analyse it with `analyze`, which reads CoNLL-U" if suffix.lower() == ".conllu" else
+               f"make it a .spacy DocBin first (python -m spacy convert {path} . --converter ner, for CoNLL NER "
+               "and IOB), which embed reads with its tokens")
     assert _one_error(result) == (
-        f"error: INPUT {tmp_path / name}: a token-per-line file (by its suffix {Path(name).suffix}), whose lines "
-        "would be embedded as text; write its sentences one per line first (for CoNLL-U: python "
-        f"scripts/conllu_to_text.py {tmp_path / name} sentences.txt), or analyse it with `analyze`, which reads "
-        "CoNLL-U"
+        f"error: INPUT {path}: a token-per-line file (by its suffix {suffix}), whose lines would be embedded as "
+        f"text; {instead}"
     )
     assert result.exit_code == 2 and sorted(p.name for p in tmp_path.iterdir()) == [name]
 

@@ -1,13 +1,14 @@
 """The corpus an analysis runs on: read and checked once, made into docs per pipeline.
 
-Three formats, chosen by the file name:
+Three formats, chosen by the file name (its suffix in any case):
 
 * ``*.spacy``: a DocBin; its docs keep their tokens and sentence boundaries.
 * ``*.conllu``: Universal Dependencies. Documents follow ``# newdoc`` lines
   (without any, every sentence is its own doc); tokens are the surface tokens
   (a multiword token such as "don't" stays one token, its syntactic words are
   skipped), spaces follow ``SpaceAfter=No``, and the sentences are the file's.
-* anything else: UTF-8 text, one doc per line; blank lines are skipped, and the
+* anything else but another format's name (CoNLL, IOB, JSONL, Parquet: refused,
+  not read as text): UTF-8 text, one doc per line; blank lines are skipped, and the
   pipeline's tokenizer splits each line. A line has no sentence boundaries
   unless the pipeline has a component that sets them (sentencizer, senter).
 
@@ -22,7 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import decode_file, line_bounds, split_lines
+from ..textlines import SUFFIXES, TOKEN_FORMATS, decode_file, line_bounds, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -77,11 +78,21 @@ def read_corpus(path: Union[str, Path]) -> Corpus:
         raise AnalysisInputError(f"CORPUS {path}: no such file")
     if not path.is_file():
         raise AnalysisInputError(f"CORPUS {path}: not a file (expected a text file, a .spacy DocBin or a .conllu file)")
+    suffix = path.suffix.lower()
+    if suffix in TOKEN_FORMATS and suffix != ".conllu":
+        raise AnalysisInputError(
+            f"CORPUS {path}: a token-per-line file (by its suffix {path.suffix}), whose lines would be analysed as "
+            f"text; make it a .spacy DocBin first (python -m spacy convert {path} . --converter ner, for CoNLL NER "
+            "and IOB), or convert it to CoNLL-U")
+    if SUFFIXES.get(suffix, "text") != "text":
+        raise AnalysisInputError(
+            f"CORPUS {path}: a {SUFFIXES[suffix]} file (by its suffix {path.suffix}), whose lines would be analysed "
+            "as text; analyze reads a text file (one doc per line), a .spacy DocBin or a .conllu file")
     records: Union[List[str], List[_ConlluDoc], DocBin]
-    if path.suffix == ".spacy":
+    if suffix == ".spacy":
         kind, records = "docbin", _read_docbin(path)
         n_docs = sum(1 for doc in records.get_docs(Vocab()) if len(doc))
-    elif path.suffix == ".conllu":
+    elif suffix == ".conllu":
         kind, records = "conllu", _read_conllu(path)
         n_docs = len(records)
     else:
