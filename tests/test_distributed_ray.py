@@ -178,6 +178,29 @@ def test_another_run_into_the_same_outdir_is_refused(local_ray, pipeline_dir, co
     assert len(list((out / "shards").glob("*.parquet"))) == 3
 
 
+
+def test_a_directory_that_is_not_an_embed_runs_is_left_as_it_was(pipeline_dir, tmp_path):
+    """A user's own rejected.jsonl, in a directory with no manifest, was emptied (it has
+    an embed run's file name), and a refused directory was given a .lock file. Both are
+    refused before Ray starts, and nothing in them is touched."""
+    path = tmp_path / "in.txt"
+    path.write_text("One line.\n", encoding="utf8")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "rejected.jsonl").write_text('{"mine": 1}\n', encoding="utf8")
+    with pytest.raises(FileExistsError, match=r"mine holds rejected.jsonl but no manifest.json; use another "
+                                              r"output directory, or overwrite$"):
+        embed_corpus(path, mine, model=str(pipeline_dir), progress=False)
+    assert os.listdir(mine) == ["rejected.jsonl"]
+    assert (mine / "rejected.jsonl").read_text(encoding="utf8") == '{"mine": 1}\n'
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("important", encoding="utf8")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"holds files that are not an embed run's \(notes.txt\)"):
+            embed_corpus(path, notes, model=str(pipeline_dir), progress=False, overwrite=overwrite)
+        assert os.listdir(notes) == ["notes.txt"]
+
 def test_a_killed_actor_is_retried_and_nothing_is_lost(local_ray, pipeline_dir, tmp_path):
     """SIGKILL an actor as soon as its first shard is reported. Each shard takes a
     while and Ray Data keeps several shards in flight per actor, so the killed

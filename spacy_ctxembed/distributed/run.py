@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union, cast
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from thinc.api import Config
 
@@ -130,6 +130,8 @@ def embed_corpus(
     # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).
     out = Path(out_dir).resolve()
     model = str(Path(model).resolve()) if model is not None and Path(model).exists() else model
+    if out.is_dir():  # refused before the lock file is made in it (checked again under the lock)
+        _recorded_run(out, identity, overwrite)
     with _locked(out):
         manifest = _prepare(out, identity, shards, overwrite)
         shard_dir = out / SHARDS
@@ -216,34 +218,50 @@ def _locked(out: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite: bool) -> Dict[str, Any]:
-    """The run's manifest: the recorded one when this is the same run (resume), else a new one.
+def _recorded_run(
+    out: Path, identity: Dict[str, Any], overwrite: bool
+) -> Tuple[Optional[Dict[str, Any]], List[Path]]:
+    """The recorded manifest where this is the same run (resume; None: a new
+    run), and what killed atomic writes left; raises where `out` may not be
+    written. Reads only.
 
     Only an embed run's own files are ever deleted (with `overwrite`): a
-    directory that holds anything else is refused.
+    directory that holds anything else is refused, and so, without
+    `overwrite`, is one with an embed run's file names but no manifest (a
+    user's own rejected.jsonl was emptied).
     """
-    path = out / MANIFEST
     # What an atomic write killed before its rename left (`fileio.atomic_path`): the file is written again.
     stale = [p for name in (MANIFEST, REJECTED) for p in out.glob(f".{name}*.tmp")]
-    recorded = read_json(path)
+    recorded = read_json(out / MANIFEST)
     same_run = recorded is not None and recorded.get("identity") == identity and not overwrite
     if not same_run:
         others = sorted(p.name for p in out.iterdir() if p.name not in OWN_FILES and p not in stale)
         if others:
             raise FileExistsError(f"{out} holds files that are not an embed run's ({', '.join(others[:5])}); "
                                   "choose another output directory")
-    for leftover in stale:
-        leftover.unlink(missing_ok=True)
     if same_run:
-        return cast(Dict[str, Any], recorded)
+        return recorded, stale
     if recorded is not None and not overwrite:
         known = recorded.get("identity")
         if not isinstance(known, dict):
             raise FileExistsError(f"{out / MANIFEST} is unreadable; use another output directory, or overwrite")
         raise DifferentRun(out, {key: _described(key, known.get(key), identity[key])
                                  for key in sorted(identity) if known.get(key) != identity[key]})
-    if (out / SHARDS).exists() and recorded is None and not overwrite:
-        raise FileExistsError(f"{out} holds shards but no {MANIFEST}; use another output directory, or overwrite")
+    unrecorded = [name for name in (SHARDS, REJECTED) if (out / name).exists()]
+    if unrecorded and recorded is None and not overwrite:
+        raise FileExistsError(f"{out} holds {' and '.join(unrecorded)} but no {MANIFEST}; use another output "
+                              "directory, or overwrite")
+    return None, stale
+
+
+def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite: bool) -> Dict[str, Any]:
+    """The run's manifest: the recorded one when this is the same run (resume), else a new one
+    (see `_recorded_run` for what is refused)."""
+    recorded, stale = _recorded_run(out, identity, overwrite)
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    if recorded is not None:
+        return recorded
     for name in (MANIFEST, REJECTED):
         (out / name).unlink(missing_ok=True)
     if (out / SHARDS).is_dir():
@@ -251,7 +269,7 @@ def _prepare(out: Path, identity: Dict[str, Any], shards: List[Shard], overwrite
     (out / SHARDS).mkdir()
     manifest = {"version": __version__, "identity": identity, "complete": False,
                 "shards": [s.to_dict() for s in shards]}
-    write_json(path, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
