@@ -757,3 +757,8 @@ def test_iter_docs_of_a_cut_shard_names_it(tmp_path, corpus, pipeline):
     with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000001.spacy cannot be read as a DocBin "
                                          r"\(ValueError\): the file is damaged; embed the input again$"):
         list(output_module.iter_docs(out))
+    # --resume said "nothing to do: already complete" of it (only a deleted shard was seen).
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2", "--resume")
+    assert again.exit_code == 2
+    assert re.fullmatch(rf"error: --output {re.escape(str(out))} is damaged: shard-000001\.spacy holds 40 bytes, "
+                        r"where its manifest says [\d,]+; pass --overwrite to embed it again", last_line(again.stderr))

@@ -509,12 +509,18 @@ class Run:
 
 def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
     """What makes a complete output unreadable since it was written, if anything:
-    files its manifest names that are gone, or a vectors.npy of another size than
-    its rows take (cut or padded; `load_npy` refuses it)."""
+    files its manifest names that are gone, a shard of another size than it was
+    written with, or a vectors.npy of another size than its rows take (cut or
+    padded; `load_npy` refuses it)."""
     names = [s["file"] for s in manifest.get("shards", ()) if "file" in s] if "shards" in manifest else [VECTORS, DOCS]
     missing = [name for name in names if not (output / name).is_file()]
     if missing:
         return f"{missing[0]} is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
+    for shard in manifest.get("shards", ()):
+        written = shard.get("bytes")  # (not recorded by earlier versions)
+        size = (output / shard["file"]).stat().st_size if isinstance(written, int) else None
+        if size is not None and size != written:
+            return f"{shard['file']} holds {size:,} bytes, where its manifest says {written:,}"
     rows, width = manifest.get("rows"), manifest.get("width")
     if "shards" not in manifest and isinstance(rows, int) and isinstance(width, int):
         size, expected = (output / VECTORS).stat().st_size, npy_size(rows, width)
@@ -704,7 +710,8 @@ class DocBinWriter(ShardWriter):
 
     def manifest(self) -> Dict[str, Any]:
         shards = [
-            {k: s[k] for k in ("file", "first_line", "last_line", "docs", "tokens")} for s in self.run.committed.shards
+            {k: s[k] for k in ("file", "first_line", "last_line", "docs", "tokens", "bytes")}
+            for s in self.run.committed.shards
         ]
         return {**super().manifest(), "shards": shards}
 
