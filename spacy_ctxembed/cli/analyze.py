@@ -32,7 +32,7 @@ HELP = {
     "seed": "Seed of every random choice (pairs, samples, folds, k-means)",
     "batch_size": "Corpus docs per nlp.pipe batch",
     "wic_batch_size": "WiC sentences per nlp.pipe batch",
-    "max_words": "Analyse only the first docs of the corpus, up to this many tokens (0: all)",
+    "max_words": "Analyse only the first docs of the corpus, whole docs until this many tokens are reached (0: all)",
     "folds": "Cross-validation folds on the WiC training pairs",
     "max_clusters": "Most senses the explorer tries (k = 2 .. this, chosen by silhouette)",
     "examples": "Example contexts shown per sense",
