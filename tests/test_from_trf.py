@@ -95,12 +95,14 @@ def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny
 
 
 
-def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_dir):
+@pytest.mark.parametrize("pooling", ["last", "mean", "first"])
+def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_dir, pooling):
     """spacy-transformers cuts a long span inside a token: that token kept its
     first pieces, was pooled from them (with "last" pooling, a middle piece's
-    state) and had a vector that looked whole, not counted in the warning."""
+    state) and had a vector that looked whole, not counted in the warning.
+    "first" pooling has its first piece, and keeps it."""
     nlp = _with_transformer(tiny_bert_dir, get_spans={"@span_getters": "spacy-transformers.doc_spans.v1"})
-    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling="last"))
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling=pooling))
     nlp.initialize()
     # Words of 3 wordpieces ("word", "##x", "##14") after [CLS] and "a": the cut at the
     # model's length (64 for this model, 512 for MiniLM) falls inside one.
@@ -115,16 +117,19 @@ def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_d
     (t,) = cut
     tokenizer = nlp.get_pipe("transformer").model.tokenizer
     assert 0 < len(pieces[t]) < len(tokenizer.tokenize(doc[t].text))  # the cut is inside it
+    first_without = t + 1 if pooling == "first" else t
     messages = [str(w.message) for w in record if "ctxembed_from_trf" in str(w.message)]
     assert len(messages) == 1
-    assert messages[0].startswith(f"[ctxembed_from_trf] {len(doc) - t} of {len(doc)} tokens (the first: "
-                                  f"'{doc[t].text}' at {t}) have no wordpiece, or only some of theirs")
-    assert not doc[t].has_vector and not doc._.ctx_vectors[t:].any()
-    # The tokens before it: their own last piece's state, read here from trf_data.
+    assert messages[0].startswith(
+        f"[ctxembed_from_trf] {len(doc) - first_without} of {len(doc)} tokens (the first: "
+        f"'{doc[first_without].text}' at {first_without}) have no wordpiece, or only some of theirs")
+    assert not doc[first_without].has_vector and not doc._.ctx_vectors[first_without:].any()
+    # The tokens with vectors: pooled from their pieces' states, read here from trf_data.
     states = trf.model_output.last_hidden_state.reshape(-1, trf.model_output.last_hidden_state.shape[-1])
-    expected = numpy.stack([states[p.max()] for p in pieces[:t]])
-    numpy.testing.assert_allclose(doc._.ctx_vectors[:t], expected, atol=1e-6)
-
+    pooled = {"last": lambda p: states[p.max()], "first": lambda p: states[p.min()],
+              "mean": lambda p: states[p].mean(axis=0)}[pooling]
+    expected = numpy.stack([pooled(p) for p in pieces[:first_without]])
+    numpy.testing.assert_allclose(doc._.ctx_vectors[:first_without], expected, atol=1e-6)
 
 def _no_spans_for(prefix: str):
     """A span getter that gives the docs starting with `prefix` no span (and every other doc one)."""

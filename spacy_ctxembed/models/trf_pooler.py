@@ -119,7 +119,10 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
     is_space = doc.to_array(IS_SPACE).astype(bool)
-    alignment = alignment.kept(~is_space[alignment.token_index] & ~_cut_at_length(alignment, states[0].shape[1]))
+    kept = ~is_space[alignment.token_index]
+    if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
+        kept &= ~_cut_at_length(alignment, states[0].shape[1])
+    alignment = alignment.kept(kept)
     _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
@@ -132,7 +135,8 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int) -> numpy.ndarray
     It cuts a span longer than the model takes by dropping every piece past
     the model's length (its `truncate_oversize_splits`): the token at the cut
     keeps only its first pieces, and pooled from them would be a vector of
-    part of a word (with "last" pooling, a middle piece's) that looks whole.
+    part of a word (with "last" pooling, a middle piece's) that looks whole;
+    only "first" pooling has what it takes.
     That token's pieces in the cut span end at the span's last column; a span
     that was not cut ends there with its closing special token (BERT's
     [SEP], RoBERTa's </s>), never a token's piece. (A tokenizer with no
