@@ -1,4 +1,6 @@
 """`ctxembed_from_trf` pools spacy-transformers' own output into the same contract."""
+import warnings
+
 import numpy
 import pytest
 import spacy
@@ -130,6 +132,36 @@ def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_d
               "mean": lambda p: states[p].mean(axis=0)}[pooling]
     expected = numpy.stack([pooled(p) for p in pieces[:first_without]])
     numpy.testing.assert_allclose(doc._.ctx_vectors[:first_without], expected, atol=1e-6)
+
+
+def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(tiny_bert_dir, tmp_path):
+    """Without a closing special token (GPT-2's, LLaMA's tokenizers) the batch's longest
+    span ends with a whole word in its last column, as a cut one does: the first version of
+    the cut check took that word for cut (no vector, and a warning on every batch)."""
+    import json
+    import shutil
+
+    path = tmp_path / "no-closing-token"
+    shutil.copytree(tiny_bert_dir, path)
+    tokenizer = json.loads((path / "tokenizer.json").read_text(encoding="utf8"))
+    cls = {"SpecialToken": {"id": "[CLS]", "type_id": 0}}
+    tokenizer["post_processor"] = {  # [CLS] first, nothing after
+        "type": "TemplateProcessing", "single": [cls, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [cls, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [101], "tokens": ["[CLS]"]}}}
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf8")
+    nlp = _with_transformer(path)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling="last"))
+    nlp.initialize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        docs = list(nlp.pipe(["Hello world.", "I like green eggs and ham"]))
+    for doc in docs:
+        trf = doc._.trf_data
+        assert trf.wordpieces.strings[0][-1] != "[SEP]"  # (the tokenizer as meant)
+        states = trf.model_output.last_hidden_state.reshape(-1, trf.model_output.last_hidden_state.shape[-1])
+        pieces = numpy.split(numpy.asarray(trf.align.dataXd).ravel(), numpy.cumsum(trf.align.lengths)[:-1])
+        numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack([states[p.max()] for p in pieces]), atol=1e-6)
 
 def _no_spans_for(prefix: str):
     """A span getter that gives the docs starting with `prefix` no span (and every other doc one)."""

@@ -121,28 +121,32 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
     is_space = doc.to_array(IS_SPACE).astype(bool)
     kept = ~is_space[alignment.token_index]
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
-        kept &= ~_cut_at_length(alignment, states[0].shape[1])
+        kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space)
     alignment = alignment.kept(kept)
     _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _cut_at_length(alignment: PieceAlignment, span_length: int) -> numpy.ndarray:
-    """Boolean mask over the (token, piece) pairs: True for the pieces a token
-    has in a span that spacy-transformers cut inside it.
+def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.ndarray) -> numpy.ndarray:
+    """Boolean mask over the (token, piece) pairs: True for the pieces of the
+    token that spacy-transformers cut a span inside.
 
     It cuts a span longer than the model takes by dropping every piece past
     the model's length (its `truncate_oversize_splits`): the token at the cut
     keeps only its first pieces, and pooled from them would be a vector of
     part of a word (with "last" pooling, a middle piece's) that looks whole;
     only "first" pooling has what it takes.
-    That token's pieces in the cut span end at the span's last column; a span
-    that was not cut ends there with its closing special token (BERT's
-    [SEP], RoBERTa's </s>), never a token's piece. (A tokenizer with no
-    closing token would lose the vector of a token that ends its batch's
-    longest span: said, as a cut one is, not wrong.) Its pieces in another
-    span (strided_spans) are kept."""
+
+    Such a token has its last piece in the span's last column, and the word
+    after it has no piece at all (it was past the cut). A span that was not
+    cut ends there with its closing special token (BERT's [SEP], RoBERTa's
+    </s>), or, with a tokenizer that adds none, with a whole word: that word
+    is followed by a word of the next span, which has pieces. (A token that
+    ends exactly at the cut cannot be told from a cut one, and goes too; a
+    cut inside a span's last token, with no word after it, is not seen; with
+    strided_spans the word after the cut has pieces in the next span, and
+    the cut token's pieces there count alongside these.)"""
     tokens, pieces = alignment.token_index, alignment.piece_index
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
@@ -150,7 +154,15 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int) -> numpy.ndarray
     # its last piece there at the run's end.
     spans = pieces // span_length
     ends = numpy.r_[(tokens[1:] != tokens[:-1]) | (spans[1:] != spans[:-1]), True]
-    cut_run = ends & (pieces % span_length == span_length - 1)
+    at_cut = ends & (pieces % span_length == span_length - 1)
+    # The next word (not whitespace) after each token, and whether it has a piece.
+    words = numpy.flatnonzero(~is_space)
+    after = numpy.searchsorted(words, tokens[at_cut], side="right")
+    has_next = after < len(words)
+    next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
+    covered = numpy.zeros(len(is_space), dtype=bool)
+    covered[tokens] = True
+    cut_run = numpy.flatnonzero(at_cut)[has_next & ~covered[next_word]]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
     return numpy.isin(run_ids, run_ids[cut_run])
 
