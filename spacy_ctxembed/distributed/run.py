@@ -130,7 +130,10 @@ def embed_corpus(
     # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).
     out = Path(out_dir).resolve()
     model = str(Path(model).resolve()) if model is not None and Path(model).exists() else model
-    if out.is_dir():  # refused before the lock file is made in it (checked again under the lock)
+    if out.is_dir() and not (out / LOCK).exists():
+        # Not an embed run's directory yet: refused before the lock file is made in
+        # it (checked again under the lock; with a lock file there, a run in
+        # progress is told by the lock first).
         _recorded_run(out, identity, overwrite)
     with _locked(out):
         manifest = _prepare(out, identity, shards, overwrite)
