@@ -188,7 +188,6 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
         disabled=[name for name in disabled if blocks.get(name, {}).get("factory") in CONTEXTUAL_FACTORIES])
 
 
-
 def _names_in_nlp(config: Config, key: str) -> List[str]:
     """The component names a config's [nlp] block lists under `key` (as written: nothing else)."""
     value = config.get("nlp", {}).get(key) or []
