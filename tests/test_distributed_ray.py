@@ -178,7 +178,6 @@ def test_another_run_into_the_same_outdir_is_refused(local_ray, pipeline_dir, co
     assert len(list((out / "shards").glob("*.parquet"))) == 3
 
 
-
 def test_a_directory_that_is_not_an_embed_runs_is_left_as_it_was(pipeline_dir, tmp_path):
     """A user's own rejected.jsonl, in a directory with no manifest, was emptied (it has
     an embed run's file name), and a refused directory was given a .lock file. Both are
@@ -200,6 +199,7 @@ def test_a_directory_that_is_not_an_embed_runs_is_left_as_it_was(pipeline_dir, t
         with pytest.raises(FileExistsError, match=r"holds files that are not an embed run's \(notes.txt\)"):
             embed_corpus(path, notes, model=str(pipeline_dir), progress=False, overwrite=overwrite)
         assert os.listdir(notes) == ["notes.txt"]
+
 
 def test_a_killed_actor_is_retried_and_nothing_is_lost(local_ray, pipeline_dir, tmp_path):
     """SIGKILL an actor as soon as its first shard is reported. Each shard takes a
