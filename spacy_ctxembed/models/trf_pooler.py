@@ -160,8 +160,7 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     after = numpy.searchsorted(words, tokens[at_cut], side="right")
     has_next = after < len(words)
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
-    covered = numpy.zeros(len(is_space), dtype=bool)
-    covered[tokens] = True
+    covered = alignment.covered_tokens()
     cut_run = numpy.flatnonzero(at_cut)[has_next & ~covered[next_word]]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
     return numpy.isin(run_ids, run_ids[cut_run])
