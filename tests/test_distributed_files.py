@@ -292,6 +292,22 @@ def test_float16_rows(tmp_path):
     numpy.testing.assert_array_equal(doc._.ctx_vectors, vectors[0].astype(numpy.float16).astype(numpy.float32))
 
 
+def test_float16_refuses_values_it_would_store_as_inf():
+    docs = _docs(["a b c", "d e"])
+    rng = numpy.random.default_rng(1)
+    vectors = [rng.normal(size=(3, 5)).astype(numpy.float32), rng.normal(size=(2, 5)).astype(numpy.float32)]
+    args = ([7, 8], [d.text for d in docs], [[t.text for t in d] for d in docs],
+            [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
+    # 65504 is float16's largest value; up to 65519.99 rounds down to it, 65520 rounds to inf.
+    vectors[1][1, 3] = -65519.0
+    table = build_table(*args, vectors, dtype="float16")
+    assert table.column("vectors").to_pylist()[1][1][3] == -65504.0
+    vectors[1][0, 2] = 70000.0
+    with pytest.raises(ValueError, match=r"--float16: doc 8 has a vector value of 70000.*stored as inf \(1 such"):
+        build_table(*args, vectors, dtype="float16")
+    assert build_table(*args, vectors).column("vectors").to_pylist()[1][0][2] == 70000.0  # float32 keeps it
+
+
 def test_a_shard_too_big_for_parquet_lists_is_refused_naming_the_setting():
     n, width = 2**16, 2**15  # 2**31 values: one past what int32 list offsets can address
     huge = numpy.broadcast_to(numpy.zeros(1, numpy.float32), (n, width))  # no memory behind it

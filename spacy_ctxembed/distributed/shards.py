@@ -71,6 +71,8 @@ def build_table(
         raise ValueError(f"a shard of {len(doc_ids)} docs holds {total} token vectors of width {width}, more "
                          "values than a Parquet list can hold (2**31); lower the shard size (--shard-size)")
     flat = numpy.concatenate([v.reshape(-1) for v in vectors]) if len(vectors) else numpy.zeros(0)
+    if dtype == "float16":
+        _check_float16_range(doc_ids, counts * width, flat)
     flat = flat.astype(numpy.float16 if dtype == "float16" else numpy.float32, copy=False)
     inner = pa.ListArray.from_arrays(
         pa.array(numpy.arange(0, total * width + 1, max(width, 1), dtype=numpy.int32)[: total + 1]),
@@ -86,6 +88,21 @@ def build_table(
         pa.ListArray.from_arrays(offsets, inner),
     ]
     return pa.Table.from_arrays(columns, schema=schema(dtype))
+
+
+def _check_float16_range(doc_ids: Sequence[int], sizes: numpy.ndarray, flat: numpy.ndarray) -> None:
+    """Refuse vectors that float16 would store as inf (|x| >= 65520, where
+    rounding to the nearest float16 overflows): a model with large activations
+    must not lose them without a word."""
+    with numpy.errstate(over="ignore"):
+        overflow = numpy.isinf(flat.astype(numpy.float16)) & numpy.isfinite(flat)
+    if overflow.any():
+        first = int(numpy.flatnonzero(overflow)[0])
+        doc = int(numpy.searchsorted(numpy.cumsum(sizes), first, side="right"))
+        raise ValueError(
+            f"--float16: doc {doc_ids[doc]} has a vector value of {float(flat[first]):.6g}, beyond float16's range "
+            f"(largest {float(numpy.finfo(numpy.float16).max):.0f}), which would be stored as inf "
+            f"({int(overflow.sum())} such values in this shard); run without --float16 to store float32")
 
 
 def write_shard(out_dir: Path, shard: Shard, table, rejected: Sequence[Rejected], info: Dict[str, Any]) -> Path:
