@@ -4,18 +4,26 @@ Lines are split on "\\n" only. A trailing "\\r" (CRLF files) is not part of the
 text, nor is a UTF-8 byte order mark at the very start of a file; every other
 character, form feed, "\\x85" and "\\u2028" included, stays inside its line.
 
-What kind of input a file name says is one rule too, `SUFFIXES` (by the
-suffix in lower case): for `embed --ray`, which reads every kind, and for
-`embed` without it and `analyze`, which read text and refuse the other kinds,
-and `TOKEN_FORMATS`, whose lines are markup, not docs.
+What kind of input a file name says is one rule too, `file_kind` (by the
+suffix in lower case), for every reader: `embed --ray` reads the kinds in
+`SUFFIXES`; `embed` without it reads text and DocBins, `analyze` those and
+CoNLL-U, and each refuses the other kinds in its own words.
 """
-from typing import List, Tuple
+from pathlib import Path
+from typing import List, Tuple, Union
 
 BOM = b"\xef\xbb\xbf"
+#: The kinds of line or row input that `embed --ray` reads.
 SUFFIXES = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-#: Token-per-line formats: read as text, their docs would be their markup
-#: (comment lines, tab-separated token rows). `analyze` reads CoNLL-U itself.
-TOKEN_FORMATS = (".conllu", ".conll", ".iob", ".iob2")
+#: Every kind a suffix names. "conllu" and "conll" (CoNLL NER, IOB) are
+#: token-per-line: read as text, their docs would be their markup (comment
+#: lines, tab-separated token rows).
+KINDS = {**SUFFIXES, ".spacy": "docbin", ".conllu": "conllu", ".conll": "conll", ".iob": "conll", ".iob2": "conll"}
+
+
+def file_kind(path: Union[str, Path]) -> str:
+    """What a file holds by its suffix, in any case (`KINDS`); "text" for any other name."""
+    return KINDS.get(Path(path).suffix.lower(), "text")
 
 
 def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import spacy
 
+from spacy_ctxembed.textlines import file_kind
+
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
 
 embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # the package exports the command as `embed`
@@ -82,6 +84,16 @@ def test_jsonl_and_parquet_inputs_need_ray(tmp_path, no_model, name, kind):
         "see docs/scaling.md; without --ray, INPUT is a text file (one doc per line) or a .spacy DocBin"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("a.txt", "text"), ("a.TEXT", "text"), ("notes", "text"), ("a.tsv", "text"), ("dir.d/a", "text"),
+    ("a.jsonl", "jsonl"), ("a.NDJSON", "jsonl"), ("a.parquet", "parquet"), ("a.Spacy", "docbin"),
+    ("a.conllu", "conllu"), ("a.conll", "conll"), ("a.IOB", "conll"), ("a.iob2", "conll"), ("a.spacy.txt", "text"),
+])
+def test_one_rule_says_what_a_file_name_holds(name, kind):
+    """`embed` and `analyze` classify INPUT and CORPUS by this one rule: the last suffix, in any case."""
+    assert file_kind(Path("/x") / name) == kind and file_kind(name) == kind
 
 
 @pytest.mark.parametrize("name", ["dev.conllu", "dev.CONLLU", "train.CONLL", "ner.iob2"])

@@ -23,7 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import SUFFIXES, TOKEN_FORMATS, decode_file, line_bounds, split_lines
+from ..textlines import decode_file, file_kind, line_bounds, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -78,25 +78,25 @@ def read_corpus(path: Union[str, Path]) -> Corpus:
         raise AnalysisInputError(f"CORPUS {path}: no such file")
     if not path.is_file():
         raise AnalysisInputError(f"CORPUS {path}: not a file (expected a text file, a .spacy DocBin or a .conllu file)")
-    suffix = path.suffix.lower()
-    if suffix in TOKEN_FORMATS and suffix != ".conllu":
+    kind = file_kind(path)
+    if kind == "conll":
         raise AnalysisInputError(
             f"CORPUS {path}: a token-per-line file (by its suffix {path.suffix}), whose lines would be analysed as "
             f"text; make it a .spacy DocBin first (python -m spacy convert {path} . --converter ner, for CoNLL NER "
             "and IOB), or convert it to CoNLL-U")
-    if SUFFIXES.get(suffix, "text") != "text":
+    if kind in ("jsonl", "parquet"):
         raise AnalysisInputError(
-            f"CORPUS {path}: a {SUFFIXES[suffix]} file (by its suffix {path.suffix}), whose lines would be analysed "
+            f"CORPUS {path}: a {kind} file (by its suffix {path.suffix}), whose lines would be analysed "
             "as text; analyze reads a text file (one doc per line), a .spacy DocBin or a .conllu file")
     records: Union[List[str], List[_ConlluDoc], DocBin]
-    if suffix == ".spacy":
-        kind, records = "docbin", _read_docbin(path)
+    if kind == "docbin":
+        records = _read_docbin(path)
         n_docs = sum(1 for doc in records.get_docs(Vocab()) if len(doc))
-    elif suffix == ".conllu":
-        kind, records = "conllu", _read_conllu(path)
+    elif kind == "conllu":
+        records = _read_conllu(path)
         n_docs = len(records)
     else:
-        kind, records = "text", _read_text(path)
+        records = _read_text(path)
         n_docs = len(records)
     if n_docs == 0:
         raise AnalysisInputError(f"CORPUS {path}: no docs with text in this {kind} file")

@@ -29,7 +29,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from ..fileio import file_sha256
-from ..textlines import SUFFIXES, TOKEN_FORMATS, line_bounds
+from ..textlines import file_kind, line_bounds
 from .errors import CliError, UsageError
 
 CHUNK = 1 << 20
@@ -154,7 +154,7 @@ def open_input(input_path: str) -> Input:
         raise UsageError(f"INPUT {input_path} is not a regular file; to read a pipe or a device, use '-' (stdin)")
     if not os.access(path, os.R_OK):
         raise UsageError(f"INPUT {input_path}: permission denied")
-    if path.suffix.lower() == ".spacy":
+    if file_kind(path) == "docbin":
         return _scan_docbin(path, input_path)
     with path.open("rb") as f:
         return _scan_text(f, input_path, path=path.resolve())
@@ -164,16 +164,16 @@ def _refuse_other_formats(path: Path, label: str) -> None:
     """Refuse a name of another format than text: read as text, a JSONL file's docs
     would be its JSON syntax (and get vectors), Parquet would fail as "not UTF-8"
     (both are `embed --ray`'s), and a CoNLL file's lines are markup, not docs."""
-    if path.suffix.lower() in TOKEN_FORMATS:
+    kind = file_kind(path)
+    if kind in ("conllu", "conll"):
         instead = (f"write its sentences one per line first (python scripts/conllu_to_text.py {label} "
                    "sentences.txt), or analyse it with `analyze`, which reads CoNLL-U"
-                   if path.suffix.lower() == ".conllu" else
+                   if kind == "conllu" else
                    f"make it a .spacy DocBin first (python -m spacy convert {label} . --converter ner, for "
                    "CoNLL NER and IOB), which embed reads with its tokens")
         raise UsageError(f"INPUT {label}: a token-per-line file (by its suffix {path.suffix}), whose lines would "
                          f"be embedded as text; {instead}")
-    kind = SUFFIXES.get(path.suffix.lower(), "text")
-    if kind != "text":
+    if kind in ("jsonl", "parquet"):
         raise UsageError(
             f"INPUT {label}: a {kind} file (by its suffix {path.suffix}) needs --ray, see docs/scaling.md; "
             "without --ray, INPUT is a text file (one doc per line) or a .spacy DocBin"
