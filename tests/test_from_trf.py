@@ -229,6 +229,13 @@ def test_added_to_a_loaded_transformer_without_initialize(tiny_bert_dir, tmp_pat
     assert loaded(TEXT)._.ctx_vectors.shape == (len(loaded.make_doc(TEXT)), 32)
     empty = loaded("")
     assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)
+    # Saved and loaded again, it knows the width it learned before any doc comes:
+    # an empty first doc got (0, 0) vectors.
+    loaded.to_disk(tmp_path / "both")
+    again = spacy.load(tmp_path / "both")
+    empty = again("")
+    assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)
+    numpy.testing.assert_array_equal(again(TEXT)._.ctx_vectors, loaded(TEXT)._.ctx_vectors)
 
 
 def test_from_trf_layers_edited_in_a_saved_pipeline_are_refused(tiny_bert_dir, tmp_path):

@@ -688,6 +688,7 @@ class ContextualEmbedder(TrainablePipe):
         """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
         path = ensure_path(path)
         self._flush_backward(at_update=True)
+        self._width_into_combiner()
         serializers: Dict[str, Callable[[Path], Any]] = {
             "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
@@ -697,6 +698,19 @@ class ContextualEmbedder(TrainablePipe):
             serializers[MODEL_DIR] = shim.save_dir
         with self._ready():  # (one model's weights, not a load's half-swapped ones)
             to_disk(path, serializers, exclude)
+
+    def _width_into_combiner(self) -> None:
+        """Give the combiner the encoder's width where only the encoder knows it,
+        as initialize would have: ctxembed_from_trf added to a loaded pipeline
+        without initialize learns its width from its first output, and the
+        combiner saved alone by to_disk is where a load reads it back from
+        (`_after_loading`; without it an empty first doc got (0, 0) vectors).
+        A combiner with weights was initialized with its width, so only a
+        weightless one is initialized here, which sets nothing but its dims."""
+        if self.combiner.has_dim("nI") is not True and self.encoder.has_dim("nO") is True \
+                and not self.combiner.param_names:
+            self.combiner.set_dim("nI", self.encoder.get_dim("nO"))
+            self.combiner.initialize()
 
     @_loads
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
