@@ -3,6 +3,7 @@ resumable, surviving a killed actor, and equal to a single-process `nlp.pipe`.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -332,3 +333,27 @@ def test_a_model_changed_after_the_run_started_reaches_the_user(local_ray, pipel
         f"--model {pipeline_dir}: its files changed after this run started (their checksum differs from the one "
         "the run recorded), so its shards would mix two models' vectors; rerun once it stays put (a model "
         "changed on purpose makes another run: --overwrite)")
+
+
+def test_cli_ray_float16_refuses_vectors_it_would_store_as_inf(local_ray, tiny_bert_dir, tmp_path):
+    """A model with large activations: float16 would have stored its vectors as inf
+    without a word. The user reads which doc and value, with exit 2, not "the actors died"."""
+    import torch
+
+    from spacy_ctxembed.models.bert import get_runner
+
+    nlp = make_nlp(tiny_bert_dir)
+    module = get_runner(nlp.get_pipe("ctxembed_bert").encoder).encoder.module
+    with torch.no_grad():
+        for param in module.encoder.layer[-1].output.LayerNorm.parameters():
+            param.mul_(1e6)
+    assert numpy.abs(nlp("A doc.")._.ctx_vectors).max() > 65520  # (float32 holds them: the test's premise)
+    nlp.to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\nAnother doc.\n", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", str(path), "-o", str(tmp_path / "out"), "--ray", "--actors", "1",
+                                      "--model", str(tmp_path / "nlp"), "--float16"])
+    assert result.exit_code == 2, result.output
+    assert re.fullmatch(r"error: --float16: doc 0 has a vector value of -?\d[\d.e+]*, beyond float16's range "
+                        r"\(largest 65504\), which would be stored as inf \(\d+ such values in this shard\); run "
+                        r"without --float16 to store float32", result.output.strip().splitlines()[-1])

@@ -174,7 +174,15 @@ def _embed_ray(
 def _ray_failure(exc: Exception) -> Exception:
     """What the CLI reports for an error of a --ray run: a usage error for a bad input,
     setting or output (found on the driver or by an actor), else the actor's own error."""
-    from ..distributed import DifferentRun, InputError, ModelChanged, NoGPUs, OutputInUse, ShardsFailed
+    from ..distributed import (
+        DifferentRun,
+        Float16Overflow,
+        InputError,
+        ModelChanged,
+        NoGPUs,
+        OutputInUse,
+        ShardsFailed,
+    )
     from ..distributed.run import ray_actor_error
     from ..pipeline.build import NoContextualEmbedder
 
@@ -192,7 +200,7 @@ def _ray_failure(exc: Exception) -> Exception:
         return CliError(f"{what}: {cause.REASON} (a model changed on purpose makes another run: --overwrite)")
     if isinstance(cause, ShardsFailed):
         return CliError(str(cause).replace("embed_corpus: ", "", 1))
-    if isinstance(cause, (InputError, OutputInUse, FileExistsError, NoContextualEmbedder)):
+    if isinstance(cause, (InputError, Float16Overflow, OutputInUse, FileExistsError, NoContextualEmbedder)):
         # Ray appends lines about its retries to the message: the first line is the original's.
         return UsageError(str(cause).strip().split("\n", 1)[0])
     if actor_error is not None:

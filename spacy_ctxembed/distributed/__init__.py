@@ -9,8 +9,8 @@ See docs/scaling.md.
 """
 from .actor import ModelChanged
 from .run import DifferentRun, NoGPUs, OutputInUse, ShardsFailed, embed_corpus
-from .shards import ShardMismatch, docs_from_table, read_docs
+from .shards import Float16Overflow, ShardMismatch, docs_from_table, read_docs
 from .sources import InputError
 
-__all__ = ["DifferentRun", "InputError", "ModelChanged", "NoGPUs", "OutputInUse", "ShardMismatch", "ShardsFailed",
-           "docs_from_table", "embed_corpus", "read_docs"]
+__all__ = ["DifferentRun", "Float16Overflow", "InputError", "ModelChanged", "NoGPUs", "OutputInUse", "ShardMismatch",
+           "ShardsFailed", "docs_from_table", "embed_corpus", "read_docs"]

@@ -34,7 +34,7 @@ from ..fileio import fsync_dir, model_identity, write_atomic, write_json
 from ..pipeline.build import check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
-from .shards import DTYPES, MANIFEST, SHARDS, check_complete, committed, read_json
+from .shards import DTYPES, MANIFEST, SHARDS, Float16Overflow, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
 
 REJECTED = "rejected.jsonl"
@@ -387,7 +387,7 @@ def _run_ray(
                         on_shard(summary)
             except Exception as err:
                 failed = failed_shards(shard_dir, pending)
-                if failed and not isinstance(ray_actor_error(err) or err, (InputError, ModelChanged)):
+                if failed and not isinstance(ray_actor_error(err) or err, (InputError, ModelChanged, Float16Overflow)):
                     raise ShardsFailed(
                         f"embed_corpus: the actors died on {'; '.join(failed[:3])}: each was retried and its actor "
                         f"died again (out of memory on a long doc, or a crash in the model: {_first_line(err)})"

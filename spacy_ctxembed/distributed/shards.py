@@ -38,6 +38,10 @@ class ShardMismatch(ValueError):
     """The files of a run do not hold every input row exactly once."""
 
 
+class Float16Overflow(ValueError):
+    """`--float16` (dtype "float16"): the model gave a vector value that float16 stores as inf."""
+
+
 def shard_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
@@ -99,7 +103,7 @@ def _check_float16_range(doc_ids: Sequence[int], sizes: numpy.ndarray, flat: num
     if overflow.any():
         first = int(numpy.flatnonzero(overflow)[0])
         doc = int(numpy.searchsorted(numpy.cumsum(sizes), first, side="right"))
-        raise ValueError(
+        raise Float16Overflow(
             f"--float16: doc {doc_ids[doc]} has a vector value of {float(flat[first]):.6g}, beyond float16's range "
             f"(largest {float(numpy.finfo(numpy.float16).max):.0f}), which would be stored as inf "
             f"({int(overflow.sum())} such values in this shard); run without --float16 to store float32")
