@@ -721,7 +721,17 @@ def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View
     whole = _data(doc).get(_whole_doc_key(doc))
     if memo is not None and len(memo[0]) == 1 and memo[0][0] is whole and memo[1].fits(doc, start, end):
         return memo[1]
-    stores = _stores(doc) or _source_store(doc)
+    stores = _stores(doc)
+    if not stores:
+        # A plain cut (span.as_doc()) is placed in its source by its text: a
+        # search of the source's text, too slow for every token's read (a loop
+        # over a long cut's tokens was quadratic). A view made from the same
+        # source's store for the same token spans still holds.
+        source = doc.user_hooks.get(SOURCE_HOOK)
+        if (memo is not None and isinstance(source, _Source) and len(memo[0]) == 1
+                and memo[0][0] is source.store and memo[1].fits(doc, start, end)):
+            return memo[1]
+        stores = _source_store(doc)
     if not stores:
         return None
     # The stores themselves, compared by identity (a write replaces the store).
@@ -853,8 +863,9 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
         f"{what} {where}: they would read as having no vector. They come from a doc whose outputs were "
         "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
         "span.as_doc(copy_user_data=True)), or that did not go through this component, or whose outputs "
-        "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner); run the component on this doc, or join "
-        "docs that all have its outputs"
+        "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner), or whose token offsets did not match its "
+        "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx); "
+        "run the component on this doc, or join docs that all have its outputs"
     )
 
 

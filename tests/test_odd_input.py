@@ -55,3 +55,11 @@ def test_spaces_changed_by_from_array(nlp_default, spaces):
     expected = [doc._.ctx_vectors for doc in nlp_default.pipe([fresh, nlp_default.make_doc(after)])]
     for g, e in zip(got, expected):
         numpy.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    # Its outputs were stored at the stale offsets: a copy rebuilt from the text
+    # (pickle, DocBin) cannot place them, and the error names this cause among the others.
+    import pickle
+
+    from spacy_ctxembed.outputs import MissingOutputs
+
+    with pytest.raises(MissingOutputs, match=r"Doc\.from_array with SPACY changes the spaces but not token\.idx"):
+        _ = pickle.loads(pickle.dumps(changed))._.ctx_vectors

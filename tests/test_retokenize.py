@@ -164,6 +164,30 @@ def test_as_doc(nlp):
         _check(sub, before, "emb", shift=span.start_char)
 
 
+def test_a_plain_cut_is_placed_in_its_source_once_not_per_token(nlp, monkeypatch):
+    """Each token's read of a plain `as_doc()` searched the source's text for the
+    cut's text again: a loop over a long cut's tokens was quadratic (134 s for
+    20,000 tokens). It is placed once, and again only when its tokens change."""
+    from spacy_ctxembed import outputs
+
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    span = doc[3:12]
+    sub = span.as_doc()
+    searches = []
+    placements = outputs._source_placements
+    monkeypatch.setattr(outputs, "_source_placements", lambda *a, **k: searches.append(1) or placements(*a, **k))
+    rows = [token.vector for token in sub]
+    assert len(searches) == 1
+    for token, row in zip(sub, rows):
+        numpy.testing.assert_array_equal(row, before[(token.idx + span.start_char, token.idx + span.start_char +
+                                                      len(token))][0])
+    with sub.retokenize() as retokenizer:  # the cut's tokens change: placed again, read by the rule
+        retokenizer.merge(sub[1:3])
+    _check(sub, before, "emb", shift=span.start_char)
+    assert len(searches) == 2
+
+
 def test_a_cut_whose_edge_a_split_put_inside_a_token_keeps_its_row(nlp):
     """A cut (`as_doc`) after a split, its edge inside the stored token ("start|up",
     cut after "start" or from "up"): the stored token lay across the cut's edge
