@@ -134,6 +134,24 @@ def test_replace_listeners(tiny_bert_dir, tmp_path):
     loaded.update(examples, sgd=optimizer)  # the tagger trains its own copy of the encoder
 
 
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_pipeline_with_replaced_listeners_initializes_as_one_built_from_its_config(tiny_bert_dir, mix_layers):
+    """With mix_layers = false the copy is the whole embedder, whose init read
+    refs that thinc's Model.copy() drops: nlp.initialize() after
+    replace_listeners failed with a KeyError from thinc."""
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(mix_layers=mix_layers))
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    spacy.util.fix_random_seed(0)
+    nlp.initialize(lambda: examples)
+    built = spacy.util.load_model_from_config(nlp.config, auto_fill=False)
+    spacy.util.fix_random_seed(0)
+    built.initialize(lambda: [Example.from_dict(built.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})])
+    numpy.testing.assert_array_equal(_tagger_scores(nlp), _tagger_scores(built))
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)
+    assert not numpy.array_equal(_tagger_scores(nlp), _tagger_scores(built))  # (it trains)
+
+
 def _tagger_scores(nlp, text=" ".join(WORDS)):
     doc = nlp(text)
     return nlp.get_pipe("tagger").model.predict([doc])[0]

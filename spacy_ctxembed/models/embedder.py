@@ -49,14 +49,17 @@ def Embedder(*, encoder: EncoderModel, combiner: CombinerModel) -> EmbedderModel
 
 
 def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    model.get_ref("encoder").initialize()
+    # The layers, not the refs: thinc's Model.copy() (spaCy's replace_listeners
+    # copies the embedder) keeps the layers but not the refs.
+    encoder, combiner = model.layers
+    encoder.initialize()
     pass_dims(model)
-    model.get_ref("combiner").initialize()
+    combiner.initialize()
 
 
 def pass_dims(model: EmbedderModel) -> None:
     """Give the combiner the encoder's layer count and width (after loading)."""
-    encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
+    encoder, combiner = model.layers
     if encoder.has_dim("nO") is not True:  # ctxembed_from_trf before it has seen its upstream
         combiner.set_dim("nL", encoder.get_dim("nL"), force=True)
         return
