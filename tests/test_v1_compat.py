@@ -97,3 +97,50 @@ def test_a_v1_pipeline_with_its_layers_edited_is_refused(tmp_path, layers, refus
     text = json.loads((FIXTURE / "texts.json").read_text(encoding="utf8"))[0]
     nlp = spacy.load(path)
     assert_recorded(nlp(text)._.ctx_outputs["ctxembed_bert"]["vectors"], expected["bert_vectors_0"])
+
+
+@pytest.mark.parametrize("family", ["bert", "elmo"])
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_replace_listeners_of_a_v1_model_writes_a_pipeline_that_loads_the_same(
+        tiny_bert_dir, tmp_path, family, mix_layers):
+    """The copy's config was the v1 model block, without the component's v1 layers,
+    pooling and combine: the saved pipeline failed to load (IndexError), and would
+    otherwise have taken the v1 defaults. It is written as the v2 block that the
+    component's upgrade builds."""
+    from spacy.training import Example
+
+    from .elmo_fixture import write_elmo_fixture
+
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    if family == "bert":
+        name = "ctxembed_bert"
+        nlp.add_pipe(name, config={"layers": [1, 2], "pooling": "max", "combine": "scalar_mix", "model": {
+            "@architectures": "spacy-ctxembed.BertEmbedder.v1", "name": str(tiny_bert_dir)}})
+    else:
+        name = "ctxembed_elmo"
+        options, weights = write_elmo_fixture(tmp_path / "elmo")
+        nlp.add_pipe(name, config={"layers": [0, 2], "combine": "concat", "model": {
+            "@architectures": "spacy-ctxembed.ElmoEmbedder.v1", "options_file": str(options),
+            "weight_file": str(weights)}})
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 8, "mix_layers": mix_layers}}})
+    words = ["I", "ran", "to", "the", "park", "."]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)),
+                                  {"words": words, "tags": ["PRP", "VBD", "IN", "DT", "NN", "."]})]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer)
+    text = "She ran the tests in the park."
+    before = nlp.get_pipe("tagger").model.predict([nlp(text)])[0]
+    nlp.replace_listeners(name, "tagger", ["model.tok2vec"])
+    embedder = nlp.config["components"]["tagger"]["model"]["tok2vec"]["embedder"]
+    assert embedder["@architectures"] == "spacy-ctxembed.Embedder.v2"
+    assert embedder["encoder"]["layers"] == ([1, 2] if family == "bert" else [0, 2])
+    assert embedder["encoder"].get("pooling") == ("max" if family == "bert" else None)
+    assert embedder["combiner"]["@layers"] == ("spacy-ctxembed.ScalarMix.v1" if family == "bert" else
+                                               "spacy-ctxembed.ConcatLayers.v1")
+    numpy.testing.assert_array_equal(nlp.get_pipe("tagger").model.predict([nlp(text)])[0], before)
+    nlp.to_disk(tmp_path / "replaced")
+    loaded = spacy.load(tmp_path / "replaced")
+    numpy.testing.assert_array_equal(loaded.get_pipe("tagger").model.predict([loaded(text)])[0], before)

@@ -87,10 +87,11 @@ def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> M
 
 def replace_listener_cfg(
     embedder_cfg: Dict[str, Any], listener_cfg: Dict[str, Any], *, encoder_lr_scale: float = 1.0,
-    upstream: str = "*",
+    upstream: str = "*", v1_settings: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The config of the replacement: `ContextualTok2Vec.v3` around a copy of the
-    embedder. (The component binds its `encoder_lr_scale` and name to this hook.)
+    embedder. (The component binds its `encoder_lr_scale`, its name and, for a
+    v1 model, its v1 settings to this hook.)
 
     spaCy hands the hook the listening component's whole `model.tok2vec` block,
     whatever path it replaces (`model.tok2vec.embed` in a `spacy.Tok2Vec.v2`,
@@ -112,6 +113,15 @@ def replace_listener_cfg(
             "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
             "settings, or have the component listen once"
         )
+    from .legacy import V1_ARCHITECTURES, upgrade_cfg  # (legacy builds on this module)
+
+    if embedder_cfg.get("@architectures") in V1_ARCHITECTURES:
+        if v1_settings is None:
+            raise ValueError(f"replace_listeners: {upstream!r} has a v1 model ({embedder_cfg['@architectures']}) "
+                             "but not the settings it was upgraded with; write its config as v2 first")
+        # The v1 block builds only a placeholder, which its component upgrades with
+        # its own settings: the copy, on its own, needs the v2 block.
+        embedder_cfg = upgrade_cfg(embedder_cfg, v1_settings)
     result: Dict[str, Any] = {"@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "embedder": embedder_cfg,
                               **settings[0], "encoder_lr_scale": encoder_lr_scale}
     return result

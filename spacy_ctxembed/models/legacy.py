@@ -6,6 +6,7 @@ own settings; the factory upgrades it with the component's v1 settings into
 the v2 chain (`upgrade`), which gives identical vectors. v1 embedders were
 frozen, and stay so.
 """
+import inspect
 from typing import Any, Dict, List, Optional
 
 from spacy.util import registry
@@ -62,6 +63,14 @@ def TrfPooler() -> Model:
     return _placeholder("trf", {})
 
 
+#: The v1 architectures by registry name, with their family.
+V1_ARCHITECTURES = {"spacy-ctxembed.BertEmbedder.v1": ("bert", BertEmbedder),
+                    "spacy-ctxembed.ElmoEmbedder.v1": ("elmo", ElmoEmbedder),
+                    "spacy-ctxembed.TrfPooler.v1": ("trf", TrfPooler)}
+#: The model attr that holds the component's v1 settings, resolved (`upgrade`).
+V1_SETTINGS = "v1_settings"
+
+
 def is_v1(model: Model) -> bool:
     return model.name == V1_PLACEHOLDER
 
@@ -82,4 +91,34 @@ def upgrade(
         encoder = ElmoEncoder(**settings, layers=v1["layers"], trainable=False)
     else:
         encoder = TrfEncoder(layers=v1["layers"], pooling=v1["pooling"])
-    return Embedder(encoder=encoder, combiner=build_combiner(component, str(v1["combine"]), len(v1["layers"])))
+    upgraded = Embedder(encoder=encoder, combiner=build_combiner(component, str(v1["combine"]), len(v1["layers"])))
+    # What `upgrade_cfg` needs besides the v1 model block, which is all that
+    # spaCy's replace_listeners hands the component's hook.
+    upgraded.attrs[V1_SETTINGS] = v1
+    return upgraded
+
+
+def upgrade_cfg(model_cfg: Dict[str, Any], v1: Dict[str, Any]) -> Dict[str, Any]:
+    """The v2 config of `upgrade`: a v1 model block, with the component's v1
+    settings (`V1_SETTINGS`, defaults resolved), as the Embedder.v2 block that
+    builds the same chain. What replace_listeners writes for a copy of a v1
+    embedder: the v1 block alone would build no model there."""
+    family, architecture = V1_ARCHITECTURES[model_cfg["@architectures"]]
+    # The v1 architecture's own defaults for what the block leaves out (v2's differ).
+    defaults = {name: p.default for name, p in inspect.signature(architecture).parameters.items()}
+    settings = {**defaults, **{k: v for k, v in model_cfg.items() if k != "@architectures"}}
+    layers = list(v1["layers"])
+    if family == "bert":
+        encoder = {"@architectures": "spacy-ctxembed.BertEncoder.v2", **settings, "layers": layers,
+                   "pooling": v1["pooling"], "trainable": False}
+    elif family == "elmo":
+        encoder = {"@architectures": "spacy-ctxembed.ElmoEncoder.v3", **settings, "layers": layers,
+                   "trainable": False}
+    else:
+        encoder = {"@architectures": "spacy-ctxembed.TrfEncoder.v2", "layers": layers, "pooling": v1["pooling"]}
+    combiner: Dict[str, Any] = {"@layers": {"mean": "spacy-ctxembed.MeanLayers.v1",
+                                            "concat": "spacy-ctxembed.ConcatLayers.v1",
+                                            "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}[v1["combine"]]}
+    if v1["combine"] == "scalar_mix":
+        combiner["n_layers"] = len(layers)
+    return {"@architectures": "spacy-ctxembed.Embedder.v2", "encoder": encoder, "combiner": combiner}

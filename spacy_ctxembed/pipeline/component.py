@@ -33,6 +33,7 @@ from ..errors import SettingError, bad_setting, check_bool, check_int, check_num
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
+from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
 from ..outputs import install_extensions, write_outputs
@@ -232,7 +233,8 @@ class ContextualEmbedder(TrainablePipe):
         name it has now (`rename_pipe`, `add_pipe(source=..., name=...)`)."""
         if "replace_listener_cfg" in self.model.attrs:
             self.model.attrs["replace_listener_cfg"] = partial(
-                replace_listener_cfg, encoder_lr_scale=self.cfg["encoder_lr_scale"], upstream=self.name)
+                replace_listener_cfg, encoder_lr_scale=self.cfg["encoder_lr_scale"], upstream=self.name,
+                v1_settings=self.model.attrs.get(V1_SETTINGS))
 
     def _size_listener(self, listener: ContextualListenerNode) -> None:
         encoder = self.encoder
