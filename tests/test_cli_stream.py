@@ -237,15 +237,20 @@ def test_failure_before_the_first_commit_leaves_nothing(tmp_path, corpus, pipeli
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt"]
 
 
-def test_a_partial_run_with_nothing_committed_is_discarded_by_the_next_run(tmp_path, corpus, pipeline, monkeypatch):
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]])
+def test_a_partial_run_with_nothing_committed_is_discarded_by_the_next_run(tmp_path, corpus, pipeline, monkeypatch,
+                                                                           flags):
+    """With any flag, and other settings (docs/cli.md's table): --resume refused it
+    as "started with other settings", though it held nothing to continue."""
     with monkeypatch.context() as patch:  # as if killed before the first commit: nothing cleans up
         patch.setattr(Run, "commit", lambda self, shard: (_ for _ in ()).throw(KeyboardInterrupt()))
         patch.setattr(Run, "abandon", lambda self: self._release())
         assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline).exit_code == 130
     assert (tmp_path / ".out.partial").is_dir()
-    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline)
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-f", "npy", *flags)
     assert result.exit_code == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "out"]
+    assert read_manifest(tmp_path / "out")["run"]["format"] == "npy"
 
 
 def test_interrupted_at_the_final_rename_resume_only_renames(tmp_path, corpus, pipeline, monkeypatch):

@@ -330,10 +330,13 @@ class Run:
             if resume:
                 run = cls(output, identity, resumed=True)
                 run._acquire()
-                run._check_identity(record, partial)
-                if not run.finished:
-                    run._recover()
-                return run
+                if _has_commits(partial):
+                    run._check_identity(record, partial)
+                    if not run.finished:
+                        run._recover()
+                    return run
+                # Nothing to continue: discarded as without --resume (whatever its settings were).
+                run._release()
             stale = cls(output, identity, resumed=False)
             stale._acquire()  # refuses if another run is writing it
             if not overwrite and _has_commits(partial):
