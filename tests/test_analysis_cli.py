@@ -315,6 +315,18 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         lines = error_lines(result.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (options, lines)
         assert "corpus [" not in result.stderr  # nothing was embedded
+    # A line longer than the pipeline's tokenizer takes: named up front, not as spaCy's E088 once reached.
+    long = tmp_path / "long.txt"
+    text = corpus.read_text(encoding="utf8")
+    long.write_text(text + "x" * 1_000_001 + "\n", encoding="utf8")
+    result = invoke("analyze", long, "-o", tmp_path / "out", "--model", model)
+    assert result.exit_code == 2, result.stderr
+    lines = error_lines(result.stderr)
+    number = len(text.splitlines()) + 1
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: CORPUS {long}: line {number} has 1,000,001 characters, more than the nlp.max_length (1,000,000) "
+        "of the pipeline "), lines
+    assert "corpus [" not in result.stderr
     result = invoke("analyze", tmp_path / "missing.txt", "-o", tmp_path / "out")
     assert result.exit_code == 2 and "CORPUS" in result.stderr and "no such file" in result.stderr
     assert not Path(tmp_path / "out").exists()  # nothing is written before the inputs are checked

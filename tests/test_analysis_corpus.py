@@ -145,3 +145,22 @@ def test_unreadable_docbin(tmp_path):
     (tmp_path / "x.spacy").write_bytes(b"nope")
     with pytest.raises(AnalysisInputError, match=r"CORPUS .*x\.spacy: not a readable \.spacy DocBin"):
         read_corpus(tmp_path / "x.spacy")
+
+
+def test_text_lines_longer_than_the_pipeline_takes_are_named(tmp_path):
+    """spaCy's E088 came once the line was reached, after the lines before it were
+    embedded, naming neither the file nor the line (`analyze` checks up front)."""
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"short one\n\n" + b"x" * 61 + b"\nshort two\n" + b"y " * 40 + b"\n")
+    corpus = read_corpus(path)
+    nlp = spacy.blank("en")
+    nlp.max_length = 60
+    with pytest.raises(AnalysisInputError, match=re.escape(
+            f"CORPUS {path}: line 3 has 61 characters, more than the nlp.max_length (60) of the pipeline p, "
+            "as does 1 more line; split them into shorter lines")):
+        corpus.check_line_lengths(nlp.max_length, "the pipeline p")
+    corpus.check_line_lengths(80, "the pipeline p")  # (the longest line has 80 characters)
+    # Made into docs as they are reached: with --max-words the lines past the limit are never checked.
+    assert [d.text for d in corpus.docs(nlp, max_words=1)] == ["short one"]
+    with pytest.raises(AnalysisInputError, match=r"line 3 has 61 characters.*of the pipeline; split it"):
+        list(corpus.docs(nlp, max_words=3))

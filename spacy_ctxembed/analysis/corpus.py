@@ -17,7 +17,7 @@ with different tokenizers can be compared on the same corpus.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union, cast
 
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
@@ -44,6 +44,28 @@ class Corpus:
     kind: str
     records: Union[List[str], List[_ConlluDoc], DocBin] = field(repr=False)
     n_docs: int
+    #: The file's line number of each text record (blank lines are not records).
+    line_numbers: List[int] = field(default_factory=list, repr=False)
+
+    def check_line_lengths(self, max_length: int, pipeline: str) -> None:
+        """Refuse, before anything is embedded, text lines longer than the
+        pipeline's tokenizer takes (its nlp.max_length): spaCy's own error
+        (E088) would come once the line is reached, naming neither the file
+        nor the line. (Docs made from words or a DocBin are not held to it.)"""
+        over = [(number, len(text)) for text, number in self._lines() if len(text) > max_length]
+        if over:
+            raise self._too_long(*over[0], max_length, pipeline, more=len(over) - 1)
+
+    def _lines(self) -> Iterator[Tuple[str, int]]:
+        """A text corpus's records with their line numbers (none for another kind)."""
+        return zip(cast(List[str], self.records), self.line_numbers) if self.kind == "text" else iter(())
+
+    def _too_long(self, number: int, chars: int, max_length: int, pipeline: str, more: int = 0
+                  ) -> AnalysisInputError:
+        others = "" if not more else ", as does 1 more line" if more == 1 else f", as do {more:,} more lines"
+        return AnalysisInputError(
+            f"CORPUS {self.path}: line {number} has {chars:,} characters, more than the nlp.max_length "
+            f"({max_length:,}) of {pipeline}{others}; split {'them' if more else 'it'} into shorter lines")
 
     def docs(self, nlp: Language, max_words: Optional[int] = None) -> Iterator[Doc]:
         """The corpus as docs for `nlp` (tokenized, not yet processed), in file order.
@@ -52,8 +74,11 @@ class Corpus:
             crosses the limit is given whole); None for all.
         """
         n_words = 0
-        for doc in self._all_docs(nlp):
-            if max_words is not None and n_words >= max_words:
+        docs = self._all_docs(nlp)
+        # The limit is checked before the next doc is made: a line past it is never tokenized.
+        while max_words is None or n_words < max_words:
+            doc = next(docs, None)
+            if doc is None:
                 return
             n_words += len(doc)
             yield doc
@@ -63,12 +88,14 @@ class Corpus:
             for doc in self.records.get_docs(nlp.vocab):
                 if len(doc):
                     yield doc
+        elif self.kind == "text":
+            for text, number in self._lines():
+                if len(text) > nlp.max_length:  # (reached with --max-words, which is checked as it goes)
+                    raise self._too_long(number, len(text), nlp.max_length, "the pipeline")
+                yield nlp.make_doc(text)
         else:
-            for record in self.records:
-                if isinstance(record, str):
-                    yield nlp.make_doc(record)
-                else:
-                    yield Doc(nlp.vocab, words=record.words, spaces=record.spaces, sent_starts=record.sent_starts)
+            for record in cast(List[_ConlluDoc], self.records):
+                yield Doc(nlp.vocab, words=record.words, spaces=record.spaces, sent_starts=record.sent_starts)
 
 
 def read_corpus(path: Union[str, Path]) -> Corpus:
@@ -89,6 +116,7 @@ def read_corpus(path: Union[str, Path]) -> Corpus:
             f"CORPUS {path}: a {kind} file (by its suffix {path.suffix}), whose lines would be analysed "
             "as text; analyze reads a text file (one doc per line), a .spacy DocBin or a .conllu file")
     records: Union[List[str], List[_ConlluDoc], DocBin]
+    line_numbers: List[int] = []
     if kind == "docbin":
         records = _read_docbin(path)
         n_docs = sum(1 for doc in records.get_docs(Vocab()) if len(doc))
@@ -96,15 +124,16 @@ def read_corpus(path: Union[str, Path]) -> Corpus:
         records = _read_conllu(path)
         n_docs = len(records)
     else:
-        records = _read_text(path)
+        records, line_numbers = _read_text(path)
         n_docs = len(records)
     if n_docs == 0:
         raise AnalysisInputError(f"CORPUS {path}: no docs with text in this {kind} file")
-    return Corpus(path, kind, records, n_docs)
+    return Corpus(path, kind, records, n_docs, line_numbers)
 
 
-def _read_text(path: Path) -> List[str]:
-    lines = []
+def _read_text(path: Path) -> Tuple[List[str], List[int]]:
+    """The lines with text, and their line numbers in the file."""
+    lines, numbers = [], []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             start, end = line_bounds(raw, first=number == 1)
@@ -115,7 +144,8 @@ def _read_text(path: Path) -> List[str]:
                                          f"(byte {start + e.start})") from None
             if line.strip():
                 lines.append(line)
-    return lines
+                numbers.append(number)
+    return lines, numbers
 
 
 def _read_docbin(path: Path) -> DocBin:

@@ -179,6 +179,9 @@ def analyze(
     started = time.perf_counter()
     with torch_threads(settings.threads):
         plans = [_plan(source, settings) for source in sources]
+        if settings.max_words is None:  # (else only the lines reached count: checked as they are)
+            for source, plan in zip(sources, plans):
+                corpus.check_line_lengths(plan.max_length, f"the pipeline {source.label}")
         pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan,
                                       input_notes=input_notes)
                      for source, plan in zip(sources, plans)]
@@ -254,6 +257,7 @@ class _Plan:
     python_block: dict  # the same with its variables filled in
     edits: List[Edit]  # what makes it store every layer
     notes: List[str]
+    max_length: int  # its nlp.max_length: the longest text line its tokenizer takes
 
 
 def _plan(source: PipelineSource, settings: AnalysisSettings) -> _Plan:
@@ -281,7 +285,7 @@ def _plan(source: PipelineSource, settings: AnalysisSettings) -> _Plan:
         explore_layers=_explore_layers(settings.explore_layers, name, n_layers, source.label), modes=modes,
         block=copy.deepcopy(dict(as_configured.config["components"][name])),
         python_block=copy.deepcopy(dict(as_configured.config.interpolate()["components"][name])),
-        edits=edits, notes=notes,
+        edits=edits, notes=notes, max_length=as_configured.max_length,
     )
 
 
