@@ -889,6 +889,8 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
     never embedded by this component, which the caller must not pass off as
     "no vector". Stored tokens whose text is not the doc's text where they are
     placed are left out (`_placed_here`)."""
+    if len(parts) == 1:
+        parts = [_within(parts[0], text_length(doc))]
     old_starts, old_ends = _placed_spans(parts)
     has_layers = all(p.get("layers") is not None for _, p in parts)
     arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
@@ -913,6 +915,30 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
         moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
         result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
     return result, (uncovered if uncovered.any() else None)
+
+
+def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
+    """A lone part less its stored tokens that lie wholly off characters
+    [0, n_chars) of the doc: a cut's store is its whole source's (its
+    placement in the source, or `copy_user_data=True`), and work that scaled
+    with the source made a loop over a long doc's sentences quadratic.
+
+    Only for a lone part: those tokens give the doc no row (they overlap none
+    of its tokens), and what is read of them is whether they are in place,
+    which matters only beside other parts (`_own_regions`). A doc's tokens
+    are sorted and do not overlap, so both ends are found by bisection."""
+    origin, output = part
+    starts, ends = numpy.asarray(output["starts"]), numpy.asarray(output["ends"])
+    low = int(numpy.searchsorted(ends, -origin, side="right"))  # the first with ends + origin > 0
+    high = int(numpy.searchsorted(starts, n_chars - origin, side="left"))  # past the last with start < n_chars
+    if low == 0 and high == len(starts):
+        return part
+    kept = {**output, "starts": starts[low:high], "ends": ends[low:high], "vectors": output["vectors"][low:high]}
+    if output.get("orths") is not None:
+        kept["orths"] = numpy.asarray(output["orths"])[low:high]
+    if output.get("layers") is not None:
+        kept["layers"] = output["layers"][:, low:high]
+    return origin, kept
 
 
 def _same_orths(output: Dict[str, Any], doc: Doc) -> bool:

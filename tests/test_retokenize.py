@@ -188,6 +188,27 @@ def test_a_plain_cut_is_placed_in_its_source_once_not_per_token(nlp, monkeypatch
     assert len(searches) == 2
 
 
+@pytest.mark.parametrize("copy_user_data", [False, True])
+def test_a_cut_aligns_only_the_stored_tokens_on_its_characters(nlp, monkeypatch, copy_user_data):
+    """A cut's store is its whole source's: aligning all of it for each cut made a
+    loop over a long doc's sentences quadratic in our reads. Only the stored
+    tokens that reach onto the cut's characters are aligned, and the rows are the rule's."""
+    from spacy_ctxembed import outputs
+
+    doc = nlp(" ".join([TEXT, "The dog barked at the mailman twice.", "She ran significance tests on the data.",
+                        "We sat on the river bank after lunch."]))
+    before = _by_offsets(doc, "emb")
+    span = doc[22:28]
+    sub = span.as_doc(copy_user_data=copy_user_data)
+    with sub.retokenize() as retokenizer:  # (a merge: the stored tokens are aligned, not taken as they are)
+        retokenizer.merge(sub[1:3])
+    aligned = []
+    align = outputs.align_pieces
+    monkeypatch.setattr(outputs, "align_pieces", lambda s, *a: aligned.append(len(s)) or align(s, *a))
+    _check(sub, before, "emb", shift=span.start_char)
+    assert aligned and max(aligned) <= len(span) < len(doc)
+
+
 def test_a_cut_whose_edge_a_split_put_inside_a_token_keeps_its_row(nlp):
     """A cut (`as_doc`) after a split, its edge inside the stored token ("start|up",
     cut after "start" or from "up"): the stored token lay across the cut's edge
