@@ -162,5 +162,18 @@ def test_text_lines_longer_than_the_pipeline_takes_are_named(tmp_path):
     corpus.check_line_lengths(80, "the pipeline p")  # (the longest line has 80 characters)
     # Made into docs as they are reached: with --max-words the lines past the limit are never checked.
     assert [d.text for d in corpus.docs(nlp, max_words=1)] == ["short one"]
-    with pytest.raises(AnalysisInputError, match=r"line 3 has 61 characters.*of the pipeline; split it"):
-        list(corpus.docs(nlp, max_words=3))
+    with pytest.raises(AnalysisInputError, match=r"line 3 has 61 characters.*of the pipeline p; split it"):
+        list(corpus.docs(nlp, max_words=3, pipeline="the pipeline p"))
+
+
+def test_a_corpus_made_from_a_list_of_texts_numbers_them():
+    """`Corpus` is public: made from texts without line numbers it gave no docs."""
+    from pathlib import Path
+
+    from spacy_ctxembed.analysis.corpus import Corpus
+
+    corpus = Corpus(Path("x.txt"), "text", ["A line.", "x" * 70, "Another one."], 3)
+    nlp = spacy.blank("en")
+    assert [d.text for d in corpus.docs(nlp)][::2] == ["A line.", "Another one."]
+    with pytest.raises(AnalysisInputError, match=r"x.txt: line 2 has 70 characters"):
+        corpus.check_line_lengths(60, "the pipeline p")

@@ -209,7 +209,9 @@ def test_no_output_and_no_known_width_is_an_error():
     """With no transformer output in the batch and the width never learned, the
     vectors would be 0 wide: an error, not (n, 0) vectors."""
     from spacy_transformers.data_classes import TransformerData
+    from spacy_transformers.pipeline_component import install_extensions
 
+    install_extensions()  # (a transformer component would; this test, run alone, makes none)
     nlp = spacy.blank("en")
     component = nlp.add_pipe("ctxembed_from_trf")
     doc = nlp.make_doc("no spans here")
@@ -229,13 +231,27 @@ def test_added_to_a_loaded_transformer_without_initialize(tiny_bert_dir, tmp_pat
     assert loaded(TEXT)._.ctx_vectors.shape == (len(loaded.make_doc(TEXT)), 32)
     empty = loaded("")
     assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)
-    # Saved and loaded again, it knows the width it learned before any doc comes:
-    # an empty first doc got (0, 0) vectors.
+
+
+@pytest.mark.parametrize("combiner, width", [("MeanLayers", 32), ("ConcatLayers", 64), ("ScalarMix", 32)])
+def test_added_without_initialize_keeps_the_width_it_learned_when_saved(tiny_bert_dir, tmp_path, combiner, width):
+    """Saved and loaded again, it knows the width it learned before any doc comes:
+    an empty first doc got (0, 0) vectors (a ScalarMix, with weights, too)."""
+    nlp = _with_transformer(tiny_bert_dir, hidden_states=True)
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "trf")
+    loaded = spacy.load(tmp_path / "trf")
+    loaded.add_pipe("ctxembed_from_trf", config={"model": {
+        "@architectures": "spacy-ctxembed.Embedder.v2",
+        "encoder": {"@architectures": "spacy-ctxembed.TrfEncoder.v2", "layers": [-2, -1]},
+        "combiner": {"@layers": f"spacy-ctxembed.{combiner}.v1"}}})
+    expected = loaded(TEXT)._.ctx_vectors
+    assert expected.shape == (len(loaded.make_doc(TEXT)), width)
     loaded.to_disk(tmp_path / "both")
     again = spacy.load(tmp_path / "both")
     empty = again("")
-    assert empty._.ctx_vectors.shape == (0, 32) and empty.tensor.shape == (0, 32)
-    numpy.testing.assert_array_equal(again(TEXT)._.ctx_vectors, loaded(TEXT)._.ctx_vectors)
+    assert empty._.ctx_vectors.shape == (0, width) and empty.tensor.shape == (0, width)
+    numpy.testing.assert_array_equal(again(TEXT)._.ctx_vectors, expected)
 
 
 def test_from_trf_layers_edited_in_a_saved_pipeline_are_refused(tiny_bert_dir, tmp_path):

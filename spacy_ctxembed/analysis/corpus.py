@@ -44,7 +44,8 @@ class Corpus:
     kind: str
     records: Union[List[str], List[_ConlluDoc], DocBin] = field(repr=False)
     n_docs: int
-    #: The file's line number of each text record (blank lines are not records).
+    #: The file's line number of each text record (blank lines are not records);
+    #: empty: numbered 1, 2, ... (a corpus made from a list of texts).
     line_numbers: List[int] = field(default_factory=list, repr=False)
 
     def check_line_lengths(self, max_length: int, pipeline: str) -> None:
@@ -58,7 +59,10 @@ class Corpus:
 
     def _lines(self) -> Iterator[Tuple[str, int]]:
         """A text corpus's records with their line numbers (none for another kind)."""
-        return zip(cast(List[str], self.records), self.line_numbers) if self.kind == "text" else iter(())
+        if self.kind != "text":
+            return iter(())
+        records = cast(List[str], self.records)
+        return zip(records, self.line_numbers or range(1, len(records) + 1))
 
     def _too_long(self, number: int, chars: int, max_length: int, pipeline: str, more: int = 0
                   ) -> AnalysisInputError:
@@ -67,14 +71,16 @@ class Corpus:
             f"CORPUS {self.path}: line {number} has {chars:,} characters, more than the nlp.max_length "
             f"({max_length:,}) of {pipeline}{others}; split {'them' if more else 'it'} into shorter lines")
 
-    def docs(self, nlp: Language, max_words: Optional[int] = None) -> Iterator[Doc]:
+    def docs(self, nlp: Language, max_words: Optional[int] = None, *, pipeline: str = "the pipeline"
+             ) -> Iterator[Doc]:
         """The corpus as docs for `nlp` (tokenized, not yet processed), in file order.
 
         max_words: stop once this many tokens have been given (the doc that
             crosses the limit is given whole); None for all.
+        pipeline: how errors name `nlp` ("the pipeline en_core_web_sm").
         """
         n_words = 0
-        docs = self._all_docs(nlp)
+        docs = self._all_docs(nlp, pipeline)
         # The limit is checked before the next doc is made: a line past it is never tokenized.
         while max_words is None or n_words < max_words:
             doc = next(docs, None)
@@ -83,7 +89,7 @@ class Corpus:
             n_words += len(doc)
             yield doc
 
-    def _all_docs(self, nlp: Language) -> Iterator[Doc]:
+    def _all_docs(self, nlp: Language, pipeline: str) -> Iterator[Doc]:
         if isinstance(self.records, DocBin):
             for doc in self.records.get_docs(nlp.vocab):
                 if len(doc):
@@ -91,7 +97,7 @@ class Corpus:
         elif self.kind == "text":
             for text, number in self._lines():
                 if len(text) > nlp.max_length:  # (reached with --max-words, which is checked as it goes)
-                    raise self._too_long(number, len(text), nlp.max_length, "the pipeline")
+                    raise self._too_long(number, len(text), nlp.max_length, pipeline)
                 yield nlp.make_doc(text)
         else:
             for record in cast(List[_ConlluDoc], self.records):

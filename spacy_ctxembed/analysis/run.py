@@ -321,7 +321,8 @@ def analyze_pipeline(
     started = time.perf_counter()
     plan = plan if plan is not None else _plan(source, settings)
     nlp = source.load(plan.edits, new_combiner=plan.name, component=plan.name)
-    corpus_layers = embed_corpus(nlp, plan.name, corpus.docs(nlp, settings.max_words), plan.layer_ids,
+    docs = corpus.docs(nlp, settings.max_words, pipeline=f"the pipeline {source.label}")
+    corpus_layers = embed_corpus(nlp, plan.name, docs, plan.layer_ids,
                                  batch_size=settings.batch_size, desc=f"corpus [{plan.name}]",
                                  total=None if settings.max_words is not None else corpus.n_docs)
     entry: dict = {

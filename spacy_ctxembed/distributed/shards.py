@@ -76,8 +76,13 @@ def build_table(
                          "values than a Parquet list can hold (2**31); lower the shard size (--shard-size)")
     flat = numpy.concatenate([v.reshape(-1) for v in vectors]) if len(vectors) else numpy.zeros(0)
     if dtype == "float16":
-        _check_float16_range(doc_ids, counts * width, flat)
-    flat = flat.astype(numpy.float16 if dtype == "float16" else numpy.float32, copy=False)
+        with numpy.errstate(over="ignore"):
+            half = flat.astype(numpy.float16)
+        if numpy.isinf(half).any():  # (one pass over the shard; which doc and value, only then)
+            _check_float16_range(doc_ids, counts * width, flat, half)
+        flat = half
+    else:
+        flat = flat.astype(numpy.float32, copy=False)
     inner = pa.ListArray.from_arrays(
         pa.array(numpy.arange(0, total * width + 1, max(width, 1), dtype=numpy.int32)[: total + 1]),
         pa.array(flat),
@@ -94,12 +99,13 @@ def build_table(
     return pa.Table.from_arrays(columns, schema=schema(dtype))
 
 
-def _check_float16_range(doc_ids: Sequence[int], sizes: numpy.ndarray, flat: numpy.ndarray) -> None:
-    """Refuse vectors that float16 would store as inf (|x| >= 65520, where
-    rounding to the nearest float16 overflows): a model with large activations
-    must not lose them without a word."""
-    with numpy.errstate(over="ignore"):
-        overflow = numpy.isinf(flat.astype(numpy.float16)) & numpy.isfinite(flat)
+def _check_float16_range(doc_ids: Sequence[int], sizes: numpy.ndarray, flat: numpy.ndarray,
+                         half: numpy.ndarray) -> None:
+    """Refuse vectors that float16 (`half`, `flat` converted) would store as inf
+    (|x| >= 65520, where rounding to the nearest float16 overflows): a model
+    with large activations must not lose them without a word. (An inf in
+    `flat` stays inf, as in float32.)"""
+    overflow = numpy.isinf(half) & numpy.isfinite(flat)
     if overflow.any():
         first = int(numpy.flatnonzero(overflow)[0])
         doc = int(numpy.searchsorted(numpy.cumsum(sizes), first, side="right"))

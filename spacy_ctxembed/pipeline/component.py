@@ -707,12 +707,9 @@ class ContextualEmbedder(TrainablePipe):
         without initialize learns its width from its first output, and the
         combiner saved alone by to_disk is where a load reads it back from
         (`_after_loading`; without it an empty first doc got (0, 0) vectors).
-        A combiner with weights was initialized with its width, so only a
-        weightless one is initialized here, which sets nothing but its dims."""
-        if self.combiner.has_dim("nI") is not True and self.encoder.has_dim("nO") is True \
-                and not self.combiner.param_names:
-            self.combiner.set_dim("nI", self.encoder.get_dim("nO"))
-            self.combiner.initialize()
+        Its dims only: a ScalarMix keeps the weights it has."""
+        if self.combiner.has_dim("nI") is not True and self.encoder.has_dim("nO") is True:
+            pass_dims(self.model)
 
     @_loads
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
