@@ -56,6 +56,7 @@ from spacy.tokens import Doc, Span, Token, _retokenize
 from thinc.api import get_array_module
 
 from .alignment import align_pieces, text_length, token_char_spans
+from .forksafe import ProcessLocal
 
 STORE = "ctxembed"
 #: The user-hooks entry that points to the store of the doc the hooks were set on.
@@ -680,9 +681,10 @@ class _View:
 
 
 # Memo of aligned views, so token-by-token hooks after a retokenization
-# realign once, not once per token. Weak: it never keeps a doc alive.
-_VIEWS: "weakref.WeakKeyDictionary[Doc, Tuple[List[Any], _View]]" = weakref.WeakKeyDictionary()
-_VIEWS_LOCK = threading.Lock()
+# realign once, not once per token. Weak: it never keeps a doc alive. Its
+# lock and memo are per process (a forked child inherits the lock as it was).
+_Memo = Tuple[threading.Lock, "weakref.WeakKeyDictionary[Doc, Tuple[List[Any], _View]]"]
+_VIEWS: ProcessLocal[_Memo] = ProcessLocal(lambda: (threading.Lock(), weakref.WeakKeyDictionary()))
 
 
 def _primary_vectors(doc: Doc, start: int, end: Optional[int] = None):
@@ -713,8 +715,9 @@ def _unread_cut_error(doc: Doc) -> MissingOutputs:
 
 def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View]:
     end = len(doc) if end is None else end
-    with _VIEWS_LOCK:
-        memo = _VIEWS.get(doc)
+    lock, memos = _VIEWS.get()
+    with lock:
+        memo = memos.get(doc)
     # The common case, a doc with its one whole-doc store: found by key, where
     # the view was made from that store alone (`_stores` scans all of the user
     # data, once per token hook if done here: other extensions' values are there too).
@@ -744,8 +747,8 @@ def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View
     ):
         return memo[1]
     view = _align(doc, stores)
-    with _VIEWS_LOCK:
-        _VIEWS[doc] = (identity, view)
+    with lock:
+        memos[doc] = (identity, view)
     return view
 
 

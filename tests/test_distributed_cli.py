@@ -203,3 +203,32 @@ def test_gpus_per_actor_without_a_gpu_is_refused_not_left_waiting(tmp_path, tiny
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --gpus-per-actor 1: the local Ray found 0 GPUs, and its actors would wait for one forever; use "
         "0 (CPU), or --address of a cluster with GPUs")
+
+
+@pytest.mark.parametrize("missing", ["pyarrow", "ray"])
+def test_a_missing_ray_extra_is_named_before_ray_starts(tmp_path, monkeypatch, missing):
+    """Without pyarrow, embed_corpus (and embed --ray) started a local Ray and then
+    failed; read_docs and docs_from_table gave a bare ModuleNotFoundError."""
+    import sys
+
+    from spacy_ctxembed.distributed import MissingExtra, docs_from_table, embed_corpus
+
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    extra = "pip install 'spacy-ctxembed[ray]'"
+    with monkeypatch.context() as patch:
+        for module in (missing, f"{missing}.data", f"{missing}.parquet"):
+            patch.setitem(sys.modules, module, None)  # (import fails)
+        with pytest.raises(MissingExtra, match=rf"^embed_corpus needs {missing}, which is not installed \(.*\): "
+                                               rf"{extra.replace('[', '.').replace(']', '.')}$"):
+            embed_corpus(str(path), tmp_path / "out")
+        result = CliRunner().invoke(app, ["embed", str(path), "-o", str(tmp_path / "out2"), "--ray"])
+        assert result.exit_code == 2, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last == f"error: --ray needs {missing}, which is not installed: {extra}"
+        if missing == "pyarrow":
+            with pytest.raises(MissingExtra, match="^read_docs needs pyarrow"):
+                next(read_docs(tmp_path, spacy.blank("en").vocab))
+            with pytest.raises(MissingExtra, match="^docs_from_table needs pyarrow"):
+                next(docs_from_table(None, spacy.blank("en").vocab))
+    assert not _ray_started() and not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()

@@ -360,7 +360,8 @@ def test_second_line_of_defence(tiny_bert_dir, monkeypatch, info, expected):
 
 
 def test_load_lock_is_module_level():
-    assert isinstance(hf_loading._LOAD_LOCK, type(threading.Lock()))
+    assert isinstance(hf_loading._LOAD_LOCK.get(), type(threading.Lock()))
+    assert hf_loading._LOAD_LOCK.get() is hf_loading._LOAD_LOCK.get()
 
 
 def test_resolve_model_dir_names_component(tmp_path):

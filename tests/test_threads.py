@@ -71,6 +71,8 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
 
 _FORK_WITH_A_HELD_LOCK = """
 import os, sys, threading, time, numpy, spacy
+from spacy_ctxembed import outputs
+from spacy_ctxembed.models import hf_loading
 nlp = spacy.blank("en")
 nlp.add_pipe("ctxembed_bert", config={{"cache_mb": 8, "model": {{"encoder": {{"name": sys.argv[1]}}}}}})
 nlp.initialize()
@@ -119,6 +121,9 @@ print(os.read(r, 10000).decode())
     # another thread changing the weights; the child predicts, or loads, first
     ("component._gate.loading()", "pass", "[ctxembed_bert] this process was forked while another thread"),
     ("component._gate.loading()", "component.to_bytes()", "[ctxembed_bert] this process was forked while"),
+    # module-level locks: another thread reading a vector (the views' memo), or loading a model
+    ("outputs._VIEWS.get()[0]", "pass", "same"),
+    ("hf_loading._LOAD_LOCK.get()", "component.from_bytes(data)", "same"),
 ])
 def test_a_fork_while_a_lock_is_held_neither_hangs_nor_runs_half_changed_weights(tiny_bert_dir, held, first_call,
                                                                                   expected):
@@ -341,3 +346,31 @@ def test_a_prediction_reads_one_set_of_weights_while_another_thread_trains(tiny_
     else:
         assert not numpy.allclose(result["in_block"], before, atol=1e-4)
         numpy.testing.assert_array_equal(after, before)
+
+
+def test_a_training_step_cut_short_still_says_the_weights_moved(tiny_bert_dir):
+    """Ctrl-C in the optimizer after some parameters were stepped: the feature cache
+    kept serving the old weights' layers, and outputs kept the old signature."""
+    from spacy_ctxembed.pipeline.feature_cache import FeatureCache
+
+    nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    component.cache = FeatureCache(8 * 2**20)  # (as cache_mb = 8 gives)
+    text = "The committee met in Reykjavik yesterday ."
+    before, signature = nlp(text)._.ctx_vectors.copy(), component._current_signature()
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return optimizer(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        component.finish_update(interrupted)
+    served = nlp(text)._.ctx_vectors
+    component.cache.clear()
+    recomputed = nlp(text)._.ctx_vectors
+    assert not numpy.allclose(recomputed, before, atol=1e-6)  # (the premise: two parameters were stepped)
+    numpy.testing.assert_array_equal(served, recomputed)
+    assert component._current_signature() != signature

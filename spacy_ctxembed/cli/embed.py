@@ -216,6 +216,9 @@ _RUN_OPTIONS = {"inputs": "INPUT", "text_key": "--text-key", "shard_size": "--sh
 
 
 def _needs_ray(exc: ImportError) -> UsageError:
+    package = getattr(exc, "package", None)  # (`MissingExtra`: its message names the library call)
+    if package is not None:
+        return UsageError(f"--ray needs {package}, which is not installed: pip install 'spacy-ctxembed[ray]'")
     return UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({exc})")
 
 

@@ -34,6 +34,7 @@ from ..fileio import fsync_dir, model_identity, write_atomic, write_json
 from ..pipeline.build import check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
+from .extra import require_ray_extra
 from .shards import DTYPES, MANIFEST, SHARDS, Float16Overflow, check_complete, committed, read_json
 from .sources import InputError, Shard, input_files, plan_shards
 
@@ -111,6 +112,7 @@ def embed_corpus(
     Returns the manifest: the run's identity and totals (docs, rejected), with
     ``already_complete: True`` when `out_dir` held this run complete already.
     """
+    require_ray_extra("embed_corpus")
     _check_settings(shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor, dtype)
     if model is not None and config is not None:
         raise ValueError("give either a model or a config, not both")

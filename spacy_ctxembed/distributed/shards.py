@@ -25,6 +25,7 @@ from spacy.vocab import Vocab
 
 from ..fileio import atomic_path
 from ..outputs import install_extensions, write_outputs
+from .extra import require_ray_extra
 from .sources import Rejected, Shard
 
 MANIFEST = "manifest.json"  # OUTDIR's files (run.py writes them)
@@ -204,6 +205,7 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed") -> Iterato
     `doc.user_data["doc_id"]` the row's doc id. A row whose tokens do not
     rebuild its text raises ValueError.
     """
+    require_ray_extra("docs_from_table", ("pyarrow",))
     import pyarrow as pa
 
     install_extensions()
@@ -239,6 +241,7 @@ def _vector_rows(column) -> Tuple[numpy.ndarray, numpy.ndarray]:
 def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Doc]:
     """Every embedded doc of a finished `embed --ray` run in `out_dir`, in doc-id order
     (see `docs_from_table`), reading `batch_rows` rows at a time."""
+    require_ray_extra("read_docs", ("pyarrow.parquet",))
     import pyarrow.parquet as pq
 
     out_dir = Path(out_dir)

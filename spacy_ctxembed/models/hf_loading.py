@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import SettingError, bad_setting
+from ..forksafe import ProcessLocal
 
 WEIGHTS_FILE = "model.safetensors"
 #: A `max_shard_size` no model reaches: the weights in a single WEIGHTS_FILE.
@@ -51,8 +52,9 @@ logger = logging.getLogger(__name__)
 # parameters on the meta device ("Cannot copy out of meta tensor", or models
 # with empty weights). Every model construction in this module therefore
 # happens under this lock. (It cannot protect against other libraries calling
-# from_pretrained in the same process at the same time.)
-_LOAD_LOCK = threading.Lock()
+# from_pretrained in the same process at the same time.) One per process: a
+# forked child inherits the lock as it was, held if a thread of its parent was loading.
+_LOAD_LOCK: ProcessLocal[threading.Lock] = ProcessLocal(threading.Lock)
 
 # At most this many offending tensors are named in an error message.
 _MAX_LISTED = 5
@@ -159,7 +161,7 @@ def load_encoder(directory: Path, *, component: str, setting: str = "name") -> H
     tokenizer = _load_tokenizer(where)
     weights = _weights_file(where)
     file_shapes = _read_header(weights, where)
-    with _LOAD_LOCK:
+    with _LOAD_LOCK.get():
         plan = _plan_load(config, file_shapes, where)
         module = _from_pretrained(config, plan, where)
     _check_loaded(module, where)

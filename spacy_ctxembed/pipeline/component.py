@@ -617,11 +617,15 @@ class ContextualEmbedder(TrainablePipe):
                 # optimizer takes a per-call `lr_scale`, so one optimizer (and one
                 # schedule) serves both.
                 scale = self.cfg["encoder_lr_scale"]
-                self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
-                self._weights_moved()
+                try:
+                    self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
+                finally:  # (a step cut short, by Ctrl-C or an error, may have moved some weights already)
+                    self._weights_moved()
             if "combiner" in to_step:
-                self.combiner.finish_update(sgd)
-                self._generation += 1
+                try:
+                    self.combiner.finish_update(sgd)
+                finally:
+                    self._generation += 1
 
     def _weights_moved(self) -> None:
         """The encoder's weights changed: cached layers are of another model now,
@@ -652,10 +656,12 @@ class ContextualEmbedder(TrainablePipe):
         # Swapped in and back alone, as a training step is (`finish_update`);
         # predictions in the block read the averages, in any thread.
         with self._gate.loading():
-            swap.__enter__()
-            if swapped:
-                self._weights_moved()
-            self._generation += 1  # (the combiner's averages count too)
+            try:
+                swap.__enter__()
+            finally:  # (a swap cut short may have put some of the averages in already)
+                if swapped:
+                    self._weights_moved()
+                self._generation += 1  # (the combiner's averages count too)
         try:
             yield
         finally:
@@ -663,10 +669,12 @@ class ContextualEmbedder(TrainablePipe):
                 # Ended as a plain exit whatever ended the block: thinc's own
                 # `use_params` puts a node's parameters back (the combiner's
                 # trained mix) on a plain exit only, not on an exception.
-                swap.__exit__(None, None, None)
-                if swapped:
-                    self._weights_moved()
-                self._generation += 1
+                try:
+                    swap.__exit__(None, None, None)
+                finally:
+                    if swapped:
+                        self._weights_moved()
+                    self._generation += 1
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and

@@ -1,0 +1,29 @@
+"""The `[ray]` extra: checked where the library is called, before anything starts.
+
+Ray and pyarrow are imported only when a run starts or its output is read,
+so a missing one would otherwise surface as a bare ModuleNotFoundError, and
+a missing pyarrow only after a local Ray had started.
+"""
+import importlib
+from typing import Sequence
+
+RAY_EXTRA = "pip install 'spacy-ctxembed[ray]'"
+
+
+class MissingExtra(ImportError):
+    """A package of the `[ray]` extra is not installed (`package`: which)."""
+
+    def __init__(self, message: str, package: str) -> None:
+        super().__init__(message)
+        self.package = package
+
+
+def require_ray_extra(caller: str, modules: Sequence[str] = ("ray.data", "pyarrow.parquet")) -> None:
+    """Raise `MissingExtra` naming the extra if one of `modules` cannot be imported."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            package = module.split(".")[0]
+            raise MissingExtra(f"{caller} needs {package}, which is not installed ({e}): {RAY_EXTRA}",
+                               package) from None
