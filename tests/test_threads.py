@@ -374,3 +374,43 @@ def test_a_training_step_cut_short_still_says_the_weights_moved(tiny_bert_dir):
     assert not numpy.allclose(recomputed, before, atol=1e-6)  # (the premise: two parameters were stepped)
     numpy.testing.assert_array_equal(served, recomputed)
     assert component._current_signature() != signature
+
+
+def test_a_pickle_taken_during_a_training_step_waits_for_it(tiny_bert_dir, monkeypatch):
+    """Pickling did not wait for a step (or load) in another thread: the copy had
+    the stepped weights under the old signature for good (or, during loads, parts
+    of two models). It waits, as to_bytes does: weights and signature agree."""
+    import pickle
+
+    from spacy_ctxembed.pipeline.signature import output_signature
+
+    nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    text = "The committee met in Reykjavik yesterday ."
+    before = nlp(text)._.ctx_vectors.copy()
+    inside, go = threading.Event(), threading.Event()
+    moved = type(component)._weights_moved
+
+    def paused(self):  # (the step has written the weights; its bookkeeping waits)
+        inside.set()
+        go.wait(60)
+        moved(self)
+
+    monkeypatch.setattr(type(component), "_weights_moved", paused)  # (on the class: an instance's is pickled)
+    step = threading.Thread(target=component.finish_update, args=(optimizer,))
+    step.start()
+    assert inside.wait(60)
+    pickled = []
+    pickling = threading.Thread(target=lambda: pickled.append(pickle.dumps(nlp)))
+    pickling.start()
+    pickling.join(1.0)
+    waited = pickling.is_alive()  # (it waits for the step's gate, however long the step takes)
+    go.set()
+    step.join()
+    pickling.join()
+    after = nlp(text)._.ctx_vectors
+    assert waited and not numpy.allclose(before, after, atol=1e-4)
+    copy = pickle.loads(pickled[0])
+    copied = copy.get_pipe("ctxembed_bert")
+    numpy.testing.assert_allclose(copy(text)._.ctx_vectors, after, atol=1e-6)
+    assert copied._current_signature() == component._current_signature() == output_signature(copied.model)

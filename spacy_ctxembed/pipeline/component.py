@@ -11,9 +11,11 @@ the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
 import os
+import pickle
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
@@ -172,8 +174,14 @@ class ContextualEmbedder(TrainablePipe):
         # where processes are spawned). TrainablePipe's reducer, made by
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
-        state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
-                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None}
+        # Taken under the gate, as to_bytes is: no load or training step runs
+        # meanwhile, so the copy has one model's weights with their signature
+        # and load state. So the model is pickled here: the caller's pickler
+        # would write its weights after this returns, outside the gate.
+        with self._gate.predicting():
+            state = {**self.__dict__, "vocab": self.vocab, "cfg": self.cfg, "name": self.name,
+                     "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None,
+                     "model": _PickledModel(pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL))}
         return _unpickled_component, (type(self), state)
 
     @property
@@ -864,7 +872,16 @@ def _upstream_width(encoder: Model, nlp: Language) -> None:
             return
 
 
+@dataclass(frozen=True)
+class _PickledModel:
+    """A component's model as pickled under its load gate (`__reduce__`)."""
+
+    data: bytes
+
+
 def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any]) -> "ContextualEmbedder":
+    if isinstance(state.get("model"), _PickledModel):  # (pickles of earlier versions hold the model itself)
+        state = {**state, "model": pickle.loads(state["model"].data)}
     component = cls.__new__(cls)
     for key, value in state.items():
         setattr(component, key, value)
