@@ -18,12 +18,13 @@ class MissingExtra(ImportError):
         self.package = package
 
 
-def require_ray_extra(caller: str, modules: Sequence[str] = ("ray.data", "pyarrow.parquet")) -> None:
-    """Raise `MissingExtra` naming the extra if one of `modules` cannot be imported."""
+def require_ray_extra(caller: str, modules: Sequence[str] = ("pyarrow.parquet", "ray.data")) -> None:
+    """Raise `MissingExtra` naming the extra, and the package that is missing, if
+    one of `modules` cannot be imported. (pyarrow first: Ray Data needs it.)"""
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            package = module.split(".")[0]
+            package = (getattr(e, "name", None) or module).split(".")[0]  # (ray.data without pyarrow: pyarrow)
             raise MissingExtra(f"{caller} needs {package}, which is not installed ({e}): {RAY_EXTRA}",
                                package) from None

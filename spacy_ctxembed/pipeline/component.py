@@ -11,11 +11,9 @@ the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
 import os
-import pickle
 import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
@@ -174,14 +172,8 @@ class ContextualEmbedder(TrainablePipe):
         # where processes are spawned). TrainablePipe's reducer, made by
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
-        # Taken under the gate, as to_bytes is: no load or training step runs
-        # meanwhile, so the copy has one model's weights with their signature
-        # and load state. So the model is pickled here: the caller's pickler
-        # would write its weights after this returns, outside the gate.
-        with self._gate.predicting():
-            state = {**self.__dict__, "vocab": self.vocab, "cfg": self.cfg, "name": self.name,
-                     "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None,
-                     "model": _PickledModel(pickle.dumps(self.model, protocol=pickle.HIGHEST_PROTOCOL))}
+        state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
+                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None}
         return _unpickled_component, (type(self), state)
 
     @property
@@ -872,16 +864,7 @@ def _upstream_width(encoder: Model, nlp: Language) -> None:
             return
 
 
-@dataclass(frozen=True)
-class _PickledModel:
-    """A component's model as pickled under its load gate (`__reduce__`)."""
-
-    data: bytes
-
-
 def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any]) -> "ContextualEmbedder":
-    if isinstance(state.get("model"), _PickledModel):  # (pickles of earlier versions hold the model itself)
-        state = {**state, "model": pickle.loads(state["model"].data)}
     component = cls.__new__(cls)
     for key, value in state.items():
         setattr(component, key, value)
@@ -889,8 +872,13 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     # Unpickled in this process (spawned `n_process` workers, Ray, joblib): not
     # a fork, so torch's thread pool is sound and the user's thread setting stays.
     component._pid = os.getpid()
-    if component._loaded and component._signature is None:  # pickled by a version that kept none
+    if component._loaded:
+        # Taken again from the weights the copy holds: the caller's pickler wrote
+        # them after the state above was taken, and a training step in another
+        # thread meanwhile (pickling does not wait for it: the weights are written
+        # outside any lock of ours) left the state's signature the old weights'.
         component._signature = output_signature(component.model)
+        component._signed_at = component._generation
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component
