@@ -17,6 +17,10 @@ def bad_setting(component: str, setting: str, value: Any, expected: str) -> Sett
     return SettingError(f"[{component}] {setting} = {value!r}: {expected}")
 
 
+class NonFiniteOutputs(ValueError):
+    """A model gave nan or inf for some token: its vectors are refused, not written."""
+
+
 @contextlib.contextmanager
 def named_errors(name: str) -> Iterator[None]:
     """Re-raise errors of the layers inside a component with the instance's name.

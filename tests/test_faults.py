@@ -14,6 +14,7 @@ Sections:
   5. an interrupted `embed`, then --resume
   6. nlp.pipe(n_process=2)
   7. settings of the wrong kind in a config string
+  8. a model that gives nan or inf (a float16 overflow, diverged weights)
 
 Everything runs on the tiny random BERT (`tiny_bert_dir`, hidden size 32, the
 real MiniLM tokenizer) and the small ELMo fixture.
@@ -29,7 +30,7 @@ from spacy.util import load_config_from_str, load_model_from_config
 
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.cli.output import Run, read_manifest
-from spacy_ctxembed.errors import SettingError
+from spacy_ctxembed.errors import NonFiniteOutputs, SettingError
 from spacy_ctxembed.models.elmo_weights import ElmoFileError
 from spacy_ctxembed.pipeline import ContextualEmbedder
 
@@ -772,3 +773,110 @@ def test_config_string_control_builds(tiny_bert_dir):
     nlp = load_model_from_config(load_config_from_str(text), auto_fill=True, validate=True)
     nlp.initialize()
     assert nlp("a b")._.ctx_vectors.shape == (2, 32)
+
+
+# ---------------------------------------------------------------------------
+# 8. A model that gives nan or inf
+
+
+def test_a_float16_overflow_is_refused_and_float32_is_not(tiny_bert_dir, tmp_path):
+    """A model whose activations pass float16's range (65504): with precision
+    'fp16' autocast gave inf in the feed-forward layer and nan vectors were
+    written as any others. The same model in fp32 and bf16 (float32's range)
+    is finite, and fp32 equals `transformers` run on it."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():  # feed-forward activations of about 1e5
+        model.encoder.layer[0].intermediate.dense.weight.mul_(1e6)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    text = "The quick brown fox jumps over the lazy dog."
+    docs = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert", name="bert_a", config=ctx_config(name=tmp_path, layers=[-1],
+                                                                      precision=precision))
+        nlp.initialize()
+        if precision == "fp16":
+            with pytest.raises(NonFiniteOutputs) as excinfo:
+                nlp(text)
+            _assert_error(excinfo, "bert_a", "gave nan or inf for 1 of the 1 docs", repr(text[:40]),
+                          "precision = 'fp16'", "[components.bert_a.model.encoder] precision = 'fp32'")
+        else:
+            docs[precision] = nlp(text)
+    states, offsets = hf_hidden_states(AutoTokenizer.from_pretrained(tmp_path), model.eval(), text)
+    expected = pool(states[-1], token_pieces(docs["fp32"], offsets), "mean")
+    numpy.testing.assert_allclose(docs["fp32"]._.ctx_vectors, expected, atol=1e-5, rtol=0)
+    assert numpy.isfinite(docs["bf16"]._.ctx_vectors).all()
+
+
+@pytest.mark.parametrize("factory", ["ctxembed_bert", "ctxembed_elmo"])
+def test_diverged_weights_under_use_params_are_refused_then_put_back(tiny_bert_dir, elmo_files, factory):
+    """spaCy evaluates under `nlp.use_params(averages)`: the averages of a run
+    that diverged hold nan. Inside the block the component raises (and writes
+    nothing); after it, the vectors are those from before."""
+    from thinc.api import torch2xp
+
+    nlp = _build(factory, tiny_bert_dir, elmo_files, cache_mb=0)
+    text = "A run that diverged."
+    before = nlp(text)._.ctx_vectors.copy()
+    shim = nlp.get_pipe(NAME).encoder.shims[0]
+    name, value = next((k, v) for k, v in shim._model.state_dict().items() if v.is_floating_point())
+    diverged = {f"pytorch_{shim.id}_{name}": torch2xp(value * float("nan"))}
+    with nlp.use_params(diverged):
+        with pytest.raises(NonFiniteOutputs) as excinfo:
+            nlp(text)
+    _assert_error(excinfo, NAME, "gave nan or inf for 1 of the 1 docs", "weights may hold nan or inf")
+    numpy.testing.assert_array_equal(nlp(text)._.ctx_vectors, before)
+
+
+def test_from_trf_refuses_nan_from_the_transformer(tiny_bert_dir):
+    """`ctxembed_from_trf` pools spacy-transformers' outputs: nan there (its
+    weights under `use_params`) is refused in its name, pointing upstream."""
+    from thinc.api import torch2xp
+
+    nlp = _trf_nlp(tiny_bert_dir, [-1], True)
+    shim = next(s for node in nlp.get_pipe("transformer").model.walk() for s in node.shims)
+    weights = dict(shim._model.state_dict())  # (thinc's PyTorchShim swaps whole state dicts)
+    weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"] * float("nan")
+    with nlp.use_params({f"pytorch_{shim.id}_{key}": torch2xp(value) for key, value in weights.items()}):
+        with pytest.raises(NonFiniteOutputs) as excinfo:
+            nlp("Upstream went wrong.")
+    _assert_error(excinfo, NAME, "gave nan or inf for 1 of the 1 docs", "transformer component's outputs")
+    assert numpy.isfinite(nlp("Upstream went wrong.")._.ctx_vectors).all()
+
+
+@pytest.mark.parametrize("run_ahead", [False, True])
+def test_only_the_batch_with_a_bad_doc_is_refused(tiny_bert_dir, elmo_files, run_ahead):
+    """With an error handler that skips (`nlp.set_error_handler`), a batch with a
+    nan doc is reported and dropped; the batches around it are written, and
+    equal a clean run. Also with batches predicted ahead (as on GPU)."""
+    from thinc.api import torch2xp
+
+    nlp = _build("ctxembed_bert", tiny_bert_dir, elmo_files, cache_mb=0)
+    nlp.get_pipe(NAME).run_ahead = run_ahead
+    clean = [doc._.ctx_vectors.copy() for doc in nlp.pipe(["one two", "three four", "five six"])]
+    shim = nlp.get_pipe(NAME).encoder.shims[0]
+    # The rows of the pieces of "three" only: the doc with it, and no other, goes nan.
+    (three,) = AutoTokenizerPieces(tiny_bert_dir)("three")
+    table = shim._model.state_dict()["embeddings.word_embeddings.weight"].clone()
+    table[three] = float("nan")
+    reported = []
+    nlp.set_error_handler(lambda name, pipe, docs, err: reported.append((name, [d.text for d in docs], err)))
+    with nlp.use_params({f"pytorch_{shim.id}_embeddings.word_embeddings.weight": torch2xp(table)}):
+        kept = list(nlp.pipe(["one two", "three four", "five six"], batch_size=1))
+    assert [(name, texts) for name, texts, _ in reported] == [(NAME, ["three four"])]
+    assert isinstance(reported[0][2], NonFiniteOutputs)
+    assert [doc.text for doc in kept] == ["one two", "five six"]
+    for doc, expected in zip(kept, (clean[0], clean[2])):
+        numpy.testing.assert_array_equal(doc._.ctx_vectors, expected)
+
+
+def AutoTokenizerPieces(model_dir):
+    """The ids of a word's pieces, by `transformers`' own tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return lambda word: tokenizer(word, add_special_tokens=False)["input_ids"]

@@ -18,6 +18,7 @@ from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
+import numpy
 import srsly
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -29,7 +30,15 @@ from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead, on_caller_devices
-from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
+from ..errors import (
+    NonFiniteOutputs,
+    SettingError,
+    bad_setting,
+    check_bool,
+    check_int,
+    check_number,
+    named_errors,
+)
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
@@ -411,9 +420,50 @@ class ContextualEmbedder(TrainablePipe):
         docs = list(docs)
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
+            vectors = self.combiner.predict(layers)
+            self._refuse_non_finite(docs, vectors)
             # The signature of these weights, taken now: a load in another
             # thread before `set_annotations` must not stamp them as its model's.
-            return Predictions(layers, self.combiner.predict(layers), self._current_signature())
+            return Predictions(layers, vectors, self._current_signature())
+
+    def _refuse_non_finite(self, docs: List[Doc], vectors: List[DocVectors]) -> None:
+        """Raise `NonFiniteOutputs` if a vector holds nan or inf.
+
+        An overflow in reduced precision, or weights that hold nan, would
+        otherwise be written as vectors and read as any others (a nan
+        similarity, a tagger trained on nothing). Every combiner mixes every
+        layer it is given with a product (nan * 0 is nan), so the vectors
+        show a bad value in any stored layer too. One sum per doc, one
+        device read per batch: the exact count is taken only for a doc whose
+        sum is not finite (finite values whose sum overflows are counted, and
+        pass, there).
+        """
+        if not vectors:
+            return
+        xp = self.model.ops.xp
+        sums = xp.stack([xp.sum(v) for v in vectors])
+        suspect = numpy.flatnonzero(~numpy.isfinite(self.model.ops.to_numpy(sums)))
+        bad = [(int(i), int(vectors[i].size - xp.isfinite(vectors[i]).sum())) for i in suspect]
+        bad = [(i, count) for i, count in bad if count]
+        if not bad:
+            return
+        i, count = bad[0]
+        shim = encoder_shim(self.encoder)
+        precision = shim.settings.get("precision") if shim is not None else None
+        if precision in ("fp16", "bf16"):
+            advice = (f"with precision = {precision!r} this is most likely an overflow of the reduced "
+                      f"precision: set [components.{self.name}.model.encoder] precision = 'fp32'"
+                      + (" (or 'bf16', whose range is float32's)" if precision == "fp16" else ""))
+        elif shim is None:  # ctxembed_from_trf pools another component's outputs
+            advice = ("the transformer component's outputs hold nan or inf (with its mixed_precision "
+                      "on, most likely a float16 overflow)")
+        else:
+            advice = "the model's weights may hold nan or inf, or its activations overflow float32"
+        raise NonFiniteOutputs(
+            f"[{self.name}] the model gave nan or inf for {len(bad)} of the {len(docs)} docs of this batch "
+            f"(first: doc {i}, {count} values, text {docs[i].text[:40]!r}); vectors with them "
+            f"would be wrong, so none of this batch's are written: {advice}"
+        )
 
     def _current_signature(self) -> Optional[str]:
         generation = self._generation
