@@ -874,6 +874,26 @@ def test_only_the_batch_with_a_bad_doc_is_refused(tiny_bert_dir, elmo_files, run
         numpy.testing.assert_array_equal(doc._.ctx_vectors, expected)
 
 
+def test_predictions_handed_over_without_their_check_are_checked(tiny_bert_dir, elmo_files):
+    """`set_annotations` checks predictions that come without the check `predict`
+    took (a pickled copy, a plain tuple): nan is refused, and nothing written."""
+    import pickle
+
+    nlp = _build("ctxembed_bert", tiny_bert_dir, elmo_files, cache_mb=0)
+    component = nlp.get_pipe(NAME)
+    docs = [nlp.make_doc("one two"), nlp.make_doc("three")]
+    layers, vectors = pickle.loads(pickle.dumps(component.predict(docs)))
+    component.set_annotations(docs, (layers, vectors))  # clean: written
+    assert docs[1]._.ctx_vectors.shape == (1, 32)
+    vectors = [v.copy() for v in vectors]  # (written arrays are read-only)
+    vectors[1][0, 5] = float("inf")
+    fresh = [nlp.make_doc("one two"), nlp.make_doc("three")]
+    with pytest.raises(NonFiniteOutputs) as excinfo:
+        component.set_annotations(fresh, (layers, vectors))
+    _assert_error(excinfo, NAME, "for 1 of the 2 docs", "first: doc 1, 1 values", "'three'")
+    assert all(not doc.user_data for doc in fresh)  # (the outputs' store lives there)
+
+
 def AutoTokenizerPieces(model_dir):
     """The ids of a word's pieces, by `transformers`' own tokenizer."""
     from transformers import AutoTokenizer

@@ -535,3 +535,58 @@ def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
         numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
         # (and not only like eager: a fault both share would pass that)
         numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), reference([t.text for t in doc]), atol=1e-4)
+
+
+def test_a_float16_overflow_is_refused_on_device(on_gpu, tiny_bert_dir, tmp_path):
+    """The check of the vectors for nan and inf on GPU (sums copied to pinned
+    memory after each batch, read behind an event where the outputs are
+    handed over): a float16 overflow is refused, fp32 is finite."""
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    from spacy_ctxembed.errors import NonFiniteOutputs
+
+    cupy = on_gpu
+    model = BertModel.from_pretrained(tiny_bert_dir)
+    with torch.no_grad():  # feed-forward activations of about 1e5
+        model.encoder.layer[0].intermediate.dense.weight.mul_(1e6)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(tmp_path)
+    for precision in ("fp32", "fp16"):
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {
+            "name": str(tmp_path), "layers": [-1], "precision": precision}}})
+        nlp.initialize()
+        if precision == "fp16":
+            with pytest.raises(NonFiniteOutputs, match=r"precision = 'fp16'"):
+                nlp(TEXT)
+        else:
+            assert numpy.isfinite(cupy.asnumpy(nlp(TEXT)._.ctx_vectors)).all()
+
+
+def test_only_the_batch_with_nan_is_refused_on_device(gpu_nlp):
+    """Batches predicted ahead on the device, one doc of one batch nan (its
+    embedding rows under `use_params`): only that batch is reported and
+    dropped; every other doc is written, equal to a clean run."""
+    from thinc.api import torch2xp
+
+    from spacy_ctxembed.errors import NonFiniteOutputs
+
+    nlp, cupy = gpu_nlp
+    texts = [TEXT, "three four", "A much longer text " * 30, "I ran significance tests."] * 2
+    clean = [cupy.asnumpy(doc._.ctx_vectors) for doc in nlp.pipe(texts, batch_size=2)]
+    shim = nlp.get_pipe("ctxembed_bert").encoder.shims[0]
+    tokenizer = get_runner(nlp.get_pipe("ctxembed_bert").encoder).encoder.tokenizer
+    (three,) = tokenizer("three", add_special_tokens=False)["input_ids"]
+    table = shim._model.state_dict()["embeddings.word_embeddings.weight"].clone()
+    table[three] = float("nan")
+    reported = []
+    nlp.set_error_handler(lambda name, pipe, docs, err: reported.append(([d.text for d in docs], err)))
+    with nlp.use_params({f"pytorch_{shim.id}_embeddings.word_embeddings.weight": torch2xp(table)}):
+        kept = list(nlp.pipe(texts, batch_size=2))
+    assert [batch for batch, _ in reported] == [texts[:2], texts[4:6]]
+    assert all(isinstance(err, NonFiniteOutputs) for _, err in reported)
+    expected = [v for i, v in enumerate(clean) if i % 4 >= 2]
+    assert [doc.text for doc in kept] == [t for i, t in enumerate(texts) if i % 4 >= 2]
+    for doc, vectors in zip(kept, expected):
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_vectors), vectors, atol=1e-4)

@@ -18,7 +18,6 @@ from functools import partial, wraps
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar, Union, cast
 
-import numpy
 import srsly
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
@@ -31,7 +30,6 @@ from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import (
-    NonFiniteOutputs,
     SettingError,
     bad_setting,
     check_bool,
@@ -49,6 +47,7 @@ from ..outputs import install_extensions, write_outputs
 from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
+from .finite import FiniteCheck, refuse_non_finite
 from .load_gate import LoadGate
 from .saved import (
     FEATURES_KEY,
@@ -81,14 +80,19 @@ _FORKED_MID_CHANGE = "(forked while another thread was changing the weights)"
 
 
 class Predictions(tuple):
-    """What `predict` returns: (layers, vectors), one entry per doc, and the
-    signature of the weights that made them (`output_signature`)."""
+    """What `predict` returns: (layers, vectors), one entry per doc, the
+    signature of the weights that made them (`output_signature`), and the
+    check of the vectors for nan and inf, read by `set_annotations` (taken
+    again there for a copy: a pickle does not keep it)."""
 
     signature: Optional[str]
+    finite: Optional[FiniteCheck]
 
-    def __new__(cls, layers: List[DocLayers], vectors: List[DocVectors], signature: Optional[str]) -> "Predictions":
+    def __new__(cls, layers: List[DocLayers], vectors: List[DocVectors], signature: Optional[str],
+                finite: Optional[FiniteCheck] = None) -> "Predictions":
         predictions = super().__new__(cls, (layers, vectors))
         predictions.signature = signature
+        predictions.finite = finite
         return predictions
 
     def __getnewargs__(self) -> Tuple[Any, Any, Optional[str]]:  # (pickle, copy)
@@ -421,49 +425,9 @@ class ContextualEmbedder(TrainablePipe):
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
             vectors = self.combiner.predict(layers)
-            self._refuse_non_finite(docs, vectors)
             # The signature of these weights, taken now: a load in another
             # thread before `set_annotations` must not stamp them as its model's.
-            return Predictions(layers, vectors, self._current_signature())
-
-    def _refuse_non_finite(self, docs: List[Doc], vectors: List[DocVectors]) -> None:
-        """Raise `NonFiniteOutputs` if a vector holds nan or inf.
-
-        An overflow in reduced precision, or weights that hold nan, would
-        otherwise be written as vectors and read as any others (a nan
-        similarity, a tagger trained on nothing). Every combiner mixes every
-        layer it is given with a product (nan * 0 is nan), so the vectors
-        show a bad value in any stored layer too. One sum per doc, one
-        device read per batch: the exact count is taken only for a doc whose
-        sum is not finite (finite values whose sum overflows are counted, and
-        pass, there).
-        """
-        if not vectors:
-            return
-        xp = self.model.ops.xp
-        sums = xp.stack([xp.sum(v) for v in vectors])
-        suspect = numpy.flatnonzero(~numpy.isfinite(self.model.ops.to_numpy(sums)))
-        bad = [(int(i), int(vectors[i].size - xp.isfinite(vectors[i]).sum())) for i in suspect]
-        bad = [(i, count) for i, count in bad if count]
-        if not bad:
-            return
-        i, count = bad[0]
-        shim = encoder_shim(self.encoder)
-        precision = shim.settings.get("precision") if shim is not None else None
-        if precision in ("fp16", "bf16"):
-            advice = (f"with precision = {precision!r} this is most likely an overflow of the reduced "
-                      f"precision: set [components.{self.name}.model.encoder] precision = 'fp32'"
-                      + (" (or 'bf16', whose range is float32's)" if precision == "fp16" else ""))
-        elif shim is None:  # ctxembed_from_trf pools another component's outputs
-            advice = ("the transformer component's outputs hold nan or inf (with its mixed_precision "
-                      "on, most likely a float16 overflow)")
-        else:
-            advice = "the model's weights may hold nan or inf, or its activations overflow float32"
-        raise NonFiniteOutputs(
-            f"[{self.name}] the model gave nan or inf for {len(bad)} of the {len(docs)} docs of this batch "
-            f"(first: doc {i}, {count} values, text {docs[i].text[:40]!r}); vectors with them "
-            f"would be wrong, so none of this batch's are written: {advice}"
-        )
+            return Predictions(layers, vectors, self._current_signature(), FiniteCheck(self.model.ops, vectors))
 
     def _current_signature(self) -> Optional[str]:
         generation = self._generation
@@ -510,10 +474,17 @@ class ContextualEmbedder(TrainablePipe):
         return [ops.asarray3f(layers) for layers in cached]
 
     def set_annotations(self, docs: Iterable[Doc], predictions: Tuple[List[DocLayers], List[DocVectors]]) -> None:
+        docs = list(docs)
+        layers, vectors = predictions
+        # Refused before any doc of the batch is written (see `finite`).
+        check = getattr(predictions, "finite", None) or FiniteCheck(self.model.ops, vectors)
+        shim = encoder_shim(self.encoder)
+        refuse_non_finite(self.name, docs, check, None if shim is None else shim.settings.get("precision"),
+                          upstream=shim is None)
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
         signature = getattr(predictions, "signature", None) or self._current_signature()
-        for doc, layers, vectors in zip(docs, *predictions):
-            write_outputs(doc, self.name, vectors, layers if keep_layers else None,
+        for doc, doc_layers, doc_vectors in zip(docs, layers, vectors):
+            write_outputs(doc, self.name, doc_vectors, doc_layers if keep_layers else None,
                           primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"],
                           signature=signature)
 

@@ -1,0 +1,88 @@
+"""That no vector a component writes holds nan or inf.
+
+An overflow in reduced precision (fp16), weights that diverged in training or
+under `use_params`, or a transformer upstream that overflowed would otherwise
+give nan vectors that are written and read as any others. Every combiner
+mixes every layer it is given with a product (nan * 0 is nan), so the vectors
+show a bad value in any stored layer too.
+
+The sums are taken where the vectors are computed (`predict`) and read where
+they are handed over (`set_annotations`). On GPU the read is a copy queued
+right after the sums, into pinned memory, and an event after it: waiting for
+the event waits for this batch's work only. A plain read there would wait for
+everything queued by then, the next batch's forward passes included, which
+the worker thread predicting ahead (`ContextualEmbedder.pipe`) queues
+meanwhile; and a read in `predict` would leave the device idle while the next
+batch is planned.
+"""
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy
+from thinc.api import Ops, xp2torch
+
+from ..errors import NonFiniteOutputs
+from ..types import DocVectors
+
+
+class FiniteCheck:
+    """Per-doc sums of a batch's vectors, taken now, read by `bad_docs`."""
+
+    def __init__(self, ops: Ops, vectors: Sequence[DocVectors]) -> None:
+        self.ops, self.vectors = ops, vectors
+        self._ready: Optional[Any] = None  # a CUDA event, on GPU
+        if not vectors:
+            self._sums: Any = numpy.zeros((0,), dtype="float32")
+            return
+        xp = ops.xp
+        sums = xp.stack([xp.sum(v) for v in vectors])
+        if xp is numpy:
+            self._sums = sums
+            return
+        import torch
+
+        # (A non-blocking copy to the host lands in pinned memory.)
+        self._sums = xp2torch(sums).to("cpu", non_blocking=True)
+        self._ready = torch.cuda.Event()
+        self._ready.record()
+
+    def bad_docs(self) -> List[Tuple[int, int]]:
+        """(doc index, number of nan or inf values) for each doc that has any.
+
+        A doc's sum is not finite if it has one; finite values whose sum
+        overflows are counted exactly, and pass."""
+        if self._ready is not None:
+            self._ready.synchronize()
+        sums = self._sums.numpy() if self._ready is not None else self._sums
+        bad = []
+        for i in numpy.flatnonzero(~numpy.isfinite(sums)):
+            vectors = self.vectors[int(i)]
+            count = int(vectors.size - self.ops.xp.isfinite(vectors).sum())
+            if count:
+                bad.append((int(i), count))
+        return bad
+
+
+def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, precision: Optional[str],
+                      upstream: bool) -> None:
+    """Raise `NonFiniteOutputs` if a doc of the batch has a vector with nan or inf.
+
+    precision: the encoder's `precision` setting (None without one);
+    upstream: the vectors pool another component's outputs (`ctxembed_from_trf`)."""
+    bad = check.bad_docs()
+    if not bad:
+        return
+    i, count = bad[0]
+    if precision in ("fp16", "bf16"):
+        advice = (f"with precision = {precision!r} this is most likely an overflow of the reduced "
+                  f"precision: set [components.{component}.model.encoder] precision = 'fp32'"
+                  + (" (or 'bf16', whose range is float32's)" if precision == "fp16" else ""))
+    elif upstream:
+        advice = ("the transformer component's outputs hold nan or inf (with its mixed_precision "
+                  "on, most likely a float16 overflow)")
+    else:
+        advice = "the model's weights may hold nan or inf, or its activations overflow float32"
+    raise NonFiniteOutputs(
+        f"[{component}] the model gave nan or inf for {len(bad)} of the {len(docs)} docs of this batch "
+        f"(first: doc {i}, {count} values, text {docs[i].text[:40]!r}); vectors with them would be "
+        f"wrong, so none of this batch's are written: {advice}"
+    )
