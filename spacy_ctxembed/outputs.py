@@ -192,9 +192,11 @@ def write_outputs(
     _data(doc)[key] = store
     if primary:
         set_vector_hooks(doc, _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:])))
-    elif SOURCE_HOOK in doc.user_hooks:
+    else:
         # Only the as_doc pointer must see the new output: the vector and
-        # similarity hooks stay as they are (a later component may have set its own).
+        # similarity hooks stay as they are (a later component may have set
+        # its own). A doc with non-primary outputs only gets the pointer too,
+        # or a plain cut of it would read as a doc without outputs.
         source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
@@ -384,7 +386,7 @@ def restore_vectors(doc: Doc) -> Doc:
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
     """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent}."""
-    view = _view(doc)
+    view = _placed_view(doc)
     return {} if view is None else view.readable_outputs()
 
 
@@ -399,8 +401,19 @@ def get_layers(doc: Doc):
 
 
 def _primary_output(doc: Doc) -> Optional[Dict[str, Any]]:
-    view = _view(doc)
+    view = _placed_view(doc)
     return None if view is None else view.primary_output()
+
+
+def _placed_view(doc: Doc) -> Optional["_View"]:
+    """`_view(doc)`, where None means that the doc has no outputs: a cut that
+    points to its source's store but cannot be placed in it (its text is
+    there twice) is an error, as its vectors are (`_unread_cut_error`), not
+    a doc without outputs."""
+    view = _view(doc)
+    if view is None and isinstance(doc.user_hooks.get(SOURCE_HOOK), _Source):
+        raise _unread_cut_error(doc)
+    return view
 
 
 # Hooks --------------------------------------------------------------------

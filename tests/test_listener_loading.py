@@ -1,5 +1,7 @@
 """A listener after loading: the config's settings win over the saved bytes, and an
 upstream that is excluded or disabled is named, never replaced by zero features."""
+import re
+
 import numpy
 import pytest
 import spacy
@@ -135,4 +137,41 @@ def test_disabled_upstream_in_memory_says_so(tiny_bert_dir):
     with pytest.raises(ValueError, match=NOT_RUN):  # nor the tagger called on a doc the pipeline did not make
         nlp.get_pipe("tagger")(nlp.make_doc(TEXT))
     nlp.enable_pipe("ctxembed_bert")
+    assert [t.tag_ for t in nlp(TEXT)] == TAGS
+
+
+@pytest.mark.parametrize("exclude", [[], ["ctxembed_bert", "tagger"]], ids=["both-trained", "both-frozen"])
+def test_a_listening_component_that_annotates_without_its_upstream_is_told_why(tiny_bert_dir, exclude):
+    """A tagger in `annotating_components` whose upstream is not: the upstream
+    did run in the update, and the error blamed only a disabled upstream or a
+    doc that skipped the pipeline. It names annotating_components too."""
+    nlp, examples = _pipeline(tiny_bert_dir)
+    said = re.escape("in training, this component annotates the training docs ([training] annotating_components, "
+                     "nlp.update(annotates=[...])) and 'ctxembed_bert' is not listed there with it")
+    with pytest.raises(ValueError, match=NOT_RUN + ".*" + said):
+        nlp.update(examples, sgd=nlp.resume_training(), exclude=exclude, annotates=["tagger"])
+
+
+@pytest.mark.parametrize("grad_factor", [1.0, 0.0], ids=["trained-copy", "frozen-copy"])
+def test_a_replaced_listener_refuses_nan_from_its_copy(tiny_bert_dir, grad_factor):
+    """After `replace_listeners` the tagger's own copy of the embedder predicts
+    its features, and nothing a ctxembed component writes is checked: nan
+    there (the copy's weights diverged, here under `use_params`) tagged every
+    token the same without a word. Refused as the component refuses it; the
+    clean weights tag as before."""
+    from thinc.api import torch2xp
+
+    from spacy_ctxembed.errors import NonFiniteOutputs
+
+    nlp, _ = _trained(tiny_bert_dir)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.remove_pipe("ctxembed_bert")
+    if grad_factor == 0.0:
+        node = next(n for n in nlp.get_pipe("tagger").model.walk() if n.name == "ctxembed-grad-factor")
+        node.attrs["frozen"] = True
+    shim = next(shim for node in nlp.get_pipe("tagger").model.walk() for shim in node.shims)
+    table = shim._model.state_dict()["embeddings.word_embeddings.weight"]
+    with nlp.use_params({f"pytorch_{shim.id}_embeddings.word_embeddings.weight": torch2xp(table * float("nan"))}):
+        with pytest.raises(NonFiniteOutputs, match=r"^\[ContextualTok2Vec\] the model gave nan or inf for 1 of "):
+            nlp(TEXT)
     assert [t.tag_ for t in nlp(TEXT)] == TAGS

@@ -241,6 +241,10 @@ def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
         _ = sub[0].vector
     with pytest.raises(MissingOutputs, match=r"^\[emb\] .*occurs more than once"):  # (spaCy's as_doc reads it)
         sub[0:1].as_doc()
+    # The extensions say so too: None and {} read as "this doc has no outputs".
+    for attribute in ("ctx_vectors", "ctx_layers", "ctx_outputs"):
+        with pytest.raises(MissingOutputs, match=r"^\[emb\] .*occurs more than once"):
+            getattr(sub._, attribute)
     numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
 
 
@@ -310,6 +314,26 @@ def test_joined_docs_of_different_primary_components_say_so(nlp, tiny_bert_dir):
         restore_vectors(joined)
     joined = other.get_pipe("other")(joined)
     numpy.testing.assert_array_equal(joined[0].vector, joined._.ctx_outputs["other"]["vectors"][0])
+
+
+def test_a_plain_cut_of_a_doc_with_non_primary_outputs_only_reads_them(tiny_bert_dir):
+    """A pipeline whose only ctxembed component is not primary: its outputs were
+    lost from every `span.as_doc()` ({} read as "no outputs"), while next to a
+    primary component they were kept. The cut reads the rows of its tokens, by
+    character offsets, and its vector hooks stay spaCy's own."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="more", config=ctx_config(name=tiny_bert_dir, store_layers=True,
+                                                                   primary=False))
+    nlp.initialize()
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "more")
+    for span in (doc[1:4], doc[3:9]):
+        cut = span.as_doc()
+        assert set(cut._.ctx_outputs) == {"more"} and "vector" not in cut.user_token_hooks
+        _check(cut, before, "more", shift=span.start_char)
+    repeated = nlp("the cat sat . the cat sat .")
+    with pytest.raises(MissingOutputs, match="occurs more than once"):
+        _ = repeated[0:3].as_doc()._.ctx_outputs
 
 
 def test_retokenized_doc_survives_serialization(nlp, tmp_path):

@@ -47,6 +47,7 @@ from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.types import Floats2d
 
 from ..errors import bad_setting, check_bool, check_int, check_number
+from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
@@ -272,7 +273,9 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
             f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
             "go through the pipeline (run nlp(text), not this component alone), or its outputs were dropped "
-            "before this component (doc._.ctx_outputs = None: a doc_cleaner before it, to move after it)"
+            "before this component (doc._.ctx_outputs = None: a doc_cleaner before it, to move after it), or, "
+            "in training, this component annotates the training docs ([training] annotating_components, "
+            f"nlp.update(annotates=[...])) and {name!r} is not listed there with it"
         )
     if model.mix_layers:
         return model.ops.alloc3f(model.get_dim("nL"), len(doc), model.get_dim("nO"))
@@ -398,8 +401,13 @@ def _setting(model: Model, name: str, default: Any) -> Any:
 def _scaled_forward(model: Model, X, is_train: bool):
     factor = _setting(model, "grad_factor", 1.0)
     if _setting(model, "frozen", False):
-        return model.layers[0].predict(X), _nothing_back
+        Y = model.layers[0].predict(X)
+        if not is_train:
+            _refuse_non_finite(model, X, Y)
+        return Y, _nothing_back
     Y, backprop = model.layers[0](X, is_train)
+    if not is_train:
+        _refuse_non_finite(model, X, Y)
     if factor == 0:
         # (v2: run in training mode, as released.) No backward pass: a zero
         # gradient would still let an optimizer with weight decay move the weights.
@@ -409,6 +417,17 @@ def _scaled_forward(model: Model, X, is_train: bool):
         return backprop([d * factor for d in dY] if factor != 1.0 else dY)
 
     return Y, scaled
+
+
+def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any]) -> None:
+    """A copy of an embedder inside the listening component (`replace_listeners`)
+    predicts for it, and writes nothing a ctxembed component would check: nan
+    or inf there would be the downstream component's features (a tagger's
+    every tag the same), so they are refused as the component refuses them."""
+    shim = encoder_shim(model)
+    precision = None if shim is None else shim.settings.get("precision")
+    refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), precision, upstream=shim is None,
+                      encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]")
 
 
 def _nothing_back(dY) -> list:

@@ -37,6 +37,7 @@ from ..errors import (
     check_number,
     named_errors,
 )
+from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import pass_dims, replace_listener_cfg
@@ -47,7 +48,6 @@ from ..outputs import install_extensions, write_outputs
 from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
-from .finite import FiniteCheck, refuse_non_finite
 from .load_gate import LoadGate
 from .saved import (
     FEATURES_KEY,

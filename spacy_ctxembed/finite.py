@@ -20,8 +20,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy
 from thinc.api import Ops, xp2torch
 
-from ..errors import NonFiniteOutputs
-from ..types import DocVectors
+from .errors import NonFiniteOutputs
+from .types import DocVectors
 
 
 class FiniteCheck:
@@ -63,18 +63,21 @@ class FiniteCheck:
 
 
 def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, precision: Optional[str],
-                      upstream: bool) -> None:
+                      upstream: bool, encoder_block: Optional[str] = None) -> None:
     """Raise `NonFiniteOutputs` if a doc of the batch has a vector with nan or inf.
 
     precision: the encoder's `precision` setting (None without one);
-    upstream: the vectors pool another component's outputs (`ctxembed_from_trf`)."""
+    upstream: the vectors pool another component's outputs (`ctxembed_from_trf`);
+    encoder_block: where the encoder's settings are, as the error should say
+        (default: the component's `[components.<name>.model.encoder]`)."""
     bad = check.bad_docs()
     if not bad:
         return
     i, count = bad[0]
     if precision in ("fp16", "bf16"):
+        block = encoder_block or f"[components.{component}.model.encoder]"
         advice = (f"with precision = {precision!r} this is most likely an overflow of the reduced "
-                  f"precision: set [components.{component}.model.encoder] precision = 'fp32'"
+                  f"precision: set {block} precision = 'fp32'"
                   + (" (or 'bf16', whose range is float32's)" if precision == "fp16" else ""))
     elif upstream:
         advice = ("the transformer component's outputs hold nan or inf (with its mixed_precision "
@@ -84,5 +87,5 @@ def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, p
     raise NonFiniteOutputs(
         f"[{component}] the model gave nan or inf for {len(bad)} of the {len(docs)} docs of this batch "
         f"(first: doc {i}, {count} values, text {docs[i].text[:40]!r}); vectors with them would be "
-        f"wrong, so none of this batch's are written: {advice}"
+        f"wrong, so this batch is refused (nothing of it is written): {advice}"
     )
