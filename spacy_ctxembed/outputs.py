@@ -880,7 +880,9 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
         "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
         "span.as_doc(copy_user_data=True)), or that did not go through this component, or whose outputs "
         "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner), or whose token offsets did not match its "
-        "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx); "
+        "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx), "
+        "or, in a doc joined with Doc.from_docs, a token split at the edge of a cut (span.as_doc(copy_user_data="
+        "True) after a retokenizer split) that is not at the joined doc's own edge; "
         "run the component on this doc, or join docs that all have its outputs"
     )
 

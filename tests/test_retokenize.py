@@ -336,6 +336,22 @@ def test_a_plain_cut_of_a_doc_with_non_primary_outputs_only_reads_them(tiny_bert
         _ = repeated[0:3].as_doc()._.ctx_outputs
 
 
+def test_a_split_piece_at_a_cuts_edge_joined_after_another_doc_is_an_error_not_a_wrong_row(nlp):
+    """A known limit: a token split at the edge of a cut (copy_user_data=True)
+    takes its token's row where the cut starts the joined doc, and is refused,
+    with a message that names the case, where another doc comes before it."""
+    doc = nlp("Visit NewYork today .")
+    before = doc._.ctx_vectors.copy()
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[1], ["New", "York"], heads=[(doc[1], 1), doc[0]])
+    tail = doc[2:4].as_doc(copy_user_data=True)  # "York today"
+    other = nlp("Other stuff .")
+    joined = restore_vectors(Doc.from_docs([tail, other]))
+    numpy.testing.assert_array_equal(joined._.ctx_vectors[0], before[1])
+    with pytest.raises(MissingOutputs, match=r"from token 3: 'York'.*a token split at the edge of a cut"):
+        restore_vectors(Doc.from_docs([other, tail]))
+
+
 def test_retokenized_doc_survives_serialization(nlp, tmp_path):
     doc = nlp(TEXT)
     before = _by_offsets(doc, "emb")
