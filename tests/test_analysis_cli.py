@@ -269,6 +269,12 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
     corpus = write_corpus(tmp_path)
     (tmp_path / "empty").mkdir()
     wic = write_wic(tmp_path / "wic")
+    one_label = tmp_path / "wic-t"  # its T pairs only: no number of folds can work
+    pairs = [(row, gold) for row, gold in zip((wic / "train.data.txt").read_text().splitlines(),
+                                              (wic / "train.gold.txt").read_text().splitlines()) if gold == "T"]
+    one_label.mkdir()
+    (one_label / "train.data.txt").write_text("".join(row + "\n" for row, _ in pairs), encoding="utf8")
+    (one_label / "train.gold.txt").write_text("T\n" * len(pairs), encoding="utf8")
     model = saved_pipeline(tiny_bert_dir, tmp_path_factory)
     sourced = tmp_path / "sourced.cfg"  # a component taken from a saved pipeline: its settings cannot change
     config = spacy.blank("en").config
@@ -297,6 +303,8 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
          "tokens): none is held out"),
         (["--model", model, "--wic-train", wic, "--folds", "13"],
          "--folds 13: expected 2 .. 12 (the WiC training pairs have 12 T and 18 F labels)"),
+        (["--model", model, "--wic-train", one_label], "--wic-train: its pairs have 12 T and 0 F labels; the "
+         "folds need at least 2 of each (every fold holds pairs of both labels)"),
         (["--model", model, "-o", tmp_path / "corpus.txt" / "out"],
          "--output {}: {} exists and is not a directory".format(tmp_path / "corpus.txt" / "out", corpus)),
         # checked when the pipeline is planned, before anything is embedded

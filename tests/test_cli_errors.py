@@ -153,6 +153,11 @@ def test_output_of_the_wrong_kind_is_refused_before_embedding(tmp_path, text_fil
         "choose another path (it is never replaced)"
     )
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    # Under a file: mkdir's own reason ("File exists") named nothing that was wrong.
+    under = existing / "sub" / "out"
+    assert _one_error(invoke("embed", text_file, "-o", under)) == (
+        f"error: --output {under}: cannot write in {under.parent}: {existing} is a file, not a directory"
+    )
 
 
 def test_an_empty_directory_is_a_fine_output(tmp_path, text_file, pipeline):

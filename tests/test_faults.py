@@ -633,8 +633,31 @@ def _fail_on_the_poisoned_doc(monkeypatch):
     monkeypatch.setattr(ContextualEmbedder, "predict", failing)
 
 
-@pytest.mark.parametrize("fmt", ["docbin", "npy"])
-@pytest.mark.parametrize("failure", ["interrupt-at-second-commit", "model-error-in-second-shard"])
+def _disk_full_on_the_poisoned_doc(monkeypatch):
+    """A full disk: the write of the poisoned doc's rows fails, and so does
+    every flush after it (the writer's close), as a real one does."""
+    from spacy_ctxembed.cli.output import NpyWriter
+
+    add, full = NpyWriter.add, []
+
+    def failing_add(self, doc, line):
+        if doc.text == POISON:
+            full.append(True)
+        if full:
+            raise OSError(28, "No space left on device")
+        add(self, doc, line)
+
+    def failing_close(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(NpyWriter, "add", failing_add)
+    monkeypatch.setattr(NpyWriter, "close", failing_close)
+
+
+@pytest.mark.parametrize("fmt, failure", [
+    (fmt, failure) for fmt in ("docbin", "npy")
+    for failure in ("interrupt-at-second-commit", "model-error-in-second-shard")
+] + [("npy", "disk-full-in-second-shard")])
 def test_interrupted_embed_then_resume(tmp_path, cli_pipeline, monkeypatch, fmt, failure):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes("\r\n".join(CORPUS).encode("utf8") + b"\r\n")
@@ -646,11 +669,17 @@ def test_interrupted_embed_then_resume(tmp_path, cli_pipeline, monkeypatch, fmt,
     with monkeypatch.context() as patch:
         if failure == "interrupt-at-second-commit":
             _fail_at_second_commit(patch)
+        elif failure == "disk-full-in-second-shard":
+            _disk_full_on_the_poisoned_doc(patch)
         else:
             _fail_on_the_poisoned_doc(patch)
         failed = invoke(*args, "-o", out)
     if failure == "interrupt-at-second-commit":
         assert failed.exit_code == 130 and last_line(failed.stderr) == "error: interrupted"
+    elif failure == "disk-full-in-second-shard":
+        # (The writer's close failed too: that did not hide the error, nor skip the note.)
+        assert failed.exit_code == 1
+        assert last_line(failed.stderr).startswith("error: OSError: [Errno 28] No space left on device")
     else:
         assert failed.exit_code == 1
         assert last_line(failed.stderr).startswith("error: RuntimeError: simulated failure in the model")

@@ -561,6 +561,9 @@ def check_folds(labels: NDArray[np.bool_], n_folds: int) -> None:
     """Raise `AnalysisInputError` unless every fold can hold pairs of both labels (2 .. the smaller class)."""
     same = int(np.count_nonzero(labels))
     different = int(labels.shape[0]) - same
+    if min(same, different) < 2:  # no --folds can work: the pairs are the problem
+        raise AnalysisInputError(f"--wic-train: its pairs have {same} T and {different} F labels; the folds need "
+                                 "at least 2 of each (every fold holds pairs of both labels)")
     if n_folds < 2 or n_folds > min(same, different):
         raise AnalysisInputError(f"--folds {n_folds}: expected 2 .. {min(same, different)} (the WiC training "
                                  f"pairs have {same} T and {different} F labels)")

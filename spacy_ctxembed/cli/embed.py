@@ -7,6 +7,7 @@ layout, atomicity and ``--resume`` are described in `output` and docs/cli.md.
 With ``--ray`` the corpus is embedded by a pool of Ray actors instead, into
 Parquet shards (`spacy_ctxembed.distributed`, docs/scaling.md).
 """
+import contextlib
 import hashlib
 import math
 import sys
@@ -352,7 +353,11 @@ def _run(
         return run.finish(manifest)
     except BaseException as exc:
         if writer is not None:
-            writer.close()
+            # A write that failed (a full disk) fails again as the writer
+            # flushes: that must not hide the error, nor skip the abandon and
+            # the note below. What counts is the ledger; the rest is discarded.
+            with contextlib.suppress(Exception):
+                writer.close()
         run.abandon()  # (which says what the ledger keeps)
         if run.committed.shards:
             # (--resume holds to the input's hash: after a change it is refused until the input is put back.)

@@ -372,7 +372,11 @@ class Run:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.new-"))
         except OSError as e:
-            raise UsageError(f"--output {self.output}: cannot write in {self.output.parent}: {e.strerror}") from None
+            # (mkdir under a file says "File exists": name the file.)
+            blocking = next((p for p in (self.output.parent, *self.output.parent.parents)
+                             if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is a file, not a directory" if blocking is not None else e.strerror
+            raise UsageError(f"--output {self.output}: cannot write in {self.output.parent}: {why}") from None
         try:
             os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; give what mkdir would
             write_json(tmp / RUN, {"layout": LAYOUT, "layout_version": LAYOUT_VERSION, "run": self.identity})
