@@ -8,17 +8,19 @@ show a bad value in any stored layer too.
 
 The sums are taken where the vectors are computed (`predict`) and read where
 they are handed over (`set_annotations`). On GPU the read is a copy queued
-right after the sums, into pinned memory, and an event after it: waiting for
-the event waits for this batch's work only. A plain read there would wait for
-everything queued by then, the next batch's forward passes included, which
-the worker thread predicting ahead (`ContextualEmbedder.pipe`) queues
-meanwhile; and a read in `predict` would leave the device idle while the next
-batch is planned.
+right after the sums, on the same (CuPy's current) stream, into pinned
+memory, and an event after it: waiting for the event waits for this batch's
+work only. A plain read there would wait for everything queued by then, the
+next batch's forward passes included, which the worker thread predicting
+ahead (`ContextualEmbedder.pipe`) queues meanwhile; and a read in `predict`
+would leave the device idle while the next batch is planned. (The copy is
+CUDA's own asynchronous one, whatever CuPy version: `ndarray.get` copies
+asynchronously only in some.)
 """
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
-from thinc.api import Ops, xp2torch
+from thinc.api import Ops
 
 from .errors import NonFiniteOutputs
 from .types import DocVectors
@@ -29,7 +31,8 @@ class FiniteCheck:
 
     def __init__(self, ops: Ops, vectors: Sequence[DocVectors]) -> None:
         self.ops, self.vectors = ops, vectors
-        self._ready: Optional[Any] = None  # a CUDA event, on GPU
+        self._ready: Optional[Any] = None  # on GPU: a CUDA event after the copy of the sums
+        self._on_device: Optional[Any] = None
         if not vectors:
             self._sums: Any = numpy.zeros((0,), dtype="float32")
             return
@@ -38,12 +41,16 @@ class FiniteCheck:
         if xp is numpy:
             self._sums = sums
             return
-        import torch
+        import cupy
+        import cupyx
 
-        # (A non-blocking copy to the host lands in pinned memory.)
-        self._sums = xp2torch(sums).to("cpu", non_blocking=True)
-        self._ready = torch.cuda.Event()
-        self._ready.record()
+        stream = cupy.cuda.get_current_stream()
+        self._on_device = xp.ascontiguousarray(sums)  # (kept until the copy has landed)
+        self._sums = cupyx.empty_pinned(sums.shape, dtype=sums.dtype)
+        cupy.cuda.runtime.memcpyAsync(self._sums.ctypes.data, self._on_device.data.ptr, self._on_device.nbytes,
+                                      cupy.cuda.runtime.memcpyDeviceToHost, stream.ptr)
+        self._ready = cupy.cuda.Event(disable_timing=True)
+        self._ready.record(stream)
 
     def bad_docs(self) -> List[Tuple[int, int]]:
         """(doc index, number of nan or inf values) for each doc that has any.
@@ -52,7 +59,8 @@ class FiniteCheck:
         overflows are counted exactly, and pass."""
         if self._ready is not None:
             self._ready.synchronize()
-        sums = self._sums.numpy() if self._ready is not None else self._sums
+            self._ready = self._on_device = None
+        sums = self._sums
         bad = []
         for i in numpy.flatnonzero(~numpy.isfinite(sums)):
             vectors = self.vectors[int(i)]

@@ -369,7 +369,8 @@ def restore_vectors(doc: Doc) -> Doc:
         write_outputs(doc, "ctxembed_v1", vectors, layers, primary=True, set_doc_tensor=False)
         return doc
     if get_vectors(doc) is None:
-        if _stores(doc):  # non-primary outputs only: they set no hooks in the pipeline either
+        if _stores(doc):  # non-primary outputs only: they set no vector hooks in the pipeline either
+            set_source_pointer(doc)
             return doc
         raise MissingOutputs(
             "restore_vectors: the doc holds no ctxembed outputs: it did not go through a ctxembed component, "
@@ -427,6 +428,12 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
     doc.user_hooks = {**doc.user_hooks, **_DOC_HOOKS}
     doc.user_span_hooks = {**doc.user_span_hooks, **_SPAN_HOOKS}
     doc.user_token_hooks = {**doc.user_token_hooks, **_TOKEN_HOOKS}
+    set_source_pointer(doc, source)
+
+
+def set_source_pointer(doc: Doc, source: Optional["_Source"] = None) -> None:
+    """Set (or clear) the pointer to the doc's store that docs cut from it read
+    (`span.as_doc()`), alone: a doc with non-primary outputs only has no vector hooks."""
     if source is None:
         stores = _stores(doc)
         if len(stores) == 1 and stores[0][0] == _whole_doc_key(doc):
@@ -441,10 +448,12 @@ def set_vector_hooks(doc: Doc, source: Optional["_Source"] = None) -> None:
                 view = _view(doc)
                 if view is not None:
                     source = _Source(doc, _view_store(doc, view, stores))
+    # Fresh dicts: the hook dicts may be shared with cuts (as above).
     if source is not None:
-        cast(Dict[str, Any], doc.user_hooks)[SOURCE_HOOK] = source
-    else:
-        doc.user_hooks.pop(SOURCE_HOOK, None)
+        hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
+        doc.user_hooks = hooks
+    elif SOURCE_HOOK in doc.user_hooks:
+        doc.user_hooks = {k: v for k, v in doc.user_hooks.items() if k != SOURCE_HOOK}
 
 
 def token_vector(token: Token):

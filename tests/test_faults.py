@@ -906,12 +906,17 @@ def test_only_the_batch_with_a_bad_doc_is_refused(tiny_bert_dir, elmo_files, run
 def test_predictions_handed_over_without_their_check_are_checked(tiny_bert_dir, elmo_files):
     """`set_annotations` checks predictions that come without the check `predict`
     took (a pickled copy, a plain tuple): nan is refused, and nothing written."""
+    import copy
     import pickle
 
     nlp = _build("ctxembed_bert", tiny_bert_dir, elmo_files, cache_mb=0)
     component = nlp.get_pipe(NAME)
     docs = [nlp.make_doc("one two"), nlp.make_doc("three")]
-    layers, vectors = pickle.loads(pickle.dumps(component.predict(docs)))
+    predictions = component.predict(docs)
+    # A copy leaves the check behind (on GPU it holds a CUDA event, which neither pickles nor copies).
+    for copied in (pickle.loads(pickle.dumps(predictions)), copy.deepcopy(predictions), copy.copy(predictions)):
+        assert copied.finite is None and copied.signature == predictions.signature is not None
+    layers, vectors = pickle.loads(pickle.dumps(predictions))
     component.set_annotations(docs, (layers, vectors))  # clean: written
     assert docs[1]._.ctx_vectors.shape == (1, 32)
     vectors = [v.copy() for v in vectors]  # (written arrays are read-only)

@@ -334,6 +334,10 @@ def test_a_plain_cut_of_a_doc_with_non_primary_outputs_only_reads_them(tiny_bert
     repeated = nlp("the cat sat . the cat sat .")
     with pytest.raises(MissingOutputs, match="occurs more than once"):
         _ = repeated[0:3].as_doc()._.ctx_outputs
+    # And so after a DocBin round trip and restore_vectors ("as when they left the pipeline").
+    back = restore_vectors(next(DocBin(docs=[doc], store_user_data=True).get_docs(nlp.vocab)))
+    assert "vector" not in back.user_token_hooks
+    _check(back[1:4].as_doc(), before, "more", shift=back[1].idx)
 
 
 def test_a_split_piece_at_a_cuts_edge_joined_after_another_doc_is_an_error_not_a_wrong_row(nlp):

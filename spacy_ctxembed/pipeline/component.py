@@ -95,8 +95,10 @@ class Predictions(tuple):
         predictions.finite = finite
         return predictions
 
-    def __getnewargs__(self) -> Tuple[Any, Any, Optional[str]]:  # (pickle, copy)
-        return self[0], self[1], self.signature
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, Any, Optional[str]]]:  # (pickle, copy)
+        # Without the check: its sums may be on a device, behind a CUDA event
+        # (which neither pickles nor copies); `set_annotations` takes it again.
+        return Predictions, (self[0], self[1], self.signature)
 
 
 def _loads(method: F) -> F:
