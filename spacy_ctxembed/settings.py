@@ -50,10 +50,13 @@ class FromConfig:
     written by earlier versions. Read them with `config_value`.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "saved")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, saved: Any = None) -> None:
         self.value = value
+        #: What loaded bytes held for it (None: not loaded, or not readable), for
+        #: the checks that need it: a copied encoder's layers and pooling.
+        self.saved = saved
 
     def __repr__(self) -> str:
         return f"FromConfig({self.value!r})"
@@ -66,7 +69,11 @@ def _write_config_value(setting: FromConfig, value: FromConfig, name: str, model
 
 @deserialize_attr.register(FromConfig)
 def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Model) -> FromConfig:
-    return current
+    try:
+        value = srsly.msgpack_loads(saved)
+    except Exception:  # (bytes of another layout: nothing to compare with)
+        value = None
+    return FromConfig(current.value, saved=value)
 
 
 def config_value(value: Any) -> Any:

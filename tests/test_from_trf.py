@@ -1,9 +1,11 @@
 """`ctxembed_from_trf` pools spacy-transformers' own output into the same contract."""
+import re
 import warnings
 
 import numpy
 import pytest
 import spacy
+from spacy.training import Example
 
 from .conftest import ctx_config
 from .reference import hf_hidden_states, pool, token_pieces
@@ -300,6 +302,39 @@ def test_from_trf_pooling_edited_under_a_trained_mix_is_refused(tiny_bert_dir, t
         with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] pooling = 'max': the encoder was saved "
                                                r"with pooling = 'mean'.*, or train again$"):
             load(receiver)
+
+
+@pytest.mark.parametrize("setting, edited", [("layers", [2, 1, 0]), ("pooling", "mean")])
+def test_a_replace_listeners_copy_of_from_trf_refuses_its_settings_edited(tiny_bert_dir, tmp_path, setting, edited):
+    """The tagger's own copy of the encoder (`replace_listeners`), its block in a
+    saved config.cfg edited: the tagger's weights, trained on the copy's
+    vectors, ran silently on other layers or another pooling (a BERT copy's
+    shim records and checks them; a TrfEncoder has none)."""
+    from spacy.util import load_config
+
+    from spacy_ctxembed.errors import SettingError
+
+    nlp = _with_transformer(tiny_bert_dir, hidden_states=True)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(layers=[0, 1, 2], pooling="max", combine="scalar_mix"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": False}}})
+    words, tags = ["I", "ran", "home"], ["PRON", "VERB", "ADV"]
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})])
+    nlp.replace_listeners("ctxembed_from_trf", "tagger", ["model.tok2vec"])
+    expected = nlp.get_pipe("tagger").model.predict([nlp(TEXT)])[0]
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")  # unedited: as saved
+    numpy.testing.assert_allclose(loaded.get_pipe("tagger").model.predict([loaded(TEXT)])[0], expected, atol=1e-5)
+    config = load_config(tmp_path / "p" / "config.cfg")
+    copy = config["components"]["tagger"]["model"]["tok2vec"]["embedder"]["encoder"]
+    saved = copy[setting]
+    copy[setting] = edited
+    config.to_disk(tmp_path / "p" / "config.cfg")
+    edited_nlp = spacy.load(tmp_path / "p")
+    with pytest.raises(SettingError, match=rf"^\[ContextualTok2Vec\] embedder\.encoder\.{setting} = "
+                                           rf"{re.escape(repr(edited))}: the copied encoder was saved with "
+                                           rf"{setting} = {re.escape(repr(saved))}"):
+        edited_nlp(TEXT)
 
 
 def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotating(tiny_bert_dir):

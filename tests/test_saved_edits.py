@@ -710,6 +710,31 @@ def test_an_edited_config_or_tokenizer_of_a_saved_bert_pipeline_is_refused(saved
     numpy.testing.assert_allclose(spacy.load(path)(TEXT)._.ctx_vectors, expected, atol=1e-5)
 
 
+EDGE_EDITS = {
+    "word-length": lambda t: t["model"].update(max_input_chars_per_word=8),
+    "unknown-token": lambda t: t["model"].update(unk_token="[PAD]"),
+    "control-characters": lambda t: t["normalizer"].update(clean_text=False),
+}
+
+
+@pytest.mark.parametrize("edit", EDGE_EDITS)
+def test_tokenizer_edits_at_its_edges_are_refused(saved, tmp_path, edit):
+    """tokenizer.json edits that leave the probe text's pieces alone (it has no
+    word of more than 8 letters, no character outside the vocabulary, no
+    control character) loaded silently, and moved the vectors of text that
+    has them: the record splits a text of such edges too."""
+    text = "Tokenizationally speaking, \U0001fab8 and a\x07b."
+    saved_path, _ = saved["mean"]
+    path = tmp_path / "edited"
+    shutil.copytree(saved_path, path)
+    model_dir = path / NAME / "model"
+    before = _hf_mean_of_layers(model_dir, [0, 1, 2], text)
+    _json_edited(model_dir, "tokenizer.json", EDGE_EDITS[edit])
+    assert not numpy.allclose(_hf_mean_of_layers(model_dir, [0, 1, 2], text), before, atol=1e-3)  # the premise
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = .*its tokenizer files differ from the ones"):
+        spacy.load(path)
+
+
 def test_edits_that_change_nothing_computed_load(saved, tmp_path):
     """What transformers and tokenizers write otherwise from one version to the
     next (the version field, indentation, key order) and settings that do not

@@ -28,6 +28,14 @@ from .torch_bridge import evenly_sampled
 #: an edited normalizer (lowercasing, accent stripping, Chinese characters
 #: split apart) splits it otherwise.
 PROBE_TEXT = "Zoë's naïve Café paid $3.50, ÉLAN-ish; 東京 wasn't near."
+#: The tokenizer's edges, split by the tokenizer alone (too long for a tiny
+#: model's positions): words of 100 and 101 letters (WordPiece's
+#: `max_input_chars_per_word` makes a longer word its unknown token), a
+#: character no vocabulary has (which unknown token), control characters
+#: (the normalizer's `clean_text`) and a no-break space. Recorded since 0.2:
+#: a record without it is not checked for it.
+EDGE_TEXT = ("a" * 100 + " " + "b" * 101 + " \U0001fab8 \U000e0041 x\x07y z\x1bw \u00a0v \u200bu"
+             " Tokenizationally")
 #: Values recorded per hidden state, evenly spaced over its (pieces x width) values.
 PROBE_SAMPLES = 16
 #: States agree to this, |a - b| <= tolerance * (1 + |b|): far above the float32
@@ -44,7 +52,8 @@ def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
     """{"vocab": a digest of the tokenizer's vocabulary, "ids": the probe text's
     wordpieces (with a special token's text after it; the special tokens the
     tokenizer adds included, at most `max_length`: a tiny model's
-    positions), "states": PROBE_SAMPLES values of each hidden state}, from the
+    positions), "edge_ids": EDGE_TEXT's wordpieces, "states": PROBE_SAMPLES
+    values of each hidden state}, from the
     model as loaded (in float32: the precision setting is applied per call)."""
     tokenizer = encoder.tokenizer
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))
@@ -59,6 +68,7 @@ def probe_record(encoder: HFEncoder, *, max_length: int) -> Dict[str, Any]:
     return {
         "vocab": hashlib.blake2b(json.dumps(vocab, ensure_ascii=False).encode("utf8"), digest_size=8).hexdigest(),
         "ids": [int(i) for i in ids],
+        "edge_ids": [int(i) for i in tokenizer(EDGE_TEXT, add_special_tokens=False, verbose=False)["input_ids"]],
         "states": [evenly_sampled(state[0], PROBE_SAMPLES).tolist() for state in output.hidden_states],
     }
 
@@ -69,6 +79,8 @@ def probe_difference(saved: Dict[str, Any], current: Dict[str, Any]) -> Optional
     if not isinstance(saved, dict):
         return None
     if saved.get("vocab") != current["vocab"] or saved.get("ids") != current["ids"]:
+        return "tokenizer"
+    if "edge_ids" in saved and saved["edge_ids"] != current["edge_ids"]:
         return "tokenizer"
     try:
         states = numpy.asarray(saved.get("states"), dtype="float64")

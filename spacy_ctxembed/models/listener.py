@@ -55,6 +55,7 @@ from ..outputs import get_outputs
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE, encoder_shim
+from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
 LISTENER = "ctxembed-listener"
 #: The listener attr that records the upstream's layers its head was initialised
@@ -467,6 +468,25 @@ def _check_saved_combiners(head: Model) -> None:
                               f"the copied embedder's combiner was saved as {node.name}, and its weights are "
                               "that one's: put back the combiner it was saved with in the saved pipeline's "
                               "config.cfg, or train this component again")
+        if node.name == TRF_ENCODER:
+            _check_saved_trf_settings(node)
+
+
+def _check_saved_trf_settings(encoder: Model) -> None:
+    """A copied `TrfEncoder`'s layers and pooling must be those it was saved
+    with: this component's weights were trained on its vectors. (A BERT or
+    ELMo copy's shim records and checks its own; a TrfEncoder has no shim,
+    and its settings are the config's, `FromConfig`, with the saved ones beside.)"""
+    setting = encoder.attrs.get("settings")
+    saved, current = getattr(setting, "saved", None), config_value(setting)
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return
+    for key in ("layers", "pooling"):
+        if key in saved and saved[key] != current.get(key):
+            raise bad_setting("ContextualTok2Vec", f"embedder.encoder.{key}", current.get(key),
+                              f"the copied encoder was saved with {key} = {saved[key]!r}, and this component's "
+                              f"weights were trained on its vectors: put back {key} = {saved[key]!r} in the "
+                              "saved pipeline's config.cfg, or train this component again")
 
 
 def _check_trained_dims(head: Model) -> None:
