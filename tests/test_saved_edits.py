@@ -851,3 +851,24 @@ def test_combiner_of_a_replaced_listener_edited_in_config_is_refused(tiny_bert_d
     with pytest.raises(SettingError, match=rf"^\[ContextualTok2Vec\] embedder.combiner = '{now_node}': the copied "
                                            rf"embedder's combiner was saved as {was_node}"):
         edited(TEXT)
+
+
+def test_an_edited_name_is_said_and_the_saved_model_is_loaded(saved, tmp_path):
+    """config.cfg's `name` edited to another model (or overridden at spacy.load):
+    the saved model folder loads, as always (a fallback would be another model),
+    and the vectors are the saved model's; which until now was said nowhere,
+    while the config named another. Unedited, nothing is said."""
+    saved_path, vectors = saved["mean"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (an unedited load says nothing)
+        spacy.load(saved_path)
+    other = str(tmp_path / "another-model")
+    path = _encoder_edited(saved_path, tmp_path, name=other)
+    recorded = load_config(saved_path / "config.cfg")["components"][NAME]["model"]["encoder"]["name"]
+    override = {"components": {NAME: {"model": {"encoder": {"name": other}}}}}
+    for load in (lambda: spacy.load(path), lambda: spacy.load(saved_path, config=override)):
+        with pytest.warns(UserWarning, match=rf"^\[{NAME}\] name = '{other}': the pipeline at .* was saved with "
+                                             rf"name = '{recorded}'; it loaded its own model folder") as caught:
+            nlp = load()
+        assert len([w for w in caught if f"[{NAME}] name" in str(w.message)]) == 1
+        numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, vectors)

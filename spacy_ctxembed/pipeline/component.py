@@ -55,6 +55,7 @@ from .saved import (
     MODEL_DIR,
     OPTIONS_KEY,
     PROBE_KEY,
+    SOURCE_KEY,
     WEIGHTS_KEY,
     check_combiner,
     check_format,
@@ -70,6 +71,7 @@ from .saved import (
     saved_cfg,
     saved_nodes,
     v1_saved_layers,
+    warn_if_source_edited,
 )
 from .signature import output_signature
 
@@ -757,6 +759,7 @@ class ContextualEmbedder(TrainablePipe):
                                           "the saved pipeline has no model folder here; it cannot load without it")
                     shim.load_dir(path / MODEL_DIR)
                     check_saved_weights(self.name, self.encoder, recorded.get(WEIGHTS_KEY), path)
+                    warn_if_source_edited(self.name, self.encoder, recorded.get(SOURCE_KEY), path)
                     if WEIGHTS_KEY in recorded:  # (removed on purpose: another model, with its own files)
                         check_saved_options(self.name, self.encoder, recorded.get(OPTIONS_KEY), path)
                         check_saved_probe(self.name, self.encoder, recorded.get(PROBE_KEY), path)

@@ -9,6 +9,7 @@ component writes records what they must match (`saved_cfg`), and the checks
 here refuse a load that does not, naming the component, the file and the way
 to keep the change on purpose.
 """
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -44,6 +45,11 @@ OPTIONS_KEY = "encoder_options"
 #: tokenizer's vocabulary, a probe text's wordpieces and hidden states
 #: (`saved_probe`; absent in older saves, and for ELMo).
 PROBE_KEY = "encoder_probe"
+#: The cfg key of the config settings that name the encoder's files when saved
+#: (`name`; ELMo's `options_file`, `weight_file`): a load never reads them
+#: (the pipeline's own model folder is loaded), which an edit of them is told.
+SOURCE_KEY = "encoder_source"
+SOURCE_SETTINGS = ("name", "options_file", "weight_file")
 
 
 def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool) -> Dict[str, Any]:
@@ -56,6 +62,9 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool) -> Dict[
     cfg = {"format": FORMAT, **settings, LAYERS_KEY: selected_layers(encoder)}
     if encoder.shims:
         cfg[WEIGHTS_KEY] = saved_weights_fingerprint(encoder)
+        shim = encoder_shim(encoder)
+        if shim is not None:
+            cfg[SOURCE_KEY] = {k: shim.settings[k] for k in SOURCE_SETTINGS if k in shim.settings}
         options = saved_options_digest(encoder)
         if options is not None:
             cfg[OPTIONS_KEY] = options
@@ -270,3 +279,20 @@ def is_v1_bytes(msg: Any) -> bool:
     return (isinstance(msg, dict) and bool(msg) and "model" not in msg
             and all(isinstance(k, str) and isinstance(v, bytes) for k, v in msg.items())
             and all(k in ("cfg", "combiner") or k.startswith(MODEL_DIR + "/") for k in msg))
+
+
+def warn_if_source_edited(name: str, encoder: Model, saved: Any, path: Path) -> None:
+    """Say that a config setting naming the encoder's files (`name`, ELMo's
+    files) differs from the one the pipeline was saved with: the load used
+    the pipeline's own model folder, not it (a fallback would be another
+    model), and only `nlp.initialize()` would read it."""
+    shim = encoder_shim(encoder)
+    if not isinstance(saved, dict) or shim is None:
+        return
+    changed = [k for k in SOURCE_SETTINGS if k in saved and k in shim.settings and saved[k] != shim.settings[k]]
+    if changed:
+        now = ", ".join(f"{k} = {shim.settings[k]!r}" for k in changed)
+        was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
+        warnings.warn(f"[{name}] {now}: the pipeline at {str(path)!r} was saved with {was}; it loaded its own "
+                      f"model folder (its weights are the saved ones, as always), and only nlp.initialize() "
+                      f"would load {now}", stacklevel=4)
