@@ -335,6 +335,12 @@ def test_a_replace_listeners_copy_of_from_trf_refuses_its_settings_edited(tiny_b
                                            rf"{re.escape(repr(edited))}: the copied encoder was saved with "
                                            rf"{setting} = {re.escape(repr(saved))}"):
         edited_nlp(TEXT)
+    # As the error says, it can be trained again (in this process too): then it runs.
+    # (The copy predicts on the samples: they need the transformer's output.)
+    sample = edited_nlp.get_pipe("transformer")(edited_nlp.make_doc(" ".join(words)))
+    edited_nlp.get_pipe("tagger").initialize(
+        lambda: [Example.from_dict(sample, {"words": words, "tags": tags})], nlp=edited_nlp)
+    assert [t.tag_ for t in edited_nlp(TEXT)] and edited_nlp.get_pipe("tagger").labels == ("ADV", "PRON", "VERB")
 
 
 def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotating(tiny_bert_dir):

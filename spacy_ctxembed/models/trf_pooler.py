@@ -57,6 +57,9 @@ def _settings(model: EncoderModel) -> dict:
 
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     check_settings(_settings(model))
+    # Initialized (trained again, say after an edit was refused): what loaded
+    # bytes held is no longer what anything was trained on (`FromConfig.saved`).
+    model.attrs["settings"] = FromConfig(_settings(model))
 
 
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
