@@ -20,7 +20,7 @@ asynchronously only in some.)
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
-from thinc.api import Ops
+from thinc.api import Model, Ops
 
 from .errors import NonFiniteOutputs
 from .types import DocVectors
@@ -70,17 +70,22 @@ class FiniteCheck:
         return bad
 
 
-def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, precision: Optional[str],
-                      upstream: bool, encoder_block: Optional[str] = None) -> None:
+def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, encoder: Model,
+                      encoder_block: Optional[str] = None) -> None:
     """Raise `NonFiniteOutputs` if a doc of the batch has a vector with nan or inf.
 
-    precision: the encoder's `precision` setting (None without one);
-    upstream: the vectors pool another component's outputs (`ctxembed_from_trf`);
+    encoder: the model whose encoder made them, for the advice: its
+        `precision` setting; without a shim, it pools another component's
+        outputs (`ctxembed_from_trf`);
     encoder_block: where the encoder's settings are, as the error should say
         (default: the component's `[components.<name>.model.encoder]`)."""
     bad = check.bad_docs()
     if not bad:
         return
+    from .models.torch_bridge import encoder_shim  # (the models import this module)
+
+    shim = encoder_shim(encoder)
+    precision, upstream = (None, True) if shim is None else (shim.settings.get("precision"), False)
     i, count = bad[0]
     if precision in ("fp16", "bf16"):
         block = encoder_block or f"[components.{component}.model.encoder]"

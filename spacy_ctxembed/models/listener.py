@@ -425,9 +425,7 @@ def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any]) -> None:
     predicts for it, and writes nothing a ctxembed component would check: nan
     or inf there would be the downstream component's features (a tagger's
     every tag the same), so they are refused as the component refuses them."""
-    shim = encoder_shim(model)
-    precision = None if shim is None else shim.settings.get("precision")
-    refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), precision, upstream=shim is None,
+    refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), model,
                       encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]")
 
 

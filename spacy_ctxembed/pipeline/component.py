@@ -29,14 +29,7 @@ from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 
 from ..batching import computed_ahead, on_caller_devices
-from ..errors import (
-    SettingError,
-    bad_setting,
-    check_bool,
-    check_int,
-    check_number,
-    named_errors,
-)
+from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
@@ -482,9 +475,7 @@ class ContextualEmbedder(TrainablePipe):
         layers, vectors = predictions
         # Refused before any doc of the batch is written (see `finite`).
         check = getattr(predictions, "finite", None) or FiniteCheck(self.model.ops, vectors)
-        shim = encoder_shim(self.encoder)
-        refuse_non_finite(self.name, docs, check, None if shim is None else shim.settings.get("precision"),
-                          upstream=shim is None)
+        refuse_non_finite(self.name, docs, check, self.encoder)
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
         signature = getattr(predictions, "signature", None) or self._current_signature()
         for doc, doc_layers, doc_vectors in zip(docs, layers, vectors):
@@ -642,15 +633,25 @@ class ContextualEmbedder(TrainablePipe):
                 # optimizer takes a per-call `lr_scale`, so one optimizer (and one
                 # schedule) serves both.
                 scale = self.cfg["encoder_lr_scale"]
-                try:
+                with self._changing_weights(encoder=True):
                     self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
-                finally:  # (a step cut short, by Ctrl-C or an error, may have moved some weights already)
-                    self._weights_moved()
             if "combiner" in to_step:
-                try:
+                with self._changing_weights(encoder=False):
                     self.combiner.finish_update(sgd)
-                finally:
-                    self._generation += 1
+
+    @contextmanager
+    def _changing_weights(self, *, encoder: bool) -> Iterator[None]:
+        """Around a change of the weights (a step, a swap): after it, the count
+        of changes moves, and with the `encoder`'s weights the cache and the
+        signature follow (`_weights_moved`). Also after a change cut short
+        (Ctrl-C, an error): it may have moved some weights already."""
+        try:
+            yield
+        finally:
+            if encoder:
+                self._weights_moved()
+            else:
+                self._generation += 1
 
     def _weights_moved(self) -> None:
         """The encoder's weights changed: cached layers are of another model now,
@@ -680,26 +681,17 @@ class ContextualEmbedder(TrainablePipe):
         swap = self.model.use_params(params)
         # Swapped in and back alone, as a training step is (`finish_update`);
         # predictions in the block read the averages, in any thread.
-        with self._gate.loading():
-            try:
-                swap.__enter__()
-            finally:  # (a swap cut short may have put some of the averages in already)
-                if swapped:
-                    self._weights_moved()
-                self._generation += 1  # (the combiner's averages count too)
+        # (The combiner's averages count as a change too: `_changing_weights` always moves the count.)
+        with self._gate.loading(), self._changing_weights(encoder=swapped):
+            swap.__enter__()
         try:
             yield
         finally:
-            with self._gate.loading():
+            with self._gate.loading(), self._changing_weights(encoder=swapped):
                 # Ended as a plain exit whatever ended the block: thinc's own
                 # `use_params` puts a node's parameters back (the combiner's
                 # trained mix) on a plain exit only, not on an exception.
-                try:
-                    swap.__exit__(None, None, None)
-                finally:
-                    if swapped:
-                        self._weights_moved()
-                    self._generation += 1
+                swap.__exit__(None, None, None)
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
