@@ -71,14 +71,18 @@ class FiniteCheck:
 
 
 def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, encoder: Model,
-                      encoder_block: Optional[str] = None) -> None:
+                      encoder_block: Optional[str] = None, *, training: bool = False) -> None:
     """Raise `NonFiniteOutputs` if a doc of the batch has a vector with nan or inf.
 
     encoder: the model whose encoder made them, for the advice: its
         `precision` setting; without a shim, it pools another component's
         outputs (`ctxembed_from_trf`);
     encoder_block: where the encoder's settings are, as the error should say
-        (default: the component's `[components.<name>.model.encoder]`)."""
+        (default: the component's `[components.<name>.model.encoder]`);
+    training: the vectors are a training batch's, about to be sent to the
+        listening components (`update`): refused there, a nan loss does not
+        reach every weight that trains on them, and the run stops at the
+        step that went wrong rather than at the next evaluation."""
     bad = check.bad_docs()
     if not bad:
         return
@@ -97,8 +101,12 @@ def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, e
                   "on, most likely a float16 overflow)")
     else:
         advice = "the model's weights may hold nan or inf, or its activations overflow float32"
+        if training:
+            advice += " (weights that diverged in training: lower [training.optimizer] learn_rate)"
+    refused = ("this training batch is refused (no listening component is updated on it)" if training
+               else "this batch is refused (nothing of it is written)")
     raise NonFiniteOutputs(
         f"[{component}] the model gave nan or inf for {len(bad)} of the {len(docs)} docs of this batch "
         f"(first: doc {i}, {count} values, text {docs[i].text[:40]!r}); vectors with them would be "
-        f"wrong, so this batch is refused (nothing of it is written): {advice}"
+        f"wrong, so {refused}: {advice}"
     )

@@ -61,9 +61,11 @@ def test_padded_batches_match_transformers_on_each_text(minilm_dir, hf_reference
 def _tiny_family_model(family: str):
     from transformers import (
         AlbertConfig,
+        DebertaV2Config,
         DistilBertConfig,
         ElectraConfig,
         MegatronBertConfig,
+        MPNetConfig,
         RobertaConfig,
         XLMRobertaXLConfig,
     )
@@ -78,12 +80,19 @@ def _tiny_family_model(family: str):
         # normalize the selected layer's states too.
         "megatron-bert": lambda: MegatronBertConfig(**small),
         "xlm-roberta-xl": lambda: XLMRobertaXLConfig(**small, pad_token_id=0),
+        # Relative positions: DeBERTa-v2's disentangled attention (as v3 sets
+        # it), MPNet's bucketed bias, both computed from the padded length.
+        "deberta-v2": lambda: DebertaV2Config(**small, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                              position_buckets=256, share_att_key=True,
+                                              position_biased_input=False),
+        "mpnet": lambda: MPNetConfig(**small, pad_token_id=0),
     }[family]()
 
 
 @pytest.mark.parametrize("family,broadcast,cut", [
     ("roberta", True, True), ("electra", True, True), ("distilbert", False, True), ("albert", False, False),
-    ("megatron-bert", True, False), ("xlm-roberta-xl", True, False),
+    ("megatron-bert", True, False), ("xlm-roberta-xl", True, False), ("deberta-v2", False, True),
+    ("mpnet", True, True),
 ])
 def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast, cut):
     """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's and ALBERT's
@@ -264,3 +273,36 @@ def test_whitespace_tokens_take_no_piece_with_any_tokenizer(tmp_path, build):
                 assert not token.has_vector and not doc._.ctx_vectors[token.i].any(), (text, token.i)
         numpy.testing.assert_allclose(doc._.ctx_vectors, pool(states[-1], token_pieces(doc, offsets), "mean"),
                                       atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["deberta-v2", "mpnet"])
+def test_relative_position_families_are_batch_independent_under_small_budgets(minilm_dir, tmp_path, family):
+    """Relative positions are computed from the padded batch's length: a doc's
+    vectors must not depend on which docs share its forward batches, at a
+    budget of 64 pieces (a window to a batch) or 300 (windows of several docs
+    padded together), with cut windows; and each budget gives the same vectors."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_tiny_family_model(family)).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    long_text = " ".join(TEXTS * 12)  # cut into several windows of 48 pieces
+    texts = [TEXTS[0], long_text, TEXTS[2], TEXTS[1][:20], long_text[:300]]
+    outputs, masks = {}, []
+    for budget in (64, 300):
+        nlp = make_nlp(tmp_path, layers=[0, 1, 3], store_layers=True, window=48, stride=32, max_batch_items=budget)
+        masks.clear()
+        hook = get_runner(nlp.get_pipe("ctxembed_bert").encoder).encoder.module.register_forward_pre_hook(
+            lambda module, args, kwargs: masks.append(kwargs.get("attention_mask")), with_kwargs=True)
+        try:
+            together = [doc._.ctx_layers for doc in nlp.pipe(texts, batch_size=5)]
+        finally:
+            hook.remove()
+        # The premise: windows of several docs share padded batches.
+        assert any(m is not None and m.shape[0] > 1 and not bool(m.bool().all()) for m in masks)
+        for text, got in zip(texts, together):
+            numpy.testing.assert_allclose(got, nlp(text)._.ctx_layers, atol=1e-5, rtol=0)
+        outputs[budget] = together
+    for a, b in zip(outputs[64], outputs[300]):
+        numpy.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

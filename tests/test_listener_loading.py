@@ -22,10 +22,10 @@ NOT_RUN = (r"\[tagger\] ContextualListener upstream = '\*': doc has no layers fr
            "which did not run")
 
 
-def _pipeline(tiny_bert_dir, *, disabled_at_initialize=False):
+def _pipeline(tiny_bert_dir, *, disabled_at_initialize=False, **settings):
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], **settings))
     nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
         "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}})
     examples = [Example.from_dict(nlp.make_doc(TEXT), {"words": WORDS, "tags": TAGS})]
@@ -175,3 +175,40 @@ def test_a_replaced_listener_refuses_nan_from_its_copy(tiny_bert_dir, grad_facto
         with pytest.raises(NonFiniteOutputs, match=r"^\[ContextualTok2Vec\] the model gave nan or inf for 1 of "):
             nlp(TEXT)
     assert [t.tag_ for t in nlp(TEXT)] == TAGS
+
+
+def _params(model):
+    return [(node.id, name, node.get_param(name).copy()) for node in model.walk()
+            for name in node.param_names if node.has_param(name)]
+
+
+@pytest.mark.parametrize("where", ["component", "component-frozen", "copy"])
+def test_a_training_batch_with_nan_stops_at_its_update(tiny_bert_dir, where):
+    """Weights that diverged in training (here a row of the embedding table set
+    to nan, in place): the batch is refused at its update, before any listening
+    component trains on it, and names the learning rate. It used to be sent on:
+    the tagger's loss went nan, its weights after it, and the run stopped (if
+    at all) at the next evaluation. Also for a frozen encoder (the feature
+    cache's path) and a `replace_listeners` copy training inside the tagger."""
+    from spacy_ctxembed.errors import NonFiniteOutputs
+
+    nlp, examples = _pipeline(tiny_bert_dir, trainable=where != "component-frozen")
+    optimizer = nlp.resume_training()
+    nlp.update(examples, sgd=optimizer)  # a clean step first
+    if where == "copy":
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+        nlp.remove_pipe("ctxembed_bert")
+    shim = next(shim for node in nlp.get_pipe("tagger" if where == "copy" else "ctxembed_bert").model.walk()
+                for shim in node.shims)
+    with torch.no_grad():
+        shim._model.embeddings.word_embeddings.weight.fill_(float("nan"))
+    tagger_before = _params(nlp.get_pipe("tagger").model)
+    name = "ContextualTok2Vec" if where == "copy" else "ctxembed_bert"
+    with pytest.raises(NonFiniteOutputs, match=(
+            rf"^\[{name}\] the model gave nan or inf for 1 of the 1 docs of this batch .*this training batch is "
+            r"refused \(no listening component is updated on it\): .*lower \[training.optimizer\] learn_rate")):
+        nlp.update(examples, sgd=optimizer)
+    after = _params(nlp.get_pipe("tagger").model)
+    changed = [(node, name) for (node, name, was), (_, _, now) in zip(tagger_before, after)
+               if not numpy.array_equal(was, now, equal_nan=True)]
+    assert not changed

@@ -403,12 +403,10 @@ def _scaled_forward(model: Model, X, is_train: bool):
     factor = _setting(model, "grad_factor", 1.0)
     if _setting(model, "frozen", False):
         Y = model.layers[0].predict(X)
-        if not is_train:
-            _refuse_non_finite(model, X, Y)
+        _refuse_non_finite(model, X, Y, is_train)
         return Y, _nothing_back
     Y, backprop = model.layers[0](X, is_train)
-    if not is_train:
-        _refuse_non_finite(model, X, Y)
+    _refuse_non_finite(model, X, Y, is_train)
     if factor == 0:
         # (v2: run in training mode, as released.) No backward pass: a zero
         # gradient would still let an optimizer with weight decay move the weights.
@@ -420,13 +418,15 @@ def _scaled_forward(model: Model, X, is_train: bool):
     return Y, scaled
 
 
-def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any]) -> None:
+def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any], is_train: bool) -> None:
     """A copy of an embedder inside the listening component (`replace_listeners`)
     predicts for it, and writes nothing a ctxembed component would check: nan
     or inf there would be the downstream component's features (a tagger's
-    every tag the same), so they are refused as the component refuses them."""
+    every tag the same), or in training its gradients, so they are refused
+    as the component refuses them."""
     refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), model,
-                      encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]")
+                      encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]",
+                      training=is_train)
 
 
 def _nothing_back(dY) -> list:

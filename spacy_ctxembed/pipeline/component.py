@@ -527,6 +527,8 @@ class ContextualEmbedder(TrainablePipe):
                 layers, bp_layers = self._frozen_layers(docs), None
             vectors, bp_vectors = self.combiner.begin_update(layers)
         ops = self.model.ops
+        # Refused before any listener is sent the batch (see `finite`).
+        refuse_non_finite(self.name, docs, FiniteCheck(ops, vectors), self.encoder, training=True)
         grads = {"layers": [ops.alloc(x.shape) for x in layers], "vectors": [ops.alloc(x.shape) for x in vectors]}
         waiting = len(listeners)
         received: set = set()  # the kinds of output that got a gradient (none at grad_factor 0)
