@@ -2,11 +2,16 @@
 
 Storage. Each component's output is kept with the character spans of the
 tokens it was computed for, in one dict under the user-data key
-``("._.", "ctxembed", start_char, end_char)``: the key spaCy uses for a span
-extension of the whole doc. spaCy shifts such keys itself in
+``("._.", "ctxembed:<id>", start_char, end_char)``: the key spaCy uses for a
+span extension of the whole doc. spaCy shifts such keys itself in
 `Span.as_doc(copy_user_data=True)` and `Doc.from_docs`, and `doc.copy()`,
 pickling, `Doc.to_bytes` and `DocBin(store_user_data=True)` keep them, so the
-outputs always know which characters their rows belong to.
+outputs always know which characters their rows belong to. The id is new
+with each store written: `Doc.from_docs` gathers the parts' keys in one dict,
+and two parts whose shifted spans are equal (cuts of two sources of one
+length, or of one doc annotated again between the cuts) would otherwise
+share a key, one store silently replacing the other and its tokens reading
+the other's rows. (Stores saved before had the name "ctxembed": still read.)
 
 Reading. `doc._.ctx_outputs`, `doc._.ctx_vectors`, `doc._.ctx_layers` and the
 vector hooks are computed from the store for the doc's tokens *now*, by
@@ -43,7 +48,9 @@ that pointer up to date and leaves the other hooks alone.
 """
 import contextlib
 import copy
+import hashlib
 import itertools
+import os
 import threading
 import warnings
 import weakref
@@ -157,13 +164,14 @@ def write_outputs(
     # One pass in Cython for what the output and the as_doc pointer keep of the tokens.
     tokens = doc.to_array([IDX, LENGTH, ORTH, SPACY])
     starts = tokens[:, 0].astype("int64")
-    # The whole-doc key (`_whole_doc_key`), from the last token's row.
-    key = _store_key(int(tokens[-1, 0] + tokens[-1, 1] + tokens[-1, 3]) if len(tokens) else 0)
+    # The doc's length (`text_length`), from the last token's row.
+    n_chars = int(tokens[-1, 0] + tokens[-1, 1] + tokens[-1, 3]) if len(tokens) else 0
     stores = _stores(doc)
-    old = stores[0][1] if len(stores) == 1 and stores[0][0] == key else None
+    whole = stores[0] if len(stores) == 1 and _spans_whole(stores[0][0], n_chars) else None
+    old = whole[1] if whole is not None else None
     tensor_from: Optional[str] = None
-    if old is not None:
-        tensor_from = _tensor_source(doc, [(key, old)])
+    if whole is not None:
+        tensor_from = _tensor_source(doc, [whole])
     elif stores or SOURCE_HOOK in doc.user_hooks:  # (else there are no outputs to keep: a doc's first)
         old = _gathered_store(doc)
         if old is not None:
@@ -189,7 +197,9 @@ def write_outputs(
     clashes = {k: v for k, v in (old.get("clashes") or {}).items() if k != name} if old is not None else {}
     if clashes:
         store["clashes"] = clashes
-    _data(doc)[key] = store
+    if whole is not None:
+        del _data(doc)[whole[0]]  # (replaced by the new store, under a key of its own)
+    _data(doc)[_store_key(n_chars)] = store
     if primary:
         set_vector_hooks(doc, _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:])))
     else:
@@ -436,7 +446,7 @@ def set_source_pointer(doc: Doc, source: Optional["_Source"] = None) -> None:
     (`span.as_doc()`), alone: a doc with non-primary outputs only has no vector hooks."""
     if source is None:
         stores = _stores(doc)
-        if len(stores) == 1 and stores[0][0] == _whole_doc_key(doc):
+        if len(stores) == 1 and _spans_whole(stores[0][0], text_length(doc)):
             source = _Source(doc, stores[0][1])
         elif stores:
             # Shifted stores (Doc.from_docs, or a cut with its user data; a
@@ -705,7 +715,8 @@ class _View:
 # Memo of aligned views, so token-by-token hooks after a retokenization
 # realign once, not once per token. Weak: it never keeps a doc alive. Its
 # lock and memo are per process (a forked child inherits the lock as it was).
-_Memo = Tuple[threading.Lock, "weakref.WeakKeyDictionary[Doc, Tuple[List[Any], _View]]"]
+# A memo: the stores (by identity), the view, and the user-data key of a doc's one store.
+_Memo = Tuple[threading.Lock, "weakref.WeakKeyDictionary[Doc, Tuple[List[Any], _View, Optional[tuple]]]"]
 _VIEWS: ProcessLocal[_Memo] = ProcessLocal(lambda: (threading.Lock(), weakref.WeakKeyDictionary()))
 
 
@@ -740,11 +751,11 @@ def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View
     lock, memos = _VIEWS.get()
     with lock:
         memo = memos.get(doc)
-    # The common case, a doc with its one whole-doc store: found by key, where
-    # the view was made from that store alone (`_stores` scans all of the user
-    # data, once per token hook if done here: other extensions' values are there too).
-    whole = _data(doc).get(_whole_doc_key(doc))
-    if memo is not None and len(memo[0]) == 1 and memo[0][0] is whole and memo[1].fits(doc, start, end):
+    # The common case, a doc with its one store: found by the key the view was
+    # made from, with that store alone (`_stores` scans all of the user data,
+    # once per token hook if done here: other extensions' values are there too).
+    if (memo is not None and memo[2] is not None and _data(doc).get(memo[2]) is memo[0][0]
+            and memo[1].fits(doc, start, end)):
         return memo[1]
     stores = _stores(doc)
     if not stores:
@@ -769,8 +780,9 @@ def _view(doc: Doc, start: int = 0, end: Optional[int] = None) -> Optional[_View
     ):
         return memo[1]
     view = _align(doc, stores)
+    own_key = stores[0][0] if len(stores) == 1 and _data(doc).get(stores[0][0]) is stores[0][1] else None
     with lock:
-        memos[doc] = (identity, view)
+        memos[doc] = (identity, view, own_key)
     return view
 
 
@@ -780,7 +792,7 @@ def _stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
     cut from a source as long as the joined doc.)"""
     found = [
         (k, v) for k, v in _data(doc).items()
-        if isinstance(k, tuple) and len(k) == 4 and k[:2] == ("._.", STORE) and isinstance(v, dict)
+        if is_store_key(k) and isinstance(v, dict)
     ]
     return sorted(found, key=lambda item: item[0][2])
 
@@ -894,6 +906,13 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
         "True) after a retokenizer split) that is not at the joined doc's own edge; "
         "run the component on this doc, or join docs that all have its outputs"
     )
+
+
+def uncovered_error(doc: Doc, name: Optional[str], uncovered: numpy.ndarray) -> MissingOutputs:
+    """The error for reading `name`'s output as features where it covers no
+    token of `uncovered` (its "missing" mask): its zero rows there are no
+    vectors it made."""
+    return _missing_error(name, _where(doc, uncovered))
 
 
 def _where(doc: Doc, mask: numpy.ndarray) -> str:
@@ -1146,13 +1165,47 @@ def _data(doc: Doc) -> Dict[Any, Any]:
     return cast(Dict[Any, Any], doc.user_data)
 
 
-def _whole_doc_key(doc: Doc) -> tuple:
-    return _store_key(text_length(doc))
-
-
 def _store_key(n_chars: int) -> tuple:
-    """The user-data key of a store for a whole doc of `n_chars` characters."""
-    return ("._.", STORE, 0, n_chars)
+    """A new user-data key for a store for a whole doc of `n_chars` characters,
+    unique to that store (see the module's docstring). Random, not counted: a
+    counter would repeat in the processes of `nlp.pipe(n_process=...)`."""
+    return ("._.", f"{STORE}:{os.urandom(8).hex()}", 0, n_chars)
+
+
+def name_stores_by_content(doc: Doc) -> None:
+    """Key each store in `doc`'s user data by a digest of its content rather
+    than the random id it was written with: the same outputs then serialize to
+    the same bytes (`embed` run again writes the same files), and stores that
+    differ still never share a key. For host docs about to be saved (arrays
+    read here: numpy, as `embed`'s writer makes them first)."""
+    data = _data(doc)
+    for key, store in _stores(doc):
+        digest = hashlib.blake2b(repr((key[2], key[3], store.get("primary"), store.get("tensor_set"),
+                                       store.get("conflict"), store.get("clashes"))).encode("utf8"),
+                                 digest_size=16)
+        for name in sorted(store["outputs"]):
+            output = store["outputs"][name]
+            digest.update(repr((name, output.get("signature"))).encode("utf8"))
+            for field in ("starts", "ends", "orths", "vectors", "layers"):
+                array = output.get(field)
+                if array is not None:
+                    array = numpy.ascontiguousarray(array)
+                    digest.update(repr((field, array.dtype.str, array.shape)).encode("utf8"))
+                    digest.update(array.tobytes())
+        named = ("._.", f"{STORE}:{digest.hexdigest()}", key[2], key[3])
+        if named != key:
+            data[named] = data.pop(key)
+
+
+def is_store_key(key: Any) -> bool:
+    """Whether a user-data key is a ctxembed store's (also as saved before ids: "ctxembed")."""
+    return (isinstance(key, tuple) and len(key) == 4 and key[0] == "._." and isinstance(key[1], str)
+            and (key[1] == STORE or key[1].startswith(STORE + ":")))
+
+
+def _spans_whole(key: tuple, n_chars: int) -> bool:
+    """Whether a store's key spans a whole doc of `n_chars` characters (is not shifted)."""
+    return key[2] == 0 and key[3] == n_chars
 
 
 def _to_numpy(array):

@@ -119,7 +119,7 @@ def encoder_features(encoder: Model) -> Dict[str, Any]:
 
 
 def check_saved_features(component: str, saved: Any, current: Dict[str, Any], *, trained: str,
-                         on_purpose: str = "") -> None:
+                         on_purpose: str = "", setting_prefix: str = "") -> None:
     """After a load, where weights trained on the vectors read them: the
     features the encoder was saved with (`encoder_features`) against the
     config's. Another `pooling` gives other vectors for every token, under
@@ -129,19 +129,20 @@ def check_saved_features(component: str, saved: Any, current: Dict[str, Any], *,
 
     trained: what was trained on the vectors, for the messages.
     on_purpose: how to load it with the config's pooling all the same, where there is a way.
+    setting_prefix: where the settings are in the component's model, for the messages.
     Saves that record nothing (earlier versions, ELMo) are not checked.
     """
     if not isinstance(saved, dict) or not current:
         return
     if "pooling" in saved and "pooling" in current and saved["pooling"] != current["pooling"]:
-        raise bad_setting(component, "pooling", current["pooling"],
+        raise bad_setting(component, f"{setting_prefix}pooling", current["pooling"],
                           f"the encoder was saved with pooling = {saved['pooling']!r}, and what was trained on those "
                           f"vectors ({trained}) reads them: put back pooling = {saved['pooling']!r}, or train again"
                           + (f"; {on_purpose}" if on_purpose else ""))
     changed = [name for name in ("window", "stride") if name in saved and name in current
                and saved[name] != current[name]]
     if changed:
-        now = ", ".join(f"{name} = {current[name]}" for name in changed)
+        now = ", ".join(f"{setting_prefix}{name} = {current[name]}" for name in changed)
         was = ", ".join(f"{name} = {saved[name]}" for name in changed)
         shortest = min(current.get("window", 0), saved.get("window", 0)) or "the window"
         warnings.warn(f"[{component}] {now}: the encoder was saved with {was} (resolved), and what was trained "

@@ -10,7 +10,7 @@ suffix in lower case), for every reader: `embed --ray` reads the kinds in
 CoNLL-U, and each refuses the other kinds in its own words.
 """
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 BOM = b"\xef\xbb\xbf"
 #: The kinds of line or row input that `embed --ray` reads.
@@ -35,6 +35,39 @@ def line_bounds(raw: bytes, first: bool) -> Tuple[int, int]:
     if end > start and raw[end - 1 : end] == b"\r":
         end -= 1
     return start, end
+
+
+#: Byte order marks of encodings whose text decodes as UTF-8 all the same
+#: (ASCII comes out with a NUL byte beside each character), longest first.
+WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+             (b"\xfe\xff", "UTF-16"))
+#: How much of a file's start `wide_encoding` reads.
+HEAD_BYTES = 4096
+
+
+def wide_encoding(head: bytes) -> Optional[str]:
+    """"UTF-16" or "UTF-32" where a file's first bytes (`HEAD_BYTES` of them)
+    say it is: a byte order mark, or without one ("UTF-16LE", ..., as iconv
+    names them), NUL bytes in a quarter or
+    more of them (ASCII in UTF-16 is half NULs; text in UTF-8 has none but
+    where a line holds the NUL character itself). Else None. Such a file's
+    lines are mostly valid UTF-8, and would be embedded as their bytes: NULs
+    between the letters."""
+    for bom, encoding in WIDE_BOMS:
+        if head.startswith(bom):
+            return encoding
+    if len(head) >= 16 and head.count(0) * 4 >= len(head):
+        wide = "UTF-32" if head.count(b"\x00\x00\x00") * 4 >= len(head) // 4 else "UTF-16"
+        # Without a mark, the byte order is iconv's to be told: ASCII's NULs come after it in little-endian.
+        return wide + ("LE" if head[1:2] == b"\x00" and head[:1] != b"\x00" else "BE")
+    return None
+
+
+def wide_encoding_advice(what: str, encoding: str) -> str:
+    """The refusal of a file (`what`: "INPUT name") that `wide_encoding` found to be UTF-16 or UTF-32."""
+    return (f"{what} looks like {encoding}, not UTF-8 (a byte order mark, or NUL bytes between its "
+            f"characters: PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. "
+            f"iconv -f {encoding} -t UTF-8")
 
 
 def decode_file(raw: bytes) -> str:

@@ -112,12 +112,21 @@ def test_docbin(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"), (b"\n \n", "no docs with text"), (b"ok\n\xff\n", "line 2 is not UTF-8"),
+    # (read as UTF-8, every line was analysed as its bytes: NULs between the letters)
+    ("Pretty good.\nSecond.\n".encode("utf-16"), "looks like UTF-16, not UTF-8"),
 ])
 def test_corpus_errors(tmp_path, content, message):
     path = tmp_path / "c.txt"
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(AnalysisInputError, match=f"CORPUS .*{message}"):
+        read_corpus(path)
+
+
+def test_a_utf16_conllu_corpus_is_refused(tmp_path):
+    path = tmp_path / "c.conllu"
+    path.write_bytes("# text = Hi\n1\tHi\thi\tINTJ\t_\t_\t0\troot\t_\t_\n\n".encode("utf-16-le"))
+    with pytest.raises(AnalysisInputError, match=r"^CORPUS .*c.conllu looks like UTF-16LE, not UTF-8"):
         read_corpus(path)
 
 

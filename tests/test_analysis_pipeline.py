@@ -488,5 +488,8 @@ def test_summary_picks_the_best_wic_layer_by_cross_validation():
                 "wic": {"mean": {"layers": layers, "mean_of_layers": {"accuracy": 0.6}, "scalar_mix": mix}}}
     baseline = {"pairs": "train", "majority_label": "F", "majority_rate": 0.55}
     text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline}})
-    assert "best layer (by cross-validation) 1 0.600" in text
+    assert "best layer (by cross-validation) 1 0.600, mean" in text
     assert "The majority class (always F) scores 0.550 on the --wic-train pairs" in text
+    # Training pairs 75% F: no layer's cross-validated rule beats answering F, which the line says.
+    text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline, "train": {"majority_rate": 0.75}}})
+    assert "best layer (by cross-validation) 1 0.600 (no layer beats the majority class in cross-validation)" in text

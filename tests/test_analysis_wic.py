@@ -211,6 +211,36 @@ def test_senses_and_recommendation_on_constructed_pairs():
     assert chosen["accuracy"] is None and "selected on these folds" in chosen["note"]
 
 
+def test_a_recommendation_no_better_than_the_majority_class_says_so():
+    """Pairs 19 in 20 F, every layer noise: each layer's fitted rule is "all
+    different", and every candidate scores the majority rate in cross-validation
+    (checked here by brute force per fold). The winner, by the tie-break, was
+    named "the layers that separate WiC senses best" with that score. It says
+    it beats nothing; on the constructed pairs the best layer does."""
+    rng = np.random.default_rng(11)
+    n = 100
+    labels = np.zeros(n, dtype=bool)
+    labels[::20] = True
+    grams = WicGrams.from_targets(rng.normal(size=(2 * n, 3, 8)).astype(np.float32))
+    chosen = recommend({"mean": grams}, labels, [0, 1, 2], n_folds=5, seed=0)
+    majority = 1 - labels.mean()
+    assert chosen["cv_accuracy"] <= majority and not chosen["beats_baseline"]
+    assert chosen["note"].startswith("NO candidate beats the majority-class baseline")
+    assert f"majority-class baseline {majority:.3f} (always F)" in chosen["note"]
+    # (the premise, independently: no single layer's per-fold brute-force rule beats always-F)
+    splits = folds(labels, 5, 0)
+    for layer in range(3):
+        cosines = grams.layer_cosines()[:, layer]
+        right = 0
+        for train_rows, test_rows in splits:
+            t, _ = brute_threshold(cosines[train_rows], labels[train_rows])
+            right += accuracy(cosines[test_rows], labels[test_rows], t) * len(test_rows)
+        assert right / n <= majority + 1e-12
+    targets, balanced = _constructed_targets(60, 3, 8, good_layer=1, rng=rng)
+    good = recommend({"mean": WicGrams.from_targets(targets)}, balanced, [0, 1, 2], n_folds=3, seed=0)
+    assert good["beats_baseline"] and good["note"].startswith("cross-validated accuracy 1.000")
+
+
 def test_recommendation_reports_evaluation_accuracy():
     rng = np.random.default_rng(8)
     train, y_train = _constructed_targets(40, 3, 8, good_layer=1, rng=rng)
@@ -284,6 +314,10 @@ def test_read_wic_takes_byte_order_marks_blank_last_lines_and_crlf(tmp_path):
         with pytest.raises(AnalysisInputError, match=rf"^--wic-train .*wic: train.data.txt is not UTF-8 "
                                                      rf"\(byte {17 + len(bom)}\)"):
             read_wic(directory)
+    # UTF-16 decodes as UTF-8 where it is ASCII: NULs between the letters, refused by name
+    (directory / "train.data.txt").write_bytes("run\tV\t0-0\tRan\tRan\n".encode("utf-16"))
+    with pytest.raises(AnalysisInputError, match=r"^--wic-train .*wic: train.data.txt looks like UTF-16, not UTF-8"):
+        read_wic(directory)
 
 
 @pytest.mark.parametrize("rows, gold, message", [

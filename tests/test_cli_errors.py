@@ -341,3 +341,22 @@ def test_load_pipeline_names_a_disabled_primary_and_reads_no_other_components_cf
         "[emb2] primary = false: no component of the pipeline sets doc._.ctx_vectors, which a corpus job writes (a "
         "component that is not primary keeps its outputs in doc._.ctx_outputs['emb2'] only); set primary = true on "
         "one ctxembed component; 'emb' is disabled: enable it")
+
+
+@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+                                           ("utf-16-be", "UTF-16BE"), ("utf-32", "UTF-32")])
+@pytest.mark.parametrize("stdin", [False, True])
+def test_utf16_input_is_refused_not_embedded_as_its_bytes(tmp_path, no_model, encoding, named, stdin):
+    """A UTF-16 file (PowerShell's `>`) is mostly valid UTF-8: its lines were
+    embedded as their bytes, a NUL between letters ("\\x00P\\x00r..."), and the
+    run said it wrote them all. Refused as a whole, naming the encoding iconv
+    takes (the byte order, where no mark says it), before the model loads."""
+    path = tmp_path / "u16.txt"
+    path.write_bytes("Pretty good.\nThe second line.\n".encode(encoding))
+    result = invoke("embed", "-" if stdin else path, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model",
+                    stdin=path.read_bytes() if stdin else None)
+    label = "<stdin>" if stdin else str(path)
+    assert _one_error(result) == (
+        f"error: INPUT {label} looks like {named}, not UTF-8 (a byte order mark, or NUL bytes between its characters: "
+        f"PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. iconv -f {named} -t UTF-8")
+    assert not (tmp_path / "out").exists()

@@ -767,3 +767,31 @@ def test_iter_docs_of_a_cut_shard_names_it(tmp_path, corpus, pipeline):
     assert again.exit_code == 2
     assert re.fullmatch(rf"error: --output {re.escape(str(out))} is damaged: shard-000001\.spacy holds 40 bytes, "
                         r"where its manifest says [\d,]+; pass --overwrite to embed it again", last_line(again.stderr))
+
+
+def test_a_docbin_input_with_outputs_of_an_earlier_run_gets_this_runs_only(tmp_path, corpus, pipeline, tiny_bert_dir):
+    """An earlier embed's shard as INPUT, embedded with another pipeline: its
+    docs' outputs (here of a component named "other", another model) were
+    carried into the new output beside this run's, as if this run made them.
+    They are dropped; the docs' other user data stays; the vectors are this
+    pipeline's, as the pipeline gives them directly; and the same input gives
+    the same shard bytes twice (stores are keyed by their content)."""
+    other = spacy.blank("en")
+    other.add_pipe("ctxembed_bert", name="other", config={"model": {"encoder": {"name": str(tiny_bert_dir),
+                                                                                 "layers": [0]}}})
+    other.initialize()
+    docs = list(other.pipe(["An earlier run.", "Its second doc."]))
+    for doc in docs:
+        doc.user_data["mine"] = "kept"
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "earlier.spacy")
+    for out in ("out", "again"):
+        result = invoke("embed", tmp_path / "earlier.spacy", "-o", tmp_path / out, "-m", pipeline)
+        assert result.exit_code == 0, result.stderr
+    nlp = spacy.load(pipeline)
+    (shard,) = sorted((tmp_path / "out").glob("shard-*.spacy"))
+    got = list(DocBin(store_user_data=True).from_disk(shard).get_docs(nlp.vocab))
+    assert [doc.text for doc in got] == ["An earlier run.", "Its second doc."]
+    for doc in got:
+        assert sorted(doc._.ctx_outputs) == [nlp.pipe_names[0]] and doc.user_data["mine"] == "kept"
+        numpy.testing.assert_allclose(doc._.ctx_vectors, nlp(doc.text)._.ctx_vectors, atol=1e-6)
+    assert shard.read_bytes() == (tmp_path / "again" / shard.name).read_bytes()

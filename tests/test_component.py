@@ -88,13 +88,14 @@ def test_doc_tensor_of_another_component_is_left_alone(tiny_bert_dir):
 def test_doc_tensor_of_a_doc_stored_by_an_earlier_version(tiny_bert_dir):
     """Stores written before `tensor_set` was recorded: the tensor is the
     component's own where it equals its primary vectors."""
-    from spacy_ctxembed.outputs import STORE
+    from spacy_ctxembed.outputs import STORE, is_store_key
 
     nlp, other_layers = make_nlp(tiny_bert_dir), make_nlp(tiny_bert_dir, layers=[0])
 
-    def as_earlier_version(doc):
-        key = next(k for k in doc.user_data if isinstance(k, tuple) and k[:2] == ("._.", STORE))
-        doc.user_data[key] = {k: v for k, v in doc.user_data[key].items() if k != "tensor_set"}
+    def as_earlier_version(doc):  # (its key too: no id in the name)
+        key = next(k for k in doc.user_data if is_store_key(k))
+        store = doc.user_data.pop(key)
+        doc.user_data[("._.", STORE, *key[2:])] = {k: v for k, v in store.items() if k != "tensor_set"}
         return doc
 
     doc = as_earlier_version(nlp("I ran to the park"))

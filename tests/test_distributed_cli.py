@@ -43,6 +43,22 @@ def test_cli_ray_usage_errors(tmp_path, args, message):
     assert not _ray_started()
 
 
+def test_stdin_and_an_output_that_cannot_be_made_are_usage_errors_before_ray_starts(tmp_path):
+    """`-` (stdin) was looked for as a file ("input -: no such file or
+    directory"), and an output under a file, or unwritable, gave a raw
+    OSError (exit 1): both name the option, as without --ray."""
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", "-", "-o", str(tmp_path / "out"), "--ray"], input="a doc\n")
+    assert result.exit_code == 2, result.output
+    assert "INPUT -: --ray does not read stdin" in result.output
+    (tmp_path / "file").write_text("", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "file" / "out"),
+                                      "--ray"])
+    assert result.exit_code == 2, result.output
+    assert f"--output {tmp_path / 'file' / 'out'}: cannot write in it: Not a directory" in result.output
+    assert not _ray_started()
+
+
 def test_a_pipeline_without_an_embedder_is_refused_before_ray_starts(tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")

@@ -7,6 +7,7 @@ and pyarrow's reading of the whole file, never the planner read back by itself.
 import hashlib
 import json
 import os
+import re
 
 import numpy
 import pytest
@@ -468,3 +469,23 @@ def test_an_unreadable_shard_file_is_not_committed(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
     (out / shard_name(1)).write_bytes(b"truncated")
     assert set(committed(out, shards)) == {0}
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+@pytest.mark.parametrize("encoding,named", [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE")])
+def test_a_utf16_input_is_refused_when_the_run_is_planned(tmp_path, suffix, encoding, named):
+    """`embed --ray` embedded a UTF-16 file's lines as their bytes (NULs between
+    the letters) and rejected only the line with the byte order mark: the
+    whole file is refused when the run is planned. UTF-8 with NUL characters
+    in its lines (rare, but text) is still read."""
+    path = tmp_path / f"u16{suffix}"
+    lines = ['{"text": "Pretty good."}', '{"text": "Second."}'] if suffix == ".jsonl" else ["Pretty good.", "Second."]
+    path.write_bytes("\n".join(lines + [""]).encode(encoding))
+    with pytest.raises(InputError, match=rf"^input {re.escape(str(path))} looks like {named}, not UTF-8 .*"
+                                         rf"iconv -f {named} -t UTF-8$"):
+        plan_shards(input_files([str(path)]), 10)
+    nul = tmp_path / "nul.txt"
+    nul.write_bytes(b"A line with a NUL \x00 in it, and more text after it.\n")
+    (shard,), _ = plan_shards(input_files([str(nul)]), 10)
+    rows, rejected = read_shard(shard)
+    assert [text for _, text in rows] == ["A line with a NUL \x00 in it, and more text after it."] and not rejected

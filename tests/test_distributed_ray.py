@@ -226,6 +226,8 @@ def test_a_killed_actor_is_retried_and_nothing_is_lost(local_ray, pipeline_dir, 
             killed["pid"] = summary["pid"]
             killed["done_before"] = len(list((out / "shards").glob("*.parquet")))
             os.kill(summary["pid"], signal.SIGKILL)
+            # What a shard write killed before its rename leaves (here for certain, not by the kill's timing).
+            (out / "shards" / f".{shard_name(23)}.k1ll3d.tmp").write_bytes(b"partial")
 
     manifest = embed_corpus(path, out, model=str(pipeline_dir), shard_size=15, batch_size=32, actors=2,
                             progress=False, on_shard=on_shard)
@@ -235,6 +237,8 @@ def test_a_killed_actor_is_retried_and_nothing_is_lost(local_ray, pipeline_dir, 
     _assert_matches(out, reference, len(lines))
     assert manifest["docs"] == len(good) and manifest["rejected"] == len(lines) - len(good)
     assert sorted(s["shard"] for s in summaries) == list(range(24)), "every shard reported exactly once"
+    # A complete output holds no partial shard file (it stayed beside the complete ones).
+    assert sorted(p.name for p in (out / "shards").iterdir() if p.name.startswith(".")) == []
 
 
 def test_concurrent_runs_into_one_outdir_are_refused(local_ray, pipeline_dir, corpus, tmp_path):

@@ -6,8 +6,11 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
+from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.util import registry
+
+from spacy_ctxembed.outputs import MissingOutputs
 
 from .conftest import SHARED_DATA, ctx_config
 
@@ -103,6 +106,36 @@ def test_listener_after_its_upstream_is_renamed(tiny_bert_dir, upstream):
     with nlp.select_pipes(disable=["emb"]), pytest.raises(
             ValueError, match=r"upstream = 'ctxembed_bert': no ctxembed component of that name comes before"):
         nlp("I ran")
+
+
+@pytest.mark.parametrize("mix_layers", [False, True])
+def test_a_listener_refuses_tokens_its_upstream_output_does_not_cover(tiny_bert_dir, mix_layers):
+    """A doc joined (`Doc.from_docs`) from a doc the whole pipeline annotated and
+    one that only another ctxembed component did: the upstream's output covers
+    the first part only, its rows on the second are zeros ("missing"). The
+    tagger read them as features and tagged from nothing, where `token.vector`
+    refuses them. Refused, naming the tokens; the covered doc alone tags."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="X", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", name="Y", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], primary=False))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "Y",
+        "mix_layers": mix_layers}}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc("Apples grow fast"), {"tags": ["N", "V", "A"]})])
+    covered = nlp("Apples grow on trees.")
+    only_x = spacy.blank("en", vocab=nlp.vocab)
+    only_x.add_pipe("ctxembed_bert", name="X", config=ctx_config(name=tiny_bert_dir))
+    only_x.initialize()
+    joined = Doc.from_docs([covered, only_x("Pears grow there too.")])
+    assert joined._.ctx_outputs["Y"]["missing"].tolist() == [False] * 5 + [True] * 5
+    tok2vec = nlp.get_pipe("tagger").model.get_ref("tok2vec")
+    said = r"^\[tagger\] ContextualListener upstream = 'Y': \[Y\] no 'Y' output covers "
+    with pytest.raises(MissingOutputs, match=said + r"5 of its 10 tokens \(from token 5: 'Pears grow there too.'\)"):
+        tok2vec.predict([joined])
+    with nlp.select_pipes(disable=["X", "Y"]):
+        with pytest.raises(MissingOutputs, match=said):
+            nlp(joined)
+        assert len(nlp(covered)) == 5
 
 
 def _tagged_nlp(tiny_bert_dir):

@@ -23,7 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
-from spacy_ctxembed.outputs import STORE, MissingOutputs
+from spacy_ctxembed.outputs import STORE, MissingOutputs, is_store_key
 
 from .conftest import ctx_config
 
@@ -73,11 +73,10 @@ def _cosine(u, v) -> float:
 
 def _without_signatures(doc):
     """The doc as an earlier version stored it: outputs that do not say what made them."""
-    for key, store in doc.user_data.items():
-        if isinstance(key, tuple) and key[:2] == ("._.", STORE):
-            outputs = {name: {k: v for k, v in out.items() if k != "signature"}
-                       for name, out in store["outputs"].items()}
-            doc.user_data[key] = {**store, "outputs": outputs}
+    for key in _store_keys(doc):  # (its key too: no id in the name)
+        store = doc.user_data.pop(key)
+        outputs = {name: {k: v for k, v in out.items() if k != "signature"} for name, out in store["outputs"].items()}
+        doc.user_data[("._.", STORE, *key[2:])] = {**store, "outputs": outputs}
     return doc
 
 
@@ -400,6 +399,44 @@ def test_a_cut_doc_with_its_user_data_joined_with_others_keeps_to_its_own_charac
     numpy.testing.assert_allclose(rejoined._.ctx_vectors, source._.ctx_vectors, atol=1e-6)
 
 
+def test_cuts_whose_shifted_keys_are_equal_keep_their_own_stores(last_layer, first_layer):
+    """`Doc.from_docs` gathers the parts' user data in one dict: two cuts with
+    their user data whose shifted store spans are equal (sources of one length,
+    each cut where the other part ends) shared one key, and the later part's
+    store silently replaced the earlier's. Its tokens then read the other's
+    rows: another sentence's "Apples grow", or another model's (one source
+    annotated again between the two cuts), with no error. Each part keeps its
+    own store now, and two cuts whose stores overlap are an error, as they
+    are wherever their keys fall."""
+    one = last_layer("Apples grow well here today.")
+    for text in ("Apples grow fast here never.", "Cherry pies sell fast there."):
+        other = last_layer(text)
+        assert len(other.text) == len(one.text)
+        parts = [one[0:2].as_doc(copy_user_data=True), other[2:4].as_doc(copy_user_data=True)]
+        assert parts[0].text == "Apples grow "
+        joined = Doc.from_docs(parts)
+        assert len(_store_keys(joined)) == 2
+        with pytest.raises(MissingOutputs, match="which outputs belong to which characters cannot be told"):
+            restore_vectors(joined)
+        numpy.testing.assert_allclose(last_layer(joined)._.ctx_vectors, last_layer(joined.text)._.ctx_vectors,
+                                      atol=1e-6)
+    # (What was read: the other source's rows for "Apples grow", which its context makes other rows.)
+    assert not numpy.allclose(one._.ctx_vectors[:2], last_layer("Apples grow fast here never.")._.ctx_vectors[:2],
+                              atol=1e-3)
+    # One source, annotated again by another model between the cuts: an error, never one model's rows for both.
+    source = last_layer("I moved to New York City last spring with friends.")
+    first = source[0:6].as_doc(copy_user_data=True)
+    second = first_layer(source)[6:].as_doc(copy_user_data=True)
+    with pytest.raises(MissingOutputs, match=r"'emb' outputs come from different models"):
+        restore_vectors(Doc.from_docs([first, second]))
+    # Cuts of one store are that store's, as the source reads it.
+    source = last_layer(source.text)
+    rejoined = restore_vectors(Doc.from_docs([source[0:6].as_doc(copy_user_data=True),
+                                              source[6:].as_doc(copy_user_data=True)]))
+    assert len(_store_keys(rejoined)) == 1
+    numpy.testing.assert_array_equal(rejoined._.ctx_vectors, source._.ctx_vectors)
+
+
 def test_a_cut_that_ends_without_a_space_joined_flush_with_another_keeps_its_last_token(last_layer):
     """A cut whose last token ("$") touches the next part's first character, with
     no space between (`ensure_whitespace=False`): the token ends where the next
@@ -652,7 +689,7 @@ def test_the_weight_fingerprint_samples_evenly_to_the_last_element():
 
 
 def _store_keys(doc):
-    return [k for k in doc.user_data if isinstance(k, tuple) and k[:2] == ("._.", STORE)]
+    return [k for k in doc.user_data if is_store_key(k)]
 
 
 def test_doc_cleaner_drops_the_layers_or_every_output(vocab, tiny_bert_dir):

@@ -23,7 +23,15 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import decode_file, file_kind, line_bounds, split_lines
+from ..textlines import (
+    HEAD_BYTES,
+    decode_file,
+    file_kind,
+    line_bounds,
+    split_lines,
+    wide_encoding,
+    wide_encoding_advice,
+)
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -141,6 +149,8 @@ def _read_text(path: Path) -> Tuple[List[str], List[int]]:
     """The lines with text, and their line numbers in the file."""
     lines, numbers = [], []
     with path.open("rb") as f:
+        _refuse_wide(f.read(HEAD_BYTES), f"CORPUS {path}")
+        f.seek(0)
         for number, raw in enumerate(f, start=1):
             start, end = line_bounds(raw, first=number == 1)
             try:
@@ -152,6 +162,12 @@ def _read_text(path: Path) -> Tuple[List[str], List[int]]:
                 lines.append(line)
                 numbers.append(number)
     return lines, numbers
+
+
+def _refuse_wide(head: bytes, what: str) -> None:
+    encoding = wide_encoding(head)
+    if encoding is not None:
+        raise AnalysisInputError(wide_encoding_advice(what, encoding))
 
 
 def _read_docbin(path: Path) -> DocBin:
@@ -168,8 +184,10 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
     current = _ConlluDoc()
     newdoc = False
     skip_until = 0  # the last word id covered by the current multiword token
+    raw = path.read_bytes()
+    _refuse_wide(raw[:HEAD_BYTES], f"CORPUS {path}")
     try:
-        text = decode_file(path.read_bytes())
+        text = decode_file(raw)
     except UnicodeDecodeError as e:
         raise AnalysisInputError(f"CORPUS {path}: not UTF-8 (byte {e.start})") from None
     for number, line in enumerate(split_lines(text), start=1):

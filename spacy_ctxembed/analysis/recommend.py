@@ -12,7 +12,10 @@ configured pooling.
 The winner's cross-validated accuracy is the best of many candidates scored
 on the same folds, so it is optimistic: it is reported as ``cv_accuracy``
 ("selected on these folds"), and ``accuracy`` is only given when held-out
-evaluation pairs score the chosen candidate.
+evaluation pairs score the chosen candidate. It is read against the training
+pairs' majority-class baseline: a winner no better than it (a threshold that
+answers every pair alike fits such layers) separates nothing, which the note
+and ``beats_baseline`` say, rather than naming it the best.
 """
 import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 from thinc.api import Config
 
-from .wic import ThresholdRule, WicGrams, folds, held_out_accuracy
+from .wic import ThresholdRule, WicGrams, folds, held_out_accuracy, majority_class
 
 MAX_TOP = 4
 MEAN_COMBINER = "spacy-ctxembed.MeanLayers.v1"
@@ -45,7 +48,9 @@ def recommend(
     RETURNS: ``layers`` (model indices), ``pooling``, ``cv_accuracy`` (the
     winner's cross-validated accuracy: selected on these folds, so optimistic),
     ``accuracy`` (on the evaluation pairs when given, else None), ``note``,
-    ``n_candidates`` and ``ranking``: the 10 best candidates with their cv accuracy.
+    ``beats_baseline`` (whether ``cv_accuracy`` is above the training pairs'
+    majority-class rate), ``n_candidates`` and ``ranking``: the 10 best
+    candidates with their cv accuracy.
     """
     splits = folds(y_train, n_folds, seed)
     rule = ThresholdRule()
@@ -65,18 +70,26 @@ def recommend(
         weights = _weights([positions], train[pooling].n_layers)
         accuracy = held_out_accuracy(rule, train[pooling].cosines(weights)[:, 0], y_train,
                                      x_eval=evaluation[pooling].cosines(weights)[:, 0], y_eval=y_eval)
+    baseline = majority_class(y_train)
     return {
         "layers": [int(layer_ids[p]) for p in positions], "pooling": pooling, "cv_accuracy": best,
-        "accuracy": accuracy, "note": accuracy_note(best, accuracy, len(scored)), "n_candidates": len(scored),
+        "accuracy": accuracy, "note": accuracy_note(best, accuracy, len(scored), baseline),
+        "beats_baseline": bool(best > baseline["majority_rate"]), "n_candidates": len(scored),
         "ranking": [{"layers": [int(layer_ids[p]) for p in s[5]], "pooling": s[4], "cv_accuracy": -s[0]}
                     for s in scored[:10]],
     }
 
 
-def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: int) -> str:
-    """What the recommendation's accuracy numbers are, in words (the config snippet's comment)."""
+def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: int, baseline: dict) -> str:
+    """What the recommendation's accuracy numbers are, in words (the config snippet's comment),
+    against the training pairs' majority-class baseline (`majority_class`)."""
+    rate, label = baseline["majority_rate"], baseline["majority_label"]
+    always = "T and F as common" if label == "T/F" else f"always {label}"
     cv = (f"cross-validated accuracy {cv_accuracy:.3f} on the training pairs (selected on these folds: "
-          f"the best of {n_candidates} candidates, so optimistic)")
+          f"the best of {n_candidates} candidates, so optimistic); majority-class baseline {rate:.3f} ({always})")
+    if cv_accuracy <= rate:
+        cv = (f"NO candidate beats the majority-class baseline: these layers separate the senses no better than "
+              f"answering {always}; {cv}")
     if accuracy is None:
         return f"{cv}; --wic-eval gives a held-out accuracy"
     return f"held-out accuracy {accuracy:.3f} on the --wic-eval pairs; {cv}"

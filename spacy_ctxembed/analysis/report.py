@@ -176,10 +176,9 @@ def wic_figure(pipelines: Sequence[dict], wic: dict) -> "Figure":
             x = [layer["layer"] for layer in scores["layers"]]
             ax.plot(x, [layer["accuracy"] for layer in scores["layers"]], "o-", color=f"C{m}", label=f"pooling {mode}")
         base = pipeline["wic"][pipeline["pooling"] or "none"]
-        ax.axhline(base["mean_of_layers"]["accuracy"], color="k", linestyle="--",
-                   label=f"mean of all layers ({pipeline['pooling']})")
-        ax.axhline(base["scalar_mix"]["accuracy"], color="k", linestyle=":",
-                   label=f"fitted scalar mix ({pipeline['pooling']})")
+        pooled = f" ({pipeline['pooling']})" if pipeline["pooling"] else ""  # (ELMo: one vector a token)
+        ax.axhline(base["mean_of_layers"]["accuracy"], color="k", linestyle="--", label=f"mean of all layers{pooled}")
+        ax.axhline(base["scalar_mix"]["accuracy"], color="k", linestyle=":", label=f"fitted scalar mix{pooled}")
         ax.set_title(_short(pipeline["label"]))
         _layer_axis(ax)
         ax.set_ylabel("WiC accuracy")
@@ -355,7 +354,8 @@ def render_html(result: dict, images: Dict[str, bytes]) -> str:
         baseline = result["wic"]["majority_baseline"]
         parts += [
             "<h2>Sense separation (WiC)</h2>",
-            f"<p>{_e(result['wic']['protocol'])}; {result['wic']['train']['pairs']} training pairs. "
+            f"<p>{_e(result['wic']['protocol'])}; {result['wic']['train']['pairs']} training pairs"
+            + (f", {result['wic']['eval']['pairs']} evaluation pairs" if result["wic"].get("eval") else "") + ". "
             f"{_e(_baseline_sentence(baseline))}</p>",
             _image(images, WIC_PNG, "WiC accuracy per layer"),
             '<div class="side">' + "".join(f"<section><h3>{_e(_short(p['label']))}</h3>{_wic_tables(p, baseline)}"
@@ -406,8 +406,11 @@ def summary(result: dict) -> str:
                 best = max(scores["layers"], key=lambda s: s["cv_accuracy"])
                 mix = scores["scalar_mix"]
                 weights = ", ".join(f"{w:.2f}" for w in mix["weights"])
+                # (Against the training pairs' baseline, as the choice was made on them.)
+                none = ("" if best["cv_accuracy"] > (result["wic"].get("train") or {}).get("majority_rate", 0.0) else
+                        " (no layer beats the majority class in cross-validation)")
                 out.append(f"WiC pooling {mode}: best layer (by cross-validation) {best['layer']} "
-                           f"{best['accuracy']:.3f}, mean of layers "
+                           f"{best['accuracy']:.3f}{none}, mean of layers "
                            f"{scores['mean_of_layers']['accuracy']:.3f}, fitted scalar mix {mix['accuracy']:.3f} "
                            f"(weights {weights})")
         rec = pipeline.get("recommendation")

@@ -387,7 +387,9 @@ def _sense_separation(
         chosen = recommend(grams, train.labels, plan.layer_ids, n_folds=settings.n_folds, seed=settings.seed,
                            evaluation=eval_grams, y_eval=y_eval)
     what = "layers and pooling" if chosen["pooling"] is not None else "layers"
-    comment = "\n".join([f"spacy_ctxembed analyze: the {what} that separate WiC senses best;",
+    headline = (f"the {what} that separate WiC senses best;" if chosen["beats_baseline"] else
+                f"the best-scoring {what}, which separate WiC senses NO better than the majority class;")
+    comment = "\n".join([f"spacy_ctxembed analyze: {headline}",
                          *(f"{part}" for part in chosen["note"].split("; ")), "other settings as in your pipeline"])
     chosen["config"] = config_snippet(plan.name, plan.block, chosen["layers"], chosen["pooling"], comment=comment)
     chosen["python"] = python_snippet(plan.name, plan.python_block, chosen["layers"], chosen["pooling"])

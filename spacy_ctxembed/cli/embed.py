@@ -38,7 +38,8 @@ HELP = {
     "batch_size": "Docs per nlp.pipe batch (>= 1); a shard's docs are batched on their own, so at most --shard-size",
     "shard_size": "Docs per shard (docbin) or per commit (npy): what --resume keeps, and what is held in memory",
     "gpu_id": "GPU to use; -1 for CPU",
-    "overwrite": "Replace a complete OUTPUT (kept until the new one is complete) or discard an interrupted run",
+    "overwrite": ("Replace a complete OUTPUT (kept until the new one is complete; with --ray, deleted when the run "
+                  "starts) or discard an interrupted run"),
     "resume": "Continue an interrupted run into OUTPUT, keeping its committed shards (same input, model, format)",
     "verbose": "On error, show the full traceback",
     "ray": "Embed on Ray Data: a pool of actors writes Parquet shards to OUTPUT; rerunning resumes",
@@ -129,6 +130,9 @@ def _embed_ray(
         from ..distributed import embed_corpus
     except ImportError as e:  # pragma: no cover - depends on the install
         raise _needs_ray(e) from None
+    if input_path == "-":
+        raise UsageError("INPUT -: --ray does not read stdin (its actors read the input files themselves, each "
+                         "its own rows); write it to a .txt file and give that")
     if actors < 1:
         raise UsageError(f"--actors {actors}: expected a positive number of actors")
     # click parses "nan" and "inf" as floats; NaN passes any `x < 0` check, and Ray fails on both later.
@@ -182,6 +186,7 @@ def _ray_failure(exc: Exception) -> Exception:
         ModelChanged,
         NoGPUs,
         OutputInUse,
+        OutputNotWritable,
         ShardsFailed,
     )
     from ..distributed.run import ray_actor_error
@@ -199,6 +204,8 @@ def _ray_failure(exc: Exception) -> Exception:
     if isinstance(cause, ModelChanged):
         what = f"--model {cause.model}" if cause.model else "the pipeline's model"
         return CliError(f"{what}: {cause.REASON} (a model changed on purpose makes another run: --overwrite)")
+    if isinstance(cause, OutputNotWritable):  # (as without --ray)
+        return UsageError(f"--output {cause.out}: cannot write in it: {cause.why}")
     if isinstance(cause, ShardsFailed):
         return CliError(str(cause).replace("embed_corpus: ", "", 1))
     if isinstance(cause, (InputError, Float16Overflow, OutputInUse, FileExistsError, NoContextualEmbedder)):

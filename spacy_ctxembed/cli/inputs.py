@@ -29,7 +29,8 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from ..fileio import file_sha256
-from ..textlines import file_kind, line_bounds
+from ..outputs import drop_outputs, is_store_key
+from ..textlines import HEAD_BYTES, file_kind, line_bounds, wide_encoding, wide_encoding_advice
 from .errors import CliError, UsageError
 
 CHUNK = 1 << 20
@@ -65,6 +66,10 @@ class Input:
             assert self.doc_bin is not None
             for number, doc in enumerate(self.doc_bin.get_docs(vocab), start=1):
                 if number > after and doc.text.strip():
+                    # An earlier embed's output as input: its outputs (of other components,
+                    # maybe other models) would be carried into this run's as if it made them.
+                    if any(is_store_key(key) for key in doc.user_data):
+                        drop_outputs(doc)
                     yield doc, number
             return
         digest = hashlib.sha256()
@@ -195,6 +200,10 @@ def _spool_stdin() -> IO[bytes]:
 
 
 def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
+    encoding = wide_encoding(f.read(HEAD_BYTES))
+    if encoding is not None:
+        raise UsageError(wide_encoding_advice(f"INPUT {label}", encoding))
+    f.seek(0)
     digest = hashlib.sha256()
     n_lines = n_docs = offset = 0
     longest = 0

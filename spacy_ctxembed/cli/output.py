@@ -43,6 +43,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from ..fileio import fsync_dir, umask, write_atomic, write_json
+from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
 
 try:
@@ -702,6 +703,7 @@ class DocBinWriter(ShardWriter):
 
     def add(self, doc: Doc, line: int) -> None:
         doc_to_host(doc)
+        name_stores_by_content(doc)  # (the same input, the same shard bytes)
         super().add(doc, line)
         doc.user_data[LINE_KEY] = line
         self.doc_bin.add(doc)

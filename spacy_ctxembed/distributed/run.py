@@ -50,6 +50,14 @@ class OutputInUse(RuntimeError):
     """Another run holds OUTDIR."""
 
 
+class OutputNotWritable(OSError):
+    """OUTDIR (or its lock file) cannot be made: `out` and the operating system's reason."""
+
+    def __init__(self, out: Path, why: str) -> None:
+        super().__init__(f"{out}: cannot write there: {why}")
+        self.out, self.why = out, why
+
+
 class NoGPUs(ValueError):
     """`gpus_per_actor` asks for GPUs that the local Ray does not have."""
 
@@ -150,6 +158,8 @@ def embed_corpus(
         if pending:
             _run_ray(pending, shard_dir, model, config_text, batch_size, actors, cpus_per_actor, gpus_per_actor,
                      dtype, address, progress, on_shard, cast(Dict[str, Any], identity["model"]))
+            # What an actor killed mid-write left (its shard was redone by another): not in a complete output.
+            _sweep_partial(shard_dir)
         n_docs, rejected = check_complete(shard_dir, shards)
         fsync_dir(shard_dir)  # the shards' renames are durable before the manifest says complete
         _write_lines(out / REJECTED, rejected)
@@ -210,8 +220,12 @@ def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, 
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a") as lock:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / LOCK, "a")
+    except OSError as e:
+        raise OutputNotWritable(out, e.strerror or str(e)) from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -343,9 +357,7 @@ def _run_ray(
     import ray
     from tqdm import tqdm
 
-    # An interrupted write (the shard is redone), and the starts an earlier run counted.
-    for stale in [*shard_dir.glob(".part-*.tmp"), *shard_dir.glob(".attempts-*")]:
-        stale.unlink(missing_ok=True)
+    _sweep_partial(shard_dir)
     started = not ray.is_initialized()
     if not started and address is not None:
         raise ValueError(f"embed_corpus: address = {address!r}, but this process is already connected to Ray; "
@@ -398,6 +410,13 @@ def _run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _sweep_partial(shard_dir: Path) -> None:
+    """Remove what interrupted shard writes left (the shard is redone) and the
+    starts that actors counted (`.attempts-*`)."""
+    for stale in [*shard_dir.glob(".part-*.tmp"), *shard_dir.glob(".attempts-*")]:
+        stale.unlink(missing_ok=True)
 
 
 def ray_actor_error(exc: BaseException) -> Optional[BaseException]:

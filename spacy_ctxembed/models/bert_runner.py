@@ -40,6 +40,8 @@ from .hf_loading import HFEncoder, load_encoder
 from .hf_probe import probe_record
 from .process_settings import cudnn_attention_off, tf32_matmuls
 from .torch_bridge import (
+    COPY_BLOCK,
+    COPY_NAME,
     SAVED_FEATURES,
     SAVED_LAYERS,
     EncoderShim,
@@ -486,7 +488,7 @@ class BertShim(EncoderShim):
             self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         if is_copy(self.settings):  # (a component checks its own, where something reads them)
-            check_saved_features(COMPONENT, msg.get(SAVED_FEATURES), self.features,
+            check_saved_features(COPY_NAME, msg.get(SAVED_FEATURES), self.features, setting_prefix=COPY_BLOCK,
                                  trained="the component that nlp.replace_listeners gave this copy of the encoder")
         return self
 

@@ -51,7 +51,7 @@ from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
-from ..outputs import get_outputs
+from ..outputs import MissingOutputs, get_outputs, uncovered_error
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE, encoder_shim
@@ -184,6 +184,13 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     for doc in docs:
         found = _doc_outputs(doc, name)
         value = None if found is None else found.get(model.kind)
+        uncovered = None if found is None else found.get("missing")
+        if uncovered is not None and uncovered.any():
+            # A doc joined from docs of which only some went through the upstream
+            # (`Doc.from_docs`): the output's zero rows on the others' tokens are
+            # features from nothing. (`token.vector` refuses them as well.)
+            read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
+            raise MissingOutputs(f"{_named(model)}: {uncovered_error(doc, read, uncovered)}")
         if value is None:
             if found is not None and model.kind == "layers":
                 # (the upstream keeps its layers for the listeners linked to it, and

@@ -56,6 +56,18 @@ def is_copy(settings: Dict[str, Any]) -> bool:
     return LR_SCALE in settings
 
 
+#: How load checks name a copy (`is_copy`): the listening component that holds
+#: it is spaCy's, and loads it without a word to the shim of its own name.
+COPY_NAME, COPY_BLOCK = "ContextualTok2Vec", "embedder.encoder."
+
+
+def checked_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
+    """(the name, the setting prefix) a shim's load checks speak for: its
+    component's, or for a copy in a listening component, the copy's own
+    block (`ContextualTok2Vec`'s `embedder.encoder`), as its other checks do."""
+    return (COPY_NAME, COPY_BLOCK) if is_copy(settings) else (component, "")
+
+
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
     """Whether `use_params(params)` swaps `shim`'s weights (see `averaged_weights`)."""
     return bool(_weights_in(shim, params))
@@ -305,7 +317,8 @@ def check_saved_layers(component: str, settings: Dict[str, Any], saved: Any, cur
     current = [int(i) for i in current]
     if saved is None or saved == current:
         return
-    raise bad_setting(component, "layers", settings["layers"],
+    name, block = checked_as(component, settings)
+    raise bad_setting(name, f"{block}layers", settings["layers"],
                       f"the encoder was saved for layers {saved} (the weights trained on top of this encoder "
                       f"are for those), but the config's layers select {current}: put back the layers it was "
                       "saved with, or train again")
