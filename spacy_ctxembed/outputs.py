@@ -370,6 +370,7 @@ def restore_vectors(doc: Doc) -> Doc:
     if not isinstance(doc, Doc):
         raise TypeError(f"restore_vectors: expected a Doc, got {_named(doc)}")
     install_extensions()
+    _give_ids(doc)
     if not _stores(doc) and _V1_VECTORS in _data(doc):
         vectors = _data(doc).pop(_V1_VECTORS)
         layers = _data(doc).pop(_V1_LAYERS, None)
@@ -1103,12 +1104,21 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
         if in_place[i] == in_place[j] or several_cuts:
             raise _unplaceable()
         keep_off.append((j, i) if in_place[i] else (i, j))
-    here = here.copy()
+    kept = here.copy()
     for cut, other in keep_off:
         low, high = extents[other]
         a, b = bounds[cut], bounds[cut + 1]
-        here[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
-    return here
+        kept[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
+    for cut in {cut for cut, _ in keep_off}:
+        # A cut is a part of this doc: it has characters of its own. One left with
+        # none lies wholly on a part whose every token is in place, whose store
+        # then reaches over the cut's characters as well (a cut with its user
+        # data, from a source with the joined doc's text there): which rows are
+        # whose cannot be told, and reading the other's would be silently wrong.
+        a, b = bounds[cut], bounds[cut + 1]
+        if (here[a:b] & with_vector[a:b]).any() and not (kept[a:b] & with_vector[a:b]).any():
+            raise _unplaceable()
+    return kept
 
 
 def _runs_in_place(placed: numpy.ndarray) -> int:
@@ -1165,11 +1175,20 @@ def _data(doc: Doc) -> Dict[Any, Any]:
     return cast(Dict[Any, Any], doc.user_data)
 
 
-def _store_key(n_chars: int) -> tuple:
-    """A new user-data key for a store for a whole doc of `n_chars` characters,
-    unique to that store (see the module's docstring). Random, not counted: a
-    counter would repeat in the processes of `nlp.pipe(n_process=...)`."""
-    return ("._.", f"{STORE}:{os.urandom(8).hex()}", 0, n_chars)
+def _store_key(n_chars: int, start: int = 0) -> tuple:
+    """A new user-data key for a store for a doc of `n_chars` characters (from
+    `start`, for a shifted one), unique to that store (see the module's
+    docstring). Random, not counted: a counter would repeat in the processes
+    of `nlp.pipe(n_process=...)`."""
+    return ("._.", f"{STORE}:{os.urandom(8).hex()}", start, start + n_chars)
+
+
+def _give_ids(doc: Doc) -> None:
+    """Give the stores saved before keys had ids (named "ctxembed") one, so
+    that cuts of this doc joined with others' keep their stores apart."""
+    data = _data(doc)
+    for key in [k for k in data if is_store_key(k) and k[1] == STORE]:
+        data[_store_key(key[3] - key[2], key[2])] = data.pop(key)
 
 
 def name_stores_by_content(doc: Doc) -> None:

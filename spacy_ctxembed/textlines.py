@@ -45,22 +45,33 @@ WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (
 HEAD_BYTES = 4096
 
 
+#: The C0 control bytes but tab, newline and carriage return: rare in UTF-8
+#: text, and half the bytes of UTF-16 text in Latin, Greek, Cyrillic, Hebrew or
+#: Arabic script (whose high bytes are 0x00 to 0x06).
+_CONTROLS = bytes(b for b in range(32) if b not in (9, 10, 13))
+
+
 def wide_encoding(head: bytes) -> Optional[str]:
     """"UTF-16" or "UTF-32" where a file's first bytes (`HEAD_BYTES` of them)
     say it is: a byte order mark, or without one ("UTF-16LE", ..., as iconv
-    names them), NUL bytes in a quarter or
-    more of them (ASCII in UTF-16 is half NULs; text in UTF-8 has none but
-    where a line holds the NUL character itself). Else None. Such a file's
-    lines are mostly valid UTF-8, and would be embedded as their bytes: NULs
-    between the letters."""
+    names them), control bytes (NUL included) in a quarter or more of them.
+    Else None. Such a file's lines are mostly valid UTF-8, and would be
+    embedded as their bytes: NULs or control characters between the letters."""
     for bom, encoding in WIDE_BOMS:
         if head.startswith(bom):
             return encoding
-    if len(head) >= 16 and head.count(0) * 4 >= len(head):
-        wide = "UTF-32" if head.count(b"\x00\x00\x00") * 4 >= len(head) // 4 else "UTF-16"
-        # Without a mark, the byte order is iconv's to be told: ASCII's NULs come after it in little-endian.
-        return wide + ("LE" if head[1:2] == b"\x00" and head[:1] != b"\x00" else "BE")
-    return None
+    controls = len(head) - len(head.translate(None, _CONTROLS))
+    if len(head) < 4 or controls * 4 < len(head):
+        return None
+    # Two NULs in a row: the upper half of a UTF-32 unit (UTF-16 has them only for a NUL character).
+    wide = "UTF-32" if head.count(b"\x00\x00") * 8 >= len(head) else "UTF-16"
+    # Without a mark, the byte order is iconv's to be told: the high bytes (zero, or
+    # control bytes) come last in a little-endian unit, first in a big-endian one.
+    if wide == "UTF-32":
+        little = head[3::4].count(0) > head[0::4].count(0)
+    else:
+        little = sum(1 for b in head[1::2] if b < 32) > sum(1 for b in head[0::2] if b < 32)
+    return wide + ("LE" if little else "BE")
 
 
 def wide_encoding_advice(what: str, encoding: str) -> str:

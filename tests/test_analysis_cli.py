@@ -3,6 +3,7 @@ it recommends (built and run), its errors."""
 import base64
 import errno
 import json
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -214,6 +215,15 @@ def test_report_and_plot_show_the_majority_baseline(run):
         f'<td class="text">majority class (always F)</td><td>{rate:.3f}</td>') == 2
     figure = wic_figure(analysis["pipelines"], analysis["wic"])
     assert f"WiC accuracy: {analysis['wic']['protocol']}" in [text.get_text() for text in figure.texts]
+    # What else the report counts: the evaluation pairs scored, and per layer the words self-similarity averages.
+    page = (out / "report.html").read_text(encoding="utf8")
+    assert f"{analysis['wic']['eval']['pairs']} evaluation pairs" in page
+    assert "<th>words (self-sim, MEV)</th>" in page
+    for pipeline in analysis["pipelines"]:
+        for layer in pipeline["layers"]:
+            row = (rf'<tr><td class="text">{layer["layer"]}</td>(<td>[^<]*</td>)+'
+                   rf'<td class="text">{layer["n_words"]}</td></tr>')
+            assert re.search(row, page), row
     for ax in figure.axes:
         lines = [line for line in ax.get_lines() if line.get_label().startswith("majority class (always F)")]
         assert len(lines) == 1 and list(lines[0].get_ydata()) == [rate, rate]

@@ -360,3 +360,29 @@ def test_utf16_input_is_refused_not_embedded_as_its_bytes(tmp_path, no_model, en
         f"error: INPUT {label} looks like {named}, not UTF-8 (a byte order mark, or NUL bytes between its characters: "
         f"PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. iconv -f {named} -t UTF-8")
     assert not (tmp_path / "out").exists()
+
+
+SCRIPTS = ["Pretty good, thanks.\nSecond line.\n", "Привет, как дела?\nМосква стоит на реке.\n",
+           "مرحبا كيف حالك اليوم\nيا صديقي\n", "Ελληνικά κείμενα εδώ.\n"]
+
+
+@pytest.mark.parametrize("text", SCRIPTS, ids=["latin", "cyrillic", "arabic", "greek"])
+def test_wide_encodings_of_alphabetic_scripts_are_told_by_the_name_iconv_takes(text):
+    """Cyrillic, Greek or Arabic in UTF-16 is all bytes below 0x80 but for
+    spaces: valid UTF-8 of control characters, which only counting NULs let
+    through (a Russian file embedded as '\\x1f\\x04@\\x04...'). UTF-8 is never taken
+    for them."""
+    from spacy_ctxembed.textlines import HEAD_BYTES, wide_encoding
+
+    expected = {"utf-16": "UTF-16", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "utf-32": "UTF-32",
+                "utf-32-le": "UTF-32LE", "utf-32-be": "UTF-32BE", "utf-8": None, "utf-8-sig": None}
+    for encoding, named in expected.items():
+        assert wide_encoding(text.encode(encoding)[:HEAD_BYTES]) == named, encoding
+
+
+def test_cjk_in_utf16_without_a_mark_is_refused_as_not_utf8(tmp_path, no_model):
+    """(Its bytes are mostly not valid UTF-8: the decoding refuses it.)"""
+    path = tmp_path / "cjk.txt"
+    path.write_bytes("你好，世界。今天天气很好。\n".encode("utf-16-le"))
+    result = invoke("embed", path, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model")
+    assert _one_error(result).startswith(f"error: INPUT {path} is not UTF-8: line 1")

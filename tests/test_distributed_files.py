@@ -60,6 +60,15 @@ def test_text_rows_match_a_plain_split(tmp_path_factory, lines, shard_size, trai
         with pytest.raises(InputError, match="no rows"):
             _read_all(path, shard_size)
         return
+    # A file that starts with a UTF-16 or UTF-32 byte order mark, or whose first 4096 bytes
+    # are a quarter or more control bytes (but tab, newline, return), is refused whole.
+    head = data[:4096]
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 13))
+    marked = head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff"))
+    if marked or (len(head) >= 4 and 4 * controls >= len(head)):
+        with pytest.raises(InputError, match="looks like UTF-(16|32)"):
+            _read_all(path, shard_size)
+        return
     shards, _, docs, rejected = _read_all(path, shard_size)
     expected_docs, expected_rejected = [], []
     for i, raw in enumerate(parts):

@@ -420,6 +420,24 @@ def test_cuts_whose_shifted_keys_are_equal_keep_their_own_stores(last_layer, fir
             restore_vectors(joined)
         numpy.testing.assert_allclose(last_layer(joined)._.ctx_vectors, last_layer(joined.text)._.ctx_vectors,
                                       atol=1e-6)
+    # One source's text is the joined doc's: its store lies in place over both parts, and the
+    # other part's own tokens would read its rows (another context's), whichever side it is on.
+    for first_text, second_text in (("Apples grow well. Pears fall down.", "Apples grow well. Limes fall down."),
+                                    ("Apples grow well. Limes fall down.", "Plums grown well. Limes fall down.")):
+        first, second = last_layer(first_text), last_layer(second_text)
+        parts = [first[:4].as_doc(copy_user_data=True), second[4:].as_doc(copy_user_data=True)]
+        assert Doc.from_docs(parts).text in (first_text, second_text)
+        with pytest.raises(MissingOutputs, match="which outputs belong to which characters cannot be told"):
+            restore_vectors(Doc.from_docs(parts))
+    # Docs stored before keys had ids (all named "ctxembed") get ids from restore_vectors: their cuts too.
+    one_before, other_before = (_saved_before(last_layer(text)) for text in (one.text, "Apples grow fast here never."))
+    for doc in (one_before, other_before):
+        assert [key[1] for key in _store_keys(doc)] == [STORE]
+        restore_vectors(doc)
+        assert [key[1][:len(STORE) + 1] for key in _store_keys(doc)] == [f"{STORE}:"]
+    parts = [one_before[0:2].as_doc(copy_user_data=True), other_before[2:4].as_doc(copy_user_data=True)]
+    with pytest.raises(MissingOutputs, match="which outputs belong to which characters cannot be told"):
+        restore_vectors(Doc.from_docs(parts))
     # (What was read: the other source's rows for "Apples grow", which its context makes other rows.)
     assert not numpy.allclose(one._.ctx_vectors[:2], last_layer("Apples grow fast here never.")._.ctx_vectors[:2],
                               atol=1e-3)
@@ -686,6 +704,13 @@ def test_the_weight_fingerprint_samples_evenly_to_the_last_element():
     assert positions[-1] == n - 1
     small = torch.tensor([1.5, -2.0, 3.0])
     numpy.testing.assert_array_equal(_sampled(small), [1.5, -2.0, 3.0])
+
+
+def _saved_before(doc):
+    """The doc as stored before store keys had ids, through DocBin bytes (which drop the hooks)."""
+    for key in _store_keys(doc):
+        doc.user_data[("._.", STORE, *key[2:])] = doc.user_data.pop(key)
+    return next(DocBin(docs=[doc], store_user_data=True).get_docs(doc.vocab))
 
 
 def _store_keys(doc):

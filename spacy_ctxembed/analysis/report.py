@@ -294,8 +294,10 @@ def _layer_table(pipeline: dict) -> str:
     with_wic = any("wic_accuracy" in layer for layer in pipeline["layers"])
     header = ["layer", "anisotropy", "self-sim", "adj.", "intra-sim", "adj.", "MEV", "adj."]
     header += ["WiC"] if with_wic else []
+    # How many words self-similarity and MEV average over (those with --min-count occurrences), per layer.
+    header += ["words (self-sim, MEV)"]
     rows = [[str(layer["layer"])] + [layer[k] for k in keys] + ([layer.get("wic_accuracy")] if with_wic else [])
-            for layer in pipeline["layers"]]
+            + [str(layer.get("n_words", "–"))] for layer in pipeline["layers"]]
     return _table(header, rows)
 
 
