@@ -1111,12 +1111,13 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
         kept[a:b] &= (old_ends[a:b] <= low) | (old_starts[a:b] >= high)
     for cut in {cut for cut, _ in keep_off}:
         # A cut is a part of this doc: it has characters of its own. One left with
-        # none lies wholly on a part whose every token is in place, whose store
-        # then reaches over the cut's characters as well (a cut with its user
-        # data, from a source with the joined doc's text there): which rows are
-        # whose cannot be told, and reading the other's would be silently wrong.
+        # no token in place lies wholly on a part whose every token is in place,
+        # whose store then reaches over the cut's characters as well (a cut with
+        # its user data, from a source with the joined doc's text there): which
+        # rows are whose cannot be told, and reading the other's would be silently
+        # wrong. (A cut of whitespace alone keeps its tokens without a vector.)
         a, b = bounds[cut], bounds[cut + 1]
-        if (here[a:b] & with_vector[a:b]).any() and not (kept[a:b] & with_vector[a:b]).any():
+        if (here[a:b] & with_vector[a:b]).any() and not kept[a:b].any():
             raise _unplaceable()
     return kept
 

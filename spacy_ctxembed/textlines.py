@@ -45,33 +45,40 @@ WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (
 HEAD_BYTES = 4096
 
 
-#: The C0 control bytes but tab, newline and carriage return: rare in UTF-8
-#: text, and half the bytes of UTF-16 text in Latin, Greek, Cyrillic, Hebrew or
-#: Arabic script (whose high bytes are 0x00 to 0x06).
-_CONTROLS = bytes(b for b in range(32) if b not in (9, 10, 13))
+#: The bytes below 0x20: the high byte of every character of UTF-16 text in
+#: Latin, Greek, Cyrillic, Hebrew, Arabic, Indic or Thai script (U+0000 to
+#: U+1FFF), whose low bytes then decode as UTF-8 all the same.
+_LOW = bytes(range(32))
+
+
+def _mostly(lane: bytes, count: int) -> bool:
+    """Whether `count` is three quarters or more of the bytes of `lane`."""
+    return 4 * count >= 3 * len(lane) > 0
 
 
 def wide_encoding(head: bytes) -> Optional[str]:
     """"UTF-16" or "UTF-32" where a file's first bytes (`HEAD_BYTES` of them)
-    say it is: a byte order mark, or without one ("UTF-16LE", ..., as iconv
-    names them), control bytes (NUL included) in a quarter or more of them.
-    Else None. Such a file's lines are mostly valid UTF-8, and would be
-    embedded as their bytes: NULs or control characters between the letters."""
+    say it is, with the byte order where no mark says it ("UTF-16LE", ..., as
+    iconv names them); else None. Without a mark, by the byte lanes of the
+    characters' high bytes: in UTF-32 the upper two bytes of each unit are
+    mostly NUL; in UTF-16 one byte in two is mostly below 0x20, some of them
+    NUL (a space, a newline). Such a file is mostly valid UTF-8, and would be
+    embedded as its bytes: NULs or control characters between the letters.
+    (UTF-8 has a NUL only for a NUL character, and no lane of control bytes:
+    tab-separated or "T\nF\n" text has no NUL. CJK in UTF-16 is not caught
+    here, and mostly not valid UTF-8.)"""
     for bom, encoding in WIDE_BOMS:
         if head.startswith(bom):
             return encoding
-    controls = len(head) - len(head.translate(None, _CONTROLS))
-    if len(head) < 4 or controls * 4 < len(head):
+    if len(head) < 4:
         return None
-    # Two NULs in a row: the upper half of a UTF-32 unit (UTF-16 has them only for a NUL character).
-    wide = "UTF-32" if head.count(b"\x00\x00") * 8 >= len(head) else "UTF-16"
-    # Without a mark, the byte order is iconv's to be told: the high bytes (zero, or
-    # control bytes) come last in a little-endian unit, first in a big-endian one.
-    if wide == "UTF-32":
-        little = head[3::4].count(0) > head[0::4].count(0)
-    else:
-        little = sum(1 for b in head[1::2] if b < 32) > sum(1 for b in head[0::2] if b < 32)
-    return wide + ("LE" if little else "BE")
+    for encoding, upper in (("UTF-32LE", (head[2::4], head[3::4])), ("UTF-32BE", (head[0::4], head[1::4]))):
+        if all(_mostly(lane, lane.count(0)) for lane in upper):
+            return encoding
+    for encoding, high in (("UTF-16LE", head[1::2]), ("UTF-16BE", head[0::2])):
+        if 0 in high and _mostly(high, len(high) - len(high.translate(None, _LOW))):
+            return encoding
+    return None
 
 
 def wide_encoding_advice(what: str, encoding: str) -> str:

@@ -363,26 +363,30 @@ def test_utf16_input_is_refused_not_embedded_as_its_bytes(tmp_path, no_model, en
 
 
 SCRIPTS = ["Pretty good, thanks.\nSecond line.\n", "Привет, как дела?\nМосква стоит на реке.\n",
-           "مرحبا كيف حالك اليوم\nيا صديقي\n", "Ελληνικά κείμενα εδώ.\n"]
+           "مرحبا كيف حالك اليوم\nيا صديقي\n", "Ελληνικά κείμενα εδώ.\n", "यह एक परीक्षण वाक्य है।\n",
+           "ਇਹ ਇੱਕ ਟੈਸਟ ਹੈ\n", "ภาษาไทย ง่าย มาก\n"]
 
 
-@pytest.mark.parametrize("text", SCRIPTS, ids=["latin", "cyrillic", "arabic", "greek"])
+@pytest.mark.parametrize("text", SCRIPTS, ids=["latin", "cyrillic", "arabic", "greek", "hindi", "gurmukhi", "thai"])
 def test_wide_encodings_of_alphabetic_scripts_are_told_by_the_name_iconv_takes(text):
-    """Cyrillic, Greek or Arabic in UTF-16 is all bytes below 0x80 but for
-    spaces: valid UTF-8 of control characters, which only counting NULs let
-    through (a Russian file embedded as '\\x1f\\x04@\\x04...'). UTF-8 is never taken
-    for them."""
+    """Cyrillic, Greek, Arabic or Indic text in UTF-16 is all bytes below 0x80:
+    valid UTF-8 of control characters, which only counting NULs let through
+    (a Russian file embedded as '\\x1f\\x04@\\x04...'; Gurmukhi's high byte is
+    0x0A, a newline: a line became 16 docs). UTF-8 is never taken for them,
+    nor are tab-separated or one-letter lines."""
     from spacy_ctxembed.textlines import HEAD_BYTES, wide_encoding
 
     expected = {"utf-16": "UTF-16", "utf-16-le": "UTF-16LE", "utf-16-be": "UTF-16BE", "utf-32": "UTF-32",
                 "utf-32-le": "UTF-32LE", "utf-32-be": "UTF-32BE", "utf-8": None, "utf-8-sig": None}
     for encoding, named in expected.items():
         assert wide_encoding(text.encode(encoding)[:HEAD_BYTES]) == named, encoding
+    for text in ("a\tb\tc\td\n", "T\nF\nT\nF\n", "a\x0cb\n", "red \x1b[31mtext\x1b[0m\n"):
+        assert wide_encoding(text.encode("utf-8")) is None, text
 
 
 def test_cjk_in_utf16_without_a_mark_is_refused_as_not_utf8(tmp_path, no_model):
     """(Its bytes are mostly not valid UTF-8: the decoding refuses it.)"""
     path = tmp_path / "cjk.txt"
-    path.write_bytes("你好，世界。今天天气很好。\n".encode("utf-16-le"))
+    path.write_bytes("你好，世界。\n".encode("utf-16-le"))  # (its byte order was told backwards)
     result = invoke("embed", path, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model")
     assert _one_error(result).startswith(f"error: INPUT {path} is not UTF-8: line 1")

@@ -61,11 +61,17 @@ def test_text_rows_match_a_plain_split(tmp_path_factory, lines, shard_size, trai
             _read_all(path, shard_size)
         return
     # A file that starts with a UTF-16 or UTF-32 byte order mark, or whose first 4096 bytes
-    # are a quarter or more control bytes (but tab, newline, return), is refused whole.
+    # have byte lanes of high bytes (UTF-32: the upper two of each 4 mostly NUL; UTF-16:
+    # one of each 2 mostly below 0x20, with a NUL among them), is refused whole.
     head = data[:4096]
-    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 13))
+
+    def mostly(lane, test):
+        return len(lane) > 0 and 4 * sum(1 for b in lane if test(b)) >= 3 * len(lane)
+
     marked = head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff"))
-    if marked or (len(head) >= 4 and 4 * controls >= len(head)):
+    utf32 = any(mostly(head[i::4], lambda b: b == 0) and mostly(head[i + 1::4], lambda b: b == 0) for i in (0, 2))
+    utf16 = any(0 in head[i::2] and mostly(head[i::2], lambda b: b < 32) for i in (0, 1))
+    if marked or (len(head) >= 4 and (utf32 or utf16)):
         with pytest.raises(InputError, match="looks like UTF-(16|32)"):
             _read_all(path, shard_size)
         return

@@ -429,6 +429,14 @@ def test_cuts_whose_shifted_keys_are_equal_keep_their_own_stores(last_layer, fir
         assert Doc.from_docs(parts).text in (first_text, second_text)
         with pytest.raises(MissingOutputs, match="which outputs belong to which characters cannot be told"):
             restore_vectors(Doc.from_docs(parts))
+    # A cut of whitespace alone has characters of its own, though no vector: joined with a doc on which its
+    # source's words land ("text" by chance in place), it reads as before (a false alarm for a moment).
+    source, whole = last_layer("Intro.\n\nBody text here."), last_layer("Some text there.")
+    for parts in ([source[2:3].as_doc(copy_user_data=True), whole], [whole, source[2:3].as_doc(copy_user_data=True)]):
+        joined = restore_vectors(Doc.from_docs(parts))
+        offset = 0 if parts[0] is whole else 1
+        numpy.testing.assert_array_equal(joined._.ctx_vectors[offset:offset + len(whole)], whole._.ctx_vectors)
+        assert [token.has_vector for token in joined if token.is_space] == [False]
     # Docs stored before keys had ids (all named "ctxembed") get ids from restore_vectors: their cuts too.
     one_before, other_before = (_saved_before(last_layer(text)) for text in (one.text, "Apples grow fast here never."))
     for doc in (one_before, other_before):
