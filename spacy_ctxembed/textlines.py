@@ -83,7 +83,7 @@ def wide_encoding(head: bytes) -> Optional[str]:
 
 def wide_encoding_advice(what: str, encoding: str) -> str:
     """The refusal of a file (`what`: "INPUT name") that `wide_encoding` found to be UTF-16 or UTF-32."""
-    return (f"{what} looks like {encoding}, not UTF-8 (a byte order mark, or NUL bytes between its "
+    return (f"{what} looks like {encoding}, not UTF-8 (a byte order mark, or NUL and control bytes between its "
             f"characters: PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. "
             f"iconv -f {encoding} -t UTF-8")
 

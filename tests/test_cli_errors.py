@@ -357,8 +357,8 @@ def test_utf16_input_is_refused_not_embedded_as_its_bytes(tmp_path, no_model, en
                     stdin=path.read_bytes() if stdin else None)
     label = "<stdin>" if stdin else str(path)
     assert _one_error(result) == (
-        f"error: INPUT {label} looks like {named}, not UTF-8 (a byte order mark, or NUL bytes between its characters: "
-        f"PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. iconv -f {named} -t UTF-8")
+        f"error: INPUT {label} looks like {named}, not UTF-8 (a byte order mark, or NUL and control bytes between its "
+        f"characters: PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. iconv -f {named} -t UTF-8")
     assert not (tmp_path / "out").exists()
 
 
