@@ -1176,12 +1176,12 @@ def _data(doc: Doc) -> Dict[Any, Any]:
     return cast(Dict[Any, Any], doc.user_data)
 
 
-def _store_key(n_chars: int, start: int = 0) -> tuple:
+def _store_key(n_chars: int, start: int = 0, ident: Optional[str] = None) -> tuple:
     """A new user-data key for a store for a doc of `n_chars` characters (from
     `start`, for a shifted one), unique to that store (see the module's
-    docstring). Random, not counted: a counter would repeat in the processes
-    of `nlp.pipe(n_process=...)`."""
-    return ("._.", f"{STORE}:{os.urandom(8).hex()}", start, start + n_chars)
+    docstring): by `ident`, else a random id. Random, not counted: a counter
+    would repeat in the processes of `nlp.pipe(n_process=...)`."""
+    return ("._.", f"{STORE}:{ident or os.urandom(8).hex()}", start, start + n_chars)
 
 
 def _give_ids(doc: Doc) -> None:
@@ -1212,7 +1212,7 @@ def name_stores_by_content(doc: Doc) -> None:
                     array = numpy.ascontiguousarray(array)
                     digest.update(repr((field, array.dtype.str, array.shape)).encode("utf8"))
                     digest.update(array.tobytes())
-        named = ("._.", f"{STORE}:{digest.hexdigest()}", key[2], key[3])
+        named = _store_key(key[3] - key[2], key[2], ident=digest.hexdigest())
         if named != key:
             data[named] = data.pop(key)
 

@@ -81,8 +81,13 @@ def wide_encoding(head: bytes) -> Optional[str]:
     return None
 
 
-def wide_encoding_advice(what: str, encoding: str) -> str:
-    """The refusal of a file (`what`: "INPUT name") that `wide_encoding` found to be UTF-16 or UTF-32."""
+def wide_encoding_refusal(head: bytes, what: str) -> Optional[str]:
+    """Why a file whose first bytes are `head` (`HEAD_BYTES` of them are read)
+    is refused as UTF-16 or UTF-32 (`wide_encoding`), for the reader's error
+    (`what`: "INPUT name"); None for a file that is not."""
+    encoding = wide_encoding(head[:HEAD_BYTES])
+    if encoding is None:
+        return None
     return (f"{what} looks like {encoding}, not UTF-8 (a byte order mark, or NUL and control bytes between its "
             f"characters: PowerShell's > and Notepad's \"Unicode\" write it): re-encode it, e.g. "
             f"iconv -f {encoding} -t UTF-8")

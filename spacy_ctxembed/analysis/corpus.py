@@ -23,15 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import (
-    HEAD_BYTES,
-    decode_file,
-    file_kind,
-    line_bounds,
-    split_lines,
-    wide_encoding,
-    wide_encoding_advice,
-)
+from ..textlines import HEAD_BYTES, decode_file, file_kind, line_bounds, split_lines, wide_encoding_refusal
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -165,9 +157,9 @@ def _read_text(path: Path) -> Tuple[List[str], List[int]]:
 
 
 def _refuse_wide(head: bytes, what: str) -> None:
-    encoding = wide_encoding(head)
-    if encoding is not None:
-        raise AnalysisInputError(wide_encoding_advice(what, encoding))
+    refused = wide_encoding_refusal(head, what)
+    if refused:
+        raise AnalysisInputError(refused)
 
 
 def _read_docbin(path: Path) -> DocBin:
@@ -185,7 +177,7 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
     newdoc = False
     skip_until = 0  # the last word id covered by the current multiword token
     raw = path.read_bytes()
-    _refuse_wide(raw[:HEAD_BYTES], f"CORPUS {path}")
+    _refuse_wide(raw, f"CORPUS {path}")
     try:
         text = decode_file(raw)
     except UnicodeDecodeError as e:

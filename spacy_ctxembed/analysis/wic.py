@@ -43,7 +43,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..textlines import HEAD_BYTES, decode_file, split_lines, wide_encoding, wide_encoding_advice
+from ..textlines import decode_file, split_lines, wide_encoding_refusal
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
 
@@ -191,9 +191,9 @@ def _lines(path: Path, option: str) -> List[str]:
 
 def _read_utf8(path: Path, option: str) -> str:
     raw = path.read_bytes()
-    encoding = wide_encoding(raw[:HEAD_BYTES])
-    if encoding is not None:
-        raise AnalysisInputError(wide_encoding_advice(f"{option} {path.parent}: {path.name}", encoding))
+    refused = wide_encoding_refusal(raw, f"{option} {path.parent}: {path.name}")
+    if refused:
+        raise AnalysisInputError(refused)
     try:
         return decode_file(raw)
     except UnicodeDecodeError as e:

@@ -30,7 +30,7 @@ from spacy.vocab import Vocab
 
 from ..fileio import file_sha256
 from ..outputs import drop_outputs, is_store_key
-from ..textlines import HEAD_BYTES, file_kind, line_bounds, wide_encoding, wide_encoding_advice
+from ..textlines import HEAD_BYTES, file_kind, line_bounds, wide_encoding_refusal
 from .errors import CliError, UsageError
 
 CHUNK = 1 << 20
@@ -200,9 +200,9 @@ def _spool_stdin() -> IO[bytes]:
 
 
 def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
-    encoding = wide_encoding(f.read(HEAD_BYTES))
-    if encoding is not None:
-        raise UsageError(wide_encoding_advice(f"INPUT {label}", encoding))
+    refused = wide_encoding_refusal(f.read(HEAD_BYTES), f"INPUT {label}")
+    if refused:
+        raise UsageError(refused)
     f.seek(0)
     digest = hashlib.sha256()
     n_lines = n_docs = offset = 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import file_sha256
-from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, wide_encoding, wide_encoding_advice
+from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, wide_encoding_refusal
 
 KINDS = ("text", "jsonl", "parquet")
 
@@ -158,9 +158,9 @@ def _plan_lines(path: Path, kind: str, shard_size: int, text_key: str) -> Tuple[
     checked_key = kind != "jsonl"
     try:
         with path.open("rb") as f:
-            encoding = wide_encoding(f.read(HEAD_BYTES))
-            if encoding is not None:
-                raise InputError(wide_encoding_advice(f"input {path}", encoding))
+            refused = wide_encoding_refusal(f.read(HEAD_BYTES), f"input {path}")
+            if refused:
+                raise InputError(refused)
             f.seek(0)
             for raw in f:
                 if n_lines and n_lines % shard_size == 0:
