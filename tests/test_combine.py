@@ -2,15 +2,21 @@
 import numpy
 import pytest
 
-from spacy_ctxembed.layers import build_combiner
+from spacy_ctxembed.layers import ConcatLayers, MeanLayers, ScalarMix
 
 RNG = numpy.random.default_rng(0)
+
+
+def combiner(combine, n_layers):
+    return {"mean": MeanLayers, "concat": ConcatLayers, "scalar_mix": lambda: ScalarMix(n_layers=n_layers)}[combine]()
+
+
 X = [RNG.normal(size=(3, 5, 4)).astype("float32"), RNG.normal(size=(3, 0, 4)).astype("float32")]
 
 
 def test_mean_and_concat():
-    mean = build_combiner("t", "mean", 3)
-    concat = build_combiner("t", "concat", 3)
+    mean = combiner("mean", 3)
+    concat = combiner("concat", 3)
     numpy.testing.assert_allclose(mean.predict(X)[0], X[0].mean(axis=0), rtol=1e-6)
     numpy.testing.assert_array_equal(concat.predict(X)[0], numpy.concatenate(list(X[0]), axis=1))
     assert concat.predict(X)[1].shape == (0, 12)
@@ -19,7 +25,7 @@ def test_mean_and_concat():
 def test_mean_of_one_layer_is_a_copy_of_it():
     one = [RNG.normal(size=(1, 5, 4)).astype("float32"), numpy.zeros((1, 0, 4), dtype="float32")]
     one[0][0, 0, 0] = -0.0
-    got = build_combiner("t", "mean", 1).predict(one)
+    got = combiner("mean", 1).predict(one)
     numpy.testing.assert_array_equal(got[0], one[0][0])
     assert numpy.signbit(got[0][0, 0]) and got[0].dtype == numpy.float32 and got[1].shape == (0, 4)
     got[0][1] += 1  # its own memory: the layers stay as they were
@@ -33,7 +39,7 @@ def _mix(x, s, gamma):
 
 
 def test_scalar_mix_starts_as_mean_and_follows_eq1():
-    mix = build_combiner("t", "scalar_mix", 3)
+    mix = combiner("scalar_mix", 3)
     mix.initialize()
     numpy.testing.assert_allclose(mix.predict(X)[0], X[0].mean(axis=0), rtol=1e-5)
     s, gamma = numpy.array([0.5, -1.0, 2.0], dtype="f"), 1.7
@@ -44,7 +50,7 @@ def test_scalar_mix_starts_as_mean_and_follows_eq1():
 
 @pytest.mark.parametrize("combine", ["mean", "concat", "scalar_mix"])
 def test_gradients_match_finite_differences(combine):
-    model = build_combiner("t", combine, 3)
+    model = combiner(combine, 3)
     model.initialize()
     if combine == "scalar_mix":
         model.set_param("s", numpy.array([0.3, -0.2, 0.1], dtype="f"))

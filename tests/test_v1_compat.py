@@ -1,10 +1,13 @@
 """A pipeline saved by version 0.1 (the v1 names) loads and gives its recorded outputs."""
 import json
+import re
 from pathlib import Path
 
 import numpy
 import pytest
 import spacy
+
+from spacy_ctxembed.errors import SettingError
 
 from .conftest import assert_recorded
 
@@ -82,7 +85,6 @@ def test_a_v1_pipeline_with_its_layers_edited_is_refused(tmp_path, layers, refus
 
     from spacy.util import load_config
 
-    from spacy_ctxembed.errors import SettingError
 
     path = tmp_path / "edited"
     shutil.copytree(FIXTURE, path)
@@ -144,3 +146,16 @@ def test_replace_listeners_of_a_v1_model_writes_a_pipeline_that_loads_the_same(
     nlp.to_disk(tmp_path / "replaced")
     loaded = spacy.load(tmp_path / "replaced")
     numpy.testing.assert_array_equal(loaded.get_pipe("tagger").model.predict([loaded(text)])[0], before)
+
+
+@pytest.mark.parametrize("setting,value,expected", [
+    ("combine", "sum", "expected one of 'mean', 'concat', 'scalar_mix'"),
+    ("pooling", "median", "expected one of 'mean', 'first', 'last', 'max'"),
+    ("layers", [], "expected a non-empty list of integers"),
+])
+def test_a_bad_v1_component_setting_is_named(setting, value, expected):
+    """The upgrade of a v1 model checks the component's v1 settings before it builds the v2 chain."""
+    nlp = spacy.blank("en")
+    with pytest.raises(SettingError, match=re.escape(f"[ctxembed_bert] {setting} = {value!r}: {expected}")):
+        nlp.add_pipe("ctxembed_bert", config={setting: value, "model": {
+            "@architectures": "spacy-ctxembed.BertEmbedder.v1"}})

@@ -3,8 +3,6 @@ from typing import Optional
 
 from thinc.api import Model
 
-from ..errors import check_choice
-from ..types import COMBINE_MODES, CombinerModel
 from . import concat_layers, mean_layers, scalar_mix
 from .concat_layers import ConcatLayers
 from .mean_layers import MeanLayers
@@ -13,16 +11,6 @@ from .scalar_mix import ScalarMix
 #: The node name each combiner's constructor gives, by its forward pass.
 _BUILT_NAMES = {scalar_mix.forward: "scalar_mix", mean_layers.forward: "mean_layers",
                 concat_layers.forward: "concat_layers"}
-
-
-def build_combiner(component: str, combine: str, n_layers: int) -> CombinerModel:
-    """The combiner for a v1 `combine` setting."""
-    check_choice(component, "combine", combine, COMBINE_MODES)
-    if combine == "mean":
-        return MeanLayers()
-    if combine == "concat":
-        return ConcatLayers()
-    return ScalarMix(n_layers=n_layers)
 
 
 def built_as(node: Model) -> Optional[str]:
@@ -35,4 +23,4 @@ def built_as(node: Model) -> Optional[str]:
     return _BUILT_NAMES.get(node._func)
 
 
-__all__ = ["ConcatLayers", "MeanLayers", "ScalarMix", "build_combiner", "built_as"]
+__all__ = ["ConcatLayers", "MeanLayers", "ScalarMix", "built_as"]

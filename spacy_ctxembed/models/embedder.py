@@ -20,6 +20,7 @@ from thinc.layers.chain import forward as chain_forward
 from ..errors import bad_setting
 from ..layers import built_as
 from ..types import CombinerModel, EmbedderModel, EncoderModel
+from .legacy import V1_ARCHITECTURES, upgrade_cfg
 
 
 @registry.architectures("spacy-ctxembed.Embedder.v2")
@@ -113,8 +114,6 @@ def replace_listener_cfg(
             "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
             "settings, or have the component listen once"
         )
-    from .legacy import V1_ARCHITECTURES, upgrade_cfg  # (legacy builds on this module)
-
     if embedder_cfg.get("@architectures") in V1_ARCHITECTURES:
         if v1_settings is None:
             raise ValueError(f"replace_listeners: {upstream!r} has a v1 model ({embedder_cfg['@architectures']}) "

@@ -12,13 +12,8 @@ from typing import Any, Dict, List, Optional
 from spacy.util import registry
 from thinc.api import Model
 
-from ..errors import bad_setting
-from ..layers import build_combiner
-from ..types import EmbedderModel
-from .bert import BertEncoder
-from .elmo import ElmoEncoder
-from .embedder import Embedder
-from .trf_pooler import TrfEncoder
+from ..errors import bad_setting, check_choice
+from ..types import COMBINE_MODES, EmbedderModel
 
 V1_PLACEHOLDER = "ctxembed-v1-embedder"
 #: The component-level defaults of v1, per model family.
@@ -78,20 +73,15 @@ def is_v1(model: Model) -> bool:
 def upgrade(
     component: str, model: Model, *, layers: Optional[List[int]], pooling: Optional[str], combine: Optional[str]
 ) -> EmbedderModel:
-    """The v2 chain equal to a v1 model plus its component's v1 settings."""
+    """The v2 chain equal to a v1 model plus its component's v1 settings: the
+    model that `upgrade_cfg`'s block builds."""
     family = model.attrs["family"]
     given = {"layers": layers, "pooling": pooling, "combine": combine}
     v1 = {key: V1_DEFAULTS[family][key] if value is None else value for key, value in given.items()}
     if not isinstance(v1["layers"], list) or not v1["layers"]:
         raise bad_setting(component, "layers", v1["layers"], "expected a non-empty list of integers")
-    settings = model.attrs["settings"]
-    if family == "bert":
-        encoder = BertEncoder(**settings, layers=v1["layers"], pooling=v1["pooling"], trainable=False)
-    elif family == "elmo":
-        encoder = ElmoEncoder(**settings, layers=v1["layers"], trainable=False)
-    else:
-        encoder = TrfEncoder(layers=v1["layers"], pooling=v1["pooling"])
-    upgraded = Embedder(encoder=encoder, combiner=build_combiner(component, str(v1["combine"]), len(v1["layers"])))
+    check_choice(component, "combine", v1["combine"], COMBINE_MODES)
+    upgraded = registry.resolve({"model": _v2_block(family, model.attrs["settings"], v1)}, validate=False)["model"]
     # What `upgrade_cfg` needs besides the v1 model block, which is all that
     # spaCy's replace_listeners hands the component's hook.
     upgraded.attrs[V1_SETTINGS] = v1
@@ -106,7 +96,17 @@ def upgrade_cfg(model_cfg: Dict[str, Any], v1: Dict[str, Any]) -> Dict[str, Any]
     family, architecture = V1_ARCHITECTURES[model_cfg["@architectures"]]
     # The v1 architecture's own defaults for what the block leaves out (v2's differ).
     defaults = {name: p.default for name, p in inspect.signature(architecture).parameters.items()}
-    settings = {**defaults, **{k: v for k, v in model_cfg.items() if k != "@architectures"}}
+    return _v2_block(family, {**defaults, **{k: v for k, v in model_cfg.items() if k != "@architectures"}}, v1)
+
+
+#: The v2 combiner of each v1 `combine` setting.
+_COMBINERS = {"mean": "spacy-ctxembed.MeanLayers.v1", "concat": "spacy-ctxembed.ConcatLayers.v1",
+              "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}
+
+
+def _v2_block(family: str, settings: Dict[str, Any], v1: Dict[str, Any]) -> Dict[str, Any]:
+    """The Embedder.v2 block of a v1 `family` model with its architecture's
+    `settings` (all of them) and its component's `v1` settings: frozen, as v1 was."""
     layers = list(v1["layers"])
     if family == "bert":
         encoder = {"@architectures": "spacy-ctxembed.BertEncoder.v2", **settings, "layers": layers,
@@ -116,9 +116,7 @@ def upgrade_cfg(model_cfg: Dict[str, Any], v1: Dict[str, Any]) -> Dict[str, Any]
                    "trainable": False}
     else:
         encoder = {"@architectures": "spacy-ctxembed.TrfEncoder.v2", "layers": layers, "pooling": v1["pooling"]}
-    combiner: Dict[str, Any] = {"@layers": {"mean": "spacy-ctxembed.MeanLayers.v1",
-                                            "concat": "spacy-ctxembed.ConcatLayers.v1",
-                                            "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}[v1["combine"]]}
+    combiner: Dict[str, Any] = {"@layers": _COMBINERS[v1["combine"]]}
     if v1["combine"] == "scalar_mix":
         combiner["n_layers"] = len(layers)
     return {"@architectures": "spacy-ctxembed.Embedder.v2", "encoder": encoder, "combiner": combiner}
