@@ -853,6 +853,25 @@ def test_combiner_of_a_replaced_listener_edited_in_config_is_refused(tiny_bert_d
         edited(TEXT)
 
 
+def test_bytes_loaded_into_a_component_of_another_name_say_so(saved, tmp_path):
+    """As from disk: a component built with another `name` loads the model its
+    bytes hold, which until now was said only by from_disk. The same name says nothing."""
+    saved_path, vectors = saved["mean"]
+    data = spacy.load(saved_path).get_pipe(NAME).to_bytes()
+    config = load_config(saved_path / "config.cfg")
+    recorded = config["components"][NAME]["model"]["encoder"]["name"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = load_model_from_config(config, auto_fill=True)
+        same.get_pipe(NAME).from_bytes(data)
+    other = str(tmp_path / "another-model")
+    config["components"][NAME]["model"]["encoder"]["name"] = other
+    nlp = load_model_from_config(config, auto_fill=True)
+    with pytest.warns(UserWarning, match=rf"^\[{NAME}\] name = '{other}': the serialized component was saved with "
+                                         rf"name = '{recorded}'; it loaded the model it holds"):
+        nlp.get_pipe(NAME).from_bytes(data)
+    numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, vectors)
+
 def test_an_edited_name_is_said_and_the_saved_model_is_loaded(saved, tmp_path):
     """config.cfg's `name` edited to another model (or overridden at spacy.load):
     the saved model folder loads, as always (a fallback would be another model),

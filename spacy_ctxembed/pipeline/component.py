@@ -814,6 +814,8 @@ class ContextualEmbedder(TrainablePipe):
                 check_saved_layers(self.name, self.encoder, cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None,
                                    "bytes")
                 self._check_saved_features(cfg.get(FEATURES_KEY) if isinstance(cfg, dict) else None)
+                if isinstance(cfg, dict):
+                    warn_if_source_edited(self.name, self.encoder, cfg.get(SOURCE_KEY))
                 self._after_loading("bytes")
         self._model_loaded()
         return self

@@ -281,11 +281,11 @@ def is_v1_bytes(msg: Any) -> bool:
             and all(k in ("cfg", "combiner") or k.startswith(MODEL_DIR + "/") for k in msg))
 
 
-def warn_if_source_edited(name: str, encoder: Model, saved: Any, path: Path) -> None:
+def warn_if_source_edited(name: str, encoder: Model, saved: Any, path: Optional[Path] = None) -> None:
     """Say that a config setting naming the encoder's files (`name`, ELMo's
-    files) differs from the one the pipeline was saved with: the load used
-    the pipeline's own model folder, not it (a fallback would be another
-    model), and only `nlp.initialize()` would read it."""
+    files) differs from the one the pipeline (at `path`; None: the component's
+    bytes) was saved with: the load used the saved model, not it (a fallback
+    would be another model), and only `nlp.initialize()` would read it."""
     shim = encoder_shim(encoder)
     if not isinstance(saved, dict) or shim is None:
         return
@@ -293,6 +293,7 @@ def warn_if_source_edited(name: str, encoder: Model, saved: Any, path: Path) -> 
     if changed:
         now = ", ".join(f"{k} = {shim.settings[k]!r}" for k in changed)
         was = ", ".join(f"{k} = {saved[k]!r}" for k in changed)
-        warnings.warn(f"[{name}] {now}: the pipeline at {str(path)!r} was saved with {was}; it loaded its own "
-                      f"model folder (its weights are the saved ones, as always), and only nlp.initialize() "
-                      f"would load {now}", stacklevel=4)
+        where, own = (("the serialized component", "the model it holds") if path is None
+                      else (f"the pipeline at {str(path)!r}", "its own model folder"))
+        warnings.warn(f"[{name}] {now}: {where} was saved with {was}; it loaded {own} (its weights are the "
+                      f"saved ones, as always), and only nlp.initialize() would load {now}", stacklevel=4)
