@@ -1,4 +1,4 @@
-"""Command-line interface: `python -m spacy_ctxembed {embed,demo}`.
+"""Command-line interface: `python -m spacy_ctxembed {embed,demo,analyze}`.
 
 Errors print one line (``error: ...``) and exit non-zero; ``--verbose`` shows
 the traceback (see `errors`). typer's rich tracebacks and rich error panels

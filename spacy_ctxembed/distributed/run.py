@@ -385,6 +385,7 @@ def _run_ray(
                                    "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
                                    "threads": max(int(cpus), 1), "model_identity": model_id},
             batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            # (max_task_retries goes through ray_remote_args, which Ray removes in 2.64: setup.cfg keeps below it.)
             num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
         )
         total = sum(s.n_rows for s in pending)
