@@ -563,14 +563,15 @@ def _vector_source(item: Any) -> Tuple[bool, Optional[str]]:
     return True, view.signatures.get(view.primary)
 
 
-def _signature_fields(signature: str) -> Dict[str, str]:
+def signature_fields(signature: str) -> Dict[str, str]:
+    """A signature's fields ("key=value; ...", `pipeline.signature.output_signature`)."""
     return dict(part.partition("=")[::2] for part in signature.split("; "))
 
 
 def _signatures_agree(signatures: List[str]) -> bool:
     """Whether the signatures say one model made the outputs. Only the fields
     that both of a pair have count: earlier versions wrote fewer (no weights)."""
-    fields = [_signature_fields(s) for s in dict.fromkeys(signatures)]
+    fields = [signature_fields(s) for s in dict.fromkeys(signatures)]
     return all(a[key] == b[key] for i, a in enumerate(fields) for b in fields[i + 1:] for key in a.keys() & b.keys())
 
 
@@ -580,14 +581,14 @@ def _merged_signature(signatures: List[str]) -> str:
     say different things of one model, and neither may be dropped."""
     fields: Dict[str, str] = {}
     for signature in signatures:
-        fields.update(_signature_fields(signature))
+        fields.update(signature_fields(signature))
     return "; ".join(f"{key}={value}" for key, value in fields.items())
 
 
 def _signature_difference(a: str, b: str) -> str:
     """What differs between two signatures ("key=value; ..."), for messages: the
     fields both have (`_signatures_agree`: a field only one has says nothing)."""
-    fields_a, fields_b = _signature_fields(a), _signature_fields(b)
+    fields_a, fields_b = signature_fields(a), signature_fields(b)
     differ = [f"{k} {fields_a[k]} vs {fields_b[k]}" for k in fields_a if k in fields_b and fields_a[k] != fields_b[k]]
     return "; ".join(differ) if differ else f"{a!r} vs {b!r}"
 

@@ -210,3 +210,101 @@ def test_a_tagger_initialised_before_its_new_upstream_loads_records_that_upstrea
     node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
     assert node.attrs[TRAINED_ON] == [2, 1]
     assert len(nlp(TEXT)) == len(WORDS)
+
+
+# ContextualListener.v2: features of another pooling, model or weights than it was trained on ----------
+
+
+@pytest.fixture(scope="module")
+def other_bert_dir(tmp_path_factory, minilm_dir):
+    """The conftest's tiny BERT (2 layers of 32) with other random weights: every shape the same."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("other-bert")
+    torch.manual_seed(1)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(path, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _tags(nlp):
+    return [t.tag_ for t in nlp(TEXT)]
+
+
+def _trained(nlp, steps=3, *, frozen=False):
+    """`nlp` after a few updates of the tagger and (not `frozen`) its upstream."""
+    optimizer = nlp.resume_training()
+    frozen_upstream = {"exclude": ["ctxembed_bert"], "annotates": ["ctxembed_bert"]} if frozen else {}
+    for _ in range(steps):
+        nlp.update(_examples(nlp), sgd=optimizer, **frozen_upstream)
+    return nlp
+
+
+def _sourced(model_dir, tagger_nlp, **settings):
+    """A new pipeline: a new ctxembed_bert of `model_dir` (layers [1, 2], concatenated) and `tagger_nlp`'s tagger."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, layers=[1, 2], combine="concat", **settings))
+    nlp.add_pipe("tagger", source=tagger_nlp)
+    return nlp
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_v2_tagger_sourced_next_to_another_model_or_pooling_of_the_same_shapes(
+        tiny_bert_dir, other_bert_dir, mix_layers):
+    """Every shape fit, so the tagger ran on another model's features (or the
+    same model's pooled otherwise), silently: other tags. The same frozen
+    model, made again, gives the same features, and is used."""
+    trained_nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers), frozen=True)
+    tags = _tags(trained_nlp)
+    assert _tags(_sourced(tiny_bert_dir, trained_nlp)) == tags
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': its weights "
+                                         r"were trained on pooling mean from 'ctxembed_bert', which now gives "
+                                         r"pooling first\. Give 'ctxembed_bert' the settings"):
+        _sourced(tiny_bert_dir, trained_nlp, pooling="first")(TEXT)
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': this "
+                                         r"component was trained on the outputs of another 'ctxembed_bert' \(trained "
+                                         r"on the outputs of weights [0-9a-f]{16}, 'ctxembed_bert' has weights "
+                                         r"[0-9a-f]{16} now\)"):
+        _sourced(other_bert_dir, trained_nlp)(TEXT)
+
+
+def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_bert_dir, tmp_path):
+    """Fine-tuned together, the tagger's weights are for the fine-tuned
+    encoder's features: the base model made again gives others (silently,
+    until now), as does the upstream initialized again. Saved and loaded, or
+    pickled, it is the same upstream; trained on a new upstream, the tagger
+    is held to that one."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    optimizer = nlp.initialize(lambda: _examples(nlp))
+    for _ in range(3):
+        nlp.update(_examples(nlp), sgd=optimizer)
+    tags = _tags(nlp)
+    nlp.to_disk(tmp_path / "tuned")
+    assert _tags(spacy.load(tmp_path / "tuned")) == tags
+    assert _tags(pickle.loads(pickle.dumps(nlp))) == tags
+    fine_tuned = r"its weights were fine-tuned together with them, and 'ctxembed_bert' has other weights now"
+    base = _sourced(tiny_bert_dir, spacy.load(tmp_path / "tuned"))
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*': this component was "
+                                         rf"trained on the outputs of another 'ctxembed_bert' \({fine_tuned}"):
+        base(TEXT)
+    _trained(base, steps=1)  # trained on this upstream now: held to it
+    assert len(_tags(base)) == len(WORDS)
+    nlp.get_pipe("ctxembed_bert").initialize()  # the base weights again
+    with pytest.raises(ValueError, match=fine_tuned):
+        nlp(TEXT)
+
+
+def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(tiny_bert_dir):
+    nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True)
+    nlp.rename_pipe("ctxembed_bert", "emb")
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': doc has no "
+                                         r"layers from upstream 'ctxembed_bert', but has outputs of 'emb'"):
+        nlp(TEXT)

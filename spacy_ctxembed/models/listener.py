@@ -62,6 +62,15 @@ LISTENER = "ctxembed-listener"
 #: for: the same number of other layers fits the weights' shapes, but not what
 #: they were trained on.
 TRAINED_ON = "upstream_layers"
+#: The listener attr that records what else its head was trained on
+#: (`ContextualEmbedder.listener_record`): what shapes the upstream's outputs
+#: besides its layers, its weights' fingerprint (None once they moved in
+#: training), and which weights they are (their lineage).
+TRAINED_WITH = "upstream_record"
+#: Fields of that record a head is not held to: int8 runs the same weights faster.
+_NOT_HELD = ("quantization",)
+#: How messages name the record's fields.
+_FIELD_NAMES = {"config": "model config.json", "options": "ELMo options"}
 
 
 class ContextualListenerNode(SampleDocsModel):
@@ -74,7 +83,7 @@ class ContextualListenerNode(SampleDocsModel):
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
-                                 dims={"nL": None, "nO": None}, attrs={TRAINED_ON: None})
+                                 dims={"nL": None, "nO": None}, attrs={TRAINED_ON: None, TRAINED_WITH: None})
         self.upstream_name = upstream_name
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
@@ -84,6 +93,8 @@ class ContextualListenerNode(SampleDocsModel):
         self._upstream: Optional[str] = None
         # Components that added this listener: name -> the component (weakly).
         self._claims: Dict[str, Any] = {}
+        # The component this listener serves, as last linked (for messages).
+        self._holder: Optional[str] = None
 
     @property
     def kind(self) -> str:
@@ -93,8 +104,10 @@ class ContextualListenerNode(SampleDocsModel):
     def get_batch_id(cls, docs: List[Doc]) -> int:
         return sum(sum(token.orth for token in doc) for doc in docs)
 
-    def claim(self, component: Any) -> None:
+    def claim(self, component: Any, holder: Optional[str] = None) -> None:
+        """`component` lists this listener, for the component `holder` (None: as before)."""
         self._claims[component.name] = weakref.ref(component)
+        self._holder = holder or self._holder
 
     def _upstreams(self) -> Dict[str, Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
@@ -127,13 +140,22 @@ class ContextualListenerNode(SampleDocsModel):
             component.ensure_loaded()
             return
 
-    def upstream_layers(self) -> Optional[List[int]]:
-        """The layers the upstream selects now (`selected_layers`); None where not known."""
+    def upstream(self) -> Any:
+        """The upstream component now; None where not known."""
         try:
-            component = self._upstreams().get(self.source_name() or "")
+            return self._upstreams().get(self.source_name() or "")
         except ValueError:  # "*" matches several: the forward pass says so
             return None
+
+    def upstream_layers(self) -> Optional[List[int]]:
+        """The layers the upstream selects now (`selected_layers`); None where not known."""
+        component = self.upstream()
         return None if component is None else selected_layers(component.encoder)
+
+    def upstream_record(self) -> Optional[Dict[str, Any]]:
+        """What the upstream makes now (`ContextualEmbedder.listener_record`); None where not known."""
+        component = self.upstream()
+        return None if component is None else component.listener_record()
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -238,6 +260,7 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
     for component in model._upstreams().values():
         component.ensure_loaded()
     model.attrs[TRAINED_ON] = model.upstream_layers()
+    model.attrs[TRAINED_WITH] = model.upstream_record()
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -453,6 +476,7 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
     _check_trained_dims(model)
+    _check_trained_upstream(model, is_train)
     _check_saved_combiners(model)
     return model.layers[0](docs, is_train)
 
@@ -531,6 +555,75 @@ def _check_trained_dims(head: Model) -> None:
         raise ValueError(_dims_error(node, f"layers {list(trained_on)}", f"layers {now}"))
 
 
+def _check_trained_upstream(head: Model, is_train: bool) -> None:
+    """A listener's head that would predict on what another upstream makes than
+    it was trained on says so: another pooling or model (its tokenizer, its
+    config.json, ELMo's options), another combiner under a head on the
+    vectors, or other weights. Where the shapes fit (`_check_trained_dims`),
+    the features were silently another model's: a component sourced without
+    its upstream, or an upstream replaced, initialized again or loaded from
+    another pipeline. The same weights under another component (an upstream
+    frozen in training, made again from the same model) are the same
+    features; weights fine-tuned with the head are only those of their
+    lineage. In training the head learns what the upstream makes now, and
+    records it. (Heads saved before the record was kept say nothing.)"""
+    parts = _listener_parts(head)
+    if parts is None:
+        return
+    node = parts[0]
+    record = node.attrs.get(TRAINED_WITH)
+    if is_train:
+        node.attrs[TRAINED_WITH] = _recorded_in_training(node, record)
+        return
+    now = node.upstream_record()
+    if not isinstance(record, dict) or now is None:
+        return
+    held_by = {*_NOT_HELD, *(("combiner",) if node.mix_layers else ())}
+    features = record.get("features")
+    was: Dict[str, Any] = features if isinstance(features, dict) else {}
+    changed = [key for key, value in now["features"].items() if key in was and key not in held_by
+               and was[key] != value]
+    if changed:
+        raise ValueError(_dims_error(node, _fields(was, changed), _fields(now["features"], changed)))
+    if record.get("lineage") != now["lineage"] and (record.get("weights") is None
+                                                    or record.get("weights") != now["weights"]):
+        raise ValueError(_weights_error(node, record.get("weights"), now["weights"]))
+
+
+def _recorded_in_training(node: ContextualListenerNode, record: Any) -> Optional[Dict[str, Any]]:
+    """The record after a training step of the head on the upstream's outputs:
+    the upstream's now, with its weights' fingerprint only while every step
+    was on those weights (once they moved, only their lineage tells them)."""
+    component = node.upstream()
+    if component is None:
+        return record
+    if isinstance(record, dict) and record.get("weights") is None and record.get("lineage") == component.lineage:
+        return record  # (nothing to take again: no fingerprint per step)
+    now = component.listener_record()
+    if now is None:
+        return record
+    same = isinstance(record, dict) and record.get("lineage") == now["lineage"] and record.get("weights") == now[
+        "weights"]
+    return {**now, "weights": now["weights"] if same else None}
+
+
+def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
+    return ", ".join(f"{_FIELD_NAMES.get(key, key)} {fields[key]}" for key in keys)
+
+
+def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str) -> str:
+    upstream = _upstream_named(node)
+    how = (f"its weights were fine-tuned together with them, and {upstream!r} has other weights now" if trained is None
+           else f"trained on the outputs of weights {trained}, {upstream!r} has weights {now} now")
+    return (
+        f"{_named(node)}: this component was trained on the outputs of another {upstream!r} ({how}): a component "
+        f"sourced or kept without the {upstream!r} it was trained with, or {upstream!r} replaced, initialized again "
+        f"or loaded from another pipeline. Use it with the {upstream!r} it was trained with (source both from its "
+        f"pipeline, or call nlp.replace_listeners there first to give it a copy of its own), or train it again on "
+        f"this one"
+    )
+
+
 def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]]]:
     """The listener node of a head `_head` built, its scalar mix (None without
     `mix_layers`), the projection, and the `embed` layers concatenated to the
@@ -558,16 +651,20 @@ def _layers(n: int) -> str:
     return f"{n} layer" if n == 1 else f"{n} layers"
 
 
-def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> str:
+def _upstream_named(node: ContextualListenerNode) -> str:
     try:
-        upstream = node.source_name() or node.upstream_name
+        return node.source_name() or node.upstream_name
     except ValueError:  # "*" matches several: that is its own error, not this one
-        upstream = node.upstream_name
+        return node.upstream_name
+
+
+def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> str:
+    upstream = _upstream_named(node)
     return (
         f"{_named(node)}: its weights were trained on {trained} "
         f"from {upstream!r}, which now gives {now}. Give {upstream!r} the settings this component was trained "
-        f"with (its model's encoder `layers`, `name` and combiner), or train a new one on what {upstream!r} now "
-        "gives (spacy train, or a component made from its config)"
+        f"with (its model's encoder `name`, `layers` and `pooling`, and its combiner), or train a new one on what "
+        f"{upstream!r} now gives (spacy train, or a component made from its config)"
     )
 
 
@@ -577,6 +674,7 @@ def _named(node: ContextualListenerNode) -> str:
     the component it serves)."""
     holders = [name for component in node._upstreams().values()
                for name, nodes in getattr(component, "listener_map", {}).items() if any(n is node for n in nodes)]
+    holders = holders or ([node._holder] if node._holder else [])  # (an upstream renamed or gone: as last linked)
     where = f"[{holders[0]}] " if holders else ""
     return f"{where}ContextualListener upstream = {node.upstream_name!r}"
 

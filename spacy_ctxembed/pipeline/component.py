@@ -37,7 +37,7 @@ from ..models.embedder import pass_dims, replace_listener_cfg
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
-from ..outputs import install_extensions, write_outputs
+from ..outputs import install_extensions, signature_fields, write_outputs
 from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
@@ -45,6 +45,7 @@ from .load_gate import LoadGate
 from .saved import (
     FEATURES_KEY,
     LAYERS_KEY,
+    LINEAGE_KEY,
     MODEL_DIR,
     OPTIONS_KEY,
     PROBE_KEY,
@@ -122,6 +123,12 @@ class ContextualEmbedder(TrainablePipe):
     _generation = 0
     #: The `_generation` whose weights `_signature` is of (another: taken again when asked).
     _signed_at = 0
+    #: Which weights these are, as a listener's head trained on their outputs
+    #: knows them (`listener_record`): a random id given when weights are
+    #: loaded from the config's model (initialize, a first use), kept by
+    #: training and by a save and its load. Another component of the same
+    #: model and settings has another (with weights trained otherwise).
+    _lineage: Optional[str] = None
 
     def __init__(
         self,
@@ -208,7 +215,7 @@ class ContextualEmbedder(TrainablePipe):
         self.listener_map.setdefault(component_name, [])
         if listener not in self.listener_map[component_name]:
             self.listener_map[component_name].append(listener)
-        listener.claim(self)
+        listener.claim(self, component_name)
         if self._loaded:
             self._size_listener(listener)
 
@@ -350,8 +357,10 @@ class ContextualEmbedder(TrainablePipe):
         yield
         self._load_refused = None
 
-    def _model_loaded(self) -> None:
+    def _model_loaded(self, lineage: Any = None) -> None:
+        """After a load or initialize; `lineage`: the saved weights' (`LINEAGE_KEY`), None for new weights."""
         self._load_refused = None
+        self._lineage = lineage if isinstance(lineage, str) and lineage else os.urandom(8).hex()
         if self.encoder.has_dim("nO") is True:
             pass_dims(self.model)
         for listener in self.listeners:
@@ -434,6 +443,25 @@ class ContextualEmbedder(TrainablePipe):
             self._signature = output_signature(self.model)
             self._signed_at = generation
         return self._signature
+
+    @property
+    def lineage(self) -> Optional[str]:
+        """Which weights these are (`_lineage`); None before they are loaded."""
+        return self._lineage
+
+    def listener_record(self) -> Optional[Dict[str, Any]]:
+        """What a listener's head records of this component when it is trained on
+        its outputs, and checks before it predicts (`listener.TRAINED_WITH`): what
+        shapes them besides the weights (the fields of `output_signature`,
+        without the layers, which the head records apart), the weights'
+        fingerprint, and their lineage. None before the weights are loaded."""
+        signature = self._current_signature() if self._loaded else None
+        if signature is None or self._lineage is None:
+            return None
+        features = signature_fields(signature)
+        weights = features.pop("weights", None)
+        features.pop("layers", None)
+        return {"features": features, "weights": weights, "lineage": self._lineage}
 
     def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
         """`predict`, with the count of weight changes (`_generation`) taken
@@ -719,7 +747,7 @@ class ContextualEmbedder(TrainablePipe):
         self._flush_backward(at_update=True)
         self._width_into_combiner()
         serializers: Dict[str, Callable[[Path], Any]] = {
-            "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True)),
+            "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True, lineage=self._lineage)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         shim = encoder_shim(self.encoder)
@@ -768,14 +796,16 @@ class ContextualEmbedder(TrainablePipe):
                                            on_purpose=f"to load it with the config's on purpose, remove "
                                            f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 self._after_loading(str(path / "combiner"))
-        self._model_loaded()
+        # (The saved weights' lineage where the saved weights were loaded.)
+        self._model_loaded(recorded.get(LINEAGE_KEY) if MODEL_DIR not in exclude else None)
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
         """cfg and the whole model (the encoder's files inside), msgpack: no pickles.
         `exclude` leaves out "cfg" or "model", as spaCy's own components do."""
         self._flush_backward(at_update=True)
-        parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: saved_cfg(self.cfg, self.encoder, probe=False),
+        parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: saved_cfg(self.cfg, self.encoder, probe=False,
+                                                                        lineage=self._lineage),
                                                "model": self.model.to_bytes}
         with self._ready():
             return srsly.msgpack_dumps({key: part() for key, part in parts.items() if key not in exclude})
@@ -817,7 +847,7 @@ class ContextualEmbedder(TrainablePipe):
                 if isinstance(cfg, dict):
                     warn_if_source_edited(self.name, self.encoder, cfg.get(SOURCE_KEY))
                 self._after_loading("bytes")
-        self._model_loaded()
+        self._model_loaded(cfg.get(LINEAGE_KEY) if isinstance(cfg, dict) else None)
         return self
 
     def _from_v1_bytes(self, files: Dict[str, bytes], exclude: Iterable[str]) -> "ContextualEmbedder":

@@ -49,17 +49,22 @@ PROBE_KEY = "encoder_probe"
 #: (`name`; ELMo's `options_file`, `weight_file`): a load never reads them
 #: (the pipeline's own model folder is loaded), which an edit of them is told.
 SOURCE_KEY = "encoder_source"
+#: The cfg key of the component's weights lineage (`ContextualEmbedder.lineage`):
+#: kept by a save and the load of it (absent in older saves: a new one then).
+LINEAGE_KEY = "weights_lineage"
 SOURCE_SETTINGS = ("name", "options_file", "weight_file")
 
 
-def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool) -> Dict[str, Any]:
+def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage: Optional[str]) -> Dict[str, Any]:
     """The cfg file: the layout's version, the settings (for reference only: the
-    config's are used), the encoder layers that the combiner's weights are for,
+    config's are used), the weights' lineage, the encoder layers that the combiner's weights are for,
     the fingerprint of the encoder's weights (`check_saved_weights`), ELMo's
     options (`check_saved_options`), its pooling and windows
     (`check_saved_features`), and with `probe`, what a Hugging Face model
     folder computes (`check_saved_probe`: files on disk may be edited)."""
     cfg = {"format": FORMAT, **settings, LAYERS_KEY: selected_layers(encoder)}
+    if lineage is not None:
+        cfg[LINEAGE_KEY] = lineage
     if encoder.shims:
         cfg[WEIGHTS_KEY] = saved_weights_fingerprint(encoder)
         shim = encoder_shim(encoder)
