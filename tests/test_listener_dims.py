@@ -25,18 +25,29 @@ TEXT = " ".join(WORDS)
 V1_NOT_RUN = r"ContextualListener\.v1: doc\._\.ctx_layers is missing: no upstream ctxembed component ran on this doc"
 
 
-@pytest.fixture(scope="module")
-def wide_bert_dir(tmp_path_factory, minilm_dir):
-    """A random 2-layer BERT of width 48 (the conftest's tiny one is 32 wide)."""
+def _random_bert(path, minilm_dir, *, width):
+    """A random 2-layer BERT of `width` with the MiniLM tokenizer (the conftest's tiny one: 32 wide, seed 0)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    path = tmp_path_factory.mktemp("wide-bert")
     torch.manual_seed(1)
-    BertModel(BertConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    BertModel(BertConfig(hidden_size=width, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          max_position_embeddings=64)).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def wide_bert_dir(tmp_path_factory, minilm_dir):
+    return _random_bert(tmp_path_factory.mktemp("wide-bert"), minilm_dir, width=48)
+
+
+@pytest.fixture(scope="module")
+def other_bert_dir(tmp_path_factory, minilm_dir):
+    """The conftest's tiny BERT with other random weights: every shape the same."""
+    return _random_bert(tmp_path_factory.mktemp("other-bert"), minilm_dir, width=32)
 
 
 def _examples(nlp):
@@ -213,22 +224,6 @@ def test_a_tagger_initialised_before_its_new_upstream_loads_records_that_upstrea
 
 
 # ContextualListener.v2: features of another pooling, model or weights than it was trained on ----------
-
-
-@pytest.fixture(scope="module")
-def other_bert_dir(tmp_path_factory, minilm_dir):
-    """The conftest's tiny BERT (2 layers of 32) with other random weights: every shape the same."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("other-bert")
-    torch.manual_seed(1)
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(path, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    tokenizer.model_max_length = 64
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _tags(nlp):
