@@ -62,15 +62,17 @@ LISTENER = "ctxembed-listener"
 #: for: the same number of other layers fits the weights' shapes, but not what
 #: they were trained on.
 TRAINED_ON = "upstream_layers"
-#: The listener attr that records what else its head was trained on
-#: (`ContextualEmbedder.listener_record`): what shapes the upstream's outputs
-#: besides its layers, its weights' fingerprint (None once they moved in
-#: training), and which weights they are (their lineage).
+#: The listener attr that records what else its head was trained on (from
+#: `ContextualEmbedder.listener_record`): what shapes the upstream's outputs
+#: besides its layers, a fingerprint of the weights the head reads through
+#: (the encoder's; and the combiner's for a head on the vectors), None once
+#: they moved in training, and which weights they are (their lineage).
 TRAINED_WITH = "upstream_record"
-#: Fields of that record a head is not held to: int8 runs the same weights faster.
-_NOT_HELD = ("quantization",)
-#: How messages name the record's fields.
-_FIELD_NAMES = {"config": "model config.json", "options": "ELMo options"}
+#: The fields of that record a head is held to under another upstream (of
+#: another lineage): not the tokenizer's and config.json's digests, which
+#: change with the versions of tokenizers and transformers (the weights'
+#: fingerprint tells another model), nor int8, which runs the same weights faster.
+_HELD = ("encoder", "pooling", "options")
 
 
 class ContextualListenerNode(SampleDocsModel):
@@ -153,9 +155,14 @@ class ContextualListenerNode(SampleDocsModel):
         return None if component is None else selected_layers(component.encoder)
 
     def upstream_record(self) -> Optional[Dict[str, Any]]:
-        """What the upstream makes now (`ContextualEmbedder.listener_record`); None where not known."""
+        """What the upstream makes now, as this listener's head records it
+        (`TRAINED_WITH`, from `ContextualEmbedder.listener_record`); None where not known."""
         component = self.upstream()
-        return None if component is None else component.listener_record()
+        now = None if component is None else component.listener_record()
+        if now is None:
+            return None
+        weights = now["encoder"] if self.mix_layers else f"{now['encoder']}+{now['combiner']}"
+        return {"features": now["features"], "weights": weights, "lineage": now["lineage"]}
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -557,16 +564,18 @@ def _check_trained_dims(head: Model) -> None:
 
 def _check_trained_upstream(head: Model, is_train: bool) -> None:
     """A listener's head that would predict on what another upstream makes than
-    it was trained on says so: another pooling or model (its tokenizer, its
-    config.json, ELMo's options), another combiner under a head on the
-    vectors, or other weights. Where the shapes fit (`_check_trained_dims`),
-    the features were silently another model's: a component sourced without
-    its upstream, or an upstream replaced, initialized again or loaded from
-    another pipeline. The same weights under another component (an upstream
-    frozen in training, made again from the same model) are the same
-    features; weights fine-tuned with the head are only those of their
-    lineage. In training the head learns what the upstream makes now, and
-    records it. (Heads saved before the record was kept say nothing.)"""
+    it was trained on says so: another pooling or model kind (ELMo's
+    options), another combiner under a head on the vectors, or other
+    weights. Where the shapes fit (`_check_trained_dims`), the features were
+    silently another model's: a component sourced without its upstream, or
+    an upstream replaced, initialized again or loaded from another pipeline.
+    The upstream it trained with (by lineage: also saved and loaded, or
+    pickled) is always the same. Another one with the weights it trained on
+    (an upstream frozen in training, made again from the same model) makes
+    the same features; weights that moved while it trained on them are
+    only those of their lineage. In training the head learns what the
+    upstream makes now, and records it. (Heads saved before the record was
+    kept say nothing.)"""
     parts = _listener_parts(head)
     if parts is None:
         return
@@ -575,45 +584,44 @@ def _check_trained_upstream(head: Model, is_train: bool) -> None:
     if is_train:
         node.attrs[TRAINED_WITH] = _recorded_in_training(node, record)
         return
-    now = node.upstream_record()
-    if not isinstance(record, dict) or now is None:
+    if not isinstance(record, dict):
         return
-    held_by = {*_NOT_HELD, *(("combiner",) if node.mix_layers else ())}
+    now = node.upstream_record()
+    if now is None or record.get("lineage") == now["lineage"]:
+        return
+    held = (*_HELD, *(() if node.mix_layers else ("combiner",)))
     features = record.get("features")
     was: Dict[str, Any] = features if isinstance(features, dict) else {}
-    changed = [key for key, value in now["features"].items() if key in was and key not in held_by
-               and was[key] != value]
+    changed = [key for key in held if key in was and key in now["features"] and was[key] != now["features"][key]]
     if changed:
         raise ValueError(_dims_error(node, _fields(was, changed), _fields(now["features"], changed)))
-    if record.get("lineage") != now["lineage"] and (record.get("weights") is None
-                                                    or record.get("weights") != now["weights"]):
+    if record.get("weights") != now["weights"]:
         raise ValueError(_weights_error(node, record.get("weights"), now["weights"]))
 
 
 def _recorded_in_training(node: ContextualListenerNode, record: Any) -> Optional[Dict[str, Any]]:
     """The record after a training step of the head on the upstream's outputs:
-    the upstream's now, with its weights' fingerprint only while every step
-    was on those weights (once they moved, only their lineage tells them)."""
+    the upstream's now, with the fingerprint of its weights only while every
+    step was on those weights (once they moved, only their lineage tells them)."""
     component = node.upstream()
     if component is None:
         return record
     if isinstance(record, dict) and record.get("weights") is None and record.get("lineage") == component.lineage:
         return record  # (nothing to take again: no fingerprint per step)
-    now = component.listener_record()
+    now = node.upstream_record()
     if now is None:
         return record
-    same = isinstance(record, dict) and record.get("lineage") == now["lineage"] and record.get("weights") == now[
-        "weights"]
+    same = isinstance(record, dict) and record.get("weights") == now["weights"]
     return {**now, "weights": now["weights"] if same else None}
 
 
 def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
-    return ", ".join(f"{_FIELD_NAMES.get(key, key)} {fields[key]}" for key in keys)
+    return ", ".join(f"{'ELMo options' if key == 'options' else key} {fields[key]}" for key in keys)
 
 
 def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str) -> str:
     upstream = _upstream_named(node)
-    how = (f"its weights were fine-tuned together with them, and {upstream!r} has other weights now" if trained is None
+    how = (f"the weights moved while it was trained on them, and {upstream!r} has other weights now" if trained is None
            else f"trained on the outputs of weights {trained}, {upstream!r} has weights {now} now")
     return (
         f"{_named(node)}: this component was trained on the outputs of another {upstream!r} ({how}): a component "

@@ -67,7 +67,7 @@ from .saved import (
     v1_saved_layers,
     warn_if_source_edited,
 )
-from .signature import output_signature
+from .signature import output_signature, saved_weights_fingerprint, weights_fingerprint
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,6 +129,9 @@ class ContextualEmbedder(TrainablePipe):
     #: training and by a save and its load. Another component of the same
     #: model and settings has another (with weights trained otherwise).
     _lineage: Optional[str] = None
+    #: `listener_record`, as taken at the `_generation` `_recorded_at`.
+    _listener_record: Optional[Dict[str, Any]] = None
+    _recorded_at = 0
 
     def __init__(
         self,
@@ -453,15 +456,25 @@ class ContextualEmbedder(TrainablePipe):
         """What a listener's head records of this component when it is trained on
         its outputs, and checks before it predicts (`listener.TRAINED_WITH`): what
         shapes them besides the weights (the fields of `output_signature`,
-        without the layers, which the head records apart), the weights'
-        fingerprint, and their lineage. None before the weights are loaded."""
-        signature = self._current_signature() if self._loaded else None
-        if signature is None or self._lineage is None:
+        without the layers, which the head records apart), a fingerprint of the
+        encoder's weights (by value, as a save records them: the same under
+        another version of transformers) and one of the combiner's, and the
+        weights' lineage. Taken once per change of weights. None before the
+        weights are loaded."""
+        if not self._loaded or self._lineage is None:
             return None
-        features = signature_fields(signature)
-        weights = features.pop("weights", None)
-        features.pop("layers", None)
-        return {"features": features, "weights": weights, "lineage": self._lineage}
+        generation = self._generation
+        if self._listener_record is None or self._recorded_at != generation:
+            signature = self._current_signature()
+            if signature is None:
+                return None
+            features = signature_fields(signature)
+            for key in ("weights", "layers"):
+                features.pop(key, None)
+            self._listener_record = {"features": features, "encoder": saved_weights_fingerprint(self.encoder),
+                                     "combiner": weights_fingerprint(self.combiner), "lineage": self._lineage}
+            self._recorded_at = generation
+        return self._listener_record
 
     def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
         """`predict`, with the count of weight changes (`_generation`) taken
