@@ -343,3 +343,18 @@ def test_the_record_is_not_held_to_what_changes_with_library_versions(tiny_bert_
     node.attrs[TRAINED_WITH] = {**record, "features": {**record["features"], "tokenizer": "0" * 16, "config": "1" * 16}}
     assert _tags(trained_nlp) == tags
     assert _tags(_sourced(tiny_bert_dir, trained_nlp)) == tags
+
+
+def test_a_listener_left_unlinked_by_spacy_train_says_why(tiny_bert_dir):
+    """spacy train's init_nlp links the pipeline, then initializes it with the
+    sourced components disabled, and Language.initialize links again the
+    enabled ones only: a sourced tagger next to a new trained upstream is not
+    sent its outputs. Its first update said only that the upstream had not run."""
+    trained_nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True), frozen=True)
+    nlp = _sourced(tiny_bert_dir, trained_nlp)
+    nlp._link_components()
+    with nlp.select_pipes(disable=["tagger"]):
+        optimizer = nlp.initialize()  # (as init_nlp: the sourced tagger is resumed, not initialized)
+    with pytest.raises(ValueError, match=r"'ctxembed_bert' does not list this listener now: spaCy linked the "
+                                         r"pipeline again while this component was disabled"):
+        nlp.update(_examples(nlp), sgd=optimizer)

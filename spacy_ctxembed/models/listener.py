@@ -239,7 +239,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     "it did not run on the training docs before this component's update. In training, a frozen "
                     "ctxembed component must also be listed in [training] annotating_components, and a trained "
                     "one updated in the same nlp.update; a listening component updated on its own (its "
-                    "update(), `spacy debug model`) has no upstream outputs to read"
+                    "update(), `spacy debug model`) has no upstream outputs to read" + _unlinked(model)
                 )
             others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []
             if others:
@@ -255,6 +255,24 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def _unlinked(node: ContextualListenerNode) -> str:
+    """What to add to a training error where an upstream that listed this
+    listener once does not now: spaCy linked the pipeline again without its
+    component. `spacy train` does (init_nlp initializes with the sourced
+    components disabled, and `Language.initialize` links only the enabled
+    ones), so a sourced listening component next to a new trained upstream
+    is never sent its outputs."""
+    unlinked = [name for name, ref in node._claims.items() if node.upstream_name in ("*", name)
+                and (component := ref()) is not None and component.name == name and node not in component.listeners]
+    if not unlinked:
+        return ""
+    return (f". {', '.join(map(repr, unlinked))} does not list this listener now: spaCy linked the pipeline again "
+            "while this component was disabled (spacy train initializes with sourced components disabled, so a "
+            "sourced listening component is not linked to a trained upstream). Freeze the upstream and list it in "
+            "[training] annotating_components, source it from the same pipeline with its listening components, "
+            "or give the component a copy of its own (nlp.replace_listeners in its source pipeline)")
 
 
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
