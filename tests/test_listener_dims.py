@@ -314,6 +314,10 @@ def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_be
                                          rf"trained on the outputs of another 'ctxembed_bert' \({fine_tuned}"):
         base(TEXT)
     _trained(base, steps=1)  # trained on this upstream now: held to it
+    # Loaded without its model folder, a component keeps its weights, and their lineage.
+    loaded = spacy.load(tmp_path / "tuned")
+    loaded.get_pipe("ctxembed_bert").from_disk(tmp_path / "tuned" / "ctxembed_bert", exclude=["model"])
+    assert _tags(loaded) == tags
     assert len(_tags(base)) == len(WORDS)
     nlp.get_pipe("ctxembed_bert").initialize()  # the base weights again
     with pytest.raises(ValueError, match=fine_tuned):
@@ -358,3 +362,23 @@ def test_a_listener_left_unlinked_by_spacy_train_says_why(tiny_bert_dir):
     with pytest.raises(ValueError, match=r"'ctxembed_bert' does not list this listener now: spaCy linked the "
                                          r"pipeline again while this component was disabled"):
         nlp.update(_examples(nlp), sgd=optimizer)
+
+
+@pytest.mark.parametrize("model", ["same", "other"])
+def test_a_listener_left_unlinked_is_still_held_to_the_upstream_it_reads(tiny_bert_dir, other_bert_dir, model):
+    """A frozen sourced tagger that spaCy linked again without (spacy train) was
+    not checked at all: it read another model's features in every evaluation,
+    and was refused only once the trained pipeline was loaded. (A listener of
+    the vectors: one that mixes layers finds none stored, and says so.)"""
+    trained_nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=False), frozen=True)
+    tags = _tags(trained_nlp)
+    nlp = _sourced(tiny_bert_dir if model == "same" else other_bert_dir, trained_nlp)
+    nlp._link_components()
+    with nlp.select_pipes(disable=["tagger"]):
+        nlp.initialize()
+    assert not nlp.get_pipe("ctxembed_bert").listening_components
+    if model == "same":
+        assert _tags(nlp) == tags
+    else:
+        with pytest.raises(ValueError, match=r"this component was trained on the outputs of another 'ctxembed_bert'"):
+            nlp(TEXT)

@@ -143,11 +143,21 @@ class ContextualListenerNode(SampleDocsModel):
             return
 
     def upstream(self) -> Any:
-        """The upstream component now; None where not known."""
+        """The upstream component now: the one this listener is linked to, or else
+        the one that linked it last under the name it listens to (spaCy may link
+        the pipeline again without this listener's component, as spacy train's
+        init_nlp does with sourced components, whose docs still come from it);
+        None where not known."""
         try:
-            return self._upstreams().get(self.source_name() or "")
+            name = self.source_name()
         except ValueError:  # "*" matches several: the forward pass says so
             return None
+        live = self._upstreams()
+        if name in live:
+            return live[name]
+        claimed = [component for claim, ref in self._claims.items() if self.upstream_name in ("*", claim)
+                   and (component := ref()) is not None and component.name == claim]
+        return claimed[0] if len(claimed) == 1 else None
 
     def upstream_layers(self) -> Optional[List[int]]:
         """The layers the upstream selects now (`selected_layers`); None where not known."""

@@ -783,6 +783,8 @@ class ContextualEmbedder(TrainablePipe):
     def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "ContextualEmbedder":
         path = Path(path)
         recorded: Dict[str, Any] = {}
+        # Without its model folder, a loaded encoder keeps its weights, and their lineage.
+        kept = self._lineage if self._loaded else None
         with named_errors(self.name):
             from_disk(path, {"cfg": lambda p: recorded.update(read_cfg(self.name, p))}, exclude)
             with self._loading(str(path)):
@@ -809,8 +811,9 @@ class ContextualEmbedder(TrainablePipe):
                                            on_purpose=f"to load it with the config's on purpose, remove "
                                            f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 self._after_loading(str(path / "combiner"))
-        # (The saved weights' lineage where the saved weights were loaded.)
-        self._model_loaded(recorded.get(LINEAGE_KEY) if MODEL_DIR not in exclude else None)
+        # (The saved weights' lineage where the saved weights were loaded; unknown
+        # with exclude=["cfg"]: new, as for weights loaded from the config.)
+        self._model_loaded(recorded.get(LINEAGE_KEY) if MODEL_DIR not in exclude else kept)
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
