@@ -111,10 +111,16 @@ class ContextualListenerNode(SampleDocsModel):
         self._claims[component.name] = weakref.ref(component)
         self._holder = holder or self._holder
 
+    def claims(self) -> List[Tuple[str, Any]]:
+        """(name, weak reference) of each component that claimed this listener.
+        A copy taken in one step: a relink in another thread adds claims while
+        this listener predicts, and a dict changed while it is iterated raises."""
+        return list(self._claims.items())
+
     def _upstreams(self) -> Dict[str, Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
         live = {}
-        for name, ref in self._claims.items():
+        for name, ref in self.claims():
             component = ref()
             if component is not None and component.name == name and self in component.listeners:
                 live[name] = component
@@ -155,7 +161,7 @@ class ContextualListenerNode(SampleDocsModel):
         live = self._upstreams()
         if name in live:
             return live[name]
-        claimed = [component for claim, ref in self._claims.items() if self.upstream_name in ("*", claim)
+        claimed = [component for claim, ref in self.claims() if self.upstream_name in ("*", claim)
                    and (component := ref()) is not None and component.name == claim]
         return claimed[0] if len(claimed) == 1 else None
 
@@ -274,7 +280,7 @@ def _unlinked(node: ContextualListenerNode) -> str:
     components disabled, and `Language.initialize` links only the enabled
     ones), so a sourced listening component next to a new trained upstream
     is never sent its outputs."""
-    unlinked = [name for name, ref in node._claims.items() if node.upstream_name in ("*", name)
+    unlinked = [name for name, ref in node.claims() if node.upstream_name in ("*", name)
                 and (component := ref()) is not None and component.name == name and node not in component.listeners]
     if not unlinked:
         return ""
