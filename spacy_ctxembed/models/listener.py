@@ -111,20 +111,18 @@ class ContextualListenerNode(SampleDocsModel):
         self._claims[component.name] = weakref.ref(component)
         self._holder = holder or self._holder
 
-    def claims(self) -> List[Tuple[str, Any]]:
-        """(name, weak reference) of each component that claimed this listener.
-        A copy taken in one step: a relink in another thread adds claims while
-        this listener predicts, and a dict changed while it is iterated raises."""
-        return list(self._claims.items())
+    def _claimants(self) -> List[Any]:
+        """The components alive that claimed this listener under the name they
+        have now, where it listens to that name: linked to it now, or before
+        the pipeline was linked again without it. (The claims are copied in one
+        step: a relink in another thread adds claims while this listener
+        predicts, and a dict changed while it is iterated raises.)"""
+        return [component for claim, ref in list(self._claims.items()) if self.upstream_name in ("*", claim)
+                and (component := ref()) is not None and component.name == claim]
 
     def _upstreams(self) -> Dict[str, Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
-        live = {}
-        for name, ref in self.claims():
-            component = ref()
-            if component is not None and component.name == name and self in component.listeners:
-                live[name] = component
-        return live
+        return {component.name: component for component in self._claimants() if self in component.listeners}
 
     def source_name(self) -> Optional[str]:
         """The upstream component's name: the one named, or the one "*" matched."""
@@ -161,9 +159,8 @@ class ContextualListenerNode(SampleDocsModel):
         live = self._upstreams()
         if name in live:
             return live[name]
-        claimed = [component for claim, ref in self.claims() if self.upstream_name in ("*", claim)
-                   and (component := ref()) is not None and component.name == claim]
-        return claimed[0] if len(claimed) == 1 else None
+        claimants = self._claimants()
+        return claimants[0] if len(claimants) == 1 else None
 
     def upstream_layers(self) -> Optional[List[int]]:
         """The layers the upstream selects now (`selected_layers`); None where not known."""
@@ -280,8 +277,7 @@ def _unlinked(node: ContextualListenerNode) -> str:
     components disabled, and `Language.initialize` links only the enabled
     ones), so a sourced listening component next to a new trained upstream
     is never sent its outputs."""
-    unlinked = [name for name, ref in node.claims() if node.upstream_name in ("*", name)
-                and (component := ref()) is not None and component.name == name and node not in component.listeners]
+    unlinked = [component.name for component in node._claimants() if node not in component.listeners]
     if not unlinked:
         return ""
     return (f". {', '.join(map(repr, unlinked))} does not list this listener now: spaCy linked the pipeline again "
