@@ -49,10 +49,10 @@ PROBE_KEY = "encoder_probe"
 #: (`name`; ELMo's `options_file`, `weight_file`): a load never reads them
 #: (the pipeline's own model folder is loaded), which an edit of them is told.
 SOURCE_KEY = "encoder_source"
+SOURCE_SETTINGS = ("name", "options_file", "weight_file")
 #: The cfg key of the component's weights lineage (`ContextualEmbedder.lineage`):
 #: kept by a save and the load of it (absent in older saves: a new one then).
 LINEAGE_KEY = "weights_lineage"
-SOURCE_SETTINGS = ("name", "options_file", "weight_file")
 
 
 def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage: Optional[str]) -> Dict[str, Any]:
