@@ -402,6 +402,16 @@ def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
     return {} if view is None else view.readable_outputs()
 
 
+def stored_signature(doc: Doc, name: Optional[str]) -> Optional[str]:
+    """The signature stored with `name`'s output on `doc` (what made it); None
+    where there is none, or the outputs cannot be read (reading them says why)."""
+    try:
+        view = _placed_view(doc)
+    except MissingOutputs:
+        return None
+    return None if view is None or name is None else view.signatures.get(name)
+
+
 def get_vectors(doc: Doc):
     output = _primary_output(doc)
     return None if output is None else output["vectors"]

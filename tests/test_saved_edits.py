@@ -872,6 +872,7 @@ def test_bytes_loaded_into_a_component_of_another_name_say_so(saved, tmp_path):
         nlp.get_pipe(NAME).from_bytes(data)
     numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, vectors)
 
+
 def test_an_edited_name_is_said_and_the_saved_model_is_loaded(saved, tmp_path):
     """config.cfg's `name` edited to another model (or overridden at spacy.load):
     the saved model folder loads, as always (a fallback would be another model),

@@ -85,7 +85,6 @@ def test_a_v1_pipeline_with_its_layers_edited_is_refused(tmp_path, layers, refus
 
     from spacy.util import load_config
 
-
     path = tmp_path / "edited"
     shutil.copytree(FIXTURE, path)
     config = load_config(path / "config.cfg", interpolate=False)

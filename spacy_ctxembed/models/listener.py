@@ -51,7 +51,7 @@ from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
-from ..outputs import MissingOutputs, get_outputs, uncovered_error
+from ..outputs import MissingOutputs, get_outputs, stored_signature, uncovered_error
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .torch_bridge import LR_SCALE, encoder_shim
@@ -62,16 +62,17 @@ LISTENER = "ctxembed-listener"
 #: for: the same number of other layers fits the weights' shapes, but not what
 #: they were trained on.
 TRAINED_ON = "upstream_layers"
-#: The listener attr that records what else its head was trained on (from
-#: `ContextualEmbedder.listener_record`): what shapes the upstream's outputs
-#: besides its layers, a fingerprint of the weights the head reads through
-#: (the encoder's; and the combiner's for a head on the vectors), None once
-#: they moved in training, and which weights they are (their lineage).
+#: The listener attr that records what else its head was trained on
+#: (`upstream_record`): what shapes the upstream's outputs besides its layers
+#: (`ContextualEmbedder.listener_features`), a fingerprint of the weights the
+#: head reads through (the encoder's; and the combiner's for a head on the
+#: vectors), None once they may move under it in training, and which weights
+#: they are (their lineage).
 TRAINED_WITH = "upstream_record"
-#: The fields of that record a head is held to under another upstream (of
-#: another lineage): not the tokenizer's and config.json's digests, which
-#: change with the versions of tokenizers and transformers (the weights'
-#: fingerprint tells another model), nor int8, which runs the same weights faster.
+#: The fields of those features a head is held to: not the tokenizer's and
+#: config.json's digests, which change with the versions of tokenizers and
+#: transformers (the weights' fingerprint tells another model), nor int8,
+#: which runs the same weights faster.
 _HELD = ("encoder", "pooling", "options")
 
 
@@ -93,10 +94,12 @@ class ContextualListenerNode(SampleDocsModel):
         self._outputs: Optional[list] = None
         self._backprop: Optional[Callable] = None
         self._upstream: Optional[str] = None
-        # Components that added this listener: name -> the component (weakly).
-        self._claims: Dict[str, Any] = {}
+        # Components that added this listener, by identity: (their name then, the
+        # component weakly). By identity: a component sourced into a second
+        # pipeline is one object, listed by an upstream of each.
+        self._claims: Dict[int, Tuple[str, Any]] = {}
         # The component this listener serves, as last linked (for messages).
-        self._holder: Optional[str] = None
+        self._listening_component: Optional[str] = None
 
     @property
     def kind(self) -> str:
@@ -106,10 +109,11 @@ class ContextualListenerNode(SampleDocsModel):
     def get_batch_id(cls, docs: List[Doc]) -> int:
         return sum(sum(token.orth for token in doc) for doc in docs)
 
-    def claim(self, component: Any, holder: Optional[str] = None) -> None:
-        """`component` lists this listener, for the component `holder` (None: as before)."""
-        self._claims[component.name] = weakref.ref(component)
-        self._holder = holder or self._holder
+    def claim(self, component: Any, listening_component: Optional[str] = None) -> None:
+        """`component` lists this listener, for `listening_component` (None: as before)."""
+        self._claims.pop(id(component), None)  # (the latest last)
+        self._claims[id(component)] = (component.name, weakref.ref(component))
+        self._listening_component = listening_component or self._listening_component
 
     def _claimants(self) -> List[Any]:
         """The components alive that claimed this listener under the name they
@@ -117,18 +121,18 @@ class ContextualListenerNode(SampleDocsModel):
         the pipeline was linked again without it. (The claims are copied in one
         step: a relink in another thread adds claims while this listener
         predicts, and a dict changed while it is iterated raises.)"""
-        return [component for claim, ref in list(self._claims.items()) if self.upstream_name in ("*", claim)
+        return [component for claim, ref in list(self._claims.values()) if self.upstream_name in ("*", claim)
                 and (component := ref()) is not None and component.name == claim]
 
-    def _upstreams(self) -> Dict[str, Any]:
+    def _upstreams(self) -> List[Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
-        return {component.name: component for component in self._claimants() if self in component.listeners}
+        return [component for component in self._claimants() if self in component.listeners]
 
     def source_name(self) -> Optional[str]:
         """The upstream component's name: the one named, or the one "*" matched."""
         if self.upstream_name != "*":
             return self.upstream_name
-        live = sorted(self._upstreams())
+        live = sorted({component.name for component in self._upstreams()})
         if len(live) > 1:
             raise ValueError(
                 f"{_named(self)} matches several ctxembed components ({', '.join(live)}): "
@@ -142,40 +146,53 @@ class ContextualListenerNode(SampleDocsModel):
         initialised before its upstream has run has the upstream load now."""
         if self.has_dim("nO") is True and self.has_dim("nL") is True:
             return
-        for component in self._upstreams().values():
+        for component in self._upstreams():
             component.ensure_loaded()
             return
 
-    def upstream(self) -> Any:
+    def upstream(self, docs: Optional[List[Doc]] = None) -> Any:
         """The upstream component now: the one this listener is linked to, or else
         the one that linked it last under the name it listens to (spaCy may link
         the pipeline again without this listener's component, as spacy train's
         init_nlp does with sourced components, whose docs still come from it);
-        None where not known."""
+        None where not known. A component sourced into another pipeline is
+        linked to an upstream of each: the one whose outputs `docs` hold; of
+        several that make the same (the same model), the one the head trained
+        with, if there; else the one linked last."""
         try:
             name = self.source_name()
         except ValueError:  # "*" matches several: the forward pass says so
             return None
-        live = self._upstreams()
-        if name in live:
-            return live[name]
-        claimants = self._claimants()
-        return claimants[0] if len(claimants) == 1 else None
+        found = [component for component in self._claimants() if name is None or component.name == name]
+        if len(found) > 1 and docs:
+            made = next((signature for signature in (stored_signature(doc, name) for doc in docs) if signature), None)
+            found = [component for component in found if component.signature == made] or found
+        if len(found) > 1:
+            found = [component for component in found if self in component.listeners] or found
+        if len(found) > 1:
+            record = self.attrs.get(TRAINED_WITH)
+            lineage = record.get("lineage") if isinstance(record, dict) else None
+            found = [component for component in found if component.lineage == lineage] or found
+        return found[-1] if found else None
 
-    def upstream_layers(self) -> Optional[List[int]]:
-        """The layers the upstream selects now (`selected_layers`); None where not known."""
-        component = self.upstream()
+    def upstream_layers(self, docs: Optional[List[Doc]] = None) -> Optional[List[int]]:
+        """The layers the upstream (of `docs`) selects now (`selected_layers`); None where not known."""
+        component = self.upstream(docs)
         return None if component is None else selected_layers(component.encoder)
 
-    def upstream_record(self) -> Optional[Dict[str, Any]]:
-        """What the upstream makes now, as this listener's head records it
-        (`TRAINED_WITH`, from `ContextualEmbedder.listener_record`); None where not known."""
-        component = self.upstream()
-        now = None if component is None else component.listener_record()
-        if now is None:
+    def held_weights(self, component: Any) -> str:
+        """The fingerprint of `component`'s weights that this listener reads
+        through: the encoder's, and for a listener of the vectors the combiner's."""
+        encoder = component.encoder_fingerprint()
+        return encoder if self.mix_layers else f"{encoder}+{component.combiner_fingerprint()}"
+
+    def upstream_record(self, component: Any) -> Optional[Dict[str, Any]]:
+        """What `component` makes now, as this listener's head records it
+        (`TRAINED_WITH`); None before its weights are loaded."""
+        features = component.listener_features()
+        if features is None:
             return None
-        weights = now["encoder"] if self.mix_layers else f"{now['encoder']}+{now['combiner']}"
-        return {"features": now["features"], "weights": weights, "lineage": now["lineage"]}
+        return {"features": features, "weights": self.held_weights(component), "lineage": component.lineage}
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -294,10 +311,11 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
     # and sized by them: an upstream not loaded yet (spaCy does not initialise
     # frozen components; a component initialised on its own) loads first, and
     # its load sizes this listener (`_size_listener`).
-    for component in model._upstreams().values():
+    for component in model._upstreams():
         component.ensure_loaded()
     model.attrs[TRAINED_ON] = model.upstream_layers()
-    model.attrs[TRAINED_WITH] = model.upstream_record()
+    upstream = model.upstream()
+    model.attrs[TRAINED_WITH] = None if upstream is None else model.upstream_record(upstream)
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -512,8 +530,8 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
-    _check_trained_dims(model)
-    _check_trained_upstream(model, is_train)
+    _check_trained_dims(model, docs)
+    _check_trained_upstream(model, docs, is_train)
     _check_saved_combiners(model)
     return model.layers[0](docs, is_train)
 
@@ -555,7 +573,7 @@ def _check_saved_trf_settings(encoder: Model) -> None:
                               "saved pipeline's config.cfg, or train this component again")
 
 
-def _check_trained_dims(head: Model) -> None:
+def _check_trained_dims(head: Model, docs: Optional[List[Doc]] = None) -> None:
     """A listener's head whose weights were trained on other layers than its
     upstream now gives says so, rather than fail in numpy ("shape-mismatch
     for sum") or blis. The upstream sets the listener's dims to what it gives
@@ -575,7 +593,7 @@ def _check_trained_dims(head: Model) -> None:
     if mix is not None and mix.has_param("s") is True:
         trained = mix.get_param("s").shape[0]
         if trained != n_layers:
-            raise ValueError(_dims_error(node, _layers(trained), _layers(n_layers)))
+            raise ValueError(_trained_on_error(node, _layers(trained), _layers(n_layers)))
     if linear.has_dim("nI") is True:
         try:
             trained = linear.get_dim("nI") - sum(_output_width(embed) for embed in embeds)
@@ -583,74 +601,84 @@ def _check_trained_dims(head: Model) -> None:
             trained = width  # an embed of unknown width: the projection's own check stands
         if trained != width:
             what = "layers" if node.mix_layers else "vectors"
-            raise ValueError(_dims_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
+            raise ValueError(_trained_on_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
     # As many layers of the same width, but others ([1, 2] for [2, 1]): the
     # shapes fit, the features are not what the weights were trained on.
     # (Heads saved before the layers were recorded say nothing.)
-    trained_on, now = node.attrs.get(TRAINED_ON), node.upstream_layers()
+    trained_on, now = node.attrs.get(TRAINED_ON), node.upstream_layers(docs)
     if trained_on is not None and now is not None and list(trained_on) != list(now):
-        raise ValueError(_dims_error(node, f"layers {list(trained_on)}", f"layers {now}"))
+        raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
 
 
-def _check_trained_upstream(head: Model, is_train: bool) -> None:
+def _check_trained_upstream(head: Model, docs: List[Doc], is_train: bool) -> None:
     """A listener's head that would predict on what another upstream makes than
     it was trained on says so: another pooling or model kind (ELMo's
     options), another combiner under a head on the vectors, or other
     weights. Where the shapes fit (`_check_trained_dims`), the features were
     silently another model's: a component sourced without its upstream, or
     an upstream replaced, initialized again or loaded from another pipeline.
-    The upstream it trained with (by lineage: also saved and loaded, or
-    pickled) is always the same. Another one with the weights it trained on
-    (an upstream frozen in training, made again from the same model) makes
-    the same features; weights that moved while it trained on them are
-    only those of their lineage. In training the head learns what the
-    upstream makes now, and records it. (Heads saved before the record was
-    kept say nothing.)"""
+    Weights that moved while the head trained on them are those of their
+    lineage, as they are now (its upstream, also saved and loaded, or
+    pickled); weights it trained on as they were (frozen) must be those
+    weights, in any upstream (one made again from the same model is the
+    same). In training the head learns what the upstream makes now, and
+    records it. (Heads saved before the record was kept say nothing.)"""
     parts = _listener_parts(head)
     if parts is None:
         return
     node = parts[0]
     record = node.attrs.get(TRAINED_WITH)
+    component = node.upstream(docs)
+    if component is None:
+        return
     if is_train:
-        node.attrs[TRAINED_WITH] = _recorded_in_training(node, record)
+        node.attrs[TRAINED_WITH] = _recorded_in_training(node, record, component)
         return
-    if not isinstance(record, dict):
-        return
-    now = node.upstream_record()
-    if now is None or record.get("lineage") == now["lineage"]:
+    features = component.listener_features()
+    if not isinstance(record, dict) or features is None:
         return
     held = (*_HELD, *(() if node.mix_layers else ("combiner",)))
-    features = record.get("features")
-    was: Dict[str, Any] = features if isinstance(features, dict) else {}
-    changed = [key for key in held if key in was and key in now["features"] and was[key] != now["features"][key]]
+    trained = record.get("features")
+    was: Dict[str, Any] = trained if isinstance(trained, dict) else {}
+    changed = [key for key in held if key in was and key in features and was[key] != features[key]]
     if changed:
-        raise ValueError(_dims_error(node, _fields(was, changed), _fields(now["features"], changed)))
-    if record.get("weights") != now["weights"]:
-        raise ValueError(_weights_error(node, record.get("weights"), now["weights"]))
+        raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
+    own = record.get("lineage") == component.lineage
+    if own and record.get("weights") is None:
+        return  # (weights that moved in training, of this lineage: as they are now)
+    now = node.held_weights(component)
+    if record.get("weights") != now:
+        raise ValueError(_weights_error(node, record.get("weights"), now, own=own))
 
 
-def _recorded_in_training(node: ContextualListenerNode, record: Any) -> Optional[Dict[str, Any]]:
+def _recorded_in_training(node: ContextualListenerNode, record: Any, component: Any) -> Optional[Dict[str, Any]]:
     """The record after a training step of the head on the upstream's outputs:
-    the upstream's now, with the fingerprint of its weights only while every
-    step was on those weights (once they moved, only their lineage tells them)."""
-    component = node.upstream()
-    if component is None:
-        return record
-    if isinstance(record, dict) and record.get("weights") is None and record.get("lineage") == component.lineage:
+    the upstream's now, with the fingerprint of the weights it reads through
+    while every step was on those weights; None once they may move under it
+    (sent by an upstream in the same update whose weights train)."""
+    moving = node._batch_id is not None and component.weights_train(combiner=not node.mix_layers)
+    if moving and isinstance(record, dict) and record.get("weights") is None \
+            and record.get("lineage") == component.lineage:
         return record  # (nothing to take again: no fingerprint per step)
-    now = node.upstream_record()
+    now = node.upstream_record(component)
     if now is None:
         return record
-    same = isinstance(record, dict) and record.get("weights") == now["weights"]
-    return {**now, "weights": now["weights"] if same else None}
+    kept = not moving and isinstance(record, dict) and record.get("weights") == now["weights"]
+    return {**now, "weights": now["weights"] if kept else None}
 
 
 def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
     return ", ".join(f"{'ELMo options' if key == 'options' else key} {fields[key]}" for key in keys)
 
 
-def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str) -> str:
+def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str, *, own: bool) -> str:
     upstream = _upstream_named(node)
+    if own:
+        return (f"{_named(node)}: this component was trained on other weights of {upstream!r} (on the outputs "
+                f"of weights {trained} as they were; those of {upstream!r} have moved since, to {now}: trained by "
+                f"another component, or this one kept as it was while they trained). Train it again on "
+                f"{upstream!r} as it is, or give it a copy of its own (nlp.replace_listeners) before "
+                f"{upstream!r} trains on")
     how = (f"the weights moved while it was trained on them, and {upstream!r} has other weights now" if trained is None
            else f"trained on the outputs of weights {trained}, {upstream!r} has weights {now} now")
     return (
@@ -696,7 +724,7 @@ def _upstream_named(node: ContextualListenerNode) -> str:
         return node.upstream_name
 
 
-def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> str:
+def _trained_on_error(node: ContextualListenerNode, trained: str, now: str) -> str:
     upstream = _upstream_named(node)
     return (
         f"{_named(node)}: its weights were trained on {trained} "
@@ -710,9 +738,10 @@ def _named(node: ContextualListenerNode) -> str:
     """How errors name a listener: "[component] ContextualListener upstream = ...", with the
     component that holds it where an upstream lists it (spaCy tells a listener nothing of
     the component it serves)."""
-    holders = [name for component in node._upstreams().values()
+    holders = [name for component in node._upstreams()
                for name, nodes in getattr(component, "listener_map", {}).items() if any(n is node for n in nodes)]
-    holders = holders or ([node._holder] if node._holder else [])  # (an upstream renamed or gone: as last linked)
+    if not holders and node._listening_component:  # (an upstream renamed or gone: as last linked)
+        holders = [node._listening_component]
     where = f"[{holders[0]}] " if holders else ""
     return f"{where}ContextualListener upstream = {node.upstream_name!r}"
 

@@ -124,14 +124,15 @@ class ContextualEmbedder(TrainablePipe):
     #: The `_generation` whose weights `_signature` is of (another: taken again when asked).
     _signed_at = 0
     #: Which weights these are, as a listener's head trained on their outputs
-    #: knows them (`listener_record`): a random id given when weights are
+    #: knows them (`listener.TRAINED_WITH`): a random id given when weights are
     #: loaded from the config's model (initialize, a first use), kept by
     #: training and by a save and its load. Another component of the same
     #: model and settings has another (with weights trained otherwise).
     _lineage: Optional[str] = None
-    #: `listener_record`, as taken at the `_generation` `_recorded_at`.
-    _listener_record: Optional[Dict[str, Any]] = None
-    _recorded_at = 0
+    #: How many times the encoder's weights changed (loads, training steps, swaps);
+    #: `encoder_fingerprint`, as (that count, the fingerprint) when taken.
+    _encoder_changes = 0
+    _encoder_fingerprint: Optional[Tuple[int, str]] = None
 
     def __init__(
         self,
@@ -193,7 +194,8 @@ class ContextualEmbedder(TrainablePipe):
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
-                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None}
+                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None,
+                 "_encoder_fingerprint": None}  # (taken again: a step meanwhile may have moved the weights)
         return _unpickled_component, (type(self), state)
 
     @property
@@ -375,6 +377,7 @@ class ContextualEmbedder(TrainablePipe):
             self._identity = identity
         self._signature = output_signature(self.model)
         self._generation += 1
+        self._encoder_changes += 1
         self._signed_at = self._generation
         self._loaded = True
 
@@ -452,29 +455,43 @@ class ContextualEmbedder(TrainablePipe):
         """Which weights these are (`_lineage`); None before they are loaded."""
         return self._lineage
 
-    def listener_record(self) -> Optional[Dict[str, Any]]:
-        """What a listener's head records of this component when it is trained on
-        its outputs, and checks before it predicts (`listener.TRAINED_WITH`): what
-        shapes them besides the weights (the fields of `output_signature`,
-        without the layers, which the head records apart), a fingerprint of the
-        encoder's weights (by value, as a save records them: the same under
-        another version of transformers) and one of the combiner's, and the
-        weights' lineage. Taken once per change of weights. None before the
-        weights are loaded."""
-        if not self._loaded or self._lineage is None:
+    @property
+    def signature(self) -> Optional[str]:
+        """What makes the outputs now (`output_signature`), as stored with each; None before loading."""
+        return self._current_signature() if self._loaded else None
+
+    def listener_features(self) -> Optional[Dict[str, str]]:
+        """What shapes the outputs besides the weights, for a listener's record
+        (`listener.TRAINED_WITH`): the fields of `output_signature` without the
+        layers (recorded apart) and the weights (`encoder_fingerprint`). A
+        new dict; None before the weights are loaded."""
+        signature = self.signature
+        if signature is None:
             return None
-        generation = self._generation
-        if self._listener_record is None or self._recorded_at != generation:
-            signature = self._current_signature()
-            if signature is None:
-                return None
-            features = signature_fields(signature)
-            for key in ("weights", "layers"):
-                features.pop(key, None)
-            self._listener_record = {"features": features, "encoder": saved_weights_fingerprint(self.encoder),
-                                     "combiner": weights_fingerprint(self.combiner), "lineage": self._lineage}
-            self._recorded_at = generation
-        return self._listener_record
+        features = signature_fields(signature)
+        for key in ("weights", "layers"):
+            features.pop(key, None)
+        return features
+
+    def encoder_fingerprint(self) -> str:
+        """The encoder's weights by value, as a save records them (the same under
+        another version of transformers), for a listener's record. Taken once
+        per change of the encoder's weights."""
+        changes = self._encoder_changes
+        if self._encoder_fingerprint is None or self._encoder_fingerprint[0] != changes:
+            self._encoder_fingerprint = (changes, saved_weights_fingerprint(self.encoder))
+        return self._encoder_fingerprint[1]
+
+    def combiner_fingerprint(self) -> str:
+        """The combiner's weights (a few numbers, or none), for a listener's record."""
+        return weights_fingerprint(self.combiner)
+
+    def weights_train(self, *, combiner: bool) -> bool:
+        """Whether an update moves the encoder's weights (`_encoder_trains`), or
+        with `combiner` the combiner's (weights that a listener of the vectors
+        sends a gradient to)."""
+        return self._encoder_trains() or (combiner and bool(self.combiner.param_names) and any(
+            listener.kind == "vectors" and listener.grad_factor != 0 for listener in self.listeners))
 
     def _predict_ahead(self, docs: List[Doc]) -> Tuple[int, Tuple[List[DocLayers], List[DocVectors]]]:
         """`predict`, with the count of weight changes (`_generation`) taken
@@ -703,6 +720,7 @@ class ContextualEmbedder(TrainablePipe):
         weights every step would cost more than the cache saves). Batches
         predicted ahead (`pipe` with run-ahead) before it are predicted again."""
         self._generation += 1
+        self._encoder_changes += 1
         if self.cache is not None:
             self.cache.clear()
             self._updates += 1
@@ -811,9 +829,13 @@ class ContextualEmbedder(TrainablePipe):
                                            on_purpose=f"to load it with the config's on purpose, remove "
                                            f"{FEATURES_KEY!r} from {str(path / 'cfg')!r}")
                 self._after_loading(str(path / "combiner"))
-        # (The saved weights' lineage where the saved weights were loaded; unknown
-        # with exclude=["cfg"]: new, as for weights loaded from the config.)
-        self._model_loaded(recorded.get(LINEAGE_KEY) if MODEL_DIR not in exclude else kept)
+        # The saved weights' lineage where the saved weights were loaded, the kept
+        # one where the weights were kept; a new one for a mix of saved and kept
+        # weights (the encoder's and a combiner's with weights), and where not
+        # known (exclude=["cfg"]), as for weights from the config.
+        encoder_kept, combiner_kept = MODEL_DIR in exclude, "combiner" in exclude
+        mixed = encoder_kept != combiner_kept and bool(self.combiner.param_names)
+        self._model_loaded(None if mixed else kept if encoder_kept else recorded.get(LINEAGE_KEY))
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
