@@ -418,3 +418,44 @@ def test_the_upstream_it_trained_with_is_held_to_its_pooling_and_to_the_weights_
                                          r"was trained on other weights of 'ctxembed_bert' \(on the outputs of weights "
                                          r"[0-9a-f]{16} as they were; those of 'ctxembed_bert' have moved since"):
         trained_nlp(TEXT)
+
+
+def test_a_listening_component_not_trained_yet_is_not_held_to_the_weights_it_was_initialized_next_to(tiny_bert_dir):
+    """spaCy's ner (or parser) skips every batch without its annotation: while
+    another listener fine-tunes the upstream, its head, never trained, was
+    refused at the first evaluation (`spacy train` stopped there)."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
+    for name in ("tagger", "tagger2"):
+        nlp.add_pipe("tagger", name=name, config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+            "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    optimizer = nlp.initialize(lambda: _examples(nlp))
+    for _ in range(2):
+        nlp.update(_examples(nlp), sgd=optimizer, exclude=["tagger2"])
+    assert len(nlp(TEXT)) == len(WORDS)
+
+
+def test_a_component_fine_tuned_before_is_held_to_the_frozen_weights_it_trains_on_next(tiny_bert_dir):
+    """A head fine-tuned with one upstream, then trained on a new frozen one,
+    takes that upstream's weights as what it trained on: they must stay
+    those. Before, it kept no fingerprint, and another component fine-tuning
+    them later was accepted."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    optimizer = nlp.initialize(lambda: _examples(nlp))
+    for _ in range(2):
+        nlp.update(_examples(nlp), sgd=optimizer)  # fine-tuned together
+    frozen = _trained(_sourced(tiny_bert_dir, nlp), steps=1, frozen=True)
+    frozen.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    frozen.get_pipe("tagger2").initialize(lambda: _examples(frozen), nlp=frozen)
+    optimizer = frozen.resume_training()
+    for _ in range(2):  # another component fine-tunes the upstream the tagger was trained on frozen
+        frozen.update(_examples(frozen), sgd=optimizer, exclude=["tagger"])
+    with pytest.raises(ValueError, match=r"this component was trained on other weights of 'ctxembed_bert' \(on "
+                                         r"the outputs of weights [0-9a-f]{16} as they were"):
+        frozen(TEXT)

@@ -111,8 +111,10 @@ class ContextualListenerNode(SampleDocsModel):
 
     def claim(self, component: Any, listening_component: Optional[str] = None) -> None:
         """`component` lists this listener, for `listening_component` (None: as before)."""
-        self._claims.pop(id(component), None)  # (the latest last)
-        self._claims[id(component)] = (component.name, weakref.ref(component))
+        # A new dict, the latest last: a reader in another thread copies the old one or this one.
+        key = id(component)
+        self._claims = {**{k: v for k, v in self._claims.items() if k != key},
+                        key: (component.name, weakref.ref(component))}
         self._listening_component = listening_component or self._listening_component
 
     def _claimants(self) -> List[Any]:
@@ -315,7 +317,11 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
         component.ensure_loaded()
     model.attrs[TRAINED_ON] = model.upstream_layers()
     upstream = model.upstream()
-    model.attrs[TRAINED_WITH] = None if upstream is None else model.upstream_record(upstream)
+    record = None if upstream is None else model.upstream_record(upstream)
+    # Not trained yet: a component whose updates all skip (spaCy's ner, parser
+    # on batches without their annotation) predicts on whatever its upstream's
+    # weights have become in the meantime, as any untrained head would.
+    model.attrs[TRAINED_WITH] = None if record is None else {**record, "untrained": True}
 
 
 def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -644,8 +650,8 @@ def _check_trained_upstream(head: Model, docs: List[Doc], is_train: bool) -> Non
     if changed:
         raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
     own = record.get("lineage") == component.lineage
-    if own and record.get("weights") is None:
-        return  # (weights that moved in training, of this lineage: as they are now)
+    if (own and record.get("weights") is None) or record.get("untrained"):
+        return  # (weights that moved in training, of this lineage: as they are now; or a head not trained)
     now = node.held_weights(component)
     if record.get("weights") != now:
         raise ValueError(_weights_error(node, record.get("weights"), now, own=own))
@@ -654,8 +660,10 @@ def _check_trained_upstream(head: Model, docs: List[Doc], is_train: bool) -> Non
 def _recorded_in_training(node: ContextualListenerNode, record: Any, component: Any) -> Optional[Dict[str, Any]]:
     """The record after a training step of the head on the upstream's outputs:
     the upstream's now, with the fingerprint of the weights it reads through
-    while every step was on those weights; None once they may move under it
-    (sent by an upstream in the same update whose weights train)."""
+    while every step on this upstream was on those weights (frozen; from the
+    first step on a new upstream, whatever the head trained on before); None
+    once they may move under it (sent by an upstream in the same update
+    whose weights train)."""
     moving = node._batch_id is not None and component.weights_train(combiner=not node.mix_layers)
     if moving and isinstance(record, dict) and record.get("weights") is None \
             and record.get("lineage") == component.lineage:
@@ -663,7 +671,8 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
     now = node.upstream_record(component)
     if now is None:
         return record
-    kept = not moving and isinstance(record, dict) and record.get("weights") == now["weights"]
+    new_upstream = not isinstance(record, dict) or record.get("lineage") != now["lineage"]
+    kept = not moving and (new_upstream or record.get("weights") == now["weights"])
     return {**now, "weights": now["weights"] if kept else None}
 
 
