@@ -73,10 +73,27 @@ def _v2_pipeline(model_dir, *, layers, mix_layers, name="ctxembed_bert", tagger=
     if tagger is not None:
         nlp.add_pipe("tagger", source=tagger)
         return nlp
-    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": mix_layers,
-        "upstream": name}}})
+    nlp.add_pipe("tagger", config=_tagger_config(mix_layers=mix_layers, upstream=name))
     nlp.initialize(lambda: _examples(nlp))
+    return nlp
+
+
+def _tagger_config(**listener):
+    """A tagger on a ContextualListener.v2 of width 16 (mixing the layers of upstream "*" unless `listener` says)."""
+    return {"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True, **listener}}}
+
+
+def _fine_tuned(model_dir, steps):
+    """A new pipeline: ctxembed_bert of `model_dir` (layers [1, 2], concatenated) and a tagger listening to it
+    ("*"), initialized and fine-tuned together for `steps` updates."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, layers=[1, 2], combine="concat"))
+    nlp.add_pipe("tagger", config=_tagger_config())
+    optimizer = nlp.initialize(lambda: _examples(nlp))
+    for _ in range(steps):
+        nlp.update(_examples(nlp), sgd=optimizer)
     return nlp
 
 
@@ -298,14 +315,7 @@ def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_be
     until now), as does the upstream initialized again. Saved and loaded, or
     pickled, it is the same upstream; trained on a new upstream, the tagger
     is held to that one."""
-    spacy.util.fix_random_seed(0)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
-    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
-    optimizer = nlp.initialize(lambda: _examples(nlp))
-    for _ in range(3):
-        nlp.update(_examples(nlp), sgd=optimizer)
+    nlp = _fine_tuned(tiny_bert_dir, steps=3)
     tags = _tags(nlp)
     nlp.to_disk(tmp_path / "tuned")
     assert _tags(spacy.load(tmp_path / "tuned")) == tags
@@ -408,8 +418,7 @@ def test_the_upstream_it_trained_with_is_held_to_its_pooling_and_to_the_weights_
                                          r"now gives pooling first"):
         spacy.load(tmp_path / "p")(TEXT)
     # Another listener fine-tunes the upstream: the tagger trained on it frozen reads moved weights.
-    trained_nlp.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    trained_nlp.add_pipe("tagger", name="tagger2", config=_tagger_config())
     trained_nlp.get_pipe("tagger2").initialize(lambda: _examples(trained_nlp), nlp=trained_nlp)
     optimizer = trained_nlp.resume_training()
     for _ in range(2):  # (the tagger never calls back: the encoder steps at the next update)
@@ -428,8 +437,7 @@ def test_a_listening_component_not_trained_yet_is_not_held_to_the_weights_it_was
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
     for name in ("tagger", "tagger2"):
-        nlp.add_pipe("tagger", name=name, config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-            "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+        nlp.add_pipe("tagger", name=name, config=_tagger_config())
     optimizer = nlp.initialize(lambda: _examples(nlp))
     for _ in range(2):
         nlp.update(_examples(nlp), sgd=optimizer, exclude=["tagger2"])
@@ -441,17 +449,9 @@ def test_a_component_fine_tuned_before_is_held_to_the_frozen_weights_it_trains_o
     takes that upstream's weights as what it trained on: they must stay
     those. Before, it kept no fingerprint, and another component fine-tuning
     them later was accepted."""
-    spacy.util.fix_random_seed(0)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
-    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
-    optimizer = nlp.initialize(lambda: _examples(nlp))
-    for _ in range(2):
-        nlp.update(_examples(nlp), sgd=optimizer)  # fine-tuned together
+    nlp = _fine_tuned(tiny_bert_dir, steps=2)  # fine-tuned together
     frozen = _trained(_sourced(tiny_bert_dir, nlp), steps=1, frozen=True)
-    frozen.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
-        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": True}}})
+    frozen.add_pipe("tagger", name="tagger2", config=_tagger_config())
     frozen.get_pipe("tagger2").initialize(lambda: _examples(frozen), nlp=frozen)
     optimizer = frozen.resume_training()
     for _ in range(2):  # another component fine-tunes the upstream the tagger was trained on frozen
