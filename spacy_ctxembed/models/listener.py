@@ -177,11 +177,6 @@ class ContextualListenerNode(SampleDocsModel):
             found = [component for component in found if component.lineage == lineage] or found
         return found[-1] if found else None
 
-    def upstream_layers(self, docs: Optional[List[Doc]] = None) -> Optional[List[int]]:
-        """The layers the upstream (of `docs`) selects now (`selected_layers`); None where not known."""
-        component = self.upstream(docs)
-        return None if component is None else selected_layers(component.encoder)
-
     def held_weights(self, component: Any) -> str:
         """The fingerprint of `component`'s weights that this listener reads
         through: the encoder's, and for a listener of the vectors the combiner's."""
@@ -315,8 +310,8 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
     # its load sizes this listener (`_size_listener`).
     for component in model._upstreams():
         component.ensure_loaded()
-    model.attrs[TRAINED_ON] = model.upstream_layers()
     upstream = model.upstream()
+    model.attrs[TRAINED_ON] = None if upstream is None else selected_layers(upstream.encoder)
     record = None if upstream is None else model.upstream_record(upstream)
     # Not trained yet: a component whose updates all skip (spaCy's ner, parser
     # on batches without their annotation) predicts on whatever its upstream's
@@ -536,8 +531,13 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
-    _check_trained_dims(model, docs)
-    _check_trained_upstream(model, docs, is_train)
+    parts = _listener_parts(model)
+    if parts is not None:
+        node = parts[0]
+        node.ensure_dims()  # (a frozen upstream may not have loaded yet)
+        upstream = node.upstream(docs)  # (found once a batch, for both checks)
+        _check_trained_dims(parts, upstream)
+        _check_trained_upstream(node, upstream, is_train)
     _check_saved_combiners(model)
     return model.layers[0](docs, is_train)
 
@@ -579,7 +579,8 @@ def _check_saved_trf_settings(encoder: Model) -> None:
                               "saved pipeline's config.cfg, or train this component again")
 
 
-def _check_trained_dims(head: Model, docs: Optional[List[Doc]] = None) -> None:
+def _check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]],
+                        upstream: Any) -> None:
     """A listener's head whose weights were trained on other layers than its
     upstream now gives says so, rather than fail in numpy ("shape-mismatch
     for sum") or blis. The upstream sets the listener's dims to what it gives
@@ -587,12 +588,9 @@ def _check_trained_dims(head: Model, docs: Optional[List[Doc]] = None) -> None:
     to it): a sourced component, or an upstream replaced or reloaded with
     other `layers` or another model, can give more or fewer layers, or
     another width, than the scalar mix and the projection were trained on,
-    or other layers of the same count."""
-    parts = _listener_parts(head)
-    if parts is None:
-        return
+    or other layers of the same count. `parts`: the head's (`_listener_parts`);
+    `upstream`: the component it reads now (`ContextualListenerNode.upstream`)."""
     node, mix, linear, embeds = parts
-    node.ensure_dims()  # (a frozen upstream may not have loaded yet)
     if node.has_dim("nL") is not True or node.has_dim("nO") is not True:
         return  # not sized yet: the node says what is missing
     n_layers, width = node.get_dim("nL"), node.get_dim("nO")
@@ -611,12 +609,12 @@ def _check_trained_dims(head: Model, docs: Optional[List[Doc]] = None) -> None:
     # As many layers of the same width, but others ([1, 2] for [2, 1]): the
     # shapes fit, the features are not what the weights were trained on.
     # (Heads saved before the layers were recorded say nothing.)
-    trained_on, now = node.attrs.get(TRAINED_ON), node.upstream_layers(docs)
+    trained_on, now = node.attrs.get(TRAINED_ON), None if upstream is None else selected_layers(upstream.encoder)
     if trained_on is not None and now is not None and list(trained_on) != list(now):
         raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
 
 
-def _check_trained_upstream(head: Model, docs: List[Doc], is_train: bool) -> None:
+def _check_trained_upstream(node: ContextualListenerNode, component: Any, is_train: bool) -> None:
     """A listener's head that would predict on what another upstream makes than
     it was trained on says so: another pooling or model kind (ELMo's
     options), another combiner under a head on the vectors, or other
@@ -628,13 +626,9 @@ def _check_trained_upstream(head: Model, docs: List[Doc], is_train: bool) -> Non
     pickled); weights it trained on as they were (frozen) must be those
     weights, in any upstream (one made again from the same model is the
     same). In training the head learns what the upstream makes now, and
-    records it. (Heads saved before the record was kept say nothing.)"""
-    parts = _listener_parts(head)
-    if parts is None:
-        return
-    node = parts[0]
+    records it. (Heads saved before the record was kept say nothing.)
+    `component`: the upstream it reads now (`ContextualListenerNode.upstream`)."""
     record = node.attrs.get(TRAINED_WITH)
-    component = node.upstream(docs)
     if component is None:
         return
     if is_train:
