@@ -119,6 +119,36 @@ def test_explore_missing_word_is_a_note():
     assert result["n_occurrences"] == 0 and "does not occur" in result["note"] and "clusters" not in result
 
 
+def test_a_word_split_into_tokens_is_said_to_occur_as_its_parts():
+    """"don't" is two tokens in a spaCy-tokenized corpus: the note must not say the word is absent."""
+    corpus, _ = _corpus()
+    result = explore_word(corpus, unit_rows(corpus.combined([0])), "don't", [0])
+    assert result["n_occurrences"] == 0 and "as one token" in result["note"] and "occurs as its parts" in result["note"]
+
+
+def test_tokens_without_a_vector_are_no_ones_neighbours():
+    """A token no wordpiece fed has a zero vector: at cosine 0 it ranked above every real token with a
+    negative cosine, and was listed as a neighbour. Here 5 of the 20 'the' tokens have none, and every other
+    token is asked for: the 35 with a vector come back, by cosine (brute force written here)."""
+    corpus, _ = _corpus()
+    the_rows = np.flatnonzero(corpus.word_ids == corpus.words.index("the"))
+    corpus.layers[:, the_rows[:5]] = 0.0
+    units = unit_rows(corpus.combined([0]))
+    result = explore_word(corpus, units, "ran", [0], n_neighbours=100)
+    vectors = corpus.combined([0]).astype(np.float64)
+    others = [r for r in range(len(vectors)) if corpus.words[corpus.word_ids[r]] != "ran" and r not in the_rows[:5]]
+
+    def brute_force(query_row):
+        query = vectors[query_row] / np.linalg.norm(vectors[query_row])
+        return sorted((float(vectors[r] @ query / np.linalg.norm(vectors[r])) for r in others), reverse=True)
+
+    candidates = [brute_force(r) for r in corpus.rows_of("ran")]  # (contexts repeat: any 'ran' may be the centre)
+    for cluster in result["clusters"]:
+        got = [n["similarity"] for n in cluster["neighbours"]]
+        assert len(got) == 35
+        assert any(np.allclose(got, expected, atol=1e-6) for expected in candidates)
+
+
 def test_sampled_word_note_names_the_word():
     corpus, _ = _corpus()
     result = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0], max_occurrences=8, seed=3)

@@ -136,6 +136,19 @@ def test_merge_then_split(nlp):
     _check(doc, before, "emb")  # back to the embedded tokens: each its own row again
 
 
+def test_merges_one_after_another_average_the_embedded_tokens(nlp):
+    """"New York" merged, then "New York City": the mean of the three embedded
+    rows, not of the merged row and City's (as the README says)."""
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[-4:-2])
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[-3:-1])
+    assert doc[-2].text == "New York City"
+    _check(doc, before, "emb")
+
+
 def test_merge_entities_and_noun_chunks(nlp):
     # merge_entities / merge_noun_chunks / merge_subtokens all go through doc.retokenize.
     from spacy.pipeline.functions import merge_entities, merge_subtokens

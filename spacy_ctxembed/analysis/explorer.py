@@ -11,7 +11,8 @@ ranks like cosine, and then:
 * projected to 2-D with PCA, for the picture;
 * per cluster, the occurrences nearest its centre are the examples, and the
   one nearest of all is the cluster's representative, whose nearest tokens
-  of other words in the whole corpus (cosine) say what that sense is like.
+  of other words in the whole corpus (cosine; tokens with a vector) say what
+  that sense is like.
 
 A word with more than ``max_occurrences`` occurrences is sampled (with the seed).
 """
@@ -81,11 +82,17 @@ def explore_word(
     from sklearn.decomposition import PCA
 
     result: dict = {"word": word, "layers": list(layer_ids)}
+    # Tokens without a vector (no wordpiece fed them) have no sense, and are no
+    # one's neighbour: at cosine 0 they would rank above every real token with
+    # a negative one.
+    without_vector = ~(np.linalg.norm(corpus_units, axis=1) > 0)
     rows = corpus.rows_of(word)
-    rows = rows[np.linalg.norm(corpus_units[rows], axis=1) > 0]  # tokens without a vector have no sense
+    rows = rows[~without_vector[rows]]
     result["n_occurrences"] = int(rows.size)
     if rows.size == 0:
-        result["note"] = f"{word!r} does not occur in the corpus (with a vector)"
+        result["note"] = (f"{word!r} does not occur in the corpus as one token with a vector (a word that the "
+                          "corpus's tokenization splits, as spaCy splits \"don't\" into \"do\" and \"n't\", "
+                          "occurs as its parts: give one of them)")
         return result
     if max_occurrences is not None and rows.size > max_occurrences:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_occurrences, replace=False))
@@ -98,14 +105,14 @@ def explore_word(
         points, explained = projection.transform(units), projection.explained_variance_ratio_.tolist()
     else:
         points, explained = np.zeros((1, 2)), [0.0, 0.0]
-    same_word = corpus.word_ids == corpus.word_ids[rows[0]]
+    excluded = (corpus.word_ids == corpus.word_ids[rows[0]]) | without_vector
     clusters = []
     for cluster in range(k):
         members = np.flatnonzero(labels == cluster)
         centre = units[members].mean(axis=0)
         closest = members[np.argsort(-(units[members] @ centre), kind="stable")]
         representative = int(rows[closest[0]])
-        near, similarity = nearest_neighbours(corpus_units, corpus_units[representative], n_neighbours, same_word)
+        near, similarity = nearest_neighbours(corpus_units, corpus_units[representative], n_neighbours, excluded)
         clusters.append({
             "cluster": cluster, "size": int(members.size),
             "examples": [corpus.context(int(rows[i])) for i in closest[:n_examples]],
