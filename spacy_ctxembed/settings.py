@@ -9,6 +9,13 @@ from thinc.model import deserialize_attr, serialize_attr
 from .errors import bad_setting
 
 
+def layers_as_given(layers: Any) -> Any:
+    """`layers` as a list where it is a list or tuple; anything else as given,
+    for `check_layers` to name: `layers = "12"` in a config passes confection
+    (each character is an int) and was named as ['1', '2']."""
+    return list(layers) if isinstance(layers, (list, tuple)) else layers
+
+
 def check_layers(component: str, layers: Any) -> None:
     """`layers` must be a non-empty list of integers (negative = from the top)."""
     if not isinstance(layers, (list, tuple)) or not layers or not all(

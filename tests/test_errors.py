@@ -61,6 +61,22 @@ def test_missing_model_directory(tmp_path):
         nlp.initialize()
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_name_is_refused_not_read_as_the_default(name):
+    """`--paths.bert_model ""` loaded the embedded MiniLM, silently, while the config named no model."""
+    nlp = _add({"name": name}, name="bert_a")
+    with pytest.raises(SettingError, match=rf"^\[bert_a\] name = '{name}': empty: give a model directory or hub "
+                                           "name, or null for the embedded all-MiniLM-L6-v2"):
+        nlp.initialize()
+
+
+def test_a_name_that_is_a_file_is_named_as_such(tiny_bert_dir):
+    """A model's config.json given as `name` was said to be "no such model directory"."""
+    nlp = _add({"name": str(tiny_bert_dir / "config.json")}, name="bert_a")
+    with pytest.raises(SettingError, match=r"^\[bert_a\] name = '.*config.json': a file, not a model directory"):
+        nlp.initialize()
+
+
 def test_hub_name_not_in_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
@@ -148,9 +164,13 @@ def test_stride_larger_than_window(tiny_bert_dir):
 def test_a_scalar_mix_n_layers_that_contradicts_the_layers_is_refused():
     # It was accepted and then sized by the layers, and the saved pipeline
     # failed to load with a message about the layers.
+    # The error names the component (it named the architecture, Embedder.v2: with two
+    # embedders in a pipeline, which one was not said).
     config = ctx_config(layers=[-1, -2, -3])
     config["model"]["combiner"] = {"@layers": "spacy-ctxembed.ScalarMix.v1", "n_layers": 5}
-    with pytest.raises(SettingError, match=r"^\[Embedder.v2\] combiner.n_layers = 5: the encoder's layers select 3"):
+    with pytest.raises(SettingError, match=r"^\[bert_a\] combiner.n_layers = 5: the encoder's layers select 3"):
+        spacy.blank("en").add_pipe("ctxembed_bert", name="bert_a", config=config)
+    with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] combiner.n_layers = 5: the encoder's layers select 3"):
         spacy.blank("en").add_pipe("ctxembed_bert", config=config)
     config["model"]["combiner"]["n_layers"] = 3
     spacy.blank("en").add_pipe("ctxembed_bert", config=config)
@@ -174,6 +194,21 @@ def test_listener_settings_are_checked_by_name(architecture, settings, pattern):
         arguments["embedder"] = None  # (checked before it is used)
     with pytest.raises(SettingError, match=rf"^\[{architecture}\] {pattern}"):
         build(**arguments)
+
+
+@pytest.mark.parametrize("architecture", ["ContextualTok2Vec.v3", "ContextualTok2Vec.v2"])
+def test_a_copied_embedders_scalar_mix_n_layers_is_checked_by_the_architecture_that_holds_it(architecture):
+    from spacy.util import registry
+
+    encoder = registry.architectures.get("spacy-ctxembed.BertEncoder.v2")(
+        name=None, layers=[-1, -2], pooling="mean", window=None, stride=None, max_batch_items=None,
+        precision="fp32", trainable=True)
+    combiner = registry.layers.get("spacy-ctxembed.ScalarMix.v1")(n_layers=3)
+    embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(encoder=encoder, combiner=combiner)
+    build = registry.architectures.get(f"spacy-ctxembed.{architecture}")
+    with pytest.raises(SettingError, match=rf"^\[{architecture}\] combiner.n_layers = 3: the encoder's layers "
+                                           "select 2"):
+        build(embedder=embedder, width=8)
 
 
 def test_v1_listener_sizes_are_checked_by_name():

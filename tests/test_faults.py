@@ -767,6 +767,10 @@ COMPONENT_SETTINGS = {"cache_mb", "store_layers"}
     ("ctxembed_bert", "stride", '"8"', "8", "expected an integer number of wordpieces >= 1 or null, got str"),
     ("ctxembed_bert", "layers", "[]", [], "expected a non-empty list of integers"),
     ("ctxembed_bert", "layers", '["-1"]', ["-1"], "expected a non-empty list of integers"),
+    # (confection lets each character of "12" through as an int: it was named as ['1', '2'])
+    ("ctxembed_bert", "layers", '"12"', "12", "expected a non-empty list of integers"),
+    ("ctxembed_elmo", "layers", '"12"', "12", "expected a non-empty list of integers"),
+    ("ctxembed_from_trf", "layers", '"12"', "12", "expected a non-empty list of integers"),
     ("ctxembed_bert", "pooling", '"avg"', "avg", "expected one of 'mean'"),
     ("ctxembed_elmo", "cache_mb", '"10"', "10", "expected an integer number of megabytes"),
     ("ctxembed_elmo", "max_batch_items", '"4096"', "4096", "expected an integer >= 1, got str"),

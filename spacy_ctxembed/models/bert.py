@@ -15,6 +15,7 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 
+from ..settings import layers_as_given
 from ..types import DocLayers, EncoderModel
 from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
@@ -53,7 +54,7 @@ def BertEncoder(
     """
     settings = {
         "name": name,
-        "layers": list(layers),
+        "layers": layers_as_given(layers),
         "pooling": pooling,
         "window": window,
         "stride": stride,

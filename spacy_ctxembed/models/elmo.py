@@ -29,7 +29,7 @@ from thinc.api import Model, get_torch_default_device
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
 from ..fileio import unpacked
-from ..settings import check_layers, normalize_layers
+from ..settings import check_layers, layers_as_given, normalize_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
@@ -73,7 +73,7 @@ def ElmoEncoder(
     settings = {
         "options_file": options_file,
         "weight_file": weight_file,
-        "layers": list(layers),
+        "layers": layers_as_given(layers),
         "max_batch_items": max_batch_items,
         "trainable": trainable,
         "compile": compile,

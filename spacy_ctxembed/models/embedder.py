@@ -35,18 +35,26 @@ def Embedder(*, encoder: EncoderModel, combiner: CombinerModel) -> EmbedderModel
         refs={"encoder": encoder, "combiner": combiner},
         attrs={"replace_listener": replace_listener, "replace_listener_cfg": replace_listener_cfg},
     )
-    if encoder.has_dim("nL"):
-        n_layers = encoder.get_dim("nL")
-        if combiner.has_dim("nL") is None:
-            combiner.set_dim("nL", n_layers)
-        elif combiner.get_dim("nL") != n_layers:
-            # (ScalarMix's n_layers.) `init` would size the mix by the encoder
-            # anyway, and the saved pipeline would then not load: say so now.
-            raise bad_setting(
-                "Embedder.v2", "combiner.n_layers", combiner.get_dim("nL"),
-                f"the encoder's layers select {n_layers} layer(s); leave n_layers out (it comes from the layers)",
-            )
+    if encoder.has_dim("nL") and combiner.has_dim("nL") is None:
+        combiner.set_dim("nL", encoder.get_dim("nL"))
+    # (A combiner's own n_layers that contradicts the layers is refused by
+    # `check_combiner_layers`, which whatever holds the embedder calls with
+    # its own name: here the component's is not known yet.)
     return model
+
+
+def check_combiner_layers(owner: str, model: EmbedderModel) -> None:
+    """ScalarMix's `n_layers`, where given, must be the count the encoder's
+    layers select: `init` would size the mix by the encoder anyway, and the
+    saved pipeline would then not load. `owner`: who the error names (the
+    component, or the architecture that holds the embedder)."""
+    encoder, combiner = model.layers
+    if encoder.has_dim("nL") and combiner.has_dim("nL") and combiner.get_dim("nL") != encoder.get_dim("nL"):
+        raise bad_setting(
+            owner, "combiner.n_layers", combiner.get_dim("nL"),
+            f"the encoder's layers select {encoder.get_dim('nL')} layer(s); leave n_layers out (it comes from "
+            "the layers)",
+        )
 
 
 def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:

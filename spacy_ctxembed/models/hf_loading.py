@@ -124,11 +124,19 @@ def default_model_dir() -> Path:
 
 def resolve_model_dir(name: Optional[str], *, component: str) -> Path:
     """Turn the `name` setting into a local directory, without any download."""
-    if not name:
+    if name is None:
         return default_model_dir()
+    if not name.strip():
+        # (It loaded the default, silently, while the config named no model; as a
+        # path, "" is the working directory.)
+        raise bad_setting(component, "name", name, "empty: give a model directory or hub name, or null for the "
+                                                    "embedded all-MiniLM-L6-v2")
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise bad_setting(component, "name", name, "a file, not a model directory (the folder that holds the "
+                                                    "model's config.json, weights and tokenizer files)")
     if _looks_like_path(name):
         raise bad_setting(component, "name", name, "no such model directory")
     try:

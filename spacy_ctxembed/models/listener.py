@@ -54,6 +54,7 @@ from ..layers.scalar_mix import ScalarMix
 from ..outputs import MissingOutputs, get_outputs, stored_signature, uncovered_error
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
+from .embedder import check_combiner_layers
 from .torch_bridge import LR_SCALE, encoder_shim
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
@@ -408,6 +409,7 @@ def ContextualTok2Vec(
         component had it (`replace_listeners` fills it in).
     """
     _check_head("ContextualTok2Vec.v3", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
+    check_combiner_layers("ContextualTok2Vec.v3", embedder)
     check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                  unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
     return _head(replacement(embedder, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
@@ -448,6 +450,7 @@ def ContextualTok2VecV2(
     """v2, as released: the encoder trains at the downstream component's learning
     rate, and with `grad_factor` 0 still runs in training mode."""
     _check_head("ContextualTok2Vec.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
+    check_combiner_layers("ContextualTok2Vec.v2", embedder)
     source = embedder.layers[0] if mix_layers else embedder
     return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
                  name="contextual_listener_v2")

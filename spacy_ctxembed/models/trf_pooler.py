@@ -21,7 +21,7 @@ from thinc.api import Model, torch2xp, xp2torch
 from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
-from ..settings import FromConfig, check_layers, config_value, normalize_layers
+from ..settings import FromConfig, check_layers, config_value, layers_as_given, normalize_layers
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
@@ -36,7 +36,7 @@ MISSING_TRF = (
 @registry.architectures("spacy-ctxembed.TrfEncoder.v2")
 def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> EncoderModel:
     """The upstream transformer's selected layers, pooled to tokens."""
-    settings = {"layers": list(layers), "pooling": pooling}
+    settings = {"layers": layers_as_given(layers), "pooling": pooling}
     return Model(
         MODEL_NAME,
         forward,

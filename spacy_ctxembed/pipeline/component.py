@@ -33,7 +33,7 @@ from ..errors import SettingError, bad_setting, check_bool, check_int, check_num
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
-from ..models.embedder import pass_dims, replace_listener_cfg
+from ..models.embedder import check_combiner_layers, pass_dims, replace_listener_cfg
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
@@ -154,6 +154,7 @@ class ContextualEmbedder(TrainablePipe):
             check_number(name, "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                          unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
             check_encoder_settings(model)
+            check_combiner_layers(name, model)
             if cache_mb and not _cacheable_encoder(model):
                 # (a warning, not an error: pipelines saved so keep loading)
                 warnings.warn(f"[{name}] cache_mb = {cache_mb}: no cache, the encoder reads another component's "
