@@ -319,6 +319,10 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
          "--output {}: {} exists and is not a directory".format(tmp_path / "corpus.txt" / "out", corpus)),
         # checked when the pipeline is planned, before anything is embedded
         (["--model", "foo_not_a_model"], "--model foo_not_a_model: [E050] Can't find model 'foo_not_a_model'"),
+        # (spaCy's "[E053] Could not read meta.json")
+        (["--model", tiny_bert_dir], f"--model {tiny_bert_dir}: not a saved spaCy pipeline (no config.cfg); to "
+         "analyse a model's directory, give --config a config whose ctxembed component names it"),
+        (["--model", model, "--compare", tiny_bert_dir], f"--compare {tiny_bert_dir}: not a saved spaCy pipeline"),
         (["--model", model, "--compare", "no_such_pipeline"],
          "--compare no_such_pipeline: [E050] Can't find model 'no_such_pipeline'"),
         (["--config", sourced], "--config: [components.ctxembed_bert] is sourced"),
@@ -358,3 +362,23 @@ def test_missing_analysis_extra_is_named_up_front(tmp_path, monkeypatch, module,
     lines = error_lines(result.stderr)
     assert lines == [f"error: the analysis needs {package}, which is not installed: "
                      "pip install 'spacy-ctxembed[analysis]'"]
+
+
+def test_a_gpu_id_without_a_gpu_is_a_usage_error_naming_the_option(tmp_path):
+    """It exited 1 with "ValueError: Cannot use GPU, CuPy is not installed", naming no
+    option, where `embed` says "--gpu-id 0: ..." and exits 2 (docs/analysis.md: one line, 2)."""
+    from thinc.api import get_current_ops, set_current_ops
+
+    ops = get_current_ops()
+    try:
+        spacy.require_gpu(0)
+    except Exception:  # noqa: BLE001 - what this machine says (no CuPy, or no device 0)
+        pass
+    else:  # pragma: no cover - a GPU machine
+        set_current_ops(ops)  # (require_gpu switched every later test to the GPU)
+        pytest.skip("this machine has a GPU 0")
+    result = invoke("analyze", write_corpus(tmp_path), "-o", tmp_path / "out", "-g", "0")
+    assert result.exit_code == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: --gpu-id 0: "), lines
+    assert not (tmp_path / "out").exists()

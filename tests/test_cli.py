@@ -68,3 +68,22 @@ def test_embed_with_config(tmp_path, hf_reference):
     # layers [-4 .. -1] under an untrained scalar mix: their mean
     expected = numpy.mean([pool(states[i], pieces, "mean") for i in (-4, -3, -2, -1)], axis=0)
     numpy.testing.assert_allclose(vectors, expected, atol=1e-4)
+
+
+def test_demo_of_an_elmo_pipeline_says_why_it_shows_no_static_vector(tmp_path):
+    """Its table's static column is n/a; the footer still described the model's input embedding."""
+    from .conftest import ctx_config
+    from .elmo_fixture import write_elmo_fixture
+    from .test_cli_support import invoke
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights)))
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    result = invoke("demo", "-m", tmp_path / "pipeline")
+    assert result.exit_code == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line[:3] in ("A-B", "A-C", "B-C")]
+    assert len(rows) == 3 and all(row[-1] == "n/a" for row in rows)
+    assert "static: n/a, the pipeline has no ctxembed_bert component" in result.stdout
+    assert "input embedding of 'ran', the same in every sentence" not in result.stdout

@@ -284,7 +284,7 @@ def test_an_installed_package_beside_a_folder_of_its_name_is_not_refused(tmp_pat
     to refuse the package. (The pipeline is built then: here, a stand-in says so.)"""
     (tmp_path / "my_pipeline").mkdir()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(embed_module, "_is_package", lambda name: name == "my_pipeline")
+    monkeypatch.setattr(spacy.util, "is_package", lambda name: name == "my_pipeline")
 
     def build_pipeline(**kwargs):
         raise RuntimeError(f"building {kwargs['model']}")
@@ -390,3 +390,67 @@ def test_cjk_in_utf16_without_a_mark_is_refused_as_not_utf8(tmp_path, no_model):
     path.write_bytes("你好，世界。\n".encode("utf-16-le"))  # (its byte order was told backwards)
     result = invoke("embed", path, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model")
     assert _one_error(result).startswith(f"error: INPUT {path} is not UTF-8: line 1")
+
+
+def test_a_training_configs_untrained_components_are_left_out_and_sourced_ones_run(tiny_bert_dir, tmp_path):
+    """`embed --config` on a training config (an embedder and a tagger listening
+    to it) failed to build with spaCy's E143 (the tagger has no labels without
+    examples); a tagger that could be initialized would have tagged from random
+    weights. Untrained components are left out, by name; the vectors are the
+    embedder's alone; a tagger the config sources (with its embedder), trained, runs."""
+    import warnings
+
+    import numpy
+    from spacy.training import Example
+    from thinc.api import Config
+
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    bert = {"factory": "ctxembed_bert", "model": {"encoder": {"name": str(tiny_bert_dir)}}}
+    tagger = {"factory": "tagger", "model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}}
+    config = spacy.blank("en").config
+    config["nlp"]["pipeline"] = ["emb", "tagger"]
+    config["components"] = {"emb": bert, "tagger": tagger}
+    text = "I like green eggs"
+    with pytest.warns(UserWarning, match=r"^'tagger': built untrained from the config .* so left out"):
+        nlp = load_pipeline(config=Config(config))
+    assert nlp.pipe_names == ["emb"] and nlp.disabled == ["tagger"]
+    alone = spacy.blank("en").config
+    alone["nlp"]["pipeline"], alone["components"] = ["emb"], {"emb": bert}
+    doc = nlp(text)
+    assert not any(token.tag_ for token in doc)
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, load_pipeline(config=Config(alone))(text)._.ctx_vectors)
+    with pytest.warns(UserWarning, match=r"^'tagger': built untrained from the config"):
+        result = invoke("embed", *_text_input(tmp_path, text), "-o", tmp_path / "out", "-c",
+                        _written(tmp_path, config))
+    assert result.exit_code == 0, result.stderr
+
+    trained = spacy.blank("en")
+    trained.add_pipe("ctxembed_bert", name="emb", config={"model": {"encoder": {"name": str(tiny_bert_dir)}}})
+    trained.add_pipe("tagger", config={"model": tagger["model"]})
+    examples = [Example.from_dict(trained.make_doc(text), {"tags": ["PRP", "VBP", "JJ", "NNS"]})]
+    optimizer = trained.initialize(lambda: examples)
+    for _ in range(10):
+        trained.update(examples, sgd=optimizer)
+    trained.to_disk(tmp_path / "trained")
+    config["components"] = {name: {"source": str(tmp_path / "trained")} for name in ("emb", "tagger")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sourced = load_pipeline(config=Config(config))
+    assert sourced.pipe_names == ["emb", "tagger"]
+    assert [token.tag_ for token in sourced(text)] == [token.tag_ for token in trained(text)] != [""] * 4
+
+
+def _text_input(tmp_path, text):
+    path = tmp_path / "in.txt"
+    path.write_text(text + "\n", encoding="utf8")
+    return (path,)
+
+
+def _written(tmp_path, config):
+    from thinc.api import Config
+
+    path = tmp_path / "config.cfg"
+    Config(config).to_disk(path)
+    return path

@@ -471,6 +471,43 @@ def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipelin
     assert_same_docs(read_output(tmp_path / "out"), expected(model, LINES))
 
 
+def test_a_model_replaced_between_its_checksum_and_its_load_is_refused(tmp_path, corpus, pipeline, tiny_bert_dir,
+                                                                        monkeypatch):
+    """`embed` checksums --model when it plans the run and loads it after: a folder replaced
+    in between (`spacy train` saving model-best there) gave another model's vectors under the
+    first one's checksum, exit 0; resumed, two models' vectors in one output. The Ray actors
+    checked it; the single process now does too. The folder put back, the run resumes."""
+    import importlib
+
+    from .test_cli_support import error_lines
+
+    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")
+    model = tmp_path / "model"
+    shutil.copytree(pipeline, model)
+    args = ["embed", corpus, "-o", tmp_path / "out", "-m", model, "-s", "2"]
+    build = embed_module.build_pipeline
+
+    def replaced_then_built(**kwargs):
+        shutil.rmtree(model)
+        make_nlp(tiny_bert_dir, pooling="first").to_disk(model)
+        return build(**kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "build_pipeline", replaced_then_built)
+        failed = invoke(*args)
+    assert failed.exit_code == 1
+    assert error_lines(failed.stderr)[-1] == (
+        f"error: --model {model}: its files changed after this run started (their checksum differs from the one "
+        "the run recorded), so its shards would mix two models' vectors; rerun once it stays put (a model changed "
+        "on purpose makes another run: --overwrite)")
+    assert not (tmp_path / "out").exists()
+    shutil.rmtree(model)
+    shutil.copytree(pipeline, model)
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, LINES))
+
+
 def _interrupted_config_run(tmp_path, corpus, config, monkeypatch):
     """`embed -c` of `config`, interrupted at its second shard: (its arguments, the
     model files its run recorded)."""
@@ -680,7 +717,8 @@ def test_an_input_changed_mid_run_is_not_offered_a_plain_resume(tmp_path, corpus
     assert result.exit_code == 1
     lines = error_lines(result.stderr)
     assert lines[-2].endswith("are kept in " + str(tmp_path / ".out.partial") + "; --resume continues them only "
-                              "with the input as it was; or rerun with --overwrite to start over"), lines
+                              "with the input as it was, and only if they were all read before it changed (it "
+                              "checks); else rerun with --overwrite to start over"), lines
     assert lines[-1] == f"error: INPUT {corpus} changed while it was being embedded; the output was not finished"
 
 
@@ -795,3 +833,35 @@ def test_a_docbin_input_with_outputs_of_an_earlier_run_gets_this_runs_only(tmp_p
         assert sorted(doc._.ctx_outputs) == [nlp.pipe_names[0]] and doc.user_data["mine"] == "kept"
         numpy.testing.assert_allclose(doc._.ctx_vectors, nlp(doc.text)._.ctx_vectors, atol=1e-6)
     assert shard.read_bytes() == (tmp_path / "again" / shard.name).read_bytes()
+
+
+def test_a_docbin_input_is_hashed_from_the_bytes_its_docs_are_read_from(tmp_path, monkeypatch):
+    """A DocBin input was hashed, then read again: a file replaced in between had its
+    docs embedded under the other file's checksum (and a resume with the first file
+    put back was accepted: a DocBin's kept docs are not checked line by line)."""
+    import hashlib
+
+    from spacy_ctxembed.cli import inputs as inputs_module
+    from spacy_ctxembed.cli.inputs import open_input
+
+    nlp = spacy.blank("en")
+    path = tmp_path / "in.spacy"
+    DocBin(docs=[nlp(text) for text in LINES if text.strip()]).to_disk(path)
+    original = path.read_bytes()
+    replacement = DocBin(docs=[nlp("Another text.")]).to_bytes()
+
+    class ReplacedOnRead(DocBin):
+        """The file replaced as the docs are read (from the path or from bytes)."""
+
+        def from_disk(self, *args, **kwargs):
+            path.write_bytes(replacement)
+            return super().from_disk(*args, **kwargs)
+
+        def from_bytes(self, *args, **kwargs):
+            path.write_bytes(replacement)
+            return super().from_bytes(*args, **kwargs)
+
+    monkeypatch.setattr(inputs_module, "DocBin", ReplacedOnRead)
+    inp = open_input(str(path))
+    assert inp.sha256 == hashlib.sha256(original).hexdigest()
+    assert [doc.text for doc in inp.doc_bin.get_docs(nlp.vocab)] == [text for text in LINES if text.strip()]

@@ -23,7 +23,7 @@ from thinc.api import Config
 
 from ..models.legacy import V1_DEFAULTS
 from ..models.torch_bridge import encoder_shim
-from ..pipeline.build import initialize_built
+from ..pipeline.build import initialize_built, is_folder_without_pipeline
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
@@ -110,6 +110,11 @@ class PipelineSource:
         return nlp
 
     def _load_saved(self) -> Language:
+        if is_folder_without_pipeline(cast(str, self.model)):
+            instead = "--config" if self.option == "--model" else self.option
+            raise AnalysisInputError(f"{self.option} {self.model}: not a saved spaCy pipeline (no config.cfg); to "
+                                     f"analyse a model's directory, give {instead} a config whose ctxembed "
+                                     "component names it")
         try:
             return spacy.load(cast(str, self.model))
         except OSError as e:  # E050, no such package or directory: spaCy's message names no option

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import UsageError
+from .pipelines import require_gpu
 
 HELP = {
     "corpus": "A text file (one doc per line), a .spacy DocBin or a .conllu file",
@@ -121,10 +122,7 @@ def analyze(
             other = PipelineSource.from_argument(compare)
             other.component, other.component_option = compare_component, "--compare-component"
             sources.append(other)
-        if gpu_id >= 0:
-            import spacy
-
-            spacy.require_gpu(gpu_id)
+        require_gpu(gpu_id)
         result = run_analysis(corpus_data, sources, settings, wic_train=train, wic_eval=evaluation)
         written = write_report(result, output)
     except AnalysisInputError as e:

@@ -32,8 +32,10 @@ def demo(
         rows.append((f"{a}-{b}", relation, f"{_cosine(contextual[a], contextual[b]):.3f}", static_sim))
     typer.echo(_table(rows))
     typer.echo(
-        "\ncontextual: ctxembed vectors (doc._.ctx_vectors); static: the model's input embedding "
-        f"of '{WORD}', the same in every sentence."
+        "\ncontextual: ctxembed vectors (doc._.ctx_vectors); "
+        + (f"static: the model's input embedding of '{WORD}', the same in every sentence." if static is not None
+           else "static: n/a, the pipeline has no ctxembed_bert component whose input embedding of words it "
+                "could show (ELMo builds its tokens from their characters).")
     )
 
 

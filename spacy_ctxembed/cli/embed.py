@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import spacy.util
 import typer
 from spacy.language import Language
 from spacy.util import load_config, minibatch
@@ -21,6 +22,7 @@ from thinc.api import Config
 from tqdm import tqdm
 
 from ..fileio import model_identity
+from ..pipeline.build import is_folder_without_pipeline
 from .errors import CliError, UsageError, short_message
 from .inputs import Input, InputChanged, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
@@ -140,7 +142,7 @@ def _embed_ray(
         raise UsageError(f"--cpus-per-actor {cpus_per_actor}: expected a positive number")
     if not (math.isfinite(gpus_per_actor) and gpus_per_actor >= 0):
         raise UsageError(f"--gpus-per-actor {gpus_per_actor}: expected 0 (CPU) or a positive number")
-    if model is not None and not Path(model).exists() and not _is_package(model):
+    if model is not None and not Path(model).exists() and not spacy.util.is_package(model):
         raise UsageError(f"--model {model}: no such directory or installed pipeline package")
     if not text_key:
         raise UsageError("--text-key '': expected the name of the JSONL field or Parquet column of the text")
@@ -202,8 +204,7 @@ def _ray_failure(exc: Exception) -> Exception:
         return UsageError(f"--output {cause.out} holds a run of other inputs or settings ({shown}); use another "
                           "--output, or --overwrite")
     if isinstance(cause, ModelChanged):
-        what = f"--model {cause.model}" if cause.model else "the pipeline's model"
-        return CliError(f"{what}: {cause.REASON} (a model changed on purpose makes another run: --overwrite)")
+        return _model_changed(cause.model)
     if isinstance(cause, OutputNotWritable):  # (as without --ray)
         return UsageError(f"--output {cause.out}: cannot write in it: {cause.why}")
     if isinstance(cause, ShardsFailed):
@@ -230,12 +231,6 @@ def _needs_ray(exc: ImportError) -> UsageError:
     return UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({exc})")
 
 
-def _is_package(name: str) -> bool:
-    from spacy.util import is_package
-
-    return is_package(name)
-
-
 def _check_settings(
     output: Path,
     output_format: str,
@@ -257,9 +252,7 @@ def _check_settings(
         raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
-    if (model is not None and Path(model).exists() and not (Path(model) / "config.cfg").is_file()
-            and not _is_package(model)):  # (spacy.load takes an installed package before a folder of its name)
-        # (A Hugging Face model's directory, say: spaCy's error names meta.json.)
+    if model is not None and is_folder_without_pipeline(model):
         raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
                          "directory, pass a --config whose ctxembed component names it")
     if overwrite and resume:
@@ -332,6 +325,12 @@ def _run(
         if run.finished:  # interrupted after the manifest was written: only the rename is left
             return run.finish({})
         nlp = build_pipeline(model=model, config=config, gpu_id=gpu_id)
+        # The files just loaded must be those the run recorded when it started (as
+        # each Ray actor checks): a model folder replaced between the checksum and
+        # the load (`spacy train` saving model-best there) gave another model's
+        # vectors under this one's checksum, and a resumed run two models' vectors.
+        if model_identity(model, config) != run.identity["pipeline"]:
+            raise _model_changed(model)
         _check_line_lengths(inp, nlp)
         writer = WRITERS[output_format](run, inp.read_so_far)
         records = inp.records(nlp.vocab, after=run.committed.last_line)
@@ -368,12 +367,21 @@ def _run(
         run.abandon()  # (which says what the ledger keeps)
         if run.committed.shards:
             # (--resume holds to the input's hash: after a change it is refused until the input is put back.)
-            then = ("--resume continues them only with the input as it was; or rerun with --overwrite to start over"
+            then = ("--resume continues them only with the input as it was, and only if they were all read before "
+                    "it changed (it checks); else rerun with --overwrite to start over"
                     if isinstance(exc, InputChanged)
                     else "rerun with --resume to continue, or --overwrite to start over")
             typer.echo(f"note: {run.committed.docs} docs (input lines 1-{run.committed.last_line}) are kept in "
                        f"{run.dir}; {then}", err=True)
         raise
+
+
+def _model_changed(model: Optional[str]) -> CliError:
+    """The error for a model whose files changed after the run recorded their checksum."""
+    from ..distributed.actor import ModelChanged
+
+    what = f"--model {model}" if model else "the pipeline's model"
+    return CliError(f"{what}: {ModelChanged.REASON} (a model changed on purpose makes another run: --overwrite)")
 
 
 def _totals(manifest: Dict[str, Any]) -> str:

@@ -28,7 +28,6 @@ from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..fileio import file_sha256
 from ..outputs import drop_outputs, is_store_key
 from ..textlines import HEAD_BYTES, file_kind, line_bounds, wide_encoding_refusal
 from .errors import CliError, UsageError
@@ -238,8 +237,11 @@ def _decode(raw: bytes, number: int, offset: int, label: str) -> str:
 
 def _scan_docbin(path: Path, label: str) -> Input:
     try:
-        sha256 = file_sha256(path)
-        doc_bin = DocBin(store_user_data=True).from_disk(path)
+        # One read for both: a file replaced between a hash and a second read would
+        # have its docs embedded under another file's checksum.
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        doc_bin = DocBin(store_user_data=True).from_bytes(data)
         n_docs = sum(1 for doc in doc_bin.get_docs(Vocab()) if doc.text.strip())
     except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
         what = (str(e).strip().splitlines() or [""])[0][:200]

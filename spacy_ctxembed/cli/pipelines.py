@@ -15,16 +15,23 @@ def build_pipeline(
     """`load_pipeline`, with its errors as the CLI's (`embed` and `demo` report them alike)."""
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
-    if gpu_id >= 0:
-        import spacy
-
-        try:
-            spacy.require_gpu(gpu_id)
-        except Exception as e:  # noqa: BLE001 - no CuPy, no such device, no CUDA
-            raise UsageError(f"--gpu-id {gpu_id}: {short_message(e)}") from None
+    require_gpu(gpu_id)
     try:
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
     except NoContextualEmbedder as e:
         raise UsageError(str(e)) from None
     except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
         raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
+
+
+def require_gpu(gpu_id: int) -> None:
+    """spaCy's `require_gpu` for `--gpu-id` >= 0, its failures (no CuPy, no
+    such device, no CUDA) as the CLI's usage errors naming the option."""
+    if gpu_id < 0:
+        return
+    import spacy
+
+    try:
+        spacy.require_gpu(gpu_id)
+    except Exception as e:  # noqa: BLE001 - no CuPy, no such device, no CUDA
+        raise UsageError(f"--gpu-id {gpu_id}: {short_message(e)}") from None

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
@@ -379,15 +380,19 @@ def _run_ray(
         # also the original (an InputError naming the file stays an InputError), with the
         # original in `.cause`.
         source.context.raise_original_map_exception = True
-        ds = source.map_batches(
-            ShardEmbedder,
-            fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,
-                                   "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
-                                   "threads": max(int(cpus), 1), "model_identity": model_id},
-            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-            # (max_task_retries goes through ray_remote_args, which Ray removes in 2.64: setup.cfg keeps below it.)
-            num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
-        )
+        with warnings.catch_warnings():
+            # max_task_retries has no named parameter before Ray 2.64 (Ray's default
+            # retries a shard whose actor keeps dying forever): it goes through
+            # ray_remote_args, which Ray warns of on every run; setup.cfg keeps Ray below 2.64.
+            warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+            ds = source.map_batches(
+                ShardEmbedder,
+                fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,
+                                       "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
+                                       "threads": max(int(cpus), 1), "model_identity": model_id},
+                batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
+            )
         total = sum(s.n_rows for s in pending)
         bar = tqdm(total=total, unit="row", desc="embedding (ray)", disable=not progress, file=sys.stderr)
         rejected = 0

@@ -1,9 +1,11 @@
 """Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import spacy
 from spacy.language import Language
+from spacy.pipeline import TrainablePipe
 from spacy.util import get_sourced_components, load_config, load_model_from_config
 from thinc.api import Config
 
@@ -37,7 +39,15 @@ def load_pipeline(
         else:
             loaded = Config().from_str(config)
         nlp = load_model_from_config(loaded, auto_fill=True)
-        initialize_built(nlp, loaded)
+        untrained = untrained_components(nlp, loaded)
+        initialize_built(nlp, loaded, [name for name in nlp.pipe_names if name not in untrained])
+        for name in untrained:
+            nlp.disable_pipe(name)
+        if untrained:
+            them = "it" if len(untrained) == 1 else "them"
+            warnings.warn(f"{', '.join(map(repr, untrained))}: built untrained from the config (a training config: "
+                          f"only a `source`d component keeps trained weights), so left out: the docs carry no "
+                          f"annotation from {them}; to run {them}, give the trained pipeline instead", stacklevel=2)
     else:
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert")
@@ -46,6 +56,15 @@ def load_pipeline(
                          disabled=[name for name in nlp.disabled
                                    if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES])
     return nlp
+
+
+def is_folder_without_pipeline(model: str) -> bool:
+    """Whether `model` (a `--model`) is a folder that holds no saved pipeline (no
+    config.cfg): a Hugging Face model's directory, say, for which spaCy's error
+    names meta.json. An installed package of its name is not refused: spacy.load
+    takes it before the folder (a package's source folder, run from inside it)."""
+    path = Path(model)
+    return path.exists() and not (path / "config.cfg").is_file() and not spacy.util.is_package(model)
 
 
 def _primary(nlp: Language, name: str) -> Optional[bool]:
@@ -84,6 +103,21 @@ def check_writes_vectors(components: Dict[str, Tuple[Optional[str], Any]], *, di
             f"component that is not primary keeps its outputs in doc._.ctx_outputs[{embedders[0]!r}] only); set "
             f"primary = true on one ctxembed component{enable}"
         )
+
+
+def untrained_components(nlp: Language, config: Config) -> List[str]:
+    """The components that `config` builds untrained and a corpus job leaves out:
+    its trainable components (a tagger, parser or NER of a training config),
+    except those it sources, the contextual embedders (their models are
+    pretrained) and spacy-transformers' `transformer` (pretrained too, and what
+    `ctxembed_from_trf` reads). They cannot be initialized without training
+    examples (a tagger without labels: spaCy's E143), and any that could would
+    annotate the docs from random weights."""
+    sourced = set(get_sourced_components(config))
+    pretrained = set(CONTEXTUAL_FACTORIES) | {"transformer"}
+    return [name for name, component in nlp.pipeline
+            if isinstance(component, TrainablePipe) and name not in sourced
+            and nlp.get_pipe_meta(name).factory not in pretrained]
 
 
 def initialize_built(nlp: Language, config: Config, enable: Optional[Iterable[str]] = None) -> None:
