@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from .about import __version__
 
@@ -90,21 +90,27 @@ def unpacked(files: Dict[str, bytes], component: str) -> Iterator[Path]:
             ).with_traceback(err.__traceback__) from None
 
 
-def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None, *,
+                   output: Optional[Path] = None) -> Dict[str, Any]:
     """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
     weights), so a resumed run never mixes vectors of a pipeline edited in between;
     without a model, the default model's files are hashed, and with a pipeline
-    `config` the files it builds from too (`config_files`); a package gives its version."""
+    `config` the files it builds from too (`config_files`); a package gives its version.
+
+    output: the run's output, whose files (`run_files`) are not the model's
+    where it is inside the model's folder (`embed -m . -o vectors`): the run's
+    own writes would read as a change of the model."""
     if model is None:
         from .models.hf_loading import default_model_dir
 
-        identity: Dict[str, Any] = {"name": None, "sha256": tree_sha256(default_model_dir()), "ctxembed": __version__}
+        identity: Dict[str, Any] = {"name": None, "sha256": tree_sha256(default_model_dir(), output),
+                                    "ctxembed": __version__}
         if config is not None:
-            identity["files"] = {str(path): tree_sha256(path) for path in config_files(config)}
+            identity["files"] = {str(path): tree_sha256(path, output) for path in config_files(config)}
         return identity
     path = Path(model)
     if path.exists():
-        return {"name": str(path.resolve()), "sha256": tree_sha256(path), "ctxembed": __version__}
+        return {"name": str(path.resolve()), "sha256": tree_sha256(path, output), "ctxembed": __version__}
     from spacy.util import get_package_version
 
     return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
@@ -161,10 +167,29 @@ def _cached_hub_model(name: str) -> Optional[Path]:
         return None
 
 
-def tree_sha256(path: Path) -> str:
-    """The SHA-256 of a file, or of a directory's files: their relative names and bytes, in name order."""
+def run_files(output: Path) -> Callable[[Path], bool]:
+    """Whether a file is one of the files of an embed run at `output`: inside
+    OUTPUT, or inside one of its hidden siblings (`.NAME.partial`,
+    `.NAME.new-*`, `.NAME.old-*`, where a run writes before its renames)."""
+    out = Path(output).resolve()
+
+    def owned(file: Path) -> bool:
+        try:
+            first = file.resolve().relative_to(out.parent).parts[0]
+        except (ValueError, IndexError):
+            return False
+        return first == out.name or first.startswith(f".{out.name}.")
+
+    return owned
+
+
+def tree_sha256(path: Path, output: Optional[Path] = None) -> str:
+    """The SHA-256 of a file, or of a directory's files: their relative names and bytes, in name order.
+    output: an embed run's output; where it is inside `path`, its files (`run_files`) are left out."""
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    skip = run_files(output) if output is not None and Path(path).resolve() in Path(output).resolve().parents else None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                 if p.is_file() and (skip is None or not skip(p)))
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
         _hash_bytes(digest, file)

@@ -1,6 +1,6 @@
 """Validation of the settings that every embedder shares, and settings kept from the config."""
 import warnings
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import srsly
 from thinc.api import Model
@@ -10,10 +10,13 @@ from .errors import bad_setting
 
 
 def layers_as_given(layers: Any) -> Any:
-    """`layers` as a list where it is a list or tuple; anything else as given,
-    for `check_layers` to name: `layers = "12"` in a config passes confection
-    (each character is an int) and was named as ['1', '2']."""
-    return list(layers) if isinstance(layers, (list, tuple)) else layers
+    """`layers` as a list where it is a sequence of them (a list, a tuple, a
+    range); a string, a mapping or a number as given, for `check_layers` to
+    name: `layers = "12"` in a config passes confection (each character is an
+    int) and was named as ['1', '2']."""
+    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Iterable):
+        return layers
+    return list(layers)
 
 
 def check_layers(component: str, layers: Any) -> None:

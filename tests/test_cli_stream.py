@@ -508,6 +508,23 @@ def test_a_model_replaced_between_its_checksum_and_its_load_is_refused(tmp_path,
     assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, LINES))
 
 
+def test_an_output_inside_the_model_folder_runs_and_resumes(tmp_path, corpus, pipeline, monkeypatch):
+    """`embed -m . -o vectors`: the run's own files in the model's folder read as a
+    change of the model, once it was hashed again after loading (every run stopped)
+    and on --resume (refused as another model)."""
+    model = tmp_path / "model"
+    shutil.copytree(pipeline, model)
+    args = ["embed", corpus, "-o", model / "vectors", "-m", model, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args).exit_code == 130
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_docs(read_output(model / "vectors"), expected(pipeline, LINES))
+    done = invoke(*args, "--resume")
+    assert done.exit_code == 0 and "nothing to do" in done.stderr
+
+
 def _interrupted_config_run(tmp_path, corpus, config, monkeypatch):
     """`embed -c` of `config`, interrupted at its second shard: (its arguments, the
     model files its run recorded)."""

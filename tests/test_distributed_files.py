@@ -382,6 +382,30 @@ def test_the_actor_rejects_a_text_beyond_its_pipelines_max_length(tmp_path, tiny
     assert rejected[0]["reason"] == "50 characters, more than the pipeline's nlp.max_length (40)"
 
 
+def test_an_outdir_inside_the_model_folder_is_not_a_change_of_the_model(tmp_path, tiny_bert_dir):
+    """`embed --ray -m . -o vectors`: the run's own files (the lock, the shards) in the
+    model's folder were read as a change of the model, and every actor refused it."""
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+    from spacy_ctxembed.fileio import model_identity
+
+    from .conftest import make_nlp
+
+    model = tmp_path / "nlp"
+    make_nlp(tiny_bert_dir).to_disk(model)
+    recorded = model_identity(str(model), output=model / "vectors")  # (the driver: before OUTDIR exists)
+    (model / "vectors" / "shards").mkdir(parents=True)
+    (model / "vectors" / ".lock").write_text("")
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    args = (str(model / "vectors" / "shards"), str(model), None, False, 8, "float32", 1)
+    assert ShardEmbedder(*args, model_identity=recorded).embed_shard(shard)["docs"] == 1
+    # The model's own files still count, wherever OUTDIR is.
+    assert model_identity(str(model), output=model / "vectors") == recorded
+    (model / "vectors-other.txt").write_text("x")  # (a sibling with the same start is not the run's)
+    assert model_identity(str(model), output=model / "vectors") != recorded
+
+
 def test_an_actor_refuses_a_model_that_changed_after_the_run_started(tmp_path, tiny_bert_dir):
     """Actors load the model at their own start, later than the driver checksummed
     it (one restarted after a crash, many shards on): a folder replaced meanwhile

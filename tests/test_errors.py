@@ -70,11 +70,22 @@ def test_an_empty_name_is_refused_not_read_as_the_default(name):
         nlp.initialize()
 
 
-def test_a_name_that_is_a_file_is_named_as_such(tiny_bert_dir):
-    """A model's config.json given as `name` was said to be "no such model directory"."""
-    nlp = _add({"name": str(tiny_bert_dir / "config.json")}, name="bert_a")
-    with pytest.raises(SettingError, match=r"^\[bert_a\] name = '.*config.json': a file, not a model directory"):
-        nlp.initialize()
+def test_a_name_that_is_a_file_is_named_as_such(tiny_bert_dir, tmp_path, monkeypatch):
+    """A model's config.json given as `name` was said to be "no such model directory"
+    (or, relative, "not in the local Hugging Face cache"). A bare name is a hub name,
+    even where a file in the working directory has it."""
+    monkeypatch.chdir(tiny_bert_dir.parent)
+    for name in (str(tiny_bert_dir / "config.json"), f"{tiny_bert_dir.name}/config.json"):
+        nlp = _add({"name": name}, name="bert_a")
+        with pytest.raises(SettingError, match=r"^\[bert_a\] name = '.*config.json': a file, not a model directory"):
+            nlp.initialize()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "some-hub-model").write_text("not a model")
+    with pytest.raises(SettingError, match=r"^\[bert_a\] name = 'some-hub-model': not a local directory and not "
+                                           "in the local Hugging Face cache"):
+        _add({"name": "some-hub-model"}, name="bert_a").initialize()
 
 
 def test_hub_name_not_in_cache(monkeypatch, tmp_path):
@@ -194,6 +205,27 @@ def test_listener_settings_are_checked_by_name(architecture, settings, pattern):
         arguments["embedder"] = None  # (checked before it is used)
     with pytest.raises(SettingError, match=rf"^\[{architecture}\] {pattern}"):
         build(**arguments)
+
+
+def test_layers_of_any_sequence_are_taken_in_python(tiny_bert_dir):
+    """In Python, `layers` may be any sequence of integers (a range): only a string or
+    another single value is kept as given, for the error to name."""
+    from spacy.util import registry
+
+    from spacy_ctxembed.pipeline.component import ContextualEmbedder
+
+    build = registry.architectures.get("spacy-ctxembed.BertEncoder.v2")
+    settings = dict(name=str(tiny_bert_dir), pooling="mean", window=None, stride=None, max_batch_items=None,
+                    precision="fp32", trainable=True)
+    encoder = build(layers=range(-2, 0), **settings)
+    assert encoder.shims[0].settings["layers"] == [-2, -1]
+    embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
+        encoder=encoder, combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())
+    ContextualEmbedder(spacy.blank("en").vocab, embedder, "x")
+    with pytest.raises(SettingError, match=r"^\[x\] layers = '-1': expected a non-empty list of integers"):
+        embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
+            encoder=build(layers="-1", **settings), combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())
+        ContextualEmbedder(spacy.blank("en").vocab, embedder, "x")
 
 
 @pytest.mark.parametrize("architecture", ["ContextualTok2Vec.v3", "ContextualTok2Vec.v2"])

@@ -72,12 +72,14 @@ def nearest_neighbours(
 def explore_word(
     corpus: CorpusLayers, corpus_units: NDArray[np.float64], word: str, layer_ids: List[int], *,
     max_clusters: int = 6, n_examples: int = 3, n_neighbours: int = 5, max_occurrences: Optional[int] = 1000,
-    seed: int = 0,
+    seed: int = 0, parts: Optional[List[str]] = None,
 ) -> dict:
     """Everything the explorer shows for `word` (see the module doc), as plain numbers and strings.
 
     corpus_units: (n_tokens, width) unit vectors of the corpus for `layer_ids`
         (``unit_rows(corpus.combined(layer_ids))``), shared by all words.
+    parts: the tokens the pipeline's tokenizer splits `word` into, where it
+        splits it (for the note of a word that does not occur as one token).
     """
     from sklearn.decomposition import PCA
 
@@ -90,9 +92,9 @@ def explore_word(
     rows = rows[~without_vector[rows]]
     result["n_occurrences"] = int(rows.size)
     if rows.size == 0:
-        result["note"] = (f"{word!r} does not occur in the corpus as one token with a vector (a word that the "
-                          "corpus's tokenization splits, as spaCy splits \"don't\" into \"do\" and \"n't\", "
-                          "occurs as its parts: give one of them)")
+        result["note"] = f"{word!r} does not occur in the corpus (with a vector)" + (
+            f"; it is not one token: the pipeline's tokenizer splits it into {', '.join(map(repr, parts))} "
+            "(give one of them)" if parts else "")
         return result
     if max_occurrences is not None and rows.size > max_occurrences:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_occurrences, replace=False))

@@ -350,10 +350,12 @@ def analyze_pipeline(
                          "(no wordpiece fed it): their cosine there is 0")
     else:
         notes.append("no recommendation: it is made on WiC (--wic-train)")
+    # (The tokens the pipeline's tokenizer makes of each word it splits, for its note.)
+    splits = {word: [token.text for token in nlp.make_doc(word)] for word in explorer_words(settings.words)[0]}
     del nlp
     recommended = entry["recommendation"]["layers"] if entry["recommendation"] else None
     entry["explorer"] = explore(corpus_layers, plan.explore_layers or recommended or plan.configured_layers,
-                                settings)
+                                settings, splits={word: parts for word, parts in splits.items() if len(parts) > 1})
     for explored in entry["explorer"].values():
         explored["pooling"] = plan.modes[0]  # the corpus is embedded once, as configured
     if entry["explorer"] and recommended and not plan.explore_layers and (
@@ -464,8 +466,10 @@ def _wic_grams(
     return grams["train"], grams.get("eval")
 
 
-def explore(corpus: CorpusLayers, layer_ids: List[int], settings: AnalysisSettings) -> Dict[str, dict]:
-    """The sense explorer for each of `settings.words` (each once, `explorer_words`), on the mean of `layer_ids`."""
+def explore(corpus: CorpusLayers, layer_ids: List[int], settings: AnalysisSettings,
+            splits: Optional[Dict[str, List[str]]] = None) -> Dict[str, dict]:
+    """The sense explorer for each of `settings.words` (each once, `explorer_words`), on the mean of `layer_ids`.
+    splits: the words the pipeline's tokenizer splits, and their tokens (for the note of one not found)."""
     missing = [i for i in layer_ids if i not in corpus.layer_ids]
     if missing:
         raise AnalysisInputError(f"--explore-layers {layer_ids}: the model has layers {corpus.layer_ids}")
@@ -476,6 +480,7 @@ def explore(corpus: CorpusLayers, layer_ids: List[int], settings: AnalysisSettin
         return {
             word: explore_word(corpus, units, word, layer_ids, max_clusters=settings.max_clusters,
                                n_examples=settings.n_examples, n_neighbours=settings.n_neighbours,
-                               max_occurrences=settings.explore_max_occurrences, seed=settings.seed)
+                               max_occurrences=settings.explore_max_occurrences, seed=settings.seed,
+                               parts=(splits or {}).get(word))
             for word in tqdm(explorer_words(settings.words)[0], desc="sense explorer", unit="word", file=sys.stderr)
         }

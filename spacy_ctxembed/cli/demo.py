@@ -35,7 +35,7 @@ def demo(
         "\ncontextual: ctxembed vectors (doc._.ctx_vectors); "
         + (f"static: the model's input embedding of '{WORD}', the same in every sentence." if static is not None
            else "static: n/a, the pipeline has no ctxembed_bert component whose input embedding of words it "
-                "could show (ELMo builds its tokens from their characters).")
+                "could show.")
     )
 
 

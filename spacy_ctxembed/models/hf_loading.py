@@ -134,9 +134,10 @@ def resolve_model_dir(name: Optional[str], *, component: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if path.exists():
-        raise bad_setting(component, "name", name, "a file, not a model directory (the folder that holds the "
-                                                    "model's config.json, weights and tokenizer files)")
+    if path.exists() and (_looks_like_path(name) or "/" in name or os.sep in name):
+        # (A bare name, "bert-base-uncased", is a hub name even where a file has it.)
+        raise bad_setting(component, "name", name, "a file, not a model directory (the folder that holds "
+                                                    "the model's config.json, weights and tokenizer files)")
     if _looks_like_path(name):
         raise bad_setting(component, "name", name, "no such model directory")
     try:
