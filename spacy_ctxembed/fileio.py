@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .about import __version__
 
@@ -90,27 +90,22 @@ def unpacked(files: Dict[str, bytes], component: str) -> Iterator[Path]:
             ).with_traceback(err.__traceback__) from None
 
 
-def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None, *,
-                   output: Optional[Path] = None) -> Dict[str, Any]:
+def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
     weights), so a resumed run never mixes vectors of a pipeline edited in between;
     without a model, the default model's files are hashed, and with a pipeline
     `config` the files it builds from too (`config_files`); a package gives its version.
-
-    output: the run's output, whose files (`run_files`) are not the model's
-    where it is inside the model's folder (`embed -m . -o vectors`): the run's
-    own writes would read as a change of the model."""
+    Embed runs' directories inside a hashed folder are not the model's (`run_dirs`)."""
     if model is None:
         from .models.hf_loading import default_model_dir
 
-        identity: Dict[str, Any] = {"name": None, "sha256": tree_sha256(default_model_dir(), output),
-                                    "ctxembed": __version__}
+        identity: Dict[str, Any] = {"name": None, "sha256": tree_sha256(default_model_dir()), "ctxembed": __version__}
         if config is not None:
-            identity["files"] = {str(path): tree_sha256(path, output) for path in config_files(config)}
+            identity["files"] = {str(path): tree_sha256(path) for path in config_files(config)}
         return identity
     path = Path(model)
     if path.exists():
-        return {"name": str(path.resolve()), "sha256": tree_sha256(path, output), "ctxembed": __version__}
+        return {"name": str(path.resolve()), "sha256": tree_sha256(path), "ctxembed": __version__}
     from spacy.util import get_package_version
 
     return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
@@ -139,12 +134,16 @@ def config_files(config: Mapping[str, Any]) -> List[Path]:
     def walk(node: Any) -> None:
         if isinstance(node, Mapping):
             for key, value in node.items():
-                if key in FILE_SETTINGS and isinstance(value, str) and value and Path(value).exists():
+                if key == "name" and isinstance(value, str) and value:
+                    # What the encoder loads (`resolve_model_dir`): a bare name is a hub
+                    # name even where a file in the working directory has it.
+                    loaded = _model_dir(value)
+                    if loaded is not None:
+                        found.add(loaded)
+                    elif Path(value).exists():  # (another library's `name`, or a file: as it is)
+                        found.add(Path(value).resolve())
+                elif key in FILE_SETTINGS and isinstance(value, str) and value and Path(value).exists():
                     found.add(Path(value).resolve())
-                elif key == "name" and isinstance(value, str) and value:
-                    cached = _cached_hub_model(value)
-                    if cached is not None:
-                        found.add(cached)
                 else:
                     walk(value)
         elif isinstance(node, (list, tuple)):
@@ -155,9 +154,10 @@ def config_files(config: Mapping[str, Any]) -> List[Path]:
     return sorted(found)
 
 
-def _cached_hub_model(name: str) -> Optional[Path]:
-    """A hub name's snapshot folder in the local Hugging Face cache, as the
-    encoder resolves it (`resolve_model_dir`); None where it is not one."""
+def _model_dir(name: str) -> Optional[Path]:
+    """The directory an encoder's `name` loads from (`resolve_model_dir`): a
+    local directory, or a hub name's snapshot folder in the local Hugging Face
+    cache; None where it is neither."""
     from .errors import SettingError
     from .models.hf_loading import resolve_model_dir
 
@@ -167,29 +167,50 @@ def _cached_hub_model(name: str) -> Optional[Path]:
         return None
 
 
-def run_files(output: Path) -> Callable[[Path], bool]:
-    """Whether a file is one of the files of an embed run at `output`: inside
-    OUTPUT, or inside one of its hidden siblings (`.NAME.partial`,
-    `.NAME.new-*`, `.NAME.old-*`, where a run writes before its renames)."""
-    out = Path(output).resolve()
+#: `layout` in the run.json and manifest.json of an `embed` run (`cli.output`).
+EMBED_LAYOUT = "spacy-ctxembed/embed"
+#: The files that mark a directory as an embed run's (its partial directory, its
+#: OUTPUT, an `--ray` OUTDIR).
+_RUN_MARKERS = ("run.json", "manifest.json")
 
-    def owned(file: Path) -> bool:
+
+def _is_run_dir(directory: Path) -> bool:
+    """Whether `directory` holds an embed run: a `run.json` or `manifest.json` of
+    the command line's layout, or an `--ray` manifest (its identity and shards)."""
+    for name in _RUN_MARKERS:
+        marker = directory / name
+        if not marker.is_file():
+            continue
         try:
-            first = file.resolve().relative_to(out.parent).parts[0]
-        except (ValueError, IndexError):
-            return False
-        return first == out.name or first.startswith(f".{out.name}.")
+            data = json.loads(marker.read_text(encoding="utf8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and (data.get("layout") == EMBED_LAYOUT
+                                       or {"identity", "shards"} <= set(data)):
+            return True
+    return False
 
-    return owned
+
+def run_dirs(root: Path) -> List[Path]:
+    """The directories below `root` (not `root` itself) that hold an embed run
+    (`_is_run_dir`): OUTPUT inside a model's folder (`embed -m . -o vectors`),
+    its partial directory, another run's. What a run writes there would read as
+    a change of the model: every run stopped once the model was hashed again
+    after loading, and a --resume was refused."""
+    found = {marker.parent for name in _RUN_MARKERS for marker in root.rglob(name)}
+    return sorted(d for d in found if d != root and _is_run_dir(d))
 
 
-def tree_sha256(path: Path, output: Optional[Path] = None) -> str:
-    """The SHA-256 of a file, or of a directory's files: their relative names and bytes, in name order.
-    output: an embed run's output; where it is inside `path`, its files (`run_files`) are left out."""
+def tree_sha256(path: Path) -> str:
+    """The SHA-256 of a file, or of a directory's files: their relative names and bytes,
+    in name order, those of embed runs' directories below it (`run_dirs`) left out."""
     digest = hashlib.sha256()
-    skip = run_files(output) if output is not None and Path(path).resolve() in Path(output).resolve().parents else None
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
-                                                 if p.is_file() and (skip is None or not skip(p)))
+    if path.is_file():
+        files = [path]
+    else:
+        skipped = run_dirs(path)
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and not any(d in p.parents for d in skipped))
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
         _hash_bytes(digest, file)

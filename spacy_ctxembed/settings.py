@@ -19,6 +19,12 @@ def layers_as_given(layers: Any) -> Any:
     return list(layers)
 
 
+def layer_count(layers: Any) -> Optional[int]:
+    """How many layers `layers` (as `layers_as_given` keeps them) selects; None
+    where it is not a list (the component's check names it)."""
+    return len(layers) if isinstance(layers, list) else None
+
+
 def check_layers(component: str, layers: Any) -> None:
     """`layers` must be a non-empty list of integers (negative = from the top)."""
     if not isinstance(layers, (list, tuple)) or not layers or not all(

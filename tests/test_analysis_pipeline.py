@@ -412,11 +412,14 @@ def test_a_word_the_pipeline_splits_is_said_to_be_split(tiny_bert_dir, tmp_path)
     """"don't" is two tokens to spaCy: its note said only that it does not occur."""
     corpus = read_corpus(write_corpus(tmp_path))
     source = PipelineSource(config=make_nlp(tiny_bert_dir).config)
-    explorer = analyze(corpus, [source], AnalysisSettings(words=["don't", "nope"]))["pipelines"][0]["explorer"]
+    explorer = analyze(corpus, [source], AnalysisSettings(words=["don't", "nope", "Aug."]))["pipelines"][0]["explorer"]
     assert explorer["don't"]["note"] == ("\"don't\" does not occur in the corpus (with a vector); it is not one "
                                          "token: the pipeline's tokenizer splits it into 'do', \"n't\" (give one "
                                          "of them)")
     assert explorer["nope"]["note"] == "'nope' does not occur in the corpus (with a vector)"
+    # spaCy keeps "Aug." whole (a tokenizer exception, as written); lowercased it would split
+    assert [t.text for t in spacy.blank("en").make_doc("aug.")] == ["aug", "."]
+    assert explorer["aug."]["note"] == "'aug.' does not occur in the corpus (with a vector)"
 
 
 def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(tiny_bert_dir, tmp_path,

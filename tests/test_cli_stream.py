@@ -523,6 +523,16 @@ def test_an_output_inside_the_model_folder_runs_and_resumes(tmp_path, corpus, pi
     assert_same_docs(read_output(model / "vectors"), expected(pipeline, LINES))
     done = invoke(*args, "--resume")
     assert done.exit_code == 0 and "nothing to do" in done.stderr
+    # Two runs into one model folder: one interrupted, another run to its end, the first resumed.
+    first = ["embed", corpus, "-o", model / "train", "-m", model, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*first).exit_code == 130
+    other = invoke("embed", corpus, "-o", model / "dev", "-m", model, "-f", "npy")
+    assert other.exit_code == 0, other.stderr
+    resumed = invoke(*first, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert_same_docs(read_output(model / "train"), expected(pipeline, LINES))
 
 
 def _interrupted_config_run(tmp_path, corpus, config, monkeypatch):
@@ -655,6 +665,35 @@ def test_config_files_are_the_paths_components_are_built_from(tmp_path, monkeypa
         vocab_file = "vocab"
         """, interpolate=False)
     assert config_files(config) == sorted(tmp_path / n for n in ("options.json", "weights.hdf5", "pipeline"))
+
+
+def test_a_bare_hub_name_is_checksummed_as_the_cached_model_it_loads_even_where_a_file_has_it(
+        tmp_path, tiny_bert_dir, monkeypatch):
+    """The encoder loads a bare `name` from the hub cache even where a file in the working
+    directory has that name; the run's checksum hashed that unrelated file instead, so a
+    newer revision cached before --resume went unseen."""
+    import huggingface_hub.constants
+    from thinc.api import Config
+
+    from spacy_ctxembed.fileio import config_files
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tinyname" / "snapshots" / "aaaa"
+    shutil.copytree(tiny_bert_dir, snapshot)
+    (cache / "models--tinyname" / "refs").mkdir()
+    (cache / "models--tinyname" / "refs" / "main").write_text("aaaa")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # (read at its import)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "tinyname").write_text("an unrelated file")
+    monkeypatch.chdir(tmp_path / "work")
+    config = Config().from_str("""
+        [components]
+        [components.bert]
+        [components.bert.model]
+        [components.bert.model.encoder]
+        name = "tinyname"
+        """)
+    assert config_files(config) == [snapshot.resolve()]
 
 
 @pytest.mark.slow

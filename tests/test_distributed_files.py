@@ -392,18 +392,20 @@ def test_an_outdir_inside_the_model_folder_is_not_a_change_of_the_model(tmp_path
 
     model = tmp_path / "nlp"
     make_nlp(tiny_bert_dir).to_disk(model)
-    recorded = model_identity(str(model), output=model / "vectors")  # (the driver: before OUTDIR exists)
+    recorded = model_identity(str(model))  # (the driver: before OUTDIR exists)
     (model / "vectors" / "shards").mkdir(parents=True)
     (model / "vectors" / ".lock").write_text("")
+    (model / "vectors" / "manifest.json").write_text(json.dumps({"identity": {}, "shards": [], "complete": False}))
     path = tmp_path / "in.txt"
     path.write_text("A doc.\n", encoding="utf8")
     (shard,), _ = plan_shards(input_files([str(path)]), 10)
     args = (str(model / "vectors" / "shards"), str(model), None, False, 8, "float32", 1)
     assert ShardEmbedder(*args, model_identity=recorded).embed_shard(shard)["docs"] == 1
-    # The model's own files still count, wherever OUTDIR is.
-    assert model_identity(str(model), output=model / "vectors") == recorded
-    (model / "vectors-other.txt").write_text("x")  # (a sibling with the same start is not the run's)
-    assert model_identity(str(model), output=model / "vectors") != recorded
+    # The model's own files still count, and so does a folder that only looks like a run's.
+    assert model_identity(str(model)) == recorded
+    (model / "notes").mkdir()
+    (model / "notes" / "manifest.json").write_text(json.dumps({"shards": []}))
+    assert model_identity(str(model)) != recorded
 
 
 def test_an_actor_refuses_a_model_that_changed_after_the_run_started(tmp_path, tiny_bert_dir):

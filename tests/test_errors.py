@@ -222,6 +222,11 @@ def test_layers_of_any_sequence_are_taken_in_python(tiny_bert_dir):
     embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
         encoder=encoder, combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())
     ContextualEmbedder(spacy.blank("en").vocab, embedder, "x")
+    mix = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
+        encoder=build(layers=range(-2, 0), **settings), combiner=registry.layers.get("spacy-ctxembed.ScalarMix.v1")(
+            n_layers=3))
+    with pytest.raises(SettingError, match=r"^\[x\] combiner.n_layers = 3: the encoder's layers select 2"):
+        ContextualEmbedder(spacy.blank("en").vocab, mix, "x")  # (the count is known from a range too)
     with pytest.raises(SettingError, match=r"^\[x\] layers = '-1': expected a non-empty list of integers"):
         embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
             encoder=build(layers="-1", **settings), combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())

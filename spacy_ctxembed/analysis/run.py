@@ -164,6 +164,9 @@ def analyze(
     against them).
     """
     settings.check()
+    spellings: Dict[str, str] = {}  # (the first spelling given of each word, for its note)
+    for word in settings.words:
+        spellings.setdefault(word_form(word), word)
     words, input_notes = explorer_words(settings.words)
     poolings = None if settings.poolings is None else list(dict.fromkeys(settings.poolings))
     settings = replace(settings, words=words, poolings=poolings)  # as run: analysis.json's settings say so too
@@ -183,7 +186,7 @@ def analyze(
             for source, plan in zip(sources, plans):
                 corpus.check_line_lengths(plan.max_length, f"the pipeline {source.label}")
         pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan,
-                                      input_notes=input_notes)
+                                      input_notes=input_notes, spellings=spellings)
                      for source, plan in zip(sources, plans)]
     return {
         "version": 2,  # 2: thresholds may be "all_same"/"all_different"; majority baselines
@@ -310,13 +313,16 @@ def _explore_layers(wanted: Optional[List[int]], name: str, n_layers: Optional[i
 def analyze_pipeline(
     source: PipelineSource, corpus: Corpus, settings: AnalysisSettings, *,
     wic_train: Optional[WicData] = None, wic_eval: Optional[WicData] = None, plan: Optional[_Plan] = None,
-    input_notes: Sequence[str] = (),
+    input_notes: Sequence[str] = (), spellings: Optional[Dict[str, str]] = None,
 ) -> dict:
     """Everything about one pipeline (one entry of ``analysis.json``'s ``pipelines``).
 
     plan: what `analyze` planned for it already (else it is planned here).
     input_notes: notes on the inputs that `analyze` changed (words merged, evaluation pairs that are also
         training pairs left out), first in the pipeline's notes.
+    spellings: each explored word's spelling as first given, by its form (`word_form`), for the note of
+        a word the pipeline's tokenizer splits (its exceptions are of the spelling: "Aug." stays whole,
+        "aug." does not); the form where not given.
     """
     started = time.perf_counter()
     plan = plan if plan is not None else _plan(source, settings)
@@ -351,7 +357,8 @@ def analyze_pipeline(
     else:
         notes.append("no recommendation: it is made on WiC (--wic-train)")
     # (The tokens the pipeline's tokenizer makes of each word it splits, for its note.)
-    splits = {word: [token.text for token in nlp.make_doc(word)] for word in explorer_words(settings.words)[0]}
+    splits = {form: [token.text for token in nlp.make_doc((spellings or {}).get(form, form))]
+              for form in explorer_words(settings.words)[0]}
     del nlp
     recommended = entry["recommendation"]["layers"] if entry["recommendation"] else None
     entry["explorer"] = explore(corpus_layers, plan.explore_layers or recommended or plan.configured_layers,

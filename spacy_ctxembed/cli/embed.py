@@ -102,7 +102,7 @@ def embed(
     loaded_config = _read_config(config)
     inp = open_input(input_path)
     try:
-        identity = _identity(inp, output, output_format, model, config, loaded_config)
+        identity = _identity(inp, output_format, model, config, loaded_config)
         try:
             run = Run.plan(output, identity, overwrite=overwrite, resume=resume)
         except AlreadyComplete as done:
@@ -273,7 +273,7 @@ def _read_config(config: Optional[Path]):
         raise UsageError(f"--config {config}: {short_message(e)}") from e
 
 
-def _identity(inp: Input, output: Path, output_format: str, model: Optional[str], config: Optional[Path],
+def _identity(inp: Input, output_format: str, model: Optional[str], config: Optional[Path],
               loaded_config: Optional[Config] = None) -> Dict[str, Any]:
     """What makes two runs the same run (for --resume), and what the manifest records.
 
@@ -290,7 +290,7 @@ def _identity(inp: Input, output: Path, output_format: str, model: Optional[str]
         "input_sha256": inp.sha256,
         "input_lines": inp.n_records,
         "model": model,
-        "pipeline": model_identity(model, loaded_config, output=output),
+        "pipeline": model_identity(model, loaded_config),
         "config": None if config is None else str(config.resolve()),
         "config_sha256": None if config is None else hashlib.sha256(config.read_bytes()).hexdigest(),
     }
@@ -329,7 +329,7 @@ def _run(
         # each Ray actor checks): a model folder replaced between the checksum and
         # the load (`spacy train` saving model-best there) gave another model's
         # vectors under this one's checksum, and a resumed run two models' vectors.
-        if model_identity(model, config, output=run.output) != run.identity["pipeline"]:
+        if model_identity(model, config) != run.identity["pipeline"]:
             raise _model_changed(model)
         _check_line_lengths(inp, nlp)
         writer = WRITERS[output_format](run, inp.read_so_far)

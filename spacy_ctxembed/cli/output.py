@@ -42,7 +42,7 @@ import numpy
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..fileio import fsync_dir, umask, write_atomic, write_json
+from ..fileio import EMBED_LAYOUT, fsync_dir, umask, write_atomic, write_json
 from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
 
@@ -51,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: runs are not locked against each other
     fcntl = None  # type: ignore[assignment]
 
-LAYOUT = "spacy-ctxembed/embed"
+LAYOUT = EMBED_LAYOUT
 LAYOUT_VERSION = 1
 MANIFEST = "manifest.json"
 RUN = "run.json"

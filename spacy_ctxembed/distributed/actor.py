@@ -65,7 +65,7 @@ class ShardEmbedder:
 
     def embed_shard(self, shard: Shard) -> Dict[str, Any]:
         if self._unchecked is not None:
-            _check_model(*self._unchecked, output=self.out_dir.parent)
+            _check_model(*self._unchecked)
             self._unchecked = None
         start = time.perf_counter()
         attempts = self.out_dir / attempts_name(shard.index)
@@ -107,20 +107,18 @@ class ModelChanged(RuntimeError):
         self.model = model
 
 
-def _check_model(model: Optional[str], config: Optional[str], recorded: Optional[Dict[str, Any]], *,
-                 output: Optional[Path] = None) -> None:
+def _check_model(model: Optional[str], config: Optional[str], recorded: Optional[Dict[str, Any]]) -> None:
     """The files an actor loaded its pipeline from must be those the driver checksummed
     when the run started. Actors load them later, each at its own start (one restarted
     after a crash, many shards on): a model folder replaced meanwhile (`spacy train`
     saving model-best there) would give one "complete" output of two models' vectors.
-    Checked after loading: a folder replaced before or during the load differs now.
-    output: the run's OUTDIR, whose files are not the model's (`fileio.model_identity`)."""
+    Checked after loading: a folder replaced before or during the load differs now."""
     if recorded is None:
         return
     from thinc.api import Config
 
     parsed = None if config is None else Config().from_str(config, interpolate=False)
-    now = model_identity(model, parsed, output=output)
+    now = model_identity(model, parsed)
     if now != recorded:
         raise ModelChanged(model)
 

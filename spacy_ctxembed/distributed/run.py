@@ -135,7 +135,7 @@ def embed_corpus(
     parsed = None if config_text is None else Config().from_str(config_text, interpolate=False)
     identity = {
         "inputs": identities, "text_key": text_key, "shard_size": shard_size, "dtype": dtype,
-        "model": model_identity(model, parsed, output=Path(out_dir)),
+        "model": model_identity(model, parsed),
         "config_sha256": None if config_text is None else hashlib.sha256(config_text.encode("utf8")).hexdigest(),
     }
     # Absolute paths: on a cluster, actors run elsewhere (on a file system shared at the same path).

@@ -15,7 +15,7 @@ from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model
 
-from ..settings import layers_as_given
+from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
 from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
@@ -66,7 +66,7 @@ def BertEncoder(
         "ctxembed-bert-encoder",
         forward,
         init=init,
-        dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
+        dims={"nO": None, "nL": layer_count(settings["layers"])},
         # The settings live in the shim only, so that bytes saved by another
         # version of the config can never override the config in use.
         shims=[BertShim(settings)],

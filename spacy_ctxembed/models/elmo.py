@@ -29,7 +29,7 @@ from thinc.api import Model, get_torch_default_device
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
 from ..fileio import unpacked
-from ..settings import check_layers, layers_as_given, normalize_layers
+from ..settings import check_layers, layer_count, layers_as_given, normalize_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
@@ -82,7 +82,7 @@ def ElmoEncoder(
         "ctxembed-elmo-encoder",
         forward,
         init=init,
-        dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
+        dims={"nO": None, "nL": layer_count(settings["layers"])},
         shims=[ElmoShim(settings)],
     )
 

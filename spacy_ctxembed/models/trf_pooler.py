@@ -21,7 +21,7 @@ from thinc.api import Model, torch2xp, xp2torch
 from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
-from ..settings import FromConfig, check_layers, config_value, layers_as_given, normalize_layers
+from ..settings import FromConfig, check_layers, config_value, layer_count, layers_as_given, normalize_layers
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
@@ -41,7 +41,7 @@ def TrfEncoder(*, layers: Sequence[int] = (-1,), pooling: str = "mean") -> Encod
         MODEL_NAME,
         forward,
         init=init,
-        dims={"nO": None, "nL": len(layers) if isinstance(layers, (list, tuple)) else None},
+        dims={"nO": None, "nL": layer_count(settings["layers"])},
         attrs={"settings": FromConfig(settings)},
     )
 
