@@ -95,7 +95,7 @@ def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = N
     weights), so a resumed run never mixes vectors of a pipeline edited in between;
     without a model, the default model's files are hashed, and with a pipeline
     `config` the files it builds from too (`config_files`); a package gives its version.
-    Embed runs' directories inside a hashed folder are not the model's (`run_dirs`)."""
+    Embed runs' directories inside a hashed folder are not the model's (`_model_files`)."""
     if model is None:
         from .models.hf_loading import default_model_dir
 
@@ -191,26 +191,23 @@ def _is_run_dir(directory: Path) -> bool:
     return False
 
 
-def run_dirs(root: Path) -> List[Path]:
-    """The directories below `root` (not `root` itself) that hold an embed run
-    (`_is_run_dir`): OUTPUT inside a model's folder (`embed -m . -o vectors`),
-    its partial directory, another run's. What a run writes there would read as
-    a change of the model: every run stopped once the model was hashed again
-    after loading, and a --resume was refused."""
-    found = {marker.parent for name in _RUN_MARKERS for marker in root.rglob(name)}
-    return sorted(d for d in found if d != root and _is_run_dir(d))
+def _model_files(root: Path) -> List[Path]:
+    """The files below `root`, in name order, without those of the directories
+    below it (not `root` itself) that hold an embed run (`_is_run_dir`): OUTPUT
+    inside a model's folder (`embed -m . -o vectors`), its partial directory,
+    another run's. What a run writes there would read as a change of the model:
+    every run stopped once the model was hashed again after loading, and a
+    --resume was refused. (One walk of the tree.)"""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    runs = {p.parent for p in files if p.name in _RUN_MARKERS and p.parent != root and _is_run_dir(p.parent)}
+    return [p for p in files if not runs.intersection(p.parents)] if runs else files
 
 
 def tree_sha256(path: Path) -> str:
     """The SHA-256 of a file, or of a directory's files: their relative names and bytes,
-    in name order, those of embed runs' directories below it (`run_dirs`) left out."""
+    in name order, those of embed runs' directories below it left out (`_model_files`)."""
     digest = hashlib.sha256()
-    if path.is_file():
-        files = [path]
-    else:
-        skipped = run_dirs(path)
-        files = sorted(p for p in path.rglob("*")
-                       if p.is_file() and not any(d in p.parents for d in skipped))
+    files = [path] if path.is_file() else _model_files(path)
     for file in files:
         digest.update(str(file.relative_to(path) if file != path else file.name).encode("utf8") + b"\0")
         _hash_bytes(digest, file)
