@@ -301,6 +301,21 @@ def test_a_senter_reading_a_shared_tok2vec_runs_with_it(tiny_bert_dir, tmp_path,
                                                                    abs=1e-5)
 
 
+def test_a_senter_a_config_builds_untrained_is_left_out(tiny_bert_dir):
+    """`--config` with a senter it does not source: initialized, the senter set
+    the sentences from random weights, without a word. It is left out, by name;
+    a sentencizer (nothing to train) still runs."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("senter")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    with pytest.warns(UserWarning, match=r"^'senter': built untrained from the config .* so left out"):
+        built = PipelineSource(config=nlp.config).load()
+    assert built.pipe_names == ["sentencizer", "ctxembed_bert"] and built.disabled == ["senter"]
+    doc = built("One thing here. And another one")
+    assert [s.text for s in doc.sents] == ["One thing here.", "And another one"]
+
+
 def test_v1_config_without_layers_or_pooling_takes_v1_defaults(tiny_bert_dir, tmp_path, wic_dir, reference):
     """A v1 config that leaves `layers` and `pooling` out (spaCy fills them in as null) is analysed with
     v1's defaults, as the component itself runs it: the top layer, mean pooling."""

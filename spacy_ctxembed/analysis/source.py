@@ -10,7 +10,8 @@ weights (``ScalarMix``) is shaped by the number of layers, a plain
 pipeline's weights still come from disk: everything but that combiner. A
 pipeline built from a config initializes only the analysed component and
 what it needs upstream (a tagger or parser in the config stays
-uninitialized: it would need training examples, and the analysis never runs it).
+uninitialized: it would need training examples, and the analysis never runs it;
+a senter it builds untrained is left out, with a warning).
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from thinc.api import Config
 
 from ..models.legacy import V1_DEFAULTS
 from ..models.torch_bridge import encoder_shim
-from ..pipeline.build import initialize_built, is_folder_without_pipeline
+from ..pipeline.build import initialize_built, is_folder_without_pipeline, leave_out_untrained, untrained_components
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
@@ -95,6 +96,8 @@ class PipelineSource:
             and what it needs upstream (`needed_components`): the analysis runs
             nothing else, and a tagger, parser or NER could not be initialized
             without training examples. The other components stay uninitialized.
+            A senter it needs that the config builds untrained is disabled, with
+            a warning: it would set the sentences from random weights.
         """
         if self.model is not None:
             if not edits:
@@ -106,6 +109,9 @@ class PipelineSource:
         built = edited_config(config, edits, self.option)
         nlp = load_model_from_config(built, auto_fill=True)
         name = choose_component(nlp, component, self.label, self.component_option)
+        # A senter the config builds untrained would set the sentences from random weights.
+        untrained = untrained_components(nlp, built)
+        leave_out_untrained(nlp, [n for n in needed_components(nlp, name) if n in untrained], stacklevel=2)
         initialize_built(nlp, built, needed_components(nlp, name))
         return nlp
 

@@ -39,15 +39,8 @@ def load_pipeline(
         else:
             loaded = Config().from_str(config)
         nlp = load_model_from_config(loaded, auto_fill=True)
-        untrained = untrained_components(nlp, loaded)
-        initialize_built(nlp, loaded, [name for name in nlp.pipe_names if name not in untrained])
-        for name in untrained:
-            nlp.disable_pipe(name)
-        if untrained:
-            them = "it" if len(untrained) == 1 else "them"
-            warnings.warn(f"{', '.join(map(repr, untrained))}: built untrained from the config (a training config: "
-                          f"only a `source`d component keeps trained weights), so left out: the docs carry no "
-                          f"annotation from {them}; to run {them}, give the trained pipeline instead", stacklevel=2)
+        leave_out_untrained(nlp, untrained_components(nlp, loaded), stacklevel=2)
+        initialize_built(nlp, loaded)
     else:
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert")
@@ -120,13 +113,29 @@ def untrained_components(nlp: Language, config: Config) -> List[str]:
             and nlp.get_pipe_meta(name).factory not in pretrained]
 
 
+def leave_out_untrained(nlp: Language, names: Sequence[str], *, stacklevel: int = 1) -> None:
+    """Disable `names`, components a config built untrained (`untrained_components`),
+    and warn naming them: the docs get no annotation from them, where spaCy would
+    have given them one from random weights (or refused to initialize them).
+    stacklevel: as warnings.warn's, counted from the caller."""
+    for name in names:
+        nlp.disable_pipe(name)
+    if names:
+        them = "it" if len(names) == 1 else "them"
+        warnings.warn(f"{', '.join(map(repr, names))}: built untrained from the config (a training config: "
+                      f"only a `source`d component keeps trained weights), so left out: the docs carry no "
+                      f"annotation from {them}; to run {them}, give the trained pipeline instead",
+                      stacklevel=stacklevel + 1)
+
+
 def initialize_built(nlp: Language, config: Config, enable: Optional[Iterable[str]] = None) -> None:
     """`nlp.initialize()` for a pipeline just built from `config`, as `spacy
     train` does it: components the config sources (`source = ...`) keep the
     weights they were loaded with. (Initializing starts a component from its
     config: a sourced, fine-tuned embedder would get its base model's weights.)
 
-    enable: initialize only these (and not the sourced among them).
+    enable: initialize only these (and not the sourced among them); None: the
+        enabled components.
     """
     sourced = set(get_sourced_components(config))
     names = [name for name in (nlp.pipe_names if enable is None else enable) if name not in sourced]
