@@ -138,7 +138,7 @@ def test_a_listener_refuses_tokens_its_upstream_output_does_not_cover(tiny_bert_
         assert len(nlp(covered)) == 5
 
 
-def _tagged_nlp(tiny_bert_dir):
+def _tagged_nlp(tiny_bert_dir, upstream="ctxembed_bert"):
     """ctxembed_bert (trainable) and a tagger mixing its layers, initialized on one example."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
@@ -146,21 +146,23 @@ def _tagged_nlp(tiny_bert_dir):
     nlp.add_pipe("tagger", config={"model": {
         "@architectures": "spacy.Tagger.v2",
         "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
-                    "upstream": "ctxembed_bert"}}})
+                    "upstream": upstream}}})
     words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
     examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
     return nlp, examples, nlp.initialize(lambda: examples)
 
 
-def test_a_mixing_listener_enabled_after_loading_says_why_it_has_no_layers(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("upstream", ["ctxembed_bert", "*"])
+def test_a_mixing_listener_enabled_after_loading_says_why_it_has_no_layers(tiny_bert_dir, tmp_path, upstream):
     """spaCy links listeners when a pipeline is loaded, not on enable_pipe: the upstream then keeps no
-    layers for the tagger (store_layers = false), and the error said the upstream may have been renamed."""
-    nlp, _, _ = _tagged_nlp(tiny_bert_dir)
+    layers for the tagger (store_layers = false), and the error said the upstream may have been renamed.
+    It names the upstream that "*" found (it said "upstream None")."""
+    nlp, _, _ = _tagged_nlp(tiny_bert_dir, upstream)
     nlp.to_disk(tmp_path / "nlp")
     loaded = spacy.load(tmp_path / "nlp", disable=["tagger"])
     loaded.enable_pipe("tagger")
     with pytest.raises(ValueError, match=r"upstream 'ctxembed_bert' stored no layers on the doc, only vectors: .*"
-                                         r"not on enable_pipe"):
+                                         r"not on enable_pipe.* set store_layers = true on 'ctxembed_bert';"):
         loaded("I ran to the park")
     assert [t.tag_ for t in spacy.load(tmp_path / "nlp")("I ran")] == [t.tag_ for t in nlp("I ran")]
 

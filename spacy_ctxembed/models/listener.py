@@ -252,11 +252,12 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
             if found is not None and model.kind == "layers":
                 # (the upstream keeps its layers for the listeners linked to it, and
                 # spaCy links them only when a pipeline is made or loaded)
+                read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
                 raise ValueError(
-                    f"{_named(model)}: upstream {name!r} stored no layers on the doc, only vectors: it keeps "
+                    f"{_named(model)}: upstream {read!r} stored no layers on the doc, only vectors: it keeps "
                     "them for the listeners linked to it (or with store_layers = true), and spaCy links "
                     "listeners when a pipeline is made or loaded, not on enable_pipe. Load the pipeline without "
-                    f"disabling this component, or set store_layers = true on {name!r}; or they were dropped "
+                    f"disabling this component, or set store_layers = true on {read!r}; or they were dropped "
                     "before this component (doc._.ctx_layers = None: a doc_cleaner before it, to move after it)"
                 )
             if is_train:
