@@ -248,6 +248,32 @@ def test_a_copied_embedders_scalar_mix_n_layers_is_checked_by_the_architecture_t
         build(embedder=embedder, width=8)
 
 
+@pytest.mark.parametrize("architecture", ["ContextualTok2Vec.v3", "ContextualTok2Vec.v2"])
+@pytest.mark.parametrize("encoder, setting, value, pattern", [
+    ("BertEncoder.v2", "precision", "bogus", r"expected one of 'fp32'"),
+    ("BertEncoder.v2", "window", 0, r"expected an integer number of wordpieces >= 1"),
+    ("ElmoEncoder.v3", "max_batch_items", 0, r"expected an integer >= 1"),
+])
+def test_a_copied_embedders_encoder_settings_are_checked_by_the_architecture_that_holds_it(
+        architecture, encoder, setting, value, pattern):
+    """A saved pipeline's config.cfg edited in a replace_listeners copy's
+    embedder: `precision = "bogus"` ran in fp32, `window = 0` as no window and
+    ELMo's `max_batch_items = 0` as none, where the component refuses them."""
+    from spacy.util import registry
+
+    settings = {"layers": [-1], "max_batch_items": None, "trainable": True}
+    if encoder == "BertEncoder.v2":
+        settings.update(name=None, pooling="mean", window=None, stride=None, precision="fp32")
+    else:
+        settings.update(options_file=None, weight_file=None)
+    settings[setting] = value
+    embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
+        encoder=registry.architectures.get(f"spacy-ctxembed.{encoder}")(**settings),
+        combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())
+    with pytest.raises(SettingError, match=rf"^\[{architecture} embedder.encoder\] {setting} = {value!r}: {pattern}"):
+        registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=embedder, width=8)
+
+
 def test_v1_listener_sizes_are_checked_by_name():
     from spacy.util import registry
 

@@ -16,6 +16,7 @@ from spacy.training import Example
 from spacy.util import registry
 
 from spacy_ctxembed import install_extensions
+from spacy_ctxembed.errors import SettingError
 
 from .conftest import ctx_config
 
@@ -336,6 +337,41 @@ def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_be
     nlp.get_pipe("ctxembed_bert").initialize()  # the base weights again
     with pytest.raises(ValueError, match=fine_tuned):
         nlp(TEXT)
+
+
+@pytest.mark.parametrize("record", ["encoder_weights", "encoder_probe"])
+def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_fine_tuned_with(
+        tiny_bert_dir, other_bert_dir, tmp_path, record):
+    """A saved pipeline's model folder swapped for another model's is refused,
+    and the error says how to keep it on purpose: remove the cfg's record. The
+    folder then loaded under the saved lineage, and the tagger fine-tuned with
+    the saved weights tagged from the other model's, silently. It is refused
+    now; the pipeline as saved still loads and tags."""
+    import shutil
+
+    import srsly
+
+    nlp = _fine_tuned(tiny_bert_dir, steps=3)
+    tags = _tags(nlp)
+    nlp.to_disk(tmp_path / "tuned")
+    model = tmp_path / "tuned" / "ctxembed_bert" / "model"
+    shutil.copy(other_bert_dir / "model.safetensors", model / "model.safetensors")
+    cfg = srsly.read_json(tmp_path / "tuned" / "ctxembed_bert" / "cfg")
+    if record == "encoder_probe":  # (the config.json edited instead: other hidden states for the same weights)
+        nlp.to_disk(tmp_path / "tuned")  # (its own weights back)
+        config = srsly.read_json(model / "config.json")
+        srsly.write_json(model / "config.json", {**config, "hidden_act": "relu"})
+    else:
+        with pytest.raises(SettingError, match=r"remove 'encoder_weights' from that cfg file \(the components "
+                                               r"listening to this one, .* are then refused until trained again\)"):
+            spacy.load(tmp_path / "tuned")
+    del cfg[record]
+    srsly.write_json(tmp_path / "tuned" / "ctxembed_bert" / "cfg", cfg)
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*': this component was "
+                                         r"trained on the outputs of another 'ctxembed_bert'"):
+        _tags(spacy.load(tmp_path / "tuned"))
+    nlp.to_disk(tmp_path / "again")
+    assert _tags(spacy.load(tmp_path / "again")) == tags
 
 
 def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(tiny_bert_dir):

@@ -46,7 +46,7 @@ from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.types import Floats2d
 
-from ..errors import bad_setting, check_bool, check_int, check_number
+from ..errors import bad_setting, check_bool, check_int, check_number, named_errors
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
@@ -55,7 +55,7 @@ from ..outputs import MissingOutputs, get_outputs, stored_signature, uncovered_e
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers
-from .torch_bridge import LR_SCALE, encoder_shim
+from .torch_bridge import LR_SCALE, check_encoder_settings, encoder_shim
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
 LISTENER = "ctxembed-listener"
@@ -410,7 +410,7 @@ def ContextualTok2Vec(
         component had it (`replace_listeners` fills it in).
     """
     _check_head("ContextualTok2Vec.v3", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
-    check_combiner_layers("ContextualTok2Vec.v3", embedder)
+    _check_copy("ContextualTok2Vec.v3", embedder)
     check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                  unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
     return _head(replacement(embedder, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
@@ -426,6 +426,15 @@ def _check_head(architecture: str, *, width: Any, mix_layers: Any, grad_factor: 
     check_bool(architecture, "mix_layers", mix_layers)
     check_number(architecture, "grad_factor", grad_factor, minimum=-math.inf,
                  unit="a number: the factor on the gradient sent to the upstream (0: none)")
+
+
+def _check_copy(architecture: str, embedder: EmbedderModel) -> None:
+    """A copy's embedder gets the checks its component ran when it was made (a
+    saved pipeline's config.cfg may be edited: `precision = "bogus"` ran in
+    fp32, `window = 0` as no window), named as the copy's."""
+    with named_errors(f"{architecture} embedder.encoder"):
+        check_encoder_settings(embedder)
+    check_combiner_layers(architecture, embedder)
 
 
 def replacement(embedder: EmbedderModel, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
@@ -451,7 +460,7 @@ def ContextualTok2VecV2(
     """v2, as released: the encoder trains at the downstream component's learning
     rate, and with `grad_factor` 0 still runs in training mode."""
     _check_head("ContextualTok2Vec.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
-    check_combiner_layers("ContextualTok2Vec.v2", embedder)
+    _check_copy("ContextualTok2Vec.v2", embedder)
     source = embedder.layers[0] if mix_layers else embedder
     return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
                  name="contextual_listener_v2")

@@ -65,6 +65,7 @@ from .saved import (
     saved_cfg,
     saved_nodes,
     v1_saved_layers,
+    vouching_keys,
     warn_if_source_edited,
 )
 from .signature import output_signature, saved_weights_fingerprint, weights_fingerprint
@@ -834,9 +835,13 @@ class ContextualEmbedder(TrainablePipe):
         # one where the weights were kept; a new one for a mix of saved and kept
         # weights (the encoder's and a combiner's with weights), and where not
         # known (exclude=["cfg"]), as for weights from the config.
+        # A folder whose records were removed to keep other weights or options
+        # on purpose (as the refusals say) is not the saved model: a new lineage,
+        # so that what listens to it, trained on the saved one, is refused.
         encoder_kept, combiner_kept = MODEL_DIR in exclude, "combiner" in exclude
         mixed = encoder_kept != combiner_kept and bool(self.combiner.param_names)
-        self._model_loaded(None if mixed else kept if encoder_kept else recorded.get(LINEAGE_KEY))
+        vouched = encoder_kept or shim is None or all(key in recorded for key in vouching_keys(self.encoder))
+        self._model_loaded(None if mixed or not vouched else kept if encoder_kept else recorded.get(LINEAGE_KEY))
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:

@@ -82,6 +82,19 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage:
     return cfg
 
 
+#: What the refusals above add to "remove the record from the cfg file".
+KEPT_ON_PURPOSE = (" (the components listening to this one, trained on what it was saved with, are then refused "
+                   "until trained again)")
+
+
+def vouching_keys(encoder: Model) -> List[str]:
+    """The cfg keys that a save from disk (`saved_cfg` with `probe`) records to
+    check that the model folder is the one saved: the weights' fingerprint, and
+    ELMo's options or else a Hugging Face folder's probe. (A save before the
+    lineage was recorded, or a probe-less one, has no lineage to vouch for.)"""
+    return [WEIGHTS_KEY, OPTIONS_KEY if saved_options_digest(encoder) is not None else PROBE_KEY]
+
+
 def combiner_nodes(model: Model, combiner: Model, model_bytes: Any) -> Optional[List[Dict[str, Any]]]:
     """The saved nodes of the combiner in the bytes of the whole model; None where
     the bytes are not such a model (from_bytes reports that itself)."""
@@ -180,7 +193,7 @@ def check_saved_weights(name: str, encoder: Model, saved: Any, path: Path) -> No
         f"it holds other weights than this pipeline was saved with (the fingerprint in {str(path / 'cfg')!r}"
         " differs): put back the model folder it was saved with. To embed with another model, make a "
         "component on it (its `name`) and train what listens to it again; to keep these weights on "
-        f"purpose, remove {WEIGHTS_KEY!r} from that cfg file",
+        f"purpose, remove {WEIGHTS_KEY!r} from that cfg file{KEPT_ON_PURPOSE}",
     )
 
 
@@ -194,8 +207,9 @@ def check_saved_options(name: str, encoder: Model, saved: Any, path: Path) -> No
     raise bad_setting(
         name, "model", str(path / MODEL_DIR),
         f"its {OPTIONS_FILE} differs from the one this pipeline was saved with (the digest in "
-        f"{str(path / 'cfg')!r} differs), and every vector with it: put back the options file it was saved "
-        f"with; to keep these options on purpose, remove {OPTIONS_KEY!r} from that cfg file",
+        f"{str(path / 'cfg')!r} differs), and with it every vector (an edit that changes no value used, 3.0 "
+        f"for 3 or a key not read, is refused too): put back the options file it was saved with; to keep "
+        f"these options on purpose, remove {OPTIONS_KEY!r} from that cfg file{KEPT_ON_PURPOSE}",
     )
 
 
@@ -217,7 +231,7 @@ def check_saved_probe(name: str, encoder: Model, saved: Any, path: Path) -> None
     raise bad_setting(
         name, "model", str(path / MODEL_DIR),
         f"its {what} (the record in {str(path / 'cfg')!r}), and every vector with it: put back the files "
-        f"it was saved with; to keep them on purpose, remove {PROBE_KEY!r} from that cfg file",
+        f"it was saved with; to keep them on purpose, remove {PROBE_KEY!r} from that cfg file{KEPT_ON_PURPOSE}",
     )
 
 
