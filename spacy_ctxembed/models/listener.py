@@ -743,8 +743,8 @@ def _upstream_named(node: ContextualListenerNode) -> str:
 def _trained_on_error(node: ContextualListenerNode, trained: str, now: str) -> str:
     upstream = _upstream_named(node)
     return (
-        f"{_named(node)}: its weights were trained on {trained} "
-        f"from {upstream!r}, which now gives {now}. Give {upstream!r} the settings this component was trained "
+        f"{_named(node)}: its weights were trained on {trained}, and its upstream {upstream!r} now gives "
+        f"{now}. Give {upstream!r} the settings this component was trained "
         f"with (its model's encoder `name`, `layers` and `pooling`, and its combiner), or train a new one on what "
         f"{upstream!r} now gives (spacy train, or a component made from its config)"
     )
