@@ -3,6 +3,7 @@ pipelines (whatever their combiner), configs (with a tagger and parser too), ELM
 each pooling mode on WiC."""
 import dataclasses
 import math
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -309,11 +310,16 @@ def test_a_senter_a_config_builds_untrained_is_left_out(tiny_bert_dir):
     nlp.add_pipe("sentencizer")
     nlp.add_pipe("senter")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
-    with pytest.warns(UserWarning, match=r"^'senter': built untrained from the config .* so left out"):
-        built = PipelineSource(config=nlp.config).load()
+    source = PipelineSource(config=nlp.config, config_path=Path("senter.cfg"), option="--config")
+    with pytest.warns(UserWarning, match=r"^--config senter.cfg: 'senter': built untrained from the config .* so "
+                                         r"left out: .* give the trained pipeline with --model instead"):
+        built = source.load()
     assert built.pipe_names == ["sentencizer", "ctxembed_bert"] and built.disabled == ["senter"]
     doc = built("One thing here. And another one")
     assert [s.text for s in doc.sents] == ["One thing here.", "And another one"]
+    with warnings.catch_warnings():  # (told once: an analysis loads a pipeline more than once)
+        warnings.simplefilter("error")
+        assert source.load().disabled == ["senter"]
 
 
 def test_v1_config_without_layers_or_pooling_takes_v1_defaults(tiny_bert_dir, tmp_path, wic_dir, reference):

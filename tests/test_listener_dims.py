@@ -339,19 +339,24 @@ def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_be
         nlp(TEXT)
 
 
-@pytest.mark.parametrize("record", ["encoder_weights", "encoder_probe"])
-def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_fine_tuned_with(
-        tiny_bert_dir, other_bert_dir, tmp_path, record):
+@pytest.mark.parametrize("record, frozen", [("encoder_weights", False), ("encoder_probe", False),
+                                            ("encoder_probe", True)])
+def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_trained_on(
+        tiny_bert_dir, other_bert_dir, tmp_path, record, frozen):
     """A saved pipeline's model folder swapped for another model's is refused,
     and the error says how to keep it on purpose: remove the cfg's record. The
     folder then loaded under the saved lineage, and the tagger fine-tuned with
-    the saved weights tagged from the other model's, silently. It is refused
-    now; the pipeline as saved still loads and tags."""
+    the saved weights tagged from the other model's, silently; a tagger trained
+    on the frozen weights, from an edited config.json's hidden states (the
+    weights' fingerprint is the same). Both are refused now; the pipeline as
+    saved still loads and tags, and a tagger trained again on the folder kept
+    runs, saved and loaded too."""
     import shutil
 
     import srsly
 
-    nlp = _fine_tuned(tiny_bert_dir, steps=3)
+    nlp = (_trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True), frozen=True) if frozen
+           else _fine_tuned(tiny_bert_dir, steps=3))
     tags = _tags(nlp)
     nlp.to_disk(tmp_path / "tuned")
     model = tmp_path / "tuned" / "ctxembed_bert" / "model"
@@ -363,15 +368,22 @@ def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_fine_t
         srsly.write_json(model / "config.json", {**config, "hidden_act": "relu"})
     else:
         with pytest.raises(SettingError, match=r"remove 'encoder_weights' from that cfg file \(the components "
-                                               r"listening to this one, .* are then refused until trained again\)"):
+                                               r"listening to this one through a ContextualListener.v2, .* are "
+                                               r"then refused until trained again\)"):
             spacy.load(tmp_path / "tuned")
     del cfg[record]
     srsly.write_json(tmp_path / "tuned" / "ctxembed_bert" / "cfg", cfg)
-    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*': this component was "
-                                         r"trained on the outputs of another 'ctxembed_bert'"):
-        _tags(spacy.load(tmp_path / "tuned"))
+    kept = spacy.load(tmp_path / "tuned")
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '[^']+': this component was "
+                                         r"trained on the outputs of another 'ctxembed_bert': 'ctxembed_bert' was "
+                                         r"loaded from a model folder kept on purpose"):
+        _tags(kept)
     nlp.to_disk(tmp_path / "again")
     assert _tags(spacy.load(tmp_path / "again")) == tags
+    _trained(kept, steps=1, frozen=frozen)
+    tags = _tags(kept)
+    kept.to_disk(tmp_path / "retrained")
+    assert _tags(spacy.load(tmp_path / "retrained")) == tags
 
 
 def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(tiny_bert_dir):

@@ -501,8 +501,8 @@ def test_an_edited_options_file_of_a_saved_elmo_pipeline_is_refused(tmp_path):
         f"pipeline was saved with (the digest in '{cfg_path}' differs), and with it every vector (an edit that "
         "changes no value used, 3.0 for 3 or a key not read, is refused too): put back the options file it was "
         "saved with; to keep these options on purpose, remove 'encoder_options' from that cfg file (the "
-        "components listening to this one, trained on what it was saved with, are then refused until trained "
-        "again)")
+        "components listening to this one through a ContextualListener.v2, trained on what it was saved with, "
+        "are then refused until trained again)")
     # As the error says (and as a cfg saved before the digest was recorded): the edited options.
     cfg = json.loads(cfg_path.read_text())
     del cfg["encoder_options"]
@@ -705,8 +705,8 @@ def test_an_edited_config_or_tokenizer_of_a_saved_bert_pipeline_is_refused(saved
     assert str(caught.value) == (
         f"[{NAME}] model = '{model_dir}': {what} (the record in '{path / NAME / 'cfg'}'), and every vector "
         "with it: put back the files it was saved with; to keep them on purpose, remove 'encoder_probe' from "
-        "that cfg file (the components listening to this one, trained on what it was saved with, are then "
-        "refused until trained again)")
+        "that cfg file (the components listening to this one through a ContextualListener.v2, trained on what "
+        "it was saved with, are then refused until trained again)")
     cfg = srsly.read_json(path / NAME / "cfg")
     del cfg["encoder_probe"]  # (as the error says; and as a pipeline saved before the record was kept)
     srsly.write_json(path / NAME / "cfg", cfg)

@@ -54,6 +54,8 @@ class PipelineSource:
     component_option: str = "--component"
     option: str = "--model"
     _saved_dir: Optional[Path] = field(default=None, init=False, repr=False)
+    #: Whether the components its config builds untrained were told (`load` runs more than once).
+    _left_out_told: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def from_argument(cls, value: str, option: str = "--compare") -> "PipelineSource":
@@ -110,8 +112,10 @@ class PipelineSource:
         nlp = load_model_from_config(built, auto_fill=True)
         name = choose_component(nlp, component, self.label, self.component_option)
         # A senter the config builds untrained would set the sentences from random weights.
-        untrained = untrained_components(nlp, built)
-        leave_out_untrained(nlp, [n for n in needed_components(nlp, name) if n in untrained], stacklevel=2)
+        untrained = [n for n in needed_components(nlp, name) if n in untrained_components(nlp, built)]
+        leave_out_untrained(nlp, untrained, where=f"{self.option} {self.label}", warn=not self._left_out_told,
+                            instead=f" with {'--model' if self.option == '--config' else self.option}", stacklevel=2)
+        self._left_out_told = self._left_out_told or bool(untrained)
         initialize_built(nlp, built, needed_components(nlp, name))
         return nlp
 

@@ -659,6 +659,8 @@ def _check_trained_upstream(node: ContextualListenerNode, component: Any, is_tra
     own = record.get("lineage") == component.lineage
     if (own and record.get("weights") is None) or record.get("untrained"):
         return  # (weights that moved in training, of this lineage: as they are now; or a head not trained)
+    if not own and getattr(component, "unvouched", False):
+        raise ValueError(_unvouched_error(node))
     now = node.held_weights(component)
     if record.get("weights") != now:
         raise ValueError(_weights_error(node, record.get("weights"), now, own=own))
@@ -703,6 +705,16 @@ def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: st
         f"or loaded from another pipeline. Use it with the {upstream!r} it was trained with (source both from its "
         f"pipeline, or call nlp.replace_listeners there first to give it a copy of its own), or train it again on "
         f"this one"
+    )
+
+
+def _unvouched_error(node: ContextualListenerNode) -> str:
+    upstream = _upstream_named(node)
+    return (
+        f"{_named(node)}: this component was trained on the outputs of another {upstream!r}: {upstream!r} was "
+        f"loaded from a model folder kept on purpose (its cfg's records of the model it was saved with removed), "
+        f"which this component was not trained on. Train it again on {upstream!r} as it is, or put back the "
+        f"model folder and the cfg {upstream!r} was saved with"
     )
 
 

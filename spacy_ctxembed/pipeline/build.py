@@ -113,18 +113,23 @@ def untrained_components(nlp: Language, config: Config) -> List[str]:
             and nlp.get_pipe_meta(name).factory not in pretrained]
 
 
-def leave_out_untrained(nlp: Language, names: Sequence[str], *, stacklevel: int = 1) -> None:
+def leave_out_untrained(nlp: Language, names: Sequence[str], *, where: str = "", instead: str = "",
+                        warn: bool = True, stacklevel: int = 1) -> None:
     """Disable `names`, components a config built untrained (`untrained_components`),
     and warn naming them: the docs get no annotation from them, where spaCy would
     have given them one from random weights (or refused to initialize them).
-    stacklevel: as warnings.warn's, counted from the caller."""
+
+    where: what the warning starts with (the config's option, say); instead:
+        how to give the trained pipeline ("give the trained pipeline" + it);
+        warn: False to disable them without a word (told before);
+        stacklevel: as warnings.warn's, counted from the caller."""
     for name in names:
         nlp.disable_pipe(name)
-    if names:
+    if names and warn:
         them = "it" if len(names) == 1 else "them"
-        warnings.warn(f"{', '.join(map(repr, names))}: built untrained from the config (a training config: "
-                      f"only a `source`d component keeps trained weights), so left out: the docs carry no "
-                      f"annotation from {them}; to run {them}, give the trained pipeline instead",
+        warnings.warn(f"{where and where + ': '}{', '.join(map(repr, names))}: built untrained from the config (a "
+                      f"training config: only a `source`d component keeps trained weights), so left out: the docs "
+                      f"carry no annotation from {them}; to run {them}, give the trained pipeline{instead} instead",
                       stacklevel=stacklevel + 1)
 
 

@@ -130,6 +130,11 @@ class ContextualEmbedder(TrainablePipe):
     #: training and by a save and its load. Another component of the same
     #: model and settings has another (with weights trained otherwise).
     _lineage: Optional[str] = None
+    #: Whether the weights were loaded from a model folder whose cfg records of
+    #: the saved model were removed (kept on purpose, so not checked): a head
+    #: trained on another lineage's outputs is refused even where the weights'
+    #: fingerprint is the same (`listener._check_trained_upstream`).
+    _unvouched = False
     #: How many times the encoder's weights changed (loads, training steps, swaps);
     #: `encoder_fingerprint`, as (that count, the fingerprint) when taken.
     _encoder_changes = 0
@@ -364,10 +369,12 @@ class ContextualEmbedder(TrainablePipe):
         yield
         self._load_refused = None
 
-    def _model_loaded(self, lineage: Any = None) -> None:
-        """After a load or initialize; `lineage`: the saved weights' (`LINEAGE_KEY`), None for new weights."""
+    def _model_loaded(self, lineage: Any = None, *, vouched: bool = True) -> None:
+        """After a load or initialize; `lineage`: the saved weights' (`LINEAGE_KEY`), None for new weights;
+        `vouched`: False for a model folder whose records were removed (`_unvouched`)."""
         self._load_refused = None
         self._lineage = lineage if isinstance(lineage, str) and lineage else os.urandom(8).hex()
+        self._unvouched = not vouched
         if self.encoder.has_dim("nO") is True:
             pass_dims(self.model)
         for listener in self.listeners:
@@ -456,6 +463,11 @@ class ContextualEmbedder(TrainablePipe):
     def lineage(self) -> Optional[str]:
         """Which weights these are (`_lineage`); None before they are loaded."""
         return self._lineage
+
+    @property
+    def unvouched(self) -> bool:
+        """Whether the weights came from a model folder kept on purpose (`_unvouched`)."""
+        return self._unvouched
 
     @property
     def signature(self) -> Optional[str]:
@@ -841,7 +853,8 @@ class ContextualEmbedder(TrainablePipe):
         encoder_kept, combiner_kept = MODEL_DIR in exclude, "combiner" in exclude
         mixed = encoder_kept != combiner_kept and bool(self.combiner.param_names)
         vouched = encoder_kept or shim is None or all(key in recorded for key in vouching_keys(self.encoder))
-        self._model_loaded(None if mixed or not vouched else kept if encoder_kept else recorded.get(LINEAGE_KEY))
+        self._model_loaded(None if mixed or not vouched else kept if encoder_kept else recorded.get(LINEAGE_KEY),
+                           vouched=vouched)
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:

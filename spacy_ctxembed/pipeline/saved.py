@@ -83,8 +83,8 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage:
 
 
 #: What the refusals above add to "remove the record from the cfg file".
-KEPT_ON_PURPOSE = (" (the components listening to this one, trained on what it was saved with, are then refused "
-                   "until trained again)")
+KEPT_ON_PURPOSE = (" (the components listening to this one through a ContextualListener.v2, trained on what it "
+                   "was saved with, are then refused until trained again)")
 
 
 def vouching_keys(encoder: Model) -> List[str]:
