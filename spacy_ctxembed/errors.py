@@ -22,13 +22,15 @@ class NonFiniteOutputs(ValueError):
 
 
 @contextlib.contextmanager
-def named_errors(name: str) -> Iterator[None]:
+def named_errors(name: str, block: str = "") -> Iterator[None]:
     """Re-raise errors of the layers inside a component with the instance's name.
 
     Models are built from the registry before the component that owns them
     exists, so their errors carry the factory's name; the component wraps its
     entry points (initialize, loading, the first call) in this, so that
-    `name="bert_a"` reads `[bert_a] ...`.
+    `name="bert_a"` reads `[bert_a] ...`. `block`: what the setting's name is
+    inside (`embedder.encoder.` for an embedder's copy: `[ContextualTok2Vec]
+    embedder.encoder.window = 0`).
     """
     try:
         yield
@@ -36,7 +38,7 @@ def named_errors(name: str) -> Iterator[None]:
         message = str(err)
         if not _PREFIX.match(message):
             raise
-        renamed = type(err)(_PREFIX.sub(f"[{name}]", message, count=1))
+        renamed = type(err)(_PREFIX.sub(f"[{name}]", message, count=1).replace(f"[{name}] ", f"[{name}] {block}", 1))
         raise renamed.with_traceback(err.__traceback__) from None
 
 

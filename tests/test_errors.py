@@ -270,7 +270,8 @@ def test_a_copied_embedders_encoder_settings_are_checked_by_the_architecture_tha
     embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(
         encoder=registry.architectures.get(f"spacy-ctxembed.{encoder}")(**settings),
         combiner=registry.layers.get("spacy-ctxembed.MeanLayers.v1")())
-    with pytest.raises(SettingError, match=rf"^\[{architecture} embedder.encoder\] {setting} = {value!r}: {pattern}"):
+    with pytest.raises(SettingError, match=rf"^\[ContextualTok2Vec\] embedder\.encoder\.{setting} = {value!r}: "
+                                           rf"{pattern}"):
         registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=embedder, width=8)
 
 

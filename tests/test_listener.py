@@ -10,6 +10,7 @@ from spacy.tokens import Doc
 from spacy.training import Example
 from spacy.util import registry
 
+from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.outputs import MissingOutputs
 
 from .conftest import SHARED_DATA, ctx_config
@@ -138,11 +139,11 @@ def test_a_listener_refuses_tokens_its_upstream_output_does_not_cover(tiny_bert_
         assert len(nlp(covered)) == 5
 
 
-def _tagged_nlp(tiny_bert_dir, upstream="ctxembed_bert"):
+def _tagged_nlp(tiny_bert_dir, upstream="ctxembed_bert", layers=(1, 2)):
     """ctxembed_bert (trainable) and a tagger mixing its layers, initialized on one example."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=list(layers), name=tiny_bert_dir))
     nlp.add_pipe("tagger", config={"model": {
         "@architectures": "spacy.Tagger.v2",
         "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
@@ -165,6 +166,45 @@ def test_a_mixing_listener_enabled_after_loading_says_why_it_has_no_layers(tiny_
                                          r"not on enable_pipe.* set store_layers = true on 'ctxembed_bert';"):
         loaded("I ran to the park")
     assert [t.tag_ for t in spacy.load(tmp_path / "nlp")("I ran")] == [t.tag_ for t in nlp("I ran")]
+
+
+def test_weights_of_another_upstreams_layers_are_named_and_the_half_loaded_component_refused(tiny_bert_dir, tmp_path):
+    """A tagger's weights saved next to an upstream of 2 layers, loaded into a
+    pipeline whose upstream selects 3: thinc's "Attempt to change dimension
+    'nL'", and the tagger then ran half loaded (its output layer the saved
+    one's). It names the component and the layers, and refuses to run until a
+    load succeeds."""
+    nlp, _, _ = _tagged_nlp(tiny_bert_dir)  # layers [1, 2]
+    nlp.to_disk(tmp_path / "two")
+    other, _, _ = _tagged_nlp(tiny_bert_dir, layers=(0, 1, 2))
+    tags = [t.tag_ for t in other("I ran to the park")]
+    other.to_disk(tmp_path / "three")
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': the weights "
+                                         r"being loaded were saved for 2 layers of its upstream, and its upstream "
+                                         r"'ctxembed_bert' gives 3 layers"):
+        other.from_disk(tmp_path / "two", exclude=["ctxembed_bert"])
+    with pytest.raises(ValueError, match=r"gives 3 layers: .* \(the load failed, and left this component's "
+                                         r"weights half loaded\)"):
+        other("I ran to the park")
+    other.from_disk(tmp_path / "three")
+    assert [t.tag_ for t in other("I ran to the park")] == tags
+
+
+def test_a_copys_layers_edited_in_a_saved_pipeline_are_named(tiny_bert_dir, tmp_path):
+    """`replace_listeners`, saved, then the copy's `embedder.encoder.layers`
+    edited in config.cfg: thinc's "Attempt to change dimension 'nL' for model
+    'ctxembed-bert-encoder'"."""
+    from spacy.util import load_config
+
+    nlp, _, _ = _tagged_nlp(tiny_bert_dir)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.to_disk(tmp_path / "copy")
+    config = load_config(tmp_path / "copy" / "config.cfg")
+    config["components"]["tagger"]["model"]["tok2vec"]["embedder"]["encoder"]["layers"] = [0, 1, 2]
+    config.to_disk(tmp_path / "copy" / "config.cfg")
+    with pytest.raises(SettingError, match=r"^\[ContextualTok2Vec\] embedder\.encoder\.layers = \[0, 1, 2\]: the "
+                                           r"encoder was saved for 2 layers .* but the config's layers select 3"):
+        spacy.load(tmp_path / "copy")
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
 from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
-from .torch_bridge import run_encoder, set_loaded_dims, trains_weights
+from .torch_bridge import EncoderNode, run_encoder, set_loaded_dims, trains_weights
 
 
 @registry.architectures("spacy-ctxembed.BertEncoder.v2")
@@ -62,7 +62,7 @@ def BertEncoder(
         "precision": precision,
         "trainable": trainable,
     }
-    return Model(
+    return EncoderNode(
         "ctxembed-bert-encoder",
         forward,
         init=init,

@@ -391,6 +391,8 @@ class BertShim(EncoderShim):
     or `load_dir`, never from a remembered path.
     """
 
+    component = COMPONENT
+
     def __init__(self, settings: Dict[str, Any]) -> None:
         super().__init__(settings, grad_scaler=PyTorchGradScaler(enabled=False))
         self.runner: Optional[BertRunner] = None

@@ -24,7 +24,7 @@ import srsly
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, get_torch_default_device
+from thinc.api import get_torch_default_device
 
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
@@ -36,6 +36,7 @@ from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
 from .torch_bridge import (
     SAVED_LAYERS,
+    EncoderNode,
     EncoderShim,
     averaged_weights,
     check_saved_layers,
@@ -78,7 +79,7 @@ def ElmoEncoder(
         "trainable": trainable,
         "compile": compile,
     }
-    return Model(
+    return EncoderNode(
         "ctxembed-elmo-encoder",
         forward,
         init=init,
@@ -142,6 +143,8 @@ class _Sentence:
 
 class ElmoShim(EncoderShim):
     """Holds the biLM (moved to the current device) for Thinc: files in and out."""
+
+    component = COMPONENT
 
     def __init__(self, settings: Dict[str, Any]) -> None:
         super().__init__(settings)

@@ -55,7 +55,7 @@ from ..outputs import MissingOutputs, get_outputs, stored_signature, uncovered_e
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers
-from .torch_bridge import LR_SCALE, check_encoder_settings, encoder_shim
+from .torch_bridge import COPY_BLOCK, COPY_NAME, LR_SCALE, check_encoder_settings, encoder_shim
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
 LISTENER = "ctxembed-listener"
@@ -84,6 +84,8 @@ class ContextualListenerNode(SampleDocsModel):
     (`remember_samples`, `is_sample`) and `_zeros_for_sample`."""
 
     name = LISTENER
+    #: (A class default too: a node pickled before it existed has none of its own.)
+    _load_refused: Optional[str] = None
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -101,6 +103,29 @@ class ContextualListenerNode(SampleDocsModel):
         self._claims: Dict[int, Tuple[str, Any]] = {}
         # The component this listener serves, as last linked (for messages).
         self._listening_component: Optional[str] = None
+        # Why the last load of its component's weights failed here (`set_dim`), if it did.
+        self._load_refused = None
+
+    def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
+        """Only a load sets the dims without `force` (the upstream sizes them
+        with it, `_size_listener`): a saved value that is not the upstream's
+        means the weights being loaded were trained on another upstream. thinc
+        said "Attempt to change dimension", naming neither the component nor
+        the setting, and the component ran on, half loaded (its layers loaded
+        before this one). It is refused until a load or initialize succeeds."""
+        current = self._dims.get(name)
+        if not force and name in ("nL", "nO") and current is not None and value != current:
+            what = _layers if name == "nL" else (lambda n: f"features of width {n}")
+            upstream = _upstream_named(self)
+            self._load_refused = (
+                f"{_named(self)}: the weights being loaded were saved for {what(value)} of its upstream, and its "
+                f"upstream {upstream!r} gives {what(current)}: load them into a pipeline whose {upstream!r} has the "
+                "settings they were saved with (its encoder's `layers` and model, its combiner), or train this "
+                "component again")
+            raise ValueError(self._load_refused)
+        super().set_dim(name, value, force=force)
+        if not force and name == "nO":  # (the last of its dims a load sets: this one loaded)
+            self._load_refused = None
 
     @property
     def kind(self) -> str:
@@ -230,6 +255,8 @@ class ContextualListenerNode(SampleDocsModel):
 
 
 def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: bool) -> Tuple[list, Callable]:
+    if model._load_refused is not None:
+        raise ValueError(f"{model._load_refused} (the load failed, and left this component's weights half loaded)")
     if is_train and model._batch_id is not None:
         model.verify_inputs(docs)
         return list(model._outputs or []), model.backprop_and_clear
@@ -304,6 +331,7 @@ def _unlinked(node: ContextualListenerNode) -> str:
 
 
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
+    model._load_refused = None
     if X is not None:
         model.remember_samples(X)
     # The head is made for the upstream's layers now (saved with its weights),
@@ -431,8 +459,8 @@ def _check_head(architecture: str, *, width: Any, mix_layers: Any, grad_factor: 
 def _check_copy(architecture: str, embedder: EmbedderModel) -> None:
     """A copy's embedder gets the checks its component ran when it was made (a
     saved pipeline's config.cfg may be edited: `precision = "bogus"` ran in
-    fp32, `window = 0` as no window), named as the copy's."""
-    with named_errors(f"{architecture} embedder.encoder"):
+    fp32, `window = 0` as no window), named as the copy's other checks name it."""
+    with named_errors(COPY_NAME, COPY_BLOCK):
         check_encoder_settings(embedder)
     check_combiner_layers(architecture, embedder)
 

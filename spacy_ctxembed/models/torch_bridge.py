@@ -193,6 +193,8 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
 
     #: ELMo's options file, once loaded; None for other encoders.
     options: Optional["ElmoOptions"] = None
+    #: The factory of the component the encoder is made for, as its errors name it.
+    component: str = ""
 
     def __init__(self, settings: Dict[str, Any], **kwargs: Any) -> None:
         super().__init__(None, **kwargs)
@@ -279,6 +281,25 @@ def check_encoder_settings(model: Model) -> None:
     for node in model.walk():
         if node.name == trf_pooler.MODEL_NAME:
             trf_pooler.check_settings(config_value(node.attrs["settings"]))
+
+
+class EncoderNode(Model):
+    """An encoder's thinc node (BERT's, ELMo's). A saved model's bytes set its
+    layer count (`nL`) before its shim loads and checks the layers they were
+    saved for (`check_saved_layers`): a count changed in the config since (a
+    copy's `embedder.encoder.layers` in a listening component) failed there as
+    thinc's "Attempt to change dimension", naming neither the component nor the
+    setting. (thinc's `copy` makes a plain Model, which fails as before.)"""
+
+    def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
+        current, shim = self._dims.get(name), encoder_shim(self)
+        if name == "nL" and not force and current is not None and value != current and shim is not None:
+            where, block = checked_as(shim.component, shim.settings)
+            raise bad_setting(where, f"{block}layers", shim.settings["layers"],
+                              f"the encoder was saved for {value} layers (the weights trained on top of this "
+                              f"encoder are for those), but the config's layers select {current}: put back the "
+                              "layers it was saved with, or train again")
+        super().set_dim(name, value, force=force)
 
 
 ShimT = TypeVar("ShimT", bound=EncoderShim)
