@@ -374,10 +374,16 @@ def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_traine
     del cfg[record]
     srsly.write_json(tmp_path / "tuned" / "ctxembed_bert" / "cfg", cfg)
     kept = spacy.load(tmp_path / "tuned")
-    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '[^']+': this component was "
-                                         r"trained on the outputs of another 'ctxembed_bert': 'ctxembed_bert' was "
-                                         r"loaded from a model folder kept on purpose"):
+    refused = (r"^\[tagger\] ContextualListener upstream = '[^']+': this component was trained on the outputs of "
+               r"another 'ctxembed_bert': 'ctxembed_bert' was loaded from a model folder kept on purpose")
+    with pytest.raises(ValueError, match=refused):
         _tags(kept)
+    # Saved again, the folder has its records, written anew: still not the one the tagger was trained on.
+    kept.to_disk(tmp_path / "resaved")
+    with pytest.raises(ValueError, match=refused):
+        _tags(spacy.load(tmp_path / "resaved"))
+    with pytest.raises(ValueError, match=refused):
+        _tags(spacy.util.load_model_from_config(kept.config).from_bytes(kept.to_bytes()))
     nlp.to_disk(tmp_path / "again")
     assert _tags(spacy.load(tmp_path / "again")) == tags
     _trained(kept, steps=1, frozen=frozen)

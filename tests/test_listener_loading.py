@@ -111,8 +111,7 @@ def test_loaded_pipeline_without_its_upstream_says_so(tiny_bert_dir, tmp_path, h
     nlp, _ = _trained(tiny_bert_dir)
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p", **{how: ["ctxembed_bert"]})
-    # (Named by the component it serves: its bytes keep the name, which no upstream tells it here.)
-    with pytest.raises(ValueError, match=rf"^\[tagger\] {NO_UPSTREAM}" if how == "exclude" else NOT_RUN):
+    with pytest.raises(ValueError, match=NO_UPSTREAM if how == "exclude" else NOT_RUN):
         loaded(TEXT)
     if how == "disable":
         loaded.enable_pipe("ctxembed_bert")

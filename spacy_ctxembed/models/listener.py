@@ -70,10 +70,6 @@ TRAINED_ON = "upstream_layers"
 #: vectors), None once they may move under it in training, and which weights
 #: they are (their lineage).
 TRAINED_WITH = "upstream_record"
-#: The listener attr that records the component it serves, as last linked, for
-#: messages only (spaCy tells a listener nothing of it): saved with its weights,
-#: so that a pipeline loaded without the upstream still names it.
-SERVES = "listening_component"
 #: The fields of those features a head is held to: not the tokenizer's and
 #: config.json's digests, which change with the versions of tokenizers and
 #: transformers (the weights' fingerprint tells another model), nor int8,
@@ -93,8 +89,7 @@ class ContextualListenerNode(SampleDocsModel):
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
-                                 dims={"nL": None, "nO": None},
-                                 attrs={TRAINED_ON: None, TRAINED_WITH: None, SERVES: None})
+                                 dims={"nL": None, "nO": None}, attrs={TRAINED_ON: None, TRAINED_WITH: None})
         self.upstream_name = upstream_name
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
@@ -106,6 +101,8 @@ class ContextualListenerNode(SampleDocsModel):
         # component weakly). By identity: a component sourced into a second
         # pipeline is one object, listed by an upstream of each.
         self._claims: Dict[int, Tuple[str, Any]] = {}
+        # The component this listener serves, as last linked (for messages).
+        self._listening_component: Optional[str] = None
         # Why the last load of its component's weights failed here (`set_dim`), if it did.
         self._load_refused = None
 
@@ -144,8 +141,7 @@ class ContextualListenerNode(SampleDocsModel):
         key = id(component)
         self._claims = {**{k: v for k, v in self._claims.items() if k != key},
                         key: (component.name, weakref.ref(component))}
-        if listening_component:
-            self.attrs[SERVES] = listening_component
+        self._listening_component = listening_component or self._listening_component
 
     def _claimants(self) -> List[Any]:
         """The components alive that claimed this listener under the name they
@@ -800,8 +796,8 @@ def _named(node: ContextualListenerNode) -> str:
     the component it serves)."""
     holders = [name for component in node._upstreams()
                for name, nodes in getattr(component, "listener_map", {}).items() if any(n is node for n in nodes)]
-    if not holders and node.attrs.get(SERVES):  # (an upstream renamed or gone: as last linked)
-        holders = [node.attrs[SERVES]]
+    if not holders and node._listening_component:  # (an upstream renamed or gone: as last linked)
+        holders = [node._listening_component]
     where = f"[{holders[0]}] " if holders else ""
     return f"{where}ContextualListener upstream = {node.upstream_name!r}"
 

@@ -44,6 +44,7 @@ from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, t
 from .load_gate import LoadGate
 from .saved import (
     FEATURES_KEY,
+    KEPT_KEY,
     LAYERS_KEY,
     LINEAGE_KEY,
     MODEL_DIR,
@@ -133,7 +134,8 @@ class ContextualEmbedder(TrainablePipe):
     #: Whether the weights were loaded from a model folder whose cfg records of
     #: the saved model were removed (kept on purpose, so not checked): a head
     #: trained on another lineage's outputs is refused even where the weights'
-    #: fingerprint is the same (`listener._check_trained_upstream`).
+    #: fingerprint is the same (`listener._check_trained_upstream`). Saves keep
+    #: it (`KEPT_KEY`): the records they write would vouch for that folder.
     _unvouched = False
     #: How many times the encoder's weights changed (loads, training steps, swaps);
     #: `encoder_fingerprint`, as (that count, the fingerprint) when taken.
@@ -792,7 +794,8 @@ class ContextualEmbedder(TrainablePipe):
         self._flush_backward(at_update=True)
         self._width_into_combiner()
         serializers: Dict[str, Callable[[Path], Any]] = {
-            "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True, lineage=self._lineage)),
+            "cfg": lambda p: srsly.write_json(p, saved_cfg(self.cfg, self.encoder, probe=True, lineage=self._lineage,
+                                                               kept=self._unvouched)),
             "combiner": lambda p: p.write_bytes(self.combiner.to_bytes()),
         }
         shim = encoder_shim(self.encoder)
@@ -849,12 +852,16 @@ class ContextualEmbedder(TrainablePipe):
         # known (exclude=["cfg"]), as for weights from the config.
         # A folder whose records were removed to keep other weights or options
         # on purpose (as the refusals say) is not the saved model: a new lineage,
-        # so that what listens to it, trained on the saved one, is refused.
+        # so that what listens to it, trained on the saved one, is refused; and
+        # marked (`_unvouched`), as its saves are, which keep that lineage.
         encoder_kept, combiner_kept = MODEL_DIR in exclude, "combiner" in exclude
         mixed = encoder_kept != combiner_kept and bool(self.combiner.param_names)
-        vouched = encoder_kept or shim is None or all(key in recorded for key in vouching_keys(self.encoder))
-        self._model_loaded(None if mixed or not vouched else kept if encoder_kept else recorded.get(LINEAGE_KEY),
-                           vouched=vouched)
+        # (A save without a lineage predates the records: nothing was removed.)
+        removed = not encoder_kept and shim is not None and LINEAGE_KEY in recorded and not all(
+            key in recorded for key in vouching_keys(self.encoder))
+        unvouched = self._unvouched if encoder_kept else removed or bool(recorded.get(KEPT_KEY))
+        self._model_loaded(None if mixed or removed else kept if encoder_kept else recorded.get(LINEAGE_KEY),
+                           vouched=not unvouched)
         return self
 
     def to_bytes(self, *, exclude: Iterable[str] = tuple()) -> bytes:
@@ -862,7 +869,7 @@ class ContextualEmbedder(TrainablePipe):
         `exclude` leaves out "cfg" or "model", as spaCy's own components do."""
         self._flush_backward(at_update=True)
         parts: Dict[str, Callable[[], Any]] = {"cfg": lambda: saved_cfg(self.cfg, self.encoder, probe=False,
-                                                                        lineage=self._lineage),
+                                                                        lineage=self._lineage, kept=self._unvouched),
                                                "model": self.model.to_bytes}
         with self._ready():
             return srsly.msgpack_dumps({key: part() for key, part in parts.items() if key not in exclude})
@@ -904,7 +911,8 @@ class ContextualEmbedder(TrainablePipe):
                 if isinstance(cfg, dict):
                     warn_if_source_edited(self.name, self.encoder, cfg.get(SOURCE_KEY))
                 self._after_loading("bytes")
-        self._model_loaded(cfg.get(LINEAGE_KEY) if isinstance(cfg, dict) else None)
+        self._model_loaded(cfg.get(LINEAGE_KEY) if isinstance(cfg, dict) else None,
+                           vouched=not (isinstance(cfg, dict) and cfg.get(KEPT_KEY)))
         return self
 
     def _from_v1_bytes(self, files: Dict[str, bytes], exclude: Iterable[str]) -> "ContextualEmbedder":

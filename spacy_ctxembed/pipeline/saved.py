@@ -53,9 +53,14 @@ SOURCE_SETTINGS = ("name", "options_file", "weight_file")
 #: The cfg key of the component's weights lineage (`ContextualEmbedder.lineage`):
 #: kept by a save and the load of it (absent in older saves: a new one then).
 LINEAGE_KEY = "weights_lineage"
+#: The cfg key that marks weights loaded from a model folder kept on purpose
+#: (`ContextualEmbedder._unvouched`): kept by saves and loads, since the records
+#: a save writes again would vouch for that folder.
+KEPT_KEY = "weights_kept_on_purpose"
 
 
-def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage: Optional[str]) -> Dict[str, Any]:
+def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage: Optional[str],
+              kept: bool = False) -> Dict[str, Any]:
     """The cfg file: the layout's version, the settings (for reference only: the
     config's are used), the weights' lineage, the encoder layers that the combiner's weights are for,
     the fingerprint of the encoder's weights (`check_saved_weights`), ELMo's
@@ -65,6 +70,8 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage:
     cfg = {"format": FORMAT, **settings, LAYERS_KEY: selected_layers(encoder)}
     if lineage is not None:
         cfg[LINEAGE_KEY] = lineage
+    if kept:
+        cfg[KEPT_KEY] = True
     if encoder.shims:
         cfg[WEIGHTS_KEY] = saved_weights_fingerprint(encoder)
         shim = encoder_shim(encoder)
