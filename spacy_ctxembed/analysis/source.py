@@ -112,7 +112,8 @@ class PipelineSource:
         nlp = load_model_from_config(built, auto_fill=True)
         name = choose_component(nlp, component, self.label, self.component_option)
         # A senter the config builds untrained would set the sentences from random weights.
-        untrained = [n for n in needed_components(nlp, name) if n in untrained_components(nlp, built)]
+        built_untrained = untrained_components(nlp, built)
+        untrained = [n for n in needed_components(nlp, name) if n in built_untrained]
         leave_out_untrained(nlp, untrained, where=f"{self.option} {self.label}", warn=not self._left_out_told,
                             instead=f" with {'--model' if self.option == '--config' else self.option}", stacklevel=2)
         self._left_out_told = self._left_out_told or bool(untrained)

@@ -84,7 +84,8 @@ class ContextualListenerNode(SampleDocsModel):
     (`remember_samples`, `is_sample`) and `_zeros_for_sample`."""
 
     name = LISTENER
-    #: (A class default too: a node pickled before it existed has none of its own.)
+    #: Why the last load of its component's weights failed at this node (`set_dim`),
+    #: if it did. (A class default: a node pickled before it existed has none of its own.)
     _load_refused: Optional[str] = None
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
@@ -103,8 +104,6 @@ class ContextualListenerNode(SampleDocsModel):
         self._claims: Dict[int, Tuple[str, Any]] = {}
         # The component this listener serves, as last linked (for messages).
         self._listening_component: Optional[str] = None
-        # Why the last load of its component's weights failed here (`set_dim`), if it did.
-        self._load_refused = None
 
     def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
         """Only a load sets the dims without `force` (the upstream sizes them
