@@ -291,6 +291,41 @@ def test_v2_tagger_sourced_next_to_another_model_or_pooling_of_the_same_shapes(
     assert _tags(_sourced(tiny_bert_dir, again)) == tags
 
 
+def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_bert_dir, other_bert_dir, tmp_path):
+    """replace_listeners gave a head trained on one upstream a copy of
+    another's embedder, or of other layers, unchecked: the tagger tagged from
+    features it was not trained on, silently, where its listener refused
+    them. The copy now refuses as the listener did, also saved and loaded,
+    until the head trains on it; a copy of what it was trained on runs."""
+    trained_nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True), frozen=True)
+    tags = _tags(trained_nlp)
+    same = _sourced(tiny_bert_dir, pickle.loads(pickle.dumps(trained_nlp)))
+    same.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    assert _tags(same) == tags
+    copied = r"\. \(The copy that nlp\.replace_listeners made of 'ctxembed_bert' for this component is refused"
+    other = _sourced(other_bert_dir, pickle.loads(pickle.dumps(trained_nlp)))
+    other.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': this component "
+                                         rf"was trained on the outputs of another 'ctxembed_bert' .*{copied}"):
+        other(TEXT)
+    other.to_disk(tmp_path / "other")
+    loaded = spacy.load(tmp_path / "other")
+    with pytest.raises(ValueError, match=copied):
+        loaded(TEXT)
+    loaded.initialize(lambda: _examples(loaded))  # (the component starts afresh: no record to hold it to)
+    assert len(_tags(loaded)) == len(WORDS)
+    assert len(_tags(_trained(other, steps=1))) == len(WORDS)  # trained on its copy now
+    other.to_disk(tmp_path / "trained")
+    assert _tags(spacy.load(tmp_path / "trained")) == _tags(other)
+    swapped = spacy.blank("en")
+    swapped.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[2, 1], combine="concat"))
+    swapped.add_pipe("tagger", source=pickle.loads(pickle.dumps(trained_nlp)))
+    swapped.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    with pytest.raises(ValueError, match=r"its weights were trained on layers \[1, 2\], and its upstream "
+                                         rf"'ctxembed_bert' now gives layers \[2, 1\]\..*{copied}"):
+        swapped(TEXT)
+
+
 @pytest.mark.parametrize("mix_layers", [True, False])
 def test_a_head_on_the_layers_is_not_held_to_its_upstreams_combiner(tiny_bert_dir, mix_layers):
     """A head that mixes the layers itself never reads the upstream's combiner:

@@ -17,9 +17,26 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"all": ("cnn", "bert", "elmo"), "all-finetune": ("bert-ft", "st")}
 
 
+@pytest.fixture(scope="module")
+def small_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A random 2-layer, 32-wide BERT with the MiniLM tokenizer and 512
+    positions (the st arm's 128-token windows need more than the conftest's
+    tiny BERT's 64): the BERT arms' plumbing at a fraction of MiniLM's time.
+    (The README's set-up command runs the embedded MiniLM itself.)"""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("small-bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+              ).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "wnut17").is_dir(), reason="needs ../shared/data")
-def test_workflow_smoke_run(tmp_path):
+def test_workflow_smoke_run(tmp_path, small_bert_dir):
     """Both workflows on tiny data: every arm trains, is evaluated, and reaches the comparison."""
     for item in ("project.yml", "configs", "scripts"):
         source = ROOT / item
@@ -30,7 +47,8 @@ def test_workflow_smoke_run(tmp_path):
             [sys.executable, "-m", "weasel", "run", workflow, str(tmp_path),
              "--vars.data_dir", str(SHARED_DATA), "--vars.n_sentences", "40", "--vars.max_steps", "10",
              "--vars.eval_frequency", "5", "--vars.ft_max_steps", "4", "--vars.ft_eval_frequency", "2",
-             "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights)],
+             "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights),
+             "--vars.bert_model", str(small_bert_dir)],
             cwd=tmp_path, capture_output=True, text=True,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

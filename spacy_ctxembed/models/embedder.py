@@ -86,12 +86,11 @@ def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
 
 def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:
     """What replaces `listener` in `nlp.replace_listeners`: a copy of what it
-    listens to, whose encoder keeps the component's `encoder_lr_scale`."""
-    from .listener import replacement
+    listens to, whose encoder keeps the component's `encoder_lr_scale`
+    (`listener.listener_copy`)."""
+    from .listener import listener_copy
 
-    return replacement(model, grad_factor=getattr(listener, "grad_factor", 1.0),
-                       encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
-                       mix_layers=getattr(listener, "mix_layers", True))
+    return listener_copy(model, listener, component)
 
 
 def replace_listener_cfg(

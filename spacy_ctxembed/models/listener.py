@@ -63,6 +63,8 @@ LISTENER = "ctxembed-listener"
 #: for: the same number of other layers fits the weights' shapes, but not what
 #: they were trained on.
 TRAINED_ON = "upstream_layers"
+# A replace_listeners copy's refusal (listener_copy), saved with it.
+COPY_REFUSED = "refused_until_trained"
 #: The listener attr that records what else its head was trained on
 #: (`upstream_record`): what shapes the upstream's outputs besides its layers
 #: (`ContextualEmbedder.listener_features`), a fingerprint of the weights the
@@ -464,6 +466,35 @@ def _check_copy(architecture: str, embedder: EmbedderModel) -> None:
     check_combiner_layers(architecture, embedder)
 
 
+def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> Model:
+    """What replaces `listener` in `nlp.replace_listeners`: a copy of what it
+    listens to (`embedder`, a copy of `component`'s model). The listener's
+    per-batch checks of its head's record against its upstream go with it,
+    so they run here, once: a head trained on another upstream's features
+    would take the copy's silently. The copy then refuses to predict, as the
+    listener would, until the head trains on it (or starts afresh).
+
+    A component not loaded yet (`nlp.add_pipe` then `nlp(text)` loads it on
+    first use) loads now, and is copied again: a copy of it before would
+    have no weights."""
+    if component is not None and getattr(component, "lineage", "") is None:
+        component.ensure_loaded()
+        embedder = component.model.copy()
+    copy = replacement(embedder, grad_factor=getattr(listener, "grad_factor", 1.0),
+                       encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
+                       mix_layers=getattr(listener, "mix_layers", True))
+    node = listener if isinstance(listener, ContextualListenerNode) else None
+    if node is not None and component is not None:
+        try:
+            _check_trained_layers(node, component)
+            _check_trained_upstream(node, component, is_train=False)
+        except ValueError as err:
+            copy.attrs[COPY_REFUSED] = (
+                f"{err}. (The copy that nlp.replace_listeners made of {_upstream_named(node)!r} for this "
+                "component is refused as its listener was, until the component trains on it.)")
+    return copy
+
+
 def replacement(embedder: EmbedderModel, *, grad_factor: float, encoder_lr_scale: float, mix_layers: bool) -> Model:
     """What stands in for a listener: what it listened to (the embedder's
     encoder, or for a listener of the vectors the whole embedder), trained as
@@ -518,7 +549,7 @@ def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Mode
     whose config was edited (say to `grad_factor = 0`) runs as edited.
     """
     return Model("ctxembed-grad-factor", _scaled_forward, init=_scaled_init, layers=[layer],
-                 attrs={"grad_factor": FromConfig(factor), "frozen": FromConfig(frozen)})
+                 attrs={"grad_factor": FromConfig(factor), "frozen": FromConfig(frozen), COPY_REFUSED: None})
 
 
 def _setting(model: Model, name: str, default: Any) -> Any:
@@ -526,6 +557,11 @@ def _setting(model: Model, name: str, default: Any) -> Any:
 
 
 def _scaled_forward(model: Model, X, is_train: bool):
+    refusal = model.attrs.get(COPY_REFUSED)
+    if refusal:
+        if not is_train:
+            raise ValueError(refusal)
+        model.attrs[COPY_REFUSED] = None  # (its head trains on the copy now)
     factor = _setting(model, "grad_factor", 1.0)
     if _setting(model, "frozen", False):
         Y = model.layers[0].predict(X)
@@ -560,6 +596,7 @@ def _nothing_back(dY) -> list:
 
 
 def _scaled_init(model: Model, X=None, Y=None) -> None:
+    model.attrs[COPY_REFUSED] = None  # (the head starts afresh with it)
     model.layers[0].initialize(X=X)
 
 
@@ -646,9 +683,13 @@ def _check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Mo
         if trained != width:
             what = "layers" if node.mix_layers else "vectors"
             raise ValueError(_trained_on_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
-    # As many layers of the same width, but others ([1, 2] for [2, 1]): the
-    # shapes fit, the features are not what the weights were trained on.
-    # (Heads saved before the layers were recorded say nothing.)
+    _check_trained_layers(node, upstream)
+
+
+def _check_trained_layers(node: ContextualListenerNode, upstream: Any) -> None:
+    """As many layers of the same width, but others ([1, 2] for [2, 1]): the
+    shapes fit, the features are not what the weights were trained on.
+    (Heads saved before the layers were recorded say nothing.)"""
     trained_on, now = node.attrs.get(TRAINED_ON), None if upstream is None else selected_layers(upstream.encoder)
     if trained_on is not None and now is not None and list(trained_on) != list(now):
         raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
