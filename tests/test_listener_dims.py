@@ -317,6 +317,14 @@ def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_b
     assert len(_tags(_trained(other, steps=1))) == len(WORDS)  # trained on its copy now
     other.to_disk(tmp_path / "trained")
     assert _tags(spacy.load(tmp_path / "trained")) == _tags(other)
+    # An update that fails before the head's gradient comes back trains nothing:
+    # neither the copy's refusal nor the listener's is lifted.
+    bad = [Example.from_dict(other.make_doc(TEXT), {"words": WORDS, "tags": ["X"] * len(WORDS)})]
+    for nlp in (spacy.load(tmp_path / "other"), _sourced(other_bert_dir, pickle.loads(pickle.dumps(trained_nlp)))):
+        with pytest.raises((KeyError, ValueError), match="X"):
+            nlp.update(bad)
+        with pytest.raises(ValueError, match="this component was trained on the outputs of another"):
+            nlp(TEXT)
     swapped = spacy.blank("en")
     swapped.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[2, 1], combine="concat"))
     swapped.add_pipe("tagger", source=pickle.loads(pickle.dumps(trained_nlp)))
@@ -324,6 +332,12 @@ def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_b
     with pytest.raises(ValueError, match=r"its weights were trained on layers \[1, 2\], and its upstream "
                                          rf"'ctxembed_bert' now gives layers \[2, 1\]\..*{copied}"):
         swapped(TEXT)
+    # An upstream whose load was refused holds parts of two models: no copy of it.
+    half = pickle.loads(pickle.dumps(trained_nlp))
+    with pytest.raises(SettingError, match="saved for layers"):
+        half.get_pipe("ctxembed_bert").from_bytes(swapped.get_pipe("ctxembed_bert").to_bytes())
+    with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] model = .*: loading it was refused"):
+        half.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
 
 
 @pytest.mark.parametrize("mix_layers", [True, False])

@@ -474,10 +474,12 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
     would take the copy's silently. The copy then refuses to predict, as the
     listener would, until the head trains on it (or starts afresh).
 
-    A component not loaded yet (`nlp.add_pipe` then `nlp(text)` loads it on
-    first use) loads now, and is copied again: a copy of it before would
-    have no weights."""
-    if component is not None and getattr(component, "lineage", "") is None:
+    An upstream whose encoder holds weights and has not loaded them
+    (`nlp.add_pipe` then `nlp(text)` loads on first use) loads now, and is
+    copied again: spaCy's copy would have none. One whose load was refused
+    refuses here: it holds parts of two models. (A `ctxembed_from_trf`
+    encoder holds none: it pools the transformer's outputs.)"""
+    if component is not None and not getattr(component, "loaded", True) and encoder_shim(embedder) is not None:
         component.ensure_loaded()
         embedder = component.model.copy()
     copy = replacement(embedder, grad_factor=getattr(listener, "grad_factor", 1.0),
@@ -487,7 +489,7 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
     if node is not None and component is not None:
         try:
             _check_trained_layers(node, component)
-            _check_trained_upstream(node, component, is_train=False)
+            _check_trained_upstream(node, component)
         except ValueError as err:
             copy.attrs[COPY_REFUSED] = (
                 f"{err}. (The copy that nlp.replace_listeners made of {_upstream_named(node)!r} for this "
@@ -557,27 +559,35 @@ def _setting(model: Model, name: str, default: Any) -> Any:
 
 
 def _scaled_forward(model: Model, X, is_train: bool):
-    refusal = model.attrs.get(COPY_REFUSED)
-    if refusal:
-        if not is_train:
-            raise ValueError(refusal)
-        model.attrs[COPY_REFUSED] = None  # (its head trains on the copy now)
+    if model.attrs.get(COPY_REFUSED) and not is_train:
+        raise ValueError(model.attrs[COPY_REFUSED])
     factor = _setting(model, "grad_factor", 1.0)
     if _setting(model, "frozen", False):
         Y = model.layers[0].predict(X)
         _refuse_non_finite(model, X, Y, is_train)
-        return Y, _nothing_back
+        return Y, _lifting(model, None)
     Y, backprop = model.layers[0](X, is_train)
     _refuse_non_finite(model, X, Y, is_train)
     if factor == 0:
         # (v2: run in training mode, as released.) No backward pass: a zero
         # gradient would still let an optimizer with weight decay move the weights.
-        return Y, _nothing_back
+        return Y, _lifting(model, None)
+    return Y, _lifting(model, backprop, factor)
 
-    def scaled(dY):
+
+def _lifting(model: Model, backprop: Optional[Callable], factor: float = 1.0) -> Callable:
+    """The backward pass, scaled by `factor` (None: nothing sent back), that
+    lifts a copy's refusal (`listener_copy`): the head's gradient reaching
+    the copy is the head training on it. (A training forward alone is not:
+    an update may fail before it.)"""
+
+    def backward(dY):
+        model.attrs[COPY_REFUSED] = None
+        if backprop is None:
+            return []
         return backprop([d * factor for d in dY] if factor != 1.0 else dY)
 
-    return Y, scaled
+    return backward
 
 
 def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any], is_train: bool) -> None:
@@ -589,10 +599,6 @@ def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any], is_train: bo
     refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), model,
                       encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]",
                       training=is_train)
-
-
-def _nothing_back(dY) -> list:
-    return []
 
 
 def _scaled_init(model: Model, X=None, Y=None) -> None:
@@ -609,14 +615,29 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
     parts = _listener_parts(model)
+    recorded: Optional[Tuple[ContextualListenerNode, Any]] = None
     if parts is not None:
         node = parts[0]
         node.ensure_dims()  # (a frozen upstream may not have loaded yet)
         upstream = node.upstream(docs)  # (found once a batch, for both checks)
         _check_trained_dims(parts, upstream)
-        _check_trained_upstream(node, upstream, is_train)
+        if not is_train:
+            _check_trained_upstream(node, upstream)
+        elif upstream is not None:
+            recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
     _check_saved_combiners(model)
-    return model.layers[0](docs, is_train)
+    Y, backprop = model.layers[0](docs, is_train)
+    if recorded is None:
+        return Y, backprop
+
+    def backward(dY):
+        # In training the head learns what its upstream makes now, and records
+        # it once its gradient comes back (an update may fail before that).
+        node, record = recorded
+        node.attrs[TRAINED_WITH] = record
+        return backprop(dY)
+
+    return Y, backward
 
 
 def _check_saved_combiners(head: Model) -> None:
@@ -695,7 +716,7 @@ def _check_trained_layers(node: ContextualListenerNode, upstream: Any) -> None:
         raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
 
 
-def _check_trained_upstream(node: ContextualListenerNode, component: Any, is_train: bool) -> None:
+def _check_trained_upstream(node: ContextualListenerNode, component: Any) -> None:
     """A listener's head that would predict on what another upstream makes than
     it was trained on says so: another pooling or model kind (ELMo's
     options), another combiner under a head on the vectors, or other
@@ -706,14 +727,11 @@ def _check_trained_upstream(node: ContextualListenerNode, component: Any, is_tra
     lineage, as they are now (its upstream, also saved and loaded, or
     pickled); weights it trained on as they were (frozen) must be those
     weights, in any upstream (one made again from the same model is the
-    same). In training the head learns what the upstream makes now, and
-    records it. (Heads saved before the record was kept say nothing.)
+    same). (Heads saved before the record was kept say nothing.) In
+    training the head learns what the upstream makes now: see `_delegate`.
     `component`: the upstream it reads now (`ContextualListenerNode.upstream`)."""
     record = node.attrs.get(TRAINED_WITH)
     if component is None:
-        return
-    if is_train:
-        node.attrs[TRAINED_WITH] = _recorded_in_training(node, record, component)
         return
     features = component.listener_features()
     if not isinstance(record, dict) or features is None:

@@ -462,6 +462,11 @@ class ContextualEmbedder(TrainablePipe):
         return self._signature
 
     @property
+    def loaded(self) -> bool:
+        """Whether the weights are loaded: False before the first use, and after a refused load."""
+        return self._loaded
+
+    @property
     def lineage(self) -> Optional[str]:
         """Which weights these are (`_lineage`); None before they are loaded."""
         return self._lineage
