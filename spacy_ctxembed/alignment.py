@@ -87,6 +87,30 @@ def text_length(doc: Doc) -> int:
     return 0 if len(doc) == 0 else doc[-1].idx + len(doc[-1].text_with_ws)
 
 
+# The code points str.isspace() accepts: all lie below U+3001 (U+3000 is the last).
+_WHITESPACE = numpy.array([c for c in range(0x3001) if chr(c).isspace()], dtype=numpy.uint32)
+
+
+def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, token_starts: ArrayLike,
+                     token_ends: ArrayLike) -> numpy.ndarray:
+    """Boolean mask over tokens [token_starts, token_ends): True where a
+    character of the token other than whitespace lies under none of the
+    spans [span_starts, span_ends) (which may reach past the text). A
+    token's overlap with the spans says nothing of the rest of it: "New
+    York yesterday", merged across a doc embedded up to "New", overlaps
+    "New" alone. (Whitespace lies between spans: it is in no token's span.)"""
+    n_chars = len(text)
+    starts = numpy.clip(numpy.asarray(span_starts, dtype=numpy.int64), 0, n_chars)
+    ends = numpy.clip(numpy.asarray(span_ends, dtype=numpy.int64), 0, n_chars)
+    depth = numpy.zeros(n_chars + 1, dtype=numpy.int64)  # spans open at each character
+    numpy.add.at(depth, starts, 1)
+    numpy.add.at(depth, ends, -1)
+    codes = numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    bare = (numpy.cumsum(depth[:n_chars]) == 0) & ~numpy.isin(codes, _WHITESPACE)
+    before = numpy.concatenate(([0], numpy.cumsum(bare)))  # bare characters before each offset
+    return before[numpy.asarray(token_ends, dtype=numpy.int64)] > before[numpy.asarray(token_starts, dtype=numpy.int64)]
+
+
 def align_pieces(
     piece_starts: ArrayLike,
     piece_ends: ArrayLike,

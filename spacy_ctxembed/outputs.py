@@ -62,7 +62,7 @@ from spacy.strings import StringStore, get_string_id
 from spacy.tokens import Doc, Span, Token, _retokenize
 from thinc.api import get_array_module
 
-from .alignment import align_pieces, text_length, token_char_spans
+from .alignment import align_pieces, partly_uncovered, text_length, token_char_spans
 from .forksafe import ProcessLocal
 
 STORE = "ctxembed"
@@ -909,13 +909,15 @@ def _clash_error(name: str, clash: str) -> MissingOutputs:
 def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
     what = f"[{name}] no {name!r} output covers" if name else "no ctxembed output covers"
     return MissingOutputs(
-        f"{what} {where}: they would read as having no vector. They come from a doc whose outputs were "
+        f"{what} {where}, or only part of their text: they would read as having no vector, or one of part of "
+        "their text. That text comes from a doc whose outputs were "
         "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
         "span.as_doc(copy_user_data=True)), or that did not go through this component, or whose outputs "
         "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner), or whose token offsets did not match its "
         "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx), "
         "or, in a doc joined with Doc.from_docs, a token split at the edge of a cut (span.as_doc(copy_user_data="
-        "True) after a retokenizer split) that is not at the joined doc's own edge; "
+        "True) after a retokenizer split) that is not at the joined doc's own edge (a merge across such text "
+        "and text with outputs leaves part of the merged token uncovered); "
         "run the component on this doc, or join docs that all have its outputs"
     )
 
@@ -940,7 +942,8 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
 def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc, off_doc: int
                   ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
     """One component's rows for `doc`'s tokens, with character spans [starts, ends),
-    and the mask of the tokens no stored token of it overlaps (None: none).
+    and the mask of the tokens no stored token of it overlaps, or overlaps
+    only in part (None: none).
 
     A token that overlaps stored tokens without a vector (whitespace) has no
     vector; one that overlaps none has no output at all: its characters were
@@ -964,6 +967,10 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
     here = _placed_here(parts, old_starts, old_ends, starts, ends, doc, covered, off_doc)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
     alignment = alignment.kept(here[alignment.piece_index])
+    # A token whose characters were embedded only in part takes no row (a zero
+    # one, missing): the rest of it never was.
+    partly = partly_uncovered(doc.text, old_starts[here], old_ends[here], starts, ends)
+    alignment = alignment.kept(~partly[alignment.token_index])
     uncovered = ~alignment.covered_tokens()
     keep = covered[alignment.piece_index]
     tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]

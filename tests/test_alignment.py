@@ -3,7 +3,7 @@ import spacy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spacy_ctxembed.alignment import PieceAlignment, align_pieces, token_char_spans
+from spacy_ctxembed.alignment import PieceAlignment, align_pieces, partly_uncovered, token_char_spans
 
 from .reference import token_pieces
 
@@ -93,3 +93,20 @@ def test_cut_points_equal_a_brute_force_reading_of_the_rule(tokens, trailing):
                                    for t in range(len(tokens))))
                 for cut in range(n_pieces)]
     assert list(alignment.piece_may_start_segment()) == expected
+
+
+def test_partly_uncovered_against_a_character_loop():
+    """Against a plain loop over characters: a token is partly uncovered where
+    one of its characters, not whitespace, lies under no span."""
+    rng = numpy.random.default_rng(0)
+    alphabet = list("ab ç\t\u3000\u00a0\u200b日")
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 30))))
+        n = len(text)
+        spans = sorted(tuple(sorted(rng.integers(-3, n + 4, size=2))) for _ in range(int(rng.integers(0, 5))))
+        tokens = [tuple(sorted(rng.integers(0, n + 1, size=2))) for _ in range(int(rng.integers(1, 6)))]
+        expected = [any(not text[c].isspace() and not any(s <= c < e for s, e in spans) for c in range(a, b))
+                    for a, b in tokens]
+        got = partly_uncovered(text, [s for s, _ in spans], [e for _, e in spans],
+                               [a for a, _ in tokens], [b for _, b in tokens])
+        assert got.tolist() == expected, (text, spans, tokens)

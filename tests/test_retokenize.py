@@ -384,3 +384,30 @@ def test_restore_vectors_on_a_doc_without_outputs_is_an_error():
     doc = spacy.blank("en")("nothing here")
     with pytest.raises(MissingOutputs, match="no ctxembed outputs"):
         restore_vectors(doc)
+
+
+def test_a_token_embedded_only_in_part_takes_no_row(tiny_bert_dir):
+    """A token that overlaps stored tokens took their mean, whatever else it
+    held: "New York yesterday", merged across a doc embedded up to "New" and
+    one never embedded, read as "New"; "homework", in a doc given the user
+    data of "I ran home", as "home". Text no output covers is missing, in
+    part of a token too; whitespace is no text to embed."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, set_doc_tensor=False))
+    joined = Doc.from_docs([nlp("I visited New"), nlp.make_doc("York yesterday")], ensure_whitespace=True)
+    with pytest.raises(MissingOutputs, match=r"covers 2 of its 5 tokens \(from token 3: 'York yesterday'\)"):
+        restore_vectors(joined)
+    with joined.retokenize() as retokenizer:
+        retokenizer.merge(joined[2:5])
+    with pytest.raises(MissingOutputs, match=r"covers 1 of its 3 tokens \(from token 2: 'New York yesterday'\), or "
+                                             r"only part of their text"):
+        restore_vectors(joined)
+    edited = Doc(nlp.vocab, words=["I", "ran", "homework"])
+    edited.user_data = dict(nlp("I ran home").user_data)
+    with pytest.raises(MissingOutputs, match=r"from token 2: 'homework'"):
+        restore_vectors(edited)
+    doc = nlp("I visited New  York yesterday")  # (two spaces: a whitespace token inside the merge)
+    expected = doc._.ctx_vectors[[2, 4]].astype("float64").mean(axis=0)
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[2:5])
+    numpy.testing.assert_allclose(doc[2].vector, expected, rtol=1e-6, atol=1e-7)
