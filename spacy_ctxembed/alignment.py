@@ -98,7 +98,9 @@ def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, to
     spans [span_starts, span_ends) (which may reach past the text). A
     token's overlap with the spans says nothing of the rest of it: "New
     York yesterday", merged across a doc embedded up to "New", overlaps
-    "New" alone. (Whitespace lies between spans: it is in no token's span.)"""
+    "New" alone. (Whitespace lies between spans: it is in no token's span.)
+    Tokens may reach past the text too: spaCy's `Doc.from_array` with SPACY
+    changes the text but not `token.idx` (an edit not followed: see the README)."""
     n_chars = len(text)
     starts = numpy.clip(numpy.asarray(span_starts, dtype=numpy.int64), 0, n_chars)
     ends = numpy.clip(numpy.asarray(span_ends, dtype=numpy.int64), 0, n_chars)
@@ -108,7 +110,8 @@ def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, to
     codes = numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4")
     bare = (numpy.cumsum(depth[:n_chars]) == 0) & ~numpy.isin(codes, _WHITESPACE)
     before = numpy.concatenate(([0], numpy.cumsum(bare)))  # bare characters before each offset
-    return before[numpy.asarray(token_ends, dtype=numpy.int64)] > before[numpy.asarray(token_starts, dtype=numpy.int64)]
+    token_starts = numpy.clip(numpy.asarray(token_starts, dtype=numpy.int64), 0, n_chars)
+    return before[numpy.clip(numpy.asarray(token_ends, dtype=numpy.int64), 0, n_chars)] > before[token_starts]
 
 
 def align_pieces(

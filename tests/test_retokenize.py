@@ -10,6 +10,7 @@ import pickle
 import numpy
 import pytest
 import spacy
+from spacy.attrs import SPACY
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
@@ -406,6 +407,13 @@ def test_a_token_embedded_only_in_part_takes_no_row(tiny_bert_dir):
     edited.user_data = dict(nlp("I ran home").user_data)
     with pytest.raises(MissingOutputs, match=r"from token 2: 'homework'"):
         restore_vectors(edited)
+    # Spaces removed by spaCy's Doc.from_array (token.idx unmoved: tokens past the text), then a merge.
+    squeezed = nlp("New York is big")
+    squeezed.from_array([SPACY], numpy.zeros((len(squeezed), 1), dtype="uint64"))
+    with squeezed.retokenize() as retokenizer:
+        retokenizer.merge(squeezed[0:2])
+    with pytest.raises(MissingOutputs, match=r"from token 0: 'NewYork'"):
+        restore_vectors(squeezed)
     doc = nlp("I visited New  York yesterday")  # (two spaces: a whitespace token inside the merge)
     expected = doc._.ctx_vectors[[2, 4]].astype("float64").mean(axis=0)
     with doc.retokenize() as retokenizer:
