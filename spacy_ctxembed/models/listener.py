@@ -63,7 +63,8 @@ LISTENER = "ctxembed-listener"
 #: for: the same number of other layers fits the weights' shapes, but not what
 #: they were trained on.
 TRAINED_ON = "upstream_layers"
-# A replace_listeners copy's refusal (listener_copy), saved with it.
+#: The attr of a replace_listeners copy that holds why it refuses to predict
+#: (`listener_copy`; None: it does not), saved with it.
 COPY_REFUSED = "refused_until_trained"
 #: The listener attr that records what else its head was trained on
 #: (`upstream_record`): what shapes the upstream's outputs besides its layers
