@@ -180,10 +180,12 @@ def write_outputs(
             placed = _source_placements(doc, most=1)
             tensor_from = _tensor_source(doc, placed) if placed else None
     outputs = dict(old["outputs"]) if old is not None else {}
+    current = old.get("primary") if old is not None else None
+    if not primary and current == name:
+        _check_not_replacing_primary(name, outputs[name].get("signature"), signature)
     outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
                      "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": _read_only(vectors),
                      "layers": _read_only(layers), "signature": signature}
-    current = old.get("primary") if old is not None else None
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
         tensor_from = name
     # A new dict, never an update in place: spaCy's as_doc and from_docs copy
@@ -210,6 +212,22 @@ def write_outputs(
         source = _Source(doc, store, numpy.ascontiguousarray(tokens[:, 2:]))
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
+
+
+def _check_not_replacing_primary(name: str, stored: Optional[str], signature: Optional[str]) -> None:
+    """A component with `primary = false` that writes under the name of the
+    doc's primary output (two pipelines whose components share a name, the
+    doc through both) would replace the vectors that `token.vector`,
+    `doc.tensor` and similarity read with its own, while they went on
+    reading as the primary ones. Refused where another model made them;
+    the same model's vectors are the same."""
+    if stored and signature and not _signatures_agree([stored, signature]):
+        raise ValueError(
+            f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
+            f"name {name!r} and were made by another model ({_signature_difference(stored, signature)}): "
+            "token.vector, doc.tensor and .similarity() read them. Give one of the two components another name "
+            "(nlp.add_pipe(..., name=...)), or set primary = true on this one to make its vectors the doc's"
+        )
 
 
 def _read_only(array):

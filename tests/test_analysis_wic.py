@@ -251,6 +251,31 @@ def test_recommendation_reports_evaluation_accuracy():
     # chosen on the training pairs, scored on the evaluation pairs, where layer 1 is noise
     t, _ = brute_threshold(WicGrams.from_targets(train).layer_cosines()[:, 1], y_train)
     assert chosen["accuracy"] == pytest.approx(accuracy(WicGrams.from_targets(held).layer_cosines()[:, 1], y_eval, t))
+    assert chosen["beats_eval_baseline"] is (chosen["accuracy"] > 0.5)  # (the evaluation pairs: T and F as common)
+    assert "whose majority-class baseline is 0.500 (T and F as common)" in chosen["note"]
+
+
+def test_a_held_out_accuracy_is_read_against_the_evaluation_pairs_baseline():
+    """Balanced training pairs, evaluation pairs 10 in 11 F on which the
+    chosen layer is noise: the note read the held-out accuracy next to the
+    training pairs' baseline (0.5) and called the layers the best, while
+    answering F for every evaluation pair scored more."""
+    rng = np.random.default_rng(8)
+    train, y_train = _constructed_targets(40, 3, 8, good_layer=1, rng=rng)
+    held, labels = _constructed_targets(40, 3, 8, good_layer=0, rng=rng)
+    keep = np.flatnonzero(~labels).tolist() + np.flatnonzero(labels)[:2].tolist()  # 20 F, 2 T
+    pairs = np.concatenate([held[:40][keep], held[40:][keep]])
+    y_eval = labels[keep]
+    chosen = recommend({"mean": WicGrams.from_targets(train)}, y_train, [0, 1, 2], n_folds=2, seed=0,
+                       evaluation={"mean": WicGrams.from_targets(pairs)}, y_eval=y_eval)
+    t, _ = brute_threshold(WicGrams.from_targets(train).layer_cosines()[:, 1], y_train)
+    held_out = accuracy(WicGrams.from_targets(pairs).layer_cosines()[:, 1], y_eval, t)
+    majority = 20 / 22
+    assert chosen["layers"] == [1] and chosen["accuracy"] == pytest.approx(held_out) and held_out <= majority
+    assert chosen["beats_baseline"] and chosen["beats_eval_baseline"] is False
+    assert chosen["note"].startswith("NO better than the majority class on the --wic-eval pairs")
+    assert (f"held-out accuracy {held_out:.3f} on the --wic-eval pairs, whose majority-class baseline is "
+            f"{majority:.3f} (always F); cross-validated accuracy 1.000") in chosen["note"]
 
 
 def test_config_snippet_is_a_config():
@@ -499,9 +524,11 @@ def test_scalar_mix_cross_validation_matches_independent_loop():
 
 
 def _without_accuracy(value):
-    """`value` with every "accuracy" (the only thing the evaluation labels may change) left out."""
+    """`value` with every "accuracy" (the only thing the evaluation labels may change), and what says
+    how it compares with their baseline, left out."""
     if isinstance(value, dict):
-        return {k: _without_accuracy(v) for k, v in value.items() if k not in ("accuracy", "note")}
+        return {k: _without_accuracy(v) for k, v in value.items()
+                if k not in ("accuracy", "note", "beats_eval_baseline")}
     if isinstance(value, list):
         return [_without_accuracy(v) for v in value]
     return value

@@ -444,9 +444,60 @@ def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_traine
 def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(tiny_bert_dir):
     nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True)
     nlp.rename_pipe("ctxembed_bert", "emb")
-    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': doc has no "
-                                         r"layers from upstream 'ctxembed_bert', but has outputs of 'emb'"):
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': the component "
+                                         r"it was linked to as 'ctxembed_bert' is named 'emb' now"):
         nlp(TEXT)
+    # Another component of the old name, linked to it, is its upstream now (and held to its record).
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"),
+                 before="tagger")
+    assert len(_tags(nlp)) == len(WORDS)
+
+
+def _two_upstreams(tiny_bert_dir, other_bert_dir):
+    """Embedders "A" (the tiny BERT) and "B" (other weights, primary = false), and a tagger listening to each."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="A", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("ctxembed_bert", name="B", config=ctx_config(name=other_bert_dir, layers=[1, 2], primary=False))
+    nlp.add_pipe("tagger", name="tA", config=_tagger_config(upstream="A"))
+    nlp.add_pipe("tagger", name="tB", config=_tagger_config(upstream="B"))
+    nlp.initialize(lambda: _examples(nlp))
+    return nlp
+
+
+def test_a_listener_whose_upstream_another_pipeline_renamed_reads_no_other_outputs(tiny_bert_dir, other_bert_dir):
+    """spaCy renames a component that another pipeline takes in under another
+    name: one object in both, renamed in both, and it stores its outputs under
+    its new name. Two embedders taken in under each other's names left each
+    head of the pipeline they came from reading the other one's features
+    (the shapes fit), with no error; pickled (`n_process`), as well."""
+    src = _two_upstreams(tiny_bert_dir, other_bert_dir)
+    before = {name: src.get_pipe(name).model.predict([src(TEXT)])[0] for name in ("tA", "tB")}
+    new = spacy.blank("en", vocab=src.vocab)
+    new.add_pipe("B", source=src, name="A")
+    new.add_pipe("A", source=src, name="B")
+    assert [pipe.name for _, pipe in src.pipeline][:2] == ["B", "A"]
+    refused = r"^\[tA\] ContextualListener upstream = 'A': the component it was linked to as 'A' is named 'B' now"
+    for pipeline in (src, pickle.loads(pickle.dumps(src))):
+        with pytest.raises(ValueError, match=refused):
+            pipeline(TEXT)
+    for name in ("tA", "tB"):  # (what each head read: the other embedder's outputs, now refused)
+        with pytest.raises(ValueError, match=r"is named '[AB]' now"):
+            src.get_pipe(name).model.predict([src.make_doc(TEXT)])
+    # The pipeline saved, as it is, loads with its components named as their slots, and predicts as before.
+    loaded = spacy.util.load_model_from_config(src.config).from_bytes(src.to_bytes())
+    doc = loaded(TEXT)
+    for name in ("tA", "tB"):
+        numpy.testing.assert_allclose(loaded.get_pipe(name).model.predict([doc])[0], before[name], atol=1e-6)
+
+
+def test_a_disabled_upstream_is_not_taken_for_a_renamed_one(tiny_bert_dir, other_bert_dir):
+    """Another embedder's outputs on the doc made the error say that the upstream was renamed."""
+    nlp = _two_upstreams(tiny_bert_dir, other_bert_dir)
+    with nlp.select_pipes(disable=["A"]):
+        with pytest.raises(ValueError, match=r"^\[tA\] ContextualListener upstream = 'A': doc has no layers from "
+                                             r"upstream 'A', which did not run on it: it is disabled"):
+            nlp(TEXT)
 
 
 def test_the_record_is_not_held_to_what_changes_with_library_versions(tiny_bert_dir):

@@ -236,6 +236,28 @@ def test_a_non_primary_component_keeps_the_hooks_set_after_the_primary_one(vocab
     assert cut.user_hooks["similarity"] is _always_42
 
 
+def test_a_non_primary_component_of_the_primary_outputs_name_never_replaces_them(vocab, tiny_bert_dir, last_layer,
+                                                                                  first_layer):
+    """A doc through two pipelines whose components share a name, the second
+    one's not primary: its vectors replaced the primary ones under that
+    name, and token.vector read them while doc.tensor kept the first's."""
+    doc = last_layer(TEXT)
+    before = numpy.array([token.vector for token in doc])
+    other = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    with pytest.raises(ValueError, match=r"^\[emb\] \(primary = false\) would replace the doc's primary vectors, "
+                                         r"which are stored under the same name 'emb' and were made by another model "
+                                         r"\(layers \[2\] vs \[1\]\)"):
+        other(doc)
+    numpy.testing.assert_array_equal([token.vector for token in doc], before)
+    numpy.testing.assert_array_equal(doc.tensor, before)
+    # The same model's are the same vectors; as primary, the other model's are the doc's.
+    same = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2], primary=False)))
+    numpy.testing.assert_array_equal([token.vector for token in same(doc)], before)
+    doc = first_layer(doc)
+    numpy.testing.assert_array_equal([token.vector for token in doc], first_layer(TEXT).tensor)
+    numpy.testing.assert_array_equal(doc.tensor, first_layer(TEXT).tensor)
+
+
 def test_cuts_of_a_joined_doc_read_its_own_vectors(last_layer):
     """`span.as_doc()` of a doc joined with `Doc.from_docs`, across the join or
     inside one part, with or without its user data: its tokens' vectors as the

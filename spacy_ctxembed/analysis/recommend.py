@@ -12,10 +12,11 @@ configured pooling.
 The winner's cross-validated accuracy is the best of many candidates scored
 on the same folds, so it is optimistic: it is reported as ``cv_accuracy``
 ("selected on these folds"), and ``accuracy`` is only given when held-out
-evaluation pairs score the chosen candidate. It is read against the training
-pairs' majority-class baseline: a winner no better than it (a threshold that
-answers every pair alike fits such layers) separates nothing, which the note
-and ``beats_baseline`` say, rather than naming it the best.
+evaluation pairs score the chosen candidate. Each is read against the
+majority-class baseline of the pairs it is measured on (the two sets of pairs
+may be balanced differently): a winner no better than it (a threshold that
+answers every pair alike fits such layers) separates nothing, which the note,
+``beats_baseline`` and ``beats_eval_baseline`` say, rather than naming it the best.
 """
 import copy
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,8 +50,9 @@ def recommend(
     winner's cross-validated accuracy: selected on these folds, so optimistic),
     ``accuracy`` (on the evaluation pairs when given, else None), ``note``,
     ``beats_baseline`` (whether ``cv_accuracy`` is above the training pairs'
-    majority-class rate), ``n_candidates`` and ``ranking``: the 10 best
-    candidates with their cv accuracy.
+    majority-class rate), ``beats_eval_baseline`` (whether ``accuracy`` is
+    above the evaluation pairs'; None without them), ``n_candidates`` and
+    ``ranking``: the 10 best candidates with their cv accuracy.
     """
     splits = folds(y_train, n_folds, seed)
     rule = ThresholdRule()
@@ -66,25 +68,31 @@ def recommend(
     _, _, _, _, pooling, positions = scored[0]
     best = -scored[0][0]
     accuracy: Optional[float] = None
+    eval_baseline: Optional[dict] = None
     if evaluation is not None and y_eval is not None:
         weights = _weights([positions], train[pooling].n_layers)
         accuracy = held_out_accuracy(rule, train[pooling].cosines(weights)[:, 0], y_train,
                                      x_eval=evaluation[pooling].cosines(weights)[:, 0], y_eval=y_eval)
+        eval_baseline = majority_class(y_eval)
     baseline = majority_class(y_train)
     return {
         "layers": [int(layer_ids[p]) for p in positions], "pooling": pooling, "cv_accuracy": best,
-        "accuracy": accuracy, "note": accuracy_note(best, accuracy, len(scored), baseline),
-        "beats_baseline": bool(best > baseline["majority_rate"]), "n_candidates": len(scored),
+        "accuracy": accuracy, "note": accuracy_note(best, accuracy, len(scored), baseline, eval_baseline),
+        "beats_baseline": bool(best > baseline["majority_rate"]),
+        "beats_eval_baseline": None if accuracy is None or eval_baseline is None
+        else bool(accuracy > eval_baseline["majority_rate"]),
+        "n_candidates": len(scored),
         "ranking": [{"layers": [int(layer_ids[p]) for p in s[5]], "pooling": s[4], "cv_accuracy": -s[0]}
                     for s in scored[:10]],
     }
 
 
-def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: int, baseline: dict) -> str:
+def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: int, baseline: dict,
+                  eval_baseline: Optional[dict] = None) -> str:
     """What the recommendation's accuracy numbers are, in words (the config snippet's comment),
-    against the training pairs' majority-class baseline (`majority_class`)."""
-    rate, label = baseline["majority_rate"], baseline["majority_label"]
-    always = "T and F as common" if label == "T/F" else f"always {label}"
+    each against the majority-class baseline (`majority_class`) of the pairs it is measured on:
+    the training pairs' for the cross-validated one, the evaluation pairs' for the held-out one."""
+    rate, always = baseline["majority_rate"], _always(baseline)
     cv = (f"cross-validated accuracy {cv_accuracy:.3f} on the training pairs (selected on these folds: "
           f"the best of {n_candidates} candidates, so optimistic); majority-class baseline {rate:.3f} ({always})")
     if cv_accuracy <= rate:
@@ -92,7 +100,20 @@ def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: i
               f"answering {always}; {cv}")
     if accuracy is None:
         return f"{cv}; --wic-eval gives a held-out accuracy"
-    return f"held-out accuracy {accuracy:.3f} on the --wic-eval pairs; {cv}"
+    held_out = f"held-out accuracy {accuracy:.3f} on the --wic-eval pairs"
+    if eval_baseline is not None:
+        eval_rate, eval_always = eval_baseline["majority_rate"], _always(eval_baseline)
+        held_out += f", whose majority-class baseline is {eval_rate:.3f} ({eval_always})"
+        if accuracy <= eval_rate:
+            held_out = (f"NO better than the majority class on the --wic-eval pairs: these layers separate their "
+                        f"senses no better than answering {eval_always}; {held_out}")
+    return f"{held_out}; {cv}"
+
+
+def _always(baseline: dict) -> str:
+    """The majority-class rule of `majority_class`, in words."""
+    label = baseline["majority_label"]
+    return "T and F as common" if label == "T/F" else f"always {label}"
 
 
 def _weights(sets: Sequence[Tuple[int, ...]], n_layers: int) -> NDArray[np.float64]:

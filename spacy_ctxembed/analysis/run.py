@@ -396,7 +396,8 @@ def _sense_separation(
         chosen = recommend(grams, train.labels, plan.layer_ids, n_folds=settings.n_folds, seed=settings.seed,
                            evaluation=eval_grams, y_eval=y_eval)
     what = "layers and pooling" if chosen["pooling"] is not None else "layers"
-    headline = (f"the {what} that separate WiC senses best;" if chosen["beats_baseline"] else
+    headline = (f"the {what} that separate WiC senses best;" if chosen["beats_baseline"]
+                and chosen["beats_eval_baseline"] is not False else
                 f"the best-scoring {what}, which separate WiC senses NO better than the majority class;")
     comment = "\n".join([f"spacy_ctxembed analyze: {headline}",
                          *(f"{part}" for part in chosen["note"].split("; ")), "other settings as in your pipeline"])

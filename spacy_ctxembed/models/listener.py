@@ -90,6 +90,9 @@ class ContextualListenerNode(SampleDocsModel):
     #: Why the last load of its component's weights failed at this node (`set_dim`),
     #: if it did. (A class default: a node pickled before it existed has none of its own.)
     _load_refused: Optional[str] = None
+    #: `renamed_upstreams` where it was pickled: the claims do not travel (the
+    #: components claim their listeners again, and a renamed one lists none).
+    _renamed: Tuple[Tuple[str, str], ...] = ()
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -153,6 +156,21 @@ class ContextualListenerNode(SampleDocsModel):
         predicts, and a dict changed while it is iterated raises.)"""
         return [component for claim, ref in list(self._claims.values()) if self.upstream_name in ("*", claim)
                 and (component := ref()) is not None and component.name == claim]
+
+    def renamed_upstreams(self) -> List[Tuple[str, str]]:
+        """(The name it linked this listener under, its name now) of each
+        component alive that linked it under the name it listens to and has
+        another name now, where none of that name is linked: its outputs are
+        under its new name, and those under the old one are another
+        component's. spaCy renames a component with `rename_pipe`, and where
+        another pipeline takes it in under another name (`add_pipe(source=...,
+        name=...)`): one object in both, renamed in both. ("*" listens to
+        whichever runs.)"""
+        if self.upstream_name == "*" or self._claimants():
+            return []
+        renamed = [(claim, component.name) for claim, ref in list(self._claims.values())
+                   if claim == self.upstream_name and (component := ref()) is not None and component.name != claim]
+        return renamed or list(self._renamed)
 
     def _upstreams(self) -> List[Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
@@ -239,7 +257,8 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={})
+        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={},
+                   _renamed=tuple(self.renamed_upstreams()))
         return own, slots
 
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
@@ -264,6 +283,9 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
         return list(model._outputs or []), model.backprop_and_clear
     # The upstream is frozen (and annotating), or this is prediction: the
     # outputs are on the docs, and the gradient stops here.
+    renamed = model.renamed_upstreams()
+    if renamed:
+        raise ValueError(_renamed_error(model, renamed))
     model.ensure_dims()
     name = model.source_name()
     outputs = []
@@ -300,7 +322,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     "update(), `spacy debug model`) has no upstream outputs to read" + _unlinked(model)
                 )
             others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []
-            if others:
+            if others and not model._upstreams():
                 # The doc was annotated, under another name: the upstream was
                 # renamed (rename_pipe, add_pipe(source=..., name=...)) or
                 # another one ran. Zeros here would be silently wrong features.
@@ -313,6 +335,17 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def _renamed_error(node: ContextualListenerNode, renamed: List[Tuple[str, str]]) -> str:
+    was, now = renamed[-1]
+    return (
+        f"{_named(node)}: the component it was linked to as {was!r} is named {now!r} now, and stores its outputs "
+        f"under {now!r}: those under {was!r} are not its. spaCy renames a component with nlp.rename_pipe, and "
+        f"where another pipeline takes it in under another name (add_pipe({was!r}, source=..., name={now!r})): "
+        "the two pipelines share one object, renamed in both. Source it under its own name, or from a copy of "
+        f"this pipeline (spacy.load it again); or set this listener's upstream to {now!r}"
+    )
 
 
 def _unlinked(node: ContextualListenerNode) -> str:
