@@ -219,12 +219,16 @@ def _check_not_replacing_primary(name: str, stored: Optional[str], signature: Op
     doc's primary output (two pipelines whose components share a name, the
     doc through both) would replace the vectors that `token.vector`,
     `doc.tensor` and similarity read with its own, while they went on
-    reading as the primary ones. Refused where another model made them;
-    the same model's vectors are the same."""
+    reading as the primary ones. Refused where their signatures say that
+    another model made them; the same model's vectors are the same.
+    (Outputs that do not say, docs rebuilt from `--ray` shards, are not
+    checked; nor are `ctxembed_from_trf`'s of another transformer: its
+    signature has its own settings only.)"""
     if stored and signature and not _signatures_agree([stored, signature]):
         raise ValueError(
             f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
-            f"name {name!r} and were made by another model ({_signature_difference(stored, signature)}): "
+            f"name {name!r} and were made by another model or with other settings "
+            f"({_signature_difference(stored, signature)}): "
             "token.vector, doc.tensor and .similarity() read them. Give one of the two components another name "
             "(nlp.add_pipe(..., name=...)), or set primary = true on this one to make its vectors the doc's"
         )
@@ -594,6 +598,11 @@ def _vector_source(item: Any) -> Tuple[bool, Optional[str]]:
 def signature_fields(signature: str) -> Dict[str, str]:
     """A signature's fields ("key=value; ...", `pipeline.signature.output_signature`)."""
     return dict(part.partition("=")[::2] for part in signature.split("; "))
+
+
+def same_model(a: Optional[str], b: Optional[str]) -> bool:
+    """Whether two signatures are known and say one model made their outputs."""
+    return bool(a and b and _signatures_agree([a, b]))
 
 
 def _signatures_agree(signatures: List[str]) -> bool:

@@ -276,6 +276,15 @@ def test_a_held_out_accuracy_is_read_against_the_evaluation_pairs_baseline():
     assert chosen["note"].startswith("NO better than the majority class on the --wic-eval pairs")
     assert (f"held-out accuracy {held_out:.3f} on the --wic-eval pairs, whose majority-class baseline is "
             f"{majority:.3f} (always F); cross-validated accuracy 1.000") in chosen["note"]
+    # Evaluation pairs of one label: nothing beats answering it, and the note says they tell nothing.
+    only_f = np.flatnonzero(~labels).tolist()
+    chosen = recommend({"mean": WicGrams.from_targets(train)}, y_train, [0, 1, 2], n_folds=2, seed=0,
+                       evaluation={"mean": WicGrams.from_targets(np.concatenate([held[:40][only_f],
+                                                                                 held[40:][only_f]]))},
+                       y_eval=labels[only_f])
+    assert chosen["beats_eval_baseline"] is None and chosen["beats_baseline"]
+    assert ("on the --wic-eval pairs, whose majority-class baseline is 1.000 (always F): the --wic-eval pairs are "
+            "all F, and tell nothing; cross-validated") in chosen["note"]
 
 
 def test_config_snippet_is_a_config():

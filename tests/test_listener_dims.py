@@ -470,19 +470,29 @@ def test_a_listener_whose_upstream_another_pipeline_renamed_reads_no_other_outpu
     name: one object in both, renamed in both, and it stores its outputs under
     its new name. Two embedders taken in under each other's names left each
     head of the pipeline they came from reading the other one's features
-    (the shapes fit), with no error; pickled (`n_process`), as well."""
+    (the shapes fit), with no error; pickled (`n_process`), as well, and
+    where a third pipeline links a component of the old name to the head.
+    Outputs that the renamed component made before are its own: read."""
     src = _two_upstreams(tiny_bert_dir, other_bert_dir)
-    before = {name: src.get_pipe(name).model.predict([src(TEXT)])[0] for name in ("tA", "tB")}
+    annotated = src(TEXT)
+    before = {name: src.get_pipe(name).model.predict([annotated])[0] for name in ("tA", "tB")}
     new = spacy.blank("en", vocab=src.vocab)
     new.add_pipe("B", source=src, name="A")
     new.add_pipe("A", source=src, name="B")
     assert [pipe.name for _, pipe in src.pipeline][:2] == ["B", "A"]
-    refused = r"^\[tA\] ContextualListener upstream = 'A': the component it was linked to as 'A' is named 'B' now"
+    refused = (r"^\[tA\] ContextualListener upstream = 'A': the component it was linked to as 'A' is named 'B' now, "
+               r"and stores its outputs under 'B': those under 'A' on the doc are another model's")
     for pipeline in (src, pickle.loads(pickle.dumps(src))):
         with pytest.raises(ValueError, match=refused):
             pipeline(TEXT)
-    for name in ("tA", "tB"):  # (what each head read: the other embedder's outputs, now refused)
-        with pytest.raises(ValueError, match=r"is named '[AB]' now"):
+    third = spacy.blank("en", vocab=src.vocab)
+    third.add_pipe("ctxembed_bert", name="A", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    third.add_pipe("tA", source=src)  # (one object: "A" of `third` links src's head too)
+    with pytest.raises(ValueError, match=refused):
+        src(TEXT)
+    for name in ("tA", "tB"):
+        numpy.testing.assert_array_equal(src.get_pipe(name).model.predict([annotated])[0], before[name])
+        with pytest.raises(ValueError, match=r"is named '[AB]' now"):  # (each read the other's outputs)
             src.get_pipe(name).model.predict([src.make_doc(TEXT)])
     # The pipeline saved, as it is, loads with its components named as their slots, and predicts as before.
     loaded = spacy.util.load_model_from_config(src.config).from_bytes(src.to_bytes())

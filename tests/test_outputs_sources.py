@@ -246,7 +246,7 @@ def test_a_non_primary_component_of_the_primary_outputs_name_never_replaces_them
     other = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[1], primary=False)))
     with pytest.raises(ValueError, match=r"^\[emb\] \(primary = false\) would replace the doc's primary vectors, "
                                          r"which are stored under the same name 'emb' and were made by another model "
-                                         r"\(layers \[2\] vs \[1\]\)"):
+                                         r"or with other settings \(layers \[2\] vs \[1\]\)"):
         other(doc)
     numpy.testing.assert_array_equal([token.vector for token in doc], before)
     numpy.testing.assert_array_equal(doc.tensor, before)

@@ -51,7 +51,8 @@ def recommend(
     ``accuracy`` (on the evaluation pairs when given, else None), ``note``,
     ``beats_baseline`` (whether ``cv_accuracy`` is above the training pairs'
     majority-class rate), ``beats_eval_baseline`` (whether ``accuracy`` is
-    above the evaluation pairs'; None without them), ``n_candidates`` and
+    above the evaluation pairs'; None without them, or where they are all of
+    one label: nothing can beat that), ``n_candidates`` and
     ``ranking``: the 10 best candidates with their cv accuracy.
     """
     splits = folds(y_train, n_folds, seed)
@@ -79,7 +80,7 @@ def recommend(
         "layers": [int(layer_ids[p]) for p in positions], "pooling": pooling, "cv_accuracy": best,
         "accuracy": accuracy, "note": accuracy_note(best, accuracy, len(scored), baseline, eval_baseline),
         "beats_baseline": bool(best > baseline["majority_rate"]),
-        "beats_eval_baseline": None if accuracy is None or eval_baseline is None
+        "beats_eval_baseline": None if accuracy is None or eval_baseline is None or eval_baseline["majority_rate"] >= 1
         else bool(accuracy > eval_baseline["majority_rate"]),
         "n_candidates": len(scored),
         "ranking": [{"layers": [int(layer_ids[p]) for p in s[5]], "pooling": s[4], "cv_accuracy": -s[0]}
@@ -104,7 +105,9 @@ def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: i
     if eval_baseline is not None:
         eval_rate, eval_always = eval_baseline["majority_rate"], _always(eval_baseline)
         held_out += f", whose majority-class baseline is {eval_rate:.3f} ({eval_always})"
-        if accuracy <= eval_rate:
+        if eval_rate >= 1.0:  # (pairs of one label: no rule can beat answering it)
+            held_out += f": the --wic-eval pairs are all {eval_baseline['majority_label']}, and tell nothing"
+        elif accuracy <= eval_rate:
             held_out = (f"NO better than the majority class on the --wic-eval pairs: these layers separate their "
                         f"senses no better than answering {eval_always}; {held_out}")
     return f"{held_out}; {cv}"

@@ -51,7 +51,7 @@ from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
-from ..outputs import MissingOutputs, get_outputs, stored_signature, uncovered_error
+from ..outputs import MissingOutputs, get_outputs, same_model, stored_signature, uncovered_error
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers
@@ -92,7 +92,7 @@ class ContextualListenerNode(SampleDocsModel):
     _load_refused: Optional[str] = None
     #: `renamed_upstreams` where it was pickled: the claims do not travel (the
     #: components claim their listeners again, and a renamed one lists none).
-    _renamed: Tuple[Tuple[str, str], ...] = ()
+    _renamed: Tuple[Tuple[str, str, Optional[str]], ...] = ()
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -157,20 +157,34 @@ class ContextualListenerNode(SampleDocsModel):
         return [component for claim, ref in list(self._claims.values()) if self.upstream_name in ("*", claim)
                 and (component := ref()) is not None and component.name == claim]
 
-    def renamed_upstreams(self) -> List[Tuple[str, str]]:
-        """(The name it linked this listener under, its name now) of each
-        component alive that linked it under the name it listens to and has
-        another name now, where none of that name is linked: its outputs are
-        under its new name, and those under the old one are another
-        component's. spaCy renames a component with `rename_pipe`, and where
-        another pipeline takes it in under another name (`add_pipe(source=...,
-        name=...)`): one object in both, renamed in both. ("*" listens to
-        whichever runs.)"""
-        if self.upstream_name == "*" or self._claimants():
+    def renamed_upstreams(self) -> List[Tuple[str, str, Optional[str]]]:
+        """(The name it linked this listener under, its name now, its
+        signature) of each component alive that linked it under the name it
+        listens to and has another name now: it stores its outputs under its
+        new name, and those under the old one are its own only if it made
+        them before (`check_not_renamed`). spaCy renames a component with
+        `rename_pipe`, and where another pipeline takes it in under another
+        name (`add_pipe(source=..., name=...)`): one object in both, renamed
+        in both. ("*" listens to whichever runs.)"""
+        if self.upstream_name == "*":
             return []
-        renamed = [(claim, component.name) for claim, ref in list(self._claims.values())
+        renamed = [(claim, component.name, component.signature) for claim, ref in list(self._claims.values())
                    if claim == self.upstream_name and (component := ref()) is not None and component.name != claim]
-        return renamed or list(self._renamed)
+        # (Pickled: as they were, until a component of the name links it again.)
+        return renamed or ([] if self._claimants() else list(self._renamed))
+
+    def check_not_renamed(self, renamed: List[Tuple[str, str, Optional[str]]], doc: Doc, name: Optional[str]) -> None:
+        """Where a component this listener was linked to has been renamed
+        (`renamed_upstreams`), the doc's outputs under the old name must be
+        those of a component it is linked to, by their signature: that one's
+        made before the rename, or those of a component of the old name
+        linked to it now. Others (another embedder given the old name: two
+        sourced under each other's names) were read as its features."""
+        stored = stored_signature(doc, name)
+        ours = [signature for _, _, signature in renamed] + [c.signature for c in self._claimants()]
+        if not any(same_model(stored, signature) for signature in ours):
+            raise ValueError(_renamed_error(self, renamed[-1], has=_doc_outputs(doc, name) is not None,
+                                            signed=stored is not None))
 
     def _upstreams(self) -> List[Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
@@ -284,13 +298,13 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     # The upstream is frozen (and annotating), or this is prediction: the
     # outputs are on the docs, and the gradient stops here.
     renamed = model.renamed_upstreams()
-    if renamed:
-        raise ValueError(_renamed_error(model, renamed))
     model.ensure_dims()
     name = model.source_name()
     outputs = []
     for doc in docs:
         found = _doc_outputs(doc, name)
+        if renamed:
+            model.check_not_renamed(renamed, doc, name)
         value = None if found is None else found.get(model.kind)
         uncovered = None if found is None else found.get("missing")
         if uncovered is not None and uncovered.any():
@@ -337,11 +351,15 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     return outputs, lambda d_outputs: []
 
 
-def _renamed_error(node: ContextualListenerNode, renamed: List[Tuple[str, str]]) -> str:
-    was, now = renamed[-1]
+def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Optional[str]], *, has: bool,
+                   signed: bool) -> str:
+    was, now, _ = renamed
+    doc_has = (f"the doc has none under {was!r}" if not has else
+               f"those under {was!r} on the doc are another model's" if signed else
+               f"those under {was!r} on the doc do not say which model made them")
     return (
         f"{_named(node)}: the component it was linked to as {was!r} is named {now!r} now, and stores its outputs "
-        f"under {now!r}: those under {was!r} are not its. spaCy renames a component with nlp.rename_pipe, and "
+        f"under {now!r}: {doc_has}. spaCy renames a component with nlp.rename_pipe, and "
         f"where another pipeline takes it in under another name (add_pipe({was!r}, source=..., name={now!r})): "
         "the two pipelines share one object, renamed in both. Source it under its own name, or from a copy of "
         f"this pipeline (spacy.load it again); or set this listener's upstream to {now!r}"
