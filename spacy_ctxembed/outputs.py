@@ -182,7 +182,7 @@ def write_outputs(
     outputs = dict(old["outputs"]) if old is not None else {}
     current = old.get("primary") if old is not None else None
     if not primary and current == name:
-        _check_not_replacing_primary(name, outputs[name].get("signature"), signature)
+        _check_not_replacing_primary(name, outputs.get(name), signature)
     outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
                      "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": _read_only(vectors),
                      "layers": _read_only(layers), "signature": signature}
@@ -214,7 +214,7 @@ def write_outputs(
         doc.user_hooks = hooks
 
 
-def _check_not_replacing_primary(name: str, stored: Optional[str], signature: Optional[str]) -> None:
+def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], signature: Optional[str]) -> None:
     """A component with `primary = false` that writes under the name of the
     doc's primary output (two pipelines whose components share a name, the
     doc through both) would replace the vectors that `token.vector`,
@@ -223,7 +223,16 @@ def _check_not_replacing_primary(name: str, stored: Optional[str], signature: Op
     another model made them; the same model's vectors are the same.
     (Outputs that do not say, docs rebuilt from `--ray` shards, are not
     checked; nor are `ctxembed_from_trf`'s of another transformer: its
-    signature has its own settings only.)"""
+    signature has its own settings only.) `output` None: the primary
+    outputs cannot be read (joined from docs of different models)."""
+    if output is None:
+        raise ValueError(
+            f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
+            f"name {name!r} and cannot be read (joined with Doc.from_docs from docs of different models): its "
+            "vectors would read as the primary ones. Give it another name (nlp.add_pipe(..., name=...)), or set "
+            "primary = true on it to make its vectors the doc's"
+        )
+    stored = output.get("signature")
     if stored and signature and not _signatures_agree([stored, signature]):
         raise ValueError(
             f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "

@@ -367,6 +367,35 @@ def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotatin
     assert not numpy.array_equal(mix.get_param("gamma"), gamma_before)  # the mix trains through the listener
 
 
+def test_a_listener_of_a_from_trf_component_renamed_away_reads_no_outputs_under_its_old_name(tiny_bert_dir):
+    """Two transformers, each pooled by a `ctxembed_from_trf` ("A", "B"), taken
+    into another pipeline under each other's names: spaCy renames them in
+    both, and each head read the other transformer's features, silently. The
+    outputs' signatures (the pooling settings) cannot tell whose they are:
+    refused, even those made before the rename."""
+    nlp = _with_transformer(tiny_bert_dir)
+    nlp.add_pipe("ctxembed_from_trf", name="A", config=ctx_config())
+    nlp.add_pipe("transformer", name="transformer2", source=_with_transformer(tiny_bert_dir))
+    nlp.add_pipe("ctxembed_from_trf", name="B", config=ctx_config(primary=False))
+    for name in ("A", "B"):
+        nlp.add_pipe("tagger", name=f"t{name}", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+            "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": False,
+            "upstream": name}}})
+        nlp.get_pipe(f"t{name}").add_label("X")
+    nlp.initialize()
+    annotated = nlp(TEXT)
+    other = spacy.blank("en", vocab=nlp.vocab)
+    other.add_pipe("B", source=nlp, name="A")
+    other.add_pipe("A", source=nlp, name="B")
+    refused = (r"^\[tA\] ContextualListener upstream = 'A': the component it was linked to as 'A' is named 'B' now, "
+               r"and stores its outputs under 'B': those under 'A' on the doc cannot be told to be its own "
+               r"\(ctxembed_from_trf's")
+    with pytest.raises(ValueError, match=refused):
+        nlp(TEXT)
+    with pytest.raises(ValueError, match=refused):
+        nlp.get_pipe("tA").model.predict([annotated])
+
+
 def test_whitespace_tokens_get_no_vector_with_a_byte_level_bpe(tmp_path):
     """RoBERTa's byte-level BPE (en_core_web_trf's) has pieces of newlines ("Ċ"),
     which spacy-transformers aligns to a "\\n\\n" token: it got their state as its

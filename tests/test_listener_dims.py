@@ -447,10 +447,29 @@ def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(t
     with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': the component "
                                          r"it was linked to as 'ctxembed_bert' is named 'emb' now"):
         nlp(TEXT)
-    # Another component of the old name, linked to it, is its upstream now (and held to its record).
+    # Another component of the old name, linked to it, is its upstream now (and held to its record);
+    # the head starts afresh on it (zeros for the docs it is initialized on: they have no outputs yet).
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"),
                  before="tagger")
     assert len(_tags(nlp)) == len(WORDS)
+    nlp.initialize(lambda: _examples(nlp))
+    assert _tags(_trained(nlp, frozen=True)) == TAGS
+    with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match=r"did not run on it: it is "
+                                                                                      r"disabled"):
+        nlp(TEXT)
+
+
+def test_a_doc_annotated_before_its_upstream_was_renamed_and_trained_is_read_as_it_was(tiny_bert_dir):
+    """The renamed upstream's outputs stored before the rename are its own,
+    also those of weights it has moved from since: read, as without a rename."""
+    nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True))
+    annotated = nlp(TEXT)
+    _trained(nlp, steps=1)
+    tagger = nlp.get_pipe("tagger").model
+    unrenamed = tagger.predict([annotated])[0]
+    assert not numpy.array_equal(unrenamed, tagger.predict([nlp(TEXT)])[0])  # (the upstream's weights moved)
+    nlp.rename_pipe("ctxembed_bert", "emb")
+    numpy.testing.assert_array_equal(tagger.predict([annotated])[0], unrenamed)
 
 
 def _two_upstreams(tiny_bert_dir, other_bert_dir):
@@ -485,15 +504,16 @@ def test_a_listener_whose_upstream_another_pipeline_renamed_reads_no_other_outpu
     for pipeline in (src, pickle.loads(pickle.dumps(src))):
         with pytest.raises(ValueError, match=refused):
             pipeline(TEXT)
+    for name in ("tA", "tB"):
+        numpy.testing.assert_array_equal(src.get_pipe(name).model.predict([annotated])[0], before[name])
+        with pytest.raises(ValueError, match=r"is named '[AB]' now"):  # (each read the other's outputs)
+            src.get_pipe(name).model.predict([src.make_doc(TEXT)])
     third = spacy.blank("en", vocab=src.vocab)
     third.add_pipe("ctxembed_bert", name="A", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
     third.add_pipe("tA", source=src)  # (one object: "A" of `third` links src's head too)
     with pytest.raises(ValueError, match=refused):
         src(TEXT)
-    for name in ("tA", "tB"):
-        numpy.testing.assert_array_equal(src.get_pipe(name).model.predict([annotated])[0], before[name])
-        with pytest.raises(ValueError, match=r"is named '[AB]' now"):  # (each read the other's outputs)
-            src.get_pipe(name).model.predict([src.make_doc(TEXT)])
+    numpy.testing.assert_array_equal(src.get_pipe("tA").model.predict([annotated])[0], before["tA"])
     # The pipeline saved, as it is, loads with its components named as their slots, and predicts as before.
     loaded = spacy.util.load_model_from_config(src.config).from_bytes(src.to_bytes())
     doc = loaded(TEXT)

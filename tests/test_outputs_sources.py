@@ -256,6 +256,11 @@ def test_a_non_primary_component_of_the_primary_outputs_name_never_replaces_them
     doc = first_layer(doc)
     numpy.testing.assert_array_equal([token.vector for token in doc], first_layer(TEXT).tensor)
     numpy.testing.assert_array_equal(doc.tensor, first_layer(TEXT).tensor)
+    # Primary outputs of the name joined from two models cannot be read: not written over either (a KeyError).
+    joined = Doc.from_docs([last_layer(TEXT), first_layer(OTHER)])
+    with pytest.raises(ValueError, match=r"^\[emb\] \(primary = false\) would replace the doc's primary vectors, "
+                                         r"which are stored under the same name 'emb' and cannot be read"):
+        same(joined)
 
 
 def test_cuts_of_a_joined_doc_read_its_own_vectors(last_layer):

@@ -92,7 +92,7 @@ class ContextualListenerNode(SampleDocsModel):
     _load_refused: Optional[str] = None
     #: `renamed_upstreams` where it was pickled: the claims do not travel (the
     #: components claim their listeners again, and a renamed one lists none).
-    _renamed: Tuple[Tuple[str, str, Optional[str]], ...] = ()
+    _renamed: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -157,31 +157,37 @@ class ContextualListenerNode(SampleDocsModel):
         return [component for claim, ref in list(self._claims.values()) if self.upstream_name in ("*", claim)
                 and (component := ref()) is not None and component.name == claim]
 
-    def renamed_upstreams(self) -> List[Tuple[str, str, Optional[str]]]:
+    def renamed_upstreams(self) -> List[Tuple[str, str, Tuple[str, ...]]]:
         """(The name it linked this listener under, its name now, its
-        signature) of each component alive that linked it under the name it
-        listens to and has another name now: it stores its outputs under its
-        new name, and those under the old one are its own only if it made
-        them before (`check_not_renamed`). spaCy renames a component with
+        `made_signatures`) of each component alive that linked it under the
+        name it listens to and has another name now: it stores its outputs
+        under its new name, and those under the old one are its own only if
+        it made them before (`check_not_renamed`). spaCy renames a component with
         `rename_pipe`, and where another pipeline takes it in under another
         name (`add_pipe(source=..., name=...)`): one object in both, renamed
         in both. ("*" listens to whichever runs.)"""
         if self.upstream_name == "*":
             return []
-        renamed = [(claim, component.name, component.signature) for claim, ref in list(self._claims.values())
+        renamed = [(claim, component.name, component.made_signatures) for claim, ref in list(self._claims.values())
                    if claim == self.upstream_name and (component := ref()) is not None and component.name != claim]
         # (Pickled: as they were, until a component of the name links it again.)
         return renamed or ([] if self._claimants() else list(self._renamed))
 
-    def check_not_renamed(self, renamed: List[Tuple[str, str, Optional[str]]], doc: Doc, name: Optional[str]) -> None:
+    def check_not_renamed(self, renamed: List[Tuple[str, str, Tuple[str, ...]]], doc: Doc,
+                          name: Optional[str]) -> None:
         """Where a component this listener was linked to has been renamed
         (`renamed_upstreams`), the doc's outputs under the old name must be
         those of a component it is linked to, by their signature: that one's
         made before the rename, or those of a component of the old name
         linked to it now. Others (another embedder given the old name: two
-        sourced under each other's names) were read as its features."""
+        sourced under each other's names) were read as its features. A doc
+        without them, where a component of the old name is linked, is read
+        as any other (`_zeros_for_sample`)."""
+        claimants = self._claimants()
+        if claimants and _doc_outputs(doc, name) is None:
+            return
         stored = stored_signature(doc, name)
-        ours = [signature for _, _, signature in renamed] + [c.signature for c in self._claimants()]
+        ours = [signature for _, _, made in renamed for signature in made] + [c.signature for c in claimants]
         if not any(same_model(stored, signature) for signature in ours):
             raise ValueError(_renamed_error(self, renamed[-1], has=_doc_outputs(doc, name) is not None,
                                             signed=stored is not None))
@@ -351,12 +357,14 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     return outputs, lambda d_outputs: []
 
 
-def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Optional[str]], *, has: bool,
+def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Tuple[str, ...]], *, has: bool,
                    signed: bool) -> str:
-    was, now, _ = renamed
+    was, now, made = renamed
     doc_has = (f"the doc has none under {was!r}" if not has else
-               f"those under {was!r} on the doc are another model's" if signed else
-               f"those under {was!r} on the doc do not say which model made them")
+               f"those under {was!r} on the doc do not say which model made them" if not signed else
+               f"those under {was!r} on the doc are another model's" if made else
+               f"those under {was!r} on the doc cannot be told to be its own (ctxembed_from_trf's outputs do not say "
+               "which transformer made them)")
     return (
         f"{_named(node)}: the component it was linked to as {was!r} is named {now!r} now, and stores its outputs "
         f"under {now!r}: {doc_has}. spaCy renames a component with nlp.rename_pipe, and "

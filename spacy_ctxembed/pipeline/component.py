@@ -112,6 +112,10 @@ def _loads(method: F) -> F:
     return cast(F, loading)
 
 
+#: How many signatures of the weights it has had a component keeps (`made_signatures`).
+SIGNATURES_KEPT = 64
+
+
 class ContextualEmbedder(TrainablePipe):
     """Attach contextual token vectors computed by `model` to each doc."""
 
@@ -125,6 +129,9 @@ class ContextualEmbedder(TrainablePipe):
     _generation = 0
     #: The `_generation` whose weights `_signature` is of (another: taken again when asked).
     _signed_at = 0
+    #: The signatures of the weights it has had, the latest `SIGNATURES_KEPT`
+    #: (`made_signatures`). A new tuple at each change: a reader in another thread has one or the other.
+    _made: Tuple[str, ...] = ()
     #: Which weights these are, as a listener's head trained on their outputs
     #: knows them (`listener.TRAINED_WITH`): a random id given when weights are
     #: loaded from the config's model (initialize, a first use), kept by
@@ -386,10 +393,9 @@ class ContextualEmbedder(TrainablePipe):
             if identity != self._identity:
                 self.cache.clear()  # entries of another model: free the memory
             self._identity = identity
-        self._signature = output_signature(self.model)
         self._generation += 1
         self._encoder_changes += 1
-        self._signed_at = self._generation
+        self._sign(self._generation)
         self._loaded = True
 
     # Prediction ------------------------------------------------------------
@@ -455,11 +461,29 @@ class ContextualEmbedder(TrainablePipe):
     def _current_signature(self) -> Optional[str]:
         generation = self._generation
         if self._signed_at != generation:  # the weights changed (a training step, use_params) since it was taken
-            # Taken first, then marked: a thread asking meanwhile takes it too,
-            # never the old one; a change meanwhile leaves it to be taken again.
-            self._signature = output_signature(self.model)
-            self._signed_at = generation
+            self._sign(generation)
         return self._signature
+
+    def _sign(self, generation: int) -> None:
+        """Take the signature of the weights of `generation`, the ones it has now.
+        Taken first, then marked: a thread asking meanwhile takes it too, never
+        the old one; a change meanwhile leaves it to be taken again."""
+        signature = output_signature(self.model)
+        self._signature = signature
+        if signature not in self._made:
+            self._made = (*self._made[1 - SIGNATURES_KEPT:], signature)
+        self._signed_at = generation
+
+    @property
+    def made_signatures(self) -> Tuple[str, ...]:
+        """The signatures its outputs may have been stored with: those of the
+        weights it has had in this process (the latest `SIGNATURES_KEPT`; a
+        doc it annotated before a training step has one of the weights
+        then). For a listener whose upstream was renamed, to tell that
+        upstream's outputs from another's (`ContextualListenerNode.check_not_renamed`).
+        None of `ctxembed_from_trf`'s: its signature has its own settings only,
+        and tells no transformer from another."""
+        return self._made if encoder_shim(self.encoder) is not None else ()
 
     @property
     def loaded(self) -> bool:
@@ -999,8 +1023,7 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
         # them after the state above was taken, and a training step in another
         # thread meanwhile (pickling does not wait for it: the weights are written
         # outside any lock of ours) left the state's signature the old weights'.
-        component._signature = output_signature(component.model)
-        component._signed_at = component._generation
+        component._sign(component._generation)
     for listener in component.listeners:  # listeners hold their upstream weakly: claimed again
         listener.claim(component)
     return component
