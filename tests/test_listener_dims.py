@@ -454,6 +454,10 @@ def test_an_error_of_a_listener_whose_upstream_was_renamed_names_its_component(t
     assert len(_tags(nlp)) == len(WORDS)
     nlp.initialize(lambda: _examples(nlp))
     assert _tags(_trained(nlp, frozen=True)) == TAGS
+    annotated = _trained(nlp, steps=1)(TEXT)  # (by weights of its own: not the renamed one's)
+    tagger = nlp.get_pipe("tagger").model
+    tagger.predict([_trained(nlp, steps=1)(TEXT)])  # (read after they moved on, as without the rename)
+    assert tagger.predict([annotated])[0].shape == (len(WORDS), len(set(TAGS)))
     with nlp.select_pipes(disable=["ctxembed_bert"]), pytest.raises(ValueError, match=r"did not run on it: it is "
                                                                                       r"disabled"):
         nlp(TEXT)

@@ -187,8 +187,10 @@ class ContextualListenerNode(SampleDocsModel):
         if claimants and _doc_outputs(doc, name) is None:
             return
         stored = stored_signature(doc, name)
-        ours = [signature for _, _, made in renamed for signature in made] + [c.signature for c in claimants]
-        if not any(same_model(stored, signature) for signature in ours):
+        ours = [signature for component in claimants for signature in _made(component)]
+        ours += [signature for _, _, made in renamed for signature in made]
+        # (Of one process, the same string: compared field by field only where it is not.)
+        if stored not in ours and not any(same_model(stored, signature) for signature in ours):
             raise ValueError(_renamed_error(self, renamed[-1], has=_doc_outputs(doc, name) is not None,
                                             signed=stored is not None))
 
@@ -355,6 +357,15 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def _made(component: Any) -> Tuple[str, ...]:
+    """The signatures `component`'s outputs may have (`made_signatures`), its
+    current one first; where those tell nothing (`ctxembed_from_trf`), its
+    current one, as any other upstream's outputs are read."""
+    current = component.signature  # (taken first: it is then one of those made)
+    made = component.made_signatures
+    return (current, *made) if made and current else (current,) if current else ()
 
 
 def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Tuple[str, ...]], *, has: bool,
