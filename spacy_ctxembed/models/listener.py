@@ -187,7 +187,7 @@ class ContextualListenerNode(SampleDocsModel):
         if claimants and _doc_outputs(doc, name) is None:
             return
         stored = stored_signature(doc, name)
-        ours = [signature for component in claimants for signature in _made(component)]
+        ours = [signature for component in claimants for signature in _signatures_of(component)]
         ours += [signature for _, _, made in renamed for signature in made]
         # (Of one process, the same string: compared field by field only where it is not.)
         if stored not in ours and not any(same_model(stored, signature) for signature in ours):
@@ -359,7 +359,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     return outputs, lambda d_outputs: []
 
 
-def _made(component: Any) -> Tuple[str, ...]:
+def _signatures_of(component: Any) -> Tuple[str, ...]:
     """The signatures `component`'s outputs may have (`made_signatures`), its
     current one first; where those tell nothing (`ctxembed_from_trf`), its
     current one, as any other upstream's outputs are read."""
