@@ -1000,12 +1000,13 @@ def _align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Do
         return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
     xp = get_array_module(vectors)
     covered = _to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
-    here = _placed_here(parts, old_starts, old_ends, starts, ends, doc, covered, off_doc)
+    text = doc.text  # (a Python call per token: read once, for both checks)
+    here = _placed_here(parts, old_starts, old_ends, starts, ends, doc, text, covered, off_doc)
     alignment = align_pieces(old_starts, old_ends, starts, ends)
     alignment = alignment.kept(here[alignment.piece_index])
     # A token whose characters were embedded only in part takes no row (a zero
     # one, missing): the rest of it never was.
-    partly = partly_uncovered(doc.text, old_starts[here], old_ends[here], starts, ends)
+    partly = partly_uncovered(text, old_starts[here], old_ends[here], starts, ends)
     alignment = alignment.kept(~partly[alignment.token_index])
     uncovered = ~alignment.covered_tokens()
     keep = covered[alignment.piece_index]
@@ -1053,10 +1054,10 @@ def _same_orths(output: Dict[str, Any], doc: Doc) -> bool:
 
 
 def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndarray, old_ends: numpy.ndarray,
-                 starts: numpy.ndarray, ends: numpy.ndarray, doc: Doc, with_vector: numpy.ndarray,
+                 starts: numpy.ndarray, ends: numpy.ndarray, doc: Doc, text: str, with_vector: numpy.ndarray,
                  off_doc: int) -> numpy.ndarray:
-    """Boolean mask over the stored tokens: True where the doc has the stored
-    token's text at the characters it is placed on.
+    """Boolean mask over the stored tokens: True where the doc (of `text`) has
+    the stored token's text at the characters it is placed on.
 
     What spaCy does to a doc keeps the text under every stored token:
     retokenizing, `as_doc`, `Doc.from_docs`. But `span.as_doc(copy_user_data=True)`
@@ -1083,7 +1084,7 @@ def _placed_here(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
     across = ~inside & (old_starts < n_chars) & (old_ends > 0)
     rest = numpy.flatnonzero(~same_span & (inside | across))
     if len(rest):
-        text, strings = doc.text, doc.vocab.strings
+        strings = doc.vocab.strings
         for k in rest:
             start, end = int(old_starts[k]), int(old_ends[k])
             if inside[k]:

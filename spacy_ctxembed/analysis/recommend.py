@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from thinc.api import Config
 
-from .wic import ThresholdRule, WicGrams, folds, held_out_accuracy, majority_class
+from .wic import ThresholdRule, WicGrams, folds, held_out_accuracy, majority_class, majority_rule
 
 MAX_TOP = 4
 MEAN_COMBINER = "spacy-ctxembed.MeanLayers.v1"
@@ -93,7 +93,7 @@ def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: i
     """What the recommendation's accuracy numbers are, in words (the config snippet's comment),
     each against the majority-class baseline (`majority_class`) of the pairs it is measured on:
     the training pairs' for the cross-validated one, the evaluation pairs' for the held-out one."""
-    rate, always = baseline["majority_rate"], _always(baseline)
+    rate, always = baseline["majority_rate"], majority_rule(baseline)
     cv = (f"cross-validated accuracy {cv_accuracy:.3f} on the training pairs (selected on these folds: "
           f"the best of {n_candidates} candidates, so optimistic); majority-class baseline {rate:.3f} ({always})")
     if cv_accuracy <= rate:
@@ -103,7 +103,7 @@ def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: i
         return f"{cv}; --wic-eval gives a held-out accuracy"
     held_out = f"held-out accuracy {accuracy:.3f} on the --wic-eval pairs"
     if eval_baseline is not None:
-        eval_rate, eval_always = eval_baseline["majority_rate"], _always(eval_baseline)
+        eval_rate, eval_always = eval_baseline["majority_rate"], majority_rule(eval_baseline)
         held_out += f", whose majority-class baseline is {eval_rate:.3f} ({eval_always})"
         if eval_rate >= 1.0:  # (pairs of one label: no rule can beat answering it)
             held_out += f": the --wic-eval pairs are all {eval_baseline['majority_label']}, and tell nothing"
@@ -111,12 +111,6 @@ def accuracy_note(cv_accuracy: float, accuracy: Optional[float], n_candidates: i
             held_out = (f"NO better than the majority class on the --wic-eval pairs: these layers separate their "
                         f"senses no better than answering {eval_always}; {held_out}")
     return f"{held_out}; {cv}"
-
-
-def _always(baseline: dict) -> str:
-    """The majority-class rule of `majority_class`, in words."""
-    label = baseline["majority_label"]
-    return "T and F as common" if label == "T/F" else f"always {label}"
 
 
 def _weights(sets: Sequence[Tuple[int, ...]], n_layers: int) -> NDArray[np.float64]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import AnalysisInputError
+from .wic import majority_rule
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -230,8 +231,7 @@ def _occurrences(explored: dict) -> str:
 
 def _majority(baseline: dict) -> str:
     """The majority-class rule of `wic.majority_baseline`, in words."""
-    label = baseline["majority_label"]
-    return "majority class (T and F as common)" if label == "T/F" else f"majority class (always {label})"
+    return f"majority class ({majority_rule(baseline)})"
 
 
 def _layer_axis(ax) -> None:

@@ -119,6 +119,12 @@ def majority_class(labels: NDArray[np.bool_]) -> dict:
     return {"majority_label": label, "majority_rate": max(same, different) / max(same + different, 1)}
 
 
+def majority_rule(baseline: dict) -> str:
+    """The rule of a `majority_class` baseline, in words: "always F", or "T and F as common"."""
+    label = baseline["majority_label"]
+    return "T and F as common" if label == "T/F" else f"always {label}"
+
+
 def read_wic(directory: Path, option: str = "--wic-train") -> WicData:
     """Read every ``*.data.txt`` of a WiC directory with its ``*.gold.txt``."""
     directory = Path(directory)

@@ -173,8 +173,8 @@ class ContextualListenerNode(SampleDocsModel):
         # (Pickled: as they were, until a component of the name links it again.)
         return renamed or ([] if self._claimants() else list(self._renamed))
 
-    def check_not_renamed(self, renamed: List[Tuple[str, str, Tuple[str, ...]]], doc: Doc,
-                          name: Optional[str]) -> None:
+    def check_not_renamed(self, renamed: List[Tuple[str, str, Tuple[str, ...]]], doc: Doc, name: Optional[str],
+                          found: Optional[Dict[str, Any]]) -> None:
         """Where a component this listener was linked to has been renamed
         (`renamed_upstreams`), the doc's outputs under the old name must be
         those of a component it is linked to, by their signature: that one's
@@ -182,17 +182,17 @@ class ContextualListenerNode(SampleDocsModel):
         linked to it now. Others (another embedder given the old name: two
         sourced under each other's names) were read as its features. A doc
         without them, where a component of the old name is linked, is read
-        as any other (`_zeros_for_sample`)."""
+        as any other (`_zeros_for_sample`). `found`: the doc's outputs under
+        `name` (`_doc_outputs`)."""
         claimants = self._claimants()
-        if claimants and _doc_outputs(doc, name) is None:
+        if claimants and found is None:
             return
         stored = stored_signature(doc, name)
         ours = [signature for component in claimants for signature in _signatures_of(component)]
         ours += [signature for _, _, made in renamed for signature in made]
         # (Of one process, the same string: compared field by field only where it is not.)
         if stored not in ours and not any(same_model(stored, signature) for signature in ours):
-            raise ValueError(_renamed_error(self, renamed[-1], has=_doc_outputs(doc, name) is not None,
-                                            signed=stored is not None))
+            raise ValueError(_renamed_error(self, renamed[-1], has=found is not None, signed=stored is not None))
 
     def _upstreams(self) -> List[Any]:
         """The components that list this listener now (a rename or relink drops old claims)."""
@@ -312,7 +312,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     for doc in docs:
         found = _doc_outputs(doc, name)
         if renamed:
-            model.check_not_renamed(renamed, doc, name)
+            model.check_not_renamed(renamed, doc, name, found)
         value = None if found is None else found.get(model.kind)
         uncovered = None if found is None else found.get("missing")
         if uncovered is not None and uncovered.any():
