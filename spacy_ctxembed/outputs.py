@@ -181,10 +181,18 @@ def write_outputs(
             tensor_from = _tensor_source(doc, placed) if placed else None
     outputs = dict(old["outputs"]) if old is not None else {}
     current = old.get("primary") if old is not None else None
+    ends, orths = starts + tokens[:, 1].astype("int64"), numpy.ascontiguousarray(tokens[:, 2])
     if not primary and current == name:
         _check_not_replacing_primary(name, outputs.get(name), signature)
-    outputs[name] = {"starts": starts, "ends": starts + tokens[:, 1].astype("int64"),
-                     "orths": numpy.ascontiguousarray(tokens[:, 2]), "vectors": _read_only(vectors),
+        if layers is None and (outputs.get(name) or {}).get("layers") is not None:
+            # (A gathered store's layers may be merged means, not those of the vectors written now.)
+            layers = _same_layers(outputs[name], signature, starts, ends, orths) if whole is not None else None
+            if layers is None:
+                warnings.warn(f"[{name}] (primary = false, store_layers = false) rewrote the doc's primary output "
+                              f"{name!r} for tokens changed since it was stored (or of another model): its stored "
+                              "layers are dropped (doc._.ctx_layers reads None). Set store_layers = true on it to "
+                              "store them again", stacklevel=3)
+    outputs[name] = {"starts": starts, "ends": ends, "orths": orths, "vectors": _read_only(vectors),
                      "layers": _read_only(layers), "signature": signature}
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
         tensor_from = name
@@ -241,6 +249,20 @@ def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], si
             "token.vector, doc.tensor and .similarity() read them. Give one of the two components another name "
             "(nlp.add_pipe(..., name=...)), or set primary = true on this one to make its vectors the doc's"
         )
+
+
+def _same_layers(output: Dict[str, Any], signature: Optional[str], starts, ends, orths):
+    """The stored layers of the primary output that a `primary = false`
+    component of its name and model rewrites without layers of its own
+    (`store_layers = false`): its vectors are the same, and the layers that
+    `doc._.ctx_layers` reads would otherwise be dropped without a word. Kept
+    only where the signatures are one string (the same model and settings)
+    and the stored tokens are the doc's, unchanged; else None, as before."""
+    if not signature or output.get("signature") != signature:
+        return None
+    same_tokens = all(numpy.array_equal(output[key], value)
+                      for key, value in (("starts", starts), ("ends", ends), ("orths", orths)))
+    return output["layers"] if same_tokens else None
 
 
 def _read_only(array):

@@ -263,6 +263,29 @@ def test_a_non_primary_component_of_the_primary_outputs_name_never_replaces_them
         same(joined)
 
 
+def test_a_non_primary_component_of_the_same_model_keeps_the_stored_layers(vocab, tiny_bert_dir):
+    """The same model's `primary = false` component of the primary output's
+    name, storing no layers, rewrote that output without them: the layers
+    that `doc._.ctx_layers` read were dropped without a word."""
+    settings = dict(layers=[1, 2], combine="mean")
+    storing = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, store_layers=True,
+                                                                             **settings)))
+    plain = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, primary=False, **settings)))
+    doc = storing(TEXT)
+    layers, vectors = numpy.array(doc._.ctx_layers), numpy.array(doc._.ctx_vectors)
+    assert layers.shape == (2, len(doc), 32)
+    doc = plain(doc)
+    numpy.testing.assert_array_equal(doc._.ctx_layers, layers)
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, vectors)
+    # Tokens changed since: the stored layers are not those of the doc's tokens, and are not kept.
+    doc = storing(TEXT)
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])
+    with pytest.warns(UserWarning, match=r"^\[emb\] \(primary = false, store_layers = false\) rewrote the "
+                                         r"doc's primary output 'emb' for tokens changed since it was stored"):
+        assert plain(doc)._.ctx_layers is None
+
+
 def test_cuts_of_a_joined_doc_read_its_own_vectors(last_layer):
     """`span.as_doc()` of a doc joined with `Doc.from_docs`, across the join or
     inside one part, with or without its user data: its tokens' vectors as the
