@@ -245,7 +245,7 @@ def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], si
         raise ValueError(
             f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
             f"name {name!r} and were made by another model or with other settings "
-            f"({_signature_difference(stored, signature)}): "
+            f"({signature_difference(stored, signature)}): "
             "token.vector, doc.tensor and .similarity() read them. Give one of the two components another name "
             "(nlp.add_pipe(..., name=...)), or set primary = true on this one to make its vectors the doc's"
         )
@@ -605,7 +605,7 @@ def _check_one_space(a: Any, b: Any, u, v) -> None:
     elif ours_a and signature_a and signature_b and not _signatures_agree([signature_a, signature_b]):
         raise ValueError(
             f"similarity: {_named(a)} and {_named(b)} have vectors of different ctxembed models "
-            f"({_signature_difference(signature_a, signature_b)}); compare vectors of one model"
+            f"({signature_difference(signature_a, signature_b)}); compare vectors of one model"
         )
 
 
@@ -653,7 +653,7 @@ def _merged_signature(signatures: List[str]) -> str:
     return "; ".join(f"{key}={value}" for key, value in fields.items())
 
 
-def _signature_difference(a: str, b: str) -> str:
+def signature_difference(a: str, b: str) -> str:
     """What differs between two signatures ("key=value; ..."), for messages: the
     fields both have (`_signatures_agree`: a field only one has says nothing)."""
     fields_a, fields_b = signature_fields(a), signature_fields(b)

@@ -71,6 +71,18 @@ COMBINERS = {"mean": "spacy-ctxembed.MeanLayers.v1", "concat": "spacy-ctxembed.C
              "scalar_mix": "spacy-ctxembed.ScalarMix.v1"}
 
 
+def other_bert(path, minilm_dir, *, width=32, depth=2):
+    """Other weights than the conftest's tiny BERT's; by default its shapes."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(1)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=width, num_hidden_layers=depth, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    return path
+
+
 def ctx_config(combine=None, **settings):
     """A ctxembed component config from flat settings: encoder settings go to
     [model.encoder], `combine` picks the [model.combiner], the rest stay."""

@@ -1,5 +1,6 @@
 """ContextualListener: shapes, gradients into its own mix, training, save and load."""
 import gc
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,16 +8,18 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
-from spacy.tokens import Doc
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import registry
 
+from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.outputs import MissingOutputs
 
-from .conftest import SHARED_DATA, ctx_config
+from .conftest import SHARED_DATA, ctx_config, other_bert
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tagger_bert_listener.cfg"
+TEXTS = ["I ate green ham and blue eggs", "They like the park", "Eat apples yesterday"]
 
 
 def _listener(embed=False, width=16):
@@ -211,6 +214,58 @@ def test_a_copys_layers_edited_in_a_saved_pipeline_are_named(tiny_bert_dir, tmp_
     with pytest.raises(SettingError, match=r"^\[ContextualTok2Vec\] embedder\.encoder\.layers = \[0, 1, 2\]: the "
                                            r"encoder was saved for 2 layers .* but the config's layers select 3"):
         spacy.load(tmp_path / "copy")
+
+
+def _frozen_tagged(upstream_dir, tmp_path, *, mix_layers=True):
+    """ctxembed_bert (frozen, annotating) and a tagger listening to it, trained, saved."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=upstream_dir, trainable=False))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert", "mix_layers": mix_layers}}})
+    words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+    nlp.to_disk(tmp_path / "tagged")
+    return nlp, tmp_path / "tagged"
+
+
+def _embedded(vocab, model_dir, **settings):
+    """TEXTS embedded by a pipeline of their own, saved in a DocBin and read back with their outputs."""
+    other = spacy.blank("en", vocab=vocab)
+    other.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=model_dir, store_layers=True, **settings))
+    doc_bin = DocBin(store_user_data=True, docs=other.pipe(TEXTS))
+    return [restore_vectors(doc) for doc in DocBin().from_bytes(doc_bin.to_bytes()).get_docs(vocab)]
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_docs_embedded_by_another_model_are_refused_with_the_upstream_left_out(tiny_bert_dir, minilm_dir, tmp_path,
+                                                                                mix_layers):
+    """Docs embedded once (`embed`, a DocBin) and given to a trained pipeline's
+    listening component with its upstream disabled or excluded: outputs of
+    another model of the same width, or of other pooling, were read as its
+    features (tags changed, no error; found by a review helper). The same
+    model's are read, as the upstream would make them."""
+    nlp, path = _frozen_tagged(tiny_bert_dir, tmp_path, mix_layers=mix_layers)
+    tags = [[token.tag_ for token in doc] for doc in nlp.pipe(TEXTS)]
+    other = other_bert(tmp_path / "other", minilm_dir)
+    refused = r"the doc's outputs under 'ctxembed_bert' were made by another model or with other settings than "
+    for pipeline, kwargs, than in (
+        (nlp, {"disable": ["ctxembed_bert"]}, "'ctxembed_bert' makes"),
+        (spacy.load(path), {"disable": ["ctxembed_bert"]}, "'ctxembed_bert' makes"),
+        (spacy.load(path, disable=["ctxembed_bert"]), {}, "'ctxembed_bert' makes"),
+        (spacy.load(path, exclude=["ctxembed_bert"]), {}, "this component was trained on"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(refused + than) + r" \(weights \w+ vs \w+\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, other), **kwargs))
+        with pytest.raises(ValueError, match=re.escape(refused + than) + r" \(pooling first vs mean\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, pooling="first"), **kwargs))
+        same = pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir), **kwargs)
+        assert [[token.tag_ for token in doc] for doc in same] == tags
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from spacy.util import load_config, load_model_from_config
 
 from spacy_ctxembed.errors import SettingError
 
-from .conftest import COMBINERS, assert_recorded, ctx_config
+from .conftest import COMBINERS, assert_recorded, ctx_config, other_bert
 from .elmo_fixture import write_elmo_fixture
 from .reference import hf_hidden_states, pool, token_pieces
 
@@ -349,23 +349,11 @@ def test_listening_components_hold_the_pooling_and_are_warned_of_other_windows(t
         spacy.load(_encoder_edited(tmp_path / "saved", tmp_path, window=8), exclude=["tagger"])
 
 
-def _other_bert(path, minilm_dir, *, width=32, depth=2):
-    """Other weights than the conftest's tiny BERT's; by default its shapes."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(1)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=width, num_hidden_layers=depth, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    return path
-
-
 def test_initialize_after_a_refused_load_starts_from_the_configs_model(tiny_bert_dir, minilm_dir, tmp_path):
     """The refused load's error says "call initialize() to start from the config's":
     initialize kept the encoder the refused load had put in (another model's),
     beside a fresh mix, and said nothing."""
-    other = _other_bert(tmp_path / "other", minilm_dir)
+    other = other_bert(tmp_path / "other", minilm_dir)
     source = spacy.blank("en")
     source.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=other, layers=[2, 0], combine="scalar_mix"))
     source.initialize()
@@ -420,7 +408,7 @@ def test_a_model_folder_swapped_for_another_models_is_refused(saved, minilm_dir,
     trained on the saved one: silently where the shapes were the same, else
     with thinc's "Attempt to change dimension" or an error that the user's
     `layers` had changed, where it was the model."""
-    other = _other_bert(tmp_path / "other", minilm_dir, **shape)
+    other = other_bert(tmp_path / "other", minilm_dir, **shape)
     path = _swapped(saved["scalar_mix"][0], tmp_path, other)
     with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = '.*model': it holds other weights than this "
                                            r"pipeline was saved with"):
@@ -452,12 +440,12 @@ def test_without_a_fingerprint_a_wider_model_under_a_mix_is_named(saved, minilm_
     on purpose): a wider model under a mix gets an error that names the
     component and the widths, not thinc's; one of the same shapes loads, as
     the error about the fingerprint says it will."""
-    path = _swapped(saved["scalar_mix"][0], tmp_path / "wider", _other_bert(tmp_path / "w", minilm_dir, width=48),
+    path = _swapped(saved["scalar_mix"][0], tmp_path / "wider", other_bert(tmp_path / "w", minilm_dir, width=48),
                     forget_fingerprint=True)
     with pytest.raises(SettingError, match=rf"^\[{NAME}\] combiner = .*: it was saved beside an encoder of width "
                                            r"32, but the loaded model's is 48"):
         spacy.load(path)
-    other = _other_bert(tmp_path / "same", minilm_dir)
+    other = other_bert(tmp_path / "same", minilm_dir)
     path = _swapped(saved["scalar_mix"][0], tmp_path / "same-shapes", other, forget_fingerprint=True)
     assert not numpy.allclose(spacy.load(path)(TEXT)._.ctx_vectors, saved["scalar_mix"][1], atol=1e-3)
 

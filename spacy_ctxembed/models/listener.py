@@ -51,7 +51,15 @@ from ..finite import FiniteCheck, refuse_non_finite
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
-from ..outputs import MissingOutputs, get_outputs, same_model, stored_signature, uncovered_error
+from ..outputs import (
+    MissingOutputs,
+    get_outputs,
+    same_model,
+    signature_difference,
+    signature_fields,
+    stored_signature,
+    uncovered_error,
+)
 from ..settings import FromConfig, config_value, selected_layers
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers
@@ -257,7 +265,61 @@ class ContextualListenerNode(SampleDocsModel):
         features = component.listener_features()
         if features is None:
             return None
-        return {"features": features, "weights": self.held_weights(component), "lineage": component.lineage}
+        return {"features": features, "weights": self.held_weights(component), "lineage": component.lineage,
+                "signed": self._signed_weights(component)}
+
+    def _signed_weights(self, component: Any) -> Optional[str]:
+        """The weights field of `component`'s output signature, which its
+        outputs on docs carry, where it fingerprints no more than the weights
+        this listener reads through: not for a listener that mixes the layers
+        over a combiner with weights of its own (a `ScalarMix` that trains
+        while this head's features stay). None there, and for
+        `ctxembed_from_trf` (its signature holds no weights)."""
+        signature = component.signature
+        if signature is None or (self.mix_layers and component.combiner.param_names):
+            return None
+        return signature_fields(signature).get("weights")
+
+    def outputs_check(self) -> Callable[[str], Optional[str]]:
+        """What tells whether outputs stored on a doc under the upstream's name
+        with a signature are the upstream's, for the prediction path, where
+        the listener reads them from the docs: a function of the stored
+        signature giving None where they are, else how they differ. Docs
+        embedded by another pipeline (another checkpoint of the same width,
+        other pooling or layers) and given to this component with its
+        upstream disabled or excluded were read as its features.
+        - An upstream linked and loaded: one it has made (`_signatures_of`,
+          the latest `SIGNATURES_KEPT` weights) or of its model.
+        - Else (excluded, or disabled and never loaded): what the head was
+          trained on (`TRAINED_WITH`, `TRAINED_ON`): the features it is held
+          to, the layers, and the weights where the record has them (frozen;
+          not where they moved in training, nor for heads saved before they
+          were recorded). A head not trained yet is held to nothing."""
+        ours = [signature for component in self._claimants() if component.loaded
+                for signature in _signatures_of(component)]
+        if ours:
+            def differs_from_upstream(stored: str) -> Optional[str]:
+                if stored in ours or any(same_model(stored, signature) for signature in ours):
+                    return None
+                return signature_difference(stored, ours[0])
+            return differs_from_upstream
+        record = self.attrs.get(TRAINED_WITH)
+        if not isinstance(record, dict) or record.get("untrained"):
+            return lambda stored: None
+        trained = record.get("features")
+        expected = {key: value for key, value in (trained if isinstance(trained, dict) else {}).items()
+                    if key in _HELD}
+        if self.attrs.get(TRAINED_ON) is not None:
+            expected["layers"] = str(list(self.attrs[TRAINED_ON]))
+        if record.get("signed"):
+            expected["weights"] = record["signed"]
+
+        def differs_from_trained(stored: str) -> Optional[str]:
+            fields = signature_fields(stored)
+            differ = [f"{key} {fields[key]} vs {value}" for key, value in expected.items()
+                      if key in fields and fields[key] != value]
+            return "; ".join(differ) or None
+        return differs_from_trained
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -309,10 +371,21 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     model.ensure_dims()
     name = model.source_name()
     outputs = []
+    checked: Dict[str, Optional[str]] = {}  # stored signature -> how it differs (found once a batch)
+    differs: Optional[Callable[[str], Optional[str]]] = None
     for doc in docs:
         found = _doc_outputs(doc, name)
         if renamed:
             model.check_not_renamed(renamed, doc, name, found)
+        elif found is not None:
+            read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
+            stored = stored_signature(doc, read)
+            if stored is not None and stored not in checked:
+                differs = differs or model.outputs_check()
+                checked[stored] = differs(stored)
+            difference = None if stored is None else checked[stored]
+            if difference is not None:
+                raise ValueError(_foreign_error(model, read, difference))
         value = None if found is None else found.get(model.kind)
         uncovered = None if found is None else found.get("missing")
         if uncovered is not None and uncovered.any():
@@ -382,6 +455,18 @@ def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Tuple[
         f"where another pipeline takes it in under another name (add_pipe({was!r}, source=..., name={now!r})): "
         "the two pipelines share one object, renamed in both. Source it under its own name, or from a copy of "
         f"this pipeline (spacy.load it again); or set this listener's upstream to {now!r}"
+    )
+
+
+def _foreign_error(node: ContextualListenerNode, name: str, difference: str) -> str:
+    linked = any(component.loaded for component in node._claimants())
+    than = f"{name!r} makes" if linked else "this component was trained on"
+    return (
+        f"{_named(node)}: the doc's outputs under {name!r} were made by another model or with other settings than "
+        f"{than} ({difference}): a doc embedded by another pipeline (or by {name!r} before it was trained or "
+        f"loaded again) and given to this component with {name!r} disabled or excluded, whose features would be "
+        f"another model's. Run {name!r} on the docs (nlp.pipe(docs) with it enabled embeds them again), or embed "
+        "them with this pipeline"
     )
 
 
@@ -839,7 +924,7 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
         return record
     new_upstream = not isinstance(record, dict) or record.get("lineage") != now["lineage"]
     kept = not moving and (new_upstream or record.get("weights") == now["weights"])
-    return {**now, "weights": now["weights"] if kept else None}
+    return {**now, "weights": now["weights"] if kept else None, "signed": now["signed"] if kept else None}
 
 
 def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
