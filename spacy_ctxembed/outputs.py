@@ -465,6 +465,19 @@ def stored_signature(doc: Doc, name: Optional[str]) -> Optional[str]:
     return None if view is None or name is None else view.signatures.get(name)
 
 
+def read_output(doc: Doc, name: Optional[str]) -> Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]:
+    """(The name read, its output as in `get_outputs`, the signature stored
+    with it) from one view of the doc, for a listener: `name`'s, or with None
+    the doc's one output's; an output None where there is none."""
+    view = _placed_view(doc)
+    outputs = {} if view is None else view.readable_outputs()
+    if name is None and len(outputs) == 1:
+        name = next(iter(outputs))
+    if name is None or view is None or name not in outputs:
+        return name, None, None
+    return name, outputs[name], view.signatures.get(name)
+
+
 def get_vectors(doc: Doc):
     output = _primary_output(doc)
     return None if output is None else output["vectors"]

@@ -54,6 +54,7 @@ from ..layers.scalar_mix import ScalarMix
 from ..outputs import (
     MissingOutputs,
     get_outputs,
+    read_output,
     same_model,
     signature_difference,
     signature_fields,
@@ -181,8 +182,8 @@ class ContextualListenerNode(SampleDocsModel):
         # (Pickled: as they were, until a component of the name links it again.)
         return renamed or ([] if self._claimants() else list(self._renamed))
 
-    def check_not_renamed(self, renamed: List[Tuple[str, str, Tuple[str, ...]]], doc: Doc, name: Optional[str],
-                          found: Optional[Dict[str, Any]]) -> None:
+    def check_not_renamed(self, renamed: List[Tuple[str, str, Tuple[str, ...]]], found: Optional[Dict[str, Any]],
+                          stored: Optional[str]) -> None:
         """Where a component this listener was linked to has been renamed
         (`renamed_upstreams`), the doc's outputs under the old name must be
         those of a component it is linked to, by their signature: that one's
@@ -190,12 +191,11 @@ class ContextualListenerNode(SampleDocsModel):
         linked to it now. Others (another embedder given the old name: two
         sourced under each other's names) were read as its features. A doc
         without them, where a component of the old name is linked, is read
-        as any other (`_zeros_for_sample`). `found`: the doc's outputs under
-        `name` (`_doc_outputs`)."""
+        as any other (`_zeros_for_sample`). `found`, `stored`: the doc's
+        output under the name it listens to, and its signature (`_doc_output`)."""
         claimants = self._claimants()
         if claimants and found is None:
             return
-        stored = stored_signature(doc, name)
         ours = [signature for component in claimants for signature in _signatures_of(component)]
         ours += [signature for _, _, made in renamed for signature in made]
         # (Of one process, the same string: compared field by field only where it is not.)
@@ -374,18 +374,16 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     checked: Dict[str, Optional[str]] = {}  # stored signature -> how it differs (found once a batch)
     differs: Optional[Callable[[str], Optional[str]]] = None
     for doc in docs:
-        found = _doc_outputs(doc, name)
+        read, found, stored = _doc_output(doc, name)
         if renamed:
-            model.check_not_renamed(renamed, doc, name, found)
+            model.check_not_renamed(renamed, found, stored)
         elif found is not None:
-            read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
-            stored = stored_signature(doc, read)
             if stored is not None and stored not in checked:
                 differs = differs or model.outputs_check()
                 checked[stored] = differs(stored)
             difference = None if stored is None else checked[stored]
             if difference is not None:
-                raise ValueError(_foreign_error(model, read, difference))
+                raise ValueError(_foreign_error(model, read or model.upstream_name, difference))
         value = None if found is None else found.get(model.kind)
         uncovered = None if found is None else found.get("missing")
         if uncovered is not None and uncovered.any():
@@ -506,11 +504,10 @@ def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, 
     model.attrs[TRAINED_WITH] = None if record is None else {**record, "untrained": True}
 
 
-def _doc_outputs(doc: Doc, name: Optional[str]) -> Optional[Dict[str, Any]]:
-    outputs = get_outputs(doc) if Doc.has_extension("ctx_outputs") else {}
-    if name is not None:
-        return outputs.get(name)
-    return next(iter(outputs.values())) if len(outputs) == 1 else None
+def _doc_output(doc: Doc, name: Optional[str]) -> Tuple[Optional[str], Optional[Dict[str, Any]], Optional[str]]:
+    """(The name read, the doc's output under it, the signature stored with it):
+    `name`'s, or with None (upstream "*") the doc's one output's."""
+    return read_output(doc, name) if Doc.has_extension("ctx_outputs") else (name, None, None)
 
 
 def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[str], *, in_training_batch: bool):
