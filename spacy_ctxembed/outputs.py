@@ -153,13 +153,16 @@ def _check_dropped(attribute: str, value: Any) -> None:
 
 
 def write_outputs(
-    doc: Doc, name: str, vectors, layers, *, primary: bool, set_doc_tensor: bool, signature: Optional[str] = None
+    doc: Doc, name: str, vectors, layers, *, primary: bool, set_doc_tensor: bool, signature: Optional[str] = None,
+    weights_signed: bool = True,
 ) -> None:
     """Store one component's outputs on `doc`, computed for its current tokens.
 
     signature: what made them (the component's model and settings, see
         `ContextualEmbedder`); outputs of one name from different models are
         then never mixed or compared. None: not known (older callers).
+    weights_signed: whether the signature fingerprints the weights that made
+        them: not `ctxembed_from_trf`'s, which does not see its transformer's.
     """
     # One pass in Cython for what the output and the as_doc pointer keep of the tokens.
     tokens = doc.to_array([IDX, LENGTH, ORTH, SPACY])
@@ -186,12 +189,14 @@ def write_outputs(
         _check_not_replacing_primary(name, outputs.get(name), signature)
         if layers is None and (outputs.get(name) or {}).get("layers") is not None:
             # (A gathered store's layers may be merged means, not those of the vectors written now.)
-            layers = _same_layers(outputs[name], signature, starts, ends, orths) if whole is not None else None
+            same = whole is not None and weights_signed
+            layers = _same_layers(outputs[name], signature, starts, ends, orths) if same else None
             if layers is None:
                 warnings.warn(f"[{name}] (primary = false, store_layers = false) rewrote the doc's primary output "
-                              f"{name!r} for tokens changed since it was stored (or of another model): its stored "
-                              "layers are dropped (doc._.ctx_layers reads None). Set store_layers = true on it to "
-                              "store them again", stacklevel=3)
+                              f"{name!r}, whose stored layers it cannot vouch for as its own (the doc's tokens "
+                              "changed since they were stored, or were gathered from a cut or a join; or another "
+                              "model made them): they are dropped (doc._.ctx_layers reads None). Set "
+                              "store_layers = true on it to store them again", stacklevel=3)
     outputs[name] = {"starts": starts, "ends": ends, "orths": orths, "vectors": _read_only(vectors),
                      "layers": _read_only(layers), "signature": signature}
     if primary and set_doc_tensor and _set_doc_tensor(doc, name, vectors, ours=tensor_from is not None):
@@ -245,7 +250,7 @@ def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], si
         raise ValueError(
             f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
             f"name {name!r} and were made by another model or with other settings "
-            f"({signature_difference(stored, signature)}): "
+            f"({_signature_difference(stored, signature)}): "
             "token.vector, doc.tensor and .similarity() read them. Give one of the two components another name "
             "(nlp.add_pipe(..., name=...)), or set primary = true on this one to make its vectors the doc's"
         )
@@ -256,8 +261,10 @@ def _same_layers(output: Dict[str, Any], signature: Optional[str], starts, ends,
     component of its name and model rewrites without layers of its own
     (`store_layers = false`): its vectors are the same, and the layers that
     `doc._.ctx_layers` reads would otherwise be dropped without a word. Kept
-    only where the signatures are one string (the same model and settings)
-    and the stored tokens are the doc's, unchanged; else None, as before."""
+    only where the signatures are one string (the same model and settings,
+    with the weights' fingerprint: not `ctxembed_from_trf`'s, whose
+    signature is the same over any transformer) and the stored tokens are
+    the doc's, unchanged; else None, as before."""
     if not signature or output.get("signature") != signature:
         return None
     same_tokens = all(numpy.array_equal(output[key], value)
@@ -618,7 +625,7 @@ def _check_one_space(a: Any, b: Any, u, v) -> None:
     elif ours_a and signature_a and signature_b and not _signatures_agree([signature_a, signature_b]):
         raise ValueError(
             f"similarity: {_named(a)} and {_named(b)} have vectors of different ctxembed models "
-            f"({signature_difference(signature_a, signature_b)}); compare vectors of one model"
+            f"({_signature_difference(signature_a, signature_b)}); compare vectors of one model"
         )
 
 
@@ -666,7 +673,7 @@ def _merged_signature(signatures: List[str]) -> str:
     return "; ".join(f"{key}={value}" for key, value in fields.items())
 
 
-def signature_difference(a: str, b: str) -> str:
+def _signature_difference(a: str, b: str) -> str:
     """What differs between two signatures ("key=value; ..."), for messages: the
     fields both have (`_signatures_agree`: a field only one has says nothing)."""
     fields_a, fields_b = signature_fields(a), signature_fields(b)

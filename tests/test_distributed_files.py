@@ -19,6 +19,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from spacy_ctxembed.distributed.shards import (  # noqa: E402
+    META_KEY,
     ShardMismatch,
     build_table,
     check_complete,
@@ -28,6 +29,7 @@ from spacy_ctxembed.distributed.shards import (  # noqa: E402
     write_shard,
 )
 from spacy_ctxembed.distributed.sources import InputError, input_files, plan_shards, read_shard  # noqa: E402
+from spacy_ctxembed.outputs import stored_signature  # noqa: E402
 
 
 def _read_all(path, shard_size, kind=None, text_key="text"):
@@ -297,6 +299,25 @@ def test_rows_rebuild_docs_with_their_vectors(tmp_path):
     # pandas rows work the same way
     again = list(docs_from_table(table.to_pandas(), spacy.blank("en").vocab))
     numpy.testing.assert_array_equal(again[2]._.ctx_vectors, vectors[2])
+
+
+def test_rows_rebuild_docs_that_say_what_made_their_vectors(tmp_path):
+    """A shard records the signature of the component that made its vectors
+    (`embed --ray`), and the docs read back carry it, so that a listener or
+    `.similarity()` checks them as any component's outputs: they said
+    nothing, and a listening component read another model's as its features."""
+    docs = _docs(["a b c", "d e"])
+    table, _ = _table_for(docs, [0, 1])
+    meta = {"component": "ctxembed", "signature": "encoder=x; weights=0123"}
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode("utf8")})
+    pq.write_table(table, tmp_path / "s.parquet")
+    vocab = spacy.blank("en").vocab
+    rebuilt = list(docs_from_table(pq.read_table(tmp_path / "s.parquet"), vocab))
+    assert [stored_signature(doc, "ctxembed") for doc in rebuilt] == ["encoder=x; weights=0123"] * 2
+    given = next(docs_from_table(table, vocab, signature="encoder=y; weights=4567"))
+    assert stored_signature(given, "ctxembed") == "encoder=y; weights=4567"
+    # A DataFrame keeps no metadata: its docs' outputs say nothing, as before.
+    assert stored_signature(next(docs_from_table(table.to_pandas(), vocab)), "ctxembed") is None
 
 
 def test_float16_rows(tmp_path):

@@ -22,6 +22,7 @@ import spacy_ctxembed.distributed as distributed  # noqa: E402
 from spacy_ctxembed.cli import app  # noqa: E402
 from spacy_ctxembed.distributed import embed_corpus, read_docs  # noqa: E402
 from spacy_ctxembed.distributed.shards import shard_name  # noqa: E402
+from spacy_ctxembed.outputs import stored_signature  # noqa: E402
 
 from .conftest import make_nlp  # noqa: E402
 
@@ -120,6 +121,9 @@ def test_embed_corpus_is_complete_and_equals_one_process(local_ray, pipeline_dir
     first = docs[0]
     numpy.testing.assert_allclose(first[1].vector, reference[first.user_data["doc_id"]][2][1], atol=1e-5)
     assert first[1].similarity(first[1]) == pytest.approx(1.0)
+    # ... and what made them, as a doc the pipeline annotates says.
+    made = spacy.load(pipeline_dir)(first.text)
+    assert {stored_signature(doc, "ctxembed_bert") for doc in docs} == {stored_signature(made, "ctxembed_bert")}
 
 
 def test_rerun_resumes_and_redoes_only_what_is_missing(local_ray, pipeline_dir, corpus, reference, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import spacy
 from spacy.training import Example
 
-from .conftest import ctx_config
+from .conftest import ctx_config, other_bert
 from .reference import hf_hidden_states, pool, token_pieces
 
 TEXT = "It was nice out this morning when I ran to the park."
@@ -424,3 +424,19 @@ def test_whitespace_tokens_get_no_vector_with_a_byte_level_bpe(tmp_path):
             numpy.testing.assert_allclose(token.vector, states[rows].astype("float64").mean(axis=0), atol=1e-6)
     words = [t.vector for t in doc if not t.is_space]
     numpy.testing.assert_allclose(doc.vector, numpy.mean(words, axis=0), atol=1e-6)
+
+
+def test_a_non_primary_component_over_another_transformer_drops_the_stored_layers(tiny_bert_dir, minilm_dir,
+                                                                                   tmp_path):
+    """Two pipelines' `ctxembed_from_trf` of one name over different
+    transformers, the second not primary and storing no layers: their
+    signatures are the same string (they hold the pooling settings only), and
+    the first's layers were kept beside the second's vectors; found by a
+    review helper. They are dropped, with the warning."""
+    first = _trf_nlp(tiny_bert_dir, True, layers=[1, 2], store_layers=True)
+    second = _trf_nlp(other_bert(tmp_path / "other", minilm_dir), True, layers=[1, 2], primary=False)
+    doc = first(TEXT)
+    assert doc._.ctx_layers is not None
+    with pytest.warns(UserWarning, match=r"whose stored layers it cannot vouch for as its own"):
+        doc = second(doc)
+    assert doc._.ctx_layers is None

@@ -216,11 +216,13 @@ def test_a_copys_layers_edited_in_a_saved_pipeline_are_named(tiny_bert_dir, tmp_
         spacy.load(tmp_path / "copy")
 
 
-def _frozen_tagged(upstream_dir, tmp_path, *, mix_layers=True):
-    """ctxembed_bert (frozen, annotating) and a tagger listening to it, trained, saved."""
+def _trained_tagger(upstream_dir, tmp_path, *, frozen, mix_layers=True, combine="mean"):
+    """ctxembed_bert and a tagger listening to it, trained (the embedder frozen
+    and annotating, or fine-tuned with it) and saved."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=upstream_dir, trainable=False))
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=upstream_dir, trainable=not frozen,
+                                                    combine=combine))
     nlp.add_pipe("tagger", config={"model": {
         "@architectures": "spacy.Tagger.v2",
         "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
@@ -228,44 +230,68 @@ def _frozen_tagged(upstream_dir, tmp_path, *, mix_layers=True):
     words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
     examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
     optimizer = nlp.initialize(lambda: examples)
+    frozen_kwargs = {"exclude": ["ctxembed_bert"], "annotates": ["ctxembed_bert"]} if frozen else {}
     for _ in range(5):
-        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+        nlp.update(examples, sgd=optimizer, **frozen_kwargs)
     nlp.to_disk(tmp_path / "tagged")
     return nlp, tmp_path / "tagged"
 
 
-def _embedded(vocab, model_dir, **settings):
-    """TEXTS embedded by a pipeline of their own, saved in a DocBin and read back with their outputs."""
-    other = spacy.blank("en", vocab=vocab)
-    other.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=model_dir, store_layers=True, **settings))
-    doc_bin = DocBin(store_user_data=True, docs=other.pipe(TEXTS))
+def _embedded(vocab, pipeline_or_dir, **settings):
+    """TEXTS embedded once, by a saved pipeline or a new one of a model
+    folder, saved in a DocBin and read back with their outputs."""
+    if isinstance(pipeline_or_dir, Path) and (pipeline_or_dir / "config.cfg").is_file():
+        embedder = spacy.load(pipeline_or_dir, exclude=["tagger"], vocab=vocab,
+                              config={"components": {"ctxembed_bert": {"store_layers": True}}})
+    else:
+        embedder = spacy.blank("en", vocab=vocab)
+        embedder.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=pipeline_or_dir, store_layers=True,
+                                                             **settings))
+    doc_bin = DocBin(store_user_data=True, docs=embedder.pipe(TEXTS))
     return [restore_vectors(doc) for doc in DocBin().from_bytes(doc_bin.to_bytes()).get_docs(vocab)]
 
 
-@pytest.mark.parametrize("mix_layers", [True, False])
+REFUSED = r"the doc's outputs under 'ctxembed_bert' were made by another model or with other settings than "
+
+
+@pytest.mark.parametrize("mix_layers,combine", [(True, "mean"), (False, "mean"), (True, "scalar_mix")])
 def test_docs_embedded_by_another_model_are_refused_with_the_upstream_left_out(tiny_bert_dir, minilm_dir, tmp_path,
-                                                                                mix_layers):
+                                                                                mix_layers, combine):
     """Docs embedded once (`embed`, a DocBin) and given to a trained pipeline's
     listening component with its upstream disabled or excluded: outputs of
     another model of the same width, or of other pooling, were read as its
     features (tags changed, no error; found by a review helper). The same
-    model's are read, as the upstream would make them."""
-    nlp, path = _frozen_tagged(tiny_bert_dir, tmp_path, mix_layers=mix_layers)
+    model's are read, as the upstream would make them; also under int8,
+    which heads are not held to."""
+    nlp, path = _trained_tagger(tiny_bert_dir, tmp_path, frozen=True, mix_layers=mix_layers, combine=combine)
     tags = [[token.tag_ for token in doc] for doc in nlp.pipe(TEXTS)]
     other = other_bert(tmp_path / "other", minilm_dir)
-    refused = r"the doc's outputs under 'ctxembed_bert' were made by another model or with other settings than "
     for pipeline, kwargs, than in (
         (nlp, {"disable": ["ctxembed_bert"]}, "'ctxembed_bert' makes"),
-        (spacy.load(path), {"disable": ["ctxembed_bert"]}, "'ctxembed_bert' makes"),
         (spacy.load(path, disable=["ctxembed_bert"]), {}, "'ctxembed_bert' makes"),
         (spacy.load(path, exclude=["ctxembed_bert"]), {}, "this component was trained on"),
     ):
-        with pytest.raises(ValueError, match=re.escape(refused + than) + r" \(weights \w+ vs \w+\)"):
-            list(pipeline.pipe(_embedded(pipeline.vocab, other), **kwargs))
-        with pytest.raises(ValueError, match=re.escape(refused + than) + r" \(pooling first vs mean\)"):
-            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, pooling="first"), **kwargs))
-        same = pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir), **kwargs)
-        assert [[token.tag_ for token in doc] for doc in same] == tags
+        with pytest.raises(ValueError, match=re.escape(REFUSED + than) + r" \((\w+ \w+ vs \w+; )*weights \w+ vs \w+\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, other, combine=combine), **kwargs))
+        with pytest.raises(ValueError, match=re.escape(REFUSED + than) + r" \(pooling first vs mean\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, combine=combine, pooling="first"), **kwargs))
+        for same in (_embedded(pipeline.vocab, path), _embedded(pipeline.vocab, tiny_bert_dir, combine=combine)):
+            assert [[token.tag_ for token in doc] for doc in pipeline.pipe(same, **kwargs)] == tags
+        int8 = _embedded(pipeline.vocab, tiny_bert_dir, combine=combine, precision="int8")
+        assert len(list(pipeline.pipe(int8, **kwargs))) == len(TEXTS)
+
+
+def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved_with(tiny_bert_dir, tmp_path):
+    """A component fine-tuned with its upstream, loaded without it: docs
+    embedded by the base model were read as its features (its record had no
+    weights: they moved in training). The upstream's save records what its
+    outputs say of its weights then; the saved pipeline's own docs are read."""
+    nlp, path = _trained_tagger(tiny_bert_dir, tmp_path, frozen=False)
+    tags = [[token.tag_ for token in doc] for doc in nlp.pipe(TEXTS)]
+    loaded = spacy.load(path, exclude=["ctxembed_bert"])
+    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
+        list(loaded.pipe(_embedded(loaded.vocab, tiny_bert_dir)))
+    assert [[token.tag_ for token in doc] for doc in loaded.pipe(_embedded(loaded.vocab, path))] == tags
 
 
 @pytest.mark.slow

@@ -282,7 +282,7 @@ def test_a_non_primary_component_of_the_same_model_keeps_the_stored_layers(vocab
     with doc.retokenize() as retokenizer:
         retokenizer.merge(doc[0:2])
     with pytest.warns(UserWarning, match=r"^\[emb\] \(primary = false, store_layers = false\) rewrote the "
-                                         r"doc's primary output 'emb' for tokens changed since it was stored"):
+                                         r"doc's primary output 'emb', whose stored layers it cannot vouch for"):
         assert plain(doc)._.ctx_layers is None
 
 

@@ -83,8 +83,11 @@ class ShardEmbedder:
             idx.append(token_char_spans(doc)[0].astype(numpy.int32))
             vectors.append(to_numpy(rows))  # cupy on GPU
         table = build_table(doc_ids, texts, tokens, idx, vectors, dtype=self.dtype)
+        # What made the vectors (`pipeline.signature`), for the docs read back (`docs_from_table`):
+        # listeners and similarity check them as any component's outputs.
+        signature = getattr(self.nlp.get_pipe(self.component), "signature", None) if docs else None
         write_shard(self.out_dir, shard, table, rejected,
-                    {"component": self.component, "dtype": self.dtype, "worker": self.worker})
+                    {"component": self.component, "dtype": self.dtype, "worker": self.worker, "signature": signature})
         attempts.unlink(missing_ok=True)
         return {"shard": shard.index, "docs": len(docs), "rejected": len(rejected),
                 "tokens": sum(len(t) for t in tokens), "seconds": time.perf_counter() - start,

@@ -194,7 +194,8 @@ def check_complete(out_dir: Path, shards: Sequence[Shard]) -> Tuple[int, List[Di
 # Rows back to docs ---------------------------------------------------------
 
 
-def docs_from_table(table, vocab: Vocab, component: str = "ctxembed") -> Iterator[Doc]:
+def docs_from_table(table, vocab: Vocab, component: str = "ctxembed", signature: Optional[str] = None
+                    ) -> Iterator[Doc]:
     """Docs with the shard rows' tokens and vectors, as the pipeline left them.
 
     `table`: shard rows as a pyarrow Table or RecordBatch (a shard file read
@@ -203,7 +204,10 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed") -> Iterato
     `idx`; `token.vector`, `span.vector`, `doc.vector`, `.similarity()` and
     `doc._.ctx_vectors` give the stored vectors (as float32), and
     `doc.user_data["doc_id"]` the row's doc id. A row whose tokens do not
-    rebuild its text raises ValueError.
+    rebuild its text raises ValueError. `signature`: what made the vectors
+    (`pipeline.signature`); None: the one the shard's metadata records, where
+    `table` still has it (a DataFrame has not, nor shards written before it
+    was recorded: their outputs then do not say what made them).
     """
     require_ray_extra("docs_from_table", ("pyarrow",))
     import pyarrow as pa
@@ -211,6 +215,8 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed") -> Iterato
     install_extensions()
     if not isinstance(table, (pa.Table, pa.RecordBatch)):
         table = pa.Table.from_pandas(table, preserve_index=False)
+    if signature is None:
+        signature = _recorded_signature(table.schema.metadata)
     batches = table.combine_chunks().to_batches() if isinstance(table, pa.Table) else [table]
     for batch in batches:
         doc_ids = batch.column("doc_id").to_pylist()
@@ -220,9 +226,19 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed") -> Iterato
         rows, bounds = _vector_rows(batch.column("vectors"))
         for i, doc_id in enumerate(doc_ids):
             doc = _rebuild_doc(vocab, int(doc_id), texts[i], tokens[i], idx[i])
-            write_outputs(doc, component, rows[bounds[i] : bounds[i + 1]], None, primary=True, set_doc_tensor=False)
+            write_outputs(doc, component, rows[bounds[i] : bounds[i + 1]], None, primary=True, set_doc_tensor=False,
+                          signature=signature)
             doc.user_data[DOC_ID_KEY] = int(doc_id)
             yield doc
+
+
+def _recorded_signature(metadata: Optional[Dict[bytes, bytes]]) -> Optional[str]:
+    """The signature a shard's metadata records (`write_shard`), if any."""
+    try:
+        signature = json.loads((metadata or {})[META_KEY]).get("signature")
+    except (KeyError, ValueError, AttributeError):
+        return None
+    return signature if isinstance(signature, str) else None
 
 
 def _vector_rows(column) -> Tuple[numpy.ndarray, numpy.ndarray]:
@@ -252,9 +268,11 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
         raise ValueError(f"the run in {out_dir} is not complete: run embed --ray again to finish it")
     for shard in manifest["shards"]:
         path = out_dir / SHARDS / shard_name(shard["index"])
-        component = (shard_meta(path) or {}).get("component", "ctxembed")
+        meta = shard_meta(path) or {}
+        component, signature = meta.get("component", "ctxembed"), meta.get("signature")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield from docs_from_table(batch, vocab, component=component)
+            yield from docs_from_table(batch, vocab, component=component,
+                                       signature=signature if isinstance(signature, str) else None)
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:

@@ -56,7 +56,6 @@ from ..outputs import (
     get_outputs,
     read_output,
     same_model,
-    signature_difference,
     signature_fields,
     stored_signature,
     uncovered_error,
@@ -87,6 +86,9 @@ TRAINED_WITH = "upstream_record"
 #: transformers (the weights' fingerprint tells another model), nor int8,
 #: which runs the same weights faster.
 _HELD = ("encoder", "pooling", "options")
+#: The signature fields a listener does not hold the docs' outputs to, next to
+#: a linked upstream: int8 runs the same weights (as `_HELD` leaves it out).
+_NOT_HELD = ("quantization",)
 
 
 class ContextualListenerNode(SampleDocsModel):
@@ -270,15 +272,30 @@ class ContextualListenerNode(SampleDocsModel):
 
     def _signed_weights(self, component: Any) -> Optional[str]:
         """The weights field of `component`'s output signature, which its
-        outputs on docs carry, where it fingerprints no more than the weights
-        this listener reads through: not for a listener that mixes the layers
-        over a combiner with weights of its own (a `ScalarMix` that trains
-        while this head's features stay). None there, and for
-        `ctxembed_from_trf` (its signature holds no weights)."""
+        outputs on docs carry (encoder and combiner together; for
+        `ctxembed_from_trf` a digest of no weights); None before it loads."""
         signature = component.signature
-        if signature is None or (self.mix_layers and component.combiner.param_names):
-            return None
-        return signature_fields(signature).get("weights")
+        return None if signature is None else signature_fields(signature).get("weights")
+
+    def note_saved_upstream(self, component: Any) -> None:
+        """`component`, linked to this listener, is being saved: where the head
+        was trained on it as it is now (its lineage, with the weights it
+        trained on, or with weights that moved while it trained), record
+        what its outputs' signature says of its weights now (`signed`), which
+        a pipeline saved with both makes. Loaded without `component`
+        (`exclude=[...]`), the listener holds docs embedded once to it
+        (`outputs_check`): a head fine-tuned with its upstream has no other
+        record of weights that moved until the last step, or until
+        `spacy train` saved `model-best` under the averages. spaCy saves a
+        pipeline's components in order, the upstream before its listeners'."""
+        record = self.attrs.get(TRAINED_WITH)
+        if not isinstance(record, dict) or record.get("untrained") or record.get("lineage") != component.lineage:
+            return
+        if record.get("weights") is not None and record["weights"] != self.held_weights(component):
+            return  # (left behind by its upstream's training: refused next to it, and as excluded)
+        signed = self._signed_weights(component)
+        if signed is not None and signed != record.get("signed"):
+            self.attrs[TRAINED_WITH] = {**record, "signed": signed}
 
     def outputs_check(self) -> Callable[[str], Optional[str]]:
         """What tells whether outputs stored on a doc under the upstream's name
@@ -289,37 +306,42 @@ class ContextualListenerNode(SampleDocsModel):
         other pooling or layers) and given to this component with its
         upstream disabled or excluded were read as its features.
         - An upstream linked and loaded: one it has made (`_signatures_of`,
-          the latest `SIGNATURES_KEPT` weights) or of its model.
+          the latest `SIGNATURES_KEPT` weights) or of its model, but for
+          quantization (int8 runs the same weights, as heads are not held to).
         - Else (excluded, or disabled and never loaded): what the head was
           trained on (`TRAINED_WITH`, `TRAINED_ON`): the features it is held
-          to, the layers, and the weights where the record has them (frozen;
-          not where they moved in training, nor for heads saved before they
-          were recorded). A head not trained yet is held to nothing."""
+          to, the layers, and the weights where the record has them (frozen
+          in training, or recorded when the upstream was saved with it:
+          `note_saved_upstream`; not for heads saved before either). A head
+          not trained yet is held to nothing.
+        The weights' fingerprint covers the combiner too: a head that mixes
+        the layers is refused docs of its encoder under another combiner."""
         ours = [signature for component in self._claimants() if component.loaded
                 for signature in _signatures_of(component)]
         if ours:
-            def differs_from_upstream(stored: str) -> Optional[str]:
-                if stored in ours or any(same_model(stored, signature) for signature in ours):
-                    return None
-                return signature_difference(stored, ours[0])
-            return differs_from_upstream
-        record = self.attrs.get(TRAINED_WITH)
-        if not isinstance(record, dict) or record.get("untrained"):
-            return lambda stored: None
-        trained = record.get("features")
-        expected = {key: value for key, value in (trained if isinstance(trained, dict) else {}).items()
-                    if key in _HELD}
-        if self.attrs.get(TRAINED_ON) is not None:
-            expected["layers"] = str(list(self.attrs[TRAINED_ON]))
-        if record.get("signed"):
-            expected["weights"] = record["signed"]
+            expected = [_without(signature_fields(signature), _NOT_HELD) for signature in ours]
+        else:
+            record = self.attrs.get(TRAINED_WITH)
+            if not isinstance(record, dict) or record.get("untrained"):
+                return lambda stored: None
+            trained = record.get("features")
+            held = (*_HELD, *(() if self.mix_layers else ("combiner",)))
+            fields = {key: value for key, value in (trained if isinstance(trained, dict) else {}).items()
+                      if key in held}
+            if self.attrs.get(TRAINED_ON) is not None:
+                fields["layers"] = str(list(self.attrs[TRAINED_ON]))
+            if record.get("signed"):
+                fields["weights"] = record["signed"]
+            expected = [fields]
 
-        def differs_from_trained(stored: str) -> Optional[str]:
-            fields = signature_fields(stored)
-            differ = [f"{key} {fields[key]} vs {value}" for key, value in expected.items()
-                      if key in fields and fields[key] != value]
-            return "; ".join(differ) or None
-        return differs_from_trained
+        def differs(stored: str) -> Optional[str]:
+            if stored in ours:
+                return None
+            got = signature_fields(stored)
+            differences = [[f"{key} {got[key]} vs {value}" for key, value in want.items()
+                            if key in got and got[key] != value] for want in expected]
+            return None if any(not difference for difference in differences) else "; ".join(differences[0])
+        return differs
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -430,6 +452,10 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     return outputs, lambda d_outputs: []
 
 
+def _without(fields: Dict[str, str], keys: Tuple[str, ...]) -> Dict[str, str]:
+    return {key: value for key, value in fields.items() if key not in keys}
+
+
 def _signatures_of(component: Any) -> Tuple[str, ...]:
     """The signatures `component`'s outputs may have (`made_signatures`), its
     current one first; where those tell nothing (`ctxembed_from_trf`), its
@@ -458,13 +484,15 @@ def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Tuple[
 
 def _foreign_error(node: ContextualListenerNode, name: str, difference: str) -> str:
     linked = any(component.loaded for component in node._claimants())
-    than = f"{name!r} makes" if linked else "this component was trained on"
+    than, run = ((f"{name!r} makes", f"run {name!r} on the docs (nlp.pipe(docs) with it enabled embeds them again)")
+                 if linked else
+                 ("this component was trained on", f"load the pipeline with {name!r} (not excluded) and run it on "
+                  "the docs"))
     return (
         f"{_named(node)}: the doc's outputs under {name!r} were made by another model or with other settings than "
         f"{than} ({difference}): a doc embedded by another pipeline (or by {name!r} before it was trained or "
         f"loaded again) and given to this component with {name!r} disabled or excluded, whose features would be "
-        f"another model's. Run {name!r} on the docs (nlp.pipe(docs) with it enabled embeds them again), or embed "
-        "them with this pipeline"
+        f"another model's. Embed the docs with this pipeline, or {run}"
     )
 
 

@@ -584,7 +584,7 @@ class ContextualEmbedder(TrainablePipe):
         for doc, doc_layers, doc_vectors in zip(docs, layers, vectors):
             write_outputs(doc, self.name, doc_vectors, doc_layers if keep_layers else None,
                           primary=self.cfg["primary"], set_doc_tensor=self.cfg["set_doc_tensor"],
-                          signature=signature)
+                          signature=signature, weights_signed=encoder_shim(self.encoder) is not None)
 
     # Training --------------------------------------------------------------
 
@@ -831,7 +831,18 @@ class ContextualEmbedder(TrainablePipe):
         if shim is not None:
             serializers[MODEL_DIR] = shim.save_dir
         with self._ready():  # (one model's weights, not a load's half-swapped ones)
+            self._note_saved()
             to_disk(path, serializers, exclude)
+
+    def _note_saved(self) -> None:
+        """Tell the listeners linked to this component that it is being saved
+        as it is (`ContextualListenerNode.note_saved_upstream`): their heads,
+        saved after it, then record what its outputs' signature says of the
+        weights they were trained on, to hold docs embedded once to it where
+        this component is excluded at load."""
+        if self._loaded:
+            for listener in self.listeners:
+                listener.note_saved_upstream(self)
 
     def _width_into_combiner(self) -> None:
         """Give the combiner the encoder's width where only the encoder knows it,
@@ -901,6 +912,7 @@ class ContextualEmbedder(TrainablePipe):
                                                                         lineage=self._lineage, kept=self._unvouched),
                                                "model": self.model.to_bytes}
         with self._ready():
+            self._note_saved()
             return srsly.msgpack_dumps({key: part() for key, part in parts.items() if key not in exclude})
 
     @_loads
