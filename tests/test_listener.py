@@ -292,6 +292,17 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
         list(loaded.pipe(_embedded(loaded.vocab, tiny_bert_dir)))
     assert [[token.tag_ for token in doc] for doc in loaded.pipe(_embedded(loaded.vocab, path))] == tags
+    # Trained on after the save: held to its upstream as it is, not as saved (the record kept the saved
+    # weights, and its own upstream's docs were refused once the upstream was removed; found by a review helper).
+    words, gold = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    optimizer = nlp.resume_training()
+    for _ in range(3):
+        nlp.update([Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": gold})], sgd=optimizer)
+    docs = list(nlp.pipe(TEXTS))
+    tags = [[token.tag_ for token in doc] for doc in docs]
+    nlp.remove_pipe("ctxembed_bert")
+    gc.collect()
+    assert [[token.tag_ for token in doc] for doc in nlp.pipe(docs)] == tags
 
 
 @pytest.mark.slow

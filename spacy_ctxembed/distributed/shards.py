@@ -205,9 +205,10 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed", signature:
     `doc._.ctx_vectors` give the stored vectors (as float32), and
     `doc.user_data["doc_id"]` the row's doc id. A row whose tokens do not
     rebuild its text raises ValueError. `signature`: what made the vectors
-    (`pipeline.signature`); None: the one the shard's metadata records, where
-    `table` still has it (a DataFrame has not, nor shards written before it
-    was recorded: their outputs then do not say what made them).
+    (`pipeline.signature`, which each shard's metadata records: `read_docs`
+    passes it shard by shard); None: their outputs do not say what made
+    them. (Not read from `table`'s own metadata: pyarrow keeps the first
+    file's where it reads several, which may be another run's.)
     """
     require_ray_extra("docs_from_table", ("pyarrow",))
     import pyarrow as pa
@@ -215,8 +216,6 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed", signature:
     install_extensions()
     if not isinstance(table, (pa.Table, pa.RecordBatch)):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    if signature is None:
-        signature = _recorded_signature(table.schema.metadata)
     batches = table.combine_chunks().to_batches() if isinstance(table, pa.Table) else [table]
     for batch in batches:
         doc_ids = batch.column("doc_id").to_pylist()
@@ -230,15 +229,6 @@ def docs_from_table(table, vocab: Vocab, component: str = "ctxembed", signature:
                           signature=signature)
             doc.user_data[DOC_ID_KEY] = int(doc_id)
             yield doc
-
-
-def _recorded_signature(metadata: Optional[Dict[bytes, bytes]]) -> Optional[str]:
-    """The signature a shard's metadata records (`write_shard`), if any."""
-    try:
-        signature = json.loads((metadata or {})[META_KEY]).get("signature")
-    except (KeyError, ValueError, AttributeError):
-        return None
-    return signature if isinstance(signature, str) else None
 
 
 def _vector_rows(column) -> Tuple[numpy.ndarray, numpy.ndarray]:

@@ -943,7 +943,9 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
     moving = node._batch_id is not None and component.weights_train(combiner=not node.mix_layers)
     if moving and isinstance(record, dict) and record.get("weights") is None \
             and record.get("lineage") == component.lineage:
-        return record  # (nothing to take again: no fingerprint per step)
+        # (Nothing to take again: no fingerprint per step. The weights a save
+        # recorded (`note_saved_upstream`) are left behind by this step.)
+        return record if record.get("signed") is None else {**record, "signed": None}
     now = node.upstream_record(component)
     if now is None:
         return record
