@@ -124,6 +124,7 @@ def test_embed_corpus_is_complete_and_equals_one_process(local_ray, pipeline_dir
     # ... and what made them, as a doc the pipeline annotates says.
     made = spacy.load(pipeline_dir)(first.text)
     assert {stored_signature(doc, "ctxembed_bert") for doc in docs} == {stored_signature(made, "ctxembed_bert")}
+    assert manifest["signature"] == stored_signature(made, "ctxembed_bert")
 
 
 def test_rerun_resumes_and_redoes_only_what_is_missing(local_ray, pipeline_dir, corpus, reference, tmp_path):

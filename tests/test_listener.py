@@ -11,6 +11,7 @@ import spacy
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import registry
+from thinc.api import Adam
 
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.errors import SettingError
@@ -292,14 +293,23 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
         list(loaded.pipe(_embedded(loaded.vocab, tiny_bert_dir)))
     assert [[token.tag_ for token in doc] for doc in loaded.pipe(_embedded(loaded.vocab, path))] == tags
-    # Trained on after the save: held to its upstream as it is, not as saved (the record kept the saved
-    # weights, and its own upstream's docs were refused once the upstream was removed; found by a review helper).
+    # Trained on after the save, and saved under the optimizer's averages (as spacy train saves model-best and
+    # model-last): held to its upstream as it is, not as saved (the record kept the saved weights, and its own
+    # upstream's docs were refused once the upstream was removed; found by review helpers). The averages' save
+    # holds its docs to the averages.
     words, gold = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
-    optimizer = nlp.resume_training()
+    optimizer = Adam(0.001, use_averages=True)
     for _ in range(3):
         nlp.update([Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": gold})], sgd=optimizer)
+    assert optimizer.averages
+    with nlp.use_params(optimizer.averages):
+        nlp.to_disk(tmp_path / "averaged")
     docs = list(nlp.pipe(TEXTS))
     tags = [[token.tag_ for token in doc] for doc in docs]
+    averaged = spacy.load(tmp_path / "averaged", exclude=["ctxembed_bert"])
+    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
+        list(averaged.pipe(DocBin(store_user_data=True, docs=docs).get_docs(averaged.vocab)))
+    assert len(list(averaged.pipe(_embedded(averaged.vocab, tmp_path / "averaged")))) == len(TEXTS)
     nlp.remove_pipe("ctxembed_bert")
     gc.collect()
     assert [[token.tag_ for token in doc] for doc in nlp.pipe(docs)] == tags

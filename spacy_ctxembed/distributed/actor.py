@@ -83,7 +83,7 @@ class ShardEmbedder:
             idx.append(token_char_spans(doc)[0].astype(numpy.int32))
             vectors.append(to_numpy(rows))  # cupy on GPU
         table = build_table(doc_ids, texts, tokens, idx, vectors, dtype=self.dtype)
-        # What made the vectors (`pipeline.signature`), for the docs read back (`docs_from_table`):
+        # What made the vectors (`pipeline.signature`), for the docs read back (`read_docs`):
         # listeners and similarity check them as any component's outputs.
         signature = getattr(self.nlp.get_pipe(self.component), "signature", None) if docs else None
         write_shard(self.out_dir, shard, table, rejected,

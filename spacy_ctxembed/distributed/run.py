@@ -36,7 +36,17 @@ from ..pipeline.build import check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
 from .extra import require_ray_extra
-from .shards import DTYPES, MANIFEST, SHARDS, Float16Overflow, check_complete, committed, read_json
+from .shards import (
+    DTYPES,
+    MANIFEST,
+    SHARDS,
+    Float16Overflow,
+    check_complete,
+    committed,
+    read_json,
+    shard_meta,
+    shard_name,
+)
 from .sources import InputError, Shard, input_files, plan_shards
 
 REJECTED = "rejected.jsonl"
@@ -165,9 +175,18 @@ def embed_corpus(
         fsync_dir(shard_dir)  # the shards' renames are durable before the manifest says complete
         _write_lines(out / REJECTED, rejected)
         manifest.update(complete=True, docs=n_docs, rejected=len(rejected), rows=n_docs + len(rejected),
-                        resumed_shards=len(done))
+                        resumed_shards=len(done), signature=_run_signature(shard_dir, shards))
         write_json(out / MANIFEST, manifest)
         return manifest
+
+
+def _run_signature(shard_dir: Path, shards: List[Shard]) -> Optional[str]:
+    """What made the run's vectors (`pipeline.signature`), as its shards record
+    it (one model, checked at each actor's start); None where they do not
+    (no docs; shards written by earlier versions) or disagree."""
+    made = {(shard_meta(shard_dir / shard_name(shard.index)) or {}).get("signature") for shard in shards}
+    made.discard(None)
+    return made.pop() if len(made) == 1 else None
 
 
 def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:

@@ -297,6 +297,16 @@ class ContextualListenerNode(SampleDocsModel):
         if signed is not None and signed != record.get("signed"):
             self.attrs[TRAINED_WITH] = {**record, "signed": signed}
 
+    def record(self) -> Any:
+        """What the head was trained on (`TRAINED_WITH`), as it is now."""
+        return self.attrs.get(TRAINED_WITH)
+
+    def put_back_record(self, record: Any) -> None:
+        """The record as it was before the upstream swapped in other weights
+        (`use_params`), where a save inside the swap changed it."""
+        if self.attrs.get(TRAINED_WITH) is not record:
+            self.attrs[TRAINED_WITH] = record
+
     def outputs_check(self) -> Callable[[str], Optional[str]]:
         """What tells whether outputs stored on a doc under the upstream's name
         with a signature are the upstream's, for the prediction path, where

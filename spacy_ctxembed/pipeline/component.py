@@ -785,6 +785,10 @@ class ContextualEmbedder(TrainablePipe):
         shim = encoder_shim(self.encoder)
         swapped = shim is not None and swaps_weights(shim, params)
         swap = self.model.use_params(params)
+        # A save inside the block records the averages' signature in the
+        # listeners' records (`_note_saved`), for the saved pipeline; the
+        # weights this one predicts with after the block are its own again.
+        records = [(listener, listener.record()) for listener in self.listeners]
         # Swapped in and back alone, as a training step is (`finish_update`);
         # predictions in the block read the averages, in any thread.
         # (The combiner's averages count as a change too: `_changing_weights` always moves the count.)
@@ -798,6 +802,8 @@ class ContextualEmbedder(TrainablePipe):
                 # `use_params` puts a node's parameters back (the combiner's
                 # trained mix) on a plain exit only, not on an exception.
                 swap.__exit__(None, None, None)
+            for listener, record in records:
+                listener.put_back_record(record)
 
     def _encoder_trains(self) -> bool:
         """Whether an update may move the encoder: it is trainable, its `encoder_lr_scale` is not 0, and
