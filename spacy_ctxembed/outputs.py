@@ -234,10 +234,11 @@ def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], si
     `doc.tensor` and similarity read with its own, while they went on
     reading as the primary ones. Refused where their signatures say that
     another model made them; the same model's vectors are the same.
-    (Outputs that do not say, docs rebuilt from `--ray` shards, are not
-    checked; nor are `ctxembed_from_trf`'s of another transformer: its
-    signature has its own settings only.) `output` None: the primary
-    outputs cannot be read (joined from docs of different models)."""
+    (Outputs that do not say, docs rebuilt by `docs_from_table` without a
+    signature or saved by earlier versions, are not checked; nor are
+    `ctxembed_from_trf`'s of another transformer: its signature has its own
+    settings only.) `output` None: the primary outputs cannot be read
+    (joined from docs of different models)."""
     if output is None:
         raise ValueError(
             f"[{name}] (primary = false) would replace the doc's primary vectors, which are stored under the same "
