@@ -7,7 +7,7 @@ import pytest
 import spacy
 from spacy.training import Example
 
-from .conftest import ctx_config, other_bert
+from .conftest import SHARED_DATA, ctx_config, other_bert
 from .reference import hf_hidden_states, pool, token_pieces
 
 TEXT = "It was nice out this morning when I ran to the park."
@@ -440,3 +440,83 @@ def test_a_non_primary_component_over_another_transformer_drops_the_stored_layer
     with pytest.warns(UserWarning, match=r"whose stored layers it cannot vouch for as its own"):
         doc = second(doc)
     assert doc._.ctx_layers is None
+
+
+def _family_nlp(family, tmp_path, tiny_bert_dir):
+    """A transformer of each tokenizer family (WordPiece: the MiniLM
+    tokenizer; byte-level BPE; SentencePiece) and ctxembed_from_trf."""
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from .test_bert_exactness import _byte_level_bpe_model, _sentencepiece_model
+
+    if family == "wordpiece":
+        return _trf_nlp(tiny_bert_dir, False)
+    torch.manual_seed(0)
+    build = _byte_level_bpe_model if family == "bpe" else _sentencepiece_model
+    tokenizer, model = build(tmp_path / "vocab")
+    if family == "sentencepiece":
+        # (Saved as a plain fast tokenizer: spacy-transformers reads an XLM-R
+        # tokenizer's SentencePiece model file, which one built here has not.)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer,
+                                            **tokenizer.special_tokens_map, model_max_length=128)
+    tokenizer.save_pretrained(tmp_path / "model")
+    model.eval().save_pretrained(tmp_path / "model")
+    return _trf_nlp(tmp_path / "model", False)
+
+
+@pytest.mark.parametrize("family", ["wordpiece", "bpe", "sentencepiece"])
+def test_a_retokenization_that_keeps_the_number_of_tokens_is_refused(tiny_bert_dir, tmp_path, family):
+    """trf_data's alignment is per token index: a merge and a split between
+    the transformer and ctxembed_from_trf that keep the number of tokens gave
+    each token between them its neighbour's vector ("is" got "York"'s), with
+    no error. A wordpiece aligned to one token lies in its text; here one
+    does not."""
+    nlp = _family_nlp(family, tmp_path, tiny_bert_dir)
+    doc = nlp.get_pipe("transformer")(nlp.make_doc("New York City is big and the park is nice"))
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[3], ["bi", "g"], heads=[(doc[3], 0), (doc[3], 0)])
+    assert [token.text for token in doc][:5] == ["New York", "City", "is", "bi", "g"]
+    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] doc._.trf_data aligns token 1 \('City'\) with the "
+                                         r"wordpiece '[^']+', which is not in its text: the doc was retokenized "):
+        nlp.get_pipe("ctxembed_from_trf")(doc)
+
+
+HARD_TEXTS = [
+    "Café naïve Zürich ﬁne １２３ x² Ⅻ straße İstanbul don't U.K. e-mail http://x.com/a?b=c :) 😀 日本語 한국어 —",
+    "NEW YORK  ran\n\nto the park... 'quoted' ``ticks'' $4.50 (aside) #tag @user",
+]
+
+
+def _corpus_texts(limit):
+    """UD EWT dev sentences and WNUT-17 dev tweets (URLs, emoji, other
+    scripts), where ../shared/data is present; HARD_TEXTS always."""
+    texts = list(HARD_TEXTS)
+    ud = SHARED_DATA / "ud_english_ewt" / "en_ewt-ud-dev.conllu"
+    if ud.is_file():
+        texts += [line[len("# text = "):] for line in ud.read_text(encoding="utf8").splitlines()
+                  if line.startswith("# text = ")][:limit]
+    wnut = SHARED_DATA / "wnut17" / "emerging.dev.conll"
+    if wnut.is_file():
+        tweets = wnut.read_text(encoding="utf8").split("\n\n")
+        texts += [" ".join(line.split("\t")[0] for line in tweet.splitlines() if line.strip())
+                  for tweet in tweets if tweet.strip()][:limit]
+    return texts
+
+
+@pytest.mark.parametrize("family", ["wordpiece", "bpe", "sentencepiece"])
+def test_docs_as_the_transformer_left_them_are_never_refused_as_retokenized(tiny_bert_dir, tmp_path, family):
+    """The check of each token's wordpieces against its text refuses none of
+    a corpus's docs left as the transformer saw them, in each tokenizer
+    family (accents, ligatures, full-width digits, contractions, URLs, emoji,
+    other scripts, whitespace tokens); each token's vector is the mean of its
+    pieces' states (NumPy, float64)."""
+    nlp = _family_nlp(family, tmp_path, tiny_bert_dir)
+    for doc in nlp.pipe(_corpus_texts(200)):
+        states = doc._.trf_data.model_output.last_hidden_state
+        states = states.reshape(-1, states.shape[-1]).astype("float64")
+        token = max(doc, key=lambda t: len(t.text) * t.has_vector)  # (one per doc: the longest with a vector)
+        rows = doc._.trf_data.align[token.i].dataXd.ravel()
+        numpy.testing.assert_allclose(token.vector, states[rows].mean(axis=0), atol=1e-5)

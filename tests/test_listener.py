@@ -335,3 +335,21 @@ def test_spacy_train_with_shipped_config(tmp_path):
     doc = nlp("I ran to the park yesterday .")
     assert nlp.pipe_names == ["ctxembed_bert", "tagger"]
     assert all(t.tag_ for t in doc) and doc._.ctx_vectors.shape == (len(doc), 384)
+
+
+def test_a_renamed_upstream_holds_embedded_docs_to_what_the_unrenamed_one_did(tiny_bert_dir, minilm_dir, tmp_path):
+    """Docs embedded once and read by a component whose upstream was renamed
+    since: the rename check compared their signature with every field, the
+    check of embedded docs without int8 (which runs the same weights), so
+    int8 docs of the upstream's model were read before the rename and refused
+    after it. One comparison now; another model's docs stay refused."""
+    nlp, _ = _trained_tagger(tiny_bert_dir, tmp_path, frozen=True)
+    tagger = nlp.get_pipe("tagger").model
+    int8 = _embedded(nlp.vocab, tiny_bert_dir, precision="int8")
+    read = tagger.predict(int8)
+    nlp.rename_pipe("ctxembed_bert", "emb")
+    for before, after in zip(read, tagger.predict(int8)):
+        numpy.testing.assert_array_equal(after, before)
+    with pytest.raises(ValueError, match=r"is named 'emb' now, .*those under 'ctxembed_bert' on the doc are another "
+                                         r"model's"):
+        tagger.predict(_embedded(nlp.vocab, other_bert(tmp_path / "other", minilm_dir)))

@@ -38,7 +38,7 @@ another shape than its config's.
 """
 import math
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -55,7 +55,6 @@ from ..outputs import (
     MissingOutputs,
     get_outputs,
     read_output,
-    same_model,
     signature_fields,
     stored_signature,
     uncovered_error,
@@ -200,8 +199,7 @@ class ContextualListenerNode(SampleDocsModel):
             return
         ours = [signature for component in claimants for signature in _signatures_of(component)]
         ours += [signature for _, _, made in renamed for signature in made]
-        # (Of one process, the same string: compared field by field only where it is not.)
-        if stored not in ours and not any(same_model(stored, signature) for signature in ours):
+        if stored is None or _unlike(stored, ours, [_held_by_upstream(signature) for signature in ours]) is not None:
             raise ValueError(_renamed_error(self, renamed[-1], has=found is not None, signed=stored is not None))
 
     def _upstreams(self) -> List[Any]:
@@ -329,7 +327,7 @@ class ContextualListenerNode(SampleDocsModel):
         ours = [signature for component in self._claimants() if component.loaded
                 for signature in _signatures_of(component)]
         if ours:
-            expected = [_without(signature_fields(signature), _NOT_HELD) for signature in ours]
+            expected = [_held_by_upstream(signature) for signature in ours]
         else:
             record = self.attrs.get(TRAINED_WITH)
             if not isinstance(record, dict) or record.get("untrained"):
@@ -344,14 +342,7 @@ class ContextualListenerNode(SampleDocsModel):
                 fields["weights"] = record["signed"]
             expected = [fields]
 
-        def differs(stored: str) -> Optional[str]:
-            if stored in ours:
-                return None
-            got = signature_fields(stored)
-            differences = [[f"{key} {got[key]} vs {value}" for key, value in want.items()
-                            if key in got and got[key] != value] for want in expected]
-            return None if any(not difference for difference in differences) else "; ".join(differences[0])
-        return differs
+        return lambda stored: _unlike(stored, ours, expected)
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
@@ -462,8 +453,26 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
     return outputs, lambda d_outputs: []
 
 
-def _without(fields: Dict[str, str], keys: Tuple[str, ...]) -> Dict[str, str]:
-    return {key: value for key, value in fields.items() if key not in keys}
+def _held_by_upstream(signature: str) -> Dict[str, str]:
+    """The fields of an upstream's signature that a doc's outputs are held to
+    where the upstream is linked (all but `_NOT_HELD`)."""
+    return {key: value for key, value in signature_fields(signature).items() if key not in _NOT_HELD}
+
+
+def _unlike(stored: str, ours: Sequence[str], expected: Sequence[Dict[str, str]]) -> Optional[str]:
+    """None where a doc's outputs signed `stored` are those `ours` names, or
+    agree with one of `expected` (fields a listener holds them to) in every
+    field both have (earlier versions wrote fewer: `outputs.same_model`);
+    else how they differ from the first. The one comparison of a doc's
+    outputs with what a listener reads, for a renamed upstream and others."""
+    if stored in ours:  # (of one process, the same string: compared field by field only where it is not)
+        return None
+    got = signature_fields(stored)
+    differences = [[f"{key} {got[key]} vs {value}" for key, value in want.items() if key in got and got[key] != value]
+                   for want in expected]
+    if any(not difference for difference in differences):
+        return None
+    return "; ".join(differences[0]) if differences else f"nothing to compare {stored!r} with"
 
 
 def _signatures_of(component: Any) -> Tuple[str, ...]:

@@ -9,11 +9,12 @@ Its settings come from the config in every path: thinc saves a model's attrs
 with its bytes and puts the saved values back on `from_bytes`, but not these
 (`settings.FromConfig`), as the BERT and ELMo encoders keep theirs in a shim.
 """
+import unicodedata
 import warnings
-from typing import Callable, List, Optional, Sequence, Tuple, cast
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy
-from spacy.attrs import IS_SPACE
+from spacy.attrs import IS_SPACE, ORTH
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
@@ -66,7 +67,8 @@ def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[
     # Empty docs, and docs the upstream's span getter gave no span, carry no
     # transformer output: they need only the width, taken from the batch's
     # other docs or from what the upstream said.
-    pooled = [None if len(doc) == 0 else _pool_doc(model, doc) for doc in docs]
+    piece_texts: Dict[str, Optional[str]] = {}  # (`_piece_text` of each piece string, for the batch)
+    pooled = [None if len(doc) == 0 else _pool_doc(model, doc, piece_texts) for doc in docs]
     widths = {p.shape[2] for p in pooled if p is not None}
     if widths and model.has_dim("nO") is not True:
         # Not initialized with the pipeline (added to a loaded one): the first
@@ -84,7 +86,7 @@ def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[
     return outputs, lambda d_outputs: []
 
 
-def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
+def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str]]) -> Optional[DocLayers]:
     trf_data = doc._.get("trf_data") if Doc.has_extension("trf_data") else None
     if trf_data is None:
         # (In training, spacy-transformers' update sends its outputs to its own
@@ -118,6 +120,7 @@ def _pool_doc(model: EncoderModel, doc: Doc) -> Optional[DocLayers]:
             "or the transformer's span getter left the doc's first or last tokens out of every span (give "
             "them a span)"
         )
+    _check_pieces_are_in_their_tokens(doc, alignment, trf_data.wordpieces.strings, states[0].shape[1], piece_texts)
     # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
@@ -167,6 +170,69 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     cut_run = numpy.flatnonzero(at_cut)[has_next & ~covered[next_word]]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
     return numpy.isin(run_ids, run_ids[cut_run])
+
+
+#: Word-start and continuation marks of the tokenizer families (WordPiece's "##",
+#: byte-level BPE's "Ġ", SentencePiece's "▁"; "</w>" ends a word in CLIP's BPE).
+_PIECE_PREFIXES = ("##", "\u0120", "\u2581")
+_PIECE_SUFFIX = "</w>"
+_ASCII_NON_ALNUM = {code: None for code in range(128) if not chr(code).isalnum()}
+
+
+def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strings: Sequence[Sequence[str]],
+                                      span_length: int, piece_texts: Dict[str, Optional[str]]) -> None:
+    """Refuse a doc whose tokens are no longer those the transformer aligned.
+
+    `trf_data.align` is per token index, as the transformer saw the doc. A
+    retokenization in between that changes the number of tokens is caught by
+    the count; one that keeps it (a merge and a split together) would shift
+    vectors between tokens. Caught here by the text: a wordpiece aligned to one
+    token only lies inside that token's characters, so its text is in the
+    token's (both case-folded, accents and non-alphanumerics dropped, as the
+    tokenizers normalize). Only pieces whose text can be read back are checked:
+    ASCII letters and digits once the family's marks are off (not byte-level
+    BPE's bytes of other scripts, "[UNK]", punctuation that a tokenizer may
+    rewrite); pieces shared by two tokens straddle their boundary (and offsets
+    that take in a leading space share a piece with the token before), so they
+    are not read either. A shift between tokens of the same text cannot be seen."""
+    if any(len(span) < span_length for span in strings):
+        return  # (not the layout spacy-transformers writes: nothing to read the pieces by)
+    tokens, pieces = alignment.token_index, alignment.piece_index
+    alone = numpy.bincount(pieces, minlength=alignment.n_pieces)[pieces] == 1
+    orths, words = doc.to_array(ORTH).tolist(), doc.vocab.strings  # (doc.text, token.text: a Token object each)
+    for token_i, piece_i in zip(tokens[alone].tolist(), pieces[alone].tolist()):
+        span, column = divmod(piece_i, span_length)
+        string = strings[span][column]
+        piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
+        if piece is not None and piece not in _comparable(words[orths[token_i]]):
+            raise ValueError(
+                f"[{COMPONENT}] doc._.trf_data aligns token {token_i} ({doc[token_i].text!r}) with the wordpiece "
+                f"{strings[span][column]!r}, which is not in its text: the doc was retokenized after the "
+                "transformer ran (a merge and a split that keep the number of tokens), so its output belongs to "
+                "other tokens; run ctxembed_from_trf before any component that retokenizes"
+            )
+
+
+def _piece_text(piece: str) -> Optional[str]:
+    """The piece's characters as the text had them, where they can be read
+    back (ASCII letters and digits), case-folded; else None."""
+    for prefix in _PIECE_PREFIXES:
+        if piece.startswith(prefix):
+            piece = piece[len(prefix):]
+            break
+    if piece.endswith(_PIECE_SUFFIX):
+        piece = piece[: -len(_PIECE_SUFFIX)]
+    return piece.lower() if piece.isascii() and piece.isalnum() else None
+
+
+def _comparable(text: str) -> str:
+    """A token's text as tokenizers normalize it: case-folded, compatibility
+    forms decomposed (ligatures, full-width and superscript digits), accents and
+    everything but letters and digits dropped."""
+    folded = text.casefold()
+    if folded.isascii():  # (most tokens)
+        return folded if folded.isalnum() else folded.translate(_ASCII_NON_ALNUM)
+    return "".join(char for char in unicodedata.normalize("NFKD", folded) if char.isalnum())
 
 
 def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray) -> None:
