@@ -442,51 +442,88 @@ def test_a_non_primary_component_over_another_transformer_drops_the_stored_layer
     assert doc._.ctx_layers is None
 
 
-def _family_nlp(family, tmp_path, tiny_bert_dir):
-    """A transformer of each tokenizer family (WordPiece: the MiniLM
-    tokenizer; byte-level BPE; SentencePiece) and ctxembed_from_trf."""
-    import torch
-    from transformers import PreTrainedTokenizerFast
+FAMILIES = ["wordpiece", "bpe", "sentencepiece", "sentencepiece-words"]
 
-    from .test_bert_exactness import _byte_level_bpe_model, _sentencepiece_model
+
+def _family_nlp(family, tmp_path, tiny_bert_dir):
+    """A transformer of each tokenizer family and ctxembed_from_trf:
+    WordPiece (the MiniLM tokenizer), byte-level BPE, and SentencePiece
+    (NFKC, "▁" pieces whose offsets take in the space before them): of
+    pieces of a few characters, or of whole words, as real vocabularies have
+    for common words."""
+    import torch
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+    from .test_bert_exactness import _SMALL, _byte_level_bpe_model, _sentencepiece_model
 
     if family == "wordpiece":
         return _trf_nlp(tiny_bert_dir, False)
     torch.manual_seed(0)
-    build = _byte_level_bpe_model if family == "bpe" else _sentencepiece_model
-    tokenizer, model = build(tmp_path / "vocab")
-    if family == "sentencepiece":
-        # (Saved as a plain fast tokenizer: spacy-transformers reads an XLM-R
-        # tokenizer's SentencePiece model file, which one built here has not.)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer,
-                                            **tokenizer.special_tokens_map, model_max_length=128)
+    if family == "bpe":
+        tokenizer, model = _byte_level_bpe_model(tmp_path / "vocab")
+    else:
+        if family == "sentencepiece":
+            backend = _sentencepiece_model(tmp_path / "vocab")[0].backend_tokenizer
+        else:
+            backend = _whole_word_sentencepiece()
+        # (A plain fast tokenizer: spacy-transformers reads an XLM-R tokenizer's
+        # SentencePiece model file, which one built here has not.)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                            pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                            model_max_length=128)
+        model = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                 **_SMALL))
     tokenizer.save_pretrained(tmp_path / "model")
     model.eval().save_pretrained(tmp_path / "model")
     return _trf_nlp(tmp_path / "model", False)
 
 
-@pytest.mark.parametrize("family", ["wordpiece", "bpe", "sentencepiece"])
+def _whole_word_sentencepiece():
+    """A unigram SentencePiece tokenizer (NFKC, Metaspace) with whole words,
+    and single characters for the rest."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = "New York City is big and the park nice It was out this morning when I ran to Brand".split()
+    vocab = [(special, 0.0) for special in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]]
+    vocab += [("\u2581" + word, -1.0) for word in words] + [("\u2581", -5.0)]
+    vocab += [(char, -8.0) for char in string.ascii_letters + string.digits + string.punctuation]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=3))
+    backend.normalizer = normalizers.Sequence([normalizers.Nmt(), normalizers.NFKC()])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    return backend
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_retokenization_that_keeps_the_number_of_tokens_is_refused(tiny_bert_dir, tmp_path, family):
     """trf_data's alignment is per token index: a merge and a split between
     the transformer and ctxembed_from_trf that keep the number of tokens gave
     each token between them its neighbour's vector ("is" got "York"'s), with
-    no error. A wordpiece aligned to one token lies in its text; here one
-    does not."""
+    no error. A wordpiece lies in the text of the tokens it is aligned to;
+    here one does not. So is another doc's trf_data of as many tokens."""
     nlp = _family_nlp(family, tmp_path, tiny_bert_dir)
+    refused = r"^\[ctxembed_from_trf\] doc._.trf_data aligns the wordpiece '[^']+' with token \d+ \('[^']+'\)"
     doc = nlp.get_pipe("transformer")(nlp.make_doc("New York City is big and the park is nice"))
     with doc.retokenize() as retokenizer:
         retokenizer.merge(doc[0:2])
     with doc.retokenize() as retokenizer:
         retokenizer.split(doc[3], ["bi", "g"], heads=[(doc[3], 0), (doc[3], 0)])
     assert [token.text for token in doc][:5] == ["New York", "City", "is", "bi", "g"]
-    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] doc._.trf_data aligns token 1 \('City'\) with the "
-                                         r"wordpiece '[^']+', which is not in its text: the doc was retokenized "):
+    with pytest.raises(ValueError, match=refused + r".*: the doc was retokenized after the transformer ran"):
         nlp.get_pipe("ctxembed_from_trf")(doc)
+    other = nlp.make_doc("It was nice out this morning")
+    other._.trf_data = nlp.get_pipe("transformer")(nlp.make_doc("I ran to the park today"))._.trf_data
+    with pytest.raises(ValueError, match=refused):
+        nlp.get_pipe("ctxembed_from_trf")(other)
 
 
 HARD_TEXTS = [
     "Café naïve Zürich ﬁne １２３ x² Ⅻ straße İstanbul don't U.K. e-mail http://x.com/a?b=c :) 😀 日本語 한국어 —",
     "NEW YORK  ran\n\nto the park... 'quoted' ``ticks'' $4.50 (aside) #tag @user",
+    # Decomposed to capitals, lowercased after (NFKC tokenizers, SentencePiece's), and a
+    # combining mark that case-folding turns into a letter:
+    "№ 5 was Nice, Brand™ products, 𝐍𝐞𝐰 𝐘𝐨𝐫𝐤 ℂity ℐt ㎒ th\u0345e park",
 ]
 
 
@@ -506,7 +543,7 @@ def _corpus_texts(limit):
     return texts
 
 
-@pytest.mark.parametrize("family", ["wordpiece", "bpe", "sentencepiece"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_docs_as_the_transformer_left_them_are_never_refused_as_retokenized(tiny_bert_dir, tmp_path, family):
     """The check of each token's wordpieces against its text refuses none of
     a corpus's docs left as the transformer saw them, in each tokenizer

@@ -199,7 +199,7 @@ class ContextualListenerNode(SampleDocsModel):
             return
         ours = [signature for component in claimants for signature in _signatures_of(component)]
         ours += [signature for _, _, made in renamed for signature in made]
-        if stored is None or _unlike(stored, ours, [_held_by_upstream(signature) for signature in ours]) is not None:
+        if _unlike(stored, ours, [_held_by_upstream(signature) for signature in ours]) is not None:
             raise ValueError(_renamed_error(self, renamed[-1], has=found is not None, signed=stored is not None))
 
     def _upstreams(self) -> List[Any]:
@@ -459,12 +459,14 @@ def _held_by_upstream(signature: str) -> Dict[str, str]:
     return {key: value for key, value in signature_fields(signature).items() if key not in _NOT_HELD}
 
 
-def _unlike(stored: str, ours: Sequence[str], expected: Sequence[Dict[str, str]]) -> Optional[str]:
+def _unlike(stored: Optional[str], ours: Sequence[str], expected: Sequence[Dict[str, str]]) -> Optional[str]:
     """None where a doc's outputs signed `stored` are those `ours` names, or
     agree with one of `expected` (fields a listener holds them to) in every
     field both have (earlier versions wrote fewer: `outputs.same_model`);
     else how they differ from the first. The one comparison of a doc's
     outputs with what a listener reads, for a renamed upstream and others."""
+    if not stored:
+        return "the outputs do not say what made them"
     if stored in ours:  # (of one process, the same string: compared field by field only where it is not)
         return None
     got = signature_fields(stored)

@@ -186,31 +186,60 @@ def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strin
     `trf_data.align` is per token index, as the transformer saw the doc. A
     retokenization in between that changes the number of tokens is caught by
     the count; one that keeps it (a merge and a split together) would shift
-    vectors between tokens. Caught here by the text: a wordpiece aligned to one
-    token only lies inside that token's characters, so its text is in the
-    token's (both case-folded, accents and non-alphanumerics dropped, as the
-    tokenizers normalize). Only pieces whose text can be read back are checked:
-    ASCII letters and digits once the family's marks are off (not byte-level
-    BPE's bytes of other scripts, "[UNK]", punctuation that a tokenizer may
-    rewrite); pieces shared by two tokens straddle their boundary (and offsets
-    that take in a leading space share a piece with the token before), so they
-    are not read either. A shift between tokens of the same text cannot be seen."""
+    vectors between tokens. Caught here by the text: a wordpiece lies on the
+    characters of the tokens it is aligned to, so its text is in theirs (all
+    normalized as `_comparable`), starting in the first of them and ending in
+    the last. (spacy-transformers also aligns a piece to the token before it
+    where the piece's offsets take in the space after that token, as
+    SentencePiece's "▁" pieces do: such a piece starts right at that token's
+    end.) Only pieces whose text can be read back are checked: ASCII letters
+    and digits once the family's marks are off (not byte-level BPE's bytes of
+    other scripts, "[UNK]", punctuation a tokenizer may rewrite). A shift
+    between tokens of the same text cannot be seen."""
     if any(len(span) < span_length for span in strings):
         return  # (not the layout spacy-transformers writes: nothing to read the pieces by)
-    tokens, pieces = alignment.token_index, alignment.piece_index
-    alone = numpy.bincount(pieces, minlength=alignment.n_pieces)[pieces] == 1
+    # Each piece's first and last token: pairs sorted by piece, then token.
+    order = numpy.lexsort((alignment.token_index, alignment.piece_index))
+    pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
+    starts = numpy.flatnonzero(numpy.r_[True, pieces[1:] != pieces[:-1]]) if len(pieces) else numpy.zeros(0, int)
+    ends = numpy.r_[starts[1:], len(pieces)] - 1
     orths, words = doc.to_array(ORTH).tolist(), doc.vocab.strings  # (doc.text, token.text: a Token object each)
-    for token_i, piece_i in zip(tokens[alone].tolist(), pieces[alone].tolist()):
+    texts: Dict[int, str] = {}
+
+    def text_of(token_i: int) -> str:
+        if token_i not in texts:
+            texts[token_i] = _comparable(words[orths[token_i]])
+        return texts[token_i]
+
+    for piece_i, first, last in zip(pieces[starts].tolist(), tokens[starts].tolist(), tokens[ends].tolist()):
         span, column = divmod(piece_i, span_length)
         string = strings[span][column]
         piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
-        if piece is not None and piece not in _comparable(words[orths[token_i]]):
-            raise ValueError(
-                f"[{COMPONENT}] doc._.trf_data aligns token {token_i} ({doc[token_i].text!r}) with the wordpiece "
-                f"{strings[span][column]!r}, which is not in its text: the doc was retokenized after the "
-                "transformer ran (a merge and a split that keep the number of tokens), so its output belongs to "
-                "other tokens; run ctxembed_from_trf before any component that retokenizes"
-            )
+        if piece is None or _placed(piece, [text_of(token_i) for token_i in range(first, last + 1)]):
+            continue
+        raise ValueError(
+            f"[{COMPONENT}] doc._.trf_data aligns the wordpiece {string!r} with token {first} "
+            f"({doc[first].text!r}){f' to {last} ({doc[last].text!r})' if last != first else ''}, whose text does "
+            "not hold it: the doc was retokenized after the transformer ran (a merge and a split that keep the "
+            "number of tokens), so its output belongs to other tokens; run ctxembed_from_trf before any component "
+            "that retokenizes. (With a slow tokenizer, use_fast = false, spacy-transformers aligns by the pieces' "
+            "text, which can misplace a piece next to an unknown one: use a fast tokenizer.)"
+        )
+
+
+def _placed(piece: str, token_texts: List[str]) -> bool:
+    """Whether `piece` lies in the tokens' texts joined, starting in the first
+    (or right at its end) and ending in the last."""
+    if len(token_texts) == 1:
+        return piece in token_texts[0]
+    joined = "".join(token_texts)
+    first_end, last_start = len(token_texts[0]), len(joined) - len(token_texts[-1])
+    at = joined.find(piece)
+    while 0 <= at <= first_end:
+        if at + len(piece) > last_start:
+            return True
+        at = joined.find(piece, at + 1)
+    return False
 
 
 def _piece_text(piece: str) -> Optional[str]:
@@ -226,13 +255,16 @@ def _piece_text(piece: str) -> Optional[str]:
 
 
 def _comparable(text: str) -> str:
-    """A token's text as tokenizers normalize it: case-folded, compatibility
-    forms decomposed (ligatures, full-width and superscript digits), accents and
-    everything but letters and digits dropped."""
-    folded = text.casefold()
-    if folded.isascii():  # (most tokens)
-        return folded if folded.isalnum() else folded.translate(_ASCII_NON_ALNUM)
-    return "".join(char for char in unicodedata.normalize("NFKD", folded) if char.isalnum())
+    """A token's text as tokenizers normalize it: compatibility forms
+    decomposed (ligatures, full-width and superscript digits, "№", "™",
+    mathematical letters), then lowercased (after: "𝐍" is "N" only once
+    decomposed), accents and everything but letters and digits dropped.
+    `str.lower`, not `casefold`, as the tokenizers' lowercasing ("ß" stays)."""
+    if text.isascii():  # (most tokens)
+        lowered = text.lower()
+        return lowered if lowered.isalnum() else lowered.translate(_ASCII_NON_ALNUM)
+    lowered = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).lower())
+    return "".join(char for char in lowered if char.isalnum())
 
 
 def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray) -> None:
