@@ -196,12 +196,13 @@ def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strin
     and digits once the family's marks are off (not byte-level BPE's bytes of
     other scripts, "[UNK]", punctuation a tokenizer may rewrite). A shift
     between tokens of the same text cannot be seen."""
-    if any(len(span) < span_length for span in strings):
-        return  # (not the layout spacy-transformers writes: nothing to read the pieces by)
+    if not len(alignment.piece_index) or any(len(span) < span_length for span in strings):
+        return  # (no token has a piece: whitespace, or characters the tokenizer drops; or not the layout
+        # spacy-transformers writes, with nothing to read the pieces by)
     # Each piece's first and last token: pairs sorted by piece, then token.
     order = numpy.lexsort((alignment.token_index, alignment.piece_index))
     pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
-    starts = numpy.flatnonzero(numpy.r_[True, pieces[1:] != pieces[:-1]]) if len(pieces) else numpy.zeros(0, int)
+    starts = numpy.flatnonzero(numpy.r_[True, pieces[1:] != pieces[:-1]])
     ends = numpy.r_[starts[1:], len(pieces)] - 1
     orths, words = doc.to_array(ORTH).tolist(), doc.vocab.strings  # (doc.text, token.text: a Token object each)
     texts: Dict[int, str] = {}
@@ -215,7 +216,8 @@ def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strin
         span, column = divmod(piece_i, span_length)
         string = strings[span][column]
         piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
-        if piece is None or _placed(piece, [text_of(token_i) for token_i in range(first, last + 1)]):
+        if piece is None or (piece in text_of(first) if first == last else
+                             _placed(piece, [text_of(token_i) for token_i in range(first, last + 1)])):
             continue
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data aligns the wordpiece {string!r} with token {first} "
