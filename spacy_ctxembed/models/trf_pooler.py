@@ -202,22 +202,15 @@ def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strin
     # Each piece's first and last token: pairs sorted by piece, then token.
     order = numpy.lexsort((alignment.token_index, alignment.piece_index))
     pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
-    starts = numpy.flatnonzero(numpy.r_[True, pieces[1:] != pieces[:-1]])
-    ends = numpy.r_[starts[1:], len(pieces)] - 1
-    orths, words = doc.to_array(ORTH).tolist(), doc.vocab.strings  # (doc.text, token.text: a Token object each)
-    texts: Dict[int, str] = {}
-
-    def text_of(token_i: int) -> str:
-        if token_i not in texts:
-            texts[token_i] = _comparable(words[orths[token_i]])
-        return texts[token_i]
-
+    starts = numpy.flatnonzero(numpy.concatenate(([True], pieces[1:] != pieces[:-1])))
+    ends = numpy.append(starts[1:], len(pieces)) - 1
+    words = doc.vocab.strings  # (doc.text, token.text: a Token object each)
+    texts = [_comparable(words[orth]) for orth in doc.to_array(ORTH).tolist()]
     for piece_i, first, last in zip(pieces[starts].tolist(), tokens[starts].tolist(), tokens[ends].tolist()):
         span, column = divmod(piece_i, span_length)
         string = strings[span][column]
         piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
-        if piece is None or (piece in text_of(first) if first == last else
-                             _placed(piece, [text_of(token_i) for token_i in range(first, last + 1)])):
+        if piece is None or (piece in texts[first] if first == last else _placed(piece, texts[first:last + 1])):
             continue
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data aligns the wordpiece {string!r} with token {first} "
