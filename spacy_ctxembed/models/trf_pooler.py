@@ -9,12 +9,11 @@ Its settings come from the config in every path: thinc saves a model's attrs
 with its bytes and puts the saved values back on `from_bytes`, but not these
 (`settings.FromConfig`), as the BERT and ELMo encoders keep theirs in a shim.
 """
-import unicodedata
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy
-from spacy.attrs import IS_SPACE, ORTH
+from spacy.attrs import IS_SPACE
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
@@ -23,6 +22,7 @@ from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
 from ..settings import FromConfig, check_layers, config_value, layer_count, layers_as_given, normalize_layers
+from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pairs
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
@@ -120,12 +120,14 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
             "or the transformer's span getter left the doc's first or last tokens out of every span (give "
             "them a span)"
         )
-    _check_pieces_are_in_their_tokens(doc, alignment, trf_data.wordpieces.strings, states[0].shape[1], piece_texts)
+    pieces = AlignedPieces.of(alignment, trf_data.wordpieces.strings, states[0].shape[1])
+    check_not_retokenized(COMPONENT, doc, pieces, piece_texts)
     # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
+    # Nor does a word get the next one's first piece for the space between them.
     is_space = doc.to_array(IS_SPACE).astype(bool)
-    kept = ~is_space[alignment.token_index]
+    kept = ~is_space[alignment.token_index] & ~space_only_pairs(doc, alignment, pieces)
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
         kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space)
     alignment = alignment.kept(kept)
@@ -170,96 +172,6 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     cut_run = numpy.flatnonzero(at_cut)[has_next & ~covered[next_word]]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
     return numpy.isin(run_ids, run_ids[cut_run])
-
-
-#: Word-start and continuation marks of the tokenizer families (WordPiece's "##",
-#: byte-level BPE's "Ġ", SentencePiece's "▁"; "</w>" ends a word in CLIP's BPE).
-_PIECE_PREFIXES = ("##", "\u0120", "\u2581")
-_PIECE_SUFFIX = "</w>"
-_ASCII_NON_ALNUM = {code: None for code in range(128) if not chr(code).isalnum()}
-
-
-def _check_pieces_are_in_their_tokens(doc: Doc, alignment: PieceAlignment, strings: Sequence[Sequence[str]],
-                                      span_length: int, piece_texts: Dict[str, Optional[str]]) -> None:
-    """Refuse a doc whose tokens are no longer those the transformer aligned.
-
-    `trf_data.align` is per token index, as the transformer saw the doc. A
-    retokenization in between that changes the number of tokens is caught by
-    the count; one that keeps it (a merge and a split together) would shift
-    vectors between tokens. Caught here by the text: a wordpiece lies on the
-    characters of the tokens it is aligned to, so its text is in theirs (all
-    normalized as `_comparable`), starting in the first of them and ending in
-    the last. (spacy-transformers also aligns a piece to the token before it
-    where the piece's offsets take in the space after that token, as
-    SentencePiece's "▁" pieces do: such a piece starts right at that token's
-    end.) Only pieces whose text can be read back are checked: ASCII letters
-    and digits once the family's marks are off (not byte-level BPE's bytes of
-    other scripts, "[UNK]", punctuation a tokenizer may rewrite). A shift
-    between tokens of the same text cannot be seen."""
-    if not len(alignment.piece_index) or any(len(span) < span_length for span in strings):
-        return  # (no token has a piece: whitespace, or characters the tokenizer drops; or not the layout
-        # spacy-transformers writes, with nothing to read the pieces by)
-    # Each piece's first and last token: pairs sorted by piece, then token.
-    order = numpy.lexsort((alignment.token_index, alignment.piece_index))
-    pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
-    starts = numpy.flatnonzero(numpy.concatenate(([True], pieces[1:] != pieces[:-1])))
-    ends = numpy.append(starts[1:], len(pieces)) - 1
-    words = doc.vocab.strings  # (doc.text, token.text: a Token object each)
-    texts = [_comparable(words[orth]) for orth in doc.to_array(ORTH).tolist()]
-    for piece_i, first, last in zip(pieces[starts].tolist(), tokens[starts].tolist(), tokens[ends].tolist()):
-        span, column = divmod(piece_i, span_length)
-        string = strings[span][column]
-        piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
-        if piece is None or (piece in texts[first] if first == last else _placed(piece, texts[first:last + 1])):
-            continue
-        raise ValueError(
-            f"[{COMPONENT}] doc._.trf_data aligns the wordpiece {string!r} with token {first} "
-            f"({doc[first].text!r}){f' to {last} ({doc[last].text!r})' if last != first else ''}, whose text does "
-            "not hold it: the doc was retokenized after the transformer ran (a merge and a split that keep the "
-            "number of tokens), so its output belongs to other tokens; run ctxembed_from_trf before any component "
-            "that retokenizes. (With a slow tokenizer, use_fast = false, spacy-transformers aligns by the pieces' "
-            "text, which can misplace a piece next to an unknown one: use a fast tokenizer.)"
-        )
-
-
-def _placed(piece: str, token_texts: List[str]) -> bool:
-    """Whether `piece` lies in the tokens' texts joined, starting in the first
-    (or right at its end) and ending in the last."""
-    if len(token_texts) == 1:
-        return piece in token_texts[0]
-    joined = "".join(token_texts)
-    first_end, last_start = len(token_texts[0]), len(joined) - len(token_texts[-1])
-    at = joined.find(piece)
-    while 0 <= at <= first_end:
-        if at + len(piece) > last_start:
-            return True
-        at = joined.find(piece, at + 1)
-    return False
-
-
-def _piece_text(piece: str) -> Optional[str]:
-    """The piece's characters as the text had them, where they can be read
-    back (ASCII letters and digits), case-folded; else None."""
-    for prefix in _PIECE_PREFIXES:
-        if piece.startswith(prefix):
-            piece = piece[len(prefix):]
-            break
-    if piece.endswith(_PIECE_SUFFIX):
-        piece = piece[: -len(_PIECE_SUFFIX)]
-    return piece.lower() if piece.isascii() and piece.isalnum() else None
-
-
-def _comparable(text: str) -> str:
-    """A token's text as tokenizers normalize it: compatibility forms
-    decomposed (ligatures, full-width and superscript digits, "№", "™",
-    mathematical letters), then lowercased (after: "𝐍" is "N" only once
-    decomposed), accents and everything but letters and digits dropped.
-    `str.lower`, not `casefold`, as the tokenizers' lowercasing ("ß" stays)."""
-    if text.isascii():  # (most tokens)
-        lowered = text.lower()
-        return lowered if lowered.isalnum() else lowered.translate(_ASCII_NON_ALNUM)
-    lowered = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).lower())
-    return "".join(char for char in lowered if char.isalnum())
 
 
 def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray) -> None:

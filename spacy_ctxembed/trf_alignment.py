@@ -1,0 +1,169 @@
+"""spacy-transformers' alignment (`doc._.trf_data.align`), read against the doc.
+
+`ctxembed_from_trf` pools the upstream transformer's wordpiece states
+through spacy-transformers' own alignment, which is per token index, as the
+transformer saw the doc, and maps each token's characters, and the one
+character after it (its trailing space), to the pieces whose offsets cover
+them. Two things follow, both read here from the pieces' text
+(`trf_data.wordpieces.strings`):
+
+- a retokenization between the transformer and the pooler that keeps the
+  number of tokens shifts the alignment onto other tokens
+  (`check_not_retokenized`);
+- a piece whose offsets take in the space before it (SentencePiece's "▁"
+  pieces under a Metaspace pre-tokenizer, byte-level BPE without offset
+  trimming) is aligned to the word before that space too
+  (`space_only_pairs`).
+"""
+import unicodedata
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import numpy
+from spacy.attrs import ORTH, SPACY
+from spacy.tokens import Doc
+
+from .alignment import PieceAlignment
+
+#: The marks a piece starts a word with: byte-level BPE's "Ġ", SentencePiece's "▁".
+WORD_START = ("\u0120", "\u2581")
+#: The marks that are not the text's own: the word starts, WordPiece's "##" (a
+#: word goes on), and "</w>" at the end (a word ends, in CLIP's BPE).
+_PIECE_PREFIXES = ("##", *WORD_START)
+_PIECE_SUFFIX = "</w>"
+_ASCII_NON_ALNUM = {code: None for code in range(128) if not chr(code).isalnum()}
+
+
+class AlignedPieces(NamedTuple):
+    """Each piece aligned to a token: its index in the flattened spans
+    (`piece`), its first and last token, and its string (`strings`: None
+    where they cannot be read, not being the layout spacy-transformers
+    writes)."""
+
+    piece: numpy.ndarray
+    first: numpy.ndarray
+    last: numpy.ndarray
+    strings: Optional[List[str]]
+    span_length: int
+
+    @classmethod
+    def of(cls, alignment: PieceAlignment, strings: Sequence[Sequence[str]], span_length: int) -> "AlignedPieces":
+        # Pairs sorted by piece, then token: a piece's tokens are a run.
+        order = numpy.lexsort((alignment.token_index, alignment.piece_index))
+        pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
+        if not len(pieces):  # (no token has a piece: whitespace, or characters the tokenizer drops)
+            return cls(pieces, tokens, tokens, [], span_length)
+        starts = numpy.flatnonzero(numpy.concatenate(([True], pieces[1:] != pieces[:-1])))
+        ends = numpy.append(starts[1:], len(pieces)) - 1
+        piece = pieces[starts]
+        readable = all(len(span) >= span_length for span in strings)
+        texts = ([strings[span][column] for span, column in (divmod(i, span_length) for i in piece.tolist())]
+                 if readable else None)
+        return cls(piece, tokens[starts], tokens[ends], texts, span_length)
+
+
+def check_not_retokenized(component: str, doc: Doc, pieces: AlignedPieces,
+                          piece_texts: Dict[str, Optional[str]]) -> None:
+    """Refuse a doc whose tokens are no longer those the transformer aligned.
+
+    A retokenization between the transformer and the pooler that changes the
+    number of tokens is caught by the count; one that keeps it (a merge and a
+    split together) would shift vectors between tokens. Caught here by the
+    text: a piece lies on the characters of the tokens it is aligned to, so
+    its text is in theirs (all normalized as `_comparable`), starting in the
+    first of them (or right at its end: a piece that takes in the space
+    before it) and ending in the last. Only pieces whose text can be read
+    back are checked (`_piece_text`): a shift between tokens of the same
+    letters and digits, or across punctuation only, cannot be seen.
+    `piece_texts`: `_piece_text` of the strings seen so far (one batch's)."""
+    if not pieces.strings:
+        return
+    words = doc.vocab.strings  # (doc.text, token.text: a Token object each)
+    texts = [_comparable(words[orth]) for orth in doc.to_array(ORTH).tolist()]
+    for string, first, last in zip(pieces.strings, pieces.first.tolist(), pieces.last.tolist()):
+        piece = piece_texts[string] if string in piece_texts else piece_texts.setdefault(string, _piece_text(string))
+        if piece is None or (piece in texts[first] if first == last else _placed(piece, texts[first:last + 1])):
+            continue
+        raise ValueError(
+            f"[{component}] doc._.trf_data aligns the wordpiece {string!r} with token {first} "
+            f"({doc[first].text!r}){f' to {last} ({doc[last].text!r})' if last != first else ''}, whose text does "
+            "not hold it: the doc was retokenized after the transformer ran (a merge and a split that keep the "
+            f"number of tokens), so its output belongs to other tokens; run {component} before any component "
+            "that retokenizes. (With a slow tokenizer, use_fast = false, spacy-transformers aligns by the pieces' "
+            "text, which can misplace a piece next to an unknown one: use a fast tokenizer.)"
+        )
+
+
+def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> numpy.ndarray:
+    """Boolean mask over the alignment's (token, piece) pairs: True where the
+    token's share of the piece is only the space after it.
+
+    A piece whose offsets take in the space before it ("▁York" over " York")
+    is aligned to the word before the space as well, which would pool the
+    next word's first piece into it (with mean, last or max pooling). Such a
+    piece starts with a word-start mark and is aligned to a token followed
+    by a space and to a later one, or is a lone mark ("▁" before a character
+    it does not join) after the token's own pieces. A piece with the mark
+    cannot hold characters of a token followed by a space: its own text
+    starts after the space. (A lone mark before a token's own pieces, in its
+    span, is the token's: SentencePiece gives the one it puts at a span's
+    start the offsets of the first character.)"""
+    n_pairs = len(alignment.token_index)
+    if not pieces.strings:
+        return numpy.zeros(n_pairs, dtype=bool)
+    spaced = doc.to_array(SPACY).astype(bool)
+    marked = numpy.fromiter((string.startswith(WORD_START) for string in pieces.strings), bool, len(pieces.strings))
+    lone = numpy.fromiter((string in WORD_START for string in pieces.strings), bool, len(pieces.strings))
+    candidates = marked & spaced[pieces.first]
+    if not candidates.any():
+        return numpy.zeros(n_pairs, dtype=bool)
+    # Each token's first piece in each span it is in (pairs sorted by token, then piece).
+    runs = alignment.token_index * (alignment.n_pieces // pieces.span_length + 1) + \
+        alignment.piece_index // pieces.span_length
+    own_first = numpy.zeros(alignment.n_pieces, dtype=bool)
+    own_first[alignment.piece_index[numpy.concatenate(([True], runs[1:] != runs[:-1]))]] = True
+    shared = candidates & ((pieces.last > pieces.first) | (lone & ~own_first[pieces.piece]))
+    n = alignment.n_pieces
+    return numpy.isin(alignment.token_index * n + alignment.piece_index,
+                      pieces.first[shared] * n + pieces.piece[shared])
+
+
+def _placed(piece: str, token_texts: List[str]) -> bool:
+    """Whether `piece` lies in the tokens' texts joined, starting in the first
+    (or right at its end) and ending in the last."""
+    if len(token_texts) == 1:
+        return piece in token_texts[0]
+    joined = "".join(token_texts)
+    first_end, last_start = len(token_texts[0]), len(joined) - len(token_texts[-1])
+    at = joined.find(piece)
+    while 0 <= at <= first_end:
+        if at + len(piece) > last_start:
+            return True
+        at = joined.find(piece, at + 1)
+    return False
+
+
+def _piece_text(piece: str) -> Optional[str]:
+    """The piece's characters as the text had them, where they can be read
+    back (ASCII letters and digits: not byte-level BPE's bytes of other
+    scripts, "[UNK]", or punctuation, which some tokenizers rewrite),
+    lowercased; else None."""
+    for prefix in _PIECE_PREFIXES:
+        if piece.startswith(prefix):
+            piece = piece[len(prefix):]
+            break
+    if piece.endswith(_PIECE_SUFFIX):
+        piece = piece[: -len(_PIECE_SUFFIX)]
+    return piece.lower() if piece.isascii() and piece.isalnum() else None
+
+
+def _comparable(text: str) -> str:
+    """A token's text as tokenizers normalize it: compatibility forms
+    decomposed (ligatures, full-width and superscript digits, "№", "™",
+    mathematical letters), then lowercased (after: "𝐍" is "N" only once
+    decomposed), accents and everything but letters and digits dropped.
+    `str.lower`, not `casefold`, as the tokenizers' lowercasing ("ß" stays)."""
+    if text.isascii():  # (most tokens)
+        lowered = text.lower()
+        return lowered if lowered.isalnum() else lowered.translate(_ASCII_NON_ALNUM)
+    lowered = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).lower())
+    return "".join(char for char in lowered if char.isalnum())
