@@ -102,29 +102,27 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     next word's first piece into it (with mean, last or max pooling). Such a
     piece starts with a word-start mark and is aligned to a token followed
     by a space and to a later one, or is a lone mark ("▁" before a character
-    it does not join) after the token's own pieces. A piece with the mark
-    cannot hold characters of a token followed by a space: its own text
-    starts after the space. (A lone mark before a token's own pieces, in its
-    span, is the token's: SentencePiece gives the one it puts at a span's
-    start the offsets of the first character.)"""
+    it does not join); and it is not the token's first piece in its span: a
+    piece with the mark holds none of the characters of a token followed by
+    a space, its text starting after the space, except where SentencePiece
+    put the mark at a span's start, with the first character's offsets ("▁"
+    alone, or "▁New▁York" without its pre-tokenizer's split)."""
     n_pairs = len(alignment.token_index)
     if not pieces.strings:
         return numpy.zeros(n_pairs, dtype=bool)
     spaced = doc.to_array(SPACY).astype(bool)
     marked = numpy.fromiter((string.startswith(WORD_START) for string in pieces.strings), bool, len(pieces.strings))
     lone = numpy.fromiter((string in WORD_START for string in pieces.strings), bool, len(pieces.strings))
-    candidates = marked & spaced[pieces.first]
+    candidates = marked & spaced[pieces.first] & ((pieces.last > pieces.first) | lone)
     if not candidates.any():
         return numpy.zeros(n_pairs, dtype=bool)
-    # Each token's first piece in each span it is in (pairs sorted by token, then piece).
-    runs = alignment.token_index * (alignment.n_pieces // pieces.span_length + 1) + \
-        alignment.piece_index // pieces.span_length
-    own_first = numpy.zeros(alignment.n_pieces, dtype=bool)
-    own_first[alignment.piece_index[numpy.concatenate(([True], runs[1:] != runs[:-1]))]] = True
-    shared = candidates & ((pieces.last > pieces.first) | (lone & ~own_first[pieces.piece]))
     n = alignment.n_pieces
-    return numpy.isin(alignment.token_index * n + alignment.piece_index,
-                      pieces.first[shared] * n + pieces.piece[shared])
+    pairs = alignment.token_index * n + alignment.piece_index
+    # Each token's first piece in each span it is in (pairs sorted by token, then piece).
+    runs = alignment.token_index * (n // pieces.span_length + 1) + alignment.piece_index // pieces.span_length
+    firsts = pairs[numpy.concatenate(([True], runs[1:] != runs[:-1]))]
+    dropped = pieces.first[candidates] * n + pieces.piece[candidates]
+    return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts)])
 
 
 def _placed(piece: str, token_texts: List[str]) -> bool:

@@ -585,3 +585,68 @@ def test_docs_as_the_transformer_left_them_are_never_refused_as_retokenized(tiny
                                               err_msg=f"{token.text!r} in {doc.text!r}")
                 compared += 1
     assert compared > 2000
+
+
+def _metaspace_nlp(tmp_path, pieces, *, split=True, max_length=128):
+    """A transformer whose tokenizer is a unigram SentencePiece with the given
+    pieces (and single characters), its Metaspace pre-tokenizer splitting at
+    spaces or not, cut at `max_length` pieces, one span per doc; and
+    ctxembed_from_trf. Returns the pipeline and the tokenizer."""
+    import string
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+    from .test_bert_exactness import _SMALL
+
+    vocab = [(special, 0.0) for special in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]]
+    vocab += [(piece, -1.0) for piece in pieces] + [("\u2581", -5.0)]
+    vocab += [(char, -8.0) for char in string.ascii_letters + string.punctuation]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=3))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=split)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                           special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
+                                        model_max_length=max_length)
+    torch.manual_seed(0)
+    tokenizer.save_pretrained(tmp_path / "model")
+    XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=1, **_SMALL)).eval().save_pretrained(
+        tmp_path / "model")
+    nlp = _with_transformer(tmp_path / "model", False, get_spans={"@span_getters": "spacy-transformers.doc_spans.v1"})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config())
+    nlp.initialize()
+    return nlp, tokenizer
+
+
+@pytest.mark.parametrize("split,max_length,text,words", [
+    # "▁New▁York" at the span's start holds "New" (the prepended mark has the first character's offsets)
+    (False, 128, "New York is big", ["\u2581New\u2581York", "\u2581is", "\u2581big"]),
+    (False, 128, "It is big New York is big", ["\u2581New\u2581York", "\u2581is", "\u2581big"]),
+    # a lone "▁" (the space before "(") in the last column kept by the cut: "is" is whole
+    (True, 4, "New is (big) now", ["\u2581New", "\u2581is", "\u2581big", "\u2581now"]),
+])
+def test_a_mark_at_a_span_start_or_at_the_cut_is_read_as_the_offsets_say(tmp_path, split, max_length, text, words):
+    """Where a piece with the word-start mark is a word's own (at a span's
+    start) or only the space after it (a lone mark at the model's length),
+    each word's vector is the mean of the states of the pieces whose offsets
+    cover its characters, in NumPy, float64; found by a review of the fix
+    that leaves a space's piece out of the word before it (which first
+    dropped "▁New▁York" from "New", and took "is" for cut)."""
+    nlp, tokenizer = _metaspace_nlp(tmp_path, words, split=split, max_length=max_length)
+    doc = nlp(text) if max_length > 10 else _cut_quietly(nlp, text)
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"][:max_length]  # (as cut)
+    states = doc._.trf_data.model_output.last_hidden_state[0].astype("float64")
+    for token in doc:
+        rows = [j for j, (start, end) in enumerate(offsets)
+                if start < end and start < token.idx + len(token.text) and end > token.idx]
+        assert token.has_vector == bool(rows), token.text
+        if rows:
+            numpy.testing.assert_allclose(token.vector, states[rows].mean(axis=0), atol=1e-5, err_msg=token.text)
+
+
+def _cut_quietly(nlp, text):
+    with pytest.warns(UserWarning, match=r"have no wordpiece, or only some of theirs"):
+        return nlp(text)

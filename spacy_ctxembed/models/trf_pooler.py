@@ -122,12 +122,14 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
         )
     pieces = AlignedPieces.of(alignment, trf_data.wordpieces.strings, states[0].shape[1])
     check_not_retokenized(COMPONENT, doc, pieces, piece_texts)
+    # A word does not get the next one's first piece for the space between them (before
+    # the cut at the model's length is looked for: a lone "▁" there is not the word's).
+    alignment = alignment.kept(~space_only_pairs(doc, alignment, pieces))
     # Whitespace tokens have no vector, as with ctxembed_bert and ELMo (`align_run`): a
     # byte-level BPE (RoBERTa's, en_core_web_trf's) has pieces of newlines ("Ċ"), which
     # spacy-transformers aligns to a "\n\n" token, whose state would go into doc.vector.
-    # Nor does a word get the next one's first piece for the space between them.
     is_space = doc.to_array(IS_SPACE).astype(bool)
-    kept = ~is_space[alignment.token_index] & ~space_only_pairs(doc, alignment, pieces)
+    kept = ~is_space[alignment.token_index]
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
         kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space)
     alignment = alignment.kept(kept)
