@@ -35,9 +35,9 @@ _ASCII_NON_ALNUM = {code: None for code in range(128) if not chr(code).isalnum()
 
 class AlignedPieces(NamedTuple):
     """Each piece aligned to a token: its index in the flattened spans
-    (`piece`), its first and last token, and its string (`strings`: None
-    where they cannot be read, not being the layout spacy-transformers
-    writes)."""
+    (`piece`, spans of `span_length` pieces), its first and last token, and
+    its string (`strings`: None where they cannot be read, not being the
+    layout spacy-transformers writes)."""
 
     piece: numpy.ndarray
     first: numpy.ndarray
