@@ -652,11 +652,6 @@ def signature_fields(signature: str) -> Dict[str, str]:
     return dict(part.partition("=")[::2] for part in signature.split("; "))
 
 
-def same_model(a: Optional[str], b: Optional[str]) -> bool:
-    """Whether two signatures are known and say one model made their outputs."""
-    return bool(a and b and _signatures_agree([a, b]))
-
-
 def _signatures_agree(signatures: List[str]) -> bool:
     """Whether the signatures say one model made the outputs. Only the fields
     that both of a pair have count: earlier versions wrote fewer (no weights)."""

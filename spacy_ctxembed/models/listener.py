@@ -462,7 +462,7 @@ def _held_by_upstream(signature: str) -> Dict[str, str]:
 def _unlike(stored: Optional[str], ours: Sequence[str], expected: Sequence[Dict[str, str]]) -> Optional[str]:
     """None where a doc's outputs signed `stored` are those `ours` names, or
     agree with one of `expected` (fields a listener holds them to) in every
-    field both have (earlier versions wrote fewer: `outputs.same_model`);
+    field both have (earlier versions wrote fewer, as `outputs` compares them);
     else how they differ from the first. The one comparison of a doc's
     outputs with what a listener reads, for a renamed upstream and others."""
     if not stored:
