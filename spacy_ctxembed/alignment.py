@@ -51,6 +51,15 @@ class PieceAlignment:
         mask[self.token_index] = True
         return mask
 
+    def token_range(self) -> Tuple[numpy.ndarray, numpy.ndarray]:
+        """Each piece's first and last token, as int64 arrays over pieces; for a
+        piece that feeds no token, the int64 maximum and -1."""
+        first = numpy.full(self.n_pieces, numpy.iinfo("int64").max, dtype="int64")
+        last = numpy.full(self.n_pieces, -1, dtype="int64")
+        numpy.minimum.at(first, self.piece_index, self.token_index)
+        numpy.maximum.at(last, self.piece_index, self.token_index)
+        return first, last
+
     def piece_may_start_segment(self) -> numpy.ndarray:
         """Boolean mask over pieces: True where no token has pieces on both sides
         of a cut just before piece p.
@@ -61,10 +70,7 @@ class PieceAlignment:
         token's run of pieces: comparing p-1 with p only would allow a cut next
         to them, so the tokens on each side are compared as a whole.
         """
-        first = numpy.full(self.n_pieces, numpy.iinfo("int64").max, dtype="int64")
-        last = numpy.full(self.n_pieces, -1, dtype="int64")
-        numpy.minimum.at(first, self.piece_index, self.token_index)
-        numpy.maximum.at(last, self.piece_index, self.token_index)
+        first, last = self.token_range()
         ok = numpy.ones(self.n_pieces, dtype=bool)
         if self.n_pieces > 1:
             # Tokens come in piece order: a cut before p is safe where every token

@@ -47,18 +47,12 @@ class AlignedPieces(NamedTuple):
 
     @classmethod
     def of(cls, alignment: PieceAlignment, strings: Sequence[Sequence[str]], span_length: int) -> "AlignedPieces":
-        # Pairs sorted by piece, then token: a piece's tokens are a run.
-        order = numpy.lexsort((alignment.token_index, alignment.piece_index))
-        pieces, tokens = alignment.piece_index[order], alignment.token_index[order]
-        if not len(pieces):  # (no token has a piece: whitespace, or characters the tokenizer drops)
-            return cls(pieces, tokens, tokens, [], span_length)
-        starts = numpy.flatnonzero(numpy.concatenate(([True], pieces[1:] != pieces[:-1])))
-        ends = numpy.append(starts[1:], len(pieces)) - 1
-        piece = pieces[starts]
+        first, last = alignment.token_range()
+        piece = numpy.flatnonzero(last >= 0)  # (none where no token has a piece: whitespace, dropped characters)
         readable = all(len(span) >= span_length for span in strings)
         texts = ([strings[span][column] for span, column in (divmod(i, span_length) for i in piece.tolist())]
                  if readable else None)
-        return cls(piece, tokens[starts], tokens[ends], texts, span_length)
+        return cls(piece, first[piece], last[piece], texts, span_length)
 
 
 def check_not_retokenized(component: str, doc: Doc, pieces: AlignedPieces,
