@@ -136,6 +136,42 @@ def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_d
     numpy.testing.assert_allclose(doc._.ctx_vectors[:first_without], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max", "first"])
+def test_a_token_cut_at_a_strided_spans_end_is_pooled_from_the_span_that_has_it_whole(tiny_bert_dir, pooling):
+    """With strided_spans the word after a cut has pieces in the next span, which
+    has the cut token whole too: the token was pooled over its first pieces in
+    the cut span and all of them in the next ("mean" 0.43 off, "max" 1.09). Now
+    the cut span's pieces of it go; a token that ends exactly at a cut keeps both
+    spans' pieces, and "first" keeps the cut token's first piece."""
+    nlp = _with_transformer(tiny_bert_dir, get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 30, "stride": 15})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling=pooling))
+    nlp.initialize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # (every token keeps a vector)
+        doc = nlp("a " + " ".join(f"wordx{i}" for i in range(10, 60)))
+    trf = doc._.trf_data
+    states = trf.model_output.last_hidden_state.astype("float64")
+    span_length, width = states.shape[1:]
+    states = states.reshape(-1, width)
+    tokenizer = nlp.get_pipe("transformer").model.tokenizer
+    pieces = numpy.split(numpy.asarray(trf.align.dataXd).ravel(), numpy.cumsum(trf.align.lengths)[:-1])
+    expected, cut, at_cut_whole = [], [], []
+    for i, own in enumerate(pieces):
+        whole = len(tokenizer.tokenize(doc[i].text))
+        runs = [own[own // span_length == s] for s in numpy.unique(own // span_length)]
+        kept = numpy.concatenate([run for run in runs if len(run) == whole])  # (a cut run lost its last pieces)
+        at_cut = [run for run in runs if run.max() % span_length == span_length - 1]
+        cut += [i] if len(kept) < len(own) else []
+        at_cut_whole += [i] if at_cut and len(kept) == len(own) and len(runs) > 1 else []
+        if pooling == "first":
+            expected.append(states[own.min()])
+        else:
+            expected.append(states[kept].mean(axis=0) if pooling == "mean" else states[kept].max(axis=0))
+    assert cut and at_cut_whole  # (both cases are in this doc)
+    numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack(expected), atol=1e-6, rtol=0)
+
+
 def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(tiny_bert_dir, tmp_path):
     """Without a closing special token (GPT-2's, LLaMA's tokenizers) the batch's longest
     span ends with a whole word in its last column, as a cut one does: the first version of

@@ -148,15 +148,19 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     part of a word (with "last" pooling, a middle piece's) that looks whole;
     only "first" pooling has what it takes.
 
-    Such a token has its last piece in the span's last column, and the word
-    after it has no piece at all (it was past the cut). A span that was not
-    cut ends there with its closing special token (BERT's [SEP], RoBERTa's
-    </s>), or, with a tokenizer that adds none, with a whole word: that word
-    is followed by a word of the next span, which has pieces. (A token that
-    ends exactly at the cut cannot be told from a cut one, and goes too; a
-    cut inside a span's last token, with no word after it, is not seen; with
-    strided_spans the word after the cut has pieces in the next span, and
-    the cut token's pieces there count alongside these.)"""
+    Such a token has its last piece in the span's last column, and either
+    the word after it has no piece at all (it was past the cut), or (with
+    strided_spans, whose next span has that word) the token has more pieces
+    in another span, where it is whole. A span that was not cut ends there
+    with its closing special token (BERT's [SEP], RoBERTa's </s>), or, with a
+    tokenizer that adds none, with a whole word: that word is followed by a
+    word of the next span, which has pieces, and has no more pieces anywhere
+    else. Only the cut span's pieces of the token go: with strided_spans it
+    keeps those of the next span. (A token that ends exactly at the cut, with
+    no word after it in any span, cannot be told from a cut one, and goes
+    too; not seen are a cut inside a span's last token, with no word after
+    it, and a cut token that no other span has whole while the next word has
+    pieces there, as when the next span starts right after it.)"""
     tokens, pieces = alignment.token_index, alignment.piece_index
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
@@ -164,6 +168,8 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     # its last piece there at the run's end.
     spans = pieces // span_length
     ends = numpy.r_[(tokens[1:] != tokens[:-1]) | (spans[1:] != spans[:-1]), True]
+    run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
+    run_lengths = numpy.bincount(run_ids)
     at_cut = ends & (pieces % span_length == span_length - 1)
     # The next word (not whitespace) after each token, and whether it has a piece.
     words = numpy.flatnonzero(~is_space)
@@ -171,9 +177,12 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     has_next = after < len(words)
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
     covered = alignment.covered_tokens()
-    cut_run = numpy.flatnonzero(at_cut)[has_next & ~covered[next_word]]
-    run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
-    return numpy.isin(run_ids, run_ids[cut_run])
+    # Each token's most pieces in any one span: a run at the cut with fewer lost its last ones.
+    longest = numpy.zeros(alignment.n_tokens, dtype=run_lengths.dtype)
+    numpy.maximum.at(longest, tokens[ends], run_lengths)
+    cut_runs = run_ids[at_cut]
+    is_cut = (has_next & ~covered[next_word]) | (run_lengths[cut_runs] < longest[tokens[at_cut]])
+    return numpy.isin(run_ids, cut_runs[is_cut])
 
 
 def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray) -> None:
