@@ -49,13 +49,18 @@ def saved(request, tiny_bert_dir, tmp_path_factory):
     return factory, path, tok2vec.predict([nlp(TEXT)])[0]
 
 
-def _edited(saved_path, tmp_path, layers, **settings):
-    """A copy of the saved pipeline, the `layers` (and `settings`) of the tagger's encoder edited in config.cfg."""
+def _edited(saved_path, tmp_path, layers, architecture=None, **settings):
+    """A copy of the saved pipeline, the `layers` (and `settings`) of the tagger's encoder edited in config.cfg
+    (and with `architecture`, the copy's head as that release wrote it)."""
     path = tmp_path / "edited"
     shutil.rmtree(path, ignore_errors=True)
     shutil.copytree(saved_path, path)
     config = load_config(path / "config.cfg")
-    encoder = config["components"]["tagger"]["model"]["tok2vec"]["embedder"]["encoder"]
+    tok2vec = config["components"]["tagger"]["model"]["tok2vec"]
+    if architecture == "spacy-ctxembed.ContextualTok2Vec.v2":  # (v2 had no encoder_lr_scale)
+        assert tok2vec.pop("encoder_lr_scale") == 1.0
+    tok2vec["@architectures"] = architecture or tok2vec["@architectures"]
+    encoder = tok2vec["embedder"]["encoder"]
     assert encoder["layers"] == SAVED
     encoder.update(layers=layers, **settings)
     config.to_disk(path / "config.cfg")
@@ -102,10 +107,13 @@ def test_bytes_without_the_layers_still_load(saved, tmp_path):
 
 
 @pytest.mark.parametrize("saved", ["ctxembed_bert"], indirect=True)  # (ELMo has no pooling)
-def test_edited_pooling_of_a_replaced_listeners_encoder_is_refused(saved, tmp_path):
-    """The bytes record the pooling too: the tagger was trained on mean-pooled vectors."""
+@pytest.mark.parametrize("architecture", ["spacy-ctxembed.ContextualTok2Vec.v3", "spacy-ctxembed.ContextualTok2Vec.v2"])
+def test_edited_pooling_of_a_replaced_listeners_encoder_is_refused(saved, tmp_path, architecture):
+    """The bytes record the pooling too: the tagger was trained on mean-pooled vectors.
+    The copy in a head of v2 (what replace_listeners made before v3) was not taken
+    for a copy, and loaded the edit unchecked."""
     factory, saved_path, original = saved
-    path = _edited(saved_path, tmp_path, SAVED, pooling="last")
+    path = _edited(saved_path, tmp_path, SAVED, architecture, pooling="last")
     with pytest.raises(SettingError, match=(
             r"^\[ContextualTok2Vec\] embedder.encoder.pooling = 'last': the encoder was saved with pooling = 'mean', "
             r"and what was trained "
@@ -113,5 +121,5 @@ def test_edited_pooling_of_a_replaced_listeners_encoder_is_refused(saved, tmp_pa
             r"them: put back "
             r"pooling = 'mean', or train again$")):
         spacy.load(path)
-    path = _edited(saved_path, tmp_path, SAVED, pooling="mean")
+    path = _edited(saved_path, tmp_path, SAVED, architecture, pooling="mean")
     numpy.testing.assert_array_equal(_tok2vec_output(spacy.load(path)), original)

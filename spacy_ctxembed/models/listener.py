@@ -724,8 +724,11 @@ def ContextualTok2VecV2(
     _check_head("ContextualTok2Vec.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
     _check_copy("ContextualTok2Vec.v2", embedder)
     source = embedder.layers[0] if mix_layers else embedder
-    return _head(scale_gradient(source, grad_factor), width=width, mix_layers=mix_layers, embed=embed,
-                 name="contextual_listener_v2")
+    # (Scale 1: the downstream component's learning rate, as released; set all the
+    # same, as it marks the encoder a copy, whose bytes' pooling and windows its
+    # load checks against those the head was trained on: `torch_bridge.is_copy`.)
+    return _head(scale_gradient(with_lr_scale(source, 1.0), grad_factor), width=width, mix_layers=mix_layers,
+                 embed=embed, name="contextual_listener_v2")
 
 
 def with_lr_scale(layer: Model, scale: float) -> Model:
