@@ -119,6 +119,32 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts)])
 
 
+def text_lengths(pieces: AlignedPieces, n_pieces: int) -> Optional[numpy.ndarray]:
+    """How many of the text's characters each piece holds (the marks left out:
+    "##", "</w>", and every "Ġ" and "▁"), by its index in the flattened spans;
+    None where the strings cannot be read.
+
+    A token's pieces in one span hold fewer than in another where a cut at the
+    model's length took its last ones (`trf_pooler._cut_at_length`). Counting
+    the pieces instead would misread a span's first token: byte-level BPE
+    splits a word without its space otherwise ("against" four pieces, "Ġagainst"
+    three), and SentencePiece opens a span with a lone "▁" before a character
+    it does not join."""
+    if pieces.strings is None:
+        return None
+    lengths = numpy.zeros(n_pieces, dtype="int64")
+    lengths[pieces.piece] = [_text_length(string) for string in pieces.strings]
+    return lengths
+
+
+def _text_length(piece: str) -> int:
+    if piece.startswith("##"):
+        piece = piece[2:]
+    if piece.endswith(_PIECE_SUFFIX):
+        piece = piece[: -len(_PIECE_SUFFIX)]
+    return len(piece) - sum(piece.count(mark) for mark in WORD_START)
+
+
 def _placed(piece: str, token_texts: List[str]) -> bool:
     """Whether `piece` lies in the tokens' texts joined, starting in the first
     (or right at its end) and ending in the last."""

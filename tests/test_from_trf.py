@@ -172,6 +172,56 @@ def test_a_token_cut_at_a_strided_spans_end_is_pooled_from_the_span_that_has_it_
     numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack(expected), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["bpe", "sentencepiece", "sentencepiece-words"])
+def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces(tiny_bert_dir, tmp_path, family):
+    """A span's first token splits otherwise: byte-level BPE splits a word
+    without the space before it ("against" in four pieces, "Ġagainst" in
+    three), and SentencePiece opens a span with a lone "▁". The first version
+    of the strided cut rule counted pieces: it dropped a whole token's pieces
+    at a span's end (0.6 off) and pooled a cut one's ("Ġa" of "as", 1.36 off).
+    Reference: each span tokenized by the tokenizer itself, a token's pieces
+    those whose offsets cover its characters, those of a span cut inside it
+    left out; the mean of the rest in float64."""
+    from collections import Counter
+
+    from spacy_transformers.span_getters import configure_strided_spans
+    from transformers import AutoTokenizer
+
+    nlp = _family_nlp(family, tmp_path, tiny_bert_dir, max_length=32, get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 2, "stride": 1})
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    spans_of = configure_strided_spans(2, 1)
+    seen: Counter = Counter()
+    for n in range(18, 32):  # (a first word of more pieces than the model takes: a cut not seen, documented)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # (tokens cut with no other span: said, no vector)
+            doc = nlp("q" * n + " as governor , so against the park")
+        states = doc._.trf_data.model_output.last_hidden_state.astype("float64")
+        length = states.shape[1]
+        states = states.reshape(-1, states.shape[-1])
+        kept, runs = [[] for _ in doc], [[] for _ in doc]
+        for s, span in enumerate(spans_of([doc])[0]):
+            offsets = tokenizer(span.text, return_offsets_mapping=True)["offset_mapping"]
+            for token in span:
+                start = token.idx - span.start_char
+                rows = [j for j, (a, b) in enumerate(offsets) if a < b and a < start + len(token.text) and b > start]
+                cut = max(rows) >= length
+                runs[token.i].append((len([j for j in rows if j < length]), cut, max(rows) == length - 1))
+                kept[token.i] += [] if cut else [s * length + j for j in rows]
+        for i, token in enumerate(doc):
+            counts = {count for count, cut, _ in runs[i] if not cut}
+            seen["whole at the cut, other counts elsewhere"] += any(at and not cut for _, cut, at in runs[i]) and (
+                len(counts) > 1)
+            seen["cut, no more pieces than a whole run"] += any(
+                cut and count and count >= min(counts, default=99) for count, cut, _ in runs[i])
+            assert token.has_vector == bool(kept[i]), (token.text, n)
+            if kept[i]:
+                numpy.testing.assert_allclose(token.vector, states[kept[i]].mean(axis=0), atol=1e-5,
+                                              err_msg=f"{token.text!r} at {i}, n = {n}")
+    assert seen["whole at the cut, other counts elsewhere"], seen  # (both cases are in these docs)
+    assert seen["cut, no more pieces than a whole run"] or family != "bpe", seen
+
+
 def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(tiny_bert_dir, tmp_path):
     """Without a closing special token (GPT-2's, LLaMA's tokenizers) the batch's longest
     span ends with a whole word in its last column, as a cut one does: the first version of
@@ -481,12 +531,14 @@ def test_a_non_primary_component_over_another_transformer_drops_the_stored_layer
 FAMILIES = ["wordpiece", "bpe", "bpe-untrimmed", "sentencepiece", "sentencepiece-words"]
 
 
-def _family_nlp(family, tmp_path, tiny_bert_dir):
+def _family_nlp(family, tmp_path, tiny_bert_dir, *, max_length=128, **model):
     """A transformer of each tokenizer family and ctxembed_from_trf:
     WordPiece (the MiniLM tokenizer), byte-level BPE (its offsets trimmed,
     as RoBERTa's, or not), and SentencePiece (NFKC, "▁" pieces whose offsets
     take in the space before them): of pieces of a few characters, or of
-    whole words, as real vocabularies have for common words."""
+    whole words, as real vocabularies have for common words. Other than
+    WordPiece, cut at `max_length` pieces; `model`: more settings of the
+    transformer's model (e.g. `get_spans`)."""
     import torch
     from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
@@ -496,11 +548,12 @@ def _family_nlp(family, tmp_path, tiny_bert_dir):
         return _trf_nlp(tiny_bert_dir, False)
     torch.manual_seed(0)
     if family.startswith("bpe"):
-        tokenizer, model = _byte_level_bpe_model(tmp_path / "vocab")
+        tokenizer, encoder = _byte_level_bpe_model(tmp_path / "vocab")
         if family == "bpe-untrimmed":  # (offsets take in the space before a word, as GPT-2's do)
             tokenizer = RobertaTokenizerFast(str(tmp_path / "vocab" / "vocab.json"),
                                              str(tmp_path / "vocab" / "merges.txt"), model_max_length=128,
                                              trim_offsets=False)
+        tokenizer.model_max_length = max_length
     else:
         if family == "sentencepiece":
             backend = _sentencepiece_model(tmp_path / "vocab")[0].backend_tokenizer
@@ -510,12 +563,15 @@ def _family_nlp(family, tmp_path, tiny_bert_dir):
         # SentencePiece model file, which one built here has not.)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
                                             pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
-                                            model_max_length=128)
-        model = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                                 **_SMALL))
+                                            model_max_length=max_length)
+        encoder = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                                   **_SMALL))
     tokenizer.save_pretrained(tmp_path / "model")
-    model.eval().save_pretrained(tmp_path / "model")
-    return _trf_nlp(tmp_path / "model", False)
+    encoder.eval().save_pretrained(tmp_path / "model")
+    nlp = _with_transformer(tmp_path / "model", **model)
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    return nlp
 
 
 def _whole_word_sentencepiece():

@@ -22,16 +22,12 @@ from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
 from ..settings import FromConfig, check_layers, config_value, layer_count, layers_as_given, normalize_layers
-from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pairs
+from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pairs, text_lengths
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
 #: The thinc model's name (`torch_bridge.check_encoder_settings` finds it by it).
 MODEL_NAME = "ctxembed-trf-encoder"
-MISSING_TRF = (
-    "ctxembed_from_trf needs spacy-transformers: pip install 'spacy-ctxembed[trf]' "
-    "(or pip install spacy-transformers)"
-)
 
 
 @registry.architectures("spacy-ctxembed.TrfEncoder.v2")
@@ -131,14 +127,15 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
     is_space = doc.to_array(IS_SPACE).astype(bool)
     kept = ~is_space[alignment.token_index]
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
-        kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space)
+        kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space, text_lengths(pieces, flat.shape[0]))
     alignment = alignment.kept(kept)
     _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.ndarray) -> numpy.ndarray:
+def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.ndarray,
+                   text_lengths: Optional[numpy.ndarray]) -> numpy.ndarray:
     """Boolean mask over the (token, piece) pairs: True for the pieces of the
     token that spacy-transformers cut a span inside.
 
@@ -150,17 +147,19 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
 
     Such a token has its last piece in the span's last column, and either
     the word after it has no piece at all (it was past the cut), or (with
-    strided_spans, whose next span has that word) the token has more pieces
-    in another span, where it is whole. A span that was not cut ends there
-    with its closing special token (BERT's [SEP], RoBERTa's </s>), or, with a
+    strided_spans, whose next span has that word) its pieces there hold fewer
+    of its characters than in another span, where it is whole
+    (`text_lengths`: each piece's characters, by its index; None where the
+    pieces' strings cannot be read). A span that was not cut ends there with
+    its closing special token (BERT's [SEP], RoBERTa's </s>), or, with a
     tokenizer that adds none, with a whole word: that word is followed by a
-    word of the next span, which has pieces, and has no more pieces anywhere
-    else. Only the cut span's pieces of the token go: with strided_spans it
-    keeps those of the next span. (A token that ends exactly at the cut, with
-    no word after it in any span, cannot be told from a cut one, and goes
-    too; not seen are a cut inside a span's last token, with no word after
-    it, and a cut token that no other span has whole while the next word has
-    pieces there, as when the next span starts right after it.)"""
+    word of the next span, which has pieces, and has all its characters in
+    every span it is in. Only the cut span's pieces of the token go: with
+    strided_spans it keeps those of the next span. (A token that ends exactly
+    at the cut, with no word after it in any span, cannot be told from a cut
+    one, and goes too; not seen are a cut inside a span's last token, with no
+    word after it, and a cut token that no other span has whole while the
+    next word has pieces there, as when the next span starts right after it.)"""
     tokens, pieces = alignment.token_index, alignment.piece_index
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
@@ -169,19 +168,20 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     spans = pieces // span_length
     ends = numpy.r_[(tokens[1:] != tokens[:-1]) | (spans[1:] != spans[:-1]), True]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
-    run_lengths = numpy.bincount(run_ids)
     at_cut = ends & (pieces % span_length == span_length - 1)
+    cut_runs = run_ids[at_cut]
     # The next word (not whitespace) after each token, and whether it has a piece.
     words = numpy.flatnonzero(~is_space)
     after = numpy.searchsorted(words, tokens[at_cut], side="right")
     has_next = after < len(words)
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
-    covered = alignment.covered_tokens()
-    # Each token's most pieces in any one span: a run at the cut with fewer lost its last ones.
-    longest = numpy.zeros(alignment.n_tokens, dtype=run_lengths.dtype)
-    numpy.maximum.at(longest, tokens[ends], run_lengths)
-    cut_runs = run_ids[at_cut]
-    is_cut = (has_next & ~covered[next_word]) | (run_lengths[cut_runs] < longest[tokens[at_cut]])
+    is_cut = has_next & ~alignment.covered_tokens()[next_word]
+    if text_lengths is not None:
+        # Each token's most characters in any one span: a run at the cut with fewer lost its last ones.
+        held = numpy.bincount(run_ids, weights=text_lengths[pieces])
+        most = numpy.zeros(alignment.n_tokens)
+        numpy.maximum.at(most, tokens[ends], held)
+        is_cut |= held[cut_runs] < most[tokens[at_cut]]
     return numpy.isin(run_ids, cut_runs[is_cut])
 
 
