@@ -49,6 +49,17 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """A JSON object file: None if it is missing, {} if it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_json(path: Path, data: Dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf8"))
 

@@ -42,7 +42,7 @@ import numpy
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..fileio import EMBED_LAYOUT, fsync_dir, umask, write_atomic, write_json
+from ..fileio import EMBED_LAYOUT, fsync_dir, read_json, umask, write_atomic, write_json
 from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
 
@@ -569,7 +569,7 @@ def _partial_record(partial: Path) -> Optional[Dict[str, Any]]:
     if partial.is_symlink() or not partial.is_dir():
         return None
     if (partial / RUN).is_file():
-        return _read_json(partial / RUN)
+        return read_json(partial / RUN) or {}
     manifest = read_manifest(partial)
     if manifest is not None:
         return {"layout_version": manifest.get("layout_version"), "run": manifest.get("run", {})}
@@ -586,14 +586,6 @@ def _has_commits(partial: Path) -> bool:
         return isinstance(json.loads(first), dict)
     except (OSError, ValueError):
         return False
-
-
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 #: "pipeline": the model's checksum (`fileio.model_identity`). A run recorded before it was

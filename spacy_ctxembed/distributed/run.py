@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from thinc.api import Config
 
 from ..about import __version__
-from ..fileio import fsync_dir, model_identity, write_atomic, write_json
+from ..fileio import fsync_dir, model_identity, read_json, write_atomic, write_json
 from ..pipeline.build import check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
@@ -43,7 +43,6 @@ from .shards import (
     Float16Overflow,
     check_complete,
     committed,
-    read_json,
     shard_meta,
     shard_name,
 )

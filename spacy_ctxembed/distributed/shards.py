@@ -23,7 +23,7 @@ import numpy
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
-from ..fileio import atomic_path
+from ..fileio import atomic_path, read_json
 from ..outputs import install_extensions, write_outputs
 from .extra import require_ray_extra
 from .sources import Rejected, Shard
@@ -263,17 +263,6 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             yield from docs_from_table(batch, vocab, component=component,
                                        signature=signature if isinstance(signature, str) else None)
-
-
-def read_json(path: Path) -> Optional[Dict[str, Any]]:
-    """A JSON object file: None if it is missing, {} if it is unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _rebuild_doc(vocab: Vocab, doc_id: int, text: str, tokens: List[str], idx: List[int]) -> Doc:
