@@ -7,7 +7,8 @@ docs -> wordpieces of each doc's raw text (the model's own fast tokenizer)
      -> per doc, a tensor (n_layers, n_tokens, width) on the model's device.
 
 A `BertRunner` is built once when the weights load and is not changed by a
-call, so one pipeline can serve several threads. The shim that holds it
+call (but for the chunk cache it gives up on, `WordPieces.of_docs`), so one
+pipeline can serve several threads. The shim that holds it
 (`BertShim`) is what Thinc sees: it saves and loads the weights as a Hugging
 Face directory (safetensors, no pickles) and applies optimizer updates.
 """

@@ -159,7 +159,8 @@ def resolve_model_dir(name: Optional[str], *, component: str) -> Path:
 def load_encoder(directory: Path, *, component: str, setting: str = "name") -> HFEncoder:
     """Load and validate an encoder from a local directory, whole or not at all.
 
-    component: the user's component instance name, the `[...]` prefix of errors.
+    component: the `[...]` prefix of errors: the component's factory name, which
+        `errors.named_errors` turns into the instance's.
     setting: the setting that the errors name: "name" for a user's model
         directory, "model" for the folder inside a saved pipeline.
     """

@@ -622,7 +622,7 @@ def ContextualListener(
     """
     _check_head("ContextualListener.v2", width=width, mix_layers=mix_layers, grad_factor=grad_factor)
     node = ContextualListenerNode(upstream, mix_layers=mix_layers, grad_factor=grad_factor)
-    return _head(node, width=width, mix_layers=mix_layers, embed=embed, name="contextual_listener_v2")
+    return _head(node, width=width, mix_layers=mix_layers, embed=embed)
 
 
 @registry.architectures("spacy-ctxembed.ContextualTok2Vec.v3")
@@ -645,8 +645,7 @@ def ContextualTok2Vec(
     check_number("ContextualTok2Vec.v3", "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                  unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
     return _head(replacement(embedder, grad_factor=grad_factor, encoder_lr_scale=encoder_lr_scale,
-                             mix_layers=mix_layers), width=width, mix_layers=mix_layers, embed=embed,
-                 name="contextual_listener_v2")
+                             mix_layers=mix_layers), width=width, mix_layers=mix_layers, embed=embed)
 
 
 def _check_head(architecture: str, *, width: Any, mix_layers: Any, grad_factor: Any) -> None:
@@ -728,7 +727,7 @@ def ContextualTok2VecV2(
     # same, as it marks the encoder a copy, whose bytes' pooling and windows its
     # load checks against those the head was trained on: `torch_bridge.is_copy`.)
     return _head(scale_gradient(with_lr_scale(source, 1.0), grad_factor), width=width, mix_layers=mix_layers,
-                 embed=embed, name="contextual_listener_v2")
+                 embed=embed)
 
 
 def with_lr_scale(layer: Model, scale: float) -> Model:
@@ -811,11 +810,14 @@ def _scaled_init(model: Model, X=None, Y=None) -> None:
     model.layers[0].initialize(X=X)
 
 
-def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model], name: str) -> Model:
+def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]) -> Model:
+    """The listening head over `source` (a listener node, or a copy of the encoder
+    that replaced one), as v2 listeners and both ContextualTok2Vec versions build
+    it (under one node name: a copy's head is the listener's it replaced)."""
     mixed: Model = chain(source, ScalarMix()) if mix_layers else source
     features = mixed if embed is None else concatenate(mixed, embed)
     inner: Model = chain(features, with_array(Linear(nO=width)))
-    return Model(name, _delegate, init=_init_inner, layers=[inner], dims={"nO": width})
+    return Model("contextual_listener_v2", _delegate, init=_init_inner, layers=[inner], dims={"nO": width})
 
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):

@@ -19,7 +19,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
-from ..errors import bad_setting
+from ..errors import SettingError, bad_setting
 from ..settings import config_value
 from ..types import DocLayers
 from . import trf_pooler
@@ -294,11 +294,7 @@ class EncoderNode(Model):
     def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
         current, shim = self._dims.get(name), encoder_shim(self)
         if name == "nL" and not force and current is not None and value != current and shim is not None:
-            where, block = checked_as(shim.component, shim.settings)
-            raise bad_setting(where, f"{block}layers", shim.settings["layers"],
-                              f"the encoder was saved for {value} layers (the weights trained on top of this "
-                              f"encoder are for those), but the config's layers select {current}: put back the "
-                              "layers it was saved with, or train again")
+            raise _saved_for_other_layers(shim.component, shim.settings, f"{value} layers", current)
         super().set_dim(name, value, force=force)
 
 
@@ -320,8 +316,7 @@ def unpickle_shim(cls: Type[ShimT], settings: Dict[str, Any], data: Optional[byt
 def set_loaded_dims(model: Model) -> None:
     """The encoder's width (`nO`) and layer count (`nL`), from the weights its
     shim holds now (after `init` or a load; an encoder without one has none to give).
-
-    force: a load may bring another model than the one first initialized.
+    Set by force: a load may bring another model than the one first initialized.
     """
     shim = encoder_shim(model)
     if shim is not None:
@@ -338,11 +333,15 @@ def check_saved_layers(component: str, settings: Dict[str, Any], saved: Any, cur
     current = [int(i) for i in current]
     if saved is None or saved == current:
         return
+    raise _saved_for_other_layers(component, settings, f"layers {saved}", current)
+
+
+def _saved_for_other_layers(component: str, settings: Dict[str, Any], saved: str, current: Any) -> SettingError:
     name, block = checked_as(component, settings)
-    raise bad_setting(name, f"{block}layers", settings["layers"],
-                      f"the encoder was saved for layers {saved} (the weights trained on top of this encoder "
-                      f"are for those), but the config's layers select {current}: put back the layers it was "
-                      "saved with, or train again")
+    return bad_setting(name, f"{block}layers", settings["layers"],
+                       f"the encoder was saved for {saved} (the weights trained on top of this encoder are for "
+                       f"those), but the config's layers select {current}: put back the layers it was saved "
+                       "with, or train again")
 
 
 def staged(array: numpy.ndarray, device: torch.device) -> torch.Tensor:

@@ -37,6 +37,7 @@ from ..models.embedder import check_combiner_layers, pass_dims, replace_listener
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
+from ..models.trf_pooler import MODEL_NAME as TRF_ENCODER
 from ..outputs import install_extensions, signature_fields, write_outputs
 from ..settings import check_saved_features, encoder_features
 from ..types import DocLayers, DocVectors, EmbedderModel
@@ -292,7 +293,7 @@ class ContextualEmbedder(TrainablePipe):
         before (and a combiner's) are replaced."""
         was_loaded = self._loaded
         with named_errors(self.name):
-            if self.encoder.name == "ctxembed-trf-encoder" and nlp is not None:
+            if self.encoder.name == TRF_ENCODER and nlp is not None:
                 _upstream_width(self.encoder, nlp)
             try:
                 self.model.initialize()
