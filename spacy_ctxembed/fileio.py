@@ -178,7 +178,7 @@ def _model_dir(name: str) -> Optional[Path]:
         return None
 
 
-#: `layout` in the run.json and manifest.json of an `embed` run (`cli.output`).
+#: `layout` in the run.json and manifest.json of an `embed` run (`embedded`, `cli.output`).
 EMBED_LAYOUT = "spacy-ctxembed/embed"
 #: The files that mark a directory as an embed run's (its partial directory, its
 #: OUTPUT, an `--ray` OUTDIR).

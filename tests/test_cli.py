@@ -7,7 +7,7 @@ import numpy
 import spacy
 from spacy.tokens import DocBin
 
-from spacy_ctxembed.cli.output import iter_docs, load_npy
+from spacy_ctxembed import iter_docs, load_npy
 
 from .reference import hf_hidden_states, pool, token_pieces
 

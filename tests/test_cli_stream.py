@@ -16,7 +16,8 @@ import torch
 from spacy.tokens import DocBin
 
 from spacy_ctxembed.cli import output as output_module
-from spacy_ctxembed.cli.output import Run, doc_to_host, read_manifest, to_host
+from spacy_ctxembed.cli.output import Run, doc_to_host, to_host
+from spacy_ctxembed.embedded import iter_docs, load_npy, read_manifest
 
 from .conftest import make_nlp
 from .test_cli_support import (
@@ -119,7 +120,7 @@ def test_a_byte_order_mark_is_stripped(tmp_path, pipeline):
     (tmp_path / "in.txt").write_bytes("\ufeffHello there.\nSecond line.\n".encode("utf8"))
     result = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline)
     assert result.exit_code == 0, result.stderr
-    docs = list(output_module.iter_docs(tmp_path / "out"))
+    docs = list(iter_docs(tmp_path / "out"))
     assert [d.text for d in docs] == ["Hello there.", "Second line."]
     assert docs[0][0].text == "Hello"
     assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, ["Hello there.", "Second line."]))
@@ -338,7 +339,7 @@ def test_a_reader_of_an_output_replaced_midway_gets_an_error_not_two_runs(tmp_pa
     repeated, silently)."""
     out = tmp_path / "out"
     assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
-    reader = output_module.iter_docs(out)
+    reader = iter_docs(out)
     first = [next(reader).user_data["line"] for _ in range(3)]  # into the second shard
     replaced = invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "3", "--overwrite")
     assert replaced.exit_code == 0, replaced.stderr
@@ -356,7 +357,7 @@ def test_npy_records_keep_texts_with_unicode_line_separators(tmp_path, pipeline)
     (tmp_path / "in.txt").write_text("\n".join(lines), encoding="utf8")
     result = invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline, "-f", "npy")
     assert result.exit_code == 0, result.stderr
-    vectors, records = output_module.load_npy(tmp_path / "out")
+    vectors, records = load_npy(tmp_path / "out")
     assert [r["text"] for r in records] == lines
     assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, lines))
     assert isinstance(vectors, numpy.memmap) and not vectors.flags.writeable
@@ -804,7 +805,7 @@ def test_a_damaged_docs_file_of_an_npy_output_is_named(tmp_path, corpus, pipelin
     docs.write_bytes(b"".join({"last doc cut": lines[:-1], "a doc lost": lines[:1] + lines[2:],
                                "a doc repeated": lines + lines[-1:]}[damage]))
     with pytest.raises(ValueError) as error:
-        output_module.load_npy(out)
+        load_npy(out)
     n_docs = len(lines) + (1 if damage == "a doc repeated" else -1)
     assert re.fullmatch(rf"{re.escape(str(out))}: docs\.jsonl holds {n_docs} docs whose rows do not make the "
                         rf"manifest's {len(lines)} docs of \d+ rows: the file is damaged; embed the input again",
@@ -827,7 +828,7 @@ def test_load_npy_of_a_cut_or_padded_vectors_file_names_it(tmp_path, corpus, pip
     nbytes, data = numpy.load(vectors).nbytes, vectors.read_bytes()
     vectors.write_bytes(data[:cut] if cut < 0 else data + b"\0" * cut)
     with pytest.raises(ValueError) as error:
-        output_module.load_npy(out, mmap=mmap)
+        load_npy(out, mmap=mmap)
     assert str(error.value).startswith(f"{out}: vectors.npy holds {nbytes + cut:,} bytes of rows, its header says (")
     assert str(error.value).endswith("the file is damaged; embed the input again")
 
@@ -855,7 +856,7 @@ def test_iter_docs_of_a_cut_shard_names_it(tmp_path, corpus, pipeline):
     shard.write_bytes(shard.read_bytes()[:40])
     with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000001.spacy cannot be read as a DocBin "
                                          r"\(ValueError\): the file is damaged; embed the input again$"):
-        list(output_module.iter_docs(out))
+        list(iter_docs(out))
     # --resume said "nothing to do: already complete" of it (only a deleted shard was seen).
     again = invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2", "--resume")
     assert again.exit_code == 2

@@ -9,8 +9,9 @@ import numpy
 import spacy
 from typer.testing import CliRunner
 
+from spacy_ctxembed import iter_docs, load_npy
 from spacy_ctxembed.cli import app
-from spacy_ctxembed.cli.output import iter_docs, load_npy, read_manifest
+from spacy_ctxembed.embedded import read_manifest
 
 from .conftest import make_nlp
 

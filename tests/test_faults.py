@@ -29,7 +29,8 @@ import srsly
 from spacy.util import load_config_from_str, load_model_from_config
 
 from spacy_ctxembed import restore_vectors
-from spacy_ctxembed.cli.output import Run, read_manifest
+from spacy_ctxembed.cli.output import Run
+from spacy_ctxembed.embedded import read_manifest
 from spacy_ctxembed.errors import NonFiniteOutputs, SettingError
 from spacy_ctxembed.models.elmo_weights import ElmoFileError
 from spacy_ctxembed.pipeline import ContextualEmbedder

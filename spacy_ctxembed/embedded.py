@@ -1,0 +1,162 @@
+"""What `embed` writes, read back: the layout of a finished output and its readers.
+
+OUTPUT is a directory, complete when it has a ``manifest.json`` (`embed`
+writes it last, then renames the directory into place: `cli.output`).
+
+``--format docbin``::
+
+    OUTPUT/manifest.json
+    OUTPUT/shard-000000.spacy     # DocBin, --shard-size docs, vectors in user data,
+    OUTPUT/shard-000001.spacy     # doc.user_data["line"]: the input line number
+    ...
+
+``--format npy``::
+
+    OUTPUT/manifest.json
+    OUTPUT/vectors.npy            # float32 (n_tokens, width), docs one after another
+    OUTPUT/docs.jsonl             # per doc: line, text, tokens, start, end (rows)
+"""
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy
+from spacy.tokens import Doc, DocBin
+from spacy.vocab import Vocab
+
+from .fileio import EMBED_LAYOUT
+
+LAYOUT = EMBED_LAYOUT
+LAYOUT_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+DOCS = "docs.jsonl"
+SHARD = "shard-{:06d}.spacy"
+LINE_KEY = "line"  # doc.user_data[LINE_KEY]: the doc's 1-based input line number
+
+
+def read_manifest(path: Path) -> Optional[Dict[str, Any]]:
+    """The manifest of a complete output at `path`, or None."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("layout") == LAYOUT else None
+
+
+def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
+    """The docs of a complete ``--format docbin`` output, in input order, vectors restored.
+
+    Each doc has ``doc.user_data["line"]`` (its input line) and ``doc._.ctx_vectors``.
+    Every shard is read from the directory the manifest was read from (see
+    `_OutputReader`): an output replaced while it is read gives an error, never
+    a mix of two runs.
+    """
+    from .outputs import restore_vectors
+
+    vocab = vocab if vocab is not None else Vocab()
+    with _OutputReader(path, "docbin") as reader:
+        for shard in reader.manifest["shards"]:
+            data = reader.read(shard["file"])
+            try:
+                docs = DocBin().from_bytes(data).get_docs(vocab)
+            except Exception as e:  # noqa: BLE001 - spaCy's E1014 names no file and speaks of v2 JSON; zlib, msgpack
+                raise ValueError(f"{path}: {shard['file']} cannot be read as a DocBin ({type(e).__name__}): the file "
+                                 "is damaged; embed the input again") from e
+            count = 0
+            for doc in docs:
+                count += 1
+                yield restore_vectors(doc)
+            if count != shard["docs"]:
+                raise ValueError(f"{path}: {shard['file']} holds {count} docs, its manifest says {shard['docs']}")
+
+
+def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[str, Any]]]:
+    """(vectors, records) of a complete ``--format npy`` output; rows ``start:end`` are a doc's.
+
+    Both files come from the directory the manifest was read from (see `_OutputReader`).
+    """
+    with _OutputReader(path, "npy") as reader:
+        with reader.open(VECTORS) as f:
+            version = numpy.lib.format.read_magic(f)
+            read_header = numpy.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                numpy.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            # numpy's own errors for a cut file ("mmap length is greater than
+            # file size", "cannot reshape") name neither the file nor the cause.
+            stored, expected = os.fstat(f.fileno()).st_size - f.tell(), int(numpy.prod(shape)) * dtype.itemsize
+            if stored != expected:
+                raise ValueError(f"{path}: {VECTORS} holds {stored:,} bytes of rows, its header says {shape} "
+                                 f"{dtype} ({expected:,} bytes): the file is damaged; embed the input again")
+            vectors: numpy.ndarray
+            if mmap:
+                vectors = numpy.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                                       order="F" if fortran else "C")
+            else:
+                vectors = numpy.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        # (Not `splitlines`: a text may hold U+2028 and the like, which JSON leaves as they are.)
+        records = [json.loads(line) for line in reader.read(DOCS).split(b"\n") if line]
+    if shape[0] != reader.manifest.get("rows"):
+        raise ValueError(f"{path}: {VECTORS} holds {shape[0]} rows, its manifest says {reader.manifest.get('rows')}")
+    _check_records(path, records, reader.manifest.get("docs"), shape[0])
+    return vectors, records
+
+
+def _check_records(path: Path, records: List[Dict[str, Any]], docs: Any, rows: int) -> None:
+    """docs.jsonl must hold the manifest's docs, their rows laid end to end over all
+    of vectors.npy: one cut at a line's end (or a line lost) reads as fewer docs."""
+    bounds = [(record.get("start"), record.get("end")) for record in records]
+    chained = all(start == end for (_, end), (start, _) in zip([(0, 0), *bounds], bounds))
+    if len(records) != docs or not chained or (bounds[-1][1] if bounds else 0) != rows:
+        raise ValueError(f"{path}: {DOCS} holds {len(records)} docs whose rows do not make the manifest's {docs} "
+                         f"docs of {rows} rows: the file is damaged; embed the input again")
+
+
+class _OutputReader:
+    """A complete output's manifest and files, all read through one open handle
+    on its directory.
+
+    `embed --overwrite` renames a finished run into place and then removes the
+    old output. Files opened by path one after another could come from both
+    runs; opened relative to the directory the manifest came from, they come
+    from that run, or, once it is removed, not at all (an error).
+    """
+
+    def __init__(self, path: Path, fmt: str):
+        self.path = Path(path)
+        self.fmt = fmt
+        self._fd: Optional[int] = None
+        self.manifest: Dict[str, Any] = {}
+
+    def __enter__(self) -> "_OutputReader":
+        not_complete = ValueError(f"{self.path} is not a complete spacy-ctxembed {self.fmt} output (no {MANIFEST})")
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            manifest = json.loads(self.read(MANIFEST).decode("utf8"))
+        except (OSError, ValueError):
+            self.__exit__()
+            raise not_complete from None
+        if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT or manifest.get("format") != self.fmt:
+            self.__exit__()
+            raise not_complete
+        self.manifest = manifest
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def open(self, name: str) -> IO[bytes]:
+        try:
+            fd = os.open(name, os.O_RDONLY, dir_fd=self._fd)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{self.path} was replaced or removed while it was being read ({name} is gone); read it again"
+            ) from None
+        return os.fdopen(fd, "rb")
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            return f.read()
