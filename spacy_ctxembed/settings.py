@@ -1,6 +1,6 @@
 """Validation of the settings that every embedder shares, and settings kept from the config."""
 import warnings
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import srsly
 from thinc.api import Model
@@ -95,43 +95,6 @@ def _keep_config_value(current: FromConfig, saved: bytes, name: str, model: Mode
 def config_value(value: Any) -> Any:
     """The value of a `Model.attrs` entry, unwrapped where it is a `FromConfig`."""
     return value.value if isinstance(value, FromConfig) else value
-
-
-def selected_layers(encoder: Model) -> Optional[List[int]]:
-    """The encoder layers the component combines; None where that is not known
-    (weights not loaded). BERT and ELMo give non-negative indices, resolved
-    against the loaded model. An upstream transformer's depth is known only
-    from its outputs, so `ctxembed_from_trf` gives its setting as written:
-    `[-1]` and `[12]` then count as different layers (a load is refused
-    where they would be the same), but `[-1]` edited to `[-2]` is never
-    taken for it."""
-    from .models.torch_bridge import encoder_shim  # (the models import this module)
-
-    shim = encoder_shim(encoder)
-    if shim is not None:  # (BERT, ELMo: resolved against the loaded model)
-        resolved = shim.layers
-        return [int(i) for i in resolved] if resolved else None
-    settings = config_value(encoder.attrs.get("settings"))
-    layers = settings.get("layers") if isinstance(settings, dict) else None
-    if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-        return list(layers)
-    return None
-
-
-def encoder_features(encoder: Model) -> Dict[str, Any]:
-    """The settings besides the layers that shape the vectors, as the loaded
-    encoder resolves them: BERT's pooling and windows (`window = null` is the
-    model's limit), `ctxembed_from_trf`'s pooling (its windows are its
-    upstream's). {} for ELMo, which has none, and for weights not loaded."""
-    from .models.torch_bridge import encoder_shim  # (the models import this module)
-
-    shim = encoder_shim(encoder)
-    if shim is not None:
-        return dict(shim.features)
-    settings = config_value(encoder.attrs.get("settings"))
-    if isinstance(settings, dict) and isinstance(settings.get("pooling"), str):
-        return {"pooling": settings["pooling"]}
-    return {}
 
 
 def check_saved_features(component: str, saved: Any, current: Dict[str, Any], *, trained: str,

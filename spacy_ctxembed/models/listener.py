@@ -59,10 +59,10 @@ from ..outputs import (
     stored_signature,
     uncovered_error,
 )
-from ..settings import FromConfig, config_value, selected_layers
+from ..settings import FromConfig, config_value
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers
-from .torch_bridge import COPY_BLOCK, COPY_NAME, LR_SCALE, check_encoder_settings, encoder_shim
+from .torch_bridge import COPY_BLOCK, COPY_NAME, LR_SCALE, check_encoder_settings, encoder_shim, selected_layers
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
 LISTENER = "ctxembed-listener"

@@ -33,7 +33,7 @@ EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
 LR_SCALE = "lr_scale"
 #: The key of an encoder shim's bytes that records the layers it selected (resolved) when saved.
 SAVED_LAYERS = "layers"
-#: The key of an encoder shim's bytes that records its pooling and windows (`settings.encoder_features`).
+#: The key of an encoder shim's bytes that records its pooling and windows (`encoder_features`).
 SAVED_FEATURES = "features"
 
 
@@ -227,7 +227,7 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
 
     @property
     def features(self) -> Dict[str, Any]:
-        """The settings besides the layers that shape the vectors, resolved (`settings.encoder_features`);
+        """The settings besides the layers that shape the vectors, resolved (`encoder_features`);
         {} until loaded, and for an encoder that has none."""
         return {}
 
@@ -269,6 +269,39 @@ def encoder_shim(model: Model) -> Optional[EncoderShim]:
             if isinstance(shim, EncoderShim):
                 return shim
     return None
+
+
+def selected_layers(encoder: Model) -> Optional[List[int]]:
+    """The encoder layers the component combines; None where that is not known
+    (weights not loaded). BERT and ELMo give non-negative indices, resolved
+    against the loaded model. An upstream transformer's depth is known only
+    from its outputs, so `ctxembed_from_trf` gives its setting as written:
+    `[-1]` and `[12]` then count as different layers (a load is refused
+    where they would be the same), but `[-1]` edited to `[-2]` is never
+    taken for it."""
+    shim = encoder_shim(encoder)
+    if shim is not None:  # (BERT, ELMo: resolved against the loaded model)
+        resolved = shim.layers
+        return [int(i) for i in resolved] if resolved else None
+    settings = config_value(encoder.attrs.get("settings"))
+    layers = settings.get("layers") if isinstance(settings, dict) else None
+    if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        return list(layers)
+    return None
+
+
+def encoder_features(encoder: Model) -> Dict[str, Any]:
+    """The settings besides the layers that shape the vectors, as the loaded
+    encoder resolves them: BERT's pooling and windows (`window = null` is the
+    model's limit), `ctxembed_from_trf`'s pooling (its windows are its
+    upstream's). {} for ELMo, which has none, and for weights not loaded."""
+    shim = encoder_shim(encoder)
+    if shim is not None:
+        return dict(shim.features)
+    settings = config_value(encoder.attrs.get("settings"))
+    if isinstance(settings, dict) and isinstance(settings.get("pooling"), str):
+        return {"pooling": settings["pooling"]}
+    return {}
 
 
 def check_encoder_settings(model: Model) -> None:

@@ -36,10 +36,16 @@ from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import check_combiner_layers, pass_dims, replace_listener_cfg
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
-from ..models.torch_bridge import check_encoder_settings, encoder_shim, set_loaded_dims, swaps_weights
+from ..models.torch_bridge import (
+    check_encoder_settings,
+    encoder_features,
+    encoder_shim,
+    set_loaded_dims,
+    swaps_weights,
+)
 from ..models.trf_pooler import MODEL_NAME as TRF_ENCODER
 from ..outputs import install_extensions, signature_fields, write_outputs
-from ..settings import check_saved_features, encoder_features
+from ..settings import check_saved_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
 from .load_gate import LoadGate

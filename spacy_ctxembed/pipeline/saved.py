@@ -21,8 +21,8 @@ from ..layers import built_as
 from ..models.elmo_weights import OPTIONS_FILE
 from ..models.hf_loading import CONFIG_FILE
 from ..models.hf_probe import probe_difference
-from ..models.torch_bridge import encoder_shim
-from ..settings import encoder_features, normalize_layers, selected_layers
+from ..models.torch_bridge import encoder_features, encoder_shim, selected_layers
+from ..settings import normalize_layers
 from .signature import saved_options_digest, saved_probe, saved_weights_fingerprint
 
 #: Subfolder of the component's directory where the encoder writes its files.
@@ -36,7 +36,7 @@ LAYERS_KEY = "encoder_layers"
 #: model folder (`saved_weights_fingerprint`; absent in older saves, and for an encoder
 #: without weights of its own).
 WEIGHTS_KEY = "encoder_weights"
-#: The cfg key of the encoder's pooling and windows when saved (`settings.encoder_features`).
+#: The cfg key of the encoder's pooling and windows when saved (`torch_bridge.encoder_features`).
 FEATURES_KEY = "encoder_features"
 #: The cfg key of ELMo's options when saved, by content (`saved_options_digest`;
 #: absent in older saves, and for BERT).

@@ -19,8 +19,8 @@ import numpy
 import torch
 from thinc.api import Model
 
-from ..models.torch_bridge import encoder_shim, evenly_sampled
-from ..settings import config_value, selected_layers
+from ..models.torch_bridge import encoder_shim, evenly_sampled, selected_layers
+from ..settings import config_value
 
 #: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
 #: Training moves nearly every weight, so a sample tells trained weights from
