@@ -27,6 +27,7 @@ from spacy.training import Example, validate_examples
 from spacy.util import ensure_path, from_disk, minibatch, to_disk
 from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
+from thinc.util import to_numpy
 
 from ..batching import computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
@@ -47,7 +48,7 @@ from ..models.trf_pooler import MODEL_NAME as TRF_ENCODER
 from ..outputs import install_extensions, signature_fields, write_outputs
 from ..settings import check_saved_features
 from ..types import DocLayers, DocVectors, EmbedderModel
-from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity, to_host
+from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity
 from .load_gate import LoadGate
 from .saved import (
     FEATURES_KEY,
@@ -575,7 +576,7 @@ class ContextualEmbedder(TrainablePipe):
         for i, layers in zip(missing, fresh):
             key = keys[i]
             if key is not None:
-                self.cache.put(key, to_host(layers))
+                self.cache.put(key, to_numpy(layers))
             cached[i] = layers
         ops = self.model.ops
         return [ops.asarray3f(layers) for layers in cached]

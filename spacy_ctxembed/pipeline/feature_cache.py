@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from typing import Hashable, Optional, cast
+from typing import Hashable, Optional
 
 import numpy
 from spacy.attrs import IDX, LENGTH, SENT_START
@@ -24,7 +24,6 @@ from thinc.api import Model
 
 from ..models.torch_bridge import encoder_shim
 from ..settings import config_value
-from ..types import DocLayers
 
 #: What an entry costs besides its array's data: the array object, the key and
 #: the LRU's node (measured: ~400 bytes). Counted, so that many small docs stay
@@ -115,9 +114,3 @@ def encoder_identity(encoder: Model) -> str:
                 digest.update(name.encode("utf8"))
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def to_host(layers: DocLayers) -> numpy.ndarray:
-    if isinstance(layers, numpy.ndarray):
-        return layers
-    return cast(numpy.ndarray, layers.get())  # cupy
