@@ -2,7 +2,7 @@
 import contextlib
 import math
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 #: The prefix a layer uses before it knows the component instance it serves: the factory name.
 _PREFIX = re.compile(r"^\[(ctxembed_bert|ctxembed_elmo|ctxembed_from_trf)\]")
@@ -15,6 +15,17 @@ class SettingError(ValueError):
 def bad_setting(component: str, setting: str, value: Any, expected: str) -> SettingError:
     """Build an error of the form ``[component] setting = value: expected``."""
     return SettingError(f"[{component}] {setting} = {value!r}: {expected}")
+
+
+def first_line(err: BaseException, *, typed: bool = True, limit: Optional[int] = None) -> str:
+    """The first line of what `err` says, for a message of one line: after the
+    name of its type (`typed`), cut to `limit` characters; the name of its type
+    alone where it says nothing."""
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return type(err).__name__
+    line = lines[0] if limit is None or len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    return f"{type(err).__name__}: {line}" if typed else line
 
 
 class NonFiniteOutputs(ValueError):

@@ -22,6 +22,7 @@ from spacy.language import Language
 from spacy.util import load_config, load_model_from_config
 from thinc.api import Config
 
+from ..errors import first_line
 from ..models.legacy import V1_DEFAULTS
 from ..models.torch_bridge import encoder_shim
 from ..pipeline.build import initialize_built, is_folder_without_pipeline, leave_out_untrained, untrained_components
@@ -72,7 +73,7 @@ class PipelineSource:
         try:
             return cls(config=load_config(path), config_path=path, option=option)
         except Exception as e:  # confection: a config that does not parse
-            raise AnalysisInputError(f"{option} {path}: not a readable config ({_first_line(e)})") from None
+            raise AnalysisInputError(f"{option} {path}: not a readable config ({first_line(e, typed=False)})") from None
 
     @property
     def label(self) -> str:
@@ -129,7 +130,7 @@ class PipelineSource:
         try:
             return spacy.load(cast(str, self.model))
         except OSError as e:  # E050, no such package or directory: spaCy's message names no option
-            raise AnalysisInputError(f"{self.option} {self.model}: {_first_line(e)}") from None
+            raise AnalysisInputError(f"{self.option} {self.model}: {first_line(e, typed=False)}") from None
 
     def _load_saved_edited(self, edits: Sequence[Edit], new_combiner: Optional[str]) -> Language:
         if self._saved_dir is None:
@@ -146,11 +147,6 @@ class PipelineSource:
             # layers and pooling that its cfg records (and that a load would hold to).
             cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner", "cfg"])
         return nlp
-
-
-def _first_line(error: Exception) -> str:
-    """An error's message for a one-line error: its first line (its type when it has none)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def default_config() -> Config:

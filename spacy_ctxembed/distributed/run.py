@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from thinc.api import Config
 
 from ..about import __version__
+from ..errors import first_line
 from ..fileio import fsync_dir, model_identity, read_json, write_atomic, write_json
 from ..pipeline.build import check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
@@ -428,7 +429,7 @@ def _run_ray(
                 if failed and not isinstance(ray_actor_error(err) or err, (InputError, ModelChanged, Float16Overflow)):
                     raise ShardsFailed(
                         f"embed_corpus: the actors died on {'; '.join(failed[:3])}: each was retried and its actor "
-                        f"died again (out of memory on a long doc, or a crash in the model: {_first_line(err)})"
+                        f"died again (out of memory on a long doc, or a crash in the model: {first_line(err)})"
                     ) from err
                 raise
     finally:
@@ -463,10 +464,6 @@ def ray_actor_error(exc: BaseException) -> Optional[BaseException]:
         seen.add(id(inner))
         exc, inner = inner, getattr(inner, "cause", None)
     return exc
-
-
-def _first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
 
 def _line_count(path: Path) -> Optional[int]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
-from ..errors import SettingError, bad_setting
+from ..errors import SettingError, bad_setting, first_line
 from ..forksafe import ProcessLocal
 
 WEIGHTS_FILE = "model.safetensors"
@@ -216,7 +216,7 @@ def _load_config(where: _Where) -> Any:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise where.error(f"{CONFIG_FILE} is not valid JSON ({_short(e)})") from None
+        raise where.error(f"{CONFIG_FILE} is not valid JSON ({first_line(e, limit=200)})") from None
     if not isinstance(data, dict):
         raise where.error(f"{CONFIG_FILE} is not a JSON object")
     try:
@@ -225,7 +225,7 @@ def _load_config(where: _Where) -> Any:
         )
     except Exception as e:  # noqa: BLE001 - reported with its type and message
         raise where.error(
-            f"{CONFIG_FILE} could not be loaded by transformers.AutoConfig ({_short(e)})"
+            f"{CONFIG_FILE} could not be loaded by transformers.AutoConfig ({first_line(e, limit=200)})"
         ) from None
 
 
@@ -274,7 +274,7 @@ def _tokenizer_error(where: _Where, e: Exception) -> SettingError:
             json.loads((where.directory / name).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as bad:
             return where.error(
-                f"the tokenizer could not be loaded: {name} is not valid JSON ({_short(bad)})"
+                f"the tokenizer could not be loaded: {name} is not valid JSON ({first_line(bad, limit=200)})"
             )
     files = ", ".join(present) if present else "no tokenizer files at all"
     hint = ""
@@ -285,7 +285,7 @@ def _tokenizer_error(where: _Where, e: Exception) -> SettingError:
             "protobuf) are installed, with AutoTokenizer.from_pretrained(DIR)."
             "save_pretrained(DIR), which writes tokenizer.json"
         )
-    return where.error(f"the tokenizer could not be loaded from {files} ({_short(e)}){hint}")
+    return where.error(f"the tokenizer could not be loaded from {files} ({first_line(e, limit=200)}){hint}")
 
 
 def _weights_file(where: _Where) -> Path:
@@ -333,7 +333,7 @@ def _read_header(path: Path, where: _Where) -> Dict[str, Tuple[Tuple[int, ...], 
                 shapes[key] = (tuple(tensor_slice.get_shape()), str(tensor_slice.get_dtype()))
         return shapes
     except Exception as e:  # noqa: BLE001 - reported with its type and message
-        raise where.error(f"{path.name} could not be read as safetensors ({_short(e)})") from None
+        raise where.error(f"{path.name} could not be read as safetensors ({first_line(e, limit=200)})") from None
 
 
 def _plan_load(
@@ -442,7 +442,7 @@ def _from_pretrained(config: Any, plan: _Plan, where: _Where) -> Any:
         )
     except Exception as e:  # noqa: BLE001 - reported with its type and message
         raise where.error(
-            f"transformers could not load {WEIGHTS_FILE} ({_short(e)}). Nothing was loaded."
+            f"transformers could not load {WEIGHTS_FILE} ({first_line(e, limit=200)}). Nothing was loaded."
         ) from None
     # Second line of defence: the header check above should have caught these.
     problems = [f"{k!r} is missing" for k in info.get("missing_keys", ()) if not _is_pooler(k)]
@@ -555,7 +555,7 @@ def _meta_model(config: Any, where: _Where) -> Any:
             return AutoModel.from_config(config, torch_dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - reported with its type and message
         raise where.error(
-            f"{CONFIG_FILE} describes a model that cannot be built ({_short(e)})"
+            f"{CONFIG_FILE} describes a model that cannot be built ({first_line(e, limit=200)})"
         ) from None
 
 
@@ -627,13 +627,6 @@ def _listing(problems: Sequence[str]) -> str:
         shown += f"; and {more} more"
     total = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     return f"{total}: {shown}"
-
-
-def _short(e: BaseException, limit: int = 200) -> str:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if len(message) > limit:
-        message = message[: limit - 3] + "..."
-    return f"{type(e).__name__}: {message}" if message else type(e).__name__
 
 
 def _looks_like_path(name: str) -> bool:
