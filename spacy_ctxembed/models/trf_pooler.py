@@ -127,15 +127,14 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
     is_space = doc.to_array(IS_SPACE).astype(bool)
     kept = ~is_space[alignment.token_index]
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
-        kept &= ~_cut_at_length(alignment, states[0].shape[1], is_space, text_lengths(pieces, flat.shape[0]))
+        kept &= ~_cut_at_length(alignment, is_space, pieces)
     alignment = alignment.kept(kept)
     _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.ndarray,
-                   text_lengths: Optional[numpy.ndarray]) -> numpy.ndarray:
+def _cut_at_length(alignment: PieceAlignment, is_space: numpy.ndarray, aligned: AlignedPieces) -> numpy.ndarray:
     """Boolean mask over the (token, piece) pairs: True for the pieces of the
     token that spacy-transformers cut a span inside.
 
@@ -148,19 +147,18 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     Such a token has its last piece in the span's last column, and either
     the word after it has no piece at all (it was past the cut), or (with
     strided_spans, whose next span has that word) its pieces there hold fewer
-    of its characters than in another span, where it is whole
-    (`text_lengths`: each piece's characters, by its index; None where the
-    pieces' strings cannot be read). A span that was not cut ends there with
-    its closing special token (BERT's [SEP], RoBERTa's </s>), or, with a
-    tokenizer that adds none, with a whole word: that word is followed by a
-    word of the next span, which has pieces, and has all its characters in
-    every span it is in. Only the cut span's pieces of the token go: with
+    of its characters than in another span, where it is whole (`text_lengths`,
+    from `aligned`'s strings where they can be read). A span that was not cut
+    ends there with its closing special token (BERT's [SEP], RoBERTa's </s>),
+    or, with a tokenizer that adds none, with a whole word: that word is
+    followed by a word of the next span, which has pieces, and has all its
+    characters in every span it is in. Only the cut span's pieces of the token go: with
     strided_spans it keeps those of the next span. (A token that ends exactly
     at the cut, with no word after it in any span, cannot be told from a cut
     one, and goes too; not seen are a cut inside a span's last token, with no
     word after it, and a cut token that no other span has whole while the
     next word has pieces there, as when the next span starts right after it.)"""
-    tokens, pieces = alignment.token_index, alignment.piece_index
+    tokens, pieces, span_length = alignment.token_index, alignment.piece_index, aligned.span_length
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
     # Pairs sorted by (token, piece): a token's pieces in one span are a run,
@@ -176,11 +174,15 @@ def _cut_at_length(alignment: PieceAlignment, span_length: int, is_space: numpy.
     has_next = after < len(words)
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
     is_cut = has_next & ~alignment.covered_tokens()[next_word]
-    if text_lengths is not None:
+    run_tokens = tokens[ends]  # (a token's runs are next to one another)
+    in_two_spans = at_cut.any() and bool((run_tokens[1:] == run_tokens[:-1]).any())
+    # (The pieces' text read only where a token at a cut may have another run: most docs have no cut.)
+    lengths = text_lengths(aligned, alignment.n_pieces) if in_two_spans else None
+    if lengths is not None:
         # Each token's most characters in any one span: a run at the cut with fewer lost its last ones.
-        held = numpy.bincount(run_ids, weights=text_lengths[pieces])
+        held = numpy.bincount(run_ids, weights=lengths[pieces])
         most = numpy.zeros(alignment.n_tokens)
-        numpy.maximum.at(most, tokens[ends], held)
+        numpy.maximum.at(most, run_tokens, held)
         is_cut |= held[cut_runs] < most[tokens[at_cut]]
     return numpy.isin(run_ids, cut_runs[is_cut])
 
