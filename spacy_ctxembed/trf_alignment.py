@@ -119,30 +119,50 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts)])
 
 
-def text_lengths(pieces: AlignedPieces, n_pieces: int) -> Optional[numpy.ndarray]:
-    """How many of the text's characters each piece holds (the marks left out:
-    "##", "</w>", and every "Ġ" and "▁"), by its index in the flattened spans;
-    None where the strings cannot be read.
+def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> Optional[numpy.ndarray]:
+    """For each (token, piece) pair of `alignment`, how many of the token's
+    characters the piece holds, as its text says (the marks left out: "##",
+    "</w>", every "Ġ" and "▁"); None where the strings cannot be read.
 
     A token's pieces in one span hold fewer than in another where a cut at the
     model's length took its last ones (`trf_pooler._cut_at_length`). Counting
     the pieces instead would misread a span's first token: byte-level BPE
     splits a word without its space otherwise ("against" four pieces, "Ġagainst"
     three), and SentencePiece opens a span with a lone "▁" before a character
-    it does not join."""
+    it does not join. A piece the token shares with the tokens before it
+    ("don" of "do" and "n't") counts only past their text: where the token
+    opens a span, the piece is its own ("n"). (Counted in the text as the
+    tokenizer writes it: an "[UNK]" is five, a byte-level BPE piece of "’"
+    three, in every span alike.)"""
     if pieces.strings is None:
         return None
-    lengths = numpy.zeros(n_pieces, dtype="int64")
-    lengths[pieces.piece] = [_text_length(string) for string in pieces.strings]
+    texts = [_bare(string) for string in pieces.strings]
+    at = numpy.searchsorted(pieces.piece, alignment.piece_index)  # (each pair's piece among `pieces`)
+    lengths = numpy.asarray([len(text) for text in texts], dtype="int64")[at]
+    tokens = alignment.token_index
+    words = doc.vocab.strings
+    orths = doc.to_array(ORTH)
+    for pair in numpy.flatnonzero(pieces.first[at] < tokens).tolist():  # (few: pieces across tokens)
+        first, token, text = int(pieces.first[at[pair]]), int(tokens[pair]), _loose(texts[at[pair]])
+        before = _loose("".join("".join(words[orth].split()) for orth in orths[first:token].tolist()))
+        lengths[pair] -= next((k for k in range(min(len(before), len(text)), 0, -1) if before.endswith(text[:k])), 0)
     return lengths
 
 
-def _text_length(piece: str) -> int:
+def _bare(piece: str) -> str:
+    """A piece's text without the marks of where it sits in a word."""
     if piece.startswith("##"):
         piece = piece[2:]
     if piece.endswith(_PIECE_SUFFIX):
         piece = piece[: -len(_PIECE_SUFFIX)]
-    return len(piece) - sum(piece.count(mark) for mark in WORD_START)
+    return piece.replace(WORD_START[0], "").replace(WORD_START[1], "")
+
+
+def _loose(text: str) -> str:
+    """Text as an uncased tokenizer writes it (lowercased, accents dropped), for
+    matching a piece's text with the tokens' whatever the tokenizer's casing."""
+    decomposed = unicodedata.normalize("NFKD", text).lower()
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
 
 
 def _placed(piece: str, token_texts: List[str]) -> bool:

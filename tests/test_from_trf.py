@@ -172,30 +172,59 @@ def test_a_token_cut_at_a_strided_spans_end_is_pooled_from_the_span_that_has_it_
     numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack(expected), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["bpe", "sentencepiece", "sentencepiece-words"])
-def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces(tiny_bert_dir, tmp_path, family):
+def _first_word_texts(n_pieces):
+    """Texts whose first word is cut at a 32-piece model's length (2-token windows) at each place around it."""
+    return ["q" * n + " as governor , so against the park" for n in range(n_pieces - 14, n_pieces)]
+
+
+def _contraction_texts(words, n):
+    """Texts with a word spaCy splits ("don't": "do" "n't") after `words` and n words "a" of one
+    piece: their pieces reach a 32-piece model's length within the contraction."""
+    return [" ".join(words + ["a"] * n + [word] + ["b", "c"] * 3) for word in ["don't", "can't", "ain't"]]
+
+
+STRIDED_CUTS = {
+    # A span's first token splits otherwise (byte-level BPE without its space, SentencePiece after a lone "▁").
+    "bpe": ("bpe", 2, 1, _first_word_texts(32), ["whole at the cut, fewer pieces elsewhere",
+                                                "cut, no more pieces than a whole run"]),
+    "sentencepiece": ("sentencepiece", 2, 1, _first_word_texts(32), ["whole at the cut, fewer pieces elsewhere"]),
+    "sentencepiece-words": ("sentencepiece-words", 2, 1, _first_word_texts(32),
+                            ["whole at the cut, fewer pieces elsewhere"]),
+    # A piece shared with the token before ("don" of "do" and "n't"), its own where the token opens a span.
+    "wordpiece-shared": ("wordpiece", 30, 29, _contraction_texts(["wordx"], 27), ["shared piece at the cut"]),
+    "bpe-shared": ("bpe", 33, 27, _contraction_texts([], 27), ["shared piece at the cut"]),
+    "bpe-shared-opening": ("bpe", 34, 28, _contraction_texts([], 27), ["shared piece at the cut"]),
+}
+
+
+@pytest.mark.parametrize("case", list(STRIDED_CUTS))
+def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces(tiny_bert_dir, tmp_path, case):
     """A span's first token splits otherwise: byte-level BPE splits a word
     without the space before it ("against" in four pieces, "Ġagainst" in
     three), and SentencePiece opens a span with a lone "▁". The first version
     of the strided cut rule counted pieces: it dropped a whole token's pieces
     at a span's end (0.6 off) and pooled a cut one's ("Ġa" of "as", 1.36 off).
-    Reference: each span tokenized by the tokenizer itself, a token's pieces
-    those whose offsets cover its characters, those of a span cut inside it
-    left out; the mean of the rest in float64."""
+    Its second counted their characters, a piece shared with the token before
+    in full: "n't" cut after "don" "'" held as many as "n" "'" "t" where it
+    opens the next span (0.5 off), and a whole "n't" fewer than "ain" "'" "t"
+    (0.75). Reference: each span tokenized by the tokenizer itself, a token's
+    pieces those whose offsets cover its characters, those of a span cut
+    inside it left out; the mean of the rest in float64."""
     from collections import Counter
 
     from spacy_transformers.span_getters import configure_strided_spans
     from transformers import AutoTokenizer
 
+    family, window, stride, texts, expected_cases = STRIDED_CUTS[case]
     nlp = _family_nlp(family, tmp_path, tiny_bert_dir, max_length=32, get_spans={
-        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 2, "stride": 1})
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": window, "stride": stride})
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
-    spans_of = configure_strided_spans(2, 1)
+    spans_of = configure_strided_spans(window, stride)
     seen: Counter = Counter()
-    for n in range(18, 32):  # (a first word of more pieces than the model takes: a cut not seen, documented)
+    for text in texts:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # (tokens cut with no other span: said, no vector)
-            doc = nlp("q" * n + " as governor , so against the park")
+            doc = nlp(text)
         states = doc._.trf_data.model_output.last_hidden_state.astype("float64")
         length = states.shape[1]
         states = states.reshape(-1, states.shape[-1])
@@ -205,21 +234,21 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
             for token in span:
                 start = token.idx - span.start_char
                 rows = [j for j, (a, b) in enumerate(offsets) if a < b and a < start + len(token.text) and b > start]
-                cut = max(rows) >= length
-                runs[token.i].append((len([j for j in rows if j < length]), cut, max(rows) == length - 1))
+                cut, shared = max(rows) >= length, offsets[rows[0]][0] < start
+                runs[token.i].append((len([j for j in rows if j < length]), cut, max(rows) >= length - 1, shared))
                 kept[token.i] += [] if cut else [s * length + j for j in rows]
         for i, token in enumerate(doc):
-            counts = {count for count, cut, _ in runs[i] if not cut}
-            seen["whole at the cut, other counts elsewhere"] += any(at and not cut for _, cut, at in runs[i]) and (
-                len(counts) > 1)
+            counts = {count for count, cut, _, _ in runs[i] if not cut}
+            seen["whole at the cut, fewer pieces elsewhere"] += len(counts) > 1 and any(
+                at and not cut for _, cut, at, _ in runs[i])
             seen["cut, no more pieces than a whole run"] += any(
-                cut and count and count >= min(counts, default=99) for count, cut, _ in runs[i])
-            assert token.has_vector == bool(kept[i]), (token.text, n)
+                cut and count and count >= min(counts, default=99) for count, cut, _, _ in runs[i])
+            seen["shared piece at the cut"] += len(runs[i]) > 1 and any(at and shared for _, _, at, shared in runs[i])
+            assert token.has_vector == bool(kept[i]), (token.text, text)
             if kept[i]:
                 numpy.testing.assert_allclose(token.vector, states[kept[i]].mean(axis=0), atol=1e-5,
-                                              err_msg=f"{token.text!r} at {i}, n = {n}")
-    assert seen["whole at the cut, other counts elsewhere"], seen  # (both cases are in these docs)
-    assert seen["cut, no more pieces than a whole run"] or family != "bpe", seen
+                                              err_msg=f"{token.text!r} at {i} in {text!r}")
+    assert all(seen[name] for name in expected_cases), seen  # (the cases are in these docs)
 
 
 def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(tiny_bert_dir, tmp_path):
@@ -540,14 +569,24 @@ def _family_nlp(family, tmp_path, tiny_bert_dir, *, max_length=128, **model):
     WordPiece, cut at `max_length` pieces; `model`: more settings of the
     transformer's model (e.g. `get_spans`)."""
     import torch
-    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+    from transformers import (
+        AutoModel,
+        AutoTokenizer,
+        PreTrainedTokenizerFast,
+        RobertaTokenizerFast,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
 
     from .test_bert_exactness import _SMALL, _byte_level_bpe_model, _sentencepiece_model
 
-    if family == "wordpiece":
-        return _trf_nlp(tiny_bert_dir, False)
     torch.manual_seed(0)
-    if family.startswith("bpe"):
+    if family == "wordpiece":
+        if max_length >= 64 and not model:
+            return _trf_nlp(tiny_bert_dir, False)
+        tokenizer, encoder = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir)
+        tokenizer.model_max_length = min(max_length, 64)  # (the tiny BERT's own)
+    elif family.startswith("bpe"):
         tokenizer, encoder = _byte_level_bpe_model(tmp_path / "vocab")
         if family == "bpe-untrimmed":  # (offsets take in the space before a word, as GPT-2's do)
             tokenizer = RobertaTokenizerFast(str(tmp_path / "vocab" / "vocab.json"),

@@ -127,14 +127,15 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
     is_space = doc.to_array(IS_SPACE).astype(bool)
     kept = ~is_space[alignment.token_index]
     if settings["pooling"] != "first":  # (a cut token's first piece is its first piece: "first" keeps it)
-        kept &= ~_cut_at_length(alignment, is_space, pieces)
+        kept &= ~_cut_at_length(doc, alignment, is_space, pieces)
     alignment = alignment.kept(kept)
     _warn_if_unaligned(doc, alignment, is_space)
     pooled = pool_pieces(xp2torch(flat), alignment, settings["pooling"])
     return cast(DocLayers, torch2xp(pooled, ops=model.ops))
 
 
-def _cut_at_length(alignment: PieceAlignment, is_space: numpy.ndarray, aligned: AlignedPieces) -> numpy.ndarray:
+def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray, aligned: AlignedPieces
+                   ) -> numpy.ndarray:
     """Boolean mask over the (token, piece) pairs: True for the pieces of the
     token that spacy-transformers cut a span inside.
 
@@ -177,10 +178,10 @@ def _cut_at_length(alignment: PieceAlignment, is_space: numpy.ndarray, aligned: 
     run_tokens = tokens[ends]  # (a token's runs are next to one another)
     in_two_spans = at_cut.any() and bool((run_tokens[1:] == run_tokens[:-1]).any())
     # (The pieces' text read only where a token at a cut may have another run: most docs have no cut.)
-    lengths = text_lengths(aligned, alignment.n_pieces) if in_two_spans else None
+    lengths = text_lengths(doc, alignment, aligned) if in_two_spans else None
     if lengths is not None:
         # Each token's most characters in any one span: a run at the cut with fewer lost its last ones.
-        held = numpy.bincount(run_ids, weights=lengths[pieces])
+        held = numpy.bincount(run_ids, weights=lengths)
         most = numpy.zeros(alignment.n_tokens)
         numpy.maximum.at(most, run_tokens, held)
         is_cut |= held[cut_runs] < most[tokens[at_cut]]
