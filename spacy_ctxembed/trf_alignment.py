@@ -129,24 +129,36 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
     the pieces instead would misread a span's first token: byte-level BPE
     splits a word without its space otherwise ("against" four pieces, "Ġagainst"
     three), and SentencePiece opens a span with a lone "▁" before a character
-    it does not join. A piece the token shares with the tokens before it
-    ("don" of "do" and "n't") counts only past their text: where the token
-    opens a span, the piece is its own ("n"). (Counted in the text as the
-    tokenizer writes it: an "[UNK]" is five, a byte-level BPE piece of "’"
-    three, in every span alike.)"""
+    it does not join. A piece the token shares with other tokens in
+    `alignment` ("don" of "do" and "n't"; "cannot" of "can" and "not") counts
+    without the text of theirs it starts or ends with: where the token opens a
+    span, such a piece is its own ("n"). Where that text cannot be matched
+    (byte-level BPE pieces of other scripts, "[UNK]"), or matches further than
+    the piece reaches into it (a letter repeated across the join), the count
+    is off. (Counted in the text as the tokenizer writes it: an "[UNK]" is
+    five, a byte-level BPE piece of "’" three, in every span alike.)"""
     if pieces.strings is None:
         return None
     texts = [_bare(string) for string in pieces.strings]
     at = numpy.searchsorted(pieces.piece, alignment.piece_index)  # (each pair's piece among `pieces`)
     lengths = numpy.asarray([len(text) for text in texts], dtype="int64")[at]
     tokens = alignment.token_index
-    words = doc.vocab.strings
-    orths = doc.to_array(ORTH)
-    for pair in numpy.flatnonzero(pieces.first[at] < tokens).tolist():  # (few: pieces across tokens)
-        first, token, text = int(pieces.first[at[pair]]), int(tokens[pair]), _loose(texts[at[pair]])
-        before = _loose("".join("".join(words[orth].split()) for orth in orths[first:token].tolist()))
-        lengths[pair] -= next((k for k in range(min(len(before), len(text)), 0, -1) if before.endswith(text[:k])), 0)
-    return lengths
+    first, last = alignment.token_range()  # (as `alignment` has them: without pairs of a space only)
+    shared = numpy.flatnonzero((first[alignment.piece_index] < tokens) | (last[alignment.piece_index] > tokens))
+    if not len(shared):
+        return lengths
+    words, orths = doc.vocab.strings, doc.to_array(ORTH).tolist()
+
+    def joined(start: int, end: int) -> str:  # the tokens' text, spaces left out
+        return _matchable("".join("".join(words[orth].split()) for orth in orths[start:end]))
+
+    for pair in shared.tolist():  # (few: pieces across tokens)
+        token, piece = int(tokens[pair]), int(alignment.piece_index[pair])
+        text = _matchable(texts[at[pair]])
+        before = joined(int(first[piece]), token)
+        after = joined(token + 1, int(last[piece]) + 1)
+        lengths[pair] -= _overlap(before, text) + _overlap(text, after)
+    return numpy.maximum(lengths, 0)
 
 
 def _bare(piece: str) -> str:
@@ -158,11 +170,15 @@ def _bare(piece: str) -> str:
     return piece.replace(WORD_START[0], "").replace(WORD_START[1], "")
 
 
-def _loose(text: str) -> str:
-    """Text as an uncased tokenizer writes it (lowercased, accents dropped), for
-    matching a piece's text with the tokens' whatever the tokenizer's casing."""
-    decomposed = unicodedata.normalize("NFKD", text).lower()
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
+def _matchable(text: str) -> str:
+    """Text with each character lowercased and without its accents, one for
+    one (as uncased tokenizers write it; the length kept, as it counts)."""
+    return "".join(unicodedata.normalize("NFD", char)[0].lower()[:1] or char for char in text)
+
+
+def _overlap(left: str, right: str) -> int:
+    """How many characters the end of `left` and the start of `right` share."""
+    return next((k for k in range(min(len(left), len(right)), 0, -1) if left.endswith(right[:k])), 0)
 
 
 def _placed(piece: str, token_texts: List[str]) -> bool:

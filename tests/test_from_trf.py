@@ -194,6 +194,15 @@ STRIDED_CUTS = {
     "wordpiece-shared": ("wordpiece", 30, 29, _contraction_texts(["wordx"], 27), ["shared piece at the cut"]),
     "bpe-shared": ("bpe", 33, 27, _contraction_texts([], 27), ["shared piece at the cut"]),
     "bpe-shared-opening": ("bpe", 34, 28, _contraction_texts([], 27), ["shared piece at the cut"]),
+    # A piece shared with the token after ("cannot" of "can" and "not") where the token opens a span.
+    "wordpiece-shared-after": ("wordpiece", 30, 29, [" ".join(["wordx"] + ["a"] * 28 + ["cannot", "b", "c"])],
+                               ["shared piece at the cut"]),
+    # A piece that takes in the space before it ("▁the"), aligned to the word before for that space
+    # only: not shared with it ("qqwith" and "th" must not be read as an overlap).
+    "sentencepiece-space": ("sentencepiece", 2, 1, ["q" * n + "with the park" for n in range(12, 27)],
+                            ["whole at the cut, other spans too"]),
+    "bpe-untrimmed-space": ("bpe-untrimmed", 2, 1, ["q" * n + "with the park" for n in range(12, 27)],
+                            ["whole at the cut, other spans too"]),
 }
 
 
@@ -207,7 +216,9 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
     Its second counted their characters, a piece shared with the token before
     in full: "n't" cut after "don" "'" held as many as "n" "'" "t" where it
     opens the next span (0.5 off), and a whole "n't" fewer than "ain" "'" "t"
-    (0.75). Reference: each span tokenized by the tokenizer itself, a token's
+    (0.75); its third took "▁the", aligned to "qqwith" for the space only, for
+    shared with it ("th", 0.73 off), and left "cannot" whole to "can" (1.72).
+    Reference: each span tokenized by the tokenizer itself, a token's
     pieces those whose offsets cover its characters, those of a span cut
     inside it left out; the mean of the rest in float64."""
     from collections import Counter
@@ -234,7 +245,8 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
             for token in span:
                 start = token.idx - span.start_char
                 rows = [j for j, (a, b) in enumerate(offsets) if a < b and a < start + len(token.text) and b > start]
-                cut, shared = max(rows) >= length, offsets[rows[0]][0] < start
+                cut = max(rows) >= length
+                shared = offsets[rows[0]][0] < start or offsets[rows[-1]][1] > start + len(token.text)
                 runs[token.i].append((len([j for j in rows if j < length]), cut, max(rows) >= length - 1, shared))
                 kept[token.i] += [] if cut else [s * length + j for j in rows]
         for i, token in enumerate(doc):
@@ -243,7 +255,10 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
                 at and not cut for _, cut, at, _ in runs[i])
             seen["cut, no more pieces than a whole run"] += any(
                 cut and count and count >= min(counts, default=99) for count, cut, _, _ in runs[i])
-            seen["shared piece at the cut"] += len(runs[i]) > 1 and any(at and shared for _, _, at, shared in runs[i])
+            seen["shared piece at the cut"] += len(runs[i]) > 1 and any(at for _, _, at, _ in runs[i]) and any(
+                shared for _, _, _, shared in runs[i])
+            seen["whole at the cut, other spans too"] += len(runs[i]) > 1 and any(
+                at and not cut for _, cut, at, _ in runs[i])
             assert token.has_vector == bool(kept[i]), (token.text, text)
             if kept[i]:
                 numpy.testing.assert_allclose(token.vector, states[kept[i]].mean(axis=0), atol=1e-5,
