@@ -16,7 +16,7 @@ them. Two things follow, both read here from the pieces' text
   (`space_only_pairs`).
 """
 import unicodedata
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy
 from spacy.attrs import ORTH, SPACY
@@ -132,10 +132,11 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
     it does not join. A piece the token shares with other tokens in
     `alignment` ("don" of "do" and "n't"; "cannot" of "can" and "not") counts
     without the text of theirs it starts or ends with: where the token opens a
-    span, such a piece is its own ("n"). Where that text cannot be matched
-    (byte-level BPE pieces of other scripts, "[UNK]"), or matches further than
-    the piece reaches into it (a letter repeated across the join), the count
-    is off. (Counted in the text as the tokenizer writes it: an "[UNK]" is
+    span, such a piece is its own ("n"). That text is matched as written and
+    as NFKC writes it, one character for one, lowercased, accents dropped;
+    where it cannot be matched (byte-level BPE pieces of other scripts,
+    "[UNK]"), or matches further than the piece reaches into it (a letter
+    repeated across the join), the count is off. (Counted in the text as the tokenizer writes it: an "[UNK]" is
     five, a byte-level BPE piece of "’" three, in every span alike.)"""
     if pieces.strings is None:
         return None
@@ -149,15 +150,18 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
         return lengths
     words, orths = doc.vocab.strings, doc.to_array(ORTH).tolist()
 
-    def joined(start: int, end: int) -> str:  # the tokens' text, spaces left out
-        return _matchable("".join("".join(words[orth].split()) for orth in orths[start:end]))
+    def joined(start: int, end: int) -> Tuple[str, str]:
+        """The tokens' text, spaces left out, as written and as NFKC writes it (a
+        piece of "ﬁ" is "fi" where the tokenizer normalizes so: SentencePiece's)."""
+        text = "".join("".join(words[orth].split()) for orth in orths[start:end])
+        return _matchable(text), _matchable(unicodedata.normalize("NFKC", text))
 
     for pair in shared.tolist():  # (few: pieces across tokens)
         token, piece = int(tokens[pair]), int(alignment.piece_index[pair])
         text = _matchable(texts[at[pair]])
-        before = joined(int(first[piece]), token)
-        after = joined(token + 1, int(last[piece]) + 1)
-        lengths[pair] -= _overlap(before, text) + _overlap(text, after)
+        before = max(_overlap(form, text) for form in joined(int(first[piece]), token))
+        after = max(_overlap(text, form) for form in joined(token + 1, int(last[piece]) + 1))
+        lengths[pair] -= before + after
     return numpy.maximum(lengths, 0)
 
 

@@ -266,6 +266,53 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
     assert all(seen[name] for name in expected_cases), seen  # (the cases are in these docs)
 
 
+def test_a_piece_shared_with_a_ligature_is_matched_as_the_tokenizer_normalizes_it(tmp_path):
+    """An NFKC SentencePiece writes "ﬁ" as "fi": the piece "▁fin" of spaCy's "ﬁ" and
+    "ne" (a special case) held three of "ne"'s characters for the strided cut's count
+    (nothing matched "ﬁ" one for one), as many as its whole run in the next span, so
+    the cut run ("e" past the model's length) was pooled with it (0.52 off)."""
+    import torch
+    from spacy.attrs import ORTH
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaModel
+
+    from .test_bert_exactness import _SMALL
+
+    vocab = [(s, 0.0) for s in ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]] + [("\u2581fin", -1.0), ("\u2581", -5.0)]
+    vocab += [(c, -8.0) for c in "abcefin"] + [("\u2581" + c, -6.0) for c in "abc"]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=3))
+    backend.normalizer = normalizers.NFKC()
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                           special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        unk_token="<unk>", mask_token="<mask>", model_max_length=32)
+    tokenizer.save_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    XLMRobertaModel(XLMRobertaConfig(vocab_size=len(tokenizer), pad_token_id=1, **_SMALL)).eval().save_pretrained(
+        tmp_path / "model")
+    nlp = _with_transformer(tmp_path / "model", get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 35, "stride": 31})
+    nlp.tokenizer.add_special_case("ﬁne", [{ORTH: "ﬁ"}, {ORTH: "ne"}])
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        doc = nlp(" ".join(["a"] * 30 + ["ﬁne"] + ["b", "c"] * 5))
+    token = doc[31]
+    assert token.text == "ne"
+    states = doc._.trf_data.model_output.last_hidden_state.astype("float64")
+    length = states.shape[1]
+    spans = [doc[0:35], doc[31:66]]
+    rows = []
+    for span in spans:  # (the tokenizer's own offsets: "▁fin" in the first span, cut before "e")
+        offsets = tokenizer(span.text, return_offsets_mapping=True)["offset_mapping"]
+        start = token.idx - span.start_char
+        rows.append([j for j, (a, b) in enumerate(offsets) if a < b and a < start + len(token.text) and b > start])
+    assert max(rows[0]) >= length > max(rows[1])  # cut in the first span, whole in the second
+    numpy.testing.assert_allclose(token.vector, states[1][rows[1]].mean(axis=0), atol=1e-5)
+
+
 def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(tiny_bert_dir, tmp_path):
     """Without a closing special token (GPT-2's, LLaMA's tokenizers) the batch's longest
     span ends with a whole word in its last column, as a cut one does: the first version of

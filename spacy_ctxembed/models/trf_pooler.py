@@ -153,12 +153,13 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     ends there with its closing special token (BERT's [SEP], RoBERTa's </s>),
     or, with a tokenizer that adds none, with a whole word: that word is
     followed by a word of the next span, which has pieces, and has all its
-    characters in every span it is in. Only the cut span's pieces of the token go: with
-    strided_spans it keeps those of the next span. (A token that ends exactly
-    at the cut, with no word after it in any span, cannot be told from a cut
-    one, and goes too; not seen are a cut inside a span's last token, with no
-    word after it, and a cut token that no other span has whole while the
-    next word has pieces there, as when the next span starts right after it.)"""
+    characters in every span it is in. Only the cut span's pieces of the
+    token go: with strided_spans it keeps those of the next span. (A token
+    that ends exactly at the cut, with no word after it in any span, cannot
+    be told from a cut one, and goes too; not seen are a cut inside a span's
+    last token, with no word after it, and a cut token that no other span has
+    whole while the next word has pieces there, as when the next span starts
+    right after it.)"""
     tokens, pieces, span_length = alignment.token_index, alignment.piece_index, aligned.span_length
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
