@@ -136,8 +136,9 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
     as NFKC writes it, one character for one, lowercased, accents dropped;
     where it cannot be matched (byte-level BPE pieces of other scripts,
     "[UNK]"), or matches further than the piece reaches into it (a letter
-    repeated across the join), the count is off. (Counted in the text as the tokenizer writes it: an "[UNK]" is
-    five, a byte-level BPE piece of "’" three, in every span alike.)"""
+    repeated across the join), the count is off. (Counted in the text as the
+    tokenizer writes it: an "[UNK]" is five, a byte-level BPE piece of "’"
+    three, in every span alike.)"""
     if pieces.strings is None:
         return None
     texts = [_bare(string) for string in pieces.strings]
