@@ -65,6 +65,7 @@ def _tiny_family_model(family: str):
         DistilBertConfig,
         ElectraConfig,
         MegatronBertConfig,
+        ModernBertConfig,
         MPNetConfig,
         RobertaConfig,
         XLMRobertaXLConfig,
@@ -86,20 +87,25 @@ def _tiny_family_model(family: str):
                                               position_buckets=256, share_att_key=True,
                                               position_biased_input=False),
         "mpnet": lambda: MPNetConfig(**small, pad_token_id=0),
+        # Rotary positions, sliding-window attention (16 pieces: shorter than
+        # the texts) in every other layer, and a final norm on the top state
+        # only (so it runs whole, like Megatron-BERT).
+        "modernbert": lambda: ModernBertConfig(**small, pad_token_id=0, local_attention=16,
+                                               global_attn_every_n_layers=2),
     }[family]()
 
 
 @pytest.mark.parametrize("family,broadcast,cut", [
     ("roberta", True, True), ("electra", True, True), ("distilbert", False, True), ("albert", False, False),
     ("megatron-bert", True, False), ("xlm-roberta-xl", True, False), ("deberta-v2", False, True),
-    ("mpnet", True, True),
+    ("mpnet", True, True), ("modernbert", False, False),
 ])
 def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_path, family, broadcast, cut):
     """RoBERTa and ELECTRA take the broadcast mask; DistilBERT's and ALBERT's
     forward passes do not, and keep the 2-D one. One selected layer is read as
     the top state only where the layer stack was cut there (not ALBERT's layer
-    groups). Megatron-BERT and XLM-RoBERTa-XL run whole, since cutting their
-    stack would change the states below the top. Either way each text equals
+    groups). Megatron-BERT, XLM-RoBERTa-XL and ModernBERT run whole, since
+    cutting their stack would change the states below the top. Either way each text equals
     `transformers` alone."""
     import torch
     from transformers import AutoModel, AutoTokenizer

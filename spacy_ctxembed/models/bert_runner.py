@@ -605,7 +605,7 @@ def _cut_keeps_states(cut: torch.nn.Module, full: torch.nn.Module, input_ids: to
 
     Most encoders return each layer's output as it is, so running fewer
     layers changes nothing below them. Some normalize after their last layer
-    (Megatron-BERT, XLM-RoBERTa-XL: a final LayerNorm that transformers
+    (Megatron-BERT, XLM-RoBERTa-XL, ModernBERT: a final norm that transformers
     applies to the top state only); cut, they would normalize the state of the
     layer they were cut at, a silently different vector. Those run whole.
     Compared on the unpadded positions, to float rounding (rtol 1e-4, atol 1e-5).
