@@ -157,17 +157,21 @@ def test_padding_sensitive_model_gets_unpadded_batches(minilm_dir, tmp_path):
         numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)
 
 
-def test_default_window_of_a_model_numbering_positions_after_padding(minilm_dir, tmp_path):
+@pytest.mark.parametrize("family", ["roberta", "ibert"])
+def test_default_window_of_a_model_numbering_positions_after_padding(minilm_dir, tmp_path, family):
     """RoBERTa-style models number positions from padding_idx + 1, so they take
     two pieces fewer than their position table has rows. With a tokenizer
     saved without a length limit, the default window is still the longest
-    input `transformers` accepts, and a doc longer than it runs."""
+    input `transformers` accepts, and a doc longer than it runs. (I-BERT's
+    position table is not a torch Embedding: its window was two pieces too
+    long, an IndexError inside `transformers`.)"""
     import torch
-    from transformers import AutoModel, AutoTokenizer, RobertaConfig
+    from transformers import AutoModel, AutoTokenizer, IBertConfig, RobertaConfig
 
     torch.manual_seed(0)
-    config = RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=24, pad_token_id=0)
+    config_class = {"roberta": RobertaConfig, "ibert": IBertConfig}[family]
+    config = config_class(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=24, pad_token_id=0)
     AutoModel.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
     AutoTokenizer.from_pretrained(minilm_dir, model_max_length=int(1e30)).save_pretrained(tmp_path)
     model = AutoModel.from_pretrained(tmp_path).eval()

@@ -820,11 +820,12 @@ def _skipped_positions(module: torch.nn.Module) -> int:
     number positions from `padding_idx + 1`, the padding row of their position
     embeddings, so they take `max_position_embeddings - padding_idx - 1`
     pieces, not `max_position_embeddings`. Their released tokenizers say so
-    in `model_max_length`; a tokenizer saved without a limit does not.
+    in `model_max_length`; a tokenizer saved without a limit does not. (Any
+    table with a padding row: I-BERT's is its own `QuantEmbedding`.)
     """
     table = getattr(getattr(module, "embeddings", None), "position_embeddings", None)
-    padding = getattr(table, "padding_idx", None) if isinstance(table, torch.nn.Embedding) else None
-    return 0 if padding is None else int(padding) + 1
+    padding = getattr(table, "padding_idx", None) if isinstance(table, torch.nn.Module) else None
+    return padding + 1 if isinstance(padding, int) and padding >= 0 else 0
 
 
 def default_batch_items(device: torch.device, encoder: HFEncoder, max_length: int) -> int:
