@@ -275,6 +275,38 @@ def test_a_copied_embedders_encoder_settings_are_checked_by_the_architecture_tha
         registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=embedder, width=8)
 
 
+_BERT_ENCODER = {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": None}
+_HASH_CNN = {"@architectures": "spacy.HashEmbedCNN.v2", "width": 16, "depth": 1, "embed_size": 100, "window_size": 1,
+             "maxout_pieces": 2, "subword_features": True, "pretrained_vectors": None}
+
+
+@pytest.mark.parametrize("model, setting, shown", [
+    (_BERT_ENCODER, "model", "'ctxembed-bert-encoder'"),
+    ({"@layers": "spacy-ctxembed.MeanLayers.v1"}, "model", "'mean_layers'"),
+    ({"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}, "model", "'contextual_listener_v2'"),
+    (_HASH_CNN, "model", r"'extract_features>>.*\.\.\.'"),
+    ({"@architectures": "spacy-ctxembed.Embedder.v2", "encoder": _HASH_CNN,
+      "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"}}, r"model\.encoder", r"'extract_features>>.*\.\.\.'"),
+])
+def test_a_model_that_is_not_an_embedder_is_refused_at_add_pipe(model, setting, shown):
+    """An encoder or a combiner alone, a listener or a spaCy tok2vec as the
+    component's model failed as thinc's "not enough values to unpack" at
+    add_pipe, or as a missing reference at initialize."""
+    nlp = spacy.blank("en")
+    with pytest.raises(SettingError, match=rf"^\[emb\] {setting} = {shown}: expected a"):
+        nlp.add_pipe("ctxembed_bert", name="emb", config={"model": model})
+
+
+@pytest.mark.parametrize("architecture", ["ContextualTok2Vec.v3", "ContextualTok2Vec.v2"])
+def test_a_copy_whose_embedder_is_not_an_embedder_is_refused(architecture):
+    from spacy.util import registry
+
+    encoder = registry.resolve({"x": _BERT_ENCODER})["x"]
+    with pytest.raises(SettingError, match=rf"^\[{architecture}\] embedder = 'ctxembed-bert-encoder': expected a "
+                                           r"spacy-ctxembed\.Embedder\.v2 block"):
+        registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=encoder, width=8)
+
+
 def test_v1_listener_sizes_are_checked_by_name():
     from spacy.util import registry
 

@@ -43,6 +43,27 @@ def Embedder(*, encoder: EncoderModel, combiner: CombinerModel) -> EmbedderModel
     return model
 
 
+def check_embedder(owner: str, setting: str, model: Model) -> None:
+    """`model` must be an `Embedder.v2`: an encoder (a model with a layer
+    count, `nL`, as this package's encoders have) chained to a combiner.
+    Another model there (a spaCy tok2vec, an encoder or a combiner alone, a
+    listener) failed later as thinc's unpacking or reference errors, naming
+    neither `owner` nor `setting`."""
+    if model.attrs.get("replace_listener") is not replace_listener or len(model.layers) != 2:
+        raise bad_setting(owner, setting, _shown(model),
+                          "expected a spacy-ctxembed.Embedder.v2 block (an encoder and a combiner), as in the "
+                          "factory's default config")
+    encoder = model.layers[0]
+    if encoder.has_dim("nL") is False:
+        raise bad_setting(owner, f"{setting}.encoder", _shown(encoder),
+                          "expected a spacy-ctxembed encoder (BertEncoder.v2, ElmoEncoder.v3 or TrfEncoder.v2)")
+
+
+def _shown(model: Model) -> str:
+    """A model's name, cut short (a chain's name lists all its layers)."""
+    return model.name if len(model.name) <= 60 else model.name[:57] + "..."
+
+
 def check_combiner_layers(owner: str, model: EmbedderModel) -> None:
     """ScalarMix's `n_layers`, where given, must be the count the encoder's
     layers select: `init` would size the mix by the encoder anyway, and the

@@ -61,7 +61,7 @@ from ..outputs import (
 )
 from ..settings import FromConfig, config_value
 from ..types import EmbedderModel
-from .embedder import check_combiner_layers
+from .embedder import check_combiner_layers, check_embedder
 from .torch_bridge import COPY_BLOCK, COPY_NAME, LR_SCALE, check_encoder_settings, encoder_shim, selected_layers
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 
@@ -662,6 +662,7 @@ def _check_copy(architecture: str, embedder: EmbedderModel) -> None:
     """A copy's embedder gets the checks its component ran when it was made (a
     saved pipeline's config.cfg may be edited: `precision = "bogus"` ran in
     fp32, `window = 0` as no window), named as the copy's other checks name it."""
+    check_embedder(architecture, "embedder", embedder)
     with named_errors(COPY_NAME, COPY_BLOCK):
         check_encoder_settings(embedder)
     check_combiner_layers(architecture, embedder)

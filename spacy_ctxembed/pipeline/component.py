@@ -34,7 +34,7 @@ from ..errors import SettingError, bad_setting, check_bool, check_int, check_num
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
-from ..models.embedder import check_combiner_layers, pass_dims, replace_listener_cfg
+from ..models.embedder import check_combiner_layers, check_embedder, pass_dims, replace_listener_cfg
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import (
@@ -176,6 +176,7 @@ class ContextualEmbedder(TrainablePipe):
             check_int(name, "cache_mb", cache_mb, minimum=0, unit="an integer number of megabytes (0: no cache)")
             check_number(name, "encoder_lr_scale", encoder_lr_scale, minimum=0.0,
                          unit="a number >= 0: the encoder's learning rate as a fraction of the optimizer's")
+            check_embedder(name, "model", model)
             check_encoder_settings(model)
             check_combiner_layers(name, model)
             if cache_mb and not _cacheable_encoder(model):
