@@ -150,11 +150,16 @@ def test_tokenizer_check_skips_a_model_without_input_embeddings(minilm_dir, tmp_
                r"pieces it gives 5 states of lengths \[9, 9, 5, 9, 9\], where 3 \(num_hidden_layers \+ 1\)"),
     # FNet mixes tokens by Fourier transforms and takes no mask.
     ("fnet", r"model_type 'fnet' takes no attention_mask, so the padding of batched windows cannot be masked"),
+    # BROS needs each piece's box: its forward pass raised transformers' own error, naming no component.
+    ("bros", r"model_type 'bros' does not run on a text's input_ids and attention_mask alone \(ValueError: "
+             r"You have to specify bbox\)"),
 ])
 def test_models_without_one_state_per_piece_are_refused(tmp_path, minilm_dir, family, pattern):
-    from transformers import AutoTokenizer, FNetConfig, FNetModel, FunnelConfig, FunnelModel
+    from transformers import AutoTokenizer, BrosConfig, BrosModel, FNetConfig, FNetModel, FunnelConfig, FunnelModel
 
     model = {
+        "bros": lambda: BrosModel(BrosConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=64)),
         "funnel": lambda: FunnelModel(FunnelConfig(vocab_size=30522, block_sizes=[1, 1], num_decoder_layers=1,
                                                    d_model=32, n_head=2, d_head=16, d_inner=64)),
         "fnet": lambda: FNetModel(FNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
