@@ -78,13 +78,14 @@ SERIALIZED = "<serialized encoder>"
 
 
 @contextlib.contextmanager
-def unpacked(files: Dict[str, bytes], component: str) -> Iterator[Path]:
+def unpacked(files: Dict[str, bytes], component: str, *, copy: bool = False) -> Iterator[Path]:
     """A serialized encoder's files in a temporary directory, to load from.
 
     A loading error names `SERIALIZED` instead of the temporary path, and says
     where such bytes come from: a ctxembed component's `model`, or the model
     of a component that `replace_listeners` gave its own copy of the encoder
-    (a tagger's, say), whose loading spaCy does not name.
+    (a tagger's, say), whose loading spaCy does not name; the latter alone
+    where the encoder is known to be such a `copy`.
     """
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
@@ -95,10 +96,9 @@ def unpacked(files: Dict[str, bytes], component: str) -> Iterator[Path]:
             yield Path(tmp)
         except ValueError as err:
             message = str(err).replace(tmp, SERIALIZED)
-            raise type(err)(
-                f"{message} (the encoder saved in a {component} component's model, or in the model of "
-                "a component whose listener replace_listeners replaced with its own copy)"
-            ).with_traceback(err.__traceback__) from None
+            listening = "the model of a component whose listener replace_listeners replaced with its own copy"
+            where = listening if copy else f"a {component} component's model, or in {listening}"
+            raise type(err)(f"{message} (the encoder saved in {where})").with_traceback(err.__traceback__) from None
 
 
 def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:

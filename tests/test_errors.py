@@ -312,6 +312,50 @@ def test_a_copy_whose_embedder_is_not_an_embedder_is_refused(architecture):
         registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=encoder, width=8)
 
 
+def _tagger_over_a_copy(tiny_bert_dir, **encoder):
+    """A tagger (named pos) over a ContextualTok2Vec.v3 copy of an embedder, initialized."""
+    from spacy.training import Example
+
+    embedder = {"@architectures": "spacy-ctxembed.Embedder.v2", "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"},
+                "encoder": {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": str(tiny_bert_dir),
+                            "layers": [1, 2], **encoder}}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger", name="pos", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "width": 16, "embedder": embedder}}})
+    words, tags = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})])
+    return nlp
+
+
+@pytest.mark.parametrize("encoder, pattern", [
+    ({"layers": [9]}, r"layers = \[9\]: index 9 is out of range"),
+    ({"window": 1000}, r"window = 1000: the model takes at most 62 wordpieces"),
+    ({"window": 8, "stride": 100}, r"stride = 100: must not exceed window \(8\)"),
+    ({"name": "/no/such/model"}, r"name = '/no/such/model': no such model directory"),
+])
+def test_a_copys_checks_against_its_model_name_the_copy_not_a_component_that_is_not_there(
+        tiny_bert_dir, encoder, pattern):
+    """The checks that need the loaded model said `[ctxembed_bert] layers = [9]`
+    of a copy in a tagger: the listening component does not rename them, and
+    no such component is in the pipeline."""
+    with pytest.raises(SettingError, match=rf"^\[ContextualTok2Vec\] embedder\.encoder\.{pattern}"):
+        _tagger_over_a_copy(tiny_bert_dir, **encoder)
+
+
+def test_a_saved_copy_edited_to_a_window_its_model_cannot_take_names_the_copy(tiny_bert_dir, tmp_path):
+    from thinc.api import Config
+
+    _tagger_over_a_copy(tiny_bert_dir).to_disk(tmp_path / "saved")
+    config = Config().from_disk(tmp_path / "saved" / "config.cfg", interpolate=False)
+    config["components"]["pos"]["model"]["tok2vec"]["embedder"]["encoder"]["window"] = 1000
+    config.to_disk(tmp_path / "saved" / "config.cfg")
+    with pytest.raises(SettingError, match=(
+            r"^\[ContextualTok2Vec\] embedder\.encoder\.window = 1000: the model takes at most 62 wordpieces .*"
+            r"\(the encoder saved in the model of a component whose listener replace_listeners replaced with its "
+            r"own copy\)$")):
+        spacy.load(tmp_path / "saved")
+
+
 def test_v1_listener_sizes_are_checked_by_name():
     from spacy.util import registry
 

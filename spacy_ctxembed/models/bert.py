@@ -19,7 +19,7 @@ from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
 from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
-from .torch_bridge import EncoderNode, run_encoder, set_loaded_dims, trains_weights
+from .torch_bridge import EncoderNode, named_as_loaded, run_encoder, set_loaded_dims, trains_weights
 
 
 @registry.architectures("spacy-ctxembed.BertEncoder.v2")
@@ -89,9 +89,10 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     are read by `from_disk`/`from_bytes`, which set the dims without this.
     """
     shim = get_shim(model)
-    check_settings(shim.settings)
-    name = shim.settings["name"]
-    shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
+    with named_as_loaded(COMPONENT, shim.settings):
+        check_settings(shim.settings)
+        name = shim.settings["name"]
+        shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
     set_loaded_dims(model)
 
 

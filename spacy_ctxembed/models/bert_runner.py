@@ -49,6 +49,7 @@ from .torch_bridge import (
     averaged_weights,
     check_saved_layers,
     is_copy,
+    named_as_loaded,
     scaled_optimizer,
     staged,
     swaps_weights,
@@ -487,8 +488,9 @@ class BertShim(EncoderShim):
         files = msg.get("hf_files") if isinstance(msg, dict) else None
         if not isinstance(files, dict) or not files:
             raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
-        with unpacked(files, COMPONENT) as directory:
-            self.load_dir(directory)
+        with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
+            with named_as_loaded(COMPONENT, self.settings):
+                self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         if is_copy(self.settings):  # (a component checks its own, where something reads them)
             check_saved_features(COPY_NAME, msg.get(SAVED_FEATURES), self.features, setting_prefix=COPY_BLOCK,

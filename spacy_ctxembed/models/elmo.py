@@ -40,6 +40,8 @@ from .torch_bridge import (
     EncoderShim,
     averaged_weights,
     check_saved_layers,
+    is_copy,
+    named_as_loaded,
     run_encoder,
     scaled_optimizer,
     set_loaded_dims,
@@ -119,14 +121,15 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     """Read the released files the config names, whatever the shim holds
     (initializing starts from the config; see `bert.init`)."""
     shim = get_shim(model)
-    check_settings(shim.settings)
-    paths = []
-    for setting in ("options_file", "weight_file"):
-        value = shim.settings[setting]
-        if not value or not isinstance(value, str):
-            raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
-        paths.append(Path(value))
-    shim.load_files(paths[0], paths[1])
+    with named_as_loaded(COMPONENT, shim.settings):
+        check_settings(shim.settings)
+        paths = []
+        for setting in ("options_file", "weight_file"):
+            value = shim.settings[setting]
+            if not value or not isinstance(value, str):
+                raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
+            paths.append(Path(value))
+        shim.load_files(paths[0], paths[1])
     set_loaded_dims(model)
 
 
@@ -248,8 +251,9 @@ class ElmoShim(EncoderShim):
         files = msg.get("elmo_files") if isinstance(msg, dict) else None
         if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
             raise ValueError(f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
-        with unpacked(files, COMPONENT) as directory:
-            self.load_dir(directory)
+        with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
+            with named_as_loaded(COMPONENT, self.settings):
+                self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         return self
 

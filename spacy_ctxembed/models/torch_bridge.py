@@ -12,14 +12,28 @@ import contextlib
 from abc import ABCMeta, abstractmethod
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    cast,
+)
 
 import numpy
 import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
-from ..errors import SettingError, bad_setting
+from ..errors import SettingError, bad_setting, named_errors
 from ..settings import config_value
 from ..types import DocLayers
 from . import trf_pooler
@@ -66,6 +80,14 @@ def checked_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
     component's, or for a copy in a listening component, the copy's own
     block (`ContextualTok2Vec`'s `embedder.encoder`), as its other checks do."""
     return (COPY_NAME, COPY_BLOCK) if is_copy(settings) else (component, "")
+
+
+def named_as_loaded(component: str, settings: Dict[str, Any]) -> ContextManager[None]:
+    """Errors of loading an encoder (`init`, `from_bytes`) named as `checked_as`
+    says: a copy's went out under its component's factory name (`[ctxembed_bert]
+    layers = [9]`), which the listening component that initializes or loads it
+    (a tagger) does not rename, naming a component that may not be there."""
+    return named_errors(*checked_as(component, settings))
 
 
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
