@@ -251,6 +251,14 @@ def test_demo_errors_are_one_line_too(tmp_path):
     assert verbose.exit_code == 2 and "Traceback (most recent call last)" in verbose.stderr
 
 
+def test_demo_of_a_folder_or_file_that_is_not_a_pipeline_names_the_option(tmp_path, tiny_bert_dir):
+    """It got spaCy's "[E053] Could not read meta.json", where embed names --model."""
+    (tmp_path / "in.txt").write_text("text\n", encoding="utf-8")
+    for model in (tiny_bert_dir, tmp_path / "in.txt"):
+        line = _one_error(invoke("demo", "-m", model))
+        assert line == f"error: --model {model}: not a saved spaCy pipeline (no config.cfg)", line
+
+
 def test_a_model_folder_that_is_not_a_pipeline_and_a_gpu_id_without_a_gpu_name_their_option(
         tmp_path, text_file, tiny_bert_dir, no_model):
     """Without --ray, a Hugging Face model folder as --model got spaCy's "[E053] Could

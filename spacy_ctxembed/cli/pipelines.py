@@ -5,7 +5,7 @@ from typing import Optional, Union
 from spacy.language import Language
 from thinc.api import Config
 
-from ..pipeline.build import NoContextualEmbedder, load_pipeline
+from ..pipeline.build import NoContextualEmbedder, is_folder_without_pipeline, load_pipeline
 from .errors import PipelineError, UsageError, short_message
 
 
@@ -15,6 +15,9 @@ def build_pipeline(
     """`load_pipeline`, with its errors as the CLI's (`embed` and `demo` report them alike)."""
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
+    if model is not None and is_folder_without_pipeline(model):
+        # (spaCy's own error names meta.json, which a pipeline need not have.)
+        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg)")
     require_gpu(gpu_id)
     try:
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
