@@ -1,6 +1,6 @@
 """Validation of the settings that every embedder shares, and settings kept from the config."""
 import warnings
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import srsly
 from thinc.api import Model
@@ -31,13 +31,16 @@ def check_layers(component: str, layers: Any) -> None:
         isinstance(i, int) and not isinstance(i, bool) for i in layers
     ):
         raise bad_setting(component, "layers", layers, "expected a non-empty list of integers")
+    _check_once(component, layers, layers)
 
 
-def normalize_layers(component: str, layers: Iterable[int], n_available: int) -> Tuple[int, ...]:
+def normalize_layers(component: str, layers: Iterable[int], n_available: int, *, once: bool = True
+                     ) -> Tuple[int, ...]:
     """Turn layer indices (negative = from the top) into non-negative indices.
 
     n_available: how many layers the model outputs; valid indices are
         -n_available .. n_available - 1.
+    once: refuse a layer selected twice (`[-1, 2]` of a 3-layer model).
     """
     layers = list(layers)
     resolved = []
@@ -51,7 +54,22 @@ def normalize_layers(component: str, layers: Iterable[int], n_available: int) ->
                 f"(token) layer as 0 (valid: {-n_available} .. {n_available - 1})",
             )
         resolved.append(index % n_available)
+    if once:
+        _check_once(component, layers, resolved, n_available)
     return tuple(resolved)
+
+
+def _check_once(component: str, layers: Sequence[int], resolved: Sequence[int], n_available: Optional[int] = None
+                ) -> None:
+    """Each layer selected once: a layer twice is one layer's vector repeated
+    (concatenated twice, or weighted double in a mean or a mix), never a
+    choice anyone meant."""
+    for j, layer in enumerate(resolved):
+        if layer in resolved[:j]:
+            first = layers[list(resolved).index(layer)]
+            named = (f"{first} and {layers[j]} both select layer {layer} (the model has {n_available} layers, "
+                     "counting its embedding layer as 0)" if first != layers[j] else f"{layers[j]} is given twice")
+            raise bad_setting(component, "layers", list(layers), f"{named}; select each layer once")
 
 
 class FromConfig:

@@ -48,6 +48,25 @@ def test_layer_out_of_range_at_initialize(minilm_dir):
         nlp.initialize()
 
 
+def test_a_layer_selected_twice_is_refused(minilm_dir, tmp_path):
+    """`[1, 1]` concatenated one layer twice, or weighted it double in the
+    mean; `[-1, 6]` of MiniLM's 7 hidden states is the same layer twice."""
+    with pytest.raises(SettingError, match=r"^\[bert_a\] layers = \[1, 1\]: 1 is given twice; select each layer once"):
+        _add({"layers": [1, 1], "combine": "concat"}, name="bert_a")
+    nlp = _add({"layers": [-1, 6], "name": minilm_dir}, name="bert_a")
+    with pytest.raises(SettingError, match=r"^\[bert_a\] layers = \[-1, 6\]: -1 and 6 both select layer 6 \(the "
+                                           r"model has 7 layers, counting its embedding layer as 0\); select each"):
+        nlp.initialize()
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config={"model": {"encoder": {
+        "options_file": str(options), "weight_file": str(weights), "layers": [0, -3]}}})
+    with pytest.raises(SettingError, match=r"^\[ctxembed_elmo\] layers = \[0, -3\]: 0 and -3 both select layer 0"):
+        nlp.initialize()
+
+
 def test_window_larger_than_model(minilm_dir):
     nlp = _add({"name": minilm_dir, "window": 600}, name="bert_a")
     with pytest.raises(SettingError, match=r"^\[bert_a\] window = 600.*at most 510"):
