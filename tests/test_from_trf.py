@@ -67,6 +67,34 @@ def test_from_trf_without_transformer():
         nlp(TEXT)
 
 
+def test_initialize_refuses_a_pipeline_where_no_transformer_comes_before(tiny_bert_dir):
+    """Known at initialize, it was said only at the first doc."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_from_trf", name="pooled")
+    with pytest.raises(ValueError, match=r"^\[pooled\] pools doc\._\.trf_data, which no component before it writes; "
+                                         r"the pipeline has none: add a spacy-transformers 'transformer'"):
+        nlp.initialize()
+    nlp = _with_transformer(tiny_bert_dir, False)
+    nlp.add_pipe("ctxembed_from_trf", name="pooled", first=True)
+    with pytest.raises(ValueError, match=r"^\[pooled\] pools doc\._\.trf_data, which no component before it writes; "
+                                         r"'transformer' comes after it: move it before 'pooled'"):
+        nlp.initialize()
+
+
+def test_the_width_comes_from_the_last_transformer_before_the_component(tiny_bert_dir, minilm_dir):
+    """Two transformers of other widths: the docs keep the output of the last
+    one before the component (the first in the pipeline gave the width)."""
+    nlp = _with_transformer(tiny_bert_dir, False)
+    nlp.add_pipe("transformer", name="wide", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(minilm_dir),
+        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False}}})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    assert nlp.get_pipe("ctxembed_from_trf").encoder.get_dim("nO") == 384
+    assert nlp("")._.ctx_vectors.shape == (0, 384)
+    assert nlp(TEXT)._.ctx_vectors.shape[1] == 384
+
+
 def test_from_trf_settings_come_from_the_config_not_the_bytes(tiny_bert_dir, tmp_path):
     """A component configured with pooling = "first" that loads the bytes of a "mean"
     one pools by "first", as its config says (and as a load from disk does): the

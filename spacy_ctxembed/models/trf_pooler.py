@@ -28,6 +28,8 @@ from ..types import POOLING_MODES, DocLayers, EncoderModel
 COMPONENT = "ctxembed_from_trf"
 #: The thinc model's name (`torch_bridge.check_encoder_settings` finds it by it).
 MODEL_NAME = "ctxembed-trf-encoder"
+#: What it reads, as spaCy's pipe metadata names it (spacy-transformers' `transformer` assigns it).
+TRF_DATA = "doc._.trf_data"
 
 
 @registry.architectures("spacy-ctxembed.TrfEncoder.v2")

@@ -45,6 +45,7 @@ from ..models.torch_bridge import (
     swaps_weights,
 )
 from ..models.trf_pooler import MODEL_NAME as TRF_ENCODER
+from ..models.trf_pooler import TRF_DATA
 from ..outputs import install_extensions, signature_fields, write_outputs
 from ..settings import check_saved_features
 from ..types import DocLayers, DocVectors, EmbedderModel
@@ -302,7 +303,7 @@ class ContextualEmbedder(TrainablePipe):
         was_loaded = self._loaded
         with named_errors(self.name):
             if self.encoder.name == TRF_ENCODER and nlp is not None:
-                _upstream_width(self.encoder, nlp)
+                _check_upstream_transformer(self.name, self.encoder, nlp)
             try:
                 self.model.initialize()
             except (SettingError, ElmoFileError) as err:  # (a model or file the config names)
@@ -1028,13 +1029,22 @@ def _cacheable_encoder(model: Model) -> bool:
     return any(node.shims for node in model.walk())
 
 
-def _upstream_width(encoder: Model, nlp: Language) -> None:
-    """ctxembed_from_trf: the width of the spacy-transformers output it pools."""
-    for _, pipe in nlp.pipeline:
-        model = getattr(pipe, "model", None)
-        if type(pipe).__name__ == "Transformer" and isinstance(model, Model) and model.has_dim("nO") is True:
-            encoder.set_dim("nO", model.get_dim("nO"), force=True)
-            return
+def _check_upstream_transformer(name: str, encoder: Model, nlp: Language) -> None:
+    """ctxembed_from_trf: a component before it must write `doc._.trf_data`
+    (else every doc fails at its first call), and the width of the output it
+    pools is that of the last one before it (whose output the docs keep)."""
+    names = nlp.component_names
+    if name not in names:  # (initialized on its own, outside this pipeline)
+        return
+    writers = [other for other in names if TRF_DATA in nlp.get_pipe_meta(other).assigns]
+    before = [other for other in writers if names.index(other) < names.index(name)]
+    if not before:
+        where = (f"{', '.join(repr(w) for w in writers)} comes after it: move it before {name!r}" if writers
+                 else "the pipeline has none: add a spacy-transformers 'transformer' component before it")
+        raise ValueError(f"[{name}] pools doc._.trf_data, which no component before it writes; {where}")
+    model = getattr(nlp.get_pipe(before[-1]), "model", None)
+    if isinstance(model, Model) and model.has_dim("nO") is True:
+        encoder.set_dim("nO", model.get_dim("nO"), force=True)
 
 
 def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any]) -> "ContextualEmbedder":

@@ -12,6 +12,7 @@ from thinc.api import Config
 
 from ..errors import bad_setting
 from ..models.legacy import is_v1, upgrade
+from ..models.trf_pooler import TRF_DATA
 from ..types import EmbedderModel
 from .component import ContextualEmbedder
 
@@ -135,7 +136,7 @@ def make_elmo_embedder(
     "ctxembed_from_trf",
     default_config=_default(TRF_DEFAULT_CONFIG, "ctxembed_from_trf"),
     assigns=ASSIGNS,
-    requires=["doc._.trf_data"],
+    requires=[TRF_DATA],
 )
 def make_trf_pooler(
     nlp: Language,
