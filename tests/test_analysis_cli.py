@@ -327,7 +327,9 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
          "--compare no_such_pipeline: [E050] Can't find model 'no_such_pipeline'"),
         (["--config", sourced], "--config: [components.ctxembed_bert] is sourced"),
         (["--model", model, "--compare", sourced], "--compare: [components.ctxembed_bert] is sourced"),
-        (["--model", model, "--explore-layers", "-4"],
+        (["--pooling", "first"], "--pooling ['first'] needs --wic-train: the poolings are tried on WiC only"),
+        (["--explore-layers", "1"], "--explore-layers [1] needs --word: they are the layers of the sense explorer"),
+        (["--model", model, "--word", "ran", "--explore-layers", "-4"],
          "--explore-layers [-4]: index -4 is out of range: the model has 3 layers, counting its embedding (token) "
          "layer as 0 (valid: -3 .. 2)"),
     ]

@@ -458,7 +458,7 @@ def test_explore_layers_take_negative_indices_and_are_checked_before_embedding(t
     with pytest.raises(AnalysisInputError, match=r"--explore-layers \[3\]: index 3 is out of range: the model "
                                                  r"has 3 layers, counting its embedding \(token\) layer as 0 "
                                                  r"\(valid: -3 \.\. 2\)"):
-        analyze(corpus, [source, source], AnalysisSettings(explore_layers=[3]))
+        analyze(corpus, [source, source], AnalysisSettings(words=["ran"], explore_layers=[3]))
 
 
 def test_tokens_without_a_vector_are_counted_and_the_explorer_names_its_pooling(tiny_bert_dir, tmp_path):

@@ -172,6 +172,13 @@ def analyze(
     settings = replace(settings, words=words, poolings=poolings)  # as run: analysis.json's settings say so too
     if wic_eval is not None and wic_train is None:
         raise AnalysisInputError("--wic-eval needs --wic-train: the thresholds are fitted on the training pairs")
+    # (Given without what uses them, they were recorded in analysis.json's settings, and did nothing.)
+    if settings.poolings and wic_train is None:
+        raise AnalysisInputError(f"--pooling {settings.poolings} needs --wic-train: the poolings are "
+                                 "tried on WiC only (the corpus is embedded once, as configured)")
+    if settings.explore_layers and not settings.words:
+        raise AnalysisInputError(f"--explore-layers {settings.explore_layers} needs --word: "
+                                 "they are the layers of the sense explorer, which explores the words given")
     if wic_train is not None:
         check_folds(wic_train.labels, settings.n_folds)
     if wic_train is not None and wic_eval is not None:
