@@ -205,6 +205,9 @@ def test_models_without_one_state_per_piece_are_refused(tmp_path, minilm_dir, fa
 def test_stride_larger_than_window(tiny_bert_dir):
     with pytest.raises(SettingError, match=r"stride = 40: must not exceed window \(30\)"):
         make_nlp(tiny_bert_dir, window=30, stride=40)
+    # Both given: known at add_pipe (it was said only at initialize).
+    with pytest.raises(SettingError, match=r"^\[bert_a\] stride = 40: must not exceed window \(30\)"):
+        _add({"name": tiny_bert_dir, "window": 30, "stride": 40}, name="bert_a")
 
 
 def test_a_scalar_mix_n_layers_that_contradicts_the_layers_is_refused():

@@ -68,6 +68,8 @@ def check_settings(settings: dict) -> None:
     check_int(COMPONENT, "window", settings["window"], optional=True, unit="an integer number of wordpieces")
     check_int(COMPONENT, "stride", settings["stride"], optional=True, unit="an integer number of wordpieces")
     check_int(COMPONENT, "max_batch_items", settings["max_batch_items"], optional=True)
+    if settings["window"] is not None and settings["stride"] is not None and settings["stride"] > settings["window"]:
+        raise bad_setting(COMPONENT, "stride", settings["stride"], f"must not exceed window ({settings['window']})")
     check_bool(COMPONENT, "trainable", settings["trainable"])
     if settings["name"] is not None and not isinstance(settings["name"], str):
         check_choice(COMPONENT, "name", settings["name"], ["a model directory or hub name (a string)", "null"])
