@@ -67,17 +67,6 @@ def test_a_layer_selected_twice_is_refused(minilm_dir, tmp_path):
         nlp.initialize()
 
 
-def test_a_batch_budget_smaller_than_one_window_is_refused(tiny_bert_dir):
-    """`max_batch_items = 1` was taken: each window ran in a batch of its own,
-    over the budget that was set to bound memory."""
-    nlp = _add({"name": tiny_bert_dir, "max_batch_items": 40}, name="bert_a")
-    with pytest.raises(SettingError, match=r"^\[bert_a\] max_batch_items = 40: a forward batch holds at least one "
-                                           r"whole window, 64 pieces here \(window = 62 plus 2 special tokens\)"):
-        nlp.initialize()
-    nlp = make_nlp(tiny_bert_dir, max_batch_items=40, window=38)
-    assert nlp("a b c")._.ctx_vectors.shape == (3, 32)
-
-
 def test_window_larger_than_model(minilm_dir):
     nlp = _add({"name": minilm_dir, "window": 600}, name="bert_a")
     with pytest.raises(SettingError, match=r"^\[bert_a\] window = 600.*at most 510"):

@@ -154,15 +154,6 @@ class BertRunner:
             raise bad_setting(COMPONENT, "precision", "tf32",
                               "needs torch >= 2.9 (torch.backends.cuda.matmul.fp32_precision); "
                               f"this is torch {torch.__version__}")
-        framed = self.window + self.n_special
-        if settings["max_batch_items"] is not None and settings["max_batch_items"] < framed:
-            # A window is never split across batches: each would have run in a
-            # batch of its own, over the budget that was set to bound memory.
-            raise bad_setting(
-                COMPONENT, "max_batch_items", settings["max_batch_items"],
-                f"a forward batch holds at least one whole window, {framed} pieces here (window = {self.window} "
-                f"plus {self.n_special} special tokens): set max_batch_items to {framed} or more, or a smaller window",
-            )
         self.max_batch_items: int = settings["max_batch_items"] or self.default_budget()
         probe = self.probe_batch()
         # hidden_states[i] needs only the first i layers: the runner is a
