@@ -31,16 +31,13 @@ def check_layers(component: str, layers: Any) -> None:
         isinstance(i, int) and not isinstance(i, bool) for i in layers
     ):
         raise bad_setting(component, "layers", layers, "expected a non-empty list of integers")
-    _check_once(component, layers, layers)
 
 
-def normalize_layers(component: str, layers: Iterable[int], n_available: int, *, once: bool = True
-                     ) -> Tuple[int, ...]:
+def normalize_layers(component: str, layers: Iterable[int], n_available: int) -> Tuple[int, ...]:
     """Turn layer indices (negative = from the top) into non-negative indices.
 
     n_available: how many layers the model outputs; valid indices are
         -n_available .. n_available - 1.
-    once: refuse a layer selected twice (`[-1, 2]` of a 3-layer model).
     """
     layers = list(layers)
     resolved = []
@@ -54,22 +51,26 @@ def normalize_layers(component: str, layers: Iterable[int], n_available: int, *,
                 f"(token) layer as 0 (valid: {-n_available} .. {n_available - 1})",
             )
         resolved.append(index % n_available)
-    if once:
-        _check_once(component, layers, resolved, n_available)
     return tuple(resolved)
 
 
-def _check_once(component: str, layers: Sequence[int], resolved: Sequence[int], n_available: Optional[int] = None
-                ) -> None:
-    """Each layer selected once: a layer twice is one layer's vector repeated
-    (concatenated twice, or weighted double in a mean or a mix), never a
-    choice anyone meant."""
+def warn_repeated_layers(name: str, layers: Sequence[int], resolved: Sequence[int],
+                         n_available: Optional[int] = None, *, block: str = "") -> None:
+    """Warn where `layers` selects a layer twice (`resolved`: the model's
+    indices; `[-1, 6]` of a 7-state model is layer 6 twice): that layer's
+    vector then counts twice, concatenated twice or weighted double in a
+    mean or a mix. A warning, not an error: pipelines saved so keep loading.
+    `name`, `block`: who the warning speaks for (`torch_bridge.checked_as`)."""
     for j, layer in enumerate(resolved):
         if layer in resolved[:j]:
             first = layers[list(resolved).index(layer)]
             named = (f"{first} and {layers[j]} both select layer {layer} (the model has {n_available} layers, "
-                     "counting its embedding layer as 0)" if first != layers[j] else f"{layers[j]} is given twice")
-            raise bad_setting(component, "layers", list(layers), f"{named}; select each layer once")
+                     "counting its embedding (token) layer as 0)" if first != layers[j]
+                     else f"{layers[j]} is given twice")
+            warnings.warn(f"[{name}] {block}layers = {list(layers)}: {named}, so its vector counts twice "
+                          "(concatenated twice, or weighted double in a mean or a mix); select each layer once",
+                          stacklevel=2)
+            return
 
 
 class FromConfig:

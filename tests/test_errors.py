@@ -1,5 +1,6 @@
 """Each bad setting fails early, with the setting and the value in the message."""
 import json
+import warnings
 
 import pytest
 import spacy
@@ -48,23 +49,30 @@ def test_layer_out_of_range_at_initialize(minilm_dir):
         nlp.initialize()
 
 
-def test_a_layer_selected_twice_is_refused(minilm_dir, tmp_path):
+def test_a_layer_selected_twice_is_warned_of_and_saved_pipelines_so_keep_loading(minilm_dir, tmp_path):
     """`[1, 1]` concatenated one layer twice, or weighted it double in the
-    mean; `[-1, 6]` of MiniLM's 7 hidden states is the same layer twice."""
-    with pytest.raises(SettingError, match=r"^\[bert_a\] layers = \[1, 1\]: 1 is given twice; select each layer once"):
-        _add({"layers": [1, 1], "combine": "concat"}, name="bert_a")
-    nlp = _add({"layers": [-1, 6], "name": minilm_dir}, name="bert_a")
-    with pytest.raises(SettingError, match=r"^\[bert_a\] layers = \[-1, 6\]: -1 and 6 both select layer 6 \(the "
-                                           r"model has 7 layers, counting its embedding layer as 0\); select each"):
-        nlp.initialize()
+    mean; `[-1, 6]` of MiniLM's 7 hidden states is the same layer twice. Said
+    where it was silent; a warning, so that pipelines saved so still load."""
+    repeated = r", so its vector counts twice \(concatenated twice, or weighted double in a mean or a mix\); select"
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] layers = \[1, 1\]: 1 is given twice" + repeated):
+        nlp = make_nlp(minilm_dir, layers=[1, 1], combine="concat")
+    assert nlp("a b")._.ctx_vectors.shape == (2, 2 * 384)
+    nlp.to_disk(tmp_path / "saved")
+    with pytest.warns(UserWarning, match=r"layers = \[1, 1\]: 1 is given twice"):
+        assert spacy.load(tmp_path / "saved")("a b")._.ctx_vectors.shape == (2, 2 * 384)
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] layers = \[-1, 6\]: -1 and 6 both select layer 6 "
+                                         r"\(the model has 7 layers, counting its embedding \(token\) layer as 0\)"
+                                         + repeated):
+        make_nlp(minilm_dir, layers=[-1, 6])
     from .elmo_fixture import write_elmo_fixture
 
     options, weights = write_elmo_fixture(tmp_path)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("ctxembed_elmo", config={"model": {"encoder": {
-        "options_file": str(options), "weight_file": str(weights), "layers": [0, -3]}}})
-    with pytest.raises(SettingError, match=r"^\[ctxembed_elmo\] layers = \[0, -3\]: 0 and -3 both select layer 0"):
-        nlp.initialize()
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_elmo\] layers = \[0, -3\]: 0 and -3 both select layer 0"):
+        spacy.blank("en").add_pipe("ctxembed_elmo", config=ctx_config(
+            options_file=str(options), weight_file=str(weights), layers=[0, -3])).initialize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_nlp(minilm_dir, layers=[-1, 5])
 
 
 def test_window_larger_than_model(minilm_dir):

@@ -81,6 +81,13 @@ def test_initialize_refuses_a_pipeline_where_no_transformer_comes_before(tiny_be
         nlp.initialize()
 
 
+def test_a_layer_given_twice_is_warned_of(tiny_bert_dir):
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_from_trf\] layers = \[1, 1\]: 1 is given twice, so its vector "
+                                         r"counts twice"):
+        nlp = _trf_nlp(tiny_bert_dir, True, layers=[1, 1], combine="concat")
+    assert nlp(TEXT)._.ctx_vectors.shape[1] == 64
+
+
 def test_the_width_comes_from_the_last_transformer_before_the_component(tiny_bert_dir, minilm_dir):
     """Two transformers of other widths: the docs keep the output of the last
     one before the component (the first in the pipeline gave the width)."""

@@ -310,7 +310,7 @@ def _explore_layers(wanted: Optional[List[int]], name: str, n_layers: Optional[i
                                      "(-1)")
         return [-1]
     try:
-        resolved = normalize_layers(name, wanted, n_layers, once=False)
+        resolved = normalize_layers(name, wanted, n_layers)
     except SettingError as e:
         reason = str(e).split(": ", 1)[-1]
         raise AnalysisInputError(f"--explore-layers {wanted}: {reason} (pipeline {label})") from None

@@ -34,7 +34,7 @@ from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
 from ..errors import bad_setting, check_bool, check_choice, check_int
 from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
-from ..settings import check_layers, check_saved_features, normalize_layers
+from ..settings import check_layers, check_saved_features, normalize_layers, warn_repeated_layers
 from ..types import POOLING_MODES, PRECISIONS
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
@@ -48,6 +48,7 @@ from .torch_bridge import (
     EncoderShim,
     averaged_weights,
     check_saved_layers,
+    checked_as,
     is_copy,
     named_as_loaded,
     scaled_optimizer,
@@ -136,6 +137,8 @@ class BertRunner:
     def __init__(self, encoder: HFEncoder, settings: Dict[str, Any]) -> None:
         self.encoder = encoder
         self.layers = normalize_layers(COMPONENT, settings["layers"], encoder.n_hidden_states)
+        name, block = checked_as(COMPONENT, settings)
+        warn_repeated_layers(name, settings["layers"], self.layers, encoder.n_hidden_states, block=block)
         self.pooling: str = settings["pooling"]
         self.window, self.stride = _window_settings(settings, encoder)
         self.precision: str = settings["precision"]

@@ -29,7 +29,7 @@ from thinc.api import get_torch_default_device
 from ..batching import batches_by_budget, concat_ranges
 from ..errors import bad_setting, check_bool, check_int
 from ..fileio import unpacked
-from ..settings import check_layers, layer_count, layers_as_given, normalize_layers
+from ..settings import check_layers, layer_count, layers_as_given, normalize_layers, warn_repeated_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
@@ -40,6 +40,7 @@ from .torch_bridge import (
     EncoderShim,
     averaged_weights,
     check_saved_layers,
+    checked_as,
     is_copy,
     named_as_loaded,
     run_encoder,
@@ -228,6 +229,8 @@ class ElmoShim(EncoderShim):
         options = read_options(options_path, component=COMPONENT, setting=settings[0])
         weights = read_weights(weights_path, options, component=COMPONENT, setting=settings[1])
         layers = normalize_layers(COMPONENT, self.settings["layers"], 1 + options.n_layers)
+        name, block = checked_as(COMPONENT, self.settings)
+        warn_repeated_layers(name, self.settings["layers"], layers, 1 + options.n_layers, block=block)
         # The biLM takes the arrays over (and empties `weights`): held once.
         net = ElmoBiLm(options, weights, trainable=bool(self.settings["trainable"])).eval()
         self._model = net.to(get_torch_default_device())

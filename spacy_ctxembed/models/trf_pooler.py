@@ -21,7 +21,15 @@ from thinc.api import Model, torch2xp, xp2torch
 from ..alignment import PieceAlignment
 from ..errors import bad_setting, check_choice
 from ..pooling import pool_pieces
-from ..settings import FromConfig, check_layers, config_value, layer_count, layers_as_given, normalize_layers
+from ..settings import (
+    FromConfig,
+    check_layers,
+    config_value,
+    layer_count,
+    layers_as_given,
+    normalize_layers,
+    warn_repeated_layers,
+)
 from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pairs, text_lengths
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
@@ -55,7 +63,10 @@ def _settings(model: EncoderModel) -> dict:
 
 
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    check_settings(_settings(model))
+    settings = _settings(model)
+    check_settings(settings)
+    # (As written: the upstream's depth, which `[-1, 12]` may name twice, is known from its outputs only.)
+    warn_repeated_layers(COMPONENT, settings["layers"], settings["layers"])
     # Initialized (trained again, say after an edit was refused): what loaded
     # bytes held is no longer what anything was trained on (`FromConfig.saved`).
     model.attrs["settings"] = FromConfig(_settings(model))
