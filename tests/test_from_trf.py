@@ -67,17 +67,20 @@ def test_from_trf_without_transformer():
         nlp(TEXT)
 
 
-def test_initialize_refuses_a_pipeline_where_no_transformer_comes_before(tiny_bert_dir):
-    """Known at initialize, it was said only at the first doc."""
+def test_initialize_says_where_no_transformer_comes_before(tiny_bert_dir):
+    """Known at initialize, it was said only at the first doc. A pipeline with
+    no component that says it writes doc._.trf_data is warned of (a component
+    of the user's may write it without saying so); one whose transformer
+    comes after it is refused."""
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_from_trf", name="pooled")
-    with pytest.raises(ValueError, match=r"^\[pooled\] pools doc\._\.trf_data, which no component before it writes; "
-                                         r"the pipeline has none: add a spacy-transformers 'transformer'"):
+    with pytest.warns(UserWarning, match=r"^\[pooled\] pools doc\._\.trf_data, and no component before it says it "
+                                         r"writes it: add a spacy-transformers 'transformer'"):
         nlp.initialize()
     nlp = _with_transformer(tiny_bert_dir, False)
     nlp.add_pipe("ctxembed_from_trf", name="pooled", first=True)
-    with pytest.raises(ValueError, match=r"^\[pooled\] pools doc\._\.trf_data, which no component before it writes; "
-                                         r"'transformer' comes after it: move it before 'pooled'"):
+    with pytest.raises(ValueError, match=r"^\[pooled\] pools doc\._\.trf_data, which no component before it writes: "
+                                         r"'transformer' comes after it; move it before 'pooled'"):
         nlp.initialize()
 
 
@@ -100,6 +103,10 @@ def test_the_width_comes_from_the_last_transformer_before_the_component(tiny_ber
     assert nlp.get_pipe("ctxembed_from_trf").encoder.get_dim("nO") == 384
     assert nlp("")._.ctx_vectors.shape == (0, 384)
     assert nlp(TEXT)._.ctx_vectors.shape[1] == 384
+    # The last one that runs: a disabled one writes nothing.
+    nlp.disable_pipe("wide")
+    nlp.initialize()
+    assert nlp("")._.ctx_vectors.shape == (0, 32) and nlp(TEXT)._.ctx_vectors.shape[1] == 32
 
 
 def test_from_trf_settings_come_from_the_config_not_the_bytes(tiny_bert_dir, tmp_path):

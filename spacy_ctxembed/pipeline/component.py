@@ -1032,17 +1032,26 @@ def _cacheable_encoder(model: Model) -> bool:
 def _check_upstream_transformer(name: str, encoder: Model, nlp: Language) -> None:
     """ctxembed_from_trf: a component before it must write `doc._.trf_data`
     (else every doc fails at its first call), and the width of the output it
-    pools is that of the last one before it (whose output the docs keep)."""
+    pools is that of the last one before it that runs (whose output the docs
+    keep). Writers are told by their metadata (spacy-transformers'
+    `transformer` assigns it): a pipeline with none is warned of, since a
+    component of the user's may write it without saying so."""
     names = nlp.component_names
     if name not in names:  # (initialized on its own, outside this pipeline)
         return
+    position = names.index(name)
     writers = [other for other in names if TRF_DATA in nlp.get_pipe_meta(other).assigns]
-    before = [other for other in writers if names.index(other) < names.index(name)]
+    before = [other for other in writers if names.index(other) < position]
+    if not before and writers:
+        raise ValueError(f"[{name}] pools doc._.trf_data, which no component before it writes: "
+                         f"{', '.join(repr(w) for w in writers)} comes after it; move it before {name!r}")
     if not before:
-        where = (f"{', '.join(repr(w) for w in writers)} comes after it: move it before {name!r}" if writers
-                 else "the pipeline has none: add a spacy-transformers 'transformer' component before it")
-        raise ValueError(f"[{name}] pools doc._.trf_data, which no component before it writes; {where}")
-    model = getattr(nlp.get_pipe(before[-1]), "model", None)
+        warnings.warn(f"[{name}] pools doc._.trf_data, and no component before it says it writes it: add a "
+                      "spacy-transformers 'transformer' component before it (a doc without it is refused)",
+                      stacklevel=3)
+        return
+    running = [other for other in before if other not in nlp.disabled]
+    model = getattr(nlp.get_pipe((running or before)[-1]), "model", None)
     if isinstance(model, Model) and model.has_dim("nO") is True:
         encoder.set_dim("nO", model.get_dim("nO"), force=True)
 
