@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, Tuple
 from spacy.util import registry
 from thinc.api import Model
 
-from ..errors import check_int
 from ..types import CombinerModel, DocLayers, DocVectors
 
 
@@ -20,8 +19,6 @@ def ScalarMix(*, n_layers: Optional[int] = None) -> CombinerModel:
 
     n_layers: None to infer it in `init` from the first doc of the sample.
     """
-    # (Config text: `n_layers = "2"` was refused later as a count that differs.)
-    check_int("ScalarMix.v1", "n_layers", n_layers, optional=True, unit="an integer number of layers")
     return Model(
         "scalar_mix",
         forward,

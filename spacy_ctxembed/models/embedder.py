@@ -17,7 +17,7 @@ from spacy.util import registry
 from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
-from ..errors import bad_setting
+from ..errors import bad_setting, check_int
 from ..layers import built_as
 from ..types import CombinerModel, EmbedderModel, EncoderModel
 from .legacy import V1_ARCHITECTURES, upgrade_cfg
@@ -70,6 +70,9 @@ def check_combiner_layers(owner: str, model: EmbedderModel) -> None:
     saved pipeline would then not load. `owner`: who the error names (the
     component, or the architecture that holds the embedder)."""
     encoder, combiner = model.layers
+    if combiner.has_dim("nL"):
+        # (Config text: `n_layers = "3"` was refused as a count other than the layers' 3.)
+        check_int(owner, "combiner.n_layers", combiner.get_dim("nL"), unit="an integer number of layers (or null)")
     if encoder.has_dim("nL") and combiner.has_dim("nL") and combiner.get_dim("nL") != encoder.get_dim("nL"):
         raise bad_setting(
             owner, "combiner.n_layers", combiner.get_dim("nL"),
