@@ -519,11 +519,11 @@ def _check_states_per_piece(module: Any, tokenizer: Any, config: Any, where: _Wh
             output = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                             output_hidden_states=True)
     except Exception as e:  # noqa: BLE001 - reported with its type and message
-        # (Models that need more than the text: BROS's and LayoutLMv2's boxes,
-        # X-MOD's language, Perceiver's preprocessed inputs.)
+        # (Models that need more than the text, say: BROS's and LayoutLMv2's
+        # boxes, X-MOD's language, Perceiver's preprocessed inputs.)
         raise where.error(
-            f"model_type {model_type!r} does not run on a text's input_ids and attention_mask alone "
-            f"({first_line(e, limit=200)}); use a BERT-family encoder (bert, roberta, deberta, electra, ...)"
+            f"model_type {model_type!r} failed on a short probe text ({input_ids.shape[1]} pieces), given as "
+            f"input_ids and attention_mask, the only inputs its windows get ({first_line(e, limit=200)})"
         ) from None
     states = getattr(output, "hidden_states", None) or ()
     expected = int(config.num_hidden_layers) + 1
