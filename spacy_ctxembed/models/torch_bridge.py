@@ -16,7 +16,6 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    ContextManager,
     Dict,
     Iterator,
     List,
@@ -82,12 +81,26 @@ def checked_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
     return (COPY_NAME, COPY_BLOCK) if is_copy(settings) else (component, "")
 
 
-def named_as_loaded(component: str, settings: Dict[str, Any]) -> ContextManager[None]:
+@contextlib.contextmanager
+def named_as_loaded(component: str, settings: Dict[str, Any]) -> Iterator[None]:
     """Errors of loading an encoder (`init`, `from_bytes`) named as `checked_as`
     says: a copy's went out under its component's factory name (`[ctxembed_bert]
     layers = [9]`), which the listening component that initializes or loads it
-    (a tagger) does not rename, naming a component that may not be there."""
-    return named_errors(*checked_as(component, settings))
+    (a tagger) does not rename, naming a component that may not be there. A
+    component's `model` (its saved bytes) is, in a copy, the block itself."""
+    if not is_copy(settings):
+        yield
+        return
+    saved_bytes = f"[{COPY_NAME}] {COPY_BLOCK}model"
+    try:
+        with named_errors(COPY_NAME, COPY_BLOCK):
+            yield
+    except ValueError as err:
+        message = str(err)
+        if not message.startswith(saved_bytes):
+            raise
+        renamed = f"[{COPY_NAME}] {COPY_BLOCK.rstrip('.')}{message[len(saved_bytes):]}"
+        raise type(err)(renamed).with_traceback(err.__traceback__) from None
 
 
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
