@@ -4,7 +4,7 @@ from typing import Optional, Sequence
 import numpy
 import typer
 
-from .pipelines import build_pipeline
+from .pipelines import build_pipeline, refuse_folder_without_pipeline
 
 SENTENCES = {
     "A": ("It was nice out this morning when I ran to the park", "running"),
@@ -19,6 +19,7 @@ def demo(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A saved pipeline with a ctxembed component"),
 ) -> None:
     """Show that 'ran' gets a different vector in each context."""
+    refuse_folder_without_pipeline(model)
     nlp = build_pipeline(model=model)
     contextual = {key: _word_vector(nlp(text)) for key, (text, _) in SENTENCES.items()}
     static = _static_vector(nlp)

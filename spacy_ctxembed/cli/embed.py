@@ -22,11 +22,10 @@ from thinc.api import Config
 from tqdm import tqdm
 
 from ..fileio import model_identity
-from ..pipeline.build import is_folder_without_pipeline
 from .errors import CliError, UsageError, short_message
 from .inputs import Input, InputChanged, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
-from .pipelines import build_pipeline
+from .pipelines import build_pipeline, refuse_folder_without_pipeline
 
 FORMATS = tuple(WRITERS)
 
@@ -252,9 +251,8 @@ def _check_settings(
         raise UsageError(f"--gpu-id {gpu_id}: expected a GPU number, or -1 for CPU")
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
-    if model is not None and is_folder_without_pipeline(model):
-        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg); to embed with a model's "
-                         "directory, pass a --config whose ctxembed component names it")
+    refuse_folder_without_pipeline(
+        model, "; to embed with a model's directory, pass a --config whose ctxembed component names it")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     if str(output) in ("-", ""):

@@ -15,9 +15,6 @@ def build_pipeline(
     """`load_pipeline`, with its errors as the CLI's (`embed` and `demo` report them alike)."""
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")
-    if model is not None and is_folder_without_pipeline(model):
-        # (spaCy's own error names meta.json, which a pipeline need not have.)
-        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg)")
     require_gpu(gpu_id)
     try:
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
@@ -25,6 +22,13 @@ def build_pipeline(
         raise UsageError(str(e)) from None
     except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
         raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
+
+
+def refuse_folder_without_pipeline(model: Optional[str], hint: str = "") -> None:
+    """--model must name a saved pipeline: spaCy's own error for a folder or a
+    file that is not one names meta.json, which a pipeline need not have."""
+    if model is not None and is_folder_without_pipeline(model):
+        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg){hint}")
 
 
 def require_gpu(gpu_id: int) -> None:

@@ -69,8 +69,8 @@ def check_settings(settings: dict) -> None:
     check_int(COMPONENT, "window", settings["window"], optional=True, unit="an integer number of wordpieces")
     check_int(COMPONENT, "stride", settings["stride"], optional=True, unit="an integer number of wordpieces")
     check_int(COMPONENT, "max_batch_items", settings["max_batch_items"], optional=True)
-    if settings["window"] is not None and settings["stride"] is not None and settings["stride"] > settings["window"]:
-        raise bad_setting(COMPONENT, "stride", settings["stride"], f"must not exceed window ({settings['window']})")
+    if settings["window"] is not None and settings["stride"] is not None:
+        _check_stride(settings["stride"], settings["window"])
     check_bool(COMPONENT, "trainable", settings["trainable"])
     if settings["name"] is not None and not isinstance(settings["name"], str):
         check_choice(COMPONENT, "name", settings["name"], ["a model directory or hub name (a string)", "null"])
@@ -799,9 +799,13 @@ def _window_settings(settings: Dict[str, Any], encoder: HFEncoder) -> Tuple[int,
             COMPONENT, "window", window, f"the model takes at most {limit} wordpieces plus {n_special} special tokens"
         )
     stride = settings["stride"] or max(1, (3 * window) // 4)
+    _check_stride(stride, window)
+    return window, stride
+
+
+def _check_stride(stride: int, window: int) -> None:
     if stride > window:
         raise bad_setting(COMPONENT, "stride", stride, f"must not exceed window ({window})")
-    return window, stride
 
 
 def _max_positions(encoder: HFEncoder) -> int:
