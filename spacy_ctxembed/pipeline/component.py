@@ -1032,10 +1032,10 @@ def _cacheable_encoder(model: Model) -> bool:
 def _check_upstream_transformer(name: str, encoder: Model, nlp: Language) -> None:
     """ctxembed_from_trf: a component before it must write `doc._.trf_data`
     (else every doc fails at its first call), and the width of the output it
-    pools is that of the last one before it that runs (whose output the docs
-    keep). Writers are told by their metadata (spacy-transformers'
-    `transformer` assigns it): a pipeline with none is warned of, since a
-    component of the user's may write it without saying so."""
+    pools is that of the last one before it (whose output the docs keep).
+    Writers are told by their metadata (spacy-transformers' `transformer`
+    assigns it): a pipeline with none is warned of, since a component of the
+    user's may write it without saying so."""
     names = nlp.component_names
     if name not in names:  # (initialized on its own, outside this pipeline)
         return
@@ -1050,8 +1050,9 @@ def _check_upstream_transformer(name: str, encoder: Model, nlp: Language) -> Non
                       "spacy-transformers 'transformer' component before it (a doc without it is refused)",
                       stacklevel=3)
         return
-    running = [other for other in before if other not in nlp.disabled]
-    model = getattr(nlp.get_pipe((running or before)[-1]), "model", None)
+    # (Disabled ones count: `spacy train` initializes with its frozen and
+    # sourced components disabled, which then run.)
+    model = getattr(nlp.get_pipe(before[-1]), "model", None)
     if isinstance(model, Model) and model.has_dim("nO") is True:
         encoder.set_dim("nO", model.get_dim("nO"), force=True)
 
