@@ -66,9 +66,9 @@ def warn_repeated_layers(name: str, layers: Sequence[int], resolved: Sequence[in
             first = layers[list(resolved).index(layer)]
             named = (f"{first} and {layers[j]} both select layer {layer} (the model has {n_available} layers, "
                      "counting its embedding (token) layer as 0)" if first != layers[j]
-                     else f"{layers[j]} is given twice")
-            warnings.warn(f"[{name}] {block}layers = {list(layers)}: {named}, so its vector counts twice "
-                          "(concatenated twice, or weighted double in a mean or a mix); select each layer once",
+                     else f"{layers[j]} is given more than once")
+            warnings.warn(f"[{name}] {block}layers = {list(layers)}: {named}, so its vector counts more than once "
+                          "(concatenated again, or weighted more in a mean or a mix); select each layer once",
                           stacklevel=2)
             return
 

@@ -53,12 +53,13 @@ def test_a_layer_selected_twice_is_warned_of_and_saved_pipelines_so_keep_loading
     """`[1, 1]` concatenated one layer twice, or weighted it double in the
     mean; `[-1, 6]` of MiniLM's 7 hidden states is the same layer twice. Said
     where it was silent; a warning, so that pipelines saved so still load."""
-    repeated = r", so its vector counts twice \(concatenated twice, or weighted double in a mean or a mix\); select"
-    with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] layers = \[1, 1\]: 1 is given twice" + repeated):
+    repeated = (r", so its vector counts more than once \(concatenated again, or weighted more in a mean or a mix\); "
+                "select")
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] layers = \[1, 1\]: 1 is given more than once" + repeated):
         nlp = make_nlp(minilm_dir, layers=[1, 1], combine="concat")
     assert nlp("a b")._.ctx_vectors.shape == (2, 2 * 384)
     nlp.to_disk(tmp_path / "saved")
-    with pytest.warns(UserWarning, match=r"layers = \[1, 1\]: 1 is given twice"):
+    with pytest.warns(UserWarning, match=r"layers = \[1, 1\]: 1 is given more than once"):
         assert spacy.load(tmp_path / "saved")("a b")._.ctx_vectors.shape == (2, 2 * 384)
     with pytest.warns(UserWarning, match=r"^\[ctxembed_bert\] layers = \[-1, 6\]: -1 and 6 both select layer 6 "
                                          r"\(the model has 7 layers, counting its embedding \(token\) layer as 0\)"
@@ -223,8 +224,8 @@ def test_a_scalar_mix_n_layers_that_contradicts_the_layers_is_refused():
 
 
 @pytest.mark.parametrize("value, pattern", [
-    ("3", r"'3': expected an integer number of layers \(or null\) >= 1, got str"),
-    (0, r"0: expected an integer number of layers \(or null\) >= 1$"),
+    ("3", r"'3': expected an integer number of layers >= 1, got str"),
+    (0, r"0: expected an integer number of layers >= 1$"),
 ])
 def test_a_scalar_mix_n_layers_that_is_not_a_count_is_refused_as_such(value, pattern):
     """`n_layers = "3"` (config text) was refused as a count that differs from the layers' 3."""
@@ -290,8 +291,8 @@ def test_a_copied_embedders_scalar_mix_n_layers_is_checked_by_the_architecture_t
     combiner = registry.layers.get("spacy-ctxembed.ScalarMix.v1")(n_layers=3)
     embedder = registry.architectures.get("spacy-ctxembed.Embedder.v2")(encoder=encoder, combiner=combiner)
     build = registry.architectures.get(f"spacy-ctxembed.{architecture}")
-    with pytest.raises(SettingError, match=rf"^\[{architecture}\] combiner.n_layers = 3: the encoder's layers "
-                                           "select 2"):
+    with pytest.raises(SettingError, match=rf"^\[{architecture}\] embedder\.combiner\.n_layers = 3: the encoder's "
+                                           "layers select 2"):
         build(embedder=embedder, width=8)
 
 
@@ -395,6 +396,20 @@ def test_a_saved_copy_edited_to_a_window_its_model_cannot_take_names_the_copy(ti
             r"^\[ContextualTok2Vec\] embedder\.encoder\.window = 1000: the model takes at most 62 wordpieces .*"
             r"\(the encoder saved in the model of a component whose listener replace_listeners replaced with its "
             r"own copy\)$")):
+        spacy.load(tmp_path / "saved")
+
+
+def test_a_saved_copy_whose_bytes_hold_no_model_files_names_the_copy(tiny_bert_dir, tmp_path):
+    import srsly
+
+    _tagger_over_a_copy(tiny_bert_dir).to_disk(tmp_path / "saved")
+    model_file = tmp_path / "saved" / "pos" / "model"
+    msg = srsly.msgpack_loads(model_file.read_bytes())
+    (index,) = [i for i, shims in enumerate(msg["shims"]) if shims]
+    msg["shims"][index][0] = srsly.msgpack_dumps({"hf_files": {}})
+    model_file.write_bytes(srsly.msgpack_dumps(msg))
+    with pytest.raises(ValueError, match=r"^\[ContextualTok2Vec\] embedder\.encoder: the serialized encoder holds no "
+                                         r"model files$"):
         spacy.load(tmp_path / "saved")
 
 

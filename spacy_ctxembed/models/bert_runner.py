@@ -490,11 +490,11 @@ class BertShim(EncoderShim):
 
     def from_bytes(self, bytes_data: bytes) -> "BertShim":
         msg = srsly.msgpack_loads(bytes_data)
-        files = msg.get("hf_files") if isinstance(msg, dict) else None
-        if not isinstance(files, dict) or not files:
-            raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
-        with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
-            with named_as_loaded(COMPONENT, self.settings):
+        with named_as_loaded(COMPONENT, self.settings):
+            files = msg.get("hf_files") if isinstance(msg, dict) else None
+            if not isinstance(files, dict) or not files:
+                raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
+            with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
                 self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         if is_copy(self.settings):  # (a component checks its own, where something reads them)

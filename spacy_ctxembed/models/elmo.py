@@ -251,11 +251,12 @@ class ElmoShim(EncoderShim):
 
     def from_bytes(self, bytes_data: bytes) -> "ElmoShim":
         msg = srsly.msgpack_loads(bytes_data)
-        files = msg.get("elmo_files") if isinstance(msg, dict) else None
-        if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
-            raise ValueError(f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
-        with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
-            with named_as_loaded(COMPONENT, self.settings):
+        with named_as_loaded(COMPONENT, self.settings):
+            files = msg.get("elmo_files") if isinstance(msg, dict) else None
+            if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
+                raise ValueError(
+                    f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
+            with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
                 self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         return self

@@ -64,18 +64,20 @@ def _shown(model: Model) -> str:
     return model.name if len(model.name) <= 60 else model.name[:57] + "..."
 
 
-def check_combiner_layers(owner: str, model: EmbedderModel) -> None:
+def check_combiner_layers(owner: str, model: EmbedderModel, *, block: str = "") -> None:
     """ScalarMix's `n_layers`, where given, must be the count the encoder's
     layers select: `init` would size the mix by the encoder anyway, and the
     saved pipeline would then not load. `owner`: who the error names (the
-    component, or the architecture that holds the embedder)."""
+    component, or the architecture that holds the embedder, with the
+    embedder's `block` in it)."""
     encoder, combiner = model.layers
+    setting = f"{block}combiner.n_layers"
     if combiner.has_dim("nL"):
         # (Config text: `n_layers = "3"` was refused as a count other than the layers' 3.)
-        check_int(owner, "combiner.n_layers", combiner.get_dim("nL"), unit="an integer number of layers (or null)")
+        check_int(owner, setting, combiner.get_dim("nL"), unit="an integer number of layers")
     if encoder.has_dim("nL") and combiner.has_dim("nL") and combiner.get_dim("nL") != encoder.get_dim("nL"):
         raise bad_setting(
-            owner, "combiner.n_layers", combiner.get_dim("nL"),
+            owner, setting, combiner.get_dim("nL"),
             f"the encoder's layers select {encoder.get_dim('nL')} layer(s); leave n_layers out (it comes from "
             "the layers)",
         )

@@ -665,7 +665,7 @@ def _check_copy(architecture: str, embedder: EmbedderModel) -> None:
     check_embedder(architecture, "embedder", embedder)
     with named_errors(COPY_NAME, COPY_BLOCK):
         check_encoder_settings(embedder)
-    check_combiner_layers(architecture, embedder)
+    check_combiner_layers(architecture, embedder, block="embedder.")
 
 
 def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> Model:
