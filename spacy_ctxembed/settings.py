@@ -56,11 +56,11 @@ def normalize_layers(component: str, layers: Iterable[int], n_available: int) ->
 
 def warn_repeated_layers(name: str, layers: Sequence[int], resolved: Sequence[int],
                          n_available: Optional[int] = None, *, block: str = "") -> None:
-    """Warn where `layers` selects a layer twice (`resolved`: the model's
-    indices; `[-1, 6]` of a 7-state model is layer 6 twice): that layer's
-    vector then counts twice, concatenated twice or weighted double in a
-    mean or a mix. A warning, not an error: pipelines saved so keep loading.
-    `name`, `block`: who the warning speaks for (`torch_bridge.checked_as`)."""
+    """Warn where `layers` selects a layer more than once (`resolved`: the
+    model's indices; `[-1, 6]` of a 7-state model is layer 6 twice): that
+    layer's vector then counts more than once, concatenated again or weighted
+    more in a mean or a mix. A warning, not an error: pipelines saved so keep
+    loading. `name`, `block`: who the warning speaks for (`checked_as`)."""
     for j, layer in enumerate(resolved):
         if layer in resolved[:j]:
             first = layers[list(resolved).index(layer)]
