@@ -69,7 +69,7 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     warn_repeated_layers(COMPONENT, settings["layers"], settings["layers"])
     # Initialized (trained again, say after an edit was refused): what loaded
     # bytes held is no longer what anything was trained on (`FromConfig.saved`).
-    model.attrs["settings"] = FromConfig(_settings(model))
+    model.attrs["settings"] = FromConfig(settings)
 
 
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
