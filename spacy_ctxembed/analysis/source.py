@@ -25,7 +25,13 @@ from thinc.api import Config
 from ..errors import first_line
 from ..models.legacy import V1_DEFAULTS
 from ..models.torch_bridge import encoder_shim
-from ..pipeline.build import initialize_built, is_folder_without_pipeline, leave_out_untrained, untrained_components
+from ..pipeline.build import (
+    NOT_A_PIPELINE,
+    initialize_built,
+    is_folder_without_pipeline,
+    leave_out_untrained,
+    untrained_components,
+)
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
 
@@ -124,7 +130,7 @@ class PipelineSource:
     def _load_saved(self) -> Language:
         if is_folder_without_pipeline(cast(str, self.model)):
             instead = "--config" if self.option == "--model" else self.option
-            raise AnalysisInputError(f"{self.option} {self.model}: not a saved spaCy pipeline (no config.cfg); to "
+            raise AnalysisInputError(f"{self.option} {self.model}: {NOT_A_PIPELINE}; to "
                                      f"analyse a model's directory, give {instead} a config whose ctxembed "
                                      "component names it")
         try:

@@ -5,7 +5,7 @@ from typing import Optional, Union
 from spacy.language import Language
 from thinc.api import Config
 
-from ..pipeline.build import NoContextualEmbedder, is_folder_without_pipeline, load_pipeline
+from ..pipeline.build import NOT_A_PIPELINE, NoContextualEmbedder, is_folder_without_pipeline, load_pipeline
 from .errors import PipelineError, UsageError, short_message
 
 
@@ -28,7 +28,7 @@ def refuse_folder_without_pipeline(model: Optional[str], hint: str = "") -> None
     """--model must name a saved pipeline: spaCy's own error for a folder or a
     file that is not one names meta.json, which a pipeline need not have."""
     if model is not None and is_folder_without_pipeline(model):
-        raise UsageError(f"--model {model}: not a saved spaCy pipeline (no config.cfg){hint}")
+        raise UsageError(f"--model {model}: {NOT_A_PIPELINE}{hint}")
 
 
 def require_gpu(gpu_id: int) -> None:

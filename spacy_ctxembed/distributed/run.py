@@ -33,7 +33,7 @@ from thinc.api import Config
 from ..about import __version__
 from ..errors import first_line
 from ..fileio import fsync_dir, model_identity, read_json, write_atomic, write_json
-from ..pipeline.build import check_writes_vectors
+from ..pipeline.build import NOT_A_PIPELINE, check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
 from .extra import require_ray_extra
@@ -202,7 +202,7 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
                 raise ValueError(f"embed_corpus: model = {model!r}: no such directory or installed pipeline package")
             return
         if not (path / "config.cfg").is_file():
-            raise ValueError(f"embed_corpus: model = {model!r}: not a saved spaCy pipeline (no config.cfg)")
+            raise ValueError(f"embed_corpus: model = {model!r}: {NOT_A_PIPELINE}")
         config_text = (path / "config.cfg").read_text(encoding="utf8")
     if config_text is None:
         return  # the default pipeline

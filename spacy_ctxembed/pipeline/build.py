@@ -51,6 +51,10 @@ def load_pipeline(
     return nlp
 
 
+#: What `is_folder_without_pipeline` refuses, as each caller's own error says it.
+NOT_A_PIPELINE = "not a saved spaCy pipeline (no config.cfg)"
+
+
 def is_folder_without_pipeline(model: str) -> bool:
     """Whether `model` (a `--model`) is a folder that holds no saved pipeline (no
     config.cfg): a Hugging Face model's directory, say, for which spaCy's error
