@@ -2,7 +2,9 @@
 import contextlib
 import math
 import re
-from typing import Any, Iterable, Iterator, Optional
+import warnings
+from contextvars import ContextVar
+from typing import Any, Iterable, Iterator, Optional, Tuple
 
 #: The prefix a layer uses before it knows the component instance it serves: the factory name.
 _PREFIX = re.compile(r"^\[(ctxembed_bert|ctxembed_elmo|ctxembed_from_trf)\]")
@@ -32,6 +34,12 @@ class NonFiniteOutputs(ValueError):
     """A model gave nan or inf for some token: its vectors are refused, not written."""
 
 
+#: The component instance whose entry point runs now (`named_errors`), for the
+#: warnings of its layers (`warn`). A context variable: each thread (and each
+#: asyncio task) sees its own, and a call that is not inside one sees None.
+_NAMED: ContextVar[Optional[Tuple[str, str]]] = ContextVar("spacy_ctxembed_named", default=None)
+
+
 @contextlib.contextmanager
 def named_errors(name: str, block: str = "") -> Iterator[None]:
     """Re-raise errors of the layers inside a component with the instance's name.
@@ -41,16 +49,32 @@ def named_errors(name: str, block: str = "") -> Iterator[None]:
     entry points (initialize, loading, the first call) in this, so that
     `name="bert_a"` reads `[bert_a] ...`. `block`: what the setting's name is
     inside (`embedder.encoder.` for an embedder's copy: `[ContextualTok2Vec]
-    embedder.encoder.window = 0`).
+    embedder.encoder.window = 0`). The layers' warnings (`warn`) are named so too.
     """
+    token = _NAMED.set((name, block))
     try:
         yield
     except ValueError as err:
         message = str(err)
         if not _PREFIX.match(message):
             raise
-        renamed = type(err)(_PREFIX.sub(f"[{name}]", message, count=1).replace(f"[{name}] ", f"[{name}] {block}", 1))
-        raise renamed.with_traceback(err.__traceback__) from None
+        raise type(err)(_renamed(message, name, block)).with_traceback(err.__traceback__) from None
+    finally:
+        _NAMED.reset(token)
+
+
+def warn(message: str, *, stacklevel: int = 2) -> None:
+    """`warnings.warn` for a layer, whose message names the factory: inside a
+    component's `named_errors`, the instance, as its errors are (two
+    components then warn apart, where Python's filter showed one message)."""
+    named = _NAMED.get()
+    if named is not None and _PREFIX.match(message):
+        message = _renamed(message, *named)
+    warnings.warn(message, stacklevel=stacklevel + 1)
+
+
+def _renamed(message: str, name: str, block: str) -> str:
+    return _PREFIX.sub(f"[{name}]", message, count=1).replace(f"[{name}] ", f"[{name}] {block}", 1)
 
 
 def check_int(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from .about import __version__
+from .errors import SettingError
 
 
 def umask() -> int:
@@ -78,19 +79,20 @@ SERIALIZED = "<serialized encoder>"
 
 
 @contextlib.contextmanager
-def unpacked(files: Dict[str, bytes], component: str, *, copy: bool = False) -> Iterator[Path]:
+def unpacked(files: Dict[str, bytes], component: str, *, setting: str = "model", copy: bool = False) -> Iterator[Path]:
     """A serialized encoder's files in a temporary directory, to load from.
 
     A loading error names `SERIALIZED` instead of the temporary path, and says
     where such bytes come from: a ctxembed component's `model`, or the model
     of a component that `replace_listeners` gave its own copy of the encoder
     (a tagger's, say), whose loading spaCy does not name; the latter alone
-    where the encoder is known to be such a `copy`.
+    where the encoder is known to be such a `copy`. `component`, `setting`:
+    who and what its own errors name (`torch_bridge.saved_as`).
     """
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in files.items():
             if Path(name).name != name or name in (".", ".."):
-                raise ValueError(f"[{component}] model: refusing to unpack {name!r}")
+                raise SettingError(f"[{component}] {setting}: refusing to unpack {name!r}")
             (Path(tmp) / name).write_bytes(data)
         try:
             yield Path(tmp)

@@ -6,7 +6,7 @@ import srsly
 from thinc.api import Model
 from thinc.model import deserialize_attr, serialize_attr
 
-from .errors import bad_setting
+from .errors import bad_setting, warn
 
 
 def layers_as_given(layers: Any) -> Any:
@@ -67,9 +67,8 @@ def warn_repeated_layers(name: str, layers: Sequence[int], resolved: Sequence[in
             named = (f"{first} and {layers[j]} both select layer {layer} (the model has {n_available} layers, "
                      "counting its embedding (token) layer as 0)" if first != layers[j]
                      else f"{layers[j]} is given more than once")
-            warnings.warn(f"[{name}] {block}layers = {list(layers)}: {named}, so its vector counts more than once "
-                          "(concatenated again, or weighted more in a mean or a mix); select each layer once",
-                          stacklevel=2)
+            warn(f"[{name}] {block}layers = {list(layers)}: {named}, so its vector counts more than once "
+                 "(concatenated again, or weighted more in a mean or a mix); select each layer once")
             return
 
 

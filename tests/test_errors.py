@@ -43,6 +43,27 @@ def test_wrong_types_are_caught_by_spacys_config_validation(config, pattern):
         _add(config, name="bert_a")
 
 
+def test_a_models_warnings_name_the_component_instance(tiny_bert_dir):
+    """A layer selected twice is found by the encoder, which knows only its
+    factory's name: two components so set gave one `[ctxembed_bert]` warning
+    under Python's default filter. Each names itself, as its errors do; the
+    naming ends with the component's call (a third, initialized outside any,
+    is the factory's)."""
+    nlp = spacy.blank("en")
+    for name in ("bert_a", "bert_b"):
+        nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=str(tiny_bert_dir), layers=[1, 1]))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("default")
+        nlp.initialize()
+        from spacy_ctxembed.models.bert_runner import BertRunner
+        from spacy_ctxembed.models.hf_loading import load_encoder
+
+        BertRunner(load_encoder(tiny_bert_dir, component="ctxembed_bert"), {**nlp.get_pipe("bert_a").encoder.shims[
+            0].settings})
+    said = [str(w.message).split(":")[0] for w in record if "more than once" in str(w.message)]
+    assert said == ["[bert_a] layers = [1, 1]", "[bert_b] layers = [1, 1]", "[ctxembed_bert] layers = [1, 1]"]
+
+
 def test_layer_out_of_range_at_initialize(minilm_dir):
     nlp = _add({"layers": [0, 7], "name": minilm_dir})
     with pytest.raises(SettingError, match=r"layers = \[0, 7\].*index 7 is out of range.*-7 \.\. 6"):
@@ -355,13 +376,21 @@ def test_a_copy_whose_embedder_is_not_an_embedder_is_refused(architecture):
         registry.architectures.get(f"spacy-ctxembed.{architecture}")(embedder=encoder, width=8)
 
 
-def _tagger_over_a_copy(tiny_bert_dir, **encoder):
-    """A tagger (named pos) over a ContextualTok2Vec.v3 copy of an embedder, initialized."""
+def _tagger_over_a_copy(tiny_bert_dir, *, elmo_dir=None, **encoder):
+    """A tagger (named pos) over a ContextualTok2Vec.v3 copy of an embedder, initialized:
+    of BERT, or with `elmo_dir` of the ELMo fixture written there."""
     from spacy.training import Example
 
+    if elmo_dir is None:
+        block = {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": str(tiny_bert_dir)}
+    else:
+        from .elmo_fixture import write_elmo_fixture
+
+        options, weights = write_elmo_fixture(elmo_dir)
+        block = {"@architectures": "spacy-ctxembed.ElmoEncoder.v3", "options_file": str(options),
+                 "weight_file": str(weights)}
     embedder = {"@architectures": "spacy-ctxembed.Embedder.v2", "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"},
-                "encoder": {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": str(tiny_bert_dir),
-                            "layers": [1, 2], **encoder}}
+                "encoder": {**block, "layers": [1, 2], **encoder}}
     nlp = spacy.blank("en")
     nlp.add_pipe("tagger", name="pos", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
         "@architectures": "spacy-ctxembed.ContextualTok2Vec.v3", "width": 16, "embedder": embedder}}})
@@ -399,18 +428,58 @@ def test_a_saved_copy_edited_to_a_window_its_model_cannot_take_names_the_copy(ti
         spacy.load(tmp_path / "saved")
 
 
-def test_a_saved_copy_whose_bytes_hold_no_model_files_names_the_copy(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("elmo, damage, pattern", [
+    (False, "empty", r": the serialized encoder holds no model files$"),
+    (True, "empty", r": the serialized biLM does not hold options\.json \+ weights\.hdf5$"),
+    (False, "escaping", r": refusing to unpack '\.\./x'$"),
+    (True, "options", r" = '<serialized encoder>/options\.json': "),
+], ids=["bert-empty", "elmo-empty", "bert-escaping", "elmo-options"])
+def test_a_saved_copys_damaged_bytes_name_the_copy(tiny_bert_dir, tmp_path, elmo, damage, pattern):
+    """Errors in a copy's saved bytes name the copy's block (what the tagger
+    saved), not `[ctxembed_bert] model` of a component that is not there, nor
+    a `model` setting of the block, which has none."""
     import srsly
 
-    _tagger_over_a_copy(tiny_bert_dir).to_disk(tmp_path / "saved")
+    _tagger_over_a_copy(tiny_bert_dir, elmo_dir=tmp_path / "elmo" if elmo else None).to_disk(tmp_path / "saved")
     model_file = tmp_path / "saved" / "pos" / "model"
     msg = srsly.msgpack_loads(model_file.read_bytes())
     (index,) = [i for i, shims in enumerate(msg["shims"]) if shims]
-    msg["shims"][index][0] = srsly.msgpack_dumps({"hf_files": {}})
+    saved = srsly.msgpack_loads(msg["shims"][index][0])
+    files = saved["elmo_files" if elmo else "hf_files"]
+    if damage == "empty":
+        files.clear()
+    elif damage == "escaping":
+        files["../x"] = b""
+    else:
+        files["options.json"] = b"{not json"
+    msg["shims"][index][0] = srsly.msgpack_dumps(saved)
     model_file.write_bytes(srsly.msgpack_dumps(msg))
-    with pytest.raises(ValueError, match=r"^\[ContextualTok2Vec\] embedder\.encoder: the serialized encoder holds no "
-                                         r"model files$"):
+    with pytest.raises(ValueError, match=r"^\[ContextualTok2Vec\] embedder\.encoder" + pattern):
         spacy.load(tmp_path / "saved")
+
+
+@pytest.mark.parametrize("elmo", [False, True], ids=["bert", "elmo"])
+def test_a_components_damaged_bytes_name_its_model(tiny_bert_dir, tmp_path, elmo):
+    """The same errors of a component's own bytes name the instance's `model`."""
+    import srsly
+
+    if elmo:
+        from .elmo_fixture import write_elmo_fixture
+
+        options, weights = write_elmo_fixture(tmp_path)
+        factory, config = "ctxembed_elmo", ctx_config(options_file=str(options), weight_file=str(weights))
+    else:
+        factory, config = "ctxembed_bert", ctx_config(name=str(tiny_bert_dir))
+    nlp = spacy.blank("en")
+    nlp.add_pipe(factory, name="emb_a", config=config)
+    nlp.initialize()
+    msg = srsly.msgpack_loads(nlp.get_pipe("emb_a").to_bytes())
+    model = srsly.msgpack_loads(msg["model"])
+    (index,) = [i for i, shims in enumerate(model["shims"]) if shims]
+    model["shims"][index][0] = srsly.msgpack_dumps({"elmo_files" if elmo else "hf_files": {}})
+    msg["model"] = srsly.msgpack_dumps(model)
+    with pytest.raises(ValueError, match=r"^\[emb_a\] model: the serialized (encoder|biLM) "):
+        nlp.get_pipe("emb_a").from_bytes(srsly.msgpack_dumps(msg))
 
 
 def test_v1_listener_sizes_are_checked_by_name():

@@ -148,7 +148,7 @@ def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_d
     state) and had a vector that looked whole, not counted in the warning.
     "first" pooling has its first piece, and keeps it."""
     nlp = _with_transformer(tiny_bert_dir, get_spans={"@span_getters": "spacy-transformers.doc_spans.v1"})
-    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling=pooling))
+    nlp.add_pipe("ctxembed_from_trf", name="trf_vectors", config=ctx_config(pooling=pooling))
     nlp.initialize()
     # Words of 3 wordpieces ("word", "##x", "##14") after [CLS] and "a": the cut at the
     # model's length (64 for this model, 512 for MiniLM) falls inside one.
@@ -164,10 +164,10 @@ def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_d
     tokenizer = nlp.get_pipe("transformer").model.tokenizer
     assert 0 < len(pieces[t]) < len(tokenizer.tokenize(doc[t].text))  # the cut is inside it
     first_without = t + 1 if pooling == "first" else t
-    messages = [str(w.message) for w in record if "ctxembed_from_trf" in str(w.message)]
+    messages = [str(w.message) for w in record if "have no wordpiece" in str(w.message)]
     assert len(messages) == 1
-    assert messages[0].startswith(
-        f"[ctxembed_from_trf] {len(doc) - first_without} of {len(doc)} tokens (the first: "
+    assert messages[0].startswith(  # (the instance's name, as its errors give it)
+        f"[trf_vectors] {len(doc) - first_without} of {len(doc)} tokens (the first: "
         f"'{doc[first_without].text}' at {first_without}) have no wordpiece, or only some of theirs")
     assert not doc[first_without].has_vector and not doc._.ctx_vectors[first_without:].any()
     # The tokens with vectors: pooled from their pieces' states, read here from trf_data.

@@ -89,7 +89,7 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     are read by `from_disk`/`from_bytes`, which set the dims without this.
     """
     shim = get_shim(model)
-    with named_as_loaded(COMPONENT, shim.settings):
+    with named_as_loaded(shim.settings):
         check_settings(shim.settings)
         name = shim.settings["name"]
         shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))

@@ -31,7 +31,7 @@ from thinc.api import PyTorchGradScaler, get_torch_default_device
 
 from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
 from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
-from ..errors import bad_setting, check_bool, check_choice, check_int
+from ..errors import SettingError, bad_setting, check_bool, check_choice, check_int
 from ..fileio import unpacked
 from ..pooling import pool_indexed, pooling_index
 from ..settings import check_layers, check_saved_features, normalize_layers, warn_repeated_layers
@@ -51,6 +51,7 @@ from .torch_bridge import (
     checked_as,
     is_copy,
     named_as_loaded,
+    saved_as,
     scaled_optimizer,
     staged,
     swaps_weights,
@@ -480,7 +481,9 @@ class BertShim(EncoderShim):
         self.get_runner().encoder.save(directory)
 
     def load_dir(self, directory: Path) -> None:
-        self.load(load_encoder(Path(directory), component=COMPONENT, setting="model"))
+        # (A copy's folder is only ever its saved bytes, unpacked.)
+        name, setting = saved_as(COMPONENT, self.settings)
+        self.load(load_encoder(Path(directory), component=name, setting=setting))
 
     def to_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -490,11 +493,12 @@ class BertShim(EncoderShim):
 
     def from_bytes(self, bytes_data: bytes) -> "BertShim":
         msg = srsly.msgpack_loads(bytes_data)
-        with named_as_loaded(COMPONENT, self.settings):
+        name, setting = saved_as(COMPONENT, self.settings)
+        with named_as_loaded(self.settings):
             files = msg.get("hf_files") if isinstance(msg, dict) else None
             if not isinstance(files, dict) or not files:
-                raise ValueError(f"[{COMPONENT}] model: the serialized encoder holds no model files")
-            with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
+                raise SettingError(f"[{name}] {setting}: the serialized encoder holds no model files")
+            with unpacked(files, name, setting=setting, copy=is_copy(self.settings)) as directory:
                 self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         if is_copy(self.settings):  # (a component checks its own, where something reads them)

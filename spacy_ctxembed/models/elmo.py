@@ -27,7 +27,7 @@ from spacy.util import registry
 from thinc.api import get_torch_default_device
 
 from ..batching import batches_by_budget, concat_ranges
-from ..errors import bad_setting, check_bool, check_int
+from ..errors import SettingError, bad_setting, check_bool, check_int
 from ..fileio import unpacked
 from ..settings import check_layers, layer_count, layers_as_given, normalize_layers, warn_repeated_layers
 from ..types import DocLayers, EncoderModel
@@ -44,6 +44,7 @@ from .torch_bridge import (
     is_copy,
     named_as_loaded,
     run_encoder,
+    saved_as,
     scaled_optimizer,
     set_loaded_dims,
     staged,
@@ -122,7 +123,7 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     """Read the released files the config names, whatever the shim holds
     (initializing starts from the config; see `bert.init`)."""
     shim = get_shim(model)
-    with named_as_loaded(COMPONENT, shim.settings):
+    with named_as_loaded(shim.settings):
         check_settings(shim.settings)
         paths = []
         for setting in ("options_file", "weight_file"):
@@ -224,10 +225,10 @@ class ElmoShim(EncoderShim):
         return cast(ElmoOptions, self.options)
 
     def load_files(self, options_path: Path, weights_path: Path,
-                   settings: Tuple[str, str] = ("options_file", "weight_file")) -> None:
-        """Load the released pair. settings: what errors name as each file's source."""
-        options = read_options(options_path, component=COMPONENT, setting=settings[0])
-        weights = read_weights(weights_path, options, component=COMPONENT, setting=settings[1])
+                   settings: Tuple[str, str] = ("options_file", "weight_file"), *, component: str = COMPONENT) -> None:
+        """Load the released pair. settings, component: what errors name as each file's source, and whose."""
+        options = read_options(options_path, component=component, setting=settings[0])
+        weights = read_weights(weights_path, options, component=component, setting=settings[1])
         layers = normalize_layers(COMPONENT, self.settings["layers"], 1 + options.n_layers)
         name, block = checked_as(COMPONENT, self.settings)
         warn_repeated_layers(name, self.settings["layers"], layers, 1 + options.n_layers, block=block)
@@ -240,8 +241,11 @@ class ElmoShim(EncoderShim):
         write_files(Path(directory), self.get_options(), self.get_net().export_weights())
 
     def load_dir(self, directory: Path) -> None:
-        # A saved pipeline's files: its config's options_file/weight_file are not read.
-        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE, ("model", "model"))
+        # A saved pipeline's files: its config's options_file/weight_file are not
+        # read. (A copy's folder is only ever its saved bytes, unpacked.)
+        name, setting = saved_as(COMPONENT, self.settings)
+        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE, (setting, setting),
+                        component=name)
 
     def to_bytes(self) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -251,12 +255,13 @@ class ElmoShim(EncoderShim):
 
     def from_bytes(self, bytes_data: bytes) -> "ElmoShim":
         msg = srsly.msgpack_loads(bytes_data)
-        with named_as_loaded(COMPONENT, self.settings):
+        name, setting = saved_as(COMPONENT, self.settings)
+        with named_as_loaded(self.settings):
             files = msg.get("elmo_files") if isinstance(msg, dict) else None
             if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
-                raise ValueError(
-                    f"[{COMPONENT}] model: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
-            with unpacked(files, COMPONENT, copy=is_copy(self.settings)) as directory:
+                raise SettingError(
+                    f"[{name}] {setting}: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
+            with unpacked(files, name, setting=setting, copy=is_copy(self.settings)) as directory:
                 self.load_dir(directory)
         check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
         return self

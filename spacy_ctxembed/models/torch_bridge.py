@@ -12,7 +12,21 @@ import contextlib
 from abc import ABCMeta, abstractmethod
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ContextManager,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    cast,
+)
 
 import numpy
 import torch
@@ -68,26 +82,22 @@ def checked_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
     return (COPY_NAME, COPY_BLOCK) if is_copy(settings) else (component, "")
 
 
-@contextlib.contextmanager
-def named_as_loaded(component: str, settings: Dict[str, Any]) -> Iterator[None]:
+def saved_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
+    """(the name, the setting) that errors in a shim's saved bytes (`from_bytes`)
+    speak of: a component's `model`, or for a copy (`is_copy`) the copy's block
+    itself (`[ContextualTok2Vec] embedder.encoder`), which is what the listening
+    component saved."""
+    return (COPY_NAME, COPY_BLOCK.rstrip(".")) if is_copy(settings) else (component, "model")
+
+
+def named_as_loaded(settings: Dict[str, Any]) -> ContextManager[None]:
     """Errors of loading an encoder (`init`, `from_bytes`) named as `checked_as`
     says: a copy's went out under its component's factory name (`[ctxembed_bert]
-    layers = [9]`), which the listening component that initializes or loads it
+    window = 0`), which the listening component that initializes or loads it
     (a tagger) does not rename, naming a component that may not be there. A
-    component's `model` (its saved bytes) is, in a copy, the block itself."""
-    if not is_copy(settings):
-        yield
-        return
-    saved_bytes = f"[{COPY_NAME}] {COPY_BLOCK}model"
-    try:
-        with named_errors(COPY_NAME, COPY_BLOCK):
-            yield
-    except ValueError as err:
-        message = str(err)
-        if not message.startswith(saved_bytes):
-            raise
-        renamed = f"[{COPY_NAME}] {COPY_BLOCK.rstrip('.')}{message[len(saved_bytes):]}"
-        raise type(err)(renamed).with_traceback(err.__traceback__) from None
+    component's own encoder: its `named_errors` names them (and its warnings).
+    (Errors in the saved bytes are named where they are made, by `saved_as`.)"""
+    return named_errors(COPY_NAME, COPY_BLOCK) if is_copy(settings) else contextlib.nullcontext()
 
 
 def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:

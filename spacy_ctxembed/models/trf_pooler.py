@@ -9,7 +9,6 @@ Its settings come from the config in every path: thinc saves a model's attrs
 with its bytes and puts the saved values back on `from_bytes`, but not these
 (`settings.FromConfig`), as the BERT and ELMo encoders keep theirs in a shim.
 """
-import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy
@@ -19,7 +18,7 @@ from spacy.util import registry
 from thinc.api import Model, torch2xp, xp2torch
 
 from ..alignment import PieceAlignment
-from ..errors import bad_setting, check_choice
+from ..errors import bad_setting, check_choice, warn
 from ..pooling import pool_pieces
 from ..settings import (
     FromConfig,
@@ -210,7 +209,7 @@ def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndar
     unaligned = numpy.flatnonzero(~alignment.covered_tokens() & ~is_space)
     if len(unaligned):
         first = int(unaligned[0])
-        warnings.warn(
+        warn(
             f"[{COMPONENT}] {len(unaligned)} of {len(doc)} tokens (the first: {doc[first].text!r} at "
             f"{first}) have no wordpiece, or only some of theirs, in doc._.trf_data, so no vector: the "
             "transformer's spans were cut at the model's length or left them out, or the tokenizer dropped "
