@@ -12,21 +12,7 @@ import contextlib
 from abc import ABCMeta, abstractmethod
 from functools import partial
 from pathlib import Path
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    ContextManager,
-    Dict,
-    Iterator,
-    List,
-    Optional,
-    Sequence,
-    Tuple,
-    Type,
-    TypeVar,
-    cast,
-)
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
 
 import numpy
 import torch
@@ -90,7 +76,7 @@ def saved_as(component: str, settings: Dict[str, Any]) -> Tuple[str, str]:
     return (COPY_NAME, COPY_BLOCK.rstrip(".")) if is_copy(settings) else (component, "model")
 
 
-def named_as_loaded(settings: Dict[str, Any]) -> ContextManager[None]:
+def named_as_loaded(settings: Dict[str, Any]) -> contextlib.AbstractContextManager[None]:
     """Errors of loading an encoder (`init`, `from_bytes`) named as `checked_as`
     says: a copy's went out under its component's factory name (`[ctxembed_bert]
     window = 0`), which the listening component that initializes or loads it
