@@ -111,3 +111,13 @@ def test_partly_uncovered_against_a_character_loop():
         got = partly_uncovered(text, [s for s, _ in spans], [e for _, e in spans],
                                [a for a, _ in tokens], [b for _, b in tokens])
         assert got.tolist() == expected, (text, spans, tokens)
+
+
+def test_a_piece_of_no_characters_inside_a_token_feeds_nothing():
+    """A byte-level BPE's lone "Ġ" between two spaces has an empty span; inside a
+    token ("New  York", merged) it must feed no token, as the overlap rule says:
+    [ps, pe) and [ts, te) overlap where ts < pe and ps < te, and pe > ps."""
+    starts, ends = [0, 4, 5, 5], [3, 4, 9, 5]  # "New", "" at 4, "York", "" at 5
+    alignment = align_pieces(starts, ends, [0], [9])
+    expected = [(0, p) for p, (ps, pe) in enumerate(zip(starts, ends)) if pe > ps and 0 < pe and ps < 9]
+    assert list(zip(alignment.token_index.tolist(), alignment.piece_index.tolist())) == expected == [(0, 0), (0, 2)]

@@ -83,3 +83,17 @@ def test_gradients_match_finite_differences(combine):
                     numeric.append(loss_of_input(x[0]))
                 model.set_param(name, value)
                 assert grad[i] == pytest.approx((numeric[0] - numeric[1]) / (2 * eps), rel=1e-2, abs=1e-3)
+
+
+def test_scalar_mix_of_large_weights_is_finite():
+    """Softmax of s = (100, 0, -100), in float64 as written: weights (1, 0, 0) to
+    float rounding. exp(100) overflows float32: the mix must not be NaN."""
+    x = numpy.random.default_rng(0).normal(size=(3, 5, 4)).astype("float32")
+    mix = ScalarMix(n_layers=3)
+    mix.initialize()
+    s = numpy.array([100.0, 0.0, -100.0], dtype="f")
+    mix.set_param("s", s)
+    mix.set_param("gamma", numpy.array([0.5], dtype="f"))
+    e = numpy.exp(s.astype("f8") - s.max())
+    expected = 0.5 * numpy.einsum("l,lnh->nh", e / e.sum(), x.astype("f8"))
+    numpy.testing.assert_allclose(mix.predict([x])[0], expected, rtol=1e-6, atol=1e-7)

@@ -867,3 +867,23 @@ def test_a_mark_at_a_span_start_or_at_the_cut_is_read_as_the_offsets_say(tmp_pat
 def _cut_quietly(nlp, text):
     with pytest.warns(UserWarning, match=r"have no wordpiece, or only some of theirs"):
         return nlp(text)
+
+
+def test_text_lengths_are_never_negative():
+    """"aa" "a" "aa" written together, and a piece "aaa" over the last "a" of the
+    first, the second, and the first "a" of the third: the shared piece holds
+    one character of the middle token. Matched by its letters, repeated across
+    the joins, the count may be off (documented), but a count of characters
+    is never below zero."""
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.alignment import PieceAlignment
+    from spacy_ctxembed.trf_alignment import AlignedPieces, text_lengths
+
+    doc = Doc(spacy.blank("en").vocab, words=["aa", "a", "aa"], spaces=[False, False, False])
+    # token 0 <- pieces 0, 1; token 1 <- piece 1; token 2 <- pieces 1, 2
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1, 1, 1, 2]), numpy.array([2, 1, 2]), n_pieces=3)
+    pieces = AlignedPieces.of(alignment, [["a", "##aaa", "##a"]], 3)
+    lengths = text_lengths(doc, alignment, pieces)
+    assert lengths is not None and len(lengths) == 5
+    assert (lengths >= 0).all() and (lengths <= numpy.array([1, 3, 3, 3, 1])).all()

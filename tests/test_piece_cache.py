@@ -508,3 +508,37 @@ def test_hash_table_finds_each_snapshots_keys_and_no_others(batches, absent):
         assert found.tolist() == [expected.get(k, -1) for k in queries.tolist()]
         size = len(earlier.table_keys)
         assert size == 0 or (size & (size - 1) == 0 and size >= 2 * earlier.n)
+
+
+def test_a_clashing_key_never_takes_a_longer_chunks_pieces(tokenizer, nlp, monkeypatch):
+    """Every chunk under one key, and the one entry cached is a chunk of two
+    tokens ("park."): a later chunk of its first token alone ("park") must not
+    take its pieces."""
+    monkeypatch.setattr(piece_cache, "chunk_keys", lambda orths, starts, lengths: numpy.zeros(len(starts), "uint64"))
+    pieces = Wordpieces(tokenizer)
+    first = [nlp.make_doc("park.")]
+    _assert_as_transformers(tokenizer, first, pieces.of_docs(first))
+    assert len(pieces.chunks) == 1
+    later = [nlp.make_doc("park"), nlp.make_doc("park park.")]
+    for _ in range(2):
+        _assert_as_transformers(tokenizer, later, pieces.of_docs(later))
+
+
+def test_a_piece_that_takes_in_the_space_after_its_chunk_switches_the_cache_off(nlp, monkeypatch):
+    """A pre-tokenizer that keeps each space with the word before it ("a " "b"),
+    and a vocabulary without "## ": WordPiece makes "a " one "[UNK]" over
+    characters [0, 2), the space included, where "a" alone is the piece "a".
+    Joined chunks show it: the cache is switched off, and whole texts give the
+    tokenizer's own pieces."""
+    from tokenizers import pre_tokenizers
+
+    from spacy_ctxembed.models import wordpieces
+
+    monkeypatch.setattr(wordpieces, "splits_at_spaces", lambda backend: True)
+    tokenizer = _wordpiece_tokenizer(None, pre_tokenizers.Split(" ", behavior="merged_with_previous"))
+    assert tokenizer(["a b"], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"][0][0] == (0, 2)
+    docs = [nlp.make_doc("a b"), nlp.make_doc("a"), nlp.make_doc("b a")]
+    pieces = Wordpieces(tokenizer)
+    for _ in range(2):
+        _assert_as_transformers(tokenizer, docs, pieces.of_docs(docs))
+    assert pieces.chunks is None

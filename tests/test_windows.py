@@ -91,3 +91,46 @@ def test_run_windows_are_each_docs_windows_in_order(counts, window, data):
 def test_run_windows_check_their_settings():
     with pytest.raises(ValueError, match="stride"):
         plan_run_windows(numpy.array([3]), 4, 5, lambda d: None)
+
+
+def _least_context(left, right, window, cut):
+    """The least context (pieces on the nearer side, in its window) of a piece in
+    the overlap of windows at `left` and `right`, cut before `cut`."""
+    return min(min(p - start, start + window - 1 - p)
+               for p in range(right, left + window) for start in [left if p < cut else right])
+
+
+def test_each_cut_gives_the_overlap_the_most_context_its_allowed_cuts_can():
+    """Against the rule, brute force: of the allowed cuts in an overlap (its
+    pieces and the piece just past it), the one taken leaves the overlap's
+    least-served piece as much context as any other would. (Where two allowed
+    cuts lie equally far from the middle, they are not equally good: the cut
+    before the middle gives one piece more context.)"""
+    rng = numpy.random.default_rng(0)
+    checked = 0
+    for _ in range(3000):
+        window = int(rng.integers(2, 24))
+        stride = int(rng.integers(1, window + 1))
+        n = int(rng.integers(window + 1, 4 * window))
+        may_cut = rng.random(n) < rng.uniform(0.05, 0.6)
+        windows = plan_windows(n, window, stride, may_cut)
+        for k, (left, right) in enumerate(zip(windows, windows[1:])):
+            low, high = right.start, left.start + window  # the overlap [low, high), a cut in [low, high]
+            allowed = [c for c in range(low, high + 1) if c < n and may_cut[c]]
+            chained = (k > 0 and windows[k - 1].end > low) or (k + 2 < len(windows) and windows[k + 2].start < high)
+            if low == high or not allowed or chained:
+                continue  # (no overlap, no allowed cut, or overlaps that chain: a cut there depends on its neighbours)
+            least = [_least_context(left.start, right.start, window, cut) for cut in [right.own_start, *allowed]]
+            assert least[0] == max(least[1:]), (n, window, stride, k)
+            checked += 1
+    assert checked > 500
+
+
+def test_a_cut_between_two_allowed_cuts_equally_far_from_the_middle():
+    # Windows [0, 10) and [5, 15): the middle cut is before piece 8; cuts are
+    # allowed before 6 and 10 only. Before 6, pieces 6 and 7 go to the second
+    # window (context 1 and 2); before 10, pieces 8 and 9 stay in the first (1 and 0).
+    may_cut = numpy.zeros(15, dtype=bool)
+    may_cut[[0, 6, 10]] = True
+    windows = plan_windows(15, 10, 5, may_cut)
+    assert [(w.own_start, w.own_end) for w in windows] == [(0, 6), (6, 15)]
