@@ -89,6 +89,21 @@ def test_a_layer_given_twice_is_warned_of(tiny_bert_dir):
                                          r"its vector counts more than once"):
         nlp = _trf_nlp(tiny_bert_dir, True, layers=[1, 1], combine="concat")
     assert nlp(TEXT)._.ctx_vectors.shape[1] == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (said once, at initialize: not again at the first doc)
+        nlp(TEXT)
+
+
+def test_one_layer_named_twice_is_warned_of_at_the_first_doc(tiny_bert_dir):
+    """`[-1, 2]` of the upstream's 3 hidden states is layer 2 twice: its depth is
+    known from its outputs only, so this is said at the first doc."""
+    nlp = _trf_nlp(tiny_bert_dir, True, layers=[-1, 2], combine="concat")
+    with pytest.warns(UserWarning, match=r"^\[ctxembed_from_trf\] layers = \[-1, 2\]: -1 and 2 both select layer 2 "
+                                         r"\(the model has 3 layers, counting its embedding \(token\) layer as 0\)"):
+        nlp(TEXT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _trf_nlp(tiny_bert_dir, True, layers=[-1, 1], combine="concat")(TEXT)
 
 
 def test_the_width_comes_from_the_last_transformer_before_the_component(tiny_bert_dir, minilm_dir):

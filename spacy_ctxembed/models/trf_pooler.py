@@ -64,7 +64,8 @@ def _settings(model: EncoderModel) -> dict:
 def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     settings = _settings(model)
     check_settings(settings)
-    # (As written: the upstream's depth, which `[-1, 12]` may name twice, is known from its outputs only.)
+    # (As written: the upstream's depth, which `[-1, 12]` may name twice, is known
+    # from its outputs only, and said at the first doc: `_select_layers`.)
     warn_repeated_layers(COMPONENT, settings["layers"], settings["layers"])
     # Initialized (trained again, say after an edit was refused): what loaded
     # bytes held is no longer what anything was trained on (`FromConfig.saved`).
@@ -221,7 +222,11 @@ def _warn_if_unaligned(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndar
 def _select_layers(layers: List[int], output) -> list:
     hidden_states: Optional[tuple] = output.get("hidden_states") if hasattr(output, "get") else None
     if hidden_states:
-        return [hidden_states[i] for i in normalize_layers(COMPONENT, layers, len(hidden_states))]
+        resolved = normalize_layers(COMPONENT, layers, len(hidden_states))
+        if len(set(layers)) == len(layers):  # (one given twice as written was said at `init`)
+            # The upstream's depth is known here only: `[-1, 12]` of 13 states is one layer twice.
+            warn_repeated_layers(COMPONENT, layers, resolved, len(hidden_states))
+        return [hidden_states[i] for i in resolved]
     if list(layers) != [-1]:
         raise bad_setting(
             COMPONENT,
