@@ -922,3 +922,114 @@ def test_a_docbin_input_is_hashed_from_the_bytes_its_docs_are_read_from(tmp_path
     inp = open_input(str(path))
     assert inp.sha256 == hashlib.sha256(original).hexdigest()
     assert [doc.text for doc in inp.doc_bin.get_docs(nlp.vocab)] == [text for text in LINES if text.strip()]
+
+
+def test_resume_after_several_committed_shards_carries_on_after_the_last(tmp_path, corpus, pipeline, monkeypatch):
+    """Two shards committed before the interrupt: the resumed run starts after the
+    second's last line (the other resume tests commit one shard, the first and
+    the last at once)."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "npy", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    commit = Run.commit
+
+    def interrupted(self, shard):
+        if len(self.committed.shards) == 2:
+            raise KeyboardInterrupt()
+        commit(self, shard)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "commit", interrupted)
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 4 docs kept from the interrupted run; wrote 7 docs")
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+    got, ref = manifest_of(tmp_path / "out"), manifest_of(tmp_path / "ref")
+    for key in ("created", "run"):
+        got.pop(key), ref.pop(key)
+    assert got == ref
+    for name in ("vectors.npy", "docs.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+
+def test_resume_redoes_a_shard_whose_docs_file_was_cut_behind_its_ledger_line(tmp_path, corpus, pipeline,
+                                                                              monkeypatch):
+    """The ledger says shard 0 is committed, but docs.jsonl lost its end (a disk
+    that did not keep it): the shard is not intact and is redone, never kept
+    with its records missing (and the file padded back to its length with NULs)."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "npy", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    docs = tmp_path / ".out.partial" / "docs.jsonl"
+    docs.write_bytes(docs.read_bytes()[:10])
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "2 docs kept" not in resumed.stderr
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+    assert b"\0" not in (tmp_path / "out" / "docs.jsonl").read_bytes()
+
+
+def _interrupt_after_commits(monkeypatch, n, *, in_commit=False):
+    """KeyboardInterrupt once `n` shards are committed: at the next commit (its
+    files written, its ledger line not), or with `in_commit` as the n-th commit
+    returns (its ledger line durable, nothing written after it)."""
+    commit = Run.commit
+
+    def interrupted(self, shard):
+        if in_commit and len(self.committed.shards) == n - 1:
+            commit(self, shard)
+            raise KeyboardInterrupt
+        if len(self.committed.shards) == n:
+            raise KeyboardInterrupt
+        commit(self, shard)
+
+    monkeypatch.setattr(Run, "commit", interrupted)
+
+
+def test_an_npy_shard_whose_rows_end_the_vectors_file_is_kept(tmp_path, corpus, pipeline, monkeypatch):
+    """Interrupted as the first shard's ledger line became durable, before any
+    later row was written: vectors.npy ends exactly at that shard's rows, and
+    the shard is intact (the docbin format's own test of this has no npy twin)."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "npy", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after_commits(patch, 1, in_commit=True)
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run")
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+
+
+def test_a_damaged_shard_drops_the_shards_after_it_too(tmp_path, corpus, pipeline, monkeypatch):
+    """Resume carries on after the last kept shard: a damaged first shard with an
+    intact second must not keep the second alone (its lines 1-3 would be lost)."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "docbin", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_after_commits(patch, 2)
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    first = tmp_path / ".out.partial" / "shard-000000.spacy"
+    first.write_bytes(first.read_bytes()[:-1])
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 0 docs kept from the interrupted run; wrote 7 docs")
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+
+
+def test_npy_records_list_every_token_of_their_rows_whitespace_included(tmp_path, pipeline):
+    """A doc's rows start:end are one per token, whitespace tokens (zero rows)
+    included: its record's tokens must be those same tokens, or a reader that
+    pairs tokens with rows shifts every vector after a double space."""
+    lines = ["Two  spaces and\ta tab here.", "Plain words."]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    assert invoke("embed", tmp_path / "in.txt", "-o", tmp_path / "out", "-m", pipeline, "-f", "npy").exit_code == 0
+    nlp = spacy.load(pipeline)
+    records = [json.loads(line) for line in (tmp_path / "out" / "docs.jsonl").read_text("utf8").splitlines()]
+    assert any(t.is_space for t in nlp.make_doc(lines[0]))  # the premise
+    for record, text in zip(records, lines):
+        assert record["tokens"] == [t.text for t in nlp.make_doc(text)]
+        assert record["end"] - record["start"] == len(record["tokens"])
+    assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, lines))

@@ -549,3 +549,47 @@ def test_a_utf16_input_is_refused_when_the_run_is_planned(tmp_path, suffix, enco
     (shard,), _ = plan_shards(input_files([str(nul)]), 10)
     rows, rejected = read_shard(shard)
     assert [text for _, text in rows] == ["A line with a NUL \x00 in it, and more text after it."] and not rejected
+
+
+def test_float16_names_the_doc_whose_first_value_overflows():
+    # The first value of a doc lies at the previous doc's end in the flat array:
+    # the doc named must be the one it belongs to, not the one before.
+    docs = _docs(["a b c", "d e"])
+    vectors = [numpy.zeros((3, 5), numpy.float32), numpy.zeros((2, 5), numpy.float32)]
+    vectors[1][0, 0] = 70000.0
+    args = ([7, 8], [d.text for d in docs], [[t.text for t in d] for d in docs],
+            [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
+    with pytest.raises(ValueError, match=r"--float16: doc 8 has a vector value of 70000"):
+        build_table(*args, vectors, dtype="float16")
+
+
+def test_a_slice_of_a_table_rebuilds_its_own_rows():
+    docs = _docs(["a b c", "d e", "f g h i"])
+    table, vectors = _table_for(docs, [0, 1, 2])
+    vocab = spacy.blank("en").vocab
+    for part, ids in ((table.slice(1, 2), [1, 2]), (table.slice(2, 1).to_batches()[0], [2])):
+        rebuilt = list(docs_from_table(part, vocab))
+        assert [doc.user_data["doc_id"] for doc in rebuilt] == ids
+        for doc, doc_id in zip(rebuilt, ids):
+            assert doc.text == docs[doc_id].text
+            numpy.testing.assert_array_equal(doc._.ctx_vectors, vectors[doc_id])
+
+
+def test_a_shard_file_of_another_plan_with_the_same_first_row_is_not_committed(tmp_path):
+    # (A run planned with another shard size: shard 0 starts at row 0 in both plans.)
+    from .test_distributed_files import _plan_and_write
+
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
+    assert set(committed(out, shards)) == {0, 1}
+    replanned, _ = plan_shards(input_files([str(tmp_path / "in.txt")]), 3)
+    assert replanned[0].first_id == shards[0].first_id and replanned[0].n_rows != shards[0].n_rows
+    assert committed(out, replanned) == {}
+
+
+def test_a_doc_whose_vectors_are_of_another_width_is_refused():
+    docs = _docs(["a b c", "d e"])
+    vectors = [numpy.zeros((3, 5), numpy.float32), numpy.zeros((2, 4), numpy.float32)]
+    args = ([0, 1], [d.text for d in docs], [[t.text for t in d] for d in docs],
+            [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
+    with pytest.raises(ValueError, match=r"doc 1: vectors of shape \(2, 4\) for 2 tokens of width 5"):
+        build_table(*args, vectors)

@@ -1,4 +1,5 @@
 """ctxembed_elmo against the float64 NumPy reference, and its contract."""
+import copy
 import pickle
 import shutil
 
@@ -6,16 +7,18 @@ import h5py
 import numpy
 import pytest
 import spacy
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.models.elmo_chars import char_ids, distinct_words, sentence_char_ids
-from spacy_ctxembed.models.elmo_weights import ElmoFileError
+from spacy_ctxembed.models.elmo_net import BiLstm
+from spacy_ctxembed.models.elmo_weights import ElmoFileError, read_options, read_weights
 
 from .conftest import ctx_config
-from .elmo_fixture import write_elmo_fixture
+from .elmo_fixture import SMALL, write_elmo_fixture
 from .elmo_reference import ReferenceElmo
 from .elmo_reference import char_ids as reference_char_ids
 from .packaging import assert_packages_and_loads
@@ -389,3 +392,85 @@ def test_each_docs_output_owns_its_memory(nlp_elmo):
         for doc, out in zip(docs, outputs):
             assert out.shape == (3, len(doc), 16) and out.is_contiguous()
             assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+
+
+@pytest.mark.parametrize("lstm, cnn", [({"cell_clip": 2.0, "proj_clip": 0.5}, {}), ({}, {"activation": "tanh"})],
+                         ids=["clips-differ", "tanh"])
+def test_options_the_fixture_leaves_at_one_value_match_the_reference(tmp_path, lstm, cnn):
+    # The fixture's cell_clip and proj_clip are both 3 and its activation relu (as
+    # the released files'): a biLM that clipped the cell state with proj_clip (or
+    # the projection with cell_clip), or that ignored `activation`, passed every test.
+    options = copy.deepcopy(SMALL)
+    options["lstm"].update(lstm)
+    options["char_cnn"].update(cnn)
+    files = write_elmo_fixture(tmp_path / "elmo", options)
+    reference = ReferenceElmo(*files)
+    doc = elmo_nlp(files)("a long sentence so that the cell state has time to grow past its clip")
+    expected = reference(_words(doc))
+    if lstm:  # both clips bind
+        assert reference.clipped["cell"] > 0 and reference.clipped["proj"] > 0
+    numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=ATOL, rtol=0)
+
+
+def test_the_bilm_takes_a_batch_in_any_length_order(nlp_elmo, reference):
+    # `embed` hands the biLM its sentences longest first, so its internal sort is
+    # the identity there: a wrong un-sort (the permutation itself instead of its
+    # inverse) went unseen. Shortest first here, and a length tie.
+    net = nlp_elmo.get_pipe("ctxembed_elmo").encoder.shims[0].get_net()
+    sentences = [["x"], ["one", "two"], ["a", "b", "c", "d", "e"], ["p", "q"], ["m", "n", "o", "p"]]
+    wrapped = [sentence_char_ids(words) for words in sentences]
+    lengths = numpy.array([len(w) for w in wrapped])
+    char_ids = numpy.zeros((len(wrapped), lengths.max(), 50), dtype="int64")
+    for row, ids in enumerate(wrapped):
+        char_ids[row, : len(ids)] = ids
+    words, positions = distinct_words(char_ids)
+    with torch.inference_mode():
+        layers = net(torch.from_numpy(words), torch.from_numpy(positions), torch.from_numpy(lengths))
+    got = numpy.stack([layer.numpy() for layer in layers])  # (3, batch, time, 16)
+    for row, words_of_row in enumerate(sentences):
+        numpy.testing.assert_allclose(got[:, row, 1 : 1 + len(words_of_row)], reference(words_of_row),
+                                      atol=ATOL, rtol=0)
+
+
+def test_a_trainable_bilstm_sends_back_the_gradient_of_its_forward_pass(elmo_files):
+    # The trainable biLM's gradient against a float64 central difference of its own
+    # forward pass (which the reference tests check), along random directions: a
+    # path cut from the graph (a skip connection detached, say) still lets every
+    # weight move, so the training tests pass, with a wrong gradient.
+    options = read_options(elmo_files[0], component="t")
+    bilstm = BiLstm(options, read_weights(elmo_files[1], options, component="t"), trainable=True).double()
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([6, 3])
+    shape = (2, 6, options.projection_dim)
+    tokens = torch.randn(shape, generator=generator, dtype=torch.float64) * 0.3
+    real = (torch.arange(6)[None, :] < lengths[:, None])[:, :, None].double()  # padding's outputs are unspecified
+    weights = [torch.randn((2, 6, 2 * options.projection_dim), generator=generator, dtype=torch.float64) * real
+               for _ in range(options.n_layers)]
+
+    def loss(x):
+        return sum((layer * w).sum() for layer, w in zip(bilstm(x, lengths), weights))
+
+    x = tokens.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(loss(x), x)
+    eps = 1e-6
+    for _ in range(3):
+        direction = torch.randn(shape, generator=generator, dtype=torch.float64) * real
+        with torch.no_grad():
+            numeric = (loss(tokens + eps * direction) - loss(tokens - eps * direction)) / (2 * eps)
+        assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-5, abs=1e-7)
+
+
+def test_spans_and_the_doc_around_whitespace_tokens(nlp_elmo):
+    # Whitespace tokens have no vector (zero rows): a span or doc with a word has
+    # one, its vector the mean of its words' rows only; a span of whitespace alone has none.
+    doc = nlp_elmo("Hello   world\n\nagain")
+    assert [t.is_space for t in doc] == [False, True, False, True, False]
+    rows = numpy.asarray(doc._.ctx_vectors, dtype="float64")
+    for start, end in [(0, 2), (1, 3), (0, 5), (1, 4)]:
+        span = doc[start:end]
+        words = [t.i for t in span if not t.is_space]
+        assert span.has_vector
+        numpy.testing.assert_allclose(span.vector, rows[words].mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert not doc[1:2].has_vector and not doc[1:2].vector.any()
+    assert doc.has_vector
+    numpy.testing.assert_allclose(doc.vector, rows[[0, 2, 4]].mean(axis=0), rtol=1e-6, atol=1e-7)

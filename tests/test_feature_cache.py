@@ -299,3 +299,15 @@ def test_a_saved_pipeline_keeps_its_cache_unless_loaded_without(tiny_bert_dir, t
         first, again = nlp(TEXTS[0]), nlp(TEXTS[0])
         assert len(calls) == forwards
         numpy.testing.assert_array_equal(first._.ctx_vectors, again._.ctx_vectors)
+
+
+def test_the_cache_evicts_the_least_recently_read_entry_and_keeps_within_its_bytes():
+    value = numpy.zeros(100, dtype="float32")
+    entry = value.nbytes + ENTRY_OVERHEAD
+    cache = FeatureCache(max_bytes=3 * entry - 1)  # room for two entries, not three
+    cache.put("a", value)
+    cache.put("b", value)
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.put("c", value)
+    assert "b" not in cache and "a" in cache and "c" in cache
+    assert cache.nbytes == 2 * entry <= cache.max_bytes

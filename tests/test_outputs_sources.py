@@ -878,3 +878,16 @@ def test_a_listener_after_a_doc_cleaner_says_its_outputs_were_dropped(vocab, tin
         with pytest.raises(ValueError, match=rf"or (its outputs|they) were dropped before this component "
                                              rf"\(doc\._\.{key} = None: a doc_cleaner before it, to move after it\)"):
             nlp(TEXT)
+
+
+def test_a_static_vector_with_zeros_in_it_is_still_another_space(tiny_bert_dir):
+    # A static vector is compared with a contextual one nowhere: also where some
+    # of its values are 0 (only a vector of all zeros is "no vector", as spaCy).
+    static = _pipeline(spacy.blank("en").vocab, tiny_bert_dir,
+                       ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    static.vocab.set_vector("Apple", numpy.arange(32, dtype="float32"))  # its first value is 0
+    doc = static(TEXT)
+    with pytest.raises(ValueError, match="different spaces"):
+        doc[0].similarity(static.vocab["Apple"])
+    with pytest.raises(ValueError, match="different spaces"):
+        doc[0].similarity(static.make_doc(TEXT)[0])

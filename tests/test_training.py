@@ -662,3 +662,16 @@ def test_a_trainable_int8_encoder_is_refused_at_its_first_update(tiny_bert_dir):
     losses = frozen.update(examples, sgd=frozen.resume_training())
     assert losses["tagger"] > 0
     numpy.testing.assert_array_equal(frozen("I ran to the park")._.ctx_vectors, before)
+
+
+def test_a_listener_refuses_a_training_batch_other_than_its_upstreams(tiny_bert_dir):
+    """In training the listener hands on the outputs its upstream sent for its batch:
+    a component updated on other docs would otherwise learn from another batch's
+    features, silently."""
+    nlp, examples = _pipeline(tiny_bert_dir)
+    nlp.get_pipe("ctxembed_bert").update(examples)  # sends the listener this batch's outputs
+    tagger = nlp.get_pipe("tagger").model
+    with pytest.raises(ValueError, match=r"mismatched batch .* ran on other docs than this component"):
+        tagger.begin_update([nlp.make_doc("Other words")])
+    outputs, _ = tagger.begin_update([eg.predicted for eg in examples])  # its own batch: fine
+    assert outputs[0].shape[0] == len(WORDS)
