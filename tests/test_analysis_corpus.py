@@ -186,3 +186,20 @@ def test_a_corpus_made_from_a_list_of_texts_numbers_them():
     assert [d.text for d in corpus.docs(nlp)][::2] == ["A line.", "Another one."]
     with pytest.raises(AnalysisInputError, match=r"x.txt: line 2 has 70 characters"):
         corpus.check_line_lengths(60, "the pipeline p")
+
+
+def test_max_words_stops_once_the_limit_is_reached_exactly(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"One two three.\nFour five.\nSix.\n")
+    nlp = spacy.blank("en")
+    corpus = read_corpus(path)
+    assert [len(d) for d in corpus.docs(nlp)] == [4, 3, 2]
+    assert [d.text for d in corpus.docs(nlp, max_words=4)] == ["One two three."]
+    assert [d.text for d in corpus.docs(nlp, max_words=7)] == ["One two three.", "Four five."]
+    assert [d.text for d in corpus.docs(nlp, max_words=8)] == ["One two three.", "Four five.", "Six."]
+
+
+def test_only_the_files_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"\xef\xbb\xbfOne.\n\xef\xbb\xbfTwo.\n")
+    assert [d.text for d in read_corpus(path).docs(spacy.blank("en"))] == ["One.", "\ufeffTwo."]

@@ -175,3 +175,72 @@ def test_combined_layers_are_the_mean():
     corpus, _ = _corpus()
     np.testing.assert_allclose(corpus.combined([0, 1]), 0.0, atol=1e-7)  # layer 1 = -layer 0
     np.testing.assert_allclose(corpus.combined([1]), corpus.layers[1])
+
+
+def _one_word_corpus(n=12, seed=2):
+    """n docs 'aNN w': 'w' points one of two ways (half each), with noise; every context is distinct."""
+    rng = np.random.default_rng(seed)
+    texts = [f"a{i:02d} w" for i in range(n)]
+    rows = []
+    for i in range(n):
+        rows.append(rng.normal(size=5))  # aNN
+        rows.append(np.eye(5)[i % 2] * 3 + rng.normal(scale=0.2 + 0.05 * i, size=5))  # w
+    vectors = np.array(rows, dtype=np.float32)
+    corpus = CorpusLayers(
+        layers=vectors[None], layer_ids=[0], word_ids=np.tile([1, 0], n), words=["w", "a"],
+        sentence_ids=np.repeat(np.arange(n), 2), doc_ids=np.repeat(np.arange(n), 2),
+        starts=np.tile([0, 4], n), ends=np.tile([3, 5], n), texts=texts)
+    return corpus
+
+
+def test_nearest_neighbours_break_ties_by_row_order():
+    units = unit_rows(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [2.0, 0.0], [0.6, 0.8]]))
+    rows, sims = nearest_neighbours(units, np.array([1.0, 0.0]), 4, np.zeros(5, bool))
+    assert rows.tolist() == [0, 2, 3, 4]
+    np.testing.assert_allclose(sims, [1.0, 1.0, 1.0, 0.6])
+
+
+def test_examples_and_representative_are_the_occurrences_nearest_their_clusters_centre():
+    corpus = _one_word_corpus()
+    w_rows = np.flatnonzero(corpus.word_ids == 0)
+    vectors = corpus.layers[0].astype(np.float64)
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0], n_examples=3)
+    assert result["k"] == 2
+    contexts = [corpus.context(int(r)) for r in w_rows]
+    assert len(set(contexts)) == len(contexts)
+    for cluster in result["clusters"]:
+        members = [w_rows[contexts.index(p["context"])] for p in result["points"] if p["cluster"] == cluster["cluster"]]
+        units = vectors[members] / np.linalg.norm(vectors[members], axis=1, keepdims=True)
+        centre = units.mean(axis=0)
+        nearest = [int(members[i]) for i in np.argsort(-(units @ centre), kind="stable")]
+        assert cluster["examples"] == [corpus.context(r) for r in nearest[:3]]
+        assert cluster["representative"] == corpus.context(nearest[0])
+
+
+def test_occurrences_without_a_vector_are_not_explored():
+    corpus = _one_word_corpus()
+    w_rows = np.flatnonzero(corpus.word_ids == 0)
+    corpus.layers[:, w_rows[[3, 8]]] = 0.0
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0])
+    assert result["n_occurrences"] == len(w_rows) - 2 and len(result["points"]) == len(w_rows) - 2
+    shown = {p["context"] for p in result["points"]}
+    assert not shown & {corpus.context(int(r)) for r in w_rows[[3, 8]]}
+
+
+def test_pca_is_fitted_on_the_words_occurrences():
+    corpus = _one_word_corpus()
+    vectors = corpus.layers[0, corpus.word_ids == 0].astype(np.float64)
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    singular = np.linalg.svd(units - units.mean(axis=0), compute_uv=False)
+    expected = (singular**2 / (singular**2).sum())[:2]
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0])
+    np.testing.assert_allclose(result["pca_explained_variance"], expected, rtol=1e-6)
+
+
+def test_combined_layers_are_the_mean_of_random_layers():
+    rng = np.random.default_rng(0)
+    corpus = _one_word_corpus()
+    corpus.layers = rng.normal(size=(3, corpus.n_tokens, 5)).astype(np.float32)
+    corpus.layer_ids = [0, 1, 2]
+    expected = corpus.layers[[0, 2]].astype(np.float64).sum(axis=0) / 2
+    np.testing.assert_allclose(corpus.combined([0, 2]), expected, rtol=1e-6, atol=1e-7)

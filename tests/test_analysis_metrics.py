@@ -324,3 +324,19 @@ def test_layer_report_deterministic():
     assert other[0]["anisotropy"] != first[0]["anisotropy"]
     subsampled = layer_report(layers, word_ids, sentence_ids, min_count=4, max_occurrences=3, seed=11)
     assert subsampled == layer_report(layers, word_ids, sentence_ids, min_count=4, max_occurrences=3, seed=11)
+
+
+def test_layer_report_subsamples_mev_and_self_similarity_alike():
+    """With max_occurrences=2, every word keeps two occurrences; for two unit vectors at cosine c >= 0 the
+    MEV is (1 + c) / 2 (eigenvalues of [[1, c], [c, 1]]), so the means obey MEV = (1 + SelfSim) / 2 only if
+    both measures see the same two occurrences (one fresh default_rng(seed) each, as documented)."""
+    rng = np.random.default_rng(5)
+    n_words, per_word = 6, 9
+    vectors = rng.random((n_words * per_word, 5)) + 0.05  # positive entries: every cosine > 0
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    word_ids = np.repeat(np.arange(n_words), per_word)
+    sentence_ids = np.arange(word_ids.size) // 3
+    for seed in range(4):
+        (entry,) = layer_report(vectors[None], word_ids, sentence_ids, min_count=2, max_occurrences=2, seed=seed)
+        assert entry["n_words"] == n_words
+        assert abs(entry["max_explainable_variance"] - (1 + entry["self_similarity"]) / 2) < 1e-9

@@ -21,6 +21,7 @@ from spacy_ctxembed.analysis import (
     ScalarMixRule,
     ThresholdRule,
     WicGrams,
+    candidate_sets,
     config_snippet,
     evaluate_senses,
     fit_scalar_mix,
@@ -567,3 +568,54 @@ def test_evaluation_labels_change_only_the_evaluation_accuracy():
     assert [layer["accuracy"] for layer in flipped_senses["layers"]] == pytest.approx(
         [1 - layer["accuracy"] for layer in senses["layers"]])
     assert senses["scalar_mix"]["cv_accuracy"] == permuted_senses["scalar_mix"]["cv_accuracy"]
+
+
+def test_threshold_rule_calls_a_score_at_the_threshold_same_sense():
+    """Adjacent floats have no midpoint: the threshold is then the upper score itself, and the rule
+    "T iff score >= threshold" must call that score T (a strict > called the T pair F)."""
+    low = 0.5
+    high = float(np.nextafter(low, 1.0))
+    scores, labels = np.array([low, high]), np.array([False, True])
+    threshold = fit_threshold(scores, labels)
+    assert threshold == high
+    assert ThresholdRule().predict(threshold, scores).tolist() == [False, True]
+
+
+def test_each_layers_held_out_accuracy_is_scored_on_its_own_cosines():
+    rng = np.random.default_rng(4)
+    train, y_train = _constructed_targets(40, 3, 8, good_layer=1, rng=rng)
+    held, y_eval = _constructed_targets(30, 3, 8, good_layer=1, rng=rng)
+    train_cos = WicGrams.from_targets(train).layer_cosines()
+    eval_cos = WicGrams.from_targets(held).layer_cosines()
+    result = evaluate_senses(WicGrams.from_targets(train), y_train, [0, 1, 2], n_folds=2, seed=0,
+                             evaluation=WicGrams.from_targets(held), y_eval=y_eval)
+    for column, entry in enumerate(result["layers"]):
+        t, _ = brute_threshold(train_cos[:, column], y_train)
+        assert entry["accuracy"] == pytest.approx(accuracy(eval_cos[:, column], y_eval, t))
+    assert result["layers"][1]["accuracy"] == 1.0
+
+
+def test_candidate_sets_are_the_runs_then_the_best_layers():
+    scores = [0.9, 0.55, 0.6, 0.8, 0.7, 0.5]
+    runs = [tuple(range(a, b + 1)) for a in range(6) for b in range(a, 6)]
+    best_first = sorted(range(6), key=lambda i: (-scores[i], i))  # [0, 3, 4, 2, 1, 5]
+    tops = [tuple(sorted(best_first[:k])) for k in (2, 3, 4)]
+    assert tops == [(0, 3), (0, 3, 4), (0, 2, 3, 4)]  # none of them a run
+    assert candidate_sets(6, scores) == runs + tops
+    assert candidate_sets(3, [0.1, 0.3, 0.2]) == [(0,), (0, 1), (0, 1, 2), (1,), (1, 2), (2,)]  # tops are runs
+
+
+def test_recommendation_ties_go_to_fewer_layers_a_lower_top_layer_then_the_configured_pooling():
+    """Layer 2 repeats layer 1, which alone separates the senses, and layer 0 is faint noise: the runs (0, 1),
+    (0, 1, 2), (1,), (1, 2), (2,) all score 1.0. The winner is (1,): one layer, the lower top; and of two
+    pooling modes that tie, the configured (first) one."""
+    rng = np.random.default_rng(6)
+    targets, labels = _constructed_targets(40, 3, 8, good_layer=1, rng=rng)
+    targets[:, 2] = targets[:, 1]
+    targets[:, 0] *= 1e-3
+    grams = WicGrams.from_targets(targets)
+    chosen = recommend({"mean": grams, "first": grams}, labels, [0, 1, 2], n_folds=2, seed=0)
+    assert chosen["cv_accuracy"] == 1.0
+    assert (chosen["layers"], chosen["pooling"]) == ([1], "mean")
+    perfect = [(r["layers"], r["pooling"]) for r in chosen["ranking"] if r["cv_accuracy"] == 1.0]
+    assert perfect[:4] == [([1], "mean"), ([1], "first"), ([2], "mean"), ([2], "first")]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_ctxembed.textlines import file_kind
+from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines
 
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
 
@@ -462,3 +462,31 @@ def _written(tmp_path, config):
     path = tmp_path / "config.cfg"
     Config(config).to_disk(path)
     return path
+
+
+def test_line_bounds_drop_the_files_byte_order_mark_and_a_final_carriage_return():
+    bom = b"\xef\xbb\xbf"
+    assert line_bounds(bom + b"ab\r\n", first=True) == (3, 5)
+    assert line_bounds(bom + b"ab\r\n", first=False) == (0, 5)  # a BOM inside the file is text
+    assert line_bounds(b"ab\r", first=False) == (0, 2)  # the last line, without "\n"
+    assert line_bounds(b"ab\r\r\n", first=False) == (0, 3)  # one "\r" is the line ending, the other text
+    assert line_bounds(b"\n", first=True) == (0, 0)
+
+
+def test_split_lines_keeps_a_last_line_of_spaces():
+    assert split_lines("a\r\n \n") == ["a", " "]
+    assert split_lines("a\n ") == ["a", " "]  # no final "\n"
+    assert split_lines("a\n\n") == ["a", ""]
+
+
+def test_decode_file_error_positions_count_the_byte_order_mark():
+    with pytest.raises(UnicodeDecodeError) as error:
+        decode_file(b"\xef\xbb\xbfab\xe9")
+    assert error.value.start == 5
+
+
+def test_utf16_with_three_quarters_of_its_high_bytes_below_0x20_is_refused():
+    from spacy_ctxembed.textlines import wide_encoding
+
+    head = "a\u2020bc".encode("utf-16-le")  # high bytes 00 20 00 00: three in four below 0x20
+    assert wide_encoding(head) == "UTF-16LE"

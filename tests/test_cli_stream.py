@@ -14,10 +14,14 @@ import pytest
 import spacy
 import torch
 from spacy.tokens import DocBin
+from spacy.vocab import Vocab
 
+from spacy_ctxembed import outputs
 from spacy_ctxembed.cli import output as output_module
+from spacy_ctxembed.cli.errors import UsageError
+from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.cli.output import Run, doc_to_host, to_host
-from spacy_ctxembed.embedded import iter_docs, load_npy, read_manifest
+from spacy_ctxembed.embedded import LAYOUT, MANIFEST, SHARD, iter_docs, load_npy, read_manifest
 
 from .conftest import make_nlp
 from .test_cli_support import (
@@ -1033,3 +1037,43 @@ def test_npy_records_list_every_token_of_their_rows_whitespace_included(tmp_path
         assert record["tokens"] == [t.text for t in nlp.make_doc(text)]
         assert record["end"] - record["start"] == len(record["tokens"])
     assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, lines))
+
+
+def test_text_input_lines_skips_and_resume_point(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "Caf\u00e9 one\r\n  \nsecond\n".encode("utf8") + b"\xef\xbb\xbfthird\r")
+    inp = open_input(str(path))
+    assert (inp.kind, inp.n_records, inp.n_docs, inp.n_blank) == ("text", 4, 3, 1)
+    assert inp.longest == len("Caf\u00e9 one") == 8  # characters of the text, not the 14 bytes of its raw line
+    # the file's BOM is no text; one inside the file is; a final "\r" is a line ending
+    assert list(inp.records(Vocab())) == [("Caf\u00e9 one", 1), ("second", 3), ("\ufeffthird", 4)]
+    assert list(inp.records(Vocab(), after=3)) == [("\ufeffthird", 4)]
+    assert list(inp.records(Vocab(), after=1)) == [("second", 3), ("\ufeffthird", 4)]
+
+
+def test_not_utf8_error_counts_the_byte_order_mark_in_the_offset(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfab\xe9\n")
+    with pytest.raises(UsageError, match=r"line 1, byte offset 5 \(0xe9\)"):
+        open_input(str(path))
+
+
+def test_docbin_input_resumes_after_the_last_doc_it_numbered(tmp_path):
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp(t) for t in ["one", "", "three", "four"]]).to_disk(tmp_path / "in.spacy")
+    inp = open_input(str(tmp_path / "in.spacy"))
+    assert (inp.kind, inp.n_records, inp.n_docs) == ("docbin", 4, 3)
+    assert [(doc.text, n) for doc, n in inp.records(nlp.vocab)] == [("one", 1), ("three", 3), ("four", 4)]
+    assert [n for _, n in inp.records(nlp.vocab, after=3)] == [4]
+    assert [n for _, n in inp.records(nlp.vocab, after=1)] == [3, 4]
+
+
+def test_iter_docs_of_a_shard_with_fewer_docs_than_its_manifest_says_names_it(tmp_path, monkeypatch):
+    """A shard replaced by a readable DocBin of fewer docs (not a cut one, which fails to parse)."""
+    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)  # (no vectors here: only the count is tested)
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp("one"), nlp("two")], store_user_data=True).to_disk(tmp_path / SHARD.format(0))
+    manifest = {"layout": LAYOUT, "format": "docbin", "shards": [{"file": SHARD.format(0), "docs": 3}]}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    with pytest.raises(ValueError, match="holds 2 docs, its manifest says 3"):
+        list(iter_docs(tmp_path))

@@ -593,3 +593,21 @@ def test_a_doc_whose_vectors_are_of_another_width_is_refused():
             [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
     with pytest.raises(ValueError, match=r"doc 1: vectors of shape \(2, 4\) for 2 tokens of width 5"):
         build_table(*args, vectors)
+
+
+def test_only_the_files_byte_order_mark_is_dropped_whatever_shard_a_line_starts(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\xef\xbb\xbfa\n\xef\xbb\xbfb\nc\n")
+    for shard_size in (1, 2, 3):
+        shards, _ = plan_shards(input_files([str(path)]), shard_size)
+        docs = [doc for shard in shards for doc in read_shard(shard)[0]]
+        assert docs == [(0, "a"), (1, "\ufeffb"), (2, "c")], shard_size
+
+
+def test_a_directorys_hidden_files_and_markers_are_not_input(tmp_path):
+    (tmp_path / "b.txt").write_text("two\n", encoding="utf8")
+    (tmp_path / "a.txt").write_text("one\n", encoding="utf8")
+    (tmp_path / "_SUCCESS").write_bytes(b"")  # Spark's marker
+    (tmp_path / ".a.txt.crc").write_bytes(b"\x00")
+    assert input_files([str(tmp_path)]) == [((tmp_path / "a.txt").resolve(), "text"),
+                                            ((tmp_path / "b.txt").resolve(), "text")]
