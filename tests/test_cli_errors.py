@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines
+from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines, wide_encoding
 
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
 
@@ -486,7 +486,5 @@ def test_decode_file_error_positions_count_the_byte_order_mark():
 
 
 def test_utf16_with_three_quarters_of_its_high_bytes_below_0x20_is_refused():
-    from spacy_ctxembed.textlines import wide_encoding
-
     head = "a\u2020bc".encode("utf-16-le")  # high bytes 00 20 00 00: three in four below 0x20
     assert wide_encoding(head) == "UTF-16LE"

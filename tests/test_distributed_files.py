@@ -577,8 +577,6 @@ def test_a_slice_of_a_table_rebuilds_its_own_rows():
 
 def test_a_shard_file_of_another_plan_with_the_same_first_row_is_not_committed(tmp_path):
     # (A run planned with another shard size: shard 0 starts at row 0 in both plans.)
-    from .test_distributed_files import _plan_and_write
-
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d"], 2)
     assert set(committed(out, shards)) == {0, 1}
     replanned, _ = plan_shards(input_files([str(tmp_path / "in.txt")]), 3)
