@@ -17,41 +17,30 @@ import copy
 import hashlib
 import itertools
 import json
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
-import srsly
 import torch
 from spacy.tokens import Doc
 from thinc.api import PyTorchGradScaler, get_torch_default_device
 
 from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
 from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
-from ..errors import SettingError, bad_setting, check_bool, check_choice, check_int
-from ..fileio import unpacked
+from ..errors import bad_setting, check_bool, check_choice, check_int
 from ..pooling import pool_indexed, pooling_index
-from ..settings import check_layers, check_saved_features, normalize_layers, warn_repeated_layers
+from ..settings import check_layers, normalize_layers, warn_repeated_layers
 from ..types import POOLING_MODES, PRECISIONS
 from ..windows import plan_run_windows
 from .hf_loading import HFEncoder, load_encoder
 from .hf_probe import probe_record
 from .process_settings import cudnn_attention_off, tf32_matmuls
 from .torch_bridge import (
-    COPY_BLOCK,
-    COPY_NAME,
-    SAVED_FEATURES,
-    SAVED_LAYERS,
     EncoderShim,
     averaged_weights,
-    check_saved_layers,
     checked_as,
-    is_copy,
-    named_as_loaded,
-    saved_as,
     scaled_optimizer,
     staged,
     swaps_weights,
@@ -400,6 +389,7 @@ class BertShim(EncoderShim):
     """
 
     component = COMPONENT
+    FILES_KEY = "hf_files"
 
     def __init__(self, settings: Dict[str, Any]) -> None:
         super().__init__(settings, grad_scaler=PyTorchGradScaler(enabled=False))
@@ -480,31 +470,11 @@ class BertShim(EncoderShim):
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.get_runner().encoder.save(directory)
 
-    def load_dir(self, directory: Path) -> None:
-        # (A copy's folder is only ever its saved bytes, unpacked.)
-        name, setting = saved_as(COMPONENT, self.settings)
-        self.load(load_encoder(Path(directory), component=name, setting=setting))
+    def load_saved(self, directory: Path, name: str, setting: str) -> None:
+        self.load(load_encoder(directory, component=name, setting=setting))
 
-    def to_bytes(self) -> bytes:
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_dir(Path(tmp))
-            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
-        return srsly.msgpack_dumps({"hf_files": files, SAVED_LAYERS: self.layers, SAVED_FEATURES: self.features})
-
-    def from_bytes(self, bytes_data: bytes) -> "BertShim":
-        msg = srsly.msgpack_loads(bytes_data)
-        name, setting = saved_as(COMPONENT, self.settings)
-        with named_as_loaded(self.settings):
-            files = msg.get("hf_files") if isinstance(msg, dict) else None
-            if not isinstance(files, dict) or not files:
-                raise SettingError(f"[{name}] {setting}: the serialized encoder holds no model files")
-            with unpacked(files, name, setting=setting, copy=is_copy(self.settings)) as directory:
-                self.load_dir(directory)
-        check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
-        if is_copy(self.settings):  # (a component checks its own, where something reads them)
-            check_saved_features(COPY_NAME, msg.get(SAVED_FEATURES), self.features, setting_prefix=COPY_BLOCK,
-                                 trained="the component that nlp.replace_listeners gave this copy of the encoder")
-        return self
+    def saved_files_problem(self, files: Any) -> str:
+        return "" if isinstance(files, dict) and files else "the serialized encoder holds no model files"
 
     def finish_update(self, optimizer) -> None:
         super().finish_update(scaled_optimizer(optimizer, self.settings))

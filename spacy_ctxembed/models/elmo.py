@@ -14,37 +14,30 @@ import contextlib
 import copy
 import itertools
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 import numpy
-import srsly
 import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import get_torch_default_device
 
 from ..batching import batches_by_budget, concat_ranges
-from ..errors import SettingError, bad_setting, check_bool, check_int
-from ..fileio import unpacked
+from ..errors import bad_setting, check_bool, check_int
 from ..settings import check_layers, layer_count, layers_as_given, normalize_layers, warn_repeated_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
 from .elmo_net import ElmoBiLm, LstmStep, lstm_step
 from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
 from .torch_bridge import (
-    SAVED_LAYERS,
     EncoderNode,
     EncoderShim,
     averaged_weights,
-    check_saved_layers,
     checked_as,
-    is_copy,
     named_as_loaded,
     run_encoder,
-    saved_as,
     scaled_optimizer,
     set_loaded_dims,
     staged,
@@ -150,6 +143,7 @@ class ElmoShim(EncoderShim):
     """Holds the biLM (moved to the current device) for Thinc: files in and out."""
 
     component = COMPONENT
+    FILES_KEY = "elmo_files"
 
     def __init__(self, settings: Dict[str, Any]) -> None:
         super().__init__(settings)
@@ -240,31 +234,13 @@ class ElmoShim(EncoderShim):
     def save_dir(self, directory: Path) -> None:
         write_files(Path(directory), self.get_options(), self.get_net().export_weights())
 
-    def load_dir(self, directory: Path) -> None:
-        # A saved pipeline's files: its config's options_file/weight_file are not
-        # read. (A copy's folder is only ever its saved bytes, unpacked.)
-        name, setting = saved_as(COMPONENT, self.settings)
-        self.load_files(Path(directory) / OPTIONS_FILE, Path(directory) / WEIGHTS_FILE, (setting, setting),
-                        component=name)
+    def load_saved(self, directory: Path, name: str, setting: str) -> None:
+        self.load_files(directory / OPTIONS_FILE, directory / WEIGHTS_FILE, (setting, setting), component=name)
 
-    def to_bytes(self) -> bytes:
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_dir(Path(tmp))
-            files = {name: (Path(tmp) / name).read_bytes() for name in (OPTIONS_FILE, WEIGHTS_FILE)}
-        return srsly.msgpack_dumps({"elmo_files": files, SAVED_LAYERS: list(self.layers)})
-
-    def from_bytes(self, bytes_data: bytes) -> "ElmoShim":
-        msg = srsly.msgpack_loads(bytes_data)
-        name, setting = saved_as(COMPONENT, self.settings)
-        with named_as_loaded(self.settings):
-            files = msg.get("elmo_files") if isinstance(msg, dict) else None
-            if not isinstance(files, dict) or set(files) != {OPTIONS_FILE, WEIGHTS_FILE}:
-                raise SettingError(
-                    f"[{name}] {setting}: the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}")
-            with unpacked(files, name, setting=setting, copy=is_copy(self.settings)) as directory:
-                self.load_dir(directory)
-        check_saved_layers(COMPONENT, self.settings, msg.get(SAVED_LAYERS), self.layers)
-        return self
+    def saved_files_problem(self, files: Any) -> str:
+        if isinstance(files, dict) and set(files) == {OPTIONS_FILE, WEIGHTS_FILE}:
+            return ""
+        return f"the serialized biLM does not hold {OPTIONS_FILE} + {WEIGHTS_FILE}"
 
     def embed(self, docs: Sequence[Doc], grad: bool) -> List[torch.Tensor]:
         """Per doc, (n_layers, n_tokens, width) on the biLM's device.

@@ -9,18 +9,35 @@ torch's autograd, with the shim's loss scaling for fp16.
 shim (BERT's, ELMo's); `encoder_shim` finds it in a model.
 """
 import contextlib
+import tempfile
 from abc import ABCMeta, abstractmethod
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    cast,
+)
 
 import numpy
+import srsly
 import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
 from ..errors import SettingError, bad_setting, named_errors
-from ..settings import config_value
+from ..fileio import unpacked
+from ..settings import check_saved_features, config_value
 from ..types import DocLayers
 from . import trf_pooler
 
@@ -213,6 +230,8 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     options: Optional["ElmoOptions"] = None
     #: The factory of the component the encoder is made for, as its errors name it.
     component: str = ""
+    #: The key of the shim's bytes (`to_bytes`) that holds its model files.
+    FILES_KEY: ClassVar[str]
 
     def __init__(self, settings: Dict[str, Any], **kwargs: Any) -> None:
         super().__init__(None, **kwargs)
@@ -258,8 +277,46 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
         """Write the loaded model's files into `directory` (a saved pipeline's model folder)."""
 
     @abstractmethod
+    def load_saved(self, directory: Path, name: str, setting: str) -> None:
+        """Load the model files `save_dir` wrote, with errors in them naming
+        `[name] setting` (`saved_as`)."""
+
+    @abstractmethod
+    def saved_files_problem(self, files: Any) -> str:
+        """What is wrong with the model files found in saved bytes (`FILES_KEY`),
+        "" where nothing is: the first check of `from_bytes`, before they are unpacked."""
+
     def load_dir(self, directory: Path) -> None:
-        """Load the model files `save_dir` wrote."""
+        """Load the model files `save_dir` wrote: a saved pipeline's model folder,
+        whose config's file or model name is not read (a copy's folder is only
+        ever its saved bytes, unpacked)."""
+        self.load_saved(Path(directory), *saved_as(self.component, self.settings))
+
+    def to_bytes(self) -> bytes:
+        """The files `save_dir` writes, with the layers and features they are saved
+        for (checked on load: `check_saved_layers`, `check_saved_features`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_dir(Path(tmp))
+            files = {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+        return srsly.msgpack_dumps({self.FILES_KEY: files, SAVED_LAYERS: list(self.layers),
+                                    SAVED_FEATURES: self.features})
+
+    def from_bytes(self, bytes_data: bytes) -> "EncoderShim":
+        msg = srsly.msgpack_loads(bytes_data)
+        name, setting = saved_as(self.component, self.settings)
+        with named_as_loaded(self.settings):
+            files = msg.get(self.FILES_KEY) if isinstance(msg, dict) else None
+            problem = self.saved_files_problem(files)
+            if problem:
+                raise SettingError(f"[{name}] {setting}: {problem}")
+            checked = cast(Dict[str, bytes], files)
+            with unpacked(checked, name, setting=setting, copy=is_copy(self.settings)) as directory:
+                self.load_saved(directory, name, setting)
+        check_saved_layers(self.component, self.settings, msg.get(SAVED_LAYERS), self.layers)
+        if is_copy(self.settings):  # (a component checks its own, where something reads them)
+            check_saved_features(COPY_NAME, msg.get(SAVED_FEATURES), self.features, setting_prefix=COPY_BLOCK,
+                                 trained="the component that nlp.replace_listeners gave this copy of the encoder")
+        return self
 
     @abstractmethod
     def cache_identity(self) -> str:
