@@ -119,6 +119,29 @@ def test_listener_after_its_upstream_is_renamed(tiny_bert_dir, upstream):
         nlp("I ran")
 
 
+def test_an_upstream_named_wrong_lists_the_ctxembed_components_before_it(tiny_bert_dir):
+    """upstream = "embx" where the ctxembed component is "emb": the error names
+    the ctxembed components that come before the listener's component (not one
+    after it, which spaCy never links to it), and once "emb" is renamed, it
+    under its new name, not its old one."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="emb", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", name="emb2", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "embx"}}})
+    nlp.add_pipe("ctxembed_bert", name="after", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
+    nlp.get_pipe("tagger").add_label("X")
+    before = r"no ctxembed component of that name comes before this listener's component in the pipeline"
+    with pytest.raises(ValueError, match=r"upstream = 'embx': " + before +
+                       r" \(the ctxembed components before it: 'emb', 'emb2'\); set upstream"):
+        nlp.initialize()
+    nlp.rename_pipe("emb2", "second")
+    nlp.remove_pipe("after")
+    with pytest.raises(ValueError, match=before + r" \(the ctxembed components before it: 'emb', 'second'\);"):
+        nlp.initialize()
+
+
 @pytest.mark.parametrize("mix_layers", [False, True])
 def test_a_listener_refuses_tokens_its_upstream_output_does_not_cover(tiny_bert_dir, mix_layers):
     """A doc joined (`Doc.from_docs`) from a doc the whole pipeline annotated and

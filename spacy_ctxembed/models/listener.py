@@ -103,6 +103,11 @@ class ContextualListenerNode(SampleDocsModel):
     #: `renamed_upstreams` where it was pickled: the claims do not travel (the
     #: components claim their listeners again, and a renamed one lists none).
     _renamed: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()
+    #: ctxembed components that looked for their listeners in this one's
+    #: component and did not take it, its upstream being another name: (their
+    #: id, their name then, the component weakly). For the message of an
+    #: upstream named wrong (`_zeros_for_sample`); replaced, never changed in place.
+    _passed_over: Tuple[Tuple[int, str, Any], ...] = ()
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -157,6 +162,18 @@ class ContextualListenerNode(SampleDocsModel):
         self._claims = {**{k: v for k, v in self._claims.items() if k != key},
                         key: (component.name, weakref.ref(component))}
         self._listening_component = listening_component or self._listening_component
+
+    def pass_over(self, component: Any) -> None:
+        """`component`, a ctxembed component before this listener's, did not take it (`_passed_over`)."""
+        key = id(component)
+        self._passed_over = (*(seen for seen in self._passed_over if seen[0] != key),
+                             (key, component.name, weakref.ref(component)))
+
+    def passed_over(self) -> List[str]:
+        """The names of the components alive that passed this listener over
+        under the name they have now (`pass_over`)."""
+        return sorted({name for _, name, ref in self._passed_over
+                       if (component := ref()) is not None and component.name == name})
 
     def _claimants(self) -> List[Any]:
         """The components alive that claimed this listener under the name they
@@ -364,7 +381,7 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={},
+        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={}, _passed_over=(),
                    _renamed=tuple(self.renamed_upstreams()))
         return own, slots
 
@@ -569,9 +586,11 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
     not run on the doc (disabled)."""
     if not model._upstreams() or model.has_dim("nO") is not True or model.has_dim("nL") is not True:
         # spaCy links a listener to a component of the name it gives, and only to one before it.
+        others = model.passed_over()
+        before = f" (the ctxembed components before it: {', '.join(map(repr, others))})" if others else ""
         raise ValueError(
             f"{_named(model)}: no ctxembed component of that name "
-            "comes before this listener's component in the pipeline; set upstream to the name of an "
+            f"comes before this listener's component in the pipeline{before}; set upstream to the name of an "
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)"
         )

@@ -266,6 +266,8 @@ class ContextualEmbedder(TrainablePipe):
             for node in component.model.walk():
                 if isinstance(node, ContextualListenerNode) and node.upstream_name in names:
                     self.add_listener(node, component.name)
+                elif isinstance(node, ContextualListenerNode):
+                    node.pass_over(self)  # (for its error, where no component takes it)
                 elif isinstance(node, Tok2VecListener) and node.upstream_name == self.name:
                     # spaCy's listener is linked to spaCy's tok2vec only: it would read
                     # doc.tensor where this component annotates, and never train it.
