@@ -97,3 +97,21 @@ def test_scalar_mix_of_large_weights_is_finite():
     e = numpy.exp(s.astype("f8") - s.max())
     expected = 0.5 * numpy.einsum("l,lnh->nh", e / e.sum(), x.astype("f8"))
     numpy.testing.assert_allclose(mix.predict([x])[0], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_concat_backprop_gives_each_layer_its_own_columns_of_the_gradient():
+    """The finite-difference probes of test_gradients_match_finite_differences
+    happen to land where a plain reshape of dY agrees with the right answer: the
+    whole gradient, against NumPy slicing, for every element."""
+    rng = numpy.random.default_rng(3)
+    X = [rng.normal(size=(3, 5, 4)).astype("float32"), numpy.zeros((3, 0, 4), dtype="float32"),
+         rng.normal(size=(3, 2, 4)).astype("float32")]
+    model = ConcatLayers()
+    model.initialize()
+    Y, backprop = model.begin_update(X)
+    dY = [rng.normal(size=y.shape).astype("float32") for y in Y]
+    dX = backprop(dY)
+    for x, dy, dx in zip(X, dY, dX):
+        expected = numpy.stack([dy[:, j * 4 : (j + 1) * 4] for j in range(3)]) if len(dy) else numpy.zeros(x.shape)
+        assert dx.shape == x.shape
+        numpy.testing.assert_array_equal(dx, expected.astype("float32"))

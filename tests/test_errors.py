@@ -6,6 +6,7 @@ import pytest
 import spacy
 
 from spacy_ctxembed.errors import SettingError
+from spacy_ctxembed.models.hf_loading import load_encoder
 
 from .conftest import ctx_config, make_nlp
 
@@ -504,3 +505,70 @@ def test_weights_of_another_width_are_named_as_such(tiny_bert_dir, tmp_path, min
     with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] bytes = '\d+ bytes': saved for a model of other "
                                            r"dimensions than this component's config builds \(.*from 32 to 16"):
         nlp.get_pipe("ctxembed_bert").from_bytes(narrow)
+
+
+def test_tokenizer_one_piece_beyond_the_embeddings_is_refused(tmp_path, minilm_dir):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    highest = max(tokenizer.get_vocab().values())
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=highest)).save_pretrained(tmp_path)  # one row short: ids 0..highest-1
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(SettingError, match=rf"the tokenizer gives ids up to {highest} but the model's input "
+                                           rf"embeddings have {highest} rows \(1 pieces beyond them"):
+        load_encoder(tmp_path, component="bert_a")
+
+
+def test_a_model_that_gives_fewer_hidden_states_than_its_layers_is_refused(tiny_bert_dir, monkeypatch):
+    from transformers import BertModel
+
+    forward = BertModel.forward
+
+    def one_state_short(self, *args, **kwargs):
+        output = forward(self, *args, **kwargs)
+        if output.hidden_states is not None:
+            output.hidden_states = output.hidden_states[:-1]
+        return output
+
+    monkeypatch.setattr(BertModel, "forward", one_state_short)
+    with pytest.raises(SettingError, match=r"model_type 'bert' does not give one hidden state per layer for every "
+                                           r"input piece: for (\d+) pieces it gives 2 states of lengths "
+                                           r"\[\1, \1\], where 3 \(num_hidden_layers \+ 1\)"):
+        load_encoder(tiny_bert_dir, component="bert_a")
+
+
+def test_a_bert_configured_as_a_causal_decoder_is_refused(tiny_bert_dir, tmp_path):
+    import json
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, d)
+    config = json.loads((d / "config.json").read_text())
+    config["is_decoder"] = True  # BertModel then masks attention causally: not an encoder's states
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SettingError, match=r"^\[bert_a\] name = .*model_type 'bert' is not an encoder"):
+        load_encoder(d, component="bert_a")
+
+
+@pytest.mark.parametrize("layers", [[True], [0, False], (1, True)])
+def test_booleans_are_not_layer_indices(layers):
+    """Python's bool is an int: `layers = [true]` reaching the check outside spaCy's
+    config validation (an encoder built in Python) must not be read as layer 1."""
+    from spacy_ctxembed.settings import check_layers
+
+    with pytest.raises(SettingError, match=r"^\[c\] layers = .*: expected a non-empty list of integers$"):
+        check_layers("c", layers)
+    check_layers("c", [0, -1])  # (integers pass)
+
+
+@pytest.mark.parametrize("setting", ["store_layers", "set_doc_tensor", "primary"])
+def test_the_component_built_in_python_checks_its_flags(tiny_bert_dir, setting):
+    """spaCy's config validation refuses `store_layers = "yes"`; the component
+    built directly (a subclass, a custom factory) checks it too, by name."""
+    from spacy_ctxembed.pipeline.component import ContextualEmbedder
+
+    nlp = spacy.blank("en")
+    model = nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir)).model
+    with pytest.raises(SettingError, match=rf"^\[emb\] {setting} = 'yes'"):
+        ContextualEmbedder(nlp.vocab, model, "emb", **{setting: "yes"})

@@ -35,7 +35,7 @@ from spacy_ctxembed.errors import NonFiniteOutputs, SettingError
 from spacy_ctxembed.models.elmo_weights import ElmoFileError
 from spacy_ctxembed.pipeline import ContextualEmbedder
 
-from .conftest import ctx_config
+from .conftest import ctx_config, make_nlp
 from .elmo_fixture import write_elmo_fixture
 from .elmo_reference import ReferenceElmo
 from .reference import hf_hidden_states, pool, token_pieces
@@ -939,3 +939,44 @@ def AutoTokenizerPieces(model_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return lambda word: tokenizer(word, add_special_tokens=False)["input_ids"]
+
+
+def test_finite_check_counts_nan_and_inf_and_passes_finite_values_whose_sum_overflows():
+    from thinc.api import NumpyOps
+
+    from spacy_ctxembed.finite import FiniteCheck
+
+    big = numpy.full((2, 3), 3e38, dtype="float32")  # every value finite; their float32 sum is inf
+    assert numpy.isinf(big.sum()) and numpy.isfinite(big).all()
+    both = numpy.ones((2, 3), dtype="float32")
+    both[0, 1], both[1, 2] = numpy.inf, numpy.nan
+    only_inf = numpy.ones((1, 3), dtype="float32")
+    only_inf[0, 0] = -numpy.inf
+    check = FiniteCheck(NumpyOps(), [big, numpy.ones((1, 3), "float32"), both, only_inf])
+    assert check.bad_docs() == [(2, 2), (3, 1)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_the_error_counts_the_bad_docs_names_the_first_and_advises_by_precision(tiny_bert_dir, precision):
+    nlp = make_nlp(tiny_bert_dir, precision=precision)
+    component = nlp.get_pipe("ctxembed_bert")
+    texts = ["one two", "three", "four five six"]
+    layers, vectors = component.predict([nlp.make_doc(t) for t in texts])
+    vectors = [numpy.array(v) for v in vectors]  # (plain tuple, own copies: checked in set_annotations)
+    vectors[1][0, 5] = numpy.nan
+    vectors[2][1, 0], vectors[2][2, 3] = numpy.inf, -numpy.inf
+    fresh = [nlp.make_doc(t) for t in texts]
+    with pytest.raises(NonFiniteOutputs) as excinfo:
+        component.set_annotations(fresh, (layers, vectors))
+    message = str(excinfo.value)
+    assert message.startswith("[ctxembed_bert] the model gave nan or inf for 2 of the 3 docs of this batch "
+                              "(first: doc 1, 1 values, text 'three')")
+    assert "this batch is refused (nothing of it is written)" in message
+    block = "[components.ctxembed_bert.model.encoder]"
+    if precision == "fp32":
+        assert message.endswith("the model's weights may hold nan or inf, or its activations overflow float32")
+    else:
+        assert f"with precision = '{precision}' this is most likely an overflow of the reduced precision: " \
+               f"set {block} precision = 'fp32'" in message
+        assert message.endswith("(or 'bf16', whose range is float32's)") == (precision == "fp16")
+    assert all(not doc.user_data for doc in fresh)

@@ -399,3 +399,149 @@ def test_shards_and_a_renamed_weights_file_get_advice_that_works(tiny_bert_dir, 
                                            r"is read; if pytorch_model\.safetensors holds this model's weights, "
                                            r"rename it to model\.safetensors"):
         load_encoder(renamed, component=COMPONENT)
+
+
+def test_exactly_five_problems_are_all_listed_without_a_count_of_more(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    dropped = ["encoder.layer.1.output.dense.weight", "encoder.layer.1.output.dense.bias",
+               "encoder.layer.1.intermediate.dense.weight", "encoder.layer.1.intermediate.dense.bias",
+               "encoder.layer.1.attention.self.query.weight"]
+
+    def drop(tensors):
+        for k in dropped:
+            del tensors[k]
+
+    rewrite_weights(d, drop)
+    message = load_error(d)
+    assert "5 problems: " in message
+    assert all(repr(k) in message for k in dropped)
+    assert "more" not in message
+
+
+def test_an_integer_tensor_where_a_float_weight_belongs_is_refused(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    key = "encoder.layer.0.output.dense.weight"
+
+    def to_int(tensors):
+        tensors[key] = tensors[key].round().to(torch.int64)
+
+    rewrite_weights(d, to_int)
+    message = load_error(d)
+    assert WEIGHTS_FILE in message and repr(key) in message
+    assert "has dtype I64, expected a floating-point dtype" in message
+
+
+def test_a_bfloat16_checkpoint_loads(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    rewrite_weights(d, lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items() if v.is_floating_point()}))
+    encoder = load_encoder(d, component=COMPONENT)
+    assert_materialised(encoder.module)
+    reference = AutoModel.from_pretrained(d, torch_dtype=torch.float32).eval()
+    assert_same_hidden_states(encoder, reference)
+
+
+def test_a_checkpoint_with_old_layernorm_names_loads(tiny_bert_dir, tmp_path):
+    """Old TF-converted BERT checkpoints name LayerNorm weights gamma/beta; transformers renames them."""
+    from transformers import AutoModel
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+
+    def rename(tensors):
+        for k in [k for k in tensors if "LayerNorm." in k]:
+            tensors[k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")] = \
+                tensors.pop(k)
+
+    rewrite_weights(d, rename)
+    encoder = load_encoder(d, component=COMPONENT)
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(tiny_bert_dir).eval())
+
+
+def test_second_line_of_defence_forgives_a_missing_pooler(tiny_bert_dir, monkeypatch):
+    from transformers import AutoModel
+
+    real = AutoModel.from_pretrained
+
+    def reporting(*args, **kwargs):
+        module, _ = real(*args, **kwargs)
+        return module, {"missing_keys": ["pooler.dense.weight", "pooler.dense.bias"], "unexpected_keys": [],
+                        "mismatched_keys": [], "error_msgs": []}
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", reporting)
+    encoder = load_encoder(tiny_bert_dir, component=COMPONENT)
+    assert_materialised(encoder.module)
+
+
+def test_a_tokenizer_that_fails_with_valid_files_names_them_all_and_its_error(tiny_bert_dir, tmp_path):
+    import json
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    config = json.loads((d / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "NoSuchTokenizerFast"
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    message = load_error(d)
+    present = [n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+               if (d / n).is_file()]
+    assert "vocab.txt" in present
+    assert f"the tokenizer could not be loaded from {', '.join(present)} (" in message
+    assert "NoSuchTokenizerFast" in message
+    assert "not valid JSON" not in message
+    assert "without a tokenizer.json" not in message
+
+
+def test_code_in_the_model_directory_is_never_run(tiny_bert_dir, tmp_path):
+    import json
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    marker = tmp_path / "code_ran"
+    (d / "configuration_trap.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from transformers import BertConfig\n\n\n"
+        "class TrapConfig(BertConfig):\n    pass\n"
+    )
+    config = json.loads((d / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_trap.TrapConfig",
+                          "AutoModel": "configuration_trap.TrapModel",
+                          "AutoTokenizer": ["configuration_trap.TrapTokenizer", None]}
+    (d / "config.json").write_text(json.dumps(config))
+    try:
+        load_encoder(d, component=COMPONENT)
+    except Exception:  # noqa: BLE001 - loading may refuse it; running its code is what must not happen
+        pass
+    assert not marker.exists()
+
+
+def test_a_config_json_that_is_not_an_object_is_named_so(tiny_bert_dir, tmp_path):
+    d = copy_model(tiny_bert_dir, tmp_path)
+    (d / "config.json").write_text('["bert", 32]')
+    message = load_error(d)
+    assert message == f"[{COMPONENT}] name = {str(d)!r}: config.json is not a JSON object"
+
+
+def test_a_partial_pooler_is_left_out_too(tiny_bert_dir, tmp_path):
+    from transformers import AutoModel
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    rewrite_weights(d, lambda t: t.pop("pooler.dense.bias"))
+    encoder = load_encoder(d, component=COMPONENT)
+    assert encoder.module.pooler is None
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(tiny_bert_dir).eval())
+
+
+def test_second_line_of_defence_reports_loading_errors(tiny_bert_dir, monkeypatch):
+    from transformers import AutoModel
+
+    real = AutoModel.from_pretrained
+
+    def reporting(*args, **kwargs):
+        module, _ = real(*args, **kwargs)
+        return module, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
+                        "error_msgs": ["Error(s) in loading state_dict: copying a param failed"]}
+
+    monkeypatch.setattr(AutoModel, "from_pretrained", reporting)
+    message = load_error(tiny_bert_dir)
+    assert f"{WEIGHTS_FILE} did not load whole: 1 problem: " in message
+    assert "copying a param failed" in message

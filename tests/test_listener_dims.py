@@ -647,3 +647,24 @@ def test_a_component_fine_tuned_before_is_held_to_the_frozen_weights_it_trains_o
     with pytest.raises(ValueError, match=r"this component was trained on other weights of 'ctxembed_bert' \(on "
                                          r"the outputs of weights [0-9a-f]{16} as they were"):
         frozen(TEXT)
+
+
+IN_TRAINING = (r"^ContextualListener\.v1: doc\._\.ctx_layers is missing: the upstream ctxembed component must run "
+               r"with store_layers = true, before this component \(in training: list it in \[training\] "
+               r"frozen_components and annotating_components\)$")
+
+
+def test_v1_head_in_training_refuses_docs_without_layers_even_its_samples():
+    """In training no doc may read zeros for missing layers, not even a sample
+    doc (those get zeros only in prediction, while spaCy initialises), and the
+    error says what training needs: the upstream frozen and annotating."""
+    install_extensions()
+    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
+        width=16, n_layers=2, upstream_width=32)
+    nlp = spacy.blank("en")
+    sample, other = nlp("no layers here"), nlp("no layers here")
+    model.initialize(X=[sample])
+    assert model.predict([sample])[0].shape == (3, 16)  # the premise: zeros in prediction
+    for doc in (sample, other):
+        with pytest.raises(ValueError, match=IN_TRAINING):
+            model.begin_update([doc])

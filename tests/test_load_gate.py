@@ -2,6 +2,8 @@
 import threading
 import time
 
+import pytest
+
 from spacy_ctxembed.pipeline.load_gate import LoadGate
 
 
@@ -79,3 +81,35 @@ def test_a_load_that_fails_leaves_the_gate_free():
     thread.start()
     thread.join(10)
     assert done.is_set()
+
+
+def test_a_load_interrupted_while_it_waits_lets_later_predictions_in():
+    gate = LoadGate()
+    release, holding = threading.Event(), threading.Event()
+
+    def prediction():
+        with gate.predicting():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=prediction, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_wait = gate._condition.wait
+    gate._condition.wait = interrupted  # the waiting load is interrupted (Ctrl-C)
+    with pytest.raises(KeyboardInterrupt):
+        with gate.loading():
+            pass
+    gate._condition.wait = real_wait
+    later = threading.Event()
+    thread = threading.Thread(target=lambda: (gate.predicting().__enter__(), later.set()), daemon=True)
+    thread.start()
+    try:
+        assert later.wait(5), "a prediction waited for a load that was no longer coming"
+    finally:
+        release.set()
+        holder.join(10)

@@ -25,7 +25,7 @@ from spacy.tokens import Doc, DocBin
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.outputs import STORE, MissingOutputs, is_store_key
 
-from .conftest import ctx_config
+from .conftest import ctx_config, make_nlp
 
 TEXT = "Apple Inc. is looking at buying U.K. startup for $1 billion."
 OTHER = "Pears are fruit."
@@ -891,3 +891,67 @@ def test_a_static_vector_with_zeros_in_it_is_still_another_space(tiny_bert_dir):
         doc[0].similarity(static.vocab["Apple"])
     with pytest.raises(ValueError, match="different spaces"):
         doc[0].similarity(static.make_doc(TEXT)[0])
+
+
+def test_the_same_model_pooled_otherwise_makes_outputs_of_another_signature(tiny_bert_dir):
+    from spacy_ctxembed.pipeline.signature import output_signature
+
+    mean = make_nlp(tiny_bert_dir, pooling="mean").pipeline[0][1].model
+    first = make_nlp(tiny_bert_dir, pooling="first").pipeline[0][1].model
+    assert "pooling=first" in output_signature(first)
+    assert output_signature(mean) != output_signature(first)
+
+
+def test_a_non_primary_rewrite_of_a_joined_and_merged_doc_drops_the_gathered_layers(vocab, tiny_bert_dir):
+    """A joined doc's outputs are gathered from shifted stores; after a merge its
+    layers are means of the merged tokens' rows, not the layers of the vectors
+    a `primary = false` component of the same model writes now: dropped, with
+    the warning, as for a retokenized whole doc."""
+    settings = dict(layers=[1, 2], combine="mean")
+    storing = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, store_layers=True,
+                                                                             **settings)))
+    plain = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, primary=False, **settings)))
+    joined = Doc.from_docs([storing(TEXT), storing(OTHER)])
+    with joined.retokenize() as retokenizer:
+        retokenizer.merge(joined[0:2])
+    assert joined._.ctx_layers.shape == (2, len(joined), 32)  # the premise: gathered (merged) layers
+    with pytest.warns(UserWarning, match=r"^\[emb\] \(primary = false, store_layers = false\) rewrote the "
+                                         r"doc's primary output 'emb', whose stored layers it cannot vouch for"):
+        assert plain(joined)._.ctx_layers is None
+
+
+def test_dropping_the_layers_of_a_doc_written_by_v1_drops_its_stored_layers(vocab):
+    """`doc._.ctx_layers = None` (doc_cleaner) on a doc read from a v1 DocBin,
+    not restored yet: its v1 layers are dropped too, so restore_vectors gives
+    the vectors without them."""
+    from spacy_ctxembed import restore_vectors
+    from spacy_ctxembed.outputs import install_extensions
+
+    install_extensions()
+    doc = Doc(vocab, words=["written", "by", "v1"])
+    vectors = numpy.arange(9, dtype="float32").reshape(3, 3)
+    doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
+    doc.user_data[("._.", "ctx_layers", None, None)] = vectors[None]
+    doc._.ctx_layers = None
+    back = restore_vectors(doc)
+    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
+    assert back._.ctx_layers is None
+
+
+def test_a_non_primary_component_on_a_doc_joined_from_two_primaries_keeps_it_unreadable(vocab, tiny_bert_dir):
+    """Joined docs whose primary outputs come from different components have no
+    primary vectors (an error says so); a `primary = false` component run on
+    the joined doc after must not make them read as a doc without outputs."""
+    from spacy_ctxembed.outputs import MissingOutputs
+
+    a = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "a", _bert(tiny_bert_dir, layers=[2])))
+    b = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "b", _bert(tiny_bert_dir, layers=[1])))
+    c = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "c", _bert(tiny_bert_dir, layers=[0], primary=False)))
+    joined = Doc.from_docs([a(TEXT), b(OTHER)])
+    conflict = r"whose primary ctxembed outputs come from different components \(a, b\)"
+    with pytest.raises(MissingOutputs, match=conflict):
+        _ = joined._.ctx_vectors
+    joined = c(joined)
+    assert "c" in joined._.ctx_outputs
+    with pytest.raises(MissingOutputs, match=conflict):
+        _ = joined._.ctx_vectors

@@ -13,6 +13,7 @@ from spacy.training import Example
 from spacy.util import load_config, load_model_from_config
 
 from spacy_ctxembed.errors import SettingError
+from spacy_ctxembed.models.hf_probe import probe_difference
 
 from .conftest import COMBINERS, assert_recorded, ctx_config, other_bert
 from .elmo_fixture import write_elmo_fixture
@@ -883,3 +884,47 @@ def test_an_edited_name_is_said_and_the_saved_model_is_loaded(saved, tmp_path):
             nlp = load()
         assert len([w for w in caught if f"[{NAME}] name" in str(w.message)]) == 1
         numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, vectors)
+
+
+def _record(states):
+    return {"vocab": "0123456789abcdef", "ids": [101, 7, 102], "edge_ids": [1, 2],
+            "states": [list(map(float, s)) for s in states]}
+
+
+def test_the_probe_accepts_states_within_its_documented_tolerance_and_refuses_beyond():
+    """|a - b| <= 2e-2 * (1 + |b|) passes (TF32 matmuls, GELU's tanh form, another
+    LayerNorm epsilon move states by up to about 1e-3); an edit moves them by 0.38
+    and more: a change of 5% is refused as another model."""
+    current = _record(numpy.linspace(-3, 3, 32).reshape(2, 16))
+    b = numpy.asarray(current["states"])
+    near = _record(b + 0.01 * (1 + numpy.abs(b)))  # half the tolerance
+    far = _record(b + 0.05 * (1 + numpy.abs(b)))   # beyond it
+    assert probe_difference(near, current) is None
+    assert probe_difference(far, current) == "model"
+
+
+def test_a_saved_probe_that_is_not_a_record_is_not_compared():
+    """A saved probe that is no record (a hand-edited cfg, an earlier version's) says nothing: not compared."""
+    current = _record(numpy.zeros((2, 16)))
+    for saved in (None, "edited", [1, 2], 3):
+        assert probe_difference(saved, current) is None
+
+
+def test_the_saved_fingerprint_reads_neither_the_order_of_tensors_nor_their_names():
+    """Two modules of the same tensors in another order (and so under other
+    names) have one fingerprint; a changed sampled value gives another."""
+    import copy
+
+    import torch
+    from thinc.api import PyTorchWrapper
+
+    from spacy_ctxembed.pipeline.signature import saved_weights_fingerprint
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    one = PyTorchWrapper(torch.nn.Sequential(a, b))
+    reordered = PyTorchWrapper(torch.nn.Sequential(copy.deepcopy(b), copy.deepcopy(a)))
+    assert saved_weights_fingerprint(one) == saved_weights_fingerprint(reordered)
+    with torch.no_grad():
+        b.weight[0, 0] += 1.0  # (a sampled value: the first)
+    assert saved_weights_fingerprint(one) != saved_weights_fingerprint(reordered)

@@ -150,3 +150,21 @@ def test_a_torch_without_cudnn_attention_has_nothing_to_turn_off(monkeypatch):
         monkeypatch.undo()
         importlib.reload(process_settings)
     assert process_settings.CUDNN_ATTENTION_OFF is not None
+
+
+def test_cudnn_attention_is_off_inside_the_block_and_put_back_after():
+    from spacy_ctxembed.models.process_settings import CUDNN_ATTENTION_OFF, cudnn_attention_off
+
+    if CUDNN_ATTENTION_OFF is None:
+        pytest.skip("this torch has no cuDNN attention")
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        with cudnn_attention_off():
+            assert torch.backends.cuda.cudnn_sdp_enabled() is False
+            with cudnn_attention_off():
+                assert torch.backends.cuda.cudnn_sdp_enabled() is False
+            assert torch.backends.cuda.cudnn_sdp_enabled() is False
+        assert torch.backends.cuda.cudnn_sdp_enabled() is True
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

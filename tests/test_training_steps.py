@@ -8,6 +8,7 @@ import torch
 from spacy.training import Example
 from thinc.api import SGD, Adam
 
+from spacy_ctxembed.errors import NonFiniteOutputs
 from spacy_ctxembed.models.listener import ContextualListenerNode
 
 from .conftest import ctx_config
@@ -336,3 +337,62 @@ def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny
     for name, value in reference.items():
         torch.testing.assert_close(loaded.get_pipe("ctxembed_bert").encoder.shims[0]._model.state_dict()[name],
                                    value, rtol=0, atol=0)
+
+
+def test_a_training_batch_with_nan_is_refused_before_any_listener_is_updated(tiny_bert_dir):
+    """Weights that diverged in training: `update` refuses the batch (no
+    listener gets it), naming the learning rate."""
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener())
+    module = nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model
+    with torch.no_grad():
+        module.embeddings.word_embeddings.weight.fill_(float("nan"))
+    tagger = nlp.get_pipe("tagger")
+    heads = {(node.id, n): node.get_param(n).copy() for node in tagger.model.walk() for n in node.param_names
+             if node.has_param(n)}
+    with pytest.raises(NonFiniteOutputs) as excinfo:
+        nlp.update(examples, sgd=nlp.resume_training())
+    message = str(excinfo.value)
+    assert message.startswith("[ctxembed_bert] the model gave nan or inf for 1 of the 1 docs")
+    assert "this training batch is refused (no listening component is updated on it)" in message
+    assert "(weights that diverged in training: lower [training.optimizer] learn_rate)" in message
+    for node in tagger.model.walk():
+        for n in node.param_names:
+            if node.has_param(n):
+                numpy.testing.assert_array_equal(node.get_param(n), heads[(node.id, n)])
+
+
+def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(tiny_bert_dir, monkeypatch):
+    to_embedder = []
+    receive = ContextualListenerNode.receive
+
+    def receiving(self, batch_id, outputs, backprop, upstream):
+        def recorded(d_outputs):
+            to_embedder.extend(numpy.array(d, dtype="float64") for d in d_outputs)
+            return backprop(d_outputs)
+        return receive(self, batch_id, outputs, recorded, upstream)
+
+    monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.5))
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
+    to_embedder.clear()
+    losses = {}
+    nlp.update(examples, sgd=optimizer, losses=losses)
+    assert len(to_embedder) == 1
+    expected = float((to_embedder[0] ** 2).sum())
+    assert expected > 0
+    assert losses["ctxembed_bert"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_component_at_encoder_lr_scale_zero_runs_its_encoder_frozen(tiny_bert_dir):
+    """encoder_lr_scale = 0 on a trainable encoder: no graph and no gradient for
+    it (as for the copy in test_a_copy_at_encoder_lr_scale_zero_runs_its_encoder_frozen),
+    and what the listener reads is the prediction's layers, without dropout."""
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(), encoder_lr_scale=0.0)
+    before = _encoder_params(nlp)
+    optimizer = nlp.resume_training()
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer, drop=0.5)
+    module = nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model
+    assert all(p.grad is None for p in module.parameters())
+    assert all(torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())

@@ -158,3 +158,51 @@ def test_a_bad_v1_component_setting_is_named(setting, value, expected):
     with pytest.raises(SettingError, match=re.escape(f"[ctxembed_bert] {setting} = {value!r}: {expected}")):
         nlp.add_pipe("ctxembed_bert", config={setting: value, "model": {
             "@architectures": "spacy-ctxembed.BertEmbedder.v1"}})
+
+
+def test_a_v1_bert_component_without_settings_gets_v1s_defaults(tiny_bert_dir):
+    from spacy_ctxembed.models.legacy import V1_SETTINGS, BertEmbedder, upgrade
+
+    upgraded = upgrade("ctxembed", BertEmbedder(name=str(tiny_bert_dir)), layers=None, pooling=None, combine=None)
+    assert upgraded.attrs[V1_SETTINGS] == {"layers": [-1], "pooling": "mean", "combine": "mean"}
+
+
+def test_an_upgraded_v1_bert_embedder_stays_frozen(tiny_bert_dir):
+    from spacy_ctxembed.models.legacy import BertEmbedder, upgrade
+    from spacy_ctxembed.models.torch_bridge import encoder_shim
+
+    upgraded = upgrade("ctxembed", BertEmbedder(name=str(tiny_bert_dir)), layers=None, pooling=None, combine=None)
+    assert encoder_shim(upgraded).settings["trainable"] is False
+
+
+def _v1_doc(tmp_path, rows):
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    doc = nlp("written by 0.1")
+    vectors = numpy.arange(rows * 3, dtype="float32").reshape(rows, 3)
+    doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
+    DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "v1.spacy")
+    return next(DocBin().from_disk(tmp_path / "v1.spacy").get_docs(nlp.vocab)), vectors
+
+
+def test_restoring_a_v1_doc_leaves_its_tensor_alone(tmp_path):
+    """restore_vectors re-attaches the vectors and hooks; doc.tensor (not saved by
+    this DocBin) stays as the DocBin gave it."""
+    from spacy_ctxembed import restore_vectors
+
+    doc, vectors = _v1_doc(tmp_path, 3)
+    back = restore_vectors(doc)
+    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
+    assert back.tensor.size == 0
+
+
+@pytest.mark.parametrize("rows", [2, 4])
+def test_a_v1_doc_whose_vectors_are_not_one_per_token_is_refused(tmp_path, rows):
+    from spacy_ctxembed import restore_vectors
+    from spacy_ctxembed.outputs import MissingOutputs
+
+    doc, _ = _v1_doc(tmp_path, rows)
+    with pytest.raises(MissingOutputs, match=rf"^restore_vectors: the doc's stored vectors do not have one row per "
+                                             rf"token \({rows} rows, 3 tokens\)$"):
+        restore_vectors(doc)
