@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import spacy
 
+from spacy_ctxembed.cli.errors import UsageError
+from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines, wide_encoding
 
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
@@ -488,3 +490,28 @@ def test_decode_file_error_positions_count_the_byte_order_mark():
 def test_utf16_with_three_quarters_of_its_high_bytes_below_0x20_is_refused():
     head = "a\u2020bc".encode("utf-16-le")  # high bytes 00 20 00 00: three in four below 0x20
     assert wide_encoding(head) == "UTF-16LE"
+
+
+def test_lines_beyond_max_length_are_counted_and_a_line_of_exactly_max_length_is_fine(tmp_path):
+    """The refusal names the first long line and how many more there are; a line of exactly
+    nlp.max_length characters is accepted (spaCy refuses only longer texts)."""
+    from spacy_ctxembed.cli.embed import _check_line_lengths
+
+    nlp = spacy.blank("en")
+    nlp.max_length = 5
+    path = tmp_path / "in.txt"
+    path.write_text("ok\nsixsix\nfine\nsevenxx\neight888\n", encoding="utf8")
+    inp = open_input(str(path))
+    try:
+        with pytest.raises(UsageError) as caught:
+            _check_line_lengths(inp, nlp)
+    finally:
+        inp.close()
+    assert str(caught.value) == (f"INPUT {path}: line 2 has 6 characters, more than the pipeline's nlp.max_length "
+                                 "(5), as do 2 more lines; split them into shorter lines")
+    path.write_text("ok\nfive5\n", encoding="utf8")
+    inp = open_input(str(path))
+    try:
+        _check_line_lengths(inp, nlp)  # no error
+    finally:
+        inp.close()

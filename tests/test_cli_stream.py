@@ -18,7 +18,7 @@ from spacy.vocab import Vocab
 
 from spacy_ctxembed import outputs
 from spacy_ctxembed.cli import output as output_module
-from spacy_ctxembed.cli.errors import UsageError
+from spacy_ctxembed.cli.errors import CliError, UsageError
 from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.cli.output import Run, doc_to_host, to_host
 from spacy_ctxembed.embedded import LAYOUT, MANIFEST, SHARD, iter_docs, load_npy, read_manifest
@@ -1077,3 +1077,58 @@ def test_iter_docs_of_a_shard_with_fewer_docs_than_its_manifest_says_names_it(tm
     (tmp_path / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
     with pytest.raises(ValueError, match="holds 2 docs, its manifest says 3"):
         list(iter_docs(tmp_path))
+
+
+def _identity():
+    return {"format": "docbin", "input": "x", "input_kind": "text", "input_sha256": "0" * 64, "input_lines": 1,
+            "model": None, "pipeline": None, "config": None, "config_sha256": None}
+
+
+def test_the_output_directory_gets_the_permissions_mkdir_would_give(tmp_path):
+    """OUTPUT is made as `mkdir` would make it (0777 less the umask), not private to the user."""
+    old = os.umask(0o022)
+    try:
+        run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+        run.finish({"format": "docbin", "docs": 0, "shards": []})
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_an_output_that_appeared_during_the_run_is_not_replaced(tmp_path):
+    """A directory of someone else's files made at OUTPUT while the run worked is left alone;
+    the error names it, and the result stays in the partial directory."""
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine", encoding="utf8")
+    with pytest.raises(CliError) as caught:
+        run.finish({"format": "docbin", "docs": 0, "shards": []})
+    assert str(caught.value) == (f"--output {tmp_path / 'out'} appeared during the run; the result is left in "
+                                 f"{tmp_path / '.out.partial'}")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    assert (tmp_path / ".out.partial" / "manifest.json").is_file()
+
+
+def test_vectors_of_another_width_than_earlier_docs_are_refused(tmp_path):
+    """All docs of an output share one vector width; a doc with another is refused naming its line."""
+    from types import SimpleNamespace
+
+    from spacy_ctxembed.cli.output import ShardWriter
+
+    class Doc:
+        def __init__(self, rows, width):
+            self.vectors = numpy.zeros((rows, width), numpy.float32)
+            self._ = SimpleNamespace(get=lambda name: self.vectors if name == "ctx_vectors" else None)
+
+        def __len__(self):
+            return len(self.vectors)
+
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    try:
+        writer = ShardWriter(run)
+        writer.add(Doc(2, 4), 1)
+        with pytest.raises(CliError) as caught:
+            writer.add(Doc(1, 8), 3)
+        assert str(caught.value) == "line 3: vectors are 8 wide, earlier ones 4"
+    finally:
+        run.abandon()

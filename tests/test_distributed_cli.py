@@ -7,7 +7,9 @@ from typer.testing import CliRunner
 
 pytest.importorskip("pyarrow")
 
+import spacy_ctxembed.distributed as distributed  # noqa: E402
 from spacy_ctxembed.cli import app  # noqa: E402
+from spacy_ctxembed.cli.errors import CliError, UsageError  # noqa: E402
 from spacy_ctxembed.distributed import read_docs  # noqa: E402
 
 
@@ -248,3 +250,106 @@ def test_a_missing_ray_extra_is_named_before_ray_starts(tmp_path, monkeypatch, m
             with pytest.raises(MissingExtra, match="^docs_from_table needs pyarrow"):
                 next(docs_from_table(None, spacy.blank("en").vocab))
     assert not _ray_started() and not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_a_different_run_is_described_field_by_field():
+    """What differs between a recorded run and this one, in words a user can act on."""
+    from spacy_ctxembed.distributed.run import _described
+
+    a, b = {"path": "a.txt", "sha256": "1"}, {"path": "b.txt", "sha256": "2"}
+    assert _described("inputs", [a, b], [b, a]) == "the same files in another order"
+    assert _described("shard_size", 30, 20) == "30 then, 20 now"
+    assert _described("text_key", "text", "body") == "'text' then, 'body' now"
+    model = {"name": "m", "sha256": "f" * 64, "package_version": "1.0", "ctxembed": "0.1",
+             "files": {"/w/a.bin": "1", "/w/b.bin": "2"}}
+    assert _described("model", model, {**model, "package_version": "1.1"}) == "package version 1.0 then, 1.1 now"
+    assert _described("model", model, {**model, "ctxembed": None}) == "spacy-ctxembed version 0.1 then, none now"
+    assert _described("model", model, {**model, "sha256": "0" * 64}) == "files ffffffffffff then, 000000000000 now"
+    assert _described("model", model, {**model, "files": {"/w/a.bin": "9", "/w/c.bin": "3"}}) == (
+        "the files its config names (/w/a.bin, /w/b.bin, /w/c.bin)")
+    assert _described("model", None, model) == "not recorded then"
+    assert _described("model", model, {**model, "other": 1}) == "other model files"
+
+
+def _fake(monkeypatch, manifest):
+    calls = []
+
+    def embed_corpus(inputs, out_dir, **kwargs):
+        calls.append({"inputs": inputs, "out_dir": out_dir, **kwargs})
+        return manifest
+
+    monkeypatch.setattr(distributed, "embed_corpus", embed_corpus)
+    return calls
+
+
+DONE = {"docs": 5, "rejected": 2, "shards": [{}, {}, {}], "resumed_shards": 0}
+
+
+def test_ray_options_reach_embed_corpus_with_their_defaults(tmp_path, monkeypatch):
+    """`embed --ray` passes each option to embed_corpus, and the documented defaults where one is left out:
+    2 actors, 1 CPU and 0 GPUs per actor, float32, text key 'text', no address, no overwrite."""
+    calls = _fake(monkeypatch, DONE)
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray"])
+    assert result.exit_code == 0, result.output
+    (call,) = calls
+    assert {k: call[k] for k in ("actors", "cpus_per_actor", "gpus_per_actor", "dtype", "text_key", "address",
+                                 "overwrite", "shard_size", "batch_size", "input_format", "model", "config")} == {
+        "actors": 2, "cpus_per_actor": 1.0, "gpus_per_actor": 0.0, "dtype": "float32", "text_key": "text",
+        "address": None, "overwrite": False, "shard_size": 1000, "batch_size": 32, "input_format": None,
+        "model": None, "config": None}
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray", "--actors", "3",
+                                      "--cpus-per-actor", "2", "--gpus-per-actor", "0.5", "--float16",
+                                      "--text-key", "body", "--address", "auto", "--overwrite", "-s", "7", "-b", "4",
+                                      "--input-format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    call = calls[-1]
+    assert {k: call[k] for k in ("actors", "cpus_per_actor", "gpus_per_actor", "dtype", "text_key", "address",
+                                 "overwrite", "shard_size", "batch_size", "input_format")} == {
+        "actors": 3, "cpus_per_actor": 2.0, "gpus_per_actor": 0.5, "dtype": "float16", "text_key": "body",
+        "address": "auto", "overwrite": True, "shard_size": 7, "batch_size": 4, "input_format": "jsonl"}
+
+
+@pytest.mark.parametrize("kept, note", [(0, ""), (1, "resumed: 1 shard kept; "), (2, "resumed: 2 shards kept; ")])
+def test_ray_summary_says_what_was_written_and_kept(tmp_path, monkeypatch, kept, note):
+    """The last line names the docs, the shards, the rejected rows and where they are, and how many
+    shards a resumed run kept."""
+    _fake(monkeypatch, {**DONE, "resumed_shards": kept})
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"{note}wrote 5 docs in 3 Parquet shards to {out / 'shards'}; 2 rows rejected "
+        f"(see {out / 'rejected.jsonl'})")
+
+
+def test_ray_rerun_of_a_complete_output_says_there_is_nothing_to_do(tmp_path, monkeypatch):
+    """A complete OUTPUT: the last line says so with its totals, not "wrote"."""
+    _fake(monkeypatch, {**DONE, "already_complete": True})
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"nothing to do: {out} is already complete (5 docs, 2 rows rejected)")
+
+
+def test_ray_failures_name_cli_options(tmp_path):
+    """Errors of embed_corpus reach the user in the CLI's words: options, not parameter names."""
+    from spacy_ctxembed.cli.embed import _ray_failure
+    from spacy_ctxembed.distributed import DifferentRun, ShardsFailed
+
+    reported = _ray_failure(ShardsFailed("embed_corpus: the actors died on shard 1 (doc ids 3-5, in.txt from "
+                                         "line 4: started 3 times): each was retried"))
+    assert type(reported) is CliError
+    assert str(reported) == "the actors died on shard 1 (doc ids 3-5, in.txt from line 4: started 3 times): " \
+                            "each was retried"
+    changes = {"config_sha256": "'a' then, 'b' now", "shard_size": "30 then, 20 now", "text_key": "'text' then, "
+               "'body' now"}
+    reported = _ray_failure(DifferentRun(tmp_path, changes))
+    assert type(reported) is UsageError
+    assert str(reported) == (f"--output {tmp_path} holds a run of other inputs or settings (--config: 'a' then, "
+                             "'b' now; --shard-size: 30 then, 20 now; --text-key: 'text' then, 'body' now); use "
+                             "another --output, or --overwrite")

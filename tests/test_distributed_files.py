@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from spacy_ctxembed.distributed import embed_corpus  # noqa: E402
 from spacy_ctxembed.distributed.shards import (  # noqa: E402
     META_KEY,
     ShardMismatch,
@@ -30,6 +31,8 @@ from spacy_ctxembed.distributed.shards import (  # noqa: E402
 )
 from spacy_ctxembed.distributed.sources import InputError, input_files, plan_shards, read_shard  # noqa: E402
 from spacy_ctxembed.outputs import stored_signature  # noqa: E402
+
+from .conftest import make_nlp  # noqa: E402
 
 
 def _read_all(path, shard_size, kind=None, text_key="text"):
@@ -609,3 +612,226 @@ def test_a_directorys_hidden_files_and_markers_are_not_input(tmp_path):
     (tmp_path / ".a.txt.crc").write_bytes(b"\x00")
     assert input_files([str(tmp_path)]) == [((tmp_path / "a.txt").resolve(), "text"),
                                             ((tmp_path / "b.txt").resolve(), "text")]
+
+
+@pytest.fixture()
+def in_process(monkeypatch):
+    """embed_corpus with its Ray layer replaced by ShardEmbedder.embed_shard called in order."""
+    import spacy_ctxembed.distributed.run as run
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+
+    calls = []
+
+    def fake_run_ray(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, dtype, address,
+                     progress, on_shard, model_id=None):
+        calls.append([s.index for s in pending])
+        embedder = ShardEmbedder(str(shard_dir), model, config, False, batch_size, dtype, 1, model_identity=model_id)
+        for shard in pending:
+            summary = embedder.embed_shard(shard)
+            if on_shard is not None:
+                on_shard(summary)
+
+    monkeypatch.setattr(run, "_run_ray", fake_run_ray)
+    return calls
+
+
+@pytest.fixture()
+def small_run(tmp_path, tiny_bert_dir):
+    model = tmp_path / "nlp"
+    make_nlp(tiny_bert_dir).to_disk(model)
+    path = tmp_path / "in.txt"
+    # 5 rows: 3 docs, an empty line (doc id 1) and a blank one (doc id 3); shards of 2 rows: 3 shards.
+    path.write_text("One doc.\n\nTwo docs here.\n  \nThree.\n", encoding="utf8")
+    return path, model
+
+
+def test_the_manifest_counts_every_row_docs_and_rejected(tmp_path, small_run, in_process):
+    """A complete run's manifest: docs + rejected = rows of the input; no shard resumed on a first run."""
+    path, model = small_run
+    manifest = embed_corpus(path, tmp_path / "out", model=str(model), shard_size=2, progress=False)
+    assert (manifest["complete"], manifest["docs"], manifest["rejected"], manifest["rows"]) == (True, 3, 2, 5)
+    assert manifest["resumed_shards"] == 0
+    recorded = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf8"))
+    assert (recorded["docs"], recorded["rejected"], recorded["rows"]) == (3, 2, 5)
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["doc_id"], r["line"], r["reason"]) for r in rejected] == [
+        (1, 2, "empty line"), (3, 4, "blank line (whitespace only)")]
+
+
+def test_overwrite_of_a_complete_run_embeds_it_again(tmp_path, small_run, in_process):
+    """overwrite=True on a complete output of the same run starts over: every shard is embedded
+    again, none is kept, and the result is not reported as already complete."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    mtime = (out / "shards" / shard_name(0)).stat().st_mtime_ns
+    redone = []
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False, overwrite=True,
+                         on_shard=redone.append)
+    assert sorted(s["shard"] for s in redone) == [0, 1, 2]
+    assert not again.get("already_complete") and again["resumed_shards"] == 0 and again["docs"] == 3
+    assert (out / "shards" / shard_name(0)).stat().st_mtime_ns != mtime
+
+
+def test_a_complete_run_with_a_shard_file_deleted_redoes_that_shard(tmp_path, small_run, in_process):
+    """A manifest that says complete does not make a rerun a no-op when a shard file is gone:
+    the missing shard is embedded again, the others are kept."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    (out / "shards" / shard_name(1)).unlink()
+    redone = []
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False, on_shard=redone.append)
+    assert [s["shard"] for s in redone] == [1]
+    assert not again.get("already_complete") and again["resumed_shards"] == 2
+    assert pq.read_table(out / "shards").column("doc_id").to_pylist() == [0, 2, 4]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "embed_corpus: batch_size = 0; expected a positive integer"),
+    ({"actors": 0}, "embed_corpus: actors = 0; expected a positive integer"),
+    ({"actors": True}, "embed_corpus: actors = True; expected a positive integer"),
+    ({"cpus_per_actor": True}, "embed_corpus: cpus_per_actor = True; expected a positive number"),
+    ({"cpus_per_actor": "2"}, "embed_corpus: cpus_per_actor = '2'; expected a positive number"),
+    ({"shard_size": 0}, "embed_corpus: shard_size = 0; expected a positive integer"),
+    ({"cpus_per_actor": 0.0}, "embed_corpus: cpus_per_actor = 0.0; expected a positive number"),
+    ({"gpus_per_actor": -1.0}, "embed_corpus: gpus_per_actor = -1.0; expected 0 (CPU) or a positive number"),
+    ({"dtype": "float64"}, "embed_corpus: dtype = 'float64'; expected one of float32, float16"),
+    ({"model": "m", "config": "c.cfg"}, "give either a model or a config, not both"),
+])
+def test_embed_corpus_refuses_bad_settings_before_anything_is_written(tmp_path, kwargs, message, in_process):
+    """Settings that cannot make a run are refused by name and value; OUTDIR is not made."""
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    with pytest.raises(ValueError) as caught:
+        embed_corpus(path, tmp_path / "out", progress=False, **kwargs)
+    assert str(caught.value) == message
+    assert not (tmp_path / "out").exists() and in_process == []
+
+
+def test_a_manifest_without_a_readable_identity_is_refused_naming_it(tmp_path, in_process):
+    """An OUTDIR whose manifest.json has no identity object is refused as unreadable, and left as it was."""
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"identity": "garbled"}), encoding="utf8")
+    with pytest.raises(FileExistsError) as caught:
+        embed_corpus(path, out, progress=False)
+    assert str(caught.value) == (f"{out / 'manifest.json'} is unreadable; use another output directory, "
+                                 "or overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] and in_process == []
+
+
+def test_the_run_signature_is_none_where_shards_disagree(tmp_path):
+    """The manifest's signature is the one all shards record; shards that record two are no one signature."""
+    from spacy_ctxembed.distributed.run import _run_signature
+    from spacy_ctxembed.distributed.shards import build_table, write_shard
+
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 1)
+    out = tmp_path / "shards"
+    out.mkdir()
+    for shard, signature in zip(shards, ["sig-A", "sig-B"]):
+        table = build_table([shard.first_id], ["a"], [["a"]], [numpy.array([0], numpy.int32)],
+                            [numpy.zeros((1, 4), numpy.float32)])
+        write_shard(out, shard, table, [], {"signature": signature})
+    assert _run_signature(out, shards) is None
+    write_shard(out, shards[1], build_table([1], ["b"], [["b"]], [numpy.array([0], numpy.int32)],
+                                            [numpy.zeros((1, 4), numpy.float32)]), [], {"signature": "sig-A"})
+    assert _run_signature(out, shards) == "sig-A"
+
+
+def test_a_file_rewritten_in_place_with_its_size_kept_is_refused(tmp_path):
+    """A worker refuses an input whose modification time changed since planning, even with the same size
+    (one letter edited in place)."""
+
+    path = tmp_path / "in.txt"
+    path.write_text("cat\ndog\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    path.write_text("cat\nhog\n", encoding="utf8")
+    later = shard.mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+    assert path.stat().st_size == shard.size
+    with pytest.raises(InputError) as caught:
+        read_shard(shard)
+    assert str(caught.value) == f"input {path} changed since the run was planned (size or modification time)"
+
+
+def test_a_shard_started_once_is_not_named_as_failed(tmp_path):
+    """Only a shard started more than once without being committed is one whose actor kept dying;
+    a shard in progress (started once) when the run failed is not named."""
+    from spacy_ctxembed.distributed.actor import attempts_name
+    from spacy_ctxembed.distributed.run import failed_shards
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"Doc {i}.\n" for i in range(4)), encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 2)
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / attempts_name(0)).write_text("host:1\n", encoding="utf8")
+    (out / attempts_name(1)).write_text("host:1\nhost:2\n", encoding="utf8")
+    assert failed_shards(out, shards) == [f"shard 1 (doc ids 2-3, {path} from line 3: started 2 times)"]
+
+
+def test_a_file_whose_rows_changed_behind_the_same_size_and_time_is_refused(tmp_path):
+    """A shard that reads another number of rows than was planned is refused, even where the file's size
+    and modification time were kept (a line break moved, the time put back)."""
+
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"ab\ncd\n")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    path.write_bytes(b"a\nb\ncd")  # the same 6 bytes, 3 lines
+    os.utime(path, ns=(shard.mtime_ns, shard.mtime_ns))
+    with pytest.raises(InputError) as caught:
+        read_shard(shard)
+    assert str(caught.value) == (f"input {path} changed since it was planned: shard 0 has 3 rows, planned 2")
+
+
+def test_an_actors_summary_and_shard_metadata(tmp_path, tiny_bert_dir):
+    """A shard's summary counts its docs, rejected rows and tokens; its file records the component,
+    dtype and worker, and what made its vectors only where it has docs."""
+    import socket
+
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+    from spacy_ctxembed.distributed.shards import shard_meta
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.txt"
+    texts = ["One doc here.", "", "Two, and more words."]
+    path.write_text("\n".join(texts) + "\n \n\n", encoding="utf8")  # shard 0: rows 0-2; shard 1: rows 3-4 (blank)
+    shards, _ = plan_shards(input_files([str(path)]), 3)
+    out = tmp_path / "shards"
+    out.mkdir()
+    embedder = ShardEmbedder(str(out), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
+    summary = embedder.embed_shard(shards[0])
+    tokenizer = spacy.blank("en").tokenizer
+    n_tokens = sum(len(tokenizer(t)) for t in texts if t)
+    assert (summary["shard"], summary["docs"], summary["rejected"], summary["tokens"]) == (0, 2, 1, n_tokens)
+    meta = shard_meta(out / shard_name(0))
+    assert (meta["component"], meta["dtype"], meta["worker"]) == (
+        "ctxembed_bert", "float32", f"{socket.gethostname()}:{os.getpid()}")
+    assert isinstance(meta["signature"], str)
+    empty = embedder.embed_shard(shards[1])
+    assert (empty["docs"], empty["rejected"], empty["tokens"]) == (0, 2, 0)
+    assert shard_meta(out / shard_name(1))["signature"] is None
+
+
+def test_an_actor_whose_pipeline_leaves_no_vectors_names_the_component_and_shard(tmp_path, tiny_bert_dir):
+    """A pipeline that sets no doc._.ctx_vectors fails the shard with an error naming its component
+    and the shard, and commits nothing."""
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    out = tmp_path / "shards"
+    out.mkdir()
+    embedder = ShardEmbedder(str(out), str(tmp_path / "nlp"), None, False, 8, "float32", 1)
+    embedder.nlp = spacy.blank("en")  # (its docs get no vectors)
+    with pytest.raises(ValueError) as caught:
+        embedder.embed_shard(shard)
+    assert str(caught.value) == "[ctxembed_bert] left no vectors on a doc of shard 0"
+    assert not (out / shard_name(0)).exists()

@@ -227,15 +227,20 @@ def _names_in_nlp(config: Config, key: str) -> List[str]:
 
 
 def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:
+    # (Python's bool is an int: `actors=True` is no count, and no number of CPUs.)
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("actors", actors)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"embed_corpus: {name} = {value!r}; expected a positive integer")
-    if not (math.isfinite(cpus) and cpus > 0):  # NaN and inf are floats too; Ray fails on them later
+    if not (_is_real(cpus) and math.isfinite(cpus) and cpus > 0):  # NaN and inf are floats too; Ray fails on them
         raise ValueError(f"embed_corpus: cpus_per_actor = {cpus!r}; expected a positive number")
-    if not (math.isfinite(gpus) and gpus >= 0):
+    if not (_is_real(gpus) and math.isfinite(gpus) and gpus >= 0):
         raise ValueError(f"embed_corpus: gpus_per_actor = {gpus!r}; expected 0 (CPU) or a positive number")
     if dtype not in DTYPES:
         raise ValueError(f"embed_corpus: dtype = {dtype!r}; expected one of {', '.join(DTYPES)}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
