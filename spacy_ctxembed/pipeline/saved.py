@@ -130,8 +130,12 @@ def read_cfg(name: str, path: Path) -> Dict[str, Any]:
 def check_format(name: str, cfg: Any, source: str) -> None:
     """The saved layout must be one this version reads. The settings come from
     the config (a user may edit a saved pipeline's config.cfg), not from cfg."""
-    version = cfg.get("format", 1) if isinstance(cfg, dict) else None
-    if version not in (1, FORMAT):
+    if not isinstance(cfg, dict):
+        raise bad_setting(name, "cfg", source, f"not a JSON object (a {type(cfg).__name__}): not a saved "
+                          "ctxembed component's cfg")
+    version = cfg.get("format", 1)
+    # (Compared by type too: `true` and `1.0` equal 1 in Python, and are no format this version wrote.)
+    if type(version) is not int or version not in (1, FORMAT):
         raise bad_setting(name, "cfg", source, f"format {version!r} was written by a newer "
                           f"spacy-ctxembed; this one reads 1 and {FORMAT}")
 
