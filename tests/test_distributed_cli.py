@@ -311,28 +311,30 @@ def test_ray_options_reach_embed_corpus_with_their_defaults(tmp_path, monkeypatc
         "address": "auto", "overwrite": True, "shard_size": 7, "batch_size": 4, "input_format": "jsonl"}
 
 
-@pytest.mark.parametrize("kept, note", [(0, ""), (1, "resumed: 1 shard kept; "), (2, "resumed: 2 shards kept; ")])
-def test_ray_summary_says_what_was_written_and_kept(tmp_path, monkeypatch, kept, note):
-    """The last line names the docs, the shards, the rejected rows and where they are, and how many
-    shards a resumed run kept."""
-    _fake(monkeypatch, {**DONE, "resumed_shards": kept})
+def _last_line_of_ray_run(tmp_path, monkeypatch, manifest):
+    """(OUTPUT, the last line) of `embed --ray` where embed_corpus returns `manifest`."""
+    _fake(monkeypatch, manifest)
     (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == (
+    return out, result.output.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("kept, note", [(0, ""), (1, "resumed: 1 shard kept; "), (2, "resumed: 2 shards kept; ")])
+def test_ray_summary_says_what_was_written_and_kept(tmp_path, monkeypatch, kept, note):
+    """The last line names the docs, the shards, the rejected rows and where they are, and how many
+    shards a resumed run kept."""
+    out, last = _last_line_of_ray_run(tmp_path, monkeypatch, {**DONE, "resumed_shards": kept})
+    assert last == (
         f"{note}wrote 5 docs in 3 Parquet shards to {out / 'shards'}; 2 rows rejected "
         f"(see {out / 'rejected.jsonl'})")
 
 
 def test_ray_rerun_of_a_complete_output_says_there_is_nothing_to_do(tmp_path, monkeypatch):
     """A complete OUTPUT: the last line says so with its totals, not "wrote"."""
-    _fake(monkeypatch, {**DONE, "already_complete": True})
-    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(out), "--ray"])
-    assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == (
+    out, last = _last_line_of_ray_run(tmp_path, monkeypatch, {**DONE, "already_complete": True})
+    assert last == (
         f"nothing to do: {out} is already complete (5 docs, 2 rows rejected)")
 
 

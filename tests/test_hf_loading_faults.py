@@ -459,17 +459,23 @@ def test_a_checkpoint_with_old_layernorm_names_loads(tiny_bert_dir, tmp_path):
     assert_same_hidden_states(encoder, AutoModel.from_pretrained(tiny_bert_dir).eval())
 
 
-def test_second_line_of_defence_forgives_a_missing_pooler(tiny_bert_dir, monkeypatch):
+def _reported_by_transformers(monkeypatch, **info):
+    """`from_pretrained(..., output_loading_info=True)` loads as it does, and reports `info`: what the
+    second line of defence (after ctxembed's own plan of the checkpoint's tensors) reads."""
     from transformers import AutoModel
 
     real = AutoModel.from_pretrained
 
     def reporting(*args, **kwargs):
         module, _ = real(*args, **kwargs)
-        return module, {"missing_keys": ["pooler.dense.weight", "pooler.dense.bias"], "unexpected_keys": [],
-                        "mismatched_keys": [], "error_msgs": []}
+        return module, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": [], **info}
 
     monkeypatch.setattr(AutoModel, "from_pretrained", reporting)
+
+
+def test_second_line_of_defence_forgives_a_missing_pooler(tiny_bert_dir, monkeypatch):
+    """transformers reporting the pooler missing is no fault: the encoder never uses it."""
+    _reported_by_transformers(monkeypatch, missing_keys=["pooler.dense.weight", "pooler.dense.bias"])
     encoder = load_encoder(tiny_bert_dir, component=COMPONENT)
     assert_materialised(encoder.module)
 
@@ -532,16 +538,8 @@ def test_a_partial_pooler_is_left_out_too(tiny_bert_dir, tmp_path):
 
 
 def test_second_line_of_defence_reports_loading_errors(tiny_bert_dir, monkeypatch):
-    from transformers import AutoModel
-
-    real = AutoModel.from_pretrained
-
-    def reporting(*args, **kwargs):
-        module, _ = real(*args, **kwargs)
-        return module, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [],
-                        "error_msgs": ["Error(s) in loading state_dict: copying a param failed"]}
-
-    monkeypatch.setattr(AutoModel, "from_pretrained", reporting)
+    """Errors transformers reports while it copies the weights refuse the load, quoted."""
+    _reported_by_transformers(monkeypatch, error_msgs=["Error(s) in loading state_dict: copying a param failed"])
     message = load_error(tiny_bert_dir)
     assert f"{WEIGHTS_FILE} did not load whole: 1 problem: " in message
     assert "copying a param failed" in message
