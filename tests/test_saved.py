@@ -38,14 +38,19 @@ def test_check_format_reads_formats_1_and_2(cfg):
     sv.check_format("c", cfg, "p")
 
 
-@pytest.mark.parametrize("cfg,shown", [({"format": 3}, "3"), ({"format": "2"}, "'2'"), ({"format": True}, "True"),
-                                       ({"format": 1.0}, "1.0")])
-def test_check_format_refuses_others_naming_what_it_reads(cfg, shown):
-    """Any other format is refused, saying it reads 1 and 2 (`true` and `1.0` equal 1 in Python, and are none)."""
+@pytest.mark.parametrize("cfg,shown,why", [
+    ({"format": 3}, "3", "was written by a newer spacy-ctxembed"),
+    ({"format": "2"}, "'2'", "is no format spacy-ctxembed writes (edited?)"),
+    ({"format": True}, "True", "is no format spacy-ctxembed writes (edited?)"),
+    ({"format": 1.0}, "1.0", "is no format spacy-ctxembed writes (edited?)"),
+    ({"format": 0}, "0", "is no format spacy-ctxembed writes (edited?)"),
+])
+def test_check_format_refuses_others_naming_what_it_reads(cfg, shown, why):
+    """Any other format is refused, saying it reads 1 and 2: a higher number as a newer version's, anything
+    else as no format at all (`true` and `1.0` equal 1 in Python, and are none)."""
     with pytest.raises(SettingError) as err:
         sv.check_format("c", cfg, "the/cfg")
-    assert str(err.value) == (f"[c] cfg = 'the/cfg': format {shown} was written by a newer spacy-ctxembed; "
-                              "this one reads 1 and 2")
+    assert str(err.value) == f"[c] cfg = 'the/cfg': format {shown} {why}; this one reads 1 and 2"
 
 
 @pytest.mark.parametrize("cfg,kind", [([1], "list"), ("2", "str"), (None, "NoneType")])

@@ -136,8 +136,10 @@ def check_format(name: str, cfg: Any, source: str) -> None:
     version = cfg.get("format", 1)
     # (Compared by type too: `true` and `1.0` equal 1 in Python, and are no format this version wrote.)
     if type(version) is not int or version not in (1, FORMAT):
-        raise bad_setting(name, "cfg", source, f"format {version!r} was written by a newer "
-                          f"spacy-ctxembed; this one reads 1 and {FORMAT}")
+        newer = type(version) is int and version > FORMAT
+        raise bad_setting(name, "cfg", source, f"format {version!r} " + (
+            "was written by a newer spacy-ctxembed" if newer else "is no format spacy-ctxembed writes (edited?)")
+            + f"; this one reads 1 and {FORMAT}")
 
 
 def check_combiner(name: str, encoder: Model, combiner: Model, source: str) -> None:
