@@ -942,6 +942,8 @@ def AutoTokenizerPieces(model_dir):
 
 
 def test_finite_check_counts_nan_and_inf_and_passes_finite_values_whose_sum_overflows():
+    """Per doc, the count of nan and inf values (both); a doc of finite values whose float32 sum
+    overflows (the quick check by sums) is not one."""
     from thinc.api import NumpyOps
 
     from spacy_ctxembed.finite import FiniteCheck

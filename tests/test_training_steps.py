@@ -362,6 +362,8 @@ def test_a_training_batch_with_nan_is_refused_before_any_listener_is_updated(tin
 
 
 def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(tiny_bert_dir, monkeypatch):
+    """The embedder's loss is the sum of the squared gradients its listener sends it (after its
+    grad_factor), computed here from the arrays it is sent, in float64."""
     to_embedder = []
     receive = ContextualListenerNode.receive
 

@@ -161,6 +161,7 @@ def test_a_bad_v1_component_setting_is_named(setting, value, expected):
 
 
 def test_a_v1_bert_component_without_settings_gets_v1s_defaults(tiny_bert_dir):
+    """A 0.1 BERT component that gave no settings gets 0.1's defaults: the top layer, mean pooling, mean."""
     from spacy_ctxembed.models.legacy import V1_SETTINGS, BertEmbedder, upgrade
 
     upgraded = upgrade("ctxembed", BertEmbedder(name=str(tiny_bert_dir)), layers=None, pooling=None, combine=None)
@@ -168,6 +169,7 @@ def test_a_v1_bert_component_without_settings_gets_v1s_defaults(tiny_bert_dir):
 
 
 def test_an_upgraded_v1_bert_embedder_stays_frozen(tiny_bert_dir):
+    """0.1's BERT encoder was never trained: upgraded, it stays frozen."""
     from spacy_ctxembed.models.legacy import BertEmbedder, upgrade
     from spacy_ctxembed.models.torch_bridge import encoder_shim
 
