@@ -920,24 +920,6 @@ def test_a_non_primary_rewrite_of_a_joined_and_merged_doc_drops_the_gathered_lay
         assert plain(joined)._.ctx_layers is None
 
 
-def test_dropping_the_layers_of_a_doc_written_by_v1_drops_its_stored_layers(vocab):
-    """`doc._.ctx_layers = None` (doc_cleaner) on a doc read from a v1 DocBin,
-    not restored yet: its v1 layers are dropped too, so restore_vectors gives
-    the vectors without them."""
-    from spacy_ctxembed import restore_vectors
-    from spacy_ctxembed.outputs import install_extensions
-
-    install_extensions()
-    doc = Doc(vocab, words=["written", "by", "v1"])
-    vectors = numpy.arange(9, dtype="float32").reshape(3, 3)
-    doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
-    doc.user_data[("._.", "ctx_layers", None, None)] = vectors[None]
-    doc._.ctx_layers = None
-    back = restore_vectors(doc)
-    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
-    assert back._.ctx_layers is None
-
-
 def test_a_non_primary_component_on_a_doc_joined_from_two_primaries_keeps_it_unreadable(vocab, tiny_bert_dir):
     """Joined docs whose primary outputs come from different components have no
     primary vectors (an error says so); a `primary = false` component run on

@@ -96,12 +96,8 @@ def test_check_combiner_refuses_a_mix_of_another_width():
 ])
 def test_check_combiner_refuses_mix_weights_of_other_shapes_or_not_finite(s, gamma, message):
     """A mix's `s` must have one weight per encoder layer, `gamma` one value, all finite."""
-    mix = ScalarMix(n_layers=3)
-    mix.set_dim("nI", 4)
-    mix.set_param("s", numpy.asarray(s, "f"))
-    mix.set_param("gamma", numpy.asarray(gamma, "f"))
     with pytest.raises(SettingError, match=r"^\[c\] combiner = 'src': " + message):
-        sv.check_combiner("c", _encoder(n_layers=3), mix, "src")
+        sv.check_combiner("c", _encoder(n_layers=3), _mix(n_layers=3, s=s, gamma=gamma), "src")
 
 
 # --- check_saved_combiner ------------------------------------------------------------

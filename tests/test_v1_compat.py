@@ -57,19 +57,28 @@ def test_v1_settings_are_refused_on_a_v2_model():
         nlp.add_pipe("ctxembed_bert", name="bert_a", config={"layers": [0, 1]})
 
 
-def test_restore_vectors_reads_docs_written_by_v1(tmp_path):
-    from spacy.tokens import Doc, DocBin
-
-    from spacy_ctxembed import restore_vectors
+def _v1_doc(tmp_path, rows, *, with_layers=False):
+    """("written by 0.1" as 0.1's embed saved it, read back from its DocBin; its `rows` vectors):
+    the plain doc extension values in user data, the layers (the vectors as one layer) if asked."""
+    from spacy.tokens import DocBin
 
     nlp = spacy.blank("en")
     doc = nlp("written by 0.1")
-    vectors = numpy.arange(9, dtype="float32").reshape(3, 3)
-    # What 0.1's embed wrote: the plain doc extension values in user data.
+    vectors = numpy.arange(rows * 3, dtype="float32").reshape(rows, 3)
     doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
-    doc.user_data[("._.", "ctx_layers", None, None)] = vectors[None]
+    if with_layers:
+        doc.user_data[("._.", "ctx_layers", None, None)] = vectors[None]
     DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "v1.spacy")
-    back = restore_vectors(next(DocBin().from_disk(tmp_path / "v1.spacy").get_docs(nlp.vocab)))
+    return next(DocBin().from_disk(tmp_path / "v1.spacy").get_docs(nlp.vocab)), vectors
+
+
+def test_restore_vectors_reads_docs_written_by_v1(tmp_path):
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed import restore_vectors
+
+    doc, vectors = _v1_doc(tmp_path, 3, with_layers=True)
+    back = restore_vectors(doc)
     numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
     numpy.testing.assert_array_equal(back._.ctx_layers, vectors[None])
     numpy.testing.assert_array_equal(back[1].vector, vectors[1])
@@ -177,15 +186,6 @@ def test_an_upgraded_v1_bert_embedder_stays_frozen(tiny_bert_dir):
     assert encoder_shim(upgraded).settings["trainable"] is False
 
 
-def _v1_doc(tmp_path, rows):
-    from spacy.tokens import DocBin
-
-    nlp = spacy.blank("en")
-    doc = nlp("written by 0.1")
-    vectors = numpy.arange(rows * 3, dtype="float32").reshape(rows, 3)
-    doc.user_data[("._.", "ctx_vectors", None, None)] = vectors
-    DocBin(docs=[doc], store_user_data=True).to_disk(tmp_path / "v1.spacy")
-    return next(DocBin().from_disk(tmp_path / "v1.spacy").get_docs(nlp.vocab)), vectors
 
 
 def test_restoring_a_v1_doc_leaves_its_tensor_alone(tmp_path):
@@ -208,3 +208,17 @@ def test_a_v1_doc_whose_vectors_are_not_one_per_token_is_refused(tmp_path, rows)
     with pytest.raises(MissingOutputs, match=rf"^restore_vectors: the doc's stored vectors do not have one row per "
                                              rf"token \({rows} rows, 3 tokens\)$"):
         restore_vectors(doc)
+
+
+def test_dropping_the_layers_of_a_doc_written_by_v1_drops_its_stored_layers(tmp_path):
+    """`doc._.ctx_layers = None` (doc_cleaner) on a doc read from a v1 DocBin,
+    not restored yet: its v1 layers are dropped too, so restore_vectors gives
+    the vectors without them."""
+    from spacy_ctxembed import install_extensions, restore_vectors
+
+    install_extensions()
+    doc, vectors = _v1_doc(tmp_path, 3, with_layers=True)
+    doc._.ctx_layers = None
+    back = restore_vectors(doc)
+    numpy.testing.assert_array_equal(back._.ctx_vectors, vectors)
+    assert back._.ctx_layers is None
