@@ -691,6 +691,11 @@ def test_a_complete_run_with_a_shard_file_deleted_redoes_that_shard(tmp_path, sm
     ({"batch_size": 0}, "embed_corpus: batch_size = 0; expected a positive integer"),
     ({"actors": 0}, "embed_corpus: actors = 0; expected a positive integer"),
     ({"actors": True}, "embed_corpus: actors = True; expected a positive integer"),
+    ({"actors": numpy.bool_(True)}, f"embed_corpus: actors = {numpy.bool_(True)!r}; expected a positive integer"),
+    ({"shard_size": numpy.float64(2.0)},
+     f"embed_corpus: shard_size = {numpy.float64(2.0)!r}; expected a positive integer"),
+    ({"cpus_per_actor": numpy.float64("nan")},
+     f"embed_corpus: cpus_per_actor = {numpy.float64('nan')!r}; expected a positive number"),
     ({"cpus_per_actor": True}, "embed_corpus: cpus_per_actor = True; expected a positive number"),
     ({"cpus_per_actor": "2"}, "embed_corpus: cpus_per_actor = '2'; expected a positive number"),
     ({"shard_size": 0}, "embed_corpus: shard_size = 0; expected a positive integer"),
@@ -707,6 +712,32 @@ def test_embed_corpus_refuses_bad_settings_before_anything_is_written(tmp_path, 
         embed_corpus(path, tmp_path / "out", progress=False, **kwargs)
     assert str(caught.value) == message
     assert not (tmp_path / "out").exists() and in_process == []
+
+
+def test_numpy_counts_and_resources_are_taken_as_python_numbers(tmp_path, small_run, in_process, monkeypatch):
+    """Counts and resources from numpy (a sweep's `numpy.arange`, a config read with numpy) are
+    numbers like Python's: the run is made, the manifest (JSON) records plain ints, and Ray's
+    layer is given plain ints and floats."""
+    import spacy_ctxembed.distributed.run as run
+
+    path, model = small_run
+    given = {}
+    fake = run._run_ray
+
+    def spy(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest):
+        given.update(batch_size=batch_size, actors=actors, cpus=cpus, gpus=gpus)
+        return fake(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest)
+
+    monkeypatch.setattr(run, "_run_ray", spy)
+    manifest = embed_corpus(path, tmp_path / "out", model=str(model), shard_size=numpy.int64(2),
+                            batch_size=numpy.int32(4), actors=numpy.uint8(1), cpus_per_actor=numpy.float32(1.0),
+                            gpus_per_actor=numpy.int64(0), progress=False)
+    assert (manifest["complete"], manifest["docs"], manifest["rows"]) == (True, 3, 5)
+    recorded = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf8"))
+    assert recorded["identity"]["shard_size"] == 2 and type(recorded["identity"]["shard_size"]) is int
+    assert in_process == [[0, 1, 2]]
+    assert {k: (type(v), v) for k, v in given.items()} == {
+        "batch_size": (int, 4), "actors": (int, 1), "cpus": (float, 1.0), "gpus": (float, 0.0)}
 
 
 def test_a_manifest_without_a_readable_identity_is_refused_naming_it(tmp_path, in_process):

@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -132,7 +133,8 @@ def embed_corpus(
     ``already_complete: True`` when `out_dir` held this run complete already.
     """
     require_ray_extra("embed_corpus")
-    _check_settings(shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor, dtype)
+    shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor = _checked_settings(
+        shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor, dtype)
     if model is not None and config is not None:
         raise ValueError("give either a model or a config, not both")
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -226,21 +228,29 @@ def _names_in_nlp(config: Config, key: str) -> List[str]:
     return [name for name in value if isinstance(name, str)] if isinstance(value, list) else []
 
 
-def _check_settings(shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str) -> None:
-    # (Python's bool is an int: `actors=True` is no count, and no number of CPUs.)
+def _checked_settings(
+    shard_size: int, batch_size: int, actors: int, cpus: float, gpus: float, dtype: str
+) -> Tuple[int, int, int, float, float]:
+    """The counts and resources as Python's int and float (numpy's are accepted:
+    the manifest is JSON, and Ray takes plain numbers), or a ValueError naming
+    the setting and its value."""
+    # (Python's bool is an int, and a numbers.Integral: `actors=True` is no count, and no number of CPUs.)
+    counts = []
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("actors", actors)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"embed_corpus: {name} = {value!r}; expected a positive integer")
+        counts.append(int(value))
     if not (_is_real(cpus) and math.isfinite(cpus) and cpus > 0):  # NaN and inf are floats too; Ray fails on them
         raise ValueError(f"embed_corpus: cpus_per_actor = {cpus!r}; expected a positive number")
     if not (_is_real(gpus) and math.isfinite(gpus) and gpus >= 0):
         raise ValueError(f"embed_corpus: gpus_per_actor = {gpus!r}; expected 0 (CPU) or a positive number")
     if dtype not in DTYPES:
         raise ValueError(f"embed_corpus: dtype = {dtype!r}; expected one of {', '.join(DTYPES)}")
+    return counts[0], counts[1], counts[2], float(cpus), float(gpus)
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
