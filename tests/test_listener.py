@@ -142,6 +142,27 @@ def test_an_upstream_named_wrong_lists_the_ctxembed_components_before_it(tiny_be
         nlp.initialize()
 
 
+def test_the_passed_over_record_keeps_only_components_alive():
+    """A pipeline built again and again (a notebook, a sweep) links its listener
+    to a new component each time: the record the error message reads keeps the
+    components alive, one entry each, and not one per component ever linked."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    class Component:
+        def __init__(self, name):
+            self.name = name
+
+    listener = ContextualListenerNode("embx", mix_layers=False, grad_factor=1.0)
+    kept = Component("emb")
+    for _ in range(3):
+        listener.pass_over(kept)
+        listener.pass_over(Component("rebuilt"))  # gone when the next round links
+        gc.collect()
+    listener.pass_over(Component("last"))
+    assert len(listener._passed_over) == 2
+    assert listener.passed_over() == ["emb"]
+
+
 @pytest.mark.parametrize("mix_layers", [False, True])
 def test_a_listener_refuses_tokens_its_upstream_output_does_not_cover(tiny_bert_dir, mix_layers):
     """A doc joined (`Doc.from_docs`) from a doc the whole pipeline annotated and

@@ -165,8 +165,10 @@ class ContextualListenerNode(SampleDocsModel):
 
     def pass_over(self, component: Any) -> None:
         """`component`, a ctxembed component before this listener's, did not take it (`_passed_over`)."""
+        # Entries of components collected since are dropped here: a pipeline built
+        # again and again (a notebook, a sweep) does not grow the record.
         key = id(component)
-        self._passed_over = (*(seen for seen in self._passed_over if seen[0] != key),
+        self._passed_over = (*(seen for seen in self._passed_over if seen[0] != key and seen[2]() is not None),
                              (key, component.name, weakref.ref(component)))
 
     def passed_over(self) -> List[str]:
