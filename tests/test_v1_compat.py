@@ -169,12 +169,47 @@ def test_a_bad_v1_component_setting_is_named(setting, value, expected):
             "@architectures": "spacy-ctxembed.BertEmbedder.v1"}})
 
 
-def test_a_v1_bert_component_without_settings_gets_v1s_defaults(tiny_bert_dir):
-    """A 0.1 BERT component that gave no settings gets 0.1's defaults: the top layer, mean pooling, mean."""
-    from spacy_ctxembed.models.legacy import V1_SETTINGS, BertEmbedder, upgrade
+@pytest.mark.parametrize("family, defaults", [
+    ("bert", {"layers": [-1], "pooling": "mean", "combine": "mean"}),
+    ("elmo", {"layers": [0, 1, 2], "pooling": None, "combine": "mean"}),
+])
+def test_a_v1_component_without_settings_gets_v1s_defaults(tiny_bert_dir, tmp_path, family, defaults):
+    """A 0.1 component that gave no settings gets 0.1's defaults: for BERT the top
+    layer, mean pooling, mean; for ELMo the mean of all three layers."""
+    from spacy_ctxembed.models.legacy import V1_SETTINGS, BertEmbedder, ElmoEmbedder, upgrade
+    from spacy_ctxembed.models.torch_bridge import encoder_shim
 
-    upgraded = upgrade("ctxembed", BertEmbedder(name=str(tiny_bert_dir)), layers=None, pooling=None, combine=None)
-    assert upgraded.attrs[V1_SETTINGS] == {"layers": [-1], "pooling": "mean", "combine": "mean"}
+    from .elmo_fixture import write_elmo_fixture
+
+    if family == "bert":
+        model = BertEmbedder(name=str(tiny_bert_dir))
+    else:
+        options, weights = write_elmo_fixture(tmp_path / "elmo")
+        model = ElmoEmbedder(options_file=str(options), weight_file=str(weights))
+    upgraded = upgrade("ctxembed", model, layers=None, pooling=None, combine=None)
+    assert upgraded.attrs[V1_SETTINGS] == defaults
+    assert list(encoder_shim(upgraded).settings["layers"]) == defaults["layers"]
+
+
+@pytest.mark.parametrize("architecture, encoder", [
+    ("spacy-ctxembed.BertEmbedder.v1", {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": None,
+                                        "window": None, "stride": None, "max_batch_items": 4096,
+                                        "precision": "fp32", "layers": [0, 2], "pooling": "mean",
+                                        "trainable": False}),
+    ("spacy-ctxembed.ElmoEmbedder.v1", {"@architectures": "spacy-ctxembed.ElmoEncoder.v3", "options_file": None,
+                                        "weight_file": None, "max_batch_items": 4096, "layers": [0, 2],
+                                        "trainable": False}),
+])
+def test_a_v1_copys_block_takes_the_v1_architectures_defaults(architecture, encoder):
+    """What a v1 model block leaves out is what 0.1's architecture defaulted it to
+    (BERT's batch budget 4096 items, where v2's is sized from memory), written out
+    in the v2 block of a copy (replace_listeners), so that it loads the same."""
+    from spacy_ctxembed.models.legacy import upgrade_cfg
+
+    v1 = {"layers": [0, 2], "pooling": "mean", "combine": "mean"}
+    assert upgrade_cfg({"@architectures": architecture}, v1) == {
+        "@architectures": "spacy-ctxembed.Embedder.v2", "encoder": encoder,
+        "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"}}
 
 
 def test_an_upgraded_v1_bert_embedder_stays_frozen(tiny_bert_dir):
