@@ -98,13 +98,16 @@ def _assert_matches(out, reference, n_rows):
     return rejected
 
 
-def test_embed_corpus_is_complete_and_equals_one_process(local_ray, pipeline_dir, corpus, reference, tmp_path):
+def test_embed_corpus_is_complete_and_equals_one_process(
+        local_ray, pipeline_dir, corpus, reference, tmp_path, capsys):
     path, lines = corpus
     summaries = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), shard_size=8, batch_size=3,
-                                actors=2, progress=False, on_shard=summaries.append)
+                                actors=2, progress=True, on_shard=summaries.append)
+    # The progress bar counts rows, rejected ones too: it ends at every row of the input.
+    assert re.search(rf"embedding \(ray\): 100%.* {len(lines)}/{len(lines)} ", capsys.readouterr().err)
     # (Ray's deprecation of the ray_remote_args that carry max_task_retries was printed on every run)
     assert not [str(w.message) for w in caught if "ray_remote_args" in str(w.message)]
     rejected = _assert_matches(tmp_path / "out", reference, len(lines))
@@ -309,7 +312,10 @@ def test_cli_ray_embeds_jsonl_and_parquet_float16(local_ray, pipeline_dir, refer
 def test_cli_ray_an_actors_input_error_reaches_the_user(local_ray, pipeline_dir, tmp_path, monkeypatch):
     """The input is touched once the first shard is done: the actors' next shards refuse it
     (InputError). The user gets that error, naming the file, with exit 2, not Ray's
-    "UDF failed to process a data block" with exit 1."""
+    "UDF failed to process a data block" with exit 1. So too where the shard had been
+    started before (its actor died, Ray retried it): a changed input is no actor's death."""
+    from spacy_ctxembed.distributed.actor import attempts_name
+
     path = tmp_path / "in.txt"
     path.write_text("".join(f"doc number {i}\n" for i in range(12)), encoding="utf8")
 
@@ -317,6 +323,9 @@ def test_cli_ray_an_actors_input_error_reaches_the_user(local_ray, pipeline_dir,
         def on_shard(summary):
             later = time.time_ns() + 10**9
             os.utime(path, ns=(later, later))
+            for index in range(summary["shard"] + 1, 12):  # an earlier start of each shard after it
+                with open(tmp_path / "out" / "shards" / attempts_name(index), "a", encoding="utf8") as f:
+                    f.write("a worker that died\n")
 
         return embed_corpus(*args, on_shard=on_shard, **kwargs)
 
