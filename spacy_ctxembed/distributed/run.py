@@ -235,7 +235,7 @@ def _checked_settings(
     the manifest is JSON, and Ray takes plain numbers), or a ValueError naming
     the setting and its value."""
     # (Python's bool is an int, and a numbers.Integral: `actors=True` is no count, and no number of CPUs.)
-    counts = []
+    counts: List[int] = []
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("actors", actors)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"embed_corpus: {name} = {value!r}; expected a positive integer")
