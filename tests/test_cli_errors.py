@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-from spacy_ctxembed.cli.errors import UsageError
+from spacy_ctxembed.cli.errors import EXIT_RUNTIME, EXIT_USAGE, CliError, UsageError, exit_code, report, short_message
 from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines, wide_encoding
 
@@ -515,3 +515,37 @@ def test_lines_beyond_max_length_are_counted_and_a_line_of_exactly_max_length_is
         _check_line_lengths(inp, nlp)  # no error
     finally:
         inp.close()
+
+
+def test_a_long_message_is_cut_to_400_characters_with_an_ellipsis():
+    """One line of at most MAX_MESSAGE (400) characters, the ellipsis included."""
+    message = short_message(CliError("x" * 1000))
+    assert message == "x" * 397 + "..."
+
+
+def test_config_validation_errors_show_three_and_count_the_rest():
+    """A config with many bad settings: the first three on the line, then how many more."""
+    class Invalid(ValueError):
+        title = "Config validation error"
+        errors = [{"loc": ["components", "c", f"s{i}"], "msg": f"bad {i}"} for i in range(5)]
+
+    assert short_message(Invalid()) == ("Config validation error: components -> c -> s0: bad 0; components -> c -> s1: "
+                                        "bad 1; components -> c -> s2: bad 2 (and 2 more)")
+    assert exit_code(Invalid()) == EXIT_USAGE
+
+
+def test_the_traceback_hint_is_given_only_without_verbose(capsys):
+    """--verbose prints the traceback, so its error line does not tell the user to pass --verbose."""
+    assert report(RuntimeError("boom"), verbose=False) == EXIT_RUNTIME
+    assert capsys.readouterr().err.splitlines()[-1] == "error: RuntimeError: boom (--verbose shows the traceback)"
+    assert report(RuntimeError("boom"), verbose=True) == EXIT_RUNTIME
+    assert capsys.readouterr().err.splitlines()[-1] == "error: RuntimeError: boom"
+
+
+def test_only_a_message_that_starts_with_a_tag_is_a_usage_error():
+    """"[component] setting = ..." and "[E050] ..." are about what the user asked for (2);
+    a bracketed word inside a message (a path, "[Errno 28]") is a failure while running (1)."""
+    assert exit_code(ValueError("[ctxembed_bert] pooling = 'x': expected one of 'mean'")) == EXIT_USAGE
+    assert exit_code(OSError("[E050] Can't find model 'x'")) == EXIT_USAGE
+    assert exit_code(OSError("cannot write /data/[run1]/vectors.npy: disk full")) == EXIT_RUNTIME
+    assert exit_code(OSError(28, "No space left on device")) == EXIT_RUNTIME

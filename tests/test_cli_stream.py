@@ -1,4 +1,6 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
+import hashlib
+import importlib
 import json
 import os
 import re
@@ -1132,3 +1134,45 @@ def test_vectors_of_another_width_than_earlier_docs_are_refused(tmp_path):
         assert str(caught.value) == "line 3: vectors are 8 wide, earlier ones 4"
     finally:
         run.abandon()
+
+
+def test_resume_of_a_complete_output_with_several_files_deleted_counts_the_others(tmp_path):
+    """The damage message names the first missing file and how many more are gone:
+    three shards lost is "(and 2 more)", not a count that includes the one named."""
+    shards = [{"file": f"shard-00000{i}.spacy"} for i in range(4)]
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    for shard in shards:
+        (run.dir / shard["file"]).write_bytes(b"x")
+    run.finish({"format": "docbin", "docs": 4, "shards": shards})
+    for name in ("shard-000000.spacy", "shard-000002.spacy", "shard-000003.spacy"):
+        (tmp_path / "out" / name).unlink()
+    with pytest.raises(UsageError) as caught:
+        Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=True)
+    assert str(caught.value) == (f"--output {tmp_path / 'out'} is damaged: shard-000000.spacy is missing (and 2 more); "
+                                 "pass --overwrite to embed it again")
+
+
+def test_resume_refuses_an_interrupted_run_of_an_edited_config(tmp_path, monkeypatch):
+    """A run records the SHA-256 of its --config's bytes: the same model files under
+    other settings (another layer, say) make other vectors, and --resume must not
+    append them to the kept ones."""
+    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # (the package exports the command)
+    monkeypatch.setattr(embed_module, "model_identity", lambda model, config: {"files": {}})
+    (tmp_path / "in.txt").write_text("One doc.\n", encoding="utf8")
+    config = tmp_path / "embed.cfg"
+    config.write_text("[nlp]\nlang = \"en\"\npipeline = []\n", encoding="utf8")
+    inp = open_input(str(tmp_path / "in.txt"))
+    try:
+        first = embed_module._identity(inp, "docbin", None, config)
+        assert first["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
+        run = Run.plan(tmp_path / "out", first, overwrite=False, resume=False)
+        run.commit({"file": "shard-000000.spacy", "last_line": 1, "docs": 1, "tokens": 2, "width": 4, "bytes": 0})
+        (run.dir / "shard-000000.spacy").write_bytes(b"")
+        run.abandon()
+        config.write_text("[nlp]\nlang = \"en\"\npipeline = []\nbatch_size = 7\n", encoding="utf8")
+        edited = embed_module._identity(inp, "docbin", None, config)
+    finally:
+        inp.close()
+    with pytest.raises(UsageError) as caught:
+        Run.plan(tmp_path / "out", edited, overwrite=False, resume=True)
+    assert "(different config); pass --overwrite to start over" in str(caught.value)

@@ -11,6 +11,7 @@ import spacy_ctxembed.distributed as distributed  # noqa: E402
 from spacy_ctxembed.cli import app  # noqa: E402
 from spacy_ctxembed.cli.errors import CliError, UsageError  # noqa: E402
 from spacy_ctxembed.distributed import read_docs  # noqa: E402
+from spacy_ctxembed.pipeline.build import NoContextualEmbedder, check_writes_vectors  # noqa: E402
 
 
 def _ray_started() -> bool:
@@ -355,3 +356,33 @@ def test_ray_failures_name_cli_options(tmp_path):
     assert str(reported) == (f"--output {tmp_path} holds a run of other inputs or settings (--config: 'a' then, "
                              "'b' now; --shard-size: 30 then, 20 now; --text-key: 'text' then, 'body' now); use "
                              "another --output, or --overwrite")
+
+
+def test_an_output_directory_of_other_files_is_a_usage_error(tmp_path):
+    """embed_corpus refuses an OUTPUT holding files that are not an embed run's with a
+    FileExistsError: the CLI reports it as a usage error (exit 2), with its own words."""
+    from spacy_ctxembed.cli.embed import _ray_failure
+    from spacy_ctxembed.cli.errors import UsageError
+
+    message = f"{tmp_path} holds files that are not an embed run's (notes.txt); use another output directory"
+    reported = _ray_failure(FileExistsError(message + "\nretried 0 times"))
+    assert type(reported) is UsageError and reported.exit_code == 2
+    assert str(reported) == message
+
+
+def test_one_primary_embedder_beside_a_non_primary_one_writes_vectors():
+    """A pipeline is refused only where no ctxembed component is primary; a helper
+    embedder with primary = false beside a primary one is fine."""
+    check_writes_vectors({"helper": ("ctxembed_bert", False), "main": ("ctxembed_bert", True)})
+    with pytest.raises(NoContextualEmbedder, match=r"^\[a\] primary = false, \[b\] primary = false: "):
+        check_writes_vectors({"a": ("ctxembed_bert", False), "b": ("ctxembed_elmo", False)})
+
+
+def test_two_disabled_embedders_are_named_together():
+    """The message names every disabled embedder, in the plural where there are several."""
+    with pytest.raises(NoContextualEmbedder) as caught:
+        check_writes_vectors({"tagger": ("tagger", None)}, disabled=["a", "b"])
+    assert str(caught.value).endswith("its components are: ['tagger']; 'a', 'b' are disabled: enable it")
+    with pytest.raises(NoContextualEmbedder) as caught:
+        check_writes_vectors({"tagger": ("tagger", None)}, disabled=["a"])
+    assert str(caught.value).endswith("its components are: ['tagger']; 'a' is disabled: enable it")

@@ -32,7 +32,7 @@ from spacy_ctxembed.distributed.shards import (  # noqa: E402
 from spacy_ctxembed.distributed.sources import InputError, input_files, plan_shards, read_shard  # noqa: E402
 from spacy_ctxembed.outputs import stored_signature  # noqa: E402
 
-from .conftest import make_nlp  # noqa: E402
+from .conftest import ctx_config, make_nlp  # noqa: E402
 
 
 def _read_all(path, shard_size, kind=None, text_key="text"):
@@ -866,3 +866,37 @@ def test_an_actor_whose_pipeline_leaves_no_vectors_names_the_component_and_shard
         embedder.embed_shard(shard)
     assert str(caught.value) == "[ctxembed_bert] left no vectors on a doc of shard 0"
     assert not (out / shard_name(0)).exists()
+
+
+def test_an_explicit_input_format_overrides_the_file_name(tmp_path):
+    """--input-format jsonl of a file named .txt reads it as JSONL (its text field), not as lines of JSON."""
+    path = tmp_path / "records.txt"
+    path.write_text('{"text": "One doc."}\n{"text": "Two."}\n', encoding="utf8")
+    files = input_files([str(path)], kind="jsonl")
+    assert files == [(path.resolve(), "jsonl")]
+    (shard,), _ = plan_shards(files, 10)
+    docs, rejected = read_shard(shard)
+    assert docs == [(0, "One doc."), (1, "Two.")] and rejected == []
+
+
+def test_a_parquet_column_of_large_strings_is_read(tmp_path):
+    """pyarrow and Spark write large_string columns too: their texts are read as a string column's."""
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"text": pa.array(["One doc.", None, "Two."], type=pa.large_string())}), path)
+    shards, _ = plan_shards(input_files([str(path)]), 2)
+    rows = [read_shard(shard) for shard in shards]
+    assert [d for docs, _ in rows for d in docs] == [(0, "One doc."), (2, "Two.")]
+    assert [(r.doc_id, r.row, r.reason) for _, rejected in rows for r in rejected] == [(1, 1, "null text")]
+
+
+def test_an_actor_names_the_last_primary_embedder_of_its_pipeline(tiny_bert_dir):
+    """doc._.ctx_vectors is the last primary ctxembed component's (each primary one overwrites it;
+    one with primary = false never sets it): the component whose signature a shard records."""
+    from spacy_ctxembed.distributed.actor import _primary_component
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="first", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("ctxembed_bert", name="second", config=ctx_config(name=tiny_bert_dir))
+    assert _primary_component(nlp) == "second"
+    nlp.add_pipe("ctxembed_bert", name="third", config=ctx_config(name=tiny_bert_dir, primary=False))
+    assert _primary_component(nlp) == "second"

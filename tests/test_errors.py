@@ -4,8 +4,9 @@ import warnings
 
 import pytest
 import spacy
+from spacy.util import registry
 
-from spacy_ctxembed.errors import SettingError
+from spacy_ctxembed.errors import SettingError, first_line
 from spacy_ctxembed.models.hf_loading import load_encoder
 
 from .conftest import ctx_config, make_nlp
@@ -572,3 +573,24 @@ def test_the_component_built_in_python_checks_its_flags(tiny_bert_dir, setting):
     model = nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir)).model
     with pytest.raises(SettingError, match=rf"^\[emb\] {setting} = 'yes'"):
         ContextualEmbedder(nlp.vocab, model, "emb", **{setting: "yes"})
+
+
+def test_first_line_cuts_only_a_line_longer_than_its_limit():
+    """A line of exactly `limit` characters is kept whole; one character more is cut to
+    `limit`, the ellipsis included."""
+    assert first_line(ValueError("a" * 200 + "\nmore"), limit=200) == "ValueError: " + "a" * 200
+    assert first_line(ValueError("a" * 201), limit=200) == "ValueError: " + "a" * 197 + "..."
+    assert first_line(ValueError("  \n"), limit=200) == "ValueError"
+    assert first_line(KeyError("x"), typed=False) == "'x'"
+
+
+@pytest.mark.parametrize("architecture", ["ContextualListener.v2", "ContextualTok2Vec.v3"])
+def test_a_boolean_is_not_an_integer_setting(architecture):
+    """Python's True is the int 1: `width = true` in a config is refused by name, not built 1 wide."""
+    build = registry.architectures.get(f"spacy-ctxembed.{architecture}")
+    arguments = {"width": True}
+    if "Tok2Vec" in architecture:
+        arguments["embedder"] = None  # (checked before it is used)
+    with pytest.raises(SettingError, match=rf"^\[{architecture}\] width = True: expected an integer width >= 1, "
+                                           "got bool"):
+        build(**arguments)

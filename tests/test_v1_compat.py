@@ -9,7 +9,7 @@ import spacy
 
 from spacy_ctxembed.errors import SettingError
 
-from .conftest import assert_recorded
+from .conftest import assert_recorded, ctx_config
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "v1_pipeline"
 
@@ -51,10 +51,16 @@ def test_resaved_v1_pipeline_loads_the_same(v1_nlp, tmp_path):
     numpy.testing.assert_array_equal(again(text)._.ctx_vectors, v1_nlp(text)._.ctx_vectors)
 
 
-def test_v1_settings_are_refused_on_a_v2_model():
+@pytest.mark.parametrize("setting, value, block", [
+    ("layers", [0, 1], "model.encoder"), ("pooling", "first", "model.encoder"), ("combine", "concat", "model.combiner"),
+])
+def test_v1_settings_are_refused_on_a_v2_model(tiny_bert_dir, setting, value, block):
+    """A v1 component setting given to a v2 model is refused, naming the block it moved to."""
     nlp = spacy.blank("en")
-    with pytest.raises(ValueError, match=r"\[bert_a\] layers = \[0, 1\]: a v1 component setting.*\[model.encoder\]"):
-        nlp.add_pipe("ctxembed_bert", name="bert_a", config={"layers": [0, 1]})
+    with pytest.raises(SettingError, match=re.escape(
+            f"[bert_a] {setting} = {value!r}: a v1 component setting; with the v2 model set it in the "
+            f"component's [{block}] block")):
+        nlp.add_pipe("ctxembed_bert", name="bert_a", config={setting: value, **ctx_config(name=tiny_bert_dir)})
 
 
 def _v1_doc(tmp_path, rows, *, with_layers=False):
