@@ -902,3 +902,15 @@ def test_text_lengths_are_never_negative():
     lengths = text_lengths(doc, alignment, pieces)
     assert lengths is not None and len(lengths) == 5
     assert (lengths >= 0).all() and (lengths <= numpy.array([1, 3, 3, 3, 1])).all()
+
+
+def test_a_configs_transformer_is_pretrained_not_left_out_untrained(tiny_bert_dir):
+    """A corpus job leaves out what a training config builds untrained (the tagger
+    here); spacy-transformers' `transformer` is a trainable component too, but
+    pretrained, and what `ctxembed_from_trf` reads: it runs."""
+    from spacy_ctxembed.pipeline.build import untrained_components
+
+    nlp = _with_transformer(tiny_bert_dir, True)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config())
+    nlp.add_pipe("tagger")
+    assert untrained_components(nlp, nlp.config) == ["tagger"]
