@@ -99,11 +99,16 @@ def test_averaged_weights_of_another_shim_are_not_used():
 
 
 # --- run_encoder ------------------------------------------------------------
+def _passthrough(**attrs):
+    """A thinc Model with no shim of its own, which passes its input through."""
+    return Model("m", lambda m, X, is_train: (X, None), attrs=attrs)
+
+
 def test_run_encoder_backprop_sends_gradients_to_the_tensors_that_need_them():
     """In training the outputs' gradients reach autograd (for outputs that require grad only);
     frozen, the backprop gives nothing and records no graph."""
     w = torch.nn.Parameter(torch.tensor([2.0, 3.0]))
-    model = Model("m", lambda m, X, is_train: (X, None))
+    model = _passthrough()
     shim = PyTorchShim(torch.nn.Linear(1, 1))
 
     def embed(docs, grad):
@@ -117,6 +122,20 @@ def test_run_encoder_backprop_sends_gradients_to_the_tensors_that_need_them():
     w.grad = None
     Y, backprop = tb.run_encoder(model, shim, embed, ["a", "b"], train_weights=False)
     assert backprop([numpy.ones((1, 2), "f"), numpy.ones((1, 2), "f")]) == [] and w.grad is None
+
+
+def test_run_encoder_runs_a_frozen_encoder_without_autograd():
+    """Frozen (train_weights False), the encoder is asked for outputs without a graph."""
+    asked = []
+    model = _passthrough()
+
+    def embed(docs, grad):
+        asked.append(grad)
+        return [torch.zeros(1, 2)]
+
+    tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=False)
+    tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=True)
+    assert asked == [False, True]
 
 
 # --- check_saved_layers ---------------------------------------------------------
@@ -137,27 +156,13 @@ def test_check_saved_layers_refuses_other_layers_naming_the_component_or_the_cop
 # --- selected_layers / encoder_features for an encoder without a shim -------------
 def test_selected_layers_and_features_of_a_shimless_encoder_come_from_its_settings():
     """An encoder without a shim (ctxembed_from_trf's): its layers as written (ints only) and its pooling."""
-    model = Model("trf", lambda m, X, is_train: (X, None), attrs={"settings": {"layers": [-1, 3], "pooling": "first"}})
+    model = _passthrough(settings={"layers": [-1, 3], "pooling": "first"})
     assert tb.selected_layers(model) == [-1, 3]
     assert tb.encoder_features(model) == {"pooling": "first"}
     for layers in ([True], [], "x", [1.0]):
-        other = Model("trf", lambda m, X, is_train: (X, None), attrs={"settings": {"layers": layers}})
+        other = _passthrough(settings={"layers": layers})
         assert tb.selected_layers(other) is None
         assert tb.encoder_features(other) == {}
-
-
-def test_run_encoder_runs_a_frozen_encoder_without_autograd():
-    """Frozen (train_weights False), the encoder is asked for outputs without a graph."""
-    asked = []
-    model = Model("m", lambda m, X, is_train: (X, None))
-
-    def embed(docs, grad):
-        asked.append(grad)
-        return [torch.zeros(1, 2)]
-
-    tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=False)
-    tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=True)
-    assert asked == [False, True]
 
 
 def test_check_saved_layers_compares_values_not_the_sequence_type():
