@@ -24,9 +24,11 @@ from spacy_ctxembed.models.bert_runner import (
     _takes_broadcast_mask,
     _top_state_is_last,
     batch_items_for_memory,
+    default_batch_items,
 )
 
 from .conftest import make_nlp
+from .reference import hf_hidden_states, pool, token_pieces
 
 TEXTS = [
     "I ran to the park.",
@@ -678,11 +680,122 @@ def test_everything_bound_for_a_cuda_device_is_staged_pinned(tiny_bert_dir, monk
 
 
 def test_default_budget_on_cuda_follows_free_memory(tiny_bert_dir, monkeypatch):
-    from spacy_ctxembed.models.bert_runner import default_batch_items
-
     runner = _runner(make_nlp(tiny_bert_dir))
     for free in (2**31, 2**33):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, _free=free, **kwargs: (_free, 2**37))
         expected = batch_items_for_memory(free, runner.encoder.config, 512)
         assert default_batch_items(torch.device("cuda", 0), runner.encoder, 512) == expected
     assert default_batch_items(torch.device("cpu"), runner.encoder, 512) == 4096
+
+
+def test_prediction_builds_no_autograd_graph(nlp):
+    """Prediction runs under inference mode: outside it, the weights (trainable
+    by default) would make every output carry an autograd graph holding the
+    whole run's activations alive for as long as any doc's vectors are kept.
+    Fine-tuning (grad=True) is where a graph belongs."""
+    runner = _runner(nlp)
+    docs = [nlp.make_doc(t) for t in TEXTS[:6]]
+    assert all(p.requires_grad for p in runner.encoder.module.parameters())  # the premise: trainable weights
+    for output in runner.embed(docs):
+        assert not output.requires_grad and output.grad_fn is None
+    assert runner.embed(docs[:1], grad=True)[0].requires_grad
+
+
+def test_every_forward_batch_stays_within_the_piece_budget(nlp):
+    """`max_batch_items` bounds the padded pieces of each forward batch (rows
+    times the padded length, special tokens included), counted here from what
+    the model is actually called with. Windows of mixed lengths must be packed
+    longest first: a batch sized by a short window and padded to a long one
+    would pass the budget (on a GPU, out of memory)."""
+    runner = _runner(nlp)
+    shapes = []
+    hook = runner.runner.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        runner.embed([nlp.make_doc(t) for t in TEXTS[:6]])
+    finally:
+        hook.remove()
+    assert any(rows > 1 for rows, _ in shapes) and len({length for _, length in shapes}) > 1  # the premise
+    assert max(rows * length for rows, length in shapes) <= runner.max_batch_items == 64
+
+
+def test_default_budget_on_cuda_is_sized_for_a_framed_full_window(tiny_bert_dir, monkeypatch):
+    """With max_batch_items null, a CUDA model's budget is sized for windows of
+    the model's full length: its 62 wordpieces plus [CLS] and [SEP], the 64
+    positions the tiny model takes (not the window without its special tokens)."""
+    runner = _runner(make_nlp(tiny_bert_dir))
+    free = 2**28  # a budget between the bounds, where the length counts
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, **kwargs: (free, 2**37))
+    monkeypatch.setattr(type(runner), "device", property(lambda self: torch.device("cuda", 0)))
+    expected = batch_items_for_memory(free, runner.encoder.config, 64)
+    assert 4096 < expected < 65536 and expected != batch_items_for_memory(free, runner.encoder.config, 62)
+    assert runner.default_budget() == expected
+
+
+def test_batch_budget_from_free_memory_between_its_bounds():
+    """Where the budget is not clamped (16 GiB free for BERT-base): a quarter of
+    the free memory over one padded piece's bytes. (`test_batch_budget_from_free_memory`
+    asks at 40 GiB, which the upper bound clamps to 65536, so a budget
+    that spent all the free memory could not be told from this one there.)"""
+    from transformers import BertConfig
+
+    config = BertConfig()  # BERT-base: 12 layers, 768 wide, 12 heads, 3072 inner
+    per_piece = 4 * (13 * 768 + 12 * 512 + 3072 + 4 * 768)
+    free = 16 * 2**30
+    expected = free // 4 // per_piece
+    assert 4096 < expected < 65536  # the premise: between the bounds
+    assert batch_items_for_memory(free, config, 512) == expected
+
+
+@pytest.mark.parametrize("window, stride", [(24, 18), (None, 46), (1, 1)])
+def test_a_null_stride_is_three_quarters_of_the_window(tiny_bert_dir, window, stride):
+    """As BertEncoder.v2 documents it: stride = null starts a window every 3/4
+    of the window (at least one piece); window = null is all the tiny model
+    takes, 64 positions less [CLS] and [SEP]. The stride sets how much context
+    each overlapped piece gets, so another default would give long docs other
+    vectors than the documented setting."""
+    runner = _runner(make_nlp(tiny_bert_dir, window=window))
+    assert (runner.window, runner.stride) == (window or 62, stride)
+
+
+@pytest.mark.parametrize("tokenizer_limit, window", [(512, 62), (32, 30)])
+def test_the_default_window_is_within_both_the_tokenizers_and_the_configs_limit(tiny_bert_dir, tmp_path,
+                                                                                 tokenizer_limit, window):
+    """The tiny model has 64 positions (config.json); a tokenizer saved with
+    another model_max_length (MiniLM's 512, say) must not give it longer
+    windows, which index past its position table; a tokenizer that says fewer
+    is heeded too. Either way a long doc embeds in windows the model takes."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model_dir)
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config["model_max_length"] = tokenizer_limit
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    nlp = make_nlp(model_dir, window=None)
+    assert _runner(nlp).window == window  # [CLS] and [SEP] take the other 2
+    doc = nlp("word " * 200)
+    assert doc._.ctx_vectors.shape == (200, 32) and numpy.isfinite(doc._.ctx_vectors).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_runs_the_forward_pass_under_its_own_autocast_dtype(tiny_bert_dir, precision):
+    """'bf16' and 'fp16' are torch autocast in that dtype: the vectors equal
+    `transformers` run under `torch.autocast` with the same dtype, not its fp32
+    states nor the other half dtype's. (A loose comparison with fp32 cannot tell
+    a bf16 pipeline that silently ran in fp32, or in fp16, from one that did not.)"""
+    from transformers import AutoModel, AutoTokenizer
+
+    text = "Yesterday afternoon I ran some more significance tests on the new data."
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
+    references = {}
+    for name, autocast in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        with torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext():
+            references[name], offsets = hf_hidden_states(tokenizer, model, text)
+    doc = make_nlp(tiny_bert_dir, layers=[-1], precision=precision, store_layers=True)(text)
+    pieces = token_pieces(doc, offsets)
+    expected = {name: pool(states[-1], pieces, "mean") for name, states in references.items()}
+    for other in {"fp32", "bf16", "fp16"} - {precision}:  # the premise: the dtypes' vectors differ
+        assert numpy.abs(expected[other] - expected[precision]).max() > 1e-5
+    numpy.testing.assert_allclose(doc._.ctx_layers[0], expected[precision], atol=2e-6, rtol=0)

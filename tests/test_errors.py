@@ -594,3 +594,19 @@ def test_a_boolean_is_not_an_integer_setting(architecture):
     with pytest.raises(SettingError, match=rf"^\[{architecture}\] width = True: expected an integer width >= 1, "
                                            "got bool"):
         build(**arguments)
+
+
+@pytest.mark.parametrize("setting, value, pattern", [
+    ("pooling", "avg", r"pooling = 'avg': expected one of"),
+    ("precision", "bogus", r"precision = 'bogus': expected one of 'fp32'"),
+])
+def test_an_encoder_used_on_its_own_checks_its_settings_when_initialized(tiny_bert_dir, setting, value, pattern):
+    """BertEncoder.v2 built and initialized outside a ctxembed component (as a
+    Thinc layer in user code): no component or architecture checked its
+    settings, so initializing it must, rather than load the weights and run
+    with a pooling or precision that does not exist."""
+    from spacy.util import registry
+
+    encoder = registry.architectures.get("spacy-ctxembed.BertEncoder.v2")(name=str(tiny_bert_dir), **{setting: value})
+    with pytest.raises(SettingError, match=pattern):
+        encoder.initialize()

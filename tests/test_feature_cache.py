@@ -311,3 +311,22 @@ def test_the_cache_evicts_the_least_recently_read_entry_and_keeps_within_its_byt
     cache.put("c", value)
     assert "b" not in cache and "a" in cache and "c" in cache
     assert cache.nbytes == 2 * entry <= cache.max_bytes
+
+
+def test_a_config_that_differs_in_dropout_only_is_the_same_model(tiny_bert_dir, tmp_path):
+    """Dropout does not change what a model predicts: a copy of the model whose
+    config.json sets other dropout rates gives the same vectors, which may be
+    compared with the original's (`similarity`), as the same model's. (Another
+    activation is another model: `test_loading_the_same_weights_with_another_config_never_hits`.)"""
+    import json
+    import shutil
+
+    text = "I ran to the park ."
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.3)
+    (other / "config.json").write_text(json.dumps(config))
+    a, b = _nlp(tiny_bert_dir)(text), _nlp(other, cache_mb=0)(text)
+    numpy.testing.assert_array_equal(a._.ctx_vectors, b._.ctx_vectors)  # the premise: the same outputs
+    assert numpy.isfinite(a[0].similarity(b[0]))

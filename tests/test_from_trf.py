@@ -914,3 +914,28 @@ def test_a_configs_transformer_is_pretrained_not_left_out_untrained(tiny_bert_di
     nlp.add_pipe("ctxembed_from_trf", config=ctx_config())
     nlp.add_pipe("tagger")
     assert untrained_components(nlp, nlp.config) == ["tagger"]
+
+
+def test_an_unknown_pooling_is_refused_when_the_component_is_made():
+    """`pooling` is one of the four modes; another is refused, naming the
+    component and the setting, before any doc runs (it would otherwise
+    reach the pooling with a mode it does not have)."""
+    from spacy_ctxembed.errors import SettingError
+
+    with pytest.raises(SettingError, match=r"^\[ctxembed_from_trf\] pooling = 'avg': expected one of 'mean', "
+                                           r"'first', 'last', 'max'"):
+        spacy.blank("en").add_pipe("ctxembed_from_trf", config=ctx_config(pooling="avg"))
+
+
+def test_whitespace_tokens_without_pieces_are_not_warned_of(tiny_bert_dir):
+    """A WordPiece tokenizer gives whitespace no piece, and whitespace tokens have
+    no vector by contract: they are not the tokens cut off by the transformer,
+    and a doc with a double space or a blank line must not warn that they are."""
+    nlp = _trf_nlp(tiny_bert_dir, False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        doc = nlp("the fox\n\nthe dog  ran")
+    spaces = [t for t in doc if t.is_space]
+    assert spaces and not any(doc._.trf_data.align[t.i].lengths.sum() for t in spaces)  # the premise
+    assert not [w for w in caught if "have no wordpiece" in str(w.message)]
+    assert all(t.has_vector for t in doc if not t.is_space)

@@ -668,3 +668,61 @@ def test_v1_head_in_training_refuses_docs_without_layers_even_its_samples():
     for doc in (sample, other):
         with pytest.raises(ValueError, match=IN_TRAINING):
             model.begin_update([doc])
+
+
+def test_v1_head_gives_no_zeros_to_a_new_doc_where_a_freed_sample_doc_was():
+    """The sample docs are held by id and weakly: once one is freed, CPython may
+    give a new doc its address, and so its id. That doc is not a sample, and
+    must not read zeros for the upstream's missing layers."""
+    import gc
+
+    install_extensions()
+    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
+        width=16, n_layers=2, upstream_width=32)
+    nlp = spacy.blank("en")
+    sample = nlp("no layers here")
+    model.initialize(X=[sample])
+    freed = id(sample)
+    del sample
+    gc.collect()
+    kept = []  # (each try kept alive, so that the next one gets another address)
+    for _ in range(200):
+        kept.append(nlp("no layers here"))
+        if id(kept[-1]) == freed:
+            break
+    else:
+        pytest.skip("no new doc was given the freed sample's address")
+    with pytest.raises(ValueError, match=V1_NOT_RUN):
+        model.predict([kept[-1]])
+
+
+def test_v1_head_initialized_again_forgets_the_earlier_sample_docs():
+    """Zeros are for the docs of the latest initialization only: a doc the
+    head was first initialised on is a doc like any other once it has been
+    initialised again on others (in training, `nlp.initialize` runs again)."""
+    install_extensions()
+    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
+        width=16, n_layers=2, upstream_width=32)
+    nlp = spacy.blank("en")
+    first, second = nlp("no layers here"), nlp("no layers here")
+    model.initialize(X=[first])
+    model.initialize(X=[second])
+    assert model.predict([second])[0].shape == (3, 16)
+    with pytest.raises(ValueError, match=V1_NOT_RUN):
+        model.predict([first])
+
+
+@pytest.mark.parametrize("shape, says", [
+    ((2, 6, 32), "the layers are not this doc's (was the doc retokenized"),
+    ((3, 5, 32), "has 3 layers of width 32, but this component has n_layers = 2 and upstream_width = 32"),
+    ((2, 5, 48), "has 2 layers of width 48, but this component has n_layers = 2 and upstream_width = 32"),
+])
+def test_v1_says_whether_stored_layers_are_another_docs_or_another_setting(shape, says):
+    """Layers of another token count than the doc's (n_layers 2, 5 tokens, width
+    32 here) are another doc's (it was retokenized after the upstream ran),
+    whatever their layer count and width: the error must not send the user to
+    change settings that are right. Another count or width over the doc's own
+    tokens is a settings mismatch."""
+    from spacy_ctxembed.layers.read_ctx_layers import _shape_error
+
+    assert says in _shape_error(shape, 2, 5, 32)

@@ -134,3 +134,23 @@ def test_roberta_tokenizer_is_read_directly(tmp_path):
     tokenizer = RobertaTokenizerFast(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
     assert Wordpieces(tokenizer)._backend is not None
     _assert_equal_to_transformers(tokenizer, TEXTS)
+
+
+def test_a_tokenizer_that_changes_its_call_goes_through_transformers(minilm_tokenizer):
+    """A tokenizer class may change encoding in `__call__` as well as in
+    `_batch_encode_plus`: the Rust tokenizer behind it would skip that, so it
+    is called through `transformers`, and its pieces are what it returns
+    there; for no texts too (no pieces, not an error)."""
+    from transformers import BertTokenizerFast
+
+    class AppendsAWordInItsCall(BertTokenizerFast):
+        def __call__(self, text=None, *args, **kwargs):
+            if isinstance(text, (list, tuple)):
+                text = [t + " park" for t in text]
+            return super().__call__(text, *args, **kwargs)
+
+    tokenizer = AppendsAWordInItsCall.from_pretrained(minilm_tokenizer.name_or_path)
+    _assert_equal_to_transformers(tokenizer, ["I ran to the", "Naïve café"])
+    assert len(Wordpieces(tokenizer).flat(["I ran"])[0]) == 3  # the override ran
+    ids, spans, counts = Wordpieces(tokenizer).flat([])
+    assert (ids.shape, spans.shape, counts.shape) == ((0,), (0, 2), (0,))
