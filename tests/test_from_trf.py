@@ -939,3 +939,20 @@ def test_whitespace_tokens_without_pieces_are_not_warned_of(tiny_bert_dir):
     assert spaces and not any(doc._.trf_data.align[t.i].lengths.sum() for t in spaces)  # the premise
     assert not [w for w in caught if "have no wordpiece" in str(w.message)]
     assert all(t.has_vector for t in doc if not t.is_space)
+
+
+def test_a_transformer_output_of_no_pieces_gives_zeros_said(tiny_bert_dir):
+    """An upstream output whose states hold no piece (spans of nothing) leaves every
+    token without a piece, as a doc given no span does: zero vectors, and said so
+    (they were zeros without a word)."""
+    from spacy_transformers.data_classes import TransformerData
+    from transformers.utils import ModelOutput
+
+    nlp = _trf_nlp(tiny_bert_dir, True)
+    doc = nlp("I ran home")
+    empty = numpy.zeros((0, 0, 32), dtype="float32")
+    doc._.trf_data = TransformerData(wordpieces=doc._.trf_data.wordpieces, align=doc._.trf_data.align,
+                                     model_output=ModelOutput(last_hidden_state=empty, hidden_states=(empty,) * 3))
+    with pytest.warns(UserWarning, match=r"\[ctxembed_from_trf\] 3 of 3 tokens .* no wordpiece"):
+        nlp.get_pipe("ctxembed_from_trf")(doc)
+    assert doc._.ctx_vectors.shape == (3, 32) and not doc._.ctx_vectors.any()

@@ -105,16 +105,15 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
             "this one in the pipeline; in training, list it in [training] annotating_components, and in "
             "frozen_components (it is not fine-tuned through this component)"
         )
-    if not trf_data.model_output:
-        # The upstream's span getter gave this doc no span: no token has a piece.
+    settings = _settings(model)
+    states = _select_layers(settings["layers"], trf_data.model_output) if trf_data.model_output else None
+    if states is None or states[0].size == 0:
+        # The upstream's span getter gave this doc no span (or only spans of no
+        # piece): no token has a piece. Said, as for any token without one.
         _warn_if_unaligned(doc, PieceAlignment.from_lengths([], numpy.zeros(len(doc), dtype="int64"), 0),
                            doc.to_array(IS_SPACE).astype(bool))
         return None
-    settings = _settings(model)
-    states = _select_layers(settings["layers"], trf_data.model_output)
     width = states[0].shape[-1]
-    if states[0].size == 0:
-        return model.ops.alloc3f(len(states), len(doc), width)
     # (n_spans, span_len, width) per layer -> (n_pieces, n_layers, width); float32 whatever
     # the transformer ran in (fp16 outputs would give fp16 vectors).
     flat = model.ops.xp.stack([s.reshape(-1, width) for s in states], axis=1).astype("float32", copy=False)
