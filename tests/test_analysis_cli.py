@@ -384,3 +384,41 @@ def test_a_gpu_id_without_a_gpu_is_a_usage_error_naming_the_option(tmp_path):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: --gpu-id 0: "), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_analyze_refuses_a_gpu_id_below_minus_one(tmp_path):
+    """`--gpu-id -2` is no GPU and not the CPU: one usage line, as `embed` says it, before anything loads."""
+    result = invoke("analyze", write_corpus(tmp_path), "-o", tmp_path / "out", "-g", "-2")
+    assert result.exit_code == 2, result.stderr
+    assert error_lines(result.stderr) == ["error: --gpu-id -2: expected a GPU number, or -1 for CPU"]
+
+
+def test_analyze_component_options_reach_their_pipelines(tmp_path, tiny_bert_dir, tmp_path_factory):
+    """--component picks the main pipeline's component, --compare-component the
+    compared one's; an unknown name is refused naming the option it came from."""
+    corpus = write_corpus(tmp_path)
+    model = saved_pipeline(tiny_bert_dir, tmp_path_factory)
+    for options, option in ((["--component", "nope"], "--component"),
+                            (["--compare", model, "--compare-component", "nope"], "--compare-component")):
+        result = invoke("analyze", corpus, "-o", tmp_path / "out", "--model", model, *options)
+        assert result.exit_code == 2, result.stderr
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"error: {option} 'nope': the pipeline "), lines
+        assert "has no such contextual embedder" in lines[0]
+
+
+def test_report_states_its_settings_counts_and_mean_of_layers(run, tmp_path):
+    """The report's own numbers, from analysis.json: the --min-count it was run
+    with, each pipeline's docs, tokens and sentences, and each WiC table's
+    mean-of-layers row (one cell per pooling mode, in the json's order)."""
+    _, out = run
+    analysis = json.loads((out / "analysis.json").read_text())
+    analysis["settings"]["min_count"] = 7  # (the run's is the default, 5)
+    write_report(analysis, tmp_path / "again")
+    page = (tmp_path / "again" / "report.html").read_text(encoding="utf8")
+    assert "self-similarity (words with at least 7 occurrences)" in page
+    for p in analysis["pipelines"]:
+        assert (f"analysed {p['corpus_docs']} docs, {p['corpus_tokens']} tokens, {p['corpus_sentences']} "
+                f"sentences)") in page
+        cells = "".join(f"<td>{p['wic'][mode]['mean_of_layers']['accuracy']:.3f}</td>" for mode in ("mean", "first"))
+        assert f'<td class="text">mean of layers</td>{cells}</tr>' in page

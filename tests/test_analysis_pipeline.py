@@ -528,3 +528,40 @@ def test_summary_picks_the_best_wic_layer_by_cross_validation():
     # Training pairs 75% F: no layer's cross-validated rule beats answering F, which the line says.
     text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline, "train": {"majority_rate": 0.75}}})
     assert "best layer (by cross-validation) 1 0.600 (no layer beats the majority class in cross-validation)" in text
+
+
+def test_report_numbers_that_are_not_finite_show_as_a_dash():
+    """A measure with nothing to average (None in the json, NaN or inf in a
+    computation) shows as "–" in the report's tables, never as "nan"."""
+    from spacy_ctxembed.analysis.report import _table
+
+    table = _table(["a", "b", "c", "d"], [[None, float("nan"), float("inf"), 0.12345]])
+    assert table.endswith("<tr><td>–</td><td>–</td><td>–</td><td>0.123</td></tr></table>")
+
+
+def test_long_labels_are_cut_to_48_characters_keeping_their_end():
+    """A pipeline's label (its path) in the report's headings: at most 48
+    characters, the end kept (where paths differ), after an ellipsis."""
+    from spacy_ctxembed.analysis.report import _short
+
+    label = "/very/long/path/to/some/place/where/the/pipelines/live/model-best"
+    assert _short(label) == "…" + label[-47:] and len(_short(label)) == 48
+    assert _short(label[-48:]) == label[-48:]
+
+
+def test_summary_says_no_layer_beats_the_majority_class_on_a_tie():
+    """A best layer whose cross-validated accuracy only equals the training
+    pairs' majority rate does not beat answering the majority class."""
+    from spacy_ctxembed.analysis.report import summary
+
+    layers = [{"layer": 0, "accuracy": 0.6, "cv_accuracy": 0.7}]
+    pipeline = {"label": "p", "component": "c", "layer_ids": [0], "notes": [], "recommendation": None,
+                "layers": [{"layer": 0, "anisotropy": 0.1, "self_similarity": 0.1, "self_similarity_adjusted": 0.0,
+                            "intra_sentence_similarity": 0.1, "intra_sentence_similarity_adjusted": 0.0,
+                            "max_explainable_variance": 0.1, "max_explainable_variance_adjusted": 0.0,
+                            "wic_accuracy": 0.6}],
+                "wic": {"mean": {"layers": layers, "mean_of_layers": {"accuracy": 0.6},
+                                 "scalar_mix": {"accuracy": 0.6, "weights": [1.0]}}}}
+    baseline = {"pairs": "train", "majority_label": "F", "majority_rate": 0.7}
+    text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline, "train": {"majority_rate": 0.7}}})
+    assert "best layer (by cross-validation) 0 0.600 (no layer beats the majority class in cross-validation)" in text

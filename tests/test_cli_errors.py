@@ -1,5 +1,6 @@
 """`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
 import importlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from spacy_ctxembed.cli.errors import EXIT_RUNTIME, EXIT_USAGE, CliError, UsageE
 from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines, wide_encoding
 
+from .conftest import ctx_config
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
 
 embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # the package exports the command as `embed`
@@ -549,3 +551,68 @@ def test_only_a_message_that_starts_with_a_tag_is_a_usage_error():
     assert exit_code(OSError("[E050] Can't find model 'x'")) == EXIT_USAGE
     assert exit_code(OSError("cannot write /data/[run1]/vectors.npy: disk full")) == EXIT_RUNTIME
     assert exit_code(OSError(28, "No space left on device")) == EXIT_RUNTIME
+
+
+def test_load_pipeline_refuses_a_model_and_a_config_together():
+    """The Python API refuses both, as the CLI and embed_corpus do, before loading either."""
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    with pytest.raises(ValueError, match=r"^give either a model or a config, not both$"):
+        load_pipeline(model="no_such_model", config="no_such.cfg")
+
+
+def test_load_pipeline_gpu_id_0_asks_for_gpu_0(monkeypatch):
+    """gpu_id 0 is a GPU (the first), not the CPU: spaCy's require_gpu is asked for it."""
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    asked = []
+
+    def require_gpu(gpu_id=0):
+        asked.append(gpu_id)
+        raise RuntimeError("no GPU here")
+
+    monkeypatch.setattr(spacy, "require_gpu", require_gpu)
+    with pytest.raises(RuntimeError, match="no GPU here"):
+        load_pipeline(model="no_such_model", gpu_id=0)
+    assert asked == [0]
+
+
+def test_load_pipeline_reads_a_config_file_given_as_a_path(tiny_bert_dir, tmp_path):
+    """`config` as a pathlib.Path is a file to read, not config text."""
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="emb", config=ctx_config(name=tiny_bert_dir))
+    nlp.config.to_disk(tmp_path / "config.cfg")
+    loaded = load_pipeline(config=tmp_path / "config.cfg")
+    assert loaded.pipe_names == ["emb"]
+    assert loaded("A doc.")._.ctx_vectors.shape == (3, 32)
+
+
+def test_one_component_left_out_untrained_is_told_of_as_it():
+    """The warning speaks of one component as "it", of several as "them"."""
+    from spacy_ctxembed.pipeline.build import leave_out_untrained
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger")
+    nlp.add_pipe("senter")
+    with pytest.warns(UserWarning) as one:
+        leave_out_untrained(nlp, ["tagger"])
+    assert str(one[0].message).endswith(
+        "so left out: the docs carry no annotation from it; to run it, give the trained pipeline instead")
+    with pytest.warns(UserWarning) as two:
+        leave_out_untrained(nlp, ["senter"], where="--config c.cfg", instead=" with --model")
+    assert str(two[0].message) == (
+        "--config c.cfg: 'senter': built untrained from the config (a training config: only a `source`d component "
+        "keeps trained weights), so left out: the docs carry no annotation from it; to run it, give the trained "
+        "pipeline with --model instead")
+    nlp.enable_pipe("tagger")
+    nlp.enable_pipe("senter")
+    with pytest.warns(UserWarning) as both:
+        leave_out_untrained(nlp, ["tagger", "senter"])
+    assert "'tagger', 'senter': built untrained" in str(both[0].message)
+    assert str(both[0].message).endswith("from them; to run them, give the trained pipeline instead")
+    assert nlp.disabled == ["tagger", "senter"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        leave_out_untrained(nlp, ["tagger"], warn=False)

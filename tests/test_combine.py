@@ -3,6 +3,7 @@ import numpy
 import pytest
 
 from spacy_ctxembed.layers import ConcatLayers, MeanLayers, ScalarMix
+from spacy_ctxembed.layers.scalar_mix import is_plain_mean
 
 RNG = numpy.random.default_rng(0)
 
@@ -115,3 +116,41 @@ def test_concat_backprop_gives_each_layer_its_own_columns_of_the_gradient():
         expected = numpy.stack([dy[:, j * 4 : (j + 1) * 4] for j in range(3)]) if len(dy) else numpy.zeros(x.shape)
         assert dx.shape == x.shape
         numpy.testing.assert_array_equal(dx, expected.astype("float32"))
+
+
+def test_scalar_mix_without_n_layers_takes_the_layer_count_of_its_sample():
+    """`ScalarMix()` (n_layers None) learns its layer count from the first doc
+    of the sample in `initialize`: one weight per layer (axis 0), not per token
+    or per unit of width; as initialised, the plain mean of the layers."""
+    x = numpy.random.default_rng(5).normal(size=(3, 5, 4)).astype("float32")
+    mix = ScalarMix()
+    mix.initialize(X=[x])
+    assert mix.get_dim("nL") == 3 and mix.get_param("s").shape == (3,)
+    numpy.testing.assert_allclose(mix.predict([x])[0], x.astype("f8").mean(axis=0), rtol=1e-5, atol=1e-7)
+
+
+def test_a_mix_with_a_trained_scale_is_not_a_plain_mean():
+    """`is_plain_mean` lets a loaded pipeline skip the checks that hold trained
+    mix weights to their features: equal `s` with gamma 1 is the mean, but equal
+    `s` with another gamma scales every vector, which is trained."""
+    mix = ScalarMix(n_layers=3)
+    mix.initialize()
+    assert is_plain_mean(mix)
+    mix.set_param("s", numpy.array([0.4, 0.4, 0.4], dtype="f"))
+    assert is_plain_mean(mix)  # equal weights: still the mean
+    mix.set_param("gamma", numpy.array([1.7], dtype="f"))
+    assert not is_plain_mean(mix)
+    mix.set_param("gamma", numpy.array([1.0], dtype="f"))
+    mix.set_param("s", numpy.array([0.4, 0.0, 0.4], dtype="f"))
+    assert not is_plain_mean(mix)
+
+
+def test_concat_initialized_with_its_dims_is_as_wide_as_all_its_layers():
+    """ConcatLayers' `nO` is n_layers * width: 3 layers of width 4 give 12 columns."""
+    model = ConcatLayers()
+    model.set_dim("nL", 3)
+    model.set_dim("nI", 4)
+    model.initialize()
+    assert model.get_dim("nO") == 12
+    x = numpy.random.default_rng(6).normal(size=(3, 5, 4)).astype("float32")
+    assert model.predict([x])[0].shape == (5, model.get_dim("nO"))

@@ -144,3 +144,21 @@ def test_docs_are_freed_by_reference_counting(tiny_bert_dir):
         assert live_docs() == before
     finally:
         gc.enable()
+
+
+def test_bert_component_stores_no_layers_by_default(tiny_bert_dir):
+    """`store_layers = false` is the factory default: a doc carries its vectors,
+    not the (n_layers, n_tokens, width) stack, unless asked for."""
+    doc = make_nlp(tiny_bert_dir)("A short doc.")
+    assert doc._.ctx_vectors.shape == (len(doc), 32)
+    assert doc._.ctx_layers is None
+
+
+def test_analyze_pipes_shows_what_from_trf_requires():
+    """ctxembed_from_trf reads doc._.trf_data, and says so to spaCy, which warns
+    about a pipeline without a component that writes it."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_from_trf")
+    analysis = nlp.analyze_pipes()
+    assert analysis["summary"]["ctxembed_from_trf"]["requires"] == ["doc._.trf_data"]
+    assert analysis["problems"]["ctxembed_from_trf"] == ["doc._.trf_data"]

@@ -900,3 +900,84 @@ def test_an_actor_names_the_last_primary_embedder_of_its_pipeline(tiny_bert_dir)
     assert _primary_component(nlp) == "second"
     nlp.add_pipe("ctxembed_bert", name="third", config=ctx_config(name=tiny_bert_dir, primary=False))
     assert _primary_component(nlp) == "second"
+
+
+def test_an_actor_asks_for_its_gpu_and_its_threads(tmp_path, monkeypatch):
+    """An actor with use_gpu loads its pipeline on GPU 0 (Ray gives each actor
+    its own as device 0), one without on the CPU (-1); torch gets the actor's threads."""
+    import torch
+
+    import spacy_ctxembed.distributed.actor as actor
+
+    calls = []
+    monkeypatch.setattr(actor, "load_pipeline", lambda **kwargs: calls.append(kwargs) or spacy.blank("en"))
+    before = torch.get_num_threads()
+    try:
+        actor.ShardEmbedder(str(tmp_path), "m", None, True, 8, "float32", 3)
+        assert torch.get_num_threads() == 3
+        actor.ShardEmbedder(str(tmp_path), "m", None, False, 8, "float32", 0)
+        assert torch.get_num_threads() == 1  # (0 threads: at least one)
+    finally:
+        torch.set_num_threads(before)
+    assert [call["gpu_id"] for call in calls] == [0, -1]
+
+
+def test_an_actors_float16_shard_reads_back_as_its_docs(tmp_path, tiny_bert_dir):
+    """A shard an actor wrote rebuilds its docs: the tokens at spaCy's character
+    offsets (token starts, from a blank tokenizer here), the vectors as the
+    pipeline gave them rounded to float16, and a file that says float16."""
+    import pyarrow.parquet as pq
+
+    from spacy_ctxembed.distributed.actor import ShardEmbedder
+    from spacy_ctxembed.distributed.shards import shard_meta
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    texts = ["One doc  here.", "Two, and more words."]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf8")
+    (shard,), _ = plan_shards(input_files([str(path)]), 10)
+    out = tmp_path / "shards"
+    out.mkdir()
+    ShardEmbedder(str(out), str(tmp_path / "nlp"), None, False, 8, "float16", 1).embed_shard(shard)
+    assert shard_meta(out / shard_name(0))["dtype"] == "float16"
+    nlp = spacy.load(tmp_path / "nlp")
+    tokenizer = spacy.blank("en").tokenizer
+    rebuilt = list(docs_from_table(pq.read_table(out / shard_name(0)), spacy.blank("en").vocab))
+    assert [doc.text for doc in rebuilt] == texts
+    for doc, text in zip(rebuilt, texts):
+        assert [t.idx for t in doc] == [t.idx for t in tokenizer(text)]
+        expected = nlp(text)._.ctx_vectors.astype(numpy.float16).astype(numpy.float32)
+        numpy.testing.assert_allclose(doc._.ctx_vectors, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_a_changed_model_is_told_with_what_to_do():
+    """ModelChanged names the model and says what a changed model needs: another run."""
+    from spacy_ctxembed.distributed.actor import ModelChanged
+
+    assert str(ModelChanged("models/best")) == (
+        "embed_corpus: model = 'models/best': its files changed after this run started (their checksum differs "
+        "from the one the run recorded), so its shards would mix two models' vectors; rerun once it stays put "
+        "(a model changed on purpose makes another run: overwrite)")
+
+
+def test_an_actor_of_a_config_run_checks_the_files_the_config_names(tmp_path, tiny_bert_dir):
+    """Without --model, the files a run's config names (here the encoder's model
+    folder) are what the actor's check holds to the driver's record: the same
+    files pass, a folder replaced since is refused."""
+    import shutil
+
+    from thinc.api import Config
+
+    from spacy_ctxembed.distributed.actor import ModelChanged, _check_model
+    from spacy_ctxembed.fileio import model_identity
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert_dir, folder)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=folder))
+    config = nlp.config.to_str()
+    recorded = model_identity(None, Config().from_str(config, interpolate=False))
+    _check_model(None, config, recorded)  # the same files
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "edited": 1}', 1))
+    with pytest.raises(ModelChanged, match=r"^embed_corpus: model = None: its files changed"):
+        _check_model(None, config, recorded)

@@ -474,3 +474,58 @@ def test_spans_and_the_doc_around_whitespace_tokens(nlp_elmo):
     assert not doc[1:2].has_vector and not doc[1:2].vector.any()
     assert doc.has_vector
     numpy.testing.assert_allclose(doc.vector, rows[[0, 2, 4]].mean(axis=0), rtol=1e-6, atol=1e-7)
+
+
+def test_a_deep_copy_of_the_encoder_gives_the_same_layers(nlp_elmo):
+    """spaCy's replace_listeners deep-copies the encoder (`ElmoShim.__deepcopy__`):
+    the copy holds the biLM and the selected layers, and gives the same output."""
+    encoder = nlp_elmo.get_pipe("ctxembed_elmo").encoder
+    doc = nlp_elmo.make_doc("I ran to the park .")
+    copied = copy.deepcopy(encoder)
+    expected = encoder.predict([doc])[0]
+    got = copied.predict([doc])[0]
+    assert got.shape[:2] == expected.shape[:2] == (3, 6)
+    numpy.testing.assert_array_equal(got, expected)
+
+
+def test_an_uninitialized_elmo_encoder_says_to_initialize():
+    """An encoder run before nlp.initialize() (which loads the weights) names that step."""
+    from spacy_ctxembed.models.elmo import ElmoEncoder
+
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=r"^\[ctxembed_elmo\] the biLM has no weights yet: call nlp\.initialize\(\) "
+                                         r"first$"):
+        ElmoEncoder().predict([nlp.make_doc("A doc.")])
+
+
+def test_serialized_files_need_both_the_options_and_the_weights():
+    """The serialized biLM holds exactly options.json + weights.hdf5: one alone (or an extra file) is refused."""
+    from spacy_ctxembed.models.elmo import ElmoShim
+
+    shim = ElmoShim({"options_file": None, "weight_file": None, "layers": [0, 1, 2], "max_batch_items": 4096,
+                     "trainable": False, "compile": False})
+    assert shim.saved_files_problem({"options.json": b"", "weights.hdf5": b""}) == ""
+    for files in ({"options.json": b""}, {"weights.hdf5": b""}, {"options.json": b"", "weights.hdf5": b"", "x": b""},
+                  ["options.json", "weights.hdf5"]):
+        assert shim.saved_files_problem(files) == "the serialized biLM does not hold options.json + weights.hdf5"
+
+
+def test_the_elmo_factory_keeps_its_encoder_lr_scale(elmo_files):
+    """`encoder_lr_scale` of ctxembed_elmo reaches the component (as ctxembed_bert's does)."""
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("ctxembed_elmo", config=ctx_config(
+        options_file=str(elmo_files[0]), weight_file=str(elmo_files[1]), encoder_lr_scale=0.25))
+    assert component.cfg["encoder_lr_scale"] == 0.25
+
+
+def test_the_signature_tells_apart_options_over_the_same_weights(tmp_path):
+    """Two biLMs of the same weights whose options differ (the LSTM's clipping)
+    give other vectors: their outputs' signatures differ, so that a listener or
+    `.similarity()` never takes one's vectors for the other's."""
+    options = copy.deepcopy(SMALL)
+    options["lstm"]["cell_clip"] = options["lstm"]["proj_clip"] = 0.05
+    a = elmo_nlp(write_elmo_fixture(tmp_path / "a"))
+    b = elmo_nlp(write_elmo_fixture(tmp_path / "b", options=options))
+    text = "I ran to the park and then I ran home ."
+    assert not numpy.allclose(a(text)._.ctx_vectors, b(text)._.ctx_vectors, atol=1e-4)  # the premise
+    assert a.get_pipe("ctxembed_elmo").signature != b.get_pipe("ctxembed_elmo").signature

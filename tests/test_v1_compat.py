@@ -53,6 +53,7 @@ def test_resaved_v1_pipeline_loads_the_same(v1_nlp, tmp_path):
 
 @pytest.mark.parametrize("setting, value, block", [
     ("layers", [0, 1], "model.encoder"), ("pooling", "first", "model.encoder"), ("combine", "concat", "model.combiner"),
+    ("layers", [], "model.encoder"),  # (given, if empty: not taken as left out)
 ])
 def test_v1_settings_are_refused_on_a_v2_model(tiny_bert_dir, setting, value, block):
     """A v1 component setting given to a v2 model is refused, naming the block it moved to."""
