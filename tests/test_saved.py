@@ -257,6 +257,14 @@ def test_v1_layers_are_resolved_against_the_loaded_model(bert):
     assert sv.v1_saved_layers("c", bert.encoder, {"format": 2, "layers": [-1]}) is None
 
 
+def test_v1_elmo_layers_are_resolved_against_the_loaded_bilm(elmo):
+    """ELMo's states are its token layer and one per LSTM layer (2 in the fixture):
+    -1 is state 2, -3 state 0; -4 is out of range, kept as written."""
+    assert sv.v1_saved_layers("c", elmo.encoder, {"layers": [-1, 0]}) == [2, 0]
+    assert sv.v1_saved_layers("c", elmo.encoder, {"layers": [-3, 1]}) == [0, 1]
+    assert sv.v1_saved_layers("c", elmo.encoder, {"layers": [-4]}) == [-4]
+
+
 def test_an_edited_probe_names_the_tokenizer_or_the_config(bert, tmp_path):
     """A probe record of other wordpieces names the tokenizer files; of other hidden states, config.json."""
     record = sv.saved_probe(bert.encoder)
