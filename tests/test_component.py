@@ -162,3 +162,49 @@ def test_analyze_pipes_shows_what_from_trf_requires():
     analysis = nlp.analyze_pipes()
     assert analysis["summary"]["ctxembed_from_trf"]["requires"] == ["doc._.trf_data"]
     assert analysis["problems"]["ctxembed_from_trf"] == ["doc._.trf_data"]
+
+
+def test_vectors_and_layers_read_from_a_doc_cannot_be_rewritten_in_place(tiny_bert_dir):
+    """`token.vector` and the stored layers are views of the stored rows:
+    `v = token.vector; v /= norm` would rewrite them for every later read
+    (spans, similarity, listeners) without a word. They are read-only, and
+    the values read afterwards are those read first."""
+    nlp = make_nlp(tiny_bert_dir, layers=[0, 2], store_layers=True)
+    doc = nlp("I ran to the park")
+    vector, layers = doc[1].vector.copy(), doc._.ctx_layers.copy()
+    with pytest.raises(ValueError, match="read-only"):
+        doc[1].vector /= 2.0
+    with pytest.raises(ValueError, match="read-only"):
+        doc._.ctx_layers[:, 1] *= 0.0
+    numpy.testing.assert_array_equal(doc[1].vector, vector)
+    numpy.testing.assert_array_equal(doc._.ctx_layers, layers)
+
+
+def test_a_span_has_a_vector_where_any_of_its_tokens_has_one(tiny_bert_dir):
+    """`span.has_vector` reads every token of the span, its last included: a
+    one-token span, or whitespace followed by a word, has a vector; a span of
+    whitespace alone (no row of its own: zeros) has none."""
+    nlp = make_nlp(tiny_bert_dir)
+    doc = nlp("I ran  home")
+    assert [t.text for t in doc] == ["I", "ran", " ", "home"]
+    vectors = numpy.asarray(doc._.ctx_vectors)
+    assert vectors[1].any() and vectors[3].any() and not vectors[2].any()
+    assert doc[1:2].has_vector and doc[3:4].has_vector
+    assert doc[2:4].has_vector
+    assert not doc[2:3].has_vector
+
+
+def test_a_short_doc_read_before_a_split_reads_the_new_tokens_after_it(tiny_bert_dir):
+    """Token by token reads of a short doc go through the view made before a
+    split: a split that makes the doc longer must make it be aligned again,
+    not read past the old view's rows. Each piece takes the row of the token
+    it came from; the other tokens keep their own rows."""
+    nlp = make_nlp(tiny_bert_dir)
+    doc = nlp("I ran home")
+    before = [doc[i].vector.copy() for i in range(3)]  # (read token by token: the view is kept)
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[2], ["ho", "me"], heads=[(doc[2], 1), doc[1]])
+    assert [t.text for t in doc] == ["I", "ran", "ho", "me"]
+    numpy.testing.assert_array_equal(doc[3].vector, before[2])
+    numpy.testing.assert_array_equal(doc[2].vector, before[2])
+    numpy.testing.assert_array_equal(doc[0].vector, before[0])

@@ -397,3 +397,57 @@ def test_a_renamed_upstream_holds_embedded_docs_to_what_the_unrenamed_one_did(ti
     with pytest.raises(ValueError, match=r"is named 'emb' now, .*those under 'ctxembed_bert' on the doc are another "
                                          r"model's"):
         tagger.predict(_embedded(nlp.vocab, other_bert(tmp_path / "other", minilm_dir)))
+
+
+def test_a_wildcard_listener_takes_no_output_of_several_it_cannot_tell_apart(tiny_bert_dir):
+    """upstream = "*" with no upstream linked (its pipeline loaded without it)
+    takes a doc's one output; a doc with outputs of two components has no
+    single one, and reading either would be a guess: it says which there are
+    rather than read the first."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="a", config=ctx_config(name=tiny_bert_dir, layers=[1]))
+    nlp.add_pipe("ctxembed_bert", name="b", config=ctx_config(name=tiny_bert_dir, layers=[2], primary=False))
+    nlp.initialize()
+    doc = nlp("I ran home")
+    node = ContextualListenerNode("*", mix_layers=False, grad_factor=1.0)
+    with pytest.raises(ValueError, match=r"doc has no vectors from upstream '\*', but has outputs of 'a', 'b'"):
+        node.predict([doc])
+
+
+def test_a_v2_head_with_static_features_predicts_next_to_its_upstream(tiny_bert_dir):
+    """A ContextualListener.v2 whose features are the mix concatenated with
+    `embed` (MultiHashEmbed) has a projection wider than the upstream's layers
+    by the embed's width: that is what it was made for, not another upstream
+    (only the layers' part is held to the upstream's width)."""
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert",
+                    "embed": {"@architectures": "spacy.MultiHashEmbed.v2", "width": 8, "attrs": ["NORM"],
+                              "rows": [100], "include_static_vectors": False}}}})
+    words, tags = ["I", "ran", "home"], ["PRON", "VERB", "NOUN"]
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})])
+    linear = next(node for node in nlp.get_pipe("tagger").model.walk() if node.name == "linear")
+    assert linear.get_dim("nI") == 32 + 8  # the upstream's layers, then the static features
+    doc = nlp("I ran home")
+    assert all(token.tag_ in tags for token in doc)
+
+
+def test_a_listener_sent_one_batch_by_two_upstreams_says_so():
+    """A listener that two ctxembed components send the same training batch
+    (upstream = "*" matching both) would take the second one's outputs and
+    backprop, silently dropping the first's gradient path. The second
+    sending is refused, naming both; a later batch is taken."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    node = ContextualListenerNode("*", mix_layers=True, grad_factor=1.0)
+    node.receive(7, [numpy.zeros((1, 2, 3), dtype="float32")], lambda d: [], "a")
+    with pytest.raises(ValueError, match=r"receives from both 'a' and 'b': set upstream to one of them"):
+        node.receive(7, [numpy.ones((1, 2, 3), dtype="float32")], lambda d: [], "b")
+    node.receive(8, [numpy.ones((1, 2, 3), dtype="float32")], lambda d: [], "b")  # (another batch: taken)

@@ -937,3 +937,18 @@ def test_a_non_primary_component_on_a_doc_joined_from_two_primaries_keeps_it_unr
     assert "c" in joined._.ctx_outputs
     with pytest.raises(MissingOutputs, match=conflict):
         _ = joined._.ctx_vectors
+
+
+def test_similarity_refuses_another_space_from_either_side(last_layer):
+    """A doc whose vector hook another component replaced (its similarity
+    hook still ctxembed's) has a vector from another space: compared with a
+    ctxembed vector, either way round, it is refused, never a cosine of two
+    spaces."""
+    ours, other = last_layer(TEXT), last_layer(OTHER)
+    other.user_hooks = {**other.user_hooks, "vector": lambda doc: numpy.ones(32, dtype="float32")}
+    message = (r"has a ctxembed component's contextual vector, but Doc 'Pears are fruit\.' has a vector from "
+               r"elsewhere")
+    with pytest.raises(ValueError, match=message):
+        ours.similarity(other)
+    with pytest.raises(ValueError, match=message):
+        other.similarity(ours)

@@ -675,3 +675,64 @@ def test_a_listener_refuses_a_training_batch_other_than_its_upstreams(tiny_bert_
         tagger.begin_update([nlp.make_doc("Other words")])
     outputs, _ = tagger.begin_update([eg.predicted for eg in examples])  # its own batch: fine
     assert outputs[0].shape[0] == len(WORDS)
+
+
+def test_a_replaced_listeners_copy_sends_its_encoder_the_gradient_scaled_by_grad_factor(tiny_bert_dir, monkeypatch):
+    """nlp.replace_listeners gives the tagger a copy of the embedder that
+    trains as the listener did: what reaches the copy's encoder is the
+    listener's grad_factor times what the head sends into the copy."""
+    from spacy_ctxembed.models import listener as listener_module
+
+    into_copy, to_encoder = [], []
+    lifting = listener_module._lifting
+
+    def recorded_lifting(model, backprop, factor=1.0):
+        def into_encoder(d_outputs):
+            to_encoder.extend(numpy.array(d, dtype="float64") for d in d_outputs)
+            return backprop(d_outputs)
+        backward = lifting(model, None if backprop is None else into_encoder, factor)
+
+        def recorded(dY):
+            into_copy.extend(numpy.array(d, dtype="float64") for d in dY)
+            return backward(dY)
+        return recorded
+
+    monkeypatch.setattr(listener_module, "_lifting", recorded_lifting)
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.5))
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
+    into_copy.clear()
+    to_encoder.clear()
+    _train_step(nlp, examples, optimizer)
+    assert len(into_copy) == len(to_encoder) == 1 and numpy.abs(into_copy[0]).max() > 0
+    numpy.testing.assert_allclose(to_encoder[0], 0.5 * into_copy[0], rtol=1e-6, atol=1e-12)
+
+
+def test_a_listener_gives_zeros_of_its_upstreams_shape_for_the_docs_it_was_initialised_on(tiny_bert_dir):
+    """The docs spaCy initialises a listening component on never went through
+    the upstream: the listener gives them zeros of the upstream's shape (as
+    spaCy's Tok2VecListener does), features from nothing that must not be
+    anything but zero."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    nlp, examples = _pipeline(tiny_bert_dir)
+    node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    sample = examples[0].predicted  # (the doc the tagger was initialised on)
+    (zeros,) = node.predict([sample])
+    assert zeros.shape == (3, len(WORDS), 32)  # layers [0, 1, 2] of the tiny BERT
+    assert not numpy.asarray(zeros).any()
+
+
+def test_a_listener_of_concatenated_vectors_is_sized_to_their_width(tiny_bert_dir):
+    """A listener of the combined vectors (mix_layers = false) reads the
+    combiner's output: with ConcatLayers that is three layers of 32, 96 wide,
+    not the encoder's 32. The head is sized and predicts on that width."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    nlp, _ = _pipeline(tiny_bert_dir, combine="concat", tok2vec=_listener(mix_layers=False))
+    node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    assert node.get_dim("nO") == 3 * 32
+    doc = nlp(" ".join(WORDS))
+    assert doc._.ctx_vectors.shape == (len(WORDS), 96)
+    assert all(token.tag_ in TAGS for token in doc)
