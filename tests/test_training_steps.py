@@ -1,6 +1,8 @@
 """When the optimizer steps the component's weights, and with what: only what a
 gradient reached, after the backward pass of the batch, and under
 `nlp.use_params(averages)` the optimizer's averages of the encoder too."""
+import copy
+
 import numpy
 import pytest
 import spacy
@@ -425,3 +427,21 @@ def test_the_embedders_loss_sums_the_gradients_of_every_doc_of_the_batch(tiny_be
     assert len(to_embedder) == 2 and all(numpy.abs(d).max() > 0 for d in to_embedder)
     expected = sum(float((d ** 2).sum()) for d in to_embedder)
     assert losses["ctxembed_bert"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_save_under_use_params_leaves_the_listeners_record_as_it_was(tiny_bert_dir, tmp_path):
+    """`spacy train` saves model-best inside `nlp.use_params(optimizer.averages)`:
+    the saved listener records the averaged encoder it was saved next to. After
+    the block the pipeline predicts with its own weights again, and its
+    listener's record is the one from before the block, not the averages'."""
+    nlp, examples, _ = _bert_pipeline(tiny_bert_dir)
+    optimizer = Adam(0.01, L2=0.0, grad_clip=0.0, use_averages=True)
+    for _ in range(3):
+        _train_step(nlp, examples, optimizer)
+    node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    before = copy.deepcopy(node.record())
+    with nlp.use_params(optimizer.averages):
+        nlp.to_disk(tmp_path / "best")
+        inside = copy.deepcopy(node.record())
+    assert inside != before  # the premise: the save recorded the averages
+    assert node.record() == before
