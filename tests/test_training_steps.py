@@ -445,3 +445,27 @@ def test_a_save_under_use_params_leaves_the_listeners_record_as_it_was(tiny_bert
         inside = copy.deepcopy(node.record())
     assert inside != before  # the premise: the save recorded the averages
     assert node.record() == before
+
+
+def test_an_encoder_only_listeners_at_grad_factor_zero_read_runs_frozen_and_cached(tiny_bert_dir, monkeypatch):
+    """No listener sends the trainable encoder a gradient (grad_factor 0): an
+    update runs it as frozen, with no graph, and the feature cache serves the
+    docs it has seen (the encoder is not run again for them)."""
+    from spacy_ctxembed.models.bert import get_runner
+
+    nlp, examples = _pipeline(tiny_bert_dir, cache_mb=16, tok2vec=_listener(grad_factor=0.0))
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    asked = []
+    embed = runner.embed
+
+    def recorded(docs, *args, **kwargs):
+        asked.append(kwargs.get("grad", args[0] if args else False))
+        return embed(docs, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "embed", recorded)
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)
+    assert asked and not any(asked)  # the first time: run, without a graph
+    asked.clear()
+    _train_step(nlp, examples, optimizer)
+    assert asked == []  # served from the cache
