@@ -99,12 +99,16 @@ def _fine_tuned(model_dir, steps):
 
 
 # ContextualListener.v1: zeros only for the docs it is initialised on --------------------
+def _v1_head():
+    """A ContextualListener.v1 head of two 32-wide upstream layers, 16 wide."""
+    return registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
+        width=16, n_layers=2, upstream_width=32)
+
 
 
 def test_v1_head_gives_zeros_only_for_its_sample_docs():
     install_extensions()  # as any ctxembed component does: docs without outputs read None
-    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
-        width=16, n_layers=2, upstream_width=32)
+    model = _v1_head()
     nlp = spacy.blank("en")
     sample, other = nlp("no layers here"), nlp("no layers here")
     model.initialize(X=[sample])
@@ -659,8 +663,7 @@ def test_v1_head_in_training_refuses_docs_without_layers_even_its_samples():
     doc (those get zeros only in prediction, while spaCy initialises), and the
     error says what training needs: the upstream frozen and annotating."""
     install_extensions()
-    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
-        width=16, n_layers=2, upstream_width=32)
+    model = _v1_head()
     nlp = spacy.blank("en")
     sample, other = nlp("no layers here"), nlp("no layers here")
     model.initialize(X=[sample])
@@ -677,8 +680,7 @@ def test_v1_head_gives_no_zeros_to_a_new_doc_where_a_freed_sample_doc_was():
     import gc
 
     install_extensions()
-    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
-        width=16, n_layers=2, upstream_width=32)
+    model = _v1_head()
     nlp = spacy.blank("en")
     sample = nlp("no layers here")
     model.initialize(X=[sample])
@@ -701,8 +703,7 @@ def test_v1_head_initialized_again_forgets_the_earlier_sample_docs():
     head was first initialised on is a doc like any other once it has been
     initialised again on others (in training, `nlp.initialize` runs again)."""
     install_extensions()
-    model = registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(
-        width=16, n_layers=2, upstream_width=32)
+    model = _v1_head()
     nlp = spacy.blank("en")
     first, second = nlp("no layers here"), nlp("no layers here")
     model.initialize(X=[first])

@@ -157,6 +157,19 @@ def _tagger_scores(nlp, text=" ".join(WORDS)):
     return nlp.get_pipe("tagger").model.predict([doc])[0]
 
 
+def _assert_scaled_on_a_second_step(nlp, examples, sent, received, factor):
+    """Two training steps (the tagger's output layer starts at zero: so do its
+    first gradients); on the second, what was `received` (one array) is
+    `factor` times what was `sent`, recorded by the caller's hooks."""
+    optimizer = nlp.resume_training()
+    _train_step(nlp, examples, optimizer)
+    sent.clear()
+    received.clear()
+    _train_step(nlp, examples, optimizer)
+    assert len(sent) == len(received) == 1 and numpy.abs(sent[0]).max() > 0
+    numpy.testing.assert_allclose(received[0], factor * sent[0], rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize("grad_factor", [0.5, 2.0])
 def test_the_listener_sends_its_gradient_scaled_by_grad_factor(tiny_bert_dir, monkeypatch, grad_factor):
     """What reaches the embedder is grad_factor times what the tagger's head sent
@@ -179,13 +192,7 @@ def test_the_listener_sends_its_gradient_scaled_by_grad_factor(tiny_bert_dir, mo
     monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
     monkeypatch.setattr(ContextualListenerNode, "backprop_and_clear", answering)
     nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=grad_factor))
-    optimizer = nlp.resume_training()
-    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
-    into_listener.clear()
-    to_embedder.clear()
-    _train_step(nlp, examples, optimizer)
-    assert len(into_listener) == len(to_embedder) == 1 and numpy.abs(into_listener[0]).max() > 0
-    numpy.testing.assert_allclose(to_embedder[0], grad_factor * into_listener[0], rtol=1e-6, atol=1e-12)
+    _assert_scaled_on_a_second_step(nlp, examples, into_listener, to_embedder, grad_factor)
 
 
 def test_replace_listeners_finds_a_listener_nested_in_the_tok2vec_block(tiny_bert_dir, tmp_path):
@@ -700,13 +707,7 @@ def test_a_replaced_listeners_copy_sends_its_encoder_the_gradient_scaled_by_grad
     monkeypatch.setattr(listener_module, "_lifting", recorded_lifting)
     nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.5))
     nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
-    optimizer = nlp.resume_training()
-    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
-    into_copy.clear()
-    to_encoder.clear()
-    _train_step(nlp, examples, optimizer)
-    assert len(into_copy) == len(to_encoder) == 1 and numpy.abs(into_copy[0]).max() > 0
-    numpy.testing.assert_allclose(to_encoder[0], 0.5 * into_copy[0], rtol=1e-6, atol=1e-12)
+    _assert_scaled_on_a_second_step(nlp, examples, into_copy, to_encoder, 0.5)
 
 
 def test_a_listener_gives_zeros_of_its_upstreams_shape_for_the_docs_it_was_initialised_on(tiny_bert_dir):

@@ -363,9 +363,12 @@ def test_a_training_batch_with_nan_is_refused_before_any_listener_is_updated(tin
                 numpy.testing.assert_array_equal(node.get_param(n), heads[(node.id, n)])
 
 
-def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(tiny_bert_dir, monkeypatch):
+@pytest.mark.parametrize("grad_factor, n_docs", [(0.5, 1), (1.0, 2)])
+def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(
+        tiny_bert_dir, monkeypatch, grad_factor, n_docs):
     """The embedder's loss is the sum of the squared gradients its listener sends it (after its
-    grad_factor), computed here from the arrays it is sent, in float64."""
+    grad_factor), computed here from the arrays it is sent, in float64: for every doc of the
+    batch, not the first only (whose gradient alone would then reach the encoder)."""
     to_embedder = []
     receive = ContextualListenerNode.receive
 
@@ -376,15 +379,17 @@ def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(ti
         return receive(self, batch_id, outputs, recorded, upstream)
 
     monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
-    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.5))
+    nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=grad_factor))
+    if n_docs == 2:
+        words, tags = WORDS[::-1], TAGS[::-1]
+        examples = [*examples, Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
     optimizer = nlp.resume_training()
     _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
     to_embedder.clear()
     losses = {}
     nlp.update(examples, sgd=optimizer, losses=losses)
-    assert len(to_embedder) == 1
-    expected = float((to_embedder[0] ** 2).sum())
-    assert expected > 0
+    assert len(to_embedder) == n_docs and all(numpy.abs(d).max() > 0 for d in to_embedder)
+    expected = sum(float((d ** 2).sum()) for d in to_embedder)
     assert losses["ctxembed_bert"] == pytest.approx(expected, rel=1e-4)
 
 
@@ -400,33 +405,6 @@ def test_a_component_at_encoder_lr_scale_zero_runs_its_encoder_frozen(tiny_bert_
     module = nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model
     assert all(p.grad is None for p in module.parameters())
     assert all(torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())
-
-
-def test_the_embedders_loss_sums_the_gradients_of_every_doc_of_the_batch(tiny_bert_dir, monkeypatch):
-    """A batch of two docs: the embedder's loss is the sum of the squared
-    gradients its listener sends for both (computed here in float64), not
-    for the first doc only (whose gradient alone would then reach the encoder)."""
-    to_embedder = []
-    receive = ContextualListenerNode.receive
-
-    def receiving(self, batch_id, outputs, backprop, upstream):
-        def recorded(d_outputs):
-            to_embedder.extend(numpy.array(d, dtype="float64") for d in d_outputs)
-            return backprop(d_outputs)
-        return receive(self, batch_id, outputs, recorded, upstream)
-
-    monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
-    nlp, examples = _pipeline(tiny_bert_dir)
-    words, tags = WORDS[::-1], TAGS[::-1]
-    examples = [*examples, Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
-    optimizer = nlp.resume_training()
-    _train_step(nlp, examples, optimizer)  # (the tagger's output layer starts at zero: so do its gradients)
-    to_embedder.clear()
-    losses = {}
-    nlp.update(examples, sgd=optimizer, losses=losses)
-    assert len(to_embedder) == 2 and all(numpy.abs(d).max() > 0 for d in to_embedder)
-    expected = sum(float((d ** 2).sum()) for d in to_embedder)
-    assert losses["ctxembed_bert"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_a_save_under_use_params_leaves_the_listeners_record_as_it_was(tiny_bert_dir, tmp_path):
