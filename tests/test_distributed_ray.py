@@ -100,6 +100,9 @@ def _assert_matches(out, reference, n_rows):
 
 def test_embed_corpus_is_complete_and_equals_one_process(
         local_ray, pipeline_dir, corpus, reference, tmp_path, capsys):
+    """Two actors: every good row once, equal to one process's `nlp.pipe`; every
+    bad row recorded with why; the progress bar counts every row; the docs read
+    back carry the signature of the component that made them."""
     path, lines = corpus
     summaries = []
     with warnings.catch_warnings(record=True) as caught:
