@@ -1,4 +1,5 @@
 """A smoke run of the `spacy project` workflow: every arm, ELMo with the test fixture."""
+import contextlib
 import json
 import shutil
 import subprocess
@@ -37,22 +38,37 @@ def small_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "wnut17").is_dir(), reason="needs ../shared/data")
 def test_workflow_smoke_run(tmp_path, small_bert_dir):
-    """Both workflows on tiny data: every arm trains, is evaluated, and reaches the comparison."""
-    for item in ("project.yml", "configs", "scripts"):
-        source = ROOT / item
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / item)
+    """Both workflows on tiny data: every arm trains, is evaluated, and reaches the comparison.
+    (The two workflows run side by side, each in its own copy of the project: most of
+    their time is single-threaded process start-up. The comparison of all arms is then
+    made again from both copies' metrics, as one project directory would hold them.)"""
     options, weights = write_elmo_fixture(tmp_path / "elmo")
-    for workflow in ARMS:
-        result = subprocess.run(
-            [sys.executable, "-m", "weasel", "run", workflow, str(tmp_path),
-             "--vars.data_dir", str(SHARED_DATA), "--vars.n_sentences", "40", "--vars.max_steps", "10",
-             "--vars.eval_frequency", "5", "--vars.ft_max_steps", "4", "--vars.ft_eval_frequency", "2",
-             "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights),
-             "--vars.bert_model", str(small_bert_dir)],
-            cwd=tmp_path, capture_output=True, text=True,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    comparison = json.loads((tmp_path / "metrics" / "comparison.json").read_text())
+    runs = {}
+    with contextlib.ExitStack() as logs:
+        for workflow in ARMS:
+            project = tmp_path / workflow
+            project.mkdir()
+            for item in ("project.yml", "configs", "scripts"):
+                source = ROOT / item
+                (shutil.copytree if source.is_dir() else shutil.copy)(source, project / item)
+            # (Output to a file, not a pipe: a full pipe would hold one run up while the other is waited for.)
+            log = logs.enter_context((tmp_path / f"{workflow}.log").open("w"))
+            runs[workflow] = subprocess.Popen(
+                [sys.executable, "-m", "weasel", "run", workflow, str(project),
+                 "--vars.data_dir", str(SHARED_DATA), "--vars.n_sentences", "40", "--vars.max_steps", "10",
+                 "--vars.eval_frequency", "5", "--vars.ft_max_steps", "4", "--vars.ft_eval_frequency", "2",
+                 "--vars.elmo_options", str(options), "--vars.elmo_weights", str(weights),
+                 "--vars.bert_model", str(small_bert_dir)],
+                cwd=project, stdout=log, stderr=subprocess.STDOUT,
+            )
+        returncodes = {workflow: run.wait() for workflow, run in runs.items()}
+    for workflow, returncode in returncodes.items():
+        assert returncode == 0, workflow + ": " + (tmp_path / f"{workflow}.log").read_text()[-6000:]
+    merged = tmp_path / "all"  # (the project directory the comparison of all arms is made in)
+    for directory in ("metrics", "training"):
+        shutil.copytree(tmp_path / "all-finetune" / directory, merged / directory, dirs_exist_ok=True)
+    subprocess.run([sys.executable, "scripts/compare_arms.py"], cwd=merged, check=True, capture_output=True)
+    comparison = json.loads((merged / "metrics" / "comparison.json").read_text())
     assert set(comparison) == {arm for arms in ARMS.values() for arm in arms}
     for arm, row in comparison.items():
         assert {"UD LAS", "UD tag acc", "WNUT-17 NER F"} <= set(row), arm
@@ -60,18 +76,18 @@ def test_workflow_smoke_run(tmp_path, small_bert_dir):
             costs = ("train min", "train CPU min", "words/s", "MB")
             assert all(row[f"{task} {cost}"] > 0 for cost in costs), (arm, row)
     assert comparison["bert-ft"]["UD max_steps"] == 4 and comparison["bert"]["UD max_steps"] == 10
-    table = (tmp_path / "metrics" / "comparison.md").read_text()
+    table = (merged / "metrics" / "comparison.md").read_text()
     assert table.startswith("| arm |") and "| st |" in table and "UD train min" in table
-    assert (tmp_path / "metrics" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (merged / "metrics" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     for task in ("ud", "wnut17"):
         for arm in comparison:
-            assert (tmp_path / "training" / f"{task}-{arm}" / "model-best").is_dir()
+            assert (merged / "training" / f"{task}-{arm}" / "model-best").is_dir()
     # WNUT-17 keeps its own label strings.
-    ner = spacy.load(tmp_path / "training" / "wnut17-bert" / "model-best").get_pipe("ner")
+    ner = spacy.load(merged / "training" / "wnut17-bert" / "model-best").get_pipe("ner")
     assert {"person", "creative-work"} <= set(ner.labels)
     # The fine-tuned arm saved its own encoder; st is spacy-transformers' own component.
-    assert (tmp_path / "training" / "wnut17-bert-ft" / "model-best" / "ctxembed_bert" / "model").is_dir()
-    assert spacy.load(tmp_path / "training" / "wnut17-st" / "model-best").pipe_names == ["transformer", "ner"]
+    assert (merged / "training" / "wnut17-bert-ft" / "model-best" / "ctxembed_bert" / "model").is_dir()
+    assert spacy.load(merged / "training" / "wnut17-st" / "model-best").pipe_names == ["transformer", "ner"]
 
 
 @pytest.mark.slow
