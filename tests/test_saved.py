@@ -16,6 +16,7 @@ from spacy_ctxembed.pipeline import saved as sv
 
 from .conftest import ctx_config, make_nlp
 from .elmo_fixture import write_elmo_fixture
+from .test_torch_bridge import _passthrough
 
 
 def _encoder(n_layers=3, width=4):
@@ -147,7 +148,7 @@ def test_load_failure_says_other_dimensions_for_thincs_dimension_error():
 
 # --- check_saved_layers / v1_saved_layers ------------------------------------------------
 def _shimless(layers):
-    return Model("trf", lambda m, X, is_train: (X, None), attrs={"settings": {"layers": layers}})
+    return _passthrough(settings={"layers": layers})
 
 
 def test_check_saved_layers_refuses_other_layers_of_the_combiner():
