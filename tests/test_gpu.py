@@ -331,7 +331,7 @@ def test_elmo_token_layer_on_device_equals_the_cpu_path(tmp_path):
 
 def test_retokenized_outputs_stay_on_device(gpu_nlp):
     """A merge averages the merged tokens' rows, a split repeats its token's row
-    (outputs.py's cupyx branch), against float64 numpy on the rows before."""
+    (outputs/placement.py's cupyx branch), against float64 numpy on the rows before."""
     nlp, cupy = gpu_nlp
     doc = nlp(TEXT)
     layers = cupy.asnumpy(doc._.ctx_layers).astype("float64")

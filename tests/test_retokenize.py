@@ -182,15 +182,15 @@ def test_a_plain_cut_is_placed_in_its_source_once_not_per_token(nlp, monkeypatch
     """Each token's read of a plain `as_doc()` searched the source's text for the
     cut's text again: a loop over a long cut's tokens was quadratic (134 s for
     20,000 tokens). It is placed once, and again only when its tokens change."""
-    from spacy_ctxembed import outputs
+    from spacy_ctxembed.outputs import views
 
     doc = nlp(TEXT)
     before = _by_offsets(doc, "emb")
     span = doc[3:12]
     sub = span.as_doc()
     searches = []
-    placements = outputs._source_placements
-    monkeypatch.setattr(outputs, "_source_placements", lambda *a, **k: searches.append(1) or placements(*a, **k))
+    placements = views.source_placements
+    monkeypatch.setattr(views, "source_placements", lambda *a, **k: searches.append(1) or placements(*a, **k))
     rows = [token.vector for token in sub]
     assert len(searches) == 1
     for token, row in zip(sub, rows):
@@ -207,7 +207,7 @@ def test_a_cut_aligns_only_the_stored_tokens_on_its_characters(nlp, monkeypatch,
     """A cut's store is its whole source's: aligning all of it for each cut made a
     loop over a long doc's sentences quadratic in our reads. Only the stored
     tokens that reach onto the cut's characters are aligned, and the rows are the rule's."""
-    from spacy_ctxembed import outputs
+    from spacy_ctxembed.outputs import placement
 
     doc = nlp(" ".join([TEXT, "The dog barked at the mailman twice.", "She ran significance tests on the data.",
                         "We sat on the river bank after lunch."]))
@@ -217,8 +217,8 @@ def test_a_cut_aligns_only_the_stored_tokens_on_its_characters(nlp, monkeypatch,
     with sub.retokenize() as retokenizer:  # (a merge: the stored tokens are aligned, not taken as they are)
         retokenizer.merge(sub[1:3])
     aligned = []
-    align = outputs.align_pieces
-    monkeypatch.setattr(outputs, "align_pieces", lambda s, *a: aligned.append(len(s)) or align(s, *a))
+    align = placement.align_pieces
+    monkeypatch.setattr(placement, "align_pieces", lambda s, *a: aligned.append(len(s)) or align(s, *a))
     _check(sub, before, "emb", shift=span.start_char)
     assert aligned and max(aligned) <= len(span) < len(doc)
 

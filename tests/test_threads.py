@@ -71,7 +71,7 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
 
 _FORK_WITH_A_HELD_LOCK = """
 import os, sys, threading, time, numpy, spacy
-from spacy_ctxembed import outputs
+from spacy_ctxembed.outputs import views
 from spacy_ctxembed.models import hf_loading
 nlp = spacy.blank("en")
 nlp.add_pipe("ctxembed_bert", config={{"cache_mb": 8, "model": {{"encoder": {{"name": sys.argv[1]}}}}}})
@@ -122,7 +122,7 @@ print(os.read(r, 10000).decode())
     ("component._gate.loading()", "pass", "[ctxembed_bert] this process was forked while another thread"),
     ("component._gate.loading()", "component.to_bytes()", "[ctxembed_bert] this process was forked while"),
     # module-level locks: another thread reading a vector (the views' memo), or loading a model
-    ("outputs._VIEWS.get()[0]", "pass", "same"),
+    ("views._VIEWS.get()[0]", "pass", "same"),
     ("hf_loading._LOAD_LOCK.get()", "component.from_bytes(data)", "same"),
 ])
 def test_a_fork_while_a_lock_is_held_neither_hangs_nor_runs_half_changed_weights(tiny_bert_dir, held, first_call,
