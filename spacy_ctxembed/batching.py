@@ -72,24 +72,25 @@ def runs_by_size(items: Sequence[T], budget: int, size: Callable[[T], int]) -> I
         yield run
 
 
-def prefetched(produce: Callable[[T], U], items: Sequence[T], *, overlap: bool = True) -> Iterator[U]:
+def prefetched(produce: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
     """`produce(item)` for each item, in order.
 
-    With `overlap`, item k+1's is computed in a worker thread while the caller
-    works on item k's: host preparation (tokenization, planning, staging)
-    runs while the device computes. The results are the same objects either
-    way; only the timing differs.
+    Item k+1's is computed in a worker thread while the caller works on item
+    k's: host preparation (tokenization, planning, staging) runs while the
+    device computes. The results are those of a serial loop; only the timing
+    differs. The worker runs in a copy of the caller's context, as in
+    `computed_ahead` (warnings then name the component: `errors.named_errors`).
     """
-    if not overlap or len(items) < 2:
+    if len(items) < 2:
         for item in items:
             yield produce(item)
         return
     produce = on_caller_devices(produce)  # (its staging, e.g. pinned memory, on the caller's GPU)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-prefetch") as pool:
-        pending = pool.submit(produce, items[0])
+        pending = pool.submit(contextvars.copy_context().run, produce, items[0])
         for item in items[1:]:
             ready = pending.result()
-            pending = pool.submit(produce, item)
+            pending = pool.submit(contextvars.copy_context().run, produce, item)
             yield ready
         yield pending.result()
 

@@ -130,16 +130,24 @@ class _OutputReader:
         self.manifest: Dict[str, Any] = {}
 
     def __enter__(self) -> "_OutputReader":
-        not_complete = ValueError(f"{self.path} is not a complete spacy-ctxembed {self.fmt} output (no {MANIFEST})")
         try:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             manifest = json.loads(self.read(MANIFEST).decode("utf8"))
         except (OSError, ValueError):
             self.__exit__()
-            raise not_complete from None
-        if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT or manifest.get("format") != self.fmt:
+            raise ValueError(f"{self.path} is not a complete spacy-ctxembed {self.fmt} output (no readable "
+                             f"{MANIFEST})") from None
+        if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT:
             self.__exit__()
-            raise not_complete
+            layout = manifest.get("layout") if isinstance(manifest, dict) else None
+            raise ValueError(f"{self.path}: its {MANIFEST} is not an embed output's (layout {layout!r}, not "
+                             f"{LAYOUT!r})")
+        if manifest.get("format") != self.fmt:
+            self.__exit__()
+            other = manifest.get("format")
+            reader = {"docbin": "iter_docs", "npy": "load_npy"}.get(other) if isinstance(other, str) else None
+            hint = f": read it with {reader}" if reader else ""
+            raise ValueError(f"{self.path} is an embed output of format {other!r}, not {self.fmt!r}{hint}")
         self.manifest = manifest
         return self
 

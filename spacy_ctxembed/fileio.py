@@ -103,6 +103,13 @@ def unpacked(files: Dict[str, bytes], component: str, *, setting: str = "model",
             raise type(err)(f"{message} (the encoder saved in {where})").with_traceback(err.__traceback__) from None
 
 
+#: Why a run stops where its model's files changed under it (`model_identity`
+#: differs from the one the run recorded), for messages that name the model
+#: their own way: the `embed` CLI's and each Ray actor's.
+MODEL_CHANGED = ("its files changed after this run started (their checksum differs from the one the run "
+                 "recorded), so its shards would mix two models' vectors; rerun once it stays put")
+
+
 def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """What the vectors come from. A saved pipeline is hashed whole (config, vocab and
     weights), so a resumed run never mixes vectors of a pipeline edited in between;

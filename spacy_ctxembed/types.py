@@ -13,7 +13,8 @@ POOLING_MODES: Tuple[str, ...] = ("mean", "first", "last", "max")
 #: How the selected layers become one vector per token (the v1 `combine` setting).
 COMBINE_MODES: Tuple[str, ...] = ("mean", "concat", "scalar_mix")
 #: Numeric precision of the encoder's forward pass: exact fp32 (the default),
-#: fp16/bf16 autocast (GPU), or int8 dynamic quantization (CPU).
+#: tf32 (fp32 with TF32 matmuls on CUDA; exact fp32 on CPU), fp16/bf16
+#: autocast (GPU), or int8 dynamic quantization (CPU).
 PRECISIONS: Tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8")
 
 #: Per doc, the selected layers pooled to tokens: (n_layers, n_tokens, width).

@@ -1,19 +1,17 @@
 """`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
-import importlib
 import warnings
 from pathlib import Path
 
 import pytest
 import spacy
 
+from spacy_ctxembed.cli import embed as embed_module
 from spacy_ctxembed.cli.errors import EXIT_RUNTIME, EXIT_USAGE, CliError, UsageError, exit_code, report, short_message
 from spacy_ctxembed.cli.inputs import open_input
 from spacy_ctxembed.textlines import decode_file, file_kind, line_bounds, split_lines, wide_encoding
 
 from .conftest import ctx_config
 from .test_cli_support import error_lines, invoke, run_subprocess, tiny_pipeline
-
-embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # the package exports the command as `embed`
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
 from spacy_ctxembed import outputs
+from spacy_ctxembed.cli import embed as embed_cli
 from spacy_ctxembed.cli import output as output_module
 from spacy_ctxembed.cli.errors import CliError, UsageError
 from spacy_ctxembed.cli.inputs import open_input
@@ -274,7 +274,7 @@ def test_interrupted_at_the_final_rename_resume_only_renames(tmp_path, corpus, p
         assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy").exit_code == 130
     assert not out.exists() and read_manifest(partial) is not None
     with monkeypatch.context() as patch:
-        patch.setattr(sys.modules["spacy_ctxembed.cli.embed"], "build_pipeline", None)  # no model: only the rename
+        patch.setattr(embed_cli, "build_pipeline", None)  # no model: only the rename
         resumed = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy", "--resume")
     assert resumed.exit_code == 0, resumed.stderr
     assert last_line(resumed.stderr).startswith(f"resumed: {N_DOCS} docs kept from the interrupted run")
@@ -484,15 +484,13 @@ def test_a_model_replaced_between_its_checksum_and_its_load_is_refused(tmp_path,
     in between (`spacy train` saving model-best there) gave another model's vectors under the
     first one's checksum, exit 0; resumed, two models' vectors in one output. The Ray actors
     checked it; the single process now does too. The folder put back, the run resumes."""
-    import importlib
 
     from .test_cli_support import error_lines
 
-    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")
     model = tmp_path / "model"
     shutil.copytree(pipeline, model)
     args = ["embed", corpus, "-o", tmp_path / "out", "-m", model, "-s", "2"]
-    build = embed_module.build_pipeline
+    build = embed_cli.build_pipeline
 
     def replaced_then_built(**kwargs):
         shutil.rmtree(model)
@@ -500,7 +498,7 @@ def test_a_model_replaced_between_its_checksum_and_its_load_is_refused(tmp_path,
         return build(**kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(embed_module, "build_pipeline", replaced_then_built)
+        patch.setattr(embed_cli, "build_pipeline", replaced_then_built)
         failed = invoke(*args)
     assert failed.exit_code == 1
     assert error_lines(failed.stderr)[-1] == (
@@ -617,12 +615,10 @@ def test_resume_refuses_docs_embedded_from_an_input_edited_mid_run_and_put_back(
     Put back, --resume was accepted, and the output held the edited text's docs
     under the original's checksum. The kept docs are checked against the lines
     they were embedded from."""
-    import importlib
 
     from .test_cli_support import error_lines
 
-    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")
-    opened, original = embed_module.open_input, corpus.read_bytes()
+    opened, original = embed_cli.open_input, corpus.read_bytes()
 
     def edited_while_read(*args, **kwargs):
         inp = opened(*args, **kwargs)
@@ -631,7 +627,7 @@ def test_resume_refuses_docs_embedded_from_an_input_edited_mid_run_and_put_back(
 
     args = ["embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-f", fmt, "-s", "2"]
     with monkeypatch.context() as patch:
-        patch.setattr(embed_module, "open_input", edited_while_read)
+        patch.setattr(embed_cli, "open_input", edited_while_read)
         failed = invoke(*args)
     assert failed.exit_code == 1
     assert error_lines(failed.stderr)[-1].endswith("changed while it was being embedded; the output was not finished")
@@ -762,12 +758,10 @@ def test_gpu_arrays_in_user_data_go_to_the_host_wherever_they_are():
 
 def test_an_input_changed_mid_run_is_not_offered_a_plain_resume(tmp_path, corpus, pipeline, monkeypatch):
     """The note said "rerun with --resume to continue", which --resume then refused (another input)."""
-    import importlib
 
     from .test_cli_support import error_lines
 
-    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # (the package exports the command so)
-    opened = embed_module.open_input
+    opened = embed_cli.open_input
 
     def changed_while_read(*args, **kwargs):
         inp = opened(*args, **kwargs)
@@ -775,7 +769,7 @@ def test_an_input_changed_mid_run_is_not_offered_a_plain_resume(tmp_path, corpus
             f.write(b"\nOne more line.")
         return inp
 
-    monkeypatch.setattr(embed_module, "open_input", changed_while_read)
+    monkeypatch.setattr(embed_cli, "open_input", changed_while_read)
     result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "--shard-size", "2", "-b", "2")
     assert result.exit_code == 1
     lines = error_lines(result.stderr)
@@ -1081,6 +1075,25 @@ def test_iter_docs_of_a_shard_with_fewer_docs_than_its_manifest_says_names_it(tm
         list(iter_docs(tmp_path))
 
 
+@pytest.mark.parametrize("manifest, reader, message", [
+    (None, iter_docs, "is not a complete spacy-ctxembed docbin output .no readable manifest.json."),
+    ({"layout": LAYOUT, "format": "npy", "shards": []}, iter_docs,
+     "is an embed output of format 'npy', not 'docbin': read it with load_npy"),
+    ({"layout": LAYOUT, "format": "docbin", "shards": []}, load_npy,
+     "is an embed output of format 'docbin', not 'npy': read it with iter_docs"),
+    ({"layout": "other/tool", "format": "docbin"}, iter_docs,
+     "its manifest.json is not an embed output's .layout 'other/tool', not 'spacy-ctxembed/embed'."),
+    ([1, 2], load_npy, "its manifest.json is not an embed output's .layout None"),
+])
+def test_reading_an_output_of_another_format_or_tool_says_which(tmp_path, manifest, reader, message):
+    """Reading an npy output with iter_docs (or a docbin one with load_npy) said
+    "no manifest.json" of a directory that has one."""
+    if manifest is not None:
+        (tmp_path / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    with pytest.raises(ValueError, match=message):
+        list(reader(tmp_path)) if reader is iter_docs else reader(tmp_path)
+
+
 def _identity():
     return {"format": "docbin", "input": "x", "input_kind": "text", "input_sha256": "0" * 64, "input_lines": 1,
             "model": None, "pipeline": None, "config": None, "config_sha256": None}
@@ -1156,21 +1169,20 @@ def test_resume_refuses_an_interrupted_run_of_an_edited_config(tmp_path, monkeyp
     """A run records the SHA-256 of its --config's bytes: the same model files under
     other settings (another layer, say) make other vectors, and --resume must not
     append them to the kept ones."""
-    embed_module = importlib.import_module("spacy_ctxembed.cli.embed")  # (the package exports the command)
-    monkeypatch.setattr(embed_module, "model_identity", lambda model, config: {"files": {}})
+    monkeypatch.setattr(embed_cli, "model_identity", lambda model, config: {"files": {}})
     (tmp_path / "in.txt").write_text("One doc.\n", encoding="utf8")
     config = tmp_path / "embed.cfg"
     config.write_text("[nlp]\nlang = \"en\"\npipeline = []\n", encoding="utf8")
     inp = open_input(str(tmp_path / "in.txt"))
     try:
-        first = embed_module._identity(inp, "docbin", None, config)
+        first = embed_cli._identity(inp, "docbin", None, config)
         assert first["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
         run = Run.plan(tmp_path / "out", first, overwrite=False, resume=False)
         run.commit({"file": "shard-000000.spacy", "last_line": 1, "docs": 1, "tokens": 2, "width": 4, "bytes": 0})
         (run.dir / "shard-000000.spacy").write_bytes(b"")
         run.abandon()
         config.write_text("[nlp]\nlang = \"en\"\npipeline = []\nbatch_size = 7\n", encoding="utf8")
-        edited = embed_module._identity(inp, "docbin", None, config)
+        edited = embed_cli._identity(inp, "docbin", None, config)
     finally:
         inp.close()
     with pytest.raises(UsageError) as caught:

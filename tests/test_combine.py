@@ -154,3 +154,30 @@ def test_concat_initialized_with_its_dims_is_as_wide_as_all_its_layers():
     assert model.get_dim("nO") == 12
     x = numpy.random.default_rng(6).normal(size=(3, 5, 4)).astype("float32")
     assert model.predict([x])[0].shape == (5, model.get_dim("nO"))
+
+
+def test_a_combiner_without_a_layer_count_is_left_alone_before_the_upstream_is_seen():
+    """`ctxembed_from_trf`'s encoder knows its layer count before its width: the
+    count was set on any combiner, and one without an nL dim raised KeyError."""
+    from thinc.api import Model
+
+    from spacy_ctxembed.models.embedder import Embedder, pass_dims
+    from spacy_ctxembed.models.trf_pooler import TrfEncoder
+
+    custom = Model("custom", lambda model, X, is_train: (X, lambda dY: dY))
+    pass_dims(Embedder(encoder=TrfEncoder(layers=[-1]), combiner=custom))
+    assert custom.has_dim("nL") is False
+    mean = MeanLayers()
+    pass_dims(Embedder(encoder=TrfEncoder(layers=[-3, -2, -1]), combiner=mean))
+    assert mean.get_dim("nL") == 3
+
+
+@pytest.mark.parametrize("combiner, width", [(MeanLayers, 8), (ConcatLayers, 16), (ScalarMix, 8)])
+def test_a_combiner_initialised_on_a_sample_takes_its_dims_from_it(combiner, width):
+    """Thinc layers infer their dims in `init`: the mean and the concatenation
+    left nL, nI and nO unset on their own (inside an embedder its encoder sets them)."""
+    model = combiner()
+    model.initialize(X=[numpy.zeros((2, 4, 8), dtype="f"), numpy.zeros((2, 1, 8), dtype="f")])
+    assert (model.get_dim("nL"), model.get_dim("nI"), model.get_dim("nO")) == (2, 8, width)
+    Y = model.predict([numpy.ones((2, 3, 8), dtype="f")])
+    assert Y[0].shape == (3, width)

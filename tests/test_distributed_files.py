@@ -892,14 +892,18 @@ def test_a_parquet_column_of_large_strings_is_read(tmp_path):
 def test_an_actor_names_the_last_primary_embedder_of_its_pipeline(tiny_bert_dir):
     """doc._.ctx_vectors is the last primary ctxembed component's (each primary one overwrites it;
     one with primary = false never sets it): the component whose signature a shard records."""
-    from spacy_ctxembed.distributed.actor import _primary_component
+    from spacy_ctxembed.pipeline.build import NoContextualEmbedder, primary_component
 
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", name="first", config=ctx_config(name=tiny_bert_dir))
     nlp.add_pipe("ctxembed_bert", name="second", config=ctx_config(name=tiny_bert_dir))
-    assert _primary_component(nlp) == "second"
+    assert primary_component(nlp) == "second"
     nlp.add_pipe("ctxembed_bert", name="third", config=ctx_config(name=tiny_bert_dir, primary=False))
-    assert _primary_component(nlp) == "second"
+    assert primary_component(nlp) == "second"
+    only_secondary = spacy.blank("en")
+    only_secondary.add_pipe("ctxembed_bert", name="third", config=ctx_config(name=tiny_bert_dir, primary=False))
+    with pytest.raises(NoContextualEmbedder, match="no primary contextual embedder"):
+        primary_component(only_secondary)
 
 
 def test_an_actor_asks_for_its_gpu_and_its_threads(tmp_path, monkeypatch):
@@ -911,6 +915,7 @@ def test_an_actor_asks_for_its_gpu_and_its_threads(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(actor, "load_pipeline", lambda **kwargs: calls.append(kwargs) or spacy.blank("en"))
+    monkeypatch.setattr(actor, "primary_component", lambda nlp: "ctxembed_bert")  # (no component in a blank one)
     before = torch.get_num_threads()
     try:
         actor.ShardEmbedder(str(tmp_path), "m", None, True, 8, "float32", 3)

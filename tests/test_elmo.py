@@ -14,7 +14,7 @@ from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.models.elmo_chars import char_ids, distinct_words, sentence_char_ids
-from spacy_ctxembed.models.elmo_net import BiLstm
+from spacy_ctxembed.models.elmo_net import build_bilm
 from spacy_ctxembed.models.elmo_weights import ElmoFileError, read_options, read_weights
 
 from .conftest import ctx_config
@@ -438,7 +438,7 @@ def test_a_trainable_bilstm_sends_back_the_gradient_of_its_forward_pass(elmo_fil
     # path cut from the graph (a skip connection detached, say) still lets every
     # weight move, so the training tests pass, with a wrong gradient.
     options = read_options(elmo_files[0], component="t")
-    bilstm = BiLstm(options, read_weights(elmo_files[1], options, component="t"), trainable=True).double()
+    bilstm = build_bilm(options, read_weights(elmo_files[1], options, component="t"), trainable=True).bilstm.double()
     generator = torch.Generator().manual_seed(0)
     lengths = torch.tensor([6, 3])
     shape = (2, 6, options.projection_dim)

@@ -8,6 +8,7 @@ references written here.
 import contextlib
 import threading
 import time
+from unittest import mock
 
 import numpy
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from spacy_ctxembed.alignment import TokenTable, align_pieces, align_run, doc_alignment
 from spacy_ctxembed.batching import computed_ahead, concat_ranges, prefetched, runs_by_size
+from spacy_ctxembed.models import bert_runner
 from spacy_ctxembed.models.bert import get_runner
 from spacy_ctxembed.models.bert_runner import (
     _needs_no_mask,
@@ -27,7 +29,7 @@ from spacy_ctxembed.models.bert_runner import (
     default_batch_items,
 )
 
-from .conftest import make_nlp
+from .conftest import ctx_config, make_nlp
 from .reference import hf_hidden_states, pool, token_pieces
 
 TEXTS = [
@@ -55,6 +57,13 @@ def _switched(runner, attribute, value):
         setattr(runner, attribute, before)
 
 
+@contextlib.contextmanager
+def _serial_preparation():
+    """The runner's host preparation run in the caller's thread, one run after another."""
+    with mock.patch.object(bert_runner, "prefetched", lambda produce, items: map(produce, items)):
+        yield
+
+
 @pytest.fixture(scope="module")
 def nlp(tiny_bert_dir):
     # A small budget and window: many forward batches, runs and windows from few docs.
@@ -65,9 +74,20 @@ def test_overlapped_runs_equal_serial_ones_exactly(nlp):
     runner = _runner(nlp)
     docs = [nlp.make_doc(t) for t in TEXTS]
     assert len(list(runs_by_size(docs, runner.max_batch_items * 4 * 4, lambda d: len(d.text)))) > 3
-    overlapped = runner.embed(docs)
-    with _switched(runner, "overlap", False):
-        serial = runner.embed(docs)
+    threads = []
+    prepare = runner.prepare
+
+    def prepare_noting_the_thread(run):
+        threads.append(threading.current_thread().name)
+        return prepare(run)
+
+    with mock.patch.object(runner, "prepare", prepare_noting_the_thread):
+        overlapped = runner.embed(docs)
+        assert any(name.startswith("ctxembed-prefetch") for name in threads)
+        threads.clear()
+        with _serial_preparation():
+            serial = runner.embed(docs)
+        assert set(threads) == {threading.current_thread().name}
     for a, b in zip(overlapped, serial):
         assert torch.equal(a, b)
 
@@ -344,6 +364,25 @@ def test_align_run_refuses_a_piece_past_its_text():
         align_run(numpy.array([[0, 3], [0, 1]]), numpy.array([1, 1]), table)
 
 
+def test_a_tokenizer_whose_offsets_pass_the_text_is_named_with_the_component(tiny_bert_dir):
+    """The error of a piece past its doc's text named no component (nor what was wrong with it)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="emb", config=ctx_config(name=tiny_bert_dir))
+    nlp.initialize()
+    runner = get_runner(nlp.get_pipe("emb").encoder)
+    of_docs = runner.wordpieces.of_docs
+
+    def one_character_on(docs, tokens):
+        ids, spans, counts = of_docs(docs, tokens)
+        return ids, spans + 1, counts
+
+    with mock.patch.object(runner.wordpieces, "of_docs", one_character_on):
+        with pytest.raises(ValueError, match=r"^\[emb\] the wordpiece tokenizer gave doc 0 of the batch .12 "
+                                             r"characters. a piece at characters 12-13, past its text: its "
+                                             r"tokenizer .\w+. gives offsets that do not fit the text"):
+            nlp("A short doc.")
+
+
 def test_token_table_reads_what_the_tokens_say(nlp):
     """Against the tokens' own attributes, read one by one, with empty docs,
     whitespace tokens and docs that end with and without a space."""
@@ -379,6 +418,15 @@ def test_runs_by_size_keep_order_and_close_at_the_budget(sizes, budget):
     assert [n for run in runs for n in run] == sizes
     for run in runs[:-1]:
         assert sum(run) >= budget and sum(run[:-1]) < budget
+
+
+def test_prefetched_runs_its_worker_in_the_callers_context():
+    """Context variables (the component's name for its warnings, Thinc's ops) carry into the worker."""
+    import contextvars
+
+    var: contextvars.ContextVar = contextvars.ContextVar("ctxembed_test_var", default="unset")
+    var.set("caller")
+    assert list(prefetched(lambda n: (n, var.get()), [1, 2, 3])) == [(1, "caller"), (2, "caller"), (3, "caller")]
 
 
 def test_prefetched_keeps_order_and_raises_the_producers_error():
@@ -649,7 +697,7 @@ def test_embed_waits_for_the_device_only_inside_transformers_own_unpadded_forwar
     hooks = [runner.runner.register_forward_pre_hook(enter, with_kwargs=True),
              runner.runner.register_forward_hook(leave)]
     try:
-        with HostReads(), _switched(runner, "overlap", False):
+        with HostReads(), _serial_preparation():
             runner.embed(docs)
             torch.ones(1).item()  # (the spy's control: a host read it must see)
     finally:

@@ -303,7 +303,7 @@ def test_elmo_token_layer_on_device_equals_the_cpu_path(tmp_path):
     import torch
 
     from spacy_ctxembed.models.elmo_chars import sentence_char_ids
-    from spacy_ctxembed.models.elmo_net import ElmoBiLm
+    from spacy_ctxembed.models.elmo_net import build_bilm
     from spacy_ctxembed.models.elmo_weights import read_options, read_weights
 
     from .elmo_fixture import FULL_SIZE, SMALL, write_elmo_fixture
@@ -313,7 +313,7 @@ def test_elmo_token_layer_on_device_equals_the_cpu_path(tmp_path):
     config = {"lstm": SMALL["lstm"], "char_cnn": FULL_SIZE["char_cnn"]}
     options_path, weights_path = write_elmo_fixture(tmp_path, config)
     options = read_options(options_path, component="test")
-    cpu_net = ElmoBiLm(options, read_weights(weights_path, options, component="test")).eval()
+    cpu_net = build_bilm(options, read_weights(weights_path, options, component="test")).eval()
     gpu_net = copy.deepcopy(cpu_net).to("cuda")
     rng = numpy.random.default_rng(0)
     letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-'.,äöüéß中😀")

@@ -233,7 +233,8 @@ def test_a_tagger_initialised_before_its_new_upstream_loads_records_that_upstrea
     # The upstream replaced by one not loaded yet, then the tagger initialised
     # on its own (to train it anew): the upstream loads first, so the head is
     # sized by it and records its layers, not none.
-    from spacy_ctxembed.models.listener import TRAINED_ON, ContextualListenerNode
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+    from spacy_ctxembed.models.listener_checks import TRAINED_ON
 
     nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True)
     nlp.remove_pipe("ctxembed_bert")
@@ -543,7 +544,8 @@ def test_the_record_is_not_held_to_what_changes_with_library_versions(tiny_bert_
     tokenizers and transformers (a BPE tokenizer's definition gained a field in
     tokenizers 0.20): a head trained under older ones, with its upstream or
     next to the same weights, is not refused for them. The weights tell another model."""
-    from spacy_ctxembed.models.listener import TRAINED_WITH, ContextualListenerNode
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+    from spacy_ctxembed.models.listener_checks import TRAINED_WITH
 
     trained_nlp = _trained(_v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=True), frozen=True)
     tags = _tags(trained_nlp)

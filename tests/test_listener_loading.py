@@ -10,7 +10,7 @@ import torch
 from spacy.training import Example
 from thinc.api import SGD, Adam, Linear, Model, with_array
 
-from spacy_ctxembed.models.listener import scale_gradient
+from spacy_ctxembed.models.grad_scale import scale_gradient
 
 from .conftest import ctx_config
 

@@ -14,7 +14,7 @@ from spacy.training import Example
 from thinc.api import Linear, with_array
 
 from spacy_ctxembed.models.elmo_net import lstm_step
-from spacy_ctxembed.models.listener import scale_gradient
+from spacy_ctxembed.models.grad_scale import scale_gradient
 
 from .conftest import ctx_config
 from .elmo_fixture import write_elmo_fixture

@@ -688,10 +688,10 @@ def test_a_replaced_listeners_copy_sends_its_encoder_the_gradient_scaled_by_grad
     """nlp.replace_listeners gives the tagger a copy of the embedder that
     trains as the listener did: what reaches the copy's encoder is the
     listener's grad_factor times what the head sends into the copy."""
-    from spacy_ctxembed.models import listener as listener_module
+    from spacy_ctxembed.models import grad_scale
 
     into_copy, to_encoder = [], []
-    lifting = listener_module._lifting
+    lifting = grad_scale._lifting
 
     def recorded_lifting(model, backprop, factor=1.0):
         def into_encoder(d_outputs):
@@ -704,7 +704,7 @@ def test_a_replaced_listeners_copy_sends_its_encoder_the_gradient_scaled_by_grad
             return backward(dY)
         return recorded
 
-    monkeypatch.setattr(listener_module, "_lifting", recorded_lifting)
+    monkeypatch.setattr(grad_scale, "_lifting", recorded_lifting)
     nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=0.5))
     nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
     _assert_scaled_on_a_second_step(nlp, examples, into_copy, to_encoder, 0.5)

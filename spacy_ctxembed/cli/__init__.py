@@ -6,9 +6,8 @@ are off.
 """
 import typer
 
-from .analyze import analyze
-from .demo import demo
-from .embed import embed
+# The modules, not their commands: `spacy_ctxembed.cli.embed` stays the module.
+from . import analyze, demo, embed
 from .errors import guarded
 
 app = typer.Typer(
@@ -19,8 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.command("embed")(guarded(embed))
-app.command("demo")(guarded(demo))
-app.command("analyze")(guarded(analyze))
+app.command("embed")(guarded(embed.embed))
+app.command("demo")(guarded(demo.demo))
+app.command("analyze")(guarded(analyze.analyze))
 
 __all__ = ["app"]

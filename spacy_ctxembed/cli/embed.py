@@ -21,7 +21,7 @@ from spacy.util import load_config, minibatch
 from thinc.api import Config
 from tqdm import tqdm
 
-from ..fileio import model_identity
+from ..fileio import MODEL_CHANGED, model_identity
 from .errors import CliError, UsageError, short_message
 from .inputs import Input, InputChanged, open_input
 from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
@@ -42,7 +42,6 @@ HELP = {
     "overwrite": ("Replace a complete OUTPUT (kept until the new one is complete; with --ray, deleted when the run "
                   "starts) or discard an interrupted run"),
     "resume": "Continue an interrupted run into OUTPUT, keeping its committed shards (same input, model, format)",
-    "verbose": "On error, show the full traceback",
     "ray": "Embed on Ray Data: a pool of actors writes Parquet shards to OUTPUT; rerunning resumes",
     "address": "--ray: a running Ray cluster ('auto', 'ray://HOST:10001'); default: start a local Ray",
     "actors": "--ray: actors in the pool, each loads the pipeline once [default: 2]",
@@ -65,7 +64,6 @@ def embed(
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help=HELP["gpu_id"]),
     overwrite: bool = typer.Option(False, "--overwrite", help=HELP["overwrite"]),
     resume: bool = typer.Option(False, "--resume", help=HELP["resume"]),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help=HELP["verbose"]),
     ray: bool = typer.Option(False, "--ray", help=HELP["ray"]),
     address: Optional[str] = typer.Option(None, "--address", help=HELP["address"]),
     # Defaults of the --ray options are None, so that giving one without --ray is caught.
@@ -376,10 +374,8 @@ def _run(
 
 def _model_changed(model: Optional[str]) -> CliError:
     """The error for a model whose files changed after the run recorded their checksum."""
-    from ..distributed.actor import ModelChanged
-
     what = f"--model {model}" if model else "the pipeline's model"
-    return CliError(f"{what}: {ModelChanged.REASON} (a model changed on purpose makes another run: --overwrite)")
+    return CliError(f"{what}: {MODEL_CHANGED} (a model changed on purpose makes another run: --overwrite)")
 
 
 def _totals(manifest: Dict[str, Any]) -> str:

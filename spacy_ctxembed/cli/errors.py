@@ -113,16 +113,13 @@ VERBOSE = inspect.Parameter(
 
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a typer command so that errors print one line (see module docstring).
-
-    A command without a `verbose` parameter gets a `--verbose` option.
-    """
+    """Wrap a typer command so that errors print one line (see module docstring),
+    and give it a `--verbose` option that prints the traceback instead."""
     signature = inspect.signature(command)
-    own_verbose = "verbose" in signature.parameters
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose: Optional[bool] = kwargs.get("verbose") if own_verbose else kwargs.pop("verbose", False)
+        verbose = kwargs.pop("verbose", False)
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -130,7 +127,6 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
         except (Exception, KeyboardInterrupt) as exc:  # noqa: B902 - the CLI boundary
             raise typer.Exit(report(exc, bool(verbose))) from None
 
-    if not own_verbose:
-        params = list(signature.parameters.values()) + [VERBOSE]
-        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    params = list(signature.parameters.values()) + [VERBOSE]
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper

@@ -10,9 +10,8 @@ import numpy
 from thinc.api import to_numpy
 
 from ..alignment import token_char_spans
-from ..fileio import model_identity
-from ..pipeline.build import load_pipeline
-from ..pipeline.factories import CONTEXTUAL_FACTORIES
+from ..fileio import MODEL_CHANGED, model_identity
+from ..pipeline.build import load_pipeline, primary_component
 from .shards import build_table, write_shard
 from .sources import Shard, read_shard
 
@@ -52,7 +51,8 @@ class ShardEmbedder:
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
         self.dtype = dtype
-        self.component = _primary_component(self.nlp)
+        # (`load_pipeline` refused a pipeline without one: `check_writes_vectors`.)
+        self.component = primary_component(self.nlp)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: Dict[str, numpy.ndarray]) -> Dict[str, numpy.ndarray]:
@@ -100,12 +100,8 @@ SUMMARY = ("shard", "docs", "rejected", "tokens", "seconds", "pid", "host")
 class ModelChanged(RuntimeError):
     """The model an actor loaded is not the one the run recorded when it started."""
 
-    #: Why, for a message that names the model its own way.
-    REASON = ("its files changed after this run started (their checksum differs from the one the run "
-              "recorded), so its shards would mix two models' vectors; rerun once it stays put")
-
     def __init__(self, model: Optional[str]) -> None:
-        super().__init__(f"embed_corpus: model = {model!r}: {self.REASON} (a model changed on purpose makes "
+        super().__init__(f"embed_corpus: model = {model!r}: {MODEL_CHANGED} (a model changed on purpose makes "
                          "another run: overwrite)")
         self.model = model
 
@@ -130,11 +126,3 @@ def attempts_name(index: int) -> str:
     """The hidden file an actor appends a line to each time it starts shard `index`,
     removed once the shard is committed."""
     return f".attempts-{index:06d}"
-
-
-def _primary_component(nlp) -> str:
-    """The component whose vectors `doc._.ctx_vectors` holds: the last primary contextual one."""
-    names = [name for name in nlp.pipe_names
-             if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES
-             and getattr(nlp.get_pipe(name), "cfg", {}).get("primary", True)]
-    return names[-1] if names else "ctxembed"

@@ -1,10 +1,11 @@
 """`spacy-ctxembed.MeanLayers.v1`: combine a doc's layers by their plain mean."""
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from spacy.util import registry
 from thinc.api import Model
 
 from ..types import CombinerModel, DocLayers, DocVectors
+from .dims import dims_from_sample
 
 
 @registry.layers("spacy-ctxembed.MeanLayers.v1")
@@ -25,6 +26,7 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
     return Y, backprop
 
 
-def init(model: CombinerModel, X=None, Y=None) -> None:
+def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> None:
+    dims_from_sample(model, X)
     if model.has_dim("nI"):
         model.set_dim("nO", model.get_dim("nI"), force=True)

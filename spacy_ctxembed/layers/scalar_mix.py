@@ -11,13 +11,16 @@ from spacy.util import registry
 from thinc.api import Model
 
 from ..types import CombinerModel, DocLayers, DocVectors
+from .dims import dims_from_sample
 
 
 @registry.layers("spacy-ctxembed.ScalarMix.v1")
 def ScalarMix(*, n_layers: Optional[int] = None) -> CombinerModel:
     """Learned softmax-normalised layer weights `s` and scale `gamma`.
 
-    n_layers: None to infer it in `init` from the first doc of the sample.
+    n_layers: the number of layers mixed; `init` takes it from the sample's
+        first doc where one is given (the layers the mix is trained on decide),
+        and None leaves it to that or to the embedder (`embedder.pass_dims`).
     """
     return Model(
         "scalar_mix",
@@ -55,8 +58,9 @@ def forward(model: CombinerModel, X: List[DocLayers], is_train: bool) -> Tuple[L
 
 
 def init(model: CombinerModel, X: Optional[List[DocLayers]] = None, Y=None) -> None:
-    if X is not None and X:
+    if X:
         model.set_dim("nL", X[0].shape[0], force=True)
+    dims_from_sample(model, X)
     n_layers = model.get_dim("nL")
     if model.has_dim("nI"):
         model.set_dim("nO", model.get_dim("nI"), force=True)

@@ -3,23 +3,41 @@
 docs -> per doc, the selected hidden states pooled to spaCy tokens:
 (n_layers, n_tokens, width). The PyTorch side (tokenization, windows,
 batching, pooling) is in `bert_runner.py`; this module is the Thinc layer:
-its constructor, `forward` and `init`.
+its constructor, `forward` and `init`, and the shim that holds the runner
+(`BertShim`: the weights saved and loaded as a Hugging Face directory,
+safetensors and no pickles, and optimizer updates), as `elmo.py` is ELMo's.
 
 Trained when its component is trained (not frozen) and `trainable = true`:
 the gradient flows back through pooling into the encoder under torch
 autograd. Otherwise it runs under `torch.inference_mode`.
 """
-from typing import Callable, List, Optional, Sequence, Tuple, cast
+import contextlib
+import copy
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, cast
 
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model
+from thinc.api import Model, PyTorchGradScaler, get_torch_default_device
 
 from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
-from .bert_runner import COMPONENT, BertRunner, BertShim, check_settings
+from .bert_runner import COMPONENT, BertRunner, check_settings, config_positions, training_copy
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
-from .torch_bridge import EncoderNode, named_as_loaded, run_encoder, set_loaded_dims, trains_weights
+from .hf_probe import probe_record
+from .torch_bridge import (
+    EncoderNode,
+    EncoderShim,
+    averaged_weights,
+    named_as_loaded,
+    run_encoder,
+    scaled_optimizer,
+    set_loaded_dims,
+    swaps_weights,
+    trains_weights,
+)
 
 
 @registry.architectures("spacy-ctxembed.BertEncoder.v2")
@@ -94,6 +112,162 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
         name = shim.settings["name"]
         shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
     set_loaded_dims(model)
+
+
+class BertShim(EncoderShim):
+    """Holds a `BertRunner` for Thinc: weights in and out, optimizer updates.
+
+    It exists before any weights are loaded (Thinc deserializes into the
+    shims a model already has), and loads them in `initialize`, `from_bytes`
+    or `load_dir`, never from a remembered path.
+    """
+
+    component = COMPONENT
+    FILES_KEY = "hf_files"
+
+    def __init__(self, settings: Dict[str, Any]) -> None:
+        super().__init__(settings, grad_scaler=PyTorchGradScaler(enabled=False))
+        self.runner: Optional[BertRunner] = None
+
+    def check_settings(self) -> None:
+        check_settings(self.settings)
+
+    @property
+    def device(self):
+        return self.runner.device if self.runner is not None else get_torch_default_device()
+
+    @property
+    def loaded(self) -> bool:
+        return self.runner is not None
+
+    @property
+    def layers(self) -> List[int]:
+        """The selected hidden states, as indices into the loaded model's (empty until loaded)."""
+        return list(self.runner.layers) if self.runner is not None else []
+
+    @property
+    def features(self) -> Dict[str, Any]:
+        """The settings besides the layers that shape the vectors, resolved ({} until loaded)."""
+        runner = self.runner
+        return {} if runner is None else {"pooling": runner.pooling, "window": runner.window, "stride": runner.stride}
+
+    def dims(self) -> Dict[str, int]:
+        """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
+        runner = self.get_runner()
+        return {"nO": runner.width, "nL": len(runner.layers)}
+
+    @property
+    def n_states(self) -> int:
+        """How many hidden states the loaded model has (embeddings included): what `layers` index."""
+        return self.get_runner().encoder.n_hidden_states
+
+    def load(self, encoder: HFEncoder) -> None:
+        encoder.module.to(get_torch_default_device())
+        runner = BertRunner(encoder, self.settings)
+        self._model = encoder.module
+        self.runner = runner
+        self._scale_losses()
+
+    def to_device(self, device_type: str, device_id: int) -> None:
+        if self._model is None:  # not loaded yet: it loads onto the current device (`load`)
+            return
+        super().to_device(device_type, device_id)
+        if self.runner is not None:
+            runner = self.runner
+            # `.cuda()` moves each parameter in place but puts new buffer tensors in
+            # its module's own table: the training copy, whose modules are other
+            # objects, would keep the old ones (position ids on the old device);
+            # the int8 copy is made again from the moved weights.
+            runner.train_runner = training_copy(runner.runner)
+            runner.weights_changed()
+            if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
+                runner.max_batch_items = runner.default_budget()
+        self._scale_losses()
+
+    def _scale_losses(self) -> None:
+        """Loss scaling for fp16 training where the weights are on a GPU; bf16 and
+        fp32 need none, and thinc's scaler takes CUDA tensors only. So it is
+        decided by where the weights are, not by whether the machine has a GPU
+        (an fp16 pipeline kept on the CPU of a GPU machine failed its first update)."""
+        on_gpu = self._model is not None and next(self._model.parameters()).device.type == "cuda"
+        self._grad_scaler = PyTorchGradScaler(enabled=self.settings["precision"] == "fp16" and on_gpu)
+        if on_gpu:
+            self._grad_scaler.to_(next(self._model.parameters()).device)
+
+    def get_runner(self) -> BertRunner:
+        if self.runner is None:
+            raise ValueError(f"[{COMPONENT}] the encoder has no weights yet: call nlp.initialize() first")
+        return self.runner
+
+    def save_dir(self, directory: Path) -> None:
+        """Write the encoder as a Hugging Face directory (safetensors weights)."""
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.get_runner().encoder.save(directory)
+
+    def load_saved(self, directory: Path, name: str, setting: str) -> None:
+        self.load(load_encoder(directory, component=name, setting=setting))
+
+    def saved_files_problem(self, files: Any) -> str:
+        return "" if isinstance(files, dict) and files else "the serialized encoder holds no model files"
+
+    def finish_update(self, optimizer) -> None:
+        super().finish_update(scaled_optimizer(optimizer, self.settings))
+        if self.runner is not None:
+            self.runner.weights_changed()
+
+    @contextlib.contextmanager
+    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
+        """As thinc's, with the averages under the keys its finish_update writes
+        (see `averaged_weights`), and where the weights are swapped (and put
+        back) the int8 copy is made again from the weights in force."""
+        swapped = self.runner is not None and swaps_weights(self, params)
+        try:
+            with averaged_weights(self, params):
+                if swapped:
+                    self.get_runner().weights_changed()
+                yield
+        finally:
+            if swapped:
+                self.get_runner().weights_changed()
+
+    def cache_identity(self) -> str:
+        """What the output depends on besides the settings and the weights (the
+        feature cache's key): the windows, layers and tokenizer resolved at load."""
+        runner = self.get_runner()
+        return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest,
+                           runner.config_digest])
+
+    def after_fork(self) -> None:
+        if self.runner is not None:  # (the int8 copy is made under a lock, on first use)
+            self.runner._int8_lock = threading.Lock()
+
+    def probe_record(self) -> Dict[str, Any]:
+        """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
+        pipeline's cfg to tell its own config.json and tokenizer from edited ones."""
+        encoder = self.get_runner().encoder
+        return probe_record(encoder, max_length=config_positions(encoder) or 512)
+
+    def signature_fields(self) -> Dict[str, str]:
+        """What the outputs' signature (`pipeline.signature`) takes from the encoder
+        besides its weights: its tokenizer and its config.json, by content (not
+        the config's `name`: one model named two ways is one model; another
+        activation or number of heads is another model), and whether it runs quantized
+        (int8 vectors of the same weights are not fp32's: cosine 0.88 for the
+        same token on MiniLM; fp16, bf16 and tf32 ones are the same model's,
+        to their precision)."""
+        runner = self.get_runner()
+        return {"tokenizer": runner.tokenizer_digest, "config": runner.config_digest,
+                "quantization": "int8" if runner.precision == "int8" else "none"}
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "BertShim":
+        # Model.copy() (spaCy's replace_listeners) deep-copies shims. The int8
+        # lock cannot be copied; the runner is rebuilt around the copied encoder.
+        copied = BertShim(self.settings)
+        if self.runner is not None:
+            encoder = self.runner.encoder
+            copied.load(HFEncoder(module=copy.deepcopy(encoder.module, memo), tokenizer=encoder.tokenizer,
+                                  config=encoder.config))
+        return copied
 
 
 def get_shim(model: EncoderModel) -> BertShim:

@@ -7,10 +7,9 @@ docs -> wordpieces of each doc's raw text (the model's own fast tokenizer)
      -> per doc, a tensor (n_layers, n_tokens, width) on the model's device.
 
 A `BertRunner` is built once when the weights load and is not changed by a
-call (but for the chunk cache it gives up on, `WordPieces.of_docs`), so one
-pipeline can serve several threads. The shim that holds it
-(`BertShim`) is what Thinc sees: it saves and loads the weights as a Hugging
-Face directory (safetensors, no pickles) and applies optimizer updates.
+call (but for the chunk cache it gives up on, `Wordpieces.of_docs`), so one
+pipeline can serve several threads. The shim that holds it (`bert.BertShim`)
+is what Thinc sees.
 """
 import contextlib
 import copy
@@ -19,13 +18,11 @@ import itertools
 import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from spacy.tokens import Doc
-from thinc.api import PyTorchGradScaler, get_torch_default_device
 
 from ..alignment import PieceAlignment, TokenTable, align_run, doc_alignment, text_length
 from ..batching import budget_bounds, concat_ranges, prefetched, runs_by_size
@@ -34,16 +31,11 @@ from ..pooling import pool_indexed, pooling_index
 from ..settings import check_layers, normalize_layers, warn_repeated_layers
 from ..types import POOLING_MODES, PRECISIONS
 from ..windows import plan_run_windows
-from .hf_loading import HFEncoder, load_encoder
-from .hf_probe import probe_record
+from .hf_loading import HFEncoder
 from .process_settings import cudnn_attention_off, tf32_matmuls
 from .torch_bridge import (
-    EncoderShim,
-    averaged_weights,
     checked_as,
-    scaled_optimizer,
     staged,
-    swaps_weights,
 )
 from .wordpieces import Wordpieces
 
@@ -180,9 +172,7 @@ class BertRunner:
         # every parameter and buffer with the one that predicts. It is made
         # after the probes, so that a model whose first call changes it (BigBird
         # switches to full attention on short inputs) trains as it predicts.
-        self.train_runner = _training_copy(self.runner)
-        #: Prepare the next run of docs in a worker thread while this one computes.
-        self.overlap = True
+        self.train_runner = training_copy(self.runner)
         self._int8: Optional[torch.nn.Module] = None
         self._int8_lock = threading.Lock()
 
@@ -225,7 +215,7 @@ class BertRunner:
         device = self.device
         non_blocking = device.type == "cuda"
         with context:
-            for prepared in prefetched(self.prepare, runs, overlap=self.overlap):
+            for prepared in prefetched(self.prepare, runs):
                 states = self.piece_states(prepared, module)
                 index = {k: t.to(device, non_blocking=non_blocking) for k, t in prepared.pooling.items()}
                 offsets = prepared.token_offsets
@@ -258,7 +248,12 @@ class BertRunner:
         """Tokenize the raw texts, align pieces to tokens and plan the windows."""
         tokens = TokenTable.of_docs(docs)
         ids, spans, piece_counts = self.wordpieces.of_docs(docs, tokens)
-        alignment = align_run(spans, piece_counts, tokens)
+        try:
+            alignment = align_run(spans, piece_counts, tokens)
+        except ValueError as err:  # (named as the component's errors are: `named_errors` renames it)
+            tokenizer = type(self.encoder.tokenizer).__name__
+            raise ValueError(f"[{COMPONENT}] {err}: its tokenizer ({tokenizer}) gives offsets that do not fit "
+                             "the text, so no piece can be placed on the tokens; use another tokenizer") from None
         piece_offsets = numpy.concatenate(([0], numpy.cumsum(piece_counts)))
         token_offsets = tokens.offsets
         # Only a doc longer than one window needs to know where tokens allow a cut.
@@ -380,163 +375,7 @@ class BertRunner:
             return self._int8
 
 
-class BertShim(EncoderShim):
-    """Holds a `BertRunner` for Thinc: weights in and out, optimizer updates.
-
-    It exists before any weights are loaded (Thinc deserializes into the
-    shims a model already has), and loads them in `initialize`, `from_bytes`
-    or `load_dir`, never from a remembered path.
-    """
-
-    component = COMPONENT
-    FILES_KEY = "hf_files"
-
-    def __init__(self, settings: Dict[str, Any]) -> None:
-        super().__init__(settings, grad_scaler=PyTorchGradScaler(enabled=False))
-        self.runner: Optional[BertRunner] = None
-
-    def check_settings(self) -> None:
-        check_settings(self.settings)
-
-    @property
-    def device(self):
-        return self.runner.device if self.runner is not None else get_torch_default_device()
-
-    @property
-    def loaded(self) -> bool:
-        return self.runner is not None
-
-    @property
-    def layers(self) -> List[int]:
-        """The selected hidden states, as indices into the loaded model's (empty until loaded)."""
-        return list(self.runner.layers) if self.runner is not None else []
-
-    @property
-    def features(self) -> Dict[str, Any]:
-        """The settings besides the layers that shape the vectors, resolved ({} until loaded)."""
-        runner = self.runner
-        return {} if runner is None else {"pooling": runner.pooling, "window": runner.window, "stride": runner.stride}
-
-    def dims(self) -> Dict[str, int]:
-        """The thinc model's dims the loaded weights give (`set_loaded_dims`)."""
-        runner = self.get_runner()
-        return {"nO": runner.width, "nL": len(runner.layers)}
-
-    @property
-    def n_states(self) -> int:
-        """How many hidden states the loaded model has (embeddings included): what `layers` index."""
-        return self.get_runner().encoder.n_hidden_states
-
-    def load(self, encoder: HFEncoder) -> None:
-        encoder.module.to(get_torch_default_device())
-        runner = BertRunner(encoder, self.settings)
-        self._model = encoder.module
-        self.runner = runner
-        self._scale_losses()
-
-    def to_device(self, device_type: str, device_id: int) -> None:
-        if self._model is None:  # not loaded yet: it loads onto the current device (`load`)
-            return
-        super().to_device(device_type, device_id)
-        if self.runner is not None:
-            runner = self.runner
-            # `.cuda()` moves each parameter in place but puts new buffer tensors in
-            # its module's own table: the training copy, whose modules are other
-            # objects, would keep the old ones (position ids on the old device);
-            # the int8 copy is made again from the moved weights.
-            runner.train_runner = _training_copy(runner.runner)
-            runner.weights_changed()
-            if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
-                runner.max_batch_items = runner.default_budget()
-        self._scale_losses()
-
-    def _scale_losses(self) -> None:
-        """Loss scaling for fp16 training where the weights are on a GPU; bf16 and
-        fp32 need none, and thinc's scaler takes CUDA tensors only. So it is
-        decided by where the weights are, not by whether the machine has a GPU
-        (an fp16 pipeline kept on the CPU of a GPU machine failed its first update)."""
-        on_gpu = self._model is not None and next(self._model.parameters()).device.type == "cuda"
-        self._grad_scaler = PyTorchGradScaler(enabled=self.settings["precision"] == "fp16" and on_gpu)
-        if on_gpu:
-            self._grad_scaler.to_(next(self._model.parameters()).device)
-
-    def get_runner(self) -> BertRunner:
-        if self.runner is None:
-            raise ValueError(f"[{COMPONENT}] the encoder has no weights yet: call nlp.initialize() first")
-        return self.runner
-
-    def save_dir(self, directory: Path) -> None:
-        """Write the encoder as a Hugging Face directory (safetensors weights)."""
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        self.get_runner().encoder.save(directory)
-
-    def load_saved(self, directory: Path, name: str, setting: str) -> None:
-        self.load(load_encoder(directory, component=name, setting=setting))
-
-    def saved_files_problem(self, files: Any) -> str:
-        return "" if isinstance(files, dict) and files else "the serialized encoder holds no model files"
-
-    def finish_update(self, optimizer) -> None:
-        super().finish_update(scaled_optimizer(optimizer, self.settings))
-        if self.runner is not None:
-            self.runner.weights_changed()
-
-    @contextlib.contextmanager
-    def use_params(self, params: Dict[Any, Any]) -> Iterator[None]:
-        """As thinc's, with the averages under the keys its finish_update writes
-        (see `averaged_weights`), and where the weights are swapped (and put
-        back) the int8 copy is made again from the weights in force."""
-        swapped = self.runner is not None and swaps_weights(self, params)
-        try:
-            with averaged_weights(self, params):
-                if swapped:
-                    self.get_runner().weights_changed()
-                yield
-        finally:
-            if swapped:
-                self.get_runner().weights_changed()
-
-    def cache_identity(self) -> str:
-        """What the output depends on besides the settings and the weights (the
-        feature cache's key): the windows, layers and tokenizer resolved at load."""
-        runner = self.get_runner()
-        return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest,
-                           runner.config_digest])
-
-    def after_fork(self) -> None:
-        if self.runner is not None:  # (the int8 copy is made under a lock, on first use)
-            self.runner._int8_lock = threading.Lock()
-
-    def probe_record(self) -> Dict[str, Any]:
-        """What the loaded model folder computes (`hf_probe.probe_record`), for a saved
-        pipeline's cfg to tell its own config.json and tokenizer from edited ones."""
-        encoder = self.get_runner().encoder
-        return probe_record(encoder, max_length=_config_positions(encoder) or 512)
-
-    def signature_fields(self) -> Dict[str, str]:
-        """What the outputs' signature (`pipeline.signature`) takes from the encoder
-        besides its weights: its tokenizer and its config.json, by content (not
-        the config's `name`: one model named two ways is one model; another
-        activation or number of heads is another model), and whether it runs quantized
-        (int8 vectors of the same weights are not fp32's: cosine 0.88 for the
-        same token on MiniLM; fp16, bf16 and tf32 ones are the same model's,
-        to their precision)."""
-        runner = self.get_runner()
-        return {"tokenizer": runner.tokenizer_digest, "config": runner.config_digest,
-                "quantization": "int8" if runner.precision == "int8" else "none"}
-
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "BertShim":
-        # Model.copy() (spaCy's replace_listeners) deep-copies shims. The int8
-        # lock cannot be copied; the runner is rebuilt around the copied encoder.
-        copied = BertShim(self.settings)
-        if self.runner is not None:
-            encoder = self.runner.encoder
-            copied.load(HFEncoder(module=copy.deepcopy(encoder.module, memo), tokenizer=encoder.tokenizer,
-                                  config=encoder.config))
-        return copied
-
-
-def _training_copy(module: torch.nn.Module) -> torch.nn.Module:
+def training_copy(module: torch.nn.Module) -> torch.nn.Module:
     """`module`'s structure in training mode (dropout on), sharing its tensors.
 
     Deep-copying with every parameter and buffer already in the memo copies
@@ -785,14 +624,14 @@ def _check_stride(stride: int, window: int) -> None:
 def _max_positions(encoder: HFEncoder) -> int:
     candidates: Dict[str, Optional[int]] = {
         "tokenizer": encoder.tokenizer.model_max_length,
-        "config": _config_positions(encoder),
+        "config": config_positions(encoder),
     }
     # Tokenizers without a limit report a huge sentinel (int(1e30)).
     usable = [int(v) for v in candidates.values() if v is not None and v < 100_000]
     return min(usable) if usable else 512
 
 
-def _config_positions(encoder: HFEncoder) -> Optional[int]:
+def config_positions(encoder: HFEncoder) -> Optional[int]:
     """How many pieces the model's position table takes (None: its config does not say)."""
     positions = getattr(encoder.config, "max_position_embeddings", None)
     return None if positions is None else int(positions) - _skipped_positions(encoder.module)

@@ -29,8 +29,16 @@ from ..errors import bad_setting, check_bool, check_int
 from ..settings import check_layers, layer_count, layers_as_given, normalize_layers, warn_repeated_layers
 from ..types import DocLayers, EncoderModel
 from .elmo_chars import MAX_CHARS, distinct_words, sentence_char_ids
-from .elmo_net import ElmoBiLm, LstmStep, lstm_step
-from .elmo_weights import OPTIONS_FILE, WEIGHTS_FILE, ElmoOptions, read_options, read_weights, write_files
+from .elmo_net import ElmoBiLm, LstmStep, build_bilm, lstm_step
+from .elmo_weights import (
+    OPTIONS_FILE,
+    WEIGHTS_FILE,
+    ElmoOptions,
+    read_options,
+    read_weights,
+    released_layout,
+    write_files,
+)
 from .torch_bridge import (
     EncoderNode,
     EncoderShim,
@@ -185,6 +193,9 @@ class ElmoShim(EncoderShim):
         not by the files' paths (copied elsewhere, they are the same model)."""
         return {"options": cast(ElmoOptions, self.options).digest}
 
+    def options_digest(self) -> Optional[str]:
+        return self.options.digest if self.options is not None else None
+
     def __deepcopy__(self, memo: Dict[int, Any]) -> "ElmoShim":
         # Model.copy() (spaCy's replace_listeners) deep-copies shims: in memory,
         # not through the pickled form's weight files.
@@ -219,20 +230,22 @@ class ElmoShim(EncoderShim):
         return cast(ElmoOptions, self.options)
 
     def load_files(self, options_path: Path, weights_path: Path,
-                   settings: Tuple[str, str] = ("options_file", "weight_file"), *, component: str = COMPONENT) -> None:
-        """Load the released pair. settings, component: what errors name as each file's source, and whose."""
-        options = read_options(options_path, component=component, setting=settings[0])
-        weights = read_weights(weights_path, options, component=component, setting=settings[1])
+                   setting_names: Tuple[str, str] = ("options_file", "weight_file"), *,
+                   component: str = COMPONENT) -> None:
+        """Load the released pair. setting_names, component: what errors name as each file's source, and whose."""
+        options = read_options(options_path, component=component, setting=setting_names[0])
+        weights = read_weights(weights_path, options, component=component, setting=setting_names[1])
         layers = normalize_layers(COMPONENT, self.settings["layers"], 1 + options.n_layers)
         name, block = checked_as(COMPONENT, self.settings)
         warn_repeated_layers(name, self.settings["layers"], layers, 1 + options.n_layers, block=block)
         # The biLM takes the arrays over (and empties `weights`): held once.
-        net = ElmoBiLm(options, weights, trainable=bool(self.settings["trainable"])).eval()
+        net = build_bilm(options, weights, trainable=bool(self.settings["trainable"])).eval()
         self._model = net.to(get_torch_default_device())
         self.options, self._layers = options, layers
 
     def save_dir(self, directory: Path) -> None:
-        write_files(Path(directory), self.get_options(), self.get_net().export_weights())
+        options = self.get_options()
+        write_files(Path(directory), options, released_layout(options, self.get_net().arrays()))
 
     def load_saved(self, directory: Path, name: str, setting: str) -> None:
         self.load_files(directory / OPTIONS_FILE, directory / WEIGHTS_FILE, (setting, setting), component=name)

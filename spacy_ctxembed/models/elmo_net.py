@@ -4,9 +4,11 @@ Stateless: every sentence starts from zero states, so a sentence's vectors
 never depend on the batch or on what ran before. Frozen by default: the
 weights are buffers; with `trainable=True` they are parameters, and the
 forward pass is written without in-place updates so autograd can run through
-it. Built from the released weight arrays (see elmo_weights.py), which the
-modules take over: each array is dropped once converted, so the weights are
-held once, and `export_weights` gives them back in the released layout.
+it. Built from the options alone, with empty weights (on torch's meta
+device); `build_bilm` loads the released arrays into them, converted to the
+modules' names and layouts by `elmo_weights.torch_layout` (the checkpoint
+conversion is kept apart from the modules, as `released_layout` is, the way
+back for a save).
 
 Speed, compared with a per-timestep loop over everything:
 - each layer's input projection for a chunk of timesteps is one matmul;
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .elmo_weights import ElmoOptions, lstm_prefix
+from .elmo_weights import CHAR_EMBED_ROWS, HIGHWAY_NAMES, ElmoOptions, torch_layout
 
 #: (batch x time) rows whose input projections are computed in one matmul:
 #: bounds the projection buffer (rows x 4 dim floats per direction) whatever
@@ -35,7 +37,6 @@ from .elmo_weights import ElmoOptions, lstm_prefix
 PROJECTION_ROWS = 512
 #: Distinct words per character-CNN call: bounds the convolution outputs.
 CNN_WORDS = 1024
-HIGHWAY_NAMES = ("W_transform", "b_transform", "W_carry", "b_carry")
 
 
 #: One LSTM step: (projected inputs, h, c, w_h, w_p, cell_clip, proj_clip) -> (h, c).
@@ -86,7 +87,7 @@ def conv1d_unfolded(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return out.view(n, positions, filters).transpose(1, 2)
 
 
-def _buffer(array: numpy.ndarray) -> torch.Tensor:
+def _tensor(array: numpy.ndarray) -> torch.Tensor:
     return torch.from_numpy(numpy.ascontiguousarray(array, dtype="float32"))
 
 
@@ -97,15 +98,13 @@ class _WeightsModule(nn.Module):
         super().__init__()
         self.trainable = trainable
 
-    def add_weight(self, name: str, tensor: torch.Tensor) -> None:
+    def add_weight(self, name: str, *shape: int) -> None:
+        """An empty weight of `shape`, on the meta device: `ElmoBiLm.load_arrays` gives it its values."""
+        tensor = torch.empty(shape, device="meta")
         if self.trainable:
             self.register_parameter(name, nn.Parameter(tensor))
         else:
             self.register_buffer(name, tensor)
-
-
-def _numpy(tensor: torch.Tensor) -> numpy.ndarray:
-    return tensor.detach().cpu().numpy()
 
 
 class CharCNN(_WeightsModule):
@@ -115,34 +114,21 @@ class CharCNN(_WeightsModule):
     proj_w: torch.Tensor
     proj_b: torch.Tensor
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
+    def __init__(self, options: ElmoOptions, trainable: bool = False):
         super().__init__(trainable)
         self.activation = torch.tanh if options.activation == "tanh" else torch.relu
-        self.add_weight("char_embed", _buffer(weights.pop("char_embed")))
-        for i in range(len(options.filters)):
-            # TF conv kernel (1, width, char_dim, n) -> torch Conv1d (n, char_dim, width)
-            kernel = weights.pop(f"CNN/W_cnn_{i}")[0].transpose(2, 1, 0)
-            self.add_weight(f"conv_w_{i}", _buffer(kernel))
-            self.add_weight(f"conv_b_{i}", _buffer(weights.pop(f"CNN/b_cnn_{i}")))
+        F, P = options.n_filters, options.projection_dim
+        self.add_weight("char_embed", CHAR_EMBED_ROWS + 1, options.char_dim)  # (the padding row first)
+        for i, (width, n) in enumerate(options.filters):
+            self.add_weight(f"conv_w_{i}", n, options.char_dim, width)
+            self.add_weight(f"conv_b_{i}", n)
         for k in range(options.n_highway):
             for name in HIGHWAY_NAMES:
-                self.add_weight(f"high_{k}_{name}", _buffer(weights.pop(f"CNN_high_{k}/{name}")))
-        self.add_weight("proj_w", _buffer(weights.pop("CNN_proj/W_proj")))
-        self.add_weight("proj_b", _buffer(weights.pop("CNN_proj/b_proj")))
+                self.add_weight(f"high_{k}_{name}", *((F, F) if name.startswith("W") else (F,)))
+        self.add_weight("proj_w", F, P)
+        self.add_weight("proj_b", P)
         self.n_filters = len(options.filters)
         self.n_highway = options.n_highway
-
-    def export_weights(self) -> Dict[str, numpy.ndarray]:
-        weights = {"char_embed": _numpy(self.char_embed)}
-        for i in range(self.n_filters):
-            weights[f"CNN/W_cnn_{i}"] = _numpy(getattr(self, f"conv_w_{i}").permute(2, 1, 0))[None]
-            weights[f"CNN/b_cnn_{i}"] = _numpy(getattr(self, f"conv_b_{i}"))
-        for k in range(self.n_highway):
-            for name in HIGHWAY_NAMES:
-                weights[f"CNN_high_{k}/{name}"] = _numpy(getattr(self, f"high_{k}_{name}"))
-        weights["CNN_proj/W_proj"] = _numpy(self.proj_w)
-        weights["CNN_proj/b_proj"] = _numpy(self.proj_b)
-        return weights
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
         """(n_words, 50) character ids -> (n_words, projection_dim)."""
@@ -167,35 +153,19 @@ class CharCNN(_WeightsModule):
 class BiLstm(_WeightsModule):
     """The forward and backward LSTM stacks with cell/projection clipping and skips."""
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
+    def __init__(self, options: ElmoOptions, trainable: bool = False):
         super().__init__(trainable)
-        P = options.projection_dim
+        P, dim = options.projection_dim, options.lstm_dim
         self.n_layers = options.n_layers
         self.cell_clip = options.cell_clip
         self.proj_clip = options.proj_clip
         self.skip = options.use_skip_connections
         for layer in range(self.n_layers):
             # Both directions stacked on a leading axis, so one bmm serves both.
-            w = [weights.pop(f"{lstm_prefix(d, layer)}/W_0") for d in range(2)]
-            # W_0 rows are [layer input; previous projected output].
-            self.add_weight(f"w_x_{layer}", _buffer(numpy.stack([m[:P] for m in w])))
-            self.add_weight(f"w_h_{layer}", _buffer(numpy.stack([m[P:] for m in w])))
-            del w
-            self.add_weight(f"b_{layer}", _buffer(numpy.stack(
-                [weights.pop(f"{lstm_prefix(d, layer)}/B") for d in range(2)]))[:, None, :])
-            self.add_weight(f"w_p_{layer}", _buffer(numpy.stack(
-                [weights.pop(f"{lstm_prefix(d, layer)}/W_P_0") for d in range(2)])))
-
-    def export_weights(self) -> Dict[str, numpy.ndarray]:
-        weights = {}
-        for layer in range(self.n_layers):
-            w_x, w_h = getattr(self, f"w_x_{layer}"), getattr(self, f"w_h_{layer}")
-            for d in range(2):
-                prefix = lstm_prefix(d, layer)
-                weights[f"{prefix}/W_0"] = _numpy(torch.cat([w_x[d], w_h[d]]))
-                weights[f"{prefix}/B"] = _numpy(getattr(self, f"b_{layer}")[d, 0])
-                weights[f"{prefix}/W_P_0"] = _numpy(getattr(self, f"w_p_{layer}")[d])
-        return weights
+            self.add_weight(f"w_x_{layer}", 2, P, 4 * dim)
+            self.add_weight(f"w_h_{layer}", 2, P, 4 * dim)
+            self.add_weight(f"b_{layer}", 2, 1, 4 * dim)
+            self.add_weight(f"w_p_{layer}", 2, dim, P)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
@@ -276,14 +246,20 @@ class BiLstm(_WeightsModule):
 class ElmoBiLm(nn.Module):
     """Character ids of `<S> words </S>` -> ELMo's layers, boundaries included."""
 
-    def __init__(self, options: ElmoOptions, weights: Dict[str, numpy.ndarray], trainable: bool = False):
+    def __init__(self, options: ElmoOptions, trainable: bool = False):
+        """Empty weights (on the meta device) until `load_arrays`; see `build_bilm`."""
         super().__init__()
-        self.char_cnn = CharCNN(options, weights, trainable)
-        self.bilstm = BiLstm(options, weights, trainable)
+        self.char_cnn = CharCNN(options, trainable)
+        self.bilstm = BiLstm(options, trainable)
 
-    def export_weights(self) -> Dict[str, numpy.ndarray]:
-        """All weights in the released layout (as `read_weights` returns them)."""
-        return {**self.char_cnn.export_weights(), **self.bilstm.export_weights()}
+    def load_arrays(self, state: Dict[str, numpy.ndarray]) -> None:
+        """Take the weights, as `elmo_weights.torch_layout` gives them, in place of
+        the empty ones (shared with the arrays where they are float32 and contiguous)."""
+        self.load_state_dict({name: _tensor(array) for name, array in state.items()}, strict=True, assign=True)
+
+    def arrays(self) -> Dict[str, numpy.ndarray]:
+        """The weights as numpy arrays, by state-dict name (`elmo_weights.released_layout` takes them)."""
+        return {name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()}
 
     def forward(
         self, words: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step
@@ -301,3 +277,11 @@ class ElmoBiLm(nn.Module):
         embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])
         tokens = embedded[positions]
         return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths, step)]
+
+
+def build_bilm(options: ElmoOptions, weights: Dict[str, numpy.ndarray], *, trainable: bool = False) -> ElmoBiLm:
+    """The biLM of `options` with the released arrays (`read_weights`), which it
+    takes over (and empties `weights`): the weights are held once."""
+    net = ElmoBiLm(options, trainable)
+    net.load_arrays(torch_layout(options, weights))
+    return net

@@ -262,6 +262,62 @@ def lstm_prefix(direction: int, layer: int) -> str:
     return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
 
 
+#: The names of a highway layer's arrays, in the released file and in the module.
+HIGHWAY_NAMES = ("W_transform", "b_transform", "W_carry", "b_carry")
+
+
+def torch_layout(options: ElmoOptions, weights: Dict[str, numpy.ndarray]) -> Dict[str, numpy.ndarray]:
+    """The released arrays (as `read_weights` gives them) under the names and in
+    the layouts of the biLM module's state dict (`elmo_net.ElmoBiLm`).
+
+    Takes the arrays over: each is dropped from `weights` once converted, so
+    that a full-size model's weights are held once. `released_layout` is the
+    way back."""
+    P = options.projection_dim
+    state = {"char_cnn.char_embed": weights.pop("char_embed")}
+    for i in range(len(options.filters)):
+        # TF conv kernel (1, width, char_dim, n) -> torch Conv1d (n, char_dim, width)
+        state[f"char_cnn.conv_w_{i}"] = weights.pop(f"CNN/W_cnn_{i}")[0].transpose(2, 1, 0)
+        state[f"char_cnn.conv_b_{i}"] = weights.pop(f"CNN/b_cnn_{i}")
+    for k in range(options.n_highway):
+        for name in HIGHWAY_NAMES:
+            state[f"char_cnn.high_{k}_{name}"] = weights.pop(f"CNN_high_{k}/{name}")
+    state["char_cnn.proj_w"] = weights.pop("CNN_proj/W_proj")
+    state["char_cnn.proj_b"] = weights.pop("CNN_proj/b_proj")
+    for layer in range(options.n_layers):
+        # Both directions stacked on a leading axis, so that one bmm serves both.
+        # W_0 rows are [layer input; previous projected output].
+        w = [weights.pop(f"{lstm_prefix(d, layer)}/W_0") for d in range(2)]
+        state[f"bilstm.w_x_{layer}"] = numpy.stack([m[:P] for m in w])
+        state[f"bilstm.w_h_{layer}"] = numpy.stack([m[P:] for m in w])
+        del w
+        state[f"bilstm.b_{layer}"] = numpy.stack([weights.pop(f"{lstm_prefix(d, layer)}/B") for d in range(2)])[:, None]
+        state[f"bilstm.w_p_{layer}"] = numpy.stack([weights.pop(f"{lstm_prefix(d, layer)}/W_P_0") for d in range(2)])
+    return state
+
+
+def released_layout(options: ElmoOptions, state: Dict[str, numpy.ndarray]) -> Dict[str, numpy.ndarray]:
+    """The biLM's state dict (as numpy arrays) in the released layout, as
+    `read_weights` returns it (`char_embed` with its padding row): for `write_files`."""
+    weights = {"char_embed": state["char_cnn.char_embed"]}
+    for i in range(len(options.filters)):
+        weights[f"CNN/W_cnn_{i}"] = state[f"char_cnn.conv_w_{i}"].transpose(2, 1, 0)[None]
+        weights[f"CNN/b_cnn_{i}"] = state[f"char_cnn.conv_b_{i}"]
+    for k in range(options.n_highway):
+        for name in HIGHWAY_NAMES:
+            weights[f"CNN_high_{k}/{name}"] = state[f"char_cnn.high_{k}_{name}"]
+    weights["CNN_proj/W_proj"] = state["char_cnn.proj_w"]
+    weights["CNN_proj/b_proj"] = state["char_cnn.proj_b"]
+    for layer in range(options.n_layers):
+        w_x, w_h = state[f"bilstm.w_x_{layer}"], state[f"bilstm.w_h_{layer}"]
+        for d in range(2):
+            prefix = lstm_prefix(d, layer)
+            weights[f"{prefix}/W_0"] = numpy.concatenate([w_x[d], w_h[d]])
+            weights[f"{prefix}/B"] = state[f"bilstm.b_{layer}"][d, 0]
+            weights[f"{prefix}/W_P_0"] = state[f"bilstm.w_p_{layer}"][d]
+    return weights
+
+
 def read_weights(
     path: PathLike, options: ElmoOptions, *, component: str, setting: str = "weight_file"
 ) -> Dict[str, numpy.ndarray]:

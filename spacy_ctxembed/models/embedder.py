@@ -19,8 +19,12 @@ from thinc.layers.chain import forward as chain_forward
 
 from ..errors import bad_setting, check_int
 from ..layers import built_as
+from ..settings import config_value
 from ..types import CombinerModel, EmbedderModel, EncoderModel
 from .legacy import V1_ARCHITECTURES, upgrade_cfg
+from .torch_bridge import encoder_shim
+from .trf_pooler import MODEL_NAME as TRF_ENCODER
+from .trf_pooler import check_settings as check_trf_settings
 
 
 @registry.architectures("spacy-ctxembed.Embedder.v2")
@@ -96,7 +100,8 @@ def pass_dims(model: EmbedderModel) -> None:
     """Give the combiner the encoder's layer count and width (after loading)."""
     encoder, combiner = model.layers
     if encoder.has_dim("nO") is not True:  # ctxembed_from_trf before it has seen its upstream
-        combiner.set_dim("nL", encoder.get_dim("nL"), force=True)
+        if combiner.has_dim("nL") is not False:  # (a combiner of the user's may have no such dim)
+            combiner.set_dim("nL", encoder.get_dim("nL"), force=True)
         return
     n_layers, width = encoder.get_dim("nL"), encoder.get_dim("nO")
     for dim, value in (("nL", n_layers), ("nI", width), ("nO", combined_width(combiner, n_layers, width))):
@@ -168,3 +173,15 @@ def _listener_cfgs(cfg: Any) -> Iterator[Dict[str, Any]]:
             return
         for value in cfg.values():
             yield from _listener_cfgs(value)
+
+
+def check_encoder_settings(model: Model) -> None:
+    """The checks of `model`'s encoder settings that need no weights: the component
+    runs them when it is created, so that a bad setting fails at `nlp.add_pipe`.
+    BERT's and ELMo's settings are in their shim; `TrfEncoder`'s in its attrs."""
+    shim = encoder_shim(model)
+    if shim is not None:
+        shim.check_settings()
+    for node in model.walk():
+        if node.name == TRF_ENCODER:
+            check_trf_settings(config_value(node.attrs["settings"]))

@@ -35,6 +35,9 @@ upstream replaced by a model of another width) says so at its forward pass.
 with its widths given in the config, and never trains the upstream. It too
 gives zeros only for the docs it is initialised on, and refuses layers of
 another shape than its config's.
+
+The checks of a head against what its upstream gives are in
+`listener_checks`; the scaling layers of a replace_listeners copy in `grad_scale`.
 """
 import math
 import weakref
@@ -46,8 +49,7 @@ from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.types import Floats2d
 
-from ..errors import bad_setting, check_bool, check_int, check_number, named_errors
-from ..finite import FiniteCheck, refuse_non_finite
+from ..errors import check_bool, check_int, check_number, named_errors
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
@@ -59,35 +61,24 @@ from ..outputs import (
     stored_signature,
     uncovered_error,
 )
-from ..settings import FromConfig, config_value
 from ..types import EmbedderModel
-from .embedder import check_combiner_layers, check_embedder
-from .torch_bridge import COPY_BLOCK, COPY_NAME, LR_SCALE, check_encoder_settings, encoder_shim, selected_layers
-from .trf_pooler import MODEL_NAME as TRF_ENCODER
+from .embedder import check_combiner_layers, check_embedder, check_encoder_settings
+from .grad_scale import COPY_REFUSED, scale_gradient, with_lr_scale
+from .listener_checks import (
+    HELD,
+    TRAINED_ON,
+    TRAINED_WITH,
+    check_saved_combiners,
+    check_trained_dims,
+    check_trained_layers,
+    check_trained_upstream,
+    layers_text,
+    output_width,
+    upstream_named,
+)
+from .torch_bridge import COPY_BLOCK, COPY_NAME, encoder_shim, selected_layers
 
 LISTENER = "ctxembed-listener"
-#: The listener attr that records the upstream's layers its head was initialised
-#: for: the same number of other layers fits the weights' shapes, but not what
-#: they were trained on.
-TRAINED_ON = "upstream_layers"
-#: The attr of a replace_listeners copy that holds why it refuses to predict
-#: (`listener_copy`; None: it does not), saved with it.
-COPY_REFUSED = "refused_until_trained"
-#: The listener attr that records what else its head was trained on
-#: (`upstream_record`): what shapes the upstream's outputs besides its layers
-#: (`ContextualEmbedder.listener_features`), a fingerprint of the weights the
-#: head reads through (the encoder's; and the combiner's for a head on the
-#: vectors), None once they may move under it in training, and which weights
-#: they are (their lineage).
-TRAINED_WITH = "upstream_record"
-#: The fields of those features a head is held to: not the tokenizer's and
-#: config.json's digests, which change with the versions of tokenizers and
-#: transformers (the weights' fingerprint tells another model), nor int8,
-#: which runs the same weights faster.
-_HELD = ("encoder", "pooling", "options")
-#: The signature fields a listener does not hold the docs' outputs to, next to
-#: a linked upstream: int8 runs the same weights (as `_HELD` leaves it out).
-_NOT_HELD = ("quantization",)
 
 
 class ContextualListenerNode(SampleDocsModel):
@@ -135,10 +126,10 @@ class ContextualListenerNode(SampleDocsModel):
         before this one). It is refused until a load or initialize succeeds."""
         current = self._dims.get(name)
         if not force and name in ("nL", "nO") and current is not None and value != current:
-            what = _layers if name == "nL" else (lambda n: f"features of width {n}")
-            upstream = _upstream_named(self)
+            what = layers_text if name == "nL" else (lambda n: f"features of width {n}")
+            upstream = upstream_named(self)
             self._load_refused = (
-                f"{_named(self)}: the weights being loaded were saved for {what(value)} of its upstream, and its "
+                f"{self.described()}: the weights being loaded were saved for {what(value)} of its upstream, and its "
                 f"upstream {upstream!r} gives {what(current)}: load them into a pipeline whose {upstream!r} has the "
                 "settings they were saved with (its encoder's `layers` and model, its combiner), or train this "
                 "component again")
@@ -146,6 +137,17 @@ class ContextualListenerNode(SampleDocsModel):
         super().set_dim(name, value, force=force)
         if not force and name == "nO":  # (the last of its dims a load sets: this one loaded)
             self._load_refused = None
+
+    def described(self) -> str:
+        """How errors name a listener: "[component] ContextualListener upstream = ...", with the
+        component that holds it where an upstream lists it (spaCy tells a listener nothing of
+        the component it serves)."""
+        holders = [name for component in self._upstreams()
+                   for name, nodes in getattr(component, "listener_map", {}).items() if any(n is self for n in nodes)]
+        if not holders and self._listening_component:  # (an upstream renamed or gone: as last linked)
+            holders = [self._listening_component]
+        where = f"[{holders[0]}] " if holders else ""
+        return f"{where}ContextualListener upstream = {self.upstream_name!r}"
 
     @property
     def kind(self) -> str:
@@ -232,7 +234,7 @@ class ContextualListenerNode(SampleDocsModel):
         live = sorted({component.name for component in self._upstreams()})
         if len(live) > 1:
             raise ValueError(
-                f"{_named(self)} matches several ctxembed components ({', '.join(live)}): "
+                f"{self.described()} matches several ctxembed components ({', '.join(live)}): "
                 "set upstream to the name of one of them"
             )
         return live[0] if live else None
@@ -352,7 +354,7 @@ class ContextualListenerNode(SampleDocsModel):
             if not isinstance(record, dict) or record.get("untrained"):
                 return lambda stored: None
             trained = record.get("features")
-            held = (*_HELD, *(() if self.mix_layers else ("combiner",)))
+            held = (*HELD, *(() if self.mix_layers else ("combiner",)))
             fields = {key: value for key, value in (trained if isinstance(trained, dict) else {}).items()
                       if key in held}
             if self.attrs.get(TRAINED_ON) is not None:
@@ -366,7 +368,7 @@ class ContextualListenerNode(SampleDocsModel):
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
-                f"{_named(self)} receives from both "
+                f"{self.described()} receives from both "
                 f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
@@ -374,7 +376,7 @@ class ContextualListenerNode(SampleDocsModel):
     def verify_inputs(self, docs: List[Doc]) -> None:
         batch_id = self.get_batch_id(docs)
         if batch_id != self._batch_id:
-            raise ValueError(f"{_named(self)}: mismatched batch ({batch_id} vs {self._batch_id}): the "
+            raise ValueError(f"{self.described()}: mismatched batch ({batch_id} vs {self._batch_id}): the "
                              f"upstream {self._upstream!r} ran on other docs than this component")
 
     def __getstate__(self) -> Any:
@@ -433,14 +435,14 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
             # (`Doc.from_docs`): the output's zero rows on the others' tokens are
             # features from nothing. (`token.vector` refuses them as well.)
             read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
-            raise MissingOutputs(f"{_named(model)}: {uncovered_error(doc, read, uncovered)}")
+            raise MissingOutputs(f"{model.described()}: {uncovered_error(doc, read, uncovered)}")
         if value is None:
             if found is not None and model.kind == "layers":
                 # (the upstream keeps its layers for the listeners linked to it, and
                 # spaCy links them only when a pipeline is made or loaded)
                 read = name or next(iter(get_outputs(doc)))  # (upstream "*": the doc's one output)
                 raise ValueError(
-                    f"{_named(model)}: upstream {read!r} stored no layers on the doc, only vectors: it keeps "
+                    f"{model.described()}: upstream {read!r} stored no layers on the doc, only vectors: it keeps "
                     "them for the listeners linked to it (or with store_layers = true), and spaCy links "
                     "listeners when a pipeline is made or loaded, not on enable_pipe. Load the pipeline without "
                     f"disabling this component, or set store_layers = true on {read!r}; or they were dropped "
@@ -450,7 +452,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 # (spaCy's `debug model` runs no upstream but its own tok2vec's
                 # and transformer's, so a listener's component debugged alone lands here too.)
                 raise ValueError(
-                    f"{_named(model)}: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
+                    f"{model.described()}: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
                     "it did not run on the training docs before this component's update. In training, a frozen "
                     "ctxembed component must also be listed in [training] annotating_components, and a trained "
                     "one updated in the same nlp.update; a listening component updated on its own (its "
@@ -462,7 +464,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 # renamed (rename_pipe, add_pipe(source=..., name=...)) or
                 # another one ran. Zeros here would be silently wrong features.
                 raise ValueError(
-                    f"{_named(model)}: doc has no {model.kind} from upstream {name or model.upstream_name!r}, "
+                    f"{model.described()}: doc has no {model.kind} from upstream {name or model.upstream_name!r}, "
                     f"but has outputs of {', '.join(map(repr, others))}; if the upstream component was renamed, "
                     "set the listener's upstream to its new name"
                 )
@@ -470,6 +472,28 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def _unlinked(node: ContextualListenerNode) -> str:
+    """What to add to a training error where an upstream that listed this
+    listener once does not now: spaCy linked the pipeline again without its
+    component. `spacy train` does (init_nlp initializes with the sourced
+    components disabled, and `Language.initialize` links only the enabled
+    ones), so a sourced listening component next to a new trained upstream
+    is never sent its outputs."""
+    unlinked = [component.name for component in node._claimants() if node not in component.listeners]
+    if not unlinked:
+        return ""
+    return (f". {', '.join(map(repr, unlinked))} does not list this listener now: spaCy linked the pipeline again "
+            "while this component was disabled (spacy train initializes with sourced components disabled, so a "
+            "sourced listening component is not linked to a trained upstream). Freeze the upstream and list it in "
+            "[training] annotating_components, source it from the same pipeline with its listening components, "
+            "or give the component a copy of its own (nlp.replace_listeners in its source pipeline)")
+
+
+#: The signature fields a listener does not hold the docs' outputs to, next to
+#: a linked upstream: int8 runs the same weights (as `HELD` leaves it out).
+_NOT_HELD = ("quantization",)
 
 
 def _held_by_upstream(signature: str) -> Dict[str, str]:
@@ -514,7 +538,7 @@ def _renamed_error(node: ContextualListenerNode, renamed: Tuple[str, str, Tuple[
                f"those under {was!r} on the doc cannot be told to be its own (ctxembed_from_trf's outputs do not say "
                "which transformer made them)")
     return (
-        f"{_named(node)}: the component it was linked to as {was!r} is named {now!r} now, and stores its outputs "
+        f"{node.described()}: the component it was linked to as {was!r} is named {now!r} now, and stores its outputs "
         f"under {now!r}: {doc_has}. spaCy renames a component with nlp.rename_pipe, and "
         f"where another pipeline takes it in under another name (add_pipe({was!r}, source=..., name={now!r})): "
         "the two pipelines share one object, renamed in both. Source it under its own name, or from a copy of "
@@ -529,28 +553,32 @@ def _foreign_error(node: ContextualListenerNode, name: str, difference: str) -> 
                  ("this component was trained on", f"load the pipeline with {name!r} (not excluded) and run it on "
                   "the docs"))
     return (
-        f"{_named(node)}: the doc's outputs under {name!r} were made by another model or with other settings than "
+        f"{node.described()}: the doc's outputs under {name!r} were made by another model or with other settings than "
         f"{than} ({difference}): a doc embedded by another pipeline (or by {name!r} before it was trained or "
         f"loaded again) and given to this component with {name!r} disabled or excluded, whose features would be "
         f"another model's. Embed the docs with this pipeline, or {run}"
     )
 
 
-def _unlinked(node: ContextualListenerNode) -> str:
-    """What to add to a training error where an upstream that listed this
-    listener once does not now: spaCy linked the pipeline again without its
-    component. `spacy train` does (init_nlp initializes with the sourced
-    components disabled, and `Language.initialize` links only the enabled
-    ones), so a sourced listening component next to a new trained upstream
-    is never sent its outputs."""
-    unlinked = [component.name for component in node._claimants() if node not in component.listeners]
-    if not unlinked:
-        return ""
-    return (f". {', '.join(map(repr, unlinked))} does not list this listener now: spaCy linked the pipeline again "
-            "while this component was disabled (spacy train initializes with sourced components disabled, so a "
-            "sourced listening component is not linked to a trained upstream). Freeze the upstream and list it in "
-            "[training] annotating_components, source it from the same pipeline with its listening components, "
-            "or give the component a copy of its own (nlp.replace_listeners in its source pipeline)")
+def _recorded_in_training(node: ContextualListenerNode, record: Any, component: Any) -> Optional[Dict[str, Any]]:
+    """The record after a training step of the head on the upstream's outputs:
+    the upstream's now, with the fingerprint of the weights it reads through
+    while every step on this upstream was on those weights (frozen; from the
+    first step on a new upstream, whatever the head trained on before); None
+    once they may move under it (sent by an upstream in the same update
+    whose weights train)."""
+    moving = node._batch_id is not None and component.weights_train(combiner=not node.mix_layers)
+    if moving and isinstance(record, dict) and record.get("weights") is None \
+            and record.get("lineage") == component.lineage:
+        # (Nothing to take again: no fingerprint per step. The weights a save
+        # recorded (`note_saved_upstream`) are left behind by this step.)
+        return record if record.get("signed") is None else {**record, "signed": None}
+    now = node.upstream_record(component)
+    if now is None:
+        return record
+    new_upstream = not isinstance(record, dict) or record.get("lineage") != now["lineage"]
+    kept = not moving and (new_upstream or record.get("weights") == now["weights"])
+    return {**now, "weights": now["weights"] if kept else None, "signed": now["signed"] if kept else None}
 
 
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
@@ -591,7 +619,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         others = model.passed_over()
         before = f" (the ctxembed components before it: {', '.join(map(repr, others))})" if others else ""
         raise ValueError(
-            f"{_named(model)}: no ctxembed component of that name "
+            f"{model.described()}: no ctxembed component of that name "
             f"comes before this listener's component in the pipeline{before}; set upstream to the name of an "
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)"
@@ -602,7 +630,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         # annotating. (A batch id alone could be a stale one, of a batch that
         # this listener's component skipped.)
         raise ValueError(
-            f"{_named(model)}: doc has no {model.kind} from upstream "
+            f"{model.described()}: doc has no {model.kind} from upstream "
             f"{name!r}, which is being trained but does not annotate the training docs, while this listener's "
             f"component predicts on them (it is in [training] annotating_components and not trained); add "
             f"{name!r} to [training] annotating_components too, or give this component its own copy of the "
@@ -610,7 +638,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         )
     if not model.is_sample(doc):
         raise ValueError(
-            f"{_named(model)}: doc has no {model.kind} from upstream "
+            f"{model.described()}: doc has no {model.kind} from upstream "
             f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
             f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
             "go through the pipeline (run nlp(text), not this component alone), or its outputs were dropped "
@@ -711,11 +739,11 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
     node = listener if isinstance(listener, ContextualListenerNode) else None
     if node is not None and component is not None:
         try:
-            _check_trained_layers(node, component)
-            _check_trained_upstream(node, component)
+            check_trained_layers(node, component)
+            check_trained_upstream(node, component)
         except ValueError as err:
             copy.attrs[COPY_REFUSED] = (
-                f"{err}. (The copy that nlp.replace_listeners made of {_upstream_named(node)!r} for this "
+                f"{err}. (The copy that nlp.replace_listeners made of {upstream_named(node)!r} for this "
                 "component is refused as its listener was, until the component trains on it.)")
     return copy
 
@@ -752,86 +780,6 @@ def ContextualTok2VecV2(
                  embed=embed)
 
 
-def with_lr_scale(layer: Model, scale: float) -> Model:
-    """`layer`, with the learning rate of the encoder weights in it scaled by
-    `scale` wherever it is trained (see `torch_bridge.scaled_optimizer`)."""
-    shim = encoder_shim(layer)
-    if shim is not None:
-        # A new dict: a copied shim shares its original's.
-        shim.settings = {**shim.settings, LR_SCALE: scale}
-    return layer
-
-
-def scale_gradient(layer: Model, factor: float, *, frozen: bool = False) -> Model:
-    """`layer`, with the gradient it passes back scaled by `factor`.
-
-    frozen: run `layer` as the component runs a frozen encoder (no graph, no
-        dropout), so that no gradient is recorded at all: a zero one would
-        still let an optimizer with weight decay move the weights. (v2, as
-        released, always runs `layer` as asked; with `factor` 0 it sends
-        nothing back, for the same reason.)
-
-    The forward pass reads its layer and settings off the model (not a
-    closure), so that a copied, pickled or node-replaced model runs its own
-    layer. The settings are the config's (`FromConfig`): a saved pipeline
-    whose config was edited (say to `grad_factor = 0`) runs as edited.
-    """
-    return Model("ctxembed-grad-factor", _scaled_forward, init=_scaled_init, layers=[layer],
-                 attrs={"grad_factor": FromConfig(factor), "frozen": FromConfig(frozen), COPY_REFUSED: None})
-
-
-def _setting(model: Model, name: str, default: Any) -> Any:
-    return config_value(model.attrs.get(name, default))
-
-
-def _scaled_forward(model: Model, X, is_train: bool):
-    if model.attrs.get(COPY_REFUSED) and not is_train:
-        raise ValueError(model.attrs[COPY_REFUSED])
-    factor = _setting(model, "grad_factor", 1.0)
-    if _setting(model, "frozen", False):
-        Y = model.layers[0].predict(X)
-        _refuse_non_finite(model, X, Y, is_train)
-        return Y, _lifting(model, None)
-    Y, backprop = model.layers[0](X, is_train)
-    _refuse_non_finite(model, X, Y, is_train)
-    if factor == 0:
-        # (v2: run in training mode, as released.) No backward pass: a zero
-        # gradient would still let an optimizer with weight decay move the weights.
-        return Y, _lifting(model, None)
-    return Y, _lifting(model, backprop, factor)
-
-
-def _lifting(model: Model, backprop: Optional[Callable], factor: float = 1.0) -> Callable:
-    """The backward pass, scaled by `factor` (None: nothing sent back), that
-    lifts a copy's refusal (`listener_copy`): the head's gradient reaching
-    the copy is the head training on it. (A training forward alone is not:
-    an update may fail before it.)"""
-
-    def backward(dY):
-        model.attrs[COPY_REFUSED] = None
-        if backprop is None:
-            return []
-        return backprop([d * factor for d in dY] if factor != 1.0 else dY)
-
-    return backward
-
-
-def _refuse_non_finite(model: Model, docs: List[Doc], Y: List[Any], is_train: bool) -> None:
-    """A copy of an embedder inside the listening component (`replace_listeners`)
-    predicts for it, and writes nothing a ctxembed component would check: nan
-    or inf there would be the downstream component's features (a tagger's
-    every tag the same), or in training its gradients, so they are refused
-    as the component refuses them."""
-    refuse_non_finite("ContextualTok2Vec", docs, FiniteCheck(model.ops, Y), model,
-                      encoder_block="[components.<listening component>.model.tok2vec.embedder.encoder]",
-                      training=is_train)
-
-
-def _scaled_init(model: Model, X=None, Y=None) -> None:
-    model.attrs[COPY_REFUSED] = None  # (the head starts afresh with it)
-    model.layers[0].initialize(X=X)
-
-
 def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]) -> Model:
     """The listening head over `source` (a listener node, or a copy of the encoder
     that replaced one), as v2 listeners and both ContextualTok2Vec versions build
@@ -849,12 +797,12 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         node = parts[0]
         node.ensure_dims()  # (a frozen upstream may not have loaded yet)
         upstream = node.upstream(docs)  # (found once a batch, for both checks)
-        _check_trained_dims(parts, upstream)
+        check_trained_dims(parts, upstream)
         if not is_train:
-            _check_trained_upstream(node, upstream)
+            check_trained_upstream(node, upstream)
         elif upstream is not None:
             recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
-    _check_saved_combiners(model)
+    check_saved_combiners(model)
     Y, backprop = model.layers[0](docs, is_train)
     if recorded is None:
         return Y, backprop
@@ -867,172 +815,6 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         return backprop(dY)
 
     return Y, backward
-
-
-def _check_saved_combiners(head: Model) -> None:
-    """A copied embedder's combiner (`ContextualTok2Vec`, in a pipeline saved
-    after `replace_listeners`) must be the one its weights were saved from.
-
-    The component checks its own combiner when it loads; a copy loads with
-    the component that holds it, through thinc alone, which renames each node
-    to its saved name and loads the saved weights into whatever the edited
-    config.cfg built there: a trained ScalarMix would run as MeanLayers,
-    silently, or ConcatLayers fail in blis. (A few nodes: cheap per batch.)"""
-    for node in head.walk():
-        built = built_as(node)
-        if built is not None and node.name != built:
-            raise bad_setting("ContextualTok2Vec", "embedder.combiner", built,
-                              f"the copied embedder's combiner was saved as {node.name}, and its weights are "
-                              "that one's: put back the combiner it was saved with in the saved pipeline's "
-                              "config.cfg, or train this component again")
-        if node.name == TRF_ENCODER:
-            _check_saved_trf_settings(node)
-
-
-def _check_saved_trf_settings(encoder: Model) -> None:
-    """A copied `TrfEncoder`'s layers and pooling must be those it was saved
-    with: this component's weights were trained on its vectors. (A BERT or
-    ELMo copy's shim records and checks its own; a TrfEncoder has no shim,
-    and its settings are the config's, `FromConfig`, with the saved ones beside.)"""
-    setting = encoder.attrs.get("settings")
-    saved, current = getattr(setting, "saved", None), config_value(setting)
-    if not isinstance(saved, dict) or not isinstance(current, dict):
-        return
-    for key in ("layers", "pooling"):
-        if key in saved and saved[key] != current.get(key):
-            raise bad_setting("ContextualTok2Vec", f"embedder.encoder.{key}", current.get(key),
-                              f"the copied encoder was saved with {key} = {saved[key]!r}, and this component's "
-                              f"weights were trained on its vectors: put back {key} = {saved[key]!r} in the "
-                              "saved pipeline's config.cfg, or train this component again")
-
-
-def _check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]],
-                        upstream: Any) -> None:
-    """A listener's head whose weights were trained on other layers than its
-    upstream now gives says so, rather than fail in numpy ("shape-mismatch
-    for sum") or blis. The upstream sets the listener's dims to what it gives
-    (`_size_listener`, when it loads or a listening component is added next
-    to it): a sourced component, or an upstream replaced or reloaded with
-    other `layers` or another model, can give more or fewer layers, or
-    another width, than the scalar mix and the projection were trained on,
-    or other layers of the same count. `parts`: the head's (`_listener_parts`);
-    `upstream`: the component it reads now (`ContextualListenerNode.upstream`)."""
-    node, mix, linear, embeds = parts
-    if node.has_dim("nL") is not True or node.has_dim("nO") is not True:
-        return  # not sized yet: the node says what is missing
-    n_layers, width = node.get_dim("nL"), node.get_dim("nO")
-    if mix is not None and mix.has_param("s") is True:
-        trained = mix.get_param("s").shape[0]
-        if trained != n_layers:
-            raise ValueError(_trained_on_error(node, _layers(trained), _layers(n_layers)))
-    if linear.has_dim("nI") is True:
-        try:
-            trained = linear.get_dim("nI") - sum(_output_width(embed) for embed in embeds)
-        except ValueError:
-            trained = width  # an embed of unknown width: the projection's own check stands
-        if trained != width:
-            what = "layers" if node.mix_layers else "vectors"
-            raise ValueError(_trained_on_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
-    _check_trained_layers(node, upstream)
-
-
-def _check_trained_layers(node: ContextualListenerNode, upstream: Any) -> None:
-    """As many layers of the same width, but others ([1, 2] for [2, 1]): the
-    shapes fit, the features are not what the weights were trained on.
-    (Heads saved before the layers were recorded say nothing.)"""
-    trained_on, now = node.attrs.get(TRAINED_ON), None if upstream is None else selected_layers(upstream.encoder)
-    if trained_on is not None and now is not None and list(trained_on) != list(now):
-        raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
-
-
-def _check_trained_upstream(node: ContextualListenerNode, component: Any) -> None:
-    """A listener's head that would predict on what another upstream makes than
-    it was trained on says so: another pooling or model kind (ELMo's
-    options), another combiner under a head on the vectors, or other
-    weights. Where the shapes fit (`_check_trained_dims`), the features were
-    silently another model's: a component sourced without its upstream, or
-    an upstream replaced, initialized again or loaded from another pipeline.
-    Weights that moved while the head trained on them are those of their
-    lineage, as they are now (its upstream, also saved and loaded, or
-    pickled); weights it trained on as they were (frozen) must be those
-    weights, in any upstream (one made again from the same model is the
-    same). (Heads saved before the record was kept say nothing.) In
-    training the head learns what the upstream makes now: see `_delegate`.
-    `component`: the upstream it reads now (`ContextualListenerNode.upstream`)."""
-    record = node.attrs.get(TRAINED_WITH)
-    if component is None:
-        return
-    features = component.listener_features()
-    if not isinstance(record, dict) or features is None:
-        return
-    held = (*_HELD, *(() if node.mix_layers else ("combiner",)))
-    trained = record.get("features")
-    was: Dict[str, Any] = trained if isinstance(trained, dict) else {}
-    changed = [key for key in held if key in was and key in features and was[key] != features[key]]
-    if changed:
-        raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
-    own = record.get("lineage") == component.lineage
-    if (own and record.get("weights") is None) or record.get("untrained"):
-        return  # (weights that moved in training, of this lineage: as they are now; or a head not trained)
-    if not own and getattr(component, "unvouched", False):
-        raise ValueError(_unvouched_error(node))
-    now = node.held_weights(component)
-    if record.get("weights") != now:
-        raise ValueError(_weights_error(node, record.get("weights"), now, own=own))
-
-
-def _recorded_in_training(node: ContextualListenerNode, record: Any, component: Any) -> Optional[Dict[str, Any]]:
-    """The record after a training step of the head on the upstream's outputs:
-    the upstream's now, with the fingerprint of the weights it reads through
-    while every step on this upstream was on those weights (frozen; from the
-    first step on a new upstream, whatever the head trained on before); None
-    once they may move under it (sent by an upstream in the same update
-    whose weights train)."""
-    moving = node._batch_id is not None and component.weights_train(combiner=not node.mix_layers)
-    if moving and isinstance(record, dict) and record.get("weights") is None \
-            and record.get("lineage") == component.lineage:
-        # (Nothing to take again: no fingerprint per step. The weights a save
-        # recorded (`note_saved_upstream`) are left behind by this step.)
-        return record if record.get("signed") is None else {**record, "signed": None}
-    now = node.upstream_record(component)
-    if now is None:
-        return record
-    new_upstream = not isinstance(record, dict) or record.get("lineage") != now["lineage"]
-    kept = not moving and (new_upstream or record.get("weights") == now["weights"])
-    return {**now, "weights": now["weights"] if kept else None, "signed": now["signed"] if kept else None}
-
-
-def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
-    return ", ".join(f"{'ELMo options' if key == 'options' else key} {fields[key]}" for key in keys)
-
-
-def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str, *, own: bool) -> str:
-    upstream = _upstream_named(node)
-    if own:
-        return (f"{_named(node)}: this component was trained on other weights of {upstream!r} (on the outputs "
-                f"of weights {trained} as they were; those of {upstream!r} have moved since, to {now}: trained by "
-                f"another component, or this one kept as it was while they trained). Train it again on "
-                f"{upstream!r} as it is, or give it a copy of its own (nlp.replace_listeners) before "
-                f"{upstream!r} trains on")
-    how = (f"the weights moved while it was trained on them, and {upstream!r} has other weights now" if trained is None
-           else f"trained on the outputs of weights {trained}, {upstream!r} has weights {now} now")
-    return (
-        f"{_named(node)}: this component was trained on the outputs of another {upstream!r} ({how}): a component "
-        f"sourced or kept without the {upstream!r} it was trained with, or {upstream!r} replaced, initialized again "
-        f"or loaded from another pipeline. Use it with the {upstream!r} it was trained with (source both from its "
-        f"pipeline, or call nlp.replace_listeners there first to give it a copy of its own), or train it again on "
-        f"this one"
-    )
-
-
-def _unvouched_error(node: ContextualListenerNode) -> str:
-    upstream = _upstream_named(node)
-    return (
-        f"{_named(node)}: this component was trained on the outputs of another {upstream!r}: {upstream!r} was "
-        f"loaded from a model folder kept on purpose (its cfg's records of the model it was saved with removed), "
-        f"which this component was not trained on. Train it again on {upstream!r} as it is, or put back the "
-        f"model folder and the cfg {upstream!r} was saved with"
-    )
 
 
 def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]]]:
@@ -1056,39 +838,6 @@ def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optio
     if mix is not None and built_as(mix) != "scalar_mix":
         mix = None  # concatenate(node, embed): no mix
     return node, mix, inner.layers[-1].layers[0], embeds
-
-
-def _layers(n: int) -> str:
-    return f"{n} layer" if n == 1 else f"{n} layers"
-
-
-def _upstream_named(node: ContextualListenerNode) -> str:
-    try:
-        return node.source_name() or node.upstream_name
-    except ValueError:  # "*" matches several: that is its own error, not this one
-        return node.upstream_name
-
-
-def _trained_on_error(node: ContextualListenerNode, trained: str, now: str) -> str:
-    upstream = _upstream_named(node)
-    return (
-        f"{_named(node)}: its weights were trained on {trained}, and its upstream {upstream!r} now gives "
-        f"{now}. Give {upstream!r} the settings this component was trained "
-        f"with (its model's encoder `name`, `layers` and `pooling`, and its combiner), or train a new one on what "
-        f"{upstream!r} now gives (spacy train, or a component made from its config)"
-    )
-
-
-def _named(node: ContextualListenerNode) -> str:
-    """How errors name a listener: "[component] ContextualListener upstream = ...", with the
-    component that holds it where an upstream lists it (spaCy tells a listener nothing of
-    the component it serves)."""
-    holders = [name for component in node._upstreams()
-               for name, nodes in getattr(component, "listener_map", {}).items() if any(n is node for n in nodes)]
-    if not holders and node._listening_component:  # (an upstream renamed or gone: as last linked)
-        holders = [node._listening_component]
-    where = f"[{holders[0]}] " if holders else ""
-    return f"{where}ContextualListener upstream = {node.upstream_name!r}"
 
 
 def _init_inner(model: Model, X=None, Y=None) -> None:
@@ -1115,22 +864,9 @@ def ContextualListenerV1(
         read_ctx_layers(n_layers, upstream_width), ScalarMix(n_layers=n_layers)
     )
     features = mix if embed is None else concatenate(mix, embed)
-    n_in = upstream_width + (_output_width(embed) if embed is not None else 0)
+    n_in = upstream_width + (output_width(embed) if embed is not None else 0)
     inner: Model[List[Doc], List[Floats2d]] = chain(features, with_array(Linear(nO=width, nI=n_in)))
     return Model("contextual_listener", _delegate, init=_init_v1, layers=[inner], dims={"nO": width})
-
-
-def _output_width(model: Model) -> int:
-    """The output width of `model`, from the last layer that already knows it
-    (a chain such as MultiHashEmbed only sets its own `nO` in `init`)."""
-    if model.has_dim("nO") is True:
-        return model.get_dim("nO")
-    for layer in reversed(model.layers):
-        try:
-            return _output_width(layer)
-        except ValueError:
-            continue
-    raise ValueError(f"cannot tell the output width of {model.name!r}: give it an nO")
 
 
 def _init_v1(model: Model, X=None, Y=None) -> None:

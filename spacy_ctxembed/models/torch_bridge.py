@@ -14,7 +14,6 @@ from abc import ABCMeta, abstractmethod
 from functools import partial
 from pathlib import Path
 from typing import (
-    TYPE_CHECKING,
     Any,
     Callable,
     ClassVar,
@@ -39,10 +38,6 @@ from ..errors import SettingError, bad_setting, named_errors
 from ..fileio import unpacked
 from ..settings import check_saved_features, config_value
 from ..types import DocLayers
-from . import trf_pooler
-
-if TYPE_CHECKING:
-    from .elmo_weights import ElmoOptions
 
 #: Runs the encoder over docs; `grad` says whether to record autograd.
 EmbedFn = Callable[[Sequence[Doc], bool], List[torch.Tensor]]
@@ -68,7 +63,7 @@ def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
 
 def is_copy(settings: Dict[str, Any]) -> bool:
     """Whether a shim with these settings is a copy of an encoder that replaced a
-    listener (`listener.with_lr_scale` gives every copy its scale): it lives under
+    listener (`grad_scale.with_lr_scale` gives every copy its scale): it lives under
     the head of the component that listened, trained on its vectors."""
     return LR_SCALE in settings
 
@@ -226,8 +221,6 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     `to_bytes` (`unpickle_shim`); each shim deep-copies itself in memory.
     """
 
-    #: ELMo's options file, once loaded; None for other encoders.
-    options: Optional["ElmoOptions"] = None
     #: The factory of the component the encoder is made for, as its errors name it.
     component: str = ""
     #: The key of the shim's bytes (`to_bytes`) that holds its model files.
@@ -235,7 +228,7 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
 
     def __init__(self, settings: Dict[str, Any], **kwargs: Any) -> None:
         super().__init__(None, **kwargs)
-        #: The encoder's settings, as the config gives them (`listener.with_lr_scale`
+        #: The encoder's settings, as the config gives them (`grad_scale.with_lr_scale`
         #: adds a copy's `LR_SCALE`).
         self.settings = settings
 
@@ -330,6 +323,12 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
         """In a forked process: make the shim's own locks anew (a fork copies
         them as other threads of the parent held them)."""
 
+    def options_digest(self) -> Optional[str]:
+        """What else the loaded model folder holds that shapes every vector, by
+        content (ELMo's options file), for a saved pipeline's cfg
+        (`pipeline.signature.saved_options_digest`); None where the encoder has none."""
+        return None
+
     def probe_record(self) -> Optional[Dict[str, Any]]:
         """What the loaded model folder computes, for a saved pipeline's cfg
         (`pipeline.saved.check_saved_probe`); None where the encoder records none."""
@@ -377,18 +376,6 @@ def encoder_features(encoder: Model) -> Dict[str, Any]:
     if isinstance(settings, dict) and isinstance(settings.get("pooling"), str):
         return {"pooling": settings["pooling"]}
     return {}
-
-
-def check_encoder_settings(model: Model) -> None:
-    """The checks of `model`'s encoder settings that need no weights: the component
-    runs them when it is created, so that a bad setting fails at `nlp.add_pipe`.
-    BERT's and ELMo's settings are in their shim; `TrfEncoder`'s in its attrs."""
-    shim = encoder_shim(model)
-    if shim is not None:
-        shim.check_settings()
-    for node in model.walk():
-        if node.name == trf_pooler.MODEL_NAME:
-            trf_pooler.check_settings(config_value(node.attrs["settings"]))
 
 
 class EncoderNode(Model):

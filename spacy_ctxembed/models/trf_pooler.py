@@ -33,7 +33,7 @@ from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pai
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
-#: The thinc model's name (`torch_bridge.check_encoder_settings` finds it by it).
+#: The thinc model's name (`embedder.check_encoder_settings` finds it by it).
 MODEL_NAME = "ctxembed-trf-encoder"
 #: What it reads, as spaCy's pipe metadata names it (spacy-transformers' `transformer` assigns it).
 TRF_DATA = "doc._.trf_data"
@@ -61,17 +61,6 @@ def _settings(model: EncoderModel) -> dict:
     return config_value(model.attrs["settings"])
 
 
-def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
-    settings = _settings(model)
-    check_settings(settings)
-    # (As written: the upstream's depth, which `[-1, 12]` may name twice, is known
-    # from its outputs only, and said at the first doc: `_select_layers`.)
-    warn_repeated_layers(COMPONENT, settings["layers"], settings["layers"])
-    # Initialized (trained again, say after an edit was refused): what loaded
-    # bytes held is no longer what anything was trained on (`FromConfig.saved`).
-    model.attrs["settings"] = FromConfig(settings)
-
-
 def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[DocLayers], Callable]:
     # Empty docs, and docs the upstream's span getter gave no span, carry no
     # transformer output: they need only the width, taken from the batch's
@@ -93,6 +82,17 @@ def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[
     n_layers = len(_settings(model)["layers"])
     outputs = [model.ops.alloc3f(n_layers, len(doc), width) if p is None else p for doc, p in zip(docs, pooled)]
     return outputs, lambda d_outputs: []
+
+
+def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
+    settings = _settings(model)
+    check_settings(settings)
+    # (As written: the upstream's depth, which `[-1, 12]` may name twice, is known
+    # from its outputs only, and said at the first doc: `_select_layers`.)
+    warn_repeated_layers(COMPONENT, settings["layers"], settings["layers"])
+    # Initialized (trained again, say after an edit was refused): what loaded
+    # bytes held is no longer what anything was trained on (`FromConfig.saved`).
+    model.attrs["settings"] = FromConfig(settings)
 
 
 def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str]]) -> Optional[DocLayers]:

@@ -47,18 +47,15 @@ dict, and place the new doc's text in it. A non-primary component keeps
 that pointer up to date and leaves the other hooks alone.
 """
 from .extensions import (
-    drop_layers,
     drop_outputs,
-    get_layers,
     get_outputs,
-    get_vectors,
     install_extensions,
     read_output,
     restore_vectors,
     stored_signature,
     write_outputs,
 )
-from .hooks import set_source_pointer, set_vector_hooks, similarity
+from .hooks import similarity
 from .store import (
     SOURCE_HOOK,
     STORE,
@@ -75,18 +72,13 @@ __all__ = [
     "STORE",
     "MissingOutputs",
     "UnplacedOutputs",
-    "drop_layers",
     "drop_outputs",
-    "get_layers",
     "get_outputs",
-    "get_vectors",
     "install_extensions",
     "is_store_key",
     "name_stores_by_content",
     "read_output",
     "restore_vectors",
-    "set_source_pointer",
-    "set_vector_hooks",
     "signature_fields",
     "similarity",
     "stored_signature",

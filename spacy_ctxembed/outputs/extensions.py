@@ -112,7 +112,8 @@ def write_outputs(
 
     signature: what made them (the component's model and settings, see
         `ContextualEmbedder`); outputs of one name from different models are
-        then never mixed or compared. None: not known (older callers).
+        then never mixed or compared. None: not known (the vectors of a v1
+        DocBin, converted by `restore_vectors`: they recorded none).
     weights_signed: whether the signature fingerprints the weights that made
         them: not `ctxembed_from_trf`'s, which does not see its transformer's.
     """

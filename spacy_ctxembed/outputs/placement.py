@@ -237,7 +237,7 @@ def _runs_in_place(placed: numpy.ndarray) -> int:
     return int(placed[:1].sum()) + int(numpy.count_nonzero(placed[1:] & ~placed[:-1]))
 
 
-def _unplaceable() -> "UnplacedOutputs":
+def _unplaceable() -> UnplacedOutputs:
     return UnplacedOutputs(
         "this doc joins docs made with span.as_doc(copy_user_data=True) (Doc.from_docs) whose stored outputs "
         "lie on the same characters; each carries its whole source's ctxembed outputs (spaCy does not trim "

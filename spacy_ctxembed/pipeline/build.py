@@ -64,6 +64,17 @@ def is_folder_without_pipeline(model: str) -> bool:
     return path.exists() and not (path / "config.cfg").is_file() and not spacy.util.is_package(model)
 
 
+def primary_component(nlp: Language) -> str:
+    """The component whose vectors `doc._.ctx_vectors` holds: the last primary
+    ctxembed one (a pipeline `load_pipeline` gave has one: `check_writes_vectors`)."""
+    names = [name for name in nlp.pipe_names
+             if nlp.get_pipe_meta(name).factory in CONTEXTUAL_FACTORIES and _primary(nlp, name) is not False]
+    if not names:
+        raise NoContextualEmbedder(f"the pipeline has no primary contextual embedder; its components are: "
+                                   f"{nlp.pipe_names}")
+    return names[-1]
+
+
 def _primary(nlp: Language, name: str) -> Optional[bool]:
     """A ctxembed component's `primary` setting; None for other components."""
     if nlp.get_pipe_meta(name).factory not in CONTEXTUAL_FACTORIES:

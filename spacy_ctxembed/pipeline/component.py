@@ -34,11 +34,16 @@ from ..errors import SettingError, bad_setting, check_bool, check_int, check_num
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
-from ..models.embedder import check_combiner_layers, check_embedder, pass_dims, replace_listener_cfg
+from ..models.embedder import (
+    check_combiner_layers,
+    check_embedder,
+    check_encoder_settings,
+    pass_dims,
+    replace_listener_cfg,
+)
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import (
-    check_encoder_settings,
     encoder_features,
     encoder_shim,
     set_loaded_dims,
@@ -142,7 +147,7 @@ class ContextualEmbedder(TrainablePipe):
     #: (`made_signatures`). A new tuple at each change: a reader in another thread has one or the other.
     _made: Tuple[str, ...] = ()
     #: Which weights these are, as a listener's head trained on their outputs
-    #: knows them (`listener.TRAINED_WITH`): a random id given when weights are
+    #: knows them (`listener_checks.TRAINED_WITH`): a random id given when weights are
     #: loaded from the config's model (initialize, a first use), kept by
     #: training and by a save and its load. Another component of the same
     #: model and settings has another (with weights trained otherwise).
@@ -150,7 +155,7 @@ class ContextualEmbedder(TrainablePipe):
     #: Whether the weights were loaded from a model folder whose cfg records of
     #: the saved model were removed (kept on purpose, so not checked): a head
     #: trained on another lineage's outputs is refused even where the weights'
-    #: fingerprint is the same (`listener._check_trained_upstream`). Saves keep
+    #: fingerprint is the same (`listener_checks.check_trained_upstream`). Saves keep
     #: it (`KEPT_KEY`): the records they write would vouch for that folder.
     _unvouched = False
     #: How many times the encoder's weights changed (loads, training steps, swaps);
@@ -519,7 +524,7 @@ class ContextualEmbedder(TrainablePipe):
 
     def listener_features(self) -> Optional[Dict[str, str]]:
         """What shapes the outputs besides the weights, for a listener's record
-        (`listener.TRAINED_WITH`): the fields of `output_signature` without the
+        (`listener_checks.TRAINED_WITH`): the fields of `output_signature` without the
         layers (recorded apart) and the weights (`encoder_fingerprint`). A
         new dict; None before the weights are loaded."""
         signature = self.signature

@@ -101,7 +101,7 @@ def saved_options_digest(model: Model) -> Optional[str]:
     tokenizers library writes it, changes with that library's version, and a
     pipeline saved under one version must load under the next."""
     shim = encoder_shim(model)
-    return shim.options.digest if shim is not None and shim.options is not None else None
+    return shim.options_digest() if shim is not None else None
 
 
 def saved_probe(model: Model) -> Optional[Dict[str, Any]]:
