@@ -117,15 +117,15 @@ class CharCNN(_WeightsModule):
     def __init__(self, options: ElmoOptions, trainable: bool = False):
         super().__init__(trainable)
         self.activation = torch.tanh if options.activation == "tanh" else torch.relu
-        F, P = options.n_filters, options.projection_dim
+        cnn_out, P = options.n_filters, options.projection_dim  # (every filter's output, concatenated)
         self.add_weight("char_embed", CHAR_EMBED_ROWS + 1, options.char_dim)  # (the padding row first)
         for i, (width, n) in enumerate(options.filters):
             self.add_weight(f"conv_w_{i}", n, options.char_dim, width)
             self.add_weight(f"conv_b_{i}", n)
         for k in range(options.n_highway):
             for name in HIGHWAY_NAMES:
-                self.add_weight(f"high_{k}_{name}", *((F, F) if name.startswith("W") else (F,)))
-        self.add_weight("proj_w", F, P)
+                self.add_weight(f"high_{k}_{name}", *((cnn_out, cnn_out) if name.startswith("W") else (cnn_out,)))
+        self.add_weight("proj_w", cnn_out, P)
         self.add_weight("proj_b", P)
         self.n_filters = len(options.filters)
         self.n_highway = options.n_highway
