@@ -134,6 +134,30 @@ def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = N
 #: Settings whose value, in a component's block, may name a file or directory it is
 #: built from: an encoder's `name` (a model directory), ELMo's `options_file` and
 #: `weight_file`, a sourced component's `source` (a pipeline directory).
+def model_difference(was: Any, now: Any) -> str:
+    """What differs between two model identities (`model_identity`), in a few words
+    (for the messages of `embed` runs that cannot be resumed)."""
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return "not recorded then"
+    labels = {"name": "name", "sha256": "files", "package_version": "package version",
+              "ctxembed": "spacy-ctxembed version"}
+    parts = [f"{label} {short_value(was.get(key))} then, {short_value(now.get(key))} now"
+             for key, label in labels.items() if was.get(key) != now.get(key)]
+    old_files, new_files = was.get("files") or {}, now.get("files") or {}
+    changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
+    if changed:
+        parts.append(f"the files its config names ({', '.join(changed[:3])})")
+    return "; ".join(parts) or "other model files"
+
+
+def short_value(value: Any) -> str:
+    """A value for a message: a checksum's first 12 characters, None as "none"."""
+    if value is None:
+        return "none"
+    text = str(value)
+    return text[:12] if len(text) == 64 else text
+
+
 FILE_SETTINGS = frozenset({"name", "options_file", "weight_file", "source"})
 
 

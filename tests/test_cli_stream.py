@@ -422,7 +422,11 @@ def test_complete_output_is_refused_kept_until_overwritten_and_resume_is_a_no_op
     again = invoke("embed", corpus, "-o", out, "-m", pipeline, "--resume")
     assert again.exit_code == 0 and last_line(again.stderr).startswith(f"nothing to do: {out} is already complete")
     different = invoke("embed", other, "-o", out, "-m", pipeline, "--resume")
-    assert different.exit_code == 2 and "a complete output of a different run (different input)" in different.stderr
+    assert different.exit_code == 2
+    # (What differs, with its values: the records and checksums of both inputs.)
+    sha = {path: hashlib.sha256(path.read_bytes()).hexdigest()[:12] for path in (corpus, other)}
+    assert (f"a complete output of a different run (different input: 10 records, sha256 {sha[corpus]} then, "
+            f"3 records, sha256 {sha[other]} now); pass --overwrite") in different.stderr
 
     # An interrupted --overwrite leaves the old output as it was...
     with monkeypatch.context() as patch:
@@ -441,10 +445,13 @@ def test_resume_refuses_an_interrupted_run_of_another_input(tmp_path, corpus, pi
     with monkeypatch.context() as patch:
         _interrupt_at_second_commit(patch, KeyboardInterrupt())
         assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2").exit_code == 130
+    was = hashlib.sha256(corpus.read_bytes()).hexdigest()[:12]
     corpus.write_text("Changed text.\n", encoding="utf8")
     result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2", "--resume")
     assert result.exit_code == 2
-    assert "was started with other settings (different input); pass --overwrite" in last_line(result.stderr)
+    now = hashlib.sha256(corpus.read_bytes()).hexdigest()[:12]
+    assert (f"was started with other settings (different input: 10 records, sha256 {was} then, 1 record, "
+            f"sha256 {now} now); pass --overwrite") in last_line(result.stderr)
     restarted = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "--overwrite")
     assert restarted.exit_code == 0, restarted.stderr
     assert [text for _, text, _ in read_output(tmp_path / "out")] == ["Changed text."]
@@ -463,10 +470,12 @@ def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipelin
     make_nlp(tiny_bert_dir, pooling="first").to_disk(model)
     refused = invoke(*args, "--resume")
     assert refused.exit_code == 2
-    assert last_line(refused.stderr) == (
-        f"error: the interrupted run in {partial} was started with other settings "
-        "(different model: same name, other files); pass --overwrite to start over"
-    )
+    # (The pipeline's checksums, then and now.)
+    said = re.fullmatch(
+        re.escape(f"error: the interrupted run in {partial} was started with other settings ") +
+        r"\(different model: same name, other files \(files ([0-9a-f]{12}) then, ([0-9a-f]{12}) now\)\); "
+        r"pass --overwrite to start over", last_line(refused.stderr))
+    assert said is not None and said[1] != said[2]
     # A run recorded before models were checksummed cannot be compared: refused the same way.
     record = json.loads((partial / "run.json").read_text())
     del record["run"]["pipeline"]
@@ -570,7 +579,8 @@ def test_resume_refuses_other_model_files_named_by_the_config(tmp_path, corpus, 
     other.save_pretrained(model)
     refused = invoke(*args, "--resume")
     assert refused.exit_code == 2
-    assert "(different model: same name, other files); pass --overwrite" in last_line(refused.stderr)
+    assert (f"(different model: same name, other files (the files its config names ({model.resolve()}))); "
+            "pass --overwrite") in last_line(refused.stderr)
 
 
 def test_resume_refuses_another_revision_of_a_hub_model_in_the_cache(tmp_path, corpus, tiny_bert_dir, monkeypatch):
@@ -1187,4 +1197,5 @@ def test_resume_refuses_an_interrupted_run_of_an_edited_config(tmp_path, monkeyp
         inp.close()
     with pytest.raises(UsageError) as caught:
         Run.plan(tmp_path / "out", edited, overwrite=False, resume=True)
-    assert "(different config); pass --overwrite to start over" in str(caught.value)
+    assert (f"(different config: sha256 {first['config_sha256'][:12]} then, {edited['config_sha256'][:12]} now); "
+            "pass --overwrite to start over") in str(caught.value)

@@ -332,6 +332,12 @@ def test_ray_summary_says_what_was_written_and_kept(tmp_path, monkeypatch, kept,
         f"(see {out / 'rejected.jsonl'})")
 
 
+def test_ray_summary_counts_one_of_each_in_the_singular(tmp_path, monkeypatch):
+    one = {**DONE, "docs": 1, "rejected": 1, "shards": DONE["shards"][:1]}
+    out, last = _last_line_of_ray_run(tmp_path, monkeypatch, one)
+    assert last == f"wrote 1 doc in 1 Parquet shard to {out / 'shards'}; 1 row rejected (see {out / 'rejected.jsonl'})"
+
+
 def test_ray_rerun_of_a_complete_output_says_there_is_nothing_to_do(tmp_path, monkeypatch):
     """A complete OUTPUT: the last line says so with its totals, not "wrote"."""
     out, last = _last_line_of_ray_run(tmp_path, monkeypatch, {**DONE, "already_complete": True})

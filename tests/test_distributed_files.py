@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 
 import numpy
 import pytest
@@ -26,6 +27,7 @@ from spacy_ctxembed.distributed.shards import (  # noqa: E402
     check_complete,
     committed,
     docs_from_table,
+    read_docs,
     shard_name,
     write_shard,
 )
@@ -118,9 +120,13 @@ def test_jsonl_rows_and_rejections(tmp_path):
     records = [{"text": "first doc", "id": 1}, "not an object", None, {"text": None}, {"body": "x"},
                {"text": 3}, {"text": "  "}, {"text": "last doc"}]
     lines = [json.dumps(r) if r is not None else "{broken" for r in records]
+    # A field given twice: which value is the text cannot be told (json.loads keeps the last, silently).
+    # Another field given twice, or the text field twice in a nested object, is not the text's concern.
+    lines += ['{"text": "one", "text": "two"}', '{"text": "kept", "id": 1, "id": 2, "meta": {"text": 1, "text": 2}}']
     path.write_text("\n".join(lines) + "\n", encoding="utf8")
     _, _, docs, rejected = _read_all(path, 3)
-    assert docs == [(0, "first doc"), (7, "last doc")]
+    assert docs == [(0, "first doc"), (7, "last doc"), (9, "kept")]
+    assert {r.doc_id: r.reason for r in rejected}[8] == "field 'text' given more than once"
     reasons = {r.doc_id: r.reason for r in rejected}
     assert reasons[1] == "not a JSON object: str"
     assert reasons[2].startswith("not JSON: ")
@@ -623,9 +629,10 @@ def in_process(monkeypatch):
     calls = []
 
     def fake_run_ray(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, dtype, address,
-                     progress, on_shard, model_id=None):
+                     progress, on_shard, model_id=None, run=None):
         calls.append([s.index for s in pending])
-        embedder = ShardEmbedder(str(shard_dir), model, config, False, batch_size, dtype, 1, model_identity=model_id)
+        embedder = ShardEmbedder(str(shard_dir), model, config, False, batch_size, dtype, 1, model_identity=model_id,
+                                 run=run)
         for shard in pending:
             summary = embedder.embed_shard(shard)
             if on_shard is not None:
@@ -687,6 +694,46 @@ def test_a_complete_run_with_a_shard_file_deleted_redoes_that_shard(tmp_path, sm
     assert pq.read_table(out / "shards").column("doc_id").to_pylist() == [0, 2, 4]
 
 
+def test_a_shard_another_run_wrote_is_never_read_as_this_runs(tmp_path, small_run, in_process, monkeypatch):
+    """The actors of a run whose driver was killed can still commit shards for
+    a few seconds: into a run started over with other settings, such a file
+    read as that run's own (float16 vectors where float32 were asked for, or
+    another model's; found by a review helper). Each shard records its run's
+    digest: `read_docs` refuses another run's, a run under way refuses to call
+    itself complete with one, and running again embeds it anew."""
+    import spacy_ctxembed.distributed.run as run
+
+    path, model = small_run
+    out, other = tmp_path / "out", tmp_path / "other"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    embed_corpus(path, other, model=str(model), shard_size=2, dtype="float16", progress=False)
+    vocab = spacy.blank("en").vocab
+    own = [doc._.ctx_vectors.copy() for doc in read_docs(out, vocab)]
+    late = other / "shards" / shard_name(1)
+    shutil.copy(late, out / "shards" / shard_name(1))
+    with pytest.raises(ValueError, match=r"shard 1 \(part-000001.parquet\) was written by another run"):
+        list(read_docs(out, vocab))
+    redone = []
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False, on_shard=redone.append)
+    assert [s["shard"] for s in redone] == [1] and again["resumed_shards"] == 2
+    read = [doc._.ctx_vectors for doc in read_docs(out, vocab)]
+    assert len(read) == len(own) == 3
+    for vectors, expected in zip(read, own):
+        assert vectors.dtype == numpy.float32
+        numpy.testing.assert_array_equal(vectors, expected)
+    # The file lands while a run is under way, after its own shard was written.
+    in_process_run = run._run_ray
+
+    def run_then_land(*args, **named):
+        in_process_run(*args, **named)
+        shutil.copy(late, out / "shards" / shard_name(1))
+
+    monkeypatch.setattr(run, "_run_ray", run_then_land)
+    with pytest.raises(ShardMismatch, match=r"shard 1 \(part-000001.parquet\) was written by another run"):
+        embed_corpus(path, out, model=str(model), shard_size=2, progress=False, overwrite=True)
+    assert not json.loads((out / "manifest.json").read_text(encoding="utf8"))["complete"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"batch_size": 0}, "embed_corpus: batch_size = 0; expected a positive integer"),
     ({"actors": 0}, "embed_corpus: actors = 0; expected a positive integer"),
@@ -724,9 +771,9 @@ def test_numpy_counts_and_resources_are_taken_as_python_numbers(tmp_path, small_
     given = {}
     fake = run._run_ray
 
-    def spy(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest):
+    def spy(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest, **named):
         given.update(batch_size=batch_size, actors=actors, cpus=cpus, gpus=gpus)
-        return fake(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest)
+        return fake(pending, shard_dir, model, config, batch_size, actors, cpus, gpus, *rest, **named)
 
     monkeypatch.setattr(run, "_run_ray", spy)
     manifest = embed_corpus(path, tmp_path / "out", model=str(model), shard_size=numpy.int64(2),

@@ -952,3 +952,18 @@ def test_similarity_refuses_another_space_from_either_side(last_layer):
         ours.similarity(other)
     with pytest.raises(ValueError, match=message):
         other.similarity(ours)
+
+
+def test_a_lexeme_of_a_vocab_without_vectors_has_no_vector_to_compare(last_layer):
+    """`token.similarity(nlp.vocab["word"])` in a pipeline without word vectors:
+    the lexeme has no vector, so 0.0, as spaCy gives without the hooks. It
+    failed with spaCy's E010 ("Word vectors set to length 0"), which blamed a
+    missing model (found by a review helper)."""
+    doc = last_layer(TEXT)
+    assert not last_layer.vocab.vectors_length
+    plain = spacy.blank("en")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (spaCy's W008: similarity of empty vectors)
+        assert plain(TEXT)[0].similarity(plain.vocab["banana"]) == 0.0
+    for item in (doc[0], doc[0:3], doc):
+        assert item.similarity(last_layer.vocab["banana"]) == 0.0

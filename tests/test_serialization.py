@@ -80,7 +80,7 @@ def test_restore_vectors_of_non_primary_outputs_cuts_and_other_input(tiny_bert_d
     cut = primary(TEXTS[0])[7:11].as_doc()
     back = next(DocBin(docs=[cut], store_user_data=True).get_docs(primary.vocab))
     with pytest.raises(MissingOutputs, match=r"or it is a span.as_doc\(\) that read them from the doc it was cut "
-                                             r"from \(save span.as_doc\(copy_user_data=True\)\)"):
+                                             r"from \(save spacy_ctxembed.span_as_doc\(span\)\)"):
         restore_vectors(back)
     kept = next(DocBin(docs=[primary(TEXTS[0])[7:11].as_doc(copy_user_data=True)],
                        store_user_data=True).get_docs(primary.vocab))

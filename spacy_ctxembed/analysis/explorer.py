@@ -10,9 +10,9 @@ ranks like cosine, and then:
   than 3 occurrences are one cluster;
 * projected to 2-D with PCA, for the picture;
 * per cluster, the occurrences nearest its centre are the examples, and the
-  one nearest of all is the cluster's representative, whose nearest tokens
-  of other words in the whole corpus (cosine; tokens with a vector) say what
-  that sense is like.
+  one nearest of all is the cluster's representative, whose nearest other
+  words in the whole corpus, each by its nearest occurrence (cosine; tokens
+  with a vector; words with a letter or digit), say what that sense is like.
 
 A word with more than ``max_occurrences`` occurrences is sampled (with the seed).
 """
@@ -55,17 +55,21 @@ def choose_clusters(
 
 
 def nearest_neighbours(
-    units: NDArray[np.float64], query: NDArray[np.float64], n: int, exclude: NDArray[np.bool_]
+    units: NDArray[np.float64], query: NDArray[np.float64], n: int, exclude: NDArray[np.bool_],
+    groups: Optional[NDArray[np.int64]] = None,
 ) -> Tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """The `n` rows of `units` most cosine-similar to `query` (a unit vector), skipping `exclude`d rows.
+    """The `n` rows of `units` most cosine-similar to `query` (a unit vector), skipping `exclude`d rows;
+    with `groups` (a group id per row: the word), only the most similar row of each group.
 
     RETURNS: (rows, similarities), most similar first; ties by row order.
     """
     similarity = units @ query
-    similarity[exclude] = -np.inf
-    n = min(n, int((~exclude).sum()))
-    top = np.argpartition(-similarity, n - 1)[:n] if n else np.zeros(0, np.int64)
-    top = top[np.lexsort((top, -similarity[top]))]
+    candidates = np.flatnonzero(~exclude)
+    ranked = candidates[np.lexsort((candidates, -similarity[candidates]))]
+    if groups is not None:
+        # (np.unique's first index of each group in the ranking is its best row.)
+        ranked = ranked[np.sort(np.unique(groups[ranked], return_index=True)[1])]
+    top = ranked[:n]
     return top.astype(np.int64), similarity[top]
 
 
@@ -107,14 +111,19 @@ def explore_word(
         points, explained = projection.transform(units), projection.explained_variance_ratio_.tolist()
     else:
         points, explained = np.zeros((1, 2)), [0.0, 0.0]
-    excluded = (corpus.word_ids == corpus.word_ids[rows[0]]) | without_vector
+    # Neighbours are other words, each by its nearest occurrence: the nearest tokens were
+    # mostly a few frequent forms again and again (", , , a a" for "the"). Words without a
+    # letter or digit (punctuation, symbols) say nothing of a sense, and are left out.
+    wordless = np.array([not any(c.isalnum() for c in w) for w in corpus.words], dtype=bool)
+    excluded = (corpus.word_ids == corpus.word_ids[rows[0]]) | without_vector | wordless[corpus.word_ids]
     clusters = []
     for cluster in range(k):
         members = np.flatnonzero(labels == cluster)
         centre = units[members].mean(axis=0)
         closest = members[np.argsort(-(units[members] @ centre), kind="stable")]
         representative = int(rows[closest[0]])
-        near, similarity = nearest_neighbours(corpus_units, corpus_units[representative], n_neighbours, excluded)
+        near, similarity = nearest_neighbours(corpus_units, corpus_units[representative], n_neighbours, excluded,
+                                              groups=corpus.word_ids)
         clusters.append({
             "cluster": cluster, "size": int(members.size),
             "examples": [corpus.context(int(rows[i])) for i in closest[:n_examples]],

@@ -327,7 +327,7 @@ def _explorer_html(pipeline: dict, p: int, images: Dict[str, bytes]) -> str:
         rows = [[f"sense {c['cluster'] + 1} ({c['size']})", " | ".join(c["examples"]),
                  ", ".join(f"{n['word']} ({n['similarity']:.2f})" for n in c["neighbours"])]
                 for c in explored["clusters"]]
-        parts.append(_table(["cluster", "examples (nearest the centre)", "nearest tokens of other words"], rows))
+        parts.append(_table(["cluster", "examples (nearest the centre)", "nearest other words"], rows))
     return "".join(parts)
 
 

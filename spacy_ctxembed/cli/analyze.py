@@ -37,7 +37,7 @@ HELP = {
     "folds": "Cross-validation folds on the WiC training pairs",
     "max_clusters": "Most senses the explorer tries (k = 2 .. this, chosen by silhouette)",
     "examples": "Example contexts shown per sense",
-    "neighbours": "Nearest tokens of other words shown per sense",
+    "neighbours": "Nearest other words shown per sense (each by its nearest occurrence)",
     "explore_max_occurrences": "Occurrences of a word the explorer clusters, sampled (0: all)",
     "threads": "Torch threads (0: torch's default); on a busy machine, 1 is often fastest",
     "gpu_id": "GPU to use; -1 for CPU",

@@ -33,7 +33,7 @@ HELP = {
     "input": ("Text file (one doc per line, UTF-8), '-' for stdin, or a .spacy DocBin; "
               "with --ray: a text, JSONL or Parquet file, or a directory of them"),
     "output": "Output directory (created when complete; see docs/cli.md for the layout)",
-    "format": "docbin: DocBin shards, vectors in user data; npy: vectors.npy + docs.jsonl",
+    "format": "docbin (the default): DocBin shards, vectors in user data; npy: vectors.npy + docs.jsonl",
     "model": "A saved pipeline (path or package) with a ctxembed component",
     "config": "A config.cfg to build the pipeline from (instead of --model)",
     "batch_size": "Docs per nlp.pipe batch (>= 1); a shard's docs are batched on their own, so at most --shard-size",
@@ -167,10 +167,10 @@ def _embed_ray(
                    f"{manifest['rejected']} rows rejected)", err=True)
         return
     kept = manifest.get("resumed_shards", 0)
-    note = f"resumed: {kept} shard{'' if kept == 1 else 's'} kept; " if kept else ""
+    note = f"resumed: {counted(kept, 'shard')} kept; " if kept else ""
     typer.echo(
-        f"{note}wrote {manifest['docs']} docs in {len(manifest['shards'])} Parquet shards to {output / 'shards'}; "
-        f"{manifest['rejected']} rows rejected (see {output / 'rejected.jsonl'})",
+        f"{note}wrote {counted(manifest['docs'], 'doc')} in {counted(len(manifest['shards']), 'Parquet shard')} to "
+        f"{output / 'shards'}; {counted(manifest['rejected'], 'row')} rejected (see {output / 'rejected.jsonl'})",
         err=True,
     )
 
@@ -379,10 +379,13 @@ def _model_changed(model: Optional[str]) -> CliError:
 
 
 def _totals(manifest: Dict[str, Any]) -> str:
-    blank = manifest.get("blank_lines", 0)
-    n_shards = len(manifest.get("shards", ()))
-    shards = f", {n_shards} shard{'' if n_shards == 1 else 's'}" if "shards" in manifest else ""
+    shards = f", {counted(len(manifest['shards']), 'shard')}" if "shards" in manifest else ""
     return (
-        f"{manifest.get('docs', 0)} docs, {manifest.get('tokens', 0)} tokens, "
-        f"{blank} blank line{'' if blank == 1 else 's'} skipped ({manifest.get('format')}{shards})"
+        f"{counted(manifest.get('docs', 0), 'doc')}, {counted(manifest.get('tokens', 0), 'token')}, "
+        f"{counted(manifest.get('blank_lines', 0), 'blank line')} skipped ({manifest.get('format')}{shards})"
     )
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 doc", "2 docs": a count and its noun, for the summary lines."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -29,7 +29,7 @@ import numpy
 from spacy.tokens import Doc, DocBin
 
 from ..embedded import DOCS, LAYOUT, LAYOUT_VERSION, LINE_KEY, MANIFEST, SHARD, VECTORS, read_manifest
-from ..fileio import fsync_dir, read_json, umask, write_atomic, write_json
+from ..fileio import fsync_dir, model_difference, read_json, short_value, umask, write_atomic, write_json
 from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
 
@@ -449,12 +449,26 @@ def _same_run(recorded: Dict[str, Any], identity: Dict[str, Any]) -> bool:
 
 
 def _difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
-    names = {"input_sha256": "input", "input_lines": "input", "config_sha256": "config"}
-    differ = {k for k in IDENTITY_KEYS if recorded.get(k) != identity.get(k)}
-    labels = sorted({f"different {names.get(k, k)}" for k in differ - MODEL_KEYS})
-    if differ & MODEL_KEYS:
-        labels.append(_model_difference(recorded, identity))
-    return ", ".join(labels) if labels else "unreadable run record"
+    """What differs between a recorded run and this one, each with its values then and now."""
+    def differs(*keys: str) -> bool:
+        return any(recorded.get(k) != identity.get(k) for k in keys)
+
+    parts = []
+    if differs("config_sha256"):
+        parts.append(f"different config: sha256 {short_value(recorded.get('config_sha256'))} then, "
+                     f"{short_value(identity.get('config_sha256'))} now")
+    if differs("format"):
+        parts.append(f"different format: {recorded.get('format')!r} then, {identity.get('format')!r} now")
+    if differs("input_sha256", "input_lines"):
+        parts.append(f"different input: {_input_described(recorded)} then, {_input_described(identity)} now")
+    if differs(*MODEL_KEYS):
+        parts.append(_model_difference(recorded, identity))
+    return "; ".join(parts) if parts else "unreadable run record"
+
+
+def _input_described(run: Dict[str, Any]) -> str:
+    n = run.get("input_lines")
+    return f"{n} record{'' if n == 1 else 's'}, sha256 {short_value(run.get('input_sha256'))}"
 
 
 def _model_difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
@@ -462,10 +476,14 @@ def _model_difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str
     if not isinstance(old, dict):
         return "model not checksummed: started by an older spacy-ctxembed"
     if recorded.get("model") != identity.get("model"):
-        return "different model"
+        return f"different model: {_model_named(recorded.get('model'))} then, {_model_named(identity.get('model'))} now"
     if old.get("ctxembed") != new.get("ctxembed"):
         return f"different spacy-ctxembed version ({old.get('ctxembed')}, now {new.get('ctxembed')})"
-    return "different model: same name, other files"
+    return f"different model: same name, other files ({model_difference(old, new)})"
+
+
+def _model_named(model: Optional[str]) -> str:
+    return "the embedded default" if model is None else repr(model)
 
 
 def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:

@@ -37,8 +37,10 @@ class ShardEmbedder:
         dtype: str,
         threads: int,
         model_identity: Optional[Dict[str, Any]] = None,
+        run: Optional[str] = None,
     ) -> None:
-        """model_identity: what the driver recorded of the model (`fileio.model_identity`)."""
+        """model_identity: what the driver recorded of the model (`fileio.model_identity`).
+        run: the run's digest (`shards.run_digest`), recorded in each shard file."""
         import torch
 
         # Ray gives the actor its CPUs through OMP_NUM_THREADS; torch reads that
@@ -51,6 +53,7 @@ class ShardEmbedder:
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
         self.dtype = dtype
+        self.run = run
         # (`load_pipeline` refused a pipeline without one: `check_writes_vectors`.)
         self.component = primary_component(self.nlp)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -87,7 +90,8 @@ class ShardEmbedder:
         # listeners and similarity check them as any component's outputs.
         signature = getattr(self.nlp.get_pipe(self.component), "signature", None) if docs else None
         write_shard(self.out_dir, shard, table, rejected,
-                    {"component": self.component, "dtype": self.dtype, "worker": self.worker, "signature": signature})
+                    {"component": self.component, "dtype": self.dtype, "worker": self.worker, "signature": signature,
+                     "run": self.run})
         attempts.unlink(missing_ok=True)
         return {"shard": shard.index, "docs": len(docs), "rejected": len(rejected),
                 "tokens": sum(len(t) for t in tokens), "seconds": time.perf_counter() - start,

@@ -33,7 +33,7 @@ from thinc.api import Config
 
 from ..about import __version__
 from ..errors import first_line
-from ..fileio import fsync_dir, model_identity, read_json, write_atomic, write_json
+from ..fileio import fsync_dir, model_difference, model_identity, read_json, write_atomic, write_json
 from ..pipeline.build import NOT_A_PIPELINE, check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
@@ -45,6 +45,7 @@ from .shards import (
     Float16Overflow,
     check_complete,
     committed,
+    run_digest,
     shard_meta,
     shard_name,
 )
@@ -158,22 +159,24 @@ def embed_corpus(
         # it (checked again under the lock; with a lock file there, a run in
         # progress is told by the lock first).
         _recorded_run(out, identity, overwrite)
+    run = run_digest(identity)
     with _locked(out):
         manifest = _prepare(out, identity, shards, overwrite)
         shard_dir = out / SHARDS
-        done = committed(shard_dir, shards)
+        # (Only this run's: a killed run's actors may still commit shards for a while.)
+        done = committed(shard_dir, shards, run)
         if manifest.get("complete") and len(done) == len(shards):
             if _line_count(out / REJECTED) != manifest.get("rejected"):
                 # Deleted or cut since: the record of every row not embedded, from the shards' metadata.
-                _write_lines(out / REJECTED, check_complete(shard_dir, shards)[1])
+                _write_lines(out / REJECTED, check_complete(shard_dir, shards, run)[1])
             return {**manifest, "already_complete": True}
         pending = [s for s in shards if s.index not in done]
         if pending:
             _run_ray(pending, shard_dir, model, config_text, batch_size, actors, cpus_per_actor, gpus_per_actor,
-                     dtype, address, progress, on_shard, cast(Dict[str, Any], identity["model"]))
+                     dtype, address, progress, on_shard, cast(Dict[str, Any], identity["model"]), run=run)
             # What an actor killed mid-write left (its shard was redone by another): not in a complete output.
             _sweep_partial(shard_dir)
-        n_docs, rejected = check_complete(shard_dir, shards)
+        n_docs, rejected = check_complete(shard_dir, shards, run)
         fsync_dir(shard_dir)  # the shards' renames are durable before the manifest says complete
         _write_lines(out / REJECTED, rejected)
         manifest.update(complete=True, docs=n_docs, rejected=len(rejected), rows=n_docs + len(rejected),
@@ -336,31 +339,8 @@ def _described(key: str, was: Any, now: Any) -> str:
             ("added", [p for p in new if p not in old]), ("removed", [p for p in old if p not in new])) if paths]
         return "; ".join(parts) or "the same files in another order"
     if key == "model":
-        return _model_change(was, now)
+        return model_difference(was, now)
     return f"{was!r} then, {now!r} now"
-
-
-def _model_change(was: Any, now: Any) -> str:
-    """What differs between two model identities (`model_identity`), in a few words."""
-    if not isinstance(was, dict) or not isinstance(now, dict):
-        return "not recorded then"
-    labels = {"name": "name", "sha256": "files", "package_version": "package version",
-              "ctxembed": "spacy-ctxembed version"}
-    parts = [f"{label} {_short(was.get(key))} then, {_short(now.get(key))} now"
-             for key, label in labels.items() if was.get(key) != now.get(key)]
-    old_files, new_files = was.get("files") or {}, now.get("files") or {}
-    changed = sorted(p for p in set(old_files) | set(new_files) if old_files.get(p) != new_files.get(p))
-    if changed:
-        parts.append(f"the files its config names ({', '.join(changed[:3])})")
-    return "; ".join(parts) or "other model files"
-
-
-def _short(value: Any) -> str:
-    """A value for a message: a checksum's first 12 characters, None as "none"."""
-    if value is None:
-        return "none"
-    text = str(value)
-    return text[:12] if len(text) == 64 else text
 
 
 def failed_shards(shard_dir: Path, shards: Sequence[Shard]) -> List[str]:
@@ -388,6 +368,7 @@ def _run_ray(
     pending: List[Shard], shard_dir: Path, model: Optional[str], config: Optional[str], batch_size: int,
     actors: int, cpus: float, gpus: float, dtype: str, address: Optional[str], progress: bool,
     on_shard: Optional[Callable[[Dict[str, Any]], None]], model_id: Optional[Dict[str, Any]] = None,
+    run: Optional[str] = None,
 ) -> None:
     import ray
     from tqdm import tqdm
@@ -423,7 +404,8 @@ def _run_ray(
                 ShardEmbedder,
                 fn_constructor_kwargs={"out_dir": str(shard_dir), "model": model, "config": config,
                                        "use_gpu": gpus > 0, "batch_size": batch_size, "dtype": dtype,
-                                       "threads": max(int(cpus), 1), "model_identity": model_id},
+                                       "threads": max(int(cpus), 1), "model_identity": model_id,
+                                       "run": run},
                 batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=cpus, num_gpus=gpus or None, max_task_retries=MAX_TASK_RETRIES,
             )

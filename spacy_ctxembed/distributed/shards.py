@@ -15,6 +15,7 @@ holds the rejected rows of its range, so the docs and the rejections of a
 shard are committed together. `check_complete` proves, from the files alone,
 that every input row is in exactly one place.
 """
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -141,24 +142,43 @@ def shard_meta(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def committed(out_dir: Path, shards: Sequence[Shard]) -> Dict[int, Dict[str, Any]]:
-    """The planned shards whose files are in `out_dir` and cover their planned rows."""
+def run_digest(identity: Dict[str, Any]) -> str:
+    """A digest of a run's identity (its inputs, settings and model: what the
+    manifest records), which each of its shard files records too. The actors
+    of a run whose driver was killed can outlive it for a while and still
+    commit shards: into a run started over (`overwrite`) with another model,
+    say, where the file would read as that run's own."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf8")).hexdigest()[:16]
+
+
+def of_run(meta: Dict[str, Any], run: Optional[str]) -> bool:
+    """Whether a shard's metadata says that the run of digest `run` wrote it
+    (shards written by earlier versions, and `run` None, say nothing: taken as its)."""
+    return run is None or meta.get("run") in (None, run)
+
+
+def committed(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
+    """The planned shards whose files are in `out_dir`, cover their planned rows and
+    were written by the run of digest `run` (`run_digest`)."""
     done = {}
     for shard in shards:
         path = out_dir / shard_name(shard.index)
         if path.exists():
             meta = shard_meta(path)
-            if meta is not None and (meta["first_id"], meta["n_rows"]) == (shard.first_id, shard.n_rows):
+            if (meta is not None and (meta["first_id"], meta["n_rows"]) == (shard.first_id, shard.n_rows)
+                    and of_run(meta, run)):
                 done[shard.index] = meta
     return done
 
 
-def check_complete(out_dir: Path, shards: Sequence[Shard]) -> Tuple[int, List[Dict[str, Any]]]:
-    """Prove that every planned row is in exactly one shard file, as a doc or as a rejection.
+def check_complete(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = None
+                   ) -> Tuple[int, List[Dict[str, Any]]]:
+    """Prove that every planned row is in exactly one shard file, as a doc or as a rejection,
+    written by the run of digest `run` (`run_digest`; None: not checked).
 
     Reads each file's ``doc_id`` column and metadata. Returns (docs, rejected
-    records in doc-id order); raises `ShardMismatch` naming what is missing or
-    duplicated.
+    records in doc-id order); raises `ShardMismatch` naming what is missing,
+    duplicated or another run's.
     """
     import pyarrow.parquet as pq
 
@@ -171,6 +191,8 @@ def check_complete(out_dir: Path, shards: Sequence[Shard]) -> Tuple[int, List[Di
         meta = shard_meta(path) if path.exists() else None
         if meta is None:
             raise ShardMismatch(f"shard {shard.index} ({path.name}) is missing or unreadable")
+        if not of_run(meta, run):
+            raise ShardMismatch(another_run(shard.index))
         ids = pq.read_table(path, columns=["doc_id"]).column(0).to_numpy()
         rejected_ids = numpy.array([r["doc_id"] for r in meta["rejected"]], dtype=numpy.int64)
         all_ids = numpy.concatenate([ids, rejected_ids])
@@ -192,6 +214,12 @@ def check_complete(out_dir: Path, shards: Sequence[Shard]) -> Tuple[int, List[Di
 
 
 # Rows back to docs ---------------------------------------------------------
+
+
+def another_run(index: int) -> str:
+    """Why a shard file cannot be read as its run's."""
+    return (f"shard {index} ({shard_name(index)}) was written by another run (other inputs, settings or model: "
+            "an actor of an earlier run that outlived its driver); run embed --ray again, which embeds it anew")
 
 
 def docs_from_table(table, vocab: Vocab, component: str = "ctxembed", signature: Optional[str] = None
@@ -256,9 +284,13 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
         raise ValueError(f"{out_dir} holds no readable {MANIFEST}: not the output of embed --ray")
     if not manifest.get("complete"):
         raise ValueError(f"the run in {out_dir} is not complete: run embed --ray again to finish it")
+    identity = manifest.get("identity")
+    run = run_digest(identity) if isinstance(identity, dict) else None
     for shard in manifest["shards"]:
         path = out_dir / SHARDS / shard_name(shard["index"])
         meta = shard_meta(path) or {}
+        if not of_run(meta, run):
+            raise ValueError(f"{out_dir}: {another_run(shard['index'])}")
         component, signature = meta.get("component", "ctxembed"), meta.get("signature")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             yield from docs_from_table(batch, vocab, component=component,

@@ -20,9 +20,10 @@ that changed since planning) raise `InputError`.
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import file_sha256
 from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, wide_encoding_refusal
@@ -309,11 +310,24 @@ def _blank_reason(text: str, what: str) -> str:
     return f"empty {what}" if not text else f"blank {what} (whitespace only)"
 
 
+class _Record(dict):
+    """A JSON object, with the keys it gave more than once (json.loads keeps the last value)."""
+
+    twice: FrozenSet[str] = frozenset()
+
+
+def _record(pairs: List[Tuple[str, Any]]) -> _Record:
+    record = _Record(pairs)
+    if len(record) < len(pairs):
+        record.twice = frozenset(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    return record
+
+
 def _json_text(line: str, key: str) -> Tuple[Optional[str], Optional[str]]:
     if not line.strip():
         return None, _blank_reason(line, "line")
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_record)
     except ValueError as e:
         return None, f"not JSON: {e}"
     except RecursionError:  # (valid JSON nested about 1,000 deep: Python's decoder gives up)
@@ -322,6 +336,8 @@ def _json_text(line: str, key: str) -> Tuple[Optional[str], Optional[str]]:
         return None, f"not a JSON object: {type(record).__name__}"
     if key not in record:
         return None, f"no field {key!r}"
+    if key in getattr(record, "twice", ()):  # (which value is the text cannot be told: json.loads kept the last)
+        return None, f"field {key!r} given more than once"
     value = record[key]
     if not isinstance(value, str):
         return None, f"field {key!r} is {'null' if value is None else type(value).__name__}, not a string"

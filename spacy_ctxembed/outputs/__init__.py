@@ -52,6 +52,7 @@ from .extensions import (
     install_extensions,
     read_output,
     restore_vectors,
+    span_as_doc,
     stored_signature,
     write_outputs,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "restore_vectors",
     "signature_fields",
     "similarity",
+    "span_as_doc",
     "stored_signature",
     "uncovered_error",
     "write_outputs",

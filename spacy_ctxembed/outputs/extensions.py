@@ -13,9 +13,11 @@ from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy
 from spacy.attrs import IDX, LENGTH, ORTH, SPACY
-from spacy.tokens import Doc
+from spacy.tokens import Doc, Span
 
+from ..alignment import text_length
 from .hooks import DOC_HOOKS, SPAN_HOOKS, TOKEN_HOOKS, describe, set_source_pointer, set_vector_hooks
+from .placement import within
 from .store import (
     SOURCE_HOOK,
     MissingOutputs,
@@ -282,10 +284,53 @@ def restore_vectors(doc: Doc) -> Doc:
             "restore_vectors: the doc holds no ctxembed outputs: it did not go through a ctxembed component, "
             "or its user data was dropped (use DocBin(store_user_data=True)), or they were (doc._.ctx_outputs = "
             "None: spaCy's doc_cleaner), or it is a span.as_doc() that read them from the doc it was cut from "
-            "(save span.as_doc(copy_user_data=True))"
+            "(save spacy_ctxembed.span_as_doc(span))"
         )
     set_vector_hooks(doc)
     return doc
+
+
+def span_as_doc(span: Span) -> Doc:
+    """`span.as_doc(copy_user_data=True)`, holding the span's own ctxembed outputs only.
+
+    spaCy copies the whole source's user data into such a cut, so it carries
+    its source's outputs for every token of the source. Alone it reads
+    right, but joined with other cuts (`Doc.from_docs`), each one's stored
+    tokens reach onto the others' characters, where which rows are whose
+    cannot be told (`UnplacedOutputs`). A cut made here keeps only what lies
+    on its own characters, so cuts of any docs, in any order (the same cut
+    twice too), join, and after `restore_vectors` read their sources' rows.
+
+    A span of a doc with one store (a doc that went through the pipeline
+    whole, or a cut of one) keeps the stored tokens as they were embedded:
+    a merge in the source split back in the cut still gives each token its
+    own row. A span of a joined doc, or of a plain `span.as_doc()` cut (which
+    reads its source's store by its text), keeps its outputs as it reads
+    them now, one row per token: trimmed apart, its parts' stores could no
+    longer tell which rows are whose. Where they cannot be read, that is the
+    error reading them gives.
+    """
+    if not isinstance(span, Span):
+        raise TypeError(f"span_as_doc: expected a Span, got {describe(span)}")
+    cut = span.as_doc(copy_user_data=True)
+    stores, data, n_chars = doc_stores(cut), user_data_of(cut), text_length(cut)
+    if len(stores) == 1:
+        # A lone store is read as trimmed to the doc's characters (`within`): so trimmed, it reads the same.
+        (key, store), = stores
+        outputs = {name: within((key[2], output), n_chars)[1] for name, output in store["outputs"].items()}
+        # A new dict (as_doc's copy of the store is shallow), under a new id: cuts of one source that
+        # rebuild it (its first words, then the rest) have one shifted key once joined, and the later
+        # one's store, no longer the whole source's, would replace the earlier's.
+        del data[key]
+        data[store_key(key[3] - key[2], key[2])] = {**store, "outputs": outputs}
+    elif stores or SOURCE_HOOK in cut.user_hooks:
+        view = placed_view(cut)
+        if view is not None:
+            gathered = view_store(cut, view, stores or source_store(cut))
+            for key, _ in stores:
+                del data[key]
+            data[store_key(n_chars)] = gathered
+    return restore_vectors(cut) if doc_stores(cut) else cut
 
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:

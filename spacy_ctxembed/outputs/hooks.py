@@ -7,6 +7,7 @@ store (`SOURCE_HOOK`) is set with them, for docs cut from it with `as_doc()`.
 import contextlib
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
+from spacy.lexeme import Lexeme
 from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
 
@@ -95,8 +96,8 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     one model and settings (where both outputs say which), and a ctxembed
     vector is never compared with another kind (static vectors).
     """
-    u, v = a.vector, b.vector
-    if not u.size or not v.size:  # one side has no vector at all (as spaCy: 0.0)
+    u, v = _vector_or_none(a), _vector_or_none(b)
+    if u is None or v is None or not u.size or not v.size:  # one side has no vector at all (as spaCy: 0.0)
         return 0.0
     if u.shape != v.shape:
         raise ValueError(
@@ -114,6 +115,16 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     if norms == 0.0:
         return 0.0
     return float(xp.dot(u, v)) / norms
+
+
+def _vector_or_none(item: Any):
+    """`item.vector`, or None for a Lexeme without a vector: in a vocab without
+    vectors its `.vector` raises spaCy's E010 ("Word vectors set to length
+    0"), which blames a missing model. It has no vector, as a token without
+    one, and spaCy's own similarity of two words gives 0.0."""
+    if isinstance(item, Lexeme) and not item.has_vector:
+        return None
+    return item.vector
 
 
 def _check_one_space(a: Any, b: Any, u, v) -> None:

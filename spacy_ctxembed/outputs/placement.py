@@ -42,7 +42,7 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     "no vector". Stored tokens whose text is not the doc's text where they are
     placed are left out (`_placed_here`)."""
     if len(parts) == 1:
-        parts = [_within(parts[0], text_length(doc))]
+        parts = [within(parts[0], text_length(doc))]
     old_starts, old_ends = _placed_spans(parts)
     has_layers = all(p.get("layers") is not None for _, p in parts)
     arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
@@ -74,15 +74,17 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     return result, (uncovered if uncovered.any() else None)
 
 
-def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
+def within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
     """A lone part less its stored tokens that lie wholly off characters
     [0, n_chars) of the doc: a cut's store is its whole source's (its
     placement in the source, or `copy_user_data=True`), and work that scaled
     with the source made a loop over a long doc's sentences quadratic.
 
-    Only for a lone part: those tokens give the doc no row (they overlap none
-    of its tokens), and what is read of them is whether they are in place,
-    which matters only beside other parts (`_own_regions`). A doc's tokens
+    When reading, only for a lone part: those tokens give the doc no row
+    (they overlap none of its tokens), and what is read of them is whether
+    they are in place, which matters only beside other parts (`_own_regions`).
+    `extensions.span_as_doc` trims a cut's stores with it as the cut is made,
+    so that beside other parts it has only its own tokens. A doc's tokens
     are sorted and do not overlap, so both ends are found by bisection."""
     origin, output = part
     starts, ends = numpy.asarray(output["starts"]), numpy.asarray(output["ends"])
@@ -242,7 +244,8 @@ def _unplaceable() -> UnplacedOutputs:
         "this doc joins docs made with span.as_doc(copy_user_data=True) (Doc.from_docs) whose stored outputs "
         "lie on the same characters; each carries its whole source's ctxembed outputs (spaCy does not trim "
         "them), so which outputs belong to which characters cannot be told; run the ctxembed component on the "
-        "joined doc (nlp(doc) embeds it again), or join docs that went through the pipeline whole"
+        "joined doc (nlp(doc) embeds it again), or join cuts made with spacy_ctxembed.span_as_doc(span), which "
+        "keep only their own outputs, or docs that went through the pipeline whole"
     )
 
 

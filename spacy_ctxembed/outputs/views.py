@@ -209,7 +209,8 @@ def unread_cut_error(doc: Doc) -> MissingOutputs:
     else:
         why = ("this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
                "span.as_doc() from a doc whose text it cannot be placed in, or whose user data was dropped")
-    return MissingOutputs(f"{prefix}{why}. Use span.as_doc(copy_user_data=True), or run the pipeline on it again.")
+    return MissingOutputs(f"{prefix}{why}. Use spacy_ctxembed.span_as_doc(span) (span.as_doc(copy_user_data=True) "
+                          "with the span's own outputs), or run the pipeline on it again.")
 
 
 def source_store(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
@@ -307,7 +308,7 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
         f"{what} {where}, or only part of their text: they would read as having no vector, or one of part of "
         "their text. That text comes from a doc whose outputs were "
         "not in its user data (Doc.from_docs of a doc made with span.as_doc(): use "
-        "span.as_doc(copy_user_data=True)), or that did not go through this component, or whose outputs "
+        "spacy_ctxembed.span_as_doc(span)), or that did not go through this component, or whose outputs "
         "were dropped (doc._.ctx_outputs = None: spaCy's doc_cleaner), or whose token offsets did not match its "
         "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx), "
         "or, in a doc joined with Doc.from_docs, a token split at the edge of a cut (span.as_doc(copy_user_data="
