@@ -22,6 +22,12 @@ def nlp(tiny_bert_dir):
     return make_nlp(tiny_bert_dir, layers=[1, 2], store_layers=True)
 
 
+@pytest.fixture(scope="module")
+def untensored(tiny_bert_dir):
+    """Without doc.tensor: spaCy's Doc.from_docs refuses to join a doc with a tensor to one without."""
+    return make_nlp(tiny_bert_dir, layers=[1, 2], store_layers=True, set_doc_tensor=False)
+
+
 def _stores(doc):
     return [value for key, value in doc.user_data.items() if is_store_key(key)]
 
@@ -88,6 +94,35 @@ def test_a_merge_in_the_source_split_back_in_the_cut_gives_each_token_its_own_ro
     numpy.testing.assert_array_equal(joined._.ctx_vectors[:4], rows[2:6])
 
 
+def test_a_split_through_the_cuts_edge_is_clipped_to_the_cut(untensored):
+    """A split in the source puts the cut's edge inside an embedded token
+    ("NewYork" split, "New" cut): the cut keeps that token's row for its own
+    piece only. Kept whole, it lay on the next part's characters once joined
+    without a space, where a doc without outputs ("York") read its row with
+    no error (found by fuzzing)."""
+    nlp = untensored
+    source = nlp("NewYork is big")
+    rows = source._.ctx_vectors.copy()
+    with source.retokenize() as retokenizer:
+        retokenizer.split(source[0], ["New", "York"], heads=[(source[0], 1), (source[0], 1)])
+    first, rest = span_as_doc(source[0:1]), span_as_doc(source[1:3])
+    for cut, text in ((first, "New"), (rest, "York is ")):
+        (store,) = _stores(cut)
+        (output,) = store["outputs"].values()
+        assert int(output["ends"].max()) <= len(cut.text) and int(output["starts"].min()) >= 0
+        assert [nlp.vocab.strings[o] for o in output["orths"]][0] == text.split()[0]
+    numpy.testing.assert_array_equal(first._.ctx_vectors, rows[0:1])
+    numpy.testing.assert_array_equal(rest._.ctx_vectors, rows[[0, 1]])
+    for parts in ([first, nlp.make_doc("York")], [nlp.make_doc("New"), rest]):
+        with pytest.raises(MissingOutputs, match="no 'ctxembed_bert' output covers 1 of its"):
+            _ = restore_vectors(Doc.from_docs(parts, ensure_whitespace=False))._.ctx_vectors
+    other = nlp("Cats sleep")
+    for parts in ([first, other], [other, rest], [first, rest]):
+        joined = restore_vectors(Doc.from_docs(parts, ensure_whitespace=False))
+        expected = numpy.concatenate([other._.ctx_vectors if part is other else part._.ctx_vectors for part in parts])
+        numpy.testing.assert_array_equal(joined._.ctx_vectors, expected)
+
+
 def test_a_span_of_a_joined_doc_keeps_what_the_joined_doc_reads(nlp):
     first, second = nlp("Apples grow well here."), nlp("Pears fall down.")
     joined = restore_vectors(Doc.from_docs([first, second]))
@@ -100,6 +135,49 @@ def test_a_span_of_a_joined_doc_keeps_what_the_joined_doc_reads(nlp):
         again = restore_vectors(Doc.from_docs([span_as_doc(second[0:2]), cut]))
         numpy.testing.assert_array_equal(again._.ctx_vectors[2:], joined._.ctx_vectors[start:end])
         numpy.testing.assert_array_equal(again._.ctx_vectors[:2], second._.ctx_vectors[0:2])
+
+
+def test_a_cut_of_a_joined_or_plain_cut_doc_keeps_the_embedded_tokens(nlp):
+    """A cut of a joined doc, or of a plain `span.as_doc()`, keeps the tokens
+    as they were embedded: a merge made there and split back in the cut gives
+    each token its own row, and merges one after another average the embedded
+    tokens. (Its first version kept the merged token's mean as one row:
+    found by fuzzing.)"""
+    one, two = nlp("I can't go"), nlp("Cats sleep")
+    rows = one._.ctx_vectors.copy()  # I, ca, n't, go
+    joined = restore_vectors(Doc.from_docs([one, two]))
+    plain = one[0:4].as_doc()
+    for doc in (joined, plain):
+        with doc.retokenize() as retokenizer:
+            retokenizer.merge(doc[1:3])  # "can't"
+        cut = span_as_doc(doc[0:3])  # I | can't | go
+        numpy.testing.assert_allclose(cut[1].vector, rows[1:3].mean(axis=0), rtol=1e-6)
+        split = cut.copy()
+        with split.retokenize() as retokenizer:
+            retokenizer.split(split[1], ["ca", "n't"], heads=[(split[1], 1), (split[1], 1)])
+        numpy.testing.assert_array_equal(split._.ctx_vectors, rows)
+        with cut.retokenize() as retokenizer:
+            retokenizer.merge(cut[0:2])  # "I can't"
+        numpy.testing.assert_allclose(cut[0].vector, rows[0:3].mean(axis=0), rtol=1e-6)
+
+
+def test_a_cut_reads_as_the_doc_it_is_cut_from(nlp):
+    """The rows are those the span's doc reads, placed in that doc: a span of a
+    joined doc whose other parts' stores would reach past the cut, and a span
+    of a plain cut whose text is in the plain cut's source twice, though once
+    in the plain cut, read (both were refused, as spaCy's own cuts are: found
+    by fuzzing)."""
+    whole = nlp("the hi the I New ran")
+    rows = whole._.ctx_vectors.copy()
+    joined = restore_vectors(Doc.from_docs([whole, whole[2:2].as_doc(copy_user_data=True)], ensure_whitespace=False))
+    numpy.testing.assert_array_equal(joined._.ctx_vectors, rows)
+    for start, end in ((5, 6), (4, 6), (0, 6)):
+        numpy.testing.assert_array_equal(span_as_doc(joined[start:end])._.ctx_vectors, rows[start:end])
+    source = nlp("New a New York")
+    plain = source[1:4].as_doc()  # "a New York": once in the source
+    with pytest.raises(MissingOutputs, match="occurs more than once"):
+        _ = plain[1:2].as_doc(copy_user_data=True)._.ctx_vectors  # "New ": twice in the source
+    numpy.testing.assert_array_equal(span_as_doc(plain[1:2])._.ctx_vectors, source._.ctx_vectors[2:3])
 
 
 def test_a_span_of_joined_cuts_that_cannot_be_told_apart_is_an_error(nlp):

@@ -372,11 +372,11 @@ def test_the_embedders_loss_is_the_sum_of_squares_of_the_gradients_it_is_sent(
     to_embedder = []
     receive = ContextualListenerNode.receive
 
-    def receiving(self, batch_id, outputs, backprop, upstream):
+    def receiving(self, batch_id, outputs, backprop, upstream, **told):
         def recorded(d_outputs):
             to_embedder.extend(numpy.array(d, dtype="float64") for d in d_outputs)
             return backprop(d_outputs)
-        return receive(self, batch_id, outputs, recorded, upstream)
+        return receive(self, batch_id, outputs, recorded, upstream, **told)
 
     monkeypatch.setattr(ContextualListenerNode, "receive", receiving)
     nlp, examples = _pipeline(tiny_bert_dir, tok2vec=_listener(grad_factor=grad_factor))

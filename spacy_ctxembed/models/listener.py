@@ -43,6 +43,7 @@ import math
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
@@ -80,6 +81,9 @@ from .torch_bridge import COPY_BLOCK, COPY_NAME, encoder_shim, selected_layers
 
 LISTENER = "ctxembed-listener"
 
+#: Per doc of a batch: its text and token boundaries (`ContextualListenerNode.batch_tokens`).
+BatchTokens = Tuple[Tuple[str, bytes], ...]
+
 
 class ContextualListenerNode(SampleDocsModel):
     """The layer that gets its input from an upstream ctxembed component.
@@ -107,6 +111,8 @@ class ContextualListenerNode(SampleDocsModel):
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
         self._batch_id: Optional[int] = None
+        # The batch's docs as the upstream embedded them (`batch_tokens`): None where not told.
+        self._tokens: Optional[BatchTokens] = None
         self._outputs: Optional[list] = None
         self._backprop: Optional[Callable] = None
         self._upstream: Optional[str] = None
@@ -156,6 +162,15 @@ class ContextualListenerNode(SampleDocsModel):
     @classmethod
     def get_batch_id(cls, docs: List[Doc]) -> int:
         return sum(sum(token.orth for token in doc) for doc in docs)
+
+    @staticmethod
+    def batch_tokens(docs: List[Doc]) -> BatchTokens:
+        """Each doc's text and token boundaries: the batch id (a sum over the
+        words, as spaCy's listeners have) is the same for a batch retokenized so
+        that its edits cancel out (a merge in one doc, the same split in
+        another), whose rows would then be handed on by position to tokens
+        they were not made for."""
+        return tuple((doc.text, doc.to_array([IDX, LENGTH]).tobytes()) for doc in docs)
 
     def claim(self, component: Any, listening_component: Optional[str] = None) -> None:
         """`component` lists this listener, for `listening_component` (None: as before)."""
@@ -365,19 +380,32 @@ class ContextualListenerNode(SampleDocsModel):
 
         return lambda stored: _unlike(stored, ours, expected)
 
-    def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str) -> None:
+    def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str,
+                tokens: Optional[BatchTokens] = None) -> None:
+        """The upstream's outputs for a training batch (`tokens`: its docs, `batch_tokens`)."""
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
                 f"{self.described()} receives from both "
                 f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
+        self._tokens = tokens
 
     def verify_inputs(self, docs: List[Doc]) -> None:
         batch_id = self.get_batch_id(docs)
-        if batch_id != self._batch_id:
-            raise ValueError(f"{self.described()}: mismatched batch ({batch_id} vs {self._batch_id}): the "
-                             f"upstream {self._upstream!r} ran on other docs than this component")
+        tokens = None if self._tokens is None else self.batch_tokens(docs)
+        if batch_id == self._batch_id and tokens == self._tokens:
+            return
+        if tokens is not None and self._tokens is not None and [t for t, _ in tokens] == [t for t, _ in self._tokens]:
+            raise ValueError(
+                f"{self.described()}: the docs' tokens changed since the upstream {self._upstream!r} embedded them "
+                "in this update (a component between them retokenizes, such as merge_entities in [training] "
+                f"annotating_components), and a trained upstream's rows are for the tokens it embedded. Freeze "
+                f"{self._upstream!r} and list it in annotating_components too (its stored outputs then follow the "
+                f"merges and splits), or move the retokenizer before {self._upstream!r} or after this component"
+            )
+        raise ValueError(f"{self.described()}: mismatched batch ({batch_id} vs {self._batch_id}): the "
+                         f"upstream {self._upstream!r} ran on other docs than this component")
 
     def __getstate__(self) -> Any:
         # A batch in flight (its outputs and backprop callback) and the weak
@@ -385,13 +413,14 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _outputs=None, _backprop=None, _upstream=None, _claims={}, _passed_over=(),
+        own.update(_batch_id=None, _tokens=None, _outputs=None, _backprop=None, _upstream=None, _claims={},
+                   _passed_over=(),
                    _renamed=tuple(self.renamed_upstreams()))
         return own, slots
 
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
         backprop = self._backprop
-        self._batch_id, self._outputs, self._backprop = None, None, None
+        self._batch_id, self._tokens, self._outputs, self._backprop = None, None, None, None
         if backprop is None:
             return []
         if self.grad_factor == 0:

@@ -14,10 +14,10 @@ from typing import Any, Dict, Optional, Tuple, cast
 import numpy
 from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc, Span
+from thinc.api import get_array_module
 
 from ..alignment import text_length
 from .hooks import DOC_HOOKS, SPAN_HOOKS, TOKEN_HOOKS, describe, set_source_pointer, set_vector_hooks
-from .placement import within
 from .store import (
     SOURCE_HOOK,
     MissingOutputs,
@@ -297,40 +297,56 @@ def span_as_doc(span: Span) -> Doc:
     its source's outputs for every token of the source. Alone it reads
     right, but joined with other cuts (`Doc.from_docs`), each one's stored
     tokens reach onto the others' characters, where which rows are whose
-    cannot be told (`UnplacedOutputs`). A cut made here keeps only what lies
-    on its own characters, so cuts of any docs, in any order (the same cut
-    twice too), join, and after `restore_vectors` read their sources' rows.
-
-    A span of a doc with one store (a doc that went through the pipeline
-    whole, or a cut of one) keeps the stored tokens as they were embedded:
-    a merge in the source split back in the cut still gives each token its
-    own row. A span of a joined doc, or of a plain `span.as_doc()` cut (which
-    reads its source's store by its text), keeps its outputs as it reads
-    them now, one row per token: trimmed apart, its parts' stores could no
-    longer tell which rows are whose. Where they cannot be read, that is the
-    error reading them gives.
+    cannot be told (`UnplacedOutputs`). A cut made here holds one store: the
+    stored tokens its source reads on the span's characters, as they were
+    embedded (a merge split back in the cut gives each token its own row
+    again), and one cut through by the span's edge (a split in the source)
+    with its row, clipped to the span. So cuts of any docs, in any order (the
+    same cut twice too), join, and after `restore_vectors` read their sources'
+    rows. A span of a doc whose outputs cannot be read raises the error that
+    reading them gives.
     """
     if not isinstance(span, Span):
         raise TypeError(f"span_as_doc: expected a Span, got {describe(span)}")
+    view = placed_view(span.doc)
     cut = span.as_doc(copy_user_data=True)
-    stores, data, n_chars = doc_stores(cut), user_data_of(cut), text_length(cut)
-    if len(stores) == 1:
-        # A lone store is read as trimmed to the doc's characters (`within`): so trimmed, it reads the same.
-        (key, store), = stores
-        outputs = {name: within((key[2], output), n_chars)[1] for name, output in store["outputs"].items()}
-        # A new dict (as_doc's copy of the store is shallow), under a new id: cuts of one source that
-        # rebuild it (its first words, then the rest) have one shifted key once joined, and the later
-        # one's store, no longer the whole source's, would replace the earlier's.
+    data = user_data_of(cut)
+    stores = doc_stores(cut)
+    tensor_from = tensor_source(cut, stores or source_store(cut))
+    for key, _ in stores:
         del data[key]
-        data[store_key(key[3] - key[2], key[2])] = {**store, "outputs": outputs}
-    elif stores or SOURCE_HOOK in cut.user_hooks:
-        view = placed_view(cut)
-        if view is not None:
-            gathered = view_store(cut, view, stores or source_store(cut))
-            for key, _ in stores:
-                del data[key]
-            data[store_key(n_chars)] = gathered
-    return restore_vectors(cut) if doc_stores(cut) else cut
+    if view is None:
+        return cut
+    low, n_chars = span.start_char, text_length(cut)
+    text = span.doc.text[low:low + n_chars]
+    outputs = {name: _within_cut(view.stored_tokens(name), low, text, cut.vocab.strings, view.signatures.get(name))
+               for name in view.outputs}
+    data[store_key(n_chars)] = {"primary": view.primary, "outputs": outputs, "conflict": view.conflict,
+                                "clashes": dict(view.clashes), "tensor_set": tensor_from or False}
+    return restore_vectors(cut)
+
+
+def _within_cut(tokens: Dict[str, Any], low: int, text: str, strings: Any, signature: Optional[str]
+                ) -> Dict[str, Any]:
+    """The stored tokens on characters [low, low + len(text)) of a doc, moved to
+    a cut of them (of `text`): a token the cut's edge passes through is kept
+    with its row and clipped, its word the text it keeps (added to the cut's
+    `strings`), so that no stored token reaches past the cut."""
+    starts, ends, high = tokens["starts"], tokens["ends"], low + len(text)
+    inside = ((starts < high) & (ends > low)) | ((starts == ends) & (starts >= low) & (starts <= high))
+    kept = numpy.flatnonzero(inside)
+    clipped_starts = numpy.clip(starts[kept], low, high) - low
+    clipped_ends = numpy.clip(ends[kept], low, high) - low
+    orths = tokens["orths"]
+    if orths is not None:
+        orths = orths[kept].copy()
+        for i in numpy.flatnonzero((starts[kept] < low) | (ends[kept] > high)):
+            orths[i] = strings.add(text[clipped_starts[i]:clipped_ends[i]])
+    index = get_array_module(tokens["vectors"]).asarray(kept)
+    layers = tokens["layers"]
+    return {"starts": clipped_starts, "ends": clipped_ends, "orths": orths,
+            "vectors": read_only(tokens["vectors"][index]),
+            "layers": None if layers is None else read_only(layers[:, index]), "signature": signature}
 
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:

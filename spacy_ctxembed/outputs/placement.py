@@ -30,11 +30,16 @@ def part_reaches(part: Tuple[int, Dict[str, Any]], n_chars: int) -> bool:
     return bool((overlaps | empty_inside).any())
 
 
+#: The stored tokens a doc reads of one output: its parts (shifted to their origins in
+#: the doc) and the mask of their tokens it places (None: all). See `stacked`.
+Placed = Tuple[List[Tuple[int, Dict[str, Any]]], Optional[numpy.ndarray]]
+
+
 def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc, off_doc: int
-                  ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray]]:
+                  ) -> Tuple[Dict[str, Any], Optional[numpy.ndarray], Placed]:
     """One component's rows for `doc`'s tokens, with character spans [starts, ends),
-    and the mask of the tokens no stored token of it overlaps, or overlaps
-    only in part (None: none).
+    the mask of the tokens no stored token of it overlaps, or overlaps only in
+    part (None: none), and the stored tokens it places (`Placed`).
 
     A token that overlaps stored tokens without a vector (whitespace) has no
     vector; one that overlaps none has no output at all: its characters were
@@ -42,17 +47,13 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     "no vector". Stored tokens whose text is not the doc's text where they are
     placed are left out (`_placed_here`)."""
     if len(parts) == 1:
-        parts = [within(parts[0], text_length(doc))]
-    old_starts, old_ends = _placed_spans(parts)
-    has_layers = all(p.get("layers") is not None for _, p in parts)
-    arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
-    # Docs joined from the host and from the GPU (Doc.from_docs): all on the host.
-    on_host = len({type(a) for a in arrays}) > 1
-    vectors = concat([p["vectors"] for _, p in parts], axis=0, on_host=on_host)
-    layers = concat([p["layers"] for _, p in parts], axis=1, on_host=on_host) if has_layers else None
+        parts = [_within(parts[0], text_length(doc))]
+    stored = stacked(parts)
+    old_starts, old_ends, vectors, layers = stored["starts"], stored["ends"], stored["vectors"], stored["layers"]
+    has_layers = layers is not None
     if (len(parts) == 1 and numpy.array_equal(old_starts, starts) and numpy.array_equal(old_ends, ends)
             and _same_orths(parts[0][1], doc)):
-        return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None
+        return ({"vectors": vectors, "layers": layers} if has_layers else {"vectors": vectors}), None, (parts, None)
     xp = get_array_module(vectors)
     covered = to_numpy(vectors.any(axis=1)) if len(vectors) else numpy.zeros(0, dtype=bool)
     text = doc.text  # (a Python call per token: read once, for both checks)
@@ -71,20 +72,37 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     if has_layers:
         moved = xp.ascontiguousarray(xp.transpose(layers, (1, 0, 2)))
         result["layers"] = xp.ascontiguousarray(xp.transpose(_segment_mean(xp, moved, tokens, rows, counts), (1, 0, 2)))
-    return result, (uncovered if uncovered.any() else None)
+    return result, (uncovered if uncovered.any() else None), (parts, here)
 
 
-def within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
+def stacked(parts: List[Tuple[int, Dict[str, Any]]], *, words: bool = False) -> Dict[str, Any]:
+    """The parts' stored tokens as one output: their spans shifted to their
+    origins in the doc, their rows and layers, and with `words` their words
+    ("orths"; layers and words None where a part has none)."""
+    starts, ends = _placed_spans(parts)
+    has_layers = all(p.get("layers") is not None for _, p in parts)
+    arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
+    # Docs joined from the host and from the GPU (Doc.from_docs): all on the host.
+    on_host = len({type(a) for a in arrays}) > 1
+    has_orths = words and all(p.get("orths") is not None for _, p in parts)
+    return {
+        "starts": starts, "ends": ends,
+        "vectors": concat([p["vectors"] for _, p in parts], axis=0, on_host=on_host),
+        "layers": concat([p["layers"] for _, p in parts], axis=1, on_host=on_host) if has_layers else None,
+        "orths": (numpy.concatenate([numpy.asarray(p["orths"], dtype="uint64") for _, p in parts])
+                  if has_orths else None),
+    }
+
+
+def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
     """A lone part less its stored tokens that lie wholly off characters
     [0, n_chars) of the doc: a cut's store is its whole source's (its
     placement in the source, or `copy_user_data=True`), and work that scaled
     with the source made a loop over a long doc's sentences quadratic.
 
-    When reading, only for a lone part: those tokens give the doc no row
-    (they overlap none of its tokens), and what is read of them is whether
-    they are in place, which matters only beside other parts (`_own_regions`).
-    `extensions.span_as_doc` trims a cut's stores with it as the cut is made,
-    so that beside other parts it has only its own tokens. A doc's tokens
+    Only for a lone part: those tokens give the doc no row (they overlap none
+    of its tokens), and what is read of them is whether they are in place,
+    which matters only beside other parts (`_own_regions`). A doc's tokens
     are sorted and do not overlap, so both ends are found by bisection."""
     origin, output = part
     starts, ends = numpy.asarray(output["starts"]), numpy.asarray(output["ends"])

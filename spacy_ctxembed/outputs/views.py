@@ -19,7 +19,7 @@ from thinc.api import get_array_module
 
 from ..alignment import text_length, token_char_spans
 from ..forksafe import ProcessLocal
-from .placement import align_output, part_reaches
+from .placement import Placed, align_output, part_reaches, stacked
 from .store import (
     SOURCE_HOOK,
     STORE,
@@ -71,7 +71,7 @@ class View:
                  conflict: Tuple[str, ...] = (), *, signatures: Optional[Dict[str, Optional[str]]] = None,
                  clashes: Optional[Dict[str, str]] = None,
                  missing: Optional[Dict[str, Tuple[numpy.ndarray, str]]] = None,
-                 unplaced: Optional[str] = None) -> None:
+                 unplaced: Optional[str] = None, placed: Optional[Dict[str, Placed]] = None) -> None:
         self.starts, self.ends = starts, ends
         self.primary = primary
         for output in outputs.values():
@@ -88,6 +88,22 @@ class View:
         self.missing = missing or {}
         #: Where the tokens are that no output covers (None: there are none).
         self.unplaced = unplaced
+        #: Per output: the stored tokens read (`stored_tokens`).
+        self.placed = placed or {}
+
+    def stored_tokens(self, name: str) -> Dict[str, Any]:
+        """The stored tokens of output `name` that this view reads, as embedded
+        (not as the doc's tokens are now): their spans in the doc's characters,
+        rows, layers and words. What a cut of the doc keeps (`span_as_doc`)."""
+        parts, here = self.placed[name]
+        tokens = stacked(parts, words=True)
+        if here is None:
+            return tokens
+        kept = numpy.flatnonzero(here)
+        index = get_array_module(tokens["vectors"]).asarray(kept)
+        return {"starts": tokens["starts"][kept], "ends": tokens["ends"][kept], "vectors": tokens["vectors"][index],
+                "layers": None if tokens["layers"] is None else tokens["layers"][:, index],
+                "orths": None if tokens["orths"] is None else tokens["orths"][kept]}
 
     def primary_output(self) -> Optional[Dict[str, Any]]:
         if self.conflict:
@@ -239,7 +255,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> View:
     names: List[str] = []
     for _, store in stores:
         names.extend(n for n in store["outputs"] if n not in names)
-    outputs, signatures, missing = {}, {}, {}
+    outputs, signatures, missing, placed = {}, {}, {}, {}
     n_chars = text_length(doc)
     clashes: Dict[str, str] = {}
     for _, store in stores:  # (kept from docs joined before)
@@ -260,7 +276,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> View:
         if clash:  # one name, different models: no single output
             clashes[name] = clash
             continue
-        outputs[name], uncovered = align_output(parts, starts, ends, doc, off_doc)
+        outputs[name], uncovered, placed[name] = align_output(parts, starts, ends, doc, off_doc)
         if uncovered is not None:
             missing[name] = (uncovered, _where(doc, uncovered))
             # Said with the output (`doc._.ctx_outputs`): its zero rows there are no vectors it made.
@@ -275,7 +291,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> View:
     conflict = tuple(primaries) if len(primaries) > 1 else ()
     primary = primaries[0] if len(primaries) == 1 else None
     return View(starts, ends, primary, outputs, conflict, signatures=signatures, clashes=clashes,
-                 missing=missing, unplaced=unplaced)
+                 missing=missing, unplaced=unplaced, placed=placed)
 
 
 def _clash(parts: List[Tuple[int, Dict[str, Any]]], signatures: List[str]) -> Optional[str]:

@@ -712,10 +712,11 @@ class ContextualEmbedder(TrainablePipe):
         self._pending_backward = backward
 
         batch_id = ContextualListenerNode.get_batch_id(docs)
+        tokens = ContextualListenerNode.batch_tokens(docs)
         for listener in listeners:
             kind = listener.kind
             outputs = layers if kind == "layers" else vectors
-            listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name)
+            listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name, tokens=tokens)
         return losses
 
     def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> None:
