@@ -131,9 +131,6 @@ def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = N
     return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
 
 
-#: Settings whose value, in a component's block, may name a file or directory it is
-#: built from: an encoder's `name` (a model directory), ELMo's `options_file` and
-#: `weight_file`, a sourced component's `source` (a pipeline directory).
 def model_difference(was: Any, now: Any) -> str:
     """What differs between two model identities (`model_identity`), in a few words
     (for the messages of `embed` runs that cannot be resumed)."""
@@ -158,6 +155,9 @@ def short_value(value: Any) -> str:
     return text[:12] if len(text) == 64 else text
 
 
+#: Settings whose value, in a component's block, may name a file or directory it is
+#: built from: an encoder's `name` (a model directory), ELMo's `options_file` and
+#: `weight_file`, a sourced component's `source` (a pipeline directory).
 FILE_SETTINGS = frozenset({"name", "options_file", "weight_file", "source"})
 
 

@@ -954,7 +954,7 @@ def test_similarity_refuses_another_space_from_either_side(last_layer):
         other.similarity(ours)
 
 
-def test_a_lexeme_of_a_vocab_without_vectors_has_no_vector_to_compare(last_layer):
+def test_a_lexeme_of_a_vocab_without_vectors_has_no_vector_to_compare(last_layer, tiny_bert_dir):
     """`token.similarity(nlp.vocab["word"])` in a pipeline without word vectors:
     the lexeme has no vector, so 0.0, as spaCy gives without the hooks. It
     failed with spaCy's E010 ("Word vectors set to length 0"), which blamed a
@@ -967,3 +967,10 @@ def test_a_lexeme_of_a_vocab_without_vectors_has_no_vector_to_compare(last_layer
         assert plain(TEXT)[0].similarity(plain.vocab["banana"]) == 0.0
     for item in (doc[0], doc[0:3], doc):
         assert item.similarity(last_layer.vocab["banana"]) == 0.0
+    # A word without a vector in a vocab with static vectors (here of another width): no vector either.
+    static = _pipeline(spacy.blank("en").vocab, tiny_bert_dir,
+                       ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    static.vocab.set_vector("Apple", numpy.ones(8, dtype="float32"))
+    assert static(TEXT)[0].similarity(static.vocab["banana"]) == 0.0
+    with pytest.raises(ValueError, match="different widths"):
+        static(TEXT)[0].similarity(static.vocab["Apple"])

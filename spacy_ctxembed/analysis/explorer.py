@@ -65,11 +65,20 @@ def nearest_neighbours(
     """
     similarity = units @ query
     candidates = np.flatnonzero(~exclude)
-    ranked = candidates[np.lexsort((candidates, -similarity[candidates]))]
-    if groups is not None:
-        # (np.unique's first index of each group in the ranking is its best row.)
-        ranked = ranked[np.sort(np.unique(groups[ranked], return_index=True)[1])]
-    top = ranked[:n]
+    if groups is not None and candidates.size:
+        # Each group's best row, in O(rows): its highest similarity, then (np.unique's
+        # first index, the candidates being in row order) the lowest row of those.
+        best = np.full(int(groups[candidates].max()) + 1, -np.inf)
+        np.maximum.at(best, groups[candidates], similarity[candidates])
+        candidates = candidates[similarity[candidates] == best[groups[candidates]]]
+        candidates = candidates[np.unique(groups[candidates], return_index=True)[1]]
+    n = min(n, candidates.size)
+    if not n:
+        return np.zeros(0, np.int64), similarity[:0]
+    # The n-th highest similarity, then every row at or above it (ties at it by row order): O(rows).
+    nth = -np.partition(-similarity[candidates], n - 1)[n - 1]
+    near = candidates[similarity[candidates] >= nth]
+    top = near[np.lexsort((near, -similarity[near]))][:n]
     return top.astype(np.int64), similarity[top]
 
 

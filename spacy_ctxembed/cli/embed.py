@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..fileio import MODEL_CHANGED, model_identity
 from .errors import CliError, UsageError, short_message
 from .inputs import Input, InputChanged, open_input
-from .output import WRITERS, AlreadyComplete, Run, ShardWriter, read_manifest
+from .output import WRITERS, AlreadyComplete, Run, ShardWriter, counted, read_manifest
 from .pipelines import build_pipeline, refuse_folder_without_pipeline
 
 FORMATS = tuple(WRITERS)
@@ -385,7 +385,3 @@ def _totals(manifest: Dict[str, Any]) -> str:
         f"{counted(manifest.get('blank_lines', 0), 'blank line')} skipped ({manifest.get('format')}{shards})"
     )
 
-
-def counted(n: int, noun: str) -> str:
-    """"1 doc", "2 docs": a count and its noun, for the summary lines."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"

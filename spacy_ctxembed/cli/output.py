@@ -468,7 +468,13 @@ def _difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
 
 def _input_described(run: Dict[str, Any]) -> str:
     n = run.get("input_lines")
-    return f"{n} record{'' if n == 1 else 's'}, sha256 {short_value(run.get('input_sha256'))}"
+    records = "records not counted" if n is None else counted(n, "record")
+    return f"{records}, sha256 {short_value(run.get('input_sha256'))}"
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 doc", "2 docs": a count and its noun, for messages."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _model_difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
@@ -483,7 +489,7 @@ def _model_difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str
 
 
 def _model_named(model: Optional[str]) -> str:
-    return "the embedded default" if model is None else repr(model)
+    return "no --model (the embedded default, or --config's)" if model is None else repr(model)
 
 
 def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:

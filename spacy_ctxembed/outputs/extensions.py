@@ -14,7 +14,6 @@ from typing import Any, Dict, Optional, Tuple, cast
 import numpy
 from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc, Span
-from thinc.api import get_array_module
 
 from ..alignment import text_length
 from .hooks import DOC_HOOKS, SPAN_HOOKS, TOKEN_HOOKS, describe, set_source_pointer, set_vector_hooks
@@ -318,8 +317,9 @@ def span_as_doc(span: Span) -> Doc:
     if view is None:
         return cut
     low, n_chars = span.start_char, text_length(cut)
-    text = span.doc.text[low:low + n_chars]
-    outputs = {name: _within_cut(view.stored_tokens(name), low, text, cut.vocab.strings, view.signatures.get(name))
+    text = cut.text  # (the span's characters: span.doc.text would join the whole doc's tokens)
+    outputs = {name: _within_cut(view.stored_tokens(name, low, low + n_chars), low, text, cut.vocab.strings,
+                                 view.signatures.get(name))
                for name in view.outputs}
     data[store_key(n_chars)] = {"primary": view.primary, "outputs": outputs, "conflict": view.conflict,
                                 "clashes": dict(view.clashes), "tensor_set": tensor_from or False}
@@ -333,20 +333,17 @@ def _within_cut(tokens: Dict[str, Any], low: int, text: str, strings: Any, signa
     with its row and clipped, its word the text it keeps (added to the cut's
     `strings`), so that no stored token reaches past the cut."""
     starts, ends, high = tokens["starts"], tokens["ends"], low + len(text)
-    inside = ((starts < high) & (ends > low)) | ((starts == ends) & (starts >= low) & (starts <= high))
-    kept = numpy.flatnonzero(inside)
-    clipped_starts = numpy.clip(starts[kept], low, high) - low
-    clipped_ends = numpy.clip(ends[kept], low, high) - low
+    clipped_starts = numpy.clip(starts, low, high) - low
+    clipped_ends = numpy.clip(ends, low, high) - low
     orths = tokens["orths"]
     if orths is not None:
-        orths = orths[kept].copy()
-        for i in numpy.flatnonzero((starts[kept] < low) | (ends[kept] > high)):
+        orths = orths.copy()
+        for i in numpy.flatnonzero((starts < low) | (ends > high)):
             orths[i] = strings.add(text[clipped_starts[i]:clipped_ends[i]])
-    index = get_array_module(tokens["vectors"]).asarray(kept)
     layers = tokens["layers"]
     return {"starts": clipped_starts, "ends": clipped_ends, "orths": orths,
-            "vectors": read_only(tokens["vectors"][index]),
-            "layers": None if layers is None else read_only(layers[:, index]), "signature": signature}
+            "vectors": read_only(tokens["vectors"]),
+            "layers": None if layers is None else read_only(layers), "signature": signature}
 
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:

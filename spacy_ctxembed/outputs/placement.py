@@ -79,7 +79,7 @@ def stacked(parts: List[Tuple[int, Dict[str, Any]]], *, words: bool = False) -> 
     """The parts' stored tokens as one output: their spans shifted to their
     origins in the doc, their rows and layers, and with `words` their words
     ("orths"; layers and words None where a part has none)."""
-    starts, ends = _placed_spans(parts)
+    starts, ends = placed_spans(parts)
     has_layers = all(p.get("layers") is not None for _, p in parts)
     arrays = [p[key] for _, p in parts for key in (("vectors", "layers") if has_layers else ("vectors",))]
     # Docs joined from the host and from the GPU (Doc.from_docs): all on the host.
@@ -110,12 +110,20 @@ def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[s
     high = int(numpy.searchsorted(starts, n_chars - origin, side="left"))  # past the last with start < n_chars
     if low == 0 and high == len(starts):
         return part
-    kept = {**output, "starts": starts[low:high], "ends": ends[low:high], "vectors": output["vectors"][low:high]}
-    if output.get("orths") is not None:
-        kept["orths"] = numpy.asarray(output["orths"])[low:high]
-    if output.get("layers") is not None:
-        kept["layers"] = output["layers"][:, low:high]
+    kept = rows_of(output, slice(low, high))
     return origin, kept
+
+
+def rows_of(output: Dict[str, Any], index) -> Dict[str, Any]:
+    """An output's stored tokens at `index` (a slice, or host row numbers): spans, words, rows and layers."""
+    rows = index if isinstance(index, slice) else get_array_module(output["vectors"]).asarray(index)
+    kept = {**output, "starts": numpy.asarray(output["starts"])[index], "ends": numpy.asarray(output["ends"])[index],
+            "vectors": output["vectors"][rows]}
+    if output.get("orths") is not None:
+        kept["orths"] = numpy.asarray(output["orths"])[index]
+    if output.get("layers") is not None:
+        kept["layers"] = output["layers"][:, rows]
+    return kept
 
 
 def _same_orths(output: Dict[str, Any], doc: Doc) -> bool:
@@ -267,7 +275,7 @@ def _unplaceable() -> UnplacedOutputs:
     )
 
 
-def _placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+def placed_spans(parts: List[Tuple[int, Dict[str, Any]]]) -> Tuple[numpy.ndarray, numpy.ndarray]:
     """The stored tokens' character spans, each part shifted to its origin in this doc."""
     starts = numpy.concatenate([numpy.asarray(p["starts"], dtype="int64") + origin for origin, p in parts])
     ends = numpy.concatenate([numpy.asarray(p["ends"], dtype="int64") + origin for origin, p in parts])

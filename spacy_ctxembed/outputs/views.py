@@ -19,7 +19,7 @@ from thinc.api import get_array_module
 
 from ..alignment import text_length, token_char_spans
 from ..forksafe import ProcessLocal
-from .placement import Placed, align_output, part_reaches, stacked
+from .placement import Placed, align_output, part_reaches, placed_spans, rows_of, stacked
 from .store import (
     SOURCE_HOOK,
     STORE,
@@ -91,19 +91,24 @@ class View:
         #: Per output: the stored tokens read (`stored_tokens`).
         self.placed = placed or {}
 
-    def stored_tokens(self, name: str) -> Dict[str, Any]:
+    def stored_tokens(self, name: str, low: int = 0, high: Optional[int] = None) -> Dict[str, Any]:
         """The stored tokens of output `name` that this view reads, as embedded
-        (not as the doc's tokens are now): their spans in the doc's characters,
-        rows, layers and words. What a cut of the doc keeps (`span_as_doc`)."""
+        (not as the doc's tokens are now), that lie on characters [low, high)
+        (None: to the end): their spans in the doc's characters, rows, layers
+        and words. What a cut of the doc keeps (`span_as_doc`)."""
         parts, here = self.placed[name]
-        tokens = stacked(parts, words=True)
-        if here is None:
-            return tokens
-        kept = numpy.flatnonzero(here)
-        index = get_array_module(tokens["vectors"]).asarray(kept)
-        return {"starts": tokens["starts"][kept], "ends": tokens["ends"][kept], "vectors": tokens["vectors"][index],
-                "layers": None if tokens["layers"] is None else tokens["layers"][:, index],
-                "orths": None if tokens["orths"] is None else tokens["orths"][kept]}
+        starts, ends = placed_spans(parts)
+        keep = numpy.ones(len(starts), dtype=bool) if here is None else here.copy()
+        if high is not None:
+            keep &= ((starts < high) & (ends > low)) | ((starts == ends) & (starts >= low) & (starts <= high))
+        # Each part's rows are picked before they are joined: a cut of a long doc
+        # copies its own rows only (a loop over its sentences stays linear).
+        picked, at = [], 0
+        for origin, part in parts:
+            n = len(part["starts"])
+            picked.append((origin, rows_of(part, numpy.flatnonzero(keep[at:at + n]))))
+            at += n
+        return stacked(picked, words=True)
 
     def primary_output(self) -> Optional[Dict[str, Any]]:
         if self.conflict:
