@@ -384,4 +384,3 @@ def _totals(manifest: Dict[str, Any]) -> str:
         f"{counted(manifest.get('docs', 0), 'doc')}, {counted(manifest.get('tokens', 0), 'token')}, "
         f"{counted(manifest.get('blank_lines', 0), 'blank line')} skipped ({manifest.get('format')}{shards})"
     )
-

@@ -110,8 +110,7 @@ def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[s
     high = int(numpy.searchsorted(starts, n_chars - origin, side="left"))  # past the last with start < n_chars
     if low == 0 and high == len(starts):
         return part
-    kept = rows_of(output, slice(low, high))
-    return origin, kept
+    return origin, rows_of(output, slice(low, high))
 
 
 def rows_of(output: Dict[str, Any], index) -> Dict[str, Any]:
