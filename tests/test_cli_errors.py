@@ -1,4 +1,6 @@
 """`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -517,10 +519,34 @@ def test_lines_beyond_max_length_are_counted_and_a_line_of_exactly_max_length_is
         inp.close()
 
 
-def test_a_long_message_is_cut_to_400_characters_with_an_ellipsis():
-    """One line of at most MAX_MESSAGE (400) characters, the ellipsis included."""
-    message = short_message(CliError("x" * 1000))
-    assert message == "x" * 397 + "..."
+def test_a_long_foreign_message_is_cut_to_400_characters_and_says_so():
+    """A foreign first line (a tensor, a file listing) is cut to MAX_MESSAGE (400)
+    characters, the note included; the CLI's own lines and the library's tagged ones
+    are never cut: they are long where a user's path is, and their advice comes last
+    (a 90-character path cut "or analyse it with `analyze`" off the CoNLL-U refusal)."""
+    note = "... (cut; --verbose shows all of it)"
+    message = short_message(RuntimeError("x" * 1000))
+    assert message == "RuntimeError: " + "x" * (400 - len("RuntimeError: ") - len(note)) + note
+    assert short_message(CliError("x" * 1000)) == "x" * 1000
+    tagged = "[ctxembed_bert] model = '/" + "d/" * 300 + "': no such folder"
+    assert short_message(ValueError(tagged)) == "ValueError: " + tagged
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        assert report(RuntimeError("x" * 1000), verbose=False) == EXIT_RUNTIME
+    assert stderr.getvalue() == "error: " + message + "\n"  # (the note, not the hint a second time)
+    with contextlib.redirect_stderr(stderr := io.StringIO()):
+        report(CliError("could not build the pipeline: " + message), verbose=False)
+    assert stderr.getvalue().endswith(note + "\n")
+
+
+def test_a_refusal_under_a_deep_folder_keeps_its_advice(tmp_path, no_model):
+    """The whole line, however long the user's path: 400 characters cut this one before
+    its advice (`analyze`), at a 90-character path."""
+    deep = tmp_path.joinpath(*["a-folder-of-the-corpus"] * 12)
+    deep.mkdir(parents=True)
+    (deep / "dev.conllu").write_bytes(b"# text = The cat sat.\n1\tThe\tthe\tDET\n")
+    line = _one_error(invoke("embed", deep / "dev.conllu", "-o", tmp_path / "out"))
+    assert len(line) > 600 and line.endswith("or analyse it with `analyze`, which reads CoNLL-U"), line
 
 
 def test_config_validation_errors_show_three_and_count_the_rest():

@@ -23,6 +23,8 @@ EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 EXIT_INTERRUPTED = 130
 MAX_MESSAGE = 400
+#: How a foreign message cut to MAX_MESSAGE ends: what was cut is in the traceback.
+CUT = "... (cut; --verbose shows all of it)"
 #: "[ctxembed_bert] pooling = ...", "[E050] Can't find model ...": not "[Errno 28] ..."
 TAGGED = re.compile(r"\[[A-Za-z_][\w.\-]*\]")
 
@@ -62,9 +64,17 @@ def short_message(exc: BaseException) -> str:
         message = _described(exc) or (lines[0] if lines else "")
         if not isinstance(exc, CliError):
             message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if len(message) > MAX_MESSAGE:
-        message = message[: MAX_MESSAGE - 3] + "..."
+    # Only foreign text is cut (a library's first line can be a whole tensor or file
+    # listing). The CLI's own lines and the library's tagged ones are written to be
+    # read whole: they are long only where a user's path is, and their advice comes last.
+    if len(message) > MAX_MESSAGE and not _own(exc):
+        message = message[: MAX_MESSAGE - len(CUT)] + CUT
     return message
+
+
+def _own(exc: BaseException) -> bool:
+    """A message written for the user: the CLI's, or tagged ``[component]``/``[E050]``."""
+    return isinstance(exc, CliError) or bool(TAGGED.match(str(exc).lstrip()))
 
 
 def _described(exc: BaseException) -> Optional[str]:
@@ -99,7 +109,8 @@ def report(exc: BaseException, verbose: bool) -> int:
         message = "interrupted"
     else:
         message = short_message(exc)
-    hint = "" if verbose or isinstance(exc, (CliError, KeyboardInterrupt)) else " (--verbose shows the traceback)"
+    told = verbose or isinstance(exc, (CliError, KeyboardInterrupt)) or message.endswith(CUT)
+    hint = "" if told else " (--verbose shows the traceback)"
     typer.echo(f"error: {message}{hint}", err=True)
     return code
 

@@ -41,4 +41,4 @@ def require_gpu(gpu_id: int) -> None:
     try:
         spacy.require_gpu(gpu_id)
     except Exception as e:  # noqa: BLE001 - no CuPy, no such device, no CUDA
-        raise UsageError(f"--gpu-id {gpu_id}: {short_message(e)}") from None
+        raise UsageError(f"--gpu-id {gpu_id}: {short_message(e)}") from e
