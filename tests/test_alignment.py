@@ -3,7 +3,7 @@ import spacy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spacy_ctxembed.alignment import PieceAlignment, align_pieces, partly_uncovered, token_char_spans
+from spacy_ctxembed.alignment import PieceAlignment, align_pieces, partly_uncovered, text_length, token_char_spans
 
 from .reference import token_pieces
 
@@ -121,3 +121,52 @@ def test_a_piece_of_no_characters_inside_a_token_feeds_nothing():
     alignment = align_pieces(starts, ends, [0], [9])
     expected = [(0, p) for p, (ps, pe) in enumerate(zip(starts, ends)) if pe > ps and 0 < pe and ps < 9]
     assert list(zip(alignment.token_index.tolist(), alignment.piece_index.tolist())) == expected == [(0, 0), (0, 2)]
+
+
+def test_from_lengths_sorts_each_tokens_pieces():
+    """A ragged token -> pieces table need not list a token's pieces in order;
+    the pairs must come out sorted by token, then piece, as `PieceAlignment`
+    promises (first/last pooling reads a token's first and last piece off its
+    run). Every test built its table in order, so dropping the sort passed:
+    "first" pooling then took piece 3 for token 0, not piece 1."""
+    alignment = PieceAlignment.from_lengths(numpy.array([3, 1, 2, 0]), numpy.array([2, 0, 2]), n_pieces=4)
+    pairs = list(zip(alignment.token_index.tolist(), alignment.piece_index.tolist()))
+    assert pairs == sorted([(0, 3), (0, 1), (2, 2), (2, 0)]) == [(0, 1), (0, 3), (2, 0), (2, 2)]
+    assert (alignment.n_tokens, alignment.n_pieces) == (3, 4)
+
+
+def test_pairs_come_sorted_by_token_then_piece_for_any_piece_spans():
+    """Against a brute-force reading of the overlap rule, in the promised order
+    (by token, then piece: pooling and `doc_alignment` read a token's pieces as
+    one run). Pieces here come in any order and may share a span, as a
+    byte-level BPE's pieces of one multi-byte character do. The other tests
+    compared the pairs as a set, or on pieces in text order where either sort
+    key gives the same list, so sorting by piece first passed: two pieces with
+    one span across two tokens came out (t0, p0), (t1, p0), (t0, p1), (t1, p1)."""
+    rng = numpy.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(1, 25))
+        cuts = numpy.sort(rng.choice(numpy.arange(1, n + 1), size=int(rng.integers(1, n + 1)), replace=False))
+        bounds = numpy.r_[0, cuts]
+        tokens = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if rng.random() < 0.8]
+        pieces = [tuple(sorted(int(x) for x in rng.integers(0, n + 1, size=2))) for _ in range(int(rng.integers(0, 8)))]
+        pieces += pieces[:2]  # pieces that share a span
+        rng.shuffle(pieces)
+        expected = sorted((t, p) for t, (ts, te) in enumerate(tokens) for p, (ps, pe) in enumerate(pieces)
+                          if ps < pe and ts < pe and ps < te)
+        alignment = align_pieces([s for s, _ in pieces], [e for _, e in pieces],
+                                 [s for s, _ in tokens], [e for _, e in tokens])
+        assert list(zip(alignment.token_index.tolist(), alignment.piece_index.tolist())) == expected, (tokens, pieces)
+        assert (alignment.n_tokens, alignment.n_pieces) == (len(tokens), len(pieces))
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=TEXTS)
+def test_text_length_is_the_length_of_the_docs_text(text):
+    """`text_length` reads the length off the last token, trailing whitespace
+    included ("New York " is 9 characters): placement drops stored tokens at
+    or past it. No test read it on its own, so counting the last token's text
+    without its trailing space passed."""
+    doc = NLP(text)
+    assert text_length(doc) == len(doc.text) == len(text)
+    assert text_length(NLP.make_doc("New York ")) == 9

@@ -181,3 +181,16 @@ def test_a_combiner_initialised_on_a_sample_takes_its_dims_from_it(combiner, wid
     assert (model.get_dim("nL"), model.get_dim("nI"), model.get_dim("nO")) == (2, 8, width)
     Y = model.predict([numpy.ones((2, 3, 8), dtype="f")])
     assert Y[0].shape == (3, width)
+
+
+def test_scalar_mix_initialised_on_a_sample_takes_its_layer_count_over_the_one_it_was_given():
+    """`ScalarMix(n_layers=2)` initialised on a sample of 3 layers mixes 3: the
+    layers the mix is trained on decide (its docstring). The tests initialised
+    a mix without a count, or with the sample's own, so `init` leaving a given
+    count in place (as `dims_from_sample` does) passed: `s` then had 2 weights
+    for 3 layers, and the mix could not be computed."""
+    x = numpy.random.default_rng(6).normal(size=(3, 5, 4)).astype("float32")
+    mix = ScalarMix(n_layers=2)
+    mix.initialize(X=[x])
+    assert mix.get_dim("nL") == 3 and mix.get_param("s").shape == (3,)
+    numpy.testing.assert_allclose(mix.predict([x])[0], x.astype("f8").mean(axis=0), rtol=1e-5, atol=1e-7)

@@ -72,3 +72,41 @@ def test_pooling_equals_a_loop(pieces_per_token, mode):
     pooled = pool_pieces(torch.from_numpy(states), alignment, mode).numpy()
     expected = _loop_reference(states, alignment.token_index, alignment.piece_index, len(pieces_per_token), mode)
     numpy.testing.assert_allclose(pooled, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_pooling_with_tokens_of_no_piece_at_the_end(mode):
+    """Tokens past the last covered one (a doc, or the last doc of a run, that
+    ends in whitespace tokens) get zeros, and the others their pooled states.
+    Every test's last token had a piece, so mean pooling's counts could leave
+    out `minlength=n_tokens`: they then stopped at the last covered token,
+    and dividing the (n_tokens, ...) sums by them failed to broadcast."""
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1, 1, 2, 3]), numpy.array([2, 1, 0, 2, 0, 0]), n_pieces=4)
+    pooled = pool_pieces(torch.from_numpy(STATES), alignment, mode).numpy()
+    expected = _loop_reference(STATES, alignment.token_index, alignment.piece_index, 6, mode)
+    numpy.testing.assert_allclose(pooled, expected, atol=1e-6)
+    assert not pooled[:, 4:].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_pooling_keeps_the_states_dtype(mode, dtype):
+    """Half-precision states pool to half-precision tokens (what the model ran
+    in), close to the float64 loop. The tests pooled float32 states only, so
+    an output allocated as float32 whatever the states were passed."""
+    states = torch.from_numpy(STATES).to(dtype)
+    pooled = pool_pieces(states, ALIGNMENT, mode)
+    assert pooled.dtype == dtype
+    expected = _loop_reference(states.double().numpy(), ALIGNMENT.token_index, ALIGNMENT.piece_index, 4, mode)
+    numpy.testing.assert_allclose(pooled.double().numpy(), expected, rtol=1e-2)
+
+
+def test_mean_of_a_token_of_more_than_2048_pieces_divides_by_its_count():
+    """A token of thousands of pieces (a long run of symbols, a URL) divides by
+    its piece count exactly: 2049 pieces of 1.0 average to 1.0. Only counts of
+    1 and 2 were tested, so dividing float32 states by float16 counts (2049
+    rounds to 2048) passed."""
+    n = 2049
+    states = torch.ones((n, 1, 2))
+    alignment = PieceAlignment.from_lengths(numpy.arange(n), numpy.array([n]), n_pieces=n)
+    assert pool_pieces(states, alignment, "mean").flatten().tolist() == [1.0, 1.0]

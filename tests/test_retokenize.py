@@ -277,6 +277,22 @@ def test_from_docs_and_copy(nlp):
     _check(copied, befores[0], "emb")
 
 
+def test_docs_joined_without_a_space_keep_their_rows(nlp):
+    """`Doc.from_docs(docs, ensure_whitespace=False)` lays the docs' texts end
+    to end: the first doc's last token ends where the second's first begins.
+    Parts that only touch are apart, each keeping its own rows; only the
+    default join (a space between) was tested, so taking parts that touch for
+    parts that overlap passed, and the join raised UnplacedOutputs."""
+    docs = [nlp("New York is big"), nlp("Paris is not")]
+    befores = [_by_offsets(d, "emb") for d in docs]
+    joined = restore_vectors(Doc.from_docs(docs, ensure_whitespace=False))
+    offset = len(docs[0].text)
+    assert joined.text == "New York is bigParis is not"
+    for token in joined:
+        before, shift = (befores[0], 0) if token.i < len(docs[0]) else (befores[1], offset)
+        numpy.testing.assert_array_equal(token.vector, before[(token.idx - shift, token.idx - shift + len(token))][0])
+
+
 def test_doc_vector_norm_follows_retokenization(nlp):
     """spaCy caches a doc's norm on first use; it must follow the tokens."""
     doc = nlp(TEXT)

@@ -134,3 +134,19 @@ def test_a_cut_between_two_allowed_cuts_equally_far_from_the_middle():
     may_cut[[0, 6, 10]] = True
     windows = plan_windows(15, 10, 5, may_cut)
     assert [(w.own_start, w.own_end) for w in windows] == [(0, 6), (6, 15)]
+
+
+def test_a_token_longer_than_every_overlap_is_cut_where_the_context_is_most():
+    """Where no cut in an overlap keeps a token whole (one token of 1000
+    pieces: a long run of symbols), the cut stays at the middle of the overlap,
+    each piece owned by the window where it has the most context, as without a
+    mask. The tests with a mask skipped overlaps that allow no cut, so cutting
+    at the overlap's start instead passed: pieces at the left edge of a window
+    then had no context on their left."""
+    may_cut = numpy.zeros(1000, dtype=bool)
+    may_cut[0] = True
+    windows = plan_windows(1000, 200, 100, may_cut)
+    for p in range(1000):
+        owner = next(w for w in windows if w.own_start <= p < w.own_end)
+        best = max(min(p - w.start, w.end - 1 - p) for w in windows if w.start <= p < w.end)
+        assert min(p - owner.start, owner.end - 1 - p) == best, p
