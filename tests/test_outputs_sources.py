@@ -317,6 +317,48 @@ def test_an_output_that_covers_part_of_a_joined_doc_says_which_tokens_it_misses(
     numpy.testing.assert_array_equal(outputs["more"]["vectors"][: len(first)], first._.ctx_outputs["more"]["vectors"])
 
 
+def test_another_output_written_on_a_joined_doc_keeps_which_tokens_an_output_misses(vocab, tiny_bert_dir):
+    """Writing one more output on a joined doc gathers its outputs, as read,
+    into one store: an output that covers only the first part ("more") must
+    keep the rows of the tokens it covers and stay missing on the others.
+    Kept the other way round, it held the zero rows of the second part's
+    tokens, and the first part's own rows were lost."""
+    both = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])),
+                     ("ctxembed_bert", "more", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    only = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    extra = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "extra", _bert(tiny_bert_dir, layers=[1],
+                                                                             primary=False)))
+    first, second = both(TEXT), only(OTHER)
+    joined = extra.get_pipe("extra")(Doc.from_docs([first, second]))
+    outputs = joined._.ctx_outputs
+    assert sorted(outputs) == ["emb", "extra", "more"]
+    assert outputs["more"]["missing"].tolist() == [False] * len(first) + [True] * len(second)
+    numpy.testing.assert_array_equal(outputs["more"]["vectors"][: len(first)], first._.ctx_outputs["more"]["vectors"])
+    numpy.testing.assert_array_equal(outputs["emb"]["vectors"],
+                                     numpy.concatenate([first._.ctx_vectors, second._.ctx_vectors]))
+    numpy.testing.assert_array_equal(outputs["extra"]["vectors"], extra(joined.text)._.ctx_outputs["extra"]["vectors"])
+
+
+def test_another_output_written_on_a_cut_with_its_user_data_keeps_only_the_cuts_own_tokens(vocab, tiny_bert_dir,
+                                                                                              last_layer):
+    """`span.as_doc(copy_user_data=True)` from a doc's first token keeps the
+    source's store at a key that starts where the cut does (0) but ends where
+    the source does. One more output written on the cut gathers what the cut
+    reads into a store of its own tokens; taken as the cut's whole-doc store
+    (by its start alone), the source's store was kept whole, its "Pears are
+    fruit ." then lay in place on a doc joined after the cut, and the join was
+    refused as "cannot be told" though every token has its own rows."""
+    more = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "more", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    source = last_layer("Apple is great . Pears are fruit .")
+    cut = more.get_pipe("more")(source[0:4].as_doc(copy_user_data=True))  # "Apple is great . "
+    other = last_layer("Pears are fruit .")
+    joined = restore_vectors(Doc.from_docs([cut, other]))
+    numpy.testing.assert_array_equal(joined._.ctx_vectors,
+                                     numpy.concatenate([source._.ctx_vectors[:4], other._.ctx_vectors]))
+    numpy.testing.assert_array_equal(joined._.ctx_outputs["more"]["vectors"][:4],
+                                     more(cut.text)._.ctx_outputs["more"]["vectors"])  # (made on the cut's text)
+
+
 def test_a_cut_of_a_joined_doc_keeps_the_layers_its_own_part_stored(vocab, tiny_bert_dir):
     """Joined from a doc with stored layers and one without, the doc has no
     layers (not every token has them); but a cut of the first part alone has
@@ -620,6 +662,59 @@ def test_a_cut_of_a_joined_doc_never_lends_a_carried_word_to_a_part_without_outp
     assert joined.text == "a b. b abb a\n"
     with pytest.raises(MissingOutputs, match="cannot be told"):
         restore_vectors(joined)
+
+
+def test_a_cut_whose_sources_token_crosses_the_joined_docs_start_never_lends_it_to_a_part_without_outputs(
+        last_layer):
+    """A cut with its user data carries its source's tokens before the cut:
+    joined after a doc without outputs ("Hi"), the source's "wonderful" lies
+    across the joined doc's first character, over "Hi". Its text there ("ul")
+    is not the doc's ("Hi"), so it is not placed and "Hi" has no output. Were
+    a token across the doc's edge placed whatever its text, "Hi" would read
+    "wonderful"'s row with no error."""
+    nlp = last_layer
+    source = nlp("Hello wonderful world today.")
+    cut = source[2:].as_doc(copy_user_data=True)  # "world today."
+    joined = Doc.from_docs([nlp.make_doc("Hi"), cut], exclude=["tensor"])
+    assert joined.text == "Hi world today."
+    with pytest.raises(MissingOutputs, match=r"1 of its 4 tokens \(from token 0: 'Hi'\)"):
+        restore_vectors(joined)
+
+
+def test_a_cut_beside_a_part_without_outputs_where_another_cut_shows_only_off_the_doc_is_an_error(last_layer):
+    """A cut ("Cats sleep ") of a joined doc carries the stores of all of its
+    parts: "Before this." (lying wholly before the cut, off the doc), its own
+    part's (a cut itself, whose source's "a lot" lie past it, out of place) and
+    "Dogs bark ." (past the cut). Joined with "Dogs bark ." that never went
+    through the component, the carried store lands in place on it. With the
+    cut off the doc, two cuts made this doc, and a part in place may be one of
+    theirs: an error. Counting only the cuts on the doc (one), the part without
+    outputs read the carried rows with no error."""
+    nlp = last_layer
+    before, dogs = nlp("Before this."), nlp("Dogs bark .")
+    inner = Doc.from_docs([before, nlp("Cats sleep a lot")[0:2].as_doc(copy_user_data=True), dogs])
+    assert inner.text == "Before this. Cats sleep Dogs bark ."
+    cut = inner[3:5].as_doc(copy_user_data=True)  # "Cats sleep "
+    joined = Doc.from_docs([cut, nlp.make_doc("Dogs bark .")], exclude=["tensor"])
+    assert joined.text == "Cats sleep Dogs bark ."
+    with pytest.raises(MissingOutputs, match="cannot be told"):
+        restore_vectors(joined)
+
+
+def test_a_cut_of_docs_joined_flush_leaves_out_the_store_that_ends_where_it_begins(last_layer, first_layer):
+    """Joined without a space (`ensure_whitespace=False`), "Hello" ends on the
+    character where "world" begins; a cut from "world" on, with its user data,
+    carries the store of "Hello" ending exactly at its first character: it
+    lies wholly off the cut. Taken as reaching the cut, that store (of another
+    model) was joined with the cut's own, and the cut was refused as mixing
+    two models, though every token of it has its own model's row."""
+    hello, world = first_layer("Hello"), last_layer("world is here.")
+    joined = Doc.from_docs([hello, world], ensure_whitespace=False)
+    assert joined.text == "Helloworld is here."
+    cut = joined[1:].as_doc(copy_user_data=True)
+    assert len(_store_keys(cut)) == 2
+    restore_vectors(cut)
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, world._.ctx_vectors)
 
 
 def test_one_model_named_two_ways_is_one_model(vocab, tiny_bert_dir, minilm_dir, last_layer, tmp_path):

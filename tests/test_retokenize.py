@@ -262,6 +262,37 @@ def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
     numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
 
 
+def test_a_plain_cut_whose_text_overlaps_itself_in_its_source_is_the_same_error(nlp):
+    """ "la la" is in "la la la" twice, the second time overlapping the first
+    (at characters 0 and 3). A search for the next place past the end of the
+    last one found it once, and the cut silently read the rows of tokens 0-1,
+    not its own 1-2."""
+    doc = nlp("la la la")
+    sub = doc[1:3].as_doc()
+    assert sub.text == "la la"
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] .*its text \('la la'\) occurs more than once"):
+        _ = sub[0].vector
+
+
+def test_a_token_read_before_a_merge_and_a_split_that_keep_the_token_count_reads_the_merge(nlp):
+    """One retokenize that merges two tokens and splits another leaves as many
+    tokens, and the first token's start where it was: a view memoised by the
+    read before, checked only by its tokens' starts, was taken as still valid
+    and "Apple Inc." read the row of "Apple" alone."""
+    doc = nlp("Apple Inc. is buying NewYork startups.")
+    before = _by_offsets(doc, "emb")
+    _ = doc[0].vector  # (memoises the view of the doc as it is now)
+    n_tokens = len(doc)
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])  # Apple Inc.
+        retokenizer.split(doc[4], ["New", "York"], heads=[(doc[4], 1), doc[3]])
+    assert len(doc) == n_tokens and doc[0].text == "Apple Inc." and doc[0].idx == 0
+    expected = numpy.mean([numpy.asarray(before[span][0], dtype="float64") for span in ((0, 5), (6, 10))], axis=0)
+    numpy.testing.assert_allclose(doc[0].vector, expected, rtol=1e-6, atol=1e-6)
+    numpy.testing.assert_array_equal(doc[3].vector, before[(21, 28)][0])  # "New": the row of "NewYork"
+    _check(doc, before, "emb")
+
+
 def test_from_docs_and_copy(nlp):
     docs = [nlp(TEXT), nlp("Another one ran .")]
     befores = [_by_offsets(d, "emb") for d in docs]
