@@ -457,6 +457,25 @@ def test_resume_refuses_an_interrupted_run_of_another_input(tmp_path, corpus, pi
     assert [text for _, text, _ in read_output(tmp_path / "out")] == ["Changed text."]
 
 
+
+def test_resume_refuses_an_interrupted_run_of_another_layout_version(tmp_path, corpus, pipeline, monkeypatch):
+    """A partial run whose run.json records another layout_version (written
+    by another spacy-ctxembed, whose shards and ledger are laid out
+    otherwise) but the same settings: --resume, held to the settings alone,
+    appended this version's shards to it, and the output mixed two layouts
+    under one manifest."""
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2").exit_code == 130
+    run_json = output_module.partial_path(tmp_path / "out") / output_module.RUN
+    record = json.loads(run_json.read_text(encoding="utf8"))
+    record["layout_version"] += 1
+    run_json.write_text(json.dumps(record), encoding="utf8")
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, "-s", "2", "--resume")
+    assert result.exit_code == 2
+    assert "was started with other settings" in last_line(result.stderr)
+    assert not (tmp_path / "out").exists()
+
 def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipeline, tiny_bert_dir, monkeypatch):
     """The model is checksummed: the same --model path holding another pipeline is another
     run (its vectors would be mixed with the first model's)."""
@@ -980,6 +999,45 @@ def test_resume_redoes_a_shard_whose_docs_file_was_cut_behind_its_ledger_line(tm
     assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
     assert b"\0" not in (tmp_path / "out" / "docs.jsonl").read_bytes()
 
+
+
+def test_resume_redoes_a_shard_whose_vectors_file_was_cut_behind_its_ledger_line(tmp_path, corpus, pipeline,
+                                                                                 monkeypatch):
+    """The ledger says shard 0 is committed, but vectors.npy lost the end of
+    its rows (a disk that did not keep it): held to docs.jsonl alone, the
+    shard was kept, and the resumed run wrote the next rows where the cut
+    left off, under shard 0's docs. The shard is not intact and is redone."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "npy", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    vectors = tmp_path / ".out.partial" / "vectors.npy"
+    vectors.write_bytes(vectors.read_bytes()[:output_module.NPY_HEADER_SIZE + 8])
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "2 docs kept" not in resumed.stderr
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+
+
+def test_resume_redoes_a_docbin_shard_of_another_size_than_its_ledger_line(tmp_path, corpus, pipeline, monkeypatch):
+    """A docbin shard file longer than its ledger line says (bytes appended
+    after it was committed): not the file that was committed. Held to "at
+    least as long", it was kept and its manifest recorded the ledger's size,
+    so the finished output read as damaged at once. It is redone."""
+    args = ["embed", corpus, "-m", pipeline, "-f", "docbin", "-s", "2"]
+    assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
+    with monkeypatch.context() as patch:
+        _interrupt_at_second_commit(patch, KeyboardInterrupt())
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    first = tmp_path / ".out.partial" / "shard-000000.spacy"
+    first.write_bytes(first.read_bytes() + b"\0" * 16)
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "2 docs kept" not in resumed.stderr
+    assert_same_docs(read_output(tmp_path / "out"), read_output(tmp_path / "ref"))
+    again = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert "is damaged" not in again.stderr
 
 def _interrupt_after_commits(monkeypatch, n, *, in_commit=False):
     """KeyboardInterrupt once `n` shards are committed: at the next commit (its

@@ -28,6 +28,7 @@ from spacy_ctxembed.distributed.shards import (  # noqa: E402
     committed,
     docs_from_table,
     read_docs,
+    run_digest,
     shard_name,
     write_shard,
 )
@@ -592,6 +593,58 @@ def test_a_shard_file_of_another_plan_with_the_same_first_row_is_not_committed(t
     assert replanned[0].first_id == shards[0].first_id and replanned[0].n_rows != shards[0].n_rows
     assert committed(out, replanned) == {}
 
+
+
+def test_a_shard_of_a_run_with_another_model_and_the_same_settings_is_not_this_runs(tmp_path):
+    """The run digest each shard records covers the model's identity: an actor
+    of a run started over (--overwrite) with another model, the input and
+    every other setting the same, that outlived its driver and committed a
+    shard afterwards, had it taken for this run's (another model's vectors
+    among this one's, silently)."""
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb\nc\nd\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 2)
+    out = tmp_path / "shards"
+    out.mkdir()
+    identity = {"inputs": [{"path": str(path)}], "text_key": "text", "shard_size": 2, "dtype": "float32",
+                "model": {"name": "/models/a", "sha256": "a" * 64, "ctxembed": "1"}, "config_sha256": None}
+    other = {**identity, "model": {"name": "/models/a", "sha256": "b" * 64, "ctxembed": "1"}}
+    for shard in shards:
+        rows, rejected = read_shard(shard)
+        table, _ = _table_for(_docs([t for _, t in rows]), [i for i, _ in rows], seed=shard.index)
+        write_shard(out, shard, table, rejected, {"component": "x", "run": run_digest(identity)})
+    assert set(committed(out, shards, run=run_digest(identity))) == {0, 1}
+    assert check_complete(out, shards, run=run_digest(identity))[0] == 4
+    assert committed(out, shards, run=run_digest(other)) == {}
+    with pytest.raises(ShardMismatch, match=r"shard 0 \(part-000000\.parquet\) was written by another run"):
+        check_complete(out, shards, run=run_digest(other))
+
+
+def test_a_table_of_vectors_of_different_widths_is_refused_not_read_as_other_rows(tmp_path):
+    """A table (a DataFrame put together by hand) whose tokens' vectors are 2,
+    1 and 3 wide: 6 values read as 3 rows of 2 fit, and the doc came back
+    with its tokens given each other's values, silently."""
+    vectors = [[[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]]]
+    table = pa.table({"doc_id": [0], "text": ["a b c"], "tokens": [["a", "b", "c"]], "idx": [[0, 2, 4]],
+                      "vectors": vectors})
+    with pytest.raises(ValueError, match=r"vectors of different widths in one table: \[1, 2, 3\]"):
+        list(docs_from_table(table, spacy.blank("en").vocab))
+    same = pa.table({"doc_id": [0], "text": ["a b c"], "tokens": [["a", "b", "c"]], "idx": [[0, 2, 4]],
+                     "vectors": [[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]})
+    doc = next(docs_from_table(same, spacy.blank("en").vocab))
+    numpy.testing.assert_array_equal(doc._.ctx_vectors, [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+
+
+def test_float16_keeps_an_inf_the_vectors_already_hold():
+    """Only values float16 would turn into inf are refused: an inf already in
+    the float32 vectors stays inf, as with float32 (the refusal named it as a
+    value "beyond float16's range")."""
+    docs = _docs(["a b c", "d e"])
+    vectors = [numpy.zeros((3, 5), numpy.float32), numpy.zeros((2, 5), numpy.float32)]
+    vectors[1][0, 2] = numpy.inf
+    args = ([7, 8], [d.text for d in docs], [[t.text for t in d] for d in docs],
+            [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
+    assert build_table(*args, vectors, dtype="float16").column("vectors").to_pylist()[1][0][2] == numpy.inf
 
 def test_a_doc_whose_vectors_are_of_another_width_is_refused():
     docs = _docs(["a b c", "d e"])

@@ -296,6 +296,48 @@ def test_v2_tagger_sourced_next_to_another_model_or_pooling_of_the_same_shapes(
     assert _tags(_sourced(tiny_bert_dir, again)) == tags
 
 
+
+def test_v2_tagger_sourced_next_to_elmo_of_the_same_weights_and_other_options(tmp_path):
+    """ELMo's options (activation, clipping, skip connections) shape every
+    vector without changing a weight: a tagger trained on one options file,
+    sourced next to a new ctxembed_elmo of the same weight file and another
+    activation, passed the weights' check (the same frozen weights) and the
+    shapes', and tagged another model's features silently. The same options,
+    in another file, are the same features, and are used."""
+    import copy as copy_module
+    import json
+
+    from .elmo_fixture import SMALL, write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    tanh = copy_module.deepcopy(SMALL)
+    tanh["char_cnn"]["activation"] = "tanh"
+    (tmp_path / "tanh.json").write_text(json.dumps(tanh))
+    (tmp_path / "same.json").write_text(json.dumps(json.loads(options.read_text())))
+
+    def elmo(options_file, tagger=None):
+        spacy.util.fix_random_seed(0)
+        nlp = spacy.blank("en")
+        nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options_file), weight_file=str(weights),
+                                                        combine="concat"))
+        if tagger is not None:
+            nlp.add_pipe("tagger", source=tagger)
+            return nlp
+        nlp.add_pipe("tagger", config=_tagger_config(upstream="ctxembed_elmo"))
+        nlp.initialize(lambda: _examples(nlp))
+        return nlp
+
+    trained = elmo(options)
+    optimizer = trained.resume_training()
+    for _ in range(3):
+        trained.update(_examples(trained), sgd=optimizer, exclude=["ctxembed_elmo"], annotates=["ctxembed_elmo"])
+    tags = _tags(trained)
+    assert _tags(elmo(tmp_path / "same.json", tagger=trained)) == tags
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_elmo': its weights "
+                                         r"were trained on ELMo options \S+, and its upstream 'ctxembed_elmo' now "
+                                         r"gives ELMo options \S+\. Give 'ctxembed_elmo' the settings"):
+        elmo(tmp_path / "tanh.json", tagger=trained)(TEXT)
+
 def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_bert_dir, other_bert_dir, tmp_path):
     """replace_listeners gave a head trained on one upstream a copy of
     another's embedder, or of other layers, unchecked: the tagger tagged from

@@ -116,6 +116,25 @@ def test_check_saved_combiner_refuses_another_combiner_or_layer_count():
         sv.check_saved_combiner("c", mix, [{"name": "scalar_mix", "dims": {"nL": 2}}], "src")
 
 
+
+def test_check_saved_combiner_refuses_another_inner_layer_under_the_same_outer_name():
+    """A combiner of several nodes (a registered one wrapping a mix) whose
+    config.cfg was edited to build another inner layer keeps its outer name:
+    compared on the outer node alone, the edit loaded the saved weights into
+    the other inner layer silently (thinc renames each node to its saved
+    name). Every node's name is compared, and both lists are named."""
+    def wrapper(inner):
+        return Model("my_combiner", lambda m, X, is_train: (X, None), layers=[inner])
+
+    mix = wrapper(_mix(n_layers=3))
+    sv.check_saved_combiner("c", mix, [{"name": "my_combiner", "dims": {}}, {"name": "scalar_mix", "dims": {}}],
+                            "src")
+    with pytest.raises(SettingError, match=r"^\[c\] combiner = 'src': it was saved as \['my_combiner', "
+                                           r"'mean_layers'\], but the config's \[model\.combiner\] is "
+                                           r"\['my_combiner', 'scalar_mix'\]"):
+        sv.check_saved_combiner("c", mix, [{"name": "my_combiner", "dims": {}}, {"name": "mean_layers", "dims": {}}],
+                                "src")
+
 # --- saved_dim / is_v1_bytes / load_failure -----------------------------------------
 def test_saved_dim_reads_integer_dims_only():
     """A node's dim is an int (not a bool), else None."""

@@ -416,6 +416,28 @@ def test_a_model_folder_swapped_for_another_models_is_refused(saved, minilm_dir,
         spacy.load(path)
 
 
+
+def test_a_model_folder_whose_biases_alone_were_trained_is_refused(saved, tmp_path):
+    """A model folder put back with the same weight matrices but other biases
+    and norms (a bias-only fine-tune, such as BitFit, saved over it) computes
+    other vectors under the mix trained on the saved one: the fingerprint
+    samples every floating-point tensor, the 1-d ones too, and refuses it."""
+    import torch
+    from transformers import AutoModel
+
+    path = tmp_path / "biases"
+    shutil.copytree(saved["scalar_mix"][0], path)
+    model_dir = path / NAME / "model"
+    model = AutoModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        for tensor in model.parameters():
+            if tensor.dim() == 1:
+                tensor.add_(0.5)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = '.*model': it holds other weights than this "
+                                           r"pipeline was saved with"):
+        spacy.load(path)
+
 def _saved_elmo(tmp_path):
     """An ELMo pipeline ("elmo_a", a scalar mix over its 3 layers) on fixture files, saved to tmp_path/saved;
     (nlp, options path, weights path)."""
