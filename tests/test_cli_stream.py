@@ -457,7 +457,6 @@ def test_resume_refuses_an_interrupted_run_of_another_input(tmp_path, corpus, pi
     assert [text for _, text, _ in read_output(tmp_path / "out")] == ["Changed text."]
 
 
-
 def test_resume_refuses_an_interrupted_run_of_another_layout_version(tmp_path, corpus, pipeline, monkeypatch):
     """A partial run whose run.json records another layout_version (written
     by another spacy-ctxembed, whose shards and ledger are laid out
@@ -475,6 +474,7 @@ def test_resume_refuses_an_interrupted_run_of_another_layout_version(tmp_path, c
     assert result.exit_code == 2
     assert "was started with other settings" in last_line(result.stderr)
     assert not (tmp_path / "out").exists()
+
 
 def test_resume_refuses_another_model_at_the_same_path(tmp_path, corpus, pipeline, tiny_bert_dir, monkeypatch):
     """The model is checksummed: the same --model path holding another pipeline is another
@@ -1010,6 +1010,7 @@ def test_resume_redoes_a_shard_that_does_not_match_its_ledger_line(tmp_path, cor
         assert b"\0" not in (tmp_path / "out" / "docs.jsonl").read_bytes()
     again = invoke(*args, "-o", tmp_path / "out", "--resume")
     assert again.exit_code == 0 and "is damaged" not in again.stderr, again.stderr
+
 
 def _interrupt_after_commits(monkeypatch, n, *, in_commit=False):
     """KeyboardInterrupt once `n` shards are committed: at the next commit (its

@@ -594,7 +594,6 @@ def test_a_shard_file_of_another_plan_with_the_same_first_row_is_not_committed(t
     assert committed(out, replanned) == {}
 
 
-
 def test_a_shard_of_a_run_with_another_model_and_the_same_settings_is_not_this_runs(tmp_path):
     """The run digest each shard records covers the model's identity: an actor
     of a run started over (--overwrite) with another model, the input and
@@ -645,6 +644,7 @@ def test_float16_keeps_an_inf_the_vectors_already_hold():
     args = ([7, 8], [d.text for d in docs], [[t.text for t in d] for d in docs],
             [numpy.array([t.idx for t in d], numpy.int32) for d in docs])
     assert build_table(*args, vectors, dtype="float16").column("vectors").to_pylist()[1][0][2] == numpy.inf
+
 
 def test_a_doc_whose_vectors_are_of_another_width_is_refused():
     docs = _docs(["a b c", "d e"])

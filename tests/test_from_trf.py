@@ -155,7 +155,6 @@ def test_tokens_cut_off_by_the_transformer_are_said_and_vectors_are_float32(tiny
     assert nlp.get_pipe("ctxembed_from_trf")(short)._.ctx_vectors.dtype == numpy.float32
 
 
-
 @pytest.mark.parametrize("pooling", ["last", "mean", "first"])
 def test_a_token_cut_at_the_models_length_gets_no_vector_and_is_said(tiny_bert_dir, pooling):
     """spacy-transformers cuts a long span inside a token: that token kept its
@@ -379,6 +378,7 @@ def test_a_tokenizer_without_a_closing_token_keeps_every_vector_of_uncut_spans(t
         states = trf.model_output.last_hidden_state.reshape(-1, trf.model_output.last_hidden_state.shape[-1])
         pieces = numpy.split(numpy.asarray(trf.align.dataXd).ravel(), numpy.cumsum(trf.align.lengths)[:-1])
         numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack([states[p.max()] for p in pieces]), atol=1e-6)
+
 
 def _no_spans_for(prefix: str):
     """A span getter that gives the docs starting with `prefix` no span (and every other doc one)."""

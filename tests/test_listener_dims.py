@@ -105,7 +105,6 @@ def _v1_head():
         width=16, n_layers=2, upstream_width=32)
 
 
-
 def test_v1_head_gives_zeros_only_for_its_sample_docs():
     install_extensions()  # as any ctxembed component does: docs without outputs read None
     model = _v1_head()
@@ -296,7 +295,6 @@ def test_v2_tagger_sourced_next_to_another_model_or_pooling_of_the_same_shapes(
     assert _tags(_sourced(tiny_bert_dir, again)) == tags
 
 
-
 def test_v2_tagger_sourced_next_to_elmo_of_the_same_weights_and_other_options(tmp_path):
     """ELMo's options (activation, clipping, skip connections) shape every
     vector without changing a weight: a tagger trained on one options file,
@@ -337,6 +335,7 @@ def test_v2_tagger_sourced_next_to_elmo_of_the_same_weights_and_other_options(tm
                                          r"were trained on ELMo options \S+, and its upstream 'ctxembed_elmo' now "
                                          r"gives ELMo options \S+\. Give 'ctxembed_elmo' the settings"):
         elmo(tmp_path / "tanh.json", tagger=trained)(TEXT)
+
 
 def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_bert_dir, other_bert_dir, tmp_path):
     """replace_listeners gave a head trained on one upstream a copy of

@@ -116,7 +116,6 @@ def test_check_saved_combiner_refuses_another_combiner_or_layer_count():
         sv.check_saved_combiner("c", mix, [{"name": "scalar_mix", "dims": {"nL": 2}}], "src")
 
 
-
 def test_check_saved_combiner_refuses_another_inner_layer_under_the_same_outer_name():
     """A combiner of several nodes (a registered one wrapping a mix) whose
     config.cfg was edited to build another inner layer keeps its outer name:
@@ -134,6 +133,7 @@ def test_check_saved_combiner_refuses_another_inner_layer_under_the_same_outer_n
                                            r"\['my_combiner', 'scalar_mix'\]"):
         sv.check_saved_combiner("c", mix, [{"name": "my_combiner", "dims": {}}, {"name": "mean_layers", "dims": {}}],
                                 "src")
+
 
 # --- saved_dim / is_v1_bytes / load_failure -----------------------------------------
 def test_saved_dim_reads_integer_dims_only():

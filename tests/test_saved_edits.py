@@ -416,7 +416,6 @@ def test_a_model_folder_swapped_for_another_models_is_refused(saved, minilm_dir,
         spacy.load(path)
 
 
-
 def test_a_model_folder_whose_biases_alone_were_trained_is_refused(saved, tmp_path):
     """A model folder put back with the same weight matrices but other biases
     and norms (a bias-only fine-tune, such as BitFit, saved over it) computes
@@ -437,6 +436,7 @@ def test_a_model_folder_whose_biases_alone_were_trained_is_refused(saved, tmp_pa
     with pytest.raises(SettingError, match=rf"^\[{NAME}\] model = '.*model': it holds other weights than this "
                                            r"pipeline was saved with"):
         spacy.load(path)
+
 
 def _saved_elmo(tmp_path):
     """An ELMo pipeline ("elmo_a", a scalar mix over its 3 layers) on fixture files, saved to tmp_path/saved;

@@ -228,8 +228,6 @@ def test_an_upgraded_v1_bert_embedder_stays_frozen(tiny_bert_dir):
     assert encoder_shim(upgraded).settings["trainable"] is False
 
 
-
-
 def test_restoring_a_v1_doc_leaves_its_tensor_alone(tmp_path):
     """restore_vectors re-attaches the vectors and hooks; doc.tensor (not saved by
     this DocBin) stays as the DocBin gave it."""
