@@ -74,7 +74,11 @@ def short_message(exc: BaseException) -> str:
 
 def _own(exc: BaseException) -> bool:
     """A message written for the user: the CLI's, or tagged ``[component]``/``[E050]``."""
-    return isinstance(exc, CliError) or bool(TAGGED.match(str(exc).lstrip()))
+    return isinstance(exc, CliError) or _tagged(exc)
+
+
+def _tagged(exc: BaseException) -> bool:
+    return bool(TAGGED.match(str(exc).lstrip()))
 
 
 def _described(exc: BaseException) -> Optional[str]:
@@ -93,7 +97,7 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_INTERRUPTED
     # Library setting errors ("[component] setting = value: expected ...") and
     # spaCy's coded errors ("[E050] Can't find model ...") are about what the user asked for.
-    if isinstance(exc, (ValueError, OSError)) and TAGGED.match(str(exc).lstrip()):
+    if isinstance(exc, (ValueError, OSError)) and _tagged(exc):
         return EXIT_USAGE
     if isinstance(getattr(exc, "errors", None), (list, tuple)) and isinstance(exc, ValueError):
         return EXIT_USAGE
