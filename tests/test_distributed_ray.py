@@ -133,6 +133,18 @@ def test_embed_corpus_is_complete_and_equals_one_process(
     assert manifest["signature"] == stored_signature(made, "ctxembed_bert")
 
 
+def test_no_more_actors_start_than_there_are_shards_left(
+        local_ray, pipeline_dir, corpus, reference, tmp_path, monkeypatch):
+    """One shard to embed and two actors asked for: one actor loads the pipeline."""
+    pools = []
+    strategy = ray.data.ActorPoolStrategy
+    monkeypatch.setattr(ray.data, "ActorPoolStrategy", lambda **kwargs: pools.append(kwargs) or strategy(**kwargs))
+    path, lines = corpus
+    embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), shard_size=len(lines), actors=2, progress=False)
+    assert pools == [{"size": 1}]
+    _assert_matches(tmp_path / "out", reference, len(lines))
+
+
 def test_rerun_resumes_and_redoes_only_what_is_missing(local_ray, pipeline_dir, corpus, reference, tmp_path):
     path, lines = corpus
     out = tmp_path / "out"

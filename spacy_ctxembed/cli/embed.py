@@ -44,7 +44,7 @@ HELP = {
     "resume": "Continue an interrupted run into OUTPUT, keeping its committed shards (same input, model, format)",
     "ray": "Embed on Ray Data: a pool of actors writes Parquet shards to OUTPUT; rerunning resumes",
     "address": "--ray: a running Ray cluster ('auto', 'ray://HOST:10001'); default: start a local Ray",
-    "actors": "--ray: actors in the pool, each loads the pipeline once [default: 2]",
+    "actors": "--ray: actors in the pool, each loads the pipeline once (no more than the shards left) [default: 2]",
     "cpus_per_actor": "--ray: CPUs (torch threads) per actor [default: 1]",
     "gpus_per_actor": "--ray: GPUs per actor (0: CPU; 0.5: two actors share a GPU) [default: 0]",
     "input_format": "--ray: text, jsonl or parquet (default: from the file names)",

@@ -123,7 +123,8 @@ def embed_corpus(
     shard_size: input rows per shard file: the unit of work, of retry and of resume.
     batch_size: docs per `nlp.pipe` batch inside an actor.
     actors, cpus_per_actor, gpus_per_actor: the actor pool (`gpus_per_actor > 0`
-        puts each actor's pipeline on its GPU; fractions share a GPU).
+        puts each actor's pipeline on its GPU; fractions share a GPU). No more
+        actors start than there are shards left to embed.
     dtype: "float32" or "float16" vectors.
     address: a running Ray cluster ("auto", "ray://host:10001", ...); None starts
         a local Ray (and stops it at the end). If this process has already
@@ -374,6 +375,9 @@ def _run_ray(
     from tqdm import tqdm
 
     _sweep_partial(shard_dir)
+    # A shard is the unit of work: an actor beyond the shards left would load the pipeline
+    # (and hold its CPUs or GPU) for nothing.
+    actors = min(actors, len(pending))
     started = not ray.is_initialized()
     if not started and address is not None:
         raise ValueError(f"embed_corpus: address = {address!r}, but this process is already connected to Ray; "
