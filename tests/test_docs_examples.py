@@ -9,7 +9,8 @@ second forward pass") against independent references: `transformers` itself,
 the docs the block's inputs came from, plain NumPy. What this machine lacks (a
 GPU, `en_core_web_trf`, `/models/bert-base-cased`, real ELMo weights) is
 stood in for by something of the same kind, and each stand-in names the text
-it replaces, which must still be in the block.
+it replaces, which must still be in the block. The ```bash blocks' commands
+pass only options their command declares.
 """
 import ast
 import json
@@ -239,6 +240,43 @@ def test_analysis_library(in_tmp, tiny_bert_dir, tmp_path_factory, capsys):
     # The comment's "analysis.json, PNGs, report.html":
     assert {"analysis.json", "report.html"} <= written and any(name.endswith(".png") for name in written)
     assert json.loads((in_tmp / "analysis" / "analysis.json").read_text(encoding="utf8"))["pipelines"]
+
+
+def _command_lines():
+    """Each command in a ```bash block (continuation lines joined, `&&` split, comments cut)."""
+    for path in DOCS:
+        text = path.read_text(encoding="utf8")
+        for match in re.finditer(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+            for line in match.group(1).replace("\\\n", " ").splitlines():
+                for command in line.split("&&"):
+                    yield path.name, command.split(" #")[0]
+
+
+def test_the_options_in_the_docs_commands_exist():
+    """Every --option a documented command passes to `python -m spacy_ctxembed CMD`, or to a
+    script of benchmarks/ or scripts/, is one that command declares."""
+    import typer.main
+
+    from spacy_ctxembed.cli import app
+
+    commands = typer.main.get_command(app).commands
+    declared = {name: {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+                for name, command in commands.items()}
+    checked = 0
+    for name, line in _command_lines():
+        cli = re.search(r"-m spacy_ctxembed (\w+)(.*)", line)
+        script = re.search(r"python3? ((?:benchmarks|scripts)/\w+\.py)(.*)", line)
+        if cli:
+            known, used = declared[cli.group(1)], cli.group(2)
+        elif script:  # (the scripts' argparse option strings, read from their source)
+            known = set(re.findall(r"[\"'](--[a-z][\w-]*)[\"']", (ROOT / script.group(1)).read_text(encoding="utf8")))
+            used = script.group(2)
+        else:
+            continue
+        unknown = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", used)) - known
+        assert not unknown, f"{name}: {line.strip()!r} passes {sorted(unknown)}"
+        checked += 1
+    assert checked >= 15
 
 
 def _embed(*options: str) -> None:
