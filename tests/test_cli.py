@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,10 @@ def test_demo_prints_table():
     assert contextual["A-C"] > contextual["A-B"]  # same sense closer than different senses
     assert all(v == 1.0 for v in static.values())  # a static vector cannot tell the senses apart
     assert not [line for line in out.splitlines() if line != line.rstrip()]  # README shows it without trailing spaces
+    # ... and shows it as it is.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf8")
+    shown = re.search(r"^```\n(Cosine similarity of 'ran'.*?)^```", readme, flags=re.S | re.M)
+    assert shown and shown.group(1) == out
 
 
 def test_embed_with_config(tmp_path, hf_reference):
