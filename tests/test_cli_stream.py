@@ -277,7 +277,8 @@ def test_interrupted_at_the_final_rename_resume_only_renames(tmp_path, corpus, p
         patch.setattr(embed_cli, "build_pipeline", None)  # no model: only the rename
         resumed = invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy", "--resume")
     assert resumed.exit_code == 0, resumed.stderr
-    assert last_line(resumed.stderr).startswith(f"resumed: {N_DOCS} docs kept from the interrupted run")
+    assert last_line(resumed.stderr).startswith(f"resumed: {N_DOCS} docs kept from the interrupted run; "
+                                                f"wrote {N_DOCS} docs")  # (what the manifest written says)
     assert_same_docs(read_output(out), expected(pipeline, LINES))
 
 
@@ -1230,3 +1231,194 @@ def test_resume_refuses_an_interrupted_run_of_an_edited_config(tmp_path, monkeyp
         Run.plan(tmp_path / "out", edited, overwrite=False, resume=True)
     assert (f"(different config: sha256 {first['config_sha256'][:12]} then, {edited['config_sha256'][:12]} now); "
             "pass --overwrite to start over") in str(caught.value)
+
+
+def _commit_one_shard(run, data=b"docs"):
+    """A committed docbin shard of one doc, as `DocBinWriter.commit` leaves it."""
+    name = SHARD.format(len(run.committed.shards))
+    (run.dir / name).write_bytes(data)
+    run.commit({"shard": len(run.committed.shards), "file": name, "first_line": 1, "last_line": 1, "docs": 1,
+                "tokens": 2, "width": 4, "bytes": len(data)})
+
+
+def test_a_run_holds_its_lock_until_it_is_abandoned(tmp_path):
+    """While a run works, no other run may resume or discard its partial directory;
+    once it gives up (its shards kept), the next --resume takes it."""
+    pytest.importorskip("fcntl")
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(run)
+    for flags in ({"overwrite": True, "resume": False}, {"overwrite": False, "resume": True}):
+        with pytest.raises(UsageError) as caught:
+            Run.plan(out, _identity(), **flags)
+        assert str(caught.value) == f"another embed run is writing {partial}"
+    run.abandon()
+    assert run.committed.docs == 1 and partial.is_dir()
+    resumed = Run.plan(out, _identity(), overwrite=False, resume=True)
+    try:
+        assert resumed.resumed and resumed.committed.docs == 1
+    finally:
+        resumed.abandon()
+
+
+def test_a_finished_output_holds_only_its_manifest_and_shards_and_replaces_the_old_one_whole(tmp_path):
+    """No lock file, run record or ledger in OUTPUT, and nothing left beside it:
+    neither the old output it replaced nor a temporary directory."""
+    out = tmp_path / "out"
+    for overwrite, data in ((False, b"old"), (True, b"new!")):
+        run = Run.plan(out, _identity(), overwrite=overwrite, resume=False)
+        _commit_one_shard(run, data)
+        run.finish({"format": "docbin", "docs": 1, "shards": [{"file": SHARD.format(0), "bytes": len(data)}]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, SHARD.format(0)])
+    assert (out / SHARD.format(0)).read_bytes() == b"new!"
+
+
+def test_a_partial_directory_is_locked_before_it_takes_its_name(tmp_path, monkeypatch):
+    """A run that finds the new partial directory the instant it is renamed into
+    place, nothing committed yet, must find it locked: not take it for a stale one
+    and discard it from under the run that made it."""
+    pytest.importorskip("fcntl")
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    rename, other = os.rename, []
+
+    def rename_then_another_run_looks(src, dst):
+        rename(src, dst)
+        if Path(dst) == partial and not other:
+            with pytest.raises(UsageError) as caught:
+                Run.plan(out, _identity(), overwrite=True, resume=False)
+            other.append(str(caught.value))
+
+    monkeypatch.setattr(os, "rename", rename_then_another_run_looks)
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    try:
+        assert other == [f"another embed run is writing {partial}"]
+        assert (partial / "run.json").is_file()
+    finally:
+        run.abandon()
+
+
+def test_a_partial_directory_another_run_has_just_created_is_left_to_it(tmp_path, monkeypatch):
+    """Two runs start at once: the one whose rename comes second is refused by name,
+    leaves the other's directory as it is, and leaves no temporary directory behind."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    rename = os.rename
+
+    def the_other_run_renames_first(src, dst):
+        if Path(dst) == partial and not partial.exists():
+            partial.mkdir()
+            (partial / "theirs").write_text("the other run's", encoding="utf8")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", the_other_run_renames_first)
+    with pytest.raises(UsageError) as caught:
+        Run.plan(out, _identity(), overwrite=False, resume=False)
+    assert str(caught.value) == f"another embed run has just created {partial}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial"]
+    assert [p.name for p in partial.iterdir()] == ["theirs"]
+
+
+def test_a_partial_directory_removed_before_its_lock_is_opened_is_another_runs(tmp_path, monkeypatch):
+    """Between finding an interrupted run's directory and opening its lock, another
+    run may discard it: a refusal naming it, not a FileNotFoundError."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(run)
+    run.abandon()
+    record = output_module._partial_record
+
+    def read_then_removed(path):
+        found = record(path)
+        shutil.rmtree(path)
+        return found
+
+    monkeypatch.setattr(output_module, "_partial_record", read_then_removed)
+    with pytest.raises(UsageError) as caught:
+        Run.plan(out, _identity(), overwrite=False, resume=True)
+    assert str(caught.value) == f"another embed run is writing {partial}"
+
+
+def test_resume_drops_a_symbolic_link_in_the_partial_directory_not_what_it_points_to(tmp_path):
+    """What the ledger does not list is removed; a link to a directory is removed as a
+    link (rmtree refuses one), and the directory it names is not touched."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(run)
+    run.abandon()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_text("mine", encoding="utf8")
+    (partial / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    resumed = Run.plan(out, _identity(), overwrite=False, resume=True)
+    try:
+        assert not os.path.lexists(partial / "linked")
+        assert (tmp_path / "elsewhere" / "keep.txt").read_text(encoding="utf8") == "mine"
+        assert resumed.committed.docs == 1
+    finally:
+        resumed.abandon()
+
+
+def test_a_committed_ledger_line_is_on_disk_before_commit_returns(tmp_path, monkeypatch):
+    """A shard counts as committed once its ledger line is durable (fsynced), not
+    merely written: after a power cut, --resume keeps only what the ledger holds."""
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    try:
+        synced, fsync = [], os.fsync
+
+        def recorded(fd):
+            synced.append(os.fstat(fd).st_ino)
+            fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", recorded)
+        _commit_one_shard(run)
+        assert (run.dir / "ledger.jsonl").stat().st_ino in synced
+    finally:
+        run.abandon()
+
+
+def test_an_output_under_folders_that_do_not_exist_yet_gets_them(tmp_path):
+    """As `mkdir -p`: the folders above OUTPUT are made, the partial directory beside it."""
+    out = tmp_path / "new" / "deeper" / "out"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    try:
+        assert run.dir == tmp_path / "new" / "deeper" / ".out.partial" and run.dir.is_dir()
+    finally:
+        run.abandon()
+
+
+def test_a_resumed_run_interrupted_again_keeps_what_both_runs_committed(tmp_path):
+    """--resume rewrites the ledger to the shards it keeps: a torn last line left by
+    the first interruption must not swallow the lines the resumed run appends."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(run)
+    run.abandon()
+    with (partial / "ledger.jsonl").open("a", encoding="utf8") as f:
+        f.write('{"shard": 1, "first_li')  # killed while writing the second shard's line
+    resumed = Run.plan(out, _identity(), overwrite=False, resume=True)
+    assert resumed.committed.docs == 1
+    _commit_one_shard(resumed, b"more docs")
+    resumed.abandon()
+    again = Run.plan(out, _identity(), overwrite=False, resume=True)
+    try:
+        assert [s["file"] for s in again.committed.shards] == [SHARD.format(0), SHARD.format(1)]
+    finally:
+        again.abandon()
+
+
+def test_resume_removes_the_files_and_folders_the_ledger_does_not_list(tmp_path):
+    """What a killed run left beyond its last commit (a shard not in the ledger, the
+    temporary of a write cut short, a folder) is not carried into OUTPUT."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    run = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(run)
+    run.abandon()
+    (partial / SHARD.format(1)).write_bytes(b"not committed")
+    (partial / f".{SHARD.format(2)}.x1y2.tmp").write_bytes(b"cut short")
+    (partial / "leftover").mkdir()
+    (partial / "leftover" / "file").write_bytes(b"x")
+    resumed = Run.plan(out, _identity(), overwrite=False, resume=True)
+    try:
+        kept = sorted(p.name for p in partial.iterdir())
+        assert kept == sorted([".lock", "ledger.jsonl", "run.json", SHARD.format(0)])
+    finally:
+        resumed.abandon()

@@ -367,6 +367,28 @@ def test_rows_whose_tokens_do_not_rebuild_the_text_are_refused():
         list(docs_from_table(table, spacy.blank("en").vocab))
 
 
+
+
+def test_a_text_that_ends_in_one_space_is_rebuilt_with_it():
+    """spaCy keeps a single trailing space as the last token's whitespace, not as a token:
+    the rebuilt doc must end in it too."""
+    docs = _docs(["A doc that ends in a space ", "Two  spaces  "])
+    assert docs[0][-1].whitespace_ == " "
+    table, _ = _table_for(docs, [0, 1])
+    rebuilt = list(docs_from_table(table, spacy.blank("en").vocab))
+    assert [doc.text for doc in rebuilt] == [doc.text for doc in docs]
+
+@pytest.mark.parametrize("tokens, idx, text", [
+    (["a", "b"], [0, 2], "ab"),  # the text rebuilt is right, the offsets are not its tokens'
+    (["a", "b"], [0, 1], "abc"),  # the offsets are right, the text has more than the tokens
+    (["a", "b"], [0], "ab"),  # fewer offsets than tokens
+])
+def test_rows_whose_offsets_do_not_rebuild_the_text_are_refused(tokens, idx, text):
+    table = pa.table({"doc_id": [3], "text": [text], "tokens": [tokens], "idx": [idx],
+                      "vectors": [[[1.0]] * len(tokens)]})
+    with pytest.raises(ValueError, match="^doc 3: "):
+        list(docs_from_table(table, spacy.blank("en").vocab))
+
 def _plan_and_write(tmp_path, lines, shard_size):
     path = tmp_path / "in.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf8")
@@ -618,6 +640,39 @@ def test_a_shard_of_a_run_with_another_model_and_the_same_settings_is_not_this_r
     with pytest.raises(ShardMismatch, match=r"shard 0 \(part-000000\.parquet\) was written by another run"):
         check_complete(out, shards, run=run_digest(other))
 
+
+
+def test_shards_written_before_run_digests_existed_are_taken_as_the_runs(tmp_path):
+    """A shard file whose metadata records no run digest (written by an earlier
+    version) says nothing about its run: a run that has a digest keeps it,
+    calls itself complete with it and reads it back, rather than embed it anew."""
+    shards, out = _plan_and_write(tmp_path, ["a", "b c", "d"], 2)  # (metadata without "run")
+    identity = {"inputs": [{"path": str(tmp_path / "in.txt")}], "shard_size": 2, "dtype": "float32"}
+    digest = run_digest(identity)
+    assert set(committed(out, shards, run=digest)) == {0, 1}
+    assert check_complete(out, shards, run=digest)[0] == 3
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"complete": True, "identity": identity, "shards": [{"index": s.index} for s in shards]}), encoding="utf8")
+    assert [doc.text for doc in read_docs(tmp_path, spacy.blank("en").vocab)] == ["a", "b c", "d"]
+
+
+def test_without_a_run_digest_to_check_shards_are_taken_whatever_run_they_name(tmp_path):
+    """`run` None (a manifest without an identity object, as earlier versions wrote)
+    checks nothing: shards that record a digest are read, not refused as another run's."""
+    path = tmp_path / "in.txt"
+    path.write_text("a\nb c\nd\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 2)
+    out = tmp_path / "shards"
+    out.mkdir()
+    for shard in shards:
+        rows, rejected = read_shard(shard)
+        table, _ = _table_for(_docs([t for _, t in rows]), [i for i, _ in rows], seed=shard.index)
+        write_shard(out, shard, table, rejected, {"component": "x", "run": "0123456789abcdef"})
+    assert set(committed(out, shards)) == {0, 1}
+    assert check_complete(out, shards)[0] == 3
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"complete": True, "shards": [{"index": s.index} for s in shards]}), encoding="utf8")
+    assert [doc.text for doc in read_docs(tmp_path, spacy.blank("en").vocab)] == ["a", "b c", "d"]
 
 def test_a_table_of_vectors_of_different_widths_is_refused_not_read_as_other_rows(tmp_path):
     """A table (a DataFrame put together by hand) whose tokens' vectors are 2,

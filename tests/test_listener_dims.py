@@ -770,3 +770,22 @@ def test_v1_says_whether_stored_layers_are_another_docs_or_another_setting(shape
     from spacy_ctxembed.layers.read_ctx_layers import _shape_error
 
     assert says in _shape_error(shape, 2, 5, 32)
+
+
+def test_output_width_is_the_models_own_nO_else_the_last_layer_that_knows_it():
+    """What an `embed` concatenated to the mix adds to the projection's input: a chain
+    such as MultiHashEmbed sets no nO of its own before init, and ends in a layer with
+    no width (ragged2list); its width is its last Maxout's, found at any depth."""
+    from thinc.api import HashEmbed, Maxout, chain, concatenate, list2ragged, ragged2list, with_array
+
+    from spacy_ctxembed.models.listener_checks import output_width
+
+    flat = chain(list2ragged(), with_array(HashEmbed(8, 100)), with_array(Maxout(4, 8, nP=2)), ragged2list())
+    assert flat.has_dim("nO") is None and output_width(flat) == 4
+    nested = chain(chain(list2ragged(), with_array(Maxout(6, 8, nP=2)), ragged2list()), ragged2list())
+    assert output_width(nested) == 6
+    told = concatenate(HashEmbed(8, 100), HashEmbed(4, 100))
+    told.set_dim("nO", 12)
+    assert output_width(told) == 12
+    with pytest.raises(ValueError, match="cannot tell the output width of 'list2ragged>>ragged2list': give it an nO"):
+        output_width(chain(list2ragged(), ragged2list()))
