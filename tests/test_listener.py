@@ -11,7 +11,7 @@ import spacy
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 from spacy.util import registry
-from thinc.api import Adam
+from thinc.api import Adam, concatenate
 
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.errors import SettingError
@@ -25,10 +25,15 @@ TEXTS = ["I ate green ham and blue eggs", "They like the park", "Eat apples yest
 
 def _listener(embed=False, width=16):
     kwargs = {"width": width, "n_layers": 2, "upstream_width": 32}
-    if embed:
-        kwargs["embed"] = registry.resolve({"x": {
-            "@architectures": "spacy.MultiHashEmbed.v2", "width": 8, "attrs": ["NORM", "SHAPE"],
+    def hash_embed(width):
+        return registry.resolve({"x": {
+            "@architectures": "spacy.MultiHashEmbed.v2", "width": width, "attrs": ["NORM", "SHAPE"],
             "rows": [100, 50], "include_static_vectors": False}})["x"]
+
+    if embed == "concatenate":  # (no nO of its own until init: its parts' widths add up)
+        kwargs["embed"] = concatenate(hash_embed(8), hash_embed(4))
+    elif embed:
+        kwargs["embed"] = hash_embed(8)
     return registry.get("architectures", "spacy-ctxembed.ContextualListener.v1")(**kwargs)
 
 
@@ -39,7 +44,7 @@ def _upstream_nlp(tiny_bert_dir):
     return nlp
 
 
-@pytest.mark.parametrize("embed", [False, True])
+@pytest.mark.parametrize("embed", [False, True, "concatenate"])
 def test_shapes_and_mix_gradients(tiny_bert_dir, embed):
     docs = list(_upstream_nlp(tiny_bert_dir).pipe(["I ran to the park .", "Tests ran"]))
     model = _listener(embed)

@@ -789,3 +789,18 @@ def test_output_width_is_the_models_own_nO_else_the_last_layer_that_knows_it():
     assert output_width(told) == 12
     with pytest.raises(ValueError, match="cannot tell the output width of 'list2ragged>>ragged2list': give it an nO"):
         output_width(chain(list2ragged(), ragged2list()))
+
+
+def test_output_width_adds_a_concatenates_parts_and_does_not_guess_past_an_unsized_layer():
+    """A concatenate (nO unset until init) is as wide as its parts together; a chain
+    whose last layer has no width yet (Maxout without nO) cannot be told, not taken to
+    be as wide as the layer before it."""
+    from thinc.api import HashEmbed, Maxout, chain, concatenate
+
+    from spacy_ctxembed.models.listener_checks import output_width
+
+    parts = concatenate(HashEmbed(8, 100), HashEmbed(4, 100))
+    assert parts.has_dim("nO") is None and output_width(parts) == 12
+    assert output_width(chain(parts, Maxout(6, nP=2))) == 6
+    with pytest.raises(ValueError, match="cannot tell the output width of 'maxout': give it an nO"):
+        output_width(chain(HashEmbed(8, 100), Maxout(nP=2)))

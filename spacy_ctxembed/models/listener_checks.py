@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from thinc.api import Model
+from thinc.layers.concatenate import forward as concatenate_forward
 
 from ..errors import bad_setting
 from ..layers import built_as
@@ -207,16 +208,19 @@ def _trained_on_error(node: ContextualListenerNode, trained: str, now: str) -> s
     )
 
 
-
-
 def output_width(model: Model) -> int:
-    """The output width of `model`, from the last layer that already knows it
-    (a chain such as MultiHashEmbed only sets its own `nO` in `init`)."""
+    """The output width of `model` before `init` sets it where it can be told: its own
+    `nO`; a concatenate's, its parts' added; else its last layer's, stepping back only
+    past layers that keep their input's width (those that declare no `nO`, such as
+    `ragged2list`). A chain such as MultiHashEmbed sets its own `nO` only in `init`."""
     if model.has_dim("nO") is True:
         return model.get_dim("nO")
+    if model._func is concatenate_forward:  # (thinc's own test for a concatenate node)
+        return sum(output_width(layer) for layer in model.layers)
     for layer in reversed(model.layers):
-        try:
-            return output_width(layer)
-        except ValueError:
+        if layer.has_dim("nO") is False and not layer.layers:
             continue
+        # A layer whose width is not known yet (Maxout without nO) ends the search: the
+        # layers before it do not give the width it will have.
+        return output_width(layer)
     raise ValueError(f"cannot tell the output width of {model.name!r}: give it an nO")
