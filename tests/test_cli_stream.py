@@ -1152,6 +1152,46 @@ def test_the_output_directory_gets_the_permissions_mkdir_would_give(tmp_path):
     assert oct((tmp_path / "out").stat().st_mode & 0o777) == oct(0o755)
 
 
+def test_an_overwrite_interrupted_at_its_last_rename_puts_the_old_output_back(tmp_path, monkeypatch):
+    """Ctrl-C between moving the old OUTPUT aside and renaming the new one into place: OUTPUT
+    is the old output again (not gone, nor hidden in a .out.old-* folder for good), and
+    --resume then puts the finished run in place and leaves no old copy behind."""
+    out = tmp_path / "out"
+    Run.plan(out, _identity(), overwrite=False, resume=False).finish({"format": "docbin", "docs": 1, "shards": []})
+    run = Run.plan(out, _identity(), overwrite=True, resume=False)
+    rename = os.rename
+
+    def interrupted(src, dst):
+        if Path(src) == run.dir:
+            raise KeyboardInterrupt
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run.finish({"format": "docbin", "docs": 2, "shards": []})
+    run.abandon()
+    monkeypatch.setattr(os, "rename", rename)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial", "out"]
+    assert json.loads((out / MANIFEST).read_text(encoding="utf8"))["docs"] == 1
+    Run.plan(out, _identity(), overwrite=False, resume=True).finish({})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / MANIFEST).read_text(encoding="utf8"))["docs"] == 2
+
+
+def test_old_outputs_a_killed_run_left_are_removed_at_the_next_finish_and_no_others(tmp_path):
+    """A run killed between its two renames leaves the old OUTPUT in .out.old-XXXXXXXX (mkdtemp's
+    name); the next run to finish into OUTPUT removes it. Folders of other outputs' names stay."""
+    left = tmp_path / ".out.old-k1ll3d_x"
+    (left / "shard-000000.spacy").parent.mkdir()
+    (left / "shard-000000.spacy").write_bytes(b"old")
+    others = [tmp_path / ".out.old-b.old-abcdefgh", tmp_path / ".out.old-k1ll3d_xy", tmp_path / ".outs.old-abcdefgh"]
+    for other in others:
+        other.mkdir()
+    Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False).finish(
+        {"format": "docbin", "docs": 0, "shards": []})
+    assert not left.exists() and all(other.is_dir() for other in others)
+
+
 def test_an_output_that_appeared_during_the_run_is_not_replaced(tmp_path):
     """A directory of someone else's files made at OUTPUT while the run worked is left alone;
     the error names it, and the result stays in the partial directory."""

@@ -18,6 +18,7 @@ import datetime
 import itertools
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - Windows: runs are not locked against e
 RUN = "run.json"
 LEDGER = "ledger.jsonl"
 LOCK = ".lock"
+#: The random part of a name that tempfile.mkdtemp makes.
+MKDTEMP_PART = re.compile(r"[a-z0-9_]{8}")
 NPY_HEADER_SIZE = 128  # a fixed-size .npy v1.0 header, rewritten in place when the shape is known
 
 
@@ -115,6 +118,19 @@ def absolute_output(output: Path) -> Path:
 def partial_path(output: Path) -> Path:
     output = absolute_output(output)
     return output.parent / f".{output.name}.partial"
+
+
+def _old_prefix(output: Path) -> str:
+    return f".{output.name}.old-"
+
+
+def _old_outputs(output: Path) -> List[Path]:
+    """The folders `finish` moves an old OUTPUT into: mkdtemp's names after the prefix,
+    and only those (".a.old-b.old-12345678" holds output "a.old-b"'s)."""
+    prefix = _old_prefix(output)
+    return [path for path in output.parent.iterdir()
+            if path.name.startswith(prefix) and MKDTEMP_PART.fullmatch(path.name[len(prefix):])
+            and path.is_dir() and not path.is_symlink()]
 
 
 @dataclass
@@ -337,18 +353,25 @@ class Run:
         old: Optional[Path] = None
         state = _output_state(self.output)
         if state == "complete":
-            old = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=_old_prefix(self.output)))
             os.replace(self.output, old)
         elif state == "empty":
             self.output.rmdir()
         elif state != "absent":
             raise CliError(f"--output {self.output} appeared during the run; the result is left in {self.dir}")
-        os.rename(self.dir, self.output)
+        try:
+            os.rename(self.dir, self.output)
+        except BaseException:
+            if old is not None:  # (interrupted, or refused): the old output goes back, as it was
+                os.replace(old, self.output)
+            raise
         (self.output / LOCK).unlink()
         self._release()
         fsync_dir(self.output.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # This run's old output, and any that a run killed between its two renames left
+        # (only a run holding this partial's lock gets here: none of them is in use).
+        for stale in _old_outputs(self.output):
+            shutil.rmtree(stale, ignore_errors=True)
         return manifest
 
     def abandon(self) -> None:
