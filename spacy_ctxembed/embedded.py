@@ -19,7 +19,7 @@ writes it last, then renames the directory into place: `cli.output`).
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, cast
 
 import numpy
 from spacy.tokens import Doc, DocBin
@@ -56,6 +56,7 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
     from .outputs import restore_vectors
 
     vocab = vocab if vocab is not None else Vocab()
+    previous = 0  # the input line of the doc before
     with _OutputReader(path, "docbin") as reader:
         for shard in reader.manifest["shards"]:
             data = reader.read(shard["file"])
@@ -64,9 +65,23 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
             except Exception as e:  # noqa: BLE001 - spaCy's E1014 names no file and speaks of v2 JSON; zlib, msgpack
                 raise ValueError(f"{path}: {shard['file']} cannot be read as a DocBin ({type(e).__name__}): the file "
                                  "is damaged; embed the input again") from e
+            written = shard.get("bytes")  # (not recorded by earlier versions)
+            if isinstance(written, int) and len(data) != written:
+                raise ValueError(f"{path}: {shard['file']} holds {len(data):,} bytes, its manifest says {written:,}: "
+                                 "the file is damaged, or another's; embed the input again")
+            # A readable shard of the same size from elsewhere (another run's, or a copy of a
+            # sibling): its docs' input lines are not the ones the manifest gives it.
+            first, last = shard.get("first_line"), shard.get("last_line")
             count = 0
             for doc in docs:
                 count += 1
+                line = doc.user_data.get(LINE_KEY)
+                if isinstance(first, int) and isinstance(last, int) and not (
+                        isinstance(line, int) and max(first, previous + 1) <= line <= last):
+                    raise ValueError(f"{path}: {shard['file']} holds a doc of input line {line!r}, where its "
+                                     f"manifest gives it lines {first}-{last} (after line {previous}): the file is "
+                                     "another's; embed the input again")
+                previous = line if isinstance(line, int) else previous
                 yield restore_vectors(doc)
             if count != shard["docs"]:
                 raise ValueError(f"{path}: {shard['file']} holds {count} docs, its manifest says {shard['docs']}")
@@ -160,10 +175,20 @@ class _OutputReader:
         try:
             fd = os.open(name, os.O_RDONLY, dir_fd=self._fd)
         except FileNotFoundError:
+            if self._in_place():
+                raise ValueError(f"{self.path}: {name} is missing, though its {MANIFEST} lists it: the output is "
+                                 "damaged; embed the input again") from None
             raise ValueError(
                 f"{self.path} was replaced or removed while it was being read ({name} is gone); read it again"
             ) from None
         return os.fdopen(fd, "rb")
+
+    def _in_place(self) -> bool:
+        """Whether the directory read from is still the one at `path` (not renamed or removed since)."""
+        try:
+            return os.path.samestat(os.fstat(cast(int, self._fd)), os.stat(self.path))
+        except OSError:
+            return False
 
     def read(self, name: str) -> bytes:
         with self.open(name) as f:

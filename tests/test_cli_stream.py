@@ -1106,6 +1106,32 @@ def test_docbin_input_resumes_after_the_last_doc_it_numbered(tmp_path):
     assert [n for _, n in inp.records(nlp.vocab, after=1)] == [3, 4]
 
 
+def test_iter_docs_refuses_a_shard_from_elsewhere_and_names_a_missing_one(tmp_path, corpus, pipeline):
+    """A shard replaced by a readable copy of a sibling's (or another run's) read as the right one:
+    the wrong docs, silently. Its size, and then its docs' input lines, are checked against the
+    manifest; a deleted shard was said to be "replaced or removed while it was being read"."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
+    first, third = out / SHARD.format(0), out / SHARD.format(2)
+    manifest = read_manifest(out)
+    third.write_bytes(first.read_bytes())
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000002\.spacy holds [\d,]+ bytes, its "
+                                         r"manifest says [\d,]+: the file is damaged, or another's; embed the input"):
+        list(iter_docs(out))
+    # The same copy where the sizes agree (the manifest says so here): its docs' lines give it away.
+    manifest["shards"][2]["bytes"] = third.stat().st_size
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    lines = manifest["shards"][2]["first_line"], manifest["shards"][2]["last_line"]
+    with pytest.raises(ValueError, match=rf"shard-000002\.spacy holds a doc of input line 1, where its manifest "
+                                         rf"gives it lines {lines[0]}-{lines[1]} \(after line \d+\): the file is "
+                                         "another's"):
+        list(iter_docs(out))
+    third.unlink()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000002\.spacy is missing, though its "
+                                         r"manifest\.json lists it: the output is damaged; embed the input again$"):
+        list(iter_docs(out))
+
+
 def test_iter_docs_of_a_shard_with_fewer_docs_than_its_manifest_says_names_it(tmp_path, monkeypatch):
     """A shard replaced by a readable DocBin of fewer docs (not a cut one, which fails to parse)."""
     monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)  # (no vectors here: only the count is tested)
