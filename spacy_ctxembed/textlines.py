@@ -81,10 +81,41 @@ def wide_encoding(head: bytes) -> Optional[str]:
     return None
 
 
-def wide_encoding_refusal(head: bytes, what: str) -> Optional[str]:
+#: The first bytes of files that are not text, what they are, and what to do. A
+#: compressed corpus above all: read as text it fails as another encoding, whose
+#: suggested re-encoding then "works", and the compressed bytes are embedded.
+BINARY_SIGNATURES = (
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first, e.g. gunzip -k"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first, e.g. unxz -k"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first, e.g. unzstd"),
+    (b"PK\x03\x04", "a zip archive", "extract its text files first, e.g. unzip"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image", "give a text file"),
+    (b"\xff\xd8\xff", "a JPEG image", "give a text file"),
+    (b"\x7fELF", "an executable (ELF)", "give a text file"),
+    (b"\x93NUMPY", "a NumPy .npy array", "give a text file"),
+)
+
+
+def binary_kind(head: bytes) -> Optional[Tuple[str, str]]:
+    """(what the file is, what to do) where its first bytes are a known binary
+    format's signature (bzip2's "BZh" only with the block magic after it: text
+    may start "BZh"); else None."""
+    for signature, kind, advice in BINARY_SIGNATURES:
+        if head.startswith(signature):
+            return kind, advice
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        return "bzip2-compressed", "decompress it first, e.g. bunzip2 -k"
+    return None
+
+
+def not_text_refusal(head: bytes, what: str) -> Optional[str]:
     """Why a file whose first bytes are `head` (`HEAD_BYTES` of them are read)
-    is refused as UTF-16 or UTF-32 (`wide_encoding`), for the reader's error
-    (`what`: "INPUT name"); None for a file that is not."""
+    is refused: a known binary format (`binary_kind`), or UTF-16 or UTF-32
+    (`wide_encoding`), for the reader's error (`what`: "INPUT name"); None for
+    a file that is neither."""
+    binary = binary_kind(head)
+    if binary is not None:
+        return f"{what} is {binary[0]}, not text: {binary[1]}"
     encoding = wide_encoding(head[:HEAD_BYTES])
     if encoding is None:
         return None

@@ -374,6 +374,42 @@ def test_utf16_input_is_refused_not_embedded_as_its_bytes(tmp_path, no_model, en
     assert not (tmp_path / "out").exists()
 
 
+def _compressed(name):
+    import bz2
+    import gzip
+    import lzma
+
+    text = b"Pretty good.\nThe second line.\n"
+    return {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[name](text)
+
+
+@pytest.mark.parametrize("data,said", [
+    (_compressed("gzip"), "is gzip-compressed, not text: decompress it first, e.g. gunzip -k"),
+    (_compressed("bzip2"), "is bzip2-compressed, not text: decompress it first, e.g. bunzip2 -k"),
+    (_compressed("xz"), "is xz-compressed, not text: decompress it first, e.g. unxz -k"),
+    (b"\x7fELF\x02\x01\x01" + bytes(500), "is an executable (ELF), not text: give a text file"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "is a PNG image, not text: give a text file"),
+], ids=["gzip", "bzip2", "xz", "elf", "png"])
+@pytest.mark.parametrize("stdin", [False, True])
+def test_a_compressed_or_binary_input_is_said_to_be_one(tmp_path, no_model, data, said, stdin):
+    """A gzip corpus was refused as "not UTF-8 ... re-encode it, e.g. iconv -f latin1", and an ELF
+    file as UTF-32: following the advice gave a run that embedded the compressed bytes."""
+    path = tmp_path / "corpus.txt.gz"
+    path.write_bytes(data)
+    result = invoke("embed", "-" if stdin else path, "-o", tmp_path / "out", "-m", tmp_path / "no-such-model",
+                    stdin=data if stdin else None)
+    assert _one_error(result) == f"error: INPUT {'<stdin>' if stdin else path} {said}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_that_starts_like_a_signature_is_still_text():
+    """bzip2's "BZh" counts only with its block magic after it; plain text never matches the others."""
+    from spacy_ctxembed.textlines import not_text_refusal
+
+    for text in ("BZh9 is a line of text\n", "PK is a name\n", "GIF89a\n", "%PDF-1.4 in a sentence\n"):
+        assert not_text_refusal(text.encode("utf-8"), "INPUT x") is None, text
+
+
 SCRIPTS = ["Pretty good, thanks.\nSecond line.\n", "Привет, как дела?\nМосква стоит на реке.\n",
            "مرحبا كيف حالك اليوم\nيا صديقي\n", "Ελληνικά κείμενα εδώ.\n", "यह एक परीक्षण वाक्य है।\n",
            "ਇਹ ਇੱਕ ਟੈਸਟ ਹੈ\n", "ภาษาไทย ง่าย มาก\n"]

@@ -23,7 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import HEAD_BYTES, decode_file, file_kind, line_bounds, split_lines, wide_encoding_refusal
+from ..textlines import HEAD_BYTES, decode_file, file_kind, line_bounds, not_text_refusal, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -157,7 +157,7 @@ def _read_text(path: Path) -> Tuple[List[str], List[int]]:
 
 
 def _refuse_wide(head: bytes, what: str) -> None:
-    refused = wide_encoding_refusal(head, what)
+    refused = not_text_refusal(head, what)
     if refused:
         raise AnalysisInputError(refused)
 

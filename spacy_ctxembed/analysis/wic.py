@@ -43,7 +43,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..textlines import decode_file, split_lines, wide_encoding_refusal
+from ..textlines import decode_file, not_text_refusal, split_lines
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
 
@@ -197,7 +197,7 @@ def _lines(path: Path, option: str) -> List[str]:
 
 def _read_utf8(path: Path, option: str) -> str:
     raw = path.read_bytes()
-    refused = wide_encoding_refusal(raw, f"{option} {path.parent}: {path.name}")
+    refused = not_text_refusal(raw, f"{option} {path.parent}: {path.name}")
     if refused:
         raise AnalysisInputError(refused)
     try:

@@ -29,7 +29,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from ..outputs import drop_outputs, is_store_key
-from ..textlines import HEAD_BYTES, file_kind, line_bounds, wide_encoding_refusal
+from ..textlines import HEAD_BYTES, file_kind, line_bounds, not_text_refusal
 from .errors import CliError, UsageError
 
 CHUNK = 1 << 20
@@ -199,7 +199,7 @@ def _spool_stdin() -> IO[bytes]:
 
 
 def _scan_text(f: IO[bytes], label: str, path: Optional[Path]) -> Input:
-    refused = wide_encoding_refusal(f.read(HEAD_BYTES), f"INPUT {label}")
+    refused = not_text_refusal(f.read(HEAD_BYTES), f"INPUT {label}")
     if refused:
         raise UsageError(refused)
     f.seek(0)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import file_sha256
-from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, wide_encoding_refusal
+from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, not_text_refusal
 
 KINDS = ("text", "jsonl", "parquet")
 
@@ -159,7 +159,7 @@ def _plan_lines(path: Path, kind: str, shard_size: int, text_key: str) -> Tuple[
     checked_key = kind != "jsonl"
     try:
         with path.open("rb") as f:
-            refused = wide_encoding_refusal(f.read(HEAD_BYTES), f"input {path}")
+            refused = not_text_refusal(f.read(HEAD_BYTES), f"input {path}")
             if refused:
                 raise InputError(refused)
             f.seek(0)
