@@ -1218,6 +1218,23 @@ def test_old_outputs_a_killed_run_left_are_removed_at_the_next_finish_and_no_oth
     assert not left.exists() and all(other.is_dir() for other in others)
 
 
+def test_a_run_with_a_config_that_names_no_files_is_not_said_to_have_other_model_files(tmp_path):
+    """Only the config differs from the default run's: the refusal said "different model: same name,
+    other files (other model files)" too, of the empty record of the files a config names."""
+    model = {"name": None, "sha256": "1" * 64, "ctxembed": "0.2.0"}
+    then = {**_identity(), "pipeline": model}
+    now = {**_identity(), "pipeline": {**model, "files": {}}, "config": "c.cfg", "config_sha256": "2" * 64}
+    Run.plan(tmp_path / "out", then, overwrite=False, resume=False).finish({"format": "docbin", "docs": 0,
+                                                                           "shards": []})
+    with pytest.raises(UsageError) as caught:
+        Run.plan(tmp_path / "out", now, overwrite=False, resume=True)
+    assert str(caught.value) == (f"--output {tmp_path / 'out'} holds a complete output of a different run (different "
+                                 "config: sha256 none then, 222222222222 now); pass --overwrite to replace it")
+    now["pipeline"]["files"] = {"c/options.json": "3" * 64}
+    with pytest.raises(UsageError, match=r"different model: .*the files its config names \(c/options.json\)"):
+        Run.plan(tmp_path / "out", now, overwrite=False, resume=True)
+
+
 def test_an_output_that_appeared_during_the_run_is_not_replaced(tmp_path):
     """A directory of someone else's files made at OUTPUT while the run worked is left alone;
     the error names it, and the result stays in the partial directory."""
