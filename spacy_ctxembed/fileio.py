@@ -17,6 +17,13 @@ from .errors import SettingError
 
 
 def umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it is read the only
+    portable way, by setting it and back, which for that moment changes it for
+    every thread of the process (a file another thread creates then gets 022's mode)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

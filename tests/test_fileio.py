@@ -226,3 +226,19 @@ def test_config_files_looks_into_lists_of_blocks(tmp_path, monkeypatch):
         encoders = [{"options_file": "options.json"}]
         """)
     assert fileio.config_files(config) == [tmp_path / "options.json"]
+
+
+def test_the_umask_is_read_without_being_set_where_linux_shows_it(monkeypatch):
+    """Setting the umask to read it changes it for every thread for that moment."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc/self/status")
+    old = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("the umask was set")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        assert oct(fileio.umask()) == oct(0o027)
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
