@@ -369,7 +369,7 @@ class Run:
         self._release()
         fsync_dir(self.output.parent)
         # This run's old output, and any that a run killed between its two renames left
-        # (only a run holding this partial's lock gets here: none of them is in use).
+        # (listed now: a later run that replaces this output moves it into a folder of its own).
         for stale in _old_outputs(self.output):
             shutil.rmtree(stale, ignore_errors=True)
         return manifest
