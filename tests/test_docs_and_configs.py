@@ -6,6 +6,7 @@ with no comment swallowed into a value; every shipped config passes
 """
 import re
 from pathlib import Path
+from typing import Iterator, Tuple
 
 import pytest
 import spacy
@@ -19,11 +20,18 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
 
 
-def _ini_blocks():
+def fenced_blocks(language: str) -> Iterator[Tuple[Path, int, str]]:
+    """Each ```LANGUAGE block of the README and docs/: its file, its place among the
+    file's blocks of that language, and its text."""
     for path in DOCS:
         text = path.read_text(encoding="utf8")
-        for i, match in enumerate(re.finditer(r"```ini\n(.*?)```", text, flags=re.S)):
-            yield pytest.param(match.group(1), id=f"{path.name}-{i}")
+        for i, match in enumerate(re.finditer(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M)):
+            yield path, i, match.group(1)
+
+
+def _ini_blocks():
+    for path, i, block in fenced_blocks("ini"):
+        yield pytest.param(block, id=f"{path.name}-{i}")
 
 
 def _values(config):

@@ -28,10 +28,8 @@ from .analysis_support import saved_pipeline, write_conllu, write_wic
 from .elmo_fixture import write_elmo_fixture
 from .reference import hf_hidden_states, pool, token_pieces
 from .test_cli_support import invoke
+from .test_docs_and_configs import ROOT, fenced_blocks
 from .test_from_trf import _with_transformer
-
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: (file, first line) of every ```python block -> the test that runs it.
 BLOCKS = {
@@ -54,10 +52,8 @@ TEXTS = ["I ran to the park this morning.", "She ran some significance tests.", 
 
 
 def _python_blocks():
-    for path in DOCS:
-        text = path.read_text(encoding="utf8")
-        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
-            yield path.relative_to(ROOT).as_posix(), match.group(1)
+    for path, _, code in fenced_blocks("python"):
+        yield path.relative_to(ROOT).as_posix(), code
 
 
 def block(file: str, first_line: str) -> str:
@@ -244,12 +240,10 @@ def test_analysis_library(in_tmp, tiny_bert_dir, tmp_path_factory, capsys):
 
 def _command_lines():
     """Each command in a ```bash block (continuation lines joined, `&&` split, comments cut)."""
-    for path in DOCS:
-        text = path.read_text(encoding="utf8")
-        for match in re.finditer(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
-            for line in match.group(1).replace("\\\n", " ").splitlines():
-                for command in line.split("&&"):
-                    yield path.name, command.split(" #")[0]
+    for path, _, block in fenced_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            for command in line.split("&&"):
+                yield path.name, command.split(" #")[0]
 
 
 def test_the_options_in_the_docs_commands_exist():
