@@ -65,10 +65,9 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
             except Exception as e:  # noqa: BLE001 - spaCy's E1014 names no file and speaks of v2 JSON; zlib, msgpack
                 raise ValueError(f"{path}: {shard['file']} cannot be read as a DocBin ({type(e).__name__}): the file "
                                  "is damaged; embed the input again") from e
-            written = shard.get("bytes")  # (not recorded by earlier versions)
-            if isinstance(written, int) and len(data) != written:
-                raise ValueError(f"{path}: {shard['file']} holds {len(data):,} bytes, its manifest says {written:,}: "
-                                 "the file is damaged, or another's; embed the input again")
+            wrong_size = shard_size_difference(shard, len(data))
+            if wrong_size:
+                raise ValueError(f"{path}: {wrong_size}: the file is damaged, or another's; embed the input again")
             # A readable shard of the same size from elsewhere (another run's, or a copy of a
             # sibling): its docs' input lines are not the ones the manifest gives it.
             first, last = shard.get("first_line"), shard.get("last_line")
@@ -85,6 +84,16 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
                 yield restore_vectors(doc)
             if count != shard["docs"]:
                 raise ValueError(f"{path}: {shard['file']} holds {count} docs, its manifest says {shard['docs']}")
+
+
+def shard_size_difference(shard: Dict[str, Any], size: int) -> Optional[str]:
+    """How a docbin shard's file of `size` bytes differs from the size its manifest
+    entry records; None where they agree, or where no size is recorded (earlier
+    versions did not record it)."""
+    written = shard.get("bytes")
+    if not isinstance(written, int) or size == written:
+        return None
+    return f"{shard['file']} holds {size:,} bytes, where its manifest says {written:,}"
 
 
 def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[str, Any]]]:

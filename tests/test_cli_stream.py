@@ -1115,7 +1115,7 @@ def test_iter_docs_refuses_a_shard_from_elsewhere_and_names_a_missing_one(tmp_pa
     first, third = out / SHARD.format(0), out / SHARD.format(2)
     manifest = read_manifest(out)
     third.write_bytes(first.read_bytes())
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000002\.spacy holds [\d,]+ bytes, its "
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000002\.spacy holds [\d,]+ bytes, where its "
                                          r"manifest says [\d,]+: the file is damaged, or another's; embed the input"):
         list(iter_docs(out))
     # The same copy where the sizes agree (the manifest says so here): its docs' lines give it away.

@@ -29,7 +29,17 @@ from typing import IO, Any, Callable, Dict, List, Optional
 import numpy
 from spacy.tokens import Doc, DocBin
 
-from ..embedded import DOCS, LAYOUT, LAYOUT_VERSION, LINE_KEY, MANIFEST, SHARD, VECTORS, read_manifest
+from ..embedded import (
+    DOCS,
+    LAYOUT,
+    LAYOUT_VERSION,
+    LINE_KEY,
+    MANIFEST,
+    SHARD,
+    VECTORS,
+    read_manifest,
+    shard_size_difference,
+)
 from ..fileio import fsync_dir, model_difference, read_json, short_value, umask, write_atomic, write_json
 from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
@@ -398,10 +408,9 @@ def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
     if missing:
         return f"{missing[0]} is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
     for shard in manifest.get("shards", ()):
-        written = shard.get("bytes")  # (not recorded by earlier versions)
-        size = (output / shard["file"]).stat().st_size if isinstance(written, int) else None
-        if size is not None and size != written:
-            return f"{shard['file']} holds {size:,} bytes, where its manifest says {written:,}"
+        wrong_size = shard_size_difference(shard, (output / shard["file"]).stat().st_size) if "file" in shard else None
+        if wrong_size:
+            return wrong_size
     rows, width = manifest.get("rows"), manifest.get("width")
     if "shards" not in manifest and isinstance(rows, int) and isinstance(width, int):
         size, expected = (output / VECTORS).stat().st_size, npy_size(rows, width)
