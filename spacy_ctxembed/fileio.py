@@ -138,6 +138,19 @@ def model_identity(model: Optional[str], config: Optional[Mapping[str, Any]] = N
     return {"name": model, "package_version": get_package_version(model), "ctxembed": __version__}
 
 
+def same_model(was: Any, now: Any) -> bool:
+    """Whether two model identities (`model_identity`) are of the same model. A run
+    with a config records the files the config names, none for most configs: an
+    empty record is no other model than no record (the configs differ, and say so)."""
+    return _without_empty_files(was) == _without_empty_files(now)
+
+
+def _without_empty_files(model: Any) -> Any:
+    if isinstance(model, dict) and model.get("files") == {}:
+        return {key: value for key, value in model.items() if key != "files"}
+    return model
+
+
 def model_difference(was: Any, now: Any) -> str:
     """What differs between two model identities (`model_identity`), in a few words
     (for the messages of `embed` runs that cannot be resumed)."""

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy
@@ -140,6 +141,34 @@ def test_docbin_input_keeps_doc_numbers(tmp_path, pipeline):
     assert result.exit_code == 0, result.stderr
     assert_same_docs(read_output(tmp_path / "out"), expected(pipeline, texts))
     assert manifest_of(tmp_path / "out")["input"]["kind"] == "docbin"
+
+
+def test_a_docbin_inputs_own_line_numbers_are_replaced_with_a_warning(tmp_path):
+    """The output's "line" is a doc's position in INPUT; a "line" the docs carried
+    (an earlier embed's shard: lines of its own input) was replaced without a word.
+    Only the docs that are embedded and whose own "line" differs are counted."""
+    nlp = spacy.blank("en")
+    docs = [nlp(t) for t in ["One.", "", "Three.", "Four.", "Five."]]
+    docs[0].user_data["line"] = 1  # (its position already: nothing is lost)
+    docs[1].user_data["line"] = 9  # (blank: not embedded)
+    docs[2].user_data["line"] = 40
+    docs[4].user_data["line"] = numpy.int64(5)  # (not an int: a JSON reader would not take it as one)
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "in.spacy")
+    with pytest.warns(UserWarning) as told:
+        open_input(str(tmp_path / "in.spacy"))
+    assert [str(w.message) for w in told] == [
+        f"INPUT {tmp_path / 'in.spacy'}: 2 docs carry a user_data['line'] of their own (doc 3: 40), replaced in the "
+        "output by the doc's 1-based position in INPUT; copy it to another key first to keep it"]
+    del docs[4].user_data["line"], docs[2].user_data["line"]
+    docs[3].user_data["line"] = "4"
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "one.spacy")
+    with pytest.warns(UserWarning, match=r": 1 doc carries a user_data\['line'\] of its own \(doc 4: '4'\),"):
+        open_input(str(tmp_path / "one.spacy"))
+    del docs[3].user_data["line"]
+    DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "none.spacy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_input(str(tmp_path / "none.spacy"))
 
 
 def _interrupt_at_second_commit(monkeypatch, exc):

@@ -1141,3 +1141,26 @@ def test_an_actor_of_a_config_run_checks_the_files_the_config_names(tmp_path, ti
     (folder / "config.json").write_text((folder / "config.json").read_text().replace("}", ', "edited": 1}', 1))
     with pytest.raises(ModelChanged, match=r"^embed_corpus: model = None: its files changed"):
         _check_model(None, config, recorded)
+
+
+def test_a_run_with_a_config_that_names_no_files_is_not_said_to_have_other_model_files(tmp_path):
+    """A rerun with a config (one that names no files) where the recorded run had none: the
+    refusal said "the model: other model files" beside the config's change, of the config's
+    empty record of its files. Only a real difference of the model is named."""
+    from spacy_ctxembed.distributed import DifferentRun
+    from spacy_ctxembed.distributed.run import _recorded_run
+    from spacy_ctxembed.distributed.shards import MANIFEST
+
+    model = {"name": None, "sha256": "1" * 64, "ctxembed": "0.2.0"}
+    then = {"shard_size": 2, "model": model, "config_sha256": None}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"identity": then, "complete": True}), encoding="utf8")
+    now = {"shard_size": 2, "model": {**model, "files": {}}, "config_sha256": "2" * 64}
+    with pytest.raises(DifferentRun) as caught:
+        _recorded_run(out, now, overwrite=False)
+    assert caught.value.changes == {"config_sha256": "sha256 none then, 222222222222 now"}
+    now["model"]["files"] = {"c/options.json": "3" * 64}
+    with pytest.raises(DifferentRun) as caught:
+        _recorded_run(out, now, overwrite=False)
+    assert caught.value.changes["model"] == "the files its config names (c/options.json)"

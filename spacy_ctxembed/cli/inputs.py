@@ -18,9 +18,11 @@ and docs whose text is blank are skipped.
 """
 import hashlib
 import os
+import reprlib
 import stat
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
@@ -28,6 +30,7 @@ from typing import IO, Any, Dict, Iterator, Optional, Tuple, Union
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
+from ..embedded import LINE_KEY
 from ..outputs import drop_outputs, is_store_key
 from ..textlines import HEAD_BYTES, file_kind, line_bounds, not_text_refusal
 from .errors import CliError, UsageError
@@ -242,10 +245,26 @@ def _scan_docbin(path: Path, label: str) -> Input:
         data = path.read_bytes()
         sha256 = hashlib.sha256(data).hexdigest()
         doc_bin = DocBin(store_user_data=True).from_bytes(data)
-        n_docs = sum(1 for doc in doc_bin.get_docs(Vocab()) if doc.text.strip())
+        n_docs, own_lines = 0, []
+        for number, doc in enumerate(doc_bin.get_docs(Vocab()), start=1):
+            if doc.text.strip():
+                n_docs += 1
+                line = doc.user_data.get(LINE_KEY, number)
+                if type(line) is not int or line != number:  # (a numpy value has no plain truth)
+                    own_lines.append((number, line))
     except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
         what = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(f"INPUT {label} is not a readable .spacy DocBin ({type(e).__name__}: {what})") from None
     if n_docs == 0:
         raise UsageError(f"INPUT {label} has no docs with text ({len(doc_bin)} docs): nothing to embed")
+    if own_lines:
+        # The output's "line" is where each doc is in INPUT (what --resume and the
+        # manifest count by); a "line" of the docs' own (an earlier embed's shard:
+        # lines of its input) would otherwise be gone without a word.
+        number, line = own_lines[0]
+        many = len(own_lines) > 1
+        warnings.warn(f"INPUT {label}: {len(own_lines)} doc{'s' * many} carr{'ies' if not many else 'y'} a "
+                      f"user_data[{LINE_KEY!r}] of {'their' if many else 'its'} own (doc {number}: "
+                      f"{reprlib.repr(line)}), replaced in the output by the doc's 1-based position in INPUT; "
+                      "copy it to another key first to keep it", stacklevel=3)
     return Input(label, "docbin", sha256, len(doc_bin), n_docs, path=path.resolve(), doc_bin=doc_bin)

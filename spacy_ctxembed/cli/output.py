@@ -40,7 +40,16 @@ from ..embedded import (
     read_manifest,
     shard_size_difference,
 )
-from ..fileio import fsync_dir, model_difference, read_json, short_value, umask, write_atomic, write_json
+from ..fileio import (
+    fsync_dir,
+    model_difference,
+    read_json,
+    same_model,
+    short_value,
+    umask,
+    write_atomic,
+    write_json,
+)
 from ..outputs import name_stores_by_content
 from .errors import CliError, UsageError
 
@@ -493,17 +502,9 @@ def _difference(recorded: Dict[str, Any], identity: Dict[str, Any]) -> str:
         parts.append(f"different format: {recorded.get('format')!r} then, {identity.get('format')!r} now")
     if differs("input_sha256", "input_lines"):
         parts.append(f"different input: {_input_described(recorded)} then, {_input_described(identity)} now")
-    # (A run with --config records the files its config names, none for most configs: an
-    # empty record is no other model than no record.)
-    if any(_without_empty_files(recorded.get(k)) != _without_empty_files(identity.get(k)) for k in MODEL_KEYS):
+    if not all(same_model(recorded.get(k), identity.get(k)) for k in MODEL_KEYS):
         parts.append(_model_difference(recorded, identity))
     return "; ".join(parts) if parts else "unreadable run record"
-
-
-def _without_empty_files(model: Any) -> Any:
-    if isinstance(model, dict) and model.get("files") == {}:
-        return {key: value for key, value in model.items() if key != "files"}
-    return model
 
 
 def _input_described(run: Dict[str, Any]) -> str:

@@ -33,7 +33,16 @@ from thinc.api import Config
 
 from ..about import __version__
 from ..errors import first_line
-from ..fileio import fsync_dir, model_difference, model_identity, read_json, write_atomic, write_json
+from ..fileio import (
+    fsync_dir,
+    model_difference,
+    model_identity,
+    read_json,
+    same_model,
+    short_value,
+    write_atomic,
+    write_json,
+)
 from ..pipeline.build import NOT_A_PIPELINE, check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ModelChanged, ShardEmbedder, attempts_name
@@ -302,8 +311,10 @@ def _recorded_run(
         known = recorded.get("identity")
         if not isinstance(known, dict):
             raise FileExistsError(f"{out / MANIFEST} is unreadable; use another output directory, or overwrite")
-        raise DifferentRun(out, {key: _described(key, known.get(key), identity[key])
-                                 for key in sorted(identity) if known.get(key) != identity[key]})
+        differing = [key for key in sorted(identity) if known.get(key) != identity[key]]
+        # (An empty record of the files a config names is no other model: the configs differ, and say so.)
+        shown = [key for key in differing if key != "model" or not same_model(known.get(key), identity[key])]
+        raise DifferentRun(out, {key: _described(key, known.get(key), identity[key]) for key in shown or differing})
     unrecorded = [name for name in (SHARDS, REJECTED) if (out / name).exists()]
     if unrecorded and recorded is None and not overwrite:
         raise FileExistsError(f"{out} holds {' and '.join(unrecorded)} but no {MANIFEST}; use another output "
@@ -341,6 +352,8 @@ def _described(key: str, was: Any, now: Any) -> str:
         return "; ".join(parts) or "the same files in another order"
     if key == "model":
         return model_difference(was, now)
+    if key == "config_sha256":  # (as the single-process run's refusal shows it)
+        return f"sha256 {short_value(was)} then, {short_value(now)} now"
     return f"{was!r} then, {now!r} now"
 
 
