@@ -260,15 +260,79 @@ def test_replace_listeners_after_a_rename_and_beside_a_v1_listener(tiny_bert_dir
     numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
 
 
-def test_replace_listeners_refuses_what_it_cannot_tell_apart(tiny_bert_dir):
+def _two_listeners(tiny_bert_dir):
+    spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
     nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
         "@layers": "concatenate.v1", "*": {"a": _listener(8), "b": _listener(12)}}}})
     nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})])
+    return nlp
+
+
+def test_replace_listeners_gives_each_path_its_own_listeners_settings(tiny_bert_dir, tmp_path):
+    """Two listeners of one upstream with different widths: spaCy hands the hook the
+    same block for each path, and the hook refused them as not told apart. It reads
+    the path from replace_listeners' frame: each copy gets its listener's width, and
+    the saved pipeline loads (with the widths swapped, its weights would not)."""
+    nlp = _two_listeners(tiny_bert_dir)
+    before = _tagger_scores(nlp)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.a", "model.tok2vec.*.b"])
+    replaced = nlp.config["components"]["tagger"]["model"]["tok2vec"]["*"]
+    assert [(replaced[k]["@architectures"], replaced[k]["width"]) for k in "ab"] == [
+        ("spacy-ctxembed.ContextualTok2Vec.v3", 8), ("spacy-ctxembed.ContextualTok2Vec.v3", 12)]
+    # (spaCy removes each listener while it walks the list it read: a removal in place skipped the second.)
+    assert not [node for node in nlp.get_pipe("tagger").model.walk() if node.name == "ctxembed-listener"]
+    numpy.testing.assert_array_equal(_tagger_scores(nlp), before)
+    nlp.to_disk(tmp_path / "p")
+    numpy.testing.assert_array_equal(_tagger_scores(spacy.load(tmp_path / "p")), before)
+
+
+def test_the_hook_called_outside_replace_listeners_refuses_what_it_cannot_tell_apart():
+    """Without replace_listeners' frame, which path is replaced is not known."""
+    from spacy_ctxembed.models.embedder import replace_listener_cfg
+
+    block = {"@layers": "concatenate.v1", "*": {"a": _listener(8), "b": _listener(12)}}
     with pytest.raises(ValueError, match=r"^replace_listeners: the listening component has 2 ContextualListeners "
                                          r"of 'ctxembed_bert' with different settings"):
-        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.a", "model.tok2vec.*.b"])
+        replace_listener_cfg({"@architectures": "spacy-ctxembed.Embedder.v2"}, block, upstream="ctxembed_bert")
+    assert replace_listener_cfg({"@architectures": "spacy-ctxembed.Embedder.v2"}, {"embed": _listener(8)},
+                                upstream="ctxembed_bert")["width"] == 8
+
+
+def test_replace_listeners_refuses_a_path_above_the_listener(tiny_bert_dir):
+    """With the listener at model.tok2vec.embed (the shipped configs), the path
+    model.tok2vec wrote the copy's block over the whole Tok2Vec.v2 in the config
+    (its encode too) while the model kept its encoder: the saved pipeline did not
+    load. It is refused before spaCy writes it; the pipeline is as it was, and the
+    listener's own path still works."""
+    encode = {"@architectures": "spacy.MaxoutWindowEncoder.v2", "width": 16, "window_size": 1, "maxout_pieces": 2,
+              "depth": 1}
+    nlp, _ = _pipeline(tiny_bert_dir, tok2vec={"@architectures": "spacy.Tok2Vec.v2", "embed": _listener(),
+                                               "encode": encode})
+    config = nlp.config.to_str()
+    with pytest.raises(ValueError) as caught:
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    assert str(caught.value) == (
+        "[tagger] nlp.replace_listeners('ctxembed_bert', 'tagger', ['model.tok2vec']): 'model.tok2vec' is not the "
+        "path of a ContextualListener of 'ctxembed_bert' in the config of 'tagger', which has it at "
+        "'model.tok2vec.embed': pass that path (spaCy would write the copy's block over all of 'model.tok2vec' in "
+        "the config but swap only the listener in the model, and the saved pipeline would not load)")
+    assert nlp.config.to_str() == config and nlp.get_pipe("ctxembed_bert").listening_components == ["tagger"]
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.embed"])
+    assert nlp.get_pipe("ctxembed_bert").listeners == []
+
+
+def test_replace_listeners_refuses_a_wrong_path_among_several_before_writing_any(tiny_bert_dir):
+    """The second path is wrong: the first was written (and its model node swapped) before
+    the hook saw the second. All are checked at the first."""
+    nlp = _two_listeners(tiny_bert_dir)
+    config = nlp.config.to_str()
+    with pytest.raises(ValueError, match=r"^\[tagger\] nlp.replace_listeners\('ctxembed_bert', 'tagger', "
+                                         r"\['model.tok2vec.\*.a', 'model.tok2vec'\]\): 'model.tok2vec' is not the "
+                                         r"path .* which has it at 'model.tok2vec.\*.a', 'model.tok2vec.\*.b': pass"):
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.a", "model.tok2vec"])
+    assert nlp.config.to_str() == config and len(nlp.get_pipe("ctxembed_bert").listeners) == 2
 
 
 def test_a_damaged_encoder_copy_after_replace_listeners_is_named_not_its_temporary_path(tiny_bert_dir, tmp_path):

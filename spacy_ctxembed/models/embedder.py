@@ -10,7 +10,9 @@ spaCy's hooks for `nlp.replace_listeners`: a listener is replaced by a copy
 of the encoder (a listener that mixes layers) or of the whole chain (one that
 reads the vectors).
 """
-from typing import Any, Dict, Iterator, List, Optional
+import sys
+from types import FrameType
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from spacy.tokens import Doc
 from spacy.util import registry
@@ -137,16 +139,21 @@ def replace_listener_cfg(
     a listener inside `concatenate.v1`): the listener is looked for in it, the
     one listening to `upstream` where there are several.
     """
-    found = list(_listener_cfgs(listener_cfg))
+    found = dict(_listener_cfgs(listener_cfg))
     if len(found) > 1:
-        found = [cfg for cfg in found if cfg.get("upstream", "*") in ("*", upstream)]
+        found = {path: cfg for path, cfg in found.items() if cfg.get("upstream", "*") in ("*", upstream)}
     if not found:
         kind = listener_cfg.get("@architectures") or listener_cfg.get("@layers")
         raise ValueError(f"replace_listeners: the listening component's model.tok2vec block ({kind!r}) holds no "
                          f"spacy-ctxembed ContextualListener.v2 of {upstream!r}")
-    settings = [{k: v for k, v in cfg.items() if k not in ("@architectures", "upstream")} for cfg in found]
+    call = _replace_listeners_call()
+    if call is not None and call[2] == call[1][0]:  # (at the first path: nothing is written yet)
+        _check_replaced_paths(call, list(found), upstream)
+    # spaCy calls the hook once per path with the same block: the path is the one
+    # its frame is at (all the listeners where the hook is called otherwise).
+    listeners = [found[call[2]]] if call is not None and call[2] in found else list(found.values())
+    settings = [{k: v for k, v in cfg.items() if k not in ("@architectures", "upstream")} for cfg in listeners]
     if any(other != settings[0] for other in settings[1:]):
-        # spaCy calls the hook once per path with the same block: which listener a path holds is not said.
         raise ValueError(
             f"replace_listeners: the listening component has {len(found)} ContextualListeners of {upstream!r} with "
             "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
@@ -164,15 +171,64 @@ def replace_listener_cfg(
     return result
 
 
-def _listener_cfgs(cfg: Any) -> Iterator[Dict[str, Any]]:
+def _listener_cfgs(cfg: Any, path: str = "model.tok2vec") -> Iterator[Tuple[str, Dict[str, Any]]]:
     """The spacy-ctxembed ContextualListener.v2 blocks in a config block, at any
-    depth (v1 listeners read the docs, and are never linked or replaced)."""
+    depth, each with its path (v1 listeners read the docs, and are never linked
+    or replaced)."""
     if isinstance(cfg, dict):
         if cfg.get("@architectures") == "spacy-ctxembed.ContextualListener.v2":
-            yield cfg
+            yield path, cfg
             return
-        for value in cfg.values():
-            yield from _listener_cfgs(value)
+        for key, value in cfg.items():
+            yield from _listener_cfgs(value, f"{path}.{key}")
+
+
+def _replace_listeners_call() -> Optional[Tuple[str, List[str], str]]:
+    """(the listening component, the paths asked for, the path being replaced) of
+    the `Language.replace_listeners` call this hook runs in, or None where it is
+    called otherwise. spaCy hands the hook neither path (only the `model.tok2vec`
+    block), so they are read from its frame, which holds them all."""
+    from spacy.language import Language
+
+    code = Language.replace_listeners.__code__
+    frame: Optional[FrameType] = sys._getframe(1)  # (replace_listener_cfg's; replace_listeners' is next)
+    try:
+        for _ in range(3):
+            if frame is None or frame.f_code is code:
+                break
+            frame = frame.f_back
+        if frame is None or frame.f_code is not code:
+            return None
+        named = frame.f_locals
+        pipe_name, asked, current = named.get("pipe_name"), named.get("listeners"), named.get("listener_path")
+    finally:
+        del frame
+    # (Another iterable than a list or tuple would be used up here; spaCy's own check
+    # of the paths is against the config only.)
+    if not (isinstance(pipe_name, str) and isinstance(asked, (list, tuple)) and asked and isinstance(current, str)
+            and all(isinstance(path, str) for path in asked)):
+        return None
+    return pipe_name, list(asked), current
+
+
+def _check_replaced_paths(call: Tuple[str, List[str], str], paths: List[str], upstream: str) -> None:
+    """Refuse a `replace_listeners` path that is not one of the listeners' own
+    (`paths`), before spaCy writes any of them: spaCy writes the hook's block at
+    the path it was given, but swaps only the listener in the model. Given
+    `model.tok2vec` for a listener at `model.tok2vec.embed` (the shipped
+    `ud-*`/`wnut17-*` configs), the copy's block would take the place of the
+    whole `Tok2Vec.v2` in the config (its `encode` too) while the model keeps
+    its encoder, and the saved pipeline would not load."""
+    pipe_name, asked, _ = call
+    wrong = [path for path in asked if path not in paths]
+    if wrong:
+        raise ValueError(
+            f"[{pipe_name}] nlp.replace_listeners({upstream!r}, {pipe_name!r}, {asked!r}): {wrong[0]!r} is not "
+            f"the path of a ContextualListener of {upstream!r} in the config of {pipe_name!r}, which has it at "
+            f"{', '.join(map(repr, paths))}: pass that path (spaCy would write the copy's block over all of "
+            f"{wrong[0]!r} in the config but swap only the listener in the model, and the saved pipeline would "
+            "not load)"
+        )
 
 
 def check_encoder_settings(model: Model) -> None:

@@ -256,12 +256,18 @@ class ContextualEmbedder(TrainablePipe):
             self._size_listener(listener)
 
     def remove_listener(self, listener: ContextualListenerNode, component_name: str) -> bool:
-        if listener in self.listener_map.get(component_name, []):
-            self.listener_map[component_name].remove(listener)
-            if not self.listener_map[component_name]:
-                del self.listener_map[component_name]
-            return True
-        return False
+        linked = self.listener_map.get(component_name, [])
+        if listener not in linked:
+            return False
+        # A new list, not the old one changed: spaCy's replace_listeners removes each
+        # listener while it walks the list it read, and a removal in place made it
+        # skip every second one (left listening in the model, a copy in the config).
+        rest = [node for node in linked if node is not listener]
+        if rest:
+            self.listener_map[component_name] = rest
+        else:
+            del self.listener_map[component_name]
+        return True
 
     def find_listeners(self, component) -> None:
         """Find the listeners in `component`'s model whose upstream is this one (or "*")."""
