@@ -324,14 +324,19 @@ def test_replace_listeners_refuses_a_path_above_the_listener(tiny_bert_dir):
 
 
 def test_replace_listeners_refuses_a_wrong_path_among_several_before_writing_any(tiny_bert_dir):
-    """The second path is wrong: the first was written (and its model node swapped) before
-    the hook saw the second. All are checked at the first."""
+    """The second path is wrong, or the same as the first: the first was written (and
+    its model node swapped) before the hook saw the second. All are checked at the first."""
     nlp = _two_listeners(tiny_bert_dir)
     config = nlp.config.to_str()
     with pytest.raises(ValueError, match=r"^\[tagger\] nlp.replace_listeners\('ctxembed_bert', 'tagger', "
                                          r"\['model.tok2vec.\*.a', 'model.tok2vec'\]\): 'model.tok2vec' is not the "
-                                         r"path .* which has it at 'model.tok2vec.\*.a', 'model.tok2vec.\*.b': pass"):
+                                         r"path .* which has them at 'model.tok2vec.\*.a', 'model.tok2vec.\*.b': "
+                                         r"pass those \("):
         nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.a", "model.tok2vec"])
+    # (Both listeners swapped in the model, one path's block written twice, the other left a listener.)
+    with pytest.raises(ValueError, match=r"\): 'model.tok2vec.\*.b' is given twice; each listener needs its own path "
+                                         r"\('model.tok2vec.\*.a', 'model.tok2vec.\*.b'\)$"):
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec.*.b", "model.tok2vec.*.b"])
     assert nlp.config.to_str() == config and len(nlp.get_pipe("ctxembed_bert").listeners) == 2
 
 

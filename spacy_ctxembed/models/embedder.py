@@ -220,15 +220,20 @@ def _check_replaced_paths(call: Tuple[str, List[str], str], paths: List[str], up
     whole `Tok2Vec.v2` in the config (its `encode` too) while the model keeps
     its encoder, and the saved pipeline would not load."""
     pipe_name, asked, _ = call
+    call_text = f"[{pipe_name}] nlp.replace_listeners({upstream!r}, {pipe_name!r}, {asked!r})"
+    listed = ", ".join(map(repr, paths))
     wrong = [path for path in asked if path not in paths]
     if wrong:
+        one = len(paths) == 1
         raise ValueError(
-            f"[{pipe_name}] nlp.replace_listeners({upstream!r}, {pipe_name!r}, {asked!r}): {wrong[0]!r} is not "
-            f"the path of a ContextualListener of {upstream!r} in the config of {pipe_name!r}, which has it at "
-            f"{', '.join(map(repr, paths))}: pass that path (spaCy would write the copy's block over all of "
-            f"{wrong[0]!r} in the config but swap only the listener in the model, and the saved pipeline would "
-            "not load)"
+            f"{call_text}: {wrong[0]!r} is not the path of a ContextualListener of {upstream!r} in the config of "
+            f"{pipe_name!r}, which has {'it' if one else 'them'} at {listed}: pass {'that path' if one else 'those'} "
+            f"(spaCy would write the copy's block over all of {wrong[0]!r} in the config but swap only the listener "
+            "in the model, and the saved pipeline would not load)"
         )
+    twice = next((path for i, path in enumerate(asked) if path in asked[:i]), None)
+    if twice is not None:  # (spaCy swaps every listener in the model, but would write one path's block twice)
+        raise ValueError(f"{call_text}: {twice!r} is given twice; each listener needs its own path ({listed})")
 
 
 def check_encoder_settings(model: Model) -> None:
