@@ -1247,6 +1247,29 @@ def test_old_outputs_a_killed_run_left_are_removed_at_the_next_finish_and_no_oth
     assert not left.exists() and all(other.is_dir() for other in others)
 
 
+def test_what_a_run_killed_while_making_its_partial_left_is_removed_and_no_others(tmp_path):
+    """A run killed between mkdtemp and the rename of its new partial directory
+    left .out.new-XXXXXXXX (its run record and an empty ledger) for ever. The next
+    run to finish removes it; not one that another run holds locked, or made less
+    than a minute ago (between its mkdtemp and its lock), or of another name."""
+    import fcntl
+
+    old = time.time() - output_module.ABANDONED_NEW_AFTER_S - 5
+    folders = {name: tmp_path / name for name in (".out.new-k1ll3d_x", ".out.new-l0cked_x", ".out.new-y0ung_xx",
+                                                  ".out.new-k1ll3d_xy", ".outs.new-abcdefgh")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        (folder / "run.json").write_text("{}", encoding="utf8")
+        (folder / ".lock").touch()
+        if name != ".out.new-y0ung_xx":
+            os.utime(folder, (old, old))
+    with (folders[".out.new-l0cked_x"] / ".lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False).finish(
+            {"format": "docbin", "docs": 0, "shards": []})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({*folders, "out"} - {".out.new-k1ll3d_x"})
+
+
 def test_a_run_with_a_config_that_names_no_files_is_not_said_to_have_other_model_files(tmp_path):
     """Only the config differs from the default run's: the refusal said "different model: same name,
     other files (other model files)" too, of the empty record of the files a config names."""

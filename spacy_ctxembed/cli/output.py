@@ -22,6 +22,7 @@ import re
 import shutil
 import struct
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional
@@ -143,13 +144,52 @@ def _old_prefix(output: Path) -> str:
     return f".{output.name}.old-"
 
 
-def _old_outputs(output: Path) -> List[Path]:
-    """The folders `finish` moves an old OUTPUT into: mkdtemp's names after the prefix,
-    and only those (".a.old-b.old-12345678" holds output "a.old-b"'s)."""
-    prefix = _old_prefix(output)
+def _new_prefix(output: Path) -> str:
+    return f".{output.name}.new-"
+
+
+#: A run's new partial directory is renamed into place microseconds after mkdtemp
+#: made it; one older than this was left by a run killed in between.
+ABANDONED_NEW_AFTER_S = 60.0
+
+
+def _mkdtemp_folders(output: Path, prefix: str) -> List[Path]:
+    """Folders named by mkdtemp after `prefix`, and only those (".a.old-b.old-12345678"
+    holds output "a.old-b"'s)."""
     return [path for path in output.parent.iterdir()
             if path.name.startswith(prefix) and MKDTEMP_PART.fullmatch(path.name[len(prefix):])
             and path.is_dir() and not path.is_symlink()]
+
+
+def _old_outputs(output: Path) -> List[Path]:
+    """The folders `finish` moves an old OUTPUT into."""
+    return _mkdtemp_folders(output, _old_prefix(output))
+
+
+def _abandoned_new(output: Path) -> List[Path]:
+    """What runs killed while making their partial directory left (`_create`: a run
+    record and an empty ledger, no shards): not one another run is making now,
+    which is locked, or younger than `ABANDONED_NEW_AFTER_S`."""
+    now = time.time()
+    return [path for path in _mkdtemp_folders(output, _new_prefix(output))
+            if now - path.stat().st_mtime > ABANDONED_NEW_AFTER_S and not _held(path / LOCK)]
+
+
+def _held(lock: Path) -> bool:
+    """Whether a run holds `lock` now (False where there is none, or no flock)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -256,7 +296,7 @@ class Run:
     def _create(self) -> None:
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=f".{self.output.name}.new-"))
+            tmp = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=_new_prefix(self.output)))
         except OSError as e:
             # (mkdir under a file says "File exists": name the file.)
             blocking = next((p for p in (self.output.parent, *self.output.parent.parents)
@@ -388,8 +428,9 @@ class Run:
         self._release()
         fsync_dir(self.output.parent)
         # This run's old output, and any that a run killed between its two renames left
-        # (listed now: a later run that replaces this output moves it into a folder of its own).
-        for stale in _old_outputs(self.output):
+        # (listed now: a later run that replaces this output moves it into a folder of its own),
+        # and what runs killed while they made their partial directory left.
+        for stale in _old_outputs(self.output) + _abandoned_new(self.output):
             shutil.rmtree(stale, ignore_errors=True)
         return manifest
 
