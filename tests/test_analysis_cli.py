@@ -422,3 +422,21 @@ def test_report_states_its_settings_counts_and_mean_of_layers(run, tmp_path):
                 f"sentences)") in page
         cells = "".join(f"<td>{p['wic'][mode]['mean_of_layers']['accuracy']:.3f}</td>" for mode in ("mean", "first"))
         assert f'<td class="text">mean of layers</td>{cells}</tr>' in page
+
+
+def test_a_report_keeps_user_files_named_like_its_own_plus_a_suffix(run, tmp_path):
+    """Only files named exactly as the report's (REPORT_FILES, whole names)
+    are replaced: a user's backup "analysis.json.bak", "report.html.orig" or
+    "wic.png~" starts with a report name and stays. Before, the user files
+    tried shared no prefix with the report's names."""
+    _, out = run
+    analysis = json.loads((out / "analysis.json").read_text())
+    target = tmp_path / "report"
+    target.mkdir()
+    mine = {"analysis.json.bak": b"1", "report.html.orig": b"2", "wic.png~": b"3", "contextuality.png.old": b"4"}
+    for name, data in mine.items():
+        (target / name).write_bytes(data)
+    write_report(analysis, target)
+    write_report(analysis, target)  # a second run removes the first one's files, and no other
+    assert all((target / name).read_bytes() == data for name, data in mine.items())
+    assert {"analysis.json", "report.html", "contextuality.png", "wic.png"} <= {p.name for p in target.iterdir()}

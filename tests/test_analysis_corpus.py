@@ -203,3 +203,19 @@ def test_only_the_files_byte_order_mark_is_dropped(tmp_path):
     path = tmp_path / "c.txt"
     path.write_bytes(b"\xef\xbb\xbfOne.\n\xef\xbb\xbfTwo.\n")
     assert [d.text for d in read_corpus(path).docs(spacy.blank("en"))] == ["One.", "\ufeffTwo."]
+
+
+def test_conllu_sentences_before_the_first_newdoc_are_a_document(tmp_path):
+    """A file whose first sentences come before any "# newdoc" line (a header
+    left out, or files concatenated) still has document structure: those
+    sentences make the first document, and each "# newdoc" starts the next.
+    Before, every file tried opened with "# newdoc" or had none at all."""
+    path = tmp_path / "c.conllu"
+    row = "{}\t{}\t_\t_\t_\t_\t_\t_\t_\t_\n"
+    path.write_text(row.format(1, "Hi") + "\n" + row.format(1, "there") + "\n# newdoc\n" + row.format(1, "Yo") + "\n"
+                    + row.format(1, "again") + "\n", encoding="utf8")
+    corpus = read_corpus(path)
+    assert corpus.n_docs == 2
+    docs = list(corpus.docs(spacy.blank("en")))
+    assert [d.text for d in docs] == ["Hi there", "Yo again"]
+    assert [[s.text for s in d.sents] for d in docs] == [["Hi", "there"], ["Yo", "again"]]

@@ -284,3 +284,61 @@ def test_combined_layers_are_the_mean_of_random_layers():
     corpus.layer_ids = [0, 1, 2]
     expected = corpus.layers[[0, 2]].astype(np.float64).sum(axis=0) / 2
     np.testing.assert_allclose(corpus.combined([0, 2]), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_embed_corpus_tables_and_contexts_follow_the_docs_tokens(monkeypatch):
+    """embed_corpus's per-token tables were only seen through whole pipelines
+    (numbers that a token end off by one, or a context cut at the wrong place,
+    did not change). Here the pipeline run is replaced by the docs themselves
+    and the stored layers by known arrays, and every table is checked against
+    the docs' own tokens (Token.idx, Token.text, the given sentence starts):
+    sentences numbered across docs, an empty doc skipped, a doc without
+    boundaries one sentence, and contexts cut at the sentence and at `chars`."""
+    import spacy
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.analysis import embed_corpus, extract
+
+    nlp = spacy.blank("en")
+    vocab = nlp.vocab
+    words = ["The", "Bank", "is", "shut", ".", "A", "bank", "opened", "."]
+    first = Doc(vocab, words=words, spaces=[True, True, True, False, True, True, True, False, False],
+                sent_starts=[True, False, False, False, False, True, False, False, False])
+    second = Doc(vocab, words=["bank", "notes"])  # no sentence boundaries: one sentence
+    docs = [first, Doc(vocab, words=[]), second]
+    rng = np.random.default_rng(0)
+    stored = {id(doc): rng.standard_normal((2, len(doc), 3)).astype(np.float32) for doc in docs}
+    monkeypatch.setattr(extract, "run_docs", lambda nlp, name, docs, batch_size: iter(docs))
+    monkeypatch.setattr(extract, "doc_layers", lambda doc, name: stored[id(doc)])
+
+    corpus = embed_corpus(nlp, "fake", docs, [3, 5])
+    tokens = [t for doc in (first, second) for t in doc]
+    np.testing.assert_array_equal(corpus.layers, np.concatenate([stored[id(first)], stored[id(second)]], axis=1))
+    assert corpus.layer_ids == [3, 5]
+    assert [corpus.words[i] for i in corpus.word_ids] == [t.text.lower() for t in tokens]
+    assert corpus.sentence_ids.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert corpus.doc_ids.tolist() == [0] * 9 + [1] * 2
+    assert corpus.starts.tolist() == [t.idx for t in tokens]
+    assert corpus.ends.tolist() == [t.idx + len(t.text) for t in tokens]
+    assert corpus.texts == [first.text, second.text]
+    assert corpus.rows_of("BANK").tolist() == [1, 6, 9]
+    # "The Bank is shut. A bank opened.": the second sentence runs from "A" (18) to "." (32)
+    assert corpus.context(6) == "A [bank] opened."
+    assert corpus.context(6, chars=2) == "A [bank] o…"  # 20 - 2 is the sentence start exactly: nothing cut there
+    assert corpus.context(6, chars=5) == "A [bank] open…"  # never past the sentence start
+    assert corpus.context(1, chars=3) == "…he [Bank] is…"
+    assert corpus.context(1, chars=4) == "The [Bank] is…"
+    assert corpus.context(9) == "[bank] notes"
+
+
+def test_explorer_plot_cuts_long_example_contexts_to_110_characters():
+    """An example context under the explorer plot is at most 110 characters:
+    a longer one keeps its first 109 and ends in an ellipsis, a shorter one
+    is shown whole. Not seen before: the constructed contexts were short."""
+    corpus, _ = _corpus()
+    explored = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0])
+    long_example, short_example = "x" * 150, "y" * 110
+    explored["clusters"][0]["examples"] = [long_example, short_example]
+    texts = [t.get_text() for t in explorer_figure(explored, "tiny").axes[1].texts]
+    assert "    " + "x" * 109 + "…" in texts
+    assert "    " + short_example in texts

@@ -340,3 +340,46 @@ def test_layer_report_subsamples_mev_and_self_similarity_alike():
         (entry,) = layer_report(vectors[None], word_ids, sentence_ids, min_count=2, max_occurrences=2, seed=seed)
         assert entry["n_words"] == n_words
         assert abs(entry["max_explainable_variance"] - (1 + entry["self_similarity"]) / 2) < 1e-9
+
+
+
+def test_anisotropy_of_a_single_non_zero_token_is_nan():
+    """One non-zero token leaves no pair of distinct tokens: the documented
+    result is nan for the sampled and the exact mean alike. Only all-zero
+    input (no token at all) was checked before, not the n == 1 boundary."""
+    vectors = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert math.isnan(anisotropy(vectors, n_pairs=10, rng=0))
+    assert math.isnan(anisotropy(vectors, n_pairs=None))
+
+
+def test_mev_baseline_samples_distinct_tokens():
+    """mev_baseline draws distinct tokens (without replacement). Any two
+    distinct rows of the 3x3 identity have MEV exactly 1/2; a repeated row
+    would give 1. The earlier test only bounded the value on random data,
+    which a sample with repeats also meets."""
+    for seed in range(20):
+        assert abs(mev_baseline(np.eye(3), n_samples=2, rng=seed) - 0.5) < TOL, seed
+
+
+def test_non_integer_ids_are_refused():
+    """Word and sentence ids must be integers: float ids (say 0.5 and 0.7)
+    would be truncated to the same word by the int64 cast. Only wrong
+    shapes were checked before."""
+    vectors, word_ids, sentence_ids = random_layer(0)
+    with pytest.raises(ValueError, match=r"^word_ids: expected integers, got dtype float64"):
+        self_similarity(vectors, word_ids.astype(np.float64))
+    with pytest.raises(ValueError, match=r"^sentence_ids: expected integers"):
+        intra_sentence_similarity(vectors, sentence_ids + 0.5)
+
+
+def test_a_sentence_whose_mean_vector_is_zero_is_skipped():
+    """A sentence of v and -v has a zero mean vector (no direction): the doc
+    says it is skipped, not counted as similarity 0. The loop reference
+    cannot take such a sentence (0/0), so the expected value is the other
+    sentence's IntraSim, written out here in float64."""
+    other = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    mean = other.mean(axis=0)
+    want = np.mean([row @ mean / (np.linalg.norm(row) * np.linalg.norm(mean)) for row in other])
+    vectors = np.vstack([[[2.0, -1.0, 0.5], [-2.0, 1.0, -0.5]], other])
+    got = intra_sentence_similarity(vectors, [0, 0, 1, 1, 1])
+    assert abs(got - want) < TOL

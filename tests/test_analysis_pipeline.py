@@ -565,3 +565,18 @@ def test_summary_says_no_layer_beats_the_majority_class_on_a_tie():
     baseline = {"pairs": "train", "majority_label": "F", "majority_rate": 0.7}
     text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline, "train": {"majority_rate": 0.7}}})
     assert "best layer (by cross-validation) 0 0.600 (no layer beats the majority class in cross-validation)" in text
+
+
+def test_analysis_json_has_no_infinity_either():
+    """JSON has neither NaN nor infinity: jsonable turns both (Python floats
+    and NumPy scalars, at any depth) into null, so analysis.json, dumped with
+    allow_nan=False, can always be written. Only the HTML tables were tried
+    with infinity before."""
+    import json
+
+    from spacy_ctxembed.analysis.report import jsonable
+
+    value = {"a": float("inf"), 1: [np.float64(-np.inf), np.float32(np.nan), (np.int64(3), 0.5)], "s": "inf"}
+    got = jsonable(value)
+    assert got == {"a": None, "1": [None, None, [3, 0.5]], "s": "inf"}
+    assert json.loads(json.dumps(got, allow_nan=False)) == got

@@ -619,3 +619,103 @@ def test_recommendation_ties_go_to_fewer_layers_a_lower_top_layer_then_the_confi
     assert (chosen["layers"], chosen["pooling"]) == ([1], "mean")
     perfect = [(r["layers"], r["pooling"]) for r in chosen["ranking"] if r["cv_accuracy"] == 1.0]
     assert perfect[:4] == [([1], "mean"), ([1], "first"), ([2], "mean"), ([2], "first")]
+
+
+
+def test_a_token_index_one_past_the_sentence_end_is_refused(tmp_path):
+    """Index i of a sentence of n tokens must be below n: i == n (one past the
+    end, an off-by-one in a converted file) is refused naming the line. The
+    earlier error test only used an index far outside the sentence."""
+    rows = ["run\tV\t3-0\tI ran .\tYou ran ."]
+    with pytest.raises(AnalysisInputError, match=r"line 1: token indices '3-0' are outside the sentences \(3 and 3"):
+        read_wic(_write_wic(tmp_path / "wic", rows, ["T"]))
+    rows = ["run\tV\t1-3\tI ran .\tYou ran ."]
+    with pytest.raises(AnalysisInputError, match=r"line 1: token indices '1-3' are outside the sentences"):
+        read_wic(_write_wic(tmp_path / "wic2", rows, ["T"]))
+
+
+def test_whitespace_only_last_lines_are_no_pairs(tmp_path):
+    """Lines of spaces or tabs at the end of the data and gold files are blank
+    lines at the end, which are ignored like empty ones. Only empty trailing
+    lines were tried before; a gold line of spaces kept would be read as a
+    blank label line in the middle and refused."""
+    rows = ["run\tV\t1-2\tI ran home .\tShe has ran some tests .", "run\tV\t0-1\tRan fast !\tI ran home ."]
+    directory = tmp_path / "wic"
+    directory.mkdir()
+    (directory / "train.data.txt").write_text("\n".join(rows) + "\n \n\t\n", encoding="utf8")
+    (directory / "train.gold.txt").write_text("F\nT\n  \n", encoding="utf8")
+    data = read_wic(directory)
+    assert data.n_pairs == 2 and data.labels.tolist() == [False, True]
+
+
+def test_majority_class_of_no_pairs_is_a_tie_at_rate_zero():
+    """No pairs: neither label is commoner and the rate is 0 rather than a
+    division by zero (only non-empty label sets were tried before)."""
+    from spacy_ctxembed.analysis.wic import majority_class
+
+    assert majority_class(np.zeros(0, dtype=bool)) == {"majority_label": "T/F", "majority_rate": 0.0}
+    assert majority_class(np.array([True, False, False])) == {"majority_label": "F", "majority_rate": 2 / 3}
+
+
+def test_scalar_mix_logits_are_centred_when_a_single_layer_wins():
+    """ScalarMixFit.logits are documented as centred (sum 0) with softmax
+    equal to the weights. A fit from the mean start stays centred by itself;
+    here only layer 0 carries the senses, so a single-layer start (logits
+    far from centred) wins, which is where the centring is needed. Not seen
+    before: the brute-force test's optimum lies inside the simplex."""
+    rng = np.random.default_rng(7)
+    n = 80
+    labels = np.arange(n) % 2 == 0
+    content_u = rng.normal(size=(n, 8))
+    content_v = np.where(labels[:, None], content_u, rng.normal(size=(n, 8)))
+    noise_u, noise_v = rng.normal(size=(2, n, 2, 8))
+    u = np.concatenate([content_u[:, None] + 0.1 * rng.normal(size=(n, 1, 8)), noise_u], axis=1)
+    v = np.concatenate([content_v[:, None] + 0.1 * rng.normal(size=(n, 1, 8)), noise_v], axis=1)
+    fitted = fit_scalar_mix(WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32)), labels)
+    assert fitted.weights[0] > 0.99
+    assert abs(float(np.sum(fitted.logits))) < 1e-9
+    np.testing.assert_allclose(fitted.weights, np.exp(fitted.logits) / np.exp(fitted.logits).sum(), rtol=1e-9)
+
+
+def test_a_recommendation_without_a_pooling_keeps_the_configured_one():
+    """recommend gives pooling None for a component whose pooling it did not
+    vary; the block then keeps its own setting (v2: in model.encoder; v1: a
+    component setting) rather than gaining pooling = None. Only blocks with
+    a pooling given were tried before. The caller's block is not edited."""
+    from spacy_ctxembed.analysis.recommend import recommended_block
+
+    v2 = {"factory": "ctxembed_bert", "model": {"encoder": {"pooling": "first", "layers": [-1], "window": 128},
+                                                 "combiner": {"@layers": "spacy-ctxembed.ScalarMix.v1"}}}
+    edited = recommended_block(v2, [2, 3], None)
+    assert edited["model"]["encoder"] == {"pooling": "first", "layers": [2, 3], "window": 128}
+    assert edited["model"]["combiner"] == {"@layers": "spacy-ctxembed.MeanLayers.v1"}
+    assert v2["model"]["encoder"]["layers"] == [-1]  # a copy was edited
+    v1 = {"factory": "ctxembed_bert", "pooling": "mean", "layers": [-1], "combine": "scalar_mix"}
+    assert recommended_block(v1, [1], None) == {"factory": "ctxembed_bert", "pooling": "mean", "layers": [1],
+                                                "combine": "mean"}
+    assert "pooling" not in recommended_block({"factory": "ctxembed_bert"}, [1], None)
+
+
+def test_the_ranking_lists_the_ten_best_candidates_in_order():
+    """The recommendation's ranking holds the 10 best candidates (documented),
+    best first, each with its own cross-validated accuracy, recomputed here
+    with the brute-force threshold on sklearn's folds. Before, no test had
+    more than 10 candidates, so the cut at 10 was never seen."""
+    rng = np.random.default_rng(8)
+    train, y_train = _constructed_targets(40, 4, 8, good_layer=1, rng=rng)
+    grams = WicGrams.from_targets(train)
+    chosen = recommend({"mean": grams}, y_train, [0, 1, 2, 3], n_folds=2, seed=0)
+    assert chosen["n_candidates"] > 10 and len(chosen["ranking"]) == 10
+    assert chosen["ranking"][0] == {"layers": chosen["layers"], "pooling": "mean", "cv_accuracy": chosen["cv_accuracy"]}
+    values = [entry["cv_accuracy"] for entry in chosen["ranking"]]
+    assert values == sorted(values, reverse=True)
+    splits = list(StratifiedKFold(n_splits=2, shuffle=True, random_state=0).split(np.zeros(len(y_train)), y_train))
+    for entry in chosen["ranking"]:
+        weights = np.zeros(4)
+        weights[entry["layers"]] = 1.0
+        cosines = grams.cosines(weights)[:, 0]
+        right = 0
+        for fit, score in splits:
+            t, _ = brute_threshold(cosines[fit], y_train[fit])
+            right += int(((cosines[score] >= t) == y_train[score]).sum())
+        assert entry["cv_accuracy"] == pytest.approx(right / len(y_train))

@@ -676,3 +676,16 @@ def test_one_component_left_out_untrained_is_told_of_as_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         leave_out_untrained(nlp, ["tagger"], warn=False)
+
+
+def test_split_lines_drops_one_carriage_return_as_line_bounds_does():
+    """Whole-file readers (split_lines) and line-by-line readers (line_bounds)
+    follow one rule: only one "\\r" before the "\\n" (or at the end) is the line
+    ending, another is text. Before, split_lines was only tried with single
+    "\\r"s, line_bounds with the double one. The reference is line_bounds on
+    each line's bytes."""
+    text = "ab\r\r\nc\r\n\r\r\nend\r\r"
+    raw = text.encode("utf8")
+    lines = raw.split(b"\n")
+    expected = [line[slice(*line_bounds(line, first=False))].decode("utf8") for line in lines]
+    assert split_lines(text) == expected == ["ab\r", "c", "\r", "end\r"]

@@ -330,3 +330,46 @@ def test_a_config_that_differs_in_dropout_only_is_the_same_model(tiny_bert_dir, 
     a, b = _nlp(tiny_bert_dir)(text), _nlp(other, cache_mb=0)(text)
     numpy.testing.assert_array_equal(a._.ctx_vectors, b._.ctx_vectors)  # the premise: the same outputs
     assert numpy.isfinite(a[0].similarity(b[0]))
+
+
+def test_an_entry_of_exactly_the_budget_is_kept():
+    """The budget is inclusive: an entry whose data plus ENTRY_OVERHEAD is
+    exactly `max_bytes` fits (only entries over the budget were tried)."""
+    value = numpy.arange(25, dtype="float32")
+    cache = FeatureCache(max_bytes=value.nbytes + ENTRY_OVERHEAD)
+    cache.put("k", value)
+    assert "k" in cache and cache.nbytes == cache.max_bytes
+    numpy.testing.assert_array_equal(cache.get("k"), value)
+    cache.put("l", numpy.arange(26, dtype="float32"))  # one float over: refused, "k" stays
+    assert "l" not in cache and "k" in cache
+
+
+def test_putting_a_cached_key_again_changes_nothing():
+    """A second put of a key already held keeps the first value and counts its
+    bytes once (before, no test put the same key twice): counting them again
+    would shrink the room the budget leaves and evict entries for nothing."""
+    value = numpy.zeros(100, dtype="float32")
+    entry = value.nbytes + ENTRY_OVERHEAD
+    cache = FeatureCache(max_bytes=2 * entry)
+    cache.put("a", value)
+    cache.put("a", numpy.ones(100, dtype="float32"))
+    assert len(cache) == 1 and cache.nbytes == entry
+    numpy.testing.assert_array_equal(cache.get("a"), value)
+    cache.put("b", value)  # room for exactly two
+    assert "a" in cache and "b" in cache and cache.nbytes == 2 * entry
+
+
+def test_a_cleared_cache_has_its_whole_budget_again():
+    """clear() empties the entries and their byte count: afterwards as many
+    entries fit as in a new cache. (Only the entries were looked at before:
+    a count left over would evict every new entry at once.)"""
+    value = numpy.zeros(100, dtype="float32")
+    entry = value.nbytes + ENTRY_OVERHEAD
+    cache = FeatureCache(max_bytes=2 * entry)
+    cache.put("a", value)
+    cache.put("b", value)
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+    cache.put("c", value)
+    cache.put("d", value)
+    assert "c" in cache and "d" in cache and cache.nbytes == 2 * entry

@@ -956,3 +956,41 @@ def test_a_transformer_output_of_no_pieces_gives_zeros_said(tiny_bert_dir):
     with pytest.warns(UserWarning, match=r"\[ctxembed_from_trf\] 3 of 3 tokens .* no wordpiece"):
         nlp.get_pipe("ctxembed_from_trf")(doc)
     assert doc._.ctx_vectors.shape == (3, 32) and not doc._.ctx_vectors.any()
+
+
+def test_a_shared_piece_counts_the_longest_overlap_with_the_token_before():
+    """"baa" "n" written together as "baan", pieces "b" and "##aan": the shared
+    piece holds "aa" of the first token and "n" of the second. Its text
+    overlaps the first token's end by "aa" (and, shorter, by "a"); the
+    token's share is what the longest overlap leaves, 1 character. Only
+    non-negativity was checked for shared pieces before. Expected counts
+    are read off the text by hand: "b" | "aa" | "n"."""
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.alignment import PieceAlignment
+    from spacy_ctxembed.trf_alignment import AlignedPieces, text_lengths
+
+    doc = Doc(spacy.blank("en").vocab, words=["baa", "n"], spaces=[False, False])
+    # token 0 <- pieces 0, 1; token 1 <- piece 1
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1, 1]), numpy.array([2, 1]), n_pieces=2)
+    pieces = AlignedPieces.of(alignment, [["b", "##aan"]], 2)
+    assert text_lengths(doc, alignment, pieces).tolist() == [1, 2, 1]
+
+
+def test_punctuation_inside_a_token_is_no_part_of_its_comparable_text():
+    """A piece whose normalized text skips a token's punctuation ("us" of
+    "U.S.", as a normalizer that drops punctuation writes it) lies in that
+    token's text as check_not_retokenized compares it (letters and digits
+    only, lowercased), so it is not refused; the same piece aligned to
+    another token is. Not seen before: the tokenizers tried split at
+    punctuation, so no piece ran across it."""
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.alignment import PieceAlignment
+    from spacy_ctxembed.trf_alignment import AlignedPieces, check_not_retokenized
+
+    doc = Doc(spacy.blank("en").vocab, words=["U.S.", "rules"], spaces=[True, False])
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1]), numpy.array([1, 1]), n_pieces=2)
+    check_not_retokenized("c", doc, AlignedPieces.of(alignment, [["us", "rules"]], 2), {})
+    with pytest.raises(ValueError, match=r"aligns the wordpiece 'rules' with token 0 \('U.S.'\)"):
+        check_not_retokenized("c", doc, AlignedPieces.of(alignment, [["rules", "us"]], 2), {})
