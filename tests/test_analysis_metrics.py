@@ -342,7 +342,6 @@ def test_layer_report_subsamples_mev_and_self_similarity_alike():
         assert abs(entry["max_explainable_variance"] - (1 + entry["self_similarity"]) / 2) < 1e-9
 
 
-
 def test_anisotropy_of_a_single_non_zero_token_is_nan():
     """One non-zero token leaves no pair of distinct tokens: the documented
     result is nan for the sampled and the exact mean alike. Only all-zero

@@ -621,7 +621,6 @@ def test_recommendation_ties_go_to_fewer_layers_a_lower_top_layer_then_the_confi
     assert perfect[:4] == [([1], "mean"), ([1], "first"), ([2], "mean"), ([2], "first")]
 
 
-
 def test_a_token_index_one_past_the_sentence_end_is_refused(tmp_path):
     """Index i of a sentence of n tokens must be below n: i == n (one past the
     end, an off-by-one in a converted file) is refused naming the line. The
