@@ -152,14 +152,15 @@ def test_a_docbin_inputs_own_line_numbers_are_replaced_with_a_warning(tmp_path):
     docs[0].user_data["line"] = 1  # (its position already: nothing is lost)
     docs[1].user_data["line"] = 9  # (blank: not embedded)
     docs[2].user_data["line"] = 40
-    docs[4].user_data["line"] = numpy.int64(5)  # (not an int: a JSON reader would not take it as one)
+    docs[3].user_data["line"] = True  # (a bool, not the number 1)
+    docs[4].user_data["line"] = numpy.int64(5)  # (its position: nothing is lost)
     DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "in.spacy")
     with pytest.warns(UserWarning) as told:
         open_input(str(tmp_path / "in.spacy"))
     assert [str(w.message) for w in told] == [
         f"INPUT {tmp_path / 'in.spacy'}: 2 docs carry a user_data['line'] of their own (doc 3: 40), replaced in the "
         "output by the doc's 1-based position in INPUT; copy it to another key first to keep it"]
-    del docs[4].user_data["line"], docs[2].user_data["line"]
+    del docs[2].user_data["line"]
     docs[3].user_data["line"] = "4"
     DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "one.spacy")
     with pytest.warns(UserWarning, match=r": 1 doc carries a user_data\['line'\] of its own \(doc 4: '4'\),"):
@@ -1251,7 +1252,7 @@ def test_what_a_run_killed_while_making_its_partial_left_is_removed_and_no_other
     """A run killed between mkdtemp and the rename of its new partial directory
     left .out.new-XXXXXXXX (its run record and an empty ledger) for ever. The next
     run to finish removes it; not one that another run holds locked, or made less
-    than a minute ago (between its mkdtemp and its lock), or of another name."""
+    than ABANDONED_NEW_AFTER_S ago (between its mkdtemp and its lock), or of another name."""
     import fcntl
 
     old = time.time() - output_module.ABANDONED_NEW_AFTER_S - 5
@@ -1268,6 +1269,28 @@ def test_what_a_run_killed_while_making_its_partial_left_is_removed_and_no_other
         Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False).finish(
             {"format": "docbin", "docs": 0, "shards": []})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({*folders, "out"} - {".out.new-k1ll3d_x"})
+
+
+def test_a_new_partial_renamed_while_finish_sweeps_does_not_fail_the_finished_run(tmp_path, monkeypatch):
+    """Another run's .out.new-XXXXXXXX is listed by finish's sweep and renamed to
+    .out.partial by that run before the sweep reads its age (a second run started
+    with --overwrite as this one finishes). The sweep's stat raised
+    FileNotFoundError out of finish, after OUTPUT was complete: a finished run
+    reported as failed."""
+    other = tmp_path / ".out.new-r4c1ng_x"
+    other.mkdir()
+    listed = output_module._mkdtemp_folders
+
+    def racing(output, prefix):
+        found = listed(output, prefix)
+        if other in found:
+            other.rename(tmp_path / ".elsewhere")  # (the other run's rename, between the listing and the stat)
+        return found
+
+    monkeypatch.setattr(output_module, "_mkdtemp_folders", racing)
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    run.finish({"format": "docbin", "docs": 0, "shards": []})
+    assert read_manifest(tmp_path / "out") is not None
 
 
 def test_a_run_with_a_config_that_names_no_files_is_not_said_to_have_other_model_files(tmp_path):

@@ -842,3 +842,74 @@ def test_a_listener_of_concatenated_vectors_is_sized_to_their_width(tiny_bert_di
     doc = nlp(" ".join(WORDS))
     assert doc._.ctx_vectors.shape == (len(WORDS), 96)
     assert all(token.tag_ in TAGS for token in doc)
+
+
+# A tagger whose model holds a second tok2vec beside model.tok2vec (spaCy's
+# replace_listeners takes any listener paths; it hands the config hook only
+# the model.tok2vec block).
+@spacy.registry.architectures("spacy-ctxembed-tests.TaggerOfTwo.v1")
+def _tagger_of_two(tok2vec, other, nO=None):
+    from thinc.api import concatenate
+
+    return spacy.registry.architectures.get("spacy.Tagger.v2")(concatenate(tok2vec, other), nO=nO)
+
+
+def _tagger_of_two_pipeline(tiny_bert_dir, tok2vec, other, upstreams=("ctxembed_bert",)):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    for name in upstreams:
+        nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=tiny_bert_dir, primary=name == upstreams[0]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy-ctxembed-tests.TaggerOfTwo.v1",
+                                             "tok2vec": tok2vec, "other": other}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})])
+    return nlp
+
+
+def test_replace_listeners_refuses_the_path_of_another_upstreams_listener(tiny_bert_dir, tmp_path):
+    """model.tok2vec holds a's listener, model.other b's. The path check looked
+    for b's listener in model.tok2vec only, and filtered by upstream only where
+    it found several: a's listener passed for b's. Asked for model.tok2vec, it
+    wrote a copy of b (with a's width) over a's listener in the config while the
+    model swapped b's: the saved pipeline did not load. (Asked for b's own path,
+    model.other, it said "pass 'model.tok2vec'".)"""
+    nlp = _tagger_of_two_pipeline(tiny_bert_dir, _listener(8, upstream="a"), _listener(12, upstream="b"),
+                                  upstreams=("a", "b"))
+    config = nlp.config.to_str()
+    with pytest.raises(ValueError, match=r"\): 'model.tok2vec' is not the path of a ContextualListener of 'b' in the "
+                                         r"config of 'tagger', which has it at 'model.other': pass that path \("):
+        nlp.replace_listeners("b", "tagger", ["model.tok2vec"])
+    assert nlp.config.to_str() == config and nlp.get_pipe("b").listening_components == ["tagger"]
+
+
+def test_replace_listeners_takes_a_listener_outside_model_tok2vec(tiny_bert_dir, tmp_path):
+    """Listeners at model.tok2vec and model.other: replace_listeners' own paths.
+    The hook refused 'model.other' as "not the path of a ContextualListener" (it
+    is one; the hook looked in the model.tok2vec block only)."""
+    nlp = _tagger_of_two_pipeline(tiny_bert_dir, _listener(8), _listener(12))
+    before = _tagger_scores(nlp)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec", "model.other"])
+    model = nlp.config["components"]["tagger"]["model"]
+    assert (model["tok2vec"]["width"], model["other"]["width"]) == (8, 12)
+    nlp.to_disk(tmp_path / "p")
+    numpy.testing.assert_array_equal(_tagger_scores(spacy.load(tmp_path / "p")), before)
+
+
+def test_the_replace_listeners_frame_is_found_on_the_installed_spacy(tiny_bert_dir, monkeypatch):
+    """The path checks rest on reading spaCy's `replace_listeners` frame (its
+    locals `pipe_name`, `listeners`, `listener_path`, `pipe_cfg`); were spaCy to
+    rename them, the hook would check nothing. This pins what it reads."""
+    from spacy_ctxembed.models import embedder
+
+    seen = []
+    read = embedder._replace_listeners_call
+
+    def recording():
+        call = read()
+        seen.append(None if call is None else call[:3])
+        return call
+
+    monkeypatch.setattr(embedder, "_replace_listeners_call", recording)
+    nlp = _two_listeners(tiny_bert_dir)
+    nlp.replace_listeners("ctxembed_bert", "tagger", ("model.tok2vec.*.b", "model.tok2vec.*.a"))
+    paths = ["model.tok2vec.*.b", "model.tok2vec.*.a"]
+    assert seen == [("tagger", paths, paths[0]), ("tagger", paths, paths[1])]

@@ -17,6 +17,7 @@ small fraction of the output); its docs are numbered from 1 in the same way
 and docs whose text is blank are skipped.
 """
 import hashlib
+import numbers
 import os
 import reprlib
 import stat
@@ -250,7 +251,8 @@ def _scan_docbin(path: Path, label: str) -> Input:
             if doc.text.strip():
                 n_docs += 1
                 line = doc.user_data.get(LINE_KEY, number)
-                if type(line) is not int or line != number:  # (a numpy value has no plain truth)
+                # (numpy's integers too; a numpy array has no plain truth)
+                if not (isinstance(line, numbers.Integral) and not isinstance(line, bool) and line == number):
                     own_lines.append((number, line))
     except Exception as e:  # zlib, msgpack, spaCy: whatever a file that is not a DocBin raises
         what = (str(e).strip().splitlines() or [""])[0][:200]

@@ -64,6 +64,10 @@ LEDGER = "ledger.jsonl"
 LOCK = ".lock"
 #: The random part of a name that tempfile.mkdtemp makes.
 MKDTEMP_PART = re.compile(r"[a-z0-9_]{8}")
+#: A run's new partial directory is renamed into place microseconds after mkdtemp
+#: made it; one older than this was left by a run killed in between (with a margin
+#: for a run paused there: Ctrl-Z, a suspended machine, a slow network disk).
+ABANDONED_NEW_AFTER_S = 600.0
 NPY_HEADER_SIZE = 128  # a fixed-size .npy v1.0 header, rewritten in place when the shape is known
 
 
@@ -148,11 +152,6 @@ def _new_prefix(output: Path) -> str:
     return f".{output.name}.new-"
 
 
-#: A run's new partial directory is renamed into place microseconds after mkdtemp
-#: made it; one older than this was left by a run killed in between.
-ABANDONED_NEW_AFTER_S = 60.0
-
-
 def _mkdtemp_folders(output: Path, prefix: str) -> List[Path]:
     """Folders named by mkdtemp after `prefix`, and only those (".a.old-b.old-12345678"
     holds output "a.old-b"'s)."""
@@ -172,7 +171,14 @@ def _abandoned_new(output: Path) -> List[Path]:
     which is locked, or younger than `ABANDONED_NEW_AFTER_S`."""
     now = time.time()
     return [path for path in _mkdtemp_folders(output, _new_prefix(output))
-            if now - path.stat().st_mtime > ABANDONED_NEW_AFTER_S and not _held(path / LOCK)]
+            if now - _mtime(path, now) > ABANDONED_NEW_AFTER_S and not _held(path / LOCK)]
+
+
+def _mtime(path: Path, default: float) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # (renamed into place by its run since it was listed)
+        return default
 
 
 def _held(lock: Path) -> bool:
@@ -181,8 +187,10 @@ def _held(lock: Path) -> bool:
         return False
     try:
         fd = os.open(lock, os.O_RDONLY)
-    except OSError:
+    except FileNotFoundError:  # (killed before it took its lock)
         return False
+    except OSError:  # (another user's, say: not known to be free)
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False

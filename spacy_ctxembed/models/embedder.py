@@ -12,10 +12,10 @@ reads the vectors).
 """
 import sys
 from types import FrameType
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from spacy.tokens import Doc
-from spacy.util import registry
+from spacy.util import dot_to_object, registry
 from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
@@ -134,30 +134,31 @@ def replace_listener_cfg(
     embedder. (The component binds its `encoder_lr_scale`, its name and, for a
     v1 model, its v1 settings to this hook.)
 
-    spaCy hands the hook the listening component's whole `model.tok2vec` block,
-    whatever path it replaces (`model.tok2vec.embed` in a `spacy.Tok2Vec.v2`,
-    a listener inside `concatenate.v1`): the listener is looked for in it, the
-    one listening to `upstream` where there are several.
+    spaCy hands the hook the listening component's `model.tok2vec` block, not
+    the path it replaces (`model.tok2vec.embed` in a `spacy.Tok2Vec.v2`, a
+    listener inside `concatenate.v1`, another block of a model of one's own):
+    the paths are read from `Language.replace_listeners`' frame, checked at the
+    first, and each gets the settings of the listener at it. Called some other
+    way, the hook looks for the listener of `upstream` in the block it is given.
     """
-    found = dict(_listener_cfgs(listener_cfg))
-    if len(found) > 1:
-        found = {path: cfg for path, cfg in found.items() if cfg.get("upstream", "*") in ("*", upstream)}
-    if not found:
+    call = _replace_listeners_call()
+    if call is not None:
+        if call.current == call.asked[0]:  # (at the first path: nothing is written yet)
+            own = [path for path, cfg in _listener_cfgs(call.pipe_cfg["model"], "model") if _listens_to(cfg, upstream)]
+            _check_replaced_paths(call, own, upstream)
+        listeners = [dot_to_object(call.pipe_cfg, call.current)]
+    else:
+        listeners = [cfg for _, cfg in _listener_cfgs(listener_cfg, "model.tok2vec") if _listens_to(cfg, upstream)]
+    if not listeners:
         kind = listener_cfg.get("@architectures") or listener_cfg.get("@layers")
         raise ValueError(f"replace_listeners: the listening component's model.tok2vec block ({kind!r}) holds no "
                          f"spacy-ctxembed ContextualListener.v2 of {upstream!r}")
-    call = _replace_listeners_call()
-    if call is not None and call[2] == call[1][0]:  # (at the first path: nothing is written yet)
-        _check_replaced_paths(call, list(found), upstream)
-    # spaCy calls the hook once per path with the same block: the path is the one
-    # its frame is at (all the listeners where the hook is called otherwise).
-    listeners = [found[call[2]]] if call is not None and call[2] in found else list(found.values())
     settings = [{k: v for k, v in cfg.items() if k not in ("@architectures", "upstream")} for cfg in listeners]
     if any(other != settings[0] for other in settings[1:]):
         raise ValueError(
-            f"replace_listeners: the listening component has {len(found)} ContextualListeners of {upstream!r} with "
-            "different settings, and spaCy does not tell this hook which one a path replaces; give them the same "
-            "settings, or have the component listen once"
+            f"replace_listeners: the listening component has {len(listeners)} ContextualListeners of {upstream!r} "
+            "with different settings, and this hook, called outside nlp.replace_listeners, is not told which one a "
+            "path replaces; give them the same settings, or have the component listen once"
         )
     if embedder_cfg.get("@architectures") in V1_ARCHITECTURES:
         if v1_settings is None:
@@ -171,10 +172,10 @@ def replace_listener_cfg(
     return result
 
 
-def _listener_cfgs(cfg: Any, path: str = "model.tok2vec") -> Iterator[Tuple[str, Dict[str, Any]]]:
-    """The spacy-ctxembed ContextualListener.v2 blocks in a config block, at any
-    depth, each with its path (v1 listeners read the docs, and are never linked
-    or replaced)."""
+def _listener_cfgs(cfg: Any, path: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+    """The spacy-ctxembed ContextualListener.v2 blocks in config block `cfg` (at
+    `path`), at any depth, each with its path (v1 listeners read the docs, and
+    are never linked or replaced)."""
     if isinstance(cfg, dict):
         if cfg.get("@architectures") == "spacy-ctxembed.ContextualListener.v2":
             yield path, cfg
@@ -183,35 +184,52 @@ def _listener_cfgs(cfg: Any, path: str = "model.tok2vec") -> Iterator[Tuple[str,
             yield from _listener_cfgs(value, f"{path}.{key}")
 
 
-def _replace_listeners_call() -> Optional[Tuple[str, List[str], str]]:
-    """(the listening component, the paths asked for, the path being replaced) of
-    the `Language.replace_listeners` call this hook runs in, or None where it is
-    called otherwise. spaCy hands the hook neither path (only the `model.tok2vec`
-    block), so they are read from its frame, which holds them all."""
+def _listens_to(cfg: Dict[str, Any], upstream: str) -> bool:
+    return cfg.get("upstream", "*") in ("*", upstream)
+
+
+class _ReplaceCall(NamedTuple):
+    """What a running `Language.replace_listeners` call holds: the listening
+    component, the paths asked for, the one being replaced, its config."""
+
+    pipe_name: str
+    asked: List[str]
+    current: str
+    pipe_cfg: Any  # (spaCy's Config of the component)
+
+
+def _replace_listeners_call() -> Optional[_ReplaceCall]:
+    """The `Language.replace_listeners` call this hook runs in, or None where it
+    is called otherwise. spaCy hands the hook no path (only the `model.tok2vec`
+    block), so they are read from its frame, which holds them all. (Should
+    spaCy rename these locals, the hook checks nothing, as before; the tests
+    of `replace_listeners` pin them.)"""
     from spacy.language import Language
 
     code = Language.replace_listeners.__code__
     frame: Optional[FrameType] = sys._getframe(1)  # (replace_listener_cfg's; replace_listeners' is next)
     try:
-        for _ in range(3):
+        for _ in range(3):  # (a wrapper of the hook, someone's, may add a frame or two)
             if frame is None or frame.f_code is code:
                 break
             frame = frame.f_back
         if frame is None or frame.f_code is not code:
             return None
         named = frame.f_locals
-        pipe_name, asked, current = named.get("pipe_name"), named.get("listeners"), named.get("listener_path")
+        found = (named.get("pipe_name"), named.get("listeners"), named.get("listener_path"), named.get("pipe_cfg"))
     finally:
         del frame
-    # (Another iterable than a list or tuple would be used up here; spaCy's own check
-    # of the paths is against the config only.)
-    if not (isinstance(pipe_name, str) and isinstance(asked, (list, tuple)) and asked and isinstance(current, str)
-            and all(isinstance(path, str) for path in asked)):
+    pipe_name, asked, current, pipe_cfg = found
+    # (An iterator would be used up here: spaCy's own loop over it gets nothing.)
+    if not (isinstance(pipe_name, str) and isinstance(asked, Collection) and not isinstance(asked, (str, Iterator))
+            and asked and isinstance(current, str) and all(isinstance(path, str) for path in asked)
+            and isinstance(pipe_cfg, dict)
+            and isinstance(pipe_cfg.get("model"), dict)):
         return None
-    return pipe_name, list(asked), current
+    return _ReplaceCall(pipe_name, list(asked), current, pipe_cfg)
 
 
-def _check_replaced_paths(call: Tuple[str, List[str], str], paths: List[str], upstream: str) -> None:
+def _check_replaced_paths(call: _ReplaceCall, paths: List[str], upstream: str) -> None:
     """Refuse a `replace_listeners` path that is not one of the listeners' own
     (`paths`), before spaCy writes any of them: spaCy writes the hook's block at
     the path it was given, but swaps only the listener in the model. Given
@@ -219,15 +237,17 @@ def _check_replaced_paths(call: Tuple[str, List[str], str], paths: List[str], up
     `ud-*`/`wnut17-*` configs), the copy's block would take the place of the
     whole `Tok2Vec.v2` in the config (its `encode` too) while the model keeps
     its encoder, and the saved pipeline would not load."""
-    pipe_name, asked, _ = call
+    pipe_name, asked = call.pipe_name, call.asked
     call_text = f"[{pipe_name}] nlp.replace_listeners({upstream!r}, {pipe_name!r}, {asked!r})"
     listed = ", ".join(map(repr, paths))
     wrong = [path for path in asked if path not in paths]
     if wrong:
         one = len(paths) == 1
+        where = (f"which has {'it' if one else 'them'} at {listed}: pass {'that path' if one else 'those'}" if paths
+                 else "which has none (edited since the pipeline was built?)")
         raise ValueError(
             f"{call_text}: {wrong[0]!r} is not the path of a ContextualListener of {upstream!r} in the config of "
-            f"{pipe_name!r}, which has {'it' if one else 'them'} at {listed}: pass {'that path' if one else 'those'} "
+            f"{pipe_name!r}, {where} "
             f"(spaCy would write the copy's block over all of {wrong[0]!r} in the config but swap only the listener "
             "in the model, and the saved pipeline would not load)"
         )
