@@ -1580,3 +1580,125 @@ def test_resume_removes_the_files_and_folders_the_ledger_does_not_list(tmp_path)
         assert kept == sorted([".lock", "ledger.jsonl", "run.json", SHARD.format(0)])
     finally:
         resumed.abandon()
+
+
+# Outputs written here by hand, in the documented layout (embedded.py's docstring), with
+# NumPy and json: the readers are checked on files no model made.
+_EMBED_LAYOUT = "spacy-ctxembed/embed"
+
+
+def _npy_output(path, vectors, bounds, rows=None, docs=None, save=numpy.save):
+    """An npy output of `vectors` whose docs.jsonl gives the docs' (start, end) `bounds`."""
+    path.mkdir(parents=True, exist_ok=True)
+    save(path / "vectors.npy", vectors)
+    records = [{"line": i + 1, "text": f"doc {i}", "tokens": [], "start": s, "end": e}
+               for i, (s, e) in enumerate(bounds)]
+    (path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
+    manifest = {"layout": _EMBED_LAYOUT, "format": "npy", "rows": len(vectors) if rows is None else rows,
+                "docs": len(bounds) if docs is None else docs}
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf8")
+    return path
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_load_npy_reads_a_fortran_ordered_vectors_file_by_its_header(tmp_path, mmap):
+    """Not seen before: a vectors.npy whose header says fortran_order True (numpy.save
+    of a column-major array); embed writes C order, so only C order had been read."""
+    expected = numpy.arange(6 * 4, dtype="float64").reshape(6, 4) / 7.0
+    out = _npy_output(tmp_path / "out", numpy.asfortranarray(expected.astype("float32")), [(0, 2), (2, 6)])
+    assert b"'fortran_order': True" in (out / "vectors.npy").read_bytes()[:128]
+    vectors, records = load_npy(out, mmap=mmap)
+    numpy.testing.assert_allclose(numpy.asarray(vectors, dtype="float64"), expected, rtol=1e-6)
+    assert [(r["start"], r["end"]) for r in records] == [(0, 2), (2, 6)]
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_load_npy_reads_a_version_2_vectors_file(tmp_path, mmap):
+    """Not seen before: a .npy file of format version 2.0 (4-byte header length), which
+    numpy writes for headers over 64 KiB and on request; embed writes 1.0."""
+    expected = numpy.linspace(-1.0, 1.0, 3 * 5).reshape(3, 5)
+
+    def save_v2(file, array):
+        with open(file, "wb") as f:
+            numpy.lib.format.write_array(f, array, version=(2, 0))
+
+    out = _npy_output(tmp_path / "out", expected.astype("float32"), [(0, 1), (1, 3)], save=save_v2)
+    assert (out / "vectors.npy").read_bytes()[6:8] == b"\x02\x00"
+    vectors, _ = load_npy(out, mmap=mmap)
+    numpy.testing.assert_allclose(numpy.asarray(vectors, dtype="float64"), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["manifest rows", "first doc starts late", "last doc ends early"])
+def test_load_npy_refuses_docs_and_rows_that_do_not_add_up(tmp_path, case):
+    """Not seen before: a manifest whose row count is not the vectors file's; a
+    docs.jsonl whose first doc does not start at row 0, or whose last doc ends before
+    the last row (the right number of docs each time, chained end to start)."""
+    vectors = numpy.zeros((6, 3), dtype="float32")
+    bounds, rows = {"manifest rows": ([(0, 2), (2, 6)], 7), "first doc starts late": ([(1, 2), (2, 6)], None),
+                    "last doc ends early": ([(0, 2), (2, 5)], None)}[case]
+    out = _npy_output(tmp_path / "out", vectors, bounds, rows=rows)
+    with pytest.raises(ValueError, match=r"the file is damaged|its manifest says 7") as error:
+        load_npy(out)
+    assert str(error.value).startswith(f"{out}: ")
+    good = _npy_output(tmp_path / "good", vectors, [(0, 2), (2, 6)])
+    assert load_npy(good)[0].shape == (6, 3)  # the same output, consistent, reads
+
+
+@pytest.mark.parametrize("manifest", [
+    {"layout": "other/tool", "format": "npy", "rows": 0, "docs": 0},
+    ["not", "an", "object"],
+    '{"layout": "spacy-ctxembed/embed", "format": "npy", "ro',  # cut while written
+    b"\xff\xfe{}",  # not UTF-8
+])
+def test_read_manifest_of_another_tools_or_a_damaged_manifest_is_none(tmp_path, manifest):
+    """Not seen before: read_manifest was only asked of directories without a manifest
+    (an unfinished output). Another tool's manifest, or one that is not JSON, is not
+    a complete output's: None, never an exception."""
+    path = tmp_path / "manifest.json"
+    if isinstance(manifest, bytes):
+        path.write_bytes(manifest)
+    else:
+        path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest), encoding="utf8")
+    assert read_manifest(tmp_path) is None
+    path.write_text(json.dumps({"layout": _EMBED_LAYOUT, "format": "npy"}), encoding="utf8")
+    assert read_manifest(tmp_path) == {"layout": _EMBED_LAYOUT, "format": "npy"}
+
+
+def _docbin_output(path, shard_lines, shard_meta):
+    """A docbin output of one shard whose docs have the input lines `shard_lines`."""
+    nlp = spacy.blank("en")
+    docs = []
+    for line in shard_lines:
+        doc = nlp(f"line {line}")
+        doc.user_data["line"] = line
+        docs.append(doc)
+    data = DocBin(docs=docs, store_user_data=True).to_bytes()
+    (path / "shard-000000.spacy").write_bytes(data)
+    shard = {"file": "shard-000000.spacy", "docs": len(docs), **shard_meta(len(data))}
+    manifest = {"layout": _EMBED_LAYOUT, "format": "docbin", "shards": [shard]}
+    (path / "manifest.json").write_text(json.dumps(manifest), encoding="utf8")
+
+
+@pytest.mark.parametrize("lines", [[3, 3], [4, 3]], ids=["repeated", "backwards"])
+def test_iter_docs_refuses_a_shard_whose_lines_repeat_or_go_back(tmp_path, monkeypatch, lines):
+    """Not seen before: docs whose input lines are all inside the manifest's range but
+    not increasing (a doc repeated, or out of order): each doc's line must come after
+    the one before."""
+    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)  # (no vectors here: only lines are read)
+    _docbin_output(tmp_path, lines, lambda size: {"first_line": 3, "last_line": 4, "bytes": size})
+    with pytest.raises(ValueError, match=r"holds a doc of input line 3, where its manifest gives it lines 3-4 "
+                                         r"\(after line \d\): the file is another's"):
+        list(iter_docs(tmp_path))
+    _docbin_output(tmp_path, [3, 4], lambda size: {"first_line": 3, "last_line": 4, "bytes": size})
+    assert [doc.user_data["line"] for doc in iter_docs(tmp_path)] == [3, 4]
+
+
+def test_iter_docs_refuses_a_shard_larger_than_its_manifest_says(tmp_path, monkeypatch):
+    """Not seen before: a readable shard with more bytes than the manifest records
+    (only smaller, cut shards were tried); no line range to catch it otherwise."""
+    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)
+    _docbin_output(tmp_path, [1, 2], lambda size: {"bytes": size - 1})
+    size = (tmp_path / "shard-000000.spacy").stat().st_size
+    with pytest.raises(ValueError, match=rf"shard-000000\.spacy holds {size:,} bytes, where its manifest says "
+                                         rf"{size - 1:,}: the file is damaged, or another's"):
+        list(iter_docs(tmp_path))

@@ -529,3 +529,13 @@ def test_the_signature_tells_apart_options_over_the_same_weights(tmp_path):
     text = "I ran to the park and then I ran home ."
     assert not numpy.allclose(a(text)._.ctx_vectors, b(text)._.ctx_vectors, atol=1e-4)  # the premise
     assert a.get_pipe("ctxembed_elmo").signature != b.get_pipe("ctxembed_elmo").signature
+
+
+def test_char_ids_of_a_token_with_a_lone_surrogate_drop_it():
+    """Not seen before: a str that UTF-8 cannot encode (a lone surrogate, which Python
+    strings and so spaCy tokens can hold). The format encodes with errors="ignore":
+    the surrogate is left out, the rest of the token kept (not replaced by "?")."""
+    word = "a\ud800b" + "\udfff"
+    expected = [258, ord("a"), ord("b"), 259] + [260] * 46
+    assert list(char_ids(word)) == [i + 1 for i in expected]
+    assert list(char_ids(word)) == reference_char_ids(word)

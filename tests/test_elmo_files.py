@@ -295,3 +295,60 @@ def test_a_backward_lstm_of_another_depth_is_refused(files, edit):
     held = 3 if edit == "extra" else 1
     _assert_message(err, files[1], f"holds {held} LSTM layers (RNN_1/RNN/MultiRNNCell/Cell*), but the options file "
                                    "asks for 2 (lstm.n_layers)", "of different models")
+
+
+def test_the_smallest_counts_and_the_widest_filter_are_a_valid_model(tmp_path):
+    """Not seen before: a valid file at each setting's lower bound (one LSTM layer, no
+    highway layer) and a filter as wide as the 50 character positions (one output per
+    filter). Shapes are the documented ones, computed here."""
+    options = _options(**{"lstm.n_layers": 1, "char_cnn.n_highway": 0,
+                          "char_cnn.filters": [[1, 2], [50, 3]]})
+    options_path, weights_path = write_elmo_fixture(tmp_path, options=options)
+    read = read_options(options_path, component=COMPONENT)
+    assert (read.n_layers, read.n_highway, read.filters) == (1, 0, [(1, 2), (50, 3)])
+    weights = read_weights(weights_path, read, component=COMPONENT)
+    assert weights["CNN/W_cnn_1"].shape == (1, 50, 4, 3)
+    assert weights["CNN_proj/W_proj"].shape == (5, 8)
+    assert not any(name.startswith("CNN_high_") for name in weights)
+    assert sorted(n for n in weights if n.startswith("RNN_")) == sorted(
+        f"RNN_{d}/RNN/MultiRNNCell/Cell0/LSTMCell/{name}" for d in (0, 1) for name in ("W_0", "B", "W_P_0"))
+
+
+@pytest.mark.parametrize("key", ["lstm.cell_clip", "lstm.proj_clip"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")], ids=["inf", "-inf"])
+def test_an_infinite_clip_is_refused(tmp_path, files, key, value):
+    """Not seen before: JSON's `Infinity` (which json.loads reads) as a clip value;
+    only nan was tried. "A finite number > 0" refuses it."""
+    options_path = tmp_path / "options.json"
+    options_path.write_text(json.dumps(_options(**{key: value})))  # writes Infinity / -Infinity
+    assert "Infinity" in options_path.read_text()
+    with pytest.raises(ElmoFileError) as err:
+        read_options(options_path, component=COMPONENT)
+    _assert_message(err, options_path, f"{key} = {value!r}: expected a finite number > 0")
+
+
+def test_n_characters_must_be_an_integer_not_a_float_of_the_same_value(tmp_path, files):
+    """Not seen before: 262.0 compares equal to 262; an integer setting given as a
+    number is refused like the other integer settings (`lstm.projection_dim = 8.0`)."""
+    options_path = tmp_path / "options.json"
+    options_path.write_text(json.dumps(_options(**{"char_cnn.n_characters": 262.0})))
+    with pytest.raises(ElmoFileError) as err:
+        read_options(options_path, component=COMPONENT)
+    _assert_message(err, options_path, "char_cnn.n_characters = 262.0: expected 262")
+
+
+def test_the_options_digest_is_by_content_not_by_key_order(tmp_path):
+    """Not seen before: the digest (the outputs' signature) of the same options written
+    with their keys in another order. The same model must give the same digest; a
+    changed value another."""
+    def reorder(node):
+        return {k: reorder(node[k]) for k in reversed(list(node))} if isinstance(node, dict) else node
+
+    plain, reordered, changed = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    plain.write_text(json.dumps(SMALL))
+    reordered.write_text(json.dumps(reorder(SMALL)))
+    changed.write_text(json.dumps(_options(**{"lstm.cell_clip": 2})))
+    assert plain.read_text() != reordered.read_text()
+    assert json.loads(plain.read_text()) == json.loads(reordered.read_text())
+    digest = [read_options(p, component=COMPONENT).digest for p in (plain, reordered, changed)]
+    assert digest[0] == digest[1] != digest[2]

@@ -168,3 +168,37 @@ def test_cudnn_attention_is_off_inside_the_block_and_put_back_after():
         assert torch.backends.cuda.cudnn_sdp_enabled() is True
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_a_thread_entering_while_another_saves_the_setting_waits_for_it():
+    """Not seen before: two threads entering at once (the existing tests enter one after
+    the other). The value before is read once, by the first to enter; a second thread
+    that came meanwhile waits for it instead of reading and setting the switch itself,
+    and the value before is put back at the end. (A plain dict stands for torch's flag;
+    the wait below only bounds how long the second thread is given to break in.)"""
+    from spacy_ctxembed.models.process_settings import ProcessWideSetting
+
+    state = {"value": "before"}
+    reads, inside, threads = [], [], []
+    second_read = threading.Event()
+
+    def read():
+        reads.append(threading.current_thread().name)
+        if len(reads) == 1:
+            threads.append(threading.Thread(target=second, name="second"))
+            threads[0].start()
+            second_read.wait(0.5)  # set only if the second thread reads the flag meanwhile
+        else:
+            second_read.set()
+        return state["value"]
+
+    setting = ProcessWideSetting(read, lambda value: state.update(value=value), "held")
+
+    def second():
+        with setting.held():
+            inside.append(state["value"])
+
+    with setting.held():
+        threads[0].join(10)
+        assert state["value"] == "held"
+    assert reads == ["MainThread"] and inside == ["held"] and state["value"] == "before"
