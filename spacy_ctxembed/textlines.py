@@ -70,10 +70,11 @@ def wide_encoding(head: bytes) -> Optional[str]:
     for bom, encoding in WIDE_BOMS:
         if head.startswith(bom):
             return encoding
-    if len(head) < 4:
+    if len(head) < 2:
         return None
+    # A file of one UTF-16 character ("a\x00") is told too; UTF-32 needs a whole unit.
     for encoding, upper in (("UTF-32LE", (head[2::4], head[3::4])), ("UTF-32BE", (head[0::4], head[1::4]))):
-        if all(_mostly(lane, lane.count(0)) for lane in upper):
+        if len(head) >= 4 and all(_mostly(lane, lane.count(0)) for lane in upper):
             return encoding
     for encoding, high in (("UTF-16LE", head[1::2]), ("UTF-16BE", head[0::2])):
         if 0 in high and _mostly(high, len(high) - len(high.translate(None, _LOW))):

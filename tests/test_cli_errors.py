@@ -530,6 +530,16 @@ def test_utf16_with_three_quarters_of_its_high_bytes_below_0x20_is_refused():
     assert wide_encoding(head) == "UTF-16LE"
 
 
+@pytest.mark.parametrize("head,named", [
+    (b"a\x00", "UTF-16LE"), (b"\x00a", "UTF-16BE"), (b"\n\x00", "UTF-16LE"),  # one UTF-16 character
+    (b"ab\x00", None), (b"a", None), (b"\x00", None), (b"", None), (b"ab", None), (b"\xc3\xa9", None),
+])
+def test_a_file_of_one_utf16_character_is_told_as_utf16(head, named):
+    """Below four bytes only UTF-32 cannot be told: "a\\x00" is "a" in UTF-16LE, which
+    would otherwise be embedded as "a" and a NUL character."""
+    assert wide_encoding(head) == named
+
+
 def test_lines_beyond_max_length_are_counted_and_a_line_of_exactly_max_length_is_fine(tmp_path):
     """The refusal names the first long line and how many more there are; a line of exactly
     nlp.max_length characters is accepted (spaCy refuses only longer texts)."""

@@ -248,6 +248,24 @@ def test_input_errors_name_the_file(tmp_path):
             input_files([str(locked)])
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_given_or_found_in_a_directory_is_refused_by_name(tmp_path):
+    """A run reads each input twice (planning, then its shards by offset): a pipe's
+    second read would be empty, or block with no writer."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pipe = folder / "in.txt"
+    os.mkfifo(pipe)
+    with pytest.raises(InputError, match=r"in\.txt is not a regular file \(a pipe, socket or device\)"):
+        input_files([str(pipe)])
+    with pytest.raises(InputError, match=r"in\.txt is not a regular file"):
+        input_files([str(folder)])
+    pipe.unlink()
+    (tmp_path / "elsewhere.txt").write_text("one\n", encoding="utf8")
+    (folder / "b.txt").symlink_to(tmp_path / "elsewhere.txt")  # a link to a file is read as the file
+    assert [p.name for p, _ in input_files([str(folder)])] == ["elsewhere.txt"]
+
+
 def test_a_file_changed_after_planning_is_refused(tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("one\ntwo\n", encoding="utf8")

@@ -102,6 +102,12 @@ def input_files(paths: Sequence[str], kind: Optional[str] = None) -> List[Tuple[
             raise InputError(f"input {given}: no such file or directory")
     result = []
     for path in files:
+        if not path.is_file():
+            # A pipe, socket or device: a run reads each input twice (planning,
+            # then its shards by byte offset), and a pipe's bytes are gone after
+            # the first read, so its shards would come out empty or hang.
+            raise InputError(f"input {path} is not a regular file (a pipe, socket or device); "
+                             "embed --ray reads each input twice: save it to a file first")
         if not os.access(path, os.R_OK):
             raise InputError(f"input {path}: permission denied")
         file_kind = kind or SUFFIXES.get(path.suffix.lower())
