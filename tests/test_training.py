@@ -323,6 +323,36 @@ def test_replace_listeners_refuses_a_path_above_the_listener(tiny_bert_dir):
     assert nlp.get_pipe("ctxembed_bert").listeners == []
 
 
+def test_a_sourced_components_wrong_replace_listeners_path_is_refused_in_the_settings_words(tiny_bert_dir, tmp_path):
+    """A sourced component's `replace_listeners` setting makes spaCy call
+    nlp.replace_listeners on the source pipeline: the error names the setting the
+    user wrote (the component under its new name, and the source), and the
+    listener's own path, given there, works."""
+    encode = {"@architectures": "spacy.MaxoutWindowEncoder.v2", "width": 16, "window_size": 1, "maxout_pieces": 2,
+              "depth": 1}
+    nlp, _ = _pipeline(tiny_bert_dir, tok2vec={"@architectures": "spacy.Tok2Vec.v2", "embed": _listener(),
+                                               "encode": encode})
+    nlp.to_disk(tmp_path / "p")
+    config = spacy.util.load_config(tmp_path / "p" / "config.cfg")
+    config["nlp"]["pipeline"] = ["tagger2"]
+    del config["components"]["tagger"], config["components"]["ctxembed_bert"]
+    source = str(tmp_path / "p")
+    config["components"]["tagger2"] = {"source": source, "component": "tagger", "replace_listeners": ["model.tok2vec"]}
+    with pytest.raises(ValueError) as caught:
+        spacy.util.load_model_from_config(config, auto_fill=True)
+    assert str(caught.value).startswith(
+        f"[components.tagger2] replace_listeners = ['model.tok2vec'], of 'tagger' sourced from {source!r} (spaCy "
+        "calls nlp.replace_listeners('ctxembed_bert', 'tagger', ...) there): 'model.tok2vec' is not the path of a "
+        "ContextualListener of 'ctxembed_bert' in the config of 'tagger', which has it at 'model.tok2vec.embed': "
+        "pass that path (")
+    config["components"]["tagger2"]["replace_listeners"] = ["model.tok2vec.embed"]
+    sourced = spacy.util.load_model_from_config(config, auto_fill=True)
+    embed_cfg = sourced.config["components"]["tagger2"]["model"]["tok2vec"]["embed"]
+    assert embed_cfg["@architectures"] == "spacy-ctxembed.ContextualTok2Vec.v3"
+    text = " ".join(WORDS)
+    assert [t.tag_ for t in sourced(text)] == [t.tag_ for t in nlp(text)]
+
+
 def test_replace_listeners_refuses_a_wrong_path_among_several_before_writing_any(tiny_bert_dir):
     """The second path is wrong, or the same as the first: the first was written (and
     its model node swapped) before the hook saw the second. All are checked at the first."""

@@ -11,6 +11,7 @@ of the encoder (a listener that mixes layers) or of the whole chain (one that
 reads the vectors).
 """
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Any, Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -196,6 +197,9 @@ class _ReplaceCall(NamedTuple):
     asked: List[str]
     current: str
     pipe_cfg: Any  # (spaCy's Config of the component)
+    #: Where the call comes from a sourced component's `replace_listeners`
+    #: setting (`Language.from_config`): its name in the new pipeline and its source.
+    sourced: Optional[Tuple[str, str]] = None
 
 
 def _replace_listeners_call() -> Optional[_ReplaceCall]:
@@ -217,6 +221,7 @@ def _replace_listeners_call() -> Optional[_ReplaceCall]:
             return None
         named = frame.f_locals
         found = (named.get("pipe_name"), named.get("listeners"), named.get("listener_path"), named.get("pipe_cfg"))
+        sourced = _sourcing(frame.f_back)
     finally:
         del frame
     pipe_name, asked, current, pipe_cfg = found
@@ -226,7 +231,21 @@ def _replace_listeners_call() -> Optional[_ReplaceCall]:
             and isinstance(pipe_cfg, dict)
             and isinstance(pipe_cfg.get("model"), dict)):
         return None
-    return _ReplaceCall(pipe_name, list(asked), current, pipe_cfg)
+    return _ReplaceCall(pipe_name, list(asked), current, pipe_cfg, sourced)
+
+
+def _sourcing(frame: Optional[FrameType]) -> Optional[Tuple[str, str]]:
+    """(name, source) of the component whose `replace_listeners` setting made
+    `Language.from_config` (`frame`, the caller's) run this call; else None. The
+    user wrote that setting, not the call: the errors name it."""
+    from spacy.language import Language
+
+    if frame is None or frame.f_code is not Language.from_config.__code__:
+        return None
+    name, source = frame.f_locals.get("pipe_name"), frame.f_locals.get("model")
+    if isinstance(name, str) and isinstance(source, (str, Path)):
+        return name, str(source)
+    return None
 
 
 def _check_replaced_paths(call: _ReplaceCall, paths: List[str], upstream: str) -> None:
@@ -239,6 +258,10 @@ def _check_replaced_paths(call: _ReplaceCall, paths: List[str], upstream: str) -
     its encoder, and the saved pipeline would not load."""
     pipe_name, asked = call.pipe_name, call.asked
     call_text = f"[{pipe_name}] nlp.replace_listeners({upstream!r}, {pipe_name!r}, {asked!r})"
+    if call.sourced is not None:
+        name, source = call.sourced
+        call_text = (f"[components.{name}] replace_listeners = {asked!r}, of {pipe_name!r} sourced from {source!r} "
+                     f"(spaCy calls nlp.replace_listeners({upstream!r}, {pipe_name!r}, ...) there)")
     listed = ", ".join(map(repr, paths))
     wrong = [path for path in asked if path not in paths]
     if wrong:
