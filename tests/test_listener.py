@@ -160,10 +160,10 @@ def test_the_passed_over_record_keeps_only_components_alive():
     listener = ContextualListenerNode("embx", mix_layers=False, grad_factor=1.0)
     kept = Component("emb")
     for _ in range(3):
-        listener.pass_over(kept)
-        listener.pass_over(Component("rebuilt"))  # gone when the next round links
+        listener.pass_over(kept, "tagger")
+        listener.pass_over(Component("rebuilt"), "tagger")  # gone when the next round links
         gc.collect()
-    listener.pass_over(Component("last"))
+    listener.pass_over(Component("last"), "tagger")
     assert len(listener._passed_over) == 2
     assert listener.passed_over() == ["emb"]
 

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy
+import pytest
 import spacy
 from spacy.training import Example
 from thinc.api import Linear, with_array
@@ -64,6 +65,39 @@ def test_elmo_pipeline_pickles_and_keeps_its_step(tmp_path):
     compiled.initialize()
     step = _round_trip(compiled).get_pipe("ctxembed_elmo").encoder.shims[0].step
     assert step is not lstm_step and callable(step)  # compiled again, lazily
+
+
+@pytest.mark.parametrize("kind", ["bert", "elmo"])
+def test_copies_keep_the_lineage_and_a_load_past_the_component_renews_it(tiny_bert_dir, tmp_path, kind):
+    """A pickled or deep-copied component is the same weights (its shim's count of
+    loads starts again in the copy, and is not read as a load past it); weights
+    loaded into its model with thinc's `from_bytes` (spaCy's init_tok2vec) are
+    other weights: a new lineage, and outputs signed anew."""
+    import copy as copying
+
+    if kind == "bert":
+        config, name = ctx_config(name=tiny_bert_dir), "ctxembed_bert"
+    else:
+        options, weights = write_elmo_fixture(tmp_path / "elmo")
+        config, name = ctx_config(options_file=str(options), weight_file=str(weights)), "ctxembed_elmo"
+    nlp = spacy.blank("en")
+    nlp.add_pipe(name, config=config)
+    nlp.initialize()
+    component = nlp.get_pipe(name)
+    lineage, signature = component.lineage, component.signature
+    for copied in (_round_trip(nlp).get_pipe(name), copying.deepcopy(component), pickle.loads(pickle.dumps(component))):
+        copied(nlp.make_doc(TEXTS[1]))
+        assert (copied.lineage, copied.signature) == (lineage, signature)
+    data = component.model.to_bytes()
+    for tensor in component.encoder.shims[0]._model.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.mul_(0.5)  # (weights of its own shapes, elsewhere; ELMo's frozen ones are buffers)
+    other = component.model.to_bytes()
+    component.model.from_bytes(data)  # the same weights again: still a load past it
+    assert component.lineage not in (None, lineage) and component.signature == signature
+    moved = component.lineage
+    component.model.from_bytes(other)
+    assert component.lineage not in (None, lineage, moved) and component.signature != signature
 
 
 def test_elmo_model_copies_in_memory(tmp_path, monkeypatch):

@@ -167,6 +167,7 @@ class BertShim(EncoderShim):
         self._model = encoder.module
         self.runner = runner
         self._scale_losses()
+        self.weights_loaded()
 
     def to_device(self, device_type: str, device_id: int) -> None:
         if self._model is None:  # not loaded yet: it loads onto the current device (`load`)

@@ -242,6 +242,7 @@ class ElmoShim(EncoderShim):
         net = build_bilm(options, weights, trainable=bool(self.settings["trainable"])).eval()
         self._model = net.to(get_torch_default_device())
         self.options, self._layers = options, layers
+        self.weights_loaded()
 
     def save_dir(self, directory: Path) -> None:
         options = self.get_options()

@@ -225,6 +225,11 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     component: str = ""
     #: The key of the shim's bytes (`to_bytes`) that holds its model files.
     FILES_KEY: ClassVar[str]
+    #: How many times weights were loaded into it (`weights_loaded`): its
+    #: component's own loads, and loads past it (thinc's `Model.from_bytes` on
+    #: the component's model, as spaCy's `[initialize] init_tok2vec` loads what
+    #: `spacy pretrain` wrote), which the component tells by this count.
+    loads: int = 0
 
     def __init__(self, settings: Dict[str, Any], **kwargs: Any) -> None:
         super().__init__(None, **kwargs)
@@ -273,6 +278,10 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     def load_saved(self, directory: Path, name: str, setting: str) -> None:
         """Load the model files `save_dir` wrote, with errors in them naming
         `[name] setting` (`saved_as`)."""
+
+    def weights_loaded(self) -> None:
+        """Count a load of weights (`loads`): each shim calls it once it holds them."""
+        self.loads += 1
 
     @abstractmethod
     def saved_files_problem(self, files: Any) -> str:

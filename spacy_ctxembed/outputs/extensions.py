@@ -260,7 +260,9 @@ def restore_vectors(doc: Doc) -> Doc:
     `Doc.to_bytes`, `DocBin`, `Doc.from_docs` and `nlp.pipe(n_process=...)`
     keep the outputs (in user data) but drop user hooks. After
     `docs = [restore_vectors(d) for d in doc_bin.get_docs(nlp.vocab)]`
-    the docs behave as when they left the pipeline. Docs written by version
+    their vectors behave as when they left the pipeline. (`doc.tensor` is
+    not set again: a DocBin does not keep it, and spaCy's `Doc.from_docs`
+    refuses to join a doc without one to one with one.) Docs written by version
     0.1 (`doc._.ctx_vectors` in user data) are converted.
     """
     if not isinstance(doc, Doc):

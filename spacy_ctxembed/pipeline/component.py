@@ -162,6 +162,9 @@ class ContextualEmbedder(TrainablePipe):
     #: `encoder_fingerprint`, as (that count, the fingerprint) when taken.
     _encoder_changes = 0
     _encoder_fingerprint: Optional[Tuple[int, str]] = None
+    #: The encoder shim's count of loads (`EncoderShim.loads`) at the component's
+    #: last load: another count is a load past it (`_notice_outside_load`).
+    _shim_loads = 0
 
     def __init__(
         self,
@@ -224,6 +227,7 @@ class ContextualEmbedder(TrainablePipe):
         # where processes are spawned). TrainablePipe's reducer, made by
         # Cython, copies __dict__ as it is; this one leaves out the load lock
         # and the feature cache's entries (a memory saving, not state).
+        self._notice_outside_load()  # (the copy's records are of the weights it holds)
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
                  "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None,
                  "_encoder_fingerprint": None}  # (taken again: a step meanwhile may have moved the weights)
@@ -278,7 +282,7 @@ class ContextualEmbedder(TrainablePipe):
                 if isinstance(node, ContextualListenerNode) and node.upstream_name in names:
                     self.add_listener(node, component.name)
                 elif isinstance(node, ContextualListenerNode):
-                    node.pass_over(self)  # (for its error, where no component takes it)
+                    node.pass_over(self, component.name)  # (for its error, where no component takes it)
                 elif isinstance(node, Tok2VecListener) and node.upstream_name == self.name:
                     # spaCy's listener is linked to spaCy's tok2vec only: it would read
                     # doc.tensor where this component annotates, and never train it.
@@ -338,6 +342,7 @@ class ContextualEmbedder(TrainablePipe):
         """
         self._after_fork()  # (every use of the component comes here, or to `_loads`, first)
         if self._loaded:
+            self._notice_outside_load()
             return
         with self._gate.loading():  # (waits for a load under way in another thread)
             if self._load_refused == _FORKED_MID_CHANGE:
@@ -418,8 +423,24 @@ class ContextualEmbedder(TrainablePipe):
             self._identity = identity
         self._generation += 1
         self._encoder_changes += 1
+        self._shim_loads = _loads_of(self.encoder)
         self._sign(self._generation)
         self._loaded = True
+
+    def _notice_outside_load(self) -> None:
+        """Weights loaded into the encoder past the component: thinc's
+        `Model.from_bytes` on its model, as spaCy's `[initialize] init_tok2vec`
+        loads what `spacy pretrain` wrote (and `pretrain --resume-path`), or a
+        user's own call. They count as new weights (`_model_loaded`): a new
+        lineage (where they come from is not known), the cache keyed anew, the
+        outputs signed anew, the listeners sized again. Unnoticed, the cache
+        served docs seen before with the old weights' layers, and the outputs'
+        signatures and the records of heads trained on them named the old
+        weights: a head trained on these was refused beside them once saved,
+        and taken beside the old ones. (No load gate: the load it follows took
+        none, and the getters that come here may be asked inside a prediction.)"""
+        if self._loaded and self._shim_loads != _loads_of(self.encoder):
+            self._model_loaded()
 
     # Prediction ------------------------------------------------------------
 
@@ -516,6 +537,7 @@ class ContextualEmbedder(TrainablePipe):
     @property
     def lineage(self) -> Optional[str]:
         """Which weights these are (`_lineage`); None before they are loaded."""
+        self._notice_outside_load()
         return self._lineage
 
     @property
@@ -526,6 +548,7 @@ class ContextualEmbedder(TrainablePipe):
     @property
     def signature(self) -> Optional[str]:
         """What makes the outputs now (`output_signature`), as stored with each; None before loading."""
+        self._notice_outside_load()
         return self._current_signature() if self._loaded else None
 
     def listener_features(self) -> Optional[Dict[str, str]]:
@@ -545,6 +568,7 @@ class ContextualEmbedder(TrainablePipe):
         """The encoder's weights by value, as a save records them (the same under
         another version of transformers), for a listener's record. Taken once
         per change of the encoder's weights."""
+        self._notice_outside_load()
         changes = self._encoder_changes
         if self._encoder_fingerprint is None or self._encoder_fingerprint[0] != changes:
             self._encoder_fingerprint = (changes, saved_weights_fingerprint(self.encoder))
@@ -1035,6 +1059,12 @@ class ContextualEmbedder(TrainablePipe):
                               load_failure("a combiner saved by spacy-ctxembed", err)) from None
 
 
+def _loads_of(encoder: Model) -> int:
+    """How many times weights were loaded into `encoder`'s shim (0 without one: `ctxembed_from_trf`)."""
+    shim = encoder_shim(encoder)
+    return shim.loads if shim is not None else 0
+
+
 def _cacheable_encoder(model: Model) -> bool:
     """Whether the feature cache can key the encoder's outputs: not where it has
     no model of its own (TrfEncoder pools another component's outputs from the
@@ -1076,6 +1106,8 @@ def _unpickled_component(cls: "type[ContextualEmbedder]", state: Dict[str, Any])
     for key, value in state.items():
         setattr(component, key, value)
     component._start_runtime()
+    # The copy's shim counts its own loads (its bytes' load is its first).
+    component._shim_loads = _loads_of(component.encoder)
     # Unpickled in this process (spawned `n_process` workers, Ray, joblib): not
     # a fork, so torch's thread pool is sound and the user's thread setting stays.
     component._pid = os.getpid()
