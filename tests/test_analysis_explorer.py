@@ -342,3 +342,85 @@ def test_explorer_plot_cuts_long_example_contexts_to_110_characters():
     texts = [t.get_text() for t in explorer_figure(explored, "tiny").axes[1].texts]
     assert "    " + "x" * 109 + "…" in texts
     assert "    " + short_example in texts
+
+
+def test_ties_between_cluster_counts_go_to_the_smaller_k():
+    """Four directions, one of them twice: k = 3 ({the pair}, {one}, {the other two}) and k = 4
+    both score 0.4 by hand (the pair's two rows 1 each, every other row 0, over 5 rows)."""
+    units = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
+    labels, silhouettes = choose_clusters(units, max_clusters=6, seed=0)
+    assert silhouettes[3] == pytest.approx(0.4) and silhouettes[4] == pytest.approx(0.4)
+    assert silhouettes[3] == silhouettes[4] == max(silhouettes.values())  # the premise: an exact tie
+    assert int(labels.max()) + 1 == 3
+    assert labels[0] == labels[4] and len(set(labels.tolist())) == 3
+
+
+def test_a_group_whose_rows_tie_is_listed_once_at_its_first_row():
+    """A sentence that occurs twice gives its words identical vectors: the word is one neighbour, not two."""
+    units = unit_rows(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]]))
+    rows, sims = nearest_neighbours(units, np.array([1.0, 0.0]), 3, np.zeros(4, bool), groups=np.array([0, 1, 0, 2]))
+    assert rows.tolist() == [0, 3, 1]
+    np.testing.assert_allclose(sims, [1.0, 0.6, 0.0], atol=1e-12)
+
+
+def test_sampled_occurrences_are_distinct_and_in_corpus_order():
+    corpus = _one_word_corpus()  # 12 occurrences of 'w', contexts 'a00 [w]' .. 'a11 [w]'
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0], max_occurrences=10, seed=0)
+    contexts = [p["context"] for p in result["points"]]
+    assert len(contexts) == 10 and len(set(contexts)) == 10
+    assert contexts == sorted(contexts)
+    assert set(contexts) <= {f"a{i:02d} [w]" for i in range(12)}
+
+
+def test_a_word_with_exactly_max_occurrences_is_not_sampled():
+    corpus = _one_word_corpus()
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0], max_occurrences=12)
+    assert "note" not in result
+    assert [p["context"] for p in result["points"]] == [f"a{i:02d} [w]" for i in range(12)]
+
+
+def test_the_seed_chooses_the_sample():
+    corpus = _one_word_corpus()
+    units = unit_rows(corpus.layers[0])
+
+    def sample(seed):
+        return [p["context"] for p in explore_word(corpus, units, "w", [0], max_clusters=2, max_occurrences=6,
+                                                             seed=seed)["points"]]
+
+    assert sample(3) == sample(3)
+    assert sample(3) != sample(4)
+
+
+def test_the_seed_reaches_the_clustering():
+    """On occurrences without any structure k-means' starts decide the clusters; the explorer's are the
+    seed's, as sklearn computes them here (the premise: another seed gives other scores)."""
+    corpus = _one_word_corpus(n=20)
+    w_rows = np.flatnonzero(corpus.word_ids == 0)
+    corpus.layers[0, w_rows] = np.random.default_rng(7).normal(size=(20, 5)).astype(np.float32)
+    units = unit_rows(corpus.layers[0])
+    best, expected = independent_choice(units[w_rows], 4, 1)
+    assert expected != pytest.approx(independent_choice(units[w_rows], 4, 0)[1])  # the premise
+    result = explore_word(corpus, units, "w", [0], max_clusters=4, seed=1)
+    assert result["k"] == best
+    assert result["silhouettes"] == pytest.approx({str(k): v for k, v in expected.items()})
+
+
+def test_two_occurrences_are_projected():
+    """Two points: PCA's first axis runs through both, at half their distance either side of their mean;
+    it explains all the variance."""
+    corpus = _one_word_corpus(n=2)
+    vectors = corpus.layers[0, corpus.word_ids == 0].astype(np.float64)
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    half = np.linalg.norm(units[0] - units[1]) / 2
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0])
+    assert result["k"] == 1
+    np.testing.assert_allclose(result["pca_explained_variance"], [1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose([abs(p["x"]) for p in result["points"]], [half, half], rtol=1e-9)
+    np.testing.assert_allclose([p["y"] for p in result["points"]], [0.0, 0.0], atol=1e-9)
+    assert result["points"][0]["x"] == pytest.approx(-result["points"][1]["x"])
+
+
+def test_each_clusters_size_is_its_number_of_occurrences():
+    corpus, senses = _corpus()  # 20 'ran', 10 of each sense
+    result = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0])
+    assert sorted(cluster["size"] for cluster in result["clusters"]) == [10, 10]

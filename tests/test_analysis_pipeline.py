@@ -31,6 +31,7 @@ from spacy_ctxembed.analysis import (
 from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
 from spacy_ctxembed.analysis.source import (
     all_layer_edits,
+    edited_config,
     n_available_layers,
     needed_components,
     pooling_modes,
@@ -277,6 +278,29 @@ def _senter_pipeline(tiny_bert_dir):
     return nlp
 
 
+def test_a_saved_pipeline_whose_tagger_listens_to_the_component_is_read_with_other_poolings(tiny_bert_dir,
+                                                                                            tmp_path):
+    """The component's saved cfg holds its pooling to the one the tagger was trained on; the analysis
+    changes the pooling on purpose and never runs the tagger, so it reads the weights without that cfg:
+    the layers are those of a pipeline built with the pooling."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[2]))
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert"}}})
+    tagged = Doc(nlp.vocab, words=["I", "ran", "home"], tags=["PRP", "VBD", "NN"])
+    nlp.initialize(lambda: [Example(nlp.make_doc("I ran home"), tagged)])
+    nlp.to_disk(tmp_path / "tagged")
+    source = PipelineSource(model=str(tmp_path / "tagged"))
+    edits = all_layer_edits(source.load(), "ctxembed_bert", [0, 1, 2], "max")
+    edited = source.load(edits, new_combiner="ctxembed_bert")
+    text = "I ran to the park"
+    layers = edited.get_pipe("ctxembed_bert")(edited.make_doc(text))._.ctx_layers
+    expected = make_nlp(tiny_bert_dir, layers=[0, 1, 2], pooling="max", store_layers=True)(text)._.ctx_layers
+    np.testing.assert_allclose(layers, expected, atol=ATOL, rtol=0)
+
+
 def test_a_senter_reading_a_shared_tok2vec_runs_with_it(tiny_bert_dir, tmp_path, reference):
     """The senter's boundaries are the ones the whole pipeline sets: its tok2vec runs too (without it the
     listener gives zero features, and the senter boundaries from nothing)."""
@@ -320,6 +344,18 @@ def test_a_senter_a_config_builds_untrained_is_left_out(tiny_bert_dir):
     with warnings.catch_warnings():  # (told once: an analysis loads a pipeline more than once)
         warnings.simplefilter("error")
         assert source.load().disabled == ["senter"]
+
+
+def test_an_untrained_tagger_after_the_component_is_left_as_it_is(tiny_bert_dir):
+    """Only what the analysed component needs is left out when untrained: a tagger after it, which the
+    analysis never runs, stays in the pipeline (uninitialized), without a warning."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    nlp.add_pipe("tagger")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        built = PipelineSource(config=nlp.config, config_path=Path("tagger.cfg"), option="--config").load()
+    assert built.pipe_names == ["ctxembed_bert", "tagger"] and built.disabled == []
 
 
 def test_v1_config_without_layers_or_pooling_takes_v1_defaults(tiny_bert_dir, tmp_path, wic_dir, reference):
@@ -401,6 +437,50 @@ def test_each_pooling_mode_is_tried_once(tiny_bert_dir):
     # the configured mode first, then the others in the order given, each once
     assert pooling_modes(nlp, "ctxembed_bert", ["max", "first", "max", "mean", "first"]) == ["first", "max", "mean"]
     assert pooling_modes(nlp, "ctxembed_bert", ["mean", "mean"]) == ["first", "mean"]
+
+
+def test_a_compared_config_file_is_read_as_a_config_whatever_its_suffix(tmp_path):
+    """--compare takes a saved pipeline (a directory or a package name) or a config: any file is a config."""
+    path = tmp_path / "pipeline.conf"
+    spacy.blank("de").config.to_disk(path)
+    source = PipelineSource.from_argument(str(path))
+    assert source.model is None and source.config_path == path and source.option == "--compare"
+    assert source.config["nlp"]["lang"] == "de"
+
+
+def test_a_source_is_labelled_by_what_it_was_given():
+    assert PipelineSource(model="en_core_web_sm").describe() == {
+        "label": "en_core_web_sm", "model": "en_core_web_sm", "config": None, "component": None}
+    path = Path("configs") / "mine.cfg"
+    assert PipelineSource(config=spacy.blank("en").config, config_path=path, component="emb").describe() == {
+        "label": str(path), "model": None, "config": str(path), "component": "emb"}
+    assert PipelineSource().label == "all-MiniLM-L6-v2 (embedded default)"
+
+
+def test_edits_leave_the_sources_own_config_as_it_was(tiny_bert_dir):
+    """The analysis edits a copy: the source's config still builds the pipeline as configured (a second
+    analysis of the same source reads its configured layers from it)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[2], combine="scalar_mix"))
+    source = PipelineSource(config=nlp.config)
+    before = source.config.to_str()
+    edited = edited_config(source.config, all_layer_edits(nlp, "ctxembed_bert", [0, 1, 2], "max"))
+    block = edited["components"]["ctxembed_bert"]
+    assert block["model"]["encoder"]["layers"] == [0, 1, 2] and block["model"]["encoder"]["pooling"] == "max"
+    assert block["model"]["combiner"] == {"@layers": "spacy-ctxembed.MeanLayers.v1"} and block["store_layers"]
+    assert source.config.to_str() == before
+    assert source.config["components"]["ctxembed_bert"]["model"]["encoder"]["layers"] == [2]
+
+
+def test_components_after_the_analysed_one_are_not_run():
+    """Upstream is before the component: sentence boundaries set after it are not run for the analysis,
+    nor is anything else after it."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer", name="early")
+    nlp.add_pipe("ctxembed_bert")
+    nlp.add_pipe("sentencizer", name="late")
+    nlp.add_pipe("senter")
+    assert needed_components(nlp, "ctxembed_bert") == ["early", "ctxembed_bert"]
 
 
 def test_words_that_match_alike_are_explored_once(tiny_bert_dir, tmp_path, monkeypatch):

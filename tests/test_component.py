@@ -110,6 +110,48 @@ def test_doc_tensor_of_a_doc_stored_by_an_earlier_version(tiny_bert_dir):
     assert (again.tensor == 1).all()
 
 
+def test_doc_tensor_is_the_primary_vectors_array_on_the_host(tiny_bert_dir):
+    """README: doc.tensor is the same array as the primary vectors (a copy only on GPU), not a second copy."""
+    doc = make_nlp(tiny_bert_dir)("I ran to the park")
+    assert numpy.shares_memory(doc.tensor, doc._.ctx_vectors)
+
+
+def test_a_tensor_of_another_dtype_is_another_components(tiny_bert_dir):
+    """Same width as the component's vectors but float64: no row of it is one of theirs, so it is left
+    alone, with the warning."""
+    nlp = make_nlp(tiny_bert_dir)
+    doc = nlp("I ran to the park")
+    doc.tensor = numpy.ones((len(doc), 32), dtype="float64")
+    with pytest.warns(UserWarning, match="set_doc_tensor: doc.tensor already holds another"):
+        nlp.get_pipe("ctxembed_bert")(doc)
+    assert doc.tensor.dtype == numpy.float64 and (doc.tensor == 1).all()
+
+
+def test_a_tensor_with_fewer_rows_than_tokens_is_not_the_components(tiny_bert_dir):
+    """spaCy never makes such a tensor of the component's (a merge drops rows with their tokens, a split
+    adds rows): one a token's row short is another's, even where its rows are the component's."""
+    nlp = make_nlp(tiny_bert_dir)
+    doc = nlp("I ran to the park")
+    doc.tensor = doc.tensor[1:].copy()
+    with pytest.warns(UserWarning, match="set_doc_tensor: doc.tensor already holds another"):
+        nlp.get_pipe("ctxembed_bert")(doc)
+    assert doc.tensor.shape == (len(doc) - 1, 32)
+
+
+def test_dropping_the_outputs_clears_a_tensor_an_earlier_primary_set(tiny_bert_dir):
+    """'a' set doc.tensor; 'b', the primary after it, does not set it (set_doc_tensor = false): the
+    tensor is still a's vectors, and dropping the outputs clears it (spaCy would read token vectors from it)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="a", config=ctx_config(name=tiny_bert_dir, layers=[0]))
+    nlp.add_pipe("ctxembed_bert", name="b", config=ctx_config(name=tiny_bert_dir, layers=[2], set_doc_tensor=False))
+    nlp.initialize()
+    doc = nlp("I ran to the park")
+    assert (doc.tensor == doc._.ctx_outputs["a"]["vectors"]).all()  # the premise
+    assert (doc[1].vector == doc._.ctx_outputs["b"]["vectors"][1]).all()
+    doc._.ctx_outputs = None
+    assert doc.tensor.size == 0 and not doc[1].has_vector
+
+
 def test_similarity_of_vectors_from_different_models_is_a_clear_error(tiny_bert_dir):
     nlp = make_nlp(tiny_bert_dir)
     nlp.vocab.set_vector("dog", numpy.ones(5, dtype="float32"))

@@ -191,3 +191,26 @@ def test_the_frozen_bert_and_elmo_arms_train_the_same_heads(corpus):
     heads = [name for name in bert["components"] if name != "ctxembed_bert"]
     assert heads and all(renamed["components"][name] == bert["components"][name] for name in heads)
     assert renamed["nlp"]["pipeline"] == bert["nlp"]["pipeline"]
+
+
+def test_the_analysis_library_parts_docs_names_are_its_public_names():
+    """docs/analysis.md's "Library" section names the parts that work on their own: each is in
+    `spacy_ctxembed.analysis.__all__` (what `from spacy_ctxembed.analysis import *` gives), as is every
+    other name the package imports for its users (`unit_rows`, ...)."""
+    import inspect
+
+    import spacy_ctxembed.analysis as analysis
+
+    text = (ROOT / "docs" / "analysis.md").read_text(encoding="utf8")
+    section = text.split("\n## Library\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\b([A-Za-z_]\w*)\b", section.split("```python\n", 1)[1].split("```", 1)[0]))
+    named |= set(re.findall(r"`([A-Za-z_]\w*)`", section))
+    parts = {name for name in named if not inspect.ismodule(getattr(analysis, name, analysis))}
+    assert {"analyze", "PipelineSource", "explore_word", "choose_clusters", "embed_corpus"} <= parts  # the premise
+    assert sorted(parts - set(analysis.__all__)) == []
+    star: dict = {}
+    exec("from spacy_ctxembed.analysis import *", star)
+    assert parts <= set(star)
+    imported = {name for name, value in vars(analysis).items() if not name.startswith("_")
+                and not inspect.ismodule(value)}
+    assert sorted(imported ^ set(analysis.__all__)) == []

@@ -957,6 +957,17 @@ def test_dropping_the_outputs_of_a_cut_whose_text_is_twice_in_its_source_clears_
     numpy.testing.assert_array_equal(source[3].vector, source._.ctx_vectors[3])
 
 
+def test_a_non_primary_output_on_a_cut_whose_text_is_twice_in_its_source_can_be_dropped(vocab, tiny_bert_dir):
+    """The cut's store names the source's output as its tensor's, which it does not hold: dropping its
+    outputs is no error, and leaves none."""
+    nlp = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=[2])))
+    other = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "x", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    cut = other(nlp("Dogs bark. Dogs bark.")[0:2].as_doc())
+    assert set(cut._.ctx_outputs) == {"x"}
+    cut._.ctx_outputs = None
+    assert cut._.ctx_outputs == {}
+
+
 def test_a_listener_after_a_doc_cleaner_says_its_outputs_were_dropped(vocab, tiny_bert_dir):
     from spacy.training import Example
 

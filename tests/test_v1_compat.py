@@ -44,6 +44,22 @@ def test_outputs_equal_the_recorded_ones(v1_nlp):
         numpy.testing.assert_array_equal(doc._.ctx_outputs["ctxembed_elmo"]["vectors"], elmo)
 
 
+def test_the_analysis_reads_every_layer_of_a_saved_v1_component_with_a_scalar_mix():
+    """The analysis reads the layers under a plain mean, also of a v1 component (whose `combine` is a
+    setting of its own): its scalar mix, whose weights it does not read, has none. The layers are the
+    recorded ones."""
+    from spacy_ctxembed.analysis import PipelineSource
+    from spacy_ctxembed.analysis.source import all_layer_edits
+
+    source = PipelineSource(model=str(FIXTURE))
+    saved = source.load()
+    assert saved.config["components"]["ctxembed_bert"]["combine"] == "scalar_mix"  # the premise
+    nlp = source.load(all_layer_edits(saved, "ctxembed_bert", [0, 1, 2]), new_combiner="ctxembed_bert")
+    text = json.loads((FIXTURE / "texts.json").read_text(encoding="utf8"))[0]
+    doc = nlp.get_pipe("ctxembed_bert")(nlp.make_doc(text))
+    assert_recorded(doc._.ctx_layers, numpy.load(FIXTURE / "expected.npz")["bert_layers_0"])
+
+
 def test_resaved_v1_pipeline_loads_the_same(v1_nlp, tmp_path):
     v1_nlp.to_disk(tmp_path / "again")
     again = spacy.load(tmp_path / "again")
@@ -216,6 +232,40 @@ def test_a_v1_copys_block_takes_the_v1_architectures_defaults(architecture, enco
     v1 = {"layers": [0, 2], "pooling": "mean", "combine": "mean"}
     assert upgrade_cfg({"@architectures": architecture}, v1) == {
         "@architectures": "spacy-ctxembed.Embedder.v2", "encoder": encoder,
+        "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"}}
+
+
+def test_a_v1_copys_block_keeps_what_it_gives():
+    """What the v1 block gives wins over the architecture's defaults (only what it leaves out is filled in)."""
+    from spacy_ctxembed.models.legacy import upgrade_cfg
+
+    v1 = {"layers": [1], "pooling": "first", "combine": "mean"}
+    block = upgrade_cfg({"@architectures": "spacy-ctxembed.BertEmbedder.v1", "name": "some/model",
+                         "max_batch_items": 64, "precision": "bf16"}, v1)
+    assert block["encoder"] == {"@architectures": "spacy-ctxembed.BertEncoder.v2", "name": "some/model",
+                                "window": None, "stride": None, "max_batch_items": 64, "precision": "bf16",
+                                "layers": [1], "pooling": "first", "trainable": False}
+
+
+def test_a_v1_trf_pooler_gets_v1s_defaults_and_keeps_its_pooling():
+    """0.1's TrfPooler: without settings the top layer, mean-pooled, mean; a pooling it gives reaches the
+    v2 encoder (upgraded, and in a copy's block)."""
+    from spacy_ctxembed.models.legacy import V1_SETTINGS, TrfPooler, upgrade, upgrade_cfg
+    from spacy_ctxembed.models.trf_pooler import MODEL_NAME
+    from spacy_ctxembed.settings import config_value
+
+    def encoder_settings(model):
+        return next(config_value(node.attrs["settings"]) for node in model.walk() if node.name == MODEL_NAME)
+
+    upgraded = upgrade("ctxembed", TrfPooler(), layers=None, pooling=None, combine=None)
+    assert upgraded.attrs[V1_SETTINGS] == {"layers": [-1], "pooling": "mean", "combine": "mean"}
+    assert dict(encoder_settings(upgraded)) == {"layers": [-1], "pooling": "mean"}
+    upgraded = upgrade("ctxembed", TrfPooler(), layers=[0, 2], pooling="max", combine=None)
+    assert dict(encoder_settings(upgraded)) == {"layers": [0, 2], "pooling": "max"}
+    v1 = {"layers": [0, 2], "pooling": "max", "combine": "mean"}
+    assert upgrade_cfg({"@architectures": "spacy-ctxembed.TrfPooler.v1"}, v1) == {
+        "@architectures": "spacy-ctxembed.Embedder.v2",
+        "encoder": {"@architectures": "spacy-ctxembed.TrfEncoder.v2", "layers": [0, 2], "pooling": "max"},
         "combiner": {"@layers": "spacy-ctxembed.MeanLayers.v1"}}
 
 
