@@ -264,6 +264,9 @@ def test_a_pipe_given_or_found_in_a_directory_is_refused_by_name(tmp_path):
     (tmp_path / "elsewhere.txt").write_text("one\n", encoding="utf8")
     (folder / "b.txt").symlink_to(tmp_path / "elsewhere.txt")  # a link to a file is read as the file
     assert [p.name for p, _ in input_files([str(folder)])] == ["elsewhere.txt"]
+    (folder / "c.txt").symlink_to(tmp_path / "gone.txt")  # (a link to nothing: not "a pipe")
+    with pytest.raises(InputError, match=r"c\.txt: no such file \(a link to a file that is not there\?\)"):
+        input_files([str(folder)])
 
 
 def test_a_file_changed_after_planning_is_refused(tmp_path):

@@ -239,6 +239,37 @@ def test_init_tok2vec_weights_sign_the_outputs_as_theirs(tiny_bert_dir, pretrain
     assert component.lineage not in (None, lineage)  # (other weights, from no save of its own)
 
 
+def test_init_tok2vec_weights_loaded_before_the_components_first_use_are_its_weights(tiny_bert_dir, pretrained_bin):
+    """`spacy train` initializes with a frozen embedder disabled: with no listening
+    component to load it first, init_tok2vec loads its weights before it ever
+    loaded any, and its first use loaded the config's base weights over them."""
+    path, pretrained = pretrained_bin
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2], trainable=False))
+    with nlp.select_pipes(disable=["ctxembed_bert"]):
+        nlp.initialize()
+        _init_tok2vec(nlp, path)
+    assert not nlp.get_pipe("ctxembed_bert").loaded
+    numpy.testing.assert_allclose(_vectors(nlp, TEXTS[0]), _vectors(pretrained, TEXTS[0]), atol=1e-6)
+
+
+def test_a_load_keeping_the_encoder_after_init_tok2vec_keeps_a_lineage_of_its_weights(
+        tiny_bert_dir, pretrained_bin, tmp_path):
+    """`from_disk(path, exclude=["model"])` keeps the encoder it holds, and its
+    lineage: after init_tok2vec that is the loaded weights', not the lineage of
+    the weights before (which a head trained on those would be accepted by)."""
+    path, _ = pretrained_bin
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2], trainable=False))
+    nlp.initialize()
+    component = nlp.get_pipe("ctxembed_bert")
+    component.to_disk(tmp_path / "saved")
+    lineage = component.lineage
+    _init_tok2vec(nlp, path)
+    component.from_disk(tmp_path / "saved", exclude=["model"])
+    assert component.lineage not in (None, lineage)
+
+
 def _train_frozen_on_init_tok2vec(tiny_bert_dir, path, out):
     """`spacy train` with ctxembed_bert in frozen_components and annotating_components,
     and `[initialize] init_tok2vec` = the pretrained weights: init_nlp initializes

@@ -410,3 +410,32 @@ def test_a_pickle_taken_during_a_training_step_has_its_weights_signature(tiny_be
     copied = copy.get_pipe("ctxembed_bert")
     numpy.testing.assert_allclose(copy(text)._.ctx_vectors, after, atol=1e-6)
     assert copied._current_signature() == output_signature(copied.model) == component._current_signature() != signature
+
+
+def test_a_load_of_its_own_under_way_in_another_thread_is_not_taken_for_a_load_past_it(tiny_bert_dir):
+    """A load of the component's own counts on its encoder's shim before it is
+    done: a thread asking for the lineage meanwhile must not take it for a load
+    past the component (and run `_model_loaded` on a half-loaded model)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    nlp.initialize()
+    component = nlp.get_pipe("ctxembed_bert")
+    lineage = component.lineage
+    entered, release = threading.Event(), threading.Event()
+
+    def loading():
+        with component._gate.loading():
+            component.encoder.shims[0].weights_loaded()  # (its count moves before the load is done)
+            entered.set()
+            release.wait(30)
+            component._model_loaded(lineage)
+
+    thread = threading.Thread(target=loading)
+    thread.start()
+    try:
+        assert entered.wait(30)
+        assert component.lineage == lineage and component._shim_loads != component.encoder.shims[0].loads
+    finally:
+        release.set()
+        thread.join()
+    assert component.lineage == lineage and component._shim_loads == component.encoder.shims[0].loads

@@ -102,6 +102,8 @@ def input_files(paths: Sequence[str], kind: Optional[str] = None) -> List[Tuple[
             raise InputError(f"input {given}: no such file or directory")
     result = []
     for path in files:
+        if not path.exists():  # (a link to nothing, in a directory)
+            raise InputError(f"input {path}: no such file (a link to a file that is not there?)")
         if not path.is_file():
             # A pipe, socket or device: a run reads each input twice (planning,
             # then its shards by byte offset), and a pipe's bytes are gone after

@@ -180,10 +180,10 @@ class ContextualListenerNode(SampleDocsModel):
                         key: (component.name, weakref.ref(component))}
         self._listening_component = listening_component or self._listening_component
 
-    def pass_over(self, component: Any, listening_component: str) -> None:
+    def pass_over(self, component: Any, listening_component: Optional[str] = None) -> None:
         """`component`, a ctxembed component before this listener's (`listening_component`,
         which errors then name), did not take it (`_passed_over`)."""
-        self._listening_component = listening_component
+        self._listening_component = listening_component or self._listening_component
         # Entries of components collected since are dropped here: a pipeline built
         # again and again (a notebook, a sweep) does not grow the record.
         key = id(component)

@@ -12,6 +12,7 @@ feature cache spares recomputing the same training docs.
 """
 import os
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from functools import partial, wraps
@@ -121,6 +122,9 @@ def _loads(method: F) -> F:
     def loading(self: "ContextualEmbedder", *args: Any, **kwargs: Any) -> Any:
         self._after_fork()
         with self._gate.loading():
+            # (A load past the component before this one is its weights now: what
+            # `from_disk(exclude=["model"])` keeps, and the lineage it keeps, are theirs.)
+            self._notice_outside_load()
             return method(self, *args, **kwargs)
 
     return cast(F, loading)
@@ -216,6 +220,8 @@ class ContextualEmbedder(TrainablePipe):
         cache (layers of docs already seen, for training on a frozen encoder),
         and the Doc extensions the outputs live in."""
         self._gate = LoadGate()
+        #: Held while a load past the component is taken (`_notice_outside_load`): once, by one thread.
+        self._notice_lock = threading.Lock()
         #: The backward pass of an update whose listeners have not all called back yet.
         self._pending_backward: Optional[Callable[..., bool]] = None
         cache_mb = self.cfg["cache_mb"]
@@ -229,7 +235,7 @@ class ContextualEmbedder(TrainablePipe):
         # and the feature cache's entries (a memory saving, not state).
         self._notice_outside_load()  # (the copy's records are of the weights it holds)
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
-                 "scorer": self.scorer, "_gate": None, "cache": None, "_pending_backward": None,
+                 "scorer": self.scorer, "_gate": None, "_notice_lock": None, "cache": None, "_pending_backward": None,
                  "_encoder_fingerprint": None}  # (taken again: a step meanwhile may have moved the weights)
         return _unpickled_component, (type(self), state)
 
@@ -323,7 +329,11 @@ class ContextualEmbedder(TrainablePipe):
                 _check_upstream_transformer(self.name, self.encoder, nlp)
             try:
                 self.model.initialize()
-            except (SettingError, ElmoFileError) as err:  # (a model or file the config names)
+            except BaseException as err:
+                # (Weights it may have loaded before failing are no load past it, to be taken.)
+                self._shim_loads = _loads_of(self.encoder)
+                if not isinstance(err, (SettingError, ElmoFileError)):  # (a model or file the config names)
+                    raise
                 if not was_loaded:
                     raise
                 raise type(err)(
@@ -355,6 +365,13 @@ class ContextualEmbedder(TrainablePipe):
                 raise bad_setting(self.name, "model", self._load_refused,
                                   "loading it was refused, so the component holds parts of two models; load a "
                                   "pipeline that fits its config, or call initialize() to start from the config's")
+            if not self._loaded and self._shim_loads != _loads_of(self.encoder):
+                # Loaded past it before its first use (spaCy's `init_tok2vec` while
+                # `spacy train` has a frozen embedder disabled): those are its weights,
+                # not to be replaced by the config's.
+                with named_errors(self.name):
+                    self._after_loading("the weights loaded into its model")
+                self._model_loaded()
             if not self._loaded:
                 self.initialize()
 
@@ -384,6 +401,7 @@ class ContextualEmbedder(TrainablePipe):
                 self._loaded = False
                 self._load_refused = _FORKED_MID_CHANGE
             self._gate = LoadGate()
+            self._notice_lock = threading.Lock()
             if self.cache is not None:
                 self.cache.after_fork()
             shim = encoder_shim(self.encoder)
@@ -438,9 +456,15 @@ class ContextualEmbedder(TrainablePipe):
         signatures and the records of heads trained on them named the old
         weights: a head trained on these was refused beside them once saved,
         and taken beside the old ones. (No load gate: the load it follows took
-        none, and the getters that come here may be asked inside a prediction.)"""
-        if self._loaded and self._shim_loads != _loads_of(self.encoder):
-            self._model_loaded()
+        none, and the getters that come here may be asked inside a prediction.)
+        Before the component's first use, `ensure_loaded` takes them the same way."""
+        # (Not while a load of its own is under way in another thread: its count
+        # moves before it is done, and that load takes it.)
+        if not self._loaded or self._gate.changing_elsewhere or self._shim_loads == _loads_of(self.encoder):
+            return
+        with self._notice_lock:  # (once, where several threads see it)
+            if self._loaded and self._shim_loads != _loads_of(self.encoder):
+                self._model_loaded()
 
     # Prediction ------------------------------------------------------------
 

@@ -54,6 +54,12 @@ class LoadGate:
         """Whether a thread holds the gate to change the weights now."""
         return self._writer is not None
 
+    @property
+    def changing_elsewhere(self) -> bool:
+        """Whether another thread than this one holds the gate to change the weights now."""
+        writer = self._writer
+        return writer is not None and writer != threading.get_ident()
+
     @contextmanager
     def loading(self) -> Iterator[None]:
         me = threading.get_ident()
