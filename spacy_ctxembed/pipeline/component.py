@@ -329,17 +329,16 @@ class ContextualEmbedder(TrainablePipe):
                 _check_upstream_transformer(self.name, self.encoder, nlp)
             try:
                 self.model.initialize()
-            except BaseException as err:
-                # (Weights it may have loaded before failing are no load past it, to be taken.)
-                self._shim_loads = _loads_of(self.encoder)
-                if not isinstance(err, (SettingError, ElmoFileError)):  # (a model or file the config names)
-                    raise
+            except (SettingError, ElmoFileError) as err:  # (a model or file the config names)
                 if not was_loaded:
                     raise
                 raise type(err)(
                     f"{err} (nlp.initialize() starts the component from its config, so it loads the weights the "
                     f"config names again; to keep the ones it holds, leave it out: with nlp.select_pipes("
                     f"disable=[{self.name!r}]): nlp.initialize())") from None
+            finally:
+                # (Weights it may have loaded before failing are no load past it, to be taken.)
+                self._shim_loads = _loads_of(self.encoder)
         self._model_loaded()
 
     def ensure_loaded(self) -> None:
