@@ -349,3 +349,21 @@ def test_a_listener_whose_upstream_was_sourced_under_another_name_names_its_comp
     loaded = spacy.load(tmp_path / "renamed")
     with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert'"):
         loaded(TEXTS[0])
+
+
+def test_weights_an_initialize_loaded_before_it_failed_are_not_taken_as_a_load_past_it(tiny_bert_dir):
+    """An initialize that fails after its encoder loaded (here: the combiner's
+    init) leaves the component not loaded; its next use initializes again and
+    fails the same way, rather than taking the weights it left as its own."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, 1, 2]))
+    component = nlp.get_pipe("ctxembed_bert")
+
+    def failing(model, X=None, Y=None):
+        raise RuntimeError("combiner init failed")
+
+    component.combiner.init = failing
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="combiner init failed"):
+            nlp(TEXTS[0])
+    assert not component.loaded and component.encoder.shims[0].loaded
