@@ -12,16 +12,21 @@ when no ELMo files are given.
 Writes training/TASK-ARM/model-best and metrics/TASK-ARM.json: spaCy's dev
 scores (including `speed`, the words/s of `spacy evaluate`) plus
 `train_seconds` (the wall time of `spacy train`), `train_cpu_seconds` (its
-CPU time, user + system) and `disk_mb` (model-best on
+CPU time, user + system, over all threads) and `disk_mb` (model-best on
 disk). The configs are complete as shipped: this only chooses one and passes
 the vars. All BERT-family arms get the same model: --bert-model, or the
 embedded all-MiniLM-L6-v2.
+
+`spacy train` and `spacy evaluate` run in this process, through the
+functions their commands call (`spacy.cli.train.train`,
+`spacy.cli.evaluate.evaluate`): every Python start that loads spaCy also
+imports every installed spaCy plugin (spaCy reads all its entry points when
+it builds a pipeline; spacy-transformers alone takes seconds), which is
+most of a smoke run's time. So the timings start after the imports.
 """
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -86,26 +91,28 @@ def main(args) -> None:
         return
     if args.mixed_precision and args.gpu_id < 0:
         raise SystemExit(f"{name}: --mixed-precision needs a GPU (--gpu-id)")
+    from spacy.cli._util import parse_config_overrides
+    from spacy.cli.evaluate import evaluate
+    from spacy.cli.train import train
+
     output = Path("training") / name
-    command = [
-        sys.executable, "-m", "spacy", "train", f"configs/{name}.cfg", "--output", str(output),
+    overrides = [
         "--paths.train", f"corpus/{args.task}/train.spacy", "--paths.dev", f"corpus/{args.task}/dev.spacy",
         "--training.max_steps", str(args.max_steps), "--training.eval_frequency", str(args.eval_frequency),
-        "--gpu-id", str(args.gpu_id),
     ]
     if args.patience is not None:
-        command += ["--training.patience", str(args.patience)]
-    command += arm_overrides(args)
+        overrides += ["--training.patience", str(args.patience)]
+    overrides += arm_overrides(args)
     start = time.perf_counter()
-    cpu_start = _children_cpu_seconds()
-    subprocess.run(command, check=True)
+    cpu_start = _cpu_seconds()
+    # (parsed as `spacy train` parses its own command line: values as JSON where they are)
+    train(f"configs/{name}.cfg", output, use_gpu=args.gpu_id, overrides=parse_config_overrides(overrides))
     train_seconds = time.perf_counter() - start
-    train_cpu_seconds = _children_cpu_seconds() - cpu_start
+    train_cpu_seconds = _cpu_seconds() - cpu_start
     Path("metrics").mkdir(exist_ok=True)
     metrics = Path("metrics") / f"{name}.json"
-    subprocess.run([sys.executable, "-m", "spacy", "evaluate", str(output / "model-best"),
-                    f"corpus/{args.task}/dev.spacy", "--output", str(metrics),
-                    "--gpu-id", str(args.gpu_id)], check=True)
+    evaluate(str(output / "model-best"), Path(f"corpus/{args.task}/dev.spacy"), output=metrics,
+             use_gpu=args.gpu_id, silent=False)
     scores = json.loads(metrics.read_text())
     scores.update(train_seconds=round(train_seconds, 1), train_cpu_seconds=round(train_cpu_seconds, 1),
                   disk_mb=round(disk_mb(output / "model-best"), 1),
@@ -113,12 +120,12 @@ def main(args) -> None:
     metrics.write_text(json.dumps(scores, indent=2))
 
 
-def _children_cpu_seconds() -> float:
-    # CPU time (user + system) of finished child processes: less sensitive than
-    # wall time to other jobs sharing the cores, so arms trained on a busy
+def _cpu_seconds() -> float:
+    # CPU time (user + system) of this process, all its threads: less sensitive
+    # than wall time to other jobs sharing the cores, so arms trained on a busy
     # machine can still be compared on cost (not exactly: threads that wait
     # for a core they share may spin).
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 

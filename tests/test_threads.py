@@ -1,4 +1,5 @@
 """One pipeline from several threads; fork handling only where it is needed."""
+import json
 import os
 import subprocess
 import sys
@@ -69,51 +70,59 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
     assert out.stdout.split() == ["2", "None"]
 
 
+# Every case in one process, each on a pipeline of its own: the process's
+# start (spaCy imports every installed plugin) is most of a case's time.
 _FORK_WITH_A_HELD_LOCK = """
-import os, sys, threading, time, numpy, spacy
+import json, os, sys, threading, time, numpy, spacy
 from spacy_ctxembed.outputs import views
 from spacy_ctxembed.models import hf_loading
-nlp = spacy.blank("en")
-nlp.add_pipe("ctxembed_bert", config={{"cache_mb": 8, "model": {{"encoder": {{"name": sys.argv[1]}}}}}})
-nlp.initialize()
-component = nlp.get_pipe("ctxembed_bert")
-reference = nlp("A doc to embed.")._.ctx_vectors.copy()
-data = component.to_bytes()
-holding, release = threading.Event(), threading.Event()
 
-def hold():
-    with {held}:
-        holding.set()
-        release.wait(timeout=60)
+def run_case(held, first_call):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"cache_mb": 8, "model": {"encoder": {"name": sys.argv[1]}}})
+    nlp.initialize()
+    component = nlp.get_pipe("ctxembed_bert")
+    scope = {"component": component, "views": views, "hf_loading": hf_loading}
+    reference = nlp("A doc to embed.")._.ctx_vectors.copy()
+    scope["data"] = component.to_bytes()
+    holding, release = threading.Event(), threading.Event()
 
-holder = threading.Thread(target=hold)
-holder.start()
-holding.wait(timeout=60)
-r, w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    try:
-        {first_call}
-        same = numpy.array_equal(nlp("A doc to embed.")._.ctx_vectors, reference)
-        os.write(w, ("same" if same else "different").encode())
-    except Exception as err:
-        os.write(w, str(err).encode())
-    os._exit(0)
-release.set()
-holder.join()
-for _ in range(600):
-    if os.waitpid(pid, os.WNOHANG)[0]:
-        break
-    time.sleep(0.1)
-else:
-    os.kill(pid, 9)
-    print("the child hung")
-    sys.exit(0)
-print(os.read(r, 10000).decode())
+    def hold():
+        with eval(held, scope):
+            holding.set()
+            release.wait(timeout=60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(timeout=60)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            exec(first_call, scope)
+            same = numpy.array_equal(nlp("A doc to embed.")._.ctx_vectors, reference)
+            os.write(w, ("same" if same else "different").encode())
+        except Exception as err:
+            os.write(w, str(err).encode())
+        os._exit(0)
+    release.set()
+    holder.join()
+    os.close(w)
+    for _ in range(600):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return "the child hung"
+    with os.fdopen(r, "rb") as reader:
+        return reader.read().decode()
+
+print(json.dumps([run_case(held, first_call) for held, first_call in json.loads(sys.argv[2])]))
 """
 
-
-@pytest.mark.parametrize("held, first_call, expected", [
+FORK_CASES = [  # (the lock another thread holds at the fork, the child's first call, what the child says)
     # another thread's prediction, caching its layers; the child predicts first
     ("component.cache._lock", "pass", "same"),
     # another thread's prediction (a run-ahead worker, say); the child loads first
@@ -124,16 +133,20 @@ print(os.read(r, 10000).decode())
     # module-level locks: another thread reading a vector (the views' memo), or loading a model
     ("views._VIEWS.get()[0]", "pass", "same"),
     ("hf_loading._LOAD_LOCK.get()", "component.from_bytes(data)", "same"),
-])
-def test_a_fork_while_a_lock_is_held_neither_hangs_nor_runs_half_changed_weights(tiny_bert_dir, held, first_call,
-                                                                                  expected):
+]
+
+
+def test_a_fork_while_a_lock_is_held_neither_hangs_nor_runs_half_changed_weights(tiny_bert_dir):
     """A fork copies the component's locks as other threads held them: the child
     waited for them for ever. Held to change the weights, the child's copy may be
     half changed: it says so instead of running."""
-    code = _FORK_WITH_A_HELD_LOCK.format(held=held, first_call=first_call)
-    out = subprocess.run([sys.executable, "-c", code, str(tiny_bert_dir)], check=True, capture_output=True,
-                         text=True, timeout=300)
-    assert out.stdout.strip().startswith(expected), out.stdout + out.stderr
+    cases = json.dumps([[held, first_call] for held, first_call, _ in FORK_CASES])
+    out = subprocess.run([sys.executable, "-c", _FORK_WITH_A_HELD_LOCK, str(tiny_bert_dir), cases], check=True,
+                         capture_output=True, text=True, timeout=900)
+    said = json.loads(out.stdout.strip().splitlines()[-1])
+    wrong = [(held, first_call, got) for (held, first_call, expected), got in zip(FORK_CASES, said)
+             if not got.strip().startswith(expected)]
+    assert len(said) == len(FORK_CASES) and not wrong, (wrong, out.stderr[-3000:])
 
 
 def _scalar_mix_nlp(model_dir, **settings):
