@@ -176,6 +176,37 @@ def test_spacy_train_keeps_a_sourced_fine_tuned_embedder_s_weights(fine_tuned_di
     assert not numpy.allclose(expected, _vectors(base, text), atol=1e-3)  # (the check can tell them apart)
 
 
+def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir, tmp_path):
+    """init_nlp initializes no frozen component: a spacy-transformers transformer
+    frozen but not sourced had no width, and ctxembed_from_trf's listener failed
+    on thinc's "Cannot get dimension 'nO' ... value unset". Sourced, it trains."""
+    from spacy.training.initialize import init_nlp
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}}})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        **LISTENER, "upstream": "ctxembed_from_trf"}}})
+    frozen = {"frozen_components": ["transformer"], "annotating_components": ["transformer"]}
+    config = _training_config(nlp, tmp_path, **frozen)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] cannot size the listener of 'tagger': the width "
+                                         r"of the vectors it pools is that of the spacy-transformers transformer "
+                                         r"before it, which is not initialized\..*must be sourced from a trained "
+                                         r"pipeline \(\[components.transformer\] source = \.\.\.\)"):
+        init_nlp(config)
+    trained = spacy.blank("en")
+    trained.add_pipe("transformer", source=nlp)
+    trained.initialize()
+    trained.to_disk(tmp_path / "trf")
+    config["components"]["transformer"] = {"source": str(tmp_path / "trf")}
+    initialized = init_nlp(config)
+    assert initialized.get_pipe("ctxembed_from_trf").encoder.get_dim("nO") == 32  # (the tiny BERT's width)
+    doc = initialized(TEXTS[0])
+    assert doc._.ctx_vectors.shape == (len(doc), 32) and all(token.tag_ for token in doc)
+
+
 # `[initialize] init_tok2vec` (the weights `spacy pretrain` writes) ------------------------------
 
 

@@ -309,6 +309,17 @@ class ContextualEmbedder(TrainablePipe):
 
     def _size_listener(self, listener: ContextualListenerNode) -> None:
         encoder = self.encoder
+        if encoder.name == TRF_ENCODER and encoder.has_dim("nO") is not True:
+            # (ctxembed_from_trf's width is the transformer's, known once that is
+            # initialized, or from the first doc it pools: too late for a listener.)
+            listening = [name for name, nodes in self.listener_map.items() if listener in nodes]
+            raise ValueError(
+                f"[{self.name}] cannot size the listener of {', '.join(map(repr, listening)) or 'a component'}: "
+                "the width of the vectors it pools is that of the spacy-transformers transformer before it, "
+                "which is not initialized. Initialize it with the pipeline (nlp.initialize()); spacy train "
+                "initializes no frozen component, so a frozen transformer must be sourced from a trained "
+                "pipeline ([components.transformer] source = ...), or trained (left out of [training] "
+                "frozen_components)")
         listener.set_dim("nL", encoder.get_dim("nL"), force=True)
         width = encoder.get_dim("nO") if listener.mix_layers else self.model.get_dim("nO")
         listener.set_dim("nO", width, force=True)
