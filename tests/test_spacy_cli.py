@@ -193,8 +193,9 @@ def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir
     config = _training_config(nlp, tmp_path, **frozen)
     with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] cannot size the listener of 'tagger': the width "
                                          r"of the vectors it pools is that of the spacy-transformers transformer "
-                                         r"before it, which is not initialized\..*must be sourced from a trained "
-                                         r"pipeline \(\[components.transformer\] source = \.\.\.\)"):
+                                         r"before it, which is not initialized\..*must be sourced from a pipeline "
+                                         r"in which it was initialized \(source = \.\.\. in its \[components\] "
+                                         r"block\)"):
         init_nlp(config)
     trained = spacy.blank("en")
     trained.add_pipe("transformer", source=nlp)

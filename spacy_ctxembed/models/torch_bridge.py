@@ -251,16 +251,17 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
         chain that grows by a tensor and an array per weight per step (no
         data, about 840 bytes; for BERT-base's 199 weights 165 KB a step, 3.3
         GB over `spacy train`'s 20,000) and is never freed while the model
-        lives. The optimizer updates the weight's memory itself; only an
-        optimizer that returns other memory is copied in."""
+        lives. The optimizer updates the weight's memory itself where it is
+        given a view of it; what it returns otherwise (a copy: thinc copies
+        from a device that is neither the CPU nor CUDA, such as MPS) is
+        copied in."""
         scaler = self._grad_scaler
         for name, weight in cast(torch.nn.Module, self._model).named_parameters():
             if weight.grad is None:
                 continue
             if not scaler.found_inf:  # (an overflowed fp16 step is skipped)
-                values = torch2xp(weight.data)
-                stepped, _ = optimizer((self.id, name), values, torch2xp(weight.grad))
-                if not _same_memory(stepped, values):
+                stepped, _ = optimizer((self.id, name), torch2xp(weight.data), torch2xp(weight.grad))
+                if not _is_memory_of(stepped, weight):
                     with torch.no_grad():
                         weight.data.copy_(xp2torch(stepped, device=weight.device))
             weight.grad.zero_()
@@ -495,13 +496,13 @@ def evenly_sampled(tensor: torch.Tensor, k: int) -> numpy.ndarray:
     return flat[index].double().cpu().numpy()
 
 
-def _same_memory(a: Any, b: Any) -> bool:
-    """Whether array `a` is array `b`'s memory, element for element: the
-    optimizer stepped the weight in place (`EncoderShim.finish_update`)."""
-    if a is b:
-        return True
-    if type(a) is not type(b) or a.shape != b.shape or a.dtype != b.dtype or a.strides != b.strides:
+def _is_memory_of(array: Any, tensor: torch.Tensor) -> bool:
+    """Whether `array` (numpy or cupy) is `tensor`'s own memory, element for
+    element: the optimizer stepped the weight in place (`EncoderShim.finish_update`)."""
+    size = tensor.element_size()
+    if tuple(array.shape) != tuple(tensor.shape) or array.dtype.itemsize != size:
         return False
-    if isinstance(a, numpy.ndarray):
-        return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-    return a.data.ptr == b.data.ptr  # (cupy)
+    if tuple(array.strides) != tuple(stride * size for stride in tensor.stride()):
+        return False
+    pointer = array.__array_interface__["data"][0] if isinstance(array, numpy.ndarray) else array.data.ptr
+    return bool(pointer == tensor.data_ptr())

@@ -317,9 +317,9 @@ class ContextualEmbedder(TrainablePipe):
                 f"[{self.name}] cannot size the listener of {', '.join(map(repr, listening)) or 'a component'}: "
                 "the width of the vectors it pools is that of the spacy-transformers transformer before it, "
                 "which is not initialized. Initialize it with the pipeline (nlp.initialize()); spacy train "
-                "initializes no frozen component, so a frozen transformer must be sourced from a trained "
-                "pipeline ([components.transformer] source = ...), or trained (left out of [training] "
-                "frozen_components)")
+                "initializes no frozen component, so a frozen transformer must be sourced from a pipeline in "
+                "which it was initialized (source = ... in its [components] block), or trained (left out of "
+                "[training] frozen_components)")
         listener.set_dim("nL", encoder.get_dim("nL"), force=True)
         width = encoder.get_dim("nO") if listener.mix_layers else self.model.get_dim("nO")
         listener.set_dim("nO", width, force=True)
