@@ -9,7 +9,7 @@ from thinc.api import Adam, PyTorchShim
 from spacy_ctxembed.models import torch_bridge
 from spacy_ctxembed.models.torch_bridge import EncoderShim
 
-from .test_training import _train_step
+from .test_training import _encoder_params, _train_step
 from .test_training_steps import _bert_pipeline, _elmo_pipeline
 
 
@@ -44,10 +44,6 @@ def test_a_training_step_keeps_none_of_the_arrays_it_stepped_with(tiny_bert_dir,
     assert sum(ref() is not None for ref in recording.seen) == 0
 
 
-def _encoder_weights(nlp):
-    return {k: v.detach().clone() for k, v in nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model.named_parameters()}
-
-
 @pytest.mark.parametrize("optimizer, copied", [
     (lambda: Adam(0.01, L2=0.0, grad_clip=0.0), False),
     (lambda: Adam(0.01, L2=0.01, L2_is_weight_decay=True, grad_clip=1.0, use_averages=True), False),
@@ -63,9 +59,9 @@ def test_the_in_place_step_is_thincs_step(tiny_bert_dir, monkeypatch, optimizer,
         sgd = optimizer()
         for _ in range(3):
             _train_step(nlp, examples, sgd)
-        return _encoder_weights(nlp)
+        return _encoder_params(nlp)
 
-    start = _encoder_weights(_bert_pipeline(tiny_bert_dir)[0])
+    start = _encoder_params(_bert_pipeline(tiny_bert_dir)[0])
     ours = trained(*_bert_pipeline(tiny_bert_dir)[:2])
     monkeypatch.setattr(EncoderShim, "finish_update", PyTorchShim.finish_update)
     thincs = trained(*_bert_pipeline(tiny_bert_dir)[:2])

@@ -106,7 +106,8 @@ def swaps_weights(shim: Shim, params: Dict[Any, Any]) -> bool:
 def _weights_in(shim: Shim, params: Dict[Any, Any]) -> Dict[str, Any]:
     """The values `params` holds for `shim`'s weights, by state-dict name.
 
-    thinc's PyTorchShim.finish_update steps each weight under the key
+    The encoders' step (`EncoderShim.finish_update`, as thinc's
+    PyTorchShim.finish_update) steps each weight under the key
     `(shim.id, name)`, so an optimizer's averages hold it there; thinc's own
     `use_params` reads only "pytorch_{shim.id}_{name}", which nothing fills,
     so it kept a fine-tuned encoder's raw weights in `nlp.use_params(averages)`.
