@@ -20,6 +20,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from .conftest import ctx_config, other_bert
+from .test_from_trf import _with_transformer
 
 WORDS = ["I", "ran", "to", "the", "park", "and", "ran", "some", "tests", "."]
 TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN", "CCONJ", "VERB", "DET", "NOUN", "PUNCT"]
@@ -182,10 +183,7 @@ def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir
     on thinc's "Cannot get dimension 'nO' ... value unset". Sourced, it trains."""
     from spacy.training.initialize import init_nlp
 
-    nlp = spacy.blank("en")
-    nlp.add_pipe("transformer", config={"model": {
-        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
-        "tokenizer_config": {"use_fast": True}}})
+    nlp = _with_transformer(tiny_bert_dir)
     nlp.add_pipe("ctxembed_from_trf")
     nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
         **LISTENER, "upstream": "ctxembed_from_trf"}}})
