@@ -31,6 +31,7 @@ from .torch_bridge import (
     EncoderNode,
     EncoderShim,
     averaged_weights,
+    loading_weights,
     named_as_loaded,
     run_encoder,
     scaled_optimizer,
@@ -107,7 +108,7 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     are read by `from_disk`/`from_bytes`, which set the dims without this.
     """
     shim = get_shim(model)
-    with named_as_loaded(shim.settings):
+    with named_as_loaded(shim.settings), loading_weights():
         check_settings(shim.settings)
         name = shim.settings["name"]
         shim.load(load_encoder(resolve_model_dir(name, component=COMPONENT), component=COMPONENT))
@@ -206,7 +207,8 @@ class BertShim(EncoderShim):
         self.get_runner().encoder.save(directory)
 
     def load_saved(self, directory: Path, name: str, setting: str) -> None:
-        self.load(load_encoder(directory, component=name, setting=setting))
+        with loading_weights():
+            self.load(load_encoder(directory, component=name, setting=setting))
 
     def saved_files_problem(self, files: Any) -> str:
         return "" if isinstance(files, dict) and files else "the serialized encoder holds no model files"
@@ -266,8 +268,9 @@ class BertShim(EncoderShim):
         copied = BertShim(self.settings)
         if self.runner is not None:
             encoder = self.runner.encoder
-            copied.load(HFEncoder(module=copy.deepcopy(encoder.module, memo), tokenizer=encoder.tokenizer,
-                                  config=encoder.config))
+            with loading_weights():
+                copied.load(HFEncoder(module=copy.deepcopy(encoder.module, memo), tokenizer=encoder.tokenizer,
+                                      config=encoder.config))
         return copied
 
 

@@ -34,6 +34,8 @@ from ..windows import plan_run_windows
 from .hf_loading import HFEncoder
 from .process_settings import cudnn_attention_off, tf32_matmuls
 from .torch_bridge import (
+    autograd_on,
+    callers_autocast_off,
     checked_as,
     staged,
 )
@@ -209,7 +211,7 @@ class BertRunner:
                 "served with: train with 'fp32' (and set 'int8' in the trained pipeline's config to serve it), "
                 "or set trainable = false to train on the int8 vectors")
         module = self.train_runner if grad else self.runner if self.precision != "int8" else self._quantized()
-        context = contextlib.nullcontext() if grad else torch.inference_mode()
+        context = autograd_on() if grad else torch.inference_mode()
         runs = self.runs(docs)
         outputs: List[torch.Tensor] = []
         device = self.device
@@ -296,7 +298,9 @@ class BertRunner:
         device = self.device
         non_blocking = device.type == "cuda"
         # Every piece is owned by exactly one window, so every row gets written.
-        states = torch.empty((prepared.n_pieces, len(self.layers), self.width), device=device)
+        # float32 whatever torch's default dtype (`torch.set_default_dtype`):
+        # the states are written as float32 below, and the vectors are float32.
+        states = torch.empty((prepared.n_pieces, len(self.layers), self.width), dtype=torch.float32, device=device)
         with self._precision_context(device):
             for batch in prepared.batches:
                 input_ids, targets, sources = (
@@ -366,6 +370,8 @@ class BertRunner:
                     # attention anew for each (see `CUDNN_ATTENTION_OFF`).
                     stack.enter_context(cudnn_attention_off())
                 stack.enter_context(torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision]))
+            else:
+                stack.enter_context(callers_autocast_off(device.type))
             yield
 
     def _quantized(self) -> torch.nn.Module:

@@ -42,8 +42,11 @@ from .elmo_weights import (
 from .torch_bridge import (
     EncoderNode,
     EncoderShim,
+    autograd_on,
     averaged_weights,
+    callers_autocast_off,
     checked_as,
+    loading_weights,
     named_as_loaded,
     run_encoder,
     scaled_optimizer,
@@ -201,7 +204,8 @@ class ElmoShim(EncoderShim):
         # not through the pickled form's weight files.
         copied = ElmoShim(self.settings)
         if self._model is not None:
-            copied._model = copy.deepcopy(self._model, memo)
+            with loading_weights():
+                copied._model = copy.deepcopy(self._model, memo)
             copied.options, copied._layers = self.options, self._layers
         return copied
 
@@ -239,8 +243,9 @@ class ElmoShim(EncoderShim):
         name, block = checked_as(COMPONENT, self.settings)
         warn_repeated_layers(name, self.settings["layers"], layers, 1 + options.n_layers, block=block)
         # The biLM takes the arrays over (and empties `weights`): held once.
-        net = build_bilm(options, weights, trainable=bool(self.settings["trainable"])).eval()
-        self._model = net.to(get_torch_default_device())
+        with loading_weights():
+            net = build_bilm(options, weights, trainable=bool(self.settings["trainable"])).eval()
+            self._model = net.to(get_torch_default_device())
         self.options, self._layers = options, layers
         self.weights_loaded()
 
@@ -273,13 +278,16 @@ class ElmoShim(EncoderShim):
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
         offsets = numpy.concatenate(([0], numpy.cumsum([len(doc) for doc in docs], dtype="int64")))
-        # Layer-major, so that a doc's rows are its output's layout.
-        tokens = torch.zeros((len(self.layers), int(offsets[-1]), width), device=device)
 
         def on_device(array: numpy.ndarray) -> torch.Tensor:
             return staged(array, device).to(device, non_blocking=True)
 
-        with torch.enable_grad() if grad else torch.inference_mode():
+        with autograd_on() if grad else torch.inference_mode(), callers_autocast_off(device.type):
+            # Layer-major, so that a doc's rows are its output's layout; float32
+            # whatever torch's default dtype (`torch.set_default_dtype`), as the
+            # biLM's outputs are. Made in the block: made under a caller's
+            # inference mode, it could not take the training pass's rows.
+            tokens = torch.zeros((len(self.layers), int(offsets[-1]), width), dtype=torch.float32, device=device)
             for batch in batches_by_budget(sentences, self.settings["max_batch_items"], lambda s: len(s.char_ids)):
                 lengths = numpy.array([len(s.char_ids) for s in batch], dtype="int64")
                 time = int(lengths.max())

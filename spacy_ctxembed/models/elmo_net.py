@@ -179,7 +179,8 @@ class BiLstm(_WeightsModule):
         # Longest first, so the rows still running at step t are a prefix:
         # finished sequences drop out instead of computing padding.
         lengths = lengths.cpu()
-        active = (lengths[:, None] > torch.arange(tokens.shape[1])).sum(dim=0).tolist()
+        # (On the host with `lengths`, whatever torch's default device.)
+        active = (lengths[:, None] > torch.arange(tokens.shape[1], device=lengths.device)).sum(dim=0).tolist()
         if tokens.is_cuda:  # pinned, so that the copy need not wait
             lengths = lengths.pin_memory().to(tokens.device, non_blocking=True)
         order = torch.argsort(lengths, descending=True)

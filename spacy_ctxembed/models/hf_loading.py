@@ -428,6 +428,7 @@ def _plan_load(
 
 def _from_pretrained(config: Any, plan: _Plan, where: _Where) -> Any:
     """Load the checked file. Must run under `_LOAD_LOCK`."""
+    import torch
     from transformers import AutoModel
 
     try:
@@ -438,6 +439,12 @@ def _from_pretrained(config: Any, plan: _Plan, where: _Where) -> Any:
             trust_remote_code=False,
             use_safetensors=True,
             output_loading_info=True,
+            # float32 whatever torch's default dtype: transformers builds the
+            # model in `torch.get_default_dtype()`, so a caller's
+            # `torch.set_default_dtype(torch.float16)` gave the encoder fp16
+            # weights (and a saved pipeline fp16-rounded ones), where the
+            # vectors and `precision = "fp32"` are float32.
+            torch_dtype=torch.float32,
             **plan.model_kwargs,
         )
     except Exception as e:  # noqa: BLE001 - reported with its type and message

@@ -158,6 +158,45 @@ def averaged_weights(shim: Shim, params: Dict[Any, Any]) -> Iterator[None]:
                 weights[name].copy_(saved)
 
 
+@contextlib.contextmanager
+def autograd_on() -> Iterator[None]:
+    """What an encoder's training forward pass runs under: autograd on, whatever
+    the caller's `torch.no_grad()`, `torch.set_grad_enabled(False)` or
+    `torch.inference_mode()` around `nlp.update`, since the pass is run for
+    its backward pass. Under theirs it recorded no graph, the backward pass
+    found no output that needs a gradient, and a trainable encoder silently
+    stayed as it was while the heads above it trained (BERT's under all three,
+    ELMo's under inference mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def loading_weights() -> contextlib.AbstractContextManager[None]:
+    """What an encoder's weights are made or copied under (a load, `initialize`,
+    a `replace_listeners` copy): outside inference mode. Made under the caller's
+    `torch.inference_mode()` (a first `nlp(text)` inside it loads the weights)
+    they were inference tensors, which can never take part in training: a later
+    `nlp.update` failed in torch ("Inference tensors cannot be saved for
+    backward"), naming neither the component nor the cause."""
+    return autograd_on()
+
+
+@contextlib.contextmanager
+def callers_autocast_off(device_type: str) -> Iterator[None]:
+    """What a forward pass in the encoder's own precision runs under: without
+    the caller's `torch.autocast`, which would otherwise run `precision =
+    "fp32"` (and ELMo, which is float32 only) in bf16 or fp16 (vectors off by
+    up to 0.012 on MiniLM, 0.024 on ELMo) under an fp32 output signature, with
+    those vectors kept in `cache_mb`'s cache past the caller's block, and only
+    on CPU: autocast is per thread, and run-ahead predicts in another. The
+    `precision` setting is the one switch; a caller who wants bf16 sets it."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:
+        yield
+
+
 def trains_weights(settings: Dict[str, Any], is_train: bool) -> bool:
     """Whether a forward pass runs the encoder for training (graph, dropout):
     in training, where its weights can move. Not where it is not `trainable`,
@@ -187,25 +226,33 @@ def run_encoder(
         pairs = [(t, xp2torch(dy, device=t.device)) for t, dy in zip(tensors, dY) if t.requires_grad]
         if not pairs:
             return []
-        scaler = shim._grad_scaler
-        if not scaler._enabled:  # (thinc has no public switch; disabled: no loss scaling, off GPU)
-            torch.autograd.backward([t for t, _ in pairs], grad_tensors=[g for _, g in pairs])
-            return []
-        # Loss scaling (fp16 on GPU): this batch's gradients are unscaled on
-        # their own before they join `.grad`. Unscaling `.grad` itself would
-        # divide the gradients that earlier batches left there (gradient
-        # accumulation) by the scale once more. On overflow finish_update skips
-        # the step and clears them all.
-        params = [p for p in shim._model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad([t for t, _ in pairs], params,
-                                    grad_outputs=scaler.scale([g for _, g in pairs], inplace=False), allow_unused=True)
-        found = [(p, g) for p, g in zip(params, grads) if g is not None]
-        if not scaler.unscale([g for _, g in found]):
-            for param, grad in found:
-                param.grad = grad if param.grad is None else param.grad.add_(grad)
+        # The backward pass runs in the caller's thread state: under its
+        # autocast, the gradients' matmuls would run in bf16 or fp16.
+        with callers_autocast_off(pairs[0][0].device.type):
+            _backward(shim, pairs)
         return []
 
     return Y, backprop
+
+
+def _backward(shim: PyTorchShim, pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Backpropagate each (output, its gradient) pair into the encoder's `.grad`s."""
+    scaler = shim._grad_scaler
+    if not scaler._enabled:  # (thinc has no public switch; disabled: no loss scaling, off GPU)
+        torch.autograd.backward([t for t, _ in pairs], grad_tensors=[g for _, g in pairs])
+        return
+    # Loss scaling (fp16 on GPU): this batch's gradients are unscaled on
+    # their own before they join `.grad`. Unscaling `.grad` itself would
+    # divide the gradients that earlier batches left there (gradient
+    # accumulation) by the scale once more. On overflow finish_update skips
+    # the step and clears them all.
+    params = [p for p in shim._model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad([t for t, _ in pairs], params,
+                                grad_outputs=scaler.scale([g for _, g in pairs], inplace=False), allow_unused=True)
+    found = [(p, g) for p, g in zip(params, grads) if g is not None]
+    if not scaler.unscale([g for _, g in found]):
+        for param, grad in found:
+            param.grad = grad if param.grad is None else param.grad.add_(grad)
 
 
 def _no_gradient(dY: List[DocLayers]) -> List[Doc]:
