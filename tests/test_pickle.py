@@ -137,7 +137,8 @@ def test_unpickled_in_a_fresh_process_it_registers_its_extensions(tiny_bert_dir,
     assert "FRESH OK" in result.stdout, result.stderr[-3000:]
 
 
-def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
+def _trained_tagger(tiny_bert_dir, steps):
+    """A tagger listening to a tiny BERT, after `steps` updates, and its examples."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
@@ -146,12 +147,39 @@ def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
     examples = [Example.from_dict(nlp.make_doc(" ".join(WORDS)), {"words": WORDS, "tags": TAGS})]
     nlp.initialize(lambda: examples)
     optimizer = nlp.resume_training()
-    for _ in range(20):
+    for _ in range(steps):
         nlp.update(examples, sgd=optimizer)
+    return nlp, examples
+
+
+def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
+    nlp, examples = _trained_tagger(tiny_bert_dir, 20)
     nlp.update(examples, sgd=False)  # a batch left in flight: the listeners hold outputs and callbacks
     copy = _round_trip(nlp)
     listener = copy.get_pipe("ctxembed_bert").listeners[0]
     assert listener.source_name() == "ctxembed_bert"  # the upstream is claimed again
+    text = " ".join(WORDS)
+    assert [t.tag_ for t in copy(text)] == [t.tag_ for t in nlp(text)]
+    copy.update(examples, sgd=copy.resume_training())  # and it trains on
+
+def test_a_listener_pickled_by_an_earlier_version_unpickles(tiny_bert_dir, monkeypatch):
+    """A listener pickled by an earlier version (3e76642, 2026-12-04) has no
+    `_listening_component` of its own: unpickling its pipeline claims it, which
+    reads that attribute, and failed with an AttributeError naming it."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    nlp, examples = _trained_tagger(tiny_bert_dir, 10)
+    getstate = ContextualListenerNode.__getstate__
+
+    def as_earlier_versions_wrote(self):
+        own, slots = getstate(self)
+        own.pop("_listening_component")
+        return own, slots
+
+    monkeypatch.setattr(ContextualListenerNode, "__getstate__", as_earlier_versions_wrote)
+    data = pickle.dumps(nlp)
+    monkeypatch.undo()
+    copy = pickle.loads(data)
     text = " ".join(WORDS)
     assert [t.tag_ for t in copy(text)] == [t.tag_ for t in nlp(text)]
     copy.update(examples, sgd=copy.resume_training())  # and it trains on

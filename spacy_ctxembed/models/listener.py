@@ -103,6 +103,10 @@ class ContextualListenerNode(SampleDocsModel):
     #: id, their name then, the component weakly). For the message of an
     #: upstream named wrong (`_zeros_for_sample`); replaced, never changed in place.
     _passed_over: Tuple[Tuple[int, str, Any], ...] = ()
+    #: The component this listener serves, as last linked (for messages). (A
+    #: class default too: a node pickled by an earlier version may have none,
+    #: and unpickling its pipeline claims it, which reads this.)
+    _listening_component: Optional[str] = None
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -120,8 +124,7 @@ class ContextualListenerNode(SampleDocsModel):
         # component weakly). By identity: a component sourced into a second
         # pipeline is one object, listed by an upstream of each.
         self._claims: Dict[int, Tuple[str, Any]] = {}
-        # The component this listener serves, as last linked (for messages).
-        self._listening_component: Optional[str] = None
+        self._listening_component = None
 
     def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
         """Only a load sets the dims without `force` (the upstream sizes them
