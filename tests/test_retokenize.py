@@ -293,6 +293,36 @@ def test_a_token_read_before_a_merge_and_a_split_that_keep_the_token_count_reads
     _check(doc, before, "emb")
 
 
+def test_a_sentence_of_a_long_doc_reads_its_own_tokens_spans_only(nlp, monkeypatch):
+    """`span.vector` checked the memoised view against the whole doc's token
+    spans for any span of more than 8 tokens: every sentence's vector of a long
+    doc read all of its tokens, quadratic in the doc. A short span's own tokens
+    are checked, and a merge and a split inside it that keep the token count
+    (and the span's first token) are still seen."""
+    from spacy_ctxembed.outputs import views
+
+    doc = nlp(" ".join([TEXT] * 12))
+    before = _by_offsets(doc, "emb")
+    span = (20, 32)  # 12 tokens: more than 8, less than an eighth of the doc
+    assert 8 * (span[1] - span[0]) < len(doc)
+    rows = doc._.ctx_vectors[span[0]:span[1]]  # (memoises the view)
+    read = []
+    spans_of = views.token_char_spans
+    monkeypatch.setattr(views, "token_char_spans", lambda d: read.append(len(d)) or spans_of(d))
+    numpy.testing.assert_allclose(doc[span[0]:span[1]].vector, rows[rows.any(axis=1)].mean(axis=0), rtol=1e-6)
+    assert read == []  # (the memoised view, checked by the span's tokens)
+    n_tokens = len(doc)
+    with doc.retokenize() as retokenizer:  # inside the span: as many tokens, the first one where it was
+        retokenizer.merge(doc[span[0] + 2 : span[0] + 4])  # "at buying"
+        token = doc[span[0] + 7]  # "for"
+        retokenizer.split(token, ["fo", "r"], heads=[(token, 1), token.head])
+    assert len(doc) == n_tokens
+    got = doc[span[0]:span[1]].vector
+    rows = numpy.stack([_expected(before, t.idx, t.idx + len(t))[0] for t in doc[span[0]:span[1]]])
+    numpy.testing.assert_allclose(got, rows[rows.any(axis=1)].mean(axis=0), rtol=1e-6, atol=1e-7)
+    _check(doc, before, "emb")
+
+
 def test_from_docs_and_copy(nlp):
     docs = [nlp(TEXT), nlp("Another one ran .")]
     befores = [_by_offsets(d, "emb") for d in docs]

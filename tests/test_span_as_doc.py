@@ -76,6 +76,68 @@ def test_a_cut_keeps_its_own_tokens_only_and_leaves_its_source_alone(nlp):
     numpy.testing.assert_array_equal(source._.ctx_vectors, rows)
 
 
+def test_a_cut_of_a_long_doc_compares_its_tensor_with_its_own_rows_only(nlp, monkeypatch):
+    """Whether a cut's `doc.tensor` is still the vectors a ctxembed component set
+    (then it may be replaced) was asked of every row of its source's store,
+    which `as_doc(copy_user_data=True)` carries whole: a cut of every sentence
+    of a long doc was quadratic. Only the stored rows on the cut's characters
+    are compared, and the cut's tensor still counts as the component's."""
+    from spacy_ctxembed.outputs import tensor
+
+    source = nlp(" ".join(f"Sentence {i} ran to the park with a dog." for i in range(40)))
+    compared = []
+    follows = tensor._tensor_follows
+    monkeypatch.setattr(tensor, "_tensor_follows",
+                        lambda doc, parts: compared.append(sum(len(p["vectors"]) for _, p in parts))
+                        or follows(doc, parts))
+    span = source[20:31]
+    cut = span_as_doc(span)
+    assert compared and max(compared) <= len(span) < len(source)
+    (store,) = _stores(cut)
+    assert store["tensor_set"] == "ctxembed_bert"
+    numpy.testing.assert_array_equal(cut.tensor, source._.ctx_vectors[20:31])
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, source._.ctx_vectors[20:31])
+    # Rows that spaCy shifted off their tokens (a split's spare zero row, joined in
+    # by Doc.from_docs) are another token's, off the cut: all of them are asked then.
+    split = nlp("I visited NewYork yesterday.")
+    with split.retokenize() as retokenizer:
+        retokenizer.split(split[2], ["New", "York"], heads=[(split[2], 1), split[2].head])
+    joined = restore_vectors(Doc.from_docs([split, nlp("The dog barked at the mailman twice.")]))
+    n = len(split)
+    for start, end in ((n + 1, n + 3), (n + 2, n + 5)):
+        cut = span_as_doc(joined[start:end])
+        assert not numpy.array_equal(cut.tensor, joined._.ctx_vectors[start:end])  # (the premise: shifted)
+        (store,) = _stores(cut)
+        assert store["tensor_set"] == "ctxembed_bert"
+
+
+def test_parts_are_compared_only_with_the_parts_they_overlap():
+    """Each pair of a joined doc's parts was compared for overlap: reading a
+    `Doc.from_docs` of many docs was quadratic in them. The pairs that
+    overlap are found by a sweep, the same pairs in the same order."""
+    import itertools
+    import random
+
+    from spacy_ctxembed.outputs.placement import _overlapping
+
+    rng = random.Random(0)
+    for _ in range(500):
+        extents = {i: (low, low + rng.choice([0, 0, 1, 2, 3, 7])) for i, low in
+                   ((i, rng.randint(0, 15)) for i in range(rng.randint(0, 10))) if rng.random() < 0.8}
+        pairs = [(i, j) for i, j in itertools.combinations(extents, 2)
+                 if not (extents[i][1] <= extents[j][0] or extents[j][1] <= extents[i][0])]
+        assert _overlapping(extents) == pairs, extents
+    assert _overlapping({i: (2 * i, 2 * i + 2) for i in range(10_000)}) == []
+
+
+def test_a_join_of_many_docs_reads_each_ones_rows(nlp):
+    docs = list(nlp.pipe([f"Doc {i} ran to the park ." for i in range(300)]))
+    joined = Doc.from_docs(docs)
+    numpy.testing.assert_array_equal(joined._.ctx_vectors, numpy.concatenate([d._.ctx_vectors for d in docs]))
+    cuts = Doc.from_docs([span_as_doc(d[1:4]) for d in docs])
+    numpy.testing.assert_array_equal(cuts._.ctx_vectors, numpy.concatenate([d._.ctx_vectors[1:4] for d in docs]))
+
+
 def test_a_merge_in_the_source_split_back_in_the_cut_gives_each_token_its_own_row(nlp):
     """The cut keeps the tokens as they were embedded, not the merged token's
     mean: split back, each word reads its own row, as in the source."""

@@ -8,7 +8,7 @@ part's characters in a joined doc (`_own_regions`), and a token whose
 characters were embedded only in part gets no row: each is an output read
 onto the wrong words otherwise.
 """
-import itertools
+import heapq
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy
@@ -47,7 +47,7 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     "no vector". Stored tokens whose text is not the doc's text where they are
     placed are left out (`_placed_here`)."""
     if len(parts) == 1:
-        parts = [_within(parts[0], text_length(doc))]
+        parts = [within(parts[0], text_length(doc))]
     stored = stacked(parts)
     old_starts, old_ends, vectors, layers = stored["starts"], stored["ends"], stored["vectors"], stored["layers"]
     has_layers = layers is not None
@@ -94,7 +94,7 @@ def stacked(parts: List[Tuple[int, Dict[str, Any]]], *, words: bool = False) -> 
     }
 
 
-def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
+def within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[str, Any]]:
     """A lone part less its stored tokens that lie wholly off characters
     [0, n_chars) of the doc: a cut's store is its whole source's (its
     placement in the source, or `copy_user_data=True`), and work that scaled
@@ -102,8 +102,10 @@ def _within(part: Tuple[int, Dict[str, Any]], n_chars: int) -> Tuple[int, Dict[s
 
     Only for a lone part: those tokens give the doc no row (they overlap none
     of its tokens), and what is read of them is whether they are in place,
-    which matters only beside other parts (`_own_regions`). A doc's tokens
-    are sorted and do not overlap, so both ends are found by bisection."""
+    which matters only beside other parts (`_own_regions`). (`tensor_source`
+    asks of any part's first: a doc's tensor rows are mostly its own tokens'.)
+    A doc's tokens are sorted and do not overlap, so both ends are found by
+    bisection."""
     origin, output = part
     starts, ends = numpy.asarray(output["starts"]), numpy.asarray(output["ends"])
     low = int(numpy.searchsorted(ends, -origin, side="right"))  # the first with ends + origin > 0
@@ -232,10 +234,8 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
     if several_cuts and any(_runs_in_place(here[a:b][with_vector[a:b]]) > 1
                             for (a, b), placed in zip(zip(bounds[:-1], bounds[1:]), in_place) if not placed):
         raise _unplaceable()
-    for i, j in itertools.combinations(extents, 2):
+    for i, j in _overlapping(extents):
         (low_i, high_i), (low_j, high_j) = extents[i], extents[j]
-        if high_i <= low_j or high_j <= low_i:
-            continue  # apart
         if in_place[i] and in_place[j] and (low_i, high_i) == (low_j, high_j):
             continue  # one source's store twice: the same rows
         if in_place[i] == in_place[j] or several_cuts:
@@ -257,6 +257,22 @@ def _own_regions(parts: List[Tuple[int, Dict[str, Any]]], old_starts: numpy.ndar
         if (here[a:b] & with_vector[a:b]).any() and not kept[a:b].any():
             raise _unplaceable()
     return kept
+
+
+def _overlapping(extents: Dict[int, Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The pairs (i, j), i < j, of `extents` ([low, high) by part) that overlap:
+    low_i < high_j and low_j < high_i. Swept in order of low ends, each
+    compared only with those not yet ended: every pair would make a
+    `Doc.from_docs` of many docs quadratic, where parts lie apart."""
+    pairs: List[Tuple[int, int]] = []
+    ending: List[Tuple[int, int]] = []  # (high, part) of the parts begun, lowest high first
+    for j in sorted(extents, key=lambda part: extents[part][0]):
+        low_j, high_j = extents[j]
+        while ending and ending[0][0] <= low_j:  # ended at or before low_j: apart from it and all after it
+            heapq.heappop(ending)
+        pairs.extend((min(i, j), max(i, j)) for _, i in ending if extents[i][0] < high_j)
+        heapq.heappush(ending, (high_j, j))
+    return sorted(pairs)
 
 
 def _runs_in_place(placed: numpy.ndarray) -> int:

@@ -12,6 +12,8 @@ import numpy
 from spacy.tokens import Doc, _retokenize
 from thinc.api import get_array_module
 
+from ..alignment import text_length
+from .placement import within
 from .store import concat, to_numpy
 
 
@@ -69,7 +71,15 @@ def tensor_source(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Optio
         return None
     if len(parts) == 1 and parts[0][1]["vectors"] is tensor:  # the array it set: no copy, no comparison
         return name
-    return name if _tensor_follows(doc, cast(List[Tuple[int, Dict[str, Any]]], parts)) else None
+    parts = cast(List[Tuple[int, Dict[str, Any]]], parts)
+    # The stored tokens on the doc's characters first: a cut's store is its
+    # whole source's, and comparing with all of it made `span_as_doc` of every
+    # sentence of a long doc quadratic. Their rows are the tensor's unless
+    # spaCy shifted rows (`_tensor_follows`): then all of the rows are asked.
+    n_chars = text_length(doc)
+    if _tensor_follows(doc, [within(part, n_chars) for part in parts]):
+        return name
+    return name if _tensor_follows(doc, parts) else None
 
 
 def _tensor_output_name(store: Dict[str, Any]) -> Optional[str]:

@@ -145,10 +145,14 @@ class View:
         """
         if len(self.starts) != len(doc):
             return False
-        if end - start > 8:
+        if end - start > 8 and 8 * (end - start) > len(doc):
+            # Most of the doc: its spans in one Cython pass cost less than a
+            # Python step per token (about 8 times as much per token).
             starts, ends = token_char_spans(doc)
             return bool(numpy.array_equal(starts[start:end], self.starts[start:end])
                         and numpy.array_equal(ends[start:end], self.ends[start:end]))
+        # The rows' own tokens only: the whole doc's spans at each read made a
+        # loop over a long doc's sentences (`span.vector`) quadratic.
         for i in range(start, end):
             token = doc[i]
             if self.starts[i] != token.idx or self.ends[i] != token.idx + len(token):
