@@ -200,6 +200,33 @@ def test_parquet_rows_across_row_groups(tmp_path):
     assert [s.n_rows for s in shards] == [6, 6, 6, 5]
 
 
+def test_a_reader_of_many_shards_decodes_each_row_group_once(tmp_path, monkeypatch):
+    """Parquet is read a row group at a time, and writers make them large: each
+    shard within one decoded the whole group, so reading a file's shards grew
+    with shards x group size. A reader that keeps its last group (an actor's
+    `RowGroups`) decodes each group once for consecutive shards, and gives the
+    rows a fresh read gives, also across files and across groups."""
+    from spacy_ctxembed.distributed.sources import RowGroups
+
+    paths = []
+    for name, rows, group_size in (("a", 23, 23), ("b", 17, 5)):
+        paths.append(tmp_path / f"{name}.parquet")
+        pq.write_table(pa.table({"text": [f"{name} doc {i}" if i % 6 else None for i in range(rows)]}),
+                       paths[-1], row_group_size=group_size)
+    shards, _ = plan_shards(input_files([str(p) for p in paths]), 4, "text")
+    fresh = [read_shard(shard) for shard in shards]
+    decoded = []
+    read_row_group = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, i, **kw: decoded.append(i) or read_row_group(self, i, **kw))
+    row_groups = RowGroups()
+    kept = [read_shard(shard, row_groups=row_groups) for shard in shards]
+    assert decoded == [0, 0, 1, 2, 3]  # a's one group, then b's four (its first two shards share group 0)
+    assert [(docs, [(r.doc_id, r.row, r.reason) for r in rejected]) for docs, rejected in kept] == \
+        [(docs, [(r.doc_id, r.row, r.reason) for r in rejected]) for docs, rejected in fresh]
+    assert sum(len(docs) + len(rejected) for docs, rejected in kept) == 23 + 17
+
+
 def test_parquet_column_errors(tmp_path):
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"body": ["a"], "n": [1]}), path)

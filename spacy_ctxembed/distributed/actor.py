@@ -13,7 +13,7 @@ from ..alignment import token_char_spans
 from ..fileio import MODEL_CHANGED, model_identity
 from ..pipeline.build import load_pipeline, primary_component
 from .shards import build_table, write_shard
-from .sources import Shard, read_shard
+from .sources import RowGroups, Shard, read_shard
 
 
 class ShardEmbedder:
@@ -57,6 +57,7 @@ class ShardEmbedder:
         # (`load_pipeline` refused a pipeline without one: `check_writes_vectors`.)
         self.component = primary_component(self.nlp)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.row_groups = RowGroups()  # (the next shard is often in the same Parquet row group)
 
     def __call__(self, batch: Dict[str, numpy.ndarray]) -> Dict[str, numpy.ndarray]:
         summaries: Dict[str, List[Any]] = {key: [] for key in SUMMARY}
@@ -74,7 +75,7 @@ class ShardEmbedder:
         attempts = self.out_dir / attempts_name(shard.index)
         with open(attempts, "a", encoding="utf8") as f:  # (a line per start: see `failed_shards`)
             f.write(f"{self.worker}\n")
-        docs, rejected = read_shard(shard, self.nlp.max_length)
+        docs, rejected = read_shard(shard, self.nlp.max_length, self.row_groups)
         doc_ids = [doc_id for doc_id, _ in docs]
         texts, tokens, idx, vectors = [], [], [], []
         for doc in self.nlp.pipe((text for _, text in docs), batch_size=self.batch_size):

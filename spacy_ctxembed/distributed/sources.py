@@ -242,15 +242,46 @@ def _file_sha256(path: Path) -> str:
 # Reading a shard -----------------------------------------------------------
 
 
-def read_shard(shard: Shard, max_length: Optional[int] = None) -> Tuple[List[Tuple[int, str]], List[Rejected]]:
+class RowGroups:
+    """The Parquet row group read last, kept for the reader's next shard.
+
+    A Parquet file can only be read a whole row group at a time, and writers
+    make them large (pyarrow and pandas: about a million rows), so each
+    shard within one decoded the whole group's text column: reading all of
+    a file's shards grew with shards x group size (125 times the time at 16
+    times the rows, from 25k rows in one group). An actor that keeps the group
+    it read last decodes it once for the consecutive shards it is given. Its
+    memory is what reading one shard of that group takes already. Keyed by
+    the file's size and modification time too, as `_check_unchanged` holds a
+    shard's file to them.
+    """
+
+    def __init__(self) -> None:
+        self._key: Optional[Tuple[str, int, int, int, str]] = None
+        self._column: Any = None
+
+    def column(self, shard: Shard, parquet: Any, group: int) -> Any:
+        key = (shard.path, shard.size, shard.mtime_ns, group, shard.text_key)
+        if key != self._key:
+            self._key, self._column = None, None  # (the group before is freed before the next is read)
+            self._column = parquet.read_row_group(group, columns=[shard.text_key]).column(0)
+            self._key = key
+        return self._column
+
+
+def read_shard(
+    shard: Shard, max_length: Optional[int] = None, row_groups: Optional[RowGroups] = None
+) -> Tuple[List[Tuple[int, str]], List[Rejected]]:
     """The shard's rows: ``[(doc_id, text)]`` to embed, and the rejected rows.
 
     max_length: the pipeline's `nlp.max_length`; a longer text is rejected
     (spaCy's tokenizer would refuse it, E088, and fail the whole run).
+    row_groups: where a reader of many shards keeps the Parquet row group it
+    read last (`RowGroups`); none: each shard reads its groups afresh.
     """
     _check_unchanged(shard)
     if shard.kind == "parquet":
-        rows = _read_parquet_rows(shard)
+        rows = _read_parquet_rows(shard, row_groups or RowGroups())
     else:
         rows = _read_line_rows(shard)
     docs: List[Tuple[int, str]] = []
@@ -366,7 +397,7 @@ def _lone_surrogate(text: str) -> Optional[str]:
     return None
 
 
-def _read_parquet_rows(shard: Shard) -> Iterator[RowResult]:
+def _read_parquet_rows(shard: Shard, row_groups: RowGroups) -> Iterator[RowResult]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -375,7 +406,7 @@ def _read_parquet_rows(shard: Shard) -> Iterator[RowResult]:
     for group in range(parquet.metadata.num_row_groups):
         n = parquet.metadata.row_group(group).num_rows
         if row + n > shard.start and row < shard.stop:
-            column = parquet.read_row_group(group, columns=[shard.text_key]).column(0)
+            column = row_groups.column(shard, parquet, group)
             lo, hi = max(shard.start - row, 0), min(shard.stop - row, n)
             # Read as bytes: a writer that does not validate UTF-8 can store any bytes in a
             # string column, and pyarrow's own decoding would fail the whole shard on them.
