@@ -2,6 +2,7 @@
 changes no vector and no training step: each call gives what it gives under
 torch's defaults, and the caller's state is left as it was."""
 import contextlib
+import copy
 import itertools
 
 import numpy
@@ -95,6 +96,21 @@ def test_the_encoder_trains_under_the_caller_s_no_grad_as_without_it(
 
 
 @pytest.mark.parametrize("kind", ["bert", "elmo"])
+def test_a_step_under_the_caller_s_inference_mode_then_one_outside_it(
+        tiny_bert_dir, elmo_files, default_training, kind):
+    """The encoder's `.grad`s made by a backward pass inside the caller's
+    `torch.inference_mode()` were inference tensors: the next update outside
+    it failed in torch ("Inplace update to inference tensor outside
+    InferenceMode"), adding to them. The two steps are the default's two."""
+    nlp, examples = _pipeline(kind, tiny_bert_dir, elmo_files)
+    with torch.inference_mode():
+        _trained_weights(nlp, examples, steps=1)
+    got = _trained_weights(nlp, examples, steps=1)
+    for name, weight in default_training[kind][1].items():
+        assert torch.equal(got[name], weight), name
+
+
+@pytest.mark.parametrize("kind", ["bert", "elmo"])
 def test_weights_loaded_under_inference_mode_train(tiny_bert_dir, elmo_files, default_training, kind):
     """Weights first loaded inside the caller's `torch.inference_mode()` (a
     first `nlp(text)` there loads them) train later as any: made there, they
@@ -106,6 +122,33 @@ def test_weights_loaded_under_inference_mode_train(tiny_bert_dir, elmo_files, de
         nlp.initialize(lambda: examples)
         nlp(TEXTS[0])
     got = _trained_weights(nlp, examples)
+    for name, weight in expected.items():
+        assert torch.equal(got[name], weight), name
+
+
+def _copied(nlp, how):
+    if how == "deepcopy":  # (the encoder's own `__deepcopy__`: `replace_listeners` copies it so)
+        return copy.deepcopy(nlp)
+    loaded = spacy.util.load_model_from_config(nlp.config)
+    return loaded.from_bytes(nlp.to_bytes())
+
+
+@pytest.mark.parametrize("kind", ["bert", "elmo"])
+@pytest.mark.parametrize("how", ["deepcopy", "from_bytes"])
+def test_weights_copied_or_loaded_under_inference_mode_train(tiny_bert_dir, elmo_files, kind, how):
+    """Not `initialize` only: a copy or a load of the pipeline made inside the
+    caller's `torch.inference_mode()` trains as one made outside it (made
+    there, the encoder's weights were inference tensors, and `nlp.update`
+    failed in torch)."""
+    nlp, examples = _pipeline(kind, tiny_bert_dir, elmo_files)
+    trained = []
+    for mode in (contextlib.nullcontext, torch.inference_mode):
+        with mode():
+            copied = _copied(nlp, how)
+        spacy.util.fix_random_seed(1)  # (the steps' dropout alike)
+        trained.append(_trained_weights(copied, examples))
+    expected, got = trained
+    assert any(not torch.equal(weight, _encoder_weights(nlp)[name]) for name, weight in expected.items())
     for name, weight in expected.items():
         assert torch.equal(got[name], weight), name
 
@@ -181,3 +224,25 @@ def test_the_caller_s_autocast_changes_no_vector_and_no_step(tiny_bert_dir, elmo
             numpy.testing.assert_array_equal(vectors, want)
     for name, weight in default_training[kind][1].items():
         assert torch.equal(trained[name], weight), name
+
+
+@pytest.mark.parametrize("kind", ["bert", "elmo"])
+def test_the_caller_s_autocast_is_turned_off_on_torch_before_2_4(tiny_bert_dir, elmo_files, monkeypatch, kind):
+    """`setup.cfg` allows torch 2.1: before 2.4 torch has no
+    `torch.amp.is_autocast_available`, and `torch.is_autocast_enabled` takes no
+    device type (it asks CUDA's; `is_autocast_cpu_enabled` the CPU's). Every
+    forward pass failed there with an AttributeError; here those calls are
+    taken away as such a torch lacks them, and the caller's CPU autocast must
+    still change no vector."""
+    nlp, _ = _pipeline(kind, tiny_bert_dir, elmo_files)
+    expected = _vectors(nlp)
+    enabled = torch.is_autocast_enabled
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        monkeypatch.delattr(torch.amp, "is_autocast_available")
+        # (No argument: CUDA's, as before 2.4; this torch's own autocast passes one.)
+        monkeypatch.setattr(torch, "is_autocast_enabled", lambda *device: enabled(*device or ("cuda",)))
+        monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: enabled("cpu"))
+        got = _vectors(nlp)
+        monkeypatch.undo()
+    for vectors, want in zip(got, expected):
+        numpy.testing.assert_array_equal(vectors, want)

@@ -162,6 +162,7 @@ def test_listening_tagger_pickles_in_the_middle_of_training(tiny_bert_dir):
     assert [t.tag_ for t in copy(text)] == [t.tag_ for t in nlp(text)]
     copy.update(examples, sgd=copy.resume_training())  # and it trains on
 
+
 def test_a_listener_pickled_by_an_earlier_version_unpickles(tiny_bert_dir, monkeypatch):
     """A listener pickled by an earlier version (3e76642, 2026-12-04) has no
     `_listening_component` of its own: unpickling its pipeline claims it, which

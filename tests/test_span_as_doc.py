@@ -111,6 +111,25 @@ def test_a_cut_of_a_long_doc_compares_its_tensor_with_its_own_rows_only(nlp, mon
         assert store["tensor_set"] == "ctxembed_bert"
 
 
+def test_a_tensor_another_component_set_is_compared_with_the_rows_once(nlp, monkeypatch):
+    """A doc whose tensor another component replaced (spaCy's tok2vec after
+    the component), and nothing of its store off its characters: its rows are
+    compared once, not a second time as "all of the rows", and it is not the
+    component's."""
+    from spacy_ctxembed.outputs import tensor
+    from spacy_ctxembed.outputs.store import doc_stores
+
+    doc = nlp("The dog barked at the mailman twice.")
+    doc.tensor = numpy.random.default_rng(0).standard_normal(doc.tensor.shape).astype(doc.tensor.dtype)
+    compared = []
+    follows = tensor._tensor_follows
+    monkeypatch.setattr(tensor, "_tensor_follows",
+                        lambda doc, parts: compared.append(sum(len(p["vectors"]) for _, p in parts))
+                        or follows(doc, parts))
+    assert tensor.tensor_source(doc, doc_stores(doc)) is None
+    assert compared == [len(doc)]
+
+
 def test_parts_are_compared_only_with_the_parts_they_overlap():
     """Each pair of a joined doc's parts was compared for overlap: reading a
     `Doc.from_docs` of many docs was quadratic in them. The pairs that

@@ -250,10 +250,12 @@ class RowGroups:
     shard within one decoded the whole group's text column: reading all of
     a file's shards grew with shards x group size (125 times the time at 16
     times the rows, from 25k rows in one group). An actor that keeps the group
-    it read last decodes it once for the consecutive shards it is given. Its
-    memory is what reading one shard of that group takes already. Keyed by
-    the file's size and modification time too, as `_check_unchanged` holds a
-    shard's file to them.
+    it read last decodes it once for the consecutive shards it is given.
+    The column kept is what reading a shard of that group holds anyway, but
+    kept, it is held until the reader's next Parquet read (through the
+    shard's embedding too): one group's at a time. Keyed by the file's size
+    and modification time too, as `_check_unchanged` holds a shard's file to
+    them.
     """
 
     def __init__(self) -> None:

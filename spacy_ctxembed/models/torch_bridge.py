@@ -160,13 +160,14 @@ def averaged_weights(shim: Shim, params: Dict[Any, Any]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def autograd_on() -> Iterator[None]:
-    """What an encoder's training forward pass runs under: autograd on, whatever
-    the caller's `torch.no_grad()`, `torch.set_grad_enabled(False)` or
-    `torch.inference_mode()` around `nlp.update`, since the pass is run for
-    its backward pass. Under theirs it recorded no graph, the backward pass
-    found no output that needs a gradient, and a trainable encoder silently
-    stayed as it was while the heads above it trained (BERT's under all three,
-    ELMo's under inference mode)."""
+    """What an encoder's training passes (forward and backward) run under:
+    autograd on, whatever the caller's `torch.no_grad()`,
+    `torch.set_grad_enabled(False)` or `torch.inference_mode()` around
+    `nlp.update`, since the forward pass is run for its backward pass. Under
+    theirs it recorded no graph, the backward pass found no output that needs
+    a gradient, and a trainable encoder silently stayed as it was while the
+    heads above it trained (BERT's under all three, ELMo's under inference
+    mode); and the backward pass's `.grad`s were inference tensors."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
 
@@ -190,11 +191,23 @@ def callers_autocast_off(device_type: str) -> Iterator[None]:
     those vectors kept in `cache_mb`'s cache past the caller's block, and only
     on CPU: autocast is per thread, and run-ahead predicts in another. The
     `precision` setting is the one switch; a caller who wants bf16 sets it."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if _autocast_enabled(device_type):
         with torch.autocast(device_type=device_type, enabled=False):
             yield
     else:
         yield
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether the calling thread is under a `torch.autocast` for `device_type`."""
+    if hasattr(torch.amp, "is_autocast_available"):  # torch >= 2.4: asked by device type
+        return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    # torch 2.1-2.3 (`setup.cfg` allows them) has neither call above: every
+    # forward pass failed there. It asks CUDA's (no argument) and the CPU's
+    # apart, and autocasts no other device type an encoder runs on.
+    if device_type == "cuda":
+        return torch.is_autocast_enabled()
+    return device_type == "cpu" and torch.is_autocast_cpu_enabled()
 
 
 def trains_weights(settings: Dict[str, Any], is_train: bool) -> bool:
@@ -227,8 +240,10 @@ def run_encoder(
         if not pairs:
             return []
         # The backward pass runs in the caller's thread state: under its
-        # autocast, the gradients' matmuls would run in bf16 or fp16.
-        with callers_autocast_off(pairs[0][0].device.type):
+        # autocast, the gradients' matmuls would run in bf16 or fp16; under its
+        # inference mode, the `.grad`s made were inference tensors, and the
+        # next update outside it failed in torch, adding to them.
+        with autograd_on(), callers_autocast_off(pairs[0][0].device.type):
             _backward(shim, pairs)
         return []
 

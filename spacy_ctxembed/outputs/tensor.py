@@ -77,8 +77,11 @@ def tensor_source(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Optio
     # sentence of a long doc quadratic. Their rows are the tensor's unless
     # spaCy shifted rows (`_tensor_follows`): then all of the rows are asked.
     n_chars = text_length(doc)
-    if _tensor_follows(doc, [within(part, n_chars) for part in parts]):
+    on_doc = [within(part, n_chars) for part in parts]
+    if _tensor_follows(doc, on_doc):
         return name
+    if all(trimmed is part for trimmed, part in zip(on_doc, parts)):  # (`within` left all: asked already)
+        return None
     return name if _tensor_follows(doc, parts) else None
 
 
