@@ -590,3 +590,21 @@ def test_only_the_batch_with_nan_is_refused_on_device(gpu_nlp):
     assert [doc.text for doc in kept] == [t for i, t in enumerate(texts) if i % 4 >= 2]
     for doc, vectors in zip(kept, expected):
         numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_vectors), vectors, atol=1e-4)
+
+
+def test_weights_moved_to_the_gpu_under_the_caller_s_inference_mode_can_train():
+    """`to_gpu()` inside the caller's `torch.inference_mode()` remakes the
+    weights on the device: made there, they would be inference tensors, which
+    no update can train (torch fails naming neither component nor cause)."""
+    import torch
+
+    pytest.importorskip("cupy")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"layers": [-1], "trainable": True}}})
+    nlp.initialize()  # on the CPU
+    encoder = nlp.get_pipe("ctxembed_bert").encoder
+    with torch.inference_mode():
+        encoder.to_gpu(0)
+    module = get_runner(encoder).encoder.module
+    assert {p.device.type for p in module.parameters()} == {"cuda"}
+    assert not any(t.is_inference() for t in (*module.parameters(), *module.buffers()))

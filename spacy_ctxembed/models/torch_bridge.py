@@ -303,6 +303,13 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     def __reduce__(self) -> Tuple[Any, ...]:
         return unpickle_shim, (type(self), self.settings, self.to_bytes() if self.loaded else None)
 
+    def to_device(self, device_type: str, device_id: int) -> None:
+        # Outside the caller's inference mode: moved inside it (`to_gpu()`
+        # under `torch.inference_mode()`), the weights would be made anew as
+        # inference tensors, which can never train (`loading_weights`).
+        with loading_weights():
+            super().to_device(device_type, device_id)
+
     def finish_update(self, optimizer: Any) -> None:
         """thinc's step (`PyTorchShim.finish_update`), with each weight written
         back in place.
