@@ -13,6 +13,7 @@ from spacy.training import Example
 
 from .conftest import ctx_config
 from .elmo_fixture import write_elmo_fixture
+from .test_training import _train_step
 
 WORDS = ["I", "ran", "to", "the", "park"]
 TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
@@ -51,9 +52,7 @@ def _encoder_weights(nlp):
 def _trained_weights(nlp, examples, steps=2):
     optimizer = nlp.resume_training()
     for _ in range(steps):
-        nlp.update(examples, sgd=False)
-        for _, proc in nlp.pipeline:
-            proc.finish_update(optimizer)
+        _train_step(nlp, examples, optimizer)
     return _encoder_weights(nlp)
 
 
