@@ -100,7 +100,12 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     piece with the mark holds none of the characters of a token followed by
     a space, its text starting after the space, except where SentencePiece
     put the mark at a span's start, with the first character's offsets ("▁"
-    alone, or "▁New▁York" without its pre-tokenizer's split)."""
+    alone, or "▁New▁York" without its pre-tokenizer's split). A lone mark
+    aligned to that token only is the space after it where it is the token's
+    last piece in its span; before another of its pieces, it is a character
+    of the token that the normalizer made a space (SentencePiece's Nmt maps
+    zero-width joiners and non-joiners, direction marks and the BOM to
+    spaces: "non\u200djoiner" is "▁non", "▁", "join", ...), and the token's own."""
     n_pairs = len(alignment.token_index)
     if not pieces.strings:
         return numpy.zeros(n_pairs, dtype=bool)
@@ -112,11 +117,15 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
         return numpy.zeros(n_pairs, dtype=bool)
     n = alignment.n_pieces
     pairs = alignment.token_index * n + alignment.piece_index
-    # Each token's first piece in each span it is in (pairs sorted by token, then piece).
+    # Each token's first and last piece in each span it is in (pairs sorted by token, then piece).
     runs = alignment.token_index * (n // pieces.span_length + 1) + alignment.piece_index // pieces.span_length
-    firsts = pairs[numpy.concatenate(([True], runs[1:] != runs[:-1]))]
+    run_starts = numpy.concatenate(([True], runs[1:] != runs[:-1]))
+    firsts = pairs[run_starts]
+    lasts = pairs[numpy.concatenate((run_starts[1:], [True]))]
     dropped = pieces.first[candidates] * n + pieces.piece[candidates]
-    return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts)])
+    # A lone mark of one token with more of its pieces after it: a character of its own made a space.
+    inside = (lone & (pieces.last == pieces.first))[candidates] & ~numpy.isin(dropped, lasts)
+    return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts) & ~inside])
 
 
 def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> Optional[numpy.ndarray]:
