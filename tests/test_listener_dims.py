@@ -434,6 +434,28 @@ def test_v2_tagger_fine_tuned_with_its_upstream_is_held_to_that_upstream(tiny_be
         nlp(TEXT)
 
 
+def test_two_loads_of_one_pipeline_trained_apart_are_not_one_upstream(tiny_bert_dir, tmp_path):
+    """Two loads of one saved pipeline share its weights' lineage. Trained
+    further (`spacy train` sourcing both components, `resume_training`), one
+    load's embedder moves and the other's does not: the tagger trained further
+    was taken silently next to the untrained load's embedder (the same lineage,
+    and a head fine-tuned with its upstream records no fingerprint), on
+    vectors its weights were not trained on. A training step gives the weights
+    a lineage of their own, which the heads trained with them follow."""
+    _fine_tuned(tiny_bert_dir, steps=3).to_disk(tmp_path / "tuned")
+    further, as_saved = spacy.load(tmp_path / "tuned"), spacy.load(tmp_path / "tuned")
+    tags = _tags(_trained(further, steps=2))
+    mixed = spacy.blank("en")
+    mixed.add_pipe("ctxembed_bert", source=as_saved)
+    mixed.add_pipe("tagger", source=further)
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*': this component was "
+                                         r"trained on the outputs of another 'ctxembed_bert' \(the weights moved"):
+        mixed(TEXT)
+    # Its own upstream, saved and loaded with it, is still the one it trained with.
+    further.to_disk(tmp_path / "further")
+    assert _tags(spacy.load(tmp_path / "further")) == _tags(further) == tags
+
+
 @pytest.mark.parametrize("record, frozen", [("encoder_weights", False), ("encoder_probe", False),
                                             ("encoder_probe", True)])
 def test_a_model_folder_kept_on_purpose_is_not_the_one_its_listeners_were_trained_on(

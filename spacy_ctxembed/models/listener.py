@@ -336,6 +336,17 @@ class ContextualListenerNode(SampleDocsModel):
         if signed is not None and signed != record.get("signed"):
             self.attrs[TRAINED_WITH] = {**record, "signed": signed}
 
+    def follow_lineage(self, old: Optional[str], new: str) -> None:
+        """Its upstream took a training step, and its weights, of lineage `old`,
+        are of lineage `new` now (`ContextualEmbedder._branch_lineage`): the
+        record follows, being of this upstream. (A head trained with them as
+        they move records no fingerprint, and is held to the lineage; one
+        trained on them frozen is held to its fingerprint, which the step left
+        behind, and is told that they moved since.)"""
+        record = self.attrs.get(TRAINED_WITH)
+        if isinstance(record, dict) and record.get("lineage") == old:
+            self.attrs[TRAINED_WITH] = {**record, "lineage": new}
+
     def record(self) -> Any:
         """What the head was trained on (`TRAINED_WITH`), as it is now."""
         return self.attrs.get(TRAINED_WITH)

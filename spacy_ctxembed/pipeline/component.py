@@ -825,6 +825,20 @@ class ContextualEmbedder(TrainablePipe):
             if "combiner" in to_step:
                 with self._changing_weights(encoder=False):
                     self.combiner.finish_update(sgd)
+            self._branch_lineage()
+
+    def _branch_lineage(self) -> None:
+        """After a training step: the weights are this component's own now, a
+        new lineage, which the records of the heads linked to it follow
+        (`ContextualListenerNode.follow_lineage`). Two loads of one
+        saved pipeline (or a pipeline and its copy) share a lineage: kept
+        through training, the one trained on (`spacy train` on sourced
+        components, `resume_training`) and the one left as saved stayed one
+        lineage, and a head trained further with the first was taken silently
+        next to the second's other weights (`check_trained_upstream`)."""
+        old, self._lineage = self._lineage, os.urandom(8).hex()
+        for listener in self.listeners:
+            listener.follow_lineage(old, self._lineage)
 
     @contextmanager
     def _changing_weights(self, *, encoder: bool) -> Iterator[None]:
