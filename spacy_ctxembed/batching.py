@@ -1,8 +1,10 @@
 """Cutting work into forward batches, and overlapping host preparation with device compute."""
+import concurrent.futures
 import contextlib
 import contextvars
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import numpy
 
@@ -95,8 +97,38 @@ def prefetched(produce: Callable[[T], U], items: Sequence[T]) -> Iterator[U]:
         yield pending.result()
 
 
+class InFlight:
+    """The work that `computed_ahead` streams handed to their workers and that is
+    not done yet, whether or not its stream is still read: `wait` waits for it.
+
+    A stream closed early or interrupted drops the item in flight without
+    waiting for it, and its worker goes on reading that item's docs. What
+    frees their memory afterwards (the end of `nlp.memory_zone()`) waits here
+    first (`ContextualEmbedder.memory_zone`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: Set[Future[Any]] = set()
+
+    def add(self, future: "Future[Any]") -> None:
+        with self._lock:
+            self._futures.add(future)
+        # (Called at once where it is done already; else in the worker, once it is.)
+        future.add_done_callback(self._discard)
+
+    def _discard(self, future: "Future[Any]") -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def wait(self) -> None:
+        """Until the work in flight now is done (or was cancelled)."""
+        with self._lock:
+            futures = list(self._futures)
+        concurrent.futures.wait(futures)
+
+
 def computed_ahead(
-    produce: Callable[[T], U], items: Iterable[T]
+    produce: Callable[[T], U], items: Iterable[T], *, in_flight: Optional[InFlight] = None
 ) -> Iterator[Tuple[T, Optional[U], Optional[Exception]]]:
     """(item, produce(item), None) for each item of a stream, in order, or
     (item, None, error) where `produce` raised.
@@ -113,7 +145,8 @@ def computed_ahead(
     collector can only print what it raises). The worker runs in a copy of the
     caller's context, so context variables (Thinc's current ops) carry over.
     Closing the generator early drops the item in flight without waiting for
-    it: the worker finishes it and ends.
+    it: the worker finishes it and ends. `in_flight`, where given, holds each
+    item's work until it is done, for those who must wait for it (`InFlight`).
     """
     iterator = iter(items)
     sentinel = object()
@@ -121,7 +154,10 @@ def computed_ahead(
     stopped = False
 
     def submit(item: T) -> "Future[U]":
-        return pool.submit(contextvars.copy_context().run, produce, item)
+        future = pool.submit(contextvars.copy_context().run, produce, item)
+        if in_flight is not None:
+            in_flight.add(future)
+        return future
 
     try:
         current = next(iterator, sentinel)

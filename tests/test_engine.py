@@ -577,6 +577,39 @@ def test_run_ahead_pipe_closed_during_a_load_does_not_wait_for_it(nlp, run_ahead
     numpy.testing.assert_allclose(nlp(first.text).tensor, first.tensor, atol=1e-6)  # and the pipeline goes on
 
 
+def test_the_end_of_a_memory_zone_waits_for_the_batch_a_stream_left_in_it_predicts_ahead(nlp, run_ahead_on,
+                                                                                         monkeypatch):
+    """spaCy's `nlp.memory_zone()` frees the strings and lexemes made in it at its
+    end. A stream left inside it (a break, an error in the loop) drops the batch
+    its worker predicts ahead without waiting for it: that worker went on
+    reading the batch's docs after the zone had freed them (a KeyError from the
+    string store, or freed memory)."""
+    predict, started, zone_ended, read = run_ahead_on.predict, threading.Event(), threading.Event(), []
+
+    def held(docs):
+        if any(doc.text.startswith("Zqxvb") for doc in docs):
+            started.set()
+            # Held until the zone has ended; only for a moment where its end waits
+            # for this batch (the end comes after this wait, whatever its length).
+            zone_ended.wait(timeout=0.5)
+            try:
+                read.append([doc.text for doc in docs])
+            except KeyError as err:
+                read.append(err)
+        return predict(docs)
+
+    monkeypatch.setattr(run_ahead_on, "predict", held)
+    texts = ["one two", "three four", "Zqxvb plumfrob", "Zqxvb glorbish"]  # (the last two's strings: new)
+    with nlp.memory_zone():
+        for _doc in nlp.pipe(texts, batch_size=2):
+            assert started.wait(timeout=30)
+            break  # the batch of the last two is in flight
+    zone_ended.set()
+    for thread in _run_ahead_threads():
+        thread.join(timeout=30)
+    assert read == [texts[2:]]
+
+
 def test_run_ahead_raises_an_interrupt_of_the_stream_at_once_and_never_waits_for_the_worker():
     """A KeyboardInterrupt of the stream while the worker computes the item
     before it: raised at once (held back for after that item, it was lost where

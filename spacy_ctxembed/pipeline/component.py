@@ -30,7 +30,7 @@ from spacy.vocab import Vocab
 from thinc.api import CupyOps, Model, Optimizer, set_dropout_rate
 from thinc.util import to_numpy
 
-from ..batching import computed_ahead, on_caller_devices
+from ..batching import InFlight, computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..finite import FiniteCheck, refuse_non_finite
 from ..layers.scalar_mix import is_plain_mean
@@ -224,6 +224,8 @@ class ContextualEmbedder(TrainablePipe):
         self._notice_lock = threading.Lock()
         #: The backward pass of an update whose listeners have not all called back yet.
         self._pending_backward: Optional[Callable[..., bool]] = None
+        #: Batches `pipe` predicts ahead, until done (`memory_zone` waits for them).
+        self._in_flight = InFlight()
         cache_mb = self.cfg["cache_mb"]
         self.cache = FeatureCache(cache_mb * 2**20) if cache_mb and _cacheable_encoder(self.model) else None
         install_extensions()
@@ -236,6 +238,7 @@ class ContextualEmbedder(TrainablePipe):
         self._notice_outside_load()  # (the copy's records are of the weights it holds)
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
                  "scorer": self.scorer, "_gate": None, "_notice_lock": None, "cache": None, "_pending_backward": None,
+                 "_in_flight": None,
                  "_encoder_fingerprint": None}  # (taken again: a step meanwhile may have moved the weights)
         return _unpickled_component, (type(self), state)
 
@@ -412,6 +415,8 @@ class ContextualEmbedder(TrainablePipe):
                 self._load_refused = _FORKED_MID_CHANGE
             self._gate = LoadGate()
             self._notice_lock = threading.Lock()
+            # (The parent's run-ahead workers are not in the child: never to be waited for.)
+            self._in_flight = InFlight()
             if self.cache is not None:
                 self.cache.after_fork()
             shim = encoder_shim(self.encoder)
@@ -500,9 +505,11 @@ class ContextualEmbedder(TrainablePipe):
         if not self._runs_ahead():
             yield from super().pipe(stream, batch_size=batch_size)
             return
+        self._after_fork()  # (in a forked child, its batches go to the child's `_in_flight`)
         error_handler = self.get_error_handler()
         predict = on_caller_devices(self._predict_ahead)
-        for docs, result, error in computed_ahead(predict, minibatch(stream, size=batch_size)):
+        batches = minibatch(stream, size=batch_size)
+        for docs, result, error in computed_ahead(predict, batches, in_flight=self._in_flight):
             try:
                 if error is not None:
                     raise error
@@ -517,6 +524,22 @@ class ContextualEmbedder(TrainablePipe):
                 error_handler(self.name, self, docs, exc)
                 continue
             yield from docs
+
+    @contextmanager
+    def memory_zone(self, mem: Any = None) -> Iterator[None]:
+        """Entered by spaCy's `nlp.memory_zone()`, whose end frees the strings and
+        lexemes made in it: the docs of a batch that `pipe` predicts ahead hold
+        them. A stream left inside the zone (a `break`, an error in the loop,
+        `islice`) drops that batch without waiting for it (`computed_ahead`),
+        and its worker went on reading the docs' text and tokens after the
+        zone had freed them (a KeyError from the string store, or freed memory
+        read). Its end waits for those batches first; spaCy ends the
+        components' zones before the vocab's."""
+        try:
+            yield
+        finally:
+            self._after_fork()  # (a forked child never waits for its parent's workers)
+            self._in_flight.wait()
 
     def _runs_ahead(self) -> bool:
         if self.run_ahead not in (None, True, False):
