@@ -424,3 +424,14 @@ def test_each_clusters_size_is_its_number_of_occurrences():
     corpus, senses = _corpus()  # 20 'ran', 10 of each sense
     result = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0])
     assert sorted(cluster["size"] for cluster in result["clusters"]) == [10, 10]
+
+
+def test_occurrences_with_one_vector_are_one_point_explaining_no_variance():
+    """In a static layer every occurrence of a word has the same vector: PCA's explained-variance ratio
+    is 0/0 there, which came out as NaN (null in analysis.json, "nan%" on the plot's axes)."""
+    corpus = _one_word_corpus(n=4)
+    corpus.layers[0, corpus.word_ids == 0] = [1.0, 2.0, 0.0, 0.0, 0.0]
+    result = explore_word(corpus, unit_rows(corpus.layers[0]), "w", [0])
+    assert result["k"] == 1 and result["n_occurrences"] == 4
+    assert result["pca_explained_variance"] == [0.0, 0.0]
+    assert [(p["x"], p["y"]) for p in result["points"]] == [(0.0, 0.0)] * 4

@@ -382,3 +382,21 @@ def test_a_sentence_whose_mean_vector_is_zero_is_skipped():
     vectors = np.vstack([[[2.0, -1.0, 0.5], [-2.0, 1.0, -0.5]], other])
     got = intra_sentence_similarity(vectors, [0, 0, 1, 1, 1])
     assert abs(got - want) < TOL
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_vectors_are_refused_not_taken_for_missing_ones(bad):
+    """A NaN row has a NaN norm, which is not > 0: it was skipped as a token without a vector, and
+    the measures came out as numbers over the other tokens; an inf made the layer's anisotropy NaN,
+    which the report explains as "fewer than two tokens have a vector". Each measure now refuses it."""
+    vectors, word_ids, sentence_ids = random_layer(0)
+    vectors[int(np.flatnonzero(vectors.any(axis=1))[3]), 2] = bad
+    refused = r"^vectors: 1 of 80 rows hold NaN or inf"
+    for measure in (lambda: self_similarity(vectors, word_ids, min_count=2),
+                    lambda: max_explainable_variance(vectors, word_ids, min_count=2),
+                    lambda: intra_sentence_similarity(vectors, sentence_ids),
+                    lambda: anisotropy(vectors, n_pairs=None), lambda: anisotropy(vectors, n_pairs=50, rng=0),
+                    lambda: mev_baseline(vectors),
+                    lambda: layer_report(vectors[None], word_ids, sentence_ids, min_count=2)):
+        with pytest.raises(ValueError, match=refused):
+            measure()

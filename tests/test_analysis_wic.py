@@ -718,3 +718,18 @@ def test_the_ranking_lists_the_ten_best_candidates_in_order():
             t, _ = brute_threshold(cosines[fit], y_train[fit])
             right += int(((cosines[score] >= t) == y_train[score]).sum())
         assert entry["cv_accuracy"] == pytest.approx(right / len(y_train))
+
+
+def test_nan_target_vectors_and_scores_are_refused():
+    """(The library API: a pipeline's component refuses such outputs itself.) A NaN target vector has a
+    NaN norm, which `WicGrams.cosines` took for no vector: the pair got a cosine of 0, was not counted in
+    pairs_without_vector, and was fitted and scored as a real pair. A NaN score sorted last in
+    `fit_threshold`, below no cut, and was counted as right or wrong whatever the threshold."""
+    rng = np.random.default_rng(3)
+    targets = rng.normal(size=(2 * 6, 2, 4)).astype(np.float32)
+    targets[6 + 4, 1, 0] = np.nan  # pair 4's second target, in layer 1
+    with pytest.raises(ValueError, match=r"^targets: 1 of 6 pairs have a target vector with NaN or inf "
+                                         r"\(the first: pair 4\)"):
+        WicGrams.from_targets(targets)
+    with pytest.raises(ValueError, match=r"^fit_threshold: 1 of 4 scores are NaN or inf"):
+        fit_threshold(np.array([0.1, np.nan, 0.5, 0.7]), np.array([0, 1, 1, 1], bool))

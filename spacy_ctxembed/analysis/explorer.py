@@ -115,11 +115,11 @@ def explore_word(
     units = corpus_units[rows]
     labels, silhouettes = choose_clusters(units, max_clusters, seed)
     k = int(labels.max()) + 1
-    if rows.size >= 2:
+    if (units != units[0]).any():
         projection = PCA(n_components=2, svd_solver="full").fit(units)
         points, explained = projection.transform(units), projection.explained_variance_ratio_.tolist()
-    else:
-        points, explained = np.zeros((1, 2)), [0.0, 0.0]
+    else:  # one point, or one vector for every occurrence (a static layer): no variance to share out (PCA: 0/0)
+        points, explained = np.zeros((rows.size, 2)), [0.0, 0.0]
     # Neighbours are other words, each by its nearest occurrence: the nearest tokens were
     # mostly a few frequent forms again and again (", , , a a" for "the"). Words without a
     # letter or digit (punctuation, symbols) say nothing of a sense, and are left out.

@@ -16,6 +16,7 @@ Conventions shared by all functions:
   direction, so it takes no part in any cosine, mean or count: it is dropped
   before words are counted against ``min_count``, before a sentence's mean
   is taken and before random pairs are drawn. It never becomes NaN.
+* A row with NaN or inf is a ``ValueError``: it has no cosine, and is no zero vector.
 * A summary with nothing to summarise (no word reaching ``min_count``, no
   sentence with two non-zero tokens, fewer than two non-zero tokens for
   :func:`anisotropy`) is ``nan``; per-word results are then an empty dict.
@@ -53,6 +54,12 @@ def _check_vectors(vectors: ArrayLike) -> NDArray[np.float64]:
     array = np.asarray(vectors, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"vectors: expected a (n_tokens, dim) array, got shape {array.shape}")
+    # A NaN row has a NaN norm, which is not > 0: it would pass for a zero vector and be skipped
+    # silently; an inf makes its cosines NaN, and the summary NaN as if nothing were left to average.
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad.size:
+        raise ValueError(f"vectors: {bad.size} of {array.shape[0]} rows hold NaN or inf (the first: row {bad[0]}); "
+                         "a cosine with them is undefined")
     return array
 
 

@@ -286,6 +286,11 @@ class WicGrams:
     @classmethod
     def from_targets(cls, targets: NDArray[np.float32]) -> "WicGrams":
         n = targets.shape[0] // 2
+        # A NaN side has a NaN norm, which `cosines` would take for no vector: a silent cosine of 0.
+        bad = np.flatnonzero(~np.isfinite(targets).reshape(targets.shape[0], -1).all(axis=1)) % max(n, 1)
+        if bad.size:
+            raise ValueError(f"targets: {np.unique(bad).size} of {n} pairs have a target vector with NaN or inf "
+                             f"(the first: pair {bad.min()}); a cosine with it is undefined")
         u, v = targets[:n].astype(np.float64), targets[n:].astype(np.float64)
         return cls(np.einsum("pid,pjd->pij", u, v), np.einsum("pid,pjd->pij", u, u), np.einsum("pid,pjd->pij", v, v))
 
@@ -343,6 +348,9 @@ def fit_threshold(scores: NDArray[np.float64], labels: NDArray[np.bool_]) -> flo
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     if scores.size == 0:
         raise ValueError("fit_threshold: no scores")
+    if not np.isfinite(scores).all():  # (NaN sorts last and is below no cut: the count of right answers is off)
+        raise ValueError(f"fit_threshold: {int((~np.isfinite(scores)).sum())} of {scores.size} scores are NaN or "
+                         "inf")
     order = np.argsort(scores, kind="stable")
     s, y = scores[order], labels[order]
     # cut k calls the k lowest scores F: right are the Fs below it and the Ts above it
