@@ -539,3 +539,26 @@ def test_char_ids_of_a_token_with_a_lone_surrogate_drop_it():
     expected = [258, ord("a"), ord("b"), 259] + [260] * 46
     assert list(char_ids(word)) == [i + 1 for i in expected]
     assert list(char_ids(word)) == reference_char_ids(word)
+
+
+def test_sentences_of_a_user_hook_are_followed_and_must_hold_each_word_once(nlp_elmo, reference):
+    """spaCy's own boundaries (SENT_START) cut a doc into sentences; a user hook
+    (`doc.user_hooks["sents"]`) need not. Its sentences are followed where they
+    hold every word once (whitespace between them may be left out); a word in
+    two sentences took the context of whichever was written last, one in none
+    got no vector, both silently: refused."""
+    component = nlp_elmo.get_pipe("ctxembed_elmo")
+
+    def with_sents(*bounds):
+        doc = nlp_elmo.make_doc("a b c\n\nd e f")  # "\n\n" is token 3
+        doc.user_hooks["sents"] = lambda d: iter([d[start:end] for start, end in bounds])
+        return doc
+
+    doc = component(with_sents((0, 3), (4, 7)))
+    numpy.testing.assert_allclose(doc._.ctx_layers[:, :3], reference(["a", "b", "c"]), atol=ATOL, rtol=0)
+    numpy.testing.assert_allclose(doc._.ctx_layers[:, 4:], reference(["d", "e", "f"]), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_elmo\] doc\.user_hooks\['sents'\]: token 2 \('c'\) is in 2 "
+                                         r"sentences \(1 word\(s\) in all not in exactly one\)"):
+        component(with_sents((0, 4), (2, 7)))
+    with pytest.raises(ValueError, match=r"token 1 \('b'\) is in no sentence \(3 word\(s\) in all"):
+        component(with_sents((0, 1), (3, 4), (5, 7)))

@@ -311,14 +311,37 @@ class ElmoShim(EncoderShim):
                     for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
-def _sentences(doc_index: int, doc: Doc) -> Iterator[_Sentence]:
+def _sentences(doc_index: int, doc: Doc) -> List[_Sentence]:
     """Each sentence on its own when the doc has boundaries, else the whole doc."""
     spans = doc.sents if doc.has_annotation("SENT_START") else [doc[:]]
+    sentences = []
     for span in spans:
         tokens = [t for t in span if not t.is_space]
         if tokens:
-            yield _Sentence(
+            sentences.append(_Sentence(
                 doc_index,
                 numpy.array([t.i for t in tokens], dtype="int64"),
                 sentence_char_ids(t.text for t in tokens),
-            )
+            ))
+    if "sents" in doc.user_hooks:
+        _check_hook_sentences(doc, [s.token_ids for s in sentences])
+    return sentences
+
+
+def _check_hook_sentences(doc: Doc, token_ids: List[numpy.ndarray]) -> None:
+    """Sentences from SENT_START cut the doc into parts; those of a user hook
+    (`doc.user_hooks["sents"]`) may overlap or leave words out. A word in two
+    sentences would take the context of whichever was written last, one in
+    none no vector at all, both silently: refused. (Whitespace tokens, never
+    embedded, may be left out.)"""
+    counts = numpy.bincount(numpy.concatenate([numpy.zeros(0, dtype="int64"), *token_ids]), minlength=len(doc))
+    wrong = numpy.flatnonzero((doc.to_array("IS_SPACE") == 0) & (counts != 1))
+    if len(wrong):
+        i = int(wrong[0])
+        placed = "in no sentence" if counts[i] == 0 else f"in {counts[i]} sentences"
+        raise ValueError(
+            f"[{COMPONENT}] doc.user_hooks['sents']: token {i} ({doc[i].text!r}) is {placed} "
+            f"({len(wrong)} word(s) in all not in exactly one). ELMo embeds each sentence on its own, so "
+            "every word (non-whitespace token) must be in exactly one: make the hook's sentences cover the "
+            "doc without overlapping, or set the boundaries with token.is_sent_start instead"
+        )
