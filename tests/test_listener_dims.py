@@ -602,6 +602,24 @@ def test_a_disabled_upstream_is_not_taken_for_a_renamed_one(tiny_bert_dir, other
             nlp(TEXT)
 
 
+def test_a_tagger_sourced_into_a_pipeline_without_an_embedder_is_told_its_upstream_is_not_there(tiny_bert_dir):
+    """Sourced into a pipeline with no ctxembed component, its source pipeline
+    still alive (whose embedder still lists the shared listener): the error
+    said only that the upstream "did not run on it: it is disabled", which it
+    is not. It names the true cause, and the source pipeline still tags."""
+    nlp = _fine_tuned(tiny_bert_dir, 1)
+    tags = _tags(nlp)
+    other = spacy.blank("en")
+    other.add_pipe("tagger", source=nlp)
+    with pytest.raises(ValueError, match=(
+            r"^\[tagger\] ContextualListener upstream = '\*': doc has no layers from upstream 'ctxembed_bert', which "
+            r"did not run on it: it is disabled \(.*\), or it is not in the pipeline that ran this component \(a "
+            r"component taken into another pipeline with nlp.add_pipe\(\.\.\., source=\.\.\.\) is one object in "
+            r"both, and still listens to 'ctxembed_bert' of its source pipeline: add a ctxembed component before it")):
+        other(TEXT)
+    assert _tags(nlp) == tags
+
+
 def test_the_record_is_not_held_to_what_changes_with_library_versions(tiny_bert_dir):
     """The tokenizer's and config.json's digests change with the versions of
     tokenizers and transformers (a BPE tokenizer's definition gained a field in

@@ -1,6 +1,7 @@
 """A listener after loading: the config's settings win over the saved bytes, and an
 upstream that is excluded or disabled is named, never replaced by zero features."""
 import re
+import shutil
 
 import numpy
 import pytest
@@ -10,6 +11,7 @@ import torch
 from spacy.training import Example
 from thinc.api import SGD, Adam, Linear, Model, with_array
 
+from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.models.grad_scale import scale_gradient
 
 from .conftest import ctx_config
@@ -111,11 +113,49 @@ def test_loaded_pipeline_without_its_upstream_says_so(tiny_bert_dir, tmp_path, h
     nlp, _ = _trained(tiny_bert_dir)
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p", **{how: ["ctxembed_bert"]})
-    with pytest.raises(ValueError, match=NO_UPSTREAM if how == "exclude" else NOT_RUN):
+    # Excluded, nothing links the tagger's listener: the name it served under was
+    # saved with it, and the error starts with it, as after nlp.remove_pipe.
+    with pytest.raises(ValueError, match=r"^\[tagger\] " + NO_UPSTREAM if how == "exclude" else NOT_RUN):
         loaded(TEXT)
     if how == "disable":
         loaded.enable_pipe("ctxembed_bert")
         assert [t.tag_ for t in loaded(TEXT)] == TAGS
+
+
+def _edited_copy(saved, tmp_path, old, new):
+    """A copy of the saved pipeline folder `saved`, `old` (once in its config.cfg) edited to `new`."""
+    path = tmp_path / "edited"
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(saved, path)
+    config = (path / "config.cfg").read_text()
+    assert config.count(old) == 1
+    (path / "config.cfg").write_text(config.replace(old, new))
+    return path
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["listener", "replace_listeners-copy"])
+def test_an_edited_width_or_mix_layers_of_a_saved_head_is_refused_by_name(tiny_bert_dir, tmp_path, replaced):
+    """`width` or `mix_layers` edited in a saved pipeline's config.cfg failed in
+    spacy.load with thinc's "Attempt to change dimension 'nO' for model
+    'contextual_listener_v2'" or a KeyError of an unknown dimension, naming
+    neither the component nor the setting. Refused by name, with both values;
+    the unedited pipeline loads and tags as before."""
+    nlp, _ = _pipeline(tiny_bert_dir)
+    if replaced:
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.to_disk(tmp_path / "p")
+    assert [t.tag_ for t in spacy.load(tmp_path / "p")(TEXT)] == [t.tag_ for t in nlp(TEXT)]
+    who = r"\[ContextualTok2Vec\] width = 8: this" if replaced else (
+        r"\[tagger\] ContextualListener upstream = '\*': width = 8 in the config, but this")
+    with pytest.raises(SettingError, match=rf"^{who} component's weights were saved with width = 16.*: put back "
+                                           r"width = 16 in the saved pipeline's config.cfg, or train this component "
+                                           r"again$"):
+        spacy.load(_edited_copy(tmp_path / "p", tmp_path, "width = 16", "width = 8"))
+    if replaced:  # (a listener's head of another mix_layers has other nodes: see test_..._mix_layers_...)
+        with pytest.raises(SettingError, match=r"^\[ContextualTok2Vec\] mix_layers = False: this component's "
+                                               r"weights were saved with mix_layers = true .*: set mix_layers = "
+                                               r"true in the saved pipeline's config.cfg"):
+            spacy.load(_edited_copy(tmp_path / "p", tmp_path, "mix_layers = true", "mix_layers = false"))
 
 
 def test_disabled_upstream_in_memory_says_so(tiny_bert_dir):

@@ -43,14 +43,16 @@ import math
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import srsly
 from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model, chain, concatenate, with_array
 from thinc.layers.concatenate import forward as _concatenate_forward
+from thinc.model import deserialize_attr
 from thinc.types import Floats2d
 
-from ..errors import check_bool, check_int, check_number, named_errors
+from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
 from ..layers.scalar_mix import ScalarMix
@@ -62,6 +64,7 @@ from ..outputs import (
     stored_signature,
     uncovered_error,
 )
+from ..settings import FromConfig
 from ..types import EmbedderModel
 from .embedder import check_combiner_layers, check_embedder, check_encoder_settings
 from .grad_scale import COPY_REFUSED, scale_gradient, with_lr_scale
@@ -80,6 +83,11 @@ from .listener_checks import (
 from .torch_bridge import COPY_BLOCK, COPY_NAME, encoder_shim, selected_layers
 
 LISTENER = "ctxembed-listener"
+#: The listener attr that holds the name of the component it serves, as last
+#: linked: saved with its bytes, so that a pipeline loaded without its upstream
+#: (`exclude=[...]`), where nothing links it, names the component in its errors
+#: as the same pipeline does after `nlp.remove_pipe`.
+SERVES = "listening_component"
 
 #: Per doc of a batch: its text and token boundaries (`ContextualListenerNode.batch_tokens`).
 BatchTokens = Tuple[Tuple[str, bytes], ...]
@@ -110,7 +118,8 @@ class ContextualListenerNode(SampleDocsModel):
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
-                                 dims={"nL": None, "nO": None}, attrs={TRAINED_ON: None, TRAINED_WITH: None})
+                                 dims={"nL": None, "nO": None},
+                                 attrs={TRAINED_ON: None, TRAINED_WITH: None, SERVES: None})
         self.upstream_name = upstream_name
         self.mix_layers = mix_layers
         self.grad_factor = grad_factor
@@ -153,8 +162,9 @@ class ContextualListenerNode(SampleDocsModel):
         the component it serves)."""
         holders = [name for component in self._upstreams()
                    for name, nodes in getattr(component, "listener_map", {}).items() if any(n is self for n in nodes)]
-        if not holders and self._listening_component:  # (an upstream renamed or gone: as last linked)
-            holders = [self._listening_component]
+        last = self._listening_component or self.attrs.get(SERVES)  # (the attr: as saved, where none linked it)
+        if not holders and isinstance(last, str) and last:  # (an upstream renamed, gone or excluded: as last linked)
+            holders = [last]
         where = f"[{holders[0]}] " if holders else ""
         return f"{where}ContextualListener upstream = {self.upstream_name!r}"
 
@@ -181,17 +191,23 @@ class ContextualListenerNode(SampleDocsModel):
         key = id(component)
         self._claims = {**{k: v for k, v in self._claims.items() if k != key},
                         key: (component.name, weakref.ref(component))}
-        self._listening_component = listening_component or self._listening_component
+        self._serving(listening_component)
 
     def pass_over(self, component: Any, listening_component: Optional[str] = None) -> None:
         """`component`, a ctxembed component before this listener's (`listening_component`,
         which errors then name), did not take it (`_passed_over`)."""
-        self._listening_component = listening_component or self._listening_component
+        self._serving(listening_component)
         # Entries of components collected since are dropped here: a pipeline built
         # again and again (a notebook, a sweep) does not grow the record.
         key = id(component)
         self._passed_over = (*(seen for seen in self._passed_over if seen[0] != key and seen[2]() is not None),
                              (key, component.name, weakref.ref(component)))
+
+    def _serving(self, listening_component: Optional[str]) -> None:
+        """`listening_component` (None: as before) is the component this listener serves (`SERVES`)."""
+        self._listening_component = listening_component or self._listening_component
+        if self._listening_component:
+            self.attrs[SERVES] = self._listening_component
 
     def passed_over(self) -> List[str]:
         """The names of the components alive that passed this listener over
@@ -685,7 +701,8 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         raise ValueError(
             f"{model.described()}: doc has no {model.kind} from upstream "
             f"{name!r}, which did not run on it: it is disabled (spacy.load(..., disable=[...]), "
-            f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or the doc did not "
+            f"nlp.select_pipes, nlp.disable_pipe; nlp.enable_pipe({name!r}) enables it), or it is not in the "
+            "pipeline that ran this component (" + _sourced_away(name) + "), or the doc did not "
             "go through the pipeline (run nlp(text), not this component alone), or its outputs were dropped "
             "before this component (doc._.ctx_outputs = None: a doc_cleaner before it, to move after it), or, "
             "in training, this component annotates the training docs ([training] annotating_components, "
@@ -694,6 +711,18 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
     if model.mix_layers:
         return model.ops.alloc3f(model.get_dim("nL"), len(doc), model.get_dim("nO"))
     return model.ops.alloc2f(len(doc), model.get_dim("nO"))
+
+
+def _sourced_away(name: Optional[str]) -> str:
+    """Why a listener may be linked to an upstream that is not in the pipeline
+    running its component. spaCy shares a sourced component: taken into
+    another pipeline (`nlp.add_pipe(..., source=...)`), it is one object in
+    both, and the source's upstream still lists its listener, whatever the
+    new pipeline holds; the listener cannot tell which pipeline runs it."""
+    return (f"a component taken into another pipeline with nlp.add_pipe(..., source=...) is one object in both, "
+            f"and still listens to {name!r} of its source pipeline: add a ctxembed component before it in this "
+            f"one (source {name!r} with it), or give it a copy of its own in its source pipeline first "
+            "(nlp.replace_listeners)")
 
 
 @registry.architectures("spacy-ctxembed.ContextualListener.v2")
@@ -832,7 +861,72 @@ def _head(source: Model, *, width: int, mix_layers: bool, embed: Optional[Model]
     mixed: Model = chain(source, ScalarMix()) if mix_layers else source
     features = mixed if embed is None else concatenate(mixed, embed)
     inner: Model = chain(features, with_array(Linear(nO=width)))
-    return Model("contextual_listener_v2", _delegate, init=_init_inner, layers=[inner], dims={"nO": width})
+    return ListenerHead("contextual_listener_v2", _delegate, init=_init_inner, layers=[inner], dims={"nO": width},
+                        attrs={MIXES: SavedSetting(mix_layers)})
+
+
+#: The head attr that holds its `mix_layers` (a `SavedSetting`): written with its
+#: bytes, and held to the config's when they load (absent in older bytes).
+MIXES = "mix_layers"
+
+
+class SavedSetting(FromConfig):
+    """A head's setting that its saved weights were made for: bytes saved with
+    another value are refused as they load (`_refuse_other_setting`), not loaded
+    into the head the edited config built."""
+
+    __slots__ = ()
+
+
+@deserialize_attr.register(SavedSetting)
+def _refuse_other_setting(current: SavedSetting, saved: bytes, name: str, model: Model) -> SavedSetting:
+    """thinc loads a node's attrs after its dims and before its layers: an edited
+    `mix_layers` in a saved pipeline's config.cfg is refused here, before thinc
+    puts the saved nodes in the places of others (a KeyError, or "Attempt to
+    change dimension", naming neither the component nor the setting). (A
+    listener's head of another `mix_layers` has another number of nodes, which
+    thinc refuses before any node loads: "mismatched structure".)"""
+    try:
+        value = srsly.msgpack_loads(saved)
+    except Exception:  # (bytes of another layout: nothing to compare with)
+        value = None
+    if isinstance(value, bool) and value != current.value and isinstance(model, ListenerHead):
+        raise model.refused_edit(name, current.value, value)
+    return SavedSetting(current.value, saved=value)
+
+
+class ListenerHead(Model):
+    """The node `_head` builds: its `width` (`nO`) and `mix_layers` are the
+    config's, and weights saved with others are refused by name as they load:
+    a saved pipeline's config.cfg may be edited. The head is the first node of
+    its own that thinc loads (in the component's model, breadth first), so
+    nothing of it is loaded when it refuses."""
+
+    def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
+        current = self._dims.get(name)
+        if not force and name == "nO" and current is not None and value != current:
+            raise self.refused_edit("width", current, value)
+        super().set_dim(name, value, force=force)
+
+    def refused_edit(self, setting: str, current: Any, saved: Any) -> SettingError:
+        """The error of a load of weights saved with `setting` = `saved` into this
+        head, built with `current`: the listener, with the component it serves
+        where it is linked (`described`), or the copy that replace_listeners made."""
+        parts = _listener_parts(self)
+        what = "put back" if setting == "width" else "set"
+        fix = (f"{what} {setting} = {_cfg_text(saved)} in the saved pipeline's config.cfg, or train this component "
+               "again")
+        if parts is None:
+            return bad_setting("ContextualTok2Vec", setting, current,
+                               f"this component's weights were saved with {setting} = {_cfg_text(saved)} (the "
+                               f"component that nlp.replace_listeners gave this copy of the embedder): {fix}")
+        return SettingError(f"{parts[0].described()}: {setting} = {_cfg_text(current)} in the config, but this "
+                            f"component's weights were saved with {setting} = {_cfg_text(saved)}: {fix}")
+
+
+def _cfg_text(value: Any) -> str:
+    """`value` as config.cfg writes it (`mix_layers = false`)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _delegate(model: Model, docs: List[Doc], is_train: bool):
