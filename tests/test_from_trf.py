@@ -832,15 +832,7 @@ def test_a_character_made_a_space_inside_a_word_is_the_words_own_piece(tiny_bert
     nlp = _family_nlp(family, tmp_path, tiny_bert_dir)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
     for text in ["It was non\u200djoiner and zero\u200cwidth ok", "שלום\u200fעולם x", "It 😀\u200d😀 was"]:
-        doc = nlp(text)
-        offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-        states = doc._.trf_data.model_output.last_hidden_state[0].astype("float64")
-        for token in doc:
-            rows = [j for j, (start, end) in enumerate(offsets)
-                    if start < end and start < token.idx + len(token.text) and end > token.idx]
-            assert token.has_vector == bool(rows), token.text
-            if rows:
-                numpy.testing.assert_allclose(token.vector, states[rows].mean(axis=0), atol=1e-5, err_msg=token.text)
+        _check_mean_of_covering_pieces(nlp(text), tokenizer(text, return_offsets_mapping=True)["offset_mapping"])
 
 
 def _metaspace_nlp(tmp_path, pieces, *, split=True, max_length=128, get_spans=None):
@@ -894,7 +886,12 @@ def test_a_mark_at_a_span_start_or_at_the_cut_is_read_as_the_offsets_say(tmp_pat
     dropped "▁New▁York" from "New", and took "is" for cut)."""
     nlp, tokenizer = _metaspace_nlp(tmp_path, words, split=split, max_length=max_length)
     doc = nlp(text) if max_length > 10 else _cut_quietly(nlp, text)
-    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"][:max_length]  # (as cut)
+    _check_mean_of_covering_pieces(doc, tokenizer(text, return_offsets_mapping=True)["offset_mapping"][:max_length])
+
+
+def _check_mean_of_covering_pieces(doc, offsets):
+    """Each token's vector is the mean (NumPy, float64) of the states of the
+    pieces whose character offsets cover its characters; none: no vector."""
     states = doc._.trf_data.model_output.last_hidden_state[0].astype("float64")
     for token in doc:
         rows = [j for j, (start, end) in enumerate(offsets)
