@@ -250,3 +250,85 @@ def test_a_short_doc_read_before_a_split_reads_the_new_tokens_after_it(tiny_bert
     numpy.testing.assert_array_equal(doc[3].vector, before[2])
     numpy.testing.assert_array_equal(doc[2].vector, before[2])
     numpy.testing.assert_array_equal(doc[0].vector, before[0])
+
+
+def test_a_vector_of_zeros_is_no_vector_whatever_the_other_side_is(tiny_bert_dir):
+    """Similarity with a side that has no vector is 0.0 (README), as spaCy's:
+    a word without a static vector, as a Token, a Span or a Doc, as its Lexeme
+    already was, and a whitespace token against static vectors. They were
+    errors (another width; another space) where the vectors were all zeros."""
+    nlp = make_nlp(tiny_bert_dir)
+    nlp.vocab.set_vector("Apple", numpy.ones(8, dtype="float32"))
+    doc, plain = nlp("I ran  home"), nlp.make_doc("I ran Apple")
+    assert doc[2].is_space and not doc[2].has_vector and not plain[1].has_vector  # the premise
+    for other in (plain[1], plain[0:2], nlp.make_doc("ran"), nlp.vocab["ran"]):
+        assert doc[1].similarity(other) == 0.0
+        assert doc.similarity(other) == 0.0
+    for empty in (doc[2], doc[2:3], doc[2:2]):
+        assert empty.similarity(nlp.vocab["Apple"]) == 0.0 and empty.similarity(plain[2]) == 0.0
+    with pytest.raises(ValueError, match=r"different widths \(32 and 8\)"):  # both with vectors: still refused
+        doc[1].similarity(plain[2])
+    same_width = make_nlp(tiny_bert_dir)
+    same_width.vocab.set_vector("Apple", numpy.ones(32, dtype="float32"))
+    assert same_width("I ran  home")[2].similarity(same_width.vocab["Apple"]) == 0.0
+    with pytest.raises(ValueError, match="different spaces"):
+        same_width("I ran  home")[1].similarity(same_width.vocab["Apple"])
+
+
+def test_similarity_is_the_cosine_of_the_vectors_in_float64_and_at_most_one(tiny_bert_dir):
+    """The cosine of two tokens' rows, as float64 NumPy gives it from
+    `doc._.ctx_vectors`; of a span or a doc, of the mean of its tokens with a
+    vector. Never above 1: in float32 a token's similarity with itself was
+    1.00000004 for some, which `math.acos` refuses."""
+    import math
+
+    doc = make_nlp(tiny_bert_dir)("I ran  home to the park, then I ran back.")
+    rows = numpy.asarray(doc._.ctx_vectors, dtype="float64")
+
+    def cosine(u, v):
+        return float(u @ v / numpy.linalg.norm(u) / numpy.linalg.norm(v))
+
+    with_vector = [t.i for t in doc if t.has_vector]
+    for i in with_vector:
+        for j in with_vector:
+            assert doc[i].similarity(doc[j]) == pytest.approx(cosine(rows[i], rows[j]), abs=1e-12)
+        assert -1.0 <= doc[i].similarity(doc[i]) <= 1.0 and math.acos(doc[i].similarity(doc[i])) < 1e-3
+    spans = [doc[1:4], doc[0:2], doc, doc[4:9]]
+    means = [rows[[i for i in with_vector if span.start <= i < span.end]].mean(axis=0) for span in spans[:2]]
+    means += [rows[with_vector].mean(axis=0), rows[4:9].mean(axis=0)]
+    for span, mean in zip(spans, means):
+        numpy.testing.assert_allclose(span.vector, mean, rtol=1e-6, atol=1e-7)
+        for other, other_mean in zip(spans, means):
+            assert span.similarity(other) == pytest.approx(cosine(mean, other_mean), abs=1e-6)
+        assert span.similarity(span) <= 1.0
+
+
+def test_the_outputs_read_from_a_doc_cannot_change_what_its_vectors_read(tiny_bert_dir):
+    """`doc._.ctx_outputs` gives dicts of its own: replacing or dropping an
+    entry there changes nothing that `token.vector` & co. read (they read a
+    memoised view of the same dicts: token.vector read the zeros put there,
+    and a KeyError after a `.pop`). The arrays, the "missing" masks too, are
+    read-only."""
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed import restore_vectors
+
+    nlp = make_nlp(tiny_bert_dir)
+    doc = nlp("I ran home")
+    rows = doc._.ctx_vectors.copy()
+    outputs = doc._.ctx_outputs
+    outputs["ctxembed_bert"]["vectors"] = numpy.zeros_like(rows)
+    outputs.pop("ctxembed_bert")
+    assert set(doc._.ctx_outputs) == {"ctxembed_bert"}
+    numpy.testing.assert_array_equal(doc[1].vector, rows[1])
+    numpy.testing.assert_array_equal(doc._.ctx_outputs["ctxembed_bert"]["vectors"], rows)
+    # A joined doc with an output that covers part of it: its mask says where, and stays so.
+    both = spacy.blank("en", vocab=nlp.vocab)
+    both.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir))
+    both.add_pipe("ctxembed_bert", name="other", config=ctx_config(name=tiny_bert_dir, layers=[0], primary=False))
+    both.initialize()
+    joined = restore_vectors(Doc.from_docs([nlp("I ran home"), both("Then I sat")]))
+    missing = joined._.ctx_outputs["other"]["missing"]
+    assert missing.tolist() == [True] * 3 + [False] * 3
+    with pytest.raises(ValueError, match="read-only"):
+        missing[:] = False

@@ -351,7 +351,10 @@ def _within_cut(tokens: Dict[str, Any], low: int, text: str, strings: Any, signa
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
     """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent}."""
     view = placed_view(doc)
-    return {} if view is None else view.readable_outputs()
+    # New dicts: the view's are memoised and read by `token.vector` & co., so
+    # `doc._.ctx_outputs[name]["vectors"] = ...` (or a `.pop`) would change
+    # what they read until the doc's tokens change. (The arrays are read-only.)
+    return {} if view is None else {name: dict(output) for name, output in view.readable_outputs().items()}
 
 
 def stored_signature(doc: Doc, name: Optional[str]) -> Optional[str]:

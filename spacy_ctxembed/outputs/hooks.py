@@ -99,22 +99,34 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
     u, v = _vector_or_none(a), _vector_or_none(b)
     if u is None or v is None or not u.size or not v.size:  # one side has no vector at all (as spaCy: 0.0)
         return 0.0
+    if type(u) is not type(v):
+        # A host doc (from a DocBin, say) and a GPU doc: numpy refuses cupy
+        # arrays, so both go to the host (one vector each).
+        u, v = to_numpy(u), to_numpy(v)
+    if not bool(u.any()) or not bool(v.any()):
+        # A vector of zeros is no vector (spaCy's has_vector; its similarity
+        # gives 0.0): a whitespace token, or a word without a static vector,
+        # of whatever width. Asked before the width, or such a word of a
+        # static table of another width was an error where its Lexeme gave 0.0.
+        return 0.0
     if u.shape != v.shape:
         raise ValueError(
             f"similarity: {describe(a)} and {describe(b)} have vectors of different widths ({u.shape[-1]} and "
             f"{v.shape[-1]}), so they come from different models (a ctxembed component's and static "
             "vectors, or two ctxembed models); compare vectors of one model"
         )
-    _check_one_space(a, b, u, v)
-    if type(u) is not type(v):
-        # A host doc (from a DocBin, say) and a GPU doc: numpy refuses cupy
-        # arrays, so both go to the host (one vector each).
-        u, v = to_numpy(u), to_numpy(v)
+    _check_one_space(a, b)
+    return _cosine(u, v)
+
+
+def _cosine(u, v) -> float:
+    """The cosine of two non-zero vectors, in float64 and within [-1, 1]: in
+    float32 a vector's cosine with itself came out as 1.00000004, which
+    `math.acos` refuses (spaCy's own gives 1.0 for the same word)."""
     xp = get_array_module(u)
-    norms = float(xp.linalg.norm(u)) * float(xp.linalg.norm(v))
-    if norms == 0.0:
-        return 0.0
-    return float(xp.dot(u, v)) / norms
+    u, v = u.astype("float64"), v.astype("float64")
+    cosine = float(xp.dot(u, v)) / (float(xp.linalg.norm(u)) * float(xp.linalg.norm(v)))
+    return min(1.0, max(-1.0, cosine))
 
 
 def _vector_or_none(item: Any):
@@ -127,21 +139,19 @@ def _vector_or_none(item: Any):
     return item.vector
 
 
-def _check_one_space(a: Any, b: Any, u, v) -> None:
+def _check_one_space(a: Any, b: Any) -> None:
     """Vectors of the same width may still come from different spaces: a
     ctxembed model's and static vectors, or two ctxembed models (other
     layers, pooling, model). Their cosine would be a number without meaning."""
     (ours_a, signature_a), (ours_b, signature_b) = _vector_source(a), _vector_source(b)
-    if ours_a != ours_b:
-        other, vector = (b, v) if ours_a else (a, u)
-        if bool(vector.any()):
-            ours = a if ours_a else b
-            raise ValueError(
-                f"similarity: {describe(ours)} has a ctxembed component's contextual vector, but {describe(other)} "
-                "has a vector from elsewhere (static vectors of the vocab, or another component's): they come "
-                "from different spaces; compare vectors of one model (restore_vectors re-attaches a stored "
-                "doc's ctxembed vectors)"
-            )
+    if ours_a != ours_b:  # (both have a vector: `similarity` gave 0.0 for one of zeros)
+        ours, other = (a, b) if ours_a else (b, a)
+        raise ValueError(
+            f"similarity: {describe(ours)} has a ctxembed component's contextual vector, but {describe(other)} "
+            "has a vector from elsewhere (static vectors of the vocab, or another component's): they come "
+            "from different spaces; compare vectors of one model (restore_vectors re-attaches a stored "
+            "doc's ctxembed vectors)"
+        )
     elif ours_a and signature_a and signature_b and not signatures_agree([signature_a, signature_b]):
         raise ValueError(
             f"similarity: {describe(a)} and {describe(b)} have vectors of different ctxembed models "

@@ -287,7 +287,7 @@ def _align(doc: Doc, stores: List[Tuple[tuple, Dict[str, Any]]]) -> View:
             continue
         outputs[name], uncovered, placed[name] = align_output(parts, starts, ends, doc, off_doc)
         if uncovered is not None:
-            missing[name] = (uncovered, _where(doc, uncovered))
+            missing[name] = (read_only(uncovered), _where(doc, uncovered))
             # Said with the output (`doc._.ctx_outputs`): its zero rows there are no vectors it made.
             outputs[name]["missing"] = uncovered
     unplaced = None
