@@ -610,3 +610,32 @@ def test_an_encoder_used_on_its_own_checks_its_settings_when_initialized(tiny_be
     encoder = registry.architectures.get("spacy-ctxembed.BertEncoder.v2")(name=str(tiny_bert_dir), **{setting: value})
     with pytest.raises(SettingError, match=pattern):
         encoder.initialize()
+
+
+@registry.layers("test_errors.first_layer.v1")
+def _first_layer():
+    """A combiner of a user's own, of the right signature: each doc's first layer."""
+    from thinc.api import Model
+
+    return Model("first_layer", lambda model, X, is_train: ([x[0] for x in X], lambda dY: dY))
+
+
+@pytest.mark.parametrize("combiner, refused", [
+    ({"@layers": "reduce_mean.v1"}, r"\(AttributeError: 'list' object has no attribute 'data'\)"),
+    ({"@layers": "Linear.v1", "nO": 4}, r"\(TypeError: .*expected numpy.ndarray, got list"),
+    ({"@layers": "test_errors.first_layer.v1"}, None),
+])
+def test_a_combiner_of_another_signature_is_named_at_initialize(tiny_bert_dir, combiner, refused):
+    """A thinc layer that does not map layer stacks to vectors, set as the
+    combiner, failed at the first doc, deep in thinc, naming neither the
+    component nor the setting; a user's combiner that does is run."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a",
+                 config={"model": {"encoder": {"name": str(tiny_bert_dir)}, "combiner": combiner}})
+    if refused is None:
+        nlp.initialize()
+        assert nlp("two words")._.ctx_vectors.shape == (2, 32)
+        return
+    with pytest.raises(SettingError, match=r"^\[bert_a\] model\.combiner = '[a-z_]+': expected a combiner that maps "
+                                           r"each doc's layers .*" + refused):
+        nlp.initialize()

@@ -20,7 +20,7 @@ from spacy.util import dot_to_object, registry
 from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
-from ..errors import bad_setting, check_int
+from ..errors import bad_setting, check_int, first_line
 from ..layers import built_as
 from ..settings import config_value
 from ..types import CombinerModel, EmbedderModel, EncoderModel
@@ -88,6 +88,30 @@ def check_combiner_layers(owner: str, model: EmbedderModel, *, block: str = "") 
             f"the encoder's layers select {encoder.get_dim('nL')} layer(s); leave n_layers out (it comes from "
             "the layers)",
         )
+
+
+def check_combiner_output(owner: str, model: EmbedderModel) -> None:
+    """A combiner that is not one of this package's (a user's own layer, or a
+    thinc layer such as `reduce_mean.v1` or `Linear.v1` put there by mistake)
+    must map each doc's layer stack (n_layers, n_tokens, width) to its vectors
+    (n_tokens, width'): tried on one stack of zeros once the encoder's dims are
+    known. A layer of another signature otherwise failed at the first doc, deep
+    in thinc ("'list' object has no attribute 'data'"), naming neither the
+    component nor the setting."""
+    encoder, combiner = model.layers
+    if built_as(combiner) is not None or encoder.has_dim("nO") is not True:
+        return
+    n_layers, width = encoder.get_dim("nL"), encoder.get_dim("nO")
+    expected = ("expected a combiner that maps each doc's layers (n_layers, n_tokens, width) to its vectors, one "
+                "row per token, as spacy-ctxembed.MeanLayers.v1, ScalarMix.v1 and ConcatLayers.v1 do")
+    try:
+        Y = combiner.predict([combiner.ops.alloc3f(n_layers, 2, width)])
+    except Exception as err:  # noqa: BLE001 - any failure of the layer is the setting's
+        raise bad_setting(owner, "model.combiner", _shown(combiner), f"{expected} ({first_line(err)})") from None
+    if not (isinstance(Y, list) and len(Y) == 1 and getattr(Y[0], "ndim", None) == 2 and Y[0].shape[0] == 2):
+        got = type(Y).__name__ if not isinstance(Y, list) else [getattr(y, "shape", type(y).__name__) for y in Y]
+        raise bad_setting(owner, "model.combiner", _shown(combiner),
+                          f"{expected}; given the layers of one doc of 2 tokens it returned {got}")
 
 
 def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:

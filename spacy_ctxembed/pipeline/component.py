@@ -37,6 +37,7 @@ from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import (
     check_combiner_layers,
+    check_combiner_output,
     check_embedder,
     check_encoder_settings,
     pass_dims,
@@ -447,6 +448,7 @@ class ContextualEmbedder(TrainablePipe):
         self._unvouched = not vouched
         if self.encoder.has_dim("nO") is True:
             pass_dims(self.model)
+            check_combiner_output(self.name, self.model)
         for listener in self.listeners:
             self._size_listener(listener)
         if self.cache is not None:
