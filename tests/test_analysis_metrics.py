@@ -358,6 +358,10 @@ def test_mev_baseline_samples_distinct_tokens():
     which a sample with repeats also meets."""
     for seed in range(20):
         assert abs(mev_baseline(np.eye(3), n_samples=2, rng=seed) - 0.5) < TOL, seed
+    # No sample at all: an IndexError from NumPy ("index 0 is out of bounds") named no setting.
+    for n_samples in (0, -1):
+        with pytest.raises(ValueError, match=rf"^n_samples = {n_samples}: expected at least 1$"):
+            mev_baseline(np.eye(3), n_samples=n_samples)
 
 
 def test_non_integer_ids_are_refused():

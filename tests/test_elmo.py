@@ -562,3 +562,12 @@ def test_sentences_of_a_user_hook_are_followed_and_must_hold_each_word_once(nlp_
         component(with_sents((0, 4), (2, 7)))
     with pytest.raises(ValueError, match=r"token 1 \('b'\) is in no sentence \(3 word\(s\) in all"):
         component(with_sents((0, 1), (3, 4), (5, 7)))
+
+
+def test_the_elmo_files_may_be_given_under_the_home_directory(elmo_files, reference, monkeypatch):
+    """As BERT's `name` does, the files' paths expand "~": they were read as
+    under a folder named "~" (no such file)."""
+    assert elmo_files[0].parent == elmo_files[1].parent
+    monkeypatch.setenv("HOME", str(elmo_files[0].parent))
+    nlp = elmo_nlp([f"~/{elmo_files[0].name}", f"~/{elmo_files[1].name}"])
+    numpy.testing.assert_allclose(nlp("The cat sat")._.ctx_layers, reference(["The", "cat", "sat"]), atol=ATOL, rtol=0)

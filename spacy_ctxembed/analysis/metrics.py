@@ -306,6 +306,8 @@ def mev_baseline(vectors: ArrayLike, n_samples: int = 1000, rng: RngLike = None)
     :func:`max_explainable_variance`) of ``n_samples`` distinct non-zero
     tokens drawn without replacement (all of them if fewer).
     """
+    if n_samples < 1:
+        raise ValueError(f"n_samples = {n_samples}: expected at least 1")
     array = _check_vectors(vectors)
     keep, _ = _nonzero(array)
     raw = array[keep]

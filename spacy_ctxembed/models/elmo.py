@@ -134,7 +134,7 @@ def init(model: EncoderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
             value = shim.settings[setting]
             if not value or not isinstance(value, str):
                 raise bad_setting(COMPONENT, setting, value, "set it to the path of the released ELMo file")
-            paths.append(Path(value))
+            paths.append(Path(value).expanduser())  # (as BERT's `name`: "~/elmo/options.json")
         shim.load_files(paths[0], paths[1])
     set_loaded_dims(model)
 
