@@ -452,3 +452,92 @@ def test_a_load_of_its_own_under_way_in_another_thread_is_not_taken_for_a_load_p
         release.set()
         thread.join()
     assert component.lineage == lineage and component._shim_loads == component.encoder.shims[0].loads
+
+
+@pytest.mark.parametrize("save", ["to_bytes", "to_disk"])
+def test_a_save_in_another_thread_leaves_the_training_threads_backward_pass_alone(tiny_bert_dir, tmp_path, save):
+    """A checkpoint or snapshot taken in another thread between the embedder's
+    update and its listener's (`nlp.update` runs them one after the other): the
+    save ran the training thread's waiting backward pass, before the listener
+    had sent its gradient, which then never reached the encoder (a warning, and
+    a step that left the encoder as it was). It is the training thread's to run."""
+    import warnings
+
+    from spacy.training import Example
+
+    results = []
+    for snapshot in (False, True):
+        spacy.util.fix_random_seed(0)
+        nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
+        component, tagger = nlp.get_pipe("ctxembed_bert"), nlp.get_pipe("tagger")
+        examples = [Example.from_dict(nlp.make_doc("I ran to the park"), {"tags": ["PRP", "VBD", "IN", "DT", "NN"]})]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (the gradient sent too late is warned of)
+            component.update(examples)
+            if snapshot:
+                saving = threading.Thread(target=getattr(component, save),
+                                          args=() if save == "to_bytes" else (tmp_path / "checkpoint",))
+                saving.start()
+                saving.join(60)
+                assert not saving.is_alive()
+            tagger.update(examples)
+            for _, proc in nlp.pipeline:
+                proc.finish_update(optimizer)
+        results.append({k: v.detach().clone() for k, v in component.encoder.shims[0]._model.named_parameters()})
+    without, with_snapshot = results
+    for name, value in without.items():
+        numpy.testing.assert_array_equal(with_snapshot[name].numpy(), value.numpy(), err_msg=name)
+
+
+def test_a_signature_asked_for_outside_a_prediction_never_stamps_new_weights_as_old(tiny_bert_dir, monkeypatch):
+    """A listener's check in a serving thread asks its upstream's signature outside
+    the load gate (`component.signature`) while the training thread steps. The
+    signature and the generation of weights it is of were written one after the
+    other: a thread that took the signature before a step and wrote it after a
+    prediction had signed the step's weights, but before it wrote the generation,
+    left those weights' predictions stamped as the old ones' (until the next change)."""
+    from spacy.training import Example
+
+    import spacy_ctxembed.pipeline.component as component_module
+
+    nlp, optimizer = _tuned_pipeline(tiny_bert_dir)
+    component, tagger = nlp.get_pipe("ctxembed_bert"), nlp.get_pipe("tagger")
+    component.finish_update(optimizer)  # (the weights of a generation not signed yet)
+    computed, go, at_made, go_on = (threading.Event() for _ in range(4))
+    original = component_module.output_signature
+
+    def paused_signature(model):
+        signature = original(model)
+        if threading.current_thread().name == "asking":  # (taken; written once the step has been signed)
+            computed.set()
+            go.wait(60)
+        return signature
+
+    def set_made(self, value):  # (between the signature's write and its generation's, before the fix)
+        if threading.current_thread().name == "asking" and not at_made.is_set():
+            at_made.set()
+            go_on.wait(60)
+        self.__dict__["_made"] = value
+
+    monkeypatch.setattr(component_module, "output_signature", paused_signature)
+    monkeypatch.setattr(type(component), "_made", property(lambda self: self.__dict__.get("_made", ()), set_made))
+    asked = []
+    asking = threading.Thread(target=lambda: asked.append(component.signature), name="asking")
+    asking.start()
+    try:
+        assert computed.wait(60)
+        examples = [Example.from_dict(nlp.make_doc("I ran to the park"), {"tags": ["PRP", "VBD", "IN", "DT", "NN"]})]
+        component.update(examples)
+        tagger.update(examples)
+        component.finish_update(optimizer)  # another step, while the thread asking holds the first one's
+        text = "The committee met in Reykjavik yesterday ."
+        first = component.predict([nlp.make_doc(text)]).signature
+        go.set()
+        assert at_made.wait(60)
+        second = component.predict([nlp.make_doc(text)]).signature
+    finally:
+        go.set()
+        go_on.set()
+        asking.join(60)
+    assert not asking.is_alive()
+    assert first == second == original(component.model) != asked[0]  # (the premise: it took the first step's)

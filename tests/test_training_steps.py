@@ -2,6 +2,7 @@
 gradient reached, after the backward pass of the batch, and under
 `nlp.use_params(averages)` the optimizer's averages of the encoder too."""
 import copy
+import threading
 
 import numpy
 import pytest
@@ -307,12 +308,15 @@ def test_use_params_with_a_backward_pass_waiting_leaves_the_next_update_as_witho
         torch.testing.assert_close(with_evaluation[name], value, rtol=0, atol=1e-7, msg=name)
 
 
-def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("in_thread", [False, True], ids=["here", "in-a-thread-joined"])
+def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny_bert_dir, tmp_path, in_thread):
     """spaCy's loop `with nlp.select_pipes(disable=[...]): nlp.update(batch, sgd=...)`
     with another listening component disabled: each batch's backward pass (and
     the step asked for it) waits for that listener, which never calls back, and
     runs at the next update. The last batch's step was not in the saved
-    pipeline; it is, as the next update would have applied it."""
+    pipeline; it is, as the next update would have applied it. Also where the
+    loop ran in a thread that has ended (a save in another thread while it runs
+    leaves the step to it: tests/test_threads.py)."""
     def trained(n_updates):
         nlp, examples = _pipeline(tiny_bert_dir)
         nlp.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2",
@@ -324,7 +328,17 @@ def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny
                 nlp.update(examples, sgd=optimizer)
         return nlp
 
-    nlp = trained(3)
+    def trained_here_or_in_a_thread(n_updates):
+        if not in_thread:
+            return trained(n_updates)
+        done = []
+        thread = threading.Thread(target=lambda: done.append(trained(n_updates)))
+        thread.start()
+        thread.join(300)
+        assert done, "the training thread did not finish"
+        return done[0]
+
+    nlp = trained_here_or_in_a_thread(3)
     in_memory = _encoder_params(nlp)
     nlp.to_disk(tmp_path / "p")
     saved = spacy.load(tmp_path / "p").get_pipe("ctxembed_bert").encoder.shims[0]._model.state_dict()
@@ -334,7 +348,7 @@ def test_a_save_after_nlp_update_with_a_listener_disabled_has_the_last_step(tiny
     for name, value in reference.items():
         torch.testing.assert_close(saved[name], value, rtol=0, atol=0)
     # to_bytes alike.
-    nlp = trained(3)
+    nlp = trained_here_or_in_a_thread(3)
     loaded = spacy.blank("en").from_config(nlp.config).from_bytes(nlp.to_bytes())
     for name, value in reference.items():
         torch.testing.assert_close(loaded.get_pipe("ctxembed_bert").encoder.shims[0]._model.state_dict()[name],

@@ -140,14 +140,14 @@ class ContextualEmbedder(TrainablePipe):
 
     #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`); None after a good load.
     _load_refused: Optional[str] = None
-    #: What makes this component's outputs (`output_signature`), stored with each; set once loaded.
-    #: (A class default too: components pickled by earlier versions have none.)
-    _signature: Optional[str] = None
+    #: What makes this component's outputs (`output_signature`), stored with each, and
+    #: the `_generation` whose weights it is of (another: taken again when asked); set
+    #: once loaded. One pair, written at once (`_sign`). (A class default too: components
+    #: pickled by earlier versions have none.)
+    _signed: Tuple[int, Optional[str]] = (0, None)
     #: How many times the component's weights changed (loads, training steps,
     #: `use_params`): a prediction made before the last change is of other weights.
     _generation = 0
-    #: The `_generation` whose weights `_signature` is of (another: taken again when asked).
-    _signed_at = 0
     #: The signatures of the weights it has had, the latest `SIGNATURES_KEPT`
     #: (`made_signatures`). A new tuple at each change: a reader in another thread has one or the other.
     _made: Tuple[str, ...] = ()
@@ -210,7 +210,7 @@ class ContextualEmbedder(TrainablePipe):
         self.listener_map: Dict[str, List[ContextualListenerNode]] = {}
         self._bind_replace_hook()
         self._identity = ""
-        self._signature = None
+        self._signed = (0, None)
         self._updates = 0
         self._loaded = False
         self._pid = os.getpid()
@@ -223,8 +223,10 @@ class ContextualEmbedder(TrainablePipe):
         self._gate = LoadGate()
         #: Held while a load past the component is taken (`_notice_outside_load`): once, by one thread.
         self._notice_lock = threading.Lock()
-        #: The backward pass of an update whose listeners have not all called back yet.
+        #: The backward pass of an update whose listeners have not all called back yet,
+        #: and the thread whose update made it (the one that may run it: `_flush_backward`).
         self._pending_backward: Optional[Callable[..., bool]] = None
+        self._pending_thread: Optional[threading.Thread] = None
         #: Batches `pipe` predicts ahead, until done (`memory_zone` waits for them).
         self._in_flight = InFlight()
         cache_mb = self.cfg["cache_mb"]
@@ -239,6 +241,7 @@ class ContextualEmbedder(TrainablePipe):
         self._notice_outside_load()  # (the copy's records are of the weights it holds)
         state = {**self.__dict__, "vocab": self.vocab, "model": self.model, "cfg": self.cfg, "name": self.name,
                  "scorer": self.scorer, "_gate": None, "_notice_lock": None, "cache": None, "_pending_backward": None,
+                 "_pending_thread": None,
                  "_in_flight": None,
                  "_encoder_fingerprint": None}  # (taken again: a step meanwhile may have moved the weights)
         return _unpickled_component, (type(self), state)
@@ -563,19 +566,25 @@ class ContextualEmbedder(TrainablePipe):
 
     def _current_signature(self) -> Optional[str]:
         generation = self._generation
-        if self._signed_at != generation:  # the weights changed (a training step, use_params) since it was taken
-            self._sign(generation)
-        return self._signature
+        signed_at, signature = self._signed
+        if signed_at != generation:  # the weights changed (a training step, use_params) since it was taken
+            signature = self._sign(generation)
+        return signature
 
-    def _sign(self, generation: int) -> None:
+    def _sign(self, generation: int) -> str:
         """Take the signature of the weights of `generation`, the ones it has now.
         Taken first, then marked: a thread asking meanwhile takes it too, never
         the old one; a change meanwhile leaves it to be taken again."""
         signature = output_signature(self.model)
-        self._signature = signature
         if signature not in self._made:
             self._made = (*self._made[1 - SIGNATURES_KEPT:], signature)
-        self._signed_at = generation
+        # The pair at once: threads outside the load gate ask for the signature
+        # too (a listener's check in a serving thread, `signature`), and with the
+        # two written apart, one that took the signature before a training step
+        # and wrote it after a prediction had signed the step's weights left those
+        # predictions, and all until the next change, stamped as the old weights'.
+        self._signed = (generation, signature)
+        return signature
 
     @property
     def made_signatures(self) -> Tuple[str, ...]:
@@ -798,7 +807,7 @@ class ContextualEmbedder(TrainablePipe):
                 self.finish_update(sgd)
             return []
 
-        self._pending_backward = backward
+        self._pending_thread, self._pending_backward = threading.current_thread(), backward
 
         batch_id = ContextualListenerNode.get_batch_id(docs)
         tokens = ContextualListenerNode.batch_tokens(docs)
@@ -814,9 +823,20 @@ class ContextualEmbedder(TrainablePipe):
         of `nlp.update(sgd=...)` with a listening component disabled leaves
         its last batch's backward pass, and the step asked for it, waiting for
         a listener that never calls back: the save has that step, as the next
-        update would)."""
-        backward = self._pending_backward
-        if backward is not None and backward(at_update=at_update, sgd=sgd):
+        update would).
+
+        Only in the thread whose update made it, while that thread runs: a save
+        (a checkpoint, a snapshot) or `use_params` in another thread comes
+        between the training thread's update and its listeners' (`nlp.update`
+        runs them one after the other), and run there, the backward pass found
+        no gradient sent yet: the listeners' gradients, sent after it, never
+        reached the encoder. Such a save has the weights as they are, before
+        that step. (A training thread that has ended sends nothing more: a save
+        after it, joined, has the step, as in the thread that trained.)"""
+        backward, owner = self._pending_backward, self._pending_thread
+        if backward is None or (owner is not None and owner is not threading.current_thread() and owner.is_alive()):
+            return
+        if backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
 
     def finish_update(self, sgd: Optimizer) -> None:
