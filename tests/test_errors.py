@@ -639,3 +639,71 @@ def test_a_combiner_of_another_signature_is_named_at_initialize(tiny_bert_dir, c
     with pytest.raises(SettingError, match=r"^\[bert_a\] model\.combiner = '[a-z_]+': expected a combiner that maps "
                                            r"each doc's layers .*" + refused):
         nlp.initialize()
+
+
+@pytest.mark.parametrize("combiner, refused", [
+    ({"@layers": "reduce_mean.v1"}, r"\(AttributeError: 'list' object has no attribute 'data'\)"),
+    # (Linear needs the width to initialize: refused when the component is, at the first doc.)
+    ({"@layers": "Linear.v1", "nO": 4}, r"and that initializes before the upstream transformer's width is known .*"
+                                        r"\(ValueError: Cannot get dimension 'nI' for model 'linear'"),
+    ({"@layers": "test_errors.first_layer.v1"}, None),
+])
+def test_a_combiner_of_another_signature_is_named_at_the_first_doc_of_from_trf(tiny_bert_dir, combiner, refused):
+    """ctxembed_from_trf added to a pipeline initialized without it learns its
+    width at its first doc, after `initialize` checked what it could: a combiner
+    of another signature then failed there, deep in thinc, naming neither the
+    component nor the setting. It is tried once the width is known, once."""
+    from unittest import mock
+
+    from spacy_ctxembed.pipeline import component
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}}})
+    nlp.initialize()
+    nlp.add_pipe("ctxembed_from_trf", name="pooled", config={"model": {"combiner": combiner}})
+    if refused is None:
+        with mock.patch.object(component, "check_combiner_output", wraps=component.check_combiner_output) as checked:
+            assert nlp("two words")._.ctx_vectors.shape == (2, 32)
+            assert [d._.ctx_vectors.shape for d in nlp.pipe(["one", "and three more"])] == [(1, 32), (3, 32)]
+        assert checked.call_count == 1  # (once for the width, not at each batch)
+        return
+    with pytest.raises(SettingError, match=r"^\[pooled\] model\.combiner = '[a-z_]+': expected a combiner that maps "
+                                           r"each doc's layers .*" + refused):
+        nlp("two words")
+
+
+def test_the_package_combiners_are_not_tried_at_the_first_doc_of_from_trf(tiny_bert_dir):
+    """The check at the first doc costs nothing for this package's combiners: never run."""
+    from unittest import mock
+
+    from thinc.api import Model
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}}})
+    nlp.initialize()
+    nlp.add_pipe("ctxembed_from_trf", name="pooled", config=ctx_config("scalar_mix", layers=[-1]))
+    combiner = nlp.get_pipe("pooled").combiner
+    with mock.patch.object(Model, "predict", autospec=True, side_effect=Model.predict) as ran:
+        assert nlp("two words")._.ctx_vectors.shape == (2, 32)
+    assert [call.args[0] for call in ran.call_args_list].count(combiner) == 1  # (the doc's own batch only)
+
+
+def test_fp16_on_cpu_is_warned_of_once_bf16_and_fp32_are_not(tiny_bert_dir):
+    """fp16 autocast on CPU runs MiniLM several times slower than fp32 (and not
+    exactly), silently; bf16 there runs at fp32's speed and is not warned of."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a", config=ctx_config(name=tiny_bert_dir, precision="fp16"))
+    with pytest.warns(UserWarning, match=r"^\[bert_a\] precision = 'fp16': the encoder is on the CPU, where float16 "
+                                         r"autocast runs several times slower than 'fp32'.* Use 'fp32' on CPU") as seen:
+        nlp.initialize()
+        nlp("two words")
+    assert sum("precision = 'fp16'" in str(w.message) for w in seen) == 1
+    for precision in ("fp32", "bf16"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            make_nlp(tiny_bert_dir, precision=precision)("two words")
+        assert not [w for w in seen if "precision" in str(w.message)]

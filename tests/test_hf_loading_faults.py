@@ -188,6 +188,27 @@ def test_truncated_tokenizer_json(tiny_bert_dir, tmp_path):
     assert "tokenizer.json is not valid JSON" in message and "JSONDecodeError" in message
 
 
+@pytest.mark.parametrize("kept, has", [
+    ((), "has no tokenizer files: it needs a tokenizer.json, or a slow tokenizer's files to convert"),
+    (("tokenizer_config.json", "special_tokens_map.json"),
+     "has tokenizer_config.json, special_tokens_map.json but no vocabulary: it needs a tokenizer.json, or a slow "
+     "tokenizer's files to convert"),
+])
+def test_a_directory_without_a_vocabulary_says_which_files_are_missing(tiny_bert_dir, tmp_path, kept, has):
+    """Its message carried transformers' incidental "TypeError: stat: path should
+    be string, ... not NoneType" and advice to convert a slow tokenizer that is not there."""
+    d = copy_model(tiny_bert_dir, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if name not in kept:
+            (d / name).unlink()
+    message = load_error(d)
+    assert message.startswith(f"[{COMPONENT}] name = {str(d)!r}: the tokenizer could not be loaded: the directory "
+                              f"{has}")
+    assert "(vocab.txt; vocab.json and merges.txt; or a sentencepiece model such as spiece.model)" in message
+    assert "save_pretrained(DIR)" in message
+    assert "TypeError" not in message and "NoneType" not in message and "converted from the slow one" not in message
+
+
 def test_garbage_tokenizer_config(tiny_bert_dir, tmp_path):
     d = copy_model(tiny_bert_dir, tmp_path)
     (d / "tokenizer_config.json").write_text("{ this is not json")

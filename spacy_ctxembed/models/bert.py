@@ -68,7 +68,8 @@ def BertEncoder(
         (bounded to 4096..65536).
     precision: "fp32" (exact); "tf32": fp32 with CUDA matmuls on TF32 tensor
         cores (exact fp32 on CPU); "fp16"/"bf16": autocast (mixed precision,
-        for GPU); "int8": dynamic quantization of the linear layers (CPU only).
+        for GPU; "fp16" on CPU is several times slower than "fp32", and warned
+        of); "int8": dynamic quantization of the linear layers (CPU only).
     trainable: fine-tune the encoder when its component is trained.
     """
     settings = {

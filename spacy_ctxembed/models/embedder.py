@@ -26,6 +26,7 @@ from ..settings import config_value
 from ..types import CombinerModel, EmbedderModel, EncoderModel
 from .legacy import V1_ARCHITECTURES, upgrade_cfg
 from .torch_bridge import encoder_shim
+from .trf_pooler import COMPONENT as TRF_COMPONENT
 from .trf_pooler import MODEL_NAME as TRF_ENCODER
 from .trf_pooler import check_settings as check_trf_settings
 
@@ -90,6 +91,10 @@ def check_combiner_layers(owner: str, model: EmbedderModel, *, block: str = "") 
         )
 
 
+_COMBINER_EXPECTED = ("expected a combiner that maps each doc's layers (n_layers, n_tokens, width) to its vectors, "
+                      "one row per token, as spacy-ctxembed.MeanLayers.v1, ScalarMix.v1 and ConcatLayers.v1 do")
+
+
 def check_combiner_output(owner: str, model: EmbedderModel) -> None:
     """A combiner that is not one of this package's (a user's own layer, or a
     thinc layer such as `reduce_mean.v1` or `Linear.v1` put there by mistake)
@@ -102,16 +107,15 @@ def check_combiner_output(owner: str, model: EmbedderModel) -> None:
     if built_as(combiner) is not None or encoder.has_dim("nO") is not True:
         return
     n_layers, width = encoder.get_dim("nL"), encoder.get_dim("nO")
-    expected = ("expected a combiner that maps each doc's layers (n_layers, n_tokens, width) to its vectors, one "
-                "row per token, as spacy-ctxembed.MeanLayers.v1, ScalarMix.v1 and ConcatLayers.v1 do")
     try:
         Y = combiner.predict([combiner.ops.alloc3f(n_layers, 2, width)])
     except Exception as err:  # noqa: BLE001 - any failure of the layer is the setting's
-        raise bad_setting(owner, "model.combiner", _shown(combiner), f"{expected} ({first_line(err)})") from None
+        raise bad_setting(owner, "model.combiner", _shown(combiner),
+                          f"{_COMBINER_EXPECTED} ({first_line(err)})") from None
     if not (isinstance(Y, list) and len(Y) == 1 and getattr(Y[0], "ndim", None) == 2 and Y[0].shape[0] == 2):
         got = type(Y).__name__ if not isinstance(Y, list) else [getattr(y, "shape", type(y).__name__) for y in Y]
         raise bad_setting(owner, "model.combiner", _shown(combiner),
-                          f"{expected}; given the layers of one doc of 2 tokens it returned {got}")
+                          f"{_COMBINER_EXPECTED}; given the layers of one doc of 2 tokens it returned {got}")
 
 
 def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
@@ -120,7 +124,19 @@ def init(model: EmbedderModel, X: Optional[List[Doc]] = None, Y=None) -> None:
     encoder, combiner = model.layers
     encoder.initialize()
     pass_dims(model)
-    combiner.initialize()
+    if built_as(combiner) is not None or encoder.has_dim("nO") is True:
+        combiner.initialize()
+        return
+    # ctxembed_from_trf not initialized with its upstream (added to a loaded
+    # pipeline): the width comes with the first doc. A layer that needs it to
+    # initialize (thinc's `Linear.v1`) failed here, deep in thinc ("Cannot get
+    # dimension 'nI' for model 'linear'"), naming neither component nor setting.
+    try:
+        combiner.initialize()
+    except Exception as err:  # noqa: BLE001 - any failure of the layer is the setting's
+        raise bad_setting(TRF_COMPONENT, "model.combiner", _shown(combiner),
+                          f"{_COMBINER_EXPECTED}, and that initializes before the upstream transformer's width is "
+                          f"known (at the first doc) ({first_line(err)})") from None
 
 
 def pass_dims(model: EmbedderModel) -> None:

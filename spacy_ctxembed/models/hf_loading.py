@@ -74,6 +74,8 @@ _TOKENIZER_FILES = (
     "spm.model",
     "tokenizer.model",
 )
+# Those of them that say how a tokenizer is set up, and hold no vocabulary.
+_TOKENIZER_SETUP_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 # Config fields that decide tensor shapes; quoted when shapes do not match.
 _SIZE_FIELDS = (
     "vocab_size",
@@ -276,7 +278,18 @@ def _tokenizer_error(where: _Where, e: Exception) -> SettingError:
             return where.error(
                 f"the tokenizer could not be loaded: {name} is not valid JSON ({first_line(bad, limit=200)})"
             )
-    files = ", ".join(present) if present else "no tokenizer files at all"
+    if all(name in _TOKENIZER_SETUP_FILES for name in present):
+        # transformers then fails on the missing path itself ("TypeError: stat: path
+        # should be string, bytes, os.PathLike or integer, not NoneType"): not the cause.
+        needed = ("a tokenizer.json, or a slow tokenizer's files to convert (vocab.txt; vocab.json and merges.txt; "
+                  "or a sentencepiece model such as spiece.model)")
+        has = (f"has {', '.join(present)} but no vocabulary: it needs {needed} beside them" if present
+               else f"has no tokenizer files: it needs {needed}")
+        return where.error(
+            f"the tokenizer could not be loaded: the directory {has}; save the model's own tokenizer there with "
+            "AutoTokenizer.from_pretrained(MODEL).save_pretrained(DIR), which writes tokenizer.json"
+        )
+    files = ", ".join(present)
     hint = ""
     if "tokenizer.json" not in present:
         hint = (

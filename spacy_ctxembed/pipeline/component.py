@@ -449,9 +449,10 @@ class ContextualEmbedder(TrainablePipe):
         self._load_refused = None
         self._lineage = lineage if isinstance(lineage, str) and lineage else os.urandom(8).hex()
         self._unvouched = not vouched
+        self._combiner_checked_at = None
         if self.encoder.has_dim("nO") is True:
             pass_dims(self.model)
-            check_combiner_output(self.name, self.model)
+            self._check_combiner_width()
         for listener in self.listeners:
             self._size_listener(listener)
         if self.cache is not None:
@@ -464,6 +465,23 @@ class ContextualEmbedder(TrainablePipe):
         self._shim_loads = _loads_of(self.encoder)
         self._sign(self._generation)
         self._loaded = True
+
+    #: The encoder's width that the combiner was last tried at (`_check_combiner_width`).
+    _combiner_checked_at: Optional[int] = None
+
+    def _check_combiner_width(self) -> None:
+        """`check_combiner_output` once per width of the encoder: after a load
+        or initialize, and at a batch whose width was not known then
+        (ctxembed_from_trf not initialized with its upstream learns it from
+        its first doc, where a combiner of another signature failed deep in
+        thinc). A combiner of this package's is never tried."""
+        encoder = self.encoder
+        if encoder.has_dim("nO") is not True:
+            return
+        width = encoder.get_dim("nO")
+        if width != self._combiner_checked_at:
+            check_combiner_output(self.name, self.model)
+            self._combiner_checked_at = width
 
     def _notice_outside_load(self) -> None:
         """Weights loaded into the encoder past the component: thinc's
@@ -559,6 +577,7 @@ class ContextualEmbedder(TrainablePipe):
         docs = list(docs)
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
+            self._check_combiner_width()
             vectors = self.combiner.predict(layers)
             # The signature of these weights, taken now: a load in another
             # thread before `set_annotations` must not stamp them as its model's.
@@ -743,6 +762,7 @@ class ContextualEmbedder(TrainablePipe):
                 layers, bp_layers = self.encoder.begin_update(docs)
             else:  # the encoder is frozen: no graph, and the cache may serve
                 layers, bp_layers = self._frozen_layers(docs), None
+            self._check_combiner_width()
             vectors, bp_vectors = self.combiner.begin_update(layers)
         ops = self.model.ops
         # Refused before any listener is sent the batch (see `finite`).
