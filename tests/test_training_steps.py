@@ -461,3 +461,48 @@ def test_an_encoder_only_listeners_at_grad_factor_zero_read_runs_frozen_and_cach
     asked.clear()
     _train_step(nlp, examples, optimizer)
     assert asked == []  # served from the cache
+
+
+def test_an_update_in_another_thread_runs_the_backward_pass_an_earlier_one_left(tiny_bert_dir):
+    """Updates run by a pool of threads (`asyncio.to_thread`, an executor), each
+    in a thread that stays alive, accumulating gradients, with a listening
+    component disabled: the backward pass the first update left waiting for it
+    was dropped by the next update, made in another thread, which put its own
+    in its place without running it (that batch's gradient was lost, silently).
+    The next update runs it, in whatever thread."""
+    def trained(in_two_threads):  # (gradients of two updates, then one step)
+        spacy.util.fix_random_seed(0)
+        nlp, examples = _pipeline(tiny_bert_dir)
+        nlp.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                                                 "tok2vec": _listener()}})
+        nlp.get_pipe("tagger2").initialize(lambda: examples, nlp=nlp)
+        with nlp.select_pipes(disable=["tagger2"]):
+            if in_two_threads:
+                first_done, hold = threading.Event(), threading.Event()
+
+                def first():
+                    nlp.update(examples)
+                    first_done.set()
+                    hold.wait(60)  # (alive, as a pool's thread is)
+
+                pool_thread = threading.Thread(target=first)
+                pool_thread.start()
+                try:
+                    assert first_done.wait(60)
+                    second = threading.Thread(target=lambda: nlp.update(examples))
+                    second.start()
+                    second.join(60)
+                finally:
+                    hold.set()
+                    pool_thread.join(60)
+            else:
+                for _ in range(2):
+                    nlp.update(examples)
+            optimizer = Adam(0.01)
+            for _, proc in nlp.pipeline:
+                proc.finish_update(optimizer)
+        return _encoder_params(nlp)
+
+    here, in_threads = trained(False), trained(True)
+    for name, value in here.items():
+        torch.testing.assert_close(in_threads[name], value, rtol=0, atol=0, msg=name)

@@ -750,7 +750,9 @@ class ContextualEmbedder(TrainablePipe):
         validate_examples(examples, "ContextualEmbedder.update")
         losses = {} if losses is None else losses
         losses.setdefault(self.name, 0.0)
-        self._flush_backward(at_update=True)
+        # In any thread: this update's backward pass takes the waiting one's place
+        # (updates one after the other in a pool's threads, each alive after it).
+        self._flush_backward(at_update=True, any_thread=True)
         listeners = self.listeners
         docs = [eg.predicted for eg in examples]
         if not listeners or not docs:
@@ -837,7 +839,7 @@ class ContextualEmbedder(TrainablePipe):
             listener.receive(batch_id, outputs, lambda d, kind=kind: backprop(kind, d), self.name, tokens=tokens)
         return losses
 
-    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None) -> None:
+    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None, any_thread: bool = False) -> None:
         """Run the pending backward pass where it is due: at an update, a
         finish_update, `use_params`, and before the weights are saved (a loop
         of `nlp.update(sgd=...)` with a listening component disabled leaves
@@ -852,9 +854,11 @@ class ContextualEmbedder(TrainablePipe):
         no gradient sent yet: the listeners' gradients, sent after it, never
         reached the encoder. Such a save has the weights as they are, before
         that step. (A training thread that has ended sends nothing more: a save
-        after it, joined, has the step, as in the thread that trained.)"""
+        after it, joined, has the step, as in the thread that trained.) `any_thread`:
+        an update, which puts its own backward pass in the waiting one's place."""
         backward, owner = self._pending_backward, self._pending_thread
-        if backward is None or (owner is not None and owner is not threading.current_thread() and owner.is_alive()):
+        elsewhere = owner is not None and owner is not threading.current_thread() and owner.is_alive()
+        if backward is None or (elsewhere and not any_thread):
             return
         if backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
