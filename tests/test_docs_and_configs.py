@@ -214,3 +214,51 @@ def test_the_analysis_library_parts_docs_names_are_its_public_names():
     imported = {name for name, value in vars(analysis).items() if not name.startswith("_")
                 and not inspect.ismodule(value)}
     assert sorted(imported ^ set(analysis.__all__)) == []
+
+
+def _github_anchors(path: Path) -> set:
+    """The anchors GitHub gives the headings of a Markdown file: lowercased, every character
+    but letters, digits, spaces, "-" and "_" dropped, spaces made "-", and "-1", "-2", ...
+    after a repeated one. Headings inside fenced blocks are not headings."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf8"), flags=re.S | re.M)
+    anchors, seen = set(), {}
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_the_links_between_the_docs_resolve():
+    """Every relative link of the README and docs/ (`[x](file.md#anchor)`, `[x](#anchor)`)
+    names a file that exists and, with an anchor, a heading of that file."""
+    broken, checked = [], 0
+    for path in DOCS:
+        text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf8"), flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            checked += 1
+            if not linked.exists():
+                broken.append(f"{path.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _github_anchors(linked):
+                broken.append(f"{path.name}: {target} (no such heading)")
+    assert checked >= 50  # the premise: the docs link to each other
+    assert broken == []
+
+
+def test_every_command_line_option_is_documented():
+    """Every option of `python -m spacy_ctxembed embed|demo|analyze` is named in the README or docs/."""
+    import typer.main
+
+    from spacy_ctxembed.cli import app
+
+    text = "\n".join(path.read_text(encoding="utf8") for path in DOCS)
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == {"embed", "demo", "analyze"}
+    missing = [f"{name} {option}" for name, command in commands.items() for param in command.params
+               for option in param.opts
+               if option.startswith("--") and not re.search(rf"(?<![\w-]){option}(?![\w-])", text)]
+    assert missing == []
