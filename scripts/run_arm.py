@@ -80,6 +80,27 @@ def all_layers(model_dir: str) -> list:
     return list(range(depth + 1))
 
 
+def check_steps(name: str, max_steps: int, eval_frequency: int, patience) -> None:
+    """spacy train scores (and keeps as model-best, the pipeline evaluated here) only
+    every eval_frequency steps: steps after the last of those would be trained but
+    never scored, and with max_steps or patience below eval_frequency the arm's
+    scores would be those of its first step, under its max_steps."""
+    vars_ = "vars ft_max_steps, ft_eval_frequency" if name.endswith(("-bert-ft", "-st")) else \
+        "vars max_steps, patience, eval_frequency"
+    if eval_frequency < 1:
+        raise SystemExit(f"{name}: --eval-frequency {eval_frequency}: must be at least 1 ({vars_})")
+    if max_steps and max_steps % eval_frequency:
+        scored = max_steps // eval_frequency * eval_frequency
+        raise SystemExit(
+            f"{name}: --max-steps {max_steps} is not a multiple of --eval-frequency {eval_frequency}: "
+            f"spacy train would score model-best (what is evaluated) at steps 0, {eval_frequency}, ... only, so "
+            f"steps {scored + 1}..{max_steps} would be trained and never scored; give a multiple ({vars_})")
+    if patience and patience < eval_frequency:
+        raise SystemExit(
+            f"{name}: --patience {patience} is below --eval-frequency {eval_frequency}: spacy train would stop "
+            f"at step {patience}, before any score but step 0's, and evaluate that model-best ({vars_})")
+
+
 def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -91,6 +112,7 @@ def main(args) -> None:
         return
     if args.mixed_precision and args.gpu_id < 0:
         raise SystemExit(f"{name}: --mixed-precision needs a GPU (--gpu-id)")
+    check_steps(name, args.max_steps, args.eval_frequency, args.patience)
     from spacy.cli._util import parse_config_overrides
     from spacy.cli.evaluate import evaluate
     from spacy.cli.train import train

@@ -117,3 +117,63 @@ def test_the_frozen_bert_arm_mixes_every_layer_of_the_model_it_is_given(tmp_path
         assert json.loads(overrides[at + 1]) == list(range(depth + 1))
     ft = run_arm.arm_overrides(argparse.Namespace(arm="bert-ft", bert_model=str(tmp_path), mixed_precision=False))
     assert "--components.ctxembed_bert.model.encoder.layers" not in ft  # (the fine-tuned arm takes the top layer)
+
+
+def _run_arm_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_arm", ROOT / "scripts" / "run_arm.py")
+    run_arm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_arm)
+    return run_arm
+
+
+@pytest.mark.parametrize("arm, steps, message", [
+    # (`--vars.max_steps 20` alone, eval_frequency's 200 left: model-best was the pipeline
+    # after step 0, evaluated and recorded under max_steps 20)
+    ("cnn", {"max_steps": 20, "eval_frequency": 200}, r"--max-steps 20 is not a multiple of --eval-frequency 200:"
+                                                      r".* steps 1\.\.20 would be trained and never scored"),
+    ("bert-ft", {"max_steps": 250, "eval_frequency": 100},
+     r".*steps 201\.\.250 .*\(vars ft_max_steps, ft_eval_frequency\)"),
+    ("bert", {"max_steps": 0, "patience": 50}, r"--patience 50 is below --eval-frequency 200"),
+    ("cnn", {"eval_frequency": 0}, r"--eval-frequency 0: must be at least 1"),
+])
+def test_steps_that_would_never_be_scored_are_refused_before_training(tmp_path, monkeypatch, arm, steps, message):
+    """run_arm.py evaluates model-best, which spacy train saves only at its
+    evaluations: steps past the last one were trained for nothing, and the
+    metrics said max_steps of a pipeline that had not had them."""
+    import argparse
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(task="ud", arm=arm, **{"max_steps": 2000, "patience": 800, "eval_frequency": 200,
+                                                    **steps}, bert_model="", gpu_id=-1, mixed_precision=False,
+                              elmo_options="", elmo_weights="")
+    with pytest.raises(SystemExit, match=f"^ud-{arm}: " + message):
+        _run_arm_module().main(args)
+    assert not (tmp_path / "training").exists()
+
+
+def test_the_project_defaults_score_every_step():
+    import srsly
+
+    run_arm = _run_arm_module()
+    v = srsly.read_yaml(ROOT / "project.yml")["vars"]
+    run_arm.check_steps("ud-bert", v["max_steps"], v["eval_frequency"], v["patience"])
+    run_arm.check_steps("ud-bert-ft", v["ft_max_steps"], v["ft_eval_frequency"], None)
+
+
+def test_convert_reruns_when_the_data_it_reads_changes(tmp_path, monkeypatch):
+    """`convert` listed only its scripts as deps: new data at the same data_dir
+    left the old corpus in place ("Skipping 'convert': nothing changed")."""
+    from weasel.util import load_project_config
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import convert
+
+    shutil.copy(ROOT / "project.yml", tmp_path)
+    project = load_project_config(tmp_path, overrides={"vars.data_dir": "/data"})
+    command = next(c for c in project["commands"] if c["name"] == "convert")
+    assert {f"/data/{source}" for _, source, _ in convert.FILES} <= set(command["deps"])
+    assert {f"corpus/{output}" for _, _, output in convert.FILES} == set(command["outputs"])
+    # (and `spacy project assets` downloads them where `--vars.data_dir assets` reads them)
+    assert {f"assets/{source}" for _, source, _ in convert.FILES} == {asset["dest"] for asset in project["assets"]}
