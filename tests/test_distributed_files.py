@@ -240,6 +240,15 @@ def test_parquet_column_errors(tmp_path):
         _read_all(broken, 10)
 
 
+def test_a_parquet_file_with_two_text_columns_is_refused_naming_it(tmp_path):
+    """pyarrow writes a file with two columns of one name: it failed planning with
+    KeyError "Column text does not exist in schema", naming no file."""
+    path = tmp_path / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), path)
+    with pytest.raises(InputError, match=rf"^input {re.escape(str(path))}: 2 columns named 'text' \(--text-key\)"):
+        _read_all(path, 10)
+
+
 def test_doc_ids_run_on_across_files_of_a_directory(tmp_path):
     (tmp_path / "b.txt").write_text("three\nfour\n", encoding="utf8")
     (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf8")
@@ -273,6 +282,18 @@ def test_input_errors_name_the_file(tmp_path):
         locked.chmod(0)
         with pytest.raises(InputError, match="permission denied"):
             input_files([str(locked)])
+
+
+def test_an_input_whose_file_name_is_not_utf8_is_refused_naming_it(tmp_path, in_process):
+    """A file name that is not UTF-8 (in a directory given) failed the run once OUTDIR was
+    made, writing the manifest: "UnicodeEncodeError: 'utf-8' codec can't encode character
+    '\\udcff'", no file named, and OUTDIR left holding shards/ without a manifest."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"One doc.\n")
+    with pytest.raises(InputError, match=r"^input '.*caf\\udce9\.txt': the file name is not UTF-8"):
+        embed_corpus(inputs, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
@@ -850,6 +871,41 @@ def test_a_complete_run_with_a_shard_file_deleted_redoes_that_shard(tmp_path, sm
     assert pq.read_table(out / "shards").column("doc_id").to_pylist() == [0, 2, 4]
 
 
+def test_a_shard_file_edited_since_it_was_committed_is_embedded_anew_and_never_read(tmp_path, small_run, in_process):
+    """Shard files a user changed after the run: one with its doc dropped (pyarrow
+    keeps the metadata), one replaced by a copy of another shard. A rerun called the
+    run already complete, the doc lost without a word, and `read_docs` gave the
+    copied docs twice and the dropped one not at all. Now `read_docs` refuses
+    them, naming the file, and a rerun embeds them anew."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    vocab = spacy.blank("en").vocab
+    shards = out / "shards"
+    shutil.copy(shards / shard_name(2), tmp_path / "part-2.parquet")
+    shutil.copy(shards / shard_name(0), shards / shard_name(2))
+    with pytest.raises(ValueError, match=r"shard 2 \(part-000002\.parquet\) is missing, unreadable, or not the "
+                                         r"file the run wrote"):
+        list(read_docs(out, vocab))
+    shutil.copy(tmp_path / "part-2.parquet", shards / shard_name(2))
+    _tamper(shards, 1, lambda table: table.slice(0, 0))  # (its one doc, doc id 2, dropped)
+    with pytest.raises(ValueError, match=r"shard 1 \(part-000001\.parquet\) is missing, unreadable, or not the "
+                                         r"file the run wrote"):
+        list(read_docs(out, vocab))
+    shutil.copy(shards / shard_name(0), shards / shard_name(2))
+    redone = []
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False, on_shard=redone.append)
+    assert sorted(s["shard"] for s in redone) == [1, 2] and not again.get("already_complete")
+    assert [doc.user_data["doc_id"] for doc in read_docs(out, vocab)] == [0, 2, 4]
+
+
+def test_a_shard_file_with_rows_dropped_or_added_since_is_not_committed(tmp_path):
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d", "e"], 2)
+    _tamper(out, 1, lambda table: table.slice(0, 1))
+    _tamper(out, 2, lambda table: pa.concat_tables([table, table]))
+    assert set(committed(out, shards)) == {0}
+
+
 def test_a_shard_another_run_wrote_is_never_read_as_this_runs(tmp_path, small_run, in_process, monkeypatch):
     """The actors of a run whose driver was killed can still commit shards for
     a few seconds: into a run started over with other settings, such a file
@@ -1069,6 +1125,51 @@ def test_an_actor_whose_pipeline_leaves_no_vectors_names_the_component_and_shard
         embedder.embed_shard(shard)
     assert str(caught.value) == "[ctxembed_bert] left no vectors on a doc of shard 0"
     assert not (out / shard_name(0)).exists()
+
+
+def test_a_doc_the_pipeline_fails_on_is_named_by_its_file_and_line(tmp_path, tiny_bert_dir):
+    """A doc that makes the pipeline raise failed the run with the pipeline's own
+    error alone ("a Ray actor failed: ValueError: ..."): which of a corpus's
+    docs, in which shard, was not said. The error names the doc, its file and
+    line, and the shard, and the pipeline's error; nothing is committed."""
+    from spacy.language import Language
+
+    from spacy_ctxembed.distributed.actor import PipelineFailed, ShardEmbedder
+
+    @Language.component("fails_on_boom")
+    def fails_on_boom(doc):
+        if "BOOM" in doc.text:
+            raise ValueError("cannot embed this doc")
+        return doc
+
+    make_nlp(tiny_bert_dir).to_disk(tmp_path / "nlp")
+    path = tmp_path / "in.jsonl"
+    texts = ["One.", "Two.", "Three.", "Four.", "Five goes BOOM.", ""]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 3)
+    out = tmp_path / "shards"
+    out.mkdir()
+    embedder = ShardEmbedder(str(out), str(tmp_path / "nlp"), None, False, 1, "float32", 1)
+    embedder.nlp.add_pipe("fails_on_boom", first=True)
+    embedder.embed_shard(shards[0])
+    with pytest.raises(PipelineFailed) as caught:
+        embedder.embed_shard(shards[1])
+    assert str(caught.value) == (f"the pipeline failed on doc 4 ({path.resolve()}, line 5) or a doc after it in "
+                                 "shard 1 (doc ids 3-5): ValueError: cannot embed this doc")
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert not (out / shard_name(1)).exists()
+
+
+def test_an_actors_model_changed_error_reaches_the_driver_as_it_was_raised():
+    """Ray pickles an actor's error to the driver: ModelChanged was remade from its
+    message as if that were the model, and said its message twice over."""
+    import pickle
+
+    from spacy_ctxembed.distributed import ModelChanged
+
+    sent = ModelChanged("/models/nlp")
+    received = pickle.loads(pickle.dumps(sent))
+    assert (str(received), received.model) == (str(sent), "/models/nlp")
 
 
 def test_an_explicit_input_format_overrides_the_file_name(tmp_path):

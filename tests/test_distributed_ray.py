@@ -352,11 +352,42 @@ def test_cli_ray_an_actors_input_error_reaches_the_user(local_ray, pipeline_dir,
         f"error: input {path} changed since the run was planned (size or modification time)")
 
 
+def test_an_error_that_is_no_actors_death_is_not_reported_as_one(local_ray, pipeline_dir, tmp_path):
+    """An error while a shard was being retried after its actor died (here the
+    caller's own, in on_shard; so too one an actor raised: a doc the pipeline
+    fails on, a full disk) was reported as ShardsFailed, "the actors died on"
+    that shard, each time it was retried: the wrong shard and the wrong cause."""
+    from spacy_ctxembed.distributed.actor import attempts_name
+
+    path = tmp_path / "in.txt"
+    path.write_text("".join(f"doc number {i}\n" for i in range(3)), encoding="utf8")
+
+    def on_shard(summary):
+        # (Two starts of a shard not committed, as a retry after its actor's death leaves them.)
+        (tmp_path / "out" / "shards" / attempts_name(summary["shard"])).write_text("died\nretried\n")
+        raise KeyError("the caller's own error")
+
+    with pytest.raises(KeyError, match="the caller's own error"):
+        embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), shard_size=1, actors=1, progress=False,
+                     on_shard=on_shard)
+
+
+def test_only_rays_word_that_an_actor_died_is_taken_for_a_death():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, OutOfMemoryError, RayTaskError
+
+    from spacy_ctxembed.distributed.run import actor_died
+
+    raised = RayTaskError("submit", "Traceback: ...", ValueError("a doc")).as_instanceof_cause()
+    assert not actor_died(raised) and not actor_died(KeyError("the driver's own"))
+    assert actor_died(ActorUnavailableError("gone", None)) and actor_died(ActorDiedError())
+    assert actor_died(OutOfMemoryError("killed by the memory monitor"))
+
+
 def test_a_model_changed_after_the_run_started_reaches_the_user(local_ray, pipeline_dir, tmp_path):
     """An actor that loads other model files than the run recorded refuses them, and
     the user reads why (raised when the actor was made, Ray said only that it died)."""
     from spacy_ctxembed.cli.embed import _ray_failure
-    from spacy_ctxembed.distributed.run import _run_ray
+    from spacy_ctxembed.distributed.run import _run_ray, ray_actor_error
     from spacy_ctxembed.distributed.sources import input_files, plan_shards
 
     path = tmp_path / "in.txt"
@@ -371,6 +402,8 @@ def test_a_model_changed_after_the_run_started_reaches_the_user(local_ray, pipel
         f"--model {pipeline_dir}: its files changed after this run started (their checksum differs from the one "
         "the run recorded), so its shards would mix two models' vectors; rerun once it stays put (a model "
         "changed on purpose makes another run: --overwrite)")
+    # (A caller of embed_corpus reads it as raised: it said its message twice over.)
+    assert str(ray_actor_error(caught.value)) == str(distributed.ModelChanged(str(pipeline_dir)))
 
 
 def test_cli_ray_float16_refuses_vectors_it_would_store_as_inf(local_ray, tiny_bert_dir, tmp_path):

@@ -4,12 +4,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy
+from spacy.tokens import Doc
 from thinc.api import to_numpy
 
 from ..alignment import token_char_spans
+from ..errors import first_line
 from ..fileio import MODEL_CHANGED, model_identity
 from ..pipeline.build import load_pipeline, primary_component
 from .shards import build_table, write_shard
@@ -78,7 +80,7 @@ class ShardEmbedder:
         docs, rejected = read_shard(shard, self.nlp.max_length, self.row_groups)
         doc_ids = [doc_id for doc_id, _ in docs]
         texts, tokens, idx, vectors = [], [], [], []
-        for doc in self.nlp.pipe((text for _, text in docs), batch_size=self.batch_size):
+        for doc in _failure_named(self.nlp.pipe((text for _, text in docs), batch_size=self.batch_size), shard, docs):
             rows = doc._.ctx_vectors
             if rows is None:
                 raise ValueError(f"[{self.component}] left no vectors on a doc of shard {shard.index}")
@@ -102,6 +104,33 @@ class ShardEmbedder:
 SUMMARY = ("shard", "docs", "rejected", "tokens", "seconds", "pid", "host")
 
 
+class PipelineFailed(RuntimeError):
+    """The pipeline raised on a doc of a shard: the message names the doc it failed at
+    or after (its file and line or row), the shard's rows, and the pipeline's error."""
+
+
+def _failure_named(pipe: Iterator[Doc], shard: Shard, docs: List[Tuple[int, str]]) -> Iterator[Doc]:
+    """The docs `nlp.pipe` gives; what it raises, as a `PipelineFailed`. (Its own
+    error named no row: one doc among a corpus's millions, of some shard.) The
+    docs come in order, so the doc it failed on is the first not given, or one
+    after it in the same batch."""
+    given = 0
+    while True:
+        try:
+            doc = next(pipe)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - any error of the pipeline's: it is raised on, named
+            doc_id = docs[given][0] if given < len(docs) else shard.first_id + shard.n_rows - 1
+            where = "row" if shard.kind == "parquet" else "line"
+            raise PipelineFailed(
+                f"the pipeline failed on doc {doc_id} ({shard.path}, {where} "
+                f"{shard.first_line + doc_id - shard.first_id}) or a doc after it in shard {shard.index} (doc ids "
+                f"{shard.first_id}-{shard.first_id + shard.n_rows - 1}): {first_line(e)}") from e
+        given += 1
+        yield doc
+
+
 class ModelChanged(RuntimeError):
     """The model an actor loaded is not the one the run recorded when it started."""
 
@@ -109,6 +138,11 @@ class ModelChanged(RuntimeError):
         super().__init__(f"embed_corpus: model = {model!r}: {MODEL_CHANGED} (a model changed on purpose makes "
                          "another run: overwrite)")
         self.model = model
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Raised in an actor, it reaches the driver pickled: by default remade from its
+        # message (args), as ModelChanged(message), which said the message twice over.
+        return ModelChanged, (self.model,)
 
 
 def _check_model(model: Optional[str], config: Optional[str], recorded: Optional[Dict[str, Any]]) -> None:

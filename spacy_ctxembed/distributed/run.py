@@ -45,13 +45,12 @@ from ..fileio import (
 )
 from ..pipeline.build import NOT_A_PIPELINE, check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
-from .actor import ModelChanged, ShardEmbedder, attempts_name
+from .actor import ShardEmbedder, attempts_name
 from .extra import require_ray_extra
 from .shards import (
     DTYPES,
     MANIFEST,
     SHARDS,
-    Float16Overflow,
     check_complete,
     committed,
     run_digest,
@@ -440,7 +439,9 @@ def _run_ray(
                         on_shard(summary)
             except Exception as err:
                 failed = failed_shards(shard_dir, pending)
-                if failed and not isinstance(ray_actor_error(err) or err, (InputError, ModelChanged, Float16Overflow)):
+                # (Only where Ray says an actor died: an error an actor raised, or the driver's own,
+                # came while another shard was retried, after its actor died once, and read as its death.)
+                if failed and actor_died(err):
                     raise ShardsFailed(
                         f"embed_corpus: the actors died on {'; '.join(failed[:3])}: each was retried and its actor "
                         f"died again (out of memory on a long doc, or a crash in the model: {first_line(err)})"
@@ -456,6 +457,18 @@ def _sweep_partial(shard_dir: Path) -> None:
     starts that actors counted (`.attempts-*`)."""
     for stale in [*shard_dir.glob(".part-*.tmp"), *shard_dir.glob(".attempts-*")]:
         stale.unlink(missing_ok=True)
+
+
+def actor_died(exc: BaseException) -> bool:
+    """Whether `exc` is Ray saying that an actor died or is gone (killed, out of
+    memory, its node lost), not an error that an actor's code raised
+    (`ray_actor_error`: the original), nor the driver's own."""
+    try:
+        from ray.exceptions import RayError, RayTaskError
+    except ImportError:
+        return False
+    cause = ray_actor_error(exc)
+    return isinstance(cause, RayError) and not isinstance(cause, RayTaskError)
 
 
 def ray_actor_error(exc: BaseException) -> Optional[BaseException]:

@@ -157,16 +157,32 @@ def of_run(meta: Dict[str, Any], run: Optional[str]) -> bool:
     return run is None or meta.get("run") in (None, run)
 
 
+def holds_its_docs(path: Path, meta: Dict[str, Any]) -> bool:
+    """Whether the file at `path` still holds as many rows as its metadata says it was
+    written with: rows dropped or added since (a user's edit with pyarrow, which
+    keeps the metadata) make it no longer the shard its run committed. (Metadata
+    without the count says nothing.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return rows == meta.get("docs", rows)
+
+
 def committed(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
-    """The planned shards whose files are in `out_dir`, cover their planned rows and
-    were written by the run of digest `run` (`run_digest`)."""
+    """The planned shards whose files are in `out_dir`, cover their planned rows, still
+    hold the docs they were written with (`holds_its_docs`) and were written by the
+    run of digest `run` (`run_digest`)."""
     done = {}
     for shard in shards:
         path = out_dir / shard_name(shard.index)
         if path.exists():
             meta = shard_meta(path)
             if (meta is not None and (meta["first_id"], meta["n_rows"]) == (shard.first_id, shard.n_rows)
-                    and of_run(meta, run)):
+                    and of_run(meta, run) and holds_its_docs(path, meta)):
                 done[shard.index] = meta
     return done
 
@@ -288,9 +304,18 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
     run = run_digest(identity) if isinstance(identity, dict) else None
     for shard in manifest["shards"]:
         path = out_dir / SHARDS / shard_name(shard["index"])
-        meta = shard_meta(path) or {}
-        if not of_run(meta, run):
+        meta = shard_meta(path) if path.exists() else None
+        if meta is not None and not of_run(meta, run):
             raise ValueError(f"{out_dir}: {another_run(shard['index'])}")
+        # (As a run's resume takes a shard for done: a file deleted, rewritten without its
+        # metadata, copied from another shard, or with rows dropped or added since, was
+        # read as it was: docs lost or given twice, without a word.)
+        planned = (shard.get("first_id"), shard.get("n_rows"))
+        if (meta is None or not holds_its_docs(path, meta)
+                or (None not in planned and (meta.get("first_id"), meta.get("n_rows")) != planned)):
+            raise ValueError(f"{out_dir}: shard {shard['index']} ({path.name}) is missing, unreadable, or not the "
+                             "file the run wrote (edited, or another shard's, since); run embed --ray again, which "
+                             "embeds it anew")
         component, signature = meta.get("component", "ctxembed"), meta.get("signature")
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             yield from docs_from_table(batch, vocab, component=component,

@@ -112,6 +112,11 @@ def input_files(paths: Sequence[str], kind: Optional[str] = None) -> List[Tuple[
                              "embed --ray reads each input twice: save it to a file first")
         if not os.access(path, os.R_OK):
             raise InputError(f"input {path}: permission denied")
+        try:  # (the manifest and the rejected rows record it, as JSON: UTF-8)
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"input {ascii(str(path))}: the file name is not UTF-8, which the run's manifest "
+                             "cannot record; rename the file") from None
         file_kind = kind or SUFFIXES.get(path.suffix.lower())
         if file_kind is None:
             raise InputError(
@@ -219,6 +224,9 @@ def _plan_parquet(path: Path, shard_size: int, text_key: str) -> Tuple[List[Piec
     schema = parquet.schema_arrow
     if text_key not in schema.names:
         raise InputError(f"input {path}: no column {text_key!r} (--text-key); its columns: {', '.join(schema.names)}")
+    if schema.names.count(text_key) > 1:  # (pyarrow writes such a file; it then reads as no such column)
+        raise InputError(f"input {path}: {schema.names.count(text_key)} columns named {text_key!r} (--text-key): "
+                         "which holds the text cannot be told")
     column_type = schema.field(text_key).type
     if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
         raise InputError(f"input {path}: column {text_key!r} holds {column_type}, not strings")
