@@ -2,6 +2,7 @@
 import numpy
 import pytest
 
+from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.models.bert import get_runner
 
 from .conftest import make_nlp
@@ -185,6 +186,47 @@ def test_default_window_of_a_model_numbering_positions_after_padding(minilm_dir,
     doc = nlp(" ".join(TEXTS))
     assert len(AutoTokenizer.from_pretrained(tmp_path)(doc.text)["input_ids"]) > 2 * framed
     assert numpy.isfinite(doc.tensor).all() and all(token.has_vector for token in doc if not token.is_space)
+
+
+@pytest.mark.parametrize("family", ["xlm", "flaubert"])
+def test_a_model_that_reads_token_types_as_words_is_refused_until_its_tokenizer_gives_none(
+        minilm_dir, tmp_path, family):
+    """Windows go in without token_type_ids. XLM and FlauBERT add the word
+    embedding row of each type id to every piece (for the zeros a tokenizer
+    gives one text, token 0's row), so their vectors differed from
+    `transformers` on `tokenizer(text)` everywhere (by 2.4), silently. Refused,
+    naming the component, setting and value; with a tokenizer saved without
+    token_type_ids, as its error says, every vector equals `transformers`'."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, FlaubertConfig, XLMConfig
+
+    torch.manual_seed(0)
+    config_class = {"xlm": XLMConfig, "flaubert": FlaubertConfig}[family]
+    # pad_index 2 as the released checkpoints have it: row 0 is a word's, not zeros.
+    config = config_class(vocab_size=30522, emb_dim=32, n_layers=2, n_heads=2, max_position_embeddings=64,
+                          pad_index=2)
+    AutoModel.from_config(config).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    tokenizer, model = AutoTokenizer.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path).eval()
+    encoded = tokenizer(TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        typed = model(**encoded).last_hidden_state
+        untyped = model(input_ids=encoded["input_ids"]).last_hidden_state
+    assert (typed - untyped).abs().max() > 0.1  # the premise: the type ids change every state
+    with pytest.raises(SettingError) as caught:
+        make_nlp(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"[ctxembed_bert] name = '{tmp_path}': model_type '{family}'")
+    assert "token_type_ids" in message and '"model_input_names": ["input_ids", "attention_mask"]' in message
+
+    AutoTokenizer.from_pretrained(minilm_dir, model_input_names=["input_ids", "attention_mask"]).save_pretrained(
+        tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    nlp = make_nlp(tmp_path, layers=[0, 1, 2], store_layers=True)
+    for text, doc in zip(TEXTS, nlp.pipe(TEXTS)):
+        states, offsets = hf_hidden_states(tokenizer, model, text)
+        expected = numpy.stack([pool(states[i], token_pieces(doc, offsets), "mean") for i in [0, 1, 2]])
+        numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)
 
 
 def _assert_padded_batches_match(nlp, tokenizer, model, layers, broadcast):

@@ -555,6 +555,35 @@ def _check_states_per_piece(module: Any, tokenizer: Any, config: Any, where: _Wh
             f"{expected} (num_hidden_layers + 1) of length {input_ids.shape[1]} are needed; use a "
             "BERT-family encoder (bert, roberta, deberta, electra, ...)"
         )
+    _check_token_types_unused(module, tokenizer, input_ids, states, parameters, model_type, where)
+
+
+def _check_token_types_unused(module: Any, tokenizer: Any, input_ids: Any, states: Any, parameters: Any,
+                              model_type: Any, where: _Where) -> None:
+    """The windows go in without token_type_ids. Where the tokenizer gives them,
+    for one text they are zeros, and most models take no ids as zeros; XLM and
+    FlauBERT add each piece's id's row of the *word* embeddings instead (for zeros,
+    token 0's), so every state differed from `model(**tokenizer(text))` (by 2.4
+    on a tiny XLM). Refused where the probe's `states` (run without them) differ."""
+    import torch
+
+    types = tokenizer("Contextual vectors, probed.", verbose=False).get("token_type_ids")
+    if types is None or "token_type_ids" not in parameters:
+        return
+    try:
+        with torch.inference_mode():
+            typed = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                           token_type_ids=torch.as_tensor([types]), output_hidden_states=True).hidden_states
+    except Exception:  # noqa: BLE001 - transformers cannot run the tokenizer's output either: nothing to differ from
+        return
+    if len(typed) == len(states) and all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(typed, states)):
+        return
+    raise where.error(
+        f"model_type {model_type!r} gives other hidden states with the token_type_ids its tokenizer makes "
+        f"({sorted(set(types))} for one text) than without them, and windows go in without them, so no vector "
+        "would equal transformers' on `tokenizer(text)`; to use the model without them, save its tokenizer "
+        "with \"model_input_names\": [\"input_ids\", \"attention_mask\"] in tokenizer_config.json"
+    )
 
 
 # --- helpers -----------------------------------------------------------------
