@@ -16,6 +16,7 @@ writes it last, then renames the directory into place: `cli.output`).
     OUTPUT/vectors.npy            # float32 (n_tokens, width), docs one after another
     OUTPUT/docs.jsonl             # per doc: line, text, tokens, start, end (rows)
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -58,6 +59,7 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
     vocab = vocab if vocab is not None else Vocab()
     previous = 0  # the input line of the doc before
     with _OutputReader(path, "docbin") as reader:
+        _check_shard_list(path, reader.manifest)
         for shard in reader.manifest["shards"]:
             data = reader.read(shard["file"])
             try:
@@ -68,6 +70,12 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
             wrong_size = shard_size_difference(shard, len(data))
             if wrong_size:
                 raise ValueError(f"{path}: {wrong_size}: the file is damaged, or another's; embed the input again")
+            # Of the same size and lines, a shard of another run (an input edited since, another
+            # model) read as this one's: the checksum tells (not recorded by earlier versions).
+            written, digest = shard.get("sha256"), hashlib.sha256(data).hexdigest()
+            if isinstance(written, str) and digest != written:
+                raise ValueError(f"{path}: {shard['file']} has sha256 {digest[:12]}, where its manifest says "
+                                 f"{written[:12]}: the file is another's, or was edited; embed the input again")
             # A readable shard of the same size from elsewhere (another run's, or a copy of a
             # sibling): its docs' input lines are not the ones the manifest gives it.
             first, last = shard.get("first_line"), shard.get("last_line")
@@ -84,6 +92,27 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
                 yield restore_vectors(doc)
             if count != shard["docs"]:
                 raise ValueError(f"{path}: {shard['file']} holds {count} docs, its manifest says {shard['docs']}")
+
+
+def _check_shard_list(path: Path, manifest: Dict[str, Any]) -> None:
+    """The manifest's shards must hold its docs, and cover the input lines one after
+    another: a shard's entry deleted (with its file or not) read as an output of fewer
+    docs, without a word."""
+    shards, docs = manifest["shards"], manifest.get("docs")
+    listed = sum(shard.get("docs", 0) for shard in shards)
+    if isinstance(docs, int) and listed != docs:
+        raise ValueError(f"{path}: its {MANIFEST} lists shards of {listed} docs, where it says {docs} docs: a "
+                         "shard's entry is missing or was edited; embed the input again")
+    previous: Optional[int] = None  # the last input line of the shard before
+    for shard in shards:
+        first, last = shard.get("first_line"), shard.get("last_line")
+        if not (isinstance(first, int) and isinstance(last, int)):
+            return  # (not recorded: nothing to hold the shards to)
+        if previous is not None and first != previous + 1:
+            raise ValueError(f"{path}: its {MANIFEST} gives {shard.get('file')} input lines {first}-{last}, where the "
+                             f"shard before ends at line {previous}: a shard's entry is missing or was edited; "
+                             "embed the input again")
+        previous = last
 
 
 def shard_size_difference(shard: Dict[str, Any], size: int) -> Optional[str]:
@@ -119,11 +148,23 @@ def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[st
                                        order="F" if fortran else "C")
             else:
                 vectors = numpy.fromfile(f, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        docs_data = reader.read(DOCS)
         # (Not `splitlines`: a text may hold U+2028 and the like, which JSON leaves as they are.)
-        records = [json.loads(line) for line in reader.read(DOCS).split(b"\n") if line]
+        records = [json.loads(line) for line in docs_data.split(b"\n") if line]
     if shape[0] != reader.manifest.get("rows"):
         raise ValueError(f"{path}: {VECTORS} holds {shape[0]} rows, its manifest says {reader.manifest.get('rows')}")
+    # Of the same rows, another model's vectors.npy (the same input) read as this model's.
+    width = reader.manifest.get("width")
+    if len(shape) == 2 and isinstance(width, int) and shape[1] != width:
+        raise ValueError(f"{path}: {VECTORS} holds rows of {shape[1]} values, its manifest says {width}: the file "
+                         "is another model's, or was edited; embed the input again")
     _check_records(path, records, reader.manifest.get("docs"), shape[0])
+    # Of the same size and rows, another run's docs.jsonl (an input edited since) paired
+    # its texts with these vectors: the checksum tells (not recorded by earlier versions).
+    written, digest = reader.manifest.get("docs_sha256"), hashlib.sha256(docs_data).hexdigest()
+    if isinstance(written, str) and digest != written:
+        raise ValueError(f"{path}: {DOCS} has sha256 {digest[:12]}, where its manifest says {written[:12]}: "
+                         "the file is another's, or was edited; embed the input again")
     return vectors, records
 
 
@@ -135,6 +176,13 @@ def _check_records(path: Path, records: List[Dict[str, Any]], docs: Any, rows: i
     if len(records) != docs or not chained or (bounds[-1][1] if bounds else 0) != rows:
         raise ValueError(f"{path}: {DOCS} holds {len(records)} docs whose rows do not make the manifest's {docs} "
                          f"docs of {rows} rows: the file is damaged; embed the input again")
+    # A doc's tokens edited (one dropped, two joined) paired its rows with the wrong tokens.
+    for record in records:
+        tokens = record.get("tokens")
+        if isinstance(tokens, list) and len(tokens) != record["end"] - record["start"]:
+            raise ValueError(f"{path}: {DOCS}: the doc of input line {record.get('line')!r} lists {len(tokens)} "
+                             f"tokens for its {record['end'] - record['start']} rows: the file was edited; embed "
+                             "the input again")
 
 
 class _OutputReader:

@@ -1016,6 +1016,7 @@ def test_resume_after_several_committed_shards_carries_on_after_the_last(tmp_pat
     ("npy", "docs.jsonl", lambda data: data[:10]),
     ("npy", "vectors.npy", lambda data: data[: output_module.NPY_HEADER_SIZE + 8]),
     ("docbin", "shard-000000.spacy", lambda data: data + b"\0" * 16),
+    ("docbin", "shard-000000.spacy", lambda data: data[:-1] + bytes([data[-1] ^ 1])),  # (same size, other bytes)
 ])
 def test_resume_redoes_a_shard_that_does_not_match_its_ledger_line(tmp_path, corpus, pipeline, monkeypatch,
                                                                    output_format, name, damage):
@@ -1025,7 +1026,9 @@ def test_resume_redoes_a_shard_that_does_not_match_its_ledger_line(tmp_path, cor
     redone. Held to docs.jsonl alone, a cut vectors.npy was kept and the next
     rows were written where the cut left off, under shard 0's docs; held to "at
     least as long", a longer docbin shard was kept and the finished output read
-    as damaged at once; a cut docs.jsonl is never padded back with NULs."""
+    as damaged at once; a cut docs.jsonl is never padded back with NULs. Held to
+    its size alone, a docbin shard of the same size with other bytes (another
+    run's) was kept, and the finished output failed to read."""
     args = ["embed", corpus, "-m", pipeline, "-f", output_format, "-s", "2"]
     assert invoke(*args, "-o", tmp_path / "ref").exit_code == 0
     with monkeypatch.context() as patch:
@@ -1148,8 +1151,10 @@ def test_iter_docs_refuses_a_shard_from_elsewhere_and_names_a_missing_one(tmp_pa
     with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000002\.spacy holds [\d,]+ bytes, where its "
                                          r"manifest says [\d,]+: the file is damaged, or another's; embed the input"):
         list(iter_docs(out))
-    # The same copy where the sizes agree (the manifest says so here): its docs' lines give it away.
+    # The same copy where the sizes agree (the manifest says so here), in a manifest without
+    # checksums (an earlier version's): its docs' lines give it away.
     manifest["shards"][2]["bytes"] = third.stat().st_size
+    del manifest["shards"][2]["sha256"]
     (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
     lines = manifest["shards"][2]["first_line"], manifest["shards"][2]["last_line"]
     with pytest.raises(ValueError, match=rf"shard-000002\.spacy holds a doc of input line 1, where its manifest "
@@ -1591,7 +1596,7 @@ def _npy_output(path, vectors, bounds, rows=None, docs=None, save=numpy.save):
     """An npy output of `vectors` whose docs.jsonl gives the docs' (start, end) `bounds`."""
     path.mkdir(parents=True, exist_ok=True)
     save(path / "vectors.npy", vectors)
-    records = [{"line": i + 1, "text": f"doc {i}", "tokens": [], "start": s, "end": e}
+    records = [{"line": i + 1, "text": f"doc {i}", "tokens": ["w"] * (e - s), "start": s, "end": e}
                for i, (s, e) in enumerate(bounds)]
     (path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
     manifest = {"layout": _EMBED_LAYOUT, "format": "npy", "rows": len(vectors) if rows is None else rows,
@@ -1702,3 +1707,95 @@ def test_iter_docs_refuses_a_shard_larger_than_its_manifest_says(tmp_path, monke
     with pytest.raises(ValueError, match=rf"shard-000000\.spacy holds {size:,} bytes, where its manifest says "
                                          rf"{size - 1:,}: the file is damaged, or another's"):
         list(iter_docs(tmp_path))
+
+
+def _edited_corpus(tmp_path):
+    """The corpus with one word of line 5 changed for another of as many characters (and tokens)."""
+    path = tmp_path / "edited.txt"
+    path.write_text("\n".join(LINES).replace("she ran to the station", "she won to the station"), encoding="utf8")
+    return path
+
+
+def test_iter_docs_refuses_a_shard_of_another_run_with_the_same_size_and_lines(tmp_path, corpus, pipeline):
+    """A shard of a run of the input edited since (or of another model) has the same input lines,
+    and its size can agree by chance (it did for "ran" -> "won" with another tiny model): it was read
+    as this output's, its text and vectors another run's. Each shard's sha256 is in the manifest."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
+    assert invoke("embed", _edited_corpus(tmp_path), "-o", other, "-m", pipeline, "-s", "2").exit_code == 0
+    assert [doc.user_data["line"] for doc in iter_docs(out)] == [1, 3, 5, 6, 8, 9, 10]
+    shutil.copyfile(other / SHARD.format(1), out / SHARD.format(1))
+    manifest = read_manifest(out)
+    manifest["shards"][1]["bytes"] = (out / SHARD.format(1)).stat().st_size  # (sizes that agree by chance)
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: shard-000001\.spacy has sha256 [0-9a-f]{{12}}, "
+                                         r"where its manifest says [0-9a-f]{12}: the file is another's, or was "
+                                         r"edited; embed the input again$"):
+        list(iter_docs(out))
+
+
+@pytest.mark.parametrize("edit", ["last entry", "middle entry"])
+def test_iter_docs_refuses_a_manifest_whose_shards_do_not_make_its_docs(tmp_path, corpus, pipeline, edit):
+    """A shard's entry deleted from manifest.json (the last; or one in the middle, with the
+    docs count made to agree) read as an output of fewer docs, without a word."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-s", "2").exit_code == 0
+    manifest = read_manifest(out)
+    lost = manifest["shards"].pop(-1 if edit == "last entry" else 1)
+    if edit == "middle entry":
+        manifest["docs"] -= lost["docs"]
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    message = (r"its manifest\.json lists shards of 6 docs, where it says 7 docs" if edit == "last entry" else
+               r"its manifest\.json gives shard-000002\.spacy input lines 7-9, where the shard before ends at line 3")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: {message}: a shard's entry is missing or was "
+                                         r"edited; embed the input again$"):
+        list(iter_docs(out))
+
+
+@pytest.mark.parametrize("damage", ["vectors of another width", "a token dropped", "docs of another run"])
+def test_load_npy_refuses_files_that_do_not_pair_its_rows_with_its_tokens(tmp_path, corpus, pipeline, damage):
+    """Each loaded without a word: a vectors.npy of as many rows but another width (another
+    model's); a docs.jsonl record edited to list one token fewer than its rows (every row
+    after it read as the next token's); the docs.jsonl of a run of the input edited since
+    (the same size and rows, another text)."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline, "-f", "npy").exit_code == 0
+    if damage == "vectors of another width":
+        rows, width = numpy.load(out / "vectors.npy").shape
+        numpy.save(out / "vectors.npy", numpy.zeros((rows, width + 8), dtype="float32"))
+        message = rf"vectors\.npy holds rows of {width + 8} values, its manifest says {width}: the file is " \
+                  "another model's, or was edited"
+    elif damage == "a token dropped":
+        records = [json.loads(line) for line in (out / "docs.jsonl").read_text(encoding="utf8").splitlines()]
+        records[1]["tokens"] = records[1]["tokens"][1:]
+        (out / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
+        n = records[1]["end"] - records[1]["start"]
+        message = rf"docs\.jsonl: the doc of input line 3 lists {n - 1} tokens for its {n} rows: the file was edited"
+    else:
+        other = tmp_path / "other"
+        assert invoke("embed", _edited_corpus(tmp_path), "-o", other, "-m", pipeline, "-f", "npy").exit_code == 0
+        assert (other / "docs.jsonl").stat().st_size == (out / "docs.jsonl").stat().st_size
+        shutil.copyfile(other / "docs.jsonl", out / "docs.jsonl")
+        message = r"docs\.jsonl has sha256 [0-9a-f]{12}, where its manifest says [0-9a-f]{12}: the file is another's"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(out))}: {message}"):
+        load_npy(out)
+
+
+@pytest.mark.parametrize("flag", [[], ["--resume"], ["--overwrite"]])
+def test_an_output_whose_manifest_was_cut_is_refused_naming_its_manifest(tmp_path, corpus, pipeline, flag):
+    """A complete output whose manifest.json was cut (or hand-edited into invalid JSON) was
+    called "a non-empty directory that is not a spacy-ctxembed output; choose another path":
+    its owner was sent looking elsewhere. It is still never replaced, and the error names
+    the manifest."""
+    out = tmp_path / "out"
+    assert invoke("embed", corpus, "-o", out, "-m", pipeline).exit_code == 0
+    data = (out / MANIFEST).read_bytes()
+    (out / MANIFEST).write_bytes(data[: len(data) // 2])
+    files = sorted((p.name, p.read_bytes()) for p in out.iterdir())
+    again = invoke("embed", corpus, "-o", out, "-m", pipeline, *flag)
+    assert again.exit_code == 2
+    assert last_line(again.stderr) == (
+        f"error: --output {out}: its manifest.json is not an embed output's (not JSON, cut, or another tool's); it "
+        "is never replaced: put the manifest back, or remove the directory to embed into it again, or choose "
+        "another path")
+    assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == files

@@ -15,6 +15,7 @@ on after the last committed input line.
 """
 import contextlib
 import datetime
+import hashlib
 import itertools
 import json
 import os
@@ -42,6 +43,7 @@ from ..embedded import (
     shard_size_difference,
 )
 from ..fileio import (
+    file_sha256,
     fsync_dir,
     model_difference,
     read_json,
@@ -252,6 +254,14 @@ class Run:
             raise UsageError(f"--output {output} is a symbolic link; give the path it points to")
         if state == "file":
             raise UsageError(f"--output {output} is a file; embed writes a directory (see docs/cli.md)")
+        if state == "foreign" and (output / MANIFEST).is_file():
+            # (an output whose manifest was cut or hand-edited into invalid JSON: "not an
+            # output" sent its owner looking elsewhere for what is wrong)
+            raise UsageError(
+                f"--output {output}: its {MANIFEST} is not an embed output's (not JSON, cut, or another tool's); "
+                "it is never replaced: put the manifest back, or remove the directory to embed into it again, "
+                "or choose another path"
+            )
         if state == "foreign":
             raise UsageError(
                 f"--output {output} is a non-empty directory that is not a spacy-ctxembed output; "
@@ -585,7 +595,10 @@ def _model_named(model: Optional[str]) -> str:
 def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:
     try:
         if fmt == "docbin":
-            return (directory / shard["file"]).stat().st_size == shard["bytes"]
+            # (the checksum too: a file of the same size with other bytes, another run's
+            # shard say, was kept, and the finished output failed its readers' check)
+            path, written = directory / shard["file"], shard.get("sha256")
+            return path.stat().st_size == shard["bytes"] and (written is None or file_sha256(path) == written)
         width = shard["width"]
         vectors_size = (directory / VECTORS).stat().st_size
         docs_size = (directory / DOCS).stat().st_size
@@ -670,12 +683,14 @@ class DocBinWriter(ShardWriter):
         name = SHARD.format(len(self.run.committed.shards))
         data = self.doc_bin.to_bytes()
         write_atomic(self.run.dir / name, data)
-        self.run.commit(self._shard_record(file=name, bytes=len(data)))
+        # (sha256: a shard of another run, of an input edited since or another model, can
+        # have the same size and input lines; `iter_docs` holds each shard to its checksum.)
+        self.run.commit(self._shard_record(file=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
         self.doc_bin = DocBin(store_user_data=True)
 
     def manifest(self) -> Dict[str, Any]:
         shards = [
-            {k: s[k] for k in ("file", "first_line", "last_line", "docs", "tokens", "bytes")}
+            {k: s[k] for k in ("file", "first_line", "last_line", "docs", "tokens", "bytes", "sha256") if k in s}
             for s in self.run.committed.shards
         ]
         return {**super().manifest(), "shards": shards}
@@ -723,8 +738,11 @@ class NpyWriter(ShardWriter):
         self.vectors.write(npy_header(self.rows, self.width or 0))
         self.vectors.flush()
         os.fsync(self.vectors.fileno())
+        self.docs.flush()
+        # (docs_sha256: another run's docs.jsonl, of an input edited since, can have the same
+        # size and rows; `load_npy` holds it to its checksum.)
         return {**super().manifest(), "rows": self.rows, "docs_bytes": self.docs.tell(),
-                "files": {"vectors": VECTORS, "docs": DOCS}}
+                "docs_sha256": file_sha256(self.run.dir / DOCS), "files": {"vectors": VECTORS, "docs": DOCS}}
 
     def close(self) -> None:
         self.vectors.close()
