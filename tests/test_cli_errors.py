@@ -157,6 +157,14 @@ def test_output_of_the_wrong_kind_is_refused_before_embedding(tmp_path, text_fil
         "choose another path (it is never replaced)"
     )
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    # Another tool's manifest.json (valid JSON): not an embed output whose manifest was cut,
+    # so its owner is not told to remove the directory.
+    (folder / "manifest.json").write_text('{"name": "my web app", "version": "1.0"}')
+    assert _one_error(invoke("embed", text_file, "-o", folder, "--overwrite")) == (
+        f"error: --output {folder} is a non-empty directory that is not a spacy-ctxembed output; "
+        "choose another path (it is never replaced)"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "notes.txt"]
     # Under a file: mkdir's own reason ("File exists") named nothing that was wrong.
     under = existing / "sub" / "out"
     assert _one_error(invoke("embed", text_file, "-o", under)) == (

@@ -1795,7 +1795,7 @@ def test_an_output_whose_manifest_was_cut_is_refused_naming_its_manifest(tmp_pat
     again = invoke("embed", corpus, "-o", out, "-m", pipeline, *flag)
     assert again.exit_code == 2
     assert last_line(again.stderr) == (
-        f"error: --output {out}: its manifest.json is not an embed output's (not JSON, cut, or another tool's); it "
-        "is never replaced: put the manifest back, or remove the directory to embed into it again, or choose "
-        "another path")
+        f"error: --output {out}: its manifest.json is not an embed output's (not JSON: cut, or edited); it is "
+        "never replaced: put the manifest back, or remove the directory to embed into it again, or choose another "
+        "path")
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == files

@@ -254,11 +254,11 @@ class Run:
             raise UsageError(f"--output {output} is a symbolic link; give the path it points to")
         if state == "file":
             raise UsageError(f"--output {output} is a file; embed writes a directory (see docs/cli.md)")
-        if state == "foreign" and (output / MANIFEST).is_file():
+        if state == "foreign" and _manifest_not_json(output):
             # (an output whose manifest was cut or hand-edited into invalid JSON: "not an
             # output" sent its owner looking elsewhere for what is wrong)
             raise UsageError(
-                f"--output {output}: its {MANIFEST} is not an embed output's (not JSON, cut, or another tool's); "
+                f"--output {output}: its {MANIFEST} is not an embed output's (not JSON: cut, or edited); "
                 "it is never replaced: put the manifest back, or remove the directory to embed into it again, "
                 "or choose another path"
             )
@@ -512,6 +512,19 @@ def _output_state(output: Path) -> str:
     if not any(output.iterdir()):
         return "empty"
     return "foreign"
+
+
+def _manifest_not_json(output: Path) -> bool:
+    """Whether OUTPUT holds a manifest.json that does not parse: an embed output's,
+    cut or edited. (Valid JSON of another layout is another tool's, in a folder
+    that is not an output: its owner is not told to remove it.)"""
+    try:
+        json.loads((output / MANIFEST).read_bytes())
+    except OSError:
+        return False
+    except ValueError:
+        return True
+    return False
 
 
 def _partial_record(partial: Path) -> Optional[Dict[str, Any]]:
