@@ -460,6 +460,106 @@ def test_a_trainable_bilstm_sends_back_the_gradient_of_its_forward_pass(elmo_fil
         assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-5, abs=1e-7)
 
 
+def _in_released_layout(grads, options):
+    """The biLM's gradients (by state-dict name) in the layout of the weights
+    file, as the reference reads it: written out here from the format
+    description, not with the package's `released_layout`."""
+    P = options.projection_dim
+    out = {"char_embed": grads["char_cnn.char_embed"], "CNN_proj/W_proj": grads["char_cnn.proj_w"],
+           "CNN_proj/b_proj": grads["char_cnn.proj_b"]}
+    for i in range(len(options.filters)):
+        out[f"CNN/W_cnn_{i}"] = grads[f"char_cnn.conv_w_{i}"].transpose(2, 1, 0)[None]  # (1, width, char_dim, n)
+        out[f"CNN/b_cnn_{i}"] = grads[f"char_cnn.conv_b_{i}"]
+    for k in range(options.n_highway):
+        for name in ("W_carry", "W_transform", "b_carry", "b_transform"):
+            out[f"CNN_high_{k}/{name}"] = grads[f"char_cnn.high_{k}_{name}"]
+    for layer in range(options.n_layers):
+        for direction in range(2):
+            prefix = f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+            w_x, w_h = grads[f"bilstm.w_x_{layer}"][direction], grads[f"bilstm.w_h_{layer}"][direction]
+            assert w_x.shape[0] == P
+            out[f"{prefix}/W_0"] = numpy.concatenate([w_x, w_h])  # rows: [input; previous output]
+            out[f"{prefix}/B"] = grads[f"bilstm.b_{layer}"][direction, 0]
+            out[f"{prefix}/W_P_0"] = grads[f"bilstm.w_p_{layer}"][direction]
+    return out
+
+
+def test_a_trainable_elmo_sends_each_weight_the_gradient_of_the_reference(elmo_files):
+    """What a trained ctxembed_elmo's listeners send back, as the gradient of
+    every biLM weight (character embeddings, convolutions, highway,
+    projection, both LSTM layers), against float64 central differences of the
+    NumPy reference (`elmo_reference`) along a random direction per group of
+    weights, over docs with several sentences and whitespace tokens, two
+    listeners (of the layers and of the scalar mix's vectors) and the scalar
+    mix. The test above checks the biLSTM's gradient for its inputs only: a
+    character CNN or an output write cut from the graph still lets the LSTM
+    weights move, so the training tests pass, with a wrong gradient."""
+    from spacy.training import Example
+
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(elmo_files[0]), weight_file=str(elmo_files[1]),
+                                                    trainable=True, combine="scalar_mix"))
+    listeners = {"tagger_a": (True, 0.5), "tagger_b": (False, 1.0)}  # (mix_layers, grad_factor)
+    for name, (mix_layers, factor) in listeners.items():
+        tok2vec = {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 8, "mix_layers": mix_layers,
+                   "grad_factor": factor}
+        nlp.add_pipe("tagger", name=name, config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": tok2vec}})
+    docs = [nlp.get_pipe("sentencizer")(nlp.make_doc(text))
+            for text in ["The cat  sat. On the mat\n\nwith naïve café owners !", "Short", "Another one , longer ."]]
+    examples = [Example.from_dict(doc, {"tags": ["X"] * len(doc)}) for doc in docs]
+    nlp.initialize(lambda: examples)
+    component = nlp.get_pipe("ctxembed_elmo")
+    s, gamma = numpy.array([-0.5, 0.2, 0.8]), 1.4
+    component.combiner.set_param("s", s.astype("f"))
+    component.combiner.set_param("gamma", numpy.array([gamma], dtype="f"))
+    component.update(examples)
+    rng = numpy.random.default_rng(0)
+    sent = {}
+    for name in listeners:
+        node = next(n for n in nlp.get_pipe(name).model.walk() if isinstance(n, ContextualListenerNode))
+        outputs, backprop = node.begin_update(docs)
+        sent[name] = [rng.standard_normal(y.shape).astype("f") for y in outputs]
+        backprop(sent[name])
+    shim = component.encoder.shims[0]
+    # (A weight the gradient did not reach has none: zero, which the check below refuses.)
+    grads = _in_released_layout({k: numpy.zeros(tuple(p.shape)) if p.grad is None else p.grad.double().numpy()
+                                 for k, p in shim._model.named_parameters()},
+                                shim.get_options())
+
+    reference = ReferenceElmo(*elmo_files)
+    mix = numpy.exp(s) / numpy.exp(s).sum()
+
+    def loss():
+        total = 0.0
+        for i, doc in enumerate(docs):
+            layers = numpy.zeros((3, len(doc), 16))
+            for sentence in doc.sents:
+                words = [t for t in sentence if not t.is_space]
+                layers[:, [t.i for t in words]] = reference([t.text for t in words])
+            vectors = gamma * numpy.tensordot(mix, layers, axes=(0, 0))
+            total += sum(factor * ((layers if mix_layers else vectors) * sent[name][i]).sum()
+                         for name, (mix_layers, factor) in listeners.items())
+        return total
+
+    weights, eps = reference.w, 1e-5
+    groups = {"characters": ["char_embed"], "convolutions": ["CNN/"], "highway": ["CNN_high_"],
+              "projection": ["CNN_proj"], "lstm 0": ["Cell0"], "lstm 1": ["Cell1"]}
+    for group, marks in groups.items():
+        direction = {k: rng.standard_normal(w.shape) for k, w in weights.items() if any(m in k for m in marks)}
+        if "char_embed" in direction:
+            direction["char_embed"][0] = 0  # (the padding row, the reference's own)
+        numeric = []
+        for sign in (1, -1):
+            reference.w = {k: w + sign * eps * direction[k] if k in direction else w for k, w in weights.items()}
+            numeric.append(loss())
+        analytic = sum(float((grads[k] * v).sum()) for k, v in direction.items())
+        assert analytic == pytest.approx((numeric[0] - numeric[1]) / (2 * eps), rel=1e-4), group
+
+
 def test_spans_and_the_doc_around_whitespace_tokens(nlp_elmo):
     # Whitespace tokens have no vector (zero rows): a span or doc with a word has
     # one, its vector the mean of its words' rows only; a span of whitespace alone has none.
