@@ -440,3 +440,55 @@ def test_a_report_keeps_user_files_named_like_its_own_plus_a_suffix(run, tmp_pat
     write_report(analysis, target)  # a second run removes the first one's files, and no other
     assert all((target / name).read_bytes() == data for name, data in mine.items())
     assert {"analysis.json", "report.html", "contextuality.png", "wic.png"} <= {p.name for p in target.iterdir()}
+
+
+def test_an_empty_wic_eval_folder_is_refused_before_anything_is_embedded(tmp_path, tiny_bert_dir, tmp_path_factory):
+    """--wic-eval of a folder whose files hold no pair: one usage line naming the option and the folder,
+    before the corpus is embedded. Before: "error: ValueError: no WiC sentence was embedded", exit 1,
+    once the corpus had been embedded."""
+    empty = tmp_path / "wic-empty"
+    empty.mkdir()
+    (empty / "dev.data.txt").write_text("", encoding="utf8")
+    (empty / "dev.gold.txt").write_text("", encoding="utf8")
+    result = invoke("analyze", write_corpus(tmp_path), "-o", tmp_path / "out",
+                    "--model", saved_pipeline(tiny_bert_dir, tmp_path_factory),
+                    "--wic-train", write_wic(tmp_path / "wic"), "--wic-eval", empty, "--folds", "2")
+    assert result.exit_code == 2, result.stderr
+    assert error_lines(result.stderr) == [f"error: --wic-eval {empty}: no pairs in dev.data.txt (only blank lines, "
+                                          "or empty)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_is_printed_when_the_report_cannot_be_written(tmp_path, tiny_bert_dir, tmp_path_factory,
+                                                                  monkeypatch):
+    """A report that fails to be written at the end of a run (a full disk) is an error, but the run's numbers
+    still reach stdout; they were printed only after the report was written, so they were lost with it."""
+    import spacy_ctxembed.analysis as analysis
+
+    def full_disk(result, outdir):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(analysis, "write_report", full_disk)
+    result = invoke("analyze", write_corpus(tmp_path), "-o", tmp_path / "out",
+                    "--model", saved_pipeline(tiny_bert_dir, tmp_path_factory))
+    assert result.exit_code == 1
+    assert "No space left on device" in error_lines(result.stderr)[-1]
+    assert result.stdout.startswith(f"== {saved_pipeline(tiny_bert_dir, tmp_path_factory)} (component ")
+    assert "\n    2  " in result.stdout  # the per-layer table, to its last layer
+
+
+def test_compared_pipelines_wic_panels_share_one_accuracy_scale():
+    """--compare draws one WiC panel per pipeline. Each had its own y range, so a curve spanning 0.50-0.60
+    filled its panel as one spanning 0.43-0.60 did the other's: the heights side by side were not comparable."""
+    def pipeline(label, accuracies):
+        scores = {"layers": [{"layer": i, "accuracy": a} for i, a in enumerate(accuracies)],
+                  "mean_of_layers": {"accuracy": float(np.mean(accuracies))},
+                  "scalar_mix": {"accuracy": max(accuracies)}}
+        return {"label": label, "pooling": "mean", "wic": {"mean": scores}}
+
+    wic = {"protocol": "3-fold cross-validation", "majority_baseline": {"majority_label": "F", "majority_rate": 0.6}}
+    figure = wic_figure([pipeline("a", [0.6, 0.43, 0.5]), pipeline("b", [0.7, 0.72, 0.71])], wic)
+    first, second = figure.axes
+    assert first.get_ylim() == second.get_ylim()
+    low, high = first.get_ylim()
+    assert low <= 0.43 and high >= 0.72

@@ -28,7 +28,7 @@ from spacy_ctxembed.analysis import (
     target_vectors,
     write_report,
 )
-from spacy_ctxembed.analysis.run import contextuality, empty_measure_notes
+from spacy_ctxembed.analysis.run import _Plan, contextuality, empty_measure_notes
 from spacy_ctxembed.analysis.source import (
     all_layer_edits,
     edited_config,
@@ -660,3 +660,62 @@ def test_analysis_json_has_no_infinity_either():
     got = jsonable(value)
     assert got == {"a": None, "1": [None, None, [3, 0.5]], "s": "inf"}
     assert json.loads(json.dumps(got, allow_nan=False)) == got
+
+
+@pytest.mark.parametrize("setting, value, option", [("words", "ran", "--word"), ("poolings", "first", "--pooling")])
+def test_a_string_for_a_list_setting_is_refused(setting, value, option):
+    """AnalysisSettings(words="ran") explored "r", "a" and "n" without a word of warning (a string is a
+    sequence of letters); poolings="first" said "--pooling 'f': expected one of ...". Each is refused by name."""
+    with pytest.raises(AnalysisInputError, match=rf"^{option} '{value}': AnalysisSettings\.{setting} takes a list"):
+        AnalysisSettings(**{setting: value}).check()
+    AnalysisSettings(**{setting: [value]}).check()
+
+
+def test_poolings_an_elmo_pipeline_cannot_try_are_said_not_to_be_tried(tmp_path):
+    """--pooling with an ELMo pipeline: ELMo has no pooling modes, so none is tried; before, nothing said so
+    while analysis.json's settings listed them as if they had been."""
+    from spacy_ctxembed.analysis.run import _plan
+
+    options, weights = write_elmo_fixture(tmp_path / "elmo")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(options_file=str(options), weight_file=str(weights)))
+    plan = _plan(PipelineSource(config=nlp.config), AnalysisSettings(poolings=["first"]))
+    assert plan.modes == [None]
+    assert plan.notes == ["--pooling ['first']: not tried on this pipeline: ctxembed_elmo has no pooling modes "
+                          "(one vector a token)"]
+    assert _plan(PipelineSource(config=nlp.config), AnalysisSettings()).notes == []
+
+
+#: A plan for `analyze` with the model-reading `_plan` replaced (its component set per source).
+_STUB_PLAN = _Plan(name="", factory="ctxembed_bert", layer_ids=[0], configured_layers=[0], explore_layers=None,
+                   modes=["mean"], block={}, python_block={}, edits=[], notes=[], max_length=10**6)
+
+
+def test_pipelines_that_share_a_label_are_told_apart(tmp_path, monkeypatch):
+    """The label names a pipeline in the plots' legends, the report's tables and the summary. A loaded Config
+    was labelled "all-MiniLM-L6-v2 (embedded default)" whatever it held, and two components of one pipeline
+    (--model X --compare X --compare-component other) had one label: two curves and tables of one name."""
+    import spacy_ctxembed.analysis.run as run
+
+    config = spacy.blank("en").config
+    assert PipelineSource(config=config).label == "a config given in Python"
+
+    def plan(source, settings):
+        return dataclasses.replace(_STUB_PLAN, name=source.component)
+
+    monkeypatch.setattr(run, "_plan", plan)
+    monkeypatch.setattr(run, "analyze_pipeline", lambda source, *args, plan, **kwargs: {
+        "label": source.label, "component": plan.name, "source": source.describe()})
+    sources = [PipelineSource(model="saved", component="top"), PipelineSource(model="saved", component="low"),
+               PipelineSource(model="other")]
+    pipelines = analyze(read_corpus(write_corpus(tmp_path)), sources, AnalysisSettings())["pipelines"]
+    assert [p["label"] for p in pipelines] == ["saved [pipeline 1, component top]",
+                                               "saved [pipeline 2, component low]", "other"]
+    assert [p["source"]["label"] for p in pipelines] == ["saved", "saved", "other"]  # as given
+
+
+
+def test_analyze_refuses_an_empty_list_of_pipelines(tmp_path):
+    """`analyze(corpus, [], ...)` returned no pipelines, which write_report wrote as an empty report."""
+    with pytest.raises(AnalysisInputError, match=r"^no pipeline to analyse: `sources` is empty"):
+        analyze(read_corpus(write_corpus(tmp_path)), [], AnalysisSettings())

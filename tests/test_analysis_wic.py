@@ -390,6 +390,16 @@ def test_read_wic_directory_errors(tmp_path):
         read_wic(tmp_path / "nogold")
 
 
+def test_a_wic_folder_without_pairs_is_refused_naming_it(tmp_path):
+    """Data and gold files with no pair (empty, or blank lines only) are refused when read. Before, as
+    --wic-eval it failed after the corpus was embedded ("ValueError: no WiC sentence was embedded", exit 1,
+    naming no folder), and as --wic-train it said "its pairs have 0 T and 0 F labels"."""
+    directory = _write_wic(tmp_path / "wic", [], [])
+    (directory / "train.data.txt").write_text("\n \n", encoding="utf8")
+    with pytest.raises(AnalysisInputError, match=r"^--wic-eval .*wic: no pairs in train\.data\.txt"):
+        read_wic(directory, "--wic-eval")
+
+
 def test_read_wic_reads_every_data_file_of_the_folder(tmp_path):
     rows = [row for row, _ in wic_pairs()]
     gold = ["T" if same else "F" for _, same in wic_pairs()]

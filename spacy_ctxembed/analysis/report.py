@@ -168,7 +168,8 @@ def wic_figure(pipelines: Sequence[dict], wic: dict) -> "Figure":
     figure = Figure(figsize=(5.5 * len(shown) + 1, 4.8), layout="constrained")
     figure.suptitle(f"WiC accuracy: {wic['protocol']}", fontsize=9)
     baseline = wic["majority_baseline"]
-    axes = figure.subplots(1, len(shown), squeeze=False)[0]
+    # one y scale for every panel: pipelines side by side are compared by the height of their curves
+    axes = figure.subplots(1, len(shown), squeeze=False, sharey=True)[0]
     for ax, pipeline in zip(axes, shown):
         # in grey: what answering one label for every pair scores; a rule is worth its margin over it
         ax.axhline(baseline["majority_rate"], color="0.5", linestyle="-.",

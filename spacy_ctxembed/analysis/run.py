@@ -126,6 +126,11 @@ class AnalysisSettings:
     def check(self) -> None:
         """Raise `AnalysisInputError` naming the first setting out of range (by its CLI option)."""
         self._zero_is_all()
+        for option, name in (("--word", "words"), ("--pooling", "poolings")):
+            # (a string is a sequence too: words="ran" explored "r", "a" and "n", silently)
+            if isinstance(getattr(self, name), str):
+                raise AnalysisInputError(f"{option} {getattr(self, name)!r}: AnalysisSettings.{name} takes a list "
+                                         f"of them, not a string")
         minimums = {"--min-count": (self.min_count, 2), "--anisotropy-pairs": (self.n_pairs, 1),
                     "--max-occurrences": (self.max_occurrences, 2), "--batch-size": (self.batch_size, 1),
                     "--wic-batch-size": (self.wic_batch_size, 1),
@@ -164,6 +169,9 @@ def analyze(
     against them).
     """
     settings.check()
+    if not sources:  # (an empty report was written, its plot warning of no legend)
+        raise AnalysisInputError("no pipeline to analyse: `sources` is empty (PipelineSource() is the embedded "
+                                 "default)")
     spellings: Dict[str, str] = {}  # (the first spelling given of each word, for its note)
     for word in settings.words:
         spellings.setdefault(word_form(word), word)
@@ -195,6 +203,7 @@ def analyze(
         pipelines = [analyze_pipeline(source, corpus, settings, wic_train=wic_train, wic_eval=wic_eval, plan=plan,
                                       input_notes=input_notes, spellings=spellings)
                      for source, plan in zip(sources, plans)]
+    distinct_labels(pipelines)
     return {
         "version": 2,  # 2: thresholds may be "all_same"/"all_different"; majority baselines
         # the file; what each pipeline analysed (its tokens, sentences) is in its own corpus_* keys
@@ -202,6 +211,16 @@ def analyze(
         "settings": asdict(settings), "wic": _wic_inputs(settings, wic_train, wic_eval), "pipelines": pipelines,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def distinct_labels(pipelines: Sequence[dict]) -> None:
+    """Make the pipelines' labels, which name them in the plots, tables and summary, distinct: a label that
+    two share (one pipeline's two components, --model X --compare X) gets the pipeline's number and
+    component ("source" keeps the label as given)."""
+    labels = [pipeline["label"] for pipeline in pipelines]
+    for number, pipeline in enumerate(pipelines, start=1):
+        if labels.count(pipeline["label"]) > 1:
+            pipeline["label"] = f"{pipeline['label']} [pipeline {number}, component {pipeline['component']}]"
 
 
 def explorer_words(words: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -286,6 +305,9 @@ def _plan(source: PipelineSource, settings: AnalysisSettings) -> _Plan:
     layer_ids = list(range(n_layers)) if n_layers else [-1]
     configured = encoder_settings(as_configured, name).get("layers", [-1])
     modes = pooling_modes(as_configured, name, settings.poolings)
+    if settings.poolings and modes == [None]:  # (recorded in analysis.json's settings, as if they were tried)
+        notes.append(f"--pooling {settings.poolings}: not tried on this pipeline: {factory_of(as_configured, name)} "
+                     "has no pooling modes (one vector a token)")
     edits = all_layer_edits(as_configured, name, layer_ids, modes[0])
     if source.config is not None:
         edited_config(source.config, edits, source.option)  # (refused now, not after another pipeline's run)

@@ -87,6 +87,8 @@ class PipelineSource:
             return str(self.model)
         if self.config_path is not None:
             return str(self.config_path)
+        if self.config is not None:  # (a loaded Config was labelled as the embedded default)
+            return "a config given in Python"
         return "all-MiniLM-L6-v2 (embedded default)"
 
     def describe(self) -> dict:

@@ -140,6 +140,10 @@ def read_wic(directory: Path, option: str = "--wic-train") -> WicData:
         if not gold_file.is_file():
             raise AnalysisInputError(f"{option} {directory}: {data_file.name} has no {gold_file.name} next to it")
         rows += _read_pairs(data_file, gold_file, option)
+    if not rows:
+        # (--wic-eval failed after the corpus was embedded, "no WiC sentence was embedded", naming no folder)
+        raise AnalysisInputError(f"{option} {directory}: no pairs in {', '.join(f.name for f in data_files)} "
+                                 "(only blank lines, or empty)")
     sentences: Dict[Tuple[str, ...], int] = {}
     sides = [tuple(row[1]) for row in rows] + [tuple(row[3]) for row in rows]
     sentence_of = [sentences.setdefault(words, len(sentences)) for words in sides]

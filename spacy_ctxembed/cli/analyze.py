@@ -124,10 +124,11 @@ def analyze(
             sources.append(other)
         require_gpu(gpu_id)
         result = run_analysis(corpus_data, sources, settings, wic_train=train, wic_eval=evaluation)
+        # printed first: a report that cannot be written (a full disk) does not take the run's numbers with it
+        typer.echo(summary(result))
         written = write_report(result, output)
     except AnalysisInputError as e:
         raise UsageError(str(e)) from e
-    typer.echo(summary(result))
     n_plots = sum(1 for path in written if path.suffix == ".png")
     typer.echo(f"wrote analysis.json, {n_plots} plots and report.html to {output} ({result['seconds']:.0f} s)",
                err=True)
