@@ -180,6 +180,24 @@ def test_disabled_upstream_in_memory_says_so(tiny_bert_dir):
     assert [t.tag_ for t in nlp(TEXT)] == TAGS
 
 
+@pytest.mark.parametrize("flow", ["initialized", "trained", "initialized-frozen-then-trained"])
+@pytest.mark.parametrize("how", ["disable_pipe", "remove_pipe"])
+def test_the_docs_the_tagger_was_initialized_on_get_no_zeros_once_it_is_initialized(tiny_bert_dir, flow, how):
+    """spaCy initialises the tagger on the docs of the examples it is given
+    (`eg.predicted`), and only there may the listener give zeros. Those docs
+    stay the caller's: run through the pipeline later with the upstream
+    disabled or removed, they were tagged from zeros without a word, where any
+    other doc is refused. The pipeline is linked again at the end of
+    nlp.initialize (without a disabled upstream), and training comes after it."""
+    nlp, examples = _pipeline(tiny_bert_dir, disabled_at_initialize=flow.startswith("initialized-frozen"))
+    if flow != "initialized":
+        nlp.update(examples, sgd=nlp.resume_training())  # (trained, not annotating: the docs get no outputs)
+    removed = getattr(nlp, how)("ctxembed_bert")  # (the removed component kept, as a caller may)
+    with pytest.raises(ValueError, match=NOT_RUN):
+        nlp(examples[0].predicted)
+    assert removed is None or removed[0] == "ctxembed_bert"
+
+
 @pytest.mark.parametrize("exclude", [[], ["ctxembed_bert", "tagger"]], ids=["both-trained", "both-frozen"])
 def test_a_listening_component_that_annotates_without_its_upstream_is_told_why(tiny_bert_dir, exclude):
     """A tagger in `annotating_components` whose upstream is not: the upstream

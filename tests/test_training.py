@@ -849,15 +849,26 @@ def test_a_listener_gives_zeros_of_its_upstreams_shape_for_the_docs_it_was_initi
     """The docs spaCy initialises a listening component on never went through
     the upstream: the listener gives them zeros of the upstream's shape (as
     spaCy's Tok2VecListener does), features from nothing that must not be
-    anything but zero."""
+    anything but zero. (While it initialises it: afterwards they are docs like
+    any other, see test_listener_loading.)"""
     from spacy_ctxembed.models.listener import ContextualListenerNode
 
     nlp, examples = _pipeline(tiny_bert_dir)
     node = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    given, forward = [], node._func
+
+    def recorded(model, docs, is_train):
+        outputs, backprop = forward(model, docs, is_train)
+        given.append((docs, outputs))
+        return outputs, backprop
+
+    node._func = recorded
+    nlp.initialize(lambda: examples)
     sample = examples[0].predicted  # (the doc the tagger was initialised on)
-    (zeros,) = node.predict([sample])
-    assert zeros.shape == (3, len(WORDS), 32)  # layers [0, 1, 2] of the tiny BERT
-    assert not numpy.asarray(zeros).any()
+    assert given and all(docs == [sample] for docs, _ in given)
+    for _, (zeros,) in given:
+        assert zeros.shape == (3, len(WORDS), 32)  # layers [0, 1, 2] of the tiny BERT
+        assert not numpy.asarray(zeros).any()
 
 
 def test_a_listener_of_concatenated_vectors_is_sized_to_their_width(tiny_bert_dir):

@@ -42,6 +42,12 @@ class SampleDocsModel(Model):
     def remember_samples(self, docs: List[Doc]) -> None:
         self._samples = {id(doc): weakref.ref(doc) for doc in docs if isinstance(doc, Doc)}
 
+    def forget_samples(self) -> None:
+        """Its component is initialised: the sample docs are the caller's (the
+        examples' `eg.predicted`), and run through the pipeline later without
+        the upstream they are docs like any other, not ones to give zeros."""
+        self._samples = {}
+
     def is_sample(self, doc: Doc) -> bool:
         # An id alone could be a new doc's at a freed one's address: the weak
         # reference says whether it is the same doc.

@@ -467,6 +467,8 @@ class ContextualListenerNode(SampleDocsModel):
 def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: bool) -> Tuple[list, Callable]:
     if model._load_refused is not None:
         raise ValueError(f"{model._load_refused} (the load failed, and left this component's weights half loaded)")
+    if is_train:  # (its component is initialized: see `forget_samples`)
+        model.forget_samples()
     if is_train and model._batch_id is not None:
         model.verify_inputs(docs)
         return list(model._outputs or []), model.backprop_and_clear

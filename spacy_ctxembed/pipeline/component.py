@@ -33,6 +33,7 @@ from thinc.util import to_numpy
 from ..batching import InFlight, computed_ahead, on_caller_devices
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..finite import FiniteCheck, refuse_non_finite
+from ..layers.read_ctx_layers import SampleDocsModel
 from ..layers.scalar_mix import is_plain_mean
 from ..models.elmo_weights import ElmoFileError
 from ..models.embedder import (
@@ -292,6 +293,10 @@ class ContextualEmbedder(TrainablePipe):
         names = ("*", self.name)
         if isinstance(getattr(component, "model", None), Model):
             for node in component.model.walk():
+                if isinstance(node, SampleDocsModel):
+                    # spaCy links the pipeline after initializing it (and at each change
+                    # since): the docs it initialized `component` on get no zeros now.
+                    node.forget_samples()
                 if isinstance(node, ContextualListenerNode) and node.upstream_name in names:
                     self.add_listener(node, component.name)
                 elif isinstance(node, ContextualListenerNode):
