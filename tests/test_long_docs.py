@@ -87,3 +87,35 @@ def test_batched_docs_equal_one_at_a_time(minilm_dir):
     alone = [nlp(t)._.ctx_vectors for t in texts]
     for a, b in zip(together, alone):
         numpy.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_one_token_longer_than_a_window_pools_each_piece_from_the_window_that_owns_it(minilm_dir, hf_reference):
+    """A custom tokenizer (or `Doc(words=...)`) may give one token of 2,000
+    characters, 310 pieces: more than a window and than the overlap, so the
+    windows are cut inside it. Its vector is the mean over its pieces of each
+    piece's state in the window that owns it (the middle of each overlap: the
+    left window on a tie), against `transformers` on those windows. Only
+    tokens that win their window clearly were checked against `transformers`
+    before, and the 5,000-character tokens of test_odd_input for their shape."""
+    from spacy.tokens import Doc
+
+    tokenizer, model = hf_reference
+    window, stride = 64, 40
+    nlp = make_nlp(minilm_dir, window=window, stride=stride)
+    long_token = ("significance." * 200)[:2000]
+    doc = nlp(Doc(nlp.vocab, words=[long_token], spaces=[False]))
+    ids = tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"]
+    n = len(ids)
+    assert n > 4 * window
+    starts = list(range(0, n - window, stride)) + [n - window]
+    owned = numpy.zeros((n, 384))
+    for s in starts:
+        input_ids = torch.tensor([[tokenizer.cls_token_id] + ids[s : s + window] + [tokenizer.sep_token_id]])
+        with torch.no_grad():
+            states = model(input_ids=input_ids).last_hidden_state[0, 1:-1].double().numpy()
+        for p in range(s, s + window):
+            # The window where piece p has the most context on both sides; the earlier one on a tie.
+            best = max((w for w in starts if w <= p < w + window), key=lambda w: (min(p - w, w + window - 1 - p), -w))
+            if best == s:
+                owned[p] = states[p - s]
+    numpy.testing.assert_allclose(doc._.ctx_vectors[0], owned.mean(axis=0), atol=1e-4, rtol=0)
