@@ -58,6 +58,18 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def exact_bert_dir(tiny_bert_dir, tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: its training forward pass is a function of the weights."""
+    from transformers import AutoTokenizer, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+                              ).save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def nlp_default():
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config=ctx_config(store_layers=True, layers=[0, 3, -1]))
@@ -100,6 +112,23 @@ def make_nlp(model_dir, factory="ctxembed_bert", **settings):
     nlp.add_pipe(factory, config=ctx_config(name=model_dir, **settings))
     nlp.initialize()
     return nlp
+
+
+def send_random_gradients(nlp, names, docs, seed=0):
+    """Each listening component of `names` takes `docs` through its listener
+    (after its upstream's `update`) and sends back a random gradient:
+    {name: (the listener's outputs, the gradient sent)}."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    rng = numpy.random.default_rng(seed)
+    sent = {}
+    for name in names:
+        node = next(n for n in nlp.get_pipe(name).model.walk() if isinstance(n, ContextualListenerNode))
+        outputs, backprop = node.begin_update(docs)
+        d_outputs = [rng.standard_normal(y.shape).astype("f") for y in outputs]
+        backprop(d_outputs)
+        sent[name] = (outputs, d_outputs)
+    return sent
 
 
 def run_in_threads(n, target):

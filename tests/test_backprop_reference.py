@@ -16,9 +16,7 @@ import spacy
 import torch
 from spacy.training import Example
 
-from spacy_ctxembed.models.listener import ContextualListenerNode
-
-from .conftest import ctx_config
+from .conftest import ctx_config, send_random_gradients
 from .reference import token_pieces
 
 TEXTS = ["Unbelievably  heterogeneous tokenization works\n\nwonderfully , antidisestablishmentarianism !",
@@ -29,18 +27,6 @@ WINDOW = 8
 #: The listening components: whether each mixes the layers itself (else it
 #: reads the vectors), and its grad_factor.
 LISTENERS = {"tagger_a": (True, 0.5), "tagger_b": (False, 2.0), "tagger_c": (True, -1.5)}
-
-
-@pytest.fixture(scope="module")
-def exact_bert_dir(tiny_bert_dir, tmp_path_factory):
-    """The tiny BERT without dropout: its training forward pass is a function of the weights."""
-    from transformers import AutoTokenizer, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-                              ).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
-    return path
 
 
 def _listener(**settings):
@@ -76,14 +62,7 @@ def test_encoder_and_mix_gradients_match_autograd_through_transformers(exact_ber
     docs = [eg.predicted for eg in examples]
 
     component.update(examples)
-    rng = numpy.random.default_rng(0)
-    sent = {}
-    for name in LISTENERS:
-        node = next(n for n in nlp.get_pipe(name).model.walk() if isinstance(n, ContextualListenerNode))
-        outputs, backprop = node.begin_update(docs)
-        d_outputs = [rng.standard_normal(y.shape).astype("f") for y in outputs]
-        backprop(d_outputs)
-        sent[name] = (outputs, d_outputs)
+    sent = send_random_gradients(nlp, LISTENERS, docs)
     grads = {k: p.grad for k, p in component.encoder.shims[0]._model.named_parameters() if p.grad is not None}
 
     tokenizer = AutoTokenizer.from_pretrained(exact_bert_dir)

@@ -97,18 +97,6 @@ def test_released_tok2vec_at_grad_factor_zero_leaves_its_encoder_alone(tiny_bert
     assert all(torch.equal(before[k], v) for k, v in module.named_parameters())
 
 
-@pytest.fixture(scope="module")
-def exact_bert_dir(tiny_bert_dir, tmp_path_factory):
-    """The tiny BERT without dropout: its training forward pass is a function of the weights."""
-    from transformers import AutoTokenizer, BertModel
-
-    path = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    BertModel.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-                              ).save_pretrained(path, safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(path)
-    return path
-
-
 def test_a_step_asked_for_before_the_backward_pass_follows_it(exact_bert_dir):
     """`nlp.update(examples, sgd=...)` calls the component's finish_update right
     after its update, before its listeners call back. Each step must be plain
