@@ -714,7 +714,6 @@ def test_pipelines_that_share_a_label_are_told_apart(tmp_path, monkeypatch):
     assert [p["source"]["label"] for p in pipelines] == ["saved", "saved", "other"]  # as given
 
 
-
 def test_analyze_refuses_an_empty_list_of_pipelines(tmp_path):
     """`analyze(corpus, [], ...)` returned no pipelines, which write_report wrote as an empty report."""
     with pytest.raises(AnalysisInputError, match=r"^no pipeline to analyse: `sources` is empty"):

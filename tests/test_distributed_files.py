@@ -436,8 +436,6 @@ def test_rows_whose_tokens_do_not_rebuild_the_text_are_refused():
         list(docs_from_table(table, spacy.blank("en").vocab))
 
 
-
-
 def test_a_text_that_ends_in_one_space_is_rebuilt_with_it():
     """spaCy keeps a single trailing space as the last token's whitespace, not as a token:
     the rebuilt doc must end in it too."""
@@ -708,7 +706,6 @@ def test_a_shard_of_a_run_with_another_model_and_the_same_settings_is_not_this_r
     assert committed(out, shards, run=run_digest(other)) == {}
     with pytest.raises(ShardMismatch, match=r"shard 0 \(part-000000\.parquet\) was written by another run"):
         check_complete(out, shards, run=run_digest(other))
-
 
 
 def test_shards_written_before_run_digests_existed_are_taken_as_the_runs(tmp_path):
