@@ -5,6 +5,7 @@ from typing import Optional, Union
 from spacy.language import Language
 from thinc.api import Config
 
+from ..errors import first_line
 from ..pipeline.build import NOT_A_PIPELINE, NoContextualEmbedder, is_folder_without_pipeline, load_pipeline
 from .errors import PipelineError, UsageError, short_message
 
@@ -20,6 +21,10 @@ def build_pipeline(
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
     except NoContextualEmbedder as e:
         raise UsageError(str(e)) from None
+    except OSError as e:
+        if model is not None and "[E050]" in str(e):  # no such package or directory: spaCy's message names no option
+            raise UsageError(f"--model {model}: {first_line(e, typed=False)}") from e
+        raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
     except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
         raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
 
