@@ -71,11 +71,8 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
             if wrong_size:
                 raise ValueError(f"{path}: {wrong_size}: the file is damaged, or another's; embed the input again")
             # Of the same size and lines, a shard of another run (an input edited since, another
-            # model) read as this one's: the checksum tells (not recorded by earlier versions).
-            written, digest = shard.get("sha256"), hashlib.sha256(data).hexdigest()
-            if isinstance(written, str) and digest != written:
-                raise ValueError(f"{path}: {shard['file']} has sha256 {digest[:12]}, where its manifest says "
-                                 f"{written[:12]}: the file is another's, or was edited; embed the input again")
+            # model) read as this one's: the checksum tells.
+            _check_sha256(path, shard["file"], data, shard.get("sha256"))
             # A readable shard of the same size from elsewhere (another run's, or a copy of a
             # sibling): its docs' input lines are not the ones the manifest gives it.
             first, last = shard.get("first_line"), shard.get("last_line")
@@ -113,6 +110,15 @@ def _check_shard_list(path: Path, manifest: Dict[str, Any]) -> None:
                              f"shard before ends at line {previous}: a shard's entry is missing or was edited; "
                              "embed the input again")
         previous = last
+
+
+def _check_sha256(path: Path, name: str, data: bytes, written: Any) -> None:
+    """The file `name` of the output at `path`, read as `data`, must have the SHA-256
+    its manifest records (`written`; earlier versions recorded none: nothing to check)."""
+    digest = hashlib.sha256(data).hexdigest()
+    if isinstance(written, str) and digest != written:
+        raise ValueError(f"{path}: {name} has sha256 {digest[:12]}, where its manifest says {written[:12]}: "
+                         "the file is another's, or was edited; embed the input again")
 
 
 def shard_size_difference(shard: Dict[str, Any], size: int) -> Optional[str]:
@@ -160,11 +166,8 @@ def load_npy(path: Path, mmap: bool = True) -> Tuple[numpy.ndarray, List[Dict[st
                          "is another model's, or was edited; embed the input again")
     _check_records(path, records, reader.manifest.get("docs"), shape[0])
     # Of the same size and rows, another run's docs.jsonl (an input edited since) paired
-    # its texts with these vectors: the checksum tells (not recorded by earlier versions).
-    written, digest = reader.manifest.get("docs_sha256"), hashlib.sha256(docs_data).hexdigest()
-    if isinstance(written, str) and digest != written:
-        raise ValueError(f"{path}: {DOCS} has sha256 {digest[:12]}, where its manifest says {written[:12]}: "
-                         "the file is another's, or was edited; embed the input again")
+    # its texts with these vectors: the checksum tells.
+    _check_sha256(path, DOCS, docs_data, reader.manifest.get("docs_sha256"))
     return vectors, records
 
 

@@ -21,11 +21,10 @@ def build_pipeline(
         return load_pipeline(model=model, config=config, gpu_id=gpu_id)
     except NoContextualEmbedder as e:
         raise UsageError(str(e)) from None
-    except OSError as e:
-        if model is not None and "[E050]" in str(e):  # no such package or directory: spaCy's message names no option
-            raise UsageError(f"--model {model}: {first_line(e, typed=False)}") from e
-        raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
     except Exception as e:  # the library's errors: bad settings, a missing pipeline, config errors
+        if model is not None and isinstance(e, OSError) and "[E050]" in str(e):
+            # no such package or directory: spaCy's message names no option
+            raise UsageError(f"--model {model}: {first_line(e, typed=False)}") from e
         raise PipelineError(f"could not build the pipeline: {short_message(e)}") from e
 
 

@@ -533,7 +533,8 @@ def _check_states_per_piece(module: Any, tokenizer: Any, config: Any, where: _Wh
             f"model_type {model_type!r} takes no attention_mask, so the padding of batched windows cannot be "
             "masked; use a BERT-family encoder (bert, roberta, deberta, electra, ...)"
         )
-    input_ids = torch.as_tensor([tokenizer("Contextual vectors, probed.", verbose=False)["input_ids"]])
+    encoded = tokenizer("Contextual vectors, probed.", verbose=False)
+    input_ids = torch.as_tensor([encoded["input_ids"]])
     try:
         with torch.inference_mode():
             output = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -555,19 +556,19 @@ def _check_states_per_piece(module: Any, tokenizer: Any, config: Any, where: _Wh
             f"{expected} (num_hidden_layers + 1) of length {input_ids.shape[1]} are needed; use a "
             "BERT-family encoder (bert, roberta, deberta, electra, ...)"
         )
-    _check_token_types_unused(module, tokenizer, input_ids, states, parameters, model_type, where)
+    _check_token_types_unused(module, input_ids, encoded.get("token_type_ids"), states, parameters, model_type, where)
 
 
-def _check_token_types_unused(module: Any, tokenizer: Any, input_ids: Any, states: Any, parameters: Any,
+def _check_token_types_unused(module: Any, input_ids: Any, types: Optional[List[int]], states: Any, parameters: Any,
                               model_type: Any, where: _Where) -> None:
     """The windows go in without token_type_ids. Where the tokenizer gives them,
     for one text they are zeros, and most models take no ids as zeros; XLM and
     FlauBERT add each piece's id's row of the *word* embeddings instead (for zeros,
     token 0's), so every state differed from `model(**tokenizer(text))` (by 2.4
-    on a tiny XLM). Refused where the probe's `states` (run without them) differ."""
+    on a tiny XLM). Refused where the probe's `states` (run without them) differ
+    from those with `types`, the ids the tokenizer gave for the probe text."""
     import torch
 
-    types = tokenizer("Contextual vectors, probed.", verbose=False).get("token_type_ids")
     if types is None or "token_type_ids" not in parameters:
         return
     try:
