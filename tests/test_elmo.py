@@ -78,6 +78,19 @@ def test_layer_selection_and_scalar_mix(elmo_files, reference):
     numpy.testing.assert_allclose(mixed._.ctx_vectors, expected.mean(axis=0), atol=ATOL)
 
 
+@pytest.mark.parametrize("layers", [[0], [1], [1, 0], [-1]])
+def test_layers_above_the_deepest_selected_are_not_run(elmo_files, reference, monkeypatch, layers):
+    # A layer depends only on those below it: [0] needs no biLSTM, [1] its first layer only.
+    from spacy_ctxembed.models.elmo_net import BiLstm
+
+    run = []
+    original = BiLstm._run_layer
+    monkeypatch.setattr(BiLstm, "_run_layer", lambda self, layer, *a: run.append(layer) or original(self, layer, *a))
+    doc = elmo_nlp(elmo_files, layers=layers)("Two words here and a few more")
+    numpy.testing.assert_allclose(doc._.ctx_layers, reference(_words(doc))[layers], atol=ATOL, rtol=0)
+    assert sorted(set(run)) == list(range(max(layer % 3 for layer in layers)))
+
+
 def test_sentences_are_embedded_on_their_own(elmo_files, reference):
     nlp = elmo_nlp(elmo_files, sentencizer=True)
     doc = nlp("I ran to the park. Then I ran significance tests!  Done.")

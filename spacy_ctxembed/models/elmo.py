@@ -274,6 +274,8 @@ class ElmoShim(EncoderShim):
         net = self.get_net()
         device = self.device
         width = cast(ElmoOptions, self.options).output_width
+        # The biLSTM layers above the deepest selected one are not run.
+        depth = max(self.layers)
         sentences = [s for d, doc in enumerate(docs) for s in _sentences(d, doc)]
         # Similar lengths together keep the padding small.
         sentences.sort(key=lambda s: len(s.token_ids), reverse=True)
@@ -298,7 +300,7 @@ class ElmoShim(EncoderShim):
                 targets = numpy.concatenate([offsets[s.doc] + s.token_ids for s in batch])
                 sources = concat_ranges(numpy.arange(len(batch)) * time + 1, lengths - 2)
                 words, positions = distinct_words(char_ids)
-                layers = net(on_device(words), on_device(positions), torch.from_numpy(lengths), self.step)
+                layers = net(on_device(words), on_device(positions), torch.from_numpy(lengths), self.step, depth)
                 rows = on_device(sources)
                 tokens[:, on_device(targets)] = torch.stack([layers[i].reshape(-1, width)[rows] for i in self.layers])
                 # Every layer of the batch, padding included: dropped now, not

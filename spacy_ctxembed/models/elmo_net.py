@@ -22,7 +22,7 @@ Precision: on CUDA the character convolutions run as matmuls over unfolded
 windows (`conv1d_unfolded`), not through cuDNN (see there why); on CPU they
 stay `F.conv1d`, whose outputs saved pipelines record.
 """
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy
 import torch
@@ -167,14 +167,18 @@ class BiLstm(_WeightsModule):
             self.add_weight(f"b_{layer}", 2, 1, 4 * dim)
             self.add_weight(f"w_p_{layer}", 2, dim, P)
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step) -> List[torch.Tensor]:
+    def forward(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step, depth: Optional[int] = None
+    ) -> List[torch.Tensor]:
         """tokens: (batch, time, P), each sequence padded at the end.
         lengths: (batch,) on the host: the loop's bounds are read from them,
             not from a device tensor (which would wait for the device).
         step: the LSTM step, `lstm_step` or a compiled copy of it.
+        depth: how many layers to run (all when None): a layer depends only on
+            those below it, so the ones above the deepest wanted are not run.
 
-        RETURNS: per LSTM layer, (batch, time, 2P) = [forward; backward] outputs;
-        padded positions are left unspecified.
+        RETURNS: per LSTM layer run, (batch, time, 2P) = [forward; backward]
+        outputs; padded positions are left unspecified.
         """
         # Longest first, so the rows still running at step t are a prefix:
         # finished sequences drop out instead of computing padding.
@@ -193,7 +197,7 @@ class BiLstm(_WeightsModule):
         gather = reverse[:, :, None].expand(-1, -1, tokens.shape[2])
         inputs = torch.stack([tokens, tokens.gather(1, gather)])  # (2, batch, time, P)
         outputs = []
-        for layer in range(self.n_layers):
+        for layer in range(self.n_layers if depth is None else depth):
             states = self._run_layer(layer, inputs, active, step)
             if layer > 0 and self.skip:
                 states = states + inputs
@@ -263,21 +267,29 @@ class ElmoBiLm(nn.Module):
         return {name: tensor.detach().cpu().numpy() for name, tensor in self.state_dict().items()}
 
     def forward(
-        self, words: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor, step: LstmStep = lstm_step
+        self,
+        words: torch.Tensor,
+        positions: torch.Tensor,
+        lengths: torch.Tensor,
+        step: LstmStep = lstm_step,
+        depth: Optional[int] = None,
     ) -> List[torch.Tensor]:
         """A padded batch of sentences, as `elmo_chars.distinct_words` gives it:
         words: (n_words, 50), the char ids of each distinct word (the padding's
         all-zero row among them); positions: (batch, time), each position's row
         in `words`; lengths (on the host) include `<S>`/`</S>`.
-        step: the LSTM step (see `BiLstm.forward`).
+        step, depth: the LSTM step and how many biLSTM layers to run (see `BiLstm.forward`).
 
-        RETURNS: 1 + n_layers tensors (batch, time, 2P): [token, token], then each biLSTM layer.
+        RETURNS: 1 + depth tensors (batch, time, 2P): [token, token], then each biLSTM layer run.
         """
         # The token layer depends only on the word: the CNN runs once per
         # distinct word, in chunks (its outputs are words x filters x 50 floats).
         embedded = torch.cat([self.char_cnn(words[i : i + CNN_WORDS]) for i in range(0, len(words), CNN_WORDS)])
         tokens = embedded[positions]
-        return [torch.cat([tokens, tokens], dim=-1), *self.bilstm(tokens, lengths, step)]
+        token_layer = torch.cat([tokens, tokens], dim=-1)
+        if depth == 0:  # the token layer alone: no biLSTM
+            return [token_layer]
+        return [token_layer, *self.bilstm(tokens, lengths, step, depth)]
 
 
 def build_bilm(options: ElmoOptions, weights: Dict[str, numpy.ndarray], *, trainable: bool = False) -> ElmoBiLm:
