@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, cast
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple, cast
 
 import numpy
 from spacy.tokens import Doc, DocBin
@@ -115,10 +115,19 @@ def _check_shard_list(path: Path, manifest: Dict[str, Any]) -> None:
 def _check_sha256(path: Path, name: str, data: bytes, written: Any) -> None:
     """The file `name` of the output at `path`, read as `data`, must have the SHA-256
     its manifest records (`written`; earlier versions recorded none: nothing to check)."""
-    digest = hashlib.sha256(data).hexdigest()
-    if isinstance(written, str) and digest != written:
-        raise ValueError(f"{path}: {name} has sha256 {digest[:12]}, where its manifest says {written[:12]}: "
-                         "the file is another's, or was edited; embed the input again")
+    difference = sha256_difference(name, lambda: hashlib.sha256(data).hexdigest(), written)
+    if difference:
+        raise ValueError(f"{path}: {difference}: the file is another's, or was edited; embed the input again")
+
+
+def sha256_difference(name: str, digest: Callable[[], str], written: Any) -> Optional[str]:
+    """How the file `name`, whose SHA-256 `digest()` gives, differs from the one
+    its manifest records (`written`); None where they agree, or where none is
+    recorded (earlier versions recorded none: then the file is not hashed)."""
+    if not isinstance(written, str):
+        return None
+    actual = digest()
+    return None if actual == written else f"{name} has sha256 {actual[:12]}, where its manifest says {written[:12]}"
 
 
 def shard_size_difference(shard: Dict[str, Any], size: int) -> Optional[str]:

@@ -1734,6 +1734,29 @@ def test_iter_docs_refuses_a_shard_of_another_run_with_the_same_size_and_lines(t
         list(iter_docs(out))
 
 
+@pytest.mark.parametrize("fmt, name", [("docbin", "shard-000001.spacy"), ("npy", "docs.jsonl")])
+def test_resume_of_a_complete_output_holding_another_runs_file_says_it_is_damaged(tmp_path, corpus, pipeline, fmt,
+                                                                                 name):
+    """A file of the same size from a run of the input edited since: --resume said "nothing
+    to do: already complete" (it compared sizes only), and every reader then refused it."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    args = ["-m", pipeline, "-f", fmt, "-s", "2"]
+    assert invoke("embed", corpus, "-o", out, *args).exit_code == 0
+    assert invoke("embed", _edited_corpus(tmp_path), "-o", other, *args).exit_code == 0
+    shutil.copyfile(other / name, out / name)
+    if fmt == "docbin":  # (sizes that agree by chance)
+        manifest = read_manifest(out)
+        manifest["shards"][1]["bytes"] = (out / name).stat().st_size
+        (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf8")
+    else:
+        assert (other / name).stat().st_size == (out / name).stat().st_size
+    again = invoke("embed", corpus, "-o", out, *args, "--resume")
+    assert again.exit_code == 2
+    assert re.fullmatch(rf"error: --output {re.escape(str(out))} is damaged: {re.escape(name)} has sha256 "
+                        r"[0-9a-f]{12}, where its manifest says [0-9a-f]{12}; pass --overwrite to embed it again",
+                        last_line(again.stderr)), last_line(again.stderr)
+
+
 @pytest.mark.parametrize("edit", ["last entry", "middle entry"])
 def test_iter_docs_refuses_a_manifest_whose_shards_do_not_make_its_docs(tmp_path, corpus, pipeline, edit):
     """A shard's entry deleted from manifest.json (the last; or one in the middle, with the

@@ -40,6 +40,7 @@ from ..embedded import (
     SHARD,
     VECTORS,
     read_manifest,
+    sha256_difference,
     shard_size_difference,
 )
 from ..fileio import (
@@ -476,9 +477,14 @@ def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
     if missing:
         return f"{missing[0]} is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}"
     for shard in manifest.get("shards", ()):
-        wrong_size = shard_size_difference(shard, (output / shard["file"]).stat().st_size) if "file" in shard else None
-        if wrong_size:
-            return wrong_size
+        # The checksum too: a shard of the same size with other bytes (another
+        # run's, copied in) was reported complete, and then failed its readers.
+        wrong = "file" in shard and (
+            shard_size_difference(shard, (output / shard["file"]).stat().st_size)
+            or _sha256_difference(output, shard["file"], shard.get("sha256"))
+        )
+        if wrong:
+            return wrong
     rows, width = manifest.get("rows"), manifest.get("width")
     if "shards" not in manifest and isinstance(rows, int) and isinstance(width, int):
         size, expected = (output / VECTORS).stat().st_size, npy_size(rows, width)
@@ -489,7 +495,13 @@ def _damage(output: Path, manifest: Dict[str, Any]) -> Optional[str]:
         size = (output / DOCS).stat().st_size
         if size != docs_bytes:
             return f"{DOCS} holds {size:,} bytes, where its manifest says {docs_bytes:,}"
+    if "shards" not in manifest:
+        return _sha256_difference(output, DOCS, manifest.get("docs_sha256"))
     return None
+
+
+def _sha256_difference(directory: Path, name: str, written: Any) -> Optional[str]:
+    return sha256_difference(name, lambda: file_sha256(directory / name), written)
 
 
 class AlreadyComplete(Exception):
@@ -610,8 +622,8 @@ def _intact(directory: Path, fmt: str, shard: Dict[str, Any]) -> bool:
         if fmt == "docbin":
             # (the checksum too: a file of the same size with other bytes, another run's
             # shard say, was kept, and the finished output failed its readers' check)
-            path, written = directory / shard["file"], shard.get("sha256")
-            return path.stat().st_size == shard["bytes"] and (written is None or file_sha256(path) == written)
+            size = (directory / shard["file"]).stat().st_size
+            return size == shard["bytes"] and not _sha256_difference(directory, shard["file"], shard.get("sha256"))
         width = shard["width"]
         vectors_size = (directory / VECTORS).stat().st_size
         docs_size = (directory / DOCS).stat().st_size
