@@ -110,3 +110,18 @@ def test_mean_of_a_token_of_more_than_2048_pieces_divides_by_its_count():
     states = torch.ones((n, 1, 2))
     alignment = PieceAlignment.from_lengths(numpy.arange(n), numpy.array([n]), n_pieces=n)
     assert pool_pieces(states, alignment, "mean").flatten().tolist() == [1.0, 1.0]
+
+
+def test_max_pooling_gradient_goes_to_the_maximum_and_is_shared_by_ties():
+    # token 0 <- pieces 0, 1, 2; token 1 <- pieces 2, 3. Dimension 0: pieces 0 and 1 tie
+    # for token 0's maximum; dimension 1: piece 2 alone is token 0's and token 1's maximum.
+    states = torch.tensor([[[4.0, 1.0]], [[4.0, 2.0]], [[1.0, 9.0]], [[3.0, -1.0]]], requires_grad=True)
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1, 2, 2, 3]), numpy.array([3, 2]), n_pieces=4)
+    pooled = pool_pieces(states, alignment, "max")
+    upstream = torch.tensor([[[10.0, 100.0], [1000.0, 10000.0]]])  # (layers, tokens, width)
+    pooled.backward(upstream)
+    expected = numpy.zeros((4, 1, 2), dtype="float32")
+    expected[0, 0, 0] = expected[1, 0, 0] = 10.0 / 2  # a tie: shared equally
+    expected[3, 0, 0] = 1000.0  # token 1's dimension 0: piece 3 (3 > 1)
+    expected[2, 0, 1] = 100.0 + 10000.0  # piece 2 is both tokens' dimension 1 maximum
+    numpy.testing.assert_array_equal(states.grad.numpy(), expected)
