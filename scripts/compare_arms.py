@@ -37,6 +37,8 @@ def collect(metrics_dir: Path) -> dict:
 def markdown(table: dict) -> str:
     labels = [label for metrics in METRICS.values() for _, label in metrics]
     labels += [f"{TASK_NAMES[task]} {label}" for task in METRICS for _, label, _ in COSTS]
+    # (an arm's metrics may come from a run with other settings than its neighbours')
+    labels += [f"{TASK_NAMES[task]} max_steps" for task in METRICS]
     lines = ["| arm | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
     for arm, row in table.items():
         lines.append(f"| {arm} | " + " | ".join(_cell(row.get(label)) for label in labels) + " |")

@@ -177,3 +177,17 @@ def test_convert_reruns_when_the_data_it_reads_changes(tmp_path, monkeypatch):
     assert {f"corpus/{output}" for _, _, output in convert.FILES} == set(command["outputs"])
     # (and `spacy project assets` downloads them where `--vars.data_dir assets` reads them)
     assert {f"assets/{source}" for _, source, _ in convert.FILES} == {asset["dest"] for asset in project["assets"]}
+
+
+def test_every_training_command_declares_what_run_arm_writes():
+    """The train-* commands declared no outputs, so `spacy project run` trained every arm
+    again on each call, however long it took, where nothing had changed."""
+    import srsly
+
+    commands = [c for c in srsly.read_yaml(ROOT / "project.yml")["commands"] if c["name"].startswith("train-")]
+    assert len(commands) == 10
+    for command in commands:
+        name = command["name"][len("train-"):]
+        task, arm = name.split("-", 1)
+        assert command["script"][0].startswith(f"python scripts/run_arm.py {task} {arm} "), command
+        assert command["outputs"] == [f"training/{name}/model-best", f"metrics/{name}.json"], command
