@@ -209,7 +209,12 @@ def on_caller_devices(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     torch_stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
     cupy_current: Optional[Tuple[int, Any]] = None
-    if has_cupy_gpu:
+    # CuPy's too only where torch works on a GPU, as the pipeline then does:
+    # `has_cupy_gpu` holds for a CPU pipeline on a machine with a GPU as well,
+    # and in a process forked from one that had CUDA running (thinc's import
+    # starts it; `nlp.pipe(n_process=...)` forks) no CUDA call can succeed,
+    # while torch reports itself uninitialized there.
+    if has_cupy_gpu and torch_stream is not None:
         import cupy
 
         cupy_current = (cupy.cuda.Device().id, cupy.cuda.get_current_stream())

@@ -2,7 +2,7 @@ import numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spacy_ctxembed.batching import batches_by_budget, budget_bounds
+from spacy_ctxembed.batching import batches_by_budget, budget_bounds, on_caller_devices, prefetched
 
 
 @given(lengths=st.lists(st.integers(1, 300), max_size=200), budget=st.integers(1, 2000))
@@ -36,3 +36,25 @@ def test_budget_bounds_cut_as_the_greedy_rule(lengths, budget, same_length):
     assert [items[a:b] for a, b in bounds] == _greedy_batches(items, budget, same_length)
     assert list(batches_by_budget(items, budget, lambda n: n, same_length=same_length)) == \
         _greedy_batches(items, budget, same_length)
+
+
+def test_a_cpu_pipeline_on_a_machine_with_a_gpu_makes_no_cuda_call_for_its_worker(monkeypatch):
+    """thinc sees a GPU (`has_cupy_gpu`) whether or not the pipeline uses it, and the
+    worker's wrapper asked CuPy for the current device and stream: in a process forked
+    after CUDA started (`nlp.pipe(n_process=...)`), that call fails. Torch, on which the
+    pipeline works, is on the host here: no device state to carry."""
+    import sys
+    import types
+
+    import thinc.util
+    import torch
+
+    def no_cuda(*args, **kwargs):
+        raise RuntimeError("cudaErrorInitializationError: initialization error")
+
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=no_cuda, get_current_stream=no_cuda))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(thinc.util, "has_cupy_gpu", True)
+    assert not torch.cuda.is_initialized()
+    assert on_caller_devices(lambda item: item + 1)(41) == 42
+    assert list(prefetched(lambda item: item * 2, [1, 2, 3])) == [2, 4, 6]

@@ -306,6 +306,30 @@ def test_half_precision_on_cuda_keeps_cudnn_attention_off_while_it_runs(tiny_ber
         assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_fp32_and_tf32_on_cuda_run_without_the_caller_s_autocast(tiny_bert_dir, precision, monkeypatch):
+    """'tf32' is fp32 with TF32 matmuls: on CUDA its forward passes, like
+    fp32's, turn a caller's `torch.autocast` off (with run-ahead off for tf32
+    they run in the caller's thread, under its autocast), or vectors signed as
+    fp32 ones were bf16's. (Without a GPU the CUDA autocast cannot run: what is
+    tested is that the forward passes on a CUDA device enter the switch that
+    turns it off, and for tf32 the TF32 matmuls too.)"""
+    runner = _runner(make_nlp(tiny_bert_dir, precision=precision))
+    entered = []
+
+    @contextlib.contextmanager
+    def recorded(device_type):
+        entered.append(device_type)
+        yield
+
+    monkeypatch.setattr(bert_runner, "callers_autocast_off", recorded)
+    before = torch.get_float32_matmul_precision()
+    with runner._precision_context(torch.device("cuda")):
+        matmuls = torch.get_float32_matmul_precision()
+    assert entered == ["cuda"]
+    assert matmuls == ("high" if precision == "tf32" else before)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4), st.booleans()), max_size=10),
                           st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), max_size=12),

@@ -427,12 +427,12 @@ def test_a_pipeline_moved_to_the_gpu_takes_the_gpus_budget(gpu_nlp, monkeypatch)
     """Initialized on the CPU (4,096 pieces a batch), then moved with to_gpu: the budget
     stayed the CPU's; it is the GPU's free memory's, as for one initialized there."""
     import torch
-    from thinc.api import NumpyOps, use_ops
+    from thinc.api import use_ops
 
     from spacy_ctxembed.models.bert_runner import batch_items_for_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args, **kwargs: (2**33, 2**37))
-    with use_ops(NumpyOps()):
+    with use_ops("numpy"):  # (thinc's use_ops takes a backend's name, not an Ops)
         nlp = spacy.blank("en")
         nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"max_batch_items": None}}})
         nlp.initialize()
@@ -503,38 +503,6 @@ def test_elmo_device_memory_returns_to_its_baseline_after_pipe(on_gpu, tmp_path)
     nlp = _elmo_on_device(*_elmo_files(tmp_path))
     texts = ["The cat sat on the mat " * n for n in range(1, 30)]
     _memory_returns_to_its_baseline_after_pipe(nlp, on_gpu, texts, pool_grows=False)
-
-
-def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
-    # Last in this file: its first torch.compile on the device (inductor,
-    # Triton) is the slowest test here, and a run cut short for time then
-    # loses only it.
-    from .elmo_reference import ReferenceElmo
-
-    cupy = on_gpu
-    options, weights = _elmo_files(tmp_path)
-
-    def elmo(compile):
-        return _elmo_on_device(options, weights, compile=compile)
-
-    # Long enough for clipping to happen (tests/test_elmo.py). The two longest
-    # have one length, so that the rows still running never drop to one, a
-    # size torch.compile specialises on (on CPU that is one graph).
-    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
-             "and here is one more sentence with sixteen words in it so two rows stay on",
-             "short one", "x y"]
-    assert len(texts[0].split()) == len(texts[1].split())
-    eager = [cupy.asnumpy(doc._.ctx_layers) for doc in elmo(False).pipe(texts, batch_size=len(texts))]
-    compiled = elmo(True)
-    docs = list(compiled.pipe(texts, batch_size=len(texts)))
-    again = list(compiled.pipe(texts, batch_size=len(texts)))
-    reference = ReferenceElmo(options, weights)
-    for doc, repeat, expected in zip(docs, again, eager):
-        assert isinstance(doc._.ctx_layers, cupy.ndarray)
-        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-5, rtol=0)
-        numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
-        # (and not only like eager: a fault both share would pass that)
-        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), reference([t.text for t in doc]), atol=1e-4)
 
 
 def test_a_float16_overflow_is_refused_on_device(on_gpu, tiny_bert_dir, tmp_path):
@@ -608,3 +576,35 @@ def test_weights_moved_to_the_gpu_under_the_caller_s_inference_mode_can_train():
     module = get_runner(encoder).encoder.module
     assert {p.device.type for p in module.parameters()} == {"cuda"}
     assert not any(t.is_inference() for t in (*module.parameters(), *module.buffers()))
+
+
+def test_compiled_elmo_on_device_matches_eager_and_repeats(on_gpu, tmp_path):
+    # Last in this file: its first torch.compile on the device (inductor,
+    # Triton) is the slowest test here, and a run cut short for time then
+    # loses only it.
+    from .elmo_reference import ReferenceElmo
+
+    cupy = on_gpu
+    options, weights = _elmo_files(tmp_path)
+
+    def elmo(compile):
+        return _elmo_on_device(options, weights, compile=compile)
+
+    # Long enough for clipping to happen (tests/test_elmo.py). The two longest
+    # have one length, so that the rows still running never drop to one, a
+    # size torch.compile specialises on (on CPU that is one graph).
+    texts = ["a fairly long sentence so that the cell state has time to grow past its clip",
+             "and here is one more sentence with sixteen words in it so two rows stay on",
+             "short one", "x y"]
+    assert len(texts[0].split()) == len(texts[1].split())
+    eager = [cupy.asnumpy(doc._.ctx_layers) for doc in elmo(False).pipe(texts, batch_size=len(texts))]
+    compiled = elmo(True)
+    docs = list(compiled.pipe(texts, batch_size=len(texts)))
+    again = list(compiled.pipe(texts, batch_size=len(texts)))
+    reference = ReferenceElmo(options, weights)
+    for doc, repeat, expected in zip(docs, again, eager):
+        assert isinstance(doc._.ctx_layers, cupy.ndarray)
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), expected, atol=1e-5, rtol=0)
+        numpy.testing.assert_array_equal(cupy.asnumpy(repeat._.ctx_layers), cupy.asnumpy(doc._.ctx_layers))
+        # (and not only like eager: a fault both share would pass that)
+        numpy.testing.assert_allclose(cupy.asnumpy(doc._.ctx_layers), reference([t.text for t in doc]), atol=1e-4)

@@ -370,13 +370,13 @@ class BertRunner:
         with contextlib.ExitStack() as stack:
             if self.precision == "tf32" and device.type == "cuda":
                 stack.enter_context(tf32_matmuls())
-            elif self.precision in _AUTOCAST_DTYPES:
+            if self.precision in _AUTOCAST_DTYPES:
                 if device.type == "cuda":
                     # The windows' varying shapes would make cuDNN plan its
                     # attention anew for each (see `CUDNN_ATTENTION_OFF`).
                     stack.enter_context(cudnn_attention_off())
                 stack.enter_context(torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision]))
-            else:
+            else:  # (tf32 too: fp32 with TF32 matmuls, which the caller's bf16 autocast would override)
                 stack.enter_context(callers_autocast_off(device.type))
             yield
 
