@@ -3,6 +3,7 @@ it recommends (built and run), its errors."""
 import base64
 import errno
 import json
+import os
 import re
 import sys
 from html.parser import HTMLParser
@@ -273,6 +274,85 @@ def test_report_replaces_only_its_own_files_and_never_half(run, tmp_path, monkey
     assert {p.name for p in target.iterdir()} == {"analysis.json", "report.html", "contextuality.png"} | set(mine)
     assert all((target / name).read_bytes() == data for name, data in mine.items())
     assert json.loads((target / "analysis.json").read_text())["pipelines"][0]["label"] == "second run"
+
+
+def _tiny_reports(monkeypatch):
+    """Reports without plotting: run "A"'s has a WiC plot, run "B"'s has none (as without --wic-train)."""
+    from spacy_ctxembed.analysis import report
+
+    def plots(result):
+        name = result["run"]
+        return {"contextuality.png": name.encode(), **({"wic.png": name.encode()} if name == "A" else {})}
+
+    monkeypatch.setattr(report, "plots", plots)
+    monkeypatch.setattr(report, "render_html", lambda result, images: f"<p>{result['run']}</p>")
+
+
+def test_two_reports_written_into_one_output_at_once_do_not_mix(tmp_path, monkeypatch):
+    """Run B lists --output to clear an earlier report and stops there; run A writes its
+    report meanwhile. Before, A took B's staging folder for a killed run's and removed it:
+    B failed with a FileNotFoundError, its report lost (in other orders both succeeded, and
+    one's wic.png was left beside the other's numbers). Now A waits until B is done, and
+    --output holds A's report, whole."""
+    import threading
+
+    _tiny_reports(monkeypatch)
+    target = tmp_path / "report"
+    listed, go, errors = threading.Event(), threading.Event(), []
+    iterdir = Path.iterdir
+
+    def b_pauses_after_listing(self):
+        found = list(iterdir(self))
+        if threading.current_thread().name == "B" and self == target:
+            listed.set()
+            go.wait(timeout=30)
+        return iter(found)
+
+    monkeypatch.setattr(Path, "iterdir", b_pauses_after_listing)
+
+    def write(name):
+        try:
+            write_report({"run": name}, target)
+        except Exception as err:  # noqa: BLE001 - asserted below
+            errors.append(err)
+
+    b = threading.Thread(target=write, args=("B",), name="B")
+    b.start()
+    assert listed.wait(timeout=30)
+    a = threading.Thread(target=write, args=("A",), name="A")
+    a.start()
+    a.join(timeout=1.0)  # (before: done by now; now: waiting for B)
+    go.set()
+    b.join()
+    a.join()
+    monkeypatch.undo()
+    assert errors == []
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == {
+        "contextuality.png": b"A", "wic.png": b"A", "report.html": b"<p>A</p>", "analysis.json": b'{\n "run": "A"\n}\n'}
+
+
+def test_a_report_waits_for_another_being_written_then_says_so(tmp_path, monkeypatch):
+    """A report that finds another being written into --output for longer than
+    REPORT_LOCK_WAIT_S is refused naming --output, and the other's files are left alone."""
+    fcntl = pytest.importorskip("fcntl")
+    from spacy_ctxembed.analysis import report
+    from spacy_ctxembed.analysis.errors import AnalysisInputError
+
+    _tiny_reports(monkeypatch)
+    monkeypatch.setattr(report, "REPORT_LOCK_WAIT_S", 0.2)
+    target = tmp_path / "report"
+    write_report({"run": "B"}, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    fd = os.open(target, os.O_RDONLY)  # another run, writing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(AnalysisInputError) as caught:
+            write_report({"run": "A"}, target)
+    finally:
+        os.close(fd)
+    assert str(caught.value) == (f"--output {target}: another analyze run has been writing its report there for "
+                                 "over 0.2 s; run this one again once it has finished, or choose another --output")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
 
 
 def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):

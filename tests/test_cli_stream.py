@@ -1329,6 +1329,39 @@ def test_an_output_that_appeared_during_the_run_is_not_replaced(tmp_path):
     assert (tmp_path / ".out.partial" / "manifest.json").is_file()
 
 
+def test_an_output_another_run_finished_after_this_one_looked_is_not_replaced(tmp_path, monkeypatch):
+    """Run B (other input, no --overwrite) finds OUTPUT absent; run A renames its finished
+    directory into place before B's partial directory takes its name. B's finish must
+    not replace A's output: refused by name, A's shard as written, B's result kept
+    in the partial directory, where --resume then puts it in place."""
+    out, partial = tmp_path / "out", tmp_path / ".out.partial"
+    a = Run.plan(out, _identity(), overwrite=False, resume=False)
+    _commit_one_shard(a, b"A's vectors")
+    state = output_module._output_state
+
+    def b_looks_then_a_finishes(path):
+        found = state(path)
+        monkeypatch.setattr(output_module, "_output_state", state)
+        a.finish({"format": "docbin", "docs": 1, "shards": [{"file": SHARD.format(0), "bytes": 11}]})
+        return found
+
+    monkeypatch.setattr(output_module, "_output_state", b_looks_then_a_finishes)
+    other = {**_identity(), "input_sha256": "1" * 64}
+    b = Run.plan(out, other, overwrite=False, resume=False)
+    _commit_one_shard(b, b"B's vectors")
+    with pytest.raises(CliError) as caught:
+        b.finish({"format": "docbin", "docs": 1, "shards": [{"file": SHARD.format(0), "bytes": 11}]})
+    b.abandon()
+    assert str(caught.value) == (f"--output {out} was completed by another embed run after this one started (and "
+                                 f"this run has no --overwrite); it is left as it is, and this run's result is left "
+                                 f"in {partial}: --resume puts it in place of that output")
+    assert (out / SHARD.format(0)).read_bytes() == b"A's vectors"
+    assert (partial / SHARD.format(0)).read_bytes() == b"B's vectors"
+    Run.plan(out, other, overwrite=False, resume=True).finish({})
+    assert (out / SHARD.format(0)).read_bytes() == b"B's vectors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_vectors_of_another_width_than_earlier_docs_are_refused(tmp_path):
     """All docs of an output share one vector width; a doc with another is refused naming its line."""
     from types import SimpleNamespace

@@ -6,6 +6,7 @@ through pyplot, so nothing global (backend, current figure) is touched.
 images are the same PNGs as base64 data URIs.
 """
 import base64
+import contextlib
 import html
 import io
 import json
@@ -14,11 +15,17 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import AnalysisInputError
 from .wic import majority_rule
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: reports are not locked against each other
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,6 +44,9 @@ REPORT_FILES = re.compile(r"analysis\.json|report\.html|contextuality\.png|wic\.
 #: The hidden folder a report is written into before its files move in (`write_report`).
 STAGING_PREFIX, STAGING_SUFFIX = ".analysis-", ".tmp"
 STAGING = re.compile(re.escape(STAGING_PREFIX) + r"\w+" + re.escape(STAGING_SUFFIX), re.ASCII)
+#: How long a report waits for another one being written into the same --output (`_writing_alone`).
+#: A writer holds it while it moves its files in, a second or so: one holding it longer is stuck (stopped).
+REPORT_LOCK_WAIT_S = 60.0
 
 
 def jsonable(value: Any) -> Any:
@@ -89,20 +99,57 @@ def write_report(result: dict, outdir: Path) -> List[Path]:
     images = plots(result)
     files = {**images, JSON_FILE: (json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n").encode("utf-8"),
              HTML_FILE: render_html(result, images).encode("utf-8")}
-    staging = Path(tempfile.mkdtemp(dir=outdir, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX))
-    try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        for earlier in list(outdir.iterdir()):
-            if REPORT_FILES.fullmatch(earlier.name) and not earlier.is_dir():
-                earlier.unlink()
-            elif earlier != staging and earlier.is_dir() and STAGING.fullmatch(earlier.name):
-                shutil.rmtree(earlier, ignore_errors=True)  # a killed run's staging folder
-        for name in files:  # in order: the PNGs, then analysis.json and report.html, which refer to them
-            os.replace(staging / name, outdir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _writing_alone(outdir):  # (so another staging folder there is a killed run's)
+        staging = Path(tempfile.mkdtemp(dir=outdir, prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX))
+        try:
+            for name, data in files.items():
+                (staging / name).write_bytes(data)
+            for earlier in list(outdir.iterdir()):
+                if REPORT_FILES.fullmatch(earlier.name) and not earlier.is_dir():
+                    earlier.unlink()
+                elif earlier != staging and earlier.is_dir() and STAGING.fullmatch(earlier.name):
+                    shutil.rmtree(earlier, ignore_errors=True)  # a killed run's staging folder
+            for name in files:  # in order: the PNGs, then analysis.json and report.html, which refer to them
+                os.replace(staging / name, outdir / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return [outdir / name for name in files]
+
+
+@contextlib.contextmanager
+def _writing_alone(outdir: Path) -> Iterator[None]:
+    """An exclusive lock on `outdir` while a report's files go in; waits up to
+    `REPORT_LOCK_WAIT_S` for another report being written there.
+
+    Two runs writing into one --output at once each took the other's staging
+    folder for a killed run's and removed it (one failed with a FileNotFoundError,
+    its report lost), or one's plots were left beside the other's numbers. The
+    lock is a `flock` of the directory itself: it leaves no file there, and goes
+    with a killed run. Where the file system refuses it, the report is written
+    unlocked, as before.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(outdir, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + REPORT_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AnalysisInputError(
+                        f"--output {outdir}: another analyze run has been writing its report there for over "
+                        f"{REPORT_LOCK_WAIT_S:g} s; run this one again once it has finished, or choose another "
+                        "--output") from None
+                time.sleep(0.05)
+            except OSError:  # (no flock on this file system: unlocked)
+                break
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 # ---------------------------------------------------------------- plots

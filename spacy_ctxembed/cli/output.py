@@ -236,6 +236,11 @@ class Run:
         self.resumed = resumed
         self.committed = Committed()
         self._lock: Optional[IO[str]] = None
+        #: Whether `finish` may replace a complete OUTPUT: one that was there when the
+        #: run was planned, or any with --overwrite (`plan`). One that another run
+        #: finished after this one looked (and before its partial directory took its
+        #: name) is not this run's to replace.
+        self.replaces = False
 
     # -- life cycle ---------------------------------------------------------
 
@@ -274,6 +279,7 @@ class Run:
                 raise UsageError(f"{partial} is in the way and is not a spacy-ctxembed partial run; remove it")
             if resume:
                 run = cls(output, identity, resumed=True)
+                run.replaces = state == "complete"
                 run._acquire()
                 if _has_commits(partial):
                     run._check_identity(record, partial)
@@ -309,6 +315,7 @@ class Run:
                     "pass --overwrite to replace it, or choose another path"
                 )
         run = cls(output, identity, resumed=False)
+        run.replaces = overwrite or state == "complete"
         run._create()
         return run
 
@@ -430,6 +437,10 @@ class Run:
         fsync_dir(self.dir)
         old: Optional[Path] = None
         state = _output_state(self.output)
+        if state == "complete" and not self.replaces:
+            raise CliError(f"--output {self.output} was completed by another embed run after this one started "
+                           f"(and this run has no --overwrite); it is left as it is, and this run's result is left "
+                           f"in {self.dir}: --resume puts it in place of that output")
         if state == "complete":
             old = Path(tempfile.mkdtemp(dir=self.output.parent, prefix=_old_prefix(self.output)))
             os.replace(self.output, old)
