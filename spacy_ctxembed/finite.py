@@ -91,11 +91,13 @@ def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, e
     shim = encoder_shim(encoder)
     precision, upstream = (None, True) if shim is None else (shim.settings.get("precision"), False)
     i, count = bad[0]
-    if precision in ("fp16", "bf16"):
+    # Only float16's range (65504) is reduced: bf16's is float32's, so a nan
+    # there is no overflow that fp32 would avoid, and advising fp32 hid the
+    # learning rate of weights that diverged.
+    if precision == "fp16":
         block = encoder_block or f"[components.{component}.model.encoder]"
         advice = (f"with precision = {precision!r} this is most likely an overflow of the reduced "
-                  f"precision: set {block} precision = 'fp32'"
-                  + (" (or 'bf16', whose range is float32's)" if precision == "fp16" else ""))
+                  f"precision: set {block} precision = 'fp32' (or 'bf16', whose range is float32's)")
     elif upstream:
         advice = ("the transformer component's outputs hold nan or inf (with its mixed_precision "
                   "on, most likely a float16 overflow)")

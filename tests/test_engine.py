@@ -306,28 +306,27 @@ def test_half_precision_on_cuda_keeps_cudnn_attention_off_while_it_runs(tiny_ber
         assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
+@pytest.mark.skipif(not hasattr(torch.amp, "is_autocast_available"), reason="torch >= 2.4 sets autocast by device")
 @pytest.mark.parametrize("precision", ["fp32", "tf32"])
-def test_fp32_and_tf32_on_cuda_run_without_the_caller_s_autocast(tiny_bert_dir, precision, monkeypatch):
-    """'tf32' is fp32 with TF32 matmuls: on CUDA its forward passes, like
-    fp32's, turn a caller's `torch.autocast` off (with run-ahead off for tf32
-    they run in the caller's thread, under its autocast), or vectors signed as
-    fp32 ones were bf16's. (Without a GPU the CUDA autocast cannot run: what is
-    tested is that the forward passes on a CUDA device enter the switch that
-    turns it off, and for tf32 the TF32 matmuls too.)"""
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_fp32_forward_passes_run_without_the_caller_s_autocast(tiny_bert_dir, precision, device_type):
+    """`precision` is the one switch: a caller's `torch.autocast` around the
+    pipeline must not run an fp32 or 'tf32' encoder in fp16. On CUDA tf32's
+    forward passes took TF32 matmuls and kept the caller's autocast. (torch's
+    own autocast state is read; set directly, as `torch.autocast("cuda")`
+    turns itself off without a GPU.)"""
     runner = _runner(make_nlp(tiny_bert_dir, precision=precision))
-    entered = []
-
-    @contextlib.contextmanager
-    def recorded(device_type):
-        entered.append(device_type)
-        yield
-
-    monkeypatch.setattr(bert_runner, "callers_autocast_off", recorded)
     before = torch.get_float32_matmul_precision()
-    with runner._precision_context(torch.device("cuda")):
-        matmuls = torch.get_float32_matmul_precision()
-    assert entered == ["cuda"]
-    assert matmuls == ("high" if precision == "tf32" else before)
+    torch.set_autocast_enabled(device_type, True)
+    try:
+        with runner._precision_context(torch.device(device_type)):
+            assert not torch.is_autocast_enabled(device_type)
+            tf32 = precision == "tf32" and device_type == "cuda"
+            assert torch.get_float32_matmul_precision() == ("high" if tf32 else before)
+        assert torch.is_autocast_enabled(device_type)  # the caller's, as it was
+    finally:
+        torch.set_autocast_enabled(device_type, False)
+    assert torch.get_float32_matmul_precision() == before
 
 
 @settings(max_examples=60, deadline=None)
