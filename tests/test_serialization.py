@@ -61,6 +61,71 @@ def test_docbin_and_restore(nlp_default, tmp_path):
         _check_same(doc, original)
 
 
+def _edited_store(doc, **fields):
+    """A copy of `doc` whose one store in its user data is edited by hand: the
+    store's own fields, or with `output=` those of its primary output."""
+    from spacy_ctxembed.outputs import is_store_key
+
+    doc = doc.copy()
+    key = next(k for k in doc.user_data if is_store_key(k))
+    store = dict(doc.user_data[key])
+    output = fields.pop("output", None)
+    if output is not None:
+        name = store["primary"]
+        store["outputs"] = {**store["outputs"], name: {**store["outputs"][name], **output}}
+    doc.user_data[key] = {**store, **fields}
+    return doc
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda v: {"output": {"vectors": v[:3]}}, r"'vectors' has shape \(3, 32\), where its 7 stored tokens"),
+    (lambda v: {"output": {"vectors": numpy.vstack([v, v])}}, r"'vectors' has shape \(14, 32\)"),
+    (lambda v: {"output": {"vectors": v[0]}}, r"'vectors' has shape \(32,\)"),
+    (lambda v: {"output": {"vectors": v.tolist()}}, r"'vectors' is a (list|tuple), not an array"),
+    (lambda v: {"output": {"vectors": (v * 100).astype("int32")}}, r"'vectors' has dtype int32, not floats"),
+    (lambda v: {"primary": "nope"}, r"names 'nope' as its primary output"),
+    (lambda v: {"outputs": None}, r"its 'outputs' are None"),
+])
+def test_a_store_edited_by_hand_is_refused_by_name_also_after_a_docbin(tiny_bert_dir, edit, says):
+    """A store in the user data whose rows are not one per stored token (or not
+    rows of floats, or without the primary it names) was read as it was:
+    `doc._.ctx_vectors` with 3 or 14 rows for 7 tokens and `doc.vector` their
+    mean, or numpy's or Python's own errors naming nothing. Each read, and
+    `restore_vectors` after a DocBin, names the user-data entry and the field."""
+    nlp = make_nlp(tiny_bert_dir)
+    original = nlp("I ran to the park quickly.")
+    assert len(original) == 7
+    doc = _edited_store(original, **edit(original._.ctx_vectors.copy()))
+    for read in (lambda d: d[1].vector, lambda d: d[1:3].vector, lambda d: d.vector, lambda d: d._.ctx_vectors,
+                 lambda d: d[1].similarity(original[1])):
+        with pytest.raises(ValueError, match=r"the ctxembed outputs in doc.user_data\[\('\._\.', 'ctxembed:"):
+            read(doc)
+    with pytest.raises(ValueError, match=says):
+        assert doc._.ctx_vectors is None
+    saved = DocBin(docs=[doc], store_user_data=True).to_bytes()
+    (loaded,) = DocBin().from_bytes(saved).get_docs(nlp.vocab)
+    with pytest.raises(ValueError, match=says):
+        restore_vectors(loaded)
+    # Of another dtype of floats, or narrower, the rows are still one per token: read as stored.
+    for vectors in (original._.ctx_vectors.astype("float64"), original._.ctx_vectors[:, :10]):
+        edited = _edited_store(original, output={"vectors": vectors})
+        numpy.testing.assert_array_equal(edited[1].vector, vectors[1])
+
+
+def test_similarity_of_a_vector_with_nan_is_an_error_not_minus_one(tiny_bert_dir):
+    """nan is no cosine: clamped to [-1, 1] it read as -1.0, the most dissimilar
+    pair. No component writes nan (`NonFiniteOutputs`); a store edited by hand can."""
+    nlp = make_nlp(tiny_bert_dir)
+    original = nlp("I ran to the park quickly.")
+    vectors = original._.ctx_vectors.copy()
+    vectors[1, 0] = numpy.nan
+    doc = _edited_store(original, output={"vectors": vectors})
+    for a, b in ((doc[1], original[1]), (original[1], doc[1]), (doc, original)):
+        with pytest.raises(ValueError, match=r"similarity: (Token 'ran'|Doc 'I ran.*') has a vector with nan"):
+            a.similarity(b)
+    assert doc[2].similarity(original[2]) == pytest.approx(1.0)  # (its other rows are as they were)
+
+
 def test_restore_vectors_of_non_primary_outputs_cuts_and_other_input(tiny_bert_dir):
     """A doc with non-primary outputs only was said to hold none (its user data
     "dropped"); a plain span.as_doc() saved was told to do what it did; a

@@ -5,6 +5,7 @@ similarity compares vectors of one space only. The pointer to the doc's
 store (`SOURCE_HOOK`) is set with them, for docs cut from it with `as_doc()`.
 """
 import contextlib
+import math
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from spacy.lexeme import Lexeme
@@ -116,17 +117,24 @@ def similarity(a: Union[Doc, Span, Token], b: Union[Doc, Span, Token]) -> float:
             "vectors, or two ctxembed models); compare vectors of one model"
         )
     _check_one_space(a, b)
-    return _cosine(u, v)
+    cosine = _cosine(u, v)
+    if math.isnan(cosine):
+        # (Clamped, nan read as -1.0: the most dissimilar pair, from vectors that are not numbers.)
+        raise ValueError(
+            f"similarity: {describe(b if math.isfinite(float(u.sum())) else a)} has a vector with nan "
+            "or inf values, which no ctxembed component writes (its stored outputs were edited by hand?); "
+            "run the component on its doc again"
+        )
+    return min(1.0, max(-1.0, cosine))
 
 
 def _cosine(u, v) -> float:
-    """The cosine of two non-zero vectors, in float64 and within [-1, 1]: in
-    float32 a vector's cosine with itself came out as 1.00000004, which
-    `math.acos` refuses (spaCy's own gives 1.0 for the same word)."""
+    """The cosine of two non-zero vectors, in float64 (the caller clamps it to
+    [-1, 1]: in float32 a vector's cosine with itself came out as 1.00000004,
+    which `math.acos` refuses; spaCy's own gives 1.0 for the same word)."""
     xp = get_array_module(u)
     u, v = u.astype("float64"), v.astype("float64")
-    cosine = float(xp.dot(u, v)) / (float(xp.linalg.norm(u)) * float(xp.linalg.norm(v)))
-    return min(1.0, max(-1.0, cosine))
+    return float(xp.dot(u, v)) / (float(xp.linalg.norm(u)) * float(xp.linalg.norm(v)))
 
 
 def _vector_or_none(item: Any):

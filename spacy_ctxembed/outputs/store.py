@@ -60,7 +60,69 @@ def doc_stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
         (k, v) for k, v in user_data_of(doc).items()
         if is_store_key(k) and isinstance(v, dict)
     ]
+    for key, store in found:
+        check_store(key, store)
     return sorted(found, key=lambda item: item[0][2])
+
+
+def check_store(key: tuple, store: Dict[str, Any]) -> None:
+    """Refuse a store that is not as the components write it: one row per
+    stored token in every array, rows of floats, and a primary that it holds.
+    A store edited by hand in `doc.user_data` (vectors cut or stacked,
+    replaced by a list or by another dtype), or a DocBin written so, was read
+    as it was: a doc's `ctx_vectors` with more or fewer rows than tokens,
+    `doc.vector` the mean of those rows, or an error from deep in numpy
+    that named nothing."""
+    problem = _store_problem(store)
+    if problem is not None:
+        raise ValueError(
+            f"the ctxembed outputs in doc.user_data[{key!r}] are not as a ctxembed component writes them: "
+            f"{problem}, so their rows cannot be read as the doc's tokens' vectors (was the user data edited "
+            "by hand?). Delete that entry and run the ctxembed component on the doc again"
+        )
+
+
+def _store_problem(store: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a store (`check_store`); None: nothing."""
+    outputs = store.get("outputs")
+    if not isinstance(outputs, dict):
+        return f"its 'outputs' are {_shown(outputs)}, not a dict of outputs"
+    for name, output in outputs.items():
+        problem = _output_problem(output)
+        if problem is not None:
+            return f"output {name!r}: {problem}"
+    primary = store.get("primary")
+    # (A primary whose parts clashed, joined from docs of different models, is held as a clash.)
+    if primary is not None and primary not in outputs and primary not in (store.get("clashes") or {}):
+        return f"it names {primary!r} as its primary output, which it does not hold"
+    return None
+
+
+def _output_problem(output: Any) -> Optional[str]:
+    """What is wrong with one stored output (`check_store`); None: nothing."""
+    if not isinstance(output, dict) or any(field not in output for field in ("starts", "ends", "vectors")):
+        return f"{_shown(output)} is not a dict with 'starts', 'ends' and 'vectors'"
+    if numpy.ndim(output["starts"]) != 1:
+        return f"'starts' is {_shown(output['starts'])}, not one offset per stored token"
+    n_tokens = len(output["starts"])
+    # (field, dimensions, the axis of the stored tokens); orths and layers may be None.
+    for field, ndim, axis in (("ends", 1, 0), ("orths", 1, 0), ("vectors", 2, 0), ("layers", 3, 1)):
+        array: Any = output.get(field)
+        if array is None and field in ("orths", "layers"):
+            continue
+        if not hasattr(array, "shape") or not hasattr(array, "dtype"):  # (numpy or cupy)
+            return f"'{field}' is {_shown(array)}, not an array"
+        if len(array.shape) != ndim or array.shape[axis] != n_tokens:
+            return (f"'{field}' has shape {tuple(array.shape)}, where its {n_tokens} stored tokens ('starts') "
+                    f"need {ndim} dimensions and {n_tokens} rows on axis {axis}")
+        if field in ("vectors", "layers") and array.dtype.kind != "f":
+            return f"'{field}' has dtype {array.dtype}, not floats"
+    return None
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else f"a {type(value).__name__}"
 
 
 def give_ids(doc: Doc) -> None:
