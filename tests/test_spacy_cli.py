@@ -206,6 +206,31 @@ def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir
     assert doc._.ctx_vectors.shape == (len(doc), 32) and all(token.tag_ for token in doc)
 
 
+def test_spacy_train_with_ctxembed_from_trf_frozen_says_so_not_the_sourced_transformer(tiny_bert_dir, tmp_path):
+    """ctxembed_from_trf frozen too (as the shipped configs freeze ctxembed_bert):
+    init_nlp leaves it out, the listener's init initializes it alone, without
+    the pipeline its width is read from. The error said the transformer, sourced
+    and initialized here, was not, and to source it."""
+    from spacy.training.initialize import init_nlp
+
+    nlp = _with_transformer(tiny_bert_dir)
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        **LISTENER, "upstream": "ctxembed_from_trf"}}})
+    trained = spacy.blank("en")
+    trained.add_pipe("transformer", source=nlp)
+    trained.initialize()
+    trained.to_disk(tmp_path / "trf")
+    both = ["transformer", "ctxembed_from_trf"]
+    config = _training_config(nlp, tmp_path, frozen_components=both, annotating_components=both)
+    config["components"]["transformer"] = {"source": str(tmp_path / "trf")}
+    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] cannot size the listener of 'tagger': .*it was "
+                                         r"initialized on its own.*leave 'ctxembed_from_trf' out of \[training\] "
+                                         r"frozen_components") as error:
+        init_nlp(config)
+    assert "not initialized" not in str(error.value)
+
+
 # `[initialize] init_tok2vec` (the weights `spacy pretrain` writes) ------------------------------
 
 
@@ -350,6 +375,15 @@ def test_the_listener_error_names_spacy_debug_model(frozen_dir):
     nlp = spacy.load(frozen_dir)
     with pytest.raises(ValueError, match=r"`spacy debug model`"):
         nlp.get_pipe("tagger").update(_examples(nlp))
+
+
+def test_the_training_error_of_a_disabled_upstream_says_it_is_disabled(frozen_dir):
+    """`spacy train` with `[nlp] disabled = ["ctxembed_bert"]`: nlp.update runs
+    no disabled component, even one in annotating_components, so the error's
+    advice to list it there alone would not help; it names the disabling."""
+    nlp = spacy.load(frozen_dir, disable=["ctxembed_bert"])
+    with pytest.raises(ValueError, match=r"\[nlp\] disabled"):
+        nlp.update(_examples(nlp), annotates=["ctxembed_bert"])
 
 
 def test_benchmark_speed_reads_a_saved_cache_setting(frozen_dir):

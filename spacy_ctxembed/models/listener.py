@@ -513,12 +513,16 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 )
             if is_train:
                 # (spaCy's `debug model` runs no upstream but its own tok2vec's
-                # and transformer's, so a listener's component debugged alone lands here too.)
+                # and transformer's, so a listener's component debugged alone lands here too;
+                # so does an upstream disabled in training (`[nlp] disabled`), which this
+                # listener cannot tell from one left out of annotating_components.)
                 raise ValueError(
                     f"{model.described()}: doc has no {model.kind} from upstream {name or model.upstream_name!r}: "
                     "it did not run on the training docs before this component's update. In training, a frozen "
                     "ctxembed component must also be listed in [training] annotating_components, and a trained "
-                    "one updated in the same nlp.update; a listening component updated on its own (its "
+                    "one updated in the same nlp.update, and neither may be disabled ([nlp] disabled, "
+                    "nlp.select_pipes, nlp.disable_pipe: nlp.update runs no disabled component, so listing it "
+                    "in annotating_components does not help); a listening component updated on its own (its "
                     "update(), `spacy debug model`) has no upstream outputs to read" + _unlinked(model)
                 )
             others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []

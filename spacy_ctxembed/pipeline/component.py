@@ -171,6 +171,9 @@ class ContextualEmbedder(TrainablePipe):
     #: The encoder shim's count of loads (`EncoderShim.loads`) at the component's
     #: last load: another count is a load past it (`_notice_outside_load`).
     _shim_loads = 0
+    #: ctxembed_from_trf: its last initialize had no pipeline to find its transformer in
+    #: (`spacy train` initializes no frozen component: the listener's init initializes it alone).
+    _initialized_alone = False
 
     def __init__(
         self,
@@ -325,13 +328,25 @@ class ContextualEmbedder(TrainablePipe):
             # (ctxembed_from_trf's width is the transformer's, known once that is
             # initialized, or from the first doc it pools: too late for a listener.)
             listening = [name for name, nodes in self.listener_map.items() if listener in nodes]
+            if self._initialized_alone:  # (the transformer may well be initialized: this component never looked)
+                why = (
+                    "which it reads from the pipeline that initializes it, and it was initialized on its own "
+                    "(component.initialize() without nlp=, or at its first use). spacy train initializes no frozen "
+                    f"component: leave {self.name!r} out of [training] frozen_components (the transformer is "
+                    "what stays frozen: list it in frozen_components and annotating_components), or initialize "
+                    f"it with the pipeline (nlp.initialize(), or nlp.get_pipe({self.name!r}).initialize(nlp=nlp))"
+                )
+            else:
+                why = (
+                    "which is not initialized. Initialize it with the pipeline (nlp.initialize()); spacy train "
+                    "initializes no frozen component, so a frozen transformer must be sourced from a pipeline in "
+                    "which it was initialized (source = ... in its [components] block), or trained (left out of "
+                    "[training] frozen_components)"
+                )
             raise ValueError(
                 f"[{self.name}] cannot size the listener of {', '.join(map(repr, listening)) or 'a component'}: "
-                "the width of the vectors it pools is that of the spacy-transformers transformer before it, "
-                "which is not initialized. Initialize it with the pipeline (nlp.initialize()); spacy train "
-                "initializes no frozen component, so a frozen transformer must be sourced from a pipeline in "
-                "which it was initialized (source = ... in its [components] block), or trained (left out of "
-                "[training] frozen_components)")
+                f"the width of the vectors it pools is that of the spacy-transformers transformer before it, {why}"
+            )
         listener.set_dim("nL", encoder.get_dim("nL"), force=True)
         width = encoder.get_dim("nO") if listener.mix_layers else self.model.get_dim("nO")
         listener.set_dim("nO", width, force=True)
@@ -347,6 +362,7 @@ class ContextualEmbedder(TrainablePipe):
         spaCy's own components start afresh: weights loaded or fine-tuned
         before (and a combiner's) are replaced."""
         was_loaded = self._loaded
+        self._initialized_alone = self.encoder.name == TRF_ENCODER and nlp is None
         with named_errors(self.name):
             if self.encoder.name == TRF_ENCODER and nlp is not None:
                 _check_upstream_transformer(self.name, self.encoder, nlp)
@@ -445,6 +461,7 @@ class ContextualEmbedder(TrainablePipe):
         """
         self._loaded = False
         self._load_refused = source
+        self._initialized_alone = False  # (the saved width is the one to size with)
         yield
         self._load_refused = None
 
