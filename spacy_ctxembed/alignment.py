@@ -14,6 +14,8 @@ from numpy.typing import ArrayLike
 from spacy.attrs import IDX, IS_SPACE, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc
 
+from .batching import concat_ranges
+
 #: A 1-d int64 index array on the host.
 IndexArray = numpy.ndarray
 
@@ -142,10 +144,8 @@ def align_pieces(
     lo = numpy.searchsorted(t_end, p_start, side="right")
     hi = numpy.searchsorted(t_start, p_end, side="left")
     counts = numpy.where(p_end > p_start, numpy.maximum(hi - lo, 0), 0)
-    total = int(counts.sum())
     piece_index = numpy.repeat(numpy.arange(n_pieces, dtype="int64"), counts)
-    run_start = numpy.repeat(numpy.cumsum(counts) - counts, counts)
-    token_index = numpy.repeat(lo, counts) + (numpy.arange(total, dtype="int64") - run_start)
+    token_index = concat_ranges(lo, counts)
     order = numpy.lexsort((piece_index, token_index))
     return PieceAlignment(token_index[order], piece_index[order], len(t_start), n_pieces)
 

@@ -19,6 +19,11 @@ def bad_setting(component: str, setting: str, value: Any, expected: str) -> Sett
     return SettingError(f"[{component}] {setting} = {value!r}: {expected}")
 
 
+def shortened(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters (ending in "...") where it is longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def first_line(err: BaseException, *, typed: bool = True, limit: Optional[int] = None) -> str:
     """The first line of what `err` says, for a message of one line: after the
     name of its type (`typed`), cut to `limit` characters; the name of its type
@@ -26,7 +31,7 @@ def first_line(err: BaseException, *, typed: bool = True, limit: Optional[int] =
     lines = str(err).strip().splitlines()
     if not lines:
         return type(err).__name__
-    line = lines[0] if limit is None or len(lines[0]) <= limit else lines[0][: limit - 3] + "..."
+    line = lines[0] if limit is None else shortened(lines[0], limit)
     return f"{type(err).__name__}: {line}" if typed else line
 
 

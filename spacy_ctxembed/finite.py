@@ -20,6 +20,7 @@ asynchronously only in some.)
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
+from spacy.tokens import Doc
 from thinc.api import Model, Ops
 
 from .errors import NonFiniteOutputs
@@ -70,7 +71,7 @@ class FiniteCheck:
         return bad
 
 
-def refuse_non_finite(component: str, docs: Sequence[Any], check: FiniteCheck, encoder: Model,
+def refuse_non_finite(component: str, docs: Sequence[Doc], check: FiniteCheck, encoder: Model,
                       encoder_block: Optional[str] = None, *, training: bool = False) -> None:
     """Raise `NonFiniteOutputs` if a doc of the batch has a vector with nan or inf.
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 
 import numpy
 
+from ..errors import shortened
 from .elmo_chars import BOW, EOW, MAX_CHARS, PAD
 
 OPTIONS_FILE = "options.json"
@@ -90,8 +91,7 @@ class _Source:
 
 
 def _show(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shortened(repr(value), limit)
 
 
 def _type_name(value: Any) -> str:

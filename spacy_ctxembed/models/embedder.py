@@ -20,7 +20,7 @@ from spacy.util import dot_to_object, registry
 from thinc.api import Model
 from thinc.layers.chain import forward as chain_forward
 
-from ..errors import bad_setting, check_int, first_line
+from ..errors import bad_setting, check_int, first_line, shortened
 from ..layers import built_as
 from ..settings import config_value
 from ..types import CombinerModel, EmbedderModel, EncoderModel
@@ -69,7 +69,7 @@ def check_embedder(owner: str, setting: str, model: Model) -> None:
 
 def _shown(model: Model) -> str:
     """A model's name, cut short (a chain's name lists all its layers)."""
-    return model.name if len(model.name) <= 60 else model.name[:57] + "..."
+    return shortened(model.name, 60)
 
 
 def check_combiner_layers(owner: str, model: EmbedderModel, *, block: str = "") -> None:

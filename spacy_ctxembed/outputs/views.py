@@ -18,6 +18,7 @@ from spacy.tokens import Doc
 from thinc.api import get_array_module
 
 from ..alignment import text_length, token_char_spans
+from ..errors import shortened
 from ..forksafe import ProcessLocal
 from .placement import Placed, align_output, part_reaches, placed_spans, rows_of, stacked
 from .store import (
@@ -227,7 +228,7 @@ def unread_cut_error(doc: Doc) -> MissingOutputs:
     source = doc.user_hooks.get(SOURCE_HOOK)
     name = source.store.get("primary") if isinstance(source, Source) else None
     prefix = f"[{name}] " if name else ""
-    shown = doc.text if len(doc.text) <= 40 else doc.text[:37] + "..."
+    shown = shortened(doc.text, 40)
     if isinstance(source, Source) and len(source_placements(doc, most=2)) > 1:
         why = (f"this doc was made with span.as_doc() from a doc in which its text ({shown!r}) occurs more "
                "than once, so which tokens' vectors it has cannot be told (spaCy's as_doc reads them too)")
@@ -355,8 +356,7 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
     first = int(numpy.argmax(mask))
     run = numpy.flatnonzero(~mask[first:])
     end = first + (int(run[0]) if len(run) else len(mask) - first)
-    text = doc[first:end].text
-    text = text if len(text) <= 40 else text[:37] + "..."
+    text = shortened(doc[first:end].text, 40)
     return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
 
 

@@ -634,7 +634,7 @@ class ContextualEmbedder(TrainablePipe):
         doc it annotated before a training step has one of the weights
         then). For a listener whose upstream was renamed, to tell that
         upstream's outputs from another's (`ContextualListenerNode.check_not_renamed`).
-        None of `ctxembed_from_trf`'s: its signature has its own settings only,
+        Empty for `ctxembed_from_trf`: its signature has its own settings only,
         and tells no transformer from another."""
         return self._made if encoder_shim(self.encoder) is not None else ()
 
