@@ -76,6 +76,18 @@ def test_int8_follows_weights_swapped_by_use_params(tiny_bert_dir):
     numpy.testing.assert_array_equal(int8(TEXT)._.ctx_vectors, before)  # quantized from the weights put back
 
 
+def test_an_int8_encoder_moved_to_a_gpu_is_refused_before_anything_moves(tiny_bert_dir):
+    """Refused at load on a GPU, but `to_gpu()` after a load on the CPU went on into
+    torch's quantized modules, which have no CUDA kernels."""
+    nlp = make_nlp(tiny_bert_dir, precision="int8")
+    before = nlp(TEXT)._.ctx_vectors
+    shim = nlp.get_pipe("ctxembed_bert").encoder.shims[0]
+    with pytest.raises(ValueError, match=r"precision = 'int8'.*int8 quantization runs on CPU only"):
+        shim.to_device("gpu", 0)
+    assert {p.device.type for p in shim._model.parameters()} == {"cpu"}
+    numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, before)
+
+
 def test_tf32_on_cpu_is_exact_fp32(minilm_dir):
     exact = make_nlp(minilm_dir)(TEXT)._.ctx_vectors
     numpy.testing.assert_array_equal(make_nlp(minilm_dir, precision="tf32")(TEXT)._.ctx_vectors, exact)

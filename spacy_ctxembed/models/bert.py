@@ -24,7 +24,7 @@ from thinc.api import Model, PyTorchGradScaler, get_torch_default_device
 
 from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
-from .bert_runner import COMPONENT, BertRunner, check_settings, config_positions, training_copy
+from .bert_runner import COMPONENT, BertRunner, check_precision_device, check_settings, config_positions, training_copy
 from .hf_loading import HFEncoder, load_encoder, resolve_model_dir
 from .hf_probe import probe_record
 from .torch_bridge import (
@@ -174,6 +174,8 @@ class BertShim(EncoderShim):
     def to_device(self, device_type: str, device_id: int) -> None:
         if self._model is None:  # not loaded yet: it loads onto the current device (`load`)
             return
+        if self.runner is not None:  # (before anything moves: an int8 encoder moved to a GPU failed in torch)
+            check_precision_device(self.runner.precision, device_type)
         super().to_device(device_type, device_id)
         if self.runner is not None:
             runner = self.runner

@@ -111,6 +111,13 @@ BATCHES_PER_RUN = 4
 CHARS_PER_PIECE = 4
 
 
+def check_precision_device(precision: str, device_type: str) -> None:
+    """Refuse a precision that cannot run on the device: int8 quantization is CPU only."""
+    if precision == "int8" and device_type != "cpu":
+        raise bad_setting(COMPONENT, "precision", "int8",
+                          "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
+
+
 class BertRunner:
     """An encoder prepared for one set of settings.
 
@@ -134,9 +141,7 @@ class BertRunner:
         self.n_special = len(self.prefix_ids) + len(self.suffix_ids)
         pad = encoder.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        if self.precision == "int8" and self.device.type != "cpu":
-            raise bad_setting(COMPONENT, "precision", "int8",
-                              "int8 quantization runs on CPU only; use 'fp16' or 'bf16' on GPU")
+        check_precision_device(self.precision, self.device.type)
         if self.precision == "fp16" and self.device.type == "cpu":
             # (Measured with MiniLM, 2 threads: about 3.9x the time of "fp32", for vectors
             # within 0.003 of its; bf16 ran there as fast as fp32 or faster, and is not warned of.)
