@@ -174,19 +174,18 @@ class BertShim(EncoderShim):
     def to_device(self, device_type: str, device_id: int) -> None:
         if self._model is None:  # not loaded yet: it loads onto the current device (`load`)
             return
-        if self.runner is not None:  # (before anything moves: an int8 encoder moved to a GPU failed in torch)
-            check_precision_device(self.runner.precision, device_type)
+        runner = self.get_runner()  # (`load` sets it with the model)
+        # Before anything moves: an int8 encoder moved to a GPU failed in torch.
+        check_precision_device(runner.precision, device_type)
         super().to_device(device_type, device_id)
-        if self.runner is not None:
-            runner = self.runner
-            # `.cuda()` moves each parameter in place but puts new buffer tensors in
-            # its module's own table: the training copy, whose modules are other
-            # objects, would keep the old ones (position ids on the old device);
-            # the int8 copy is made again from the moved weights.
-            runner.train_runner = training_copy(runner.runner)
-            runner.weights_changed()
-            if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
-                runner.max_batch_items = runner.default_budget()
+        # `.cuda()` moves each parameter in place but puts new buffer tensors in
+        # its module's own table: the training copy, whose modules are other
+        # objects, would keep the old ones (position ids on the old device);
+        # the int8 copy is made again from the moved weights.
+        runner.train_runner = training_copy(runner.runner)
+        runner.weights_changed()
+        if not self.settings["max_batch_items"]:  # the default budget is the device's (free memory on a GPU)
+            runner.max_batch_items = runner.default_budget()
         self._scale_losses()
 
     def _scale_losses(self) -> None:
