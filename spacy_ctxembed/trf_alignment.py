@@ -175,6 +175,15 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
     return numpy.maximum(lengths, 0)
 
 
+def own_lengths(doc: Doc, tokens: numpy.ndarray) -> numpy.ndarray:
+    """How many characters each of `tokens` has, as `text_lengths` counts those
+    its pieces hold: spaces left out, composed (a decomposed accent, which an
+    uncased tokenizer drops, is not a character more than the piece's)."""
+    words, orths = doc.vocab.strings, doc.to_array(ORTH)
+    return numpy.fromiter((len(unicodedata.normalize("NFC", "".join(words[orth].split())))
+                           for orth in orths[tokens].tolist()), dtype="int64", count=len(tokens))
+
+
 def _bare(piece: str) -> str:
     """A piece's text without the marks of where it sits in a word."""
     if piece.startswith("##"):

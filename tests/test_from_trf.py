@@ -228,6 +228,45 @@ def test_a_token_cut_at_a_strided_spans_end_is_pooled_from_the_span_that_has_it_
     numpy.testing.assert_allclose(doc._.ctx_vectors, numpy.stack(expected), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_a_token_cut_alone_in_its_span_gets_no_vector(tiny_bert_dir, pooling):
+    """A token cut at the model's length that no other span has, while the word
+    after it has pieces in the next span (strided_spans with stride = window)
+    or there is none (the doc's last token), was pooled from its first pieces
+    and read as whole, unsaid (|v| up to 1.8 with "mean", 2.1 "max"). It goes, said; a
+    token that ends exactly at the cut (only [SEP] cut) keeps its vector.
+    Checked against the pieces of each span's text as the tokenizer splits
+    it whole (its offsets), in float64."""
+    nlp = _with_transformer(tiny_bert_dir, get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 22, "stride": 22})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling=pooling))
+    nlp.initialize()
+    tokenizer = nlp.get_pipe("transformer").model.tokenizer
+    words = " ".join(f"wordx{i}" for i in range(10, 52))  # (3 pieces each: "word", "##x", "##10")
+    # [CLS] "a" and 20 words fill 62 of the 64 columns: the 22nd token is cut after 2 pieces,
+    # in the span's last column, and the next span starts right after it (or the doc ends);
+    # the next span's [CLS] and 21 words fill 64: its last word ends right at the cut.
+    for text, ends_at_cut in [("a " + words, True), ("a " + " ".join(words.split()[:21]), False)]:
+        with pytest.warns(UserWarning, match=r"\] 1 of \d+ tokens \(the first: 'wordx30' at 21\) have no wordpiece"):
+            doc = nlp(text)
+        trf = doc._.trf_data
+        states = trf.model_output.last_hidden_state.astype("float64")
+        span_length = states.shape[1]
+        states = states.reshape(-1, states.shape[-1])
+        pieces = [[] for _ in doc]
+        for s, span in enumerate(nlp.get_pipe("transformer").model.attrs["get_spans"]([doc])[0]):
+            offsets = tokenizer(span.text, return_offsets_mapping=True)["offset_mapping"]
+            for token in span:
+                start, end = token.idx - span.start_char, token.idx - span.start_char + len(token)
+                own = [j for j, (a, b) in enumerate(offsets) if b > a and a < end and start < b]
+                pieces[token.i] += [s * span_length + j for j in own] if max(own) < span_length else []
+        assert [i for i, p in enumerate(pieces) if not p] == [21]
+        assert not ends_at_cut or max(pieces[-1]) % span_length == span_length - 1 == 63
+        expected = numpy.stack([(states[p].mean(axis=0) if pooling == "mean" else states[p].max(axis=0))
+                                if p else numpy.zeros(states.shape[-1]) for p in pieces])
+        numpy.testing.assert_allclose(doc._.ctx_vectors, expected, atol=1e-6, rtol=0)
+
+
 def _first_word_texts(n_pieces):
     """Texts whose first word is cut at a 32-piece model's length (2-token windows) at each place around it."""
     return ["q" * n + " as governor , so against the park" for n in range(n_pieces - 14, n_pieces)]

@@ -29,7 +29,7 @@ from ..settings import (
     normalize_layers,
     warn_repeated_layers,
 )
-from ..trf_alignment import AlignedPieces, check_not_retokenized, space_only_pairs, text_lengths
+from ..trf_alignment import AlignedPieces, check_not_retokenized, own_lengths, space_only_pairs, text_lengths
 from ..types import POOLING_MODES, DocLayers, EncoderModel
 
 COMPONENT = "ctxembed_from_trf"
@@ -166,12 +166,17 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     or, with a tokenizer that adds none, with a whole word: that word is
     followed by a word of the next span, which has pieces, and has all its
     characters in every span it is in. Only the cut span's pieces of the
-    token go: with strided_spans it keeps those of the next span. (A token
-    that ends exactly at the cut, with no word after it in any span, cannot
-    be told from a cut one, and goes too; not seen are a cut inside a span's
-    last token, with no word after it, and a cut token that no other span has
-    whole while the next word has pieces there, as when the next span starts
-    right after it.)"""
+    token go: with strided_spans it keeps those of the next span. A token at
+    the cut that no other span has, in a span that opens with a special
+    token (BERT's [CLS], RoBERTa's <s>: those tokenizers close it with one),
+    was cut too, or ended exactly there (the doc's last token, or the one
+    right before the next span's start, whose next word has pieces there):
+    cut where its pieces hold fewer characters than it has (`own_lengths`).
+    (A token that ends exactly at the cut, with no word after it in any
+    span, cannot be told from a cut one, and goes too; not seen is a cut
+    token alone in its span of a tokenizer that opens its spans with no
+    special token, nor one whose pieces' text holds more characters than
+    the piece held of it: "[UNK]", byte-level BPE's bytes of other scripts.)"""
     tokens, pieces, span_length = alignment.token_index, alignment.piece_index, aligned.span_length
     if not len(tokens):
         return numpy.zeros(0, dtype=bool)
@@ -189,12 +194,22 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
     is_cut = has_next & ~alignment.covered_tokens()[next_word]
     run_tokens = tokens[ends]  # (a token's runs are next to one another)
+    # A token in this span only, in a span opened by a special token (its first
+    # piece aligned to no token): the span was closed by one too, so a word in
+    # its last column is where the cut fell, whether or not the next word has
+    # pieces (in the next span) or there is one. Cut inside it or not, told by
+    # the characters its pieces hold, where they can be read.
+    alone = numpy.bincount(run_tokens, minlength=alignment.n_tokens)[tokens[at_cut]] == 1
+    unsure = alone & ~is_cut & ~numpy.isin(spans[at_cut] * span_length, aligned.piece)
     in_two_spans = at_cut.any() and bool((run_tokens[1:] == run_tokens[:-1]).any())
     # (The pieces' text read only where a token at a cut may have another run: most docs have no cut.)
-    lengths = text_lengths(doc, alignment, aligned) if in_two_spans else None
-    if lengths is not None:
-        # Each token's most characters in any one span: a run at the cut with fewer lost its last ones.
+    lengths = text_lengths(doc, alignment, aligned) if in_two_spans or unsure.any() else None
+    if lengths is None:
+        is_cut |= unsure
+    else:
         held = numpy.bincount(run_ids, weights=lengths)
+        is_cut |= unsure & (held[cut_runs] < own_lengths(doc, tokens[at_cut]))
+        # Each token's most characters in any one span: a run at the cut with fewer lost its last ones.
         most = numpy.zeros(alignment.n_tokens)
         numpy.maximum.at(most, run_tokens, held)
         is_cut |= held[cut_runs] < most[tokens[at_cut]]
