@@ -176,12 +176,24 @@ def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> 
 
 
 def own_lengths(doc: Doc, tokens: numpy.ndarray) -> numpy.ndarray:
-    """How many characters each of `tokens` has, as `text_lengths` counts those
-    its pieces hold: spaces left out, composed (a decomposed accent, which an
-    uncased tokenizer drops, is not a character more than the piece's)."""
+    """How many characters each of `tokens` has at least, as `text_lengths`
+    counts those its pieces hold: spaces left out, composed (a decomposed
+    accent, which an uncased tokenizer drops, is not a character more than
+    the piece's), and without the characters a tokenizer may drop from a
+    whole word: control and format characters (a soft hyphen, a zero-width
+    non-joiner: BERT's tokenizers drop them) and combining marks (uncased
+    ones strip them), counted as NFKC writes it where that is shorter."""
     words, orths = doc.vocab.strings, doc.to_array(ORTH)
-    return numpy.fromiter((len(unicodedata.normalize("NFC", "".join(words[orth].split())))
-                           for orth in orths[tokens].tolist()), dtype="int64", count=len(tokens))
+
+    def kept(text: str) -> int:
+        return sum(1 for char in text if not unicodedata.category(char).startswith(("C", "Mn")))
+
+    def length(word: str) -> int:
+        bare = "".join(word.split())
+        return min(kept(unicodedata.normalize(form, bare)) for form in ("NFC", "NFKC"))
+
+    return numpy.fromiter((length(words[orth]) for orth in orths[tokens].tolist()), dtype="int64",
+                          count=len(tokens))
 
 
 def _bare(piece: str) -> str:

@@ -267,6 +267,30 @@ def test_a_token_cut_alone_in_its_span_gets_no_vector(tiny_bert_dir, pooling):
         numpy.testing.assert_allclose(doc._.ctx_vectors, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("last", ["word\u00adx51", "wordx5\u03081", "word\u200cx51"])
+def test_a_whole_token_at_the_cut_with_characters_the_tokenizer_drops_keeps_its_vector(tiny_bert_dir, last):
+    """The doc's last word ends right at the second span's cut (as in the test
+    above), with a character that the uncased tokenizer drops (a soft hyphen,
+    a combining mark, a zero-width non-joiner): its pieces are those of
+    "wordx51" and hold 7 of its 8 characters. It was taken for a cut one and
+    lost its vector. Its vector is the one "wordx51" gets there (the same
+    piece ids), and only the cut "wordx30" goes."""
+    nlp = _with_transformer(tiny_bert_dir, get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 22, "stride": 22})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config())
+    nlp.initialize()
+    tokenizer = nlp.get_pipe("transformer").model.tokenizer
+    assert tokenizer.tokenize(last) == tokenizer.tokenize("wordx51")
+    words = [f"wordx{i}" for i in range(10, 51)]
+    docs = []
+    for word in ("wordx51", last):
+        with pytest.warns(UserWarning, match=r"\] 1 of 43 tokens \(the first: 'wordx30' at 21\) have no wordpiece"):
+            docs.append(nlp("a " + " ".join(words + [word])))
+    plain, dropped = docs
+    assert numpy.abs(plain._.ctx_vectors[-1]).sum() > 0
+    numpy.testing.assert_allclose(dropped._.ctx_vectors, plain._.ctx_vectors, atol=1e-6, rtol=0)
+
+
 def _first_word_texts(n_pieces):
     """Texts whose first word is cut at a 32-piece model's length (2-token windows) at each place around it."""
     return ["q" * n + " as governor , so against the park" for n in range(n_pieces - 14, n_pieces)]

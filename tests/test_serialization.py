@@ -101,7 +101,7 @@ def test_a_store_edited_by_hand_is_refused_by_name_also_after_a_docbin(tiny_bert
         with pytest.raises(ValueError, match=r"the ctxembed outputs in doc.user_data\[\('\._\.', 'ctxembed:"):
             read(doc)
     with pytest.raises(ValueError, match=says):
-        assert doc._.ctx_vectors is None
+        assert doc._.ctx_vectors is None and not doc[1].has_vector and doc.tensor.size == 0
     saved = DocBin(docs=[doc], store_user_data=True).to_bytes()
     (loaded,) = DocBin().from_bytes(saved).get_docs(nlp.vocab)
     with pytest.raises(ValueError, match=says):
@@ -110,6 +110,21 @@ def test_a_store_edited_by_hand_is_refused_by_name_also_after_a_docbin(tiny_bert
     for vectors in (original._.ctx_vectors.astype("float64"), original._.ctx_vectors[:, :10]):
         edited = _edited_store(original, output={"vectors": vectors})
         numpy.testing.assert_array_equal(edited[1].vector, vectors[1])
+
+
+def test_a_store_edited_by_hand_can_be_dropped_and_embedded_again(tiny_bert_dir):
+    """`doc._.ctx_outputs = None` drops every output: also a store that no read
+    takes (it refused with the error that asks for that store to go)."""
+    from spacy_ctxembed.outputs import is_store_key
+
+    nlp = make_nlp(tiny_bert_dir)
+    original = nlp("I ran to the park quickly.")
+    for edit in ({"output": {"vectors": original._.ctx_vectors[:3]}}, {"outputs": None}):
+        doc = _edited_store(original, **edit)
+        doc._.ctx_outputs = None
+        assert not any(is_store_key(key) for key in doc.user_data)
+        assert doc._.ctx_vectors is None and not doc[1].has_vector and doc.tensor.size == 0
+        numpy.testing.assert_array_equal(nlp.get_pipe("ctxembed_bert")(doc)._.ctx_vectors, original._.ctx_vectors)
 
 
 def test_similarity_of_a_vector_with_nan_is_an_error_not_minus_one(tiny_bert_dir):

@@ -171,7 +171,8 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     token (BERT's [CLS], RoBERTa's <s>: those tokenizers close it with one),
     was cut too, or ended exactly there (the doc's last token, or the one
     right before the next span's start, whose next word has pieces there):
-    cut where its pieces hold fewer characters than it has (`own_lengths`).
+    cut where its pieces hold fewer characters than it has (`own_lengths`:
+    not counting those a tokenizer may drop from a whole word).
     (A token that ends exactly at the cut, with no word after it in any
     span, cannot be told from a cut one, and goes too; not seen is a cut
     token alone in its span of a tokenizer that opens its spans with no

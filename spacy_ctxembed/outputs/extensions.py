@@ -28,6 +28,7 @@ from .store import (
     signatures_agree,
     spans_whole,
     store_key,
+    store_problem,
     user_data_of,
 )
 from .tensor import set_tensor, tensor_source
@@ -55,10 +56,16 @@ def drop_outputs(doc: Doc, value: Any = None) -> None:
     stores in its user data, the vector hooks, the pointer to the doc it was
     cut from, and `doc.tensor` where a ctxembed component set it."""
     _check_dropped(OUTPUTS, value)
-    stores = doc_stores(doc)
+    # Unchecked: a store edited by hand, which no read takes, is dropped too.
+    stores = doc_stores(doc, checked=False)
     # A cut reads its source's store, and has its tensor's rows: wherever its text is in the source.
     placements = [stores] if stores else [[store] for store in source_placements(doc)]
-    if any(tensor_source(doc, placed) is not None for placed in placements):
+    if any(store_problem(store) is not None for _, store in stores):
+        # (Its rows cannot be compared with doc.tensor: what the store says of it is taken.)
+        ours = any(store.get("tensor_set", True) for _, store in stores)  # (earlier versions: the primary's)
+    else:
+        ours = any(tensor_source(doc, placed) is not None for placed in placements)
+    if ours:
         doc.tensor = numpy.zeros((0,), dtype="float32")  # (as a new Doc has it)
     if SOURCE_HOOK in doc.user_hooks:
         # spaCy's as_doc keeps the span's vector and norm (ours) as the cut's

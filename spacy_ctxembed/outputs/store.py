@@ -52,16 +52,19 @@ def user_data_of(doc: Doc) -> Dict[Any, Any]:
     return cast(Dict[Any, Any], doc.user_data)
 
 
-def doc_stores(doc: Doc) -> List[Tuple[tuple, Dict[str, Any]]]:
+def doc_stores(doc: Doc, checked: bool = True) -> List[Tuple[tuple, Dict[str, Any]]]:
     """The stores in `doc`'s user data, in character order. (All of them: a
     joined part's shifted key can equal the whole doc's key by chance, a part
-    cut from a source as long as the joined doc.)"""
+    cut from a source as long as the joined doc.) `checked`: each refused
+    where it is not as the components write it (`check_store`); unchecked
+    only to drop them."""
     found = [
         (k, v) for k, v in user_data_of(doc).items()
         if is_store_key(k) and isinstance(v, dict)
     ]
-    for key, store in found:
-        check_store(key, store)
+    if checked:
+        for key, store in found:
+            check_store(key, store)
     return sorted(found, key=lambda item: item[0][2])
 
 
@@ -73,7 +76,7 @@ def check_store(key: tuple, store: Dict[str, Any]) -> None:
     as it was: a doc's `ctx_vectors` with more or fewer rows than tokens,
     `doc.vector` the mean of those rows, or an error from deep in numpy
     that named nothing."""
-    problem = _store_problem(store)
+    problem = store_problem(store)
     if problem is not None:
         raise ValueError(
             f"the ctxembed outputs in doc.user_data[{key!r}] are not as a ctxembed component writes them: "
@@ -82,7 +85,7 @@ def check_store(key: tuple, store: Dict[str, Any]) -> None:
         )
 
 
-def _store_problem(store: Dict[str, Any]) -> Optional[str]:
+def store_problem(store: Dict[str, Any]) -> Optional[str]:
     """What is wrong with a store (`check_store`); None: nothing."""
     outputs = store.get("outputs")
     if not isinstance(outputs, dict):
