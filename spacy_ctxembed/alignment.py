@@ -122,6 +122,19 @@ def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, to
     return before[numpy.clip(numpy.asarray(token_ends, dtype=numpy.int64), 0, n_chars)] > before[token_starts]
 
 
+def blank_tokens(text: str, token_starts: ArrayLike, token_ends: ArrayLike) -> numpy.ndarray:
+    """Boolean mask over tokens [token_starts, token_ends): True where a token
+    of one or more characters, within the text, holds whitespace only (" "
+    split off "New York": whitespace between stored tokens, no text to embed)."""
+    n_chars = len(text)
+    codes = numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    solid = numpy.concatenate(([0], numpy.cumsum(~numpy.isin(codes, _WHITESPACE))))  # non-whitespace before each offset
+    token_starts = numpy.asarray(token_starts, dtype=numpy.int64)
+    token_ends = numpy.asarray(token_ends, dtype=numpy.int64)
+    inside = (token_starts < token_ends) & (token_starts >= 0) & (token_ends <= n_chars)
+    return inside & (solid[numpy.clip(token_ends, 0, n_chars)] == solid[numpy.clip(token_starts, 0, n_chars)])
+
+
 def align_pieces(
     piece_starts: ArrayLike,
     piece_ends: ArrayLike,

@@ -447,6 +447,67 @@ def test_a_split_piece_at_a_cuts_edge_joined_after_another_doc_is_an_error_not_a
         restore_vectors(Doc.from_docs([other, tail]))
 
 
+def test_a_whitespace_token_split_off_a_merge_has_no_vector_not_an_error(nlp):
+    """"New York" merged, then split into "New", " ", "York": the " " lies on
+    the whitespace between the embedded tokens, which no stored token covers,
+    and reading any vector of the doc raised MissingOutputs (as for text never
+    embedded). Whitespace is no text to embed: it has no vector, as a
+    whitespace token that was embedded has none."""
+    doc = nlp("New York is big")
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[0], ["New", " ", "York"], heads=[(doc[0], 0)] * 3)
+    assert [t.text for t in doc] == ["New", " ", "York", "is", "big"]
+    assert not doc[1].has_vector and not doc[1].vector.any()
+    _check(doc, before, "emb")
+    numpy.testing.assert_array_equal(doc[0].vector, before[(0, 3)][0])
+
+
+def test_a_plain_cut_of_a_joined_doc_averages_the_embedded_tokens_not_the_pieces(nlp):
+    """A plain cut (`span.as_doc()`) of a joined doc read the joined doc's rows
+    as its tokens were at `restore_vectors`: "NewYork" split there into "New"
+    and "York", then merged with "a", read (2 * NewYork + a) / 3 in the cut,
+    silently, where the joined doc itself read (NewYork + a) / 2 (merges
+    average the embedded tokens). The cut reads the embedded tokens too."""
+    doc = nlp("I like NewYork a lot")
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[2], ["New", "York"], heads=[(doc[2], 1), doc[1]])
+    joined = restore_vectors(Doc.from_docs([doc, nlp("Other words here .")], exclude=["tensor"]))
+    with joined.retokenize() as retokenizer:
+        retokenizer.merge(joined[2:5])  # "New York a"
+    assert joined[2].text == "NewYork a"
+    expected = numpy.mean([numpy.asarray(before[span][0], dtype="float64") for span in ((7, 14), (15, 16))], axis=0)
+    numpy.testing.assert_allclose(joined[2].vector, expected, rtol=1e-6, atol=1e-6)
+    cut = joined[1:4].as_doc()
+    assert cut[1].text == "NewYork a"
+    numpy.testing.assert_allclose(cut[1].vector, expected, rtol=1e-6, atol=1e-6)
+    _check(cut, before, "emb", shift=joined[1].idx)
+
+
+def test_another_output_on_a_joined_doc_keeps_the_embedded_tokens(nlp, tiny_bert_dir):
+    """Another component run on a joined doc gathered its outputs as the
+    joined doc's tokens then were: "NewYork" split into "New" and "York",
+    then merged with "a", read (2 * NewYork + a) / 3, silently, not
+    (NewYork + a) / 2 as without the other output."""
+    other = spacy.blank("en", vocab=nlp.vocab)
+    other.add_pipe("ctxembed_bert", name="more", config=ctx_config(name=tiny_bert_dir, layers=[1], primary=False))
+    other.initialize()
+    doc = nlp("I like NewYork a lot")
+    before = _by_offsets(doc, "emb")
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[2], ["New", "York"], heads=[(doc[2], 1), doc[1]])
+    joined = other.get_pipe("more")(restore_vectors(Doc.from_docs([doc, nlp("Other words here .")],
+                                                                  exclude=["tensor"])))
+    with joined.retokenize() as retokenizer:
+        retokenizer.merge(joined[2:5])  # "New York a"
+    expected = numpy.mean([numpy.asarray(before[span][0], dtype="float64") for span in ((7, 14), (15, 16))], axis=0)
+    numpy.testing.assert_allclose(joined[2].vector, expected, rtol=1e-6, atol=1e-6)
+    _check(joined[:4].as_doc(), before, "emb")
+
+
 def test_retokenized_doc_survives_serialization(nlp, tmp_path):
     doc = nlp(TEXT)
     before = _by_offsets(doc, "emb")

@@ -32,7 +32,7 @@ from .store import (
     user_data_of,
 )
 from .tensor import set_tensor, tensor_source
-from .views import Source, doc_view, placed_view, source_placements, source_store, view_store
+from .views import Source, doc_view, embedded_store, placed_view, source_placements, source_store
 
 OUTPUTS, VECTORS, LAYERS = "ctx_outputs", "ctx_vectors", "ctx_layers"
 
@@ -237,8 +237,9 @@ def _same_layers(output: Dict[str, Any], signature: Optional[str], starts, ends,
 def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     """A doc whose outputs are in shifted stores (`Doc.from_docs`,
     `span.as_doc(copy_user_data=True)`) or in its source's (`span.as_doc()`):
-    those outputs, aligned to its tokens now, as one whole-doc store
-    (`view_store`), so that writing one more output keeps them. The shifted
+    the stored tokens it reads of them, as embedded, as one whole-doc store
+    (`embedded_store`: a merge since of pieces split before still averages
+    the embedded tokens), so that writing one more output keeps them. The shifted
     stores are then dropped: the whole-doc store, read first, replaces them.
     Outputs that cannot be placed at all (`UnplacedOutputs`) are dropped,
     with a warning: the output being written replaces its own."""
@@ -255,7 +256,7 @@ def _gathered_store(doc: Doc) -> Optional[Dict[str, Any]]:
     if view is None:
         return None
     stores = doc_stores(doc) or source_store(doc)
-    store = view_store(doc, view, stores)
+    store = embedded_store(doc, view, stores)
     for key, _ in stores:  # (a source store is not in this doc's user data: nothing to drop)
         user_data_of(doc).pop(key, None)
     return store

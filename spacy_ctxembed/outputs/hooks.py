@@ -22,7 +22,7 @@ from .store import (
     spans_whole,
     to_numpy,
 )
-from .views import Source, doc_view, unread_cut_error, view_store
+from .views import Source, doc_view, embedded_store, unread_cut_error
 
 
 def set_vector_hooks(doc: Doc, source: Optional[Source] = None) -> None:
@@ -48,11 +48,12 @@ def set_source_pointer(doc: Doc, source: Optional[Source] = None) -> None:
             # joined part's key can even be the whole doc's): a span cut from
             # this doc must read what this doc reads, which only the doc's own
             # view says (which part's tokens count where). So the pointer gets
-            # the outputs as read now, as one store for these tokens.
+            # the stored tokens the doc reads, as embedded, as one store (a
+            # cut's merge of pieces split here averages the embedded tokens).
             with contextlib.suppress(MissingOutputs):
                 view = doc_view(doc)
                 if view is not None:
-                    source = Source(doc, view_store(doc, view, stores))
+                    source = Source(doc, embedded_store(doc, view, stores))
     # Fresh dicts: the hook dicts may be shared with cuts (as above).
     if source is not None:
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}

@@ -17,7 +17,7 @@ from spacy.strings import get_string_id
 from spacy.tokens import Doc
 from thinc.api import get_array_module
 
-from ..alignment import align_pieces, partly_uncovered, text_length
+from ..alignment import align_pieces, blank_tokens, partly_uncovered, text_length
 from .store import UnplacedOutputs, concat, to_numpy
 
 
@@ -42,9 +42,10 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     part (None: none), and the stored tokens it places (`Placed`).
 
     A token that overlaps stored tokens without a vector (whitespace) has no
-    vector; one that overlaps none has no output at all: its characters were
-    never embedded by this component, which the caller must not pass off as
-    "no vector". Stored tokens whose text is not the doc's text where they are
+    vector, as has a whitespace token that overlaps none (" " split off "New
+    York"); any other that overlaps none has no output at all: its characters
+    were never embedded by this component, which the caller must not pass off
+    as "no vector". Stored tokens whose text is not the doc's text where they are
     placed are left out (`_placed_here`)."""
     if len(parts) == 1:
         parts = [within(parts[0], text_length(doc))]
@@ -64,7 +65,9 @@ def align_output(parts: List[Tuple[int, Dict[str, Any]]], starts, ends, doc: Doc
     # one, missing): the rest of it never was.
     partly = partly_uncovered(text, old_starts[here], old_ends[here], starts, ends)
     alignment = alignment.kept(~partly[alignment.token_index])
-    uncovered = ~alignment.covered_tokens()
+    # A whitespace token on characters between stored tokens (split off a merge)
+    # has no vector, as a stored whitespace token has: no text of it is missing.
+    uncovered = ~alignment.covered_tokens() & ~blank_tokens(text, starts, ends)
     keep = covered[alignment.piece_index]
     tokens, rows = alignment.token_index[keep], alignment.piece_index[keep]
     counts = numpy.bincount(tokens, minlength=len(starts)).astype("float32")

@@ -15,7 +15,6 @@ import numpy
 from spacy.attrs import ORTH, SPACY
 from spacy.strings import StringStore
 from spacy.tokens import Doc
-from thinc.api import get_array_module
 
 from ..alignment import text_length, token_char_spans
 from ..errors import shortened
@@ -107,7 +106,8 @@ class View:
         picked, at = [], 0
         for origin, part in parts:
             n = len(part["starts"])
-            picked.append((origin, rows_of(part, numpy.flatnonzero(keep[at:at + n]))))
+            index = numpy.flatnonzero(keep[at:at + n])
+            picked.append((origin, part if len(index) == n else rows_of(part, index)))  # (all: as it is)
             at += n
         return stacked(picked, words=True)
 
@@ -360,25 +360,19 @@ def _where(doc: Doc, mask: numpy.ndarray) -> str:
     return f"{int(mask.sum())} of its {len(mask)} tokens (from token {first}: {text!r})"
 
 
-def view_store(doc: Doc, view: View, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Dict[str, Any]:
-    """The outputs as `doc` reads them now (`view`, from `stores`), as one store
-    for its tokens. What the view could not read stays so: an output keeps
-    rows only for the tokens its stores covered, and outputs joined from
-    different models stay clashes. The tensor spaCy joined or cut from tensors
-    that ctxembed set is one too (`tensor_set`)."""
-    starts, ends = token_char_spans(doc)
-    orths = doc.to_array(ORTH)
+def embedded_store(doc: Doc, view: View, stores: List[Tuple[tuple, Dict[str, Any]]]) -> Dict[str, Any]:
+    """The outputs `doc` reads (`view`, from `stores`), as one store of the stored
+    tokens it places, as they were embedded (`View.stored_tokens`), not as its
+    tokens are now: what a cut of it (`span.as_doc()`) reads by the rule, as
+    `span_as_doc` does. (A store of its tokens as they are now made a merge
+    in the cut of pieces split in the doc count their token once per piece.)"""
     outputs = {}
-    for name, output in view.outputs.items():
-        vectors, layers = output["vectors"], output.get("layers")
-        kept_starts, kept_ends, kept_orths = starts, ends, orths
-        if name in view.missing:
-            kept = numpy.flatnonzero(~view.missing[name][0])
-            kept_starts, kept_ends, kept_orths = starts[kept], ends[kept], orths[kept]
-            index = get_array_module(vectors).asarray(kept)
-            vectors = vectors[index]
-            layers = None if layers is None else layers[:, index]
-        outputs[name] = {"starts": kept_starts, "ends": kept_ends, "orths": kept_orths, "vectors": vectors,
-                         "layers": layers, "signature": view.signatures.get(name)}
+    for name in view.outputs:
+        tokens = view.stored_tokens(name)
+        layers = tokens["layers"]
+        outputs[name] = {"starts": tokens["starts"], "ends": tokens["ends"], "orths": tokens["orths"],
+                         "vectors": read_only(tokens["vectors"]),
+                         "layers": None if layers is None else read_only(layers),
+                         "signature": view.signatures.get(name)}
     return {"primary": view.primary, "outputs": outputs, "conflict": view.conflict, "clashes": dict(view.clashes),
             "tensor_set": tensor_source(doc, stores) or False}
