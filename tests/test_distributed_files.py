@@ -13,7 +13,7 @@ import shutil
 import numpy
 import pytest
 import spacy
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pa = pytest.importorskip("pyarrow")
@@ -53,8 +53,14 @@ PIECES = st.sampled_from([b"\xef\xbb\xbf", b"\r", b" ", b"\t", b"a", b"\xc3\xa9"
 LINE = st.one_of(st.binary(max_size=12), st.lists(PIECES, max_size=6).map(b"".join)).filter(lambda b: b"\n" not in b)
 
 
+# The signatures of binary formats (compressed, archives, images, executables, .npy).
+SIGNATURES = (b"\x1f\x8b", b"\xfd7zXZ\x00", b"(\xb5/\xfd", b"PK\x03\x04", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff",
+              b"\x7fELF", b"\x93NUMPY")
+
+
 @settings(max_examples=60, deadline=None)
 @given(lines=st.lists(LINE, min_size=1, max_size=20), shard_size=st.integers(1, 7), trailing=st.booleans())
+@example(lines=[b"(\xb5/\xfd"], shard_size=1, trailing=False)  # (zstd's signature: drawn once by chance)
 def test_text_rows_match_a_plain_split(tmp_path_factory, lines, shard_size, trailing):
     path = tmp_path_factory.mktemp("t") / "in.txt"
     data = b"\n".join(lines) + (b"\n" if trailing else b"")
@@ -66,6 +72,12 @@ def test_text_rows_match_a_plain_split(tmp_path_factory, lines, shard_size, trai
         parts.pop()
     if not parts:
         with pytest.raises(InputError, match="no rows"):
+            _read_all(path, shard_size)
+        return
+    # A file that starts with a binary format's signature is refused whole (bzip2's
+    # "BZh" only with its block magic after it: text may start "BZh").
+    if data.startswith(SIGNATURES) or (data[:3] == b"BZh" and data[4:10] == b"1AY&SY"):
+        with pytest.raises(InputError, match="not text"):
             _read_all(path, shard_size)
         return
     # A file that starts with a UTF-16 or UTF-32 byte order mark, or whose first 4096 bytes
