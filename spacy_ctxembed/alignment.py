@@ -99,6 +99,11 @@ def text_length(doc: Doc) -> int:
 _WHITESPACE = numpy.array([c for c in range(0x3001) if chr(c).isspace()], dtype=numpy.uint32)
 
 
+def _solid(text: str) -> numpy.ndarray:
+    """Per character of `text`, whether it is not whitespace (`str.isspace`)."""
+    return ~numpy.isin(numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4"), _WHITESPACE)
+
+
 def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, token_starts: ArrayLike,
                      token_ends: ArrayLike) -> numpy.ndarray:
     """Boolean mask over tokens [token_starts, token_ends): True where a
@@ -115,8 +120,7 @@ def partly_uncovered(text: str, span_starts: ArrayLike, span_ends: ArrayLike, to
     depth = numpy.zeros(n_chars + 1, dtype=numpy.int64)  # spans open at each character
     numpy.add.at(depth, starts, 1)
     numpy.add.at(depth, ends, -1)
-    codes = numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    bare = (numpy.cumsum(depth[:n_chars]) == 0) & ~numpy.isin(codes, _WHITESPACE)
+    bare = (numpy.cumsum(depth[:n_chars]) == 0) & _solid(text)
     before = numpy.concatenate(([0], numpy.cumsum(bare)))  # bare characters before each offset
     token_starts = numpy.clip(numpy.asarray(token_starts, dtype=numpy.int64), 0, n_chars)
     return before[numpy.clip(numpy.asarray(token_ends, dtype=numpy.int64), 0, n_chars)] > before[token_starts]
@@ -127,8 +131,7 @@ def blank_tokens(text: str, token_starts: ArrayLike, token_ends: ArrayLike) -> n
     of one or more characters, within the text, holds whitespace only (" "
     split off "New York": whitespace between stored tokens, no text to embed)."""
     n_chars = len(text)
-    codes = numpy.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    solid = numpy.concatenate(([0], numpy.cumsum(~numpy.isin(codes, _WHITESPACE))))  # non-whitespace before each offset
+    solid = numpy.concatenate(([0], numpy.cumsum(_solid(text))))  # non-whitespace before each offset
     token_starts = numpy.asarray(token_starts, dtype=numpy.int64)
     token_ends = numpy.asarray(token_ends, dtype=numpy.int64)
     inside = (token_starts < token_ends) & (token_starts >= 0) & (token_ends <= n_chars)

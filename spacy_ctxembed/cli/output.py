@@ -315,7 +315,7 @@ class Run:
                     "pass --overwrite to replace it, or choose another path"
                 )
         run = cls(output, identity, resumed=False)
-        run.replaces = overwrite or state == "complete"
+        run.replaces = overwrite  # (a complete OUTPUT without --overwrite was refused above)
         run._create()
         return run
 
