@@ -32,7 +32,16 @@ from .store import (
     user_data_of,
 )
 from .tensor import set_tensor, tensor_source
-from .views import Source, doc_view, embedded_store, placed_view, source_placements, source_store
+from .views import (
+    Source,
+    doc_view,
+    embedded_store,
+    placed_view,
+    source_placements,
+    source_store,
+    store_from_view,
+    stored_output,
+)
 
 OUTPUTS, VECTORS, LAYERS = "ctx_outputs", "ctx_vectors", "ctx_layers"
 
@@ -331,8 +340,7 @@ def span_as_doc(span: Span) -> Doc:
     outputs = {name: _within_cut(view.stored_tokens(name, low, low + n_chars), low, text, cut.vocab.strings,
                                  view.signatures.get(name))
                for name in view.outputs}
-    data[store_key(n_chars)] = {"primary": view.primary, "outputs": outputs, "conflict": view.conflict,
-                                "clashes": dict(view.clashes), "tensor_set": tensor_from or False}
+    data[store_key(n_chars)] = store_from_view(view, outputs, tensor_from)
     return restore_vectors(cut)
 
 
@@ -350,10 +358,7 @@ def _within_cut(tokens: Dict[str, Any], low: int, text: str, strings: Any, signa
         orths = orths.copy()
         for i in numpy.flatnonzero((starts < low) | (ends > high)):
             orths[i] = strings.add(text[clipped_starts[i]:clipped_ends[i]])
-    layers = tokens["layers"]
-    return {"starts": clipped_starts, "ends": clipped_ends, "orths": orths,
-            "vectors": read_only(tokens["vectors"]),
-            "layers": None if layers is None else read_only(layers), "signature": signature}
+    return stored_output({**tokens, "starts": clipped_starts, "ends": clipped_ends, "orths": orths}, signature)
 
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:

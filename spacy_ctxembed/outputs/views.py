@@ -366,13 +366,21 @@ def embedded_store(doc: Doc, view: View, stores: List[Tuple[tuple, Dict[str, Any
     tokens are now: what a cut of it (`span.as_doc()`) reads by the rule, as
     `span_as_doc` does. (A store of its tokens as they are now made a merge
     in the cut of pieces split in the doc count their token once per piece.)"""
-    outputs = {}
-    for name in view.outputs:
-        tokens = view.stored_tokens(name)
-        layers = tokens["layers"]
-        outputs[name] = {"starts": tokens["starts"], "ends": tokens["ends"], "orths": tokens["orths"],
-                         "vectors": read_only(tokens["vectors"]),
-                         "layers": None if layers is None else read_only(layers),
-                         "signature": view.signatures.get(name)}
+    outputs = {name: stored_output(view.stored_tokens(name), view.signatures.get(name)) for name in view.outputs}
+    return store_from_view(view, outputs, tensor_source(doc, stores))
+
+
+def stored_output(tokens: Dict[str, Any], signature: Optional[str]) -> Dict[str, Any]:
+    """A store's entry of one output from its stored tokens (as `View.stored_tokens`
+    gives them), its arrays read-only."""
+    layers = tokens["layers"]
+    return {"starts": tokens["starts"], "ends": tokens["ends"], "orths": tokens["orths"],
+            "vectors": read_only(tokens["vectors"]), "layers": None if layers is None else read_only(layers),
+            "signature": signature}
+
+
+def store_from_view(view: View, outputs: Dict[str, Dict[str, Any]], tensor_set: Any) -> Dict[str, Any]:
+    """One store of `outputs` (`stored_output`s) with what `view` says of them:
+    the primary, and outputs joined from different components or models."""
     return {"primary": view.primary, "outputs": outputs, "conflict": view.conflict, "clashes": dict(view.clashes),
-            "tensor_set": tensor_source(doc, stores) or False}
+            "tensor_set": tensor_set or False}
