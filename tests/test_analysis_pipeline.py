@@ -591,11 +591,12 @@ def test_empty_measures_get_a_note_naming_their_layers():
 def test_summary_picks_the_best_wic_layer_by_cross_validation():
     """With --wic-eval, `accuracy` is held out: the summary's "best layer" must
     not be chosen by it."""
-    from spacy_ctxembed.analysis.report import summary
+    from spacy_ctxembed.analysis.report import _layer_table, summary
 
     layers = [{"layer": 0, "accuracy": 0.9, "cv_accuracy": 0.55}, {"layer": 1, "accuracy": 0.6, "cv_accuracy": 0.7}]
     mix = {"accuracy": 0.6, "weights": [0.5, 0.5]}
     pipeline = {"label": "p", "component": "c", "layer_ids": [0, 1], "notes": [], "recommendation": None,
+                "pooling": "mean",
                 "layers": [{"layer": i, "anisotropy": 0.1, "self_similarity": 0.1, "self_similarity_adjusted": 0.0,
                             "intra_sentence_similarity": 0.1, "intra_sentence_similarity_adjusted": 0.0,
                             "max_explainable_variance": 0.1, "max_explainable_variance_adjusted": 0.0,
@@ -604,6 +605,10 @@ def test_summary_picks_the_best_wic_layer_by_cross_validation():
     baseline = {"pairs": "train", "majority_label": "F", "majority_rate": 0.55}
     text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline}})
     assert "best layer (by cross-validation) 1 0.600, mean" in text
+    # The per-layer WiC column is one pooling's of several: its header says which.
+    assert "MEV    adj  WiC (mean pooling)\n" in text
+    assert "<th>WiC (mean pooling)</th>" in _layer_table(pipeline)
+    assert "<th>WiC</th>" in _layer_table({**pipeline, "pooling": None})  # (ELMo: no pooling)
     assert "The majority class (always F) scores 0.550 on the --wic-train pairs" in text
     # Training pairs 75% F: no layer's cross-validated rule beats answering F, which the line says.
     text = summary({"pipelines": [pipeline], "wic": {"majority_baseline": baseline, "train": {"majority_rate": 0.75}}})
@@ -636,6 +641,7 @@ def test_summary_says_no_layer_beats_the_majority_class_on_a_tie():
 
     layers = [{"layer": 0, "accuracy": 0.6, "cv_accuracy": 0.7}]
     pipeline = {"label": "p", "component": "c", "layer_ids": [0], "notes": [], "recommendation": None,
+                "pooling": "first",
                 "layers": [{"layer": 0, "anisotropy": 0.1, "self_similarity": 0.1, "self_similarity_adjusted": 0.0,
                             "intra_sentence_similarity": 0.1, "intra_sentence_similarity_adjusted": 0.0,
                             "max_explainable_variance": 0.1, "max_explainable_variance_adjusted": 0.0,

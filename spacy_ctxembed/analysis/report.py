@@ -341,12 +341,18 @@ def _layer_table(pipeline: dict) -> str:
     keys = ["anisotropy"] + [k for key, _ in MEASURES for k in (key, f"{key}_adjusted")]
     with_wic = any("wic_accuracy" in layer for layer in pipeline["layers"])
     header = ["layer", "anisotropy", "self-sim", "adj.", "intra-sim", "adj.", "MEV", "adj."]
-    header += ["WiC"] if with_wic else []
+    header += [_wic_column(pipeline)] if with_wic else []
     # How many words self-similarity and MEV average over (those with --min-count occurrences), per layer.
     header += ["words (self-sim, MEV)"]
     rows = [[str(layer["layer"])] + [layer[k] for k in keys] + ([layer.get("wic_accuracy")] if with_wic else [])
             + [str(layer.get("n_words", "–"))] for layer in pipeline["layers"]]
     return _table(header, rows)
+
+
+def _wic_column(pipeline: dict) -> str:
+    """The per-layer table's WiC header: its accuracies are the configured pooling's,
+    one of the several the WiC table beside it shows."""
+    return f"WiC ({pipeline['pooling']} pooling)" if pipeline["pooling"] else "WiC"
 
 
 def _wic_tables(pipeline: dict, baseline: dict) -> str:
@@ -443,7 +449,8 @@ def summary(result: dict) -> str:
     for pipeline in result["pipelines"]:
         out.append(f"== {pipeline['label']} (component {pipeline['component']}, layers {pipeline['layer_ids']})")
         with_wic = "wic" in pipeline
-        out.append("layer  aniso  selfsim    adj  intra    adj    MEV    adj" + ("    WiC" if with_wic else ""))
+        wic_column = f"  {_wic_column(pipeline)}" if with_wic else ""
+        out.append("layer  aniso  selfsim    adj  intra    adj    MEV    adj" + wic_column)
         for layer in pipeline["layers"]:
             values = [layer["anisotropy"]] + [layer[k] for key, _ in MEASURES for k in (key, f"{key}_adjusted")]
             if with_wic:
