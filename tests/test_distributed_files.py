@@ -915,6 +915,29 @@ def test_a_shard_file_with_rows_dropped_or_added_since_is_not_committed(tmp_path
     assert set(committed(out, shards)) == {0}
 
 
+@pytest.mark.parametrize("index, change", [
+    (1, lambda table: table.take([1, 0, 2])),  # sorted by another column: the rows out of doc-id order
+    (1, lambda table: table.set_column(0, "doc_id", pa.array([4, 3, 5], pa.int64()))),  # two rows' ids swapped
+    (0, lambda table: table.set_column(0, "doc_id", pa.array([0, 2], pa.int64()))),  # a rejected row's id
+], ids=["rows reordered", "ids swapped", "id of a rejected row"])
+def test_a_shard_file_whose_doc_ids_were_edited_with_its_row_count_kept_is_not_committed_nor_read(
+        tmp_path, index, change):
+    """A shard file rewritten with its rows and metadata kept, but its rows
+    reordered or doc ids edited, was taken as committed (a rerun: "already
+    complete") and read: its docs out of doc-id order, or under another row's
+    id (doc 3 read with doc 4's text and vectors). Now it is neither."""
+    shards, out = _plan_and_write(tmp_path, ["a", "b", "", "c", "d", "e"], 3)
+    (tmp_path / "manifest.json").write_text(json.dumps({"complete": True, "shards": [s.to_dict() for s in shards]}))
+    vocab = spacy.blank("en").vocab
+    assert [(d.user_data["doc_id"], d.text) for d in read_docs(tmp_path, vocab)] == [
+        (0, "a"), (1, "b"), (3, "c"), (4, "d"), (5, "e")]
+    _tamper(out, index, change)
+    assert set(committed(out, shards)) == {0, 1} - {index}
+    with pytest.raises(ValueError, match=rf"shard {index} \(part-00000{index}\.parquet\) is missing, unreadable, "
+                                         r"or not the file the run wrote"):
+        list(read_docs(tmp_path, vocab))
+
+
 def test_a_shard_another_run_wrote_is_never_read_as_this_runs(tmp_path, small_run, in_process, monkeypatch):
     """The actors of a run whose driver was killed can still commit shards for
     a few seconds: into a run started over with other settings, such a file

@@ -158,18 +158,28 @@ def of_run(meta: Dict[str, Any], run: Optional[str]) -> bool:
 
 
 def holds_its_docs(path: Path, meta: Dict[str, Any]) -> bool:
-    """Whether the file at `path` still holds as many rows as its metadata says it was
-    written with: rows dropped or added since (a user's edit with pyarrow, which
-    keeps the metadata) make it no longer the shard its run committed. (Metadata
-    without the count says nothing.)"""
+    """Whether the file at `path` still holds the docs its metadata says it was
+    written with: as many rows, and their doc ids those of its range that it did
+    not reject, in order. Rows dropped or added since, rows reordered (sorted by
+    another column) or doc ids edited (a user's edit with pyarrow, which keeps the
+    metadata) make it no longer the shard its run committed: read, its docs would
+    come out of doc-id order, or under other rows' ids. (Metadata without the
+    count says nothing of it.)"""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         rows = pq.read_metadata(path).num_rows
-    except (OSError, ValueError, pa.ArrowException):
+        if rows != meta.get("docs", rows):
+            return False
+        ids = pq.read_table(path, columns=["doc_id"]).column(0).to_numpy()
+        first, n_rows = int(meta["first_id"]), int(meta["n_rows"])
+        rejected = numpy.array([r["doc_id"] for r in meta.get("rejected", ())], dtype=numpy.int64)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return False
-    return rows == meta.get("docs", rows)
+    # Increasing, inside the range, none rejected too, and as many as the range lacks: each of its rows once.
+    return (bool((numpy.diff(ids) > 0).all()) and (len(ids) == 0 or (ids[0] >= first and ids[-1] < first + n_rows))
+            and not numpy.isin(ids, rejected).any() and len(ids) + len(rejected) == n_rows)
 
 
 def committed(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = None) -> Dict[int, Dict[str, Any]]:
@@ -308,8 +318,9 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
         if meta is not None and not of_run(meta, run):
             raise ValueError(f"{out_dir}: {another_run(shard['index'])}")
         # (As a run's resume takes a shard for done: a file deleted, rewritten without its
-        # metadata, copied from another shard, or with rows dropped or added since, was
-        # read as it was: docs lost or given twice, without a word.)
+        # metadata, copied from another shard, or with rows dropped, added, reordered or
+        # relabelled since, was read as it was: docs lost, given twice, out of order or under
+        # another row's id, without a word.)
         planned = (shard.get("first_id"), shard.get("n_rows"))
         if (meta is None or not holds_its_docs(path, meta)
                 or (None not in planned and (meta.get("first_id"), meta.get("n_rows")) != planned)):
