@@ -124,6 +124,26 @@ def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_pat
         assert (runner.runner is runner.encoder.module) is (not cut or max(layers) == 3)
 
 
+@pytest.mark.parametrize("family,broadcast", [("deberta-v2", False), ("roberta", True)])
+def test_embedding_output_alone_matches_transformers(minilm_dir, tmp_path, family, broadcast):
+    """layers = [0] (the embedding output only) cuts the layer stack short. Cut to
+    no layer at all, DeBERTa-v2's encoder failed at `initialize` with
+    transformers' own UnboundLocalError ('output_states'); the stack keeps one
+    layer, and each text equals `transformers` alone."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_tiny_family_model(family)).save_pretrained(tmp_path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path)
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    nlp = make_nlp(tmp_path, layers=[0], store_layers=True)
+    _assert_padded_batches_match(nlp, tokenizer, model, [0], broadcast)
+    runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
+    assert runner.runner is not runner.encoder.module  # still cut: layers 2 and 3 are not run
+
+
 def test_padding_sensitive_model_gets_unpadded_batches(minilm_dir, tmp_path):
     """ConvBERT's span convolutions read the padding, so `transformers` itself
     gives a padded text other states than the text alone. Its windows are
@@ -323,6 +343,36 @@ def test_whitespace_tokens_take_no_piece_with_any_tokenizer(tmp_path, build):
         for token in doc:
             if token.is_space:
                 assert not token.has_vector and not doc._.ctx_vectors[token.i].any(), (text, token.i)
+        numpy.testing.assert_allclose(doc._.ctx_vectors, pool(states[-1], token_pieces(doc, offsets), "mean"),
+                                      atol=1e-5, rtol=0)
+
+
+def test_specials_are_placed_where_the_tokenizer_gives_no_piece_for_a_probe_letter(tmp_path):
+    """A BPE vocabulary without "a" and without an unknown token gives "a" no
+    piece. The runner read its windows' special tokens off `tokenizer("a")`,
+    found no text between them, and appended both after each window ("б в
+    [CLS] [SEP]"): every vector was off (by up to 1.04 here). Each text equals
+    `transformers` on it."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(vocab={"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, **{c: 3 + i for i, c in enumerate(
+        "бвгдежзиклмнопрст")}}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                           special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
+                                        pad_token="[PAD]")
+    assert tokenizer("a", add_special_tokens=False)["input_ids"] == []  # the premise
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=len(tokenizer), pad_token_id=0, **_SMALL)).eval()
+    tokenizer.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    nlp = make_nlp(tmp_path, layers=[-1])
+    for text in ["бв гд вб", "прост лес, где мост", "вот"]:
+        doc = nlp(text)
+        states, offsets = hf_hidden_states(tokenizer, model, text)
         numpy.testing.assert_allclose(doc._.ctx_vectors, pool(states[-1], token_pieces(doc, offsets), "mean"),
                                       atol=1e-5, rtol=0)
 

@@ -407,8 +407,11 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
     """A shallow copy of `module` that runs only its first `n_layers` transformer
     layers, where its layer stack can be found (`encoder.layer`,
     `transformer.layer`, ...). The layers themselves are shared, not copied.
-    Other models run all their layers.
+    Other models run all their layers. At least one layer is kept: with
+    `layers = [0]` (the embedding output), DeBERTa-v2's encoder cannot run an
+    empty stack (it fails with an UnboundLocalError in `transformers`).
     """
+    n_layers = max(n_layers, 1)
     for owner_name in ("encoder", "transformer"):
         owner = getattr(module, owner_name, None)
         if not isinstance(owner, torch.nn.Module):
@@ -581,13 +584,21 @@ def _special_token_frame(tokenizer) -> Tuple[List[int], List[int]]:
     """The special tokens the tokenizer puts before and after a single sequence.
 
     Read off what the tokenizer itself produces, so a window is framed exactly
-    as `tokenizer(text)` would frame it, whatever the model family.
+    as `tokenizer(text)` would frame it, whatever the model family. The text
+    read is "a" or, where that gives no piece (a vocabulary without "a" and
+    without an unknown token drops it), the first of the vocabulary's tokens
+    that gives one: around no piece at all, every special would read as a suffix.
     """
-    bare = tokenizer("a", add_special_tokens=False, verbose=False)["input_ids"]
-    framed = tokenizer("a", add_special_tokens=True, verbose=False)["input_ids"]
-    for at in range(len(framed) - len(bare) + 1):
-        if framed[at : at + len(bare)] == bare:
-            return list(framed[:at]), list(framed[at + len(bare) :])
+    special = set(tokenizer.all_special_ids)
+    vocabulary = (tokenizer.decode([i]) for i in range(len(tokenizer)) if i not in special)
+    for text in itertools.islice(itertools.chain(["a"], vocabulary), 1000):
+        bare = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        if bare:
+            framed = tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+            for at in range(len(framed) - len(bare) + 1):
+                if framed[at : at + len(bare)] == bare:
+                    return list(framed[:at]), list(framed[at + len(bare) :])
+            break
     raise ValueError(f"[{COMPONENT}] cannot locate the text between the special tokens")
 
 
