@@ -330,12 +330,18 @@ def span_as_doc(span: Span) -> Doc:
     cut = span.as_doc(copy_user_data=True)
     data = user_data_of(cut)
     stores = doc_stores(cut)
-    tensor_from = tensor_source(cut, stores or source_store(cut))
+    low = span.start_char
+    # A span of a plain cut (`span.as_doc()`, no stores of its own) is placed where
+    # the span's doc is, not by its own text, which may occur more than once in
+    # the source ("I" of "I ran ... I ran"): its tensor was then taken for another
+    # component's, and left stale by the component run on the cut.
+    placed = stores or [(("._.", key[1], key[2] - low, key[3] - low), store) for key, store in source_store(span.doc)]
+    tensor_from = tensor_source(cut, placed)
     for key, _ in stores:
         del data[key]
     if view is None:
         return cut
-    low, n_chars = span.start_char, text_length(cut)
+    n_chars = text_length(cut)
     text = cut.text  # (the span's characters: span.doc.text would join the whole doc's tokens)
     outputs = {name: _within_cut(view.stored_tokens(name, low, low + n_chars), low, text, cut.vocab.strings,
                                  view.signatures.get(name))
