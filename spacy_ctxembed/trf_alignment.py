@@ -105,7 +105,12 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     last piece in its span; before another of its pieces, it is a character
     of the token that the normalizer made a space (SentencePiece's Nmt maps
     zero-width joiners and non-joiners, direction marks and the BOM to
-    spaces: "non\u200djoiner" is "▁non", "▁", "join", ...), and the token's own."""
+    spaces: "non\u200djoiner" is "▁non", "▁", "join", ...), and the token's own. A
+    token of characters the tokenizer drops (a zero-width space, a BOM, a
+    control character: `own_lengths` 0) followed by a space has no piece of
+    its own there: its first piece in the span is the space after it (the
+    next word's first piece, or a lone mark that a later token's piece
+    follows), not its own; a lone mark of it at a span's end is."""
     n_pairs = len(alignment.token_index)
     if not pieces.strings:
         return numpy.zeros(n_pairs, dtype=bool)
@@ -125,7 +130,20 @@ def space_only_pairs(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces)
     dropped = pieces.first[candidates] * n + pieces.piece[candidates]
     # A lone mark of one token with more of its pieces after it: a character of its own made a space.
     inside = (lone & (pieces.last == pieces.first))[candidates] & ~numpy.isin(dropped, lasts)
-    return numpy.isin(pairs, dropped[~numpy.isin(dropped, firsts) & ~inside])
+    # A token of characters the tokenizer drops (`own_lengths` 0: a zero-width space, a BOM, a
+    # control character) followed by a space has no piece of its own there: its first piece in its
+    # span is the space after it, in the next word's first piece or alone before a character it
+    # does not join (the piece after it a later token's). (A lone mark at a span's end is its own.)
+    at_first = numpy.isin(dropped, firsts)
+    if at_first.any():
+        which = numpy.flatnonzero(at_first)
+        token, piece = pieces.first[candidates][which], pieces.piece[candidates][which]
+        after = numpy.minimum(piece + 1, n - 1)
+        next_first, next_last = alignment.token_range()
+        later = (piece + 1 < n) & ((piece + 1) % pieces.span_length > 0) & (next_last[after] >= 0)
+        spaces = (pieces.last[candidates][which] > token) | (later & (next_first[after] > token))
+        at_first[which[spaces & (own_lengths(doc, token) == 0)]] = False
+    return numpy.isin(pairs, dropped[~at_first & ~inside])
 
 
 def text_lengths(doc: Doc, alignment: PieceAlignment, pieces: AlignedPieces) -> Optional[numpy.ndarray]:

@@ -267,6 +267,28 @@ def test_a_token_cut_alone_in_its_span_gets_no_vector(tiny_bert_dir, pooling):
         numpy.testing.assert_allclose(doc._.ctx_vectors, expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "last", "max"])
+def test_a_token_cut_in_every_span_that_has_it_gets_no_vector(tiny_bert_dir, pooling):
+    """A token of more pieces than the model takes (a long URL) is cut in
+    every strided span that has it: the run that kept the most of its pieces
+    was read as whole, and the token pooled from part of its pieces, unsaid
+    (|v| about 1). It goes, said, as a cut token alone in its span does; the
+    tokens around it keep theirs. Cut in every span: told by the tokenizer's
+    own pieces of each span's text."""
+    nlp = _with_transformer(tiny_bert_dir, get_spans={
+        "@span_getters": "spacy-transformers.strided_spans.v1", "window": 2, "stride": 1})
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(pooling=pooling))
+    nlp.initialize()
+    url = "http://example.com/" + "abc/" * 30
+    tokenizer = nlp.get_pipe("transformer").model.tokenizer
+    with pytest.warns(UserWarning, match=r"\] 1 of 5 tokens \(the first: 'http://example\.com/abc/.*' at 2\) have no"):
+        doc = nlp(f"a b {url} c d")
+    spans = nlp.get_pipe("transformer").model.attrs["get_spans"]([doc])[0]
+    assert [len(tokenizer(span.text)["input_ids"]) > 64 for span in spans if doc[2] in span] == [True, True]
+    assert [token.has_vector for token in doc] == [True, True, False, True, True]
+    assert not doc._.ctx_vectors[2].any()
+
+
 @pytest.mark.parametrize("last", ["word\u00adx51", "wordx5\u03081", "word\u200cx51"])
 def test_a_whole_token_at_the_cut_with_characters_the_tokenizer_drops_keeps_its_vector(tiny_bert_dir, last):
     """The doc's last word ends right at the second span's cut (as in the test
@@ -322,6 +344,10 @@ STRIDED_CUTS = {
                             ["whole at the cut, other spans too"]),
     "bpe-untrimmed-space": ("bpe-untrimmed", 2, 1, ["q" * n + "with the park" for n in range(12, 27)],
                             ["whole at the cut, other spans too"]),
+    # A whole token at the cut, the next one of characters the tokenizer drops (no piece in any span).
+    "wordpiece-dropped-next": ("wordpiece", 40, 20, [" ".join(["a"] * n + [mark] + ["b", "c"] * 8)
+                                                     for n in range(28, 34) for mark in ["\u200b", "\x07"]],
+                               ["whole at the cut, other spans too"]),
 }
 
 
@@ -364,6 +390,8 @@ def test_a_strided_cut_is_told_by_the_characters_a_token_keeps_not_by_its_pieces
             for token in span:
                 start = token.idx - span.start_char
                 rows = [j for j, (a, b) in enumerate(offsets) if a < b and a < start + len(token.text) and b > start]
+                if not rows:  # (characters the tokenizer drops)
+                    continue
                 cut = max(rows) >= length
                 shared = offsets[rows[0]][0] < start or offsets[rows[-1]][1] > start + len(token.text)
                 runs[token.i].append((len([j for j in rows if j < length]), cut, max(rows) >= length - 1, shared))
@@ -950,6 +978,28 @@ def test_a_mark_at_a_span_start_or_at_the_cut_is_read_as_the_offsets_say(tmp_pat
     nlp, tokenizer = _metaspace_nlp(tmp_path, words, split=split, max_length=max_length)
     doc = nlp(text) if max_length > 10 else _cut_quietly(nlp, text)
     _check_mean_of_covering_pieces(doc, tokenizer(text, return_offsets_mapping=True)["offset_mapping"][:max_length])
+
+
+@pytest.mark.parametrize("family", ["sentencepiece", "sentencepiece-words"])
+def test_a_token_of_dropped_characters_does_not_take_the_next_words_piece(tiny_bert_dir, tmp_path, family):
+    """A zero-width space, a BOM, a direction mark or a control character
+    between spaces is a token of its own, whose characters a SentencePiece
+    tokenizer drops (XLM-R's collapses the spaces around them): its only piece
+    was the next word's first ("▁sat" over " sat", aligned to it for the space
+    after it), or a lone "▁" before a character it does not join, and it took
+    that piece's state (|v| about 2), unsaid. Each token's vector is the mean
+    (NumPy, float64) of the pieces whose offsets cover its characters; none:
+    no vector."""
+    from transformers import AutoTokenizer
+
+    nlp = _family_nlp(family, tmp_path, tiny_bert_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    for text in ["The cat \u200b sat down", "\ufeff It was nice", "It was \u200e ( nice )", "I ran \x07 ?",
+                 "It \u200b\u200e was"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # (the tokens without a piece: said)
+            doc = nlp(text)
+        _check_mean_of_covering_pieces(doc, tokenizer(text, return_offsets_mapping=True)["offset_mapping"])
 
 
 def _check_mean_of_covering_pieces(doc, offsets):

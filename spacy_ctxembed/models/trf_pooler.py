@@ -158,7 +158,8 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     only "first" pooling has what it takes.
 
     Such a token has its last piece in the span's last column, and either
-    the word after it has no piece at all (it was past the cut), or (with
+    the word after it (not one of characters the tokenizer drops, which has
+    no piece anywhere) has no piece at all (it was past the cut), or (with
     strided_spans, whose next span has that word) its pieces there hold fewer
     of its characters than in another span, where it is whole (`text_lengths`,
     from `aligned`'s strings where they can be read). A span that was not cut
@@ -167,7 +168,8 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     followed by a word of the next span, which has pieces, and has all its
     characters in every span it is in. Only the cut span's pieces of the
     token go: with strided_spans it keeps those of the next span. A token at
-    the cut that no other span has, in a span that opens with a special
+    the cut that no other span has (or each span that has it has it at the
+    cut: a token of more pieces than the model takes), in a span that opens with a special
     token (BERT's [CLS], RoBERTa's <s>: those tokenizers close it with one),
     was cut too, or ended exactly there (the doc's last token, or the one
     right before the next span's start, whose next word has pieces there):
@@ -187,20 +189,30 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     ends = numpy.r_[(tokens[1:] != tokens[:-1]) | (spans[1:] != spans[:-1]), True]
     run_ids = numpy.cumsum(numpy.r_[0, ends[:-1]])  # the run each pair is in
     at_cut = ends & (pieces % span_length == span_length - 1)
+    if not at_cut.any():  # (most docs)
+        return numpy.zeros(len(tokens), dtype=bool)
     cut_runs = run_ids[at_cut]
-    # The next word (not whitespace) after each token, and whether it has a piece.
-    words = numpy.flatnonzero(~is_space)
+    # The next word after each token, and whether it has a piece: not whitespace, nor a token of
+    # characters the tokenizer drops (a zero-width space, a BOM, a control character), which has
+    # none in any span, past the cut or not.
+    covered = alignment.covered_tokens()
+    is_word = ~is_space
+    bare = numpy.flatnonzero(is_word & ~covered)
+    is_word[bare[own_lengths(doc, bare) == 0]] = False
+    words = numpy.flatnonzero(is_word)
     after = numpy.searchsorted(words, tokens[at_cut], side="right")
     has_next = after < len(words)
     next_word = words[numpy.minimum(after, len(words) - 1)] if len(words) else after
-    is_cut = has_next & ~alignment.covered_tokens()[next_word]
+    is_cut = has_next & ~covered[next_word]
     run_tokens = tokens[ends]  # (a token's runs are next to one another)
     # A token in this span only, in a span opened by a special token (its first
     # piece aligned to no token): the span was closed by one too, so a word in
     # its last column is where the cut fell, whether or not the next word has
     # pieces (in the next span) or there is one. Cut inside it or not, told by
     # the characters its pieces hold, where they can be read.
-    alone = numpy.bincount(run_tokens, minlength=alignment.n_tokens)[tokens[at_cut]] == 1
+    # (Or in every span that has it at a cut: a token of more pieces than the model takes.)
+    alone = (numpy.bincount(run_tokens, minlength=alignment.n_tokens)[tokens[at_cut]]
+             == numpy.bincount(tokens[at_cut], minlength=alignment.n_tokens)[tokens[at_cut]])
     unsure = alone & ~is_cut & ~numpy.isin(spans[at_cut] * span_length, aligned.piece)
     in_two_spans = at_cut.any() and bool((run_tokens[1:] == run_tokens[:-1]).any())
     # (The pieces' text read only where a token at a cut may have another run: most docs have no cut.)
