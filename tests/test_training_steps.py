@@ -494,3 +494,93 @@ def test_an_update_in_another_thread_runs_the_backward_pass_an_earlier_one_left(
     here, in_threads = trained(False), trained(True)
     for name, value in here.items():
         torch.testing.assert_close(in_threads[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_batch_left_by_an_earlier_update_never_trains_a_frozen_upstream(exact_bert_dir, mix_layers):
+    """The tagger is left out of one nlp.update, so its listener keeps that
+    batch; in the next, the embedder is frozen and annotating (left out, as
+    `spacy train` runs frozen components). The tagger must read the docs'
+    outputs: the old batch's gradient stepped the frozen encoder (by 0.1) and
+    combiner, and on other docs the update failed ("mismatched batch")."""
+    nlp, examples = _pipeline(exact_bert_dir, combine="scalar_mix", tok2vec=_listener(mix_layers=mix_layers))
+    component = nlp.get_pipe("ctxembed_bert")
+    optimizer = SGD(0.05, L2=0.0, grad_clip=0.0)
+    for _ in range(2):  # (the tagger's softmax starts at zero: no gradient reaches its listener before)
+        nlp.update(examples, sgd=optimizer)
+    other = [Example.from_dict(nlp.make_doc("You walked to a park"),
+                               {"words": "You walked to a park".split(), "tags": TAGS})]
+    for batch in (examples, other):
+        nlp.update(examples, sgd=optimizer, exclude=["tagger"])
+        encoder, mix = _encoder_params(nlp), component.combiner.get_param("s").copy()
+        tagger = nlp.get_pipe("tagger").model.get_ref("softmax").get_param("W").copy()
+        nlp.update(batch, sgd=optimizer, exclude=["ctxembed_bert"], annotates=["ctxembed_bert"])
+        assert all(torch.equal(encoder[k], v) for k, v in _encoder_params(nlp).items())
+        numpy.testing.assert_array_equal(component.combiner.get_param("s"), mix)
+        assert not numpy.array_equal(nlp.get_pipe("tagger").model.get_ref("softmax").get_param("W"), tagger)
+
+
+@pytest.mark.parametrize("serving", [False, True], ids=["copies", "a serving thread between"])
+def test_the_batch_is_read_by_a_listener_given_copies_of_its_docs(tiny_bert_dir, serving):
+    """Not every component hands its model the update's Doc objects: spaCy's
+    EntityLinker (`use_gold_ents`) copies them. Its listener reads the batch
+    the embedder sent, and its gradient steps the encoder. A thread serving
+    the pipeline meanwhile, which annotates other docs, leaves the training
+    thread's batch held (only an annotation in the training thread tells a
+    batch of an earlier update)."""
+    nlp, examples = _pipeline(tiny_bert_dir)
+    component = nlp.get_pipe("ctxembed_bert")
+    listener = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    component.update(examples)
+    if serving:
+        thread = threading.Thread(target=lambda: nlp("Other words here"))
+        thread.start()
+        thread.join()
+    copies = [eg.predicted.copy() for eg in examples]
+    assert not any(doc.user_data for doc in copies)  # the premise: no outputs on them to read instead
+    outputs, backprop = listener.begin_update(copies)
+    backprop([numpy.ones_like(o) for o in outputs])
+    before = _encoder_params(nlp)
+    component.finish_update(SGD(0.05, L2=0.0, grad_clip=0.0))
+    assert any(not torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())
+
+
+def test_a_step_asked_for_is_taken_before_the_next_prediction_where_a_listener_never_calls_back(exact_bert_dir):
+    """`nlp.update(examples, sgd=...)` on a batch that the NER skips (no entity
+    annotation): its listener never calls back, the tagger's does. The step
+    asked for waited for the next update or a save: `nlp(text)` meanwhile read
+    the encoder without it (next to the tagger's step), and `nlp.to_disk`
+    moved the weights in memory. The prediction must have the step: plain SGD
+    on the tagger's gradient, as a float64 copy of the model computes it."""
+    from transformers import AutoTokenizer, BertModel
+
+    nlp, examples = _tagger_and_ner(exact_bert_dir, tagger=_listener(), ner=_listener())
+    component = nlp.get_pipe("ctxembed_bert")
+    listener = next(n for n in nlp.get_pipe("tagger").model.walk() if isinstance(n, ContextualListenerNode))
+    docs = [eg.predicted for eg in examples]
+    reference = BertModel.from_pretrained(exact_bert_dir, attn_implementation="eager").double()
+    inputs = AutoTokenizer.from_pretrained(exact_bert_dir)(TEXT, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] == len(WORDS) + 2  # [CLS] words [SEP]: one piece a word
+    learn_rate = 0.05
+    d_layers = numpy.random.default_rng(0).standard_normal((3, len(WORDS), 32))
+    component.update(examples)
+    component.finish_update(SGD(learn_rate, L2=0.0, grad_clip=0.0))  # as nlp.update(sgd=...) calls it
+    outputs, backprop = listener.begin_update(docs)
+    backprop([d_layers.astype("float32")])  # (the NER's listener never calls back)
+
+    def reference_layers():
+        states = reference(**inputs, output_hidden_states=True).hidden_states
+        return torch.stack([states[i][0, 1:-1] for i in (0, 1, 2)])
+
+    before = reference_layers()
+    loss = (before * torch.from_numpy(d_layers)).sum()
+    params = dict(reference.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    with torch.no_grad():
+        for param, grad in zip(params.values(), grads):
+            if grad is not None:
+                param -= learn_rate * grad
+        after = reference_layers().numpy()
+    got = nlp(TEXT)._.ctx_layers
+    assert float(numpy.abs(before.detach().numpy() - after).max()) > 1e-2  # the premise: a step far past the tolerance
+    numpy.testing.assert_allclose(got, after, atol=1e-4, rtol=0)

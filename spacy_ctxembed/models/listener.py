@@ -115,6 +115,9 @@ class ContextualListenerNode(SampleDocsModel):
     #: class default too: a node pickled by an earlier version may have none,
     #: and unpickling its pipeline claims it, which reads this.)
     _listening_component: Optional[str] = None
+    #: The docs the upstream embedded for the batch held, weakly (`receive`;
+    #: None where not told). (A class default too, for nodes pickled before.)
+    _docs: Optional[Tuple[Any, ...]] = None
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -413,8 +416,9 @@ class ContextualListenerNode(SampleDocsModel):
         return lambda stored: _unlike(stored, ours, expected)
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str,
-                tokens: Optional[BatchTokens] = None) -> None:
-        """The upstream's outputs for a training batch (`tokens`: its docs, `batch_tokens`)."""
+                tokens: Optional[BatchTokens] = None, docs: Optional[Sequence[Doc]] = None) -> None:
+        """The upstream's outputs for a training batch (`tokens`: its docs, `batch_tokens`;
+        `docs`: the Doc objects it embedded, held weakly: see `drop_batch_of_other_docs`)."""
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
                 f"{self.described()} receives from both "
@@ -422,6 +426,26 @@ class ContextualListenerNode(SampleDocsModel):
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
         self._tokens = tokens
+        self._docs = None if docs is None else tuple(weakref.ref(doc) for doc in docs)
+
+    def drop_batch_of_other_docs(self, docs: Sequence[Doc]) -> None:
+        """Its upstream annotates `docs` in training: a batch held for none of them
+        was sent in an earlier `nlp.update` that this listener's component was
+        left out of, and is not read. (Read, by the same texts' batch id, it
+        trained on outputs of weights the upstream has stepped since, and its
+        gradient reached an upstream frozen and annotating now; on other docs,
+        the update failed with "mismatched batch".) Docs the listener gets
+        need not be the ones the upstream embedded: spaCy's EntityLinker
+        copies its examples' docs; so the batch is told by the docs annotated,
+        which in one update are the embedded ones."""
+        if self._docs is None or self._batch_id is None:
+            return
+        held = {id(doc) for doc in (ref() for ref in self._docs) if doc is not None}
+        if not any(id(doc) in held for doc in docs):
+            self._forget_batch()
+
+    def _forget_batch(self) -> None:
+        self._batch_id, self._tokens, self._docs, self._outputs, self._backprop = None, None, None, None, None
 
     def verify_inputs(self, docs: List[Doc]) -> None:
         batch_id = self.get_batch_id(docs)
@@ -445,14 +469,15 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _tokens=None, _outputs=None, _backprop=None, _upstream=None, _claims={},
+        own.update(_batch_id=None, _tokens=None, _docs=None, _outputs=None, _backprop=None, _upstream=None,
+                   _claims={},
                    _passed_over=(),
                    _renamed=tuple(self.renamed_upstreams()))
         return own, slots
 
     def backprop_and_clear(self, d_outputs: list) -> List[Doc]:
         backprop = self._backprop
-        self._batch_id, self._tokens, self._outputs, self._backprop = None, None, None, None
+        self._forget_batch()
         if backprop is None:
             return []
         if self.grad_factor == 0:
