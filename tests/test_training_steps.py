@@ -25,6 +25,17 @@ def _decaying_adam():
     return Adam(0.01, L2=0.1, L2_is_weight_decay=True, grad_clip=1.0)
 
 
+def _sgd_step_by_hand(model, loss, learn_rate):
+    """Plain SGD on `loss`'s gradient, in place: the float64 reference's step. Returns its parameters."""
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    with torch.no_grad():
+        for param, grad in zip(params.values(), grads):
+            if grad is not None:
+                param -= learn_rate * grad
+    return params
+
+
 def _sgd_flow(nlp, examples, optimizer):
     nlp.update(examples, sgd=optimizer)
 
@@ -124,12 +135,7 @@ def test_a_step_asked_for_before_the_backward_pass_follows_it(exact_bert_dir):
 
         states = reference(**inputs, output_hidden_states=True).hidden_states
         loss = (torch.stack([states[i][0, 1:-1] for i in (0, 1, 2)]) * torch.from_numpy(d_layers)).sum()
-        params = dict(reference.named_parameters())
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        with torch.no_grad():
-            for param, grad in zip(params.values(), grads):
-                if grad is not None:
-                    param -= learn_rate * grad
+        params = _sgd_step_by_hand(reference, loss, learn_rate)
         ours = _encoder_params(nlp)
         for name, param in params.items():
             torch.testing.assert_close(ours[name].double(), param.detach(), rtol=1e-5, atol=2e-6,
@@ -573,13 +579,8 @@ def test_a_step_asked_for_is_taken_before_the_next_prediction_where_a_listener_n
         return torch.stack([states[i][0, 1:-1] for i in (0, 1, 2)])
 
     before = reference_layers()
-    loss = (before * torch.from_numpy(d_layers)).sum()
-    params = dict(reference.named_parameters())
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    _sgd_step_by_hand(reference, (before * torch.from_numpy(d_layers)).sum(), learn_rate)
     with torch.no_grad():
-        for param, grad in zip(params.values(), grads):
-            if grad is not None:
-                param -= learn_rate * grad
         after = reference_layers().numpy()
     got = nlp(TEXT)._.ctx_layers
     assert float(numpy.abs(before.detach().numpy() - after).max()) > 1e-2  # the premise: a step far past the tolerance
