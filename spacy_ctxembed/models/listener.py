@@ -118,6 +118,9 @@ class ContextualListenerNode(SampleDocsModel):
     #: The docs the upstream embedded for the batch held, weakly (`receive`;
     #: None where not told). (A class default too, for nodes pickled before.)
     _docs: Optional[Tuple[Any, ...]] = None
+    #: Whether the upstream annotated other docs in training since it sent the
+    #: batch held (`note_annotated`). (A class default too.)
+    _superseded: bool = False
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -418,34 +421,52 @@ class ContextualListenerNode(SampleDocsModel):
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str,
                 tokens: Optional[BatchTokens] = None, docs: Optional[Sequence[Doc]] = None) -> None:
         """The upstream's outputs for a training batch (`tokens`: its docs, `batch_tokens`;
-        `docs`: the Doc objects it embedded, held weakly: see `drop_batch_of_other_docs`)."""
+        `docs`: the Doc objects it embedded, held weakly: see `note_annotated`)."""
         if self._batch_id == batch_id and self._outputs is not None and self._upstream != upstream:
             raise ValueError(
                 f"{self.described()} receives from both "
                 f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
-        self._tokens = tokens
+        self._tokens, self._superseded = tokens, False
         self._docs = None if docs is None else tuple(weakref.ref(doc) for doc in docs)
 
-    def drop_batch_of_other_docs(self, docs: Sequence[Doc]) -> None:
-        """Its upstream annotates `docs` in training: a batch held for none of them
-        was sent in an earlier `nlp.update` that this listener's component was
-        left out of, and is not read. (Read, by the same texts' batch id, it
-        trained on outputs of weights the upstream has stepped since, and its
-        gradient reached an upstream frozen and annotating now; on other docs,
-        the update failed with "mismatched batch".) Docs the listener gets
-        need not be the ones the upstream embedded: spaCy's EntityLinker
-        copies its examples' docs; so the batch is told by the docs annotated,
-        which in one update are the embedded ones."""
+    def note_annotated(self, docs: Sequence[Doc]) -> None:
+        """Its upstream annotated `docs` in training. A batch held for none of
+        them was sent in an earlier `nlp.update` that this listener's
+        component was left out of: it is superseded, and not read where the
+        docs this listener is given hold the upstream's outputs
+        (`drop_superseded_batch`: the upstream frozen and annotating in this
+        update). Read by the same texts' batch id, it trained on outputs of
+        weights the upstream has stepped since, and its gradient reached an
+        upstream frozen now; on other docs, the update failed with
+        "mismatched batch". Only marked here, since docs annotated between
+        updates (`nlp(text)`, an evaluation) are not an update's: a loop that
+        then updates this listener's component without the upstream, not
+        annotating, still reads the batch. (Told by the docs annotated, not
+        by those the listener gets: those need not be the objects the
+        upstream embedded; spaCy's EntityLinker copies them.)"""
         if self._docs is None or self._batch_id is None:
             return
         held = {id(doc) for doc in (ref() for ref in self._docs) if doc is not None}
         if not any(id(doc) in held for doc in docs):
+            self._superseded = True
+
+    def drop_superseded_batch(self, docs: Sequence[Doc]) -> bool:
+        """Before a training batch: drop the batch held where it is superseded
+        (`note_annotated`) and `docs` hold the upstream's outputs, which are
+        read instead; whether it did."""
+        if not self._superseded:
+            return False
+        name = self.source_name()
+        if all(_doc_output(doc, name)[1] is not None for doc in docs):
             self._forget_batch()
+            return True
+        return False
 
     def _forget_batch(self) -> None:
         self._batch_id, self._tokens, self._docs, self._outputs, self._backprop = None, None, None, None, None
+        self._superseded = False
 
     def verify_inputs(self, docs: List[Doc]) -> None:
         batch_id = self.get_batch_id(docs)
@@ -469,8 +490,8 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _tokens=None, _docs=None, _outputs=None, _backprop=None, _upstream=None,
-                   _claims={},
+        own.update(_batch_id=None, _tokens=None, _docs=None, _superseded=False, _outputs=None, _backprop=None,
+                   _upstream=None, _claims={},
                    _passed_over=(),
                    _renamed=tuple(self.renamed_upstreams()))
         return own, slots
@@ -494,7 +515,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
         raise ValueError(f"{model._load_refused} (the load failed, and left this component's weights half loaded)")
     if is_train:  # (its component is initialized: see `forget_samples`)
         model.forget_samples()
-    if is_train and model._batch_id is not None:
+    if is_train and model._batch_id is not None and not model.drop_superseded_batch(docs):
         model.verify_inputs(docs)
         return list(model._outputs or []), model.backprop_and_clear
     # The upstream is frozen (and annotating), or this is prediction: the
@@ -971,6 +992,7 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         if not is_train:
             check_trained_upstream(node, upstream)
         elif upstream is not None:
+            node.drop_superseded_batch(docs)  # (first: a superseded batch does not move the weights read)
             recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
     check_saved_combiners(model)
     Y, backprop = model.layers[0](docs, is_train)

@@ -551,7 +551,6 @@ class ContextualEmbedder(TrainablePipe):
             yield from super().pipe(stream, batch_size=batch_size)
             return
         self._after_fork()  # (in a forked child, its batches go to the child's `_in_flight`)
-        self._step_asked_for()
         error_handler = self.get_error_handler()
         predict = on_caller_devices(self._predict_ahead)
         batches = minibatch(stream, size=batch_size)
@@ -598,8 +597,6 @@ class ContextualEmbedder(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> Tuple[List[DocLayers], List[DocVectors]]:
         docs = list(docs)
-        self._after_fork()  # (before a step: one torch thread in a forked child)
-        self._step_asked_for()
         with self._ready(), named_errors(self.name):
             layers = self._frozen_layers(docs)
             self._check_combiner_width()
@@ -741,7 +738,7 @@ class ContextualEmbedder(TrainablePipe):
         keep_layers = self.cfg["store_layers"] or any(listener.mix_layers for listener in self.listeners)
         if threading.current_thread() is self._pending_thread:  # (the training thread: not a serving one beside it)
             for listener in self.listeners:
-                listener.drop_batch_of_other_docs(docs)
+                listener.note_annotated(docs)
         signature = getattr(predictions, "signature", None) or self._current_signature()
         for doc, doc_layers, doc_vectors in zip(docs, layers, vectors):
             write_outputs(doc, self.name, doc_vectors, doc_layers if keep_layers else None,
@@ -772,10 +769,11 @@ class ContextualEmbedder(TrainablePipe):
         updated) or at the next `update`, whichever comes first, so that
         their gradients are neither lost nor applied twice. A `finish_update`
         that comes before the backward pass (`nlp.update(examples, sgd=...)`
-        calls it right after this update) takes its step after it, and at
-        the latest before the next prediction (`_step_asked_for`). A batch
-        that a listener's component did not take is dropped once this component
-        annotates other docs in training (`drop_batch_of_other_docs`). A listener
+        calls it right after this update) takes its step after it. A batch
+        that a listener's component did not take is not read once this
+        component has annotated other docs in training
+        (`note_annotated`) and the docs the listener gets hold its
+        outputs. A listener
         at `grad_factor` 0 only answers: it sends no gradient.
         """
         validate_examples(examples, "ContextualEmbedder.update")
@@ -806,16 +804,12 @@ class ContextualEmbedder(TrainablePipe):
         done = False
         step_with: Optional[Optimizer] = None  # a finish_update's, called before this backward pass
 
-        def backward(*, at_update: bool, sgd: Optional[Optimizer] = None, predicting: bool = False) -> bool:
+        def backward(*, at_update: bool, sgd: Optional[Optimizer] = None) -> bool:
             """Run the backward pass of what the listeners sent; whether it is done with.
-            sgd: the optimizer of the finish_update asking, whose step waits for it.
-            predicting: asked by a prediction, which runs it only where a step
-            waits on it and some listener has called back (see `predict`)."""
+            sgd: the optimizer of the finish_update asking, whose step waits for it."""
             nonlocal done, step_with
             if done:
                 return True
-            if predicting and (step_with is None or not received):
-                return False
             if not received and waiting > 0 and not at_update:
                 # Nothing sent yet: at finish_update, keep waiting (`nlp.update(sgd=...)`
                 # steps each component right after its own update, before its
@@ -875,8 +869,7 @@ class ContextualEmbedder(TrainablePipe):
                              docs=docs)
         return losses
 
-    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None, any_thread: bool = False,
-                        predicting: bool = False) -> None:
+    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None, any_thread: bool = False) -> None:
         """Run the pending backward pass where it is due: at an update, a
         finish_update, `use_params`, and before the weights are saved (a loop
         of `nlp.update(sgd=...)` with a listening component disabled leaves
@@ -897,18 +890,8 @@ class ContextualEmbedder(TrainablePipe):
         elsewhere = owner is not None and owner is not threading.current_thread() and owner.is_alive()
         if backward is None or (elsewhere and not any_thread):
             return
-        if backward(at_update=at_update, sgd=sgd, predicting=predicting):
+        if backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
-
-    def _step_asked_for(self) -> None:
-        """Before a prediction: the step that `nlp.update(examples, sgd=...)`
-        asked for, where a listener never called back (a NER that skipped the
-        batch, a listening component excluded) and some other did. It waited
-        for the next update or a save: predictions until then had the heads'
-        steps without the encoder's, and the save moved the weights in memory.
-        (Within the update, where the upstream annotates before its listeners
-        call back, nothing has been sent yet: it waits for them.)"""
-        self._flush_backward(at_update=False, predicting=True)
 
     def finish_update(self, sgd: Optimizer) -> None:
         # A batch that some listener did not call back for runs its backward
