@@ -771,10 +771,9 @@ class ContextualEmbedder(TrainablePipe):
         that comes before the backward pass (`nlp.update(examples, sgd=...)`
         calls it right after this update) takes its step after it. A batch
         that a listener's component did not take is not read once this
-        component has annotated other docs in training
-        (`note_annotated`) and the docs the listener gets hold its
-        outputs. A listener
-        at `grad_factor` 0 only answers: it sends no gradient.
+        component has annotated other docs in training (`note_annotated`)
+        and the docs the listener gets hold its outputs. A listener at
+        `grad_factor` 0 only answers: it sends no gradient.
         """
         validate_examples(examples, "ContextualEmbedder.update")
         losses = {} if losses is None else losses
