@@ -128,8 +128,8 @@ def test_other_families_match_transformers_in_padded_batches(minilm_dir, tmp_pat
 def test_embedding_output_alone_matches_transformers(minilm_dir, tmp_path, family, broadcast):
     """layers = [0] (the embedding output only) cuts the layer stack short. Cut to
     no layer at all, DeBERTa-v2's encoder failed at `initialize` with
-    transformers' own UnboundLocalError ('output_states'); the stack keeps one
-    layer, and each text equals `transformers` alone."""
+    transformers' own UnboundLocalError ('output_states'); such a model runs
+    its first layer (others none), and each text equals `transformers` alone."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -141,7 +141,7 @@ def test_embedding_output_alone_matches_transformers(minilm_dir, tmp_path, famil
     nlp = make_nlp(tmp_path, layers=[0], store_layers=True)
     _assert_padded_batches_match(nlp, tokenizer, model, [0], broadcast)
     runner = get_runner(nlp.get_pipe("ctxembed_bert").encoder)
-    assert runner.runner is not runner.encoder.module  # still cut: layers 2 and 3 are not run
+    assert runner.runner is not runner.encoder.module  # still cut: the layers above the first are not run
 
 
 def test_padding_sensitive_model_gets_unpadded_batches(minilm_dir, tmp_path):

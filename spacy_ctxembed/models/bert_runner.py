@@ -161,7 +161,16 @@ class BertRunner:
         # The probes below compare other ways to run the model with its padded
         # pass over the probe batch, run here once per module.
         cut = _first_layers(encoder.module, max(self.layers))
-        cut_output = _padded_pass(cut, *probe)
+        try:
+            cut_output = _padded_pass(cut, *probe)
+        except Exception:
+            if cut is encoder.module or max(self.layers) > 0:
+                raise
+            # `layers = [0]` (the embedding output): DeBERTa-v2's encoder cannot
+            # run an empty layer stack (an UnboundLocalError in `transformers`),
+            # so such a model runs its first layer.
+            cut = _first_layers(encoder.module, 1)
+            cut_output = _padded_pass(cut, *probe)
         full_output = cut_output if cut is encoder.module else _padded_pass(encoder.module, *probe)
         keeps = _cut_keeps_states(cut, encoder.module, *probe, self.layers, outputs=(cut_output, full_output))
         self.runner: torch.nn.Module = cut if keeps else encoder.module
@@ -407,11 +416,8 @@ def _first_layers(module: torch.nn.Module, n_layers: int) -> torch.nn.Module:
     """A shallow copy of `module` that runs only its first `n_layers` transformer
     layers, where its layer stack can be found (`encoder.layer`,
     `transformer.layer`, ...). The layers themselves are shared, not copied.
-    Other models run all their layers. At least one layer is kept: with
-    `layers = [0]` (the embedding output), DeBERTa-v2's encoder cannot run an
-    empty stack (it fails with an UnboundLocalError in `transformers`).
+    Other models run all their layers.
     """
-    n_layers = max(n_layers, 1)
     for owner_name in ("encoder", "transformer"):
         owner = getattr(module, owner_name, None)
         if not isinstance(owner, torch.nn.Module):
