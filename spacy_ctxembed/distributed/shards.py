@@ -157,6 +157,14 @@ def of_run(meta: Dict[str, Any], run: Optional[str]) -> bool:
     return run is None or meta.get("run") in (None, run)
 
 
+def _shard_ids(path: Path, meta: Dict[str, Any]) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """A shard file's doc ids (its ``doc_id`` column) and its rejected rows' (its metadata's)."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["doc_id"]).column(0).to_numpy()
+    return ids, numpy.array([r["doc_id"] for r in meta.get("rejected", ())], dtype=numpy.int64)
+
+
 def holds_its_docs(path: Path, meta: Dict[str, Any]) -> bool:
     """Whether the file at `path` still holds the docs its metadata says it was
     written with: as many rows, and their doc ids those of its range that it did
@@ -172,9 +180,8 @@ def holds_its_docs(path: Path, meta: Dict[str, Any]) -> bool:
         rows = pq.read_metadata(path).num_rows
         if rows != meta.get("docs", rows):
             return False
-        ids = pq.read_table(path, columns=["doc_id"]).column(0).to_numpy()
+        ids, rejected = _shard_ids(path, meta)
         first, n_rows = int(meta["first_id"]), int(meta["n_rows"])
-        rejected = numpy.array([r["doc_id"] for r in meta.get("rejected", ())], dtype=numpy.int64)
     except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
         return False
     # Increasing, inside the range, none rejected too, and as many as the range lacks: each of its rows once.
@@ -206,7 +213,6 @@ def check_complete(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = 
     records in doc-id order); raises `ShardMismatch` naming what is missing,
     duplicated or another run's.
     """
-    import pyarrow.parquet as pq
 
     rejected: List[Dict[str, Any]] = []
     n_docs = 0
@@ -219,8 +225,7 @@ def check_complete(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = 
             raise ShardMismatch(f"shard {shard.index} ({path.name}) is missing or unreadable")
         if not of_run(meta, run):
             raise ShardMismatch(another_run(shard.index))
-        ids = pq.read_table(path, columns=["doc_id"]).column(0).to_numpy()
-        rejected_ids = numpy.array([r["doc_id"] for r in meta["rejected"]], dtype=numpy.int64)
+        ids, rejected_ids = _shard_ids(path, meta)
         all_ids = numpy.concatenate([ids, rejected_ids])
         outside = all_ids[(all_ids < shard.first_id) | (all_ids >= shard.first_id + shard.n_rows)]
         if len(outside):
