@@ -213,7 +213,6 @@ def check_complete(out_dir: Path, shards: Sequence[Shard], run: Optional[str] = 
     records in doc-id order); raises `ShardMismatch` naming what is missing,
     duplicated or another run's.
     """
-
     rejected: List[Dict[str, Any]] = []
     n_docs = 0
     missing: List[int] = []

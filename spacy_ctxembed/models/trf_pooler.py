@@ -214,7 +214,7 @@ def _cut_at_length(doc: Doc, alignment: PieceAlignment, is_space: numpy.ndarray,
     alone = (numpy.bincount(run_tokens, minlength=alignment.n_tokens)[tokens[at_cut]]
              == numpy.bincount(tokens[at_cut], minlength=alignment.n_tokens)[tokens[at_cut]])
     unsure = alone & ~is_cut & ~numpy.isin(spans[at_cut] * span_length, aligned.piece)
-    in_two_spans = at_cut.any() and bool((run_tokens[1:] == run_tokens[:-1]).any())
+    in_two_spans = bool((run_tokens[1:] == run_tokens[:-1]).any())
     # (The pieces' text read only where a token at a cut may have another run: most docs have no cut.)
     lengths = text_lengths(doc, alignment, aligned) if in_two_spans or unsure.any() else None
     if lengths is None:
