@@ -855,10 +855,22 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
     (`nlp.add_pipe` then `nlp(text)` loads on first use) loads now, and is
     copied again: spaCy's copy would have none. One whose load was refused
     refuses here: it holds parts of two models. (A `ctxembed_from_trf`
-    encoder holds none: it pools the transformer's outputs.)"""
+    encoder holds none: it pools the transformer's outputs.) A training step
+    still waiting for a backward pass (`nlp.update(sgd=...)` where some
+    listener skipped the batch) is taken first, and the upstream copied
+    again: spaCy's copy would lack it, which the upstream takes later.
+    The copy starts with no gradient: what the upstream was sent before
+    (`nlp.update(sgd=False)`) is the upstream's to step. (thinc's copy keeps
+    the combiner's, which the copy's first step would apply a second time;
+    the encoder's copy has none.)"""
     if component is not None and not getattr(component, "loaded", True) and encoder_shim(embedder) is not None:
         component.ensure_loaded()
         embedder = component.model.copy()
+    elif component is not None and getattr(component, "take_waiting_step", lambda: False)():
+        embedder = component.model.copy()
+    for layer in embedder.walk():
+        for name in layer.grad_names:
+            layer.set_grad(name, layer.ops.alloc(layer.get_grad(name).shape, dtype=layer.get_grad(name).dtype))
     copy = replacement(embedder, grad_factor=getattr(listener, "grad_factor", 1.0),
                        encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
                        mix_layers=getattr(listener, "mix_layers", True))

@@ -11,6 +11,7 @@ the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -868,7 +869,7 @@ class ContextualEmbedder(TrainablePipe):
                              docs=docs)
         return losses
 
-    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None, any_thread: bool = False) -> None:
+    def _flush_backward(self, *, at_update: bool, sgd: Optional[Optimizer] = None, any_thread: bool = False) -> bool:
         """Run the pending backward pass where it is due: at an update, a
         finish_update, `use_params`, and before the weights are saved (a loop
         of `nlp.update(sgd=...)` with a listening component disabled leaves
@@ -884,13 +885,26 @@ class ContextualEmbedder(TrainablePipe):
         reached the encoder. Such a save has the weights as they are, before
         that step. (A training thread that has ended sends nothing more: a save
         after it, joined, has the step, as in the thread that trained.) `any_thread`:
-        an update, which puts its own backward pass in the waiting one's place."""
+        an update, which puts its own backward pass in the waiting one's place.
+
+        RETURNS: whether the backward pass still waits, with the step `sgd`
+        asked for taken after it."""
         backward, owner = self._pending_backward, self._pending_thread
         elsewhere = owner is not None and owner is not threading.current_thread() and owner.is_alive()
         if backward is None or (elsewhere and not any_thread):
-            return
+            return False
         if backward(at_update=at_update, sgd=sgd):
             self._pending_backward = None
+            return False
+        return sgd is not None
+
+    def take_waiting_step(self) -> bool:
+        """Run a backward pass still waiting for a listener, and the step asked
+        for it, as a save does first (`nlp.replace_listeners` copies the
+        weights after it); whether one was waiting."""
+        waiting = self._pending_backward is not None
+        self._flush_backward(at_update=True)
+        return waiting
 
     def finish_update(self, sgd: Optimizer) -> None:
         # A batch that some listener did not call back for runs its backward
@@ -900,7 +914,13 @@ class ContextualEmbedder(TrainablePipe):
         # earlier batches left (`spacy train` accumulating gradients over
         # batches, the last of which no listener answered) is stepped now.
         self._after_fork()
-        self._flush_backward(at_update=False, sgd=sgd)
+        if self._flush_backward(at_update=False, sgd=sgd) and sys._getframe(1).f_code is Language.update.__code__:
+            # `nlp.update(sgd=...)`: the listeners run after this call, and their
+            # backward pass reads the weights of this batch's forward pass. A
+            # step now, of the gradients earlier updates left (`sgd=False`),
+            # would move them under it (in place: silently): that step is the
+            # one taken after the backward pass, with this batch's gradient.
+            return
         # Only what a gradient reached since its last step: an optimizer with
         # weight decay moves weights even on a zero gradient, and thinc keeps
         # a zeroed gradient after each step.
