@@ -668,6 +668,48 @@ def test_load_pipeline_reads_a_config_file_given_as_a_path(tiny_bert_dir, tmp_pa
     assert loaded("A doc.")._.ctx_vectors.shape == (3, 32)
 
 
+@pytest.mark.parametrize("learns", ["encoder", "combiner", "none"])
+def test_an_embedder_a_training_config_fine_tunes_is_told_to_run_on_its_base_weights(tiny_bert_dir, tmp_path,
+                                                                                      learns):
+    """`embed --config` on the config of a pipeline that fine-tuned its embedder
+    (`training/model-best/config.cfg`) built the embedder from its base model
+    (and a fresh ScalarMix): other vectors than the trained pipeline's, with a
+    warning about the tagger only. It now says so, naming the embedder; where
+    nothing of it trains (frozen encoder, a listener mixing the layers itself),
+    the vectors are the same and nothing is said."""
+    import warnings
+
+    import numpy
+    from spacy.training import Example
+
+    from spacy_ctxembed.pipeline.build import load_pipeline
+
+    trained = spacy.blank("en")
+    combiner = {"combiner": {"@layers": "spacy-ctxembed.ScalarMix.v1"}} if learns == "combiner" else {}
+    trained.add_pipe("ctxembed_bert", name="emb", config={"model": {"encoder": {
+        "name": str(tiny_bert_dir), "layers": [1, 2], "trainable": learns == "encoder"}, **combiner}})
+    trained.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+        "mix_layers": learns != "combiner"}}})
+    text = "I like green eggs"
+    examples = [Example.from_dict(trained.make_doc(text), {"tags": ["PRP", "VBP", "JJ", "NNS"]})]
+    optimizer = trained.initialize(lambda: examples)
+    for _ in range(3):
+        trained.update(examples, sgd=optimizer)
+    trained.to_disk(tmp_path / "trained")
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        built = load_pipeline(config=tmp_path / "trained" / "config.cfg")
+    fine_tuned = [str(w.message) for w in told if "fine-tuned by the config" in str(w.message)]
+    moved = numpy.abs(built(text)._.ctx_vectors - trained(text)._.ctx_vectors).max()
+    if learns != "none":
+        assert moved > 1e-5
+        assert len(fine_tuned) == 1 and fine_tuned[0].startswith("'emb': fine-tuned by the config")
+        assert "give the trained pipeline instead" in fine_tuned[0]
+    else:
+        assert moved == 0 and not fine_tuned
+
+
 def test_one_component_left_out_untrained_is_told_of_as_it():
     """The warning speaks of one component as "it", of several as "them"."""
     from spacy_ctxembed.pipeline.build import leave_out_untrained

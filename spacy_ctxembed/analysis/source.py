@@ -27,10 +27,12 @@ from ..models.legacy import V1_DEFAULTS
 from ..models.torch_bridge import encoder_shim
 from ..pipeline.build import (
     NOT_A_PIPELINE,
+    fine_tuned_components,
     initialize_built,
     is_folder_without_pipeline,
     leave_out_untrained,
     untrained_components,
+    warn_fine_tuned,
 )
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .errors import AnalysisInputError
@@ -63,6 +65,8 @@ class PipelineSource:
     _saved_dir: Optional[Path] = field(default=None, init=False, repr=False)
     #: Whether the components its config builds untrained were told (`load` runs more than once).
     _left_out_told: bool = field(default=False, init=False, repr=False)
+    #: Whether the analysed embedder its config fine-tunes was told (it runs on its base weights).
+    _fine_tuned_told: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def from_argument(cls, value: str, option: str = "--compare") -> "PipelineSource":
@@ -126,6 +130,10 @@ class PipelineSource:
         leave_out_untrained(nlp, untrained, where=f"{self.option} {self.label}", warn=not self._left_out_told,
                             instead=f" with {'--model' if self.option == '--config' else self.option}", stacklevel=2)
         self._left_out_told = self._left_out_told or bool(untrained)
+        fine_tuned = [] if self._fine_tuned_told else [n for n in fine_tuned_components(nlp, built) if n == name]
+        warn_fine_tuned(fine_tuned, where=f"{self.option} {self.label}", stacklevel=2,
+                        instead=f" with {'--model' if self.option == '--config' else self.option}")
+        self._fine_tuned_told = self._fine_tuned_told or bool(fine_tuned)
         initialize_built(nlp, built, needed_components(nlp, name))
         return nlp
 

@@ -9,6 +9,7 @@ from spacy.pipeline import TrainablePipe
 from spacy.util import get_sourced_components, load_config, load_model_from_config
 from thinc.api import Config
 
+from .component import ContextualEmbedder
 from .factories import CONTEXTUAL_FACTORIES
 
 
@@ -40,6 +41,7 @@ def load_pipeline(
             loaded = Config().from_str(config)
         nlp = load_model_from_config(loaded, auto_fill=True)
         leave_out_untrained(nlp, untrained_components(nlp, loaded), stacklevel=2)
+        warn_fine_tuned(fine_tuned_components(nlp, loaded), stacklevel=2)
         initialize_built(nlp, loaded)
     else:
         nlp = spacy.blank("en")
@@ -126,6 +128,37 @@ def untrained_components(nlp: Language, config: Config) -> List[str]:
     return [name for name, component in nlp.pipeline
             if isinstance(component, TrainablePipe) and name not in sourced
             and nlp.get_pipe_meta(name).factory not in pretrained]
+
+
+def fine_tuned_components(nlp: Language, config: Config) -> List[str]:
+    """The contextual embedders that `config` fine-tunes and does not source:
+    a training config (its `[training]`) that leaves them out of
+    `frozen_components`, with weights that an update moves (`weights_train`: a
+    trainable encoder, or a combiner with weights that a listener of the
+    vectors trains). Built from the config, they have the weights it names
+    (the base model's, a fresh combiner), not those its training gave them
+    (which a pipeline trained with it saved): other vectors, with nothing to
+    tell them apart."""
+    training = config.get("training") or {}
+    if not training:
+        return []
+    frozen = set(training.get("frozen_components") or [])
+    sourced = set(get_sourced_components(config))
+    return [name for name, component in nlp.pipeline
+            if name not in frozen and name not in sourced and isinstance(component, ContextualEmbedder)
+            and component.weights_train(combiner=True)]
+
+
+def warn_fine_tuned(names: Sequence[str], *, where: str = "", instead: str = "", stacklevel: int = 1) -> None:
+    """Warn that `names` (`fine_tuned_components`) run with their base model's weights."""
+    if names:
+        them = "it" if len(names) == 1 else "them"
+        warnings.warn(f"{where and where + ': '}{', '.join(map(repr, names))}: fine-tuned by the config (a training "
+                      f"config that leaves {them} out of [training] frozen_components, with a trainable encoder or "
+                      f"combiner); built from the config, {them} {'runs' if len(names) == 1 else 'run'} on the "
+                      f"weights the config names (the base model, a combiner as initialized), not on those the "
+                      f"training gave: for the fine-tuned vectors, give the trained pipeline{instead} instead",
+                      stacklevel=stacklevel + 1)
 
 
 def leave_out_untrained(nlp: Language, names: Sequence[str], *, where: str = "", instead: str = "",
