@@ -149,6 +149,56 @@ def test_a_fork_while_a_lock_is_held_neither_hangs_nor_runs_half_changed_weights
     assert len(said) == len(FORK_CASES) and not wrong, (wrong, out.stderr[-3000:])
 
 
+_REPLACED_LISTENER_IN_FORKED_WORKERS = """
+import multiprocessing, os, signal, sys, torch, spacy
+
+def threads(doc):
+    doc.user_data["threads"] = torch.get_num_threads()
+    return doc
+
+spacy.Language.component("torch_threads", func=threads)
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method("fork", force=True)
+    # A hung run ends, its workers with it.
+    signal.signal(signal.SIGALRM, lambda *_: [p.kill() for p in multiprocessing.active_children()] or os._exit(3))
+    signal.alarm(240)
+    torch.set_num_threads(2)
+    nlp = spacy.load(sys.argv[1])
+    nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    nlp.remove_pipe("ctxembed_bert")  # (the tagger's copy of the encoder is all that runs torch)
+    nlp.add_pipe("torch_threads")
+    texts = ["I ran to the park .", "She ran some tests on the data ."] * 4
+    # Run here first, as a program does before it fans out: torch's thread pool is started.
+    single = [[t.tag_ for t in doc] for doc in nlp.pipe(texts)]
+    docs = list(nlp.pipe(texts, n_process=2, batch_size=2))
+    print("TAGS", [[t.tag_ for t in doc] for doc in docs] == single)
+    print("THREADS", sorted({doc.user_data["threads"] for doc in docs}))
+"""
+
+
+def test_a_replaced_listeners_encoder_runs_in_forked_workers_with_one_thread(tiny_bert_dir, tmp_path):
+    # The copy of the encoder that replace_listeners puts in a component runs
+    # with no ctxembed component before it: in a pipeline without the embedder,
+    # its forward pass was torch's first in each forked worker, with the
+    # parent's thread pool, and the workers hung for ever.
+    from spacy.training import Example
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[-1]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "ctxembed_bert"}}})
+    examples = [Example.from_dict(nlp.make_doc("I ran to the park"), {"tags": ["PRP", "VBD", "IN", "DT", "NN"]})]
+    nlp.initialize(lambda: examples)
+    nlp.to_disk(tmp_path / "pipeline")
+    script = tmp_path / "replaced_listener_fork.py"
+    script.write_text(_REPLACED_LISTENER_IN_FORKED_WORKERS)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "pipeline")], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert "TAGS True" in out.stdout and "THREADS [1]" in out.stdout, (out.returncode, out.stdout, out.stderr[-3000:])
+
+
 def _scalar_mix_nlp(model_dir, **settings):
     """A pipeline whose combiner is a 'trained' scalar mix (not the initial mean),
     so that a combiner initialised again would show in the vectors."""

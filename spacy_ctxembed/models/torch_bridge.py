@@ -9,6 +9,7 @@ torch's autograd, with the shim's loss scaling for fp16.
 shim (BERT's, ELMo's); `encoder_shim` finds it in a model.
 """
 import contextlib
+import os
 import tempfile
 from abc import ABCMeta, abstractmethod
 from functools import partial
@@ -228,6 +229,8 @@ def run_encoder(
     train_weights: False for a frozen encoder (inference only; the gradient
         stops here).
     """
+    if isinstance(shim, EncoderShim):
+        shim.in_this_process()
     if not train_weights:
         outputs = embed(docs, False)
         return [cast(DocLayers, torch2xp(t, ops=model.ops)) for t in outputs], _no_gradient
@@ -299,6 +302,8 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
         #: The encoder's settings, as the config gives them (`grad_scale.with_lr_scale`
         #: adds a copy's `LR_SCALE`).
         self.settings = settings
+        #: The process the shim was made in (unpickled, copied) or last ran in (`in_this_process`).
+        self._pid = os.getpid()
 
     def __reduce__(self) -> Tuple[Any, ...]:
         return unpickle_shim, (type(self), self.settings, self.to_bytes() if self.loaded else None)
@@ -424,6 +429,22 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
     @abstractmethod
     def signature_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the loaded model besides its weights."""
+
+    def in_this_process(self) -> None:
+        """Before the encoder runs: in a process forked since the shim was made
+        or last ran (`nlp.pipe(n_process=...)`), one torch thread, and the
+        shim's own locks made anew (`after_fork`), as the component does
+        (`ContextualEmbedder._after_fork`). Here too for the copy of the
+        encoder that `nlp.replace_listeners` put in a listening component,
+        which no component runs before: in a pipeline without the embedder,
+        its forward pass was torch's first in the worker, and there, with the
+        parent's thread pool started, the worker hung for ever. (Unpickled,
+        in a spawned worker, the shim is made there: threads left alone.)"""
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            torch.set_num_threads(1)
+            self.after_fork()
 
     def after_fork(self) -> None:
         """In a forked process: make the shim's own locks anew (a fork copies

@@ -447,7 +447,7 @@ class ContextualEmbedder(TrainablePipe):
                 self.cache.after_fork()
             shim = encoder_shim(self.encoder)
             if shim is not None:
-                shim.after_fork()
+                shim.in_this_process()
 
     @contextmanager
     def _loading(self, source: str) -> Iterator[None]:
