@@ -252,7 +252,7 @@ class BertShim(EncoderShim):
         encoder = self.get_runner().encoder
         return probe_record(encoder, max_length=config_positions(encoder) or 512)
 
-    def signature_fields(self) -> Dict[str, str]:
+    def identity_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the encoder
         besides its weights: its tokenizer and its config.json, by content (not
         the config's `name`: one model named two ways is one model; another

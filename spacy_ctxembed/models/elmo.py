@@ -190,7 +190,7 @@ class ElmoShim(EncoderShim):
         feature cache's key): the options file (clipping, activation...) and the layers."""
         return json.dumps([cast(ElmoOptions, self.options).raw, list(self.layers)], sort_keys=True, default=str)
 
-    def signature_fields(self) -> Dict[str, str]:
+    def identity_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the biLM
         besides its weights: its options (clipping, activation...), by content,
         not by the files' paths (copied elsewhere, they are the same model)."""

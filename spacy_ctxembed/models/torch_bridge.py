@@ -427,7 +427,7 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
         """What the output depends on besides the settings and the weights (the feature cache's key)."""
 
     @abstractmethod
-    def signature_fields(self) -> Dict[str, str]:
+    def identity_fields(self) -> Dict[str, str]:
         """What the outputs' signature (`pipeline.signature`) takes from the loaded model besides its weights."""
 
     def in_this_process(self) -> None:

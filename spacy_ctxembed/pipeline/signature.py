@@ -43,7 +43,7 @@ def output_signature(model: Model) -> str:
     shim = encoder_shim(encoder)
     if shim is not None:  # BERT, ELMo
         settings.update(shim.settings)
-        fields.update(shim.signature_fields())
+        fields.update(shim.identity_fields())
     settings.update(config_value(encoder.attrs.get("settings")) or {})  # ctxembed_from_trf
     fields["layers"] = selected_layers(encoder) or settings.get("layers")
     if "pooling" in settings:
