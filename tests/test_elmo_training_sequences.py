@@ -2,10 +2,13 @@
 edits, against plain SGD on the gradients of a float64 PyTorch reference of
 the whole pipeline (`elmo_reference.TorchReferenceElmo`, the scalar mixes, the
 taggers' projection, softmax and cross-entropy written out here)."""
+import functools
+
 import numpy
 import pytest
 import spacy
 import torch
+from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example
 from thinc.api import SGD
@@ -118,13 +121,25 @@ def _assert_params(got, want, keys=None):
         assert float((got[key] - want[key]).abs().max()) / scale < 2e-5, key
 
 
-def test_gradients_accumulated_with_sgd_false_take_one_step_with_the_next_update(elmo_files):
+@pytest.mark.parametrize("language_update", ["spacy", "wrapped"])
+def test_gradients_accumulated_with_sgd_false_take_one_step_with_the_next_update(elmo_files, monkeypatch,
+                                                                                   language_update):
     """`nlp.update(batch, sgd=False)` then `nlp.update(batch, sgd=optimizer)`: one
     step of both batches' gradients, at the weights both were computed at. The
     embedder took the first batch's step at its finish_update, which
     `nlp.update` asks for before the listeners run: in place, under the second
     batch's graph, whose backward pass then read the moved weights (its
-    gradient silently wrong: the biLM off by 0.5 of its largest weight)."""
+    gradient silently wrong: the biLM off by 0.5 of its largest weight).
+    "wrapped": `Language.update` decorated (`functools.wraps`, as a profiler or
+    a logging plugin does) runs spaCy's update all the same."""
+    if language_update == "wrapped":
+        spacy_update = Language.update
+
+        @functools.wraps(spacy_update)
+        def logged_update(self, *args, **kwargs):
+            return spacy_update(self, *args, **kwargs)
+
+        monkeypatch.setattr(Language, "update", logged_update)
     nlp = _pipeline(elmo_files)
     rng = numpy.random.default_rng(1)
     batches = [_examples(nlp, batch, rng) for batch in BATCHES[1:]]

@@ -134,7 +134,7 @@ class BertRunner:
         self.window, self.stride = _window_settings(settings, encoder)
         self.precision: str = settings["precision"]
         self.wordpieces = Wordpieces(encoder.tokenizer)
-        #: The tokenizer and the model's config by content (`BertShim.signature_fields`, `cache_identity`).
+        #: The tokenizer and the model's config by content (`BertShim.identity_fields`, `cache_identity`).
         self.tokenizer_digest = _tokenizer_digest(encoder.tokenizer)
         self.config_digest = _config_digest(encoder.config)
         self.prefix_ids, self.suffix_ids = _special_token_frame(encoder.tokenizer)

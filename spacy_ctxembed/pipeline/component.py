@@ -10,6 +10,7 @@ has answered, backpropagates into the combiner and the encoder and applies
 the optimizer. Frozen (in `frozen_components`), it only annotates, and the
 feature cache spares recomputing the same training docs.
 """
+import inspect
 import os
 import sys
 import tempfile
@@ -909,17 +910,20 @@ class ContextualEmbedder(TrainablePipe):
     def finish_update(self, sgd: Optimizer) -> None:
         # A batch that some listener did not call back for runs its backward
         # pass now (see `update`). One that no listener has called back for
-        # yet (`nlp.update(sgd=...)` asks right after this component's update)
-        # takes this step after its backward pass; what the backward passes of
-        # earlier batches left (`spacy train` accumulating gradients over
-        # batches, the last of which no listener answered) is stepped now.
+        # yet takes this step after its backward pass. What the backward
+        # passes of earlier batches left is stepped now, unless `nlp.update`
+        # asks (below): `spacy train` accumulating gradients calls this after
+        # all its updates, where a batch no listener answered will get no
+        # gradient, and its evaluation must see the step.
         self._after_fork()
-        if self._flush_backward(at_update=False, sgd=sgd) and sys._getframe(1).f_code is Language.update.__code__:
+        if self._flush_backward(at_update=False, sgd=sgd) and _called_by_language_update(sys._getframe(1)):
             # `nlp.update(sgd=...)`: the listeners run after this call, and their
             # backward pass reads the weights of this batch's forward pass. A
             # step now, of the gradients earlier updates left (`sgd=False`),
             # would move them under it (in place: silently): that step is the
             # one taken after the backward pass, with this batch's gradient.
+            # (Nothing in this component's state tells this call from spacy
+            # train's: in both, the batch has had no gradient yet.)
             return
         # Only what a gradient reached since its last step: an optimizer with
         # weight decay moves weights even on a zero gradient, and thinc keeps
@@ -1223,6 +1227,12 @@ class ContextualEmbedder(TrainablePipe):
         except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
             raise bad_setting(self.name, "combiner", source,
                               load_failure("a combiner saved by spacy-ctxembed", err)) from None
+
+
+def _called_by_language_update(frame: Any) -> bool:
+    """Whether `frame` runs spaCy's `Language.update`: also where a decorator
+    (`functools.wraps`) stands in its place, or a subclass's update calls it."""
+    return frame.f_code is inspect.unwrap(Language.update).__code__
 
 
 def _loads_of(encoder: Model) -> int:
