@@ -499,6 +499,66 @@ def test_encoder_lr_scale_slows_only_the_encoder(tiny_bert_dir, scale):
     assert encoder_step == pytest.approx(learn_rate * scale, rel=1e-3, abs=1e-9)
 
 
+def _radam_reference(weights, grads, *, learn_rate, L2, b1=0.9, b2=0.999, eps=1e-8):
+    """thinc's RAdam (optimizers.py `_radam`, weight decay after it) in float64 over
+    a sequence of gradients; thinc counts its bias-correction step from 2."""
+    w, m, v = weights.copy(), numpy.zeros_like(weights), numpy.zeros_like(weights)
+    n_max = 2 / (1 - b2) - 1
+    for t, g in enumerate(grads, start=2):
+        v = b2 * v + (1 - b2) * g * g
+        m = b1 * m + (1 - b1) * g
+        b2_t = b2 ** t
+        n_sma = n_max - 2 * t * b2_t / (1 - b2_t)
+        if n_sma >= 5:
+            size = numpy.sqrt((1 - b2_t) * (n_sma - 4) / (n_max - 4) * (n_sma - 2) / n_sma * n_max / (n_max - 2))
+            w = w - size / (1 - b1 ** t) * learn_rate * m / (numpy.sqrt(v) + eps)
+        else:
+            w = w - learn_rate / (1 - b1 ** t) * m
+        w = w - learn_rate * L2 * w
+    return w
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_encoder_lr_scale_holds_under_radam(tiny_bert_dir, replaced):
+    """thinc's RAdam ignores the per-call `lr_scale` it takes: the encoder (the
+    component's, and the copy replace_listeners gives a tagger) trained at the
+    full rate whatever encoder_lr_scale. Each weight after three steps, against
+    thinc's RAdam in float64 at the scaled rate (the tagger's own at the full one)."""
+    from thinc.api import SGD, RAdam
+
+    scale, learn_rate, L2 = 0.1, 0.02, 0.01
+    nlp, examples = _pipeline(tiny_bert_dir, encoder_lr_scale=scale)
+    _train_step(nlp, examples, SGD(0.1, L2=0.0, grad_clip=0.0))  # past the tagger's zero softmax
+    if replaced:
+        nlp.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
+    owner = nlp.get_pipe("tagger").model if replaced else nlp.get_pipe("ctxembed_bert").encoder
+    encoder = next(shim for node in owner.walk() for shim in node.shims)._model
+    softmax = next(node for node in nlp.get_pipe("tagger").model.walk() if node.name == "softmax")
+    start = {k: p.detach().double().numpy().copy() for k, p in encoder.named_parameters()}
+    start["softmax W"] = softmax.get_param("W").astype("float64")
+    grads: dict = {k: [] for k in start}
+    optimizer = RAdam(learn_rate, L2=L2, grad_clip=0.0)
+    for _ in range(3):
+        nlp.update(examples, sgd=False)
+        for k, p in encoder.named_parameters():
+            grads[k].append(None if p.grad is None else p.grad.double().numpy().copy())
+        grads["softmax W"].append(softmax.get_grad("W").astype("float64"))
+        for _, proc in nlp.pipeline:
+            proc.finish_update(optimizer)
+    got = {k: p.detach().double().numpy() for k, p in encoder.named_parameters()}
+    got["softmax W"] = softmax.get_param("W")
+    checked = 0
+    for name, weights in start.items():
+        if grads[name][0] is None:  # (BERT's pooler: never run)
+            assert numpy.array_equal(got[name], weights), name
+            continue
+        rate = learn_rate if name == "softmax W" else learn_rate * scale
+        want = _radam_reference(weights, grads[name], learn_rate=rate, L2=L2)
+        numpy.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
+        checked += 1
+    assert checked > 20
+
+
 def test_encoder_lr_scale_is_checked(tiny_bert_dir):
     with pytest.raises(ValueError, match=r"\[ctxembed_bert\] encoder_lr_scale = -1"):
         spacy.blank("en").add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, encoder_lr_scale=-1))

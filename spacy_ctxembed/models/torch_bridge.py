@@ -9,6 +9,7 @@ torch's autograd, with the shim's loss scaling for fp16.
 shim (BERT's, ELMo's); `encoder_shim` finds it in a model.
 """
 import contextlib
+import copy
 import os
 import tempfile
 from abc import ABCMeta, abstractmethod
@@ -58,8 +59,23 @@ def scaled_optimizer(optimizer: Any, settings: Dict[str, Any]) -> Any:
     (`nlp.replace_listeners`) is stepped by the downstream component's model,
     which knows nothing of it: there the scale travels in the shim's settings.
     """
-    scale = settings.get(LR_SCALE, 1.0)
-    return optimizer if scale == 1.0 else partial(optimizer, lr_scale=scale)
+    return at_lr_scale(optimizer, settings.get(LR_SCALE, 1.0))
+
+
+def at_lr_scale(optimizer: Any, scale: float) -> Any:
+    """`optimizer`, stepping at `scale` times its learning rate: thinc's
+    per-call `lr_scale`, but for thinc's RAdam (`RAdam.v1`), whose step reads
+    only its own `learn_rate` (the argument scales its weight decay alone).
+    There a shallow copy at the scaled rate steps instead: it shares the
+    optimizer's state (moments, update counts, averages), and the optimizer
+    itself is left as it is."""
+    if scale == 1.0:
+        return optimizer
+    if getattr(optimizer, "use_radam", False):
+        scaled = copy.copy(optimizer)
+        scaled.learn_rate = optimizer.learn_rate * scale
+        return scaled
+    return partial(optimizer, lr_scale=scale)
 
 
 def is_copy(settings: Dict[str, Any]) -> bool:

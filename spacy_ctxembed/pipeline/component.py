@@ -49,6 +49,7 @@ from ..models.embedder import (
 from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import (
+    at_lr_scale,
     encoder_features,
     encoder_shim,
     set_loaded_dims,
@@ -939,11 +940,11 @@ class ContextualEmbedder(TrainablePipe):
             if "encoder" in to_step:
                 # Fine-tuning wants the pretrained encoder to move slower than the
                 # freshly initialised heads and mix (e.g. 5e-5 against 1e-3): thinc's
-                # optimizer takes a per-call `lr_scale`, so one optimizer (and one
-                # schedule) serves both.
+                # optimizer takes a per-call `lr_scale` (`at_lr_scale`), so one
+                # optimizer (and one schedule) serves both.
                 scale = self.cfg["encoder_lr_scale"]
                 with self._changing_weights(encoder=True):
-                    self.encoder.finish_update(sgd if scale == 1.0 else cast(Optimizer, partial(sgd, lr_scale=scale)))
+                    self.encoder.finish_update(cast(Optimizer, at_lr_scale(sgd, scale)))
             if "combiner" in to_step:
                 with self._changing_weights(encoder=False):
                     self.combiner.finish_update(sgd)
