@@ -177,6 +177,12 @@ def test_setup_command_can_run_twice():
     assert f"/{output}/" in ignored or f"/{output}" in ignored
 
 
+def test_project_lock_is_ignored():
+    """Issue 14: `project.lock` leaves git and is ignored, so running the workflow leaves the tree clean."""
+    ignored = (ROOT / ".gitignore").read_text(encoding="utf8").splitlines()
+    assert "/project.lock" in ignored or "project.lock" in ignored
+
+
 @pytest.mark.parametrize("corpus", ["ud", "wnut17"])
 def test_the_frozen_bert_and_elmo_arms_train_the_same_heads(corpus):
     """The ELMo arms kept the bare 96-wide listener after the BERT arms moved to a

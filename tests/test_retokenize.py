@@ -150,8 +150,8 @@ def test_merges_one_after_another_average_the_embedded_tokens(nlp):
     _check(doc, before, "emb")
 
 
-def test_merge_entities_and_noun_chunks(nlp):
-    # merge_entities / merge_noun_chunks / merge_subtokens all go through doc.retokenize.
+def test_merge_entities_and_subtokens(nlp):
+    # merge_entities / merge_subtokens (merge_noun_chunks: below) all go through doc.retokenize.
     from spacy.pipeline.functions import merge_entities, merge_subtokens
 
     doc = nlp(TEXT)
@@ -165,6 +165,26 @@ def test_merge_entities_and_noun_chunks(nlp):
         token.dep_ = "subtok" if token.text in ("New", "York") else "dep"
         token.head = doc[token.i + 1] if token.text in ("New", "York") else token
     merge_subtokens(doc)
+    _check(doc, before, "emb")
+
+
+def test_merge_noun_chunks(nlp):
+    """Issue 14 names merge_noun_chunks: each chunk gets the mean of its tokens' rows."""
+    from spacy.pipeline.functions import merge_noun_chunks
+
+    doc = nlp(TEXT)  # a parse whose noun chunks are "Apple Inc.", "U.K. startup" and "New York City"
+    arcs = {"Apple": ("Inc.", "compound"), "Inc.": ("looking", "nsubj"), "U.K.": ("startup", "compound"),
+            "startup": ("buying", "dobj"), "New": ("City", "compound"), "York": ("City", "compound"),
+            "City": ("in", "pobj"), "looking": ("looking", "ROOT")}
+    index = {token.text: token.i for token in doc}
+    for token in doc:
+        head, dep = arcs.get(token.text, ("looking", "dep"))
+        token.head, token.dep_ = doc[index[head]], dep
+        token.pos_ = {"startup": "NOUN", "looking": "VERB"}.get(token.text, "PROPN" if token.text in arcs else "X")
+    before = _by_offsets(doc, "emb")
+    assert [chunk.text for chunk in doc.noun_chunks] == ["Apple Inc.", "U.K. startup", "New York City"]
+    merge_noun_chunks(doc)
+    assert len(doc) == len(before) - 4
     _check(doc, before, "emb")
 
 
