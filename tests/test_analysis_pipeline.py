@@ -177,6 +177,37 @@ def test_from_trf_pipeline_sees_every_layer_of_its_transformer(tiny_bert_dir, tm
         assert layer["anisotropy"] == pytest.approx(anisotropy(stacked, n_pairs=None), abs=1e-4)
 
 
+def test_a_trf_encoder_in_ctxembed_bert_is_analysed_as_from_trf_is(tiny_bert_dir, tmp_path, wic_dir, reference):
+    """ctxembed_bert with a TrfEncoder.v2 pools the upstream transformer as ctxembed_from_trf does: the
+    transformer is told to output every hidden state (only the last was analysed), and WiC's other pooling
+    re-embeds every sentence, having no wordpieces of its own to tell which need it (an IndexError)."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False}}})
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"@architectures": "spacy-ctxembed.TrfEncoder.v2"}}})
+    corpus = read_corpus(write_corpus(tmp_path))
+    result = analyze(corpus, [PipelineSource(config=nlp.config)],
+                     AnalysisSettings(n_pairs=None, n_folds=3, poolings=["first"]), wic_train=read_wic(wic_dir))
+    pipeline = result["pipelines"][0]
+    assert pipeline["layer_ids"] == [0, 1, 2] and pipeline["configured_layers"] == [2]
+    docs = list(reference.pipe(CORPUS_LINES))
+    for layer in pipeline["layers"]:
+        stacked = np.concatenate([doc._.ctx_layers[layer["layer"]] for doc in docs])
+        assert layer["anisotropy"] == pytest.approx(anisotropy(stacked, n_pairs=None), abs=1e-4)
+    # Each pooling's per-layer training accuracy: the best threshold on the reference's cosines.
+    data = read_wic(wic_dir)
+    for pooling in ("mean", "first"):
+        direct = make_nlp(tiny_bert_dir, layers=[0, 1, 2], store_layers=True, pooling=pooling)
+        sentences = list(direct.pipe(Doc(direct.vocab, words=list(words)) for words in data.sentences))
+        vectors = np.stack([sentences[s]._.ctx_layers[:, t] for s, t in zip(data.sentence_of, data.target_of)])
+        u, v = vectors[:data.n_pairs].astype(np.float64), vectors[data.n_pairs:].astype(np.float64)
+        cosines = (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
+        for layer, scores in zip(range(3), pipeline["wic"][pooling]["layers"]):
+            best = max(np.mean((cosines[:, layer] >= t) == data.labels) for t in [*cosines[:, layer], np.inf])
+            assert scores["train_accuracy"] == pytest.approx(best)
+
+
 def _tagger_config(tiny_bert_dir, path):
     """blank English + ctxembed_bert + a tagger listening to it (ContextualListener.v2), as a config file."""
     nlp = spacy.blank("en")

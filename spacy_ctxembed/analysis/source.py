@@ -275,10 +275,12 @@ def all_layer_edits(nlp: Language, name: str, layers: List[int], pooling: Option
 
 
 def upstream_edits(nlp: Language, name: str) -> List[Edit]:
-    """ctxembed_from_trf: make the upstream spacy-transformers component output every hidden state
-    (``output_hidden_states`` in its ``transformer_config``, where its architecture has one)."""
+    """A component that pools an upstream transformer's output (ctxembed_from_trf, or a TrfEncoder.v2 in
+    ctxembed_bert: an encoder without a model of its own): make the upstream spacy-transformers component
+    output every hidden state (``output_hidden_states`` in its ``transformer_config``, where its
+    architecture has one)."""
     edits: List[Edit] = []
-    if factory_of(nlp, name) == "ctxembed_from_trf":
+    if encoder_shim(cast(Any, nlp.get_pipe(name)).encoder) is None:
         for upstream in needed_components(nlp, name)[:-1]:
             model = nlp.config["components"][upstream].get("model", {})
             if factory_of(nlp, upstream) == "transformer" and "transformer_config" in model:

@@ -229,14 +229,18 @@ def multi_piece_sentences(nlp: Language, name: str, data: WicData) -> Optional[N
 
     A token fed by a single wordpiece gets that piece's state whatever the
     pooling, so only these sentences need to be embedded again for another
-    pooling mode. None when that cannot be told (not ctxembed_bert): all do.
+    pooling mode. None when that cannot be told (an encoder other than BERT's: ELMo's, or one that pools
+    an upstream transformer's wordpieces, as ctxembed_from_trf and a TrfEncoder.v2 in ctxembed_bert do):
+    all do.
     """
-    if nlp.get_pipe_meta(name).factory != "ctxembed_bert":
-        return None
-    from ..models.bert import get_runner
+    from ..models.bert import BertShim
+    from ..models.torch_bridge import encoder_shim
 
+    shim = encoder_shim(cast(Any, nlp.get_pipe(name)).encoder)
+    if not isinstance(shim, BertShim):
+        return None
     docs = [Doc(nlp.vocab, words=list(words)) for words in data.sentences]
-    plan = get_runner(cast(Any, nlp.get_pipe(name)).encoder).plan(docs)
+    plan = shim.get_runner().plan(docs)
     pieces = np.bincount(plan.alignment.token_index, minlength=int(plan.token_offsets[-1]))
     lengths = np.diff(plan.token_offsets)[data.sentence_of]
     if not ((data.target_of >= 0) & (data.target_of < lengths)).all():  # (else it would read another sentence's)
