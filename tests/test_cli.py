@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy
+import pytest
 import spacy
 from spacy.tokens import DocBin
 
@@ -92,3 +93,36 @@ def test_demo_of_an_elmo_pipeline_says_why_it_shows_no_static_vector(tmp_path):
     assert len(rows) == 3 and all(row[-1] == "n/a" for row in rows)
     assert "static: n/a, the pipeline has no ctxembed_bert component" in result.stdout
     assert "input embedding of 'ran', the same in every sentence" not in result.stdout
+
+
+def test_demo_of_a_trf_encoder_in_ctxembed_bert(tmp_path, tiny_bert_dir):
+    """ctxembed_bert with a TrfEncoder.v2 has no BERT of its own, whose input embedding the static column
+    shows: the demo crashed ("no BERT encoder in model '>>'") after the contextual vectors. They are the
+    upstream transformer's last layer, mean-pooled (transformers itself, here)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from .test_cli_support import invoke
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}}})
+    nlp.add_pipe("ctxembed_bert", config={"model": {"encoder": {"@architectures": "spacy-ctxembed.TrfEncoder.v2"}}})
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "pipeline")
+    result = invoke("demo", "-m", tmp_path / "pipeline")
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line[:3] in ("A-B", "A-C", "B-C")}
+    assert set(rows) == {"A-B", "A-C", "B-C"} and all(row[-1] == "n/a" for row in rows.values())
+    assert "static: n/a, the pipeline has no ctxembed_bert component with a BERT encoder" in result.stdout
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
+    vectors = {}
+    for key, text in {"A": "It was nice out this morning when I ran to the park",
+                      "B": "Yesterday afternoon I ran some more significance tests",
+                      "C": "After breakfast she ran to the station to catch her train"}.items():
+        states, offsets = hf_hidden_states(tokenizer, model, text)
+        doc = spacy.blank("en")(text)
+        vectors[key] = pool(states[-1], token_pieces(doc, offsets), "mean")[[t.text for t in doc].index("ran")]
+    for pair, row in rows.items():
+        u, v = vectors[pair[0]], vectors[pair[2]]
+        assert float(row[-2]) == pytest.approx(u @ v / (numpy.linalg.norm(u) * numpy.linalg.norm(v)), abs=1.5e-3)

@@ -5,6 +5,8 @@ with no comment swallowed into a value; every shipped config passes
 `spacy debug config`.
 """
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -178,9 +180,12 @@ def test_setup_command_can_run_twice():
 
 
 def test_project_lock_is_ignored():
-    """Issue 14: `project.lock` leaves git and is ignored, so running the workflow leaves the tree clean."""
+    """Issue 14: `project.lock` is not tracked and is ignored, so running the workflow leaves the tree clean."""
     ignored = (ROOT / ".gitignore").read_text(encoding="utf8").splitlines()
     assert "/project.lock" in ignored or "project.lock" in ignored
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(["git", "ls-files", "project.lock"], cwd=ROOT, capture_output=True, text=True)
+        assert tracked.returncode == 0 and tracked.stdout.strip() == ""
 
 
 @pytest.mark.parametrize("corpus", ["ud", "wnut17"])

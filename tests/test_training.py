@@ -499,12 +499,13 @@ def test_encoder_lr_scale_slows_only_the_encoder(tiny_bert_dir, scale):
     assert encoder_step == pytest.approx(learn_rate * scale, rel=1e-3, abs=1e-9)
 
 
-def _radam_reference(weights, grads, *, learn_rate, L2, b1=0.9, b2=0.999, eps=1e-8):
+def _radam_reference(weights, grads, *, learn_rates, L2, b1=0.9, b2=0.999, eps=1e-8):
     """thinc's RAdam (optimizers.py `_radam`, weight decay after it) in float64 over
-    a sequence of gradients; thinc counts its bias-correction step from 2."""
+    a sequence of gradients, at each step's learning rate; thinc counts its
+    bias-correction step from 2."""
     w, m, v = weights.copy(), numpy.zeros_like(weights), numpy.zeros_like(weights)
     n_max = 2 / (1 - b2) - 1
-    for t, g in enumerate(grads, start=2):
+    for t, g, learn_rate in zip(range(2, len(grads) + 2), grads, learn_rates):
         v = b2 * v + (1 - b2) * g * g
         m = b1 * m + (1 - b1) * g
         b2_t = b2 ** t
@@ -522,11 +523,12 @@ def _radam_reference(weights, grads, *, learn_rate, L2, b1=0.9, b2=0.999, eps=1e
 def test_encoder_lr_scale_holds_under_radam(tiny_bert_dir, replaced):
     """thinc's RAdam ignores the per-call `lr_scale` it takes: the encoder (the
     component's, and the copy replace_listeners gives a tagger) trained at the
-    full rate whatever encoder_lr_scale. Each weight after three steps, against
-    thinc's RAdam in float64 at the scaled rate (the tagger's own at the full one)."""
+    full rate whatever encoder_lr_scale. Each weight after three steps of a
+    learning-rate schedule (stepped as spacy train steps it), against thinc's
+    RAdam in float64 at the scaled rates (the tagger's own at the full ones)."""
     from thinc.api import SGD, RAdam
 
-    scale, learn_rate, L2 = 0.1, 0.02, 0.01
+    scale, learn_rates, L2 = 0.1, [0.02, 0.005, 0.03], 0.01
     nlp, examples = _pipeline(tiny_bert_dir, encoder_lr_scale=scale)
     _train_step(nlp, examples, SGD(0.1, L2=0.0, grad_clip=0.0))  # past the tagger's zero softmax
     if replaced:
@@ -537,7 +539,7 @@ def test_encoder_lr_scale_holds_under_radam(tiny_bert_dir, replaced):
     start = {k: p.detach().double().numpy().copy() for k, p in encoder.named_parameters()}
     start["softmax W"] = softmax.get_param("W").astype("float64")
     grads: dict = {k: [] for k in start}
-    optimizer = RAdam(learn_rate, L2=L2, grad_clip=0.0)
+    optimizer = RAdam(list(learn_rates), L2=L2, grad_clip=0.0)
     for _ in range(3):
         nlp.update(examples, sgd=False)
         for k, p in encoder.named_parameters():
@@ -545,6 +547,7 @@ def test_encoder_lr_scale_holds_under_radam(tiny_bert_dir, replaced):
         grads["softmax W"].append(softmax.get_grad("W").astype("float64"))
         for _, proc in nlp.pipeline:
             proc.finish_update(optimizer)
+        optimizer.step_schedules()
     got = {k: p.detach().double().numpy() for k, p in encoder.named_parameters()}
     got["softmax W"] = softmax.get_param("W")
     checked = 0
@@ -552,8 +555,8 @@ def test_encoder_lr_scale_holds_under_radam(tiny_bert_dir, replaced):
         if grads[name][0] is None:  # (BERT's pooler: never run)
             assert numpy.array_equal(got[name], weights), name
             continue
-        rate = learn_rate if name == "softmax W" else learn_rate * scale
-        want = _radam_reference(weights, grads[name], learn_rate=rate, L2=L2)
+        rates = [rate if name == "softmax W" else rate * scale for rate in learn_rates]
+        want = _radam_reference(weights, grads[name], learn_rates=rates, L2=L2)
         numpy.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
         checked += 1
     assert checked > 20

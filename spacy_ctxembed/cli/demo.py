@@ -35,8 +35,8 @@ def demo(
     typer.echo(
         "\ncontextual: ctxembed vectors (doc._.ctx_vectors); "
         + (f"static: the model's input embedding of '{WORD}', the same in every sentence." if static is not None
-           else "static: n/a, the pipeline has no ctxembed_bert component whose input embedding of words it "
-                "could show.")
+           else "static: n/a, the pipeline has no ctxembed_bert component with a BERT encoder of its own, whose "
+                "input embedding of words it could show.")
     )
 
 
@@ -48,12 +48,15 @@ def _word_vector(doc) -> numpy.ndarray:
 
 
 def _static_vector(nlp) -> Optional[numpy.ndarray]:
-    """The context-independent input embedding of the word, where the model has one."""
-    from ..models.bert import get_encoder
+    """The context-independent input embedding of the word, where the model has one: a
+    ctxembed_bert whose encoder is its own BERT (a TrfEncoder.v2 pools another component's)."""
+    from ..models.bert import BertShim
+    from ..models.torch_bridge import encoder_shim
 
     for name, pipe in nlp.pipeline:
-        if nlp.get_pipe_meta(name).factory == "ctxembed_bert":
-            encoder = get_encoder(pipe.model)
+        shim = encoder_shim(pipe.encoder) if nlp.get_pipe_meta(name).factory == "ctxembed_bert" else None
+        if isinstance(shim, BertShim):
+            encoder = shim.get_runner().encoder
             ids = encoder.tokenizer(WORD, add_special_tokens=False)["input_ids"]
             table = encoder.module.get_input_embeddings().weight.detach()
             return table[ids].mean(dim=0).double().cpu().numpy()
