@@ -870,7 +870,8 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
         embedder = component.model.copy()
     for layer in embedder.walk():
         for name in layer.grad_names:
-            layer.set_grad(name, layer.ops.alloc(layer.get_grad(name).shape, dtype=layer.get_grad(name).dtype))
+            grad = layer.get_grad(name)
+            layer.set_grad(name, layer.ops.alloc(grad.shape, dtype=grad.dtype))
     copy = replacement(embedder, grad_factor=getattr(listener, "grad_factor", 1.0),
                        encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
                        mix_layers=getattr(listener, "mix_layers", True))
