@@ -24,7 +24,7 @@ from thinc.api import Config
 
 from ..errors import first_line
 from ..models.legacy import V1_DEFAULTS
-from ..models.torch_bridge import encoder_shim
+from ..models.torch_bridge import EncoderShim, encoder_shim
 from ..pipeline.build import (
     NOT_A_PIPELINE,
     fine_tuned_components,
@@ -274,13 +274,19 @@ def all_layer_edits(nlp: Language, name: str, layers: List[int], pooling: Option
     return edits + upstream_edits(nlp, name)
 
 
+def component_shim(nlp: Language, name: str) -> Optional[EncoderShim]:
+    """The encoder shim of contextual component `name`: BERT's or ELMo's; None for
+    an encoder that pools an upstream transformer (ctxembed_from_trf, TrfEncoder.v2)."""
+    return encoder_shim(cast(Any, nlp.get_pipe(name)).encoder)
+
+
 def upstream_edits(nlp: Language, name: str) -> List[Edit]:
     """A component that pools an upstream transformer's output (ctxembed_from_trf, or a TrfEncoder.v2 in
     ctxembed_bert: an encoder without a model of its own): make the upstream spacy-transformers component
     output every hidden state (``output_hidden_states`` in its ``transformer_config``, where its
     architecture has one)."""
     edits: List[Edit] = []
-    if encoder_shim(cast(Any, nlp.get_pipe(name)).encoder) is None:
+    if component_shim(nlp, name) is None:
         for upstream in needed_components(nlp, name)[:-1]:
             model = nlp.config["components"][upstream].get("model", {})
             if factory_of(nlp, upstream) == "transformer" and "transformer_config" in model:
@@ -295,7 +301,7 @@ def n_available_layers(nlp: Language, name: str) -> Optional[int]:
     the token layer + the biLSTM layers; from_trf: the hidden states the
     upstream transformer outputs, seen on a probe doc.
     """
-    shim = encoder_shim(cast(Any, nlp.get_pipe(name)).encoder)
+    shim = component_shim(nlp, name)
     if shim is not None:  # BERT, ELMo
         return shim.n_states
     doc = nlp.make_doc("probe")

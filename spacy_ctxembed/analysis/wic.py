@@ -35,7 +35,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple, Union, cast
+from typing import Any, Dict, FrozenSet, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,6 +46,7 @@ from tqdm import tqdm
 from ..textlines import decode_file, not_text_refusal, split_lines
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
+from .source import component_shim
 
 LABELS = {"T": True, "F": False}
 
@@ -234,9 +235,8 @@ def multi_piece_sentences(nlp: Language, name: str, data: WicData) -> Optional[N
     all do.
     """
     from ..models.bert import BertShim
-    from ..models.torch_bridge import encoder_shim
 
-    shim = encoder_shim(cast(Any, nlp.get_pipe(name)).encoder)
+    shim = component_shim(nlp, name)
     if not isinstance(shim, BertShim):
         return None
     docs = [Doc(nlp.vocab, words=list(words)) for words in data.sentences]
