@@ -101,8 +101,10 @@ def check_int(
 
 def check_number(component: str, setting: str, value: Any, *, minimum: float, unit: str) -> None:
     """Raise a `SettingError` unless `value` is a finite int or float >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_setting(component, setting, value, f"expected {unit}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_setting(component, setting, value, f"expected {unit}, got a float that is not finite")
     if value < minimum:
         raise bad_setting(component, setting, value, f"expected {unit}")
 

@@ -707,3 +707,16 @@ def test_fp16_on_cpu_is_warned_of_once_bf16_and_fp32_are_not(tiny_bert_dir):
             warnings.simplefilter("always")
             make_nlp(tiny_bert_dir, precision=precision)("two words")
         assert not [w for w in seen if "precision" in str(w.message)]
+
+
+@pytest.mark.parametrize("value, shown", [(float("inf"), "inf"), (float("nan"), "nan"), (float("-inf"), "-inf")])
+def test_a_number_that_is_not_finite_is_named_as_such(value, shown):
+    """A float setting that is inf or nan (`grad_factor = NaN` in a config file) is
+    refused as not finite: the message said "got float" of a float, as if its
+    type were the problem."""
+    build = registry.architectures.get("spacy-ctxembed.ContextualListener.v2")
+    with pytest.raises(SettingError) as refused:
+        build(width=8, grad_factor=value)
+    message = str(refused.value)
+    assert message.startswith(f"[ContextualListener.v2] grad_factor = {shown}: expected a number")
+    assert message.endswith("got a float that is not finite")

@@ -129,7 +129,7 @@ VERBOSE = inspect.Parameter(
 
 def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a typer command so that errors print one line (see module docstring),
-    and give it a `--verbose` option that prints the traceback instead."""
+    and give it a `--verbose` option that prints the traceback before that line."""
     signature = inspect.signature(command)
 
     @functools.wraps(command)

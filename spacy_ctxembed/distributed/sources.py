@@ -28,7 +28,8 @@ from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tup
 from ..fileio import file_sha256
 from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, not_text_refusal
 
-KINDS = ("text", "jsonl", "parquet")
+#: The input formats (`--input-format`): the kinds `textlines.SUFFIXES` names, in its order.
+KINDS = tuple(dict.fromkeys(SUFFIXES.values()))
 
 
 class InputError(ValueError):

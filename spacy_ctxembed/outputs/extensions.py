@@ -24,6 +24,7 @@ from .store import (
     doc_stores,
     give_ids,
     read_only,
+    shown_value,
     signature_difference,
     signatures_agree,
     spans_whole,
@@ -115,10 +116,8 @@ def _refuse_vectors(doc: Doc, value: Any) -> None:
 
 def _check_dropped(attribute: str, value: Any) -> None:
     if value is not None:
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else f"a {type(value).__name__}"
         raise ValueError(f"doc._.{attribute} is written by ctxembed components; it can only be set to None, which "
-                         f"drops it (spaCy's doc_cleaner), not to {shown}")
+                         f"drops it (spaCy's doc_cleaner), not to {shown_value(value)}")
 
 
 def write_outputs(

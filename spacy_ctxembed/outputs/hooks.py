@@ -13,6 +13,7 @@ from spacy.tokens import Doc, Span, Token
 from thinc.api import get_array_module
 
 from ..alignment import text_length
+from ..errors import shortened
 from .store import (
     SOURCE_HOOK,
     MissingOutputs,
@@ -205,7 +206,7 @@ def _mean_of_covered(vectors):
 
 def describe(item: Any) -> str:
     text = str(getattr(item, "text", item))
-    return f"{type(item).__name__} {text if len(text) <= 40 else text[:37] + '...'!r}"
+    return f"{type(item).__name__} {shortened(text, 40)!r}"
 
 
 # The hooks `set_vector_hooks` sets. spaCy caches a doc's norm on first use;

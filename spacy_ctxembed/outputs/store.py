@@ -89,7 +89,7 @@ def store_problem(store: Dict[str, Any]) -> Optional[str]:
     """What is wrong with a store (`check_store`); None: nothing."""
     outputs = store.get("outputs")
     if not isinstance(outputs, dict):
-        return f"its 'outputs' are {_shown(outputs)}, not a dict of outputs"
+        return f"its 'outputs' are {shown_value(outputs)}, not a dict of outputs"
     for name, output in outputs.items():
         problem = _output_problem(output)
         if problem is not None:
@@ -104,9 +104,9 @@ def store_problem(store: Dict[str, Any]) -> Optional[str]:
 def _output_problem(output: Any) -> Optional[str]:
     """What is wrong with one stored output (`check_store`); None: nothing."""
     if not isinstance(output, dict) or any(field not in output for field in ("starts", "ends", "vectors")):
-        return f"{_shown(output)} is not a dict with 'starts', 'ends' and 'vectors'"
+        return f"{shown_value(output)} is not a dict with 'starts', 'ends' and 'vectors'"
     if numpy.ndim(output["starts"]) != 1:
-        return f"'starts' is {_shown(output['starts'])}, not one offset per stored token"
+        return f"'starts' is {shown_value(output['starts'])}, not one offset per stored token"
     n_tokens = len(output["starts"])
     # (field, dimensions, the axis of the stored tokens); orths and layers may be None.
     for field, ndim, axis in (("ends", 1, 0), ("orths", 1, 0), ("vectors", 2, 0), ("layers", 3, 1)):
@@ -114,7 +114,7 @@ def _output_problem(output: Any) -> Optional[str]:
         if array is None and field in ("orths", "layers"):
             continue
         if not hasattr(array, "shape") or not hasattr(array, "dtype"):  # (numpy or cupy)
-            return f"'{field}' is {_shown(array)}, not an array"
+            return f"'{field}' is {shown_value(array)}, not an array"
         if len(array.shape) != ndim or array.shape[axis] != n_tokens:
             return (f"'{field}' has shape {tuple(array.shape)}, where its {n_tokens} stored tokens ('starts') "
                     f"need {ndim} dimensions and {n_tokens} rows on axis {axis}")
@@ -123,7 +123,8 @@ def _output_problem(output: Any) -> Optional[str]:
     return None
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
+    """`value` for a message: its repr, or where that is long, its type ("a dict")."""
     shown = repr(value)
     return shown if len(shown) <= 40 else f"a {type(value).__name__}"
 
