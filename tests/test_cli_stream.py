@@ -938,6 +938,10 @@ def test_a_docbin_input_with_outputs_of_an_earlier_run_gets_this_runs_only(tmp_p
     docs = list(other.pipe(["An earlier run.", "Its second doc."]))
     for doc in docs:
         doc.user_data["mine"] = "kept"
+    # One as 0.1's embed wrote it: plain extension values, no store.
+    docs.append(other.make_doc("Written by 0.1."))
+    docs[-1].user_data.update({"mine": "kept", ("._.", "ctx_vectors", None, None): numpy.ones((4, 3), "f"),
+                               ("._.", "ctx_layers", None, None): numpy.ones((1, 4, 3), "f")})
     DocBin(docs=docs, store_user_data=True).to_disk(tmp_path / "earlier.spacy")
     for out in ("out", "again"):
         result = invoke("embed", tmp_path / "earlier.spacy", "-o", tmp_path / out, "-m", pipeline)
@@ -945,9 +949,10 @@ def test_a_docbin_input_with_outputs_of_an_earlier_run_gets_this_runs_only(tmp_p
     nlp = spacy.load(pipeline)
     (shard,) = sorted((tmp_path / "out").glob("shard-*.spacy"))
     got = list(DocBin(store_user_data=True).from_disk(shard).get_docs(nlp.vocab))
-    assert [doc.text for doc in got] == ["An earlier run.", "Its second doc."]
+    assert [doc.text for doc in got] == ["An earlier run.", "Its second doc.", "Written by 0.1."]
     for doc in got:
         assert sorted(doc._.ctx_outputs) == [nlp.pipe_names[0]] and doc.user_data["mine"] == "kept"
+        assert not [key for key in doc.user_data if key[:2] in (("._.", "ctx_vectors"), ("._.", "ctx_layers"))]
         numpy.testing.assert_allclose(doc._.ctx_vectors, nlp(doc.text)._.ctx_vectors, atol=1e-6)
     assert shard.read_bytes() == (tmp_path / "again" / shard.name).read_bytes()
 

@@ -277,6 +277,33 @@ def test_sentence_boundaries_are_part_of_the_key(tmp_path):
     assert not numpy.allclose(first, second)
 
 
+def test_a_doc_edited_under_its_tokens_never_takes_another_docs_entry(tmp_path):
+    """`Doc.from_array` with SPACY moves spaces without moving `token.idx` (an
+    edit not followed: run the component on the doc again). Keyed by IDX, such
+    a doc ("a", "b ", "c", now "a b c") had the key of another doc with that
+    text, those lengths and those IDX ("a", " b", "c"), and was served its
+    vectors (0.29 off in ELMo, which reads the tokens' characters)."""
+    from spacy.attrs import SPACY
+    from spacy.tokens import Doc
+
+    from .elmo_fixture import write_elmo_fixture
+
+    options, weights = write_elmo_fixture(tmp_path)
+    cached, fresh = _elmo_nlp(options, weights, 16), _elmo_nlp(options, weights, 0)
+
+    def edited(nlp):
+        doc = Doc(nlp.vocab, words=["a", "b ", "c"], spaces=[False, True, False])  # "ab  c"
+        return doc.from_array([SPACY], numpy.array([[1], [0], [0]], dtype="uint64"))  # "a b c", IDX kept
+
+    other = Doc(cached.vocab, words=["a", " b", "c"], spaces=[False, True, False])
+    assert other.text == edited(cached).text and [t.idx for t in other] == [t.idx for t in edited(cached)]
+    seen = cached(other)._.ctx_vectors
+    expected = fresh(Doc(fresh.vocab, words=["a", "b ", "c"], spaces=[True, False, False]))._.ctx_vectors
+    assert not numpy.allclose(seen, expected, atol=1e-3)  # the premise: the two docs' vectors differ
+    numpy.testing.assert_allclose(fresh(edited(fresh))._.ctx_vectors, expected, atol=1e-6)
+    numpy.testing.assert_allclose(cached(edited(cached))._.ctx_vectors, expected, atol=1e-6)
+
+
 def test_the_cache_holds_host_arrays(tiny_bert_dir):
     nlp = _nlp(tiny_bert_dir)
     nlp(TEXTS[0])

@@ -295,8 +295,8 @@ def _embedded(vocab, pipeline_or_dir, **settings):
                               config={"components": {"ctxembed_bert": {"store_layers": True}}})
     else:
         embedder = spacy.blank("en", vocab=vocab)
-        embedder.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=pipeline_or_dir, store_layers=True,
-                                                             **settings))
+        embedder.add_pipe("ctxembed_bert", config=ctx_config(name=pipeline_or_dir, store_layers=True,
+                                                             **{"layers": [1, 2], **settings}))
     doc_bin = DocBin(store_user_data=True, docs=embedder.pipe(TEXTS))
     return [restore_vectors(doc) for doc in DocBin().from_bytes(doc_bin.to_bytes()).get_docs(vocab)]
 
@@ -362,6 +362,57 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     nlp.remove_pipe("ctxembed_bert")
     gc.collect()
     assert [[token.tag_ for token in doc] for doc in nlp.pipe(docs)] == tags
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_them(tiny_bert_dir, minilm_dir,
+                                                                                    tmp_path, mix_layers):
+    """Docs embedded once and read back, a listening component trained on them
+    in a pipeline without the embedder: it recorded nothing of what it trained
+    on, and read docs of another model, pooling or layers afterwards as its
+    features (also beside its own in one batch, and next to another model's
+    embedder), with no error (found by a review helper)."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert", "mix_layers": mix_layers}}})
+
+    def examples(docs):
+        return [Example.from_dict(doc, {"tags": [("NOUN", "VERB")[i % 2] for i in range(len(doc))]}) for doc in docs]
+
+    own = examples(_embedded(nlp.vocab, tiny_bert_dir))
+    optimizer = nlp.initialize(lambda: own)
+    for _ in range(3):
+        nlp.update(own, sgd=optimizer)
+    nlp.to_disk(tmp_path / "tagger")
+    other = other_bert(tmp_path / "other", minilm_dir)
+    trained_on = re.escape(REFUSED + "this component was trained on")
+    for pipeline in (nlp, spacy.load(tmp_path / "tagger")):
+        tags = [[token.tag_ for token in doc] for doc in pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir))]
+        assert len(tags) == len(TEXTS)
+        with pytest.raises(ValueError, match=trained_on + r" \(weights \w+ vs \w+\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, other)))
+        with pytest.raises(ValueError, match=trained_on + r" \(pooling first vs mean\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, pooling="first")))
+        with pytest.raises(ValueError, match=trained_on + r" \(layers \[2, 1\] vs \[1, 2\]\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, layers=[2, 1])))
+    # Another model's docs beside its own in one training batch.
+    with pytest.raises(ValueError, match=r"the docs of this training batch hold outputs under 'ctxembed_bert' of "
+                                         r"different models or settings \(weights \w+ vs \w+\)"):
+        nlp.update(own[:1] + examples(_embedded(nlp.vocab, other))[1:], sgd=optimizer)
+    # Sourced next to an embedder: the one of its docs' model, not another.
+    for model_dir, refused in ((tiny_bert_dir, False), (other, True)):
+        pipeline = spacy.blank("en")
+        pipeline.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=model_dir))
+        pipeline.initialize()
+        pipeline.add_pipe("tagger", source=spacy.load(tmp_path / "tagger"))
+        if refused:
+            with pytest.raises(ValueError, match=r"was trained on the outputs of another 'ctxembed_bert'"):
+                pipeline(TEXTS[0])
+        else:
+            assert [token.tag_ for token in pipeline(TEXTS[0])] == tags[0]
 
 
 @pytest.mark.slow

@@ -573,3 +573,80 @@ def test_a_prediction_between_updates_leaves_the_batch_to_a_listener_updated_wit
     before = _encoder_params(nlp)
     nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert"])
     assert any(not torch.equal(before[k], v) for k, v in _encoder_params(nlp).items())
+
+
+def _mix_and_two_taggers(model_dir):
+    nlp, examples = _pipeline(model_dir, combine="scalar_mix", tok2vec=_listener(mix_layers=False))
+    nlp.add_pipe("tagger", name="tagger2", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                                             "tok2vec": _listener(mix_layers=False)}})
+    nlp.get_pipe("tagger2").initialize(lambda: examples, nlp=nlp)
+    return nlp, examples
+
+
+def _embedder_weights(nlp):
+    embedder = nlp.get_pipe("ctxembed_bert")
+    mix = {name: embedder.combiner.get_param(name).copy() for name in embedder.combiner.param_names}
+    return mix, {k: v.detach().clone() for k, v in embedder.encoder.shims[0]._model.named_parameters()}
+
+
+@pytest.mark.parametrize(("left", "load"), [("accumulated", "bytes"), ("waiting", "disk")])
+def test_a_load_drops_the_gradients_training_left(exact_bert_dir, tmp_path, left, load):
+    """A checkpoint loaded back mid-accumulation (`nlp.update(sgd=False)`, then
+    `nlp.from_bytes`/`from_disk`): the encoder's gradients went with its old
+    weights, but the scalar mix kept thinc's (or a backward pass still waiting
+    for a listener added them), and the next step moved the loaded mix alone
+    by the old weights' gradient. Both are dropped: a step with no new gradient
+    leaves the loaded weights as saved, and the next update steps the embedder
+    as in a pipeline that loaded them fresh."""
+    nlp, examples = _mix_and_two_taggers(exact_bert_dir)
+    for _ in range(2):
+        nlp.update(examples, sgd=Adam(0.01))
+    saved_mix, saved_encoder = _embedder_weights(nlp)
+    saved = nlp.to_bytes()
+    nlp.to_disk(tmp_path / "p")
+    for _ in range(2):
+        with nlp.select_pipes(disable=["tagger2"] if left == "waiting" else []):
+            nlp.update(examples, sgd=False)
+    embedder = nlp.get_pipe("ctxembed_bert")
+    assert (embedder._pending_backward is not None) == (left == "waiting")  # the premise
+    nlp.from_bytes(saved) if load == "bytes" else nlp.from_disk(tmp_path / "p")
+    embedder.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    mix, encoder = _embedder_weights(nlp)
+    for name, value in saved_mix.items():
+        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
+    for name, value in saved_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+    # The next update: as in a pipeline of the same config that loaded the weights fresh.
+    fresh = spacy.blank("en").from_config(nlp.config).from_bytes(saved)
+    for pipeline in (nlp, fresh):
+        pipeline.update(examples, sgd=SGD(0.1, L2=0.0, grad_clip=0.0))
+    (mix, encoder), (want_mix, want_encoder) = _embedder_weights(nlp), _embedder_weights(fresh)
+    assert any(not numpy.array_equal(want_mix[name], saved_mix[name]) for name in saved_mix)  # it stepped
+    for name, value in want_mix.items():
+        numpy.testing.assert_allclose(mix[name], value, rtol=0, atol=1e-7, err_msg=name)
+    for name, value in want_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=1e-7, msg=name)
+
+
+def test_a_load_drops_the_batch_a_listener_holds(exact_bert_dir):
+    """A hand-written loop that loads a checkpoint while a listener still holds
+    the embedder's last batch (its component left out of that update), then
+    updates that component alone: it read the batch, outputs of the weights
+    before the load, and its gradient went through the old batch's backprop
+    into the loaded weights (the mix moved 0.34). The load drops the batch, so
+    the update is refused: its docs hold no outputs."""
+    nlp, examples = _mix_and_two_taggers(exact_bert_dir)
+    nlp.update(examples, sgd=Adam(0.01))
+    saved = nlp.to_bytes()
+    saved_mix, saved_encoder = _embedder_weights(nlp)
+    with nlp.select_pipes(disable=["tagger2"]):
+        nlp.update(examples, sgd=False)
+    nlp.from_bytes(saved)
+    with pytest.raises(ValueError, match="no vectors from upstream 'ctxembed_bert'"):
+        nlp.get_pipe("tagger2").update(examples, sgd=SGD(0.1, L2=0.0, grad_clip=0.0))
+    nlp.get_pipe("ctxembed_bert").finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    mix, encoder = _embedder_weights(nlp)
+    for name, value in saved_mix.items():
+        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
+    for name, value in saved_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)

@@ -32,7 +32,7 @@ from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
 from ..embedded import LINE_KEY
-from ..outputs import drop_outputs, is_store_key
+from ..outputs import drop_outputs
 from ..textlines import HEAD_BYTES, file_kind, line_bounds, not_text_refusal
 from .errors import CliError, UsageError
 
@@ -70,9 +70,9 @@ class Input:
             for number, doc in enumerate(self.doc_bin.get_docs(vocab), start=1):
                 if number > after and doc.text.strip():
                     # An earlier embed's output as input: its outputs (of other components,
-                    # maybe other models) would be carried into this run's as if it made them.
-                    if any(is_store_key(key) for key in doc.user_data):
-                        drop_outputs(doc)
+                    # maybe other models; or 0.1's plain `ctx_vectors`, which hold no store)
+                    # would be carried into this run's as if it made them.
+                    drop_outputs(doc)
                     yield doc, number
             return
         digest = hashlib.sha256()

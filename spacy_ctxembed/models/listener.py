@@ -80,7 +80,7 @@ from .listener_checks import (
     output_width,
     upstream_named,
 )
-from .torch_bridge import COPY_BLOCK, COPY_NAME, encoder_shim, selected_layers
+from .torch_bridge import COPY_BLOCK, COPY_NAME, drop_gradients, encoder_shim, selected_layers
 
 LISTENER = "ctxembed-listener"
 #: The listener attr that holds the name of the component it serves, as last
@@ -464,6 +464,16 @@ class ContextualListenerNode(SampleDocsModel):
             return True
         return False
 
+    def forget_batch_of(self, upstream: str) -> None:
+        """Drop a training batch held from `upstream`, whose weights were loaded
+        since (`from_bytes`, `from_disk`, `initialize`): its outputs are of the
+        weights before, and its backprop callback would send their gradient to
+        the loaded ones. A hand-written loop that then updates this listener's
+        component without the upstream is told its docs hold no outputs,
+        rather than training on the old weights' outputs."""
+        if self._batch_id is not None and self._upstream == upstream:
+            self._forget_batch()
+
     def _forget_batch(self) -> None:
         self._batch_id, self._tokens, self._docs, self._outputs, self._backprop = None, None, None, None, None
         self._superseded = False
@@ -694,6 +704,49 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
     return {**now, "weights": now["weights"] if kept else None, "signed": now["signed"] if kept else None}
 
 
+def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Optional[Tuple[ContextualListenerNode, Any]]:
+    """The record of a training step with no upstream in the pipeline, on docs
+    embedded once (`embed`'s shards read back) whose outputs are read from
+    the docs: what their signature says made them (`from_docs`: the features,
+    layers and weights a head is held to, as `outputs_check` and
+    `check_trained_upstream` read them). Without it the head, trained on one
+    model's features, kept no record, and read docs of any other model (or of
+    other pooling or layers) afterwards, also beside them in a batch, as its
+    own. None where the head holds the record of an upstream it trained with
+    (the docs are held to that), or where the docs' outputs say nothing."""
+    record = node.attrs.get(TRAINED_WITH)
+    if isinstance(record, dict) and not record.get("untrained") and not record.get("from_docs"):
+        return None
+    try:
+        name = node.source_name()
+    except ValueError:  # ("*" matching several: the forward pass says so)
+        return None
+    signatures = list(dict.fromkeys(stored for stored in (_doc_output(doc, name)[2] for doc in docs) if stored))
+    if not signatures:
+        return None
+    fields = signature_fields(signatures[0])
+    held = (*HELD, *(() if node.mix_layers else ("combiner",)))
+    expected = {key: value for key, value in fields.items() if key in (*held, "layers", "weights")}
+    for other in signatures[1:]:
+        difference = _unlike(other, [], [expected])
+        if difference is not None:
+            read = name or node.upstream_name
+            raise ValueError(
+                f"{node.described()}: the docs of this training batch hold outputs under {read!r} of different "
+                f"models or settings ({difference}), and the component would learn from both as one model's "
+                "features. Embed all its training docs with one pipeline"
+            )
+    try:
+        layers = srsly.json_loads(fields.get("layers", "null"))
+    except ValueError:
+        layers = None
+    if not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
+        layers = None
+    features = {key: value for key, value in fields.items() if key not in ("weights", "layers")}
+    return node, {"features": features, "weights": None, "lineage": None, "signed": fields.get("weights"),
+                  "layers": layers, "from_docs": True}
+
+
 def listener_init(model: ContextualListenerNode, X: Optional[List[Doc]] = None, Y=None) -> None:
     model._load_refused = None
     if X is not None:
@@ -868,10 +921,7 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
         embedder = component.model.copy()
     elif component is not None and getattr(component, "take_waiting_step", lambda: False)():
         embedder = component.model.copy()
-    for layer in embedder.walk():
-        for name in layer.grad_names:
-            grad = layer.get_grad(name)
-            layer.set_grad(name, layer.ops.alloc(grad.shape, dtype=grad.dtype))
+    drop_gradients(embedder)
     copy = replacement(embedder, grad_factor=getattr(listener, "grad_factor", 1.0),
                        encoder_lr_scale=getattr(component, "cfg", {}).get("encoder_lr_scale", 1.0),
                        mix_layers=getattr(listener, "mix_layers", True))
@@ -1007,6 +1057,8 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         elif upstream is not None:
             node.drop_superseded_batch(docs)  # (first: a superseded batch does not move the weights read)
             recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
+        else:
+            recorded = _recorded_from_docs(node, docs)
     check_saved_combiners(model)
     Y, backprop = model.layers[0](docs, is_train)
     if recorded is None:
@@ -1017,6 +1069,8 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         # it once its gradient comes back (an update may fail before that).
         node, record = recorded
         node.attrs[TRAINED_WITH] = record
+        if isinstance(record, dict) and record.get("from_docs"):
+            node.attrs[TRAINED_ON] = record.get("layers")
         return backprop(dY)
 
     return Y, backward

@@ -144,6 +144,13 @@ def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None
     changed = [key for key in held if key in was and key in features and was[key] != features[key]]
     if changed:
         raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
+    if record.get("from_docs"):
+        # (Trained on docs embedded once, with no upstream in the pipeline: held
+        # to the weights their outputs' signature names, encoder and combiner.)
+        signed = node._signed_weights(component)
+        if signed is not None and record.get("signed") not in (None, signed):
+            raise ValueError(_weights_error(node, record.get("signed"), signed, own=False))
+        return
     own = record.get("lineage") == component.lineage
     if (own and record.get("weights") is None) or record.get("untrained"):
         return  # (weights that moved in training, of this lineage: as they are now; or a head not trained)

@@ -488,6 +488,20 @@ def encoder_shim(model: Model) -> Optional[EncoderShim]:
     return None
 
 
+def drop_gradients(model: Model) -> None:
+    """Forget the gradients accumulated in `model`: thinc's of every node
+    (zeroed: thinc has no way to remove one, and keeps a zeroed gradient after
+    each step) and those of the torch weights of its encoder shims."""
+    for node in model.walk():
+        for name in node.grad_names:
+            grad = node.get_grad(name)
+            node.set_grad(name, node.ops.alloc(grad.shape, dtype=grad.dtype))
+        for shim in node.shims:
+            if isinstance(shim, EncoderShim) and shim._model is not None:
+                for weight in shim._model.parameters():
+                    weight.grad = None
+
+
 def selected_layers(encoder: Model) -> Optional[List[int]]:
     """The encoder layers the component combines; None where that is not known
     (weights not loaded). BERT and ELMo give non-negative indices, resolved

@@ -50,6 +50,7 @@ from ..models.legacy import V1_SETTINGS
 from ..models.listener import ContextualListenerNode
 from ..models.torch_bridge import (
     at_lr_scale,
+    drop_gradients,
     encoder_features,
     encoder_shim,
     set_loaded_dims,
@@ -472,6 +473,14 @@ class ContextualEmbedder(TrainablePipe):
         """After a load or initialize; `lineage`: the saved weights' (`LINEAGE_KEY`), None for new weights;
         `vouched`: False for a model folder whose records were removed (`_unvouched`)."""
         self._load_refused = None
+        # What training accumulated is of the weights before: gone with them. (A
+        # new encoder module has no gradients; the combiner kept thinc's, and a
+        # step after the load, `nlp.update(sgd=False)` before it, applied them to
+        # the loaded mix alone. A backward pass still waiting would add its batch's.)
+        self._pending_backward, self._to_step = None, frozenset()
+        drop_gradients(self.model)
+        for listener in self.listeners:  # (and the batch a listener holds, of those weights)
+            listener.forget_batch_of(self.name)
         self._lineage = lineage if isinstance(lineage, str) and lineage else os.urandom(8).hex()
         self._unvouched = not vouched
         self._combiner_checked_at = None

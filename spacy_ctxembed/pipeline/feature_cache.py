@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Hashable, Optional
 
 import numpy
-from spacy.attrs import IDX, LENGTH, SENT_START
+from spacy.attrs import LENGTH, SENT_START, SPACY
 from spacy.tokens import Doc
 from thinc.api import Model
 
@@ -88,10 +88,16 @@ def cacheable(doc: Doc) -> bool:
 
 
 def doc_key(doc: Doc) -> bytes:
-    """What an encoder sees of a doc: its text, its tokens and its sentence boundaries."""
+    """What an encoder sees of a doc: its text, its tokens and its sentence boundaries.
+
+    Tokens by their lengths and trailing spaces, as the encoders place them
+    (`TokenTable`), not by IDX: `Doc.from_array` with SPACY changes the text
+    and leaves IDX stale, and such a doc, run through the component again
+    (as an edit not followed asks), took the entry of another doc with the
+    same text, IDX and lengths but other tokens (" b" against "b ")."""
     digest = hashlib.blake2b(doc.text.encode("utf8"), digest_size=16)
     if len(doc):
-        digest.update(numpy.ascontiguousarray(doc.to_array([IDX, LENGTH, SENT_START]), dtype="int64").tobytes())
+        digest.update(numpy.ascontiguousarray(doc.to_array([LENGTH, SPACY, SENT_START]), dtype="int64").tobytes())
     return digest.digest()
 
 
