@@ -37,8 +37,11 @@ def test_cfg_is_read_back_and_a_newer_format_is_refused(tiny_bert_dir, tmp_path)
 
 
 def test_from_trf_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "spacy_transformers", None)  # as if not installed
+    # (Made first: spaCy loads the registries' entry points as it makes a
+    # pipeline, spacy-transformers' among them where it is installed, which
+    # fails with it hidden unless an earlier test loaded them.)
     nlp = spacy.blank("en")
+    monkeypatch.setitem(sys.modules, "spacy_transformers", None)  # as if not installed
     with pytest.raises(ImportError, match=r"\[pooler\] .*pip install 'spacy-ctxembed\[trf\]'"):
         nlp.add_pipe("ctxembed_from_trf", name="pooler")
 

@@ -67,6 +67,22 @@ def test_from_trf_without_transformer():
         nlp(TEXT)
 
 
+def test_a_joined_or_cut_doc_is_told_that_spacy_drops_its_transformer_output(tiny_bert_dir):
+    """Doc.from_docs and Span.as_doc leave doc._.trf_data behind: the error said
+    only to add a transformer, which the pipeline had."""
+    from spacy.tokens import Doc
+
+    nlp = _trf_nlp(tiny_bert_dir, False)
+    transformer, component = nlp.get_pipe("transformer"), nlp.get_pipe("ctxembed_from_trf")
+    first, second = (transformer(nlp.make_doc(text)) for text in (TEXT, "Then I ran some tests."))
+    assert component(first.copy())._.ctx_vectors.shape == (len(first), 32)
+    for doc in (Doc.from_docs([first, second]), first[:5].as_doc(copy_user_data=True)):
+        with pytest.raises(ValueError, match=r"trf_data is missing: .*A doc made by Doc\.from_docs or Span\.as_doc "
+                                             r"has none \(spaCy does not carry it over\): run the transformer on it"):
+            component(doc)
+    assert component(transformer(Doc.from_docs([first, second])))._.ctx_vectors.shape == (len(first) + len(second), 32)
+
+
 def test_initialize_says_where_no_transformer_comes_before(tiny_bert_dir):
     """Known at initialize, it was said only at the first doc. A pipeline with
     no component that says it writes doc._.trf_data is warned of (a component
@@ -122,6 +138,29 @@ def test_the_width_comes_from_the_last_transformer_before_the_component(tiny_ber
     with nlp.select_pipes(disable=["wide"]):
         nlp.initialize()
     assert nlp("")._.ctx_vectors.shape == (0, 384) and nlp(TEXT)._.ctx_vectors.shape[1] == 384
+
+
+def test_a_transformer_of_another_width_swapped_in_after_initialize_is_refused(tiny_bert_dir, minilm_dir):
+    """The tiny BERT (32) replaced by MiniLM (384) after initialize: the vectors
+    came out 384 wide while empty docs kept (0, 32), and a listening tagger
+    failed in blis ("Shape mismatch for blis.gemm")."""
+    nlp = _with_transformer(tiny_bert_dir, True)
+    nlp.add_pipe("ctxembed_from_trf", config=ctx_config(layers=[0, -1]))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16}}})
+    nlp.get_pipe("tagger").add_label("X")
+    nlp.initialize()
+    assert nlp(TEXT)._.ctx_vectors.shape[1] == 32
+    wide = _with_transformer(minilm_dir, True)
+    wide.initialize()
+    nlp.remove_pipe("transformer")
+    nlp.add_pipe("transformer", first=True, source=wide)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] doc\._\.trf_data holds transformer outputs of "
+                                         r"width 384, but the component's width \(nO\) is 32, .*nlp\.initialize\(\)"):
+        nlp(TEXT)
+    nlp.remove_pipe("tagger")  # (sized for 32: a head for the new transformer is trained anew)
+    nlp.initialize()  # (as the error says)
+    assert nlp(TEXT)._.ctx_vectors.shape[1] == 384 and nlp("")._.ctx_vectors.shape == (0, 384)
 
 
 def test_from_trf_settings_come_from_the_config_not_the_bytes(tiny_bert_dir, tmp_path):

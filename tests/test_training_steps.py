@@ -650,3 +650,34 @@ def test_a_load_drops_the_batch_a_listener_holds(exact_bert_dir):
         numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
     for name, value in saved_encoder.items():
         torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("left", ["accumulated", "waiting", "waiting step"])
+def test_a_load_past_the_component_drops_the_gradients_training_left(exact_bert_dir, left):
+    """Weights loaded into the embedder's model past the component (thinc's
+    `Model.from_bytes`, as `[initialize] init_tok2vec` loads them, or a loop
+    restoring a checkpoint) mid-accumulation: the next step moved the loaded
+    mix by the gradients of the weights before (0.196 on the tiny BERT with
+    dropout), as did a backward pass still waiting for a listener, and the
+    step asked for it (0.039), taken at the next update. A load of the
+    component's own drops those; this one is noticed before any of them runs
+    (found by a review helper)."""
+    nlp, examples = _mix_and_two_taggers(exact_bert_dir)
+    nlp.update(examples, sgd=Adam(0.01))
+    embedder = nlp.get_pipe("ctxembed_bert")
+    saved = embedder.model.to_bytes()
+    saved_mix, saved_encoder = _embedder_weights(nlp)
+    with nlp.select_pipes(disable=["tagger2"] if left != "accumulated" else []):
+        for _ in range(1 if left == "waiting step" else 2):
+            nlp.update(examples, sgd=SGD(0.1, L2=0.0, grad_clip=0.0) if left == "waiting step" else False)
+    assert (embedder._pending_backward is not None) == (left != "accumulated")  # the premise
+    embedder.model.from_bytes(saved)
+    if left == "waiting step":
+        nlp.update(examples, sgd=False)
+    else:
+        embedder.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    mix, encoder = _embedder_weights(nlp)
+    for name, value in saved_mix.items():
+        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
+    for name, value in saved_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)

@@ -67,12 +67,24 @@ def forward(model: EncoderModel, docs: List[Doc], is_train: bool) -> Tuple[List[
     # other docs or from what the upstream said.
     piece_texts: Dict[str, Optional[str]] = {}  # (`_piece_text` of each piece string, for the batch)
     pooled = [None if len(doc) == 0 else _pool_doc(model, doc, piece_texts) for doc in docs]
-    widths = {p.shape[2] for p in pooled if p is not None}
+    widths = [p.shape[2] for p in pooled if p is not None]
     if widths and model.has_dim("nO") is not True:
         # Not initialized with the pipeline (added to a loaded one): the first
         # output gives the width, so that later empty docs get (0, width) too.
-        model.set_dim("nO", next(iter(widths)))
-    width = widths.pop() if widths else (model.get_dim("nO") if model.has_dim("nO") is True else 0)
+        model.set_dim("nO", widths[0])
+    width = model.get_dim("nO") if model.has_dim("nO") is True else 0
+    other = next((w for w in widths if w != width), None)
+    if other is not None:
+        # Another transformer's outputs (one swapped in after initialize, or docs of
+        # another pipeline): the combiner and listeners are sized for this width,
+        # and empty docs would still get it.
+        raise ValueError(
+            f"[{COMPONENT}] doc._.trf_data holds transformer outputs of width {other}, but the component's "
+            f"width (nO) is {width}, that of the transformer it was initialized with (or loaded with, or first "
+            "read): its combiner and the components listening to it are sized for that one. The transformer "
+            "before it was replaced, or the docs come from another one: to pool the new transformer, initialize "
+            "the pipeline again (nlp.initialize()), with the components listening to this one added anew"
+        )
     if not width and any(len(doc) for doc in docs):
         raise ValueError(
             f"[{COMPONENT}] no doc in this batch has a transformer output, so the vectors' width is "
@@ -103,7 +115,8 @@ def _pool_doc(model: EncoderModel, doc: Doc, piece_texts: Dict[str, Optional[str
         raise ValueError(
             f"[{COMPONENT}] doc._.trf_data is missing: add a spacy-transformers 'transformer' component before "
             "this one in the pipeline; in training, list it in [training] annotating_components, and in "
-            "frozen_components (it is not fine-tuned through this component)"
+            "frozen_components (it is not fine-tuned through this component). A doc made by Doc.from_docs or "
+            "Span.as_doc has none (spaCy does not carry it over): run the transformer on it"
         )
     settings = _settings(model)
     states = _select_layers(settings["layers"], trf_data.model_output) if trf_data.model_output else None

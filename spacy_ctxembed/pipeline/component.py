@@ -900,6 +900,10 @@ class ContextualEmbedder(TrainablePipe):
 
         RETURNS: whether the backward pass still waits, with the step `sgd`
         asked for taken after it."""
+        # A load past the component since (thinc's `from_bytes` on its model)
+        # first drops what training left (`_model_loaded`), as its own loads do:
+        # this backward pass, its step, and the gradients would move the loaded weights.
+        self._notice_outside_load()
         backward, owner = self._pending_backward, self._pending_thread
         elsewhere = owner is not None and owner is not threading.current_thread() and owner.is_alive()
         if backward is None or (elsewhere and not any_thread):
