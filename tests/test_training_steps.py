@@ -681,3 +681,26 @@ def test_a_load_past_the_component_drops_the_gradients_training_left(exact_bert_
         numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
     for name, value in saved_encoder.items():
         torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_a_load_that_keeps_the_encoder_drops_its_gradients_too(exact_bert_dir, tmp_path):
+    """`from_disk` with the model folder excluded loads the combiner and keeps the
+    encoder's module: the torch gradients accumulated on it with
+    `nlp.update(sgd=False)` are dropped with the combiner's, so the next update
+    steps as in a pipeline that holds the same weights and no gradients, rather
+    than adding the old batches' gradient to the encoder's step."""
+    nlp, examples = _mix_and_two_taggers(exact_bert_dir)
+    nlp.update(examples, sgd=Adam(0.01))
+    embedder = nlp.get_pipe("ctxembed_bert")
+    embedder.to_disk(tmp_path / "embedder")
+    nlp.update(examples, sgd=False)
+    assert any(p.grad is not None and bool(p.grad.abs().sum()) for p in embedder.encoder.shims[0]._model.parameters())
+    embedder.from_disk(tmp_path / "embedder", exclude=["model"])
+    fresh = spacy.blank("en").from_config(nlp.config).from_bytes(nlp.to_bytes())  # (bytes carry no gradients)
+    for pipeline in (nlp, fresh):
+        pipeline.update(examples, sgd=SGD(0.1, L2=0.0, grad_clip=0.0))
+    (mix, encoder), (want_mix, want_encoder) = _embedder_weights(nlp), _embedder_weights(fresh)
+    for name, value in want_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=1e-7, msg=name)
+    for name, value in want_mix.items():
+        numpy.testing.assert_allclose(mix[name], value, rtol=0, atol=1e-7, err_msg=name)

@@ -466,7 +466,8 @@ class ContextualListenerNode(SampleDocsModel):
 
     def forget_batch_of(self, upstream: str) -> None:
         """Drop a training batch held from `upstream`, whose weights were loaded
-        since (`from_bytes`, `from_disk`, `initialize`): its outputs are of the
+        since (`from_bytes`, `from_disk`, `initialize`, or one past the component,
+        noticed before its next step): its outputs are of the
         weights before, and its backprop callback would send their gradient to
         the loaded ones. A hand-written loop that then updates this listener's
         component without the upstream is told its docs hold no outputs,

@@ -491,7 +491,9 @@ def encoder_shim(model: Model) -> Optional[EncoderShim]:
 def drop_gradients(model: Model) -> None:
     """Forget the gradients accumulated in `model`: thinc's of every node
     (zeroed: thinc has no way to remove one, and keeps a zeroed gradient after
-    each step) and those of the torch weights of its encoder shims."""
+    each step) and those of the torch weights of its encoder shims (a load
+    gives a new module, without any; one that keeps the module, `from_disk`
+    excluding its model folder, drops them too, as it drops the combiner's)."""
     for node in model.walk():
         for name in node.grad_names:
             grad = node.get_grad(name)
