@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple, cast
 
 import numpy
+from spacy import registry
 from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+from spacy.training.corpus import Corpus
 from spacy.vocab import Vocab
 
 from .fileio import EMBED_LAYOUT
@@ -262,3 +265,55 @@ class _OutputReader:
     def read(self, name: str) -> bytes:
         with self.open(name) as f:
             return f.read()
+
+
+class EmbeddedCorpus(Corpus):
+    """spaCy's `Corpus` of docs that hold a ctxembed component's outputs
+    (`embed`'s docbin output, or DocBins saved with user data), to train
+    listening components without their upstream.
+
+    spaCy's `Corpus` gives each example a new predicted doc
+    (`nlp.make_doc(reference.text)`, or the reference's words) without the
+    reference's user data: a listener found no outputs there. Here the
+    predicted doc takes the reference's outputs (placed by characters, so on
+    its own tokens), also for a sentence cut (`max_length`, `gold_preproc`).
+    An `embed` output is read with `iter_docs` (held to its manifest); a doc
+    that holds no outputs is refused."""
+
+    def read_docbin(self, vocab: Vocab, locs: Any) -> Iterator[Doc]:
+        from .outputs import restore_vectors
+        from .outputs.store import doc_stores
+
+        path = Path(self.path)
+        docs = iter_docs(path, vocab) if read_manifest(path) is not None else super().read_docbin(vocab, locs)
+        count = 0
+        for doc in docs:
+            if not len(doc):
+                continue
+            if not doc_stores(doc):
+                raise ValueError(
+                    f"spacy-ctxembed.EmbeddedCorpus.v1 path = {str(self.path)!r}: the doc {doc.text[:40]!r} holds "
+                    "no ctxembed outputs: give the output of `python -m spacy_ctxembed embed IN.spacy -o OUT` "
+                    "(OUT), or read this corpus with spacy.Corpus.v1 and an embedder in the pipeline")
+            yield restore_vectors(doc)
+            count += 1
+            if count == self.limit:
+                return
+
+    def _make_example(self, nlp: Any, reference: Doc, gold_preproc: bool) -> Example:
+        from .outputs import restore_vectors, span_as_doc
+        from .outputs.store import is_store_key, user_data_of
+
+        example = super()._make_example(nlp, reference, gold_preproc)
+        own = span_as_doc(reference[:])  # (a sentence's `as_doc()` reads them from the doc it was cut from)
+        user_data_of(example.predicted).update(
+            {key: value for key, value in user_data_of(own).items() if is_store_key(key)})
+        restore_vectors(example.predicted)
+        return example
+
+
+@registry.readers("spacy-ctxembed.EmbeddedCorpus.v1")
+def embedded_corpus(path: Path, gold_preproc: bool = False, max_length: int = 0, limit: int = 0,
+                    augmenter: Optional[Callable] = None) -> EmbeddedCorpus:
+    """`spacy.Corpus.v1` of docs embedded once: see `EmbeddedCorpus`."""
+    return EmbeddedCorpus(path, gold_preproc=gold_preproc, max_length=max_length, limit=limit, augmenter=augmenter)

@@ -40,6 +40,8 @@ NAMES = {
     ],
     # thinc's registry of layers reads the group "thinc_layers" (spaCy's take "spacy_*")
     "thinc_layers": ["spacy-ctxembed.MeanLayers.v1", "spacy-ctxembed.ConcatLayers.v1", "spacy-ctxembed.ScalarMix.v1"],
+    # docs embedded once, for `spacy train` without their upstream
+    "spacy_readers": ["spacy-ctxembed.EmbeddedCorpus.v1"],
 }
 
 
@@ -49,7 +51,8 @@ def test_advertised_names_are_the_listed_ones():
     }
 
 
-REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "thinc_layers": "layers"}
+REGISTRIES = {"spacy_factories": "factories", "spacy_architectures": "architectures", "thinc_layers": "layers",
+              "spacy_readers": "readers"}
 
 
 def test_registered_names_are_the_listed_ones():
@@ -58,7 +61,7 @@ def test_registered_names_are_the_listed_ones():
     load only where something imported the package first."""
     import spacy_ctxembed  # noqa: F401 - registers its names
 
-    for group in ("spacy_architectures", "thinc_layers"):
+    for group in ("spacy_architectures", "thinc_layers", "spacy_readers"):
         registered = {name for name in getattr(registry, REGISTRIES[group]).get_all()
                       if name.startswith("spacy-ctxembed.")}
         assert registered == set(NAMES[group]), group

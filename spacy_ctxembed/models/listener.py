@@ -789,7 +789,10 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             f"{model.described()}: no ctxembed component of that name "
             f"comes before this listener's component in the pipeline{before}; set upstream to the name of an "
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
-            "(a pipeline loaded with exclude=[...] has no excluded component)"
+            "(a pipeline loaded with exclude=[...] has no excluded component)" + (
+                "; to train it without one, on docs embedded once (embed's output), read them with "
+                "@readers = \"spacy-ctxembed.EmbeddedCorpus.v1\" in [corpora.train] and [corpora.dev]: "
+                "spacy.Corpus.v1 gives the docs it trains on none of their outputs" if not others else "")
         )
     if not model.is_sample(doc) and in_training_batch:
         # The upstream is being trained on these docs (its update sent this
