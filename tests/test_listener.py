@@ -415,6 +415,59 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
             assert [token.tag_ for token in pipeline(TEXTS[0])] == tags[0]
 
 
+def _signed_as_before_weights(docs):
+    """`docs` with their outputs' signatures as earlier versions wrote them:
+    no weights field (a store replaced, as a write replaces it)."""
+    from spacy_ctxembed.outputs import is_store_key
+
+    for doc in docs:
+        for key in [k for k in doc.user_data if is_store_key(k)]:
+            store = doc.user_data[key]
+            outputs = {name: {**output, "signature": "; ".join(
+                part for part in output["signature"].split("; ") if not part.startswith("weights="))}
+                for name, output in store["outputs"].items()}
+            doc.user_data[key] = {**store, "outputs": outputs}
+    return docs
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_docs_signed_with_less_keep_what_a_component_trained_on_embedded_docs_is_held_to(tiny_bert_dir, minilm_dir,
+                                                                                         tmp_path, mix_layers):
+    """A component trained on docs embedded once, then on docs of the same
+    model signed by an earlier version (no weights field), alone or first in
+    a batch beside docs signed now: the record of the later batch replaced
+    the earlier one, with no weights, and docs of another model of the same
+    width were read as its features from then on (found by a review helper)."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger", config={"model": {
+        "@architectures": "spacy.Tagger.v2",
+        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
+                    "upstream": "ctxembed_bert", "mix_layers": mix_layers}}})
+
+    def examples(docs):
+        return [Example.from_dict(doc, {"tags": [("NOUN", "VERB")[i % 2] for i in range(len(doc))]}) for doc in docs]
+
+    own = examples(_embedded(nlp.vocab, tiny_bert_dir))
+    optimizer = nlp.initialize(lambda: own)
+    nlp.update(own, sgd=optimizer)
+    other = other_bert(tmp_path / "other", minilm_dir)
+    refused = re.escape(REFUSED + "this component was trained on") + r" \(weights \w+ vs \w+\)"
+    older = examples(_signed_as_before_weights(_embedded(nlp.vocab, tiny_bert_dir)))
+    for batch in (older, older[:1] + own[1:]):
+        nlp.update(batch, sgd=optimizer)
+        with pytest.raises(ValueError, match=refused):
+            list(nlp.pipe(_embedded(nlp.vocab, other)))
+    # Trained first on such docs, then on docs signed now: held to the weights from then on.
+    spacy.util.fix_random_seed(0)
+    fresh = spacy.blank("en")
+    fresh.add_pipe("tagger", source=nlp)
+    optimizer = fresh.initialize(lambda: older)
+    fresh.update(older[:1] + own[1:], sgd=optimizer)
+    with pytest.raises(ValueError, match=refused):
+        list(fresh.pipe(_embedded(fresh.vocab, other)))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "ud_english_ewt").is_dir(), reason="needs ../shared/data")
 def test_spacy_train_with_shipped_config(tmp_path):

@@ -85,6 +85,11 @@ def _edited_store(doc, **fields):
     (lambda v: {"output": {"vectors": (v * 100).astype("int32")}}, r"'vectors' has dtype int32, not floats"),
     (lambda v: {"primary": "nope"}, r"names 'nope' as its primary output"),
     (lambda v: {"outputs": None}, r"its 'outputs' are None"),
+    # (A signature not a string failed deep inside, in a merge of signatures: 'int' object has no attribute
+    # 'split', or unhashable type: 'dict'; found by a review helper.)
+    (lambda v: {"output": {"signature": 3}}, r"'signature' is 3, not a string of 'key=value' fields"),
+    (lambda v: {"output": {"signature": {"weights": "x"}}}, r"'signature' is \{'weights': 'x'\}, not a string"),
+    (lambda v: {"output": {"signature": b"weights=x"}}, r"'signature' is b'weights=x', not a string"),
 ])
 def test_a_store_edited_by_hand_is_refused_by_name_also_after_a_docbin(tiny_bert_dir, edit, says):
     """A store in the user data whose rows are not one per stored token (or not

@@ -121,6 +121,10 @@ class ContextualListenerNode(SampleDocsModel):
     #: Whether the upstream annotated other docs in training since it sent the
     #: batch held (`note_annotated`). (A class default too.)
     _superseded: bool = False
+    #: The upstream whose load dropped the batch it sent last (`forget_batch_of`),
+    #: until it sends another: for the error of the update that then finds no
+    #: outputs. (A class default too.)
+    _dropped_by_load: Optional[str] = None
 
     def __init__(self, upstream_name: str, *, mix_layers: bool, grad_factor: float) -> None:
         SampleDocsModel.__init__(self, name=LISTENER, forward=listener_forward, init=listener_init,
@@ -428,7 +432,7 @@ class ContextualListenerNode(SampleDocsModel):
                 f"{self._upstream!r} and {upstream!r}: set upstream to one of them"
             )
         self._batch_id, self._outputs, self._backprop, self._upstream = batch_id, outputs, backprop, upstream
-        self._tokens, self._superseded = tokens, False
+        self._tokens, self._superseded, self._dropped_by_load = tokens, False, None
         self._docs = None if docs is None else tuple(weakref.ref(doc) for doc in docs)
 
     def note_annotated(self, docs: Sequence[Doc]) -> None:
@@ -474,6 +478,7 @@ class ContextualListenerNode(SampleDocsModel):
         rather than training on the old weights' outputs."""
         if self._batch_id is not None and self._upstream == upstream:
             self._forget_batch()
+            self._dropped_by_load = upstream
 
     def _forget_batch(self) -> None:
         self._batch_id, self._tokens, self._docs, self._outputs, self._backprop = None, None, None, None, None
@@ -501,7 +506,8 @@ class ContextualListenerNode(SampleDocsModel):
         # SampleDocsModel drops them, the docs it was initialised on); the
         # component claims its listeners again when it is unpickled.
         own, slots = super().__getstate__()
-        own.update(_batch_id=None, _tokens=None, _docs=None, _superseded=False, _outputs=None, _backprop=None,
+        own.update(_batch_id=None, _tokens=None, _docs=None, _superseded=False, _dropped_by_load=None,
+                   _outputs=None, _backprop=None,
                    _upstream=None, _claims={},
                    _passed_over=(),
                    _renamed=tuple(self.renamed_upstreams()))
@@ -581,6 +587,7 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                     "nlp.select_pipes, nlp.disable_pipe: nlp.update runs no disabled component, so listing it "
                     "in annotating_components does not help); a listening component updated on its own (its "
                     "update(), `spacy debug model`) has no upstream outputs to read" + _unlinked(model)
+                    + _dropped_by_load(model)
                 )
             others = sorted(get_outputs(doc)) if Doc.has_extension("ctx_outputs") else []
             if others and not model._upstreams():
@@ -596,6 +603,19 @@ def listener_forward(model: ContextualListenerNode, docs: List[Doc], is_train: b
                 model._batch_id is not None and model._batch_id == model.get_batch_id(docs)))
         outputs.append(model.ops.asarray(value))
     return outputs, lambda d_outputs: []
+
+
+def _dropped_by_load(node: ContextualListenerNode) -> str:
+    """What to add to a training error where the upstream sent this listener
+    a batch and loaded weights before the listener's component read it
+    (`forget_batch_of`): the load, perhaps in another thread, dropped it."""
+    loaded = node._dropped_by_load
+    if loaded is None:
+        return ""
+    return (f". {loaded!r} did send this listener its outputs for a batch in training, but its weights were loaded "
+            "before this component read them (from_bytes, from_disk or initialize, here or in another thread), "
+            "which dropped that batch: its outputs were of the weights before the load. Update "
+            f"{loaded!r} again, with this component, after the load")
 
 
 def _unlinked(node: ContextualListenerNode) -> str:
@@ -713,8 +733,10 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
     `check_trained_upstream` read them). Without it the head, trained on one
     model's features, kept no record, and read docs of any other model (or of
     other pooling or layers) afterwards, also beside them in a batch, as its
-    own. None where the head holds the record of an upstream it trained with
-    (the docs are held to that), or where the docs' outputs say nothing."""
+    own. Docs that say less than those it trained on before (an earlier
+    version's outputs, with no weights) keep what the record says. None where
+    the head holds the record of an upstream it trained with (the docs are
+    held to that), or where the docs' outputs say nothing."""
     record = node.attrs.get(TRAINED_WITH)
     if isinstance(record, dict) and not record.get("untrained") and not record.get("from_docs"):
         return None
@@ -725,11 +747,12 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
     signatures = list(dict.fromkeys(stored for stored in (_doc_output(doc, name)[2] for doc in docs) if stored))
     if not signatures:
         return None
-    fields = signature_fields(signatures[0])
-    held = (*HELD, *(() if node.mix_layers else ("combiner",)))
-    expected = {key: value for key, value in fields.items() if key in (*held, "layers", "weights")}
-    for other in signatures[1:]:
-        difference = _unlike(other, [], [expected])
+    held = (*HELD, *(() if node.mix_layers else ("combiner",)), "layers", "weights")
+    fields: Dict[str, str] = {}
+    for signature in signatures:
+        # Each against every field of those before: a signature of an earlier
+        # version (no weights) first in the batch held the others to less.
+        difference = _unlike(signature, [], [{key: value for key, value in fields.items() if key in held}])
         if difference is not None:
             read = name or node.upstream_name
             raise ValueError(
@@ -737,6 +760,7 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
                 f"models or settings ({difference}), and the component would learn from both as one model's "
                 "features. Embed all its training docs with one pipeline"
             )
+        fields = {**signature_fields(signature), **fields}
     try:
         layers = srsly.json_loads(fields.get("layers", "null"))
     except ValueError:
@@ -744,7 +768,16 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
     if not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
         layers = None
     features = {key: value for key, value in fields.items() if key not in ("weights", "layers")}
-    return node, {"features": features, "weights": None, "lineage": None, "signed": fields.get("weights"),
+    signed = fields.get("weights")
+    if isinstance(record, dict) and record.get("from_docs"):
+        # Docs that say less (signed by an earlier version: no weights; fields
+        # missing or unreadable) keep what the docs trained on before said:
+        # the forward pass refuses those that say otherwise.
+        before = record.get("features")
+        features = {**(before if isinstance(before, dict) else {}), **features}
+        signed = signed or record.get("signed")
+        layers = layers if layers is not None else record.get("layers")
+    return node, {"features": features, "weights": None, "lineage": None, "signed": signed,
                   "layers": layers, "from_docs": True}
 
 

@@ -107,6 +107,9 @@ def _output_problem(output: Any) -> Optional[str]:
         return f"{shown_value(output)} is not a dict with 'starts', 'ends' and 'vectors'"
     if numpy.ndim(output["starts"]) != 1:
         return f"'starts' is {shown_value(output['starts'])}, not one offset per stored token"
+    signature = output.get("signature")
+    if signature is not None and not isinstance(signature, str):  # (read field by field: `signature_fields`)
+        return f"'signature' is {shown_value(signature)}, not a string of 'key=value' fields"
     n_tokens = len(output["starts"])
     # (field, dimensions, the axis of the stored tokens); orths and layers may be None.
     for field, ndim, axis in (("ends", 1, 0), ("orths", 1, 0), ("vectors", 2, 0), ("layers", 3, 1)):
