@@ -364,14 +364,10 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     assert [[token.tag_ for token in doc] for doc in nlp.pipe(docs)] == tags
 
 
-@pytest.mark.parametrize("mix_layers", [True, False])
-def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_them(tiny_bert_dir, minilm_dir,
-                                                                                    tmp_path, mix_layers):
-    """Docs embedded once and read back, a listening component trained on them
-    in a pipeline without the embedder: it recorded nothing of what it trained
-    on, and read docs of another model, pooling or layers afterwards as its
-    features (also beside its own in one batch, and next to another model's
-    embedder), with no error (found by a review helper)."""
+
+def _tagger_without_upstream(mix_layers):
+    """A tagger listening to "ctxembed_bert", with none in its pipeline, and a
+    function making its examples of docs embedded once (made-up tags)."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe("tagger", config={"model": {
@@ -382,6 +378,17 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
     def examples(docs):
         return [Example.from_dict(doc, {"tags": [("NOUN", "VERB")[i % 2] for i in range(len(doc))]}) for doc in docs]
 
+    return nlp, examples
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_them(tiny_bert_dir, minilm_dir,
+                                                                                    tmp_path, mix_layers):
+    """Docs embedded once and read back, a listening component trained on them
+    in a pipeline without the embedder: it recorded nothing of what it trained
+    on, and read docs of another model, pooling or layers afterwards as its
+    features (also beside its own in one batch, and next to another model's
+    embedder), with no error (found by a review helper)."""
+    nlp, examples = _tagger_without_upstream(mix_layers)
     own = examples(_embedded(nlp.vocab, tiny_bert_dir))
     optimizer = nlp.initialize(lambda: own)
     for _ in range(3):
@@ -438,16 +445,7 @@ def test_docs_signed_with_less_keep_what_a_component_trained_on_embedded_docs_is
     a batch beside docs signed now: the record of the later batch replaced
     the earlier one, with no weights, and docs of another model of the same
     width were read as its features from then on (found by a review helper)."""
-    spacy.util.fix_random_seed(0)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("tagger", config={"model": {
-        "@architectures": "spacy.Tagger.v2",
-        "tok2vec": {"@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16,
-                    "upstream": "ctxembed_bert", "mix_layers": mix_layers}}})
-
-    def examples(docs):
-        return [Example.from_dict(doc, {"tags": [("NOUN", "VERB")[i % 2] for i in range(len(doc))]}) for doc in docs]
-
+    nlp, examples = _tagger_without_upstream(mix_layers)
     own = examples(_embedded(nlp.vocab, tiny_bert_dir))
     optimizer = nlp.initialize(lambda: own)
     nlp.update(own, sgd=optimizer)

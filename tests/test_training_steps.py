@@ -589,6 +589,15 @@ def _embedder_weights(nlp):
     return mix, {k: v.detach().clone() for k, v in embedder.encoder.shims[0]._model.named_parameters()}
 
 
+
+def _assert_as_saved(nlp, saved_mix, saved_encoder):
+    """The embedder's weights are exactly those saved (`_embedder_weights`)."""
+    mix, encoder = _embedder_weights(nlp)
+    for name, value in saved_mix.items():
+        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
+    for name, value in saved_encoder.items():
+        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+
 @pytest.mark.parametrize(("left", "load"), [("accumulated", "bytes"), ("waiting", "disk")])
 def test_a_load_drops_the_gradients_training_left(exact_bert_dir, tmp_path, left, load):
     """A checkpoint loaded back mid-accumulation (`nlp.update(sgd=False)`, then
@@ -611,11 +620,7 @@ def test_a_load_drops_the_gradients_training_left(exact_bert_dir, tmp_path, left
     assert (embedder._pending_backward is not None) == (left == "waiting")  # the premise
     nlp.from_bytes(saved) if load == "bytes" else nlp.from_disk(tmp_path / "p")
     embedder.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
-    mix, encoder = _embedder_weights(nlp)
-    for name, value in saved_mix.items():
-        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
-    for name, value in saved_encoder.items():
-        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+    _assert_as_saved(nlp, saved_mix, saved_encoder)
     # The next update: as in a pipeline of the same config that loaded the weights fresh.
     fresh = spacy.blank("en").from_config(nlp.config).from_bytes(saved)
     for pipeline in (nlp, fresh):
@@ -649,11 +654,7 @@ def test_a_load_drops_the_batch_a_listener_holds(exact_bert_dir):
                                          r"loaded before this component read them"):
         nlp.get_pipe("tagger2").update(examples, sgd=SGD(0.1, L2=0.0, grad_clip=0.0))
     nlp.get_pipe("ctxembed_bert").finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
-    mix, encoder = _embedder_weights(nlp)
-    for name, value in saved_mix.items():
-        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
-    for name, value in saved_encoder.items():
-        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+    _assert_as_saved(nlp, saved_mix, saved_encoder)
 
 
 @pytest.mark.parametrize("left", ["accumulated", "waiting", "waiting step"])
@@ -680,11 +681,7 @@ def test_a_load_past_the_component_drops_the_gradients_training_left(exact_bert_
         nlp.update(examples, sgd=False)
     else:
         embedder.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
-    mix, encoder = _embedder_weights(nlp)
-    for name, value in saved_mix.items():
-        numpy.testing.assert_array_equal(mix[name], value, err_msg=name)
-    for name, value in saved_encoder.items():
-        torch.testing.assert_close(encoder[name], value, rtol=0, atol=0, msg=name)
+    _assert_as_saved(nlp, saved_mix, saved_encoder)
 
 
 def test_a_load_that_keeps_the_encoder_drops_its_gradients_too(exact_bert_dir, tmp_path):
