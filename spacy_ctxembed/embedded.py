@@ -19,6 +19,7 @@ writes it last, then renames the directory into place: `cli.output`).
 import hashlib
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Tuple, cast
 
@@ -267,6 +268,9 @@ class _OutputReader:
             return f.read()
 
 
+READER = "spacy-ctxembed.EmbeddedCorpus.v1"
+
+
 class EmbeddedCorpus(Corpus):
     """spaCy's `Corpus` of docs that hold a ctxembed component's outputs
     (`embed`'s docbin output, or DocBins saved with user data), to train
@@ -276,23 +280,36 @@ class EmbeddedCorpus(Corpus):
     (`nlp.make_doc(reference.text)`, or the reference's words) without the
     reference's user data: a listener found no outputs there. Here the
     predicted doc takes the reference's outputs (placed by characters, so on
-    its own tokens), also for a sentence cut (`max_length`, `gold_preproc`).
-    An `embed` output is read with `iter_docs` (held to its manifest); a doc
-    that holds no outputs is refused."""
+    its own tokens), also for a sentence cut (`max_length`, `gold_preproc`),
+    and an augmenter's new predicted doc of the same text. One of other text
+    (`spacy.lower_case.v1`, `spacy.orth_variants.v1`, ...) was never embedded:
+    refused. An `embed` output is read with `iter_docs` (held to its
+    manifest); a doc that holds no outputs is refused."""
+
+    def __init__(self, path: Any, **settings: Any):
+        super().__init__(path, **settings)
+        self.augmenter = partial(self._augment, self.augmenter)
 
     def read_docbin(self, vocab: Vocab, locs: Any) -> Iterator[Doc]:
         from .outputs import restore_vectors
         from .outputs.store import doc_stores
 
         path = Path(self.path)
-        docs = iter_docs(path, vocab) if read_manifest(path) is not None else super().read_docbin(vocab, locs)
+        if not path.exists():
+            raise ValueError(f"{READER} path = {str(path)!r}: no such file or directory; give the output of "
+                             "`python -m spacy_ctxembed embed IN.spacy -o OUT` (OUT)")
+        manifest = read_manifest(path)
+        if manifest is not None and manifest.get("format") != "docbin":
+            raise ValueError(f"{READER} path = {str(path)!r}: an embed output of format {manifest.get('format')!r}, "
+                             "which holds no docs to train on: embed the input again with --format docbin")
+        docs = iter_docs(path, vocab) if manifest is not None else super().read_docbin(vocab, locs)
         count = 0
         for doc in docs:
             if not len(doc):
                 continue
             if not doc_stores(doc):
                 raise ValueError(
-                    f"spacy-ctxembed.EmbeddedCorpus.v1 path = {str(self.path)!r}: the doc {doc.text[:40]!r} holds "
+                    f"{READER} path = {str(self.path)!r}: the doc {doc.text[:40]!r} holds "
                     "no ctxembed outputs: give the output of `python -m spacy_ctxembed embed IN.spacy -o OUT` "
                     "(OUT), or read this corpus with spacy.Corpus.v1 and an embedder in the pipeline")
             yield restore_vectors(doc)
@@ -301,19 +318,45 @@ class EmbeddedCorpus(Corpus):
                 return
 
     def _make_example(self, nlp: Any, reference: Doc, gold_preproc: bool) -> Example:
-        from .outputs import restore_vectors, span_as_doc
-        from .outputs.store import is_store_key, user_data_of
+        from .outputs import span_as_doc
 
         example = super()._make_example(nlp, reference, gold_preproc)
-        own = span_as_doc(reference[:])  # (a sentence's `as_doc()` reads them from the doc it was cut from)
-        user_data_of(example.predicted).update(
-            {key: value for key, value in user_data_of(own).items() if is_store_key(key)})
-        restore_vectors(example.predicted)
+        # (a sentence's `as_doc()` reads them from the doc it was cut from)
+        _give_outputs(example.predicted, span_as_doc(reference[:]))
         return example
 
+    def _augment(self, augmenter: Callable, nlp: Any, example: Example) -> Iterator[Example]:
+        """`augmenter`'s examples of `example`, their new predicted docs given its outputs."""
+        from .outputs.store import doc_stores
 
-@registry.readers("spacy-ctxembed.EmbeddedCorpus.v1")
-def embedded_corpus(path: Path, gold_preproc: bool = False, max_length: int = 0, limit: int = 0,
+        for augmented in augmenter(nlp, example):
+            if augmented.predicted is not example.predicted and not doc_stores(augmented.predicted):
+                if augmented.predicted.text != example.predicted.text:
+                    name = getattr(getattr(augmenter, "func", augmenter), "__name__", repr(augmenter))
+                    raise ValueError(
+                        f"{READER} augmenter = {name}: it made an example "
+                        f"of other text ({augmented.predicted.text[:40]!r} from {example.predicted.text[:40]!r}), "
+                        "which was not embedded: the stored outputs are the embedded text's. Set augmenter = null, "
+                        "or train with the embedder in the pipeline and spacy.Corpus.v1 to augment")
+                _give_outputs(augmented.predicted, example.predicted)
+            yield augmented
+
+
+def _give_outputs(doc: Doc, source: Doc) -> None:
+    """Give `doc` the ctxembed outputs of `source`, a doc of the same text
+    (placed by characters, so on `doc`'s own tokens)."""
+    from .outputs import restore_vectors
+    from .outputs.store import is_store_key, user_data_of
+
+    user_data_of(doc).update({key: value for key, value in user_data_of(source).items() if is_store_key(key)})
+    restore_vectors(doc)
+
+
+@registry.readers(READER)
+def embedded_corpus(path: Optional[Path], gold_preproc: bool = False, max_length: int = 0, limit: int = 0,
                     augmenter: Optional[Callable] = None) -> EmbeddedCorpus:
     """`spacy.Corpus.v1` of docs embedded once: see `EmbeddedCorpus`."""
+    if path is None:
+        raise ValueError(f"{READER} path = None: give the output of `python -m spacy_ctxembed embed IN.spacy -o OUT` "
+                         "(OUT), e.g. with --paths.train OUT on the command line")
     return EmbeddedCorpus(path, gold_preproc=gold_preproc, max_length=max_length, limit=limit, augmenter=augmenter)

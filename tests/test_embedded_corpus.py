@@ -49,11 +49,8 @@ def embedded(tmp_path, tiny_bert_dir):
     return tmp_path / "out", pipeline
 
 
-@pytest.mark.parametrize("settings", [{}, {"gold_preproc": True}, {"max_length": 8}])
-def test_the_reader_s_predicted_docs_hold_the_stored_outputs(embedded, tiny_bert_dir, hf_reference, settings):
-    """Whole docs and sentence cuts (gold_preproc, max_length): the predicted
-    docs read the rows the doc was embedded with, the mean of layers 1 and 2
-    of `transformers` on the whole doc."""
+def _want(tiny_bert_dir, hf_reference):
+    """The gold doc's rows as embedded: the mean of layers 1 and 2 of `transformers` on the whole doc."""
     from transformers import AutoModel
 
     tokenizer = hf_reference[0]
@@ -61,7 +58,15 @@ def test_the_reader_s_predicted_docs_hold_the_stored_outputs(embedded, tiny_bert
     gold = _gold(spacy.blank("en").vocab)
     states, offsets = hf_hidden_states(tokenizer, model, gold.text)
     pieces = token_pieces(gold, offsets)
-    want = (pool(states[1], pieces, "mean") + pool(states[2], pieces, "mean")) / 2
+    return (pool(states[1], pieces, "mean") + pool(states[2], pieces, "mean")) / 2
+
+
+@pytest.mark.parametrize("settings", [{}, {"gold_preproc": True}, {"max_length": 8}])
+def test_the_reader_s_predicted_docs_hold_the_stored_outputs(embedded, tiny_bert_dir, hf_reference, settings):
+    """Whole docs and sentence cuts (gold_preproc, max_length): the predicted
+    docs read the rows the doc was embedded with, the mean of layers 1 and 2
+    of `transformers` on the whole doc."""
+    want = _want(tiny_bert_dir, hf_reference)
     nlp = spacy.blank("en")
     examples = list(spacy.registry.readers.get(READER)(embedded[0], **settings)(nlp))
     assert len(examples) == (1 if not settings else 2)
@@ -72,6 +77,62 @@ def test_the_reader_s_predicted_docs_hold_the_stored_outputs(embedded, tiny_bert
         assert eg.predicted._.ctx_layers.shape == (2, len(eg.predicted), 32)
         assert not eg.predicted.has_annotation("TAG") and [t.tag_ for t in eg.reference] == TAGS[start:][:len(eg.x)]
         start += len(eg.predicted)
+
+
+def _orth_variants(tags):
+    from spacy.training.augment import create_orth_variants_augmenter
+
+    return create_orth_variants_augmenter(level=1.0, lower=0.0, orth_variants={
+        "single": [{"tags": tags, "variants": [".", "!"]}], "paired": []})
+
+
+@pytest.mark.parametrize("gold_preproc", [False, True])
+def test_an_augmenter_s_new_doc_of_the_same_text_holds_the_stored_outputs(embedded, tiny_bert_dir, hf_reference,
+                                                                          gold_preproc):
+    """spaCy's augmenters give each example they augment a new predicted doc
+    (`nlp.make_doc`), without user data: the listener found no outputs there
+    and its error told to use this reader. Of the same text (no token of the
+    variants' tags), it reads the rows the doc was embedded with."""
+    want = _want(tiny_bert_dir, hf_reference)
+    corpus = EmbeddedCorpus(embedded[0], gold_preproc=gold_preproc, augmenter=_orth_variants(["NOPE"]))
+    examples = list(corpus(spacy.blank("en")))
+    start = 0
+    for eg in examples:
+        numpy.testing.assert_allclose(eg.predicted._.ctx_vectors, want[start:start + len(eg.predicted)], atol=1e-5)
+        start += len(eg.predicted)
+    assert start == len(WORDS)
+
+
+@pytest.mark.parametrize("augmenter", ["lower", "orth"])
+def test_an_augmenter_s_example_of_other_text_is_refused(embedded, augmenter):
+    """lower_case and orth_variants make text that was never embedded: the
+    stored rows are not its vectors."""
+    from spacy.training.augment import create_lower_casing_augmenter
+
+    augment = create_lower_casing_augmenter(level=1.0) if augmenter == "lower" else _orth_variants(["PUNCT"])
+    name = "lower_casing_augmenter" if augmenter == "lower" else "orth_variants_augmenter"
+    spacy.util.fix_random_seed(0)  # (orth_variants picks "." or "!" for ".": some pass makes "!")
+    with pytest.raises(ValueError, match=rf"spacy-ctxembed.EmbeddedCorpus.v1 augmenter = {name}: it made an example "
+                                         r"of other text .* which was not embedded"):
+        for _ in range(20):
+            list(EmbeddedCorpus(embedded[0], augmenter=augment)(spacy.blank("en")))
+
+
+def test_a_path_that_gives_no_docs_is_refused_naming_the_reader(tmp_path, embedded):
+    """A path not set (`--paths.train` left out: an AttributeError from
+    spaCy), not there (a warning, and no examples), or an `npy` output
+    (told to read it with load_npy)."""
+    reader = spacy.registry.readers.get(READER)
+    with pytest.raises(ValueError, match=r"spacy-ctxembed.EmbeddedCorpus.v1 path = None"):
+        reader(None)
+    with pytest.raises(ValueError, match=r"spacy-ctxembed.EmbeddedCorpus.v1 path = '.*nope': no such file"):
+        list(reader(tmp_path / "nope")(spacy.blank("en")))
+    out, pipeline = embedded
+    assert invoke("embed", tmp_path / "gold.spacy", "-o", tmp_path / "npy", "-m", pipeline, "--format",
+                  "npy").exit_code == 0
+    with pytest.raises(ValueError, match=r"spacy-ctxembed.EmbeddedCorpus.v1 path = '.*npy': an embed output of "
+                                         r"format 'npy'.*--format docbin"):
+        list(reader(tmp_path / "npy")(spacy.blank("en")))
 
 
 def test_a_tagger_trains_without_its_upstream_on_the_reader_s_examples_and_serves_with_it_back(embedded, tmp_path):
