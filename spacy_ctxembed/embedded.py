@@ -30,7 +30,10 @@ from spacy.training import Example
 from spacy.training.corpus import Corpus
 from spacy.vocab import Vocab
 
+from .errors import shortened
 from .fileio import EMBED_LAYOUT
+from .outputs import restore_vectors, span_as_doc
+from .outputs.store import doc_stores, is_store_key, user_data_of
 
 LAYOUT = EMBED_LAYOUT
 LAYOUT_VERSION = 1
@@ -58,8 +61,6 @@ def iter_docs(path: Path, vocab: Optional[Vocab] = None) -> Iterator[Doc]:
     `_OutputReader`): an output replaced while it is read gives an error, never
     a mix of two runs.
     """
-    from .outputs import restore_vectors
-
     vocab = vocab if vocab is not None else Vocab()
     previous = 0  # the input line of the doc before
     with _OutputReader(path, "docbin") as reader:
@@ -291,9 +292,6 @@ class EmbeddedCorpus(Corpus):
         self.augmenter = partial(self._augment, self.augmenter)
 
     def read_docbin(self, vocab: Vocab, locs: Any) -> Iterator[Doc]:
-        from .outputs import restore_vectors
-        from .outputs.store import doc_stores
-
         path = Path(self.path)
         if not path.exists():
             raise ValueError(f"{READER} path = {str(path)!r}: no such file or directory; give the output of "
@@ -309,7 +307,7 @@ class EmbeddedCorpus(Corpus):
                 continue
             if not doc_stores(doc):
                 raise ValueError(
-                    f"{READER} path = {str(self.path)!r}: the doc {doc.text[:40]!r} holds "
+                    f"{READER} path = {str(self.path)!r}: the doc {shortened(doc.text, 40)!r} holds "
                     "no ctxembed outputs: give the output of `python -m spacy_ctxembed embed IN.spacy -o OUT` "
                     "(OUT), or read this corpus with spacy.Corpus.v1 and an embedder in the pipeline")
             yield restore_vectors(doc)
@@ -318,8 +316,6 @@ class EmbeddedCorpus(Corpus):
                 return
 
     def _make_example(self, nlp: Any, reference: Doc, gold_preproc: bool) -> Example:
-        from .outputs import span_as_doc
-
         example = super()._make_example(nlp, reference, gold_preproc)
         # (a sentence's `as_doc()` reads them from the doc it was cut from)
         _give_outputs(example.predicted, span_as_doc(reference[:]))
@@ -327,15 +323,14 @@ class EmbeddedCorpus(Corpus):
 
     def _augment(self, augmenter: Callable, nlp: Any, example: Example) -> Iterator[Example]:
         """`augmenter`'s examples of `example`, their new predicted docs given its outputs."""
-        from .outputs.store import doc_stores
-
         for augmented in augmenter(nlp, example):
             if augmented.predicted is not example.predicted and not doc_stores(augmented.predicted):
                 if augmented.predicted.text != example.predicted.text:
                     name = getattr(getattr(augmenter, "func", augmenter), "__name__", repr(augmenter))
                     raise ValueError(
                         f"{READER} augmenter = {name}: it made an example "
-                        f"of other text ({augmented.predicted.text[:40]!r} from {example.predicted.text[:40]!r}), "
+                        f"of other text ({shortened(augmented.predicted.text, 40)!r} from "
+                        f"{shortened(example.predicted.text, 40)!r}), "
                         "which was not embedded: the stored outputs are the embedded text's. Set augmenter = null, "
                         "or train with the embedder in the pipeline and spacy.Corpus.v1 to augment")
                 _give_outputs(augmented.predicted, example.predicted)
@@ -345,9 +340,6 @@ class EmbeddedCorpus(Corpus):
 def _give_outputs(doc: Doc, source: Doc) -> None:
     """Give `doc` the ctxembed outputs of `source`, a doc of the same text
     (placed by characters, so on `doc`'s own tokens)."""
-    from .outputs import restore_vectors
-    from .outputs.store import is_store_key, user_data_of
-
     user_data_of(doc).update({key: value for key, value in user_data_of(source).items() if is_store_key(key)})
     restore_vectors(doc)
 

@@ -52,6 +52,7 @@ from thinc.layers.concatenate import forward as _concatenate_forward
 from thinc.model import deserialize_attr
 from thinc.types import Floats2d
 
+from ..embedded import READER
 from ..errors import SettingError, bad_setting, check_bool, check_int, check_number, named_errors
 from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel, read_ctx_layers
@@ -824,7 +825,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
             "earlier ctxembed component (or \"*\" for the only one), or move that component before it "
             "(a pipeline loaded with exclude=[...] has no excluded component)" + (
                 "; to train it without one, on docs embedded once (embed's output), read them with "
-                "@readers = \"spacy-ctxembed.EmbeddedCorpus.v1\" in [corpora.train] and [corpora.dev]: "
+                f"@readers = \"{READER}\" in [corpora.train] and [corpora.dev]: "
                 "spacy.Corpus.v1 gives the docs it trains on none of their outputs" if not others else "")
         )
     if not model.is_sample(doc) and in_training_batch:
