@@ -18,7 +18,7 @@ import torch
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-from spacy_ctxembed import outputs
+from spacy_ctxembed import embedded
 from spacy_ctxembed.cli import embed as embed_cli
 from spacy_ctxembed.cli import output as output_module
 from spacy_ctxembed.cli.errors import CliError, UsageError
@@ -1174,7 +1174,7 @@ def test_iter_docs_refuses_a_shard_from_elsewhere_and_names_a_missing_one(tmp_pa
 
 def test_iter_docs_of_a_shard_with_fewer_docs_than_its_manifest_says_names_it(tmp_path, monkeypatch):
     """A shard replaced by a readable DocBin of fewer docs (not a cut one, which fails to parse)."""
-    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)  # (no vectors here: only the count is tested)
+    monkeypatch.setattr(embedded, "restore_vectors", lambda doc: doc)  # (no vectors here: only the count is tested)
     nlp = spacy.blank("en")
     DocBin(docs=[nlp("one"), nlp("two")], store_user_data=True).to_disk(tmp_path / SHARD.format(0))
     manifest = {"layout": LAYOUT, "format": "docbin", "shards": [{"file": SHARD.format(0), "docs": 3}]}
@@ -1727,7 +1727,7 @@ def test_iter_docs_refuses_a_shard_whose_lines_repeat_or_go_back(tmp_path, monke
     """Not seen before: docs whose input lines are all inside the manifest's range but
     not increasing (a doc repeated, or out of order): each doc's line must come after
     the one before."""
-    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)  # (no vectors here: only lines are read)
+    monkeypatch.setattr(embedded, "restore_vectors", lambda doc: doc)  # (no vectors here: only lines are read)
     _docbin_output(tmp_path, lines, lambda size: {"first_line": 3, "last_line": 4, "bytes": size})
     with pytest.raises(ValueError, match=r"holds a doc of input line 3, where its manifest gives it lines 3-4 "
                                          r"\(after line \d\): the file is another's"):
@@ -1739,7 +1739,7 @@ def test_iter_docs_refuses_a_shard_whose_lines_repeat_or_go_back(tmp_path, monke
 def test_iter_docs_refuses_a_shard_larger_than_its_manifest_says(tmp_path, monkeypatch):
     """Not seen before: a readable shard with more bytes than the manifest records
     (only smaller, cut shards were tried); no line range to catch it otherwise."""
-    monkeypatch.setattr(outputs, "restore_vectors", lambda doc: doc)
+    monkeypatch.setattr(embedded, "restore_vectors", lambda doc: doc)
     _docbin_output(tmp_path, [1, 2], lambda size: {"bytes": size - 1})
     size = (tmp_path / "shard-000000.spacy").stat().st_size
     with pytest.raises(ValueError, match=rf"shard-000000\.spacy holds {size:,} bytes, where its manifest says "
