@@ -194,3 +194,11 @@ class PredictedAhead:
         with self._lock:
             event = self._event(count)
         return event.wait(timeout=timeout)
+
+
+def bert_module(model):
+    """The loaded Hugging Face module of an embedder's BERT encoder (to hook or read its weights)."""
+    from spacy_ctxembed.models.bert import get_runner
+
+    (node,) = [node for node in model.walk() if node.name == "ctxembed-bert-encoder"]
+    return get_runner(node).encoder.module

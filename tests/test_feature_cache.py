@@ -4,10 +4,9 @@ import pytest
 import spacy
 import torch
 
-from spacy_ctxembed.models.bert import get_encoder
 from spacy_ctxembed.pipeline.feature_cache import ENTRY_OVERHEAD, FeatureCache, doc_key
 
-from .conftest import ctx_config
+from .conftest import bert_module, ctx_config
 
 TEXTS = ["I ran to the park .", "I ran significance tests .", "Nothing else ran ."]
 
@@ -29,7 +28,7 @@ def _elmo_nlp(options_file, weight_file, cache_mb):
 
 def _count_forwards(nlp):
     calls = []
-    get_encoder(nlp.get_pipe("ctxembed_bert").model).module.register_forward_hook(
+    bert_module(nlp.get_pipe("ctxembed_bert").model).register_forward_hook(
         lambda mod, args, out: calls.append(1))
     return calls
 
@@ -220,7 +219,7 @@ def test_changed_settings_or_weights_never_hit(tiny_bert_dir, tmp_path):
     pipe = nlp.get_pipe("ctxembed_bert")
     identity = pipe._identity
     with torch.no_grad():
-        for p in get_encoder(pipe.model).module.parameters():
+        for p in bert_module(pipe.model).parameters():
             p.mul_(1.5)
     nlp.to_disk(tmp_path / "changed")
     pipe.from_disk(tmp_path / "changed" / "ctxembed_bert")

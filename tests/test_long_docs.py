@@ -2,9 +2,7 @@
 import numpy
 import torch
 
-from spacy_ctxembed.models.bert import get_encoder
-
-from .conftest import make_nlp
+from .conftest import bert_module, make_nlp
 from .reference import pool, token_pieces
 
 WORDS = ("the quick brown fox jumps over lazy dogs while researchers ran significance tests "
@@ -64,7 +62,7 @@ def test_no_truncation_and_no_length_warning(minilm_dir, capfd, caplog):
 def test_20000_word_doc_in_bounded_batches(tiny_bert_dir):
     budget = 1024
     nlp = make_nlp(tiny_bert_dir, max_batch_items=budget)
-    module = get_encoder(nlp.get_pipe("ctxembed_bert").model).module
+    module = bert_module(nlp.get_pipe("ctxembed_bert").model)
     seen = []
     hook = module.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape), with_kwargs=True

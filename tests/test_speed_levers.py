@@ -7,17 +7,16 @@ import pytest
 import spacy
 import torch
 
-from spacy_ctxembed.models.bert import get_encoder
 from spacy_ctxembed.models.process_settings import tf32_matmuls
 
-from .conftest import make_nlp
+from .conftest import bert_module, make_nlp
 from .reference import hf_hidden_states, pool, token_pieces
 
 TEXT = "Yesterday afternoon I ran some more significance tests on the new data."
 
 
 def _count_layer_calls(nlp):
-    module = get_encoder(nlp.get_pipe("ctxembed_bert").model).module
+    module = bert_module(nlp.get_pipe("ctxembed_bert").model)
     calls = []
     for i, layer in enumerate(module.encoder.layer):
         layer.register_forward_hook(lambda mod, args, out, i=i: calls.append(i))

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from spacy.tokens import Doc
 from spacy.util import registry
-from thinc.api import Model, PyTorchGradScaler, get_torch_default_device
+from thinc.api import PyTorchGradScaler, get_torch_default_device
 
 from ..settings import layer_count, layers_as_given
 from ..types import DocLayers, EncoderModel
@@ -284,9 +284,3 @@ def get_runner(model: EncoderModel) -> BertRunner:
     return get_shim(model).get_runner()
 
 
-def get_encoder(model: Model) -> HFEncoder:
-    """The loaded Hugging Face encoder of an embedder (or of its encoder layer)."""
-    for node in model.walk():
-        if node.name == "ctxembed-bert-encoder":
-            return get_runner(node).encoder
-    raise ValueError(f"[{COMPONENT}] no BERT encoder in model {model.name!r}")
