@@ -399,3 +399,27 @@ def test_a_cleared_cache_has_its_whole_budget_again():
     cache.put("c", value)
     cache.put("d", value)
     assert "c" in cache and "d" in cache and cache.nbytes == 2 * entry
+
+
+def test_entries_are_kept_per_device(tiny_bert_dir):
+    """Moved to another device (thinc's `model.to_gpu` gives every node the
+    device's ops), the pipeline computes again rather than serve entries
+    taken on the first: the same weights give other outputs there (TF32)."""
+    from thinc.api import NumpyOps
+
+    nlp = _nlp(tiny_bert_dir)
+    encoder = nlp.get_pipe("ctxembed_bert").encoder
+    calls = _count_forwards(nlp)
+    nlp(TEXTS[0])
+    host_ops = encoder.ops
+    for node in encoder.walk():  # (the ops of device 0; the computation stays on CPU here)
+        node.ops = NumpyOps(device_type="gpu", device_id=0)
+    nlp(TEXTS[0])
+    assert len(calls) == 2  # a miss on the other device
+    nlp(TEXTS[0])
+    assert len(calls) == 2  # then its own entry
+    for node in encoder.walk():
+        node.ops = host_ops
+    nlp(TEXTS[0])
+    assert len(calls) == 2  # and the first device's entry is still there
+    assert len(nlp.get_pipe("ctxembed_bert").cache) == 2

@@ -729,7 +729,11 @@ class ContextualEmbedder(TrainablePipe):
         """The encoder's output without training it, through the cache if there is one."""
         if self.cache is None:
             return self.encoder.predict(docs)
-        keys = [(self._identity, doc_key(doc)) if cacheable(doc) else None for doc in docs]
+        # The device is part of the key: the same weights give other outputs on
+        # another device (about 1e-6 in fp32, more under TF32), so entries taken
+        # on CPU are never served to the pipeline moved to GPU (`model.to_gpu`).
+        device = (self.encoder.ops.device_type, self.encoder.ops.device_id)
+        keys = [(self._identity, device, doc_key(doc)) if cacheable(doc) else None for doc in docs]
         cached: List[Any] = [None if key is None else self.cache.get(key) for key in keys]
         missing = [i for i, layers in enumerate(cached) if layers is None]
         fresh = self.encoder.predict([docs[i] for i in missing]) if missing else []

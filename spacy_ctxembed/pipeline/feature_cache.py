@@ -8,9 +8,10 @@ GPU cache never holds GPU memory.
 
 Entries are keyed by everything the output depends on: the doc's text, its
 token boundaries and its sentence boundaries (ELMo embeds each sentence on
-its own), and the encoder's identity (every setting and a fingerprint of its
+its own), the encoder's identity (every setting and a fingerprint of its
 weights, as loaded; after a training step, a count of the steps: the component
-empties the cache then), so a changed model or setting can never hit a stale entry.
+empties the cache then) and the device it computes on, so a changed model,
+setting or device can never hit a stale entry.
 """
 import hashlib
 import json
