@@ -35,6 +35,25 @@ def first_line(err: BaseException, *, typed: bool = True, limit: Optional[int] =
     return f"{type(err).__name__}: {line}" if typed else line
 
 
+def install_extra(extra: str) -> str:
+    """How to install the optional `extra`, as error messages say it."""
+    return f"pip install 'spacy-ctxembed[{extra}]'"
+
+
+class MissingExtra(ImportError):
+    """A package of an optional extra (`extra`: ``ray``, ``analysis``) is not
+    installed or too old (`package`: which). The message names what needs it
+    and ends with how to install the extra (`install_extra`)."""
+
+    def __init__(self, message: str, package: str, extra: str) -> None:
+        super().__init__(message)
+        self.package = package
+        self.extra = extra
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str, str]]:  # (pickled by Ray and worker pools whole)
+        return type(self), (str(self), self.package, self.extra)
+
+
 class NonFiniteOutputs(ValueError):
     """A model gave nan or inf for some token: its vectors are refused, not written."""
 

@@ -446,6 +446,26 @@ def test_missing_analysis_extra_is_named_up_front(tmp_path, monkeypatch, module,
                      "pip install 'spacy-ctxembed[analysis]'"]
 
 
+def test_a_missing_extra_is_one_error_type_for_every_extra(monkeypatch):
+    """The analysis's and Ray's missing extras are both `errors.MissingExtra`
+    (one `except` catches either), naming the package and the extra, and
+    survive pickling whole (Ray and worker pools send exceptions so)."""
+    import pickle
+
+    from spacy_ctxembed.analysis.run import check_extra
+    from spacy_ctxembed.distributed import MissingExtra as RayMissingExtra
+    from spacy_ctxembed.errors import MissingExtra
+
+    assert RayMissingExtra is MissingExtra
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(MissingExtra) as caught:
+        check_extra()
+    assert (caught.value.package, caught.value.extra) == ("scikit-learn", "analysis")
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (type(again), str(again), again.package, again.extra) == (
+        MissingExtra, str(caught.value), "scikit-learn", "analysis")
+
+
 def test_a_gpu_id_without_a_gpu_is_a_usage_error_naming_the_option(tmp_path):
     """It exited 1 with "ValueError: Cannot use GPU, CuPy is not installed", naming no
     option, where `embed` says "--gpu-id 0: ..." and exits 2 (docs/analysis.md: one line, 2)."""

@@ -1,4 +1,5 @@
-"""The error types of the analysis: unusable inputs, and a missing `analysis` extra."""
+"""The error type of the analysis's unusable inputs. (A missing `analysis`
+extra raises the package's `errors.MissingExtra`, as a missing `ray` one does.)"""
 
 
 class AnalysisInputError(ValueError):
@@ -8,7 +9,3 @@ class AnalysisInputError(ValueError):
     ``--wic-train /data/wic: no *.data.txt file in this directory``, so the
     CLI can print it as it is.
     """
-
-
-class MissingExtraError(ImportError):
-    """A package of the ``analysis`` extra is missing or too old; the message says how to install it."""

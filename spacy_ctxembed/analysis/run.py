@@ -16,11 +16,11 @@ from numpy.typing import NDArray
 from spacy.language import Language
 from tqdm import tqdm
 
-from ..errors import SettingError
+from ..errors import MissingExtra, SettingError, install_extra
 from ..settings import normalize_layers
 from ..types import POOLING_MODES
 from .corpus import Corpus
-from .errors import AnalysisInputError, MissingExtraError
+from .errors import AnalysisInputError
 from .explorer import explore_word, unit_rows
 from .extract import CorpusLayers, embed_corpus, word_form
 from .metrics import layer_report
@@ -49,23 +49,24 @@ from .wic import (
 )
 
 #: What the ``analysis`` extra installs, as the error messages say it.
-ANALYSIS_EXTRA = "pip install 'spacy-ctxembed[analysis]'"
+ANALYSIS_EXTRA = install_extra("analysis")
 #: (module, distribution, oldest usable version) of every package the analysis imports beyond the core ones.
 EXTRA_PACKAGES = (("sklearn", "scikit-learn", (1, 2)), ("scipy", "scipy", None),
                   ("threadpoolctl", "threadpoolctl", None), ("matplotlib", "matplotlib", (3, 6)))
 
 
 def check_extra() -> None:
-    """Raise `MissingExtraError` naming the first package of the ``analysis`` extra that is missing or too old."""
+    """Raise `MissingExtra` naming the first package of the ``analysis`` extra that is missing or too old."""
     for module, package, oldest in EXTRA_PACKAGES:
         try:
             imported = importlib.import_module(module)
         except ImportError:
-            raise MissingExtraError(f"the analysis needs {package}, which is not installed: {ANALYSIS_EXTRA}") from None
+            raise MissingExtra(f"the analysis needs {package}, which is not installed: {ANALYSIS_EXTRA}",
+                               package, "analysis") from None
         found = re.match(r"(\d+)\.(\d+)", str(getattr(imported, "__version__", "")))
         if oldest is not None and found is not None and tuple(map(int, found.groups())) < oldest:
-            raise MissingExtraError(f"the analysis needs {package} >= {'.'.join(map(str, oldest))}, found "
-                                    f"{imported.__version__}: {ANALYSIS_EXTRA}")
+            raise MissingExtra(f"the analysis needs {package} >= {'.'.join(map(str, oldest))}, found "
+                               f"{imported.__version__}: {ANALYSIS_EXTRA}", package, "analysis")
 
 
 @dataclass

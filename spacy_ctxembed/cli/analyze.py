@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import MissingExtra
 from .errors import UsageError
 from .pipelines import require_gpu
 
@@ -85,12 +86,11 @@ def analyze(
         write_report,
     )
     from ..analysis import analyze as run_analysis
-    from ..analysis.errors import MissingExtraError
     from ..analysis.run import check_extra
 
     try:
         check_extra()  # scikit-learn, matplotlib: before anything is read or embedded
-    except MissingExtraError as e:
+    except MissingExtra as e:
         raise UsageError(str(e)) from e
     if model is not None and config is not None:
         raise UsageError("give either --model or --config, not both")

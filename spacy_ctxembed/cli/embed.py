@@ -21,6 +21,7 @@ from spacy.util import load_config, minibatch
 from thinc.api import Config
 from tqdm import tqdm
 
+from ..errors import MissingExtra, install_extra
 from ..fileio import MODEL_CHANGED, model_identity
 from .errors import CliError, UsageError, short_message
 from .inputs import Input, InputChanged, open_input
@@ -222,10 +223,9 @@ _RUN_OPTIONS = {"inputs": "INPUT", "text_key": "--text-key", "shard_size": "--sh
 
 
 def _needs_ray(exc: ImportError) -> UsageError:
-    package = getattr(exc, "package", None)  # (`MissingExtra`: its message names the library call)
-    if package is not None:
-        return UsageError(f"--ray needs {package}, which is not installed: pip install 'spacy-ctxembed[ray]'")
-    return UsageError(f"--ray needs Ray Data: pip install 'spacy-ctxembed[ray]' ({exc})")
+    if isinstance(exc, MissingExtra):  # (its message names the library call)
+        return UsageError(f"--ray needs {exc.package}, which is not installed: {install_extra(exc.extra)}")
+    return UsageError(f"--ray needs Ray Data: {install_extra('ray')} ({exc})")
 
 
 def _check_settings(

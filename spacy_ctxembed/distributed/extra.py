@@ -7,15 +7,9 @@ a missing pyarrow only after a local Ray had started.
 import importlib
 from typing import Sequence
 
-RAY_EXTRA = "pip install 'spacy-ctxembed[ray]'"
+from ..errors import MissingExtra, install_extra
 
-
-class MissingExtra(ImportError):
-    """A package of the `[ray]` extra is not installed (`package`: which)."""
-
-    def __init__(self, message: str, package: str) -> None:
-        super().__init__(message)
-        self.package = package
+RAY_EXTRA = install_extra("ray")
 
 
 def require_ray_extra(caller: str, modules: Sequence[str] = ("pyarrow.parquet", "ray.data")) -> None:
@@ -27,4 +21,4 @@ def require_ray_extra(caller: str, modules: Sequence[str] = ("pyarrow.parquet", 
         except ImportError as e:
             package = (getattr(e, "name", None) or module).split(".")[0]  # (ray.data without pyarrow: pyarrow)
             raise MissingExtra(f"{caller} needs {package}, which is not installed ({e}): {RAY_EXTRA}",
-                               package) from None
+                               package, "ray") from None
