@@ -2,8 +2,8 @@
 from .bert import BertEncoder
 from .elmo import ElmoEncoder
 from .embedder import Embedder
+from .heads import ContextualListener, ContextualListenerV1, ContextualTok2Vec
 from .legacy import BertEmbedder, ElmoEmbedder, TrfPooler
-from .listener import ContextualListener, ContextualListenerV1, ContextualTok2Vec
 from .trf_pooler import TrfEncoder
 
 __all__ = [

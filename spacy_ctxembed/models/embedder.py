@@ -161,8 +161,8 @@ def combined_width(combiner: CombinerModel, n_layers: int, width: int) -> int:
 def replace_listener(model: EmbedderModel, listener: Model, component: Any) -> Model:
     """What replaces `listener` in `nlp.replace_listeners`: a copy of what it
     listens to, whose encoder keeps the component's `encoder_lr_scale`
-    (`listener.listener_copy`)."""
-    from .listener import listener_copy
+    (`heads.listener_copy`)."""
+    from .heads import listener_copy
 
     return listener_copy(model, listener, component)
 

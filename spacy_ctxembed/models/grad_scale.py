@@ -1,7 +1,7 @@
 """Gradient and learning-rate scaling for a copy of an upstream's embedder.
 
 `nlp.replace_listeners` puts a copy of what a listener listened to in its
-place (`listener.replacement`); these make the copy train as its component
+place (`heads.replacement`); these make the copy train as its component
 would train it: the encoder at the component's learning-rate scale
 (`with_lr_scale`), the gradient scaled by the listener's `grad_factor`, and
 run frozen where nothing would move it (`scale_gradient`). Where the
