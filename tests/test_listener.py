@@ -294,9 +294,20 @@ def _embedded(vocab, pipeline_or_dir, **settings):
         embedder = spacy.load(pipeline_or_dir, exclude=["tagger"], vocab=vocab,
                               config={"components": {"ctxembed_bert": {"store_layers": True}}})
     else:
-        embedder = spacy.blank("en", vocab=vocab)
-        embedder.add_pipe("ctxembed_bert", config=ctx_config(name=pipeline_or_dir, store_layers=True,
-                                                             **{"layers": [1, 2], **settings}))
+        embedder = _embedder(vocab, pipeline_or_dir, **settings)
+    return _read_back(embedder, vocab)
+
+
+def _embedder(vocab, model_dir, **settings):
+    """A pipeline of ctxembed_bert on `model_dir` that stores its layers."""
+    embedder = spacy.blank("en", vocab=vocab)
+    embedder.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, store_layers=True,
+                                                         **{"layers": [1, 2], **settings}))
+    return embedder
+
+
+def _read_back(embedder, vocab):
+    """TEXTS embedded by `embedder`, saved in a DocBin and read back with their outputs."""
     doc_bin = DocBin(store_user_data=True, docs=embedder.pipe(TEXTS))
     return [restore_vectors(doc) for doc in DocBin().from_bytes(doc_bin.to_bytes()).get_docs(vocab)]
 
@@ -321,7 +332,8 @@ def test_docs_embedded_by_another_model_are_refused_with_the_upstream_left_out(t
         (spacy.load(path, disable=["ctxembed_bert"]), {}, "'ctxembed_bert' makes"),
         (spacy.load(path, exclude=["ctxembed_bert"]), {}, "this component was trained on"),
     ):
-        with pytest.raises(ValueError, match=re.escape(REFUSED + than) + r" \((\w+ \w+ vs \w+; )*weights \w+ vs \w+\)"):
+        with pytest.raises(ValueError, match=re.escape(REFUSED + than)
+                           + r" \((\w+ \w+ vs \w+; )*(encoder_)?weights \w+ vs \w+\)"):
             list(pipeline.pipe(_embedded(pipeline.vocab, other, combine=combine), **kwargs))
         with pytest.raises(ValueError, match=re.escape(REFUSED + than) + r" \(pooling first vs mean\)"):
             list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, combine=combine, pooling="first"), **kwargs))
@@ -339,7 +351,7 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     nlp, path = _trained_tagger(tiny_bert_dir, tmp_path, frozen=False)
     tags = [[token.tag_ for token in doc] for doc in nlp.pipe(TEXTS)]
     loaded = spacy.load(path, exclude=["ctxembed_bert"])
-    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
+    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(encoder_weights "):
         list(loaded.pipe(_embedded(loaded.vocab, tiny_bert_dir)))
     assert [[token.tag_ for token in doc] for doc in loaded.pipe(_embedded(loaded.vocab, path))] == tags
     # Trained on after the save, and saved under the optimizer's averages (as spacy train saves model-best and
@@ -356,7 +368,7 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     docs = list(nlp.pipe(TEXTS))
     tags = [[token.tag_ for token in doc] for doc in docs]
     averaged = spacy.load(tmp_path / "averaged", exclude=["ctxembed_bert"])
-    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
+    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(encoder_weights "):
         list(averaged.pipe(DocBin(store_user_data=True, docs=docs).get_docs(averaged.vocab)))
     assert len(list(averaged.pipe(_embedded(averaged.vocab, tmp_path / "averaged")))) == len(TEXTS)
     nlp.remove_pipe("ctxembed_bert")
@@ -396,10 +408,11 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
     nlp.to_disk(tmp_path / "tagger")
     other = other_bert(tmp_path / "other", minilm_dir)
     trained_on = re.escape(REFUSED + "this component was trained on")
+    held = "encoder_weights" if mix_layers else "weights"  # (the encoder's alone where it reads the layers)
     for pipeline in (nlp, spacy.load(tmp_path / "tagger")):
         tags = [[token.tag_ for token in doc] for doc in pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir))]
         assert len(tags) == len(TEXTS)
-        with pytest.raises(ValueError, match=trained_on + r" \(weights \w+ vs \w+\)"):
+        with pytest.raises(ValueError, match=trained_on + rf" \({held} \w+ vs \w+\)"):
             list(pipeline.pipe(_embedded(pipeline.vocab, other)))
         with pytest.raises(ValueError, match=trained_on + r" \(pooling first vs mean\)"):
             list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, pooling="first")))
@@ -407,7 +420,7 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
             list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, layers=[2, 1])))
     # Another model's docs beside its own in one training batch.
     with pytest.raises(ValueError, match=r"the docs of this training batch hold outputs under 'ctxembed_bert' of "
-                                         r"different models or settings \(weights \w+ vs \w+\)"):
+                                         rf"different models or settings \({held} \w+ vs \w+\)"):
         nlp.update(own[:1] + examples(_embedded(nlp.vocab, other))[1:], sgd=optimizer)
     # Sourced next to an embedder: the one of its docs' model, not another.
     for model_dir, refused in ((tiny_bert_dir, False), (other, True)):
@@ -422,16 +435,16 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
             assert [token.tag_ for token in pipeline(TEXTS[0])] == tags[0]
 
 
-def _signed_as_before_weights(docs):
+def _signed_as_before(docs, *fields):
     """`docs` with their outputs' signatures as earlier versions wrote them:
-    no weights field (a store replaced, as a write replaces it)."""
+    without `fields` (a store replaced, as a write replaces it)."""
     from spacy_ctxembed.outputs import is_store_key
 
     for doc in docs:
         for key in [k for k in doc.user_data if is_store_key(k)]:
             store = doc.user_data[key]
             outputs = {name: {**output, "signature": "; ".join(
-                part for part in output["signature"].split("; ") if not part.startswith("weights="))}
+                part for part in output["signature"].split("; ") if part.partition("=")[0] not in fields)}
                 for name, output in store["outputs"].items()}
             doc.user_data[key] = {**store, "outputs": outputs}
     return docs
@@ -450,8 +463,9 @@ def test_docs_signed_with_less_keep_what_a_component_trained_on_embedded_docs_is
     optimizer = nlp.initialize(lambda: own)
     nlp.update(own, sgd=optimizer)
     other = other_bert(tmp_path / "other", minilm_dir)
-    refused = re.escape(REFUSED + "this component was trained on") + r" \(weights \w+ vs \w+\)"
-    older = examples(_signed_as_before_weights(_embedded(nlp.vocab, tiny_bert_dir)))
+    held = "encoder_weights" if mix_layers else "weights"  # (the encoder's alone where it reads the layers)
+    refused = re.escape(REFUSED + "this component was trained on") + rf" \({held} \w+ vs \w+\)"
+    older = examples(_signed_as_before(_embedded(nlp.vocab, tiny_bert_dir), "weights", "encoder_weights"))
     for batch in (older, older[:1] + own[1:]):
         nlp.update(batch, sgd=optimizer)
         with pytest.raises(ValueError, match=refused):
@@ -486,6 +500,124 @@ def test_spacy_train_with_shipped_config(tmp_path):
     doc = nlp("I ran to the park yesterday .")
     assert nlp.pipe_names == ["ctxembed_bert", "tagger"]
     assert all(t.tag_ for t in doc) and doc._.ctx_vectors.shape == (len(doc), 384)
+
+
+def _other_mix(embedder):
+    """`embedder`'s scalar mix with other weights than it was initialised with
+    (s = 0, gamma = 1: the mean), as `use_params` swaps them in (a step would)."""
+    component = embedder.get_pipe("ctxembed_bert")
+    component.ensure_loaded()  # (the mix has its weights once the component loads, at its first use)
+    combiner = component.combiner
+    return embedder.use_params({(combiner.id, "s"): numpy.asarray([2.0, -2.0], dtype="f"),
+                                (combiner.id, "gamma"): numpy.asarray([0.5], dtype="f")})
+
+
+def _head_reference(tagger, docs):
+    """What a tagger's ContextualListener.v2 head (its own scalar mix of the
+    layers, then the projection) gives for `docs`, in float64 numpy from the
+    docs' stored layers and the head's parameters."""
+    tok2vec = tagger.model.get_ref("tok2vec")
+    mix, linear = (next(node for node in tok2vec.walk() if node.name == name) for name in ("scalar_mix", "linear"))
+    s = mix.get_param("s").astype("float64")
+    weights, gamma = numpy.exp(s) / numpy.exp(s).sum(), float(mix.get_param("gamma")[0])
+    W, b = linear.get_param("W").astype("float64"), linear.get_param("b").astype("float64")
+    return [(gamma * numpy.tensordot(weights, doc._.ctx_layers.astype("float64"), axes=1)) @ W.T + b for doc in docs]
+
+
+def test_a_layer_mixing_component_trained_on_embedded_docs_is_held_to_their_encoder_alone(tiny_bert_dir, minilm_dir,
+                                                                                         tmp_path):
+    """A component that mixes the layers, trained on docs embedded once with
+    no upstream in its pipeline, was held to the fingerprint of the encoder
+    and combiner together: docs of its encoder under other combiner weights,
+    and such an embedder beside it, were refused, though no combiner shapes
+    the layers it reads. Held to the encoder's weights alone now (the
+    signatures name them apart), it reads them, from the layers; another
+    encoder's, or other layers or pooling, stay refused."""
+    nlp, examples = _tagger_without_upstream(True)
+    embedder = _embedder(nlp.vocab, tiny_bert_dir, combine="scalar_mix")
+    own = examples(_read_back(embedder, nlp.vocab))
+    optimizer = nlp.initialize(lambda: own)
+    for _ in range(3):
+        nlp.update(own, sgd=optimizer)
+    nlp.to_disk(tmp_path / "tagger")
+    with _other_mix(embedder):
+        mixed_otherwise = _read_back(embedder, nlp.vocab)
+    for doc, eg in zip(mixed_otherwise, own):  # (the same layers; other vectors: the combiner's weights differ)
+        numpy.testing.assert_array_equal(doc._.ctx_layers, eg.predicted._.ctx_layers)
+        assert not numpy.allclose(doc._.ctx_vectors, eg.predicted._.ctx_vectors, atol=1e-3)
+    trained_on = re.escape(REFUSED + "this component was trained on")
+    for pipeline in (nlp, spacy.load(tmp_path / "tagger")):
+        tagger = pipeline.get_pipe("tagger")
+        want = [[token.tag_ for token in doc] for doc in pipeline.pipe(_read_back(embedder, pipeline.vocab))]
+        docs = _read_back(embedder, pipeline.vocab)
+        with _other_mix(embedder):
+            docs_otherwise = _read_back(embedder, pipeline.vocab)
+        got = tagger.model.get_ref("tok2vec").predict(docs_otherwise)
+        for features, reference in zip(got, _head_reference(tagger, docs)):
+            numpy.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
+        assert [[token.tag_ for token in doc] for doc in pipeline.pipe(docs_otherwise)] == want
+        with pytest.raises(ValueError, match=trained_on + r" \(encoder_weights \w+ vs \w+\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, other_bert(tmp_path / "other", minilm_dir),
+                                         combine="scalar_mix")))
+        with pytest.raises(ValueError, match=trained_on + r" \(layers \[2, 1\] vs \[1, 2\]\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, combine="scalar_mix", layers=[2, 1])))
+        with pytest.raises(ValueError, match=trained_on + r" \(pooling first vs mean\)"):
+            list(pipeline.pipe(_embedded(pipeline.vocab, tiny_bert_dir, combine="scalar_mix", pooling="first")))
+    # A training batch of both combiners' docs is one encoder's layers.
+    nlp.update(own[:1] + examples(mixed_otherwise)[1:], sgd=optimizer)
+    # Sourced next to an embedder of its encoder with the other combiner weights: it runs, on the same layers.
+    beside = _embedder(nlp.vocab, tiny_bert_dir, combine="scalar_mix")
+    beside.add_pipe("tagger", source=spacy.load(tmp_path / "tagger"))
+    with _other_mix(beside):
+        assert [token.tag_ for token in beside(TEXTS[0])] == want[0]
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_component_trained_beside_its_frozen_upstream_holds_embedded_docs_to_the_weights_it_reads(
+        tiny_bert_dir, tmp_path, mix_layers):
+    """Trained beside its frozen upstream, loaded without it: docs embedded
+    by its encoder under other combiner weights were refused also where the
+    component mixes the layers, which no combiner shapes. It reads them now;
+    one of the vectors still refuses them."""
+    nlp, path = _trained_tagger(tiny_bert_dir, tmp_path, frozen=True, mix_layers=mix_layers, combine="scalar_mix")
+    loaded = spacy.load(path, exclude=["ctxembed_bert"])
+    embedder = _embedder(loaded.vocab, tiny_bert_dir, combine="scalar_mix")  # (the frozen mix as initialised)
+    tags = [[token.tag_ for token in doc] for doc in loaded.pipe(_read_back(embedder, loaded.vocab))]
+    with _other_mix(embedder):
+        docs = _read_back(embedder, loaded.vocab)
+    if mix_layers:
+        assert [[token.tag_ for token in doc] for doc in loaded.pipe(docs)] == tags
+    else:
+        with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on") + r" \(weights "):
+            list(loaded.pipe(docs))
+
+
+@pytest.mark.parametrize("mix_layers,dropped", [(False, ()), (True, ("encoder_weights",))])
+def test_embedded_docs_of_other_combiner_weights_stay_refused_where_the_head_reads_the_vectors_or_they_say_less(
+        tiny_bert_dir, tmp_path, mix_layers, dropped):
+    """A component of the vectors, trained on docs embedded once, reads what
+    the combiner made: docs of other combiner weights, and such an embedder
+    beside it, are refused. So are they for one that mixes the layers where
+    its docs' signatures do not name the encoder's weights apart (stored by
+    an earlier version: held to all the weights, as then), on either side."""
+    nlp, examples = _tagger_without_upstream(mix_layers)
+    embedder = _embedder(nlp.vocab, tiny_bert_dir, combine="scalar_mix")
+    own = examples(_signed_as_before(_read_back(embedder, nlp.vocab), *dropped))
+    optimizer = nlp.initialize(lambda: own)
+    nlp.update(own, sgd=optimizer)
+    nlp.to_disk(tmp_path / "tagger")
+    refused = re.escape(REFUSED + "this component was trained on") + r" \(weights \w+ vs \w+\)"
+    for pipeline in (nlp, spacy.load(tmp_path / "tagger")):
+        with _other_mix(embedder):
+            signed_now = _read_back(embedder, pipeline.vocab)
+            older = _signed_as_before(_read_back(embedder, pipeline.vocab), "encoder_weights")
+        for docs in (signed_now, older):
+            with pytest.raises(ValueError, match=refused):
+                list(pipeline.pipe(docs))
+    beside = _embedder(nlp.vocab, tiny_bert_dir, combine="scalar_mix")
+    beside.add_pipe("tagger", source=spacy.load(tmp_path / "tagger"))
+    with _other_mix(beside), pytest.raises(ValueError, match=r"was trained on the outputs of another 'ctxembed_bert'"):
+        beside(TEXTS[0])
 
 
 def test_a_renamed_upstream_holds_embedded_docs_to_what_the_unrenamed_one_did(tiny_bert_dir, minilm_dir, tmp_path):

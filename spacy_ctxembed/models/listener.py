@@ -34,6 +34,7 @@ from spacy.tokens import Doc
 from ..embedded import READER
 from ..layers.read_ctx_layers import SampleDocsModel
 from ..outputs import (
+    ENCODER_WEIGHTS,
     MissingOutputs,
     get_outputs,
     read_output,
@@ -295,14 +296,27 @@ class ContextualListenerNode(SampleDocsModel):
         if features is None:
             return None
         return {"features": features, "weights": self.held_weights(component), "lineage": component.lineage,
-                "signed": self._signed_weights(component)}
+                **self._signed(component)}
 
-    def _signed_weights(self, component: Any) -> Optional[str]:
-        """The weights field of `component`'s output signature, which its
-        outputs on docs carry (encoder and combiner together; for
-        `ctxembed_from_trf` a digest of no weights); None before it loads."""
+    def _signed(self, component: Any) -> Dict[str, Optional[str]]:
+        """What `component`'s output signature, which its outputs on docs
+        carry, says of its weights, as a record keeps it: `signed`, encoder
+        and combiner together (for `ctxembed_from_trf` a digest of no
+        weights), and `signed_encoder`, the encoder's alone (`ENCODER_WEIGHTS`);
+        None before it loads."""
         signature = component.signature
-        return None if signature is None else signature_fields(signature).get("weights")
+        fields = {} if signature is None else signature_fields(signature)
+        return {"signed": fields.get("weights"), "signed_encoder": fields.get(ENCODER_WEIGHTS)}
+
+    def signed_held(self, record: Dict[str, Any], component: Any) -> Tuple[Optional[str], Optional[str]]:
+        """(What `record` says, what `component`'s signature says now) of the
+        weights this listener reads through: for one that mixes the layers,
+        the encoder's alone where both say (a record or signature of an
+        earlier version does not); else the encoder's and combiner's together."""
+        now = self._signed(component)
+        key = "signed_encoder" if self.mix_layers and record.get("signed_encoder") and now["signed_encoder"] \
+            else "signed"
+        return record.get(key), now[key]
 
     def note_saved_upstream(self, component: Any) -> None:
         """`component`, linked to this listener, is being saved: where the head
@@ -320,9 +334,9 @@ class ContextualListenerNode(SampleDocsModel):
             return
         if record.get("weights") is not None and record["weights"] != self.held_weights(component):
             return  # (left behind by its upstream's training: refused next to it, and as excluded)
-        signed = self._signed_weights(component)
-        if signed is not None and signed != record.get("signed"):
-            self.attrs[TRAINED_WITH] = {**record, "signed": signed}
+        signed = self._signed(component)
+        if signed["signed"] is not None and any(value != record.get(key) for key, value in signed.items()):
+            self.attrs[TRAINED_WITH] = {**record, **signed}
 
     def follow_lineage(self, old: Optional[str], new: str) -> None:
         """Its upstream took a training step, and its weights, of lineage `old`,
@@ -362,10 +376,14 @@ class ContextualListenerNode(SampleDocsModel):
           in training, or recorded when the upstream was saved with it:
           `note_saved_upstream`; not for heads saved before either). A head
           not trained yet is held to nothing.
-        The weights' fingerprint covers the combiner too: a head that mixes
-        the layers is refused docs of its encoder under another combiner."""
+        Next to a linked upstream the docs' outputs must be its own, whose
+        weights' fingerprint covers the combiner too. Held to the record, a
+        head that mixes the layers is held to the encoder's weights alone
+        where the record and the docs' signature name them (`ENCODER_WEIGHTS`;
+        earlier versions' do not): no combiner shapes the layers it reads."""
         ours = [signature for component in self._claimants() if component.loaded
                 for signature in _signatures_of(component)]
+        encoder_only = False
         if ours:
             expected = [_held_by_upstream(signature) for signature in ours]
         else:
@@ -380,9 +398,11 @@ class ContextualListenerNode(SampleDocsModel):
                 fields["layers"] = str(list(self.attrs[TRAINED_ON]))
             if record.get("signed"):
                 fields["weights"] = record["signed"]
-            expected = [fields]
+            if self.mix_layers and record.get("signed_encoder"):
+                fields[ENCODER_WEIGHTS] = record["signed_encoder"]
+            expected, encoder_only = [fields], self.mix_layers
 
-        return lambda stored: _unlike(stored, ours, expected)
+        return lambda stored: _unlike(stored, ours, expected, encoder_only=encoder_only)
 
     def receive(self, batch_id: int, outputs: list, backprop: Callable, upstream: str,
                 tokens: Optional[BatchTokens] = None, docs: Optional[Sequence[Doc]] = None) -> None:
@@ -608,22 +628,37 @@ def _held_by_upstream(signature: str) -> Dict[str, str]:
     return {key: value for key, value in signature_fields(signature).items() if key not in _NOT_HELD}
 
 
-def _unlike(stored: Optional[str], ours: Sequence[str], expected: Sequence[Dict[str, str]]) -> Optional[str]:
+def _unlike(stored: Optional[str], ours: Sequence[str], expected: Sequence[Dict[str, str]], *,
+            encoder_only: bool = False) -> Optional[str]:
     """None where a doc's outputs signed `stored` are those `ours` names, or
     agree with one of `expected` (fields a listener holds them to) in every
     field both have (earlier versions wrote fewer, as `outputs` compares them);
     else how they differ from the first. The one comparison of a doc's
-    outputs with what a listener reads, for a renamed upstream and others."""
+    outputs with what a listener reads, for a renamed upstream and others.
+    `encoder_only`: for a head that mixes the layers, held to the encoder's
+    weights alone where both name them (`_held_against`)."""
     if not stored:
         return "the outputs do not say what made them"
     if stored in ours:  # (of one process, the same string: compared field by field only where it is not)
         return None
     got = signature_fields(stored)
-    differences = [[f"{key} {got[key]} vs {value}" for key, value in want.items() if key in got and got[key] != value]
+    differences = [[f"{key} {got[key]} vs {value}" for key, value in _held_against(want, got, encoder_only).items()
+                    if key in got and got[key] != value]
                    for want in expected]
     if any(not difference for difference in differences):
         return None
     return "; ".join(differences[0]) if differences else f"nothing to compare {stored!r} with"
+
+
+def _held_against(want: Dict[str, str], got: Dict[str, str], encoder_only: bool) -> Dict[str, str]:
+    """The fields of `want` that a doc's signature fields `got` are held to.
+    With `encoder_only`, where both name the encoder's weights alone, not
+    all the weights ("weights", the combiner's too); where either lacks them
+    (an earlier version's signature or record), "weights" as before, so the
+    weights are never left unchecked."""
+    if encoder_only and ENCODER_WEIGHTS in want and ENCODER_WEIGHTS in got:
+        return {key: value for key, value in want.items() if key != "weights"}
+    return want
 
 
 def _signatures_of(component: Any) -> Tuple[str, ...]:
@@ -666,6 +701,11 @@ def _foreign_error(node: ContextualListenerNode, name: str, difference: str) -> 
     )
 
 
+#: The record's fields of what the upstream's outputs' signature said of its
+#: weights (`ContextualListenerNode._signed`).
+_SIGNED = ("signed", "signed_encoder")
+
+
 def _recorded_in_training(node: ContextualListenerNode, record: Any, component: Any) -> Optional[Dict[str, Any]]:
     """The record after a training step of the head on the upstream's outputs:
     the upstream's now, with the fingerprint of the weights it reads through
@@ -678,13 +718,13 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
             and record.get("lineage") == component.lineage:
         # (Nothing to take again: no fingerprint per step. The weights a save
         # recorded (`note_saved_upstream`) are left behind by this step.)
-        return record if record.get("signed") is None else {**record, "signed": None}
+        return record if all(record.get(key) is None for key in _SIGNED) else {**record, **dict.fromkeys(_SIGNED)}
     now = node.upstream_record(component)
     if now is None:
         return record
     new_upstream = not isinstance(record, dict) or record.get("lineage") != now["lineage"]
     kept = not moving and (new_upstream or record.get("weights") == now["weights"])
-    return {**now, "weights": now["weights"] if kept else None, "signed": now["signed"] if kept else None}
+    return now if kept else {**now, "weights": None, **dict.fromkeys(_SIGNED)}
 
 
 def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Optional[Tuple[ContextualListenerNode, Any]]:
@@ -709,12 +749,14 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
     signatures = list(dict.fromkeys(stored for stored in (_doc_output(doc, name)[2] for doc in docs) if stored))
     if not signatures:
         return None
-    held = (*HELD, *(() if node.mix_layers else ("combiner",)), "layers", "weights")
+    held = (*HELD, *(() if node.mix_layers else ("combiner",)), "layers", "weights",
+            *((ENCODER_WEIGHTS,) if node.mix_layers else ()))
     fields: Dict[str, str] = {}
     for signature in signatures:
         # Each against every field of those before: a signature of an earlier
         # version (no weights) first in the batch held the others to less.
-        difference = _unlike(signature, [], [{key: value for key, value in fields.items() if key in held}])
+        difference = _unlike(signature, [], [{key: value for key, value in fields.items() if key in held}],
+                             encoder_only=node.mix_layers)
         if difference is not None:
             read = name or node.upstream_name
             raise ValueError(
@@ -729,17 +771,17 @@ def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Option
         layers = None
     if not (isinstance(layers, list) and all(isinstance(i, int) for i in layers)):
         layers = None
-    features = {key: value for key, value in fields.items() if key not in ("weights", "layers")}
-    signed = fields.get("weights")
+    features = {key: value for key, value in fields.items() if key not in ("weights", ENCODER_WEIGHTS, "layers")}
+    signed = {"signed": fields.get("weights"), "signed_encoder": fields.get(ENCODER_WEIGHTS)}
     if isinstance(record, dict) and record.get("from_docs"):
         # Docs that say less (signed by an earlier version: no weights; fields
         # missing or unreadable) keep what the docs trained on before said:
         # the forward pass refuses those that say otherwise.
         before = record.get("features")
         features = {**(before if isinstance(before, dict) else {}), **features}
-        signed = signed or record.get("signed")
+        signed = {key: value or record.get(key) for key, value in signed.items()}
         layers = layers if layers is not None else record.get("layers")
-    return node, {"features": features, "weights": None, "lineage": None, "signed": signed,
+    return node, {"features": features, "weights": None, "lineage": None, **signed,
                   "layers": layers, "from_docs": True}
 
 

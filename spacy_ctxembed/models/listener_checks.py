@@ -32,8 +32,9 @@ TRAINED_ON = "upstream_layers"
 #: (`upstream_record`): what shapes the upstream's outputs besides its layers
 #: (`ContextualEmbedder.listener_features`), a fingerprint of the weights the
 #: head reads through (the encoder's; and the combiner's for a head on the
-#: vectors), None once they may move under it in training, and which weights
-#: they are (their lineage).
+#: vectors), None once they may move under it in training, which weights
+#: they are (their lineage), and what the upstream's outputs' signature says
+#: of them (`signed`: all of its weights; `signed_encoder`: the encoder's alone).
 TRAINED_WITH = "upstream_record"
 #: The fields of those features a head is held to: not the tokenizer's and
 #: config.json's digests, which change with the versions of tokenizers and
@@ -146,10 +147,12 @@ def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None
         raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
     if record.get("from_docs"):
         # (Trained on docs embedded once, with no upstream in the pipeline: held
-        # to the weights their outputs' signature names, encoder and combiner.)
-        signed = node._signed_weights(component)
-        if signed is not None and record.get("signed") not in (None, signed):
-            raise ValueError(_weights_error(node, record.get("signed"), signed, own=False))
+        # to the weights their outputs' signature names: encoder and combiner,
+        # or for a head that mixes the layers the encoder's alone where both
+        # signatures name them, as the docs are: `signed_held`.)
+        trained, signed = node.signed_held(record, component)
+        if signed is not None and trained not in (None, signed):
+            raise ValueError(_weights_error(node, trained, signed, own=False))
         return
     own = record.get("lineage") == component.lineage
     if (own and record.get("weights") is None) or record.get("untrained"):

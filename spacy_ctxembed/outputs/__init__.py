@@ -58,6 +58,7 @@ from .extensions import (
 )
 from .hooks import similarity
 from .store import (
+    ENCODER_WEIGHTS,
     SOURCE_HOOK,
     STORE,
     MissingOutputs,
@@ -69,6 +70,7 @@ from .store import (
 from .views import uncovered_error
 
 __all__ = [
+    "ENCODER_WEIGHTS",
     "SOURCE_HOOK",
     "STORE",
     "MissingOutputs",

@@ -165,6 +165,13 @@ def name_stores_by_content(doc: Doc) -> None:
             data[named] = data.pop(key)
 
 
+#: The signature field that fingerprints the encoder's weights alone, next to
+#: "weights" (encoder and combiner): a head that mixes the layers reads the
+#: encoder's outputs, which no combiner shapes. Absent from signatures written
+#: by earlier versions, which are then held to "weights" as they were.
+ENCODER_WEIGHTS = "encoder_weights"
+
+
 def signature_fields(signature: str) -> Dict[str, str]:
     """A signature's fields ("key=value; ...", `pipeline.signature.output_signature`)."""
     return dict(part.partition("=")[::2] for part in signature.split("; "))

@@ -58,7 +58,7 @@ from ..models.torch_bridge import (
 )
 from ..models.trf_pooler import MODEL_NAME as TRF_ENCODER
 from ..models.trf_pooler import TRF_DATA
-from ..outputs import install_extensions, signature_fields, write_outputs
+from ..outputs import ENCODER_WEIGHTS, install_extensions, signature_fields, write_outputs
 from ..settings import check_saved_features
 from ..types import DocLayers, DocVectors, EmbedderModel
 from .feature_cache import FeatureCache, cacheable, doc_key, encoder_identity
@@ -675,13 +675,14 @@ class ContextualEmbedder(TrainablePipe):
     def listener_features(self) -> Optional[Dict[str, str]]:
         """What shapes the outputs besides the weights, for a listener's record
         (`listener_checks.TRAINED_WITH`): the fields of `output_signature` without the
-        layers (recorded apart) and the weights (`encoder_fingerprint`). A
-        new dict; None before the weights are loaded."""
+        layers (recorded apart) and the weights' fingerprints (recorded apart:
+        `encoder_fingerprint`, and the record's `signed`). A new dict; None
+        before the weights are loaded."""
         signature = self.signature
         if signature is None:
             return None
         features = signature_fields(signature)
-        for key in ("weights", "layers"):
+        for key in ("weights", ENCODER_WEIGHTS, "layers"):
             features.pop(key, None)
         return features
 

@@ -4,8 +4,9 @@ Outputs of one component name made by different models must never be mixed
 (`Doc.from_docs`) or compared (`.similarity()`). The signature says what made
 them, as "key=value; ...": the encoder's kind, what shapes its outputs
 besides its weights (BERT's tokenizer and config, by content, and whether
-it runs quantized; ELMo's options, by content), the layers it selects, the pooling, the combiner, and a
-fingerprint of the weights. Not the config's `name` or file paths: they
+it runs quantized; ELMo's options, by content), the layers it selects, the
+pooling, the combiner, and fingerprints of the encoder's weights and of all
+the weights (the combiner's too). Not the config's `name` or file paths: they
 would take a fine-tuned model for its base (both name the base in their
 config), a reloaded component for the one before, and one model named two
 ways (the embedded default and its folder) for two. Signatures written by
@@ -13,13 +14,14 @@ earlier versions (with those paths) are compared on the fields both have.
 """
 import hashlib
 import itertools
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy
 import torch
 from thinc.api import Model
 
 from ..models.torch_bridge import encoder_shim, evenly_sampled, selected_layers
+from ..outputs import ENCODER_WEIGHTS
 from ..settings import config_value
 
 #: Values sampled per weight tensor for the fingerprint: evenly spaced over it.
@@ -49,7 +51,10 @@ def output_signature(model: Model) -> str:
     if "pooling" in settings:
         fields["pooling"] = settings["pooling"]
     fields["combiner"] = combiner.name
-    fields["weights"] = weights_fingerprint(model)
+    # The encoder's alone too: a listener that mixes the layers reads them, not
+    # the combined vectors, and is held to these (`ENCODER_WEIGHTS`). Before
+    # "weights", which stays last as earlier versions wrote it.
+    fields[ENCODER_WEIGHTS], fields["weights"] = _fingerprints(model, encoder)
     return "; ".join(f"{key}={value}" for key, value in fields.items())
 
 
@@ -58,15 +63,36 @@ def weights_fingerprint(model: Model) -> str:
     few), and an even sample of each tensor of its PyTorch modules."""
     digest = hashlib.blake2b(digest_size=8)
     for node in model.walk():
-        for module in _torch_modules(node):
-            for name, tensor in module.state_dict().items():
-                digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-                digest.update(_sampled(tensor).tobytes())
-        for name in node.param_names:
-            if node.has_param(name):
-                digest.update(name.encode())
-                digest.update(numpy.ascontiguousarray(node.ops.to_numpy(node.get_param(name))).tobytes())
+        for chunk in _weight_chunks(node):
+            digest.update(chunk)
     return digest.hexdigest()
+
+
+def _fingerprints(model: Model, part: Model) -> Tuple[str, str]:
+    """(A digest of the weights of `part`, a node of `model`; `weights_fingerprint(model)`),
+    in one pass: each weight is sampled once (a copy off the GPU each)."""
+    within = {id(node) for node in part.walk()}
+    of_part, whole = hashlib.blake2b(digest_size=8), hashlib.blake2b(digest_size=8)
+    for node in model.walk():
+        for chunk in _weight_chunks(node):
+            whole.update(chunk)
+            if id(node) in within:
+                of_part.update(chunk)
+    return of_part.hexdigest(), whole.hexdigest()
+
+
+def _weight_chunks(node: Model) -> Iterator[bytes]:
+    """What a fingerprint reads of one node's own weights: each tensor of its
+    PyTorch modules by name, shape, dtype and an even sample, then each thinc
+    parameter by name and value."""
+    for module in _torch_modules(node):
+        for name, tensor in module.state_dict().items():
+            yield f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode()
+            yield _sampled(tensor).tobytes()
+    for name in node.param_names:
+        if node.has_param(name):
+            yield name.encode()
+            yield numpy.ascontiguousarray(node.ops.to_numpy(node.get_param(name))).tobytes()
 
 
 def saved_weights_fingerprint(model: Model) -> str:
