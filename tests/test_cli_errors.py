@@ -1,6 +1,8 @@
 """`embed` and `demo` errors: checked before the model loads, one line, a traceback only with --verbose."""
 import contextlib
+import errno
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -76,6 +78,40 @@ def test_a_directory_or_a_missing_file_as_input(tmp_path, no_model):
     (tmp_path / "broken.spacy").write_bytes(b"not a docbin")
     broken = invoke("embed", tmp_path / "broken.spacy", "-o", tmp_path / "out")
     assert "is not a readable .spacy DocBin" in _one_error(broken)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_or_an_unreadable_path_as_input_is_refused_before_it_is_read(tmp_path, no_model):
+    """A named pipe given as INPUT was opened and read as a file: the run waited
+    on it for ever (nothing writes it), or embedded what a writer sent once
+    with no way to --resume it. A path that cannot be looked up (a symbolic
+    link to itself) is named with the system's reason, not "no such file"."""
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    assert _one_error(invoke("embed", fifo, "-o", tmp_path / "out")) == (
+        f"error: INPUT {fifo} is not a regular file; to read a pipe or a device, use '-' (stdin)"
+    )
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    assert _one_error(invoke("embed", loop, "-o", tmp_path / "out")) == (
+        f"error: INPUT {loop}: {os.strerror(errno.ELOOP)}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_docbin_or_stdin_without_a_doc_of_text_is_refused(tmp_path, no_model):
+    """Nothing to embed is an error, not an empty output that reads as a corpus of no docs."""
+    from spacy.tokens import DocBin
+
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp(""), nlp("   "), nlp("\n")]).to_disk(tmp_path / "blank.spacy")
+    assert _one_error(invoke("embed", tmp_path / "blank.spacy", "-o", tmp_path / "out")) == (
+        f"error: INPUT {tmp_path / 'blank.spacy'} has no docs with text (3 docs): nothing to embed"
+    )
+    assert _one_error(invoke("embed", "-", "-o", tmp_path / "out", stdin=b"\n  \r\n\t\n")) == (
+        "error: INPUT <stdin> has only blank lines (3): nothing to embed"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name, kind", [("in.jsonl", "jsonl"), ("in.NDJSON", "jsonl"), ("in.parquet", "parquet")])

@@ -331,6 +331,27 @@ def test_a_run_in_progress_is_never_touched_and_resume_without_anything_to_resum
     assert fresh.exit_code == 0 and last_line(fresh.stderr).startswith("wrote 7 docs")
 
 
+@pytest.mark.parametrize("flags", [(), ("--resume",), ("--overwrite",)])
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_something_of_the_user_s_at_the_partial_path_is_never_removed(tmp_path, corpus, pipeline, flags, kind):
+    """A directory or file at OUTPUT's partial path that no embed run made (no
+    run.json, no manifest) is in the way: the run stops, naming it, and leaves
+    it as it is, even with --overwrite (which discards interrupted runs, not
+    the user's files)."""
+    partial = tmp_path / ".out.partial"
+    if kind == "directory":
+        partial.mkdir()
+        (partial / "notes.txt").write_text("mine", encoding="utf8")
+    else:
+        partial.write_text("mine", encoding="utf8")
+    result = invoke("embed", corpus, "-o", tmp_path / "out", "-m", pipeline, *flags)
+    assert result.exit_code == 2, result.stderr
+    assert last_line(result.stderr) == (
+        f"error: {partial} is in the way and is not a spacy-ctxembed partial run; remove it")
+    assert (partial / "notes.txt" if kind == "directory" else partial).read_text(encoding="utf8") == "mine"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_that_waited_for_a_lock_another_run_has_just_replaced_is_refused(tmp_path, corpus, pipeline, monkeypatch):
     """Run C opens a stale partial's lock; before C's flock, run B takes it,
     discards the stale partial and starts its own under the same name. C then

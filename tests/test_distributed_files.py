@@ -277,6 +277,17 @@ def test_a_subdirectory_is_an_error_not_skipped(tmp_path):
         input_files([str(tmp_path)])
 
 
+def test_a_directory_of_no_files_is_an_input_error(tmp_path):
+    """A directory whose only entries are hidden files or markers (skipped) has
+    nothing to embed: an error naming it, not an empty run."""
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    (quiet / ".hidden.txt").write_text("one\n", encoding="utf8")
+    (quiet / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(InputError, match=rf"^input {re.escape(str(quiet))}: the directory has no files$"):
+        input_files([str(quiet)])
+
+
 def test_input_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="no such file or directory"):
         input_files([str(tmp_path / "missing.txt")])

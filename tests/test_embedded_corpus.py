@@ -162,6 +162,23 @@ def test_a_tagger_trains_without_its_upstream_on_the_reader_s_examples_and_serve
     assert [[t.tag_ for t in doc] for doc in served.pipe(words)] == stored
 
 
+@pytest.mark.parametrize("limit", [1, 2, 3, 0])
+def test_the_reader_s_limit_holds_for_an_embed_output(tmp_path, tiny_bert_dir, limit):
+    """`limit` as spacy.Corpus.v1 has it: the first `limit` docs (0: all). An
+    `embed` output is read by `iter_docs`, not by spaCy's `read_docbin` (which
+    counts the limit itself): every doc was given, whatever the limit."""
+    nlp = spacy.blank("en")
+    texts = ["I ran to the park.", "She ran some tests.", "The dog barked."]
+    DocBin(docs=[nlp(text) for text in texts]).to_disk(tmp_path / "gold.spacy")
+    pipeline = tmp_path / "embedder"
+    make_nlp(tiny_bert_dir).to_disk(pipeline)
+    result = invoke("embed", tmp_path / "gold.spacy", "-o", tmp_path / "out", "-m", pipeline)
+    assert result.exit_code == 0, result.output
+    examples = list(spacy.registry.readers.get(READER)(tmp_path / "out", limit=limit)(nlp))
+    assert [eg.predicted.text for eg in examples] == texts[:limit or None]
+    assert all(eg.predicted._.ctx_vectors.shape == (len(eg.predicted), 32) for eg in examples)
+
+
 def test_the_reader_refuses_docs_without_outputs(tmp_path):
     DocBin(docs=[_gold(spacy.blank("en").vocab)]).to_disk(tmp_path / "gold.spacy")
     with pytest.raises(ValueError, match=r"spacy-ctxembed.EmbeddedCorpus.v1 path = '.*gold.spacy': the doc 'I ran "

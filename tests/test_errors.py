@@ -641,6 +641,39 @@ def test_a_combiner_of_another_signature_is_named_at_initialize(tiny_bert_dir, c
         nlp.initialize()
 
 
+@registry.layers("test_errors.layer_stack.v1")
+def _layer_stack():
+    """A user's combiner that runs, but returns each doc's stack of layers as it is (3 dimensions)."""
+    from thinc.api import Model
+
+    return Model("layer_stack", lambda model, X, is_train: (list(X), lambda dY: dY))
+
+
+@registry.layers("test_errors.one_row.v1")
+def _one_row():
+    """A user's combiner that runs, but returns one row per doc (its first token's first layer)."""
+    from thinc.api import Model
+
+    return Model("one_row", lambda model, X, is_train: ([x[0, :1] for x in X], lambda dY: dY))
+
+
+@pytest.mark.parametrize("combiner, got", [
+    ("test_errors.layer_stack.v1", r"\[\(3, 2, 32\)\]"),
+    ("test_errors.one_row.v1", r"\[\(1, 32\)\]"),
+])
+def test_a_combiner_that_runs_but_gives_no_row_per_token_is_named_at_initialize(tiny_bert_dir, combiner, got):
+    """A user's combiner that runs without an error, but returns other than one
+    vector per token (the layer stack itself, one row per doc), is refused at
+    initialize, with the shapes it gave, before a doc gets such vectors."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="bert_a", config={"model": {
+        "encoder": {"name": str(tiny_bert_dir), "layers": [0, 1, 2]}, "combiner": {"@layers": combiner}}})
+    with pytest.raises(SettingError, match=r"^\[bert_a\] model\.combiner = '[a-z_]+': expected a combiner that maps "
+                                           r"each doc's layers .*; given the layers of one doc of 2 tokens it "
+                                           r"returned " + got + "$"):
+        nlp.initialize()
+
+
 @pytest.mark.parametrize("combiner, refused", [
     ({"@layers": "reduce_mean.v1"}, r"\(AttributeError: 'list' object has no attribute 'data'\)"),
     # (Linear needs the width to initialize: refused when the component is, at the first doc.)

@@ -263,6 +263,24 @@ def test_a_non_primary_component_of_the_primary_outputs_name_never_replaces_them
         same(joined)
 
 
+def test_a_clash_of_joined_outputs_is_still_named_after_another_component_writes(vocab, tiny_bert_dir, last_layer,
+                                                                                   first_layer):
+    """Docs of two models joined (`Doc.from_docs`): their primary outputs cannot
+    be read as one. A `primary = false` component of another name run on the
+    joined doc then writes its own output beside them: the primary outputs
+    still read as the clash they are, with the clash named, not as a store
+    "edited by hand" that names a primary it does not hold."""
+    clash = r"^\[emb\] this doc joins docs \(Doc\.from_docs\) whose 'emb' outputs come from different models"
+    joined = Doc.from_docs([last_layer(TEXT), first_layer(OTHER)])
+    with pytest.raises(MissingOutputs, match=clash):
+        assert joined._.ctx_vectors is None
+    aux = _pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "aux", _bert(tiny_bert_dir, layers=[1], primary=False)))
+    joined = aux(joined)
+    for read in (lambda d: d._.ctx_vectors, lambda d: d._.ctx_outputs):
+        with pytest.raises(MissingOutputs, match=clash):
+            read(joined)
+
+
 def test_a_non_primary_component_of_the_same_model_keeps_the_stored_layers(vocab, tiny_bert_dir):
     """The same model's `primary = false` component of the primary output's
     name, storing no layers, rewrote that output without them: the layers

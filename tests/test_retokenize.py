@@ -137,6 +137,25 @@ def test_merge_then_split(nlp):
     _check(doc, before, "emb")  # back to the embedded tokens: each its own row again
 
 
+def test_merge_and_split_of_outputs_stored_without_their_words(nlp):
+    """Outputs stored by earlier versions record no words ("orths"): their
+    tokens all count as in place, and a merge and a split follow the rule as
+    for current stores (`_expected`), rather than failing on the missing words."""
+    from spacy_ctxembed.outputs import is_store_key
+
+    doc = nlp(TEXT)
+    before = _by_offsets(doc, "emb")
+    for key in [k for k in doc.user_data if is_store_key(k)]:
+        store = doc.user_data[key]
+        outputs = {name: {k: v for k, v in out.items() if k != "orths"} for name, out in store["outputs"].items()}
+        doc.user_data[key] = {**store, "outputs": outputs}
+    token = next(t for t in doc if t.text == "startup")
+    with doc.retokenize() as retokenizer:
+        retokenizer.merge(doc[0:2])  # Apple Inc.
+        retokenizer.split(token, ["start", "up"], heads=[(token, 1), token.head])
+    _check(doc, before, "emb")
+
+
 def test_merges_one_after_another_average_the_embedded_tokens(nlp):
     """"New York" merged, then "New York City": the mean of the three embedded
     rows, not of the merged row and City's (as the README says)."""

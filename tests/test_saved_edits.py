@@ -221,6 +221,45 @@ def test_bytes_written_by_v1_load_nothing_of_the_model_with_model_excluded():
     numpy.testing.assert_array_equal(component.combiner.get_param("s"), mine)
 
 
+@pytest.mark.parametrize("data, says", [
+    (b"\xc1 not msgpack", r"not a serialized ctxembed component \(\w+\)"),
+    (srsly.msgpack_dumps(["cfg", "model"]), r"not a serialized ctxembed component$"),
+    (spacy.blank("en").vocab.to_bytes(), r"not a serialized ctxembed component$"),
+])
+def test_bytes_that_are_not_a_component_s_are_refused_by_name_and_change_nothing(tiny_bert_dir, data, says):
+    """Bytes that do not decode, or decode as something else (a list, a vocab's
+    dict), are refused naming the component and the bytes, before anything is
+    loaded: its vectors stay those of its own weights."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name=NAME, config=ctx_config(name=tiny_bert_dir))
+    before = nlp(TEXT)._.ctx_vectors
+    with pytest.raises(SettingError, match=rf"^\[{NAME}\] bytes = '{len(data)} bytes': {says}"):
+        nlp.get_pipe(NAME).from_bytes(data)
+    numpy.testing.assert_array_equal(nlp(TEXT)._.ctx_vectors, before)
+
+
+def test_v1_bytes_naming_a_file_outside_the_component_write_nothing_there(tiny_bert_dir, tmp_path, monkeypatch):
+    """0.1's bytes are unpacked into a temporary folder by their relative paths:
+    a path that leads out of it ("model/../../x") is refused, and nothing is
+    written outside; the component keeps its weights."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    root = V1_FIXTURE / "ctxembed_bert"
+    files = {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+    files["model/../../escaped.txt"] = b"written outside"
+    nlp = spacy.load(V1_FIXTURE)
+    component = nlp.get_pipe("ctxembed_bert")
+    before = component(nlp.make_doc(TEXT))._.ctx_vectors
+    with pytest.raises(SettingError, match=r"^\[ctxembed_bert\] bytes = 'model/\.\./\.\./escaped\.txt': a file "
+                                           r"outside the component: not loaded"):
+        component.from_bytes(srsly.msgpack_dumps(files))
+    assert not (temp / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
+    numpy.testing.assert_array_equal(component(nlp.make_doc(TEXT))._.ctx_vectors, before)
+
+
 def _hf_pooled_layers(model_dir, layers, text=TEXT, pooling="mean"):
     """`transformers` itself on `model_dir`: the selected layers pooled by `pooling`."""
     from transformers import AutoModel, AutoTokenizer
