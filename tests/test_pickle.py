@@ -186,6 +186,37 @@ def test_a_listener_pickled_by_an_earlier_version_unpickles(tiny_bert_dir, monke
     copy.update(examples, sgd=copy.resume_training())  # and it trains on
 
 
+def test_a_pipeline_pickled_before_the_heads_moved_unpickles(tiny_bert_dir, monkeypatch):
+    """A pipeline pickled by an earlier version names its heads' class,
+    forward and inits, and their saved setting's class, as `models.listener`'s.
+    They stay there when the architectures that build the heads moved to
+    `models.heads`; moved too, unpickling failed ("Can't get attribute
+    'ListenerHead' on <module 'spacy_ctxembed.models.listener'>"). Pickled
+    here with each named as `models.listener`'s, wherever it lives now, v2
+    and v1 heads."""
+    from spacy_ctxembed.models import heads, listener
+
+    nlp, examples = _trained_tagger(tiny_bert_dir, 10)
+    nlp.get_pipe("ctxembed_bert").cfg["store_layers"] = True  # (for the v1 head, which reads doc._.ctx_layers)
+    nlp.add_pipe("tagger", name="tagger_v1", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v1", "width": 16, "n_layers": 2,
+        "upstream_width": 32}}})
+    nlp.get_pipe("tagger_v1").initialize(lambda: examples, nlp=nlp)
+    for name in ("ListenerHead", "SavedSetting", "_delegate", "_init_inner", "_init_v1"):
+        moved = getattr(heads, name)
+        monkeypatch.setattr(moved, "__module__", listener.__name__)
+        monkeypatch.setattr(listener, name, moved, raising=False)
+    data = pickle.dumps(nlp)
+    monkeypatch.undo()
+    assert b"ListenerHead" in data and b"spacy_ctxembed.models.heads" not in data  # (as the old layout names them)
+    copy = pickle.loads(data)
+    text = " ".join(WORDS)
+    for name in ("tagger", "tagger_v1"):  # (each head's scores, on the docs each pipeline annotated)
+        got, want = copy.get_pipe(name).model.predict([copy(text)]), nlp.get_pipe(name).model.predict([nlp(text)])
+        numpy.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    copy.update(examples, sgd=copy.resume_training(), exclude=["tagger_v1"])  # and it trains on
+
+
 def test_a_copied_gradient_scaler_runs_its_own_layer():
     X = [numpy.ones((3, 4), dtype="float32")]
     model = scale_gradient(with_array(Linear(2, 4)), 0.5)

@@ -20,7 +20,11 @@ spaCy expects that: the sample docs it initialises the listening component
 on. Otherwise the listener says that its upstream is missing (excluded, or
 not before it) or did not run (disabled), rather than predict from zeros.
 
-The heads built around the node (the registered architectures) are in
+The node runs inside a head: `ListenerHead`, whose forward pass
+(`_delegate`) checks the head against its upstream and keeps the records
+of what it trained on, and which refuses weights saved with another
+`width` or `mix_layers`. They live here, with the node, where pickled
+pipelines name them. The registered architectures that build heads are in
 `heads`; the checks of a head against what its upstream gives, which read
 the records the node keeps (`TRAINED_ON`, `TRAINED_WITH`), in `listener_checks`.
 """
@@ -30,8 +34,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import srsly
 from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc
+from thinc.api import Model
+from thinc.layers.concatenate import forward as _concatenate_forward
+from thinc.model import deserialize_attr
 
 from ..embedded import READER
+from ..errors import SettingError, bad_setting
+from ..layers import built_as
 from ..layers.read_ctx_layers import SampleDocsModel
 from ..outputs import (
     ENCODER_WEIGHTS,
@@ -42,7 +51,17 @@ from ..outputs import (
     stored_signature,
     uncovered_error,
 )
-from .listener_checks import HELD, TRAINED_ON, TRAINED_WITH, layers_text, upstream_named
+from ..settings import FromConfig
+from .listener_checks import (
+    HELD,
+    TRAINED_ON,
+    TRAINED_WITH,
+    check_saved_combiners,
+    check_trained_dims,
+    check_trained_upstream,
+    layers_text,
+    upstream_named,
+)
 from .torch_bridge import selected_layers
 
 LISTENER = "ctxembed-listener"
@@ -869,3 +888,137 @@ def _sourced_away(name: Optional[str]) -> str:
             f"and still listens to {name!r} of its source pipeline: add a ctxembed component before it in this "
             f"one (source {name!r} with it), or give it a copy of its own in its source pipeline first "
             "(nlp.replace_listeners)")
+
+
+#: The head attr that holds its `mix_layers` (a `SavedSetting`): written with its
+#: bytes, and held to the config's when they load (absent in older bytes).
+MIXES = "mix_layers"
+
+
+class SavedSetting(FromConfig):
+    """A head's setting that its saved weights were made for: bytes saved with
+    another value are refused as they load (`_refuse_other_setting`), not loaded
+    into the head the edited config built."""
+
+    __slots__ = ()
+
+
+@deserialize_attr.register(SavedSetting)
+def _refuse_other_setting(current: SavedSetting, saved: bytes, name: str, model: Model) -> SavedSetting:
+    """thinc loads a node's attrs after its dims and before its layers: an edited
+    `mix_layers` in a saved pipeline's config.cfg is refused here, before thinc
+    puts the saved nodes in the places of others (a KeyError, or "Attempt to
+    change dimension", naming neither the component nor the setting). (A
+    listener's head of another `mix_layers` has another number of nodes, which
+    thinc refuses before any node loads: "mismatched structure".)"""
+    try:
+        value = srsly.msgpack_loads(saved)
+    except Exception:  # (bytes of another layout: nothing to compare with)
+        value = None
+    if isinstance(value, bool) and value != current.value and isinstance(model, ListenerHead):
+        raise model.refused_edit(name, current.value, value)
+    return SavedSetting(current.value, saved=value)
+
+
+class ListenerHead(Model):
+    """The node `_head` builds: its `width` (`nO`) and `mix_layers` are the
+    config's, and weights saved with others are refused by name as they load:
+    a saved pipeline's config.cfg may be edited. The head is the first node of
+    its own that thinc loads (in the component's model, breadth first), so
+    nothing of it is loaded when it refuses."""
+
+    def set_dim(self, name: str, value: int, *, force: bool = False) -> None:
+        current = self._dims.get(name)
+        if not force and name == "nO" and current is not None and value != current:
+            raise self.refused_edit("width", current, value)
+        super().set_dim(name, value, force=force)
+
+    def refused_edit(self, setting: str, current: Any, saved: Any) -> SettingError:
+        """The error of a load of weights saved with `setting` = `saved` into this
+        head, built with `current`: the listener, with the component it serves
+        where it is linked (`described`), or the copy that replace_listeners made."""
+        parts = _listener_parts(self)
+        what = "put back" if setting == "width" else "set"
+        fix = (f"{what} {setting} = {_cfg_text(saved)} in the saved pipeline's config.cfg, or train this component "
+               "again")
+        if parts is None:
+            return bad_setting("ContextualTok2Vec", setting, current,
+                               f"this component's weights were saved with {setting} = {_cfg_text(saved)} (the "
+                               f"component that nlp.replace_listeners gave this copy of the embedder): {fix}")
+        return SettingError(f"{parts[0].described()}: {setting} = {_cfg_text(current)} in the config, but this "
+                            f"component's weights were saved with {setting} = {_cfg_text(saved)}: {fix}")
+
+
+def _cfg_text(value: Any) -> str:
+    """`value` as config.cfg writes it (`mix_layers = false`)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _delegate(model: Model, docs: List[Doc], is_train: bool):
+    parts = _listener_parts(model)
+    recorded: Optional[Tuple[ContextualListenerNode, Any]] = None
+    if parts is not None:
+        node = parts[0]
+        node.ensure_dims()  # (a frozen upstream may not have loaded yet)
+        upstream = node.upstream(docs)  # (found once a batch, for both checks)
+        check_trained_dims(parts, upstream)
+        if not is_train:
+            check_trained_upstream(node, upstream)
+        elif upstream is not None:
+            node.drop_superseded_batch(docs)  # (first: a superseded batch does not move the weights read)
+            recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
+        else:
+            recorded = _recorded_from_docs(node, docs)
+    check_saved_combiners(model)
+    Y, backprop = model.layers[0](docs, is_train)
+    if recorded is None:
+        return Y, backprop
+
+    def backward(dY):
+        # In training the head learns what its upstream makes now, and records
+        # it once its gradient comes back (an update may fail before that).
+        node, record = recorded
+        node.attrs[TRAINED_WITH] = record
+        if isinstance(record, dict) and record.get("from_docs"):
+            node.attrs[TRAINED_ON] = record.get("layers")
+        return backprop(dY)
+
+    return Y, backward
+
+
+def _listener_parts(head: Model) -> Optional[Tuple[ContextualListenerNode, Optional[Model], Model, List[Model]]]:
+    """The listener node of a head `_head` built, its scalar mix (None without
+    `mix_layers`), the projection, and the `embed` layers concatenated to the
+    mix; None for a head without a listener node (ContextualTok2Vec,
+    ContextualListener.v1). The node is the first layer of the first layer
+    ... of the head, so this looks at a few layers, not the whole model."""
+    inner = head.layers[0]  # chain(features, with_array(Linear))
+    parent, node = inner, inner.layers[0]
+    embeds: List[Model] = []
+    while not isinstance(node, ContextualListenerNode):
+        if not node.layers:
+            return None
+        if node._func is _concatenate_forward:
+            # concatenate(mixed, embed): thinc flattens a concatenated
+            # concatenate, so the embed may be several layers.
+            embeds = node.layers[1:]
+        parent, node = node, node.layers[0]
+    mix = parent.layers[1] if parent is not inner and len(parent.layers) > 1 else None
+    if mix is not None and built_as(mix) != "scalar_mix":
+        mix = None  # concatenate(node, embed): no mix
+    return node, mix, inner.layers[-1].layers[0], embeds
+
+
+def _init_inner(model: Model, X=None, Y=None) -> None:
+    model.layers[0].initialize(X=X)
+
+
+def _init_v1(model: Model, X=None, Y=None) -> None:
+    # spaCy initialises downstream components on docs the upstream has not
+    # annotated yet, so every dim comes from the config, not from X. Those
+    # docs (and only those) get zeros from the read layer.
+    if X is not None:
+        for node in model.walk():
+            if isinstance(node, SampleDocsModel):
+                node.remember_samples(X)
+    model.layers[0].initialize()

@@ -89,7 +89,7 @@ def check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Mod
     to it): a sourced component, or an upstream replaced or reloaded with
     other `layers` or another model, can give more or fewer layers, or
     another width, than the scalar mix and the projection were trained on,
-    or other layers of the same count. `parts`: the head's (`heads._listener_parts`);
+    or other layers of the same count. `parts`: the head's (`listener._listener_parts`);
     `upstream`: the component it reads now (`ContextualListenerNode.upstream`)."""
     node, mix, linear, embeds = parts
     if node.has_dim("nL") is not True or node.has_dim("nO") is not True:
@@ -131,7 +131,7 @@ def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None
     pickled); weights it trained on as they were (frozen) must be those
     weights, in any upstream (one made again from the same model is the
     same). (Heads saved before the record was kept say nothing.) In
-    training the head learns what the upstream makes now: see `heads._delegate`.
+    training the head learns what the upstream makes now: see `listener._delegate`.
     `component`: the upstream it reads now (`ContextualListenerNode.upstream`)."""
     record = node.attrs.get(TRAINED_WITH)
     if component is None:
