@@ -564,3 +564,165 @@ def test_second_line_of_defence_reports_loading_errors(tiny_bert_dir, monkeypatc
     message = load_error(tiny_bert_dir)
     assert f"{WEIGHTS_FILE} did not load whole: 1 problem: " in message
     assert "copying a param failed" in message
+
+
+# --- other families, and config.json values transformers cannot use ------------------
+
+
+def _edit_json(path: Path, **fields) -> None:
+    data = json.loads(path.read_text())
+    data.update(fields)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("fields, expected", ids=["unknown-model-type", "no-automodel", "cannot-build"], argvalues=[
+    # Not a model_type transformers knows (a typo, or a newer transformers' model).
+    ({"model_type": "no-such-model"}, "config.json could not be loaded by transformers.AutoConfig (ValueError: "),
+    # A config transformers knows that no AutoModel class builds (REALM's retriever).
+    ({"model_type": "realm"}, "model_type 'realm' in config.json has no transformers AutoModel class; use a "
+                              "BERT-family encoder"),
+    # Built, the attention layer refuses it: 32 wide in 3 heads.
+    ({"num_attention_heads": 3}, "config.json describes a model that cannot be built (ValueError: The hidden size "
+                                 "(32) is not a multiple of the number of attention heads (3))"),
+])
+def test_a_config_json_transformers_cannot_build_is_named(tiny_bert_dir, tmp_path, monkeypatch, fields, expected):
+    from transformers import AutoModel
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("from_pretrained was called for a config that cannot be built")
+
+    d = copy_model(tiny_bert_dir, tmp_path)
+    _edit_json(d / "config.json", **fields)
+    monkeypatch.setattr(AutoModel, "from_pretrained", must_not_load)
+    message = load_error(d)
+    assert message.startswith(f"[{COMPONENT}] name = {str(d)!r}: {expected}"), message
+
+
+def test_a_sentencepiece_tokenizer_without_tokenizer_json_says_how_to_convert_it(tiny_bert_dir, tmp_path):
+    """A DeBERTa-v3 or ALBERT folder with only its spm.model needs the slow tokenizer
+    converted, which takes sentencepiece (not a dependency): the error says where
+    and how to write the tokenizer.json once."""
+    d = copy_model(tiny_bert_dir, tmp_path)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (d / name).unlink()
+    (d / "spm.model").write_bytes(b"\x00 not a sentencepiece model")
+    _edit_json(d / "tokenizer_config.json", tokenizer_class="DebertaV2Tokenizer")
+    message = load_error(d)
+    assert "the tokenizer could not be loaded from tokenizer_config.json, special_tokens_map.json, spm.model (" \
+           in message
+    assert message.endswith("; without a tokenizer.json the fast tokenizer has to be converted from the slow one: do "
+                            "that once where the converter's dependencies (sentencepiece, protobuf) are installed, "
+                            "with AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR), which writes "
+                            "tokenizer.json"), message
+
+
+def test_an_architecture_that_always_has_a_pooler_loads_without_one_the_same_every_time(tmp_path, minilm_dir, caplog):
+    """SqueezeBERT builds its pooler whatever it is given. transformers drew the
+    weights the file lacks from torch's global RNG, so two loads of one folder
+    differed (and so did the signature of their outputs, which fingerprints
+    every tensor: `.similarity()` refused docs of two pipelines initialised from
+    one folder); the hidden states must equal transformers' all the same."""
+    import logging
+
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoTokenizer, SqueezeBertConfig, SqueezeBertModel
+
+    d = tmp_path / "squeezebert"
+    torch.manual_seed(0)
+    SqueezeBertModel(SqueezeBertConfig(vocab_size=30522, hidden_size=32, embedding_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+                     ).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(d)
+
+    def drop_pooler(tensors):
+        for key in [k for k in tensors if k.startswith("pooler.")]:
+            del tensors[key]
+
+    rewrite_weights(d, drop_pooler)
+    assert not [k for k in load_file(str(d / WEIGHTS_FILE)) if "pooler" in k]  # the premise
+
+    loads = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        with caplog.at_level(logging.INFO, logger=hf_loading.__name__):
+            loads.append(load_encoder(d, component=COMPONENT))
+    assert f"[{COMPONENT}] {d} has no pooler weights; SqueezeBertModel always has a pooler" in caplog.text
+    first, second = (encoder.module.state_dict() for encoder in loads)
+    assert "pooler.dense.weight" in first and first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+    assert_materialised(loads[0].module)
+    assert_same_hidden_states(loads[0], AutoModel.from_pretrained(d).eval())
+
+
+def _deberta_with_unused_positions(tmp_path: Path, minilm_dir: Path) -> Path:
+    """A tiny DeBERTa-v2 without absolute positions (`position_biased_input = false`,
+    as DeBERTa-v3 sets it) whose file holds a `position_embeddings` table all the
+    same: a tensor the architecture declares harmless (`_keys_to_ignore_on_load_unexpected`)."""
+    from transformers import AutoModel, AutoTokenizer, DebertaV2Config
+
+    d = tmp_path / "deberta"
+    torch.manual_seed(0)
+    AutoModel.from_config(DebertaV2Config(vocab_size=30522, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                          relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                          position_biased_input=False)).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(d)
+    rewrite_weights(d, lambda t: t.__setitem__("embeddings.position_embeddings.weight", torch.randn(64, 32)))
+    return d
+
+
+def test_deberta_v2_position_embeddings_it_does_not_use_are_ignored_as_transformers_does(tmp_path, minilm_dir):
+    """Such a checkpoint loads, and gives transformers' states. Any other unused tensor is still refused."""
+    from transformers import AutoModel
+
+    d = _deberta_with_unused_positions(tmp_path, minilm_dir)
+    encoder = load_encoder(d, component=COMPONENT)
+    assert_materialised(encoder.module)
+    assert_same_hidden_states(encoder, AutoModel.from_pretrained(d).eval())
+
+    rewrite_weights(d, lambda t: t.__setitem__("embeddings.extra.weight", torch.ones(4, 32)))
+    message = load_error(d)
+    assert "'embeddings.extra.weight' is not a tensor of DebertaV2Model (shape [4, 32])" in message
+    assert "position_embeddings" not in message
+
+
+def test_second_line_of_defence_forgives_a_tensor_the_architecture_declares_harmless(tmp_path, minilm_dir,
+                                                                                    monkeypatch):
+    """transformers reporting that declared-harmless table as unused is no fault either."""
+    d = _deberta_with_unused_positions(tmp_path, minilm_dir)
+    _reported_by_transformers(monkeypatch, unexpected_keys=["embeddings.position_embeddings.weight"])
+    assert_materialised(load_encoder(d, component=COMPONENT).module)
+
+
+def test_a_model_that_reads_token_types_as_words_is_refused_until_its_tokenizer_gives_none(tmp_path, minilm_dir):
+    """XLM adds the word embedding of each piece's token type id (for zeros,
+    token 0's), and windows go in without type ids: with a tokenizer that
+    makes them, no vector would equal transformers'. The remedy the error
+    gives, a tokenizer that makes none, loads, and then every vector equals
+    pooling over transformers' own states on `tokenizer(text)`."""
+    import numpy
+    from transformers import AutoModel, AutoTokenizer, XLMConfig, XLMModel
+
+    from .conftest import make_nlp
+    from .reference import hf_hidden_states, pool, token_pieces
+
+    d = tmp_path / "xlm"
+    torch.manual_seed(0)
+    XLMModel(XLMConfig(vocab_size=30522, emb_dim=32, n_layers=2, n_heads=2, max_position_embeddings=64)
+             ).save_pretrained(d, safe_serialization=True)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(d)
+    message = load_error(d)
+    assert message.startswith(f"[{COMPONENT}] name = {str(d)!r}: model_type 'xlm' gives other hidden states with the "
+                              "token_type_ids its tokenizer makes ([0] for one text) than without them"), message
+    assert '"model_input_names": ["input_ids", "attention_mask"] in tokenizer_config.json' in message
+
+    _edit_json(d / "tokenizer_config.json", model_input_names=["input_ids", "attention_mask"])
+    tokenizer = AutoTokenizer.from_pretrained(d)
+    model = AutoModel.from_pretrained(d).eval()
+    assert "token_type_ids" not in tokenizer(TEXT)  # the premise: transformers' input has none either
+    doc = make_nlp(d, layers=[0, 2], store_layers=True)(TEXT)
+    states, offsets = hf_hidden_states(tokenizer, model, TEXT)
+    pieces = token_pieces(doc, offsets)
+    expected = numpy.stack([pool(states[i], pieces, "mean") for i in (0, 2)])
+    numpy.testing.assert_allclose(doc._.ctx_layers, expected, atol=1e-4, rtol=0)

@@ -989,3 +989,11 @@ def test_the_saved_fingerprint_reads_neither_the_order_of_tensors_nor_their_name
     with torch.no_grad():
         b.weight[0, 0] += 1.0  # (a sampled value: the first)
     assert saved_weights_fingerprint(one) != saved_weights_fingerprint(reordered)
+
+
+def test_a_saved_probe_whose_states_are_not_numbers_is_refused_as_another_model():
+    """A record whose states cannot be read as numbers (a hand-edited or damaged
+    cfg) vouches for nothing: it is refused, not taken for a match."""
+    current = _record(numpy.zeros((2, 16)))
+    for states in ("edited", [[0.0] * 16, [0.0] * 3], [["a"] * 16, [0.0] * 16]):
+        assert probe_difference({**current, "states": states}, current) == "model"

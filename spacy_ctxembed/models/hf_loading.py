@@ -16,7 +16,8 @@ the model directory (`trust_remote_code=False`) and reads weights from
 4. The safetensors header (names, shapes, dtypes; no tensor data) must match
    the tensors of the model that config.json describes, built on the meta
    device: nothing missing, nothing unexpected, no shape differs. Only the
-   pooler may be missing (it is left out of the model then).
+   pooler may be missing (it is left out of the model then, or zeroed where
+   the architecture always builds one).
 5. `from_pretrained` runs behind a process-wide lock, and its loading info
    is checked again.
 6. The loaded tensors must all be materialised (no meta tensors) and finite.
@@ -176,6 +177,7 @@ def load_encoder(directory: Path, *, component: str, setting: str = "name") -> H
     with _LOAD_LOCK.get():
         plan = _plan_load(config, file_shapes, where)
         module = _from_pretrained(config, plan, where)
+    _zero_unloaded(module, plan)
     _check_loaded(module, where)
     _check_tokenizer_fits(tokenizer, module, where)
     module.eval()
@@ -205,6 +207,8 @@ class _Plan:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     # File keys (as stored and as mapped) that are knowingly not loaded.
     ignored: Set[str] = field(default_factory=set)
+    # Model tensors the file lacks that the model keeps (an always-built pooler).
+    unloaded: List[str] = field(default_factory=list)
 
 
 def _load_config(where: _Where) -> Any:
@@ -382,15 +386,17 @@ def _plan_load(
                 if k in found:  # a partial pooler is not loaded either
                     plan.ignored.update((k, found[k][2]))
         else:
-            # The architecture always builds its pooler, so the missing pooler
-            # weights stay randomly initialised. They never reach a hidden state
-            # (the only output used), so this is accepted; present ones are checked.
+            # The architecture always builds its pooler (SqueezeBERT, LayoutLM),
+            # so the missing pooler weights are zeroed after the load
+            # (`_zero_unloaded`). They never reach a hidden state (the only output
+            # used), so this is accepted; present ones are checked.
             logger.info(
-                "[%s] %s has no pooler weights; %s always has a pooler, which stays "
-                "randomly initialised (hidden states do not use it)",
+                "[%s] %s has no pooler weights; %s always has a pooler, which is set "
+                "to zeros (hidden states do not use it)",
                 where.component, where.directory, model_class.__name__,
             )
-            for k in pooler_keys - set(found):
+            plan.unloaded = sorted(pooler_keys - set(found))
+            for k in plan.unloaded:
                 expected.pop(k)
 
     missing = [k for k in expected if k not in found]
@@ -476,6 +482,21 @@ def _from_pretrained(config: Any, plan: _Plan, where: _Where) -> Any:
             f"{WEIGHTS_FILE} did not load whole: {_listing(problems)}. Nothing was loaded."
         )
     return module
+
+
+def _zero_unloaded(module: Any, plan: _Plan) -> None:
+    """Zero the tensors the file lacks (`_Plan.unloaded`). transformers draws
+    them from torch's global RNG, so two loads of one folder differed in them,
+    and so did the signature of their outputs, which fingerprints every
+    tensor: `.similarity()` refused docs embedded by two pipelines initialised
+    from one folder as other models' vectors, their vectors equal. Zeros are
+    the same at every load."""
+    import torch
+
+    state = module.state_dict()  # detached, sharing the module's storage
+    with torch.no_grad():
+        for name in plan.unloaded:
+            state[name].zero_()
 
 
 def _check_loaded(module: Any, where: _Where) -> None:
@@ -598,7 +619,7 @@ def _model_class(config: Any, where: _Where) -> Any:
     except Exception:  # noqa: BLE001 - KeyError, or a class transformers cannot import
         raise where.error(
             f"model_type {getattr(config, 'model_type', None)!r} in {CONFIG_FILE} has no "
-            "transformers AutoModel class"
+            "transformers AutoModel class; use a BERT-family encoder (bert, roberta, deberta, electra, ...)"
         ) from None
 
 
