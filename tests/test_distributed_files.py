@@ -128,6 +128,26 @@ def test_text_rejections_say_why(tmp_path):
     assert _read_all(path, 2)[3][0].reason == "not UTF-8: byte 0xff at column 2"
 
 
+def test_the_text_key_is_checked_on_the_first_json_object_not_the_first_line(tmp_path):
+    """A JSONL file whose first lines are a JSON array and an empty line: the wrong --text-key is
+    still one error, naming the first record that is an object (line 3), not every row rejected."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('[1, 2]\n\n{"body": "a"}\n{"body": "b"}\n', encoding="utf8")
+    with pytest.raises(InputError, match=r"the first JSON record \(line 3\) has no field 'text' \(--text-key\); "
+                                         r"its fields: body$"):
+        _read_all(path, 10)
+
+
+def test_jsonl_empty_and_blank_lines_are_rejected_as_such(tmp_path):
+    """An empty or whitespace-only JSONL line is no JSON to parse: rejected as empty or blank, not "not JSON"."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n\n \t\n{"text": "b"}\n', encoding="utf8")
+    _, _, docs, rejected = _read_all(path, 2)
+    assert docs == [(0, "a"), (3, "b")]
+    assert [(r.doc_id, r.line, r.reason) for r in rejected] == [
+        (1, 2, "empty line"), (2, 3, "blank line (whitespace only)")]
+
+
 def test_jsonl_rows_and_rejections(tmp_path):
     path = tmp_path / "in.jsonl"
     records = [{"text": "first doc", "id": 1}, "not an object", None, {"text": None}, {"body": "x"},
@@ -347,6 +367,16 @@ def test_a_file_changed_after_planning_is_refused(tmp_path):
     path.write_text("one\ntwo\nthree\n", encoding="utf8")
     with pytest.raises(InputError, match="changed since the run was planned"):
         read_shard(shards[0])
+
+
+def test_a_file_deleted_after_planning_is_refused_naming_it(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo\n", encoding="utf8")
+    shards, _ = plan_shards(input_files([str(path)]), 10)
+    path.unlink()
+    with pytest.raises(InputError) as caught:
+        read_shard(shards[0])
+    assert str(caught.value) == f"input {path}: cannot be read (No such file or directory)"
 
 
 def test_a_parquet_file_edited_in_place_is_another_input(tmp_path):
@@ -921,6 +951,30 @@ def test_a_shard_file_edited_since_it_was_committed_is_embedded_anew_and_never_r
     assert [doc.user_data["doc_id"] for doc in read_docs(out, vocab)] == [0, 2, 4]
 
 
+def test_a_shard_file_whose_metadata_lost_its_row_range_is_embedded_anew(tmp_path, small_run, in_process):
+    """Shard files whose metadata another tool rewrote (not an object, or without the row
+    range or the rejected rows): a rerun failed on a bare KeyError or TypeError. They are
+    refused when read, and a rerun embeds them anew."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    vocab = spacy.blank("en").vocab
+    for index, meta in ((0, lambda m: [m]), (1, lambda m: {k: v for k, v in m.items() if k != "first_id"}),
+                        (2, lambda m: {k: v for k, v in m.items() if k != "rejected"})):  # (shard 2 rejects none)
+        file = out / "shards" / shard_name(index)
+        table = pq.read_table(file)
+        rewritten = json.dumps(meta(json.loads(table.schema.metadata[META_KEY])))
+        pq.write_table(table.replace_schema_metadata({META_KEY: rewritten.encode("utf8")}), file)
+    with pytest.raises(ValueError, match=r"shard 0 \(part-000000\.parquet\) is missing, unreadable, or not the "
+                                         r"file the run wrote"):
+        list(read_docs(out, vocab))
+    redone = []
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False, on_shard=redone.append)
+    assert [s["shard"] for s in redone] == [0, 1, 2] and again["resumed_shards"] == 0 and again["docs"] == 3
+    assert [(doc.user_data["doc_id"], doc.text) for doc in read_docs(out, vocab)] == [
+        (0, "One doc."), (2, "Two docs here."), (4, "Three.")]
+
+
 def test_a_shard_file_with_rows_dropped_or_added_since_is_not_committed(tmp_path):
     shards, out = _plan_and_write(tmp_path, ["a", "b", "c", "d", "e"], 2)
     _tamper(out, 1, lambda table: table.slice(0, 1))
@@ -1007,6 +1061,9 @@ def test_a_shard_another_run_wrote_is_never_read_as_this_runs(tmp_path, small_ru
     ({"gpus_per_actor": -1.0}, "embed_corpus: gpus_per_actor = -1.0; expected 0 (CPU) or a positive number"),
     ({"dtype": "float64"}, "embed_corpus: dtype = 'float64'; expected one of float32, float16"),
     ({"model": "m", "config": "c.cfg"}, "give either a model or a config, not both"),
+    ({"model": "no/such/pipeline"}, "embed_corpus: model = 'no/such/pipeline': no such directory or installed "
+                                    "pipeline package"),
+    ({"input_format": "csv"}, "input format 'csv': expected one of text, jsonl, parquet"),
 ])
 def test_embed_corpus_refuses_bad_settings_before_anything_is_written(tmp_path, kwargs, message, in_process):
     """Settings that cannot make a run are refused by name and value; OUTDIR is not made."""
@@ -1016,6 +1073,76 @@ def test_embed_corpus_refuses_bad_settings_before_anything_is_written(tmp_path, 
         embed_corpus(path, tmp_path / "out", progress=False, **kwargs)
     assert str(caught.value) == message
     assert not (tmp_path / "out").exists() and in_process == []
+
+
+def test_a_folder_that_is_no_pipeline_or_no_input_is_refused_before_anything_is_written(tmp_path, in_process):
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(ValueError) as caught:
+        embed_corpus(path, tmp_path / "out", model=str(folder), progress=False)
+    assert str(caught.value) == f"embed_corpus: model = {str(folder)!r}: not a saved spaCy pipeline (no config.cfg)"
+    with pytest.raises(InputError) as caught:
+        embed_corpus([], tmp_path / "out", progress=False)
+    assert str(caught.value) == "no input given"
+    assert not (tmp_path / "out").exists() and in_process == []
+
+
+def test_a_config_whose_variables_cannot_be_filled_in_is_refused_before_any_actor(tmp_path, in_process):
+    """A config (from Python: the CLI reads it first) with a variable it does not define: each
+    actor failed on it as it loaded the pipeline, which Ray reports as the actor's death,
+    without the error. Refused on the driver, naming the option and the variable; OUTDIR is not made."""
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    config = tmp_path / "config.cfg"
+    config.write_text('[nlp]\nlang = "en"\npipeline = ["ctxembed_bert"]\n\n[components]\n\n'
+                      '[components.ctxembed_bert]\nfactory = "ctxembed_bert"\nprimary = ${vars.primary}\n',
+                      encoding="utf8")
+    with pytest.raises(ValueError) as caught:
+        embed_corpus(path, tmp_path / "out", config=config, progress=False)
+    assert str(caught.value).startswith(
+        "embed_corpus: config: Bad value substitution: option 'primary' in section 'components.ctxembed_bert' "
+        "contains an interpolation key 'vars.primary'")
+    assert not (tmp_path / "out").exists() and in_process == []
+
+
+def test_a_rerun_of_a_complete_run_writes_nothing_but_a_cut_record_of_rejected_rows(tmp_path, small_run, in_process):
+    """A complete run run again embeds nothing and leaves its files as they are; a
+    rejected.jsonl cut since is written again whole, from the shards' metadata."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    rejected = out / "rejected.jsonl"
+    written = (rejected.read_bytes(), rejected.stat().st_ino)
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    assert again["already_complete"] and in_process == [[0, 1, 2]]
+    assert (rejected.read_bytes(), rejected.stat().st_ino) == written, "not written again"
+    rejected.write_bytes(written[0].splitlines(keepends=True)[0])
+    third = embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    assert third["already_complete"] and in_process == [[0, 1, 2]]
+    assert rejected.read_bytes() == written[0]
+
+
+def test_a_run_stopped_after_its_last_shard_is_completed_without_embedding_again(tmp_path, small_run, in_process):
+    """Every shard committed, the manifest not yet complete (the driver was stopped before it
+    wrote it): a rerun starts no actor, and completes the manifest and the rejected rows."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf8"))
+    started = {key: value for key, value in manifest.items()
+               if key not in ("complete", "docs", "rejected", "rows", "resumed_shards", "signature")}
+    (out / "manifest.json").write_text(json.dumps({**started, "complete": False}), encoding="utf8")
+    (out / "rejected.jsonl").unlink()
+    again = embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    assert in_process == [[0, 1, 2]], "no shard embedded again"
+    assert not again.get("already_complete")
+    assert (again["complete"], again["docs"], again["rejected"], again["rows"], again["resumed_shards"]) == (
+        True, 3, 2, 5, 3)
+    assert json.loads((out / "manifest.json").read_text(encoding="utf8")) == again
+    lines = (out / "rejected.jsonl").read_text(encoding="utf8").splitlines()
+    assert [(r["doc_id"], r["line"]) for r in map(json.loads, lines)] == [(1, 2), (3, 4)]
 
 
 def test_numpy_counts_and_resources_are_taken_as_python_numbers(tmp_path, small_run, in_process, monkeypatch):
@@ -1059,7 +1186,7 @@ def test_a_manifest_without_a_readable_identity_is_refused_naming_it(tmp_path, i
 
 
 def test_the_run_signature_is_none_where_shards_disagree(tmp_path):
-    """The manifest's signature is the one all shards record; shards that record two are no one signature."""
+    """The manifest's signature is the one all shards record; shards that record two models' are no one signature."""
     from spacy_ctxembed.distributed.run import _run_signature
     from spacy_ctxembed.distributed.shards import build_table, write_shard
 
@@ -1068,14 +1195,66 @@ def test_the_run_signature_is_none_where_shards_disagree(tmp_path):
     shards, _ = plan_shards(input_files([str(path)]), 1)
     out = tmp_path / "shards"
     out.mkdir()
-    for shard, signature in zip(shards, ["sig-A", "sig-B"]):
-        table = build_table([shard.first_id], ["a"], [["a"]], [numpy.array([0], numpy.int32)],
-                            [numpy.zeros((1, 4), numpy.float32)])
-        write_shard(out, shard, table, [], {"signature": signature})
-    assert _run_signature(out, shards) is None
-    write_shard(out, shards[1], build_table([1], ["b"], [["b"]], [numpy.array([0], numpy.int32)],
-                                            [numpy.zeros((1, 4), numpy.float32)]), [], {"signature": "sig-A"})
-    assert _run_signature(out, shards) == "sig-A"
+
+    def signed(*signatures):
+        for shard, signature in zip(shards, signatures):
+            table = build_table([shard.first_id], ["a"], [["a"]], [numpy.array([0], numpy.int32)],
+                                [numpy.zeros((1, 4), numpy.float32)])
+            write_shard(out, shard, table, [], {"signature": signature})
+        return _run_signature(out, shards)
+
+    sig_a, sig_b = "encoder=bert; layers=[-1]; weights=aaaa", "encoder=bert; layers=[-1]; weights=bbbb"
+    assert signed(sig_a, sig_b) is None
+    assert signed(sig_a, sig_a) == sig_a
+    assert signed(sig_a, None) == sig_a  # (a shard of rejected rows only: it has no docs, and signs none)
+    # One model's, as two versions signed it (the earlier with a path, the later with the encoder's
+    # weights too): every field either has, where they agree on those both have.
+    assert _signature_fields(signed("encoder=bert; name=/m; weights=aaaa",
+                                    "encoder=bert; encoder_weights=eeee; weights=aaaa")) == {
+        "encoder": "bert", "name": "/m", "encoder_weights": "eeee", "weights": "aaaa"}
+    assert signed("encoder=bert; name=/m; weights=aaaa", "encoder=bert; encoder_weights=eeee; weights=bbbb") is None
+
+
+def _signature_fields(signature):
+    """A signature's "key=value; ..." fields, as `pipeline.signature.output_signature` writes them."""
+    return dict(part.split("=", 1) for part in signature.split("; "))
+
+
+def _record_signature(shard_dir, index, fields):
+    """Rewrite shard `index`'s recorded signature as `fields` (its rows and other metadata kept):
+    what a run of an earlier version, or of another model, left there."""
+    path = shard_dir / shard_name(index)
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[META_KEY])
+    meta["signature"] = "; ".join(f"{key}={value}" for key, value in fields.items())
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta).encode("utf8")}), path)
+
+
+def test_a_run_resumed_over_shards_of_an_earlier_version_records_its_models_signature(
+        tmp_path, small_run, in_process):
+    """A run resumed over shards an earlier version wrote, whose signatures lack
+    `encoder_weights`, with shards of this version of the same model: the manifest's
+    signature was None (docs read with it said nothing of what made them), as if two
+    models had made them. It is the model's, every field of it; shards of another
+    model (other weights) still make it None."""
+    path, model = small_run
+    out = tmp_path / "out"
+    embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    fields = _signature_fields(stored_signature(spacy.load(model)("One doc."), "ctxembed_bert"))
+    earlier = {key: value for key, value in fields.items() if key != "encoder_weights"}
+    assert earlier != fields  # (the test's premise: this version's signatures have the field)
+    for index in (0, 1):
+        _record_signature(out / "shards", index, earlier)
+    (out / "shards" / shard_name(2)).unlink()  # (the earlier run stopped before its last shard)
+    resumed = embed_corpus(path, out, model=str(model), shard_size=2, progress=False)
+    assert resumed["resumed_shards"] == 2 and in_process[-1] == [2]
+    assert resumed["signature"] is not None and _signature_fields(resumed["signature"]) == fields
+    recorded = json.loads((out / "manifest.json").read_text(encoding="utf8"))
+    assert recorded["signature"] == resumed["signature"]
+    # Shards of another model (other weights, as an earlier version recorded them): no one model's.
+    _record_signature(out / "shards", 0, {**earlier, "weights": "0123456789abcdef"})
+    (out / "shards" / shard_name(2)).unlink()
+    assert embed_corpus(path, out, model=str(model), shard_size=2, progress=False)["signature"] is None
 
 
 def test_a_file_rewritten_in_place_with_its_size_kept_is_refused(tmp_path):

@@ -372,6 +372,33 @@ def test_an_error_that_is_no_actors_death_is_not_reported_as_one(local_ray, pipe
                      on_shard=on_shard)
 
 
+def test_gpus_the_ray_does_not_have_are_refused_not_waited_for(local_ray, pipeline_dir, tmp_path):
+    """--gpus-per-actor beyond the GPUs of the Ray this process uses: its actors would wait
+    for one forever. The user reads the setting, its value and the GPUs found, with exit 2."""
+    found = ray.cluster_resources().get("GPU", 0)
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", str(path), "-o", str(tmp_path / "out"), "--ray", "--actors", "1",
+                                      "--model", str(pipeline_dir), "--gpus-per-actor", f"{found + 1:g}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: --gpus-per-actor {found + 1:g}: the local Ray found {found:g} GPUs, and its actors would wait for "
+        "one forever; use 0 (CPU), or --address of a cluster with GPUs")
+    assert not list((tmp_path / "out" / "shards").iterdir()) and ray.is_initialized()
+
+
+def test_an_address_is_refused_where_this_process_already_uses_a_ray(local_ray, pipeline_dir, tmp_path):
+    """A caller that called ray.init and gives an address too: which Ray to use cannot be told.
+    Refused naming the setting and its value; the caller's Ray is left running."""
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    with pytest.raises(ValueError) as caught:
+        embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), address="auto", progress=False)
+    assert str(caught.value) == ("embed_corpus: address = 'auto', but this process is already connected to Ray; "
+                                 "leave address out to use that Ray")
+    assert ray.is_initialized()
+
+
 def test_only_rays_word_that_an_actor_died_is_taken_for_a_death():
     from ray.exceptions import ActorDiedError, ActorUnavailableError, OutOfMemoryError, RayTaskError
 

@@ -43,6 +43,7 @@ from ..fileio import (
     write_atomic,
     write_json,
 )
+from ..outputs.store import merged_signature, signatures_agree
 from ..pipeline.build import NOT_A_PIPELINE, check_writes_vectors
 from ..pipeline.factories import CONTEXTUAL_FACTORIES
 from .actor import ShardEmbedder, attempts_name
@@ -197,10 +198,18 @@ def embed_corpus(
 def _run_signature(shard_dir: Path, shards: List[Shard]) -> Optional[str]:
     """What made the run's vectors (`pipeline.signature`), as its shards record
     it (one model, checked at each actor's start); None where they do not
-    (no docs; shards written by earlier versions) or disagree."""
-    made = {(shard_meta(shard_dir / shard_name(shard.index)) or {}).get("signature") for shard in shards}
-    made.discard(None)
-    return made.pop() if len(made) == 1 else None
+    (no docs; shards written before shards recorded it) or disagree.
+
+    Compared field by field, as docs' outputs are (`signatures_agree`): a run
+    resumed over shards of an earlier version, whose signatures lack fields
+    (`ENCODER_WEIGHTS`), is still one model's, and its signature has every
+    field any shard's has (`merged_signature`), so that it holds docs to all of them.
+    """
+    recorded = [(shard_meta(shard_dir / shard_name(shard.index)) or {}).get("signature") for shard in shards]
+    made = sorted({signature for signature in recorded if isinstance(signature, str)})
+    if len(made) == 1:  # (the usual run: its signature as recorded)
+        return made[0]
+    return merged_signature(made) if made and signatures_agree(made) else None
 
 
 def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
@@ -222,8 +231,13 @@ def _check_pipeline(model: Optional[str], config_text: Optional[str]) -> None:
         return  # the default pipeline
     try:  # (interpolated: `primary = ${vars.primary}` is then the value it names)
         config = Config().from_str(config_text)
-    except Exception:  # noqa: BLE001 - variables only the actor's overrides give: read as written
-        config = Config().from_str(config_text, interpolate=False)
+    except Exception as e:  # noqa: BLE001 - confection's: a variable the config does not define
+        if model is None:
+            # Each actor reads the config as this does, and would fail as it loads the pipeline,
+            # which Ray reports as the actor's death, without the error (`ShardEmbedder`).
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise ValueError(f"embed_corpus: config: {lines[-1] if lines else type(e).__name__}") from None
+        config = Config().from_str(config_text, interpolate=False)  # (a saved pipeline's: read as written)
     # spaCy builds the components [nlp] pipeline lists, and runs those not disabled.
     blocks = {name: block for name, block in config.get("components", {}).items() if isinstance(block, dict)}
     pipeline, disabled = _names_in_nlp(config, "pipeline"), _names_in_nlp(config, "disabled")

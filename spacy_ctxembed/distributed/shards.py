@@ -131,15 +131,26 @@ def write_shard(out_dir: Path, shard: Shard, table, rejected: Sequence[Rejected]
 
 
 def shard_meta(path: Path) -> Optional[Dict[str, Any]]:
-    """The metadata of a committed shard file; None if it is unreadable (then the shard is redone)."""
+    """The metadata of a committed shard file; None if it is unreadable, or lacks
+    the row range and rejected rows that `write_shard` records (then the shard is redone)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         metadata = pq.read_schema(path).metadata or {}
-        return json.loads(metadata[META_KEY])
+        meta = json.loads(metadata[META_KEY])
     except (OSError, KeyError, ValueError, pa.ArrowException):
         return None
+    # (Metadata rewritten by other tools: a resume read these as they were, and failed on a
+    # bare KeyError or TypeError instead of embedding the shard anew.)
+    if not (isinstance(meta, dict) and isinstance(meta.get("rejected"), list)
+            and all(_is_int(meta.get(key)) for key in ("first_id", "n_rows"))):
+        return None
+    return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def run_digest(identity: Dict[str, Any]) -> str:
