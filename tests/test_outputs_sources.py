@@ -434,6 +434,23 @@ def test_joined_outputs_of_different_widths_are_an_error(vocab, tiny_bert_dir, l
         _ = joined._.ctx_outputs
 
 
+def test_joined_outputs_with_other_numbers_of_stored_layers_are_an_error(vocab, tiny_bert_dir):
+    """Vectors of one width, stored with one layer and with two: without
+    signatures (docs stored by an earlier version) the layer counts say that
+    other settings made them, and the layers cannot be stacked as one output's."""
+    one, two = (_pipeline(vocab, tiny_bert_dir, ("ctxembed_bert", "emb", _bert(tiny_bert_dir, layers=layers,
+                                                                               store_layers=True)))
+                for layers in ([2], [1, 2]))
+    joined = Doc.from_docs([_without_signatures(one(TEXT)), _without_signatures(two(OTHER))])
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] .*'emb' outputs come from different models "
+                                             r"\(1 and 2 stored layers\)"):
+        restore_vectors(joined)
+    # With signatures, both are said.
+    joined = Doc.from_docs([one(TEXT), two(OTHER)])
+    with pytest.raises(MissingOutputs, match=r"\(1 and 2 stored layers, signatures '"):
+        _ = joined._.ctx_outputs
+
+
 def test_similarity_compares_vectors_of_one_space_only(vocab, tiny_bert_dir, last_layer, first_layer):
     a, b = last_layer(TEXT), first_layer(TEXT)
     with pytest.raises(ValueError, match=r"Doc .* and Doc .* have vectors of different ctxembed models "

@@ -301,6 +301,21 @@ def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
     numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
 
 
+def test_a_plain_cut_whose_text_is_not_in_its_source_is_an_error_saying_so(nlp):
+    """A plain cut reads its source's rows where its text is in the source. Its
+    spaces rewritten since (spaCy's Doc.from_array with SPACY) leave a text that
+    the source does not have: no rows can be read, and the error says that it
+    cannot be placed (not that its text occurs more than once)."""
+    doc = nlp("the cat sat on the mat")
+    sub = doc[1:4].as_doc()
+    sub.from_array([SPACY], numpy.zeros((len(sub), 1), dtype="uint64"))
+    assert sub.text == "catsaton" and "catsaton" not in doc.text
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] this doc has the ctxembed vector hooks but no ctxembed "
+                                             r"outputs: a doc made with span\.as_doc\(\) from a doc whose text it "
+                                             r"cannot be placed in"):
+        _ = sub[0].vector
+
+
 def test_a_plain_cut_whose_text_overlaps_itself_in_its_source_is_the_same_error(nlp):
     """ "la la" is in "la la la" twice, the second time overlapping the first
     (at characters 0 and 3). A search for the next place past the end of the

@@ -12,7 +12,7 @@ import spacy
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors, span_as_doc
-from spacy_ctxembed.outputs import MissingOutputs, UnplacedOutputs, is_store_key
+from spacy_ctxembed.outputs import STORE, MissingOutputs, UnplacedOutputs, is_store_key
 
 from .conftest import make_nlp
 
@@ -322,3 +322,50 @@ def test_a_cut_of_a_plain_cut_whose_text_repeats_keeps_the_components_tensor(nlp
     expected = numpy.mean([pool(states[1], pieces, "mean"), pool(states[2], pieces, "mean")], axis=0)
     numpy.testing.assert_allclose(cut.tensor, expected, atol=1e-4, rtol=0)
     numpy.testing.assert_allclose(cut[0].vector, expected[0], atol=1e-4, rtol=0)
+
+
+def test_the_component_run_on_a_plain_cut_whose_text_repeats_writes_its_own_vectors_and_tensor(nlp, tiny_bert_dir):
+    """A plain `span.as_doc()` whose text occurs twice in its source reads no
+    rows (which ones are its own cannot be told), but its tensor is still its
+    source's rows: the component run on it replaces that tensor with its
+    vectors, and does not warn of another component's (tok2vec's). The
+    reference is `transformers` on the cut's text."""
+    import warnings
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from .reference import hf_hidden_states, pool, token_pieces
+
+    source = nlp("the cat sat . the cat sat .")
+    cut = source[4:7].as_doc()
+    with pytest.raises(MissingOutputs, match="occurs more than once"):
+        _ = cut._.ctx_vectors
+    numpy.testing.assert_array_equal(cut.tensor, source.tensor[4:7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nlp(cut)
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
+    states, offsets = hf_hidden_states(tokenizer, model, cut.text)
+    pieces = token_pieces(cut, offsets)
+    expected = numpy.mean([pool(states[1], pieces, "mean"), pool(states[2], pieces, "mean")], axis=0)
+    numpy.testing.assert_allclose(cut._.ctx_vectors, expected, atol=1e-4, rtol=0)
+    numpy.testing.assert_allclose(cut.tensor, expected, atol=1e-4, rtol=0)
+    numpy.testing.assert_allclose(cut[1].vector, expected[1], atol=1e-4, rtol=0)
+
+
+def test_spacys_cuts_of_one_doc_joined_back_read_its_rows(nlp):
+    """`span.as_doc(copy_user_data=True)` cuts carry their whole source's
+    outputs. Of a doc stored by an earlier version (a store key without an id),
+    each cut gets an id of its own as it is read, so joined back into their
+    source's text, both parts' stores lie in place on the same characters: one
+    store twice, the same rows, which are read (not refused as cuts whose rows
+    cannot be told apart)."""
+    source = nlp("New York is big and I ran to the park yesterday.")
+    for key in [key for key in source.user_data if is_store_key(key)]:
+        source.user_data[("._.", STORE, *key[2:])] = source.user_data.pop(key)
+    cuts = [restore_vectors(span.as_doc(copy_user_data=True)) for span in (source[0:4], source[4:])]
+    joined = restore_vectors(Doc.from_docs(cuts))
+    assert joined.text == source.text and len(_stores(joined)) == 2
+    numpy.testing.assert_array_equal(joined._.ctx_vectors, source._.ctx_vectors)
+    numpy.testing.assert_array_equal(joined._.ctx_layers, source._.ctx_layers)
+    numpy.testing.assert_array_equal(joined[5].vector, source[5].vector)

@@ -73,16 +73,29 @@ def test_blank_pipeline_then_fork_leaves_torch_alone():
 # Every case in one process, each on a pipeline of its own: the process's
 # start (spaCy imports every installed plugin) is most of a case's time.
 _FORK_WITH_A_HELD_LOCK = """
-import json, os, sys, threading, time, numpy, spacy
+import contextlib, json, os, sys, threading, time, numpy, spacy
+from concurrent.futures import Future
 from spacy_ctxembed.outputs import views
 from spacy_ctxembed.models import hf_loading
+
+@contextlib.contextmanager
+def batch_in_flight(component):
+    # A batch that `pipe` predicts ahead, done once the block ends: at the fork,
+    # its worker thread is the parent's only.
+    future = Future()
+    component._in_flight.add(future)
+    try:
+        yield
+    finally:
+        future.set_result(None)
 
 def run_case(held, first_call):
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", config={"cache_mb": 8, "model": {"encoder": {"name": sys.argv[1]}}})
     nlp.initialize()
     component = nlp.get_pipe("ctxembed_bert")
-    scope = {"component": component, "views": views, "hf_loading": hf_loading}
+    scope = {"nlp": nlp, "component": component, "views": views, "hf_loading": hf_loading,
+             "batch_in_flight": batch_in_flight, "contextlib": contextlib}
     reference = nlp("A doc to embed.")._.ctx_vectors.copy()
     scope["data"] = component.to_bytes()
     holding, release = threading.Event(), threading.Event()
@@ -133,6 +146,13 @@ FORK_CASES = [  # (the lock another thread holds at the fork, the child's first 
     # module-level locks: another thread reading a vector (the views' memo), or loading a model
     ("views._VIEWS.get()[0]", "pass", "same"),
     ("hf_loading._LOAD_LOCK.get()", "component.from_bytes(data)", "same"),
+    # another thread taking a load past the component; the child makes one too (thinc's from_bytes on the model)
+    ("component._notice_lock", "component.model.from_bytes(component.model.to_bytes())", "same"),
+    # nothing held; the child's first torch work is thinc's from_bytes on the model, past the component
+    ("contextlib.nullcontext()", "component.model.from_bytes(component.model.to_bytes())", "same"),
+    # a batch that a run-ahead worker of the parent predicts: the end of the child's
+    # memory zone waits for the child's own batches, not for that one
+    ("batch_in_flight(component)", "with nlp.memory_zone(): pass", "same"),
 ]
 
 

@@ -422,6 +422,10 @@ class EncoderShim(PyTorchShim, metaclass=ABCMeta):
                                     SAVED_FEATURES: self.features})
 
     def from_bytes(self, bytes_data: bytes) -> "EncoderShim":
+        # thinc's `Model.from_bytes` comes here past any component (a listening
+        # component's copy of the encoder, loaded with its pipeline's bytes): in
+        # a forked process, the checks of the loaded weights run torch too.
+        self.in_this_process()
         msg = srsly.msgpack_loads(bytes_data)
         name, setting = saved_as(self.component, self.settings)
         with named_as_loaded(self.settings):
