@@ -1,5 +1,6 @@
 """`embed` streams: shards written as it goes, line numbers kept, atomic output, --resume."""
 import hashlib
+import io
 import json
 import os
 import re
@@ -1881,3 +1882,109 @@ def test_an_output_whose_manifest_was_cut_is_refused_naming_its_manifest(tmp_pat
         "never replaced: put the manifest back, or remove the directory to embed into it again, or choose another "
         "path")
     assert sorted((p.name, p.read_bytes()) for p in out.iterdir()) == files
+
+
+def _model():
+    return {"name": "core_web_ctx", "sha256": "1" * 64, "ctxembed": "0.2.0"}
+
+
+@pytest.mark.parametrize("change,said", [
+    ({"format": "npy"}, "different format: 'docbin' then, 'npy' now"),
+    ({"model": "/models/b"}, "different model: '/models/a' then, '/models/b' now"),
+    ({"model": None}, "different model: '/models/a' then, no --model (the embedded default, or --config's) now"),
+    ({"pipeline": {**_model(), "ctxembed": "0.3.0"}}, "different spacy-ctxembed version (0.2.0, now 0.3.0)"),
+])
+def test_resume_of_another_runs_output_names_what_differs_then_and_now(tmp_path, change, said):
+    """--resume with another --format, another --model path (a copy of the same files), no
+    --model, or after an upgrade of spacy-ctxembed: the refusal says which, with both values."""
+    then = {**_identity(), "model": "/models/a", "pipeline": _model()}
+    Run.plan(tmp_path / "out", then, overwrite=False, resume=False).finish({"format": "docbin", "docs": 0,
+                                                                           "shards": []})
+    with pytest.raises(UsageError) as caught:
+        Run.plan(tmp_path / "out", {**then, **change}, overwrite=False, resume=True)
+    assert str(caught.value) == (f"--output {tmp_path / 'out'} holds a complete output of a different run ({said}); "
+                                 "pass --overwrite to replace it")
+
+
+def test_a_dangling_link_made_at_output_during_the_run_is_not_replaced(tmp_path):
+    """A symbolic link to nothing is not OUTPUT's absence: the finished run is not renamed
+    over it (a link is never replaced, as `plan` refuses one), and its result is kept."""
+    run = Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False)
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(CliError) as caught:
+        run.finish({"format": "docbin", "docs": 0, "shards": []})
+    assert str(caught.value) == (f"--output {tmp_path / 'out'} appeared during the run; the result is left in "
+                                 f"{tmp_path / '.out.partial'}")
+    assert os.readlink(tmp_path / "out") == str(tmp_path / "nowhere")
+    assert (tmp_path / ".out.partial" / "manifest.json").is_file()
+
+
+def test_a_new_partial_left_by_a_run_killed_before_it_took_its_lock_is_removed(tmp_path):
+    """Killed between mkdtemp and its lock: the folder has no .lock at all, and is no
+    run's (one in the making is younger than ABANDONED_NEW_AFTER_S)."""
+    left = tmp_path / ".out.new-n0l0ck_x"
+    left.mkdir()
+    (left / "run.json").write_text("{}", encoding="utf8")
+    old = time.time() - output_module.ABANDONED_NEW_AFTER_S - 5
+    os.utime(left, (old, old))
+    Run.plan(tmp_path / "out", _identity(), overwrite=False, resume=False).finish(
+        {"format": "docbin", "docs": 0, "shards": []})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_resume_redoes_a_committed_shard_whose_file_was_deleted(tmp_path, corpus, pipeline, want, monkeypatch):
+    """The ledger lists two shards; the second's file is gone: it is redone, the first kept."""
+    args = ["embed", corpus, "-m", pipeline, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_after_commits(patch, 2)
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    (tmp_path / ".out.partial" / "shard-000001.spacy").unlink()
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run; wrote 7 docs")
+    assert [s["first_line"] for s in manifest_of(tmp_path / "out")["shards"]] == [1, 4, 7, 10]
+    assert_same_docs(read_output(tmp_path / "out"), want)
+
+
+@pytest.mark.parametrize("fmt", ["docbin", "npy"])
+def test_resume_after_the_last_shard_was_committed_only_finishes(tmp_path, corpus, pipeline, want, monkeypatch,
+                                                                 fmt):
+    """Interrupted as the last shard's ledger line became durable, before the manifest:
+    every doc is kept (the input checked up to its last line), none embedded again."""
+    args = ["embed", corpus, "-m", pipeline, "-f", fmt, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_after_commits(patch, 4, in_commit=True)
+        assert invoke(*args, "-o", tmp_path / "out").exit_code == 130
+    assert read_manifest(tmp_path / ".out.partial") is None
+    resumed = invoke(*args, "-o", tmp_path / "out", "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 7 docs kept from the interrupted run; wrote 7 docs")
+    assert_same_docs(read_output(tmp_path / "out"), want)
+
+
+def test_an_interrupted_run_of_a_docbin_input_resumes(tmp_path, pipeline, want, monkeypatch):
+    """A DocBin input has no lines to hold the kept docs to (its checksum is the run's):
+    --resume carries on after the last doc committed."""
+    nlp = spacy.blank("en")
+    DocBin(docs=[nlp(t) for t in LINES]).to_disk(tmp_path / "in.spacy")
+    args = ["embed", tmp_path / "in.spacy", "-o", tmp_path / "out", "-m", pipeline, "-s", "2"]
+    with monkeypatch.context() as patch:
+        _interrupt_after_commits(patch, 1)
+        assert invoke(*args).exit_code == 130
+    resumed = invoke(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert last_line(resumed.stderr).startswith("resumed: 2 docs kept from the interrupted run; wrote 7 docs")
+    assert_same_docs(read_output(tmp_path / "out"), want)
+
+
+def test_a_text_only_stdin_is_read_as_its_utf8_bytes(monkeypatch):
+    """A stdin with no byte buffer (a harness's io.StringIO) gives the bytes a file of that text would."""
+    text = "caf\u00e9 one\n\n  \nlast"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    inp = open_input("-")
+    try:
+        assert (inp.label, inp.n_records, inp.n_docs) == ("<stdin>", 4, 2)
+        assert inp.sha256 == hashlib.sha256(text.encode("utf8")).hexdigest()
+        assert list(inp.records(Vocab())) == [("caf\u00e9 one", 1), ("last", 4)]
+    finally:
+        inp.close()
