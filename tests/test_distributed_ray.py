@@ -387,6 +387,26 @@ def test_gpus_the_ray_does_not_have_are_refused_not_waited_for(local_ray, pipeli
     assert not list((tmp_path / "out" / "shards").iterdir()) and ray.is_initialized()
 
 
+def test_gpus_the_connected_ray_does_not_have_are_refused_saying_how_to_use_a_cluster(local_ray, pipeline_dir,
+                                                                                      tmp_path):
+    """The same through the API, where the caller connected to Ray first: the
+    message names the setting and the GPUs found, and says how a cluster whose
+    GPU nodes join as it scales is used (by its address), not "the local Ray"."""
+    from spacy_ctxembed.distributed import NoGPUs
+
+    found = ray.cluster_resources().get("GPU", 0)
+    path = tmp_path / "in.txt"
+    path.write_text("A doc.\n", encoding="utf8")
+    with pytest.raises(NoGPUs) as caught:
+        embed_corpus(path, tmp_path / "out", model=str(pipeline_dir), actors=1, gpus_per_actor=found + 1,
+                     progress=False)
+    assert str(caught.value) == (
+        f"embed_corpus: gpus_per_actor = {float(found + 1)!r}, but the Ray this process uses found {found:g} GPUs: its "
+        "actors would wait for one forever; use 0 (CPU), or give the address of a cluster with GPUs (one that adds "
+        "GPU nodes as it scales too) instead of connecting to it first")
+    assert (caught.value.gpus, caught.value.found) == (found + 1, found) and ray.is_initialized()
+
+
 def test_an_address_is_refused_where_this_process_already_uses_a_ray(local_ray, pipeline_dir, tmp_path):
     """A caller that called ray.init and gives an address too: which Ray to use cannot be told.
     Refused naming the setting and its value; the caller's Ray is left running."""

@@ -81,11 +81,15 @@ class OutputNotWritable(OSError):
 
 
 class NoGPUs(ValueError):
-    """`gpus_per_actor` asks for GPUs that the local Ray does not have."""
+    """`gpus_per_actor` asks for GPUs that the Ray this process uses (not one
+    at an `address`) does not have."""
 
     def __init__(self, gpus: float, found: float) -> None:
-        super().__init__(f"embed_corpus: gpus_per_actor = {gpus!r}, but the local Ray found {found:g} GPUs: "
-                         "its actors would wait for one forever; use 0 (CPU), or a cluster (address) with GPUs")
+        # (Also a Ray the caller connected to before: a cluster whose GPU nodes
+        # join as it scales is then given by its address instead.)
+        super().__init__(f"embed_corpus: gpus_per_actor = {gpus!r}, but the Ray this process uses found {found:g} "
+                         "GPUs: its actors would wait for one forever; use 0 (CPU), or give the address of a cluster "
+                         "with GPUs (one that adds GPU nodes as it scales too) instead of connecting to it first")
         self.gpus, self.found = gpus, found
 
 
