@@ -376,6 +376,36 @@ def test_a_fine_tuned_component_holds_embedded_docs_to_the_upstream_it_was_saved
     assert [[token.tag_ for token in doc] for doc in nlp.pipe(docs)] == tags
 
 
+def test_a_component_trained_on_frozen_weights_that_moved_since_is_saved_held_to_those_it_trained_on(
+        tiny_bert_dir, tmp_path):
+    """A tagger trained on its upstream frozen, then the upstream fine-tuned
+    by another component, and the pipeline saved: loaded without the
+    upstream, the tagger must still refuse docs embedded by the saved
+    (moved) upstream, and read those of the weights it was trained on. The
+    save must not record the moved weights' signature as the tagger's."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=tiny_bert_dir))
+    for name in ("tagger", "tagger2"):
+        nlp.add_pipe("tagger", name=name, config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+            "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "upstream": "ctxembed_bert"}}})
+    words, gold = ["I", "ran", "to", "the", "park"], ["PRON", "VERB", "ADP", "DET", "NOUN"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": gold})]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer, exclude=["ctxembed_bert", "tagger2"], annotates=["ctxembed_bert"])
+    tags = [[token.tag_ for token in doc] for doc in nlp.pipe(TEXTS, disable=["tagger2"])]
+    for _ in range(2):  # (tagger2 fine-tunes the upstream; the encoder steps at the next update)
+        nlp.update(examples, sgd=optimizer, exclude=["tagger"])
+    nlp.to_disk(tmp_path / "saved")
+    loaded = spacy.load(tmp_path / "saved", exclude=["ctxembed_bert", "tagger2"])
+    with pytest.raises(ValueError, match=re.escape(REFUSED + "this component was trained on")
+                       + r" \((encoder_)?weights \w+ vs \w+\)"):
+        list(loaded.pipe(_embedded(loaded.vocab, tmp_path / "saved")))
+    as_trained = _embedded(loaded.vocab, tiny_bert_dir)  # (the weights it was trained on)
+    assert [[token.tag_ for token in doc] for doc in loaded.pipe(as_trained)] == tags
+
+
 
 def _tagger_without_upstream(mix_layers):
     """A tagger listening to "ctxembed_bert", with none in its pipeline, and a

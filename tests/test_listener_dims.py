@@ -67,14 +67,20 @@ def _v1_pipeline(tiny_bert_dir, *, store_layers=True, layers=(1, 2), n_layers=2,
     return nlp
 
 
-def _v2_pipeline(model_dir, *, layers, mix_layers, name="ctxembed_bert", tagger=None):
+#: Static features a listener may concatenate to what it reads (`embed`), 8 wide.
+HASH_EMBED = {"@architectures": "spacy.MultiHashEmbed.v2", "width": 8, "attrs": ["NORM", "SHAPE"],
+              "rows": [100, 50], "include_static_vectors": False}
+
+
+def _v2_pipeline(model_dir, *, layers, mix_layers, name="ctxembed_bert", tagger=None, embed=None):
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=model_dir, layers=list(layers), combine="concat"))
     if tagger is not None:
         nlp.add_pipe("tagger", source=tagger)
         return nlp
-    nlp.add_pipe("tagger", config=_tagger_config(mix_layers=mix_layers, upstream=name))
+    nlp.add_pipe("tagger", config=_tagger_config(mix_layers=mix_layers, upstream=name,
+                                                 **({} if embed is None else {"embed": embed})))
     nlp.initialize(lambda: _examples(nlp))
     return nlp
 
@@ -182,12 +188,13 @@ def test_v1_refuses_layers_of_another_shape(tiny_bert_dir, settings, stored):
 # ContextualListener.v2: weights trained on other layers than the upstream gives -------------------
 
 
+@pytest.mark.parametrize("embed", [None, HASH_EMBED])  # (the projection's input is wider by the embed's 8)
 @pytest.mark.parametrize("mix_layers, trained, now", [
     (True, "2 layers", "1 layer"),  # its scalar mix has a weight per layer
     (False, "vectors of width 64", "vectors of width 32"),  # two concatenated layers of 32
 ])
-def test_v2_tagger_sourced_next_to_an_embedder_with_other_layers(tiny_bert_dir, mix_layers, trained, now):
-    trained_nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers)
+def test_v2_tagger_sourced_next_to_an_embedder_with_other_layers(tiny_bert_dir, mix_layers, trained, now, embed):
+    trained_nlp = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers, embed=embed)
     tags = [t.tag_ for t in trained_nlp(TEXT)]
     same = _v2_pipeline(tiny_bert_dir, layers=(1, 2), mix_layers=mix_layers, tagger=trained_nlp)
     assert [t.tag_ for t in same(TEXT)] == tags
@@ -226,6 +233,26 @@ def test_v2_tagger_sourced_next_to_other_layers_of_the_same_count(tiny_bert_dir,
                                          r"trained on layers \[1, 2\], and its upstream 'ctxembed_bert' "
                                          r"now gives layers \[2, 1\]"):
         other(TEXT)
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_wildcard_tagger_given_a_second_upstream_says_it_matches_several(tiny_bert_dir, mix_layers):
+    """A second ctxembed component added before a tagger listening to "*"
+    sizes its listener as it links it (one layer of 32, where the tagger was
+    trained on two, concatenated to 64). The head's check of its trained
+    shapes ran first and blamed "upstream '*'" for giving one layer, telling
+    the user to give '*' other settings: the cause is that '*' is ambiguous."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", name="a", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
+    nlp.add_pipe("tagger", config=_tagger_config(mix_layers=mix_layers))
+    nlp.initialize(lambda: _examples(nlp))
+    assert len(_tags(nlp)) == len(WORDS)
+    nlp.add_pipe("ctxembed_bert", name="b", before="tagger",
+                 config=ctx_config(name=tiny_bert_dir, layers=[2], combine="concat"))
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*' matches several ctxembed "
+                                         r"components \(a, b\): set upstream to the name of one of them$"):
+        nlp(TEXT)
 
 
 def test_a_tagger_initialised_before_its_new_upstream_loads_records_that_upstreams_layers(tiny_bert_dir):

@@ -98,7 +98,7 @@ def check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Mod
     if mix is not None and mix.has_param("s") is True:
         trained = mix.get_param("s").shape[0]
         if trained != n_layers:
-            raise ValueError(_trained_on_error(node, layers_text(trained), layers_text(n_layers)))
+            raise _dims_error(node, layers_text(trained), layers_text(n_layers))
     if linear.has_dim("nI") is True:
         try:
             trained = linear.get_dim("nI") - sum(output_width(embed) for embed in embeds)
@@ -106,8 +106,18 @@ def check_trained_dims(parts: Tuple[ContextualListenerNode, Optional[Model], Mod
             trained = width  # an embed of unknown width: the projection's own check stands
         if trained != width:
             what = "layers" if node.mix_layers else "vectors"
-            raise ValueError(_trained_on_error(node, f"{what} of width {trained}", f"{what} of width {width}"))
+            raise _dims_error(node, f"{what} of width {trained}", f"{what} of width {width}")
     check_trained_layers(node, upstream)
+
+
+def _dims_error(node: ContextualListenerNode, trained: str, now: str) -> ValueError:
+    """The error of a head whose weights do not fit the dims its listener was
+    sized to. Where "*" matches several upstreams, the last one linked sized
+    it, and the head's trained shapes are not the cause: that error (the
+    node's own, `source_name`) is raised instead, which the forward pass
+    after this check never reached."""
+    node.source_name()
+    return ValueError(_trained_on_error(node, trained, now))
 
 
 def check_trained_layers(node: ContextualListenerNode, upstream: Any) -> None:
