@@ -371,6 +371,12 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
     config["nlp"]["pipeline"] = ["ctxembed_bert"]
     config["components"]["ctxembed_bert"] = {"source": str(model)}
     config.to_disk(sourced)
+    unreadable = tmp_path / "unreadable.cfg"
+    unreadable.write_text("[nlp\nlang = en\n", encoding="utf8")
+    twice = tmp_path / "twice.cfg"
+    twice.write_text("[nlp]\nlang = en\n\n[nlp]\nlang = de\n", encoding="utf8")
+    without_embedder = tmp_path / "blank-pipeline"
+    spacy.blank("en").to_disk(without_embedder)
     cases = [
         (["--wic-train", tmp_path / "empty"], "--wic-train {}: no *.data.txt file in this directory".format(
             tmp_path / "empty")),
@@ -406,6 +412,15 @@ def test_analyze_errors_are_one_line(tmp_path, tiny_bert_dir, tmp_path_factory):
         (["--model", model, "--compare", "no_such_pipeline"],
          "--compare no_such_pipeline: [E050] Can't find model 'no_such_pipeline'"),
         (["--config", sourced], "--config: [components.ctxembed_bert] is sourced"),
+        # (the parser's reason, not confection's title "Config validation error" alone)
+        (["--config", unreadable], f"--config {unreadable}: not a readable config (File contains no section "
+         "headers. file: '<string>', line: 1"),
+        (["--model", model, "--compare", unreadable], f"--compare {unreadable}: not a readable config (File "
+         "contains no section headers."),
+        (["--config", twice], f"--config {twice}: not a readable config (While reading from '<string>' [line  4]: "
+         "section 'nlp' already exists)"),
+        (["--model", without_embedder], f"the pipeline {without_embedder} has no contextual embedder "
+         "(ctxembed_bert, ctxembed_elmo, ctxembed_from_trf); its components are: []"),
         (["--model", model, "--compare", sourced], "--compare: [components.ctxembed_bert] is sourced"),
         (["--pooling", "first"], "--pooling ['first'] needs --wic-train: the poolings are tried on WiC only"),
         (["--explore-layers", "1"], "--explore-layers [1] needs --word: they are the layers of the sense explorer"),
@@ -444,6 +459,30 @@ def test_missing_analysis_extra_is_named_up_front(tmp_path, monkeypatch, module,
     lines = error_lines(result.stderr)
     assert lines == [f"error: the analysis needs {package}, which is not installed: "
                      "pip install 'spacy-ctxembed[analysis]'"]
+
+
+def test_a_too_old_analysis_extra_is_named_up_front(tmp_path, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setattr(matplotlib, "__version__", "3.5.2")
+    result = invoke("analyze", tmp_path / "missing.txt", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == ["error: the analysis needs matplotlib >= 3.6, found 3.5.2: "
+                                          "pip install 'spacy-ctxembed[analysis]'"]
+
+
+def test_an_output_folder_that_cannot_be_written_to_is_refused_up_front(tmp_path, monkeypatch):
+    """(A folder's permissions do not stop root, who runs some test machines: the file system's
+    refusal is made here.)"""
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr("tempfile.TemporaryFile", refused)
+    result = invoke("analyze", write_corpus(tmp_path), "-o", tmp_path / "new" / "out")
+    assert result.exit_code == 2
+    assert error_lines(result.stderr) == [f"error: --output {tmp_path / 'new' / 'out'}: cannot write in {tmp_path} "
+                                          f"({os.strerror(errno.EACCES)})"]
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_missing_extra_is_one_error_type_for_every_extra(monkeypatch):

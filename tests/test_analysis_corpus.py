@@ -219,3 +219,33 @@ def test_conllu_sentences_before_the_first_newdoc_are_a_document(tmp_path):
     docs = list(corpus.docs(spacy.blank("en")))
     assert [d.text for d in docs] == ["Hi there", "Yo again"]
     assert [[s.text for s in d.sents] for d in docs] == [["Hi", "there"], ["Yo", "again"]]
+
+
+def test_a_newdoc_before_a_blank_line_still_starts_a_document(tmp_path):
+    """A "# newdoc" block set apart by a blank line (and blank lines doubled) starts the next
+    document: the blank line used to clear the flag, so with every "# newdoc" so placed the file
+    read as one doc per sentence, and a sentence lost its document's context."""
+    path = tmp_path / "c.conllu"
+    row = "{}\t{}\t_\t_\t_\t_\t_\t_\t_\t_\n"
+    path.write_text("# newdoc id = a\n\n" + row.format(1, "Hi") + "\n\n" + row.format(1, "there") + "\n"
+                    + "# newdoc id = b\n\n\n" + row.format(1, "Yo") + "\n" + row.format(1, "again") + "\n",
+                    encoding="utf8")
+    corpus = read_corpus(path)
+    assert corpus.n_docs == 2
+    docs = list(corpus.docs(spacy.blank("en")))
+    assert [[s.text for s in d.sents] for d in docs] == [["Hi", "there"], ["Yo", "again"]]
+
+
+def test_a_conllu_corpus_that_is_not_utf8_names_the_byte(tmp_path):
+    path = tmp_path / "c.conllu"
+    raw = "1\tCaf\u00e9\t_\t_\t_\t_\t_\t_\t_\t_\n".encode("latin-1")
+    path.write_bytes(raw)
+    byte = raw.index("\u00e9".encode("latin-1"))  # (not the start of a UTF-8 character)
+    with pytest.raises(AnalysisInputError, match=rf"^CORPUS {re.escape(str(path))}: not UTF-8 \(byte {byte}\)$"):
+        read_corpus(path)
+
+
+def test_a_corpus_that_is_a_directory_is_refused(tmp_path):
+    with pytest.raises(AnalysisInputError, match=rf"^CORPUS {re.escape(str(tmp_path))}: not a file \(expected a text "
+                                                 r"file, a .spacy DocBin or a .conllu file\)$"):
+        read_corpus(tmp_path)

@@ -435,3 +435,20 @@ def test_occurrences_with_one_vector_are_one_point_explaining_no_variance():
     assert result["k"] == 1 and result["n_occurrences"] == 4
     assert result["pca_explained_variance"] == [0.0, 0.0]
     assert [(p["x"], p["y"]) for p in result["points"]] == [(0.0, 0.0)] * 4
+
+
+def test_a_word_with_no_other_word_beside_it_has_no_neighbours():
+    """A corpus of one word and punctuation (\"ran ran !\" twice): every other token is left out of the
+    neighbours (the word itself; "!" has no letter), so each sense lists none, rather than failing."""
+    rng = np.random.default_rng(3)
+    texts = ["ran ran !", "ran ran !"]
+    words = ["ran", "!"]
+    word_ids = np.array([0, 0, 1, 0, 0, 1])
+    vectors = rng.normal(size=(6, 4)).astype(np.float32)
+    corpus = CorpusLayers(
+        layers=vectors[None], layer_ids=[0], word_ids=word_ids, words=words, sentence_ids=np.array([0, 0, 0, 1, 1, 1]),
+        doc_ids=np.array([0, 0, 0, 1, 1, 1]), starts=np.array([0, 4, 8] * 2), ends=np.array([3, 7, 9] * 2), texts=texts)
+    result = explore_word(corpus, unit_rows(corpus.combined([0])), "ran", [0], max_clusters=2)
+    assert result["n_occurrences"] == 4
+    assert result["clusters"] and all(cluster["neighbours"] == [] for cluster in result["clusters"])
+    assert sum(cluster["size"] for cluster in result["clusters"]) == 4

@@ -404,3 +404,35 @@ def test_nan_or_inf_vectors_are_refused_not_taken_for_missing_ones(bad):
                     lambda: layer_report(vectors[None], word_ids, sentence_ids, min_count=2)):
         with pytest.raises(ValueError, match=refused):
             measure()
+
+
+def test_a_sample_of_fewer_than_two_occurrences_is_refused():
+    """One occurrence per word has no pair: every self-similarity would be 0/0."""
+    vectors, word_ids, _ = random_layer(0)
+    for measure in (self_similarity, max_explainable_variance):
+        with pytest.raises(ValueError, match=r"^max_occurrences = 1: expected at least 2$"):
+            measure(vectors, word_ids, min_count=2, max_occurrences=1, rng=0)
+
+
+def test_anisotropy_of_no_pairs_is_refused():
+    vectors, _, _ = random_layer(0)
+    with pytest.raises(ValueError, match=r"^n_pairs = 0: expected at least 1 \(or None for all pairs\)$"):
+        anisotropy(vectors, n_pairs=0, rng=0)
+
+
+def test_measures_of_tokens_without_any_vector_are_nan():
+    """All-zero rows are tokens without a vector: no sentence and no sample has any."""
+    zeros = np.zeros((4, 3))
+    assert math.isnan(intra_sentence_similarity(zeros, [0, 0, 1, 1]))
+    assert math.isnan(mev_baseline(zeros, n_samples=2, rng=0))
+
+
+def test_mev_baseline_of_fewer_tokens_than_samples_uses_them_all():
+    """With fewer non-zero tokens than n_samples, every one is used (zero rows left out): the
+    reference is the top eigenvalue's share of the Gram matrix of those rows, in float64."""
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((6, 4))
+    vectors[[1, 4]] = 0.0
+    rows = vectors[[0, 2, 3, 5]]
+    eig = np.linalg.eigvalsh(rows @ rows.T)
+    assert abs(mev_baseline(vectors, n_samples=1000, rng=0) - eig.max() / eig.sum()) < TOL

@@ -177,6 +177,57 @@ def test_from_trf_pipeline_sees_every_layer_of_its_transformer(tiny_bert_dir, tm
         assert layer["anisotropy"] == pytest.approx(anisotropy(stacked, n_pairs=None), abs=1e-4)
 
 
+def test_explore_layers_of_a_saved_pipeline_that_gives_only_its_last_layer(tiny_bert_dir, tmp_path):
+    """A saved transformer keeps output_hidden_states = false: only layer -1 exists, and
+    --explore-layers can name no other, before anything is embedded."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("transformer", config={"model": {
+        "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
+        "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": False}}})
+    nlp.add_pipe("ctxembed_from_trf")
+    nlp.initialize()
+    nlp.to_disk(tmp_path / "trf")
+    corpus = read_corpus(write_corpus(tmp_path))
+    source = PipelineSource(model=str(tmp_path / "trf"), option="--model")
+    with pytest.raises(AnalysisInputError, match=rf"^--explore-layers \[-1, 0\]: the pipeline {tmp_path / 'trf'} "
+                                                 r"gives only its last layer \(-1\)$"):
+        analyze(corpus, [source], AnalysisSettings(words=["ran"], explore_layers=[-1, 0]))
+    # (a layer given twice is used once)
+    pipeline = analyze(corpus, [source], AnalysisSettings(words=["ran"], explore_layers=[-1, -1]))["pipelines"][0]
+    assert pipeline["layer_ids"] == [-1] and pipeline["explorer"]["ran"]["layers"] == [-1]
+    assert pipeline["explorer"]["ran"]["n_occurrences"] == sum(line.split().count("ran") for line in CORPUS_LINES)
+    assert any("outputs only its last layer" in note for note in pipeline["notes"])
+
+
+def _target_without_a_piece(data_file: Path) -> None:
+    """Make the target of the first pair's first sentence a soft hyphen, which BERT's normaliser drops."""
+    rows = data_file.read_text(encoding="utf8").splitlines()
+    lemma, pos, indices, first, second = rows[0].split("\t")
+    words = first.split(" ")
+    words[int(indices.split("-")[0])] = "\u00ad"
+    rows[0] = "\t".join([lemma, pos, indices, " ".join(words), second])
+    data_file.write_text("\n".join(rows) + "\n", encoding="utf8")
+
+
+def test_wic_pairs_whose_target_has_no_vector_are_counted_and_said(tiny_bert_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tiny_bert_dir).tokenize("\u00ad") == []  # (no wordpiece: no vector)
+    train, evaluation = write_wic(tmp_path / "train"), write_wic(tmp_path / "eval", "dev", held_out=True)
+    _target_without_a_piece(train / "train.data.txt")
+    _target_without_a_piece(evaluation / "dev.data.txt")
+    nlp = make_nlp(tiny_bert_dir, layers=[-1])
+    result = analyze(read_corpus(write_corpus(tmp_path)), [PipelineSource(config=nlp.config)],
+                     AnalysisSettings(poolings=["mean"]), wic_train=read_wic(train),
+                     wic_eval=read_wic(evaluation, "--wic-eval"))
+    pipeline = result["pipelines"][0]
+    assert pipeline["wic"]["mean"]["pairs_without_vector"] == {"train": 1, "eval": 1}
+    assert "WiC: 1 training and 1 evaluation pairs have a target token without a vector in some layer" in " ".join(
+        pipeline["notes"])
+    # (no --wic-eval pair is a --wic-train pair: no note says any was left out)
+    assert result["wic"]["eval"]["pairs"] == 30 and not any("--wic-eval" in n for n in pipeline["notes"])
+
+
 def test_a_trf_encoder_in_ctxembed_bert_is_analysed_as_from_trf_is(tiny_bert_dir, tmp_path, wic_dir, reference):
     """ctxembed_bert with a TrfEncoder.v2 pools the upstream transformer as ctxembed_from_trf does: the
     transformer is told to output every hidden state (only the last was analysed), and WiC's other pooling
@@ -755,3 +806,21 @@ def test_analyze_refuses_an_empty_list_of_pipelines(tmp_path):
     """`analyze(corpus, [], ...)` returned no pipelines, which write_report wrote as an empty report."""
     with pytest.raises(AnalysisInputError, match=r"^no pipeline to analyse: `sources` is empty"):
         analyze(read_corpus(write_corpus(tmp_path)), [], AnalysisSettings())
+
+
+def test_embed_corpus_refuses_a_component_that_stores_no_layers_and_a_corpus_without_tokens(tiny_bert_dir):
+    """(`analyze` makes the component store its layers; a caller of embed_corpus gives the pipeline.)"""
+    nlp = make_nlp(tiny_bert_dir, layers=[-1], store_layers=False)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_bert\] stored no layers on the doc: it must run with "
+                                         r"store_layers = true$"):
+        embed_corpus(nlp, "ctxembed_bert", [nlp.make_doc("It ran.")], [-1])
+    nlp = make_nlp(tiny_bert_dir, layers=[-1], store_layers=True)
+    with pytest.raises(ValueError, match=r"^the corpus gave no tokens to analyse$"):
+        embed_corpus(nlp, "ctxembed_bert", [nlp.make_doc(""), nlp.make_doc("")], [-1])
+
+
+def test_target_vectors_of_no_chosen_sentence_and_no_base_are_refused(tiny_bert_dir, wic_dir):
+    nlp = make_nlp(tiny_bert_dir, layers=[-1], store_layers=True)
+    data = read_wic(wic_dir)
+    with pytest.raises(ValueError, match=r"^no WiC sentence was embedded$"):
+        target_vectors(nlp, "ctxembed_bert", data, only=np.zeros(len(data.sentences), dtype=bool))

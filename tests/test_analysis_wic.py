@@ -4,6 +4,7 @@ helpers, plain NumPy); and that the evaluation labels decide nothing."""
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -743,3 +744,33 @@ def test_nan_target_vectors_and_scores_are_refused():
         WicGrams.from_targets(targets)
     with pytest.raises(ValueError, match=r"^fit_threshold: 1 of 4 scores are NaN or inf"):
         fit_threshold(np.array([0.1, np.nan, 0.5, 0.7]), np.array([0, 1, 1, 1], bool))
+
+
+def test_a_threshold_of_no_scores_or_an_accuracy_of_nothing_held_out_is_refused():
+    with pytest.raises(ValueError, match=r"^fit_threshold: no scores$"):
+        fit_threshold(np.zeros(0), np.zeros(0, bool))
+    scores, labels = np.array([0.1, 0.9, 0.2, 0.8]), np.array([0, 1, 0, 1], bool)
+    with pytest.raises(ValueError, match=r"^held_out_accuracy: give splits or evaluation data$"):
+        held_out_accuracy(ThresholdRule(), scores, labels)
+    with pytest.raises(ValueError, match=r"^held_out_accuracy: give splits or evaluation data$"):
+        held_out_accuracy(ThresholdRule(), scores, labels, x_eval=scores)  # (its labels missing)
+
+
+def test_a_scalar_mix_of_one_layer_is_a_logistic_regression_on_its_cosine():
+    """One layer (a from_trf pipeline whose transformer outputs only its last): the weight is 1, and
+    scale and bias are sklearn's LogisticRegression(C=1) on the pairs' cosines, computed here."""
+    rng = np.random.default_rng(4)
+    n = 40
+    labels = np.arange(n) % 3 == 0
+    u = rng.normal(size=(n, 1, 6))
+    v = np.where(labels[:, None, None], u + 0.8 * rng.normal(size=u.shape), rng.normal(size=u.shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (no log(0) for the starts near other layers: there are none)
+        fit = fit_scalar_mix(WicGrams.from_targets(np.concatenate([u, v]).astype(np.float32)), labels)
+    a, b = u[:, 0].astype(np.float32).astype(np.float64), v[:, 0].astype(np.float32).astype(np.float64)
+    cosines = np.einsum("pd,pd->p", a, b) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    sk = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(cosines[:, None], labels)
+    assert fit.weights.tolist() == [1.0]
+    assert fit.scale == pytest.approx(sk.coef_[0, 0], abs=1e-4)
+    assert fit.bias == pytest.approx(sk.intercept_[0], abs=1e-4)
+    assert fit.threshold == pytest.approx(brute_threshold(cosines, labels)[0], abs=1e-6)

@@ -187,10 +187,13 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
             newdoc = newdoc or line.startswith("# newdoc")
             continue
         if not line.strip():
+            # A blank line ends a sentence only after its tokens: one after a comment block alone
+            # ("# newdoc" then a blank line) or a second in a row keeps a "# newdoc" for the next
+            # sentence, which otherwise joined the document before it.
             if current.words:
                 sentences.append(current)
                 starts_doc.append(newdoc)
-            current, newdoc, skip_until = _ConlluDoc(), False, 0
+                current, newdoc, skip_until = _ConlluDoc(), False, 0
             continue
         columns = line.split("\t")
         if len(columns) != 10:

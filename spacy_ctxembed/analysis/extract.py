@@ -26,7 +26,7 @@ CONTEXT_CHARS = 70
 
 def doc_layers(doc: Doc, name: str) -> NDArray[np.float32]:
     """The stored ``(n_layers, n_tokens, width)`` layers of component `name`, on the host."""
-    layers = doc._.ctx_outputs[name]["layers"]
+    layers = doc._.ctx_outputs[name].get("layers")  # (absent, not None, where none were stored)
     if layers is None:
         raise ValueError(f"[{name}] stored no layers on the doc: it must run with store_layers = true")
     return np.asarray(to_numpy(layers), dtype=np.float32)

@@ -83,7 +83,7 @@ class PipelineSource:
         try:
             return cls(config=load_config(path), config_path=path, option=option)
         except Exception as e:  # confection: a config that does not parse
-            raise AnalysisInputError(f"{option} {path}: not a readable config ({first_line(e, typed=False)})") from None
+            raise AnalysisInputError(f"{option} {path}: not a readable config ({_config_reason(e)})") from None
 
     @property
     def label(self) -> str:
@@ -163,6 +163,16 @@ class PipelineSource:
             # layers and pooling that its cfg records (and that a load would hold to).
             cast(Any, nlp.get_pipe(name)).from_disk(path / name, exclude=["combiner", "cfg"])
         return nlp
+
+
+def _config_reason(error: Exception) -> str:
+    """Why a config does not parse, on one line. confection's ConfigValidationError opens with a
+    title and advice ("Config validation error"), which said nothing of the problem or its line:
+    its reason is the last paragraph of its `desc`."""
+    desc = getattr(error, "desc", None)
+    if isinstance(desc, str) and desc.strip():
+        return " ".join(line.strip() for line in desc.strip().split("\n\n")[-1].splitlines() if line.strip())
+    return first_line(error, typed=False)
 
 
 def default_config() -> Config:
