@@ -236,9 +236,8 @@ def _overlap(left: str, right: str) -> int:
 
 def _placed(piece: str, token_texts: List[str]) -> bool:
     """Whether `piece` lies in the tokens' texts joined, starting in the first
-    (or right at its end) and ending in the last."""
-    if len(token_texts) == 1:
-        return piece in token_texts[0]
+    (or right at its end) and ending in the last. (Two tokens or more: one is
+    `piece in text`, checked by the caller.)"""
     joined = "".join(token_texts)
     first_end, last_start = len(token_texts[0]), len(joined) - len(token_texts[-1])
     at = joined.find(piece)

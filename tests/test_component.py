@@ -335,3 +335,12 @@ def test_the_outputs_read_from_a_doc_cannot_change_what_its_vectors_read(tiny_be
     assert missing.tolist() == [True] * 3 + [False] * 3
     with pytest.raises(ValueError, match="read-only"):
         missing[:] = False
+
+
+def test_add_label_is_refused_naming_the_instance(tiny_bert_dir):
+    """An embedder has no labels: `add_label` (as code written for spaCy's labelled
+    components calls it) says so, naming the instance, not spaCy's generic E931."""
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("ctxembed_bert", name="emb_a", config=ctx_config(name=tiny_bert_dir))
+    with pytest.raises(NotImplementedError, match=r"^\[emb_a\] a contextual embedder has no labels$"):
+        component.add_label("X")

@@ -123,6 +123,7 @@ def test_extra_dataset_and_n_characters_left_out_or_either_bilm_value_are_fine(t
         ({"lstm.proj_clip": "3"}, ["lstm.proj_clip = '3': expected a finite number > 0, found a string"]),
         ({"lstm.dim": "16"}, ["lstm.dim = '16': expected an integer >= 1, found a string"]),
         ({"lstm.dim": 0}, ["lstm.dim = 0: expected an integer >= 1"]),
+        ({"lstm.dim": None}, ["lstm.dim = None: expected an integer >= 1, found null"]),
         ({"lstm.projection_dim": 8.0}, ["lstm.projection_dim = 8.0: expected an integer >= 1, found a number"]),
         ({"lstm.n_layers": True}, ["lstm.n_layers = True: expected an integer >= 1, found a boolean"]),
         ({"char_cnn.embedding.dim": False}, ["char_cnn.embedding.dim = False", "found a boolean"]),
@@ -166,6 +167,16 @@ def test_options_not_json(tmp_path, files, text, parts):
     with pytest.raises(ElmoFileError) as err:
         read_options(options_path, component=COMPONENT)
     _assert_message(err, options_path, "options_file = ", *parts)
+
+
+def test_options_not_utf8(tmp_path, files):
+    # A Latin-1 file (or a weight file given as the options) fails to decode: named as
+    # not ELMo options, not as a UnicodeDecodeError without the component or the file.
+    options_path = tmp_path / "options.json"
+    options_path.write_bytes('{"lstm": {"dim": "caf\u00e9"}}'.encode("latin-1"))
+    with pytest.raises(ElmoFileError) as err:
+        read_options(options_path, component=COMPONENT)
+    _assert_message(err, options_path, "options_file = ", "not ELMo options (not UTF-8 text")
 
 
 def test_missing_files(tmp_path, files):
@@ -252,6 +263,25 @@ def test_truncated_hdf5(files):
     with pytest.raises(ElmoFileError) as err:
         _read(*files)
     _assert_message(err, files[1], "weight_file = ", "cannot be read as HDF5")
+
+
+def test_a_damaged_chunk_is_named_with_its_dataset(files):
+    """A file whose structure reads but one dataset's compressed data is damaged
+    (a bad sector, a partial copy): named with the dataset, not as a bare OSError
+    of h5py's filter pipeline."""
+    name = "CNN_proj/W_proj"
+    with h5py.File(files[1], "a") as f:
+        value = f[name][...]
+        del f[name]
+        f.create_dataset(name, data=value, chunks=value.shape, compression="gzip")
+        chunk = f[name].id.get_chunk_info(0)
+    data = bytearray(files[1].read_bytes())
+    data[chunk.byte_offset:chunk.byte_offset + chunk.size] = bytes(chunk.size)
+    files[1].write_bytes(bytes(data))
+    with pytest.raises(ElmoFileError) as err:
+        _read(*files)
+    _assert_message(err, files[1], "weight_file = ", f"dataset {name!r} cannot be read as HDF5, the file may be "
+                    "truncated or damaged (OSError: ")
 
 
 def test_text_file_as_hdf5(files):

@@ -753,3 +753,17 @@ def test_a_number_that_is_not_finite_is_named_as_such(value, shown):
     message = str(refused.value)
     assert message.startswith(f"[ContextualListener.v2] grad_factor = {shown}: expected a number")
     assert message.endswith("got a float that is not finite")
+
+
+def test_a_bert_encoder_run_before_it_is_initialized_says_so():
+    """The encoder used outside a component (in a model of one's own) and run before
+    `initialize`: it holds no weights, and says so, naming the component kind and the
+    call, rather than failing on a missing runner."""
+    from spacy.util import registry
+
+    encoder = registry.architectures.get("spacy-ctxembed.BertEncoder.v2")(
+        name=None, layers=[-1], pooling="mean", window=None, stride=None, max_batch_items=None,
+        precision="fp32", trainable=True)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_bert\] the encoder has no weights yet: call "
+                                         r"nlp\.initialize\(\) first$"):
+        encoder.predict([spacy.blank("en")("one two")])

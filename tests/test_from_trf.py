@@ -1168,3 +1168,23 @@ def test_punctuation_inside_a_token_is_no_part_of_its_comparable_text():
     check_not_retokenized("c", doc, AlignedPieces.of(alignment, [["us", "rules"]], 2), {})
     with pytest.raises(ValueError, match=r"aligns the wordpiece 'rules' with token 0 \('U.S.'\)"):
         check_not_retokenized("c", doc, AlignedPieces.of(alignment, [["rules", "us"]], 2), {})
+
+
+def test_a_word_end_mark_is_no_part_of_a_pieces_text():
+    """CLIP's BPE ends a word's last piece with "</w>": "new</w>" holds the 3
+    characters of "new", and a retokenization that moves it onto "york" is seen
+    by its text, as a piece without the mark would be. (With the mark counted,
+    every such piece held 4 characters more than its token, and its text, not
+    letters and digits only, could not be read back: the shift went unseen.)"""
+    from spacy.tokens import Doc
+
+    from spacy_ctxembed.alignment import PieceAlignment
+    from spacy_ctxembed.trf_alignment import AlignedPieces, check_not_retokenized, text_lengths
+
+    doc = Doc(spacy.blank("en").vocab, words=["new", "york"], spaces=[True, False])
+    alignment = PieceAlignment.from_lengths(numpy.array([0, 1]), numpy.array([1, 1]), n_pieces=2)
+    pieces = AlignedPieces.of(alignment, [["new</w>", "york</w>"]], 2)
+    assert text_lengths(doc, alignment, pieces).tolist() == [3, 4]
+    check_not_retokenized("c", doc, pieces, {})
+    with pytest.raises(ValueError, match=r"aligns the wordpiece 'york</w>' with token 0 \('new'\)"):
+        check_not_retokenized("c", doc, AlignedPieces.of(alignment, [["york</w>", "new</w>"]], 2), {})

@@ -330,6 +330,20 @@ def test_a_copys_bytes_of_another_pooling_are_refused_by_the_copys_setting(bert)
         copy.from_bytes(srsly.msgpack_dumps(msg))
 
 
+@pytest.mark.parametrize("cfg,kind", [([1], "list"), ("2", "str")])
+def test_component_bytes_whose_cfg_is_not_an_object_are_refused_by_name(bert, tiny_bert_dir, cfg, kind):
+    """A component's bytes whose cfg was replaced by another JSON value are refused
+    before anything loads, naming the component and its cfg (from_bytes reads that
+    cfg as a dict from there on)."""
+    msg = srsly.msgpack_loads(bert.to_bytes())
+    msg["cfg"] = cfg
+    receiver = spacy.blank("en").add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[0, -1]))
+    with pytest.raises(SettingError) as err:
+        receiver.from_bytes(srsly.msgpack_dumps(msg))
+    assert str(err.value) == (f"[ctxembed_bert] cfg = 'bytes': not a JSON object (a {kind}): not a saved ctxembed "
+                              "component's cfg")
+
+
 def test_an_encoder_before_its_weights_has_no_selected_layers(tiny_bert_dir):
     """Before initialize the layers are not known: None, and the cfg records None."""
     nlp = spacy.blank("en")

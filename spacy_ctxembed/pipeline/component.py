@@ -1178,7 +1178,7 @@ class ContextualEmbedder(TrainablePipe):
                                   "they hold no model (saved with exclude=['model']?); load them with "
                                   "exclude=['model'], or the bytes of the whole component")
             cfg = {} if "cfg" in exclude else msg.get("cfg", {})
-            check_format(self.name, cfg, "bytes")
+            check_format(self.name, cfg, "bytes")  # (a dict from here on: anything else is refused)
             check_saved_combiner(self.name, self.combiner, combiner_nodes(self.model, self.combiner, msg["model"]),
                                  "bytes")
             with self._loading(f"{len(bytes_data)} bytes"):
@@ -1189,14 +1189,11 @@ class ContextualEmbedder(TrainablePipe):
                 except Exception as err:  # noqa: BLE001 - msgpack and thinc raise many types
                     raise bad_setting(self.name, "bytes", f"{len(bytes_data)} bytes",
                                       load_failure("a serialized ctxembed model", err)) from None
-                check_saved_layers(self.name, self.encoder, cfg.get(LAYERS_KEY) if isinstance(cfg, dict) else None,
-                                   "bytes")
-                self._check_saved_features(cfg.get(FEATURES_KEY) if isinstance(cfg, dict) else None)
-                if isinstance(cfg, dict):
-                    warn_if_source_edited(self.name, self.encoder, cfg.get(SOURCE_KEY))
+                check_saved_layers(self.name, self.encoder, cfg.get(LAYERS_KEY), "bytes")
+                self._check_saved_features(cfg.get(FEATURES_KEY))
+                warn_if_source_edited(self.name, self.encoder, cfg.get(SOURCE_KEY))
                 self._after_loading("bytes")
-        self._model_loaded(cfg.get(LINEAGE_KEY) if isinstance(cfg, dict) else None,
-                           vouched=not (isinstance(cfg, dict) and cfg.get(KEPT_KEY)))
+        self._model_loaded(cfg.get(LINEAGE_KEY), vouched=not cfg.get(KEPT_KEY))
         return self
 
     def _from_v1_bytes(self, files: Dict[str, bytes], exclude: Iterable[str]) -> "ContextualEmbedder":
