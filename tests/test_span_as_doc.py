@@ -297,29 +297,36 @@ def test_a_span_without_outputs_is_spacys_cut_and_a_doc_is_refused(nlp):
         span_as_doc(nlp("A doc."))
 
 
-def test_a_cut_of_a_plain_cut_whose_text_repeats_keeps_the_components_tensor(nlp, tiny_bert_dir):
-    """`span_as_doc` of a span of a plain `span.as_doc()` was placed by its own
-    text in the source, where "ran" occurs twice: its tensor was taken for
-    another component's, so the component run on the cut warned of tok2vec
-    and left the old row in doc.tensor, under the new vectors. The reference
-    is `transformers` on the cut's text."""
+def _embedded_again_without_warning(nlp, cut, tiny_bert_dir):
+    """Run the pipeline on `cut`, failing on any warning; return what it must
+    write: the mean of layers 1 and 2 of `transformers` on the cut's text,
+    mean-pooled to its tokens."""
     import warnings
 
     from transformers import AutoModel, AutoTokenizer
 
     from .reference import hf_hidden_states, pool, token_pieces
 
-    source = nlp("I ran to the park and I ran home.")
-    part = source[5:9].as_doc()  # "and I ran home": once in the source
-    cut = span_as_doc(part[2:3])  # "ran": twice
-    numpy.testing.assert_array_equal(cut._.ctx_vectors, source._.ctx_vectors[7:8])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         nlp(cut)
     tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
     states, offsets = hf_hidden_states(tokenizer, model, cut.text)
     pieces = token_pieces(cut, offsets)
-    expected = numpy.mean([pool(states[1], pieces, "mean"), pool(states[2], pieces, "mean")], axis=0)
+    return numpy.mean([pool(states[1], pieces, "mean"), pool(states[2], pieces, "mean")], axis=0)
+
+
+def test_a_cut_of_a_plain_cut_whose_text_repeats_keeps_the_components_tensor(nlp, tiny_bert_dir):
+    """`span_as_doc` of a span of a plain `span.as_doc()` was placed by its own
+    text in the source, where "ran" occurs twice: its tensor was taken for
+    another component's, so the component run on the cut warned of tok2vec
+    and left the old row in doc.tensor, under the new vectors. The reference
+    is `transformers` on the cut's text."""
+    source = nlp("I ran to the park and I ran home.")
+    part = source[5:9].as_doc()  # "and I ran home": once in the source
+    cut = span_as_doc(part[2:3])  # "ran": twice
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, source._.ctx_vectors[7:8])
+    expected = _embedded_again_without_warning(nlp, cut, tiny_bert_dir)
     numpy.testing.assert_allclose(cut.tensor, expected, atol=1e-4, rtol=0)
     numpy.testing.assert_allclose(cut[0].vector, expected[0], atol=1e-4, rtol=0)
 
@@ -330,24 +337,12 @@ def test_the_component_run_on_a_plain_cut_whose_text_repeats_writes_its_own_vect
     source's rows: the component run on it replaces that tensor with its
     vectors, and does not warn of another component's (tok2vec's). The
     reference is `transformers` on the cut's text."""
-    import warnings
-
-    from transformers import AutoModel, AutoTokenizer
-
-    from .reference import hf_hidden_states, pool, token_pieces
-
     source = nlp("the cat sat . the cat sat .")
     cut = source[4:7].as_doc()
     with pytest.raises(MissingOutputs, match="occurs more than once"):
         _ = cut._.ctx_vectors
     numpy.testing.assert_array_equal(cut.tensor, source.tensor[4:7])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        nlp(cut)
-    tokenizer, model = AutoTokenizer.from_pretrained(tiny_bert_dir), AutoModel.from_pretrained(tiny_bert_dir).eval()
-    states, offsets = hf_hidden_states(tokenizer, model, cut.text)
-    pieces = token_pieces(cut, offsets)
-    expected = numpy.mean([pool(states[1], pieces, "mean"), pool(states[2], pieces, "mean")], axis=0)
+    expected = _embedded_again_without_warning(nlp, cut, tiny_bert_dir)
     numpy.testing.assert_allclose(cut._.ctx_vectors, expected, atol=1e-4, rtol=0)
     numpy.testing.assert_allclose(cut.tensor, expected, atol=1e-4, rtol=0)
     numpy.testing.assert_allclose(cut[1].vector, expected[1], atol=1e-4, rtol=0)
