@@ -465,17 +465,21 @@ def test_a_component_trained_on_embedded_docs_without_its_upstream_is_held_to_th
             assert [token.tag_ for token in pipeline(TEXTS[0])] == tags[0]
 
 
-def _signed_as_before(docs, *fields):
+def _signed_as_before(docs, *fields, edited=None):
     """`docs` with their outputs' signatures as earlier versions wrote them:
-    without `fields` (a store replaced, as a write replaces it)."""
+    without `fields` (a store replaced, as a write replaces it); with the
+    fields in `edited` given those values (a file edited by hand)."""
     from spacy_ctxembed.outputs import is_store_key
+
+    def signature(old):
+        parts = [part.partition("=") for part in old.split("; ")]
+        return "; ".join(f"{key}={(edited or {}).get(key, value)}" for key, _, value in parts if key not in fields)
 
     for doc in docs:
         for key in [k for k in doc.user_data if is_store_key(k)]:
             store = doc.user_data[key]
-            outputs = {name: {**output, "signature": "; ".join(
-                part for part in output["signature"].split("; ") if part.partition("=")[0] not in fields)}
-                for name, output in store["outputs"].items()}
+            outputs = {name: {**output, "signature": signature(output["signature"])}
+                       for name, output in store["outputs"].items()}
             doc.user_data[key] = {**store, "outputs": outputs}
     return docs
 
@@ -508,6 +512,101 @@ def test_docs_signed_with_less_keep_what_a_component_trained_on_embedded_docs_is
     fresh.update(older[:1] + own[1:], sgd=optimizer)
     with pytest.raises(ValueError, match=refused):
         list(fresh.pipe(_embedded(fresh.vocab, other)))
+
+
+def test_a_component_trained_beside_its_upstream_keeps_that_record_when_trained_on_docs_that_say_less(
+        tiny_bert_dir, minilm_dir, tmp_path):
+    """A component trained beside its frozen upstream, loaded without it and
+    trained on docs embedded once by it, signed by an earlier version (no
+    weights): it stays held to the upstream's weights it was trained with,
+    and is refused beside another model's embedder, not held to the docs'
+    signature, which names no weights."""
+    _, path = _trained_tagger(tiny_bert_dir, tmp_path, frozen=True)
+    loaded = spacy.load(path, exclude=["ctxembed_bert"])
+    _, examples = _tagger_without_upstream(True)
+    older = examples(_signed_as_before(_embedded(loaded.vocab, tiny_bert_dir), "weights", "encoder_weights"))
+    optimizer = loaded.resume_training()
+    loaded.update(older, sgd=optimizer)
+    for model_dir, refused in ((tiny_bert_dir, False), (other_bert(tmp_path / "other", minilm_dir), True)):
+        pipeline = spacy.blank("en")
+        pipeline.add_pipe("ctxembed_bert", config=ctx_config(layers=[1, 2], name=model_dir, combine="mean"))
+        pipeline.initialize()
+        pipeline.add_pipe("tagger", source=loaded)
+        if refused:
+            with pytest.raises(ValueError, match=r"this component was trained on the outputs of another "
+                                                 r"'ctxembed_bert' \(trained on the outputs of weights \w+, "
+                                                 r"'ctxembed_bert' has weights \w+ now\)"):
+                pipeline(TEXTS[0])
+        else:
+            with loaded.select_pipes(enable=["tagger"]):
+                stored = [token.tag_ for token in loaded(_embedded(loaded.vocab, tiny_bert_dir)[0])]
+            assert [token.tag_ for token in pipeline(TEXTS[0])] == stored
+
+
+@pytest.mark.parametrize("layers", ["[1, 2", '"1, 2"', "none"])
+def test_docs_whose_layers_say_nothing_train_a_component_held_to_the_rest_and_then_to_later_docs_layers(
+        tiny_bert_dir, minilm_dir, tmp_path, layers):
+    """Docs embedded once whose signatures' layers field is damaged (edited by
+    hand: not JSON, or not a list of layers) or absent (an earlier version's)
+    tell no layers: a component trained on them is held to the weights and
+    pooling they name, and to the layers of the docs it trains on next."""
+    nlp, examples = _tagger_without_upstream(True)
+    fields = ("layers",) if layers == "none" else ()
+    damaged = examples(_signed_as_before(_embedded(nlp.vocab, tiny_bert_dir), *fields, edited={"layers": layers}))
+    optimizer = nlp.initialize(lambda: damaged)
+    nlp.update(damaged, sgd=optimizer)
+    trained_on = re.escape(REFUSED + "this component was trained on")
+    with pytest.raises(ValueError, match=trained_on + r" \(encoder_weights \w+ vs \w+\)"):
+        list(nlp.pipe(_embedded(nlp.vocab, other_bert(tmp_path / "other", minilm_dir))))
+    with pytest.raises(ValueError, match=trained_on + r" \(pooling first vs mean\)"):
+        list(nlp.pipe(_embedded(nlp.vocab, tiny_bert_dir, pooling="first")))
+    nlp.update(examples(_embedded(nlp.vocab, tiny_bert_dir)), sgd=optimizer)
+    with pytest.raises(ValueError, match=trained_on + r" \(layers \[2, 1\] vs \[1, 2\]\)"):
+        list(nlp.pipe(_embedded(nlp.vocab, tiny_bert_dir, layers=[2, 1])))
+    if layers != "none":  # (the damaged docs are refused now; absent layers are compared with nothing)
+        with pytest.raises(ValueError, match=trained_on + rf" \(layers {re.escape(layers)} vs \[1, 2\]\)"):
+            nlp.update(damaged, sgd=optimizer)
+
+
+@pytest.mark.parametrize("mix_layers", [True, False])
+def test_a_component_trained_on_embedded_docs_beside_an_upstream_not_loaded_is_held_to_them(tiny_bert_dir, minilm_dir,
+                                                                                            tmp_path, mix_layers):
+    """A component initialized beside one embedder, sourced next to another
+    not loaded yet, and trained on docs embedded once with that one left out
+    of the update: its record stayed "not trained yet", and once the embedder
+    loaded it tagged that model's features, which it never trained on, with
+    no error (found by a review helper). It records what made the docs, as
+    with no embedder in the pipeline, and is held to them."""
+    other = other_bert(tmp_path / "other", minilm_dir)
+
+    def sourced(model_dir):
+        source, examples = _tagger_without_upstream(mix_layers)
+        source.add_pipe("ctxembed_bert", first=True, config=ctx_config(name=tiny_bert_dir, layers=[1, 2]))
+        own = examples(_embedded(source.vocab, tiny_bert_dir))
+        source.initialize(lambda: own)
+        nlp = spacy.blank("en", vocab=source.vocab)
+        nlp.add_pipe("ctxembed_bert", config=ctx_config(name=model_dir, layers=[1, 2]))
+        nlp.add_pipe("tagger", source=source)
+        return nlp, own
+
+    for model_dir, refused in ((tiny_bert_dir, False), (other, True)):
+        nlp, own = sourced(model_dir)
+        gc.collect()  # (the source's embedder, which lists the tagger's listener too, is gone)
+        assert not nlp.get_pipe("ctxembed_bert").loaded
+        optimizer = nlp.resume_training()
+        for _ in range(3):
+            nlp.update(own, sgd=optimizer, exclude=["ctxembed_bert"])
+        assert not nlp.get_pipe("ctxembed_bert").loaded  # (the head trained on the docs' outputs alone)
+        if refused:
+            with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = 'ctxembed_bert': this "
+                                                 r"component was trained on the outputs of another 'ctxembed_bert' "
+                                                 r"\(trained on the outputs of weights \w+, 'ctxembed_bert' has "
+                                                 r"weights \w+ now\)"):
+                nlp(TEXTS[0])
+        else:
+            with nlp.select_pipes(enable=["tagger"]):
+                stored = [token.tag_ for token in nlp(_embedded(nlp.vocab, tiny_bert_dir)[0])]
+            assert [token.tag_ for token in nlp(TEXTS[0])] == stored
 
 
 @pytest.mark.slow

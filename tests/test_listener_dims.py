@@ -413,6 +413,31 @@ def test_a_replace_listeners_copy_is_held_to_what_its_head_was_trained_on(tiny_b
         half.replace_listeners("ctxembed_bert", "tagger", ["model.tok2vec"])
 
 
+def test_a_replace_listeners_copy_for_a_wildcard_of_several_upstreams_names_the_one_copied(
+        tiny_bert_dir, other_bert_dir):
+    """A tagger listening to "*", sourced next to two ctxembed components, and
+    given a copy of one of them by replace_listeners: the refusal named the
+    copy as made "of '*'", not of the component copied, and blamed "another
+    '*'". It names the component copied, and that '*' matches several."""
+    spacy.util.fix_random_seed(0)
+    trained_nlp = spacy.blank("en")
+    trained_nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1, 2], combine="concat"))
+    trained_nlp.add_pipe("tagger", config=_tagger_config())  # (upstream "*")
+    trained_nlp.initialize(lambda: _examples(trained_nlp))
+    _trained(trained_nlp, frozen=True)
+    nlp = spacy.blank("en")
+    for name in ("a", "b"):
+        nlp.add_pipe("ctxembed_bert", name=name, config=ctx_config(name=other_bert_dir, layers=[1, 2],
+                                                                   combine="concat"))
+    nlp.add_pipe("tagger", source=pickle.loads(pickle.dumps(trained_nlp)))  # (not also listed by trained_nlp's)
+    nlp.replace_listeners("b", "tagger", ["model.tok2vec"])
+    with pytest.raises(ValueError, match=r"^\[tagger\] ContextualListener upstream = '\*': this component was "
+                                         r"trained on the outputs of another 'b' .*\. \(The copy that "
+                                         r"nlp\.replace_listeners made of 'b' \(one of the ctxembed components "
+                                         r"its upstream '\*' matches: 'a', 'b'\) for this component is refused"):
+        nlp(TEXT)
+
+
 @pytest.mark.parametrize("mix_layers", [True, False])
 def test_a_head_on_the_layers_is_not_held_to_its_upstreams_combiner(tiny_bert_dir, mix_layers):
     """A head that mixes the layers itself never reads the upstream's combiner:

@@ -705,3 +705,28 @@ def test_a_load_that_keeps_the_encoder_drops_its_gradients_too(exact_bert_dir, t
         torch.testing.assert_close(encoder[name], value, rtol=0, atol=1e-7, msg=name)
     for name, value in want_mix.items():
         numpy.testing.assert_allclose(mix[name], value, rtol=0, atol=1e-7, err_msg=name)
+
+
+def test_a_load_between_a_listeners_forward_and_backward_pass_keeps_the_old_batchs_gradient_out(exact_bert_dir):
+    """The embedder's weights loaded (here, or in another thread) after a
+    listening component's forward pass on the batch it sent, before that
+    pass's backward: the gradient is of the outputs of the weights before
+    the load, and reaches none of the loaded ones; the component's own
+    weights still learn from it."""
+    nlp, examples = _mix_and_two_taggers(exact_bert_dir)
+    nlp.update(examples, sgd=Adam(0.01))
+    saved = nlp.to_bytes()
+    saved_mix, saved_encoder = _embedder_weights(nlp)
+    with nlp.select_pipes(disable=["tagger2"]):
+        nlp.update(examples, sgd=False)  # (the embedder sends tagger2 this batch too)
+    model = nlp.get_pipe("tagger2").model
+    scores, backprop = model.begin_update([example.predicted for example in examples])
+    nlp.from_bytes(saved)
+    backprop(numpy.ones_like(scores))
+    embedder = nlp.get_pipe("ctxembed_bert")
+    embedder.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    _assert_as_saved(nlp, saved_mix, saved_encoder)
+    before = [param.copy() for param in (node.get_param("W") for node in model.walk() if node.has_param("W"))]
+    model.finish_update(SGD(0.1, L2=0.0, grad_clip=0.0))
+    after = [node.get_param("W") for node in model.walk() if node.has_param("W")]
+    assert any(not numpy.array_equal(a, b) for a, b in zip(after, before))

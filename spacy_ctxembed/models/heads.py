@@ -41,12 +41,7 @@ from ..types import EmbedderModel
 from .embedder import check_combiner_layers, check_embedder, check_encoder_settings
 from .grad_scale import COPY_REFUSED, scale_gradient, with_lr_scale
 from .listener import MIXES, ContextualListenerNode, ListenerHead, SavedSetting, _delegate, _init_inner, _init_v1
-from .listener_checks import (
-    check_trained_layers,
-    check_trained_upstream,
-    output_width,
-    upstream_named,
-)
+from .listener_checks import check_trained_layers, check_trained_upstream, output_width
 from .torch_bridge import COPY_BLOCK, COPY_NAME, drop_gradients, encoder_shim
 
 
@@ -151,8 +146,13 @@ def listener_copy(embedder: EmbedderModel, listener: Model, component: Any) -> M
             check_trained_layers(node, component)
             check_trained_upstream(node, component)
         except ValueError as err:
+            # (Where "*" matches several, each lists the listener until spaCy
+            # removes it from the one copied, after this: name that one.)
+            matched = node.linked_names() if node.upstream_name == "*" else []
+            which = (f" (one of the ctxembed components its upstream {node.upstream_name!r} matches: "
+                     f"{', '.join(map(repr, matched))})" if len(matched) > 1 else "")
             copy.attrs[COPY_REFUSED] = (
-                f"{err}. (The copy that nlp.replace_listeners made of {upstream_named(node)!r} for this "
+                f"{err}. (The copy that nlp.replace_listeners made of {component.name!r}{which} for this "
                 "component is refused as its listener was, until the component trains on it.)")
     return copy
 

@@ -255,11 +255,15 @@ class ContextualListenerNode(SampleDocsModel):
         """The components that list this listener now (a rename or relink drops old claims)."""
         return [component for component in self._claimants() if self in component.listeners]
 
+    def linked_names(self) -> List[str]:
+        """The names of the components that list this listener now, sorted."""
+        return sorted({component.name for component in self._upstreams()})
+
     def source_name(self) -> Optional[str]:
         """The upstream component's name: the one named, or the one "*" matched."""
         if self.upstream_name != "*":
             return self.upstream_name
-        live = sorted({component.name for component in self._upstreams()})
+        live = self.linked_names()
         if len(live) > 1:
             raise ValueError(
                 f"{self.described()} matches several ctxembed components ({', '.join(live)}): "
@@ -747,9 +751,10 @@ def _recorded_in_training(node: ContextualListenerNode, record: Any, component: 
 
 
 def _recorded_from_docs(node: ContextualListenerNode, docs: List[Doc]) -> Optional[Tuple[ContextualListenerNode, Any]]:
-    """The record of a training step with no upstream in the pipeline, on docs
-    embedded once (`embed`'s shards read back) whose outputs are read from
-    the docs: what their signature says made them (`from_docs`: the features,
+    """The record of a training step with no upstream in the pipeline (or one
+    not loaded, which makes nothing here), on docs embedded once (`embed`'s
+    shards read back) whose outputs are read from the docs: what their
+    signature says made them (`from_docs`: the features,
     layers and weights a head is held to, as `outputs_check` and
     `check_trained_upstream` read them). Without it the head, trained on one
     model's features, kept no record, and read docs of any other model (or of
@@ -964,10 +969,14 @@ def _delegate(model: Model, docs: List[Doc], is_train: bool):
         check_trained_dims(parts, upstream)
         if not is_train:
             check_trained_upstream(node, upstream)
-        elif upstream is not None:
+        elif upstream is not None and upstream.loaded:  # (not its signature: no fingerprint per step)
             node.drop_superseded_batch(docs)  # (first: a superseded batch does not move the weights read)
             recorded = node, _recorded_in_training(node, node.attrs.get(TRAINED_WITH), upstream)
         else:
+            # No upstream, or one not loaded (sourced next to this component and
+            # left out of the update): the head trains on the docs' outputs, and
+            # records what made them. Kept as it was, a record of a head not
+            # trained yet held it to nothing once that upstream loaded.
             recorded = _recorded_from_docs(node, docs)
     check_saved_combiners(model)
     Y, backprop = model.layers[0](docs, is_train)

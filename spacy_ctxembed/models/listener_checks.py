@@ -126,7 +126,7 @@ def check_trained_layers(node: ContextualListenerNode, upstream: Any) -> None:
     (Heads saved before the layers were recorded say nothing.)"""
     trained_on, now = node.attrs.get(TRAINED_ON), None if upstream is None else selected_layers(upstream.encoder)
     if trained_on is not None and now is not None and list(trained_on) != list(now):
-        raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}"))
+        raise ValueError(_trained_on_error(node, f"layers {list(trained_on)}", f"layers {now}", upstream))
 
 
 def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None:
@@ -154,7 +154,7 @@ def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None
     was: Dict[str, Any] = trained if isinstance(trained, dict) else {}
     changed = [key for key in held if key in was and key in features and was[key] != features[key]]
     if changed:
-        raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed)))
+        raise ValueError(_trained_on_error(node, _fields(was, changed), _fields(features, changed), component))
     if record.get("from_docs"):
         # (Trained on docs embedded once, with no upstream in the pipeline: held
         # to the weights their outputs' signature names: encoder and combiner,
@@ -162,24 +162,25 @@ def check_trained_upstream(node: ContextualListenerNode, component: Any) -> None
         # signatures name them, as the docs are: `signed_held`.)
         trained, signed = node.signed_held(record, component)
         if signed is not None and trained not in (None, signed):
-            raise ValueError(_weights_error(node, trained, signed, own=False))
+            raise ValueError(_weights_error(node, trained, signed, own=False, component=component))
         return
     own = record.get("lineage") == component.lineage
     if (own and record.get("weights") is None) or record.get("untrained"):
         return  # (weights that moved in training, of this lineage: as they are now; or a head not trained)
     if not own and getattr(component, "unvouched", False):
-        raise ValueError(_unvouched_error(node))
+        raise ValueError(_unvouched_error(node, component))
     now = node.held_weights(component)
     if record.get("weights") != now:
-        raise ValueError(_weights_error(node, record.get("weights"), now, own=own))
+        raise ValueError(_weights_error(node, record.get("weights"), now, own=own, component=component))
 
 
 def _fields(fields: Dict[str, Any], keys: List[str]) -> str:
     return ", ".join(f"{'ELMo options' if key == 'options' else key} {fields[key]}" for key in keys)
 
 
-def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str, *, own: bool) -> str:
-    upstream = upstream_named(node)
+def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: str, *, own: bool,
+                   component: Any) -> str:
+    upstream = upstream_named(node, component)
     if own:
         return (f"{node.described()}: this component was trained on other weights of {upstream!r} (on the outputs "
                 f"of weights {trained} as they were; those of {upstream!r} have moved since, to {now}: trained by "
@@ -197,8 +198,8 @@ def _weights_error(node: ContextualListenerNode, trained: Optional[str], now: st
     )
 
 
-def _unvouched_error(node: ContextualListenerNode) -> str:
-    upstream = upstream_named(node)
+def _unvouched_error(node: ContextualListenerNode, component: Any) -> str:
+    upstream = upstream_named(node, component)
     return (
         f"{node.described()}: this component was trained on the outputs of another {upstream!r}: {upstream!r} was "
         f"loaded from a model folder kept on purpose (its cfg's records of the model it was saved with removed), "
@@ -211,15 +212,21 @@ def layers_text(n: int) -> str:
     return f"{n} layer" if n == 1 else f"{n} layers"
 
 
-def upstream_named(node: ContextualListenerNode) -> str:
+def upstream_named(node: ContextualListenerNode, component: Any = None) -> str:
+    """The upstream as errors name it: `component`, the one held against the
+    head, where known (a copy that replace_listeners makes of one of the
+    several that "*" matches is of that one); else the one named, or the
+    one "*" matched."""
+    if component is not None:
+        return component.name
     try:
         return node.source_name() or node.upstream_name
     except ValueError:  # "*" matches several: that is its own error, not this one
         return node.upstream_name
 
 
-def _trained_on_error(node: ContextualListenerNode, trained: str, now: str) -> str:
-    upstream = upstream_named(node)
+def _trained_on_error(node: ContextualListenerNode, trained: str, now: str, component: Any = None) -> str:
+    upstream = upstream_named(node, component)
     return (
         f"{node.described()}: its weights were trained on {trained}, and its upstream {upstream!r} now gives "
         f"{now}. Give {upstream!r} the settings this component was trained "
