@@ -111,16 +111,27 @@ def check_int(
     """
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         allowed = f"{unit} >= {minimum}" + (" or null" if optional else "")
         raise bad_setting(component, setting, value, f"expected {allowed}, got {type(value).__name__}")
     if value < minimum:
         raise bad_setting(component, setting, value, f"expected {unit} >= {minimum}")
 
 
+def is_int(value: Any) -> bool:
+    """Whether `value` is an integer: Python's bools are ints, and JSON's or a
+    config's `true` is no count, no index and no offset."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """Whether `value` is an int or a float, not a bool (`is_int`)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_number(component: str, setting: str, value: Any, *, minimum: float, unit: str) -> None:
     """Raise a `SettingError` unless `value` is a finite int or float >= `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise bad_setting(component, setting, value, f"expected {unit}, got {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise bad_setting(component, setting, value, f"expected {unit}, got a float that is not finite")

@@ -6,7 +6,7 @@ import srsly
 from thinc.api import Model
 from thinc.model import deserialize_attr, serialize_attr
 
-from .errors import bad_setting, warn
+from .errors import bad_setting, is_int, warn
 
 
 def layers_as_given(layers: Any) -> Any:
@@ -27,9 +27,7 @@ def layer_count(layers: Any) -> Optional[int]:
 
 def check_layers(component: str, layers: Any) -> None:
     """`layers` must be a non-empty list of integers (negative = from the top)."""
-    if not isinstance(layers, (list, tuple)) or not layers or not all(
-        isinstance(i, int) and not isinstance(i, bool) for i in layers
-    ):
+    if not isinstance(layers, (list, tuple)) or not layers or not all(is_int(i) for i in layers):
         raise bad_setting(component, "layers", layers, "expected a non-empty list of integers")
 
 

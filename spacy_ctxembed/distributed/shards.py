@@ -24,6 +24,7 @@ import numpy
 from spacy.tokens import Doc
 from spacy.vocab import Vocab
 
+from ..errors import is_int
 from ..fileio import atomic_path, read_json
 from ..outputs import install_extensions, write_outputs
 from .extra import require_ray_extra
@@ -144,13 +145,9 @@ def shard_meta(path: Path) -> Optional[Dict[str, Any]]:
     # (Metadata rewritten by other tools: a resume read these as they were, and failed on a
     # bare KeyError or TypeError instead of embedding the shard anew.)
     if not (isinstance(meta, dict) and isinstance(meta.get("rejected"), list)
-            and all(_is_int(meta.get(key)) for key in ("first_id", "n_rows"))):
+            and all(is_int(meta.get(key)) for key in ("first_id", "n_rows"))):
         return None
     return meta
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def run_digest(identity: Dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Tuple, Union
 
 import numpy
 
-from ..errors import shortened
+from ..errors import is_int, is_number, shortened
 from .elmo_chars import BOW, EOW, MAX_CHARS, PAD
 
 OPTIONS_FILE = "options.json"
@@ -103,14 +103,6 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 class _Options:
     """Typed, range-checked access to the parsed JSON of one options file."""
 
@@ -139,7 +131,7 @@ class _Options:
     def integer(self, key: str, minimum: int) -> int:
         expected = f"an integer >= {minimum}"
         value = self.lookup(key, expected)
-        if not _is_int(value):
+        if not is_int(value):
             raise self.bad(key, value, f"{expected}, found {_type_name(value)}")
         if value < minimum:
             raise self.bad(key, value, expected)
@@ -149,7 +141,7 @@ class _Options:
         """A finite number >= minimum (> minimum where `above`); `why` is said when it is not."""
         expected = f"a finite number {'>' if above else '>='} {minimum:g}"
         value = self.lookup(key, expected)
-        if not _is_number(value):
+        if not is_number(value):
             raise self.bad(key, value, f"{expected}, found {_type_name(value)}")
         if not math.isfinite(value) or value < minimum or (above and value == minimum):
             raise self.bad(key, value, expected + (f" ({why})" if why else ""))
@@ -172,7 +164,7 @@ class _Options:
         """An integer setting that must have the one value the released models use."""
         expected = f"{required}, the value of the released models ({why})"
         value = self.lookup(key, expected)
-        if not _is_int(value) or value != required:
+        if not is_int(value) or value != required:
             raise self.bad(key, value, expected)
         return int(value)
 
@@ -184,7 +176,7 @@ class _Options:
             raise self.bad(key, value, expected)
         filters = []
         for i, spec in enumerate(value):
-            ok = (isinstance(spec, list) and len(spec) == 2 and all(_is_int(v) for v in spec)
+            ok = (isinstance(spec, list) and len(spec) == 2 and all(is_int(v) for v in spec)
                   and 1 <= spec[0] <= max_width and spec[1] >= 1)
             if not ok:
                 raise self.bad(f"{key}[{i}]", spec, pair)
@@ -229,7 +221,7 @@ def read_options(path: PathLike, *, component: str, setting: str = "options_file
     # one of the values bilm-tf writes for the one character table: 262 (inference, the
     # released files) or 261 (its training options). The table's size comes from the weight file.
     n_characters = raw["char_cnn"].get("n_characters", N_CHARACTERS)
-    if not _is_int(n_characters) or n_characters not in (N_CHARACTERS, N_CHARACTERS - 1):
+    if not is_int(n_characters) or n_characters not in (N_CHARACTERS, N_CHARACTERS - 1):
         raise opts.bad("char_cnn.n_characters", n_characters,
                        f"{N_CHARACTERS}, the value of the released models, or {N_CHARACTERS - 1}, bilm-tf's "
                        f"training value (character ids 1..{N_CHARACTERS - 1} plus the padding id 0; "

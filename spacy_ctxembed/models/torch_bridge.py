@@ -36,7 +36,7 @@ import torch
 from spacy.tokens import Doc
 from thinc.api import Model, PyTorchShim, Shim, torch2xp, xp2torch
 
-from ..errors import SettingError, bad_setting, named_errors
+from ..errors import SettingError, bad_setting, is_int, named_errors
 from ..fileio import unpacked
 from ..settings import check_saved_features, config_value
 from ..types import DocLayers
@@ -522,7 +522,7 @@ def selected_layers(encoder: Model) -> Optional[List[int]]:
         return [int(i) for i in resolved] if resolved else None
     settings = config_value(encoder.attrs.get("settings"))
     layers = settings.get("layers") if isinstance(settings, dict) else None
-    if isinstance(layers, list) and layers and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+    if isinstance(layers, list) and layers and all(is_int(i) for i in layers):
         return list(layers)
     return None
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import srsly
 from thinc.api import Model
 
-from ..errors import SettingError, bad_setting
+from ..errors import SettingError, bad_setting, is_int
 from ..layers import built_as
 from ..models.elmo_weights import OPTIONS_FILE
 from ..models.hf_loading import CONFIG_FILE
@@ -254,7 +254,7 @@ def v1_saved_layers(name: str, encoder: Model, cfg: Dict[str, Any]) -> Optional[
     the model just loaded. None where the cfg is not 0.1's or says nothing."""
     layers = cfg.get("layers") if cfg.get("format", 1) == 1 else None
     if not isinstance(layers, list) or not layers or \
-            not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            not all(is_int(i) for i in layers):
         return None
     shim = encoder_shim(encoder)
     if shim is None or not shim.loaded:  # (`exclude`d: nothing to check against)
@@ -302,7 +302,7 @@ def saved_dim(node: Any, name: str) -> Optional[int]:
     """Dimension `name` of a saved node; None where it does not say."""
     dims = node.get("dims") if isinstance(node, dict) else None
     value = dims.get(name) if isinstance(dims, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if is_int(value) else None
 
 
 def is_v1_bytes(msg: Any) -> bool:
