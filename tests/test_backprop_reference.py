@@ -123,3 +123,49 @@ def test_encoder_and_mix_gradients_match_autograd_through_transformers(exact_ber
     # (The mix's gradients are float32 sums over every token: within a few float32 ulps of theirs.)
     numpy.testing.assert_allclose(mix.get_grad("s"), expected[-2].numpy(), rtol=1e-3, atol=5e-5)
     numpy.testing.assert_allclose(mix.get_grad("gamma"), expected[-1].numpy(), rtol=1e-5)
+
+
+def test_one_layer_below_the_top_trains_through_the_shortened_encoder(exact_bert_dir):
+    """`layers = [1]` of a 2-layer BERT runs only its first layer (`_first_layers`)
+    and reads that layer's output as the top state (`top_state_only`); trained,
+    that shortened copy is what runs forward and backward. Its gradient must be
+    autograd's through `transformers`' full BertModel in float64, read at
+    hidden_states[1]: the first layer's and the embeddings' weights get it, the
+    layer above and the pooler get none."""
+    from transformers import AutoTokenizer, BertModel
+
+    from spacy_ctxembed.models.bert import get_runner
+
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=exact_bert_dir, layers=[1], trainable=True))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2",
+                                                                   "tok2vec": _listener(mix_layers=True)}})
+    doc = nlp.make_doc(TEXTS[1])
+    examples = [Example.from_dict(doc, {"tags": ["X"] * len(doc)})]
+    nlp.initialize(lambda: examples)
+    component = nlp.get_pipe("ctxembed_bert")
+    runner = get_runner(component.encoder)
+    assert runner.top_state_only and runner.runner is not runner.encoder.module  # the premise: shortened
+    docs = [eg.predicted for eg in examples]
+    component.update(examples)
+    (outputs, d_outputs), = send_random_gradients(nlp, ["tagger"], docs).values()
+    grads = {k: p.grad for k, p in component.encoder.shims[0]._model.named_parameters() if p.grad is not None}
+
+    tokenizer = AutoTokenizer.from_pretrained(exact_bert_dir)
+    reference = BertModel.from_pretrained(exact_bert_dir, attn_implementation="eager").double()
+    encoding = tokenizer(docs[0].text, return_offsets_mapping=True, return_tensors="pt")
+    offsets = encoding.pop("offset_mapping")[0, 1:-1].tolist()
+    states = reference(**encoding, output_hidden_states=True).hidden_states[1][0, 1:-1]
+    layer = torch.stack([states[pieces].mean(0) if pieces else torch.zeros(32, dtype=torch.float64)
+                         for pieces in token_pieces(docs[0], offsets)])
+    assert outputs[0].shape == (1, len(docs[0]), 32)
+    numpy.testing.assert_allclose(outputs[0][0], layer.detach().numpy(), atol=1e-5)
+    loss = (layer * torch.from_numpy(d_outputs[0][0]).double()).sum()
+    params = dict(reference.named_parameters())
+    expected = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True)))
+    assert {name for name, want in expected.items() if want is not None} == set(grads)
+    assert any(name.startswith("encoder.layer.0.") for name in grads)
+    scale = max(float(g.abs().max()) for g in expected.values() if g is not None)
+    for name, got in grads.items():
+        torch.testing.assert_close(got.double(), expected[name], rtol=1e-3, atol=1e-5 * scale, msg=name)

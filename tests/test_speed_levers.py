@@ -92,6 +92,25 @@ def test_tf32_on_cpu_is_exact_fp32(minilm_dir):
     numpy.testing.assert_array_equal(make_nlp(minilm_dir, precision="tf32")(TEXT)._.ctx_vectors, exact)
 
 
+def test_tf32_runs_on_a_torch_without_matmul_fp32_precision(tiny_bert_dir, monkeypatch):
+    """setup.cfg allows torch >= 2.1, which has `torch.set_float32_matmul_precision`
+    (what `tf32_matmuls` sets) but not `torch.backends.cuda.matmul.fp32_precision`
+    (torch 2.9's). The runner refused "tf32" there, after the switch no longer
+    used that attribute: on CPU it must be exact fp32, as with a newer torch."""
+    matmul = torch.backends.cuda.matmul
+
+    class Torch28Matmul:
+        def __getattr__(self, name):
+            if name == "fp32_precision":
+                raise AttributeError(name)
+            return getattr(matmul, name)
+
+    exact = make_nlp(tiny_bert_dir)(TEXT)._.ctx_vectors
+    monkeypatch.setattr(torch.backends.cuda, "matmul", Torch28Matmul())
+    assert not hasattr(torch.backends.cuda.matmul, "fp32_precision")  # the premise
+    numpy.testing.assert_array_equal(make_nlp(tiny_bert_dir, precision="tf32")(TEXT)._.ctx_vectors, exact)
+
+
 def test_tf32_switch_is_restored_after_the_last_of_overlapping_users():
     """Set and put back through torch's generic API, so that both of torch's APIs
     read consistently meanwhile (setting only `matmul.fp32_precision` made every

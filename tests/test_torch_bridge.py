@@ -1,11 +1,15 @@
 """models.torch_bridge: running an encoder inside thinc, its weights swapped, its saved layers checked."""
 import numpy
 import pytest
+import spacy
 import torch
-from thinc.api import Model, PyTorchShim
+from spacy.training import Example
+from thinc.api import SGD, Model, PyTorchShim
 
 from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.models import torch_bridge as tb
+
+from .conftest import ctx_config
 
 
 # --- evenly_sampled ---------------------------------------------------------
@@ -136,6 +140,28 @@ def test_run_encoder_runs_a_frozen_encoder_without_autograd():
     tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=False)
     tb.run_encoder(model, PyTorchShim(torch.nn.Linear(1, 1)), embed, ["a"], train_weights=True)
     assert asked == [False, True]
+
+
+def test_a_training_batch_of_whitespace_alone_sends_the_encoder_nothing(tiny_bert_dir):
+    """Whitespace tokens have no vector, so a batch of whitespace-only docs gives
+    a trainable encoder outputs that no gradient can reach (none requires one).
+    `nlp.update` on it must train the tagger and leave the encoder's weights as they
+    were, without a gradient, rather than run a backward pass over nothing."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[1], trainable=True))
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 8}}})
+    nlp.initialize(lambda: [Example.from_dict(nlp.make_doc("I ran"), {"tags": ["A", "B"]})])
+    docs = [nlp.make_doc(text) for text in ("  ", "\n\t", " \u3000 ")]
+    assert all(len(doc) and all(token.is_space for token in doc) for doc in docs)  # the premise
+    module = nlp.get_pipe("ctxembed_bert").encoder.shims[0]._model
+    before = {name: weight.detach().clone() for name, weight in module.named_parameters()}
+    losses = nlp.update([Example.from_dict(doc, {"tags": ["A"] * len(doc)}) for doc in docs],
+                        sgd=SGD(0.1, L2=0.0, grad_clip=0.0))
+    assert losses["tagger"] > 0
+    for name, weight in module.named_parameters():
+        assert weight.grad is None or not weight.grad.any(), name
+        torch.testing.assert_close(weight.detach(), before[name], rtol=0, atol=0, msg=name)
 
 
 # --- check_saved_layers ---------------------------------------------------------

@@ -148,10 +148,6 @@ class BertRunner:
             warn(f"[{name}] {block}precision = 'fp16': the encoder is on the CPU, where float16 autocast runs "
                  "several times slower than 'fp32' and is not exact; it is meant for GPU. Use 'fp32' on CPU "
                  "(or 'int8' for speed)")
-        if self.precision == "tf32" and not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-            raise bad_setting(COMPONENT, "precision", "tf32",
-                              "needs torch >= 2.9 (torch.backends.cuda.matmul.fp32_precision); "
-                              f"this is torch {torch.__version__}")
         self.max_batch_items: int = settings["max_batch_items"] or self.default_budget()
         probe = self.probe_batch()
         # hidden_states[i] needs only the first i layers: the runner is a
