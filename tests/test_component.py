@@ -344,3 +344,34 @@ def test_add_label_is_refused_naming_the_instance(tiny_bert_dir):
     component = nlp.add_pipe("ctxembed_bert", name="emb_a", config=ctx_config(name=tiny_bert_dir))
     with pytest.raises(NotImplementedError, match=r"^\[emb_a\] a contextual embedder has no labels$"):
         component.add_label("X")
+
+
+@pytest.mark.parametrize("load", ["from_bytes", "from_disk"])
+def test_weights_loaded_into_the_model_before_its_first_use_are_the_ones_it_runs(tiny_bert_dir, minilm_dir,
+                                                                                 tmp_path, load):
+    """thinc's `from_bytes`/`from_disk` on the component's model, before the
+    component ever loaded: its first use takes those weights, not the config's
+    `name`. The reference is `transformers` run on the weights loaded."""
+    from transformers import AutoTokenizer, BertModel
+
+    from .conftest import other_bert
+    from .reference import hf_hidden_states, pool, token_pieces
+
+    other = other_bert(tmp_path / "other-bert", minilm_dir)
+    donor = make_nlp(other, layers=[-1]).get_pipe("ctxembed_bert").model
+    donor.to_disk(tmp_path / "model.bin")
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("ctxembed_bert", config=ctx_config(name=tiny_bert_dir, layers=[-1]))
+    if load == "from_bytes":
+        component.model.from_bytes(donor.to_bytes())
+    else:
+        component.model.from_disk(tmp_path / "model.bin")
+    assert not component.loaded
+    text = "I ran to the park this morning."
+    doc = nlp(text)
+    states, offsets = hf_hidden_states(AutoTokenizer.from_pretrained(other),
+                                       BertModel.from_pretrained(other).eval(), text)
+    expected = pool(states[-1], token_pieces(doc, offsets), "mean")
+    numpy.testing.assert_allclose(doc._.ctx_vectors, expected, atol=1e-5, rtol=0)
+    config_weights = make_nlp(tiny_bert_dir, layers=[-1])(text)._.ctx_vectors
+    assert not numpy.allclose(config_weights, expected, atol=1e-3)  # (the check tells the two apart)

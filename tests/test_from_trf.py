@@ -712,6 +712,39 @@ def test_a_listener_of_from_trf_trains_with_the_transformer_frozen_and_annotatin
     assert not numpy.array_equal(mix.get_param("gamma"), gamma_before)  # the mix trains through the listener
 
 
+def test_a_from_trf_component_initialized_alone_cannot_size_its_listener_and_says_how(tiny_bert_dir):
+    """`component.initialize()` without `nlp=` never looks at the transformer
+    whose width it pools (initialized here): the listener cannot be sized,
+    and the error says so; initialized with the pipeline, as it says, the
+    listener takes the tiny BERT's width and the tagger trains."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    nlp = _with_transformer(tiny_bert_dir)
+    component = nlp.add_pipe("ctxembed_from_trf")
+    nlp.add_pipe("tagger", config={"model": {"@architectures": "spacy.Tagger.v2", "tok2vec": {
+        "@architectures": "spacy-ctxembed.ContextualListener.v2", "width": 16, "mix_layers": False}}})
+    words, tags = ["I", "ran", "home"], ["PRON", "VERB", "ADV"]
+    examples = [Example.from_dict(nlp.make_doc(" ".join(words)), {"words": words, "tags": tags})]
+    nlp.get_pipe("transformer").initialize(lambda: examples, nlp=nlp)
+    with pytest.raises(ValueError, match=r"^\[ctxembed_from_trf\] cannot size the listener of 'tagger': the width of "
+                                         r"the vectors it pools is that of the spacy-transformers transformer before "
+                                         r"it, .* it was initialized on its own \(component\.initialize\(\) without "
+                                         r"nlp=.*nlp\.get_pipe\('ctxembed_from_trf'\)\.initialize\(nlp=nlp\)\)$"):
+        component.initialize()
+    assert not component.loaded
+    component.initialize(nlp=nlp)
+    nlp.get_pipe("tagger").initialize(lambda: examples, nlp=nlp)
+    (listener,) = [node for node in nlp.get_pipe("tagger").model.walk() if isinstance(node, ContextualListenerNode)]
+    assert listener.get_dim("nO") == 32  # (the tiny BERT's width)
+    tagger = nlp.get_pipe("tagger").model
+    before = [(node, name, node.get_param(name).copy()) for node in tagger.walk()
+              for name in node.param_names if node.has_param(name)]
+    optimizer = nlp.create_optimizer()
+    for _ in range(2):
+        nlp.update(examples, sgd=optimizer, exclude=["transformer"], annotates=["transformer"])
+    assert any(not numpy.array_equal(value, node.get_param(name)) for node, name, value in before)
+
+
 def test_a_listener_of_a_from_trf_component_renamed_away_reads_no_outputs_under_its_old_name(tiny_bert_dir):
     """Two transformers, each pooled by a `ctxembed_from_trf` ("A", "B"), taken
     into another pipeline under each other's names: spaCy renames them in

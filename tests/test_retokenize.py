@@ -501,6 +501,27 @@ def test_a_split_piece_at_a_cuts_edge_joined_after_another_doc_is_an_error_not_a
         restore_vectors(Doc.from_docs([other, tail]))
 
 
+def test_a_split_piece_at_a_cuts_edge_read_with_a_new_vocab_is_refused_naming_the_vocab(nlp):
+    """Such a cut, saved in a DocBin: read with the pipeline's vocab, its piece
+    takes its token's row; read with a new Vocab (which has the cut's words,
+    not "NewYork"), the stored token's text cannot be checked: refused, with
+    the vocab named (it raised StringStore's KeyError when unguarded, and the
+    error named no cause that fits)."""
+    from spacy.vocab import Vocab
+
+    doc = nlp("NewYork is big .")
+    before = doc._.ctx_vectors.copy()
+    with doc.retokenize() as retokenizer:
+        retokenizer.split(doc[0], ["New", "York"], heads=[(doc[0], 1), doc[1]])
+    data = DocBin(docs=[doc[0:1].as_doc(copy_user_data=True)], store_user_data=True).to_bytes()  # "New"
+    same = restore_vectors(next(DocBin().from_bytes(data).get_docs(nlp.vocab)))
+    numpy.testing.assert_array_equal(same._.ctx_vectors, before[0:1])
+    fresh = next(DocBin().from_bytes(data).get_docs(Vocab()))
+    with pytest.raises(MissingOutputs, match=r"^\[emb\] no 'emb' output covers 1 of its 1 tokens \(from token 0: "
+                                             r"'New'\).*read it with the pipeline's nlp\.vocab"):
+        restore_vectors(fresh)
+
+
 def test_a_whitespace_token_split_off_a_merge_has_no_vector_not_an_error(nlp):
     """"New York" merged, then split into "New", " ", "York": the " " lies on
     the whitespace between the embedded tokens, which no stored token covers,

@@ -193,7 +193,8 @@ def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir
                                          r"of the vectors it pools is that of the spacy-transformers transformer "
                                          r"before it, which is not initialized\..*must be sourced from a pipeline "
                                          r"in which it was initialized \(source = \.\.\. in its \[components\] "
-                                         r"block\)"):
+                                         r"block\), or left out of \[training\] frozen_components and kept in "
+                                         r"annotating_components, for init_nlp to initialize it"):
         init_nlp(config)
     trained = spacy.blank("en")
     trained.add_pipe("transformer", source=nlp)
@@ -201,9 +202,13 @@ def test_spacy_train_with_a_frozen_transformer_not_sourced_says_so(tiny_bert_dir
     trained.to_disk(tmp_path / "trf")
     config["components"]["transformer"] = {"source": str(tmp_path / "trf")}
     initialized = init_nlp(config)
-    assert initialized.get_pipe("ctxembed_from_trf").encoder.get_dim("nO") == 32  # (the tiny BERT's width)
+    _assert_sized_and_trains(initialized, **frozen)
     doc = initialized(TEXTS[0])
     assert doc._.ctx_vectors.shape == (len(doc), 32) and all(token.tag_ for token in doc)
+    # Its other advice: the transformer left out of frozen_components (initialized by init_nlp), still annotating.
+    config["components"]["transformer"] = nlp.config["components"]["transformer"]
+    config["training"] = {**config["training"], "frozen_components": [], "annotating_components": ["transformer"]}
+    _assert_sized_and_trains(init_nlp(config), frozen_components=[], annotating_components=["transformer"])
 
 
 def test_spacy_train_with_ctxembed_from_trf_frozen_says_so_not_the_sourced_transformer(tiny_bert_dir, tmp_path):
@@ -229,6 +234,26 @@ def test_spacy_train_with_ctxembed_from_trf_frozen_says_so_not_the_sourced_trans
                                          r"frozen_components") as error:
         init_nlp(config)
     assert "not initialized" not in str(error.value)
+    # As it says: ctxembed_from_trf left out of frozen_components, the transformer frozen and annotating.
+    frozen = {"frozen_components": ["transformer"], "annotating_components": ["transformer"]}
+    config["training"] = {**config["training"], **frozen}
+    _assert_sized_and_trains(init_nlp(config), **frozen)
+
+
+def _assert_sized_and_trains(nlp, *, frozen_components, annotating_components):
+    """The tagger's listener sized to the tiny BERT's width (32), and steps
+    as `spacy train` takes them move the tagger's weights."""
+    from spacy_ctxembed.models.listener import ContextualListenerNode
+
+    tagger = nlp.get_pipe("tagger")
+    (listener,) = [node for node in tagger.model.walk() if isinstance(node, ContextualListenerNode)]
+    assert listener.get_dim("nO") == 32
+    before = [(node, name, node.get_param(name).copy()) for node in tagger.model.walk()
+              for name in node.param_names if node.has_param(name)]
+    optimizer = nlp.create_optimizer()
+    for _ in range(2):
+        nlp.update(_examples(nlp), sgd=optimizer, exclude=frozen_components, annotates=annotating_components)
+    assert any(not numpy.array_equal(value, node.get_param(name)) for node, name, value in before)
 
 
 # `[initialize] init_tok2vec` (the weights `spacy pretrain` writes) ------------------------------

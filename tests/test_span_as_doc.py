@@ -288,6 +288,20 @@ def test_a_span_of_a_plain_cut_reads_its_source(nlp):
         span_as_doc(twice[0:2])
 
 
+def test_restore_vectors_on_a_plain_cut_keeps_what_it_reads(nlp):
+    """A plain cut (`span.as_doc()`) reads its source's store through the
+    pointer its hooks carry: `restore_vectors` on it removed that pointer,
+    and the cut then read no vectors at all (`ctx_vectors` None), nor did
+    its own cuts."""
+    source = nlp("New York is big and I ran to the park yesterday.")
+    rows = source._.ctx_vectors[5:9].copy()  # I ran to the
+    cut = source[5:9].as_doc()
+    assert restore_vectors(cut) is cut
+    numpy.testing.assert_array_equal(cut._.ctx_vectors, rows)
+    numpy.testing.assert_array_equal(numpy.stack([token.vector for token in cut]), rows)
+    numpy.testing.assert_array_equal(span_as_doc(cut[1:3])._.ctx_vectors, rows[1:3])
+
+
 def test_a_span_without_outputs_is_spacys_cut_and_a_doc_is_refused(nlp):
     blank = spacy.blank("en")("No vectors here.")
     cut = span_as_doc(blank[1:3])

@@ -59,8 +59,11 @@ def set_source_pointer(doc: Doc, source: Optional[Source] = None) -> None:
     if source is not None:
         hooks: Dict[str, Any] = {**doc.user_hooks, SOURCE_HOOK: source}
         doc.user_hooks = hooks
-    elif SOURCE_HOOK in doc.user_hooks:
+    elif stores and SOURCE_HOOK in doc.user_hooks:
         doc.user_hooks = {k: v for k, v in doc.user_hooks.items() if k != SOURCE_HOOK}
+    # (Without stores of its own the doc is a plain cut, `span.as_doc()`, that
+    # reads its source's store through the pointer it carries, as its cuts do:
+    # kept. Removed, the cut had no vectors after `restore_vectors`.)
 
 
 def token_vector(token: Token):

@@ -339,7 +339,9 @@ def _missing_error(name: Optional[str], where: str) -> MissingOutputs:
         "text when the component ran (spaCy's Doc.from_array with SPACY changes the spaces but not token.idx), "
         "or, in a doc joined with Doc.from_docs, a token split at the edge of a cut (span.as_doc(copy_user_data="
         "True) after a retokenizer split) that is not at the joined doc's own edge (a merge across such text "
-        "and text with outputs leaves part of the merged token uncovered); "
+        "and text with outputs leaves part of the merged token uncovered), or such a cut read with a vocab "
+        "whose string store lacks the split token's text, which then cannot be checked (DocBin.get_docs(Vocab())"
+        ": read it with the pipeline's nlp.vocab); "
         "run the component on this doc, or join docs that all have its outputs"
     )
 

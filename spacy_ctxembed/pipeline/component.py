@@ -344,8 +344,9 @@ class ContextualEmbedder(TrainablePipe):
                 why = (
                     "which is not initialized. Initialize it with the pipeline (nlp.initialize()); spacy train "
                     "initializes no frozen component, so a frozen transformer must be sourced from a pipeline in "
-                    "which it was initialized (source = ... in its [components] block), or trained (left out of "
-                    "[training] frozen_components)"
+                    "which it was initialized (source = ... in its [components] block), or left out of [training] "
+                    "frozen_components and kept in annotating_components, for init_nlp to initialize it (no "
+                    "gradient reaches it through this component either way)"
                 )
             raise ValueError(
                 f"[{self.name}] cannot size the listener of {', '.join(map(repr, listening)) or 'a component'}: "
