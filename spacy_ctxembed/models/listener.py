@@ -324,8 +324,8 @@ class ContextualListenerNode(SampleDocsModel):
     def _signed(self, component: Any) -> Dict[str, Optional[str]]:
         """What `component`'s output signature, which its outputs on docs
         carry, says of its weights, as a record keeps it: `signed`, encoder
-        and combiner together (for `ctxembed_from_trf` a digest of no
-        weights), and `signed_encoder`, the encoder's alone (`ENCODER_WEIGHTS`);
+        and combiner together (for `ctxembed_from_trf` the combiner's alone:
+        no transformer's), and `signed_encoder`, the encoder's alone (`ENCODER_WEIGHTS`);
         None before it loads."""
         signature = component.signature
         fields = {} if signature is None else signature_fields(signature)

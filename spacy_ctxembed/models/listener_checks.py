@@ -3,8 +3,9 @@
 A head's weights fit the features they were trained on; another upstream's
 (other layers, width, pooling, model or weights) may fit their shapes and be
 read silently. The listener node records what its head trained on
-(`TRAINED_ON`, `TRAINED_WITH`); these checks, run as a head loads, initialises
-or first predicts, compare that with what the upstream gives now, and build
+(`TRAINED_ON`, `TRAINED_WITH`); these checks, run at each forward pass of a
+head (`listener._delegate`) and where `nlp.replace_listeners` copies its
+upstream (`heads.listener_copy`), compare that with what the upstream gives now, and build
 the messages that say what to do. (The node's own check of the docs' outputs,
 by their signatures, is the node's: `listener`.)
 """

@@ -6,7 +6,10 @@ through DLPack), and in training the backward pass hands the gradients back to
 torch's autograd, with the shim's loss scaling for fp16.
 
 `EncoderShim` is what the component and its helpers may ask of an encoder's
-shim (BERT's, ELMo's); `encoder_shim` finds it in a model.
+shim (BERT's, ELMo's); `encoder_shim` finds it in a model. Beside them: the
+encoder's learning-rate scale (`at_lr_scale`), an optimizer's averages swapped
+into its weights (`averaged_weights`), and what the component reads of an
+encoder (`selected_layers`, `encoder_features`, `set_loaded_dims`).
 """
 import contextlib
 import copy

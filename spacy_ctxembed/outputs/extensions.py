@@ -205,8 +205,8 @@ def _check_not_replacing_primary(name: str, output: Optional[Dict[str, Any]], si
     another model made them; the same model's vectors are the same.
     (Outputs that do not say, docs rebuilt by `docs_from_table` without a
     signature or saved by earlier versions, are not checked; nor are
-    `ctxembed_from_trf`'s of another transformer: its signature has its own
-    settings only.) `output` None: the primary outputs cannot be read
+    `ctxembed_from_trf`'s of another transformer: its signature holds no
+    transformer's weights.) `output` None: the primary outputs cannot be read
     (joined from docs of different models)."""
     if output is None:
         raise ValueError(

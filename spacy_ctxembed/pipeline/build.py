@@ -1,4 +1,5 @@
-"""Building the pipeline that a corpus job runs: the `embed` CLI, and each Ray actor."""
+"""Building the pipeline that a corpus job runs (the `embed` and `demo` CLIs, each
+Ray actor), and the helpers the analysis commands build theirs with."""
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union

@@ -143,7 +143,8 @@ SIGNATURES_KEPT = 64
 class ContextualEmbedder(TrainablePipe):
     """Attach contextual token vectors computed by `model` to each doc."""
 
-    #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`); None after a good load.
+    #: What a refused `from_disk`/`from_bytes` was loading (see `_loading`), or `_FORKED_MID_CHANGE`;
+    #: None after a good load.
     _load_refused: Optional[str] = None
     #: What makes this component's outputs (`output_signature`), stored with each, and
     #: the `_generation` whose weights it is of (another: taken again when asked); set
@@ -158,9 +159,9 @@ class ContextualEmbedder(TrainablePipe):
     _made: Tuple[str, ...] = ()
     #: Which weights these are, as a listener's head trained on their outputs
     #: knows them (`listener_checks.TRAINED_WITH`): a random id given when weights are
-    #: loaded from the config's model (initialize, a first use), kept by
-    #: training and by a save and its load. Another component of the same
-    #: model and settings has another (with weights trained otherwise).
+    #: loaded from the config's model (initialize, a first use), a new one at
+    #: each training step (`_branch_lineage`), kept by a save and its load.
+    #: Another component of the same model and settings has another.
     _lineage: Optional[str] = None
     #: Whether the weights were loaded from a model folder whose cfg records of
     #: the saved model were removed (kept on purpose, so not checked): a head
@@ -647,8 +648,8 @@ class ContextualEmbedder(TrainablePipe):
         doc it annotated before a training step has one of the weights
         then). For a listener whose upstream was renamed, to tell that
         upstream's outputs from another's (`ContextualListenerNode.check_not_renamed`).
-        Empty for `ctxembed_from_trf`: its signature has its own settings only,
-        and tells no transformer from another."""
+        Empty for `ctxembed_from_trf`: its signature has its settings and its
+        combiner's weights only, and tells no transformer from another."""
         return self._made if encoder_shim(self.encoder) is not None else ()
 
     @property
@@ -1062,7 +1063,8 @@ class ContextualEmbedder(TrainablePipe):
     # Serialization ---------------------------------------------------------
 
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
-        """Write cfg, the combiner's weights and the encoder's own files (safetensors, no pickles)."""
+        """Write cfg, the combiner's weights and the encoder's own files (BERT's
+        safetensors, ELMo's options and hdf5 weights: no pickles)."""
         path = ensure_path(path)
         self._flush_backward(at_update=True)
         self._width_into_combiner()

@@ -9,6 +9,8 @@ and initialise it again on top of the weights just loaded. So predictions
 share the gate (any number at once), and a load takes it alone: it waits
 for the predictions under way to end, and predictions that start after it
 asked wait for it (else threads that keep predicting would keep it out).
+A training step and `use_params`, which rewrite the weights in place, take
+it alone too.
 
 Re-entrant: a thread that loads may predict or load again inside (`from_bytes`
 of 0.1's bytes goes through `from_disk`), and a thread that predicts may

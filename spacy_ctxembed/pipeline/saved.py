@@ -63,9 +63,10 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage:
               kept: bool = False) -> Dict[str, Any]:
     """The cfg file: the layout's version, the settings (for reference only: the
     config's are used), the weights' lineage, the encoder layers that the combiner's weights are for,
-    the fingerprint of the encoder's weights (`check_saved_weights`), ELMo's
-    options (`check_saved_options`), its pooling and windows
-    (`check_saved_features`), and with `probe`, what a Hugging Face model
+    the fingerprint of the encoder's weights (`check_saved_weights`), the
+    settings naming its files (`warn_if_source_edited`), ELMo's options
+    (`check_saved_options`), its pooling and windows (`check_saved_features`),
+    with `kept` the mark `KEPT_KEY`, and with `probe`, what a Hugging Face model
     folder computes (`check_saved_probe`: files on disk may be edited)."""
     cfg = {"format": FORMAT, **settings, LAYERS_KEY: selected_layers(encoder)}
     if lineage is not None:
@@ -89,7 +90,7 @@ def saved_cfg(settings: Dict[str, Any], encoder: Model, *, probe: bool, lineage:
     return cfg
 
 
-#: What the refusals above add to "remove the record from the cfg file".
+#: What the refusals below add to "remove the record from the cfg file".
 KEPT_ON_PURPOSE = (" (the components listening to this one through a ContextualListener.v2, trained on what it "
                    "was saved with, are then refused until trained again)")
 
@@ -98,7 +99,8 @@ def vouching_keys(encoder: Model) -> List[str]:
     """The cfg keys that a save from disk (`saved_cfg` with `probe`) records to
     check that the model folder is the one saved: the weights' fingerprint, and
     ELMo's options or else a Hugging Face folder's probe. (A save before the
-    lineage was recorded, or a probe-less one, has no lineage to vouch for.)"""
+    lineage was recorded has none to vouch for; `from_bytes`, whose cfg has
+    no probe, checks none: bytes are not files a user edits.)"""
     return [WEIGHTS_KEY, OPTIONS_KEY if saved_options_digest(encoder) is not None else PROBE_KEY]
 
 

@@ -37,7 +37,7 @@ def output_signature(model: Model) -> str:
     Deterministic: docs from the worker processes of one pipeline
     (`nlp.pipe(n_process=2)`) and from a pipeline saved and loaded again
     match. `ctxembed_from_trf` owns no weights (its upstream transformer
-    does), so its signature has its settings only.
+    does), so its signature has its settings and its combiner's weights only.
     """
     encoder, combiner = model.get_ref("encoder"), model.get_ref("combiner")
     settings: Dict[str, Any] = {}
