@@ -5,9 +5,9 @@ mean of the chosen layers) are made unit length, so that Euclidean distance
 ranks like cosine, and then:
 
 * clustered with k-means (scikit-learn, ``n_init = 10``, the seed as
-  ``random_state``) for k = 2 .. max_clusters (and below the number of
-  distinct vectors), keeping the k with the highest mean silhouette; fewer
-  than 3 occurrences are one cluster;
+  ``random_state``) for k = 2 .. max_clusters (at most the number of
+  distinct vectors, and below the number of occurrences), keeping the k with
+  the highest mean silhouette; fewer than 3 occurrences are one cluster;
 * projected to 2-D with PCA, for the picture;
 * per cluster, the occurrences nearest its centre are the examples, and the
   one nearest of all is the cluster's representative, whose nearest other

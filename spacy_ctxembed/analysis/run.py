@@ -71,7 +71,7 @@ def check_extra() -> None:
 
 @dataclass
 class AnalysisSettings:
-    """Sample sizes, seed and sizes of an analysis (the CLI option of each in brackets).
+    """Sample sizes, seed and sizes of an analysis (the CLI option of each in parentheses).
 
     min_count: occurrences a word needs for self-similarity and MEV (--min-count).
     n_pairs: random token pairs for the anisotropy baseline; None: all pairs, exactly (--anisotropy-pairs).
@@ -87,6 +87,7 @@ class AnalysisSettings:
     component: the contextual component to analyse in each pipeline that names
         none of its own (`PipelineSource.component`: --component, --compare-component);
         None: the pipeline's only one.
+    words: the words the sense explorer explores (--word).
     explore_layers: layers the explorer uses (negative: from the top); None:
         the recommended ones, else the pipeline's configured ones (--explore-layers).
     max_clusters, n_examples, n_neighbours, explore_max_occurrences: the

@@ -89,7 +89,7 @@ def analyze(
     from ..analysis.run import check_extra
 
     try:
-        check_extra()  # scikit-learn, matplotlib: before anything is read or embedded
+        check_extra()  # the [analysis] extra (EXTRA_PACKAGES): before anything is read or embedded
     except MissingExtra as e:
         raise UsageError(str(e)) from e
     if model is not None and config is not None:

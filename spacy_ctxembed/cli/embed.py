@@ -126,10 +126,7 @@ def _embed_ray(
     overwrite: bool, address: Optional[str], actors: int, cpus_per_actor: float, gpus_per_actor: float,
     input_format: Optional[str], text_key: str, float16: bool,
 ) -> None:
-    try:
-        from ..distributed import embed_corpus
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise _needs_ray(e) from None
+    from ..distributed import embed_corpus  # (Ray and pyarrow are imported by the run: MissingExtra, below)
     if input_path == "-":
         raise UsageError("INPUT -: --ray does not read stdin (its actors read the input files themselves, each "
                          "its own rows); write it to a .txt file and give that")

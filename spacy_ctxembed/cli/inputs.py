@@ -10,7 +10,9 @@ temporary file first, so that it is checked (and counted for the progress bar)
 exactly like a path.
 
 A ``.jsonl``, ``.ndjson`` or ``.parquet`` input is refused: those are read by
-``embed --ray`` (read as text, JSONL would be embedded as JSON syntax).
+``embed --ray`` (read as text, JSONL would be embedded as JSON syntax). So
+is a token-per-line CoNLL file (``.conllu``, ``.conll``, ``.iob``,
+``.iob2``), whose lines are markup, not docs.
 
 A ``.spacy`` DocBin input is loaded whole (it holds token data, not vectors: a
 small fraction of the output); its docs are numbered from 1 in the same way

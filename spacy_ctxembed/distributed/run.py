@@ -12,9 +12,9 @@ OUTDIR holds:
 
 The driver plans the shards and checks the result; Ray Data does the rest:
 the actor pool, scheduling, back-pressure, and retrying the shard of an
-actor that died (its actors are restarted, and their tasks retried, without
-limit). Resuming needs nothing from Ray: a shard whose file is in
-``shards/`` is done.
+actor that died (its actors are restarted without limit; a shard is retried
+up to `MAX_TASK_RETRIES` times, then the run fails naming it). Resuming needs
+nothing from Ray: a shard whose file is in ``shards/`` is done.
 """
 import contextlib
 import fcntl
@@ -201,7 +201,7 @@ def embed_corpus(
 
 def _run_signature(shard_dir: Path, shards: List[Shard]) -> Optional[str]:
     """What made the run's vectors (`pipeline.signature`), as its shards record
-    it (one model, checked at each actor's start); None where they do not
+    it (one model, checked by each actor at its first shard); None where they do not
     (no docs; shards written before shards recorded it) or disagree.
 
     Compared field by field, as docs' outputs are (`signatures_agree`): a run

@@ -2,8 +2,8 @@
 
 Planning (on the driver) reads each input once, streaming: it counts the rows
 and records where every shard starts (a byte offset in a text or JSONL file, a
-row number in a Parquet file), and hashes text inputs so that a resumed run
-can tell whether its input changed. A shard never spans two files, and doc ids
+row number in a Parquet file), and hashes every input's bytes (Parquet too) so
+that a resumed run can tell whether its input changed. A shard never spans two files, and doc ids
 run on across files in the order the files are given: row ``r`` of the whole
 input is doc ``r``, whether it is embedded or rejected.
 
@@ -13,7 +13,8 @@ one. A row is rejected, never dropped: a line that is empty or blank, bytes
 that are not UTF-8 (in a line or in a Parquet value), a JSONL line that is
 not a JSON object or lacks the text field, a JSON string with a lone
 surrogate escape ("\\ud800": valid JSON, but not text that UTF-8 or spaCy can
-hold), a null or blank Parquet value. Errors that concern a whole input (a
+hold), a null or blank Parquet value, a text longer than the pipeline's
+``nlp.max_length``. Errors that concern a whole input (a
 file that cannot be read, a Parquet file without the text column, a file
 that changed since planning) raise `InputError`.
 """
