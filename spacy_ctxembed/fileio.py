@@ -2,7 +2,9 @@
 
 And reading them back as what identifies a run: `model_identity`, the checksum
 of the pipeline whose vectors a run writes (both `embed` and `embed --ray`
-record it, and refuse to resume a run with other model files).
+record it, and refuse to resume a run with other model files). And a
+serialized encoder's files, unpacked into a temporary directory to load from
+(`unpacked`).
 """
 import contextlib
 import hashlib

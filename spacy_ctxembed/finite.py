@@ -3,8 +3,8 @@
 An overflow in reduced precision (fp16), weights that diverged in training or
 under `use_params`, or a transformer upstream that overflowed would otherwise
 give nan vectors that are written and read as any others. Every combiner
-mixes every layer it is given with a product (nan * 0 is nan), so the vectors
-show a bad value in any stored layer too.
+takes every layer it is given into each vector (concatenated, or in a sum:
+nan * 0 is nan), so the vectors show a bad value in any stored layer too.
 
 The sums are taken where the vectors are computed (`predict`) and read where
 they are handed over (`set_annotations`). On GPU the read is a copy queued

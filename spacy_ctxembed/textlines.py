@@ -7,7 +7,8 @@ character, form feed, "\\x85" and "\\u2028" included, stays inside its line.
 What kind of input a file name says is one rule too, `file_kind` (by the
 suffix in lower case), for every reader: `embed --ray` reads the kinds in
 `SUFFIXES`; `embed` without it reads text and DocBins, `analyze` those and
-CoNLL-U, and each refuses the other kinds in its own words.
+CoNLL-U, and each refuses the other kinds in its own words. Which files are not
+UTF-8 text is one rule too, told by their first bytes (`not_text_refusal`).
 """
 from pathlib import Path
 from typing import List, Optional, Tuple, Union

@@ -1,4 +1,5 @@
-"""Thinc layers that turn per-doc layer stacks (n_layers, n_tokens, width) into vectors."""
+"""Thinc layers that turn per-doc layer stacks (n_layers, n_tokens, width) into vectors, and
+the one that reads those stacks off docs for `ContextualListener.v1` (`read_ctx_layers`)."""
 from typing import Optional
 
 from thinc.api import Model

@@ -7,9 +7,11 @@ its constructor, `forward` and `init`, and the shim that holds the runner
 (`BertShim`: the weights saved and loaded as a Hugging Face directory,
 safetensors and no pickles, and optimizer updates), as `elmo.py` is ELMo's.
 
-Trained when its component is trained (not frozen) and `trainable = true`:
-the gradient flows back through pooling into the encoder under torch
-autograd. Otherwise it runs under `torch.inference_mode`.
+Trained when its component is trained (not frozen), `trainable = true`, its
+`encoder_lr_scale` is not 0 and a listener sends it a gradient
+(`ContextualEmbedder._encoder_trains`): the gradient flows back through
+pooling into the encoder under torch autograd. Otherwise it runs under
+`torch.inference_mode`.
 """
 import contextlib
 import copy
@@ -237,7 +239,7 @@ class BertShim(EncoderShim):
 
     def cache_identity(self) -> str:
         """What the output depends on besides the settings and the weights (the
-        feature cache's key): the windows, layers and tokenizer resolved at load."""
+        feature cache's key): the windows, layers, tokenizer and model config resolved at load."""
         runner = self.get_runner()
         return json.dumps([runner.window, runner.stride, list(runner.layers), runner.tokenizer_digest,
                            runner.config_digest])

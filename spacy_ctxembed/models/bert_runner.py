@@ -7,7 +7,8 @@ docs -> wordpieces of each doc's raw text (the model's own fast tokenizer)
      -> per doc, a tensor (n_layers, n_tokens, width) on the model's device.
 
 A `BertRunner` is built once when the weights load and is not changed by a
-call (but for the chunk cache it gives up on, `Wordpieces.of_docs`), so one
+call but for what is made to be shared (the chunk cache, added to and given
+up on: `Wordpieces.of_docs`; the int8 copy, made once under a lock), so one
 pipeline can serve several threads. The shim that holds it (`bert.BertShim`)
 is what Thinc sees.
 """

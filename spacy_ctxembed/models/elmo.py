@@ -7,8 +7,8 @@ distinct word in a batch) + biLSTM -> per doc, an array
 for whitespace tokens. Layer 0 is the token layer duplicated; 1 and 2 are the
 biLSTM layers, [forward; backward].
 
-The biLM is frozen unless `trainable = true`; either way a scalar mix on top
-of it trains with its component.
+The biLM is frozen unless `trainable = true`; either way, a mix on top of it
+(a `ScalarMix` combiner, a listener's) trains with its component.
 """
 import contextlib
 import copy

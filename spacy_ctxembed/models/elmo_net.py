@@ -1,4 +1,4 @@
-"""ELMo's biLM in plain PyTorch: character CNN token layer + 2-layer biLSTM.
+"""ELMo's biLM in plain PyTorch: character CNN token layer + biLSTM (2 layers in the released files).
 
 Stateless: every sentence starts from zero states, so a sentence's vectors
 never depend on the batch or on what ran before. Frozen by default: the

@@ -3,8 +3,9 @@
 The layout (TensorFlow convention, y = x @ W) is described in
 `docs/elmo-weights-format.md`. Everything is checked when the files are read
 (at initialize/load), never later: every options setting for presence, type and
-range, then every dataset for presence and the shape the options imply, then
-every dataset's values for finiteness. Each problem is an `ElmoFileError` of the
+range, then the weight file's counts of layers against the options', every dataset
+for presence and the shape the options imply, then every dataset's values for
+finiteness. Each problem is an `ElmoFileError` of the
 form ``[component] options_file = '/p/options.json': lstm.n_layers = 0: expected
 an integer >= 1``, naming the component instance, the file, the setting or
 dataset, the value found and what is allowed.
@@ -315,7 +316,8 @@ def read_weights(
 ) -> Dict[str, numpy.ndarray]:
     """All datasets as float32 arrays, `char_embed` with its zero padding row prepended.
 
-    Checks, in this order, reporting the first problem: the file opens as HDF5; every dataset
+    Checks, in this order, reporting the first problem: the file opens as HDF5; it holds as
+    many filters, highway and LSTM layers as the options ask for (`_check_counts`); every dataset
     is present with the shape the options imply (`char_embed`: exactly
     (n_characters - 1, char_dim)) and a real numeric type; every value is finite (in float32).
     Datasets the options do not ask for are ignored: released files may carry extras.

@@ -5,7 +5,8 @@ name already in the local Hugging Face cache. Loading never runs code from
 the model directory (`trust_remote_code=False`) and reads weights from
 `model.safetensors` only, so no pickle is ever unpickled.
 
-`load_encoder` checks a directory before it allocates anything:
+`load_encoder` checks a directory before it allocates anything (1-4), and
+the model once loaded (5-7):
 
 1. `config.json` must exist, be a JSON object and be loadable by AutoConfig,
    and describe an encoder.
@@ -15,12 +16,17 @@ the model directory (`trust_remote_code=False`) and reads weights from
    one-line command that converts them).
 4. The safetensors header (names, shapes, dtypes; no tensor data) must match
    the tensors of the model that config.json describes, built on the meta
-   device: nothing missing, nothing unexpected, no shape differs. Only the
-   pooler may be missing (it is left out of the model then, or zeroed where
-   the architecture always builds one).
+   device: nothing missing, nothing unexpected (but a task head's tensors),
+   no shape differs. Only the pooler may be missing (it is left out of the
+   model then, or zeroed where the architecture always builds one), and a
+   tensor tied to one the file holds.
 5. `from_pretrained` runs behind a process-wide lock, and its loading info
    is checked again.
 6. The loaded tensors must all be materialised (no meta tensors) and finite.
+7. Every id the tokenizer gives must have an embedding row; the model must
+   take an attention mask, and on a probe text give one hidden state per
+   layer and piece, the same without the tokenizer's token_type_ids
+   (`_check_states_per_piece`).
 
 Every error is a `SettingError` of the form
 ``[component] setting = 'DIRECTORY': what is wrong and what to do``.

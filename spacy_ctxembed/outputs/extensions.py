@@ -1,11 +1,12 @@
 """`doc._.ctx_outputs`, `doc._.ctx_vectors`, `doc._.ctx_layers`: writing, reading, dropping.
 
 `write_outputs` is what a component calls; the getters read through a view
-(`views`). The setters take None only, which drops the outputs (spaCy's
-`doc_cleaner`, before docs are saved): without setters, `doc._.ctx_outputs =
-None` wrote a user-data key of its own that nothing reads, and the outputs
-stayed, silently. `restore_vectors` re-attaches the hooks that
-serialization drops.
+(`views`). The setters of `ctx_outputs` and `ctx_layers` take None only,
+which drops them (spaCy's `doc_cleaner`, before docs are saved): without
+setters, `doc._.ctx_outputs = None` wrote a user-data key of its own that
+nothing reads, and the outputs stayed, silently. `ctx_vectors` (the
+primary's alone) refuses any value, None included. `restore_vectors`
+re-attaches the hooks that serialization drops.
 """
 import copy
 import warnings
@@ -46,7 +47,7 @@ from .views import (
 
 OUTPUTS, VECTORS, LAYERS = "ctx_outputs", "ctx_vectors", "ctx_layers"
 
-#: The v1 user-data keys, read by `restore_vectors` for old DocBin files.
+#: The user-data keys of version 0.1, read by `restore_vectors` for its DocBin files.
 _V1_VECTORS = ("._.", VECTORS, None, None)
 
 _V1_LAYERS = ("._.", LAYERS, None, None)
@@ -128,8 +129,8 @@ def write_outputs(
 
     signature: what made them (the component's model and settings, see
         `ContextualEmbedder`); outputs of one name from different models are
-        then never mixed or compared. None: not known (the vectors of a v1
-        DocBin, converted by `restore_vectors`: they recorded none).
+        then never mixed or compared. None: not known (the vectors of a
+        version 0.1 DocBin, converted by `restore_vectors`: they recorded none).
     weights_signed: whether the signature fingerprints the weights that made
         them: not `ctxembed_from_trf`'s, which does not see its transformer's.
     """
@@ -367,7 +368,8 @@ def _within_cut(tokens: Dict[str, Any], low: int, text: str, strings: Any, signa
 
 
 def get_outputs(doc: Doc) -> Dict[str, Dict[str, Any]]:
-    """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent}."""
+    """Per component: {"vectors": (n_tokens, width), "layers": (n_layers, n_tokens, width) or absent},
+    and "missing" where it covers only some tokens (`View.readable_outputs`)."""
     view = placed_view(doc)
     # New dicts: the view's are memoised and read by `token.vector` & co., so
     # `doc._.ctx_outputs[name]["vectors"] = ...` (or a `.pop`) would change

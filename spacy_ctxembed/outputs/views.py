@@ -147,8 +147,8 @@ class View:
         if len(self.starts) != len(doc):
             return False
         if end - start > 8 and 8 * (end - start) > len(doc):
-            # Most of the doc: its spans in one Cython pass cost less than a
-            # Python step per token (about 8 times as much per token).
+            # Over an eighth of the doc: its spans in one Cython pass cost less
+            # than a Python step per token (about 8 times as much per token).
             starts, ends = token_char_spans(doc)
             return bool(numpy.array_equal(starts[start:end], self.starts[start:end])
                         and numpy.array_equal(ends[start:end], self.ends[start:end]))
