@@ -28,7 +28,6 @@ snapshots do not read; the hash table is copied for each addition (it is
 written all over), never changed under a snapshot that reads it.
 """
 import json
-import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Set, Tuple
@@ -38,6 +37,7 @@ from spacy.tokens import Doc
 
 from ..alignment import TokenTable
 from ..batching import concat_ranges
+from ..forksafe import ProcessLocal
 
 #: Chunks of more tokens than this are tokenized every time, not cached (a
 #: URL or a run of symbols that spaCy cuts up without spaces): their keys are
@@ -363,9 +363,8 @@ class PieceCache:
         self.max_entries = max_entries
         self._snapshot = _Snapshot.empty()
         #: One lock per process: a fork copies a lock that another thread may
-        #: hold, and that thread is not in the child. `setdefault` is atomic,
-        #: so the child's threads all take the same new one.
-        self._locks: Dict[int, threading.Lock] = {}
+        #: hold, and that thread is not in the child.
+        self._lock: ProcessLocal[threading.Lock] = ProcessLocal(threading.Lock)
 
     def __len__(self) -> int:
         return self._snapshot.n
@@ -435,7 +434,7 @@ class PieceCache:
         _, first = numpy.unique(keys[cacheable], return_index=True)
         chosen = cacheable[numpy.sort(first)]  # in the order the chunks came
         max_pieces, max_orths = PIECES_PER_ENTRY * self.max_entries, TOKENS_PER_ENTRY * self.max_entries
-        with self._locks.setdefault(os.getpid(), threading.Lock()):
+        with self._lock.get():
             old = self._snapshot
             chosen = chosen[_table_find(old.table_keys, old.table_slots, keys[chosen]) < 0]
             # As many as fit, in order: entries, pieces and tokens each within their limit.
