@@ -162,6 +162,24 @@ def test_a_tagger_trains_without_its_upstream_on_the_reader_s_examples_and_serve
     assert [[t.tag_ for t in doc] for doc in served.pipe(words)] == stored
 
 
+def test_a_component_trained_on_the_reader_s_examples_says_how_to_serve_it(embedded, tmp_path):
+    """The trained pipeline, saved and then run or evaluated without the
+    embedder, told how to train without one, not how to serve it: the error
+    says to add the embedder back."""
+    out, _ = embedded
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger", name="pos_tagger", config=TAGGER)
+    corpus = EmbeddedCorpus(out)
+    optimizer = nlp.initialize(lambda: corpus(nlp))
+    nlp.update(list(corpus(nlp)), sgd=optimizer)
+    nlp.to_disk(tmp_path / "tagger")
+    served = spacy.load(tmp_path / "tagger")
+    with pytest.raises(ValueError, match=r"^ContextualListener upstream = 'ctxembed_bert': no ctxembed "
+                                         r"component .*add the embedder its docs had back before it \(nlp.add_pipe\("
+                                         r"'ctxembed_bert', source=spacy.load\(EMBEDDER\), first=True\)\)$"):
+        served("I ran to the park.")
+
+
 @pytest.mark.parametrize("limit", [1, 2, 3, 0])
 def test_the_reader_s_limit_holds_for_an_embed_output(tmp_path, tiny_bert_dir, limit):
     """`limit` as spacy.Corpus.v1 has it: the first `limit` docs (0: all). An
