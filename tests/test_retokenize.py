@@ -301,6 +301,24 @@ def test_as_doc_of_a_repeated_text_is_a_clear_error(nlp):
     numpy.testing.assert_array_equal(doc[4:7].as_doc(copy_user_data=True)[0].vector, doc[4].vector)
 
 
+def test_a_plain_cut_of_a_cut_is_placed_in_the_first_source_and_the_error_says_so(nlp):
+    """spaCy's as_doc passes the doc's hook dicts on, with or without
+    copy_user_data: a plain cut of a cut is placed in the first source, where
+    "the " occurs twice, though the cut it was made from has it once. The
+    error said only that the text occurs more than once in the doc it was made
+    from, which was not so (found by fuzzing doc operations). After
+    restore_vectors the cut has hooks of its own, and its cuts are placed in it."""
+    doc = nlp("the cat sat . the dog ran .")
+    before = _by_offsets(doc, "emb")
+    cut = doc[4:8].as_doc(copy_user_data=True)
+    assert cut.text.count("the ") == 1
+    with pytest.raises(MissingOutputs, match=r"occurs more than once.*a cut of a cut is placed in the doc the "
+                                             r"first cut was made from"):
+        _ = cut[0:1].as_doc()[0].vector
+    restore_vectors(cut)
+    _check(cut[0:1].as_doc(), before, "emb", shift=doc[4].idx)
+
+
 def test_a_plain_cut_whose_text_is_not_in_its_source_is_an_error_saying_so(nlp):
     """A plain cut reads its source's rows where its text is in the source. Its
     spaces rewritten since (spaCy's Doc.from_array with SPACY) leave a text that

@@ -230,8 +230,12 @@ def unread_cut_error(doc: Doc) -> MissingOutputs:
     prefix = f"[{name}] " if name else ""
     shown = shortened(doc.text, 40)
     if isinstance(source, Source) and len(source_placements(doc, most=2)) > 1:
+        # spaCy's as_doc gives a cut the hook dicts of the doc cut, so a cut of a cut
+        # (copy_user_data or not) is placed in the first source: say so, where the
+        # doc it was made from may have its text once.
         why = (f"this doc was made with span.as_doc() from a doc in which its text ({shown!r}) occurs more "
-               "than once, so which tokens' vectors it has cannot be told (spaCy's as_doc reads them too)")
+               "than once, so which tokens' vectors it has cannot be told (spaCy's as_doc reads them too; a cut "
+               "of a cut is placed in the doc the first cut was made from, whose hooks spaCy's as_doc passes on)")
     else:
         why = ("this doc has the ctxembed vector hooks but no ctxembed outputs: a doc made with "
                "span.as_doc() from a doc whose text it cannot be placed in, or whose user data was dropped")
