@@ -306,6 +306,24 @@ def test_file_errors(tmp_path, elmo_files, edit, pattern):
         nlp.initialize()
 
 
+@pytest.mark.parametrize("swap", ["swapped", "options-twice"])
+def test_swapped_files_are_named_as_swapped(elmo_files, swap):
+    """The two file settings side by side are easily swapped, or one path given
+    for both: the errors said "not UTF-8 text: can't decode byte 0x89" and
+    "file signature not found", not which file was which."""
+    options, weights = elmo_files
+    given = {"options_file": str(weights), "weight_file": str(options)} if swap == "swapped" else \
+        {"options_file": str(options), "weight_file": str(options)}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("ctxembed_elmo", config=ctx_config(**given))
+    setting, found = ("options_file", "an HDF5 file") if swap == "swapped" else ("weight_file", "JSON text")
+    with pytest.raises(ElmoFileError) as err:
+        nlp.initialize()
+    message = str(err.value)
+    assert message.startswith(f"[ctxembed_elmo] {setting} = {given[setting]!r}: ")
+    assert found in message and "were the two swapped?" in message
+
+
 def test_settings_errors(elmo_files):
     with pytest.raises(Exception, match=r"ctxembed_elmo.model.encoder -> compile.*'yes' is not"):
         elmo_nlp(elmo_files, compile="yes")

@@ -179,6 +179,16 @@ def test_options_not_utf8(tmp_path, files):
     _assert_message(err, options_path, "options_file = ", "not ELMo options (not UTF-8 text")
 
 
+def test_options_with_a_byte_order_mark_are_read(tmp_path):
+    """An options file saved by an editor that writes a UTF-8 BOM was refused as
+    not valid JSON ("Unexpected UTF-8 BOM")."""
+    options_path = tmp_path / "options.json"
+    options_path.write_bytes(b"\xef\xbb\xbf" + json.dumps(SMALL).encode("utf8"))
+    options = read_options(options_path, component=COMPONENT)
+    assert options.raw == SMALL
+    assert (options.lstm_dim, options.projection_dim, options.filters) == (16, 8, [(1, 4), (2, 4), (3, 8)])
+
+
 def test_missing_files(tmp_path, files):
     options = read_options(files[0], component=COMPONENT)
     with pytest.raises(ElmoFileError) as err:

@@ -36,6 +36,11 @@ CHAR_EMBED_ROWS = N_CHARACTERS - 1
 #: cannot be told.
 CLIP_ZERO = "0 means no clipping to AllenNLP and clipping every state to 0 to bilm-tf; give the model's clip value"
 ACTIVATIONS = ("relu", "tanh")
+#: Said when the options file is an HDF5 file or the weight file JSON text: the two
+#: settings side by side in a config are easily swapped, and the bare decoding or
+#: HDF5 signature error did not say so.
+SWAPPED = ("the options are the JSON file (*_options.json), the weights the HDF5 file (*_weights.hdf5): "
+           "were the two swapped?")
 
 PathLike = Union[str, Path]
 
@@ -192,8 +197,14 @@ def read_options(path: PathLike, *, component: str, setting: str = "options_file
     source = _Source(component, setting, path)
     source.check_is_file()
     try:
-        text = path.read_text(encoding="utf8")
+        # utf-8-sig: an options file saved by an editor that writes a byte order mark
+        # (json.loads refuses one) is the same options.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
+        import h5py
+
+        if h5py.is_hdf5(path):
+            raise source.error(f"not ELMo options but an HDF5 file: {SWAPPED}") from None
         raise source.error(f"not ELMo options (not UTF-8 text: {err})") from None
     except OSError as err:
         raise source.error(f"cannot be read ({type(err).__name__}: {err})") from None
@@ -343,10 +354,21 @@ def read_weights(
     except ElmoFileError:
         raise
     except Exception as err:  # h5py raises OSError/KeyError/... for damaged files
+        if _starts_as_json_object(path):
+            raise source.error(f"not an ELMo weight file but JSON text: {SWAPPED}") from None
         raise source.error(f"cannot be read as HDF5 ({type(err).__name__}: {err})") from None
     padding_row = numpy.zeros((1, options.char_dim), dtype="float32")
     weights["char_embed"] = numpy.concatenate([padding_row, weights["char_embed"]])
     return weights
+
+
+def _starts_as_json_object(path: Path) -> bool:
+    """Whether the file's first non-blank byte opens a JSON object (an options file's)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(256).lstrip().startswith(b"{")
+    except OSError:
+        return False  # unreadable: the caller's error says so
 
 
 def _check_counts(source: _Source, options: ElmoOptions, f: Any) -> None:
