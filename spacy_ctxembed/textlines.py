@@ -137,6 +137,19 @@ def decode_file(raw: bytes) -> str:
         raise UnicodeDecodeError(e.encoding, raw, start + e.start, start + e.end, e.reason) from None
 
 
+def not_utf8(raw: bytes, position: int, first_line: int = 1) -> str:
+    """Where `raw` stops decoding as UTF-8, at byte `position` (a UnicodeDecodeError's start in `raw`), for a
+    reader's error: the line, the byte and its column, and what to do. `raw` starts at line `first_line`
+    (1: the file's start, whose byte order mark is no column); the column counts the line's bytes from 1,
+    as `embed --ray` gives it in rejected.jsonl. A file offset alone left the user counting bytes."""
+    line_start = raw.rfind(b"\n", 0, position) + 1
+    if line_start == 0 and first_line == 1 and raw.startswith(BOM):
+        line_start = len(BOM)
+    line = first_line + raw.count(b"\n", 0, position)
+    return (f"line {line} is not UTF-8 (byte 0x{raw[position]:02x} at column {position - line_start + 1}): "
+            "re-encode it, e.g. iconv -f latin1 -t utf-8")
+
+
 def split_lines(text: str) -> List[str]:
     """A decoded file's lines by the same rule (`str.splitlines` would also
     split at "\\x85", "\\u2028" and form feeds): no empty line after a final "\\n"."""

@@ -112,6 +112,8 @@ def test_docbin(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"), (b"\n \n", "no docs with text"), (b"ok\n\xff\n", "line 2 is not UTF-8"),
+    # the column counts the line's bytes, not the byte order mark
+    (b"\xef\xbb\xbfab\xff\n", r"line 1 is not UTF-8 \(byte 0xff at column 3\): re-encode it"),
     # (read as UTF-8, every line was analysed as its bytes: NULs between the letters)
     ("Pretty good.\nSecond.\n".encode("utf-16"), "looks like UTF-16, not UTF-8"),
 ])
@@ -236,12 +238,13 @@ def test_a_newdoc_before_a_blank_line_still_starts_a_document(tmp_path):
     assert [[s.text for s in d.sents] for d in docs] == [["Hi", "there"], ["Yo", "again"]]
 
 
-def test_a_conllu_corpus_that_is_not_utf8_names_the_byte(tmp_path):
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_conllu_corpus_that_is_not_utf8_names_the_line_and_column(tmp_path, bom):
     path = tmp_path / "c.conllu"
-    raw = "1\tCaf\u00e9\t_\t_\t_\t_\t_\t_\t_\t_\n".encode("latin-1")
-    path.write_bytes(raw)
-    byte = raw.index("\u00e9".encode("latin-1"))  # (not the start of a UTF-8 character)
-    with pytest.raises(AnalysisInputError, match=rf"^CORPUS {re.escape(str(path))}: not UTF-8 \(byte {byte}\)$"):
+    # "\xe9" is Latin-1 "é", not the start of a UTF-8 character: the 6th byte of line 3
+    path.write_bytes(bom + b"# text = Caf\xc3\xa9\n1\tOk\t_\t_\t_\t_\t_\t_\t_\t_\n2\tCaf\xe9\t_\t_\t_\t_\t_\t_\t_\t_\n")
+    with pytest.raises(AnalysisInputError, match=rf"^CORPUS {re.escape(str(path))}: line 3 is not UTF-8 "
+                                                 r"\(byte 0xe9 at column 6\): re-encode it, e.g. iconv"):
         read_corpus(path)
 
 

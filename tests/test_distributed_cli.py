@@ -1,5 +1,6 @@
 """`embed --ray` and `read_docs` refusing what they cannot do, before any Ray starts."""
 import json
+import re
 
 import pytest
 import spacy
@@ -44,6 +45,31 @@ def test_cli_ray_usage_errors(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not _ray_started()
+
+
+def test_an_address_where_no_ray_answers_is_refused_up_front(tmp_path, monkeypatch):
+    """`--address HOST:PORT` with nothing listening there: ray.init retried it
+    without end (over 6 minutes, printing only Ray's connection warnings), after
+    the output directory and its manifest were made."""
+    import socket
+
+    ray = pytest.importorskip("ray")
+
+    def init(*args, **kwargs):  # (the real one would wait for the address without end)
+        raise AssertionError(f"ray.init was called: {kwargs}")
+
+    monkeypatch.setattr(ray, "init", init)
+    with socket.socket() as probe:  # a port that was free a moment ago, and so refuses connections
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "in.txt").write_text("a doc\n", encoding="utf8")
+    result = CliRunner().invoke(app, ["embed", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out"), "--ray",
+                                      "--address", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: --address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused); start one (ray "
+        "start --head) and give the address it prints, or leave --address out for a local Ray")
+    assert not (tmp_path / "out").exists() and not _ray_started()
 
 
 def test_stdin_and_an_output_that_cannot_be_made_are_usage_errors_before_ray_starts(tmp_path):
@@ -131,6 +157,12 @@ def test_read_docs_refuses_an_unfinished_run(tmp_path):
         list(read_docs(tmp_path, spacy.blank("en").vocab))
     with pytest.raises(ValueError, match="no readable manifest.json"):
         list(read_docs(tmp_path / "nowhere", spacy.blank("en").vocab))
+    # the run's shards/ folder (what docs_from_table reads) is named as such
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'shards'))} holds no readable manifest.json: "
+                                         rf"not the output of embed --ray; it is the shards folder of the run in "
+                                         rf"{re.escape(str(tmp_path))}: give read_docs that$"):
+        list(read_docs(tmp_path / "shards", spacy.blank("en").vocab))
 
 
 def test_an_actor_error_is_reported_by_its_cause():

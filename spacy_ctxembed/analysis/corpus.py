@@ -23,7 +23,7 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.vocab import Vocab
 
-from ..textlines import HEAD_BYTES, decode_file, file_kind, line_bounds, not_text_refusal, split_lines
+from ..textlines import HEAD_BYTES, decode_file, file_kind, line_bounds, not_text_refusal, not_utf8, split_lines
 from .errors import AnalysisInputError
 
 KINDS = ("text", "docbin", "conllu")
@@ -148,8 +148,7 @@ def _read_text(path: Path) -> Tuple[List[str], List[int]]:
             try:
                 line = raw[start:end].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise AnalysisInputError(f"CORPUS {path}: line {number} is not UTF-8 "
-                                         f"(byte {start + e.start})") from None
+                raise AnalysisInputError(f"CORPUS {path}: {not_utf8(raw, start + e.start, number)}") from None
             if line.strip():
                 lines.append(line)
                 numbers.append(number)
@@ -181,7 +180,7 @@ def _read_conllu(path: Path) -> List[_ConlluDoc]:
     try:
         text = decode_file(raw)
     except UnicodeDecodeError as e:
-        raise AnalysisInputError(f"CORPUS {path}: not UTF-8 (byte {e.start})") from None
+        raise AnalysisInputError(f"CORPUS {path}: {not_utf8(raw, e.start)}") from None
     for number, line in enumerate(split_lines(text), start=1):
         if line.startswith("#"):
             newdoc = newdoc or line.startswith("# newdoc")

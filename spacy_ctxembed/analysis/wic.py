@@ -43,7 +43,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 from tqdm import tqdm
 
-from ..textlines import decode_file, not_text_refusal, split_lines
+from ..textlines import decode_file, not_text_refusal, not_utf8, split_lines
 from .errors import AnalysisInputError
 from .extract import doc_layers, run_docs
 from .source import component_shim
@@ -208,7 +208,7 @@ def _read_utf8(path: Path, option: str) -> str:
     try:
         return decode_file(raw)
     except UnicodeDecodeError as e:
-        raise AnalysisInputError(f"{option} {path.parent}: {path.name} is not UTF-8 (byte {e.start})") from None
+        raise AnalysisInputError(f"{option} {path.parent}: {path.name} {not_utf8(raw, e.start)}") from None
 
 
 def _words(sentence: str, where: str) -> List[str]:

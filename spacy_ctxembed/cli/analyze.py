@@ -11,6 +11,7 @@ import typer
 
 from ..errors import MissingExtra
 from .errors import UsageError
+from .output import counted
 from .pipelines import require_gpu
 
 HELP = {
@@ -130,5 +131,5 @@ def analyze(
     except AnalysisInputError as e:
         raise UsageError(str(e)) from e
     n_plots = sum(1 for path in written if path.suffix == ".png")
-    typer.echo(f"wrote analysis.json, {n_plots} plots and report.html to {output} ({result['seconds']:.0f} s)",
-               err=True)
+    typer.echo(f"wrote analysis.json, {counted(n_plots, 'plot')} and report.html to {output} "
+               f"({result['seconds']:.0f} s)", err=True)

@@ -182,6 +182,7 @@ def _ray_failure(exc: Exception) -> Exception:
         InputError,
         ModelChanged,
         NoGPUs,
+        NoRayAt,
         OutputInUse,
         OutputNotWritable,
         ShardsFailed,
@@ -194,6 +195,9 @@ def _ray_failure(exc: Exception) -> Exception:
     if isinstance(cause, NoGPUs):
         return UsageError(f"--gpus-per-actor {cause.gpus:g}: the local Ray found {cause.found:g} GPUs, and its "
                           "actors would wait for one forever; use 0 (CPU), or --address of a cluster with GPUs")
+    if isinstance(cause, NoRayAt):
+        return UsageError(f"--address {cause.address}: no Ray cluster answers there ({cause.reason}); start one "
+                          "(ray start --head) and give the address it prints, or leave --address out for a local Ray")
     if isinstance(cause, DifferentRun):
         shown = "; ".join(f"{_RUN_OPTIONS.get(key, key)}: {change}" for key, change in cause.changes.items())
         return UsageError(f"--output {cause.out} holds a run of other inputs or settings ({shown}); use another "

@@ -9,9 +9,10 @@ See docs/scaling.md.
 """
 from .actor import ModelChanged
 from .extra import MissingExtra
-from .run import DifferentRun, NoGPUs, OutputInUse, OutputNotWritable, ShardsFailed, embed_corpus
+from .run import DifferentRun, NoGPUs, NoRayAt, OutputInUse, OutputNotWritable, ShardsFailed, embed_corpus
 from .shards import Float16Overflow, ShardMismatch, docs_from_table, read_docs
 from .sources import InputError
 
-__all__ = ["DifferentRun", "Float16Overflow", "InputError", "MissingExtra", "ModelChanged", "NoGPUs", "OutputInUse",
-           "OutputNotWritable", "ShardMismatch", "ShardsFailed", "docs_from_table", "embed_corpus", "read_docs"]
+__all__ = ["DifferentRun", "Float16Overflow", "InputError", "MissingExtra", "ModelChanged", "NoGPUs", "NoRayAt",
+           "OutputInUse", "OutputNotWritable", "ShardMismatch", "ShardsFailed", "docs_from_table", "embed_corpus",
+           "read_docs"]

@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import shutil
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -78,6 +79,38 @@ class OutputNotWritable(OSError):
     def __init__(self, out: Path, why: str) -> None:
         super().__init__(f"{out}: cannot write there: {why}")
         self.out, self.why = out, why
+
+
+#: Seconds to wait for the GCS port of an `address` to accept a connection.
+ADDRESS_TIMEOUT = 10.0
+
+
+class NoRayAt(ValueError):
+    """No server accepts connections at a Ray cluster's `address` ("HOST:PORT")."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"embed_corpus: address = {address!r}: no Ray cluster answers there ({reason}); start one "
+                         "(ray start --head) and give the address it prints, or leave address out for a local Ray")
+        self.address, self.reason = address, reason
+
+
+def check_address(address: Optional[str], timeout: float = ADDRESS_TIMEOUT) -> None:
+    """Refuse a cluster address ("HOST:PORT") whose port accepts no connection.
+
+    `ray.init` retries such an address without end, printing only its own
+    connection warnings (a typo in a port ran for minutes and counting), so
+    the port is tried once first. "auto" and "ray://" addresses are left to
+    Ray, which fails on them by itself.
+    """
+    if address is None or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # not HOST:PORT: Ray's own error names it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise NoRayAt(address, e.strerror or type(e).__name__) from None
 
 
 class NoGPUs(ValueError):
@@ -152,6 +185,7 @@ def embed_corpus(
         shard_size, batch_size, actors, cpus_per_actor, gpus_per_actor, dtype)
     if model is not None and config is not None:
         raise ValueError("give either a model or a config, not both")
+    check_address(address)
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = input_files([str(p) for p in paths], input_format)
     shards, identities = plan_shards(files, shard_size, text_key)

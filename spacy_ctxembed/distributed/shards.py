@@ -319,7 +319,10 @@ def read_docs(out_dir: Path, vocab: Vocab, batch_rows: int = 512) -> Iterator[Do
     out_dir = Path(out_dir)
     manifest = read_json(out_dir / MANIFEST)
     if not manifest:
-        raise ValueError(f"{out_dir} holds no readable {MANIFEST}: not the output of embed --ray")
+        # docs_from_table reads OUTDIR/shards: the same folder given here is a slip worth naming
+        hint = (f"; it is the {SHARDS} folder of the run in {out_dir.parent}: give read_docs that"
+                if out_dir.name == SHARDS and (out_dir.parent / MANIFEST).is_file() else "")
+        raise ValueError(f"{out_dir} holds no readable {MANIFEST}: not the output of embed --ray{hint}")
     if not manifest.get("complete"):
         raise ValueError(f"the run in {out_dir} is not complete: run embed --ray again to finish it")
     identity = manifest.get("identity")
