@@ -189,6 +189,19 @@ def test_options_with_a_byte_order_mark_are_read(tmp_path):
     assert (options.lstm_dim, options.projection_dim, options.filters) == (16, 8, [(1, 4), (2, 4), (3, 8)])
 
 
+def test_options_with_a_byte_order_mark_given_as_the_weights_are_named_as_swapped(files):
+    """Options that `read_options` reads (a byte order mark before the JSON)
+    given as the weight file: named as swapped, as without the mark, not as
+    a bare HDF5 signature error."""
+    options_path, weights_path = files
+    options = read_options(options_path, component=COMPONENT)
+    weights_path.write_bytes(b"\xef\xbb\xbf" + options_path.read_bytes())
+    with pytest.raises(ElmoFileError) as err:
+        read_weights(weights_path, options, component=COMPONENT)
+    _assert_message(err, weights_path, "weight_file = ", "not an ELMo weight file but JSON text",
+                    "were the two swapped?")
+
+
 def test_missing_files(tmp_path, files):
     options = read_options(files[0], component=COMPONENT)
     with pytest.raises(ElmoFileError) as err:

@@ -702,9 +702,10 @@ def test_run_ahead_setting_is_checked_and_tf32_keeps_it_off(nlp, tiny_bert_dir, 
     from spacy_ctxembed.pipeline import component as component_module
 
     component = nlp.get_pipe("ctxembed_bert")
-    with _switched(component, "run_ahead", "yes"):
-        with pytest.raises(ValueError, match=r"\[ctxembed_bert\] run_ahead = 'yes'"):
-            list(nlp.pipe(["a text"]))
+    for value in ("yes", 1, 0):
+        with _switched(component, "run_ahead", value):
+            with pytest.raises(ValueError, match=rf"\[ctxembed_bert\] run_ahead = {value!r}: expected True, False"):
+                list(nlp.pipe(["a text"]))
     tf32 = make_nlp(tiny_bert_dir, precision="tf32").get_pipe("ctxembed_bert")
     assert not component._runs_ahead() and not tf32._runs_ahead()  # on CPU: off
     monkeypatch.setattr(component_module, "CupyOps", NumpyOps)  # as if these ops were the GPU's

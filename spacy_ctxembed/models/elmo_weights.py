@@ -10,6 +10,7 @@ form ``[component] options_file = '/p/options.json': lstm.n_layers = 0: expected
 an integer >= 1``, naming the component instance, the file, the setting or
 dataset, the value found and what is allowed.
 """
+import codecs
 import hashlib
 import json
 import math
@@ -366,7 +367,8 @@ def _starts_as_json_object(path: Path) -> bool:
     """Whether the file's first non-blank byte opens a JSON object (an options file's)."""
     try:
         with path.open("rb") as f:
-            return f.read(256).lstrip().startswith(b"{")
+            # Past a byte order mark too: `read_options` reads such options (utf-8-sig).
+            return f.read(256).removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"{")
     except OSError:
         return False  # unreadable: the caller's error says so
 

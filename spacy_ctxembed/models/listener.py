@@ -846,7 +846,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
         # spaCy links a listener to a component of the name it gives, and only to one before it.
         others = model.passed_over()
         before = f" (the ctxembed components before it: {', '.join(map(repr, others))})" if others else ""
-        upstream = "NAME" if model.upstream_name == "*" else model.upstream_name
+        upstream = "NAME" if model.upstream_name == "*" else repr(model.upstream_name)  # (placeholders unquoted)
         raise ValueError(
             f"{model.described()}: no ctxembed component of that name "
             f"comes before this listener's component in the pipeline{before}; set upstream to the name of an "
@@ -856,7 +856,7 @@ def _zeros_for_sample(model: ContextualListenerNode, doc: Doc, name: Optional[st
                 f"@readers = \"{READER}\" in [corpora.train] and [corpora.dev]: "
                 "spacy.Corpus.v1 gives the docs it trains on none of their outputs; to run or evaluate one trained "
                 "so, add the embedder its docs had back before it (nlp.add_pipe("
-                f"{upstream!r}, source=spacy.load(EMBEDDER), first=True))" if not others else "")
+                f"{upstream}, source=spacy.load(EMBEDDER), first=True))" if not others else "")
         )
     if not model.is_sample(doc) and in_training_batch:
         # The upstream is being trained on these docs (its update sent this

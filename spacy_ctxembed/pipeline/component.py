@@ -601,7 +601,7 @@ class ContextualEmbedder(TrainablePipe):
             self._in_flight.wait()
 
     def _runs_ahead(self) -> bool:
-        if self.run_ahead not in (None, True, False):
+        if self.run_ahead is not None and not isinstance(self.run_ahead, bool):  # (1 == True: `in` took 0 and 1)
             raise bad_setting(self.name, "run_ahead", self.run_ahead, "expected True, False or None (on GPU only)")
         if self.run_ahead is not None:
             return bool(self.run_ahead)
