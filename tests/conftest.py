@@ -114,6 +114,29 @@ def make_nlp(model_dir, factory="ctxembed_bert", **settings):
     return nlp
 
 
+def each_factory_nlp(factory, model_dir, elmo_dir, **settings):
+    """A blank pipeline with `factory` as "emb", initialized: on the tiny BERT
+    (`ctxembed_bert`), the ELMo fixture written into `elmo_dir`
+    (`ctxembed_elmo`), or the tiny BERT run by spacy-transformers'
+    `transformer` before it (`ctxembed_from_trf`)."""
+    from .elmo_fixture import write_elmo_fixture
+
+    nlp = spacy.blank("en")
+    if factory == "ctxembed_bert":
+        config = ctx_config(name=model_dir, layers=[0, 2], **settings)
+    elif factory == "ctxembed_elmo":
+        options, weights = write_elmo_fixture(elmo_dir)
+        config = ctx_config(options_file=str(options), weight_file=str(weights), **settings)
+    else:
+        nlp.add_pipe("transformer", config={"model": {
+            "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(model_dir),
+            "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": True}}})
+        config = ctx_config(layers=[0, -1], **settings)
+    nlp.add_pipe(factory, name="emb", config=config)
+    nlp.initialize()
+    return nlp
+
+
 def send_random_gradients(nlp, names, docs, seed=0):
     """Each listening component of `names` takes `docs` through its listener
     (after its upstream's `update`) and sends back a random gradient:

@@ -27,14 +27,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy
 import pytest
-import spacy
 from spacy.tokens import Doc, DocBin
 
 from spacy_ctxembed import restore_vectors, span_as_doc
 from spacy_ctxembed.outputs import MissingOutputs
 
-from .conftest import ctx_config
-from .elmo_fixture import write_elmo_fixture
+from .conftest import each_factory_nlp
 
 # Repeated words and texts ("the cat"), punctuation, a word of several pieces
 # ("Unbelievably"), double spaces, a newline and a leading space (whitespace tokens).
@@ -50,21 +48,7 @@ NO_OUTPUTS = r"holds no ctxembed outputs|no 'emb' output covers"
 
 @pytest.fixture(scope="module", params=["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"])
 def nlp(request, tiny_bert_dir, tmp_path_factory):
-    nlp = spacy.blank("en")
-    factory = request.param
-    if factory == "ctxembed_bert":
-        config = ctx_config(name=tiny_bert_dir, layers=[0, 2])
-    elif factory == "ctxembed_elmo":
-        options, weights = write_elmo_fixture(tmp_path_factory.mktemp("elmo"))
-        config = ctx_config(options_file=str(options), weight_file=str(weights))
-    else:
-        nlp.add_pipe("transformer", config={"model": {
-            "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
-            "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": True}}})
-        config = ctx_config(layers=[0, -1])
-    nlp.add_pipe(factory, name="emb", config=config)
-    nlp.initialize()
-    return nlp
+    return each_factory_nlp(request.param, tiny_bert_dir, tmp_path_factory.mktemp("elmo"))
 
 
 class Oracle:

@@ -16,8 +16,7 @@ from spacy.tokens import Doc, DocBin
 from spacy_ctxembed import restore_vectors
 from spacy_ctxembed.outputs import MissingOutputs
 
-from .conftest import ctx_config
-from .elmo_fixture import write_elmo_fixture
+from .conftest import ctx_config, each_factory_nlp
 
 TEXT = "Apple Inc. is looking at buying U.K. startup  for $1 billion in New York City."
 
@@ -63,21 +62,7 @@ def _check(doc, before, name, shift=0):
 
 @pytest.fixture(scope="module", params=["ctxembed_bert", "ctxembed_elmo", "ctxembed_from_trf"])
 def nlp(request, tiny_bert_dir, tmp_path_factory):
-    nlp = spacy.blank("en")
-    factory = request.param
-    if factory == "ctxembed_bert":
-        config = ctx_config(name=tiny_bert_dir, layers=[0, 2], store_layers=True)
-    elif factory == "ctxembed_elmo":
-        options, weights = write_elmo_fixture(tmp_path_factory.mktemp("elmo"))
-        config = ctx_config(options_file=str(options), weight_file=str(weights), store_layers=True)
-    else:
-        nlp.add_pipe("transformer", config={"model": {
-            "@architectures": "spacy-transformers.TransformerModel.v3", "name": str(tiny_bert_dir),
-            "tokenizer_config": {"use_fast": True}, "transformer_config": {"output_hidden_states": True}}})
-        config = ctx_config(layers=[0, -1], store_layers=True)
-    nlp.add_pipe(factory, name="emb", config=config)
-    nlp.initialize()
-    return nlp
+    return each_factory_nlp(request.param, tiny_bert_dir, tmp_path_factory.mktemp("elmo"), store_layers=True)
 
 
 def test_merge(nlp):
