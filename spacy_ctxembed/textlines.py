@@ -146,8 +146,15 @@ def not_utf8(raw: bytes, position: int, first_line: int = 1) -> str:
     if line_start == 0 and first_line == 1 and raw.startswith(BOM):
         line_start = len(BOM)
     line = first_line + raw.count(b"\n", 0, position)
-    return (f"line {line} is not UTF-8 (byte 0x{raw[position]:02x} at column {position - line_start + 1}): "
+    return (f"line {line} is not UTF-8 ({bad_byte(raw, position, line_start)}): "
             "re-encode it, e.g. iconv -f latin1 -t utf-8")
+
+
+def bad_byte(raw: bytes, position: int, line_start: int = 0) -> str:
+    """"byte 0xff at column 3": the byte at `position` of `raw` that does not
+    decode, and its column in the line that starts at `line_start`, counting
+    bytes from 1 (the readers' errors and `embed --ray`'s rejected rows)."""
+    return f"byte 0x{raw[position]:02x} at column {position - line_start + 1}"
 
 
 def split_lines(text: str) -> List[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from ..fileio import file_sha256
-from ..textlines import HEAD_BYTES, SUFFIXES, line_bounds, not_text_refusal
+from ..textlines import HEAD_BYTES, SUFFIXES, bad_byte, line_bounds, not_text_refusal
 
 #: The input formats (`--input-format`): the kinds `textlines.SUFFIXES` names, in its order.
 KINDS = tuple(dict.fromkeys(SUFFIXES.values()))
@@ -354,7 +354,7 @@ def _line_text(raw: bytes, first: bool) -> str:
 
 def _not_utf8(error: UnicodeDecodeError) -> str:
     """The reason to reject bytes that do not decode; the column counts bytes, from 1."""
-    return f"not UTF-8: byte 0x{error.object[error.start]:02x} at column {error.start + 1}"
+    return f"not UTF-8: {bad_byte(error.object, error.start)}"
 
 
 def _blank_reason(text: str, what: str) -> str:
