@@ -137,6 +137,17 @@ def each_factory_nlp(factory, model_dir, elmo_dir, **settings):
     return nlp
 
 
+def param_copies(model):
+    """(node, name, a copy of the value) for every parameter of `model` that is set."""
+    return [(node, name, node.get_param(name).copy()) for node in model.walk()
+            for name in node.param_names if node.has_param(name)]
+
+
+def params_moved(copies) -> bool:
+    """Whether any parameter of `param_copies` has another value now."""
+    return any(not numpy.array_equal(value, node.get_param(name)) for node, name, value in copies)
+
+
 def send_random_gradients(nlp, names, docs, seed=0):
     """Each listening component of `names` takes `docs` through its listener
     (after its upstream's `update`) and sends back a random gradient:

@@ -14,7 +14,7 @@ from thinc.api import SGD, Adam, Linear, Model, with_array
 from spacy_ctxembed.errors import SettingError
 from spacy_ctxembed.models.grad_scale import scale_gradient
 
-from .conftest import ctx_config
+from .conftest import ctx_config, param_copies
 
 WORDS = ["I", "ran", "to", "the", "park"]
 TAGS = ["PRON", "VERB", "ADP", "DET", "NOUN"]
@@ -235,11 +235,6 @@ def test_a_replaced_listener_refuses_nan_from_its_copy(tiny_bert_dir, grad_facto
     assert [t.tag_ for t in nlp(TEXT)] == TAGS
 
 
-def _params(model):
-    return [(node.id, name, node.get_param(name).copy()) for node in model.walk()
-            for name in node.param_names if node.has_param(name)]
-
-
 @pytest.mark.parametrize("where", ["component", "component-frozen", "copy", "component-bf16"])
 def test_a_training_batch_with_nan_stops_at_its_update(tiny_bert_dir, where):
     """Weights that diverged in training (here a row of the embedding table set
@@ -263,14 +258,14 @@ def test_a_training_batch_with_nan_stops_at_its_update(tiny_bert_dir, where):
                 for shim in node.shims)
     with torch.no_grad():
         shim._model.embeddings.word_embeddings.weight.fill_(float("nan"))
-    tagger_before = _params(nlp.get_pipe("tagger").model)
+    tagger_before = param_copies(nlp.get_pipe("tagger").model)
     name = "ContextualTok2Vec" if where == "copy" else "ctxembed_bert"
     refused = (rf"^\[{name}\] the model gave nan or inf for 1 of the 1 docs of this batch .*this training batch is "
                r"refused \(no listening component is updated on it\): .*lower \[training.optimizer\] learn_rate")
     with pytest.raises(NonFiniteOutputs, match=refused) as excinfo:
         nlp.update(examples, sgd=optimizer)
     assert "precision" not in str(excinfo.value)
-    after = _params(nlp.get_pipe("tagger").model)
+    after = param_copies(nlp.get_pipe("tagger").model)
     changed = [(node, name) for (node, name, was), (_, _, now) in zip(tagger_before, after)
                if not numpy.array_equal(was, now, equal_nan=True)]
     assert not changed

@@ -19,7 +19,7 @@ import srsly
 from spacy.tokens import DocBin
 from spacy.training import Example
 
-from .conftest import ctx_config, other_bert
+from .conftest import ctx_config, other_bert, param_copies, params_moved
 from .test_from_trf import _with_transformer
 
 WORDS = ["I", "ran", "to", "the", "park", "and", "ran", "some", "tests", "."]
@@ -248,12 +248,11 @@ def _assert_sized_and_trains(nlp, *, frozen_components, annotating_components):
     tagger = nlp.get_pipe("tagger")
     (listener,) = [node for node in tagger.model.walk() if isinstance(node, ContextualListenerNode)]
     assert listener.get_dim("nO") == 32
-    before = [(node, name, node.get_param(name).copy()) for node in tagger.model.walk()
-              for name in node.param_names if node.has_param(name)]
+    before = param_copies(tagger.model)
     optimizer = nlp.create_optimizer()
     for _ in range(2):
         nlp.update(_examples(nlp), sgd=optimizer, exclude=frozen_components, annotates=annotating_components)
-    assert any(not numpy.array_equal(value, node.get_param(name)) for node, name, value in before)
+    assert params_moved(before)
 
 
 # `[initialize] init_tok2vec` (the weights `spacy pretrain` writes) ------------------------------
